@@ -1,0 +1,161 @@
+"""Command-line pieces shared by every subcommand of ``launch.py``: model flags, the tiny preset, errors.
+
+Each subcommand lives in its package as a module with ``HELP`` (one line), ``add_arguments(parser)`` and
+``main(args) -> int``; ``launch.py`` only wires them. Errors that users can fix (``ValueError``,
+:class:`suite.models.ModelLoadError`, missing files) are printed as one sentence with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+
+from .domains import PRESETS, Domain, get_domain, user_domain
+
+log = logging.getLogger("suite")
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one sentence, exit code 2."""
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def weight_arg(text: str):
+    """A weight: a finite number, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return None
+    return finite_float(text)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True) -> None:
+    g = parser.add_argument_group("models")
+    g.add_argument("--preset", choices=["tiny", "full"], default="full",
+                   help="'tiny': tiny random models built offline (shows the pipeline works, not image quality; "
+                        "no download); 'full': real SD1.5 weights (default: %(default)s)")
+    g.add_argument("--domain", default="face",
+                   help=f"domain preset ({', '.join(PRESETS)}) or the name of your own domain (default: %(default)s)")
+    g.add_argument("--sd-model", default=None,
+                   help="Stable Diffusion 1.5: a diffusers folder or hub id (default: $INDOMAIN_SD_MODEL or "
+                        "stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    g.add_argument("--domain-model", default=None,
+                   help="null-text domain model folder or hub id (default: the preset's folder, "
+                        "$INDOMAIN_HOME/domains/<domain>); 'none' samples without domain guidance")
+    if controlnet:
+        g.add_argument("--controlnet", default=None,
+                       help="SD1.5 ControlNet folder or hub id, used with --control-image "
+                            "(default with --control-image: lllyasviel/control_v11p_sd15_canny)")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="model dtype (default: float16 on cuda, float32 on cpu)")
+
+
+def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("guidance (paper Eq. 3: eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd))")
+    g.add_argument("--domain-weight", type=weight_arg, default=None,
+                   help="w_d, a number or 'auto' (default: auto, the paper's norm rule)")
+    g.add_argument("--control-weight", type=weight_arg, default=None,
+                   help="w_c, a number or 'auto' (default: auto)")
+    g.add_argument("--w0", type=finite_float, default=7.0,
+                   help="total guidance strength for automatic weights (default: %(default)s)")
+    g.add_argument("--auto-norm", choices=["direction", "prediction"], default="direction",
+                   help="norms of the automatic weights: guidance directions or raw predictions (default: %(default)s)")
+    g.add_argument("--negative-prompt", default="", help="negative prompt (replaces the empty prompt of eps_sd)")
+    g.add_argument("--steps", type=int, default=None, help="DPM-Solver++ steps (default: 25; the paper uses 100)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--num-images", type=int, default=1, help="images per run (default: %(default)s)")
+
+
+def resolve_device(args) -> tuple:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = args.dtype or ("float16" if str(device).startswith("cuda") else "float32")
+    return torch.device(device), getattr(torch, name)
+
+
+def resolve_domain(args) -> Domain:
+    if args.domain in PRESETS:
+        domain = get_domain(args.domain)
+        return user_domain(domain.name, args.domain_model) if args.domain_model and args.domain_model.lower() != "none" else domain
+    if not args.domain_model:
+        raise UserError(
+            f"unknown domain {args.domain!r}: use one of {', '.join(PRESETS)}, or pass --domain-model FOLDER for your own"
+        )
+    return user_domain(args.domain, args.domain_model)
+
+
+def model_refs(args) -> dict:
+    """Where each model comes from: the tiny folder for ``--preset tiny``, else flags / env / defaults."""
+    from .domains import CANNY_CONTROLNET_HUB_ID, SD15_HUB_ID
+
+    domain = resolve_domain(args)
+    no_domain = args.domain_model is not None and str(args.domain_model).lower() == "none"
+    if args.preset == "tiny":
+        from .testing import tiny_model_dir
+
+        root = tiny_model_dir()
+        domain_ref = args.domain_model or str(root / f"domain-{domain.name}")
+        if domain.name not in PRESETS and not args.domain_model:
+            domain_ref = str(root / "domain-face")
+        return dict(sd=args.sd_model or str(root / "sd"), domain=None if no_domain else domain_ref,
+                    controlnet=getattr(args, "controlnet", None) or str(root / "controlnet"), domain_obj=domain)
+    return dict(sd=args.sd_model or os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID,
+                domain=None if no_domain else domain.model_ref(),
+                controlnet=getattr(args, "controlnet", None) or CANNY_CONTROLNET_HUB_ID, domain_obj=domain)
+
+
+def load_pipeline(args, need_controlnet: bool = False):
+    """The :class:`suite.pipeline.InDomainPipeline` the flags describe."""
+    from .pipeline import InDomainPipeline
+
+    refs = model_refs(args)
+    device, dtype = resolve_device(args)
+    return InDomainPipeline.load(refs["sd"], domain_model=refs["domain"],
+                                 controlnet=refs["controlnet"] if need_controlnet else None,
+                                 domain=refs["domain_obj"], device=device, dtype=dtype)
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers' loading chatter out of the CLI's output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - chatter control must never stop a run
+        pass
+
+
+def run_main(main, args) -> int:
+    """Run a subcommand's ``main(args)``; user-fixable errors become one sentence and exit code 2."""
+    from .models import ModelLoadError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
+    try:
+        return int(main(args) or 0)
+    except (UserError, ValueError, ModelLoadError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        msg = str(err).strip() or type(err).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,195 @@
+"""The one denoiser interface and the adapters that put every model behind it.
+
+A *denoiser* maps a noisy latent ``z`` (``[B, C, H, W]``) and a timestep ``t`` (a scalar or ``[B]``) to a
+noise prediction ``eps`` of the same shape as ``z``. Its conditioning (text features, a ControlNet image,
+nothing at all for a null-text domain UNet) is bound when it is built, so callers never pass it.
+Everything that consumes predictions (the multi-guidance module, the sampler, SDEdit, SDS) sees only this
+calling form (k-diffusion's ``external.py`` idea).
+
+Parameterisation: every adapter returns **epsilon** (noise) predictions. Models trained with
+v-prediction are converted with ``eps = sqrt(a_t) * v + sqrt(1 - a_t) * z`` where ``a_t = alphas_cumprod[t]``,
+so eps- and v-models can be mixed in one guidance.
+
+Batching: adapters around the same network expose the same :meth:`UNetDenoiser.batch_key`; the
+multi-guidance module evaluates such a group in ONE forward with :func:`evaluate_unet_group`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = [
+    "Denoiser",
+    "FunctionDenoiser",
+    "UNetDenoiser",
+    "ControlNetInput",
+    "evaluate_unet_group",
+    "v_to_eps",
+    "expand_timestep",
+]
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """``eps = denoiser(z, t)``: noisy latent and timestep to an epsilon prediction (bound conditioning)."""
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor: ...
+
+
+def expand_timestep(t: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
+    """A timestep as a ``[batch]`` tensor (diffusers UNets accept scalar or 1-D timesteps)."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape[0] != batch:
+        raise ValueError(f"timestep has {t.shape[0]} entries but the latent batch has {batch}")
+    return t
+
+
+def v_to_eps(v: torch.Tensor, z: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Convert a v-prediction to an epsilon prediction: ``eps = sqrt(a_t) v + sqrt(1 - a_t) z``."""
+    a = alphas_cumprod.to(device=z.device, dtype=torch.float32)[t.long().to(z.device)]
+    a = a.view(-1, *([1] * (z.ndim - 1)))
+    return (a.sqrt() * v.float() + (1 - a).sqrt() * z.float()).to(v.dtype)
+
+
+@dataclass
+class FunctionDenoiser:
+    """Wrap any ``fn(z, t) -> eps`` (analytic denoisers in tests, foreign models) as a denoiser.
+
+    It is never batched with anything else: its cost is one call.
+    """
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    name: str = "function"
+
+    def __call__(self, z, t):
+        return self.fn(z, expand_timestep(t, z.shape[0], z.device))
+
+
+@dataclass
+class ControlNetInput:
+    """A ControlNet and the conditioning image it reads (``[1 or B, 3, H, W]`` in [0, 1], at image size)."""
+
+    controlnet: torch.nn.Module
+    image: torch.Tensor
+    conditioning_scale: float = 1.0
+
+
+@dataclass
+class UNetDenoiser:
+    """A diffusers ``UNet2DConditionModel`` with its conditioning bound.
+
+    One class covers every UNet the paper uses:
+
+    * SD1.5 with text features (``encoder_hidden_states`` = CLIP output of a prompt, ``[1 or B, 77, 768]``);
+      the empty prompt gives SD's unconditional prediction ``eps_sd(z)``;
+    * any community SD1.5 fine-tune: the same class with that model's UNet;
+    * SD1.5 + ControlNet: ``control`` set; its residuals go only into this term's rows of the batch;
+    * the null-text domain UNet: ``encoder_hidden_states=None`` (its cross-attention is the fixed ``E``).
+
+    ``prediction_type`` is the network's (``"epsilon"`` or ``"v_prediction"``); the output is always epsilon.
+    """
+
+    unet: torch.nn.Module
+    encoder_hidden_states: torch.Tensor | None = None
+    control: ControlNetInput | None = None
+    prediction_type: str = "epsilon"
+    alphas_cumprod: torch.Tensor | None = None
+    name: str = "unet"
+
+    def __post_init__(self):
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"prediction_type {self.prediction_type!r} is not supported: use 'epsilon' or 'v_prediction'"
+            )
+        if self.prediction_type == "v_prediction" and self.alphas_cumprod is None:
+            raise ValueError("a v-prediction UNet needs the scheduler's alphas_cumprod to convert to epsilon")
+
+    def batch_key(self) -> tuple:
+        """Adapters with equal keys run in one forward of the same network."""
+        return ("unet", id(self.unet), self.encoder_hidden_states is None)
+
+    def __call__(self, z, t):
+        return evaluate_unet_group([self], z, t)[0]
+
+
+def _rows(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Broadcast a conditioning tensor with 1 or ``batch`` rows to ``batch`` rows."""
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(batch, *x.shape[1:])
+    raise ValueError(f"conditioning has {x.shape[0]} rows; expected 1 or {batch}")
+
+
+def evaluate_unet_group(members: Sequence[UNetDenoiser], z: torch.Tensor, t) -> list[torch.Tensor]:
+    """Evaluate several adapters of ONE UNet in a single batched forward.
+
+    The latent is repeated once per member, conditionings are concatenated, ControlNet residuals are
+    computed for the members that have a ControlNet (zeros for the others, which is exactly "no
+    residual": the UNet adds them), and the output is split back per member.
+    """
+    if not members:
+        return []
+    unet = members[0].unet
+    if any(m.unet is not unet for m in members):
+        raise ValueError("evaluate_unet_group needs members that share one UNet")
+    has_text = members[0].encoder_hidden_states is not None
+    if any((m.encoder_hidden_states is not None) != has_text for m in members):
+        raise ValueError("cannot batch text-conditioned and null-text calls of one UNet together")
+
+    b = z.shape[0]
+    k = len(members)
+    dtype = next(unet.parameters()).dtype
+    t_b = expand_timestep(t, b, z.device)
+    z_in = z.to(dtype).repeat(k, *([1] * (z.ndim - 1)))
+    t_in = t_b.repeat(k)
+    ehs = None
+    if has_text:
+        ehs = torch.cat([_rows(m.encoder_hidden_states, b) for m in members]).to(device=z.device, dtype=dtype)
+
+    kwargs = {}
+    if any(m.control is not None for m in members):
+        down_parts: list[list[torch.Tensor]] = []
+        mid_parts: list[torch.Tensor] = []
+        ref = None
+        computed = []
+        for m in members:
+            if m.control is None:
+                computed.append(None)
+                continue
+            c = m.control
+            down, mid = c.controlnet(
+                z.to(dtype),
+                t_b,
+                encoder_hidden_states=_rows(m.encoder_hidden_states, b).to(device=z.device, dtype=dtype)
+                if has_text
+                else None,
+                controlnet_cond=_rows(c.image, b).to(device=z.device, dtype=dtype),
+                conditioning_scale=c.conditioning_scale,
+                return_dict=False,
+            )
+            computed.append((down, mid))
+            ref = (down, mid)
+        for item in computed:
+            down, mid = item if item is not None else ([torch.zeros_like(d) for d in ref[0]], torch.zeros_like(ref[1]))
+            down_parts.append(down)
+            mid_parts.append(mid)
+        kwargs["down_block_additional_residuals"] = [
+            torch.cat([parts[i] for parts in down_parts]) for i in range(len(down_parts[0]))
+        ]
+        kwargs["mid_block_additional_residual"] = torch.cat(mid_parts)
+
+    out = unet(z_in, t_in, encoder_hidden_states=ehs, return_dict=False, **kwargs)[0]
+    outs = list(out.chunk(k))
+    results = []
+    for m, o in zip(members, outs):
+        if m.prediction_type == "v_prediction":
+            o = v_to_eps(o, z, t_b, m.alphas_cumprod)
+        results.append(o.to(z.dtype))
+    return results

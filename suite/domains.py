@@ -1,0 +1,67 @@
+"""Domain presets: typed, greppable definitions. Add your own with :func:`user_domain` or ``--domain-model``.
+
+No pretrained domain models are published on a hub for this suite, so a preset's model lives in a
+local folder: ``$INDOMAIN_HOME/domains/<name>`` (default ``~/.cache/in-domain-suite/domains/<name>``),
+the folder that ``python launch.py train --domain <name> --output ...`` writes. ``--domain-model``
+(a folder or a hub id) overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+CANNY_CONTROLNET_HUB_ID = "lllyasviel/control_v11p_sd15_canny"
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One domain.
+
+    ``prompt`` is the domain prompt ``"a photo of <domain>"``: it initialises ``F_T`` in training and is the
+    reference prompt of the automatic weights. ``domain_weight`` / ``control_weight`` are the recommended
+    weights; ``None`` means automatic (paper Sec. 3.4, :class:`suite.guidance.AutoWeights`).
+    """
+
+    name: str
+    prompt: str
+    description: str = ""
+    model: str | None = None
+    domain_weight: float | None = None
+    control_weight: float | None = None
+    resolution: int = 512
+
+    def model_ref(self) -> str:
+        """Where this domain's null-text model is looked for (``model`` if set, else the local default)."""
+        return self.model or str(domain_home() / self.name)
+
+
+def domain_home() -> Path:
+    return Path(os.environ.get("INDOMAIN_HOME", Path.home() / ".cache" / "in-domain-suite")) / "domains"
+
+
+FACE = Domain("face", "a photo of a face", "human faces (FFHQ-like, aligned, 512x512)")
+ANIMAL = Domain("animal", "a photo of an animal", "animal faces (AFHQ-like: cats, dogs, wild animals)")
+PORCELAIN = Domain("porcelain", "a photo of porcelain", "porcelain objects (vases, bowls, figurines)")
+
+PRESETS: dict[str, Domain] = {d.name: d for d in (FACE, ANIMAL, PORCELAIN)}
+
+
+def get_domain(name: str) -> Domain:
+    """A preset by name, or one clear error listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(PRESETS)
+        raise ValueError(
+            f"unknown domain {name!r}: use one of {known}, or pass --domain-model FOLDER for your own"
+        ) from None
+
+
+def user_domain(name: str, model: str, prompt: str | None = None, **kwargs) -> Domain:
+    """A domain of your own, from a domain model folder or hub id."""
+    if name in PRESETS:
+        return replace(PRESETS[name], model=model, **({"prompt": prompt} if prompt else {}), **kwargs)
+    return Domain(name=name, prompt=prompt or f"a photo of {name}", model=model, **kwargs)

@@ -1,0 +1,85 @@
+"""``launch.py generate``: in-domain images (unconditional, text, ControlNet, several controls)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import cli
+
+HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
+log = logging.getLogger("suite")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--prompt", default="", help="control text, e.g. 'wearing glasses' ('' = unconditional in-domain)")
+    p.add_argument("--output", default="out.png",
+                   help="output image (.png/.jpg/.webp); with --num-images N > 1, files are NAME-0.png ... "
+                        "(default: %(default)s)")
+    p.add_argument("--control-image", default=None,
+                   help="ControlNet conditioning image (e.g. a canny edge map; see --canny)")
+    p.add_argument("--canny", action="store_true",
+                   help="compute canny edges of --control-image first (needs opencv-python-headless)")
+    p.add_argument("--community-model", action="append", default=[], metavar="REF",
+                   help="an SD1.5 community fine-tune (folder or hub id) added as a control term with the prompt; "
+                        "repeatable. Its unconditional prediction still comes from SD1.5 (rectification)")
+    p.add_argument("--community-weight", type=cli.weight_arg, default=None,
+                   help="weight of each --community-model term (default: auto)")
+    p.add_argument("--no-rectify", action="store_true",
+                   help="take the unconditional prediction from the community model (to compare; paper Sec. 4.5)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
+    p.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
+    cli.add_model_arguments(p)
+    cli.add_guidance_arguments(p)
+
+
+def output_paths(output: str, n: int) -> list[Path]:
+    out = Path(output)
+    if not out.parent.is_dir():
+        raise cli.UserError(f"the output folder {str(out.parent)!r} does not exist: create it or choose another --output")
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+
+
+def main(args) -> int:
+    from .pipeline import DEFAULT_STEPS, Control, load_image, save_image_atomic
+
+    # 1. Validate what can be checked before loading models.
+    paths = output_paths(args.output, max(args.num_images, 1))
+    control_image = None
+    if args.control_image:
+        control_image = load_image(args.control_image, "control image")
+        if args.canny:
+            from .control import canny
+
+            control_image = canny(control_image)
+
+    # 2. Load the models and build the controls.
+    pipe = cli.load_pipeline(args, need_controlnet=control_image is not None)
+    from . import models
+
+    controls = [Control(prompt=args.prompt, weight=args.community_weight, name=f"community{i}",
+                        unet=models.load_unet(ref, device=pipe.device, dtype=pipe.dtype))
+                for i, ref in enumerate(args.community_model)]
+
+    # 3. Sample.
+    out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=args.domain_weight,
+               control_weight=args.control_weight, control_image=control_image, controls=controls,
+               num_images=args.num_images, num_inference_steps=DEFAULT_STEPS if args.steps is None else args.steps, seed=args.seed,
+               height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
+               rectify=not args.no_rectify)
+
+    # 4. Save (atomically) and report.
+    for image, path in zip(out.images, paths):
+        save_image_atomic(image, path)
+        log.info("wrote %s", path)
+    if out.weights:
+        log.info("weights: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in out.weights.items()))
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
+    return f"{v:.3g}"

@@ -1,0 +1,138 @@
+"""Resolve and load models from a local folder or a hub id, with one clear sentence when that fails.
+
+Every loader takes a *reference*: an existing local folder (diffusers layout), or a hub id
+(``owner/name``). Weights are read from safetensors only (no pickle: loading never runs code).
+With no network, or ``HF_HUB_OFFLINE=1``, a hub id works only if it is already in the local cache;
+otherwise :class:`ModelLoadError` says what is missing and which flag provides it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or read. The message is one sentence that names the fix."""
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
+def resolve(ref: str | os.PathLike, what: str, flag: str, required: tuple[str, ...] = ()) -> tuple[str, bool]:
+    """``(reference, is_local)``; checks a local folder exists and has the ``required`` entries."""
+    if ref is None or str(ref).strip() == "":
+        raise ModelLoadError(f"no {what} given: pass {flag} with a local folder or a hub id")
+    ref = str(ref)
+    path = Path(os.path.expanduser(ref))
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{what} {ref!r} is a file, not a model folder: pass {flag} with a diffusers-format folder")
+        missing = [r for r in required if not (path / r).exists()]
+        if missing:
+            raise ModelLoadError(
+                f"{what} folder {ref!r} has no {', '.join(missing)}: it is not a diffusers-format folder "
+                f"(pass {flag} with the right folder)"
+            )
+        return str(path), True
+    if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        return ref, False
+    raise ModelLoadError(f"{what} folder {ref!r} does not exist: pass {flag} with an existing folder or a hub id")
+
+
+def _load(what: str, flag: str, ref: str, is_local: bool, fn):
+    try:
+        return fn()
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, EnvironmentError, RuntimeError, KeyError) as err:
+        if is_local:
+            raise ModelLoadError(
+                f"could not read {what} from {ref!r} ({_describe(err)}): the folder is incomplete or corrupt; "
+                f"pass {flag} with a complete diffusers-format folder"
+            ) from err
+        raise ModelLoadError(
+            f"could not load {what} {ref!r} from the hub ({_describe(err)}): if this machine is offline, download "
+            f"it on a connected machine (huggingface-cli download {ref}) and pass {flag} with the local folder"
+        ) from err
+
+
+def _hub_kwargs(is_local: bool) -> dict:
+    return {"local_files_only": True} if is_local or os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+
+
+def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model") -> dict:
+    """SD1.5 components ``unet, vae, text_encoder, tokenizer, scheduler`` from a diffusers SD folder or hub id."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    ref, local = resolve(ref, "Stable Diffusion 1.5 model", flag,
+                         required=("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+    kw = _hub_kwargs(local)
+
+    def go():
+        unet = UNet2DConditionModel.from_pretrained(ref, subfolder="unet", use_safetensors=True, **kw)
+        vae = AutoencoderKL.from_pretrained(ref, subfolder="vae", use_safetensors=True, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder", use_safetensors=True, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer", **kw)
+        scheduler = DPMSolverMultistepScheduler.from_pretrained(ref, subfolder="scheduler", **kw)
+        return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+    parts = _load("Stable Diffusion 1.5 model", flag, ref, local, go)
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name] = parts[name].to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return parts
+
+
+def load_unet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--community-model"):
+    """A community SD1.5 fine-tune's UNet: a full diffusers SD folder (``unet/`` inside) or a UNet folder."""
+    from diffusers import UNet2DConditionModel
+
+    ref, local = resolve(ref, "community SD1.5 model", flag)
+    sub = "unet" if (not local or (Path(ref) / "unet").is_dir()) else None
+    kw = _hub_kwargs(local)
+    unet = _load("community SD1.5 model", flag, ref, local,
+                 lambda: UNet2DConditionModel.from_pretrained(ref, subfolder=sub, use_safetensors=True, **kw))
+    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--controlnet"):
+    """A SD1.5 ControlNet (e.g. canny) from a diffusers folder or hub id."""
+    from diffusers import ControlNetModel
+
+    ref, local = resolve(ref, "ControlNet", flag, required=("config.json",))
+    kw = _hub_kwargs(local)
+    cn = _load("ControlNet", flag, ref, local,
+               lambda: ControlNetModel.from_pretrained(ref, use_safetensors=True, **kw))
+    return cn.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "--domain-model"):
+    """A null-text domain model (:class:`suite.nulltext.DomainModel`) from its folder or a hub id."""
+    from .nulltext import METADATA_FILE, DomainModel
+
+    ref, local = resolve(ref, "domain model", flag)
+    if local and not (Path(ref) / METADATA_FILE).is_file():
+        raise ModelLoadError(
+            f"domain model folder {ref!r} has no {METADATA_FILE}: it is not a null-text domain model; train one "
+            f"with `python launch.py train --data DIR --output FOLDER` and pass {flag} FOLDER"
+        )
+
+    def go():
+        folder = ref
+        if not local:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(ref, allow_patterns=["*.json", "*.safetensors"], **_hub_kwargs(False))
+        return DomainModel.from_pretrained(folder)
+
+    model = _load("domain model", flag, ref, local, go)
+    model.unet.to(device=device, dtype=dtype).requires_grad_(False)
+    return model

@@ -1,0 +1,429 @@
+"""In-domain sampling with multi-guidance on diffusers components and a diffusers scheduler.
+
+One loop serves every use: unconditional in-domain generation, text-guided, ControlNet-guided, several
+control terms at once, and generation from a start image with a strength (SDEdit: noise the image's
+latent to the start step, then the same loop). The scheduler is diffusers' (DPM-Solver++ by default);
+nothing here is a hand-written sampler.
+
+Default steps: 25 DPM-Solver++ steps (the authors' released example; DPM-Solver++ is converged by
+20-30 steps). The paper's figures use 100 (``--steps 100``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .denoisers import ControlNetInput, UNetDenoiser
+from .domains import Domain
+from .guidance import AutoWeights, MultiGuidance, Term, check_weight
+from .text import encode_prompts
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 25
+
+
+@dataclass
+class Control:
+    """One control term (paper: control guidance ``w_c eps_c(z, c)``).
+
+    * text: ``prompt`` through SD1.5 (the default);
+    * ControlNet: ``image`` (a PIL image or ``[1, 3, H, W]`` tensor in [0, 1], e.g. a canny edge map) with
+      ``controlnet`` (default: the pipeline's), together with ``prompt``;
+    * a community SD1.5 fine-tune: ``unet`` (its unconditional prediction still comes from SD1.5 when the
+      pipeline rectifies, paper Sec. 4.5).
+
+    ``weight=None`` is automatic; a negative weight pushes away from this condition.
+    """
+
+    prompt: str = ""
+    weight: float | None = None
+    image: Image.Image | torch.Tensor | None = None
+    controlnet: torch.nn.Module | None = None
+    unet: torch.nn.Module | None = None
+    conditioning_scale: float = 1.0
+    name: str = ""
+
+
+@dataclass
+class InDomainOutput:
+    images: list
+    latents: torch.Tensor
+    weights: dict = field(default_factory=dict)
+
+
+def seeded_generator(seed: int | None, device="cpu") -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+class InDomainPipeline:
+    """SD1.5 components + an optional null-text domain model + an optional ControlNet.
+
+    ``pipe(prompt, ...)`` samples with ``(1 - w_d - w_c) eps_sd + w_d eps_d + w_c eps_c`` (Sec. 3.4).
+    """
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, domain_model=None, controlnet=None,
+                 domain: Domain | None = None, community_unets: dict | None = None):
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.unet = unet
+        self.scheduler = scheduler
+        self.domain_model = domain_model
+        self.controlnet = controlnet
+        self.domain = domain
+        self.community_unets = dict(community_unets or {})
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        from diffusers.image_processor import VaeImageProcessor
+
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.control_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor,
+                                                         do_convert_rgb=True, do_normalize=False)
+
+    # ----------------------------------------------------------------------------------------------
+    # loading and saving
+    @classmethod
+    def load(cls, sd_model: str, domain_model: str | None = None, controlnet: str | None = None,
+             domain: Domain | None = None, community: dict[str, str] | None = None,
+             device="cpu", dtype=torch.float32) -> InDomainPipeline:
+        """Load every part through :mod:`suite.models` (local folders or hub ids)."""
+        from . import models
+
+        parts = models.load_sd(sd_model, device=device, dtype=dtype)
+        dm = models.load_domain_model(domain_model, device=device, dtype=dtype) if domain_model else None
+        cn = models.load_controlnet(controlnet, device=device, dtype=dtype) if controlnet else None
+        extra = {name: models.load_unet(ref, device=device, dtype=dtype) for name, ref in (community or {}).items()}
+        return cls(**parts, domain_model=dm, controlnet=cn, domain=domain, community_unets=extra)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device="cpu", dtype=torch.float32) -> InDomainPipeline:
+        """Load a bundle written by :meth:`save_pretrained`."""
+        folder = Path(folder)
+        info = json.loads((folder / "bundle.json").read_text())
+        domain = Domain(**info["domain"]) if info.get("domain") else None
+        community = {name: str(folder / "community" / name) for name in info.get("community", [])}
+        return cls.load(
+            str(folder / "sd"),
+            domain_model=str(folder / "domain") if info.get("has_domain_model") else None,
+            controlnet=str(folder / "controlnet") if info.get("has_controlnet") else None,
+            domain=domain, community=community, device=device, dtype=dtype,
+        )
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the whole bundle (``sd/``, ``domain/``, ``controlnet/``, ``community/<name>/``, ``bundle.json``)
+        to a temporary sibling folder, then rename it into place."""
+        from dataclasses import asdict
+
+        from diffusers import StableDiffusionPipeline
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                    unet=self.unet, scheduler=self.scheduler, safety_checker=None,
+                                    feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp / "sd")
+            if self.domain_model is not None:
+                self.domain_model.save_pretrained(tmp / "domain")
+            if self.controlnet is not None:
+                self.controlnet.save_pretrained(tmp / "controlnet")
+            for name, unet in self.community_unets.items():
+                unet.save_pretrained(tmp / "community" / name)
+            info = {"has_domain_model": self.domain_model is not None, "has_controlnet": self.controlnet is not None,
+                    "community": sorted(self.community_unets),
+                    "domain": asdict(self.domain) if self.domain else None}
+            (tmp / "bundle.json").write_text(json.dumps(info, indent=2))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    def to(self, device=None, dtype=None) -> InDomainPipeline:
+        for m in self._modules():
+            m.to(device=device, dtype=dtype)
+        return self
+
+    def _modules(self):
+        mods = [self.vae, self.text_encoder, self.unet]
+        if self.domain_model is not None:
+            mods.append(self.domain_model.unet)
+        if self.controlnet is not None:
+            mods.append(self.controlnet)
+        return mods + list(self.community_unets.values())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # ----------------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        return encode_prompts(self.tokenizer, self.text_encoder, [prompt], device=self.device, dtype=self.dtype)
+
+    def _sd(self, prompt_embeds, unet=None, control: ControlNetInput | None = None, name="sd") -> UNetDenoiser:
+        unet = unet if unet is not None else self.unet
+        pred = getattr(self.scheduler.config, "prediction_type", "epsilon")
+        return UNetDenoiser(unet, prompt_embeds, control=control, prediction_type=pred,
+                            alphas_cumprod=self.scheduler.alphas_cumprod, name=name)
+
+    def prepare_control_image(self, image, height: int, width: int) -> torch.Tensor:
+        """A ControlNet conditioning image as ``[1, 3, H, W]`` in [0, 1] at the output size."""
+        if isinstance(image, torch.Tensor):
+            img = image if image.ndim == 4 else image.unsqueeze(0)
+            if img.shape[-2:] != (height, width):
+                img = torch.nn.functional.interpolate(img.float(), size=(height, width), mode="bilinear")
+            return img.to(self.device, self.dtype)
+        w, h = image.size
+        if abs(math.log((w / h) / (width / height))) > 0.05:
+            raise ValueError(
+                f"the control image is {w}x{h} but the output is {width}x{height}: their aspect ratios differ; "
+                f"crop the control image or pass --width/--height matching it"
+            )
+        return self.control_image_processor.preprocess(image, height=height, width=width).to(self.device, self.dtype)
+
+    def build_guidance(self, *, prompt: str | None = None, negative_prompt: str | None = None,
+                       domain_weight: float | None = None, control_weight: float | None = None,
+                       control_image=None, controls: Sequence[Control] = (), height: int = 512, width: int = 512,
+                       w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True,
+                       use_domain: bool = True) -> MultiGuidance:
+        """The multi-guidance denoiser for one request (reads top to bottom).
+
+        ``domain_weight`` / ``control_weight``: a number, or ``None`` for automatic (``AutoWeights(w0, auto_norm)``).
+        ``rectify=False`` takes the unconditional prediction from the first community model in ``controls``
+        (the customised model's own), to show what rectification fixes.
+        """
+        # 1. Control terms: the prompt (with the ControlNet image, if any), then the extra controls.
+        all_controls: list[Control] = []
+        if prompt or control_image is not None:
+            all_controls.append(Control(prompt=prompt or "", weight=control_weight, image=control_image, name="control"))
+        all_controls += list(controls)
+
+        # 2. Base (unconditional) prediction eps_0: SD1.5 with the negative prompt ("" by default).
+        #    Rectification (Sec. 4.5) = the base stays SD1.5 even when a control is a customised model.
+        neg = self.encode_prompt(negative_prompt or "")
+        base_unet = self.unet
+        if not rectify:
+            customised = [c.unet for c in all_controls if c.unet is not None]
+            if customised:
+                base_unet = customised[0]
+        base = self._sd(neg, unet=base_unet, name="uncond")
+
+        # 3. Terms: domain guidance (null-text domain UNet, no text), then control guidance.
+        terms: list[Term] = []
+        if use_domain and self.domain_model is not None and (domain_weight is None or domain_weight != 0):
+            domain_unet = self.domain_model.unet
+            terms.append(Term(UNetDenoiser(domain_unet, None, name="domain"), domain_weight, name="domain"))
+        first_text = None
+        for i, c in enumerate(all_controls):
+            embeds = self.encode_prompt(c.prompt) if c.prompt else neg
+            cn = None
+            if c.image is not None:
+                controlnet = c.controlnet or self.controlnet
+                if controlnet is None:
+                    raise ValueError("a control image needs a ControlNet: pass --controlnet FOLDER_OR_HUB_ID")
+                cn = ControlNetInput(controlnet, self.prepare_control_image(c.image, height, width),
+                                     c.conditioning_scale)
+            den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}")
+            if first_text is None and c.prompt and c.unet is None and cn is None:
+                first_text = den
+            terms.append(Term(den, c.weight, name=c.name or f"control{i}"))
+
+        # 4. Automatic weights: balanced against SD's own guidance for the reference prompt (the text control
+        #    if there is one, else the domain prompt); see AutoWeights.
+        auto = None
+        if any(t.weight is None for t in terms):
+            reference = None
+            if auto_norm == "direction":
+                if first_text is not None:
+                    reference = first_text
+                else:
+                    ref_prompt = self.domain.prompt if self.domain else (
+                        self.domain_model.metadata.prompt if self.domain_model is not None else "")
+                    ref_prompt = ref_prompt or next((c.prompt for c in all_controls if c.prompt), "")
+                    reference = self._sd(self.encode_prompt(ref_prompt), name="reference")
+            auto = AutoWeights(w0=w0, norm=auto_norm, reference=reference)
+        return MultiGuidance(base, terms, auto)
+
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | None = None, *, negative_prompt: str | None = None,
+                 domain_weight: float | None = None, control_weight: float | None = None, control_image=None,
+                 controls: Sequence[Control] = (), image=None, strength: float = 0.8, num_images: int = 1,
+                 num_inference_steps: int = DEFAULT_STEPS, seed: int | None = None,
+                 generator: torch.Generator | None = None, height: int | None = None, width: int | None = None,
+                 w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True, use_domain: bool = True,
+                 guidance=None, output_type: str = "pil", progress: bool = True,
+                 callback: Callable[[int, int], None] | None = None) -> InDomainOutput:
+        """Sample ``num_images`` images. With ``image`` (a start image) this is SDEdit: the image's latent is
+        noised to the step that ``strength`` selects (0 = unchanged, 1 = from pure noise) and denoised by the
+        same loop. ``guidance`` replaces the default multi-guidance with any denoiser (e.g. a custom one)."""
+        # 1. Check inputs (one clear sentence each).
+        steps = _check_int(num_inference_steps, "the number of steps", minimum=1)
+        num_images = _check_int(num_images, "the number of images", minimum=1)
+        strength = check_weight(strength, "strength")
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be between 0 and 1, got {strength}")
+        for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight"), (w0, "w0")):
+            if value is not None:
+                check_weight(value, what)
+        if image is not None and not isinstance(image, list | tuple):
+            image = [image]
+        if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
+            width, height = image[0].size
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        m = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if height % m or width % m:
+            raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
+        device, dtype = self.device, self.dtype
+        generator = generator if generator is not None else seeded_generator(seed)
+
+        # 2. The guidance: one denoiser built from SD1.5, the domain model and the controls.
+        if guidance is None:
+            guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt,
+                                           domain_weight=domain_weight, control_weight=control_weight,
+                                           control_image=control_image, controls=controls, height=height,
+                                           width=width, w0=w0, auto_norm=auto_norm, rectify=rectify,
+                                           use_domain=use_domain)
+        if hasattr(guidance, "reset"):
+            guidance.reset()
+
+        # 3. Timesteps (for a start image, only the last `strength` fraction of them, as img2img does).
+        self.scheduler.set_timesteps(steps, device=device)
+        timesteps = self.scheduler.timesteps
+        latent_shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
+                        width // self.vae_scale_factor)
+
+        # 4. Initial latents: noise, or the start image's latent noised to the first timestep (SDEdit).
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if image is None:
+            latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+            latents = latents * self.scheduler.init_noise_sigma
+        else:
+            pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
+            if pixels.shape[0] == 1 and num_images > 1:
+                pixels = pixels.repeat(num_images, 1, 1, 1)
+            if pixels.shape[0] != num_images:
+                raise ValueError(f"got {pixels.shape[0]} start images for {num_images} outputs")
+            init = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
+            init_steps = min(int(steps * strength), steps)
+            t_start = max(steps - init_steps, 0)
+            timesteps = timesteps[t_start * self.scheduler.order:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(t_start * self.scheduler.order)
+            noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+            latents = self.scheduler.add_noise(init, noise, timesteps[:1].repeat(num_images)) if len(timesteps) else init
+
+        # 5. Denoising loop: one multi-guidance prediction per step, then the scheduler's update.
+        from tqdm.auto import tqdm
+
+        for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
+            model_input = self.scheduler.scale_model_input(latents, t)
+            eps = guidance(model_input, t)
+            latents = self.scheduler.step(eps, t, latents, return_dict=False)[0]
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+
+        # 6. Decode.
+        weights = {}
+        if isinstance(guidance, MultiGuidance):
+            weights = {term.name: _weight_summary(w) for term, w in zip(
+                [t for t in guidance.terms if t.weight is None or t.weight != 0], guidance.last_weights)}
+        if output_type == "latent":
+            return InDomainOutput(images=[], latents=latents, weights=weights)
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        images = self.image_processor.postprocess(decoded, output_type=output_type,
+                                                  do_denormalize=[True] * decoded.shape[0])
+        return InDomainOutput(images=images, latents=latents, weights=weights)
+
+
+def _weight_summary(w):
+    if isinstance(w, torch.Tensor):
+        vals = w.flatten().tolist()
+        return vals[0] if len(vals) == 1 else vals
+    return w
+
+
+def _check_int(value, what: str, minimum: int) -> int:
+    try:
+        v = int(value)
+        ok = v == float(value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if v < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {v}")
+    return v
+
+
+def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """Open an image file as RGB, with EXIF orientation applied; one clear error if it cannot be read."""
+    from PIL import ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"the {what} {str(path)!r} does not exist: check the path")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or WebP file") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode (RGBA on white, grayscale, CMYK, 16-bit) as 8-bit RGB."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Save to a temporary file in the same folder, then rename: no half-written file on failure."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"the output folder {str(path.parent)!r} does not exist: create it or choose another --output")
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image format {path.suffix!r} for {str(path)!r}: use .png, .jpg or .webp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

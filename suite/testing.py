@@ -1,0 +1,202 @@
+"""Tiny random Stable-Diffusion components, built offline with a fixed seed.
+
+They have SD1.5's *architecture* (UNet2DConditionModel with cross-attention, AutoencoderKL, CLIP text
+model and tokenizer, ControlNet) at toy size, so every code path runs on a CPU in seconds. Their outputs
+show that the pipeline works, not image quality: the weights are random.
+
+:func:`tiny_model_dir` writes them once as diffusers-format folders (``sd/``, ``domain-face/``,
+``controlnet/``, ``community/``...) and everything then loads them through the real loading code in
+:mod:`suite.models`, exactly as it would load real weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+TINY_RESOLUTION = 64
+TINY_TEXT_DIM = 32
+
+_UNET = dict(
+    sample_size=TINY_RESOLUTION // 2,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=TINY_TEXT_DIM,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(16, 32),
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=TINY_RESOLUTION,
+)
+_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    prediction_type="epsilon",
+    set_alpha_to_one=False,
+    steps_offset=1,
+    clip_sample=False,
+)
+
+
+def tiny_unet_config(**overrides) -> dict:
+    return {**_UNET, **overrides}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
+        range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def make_tokenizer_files(folder: Path) -> None:
+    """Write a byte-level CLIP vocabulary (every byte as a token, plus its end-of-word form) and a few
+    merges for common words, so ``CLIPTokenizer.from_pretrained(folder)`` works with no download."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars]
+    merges = []
+    for word in ["a", "photo", "of", "the", "face", "animal", "porcelain", "vase", "with", "wearing", "glasses"]:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            merged = pieces[0] + pieces[1]
+            if pair not in merges:
+                merges.append(pair)
+            if merged not in vocab_list:
+                vocab_list.append(merged)
+            pieces = [merged] + pieces[2:]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                    "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer"})
+    )
+
+
+def build_tiny_sd(seed: int = 0) -> dict:
+    """Tiny SD1.5-architecture components (random weights, fixed seed): unet, vae, text_encoder, tokenizer,
+    scheduler. The tokenizer is written to a temporary folder and loaded from it."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**_UNET)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**_VAE)
+    torch.manual_seed(seed + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    text_config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        projection_dim=TINY_TEXT_DIM,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDIMScheduler(**_SCHEDULER)
+    return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+                scheduler=scheduler)
+
+
+def build_tiny_unet(seed: int) -> torch.nn.Module:
+    """Another tiny SD-architecture UNet with different random weights (a stand-in community fine-tune)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**_UNET).eval()
+
+
+def build_tiny_controlnet(unet, seed: int = 5) -> torch.nn.Module:
+    """A tiny ControlNet matching :func:`build_tiny_sd`'s UNet (conditioning image at image size)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
+    # ControlNets start with zero convolutions (no effect); randomise them so tests can see the control.
+    with torch.no_grad():
+        for module in list(cn.controlnet_down_blocks) + [cn.controlnet_mid_block]:
+            module.weight.normal_(0, 0.05)
+        cn.controlnet_cond_embedding.conv_out.weight.normal_(0, 0.05)
+    return cn.eval()
+
+
+def default_tiny_dir() -> Path:
+    root = os.environ.get("INDOMAIN_TINY_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "in-domain-suite" / "tiny-v1"
+
+
+def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
+    """Write (once) and return the folder of tiny models: ``sd/`` (a diffusers SD pipeline folder),
+    ``controlnet/``, ``community/`` (a second UNet), and ``domain-<name>/`` null-text domain models for the
+    preset domains. Written to a temporary folder and renamed into place, so a crash never leaves half."""
+    root = Path(root) if root is not None else default_tiny_dir()
+    if (root / "COMPLETE").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
+    parts = build_tiny_sd()
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(tmp / "sd")
+    build_tiny_controlnet(parts["unet"]).save_pretrained(tmp / "controlnet")
+    build_tiny_unet(seed=11).save_pretrained(tmp / "community")
+
+    from .domains import PRESETS
+    from .nulltext import make_domain_model
+
+    for i, preset in enumerate(PRESETS.values()):
+        # A tiny domain model: SD's tiny UNet with slightly perturbed weights, converted to null-text
+        # with E captured from the domain prompt. Random: it is a stand-in, not a trained model.
+        torch.manual_seed(100 + i)
+        unet = build_tiny_unet(seed=100 + i)
+        model = make_domain_model(unet, parts["text_encoder"], parts["tokenizer"], preset.prompt,
+                                  domain=preset.name, base_model="tiny")
+        model.save_pretrained(tmp / f"domain-{preset.name}")
+    (tmp / "COMPLETE").write_text("tiny models v1\n")
+    try:
+        tmp.rename(root)
+    except OSError:
+        # Another process finished first: use theirs.
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
