@@ -77,54 +77,69 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-images", type=int, default=1, help="images per run (default: %(default)s)")
 
 
-def resolve_device(args) -> tuple:
+def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple:
+    """``(torch.device, torch.dtype)``: cuda if available, else cpu; float16 on cuda, float32 on cpu."""
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = args.dtype or ("float16" if str(device).startswith("cuda") else "float32")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = dtype or ("float16" if str(device).startswith("cuda") else "float32")
     return torch.device(device), getattr(torch, name)
 
 
-def resolve_domain(args) -> Domain:
-    if args.domain in PRESETS:
-        domain = get_domain(args.domain)
-        return user_domain(domain.name, args.domain_model) if args.domain_model and args.domain_model.lower() != "none" else domain
-    if not args.domain_model:
+def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
+    """A preset (optionally with another model folder) or a user domain given by its model folder."""
+    own_model = domain_model if domain_model and domain_model.lower() != "none" else None
+    if domain in PRESETS:
+        return user_domain(domain, own_model) if own_model else get_domain(domain)
+    if not own_model:
         raise UserError(
-            f"unknown domain {args.domain!r}: use one of {', '.join(PRESETS)}, or pass --domain-model FOLDER for your own"
+            f"unknown domain {domain!r}: use one of {', '.join(PRESETS)}, or pass --domain-model FOLDER for your own"
         )
-    return user_domain(args.domain, args.domain_model)
+    return user_domain(domain, own_model)
 
 
-def model_refs(args) -> dict:
-    """Where each model comes from: the tiny folder for ``--preset tiny``, else flags / env / defaults."""
+def model_refs(preset: str = "full", domain: str = "face", sd_model: str | None = None,
+               domain_model: str | None = None, controlnet: str | None = None) -> dict:
+    """Where each model comes from: the tiny folder for ``preset='tiny'``, else flags / env / defaults.
+
+    Returns ``sd``, ``domain`` (None = no domain guidance: ``domain_model='none'``), ``controlnet`` and
+    ``domain_obj`` (the :class:`Domain`).
+    """
     from .domains import CANNY_CONTROLNET_HUB_ID, SD15_HUB_ID
 
-    domain = resolve_domain(args)
-    no_domain = args.domain_model is not None and str(args.domain_model).lower() == "none"
-    if args.preset == "tiny":
+    dom = resolve_domain(domain, domain_model)
+    no_domain = domain_model is not None and str(domain_model).lower() == "none"
+    own = None if no_domain else domain_model
+    if preset == "tiny":
         from .testing import tiny_model_dir
 
         root = tiny_model_dir()
-        domain_ref = args.domain_model or str(root / f"domain-{domain.name}")
-        if domain.name not in PRESETS and not args.domain_model:
-            domain_ref = str(root / "domain-face")
-        return dict(sd=args.sd_model or str(root / "sd"), domain=None if no_domain else domain_ref,
-                    controlnet=getattr(args, "controlnet", None) or str(root / "controlnet"), domain_obj=domain)
-    return dict(sd=args.sd_model or os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID,
-                domain=None if no_domain else domain.model_ref(),
-                controlnet=getattr(args, "controlnet", None) or CANNY_CONTROLNET_HUB_ID, domain_obj=domain)
+        name = dom.name if dom.name in PRESETS else "face"
+        return dict(sd=sd_model or str(root / "sd"), domain=None if no_domain else (own or str(root / f"domain-{name}")),
+                    controlnet=controlnet or str(root / "controlnet"), domain_obj=dom)
+    return dict(sd=sd_model or os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID,
+                domain=None if no_domain else (own or dom.model_ref()),
+                controlnet=controlnet or CANNY_CONTROLNET_HUB_ID, domain_obj=dom)
+
+
+def build_pipeline(preset: str = "full", domain: str = "face", sd_model: str | None = None,
+                   domain_model: str | None = None, controlnet: str | None = None, need_controlnet: bool = False,
+                   device: str | None = None, dtype: str | None = None):
+    """The :class:`suite.pipeline.InDomainPipeline` for a preset/domain and optional model overrides
+    (what the CLI flags and the app's fields describe)."""
+    from .pipeline import InDomainPipeline
+
+    refs = model_refs(preset, domain, sd_model, domain_model, controlnet)
+    dev, dt = resolve_device(device, dtype)
+    return InDomainPipeline.load(refs["sd"], domain_model=refs["domain"],
+                                 controlnet=refs["controlnet"] if need_controlnet else None,
+                                 domain=refs["domain_obj"], device=dev, dtype=dt)
 
 
 def load_pipeline(args, need_controlnet: bool = False):
-    """The :class:`suite.pipeline.InDomainPipeline` the flags describe."""
-    from .pipeline import InDomainPipeline
-
-    refs = model_refs(args)
-    device, dtype = resolve_device(args)
-    return InDomainPipeline.load(refs["sd"], domain_model=refs["domain"],
-                                 controlnet=refs["controlnet"] if need_controlnet else None,
-                                 domain=refs["domain_obj"], device=device, dtype=dtype)
+    """:func:`build_pipeline` from the flags of :func:`add_model_arguments`."""
+    return build_pipeline(args.preset, args.domain, args.sd_model, args.domain_model,
+                          getattr(args, "controlnet", None), need_controlnet, args.device, args.dtype)
 
 
 def quiet_libraries() -> None:
