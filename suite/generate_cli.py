@@ -37,6 +37,10 @@ def output_paths(output: str, n: int) -> list[Path]:
     out = Path(output)
     if not out.parent.is_dir():
         raise cli.UserError(f"the output folder {str(out.parent)!r} does not exist: create it or choose another --output")
+    from PIL import Image
+
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise cli.UserError(f"unknown image format {out.suffix!r} for {str(out)!r}: use .png, .jpg or .webp")
     if n == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]

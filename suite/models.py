@@ -52,7 +52,7 @@ def _load(what: str, flag: str, ref: str, is_local: bool, fn):
         return fn()
     except ModelLoadError:
         raise
-    except (OSError, ValueError, EnvironmentError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
         if is_local:
             raise ModelLoadError(
                 f"could not read {what} from {ref!r} ({_describe(err)}): the folder is incomplete or corrupt; "
@@ -66,6 +66,13 @@ def _load(what: str, flag: str, ref: str, is_local: bool, fn):
 
 def _hub_kwargs(is_local: bool) -> dict:
     return {"local_files_only": True} if is_local or os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+
+
+def place(module, device, dtype):
+    """Move to ``device``; cast only when the dtype differs (diffusers warns on every cast)."""
+    if dtype is not None and next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+    return module.to(device=device).eval().requires_grad_(False)
 
 
 def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model") -> dict:
@@ -87,7 +94,7 @@ def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model
 
     parts = _load("Stable Diffusion 1.5 model", flag, ref, local, go)
     for name in ("unet", "vae", "text_encoder"):
-        parts[name] = parts[name].to(device=device, dtype=dtype).eval().requires_grad_(False)
+        parts[name] = place(parts[name], device, dtype)
     return parts
 
 
@@ -100,7 +107,7 @@ def load_unet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--commun
     kw = _hub_kwargs(local)
     unet = _load("community SD1.5 model", flag, ref, local,
                  lambda: UNet2DConditionModel.from_pretrained(ref, subfolder=sub, use_safetensors=True, **kw))
-    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return place(unet, device, dtype)
 
 
 def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--controlnet"):
@@ -111,7 +118,7 @@ def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--
     kw = _hub_kwargs(local)
     cn = _load("ControlNet", flag, ref, local,
                lambda: ControlNetModel.from_pretrained(ref, use_safetensors=True, **kw))
-    return cn.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return place(cn, device, dtype)
 
 
 def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "--domain-model"):
@@ -134,5 +141,5 @@ def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "
         return DomainModel.from_pretrained(folder)
 
     model = _load("domain model", flag, ref, local, go)
-    model.unet.to(device=device, dtype=dtype).requires_grad_(False)
+    place(model.unet, device, dtype)
     return model

@@ -17,13 +17,11 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], device=None, dty
     """
     max_len = tokenizer.model_max_length
     ids = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
-    full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
-    if full.shape[-1] > ids.shape[-1]:
-        for p, row in zip(prompts, full):
-            if (row != tokenizer.pad_token_id).sum() > max_len or row.shape[-1] > max_len:
-                dropped = tokenizer.batch_decode(row[max_len - 1 : -1].unsqueeze(0))[0]
-                if dropped.strip():
-                    log.warning("prompt is longer than %d tokens and was truncated; dropped: %r", max_len, dropped)
+    for prompt in prompts:
+        full = tokenizer(prompt).input_ids
+        if len(full) > max_len:
+            dropped = tokenizer.decode(full[max_len - 1 : -1])
+            log.warning("prompt is longer than %d tokens and was truncated; dropped: %r", max_len, dropped)
     device = device if device is not None else text_encoder.device
     with torch.no_grad():
         feats = text_encoder(ids.to(device))[0]

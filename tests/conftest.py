@@ -1,0 +1,37 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="torch-ext-"))
+os.environ.setdefault("INDOMAIN_TINY_DIR", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    """The tiny model folders, written once per test session through the real saving code."""
+    from suite.testing import tiny_model_dir
+
+    return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_parts():
+    """Tiny SD components in memory (fixed seed)."""
+    from suite.testing import build_tiny_sd
+
+    return build_tiny_sd()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_dir):
+    """An InDomainPipeline loaded from the tiny folders (face domain + ControlNet)."""
+    from suite.domains import FACE
+    from suite.pipeline import InDomainPipeline
+
+    return InDomainPipeline.load(str(tiny_dir / "sd"), domain_model=str(tiny_dir / "domain-face"),
+                                 controlnet=str(tiny_dir / "controlnet"), domain=FACE)

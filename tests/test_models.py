@@ -1,0 +1,81 @@
+"""Loading: round trips through the real loading code, and one-sentence errors for missing/corrupt models."""
+
+import shutil
+
+import pytest
+import torch
+
+from suite import models
+from suite.models import ModelLoadError
+
+
+def test_tiny_folders_roundtrip_every_component(tiny_dir, tiny_parts):
+    """The folders written by tiny_model_dir load back to the same weights as the in-memory build."""
+    parts = models.load_sd(str(tiny_dir / "sd"))
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = parts[name].state_dict(), tiny_parts[name].state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert parts["tokenizer"]("a photo of a face").input_ids == tiny_parts["tokenizer"]("a photo of a face").input_ids
+    assert type(parts["scheduler"]).__name__ == "DPMSolverMultistepScheduler"
+    assert parts["scheduler"].config.algorithm_type == "dpmsolver++"
+    cn = models.load_controlnet(str(tiny_dir / "controlnet"))
+    assert cn.config.cross_attention_dim == parts["unet"].config.cross_attention_dim
+    community = models.load_unet(str(tiny_dir / "community"))
+    assert not torch.equal(next(community.parameters()), next(parts["unet"].parameters()))
+    dm = models.load_domain_model(str(tiny_dir / "domain-face"))
+    assert dm.metadata.domain == "face" and dm.metadata.prompt == "a photo of a face"
+
+
+def test_domain_model_roundtrip_gives_identical_outputs(tiny_dir, tmp_path):
+    dm = models.load_domain_model(str(tiny_dir / "domain-porcelain"))
+    dm.save_pretrained(tmp_path / "copy")
+    again = models.load_domain_model(str(tmp_path / "copy"))
+    z = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(dm.unet(z, 10, encoder_hidden_states=None).sample,
+                           again.unet(z, 10, encoder_hidden_states=None).sample)
+
+
+def test_missing_folder_names_the_flag(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"does not exist: pass --sd-model"):
+        models.load_sd(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match=r"--domain-model"):
+        models.load_domain_model(str(tmp_path / "nope" / "x"))
+
+
+def test_incomplete_and_corrupt_folders(tiny_dir, tmp_path):
+    broken = tmp_path / "sd"
+    shutil.copytree(tiny_dir / "sd", broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ModelLoadError, match=r"has no vae"):
+        models.load_sd(str(broken))
+    shutil.copytree(tiny_dir / "sd" / "vae", broken / "vae")
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=r"incomplete or corrupt"):
+        models.load_sd(str(broken))
+    not_domain = tmp_path / "plain"
+    not_domain.mkdir()
+    with pytest.raises(ModelLoadError, match=r"not a null-text domain model"):
+        models.load_domain_model(str(not_domain))
+
+
+def test_hub_id_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"offline.*--controlnet"):
+        models.load_controlnet("nobody-here/no-such-controlnet")
+
+
+def test_domain_model_strict_load_refuses_missing_E(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from suite.nulltext import WEIGHTS_FILE
+
+    folder = tmp_path / "dm"
+    shutil.copytree(tiny_dir / "domain-face", folder)
+    state = load_file(str(folder / WEIGHTS_FILE))
+    state = {k: v for k, v in state.items() if not k.endswith(".E")}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    with pytest.raises(ModelLoadError, match="incomplete or corrupt"):
+        models.load_domain_model(str(folder))

@@ -1,0 +1,115 @@
+"""In-domain sampling: equality with diffusers, seeds, controls, start images, bundle save/load."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from suite.pipeline import Control, InDomainPipeline
+
+
+def diffusers_sd(pipe):
+    """diffusers' own StableDiffusionPipeline on the very same components."""
+    from diffusers import StableDiffusionPipeline
+
+    ref = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                  unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
+                                  feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+@pytest.mark.parametrize("w", [1.0, 7.5])
+def test_single_text_term_equals_diffusers(tiny_pipe, w):
+    ours = tiny_pipe("a photo of a face wearing glasses", domain_weight=0.0, control_weight=w, num_images=2,
+                     num_inference_steps=12, seed=3, output_type="np", progress=False).images
+    ref = diffusers_sd(tiny_pipe)
+    theirs = ref("a photo of a face wearing glasses", guidance_scale=w, num_images_per_prompt=2,
+                 num_inference_steps=12, generator=torch.Generator().manual_seed(3), output_type="np").images
+    assert ours.shape == theirs.shape == (2, 64, 64, 3)
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_negative_prompt_equals_diffusers(tiny_pipe):
+    ours = tiny_pipe("a vase", negative_prompt="the face", domain_weight=0.0, control_weight=5.0,
+                     num_inference_steps=8, seed=1, output_type="np", progress=False).images
+    ref = diffusers_sd(tiny_pipe)
+    theirs = ref("a vase", negative_prompt="the face", guidance_scale=5.0, num_inference_steps=8,
+                 generator=torch.Generator().manual_seed(1), output_type="np").images
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_seeds_reproduce_and_differ(tiny_pipe):
+    kw = dict(num_inference_steps=5, output_type="np", progress=False)
+    a = tiny_pipe("wearing glasses", seed=7, **kw).images
+    b = tiny_pipe("wearing glasses", seed=7, **kw).images
+    c = tiny_pipe("wearing glasses", seed=8, **kw).images
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_unconditional_in_domain_uses_domain_term_with_auto_weight(tiny_pipe):
+    out = tiny_pipe(None, num_inference_steps=4, seed=0, output_type="np", progress=False)
+    assert list(out.weights) == ["domain"]
+    assert np.isfinite(out.weights["domain"]) and out.weights["domain"] > 0
+    # the domain term changes the result compared with SD's unconditional sampling
+    plain = tiny_pipe(None, use_domain=False, num_inference_steps=4, seed=0, output_type="np", progress=False)
+    assert plain.weights == {}
+    assert np.abs(out.images - plain.images).max() > 1e-3
+
+
+def test_controlnet_and_several_controls(tiny_pipe, tiny_dir):
+    from suite.models import load_unet
+
+    edges = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) > 0.8).astype(np.uint8) * 255)
+    kw = dict(num_inference_steps=4, seed=0, output_type="np", progress=False, domain_weight=2.0)
+    with_cn = tiny_pipe("wearing glasses", control_weight=3.0, control_image=edges, **kw)
+    without = tiny_pipe("wearing glasses", control_weight=3.0, **kw)
+    assert np.abs(with_cn.images - without.images).max() > 1e-3
+    community = load_unet(str(tiny_dir / "community"))
+    multi = tiny_pipe("wearing glasses", control_weight=2.0, control_image=edges,
+                      controls=[Control(prompt="wearing glasses", weight=1.5, unet=community, name="community")], **kw)
+    assert set(multi.weights) == {"domain", "control", "community"}
+    assert np.abs(multi.images - with_cn.images).max() > 1e-3
+
+
+def test_wrong_aspect_control_image_is_refused(tiny_pipe):
+    with pytest.raises(ValueError, match="aspect"):
+        tiny_pipe("x", control_image=Image.new("RGB", (128, 32)), num_inference_steps=2, progress=False)
+
+
+def test_start_image_strength_zero_returns_vae_roundtrip(tiny_pipe):
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    out = tiny_pipe("wearing glasses", image=img, strength=0.0, num_inference_steps=10, seed=0,
+                    output_type="latent", progress=False)
+    pixels = tiny_pipe.image_processor.preprocess(img)
+    init = tiny_pipe.vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(0))
+    assert torch.allclose(out.latents, init * tiny_pipe.vae.config.scaling_factor, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(num_inference_steps=0), "steps"), (dict(strength=1.5), "strength"),
+                                       (dict(domain_weight=float("nan")), "domain weight"),
+                                       (dict(num_images="two"), "number of images"),
+                                       (dict(height=62), "multiples")])
+def test_bad_arguments_give_one_sentence(tiny_pipe, bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_pipe("x", progress=False, **bad)
+
+
+def test_long_prompt_is_truncated_with_warning(tiny_pipe, caplog):
+    with caplog.at_level(logging.WARNING):
+        emb = tiny_pipe.encode_prompt("a photo of a face " * 40)
+    assert emb.shape[1] == 77
+    assert any("truncated" in r.message for r in caplog.records)
+
+
+def test_bundle_roundtrip(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "bundle")
+    loaded = InDomainPipeline.from_pretrained(tmp_path / "bundle")
+    kw = dict(num_inference_steps=3, seed=2, output_type="np", progress=False)
+    a = tiny_pipe("wearing glasses", **kw)
+    b = loaded("wearing glasses", **kw)
+    assert np.array_equal(a.images, b.images)
+    assert loaded.domain.name == "face" and loaded.controlnet is not None
