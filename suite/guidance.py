@@ -151,6 +151,7 @@ class MultiGuidance:
             auto = AutoWeights(norm="prediction")
         self.auto = auto
         self.last_weights: list = []
+        self._last_active: list[Term] = []
 
     def reset(self) -> None:
         """Forget frozen automatic weights (start of a new sampling run)."""
@@ -178,7 +179,18 @@ class MultiGuidance:
         for j, i in enumerate(auto_idx):
             weights[i] = self.auto._frozen[j]
         self.last_weights = weights
+        self._last_active = active
         return combine(eps_0, eps_terms, weights)
+
+    def weights_used(self) -> dict:
+        """``{term name: weight}`` of the last call (automatic weights as floats, or lists per sample)."""
+        out = {}
+        for term, w in zip(self._last_active, self.last_weights):
+            if isinstance(w, torch.Tensor):
+                vals = w.flatten().tolist()
+                w = vals[0] if len(vals) == 1 else vals
+            out[term.name] = w
+        return out
 
 
 def evaluate_batched(denoisers: Sequence[Denoiser], z: torch.Tensor, t) -> list[torch.Tensor]:

@@ -349,23 +349,13 @@ class InDomainPipeline:
                 callback(i + 1, len(timesteps))
 
         # 6. Decode.
-        weights = {}
-        if isinstance(guidance, MultiGuidance):
-            weights = {term.name: _weight_summary(w) for term, w in zip(
-                [t for t in guidance.terms if t.weight is None or t.weight != 0], guidance.last_weights)}
+        weights = guidance.weights_used() if isinstance(guidance, MultiGuidance) else {}
         if output_type == "latent":
             return InDomainOutput(images=[], latents=latents, weights=weights)
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
         images = self.image_processor.postprocess(decoded, output_type=output_type,
                                                   do_denormalize=[True] * decoded.shape[0])
         return InDomainOutput(images=images, latents=latents, weights=weights)
-
-
-def _weight_summary(w):
-    if isinstance(w, torch.Tensor):
-        vals = w.flatten().tolist()
-        return vals[0] if len(vals) == 1 else vals
-    return w
 
 
 def _check_int(value, what: str, minimum: int) -> int:
