@@ -163,6 +163,40 @@ class InDomainPipeline:
             m.to(device=device, dtype=dtype)
         return self
 
+    def enable_model_cpu_offload(self, device="cuda") -> InDomainPipeline:
+        """Keep every model on the CPU and move each one to ``device`` only while it runs (the others go back).
+
+        For GPUs too small for SD1.5 + the domain UNet + a ControlNet at once (diffusers' method of the same
+        name, adapted to multi-guidance, where the SD and domain UNets alternate every step). Slower: weights
+        cross the bus at every switch.
+        """
+        device = torch.device(device)
+        modules = self._modules()
+        for m in modules:
+            m.to("cpu")
+        for hook in getattr(self, "_offload_hooks", []):
+            hook.remove()
+
+        def pre_hook(module, args, kwargs):
+            self._activate(module)
+            moved = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+            kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+            return moved, kw
+
+        self._offload_hooks = [m.register_forward_pre_hook(pre_hook, with_kwargs=True) for m in modules]
+        self._execution_device = device
+        return self
+
+    def _activate(self, module) -> None:
+        """With CPU offload: move ``module`` to the execution device and every other model to the CPU."""
+        device = getattr(self, "_execution_device", None)
+        if device is None:
+            return
+        for other in self._modules():
+            if other is not module and next(other.parameters()).device.type != "cpu":
+                other.to("cpu")
+        module.to(device)
+
     def _modules(self):
         mods = [self.vae, self.text_encoder, self.unet]
         if self.domain_model is not None:
@@ -173,7 +207,8 @@ class InDomainPipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where sampling runs (with CPU offload: the execution device, not where weights rest)."""
+        return getattr(self, "_execution_device", None) or next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -329,6 +364,7 @@ class InDomainPipeline:
                 pixels = pixels.repeat(num_images, 1, 1, 1)
             if pixels.shape[0] != num_images:
                 raise ValueError(f"got {pixels.shape[0]} start images for {num_images} outputs")
+            self._activate(self.vae)
             init = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
             init_steps = min(int(steps * strength), steps)
             t_start = max(steps - init_steps, 0)
@@ -352,6 +388,7 @@ class InDomainPipeline:
         weights = guidance.weights_used() if isinstance(guidance, MultiGuidance) else {}
         if output_type == "latent":
             return InDomainOutput(images=[], latents=latents, weights=weights)
+        self._activate(self.vae)
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
         images = self.image_processor.postprocess(decoded, output_type=output_type,
                                                   do_denormalize=[True] * decoded.shape[0])

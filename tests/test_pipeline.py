@@ -113,3 +113,15 @@ def test_bundle_roundtrip(tiny_pipe, tmp_path):
     b = loaded("wearing glasses", **kw)
     assert np.array_equal(a.images, b.images)
     assert loaded.domain.name == "face" and loaded.controlnet is not None
+
+
+def test_cpu_offload_gives_the_same_images(tiny_dir):
+    from suite.domains import FACE
+
+    pipe = InDomainPipeline.load(str(tiny_dir / "sd"), domain_model=str(tiny_dir / "domain-face"), domain=FACE)
+    kw = dict(num_inference_steps=3, seed=4, output_type="np", progress=False)
+    a = pipe("wearing glasses", **kw).images
+    pipe.enable_model_cpu_offload("cpu")
+    assert len(pipe._offload_hooks) == 4  # vae, text encoder, SD UNet, domain UNet
+    b = pipe("wearing glasses", **kw).images
+    assert np.array_equal(a, b)
