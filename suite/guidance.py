@@ -160,8 +160,9 @@ class MultiGuidance:
 
     def __call__(self, z: torch.Tensor, t) -> torch.Tensor:
         active = [term for term in self.terms if term.weight is None or term.weight != 0.0]
+        frozen = self.auto._frozen if self.auto is not None else None
         need_auto = any(term.weight is None for term in active) and (
-            self.auto.every_step or self.auto._frozen is None
+            self.auto.every_step or frozen is None or frozen[0].shape[0] != z.shape[0]
         )
         need_ref = need_auto and self.auto.norm == "direction"
         denoisers: list[Denoiser] = [self.base] + [term.denoiser for term in active]
