@@ -97,11 +97,11 @@ class HaarFaceDetector:
         h, w = rgb.shape[:2]
         s = min(1.0, self.max_side / max(h, w))
         small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else rgb
-        gray = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY))
-        # 2. Faces on the copy, mapped back to full resolution.
+        gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+        # 2. Faces on the copy (as is, then with equalised contrast for dim photos), mapped back to full size.
         min_side = max(20, int(self.min_face * min(gray.shape)))
-        boxes = self.face_cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                                   minSize=(min_side, min_side))
+        boxes = _detect_plain_then_equalised(self.face_cascade, gray, scaleFactor=self.scale_factor,
+                                             minNeighbors=self.min_neighbors, minSize=(min_side, min_side))
         sx, sy = w / small.shape[1], h / small.shape[0]
         faces = []
         for x, y, bw, bh in (boxes if len(boxes) else []):
@@ -124,9 +124,9 @@ class HaarFaceDetector:
         k = 200.0 / bw  # eyes are searched on the face box scaled to 200 px wide
         roi = cv2.resize(np.ascontiguousarray(roi), (200, max(1, round(roi.shape[0] * k))),
                          interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
-        gray = cv2.equalizeHist(cv2.cvtColor(roi, cv2.COLOR_RGB2GRAY))
-        found = self.eye_cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=3, minSize=(20, 20),
-                                                  maxSize=(90, 90))
+        gray = cv2.cvtColor(roi, cv2.COLOR_RGB2GRAY)
+        found = _detect_plain_then_equalised(self.eye_cascade, gray, scaleFactor=1.1, minNeighbors=3,
+                                             minSize=(20, 20), maxSize=(90, 90))
         centres = [((ex + ew / 2) / 200.0, (ey + eh / 2) / 200.0) for ex, ey, ew, eh in (found if len(found) else [])]
         best, best_cost = None, math.inf
         for lx, ly in centres:  # fractions of the box width
@@ -143,6 +143,15 @@ class HaarFaceDetector:
         if best is None:
             return None
         return tuple((x0 + fx * bw, y0 + fy * bw) for fx, fy in best)
+
+
+def _detect_plain_then_equalised(cascade, gray: np.ndarray, **kwargs):
+    """``detectMultiScale`` on the gray image; if nothing is found, once more after histogram equalisation
+    (helps dim or low-contrast photos; hurts flat synthetic ones, hence not first)."""
+    found = cascade.detectMultiScale(gray, **kwargs)
+    if len(found) == 0:
+        found = cascade.detectMultiScale(_cv2().equalizeHist(gray), **kwargs)
+    return found
 
 
 def _cv2():

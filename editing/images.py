@@ -83,8 +83,9 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
         im.load()
         return im
     except Image.DecompressionBombError:
-        raise ValueError(f"the {what} {str(path)!r} is too large to decode safely (decompression-bomb guard): "
-                         f"downscale it first") from None
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise ValueError(f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode "
+                         f"safely (decompression-bomb guard): downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
         raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or "
                          f"WebP file") from None
