@@ -172,8 +172,8 @@ def paste(canvas: np.ndarray, crop: np.ndarray, weight: np.ndarray, region: Regi
     if not sel.any():
         return
     view = canvas[y0:y1, x0:x1]
-    a = alpha[sel][:, None]
-    blended = view[sel].astype(np.float32) * (1.0 - a) + warped[sel].astype(np.float32) * a
-    view[sel] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    a = alpha[..., None]
+    blended = view.astype(np.float32) * (1.0 - a) + warped.reshape(view.shape).astype(np.float32) * a
+    np.copyto(view, np.clip(np.rint(blended), 0, 255).astype(np.uint8), where=sel[..., None])
     if changed is not None:
         changed[y0:y1, x0:x1] |= sel

@@ -76,7 +76,7 @@ def main(args) -> int:
             bar.n = done
             bar.refresh()
 
-    mask_image = Image.fromarray((mask * 255).round().astype("uint8"), "L") if mask is not None else None
+    mask_image = Image.fromarray((mask * 255).round().astype("uint8")) if mask is not None else None
     try:
         result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=args.domain_weight,
                             control_weight=args.control_weight, mask=mask_image, all_faces=args.all_faces,

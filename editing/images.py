@@ -48,13 +48,14 @@ class Photo:
 
     def output(self, rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
         """The output image in the input's form: ``rgb`` where ``changed``, the input's own pixels elsewhere
-        (bit-identical, alpha included)."""
+        (bit-identical, alpha included). ``rgb`` must equal :attr:`rgb` wherever ``changed`` is False (as
+        :func:`editing.align.paste` guarantees: it never writes there)."""
         if self.alpha is None:
-            im = Image.fromarray(np.where(changed[..., None], rgb, self.rgb), "RGB")
+            im = Image.fromarray(rgb if rgb is not self.rgb else rgb.copy())
         else:
             raw = self.rgb_raw if self.rgb_raw is not None else self.rgb
             out = np.where(changed[..., None], rgb, raw)
-            im = Image.fromarray(np.dstack([out, self.alpha]), "RGBA")
+            im = Image.fromarray(np.dstack([out, self.alpha]))
         if self.icc_profile:
             im.info["icc_profile"] = self.icc_profile
         return im

@@ -20,7 +20,6 @@ from editing.align import face_region  # noqa: E402
 from editing.images import load_mask, load_photo, prepare_photo  # noqa: E402
 from editing.synthetic import place_face  # noqa: E402
 from suite.pipeline import InDomainPipeline  # noqa: E402
-from suite.testing import build_tiny_sd  # noqa: E402
 
 STEPS = 3  # few steps: these tests check plumbing and numerics, not image quality
 
@@ -37,13 +36,13 @@ class FixedDetector:
 
 
 @pytest.fixture(scope="module")
-def parts():
-    return build_tiny_sd()
+def parts(tiny_parts):
+    return tiny_parts
 
 
 @pytest.fixture(scope="module")
 def pipe(parts):
-    return InDomainPipeline(**parts)
+    return InDomainPipeline(**{**parts, "scheduler": copy.deepcopy(parts["scheduler"])})  # own scheduler state
 
 
 def photo_array(h=96, w=128, seed=0) -> np.ndarray:
@@ -308,16 +307,6 @@ def test_mask_size_must_match(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------
 # CLI
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    import os
-
-    from suite.testing import tiny_model_dir
-
-    root = os.environ.get("INDOMAIN_TINY_DIR") or str(tmp_path_factory.mktemp("tiny") / "models")
-    return tiny_model_dir(root)
 
 
 def _run(argv, tiny_dir, monkeypatch, capsys):
