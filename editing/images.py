@@ -139,7 +139,11 @@ def prepare_photo(im: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
             return Photo(rgb=np.asarray(im_rgb).copy(), mode=im.mode)
         except Exception:  # noqa: BLE001 - a broken profile falls back to PIL's standard conversion
             pass
-    return Photo(rgb=np.asarray(im.convert("RGB")).copy(), mode=im.mode)
+    try:
+        converted = im.convert("RGB")
+    except (ValueError, OSError):
+        raise ValueError(f"images in mode {im.mode} cannot be converted to RGB: save it as an RGB PNG or JPEG") from None
+    return Photo(rgb=np.asarray(converted).copy(), mode=im.mode)
 
 
 def oriented_size(im: Image.Image) -> tuple[int, int]:

@@ -360,13 +360,17 @@ def test_cli_bad_inputs_give_one_sentence(tmp_path, tiny_dir, monkeypatch, capsy
 
 
 def test_cli_whole_image_without_a_face(tmp_path, tiny_dir, monkeypatch, capsys):
-    Image.fromarray(photo_array(48, 64, seed=15)).save(tmp_path / "flat.png")
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(photo_array(48, 64, seed=15)).save(tmp_path / "flat.png", icc_profile=icc)
     out = tmp_path / "out.jpg"
     code, err = _run(["edit", "--preset", "tiny", "--image", str(tmp_path / "flat.png"), "--whole-image",
                       "--steps", "1", "--num-images", "2", "--output", str(out)], tiny_dir, monkeypatch, capsys)
     assert code == 0, err
     for i in range(2):
-        assert Image.open(tmp_path / f"out-{i}.jpg").size == (64, 48)
+        with Image.open(tmp_path / f"out-{i}.jpg") as im:
+            assert im.size == (64, 48) and im.info.get("icc_profile") == icc  # colours shown as in the input
     assert not list(tmp_path.glob(".out*"))  # no temporary files left behind
 
 

@@ -10,7 +10,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from editing.align import MOUTH_RATIO, extract, face_region, feather_mask, paste, whole_image_region  # noqa: E402
-from editing.faces import Face, HaarFaceDetector  # noqa: E402
+from editing.faces import BOX_EYE_X, BOX_EYE_Y, Face, HaarFaceDetector  # noqa: E402
 from editing.synthetic import place_face  # noqa: E402
 
 # FFHQ framing: eyes 1/4 of the crop apart, centred, at 0.5 - 0.1 * MOUTH_RATIO / 4 of the height.
@@ -68,13 +68,13 @@ def test_box_only_framing_matches_eye_framing_for_a_typical_box():
     box = (100.0, 50.0, 300.0, 250.0)
     by_box = face_region(Face(box), 64)
     x0, y0, x1, y1 = box
-    eyes = ((x0 + 0.3 * 200, y0 + 0.38 * 200), (x0 + 0.7 * 200, y0 + 0.38 * 200))
+    eyes = ((x0 + BOX_EYE_X[0] * 200, y0 + BOX_EYE_Y * 200), (x0 + BOX_EYE_X[1] * 200, y0 + BOX_EYE_Y * 200))
     by_eyes = face_region(Face(box, eyes=eyes), 64)
     np.testing.assert_allclose(by_box.matrix, by_eyes.matrix)
-    # the crop is centred on the box horizontally, 1.6 box widths wide, and contains the whole box
+    # the crop is centred on the box horizontally, 4 eye distances wide, and contains the whole box
     c = by_box.to_image([32, 32])
     assert c[0] == pytest.approx(200.0)
-    assert by_box.scale * 64 == pytest.approx(1.6 * 200)
+    assert by_box.scale * 64 == pytest.approx(4 * (BOX_EYE_X[1] - BOX_EYE_X[0]) * 200)
     corners = by_box.corners()
     assert corners[:, 0].min() < x0 and corners[:, 0].max() > x1 and corners[:, 1].min() < y0 and corners[:, 1].max() > y1
 
