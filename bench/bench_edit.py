@@ -6,7 +6,7 @@ crop only; the non-network parts (loading is reported apart; detection on a <= 1
 paste-back on the crop's bounding box) must stay a small fraction of the whole. Each configuration is run
 ``--reps`` times and the median of each stage is printed, with the fractions side by side.
 
-    python bench/bench_edit.py [--megapixels 12] [--steps 25] [--strength 0.6] [--reps 3]
+    python bench/bench_edit.py [--megapixels 12] [--steps 25] [--strength 0.6] [--reps 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default: %(default)s)")
     p.add_argument("--strength", type=float, default=0.6, help="SDEdit strength (default: %(default)s)")
     p.add_argument("--reps", type=int, default=3, help="repetitions, median reported (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and OpenCV threads (default: their own defaults; 1 is steadier on a busy machine)")
     args = p.parse_args()
+    if args.threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
 
     import numpy as np
     from PIL import Image
@@ -75,7 +83,8 @@ def main() -> int:
     # 4. Report.
     print(f"photo {w}x{h} ({w * h / 1e6:.1f} MP), face crop {crop.size[0]}x{crop.size[1]} "
           f"(scale {crop.scale:.1f} photo px per crop px), {int(args.steps * args.strength)} denoising steps, "
-          f"median of {args.reps} (CPU, {os.cpu_count()} cores; other jobs may load this machine)")
+          f"median of {args.reps} (CPU, {os.cpu_count()} cores, {args.threads or 'default'} threads; "
+          f"other jobs may load this machine)")
     for s in stages:
         share = "" if s == "load" else f"{med[s] / edit_total:7.1%} of the edit"
         print(f"  {s:8s} {med[s] * 1000:9.1f} ms  {share}")
