@@ -447,7 +447,8 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        image.save(tmp, format=fmt)
+        icc = image.info.get("icc_profile")  # PNG keeps it by itself; JPEG and WebP only when passed
+        image.save(tmp, format=fmt, **({"icc_profile": icc} if icc else {}))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

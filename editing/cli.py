@@ -1,0 +1,109 @@
+"""``launch.py edit``: SDEdit a photo with in-domain multi-guidance (face photos: detect, align, edit, paste back).
+
+Example::
+
+    python launch.py edit --domain face --image photo.jpg --prompt "wearing glasses" --strength 0.6 \\
+        --output edited.png
+"""
+
+from __future__ import annotations
+
+import logging
+
+from suite import cli
+
+HELP = "edit a photo with SDEdit and in-domain guidance (face photos: detect, align, edit the face, paste back)"
+log = logging.getLogger("editing")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--image", required=True, help="the photo to edit (JPEG/PNG/WebP, any mode; EXIF orientation applied)")
+    p.add_argument("--prompt", default="", help="control text, e.g. 'wearing glasses' (default: '' = domain guidance only)")
+    p.add_argument("--strength", type=cli.finite_float, default=0.6,
+                   help="SDEdit strength in [0, 1]: 0 keeps the photo, 1 ignores it (default: %(default)s)")
+    p.add_argument("--output", default="edited.png",
+                   help="output image (.png/.jpg/.webp), same size and orientation as the input; with --num-images "
+                        "N > 1, files are NAME-0.png ... (default: %(default)s)")
+    p.add_argument("--mask", default=None,
+                   help="mask image, same size as the photo: white = may change, black/transparent = kept exactly "
+                        "(default: the feathered face crop)")
+    p.add_argument("--all-faces", action="store_true", help="edit every face found (default: only the largest)")
+    p.add_argument("--whole-image", action="store_true",
+                   help="edit the whole photo scaled to the model's resolution instead of the face crop "
+                        "(for photos without a detectable face)")
+    p.add_argument("--max-megapixels", type=cli.finite_float, default=120.0,
+                   help="refuse larger inputs before decoding them (decompression-bomb guard) (default: %(default)s)")
+    p.add_argument("--feather", type=cli.finite_float, default=0.08,
+                   help="width of the soft edge of the pasted face crop, as a fraction of the crop (default: %(default)s)")
+    cli.add_model_arguments(p, controlnet=False)
+    cli.add_guidance_arguments(p)
+
+
+def main(args) -> int:
+    from suite.generate_cli import output_paths
+    from suite.pipeline import save_image_atomic
+
+    from .edit import edit_photo
+    from .images import load_mask, open_image, oriented_size
+
+    # 1. Validate and read the inputs before loading any model.
+    if not 0.0 <= args.strength <= 1.0:
+        raise cli.UserError(f"--strength must be between 0 and 1, got {args.strength}")
+    if args.max_megapixels <= 0:
+        raise cli.UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
+    if not 0.0 <= args.feather <= 0.5:
+        raise cli.UserError(f"--feather must be between 0 and 0.5, got {args.feather}")
+    paths = output_paths(args.output, max(args.num_images, 1))
+    _check_format(paths[0])
+    max_pixels = int(args.max_megapixels * 1e6)
+    image = open_image(args.image, "image", max_pixels)
+    size = oriented_size(image)
+    mask = load_mask(args.mask, size, max_pixels) if args.mask else None
+
+    # 2. Load the models.
+    pipe = cli.load_pipeline(args)
+
+    # 3. Edit (detect and align, SDEdit through the pipeline, paste back), with a progress bar.
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="editing", leave=False)
+
+    def progress(stage, done, total, info):
+        if stage == "denoise":
+            bar.total = total
+            bar.set_description(f"editing crop {info['crop'] + 1}/{info['crops']}")
+            bar.n = done
+            bar.refresh()
+
+    mask_image = Image.fromarray((mask * 255).round().astype("uint8")) if mask is not None else None
+    try:
+        result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=args.domain_weight,
+                            control_weight=args.control_weight, mask=mask_image, all_faces=args.all_faces,
+                            whole_image=args.whole_image, num_images=args.num_images, seed=args.seed, steps=args.steps,
+                            progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
+                            auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels)
+    finally:
+        bar.close()
+
+    # 4. Save (atomically) and report.
+    for im, path in zip(result.images, paths):
+        if im.mode == "RGBA" and path.suffix.lower() in (".jpg", ".jpeg"):
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            icc = im.info.get("icc_profile")
+            im = Image.alpha_composite(white, im).convert("RGB")
+            if icc:
+                im.info["icc_profile"] = icc
+        save_image_atomic(im, path)
+        log.info("wrote %s", path)
+    for box in result.face_boxes:
+        log.info("edited face at x=%d..%d, y=%d..%d", *(round(v) for v in (box[0], box[2], box[1], box[3])))
+    log.info("time: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    return 0
+
+
+def _check_format(path) -> None:
+    from PIL import Image
+
+    if Image.registered_extensions().get(path.suffix.lower()) is None:
+        raise cli.UserError(f"unknown image format {path.suffix!r} for {str(path)!r}: use .png, .jpg or .webp")

@@ -1,0 +1,179 @@
+"""Photos as people have them: any file PIL reads, any mode, EXIF orientation, very large or hostile files.
+
+:func:`load_photo` opens a file (refusing decompression bombs before decoding a pixel) and
+:func:`prepare_photo` turns any PIL image into a :class:`Photo`: the upright (EXIF-transposed) 8-bit RGB
+pixels the network sees, plus what is needed to give the output back in the input's form (alpha channel,
+ICC profile). :func:`load_mask` reads a user mask (white = edit, black or transparent = keep).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Default limit on input size, in pixels (120 MP: above today's 108 MP phone sensors, far below what
+#: would exhaust memory). Larger files are refused before decoding (decompression-bomb guard).
+DEFAULT_MAX_PIXELS = 120_000_000
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+@dataclass
+class Photo:
+    """An input photo, upright, as 8-bit RGB for the network plus what the output needs.
+
+    ``rgb``: ``[H, W, 3]`` uint8, EXIF orientation applied, transparency composited on white, CMYK / 16-bit /
+    grayscale converted. ``alpha``: ``[H, W]`` uint8 or None (the input's own alpha, restored in the output
+    together with the untouched pixels' original colour values ``rgb_raw``). ``icc_profile``: the input's
+    profile when its RGB values are kept as they are (RGB/RGBA inputs), so the output is shown in the same
+    colours.
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    rgb_raw: np.ndarray | None = None
+    icc_profile: bytes | None = None
+    mode: str = "RGB"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` as the user sees the photo (after EXIF orientation)."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+    def output(self, rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
+        """The output image in the input's form: ``rgb`` where ``changed``, the input's own pixels elsewhere
+        (bit-identical, alpha included). ``rgb`` must equal :attr:`rgb` wherever ``changed`` is False (as
+        :func:`editing.align.paste` guarantees: it never writes there)."""
+        if self.alpha is None:
+            im = Image.fromarray(rgb if rgb is not self.rgb else rgb.copy())
+        else:
+            raw = self.rgb_raw if self.rgb_raw is not None else self.rgb
+            out = np.where(changed[..., None], rgb, raw)
+            im = Image.fromarray(np.dstack([out, self.alpha]))
+        if self.icc_profile:
+            im.info["icc_profile"] = self.icc_profile
+        return im
+
+
+def check_size(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:
+    """Refuse images above ``max_pixels`` (a decompression bomb, or simply too large) in one sentence."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"the {what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the limit of "
+            f"{max_pixels / 1e6:.0f} megapixels (decompression-bomb guard): downscale it first, or raise the limit "
+            f"with --max-megapixels"
+        )
+
+
+def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and decode an image file (first frame), checking its size from the header BEFORE decoding."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"the {what} {str(path)!r} does not exist: check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            im = Image.open(path)
+        check_size(*im.size, max_pixels, f"{what} {str(path)!r}")
+        im.load()
+        return im
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise ValueError(f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode "
+                         f"safely (decompression-bomb guard): downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
+        raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or "
+                         f"WebP file") from None
+
+
+def load_photo(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Photo:
+    """Read a photo file as a :class:`Photo` (see :func:`prepare_photo`)."""
+    return prepare_photo(open_image(path, "image", max_pixels), max_pixels)
+
+
+def prepare_photo(im: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Photo:
+    """Any PIL image -> :class:`Photo`: EXIF orientation applied, then the mode converted to 8-bit RGB.
+
+    * RGBA / LA / P with transparency: composited on white for the network; alpha and the original colour
+      values are kept for the output.
+    * L, 1, P, I: expanded to gray RGB. I;16 (16-bit): scaled by 1/257 to 8 bits.
+    * CMYK (and other colour spaces): converted with the embedded ICC profile to sRGB when there is one
+      (littlecms), else with PIL's standard conversion.
+    """
+    if not isinstance(im, Image.Image):
+        raise ValueError(f"the image must be a PIL image, got {type(im).__name__}: load it with PIL.Image.open")
+    check_size(*im.size, max_pixels)
+    im = ImageOps.exif_transpose(im)
+    icc = im.info.get("icc_profile")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        arr = np.asarray(rgba)
+        white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        return Photo(rgb=np.asarray(white).copy(), alpha=arr[..., 3].copy(), rgb_raw=arr[..., :3].copy(),
+                     icc_profile=icc if im.mode in ("RGBA", "RGBa") else None, mode=im.mode)
+    if im.mode in _SIXTEEN_BIT:
+        arr = np.asarray(im).astype(np.float32)  # 0..65535 whatever the byte order
+        gray = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return Photo(rgb=np.repeat(gray[..., None], 3, axis=2), mode=im.mode)
+    if im.mode == "I":
+        arr = np.asarray(im).astype(np.float64)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        gray = np.clip(np.rint(arr / hi * 255.0), 0, 255).astype(np.uint8)
+        return Photo(rgb=np.repeat(gray[..., None], 3, axis=2), mode=im.mode)
+    if im.mode == "RGB":
+        return Photo(rgb=np.asarray(im).copy(), icc_profile=icc, mode=im.mode)
+    if im.mode not in ("L", "1", "P") and icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            im_rgb = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            return Photo(rgb=np.asarray(im_rgb).copy(), mode=im.mode)
+        except Exception:  # noqa: BLE001 - a broken profile falls back to PIL's standard conversion
+            pass
+    try:
+        converted = im.convert("RGB")
+    except (ValueError, OSError):
+        raise ValueError(f"images in mode {im.mode} cannot be converted to RGB: save it as an RGB PNG or JPEG") from None
+    return Photo(rgb=np.asarray(converted).copy(), mode=im.mode)
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` as the user sees ``im``: swapped when its EXIF orientation turns it by 90 degrees."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF = no orientation
+        orientation = 1
+    w, h = im.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def load_mask(source, size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A user mask as ``[H, W]`` float32 weights in [0, 1] at the photo's ``size`` (``(width, height)``).
+
+    White = edit, black = keep, gray = blend; transparent = keep. EXIF orientation is applied like the photo's.
+    A mask drawn on a scaled copy (same aspect ratio) is resized; another aspect ratio is refused.
+    """
+    im = open_image(source, "mask", max_pixels) if not isinstance(source, Image.Image) else source
+    im = ImageOps.exif_transpose(im)
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        arr = np.asarray(im).astype(np.float32)
+        im = Image.fromarray(np.clip(np.rint(arr / (257.0 if arr.max() > 255 else 1.0)), 0, 255).astype(np.uint8))
+    rgba = im.convert("RGBA")
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    gray = Image.alpha_composite(black, rgba).convert("L")
+    w, h = gray.size
+    if (w, h) != tuple(size):
+        if abs(w * size[1] - h * size[0]) > max(w, h, *size):  # aspect ratios differ by more than a pixel
+            raise ValueError(f"the mask is {w}x{h} but the image is {size[0]}x{size[1]}: give a mask with the "
+                             f"image's size (white = edit, black = keep)")
+        gray = gray.resize(tuple(size), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.float32) / 255.0
