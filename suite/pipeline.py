@@ -360,12 +360,12 @@ class InDomainPipeline:
             latents = latents * self.scheduler.init_noise_sigma
         else:
             pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
-            if pixels.shape[0] == 1 and num_images > 1:
-                pixels = pixels.repeat(num_images, 1, 1, 1)
-            if pixels.shape[0] != num_images:
-                raise ValueError(f"got {pixels.shape[0]} start images for {num_images} outputs")
+            if pixels.shape[0] not in (1, num_images):
+                raise ValueError(f"got {pixels.shape[0]} start images for {num_images} outputs: give 1 or {num_images}")
             self._activate(self.vae)
             init = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
+            if init.shape[0] == 1 and num_images > 1:
+                init = init.repeat(num_images, 1, 1, 1)  # one encoding shared by all outputs, as diffusers does
             init_steps = min(int(steps * strength), steps)
             t_start = max(steps - init_steps, 0)
             timesteps = timesteps[t_start * self.scheduler.order:]

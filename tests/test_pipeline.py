@@ -125,3 +125,21 @@ def test_cpu_offload_gives_the_same_images(tiny_dir):
     assert len(pipe._offload_hooks) == 4  # vae, text encoder, SD UNet, domain UNet
     b = pipe("wearing glasses", **kw).images
     assert np.array_equal(a, b)
+
+
+def test_start_image_batch_equals_diffusers_img2img(tiny_pipe):
+    """Several variations of one start image: one VAE encoding shared by all, as diffusers' img2img does."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    ours = tiny_pipe("wearing glasses", image=img, strength=0.5, control_weight=4.0, domain_weight=0.0, num_images=2,
+                     num_inference_steps=6, seed=5, output_type="np", progress=False).images
+    ref = StableDiffusionImg2ImgPipeline(vae=tiny_pipe.vae, text_encoder=tiny_pipe.text_encoder,
+                                         tokenizer=tiny_pipe.tokenizer, unet=tiny_pipe.unet,
+                                         scheduler=tiny_pipe.scheduler, safety_checker=None, feature_extractor=None,
+                                         requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    theirs = ref("wearing glasses", image=img, strength=0.5, guidance_scale=4.0, num_images_per_prompt=2,
+                 num_inference_steps=6, generator=torch.Generator().manual_seed(5), output_type="np").images
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert np.abs(ours[0] - ours[1]).max() > 1e-3  # the variations differ
