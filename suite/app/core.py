@@ -47,6 +47,7 @@ class AppConfig:
     max_megapixels: float = 25.0
     max_loaded_models: int = 2
     max_steps: int = 100
+    default_steps: int = 25  # the pipeline's DEFAULT_STEPS; the form starts here
     max_images: int = 8
     max_jobs: int = 1
     # Settings forced on every 3D / training run (tests use them for short runs; not exposed in the UI).
@@ -236,6 +237,16 @@ class GenerateResult:
     settings: dict = field(default_factory=dict)
 
 
+def center_crop_square(image):
+    """The largest centred square of an image (outputs are square; ControlNet needs the same aspect ratio)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
 def check_count(value, what: str, lo: int, hi: int) -> int:
     try:
         v = int(value)
@@ -255,6 +266,8 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: ProgressF
     num = check_count(req.num_images, "the number of images", 1, cfg.max_images)
     seed = check_count(req.seed, "the seed", 0, 2**32 - 1)
     control = req.control_image
+    if control is not None:
+        control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
     if control is not None and req.canny:
         from ..control import canny
 

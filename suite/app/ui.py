@@ -25,6 +25,7 @@ from .core import AppConfig, JobCancelled, PipelineCache
 log = logging.getLogger("suite.app")
 
 MODELS = "models"  # the queue every model-running job waits in
+LIGHT = dict(concurrency_id="light", concurrency_limit=4)  # previews and checks: no models, short
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -144,8 +145,13 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
             dropdowns.append(_threed_tab(cfg, jobs, domains))
         with gr.Tab("Domains", id="domains"):
             _domains_tab(cfg, jobs, [d for d in dropdowns if d is not None])
-        demo.load(lambda: [_dropdown_update(cfg) for d in dropdowns if d is not None],
-                  outputs=[d for d in dropdowns if d is not None], queue=False, api_visibility="private")
+        live = [d for d in dropdowns if d is not None]
+
+        def refresh():
+            ups = [_dropdown_update(cfg) for _ in live]
+            return ups[0] if len(ups) == 1 else ups
+
+        demo.load(refresh, outputs=live, queue=False, api_visibility="private")
     demo._suite_cache = cache  # tests look at what is loaded
     return demo
 
@@ -170,17 +176,16 @@ def _cancel_button(jobs: core.Jobs, elem_id: str):
 
 # ----------------------------------------------------------------------------------------------------------
 def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
-    from ..pipeline import DEFAULT_STEPS
-
     with gr.Row():
         with gr.Column(scale=2):
-            domain = gr.Dropdown(domains, value=domains[0], label="domain", elem_id="gen-domain")
+            domain = gr.Dropdown(domains, value=domains[0], label="domain", allow_custom_value=True,
+                                 elem_id="gen-domain")
             prompt = gr.Textbox("", label="prompt (control text; empty = unconditional in-domain)",
                                 placeholder="e.g. wearing glasses", elem_id="gen-prompt")
             negative = gr.Textbox("", label="negative prompt", elem_id="gen-negative")
             auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd")
             auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc")
-            with gr.Accordion("ControlNet (optional)", open=False):
+            with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet"):
                 with gr.Row():
                     control = checked_image(cfg, "control image", label="control image", elem_id="gen-control")
                     preview = gr.Image(label="canny edges (what ControlNet sees)", interactive=False,
@@ -188,7 +193,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
                 use_canny = gr.Checkbox(value=True, label="compute canny edges of the control image")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="gen-seed")
-                steps = gr.Slider(1, cfg.max_steps, value=DEFAULT_STEPS, step=1, label="steps (DPM-Solver++)",
+                steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps (DPM-Solver++)",
                                   elem_id="gen-steps")
                 num = gr.Slider(1, cfg.max_images, value=1, step=1, label="number of images", elem_id="gen-num")
             with gr.Row():
@@ -206,7 +211,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
             return None
         from ..control import canny
 
-        return canny(image)
+        return canny(core.center_crop_square(image))
 
     @friendly
     def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, control=None, use_canny=True, seed=0, steps=25,
@@ -225,8 +230,9 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
                          for k, v in res.weights.items())
         return items, f"weights used: {text or 'none (no guidance terms)'} · saved in `{res.paths[0].parent}`", items
 
-    control.change(canny_preview, [control, use_canny], preview, queue=False, api_visibility="private")
-    use_canny.change(canny_preview, [control, use_canny], preview, queue=False, api_visibility="private")
+    # Queued (not queue=False) so that a refused upload's gr.Error shows its sentence in the page.
+    control.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
+    use_canny.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
     ev = run.click(generate, [domain, prompt, negative, auto_wd, wd, auto_wc, wc, control, use_canny, seed, steps,
                               num, history], [gallery, used, history], api_name="generate",
                    concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
@@ -249,7 +255,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
         with gr.Column(scale=2):
             photo = checked_image(cfg, "photo", label="photo", elem_id="edit-photo")
             domain = gr.Dropdown(domains, value="face" if "face" in domains else domains[0], label="domain",
-                                 elem_id="edit-domain")
+                                 allow_custom_value=True, elem_id="edit-domain")
             prompt = gr.Textbox("", label="prompt (the edit)", placeholder="e.g. wearing glasses", elem_id="edit-prompt")
             strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="strength (0 = unchanged, 1 = redraw)",
                                  elem_id="edit-strength")
@@ -263,7 +269,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
             auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
-                steps = gr.Slider(1, cfg.max_steps, value=25, step=1, label="steps")
+                steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps")
                 num = gr.Slider(1, cfg.max_images, value=1, step=1, label="variations")
             with gr.Row():
                 run = gr.Button("Edit", variant="primary", elem_id="edit-run")
@@ -296,7 +302,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
         return (str(res["faces"]), [str(p) for p in res["paths"]], [str(p) for p in res["paths"]],
                 f"face boxes: {boxes} · output {res['size'][0]}x{res['size'][1]}")
 
-    photo.change(friendly(to_editor), photo, drawn, queue=False, api_visibility="private")
+    photo.change(friendly(to_editor), photo, drawn, api_visibility="private", **LIGHT)
     ev = run.click(edit, [photo, domain, prompt, strength, drawn, mask_file, all_faces, whole, auto_wd, wd, auto_wc,
                           wc, seed, steps, num], [faces, edited, files, status], api_name="edit",
                    concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
@@ -344,7 +350,7 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
         with gr.Column(scale=2):
             prompt = gr.Textbox("", label="prompt", placeholder="e.g. a vase with dragons", elem_id="3d-prompt")
             domain = gr.Dropdown(domains, value="porcelain" if "porcelain" in domains else domains[0],
-                                 label="domain", elem_id="3d-domain")
+                                 label="domain", allow_custom_value=True, elem_id="3d-domain")
             image = checked_image(cfg, "object image", label="or start from your image (skips stage 1)",
                                   elem_id="3d-image")
             with gr.Accordion("stage settings", open=False):
