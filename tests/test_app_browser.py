@@ -160,3 +160,90 @@ class Browser:
                 os.close(fd)
             except OSError:
                 pass
+
+
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """(browser, url, artifacts folder): the tiny app on 127.0.0.1 opened in headless Chromium."""
+    tmp = tmp_path_factory.mktemp("browser")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_TEMP_DIR", str(tmp / "gradio"))
+        mp.setenv("TMPDIR", str(tmp))
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        from suite.app.core import AppConfig
+        from suite.app.ui import build_app, launch
+
+        cfg = AppConfig(preset="tiny", output_dir=tmp / "out", default_steps=4)
+        cfg.output_dir.mkdir()
+        demo = build_app(cfg)
+        _, url, _ = launch(demo, cfg, host="127.0.0.1", block=False)
+        browser = Browser(tmp / "profile")
+        artifacts = Path(os.environ.get("INDOMAIN_TEST_ARTIFACTS") or tmp / "artifacts")
+        artifacts.mkdir(parents=True, exist_ok=True)
+        try:
+            browser.goto(url, "#gen-run")
+            yield browser, url, artifacts
+        finally:
+            browser.close()
+            demo.close()
+
+
+GALLERY_IMAGES = """[...document.querySelectorAll('#gen-gallery img')].filter(i => i.complete && i.naturalWidth)
+                    .map(i => [i.naturalWidth, i.naturalHeight])"""
+
+
+def test_generate_by_clicking_shows_the_image_and_its_settings(page):
+    b, _, artifacts = page
+    b.type("#gen-prompt textarea", "wearing glasses")
+    b.click("#gen-run")
+    sizes = b.wait_for(f"(() => {{ const s = {GALLERY_IMAGES}; return s.length ? s : null }})()", 180,
+                       "the generated image in the gallery")
+    assert sizes[0] == [64, 64]  # the tiny preset's image, served back by the app
+    caption = b.eval("document.querySelector('#gen-gallery').innerText")
+    assert "wearing glasses" in caption and "seed 0" in caption and "4 steps" in caption
+    weights = b.wait_for("(() => { const t = document.querySelector('#gen-weights').innerText;"
+                         " return t.includes('weights used') ? t : null })()", 30, "the weights used")
+    assert "w_d = " in weights and "(auto)" in weights
+    shot = b.screenshot(artifacts / "generate.png")
+    print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 10_000
+
+
+def test_bad_uploads_show_an_error_in_the_page_and_the_app_keeps_serving(page, tmp_path):
+    b, url, artifacts = page
+    from PIL import Image
+
+    text = tmp_path / "notes.png"
+    text.write_text("a text file renamed .png\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    huge = tmp_path / "huge.png"
+    Image.new("L", (10_000, 10_000)).save(huge)  # 100 megapixels
+    good = tmp_path / "edges.png"
+    im = Image.new("RGB", (96, 96), "black")
+    im.paste((255, 255, 255), (24, 24, 72, 72))
+    im.save(good)
+
+    b.goto(url, "#gen-run")  # a fresh page
+    b.click("#gen-controlnet span")  # open the ControlNet accordion
+    b.wait_for("!!document.querySelector('#gen-control input[type=file]')", 30, "the control image input")
+    expected = {text: "is not an image this app can read", empty: "is an empty file (0 bytes)",
+                huge: "(100 megapixels), more than the 25 megapixels"}
+    for path, sentence in expected.items():
+        b.upload("#gen-control input[type=file]", path)
+        b.wait_for(f"document.body.innerText.includes({json.dumps(sentence)})", 60, f"the error for {path.name}")
+        if path is text:
+            time.sleep(0.5)  # let the toast finish sliding in
+            b.screenshot(artifacts / "bad-upload.png")
+        b.eval("document.querySelectorAll('.toast-close, [data-testid=toast-close]').forEach(e => e.click())")
+        b.wait_for(f"!document.body.innerText.includes({json.dumps(sentence)})", 30, "the error to close")
+    # still serving: a good control image gives its canny preview and a ControlNet generation
+    b.upload("#gen-control input[type=file]", good)
+    b.wait_for("(() => { const i = document.querySelector('#gen-canny img'); return i && i.complete && "
+               "i.naturalWidth > 0 })()", 60, "the canny preview")
+    b.click("#gen-run")
+    b.wait_for("document.querySelector('#gen-gallery').innerText.includes('ControlNet')", 180,
+               "a ControlNet result")
+    b.screenshot(artifacts / "controlnet.png")
