@@ -76,6 +76,7 @@ def main(args) -> int:
     cfg = config_from_args(args)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(cfg.output_dir / ".uploads"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line per request
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this address can use the app", args.host)
 
