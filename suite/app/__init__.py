@@ -1,0 +1,91 @@
+"""``launch.py app``: the gradio app (Generate, Edit, 3D and Domains tabs in one page).
+
+The page calls the same library functions as the CLI (:mod:`suite.app.core`); gradio is imported only in
+:func:`main`, so ``launch.py --help`` stays fast. The edit, 3D and training back ends are imported lazily: a tab
+whose package is missing says so instead of failing.
+
+Note on layering: ``suite`` imports none of the other packages at module level; the app is the one front end
+living in ``suite`` (per the design card), so its handlers import ``editing`` / ``generators3d`` / ``training``
+inside functions only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+HELP = "start the web app (generate, edit, 3D, domains) on this machine (default http://127.0.0.1:7860)"
+log = logging.getLogger("suite.app")
+
+
+def add_arguments(p) -> None:
+    from ..cli import finite_float
+
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 exposes the app to your network (default: %(default)s)")
+    g.add_argument("--port", type=int, default=None,
+                   help="port (default: $GRADIO_SERVER_PORT or the first free one from 7860)")
+    g.add_argument("--share", action="store_true",
+                   help="also open a public gradio.live link (off by default: the app is private)")
+    g.add_argument("--output-dir", default="outputs/app",
+                   help="where results are written; the only folder the app serves files from (default: %(default)s)")
+    g.add_argument("--max-upload-mb", type=finite_float, default=20.0,
+                   help="largest accepted upload in MB (default: %(default)s)")
+    g.add_argument("--max-megapixels", type=finite_float, default=25.0,
+                   help="largest accepted image in megapixels, checked before decoding (default: %(default)s)")
+    g.add_argument("--max-jobs", type=int, default=1,
+                   help="model-running jobs at a time across all users; others wait in the queue "
+                        "(default: %(default)s)")
+    g.add_argument("--max-loaded-models", type=int, default=2,
+                   help="pipelines kept in memory (least recently used unloaded first) (default: %(default)s)")
+    m = p.add_argument_group("models")
+    m.add_argument("--preset", choices=["tiny", "full"], default="full",
+                   help="'tiny': tiny random models built offline, the whole app on CPU (images are noise); "
+                        "'full': real SD1.5 weights and the domain models (default: %(default)s)")
+    m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="model dtype (default: float16 on cuda, float32 on cpu)")
+
+
+def config_from_args(args):
+    from ..cli import UserError
+    from .core import AppConfig
+
+    for value, flag in ((args.max_upload_mb, "--max-upload-mb"), (args.max_megapixels, "--max-megapixels")):
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    for value, flag in ((args.max_jobs, "--max-jobs"), (args.max_loaded_models, "--max-loaded-models")):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    out = Path(args.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"the output folder {str(out)!r} cannot be created ({err.strerror}): "
+                        "choose another --output-dir") from None
+    return AppConfig(preset=args.preset, output_dir=out, device=args.device, dtype=args.dtype,
+                     max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
+                     max_loaded_models=args.max_loaded_models, max_jobs=args.max_jobs)
+
+
+def main(args) -> int:
+    # 1. Settings; gradio's upload cache lives inside the output folder unless GRADIO_TEMP_DIR says otherwise,
+    #    so every file the app serves is under --output-dir. No analytics: nothing leaves this machine.
+    cfg = config_from_args(args)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(cfg.output_dir / ".uploads"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line per request
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this address can use the app", args.host)
+
+    # 2. Build the page and serve it until Ctrl-C.
+    from .ui import build_app, launch
+
+    demo = build_app(cfg)
+    launch(demo, cfg, host=args.host, port=args.port, share=args.share, block=True)
+    return 0
+
+
+__all__ = ["HELP", "add_arguments", "main", "config_from_args"]

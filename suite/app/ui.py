@@ -1,0 +1,545 @@
+"""The gradio page: Generate, Edit, 3D and Domains tabs over the functions of :mod:`suite.app.core`.
+
+Jobs that run models share one queue (``concurrency_id="models"``, ``--max-jobs`` at a time, 1 by default) and
+each loaded model has its own lock, so two users never run models side by side and exhaust memory. Every job
+reports real progress (steps done / total; gradio adds the ETA) and has a Cancel button. Uploaded images go
+through :func:`checked_image`, which refuses empty, non-image, oversized and over-large files with one sentence
+shown in the page.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from ..cli import UserError
+from . import core
+from .core import AppConfig, JobCancelled, PipelineCache
+
+log = logging.getLogger("suite.app")
+
+MODELS = "models"  # the queue every model-running job waits in
+LIGHT = dict(concurrency_id="light", concurrency_limit=4)  # previews and checks: no models, short
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checked uploads
+def _check_filedata(payload, what: str, cfg: AppConfig):
+    import base64
+
+    try:
+        url = getattr(payload, "url", None) or ""
+        if url.startswith("data:"):
+            source = base64.b64decode(url.split(",", 1)[1])
+        elif getattr(payload, "path", None):
+            source = payload.path
+        else:
+            raise UserError(f"the {what} upload is empty: upload a PNG, JPEG or WebP image")
+        return core.check_image_upload(source, what, cfg.max_megapixels, int(cfg.max_upload_mb * 2**20))
+    except UserError as err:
+        raise gr.Error(str(err), title="Upload refused") from None
+
+
+def checked_image(cfg: AppConfig, what: str, **kwargs) -> gr.Image:
+    """A ``gr.Image`` whose uploads are checked by :func:`core.check_image_upload` before any handler sees them.
+
+    Handlers receive an RGB PIL image (EXIF orientation applied) or None. A refused upload (empty, not an image,
+    not PNG/JPEG/WebP, too large in bytes or pixels) raises ``gr.Error`` with one sentence, which the page shows;
+    the app keeps serving. (The check replaces this instance's ``preprocess``: subclassing a gradio component
+    would make gradio write a ``.pyi`` stub next to this file at import time.)
+    """
+    comp = gr.Image(type="pil", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+
+    def preprocess(payload):
+        return None if payload is None else _check_filedata(payload, what, cfg)
+
+    comp.preprocess = preprocess
+    return comp
+
+
+def mask_editor(cfg: AppConfig, **kwargs) -> gr.ImageEditor:
+    """A ``gr.ImageEditor`` to paint a mask on, with the same checks on every image it receives."""
+    comp = gr.ImageEditor(type="pil", sources=(), layers=False, transforms=(),
+                          brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"), **kwargs)
+    original = comp.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.id is None:
+            for part in [payload.background, payload.composite, *payload.layers]:
+                if part is not None:
+                    _check_filedata(part, "mask drawing", cfg)
+        return original(payload)
+
+    comp.preprocess = preprocess
+    return comp
+
+
+# ----------------------------------------------------------------------------------------------------------
+# errors and progress
+def friendly(fn):
+    """Errors users can fix become one sentence in the page (``gr.Error``); the app keeps serving."""
+    from ..models import ModelLoadError
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except JobCancelled:
+            raise gr.Error("cancelled: nothing was saved", title="Cancelled") from None
+        except (UserError, ValueError, ModelLoadError, FileNotFoundError, NotADirectoryError) as err:
+            raise gr.Error(str(err).strip() or type(err).__name__) from None
+        except Exception as err:  # noqa: BLE001 - a bug must not take the app down; the log has the traceback
+            log.exception("job failed")
+            raise gr.Error(f"the job failed unexpectedly ({type(err).__name__}: {err}); the app's log has details") from None
+
+    return run
+
+
+def gradio_progress(progress: gr.Progress) -> core.ProgressFn:
+    """``progress(stage, done, total, info)`` shown as gradio's progress bar (steps done / total, ETA)."""
+
+    def report(stage: str, done: int, total: int, info: dict) -> None:
+        desc = stage if "loss" not in info else f"{stage} (loss {float(info['loss']):.4g})"
+        progress((int(done), max(int(total), 1)), desc=desc, unit="steps")
+
+    return report
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def _weight(auto: bool, value) -> float | None:
+    return None if auto or value is None else float(value)
+
+
+def _dropdown_update(cfg: AppConfig):
+    return gr.update(choices=core.list_domain_names(cfg))
+
+
+# ----------------------------------------------------------------------------------------------------------
+def build_app(cfg: AppConfig) -> gr.Blocks:
+    """The whole page. Launch it with :func:`launch`."""
+    cache = PipelineCache(cfg)
+    jobs = core.Jobs()
+    domains = core.list_domain_names(cfg)
+    with gr.Blocks(title="In-domain generation", analytics_enabled=False) as demo:
+        gr.Markdown("## In-domain generation\nMulti-guidance diffusion (SD1.5 + a null-text domain model): "
+                    "`eps = eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd)` (paper Eq. 3). "
+                    + ("**Tiny preset:** random offline models, so images are noise; the flow is real."
+                       if cfg.preset == "tiny" else ""))
+        dropdowns = []
+        with gr.Tab("Generate", id="generate"):
+            dropdowns.append(_generate_tab(cfg, cache, jobs, domains))
+        with gr.Tab("Edit", id="edit"):
+            dropdowns.append(_edit_tab(cfg, cache, jobs, domains))
+        with gr.Tab("3D", id="3d"):
+            dropdowns.append(_threed_tab(cfg, jobs, domains))
+        with gr.Tab("Domains", id="domains"):
+            _domains_tab(cfg, jobs, [d for d in dropdowns if d is not None])
+        live = [d for d in dropdowns if d is not None]
+
+        def refresh():
+            ups = [_dropdown_update(cfg) for _ in live]
+            return ups[0] if len(ups) == 1 else ups
+
+        demo.load(refresh, outputs=live, queue=False, api_visibility="private")
+    demo._suite_cache = cache  # tests look at what is loaded
+    return demo
+
+
+def _weights_row(label: str, name: str, prefix: str):
+    with gr.Row():
+        auto = gr.Checkbox(value=True, label=f"automatic {name}", elem_id=f"{prefix}-auto",
+                           info="the paper's rule (Sec. 3.4): w0/2 * |eps_sd| / |eps_i|, w0 = 7")
+        value = gr.Slider(0.0, 15.0, value=2.5, step=0.1, label=label, interactive=False, elem_id=prefix)
+    auto.change(lambda a: gr.update(interactive=not a), auto, value, queue=False, api_visibility="private")
+    return auto, value
+
+
+def _cancel_button(jobs: core.Jobs, elem_id: str):
+    btn = gr.Button("Cancel", variant="stop", elem_id=elem_id)
+
+    def cancel(request: gr.Request):
+        jobs.cancel(session_of(request))
+
+    return btn, cancel
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
+    with gr.Row():
+        with gr.Column(scale=2):
+            domain = gr.Dropdown(domains, value=domains[0], label="domain", allow_custom_value=True,
+                                 elem_id="gen-domain")
+            prompt = gr.Textbox("", label="prompt (control text; empty = unconditional in-domain)",
+                                placeholder="e.g. wearing glasses", elem_id="gen-prompt")
+            negative = gr.Textbox("", label="negative prompt", elem_id="gen-negative")
+            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd")
+            auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc")
+            with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet"):
+                with gr.Row():
+                    control = checked_image(cfg, "control image", label="control image", elem_id="gen-control")
+                    preview = gr.Image(label="canny edges (what ControlNet sees)", interactive=False,
+                                       elem_id="gen-canny")
+                use_canny = gr.Checkbox(value=True, label="compute canny edges of the control image")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="gen-seed")
+                steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps (DPM-Solver++)",
+                                  elem_id="gen-steps")
+                num = gr.Slider(1, cfg.max_images, value=1, step=1, label="number of images", elem_id="gen-num")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+                cancel_btn, cancel = _cancel_button(jobs, "gen-cancel")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="results (newest first; caption = the settings that made it)",
+                                 columns=2, elem_id="gen-gallery", format="png")
+            used = gr.Markdown("weights: automatic until the first run", elem_id="gen-weights")
+    history = gr.State([])
+
+    @friendly
+    def canny_preview(image, on):
+        if image is None or not on:
+            return None
+        from ..control import canny
+
+        return canny(core.center_crop_square(image))
+
+    @friendly
+    def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, control=None, use_canny=True, seed=0, steps=25,
+                 num=1, history=None, request: gr.Request = None, progress=gr.Progress()):
+        cancel_flag = jobs.start(session_of(request))
+        req = core.GenerateRequest(domain=domain, prompt=prompt or "", negative_prompt=negative or "",
+                                   domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
+                                   control_image=control, canny=bool(use_canny), seed=seed, steps=steps,
+                                   num_images=num)
+        res = core.run_generate(cache, req, core.checked_progress(gradio_progress(progress), cancel_flag))
+        items = [(str(p), c) for p, c in zip(res.paths, res.captions)] + list(history or [])
+        items = items[:24]
+        names = {"domain": "w_d", "control": "w_c"}
+        text = ", ".join(f"{names.get(k, k)} = {core.fmt_weight(v)}"
+                         + (" (auto)" if names.get(k) in res.settings["automatic"] else "")
+                         for k, v in res.weights.items())
+        return items, f"weights used: {text or 'none (no guidance terms)'} · saved in `{res.paths[0].parent}`", items
+
+    # Queued (not queue=False) so that a refused upload's gr.Error shows its sentence in the page.
+    control.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
+    use_canny.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
+    ev = run.click(generate, [domain, prompt, negative, auto_wd, wd, auto_wc, wc, control, use_canny, seed, steps,
+                              num, history], [gallery, used, history], api_name="generate",
+                   concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
+    cancel_btn.click(cancel, None, None, cancels=[ev], queue=False, api_visibility="private")
+    return domain
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
+    missing = core.backend_available("editing")
+    if missing is None:
+        import editing
+
+        if not hasattr(editing, "edit_photo"):
+            missing = "not available in this install (editing.edit_photo is missing)"
+    if missing:
+        gr.Markdown(f"**Edit:** {missing}", elem_id="edit-missing")
+        return None
+    with gr.Row():
+        with gr.Column(scale=2):
+            photo = checked_image(cfg, "photo", label="photo", elem_id="edit-photo")
+            domain = gr.Dropdown(domains, value="face" if "face" in domains else domains[0], label="domain",
+                                 allow_custom_value=True, elem_id="edit-domain")
+            prompt = gr.Textbox("", label="prompt (the edit)", placeholder="e.g. wearing glasses", elem_id="edit-prompt")
+            strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="strength (0 = unchanged, 1 = redraw)",
+                                 elem_id="edit-strength")
+            with gr.Accordion("mask (optional: only the masked region changes)", open=False):
+                drawn = mask_editor(cfg, label="draw the region to change", elem_id="edit-draw")
+                mask_file = checked_image(cfg, "mask", label="or upload a mask (white = change)", elem_id="edit-mask")
+            with gr.Row():
+                all_faces = gr.Checkbox(False, label="edit every face (else the largest)")
+                whole = gr.Checkbox(False, label="edit the whole image (no face detection)")
+            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "edit-wd")
+            auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
+                steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps")
+                num = gr.Slider(1, cfg.max_images, value=1, step=1, label="variations")
+            with gr.Row():
+                run = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                cancel_btn, cancel = _cancel_button(jobs, "edit-cancel")
+        with gr.Column(scale=3):
+            with gr.Row():
+                faces = gr.Image(label="detected face box", interactive=False, elem_id="edit-faces")
+                edited = gr.Gallery(label="edited photo", columns=1, elem_id="edit-result", format="png")
+            files = gr.File(label="download", file_count="multiple", interactive=False, elem_id="edit-files")
+            status = gr.Markdown("", elem_id="edit-status")
+
+    def to_editor(image):
+        if image is None:
+            return None
+        small = image.copy()
+        small.thumbnail((768, 768))
+        return {"background": small, "layers": [], "composite": small}
+
+    @friendly
+    def edit(photo, domain, prompt, strength, drawn=None, mask_file=None, all_faces=False, whole=False, auto_wd=True,
+             wd=2.5, auto_wc=True, wc=2.5, seed=0, steps=25, num=1, request: gr.Request = None,
+             progress=gr.Progress()):
+        cancel_flag = jobs.start(session_of(request))
+        mask = _mask_from(drawn, mask_file, photo)
+        res = core.run_edit(cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
+                            domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc), mask=mask,
+                            all_faces=all_faces, whole_image=whole, num_images=num, seed=seed, steps=steps,
+                            progress=core.checked_progress(gradio_progress(progress), cancel_flag))
+        boxes = ", ".join(str(b) for b in res["boxes"]) or "none (whole image or mask)"
+        return (str(res["faces"]), [str(p) for p in res["paths"]], [str(p) for p in res["paths"]],
+                f"face boxes: {boxes} · output {res['size'][0]}x{res['size'][1]}")
+
+    photo.change(friendly(to_editor), photo, drawn, api_visibility="private", **LIGHT)
+    ev = run.click(edit, [photo, domain, prompt, strength, drawn, mask_file, all_faces, whole, auto_wd, wd, auto_wc,
+                          wc, seed, steps, num], [faces, edited, files, status], api_name="edit",
+                   concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
+    cancel_btn.click(cancel, None, None, cancels=[ev], queue=False, api_visibility="private")
+    return domain
+
+
+def _mask_from(drawn, mask_file, photo):
+    """The user's mask as an 'L' image at the photo's size (255 = change): an upload wins over a drawing."""
+    import numpy as np
+    from PIL import Image
+
+    if photo is None:
+        return None
+    if mask_file is not None:
+        m = np.asarray(mask_file.convert("L")) > 127
+    else:
+        layers = (drawn or {}).get("layers") or []
+        alphas = [np.asarray(la.convert("RGBA"))[..., 3] > 0 for la in layers if la is not None]
+        if not alphas or not any(a.any() for a in alphas):
+            return None
+        m = np.logical_or.reduce(alphas)
+    if not m.any():
+        raise UserError("the mask is empty (all black): paint or upload the region to change in white")
+    return Image.fromarray((m * 255).astype(np.uint8), "L").resize(photo.size, Image.NEAREST)
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
+    missing = core.backend_available("generators3d")
+    if missing is None:
+        import generators3d
+
+        if not all(hasattr(generators3d, n) for n in ("ThreeDConfig", "run_text_to_3d")):
+            missing = "not available in this install (generators3d.ThreeDConfig / run_text_to_3d are missing)"
+    if missing:
+        gr.Markdown(f"**3D:** {missing}", elem_id="3d-missing")
+        return None
+    import generators3d
+
+    skip = {"prompt", "domain", "preset", "output", "image", "mask", "device", "dtype", "sd_model",
+            "domain_model", "zero123_model", "resume", "export_only"}
+    fields = core.settings_fields(generators3d.ThreeDConfig, skip)
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox("", label="prompt", placeholder="e.g. a vase with dragons", elem_id="3d-prompt")
+            domain = gr.Dropdown(domains, value="porcelain" if "porcelain" in domains else domains[0],
+                                 label="domain", allow_custom_value=True, elem_id="3d-domain")
+            image = checked_image(cfg, "object image", label="or start from your image (skips stage 1)",
+                                  elem_id="3d-image")
+            with gr.Accordion("stage settings", open=False):
+                widgets = _settings_widgets(fields)
+            with gr.Row():
+                run = gr.Button("Make 3D", variant="primary", elem_id="3d-run")
+                cancel_btn, cancel = _cancel_button(jobs, "3d-cancel")
+        with gr.Column(scale=3):
+            with gr.Row():
+                stage1 = gr.Image(label="stage 1: in-domain image", interactive=False, elem_id="3d-stage1")
+                preview = gr.Image(label="preview renders", interactive=False, elem_id="3d-preview")
+            video = gr.Video(label="preview renders", visible=False, interactive=False)
+            model = gr.Model3D(label="mesh", elem_id="3d-model")
+            files = gr.File(label="download GLB / OBJ / PLY", file_count="multiple", interactive=False,
+                            elem_id="3d-files")
+            status = gr.Markdown("", elem_id="3d-status")
+
+    @friendly
+    def make(prompt="", domain="porcelain", image=None, request: gr.Request = None, progress=gr.Progress(),
+             **values):
+        cancel_flag = jobs.start(session_of(request))
+        settings = _settings_values(fields, values)
+        res = core.run_3d(cfg, prompt=prompt, domain=domain, image=image, settings=settings,
+                          progress=core.checked_progress(gradio_progress(progress), cancel_flag))
+        meshes = {k: Path(v) for k, v in (getattr(res, "mesh_paths", None) or {}).items()}
+        downloads = []
+        for p in meshes.values():
+            downloads.append(str(p))
+            if p.suffix.lower() == ".obj":  # the OBJ's material and texture travel with it
+                downloads += [str(q) for q in sorted(p.parent.glob(f"{p.stem}*"))
+                              if q.suffix.lower() in (".mtl", ".png") and str(q) not in downloads]
+        prev = getattr(res, "preview_path", None)
+        is_video = prev is not None and Path(prev).suffix.lower() in (".mp4", ".webm")
+        glb = meshes.get("glb")
+        return (str(res.image_path) if getattr(res, "image_path", None) else None,
+                None if is_video or prev is None else str(prev),
+                gr.update(value=str(prev) if is_video else None, visible=is_video),
+                str(glb) if glb else None, downloads,
+                "mesh: " + (", ".join(f"`{p}`" for p in meshes.values()) or "none written"))
+
+    ev = run.click(make, [prompt, domain, image], [stage1, preview, video, model, files, status],
+                   inputs_kwargs=widgets, api_name="make_3d", concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
+    cancel_btn.click(cancel, None, None, cancels=[ev], queue=False, api_visibility="private")
+    return domain
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
+    headers = ["domain", "domain prompt", "what it is", "model comes from", "status"]
+    table = gr.Dataframe(core.domain_rows(cfg), headers=headers, interactive=False, elem_id="domains-table",
+                         label="known domains")
+    refresh = gr.Button("Refresh", size="sm")
+    gr.Markdown("### Train your own domain\nA folder of unlabeled images (jpg/png/webp, any size) is all it takes "
+                "(paper Sec. 3.3). Training a full SD1.5 domain takes a GPU and hours: run the command below on "
+                "such a machine; the result loads with `--domain-model FOLDER`.")
+    with gr.Row():
+        name = gr.Textbox("mydomain", label="domain name", elem_id="train-name")
+        data = gr.Textbox("", label="image folder on this machine", placeholder="/path/to/images", elem_id="train-data")
+    command = gr.Code(core.train_command(cfg, "mydomain", ""), language="shell", label="command",
+                      elem_id="train-command", interactive=False)
+
+    def show_command(name, data):
+        return core.train_command(cfg, name, data)
+
+    name.change(show_command, [name, data], command, queue=False, api_name="train_command")
+    data.change(show_command, [name, data], command, queue=False, api_visibility="private")
+    refresh.click(lambda: core.domain_rows(cfg), None, table, queue=False, api_name="domains")
+
+    missing = core.backend_available("training.train")
+    if missing is None:
+        from training import train
+
+        if not all(hasattr(train, n) for n in ("TrainConfig", "train_domain")):
+            missing = "not available in this install (training.train.TrainConfig / train_domain are missing)"
+    can_run = _can_train_here(cfg)
+    if missing or can_run is not None:
+        gr.Markdown(f"Training from this page: {missing or can_run}. Use the command above.", elem_id="train-missing")
+        return
+    from training import train
+
+    skip = {"domain", "data", "output", "preset", "device", "dtype", "sd_model", "resume", "seed"}
+    fields = core.settings_fields(train.TrainConfig, skip)
+    with gr.Accordion("training settings", open=False):
+        widgets = _settings_widgets(fields)
+    gr.Markdown(f"Runs here write to `{cfg.output_dir / 'domains'}/NAME`, and the domain appears in the other tabs.")
+    with gr.Row():
+        run = gr.Button("Start training here", variant="primary", elem_id="train-run")
+        cancel_btn, cancel = _cancel_button(jobs, "train-cancel")
+    status = gr.Markdown("", elem_id="train-status")
+    plot = gr.LinePlot(x="step", y="loss", title="training loss", elem_id="train-loss", height=260)
+
+    def start(name="mydomain", data="", request: gr.Request = None, progress=gr.Progress(), **values):
+        """Generator: the run goes on in a thread; every half second the loss curve and status are shown."""
+        import pandas as pd
+
+        cancel_flag = jobs.start(session_of(request))
+        settings = _settings_values(fields, values)
+        events: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def on_progress(stage, done, total, info):
+            events.put((stage, done, total, dict(info)))
+
+        def work():
+            try:
+                result["folder"] = core.run_train(cfg, domain=name, data=data, settings=settings,
+                                                  progress=core.checked_progress(on_progress, cancel_flag))
+            except BaseException as err:  # noqa: BLE001 - handed to the page below
+                result["error"] = err
+
+        thread = threading.Thread(target=work, name="train", daemon=True)
+        thread.start()
+        losses: list[tuple[int, float]] = []
+        stage_text = "starting"
+        report = gradio_progress(progress)
+        while thread.is_alive() or not events.empty():
+            try:
+                stage, done, total, info = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            stage_text = f"{stage}: {done}/{total}"
+            if "loss" in info:
+                losses.append((int(info.get("step", done)), float(info["loss"])))
+                stage_text += f" · loss {float(info['loss']):.4g}"
+            report(stage, done, total, info)
+            if events.empty():
+                yield stage_text, pd.DataFrame(losses, columns=["step", "loss"])
+        thread.join()
+        if "error" in result:
+            friendly(_raise)(result["error"])
+        yield (f"done: the `{name}` domain model is in `{result['folder']}`; it is now in the domain lists",
+               pd.DataFrame(losses, columns=["step", "loss"]))
+
+    ev = run.click(start, [name, data], [status, plot], inputs_kwargs=widgets, api_name="train",
+                   concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
+    ev.then(lambda: [core.domain_rows(cfg)] + [_dropdown_update(cfg) for _ in dropdowns], None,
+            [table, *dropdowns], queue=False, api_visibility="private")
+    cancel_btn.click(cancel, None, None, cancels=[ev], queue=False, api_visibility="private")
+
+
+def _settings_widgets(fields) -> dict:
+    """One input per settings field (label = the config field's name, as on the CLI)."""
+    return {name: gr.Checkbox(default, label=name) if typ is bool
+            else gr.Number(default, label=name, precision=0 if typ is int else None)
+            for name, typ, default in fields}
+
+
+def _settings_values(fields, values: dict) -> dict:
+    out = {}
+    for name, typ, default in fields:
+        v = values.get(name)
+        if v is None:
+            out[name] = default
+            continue
+        try:
+            out[name] = typ(v) if typ is not int else int(float(v))
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be a {typ.__name__}, got {v!r}") from None
+    return out
+
+
+def _raise(err):
+    raise err
+
+
+def _can_train_here(cfg: AppConfig) -> str | None:
+    """None when this machine can train the preset's models (tiny: anywhere; full: a CUDA GPU)."""
+    if cfg.preset == "tiny":
+        return None
+    import torch
+
+    return None if torch.cuda.is_available() else "full-size training needs a CUDA GPU, which this machine lacks"
+
+
+# ----------------------------------------------------------------------------------------------------------
+def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+           block: bool = True):
+    """Serve the page with the safe defaults: local address, no share link, size-limited uploads, and files
+    served only from the output folder (plus gradio's own upload cache)."""
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])  # no web fonts: nothing leaves the host
+    demo.queue(default_concurrency_limit=cfg.max_jobs)
+    started = time.monotonic()
+    out = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                      allowed_paths=[str(cfg.output_dir)], max_file_size=f"{cfg.max_upload_mb:g}mb",
+                      show_error=False, ssr_mode=False, inbrowser=False, quiet=not block, theme=theme,
+                      footer_links=["api", "settings"], enable_monitoring=False)
+    log.info("app started in %.1f s", time.monotonic() - started)
+    return out
+
+
+__all__ = ["build_app", "launch", "checked_image", "mask_editor", "friendly", "gradio_progress"]
