@@ -535,6 +535,9 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
                                                              if isinstance(v, int | float | str | bool)})
     if accelerator.is_main_process:
         (train_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        log.info("training %s on %d image(s): %d process(es) x %d per device x %d accumulation step(s) = batch %d, "
+                 "steps %d -> %d, device %s", config.domain, len(dataset), accelerator.num_processes, per_device,
+                 config.gradient_accumulation_steps, config.batch_size, start_step, config.max_steps, device)
 
     # 6. Training loop: global batch B = per-device x processes x accumulation, sample positions s*B + k.
     B, P, A, rank = config.batch_size, accelerator.num_processes, config.gradient_accumulation_steps, \
