@@ -304,18 +304,21 @@ def test_kill_during_checkpoint_write_keeps_the_last_good_checkpoint(run_a, data
 def test_two_process_accelerate_run_matches_one_process(data_dir, tmp_path):
     """`accelerate launch --cpu --num_processes 2` (gloo): each process takes half of every global batch; DDP
     averages the gradients, so the model equals a 1-process run with the same global batch up to float32
-    reduction order (tolerance 1e-5)."""
+    reduction order (see the tolerance below)."""
     common = ["--preset", "tiny", "--data", str(data_dir), "--resolution", "32", "--batch-size", "4",
               "--max-steps", "2", "--text-init-steps", "1", "--text-init-batch-size", "2", "--checkpoint-steps", "2",
               "--seed", "1", "--lr", "1e-3", "--num-workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(ROOT / "launch.py"), "train", *common, "--output", str(two)]
+    # accelerate's own --cpu flag starts ONE process unless MPI is set up; its torchrun launcher (--multi_gpu) with
+    # our --cpu starts two CPU processes that talk over gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(ROOT / "launch.py"), "train", "--cpu", *common, "--output", str(two)]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es) x 2 per device" in res.stdout + res.stderr
+    assert res.stdout.count("domain model written") == 1  # the main process reports, once
     import launch
 
     one = tmp_path / "one"
@@ -323,7 +326,11 @@ def test_two_process_accelerate_run_matches_one_process(data_dir, tmp_path):
     a, b = _weights(one), _weights(two)
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert diff < 1e-5, diff
+    mean = sum((a[k] - b[k]).abs().sum().item() for k in a) / sum(v.numel() for v in a.values())
+    # Tolerance: Adam divides each gradient by its running RMS, so float32 reduction-order differences in
+    # near-zero gradients can change a weight by a visible fraction of one step (lr = 1e-3); on average the
+    # two runs agree to float precision.
+    assert diff < 1e-4 and mean < 1e-7, (diff, mean)
 
 
 def test_cli_trains_on_a_messy_folder_and_generate_uses_the_model(bad_dir, tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import fields
 
 HELP = "train a null-text domain model on a folder of images (F_T initialisation, E capture, fine-tuning)"
@@ -139,6 +140,8 @@ def main(args) -> int:
     config = config_from_args(args)
     # 2. Train; the output folder is the domain model.
     out = train_domain(config)
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch, the main process reports
+        return 0
     print(f"domain model written to {out}")
     print(f"use it: python launch.py generate --domain-model {out}"
           + (" --preset tiny" if config.preset == "tiny" else "") + f" --domain {config.domain}")

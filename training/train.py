@@ -326,6 +326,17 @@ def save_checkpoint(output: Path, step: int, unet, metadata, optimizer, ema: EMA
 
 
 # ----------------------------------------------------------------------------------------------------
+def _reusable_text_features(path: Path, prompt: str, steps: int) -> bool:
+    """An ``F_T`` file from an earlier attempt of this run (same prompt and steps) is reused, not recomputed."""
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return meta.get("prompt") == prompt and meta.get("steps") == str(steps)
+
+
 def _lr_at(config: TrainConfig, step: int) -> float:
     """Constant learning rate after a linear warmup of ``lr_warmup_steps`` (paper: constant 1e-5)."""
     if config.lr_warmup_steps > 0:
@@ -466,7 +477,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     from safetensors.torch import load_file, save_file
 
     if resume_from is None:
-        if accelerator.is_main_process and not ft_path.exists():
+        if accelerator.is_main_process and not _reusable_text_features(ft_path, prompt, config.text_init_steps):
             with accelerator.autocast():
                 F_T, losses = optimize_text_features(
                     sd_unet, vae, parts["text_encoder"], parts["tokenizer"], noise_scheduler, source, prompt,
