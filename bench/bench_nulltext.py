@@ -47,7 +47,25 @@ def main() -> None:
         t = parameter_counts(config)
         print(f"tiny UNet parameters: full {t['full']:,}, null-text {t['nulltext']:,}")
 
-    # 2. Both UNets with the same (random) weights, E captured from random text features.
+    # 2. FLOPs of one forward (meta device, torch's FlopCounterMode): independent of machine load.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        mfull = UNet2DConditionModel(**config).eval()
+        mnull = convert_to_nulltext(UNet2DConditionModel(**config).eval())
+        for lat in sorted({args.latent, 64 if args.config == "sd15" else args.latent}):
+            z = torch.randn(args.batch, 4, lat, lat)
+            t = torch.full((args.batch,), 500)
+            flops = []
+            for m, ehs in ((mfull, torch.randn(args.batch, 77, config["cross_attention_dim"])), (mnull, None)):
+                counter = FlopCounterMode(display=False)
+                with counter, torch.no_grad():
+                    m(z, t, encoder_hidden_states=ehs)
+                flops.append(counter.get_total_flops())
+            print(f"FLOPs per forward ({args.config}, latent {lat}x{lat}, batch {args.batch}): full {flops[0] / 1e9:.1f} G, "
+                  f"null-text {flops[1] / 1e9:.1f} G, ratio null/full {flops[1] / flops[0]:.3f}")
+
+    # 3. Both UNets with the same (random) weights, E captured from random text features.
     torch.manual_seed(0)
     full = UNet2DConditionModel(**config).eval().to(args.device, dtype)
     text = torch.randn(1, 77, config["cross_attention_dim"], device=args.device, dtype=dtype)
@@ -67,7 +85,7 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    # 3. Alternate the two forwards (warm-up first) so that load changes hit both alike.
+    # 4. Alternate the two forwards (warm-up first) so that load changes hit both alike.
     timed(lambda: full(z, t, encoder_hidden_states=ehs))
     timed(lambda: null(z, t, encoder_hidden_states=None))
     tf, tn = [], []
