@@ -11,19 +11,24 @@ becomes
 with a fixed per-layer vector ``E`` (``[1, 1, C]``, broadcast over batch and positions). The projections
 ``to_q/to_k/to_v/to_out`` are removed and the LayerNorm that fed them (``norm2``) becomes identity.
 ``E`` is *captured*: the mean, over batch and spatial positions, of the original layer's output for the
-domain's text features ``F_T`` (conditional features only). Capture runs before anything is saved, and
-the loader is strict, so a model with zero (never captured) ``E`` cannot be produced or loaded silently.
+domain's text features ``F_T`` (conditional features only, never CFG's empty-prompt half). Capture runs
+before anything is saved, saving refuses a model whose ``E`` is zero (the authors' release saves the
+converted weights without running the capture and loads them with ``strict=False``, so its buffers stay
+zero), and the loader is strict, so such a model can be neither produced nor loaded silently.
+
+``E`` is a buffer, not a parameter: fine-tuning trains every remaining UNet weight and keeps ``E`` fixed,
+as in the authors' code.
 
 A domain model folder holds ``config.json`` (the UNet's diffusers config), ``diffusion_pytorch_model.safetensors``
 (weights without the removed projections, with the ``E`` buffers) and ``nulltext.json`` (metadata: domain
-name, base model, prompt used, training steps).
+name, base model, prompt used, training steps). Other files in the folder (a training run's ``training/``
+folder, ``text_features.safetensors``) are ignored by the loader.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +38,23 @@ from torch import nn
 
 METADATA_FILE = "nulltext.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "in-domain-suite/nulltext-unet/1"
+
+# Stable Diffusion 1.5's UNet (runwayml / stable-diffusion-v1-5 unet/config.json), written out so that
+# parameter counts and benchmarks need no download. Everything else is diffusers' default.
+SD15_UNET_CONFIG = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
 
 
 class FixedCrossAttention(nn.Module):
@@ -48,48 +70,95 @@ class FixedCrossAttention(nn.Module):
 
 
 def _cross_attention_blocks(unet: nn.Module):
-    """The transformer blocks that own a cross-attention ``attn2`` (in a stable order)."""
+    """The transformer blocks that own a real cross-attention ``attn2`` (in a stable order)."""
     for name, module in unet.named_modules():
-        if hasattr(module, "attn2") and module.attn2 is not None and hasattr(module, "norm2"):
+        attn2 = getattr(module, "attn2", None)
+        if attn2 is not None and not isinstance(attn2, FixedCrossAttention) and hasattr(module, "norm2"):
             yield name, module
 
 
-def capture_E(unet: nn.Module, text_features: torch.Tensor, latents: torch.Tensor | None = None,
-              timesteps: torch.Tensor | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Run ``unet`` with the domain's text features and return, per cross-attention block, the mean over
-    batch and positions of its ``attn2`` output (after ``to_out``): the captured ``E`` (``[1, 1, C]``).
+def nulltext_layers(unet: nn.Module) -> dict[str, FixedCrossAttention]:
+    """The converted layers of a null-text UNet, by transformer-block name."""
+    return {name: m.attn2 for name, m in unet.named_modules() if isinstance(getattr(m, "attn2", None),
+                                                                           FixedCrossAttention)}
 
-    ``text_features`` are the conditional features only (``[1 or B, 77, D]``). ``latents`` default to
-    standard-normal noise (batch 4) and ``timesteps`` to a spread over the schedule.
+
+def is_nulltext(unet: nn.Module) -> bool:
+    return bool(nulltext_layers(unet)) and not any(True for _ in _cross_attention_blocks(unet))
+
+
+def check_E(unet: nn.Module, where: str = "this null-text UNet") -> None:
+    """Raise ``ValueError`` unless every ``E`` is finite and non-zero (i.e. was actually captured)."""
+    layers = nulltext_layers(unet)
+    if not layers:
+        raise ValueError(f"{where} has no null-text layers: convert it with convert_to_nulltext first")
+    zero = [n for n, m in layers.items() if m.E.device.type != "meta" and not bool(m.E.abs().sum() > 0)]
+    bad = [n for n, m in layers.items() if m.E.device.type != "meta" and not bool(torch.isfinite(m.E).all())]
+    if bad:
+        raise ValueError(f"{where} has non-finite E in {len(bad)} layer(s) (first: {bad[0]}): re-capture E")
+    if zero:
+        raise ValueError(
+            f"{where} has E = 0 in {len(zero)} of {len(layers)} layer(s) (first: {zero[0]}): E was never captured "
+            f"(the defect of the authors' release); capture it with make_domain_model / capture_E before saving"
+        )
+
+
+def capture_E(unet: nn.Module, text_features: torch.Tensor, latents: torch.Tensor | None = None,
+              timesteps: torch.Tensor | None = None, seed: int = 0, batch_size: int = 8,
+              scheduler=None) -> dict[str, torch.Tensor]:
+    """Run ``unet`` with the domain's text features and return, per cross-attention block, the mean over
+    batch and positions of its ``attn2`` output (after ``to_out``): the captured ``E`` (``[1, 1, C]``, float32).
+
+    ``text_features`` are the conditional features ``F_T`` only (``[1, 77, D]``), never an empty-prompt half.
+    ``latents`` are the inputs at which the mean is taken: default standard-normal noise (batch 4); pass
+    real image latents with a ``scheduler`` (anything with ``add_noise``) to noise them to ``timesteps``
+    first, which is where the domain model will be used. ``timesteps`` default to a spread over the
+    schedule. Runs in chunks of ``batch_size``; the mean is over all inputs.
     """
     blocks = list(_cross_attention_blocks(unet))
     if not blocks:
         raise ValueError("this UNet has no cross-attention layers to convert (is it already null-text?)")
+    if text_features.ndim != 3 or text_features.shape[0] != 1:
+        raise ValueError(f"capture_E needs the conditional text features F_T of shape [1, 77, D], "
+                         f"got {tuple(text_features.shape)}")
     param = next(unet.parameters())
     gen = torch.Generator().manual_seed(seed)
     if latents is None:
         size = unet.config.sample_size
         latents = torch.randn(4, unet.config.in_channels, size, size, generator=gen)
-    b = latents.shape[0]
+    n = latents.shape[0]
     if timesteps is None:
-        timesteps = torch.linspace(100, 900, b).long()
-    feats = text_features.to(param.device, param.dtype)
-    if feats.shape[0] == 1:
-        feats = feats.expand(b, *feats.shape[1:])
+        timesteps = torch.linspace(100, 900, n).long() if n > 1 else torch.tensor([500])
+    timesteps = torch.as_tensor(timesteps).long().reshape(-1)
+    if timesteps.numel() == 1:
+        timesteps = timesteps.expand(n)
+    if scheduler is not None:
+        noise = torch.randn(latents.shape, generator=gen)
+        latents = scheduler.add_noise(latents.float().cpu(), noise, timesteps.cpu())
     sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
     hooks = []
     for name, block in blocks:
         def hook(_module, _inputs, output, name=name):
-            sums[name] = output.float().mean(dim=(0, 1), keepdim=True)
+            s = output.float().sum(dim=(0, 1), keepdim=True)
+            sums[name] = sums[name] + s if name in sums else s
+            counts[name] = counts.get(name, 0) + output.shape[0] * output.shape[1]
 
         hooks.append(block.attn2.register_forward_hook(hook))
+    was_training = unet.training
+    unet.eval()
     try:
         with torch.no_grad():
-            unet(latents.to(param.device, param.dtype), timesteps.to(param.device), encoder_hidden_states=feats)
+            for i in range(0, n, batch_size):
+                z = latents[i:i + batch_size].to(param.device, param.dtype)
+                feats = text_features.to(param.device, param.dtype).expand(z.shape[0], -1, -1)
+                unet(z, timesteps[i:i + batch_size].to(param.device), encoder_hidden_states=feats)
     finally:
         for h in hooks:
             h.remove()
-    return sums
+        unet.train(was_training)
+    # Mean over batch and positions = sum over both / (inputs x positions of that layer).
+    return {name: (sums[name] / counts[name]).cpu() for name, _ in blocks}
 
 
 def convert_to_nulltext(unet: nn.Module, E: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -97,17 +166,41 @@ def convert_to_nulltext(unet: nn.Module, E: dict[str, torch.Tensor] | None = Non
 
     ``E`` (from :func:`capture_E`) fills the buffers; pass ``None`` only when weights are loaded next.
     """
-    for name, block in list(_cross_attention_blocks(unet)):
+    blocks = list(_cross_attention_blocks(unet))
+    if not blocks:
+        raise ValueError("this UNet has no cross-attention layers to convert (is it already null-text?)")
+    if E is not None:
+        missing = [name for name, _ in blocks if name not in E]
+        if missing:
+            raise ValueError(f"no captured E for {len(missing)} cross-attention block(s) (first: {missing[0]})")
+    for name, block in blocks:
         dim = block.attn2.to_out[0].out_features
-        fixed = FixedCrossAttention(dim)
-        if E is not None:
-            if name not in E:
-                raise ValueError(f"no captured E for cross-attention block {name}")
-            fixed.E.copy_(E[name].reshape(1, 1, dim))
         p = next(block.parameters())
+        fixed = FixedCrossAttention(dim).to(p.device)
+        if E is not None and p.device.type != "meta":
+            fixed.E.copy_(E[name].reshape(1, 1, dim))
         block.attn2 = fixed.to(p.device, p.dtype)
         block.norm2 = nn.Identity()
     return unet
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(config: dict | None = None) -> dict[str, int]:
+    """Parameters of the full UNet and of its null-text version for ``config`` (default: SD1.5's),
+    built on the meta device (no memory, no download). Also the number of converted layers."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**(config or SD15_UNET_CONFIG))
+    full = count_parameters(unet)
+    layers = len(list(_cross_attention_blocks(unet)))
+    convert_to_nulltext(unet)
+    null = count_parameters(unet)
+    e_values = sum(m.E.numel() for m in nulltext_layers(unet).values())
+    return dict(full=full, nulltext=null, removed=full - null, layers=layers, E_values=e_values)
 
 
 @dataclass
@@ -116,8 +209,23 @@ class DomainMetadata:
     base_model: str = ""
     prompt: str = ""
     training_steps: int = 0
-    format: str = "in-domain-suite/nulltext-unet/1"
+    format: str = FORMAT
     extra: dict = field(default_factory=dict)
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename over ``path`` (same folder, so the rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class DomainModel:
@@ -128,44 +236,42 @@ class DomainModel:
         self.metadata = metadata
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the folder atomically: a temporary sibling folder, then rename over the target."""
+        """Write ``config.json``, the weights and ``nulltext.json`` into ``folder``, each file atomically
+        (temporary file, then rename), the metadata last. Other files in ``folder`` are kept (a training run
+        keeps its ``training/`` folder next to the model). Refuses a model whose ``E`` was never captured."""
         from safetensors.torch import save_file
 
+        check_E(self.unet, "the domain model to save")
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
-            (tmp / "config.json").write_text(json.dumps(dict(self.unet.config), indent=2, default=list))
-            state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE))
-            (tmp / METADATA_FILE).write_text(json.dumps(asdict(self.metadata), indent=2))
-            if folder.exists():
-                old = folder.with_name(folder.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                folder.rename(old)
-                tmp.rename(folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in dict(self.unet.config).items()}
+        _atomic_write_bytes(folder / CONFIG_FILE,
+                            lambda p: Path(p).write_text(json.dumps(config, indent=2, default=list)))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
+        _atomic_write_bytes(folder / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": FORMAT}))
+        _atomic_write_bytes(folder / METADATA_FILE,
+                            lambda p: Path(p).write_text(json.dumps(asdict(self.metadata), indent=2)))
         return folder
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device=None, dtype=None) -> DomainModel:
-        """Load strictly (every weight and every ``E`` must be present; nothing extra)."""
+        """Load strictly: every weight and every ``E`` must be present, nothing extra, and ``E`` non-zero."""
         from diffusers import UNet2DConditionModel
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        config = json.loads((folder / "config.json").read_text())
+        for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
+            if not (folder / name).is_file():
+                raise ValueError(f"domain model folder {str(folder)!r} has no {name}: it is incomplete; "
+                                 f"train it again or copy the whole folder")
+        config = json.loads((folder / CONFIG_FILE).read_text())
         meta = json.loads((folder / METADATA_FILE).read_text())
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         unet = UNet2DConditionModel.from_config(config)
         convert_to_nulltext(unet)
         state = load_file(str(folder / WEIGHTS_FILE))
         unet.load_state_dict(state, strict=True)
+        check_E(unet, f"the domain model in {str(folder)!r}")
         unet.eval()
         if device is not None or dtype is not None:
             unet.to(device=device, dtype=dtype)
@@ -174,15 +280,18 @@ class DomainModel:
 
 
 def make_domain_model(unet: nn.Module, text_encoder, tokenizer, prompt: str, domain: str, base_model: str = "",
-                      text_features: torch.Tensor | None = None) -> DomainModel:
-    """Capture ``E`` from ``prompt`` (or from given, e.g. optimised, ``text_features``) and convert ``unet``."""
-    from .text import encode_prompts
-
+                      text_features: torch.Tensor | None = None, latents: torch.Tensor | None = None,
+                      scheduler=None, seed: int = 0) -> DomainModel:
+    """Capture ``E`` from ``prompt`` (or from given, e.g. optimised, ``text_features`` ``F_T``) and convert
+    ``unet`` in place. ``latents`` / ``scheduler``: see :func:`capture_E`."""
     if text_features is None:
+        from .text import encode_prompts
+
         p = next(unet.parameters())
         text_features = encode_prompts(tokenizer, text_encoder, [prompt], device=p.device)
-    E = capture_E(unet, text_features)
+    E = capture_E(unet, text_features, latents=latents, scheduler=scheduler, seed=seed)
     convert_to_nulltext(unet, E)
+    check_E(unet)
     return DomainModel(unet.eval(), DomainMetadata(domain=domain, base_model=base_model, prompt=prompt))
 
 

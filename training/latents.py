@@ -1,0 +1,149 @@
+"""Where training latents come from: a latent cache (the VAE runs once per image) or the VAE on the fly.
+
+Both sources give the *same* latents for the same request: the VAE's posterior ``N(mean, std^2)`` of the
+image (flipped or not) is sampled with a given standard-normal ``eps`` as ``(mean + std * eps) * scaling``,
+so the cache changes the cost, not the training (a test checks this).
+
+The cache stores ``mean`` and ``std`` for each image and each flip state (both orientations when ``hflip > 0``:
+the VAE is not flip-equivariant, so a flipped latent is encoded, not flipped). It is a ``.npy`` file read
+through a memory map (large datasets do not need to fit in RAM), written to a temporary name and renamed,
+and keyed by the file list, sizes, modification times, resolution, crop, flips and VAE, so a changed
+folder is re-encoded. With several processes each encodes its share, then the main process merges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import ImageFolderDataset
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` of the VAE posterior for ``pixels`` (``[B, 3, H, W]`` in ``[-1, 1]``), unscaled."""
+    p = next(vae.parameters())
+    dist = vae.encode(pixels.to(p.device, p.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
+class OnTheFlyLatents:
+    """Loads and encodes images at every request (no cache): the VAE runs every step."""
+
+    def __init__(self, dataset: ImageFolderDataset, vae, num_workers: int = 2):
+        self.dataset = dataset
+        self.vae = vae
+        self.scaling = float(vae.config.scaling_factor)
+        self.pool = ThreadPoolExecutor(max(1, num_workers)) if num_workers > 0 else None
+        f = 2 ** (len(vae.config.block_out_channels) - 1)
+        r = dataset.resolution // f
+        self.latent_shape = (vae.config.latent_channels, r, r)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get(self, indices, flips, eps: torch.Tensor) -> torch.Tensor:
+        jobs = list(zip(map(int, indices), map(bool, flips)))
+        images = list(self.pool.map(lambda a: self.dataset.load(*a), jobs)) if self.pool else \
+            [self.dataset.load(*a) for a in jobs]
+        mean, std = encode_posterior(self.vae, torch.stack(images))
+        return (mean + std * eps.to(mean.device, mean.dtype)) * self.scaling
+
+
+class CachedLatents:
+    """Latents from the cache file (``[N, F, 2, C, h, w]``: images, flip states, mean/std)."""
+
+    def __init__(self, path: Path, scaling: float, device):
+        self.array = np.load(path, mmap_mode="r")
+        self.scaling = float(scaling)
+        self.device = torch.device(device)
+        self.flip_states = self.array.shape[1]
+        self.latent_shape = tuple(self.array.shape[3:])
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def get(self, indices, flips, eps: torch.Tensor) -> torch.Tensor:
+        rows = [self.array[int(i), int(bool(f)) if self.flip_states > 1 else 0] for i, f in zip(indices, flips)]
+        ms = torch.from_numpy(np.stack(rows).astype(np.float32)).to(self.device)
+        mean, std = ms[:, 0], ms[:, 1]
+        return (mean + std * eps.to(self.device, mean.dtype)) * self.scaling
+
+
+def cache_key(dataset: ImageFolderDataset, vae_id: str, flip_states: int) -> str:
+    h = hashlib.sha256()
+    for p in dataset.paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps([dataset.resolution, dataset.center_crop, flip_states, vae_id]).encode())
+    return h.hexdigest()[:16]
+
+
+def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: str, accelerator=None,
+                       batch_size: int = 8, dtype=np.float32, num_workers: int = 2,
+                       progress=None) -> Path:
+    """Encode every image once (both flips when ``dataset.hflip > 0``) into ``folder/latents-<key>.npy``.
+
+    Reuses an existing cache with the same key. With ``accelerator`` over several processes, rank ``r``
+    encodes images ``r, r + P, ...`` into a part file and the main process merges the parts.
+    """
+    from tqdm.auto import tqdm
+
+    flips = (False, True) if dataset.hflip > 0 else (False,)
+    key = cache_key(dataset, vae_id, len(flips))
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"latents-{key}.npy"
+    if final.exists():
+        return final
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    main = rank == 0
+    mine = list(range(rank, len(dataset), world))
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    c, h = vae.config.latent_channels, dataset.resolution // f
+    shape = (len(mine), len(flips), 2, c, h, h)
+    part = folder / f".latents-{key}.part{rank}-of-{world}.npy"
+    arr = np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=shape)
+    pool = ThreadPoolExecutor(max(1, num_workers))
+    bar = tqdm(total=len(mine), desc="caching latents (VAE once per image)", disable=not main, leave=False)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start:start + batch_size]
+        for fi, flip in enumerate(flips):
+            pixels = torch.stack(list(pool.map(lambda i, flip=flip: dataset.load(i, flip), chunk)))
+            mean, std = encode_posterior(vae, pixels)
+            arr[start:start + len(chunk), fi, 0] = mean.cpu().numpy().astype(dtype)
+            arr[start:start + len(chunk), fi, 1] = std.cpu().numpy().astype(dtype)
+        bar.update(len(chunk))
+        if progress is not None and main:
+            progress("cache", min(start + batch_size, len(mine)) * world, len(dataset), {})
+    bar.close()
+    pool.shutdown()
+    arr.flush()
+    del arr
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if main:
+        tmp = folder / f".latents-{key}.merging.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(dataset),) + shape[1:])
+        for r in range(world):
+            p = folder / f".latents-{key}.part{r}-of-{world}.npy"
+            out[r::world] = np.load(p, mmap_mode="r")
+        out.flush()
+        del out
+        os.replace(tmp, final)
+        for r in range(world):
+            (folder / f".latents-{key}.part{r}-of-{world}.npy").unlink(missing_ok=True)
+        for old in folder.glob("latents-*.npy"):
+            if old != final:
+                old.unlink(missing_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return final
