@@ -83,7 +83,6 @@ class StageConfig:
     w0: float = 7.0
     lambda_zero123: float = 0.0
     view_dependent_prompting: bool = True
-    checkpoint_every: int = 100
 
 
 @dataclass
@@ -117,12 +116,12 @@ def _refine_full() -> StageConfig:
 
 def _zero123_tiny() -> StageConfig:
     return StageConfig(steps=40, milestones=(0, 20), resolutions=(24, 32), batch_sizes=(2, 1), ref_resolution=32,
-                       min_step_percent=[0, 0.4, 0.2, 20], max_step_percent=[0, 0.85, 0.5, 20], checkpoint_every=20)
+                       min_step_percent=[0, 0.4, 0.2, 20], max_step_percent=[0, 0.85, 0.5, 20])
 
 
 def _refine_tiny() -> StageConfig:
     return StageConfig(steps=20, lr=0.005, milestones=(0,), resolutions=(32,), batch_sizes=(1,), ref_resolution=32,
-                       min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01, checkpoint_every=10)
+                       min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01)
 
 
 def _nerf_tiny() -> NeRFConfig:
