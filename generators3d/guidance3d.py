@@ -30,8 +30,10 @@ def view_index(elevation, azimuth, front: float = 45.0, back: float = 45.0, over
     return idx
 
 
-def rebind_control_text(guidance: MultiGuidance, embeds: torch.Tensor, term_name: str = "control") -> MultiGuidance:
-    """A copy of ``guidance`` whose text control term reads ``embeds`` (``[1 or B, 77, D]``, one row per view).
+def rebind_control_text(guidance: MultiGuidance, embeds: torch.Tensor, uncond: torch.Tensor | None = None,
+                        term_name: str = "control") -> MultiGuidance:
+    """A copy of ``guidance`` whose text control term reads ``embeds`` (``[1 or B, 77, D]``, one row per view)
+    and, if given, whose unconditional base reads ``uncond`` (e.g. threestudio's negative-prompt embeddings).
     The automatic-weight reference follows the control term when it was that term."""
     terms = []
     new_ref = None
@@ -45,7 +47,10 @@ def rebind_control_text(guidance: MultiGuidance, embeds: torch.Tensor, term_name
     auto = guidance.auto
     if auto is not None and new_ref is not None:
         auto = replace(auto, reference=new_ref)
-    return MultiGuidance(guidance.base, terms, auto)
+    base = guidance.base
+    if uncond is not None:
+        base = replace(base, encoder_hidden_states=uncond)
+    return MultiGuidance(base, terms, auto)
 
 
 @dataclass
