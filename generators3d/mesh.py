@@ -63,10 +63,13 @@ def density_grid(field, resolution: int, chunk: int = 1 << 18) -> np.ndarray:
 
 
 @torch.no_grad()
-def auto_threshold(field, cams, resolution: int = 64, n_samples: int | None = None) -> float:
+def auto_threshold(field, cams, resolution: int = 64, n_samples: int | None = None, refine: int = 32) -> float:
     """The density level of the surface the renders show: for rays from ``cams`` that become opaque, the
-    point where the transmittance falls to 1/2 (interpolated between samples); the threshold is the median
-    density at those points. No constant to tune: it follows whatever density scale the field learned."""
+    point where the transmittance falls to 1/2; the threshold is the median density at those points. No
+    constant to tune: it follows whatever density scale the field learned.
+
+    The crossing is located in two passes: the render's samples find the bin where the accumulated opacity
+    passes 1/2, then ``refine`` sub-samples inside that bin integrate the density finely to the exact point."""
     from .cameras import camera_rays
     from .render import render_rays
 
@@ -75,22 +78,25 @@ def auto_threshold(field, cams, resolution: int = 64, n_samples: int | None = No
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)
     points = []
     for i in range(0, len(o), 8192):
-        out = render_rays(field, _NoBackground(), o[i:i + 8192], d[i:i + 8192],
-                          n_samples or field.cfg.samples_per_ray)
+        oc, dc = o[i:i + 8192], d[i:i + 8192]
+        out = render_rays(field, _NoBackground(), oc, dc, n_samples or field.cfg.samples_per_ray)
         acc = torch.cumsum(out["weights"], -1)
         hit = acc[:, -1] > 0.5
         if not hit.any():
             continue
-        acc, t = acc[hit], out["t_mid"][hit]
-        k = (acc < 0.5).sum(-1).clamp(max=acc.shape[1] - 1)
-        k0 = (k - 1).clamp(min=0)
-        a0 = torch.where(k > 0, acc.gather(1, k0[:, None])[:, 0], torch.zeros_like(k, dtype=acc.dtype))
-        a1 = acc.gather(1, k[:, None])[:, 0]
-        t0 = torch.where(k > 0, t.gather(1, k0[:, None])[:, 0], t[:, 0])
-        t1 = t.gather(1, k[:, None])[:, 0]
-        f = ((0.5 - a0) / (a1 - a0).clamp_min(1e-12)).clamp(0, 1)
-        ts = t0 + (t1 - t0) * f
-        points.append(o[i:i + 8192][hit] + d[i:i + 8192][hit] * ts[:, None])
+        acc, oc, dc = acc[hit], oc[hit], dc[hit]
+        k = (acc < 0.5).sum(-1).clamp(max=acc.shape[1] - 1)[:, None]
+        trans0 = 1.0 - torch.where(k > 0, acc.gather(1, (k - 1).clamp(min=0)), torch.zeros_like(k, dtype=acc.dtype))
+        t0, t1 = out["t_starts"][hit].gather(1, k), out["t_ends"][hit].gather(1, k)
+        # fine pass: optical depth inside the crossing bin
+        u = (torch.arange(refine, device=device, dtype=torch.float32) + 0.5) / refine
+        ts = t0 + (t1 - t0) * u[None]  # [R, refine]
+        sigma = field.density(oc[:, None] + dc[:, None] * ts[..., None])
+        tau = torch.cumsum(sigma * (t1 - t0) / refine, -1)
+        need = torch.log(trans0.clamp_min(0.5) / 0.5)  # optical depth still needed to reach T = 1/2
+        j = (tau < need).sum(-1, keepdim=True).clamp(max=refine - 1)
+        t_cross = ts.gather(1, j)
+        points.append(oc + dc * t_cross)
     if not points:
         raise ValueError("the NeRF is empty (no view sees an opaque surface): nothing to export; train longer "
                          "or check the input image's mask")
@@ -307,7 +313,9 @@ class AtomicFiles:
             os.fsync(fh.fileno())
 
     def commit(self) -> None:
+        mode = 0o666 & ~_umask()
         for tmp, path in self.pending:
+            os.chmod(tmp, mode)  # mkstemp makes 0600 files; results are ordinary files
             os.replace(tmp, path)
         self.pending = []
 
@@ -316,6 +324,12 @@ class AtomicFiles:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         self.pending = []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _glb_with_material(glb: bytes) -> bytes:

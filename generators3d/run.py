@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .config import ThreeDConfig, ThreeDResult
+from .mesh import _umask
 
 log = logging.getLogger("generators3d")
 
@@ -224,6 +225,7 @@ def write_turntable(field, background, cams, path: Path, size: int = 256, callba
     os.close(fd)
     try:
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=80, loop=0)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -262,9 +264,15 @@ class _Reporter:
 
 def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _stage1_done(out: Path) -> bool:

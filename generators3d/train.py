@@ -148,6 +148,9 @@ def save_checkpoint(field: NeRFField, path: Path, stage: str, extra: dict | None
     os.close(fd)
     try:
         save_file(state, tmp, metadata=meta)
+        from .mesh import _umask
+
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as err:
         if os.path.exists(tmp):
