@@ -69,6 +69,8 @@ def add_arguments(p) -> None:
     e.add_argument("--no-texture", action="store_true", help="no xatlas UV texture for OBJ (vertex colours only)")
     e.add_argument("--decimate", type=int, default=None, metavar="FACES",
                    help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
+    e.add_argument("--preview-frames", type=int, default=None,
+                   help="frames of the turntable preview GIF (default: 36; tiny: 8)")
     e.add_argument("--height-m", type=finite_float, default=None,
                    help="scale the mesh to this height in metres (default: 1 scene unit = 1 m)")
     from suite.cli import add_model_arguments
@@ -95,7 +97,8 @@ def config_from_args(args):
               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
               texture=False if args.no_texture else None, resume=args.resume, export_only=args.export_only,
-              seed=args.seed, device=args.device, dtype=args.dtype)
+              seed=args.seed, device=args.device, dtype=args.dtype,
+              preview_frames=args.preview_frames or base.preview_frames)
     cfg = replace(base, **kw).resolved()
     refine = cfg.refine
     for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),
