@@ -56,7 +56,8 @@ def add_arguments(p) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --output: finished stages are loaded, not run again")
     g.add_argument("--config", default=None,
-                   help="repeat a run from its config.json (flags given explicitly still override it)")
+                   help="repeat a run from its config.json: every setting comes from the file; only --output, "
+                        "--resume, --device and --dtype apply on top")
     e = p.add_argument_group("export")
     e.add_argument("--export-only", default=None, metavar="CHECKPOINT",
                    help="turn a stage checkpoint (.safetensors) into meshes, no training")
@@ -80,26 +81,24 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    """A :class:`ThreeDConfig` from the flags (``--config`` first, explicit flags on top)."""
+    """A :class:`ThreeDConfig` from the flags, or from ``--config FILE`` (+ output, resume, device, dtype)."""
     from dataclasses import replace
 
     from .config import ExportConfig, ThreeDConfig
 
-    base = ThreeDConfig.load(args.config) if args.config else ThreeDConfig()
     if args.config:
-        base = base.resolved()
-    kw = dict(prompt=args.prompt or base.prompt, domain=args.domain, preset=args.preset, output=args.output,
-              image=args.image or base.image, mask=args.mask or base.mask,
-              mask_method=args.mask_method or base.mask_method, sd_model=args.sd_model or base.sd_model,
-              domain_model=args.domain_model or base.domain_model,
-              zero123_model=args.zero123_model or base.zero123_model, image_steps=args.image_steps,
+        saved = ThreeDConfig.load(args.config)
+        return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,
+                       dtype=args.dtype or saved.dtype, export_only=None).resolved()
+    kw = dict(prompt=args.prompt, domain=args.domain, preset=args.preset, output=args.output, image=args.image,
+              mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
+              zero123_model=args.zero123_model, image_steps=args.image_steps,
               zero123_steps=args.zero123_steps, refine_steps=args.refine_steps,
               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
               texture=False if args.no_texture else None, resume=args.resume, export_only=args.export_only,
-              seed=args.seed, device=args.device, dtype=args.dtype,
-              preview_frames=args.preview_frames or base.preview_frames)
-    cfg = replace(base, **kw).resolved()
+              seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames)
+    cfg = ThreeDConfig(**kw).resolved()
     refine = cfg.refine
     for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),
                         ("control_weight", "control_weight")):

@@ -84,6 +84,12 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     # 5. The config beside the results repeats the run.
     saved = ThreeDConfig.load(out / "config.json")
     assert saved.prompt == "a vase with dragons" and saved.zero123.steps == 2 and saved.resume is False
+    from generators3d.cli import config_from_args
+
+    args = launch.build_parser().parse_args(["3d", "--config", str(out / "config.json"), "--output", "again"])
+    again = config_from_args(args)
+    assert again.output == "again" and again.preset == "tiny" and again.to_dict() == {
+        **saved.resolved().to_dict(), "output": "again"}
 
     # 6. --export-only: a checkpoint straight to meshes in another folder.
     other = tmp_path / "export"
