@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -63,45 +64,40 @@ def density_grid(field, resolution: int, chunk: int = 1 << 18) -> np.ndarray:
 
 
 @torch.no_grad()
-def auto_threshold(field, cams, resolution: int = 64, n_samples: int | None = None, refine: int = 32) -> float:
-    """The density level of the surface the renders show: for rays from ``cams`` that become opaque, the
-    point where the transmittance falls to 1/2; the threshold is the median density at those points. No
-    constant to tune: it follows whatever density scale the field learned.
+def auto_threshold(field, cams, resolution: int = 64, n_samples: int | None = None) -> float:
+    """The density level whose surface has the silhouettes the renders show.
 
-    The crossing is located in two passes: the render's samples find the bin where the accumulated opacity
-    passes 1/2, then ``refine`` sub-samples inside that bin integrate the density finely to the exact point."""
+    For rays from ``cams``: a ray is *opaque* in the render when its accumulated opacity exceeds 1/2, and it
+    *hits* the level-``tau`` surface when the density along it reaches ``tau``. The threshold is the ``tau``
+    with the fewest disagreements between the two over all rays (the middle of the best range; between two
+    neighbouring ray maxima, their geometric mean). No constant to tune: it follows whatever density scale
+    training produced, and for an opaque object it is the level the photometric and mask losses shaped."""
     from .cameras import camera_rays
     from .render import render_rays
 
     device = next(field.parameters()).device
     o, d = camera_rays(cams.to(device), resolution, resolution)
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-    points = []
+    n = n_samples or 2 * field.cfg.samples_per_ray
+    peak, opaque = [], []
     for i in range(0, len(o), 8192):
-        oc, dc = o[i:i + 8192], d[i:i + 8192]
-        out = render_rays(field, _NoBackground(), oc, dc, n_samples or field.cfg.samples_per_ray)
-        acc = torch.cumsum(out["weights"], -1)
-        hit = acc[:, -1] > 0.5
-        if not hit.any():
-            continue
-        acc, oc, dc = acc[hit], oc[hit], dc[hit]
-        k = (acc < 0.5).sum(-1).clamp(max=acc.shape[1] - 1)[:, None]
-        trans0 = 1.0 - torch.where(k > 0, acc.gather(1, (k - 1).clamp(min=0)), torch.zeros_like(k, dtype=acc.dtype))
-        t0, t1 = out["t_starts"][hit].gather(1, k), out["t_ends"][hit].gather(1, k)
-        # fine pass: optical depth inside the crossing bin
-        u = (torch.arange(refine, device=device, dtype=torch.float32) + 0.5) / refine
-        ts = t0 + (t1 - t0) * u[None]  # [R, refine]
-        sigma = field.density(oc[:, None] + dc[:, None] * ts[..., None])
-        tau = torch.cumsum(sigma * (t1 - t0) / refine, -1)
-        need = torch.log(trans0.clamp_min(0.5) / 0.5)  # optical depth still needed to reach T = 1/2
-        j = (tau < need).sum(-1, keepdim=True).clamp(max=refine - 1)
-        t_cross = ts.gather(1, j)
-        points.append(oc + dc * t_cross)
-    if not points:
+        out = render_rays(field, _NoBackground(), o[i:i + 8192], d[i:i + 8192], n)
+        peak.append(out["sigmas"].max(-1).values)
+        opaque.append(out["opacity"][:, 0] > 0.5)
+    peak, opaque = torch.cat(peak).double().cpu(), torch.cat(opaque).cpu()
+    if not opaque.any():
         raise ValueError("the NeRF is empty (no view sees an opaque surface): nothing to export; train longer "
                          "or check the input image's mask")
-    pts = torch.cat(points)
-    return float(field.density(pts).median())
+    order = torch.argsort(peak, descending=True)
+    peak_sorted, target = peak[order], opaque[order].double()
+    # errors when the k rays with the largest peaks are the hits: false hits + missed opaque rays
+    k_hits = torch.arange(len(peak) + 1, dtype=torch.float64)
+    tp = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(target, 0)])
+    errors = (k_hits - tp) + (target.sum() - tp)
+    best = torch.nonzero(errors == errors.min())[:, 0]
+    k = int(best[len(best) // 2].clamp(1, len(peak) - 1))
+    hi, lo = float(peak_sorted[k - 1]), float(peak_sorted[k])
+    return math.sqrt(max(hi, 1e-12) * max(lo, 1e-12))
 
 
 class _NoBackground(torch.nn.Module):

@@ -72,7 +72,7 @@ def render_rays(field, background, o: torch.Tensor, d: torch.Tensor, n_samples: 
         depth = (weights * t_mid).sum(-1, keepdim=True)
     color = color + (1.0 - opacity) * background(d)
     return {"rgb": color, "opacity": opacity, "depth": depth, "weights": weights, "t_mid": t_mid,
-            "t_starts": t_starts, "t_ends": t_ends}
+            "t_starts": t_starts, "t_ends": t_ends, "sigmas": sigma}
 
 
 def render(field, background, cams: Cameras, height: int, width: int | None = None, n_samples: int | None = None,
