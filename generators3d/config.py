@@ -87,8 +87,8 @@ class StageConfig:
 
 @dataclass
 class ExportConfig:
-    """Mesh export (CPU). ``threshold=None``: automatic (the density level at the points where rendered
-    transmittance falls to 1/2, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
+    """Mesh export (CPU). ``threshold=None``: automatic (the density level whose surface has the silhouettes the
+    renders show, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
     ``min_piece_fraction`` of the largest are removed. ``decimate``: target face count before UV unwrapping
     (vertex clustering; None = keep). ``texture``: bake a UV texture with xatlas for OBJ. ``height_m``: scale so
     the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0."""
