@@ -122,8 +122,15 @@ def hash_grid_bench(device, reps: int, n_points: int):
         print("  tiny-cuda-nn   not measured (needs CUDA and tiny-cuda-nn installed)")
 
 
-def full_size_refine(device, reps: int):
-    """SD1.5-size random UNet(s) + VAE: refinement-stage steps/s (render 128 -> 512, batch 1)."""
+SD15_UNET = dict(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def full_size_refine(device, reps: int, render_res: int = 128, unet_config=SD15_UNET, vae_config=SD15_VAE,
+                     nerf=None, image_size: int = 512):
+    """SD1.5-size random UNet(s) + VAE: refinement-stage steps/s (render 128 -> 512, batch 1). The configs are
+    parameters only so that the code path can be smoke-tested at toy size on a CPU."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     from generators3d.cameras import random_cameras
@@ -135,21 +142,19 @@ def full_size_refine(device, reps: int):
     from suite.guidance import MultiGuidance, Term
 
     dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    sd15 = dict(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    unet = UNet2DConditionModel(**sd15).to(device, dtype).requires_grad_(False)
-    domain_unet = UNet2DConditionModel(**sd15).to(device, dtype).requires_grad_(False)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4
-                        ).to(device, dtype).requires_grad_(False)
+    unet = UNet2DConditionModel(**unet_config).to(device, dtype).requires_grad_(False)
+    domain_unet = UNet2DConditionModel(**unet_config).to(device, dtype).requires_grad_(False)
+    vae = AutoencoderKL(**vae_config).to(device, dtype).requires_grad_(False)
+    text_dim = unet.config.cross_attention_dim
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    uncond, cond = (torch.randn(1, 77, 768, device=device, dtype=dtype) for _ in range(2))
+    uncond, cond = (torch.randn(1, 77, text_dim, device=device, dtype=dtype) for _ in range(2))
     # The paper's three-model guidance: SD uncond + domain (null-text: no text) + SD text control.
     mg = MultiGuidance(UNetDenoiser(unet, uncond), [Term(UNetDenoiser(domain_unet, None), 2.5, "domain"),
                                                    Term(UNetDenoiser(unet, cond), 2.5, "control")])
     # A null-text UNet needs no text: give the stand-in zeros of the right shape through a wrapper.
-    zeros = torch.zeros(1, 1, 768, device=device, dtype=dtype)
+    zeros = torch.zeros(1, 1, text_dim, device=device, dtype=dtype)
     mg.terms[0].denoiser = UNetDenoiser(domain_unet, zeros, name="domain")
-    field = make_field(NeRFConfig(), device)
+    field = make_field(nerf or NeRFConfig(), device)
     bg = Background().to(device)
     opt = torch.optim.Adam(field.parameters(), lr=1e-3)
     rng = TimestepRange(0.2, 0.6)
@@ -159,8 +164,8 @@ def full_size_refine(device, reps: int):
         sync(device)
         t0 = time.perf_counter()
         cams = random_cameras(CameraConfig(), 1, gen, device)
-        rgb = render(field, bg, cams, 128, perturb=True, generator=gen)["rgb"].permute(0, 3, 1, 2)
-        x = torch.nn.functional.interpolate(rgb, (512, 512), mode="bilinear", align_corners=False)
+        rgb = render(field, bg, cams, render_res, perturb=True, generator=gen)["rgb"].permute(0, 3, 1, 2)
+        x = torch.nn.functional.interpolate(rgb, (image_size, image_size), mode="bilinear", align_corners=False)
         lat = vae.encode((x * 2 - 1).to(dtype)).latent_dist.sample() * 0.18215
         out = sds(lat, mg, sched.alphas_cumprod, timesteps=rng, generator=gen)
         opt.zero_grad()
@@ -170,7 +175,8 @@ def full_size_refine(device, reps: int):
         if i:
             times.append(time.perf_counter() - t0)
     step = sorted(times)[len(times) // 2]
-    print(f"\nrefinement at SD1.5 size on {device} ({dtype}): {1 / step:.2f} steps/s "
+    print(f"\nrefinement at {'SD1.5' if unet_config is SD15_UNET else 'toy'} size, renders {render_res} -> "
+          f"{image_size}, on {device} ({dtype}): {1 / step:.2f} steps/s "
           f"(threestudio DreamFusion-style published: {THREESTUDIO_DREAMFUSION_IT_S:.2f} it/s on an RTX 3090 with ONE "
           f"SD UNet; ratio {1 / step / THREESTUDIO_DREAMFUSION_IT_S:.2f}x)")
 
@@ -182,7 +188,7 @@ def main(argv=None) -> int:
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--e2e", action="store_true", help="also time the tiny end-to-end run (default tiny step counts)")
     p.add_argument("--full-size", action="store_true",
-                   help="SD1.5-size refinement steps/s (meant for a GPU; minutes per step on a CPU)")
+                   help="SD1.5-size refinement steps/s (meant for a GPU: on a CPU it needs over 16 GB and minutes per step)")
     p.add_argument("--points", type=int, default=1 << 16, help="points for the hash-grid timing (default: 65536)")
     args = p.parse_args(argv)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="torch-ext-"))

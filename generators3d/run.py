@@ -62,7 +62,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     report = _Reporter(progress)
 
     # 2. The output folder: a new one, or a run to resume (never overwrite another run's results).
-    out, result = _prepare_output(out, cfg)
+    _check_output(out, cfg)
     ckpt_dir = out / "checkpoints"
     stage2_ckpt, stage3_ckpt = ckpt_dir / "stage2-zero123.safetensors", ckpt_dir / "stage3-refine.safetensors"
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -70,9 +70,9 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     # 2b. --export-only: a checkpoint straight to meshes.
     if cfg.export_only:
         field, _ = load_checkpoint(cfg.export_only, device)
-        return _finish(field, cfg, out, result, report)
+        return _finish(field, cfg, out, _create_output(out, cfg), report)
 
-    # 3. Models, loaded once and only when a stage needs them.
+    # 3. Models, loaded once and only when a stage needs them; the prompt's length checked by its tokenizer.
     pipe = None
     need_pipe = (not cfg.image and not _stage1_done(out)) or (cfg.refine.steps > 0 and not stage3_ckpt.exists())
     if need_pipe:
@@ -81,6 +81,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
         pipe = build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False,
                               cfg.device, cfg.dtype)
         _check_prompt_tokens(pipe, prompt)
+    result = _create_output(out, cfg)
 
     # 4. Stage 1: the in-domain image (or the user's) and its foreground mask -> the reference view.
     image_path, mask_path, ref_path = out / "image.png", out / "mask.png", out / "reference.png"
@@ -279,7 +280,8 @@ def _stage1_done(out: Path) -> bool:
     return all((out / n).is_file() for n in ("image.png", "mask.png", "reference.png", "reference-mask.png"))
 
 
-def _prepare_output(out: Path, cfg: ThreeDConfig) -> tuple[Path, ThreeDResult]:
+def _check_output(out: Path, cfg: ThreeDConfig) -> None:
+    """Refuse, before anything is written, a folder holding another run (unless resuming that same run)."""
     config_path = out / "config.json"
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
@@ -293,12 +295,16 @@ def _prepare_output(out: Path, cfg: ThreeDConfig) -> tuple[Path, ThreeDResult]:
         if diff:
             raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(diff)}: use the "
                              f"same settings, or choose another --output")
+
+
+def _create_output(out: Path, cfg: ThreeDConfig) -> ThreeDResult:
+    config_path = out / "config.json"
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     if not cfg.export_only:
         saved = replace(cfg, resume=False)
         _write_text(config_path, json.dumps(saved.to_dict(), indent=2))
-    return out, ThreeDResult(output_dir=out, image_path=None, mask_path=None, config_path=config_path)
+    return ThreeDResult(output_dir=out, image_path=None, mask_path=None, config_path=config_path)
 
 
 def _check_prompt_tokens(pipe, prompt: str) -> None:

@@ -105,6 +105,7 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     (["--prompt", "x" * 2000], "characters long"),
     (["--prompt", "a vase", "--formats", "glb,fbx"], "unknown mesh format"),
     (["--prompt", "a vase", "--mask", "m.png"], "--mask needs --image"),
+    (["--prompt", " ".join(["porcelain"] * 90)], "tokens long"),
 ])
 def test_bad_requests_fail_early_with_one_sentence(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
