@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Benchmark of the 3D stages, measured side by side in one run:
+
+1. One SDS refinement step on the tiny preset, broken into render / encode / denoise / backward (fractions of
+   the step: the networks should dominate, not our glue).
+2. The hash-grid encoding: pure PyTorch against tiny-cuda-nn (only where CUDA and tiny-cuda-nn exist).
+3. The tiny end-to-end `3d` run's wall time (stage 1 image, stage 2 Zero-1-to-3, stage 3 refine, export).
+4. With CUDA and --full-size: steps/s of the refinement stage at real SD1.5 size (random weights; speed does not
+   depend on their values) against threestudio's published DreamFusion-style speed (10k iterations in ~30 min
+   on an RTX 3090, i.e. ~5.6 it/s; FACTS.md).
+
+Usage: python bench/bench_3d.py [--reps 5] [--e2e] [--full-size] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+THREESTUDIO_DREAMFUSION_IT_S = 10_000 / (30 * 60)
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Timed:
+    """Wrap a denoiser and add its forward time to ``self.total``."""
+
+    def __init__(self, inner, device):
+        self.inner, self.device, self.total = inner, device, 0.0
+
+    def __call__(self, z, t):
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = self.inner(z, t)
+        sync(self.device)
+        self.total += time.perf_counter() - t0
+        return out
+
+
+def sds_breakdown(pipe, field, background, term, res: int, reps: int, device) -> dict:
+    """Median per-part times of one SDS step (render, encode, denoise, backward)."""
+    from generators3d.cameras import random_cameras
+    from generators3d.config import CameraConfig
+    from generators3d.render import render
+    from generators3d.sds import sds
+
+    gen = torch.Generator().manual_seed(0)
+    parts = {"render": [], "encode": [], "denoise": [], "sds glue": [], "backward": [], "step": []}
+    for i in range(reps + 1):
+        cams = random_cameras(CameraConfig(), 1, gen, device)
+        sync(device)
+        t0 = time.perf_counter()
+        rgb = render(field, background, cams, res, perturb=True, generator=gen)["rgb"].permute(0, 3, 1, 2)
+        sync(device)
+        t1 = time.perf_counter()
+        latents = term.encode(rgb)
+        sync(device)
+        t2 = time.perf_counter()
+        den = Timed(term.denoiser(cams.elevation.cpu(), cams.azimuth.cpu()), device)
+        out = sds(latents, den, pipe.scheduler.alphas_cumprod, timesteps=term.range, generator=gen)
+        sync(device)
+        t3 = time.perf_counter()
+        out["loss_sds"].backward()
+        sync(device)
+        t4 = time.perf_counter()
+        field.zero_grad(set_to_none=True)
+        if i == 0:
+            continue  # warm-up
+        parts["render"].append(t1 - t0)
+        parts["encode"].append(t2 - t1)
+        parts["denoise"].append(den.total)
+        parts["sds glue"].append(t3 - t2 - den.total)
+        parts["backward"].append(t4 - t3)
+        parts["step"].append(t4 - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in parts.items()}
+
+
+def print_breakdown(title, times):
+    step = times["step"]
+    print(f"\n{title}: one SDS step {step * 1000:.1f} ms ({1 / step:.2f} steps/s)")
+    for k in ("render", "encode", "denoise", "sds glue", "backward"):
+        print(f"  {k:9s} {times[k] * 1000:9.1f} ms  {times[k] / step:6.1%}")
+
+
+def hash_grid_bench(device, reps: int, n_points: int):
+    from generators3d.config import NeRFConfig
+    from generators3d.nerf import HashGrid, TcnnHashGrid, tcnn_available
+
+    cfg = NeRFConfig()
+    x = torch.rand(n_points, 3, device=device)
+
+    def run(enc):
+        times = []
+        for i in range(reps + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            enc(x).float().sum().backward()
+            sync(device)
+            if i:
+                times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    torch_t = run(HashGrid(cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size, cfg.base_resolution,
+                           cfg.per_level_scale).to(device))
+    print(f"\nhash grid (16 levels, 2^19 table), {n_points} points forward+backward on {device}:")
+    print(f"  pure PyTorch   {torch_t * 1000:9.1f} ms")
+    if torch.device(device).type == "cuda" and tcnn_available():
+        tcnn_t = run(TcnnHashGrid(cfg).to(device))
+        print(f"  tiny-cuda-nn   {tcnn_t * 1000:9.1f} ms   (PyTorch / tcnn = {torch_t / tcnn_t:.2f}x)")
+    else:
+        print("  tiny-cuda-nn   not measured (needs CUDA and tiny-cuda-nn installed)")
+
+
+SD15_UNET = dict(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def full_size_refine(device, reps: int, render_res: int = 128, unet_config=SD15_UNET, vae_config=SD15_VAE,
+                     nerf=None, image_size: int = 512):
+    """SD1.5-size random UNet(s) + VAE: refinement-stage steps/s (render 128 -> 512, batch 1). The configs are
+    parameters only so that the code path can be smoke-tested at toy size on a CPU."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from generators3d.cameras import random_cameras
+    from generators3d.config import CameraConfig, NeRFConfig
+    from generators3d.nerf import Background, make_field
+    from generators3d.render import render
+    from generators3d.sds import TimestepRange, sds
+    from suite.denoisers import UNetDenoiser
+    from suite.guidance import MultiGuidance, Term
+
+    dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    unet = UNet2DConditionModel(**unet_config).to(device, dtype).requires_grad_(False)
+    domain_unet = UNet2DConditionModel(**unet_config).to(device, dtype).requires_grad_(False)
+    vae = AutoencoderKL(**vae_config).to(device, dtype).requires_grad_(False)
+    text_dim = unet.config.cross_attention_dim
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    uncond, cond = (torch.randn(1, 77, text_dim, device=device, dtype=dtype) for _ in range(2))
+    # The paper's three-model guidance: SD uncond + domain (null-text: no text) + SD text control.
+    mg = MultiGuidance(UNetDenoiser(unet, uncond), [Term(UNetDenoiser(domain_unet, None), 2.5, "domain"),
+                                                   Term(UNetDenoiser(unet, cond), 2.5, "control")])
+    # A null-text UNet needs no text: give the stand-in zeros of the right shape through a wrapper.
+    zeros = torch.zeros(1, 1, text_dim, device=device, dtype=dtype)
+    mg.terms[0].denoiser = UNetDenoiser(domain_unet, zeros, name="domain")
+    field = make_field(nerf or NeRFConfig(), device)
+    bg = Background().to(device)
+    opt = torch.optim.Adam(field.parameters(), lr=1e-3)
+    rng = TimestepRange(0.2, 0.6)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(reps + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        cams = random_cameras(CameraConfig(), 1, gen, device)
+        rgb = render(field, bg, cams, render_res, perturb=True, generator=gen)["rgb"].permute(0, 3, 1, 2)
+        x = torch.nn.functional.interpolate(rgb, (image_size, image_size), mode="bilinear", align_corners=False)
+        lat = vae.encode((x * 2 - 1).to(dtype)).latent_dist.sample() * 0.18215
+        out = sds(lat, mg, sched.alphas_cumprod, timesteps=rng, generator=gen)
+        opt.zero_grad()
+        out["loss_sds"].backward()
+        opt.step()
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    step = sorted(times)[len(times) // 2]
+    print(f"\nrefinement at {'SD1.5' if unet_config is SD15_UNET else 'toy'} size, renders {render_res} -> "
+          f"{image_size}, on {device} ({dtype}): {1 / step:.2f} steps/s "
+          f"(threestudio DreamFusion-style published: {THREESTUDIO_DREAMFUSION_IT_S:.2f} it/s on an RTX 3090 with ONE "
+          f"SD UNet; ratio {1 / step / THREESTUDIO_DREAMFUSION_IT_S:.2f}x)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement (default: %(default)s)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--e2e", action="store_true", help="also time the tiny end-to-end run (default tiny step counts)")
+    p.add_argument("--full-size", action="store_true",
+                   help="SD1.5-size refinement steps/s (meant for a GPU: on a CPU it needs over 16 GB and minutes per step)")
+    p.add_argument("--points", type=int, default=1 << 16, help="points for the hash-grid timing (default: 65536)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="torch-ext-"))
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+    # 1. SDS step breakdown on the tiny preset (tiny SD + tiny domain UNet, tiny NeRF, 32x32 renders).
+    from generators3d.config import ThreeDConfig
+    from generators3d.guidance3d import DomainSDS
+    from generators3d.nerf import Background, make_field
+    from suite.cli import build_pipeline
+
+    cfg = ThreeDConfig(preset="tiny").resolved()
+    pipe = build_pipeline("tiny", "porcelain", device=args.device)
+    term = DomainSDS(pipe, "a vase with dragons", min_step_percent=0.2, max_step_percent=0.6)
+    field = make_field(cfg.nerf, args.device)
+    print_breakdown("tiny preset, refinement (domain + SD text + SD uncond, auto weights)",
+                    sds_breakdown(pipe, field, Background().to(args.device), term, 32, args.reps, args.device))
+
+    # 2. Hash grid: pure PyTorch vs tiny-cuda-nn.
+    hash_grid_bench(args.device, args.reps, args.points)
+
+    # 3. Tiny end-to-end wall time.
+    if args.e2e:
+        from generators3d import run_text_to_3d
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = run_text_to_3d(ThreeDConfig(prompt="a vase with dragons", preset="tiny", output=f"{tmp}/run",
+                                              device=args.device))
+            wall = time.perf_counter() - t0
+        print(f"\ntiny end-to-end `3d` run ({cfg.zero123.steps} + {cfg.refine.steps} SDS steps, export, preview): "
+              f"{wall:.1f} s wall; meshes: {', '.join(res.mesh_paths)}")
+
+    # 4. Full-size refinement steps/s.
+    if args.full_size:
+        full_size_refine(args.device, max(1, min(args.reps, 3)) if args.device == "cpu" else args.reps)
+    elif torch.device(args.device).type != "cuda":
+        print("\nSD1.5-size refinement: not measured (no GPU here; run with --full-size on a CUDA machine)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

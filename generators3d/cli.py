@@ -1,0 +1,135 @@
+"""``launch.py 3d``: prompt -> in-domain image -> Zero-1-to-3 NeRF -> domain SDS refinement -> GLB/OBJ/PLY.
+
+Imports nothing heavy at module level (``launch.py --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import logging
+
+HELP = "text-to-3D: in-domain image -> Zero-1-to-3 NeRF -> SDS refinement with the domain model -> mesh"
+log = logging.getLogger("generators3d")
+
+
+def _steps(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"a step count must be 0 or more, got {v}")
+    return v
+
+
+def add_arguments(p) -> None:
+    from suite.cli import finite_float, weight_arg
+
+    p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
+                                                "', plain white background')")
+    p.add_argument("--output", default="outputs/3d", help="output folder (default: %(default)s)")
+    p.add_argument("--image", default=None, help="your own image of one object (skips stage 1)")
+    p.add_argument("--mask", default=None, help="mask for --image (white or opaque = object; default: found "
+                                                "automatically on a plain background)")
+    p.add_argument("--mask-method", choices=["auto", "center"], default=None,
+                   help="foreground mask of the stage-1 image: 'auto' (plain background, Otsu) or 'center' "
+                        "(centred disc) (default: auto; center with --preset tiny)")
+    p.add_argument("--zero123-model", default=None,
+                   help="Zero-1-to-3 diffusers folder or hub id (default: $INDOMAIN_ZERO123_MODEL or "
+                        "ashawkey/zero123-xl-diffusers; the tiny preset builds a random one)")
+    g = p.add_argument_group("stages")
+    g.add_argument("--image-steps", type=_steps, default=25, help="stage 1 sampling steps (default: %(default)s)")
+    g.add_argument("--zero123-steps", type=_steps, default=None,
+                   help="stage 2 SDS steps with Zero-1-to-3 (default: 600; tiny: 40)")
+    g.add_argument("--refine-steps", type=_steps, default=None,
+                   help="stage 3 SDS steps with the domain multi-guidance (default: 400; tiny: 20; 0 skips it)")
+    g.add_argument("--refine-zero123-weight", type=finite_float, default=None,
+                   help="weight of an extra Zero-1-to-3 SDS loss in stage 3, as Magic123 (default: 0)")
+    g.add_argument("--zero123-guidance", type=finite_float, default=None,
+                   help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
+    g.add_argument("--domain-weight", type=weight_arg, default=None,
+                   help="w_d in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
+    g.add_argument("--control-weight", type=weight_arg, default=None,
+                   help="w_c in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --output: finished stages are loaded, not run again")
+    g.add_argument("--config", default=None,
+                   help="repeat a run from its config.json: every setting comes from the file; only --output, "
+                        "--resume, --device and --dtype apply on top")
+    e = p.add_argument_group("export")
+    e.add_argument("--export-only", default=None, metavar="CHECKPOINT",
+                   help="turn a stage checkpoint (.safetensors) into meshes, no training")
+    e.add_argument("--formats", default="glb,obj,ply",
+                   help="mesh formats, comma-separated among glb, obj, ply (default: %(default)s)")
+    e.add_argument("--mesh-resolution", type=int, default=None,
+                   help="marching-cubes grid size (default: 256; tiny: 48)")
+    e.add_argument("--threshold", type=finite_float, default=None,
+                   help="density level of the surface (default: automatic, from the rendered opacity)")
+    e.add_argument("--no-texture", action="store_true", help="no xatlas UV texture for OBJ (vertex colours only)")
+    e.add_argument("--decimate", type=int, default=None, metavar="FACES",
+                   help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
+    e.add_argument("--preview-frames", type=int, default=None,
+                   help="frames of the turntable preview GIF (default: 36; tiny: 8)")
+    e.add_argument("--height-m", type=finite_float, default=None,
+                   help="scale the mesh to this height in metres (default: 1 scene unit = 1 m)")
+    from suite.cli import add_model_arguments
+
+    add_model_arguments(p, controlnet=False)
+    p.set_defaults(domain="porcelain")
+
+
+def config_from_args(args):
+    """A :class:`ThreeDConfig` from the flags, or from ``--config FILE`` (+ output, resume, device, dtype)."""
+    from dataclasses import replace
+
+    from .config import ExportConfig, ThreeDConfig
+
+    if args.config:
+        saved = ThreeDConfig.load(args.config)
+        return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,
+                       dtype=args.dtype or saved.dtype, export_only=None).resolved()
+    kw = dict(prompt=args.prompt, domain=args.domain, preset=args.preset, output=args.output, image=args.image,
+              mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
+              zero123_model=args.zero123_model, image_steps=args.image_steps,
+              zero123_steps=args.zero123_steps, refine_steps=args.refine_steps,
+              formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+              mesh_resolution=args.mesh_resolution, threshold=args.threshold,
+              texture=False if args.no_texture else None, resume=args.resume, export_only=args.export_only,
+              seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames)
+    cfg = ThreeDConfig(**kw).resolved()
+    refine = cfg.refine
+    for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),
+                        ("control_weight", "control_weight")):
+        value = getattr(args, flag)
+        if value is not None:
+            refine = replace(refine, **{field: value})
+    zero123 = cfg.zero123
+    if args.zero123_guidance is not None:
+        zero123 = replace(zero123, zero123_guidance_scale=args.zero123_guidance)
+        refine = replace(refine, zero123_guidance_scale=args.zero123_guidance)
+    export: ExportConfig = cfg.export
+    if args.decimate is not None:
+        export = replace(export, decimate=args.decimate)
+    if args.height_m is not None:
+        export = replace(export, height_m=args.height_m)
+    return replace(cfg, refine=refine, zero123=zero123, export=export)
+
+
+def main(args) -> int:
+    from . import run_text_to_3d
+
+    # 1. Flags -> config (validated), 2. run, 3. say where the results are.
+    cfg = config_from_args(args)
+    result = run_text_to_3d(cfg)
+    log.info("done: %s", result.output_dir)
+    for fmt, path in result.mesh_paths.items():
+        log.info("  mesh (%s): %s", fmt, path)
+    log.info("  preview: %s", result.preview_path)
+    log.info("  image: %s  mask: %s", result.image_path, result.mask_path)
+    if result.nan_recoveries:
+        log.info("  %d training step(s) had NaNs and were undone (restored the last good state)",
+                 result.nan_recoveries)
+    log.info("open %s in Blender (File > Import > glTF): Y up, metres", result.mesh_paths.get("glb"))
+    return 0

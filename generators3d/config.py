@@ -1,0 +1,250 @@
+"""Typed configuration of a text-to-3D run: plain dataclasses with documented defaults (no torch import).
+
+:class:`ThreeDConfig` is what the CLI, the app and tests fill in; :meth:`ThreeDConfig.resolved` fills the
+per-stage settings from the preset (``"full"``: real models, threestudio's Zero-1-to-3 defaults; ``"tiny"``:
+tiny random models, CPU-sized everything) and applies the top-level step overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+FORMATS = ("glb", "obj", "ply")
+STAGES = ("image", "zero123", "refine", "export", "preview")
+
+
+@dataclass
+class NeRFConfig:
+    """Hash-grid NeRF (threestudio's ``implicit-volume`` defaults, scene radius 1 instead of 2).
+
+    World frame: Z up (threestudio's), object at the origin inside the sphere of ``radius``. Density is
+    ``softplus(raw + blob_density * (1 - |x| / blob_radius))`` (Magic3D's blob initialisation, so a fresh
+    field already renders a ball); colour is ``sigmoid`` of the colour head (view-independent albedo).
+    """
+
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.447269237440378
+    hidden: int = 64
+    n_hidden_layers: int = 2
+    radius: float = 1.0
+    blob_density: float = 10.0
+    blob_radius: float = 0.5
+    samples_per_ray: int = 128
+    backend: str = "auto"  # "auto" (tiny-cuda-nn on CUDA when importable), "torch", "tcnn"
+
+
+@dataclass
+class CameraConfig:
+    """Random views around the object (threestudio's zero123.yaml: fixed distance and field of view,
+    as Zero-1-to-3 was trained) and the reference view of the input image."""
+
+    elevation_range: tuple[float, float] = (-10.0, 80.0)
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    distance_range: tuple[float, float] = (3.8, 3.8)
+    fovy_range: tuple[float, float] = (20.0, 20.0)
+    ref_elevation: float = 5.0
+    ref_azimuth: float = 0.0
+    ref_distance: float = 3.8
+    ref_fovy: float = 20.0
+
+
+@dataclass
+class StageConfig:
+    """One SDS stage. ``milestones``/``resolutions``/``batch_sizes``: progressive render resolution (render
+    ``resolutions[i]`` with ``batch_sizes[i]`` random views from step ``milestones[i]``); renders are resized
+    to the diffusion model's input size before encoding. Timestep range: ``min_step_percent`` /
+    ``max_step_percent`` are numbers or threestudio-style ``[start_step, start_value, end_value, end_step]``
+    linear annealing schedules."""
+
+    steps: int = 600
+    lr: float = 0.01
+    milestones: tuple[int, ...] = (0, 200, 300)
+    resolutions: tuple[int, ...] = (64, 128, 256)
+    batch_sizes: tuple[int, ...] = (12, 4, 2)
+    ref_resolution: int = 256
+    min_step_percent: float | list = field(default_factory=lambda: [0, 0.4, 0.2, 200])
+    max_step_percent: float | list = field(default_factory=lambda: [0, 0.85, 0.5, 200])
+    weighting: str = "sds"
+    grad_clip: float | None = None
+    lambda_sds: float = 0.1
+    lambda_rgb: float = 500.0
+    lambda_mask: float = 50.0
+    lambda_opaque: float = 0.0
+    # Zero-1-to-3: its CFG weight (one MultiGuidance term; threestudio's guidance_scale 3).
+    zero123_guidance_scale: float = 3.0
+    # refinement only: the domain multi-guidance and an optional Zero-1-to-3 SDS term (Magic123).
+    domain_weight: float | None = None
+    control_weight: float | None = None
+    w0: float = 7.0
+    lambda_zero123: float = 0.0
+    view_dependent_prompting: bool = True
+
+
+@dataclass
+class ExportConfig:
+    """Mesh export (CPU). ``threshold=None``: automatic (the density level whose surface has the silhouettes the
+    renders show, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
+    ``min_piece_fraction`` of the largest are removed. ``decimate``: target face count before UV unwrapping
+    (vertex clustering; None = keep). ``texture``: bake a UV texture with xatlas for OBJ. ``height_m``: scale so
+    the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0."""
+
+    resolution: int = 256
+    threshold: float | None = None
+    min_piece_fraction: float = 0.05
+    decimate: int | None = None
+    texture: bool = True
+    texture_size: int = 1024
+    height_m: float | None = None
+    on_ground: bool = True
+
+
+def _zero123_full() -> StageConfig:
+    return StageConfig()
+
+
+def _refine_full() -> StageConfig:
+    # Magic123's timestep range t in [0.2, 0.6]; SD works at 512 (renders 128 -> 256 resized to 512).
+    return StageConfig(steps=400, lr=0.005, milestones=(0, 200), resolutions=(128, 256), batch_sizes=(2, 1),
+                       min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01, lambda_rgb=500.0,
+                       lambda_mask=50.0)
+
+
+def _zero123_tiny() -> StageConfig:
+    return StageConfig(steps=40, milestones=(0, 20), resolutions=(24, 32), batch_sizes=(2, 1), ref_resolution=32,
+                       min_step_percent=[0, 0.4, 0.2, 20], max_step_percent=[0, 0.85, 0.5, 20])
+
+
+def _refine_tiny() -> StageConfig:
+    return StageConfig(steps=20, lr=0.005, milestones=(0,), resolutions=(32,), batch_sizes=(1,), ref_resolution=32,
+                       min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01)
+
+
+def _nerf_tiny() -> NeRFConfig:
+    return NeRFConfig(n_levels=8, log2_hashmap_size=14, base_resolution=8, per_level_scale=1.5, hidden=32,
+                      n_hidden_layers=1, samples_per_ray=32)
+
+
+@dataclass
+class ThreeDConfig:
+    """One text-to-3D run (``python launch.py 3d``). ``None`` fields take the preset's value.
+
+    * ``prompt`` / ``domain``: stage 1 makes an in-domain image (domain preset or your own ``domain_model``).
+    * ``image`` / ``mask``: your own image (and optional mask) instead of stage 1.
+    * ``zero123_steps`` / ``refine_steps``: per-stage step counts (0 skips a stage).
+    * ``formats``: mesh formats among ``glb``, ``obj``, ``ply``.
+    * ``resume``: continue a run in ``output``; finished stages are loaded, not run again.
+    * ``export_only``: a stage checkpoint to turn into meshes (no training).
+    """
+
+    prompt: str = ""
+    domain: str = "porcelain"
+    preset: str = "full"
+    output: str = "outputs/3d"
+    image: str | None = None
+    mask: str | None = None
+    mask_method: str | None = None  # "auto" (plain background) or "center"; None: auto ("center" for tiny)
+    sd_model: str | None = None
+    domain_model: str | None = None
+    zero123_model: str | None = None
+    image_steps: int = 25
+    zero123_steps: int | None = None
+    refine_steps: int | None = None
+    formats: tuple[str, ...] = FORMATS
+    mesh_resolution: int | None = None
+    threshold: float | None = None
+    texture: bool | None = None
+    resume: bool = False
+    export_only: str | None = None
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    preview_frames: int | None = None
+    background_prompt: str = ", plain white background"
+    nerf: NeRFConfig | None = None
+    camera: CameraConfig | None = None
+    zero123: StageConfig | None = None
+    refine: StageConfig | None = None
+    export: ExportConfig | None = None
+
+    def resolved(self) -> ThreeDConfig:
+        """A copy with every ``None`` filled from the preset and the top-level overrides applied."""
+        if self.preset not in ("tiny", "full"):
+            raise ValueError(f"unknown preset {self.preset!r}: use 'tiny' or 'full'")
+        tiny = self.preset == "tiny"
+        nerf = self.nerf or (_nerf_tiny() if tiny else NeRFConfig())
+        camera = self.camera or CameraConfig()
+        zero123 = self.zero123 or (_zero123_tiny() if tiny else _zero123_full())
+        refine = self.refine or (_refine_tiny() if tiny else _refine_full())
+        export = self.export or (ExportConfig(resolution=48, texture_size=128) if tiny else ExportConfig())
+        if self.zero123_steps is not None:
+            zero123 = replace(zero123, steps=int(self.zero123_steps))
+        if self.refine_steps is not None:
+            refine = replace(refine, steps=int(self.refine_steps))
+        if self.mesh_resolution is not None:
+            export = replace(export, resolution=int(self.mesh_resolution))
+        if self.threshold is not None:
+            export = replace(export, threshold=float(self.threshold))
+        if self.texture is not None:
+            export = replace(export, texture=bool(self.texture))
+        formats = tuple(dict.fromkeys(f.lower().lstrip(".") for f in self.formats))
+        bad = [f for f in formats if f not in FORMATS]
+        if bad or not formats:
+            raise ValueError(f"unknown mesh format(s) {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
+        for name, value in (("zero123 steps", zero123.steps), ("refine steps", refine.steps)):
+            if value < 0:
+                raise ValueError(f"the {name} must be 0 or more, got {value}")
+        return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
+                       formats=formats, mask_method=self.mask_method or ("center" if tiny else "auto"),
+                       preview_frames=self.preview_frames or (8 if tiny else 36))
+
+    # -- the config file written beside the results -------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ThreeDConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)} in the 3D config file: remove them")
+        kw = dict(data)
+        for name, typ in (("nerf", NeRFConfig), ("camera", CameraConfig), ("zero123", StageConfig),
+                          ("refine", StageConfig), ("export", ExportConfig)):
+            if isinstance(kw.get(name), dict):
+                sub = {k: tuple(v) if isinstance(v, list) and k not in ("min_step_percent", "max_step_percent")
+                       else v for k, v in kw[name].items()}
+                kw[name] = typ(**sub)
+        if "formats" in kw:
+            kw["formats"] = tuple(kw["formats"])
+        return cls(**kw)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ThreeDConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"could not read the 3D config file {str(path)!r} ({err}): give a config.json "
+                             f"written by a previous run") from None
+        return cls.from_dict(data)
+
+
+@dataclass
+class ThreeDResult:
+    """What a run wrote. ``mesh_paths`` maps a format (``"glb"``, ``"obj"``, ``"ply"``) to its file."""
+
+    output_dir: Path
+    image_path: Path | None
+    mask_path: Path | None
+    mesh_paths: dict = field(default_factory=dict)
+    preview_path: Path | None = None
+    config_path: Path | None = None
+    checkpoints: dict = field(default_factory=dict)
+    stages_run: list = field(default_factory=list)
+    nan_recoveries: int = 0
+    threshold: float | None = None

@@ -1,0 +1,418 @@
+"""NeRF -> mesh on the CPU: marching cubes with an automatic threshold, clean-up, vertex colours, an optional
+baked UV texture (xatlas), and atomic GLB / OBJ+MTL+PNG / PLY export that opens upright in Blender.
+
+Frames: the NeRF world is Z-up (threestudio's) with the reference camera on +X. Exported files are glTF's
+frame: **Y up, +Z towards the viewer of the reference image, metres** (``(x, y, z)_nerf -> (y, z, x)``, a
+proper rotation, so winding is preserved). Faces wind counter-clockwise seen from outside, and normals
+point outwards (checked by the signed volume, which must be positive).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ExportConfig
+
+log = logging.getLogger(__name__)
+
+# NeRF (Z-up, reference view on +X) -> glTF (Y-up, +Z towards the viewer): x' = y, y' = z, z' = x.
+NERF_TO_EXPORT = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+@dataclass
+class Mesh:
+    """Triangle mesh with per-vertex colours in [0, 1]; optionally a UV-unwrapped copy with a texture
+    (``uv_vertices``/``uv_faces``/``uv``/``texture``: xatlas splits vertices along seams)."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray
+    uv_vertices: np.ndarray | None = None
+    uv_faces: np.ndarray | None = None
+    uv: np.ndarray | None = None
+    texture: object | None = None  # PIL.Image
+
+    def transformed(self, rotation: np.ndarray, scale: float = 1.0, offset=(0.0, 0.0, 0.0)) -> Mesh:
+        def tf(v):
+            return None if v is None else (v @ rotation.T * scale + np.asarray(offset)).astype(np.float32)
+
+        return replace(self, vertices=tf(self.vertices), uv_vertices=tf(self.uv_vertices))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# extraction
+@torch.no_grad()
+def density_grid(field, resolution: int, chunk: int = 1 << 18) -> np.ndarray:
+    """Density on a ``resolution^3`` grid spanning ``[-radius, radius]^3`` (axis order x, y, z)."""
+    r = field.radius
+    device = next(field.parameters()).device
+    lin = torch.linspace(-r, r, resolution, device=device)
+    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    out = torch.cat([field.density(pts[i:i + chunk]) for i in range(0, len(pts), chunk)])
+    return out.reshape(resolution, resolution, resolution).float().cpu().numpy()
+
+
+@torch.no_grad()
+def auto_threshold(field, cams, resolution: int = 64, n_samples: int | None = None) -> float:
+    """The density level whose surface has the silhouettes the renders show.
+
+    For rays from ``cams``: a ray is *opaque* in the render when its accumulated opacity exceeds 1/2, and it
+    *hits* the level-``tau`` surface when the density along it reaches ``tau``. The threshold is the ``tau``
+    with the fewest disagreements between the two over all rays (the middle of the best range; between two
+    neighbouring ray maxima, their geometric mean). No constant to tune: it follows whatever density scale
+    training produced, and for an opaque object it is the level the photometric and mask losses shaped."""
+    from .cameras import camera_rays
+    from .render import render_rays
+
+    device = next(field.parameters()).device
+    o, d = camera_rays(cams.to(device), resolution, resolution)
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    n = n_samples or 2 * field.cfg.samples_per_ray
+    peak, opaque = [], []
+    for i in range(0, len(o), 8192):
+        out = render_rays(field, _NoBackground(), o[i:i + 8192], d[i:i + 8192], n)
+        peak.append(out["sigmas"].max(-1).values)
+        opaque.append(out["opacity"][:, 0] > 0.5)
+    peak, opaque = torch.cat(peak).double().cpu(), torch.cat(opaque).cpu()
+    if not opaque.any():
+        raise ValueError("the NeRF is empty (no view sees an opaque surface): nothing to export; train longer "
+                         "or check the input image's mask")
+    order = torch.argsort(peak, descending=True)
+    peak_sorted, target = peak[order], opaque[order].double()
+    # errors when the k rays with the largest peaks are the hits: false hits + missed opaque rays
+    k_hits = torch.arange(len(peak) + 1, dtype=torch.float64)
+    tp = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(target, 0)])
+    errors = (k_hits - tp) + (target.sum() - tp)
+    best = torch.nonzero(errors == errors.min())[:, 0]
+    k = int(best[len(best) // 2].clamp(1, len(peak) - 1))
+    hi, lo = float(peak_sorted[k - 1]), float(peak_sorted[k])
+    return math.sqrt(max(hi, 1e-12) * max(lo, 1e-12))
+
+
+class _NoBackground(torch.nn.Module):
+    def forward(self, directions):
+        return torch.zeros_like(directions)
+
+
+def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
+    """Raise the density of cavities enclosed by the surface above ``level``. No view sees inside an opaque
+    object, so its inside density is unconstrained and would add inner surfaces; the outer surface (and
+    its sub-voxel position) is unchanged."""
+    from scipy import ndimage
+
+    occupied = grid > level
+    cavity = ndimage.binary_fill_holes(occupied) & ~occupied
+    if cavity.any():
+        grid = grid.copy()
+        grid[cavity] = max(float(grid.max()), 2.0 * float(level) + 1.0)
+    return grid
+
+
+def marching_cubes(grid: np.ndarray, level: float, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (world units) and faces of the ``level`` set of ``grid`` (PyMCubes, else scikit-image)."""
+    if not grid.min() < level < grid.max():
+        raise ValueError(f"the density never crosses the threshold {level:.4g} (range {grid.min():.4g} .. "
+                         f"{grid.max():.4g}): the NeRF is empty or solid; train longer or pass another --threshold")
+    try:
+        import mcubes
+
+        verts, faces = mcubes.marching_cubes(grid.astype(np.float64), float(level))
+    except ImportError:
+        from skimage import measure
+
+        verts, faces, _, _ = measure.marching_cubes(grid, level)
+    n = grid.shape[0]
+    verts = verts * (2.0 * radius / (n - 1)) - radius
+    return verts.astype(np.float32), faces.astype(np.int64)
+
+
+def clean(vertices: np.ndarray, faces: np.ndarray, min_piece_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Merge duplicate vertices, drop pieces with fewer faces than ``min_piece_fraction`` of the largest,
+    and orient faces outwards (positive signed volume)."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=True)
+    pieces = mesh.split(only_watertight=False)
+    if len(pieces) > 1:
+        largest = max(len(p.faces) for p in pieces)
+        keep = [p for p in pieces if len(p.faces) >= min_piece_fraction * largest]
+        mesh = trimesh.util.concatenate(keep)
+    if mesh.volume < 0:
+        mesh.invert()
+    return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64)
+
+
+def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex-clustering decimation to about ``target_faces`` faces (no extra dependency): vertices in the
+    same cubic cell merge to their mean; degenerate and duplicate faces are dropped."""
+    if len(faces) <= target_faces:
+        return vertices, faces
+    extent = float(np.ptp(vertices, axis=0).max())
+    lo, hi = extent / 1000.0, extent / 2.0
+    best = (vertices, faces)
+    for _ in range(18):  # bisection on the cell size
+        cell = (lo * hi) ** 0.5
+        keys = np.floor((vertices - vertices.min(0)) / cell).astype(np.int64)
+        _, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        counts = np.bincount(inverse)
+        new_v = np.zeros((len(counts), 3))
+        np.add.at(new_v, inverse, vertices)
+        new_v /= counts[:, None]
+        f = inverse[faces]
+        f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+        _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+        f = f[np.sort(first)]
+        if len(f) > target_faces:
+            lo = cell
+        else:
+            hi = cell
+            best = (new_v.astype(np.float32), f)
+    v, f = best
+    used = np.unique(f)
+    remap = np.full(len(v), -1)
+    remap[used] = np.arange(len(used))
+    return v[used], remap[f]
+
+
+@torch.no_grad()
+def vertex_colors(field, vertices: np.ndarray, normals: np.ndarray | None = None, inset: float = 0.0) -> np.ndarray:
+    """Albedo at the vertices (optionally ``inset`` along -normal, inside the surface where density is high)."""
+    device = next(field.parameters()).device
+    pts = vertices if normals is None else vertices - inset * normals
+    pts = torch.as_tensor(np.asarray(pts, np.float32), device=device)
+    cols = torch.cat([field.color(pts[i:i + 65536]) for i in range(0, len(pts), 65536)]) if len(pts) else pts
+    return cols.float().cpu().numpy().clip(0, 1)
+
+
+def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, float]:
+    """The NeRF's surface as a coloured :class:`Mesh` in the NeRF frame, and the threshold used.
+
+    1. density on a grid; 2. threshold (automatic unless ``cfg.threshold``); 3. fill enclosed cavities;
+    4. marching cubes; 5. clean-up (small pieces, orientation); 6. optional decimation; 7. vertex colours;
+    8. optional UV texture bake."""
+    import trimesh
+
+    cfg = cfg or ExportConfig()
+    grid = density_grid(field, cfg.resolution)
+    level = cfg.threshold if cfg.threshold is not None else auto_threshold(field, cams)
+    grid = fill_cavities(grid, level)
+    v, f = marching_cubes(grid, level, field.radius)
+    v, f = clean(v, f, cfg.min_piece_fraction)
+    if cfg.decimate:
+        v, f = decimate(v, f, int(cfg.decimate))
+        v, f = clean(v, f, cfg.min_piece_fraction)
+    normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals, np.float32)
+    voxel = 2.0 * field.radius / (cfg.resolution - 1)
+    colors = vertex_colors(field, v, normals, inset=0.5 * voxel)
+    mesh = Mesh(v, f, colors.astype(np.float32))
+    if cfg.texture:
+        mesh = bake_texture(mesh, field, cfg.texture_size, inset=0.5 * voxel)
+    return mesh, level
+
+
+def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0) -> Mesh:
+    """UV-unwrap with xatlas and bake the field's albedo into a ``size x size`` texture (CPU rasteriser:
+    each triangle is drawn in UV space with its face index; texels get barycentric 3D points; seams are
+    padded by a few texels so bilinear lookups do not bleed background). Without xatlas: unchanged."""
+    try:
+        import xatlas
+    except ImportError:
+        log.warning("xatlas is not installed: OBJ gets vertex colours instead of a texture (pip install xatlas)")
+        return mesh
+    import trimesh
+    from PIL import Image, ImageDraw
+
+    vmapping, faces, uv = xatlas.parametrize(mesh.vertices, mesh.faces.astype(np.uint32))
+    verts = mesh.vertices[vmapping]
+    # 1. Face-index image (0 = empty) in texel space; v flipped (image rows go down).
+    px = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], -1)
+    ids = Image.new("I", (size, size), 0)
+    draw = ImageDraw.Draw(ids)
+    for i, tri in enumerate(faces):
+        draw.polygon([tuple(px[j]) for j in tri], fill=i + 1)
+    fid = np.asarray(ids, dtype=np.int64) - 1
+    ys, xs = np.nonzero(fid >= 0)
+    tri = faces[fid[ys, xs]]
+    # 2. Barycentric coordinates of texel centres -> 3D points -> colours.
+    p = np.stack([xs + 0.5, ys + 0.5], -1)
+    a, b, c = px[tri[:, 0]], px[tri[:, 1]], px[tri[:, 2]]
+    v0, v1, v2 = b - a, c - a, p - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    bary = np.clip(np.stack([1 - l1 - l2, l1, l2], -1), 0, 1)
+    bary /= bary.sum(-1, keepdims=True)
+    normals = np.asarray(trimesh.Trimesh(verts, faces, process=False).vertex_normals, np.float32)
+    pts = (bary[..., None] * verts[tri]).sum(1)
+    nrm = (bary[..., None] * normals[tri]).sum(1)
+    cols = vertex_colors(field, pts, nrm, inset)
+    img = np.zeros((size, size, 3), np.float32)
+    filled = np.zeros((size, size), bool)
+    img[ys, xs], filled[ys, xs] = cols, True
+    # 3. Pad seams: a few rounds of averaging filled neighbours into empty texels.
+    for _ in range(4):
+        acc = np.zeros_like(img)
+        cnt = np.zeros((size, size), np.float32)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                acc += np.roll(np.roll(img * filled[..., None], dy, 0), dx, 1)
+                cnt += np.roll(np.roll(filled.astype(np.float32), dy, 0), dx, 1)
+        grow = (~filled) & (cnt > 0)
+        img[grow] = acc[grow] / cnt[grow, None]
+        filled |= grow
+    texture = Image.fromarray((img.clip(0, 1) * 255 + 0.5).astype(np.uint8))
+    return replace(mesh, uv_vertices=verts.astype(np.float32), uv_faces=faces.astype(np.int64),
+                   uv=uv.astype(np.float32), texture=texture)
+
+
+def to_export_frame(mesh: Mesh, height_m: float | None = None, on_ground: bool = True) -> Mesh:
+    """NeRF frame -> glTF frame (Y up, +Z front, metres): rotate, scale to ``height_m``, stand on y = 0."""
+    rotated = mesh.transformed(NERF_TO_EXPORT)
+    v = rotated.vertices
+    lo, hi = v.min(0), v.max(0)
+    scale = 1.0 if not height_m else float(height_m) / max(float(hi[1] - lo[1]), 1e-9)
+    offset = np.zeros(3)
+    if on_ground:
+        offset = -np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2]) * scale
+    return rotated.transformed(np.eye(3), scale, offset)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writing
+class AtomicFiles:
+    """Write several files as one unit: each goes to a temporary sibling; only when ALL are written are they
+    renamed into place. A failure (e.g. a full disk) removes the temporaries and leaves old files untouched."""
+
+    def __init__(self):
+        self.pending: list[tuple[str, Path]] = []
+
+    def write(self, path: Path, data: bytes) -> None:
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+        self.pending.append((tmp, path))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def commit(self) -> None:
+        mode = 0o666 & ~_umask()
+        for tmp, path in self.pending:
+            os.chmod(tmp, mode)  # mkstemp makes 0600 files; results are ordinary files
+            os.replace(tmp, path)
+        self.pending = []
+
+    def abort(self) -> None:
+        for tmp, _ in self.pending:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.pending = []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _glb_with_material(glb: bytes) -> bytes:
+    """Add a plain PBR material (white base colour, which glTF multiplies by COLOR_0) to every primitive, so
+    Blender shows the vertex colours; repack the GLB."""
+    json_len = struct.unpack("<I", glb[12:16])[0]
+    doc = json.loads(glb[20:20 + json_len])
+    rest = glb[20 + json_len:]
+    doc.setdefault("materials", []).append({"name": "vertex_colors", "doubleSided": False, "pbrMetallicRoughness": {
+        "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.8}})
+    index = len(doc["materials"]) - 1
+    for m in doc.get("meshes", []):
+        for prim in m.get("primitives", []):
+            prim.setdefault("material", index)
+    doc.setdefault("asset", {})["copyright"] = "generated by in-domain-suite (Y up, metres)"
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 4)
+    chunk = struct.pack("<I4s", len(body), b"JSON") + body
+    total = 12 + len(chunk) + len(rest)
+    return struct.pack("<4sII", b"glTF", 2, total) + chunk + rest
+
+
+def mesh_bytes(mesh: Mesh, fmt: str, stem: str = "model") -> dict[str, bytes]:
+    """The files of one format as ``{file name: bytes}`` (mesh in the export frame)."""
+    import trimesh
+    from trimesh.exchange.gltf import export_glb
+
+    rgba = np.concatenate([(mesh.colors.clip(0, 1) * 255 + 0.5).astype(np.uint8),
+                           np.full((len(mesh.colors), 1), 255, np.uint8)], 1)
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=rgba, process=False)
+    if fmt == "glb":
+        tm.vertex_normals  # noqa: B018 - computed now so the GLB carries outward NORMALs
+        return {f"{stem}.glb": _glb_with_material(export_glb(trimesh.Scene(tm), include_normals=True))}
+    if fmt == "ply":
+        return {f"{stem}.ply": trimesh.exchange.ply.export_ply(tm, encoding="binary", vertex_normal=True)}
+    if fmt == "obj":
+        if mesh.texture is None:
+            text = trimesh.exchange.obj.export_obj(tm, include_color=True, include_normals=True)
+            return {f"{stem}.obj": text.encode()}
+        import io
+
+        from trimesh.visual import TextureVisuals
+        from trimesh.visual.material import SimpleMaterial
+
+        material = SimpleMaterial(image=mesh.texture, diffuse=[255, 255, 255, 255], name=stem)
+        textured = trimesh.Trimesh(mesh.uv_vertices, mesh.uv_faces, process=False,
+                                   visual=TextureVisuals(uv=mesh.uv, material=material))
+        text, files = trimesh.exchange.obj.export_obj(textured, include_normals=True, include_texture=True,
+                                                      return_texture=True, mtl_name=f"{stem}.mtl")
+        out = {f"{stem}.obj": text.encode()}
+        for name, data in files.items():
+            if name.endswith(".mtl"):
+                out[f"{stem}.mtl"] = data
+            else:
+                out[name] = data
+        # Keep the texture name predictable: <stem>.png, referenced from the MTL.
+        pngs = [n for n in out if n.lower().endswith((".png", ".jpg", ".jpeg"))]
+        if len(pngs) == 1 and pngs[0] != f"{stem}.png":
+            buf = io.BytesIO()
+            mesh.texture.save(buf, format="PNG")
+            out.pop(pngs[0])
+            out[f"{stem}.png"] = buf.getvalue()
+            out[f"{stem}.mtl"] = out[f"{stem}.mtl"].replace(pngs[0].encode(), f"{stem}.png".encode())
+        return out
+    raise ValueError(f"unknown mesh format {fmt!r}: choose from glb, obj, ply")
+
+
+def write_meshes(mesh: Mesh, folder: Path, formats, stem: str = "model") -> dict[str, Path]:
+    """Write every format atomically as one unit; returns ``{format: main file}``. A full disk gives one
+    clear error and leaves earlier files as they were."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = AtomicFiles()
+    paths = {}
+    try:
+        for fmt in formats:
+            for name, data in mesh_bytes(mesh, fmt, stem).items():
+                files.write(folder / name, data)
+            paths[fmt] = folder / f"{stem}.{fmt}"
+        files.commit()
+    except OSError as err:
+        files.abort()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ValueError(f"the disk is full while writing meshes to {str(folder)!r}: free some space and run "
+                             f"again with --resume (earlier files were left untouched)") from None
+        raise
+    except BaseException:
+        files.abort()
+        raise
+    return paths

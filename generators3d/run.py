@@ -1,0 +1,330 @@
+"""The text-to-3D flow (paper Sec. 4.3, Fig. 10) in one function: :func:`run_text_to_3d`.
+
+Output folder::
+
+    config.json              the resolved config (repeat a run: python launch.py 3d --config config.json)
+    image.png  mask.png      stage 1: the in-domain image and its foreground mask
+    reference.png            the centred reference view on white (what Zero-1-to-3 sees)
+    checkpoints/stage2-zero123.safetensors, checkpoints/stage3-refine.safetensors
+    mesh/model.glb  mesh/model.obj + model.mtl + model.png  mesh/model.ply
+    preview.gif              turntable of the final NeRF
+    summary.json             where everything is, thresholds, NaN recoveries
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .config import ThreeDConfig, ThreeDResult
+from .mesh import _umask
+
+log = logging.getLogger("generators3d")
+
+ZERO123_HUB_ID = "ashawkey/zero123-xl-diffusers"
+MAX_PROMPT_CHARS = 1000
+# Fields that determine earlier stages: a resumed run must match them.
+_RESUME_KEYS = ("prompt", "domain", "preset", "image", "mask", "seed", "mask_method", "background_prompt")
+
+
+def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
+    """Prompt -> in-domain image -> Zero-1-to-3 NeRF -> domain SDS refinement -> meshes and a preview.
+
+    ``progress(stage, done, total, info)`` is called as work advances (stages: image, zero123, refine,
+    export, preview). Finished stages found in ``config.output`` are loaded instead of run when
+    ``config.resume`` is set.
+    """
+    from suite.cli import resolve_device, resolve_domain
+    from suite.pipeline import load_image, save_image_atomic
+
+    from .mask import foreground_mask, load_mask, reference_view
+    from .nerf import Background, make_field
+    from .train import SDSTerm, load_checkpoint, save_checkpoint, train_stage
+
+    # 1. Check the request before loading anything.
+    cfg = config.resolved()
+    prompt = (cfg.prompt or "").strip()
+    if not prompt and not cfg.image and not cfg.export_only:
+        raise ValueError("the prompt is empty: give --prompt 'a vase with dragons' (or --image FILE of an object)")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt)} characters long: keep it under 75 CLIP tokens (one sentence)")
+    if cfg.mask and not cfg.image:
+        raise ValueError("--mask needs --image (the mask belongs to your image)")
+    domain = resolve_domain(cfg.domain, cfg.domain_model)
+    device, dtype = resolve_device(cfg.device, cfg.dtype)
+    out = Path(cfg.output)
+    report = _Reporter(progress)
+
+    # 2. The output folder: a new one, or a run to resume (never overwrite another run's results).
+    _check_output(out, cfg)
+    ckpt_dir = out / "checkpoints"
+    stage2_ckpt, stage3_ckpt = ckpt_dir / "stage2-zero123.safetensors", ckpt_dir / "stage3-refine.safetensors"
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    # 2b. --export-only: a checkpoint straight to meshes.
+    if cfg.export_only:
+        field, _ = load_checkpoint(cfg.export_only, device)
+        return _finish(field, cfg, out, _create_output(out, cfg), report)
+
+    # 3. Models, loaded once and only when a stage needs them; the prompt's length checked by its tokenizer.
+    pipe = None
+    need_pipe = (not cfg.image and not _stage1_done(out)) or (cfg.refine.steps > 0 and not stage3_ckpt.exists())
+    if need_pipe:
+        from suite.cli import build_pipeline
+
+        pipe = build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False,
+                              cfg.device, cfg.dtype)
+        _check_prompt_tokens(pipe, prompt)
+    result = _create_output(out, cfg)
+
+    # 4. Stage 1: the in-domain image (or the user's) and its foreground mask -> the reference view.
+    image_path, mask_path, ref_path = out / "image.png", out / "mask.png", out / "reference.png"
+    if _stage1_done(out):
+        log.info("stage 1: reusing %s", image_path)
+    else:
+        if cfg.image:
+            image = load_image(cfg.image, "input image")
+        else:
+            report.start("image", cfg.image_steps)
+            gen = pipe(prompt + cfg.background_prompt, domain_weight=domain.domain_weight,
+                       control_weight=domain.control_weight, num_inference_steps=cfg.image_steps, seed=cfg.seed,
+                       progress=False, callback=lambda i, n: report.update("image", i, n, {}))
+            image = gen.images[0]
+            report.end("image")
+        mask = load_mask(cfg.mask, image.size) if cfg.mask else foreground_mask(image, cfg.mask_method)
+        ref_rgb, ref_mask = reference_view(image, mask, max(cfg.zero123.ref_resolution, 256))
+        for im, path in ((image, image_path), (mask, mask_path), (ref_mask, out / "reference-mask.png"),
+                         (ref_rgb, ref_path)):
+            save_image_atomic(im, path)
+        result.stages_run.append("image")
+    reference = _load_reference(ref_path, out / "reference-mask.png", device)
+
+    # 5. Stage 2: Zero-1-to-3 initialisation (SDS from random views + reference colour and mask).
+    zero123 = None
+    need_z123 = (cfg.zero123.steps > 0 and not stage2_ckpt.exists()) or (
+        cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists())
+    if need_z123:
+        from .zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
+
+        ref = cfg.zero123_model or (str(tiny_zero123_dir()) if cfg.preset == "tiny" else
+                                    os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID)
+        model = load_zero123(ref, device=device, dtype=dtype)
+        zero123 = Zero123Guidance(model, reference.rgb, cfg.camera.ref_elevation, cfg.camera.ref_azimuth,
+                                  cfg.camera.ref_distance)
+    background = Background().to(device)
+    if stage2_ckpt.exists():
+        field, _ = load_checkpoint(stage2_ckpt, device)
+        log.info("stage 2: reusing %s", stage2_ckpt)
+    else:
+        field = make_field(cfg.nerf, device, seed=cfg.seed)
+        if cfg.zero123.steps > 0:
+            from .guidance3d import Zero123SDS
+
+            term = Zero123SDS(zero123, cfg.zero123.zero123_guidance_scale, cfg.zero123.weighting,
+                              cfg.zero123.grad_clip, cfg.zero123.min_step_percent, cfg.zero123.max_step_percent)
+            report.start("zero123", cfg.zero123.steps)
+            stats = train_stage(field, background, cfg.zero123, cfg.camera, reference, [SDSTerm("zero123", 1.0, term)],
+                                generator=generator, progress=lambda i, n, info: report.update("zero123", i, n, info))
+            report.end("zero123")
+            result.nan_recoveries += stats["nan_recoveries"]
+            result.stages_run.append("zero123")
+        save_checkpoint(field, stage2_ckpt, "zero123", {"steps": cfg.zero123.steps})
+    result.checkpoints["zero123"] = stage2_ckpt
+
+    # 6. Stage 3: refinement by SDS with the domain multi-guidance (+ optional Zero-1-to-3 term, Magic123).
+    if stage3_ckpt.exists():
+        field, _ = load_checkpoint(stage3_ckpt, device)
+        log.info("stage 3: reusing %s", stage3_ckpt)
+    elif cfg.refine.steps > 0:
+        from .guidance3d import DomainSDS, Zero123SDS
+
+        r = cfg.refine
+        dw = r.domain_weight if r.domain_weight is not None else domain.domain_weight
+        cw = r.control_weight if r.control_weight is not None else domain.control_weight
+        terms = [SDSTerm("domain", 1.0, DomainSDS(pipe, prompt, dw, cw, r.w0, r.view_dependent_prompting,
+                                                  r.weighting, r.grad_clip, r.min_step_percent,
+                                                  r.max_step_percent))]
+        if r.lambda_zero123 > 0:
+            terms.append(SDSTerm("zero123", r.lambda_zero123, Zero123SDS(
+                zero123, r.zero123_guidance_scale, r.weighting, r.grad_clip, r.min_step_percent, r.max_step_percent)))
+        report.start("refine", r.steps)
+        stats = train_stage(field, background, r, cfg.camera, reference, terms, generator=generator,
+                            progress=lambda i, n, info: report.update("refine", i, n, info))
+        report.end("refine")
+        result.nan_recoveries += stats["nan_recoveries"]
+        result.stages_run.append("refine")
+        save_checkpoint(field, stage3_ckpt, "refine", {"steps": r.steps})
+    if stage3_ckpt.exists():
+        result.checkpoints["refine"] = stage3_ckpt
+
+    result.image_path, result.mask_path = image_path, mask_path
+    return _finish(field, cfg, out, result, report)
+
+
+def _finish(field, cfg, out, result, report) -> ThreeDResult:
+    """Steps 7-9: meshes, the turntable preview, the summary."""
+    from . import mesh as meshlib
+    from .cameras import orbit_cameras, turntable_cameras
+    from .nerf import Background
+
+    field.eval()
+    # 7. Mesh export (CPU work: marching cubes, clean-up, colours, UV bake, atomic files).
+    report.start("export", 1)
+    views = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0],
+                          cfg.camera.ref_distance, cfg.camera.ref_fovy)
+    mesh, level = meshlib.extract_mesh(field, views, cfg.export)
+    mesh = meshlib.to_export_frame(mesh, cfg.export.height_m, cfg.export.on_ground)
+    result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
+    result.threshold = level
+    report.update("export", 1, 1, {"faces": len(mesh.faces), "threshold": level})
+    report.end("export")
+
+    # 8. Turntable preview GIF.
+    frames = cfg.preview_frames
+    report.start("preview", frames)
+    result.preview_path = write_turntable(field, Background().to(next(field.parameters()).device),
+                                          turntable_cameras(cfg.camera, frames), out / "preview.gif",
+                                          size=64 if cfg.preset == "tiny" else 256,
+                                          callback=lambda i: report.update("preview", i, frames, {}))
+    report.end("preview")
+
+    # 9. Summary beside the results.
+    summary = {"output_dir": str(out), "meshes": {k: str(v) for k, v in result.mesh_paths.items()},
+               "image": str(result.image_path) if result.image_path else None,
+               "mask": str(result.mask_path) if result.mask_path else None,
+               "preview": str(result.preview_path), "threshold": level, "faces": int(len(mesh.faces)),
+               "vertices": int(len(mesh.vertices)), "stages_run": result.stages_run,
+               "nan_recoveries": result.nan_recoveries,
+               "checkpoints": {k: str(v) for k, v in result.checkpoints.items()},
+               "frame": "glTF: Y up, +Z front (the reference view), metres"}
+    _write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return result
+
+
+@torch.no_grad()
+def write_turntable(field, background, cams, path: Path, size: int = 256, callback=None) -> Path:
+    """Render a turntable and write it as a looping GIF (atomically)."""
+    from PIL import Image
+
+    from .render import render
+
+    frames = []
+    for i in range(len(cams)):
+        cam = type(cams)(*(getattr(cams, k)[i:i + 1] for k in ("c2w", "elevation", "azimuth", "distance", "fovy")))
+        rgb = render(field, background, cam, size, chunk=16384)["rgb"][0]
+        frames.append(Image.fromarray((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8")))
+        if callback:
+            callback(i + 1)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".gif", dir=path.parent)
+    os.close(fd)
+    try:
+        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=80, loop=0)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+class _Reporter:
+    """tqdm bars per stage and the caller's ``progress(stage, done, total, info)``."""
+
+    def __init__(self, progress):
+        self.progress, self.bars = progress, {}
+
+    def start(self, stage: str, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bars[stage] = tqdm(total=total, desc=stage, leave=False, disable=None)
+
+    def update(self, stage: str, done: int, total: int, info: dict) -> None:
+        bar = self.bars.get(stage)
+        if bar is not None:
+            bar.n = done
+            if "loss" in info:
+                bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)
+            bar.refresh()
+        if self.progress is not None:
+            self.progress(stage, done, total, info)
+
+    def end(self, stage: str) -> None:
+        bar = self.bars.pop(stage, None)
+        if bar is not None:
+            bar.close()
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _stage1_done(out: Path) -> bool:
+    return all((out / n).is_file() for n in ("image.png", "mask.png", "reference.png", "reference-mask.png"))
+
+
+def _check_output(out: Path, cfg: ThreeDConfig) -> None:
+    """Refuse, before anything is written, a folder holding another run (unless resuming that same run)."""
+    config_path = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
+    busy = out.is_dir() and any(out.iterdir())
+    if busy and not cfg.resume and not cfg.export_only:
+        raise ValueError(f"the output folder {str(out)!r} already holds results: pass --resume to continue that run, "
+                         f"or choose another --output")
+    if cfg.resume and config_path.is_file():
+        old = ThreeDConfig.load(config_path)
+        diff = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
+        if diff:
+            raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(diff)}: use the "
+                             f"same settings, or choose another --output")
+
+
+def _create_output(out: Path, cfg: ThreeDConfig) -> ThreeDResult:
+    config_path = out / "config.json"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    if not cfg.export_only:
+        saved = replace(cfg, resume=False)
+        _write_text(config_path, json.dumps(saved.to_dict(), indent=2))
+    return ThreeDResult(output_dir=out, image_path=None, mask_path=None, config_path=config_path)
+
+
+def _check_prompt_tokens(pipe, prompt: str) -> None:
+    if not prompt:
+        return
+    tok = pipe.tokenizer
+    n = len(tok(prompt).input_ids) - 2
+    limit = tok.model_max_length - 2
+    if n > limit:
+        raise ValueError(f"the prompt is {n} tokens long but SD1.5 reads at most {limit}: shorten it")
+
+
+def _load_reference(rgb_path: Path, mask_path: Path, device):
+    import numpy as np
+    from PIL import Image
+
+    from .train import Reference
+
+    with Image.open(rgb_path) as im:
+        rgb = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with Image.open(mask_path) as im:
+        mask = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    return Reference(rgb.to(device), mask.to(device))

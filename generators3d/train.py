@@ -1,0 +1,199 @@
+"""One SDS stage on a NeRF: random views -> render -> SDS terms + reference-view losses -> Adam step, with
+progressive resolution, annealed timestep ranges, NaN recovery, and safetensors checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .cameras import random_cameras, reference_camera
+from .config import CameraConfig, NeRFConfig, StageConfig
+from .nerf import Background, NeRFField
+from .render import render
+from .sds import schedule_value
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SDSTerm:
+    """A weighted SDS loss: ``fn(rgb [B,3,H,W], cams, generator) -> dict`` with ``loss_sds`` (see :func:`sds`)."""
+
+    name: str
+    weight: float
+    fn: Callable
+
+
+@dataclass
+class Reference:
+    """The reference view: ``rgb [1, 3, H, W]`` on white and ``mask [1, 1, H, W]`` in [0, 1]."""
+
+    rgb: torch.Tensor
+    mask: torch.Tensor
+
+
+def stage_resolution(stage: StageConfig, step: int) -> tuple[int, int]:
+    """(render resolution, batch size) at ``step`` from the progressive schedule."""
+    i = max(k for k, m in enumerate(stage.milestones) if step >= m) if stage.milestones else 0
+    return int(stage.resolutions[i]), int(stage.batch_sizes[i])
+
+
+def train_stage(field: NeRFField, background: Background, stage: StageConfig, camera: CameraConfig,
+                reference: Reference | None, terms: Sequence[SDSTerm], *, generator: torch.Generator,
+                progress: Callable[[int, int, dict], None] | None = None, snapshot_every: int = 10) -> dict:
+    """Optimise ``field`` for ``stage.steps`` steps. Returns ``{"nan_recoveries": n, "last": info}``.
+
+    A step whose loss or gradients are not finite is undone: the field and optimiser go back to the last
+    good state (kept every ``snapshot_every`` steps) and the step is counted in ``nan_recoveries``.
+    """
+    device = next(field.parameters()).device
+    params = [p for p in list(field.parameters()) + list(background.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=stage.lr, betas=(0.9, 0.99), eps=1e-15)
+    ref_cam = reference_camera(camera, device)
+    if reference is not None:
+        size = (stage.ref_resolution, stage.ref_resolution)
+        reference = Reference(torch.nn.functional.interpolate(reference.rgb, size, mode="area"),
+                              torch.nn.functional.interpolate(reference.mask, size, mode="area"))
+    good = _snapshot(field, background, opt)
+    recoveries, info = 0, {}
+    for step in range(stage.steps):
+        # 1. Schedules: timestep ranges (annealed), render resolution and batch.
+        for term in terms:
+            if hasattr(term.fn, "range"):
+                term.fn.range.update_step(step)
+        res, batch = stage_resolution(stage, step)
+        loss = torch.zeros((), device=device)
+        info = {"step": step + 1, "resolution": res}
+
+        # 2. SDS terms on random views.
+        if terms:
+            cams = random_cameras(camera, batch, generator, device)
+            out = render(field, background, cams, res, perturb=True, generator=generator)
+            rgb = out["rgb"].permute(0, 3, 1, 2)
+            for term in terms:
+                result = term.fn(rgb, cams, generator)
+                loss = loss + term.weight * stage.lambda_sds * result["loss_sds"]
+                info[f"loss_{term.name}"] = float(result["loss_sds"].detach())
+                info["min_step"], info["max_step"] = result["min_step"], result["max_step"]
+            if stage.lambda_opaque:
+                op = out["opacity"].clamp(1e-4, 1 - 1e-4)
+                loss = loss + stage.lambda_opaque * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
+
+        # 3. Reference view: colour and mask losses (threestudio's zero123 system).
+        if reference is not None and (stage.lambda_rgb or stage.lambda_mask):
+            size = reference.rgb.shape[-1]
+            ref_out = render(field, background, ref_cam, size, perturb=True, generator=generator)
+            l_rgb = torch.nn.functional.mse_loss(ref_out["rgb"].permute(0, 3, 1, 2), reference.rgb)
+            l_mask = torch.nn.functional.mse_loss(ref_out["opacity"].permute(0, 3, 1, 2), reference.mask)
+            loss = loss + stage.lambda_rgb * l_rgb + stage.lambda_mask * l_mask
+            info["loss_rgb"], info["loss_mask"] = float(l_rgb.detach()), float(l_mask.detach())
+
+        # 4. Step, or undo a non-finite one.
+        opt.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+        if not finite:
+            recoveries += 1
+            _restore(good, field, background, opt)
+            log.warning("step %d: non-finite loss or gradient; restored the last good state (%d so far)",
+                        step + 1, recoveries)
+        else:
+            opt.step()
+            if (step + 1) % snapshot_every == 0:
+                good = _snapshot(field, background, opt)
+        info["loss"] = float(loss.detach()) if finite else math.nan
+        info["nan_recoveries"] = recoveries
+        if progress is not None:
+            progress(step + 1, stage.steps, info)
+    return {"nan_recoveries": recoveries, "last": info}
+
+
+def _snapshot(field, background, opt) -> dict:
+    clone = lambda sd: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in sd.items()}  # noqa: E731
+    opt_state = opt.state_dict()
+    return {"field": clone(field.state_dict()), "background": clone(background.state_dict()),
+            "opt": {"state": {k: clone(v) for k, v in opt_state["state"].items()},
+                    "param_groups": opt_state["param_groups"]}}
+
+
+def _restore(snap, field, background, opt) -> None:
+    field.load_state_dict(snap["field"])
+    background.load_state_dict(snap["background"])
+    opt.load_state_dict(snap["opt"])
+    opt.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints (safetensors; loading never runs code)
+def save_checkpoint(field: NeRFField, path: Path, stage: str, extra: dict | None = None) -> Path:
+    """Write the field's weights and its config atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in field.state_dict().items()}
+    meta = {"stage": stage, "nerf": json.dumps(asdict(field.cfg)), "backend": field.backend,
+            "extra": json.dumps(extra or {})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        from .mesh import _umask
+
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        import errno
+
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ValueError(f"the disk is full while writing the checkpoint {str(path)!r}: free some space and "
+                             f"run again with --resume") from None
+        raise
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, device="cpu") -> tuple[NeRFField, dict]:
+    """A field from :func:`save_checkpoint`'s file; one clear error if it is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"the checkpoint {str(path)!r} does not exist: give a .safetensors file from a run's "
+                         f"checkpoints/ folder")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        cfg = NeRFConfig(**json.loads(meta["nerf"]))
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} is not a 3D checkpoint of this suite ({type(err).__name__}): give a "
+                         f".safetensors file from a run's checkpoints/ folder") from None
+    backend = meta.get("backend", "torch")
+    if backend == "tcnn" and not (torch.device(device).type == "cuda"):
+        raise ValueError(f"the checkpoint {str(path)!r} was written with tiny-cuda-nn: export it on a CUDA machine "
+                         f"with tiny-cuda-nn installed")
+    field = NeRFField(cfg, backend=backend)
+    field.load_state_dict(state)
+    meta["extra"] = json.loads(meta.get("extra", "{}"))
+    return field.to(device), meta
+
+
+def schedule_summary(stage: StageConfig) -> str:
+    return (f"{stage.steps} steps, t in [{schedule_value(stage.min_step_percent, 0):.2f}, "
+            f"{schedule_value(stage.max_step_percent, 0):.2f}]")

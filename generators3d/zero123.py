@@ -1,0 +1,296 @@
+"""Zero-1-to-3 (novel-view diffusion) as a denoiser for SDS, loaded from a diffusers-format folder or hub id.
+
+Layout (community conversions such as ``kxic/zero123-xl`` or ``ashawkey/zero123-xl-diffusers``): ``unet/``
+(8 input channels: noisy latent + the input view's latent), ``vae/``, ``image_encoder/`` (CLIP ViT-L with
+projection), ``scheduler/``, and a 772 -> 768 linear projection in ``cc_projection/`` or
+``clip_camera_projection/`` (either name; the weight is found by its shape).
+
+Conditioning of a target view relative to the input view (threestudio's ``zero123-guidance``):
+``T = [deg2rad(d_polar), sin(d_azimuth), cos(d_azimuth), d_radius]`` with ``d_polar = el_ref - el`` (polar =
+90 - elevation); the token is ``projection(cat(CLIP_image_embedding, T))`` ``[B, 1, 768]``; the input view's
+VAE latent (mode, NOT multiplied by the scaling factor) is concatenated on channels. Unconditional: zeros
+for both. Zero-1-to-3's classifier-free guidance is a :class:`suite.guidance.MultiGuidance` with ONE term
+(conditional, weight = guidance scale) over the unconditional base: no second copy of the formula. Both
+branches share the UNet and run in one batched forward (:class:`_Zero123Pair`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from suite.denoisers import expand_timestep
+from suite.guidance import MultiGuidance, Term
+
+PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Zero123Model:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    projection: torch.nn.Linear
+    scheduler: object
+
+    @property
+    def image_size(self) -> int:
+        """Native image size (256 for Zero-1-to-3): UNet sample size times the VAE factor."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.unet.config.sample_size) * factor
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod
+
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.unet.parameters()).dtype
+
+
+def _projection_from_state(state: dict, what: str) -> torch.nn.Linear:
+    """The 772 -> 768 Linear, whatever its key names (``projection.*`` or ``proj.*``)."""
+    weights = [(k, v) for k, v in state.items() if v.ndim == 2 and v.shape[1] == v.shape[0] + 4]
+    if len(weights) != 1:
+        raise ValueError(f"{what} has no single (D, D+4) projection weight")
+    key, w = weights[0]
+    bias = state.get(key[: -len("weight")] + "bias")
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def _read_state(folder: Path) -> dict:
+    """Weights of a small module folder: safetensors, else a PyTorch file loaded with weights_only=True."""
+    from safetensors.torch import load_file
+
+    for name in sorted(folder.glob("*.safetensors")):
+        return load_file(str(name))
+    for name in sorted(folder.glob("*.bin")):
+        return torch.load(str(name), map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no weights (*.safetensors or *.bin) in {folder}")
+
+
+def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float32,
+                 flag: str = "--zero123-model") -> Zero123Model:
+    """Load Zero-1-to-3 from a diffusers-format folder or a hub id (one clear sentence on failure)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPVisionModelWithProjection
+
+    from suite.models import ModelLoadError, resolve
+
+    ref, local = resolve(ref, "Zero-1-to-3 model", flag, required=("unet", "vae", "image_encoder"))
+    try:
+        if local:
+            folder = Path(ref)
+        else:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(ref, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+        proj_dir = next((folder / n for n in PROJECTION_FOLDERS if (folder / n).is_dir()), None)
+        if proj_dir is None:
+            raise ModelLoadError(
+                f"Zero-1-to-3 model {ref!r} has neither cc_projection/ nor clip_camera_projection/: it is not a "
+                f"Zero-1-to-3 diffusers folder; pass {flag} with one (e.g. a local copy of kxic/zero123-xl)")
+        kw = {"local_files_only": True}
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", **kw)
+        sched_dir = folder / "scheduler"
+        scheduler = (DDIMScheduler.from_pretrained(folder, subfolder="scheduler", **kw) if sched_dir.is_dir()
+                     else DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
+        projection = _projection_from_state(_read_state(proj_dir), f"{proj_dir}")
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, StopIteration) as err:
+        how = (f"the folder is incomplete or corrupt; pass {flag} with a complete Zero-1-to-3 diffusers folder"
+               if local else f"if this machine is offline, download it elsewhere (huggingface-cli download {ref}) "
+                             f"and pass {flag} with the local folder")
+        raise ModelLoadError(f"could not load the Zero-1-to-3 model {ref!r} ({type(err).__name__}: "
+                             f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}): {how}") from err
+    if unet.config.in_channels != 2 * vae.config.latent_channels:
+        raise ModelLoadError(f"the UNet in {ref!r} has {unet.config.in_channels} input channels, not "
+                             f"{2 * vae.config.latent_channels}: it is not a Zero-1-to-3 UNet; pass {flag} correctly")
+    for m in (unet, vae, image_encoder, projection):
+        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return Zero123Model(unet, vae, image_encoder, projection, scheduler)
+
+
+def relative_pose(elevation, azimuth, distance, ref_elevation: float, ref_azimuth: float,
+                  ref_distance: float) -> torch.Tensor:
+    """``[B, 4]``: ``[deg2rad(d_polar), sin(d_azimuth), cos(d_azimuth), d_radius]`` (polar = 90 - elevation)."""
+    el, az, dist = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (elevation, azimuth, distance))
+    d_polar = torch.deg2rad((90.0 - el) - (90.0 - ref_elevation))
+    d_az = torch.deg2rad(az - ref_azimuth)
+    return torch.stack([d_polar, d_az.sin(), d_az.cos(), dist - ref_distance], -1)
+
+
+class _Zero123Pair:
+    """Evaluates the unconditional and conditional branches of one Zero-1-to-3 UNet in ONE batched forward:
+    whichever branch is called first computes both and keeps the other's output for the same ``(z, t)``
+    objects (MultiGuidance passes the very same tensors to its base and its term)."""
+
+    def __init__(self, unet, c_cross: torch.Tensor, c_concat: torch.Tensor):
+        self.unet, self.c_cross, self.c_concat = unet, c_cross, c_concat
+        self._kept = None  # (z, t, which, eps)
+
+    def __call__(self, z, t, which: str) -> torch.Tensor:
+        kept = self._kept
+        if kept is not None and kept[0] is z and kept[1] is t and kept[2] == which:
+            self._kept = None
+            return kept[3]
+        b = z.shape[0]
+        dtype = next(self.unet.parameters()).dtype
+        t_b = expand_timestep(t, b, z.device)
+        cross = self.c_cross.to(z.device, dtype).expand(b, -1, -1) if self.c_cross.shape[0] == 1 else self.c_cross
+        concat = self.c_concat.to(z.device, dtype).expand(b, -1, -1, -1)
+        x = torch.cat([z.to(dtype)] * 2)
+        x = torch.cat([x, torch.cat([torch.zeros_like(concat), concat])], 1)
+        ehs = torch.cat([torch.zeros_like(cross), cross]).to(dtype)
+        eps_u, eps_c = self.unet(x, t_b.repeat(2), encoder_hidden_states=ehs, return_dict=False)[0].chunk(2)
+        eps_u, eps_c = eps_u.to(z.dtype), eps_c.to(z.dtype)
+        other = "cond" if which == "uncond" else "uncond"
+        self._kept = (z, t, other, eps_c if other == "cond" else eps_u)
+        return eps_u if which == "uncond" else eps_c
+
+
+class _Branch:
+    def __init__(self, pair: _Zero123Pair, which: str):
+        self.pair, self.which, self.name = pair, which, f"zero123-{which}"
+
+    def __call__(self, z, t):
+        return self.pair(z, t, self.which)
+
+
+class Zero123Guidance:
+    """Zero-1-to-3 conditioned on one input view: builds the SDS denoiser for target cameras.
+
+    ``image``: ``[1, 3, H, W]`` in [0, 1] (the object on white), taken from the reference camera
+    (``ref_elevation``, ``ref_azimuth``, ``ref_distance``)."""
+
+    def __init__(self, model: Zero123Model, image: torch.Tensor, ref_elevation: float = 0.0,
+                 ref_azimuth: float = 0.0, ref_distance: float = 3.8):
+        self.model = model
+        self.ref = (float(ref_elevation), float(ref_azimuth), float(ref_distance))
+        img = image.to(model.device, torch.float32)
+        size = model.image_size
+        img = torch.nn.functional.interpolate(img, (size, size), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            enc_size = model.image_encoder.config.image_size
+            clip_in = torch.nn.functional.interpolate(img, (enc_size, enc_size), mode="bicubic", align_corners=False)
+            mean = torch.tensor(CLIP_MEAN, device=img.device).view(1, 3, 1, 1)
+            std = torch.tensor(CLIP_STD, device=img.device).view(1, 3, 1, 1)
+            clip_in = ((clip_in.clamp(0, 1) - mean) / std).to(model.dtype)
+            self.c_clip = model.image_encoder(clip_in).image_embeds[:, None, :]  # [1, 1, D]
+            self.c_concat = model.vae.encode((img * 2 - 1).to(model.dtype)).latent_dist.mode()  # unscaled
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.model.alphas_cumprod
+
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Renders ``[B, 3, H, W]`` in [0, 1] -> scaled latents at the model's size (with gradient)."""
+        size = self.model.image_size
+        x = torch.nn.functional.interpolate(rgb, (size, size), mode="bilinear", align_corners=False)
+        lat = self.model.vae.encode((x * 2 - 1).to(self.model.dtype)).latent_dist.sample()
+        return lat * self.model.vae.config.scaling_factor
+
+    def guidance(self, elevation, azimuth, distance, guidance_scale: float = 3.0) -> MultiGuidance:
+        """The CFG denoiser for target cameras: ``MultiGuidance(uncond, [Term(cond, guidance_scale)])``."""
+        pose = relative_pose(elevation, azimuth, distance, *self.ref).to(self.model.device, self.model.dtype)
+        with torch.no_grad():
+            c_cross = self.model.projection(torch.cat([self.c_clip.expand(len(pose), -1, -1), pose[:, None]], -1))
+        pair = _Zero123Pair(self.model.unet, c_cross, self.c_concat)
+        return MultiGuidance(_Branch(pair, "uncond"), [Term(_Branch(pair, "cond"), float(guidance_scale), "zero123")])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tiny random Zero-1-to-3 (tests and --preset tiny)
+def build_tiny_zero123(seed: int = 0) -> dict:
+    """A tiny random Zero-1-to-3 with the real layout: 8-channel UNet (64x64 images, 32x32 latents), the tiny
+    SD VAE architecture, a tiny CLIP vision encoder and a (D+4) -> D projection (``cc_projection``)."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from suite.testing import TINY_TEXT_DIM, build_tiny_sd, tiny_unet_config
+
+    parts = build_tiny_sd(seed)
+    torch.manual_seed(seed + 20)
+    unet = UNet2DConditionModel(**tiny_unet_config(in_channels=8))
+    torch.manual_seed(seed + 21)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+        patch_size=8, projection_dim=TINY_TEXT_DIM))
+    torch.manual_seed(seed + 22)
+    projection = torch.nn.Linear(TINY_TEXT_DIM + 4, TINY_TEXT_DIM)
+    scheduler = DDIMScheduler.from_config(parts["scheduler"].config)
+    return dict(unet=unet.eval(), vae=parts["vae"], image_encoder=encoder.eval(), projection=projection,
+                scheduler=scheduler)
+
+
+def save_zero123(parts: dict, folder: str | os.PathLike, projection_name: str = "cc_projection") -> Path:
+    """Write a Zero-1-to-3 diffusers folder (temporary sibling, then rename)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        parts["unet"].save_pretrained(tmp / "unet")
+        parts["vae"].save_pretrained(tmp / "vae")
+        parts["image_encoder"].save_pretrained(tmp / "image_encoder")
+        parts["scheduler"].save_pretrained(tmp / "scheduler")
+        (tmp / projection_name).mkdir()
+        lin = parts["projection"]
+        key = "projection" if projection_name == "cc_projection" else "proj"
+        save_file({f"{key}.weight": lin.weight.detach().contiguous(), f"{key}.bias": lin.bias.detach().contiguous()},
+                  str(tmp / projection_name / "diffusion_pytorch_model.safetensors"))
+        (tmp / projection_name / "config.json").write_text(json.dumps(
+            {"in_channel": lin.in_features, "out_channel": lin.out_features}))
+        (tmp / "model_index.json").write_text(json.dumps({"_class_name": "Zero1to3StableDiffusionPipeline"}))
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def tiny_zero123_dir() -> Path:
+    """The tiny Zero-1-to-3 folder (written once, beside the other tiny models in ``tiny_model_dir()``)."""
+    from suite.testing import tiny_model_dir
+
+    folder = tiny_model_dir() / "zero123"
+    if not (folder / "model_index.json").is_file():
+        try:
+            save_zero123(build_tiny_zero123(), folder)
+        except OSError:
+            if not (folder / "model_index.json").is_file():  # not written by a concurrent process either
+                raise
+    return folder
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """A PIL image or ``[H, W, 3]`` uint8 array -> ``[1, 3, H, W]`` float in [0, 1]."""
+    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()

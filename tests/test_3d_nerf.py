@@ -1,0 +1,145 @@
+"""NeRF field, renderer and mesh extraction: closed forms for the hash grid and the volume rendering
+weights, and a fit to test-rendered views of a known coloured sphere whose exported mesh must match it."""
+
+import numpy as np
+import pytest
+import torch
+
+from generators3d.cameras import camera_rays, orbit_cameras
+from generators3d.config import ExportConfig, NeRFConfig
+from generators3d.nerf import HashGrid, NeRFField, choose_backend
+from generators3d.render import render_rays, sphere_intersect, weights_from_density
+
+
+@pytest.fixture
+def one_thread():
+    """Small-tensor NeRF work runs faster (and steadier on a shared machine) on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_hash_grid_dense_levels_interpolate_linear_functions_exactly():
+    grid = HashGrid(n_levels=2, n_features_per_level=1, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0)
+    assert grid.dense == [True, True]  # 4^3 and 8^3 corners fit in 2^12
+    with torch.no_grad():
+        for level in range(2):
+            res, scale = grid.resolutions[level], grid.scales[level]
+            i, j, k = np.meshgrid(np.arange(res), np.arange(res), np.arange(res), indexing="ij")
+            # table value at corner (i, j, k) = a linear function of the corner's position x = (idx - 0.5) / scale
+            vals = 0.3 * (i - 0.5) / scale - 0.7 * (j - 0.5) / scale + 0.2 * (k - 0.5) / scale + 0.1
+            idx = i + j * res + k * res * res
+            grid.embeddings[level, idx.reshape(-1), 0] = torch.tensor(vals.reshape(-1), dtype=torch.float32)
+    x = torch.rand(500, 3) * 0.65 + 0.1  # corners inside the grid (x * scale + 1.5 < resolution)
+    expected = 0.3 * x[:, 0] - 0.7 * x[:, 1] + 0.2 * x[:, 2] + 0.1
+    out = grid(x)
+    assert torch.allclose(out[:, 0], expected, atol=1e-5) and torch.allclose(out[:, 1], expected, atol=1e-5)
+
+
+def test_hash_grid_hashed_level_uses_instant_ngp_hash():
+    grid = HashGrid(n_levels=1, n_features_per_level=1, log2_hashmap_size=4, base_resolution=8, per_level_scale=1.0)
+    assert grid.dense == [False]
+    with torch.no_grad():
+        grid.embeddings.copy_(torch.arange(16, dtype=torch.float32).view(1, 16, 1))
+    x = torch.tensor([[0.3, 0.55, 0.8]])
+    pos = x[0] * grid.scales[0] + 0.5
+    base, frac = pos.floor().long(), pos - pos.floor()
+    want = 0.0
+    for c in range(8):
+        o = [(c >> d) & 1 for d in range(3)]
+        ijk = [int(base[d]) + o[d] for d in range(3)]
+        h = ((ijk[0] * 1) ^ (ijk[1] * 2654435761) ^ (ijk[2] * 805459861)) % 16
+        w = np.prod([float(frac[d]) if o[d] else 1 - float(frac[d]) for d in range(3)])
+        want += w * h
+    assert grid(x)[0, 0].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_backend_is_pure_torch_on_cpu_and_tcnn_refused_without_cuda():
+    assert choose_backend(NeRFConfig(), "cpu") == "torch"
+    with pytest.raises(ValueError, match="CUDA"):
+        choose_backend(NeRFConfig(backend="tcnn"), "cpu")
+
+
+def test_nerfacc_weights_equal_pytorch_formula(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    import nerfacc
+
+    t0 = torch.sort(torch.rand(6, 10), -1).values
+    t1 = t0 + 0.05
+    sig = torch.rand(6, 10) * 5
+    w_ref, tr_ref, a_ref = weights_from_density(t0, t1, sig)
+    w, tr, a = nerfacc.render_weight_from_density(t0, t1, sig)
+    assert torch.allclose(w, w_ref, atol=1e-6) and torch.allclose(tr, tr_ref, atol=1e-6)
+
+
+def test_rays_and_sphere_intersection_geometry():
+    cams = orbit_cameras(30.0, 60.0, 3.0, 40.0)
+    o, d = camera_rays(cams, 9, 9)
+    centre = d[0, 4, 4]
+    assert torch.allclose(centre, -o[0, 4, 4] / 3.0, atol=1e-5)  # the centre ray looks at the origin
+    assert torch.allclose(o[0, 0, 0], torch.tensor([3.0 * np.cos(np.pi / 6) * np.cos(np.pi / 3),
+                                                    3.0 * np.cos(np.pi / 6) * np.sin(np.pi / 3), 1.5], dtype=torch.float32), atol=1e-5)
+    assert d[0, 0, 4] @ torch.tensor([0.0, 0.0, 1.0]) > centre @ torch.tensor([0.0, 0.0, 1.0])  # top row looks up
+    near, far, hit = sphere_intersect(o[0, 4, 4][None], centre[None], 1.0)
+    assert hit.item() and near.item() == pytest.approx(2.0, abs=1e-5) and far.item() == pytest.approx(4.0, abs=1e-5)
+
+
+SPHERE_C, SPHERE_R = torch.tensor([0.08, -0.05, 0.04]), 0.38
+
+
+def sphere_color(n):
+    return 0.5 + 0.4 * n  # colour varies over the surface: red +x, green +y, blue +z
+
+
+def sphere_views(o, d):
+    """Analytic renders of the coloured sphere on white, and its silhouette."""
+    oc = o - SPHERE_C
+    near, _, hit = sphere_intersect(oc, d, SPHERE_R)
+    n = torch.nn.functional.normalize(oc + d * near[:, None], dim=-1)
+    return torch.where(hit[:, None], sphere_color(n), torch.ones_like(o)), hit.float()[:, None]
+
+
+def test_fit_to_views_of_a_coloured_sphere_exports_matching_mesh(one_thread):
+    """Multi-view photometric fit (blob initialised elsewhere: radius 0.5 at the origin), then export.
+    Bounds: symmetric Chamfer distance < 0.04 (about one voxel of the 40^3 grid = 0.05; sphere radius 0.38)
+    and mean colour error < 0.05."""
+    from scipy.spatial import cKDTree
+
+    from generators3d.mesh import extract_mesh
+    from generators3d.nerf import Background
+
+    torch.manual_seed(0)
+    cfg = NeRFConfig(n_levels=6, log2_hashmap_size=13, base_resolution=8, per_level_scale=1.6, hidden=32,
+                     n_hidden_layers=1, samples_per_ray=32)
+    field, bg = NeRFField(cfg), Background()
+    el = torch.tensor([-30.0, 0.0, 30.0, 60.0] * 5)
+    az = torch.arange(20) * 18.0
+    o, d = camera_rays(orbit_cameras(el, az, 3.8, 20.0), 24, 24)
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    colour, silhouette = sphere_views(o, d)
+    opt = torch.optim.Adam(field.parameters(), lr=0.02, betas=(0.9, 0.99), eps=1e-15)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(0, len(o), (512,), generator=g)
+        out = render_rays(field, bg, o[idx], d[idx], cfg.samples_per_ray, perturb=True, generator=g)
+        loss = ((out["rgb"] - colour[idx]) ** 2).mean() + 0.1 * ((out["opacity"] - silhouette[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    views = orbit_cameras([0.0] * 4 + [60.0, -40.0], [0.0, 90.0, 180.0, 270.0, 0.0, 0.0], 3.8, 20.0)
+    mesh, level = extract_mesh(field, views, ExportConfig(resolution=40, texture=False))
+    import trimesh
+
+    v = mesh.vertices - SPHERE_C.numpy()
+    r = np.linalg.norm(v, axis=1)
+    on_mesh = trimesh.sample.sample_surface(trimesh.Trimesh(v, mesh.faces), 20000, seed=0)[0]
+    on_sphere = np.random.default_rng(0).normal(size=(20000, 3))
+    on_sphere = on_sphere / np.linalg.norm(on_sphere, axis=1, keepdims=True) * SPHERE_R
+    chamfer = (np.abs(np.linalg.norm(on_mesh, axis=1) - SPHERE_R).mean()
+               + cKDTree(on_mesh).query(on_sphere)[0].mean())
+    assert chamfer < 0.04, chamfer
+    colour_error = np.abs(mesh.colors - sphere_color(torch.from_numpy(v / r[:, None])).numpy()).mean()
+    assert colour_error < 0.05, colour_error
+    assert level > 0

@@ -1,0 +1,154 @@
+"""The `3d` flow end to end on tiny random models (CPU, few steps): every promised file, --resume skipping
+finished stages, --export-only, the config file, NaN recovery, and one-sentence errors for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import launch
+from generators3d import ThreeDConfig, run_text_to_3d
+
+FAST = ["--preset", "tiny", "--image-steps", "2", "--zero123-steps", "2", "--refine-steps", "2",
+        "--mesh-resolution", "32", "--preview-frames", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.getbasetemp() / "torch_ext"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _object_image(path, size=64):
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2.5) ** 2 < (size / 4) ** 2
+    arr = np.full((size, size, 3), 250, np.uint8)
+    arr[disc] = (40, 90, 200)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = ThreeDConfig(prompt="a vase with dragons", domain="porcelain", preset="tiny", output=str(out),
+                       image_steps=2, zero123_steps=2, refine_steps=2, mesh_resolution=32, preview_frames=2)
+    seen = []
+
+    def stop_in_refine(stage, done, total, info):
+        seen.append(stage)
+        if stage == "refine":
+            raise Interrupt  # the user stops the run during stage 3
+
+    # 1. A run interrupted in stage 3: stages 1 and 2 are on disk.
+    with pytest.raises(Interrupt):
+        run_text_to_3d(cfg, progress=stop_in_refine)
+    assert "image" in seen and "zero123" in seen
+    stage2 = out / "checkpoints" / "stage2-zero123.safetensors"
+    assert stage2.is_file() and not (out / "checkpoints" / "stage3-refine.safetensors").exists()
+    stage2_bytes, stage2_mtime = stage2.read_bytes(), stage2.stat().st_mtime_ns
+
+    # 2. Without --resume the folder is refused (never overwrite a run).
+    assert launch.main(["3d", "--prompt", "a vase with dragons", "--output", str(out), *FAST]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    # 3. --resume (the CLI) runs stage 3 and export only.
+    assert launch.main(["3d", "--prompt", "a vase with dragons", "--output", str(out), "--domain", "porcelain",
+                        "--resume", *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages_run"] == ["refine"]
+    assert stage2.read_bytes() == stage2_bytes and stage2.stat().st_mtime_ns == stage2_mtime
+
+    # 4. Every promised file.
+    for name in ("config.json", "image.png", "mask.png", "reference.png", "preview.gif", "summary.json",
+                 "checkpoints/stage2-zero123.safetensors", "checkpoints/stage3-refine.safetensors",
+                 "mesh/model.glb", "mesh/model.obj", "mesh/model.mtl", "mesh/model.png", "mesh/model.ply"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not [p for p in out.rglob(".*")]  # no temporary files left
+    with Image.open(out / "preview.gif") as gif:
+        assert gif.n_frames == 2
+    import trimesh
+
+    glb = trimesh.load(out / "mesh" / "model.glb", force="mesh")
+    assert len(glb.faces) == summary["faces"] and summary["meshes"]["glb"].endswith("model.glb")
+    assert "Y up" in summary["frame"]
+
+    # 5. The config beside the results repeats the run.
+    saved = ThreeDConfig.load(out / "config.json")
+    assert saved.prompt == "a vase with dragons" and saved.zero123.steps == 2 and saved.resume is False
+    from generators3d.cli import config_from_args
+
+    args = launch.build_parser().parse_args(["3d", "--config", str(out / "config.json"), "--output", "again"])
+    again = config_from_args(args)
+    assert again.output == "again" and again.preset == "tiny" and again.to_dict() == {
+        **saved.resolved().to_dict(), "output": "again"}
+
+    # 6. --export-only: a checkpoint straight to meshes in another folder.
+    other = tmp_path / "export"
+    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
+                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2"]) == 0
+    assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
+    assert not (other / "mesh" / "model.obj").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "   "], "prompt is empty"),
+    (["--prompt", "a vase", "--domain", "dragons"], "unknown domain"),
+    (["--prompt", "x" * 2000], "characters long"),
+    (["--prompt", "a vase", "--formats", "glb,fbx"], "unknown mesh format"),
+    (["--prompt", "a vase", "--mask", "m.png"], "--mask needs --image"),
+    (["--prompt", " ".join(["porcelain"] * 90)], "tokens long"),
+])
+def test_bad_requests_fail_early_with_one_sentence(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert launch.main(["3d", "--output", str(out), "--preset", "tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not out.exists()  # nothing written
+
+
+def test_image_without_foreground_and_missing_zero123_model(tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(blank)
+    assert launch.main(["3d", "--image", str(blank), "--output", str(tmp_path / "a"), *FAST,
+                        "--mask-method", "auto"]) == 2
+    assert "clear foreground" in capsys.readouterr().err
+
+    obj = _object_image(tmp_path / "obj.png")
+    assert launch.main(["3d", "--image", str(obj), "--output", str(tmp_path / "b"), *FAST, "--mask-method",
+                        "auto", "--zero123-model", str(tmp_path / "no-such-model")]) == 2
+    err = capsys.readouterr().err
+    assert "Zero-1-to-3" in err and "--zero123-model" in err
+    assert (tmp_path / "b" / "mask.png").is_file()  # stage 1 was kept for a later --resume
+    mask = np.asarray(Image.open(tmp_path / "b" / "mask.png")) > 127
+    assert abs(mask.mean() - np.pi / 16) < 0.03  # the disc covers pi/16 of the image
+
+
+def test_nan_step_is_undone_and_reported():
+    from generators3d.config import CameraConfig, NeRFConfig, StageConfig
+    from generators3d.nerf import Background, NeRFField
+    from generators3d.train import SDSTerm, train_stage
+
+    torch.manual_seed(0)
+    field = NeRFField(NeRFConfig(n_levels=2, log2_hashmap_size=10, hidden=8, n_hidden_layers=1, samples_per_ray=8))
+    calls = []
+
+    def term(rgb, cams, generator):
+        calls.append(1)
+        loss = ((rgb - 0.2) ** 2).sum()
+        return {"loss_sds": loss * float("nan") if len(calls) == 3 else loss, "min_step": 20, "max_step": 980}
+
+    infos = []
+    stage = StageConfig(steps=5, milestones=(0,), resolutions=(8,), batch_sizes=(1,), lambda_rgb=0, lambda_mask=0)
+    stats = train_stage(field, Background(), stage, CameraConfig(), None, [SDSTerm("t", 1.0, term)],
+                        generator=torch.Generator().manual_seed(0), progress=lambda i, n, info: infos.append(info))
+    assert stats["nan_recoveries"] == 1 and infos[-1]["nan_recoveries"] == 1 and np.isnan(infos[2]["loss"])
+    assert all(torch.isfinite(p).all() for p in field.parameters())

@@ -1,0 +1,188 @@
+"""Mesh extraction and export on an analytic density field (no training): automatic threshold across density
+scales, clean-up, decimation, GLB/OBJ/PLY round trips through trimesh, Y-up frame, outward normals, atomic
+writes on a full disk."""
+
+import errno
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from generators3d import mesh as meshlib
+from generators3d.cameras import orbit_cameras
+from generators3d.config import ExportConfig, NeRFConfig
+
+AXES = np.array([0.3, 0.3, 0.6])  # an ellipsoid twice as tall (NeRF z) as wide
+
+
+class AnalyticField(torch.nn.Module):
+    """Density ``scale * sigmoid(-sd / 0.02)`` of an ellipsoid (or several); colour red = up (+z), green =
+    front (+x, towards the reference camera)."""
+
+    def __init__(self, scale=50.0, centres=((0.0, 0.0, 0.0),), axes=(AXES,)):
+        super().__init__()
+        self.cfg = NeRFConfig(samples_per_ray=96)
+        self.scale = scale
+        self.centres = [torch.tensor(c, dtype=torch.float32) for c in centres]
+        self.axes = [torch.tensor(a, dtype=torch.float32) for a in axes]
+        self._p = torch.nn.Parameter(torch.zeros(1))
+
+    radius = 1.0
+
+    def sd(self, x):
+        d = [((x - c) / a).norm(dim=-1) - 1 for c, a in zip(self.centres, self.axes)]
+        return torch.stack([di * a.min() for di, a in zip(d, self.axes)]).min(0).values
+
+    def forward(self, x, with_color=True):
+        sigma = self.scale * torch.sigmoid(-self.sd(x) / 0.02)
+        if not with_color:
+            return sigma
+        n = torch.nn.functional.normalize(x, dim=-1)
+        rgb = torch.stack([0.5 + 0.4 * n[..., 2], 0.5 + 0.4 * n[..., 0], torch.full_like(n[..., 0], 0.3)], -1)
+        return sigma, rgb
+
+    def density(self, x):
+        return self.forward(x, with_color=False)
+
+    def color(self, x):
+        return self.forward(x)[1]
+
+
+VIEWS = orbit_cameras([0.0] * 4 + [60.0, -40.0], [0.0, 90.0, 180.0, 270.0, 0.0, 0.0], 3.8, 20.0)
+
+
+@pytest.mark.parametrize("scale", [20.0, 2000.0])
+def test_automatic_threshold_meshes_the_silhouettes_the_renders_show(scale):
+    """A ball of density ``scale * sigmoid(-(|x| - 0.4) / 0.02)``. A ray at distance ``p`` from the centre is
+    rendered opaque (opacity > 1/2) when its optical depth ``int sigma ds`` exceeds ln 2: the rendered
+    silhouette's radius ``p*`` depends on the density scale (0.44 for 20, 0.54 for 2000, integrated
+    numerically here). The automatic threshold must give a mesh of that radius at both scales."""
+    field = AnalyticField(scale, axes=((0.4, 0.4, 0.4),))
+    mesh, level = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=48, texture=False))
+    s = np.linspace(-1.5, 1.5, 30001)
+
+    def depth(p):
+        r = np.sqrt(p * p + s * s)
+        return (scale / (1 + np.exp((r - 0.4) / 0.02))).sum() * (s[1] - s[0])
+
+    lo, hi = 0.0, 1.0  # bisection for depth(p*) = ln 2 (depth falls with p)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if depth(mid) > np.log(2) else (lo, mid)
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    assert abs(r.mean() - lo) < 0.01 and r.std() < 0.01, (r.mean(), lo)  # a fifth of a voxel (0.042)
+    assert 0 < level < scale
+    # threestudio's fixed default (25) finds no surface at all when the density never reaches it:
+    if scale < 25:
+        with pytest.raises(ValueError, match="never crosses"):
+            meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=40, texture=False, threshold=25.0))
+
+
+def test_small_pieces_and_cavities_are_removed_and_decimation_hits_target():
+    field = AnalyticField(centres=((0.0, 0.0, 0.0), (0.0, 0.75, 0.0)), axes=(AXES, (0.04, 0.04, 0.04)))
+    mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=48, texture=False))
+    assert len(trimesh.Trimesh(mesh.vertices, mesh.faces).split(only_watertight=False)) == 1
+    assert mesh.vertices[:, 1].max() < 0.4  # the small ball (at y = 0.75) is gone
+    # a hollow shell: the inner wall must not become a second surface
+    shell = np.linspace(-1, 1, 40)
+    x, y, z = np.meshgrid(shell, shell, shell, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    grid = ((r < 0.6) & (r > 0.4)).astype(np.float32) * 10.0
+    v, f = meshlib.marching_cubes(meshlib.fill_cavities(grid, 5.0), 5.0, 1.0)
+    assert len(trimesh.Trimesh(v, f).split(only_watertight=False)) == 1
+    dv, df = meshlib.decimate(mesh.vertices, mesh.faces, 400)
+    from scipy.spatial import cKDTree
+
+    assert 100 < len(df) <= 400
+    assert cKDTree(mesh.vertices).query(dv)[0].mean() < 0.03  # still the same shape (voxel 0.042)
+
+
+def _glb_json(data: bytes) -> dict:
+    n = struct.unpack("<I", data[12:16])[0]
+    return json.loads(data[20:20 + n])
+
+
+def _glb_accessor(data: bytes, index: int) -> np.ndarray:
+    """Read one accessor straight from the GLB's binary chunk (what a glTF importer such as Blender reads)."""
+    doc = _glb_json(data)
+    n = struct.unpack("<I", data[12:16])[0]
+    binary = data[20 + n + 8:]
+    acc = doc["accessors"][index]
+    view = doc["bufferViews"][acc["bufferView"]]
+    dtype = {5121: np.uint8, 5125: np.uint32, 5126: np.float32}[acc["componentType"]]
+    width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc["type"]]
+    start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    return np.frombuffer(binary, dtype, acc["count"] * width, start).reshape(acc["count"], width)
+
+
+def test_glb_obj_ply_reload_with_same_geometry_and_colours_y_up(tmp_path):
+    field = AnalyticField()
+    mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=40, texture=True, texture_size=256))
+    mesh = meshlib.to_export_frame(mesh, height_m=0.3)
+    paths = meshlib.write_meshes(mesh, tmp_path, ("glb", "obj", "ply"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.glb", "model.mtl", "model.obj", "model.ply",
+                                                          "model.png"]
+    rgb8 = (mesh.colors * 255 + 0.5).astype(np.uint8)
+
+    # GLB: same arrays; Y up (tall axis, red top), +Z front (green), on the ground, 0.3 m tall, outward normals.
+    glb = trimesh.load(paths["glb"], force="mesh", process=False)
+    assert np.allclose(glb.vertices, mesh.vertices, atol=1e-6) and np.array_equal(glb.faces, mesh.faces)
+    data = paths["glb"].read_bytes()
+    prim = _glb_json(data)["meshes"][0]["primitives"][0]
+    assert {"POSITION", "NORMAL", "COLOR_0"} <= set(prim["attributes"]) and "material" in prim
+    assert np.array_equal(_glb_accessor(data, prim["attributes"]["COLOR_0"])[:, :3], rgb8)
+    assert np.allclose(_glb_accessor(data, prim["attributes"]["POSITION"]), mesh.vertices, atol=1e-6)
+    assert np.array_equal(_glb_accessor(data, prim["indices"]).reshape(-1, 3), mesh.faces)
+    v = np.asarray(glb.vertices)
+    extent = np.ptp(v, axis=0)
+    assert extent[1] == pytest.approx(0.3, rel=1e-5) and extent[1] > 1.8 * max(extent[0], extent[2])
+    assert v[:, 1].min() == pytest.approx(0.0, abs=1e-6)
+    assert np.corrcoef(v[:, 1], mesh.colors[:, 0])[0, 1] > 0.9  # red = NeRF up = glTF +Y
+    assert np.corrcoef(v[:, 2], mesh.colors[:, 1])[0, 1] > 0.9  # green = reference view = glTF +Z
+    assert glb.volume > 0  # counter-clockwise winding seen from outside
+    centre = v.mean(0)
+    normals = _glb_accessor(data, prim["attributes"]["NORMAL"])
+    assert ((normals * (v - centre)).sum(1) > 0).mean() > 0.97
+
+    # PLY: exact arrays.
+    ply = trimesh.load(paths["ply"], process=False)
+    assert np.allclose(ply.vertices, mesh.vertices, atol=1e-6) and np.array_equal(ply.faces, mesh.faces)
+    assert np.array_equal(ply.visual.vertex_colors[:, :3], rgb8)
+
+    # OBJ + MTL + PNG: the UV-unwrapped copy (xatlas splits seams); the texture gives the vertex colours back.
+    obj = trimesh.load(paths["obj"], process=False, maintain_order=True)
+    assert np.allclose(obj.vertices, mesh.uv_vertices, atol=1e-5) and np.array_equal(obj.faces, mesh.uv_faces)
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(mesh.vertices).query(obj.vertices)
+    assert dist.max() < 1e-5
+    sampled = obj.visual.to_color().vertex_colors[:, :3].astype(np.float32)
+    assert np.abs(sampled - rgb8[idx]).mean() < 6.0  # within ~2% after texture sampling
+    assert "map_Kd model.png" in (tmp_path / "model.mtl").read_text()
+
+
+def test_full_disk_leaves_previous_files_untouched(tmp_path, monkeypatch):
+    field = AnalyticField()
+    mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=24, texture=False))
+    mesh = meshlib.to_export_frame(mesh)
+    meshlib.write_meshes(mesh, tmp_path, ("glb", "ply"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_write = meshlib.AtomicFiles.write
+    calls = []
+
+    def failing(self, path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, path, data)
+
+    monkeypatch.setattr(meshlib.AtomicFiles, "write", failing)
+    smaller = meshlib.Mesh(mesh.vertices[:3], np.array([[0, 1, 2]]), mesh.colors[:3])
+    with pytest.raises(ValueError, match="disk is full"):
+        meshlib.write_meshes(smaller, tmp_path, ("glb", "ply"))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no partial file, no temporary left
+    assert trimesh.load(io.BytesIO(before["model.glb"]), file_type="glb", force="mesh").faces.shape == mesh.faces.shape

@@ -1,0 +1,172 @@
+"""The threestudio extension (generators3d/threestudio_ext/in_domain) against threestudio's interface, without
+threestudio installed: a test double provides ``threestudio.register/find`` and ``utils.base.BaseObject``
+(config parsed with ``OmegaConf.structured``, ``do_update_step`` walking to ``update_step``), loads the folder
+by path as threestudio's ``launch.py`` loads ``custom/*/__init__.py``, and calls the guidance exactly as its
+DreamFusion system does: ``guidance(out["comp_rgb"], prompt_utils, **batch, rgb_as_latents=False)``.
+
+The expected signature and return keys are threestudio's ``stable-diffusion-guidance`` (checked against
+threestudio-project/threestudio at commit 28d9d80)."""
+
+import importlib.util
+import inspect
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+EXT = Path(__file__).resolve().parents[1] / "generators3d" / "threestudio_ext" / "in_domain"
+THREESTUDIO_CALL = ["self", "rgb", "prompt_utils", "elevation", "azimuth", "camera_distances", "rgb_as_latents",
+                    "guidance_eval", "kwargs"]
+THREESTUDIO_KEYS = {"loss_sds", "grad_norm", "min_step", "max_step"}
+
+
+def _threestudio_double():
+    """A minimal stand-in with threestudio's registry and BaseObject behaviour."""
+    from omegaconf import OmegaConf
+
+    ts = types.ModuleType("threestudio")
+    ts.__modules__ = {}
+
+    def register(name):
+        def deco(cls):
+            if name in ts.__modules__:
+                raise ValueError(f"Module {name} already exists!")
+            ts.__modules__[name] = cls
+            return cls
+        return deco
+
+    ts.register, ts.find = register, lambda name: ts.__modules__[name]
+
+    class Updateable:
+        def do_update_step(self, epoch, global_step, on_load_weights=False):
+            for attr in self.__dir__():
+                if attr.startswith("_"):
+                    continue
+                try:
+                    module = getattr(self, attr)
+                except Exception:  # noqa: BLE001
+                    continue
+                if isinstance(module, Updateable):
+                    module.do_update_step(epoch, global_step, on_load_weights=on_load_weights)
+            self.update_step(epoch, global_step, on_load_weights=on_load_weights)
+
+        def update_step(self, epoch, global_step, on_load_weights=False):
+            pass
+
+    class BaseObject(Updateable):
+        @dataclass
+        class Config:
+            pass
+
+        def __init__(self, cfg=None, *args, **kwargs):
+            super().__init__()
+            self.cfg = OmegaConf.structured(self.Config(**(cfg or {})))
+            self.device = torch.device("cpu")
+            self.configure(*args, **kwargs)
+
+        def configure(self, *args, **kwargs):
+            pass
+
+    utils = types.ModuleType("threestudio.utils")
+    base = types.ModuleType("threestudio.utils.base")
+    base.BaseObject, base.Updateable = BaseObject, Updateable
+    ts.utils, utils.base = utils, base
+    return {"threestudio": ts, "threestudio.utils": utils, "threestudio.utils.base": base}
+
+
+class PromptUtilsDouble:
+    """threestudio's PromptProcessorOutput: get_text_embeddings returns cat([cond, uncond])."""
+
+    use_perp_neg = False
+
+    def __init__(self, cond, uncond):
+        self.cond, self.uncond, self.calls = cond, uncond, []
+
+    def get_text_embeddings(self, elevation, azimuth, camera_distances, view_dependent_prompting=True):
+        self.calls.append(view_dependent_prompting)
+        b = elevation.shape[0]
+        return torch.cat([self.cond.expand(b, -1, -1), self.uncond.expand(b, -1, -1)])
+
+
+@pytest.fixture
+def threestudio(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    for name, module in _threestudio_double().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    # threestudio's launch.py: spec_from_file_location(basename, custom/<name>/__init__.py), no package context
+    spec = importlib.util.spec_from_file_location("in_domain", EXT / "__init__.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    return sys.modules["threestudio"], ext
+
+
+def test_registered_guidance_has_threestudios_interface_and_keys(threestudio, monkeypatch):
+    ts, ext = threestudio
+    cls = ts.find("in-domain-guidance")
+    params = inspect.signature(cls.__call__).parameters
+    assert list(params) == THREESTUDIO_CALL
+    assert params["rgb_as_latents"].default is False and params["guidance_eval"].default is False
+    assert list(inspect.signature(cls.update_step).parameters) == ["self", "epoch", "global_step", "on_load_weights"]
+
+    guidance = cls({"preset": "tiny", "domain": "porcelain", "prompt": "a vase",
+                    "min_step_percent": [0, 0.5, 0.2, 100], "max_step_percent": 0.9, "grad_clip": [0, 0.1, 1.0, 100]})
+    assert (guidance.min_step, guidance.max_step) == (20, 980)  # threestudio's default until update_step
+
+    # What threestudio's DreamFusion system does each step: do_update_step, then guidance(rgb, prompt_utils, **batch).
+    import suite.guidance
+
+    combined = []
+    real_combine = suite.guidance.combine
+    monkeypatch.setattr(suite.guidance, "combine", lambda *a: combined.append(1) or real_combine(*a))
+    guidance.do_update_step(0, 50)
+    assert (guidance.min_step, guidance.max_step) == (350, 900) and guidance.grad_clip_val == pytest.approx(0.55)
+
+    d = guidance.pipe.text_encoder.config.hidden_size
+    prompt_utils = PromptUtilsDouble(torch.randn(1, 77, d), torch.randn(1, 77, d))
+    rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
+    batch = {"rays_o": torch.zeros(2, 16, 16, 3), "rays_d": torch.zeros(2, 16, 16, 3), "mvp_mtx": torch.eye(4)[None],
+             "camera_positions": torch.zeros(2, 3), "c2w": torch.eye(4)[None].repeat(2, 1, 1),
+             "light_positions": torch.zeros(2, 3), "elevation": torch.tensor([10.0, 70.0]),
+             "azimuth": torch.tensor([0.0, 120.0]), "camera_distances": torch.tensor([2.0, 2.0]),
+             "height": 16, "width": 16, "fovy": torch.tensor([0.7, 0.7])}
+    out = guidance(rgb, prompt_utils, **batch, rgb_as_latents=False)
+    assert set(out) == THREESTUDIO_KEYS
+    assert out["loss_sds"].ndim == 0 and out["loss_sds"].requires_grad
+    assert isinstance(out["min_step"], int) and 350 <= out["min_step"] <= out["max_step"] <= 900
+    loss = 0.0
+    for name, value in out.items():  # the system's loss accumulation
+        if name.startswith("loss_"):
+            loss = loss + value * 1.0
+    loss.backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert prompt_utils.calls == [True] and combined  # threestudio's embeddings, our one formula
+
+    guidance.set_min_max_steps(min_step_percent=0.3, max_step_percent=0.5)
+    assert (guidance.min_step, guidance.max_step) == (300, 500)
+    with pytest.raises(ValueError, match="guidance_eval"):
+        guidance(rgb, prompt_utils, **batch, guidance_eval=True)
+
+
+def test_rgb_as_latents_and_own_prompt_without_prompt_utils(threestudio):
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({"preset": "tiny", "domain": "porcelain", "prompt": "a vase",
+                                              "use_prompt_utils": False, "domain_weight": 1.5,
+                                              "control_weight": 2.0})
+    latents = torch.rand(1, 8, 8, 4, requires_grad=True)
+    out = guidance(latents, None, torch.tensor([5.0]), torch.tensor([30.0]), torch.tensor([2.0]),
+                   rgb_as_latents=True)
+    out["loss_sds"].backward()
+    assert set(out) == THREESTUDIO_KEYS and latents.grad.abs().sum() > 0
+    weights = [t.weight for t in guidance.term.guidance.terms]
+    assert weights == [1.5, 2.0]  # domain term, then the text control term
+
+
+def test_extension_folder_ships_an_example_config():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(EXT / "configs" / "in-domain-porcelain.yaml")
+    assert cfg.system.guidance_type == "in-domain-guidance"
+    assert cfg.system.guidance.domain == "porcelain"
