@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.files import umask
+
 from .config import ExportConfig
 
 log = logging.getLogger(__name__)
@@ -309,7 +311,7 @@ class AtomicFiles:
             os.fsync(fh.fileno())
 
     def commit(self) -> None:
-        mode = 0o666 & ~_umask()
+        mode = 0o666 & ~umask()
         for tmp, path in self.pending:
             os.chmod(tmp, mode)  # mkstemp makes 0600 files; results are ordinary files
             os.replace(tmp, path)
@@ -320,12 +322,6 @@ class AtomicFiles:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         self.pending = []
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _glb_with_material(glb: bytes) -> bytes:

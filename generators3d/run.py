@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from suite.files import atomic_path, write_text_atomic
+
 from .config import ThreeDConfig, ThreeDResult
-from .mesh import _umask
 
 log = logging.getLogger("generators3d")
 
@@ -203,7 +203,7 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
                "nan_recoveries": result.nan_recoveries,
                "checkpoints": {k: str(v) for k, v in result.checkpoints.items()},
                "frame": "glTF: Y up, +Z front (the reference view), metres"}
-    _write_text(out / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return result
 
 
@@ -222,16 +222,8 @@ def write_turntable(field, background, cams, path: Path, size: int = 256, callba
         if callback:
             callback(i + 1)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".gif", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".gif") as tmp:
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=80, loop=0)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -263,19 +255,6 @@ class _Reporter:
             bar.close()
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _stage1_done(out: Path) -> bool:
     return all((out / n).is_file() for n in ("image.png", "mask.png", "reference.png", "reference-mask.png"))
 
@@ -303,7 +282,7 @@ def _create_output(out: Path, cfg: ThreeDConfig) -> ThreeDResult:
     (out / "checkpoints").mkdir(exist_ok=True)
     if not cfg.export_only:
         saved = replace(cfg, resume=False)
-        _write_text(config_path, json.dumps(saved.to_dict(), indent=2))
+        write_text_atomic(config_path, json.dumps(saved.to_dict(), indent=2))
     return ThreeDResult(output_dir=out, image_path=None, mask_path=None, config_path=config_path)
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from suite.files import atomic_path
 
 from .cameras import random_cameras, reference_camera
 from .config import CameraConfig, NeRFConfig, StageConfig
@@ -144,26 +144,15 @@ def save_checkpoint(field: NeRFField, path: Path, stage: str, extra: dict | None
     state = {k: v.detach().float().contiguous().cpu() for k, v in field.state_dict().items()}
     meta = {"stage": stage, "nerf": json.dumps(asdict(field.cfg)), "backend": field.backend,
             "extra": json.dumps(extra or {})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(state, tmp, metadata=meta)
-        from .mesh import _umask
-
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(state, tmp, metadata=meta)
     except OSError as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         import errno
 
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ValueError(f"the disk is full while writing the checkpoint {str(path)!r}: free some space and "
                              f"run again with --resume") from None
-        raise
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise
     return path
 

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .files import atomic_path
 
 METADATA_FILE = "nulltext.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -215,17 +216,8 @@ class DomainMetadata:
 
 def _atomic_write_bytes(path: Path, write) -> None:
     """``write(tmp_path)`` then rename over ``path`` (same folder, so the rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class DomainModel:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain
+from .files import atomic_path
 from .guidance import AutoWeights, MultiGuidance, Term, check_weight
 from .text import encode_prompts
 
@@ -444,14 +445,7 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image format {path.suffix!r} for {str(path)!r}: use .png, .jpg or .webp")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        icc = image.info.get("icc_profile")  # PNG keeps it by itself; JPEG and WebP only when passed
+    icc = image.info.get("icc_profile")  # PNG keeps it by itself; JPEG and WebP only when passed
+    with atomic_path(path, suffix=path.suffix) as tmp:
         image.save(tmp, format=fmt, **({"icc_profile": icc} if icc else {}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -12,7 +12,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import re
 import shlex
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..domains import PRESETS, Domain
+from ..files import write_text_atomic
 
 log = logging.getLogger("suite.app")
 
@@ -200,10 +200,7 @@ def new_run_dir(config: AppConfig, kind: str) -> Path:
 
 
 def write_json_atomic(data: dict, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def fmt_weight(v) -> str:
