@@ -56,7 +56,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     Raises ValueError (one sentence) when no face is found, naming ``whole_image`` / ``--whole-image``.
     """
     from suite.guidance import check_weight
-    from suite.pipeline import DEFAULT_STEPS
+    from suite.pipeline import DEFAULT_STEPS, check_int
 
     timings = dict.fromkeys(STAGES, 0.0)
     report = progress or (lambda *a: None)
@@ -66,9 +66,9 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     strength = check_weight(strength, "strength")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength} (0 keeps the photo, 1 ignores it)")
-    num_images = _whole(num_images, "the number of images", 1)
-    steps = DEFAULT_STEPS if steps is None else _whole(steps, "the number of steps", 1)
-    seed = _whole(seed, "the seed", 0)
+    num_images = check_int(num_images, "the number of images", 1)
+    steps = DEFAULT_STEPS if steps is None else check_int(steps, "the number of steps", 1)
+    seed = check_int(seed, "the seed", 0)
 
     # 2. The photo, upright and in 8-bit RGB; the user's mask at its size.
     photo = prepare_photo(image, max_pixels)
@@ -172,14 +172,3 @@ def _warn_mask_outside(user_mask, regions, size) -> None:
             "part of the mask lies outside the face crop and is not edited: use --whole-image to edit it too")
 
 
-def _whole(value, what: str, minimum: int) -> int:
-    try:
-        v = int(value)
-        ok = v == float(value)
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if v < minimum:
-        raise ValueError(f"{what} must be at least {minimum}, got {v}")
-    return v

@@ -11,20 +11,8 @@ HELP = "text-to-3D: in-domain image -> Zero-1-to-3 NeRF -> SDS refinement with t
 log = logging.getLogger("generators3d")
 
 
-def _steps(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"a step count must be 0 or more, got {v}")
-    return v
-
-
 def add_arguments(p) -> None:
-    from suite.cli import finite_float, weight_arg
+    from suite.cli import finite_float, int_at_least, weight_arg
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -39,10 +27,10 @@ def add_arguments(p) -> None:
                    help="Zero-1-to-3 diffusers folder or hub id (default: $INDOMAIN_ZERO123_MODEL or "
                         "ashawkey/zero123-xl-diffusers; the tiny preset builds a random one)")
     g = p.add_argument_group("stages")
-    g.add_argument("--image-steps", type=_steps, default=25, help="stage 1 sampling steps (default: %(default)s)")
-    g.add_argument("--zero123-steps", type=_steps, default=None,
+    g.add_argument("--image-steps", type=int_at_least(0), default=25, help="stage 1 sampling steps (default: %(default)s)")
+    g.add_argument("--zero123-steps", type=int_at_least(0), default=None,
                    help="stage 2 SDS steps with Zero-1-to-3 (default: 600; tiny: 40)")
-    g.add_argument("--refine-steps", type=_steps, default=None,
+    g.add_argument("--refine-steps", type=int_at_least(0), default=None,
                    help="stage 3 SDS steps with the domain multi-guidance (default: 400; tiny: 20; 0 skips it)")
     g.add_argument("--refine-zero123-weight", type=finite_float, default=None,
                    help="weight of an extra Zero-1-to-3 SDS loss in stage 3, as Magic123 (default: 0)")

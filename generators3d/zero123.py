@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from suite.denoisers import expand_timestep
+from suite.files import atomic_dir
 from suite.guidance import MultiGuidance, Term
 
 PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
@@ -247,10 +247,7 @@ def save_zero123(parts: dict, folder: str | os.PathLike, projection_name: str = 
     """Write a Zero-1-to-3 diffusers folder (temporary sibling, then rename)."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         parts["unet"].save_pretrained(tmp / "unet")
         parts["vae"].save_pretrained(tmp / "vae")
         parts["image_encoder"].save_pretrained(tmp / "image_encoder")
@@ -263,17 +260,7 @@ def save_zero123(parts: dict, folder: str | os.PathLike, projection_name: str = 
         (tmp / projection_name / "config.json").write_text(json.dumps(
             {"in_channel": lin.in_features, "out_channel": lin.out_features}))
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "Zero1to3StableDiffusionPipeline"}))
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def tiny_zero123_dir() -> Path:

@@ -32,6 +32,21 @@ def finite_float(text: str) -> float:
     return v
 
 
+def int_at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return v
+
+    return parse
+
+
 def weight_arg(text: str):
     """A weight: a finite number, or ``auto``."""
     if text.strip().lower() == "auto":

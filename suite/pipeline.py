@@ -15,8 +15,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from PIL import Image
 
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain
-from .files import atomic_path
+from .files import atomic_dir, atomic_path
 from .guidance import AutoWeights, MultiGuidance, Term, check_weight
 from .text import encode_prompts
 
@@ -134,10 +132,7 @@ class InDomainPipeline:
 
         from diffusers import StableDiffusionPipeline
 
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
+        with atomic_dir(folder) as tmp:
             StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                     unet=self.unet, scheduler=self.scheduler, safety_checker=None,
                                     feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp / "sd")
@@ -151,13 +146,7 @@ class InDomainPipeline:
                     "community": sorted(self.community_unets),
                     "domain": asdict(self.domain) if self.domain else None}
             (tmp / "bundle.json").write_text(json.dumps(info, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     def to(self, device=None, dtype=None) -> InDomainPipeline:
         for m in self._modules():
@@ -317,8 +306,8 @@ class InDomainPipeline:
         noised to the step that ``strength`` selects (0 = unchanged, 1 = from pure noise) and denoised by the
         same loop. ``guidance`` replaces the default multi-guidance with any denoiser (e.g. a custom one)."""
         # 1. Check inputs (one clear sentence each).
-        steps = _check_int(num_inference_steps, "the number of steps", minimum=1)
-        num_images = _check_int(num_images, "the number of images", minimum=1)
+        steps = check_int(num_inference_steps, "the number of steps", minimum=1)
+        num_images = check_int(num_images, "the number of images", minimum=1)
         strength = check_weight(strength, "strength")
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
@@ -396,11 +385,11 @@ class InDomainPipeline:
         return InDomainOutput(images=images, latents=latents, weights=weights)
 
 
-def _check_int(value, what: str, minimum: int) -> int:
+def check_int(value, what: str, minimum: int) -> int:
     try:
         v = int(value)
         ok = v == float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise ValueError(f"{what} must be a whole number, got {value!r}")

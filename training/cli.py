@@ -16,28 +16,8 @@ HELP = "train a null-text domain model on a folder of images (F_T initialisation
 log = logging.getLogger("training")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from suite.cli import finite_float
+    from suite.cli import finite_float, int_at_least
 
     from .train import TrainConfig
 
@@ -68,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and data order)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--resolution", type=_positive_int, default=None, help=f"training resolution ({both('resolution')})")
+    g.add_argument("--resolution", type=int_at_least(1), default=None, help=f"training resolution ({both('resolution')})")
     g.add_argument("--center-crop", action="store_true",
                    help="resize the short side and center-crop (default: resize to a square without crop, as the paper)")
     g.add_argument("--hflip", type=finite_float, default=None, help=f"horizontal-flip probability ({both('hflip')})")
@@ -77,16 +57,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--no-latent-cache", action="store_true",
                    help="run the VAE every step instead of once per image (default: cache latents)")
-    g.add_argument("--num-workers", type=_nonneg_int, default=None, help=f"image-decoding threads ({both('num_workers')})")
+    g.add_argument("--num-workers", type=int_at_least(0), default=None, help=f"image-decoding threads ({both('num_workers')})")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--max-steps", type=_positive_int, default=None, help=f"optimizer steps ({both('max_steps')})")
-    g.add_argument("--batch-size", type=_positive_int, default=None,
+    g.add_argument("--max-steps", type=int_at_least(1), default=None, help=f"optimizer steps ({both('max_steps')})")
+    g.add_argument("--batch-size", type=int_at_least(1), default=None,
                    help=f"total batch per optimizer step = per-device x processes x accumulation ({both('batch_size')})")
-    g.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1,
+    g.add_argument("--gradient-accumulation-steps", type=int_at_least(1), default=1,
                    help="accumulation steps per optimizer step (default: %(default)s)")
     g.add_argument("--lr", type=finite_float, default=None, help=f"AdamW learning rate, constant ({both('lr')})")
-    g.add_argument("--lr-warmup-steps", type=_nonneg_int, default=0, help="linear warmup steps (default: %(default)s)")
+    g.add_argument("--lr-warmup-steps", type=int_at_least(0), default=0, help="linear warmup steps (default: %(default)s)")
     g.add_argument("--weight-decay", type=finite_float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
     g.add_argument("--use-8bit-adam", action="store_true", help="8-bit AdamW from bitsandbytes (must be installed)")
     g.add_argument("--max-grad-norm", type=finite_float, default=1.0,
@@ -100,21 +80,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
 
     g = p.add_argument_group("text-feature initialisation (F_T) and E")
-    g.add_argument("--text-init-steps", type=_nonneg_int, default=None,
+    g.add_argument("--text-init-steps", type=int_at_least(0), default=None,
                    help=f"F_T optimisation steps, 0 = use the prompt's features ({both('text_init_steps')})")
     g.add_argument("--text-init-lr", type=finite_float, default=None, help=f"F_T learning rate ({both('text_init_lr')})")
-    g.add_argument("--text-init-batch-size", type=_positive_int, default=None,
+    g.add_argument("--text-init-batch-size", type=int_at_least(1), default=None,
                    help=f"F_T batch ({both('text_init_batch_size')})")
-    g.add_argument("--text-init-images", type=_positive_int, default=None,
+    g.add_argument("--text-init-images", type=int_at_least(1), default=None,
                    help=f"images used for F_T ({both('text_init_images')})")
 
     g = p.add_argument_group("checkpoints, validation, logging")
-    g.add_argument("--checkpoint-steps", type=_positive_int, default=None,
+    g.add_argument("--checkpoint-steps", type=int_at_least(1), default=None,
                    help=f"checkpoint every N steps ({both('checkpoint_steps')})")
-    g.add_argument("--checkpoints-keep", type=_positive_int, default=2, help="checkpoints kept (default: %(default)s)")
-    g.add_argument("--validation-steps", type=_nonneg_int, default=None,
+    g.add_argument("--checkpoints-keep", type=int_at_least(1), default=2, help="checkpoints kept (default: %(default)s)")
+    g.add_argument("--validation-steps", type=int_at_least(0), default=None,
                    help=f"validation samples every N steps, 0 = off ({both('validation_steps')})")
-    g.add_argument("--validation-images", type=_positive_int, default=None, help=f"({both('validation_images')})")
+    g.add_argument("--validation-images", type=int_at_least(1), default=None, help=f"({both('validation_images')})")
     g.add_argument("--validation-domain-weight", type=finite_float, default=3.0,
                    help="w_d of the validation samples, (1 - w_d) eps_sd + w_d eps_d (default: %(default)s)")
     g.add_argument("--report-to", choices=["tensorboard", "none"], default=None,
