@@ -8,6 +8,7 @@ tiny random models, CPU-sized everything) and applies the top-level step overrid
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -204,7 +205,15 @@ class ThreeDConfig:
 
     # -- the config file written beside the results -------------------------------------------------
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON-ready values (paths as strings)."""
+        def plain(v):
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return [plain(x) for x in v]
+            return str(v) if isinstance(v, os.PathLike) else v
+
+        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> ThreeDConfig:
