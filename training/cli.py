@@ -110,7 +110,7 @@ def config_from_args(args):
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     given["cache_latents"] = not args.no_latent_cache
     given.pop("preset", None)
-    return TrainConfig.tiny(**given) if args.preset == "tiny" else TrainConfig(**given)
+    return TrainConfig.for_preset(args.preset, **given)
 
 
 def main(args) -> int:

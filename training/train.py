@@ -103,6 +103,11 @@ class TrainConfig:
     cpu: bool = False                     # force CPU even when a GPU is present
 
     @classmethod
+    def for_preset(cls, preset: str = "full", **overrides) -> TrainConfig:
+        """The preset's defaults (``full``: the paper's; ``tiny``: :meth:`tiny`) with ``overrides``."""
+        return cls.tiny(**overrides) if preset == "tiny" else cls(preset=preset, **overrides)
+
+    @classmethod
     def tiny(cls, **overrides) -> TrainConfig:
         """The tiny preset: tiny random SD1.5-architecture models, 64x64 images, CPU in seconds. Its larger
         learning rate lets a few steps move a random model measurably (it shows the flow, not quality)."""
@@ -312,7 +317,7 @@ def save_checkpoint(output: Path, step: int, unet, metadata, optimizer, ema: EMA
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if ema is not None:
         save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
-    (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+    (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
     _fsync_tree(tmp)
     if final.exists():  # a checkpoint of the same step from an earlier run that crashed after writing it
         shutil.rmtree(final)
@@ -545,7 +550,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
         accelerator.init_trackers("domain-training", config={k: v for k, v in asdict(config).items()
                                                              if isinstance(v, int | float | str | bool)})
     if accelerator.is_main_process:
-        (train_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        (train_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
         log.info("training %s on %d image(s): %d process(es) x %d per device x %d accumulation step(s) = batch %d, "
                  "steps %d -> %d, device %s", config.domain, len(dataset), accelerator.num_processes, per_device,
                  config.gradient_accumulation_steps, config.batch_size, start_step, config.max_steps, device)

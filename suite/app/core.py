@@ -9,6 +9,7 @@ lazily, so a tab can say "not available in this install" when its package is mis
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -362,23 +363,29 @@ def backend_available(module: str) -> str | None:
 
 
 def settings_fields(cls, skip: set[str]) -> list[tuple[str, type, object]]:
-    """The numeric / boolean fields of a settings dataclass with their defaults (the UI shows these)."""
+    """The numeric / boolean fields of a settings dataclass with their defaults (the UI shows these).
+
+    ``cls`` may be an instance (e.g. a preset's config): its values are then the defaults shown."""
     import typing
 
     out = []
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(type(cls) if not isinstance(cls, type) else cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name.startswith("_") or f.default is dataclasses.MISSING:
             continue
         t = hints.get(f.name)
-        if t in (int, float, bool) and type(f.default) is t:
-            out.append((f.name, t, f.default))
+        default = f.default if isinstance(cls, type) else getattr(cls, f.name)
+        if t in (int, float, bool) and type(default) is t:
+            out.append((f.name, t, default))
     return out
 
 
-def make_config(cls, values: dict):
-    """``cls(**values)`` keeping only the fields ``cls`` has (the rest are reported in the log)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def make_config(cls, values: dict, fields_of=None):
+    """``cls(**values)`` keeping only the fields ``cls`` (or the dataclass ``fields_of``) has (the rest are
+    reported in the log)."""
+    names = {f.name for f in dataclasses.fields(fields_of or cls)}
+    if fields_of is not None:
+        names.discard("preset")  # chosen by the factory ``cls``
     dropped = sorted(k for k, v in values.items() if k not in names and v is not None)
     if dropped:
         log.info("%s has no field(s) %s; ignored", cls.__name__, ", ".join(dropped))
@@ -476,8 +483,8 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     output = config.output_dir / "domains" / domain
     # 2. The config, as the CLI builds it; then train.
     values = dict(settings or {})
-    values.update(domain=domain, data=data_dir, output=output, preset=config.preset,
-                  device=config.device, dtype=config.dtype)
+    values.update(domain=domain, data=str(data_dir), output=str(output), device=config.device, dtype=config.dtype)
     values.update(config.train_overrides)
-    cfg = make_config(train.TrainConfig, values)
+    cfg = make_config(functools.partial(train.TrainConfig.for_preset, config.preset), values,
+                      fields_of=train.TrainConfig)
     return Path(train.train_domain(cfg, progress=progress) or output)

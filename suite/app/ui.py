@@ -432,7 +432,7 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
     from training import train
 
     skip = {"domain", "data", "output", "preset", "device", "dtype", "sd_model", "resume", "seed"}
-    fields = core.settings_fields(train.TrainConfig, skip)
+    fields = core.settings_fields(train.TrainConfig.for_preset(cfg.preset), skip)
     with gr.Accordion("training settings", open=False):
         widgets = _settings_widgets(fields)
     gr.Markdown(f"Runs here write to `{cfg.output_dir / 'domains'}/NAME`, and the domain appears in the other tabs.")
