@@ -111,3 +111,44 @@ def test_denoising_loss_targets_v_for_a_v_model():
 
     assert denoising_loss(oracle, z0, None, sched, gen).item() == pytest.approx(0.0, abs=1e-8)
     assert captured["ehs"] is None
+
+
+class _DeltaVModel(torch.nn.Module):
+    """The exact v-prediction network for data that is one point ``x*`` (a closed form)."""
+
+    def __init__(self, xstar, alphas_cumprod):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.xstar, self.ac = xstar, alphas_cumprod
+        self.config = SimpleNamespace(sample_size=8, in_channels=48, block_out_channels=[1, 1])
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, t, encoder_hidden_states=None, return_dict=False, **kwargs):
+        a = self.ac[t.long()].view(-1, 1, 1, 1)
+        eps = (z - a.sqrt() * self.xstar) / (1 - a).sqrt()
+        return (a.sqrt() * eps - (1 - a).sqrt() * self.xstar,)
+
+
+def test_pipeline_samples_a_v_prediction_model_exactly():
+    """A v-model's outputs are converted to epsilon by the denoiser, so the sampler must step as an epsilon
+    scheduler (a v-configured scheduler used as-is would convert twice and leave noise in the image)."""
+    from bench.miniature import models as M
+    from suite.pipeline import InDomainPipeline
+
+    parts = M.build_components(0, 8)
+    sched = M.sampling_scheduler()
+    assert sched.config.prediction_type == "v_prediction"
+    xstar = torch.rand(1, 48, 8, 8) * 2 - 1
+    unet = _DeltaVModel(xstar, sched.alphas_cumprod)
+    pipe = InDomainPipeline(parts["vae"], parts["text_encoder"], parts["tokenizer"], unet, sched)
+    out = pipe("a red circle", num_images=2, seed=0, num_inference_steps=10, output_type="latent", progress=False)
+    assert (out.latents - xstar).abs().max() < 1e-4
+    assert sched.config.prediction_type == "v_prediction"  # the pipeline's scheduler is left as it was
+
+
+def test_quick_run_uses_the_full_runs_base_model():
+    from bench.miniature.experiment import _BASE_FIELDS, FULL, QUICK
+
+    assert QUICK.fingerprint(*_BASE_FIELDS) == FULL.fingerprint(*_BASE_FIELDS)
+    assert max(QUICK.adapt_steps) < max(FULL.adapt_steps)

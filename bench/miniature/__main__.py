@@ -21,6 +21,9 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 unless ours keeps a higher text-control accuracy than vanilla "
                         "fine-tuning after the same number of adaptation steps (default: off)")
+    p.add_argument("--export-base", action="store_true",
+                   help="after the run, copy its base model (float16) into bench/miniature/assets so that --quick "
+                        "starts from it (default: off)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     args = p.parse_args(argv)
     if args.threads < 1:
@@ -31,6 +34,10 @@ def main(argv=None) -> int:
 
     config = replace(QUICK if args.quick else FULL, seed=args.seed)
     report = run(config, args.output, progress=not args.no_progress, threads=args.threads)
+    if args.export_base:
+        from .experiment import export_base
+
+        print("base model exported to", ", ".join(map(str, export_base(args.output, config))))
     print(markdown_table(report))
     print("timings (s):", report.timings)
     ours, ft = control_gap(report)

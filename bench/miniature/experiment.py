@@ -43,24 +43,25 @@ class Config:
     """Every knob of a run, with the full run's values. :data:`QUICK` is the CI preset."""
 
     seed: int = 0
-    width: int = 32                      # UNet base width (block_out_channels = (width, 2 * width))
-    base_steps: int = 4000               # base model training steps on the open world
-    base_batch: int = 64
+    width: int = 64                      # UNet width (block_out_channels = (width, width))
+    base_steps: int = 2500               # base model training steps on the open world
+    base_batch: int = 32
     base_lr: float = 1e-3
     p_uncond: float = 0.1                # caption dropout (base and fine-tuning)
     n_domain: int = 2000                 # unlabeled porcelain training images
-    adapt_steps: tuple = (100, 400, 1600)  # fine-tuning / domain-model checkpoints (the forgetting curve)
+    adapt_steps: tuple = (100, 300, 1000)  # fine-tuning / domain-model checkpoints (the forgetting curve)
     adapt_batch: int = 32
     adapt_lr: float = 2.5e-4             # the same for vanilla fine-tuning and the domain model
+    lora: bool = True                    # run the LoRA baseline
     lora_rank: int = 4
     lora_lr: float = 1e-3                # LoRA's usual 4-10x higher rate than full fine-tuning
     text_init_steps: int = 100           # F_T optimisation (paper: 100 steps)
     text_init_lr: float = 5e-3
-    sample_steps: int = 20               # DPM-Solver++ steps
+    sample_steps: int = 15               # DPM-Solver++ steps
     w0: float = 7.0                      # CFG scale / multi-guidance w0 (paper: 7)
     n_prompts: int = 48                  # text-guided prompts (all 4 x 3 x 4 combinations)
-    images_per_prompt: int = 4
-    n_uncond: int = 128                  # unconditional in-domain samples per method
+    images_per_prompt: int = 2
+    n_uncond: int = 64                   # unconditional in-domain samples per method
     metric_train: int = 800              # real images per class for the metric networks
     metric_steps: int = 250
     grid_prompts: int = 8
@@ -71,9 +72,13 @@ class Config:
 
 
 FULL = Config()
-QUICK = replace(FULL, width=32, base_steps=600, n_domain=500, adapt_steps=(50, 300), adapt_batch=32,
-                text_init_steps=30, sample_steps=10, n_prompts=12, images_per_prompt=2, n_uncond=32,
-                metric_train=400, metric_steps=150, grid_prompts=6)
+# The CI run: the SAME base model as the full run (loaded from bench/miniature/assets when present, see
+# docs/miniature.md), shorter adaptation, no LoRA, fewer prompts and samples.
+QUICK = replace(FULL, n_domain=500, adapt_steps=(40, 150), adapt_batch=16, lora=False, text_init_steps=20,
+                sample_steps=8, n_prompts=12, images_per_prompt=2, n_uncond=24, metric_train=300, metric_steps=120,
+                grid_prompts=6)
+
+ASSETS = Path(__file__).resolve().parent / "assets"
 
 _BASE_FIELDS = ("seed", "width", "base_steps", "base_batch", "base_lr", "p_uncond")
 _ADAPT_FIELDS = _BASE_FIELDS + ("n_domain", "adapt_steps", "adapt_batch", "adapt_lr")
@@ -169,9 +174,14 @@ def run(config: Config, output: str | os.PathLike, progress: bool = True, thread
     vae, tokenizer, text_encoder = parts["vae"], parts["tokenizer"], parts["text_encoder"]
     base_fp = config.fingerprint(*_BASE_FIELDS)
     base_path, te_path = _state_path(cache, "base-unet", base_fp), _state_path(cache, "base-text", base_fp)
+    asset, te_asset = _state_path(ASSETS, "base-unet", base_fp), _state_path(ASSETS, "base-text", base_fp)
     if base_path.exists() and te_path.exists():
         _load_state(parts["unet"], base_path)
         _load_state(text_encoder, te_path)
+    elif asset.exists() and te_asset.exists():
+        _load_state(parts["unet"], asset)
+        _load_state(text_encoder, te_asset)
+        timings["base model from assets"] = 1.0
     else:
         T.train_base(parts, config.base_steps, config.base_batch, config.base_lr, config.seed, config.p_uncond,
                      progress)
@@ -206,17 +216,20 @@ def run(config: Config, output: str | os.PathLike, progress: bool = True, thread
     lap("fine-tuning")
 
     # 5. LoRA fine-tuning (same data, caption and steps; only the LoRA matrices train).
-    lora_unet = M.clone(base_unet)
-    lora_params = M.add_lora(lora_unet, config.lora_rank, seed=config.seed)
-    lora_path = _state_path(cache, f"lora-{steps_total}", config.fingerprint(*_ADAPT_FIELDS, "lora_rank", "lora_lr"))
-    if lora_path.exists():
-        _load_state(lora_unet, lora_path)
-    else:
-        T.finetune(lora_unet, template, empty, vae, train_sched, dom_images, steps_total, config.adapt_batch,
-                   config.lora_lr, config.seed + 2, (), config.p_uncond, "LoRA", progress)
-        _save_state(lora_unet, lora_path)
-    lora_unet.eval().requires_grad_(False)
-    lap("LoRA")
+    lora_unet, lora_params = None, 0
+    if config.lora:
+        lora_unet = M.clone(base_unet)
+        lora_params = M.add_lora(lora_unet, config.lora_rank, seed=config.seed)
+        lora_path = _state_path(cache, f"lora-{steps_total}",
+                                config.fingerprint(*_ADAPT_FIELDS, "lora_rank", "lora_lr"))
+        if lora_path.exists():
+            _load_state(lora_unet, lora_path)
+        else:
+            T.finetune(lora_unet, template, empty, vae, train_sched, dom_images, steps_total, config.adapt_batch,
+                       config.lora_lr, config.seed + 2, (), config.p_uncond, "LoRA", progress)
+            _save_state(lora_unet, lora_path)
+        lora_unet.eval().requires_grad_(False)
+        lap("LoRA")
 
     # 6. Ours: F_T optimised from "a photo of porcelain" (Sec. 3.3), E captured from it, the copy converted to a
     #    null-text UNet (Eq. 5) and trained on the images alone, checkpoints as for fine-tuning.
@@ -292,7 +305,8 @@ def run(config: Config, output: str | os.PathLike, progress: bool = True, thread
     methods += [cfg_method(f"Fine-tuning @{n}", ft_units[n], full_params) for n in config.adapt_steps]
     methods += [rectified(f"Fine-tuning @{steps_total} + rect.", ft_units[steps_total], full_params,
                           "base's eps_0 (Sec. 4.5)")]
-    methods += [cfg_method(f"Fine-tuning + LoRA @{steps_total}", lora_unet, f"{lora_params / 1e6:.3f}M")]
+    if lora_unet is not None:
+        methods += [cfg_method(f"Fine-tuning + LoRA @{steps_total}", lora_unet, f"{lora_params / 1e6:.3f}M")]
     methods += [ours(f"Ours @{n}", domain_models[n]) for n in config.adapt_steps]
     methods += [ours(f"Ours @{steps_total} w/o rect.", domain_models[steps_total], rectify=False,
                      note="domain model's eps_0")]
@@ -331,3 +345,23 @@ def run(config: Config, output: str | os.PathLike, progress: bool = True, thread
     report = Report(config=asdict(config), results=results, reference=reference, timings=timings)
     write_outputs(report, samples, targets, out, config.grid_prompts)
     return report
+
+
+def export_base(run_dir: str | os.PathLike, config: Config = FULL) -> list[Path]:
+    """Copy the base model trained by a run into :data:`ASSETS` (float16 safetensors, a few MB), so that
+    ``--quick`` (the same base settings) starts from it instead of training it."""
+    from safetensors.torch import load_file, save_file
+
+    fp = config.fingerprint(*_BASE_FIELDS)
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("base-unet", "base-text"):
+        src = _state_path(Path(run_dir) / "models", name, fp)
+        if not src.exists():
+            raise ValueError(f"{src} does not exist: run the full experiment with --output {run_dir} first")
+        dst = _state_path(ASSETS, name, fp)
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}, str(tmp))
+        os.replace(tmp, dst)
+        written.append(dst)
+    return written

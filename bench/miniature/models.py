@@ -5,7 +5,8 @@
 * Text encoder: transformers ``CLIPTextModel`` (2 layers, width 64), trained jointly with the base UNet and then
   frozen (SD's CLIP is frozen in every method here too).
 * Tokenizer: ``CLIPTokenizer`` on a word-level BPE vocabulary (:func:`~bench.miniature.world.write_tokenizer`).
-* Scheduler: SD1.5's (scaled-linear betas, epsilon prediction); sampling uses DPM-Solver++ on its config.
+* Scheduler: SD1.5's scaled-linear betas with v-prediction (as SD2; an undertrained tiny
+  epsilon model gives noisy samples at high noise), converted to epsilon by ``suite.denoisers``; sampling uses DPM-Solver++ on its config.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ SCHEDULER_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scale
 
 
 def unet_config(width: int = 64) -> dict:
+    """Two levels (8x8, 4x4) of ``width`` channels; ``width`` must be at least the latent's 48 channels, or the
+    first convolution cannot keep the per-pixel detail the denoiser needs."""
     return dict(
         sample_size=IMAGE_SIZE // PATCH,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         layers_per_block=1,
-        block_out_channels=(width, 2 * width),
+        block_out_channels=(width, width),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_DIM,
