@@ -14,7 +14,7 @@ def test_quick_miniature_ours_keeps_control_that_fine_tuning_loses(tmp_path):
     asset = _state_path(ASSETS, "base-unet", fp)
     assert asset.exists(), (f"the miniature's base model {asset} is missing: run `python -m bench.miniature "
                             f"--output DIR --export-base` once (full run) and commit bench/miniature/assets")
-    report = run(QUICK, tmp_path, progress=False, threads=2)
+    report = run(QUICK, tmp_path, progress=False, threads=1)
     for name in ("table.md", "results.json", "grid.png"):
         assert (tmp_path / name).is_file()
     ours, ft = control_gap(report)
