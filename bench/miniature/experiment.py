@@ -143,7 +143,18 @@ def _load_state(module: torch.nn.Module, path: Path) -> None:
 
 def run(config: Config, output: str | os.PathLike, progress: bool = True, threads: int | None = None) -> Report:
     """The whole experiment; writes ``table.md``, ``results.json`` and ``grid.png`` to ``output`` and caches the
-    trained models in ``output/models`` (a rerun with the same settings reuses them)."""
+    trained models in ``output/models`` (a rerun with the same settings reuses them). ``threads`` sets torch's
+    CPU threads for the run (restored afterwards)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(config, output, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(config: Config, output: str | os.PathLike, progress: bool) -> Report:
     from suite.denoisers import UNetDenoiser
     from suite.nulltext import DomainModel, capture_E, convert_to_nulltext
     from suite.pipeline import Control, InDomainPipeline
@@ -154,12 +165,10 @@ def run(config: Config, output: str | os.PathLike, progress: bool = True, thread
     from .metrics import MetricNets, control_accuracy
     from .report import write_outputs
 
-    # 1. Setup: output folders, threads, seeds.
+    # 1. Setup: output folders, timings.
     out = Path(output)
     cache = out / "models"
     cache.mkdir(parents=True, exist_ok=True)
-    if threads:
-        torch.set_num_threads(threads)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
