@@ -17,7 +17,7 @@ from bench.miniature import world as W
 def test_geometry_recovers_every_attribute_of_real_images():
     for images, attrs in (W.open_images(300, 11), W.domain_images(300, 12)):
         acc = MET.control_accuracy(images, [(a.colour, a.shape, a.position) for a in attrs])
-        assert acc == {"colour": 1.0, "shape": 1.0, "position": 1.0, "all": 1.0}
+        assert acc == {"colour": 1.0, "shape": 1.0, "position": 1.0, "align": 1.0, "all": 1.0}
 
 
 def test_geometry_rejects_wrong_targets_and_empty_images():
@@ -26,6 +26,7 @@ def test_geometry_rejects_wrong_targets_and_empty_images():
     wrong = [(colours[(colours.index(a.colour) + 1) % 4], a.shape, a.position) for a in attrs]
     acc = MET.control_accuracy(images, wrong)
     assert acc["colour"] == 0.0 and acc["all"] == 0.0 and acc["shape"] == 1.0
+    assert acc["align"] == pytest.approx(2 / 3)
     blank = np.full((32, 32, 3), 128, np.uint8)
     assert MET.measure(blank).colour is None
     assert MET.control_accuracy(blank[None], [("red", "circle", "left")])["all"] == 0.0
