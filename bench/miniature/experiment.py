@@ -293,9 +293,13 @@ def _run(config: Config, output: str | os.PathLike, progress: bool) -> Report:
                       text=lambda prompt, n, s: run_pipe(p, n, s, controls=[Control(prompt, config.w0, unet=unet)]),
                       note=note)
 
-    def ours(name, dm, rectify=True, note=""):
+    def ours(name, dm, rectify=True, note="", fixed=None):
         p = pipe(base_unet, dm)
         params = f"{M.count_parameters(dm.unet) / 1e6:.2f}M"
+        if fixed is not None:  # fixed w_d = w_c (the authors' released example uses 2.5 / 2.5)
+            return Method(name, params, uncond=lambda n, s: run_pipe(p, n, s, domain_weight=fixed),
+                          text=lambda prompt, n, s: run_pipe(p, n, s, prompt=prompt, domain_weight=fixed,
+                                                             control_weight=fixed), note=note)
         if rectify:
             return Method(name, params, uncond=lambda n, s: run_pipe(p, n, s, w0=config.w0),
                           text=lambda prompt, n, s: run_pipe(p, n, s, prompt=prompt, w0=config.w0), note=note)
@@ -319,6 +323,8 @@ def _run(config: Config, output: str | os.PathLike, progress: bool) -> Report:
     methods += [ours(f"Ours @{n}", domain_models[n]) for n in config.adapt_steps]
     methods += [ours(f"Ours @{steps_total} w/o rect.", domain_models[steps_total], rectify=False,
                      note="domain model's eps_0")]
+    methods += [ours(f"Ours @{steps_total}, w_d = w_c = 2.5", domain_models[steps_total], fixed=2.5,
+                     note="fixed weights of the authors' example")]
 
     # 9. Sample and measure every method on the same prompts and seeds.
     targets = prompt_set(config.n_prompts)
