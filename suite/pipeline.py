@@ -235,7 +235,8 @@ class InDomainPipeline:
         terms: list[Term] = []
         if use_domain and self.domain_model is not None and (domain_weight is None or domain_weight != 0):
             domain_unet = self.domain_model.unet
-            terms.append(Term(UNetDenoiser(domain_unet, None, name="domain"), domain_weight, name="domain"))
+            # same parameterisation as SD1.5 (a v-prediction base gives a v-prediction domain model)
+            terms.append(Term(self._sd(None, unet=domain_unet, name="domain"), domain_weight, name="domain"))
         first_text = None
         for i, c in enumerate(all_controls):
             embeds = self.encode_prompt(c.prompt) if c.prompt else neg

@@ -153,3 +153,20 @@ def test_quick_run_uses_the_full_runs_base_model():
 
     assert QUICK.fingerprint(*_BASE_FIELDS) == FULL.fingerprint(*_BASE_FIELDS)
     assert max(QUICK.adapt_steps) < max(FULL.adapt_steps)
+
+
+def test_pipeline_domain_term_of_a_v_prediction_model_is_converted():
+    """With w_d = 1 and no control, Eq. 3 gives the domain model's own prediction: sampling must land on the
+    domain model's data point, not the base's (the domain UNet shares the base's v parameterisation)."""
+    from bench.miniature import models as M
+    from suite.nulltext import DomainMetadata, DomainModel
+    from suite.pipeline import InDomainPipeline
+
+    parts = M.build_components(0, 8)
+    sched = M.sampling_scheduler()
+    x_base, x_domain = torch.rand(1, 48, 8, 8) * 2 - 1, torch.rand(1, 48, 8, 8) * 2 - 1
+    domain = DomainModel(_DeltaVModel(x_domain, sched.alphas_cumprod), DomainMetadata(domain="d"))
+    pipe = InDomainPipeline(parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                            _DeltaVModel(x_base, sched.alphas_cumprod), sched, domain_model=domain)
+    out = pipe(domain_weight=1.0, num_images=1, seed=0, num_inference_steps=10, output_type="latent", progress=False)
+    assert (out.latents - x_domain).abs().max() < 1e-4

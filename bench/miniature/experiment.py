@@ -303,7 +303,8 @@ def _run(config: Config, output: str | os.PathLike, progress: bool) -> Report:
         if rectify:
             return Method(name, params, uncond=lambda n, s: run_pipe(p, n, s, w0=config.w0),
                           text=lambda prompt, n, s: run_pipe(p, n, s, prompt=prompt, w0=config.w0), note=note)
-        domain_eps = UNetDenoiser(dm.unet, None, name="uncond (domain model)")
+        domain_eps = UNetDenoiser(dm.unet, None, prediction_type=sched.config.prediction_type,
+                                  alphas_cumprod=sched.alphas_cumprod, name="uncond (domain model)")
 
         def unrectified(prompt):
             g = p.build_guidance(prompt=prompt, height=32, width=32, w0=config.w0)
