@@ -260,7 +260,8 @@ class InDomainPipeline:
         terms: list[Term] = []
         if use_domain and self.domain_model is not None and (domain_weight is None or domain_weight != 0):
             domain_unet = self.domain_model.unet
-            terms.append(Term(UNetDenoiser(domain_unet, None, name="domain"), domain_weight, name="domain"))
+            # same parameterisation as SD1.5 (a v-prediction base gives a v-prediction domain model)
+            terms.append(Term(self._sd(None, unet=domain_unet, name="domain"), domain_weight, name="domain"))
         first_text = None
         for i, c in enumerate(all_controls):
             embeds = self.encode_prompt(c.prompt) if c.prompt else neg
@@ -291,6 +292,12 @@ class InDomainPipeline:
                     reference = self._sd(self.encode_prompt(ref_prompt), name="reference")
             auto = AutoWeights(w0=w0, norm=auto_norm, reference=reference)
         return MultiGuidance(base, terms, auto)
+
+    def _epsilon_sampler(self):
+        """The scheduler for the denoising loop, configured for epsilon (the guidance's output)."""
+        if getattr(self.scheduler.config, "prediction_type", "epsilon") == "epsilon":
+            return self.scheduler
+        return type(self.scheduler).from_config(self.scheduler.config, prediction_type="epsilon")
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -337,8 +344,11 @@ class InDomainPipeline:
             guidance.reset()
 
         # 3. Timesteps (for a start image, only the last `strength` fraction of them, as img2img does).
-        self.scheduler.set_timesteps(steps, device=device)
-        timesteps = self.scheduler.timesteps
+        #    The guidance returns epsilon whatever the networks predict (UNetDenoiser converts v), so the
+        #    scheduler steps as an epsilon scheduler.
+        sampler = self._epsilon_sampler()
+        sampler.set_timesteps(steps, device=device)
+        timesteps = sampler.timesteps
         latent_shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
                         width // self.vae_scale_factor)
 
@@ -347,7 +357,7 @@ class InDomainPipeline:
 
         if image is None:
             latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
-            latents = latents * self.scheduler.init_noise_sigma
+            latents = latents * sampler.init_noise_sigma
         else:
             pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
             if pixels.shape[0] not in (1, num_images):
@@ -358,19 +368,19 @@ class InDomainPipeline:
                 init = init.repeat(num_images, 1, 1, 1)  # one encoding shared by all outputs, as diffusers does
             init_steps = min(int(steps * strength), steps)
             t_start = max(steps - init_steps, 0)
-            timesteps = timesteps[t_start * self.scheduler.order:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(t_start * self.scheduler.order)
+            timesteps = timesteps[t_start * sampler.order:]
+            if hasattr(sampler, "set_begin_index"):
+                sampler.set_begin_index(t_start * sampler.order)
             noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
-            latents = self.scheduler.add_noise(init, noise, timesteps[:1].repeat(num_images)) if len(timesteps) else init
+            latents = sampler.add_noise(init, noise, timesteps[:1].repeat(num_images)) if len(timesteps) else init
 
         # 5. Denoising loop: one multi-guidance prediction per step, then the scheduler's update.
         from tqdm.auto import tqdm
 
         for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
-            model_input = self.scheduler.scale_model_input(latents, t)
+            model_input = sampler.scale_model_input(latents, t)
             eps = guidance(model_input, t)
-            latents = self.scheduler.step(eps, t, latents, return_dict=False)[0]
+            latents = sampler.step(eps, t, latents, return_dict=False)[0]
             if callback is not None:
                 callback(i + 1, len(timesteps))
 
