@@ -197,9 +197,17 @@ GALLERY_IMAGES = """[...document.querySelectorAll('#gen-gallery img')].filter(i 
 def test_generate_by_clicking_shows_the_image_and_its_settings(page):
     b, _, artifacts = page
     b.type("#gen-prompt textarea", "wearing glasses")
-    b.click("#gen-run")
-    sizes = b.wait_for(f"(() => {{ const s = {GALLERY_IMAGES}; return s.length ? s : null }})()", 180,
-                       "the generated image in the gallery")
+    # A click that lands before the page's scripts are wired up is lost: click again if nothing arrived.
+    expr = f"(() => {{ const s = {GALLERY_IMAGES}; return s.length ? s : null }})()"
+    sizes = None
+    for attempt in range(3):
+        b.click("#gen-run")
+        try:
+            sizes = b.wait_for(expr, 60, "the generated image in the gallery")
+            break
+        except TimeoutError:
+            b.screenshot(artifacts / f"generate-wait-{attempt}.png")
+    assert sizes is not None, "no generated image appeared in the gallery after 3 clicks (screenshots saved)"
     assert sizes[0] == [64, 64]  # the tiny preset's image, served back by the app
     caption = b.eval("document.querySelector('#gen-gallery').innerText")
     assert "wearing glasses" in caption and "seed 0" in caption and "4 steps" in caption
