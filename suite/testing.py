@@ -60,7 +60,7 @@ def tiny_unet_config(**overrides) -> dict:
     return {**_UNET, **overrides}
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable character table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
         range(ord("\xae"), ord("\xff") + 1))
@@ -78,7 +78,7 @@ def make_tokenizer_files(folder: Path) -> None:
     """Write a byte-level CLIP vocabulary (every byte as a token, plus its end-of-word form) and a few
     merges for common words, so ``CLIPTokenizer.from_pretrained(folder)`` works with no download."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars]
     merges = []
     for word in ["a", "photo", "of", "the", "face", "animal", "porcelain", "vase", "with", "wearing", "glasses"]:

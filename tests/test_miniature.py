@@ -103,14 +103,19 @@ def test_denoising_loss_targets_v_for_a_v_model():
     gen = torch.Generator().manual_seed(0)
     captured = {}
 
-    def oracle(noisy, t, encoder_hidden_states=None, return_dict=False):
-        # The exact v from the same draws: recompute eps from z_t and z_0.
-        a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
-        eps = (noisy - a.sqrt() * z0) / (1 - a).sqrt()
-        captured["ehs"] = encoder_hidden_states
-        return (a.sqrt() * eps - (1 - a).sqrt() * z0,)
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(()))  # the loss reads the network's dtype
 
-    assert denoising_loss(oracle, z0, None, sched, gen).item() == pytest.approx(0.0, abs=1e-8)
+        def forward(self, noisy, t, encoder_hidden_states=None, return_dict=False):
+            # The exact v from the same draws: recompute eps from z_t and z_0.
+            a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+            eps = (noisy - a.sqrt() * z0) / (1 - a).sqrt()
+            captured["ehs"] = encoder_hidden_states
+            return (a.sqrt() * eps - (1 - a).sqrt() * z0,)
+
+    assert denoising_loss(Oracle(), z0, None, sched, gen).item() == pytest.approx(0.0, abs=1e-8)
     assert captured["ehs"] is None
 
 

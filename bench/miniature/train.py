@@ -1,9 +1,7 @@
 """Minimal training for the miniature: the base model, vanilla fine-tuning, LoRA, F_T optimisation and the
-null-text domain model. One loss function (:func:`denoising_loss`) serves all of them.
-
-TODO(lead): once ``training/`` (issue 3) is merged, replace :func:`denoising_loss` by
-``training.train.denoising_loss`` (same signature) and :func:`optimize_text_features` by
-``training.textinit.optimize_text_features``.
+null-text domain model. One loss function, the training package's ``training.train.denoising_loss``, serves
+all of them. (:func:`optimize_text_features` here is a small loop over pre-encoded latents; the training
+package's ``training.textinit.optimize_text_features`` does the same over a dataset.)
 """
 
 from __future__ import annotations
@@ -15,28 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from training.train import denoising_loss  # noqa: F401 - re-exported for the experiment
+
 from .world import DOMAIN_TEMPLATE, OpenWorld, to_tensor
-
-
-def denoising_loss(unet, latents: torch.Tensor, encoder_hidden_states: torch.Tensor | None, scheduler,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """``E_{t, eps} || target - unet(z_t, t, c) ||^2`` with ``z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps`` (DDPM /
-    SD's training objective; ``a_t`` = the scheduler's ``alphas_cumprod``); the target is ``eps`` for an
-    epsilon model, ``v = sqrt(a_t) eps - sqrt(1 - a_t) z_0`` for a v-prediction one. ``encoder_hidden_states=None``
-    for a null-text UNet; ``[1, L, D]`` features are broadcast over the batch."""
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
-    noisy = scheduler.add_noise(latents, noise, t)
-    ehs = encoder_hidden_states
-    if ehs is not None and ehs.shape[0] == 1 and b > 1:
-        ehs = ehs.expand(b, *ehs.shape[1:])
-    pred = unet(noisy, t, encoder_hidden_states=ehs, return_dict=False)[0]
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, t)
-    else:
-        target = noise
-    return torch.nn.functional.mse_loss(pred, target)
 
 
 class TokenCache:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from suite.testing import bytes_to_unicode
+
 IMAGE_SIZE = 32
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (225, 195, 30)}
@@ -165,20 +167,6 @@ def open_images(n: int, seed: int) -> tuple[np.ndarray, list[Attributes]]:
 # tokenizer
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
-        range(ord("\xae"), ord("\xff") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Byte-pair encoding of one word: repeatedly merge the adjacent pair of lowest rank (all its occurrences)."""
     while len(pieces) > 1:
@@ -202,7 +190,7 @@ def write_tokenizer(folder: Path, words: list[str], max_length: int) -> None:
     """A CLIP BPE vocabulary in which each of ``words`` is ONE token (merges build it from its letters), every
     other text falls back to bytes. ``model_max_length`` is short: captions have at most ~16 tokens."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars]
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
