@@ -327,7 +327,7 @@ class InDomainPipeline:
             width, height = image[0].size
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
-        m = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
         if height % m or width % m:
             raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
         device, dtype = self.device, self.dtype

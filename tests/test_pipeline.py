@@ -92,7 +92,7 @@ def test_start_image_strength_zero_returns_vae_roundtrip(tiny_pipe):
 @pytest.mark.parametrize("bad,match", [(dict(num_inference_steps=0), "steps"), (dict(strength=1.5), "strength"),
                                        (dict(domain_weight=float("nan")), "domain weight"),
                                        (dict(num_images="two"), "number of images"),
-                                       (dict(height=62), "multiples")])
+                                       (dict(height=63), "multiples")])
 def test_bad_arguments_give_one_sentence(tiny_pipe, bad, match):
     with pytest.raises(ValueError, match=match):
         tiny_pipe("x", progress=False, **bad)
