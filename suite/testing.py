@@ -101,6 +101,52 @@ def make_tokenizer_files(folder: Path) -> None:
     )
 
 
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly merge the adjacent pair of lowest rank (all its occurrences)."""
+    while len(pieces) > 1:
+        pairs = [(ranks[p], p) for p in zip(pieces, pieces[1:]) if p in ranks]
+        if not pairs:
+            break
+        first, second = min(pairs)[1]
+        out, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and pieces[i] == first and pieces[i + 1] == second:
+                out.append(first + second)
+                i += 2
+            else:
+                out.append(pieces[i])
+                i += 1
+        pieces = out
+    return pieces
+
+
+def write_word_tokenizer(folder: Path, words: list[str], max_length: int) -> None:
+    """A CLIP BPE vocabulary in which each of ``words`` is ONE token (merges build it from its letters), every
+    other text falls back to bytes. ``model_max_length`` is short: captions have at most ~16 tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars]
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        # What BPE makes of the word with the merges so far, then merges joining what is left (lower priority,
+        # so they never change how earlier words are split).
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab_list.append(pair[0] + pair[1])
+            pieces = [pair[0] + pair[1]] + pieces[2:]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "model_max_length": max_length, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer"}))
+
+
 def build_tiny_sd(seed: int = 0) -> dict:
     """Tiny SD1.5-architecture components (random weights, fixed seed): unet, vae, text_encoder, tokenizer,
     scheduler. The tokenizer is written to a temporary folder and loaded from it."""
