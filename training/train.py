@@ -59,7 +59,7 @@ class TrainConfig:
     output: str = ""                      # output domain-model folder (training state in OUTPUT/training/)
     sd_model: str | None = None           # SD1.5 folder / hub id (None: $INDOMAIN_SD_MODEL or SD1.5's hub id)
     prompt: str | None = None             # F_T's initial prompt (None: the domain's "a photo of <domain>")
-    preset: str = "full"                  # "full" or "tiny" (tiny random SD built offline)
+    preset: str = "full"                  # "full", "tiny" (tiny random SD built offline) or "mini" (mini world)
     # data
     resolution: int = 512
     center_crop: bool = False             # paper: resize without crop
@@ -105,7 +105,22 @@ class TrainConfig:
     @classmethod
     def for_preset(cls, preset: str = "full", **overrides) -> TrainConfig:
         """The preset's defaults (``full``: the paper's; ``tiny``: :meth:`tiny`) with ``overrides``."""
-        return cls.tiny(**overrides) if preset == "tiny" else cls(preset=preset, **overrides)
+        if preset == "tiny":
+            return cls.tiny(**overrides)
+        if preset == "mini":
+            return cls.mini(**overrides)
+        return cls(preset=preset, **overrides)
+
+    @classmethod
+    def mini(cls, **overrides) -> TrainConfig:
+        """The mini preset: fine-tune the mini world's trained base (64x64 images) on CPU in minutes. These are
+        the settings that trained the shipped porcelain model (``python -m training.miniworld``)."""
+        base = dict(preset="mini", resolution=64, batch_size=32, max_steps=1200, lr=2e-4, text_init_steps=100,
+                    text_init_batch_size=32, text_init_images=2000, text_init_lr=1e-2, capture_images=32,
+                    checkpoint_steps=400, validation_steps=0, validation_images=4, validation_inference_steps=20,
+                    log_steps=50, report_to="none", num_workers=0, hflip=0.5)
+        base.update(overrides)
+        return cls(**base)
 
     @classmethod
     def tiny(cls, **overrides) -> TrainConfig:
@@ -125,7 +140,7 @@ class TrainConfig:
         if not self.output:
             raise ValueError("no output folder given: pass --output DIR")
         checks = [
-            (self.preset in ("full", "tiny"), f"--preset must be 'full' or 'tiny', got {self.preset!r}"),
+            (self.preset in ("full", "tiny", "mini"), f"--preset must be 'full', 'tiny' or 'mini', got {self.preset!r}"),
             (self.mixed_precision in ("no", "fp16", "bf16"),
              f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}"),
             (self.report_to in ("tensorboard", "none"), f"--report-to must be tensorboard or none, got {self.report_to!r}"),
@@ -160,6 +175,10 @@ class TrainConfig:
             from suite.testing import tiny_model_dir
 
             return str(tiny_model_dir() / "sd")
+        if self.preset == "mini":
+            from suite.miniworld.assets import default_dir
+
+            return str(default_dir() / "sd")
         from suite.domains import SD15_HUB_ID
 
         return os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID

@@ -1,0 +1,392 @@
+"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about an hour on 2 CPU cores).
+
+Steps, each timed and printed (and cached in ``--work``, so an interrupted build resumes at the step it was in):
+
+1. Render the data: open-world images with captions, the unlabeled porcelain domain (vases and bowls, front-ish
+   views, written as PNG files like any user's image folder) and the judge's labelled renders.
+2. Train the VAE (diffusers ``AutoencoderKL``, 64x64x3 <-> 16x16x4) on open-world and domain renders.
+3. Train the base text-to-image model from scratch (``UNet2DConditionModel`` + ``CLIPTextModel`` jointly, word-level
+   ``CLIPTokenizer``, v-prediction), with caption dropout for classifier-free guidance.
+4. Train the judge (:mod:`suite.miniworld.judge`) on augmented renders only.
+5. Train the porcelain domain model with the suite's own trainer (:func:`training.train.train_domain`:
+   ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
+6. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`) and write ``MANIFEST.json``.
+
+The output folder is replaced atomically at the end: an interrupted build leaves the shipped models untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from suite.miniworld import world as W
+
+log = logging.getLogger("training.miniworld")
+
+IMAGE_SIZE = 64
+MAX_TOKENS = 16
+TEXT_DIM = 128
+
+VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 48, 64), latent_channels=4,
+                  layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE, mid_block_add_attention=False)
+UNET_CONFIG = dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+                   block_out_channels=(64, 96, 128),
+                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                   cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=16)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def _text_config(tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM,
+                          num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+                          max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_DIM)
+
+
+def make_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    from suite.testing import write_word_tokenizer
+
+    write_word_tokenizer(folder, W.vocabulary(), MAX_TOKENS)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. data
+def _render_chunk(args):
+    kind, seed, n = args
+    torch.set_num_threads(1)
+    from suite.miniworld.render import render_view
+
+    rng = np.random.default_rng(seed)
+    images, captions, labels = [], [], []
+    for _ in range(n):
+        if kind == "open":
+            obj = W.random_object(rng)
+        elif kind == "domain":
+            obj = W.random_object(rng, porcelain=True, shapes=W.DOMAIN_SHAPES)
+        else:  # judge: every shape, open-world and porcelain appearance, any view
+            obj = W.random_object(rng, porcelain=bool(rng.random() < 0.3))
+        view = W.random_view(rng, porcelain=obj.porcelain and kind == "domain")
+        r = render_view(obj, view["elevation"], view["azimuth"], size=IMAGE_SIZE)
+        images.append((r.rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        captions.append(obj.caption(rng) if kind == "open" else "")
+        labels.append((W.SHAPES.index(obj.shape), list(W.COLOURS).index(obj.colour), W.PATTERNS.index(obj.pattern),
+                       int(obj.porcelain)))
+    return np.stack(images), captions, labels
+
+
+def render_set(kind: str, n: int, seed: int, workers: int = 2) -> dict:
+    """``n`` renders of ``kind`` (open / domain / judge): ``images [n, 64, 64, 3] uint8``, ``captions``,
+    ``labels [n, 4]`` (shape, colour, pattern, porcelain indices)."""
+    chunk = 250
+    jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk)) for i in range(math.ceil(n / chunk))]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        parts = pool.map(_render_chunk, jobs)
+    return dict(images=np.concatenate([p[0] for p in parts]), captions=sum((p[1] for p in parts), []),
+                labels=np.array(sum((p[2] for p in parts), []), dtype=np.int64))
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
+
+
+def _progress(name: str, step: int, total: int, t0: float, loss: float) -> None:
+    if step % 100 == 0 or step == total:
+        rate = step / max(time.time() - t0, 1e-9)
+        log.info("%s step %d/%d  loss %.4f  %.2f steps/s", name, step, total, loss, rate)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. VAE
+def train_vae(images: np.ndarray, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0):
+    """A small ``AutoencoderKL`` trained on renders: MSE + L1 reconstruction, a very small KL term (as SD's)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    data = _to_tensor(images)
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step - 1, steps, lr)
+        x = data[torch.randint(0, len(data), (batch,), generator=gen)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(gen)).sample
+        err = rec.float() - x
+        loss = err.pow(2).mean() + 0.5 * err.abs().mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _progress("vae", step, steps, t0, loss.item())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        deterministic_posterior(vae)
+        sample = data[torch.randperm(len(data), generator=gen)[:512]]
+        lat = torch.cat([vae.encode(sample[i:i + 64]).latent_dist.mean for i in range(0, len(sample), 64)])
+        vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    return vae
+
+
+@torch.no_grad()
+def deterministic_posterior(vae, log_variance: float = -30.0) -> None:
+    """Make the encoder's posterior a point mass at its mean: the log-variance half of ``quant_conv`` outputs a
+    constant ``log_variance`` (std ~3e-7). A short training leaves the posterior std far from SD's (here about 0.4
+    of the latents' spread), and every latent the models see (the base's training latents, the domain trainer's
+    sampled latents, SDEdit's encoded image) must come from the same distribution. The decoder, trained on
+    samples around the mean, decodes the mean at least as well."""
+    conv = vae.quant_conv
+    c = conv.out_channels // 2
+    conv.weight[c:] = 0
+    conv.bias[c:] = log_variance
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch: int = 128) -> torch.Tensor:
+    """Posterior means (unscaled) of every image."""
+    data = _to_tensor(images)
+    return torch.cat([vae.encode(data[i:i + batch]).latent_dist.mean for i in range(0, len(data), batch)])
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (or [0, 1]: pass them both the same way)."""
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    peak = 2.0 if a.min() < 0 else 1.0
+    return 10 * math.log10(peak ** 2 / max(mse, 1e-12))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. base text-to-image model
+def train_base(latents: torch.Tensor, captions: list[str], tokenizer, scaling: float, steps: int, batch: int = 64,
+               lr: float = 1e-3, seed: int = 0, caption_dropout: float = 0.1, ema_decay: float = 0.999):
+    """UNet and text encoder trained jointly from scratch on ``(latent, caption)`` pairs (v-prediction; the
+    empty caption for ``caption_dropout`` of the samples, which classifier-free guidance needs). Returns the EMA
+    UNet and the EMA text encoder."""
+    import copy
+
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(seed + 1)
+    text = CLIPTextModel(_text_config(tokenizer))
+    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+    ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                    return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    z_all = latents * scaling
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step - 1, steps, lr)
+        idx = torch.randint(0, len(z_all), (batch,), generator=gen)
+        tok = ids[idx].clone()
+        drop = torch.rand(batch, generator=gen) < caption_dropout
+        tok[drop] = empty
+        z0 = z_all[idx]
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        zt = sched.add_noise(z0, noise, t)
+        target = sched.get_velocity(z0, noise, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ehs = text(tok)[0]
+            pred = unet(zt, t, encoder_hidden_states=ehs).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        d = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - d)
+        _progress("base", step, steps, t0, loss.item())
+    return ema_unet.eval(), ema_text.eval()
+
+
+def save_sd_folder(folder: Path, unet, vae, text_encoder, tokenizer, dtype=torch.float16) -> None:
+    """A diffusers Stable Diffusion folder (what ``suite.models.load_sd`` reads), weights in ``dtype``."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    sched = DPMSolverMultistepScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
+                                           if k not in ("clip_sample", "set_alpha_to_one")})
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.to(dtype=dtype)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.to(dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. the porcelain domain model, by the suite's own trainer
+def write_image_folder(images: np.ndarray, folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:05d}.png")
+
+
+def train_porcelain(sd_folder: Path, data: Path, output: Path, steps: int, seed: int = 0) -> Path:
+    from .train import TrainConfig, train_domain
+
+    config = TrainConfig.for_preset("mini", domain=W.DOMAIN_NAME, data=str(data), output=str(output),
+                                    sd_model=str(sd_folder), max_steps=steps, seed=seed)
+    return train_domain(config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+SIZES = {  # (open images, domain images, judge images, vae steps, base steps, judge steps, domain steps)
+    "full": (12000, 2000, 8000, 600, 2000, 800, 800),
+    "quick": (600, 200, 600, 40, 60, 60, 20),
+}
+
+
+def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
+    """Every step above; returns the timings (seconds) and quality figures, also written to MANIFEST.json."""
+    from suite.files import atomic_dir
+    from suite.miniworld import assets, judge
+
+    n_open, n_dom, n_judge, vae_steps, base_steps, judge_steps, dom_steps = SIZES[size]
+    work.mkdir(parents=True, exist_ok=True)
+    # Seconds per step; a step found finished in the cache keeps the time it took when it ran.
+    times_file = work / "times.json"
+    ran = json.loads(times_file.read_text()) if times_file.exists() else {}
+    times: dict[str, float] = {}
+    t_last = time.time()
+
+    def step(name, cached: bool = False):
+        nonlocal t_last
+        now = time.time()
+        times[name] = ran.get(name, now - t_last) if cached else now - t_last
+        t_last = now
+        ran[name] = times[name]
+        times_file.write_text(json.dumps(ran))
+        log.info("== %s %s %.1f s", name, "(cached) took" if cached else "done in", times[name])
+
+    # 1. data (cached)
+    data_file = work / "data.npz"
+    cached = data_file.exists()
+    if not cached:
+        sets = {k: render_set(k, n, seed + i) for i, (k, n) in enumerate(
+            (("open", n_open), ("domain", n_dom), ("judge", n_judge)))}
+        tmp = work / "data.tmp.npz"
+        np.savez(tmp, **{f"{k}_{f}": np.asarray(v[f]) for k, v in sets.items() for f in ("images", "captions", "labels")})
+        tmp.rename(data_file)
+    data = np.load(data_file)
+    open_images, captions = data["open_images"], [str(c) for c in data["open_captions"]]
+    dom_images = data["domain_images"]
+    step("render", cached)
+
+    stage = work / "stage"
+    tokenizer = make_tokenizer(work / "tokenizer")
+    # 2. VAE
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    cached = (stage / "vae").exists()
+    if not cached:
+        vae = train_vae(np.concatenate([open_images, dom_images]), vae_steps, seed=seed)
+        vae.save_pretrained(stage / "vae")
+    vae = AutoencoderKL.from_pretrained(stage / "vae").eval()
+    step("vae", cached)
+    # 3. base
+    cached = (stage / "unet").exists()
+    if not cached:
+        lat = encode_latents(vae, open_images)
+        unet, text = train_base(lat, captions, tokenizer, vae.config.scaling_factor, base_steps, seed=seed)
+        text.save_pretrained(stage / "text_encoder")
+        unet.save_pretrained(stage / "unet")
+    unet = UNet2DConditionModel.from_pretrained(stage / "unet").eval()
+    text = CLIPTextModel.from_pretrained(stage / "text_encoder").eval()
+    step("base", cached)
+    # 4. judge
+    cached = (stage / "judge.safetensors").exists()
+    if not cached:
+        stage.mkdir(parents=True, exist_ok=True)
+        net = judge.train_judge(data["judge_images"], data["judge_labels"], judge_steps, seed=seed)
+        judge.save_judge(net, stage / "judge.safetensors")
+    step("judge", cached)
+
+    with atomic_dir(output) as tmp:
+        save_sd_folder(tmp / "sd", unet, vae, text, tokenizer)
+        shutil.copy(stage / "judge.safetensors", tmp / assets.JUDGE_FILE)
+        # 5. the domain model, trained from the shipped (float16) base as any user would
+        cached = (stage / "domain-porcelain" / "nulltext.json").exists()
+        if not cached:
+            shutil.rmtree(stage / "domain-porcelain", ignore_errors=True)  # an interrupted run starts again
+            write_image_folder(dom_images, work / "porcelain-images")
+            train_porcelain(tmp / "sd", work / "porcelain-images", stage / "domain-porcelain", dom_steps, seed)
+        dst = tmp / f"domain-{W.DOMAIN_NAME}"
+        dst.mkdir()
+        for f in (stage / "domain-porcelain").iterdir():
+            if f.is_file():
+                shutil.copy(f, dst / f.name)
+        assets.to_float16(dst)
+        step("domain", cached)
+        # 6. measure and record
+        quality = assets.measure_quality(tmp)
+        step("measure")
+        manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
+    log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))
+    return manifest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.miniworld", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from suite.miniworld.assets import default_dir
+
+    p.add_argument("--output", default=str(default_dir()), help="where the models go (default: the shipped folder)")
+    p.add_argument("--work", default=str(Path.home() / ".cache" / "in-domain-suite" / "mini-build"),
+                   help="cache of rendered data and finished steps (delete it to rebuild from nothing)")
+    p.add_argument("--size", choices=list(SIZES), default="full", help="'quick': minutes, for testing the build")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from suite.cli import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    build(Path(args.output), Path(args.work), args.size, args.seed)
+    print(f"mini world built in {(time.time() - t0) / 60:.1f} minutes -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
