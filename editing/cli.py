@@ -12,6 +12,7 @@ import logging
 
 from suite import cli
 
+FACE_DOMAINS = ("face", "animal")  # domains whose photos are edited on the aligned face crop
 HELP = "edit a photo with SDEdit and in-domain guidance (face photos: detect, align, edit the face, paste back)"
 log = logging.getLogger("editing")
 
@@ -30,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--all-faces", action="store_true", help="edit every face found (default: only the largest)")
     p.add_argument("--whole-image", action="store_true",
                    help="edit the whole photo scaled to the model's resolution instead of the face crop "
-                        "(for photos without a detectable face)")
+                        "(for photos without a detectable face; the default for domains other than face and animal)")
     p.add_argument("--max-megapixels", type=cli.finite_float, default=120.0,
                    help="refuse larger inputs before decoding them (decompression-bomb guard) (default: %(default)s)")
     p.add_argument("--feather", type=cli.finite_float, default=0.08,
@@ -60,8 +61,9 @@ def main(args) -> int:
     size = oriented_size(image)
     mask = load_mask(args.mask, size, max_pixels) if args.mask else None
 
-    # 2. Load the models.
+    # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
     pipe = cli.load_pipeline(args)
+    whole_image = args.whole_image or cli.default_domain(args.preset, args.domain) not in FACE_DOMAINS
 
     # 3. Edit (detect and align, SDEdit through the pipeline, paste back), with a progress bar.
     from PIL import Image
@@ -78,9 +80,10 @@ def main(args) -> int:
 
     mask_image = Image.fromarray((mask * 255).round().astype("uint8")) if mask is not None else None
     try:
-        result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=args.domain_weight,
-                            control_weight=args.control_weight, mask=mask_image, all_faces=args.all_faces,
-                            whole_image=args.whole_image, num_images=args.num_images, seed=args.seed, steps=args.steps,
+        domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
+        result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=domain_weight,
+                            control_weight=control_weight, mask=mask_image, all_faces=args.all_faces,
+                            whole_image=whole_image, num_images=args.num_images, seed=args.seed, steps=args.steps,
                             progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
                             auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels)
     finally:

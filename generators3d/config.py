@@ -165,7 +165,7 @@ class ThreeDConfig:
     device: str | None = None
     dtype: str | None = None
     preview_frames: int | None = None
-    background_prompt: str = ", plain white background"
+    background_prompt: str | None = None  # appended to the prompt (None: ", plain white background"; mini: "")
     nerf: NeRFConfig | None = None
     camera: CameraConfig | None = None
     zero123: StageConfig | None = None
@@ -174,9 +174,9 @@ class ThreeDConfig:
 
     def resolved(self) -> ThreeDConfig:
         """A copy with every ``None`` filled from the preset and the top-level overrides applied."""
-        if self.preset not in ("tiny", "full"):
-            raise ValueError(f"unknown preset {self.preset!r}: use 'tiny' or 'full'")
-        tiny = self.preset == "tiny"
+        if self.preset not in ("tiny", "mini", "full"):
+            raise ValueError(f"unknown preset {self.preset!r}: use 'full', 'mini' or 'tiny'")
+        tiny = self.preset in ("tiny", "mini")  # CPU-sized stages
         nerf = self.nerf or (_nerf_tiny() if tiny else NeRFConfig())
         camera = self.camera or CameraConfig()
         zero123 = self.zero123 or (_zero123_tiny() if tiny else _zero123_full())
@@ -200,7 +200,10 @@ class ThreeDConfig:
             if value < 0:
                 raise ValueError(f"the {name} must be 0 or more, got {value}")
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
-                       formats=formats, mask_method=self.mask_method or ("center" if tiny else "auto"),
+                       formats=formats,
+                       mask_method=self.mask_method or ("center" if self.preset == "tiny" else "auto"),
+                       background_prompt=("" if self.preset == "mini" else ", plain white background")
+                       if self.background_prompt is None else self.background_prompt,
                        preview_frames=self.preview_frames or (8 if tiny else 36))
 
     # -- the config file written beside the results -------------------------------------------------

@@ -81,6 +81,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
         pipe = build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False,
                               cfg.device, cfg.dtype)
         _check_prompt_tokens(pipe, prompt)
+        domain = pipe.domain or domain  # the preset's domain as loaded (the mini preset's has its own weights)
     result = _create_output(out, cfg)
 
     # 4. Stage 1: the in-domain image (or the user's) and its foreground mask -> the reference view.
@@ -112,8 +113,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     if need_z123:
         from .zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
 
-        ref = cfg.zero123_model or (str(tiny_zero123_dir()) if cfg.preset == "tiny" else
-                                    os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID)
+        ref = cfg.zero123_model or _default_zero123(cfg.preset, tiny_zero123_dir)
         model = load_zero123(ref, device=device, dtype=dtype)
         zero123 = Zero123Guidance(model, reference.rgb, cfg.camera.ref_elevation, cfg.camera.ref_azimuth,
                                   cfg.camera.ref_distance)
@@ -307,3 +307,18 @@ def _load_reference(rgb_path: Path, mask_path: Path, device):
     with Image.open(mask_path) as im:
         mask = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)[None, None]
     return Reference(rgb.to(device), mask.to(device))
+
+
+def _default_zero123(preset: str, tiny_zero123_dir) -> str:
+    """The preset's Zero-1-to-3: the tiny random one, the mini world's when it ships one, else the real one."""
+    if preset == "mini":
+        from suite.miniworld.assets import default_dir
+
+        mini = default_dir() / "zero123"
+        if mini.is_dir():
+            return str(mini)
+        log.warning("the mini world ships no Zero-1-to-3 yet: stage 2 uses the tiny RANDOM one (its shape is not "
+                    "meaningful); pass --zero123-model FOLDER for a real one")
+    if preset in ("tiny", "mini"):
+        return str(tiny_zero123_dir())
+    return os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID

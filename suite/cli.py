@@ -18,6 +18,17 @@ from .domains import PRESETS, Domain, get_domain, user_domain
 log = logging.getLogger("suite")
 
 
+PRESET_NAMES = ["full", "mini", "tiny"]
+PRESET_HELP = ("'full': real SD1.5 weights; 'mini': the mini world, small models trained on a synthetic 3D world and "
+               "shipped with the suite (real results on a CPU in seconds, no download; domain: porcelain); 'tiny': "
+               "tiny random models (checks the plumbing, images are noise) (default: %(default)s)")
+
+
+def default_domain(preset: str, domain: str | None) -> str:
+    """The domain when none is given: porcelain for the mini preset (its only domain), else face."""
+    return domain or ("porcelain" if preset == "mini" else "face")
+
+
 class UserError(Exception):
     """An error caused by the user's input; printed as one sentence, exit code 2."""
 
@@ -56,11 +67,10 @@ def weight_arg(text: str):
 
 def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True) -> None:
     g = parser.add_argument_group("models")
-    g.add_argument("--preset", choices=["tiny", "full"], default="full",
-                   help="'tiny': tiny random models built offline (shows the pipeline works, not image quality; "
-                        "no download); 'full': real SD1.5 weights (default: %(default)s)")
-    g.add_argument("--domain", default="face",
-                   help=f"domain preset ({', '.join(PRESETS)}) or the name of your own domain (default: %(default)s)")
+    g.add_argument("--preset", choices=PRESET_NAMES, default="full", help=PRESET_HELP)
+    g.add_argument("--domain", default=None,
+                   help=f"domain preset ({', '.join(PRESETS)}) or the name of your own domain (default: face; "
+                        f"porcelain with --preset mini)")
     g.add_argument("--sd-model", default=None,
                    help="Stable Diffusion 1.5: a diffusers folder or hub id (default: $INDOMAIN_SD_MODEL or "
                         "stable-diffusion-v1-5/stable-diffusion-v1-5)")
@@ -78,10 +88,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True
 
 def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("guidance (paper Eq. 3: eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd))")
-    g.add_argument("--domain-weight", type=weight_arg, default=None,
-                   help="w_d, a number or 'auto' (default: auto, the paper's norm rule)")
-    g.add_argument("--control-weight", type=weight_arg, default=None,
-                   help="w_c, a number or 'auto' (default: auto)")
+    g.add_argument("--domain-weight", type=weight_arg, default=RECOMMENDED,
+                   help="w_d, a number or 'auto' (the paper's norm rule) (default: the domain's recommended weight "
+                        "if it has one, e.g. 1 for the mini world's porcelain, else auto)")
+    g.add_argument("--control-weight", type=weight_arg, default=RECOMMENDED,
+                   help="w_c, a number or 'auto' (default: the domain's recommended weight if it has one, e.g. 7 "
+                        "for the mini world's porcelain, else auto)")
     g.add_argument("--w0", type=finite_float, default=7.0,
                    help="total guidance strength for automatic weights (default: %(default)s)")
     g.add_argument("--auto-norm", choices=["direction", "prediction"], default="direction",
@@ -90,6 +102,19 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=None, help="DPM-Solver++ steps (default: 25; the paper uses 100)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--num-images", type=int, default=1, help="images per run (default: %(default)s)")
+
+
+RECOMMENDED = "recommended"  # a weight flag not given: the domain's recommended weight, else automatic
+
+
+def guidance_weights(args, domain: Domain | None) -> tuple:
+    """``(w_d, w_c)`` from the flags of :func:`add_guidance_arguments`: a flag not given takes the domain's
+    recommended weight (``None`` = automatic), ``auto`` is automatic, a number is used as given."""
+    def pick(value, recommended):
+        return recommended if value == RECOMMENDED else value
+
+    return (pick(args.domain_weight, domain.domain_weight if domain else None),
+            pick(args.control_weight, domain.control_weight if domain else None))
 
 
 def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple:
@@ -113,15 +138,17 @@ def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
     return user_domain(domain, own_model)
 
 
-def model_refs(preset: str = "full", domain: str = "face", sd_model: str | None = None,
+def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | None = None,
                domain_model: str | None = None, controlnet: str | None = None) -> dict:
-    """Where each model comes from: the tiny folder for ``preset='tiny'``, else flags / env / defaults.
+    """Where each model comes from: the tiny folder for ``preset='tiny'``, the shipped mini world for
+    ``preset='mini'``, else flags / env / defaults.
 
     Returns ``sd``, ``domain`` (None = no domain guidance: ``domain_model='none'``), ``controlnet`` and
     ``domain_obj`` (the :class:`Domain`).
     """
     from .domains import CANNY_CONTROLNET_HUB_ID, SD15_HUB_ID
 
+    domain = default_domain(preset, domain)
     dom = resolve_domain(domain, domain_model)
     no_domain = domain_model is not None and str(domain_model).lower() == "none"
     own = None if no_domain else domain_model
@@ -132,12 +159,23 @@ def model_refs(preset: str = "full", domain: str = "face", sd_model: str | None 
         name = dom.name if dom.name in PRESETS else "face"
         return dict(sd=sd_model or str(root / "sd"), domain=None if no_domain else (own or str(root / f"domain-{name}")),
                     controlnet=controlnet or str(root / "controlnet"), domain_obj=dom)
+    if preset == "mini":
+        from .miniworld import assets
+
+        if sd_model is None or own is None:
+            mini = assets.model_refs(dom.name if own is None and not no_domain else "porcelain")
+        if controlnet is None:
+            controlnet = "none"  # the mini world has no ControlNet; a --controlnet folder still works
+        if own is None and dom.name == "porcelain":
+            dom = assets.MINI_PORCELAIN  # with its recommended weights for the shipped domain model
+        return dict(sd=sd_model or mini["sd"], domain=None if no_domain else (own or mini["domain"]),
+                    controlnet=None if controlnet == "none" else controlnet, domain_obj=dom)
     return dict(sd=sd_model or os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID,
                 domain=None if no_domain else (own or dom.model_ref()),
                 controlnet=controlnet or CANNY_CONTROLNET_HUB_ID, domain_obj=dom)
 
 
-def build_pipeline(preset: str = "full", domain: str = "face", sd_model: str | None = None,
+def build_pipeline(preset: str = "full", domain: str | None = None, sd_model: str | None = None,
                    domain_model: str | None = None, controlnet: str | None = None, need_controlnet: bool = False,
                    device: str | None = None, dtype: str | None = None):
     """The :class:`suite.pipeline.InDomainPipeline` for a preset/domain and optional model overrides
@@ -145,6 +183,9 @@ def build_pipeline(preset: str = "full", domain: str = "face", sd_model: str | N
     from .pipeline import InDomainPipeline
 
     refs = model_refs(preset, domain, sd_model, domain_model, controlnet)
+    if need_controlnet and refs["controlnet"] is None:
+        raise UserError("the mini preset has no ControlNet: pass --controlnet FOLDER with a ControlNet trained for "
+                        "the mini base, or drop --control-image")
     dev, dt = resolve_device(device, dtype)
     return InDomainPipeline.load(refs["sd"], domain_model=refs["domain"],
                                  controlnet=refs["controlnet"] if need_controlnet else None,

@@ -68,8 +68,9 @@ def main(args) -> int:
                 for i, ref in enumerate(args.community_model)]
 
     # 3. Sample.
-    out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=args.domain_weight,
-               control_weight=args.control_weight, control_image=control_image, controls=controls,
+    domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
+    out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=domain_weight,
+               control_weight=control_weight, control_image=control_image, controls=controls,
                num_images=args.num_images, num_inference_steps=DEFAULT_STEPS if args.steps is None else args.steps, seed=args.seed,
                height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
                rectify=not args.no_rectify)

@@ -41,9 +41,10 @@ def add_arguments(p) -> None:
     g.add_argument("--max-loaded-models", type=int, default=2,
                    help="pipelines kept in memory (least recently used unloaded first) (default: %(default)s)")
     m = p.add_argument_group("models")
-    m.add_argument("--preset", choices=["tiny", "full"], default="full",
-                   help="'tiny': tiny random models built offline, the whole app on CPU (images are noise); "
-                        "'full': real SD1.5 weights and the domain models (default: %(default)s)")
+    m.add_argument("--preset", choices=["full", "mini", "tiny"], default="full",
+                   help="'mini': the mini world's trained models shipped with the suite, the whole app on CPU with "
+                        "real results (domain: porcelain); 'tiny': tiny random models built offline (images are "
+                        "noise); 'full': real SD1.5 weights and the domain models (default: %(default)s)")
     m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="model dtype (default: float16 on cuda, float32 on cpu)")

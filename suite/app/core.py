@@ -319,7 +319,8 @@ def trained_domains(config: AppConfig) -> dict[str, Path]:
 
 
 def list_domain_names(config: AppConfig) -> list[str]:
-    return list(PRESETS) + list(trained_domains(config))
+    presets = ["porcelain"] if config.preset == "mini" else list(PRESETS)
+    return presets + list(trained_domains(config))
 
 
 def domain_rows(config: AppConfig) -> list[list[str]]:
@@ -328,6 +329,10 @@ def domain_rows(config: AppConfig) -> list[list[str]]:
     for d in PRESETS.values():
         if config.preset == "tiny":
             where, status = "tiny random model built offline (--preset tiny)", "built on first use"
+        elif config.preset == "mini":
+            if d.name != "porcelain":
+                continue  # the mini world has one domain
+            where, status = "shipped mini-world model (--preset mini)", "found"
         else:
             where = d.model_ref()
             status = "found" if Path(where).is_dir() else "missing: train it (command below)"
@@ -344,8 +349,8 @@ def train_command(config: AppConfig, domain: str, data: str, output: str | None 
     if output is None:
         output = str(PRESETS[domain].model_ref()) if domain in PRESETS else f"domains/{domain}"
     parts = ["python", "launch.py", "train", "--domain", domain, "--data", data, "--output", output]
-    if config.preset == "tiny":
-        parts += ["--preset", "tiny"]
+    if config.preset in ("tiny", "mini"):
+        parts += ["--preset", config.preset]
     return " ".join(shlex.quote(p) for p in parts)
 
 

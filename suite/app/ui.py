@@ -517,8 +517,8 @@ def _raise(err):
 
 
 def _can_train_here(cfg: AppConfig) -> str | None:
-    """None when this machine can train the preset's models (tiny: anywhere; full: a CUDA GPU)."""
-    if cfg.preset == "tiny":
+    """None when this machine can train the preset's models (tiny and mini: anywhere; full: a CUDA GPU)."""
+    if cfg.preset in ("tiny", "mini"):
         return None
     import torch
 
