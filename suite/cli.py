@@ -19,6 +19,7 @@ log = logging.getLogger("suite")
 
 
 PRESET_NAMES = ["full", "mini", "tiny"]
+RECOMMENDED = "recommended"  # a weight flag not given: the domain's recommended weight, else automatic
 PRESET_HELP = ("'full': real SD1.5 weights; 'mini': the mini world, small models trained on a synthetic 3D world and "
                "shipped with the suite (real results on a CPU in seconds, no download; domain: porcelain); 'tiny': "
                "tiny random models (checks the plumbing, images are noise) (default: %(default)s)")
@@ -59,7 +60,9 @@ def int_at_least(minimum: int):
 
 
 def weight_arg(text: str):
-    """A weight: a finite number, or ``auto``."""
+    """A weight: a finite number, or ``auto`` (``None``). The default ``recommended`` passes through."""
+    if text == RECOMMENDED:  # argparse converts a string default with the type too
+        return RECOMMENDED
     if text.strip().lower() == "auto":
         return None
     return finite_float(text)
@@ -102,9 +105,6 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=None, help="DPM-Solver++ steps (default: 25; the paper uses 100)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--num-images", type=int, default=1, help="images per run (default: %(default)s)")
-
-
-RECOMMENDED = "recommended"  # a weight flag not given: the domain's recommended weight, else automatic
 
 
 def guidance_weights(args, domain: Domain | None) -> tuple:

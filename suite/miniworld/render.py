@@ -197,7 +197,7 @@ def _pattern(obj: MiniObject, p: torch.Tensor) -> torch.Tensor:
     if obj.porcelain:
         # Cobalt bands near the top and bottom and a field of dots (or a single band) between them.
         zn = (z - z.new_tensor(-0.6)) / 1.2
-        bands = ((torch.sin(zn * math.pi * 2 * prm["stripe_freq"]) > 0.55)).float()
+        bands = (torch.sin(zn * math.pi * 2 * prm["stripe_freq"]) > 0.55).float()
         field_ = _dots(theta, z, prm) if obj.pattern == "dots" else (torch.sin(theta * 6) * torch.sin(z * 18) > 0.35).float()
         return torch.maximum(bands, field_)
     if obj.pattern == "stripes":

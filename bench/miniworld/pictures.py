@@ -1,0 +1,122 @@
+"""Pictures of the mini world for the docs: ``python -m bench.miniworld.pictures --output docs/mini-world``.
+
+* ``world.png``: renders of every shape (rows) in every colour and pattern, then in the porcelain glaze;
+* ``domain.png``: what the unlabeled porcelain training set looks like;
+* ``generate.png``: the base model on "a photo of a <colour> <shape>" (no domain term);
+* ``in-domain.png``: the same shapes with the porcelain domain model through multi-guidance at the preset's
+  recommended weights, and unconditional in-domain samples; ``in-domain-auto.png``: the same with automatic weights;
+* ``edit.png``: SDEdit of open-world renders towards porcelain, the recommended ``w_d`` (input, then strength 0.5 /
+  0.7 / 0.9);
+* ``timing.json``: wall time of ``launch.py generate --preset mini`` (one image, a fresh process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tile_grid(rows: list[list[Image.Image]], labels: list[str], col_labels: list[str] | None = None, scale: int = 2,
+               label_w: int = 110) -> Image.Image:
+    t = rows[0][0].size[0] * scale
+    top = 16 if col_labels else 0
+    img = Image.new("RGB", (label_w + t * max(len(r) for r in rows), top + t * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    for j, name in enumerate(col_labels or []):
+        draw.text((label_w + j * t + 3, 2), name, fill="black")
+    for i, (row, name) in enumerate(zip(rows, labels)):
+        draw.text((4, top + i * t + t // 2 - 6), name, fill="black")
+        for j, im in enumerate(row):
+            img.paste(im.resize((t, t), Image.NEAREST), (label_w + j * t, top + i * t))
+    return img
+
+
+def _pil(t: torch.Tensor) -> Image.Image:
+    return Image.fromarray((t.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.miniworld.pictures", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default=str(ROOT / "docs" / "mini-world"))
+    args = p.parse_args(argv)
+    from suite.cli import build_pipeline, quiet_libraries
+    from suite.miniworld import world as W
+    from suite.miniworld.render import render_view
+    from suite.pipeline import save_image_atomic
+
+    quiet_libraries()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+
+    # The world.
+    rows = []
+    looks = [(c, pat, False) for c, pat in zip(W.COLOURS, W.PATTERNS * 2)] + [("blue", "dots", True),
+                                                                             ("blue", "stripes", True)]
+    for s in W.SHAPES:
+        row = []
+        for c, pat, por in looks:
+            v = W.random_view(rng)
+            row.append(_pil(render_view(W.make_object(s, c, pat, por, rng), v["elevation"], v["azimuth"]).rgb[0]))
+        rows.append(row)
+    save_image_atomic(_tile_grid(rows, list(W.SHAPES), [f"{c}/{p}" if not por else "porcelain" for c, p, por in looks]),
+                      out / "world.png")
+    dom = []
+    for _ in range(16):
+        obj = W.random_object(rng, porcelain=True, shapes=W.DOMAIN_SHAPES)
+        v = W.random_view(rng, porcelain=True)
+        dom.append(_pil(render_view(obj, v["elevation"], v["azimuth"]).rgb[0]))
+    save_image_atomic(_tile_grid([dom[:8], dom[8:]], ["domain", "images"]), out / "domain.png")
+
+    # Generation.
+    pipe = build_pipeline("mini")
+    colours = list(W.COLOURS)
+    rows = [[pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=20,
+                  progress=False).images[0] for i, c in enumerate(colours)] for s in W.SHAPES]
+    save_image_atomic(_tile_grid(rows, list(W.SHAPES), colours), out / "generate.png")
+    rec = dict(domain_weight=pipe.domain.domain_weight, control_weight=pipe.domain.control_weight)
+    for name, weights in (("in-domain.png", rec), ("in-domain-auto.png", {})):
+        rows = [pipe(f"a photo of a {s}", num_images=6, seed=0, num_inference_steps=20, progress=False, **weights)
+                .images for s in W.SHAPES]
+        rows.append(pipe(None, num_images=6, seed=0, num_inference_steps=20, progress=False,
+                         domain_weight=weights.get("domain_weight")).images)
+        save_image_atomic(_tile_grid(rows, [f'"a {s}"' for s in W.SHAPES] + ["(no prompt)"]), out / name)
+
+    # Editing.
+    rows = []
+    for i, (s, c) in enumerate((("vase", "red"), ("bowl", "green"), ("cup", "yellow"), ("bottle", "purple"))):
+        src = _pil(render_view(W.make_object(s, c, "stripes", rng=rng), 15.0, 30.0).rgb[0])
+        rows.append([src] + [pipe(None, image=src, strength=st, seed=i, num_inference_steps=20, progress=False,
+                                  domain_weight=rec["domain_weight"]).images[0] for st in (0.5, 0.7, 0.9)])
+    save_image_atomic(_tile_grid(rows, ["vase", "bowl", "cup", "bottle"], ["input", "0.5", "0.7", "0.9"]),
+                      out / "edit.png")
+
+    # Wall time of the CLI, one image, fresh process (model loading included).
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        subprocess.run([sys.executable, str(ROOT / "launch.py"), "generate", "--preset", "mini", "--prompt", "a cup",
+                        "--output", str(Path(tmp) / "cup.png")], check=True, capture_output=True, env={**os.environ})
+        wall = time.time() - t0
+    load = os.getloadavg()[0]
+    (out / "timing.json").write_text(json.dumps({"generate_preset_mini_one_image_s": round(wall, 2),
+                                                 "load_average_1min": round(load, 2)}, indent=2) + "\n")
+    print(f"generate --preset mini (one image, fresh process): {wall:.1f} s (load {load:.2f}) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The shipped mini-world models: loaded through the real loading code, measured by the judge (a bound that random
+weights fail), every subcommand on ``--preset mini``, and the CI-sized paper comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from suite.miniworld import assets
+from suite.miniworld import world as W
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [(c, s) for s in W.SHAPES for c in ("red", "blue")]
+
+
+def run_cli(*argv, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *argv], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def mini_pipe():
+    from suite.cli import build_pipeline
+
+    return build_pipeline("mini")  # the porcelain domain, the shipped folders, through suite.models
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return assets.load_judge()
+
+
+def _alignment(pipe, judge, **kw):
+    imgs = []
+    for i, (c, s) in enumerate(PROMPTS):
+        imgs += pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=15,
+                     progress=False, **kw).images
+    pred = judge.predict(assets.images_to_tensor(imgs))
+    shape = np.mean([p == s for p, (_, s) in zip(pred["shape"], PROMPTS)])
+    colour = np.mean([p == c for p, (c, _) in zip(pred["colour"], PROMPTS)])
+    return shape, colour
+
+
+def test_base_follows_the_text_and_random_weights_do_not(mini_pipe, judge):
+    shape, colour = _alignment(mini_pipe, judge)
+    assert shape >= 0.8 and colour >= 0.8, (shape, colour)  # documented: >= 0.95 on 70 images (MANIFEST.json)
+    # The same measurement on the same architecture with random weights stays far below the bound.
+    trained = {k: v.clone() for k, v in mini_pipe.unet.state_dict().items()}
+    try:
+        torch.manual_seed(0)
+        for p in mini_pipe.unet.parameters():
+            p.data.normal_(0, 0.02)
+        shape_r, colour_r = _alignment(mini_pipe, judge)
+    finally:
+        mini_pipe.unet.load_state_dict(trained)
+    assert shape_r < 0.5 and colour_r < 0.5, (shape_r, colour_r)
+
+
+def test_domain_model_makes_porcelain_and_keeps_the_shape(mini_pipe, judge):
+    dom_w, ctl_w = mini_pipe.domain.domain_weight, mini_pipe.domain.control_weight  # the preset's recommended
+    kw = dict(num_images=4, seed=0, num_inference_steps=15, progress=False)
+    base = mini_pipe(None, use_domain=False, **kw).images
+    dom = mini_pipe(None, domain_weight=dom_w, **kw).images
+    assert sum(judge.predict(assets.images_to_tensor(base))["porcelain"]) == 0
+    assert sum(judge.predict(assets.images_to_tensor(dom))["porcelain"]) >= 3
+    cups = mini_pipe("a photo of a cup", domain_weight=dom_w, control_weight=ctl_w, **kw).images
+    pred = judge.predict(assets.images_to_tensor(cups))
+    assert pred["shape"].count("cup") >= 2 and sum(pred["porcelain"]) >= 3, pred
+
+
+def test_unknown_words_are_fine(mini_pipe):
+    out = mini_pipe("a teapot with dragons", num_images=1, seed=0, num_inference_steps=4, progress=False)
+    assert np.asarray(out.images[0]).std() > 5  # an image, no crash
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every subcommand on --preset mini
+def test_generate_mini(tmp_path):
+    out = tmp_path / "cup.png"
+    r = run_cli("generate", "--preset", "mini", "--prompt", "a cup", "--steps", "10", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    im = Image.open(out)
+    assert im.size == (64, 64)
+    pred = assets.load_judge().predict(assets.images_to_tensor([im]))
+    assert pred["porcelain"] == [True], pred
+
+
+def test_edit_mini_turns_a_render_into_porcelain(tmp_path):
+    from suite.miniworld.render import render_view
+
+    obj = W.make_object("vase", "red", "stripes")
+    img = render_view(obj, 10.0, 0.0).rgb[0]
+    src = tmp_path / "render.png"
+    Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(src)
+    out = tmp_path / "edited.png"
+    r = run_cli("edit", "--preset", "mini", "--domain", "porcelain", "--image", str(src), "--strength", "0.9",
+                "--steps", "12", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    judge = assets.load_judge()
+    before = judge.predict(assets.images_to_tensor([Image.open(src)]))
+    after = judge.predict(assets.images_to_tensor([Image.open(out)]))
+    assert before["porcelain"] == [False] and after["porcelain"] == [True], (before, after)
+
+
+def test_train_mini_fine_tunes_from_the_mini_base(tmp_path):
+    from training.miniworld import render_set, write_image_folder
+
+    write_image_folder(render_set("domain", 16, seed=5, workers=1)["images"], tmp_path / "data")
+    out = tmp_path / "model"
+    r = run_cli("train", "--preset", "mini", "--domain", "porcelain", "--data", str(tmp_path / "data"), "--output",
+                str(out), "--max-steps", "3", "--batch-size", "4", "--text-init-steps", "2", "--text-init-images", "8",
+                "--checkpoint-steps", "3")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "nulltext.json").read_text())
+    assert meta["domain"] == "porcelain" and meta["base_model"].endswith(os.path.join("models", "sd"))
+    assert "--preset mini" in r.stdout
+
+
+def test_3d_mini_runs_end_to_end(tmp_path):
+    out = tmp_path / "vase"
+    r = run_cli("3d", "--preset", "mini", "--prompt", "a vase", "--zero123-steps", "4", "--refine-steps", "2",
+                "--mesh-resolution", "24", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    image = Image.open(out / "image.png")
+    assert image.size == (64, 64)
+    assert (out / "mesh" / "model.glb").stat().st_size > 0 or any((out / "mesh").iterdir())
+
+
+def test_unknown_domain_on_mini_is_one_sentence(tmp_path):
+    r = run_cli("generate", "--preset", "mini", "--domain", "face", "--output", str(tmp_path / "x.png"))
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: the mini preset has one domain, porcelain")
+    assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_comparison(tmp_path_factory):
+    from bench.miniworld import QUICK, run
+
+    out = tmp_path_factory.mktemp("comparison")
+    return run(QUICK, out, threads=2), out
+
+
+def test_quick_comparison_writes_the_table_plot_and_grid(quick_comparison):
+    result, out = quick_comparison
+    for name in ("table.md", "results.json", "grid.png", "forgetting.png"):
+        assert (out / name).stat().st_size > 100, name
+    rows = {r["name"]: r for r in result["rows"]}
+    assert "| ours (auto) |" in (out / "table.md").read_text()
+    assert rows["base"]["text_domain"] <= 0.1 and rows["base"]["shape_align"] >= 0.8  # no porcelain, full control
+    # Fine-tuning learns the domain (its unconditional samples are porcelain).
+    assert rows["fine-tuning@150"]["uncond_domain"] >= 0.5
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True,
+                   reason="measured: with the paper's automatic weights the domain term dominates on the mini world "
+                          "and the prompt's shape is lost (docs/mini-world.md); strict, so a change shows")
+def test_quick_comparison_ours_keeps_control_that_fine_tuning_loses(quick_comparison):
+    from bench.miniworld import claim
+
+    ours, ft = claim(quick_comparison[0])
+    # The paper's claim: ours keeps more out-of-domain control than fine-tuning at equal domain score.
+    assert ours["text_domain"] >= 0.5, ours
+    assert ours["shape_align"] > ft["shape_align"], (ours, ft)
+
+
+def test_app_on_mini_generates_porcelain(tmp_path):
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client
+
+    from suite.app import core
+    from suite.app.ui import build_app, launch
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        cfg = core.AppConfig(preset="mini", output_dir=tmp_path / "out", default_steps=12)
+        cfg.output_dir.mkdir()
+        assert core.list_domain_names(cfg) == ["porcelain"]
+        demo = build_app(cfg)
+        _, url, _ = launch(demo, cfg, host="127.0.0.1", block=False)
+        try:
+            client = Client(url, verbose=False, download_files=str(tmp_path / "client"))
+            gallery, text = client.predict(domain="porcelain", prompt="a photo of a cup", seed=0, num=2,
+                                           api_name="/generate")
+            paths = [Path(item["image"]) if isinstance(item, dict) else Path(item[0]) for item in gallery]
+            images = [Image.open(p) for p in paths]
+            assert all(im.size == (64, 64) for im in images)
+            assert sum(assets.load_judge().predict(assets.images_to_tensor(images))["porcelain"]) >= 1
+            rows = client.predict(api_name="/domains")
+            data = rows["data"] if isinstance(rows, dict) else rows
+            assert [r[0] for r in data] == ["porcelain"] and data[0][4] == "found"
+        finally:
+            demo.close()
