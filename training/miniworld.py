@@ -356,6 +356,9 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
             if f.is_file():
                 shutil.copy(f, dst / f.name)
         assets.to_float16(dst)
+        meta = json.loads((dst / "nulltext.json").read_text())
+        meta["base_model"] = "../sd"  # the shipped base beside it (not the build's temporary folder)
+        (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
         step("domain", cached)
         # 6. measure and record
         quality = assets.measure_quality(tmp)
