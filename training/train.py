@@ -176,9 +176,10 @@ class TrainConfig:
 
             return str(tiny_model_dir() / "sd")
         if self.preset == "mini":
-            from suite.miniworld.assets import default_dir
+            from suite.miniworld import assets
 
-            return str(default_dir() / "sd")
+            assets.check()  # a missing or corrupt shipped file: one sentence naming it and the rebuild command
+            return str(assets.default_dir() / "sd")
         from suite.domains import SD15_HUB_ID
 
         return os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID
