@@ -195,7 +195,9 @@ def test_app_on_mini_generates_porcelain(tmp_path):
             paths = [Path(item["image"]) if isinstance(item, dict) else Path(item[0]) for item in gallery]
             images = [Image.open(p) for p in paths]
             assert all(im.size == (64, 64) for im in images)
-            assert sum(assets.load_judge().predict(assets.images_to_tensor(images))["porcelain"]) >= 1
+            pred = assets.load_judge().predict(assets.images_to_tensor(images))
+            assert sum(pred["porcelain"]) >= 1, pred
+            assert "(auto)" not in text  # the form starts from the preset's recommended weights, as the CLI
             rows = client.predict(api_name="/domains")
             data = rows["data"] if isinstance(rows, dict) else rows
             assert [r[0] for r in data] == ["porcelain"] and data[0][4] == "found"

@@ -156,13 +156,25 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
     return demo
 
 
-def _weights_row(label: str, name: str, prefix: str):
+def _weights_row(label: str, name: str, prefix: str, recommended: float | None = None):
+    """An "automatic" checkbox and a weight slider; with a ``recommended`` weight (the mini preset's porcelain),
+    the slider starts there and the checkbox unticked, as the CLI uses it when no weight is given."""
     with gr.Row():
-        auto = gr.Checkbox(value=True, label=f"automatic {name}", elem_id=f"{prefix}-auto",
+        auto = gr.Checkbox(value=recommended is None, label=f"automatic {name}", elem_id=f"{prefix}-auto",
                            info="the paper's rule (Sec. 3.4): w0/2 * |eps_sd| / |eps_i|, w0 = 7")
-        value = gr.Slider(0.0, 15.0, value=2.5, step=0.1, label=label, interactive=False, elem_id=prefix)
+        value = gr.Slider(0.0, 15.0, value=2.5 if recommended is None else recommended, step=0.1, label=label,
+                          interactive=recommended is not None, elem_id=prefix)
     auto.change(lambda a: gr.update(interactive=not a), auto, value, queue=False, api_visibility="private")
     return auto, value
+
+
+def _recommended(cfg: AppConfig):
+    """The domain whose recommended weights the forms start from: the mini preset's porcelain, else none."""
+    if cfg.preset != "mini":
+        return None
+    from ..miniworld.assets import MINI_PORCELAIN
+
+    return MINI_PORCELAIN
 
 
 def _cancel_button(jobs: core.Jobs, elem_id: str):
@@ -183,8 +195,9 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
             prompt = gr.Textbox("", label="prompt (control text; empty = unconditional in-domain)",
                                 placeholder="e.g. wearing glasses", elem_id="gen-prompt")
             negative = gr.Textbox("", label="negative prompt", elem_id="gen-negative")
-            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd")
-            auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc")
+            rec = _recommended(cfg)
+            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd", rec.domain_weight if rec else None)
+            auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc", rec.control_weight if rec else None)
             with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet"):
                 with gr.Row():
                     control = checked_image(cfg, "control image", label="control image", elem_id="gen-control")
@@ -264,9 +277,10 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
                 mask_file = checked_image(cfg, "mask", label="or upload a mask (white = change)", elem_id="edit-mask")
             with gr.Row():
                 all_faces = gr.Checkbox(False, label="edit every face (else the largest)")
-                whole = gr.Checkbox(False, label="edit the whole image (no face detection)")
-            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "edit-wd")
-            auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc")
+                whole = gr.Checkbox(cfg.preset == "mini", label="edit the whole image (no face detection)")
+            rec = _recommended(cfg)
+            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "edit-wd", rec.domain_weight if rec else None)
+            auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc", rec.control_weight if rec else None)
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
                 steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps")
