@@ -3,6 +3,7 @@ convention, captions, and the integrity check of the shipped models."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -108,7 +109,7 @@ def test_every_object_fits_the_frame_and_the_mask_matches_coverage():
 def test_porcelain_and_open_world_look_different():
     vase = W.make_object("vase", "blue", "dots")
     plain = render_view(vase, 10, 0).rgb[0]
-    glazed = render_view(W.with_appearance(vase, porcelain=True), 10, 0).rgb[0]
+    glazed = render_view(dataclasses.replace(vase, porcelain=True), 10, 0).rgb[0]
     mask = render_view(vase, 10, 0).mask[0]
     def whitish(img):  # bright and unsaturated
         return (img.max(0).values - img.min(0).values < 0.1) & (img.mean(0) > 0.4) & mask
@@ -121,8 +122,6 @@ def test_captions_name_the_attributes_and_use_the_vocabulary():
     obj = W.make_object("cup", "red", "stripes")
     assert obj.caption() == "a photo of a red cup with stripes"
     assert W.make_object("ball", "yellow", "plain").caption() == "a photo of a yellow ball"
-    assert W.parse_prompt(obj.caption()) == {"shape": "cup", "colour": "red", "pattern": "stripes"}
-    assert W.parse_prompt("a vase with dragons") == {"shape": "vase"}  # unknown words are ignored
     rng = np.random.default_rng(0)
     vocab = set(W.vocabulary())
     for _ in range(200):

@@ -98,8 +98,13 @@ def render_set(kind: str, n: int, seed: int, workers: int = 2) -> dict:
     ``labels [n, 4]`` (shape, colour, pattern, porcelain indices)."""
     chunk = 250
     jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk)) for i in range(math.ceil(n / chunk))]
-    with mp.get_context("spawn").Pool(workers) as pool:
-        parts = pool.map(_render_chunk, jobs)
+    if workers <= 1:  # in this process (no worker start-up)
+        threads = torch.get_num_threads()
+        parts = [_render_chunk(j) for j in jobs]
+        torch.set_num_threads(threads)
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
     return dict(images=np.concatenate([p[0] for p in parts]), captions=sum((p[1] for p in parts), []),
                 labels=np.array(sum((p[2] for p in parts), []), dtype=np.int64))
 
@@ -175,10 +180,9 @@ def encode_latents(vae, images: np.ndarray, batch: int = 128) -> torch.Tensor:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (or [0, 1]: pass them both the same way)."""
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     mse = (a.float() - b.float()).pow(2).mean().item()
-    peak = 2.0 if a.min() < 0 else 1.0
-    return 10 * math.log10(peak ** 2 / max(mse, 1e-12))
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -322,6 +326,9 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         vae = train_vae(np.concatenate([open_images, dom_images]), vae_steps, seed=seed)
         vae.save_pretrained(stage / "vae")
     vae = AutoencoderKL.from_pretrained(stage / "vae").eval()
+    with torch.no_grad():  # reconstruction of held-out renders (the judge's set was not in the VAE's data)
+        x = _to_tensor(data["judge_images"][:256])
+        vae_psnr = psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x)
     step("vae", cached)
     # 3. base
     cached = (stage / "unet").exists()
@@ -361,7 +368,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
         step("domain", cached)
         # 6. measure and record
-        quality = assets.measure_quality(tmp)
+        quality = dict(assets.measure_quality(tmp), vae_psnr=round(vae_psnr, 2))
         step("measure")
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))

@@ -204,14 +204,14 @@ def run(config: Config, output: str | Path, threads: int | None = None) -> dict:
         row = Row(name, params)
         imgs, weights = sample(shape_prompts, call)
         pred = judge.predict(imgs)
-        row.shape_align = _acc(pred["shape"], [s for s, _ in shape_prompts for _ in range(k)])
+        row.shape_align = assets.accuracy(pred["shape"], [s for s, _ in shape_prompts for _ in range(k)])
         row.text_domain = sum(pred["porcelain"]) / len(pred["porcelain"])
         grid[name] = imgs
         if colour_prompts:
             cimgs, _ = sample(colour_prompts, call)
             cpred = judge.predict(cimgs)
-            row.colour_align = _acc(cpred["colour"], [c for _, c in colour_prompts for _ in range(k)])
-            row.colour_shape_align = _acc(cpred["shape"], [s for s, _ in colour_prompts for _ in range(k)])
+            row.colour_align = assets.accuracy(cpred["colour"], [c for _, c in colour_prompts for _ in range(k)])
+            row.colour_shape_align = assets.accuracy(cpred["shape"], [s for s, _ in colour_prompts for _ in range(k)])
             row.colour_domain = sum(cpred["porcelain"]) / len(cpred["porcelain"])
         row.weights = _mean_weights(weights)
         if uncall is not None:
@@ -243,10 +243,6 @@ def _no_rect_guidance(pipe, prompt: str, wc: float):
     base = pipe._sd(None, unet=pipe.domain_model.unet, name="domain-as-uncond")
     control = pipe._sd(pipe.encode_prompt(prompt), name="control")
     return MultiGuidance(base, [Term(control, wc, name="control")])
-
-
-def _acc(pred, expected) -> float:
-    return sum(p == e for p, e in zip(pred, expected)) / max(len(expected), 1)
 
 
 def _mean_weights(weights: list) -> dict:

@@ -99,16 +99,13 @@ def model_refs(domain: str) -> dict:
     return dict(sd=str(root / "sd"), domain=str(root / f"domain-{domain}"))
 
 
-def judge_path() -> Path:
-    root = default_dir()
-    check(root)
-    return root / JUDGE_FILE
-
-
 def load_judge():
+    """The shipped judge (checked first)."""
     from .judge import load_judge as load
 
-    return load(judge_path())
+    root = default_dir()
+    check(root)
+    return load(root / JUDGE_FILE)
 
 
 def to_float16(folder: Path) -> None:
@@ -129,8 +126,8 @@ def to_float16(folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def images_to_tensor(images) -> torch.Tensor:  # noqa: F821 (torch is imported lazily)
-    """PIL images -> ``[B, 3, H, W]`` in [0, 1]."""
+def images_to_tensor(images):
+    """PIL images -> a float tensor ``[B, 3, H, W]`` in [0, 1]."""
     import numpy as np
     import torch
 
@@ -149,8 +146,6 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
       prompts (``"a photo of a cup"``...): does the shape follow the text while the look follows the domain?
       ``ours_auto_*``: the same with the paper's automatic weights.
     """
-    import torch
-
     from ..pipeline import InDomainPipeline
     from . import world as W
     from .judge import load_judge as load
@@ -170,7 +165,7 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
     pred, _ = run([f"a photo of a {c} {s}" for c, s in combos], use_domain=False, control_weight=cfg)
     exp_shape = [s for c, s in combos for _ in range(images_per_prompt)]
     exp_colour = [c for c, s in combos for _ in range(images_per_prompt)]
-    out = dict(base_shape=_acc(pred["shape"], exp_shape), base_colour=_acc(pred["colour"], exp_colour))
+    out = dict(base_shape=accuracy(pred["shape"], exp_shape), base_colour=accuracy(pred["colour"], exp_colour))
     n_uncond = 8
     rec = dict(domain_weight=MINI_PORCELAIN.domain_weight, control_weight=MINI_PORCELAIN.control_weight)
     dom, _ = run([None] * n_uncond, domain_weight=rec["domain_weight"])
@@ -181,11 +176,11 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
     expected = [s for s in shapes for _ in range(images_per_prompt)]
     for name, weights in (("ours", rec), ("ours_auto", {})):
         pred, _ = run([f"a photo of a {s}" for s in shapes], **weights)
-        out[f"{name}_shape"] = _acc(pred["shape"], expected)
+        out[f"{name}_shape"] = accuracy(pred["shape"], expected)
         out[f"{name}_porcelain"] = sum(pred["porcelain"]) / len(pred["porcelain"])
-    del torch
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
-def _acc(pred, expected) -> float:
+def accuracy(pred, expected) -> float:
+    """Fraction of ``pred`` equal to ``expected``, element by element."""
     return sum(p == e for p, e in zip(pred, expected)) / max(len(expected), 1)

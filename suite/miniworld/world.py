@@ -13,7 +13,7 @@ The porcelain glaze (white body, cobalt-blue painted bands and dots, glossy) app
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -98,25 +98,6 @@ def vocabulary() -> list[str]:
     words = {"a", "an", "of", "photo", "picture", "image", "with", "object", "plain", "stripes", "dots", "porcelain"}
     words |= set(SHAPES) | set(COLOURS)
     return sorted(words)
-
-
-def parse_prompt(prompt: str) -> dict:
-    """The world's attributes named in a prompt: ``{"shape": ..., "colour": ..., "pattern": ...}`` (missing keys
-    for attributes it does not name). Words the world does not know are ignored."""
-    words = prompt.lower().replace(",", " ").split()
-    out = {}
-    for w in words:
-        if w in SHAPES:
-            out["shape"] = w
-        elif w in COLOURS:
-            out["colour"] = w
-        elif w in ("stripes", "striped"):
-            out["pattern"] = "stripes"
-        elif w in ("dots", "dotted"):
-            out["pattern"] = "dots"
-        elif w == "plain":
-            out["pattern"] = "plain"
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,9 +190,3 @@ def random_view(rng: np.random.Generator, porcelain: bool = False) -> dict:
     az = rng.uniform(-40, 40) if porcelain else rng.uniform(-180, 180)
     return dict(elevation=float(el), azimuth=float(az), distance=CAMERA_DISTANCE, fovy=CAMERA_FOVY)
 
-
-def with_appearance(obj: MiniObject, colour: str | None = None, pattern: str | None = None,
-                    porcelain: bool | None = None) -> MiniObject:
-    """The same geometry with another appearance."""
-    return replace(obj, colour=colour or obj.colour, pattern=pattern or obj.pattern,
-                   porcelain=obj.porcelain if porcelain is None else porcelain)
