@@ -112,7 +112,7 @@ class DomainSDS:
 class Zero123SDS:
     """SDS with Zero-1-to-3 conditioned on the reference view (its CFG = a one-term MultiGuidance)."""
 
-    zero123: object  # generators3d.zero123.Zero123Guidance
+    zero123: object  # suite.zero123.Zero123Guidance
     guidance_scale: float = 3.0
     weighting: str = "sds"
     grad_clip: float | None = None

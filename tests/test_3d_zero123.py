@@ -5,7 +5,7 @@ from the UNet, in ONE batched forward."""
 import pytest
 import torch
 
-from generators3d.zero123 import (
+from suite.zero123 import (
     Zero123Guidance,
     build_tiny_zero123,
     load_zero123,

@@ -10,7 +10,8 @@ Steps, each timed and printed (and cached in ``--work``, so an interrupted build
 4. Train the judge (:mod:`suite.miniworld.judge`) on augmented renders only.
 5. Train the porcelain domain model with the suite's own trainer (:func:`training.train.train_domain`:
    ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
-6. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`) and write ``MANIFEST.json``.
+6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE.
+7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`) and write ``MANIFEST.json``.
 
 The output folder is replaced atomically at the end: an interrupted build leaves the shipped models untouched.
 """
@@ -273,9 +274,14 @@ def train_porcelain(sd_folder: Path, data: Path, output: Path, steps: int, seed:
 
 
 # ---------------------------------------------------------------------------------------------------------
-SIZES = {  # (open images, domain images, judge images, vae steps, base steps, judge steps, domain steps)
-    "full": (12000, 2000, 8000, 600, 2000, 800, 800),
-    "quick": (600, 200, 600, 40, 60, 60, 20),
+SIZES = {  # (open images, domain images, judge images, vae steps, base steps, judge steps, domain steps,
+    #          Zero-1-to-3 objects (1 input + 5 target views each); its steps: ZERO123_PHASES)
+    "full": (12000, 2000, 8000, 600, 2000, 800, 800, 3500),
+    "quick": (600, 200, 600, 40, 60, 60, 20, 60),
+}
+ZERO123_PHASES = {  # (steps, learning rate) per phase; each phase continues from the previous one's EMA weights
+    "full": ((3000, 1e-3), (3000, 3e-4)),
+    "quick": ((30, 1e-3), (10, 3e-4)),
 }
 
 
@@ -284,7 +290,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     from suite.files import atomic_dir
     from suite.miniworld import assets, judge
 
-    n_open, n_dom, n_judge, vae_steps, base_steps, judge_steps, dom_steps = SIZES[size]
+    n_open, n_dom, n_judge, vae_steps, base_steps, judge_steps, dom_steps, z_objects = SIZES[size]
     work.mkdir(parents=True, exist_ok=True)
     # Seconds per step; a step found finished in the cache keeps the time it took when it ran.
     times_file = work / "times.json"
@@ -347,6 +353,29 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         net = judge.train_judge(data["judge_images"], data["judge_labels"], judge_steps, seed=seed)
         judge.save_judge(net, stage / "judge.safetensors")
     step("judge", cached)
+    # 6. Zero-1-to-3 (its view pairs cached with the other data)
+    from suite.zero123 import save_zero123
+
+    from . import mini_zero123
+
+    phases = ZERO123_PHASES[size]
+    cached = (stage / "zero123" / "model_index.json").exists()
+    if not cached:
+        pairs_file = work / "zero123-pairs.npz"
+        if not pairs_file.exists():
+            pairs = mini_zero123.render_pairs(z_objects, 5, seed + 7)
+            np.savez(work / "zero123-pairs.tmp.npz", **pairs)
+            (work / "zero123-pairs.tmp.npz").rename(pairs_file)
+        pairs = dict(np.load(pairs_file))
+        z_parts = None
+        for i, (z_steps, z_lr) in enumerate(phases):
+            done = stage / ("zero123" if i == len(phases) - 1 else f"zero123-phase{i + 1}")
+            if (done / "model_index.json").exists():
+                z_parts = _load_zero123_parts(done)
+                continue
+            z_parts = mini_zero123.train_zero123(pairs, vae, z_steps, lr=z_lr, seed=seed + i, init=z_parts)
+            save_zero123(z_parts, done)
+    step("zero123", cached)
 
     with atomic_dir(output) as tmp:
         save_sd_folder(tmp / "sd", unet, vae, text, tokenizer)
@@ -367,12 +396,23 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         meta["base_model"] = "../sd"  # the shipped base beside it (not the build's temporary folder)
         (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
         step("domain", cached)
-        # 6. measure and record
-        quality = dict(assets.measure_quality(tmp), vae_psnr=round(vae_psnr, 2))
+        shutil.copytree(stage / "zero123", tmp / "zero123")
+        for sub in (tmp / "zero123").iterdir():
+            if sub.is_dir():
+                assets.to_float16(sub)
+        # 7. measure and record
+        quality = dict(assets.measure_quality(tmp), vae_psnr=round(vae_psnr, 2), **assets.measure_zero123(tmp))
         step("measure")
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))
     return manifest
+
+
+def _load_zero123_parts(folder: Path) -> dict:
+    from suite.zero123 import load_zero123
+
+    m = load_zero123(str(folder))
+    return dict(unet=m.unet, vae=m.vae, image_encoder=m.image_encoder, projection=m.projection, scheduler=m.scheduler)
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
 ``suite/miniworld/models/`` holds ``sd/`` (a diffusers Stable Diffusion folder: the base text-to-image model, its
 VAE, text encoder, word-level tokenizer and scheduler), ``domain-porcelain/`` (a null-text domain model trained by
-``launch.py train``), ``judge.safetensors`` (the attribute classifier of :mod:`.judge`) and ``MANIFEST.json``
+``launch.py train``), ``zero123/`` (a Zero-1-to-3 diffusers folder, :mod:`training.mini_zero123`), ``judge.safetensors`` (the attribute classifier of :mod:`.judge`) and ``MANIFEST.json``
 (SHA-256 of every file, build times, measured quality). ``$INDOMAIN_MINI_DIR`` points elsewhere.
 Rebuild everything with ``python -m training.miniworld``.
 """
@@ -179,6 +179,17 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
         out[f"{name}_shape"] = accuracy(pred["shape"], expected)
         out[f"{name}_porcelain"] = sum(pred["porcelain"]) / len(pred["porcelain"])
     return {k: round(float(v), 4) for k, v in out.items()}
+
+
+def measure_zero123(folder: str | os.PathLike | None = None, cases: int = 28, steps: int = 30) -> dict:
+    """The mini Zero-1-to-3 on held-out objects (:func:`.views.heldout_cases`, a 90-degree turn): mean silhouette
+    IoU and PSNR of its novel views, and of the baseline that returns the input view."""
+    from ..zero123 import load_zero123
+    from .views import heldout_cases, measure_novel_views
+
+    root = Path(folder) if folder is not None else default_dir()
+    m = measure_novel_views(load_zero123(str(root / "zero123")), heldout_cases(cases), steps=steps)
+    return {f"zero123_{k[5:]}": round(m[k], 4) for k in ("mean_iou", "mean_psnr", "mean_copy_iou", "mean_copy_psnr")}
 
 
 def accuracy(pred, expected) -> float:

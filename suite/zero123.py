@@ -131,10 +131,11 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
     return Zero123Model(unet, vae, image_encoder, projection, scheduler)
 
 
-def relative_pose(elevation, azimuth, distance, ref_elevation: float, ref_azimuth: float,
-                  ref_distance: float) -> torch.Tensor:
-    """``[B, 4]``: ``[deg2rad(d_polar), sin(d_azimuth), cos(d_azimuth), d_radius]`` (polar = 90 - elevation)."""
-    el, az, dist = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (elevation, azimuth, distance))
+def relative_pose(elevation, azimuth, distance, ref_elevation, ref_azimuth, ref_distance) -> torch.Tensor:
+    """``[B, 4]``: ``[deg2rad(d_polar), sin(d_azimuth), cos(d_azimuth), d_radius]`` (polar = 90 - elevation).
+    The reference angles are numbers, or ``[B]`` tensors (one input view per target, as in training)."""
+    el, az, dist = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+                                             for v in (elevation, azimuth, distance)))
     d_polar = torch.deg2rad((90.0 - el) - (90.0 - ref_elevation))
     d_az = torch.deg2rad(az - ref_azimuth)
     return torch.stack([d_polar, d_az.sin(), d_az.cos(), dist - ref_distance], -1)
@@ -189,7 +190,8 @@ class Zero123Guidance:
         self.ref = (float(ref_elevation), float(ref_azimuth), float(ref_distance))
         img = image.to(model.device, torch.float32)
         size = model.image_size
-        img = torch.nn.functional.interpolate(img, (size, size), mode="bilinear", align_corners=False)
+        img = torch.nn.functional.interpolate(img, (size, size), mode="bilinear", align_corners=False,
+                                              antialias=img.shape[-1] > size)  # a larger reference: no aliasing
         with torch.no_grad():
             enc_size = model.image_encoder.config.image_size
             clip_in = torch.nn.functional.interpolate(img, (enc_size, enc_size), mode="bicubic", align_corners=False)
@@ -217,6 +219,29 @@ class Zero123Guidance:
             c_cross = self.model.projection(torch.cat([self.c_clip.expand(len(pose), -1, -1), pose[:, None]], -1))
         pair = _Zero123Pair(self.model.unet, c_cross, self.c_concat)
         return MultiGuidance(_Branch(pair, "uncond"), [Term(_Branch(pair, "cond"), float(guidance_scale), "zero123")])
+
+
+@torch.no_grad()
+def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_scale: float = 3.0,
+                steps: int = 50, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample Zero-1-to-3's views of the input object from target cameras: the model's own scheduler (DDIM for
+    Zero-1-to-3) over the classifier-free guided denoiser of :meth:`Zero123Guidance.guidance`. Returns
+    ``[B, 3, H, W]`` in [0, 1] at the model's image size."""
+    import copy
+
+    model = guide.model
+    pose = relative_pose(elevation, azimuth, distance, *guide.ref)
+    denoiser = guide.guidance(elevation, azimuth, distance, guidance_scale)
+    scheduler = copy.deepcopy(model.scheduler)
+    scheduler.set_timesteps(steps)
+    latent = model.image_size // (2 ** (len(model.vae.config.block_out_channels) - 1))
+    shape = (len(pose), model.vae.config.latent_channels, latent, latent)
+    z = torch.randn(shape, generator=generator, dtype=torch.float32).to(model.device) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = denoiser(z.to(model.dtype), t.to(model.device)).float()
+        z = scheduler.step(eps, t, z).prev_sample
+    image = model.vae.decode((z / model.vae.config.scaling_factor).to(model.dtype)).sample.float()
+    return (image / 2 + 0.5).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
