@@ -5,11 +5,12 @@
    the step: the networks should dominate, not our glue).
 2. The hash-grid encoding: pure PyTorch against tiny-cuda-nn (only where CUDA and tiny-cuda-nn exist).
 3. The tiny end-to-end `3d` run's wall time (stage 1 image, stage 2 Zero-1-to-3, stage 3 refine, export).
-4. With CUDA and --full-size: steps/s of the refinement stage at real SD1.5 size (random weights; speed does not
+4. With --mini: both SDS stages of the mini preset (its trained Zero-1-to-3 and domain model), broken down alike.
+5. With CUDA and --full-size: steps/s of the refinement stage at real SD1.5 size (random weights; speed does not
    depend on their values) against threestudio's published DreamFusion-style speed (10k iterations in ~30 min
    on an RTX 3090, i.e. ~5.6 it/s; FACTS.md).
 
-Usage: python bench/bench_3d.py [--reps 5] [--e2e] [--full-size] [--device cuda]
+Usage: python bench/bench_3d.py [--reps 5] [--e2e] [--mini] [--full-size] [--device cuda]
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ class Timed:
         return out
 
 
-def sds_breakdown(pipe, field, background, term, res: int, reps: int, device) -> dict:
-    """Median per-part times of one SDS step (render, encode, denoise, backward)."""
+def sds_breakdown(alphas_cumprod, field, background, term, res: int, reps: int, device, batch: int = 1,
+                  camera=None) -> dict:
+    """Median per-part times of one SDS step (render, encode, denoise, backward) of ``term`` (a DomainSDS or a
+    Zero123SDS: anything with ``encode``, ``range`` and ``denoiser(elevation, azimuth)`` or ``zero123``)."""
     from generators3d.cameras import random_cameras
     from generators3d.config import CameraConfig
     from generators3d.render import render
@@ -58,17 +61,22 @@ def sds_breakdown(pipe, field, background, term, res: int, reps: int, device) ->
     gen = torch.Generator().manual_seed(0)
     parts = {"render": [], "encode": [], "denoise": [], "sds glue": [], "backward": [], "step": []}
     for i in range(reps + 1):
-        cams = random_cameras(CameraConfig(), 1, gen, device)
+        cams = random_cameras(camera or CameraConfig(), batch, gen, device)
         sync(device)
         t0 = time.perf_counter()
         rgb = render(field, background, cams, res, perturb=True, generator=gen)["rgb"].permute(0, 3, 1, 2)
         sync(device)
         t1 = time.perf_counter()
-        latents = term.encode(rgb)
+        latents = term.zero123.encode(rgb) if hasattr(term, "zero123") else term.encode(rgb)
         sync(device)
         t2 = time.perf_counter()
-        den = Timed(term.denoiser(cams.elevation.cpu(), cams.azimuth.cpu()), device)
-        out = sds(latents, den, pipe.scheduler.alphas_cumprod, timesteps=term.range, generator=gen)
+        if hasattr(term, "zero123"):
+            inner = term.zero123.guidance(cams.elevation.cpu(), cams.azimuth.cpu(), cams.distance.cpu(),
+                                          term.guidance_scale)
+        else:
+            inner = term.denoiser(cams.elevation.cpu(), cams.azimuth.cpu())
+        den = Timed(inner, device)
+        out = sds(latents, den, alphas_cumprod, timesteps=term.range, generator=gen)
         sync(device)
         t3 = time.perf_counter()
         out["loss_sds"].backward()
@@ -84,6 +92,54 @@ def sds_breakdown(pipe, field, background, term, res: int, reps: int, device) ->
         parts["backward"].append(t4 - t3)
         parts["step"].append(t4 - t0)
     return {k: sorted(v)[len(v) // 2] for k, v in parts.items()}
+
+
+def mini_breakdown(device, reps: int, checkpoint: str | None = None) -> None:
+    """Both SDS stages of ``3d --preset mini`` at their settings: the mini Zero-1-to-3 (stage 2, 64 px renders,
+    batch 2) and the domain multi-guidance (stage 3, 64 px, batch 2), on a fresh field (Magic3D's blob) or a
+    trained ``checkpoint``, with the occupancy grid and without it (interleaved)."""
+    from generators3d.config import ThreeDConfig
+    from generators3d.guidance3d import DomainSDS, Zero123SDS
+    from generators3d.nerf import Background, make_field
+    from suite.cli import build_pipeline
+    from suite.miniworld.assets import default_dir
+    from suite.zero123 import Zero123Guidance, load_zero123
+
+    cfg = ThreeDConfig(preset="mini", prompt="a porcelain vase").resolved()
+    if checkpoint:
+        from generators3d.train import load_checkpoint
+
+        field, _ = load_checkpoint(checkpoint, device)
+    else:
+        field = make_field(cfg.nerf, device)
+    ref = torch.ones(1, 3, 64, 64, device=device)
+    z = Zero123SDS(Zero123Guidance(load_zero123(str(default_dir() / "zero123"), device=device), ref, 10.0, 0.0, 3.8),
+                   min_step_percent=0.2, max_step_percent=0.85)
+    pipe = build_pipeline("mini", "porcelain", device=device)
+    d = DomainSDS(pipe, "a porcelain vase", pipe.domain.domain_weight, pipe.domain.control_weight,
+                  view_dependent=False, min_step_percent=0.2, max_step_percent=0.6)
+    what = "trained field" if checkpoint else "fresh field"
+    stages = {"stage 2 (mini Zero-1-to-3, CFG in one batched forward": (z, z.zero123.alphas_cumprod, cfg.zero123),
+              "stage 3 (domain + mini SD text + uncond": (d, pipe.scheduler.alphas_cumprod, cfg.refine)}
+    results = {}
+    for _rep in range(2):  # interleaved: with the occupancy grid, without, with, without
+        for grid in (True, False):
+            field.update_occupancy()
+            if not grid:
+                field.occupancy = None
+            for name, (term, alphas, stage) in stages.items():
+                res, batch = stage.resolutions[-1], stage.batch_sizes[-1]
+                t = sds_breakdown(alphas, field, Background().to(device), term, res, max(reps // 2, 1), device,
+                                  batch, cfg.camera)
+                key = (name, res, batch, grid)
+                results[key] = t if key not in results else {k: min(v, results[key][k]) for k, v in t.items()}
+    for (name, res, batch, grid), t in results.items():
+        print_breakdown(f"mini preset, {what}, {name}; {res} px, batch {batch}), occupancy grid "
+                        f"{'on' if grid else 'off'}", t)
+    for name in stages:
+        on = next(t for k, t in results.items() if k[0] == name and k[3])
+        off = next(t for k, t in results.items() if k[0] == name and not k[3])
+        print(f"  {name.split(' (')[0]}: the occupancy grid makes a step {off['step'] / on['step']:.2f}x faster")
 
 
 def print_breakdown(title, times):
@@ -187,6 +243,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--e2e", action="store_true", help="also time the tiny end-to-end run (default tiny step counts)")
+    p.add_argument("--mini", action="store_true", help="also break down both SDS stages of the mini preset")
+    p.add_argument("--mini-checkpoint", default=None,
+                   help="a trained NeRF checkpoint (e.g. out/vase/checkpoints/stage2-zero123.safetensors) for --mini")
     p.add_argument("--full-size", action="store_true",
                    help="SD1.5-size refinement steps/s (meant for a GPU: on a CPU it needs over 16 GB and minutes per step)")
     p.add_argument("--points", type=int, default=1 << 16, help="points for the hash-grid timing (default: 65536)")
@@ -205,7 +264,10 @@ def main(argv=None) -> int:
     term = DomainSDS(pipe, "a vase with dragons", min_step_percent=0.2, max_step_percent=0.6)
     field = make_field(cfg.nerf, args.device)
     print_breakdown("tiny preset, refinement (domain + SD text + SD uncond, auto weights)",
-                    sds_breakdown(pipe, field, Background().to(args.device), term, 32, args.reps, args.device))
+                    sds_breakdown(pipe.scheduler.alphas_cumprod, field, Background().to(args.device), term, 32,
+                                  args.reps, args.device))
+    if args.mini:
+        mini_breakdown(args.device, args.reps, args.mini_checkpoint)
 
     # 2. Hash grid: pure PyTorch vs tiny-cuda-nn.
     hash_grid_bench(args.device, args.reps, args.points)

@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--image", default=None, help="your own image of one object (skips stage 1)")
     p.add_argument("--mask", default=None, help="mask for --image (white or opaque = object; default: found "
                                                 "automatically on a plain background)")
+    p.add_argument("--elevation", type=finite_float, default=None, metavar="DEGREES",
+                   help="how far above the object the --image was taken (degrees; default: the preset's reference "
+                        "view, 5; mini: 10)")
     p.add_argument("--mask-method", choices=["auto", "center"], default=None,
                    help="foreground mask of the stage-1 image: 'auto' (plain background, Otsu) or 'center' "
                         "(centred disc) (default: auto; center with --preset tiny)")
@@ -81,7 +84,7 @@ def config_from_args(args):
     kw = dict(prompt=args.prompt, domain=args.domain, preset=args.preset, output=args.output, image=args.image,
               mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
               zero123_model=args.zero123_model, image_steps=args.image_steps,
-              zero123_steps=args.zero123_steps, refine_steps=args.refine_steps,
+              zero123_steps=args.zero123_steps, refine_steps=args.refine_steps, elevation=args.elevation,
               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
               texture=False if args.no_texture else None, resume=args.resume, export_only=args.export_only,

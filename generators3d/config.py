@@ -37,6 +37,12 @@ class NeRFConfig:
     blob_radius: float = 0.5
     samples_per_ray: int = 128
     backend: str = "auto"  # "auto" (tiny-cuda-nn on CUDA when importable), "torch", "tcnn"
+    # Empty-space skipping (Instant-NGP's occupancy grid, in PyTorch): a ``occupancy_grid^3`` grid of cells whose
+    # density exceeds ``occupancy_threshold`` (refreshed every ``occupancy_every`` training steps, dilated by one
+    # cell); samples in empty cells are not evaluated. 0 = off (every sample evaluated).
+    occupancy_grid: int = 0
+    occupancy_threshold: float = 0.1
+    occupancy_every: int = 8
 
 
 @dataclass
@@ -84,6 +90,9 @@ class StageConfig:
     w0: float = 7.0
     lambda_zero123: float = 0.0
     view_dependent_prompting: bool = True
+    # The colour the SDS terms see behind the object (None: the NeRF's white background). A denoiser trained on
+    # another backdrop (the mini world's grey) sees its own; the reference-view losses stay on white.
+    sds_background: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -125,6 +134,32 @@ def _refine_tiny() -> StageConfig:
                        min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01)
 
 
+def _zero123_mini() -> StageConfig:
+    # The mini Zero-1-to-3 works at 64 x 64: renders 32 -> 64, the reference view at 64.
+    return StageConfig(steps=150, milestones=(0, 60), resolutions=(32, 64), batch_sizes=(4, 2), ref_resolution=64,
+                       min_step_percent=[0, 0.4, 0.2, 100], max_step_percent=[0, 0.85, 0.5, 100])
+
+
+def _refine_mini() -> StageConfig:
+    # The mini base reads no view words ("front view"...) and was trained on the world's grey backdrop.
+    from suite.miniworld.world import BACKGROUND
+
+    return StageConfig(steps=60, lr=0.005, milestones=(0,), resolutions=(64,), batch_sizes=(2,), ref_resolution=64,
+                       min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01, view_dependent_prompting=False,
+                       sds_background=tuple(BACKGROUND))
+
+
+def _nerf_mini() -> NeRFConfig:
+    return NeRFConfig(n_levels=12, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.3, hidden=32,
+                      n_hidden_layers=1, samples_per_ray=48, occupancy_grid=32)
+
+
+def _camera_mini() -> CameraConfig:
+    # The elevations the mini Zero-1-to-3 was trained on (targets -10..60); stage 1's porcelain views are taken
+    # from 0 to 25 degrees up, hence a reference elevation of 10.
+    return CameraConfig(elevation_range=(-10.0, 60.0), ref_elevation=10.0)
+
+
 def _nerf_tiny() -> NeRFConfig:
     return NeRFConfig(n_levels=8, log2_hashmap_size=14, base_resolution=8, per_level_scale=1.5, hidden=32,
                       n_hidden_layers=1, samples_per_ray=32)
@@ -137,6 +172,7 @@ class ThreeDConfig:
     * ``prompt`` / ``domain``: stage 1 makes an in-domain image (domain preset or your own ``domain_model``).
     * ``image`` / ``mask``: your own image (and optional mask) instead of stage 1.
     * ``zero123_steps`` / ``refine_steps``: per-stage step counts (0 skips a stage).
+    * ``elevation``: the camera elevation (degrees) of the input image (None: the preset's reference view).
     * ``formats``: mesh formats among ``glb``, ``obj``, ``ply``.
     * ``resume``: continue a run in ``output``; finished stages are loaded, not run again.
     * ``export_only``: a stage checkpoint to turn into meshes (no training).
@@ -155,6 +191,7 @@ class ThreeDConfig:
     image_steps: int = 25
     zero123_steps: int | None = None
     refine_steps: int | None = None
+    elevation: float | None = None
     formats: tuple[str, ...] = FORMATS
     mesh_resolution: int | None = None
     threshold: float | None = None
@@ -176,12 +213,18 @@ class ThreeDConfig:
         """A copy with every ``None`` filled from the preset and the top-level overrides applied."""
         if self.preset not in ("tiny", "mini", "full"):
             raise ValueError(f"unknown preset {self.preset!r}: use 'full', 'mini' or 'tiny'")
-        tiny = self.preset in ("tiny", "mini")  # CPU-sized stages
-        nerf = self.nerf or (_nerf_tiny() if tiny else NeRFConfig())
-        camera = self.camera or CameraConfig()
-        zero123 = self.zero123 or (_zero123_tiny() if tiny else _zero123_full())
-        refine = self.refine or (_refine_tiny() if tiny else _refine_full())
-        export = self.export or (ExportConfig(resolution=48, texture_size=128) if tiny else ExportConfig())
+        tiny, mini = self.preset == "tiny", self.preset == "mini"  # CPU-sized stages
+        nerf = self.nerf or (_nerf_tiny() if tiny else _nerf_mini() if mini else NeRFConfig())
+        camera = self.camera or (_camera_mini() if mini else CameraConfig())
+        zero123 = self.zero123 or (_zero123_tiny() if tiny else _zero123_mini() if mini else _zero123_full())
+        refine = self.refine or (_refine_tiny() if tiny else _refine_mini() if mini else _refine_full())
+        export = self.export or (ExportConfig(resolution=48, texture_size=128) if tiny else
+                                 ExportConfig(resolution=80, texture_size=256) if mini else ExportConfig())
+        if self.elevation is not None:
+            if not -80.0 <= float(self.elevation) <= 80.0:
+                raise ValueError(f"the elevation is {self.elevation} degrees: give the input camera's height angle "
+                                 f"between -80 and 80 (0 = level with the object)")
+            camera = replace(camera, ref_elevation=float(self.elevation))
         if self.zero123_steps is not None:
             zero123 = replace(zero123, steps=int(self.zero123_steps))
         if self.refine_steps is not None:
@@ -204,7 +247,7 @@ class ThreeDConfig:
                        mask_method=self.mask_method or ("center" if self.preset == "tiny" else "auto"),
                        background_prompt=("" if self.preset == "mini" else ", plain white background")
                        if self.background_prompt is None else self.background_prompt,
-                       preview_frames=self.preview_frames or (8 if tiny else 36))
+                       preview_frames=self.preview_frames or (8 if tiny else 24 if mini else 36))
 
     # -- the config file written beside the results -------------------------------------------------
     def to_dict(self) -> dict:
@@ -260,3 +303,4 @@ class ThreeDResult:
     stages_run: list = field(default_factory=list)
     nan_recoveries: int = 0
     threshold: float | None = None
+    warnings: list = field(default_factory=list)

@@ -1,8 +1,10 @@
 """Foreground mask of an object on a plain background, and the reference view Zero-1-to-3 expects.
 
 Method (``"auto"``, offline, no model): the background colour is the median of the image border; each
-pixel's distance to it (RGB, 0-255) is thresholded by Otsu's method (at least 25 levels); the largest
-connected component is kept and its holes filled. It works for product-style shots on a plain backdrop, which
+pixel's distance to it (RGB, 0-255) is thresholded at Otsu's level, or lower where the backdrop is plain: at
+the border's own spread (median + 6 robust standard deviations), never below 25 levels, so that a pale object
+on a pale backdrop (white porcelain on grey) is not cut where it is bright; the largest connected component is
+kept and its holes filled. It works for product-style shots on a plain backdrop, which
 stage 1 asks for (the prompt gets ", plain white background"). It refuses images without a clear foreground
 (no separation, or a "foreground" touching most of the border). ``"center"``: a centred disc (for tests and the
 tiny preset, whose random models draw no object). Or pass your own mask (white = object).
@@ -43,7 +45,9 @@ def foreground_mask(image: Image.Image, method: str = "auto") -> Image.Image:
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     bg = np.median(border, axis=0)
     dist = np.linalg.norm(rgb - bg, axis=-1)
-    level = max(_otsu(dist), MIN_CONTRAST)
+    border_dist = np.linalg.norm(border - bg, axis=-1)
+    spread = np.median(border_dist) + 6 * 1.4826 * np.median(np.abs(border_dist - np.median(border_dist)))
+    level = max(min(_otsu(dist), spread), MIN_CONTRAST)
     fg = dist > level
     labels, n = ndimage.label(fg)
     if n == 0:

@@ -280,16 +280,23 @@ def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0) -> Mes
                    uv=uv.astype(np.float32), texture=texture)
 
 
-def to_export_frame(mesh: Mesh, height_m: float | None = None, on_ground: bool = True) -> Mesh:
-    """NeRF frame -> glTF frame (Y up, +Z front, metres): rotate, scale to ``height_m``, stand on y = 0."""
-    rotated = mesh.transformed(NERF_TO_EXPORT)
-    v = rotated.vertices
+def export_transform(mesh: Mesh, height_m: float | None = None, on_ground: bool = True) -> dict:
+    """The NeRF -> export map ``x_export = scale * R x_nerf + offset`` (glTF frame: Y up, +Z front, metres): ``R``
+    is :data:`NERF_TO_EXPORT`, ``scale`` makes the object ``height_m`` tall (1 without), ``offset`` stands it on
+    y = 0, centred in x and z (``on_ground``). ``summary.json`` records it, so the export can be undone."""
+    v = mesh.vertices @ NERF_TO_EXPORT.T
     lo, hi = v.min(0), v.max(0)
     scale = 1.0 if not height_m else float(height_m) / max(float(hi[1] - lo[1]), 1e-9)
     offset = np.zeros(3)
     if on_ground:
         offset = -np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2]) * scale
-    return rotated.transformed(np.eye(3), scale, offset)
+    return {"rotation": NERF_TO_EXPORT.tolist(), "scale": scale, "offset": [float(x) for x in offset]}
+
+
+def to_export_frame(mesh: Mesh, height_m: float | None = None, on_ground: bool = True) -> Mesh:
+    """NeRF frame -> glTF frame (Y up, +Z front, metres): rotate, scale to ``height_m``, stand on y = 0."""
+    tf = export_transform(mesh, height_m, on_ground)
+    return mesh.transformed(np.asarray(tf["rotation"]), tf["scale"], tf["offset"])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -75,7 +75,9 @@ class HashGrid(nn.Module):
             wy = torch.stack([1 - frac[:, 1], frac[:, 1]], 1)
             wz = torch.stack([1 - frac[:, 2], frac[:, 2]], 1)
             w = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :]).reshape(n, 1, 8)
-            feats = self.embeddings[level][self.level_index(level, i, j, k)]  # [N, 8, F]
+            # index_select (backward: index_add) is about twice as fast on a CPU as advanced indexing
+            idx = self.level_index(level, i, j, k).reshape(-1)
+            feats = self.embeddings[level].index_select(0, idx).view(n, 8, self.n_features)  # [N, 8, F]
             outs.append(torch.bmm(w, feats)[:, 0])
         return torch.cat(outs, -1)
 
@@ -160,6 +162,36 @@ class NeRFField(nn.Module):
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x, with_color=False)
+
+    # -- empty-space skipping ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_occupancy(self, generator: torch.Generator | None = None) -> None:
+        """Recompute the occupancy grid (``cfg.occupancy_grid > 0``): the density at one random point in each
+        cell, and the cell centres, against ``cfg.occupancy_threshold``; dilated by one cell, so that a surface
+        growing into a neighbouring cell is still seen. Stored on the field (not in checkpoints)."""
+        res = self.cfg.occupancy_grid
+        if not res:
+            return
+        device = next(self.parameters()).device
+        cell = 2.0 * self.cfg.radius / res
+        lin = -self.cfg.radius + cell * (torch.arange(res, device=device, dtype=torch.float32) + 0.5)
+        centres = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+        jitter = (torch.rand(centres.shape, generator=generator) - 0.5).to(device) * cell
+        occ = torch.zeros(len(centres), dtype=torch.bool, device=device)
+        for pts in (centres, centres + jitter):
+            for i in range(0, len(pts), 1 << 16):
+                occ[i:i + (1 << 16)] |= self.density(pts[i:i + (1 << 16)]) > self.cfg.occupancy_threshold
+        grid = occ.reshape(1, 1, res, res, res).float()
+        self.occupancy = nn.functional.max_pool3d(grid, 3, stride=1, padding=1)[0, 0] > 0
+
+    def occupied(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Which points ``[..., 3]`` lie in occupied cells (None: no grid, every point counts)."""
+        grid = getattr(self, "occupancy", None)
+        if grid is None:
+            return None
+        res = grid.shape[0]
+        ijk = ((x / self.cfg.radius + 1.0) * 0.5 * res).long().clamp(0, res - 1)
+        return grid[ijk[..., 0], ijk[..., 1], ijk[..., 2]]
 
     def color(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)[1]

@@ -3,7 +3,9 @@
 Samples are stratified between the ray's entry and exit of the scene sphere. Weights come from nerfacc's
 batched ``[rays, samples]`` functions (``render_weight_from_density``, ``accumulate_along_rays``: they run on
 CPU and GPU); without nerfacc the same formulas run in PyTorch (:func:`weights_from_density`). nerfacc's
-occupancy-grid sampling needs its CUDA extension and is not used here (see docs/3d.md).
+occupancy-grid sampling needs its CUDA extension and is not used here (see docs/3d.md); instead, with
+``NeRFConfig.occupancy_grid`` the field keeps its own occupancy grid and only samples in occupied cells (and inside
+the scene sphere) are evaluated.
 """
 
 from __future__ import annotations
@@ -57,8 +59,18 @@ def render_rays(field, background, o: torch.Tensor, d: torch.Tensor, n_samples: 
     jitter = torch.rand(t_starts.shape, generator=generator).to(o.device) if perturb else 0.5
     t_mid = t_starts + (t_ends - t_starts) * jitter
     points = o[:, None, :] + d[:, None, :] * t_mid[..., None]
-    sigma, rgb = field(points)
-    sigma = sigma * hit[:, None]
+    keep = hit[:, None].expand(t_mid.shape)
+    occupied = field.occupied(points) if hasattr(field, "occupied") else None
+    if occupied is not None:
+        keep = keep & occupied
+    if bool(keep.all()):
+        sigma, rgb = field(points)
+        sigma = sigma * hit[:, None]
+    else:  # evaluate only samples in the scene sphere and in occupied cells; the rest is empty space
+        sigma_k, rgb_k = field(points[keep])
+        sigma = torch.zeros(t_mid.shape, dtype=sigma_k.dtype, device=o.device).masked_scatter(keep, sigma_k)
+        rgb = torch.zeros((*t_mid.shape, 3), dtype=rgb_k.dtype, device=o.device).masked_scatter(
+            keep[..., None].expand(*t_mid.shape, 3), rgb_k)
     nerfacc = _nerfacc() if use_nerfacc else None
     if nerfacc is not None:
         weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigma)

@@ -30,7 +30,8 @@ log = logging.getLogger("generators3d")
 ZERO123_HUB_ID = "ashawkey/zero123-xl-diffusers"
 MAX_PROMPT_CHARS = 1000
 # Fields that determine earlier stages: a resumed run must match them.
-_RESUME_KEYS = ("prompt", "domain", "preset", "image", "mask", "seed", "mask_method", "background_prompt")
+_RESUME_KEYS = ("prompt", "domain", "preset", "image", "mask", "seed", "mask_method", "background_prompt",
+                "elevation")
 
 
 def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
@@ -83,6 +84,10 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
         _check_prompt_tokens(pipe, prompt)
         domain = pipe.domain or domain  # the preset's domain as loaded (the mini preset's has its own weights)
     result = _create_output(out, cfg)
+    if pipe is not None:
+        from suite.cli import warn_prompt
+
+        result.warnings += warn_prompt(cfg.preset, prompt)
 
     # 4. Stage 1: the in-domain image (or the user's) and its foreground mask -> the reference view.
     image_path, mask_path, ref_path = out / "image.png", out / "mask.png", out / "reference.png"
@@ -99,6 +104,12 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
             image = gen.images[0]
             report.end("image")
         mask = load_mask(cfg.mask, image.size) if cfg.mask else foreground_mask(image, cfg.mask_method)
+        touching = _border_pixels(mask)
+        if touching:
+            result.warnings.append(f"the object in the {'input' if cfg.image else 'stage-1'} image touches the frame "
+                                   f"border ({touching} border pixels): it is probably cut off, and the 3D object will "
+                                   f"be cut flat there; use an image with some background all around the object")
+            log.warning(result.warnings[-1])
         ref_rgb, ref_mask = reference_view(image, mask, max(cfg.zero123.ref_resolution, 256))
         for im, path in ((image, image_path), (mask, mask_path), (ref_mask, out / "reference-mask.png"),
                          (ref_rgb, ref_path)):
@@ -111,7 +122,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     need_z123 = (cfg.zero123.steps > 0 and not stage2_ckpt.exists()) or (
         cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists())
     if need_z123:
-        from .zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
+        from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
 
         ref = cfg.zero123_model or _default_zero123(cfg.preset, tiny_zero123_dir)
         model = load_zero123(ref, device=device, dtype=dtype)
@@ -174,11 +185,13 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
     from .nerf import Background
 
     field.eval()
+    field.update_occupancy()  # a loaded checkpoint carries no occupancy grid
     # 7. Mesh export (CPU work: marching cubes, clean-up, colours, UV bake, atomic files).
     report.start("export", 1)
     views = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0],
                           cfg.camera.ref_distance, cfg.camera.ref_fovy)
     mesh, level = meshlib.extract_mesh(field, views, cfg.export)
+    transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
     mesh = meshlib.to_export_frame(mesh, cfg.export.height_m, cfg.export.on_ground)
     result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
     result.threshold = level
@@ -190,7 +203,7 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
     report.start("preview", frames)
     result.preview_path = write_turntable(field, Background().to(next(field.parameters()).device),
                                           turntable_cameras(cfg.camera, frames), out / "preview.gif",
-                                          size=64 if cfg.preset == "tiny" else 256,
+                                          size={"tiny": 64, "mini": 128}.get(cfg.preset, 256),
                                           callback=lambda i: report.update("preview", i, frames, {}))
     report.end("preview")
 
@@ -200,9 +213,10 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
                "mask": str(result.mask_path) if result.mask_path else None,
                "preview": str(result.preview_path), "threshold": level, "faces": int(len(mesh.faces)),
                "vertices": int(len(mesh.vertices)), "stages_run": result.stages_run,
-               "nan_recoveries": result.nan_recoveries,
+               "nan_recoveries": result.nan_recoveries, "warnings": result.warnings,
                "checkpoints": {k: str(v) for k, v in result.checkpoints.items()},
-               "frame": "glTF: Y up, +Z front (the reference view), metres"}
+               "frame": "glTF: Y up, +Z front (the reference view), metres",
+               "export_transform": dict(transform, formula="x_export = scale * rotation @ x_nerf + offset")}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return result
 
@@ -253,6 +267,14 @@ class _Reporter:
         bar = self.bars.pop(stage, None)
         if bar is not None:
             bar.close()
+
+
+def _border_pixels(mask) -> int:
+    """How many pixels of the frame's border the (binary, mode L) mask covers."""
+    import numpy as np
+
+    m = np.asarray(mask.convert("L")) > 127
+    return int(m[0].sum() + m[-1].sum() + m[1:-1, 0].sum() + m[1:-1, -1].sum())
 
 
 def _stage1_done(out: Path) -> bool:
@@ -310,15 +332,13 @@ def _load_reference(rgb_path: Path, mask_path: Path, device):
 
 
 def _default_zero123(preset: str, tiny_zero123_dir) -> str:
-    """The preset's Zero-1-to-3: the tiny random one, the mini world's when it ships one, else the real one."""
+    """The preset's Zero-1-to-3: the tiny random one, the mini world's trained one (checked against its
+    manifest), else the real one."""
     if preset == "mini":
-        from suite.miniworld.assets import default_dir
+        from suite.miniworld.assets import check, default_dir
 
-        mini = default_dir() / "zero123"
-        if mini.is_dir():
-            return str(mini)
-        log.warning("the mini world ships no Zero-1-to-3 yet: stage 2 uses the tiny RANDOM one (its shape is not "
-                    "meaningful); pass --zero123-model FOLDER for a real one")
-    if preset in ("tiny", "mini"):
+        check()
+        return str(default_dir() / "zero123")
+    if preset == "tiny":
         return str(tiny_zero123_dir())
     return os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID

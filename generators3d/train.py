@@ -64,8 +64,11 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                               torch.nn.functional.interpolate(reference.mask, size, mode="area"))
     good = _snapshot(field, background, opt)
     recoveries, info = 0, {}
+    every = max(int(getattr(field.cfg, "occupancy_every", 0) or 1), 1)
     for step in range(stage.steps):
-        # 1. Schedules: timestep ranges (annealed), render resolution and batch.
+        # 1. Schedules: timestep ranges (annealed), render resolution and batch; the occupancy grid.
+        if step % every == 0:
+            field.update_occupancy(generator)
         for term in terms:
             if hasattr(term.fn, "range"):
                 term.fn.range.update_step(step)
@@ -77,7 +80,13 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
         if terms:
             cams = random_cameras(camera, batch, generator, device)
             out = render(field, background, cams, res, perturb=True, generator=generator)
-            rgb = out["rgb"].permute(0, 3, 1, 2)
+            rgb = out["rgb"]
+            if stage.sds_background is not None:  # the same object over another (plain) backdrop
+                if background.mlp is not None:
+                    raise ValueError("sds_background needs a plain-colour NeRF background, not a learned one")
+                swap = torch.tensor(stage.sds_background, device=device) - background.color.to(device)
+                rgb = rgb + (1.0 - out["opacity"]) * swap
+            rgb = rgb.permute(0, 3, 1, 2)
             for term in terms:
                 result = term.fn(rgb, cams, generator)
                 loss = loss + term.weight * stage.lambda_sds * result["loss_sds"]
@@ -115,6 +124,7 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
         info["nan_recoveries"] = recoveries
         if progress is not None:
             progress(step + 1, stage.steps, info)
+    field.update_occupancy(generator)  # for the renders that follow (export, preview)
     return {"nan_recoveries": recoveries, "last": info}
 
 

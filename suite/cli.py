@@ -117,6 +117,19 @@ def guidance_weights(args, domain: Domain | None) -> tuple:
             pick(args.control_weight, domain.control_weight if domain else None))
 
 
+def warn_prompt(preset: str, prompt: str | None) -> list[str]:
+    """Log (and return) the warnings about a prompt the preset's models cannot follow (the mini world's small
+    vocabulary); nothing for real models."""
+    if preset != "mini":
+        return []
+    from .miniworld.world import prompt_warnings
+
+    found = prompt_warnings(prompt)
+    for text in found:
+        log.warning(text)
+    return found
+
+
 def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple:
     """``(torch.device, torch.dtype)``: cuda if available, else cpu; float16 on cuda, float32 on cpu."""
     import torch

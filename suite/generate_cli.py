@@ -59,6 +59,8 @@ def main(args) -> int:
 
             control_image = canny(control_image)
 
+    cli.warn_prompt(args.preset, args.prompt)
+
     # 2. Load the models and build the controls.
     pipe = cli.load_pipeline(args, need_controlnet=control_image is not None)
     from . import models

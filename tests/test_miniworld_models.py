@@ -125,13 +125,20 @@ def test_train_mini_fine_tunes_from_the_mini_base(tmp_path):
 
 
 def test_3d_mini_runs_end_to_end(tmp_path):
+    """The whole flow on the mini preset (its own Zero-1-to-3 in stage 2): a porcelain stage-1 image, every
+    file, a prompt outside the world's words warned about in the log and in summary.json."""
     out = tmp_path / "vase"
-    r = run_cli("3d", "--preset", "mini", "--prompt", "a vase", "--zero123-steps", "4", "--refine-steps", "2",
-                "--mesh-resolution", "24", "--output", str(out))
+    r = run_cli("3d", "--preset", "mini", "--prompt", "a vase with dragons", "--zero123-steps", "4", "--refine-steps",
+                "2", "--mesh-resolution", "24", "--preview-frames", "2", "--output", str(out))
     assert r.returncode == 0, r.stderr
     image = Image.open(out / "image.png")
     assert image.size == (64, 64)
-    assert (out / "mesh" / "model.glb").stat().st_size > 0 or any((out / "mesh").iterdir())
+    assert assets.load_judge().predict(assets.images_to_tensor([image]))["porcelain"] == [True]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages_run"] == ["image", "zero123", "refine"] and summary["faces"] > 0
+    assert any("'dragons'" in w for w in summary["warnings"]) and "'dragons'" in r.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["zero123"]["resolutions"] == [32, 64] and config["refine"]["view_dependent_prompting"] is False
 
 
 def test_unknown_domain_on_mini_is_one_sentence(tmp_path):

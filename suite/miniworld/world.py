@@ -13,6 +13,7 @@ The porcelain glaze (white body, cobalt-blue painted bands and dots, glossy) app
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +99,23 @@ def vocabulary() -> list[str]:
     words = {"a", "an", "of", "photo", "picture", "image", "with", "object", "plain", "stripes", "dots", "porcelain"}
     words |= set(SHAPES) | set(COLOURS)
     return sorted(words)
+
+
+def prompt_warnings(prompt: str | None) -> list[str]:
+    """Sentences about a prompt the mini world's models cannot follow: words outside :func:`vocabulary` (the
+    word-level tokenizer spells them letter by letter, which the models never saw) and no shape named."""
+    words = re.findall(r"[a-z]+", (prompt or "").lower())
+    known = set(vocabulary())
+    unknown = [w for w in dict.fromkeys(words) if w not in known]
+    out = []
+    if unknown:
+        out.append(f"the mini world does not know the word(s) {', '.join(repr(w) for w in unknown)}: its models "
+                   f"read only shapes ({', '.join(SHAPES)}), colours ({', '.join(COLOURS)}), patterns (stripes, "
+                   f"dots) and 'porcelain'; those words act as noise")
+    if words and not any(w in SHAPES for w in words):
+        out.append(f"the prompt names no shape the mini world has ({', '.join(SHAPES)}): the form is left to "
+                   f"the model (the porcelain domain draws vases and bowls)")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

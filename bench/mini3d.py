@@ -1,0 +1,234 @@
+"""``python -m bench.mini3d --output DIR [--quick]``: text-to-3D on the mini world, measured against exact geometry.
+
+1. **Known objects** (at least five classes, the asymmetric cup among them): a ground-truth reference view (image +
+   mask, elevation given) -> ``launch.py 3d --preset mini --image --mask --elevation`` with stage 2 only (mini
+   Zero-1-to-3 SDS + reference-view losses) -> the exported mesh, undone from the export frame with
+   ``summary.json``'s transform, against the exact surface: Chamfer distance (in object heights), normal
+   consistency, silhouette IoU from five held-out views. The same mesh mirrored (y -> -y) and turned 90 degrees
+   is measured too: a pose convention or axis error would look like those.
+2. **Prompts** (the full flow: stage 1 image by the mini base + porcelain domain model, stage 2, stage 3 domain
+   SDS): the stage-2 and the final meshes against the canonical shape of the class the prompt names (best turn
+   about the vertical axis), and the judge's porcelain probability and shape of NeRF renders after stage 2 and
+   after stage 3 (does the domain refinement make the object look porcelain without breaking its shape?).
+
+Writes ``results.json``, ``table.md`` and ``mini3d.png`` (inputs, truth and reconstructions side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("bench.mini3d")
+
+KNOWN = (("cup", "red", "stripes", 10.0, 0.0), ("box", "green", "dots", 10.0, 30.0),
+         ("vase", "blue", "stripes", 10.0, 0.0), ("bottle", "yellow", "plain", 15.0, 0.0),
+         ("cone", "purple", "dots", 5.0, 0.0), ("bowl", "green", "stripes", 20.0, 0.0))
+PROMPTS = ("a porcelain vase", "a cup")
+HELD_OUT = ((20.0, 90.0), (20.0, 180.0), (20.0, -90.0), (50.0, 45.0), (-5.0, 135.0))
+
+
+def reference_files(obj, elevation: float, azimuth: float, folder: Path, size: int = 256):
+    """A ground-truth view (on the world's background) and its exact mask, as a user would pass them."""
+    from PIL import Image
+
+    from suite.miniworld.render import render_view
+
+    folder.mkdir(parents=True, exist_ok=True)
+    r = render_view(obj, elevation, azimuth, size=size)
+    Image.fromarray((r.rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / "image.png")
+    Image.fromarray(((r.alpha[0] > 0.5).numpy() * 255).astype(np.uint8)).save(folder / "mask.png")
+    return folder / "image.png", folder / "mask.png"
+
+
+def turned(vertices: np.ndarray, degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    return vertices @ rot.T
+
+
+def known_object(case, out: Path, steps: dict) -> dict:
+    from generators3d import ThreeDConfig, run_text_to_3d
+    from suite.miniworld.geometry import load_export, measure_mesh
+    from suite.miniworld.views import reference_framing
+    from suite.miniworld.world import make_object
+
+    shape, colour, pattern, el, az = case
+    obj = make_object(shape, colour, pattern)
+    image, mask = reference_files(obj, el, az, out / "input")
+    t0 = time.time()
+    run_text_to_3d(ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=el, output=str(out / "run"),
+                                refine_steps=0, **steps))
+    wall = time.time() - t0
+    framing = reference_framing(obj, el, az, size=256)
+    v, f = load_export(out / "run")
+    res = {"case": f"{colour} {shape}, {pattern}", "elevation": el, "azimuth": az, "seconds": round(wall, 1),
+           **measure_mesh(v, f, obj, framing, views=HELD_OUT)}
+    for name, verts in (("mirrored", v * np.array([1.0, -1.0, 1.0])), ("turned90", turned(v, 90.0))):
+        m = measure_mesh(verts, f[:, ::-1] if name == "mirrored" else f, obj, framing, views=HELD_OUT)
+        res[f"{name}_chamfer"], res[f"{name}_iou"] = m["chamfer"], m["mean_silhouette_iou"]
+    return res
+
+
+def _shape_named(prompt: str) -> str | None:
+    from suite.miniworld.world import SHAPES
+
+    return next((w for w in prompt.lower().split() if w in SHAPES), None)
+
+
+@torch.no_grad()
+def judge_renders(checkpoint: Path, elevation: float, views=(-30.0, 0.0, 30.0, 150.0)) -> dict:
+    """The judge on NeRF renders at 64 px on the world's background: porcelain probability and shape votes."""
+    from generators3d.cameras import orbit_cameras
+    from generators3d.nerf import Background
+    from generators3d.render import render
+    from generators3d.train import load_checkpoint
+    from suite.miniworld import assets
+    from suite.miniworld.world import BACKGROUND, SHAPES
+
+    field, _ = load_checkpoint(checkpoint)
+    cams = orbit_cameras(elevation, list(views), 3.8, 20.0)
+    rgb = render(field, Background(BACKGROUND), cams, 64, chunk=8192)["rgb"].permute(0, 3, 1, 2).clamp(0, 1)
+    judge = assets.load_judge()
+    pred = judge.predict(rgb)
+    return {"porcelain": float(judge.porcelain_probability(rgb).mean()), "shapes": list(pred["shape"]),
+            "renders": rgb, "all_shapes": SHAPES}
+
+
+def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
+    from generators3d import ThreeDConfig, run_text_to_3d
+    from suite.miniworld.geometry import load_export, measure_mesh
+    from suite.miniworld.views import reference_framing
+    from suite.miniworld.world import make_object
+
+    t0 = time.time()
+    cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(out / "run"), seed=seed, **steps)
+    result = run_text_to_3d(cfg)
+    wall = time.time() - t0
+    el = cfg.resolved().camera.ref_elevation
+    # stage 2 alone, exported from its checkpoint the same way
+    run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(result.checkpoints["zero123"]),
+                                output=str(out / "stage2"), preview_frames=2))
+    res = {"prompt": prompt, "seconds": round(wall, 1), "warnings": result.warnings}
+    shape = _shape_named(prompt)
+    for name, folder in (("stage2", out / "stage2"), ("stage3", out / "run")):
+        if shape:
+            canon = make_object(shape)
+            framing = reference_framing(canon, el, 0.0, size=256)
+            v, f = load_export(folder)
+            best = min((measure_mesh(turned(v, a), f, canon, framing, views=HELD_OUT) for a in range(0, 360, 30)),
+                       key=lambda m: m["chamfer"])
+            res[f"{name}_chamfer"], res[f"{name}_iou"] = best["chamfer"], best["mean_silhouette_iou"]
+            res[f"{name}_normals"] = best["normal_consistency"]
+        ckpt = result.checkpoints["zero123" if name == "stage2" else "refine"]
+        j = judge_renders(ckpt, el)
+        res[f"{name}_porcelain"] = round(j["porcelain"], 3)
+        res[f"{name}_shape_votes"] = j["shapes"]
+        res[f"_{name}_renders"] = j["renders"]
+    return res
+
+
+def picture(known: list, prompts: list, out: Path, folder: Path) -> Path:
+    """One row per case: input, truth / reconstruction from two held-out views (known objects); stage-1 image,
+    stage-2 and stage-3 renders (prompts)."""
+    from PIL import Image
+
+    from generators3d.cameras import orbit_cameras
+    from generators3d.nerf import Background
+    from generators3d.render import render
+    from generators3d.train import load_checkpoint
+    from suite.miniworld.views import reference_framing, render_framed
+    from suite.miniworld.world import make_object
+
+    tile = 96
+    rows = []
+
+    def im(x):
+        if isinstance(x, Image.Image):
+            return x.convert("RGB").resize((tile, tile))
+        arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        return Image.fromarray(arr).resize((tile, tile), Image.NEAREST)
+
+    for case in KNOWN[:len(known)]:
+        shape, colour, pattern, el, az = case
+        obj = make_object(shape, colour, pattern)
+        framing = reference_framing(obj, el, az, size=256)
+        truth, _ = render_framed(obj, framing, [20.0, 20.0], [az + 90.0, az + 180.0], 64)
+        field, _ = load_checkpoint(folder / f"known-{shape}" / "run" / "checkpoints" / "stage2-zero123.safetensors")
+        nerf = render(field, Background(), orbit_cameras(20.0, [90.0, 180.0], 3.8, 20.0), 64, chunk=8192)["rgb"]
+        ref = Image.open(folder / f"known-{shape}" / "run" / "reference.png")
+        rows.append([im(ref), im(truth[0]), im(nerf[0].permute(2, 0, 1)), im(truth[1]), im(nerf[1].permute(2, 0, 1))])
+    for prompt, res in zip(PROMPTS, prompts):
+        slug = prompt.replace(" ", "-")
+        img = Image.open(folder / f"prompt-{slug}" / "run" / "image.png")
+        r2, r3 = res["_stage2_renders"], res["_stage3_renders"]
+        rows.append([im(img), im(r2[1]), im(r2[3]), im(r3[1]), im(r3[3])])
+    grid = Image.new("RGB", (5 * tile, len(rows) * tile), (255, 255, 255))
+    for i, row in enumerate(rows):
+        for j, t in enumerate(row):
+            grid.paste(t, (j * tile, i * tile))
+    grid.save(out)
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| known object | Chamfer (object heights) | normal consistency | held-out silhouette IoU | "
+             "mirrored: Chamfer / IoU | turned 90: Chamfer / IoU | seconds |", "|---|---|---|---|---|---|---|"]
+    for r in result["known"]:
+        lines.append(f"| {r['case']} (el {r['elevation']:.0f}) | {r['chamfer']:.3f} | {r['normal_consistency']:.3f} | "
+                     f"{r['mean_silhouette_iou']:.3f} | {r['mirrored_chamfer']:.3f} / {r['mirrored_iou']:.3f} | "
+                     f"{r['turned90_chamfer']:.3f} / {r['turned90_iou']:.3f} | {r['seconds']:.0f} |")
+    lines += ["", "| prompt | stage 2: Chamfer / IoU to the canonical shape | stage 2+3: Chamfer / IoU | "
+              "porcelain (judge) after stage 2 -> 3 | shape votes after stage 2 -> 3 | seconds (whole flow) |",
+              "|---|---|---|---|---|---|"]
+    for r in result["prompts"]:
+        geo2 = f"{r['stage2_chamfer']:.3f} / {r['stage2_iou']:.3f}" if "stage2_chamfer" in r else "-"
+        geo3 = f"{r['stage3_chamfer']:.3f} / {r['stage3_iou']:.3f}" if "stage3_chamfer" in r else "-"
+        lines.append(f"| {r['prompt']} | {geo2} | {geo3} | {r['stage2_porcelain']:.2f} -> {r['stage3_porcelain']:.2f} | "
+                     f"{','.join(r['stage2_shape_votes'])} -> {','.join(r['stage3_shape_votes'])} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def run(output: str, quick: bool = False, seed: int = 0) -> dict:
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = dict(zero123_steps=40, mesh_resolution=48, preview_frames=2) if quick else {}
+    known = [known_object(c, folder / f"known-{c[0]}", steps) for c in (KNOWN[:1] if quick else KNOWN)]
+    prompts = [] if quick else [prompt_case(p, folder / f"prompt-{p.replace(' ', '-')}", steps, seed)
+                                for p in PROMPTS]
+    if not quick:
+        picture(known, prompts, folder / "mini3d.png", folder)
+    clean = {"known": known, "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
+    (folder / "results.json").write_text(json.dumps(clean, indent=2))
+    (folder / "table.md").write_text(markdown(clean) + "\n")
+    return clean
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mini3d", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="folder for results.json, table.md, mini3d.png and the runs")
+    p.add_argument("--quick", action="store_true", help="one known object (the cup), few steps")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from suite.cli import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    result = run(args.output, args.quick)
+    print(markdown(result))
+    print(f"wall time {time.time() - t0:.1f} s -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

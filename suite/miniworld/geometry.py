@@ -1,0 +1,127 @@
+"""3D results measured against the mini world's exact geometry: surface samples of an object, the Chamfer
+distance and normal consistency of a mesh to them, and silhouettes of a mesh seen from given cameras.
+
+Frames: a reconstruction from a framed reference view (:mod:`.views`) lives in the NeRF frame, where the true
+surface is :meth:`.views.Framing.to_nerf` of the world's; an exported mesh is in the export frame, which
+``summary.json`` of a 3D run documents as ``x_export = scale * R x_nerf + offset`` (:func:`from_export`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..cameras import Cameras, camera_rays, orbit_cameras
+from .render import intersect
+from .world import MiniObject
+
+
+def surface_points(obj: MiniObject, views: int = 96, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``[N, 3]`` and unit normals (facing the camera that saw them) of the surface a camera can see, from
+    ``views`` directions spread over the whole sphere (exact ray hits, world frame)."""
+    rng = np.random.default_rng(seed)
+    el = np.degrees(np.arcsin(rng.uniform(-0.98, 0.98, views)))
+    az = rng.uniform(-180, 180, views)
+    o, d = camera_rays(orbit_cameras(el, az, 3.8, 22.0), size, size)
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    t, n = intersect(obj, o, d)
+    hit = torch.isfinite(t)
+    p = o[hit] + t[hit, None] * d[hit]
+    return p.numpy().astype(np.float64), n[hit].numpy().astype(np.float64)
+
+
+def from_export(vertices: np.ndarray, transform: dict) -> np.ndarray:
+    """Export-frame vertices -> NeRF frame (``transform``: ``summary.json``'s ``export_transform``)."""
+    r = np.asarray(transform["rotation"], np.float64)
+    return ((np.asarray(vertices, np.float64) - np.asarray(transform["offset"])) / float(transform["scale"])) @ r
+
+
+def sample_mesh(vertices: np.ndarray, faces: np.ndarray, n: int = 20000, seed: int = 0):
+    """``n`` points uniformly on a triangle mesh and their face normals."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    pts, idx = trimesh.sample.sample_surface(mesh, n, seed=seed)
+    return np.asarray(pts), np.asarray(mesh.face_normals[idx])
+
+
+def chamfer(points_a, normals_a, points_b, normals_b) -> dict:
+    """Symmetric Chamfer distance (mean of the two mean nearest-neighbour distances), its two halves
+    (``accuracy``: a -> b, ``completeness``: b -> a) and normal consistency (mean ``|n_a . n_b|`` of nearest
+    neighbours, both ways; 1 = identical orientation, 0.5 = random)."""
+    from scipy.spatial import cKDTree
+
+    d_ab, i_ab = cKDTree(points_b).query(points_a)
+    d_ba, i_ba = cKDTree(points_a).query(points_b)
+    nc = 0.5 * (np.abs((normals_a * normals_b[i_ab]).sum(-1)).mean() + np.abs((normals_b * normals_a[i_ba]).sum(-1)).mean())
+    return {"chamfer": float(0.5 * (d_ab.mean() + d_ba.mean())), "accuracy": float(d_ab.mean()),
+            "completeness": float(d_ba.mean()), "normal_consistency": float(nc)}
+
+
+def mesh_silhouettes(vertices: np.ndarray, faces: np.ndarray, cams: Cameras, size: int,
+                     supersample: int = 4) -> np.ndarray:
+    """Boolean masks ``[B, size, size]`` of a mesh (in the cameras' frame) seen from ``cams``: every triangle
+    projected and filled at ``supersample`` times the size; a pixel is in when most of it is covered."""
+    from PIL import Image, ImageDraw
+
+    masks = []
+    hs = size * supersample
+    v = np.concatenate([np.asarray(vertices, np.float64), np.ones((len(vertices), 1))], 1)
+    for i in range(len(cams)):
+        w2c = np.linalg.inv(cams.c2w[i].double().numpy())
+        pc = v @ w2c.T  # camera frame: x right, y up, looking along -z
+        focal = 0.5 * hs / np.tan(np.radians(float(cams.fovy[i])) / 2)
+        x = hs / 2 + focal * pc[:, 0] / -pc[:, 2] - 0.5  # PIL's pixel centres are at integers
+        y = hs / 2 - focal * pc[:, 1] / -pc[:, 2] - 0.5
+        im = Image.new("L", (hs, hs), 0)
+        draw = ImageDraw.Draw(im)
+        for tri in faces:
+            draw.polygon([(x[j], y[j]) for j in tri], fill=255)
+        cover = np.asarray(im, np.float32).reshape(size, supersample, size, supersample).mean((1, 3)) / 255
+        masks.append(cover > 0.5)
+    return np.stack(masks)
+
+
+def load_export(run_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The exported mesh of a 3D run (``mesh/model.ply``, else ``.glb``/``.obj``) back in the NeRF frame."""
+    import json
+    from pathlib import Path
+
+    import trimesh
+
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    path = next(Path(summary["meshes"][f]) for f in ("ply", "glb", "obj") if f in summary["meshes"])
+    mesh = trimesh.load(path, force="mesh", process=False)
+    return from_export(np.asarray(mesh.vertices), summary["export_transform"]), np.asarray(mesh.faces)
+
+
+def measure_mesh(vertices: np.ndarray, faces: np.ndarray, obj: MiniObject, framing, ref_azimuth: float = 0.0,
+                 views: tuple = ((20.0, 90.0), (20.0, 180.0), (20.0, -90.0), (50.0, 45.0), (-5.0, 135.0)),
+                 size: int = 64, seed: int = 0) -> dict:
+    """A mesh in the NeRF frame against the true object (``framing``: :func:`.views.reference_framing` of the
+    reference view): Chamfer distance, accuracy, completeness (units: the object's height, so 0.01 = 1% of it)
+    and normal consistency against the exact surface, and the silhouette IoU from held-out ``views``
+    ((elevation, azimuth) relative to the reference view, NeRF frame)."""
+    from .views import framed_cameras, iou
+
+    truth, truth_n = surface_points(obj, seed=seed)
+    truth_nerf = framing.to_nerf(truth, ref_azimuth)
+    pts, nrm = sample_mesh(vertices, faces, seed=seed)
+    height = float(np.ptp(truth_nerf[:, 2]))
+    out = chamfer(pts, nrm, truth_nerf, truth_n @ framing.rotation(ref_azimuth).T)
+    for k in ("chamfer", "accuracy", "completeness"):
+        out[k] = out[k] / height
+    el = [v[0] for v in views]
+    az = [v[1] for v in views]
+    nerf_cams = orbit_cameras(el, [ref_azimuth + x for x in az], framing.distance, 20.0)
+    truth_masks = render_masks(obj, framed_cameras(framing, el, [framing.azimuth + x for x in az]), size)
+    masks = mesh_silhouettes(vertices, faces, nerf_cams, size)
+    out["silhouette_iou"] = [round(float(x), 4) for x in iou(torch.from_numpy(masks), truth_masks)]
+    out["mean_silhouette_iou"] = float(np.mean(out["silhouette_iou"]))
+    return out
+
+
+def render_masks(obj: MiniObject, cams: Cameras, size: int) -> torch.Tensor:
+    from .render import render
+
+    return render(obj, cams, size=size, supersample=1).mask

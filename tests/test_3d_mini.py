@@ -1,0 +1,132 @@
+"""Text-to-3D measured on the mini world: the trained mini Zero-1-to-3 beats copying its input, a known object
+is reconstructed from a ground-truth view within Chamfer and silhouette bounds that a mirrored or turned export
+fails, the export frame can be undone, and bad 3D input gives warnings, not tracebacks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from suite.miniworld import assets
+from suite.miniworld import world as W
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mini_zero123():
+    from suite.zero123 import load_zero123
+
+    assets.check()
+    return load_zero123(str(assets.default_dir() / "zero123"))
+
+
+def _cases():
+    # a 90-degree turn: the cup at the same elevation (its handle swings from the side to the back) and a bowl
+    # seen from higher up (its inside appears); returning the input is wrong for both
+    return [(W.make_object("cup", "red", "stripes"), 10.0, 0.0, 10.0, 90.0),
+            (W.make_object("bowl", "yellow", "stripes"), 5.0, 0.0, 30.0, 90.0)]
+
+
+def test_mini_zero123_beats_copying_the_input_at_a_90_degree_turn(mini_zero123):
+    from suite.miniworld.views import measure_novel_views
+
+    m = measure_novel_views(mini_zero123, _cases(), steps=20)
+    for i in range(2):
+        assert m["iou"][i] > m["copy_iou"][i] + 0.05, m
+    assert m["mean_psnr"] > m["mean_copy_psnr"] + 1.0, m
+
+
+def test_random_zero123_of_the_same_layout_does_not(mini_zero123):
+    """The bound above is not met by chance: the same architecture with random weights fails it."""
+    from suite.miniworld.views import measure_novel_views
+    from suite.zero123 import Zero123Model
+    from training.mini_zero123 import build_parts
+
+    parts = build_parts(mini_zero123.vae, seed=5)
+    model = Zero123Model(parts["unet"].eval(), mini_zero123.vae, parts["image_encoder"].eval(), parts["projection"],
+                         mini_zero123.scheduler)
+    m = measure_novel_views(model, _cases()[:1], steps=10)
+    assert not m["iou"][0] > m["copy_iou"][0] + 0.05
+
+
+def test_export_transform_is_undone_exactly():
+    from generators3d.mesh import Mesh, export_transform, to_export_frame
+    from suite.miniworld.geometry import from_export
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(50, 3)).astype(np.float32)
+    mesh = Mesh(v, np.zeros((0, 3), np.int64), np.zeros_like(v))
+    for height, ground in ((None, True), (1.7, True), (0.3, False)):
+        tf = export_transform(mesh, height, ground)
+        back = from_export(to_export_frame(mesh, height, ground).vertices, tf)
+        assert np.abs(back - v).max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def cup_run(tmp_path_factory):
+    """The CI-sized reconstruction: a red cup seen from elevation 10, azimuth 0 (handle on the image's right)."""
+    import launch
+    from bench.mini3d import reference_files
+
+    folder = tmp_path_factory.mktemp("cup")
+    obj = W.make_object("cup", "red", "stripes")
+    image, mask = reference_files(obj, 10.0, 0.0, folder / "input")
+    out = folder / "run"
+    assert launch.main(["3d", "--preset", "mini", "--image", str(image), "--mask", str(mask), "--elevation", "10",
+                        "--zero123-steps", "40", "--refine-steps", "0", "--mesh-resolution", "48",
+                        "--preview-frames", "2", "--formats", "ply", "--no-texture", "--output", str(out)]) == 0
+    return obj, out
+
+
+def test_known_cup_is_reconstructed_the_right_way_round(cup_run):
+    from bench.mini3d import HELD_OUT, turned
+    from suite.miniworld.geometry import load_export, measure_mesh
+    from suite.miniworld.views import reference_framing
+
+    obj, out = cup_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["export_transform"]["formula"].startswith("x_export")
+    framing = reference_framing(obj, 10.0, 0.0, size=256)
+    v, f = load_export(out)
+    good = measure_mesh(v, f, obj, framing, views=HELD_OUT)
+    mirrored = measure_mesh(v * np.array([1.0, -1.0, 1.0]), f[:, ::-1], obj, framing, views=HELD_OUT)
+    turned90 = measure_mesh(turned(v, 90.0), f, obj, framing, views=HELD_OUT)
+    assert good["chamfer"] < CHAMFER_BOUND and good["mean_silhouette_iou"] > IOU_BOUND, good
+    # a flipped axis or a turned pose convention (the handle elsewhere) is measurably further from the truth
+    for wrong in (mirrored, turned90):
+        assert wrong["chamfer"] > good["chamfer"] * 1.15, (good, wrong)
+        assert wrong["mean_silhouette_iou"] < good["mean_silhouette_iou"] - 0.05, (good, wrong)
+
+
+CHAMFER_BOUND = 0.09  # 40 steps: about 0.06; mirrored or turned: 0.11-0.13 (docs/3d.md)
+IOU_BOUND = 0.75  # 40 steps: about 0.82; mirrored or turned: about 0.64
+
+
+def test_prompt_outside_the_mini_world_and_object_on_the_border_warn(tmp_path, caplog):
+    import launch
+    from suite.cli import warn_prompt
+
+    assert warn_prompt("mini", "a porcelain vase") == []
+    found = warn_prompt("mini", "a teapot with dragons")
+    assert len(found) == 2 and "'teapot'" in found[0] and "names no shape" in found[1]
+    assert warn_prompt("full", "a teapot") == []
+
+    # an object cut by the frame: a warning in the log and in summary.json, and the run still finishes
+    arr = np.full((64, 64, 3), 250, np.uint8)
+    arr[20:64, 16:48] = (200, 40, 40)
+    Image.fromarray(arr).save(tmp_path / "cut.png")
+    out = tmp_path / "run"
+    assert launch.main(["3d", "--preset", "tiny", "--image", str(tmp_path / "cut.png"), "--mask-method", "auto",
+                        "--zero123-steps", "1", "--refine-steps", "0", "--mesh-resolution", "24",
+                        "--preview-frames", "1", "--formats", "ply", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("touches the frame border" in w for w in summary["warnings"]), summary["warnings"]
