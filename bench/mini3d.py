@@ -11,7 +11,8 @@
    about the vertical axis), and the judge's porcelain probability and shape of NeRF renders after stage 2 and
    after stage 3 (does the domain refinement make the object look porcelain without breaking its shape?).
 
-Writes ``results.json``, ``table.md`` and ``mini3d.png`` (inputs, truth and reconstructions side by side).
+Writes ``results.json``, ``table.md`` and ``mini3d.png`` (inputs, truth and reconstructions side by side). Runs
+found finished in ``--output`` (their ``summary.json`` written) are measured again, not run again.
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ def known_object(case, out: Path, steps: dict) -> dict:
     shape, colour, pattern, el, az = case
     obj = make_object(shape, colour, pattern)
     image, mask = reference_files(obj, el, az, out / "input")
-    t0 = time.time()
-    run_text_to_3d(ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=el, output=str(out / "run"),
-                                refine_steps=0, **steps))
-    wall = time.time() - t0
+    if not _finished(out / "run"):
+        run_text_to_3d(ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=el,
+                                    output=str(out / "run"), refine_steps=0, **steps))
+    wall = _seconds(out / "run")
     framing = reference_framing(obj, el, az, size=256)
     v, f = load_export(out / "run")
     res = {"case": f"{colour} {shape}, {pattern}", "elevation": el, "azimuth": az, "seconds": round(wall, 1),
@@ -75,6 +76,17 @@ def known_object(case, out: Path, steps: dict) -> dict:
         m = measure_mesh(verts, f[:, ::-1] if name == "mirrored" else f, obj, framing, views=HELD_OUT)
         res[f"{name}_chamfer"], res[f"{name}_iou"] = m["chamfer"], m["mean_silhouette_iou"]
     return res
+
+
+def _finished(run: Path) -> bool:
+    """A run of an earlier invocation that got to its summary (reused: the benchmark resumes)."""
+    return (run / "summary.json").is_file()
+
+
+def _seconds(run: Path) -> float:
+    """A run's wall time from its files: config.json (written at the start) to summary.json (the end); model
+    loading before the first file is not included."""
+    return (run / "summary.json").stat().st_mtime - (run / "config.json").stat().st_mtime
 
 
 def _shape_named(prompt: str) -> str | None:
@@ -108,15 +120,17 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
 
-    t0 = time.time()
     cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(out / "run"), seed=seed, **steps)
-    result = run_text_to_3d(cfg)
-    wall = time.time() - t0
+    if not _finished(out / "run"):
+        run_text_to_3d(cfg)
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    checkpoints = {k: Path(v) for k, v in summary["checkpoints"].items()}
     el = cfg.resolved().camera.ref_elevation
     # stage 2 alone, exported from its checkpoint the same way
-    run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(result.checkpoints["zero123"]),
-                                output=str(out / "stage2"), preview_frames=2))
-    res = {"prompt": prompt, "seconds": round(wall, 1), "warnings": result.warnings}
+    if not _finished(out / "stage2"):
+        run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(checkpoints["zero123"]),
+                                    output=str(out / "stage2"), preview_frames=2))
+    res = {"prompt": prompt, "seconds": round(_seconds(out / "run"), 1), "warnings": summary["warnings"]}
     shape = _shape_named(prompt)
     for name, folder in (("stage2", out / "stage2"), ("stage3", out / "run")):
         if shape:
@@ -127,7 +141,7 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
                        key=lambda m: m["chamfer"])
             res[f"{name}_chamfer"], res[f"{name}_iou"] = best["chamfer"], best["mean_silhouette_iou"]
             res[f"{name}_normals"] = best["normal_consistency"]
-        ckpt = result.checkpoints["zero123" if name == "stage2" else "refine"]
+        ckpt = checkpoints["zero123" if name == "stage2" else "refine"]
         j = judge_renders(ckpt, el)
         res[f"{name}_porcelain"] = round(j["porcelain"], 3)
         res[f"{name}_shape_votes"] = j["shapes"]
@@ -135,6 +149,7 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
     return res
 
 
+@torch.no_grad()
 def picture(known: list, prompts: list, out: Path, folder: Path) -> Path:
     """One row per case: input, truth / reconstruction from two held-out views (known objects); stage-1 image,
     stage-2 and stage-3 renders (prompts)."""
@@ -203,11 +218,11 @@ def run(output: str, quick: bool = False, seed: int = 0) -> dict:
     known = [known_object(c, folder / f"known-{c[0]}", steps) for c in (KNOWN[:1] if quick else KNOWN)]
     prompts = [] if quick else [prompt_case(p, folder / f"prompt-{p.replace(' ', '-')}", steps, seed)
                                 for p in PROMPTS]
-    if not quick:
-        picture(known, prompts, folder / "mini3d.png", folder)
     clean = {"known": known, "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
     (folder / "results.json").write_text(json.dumps(clean, indent=2))
     (folder / "table.md").write_text(markdown(clean) + "\n")
+    if not quick:
+        picture(known, prompts, folder / "mini3d.png", folder)
     return clean
 
 

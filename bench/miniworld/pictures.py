@@ -7,7 +7,10 @@
   recommended weights, and unconditional in-domain samples; ``in-domain-auto.png``: the same with automatic weights;
 * ``edit.png``: SDEdit of open-world renders towards porcelain, the recommended ``w_d`` (input, then strength 0.5 /
   0.7 / 0.9);
+* ``zero123.png``: the mini Zero-1-to-3 on held-out objects (input, its view 90 degrees round, the truth);
 * ``timing.json``: wall time of ``launch.py generate --preset mini`` (one image, a fresh process).
+
+``--only zero123`` writes that picture alone.
 """
 
 from __future__ import annotations
@@ -46,10 +49,26 @@ def _pil(t: torch.Tensor) -> Image.Image:
     return Image.fromarray((t.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
 
 
+def zero123_picture(out: Path) -> Path:
+    from suite.miniworld import assets
+    from suite.miniworld.views import heldout_cases, measure_novel_views
+    from suite.pipeline import save_image_atomic
+    from suite.zero123 import load_zero123
+
+    assets.check()
+    m = measure_novel_views(load_zero123(str(assets.default_dir() / "zero123")), heldout_cases(14), steps=30)
+    rows = [[_pil(m[k][i]) for i in range(7)] for k in ("inputs", "predicted", "truth")]
+    rows += [[_pil(m[k][i]) for i in range(7, 14)] for k in ("inputs", "predicted", "truth")]
+    path = out / "zero123.png"
+    save_image_atomic(_tile_grid(rows, ["input", "Zero-1-to-3", "truth"] * 2), path)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.miniworld.pictures", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=str(ROOT / "docs" / "mini-world"))
+    p.add_argument("--only", choices=["zero123"], default=None, help="write one picture only")
     args = p.parse_args(argv)
     from suite.cli import build_pipeline, quiet_libraries
     from suite.miniworld import world as W
@@ -59,6 +78,9 @@ def main(argv=None) -> int:
     quiet_libraries()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    zero123_picture(out)
+    if args.only == "zero123":
+        return 0
     rng = np.random.default_rng(0)
 
     # The world.
