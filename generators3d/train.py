@@ -64,7 +64,7 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                               torch.nn.functional.interpolate(reference.mask, size, mode="area"))
     good = _snapshot(field, background, opt)
     recoveries, info = 0, {}
-    every = max(int(getattr(field.cfg, "occupancy_every", 0) or 1), 1)
+    every = max(int(field.cfg.occupancy_every), 1)
     for step in range(stage.steps):
         # 1. Schedules: timestep ranges (annealed), render resolution and batch; the occupancy grid.
         if step % every == 0:

@@ -2,8 +2,9 @@
 
 ``suite/miniworld/models/`` holds ``sd/`` (a diffusers Stable Diffusion folder: the base text-to-image model, its
 VAE, text encoder, word-level tokenizer and scheduler), ``domain-porcelain/`` (a null-text domain model trained by
-``launch.py train``), ``zero123/`` (a Zero-1-to-3 diffusers folder, :mod:`training.mini_zero123`), ``judge.safetensors`` (the attribute classifier of :mod:`.judge`) and ``MANIFEST.json``
-(SHA-256 of every file, build times, measured quality). ``$INDOMAIN_MINI_DIR`` points elsewhere.
+``launch.py train``), ``zero123/`` (a Zero-1-to-3 diffusers folder, trained by ``training/mini_zero123.py``),
+``judge.safetensors`` (the attribute classifier of :mod:`.judge`) and ``MANIFEST.json`` (SHA-256 of every file,
+build times, measured quality). ``$INDOMAIN_MINI_DIR`` points elsewhere.
 Rebuild everything with ``python -m training.miniworld``.
 """
 
