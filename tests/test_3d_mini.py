@@ -74,16 +74,20 @@ def test_export_transform_is_undone_exactly():
 @pytest.fixture(scope="module")
 def cup_run(tmp_path_factory):
     """The CI-sized reconstruction: a red cup seen from elevation 10, azimuth 0 (handle on the image's right)."""
-    import launch
+    from dataclasses import replace
+
     from bench.mini3d import reference_files
+    from generators3d import ThreeDConfig, run_text_to_3d
 
     folder = tmp_path_factory.mktemp("cup")
     obj = W.make_object("cup", "red", "stripes")
     image, mask = reference_files(obj, 10.0, 0.0, folder / "input")
     out = folder / "run"
-    assert launch.main(["3d", "--preset", "mini", "--image", str(image), "--mask", str(mask), "--elevation", "10",
-                        "--zero123-steps", "40", "--refine-steps", "0", "--mesh-resolution", "48",
-                        "--preview-frames", "2", "--formats", "ply", "--no-texture", "--output", str(out)]) == 0
+    # the user's path (--image --mask --elevation), CI-sized: 40 steps of 2 views at 32 px, the reference at 48 px
+    cfg = ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=10.0, refine_steps=0,
+                       mesh_resolution=48, preview_frames=1, formats=("ply",), texture=False, output=str(out))
+    cfg = replace(cfg, zero123=replace(cfg.resolved().zero123, steps=40, batch_sizes=(2, 2), ref_resolution=48))
+    run_text_to_3d(cfg)
     return obj, out
 
 
