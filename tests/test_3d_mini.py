@@ -111,8 +111,8 @@ def test_known_cup_is_reconstructed_the_right_way_round(cup_run):
         assert wrong["mean_silhouette_iou"] < good["mean_silhouette_iou"] - 0.05, (good, wrong)
 
 
-CHAMFER_BOUND = 0.09  # 40 steps: about 0.06; mirrored or turned: 0.11-0.13 (docs/3d.md)
-IOU_BOUND = 0.75  # 40 steps: about 0.82; mirrored or turned: about 0.64
+CHAMFER_BOUND = 0.09  # measured about 0.06; mirrored or turned: 0.11-0.13 (docs/3d.md)
+IOU_BOUND = 0.75  # measured about 0.82; mirrored: about 0.64
 
 
 def test_prompt_outside_the_mini_world_and_object_on_the_border_warn(tmp_path, caplog):
