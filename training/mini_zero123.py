@@ -108,7 +108,7 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
     from suite.miniworld.world import CAMERA_DISTANCE
     from suite.zero123 import relative_pose
 
-    from .miniworld import _cosine_lr, _progress, _to_tensor, encode_latents
+    from .miniworld import _cosine_lr, _progress, _to_tensor, encode_latents, optimise
 
     parts = build_parts(vae, seed) if init is None else dict(init)
     for name in ("unet", "image_encoder", "projection"):
@@ -145,15 +145,7 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
             x = torch.cat([zt, concat * keep[:, None, None, None]], 1)
             pred = unet(x, t, encoder_hidden_states=token).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, m in zip(ema, live):
-                for pe, pl in zip(e.parameters(), m.parameters()):
-                    pe.lerp_(pl, 1 - d)
+        optimise(opt, loss, params, zip(ema, live), step, ema_decay)
         _progress("zero123", step, steps, t0, loss.item())
     parts.update(unet=ema[0].eval(), image_encoder=ema[1].eval(), projection=ema[2].eval())
     return parts

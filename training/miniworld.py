@@ -120,6 +120,20 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
 
 
+def optimise(opt, loss: torch.Tensor, params, emas, step: int, ema_decay: float) -> None:
+    """One optimiser step on ``loss`` (gradient norm clipped to 1), then each ``(ema, live)`` module pair of ``emas``
+    moves towards the live weights (decay ``min(ema_decay, (1 + step) / (10 + step))``: a short warm-up)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    d = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema, live in emas:
+            for pe, pl in zip(ema.parameters(), live.parameters()):
+                pe.lerp_(pl, 1 - d)
+
+
 def _progress(name: str, step: int, total: int, t0: float, loss: float) -> None:
     if step % 100 == 0 or step == total:
         rate = step / max(time.time() - t0, 1e-9)
@@ -228,15 +242,7 @@ def train_base(latents: torch.Tensor, captions: list[str], tokenizer, scaling: f
             ehs = text(tok)[0]
             pred = unet(zt, t, encoder_hidden_states=ehs).sample
         loss = torch.nn.functional.mse_loss(pred.float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((ema_unet, unet), (ema_text, text)):
-                for pe, pl in zip(ema.parameters(), live.parameters()):
-                    pe.lerp_(pl, 1 - d)
+        optimise(opt, loss, params, ((ema_unet, unet), (ema_text, text)), step, ema_decay)
         _progress("base", step, steps, t0, loss.item())
     return ema_unet.eval(), ema_text.eval()
 
