@@ -180,6 +180,8 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
 
 def _finish(field, cfg, out, result, report) -> ThreeDResult:
     """Steps 7-9: meshes, the turntable preview, the summary."""
+    import numpy as np
+
     from . import mesh as meshlib
     from .cameras import orbit_cameras, turntable_cameras
     from .nerf import Background
@@ -192,7 +194,7 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
                           cfg.camera.ref_distance, cfg.camera.ref_fovy)
     mesh, level = meshlib.extract_mesh(field, views, cfg.export)
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
-    mesh = meshlib.to_export_frame(mesh, cfg.export.height_m, cfg.export.on_ground)
+    mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])
     result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
     result.threshold = level
     report.update("export", 1, 1, {"faces": len(mesh.faces), "threshold": level})

@@ -124,7 +124,6 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
         info["nan_recoveries"] = recoveries
         if progress is not None:
             progress(step + 1, stage.steps, info)
-    field.update_occupancy(generator)  # for the renders that follow (export, preview)
     return {"nan_recoveries": recoveries, "last": info}
 
 
