@@ -29,6 +29,33 @@ def available():
             raise
 
 
+def app_backends():
+    """The editing, 3D and training jobs the app runs. The app lives in ``suite``, which imports none of the packages
+    above it; this file, which sees them all, hands them in (a package not installed here leaves its tab off)."""
+    from suite.app.core import Backends
+
+    kw = {}
+    try:
+        from editing import edit_photo
+
+        kw.update(edit_photo=edit_photo)
+    except ModuleNotFoundError:
+        pass
+    try:
+        from generators3d import ThreeDConfig, run_text_to_3d
+
+        kw.update(three_d_config=ThreeDConfig, run_text_to_3d=run_text_to_3d)
+    except ModuleNotFoundError:
+        pass
+    try:
+        from training.train import TrainConfig, train_domain
+
+        kw.update(train_config=TrainConfig, train_domain=train_domain)
+    except ModuleNotFoundError:
+        pass
+    return Backends(**kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch.py",
@@ -43,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                            if getattr(module, "DEFAULTS_HELP", False) else argparse.HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)
+        if name == "app":
+            p.set_defaults(backends=app_backends)  # called when the app starts, not for every subcommand
     return parser
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from launch import app_backends
+
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
@@ -39,6 +41,7 @@ def app(tmp_path_factory):
         from suite.app.ui import build_app, launch
 
         cfg = core.AppConfig(preset="tiny", output_dir=tmp / "out", max_upload_mb=2, max_megapixels=25,
+                             backends=app_backends(),
                              default_steps=4, threed_overrides=_short_3d(), train_overrides=_short_training())
         cfg.output_dir.mkdir()
         demo = build_app(cfg)

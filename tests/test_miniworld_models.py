@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from launch import app_backends
 from suite.miniworld import assets
 from suite.miniworld import world as W
 
@@ -190,7 +191,8 @@ def test_app_on_mini_generates_porcelain(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        cfg = core.AppConfig(preset="mini", output_dir=tmp_path / "out", default_steps=12)
+        cfg = core.AppConfig(preset="mini", output_dir=tmp_path / "out", default_steps=12,
+                             backends=app_backends())
         cfg.output_dir.mkdir()
         assert core.list_domain_names(cfg) == ["porcelain"]
         demo = build_app(cfg)

@@ -52,7 +52,7 @@ def add_arguments(p) -> None:
 
 def config_from_args(args):
     from ..cli import UserError
-    from .core import AppConfig
+    from .core import AppConfig, Backends
 
     for value, flag in ((args.max_upload_mb, "--max-upload-mb"), (args.max_megapixels, "--max-megapixels")):
         if value <= 0:
@@ -68,7 +68,8 @@ def config_from_args(args):
                         "choose another --output-dir") from None
     return AppConfig(preset=args.preset, output_dir=out, device=args.device, dtype=args.dtype,
                      max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-                     max_loaded_models=args.max_loaded_models, max_jobs=args.max_jobs)
+                     max_loaded_models=args.max_loaded_models, max_jobs=args.max_jobs,
+                     backends=args.backends() if getattr(args, "backends", None) else Backends())
 
 
 def main(args) -> int:

@@ -2,8 +2,9 @@
 
 Everything here calls the same library functions as the CLI (``suite.cli.build_pipeline``, the pipeline's
 ``__call__``, ``editing.edit_photo``, ``generators3d.run_text_to_3d``, ``training.train.train_domain``);
-nothing runs ``launch.py`` in a subprocess. The back ends of the edit, 3D and training tabs are imported
-lazily, so a tab can say "not available in this install" when its package is missing.
+nothing runs ``launch.py`` in a subprocess. The back ends of the edit, 3D and training tabs live in packages
+above ``suite``, which it never imports: ``launch.py`` (the composition root) hands them in as :class:`Backends`,
+and a tab whose back end is missing says "not available in this install".
 """
 
 from __future__ import annotations
@@ -37,6 +38,24 @@ ALLOWED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
 
 @dataclass
+class Backends:
+    """The jobs of the packages above ``suite`` that the app runs (``launch.app_backends`` fills them): the
+    edit tab's ``edit_photo``, the 3D tab's ``three_d_config`` / ``run_text_to_3d`` and the Domains tab's
+    ``train_config`` / ``train_domain``. None: that package is not installed here."""
+
+    edit_photo: Callable | None = None
+    three_d_config: type | None = None
+    run_text_to_3d: Callable | None = None
+    train_config: type | None = None
+    train_domain: Callable | None = None
+
+    def missing(self, *names: str) -> str | None:
+        """None if every named back end is there, else the sentence the tab shows."""
+        absent = [n for n in names if getattr(self, n) is None]
+        return f"not available in this install ({', '.join(absent)} not installed)" if absent else None
+
+
+@dataclass
 class AppConfig:
     """What ``launch.py app`` was started with (every field has the CLI flag of the same name)."""
 
@@ -54,6 +73,7 @@ class AppConfig:
     # Settings forced on every 3D / training run (tests use them for short runs; not exposed in the UI).
     threed_overrides: dict = field(default_factory=dict)
     train_overrides: dict = field(default_factory=dict)
+    backends: Backends = field(default_factory=Backends)
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir).resolve()
@@ -356,17 +376,6 @@ def train_command(config: AppConfig, domain: str, data: str, output: str | None 
 
 # ----------------------------------------------------------------------------------------------------------
 # back ends of the other tabs (imported lazily; the contracts are in the docstrings)
-def backend_available(module: str) -> str | None:
-    """None if ``module`` imports, else the sentence the tab shows."""
-    import importlib
-
-    try:
-        importlib.import_module(module)
-        return None
-    except ImportError as err:
-        return f"not available in this install ({module} could not be imported: {err})"
-
-
 def settings_fields(cls, skip: set[str]) -> list[tuple[str, type, object]]:
     """The numeric / boolean fields of a settings dataclass with their defaults (the UI shows these).
 
@@ -403,11 +412,12 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes."""
     from PIL import ImageDraw
 
-    import editing
-
     from ..pipeline import save_image_atomic
 
     cfg = cache.config
+    edit_photo = cfg.backends.edit_photo
+    if edit_photo is None:
+        raise UserError(cfg.backends.missing("edit_photo"))
     # 1. Check the request.
     steps = check_count(steps, "the number of steps", 1, cfg.max_steps)
     num = check_count(num_images, "the number of images", 1, cfg.max_images)
@@ -419,7 +429,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     report("loading models", 0, 1, {})
     pipe, lock = cache.get(domain)
     with lock:
-        out = editing.edit_photo(pipe, photo, prompt=prompt, strength=float(strength), domain_weight=domain_weight,
+        out = edit_photo(pipe, photo, prompt=prompt, strength=float(strength), domain_weight=domain_weight,
                                  control_weight=control_weight, mask=mask, all_faces=bool(all_faces),
                                  whole_image=bool(whole_image), num_images=num, seed=seed, steps=steps,
                                  progress=report)
@@ -445,11 +455,12 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     """One 3D-tab job through ``generators3d.run_text_to_3d`` (the CLI's ``3d``), written under OUTPUT/3d.
 
     ``image`` (a checked PIL image) replaces stage 1; ``settings`` are ``ThreeDConfig`` fields from the form."""
-    import generators3d
-
     from ..pipeline import save_image_atomic
 
     # 1. Check the request.
+    backends = config.backends
+    if backends.missing("three_d_config", "run_text_to_3d"):
+        raise UserError(backends.missing("three_d_config", "run_text_to_3d"))
     prompt = (prompt or "").strip()
     if not prompt and image is None:
         raise UserError("no prompt: type what to make (e.g. 'a vase with dragons') or upload an image")
@@ -461,9 +472,9 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     if image is not None:
         values["image"] = save_image_atomic(image, folder / "input.png")
     values.update(config.threed_overrides)
-    cfg3 = make_config(generators3d.ThreeDConfig, values)
+    cfg3 = make_config(backends.three_d_config, values)
     # 3. Run every stage.
-    return generators3d.run_text_to_3d(cfg3, progress=progress)
+    return backends.run_text_to_3d(cfg3, progress=progress)
 
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
@@ -474,9 +485,10 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     """One Domains-tab training run through ``training.train.train_domain`` (the CLI's ``train``).
 
     The model is written to OUTPUT/domains/<name>, where the Generate tab finds it."""
-    from training import train
-
     # 1. Check the request.
+    backends = config.backends
+    if backends.missing("train_config", "train_domain"):
+        raise UserError(backends.missing("train_config", "train_domain"))
     domain = (domain or "").strip()
     if not DOMAIN_NAME.match(domain):
         raise UserError(f"the domain name {domain!r} must be 1-40 letters, digits, '-' or '_'")
@@ -490,6 +502,6 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     values = dict(settings or {})
     values.update(domain=domain, data=str(data_dir), output=str(output), device=config.device, dtype=config.dtype)
     values.update(config.train_overrides)
-    cfg = make_config(functools.partial(train.TrainConfig.for_preset, config.preset), values,
-                      fields_of=train.TrainConfig)
-    return Path(train.train_domain(cfg, progress=progress) or output)
+    cfg = make_config(functools.partial(backends.train_config.for_preset, config.preset), values,
+                      fields_of=backends.train_config)
+    return Path(backends.train_domain(cfg, progress=progress) or output)

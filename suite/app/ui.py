@@ -255,12 +255,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
 
 # ----------------------------------------------------------------------------------------------------------
 def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
-    missing = core.backend_available("editing")
-    if missing is None:
-        import editing
-
-        if not hasattr(editing, "edit_photo"):
-            missing = "not available in this install (editing.edit_photo is missing)"
+    missing = cfg.backends.missing("edit_photo")
     if missing:
         gr.Markdown(f"**Edit:** {missing}", elem_id="edit-missing")
         return None
@@ -346,20 +341,13 @@ def _mask_from(drawn, mask_file, photo):
 
 # ----------------------------------------------------------------------------------------------------------
 def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
-    missing = core.backend_available("generators3d")
-    if missing is None:
-        import generators3d
-
-        if not all(hasattr(generators3d, n) for n in ("ThreeDConfig", "run_text_to_3d")):
-            missing = "not available in this install (generators3d.ThreeDConfig / run_text_to_3d are missing)"
+    missing = cfg.backends.missing("three_d_config", "run_text_to_3d")
     if missing:
         gr.Markdown(f"**3D:** {missing}", elem_id="3d-missing")
         return None
-    import generators3d
-
     skip = {"prompt", "domain", "preset", "output", "image", "mask", "device", "dtype", "sd_model",
             "domain_model", "zero123_model", "resume", "export_only"}
-    fields = core.settings_fields(generators3d.ThreeDConfig, skip)
+    fields = core.settings_fields(cfg.backends.three_d_config, skip)
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox("", label="prompt", placeholder="e.g. a vase with dragons", elem_id="3d-prompt")
@@ -433,20 +421,13 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
     data.change(show_command, [name, data], command, queue=False, api_visibility="private")
     refresh.click(lambda: core.domain_rows(cfg), None, table, queue=False, api_name="domains")
 
-    missing = core.backend_available("training.train")
-    if missing is None:
-        from training import train
-
-        if not all(hasattr(train, n) for n in ("TrainConfig", "train_domain")):
-            missing = "not available in this install (training.train.TrainConfig / train_domain are missing)"
+    missing = cfg.backends.missing("train_config", "train_domain")
     can_run = _can_train_here(cfg)
     if missing or can_run is not None:
         gr.Markdown(f"Training from this page: {missing or can_run}. Use the command above.", elem_id="train-missing")
         return
-    from training import train
-
     skip = {"domain", "data", "output", "preset", "device", "dtype", "sd_model", "resume", "seed"}
-    fields = core.settings_fields(train.TrainConfig.for_preset(cfg.preset), skip)
+    fields = core.settings_fields(cfg.backends.train_config.for_preset(cfg.preset), skip)
     with gr.Accordion("training settings", open=False):
         widgets = _settings_widgets(fields)
     gr.Markdown(f"Runs here write to `{cfg.output_dir / 'domains'}/NAME`, and the domain appears in the other tabs.")
