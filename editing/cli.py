@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from suite import cli
+from suite.checks import UserError, check_range, finite_float
 
 FACE_DOMAINS = ("face", "animal")  # domains whose photos are edited on the aligned face crop
 HELP = "edit a photo with SDEdit and in-domain guidance (face photos: detect, align, edit the face, paste back)"
@@ -20,7 +21,7 @@ log = logging.getLogger("editing")
 def add_arguments(p) -> None:
     p.add_argument("--image", required=True, help="the photo to edit (JPEG/PNG/WebP, any mode; EXIF orientation applied)")
     p.add_argument("--prompt", default="", help="control text, e.g. 'wearing glasses' (default: '' = domain guidance only)")
-    p.add_argument("--strength", type=cli.finite_float, default=0.6,
+    p.add_argument("--strength", type=finite_float, default=0.6,
                    help="SDEdit strength in [0, 1]: 0 keeps the photo, 1 ignores it (default: %(default)s)")
     p.add_argument("--output", default="edited.png",
                    help="output image (.png/.jpg/.webp), same size and orientation as the input; with --num-images "
@@ -32,30 +33,27 @@ def add_arguments(p) -> None:
     p.add_argument("--whole-image", action="store_true",
                    help="edit the whole photo scaled to the model's resolution instead of the face crop "
                         "(for photos without a detectable face; the default for domains other than face and animal)")
-    p.add_argument("--max-megapixels", type=cli.finite_float, default=120.0,
+    p.add_argument("--max-megapixels", type=finite_float, default=120.0,
                    help="refuse larger inputs before decoding them (decompression-bomb guard) (default: %(default)s)")
-    p.add_argument("--feather", type=cli.finite_float, default=0.08,
+    p.add_argument("--feather", type=finite_float, default=0.08,
                    help="width of the soft edge of the pasted face crop, as a fraction of the crop (default: %(default)s)")
     cli.add_model_arguments(p, controlnet=False)
     cli.add_guidance_arguments(p)
 
 
 def main(args) -> int:
-    from suite.generate_cli import output_paths
-    from suite.pipeline import save_image_atomic
+    from suite.images import open_image, oriented_size, output_paths, save_image_atomic
+    from suite.models import default_domain
 
     from .edit import edit_photo
-    from .images import load_mask, open_image, oriented_size
+    from .images import load_mask
 
     # 1. Validate and read the inputs before loading any model.
-    if not 0.0 <= args.strength <= 1.0:
-        raise cli.UserError(f"--strength must be between 0 and 1, got {args.strength}")
+    check_range(args.strength, "--strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
+    check_range(args.feather, "--feather", 0.0, 0.5)
     if args.max_megapixels <= 0:
-        raise cli.UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
-    if not 0.0 <= args.feather <= 0.5:
-        raise cli.UserError(f"--feather must be between 0 and 0.5, got {args.feather}")
+        raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
     paths = output_paths(args.output, max(args.num_images, 1))
-    _check_format(paths[0])
     max_pixels = int(args.max_megapixels * 1e6)
     image = open_image(args.image, "image", max_pixels)
     size = oriented_size(image)
@@ -63,7 +61,7 @@ def main(args) -> int:
 
     # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
     pipe = cli.load_pipeline(args)
-    whole_image = args.whole_image or cli.default_domain(args.preset, args.domain) not in FACE_DOMAINS
+    whole_image = args.whole_image or default_domain(args.preset, args.domain) not in FACE_DOMAINS
 
     # 3. Edit (detect and align, SDEdit through the pipeline, paste back), with a progress bar.
     from PIL import Image
@@ -104,9 +102,3 @@ def main(args) -> int:
     log.info("time: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
     return 0
 
-
-def _check_format(path) -> None:
-    from PIL import Image
-
-    if Image.registered_extensions().get(path.suffix.lower()) is None:
-        raise cli.UserError(f"unknown image format {path.suffix!r} for {str(path)!r}: use .png, .jpg or .webp")

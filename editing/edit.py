@@ -10,17 +10,18 @@ photo with a feathered mask. Pixels outside the mask are never written: they sta
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from suite.checks import Progress, check_int, check_range
+from suite.images import DEFAULT_MAX_PIXELS
+
 from .align import Region, extract, face_region, feather_mask, paste, whole_image_region
 from .faces import Face, FaceDetector
-from .images import DEFAULT_MAX_PIXELS, load_mask, prepare_photo
+from .images import load_mask, prepare_photo
 
-Progress = Callable[[str, int, int, dict], None]
 STAGES = ("detect", "encode", "denoise", "decode", "paste")
 
 
@@ -55,17 +56,14 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     ``detector``: any :class:`editing.faces.FaceDetector` (default: OpenCV Haar cascades).
     Raises ValueError (one sentence) when no face is found, naming ``whole_image`` / ``--whole-image``.
     """
-    from suite.guidance import check_weight
-    from suite.pipeline import DEFAULT_STEPS, check_int
+    from suite.pipeline import DEFAULT_STEPS
 
     timings = dict.fromkeys(STAGES, 0.0)
     report = progress or (lambda *a: None)
     t0 = time.perf_counter()
 
     # 1. Check the request before any work (one clear sentence each).
-    strength = check_weight(strength, "strength")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be between 0 and 1, got {strength} (0 keeps the photo, 1 ignores it)")
+    strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     num_images = check_int(num_images, "the number of images", 1)
     steps = DEFAULT_STEPS if steps is None else check_int(steps, "the number of steps", 1)
     seed = check_int(seed, "the seed", 0)

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-#: Default limit on input size, in pixels (120 MP: above today's 108 MP phone sensors, far below what
-#: would exhaust memory). Larger files are refused before decoding (decompression-bomb guard).
-DEFAULT_MAX_PIXELS = 120_000_000
+from suite.images import DEFAULT_MAX_PIXELS, check_size, open_image
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -59,37 +55,6 @@ class Photo:
         if self.icc_profile:
             im.info["icc_profile"] = self.icc_profile
         return im
-
-
-def check_size(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:
-    """Refuse images above ``max_pixels`` (a decompression bomb, or simply too large) in one sentence."""
-    if max_pixels is not None and width * height > max_pixels:
-        raise ValueError(
-            f"the {what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the limit of "
-            f"{max_pixels / 1e6:.0f} megapixels (decompression-bomb guard): downscale it first, or raise the limit "
-            f"with --max-megapixels"
-        )
-
-
-def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open and decode an image file (first frame), checking its size from the header BEFORE decoding."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"the {what} {str(path)!r} does not exist: check the path")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            im = Image.open(path)
-        check_size(*im.size, max_pixels, f"{what} {str(path)!r}")
-        im.load()
-        return im
-    except Image.DecompressionBombError:
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
-        raise ValueError(f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode "
-                         f"safely (decompression-bomb guard): downscale it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
-        raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or "
-                         f"WebP file") from None
 
 
 def load_photo(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Photo:
@@ -144,16 +109,6 @@ def prepare_photo(im: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     except (ValueError, OSError):
         raise ValueError(f"images in mode {im.mode} cannot be converted to RGB: save it as an RGB PNG or JPEG") from None
     return Photo(rgb=np.asarray(converted).copy(), mode=im.mode)
-
-
-def oriented_size(im: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` as the user sees ``im``: swapped when its EXIF orientation turns it by 90 degrees."""
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - unreadable EXIF = no orientation
-        orientation = 1
-    w, h = im.size
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def load_mask(source, size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -12,7 +12,8 @@ log = logging.getLogger("generators3d")
 
 
 def add_arguments(p) -> None:
-    from suite.cli import finite_float, int_at_least, weight_arg
+    from suite.checks import finite_float, int_at_least
+    from suite.cli import weight_arg
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")

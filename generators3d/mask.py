@@ -13,7 +13,7 @@ tiny preset, whose random models draw no object). Or pass your own mask (white =
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 MIN_CONTRAST = 25.0
 
@@ -66,14 +66,10 @@ def foreground_mask(image: Image.Image, method: str = "auto") -> Image.Image:
 
 def load_mask(path, size: tuple[int, int]) -> Image.Image:
     """A user mask file as a binary ``L`` mask of ``size`` (white / opaque = object)."""
-    from suite.pipeline import load_image
+    from suite.images import open_image, to_rgb
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA"):
-            m = im.getchannel("A")
-        else:
-            m = load_image(path, "mask").convert("L")
+    im = open_image(path, "mask")
+    m = im.getchannel("A") if im.mode in ("RGBA", "LA") else to_rgb(ImageOps.exif_transpose(im)).convert("L")
     m = m.resize(size, Image.NEAREST)
     arr = np.asarray(m) > 127
     if arr.mean() < 0.005:

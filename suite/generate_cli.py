@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from . import cli
+from .checks import int_at_least
 
 HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
 log = logging.getLogger("suite")
@@ -27,27 +27,17 @@ def add_arguments(p) -> None:
                    help="weight of each --community-model term (default: auto)")
     p.add_argument("--no-rectify", action="store_true",
                    help="take the unconditional prediction from the community model (to compare; paper Sec. 4.5)")
-    p.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
-    p.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
+    p.add_argument("--width", type=int_at_least(8), default=None, help="image width (default: the model's native size)")
+    p.add_argument("--height", type=int_at_least(8), default=None,
+                   help="image height (default: the model's native size)")
     cli.add_model_arguments(p)
     cli.add_guidance_arguments(p)
 
 
-def output_paths(output: str, n: int) -> list[Path]:
-    out = Path(output)
-    if not out.parent.is_dir():
-        raise cli.UserError(f"the output folder {str(out.parent)!r} does not exist: create it or choose another --output")
-    from PIL import Image
-
-    if out.suffix.lower() not in Image.registered_extensions():
-        raise cli.UserError(f"unknown image format {out.suffix!r} for {str(out)!r}: use .png, .jpg or .webp")
-    if n == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
-
-
 def main(args) -> int:
-    from .pipeline import DEFAULT_STEPS, Control, load_image, save_image_atomic
+    from .images import load_image, output_paths, save_image_atomic
+    from .models import warn_prompt
+    from .pipeline import DEFAULT_STEPS, Control
 
     # 1. Validate what can be checked before loading models.
     paths = output_paths(args.output, max(args.num_images, 1))
@@ -59,7 +49,7 @@ def main(args) -> int:
 
             control_image = canny(control_image)
 
-    cli.warn_prompt(args.preset, args.prompt)
+    warn_prompt(args.preset, args.prompt)
 
     # 2. Load the models and build the controls.
     pipe = cli.load_pipeline(args, need_controlnet=control_image is not None)

@@ -27,26 +27,15 @@ Cost: terms (and the base) that wrap the same network are evaluated in ONE batch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from .checks import check_finite
 from .denoisers import Denoiser, UNetDenoiser, evaluate_unet_group
 
-__all__ = ["AutoWeights", "MultiGuidance", "Term", "combine", "auto_weights", "check_weight"]
-
-
-def check_weight(value, what: str = "weight") -> float:
-    """A guidance weight as a finite float, or one clear error naming the bad value."""
-    try:
-        w = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(w):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    return w
+__all__ = ["AutoWeights", "MultiGuidance", "Term", "combine", "auto_weights"]
 
 
 def combine(eps_0: torch.Tensor, eps_terms: Sequence[torch.Tensor], weights: Sequence) -> torch.Tensor:
@@ -97,7 +86,7 @@ class AutoWeights:
     def __post_init__(self):
         if self.norm not in ("direction", "prediction"):
             raise ValueError(f"AutoWeights.norm must be 'direction' or 'prediction', got {self.norm!r}")
-        self.w0 = check_weight(self.w0, "w0")
+        self.w0 = check_finite(self.w0, "w0")
         if self.norm == "direction" and self.reference is None:
             raise ValueError("AutoWeights(norm='direction') needs a reference denoiser (SD1.5 with a prompt)")
 
@@ -146,7 +135,7 @@ class MultiGuidance:
         self.terms = list(terms)
         for term in self.terms:
             if term.weight is not None:
-                term.weight = check_weight(term.weight, f"weight of guidance term {term.name or '?'}")
+                term.weight = check_finite(term.weight, f"weight of guidance term {term.name or '?'}")
         if any(term.weight is None for term in self.terms) and auto is None:
             auto = AutoWeights(norm="prediction")
         self.auto = auto

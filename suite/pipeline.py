@@ -19,14 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
+from .checks import check_finite, check_int, check_range
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain
-from .files import atomic_dir, atomic_path
-from .guidance import AutoWeights, MultiGuidance, Term, check_weight
+from .files import atomic_dir
+from .guidance import AutoWeights, MultiGuidance, Term
 from .text import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -315,12 +315,10 @@ class InDomainPipeline:
         # 1. Check inputs (one clear sentence each).
         steps = check_int(num_inference_steps, "the number of steps", minimum=1)
         num_images = check_int(num_images, "the number of images", minimum=1)
-        strength = check_weight(strength, "strength")
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be between 0 and 1, got {strength}")
+        strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
         for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight"), (w0, "w0")):
             if value is not None:
-                check_weight(value, what)
+                check_finite(value, what)
         if image is not None and not isinstance(image, list | tuple):
             image = [image]
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
@@ -393,58 +391,3 @@ class InDomainPipeline:
         images = self.image_processor.postprocess(decoded, output_type=output_type,
                                                   do_denormalize=[True] * decoded.shape[0])
         return InDomainOutput(images=images, latents=latents, weights=weights)
-
-
-def check_int(value, what: str, minimum: int) -> int:
-    try:
-        v = int(value)
-        ok = v == float(value)
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if v < minimum:
-        raise ValueError(f"{what} must be at least {minimum}, got {v}")
-    return v
-
-
-def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
-    """Open an image file as RGB, with EXIF orientation applied; one clear error if it cannot be read."""
-    from PIL import ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"the {what} {str(path)!r} does not exist: check the path")
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or WebP file") from None
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode (RGBA on white, grayscale, CMYK, 16-bit) as 8-bit RGB."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Save to a temporary file in the same folder, then rename: no half-written file on failure."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"the output folder {str(path.parent)!r} does not exist: create it or choose another --output")
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"unknown image format {path.suffix!r} for {str(path)!r}: use .png, .jpg or .webp")
-    icc = image.info.get("icc_profile")  # PNG keeps it by itself; JPEG and WebP only when passed
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        image.save(tmp, format=fmt, **({"icc_profile": icc} if icc else {}))
-    return path

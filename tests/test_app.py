@@ -22,7 +22,7 @@ pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
 from suite.app import core  # noqa: E402
-from suite.cli import UserError  # noqa: E402
+from suite.checks import UserError  # noqa: E402
 
 TINY = 64  # tiny preset images: 32x32 latents, VAE factor 2
 
@@ -256,7 +256,7 @@ def test_cancel_stops_a_generation_at_the_next_step_and_saves_nothing(tmp_path):
 
 def test_pipeline_cache_reuses_and_evicts_least_recent(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr("suite.cli.build_pipeline", lambda *a: built.append(a[1:2] + a[5:6]) or object())
+    monkeypatch.setattr("suite.models.build_pipeline", lambda *a: built.append(a[1:2] + a[5:6]) or object())
     cfg = core.AppConfig(preset="tiny", output_dir=tmp_path, max_loaded_models=2)
     cache = core.PipelineCache(cfg)
     a = cache.get("face")

@@ -29,7 +29,7 @@ def run_cli(*argv, timeout=600):
 
 @pytest.fixture(scope="module")
 def mini_pipe():
-    from suite.cli import build_pipeline
+    from suite.models import build_pipeline
 
     return build_pipeline("mini")  # the porcelain domain, the shipped folders, through suite.models
 

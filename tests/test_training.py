@@ -125,9 +125,9 @@ def test_exif_orientation_resize_crop_and_flip(tmp_path):
     im.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
     ds = ImageFolderDataset(tmp_path, resolution=16, hflip=0.0)
     assert ds.scan.sizes == [(20, 40)]  # EXIF applied: portrait
-    from training.data import _open_rgb
+    from suite.images import load_image
 
-    rgb = _open_rgb(ds.paths[0])
+    rgb = load_image(ds.paths[0], max_pixels=None)
     expected = np.asarray(rgb.resize((16, 16), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
     torch.testing.assert_close(ds.load(0), torch.from_numpy(expected).permute(2, 0, 1))  # no crop: squashed
     torch.testing.assert_close(ds.load(0, flip=True), ds.load(0).flip(-1))

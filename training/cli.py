@@ -17,7 +17,7 @@ log = logging.getLogger("training")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from suite.cli import finite_float, int_at_least
+    from suite.checks import finite_float, int_at_least
 
     from .train import TrainConfig
 

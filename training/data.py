@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from suite.images import load_image, open_image, oriented_size
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,6 @@ class ImageScan:
         return ", ".join(parts)
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    """Decode fully, apply EXIF orientation, convert any mode to 8-bit RGB (alpha composited on white)."""
-    from suite.pipeline import to_rgb
-
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
-
-
 def scan_images(root: str | os.PathLike, resolution: int | None = None, small_images: str = "upscale",
                 progress: bool = False) -> ImageScan:
     """List and validate the images under ``root`` (recursive). See the module docstring for the rules.
@@ -86,13 +78,10 @@ def scan_images(root: str | os.PathLike, resolution: int | None = None, small_im
     from tqdm.auto import tqdm
 
     for path in tqdm(candidates, desc="checking images", disable=not progress, leave=False):
-        try:
-            with Image.open(path) as im:
-                im.load()  # full decode: truncated files fail here, not in the middle of training
-                im = ImageOps.exif_transpose(im)
-                size = im.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            scan.corrupt.append((path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+        try:  # a full decode: truncated files fail here, not in the middle of training
+            size = oriented_size(open_image(path, "image", max_pixels=None))
+        except ValueError as err:
+            scan.corrupt.append((path, str(err).splitlines()[0]))
             continue
         if resolution is not None and min(size) < resolution:
             scan.small.append(path)
@@ -171,7 +160,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def load(self, index: int, flip: bool = False) -> torch.Tensor:
-        return preprocess(_open_rgb(self.paths[index]), self.resolution, self.center_crop, flip)
+        return preprocess(load_image(self.paths[index], "training image", max_pixels=None), self.resolution, self.center_crop, flip)
 
     def __getitem__(self, index):
         if isinstance(index, tuple):  # (index, flip) from a deterministic sampler

@@ -391,8 +391,9 @@ def _sample_validation(config, accelerator, sd_unet, vae, scheduler, uncond, une
 
     from suite.denoisers import UNetDenoiser
     from suite.guidance import MultiGuidance, Term
+    from suite.images import save_image_atomic
     from suite.nulltext import DomainMetadata, DomainModel
-    from suite.pipeline import InDomainPipeline, save_image_atomic
+    from suite.pipeline import InDomainPipeline
 
     model = accelerator.unwrap_model(unet)
     if ema is not None:

@@ -274,7 +274,7 @@ def write_outputs(result: dict, grid: dict, out: Path, shapes, k: int) -> None:
     from PIL import Image, ImageDraw
 
     from suite.files import write_text_atomic
-    from suite.pipeline import save_image_atomic
+    from suite.images import save_image_atomic
 
     write_text_atomic(out / "results.json", json.dumps(result, indent=2) + "\n")
     write_text_atomic(out / "table.md", markdown_table(result))

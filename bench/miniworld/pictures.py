@@ -50,9 +50,9 @@ def _pil(t: torch.Tensor) -> Image.Image:
 
 
 def zero123_picture(out: Path) -> Path:
+    from suite.images import save_image_atomic
     from suite.miniworld import assets
     from suite.miniworld.views import heldout_cases, measure_novel_views
-    from suite.pipeline import save_image_atomic
     from suite.zero123 import load_zero123
 
     assets.check()
@@ -70,10 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(ROOT / "docs" / "mini-world"))
     p.add_argument("--only", choices=["zero123"], default=None, help="write one picture only")
     args = p.parse_args(argv)
-    from suite.cli import build_pipeline, quiet_libraries
+    from suite.cli import quiet_libraries
+    from suite.images import save_image_atomic
     from suite.miniworld import world as W
     from suite.miniworld.render import render_view
-    from suite.pipeline import save_image_atomic
+    from suite.models import build_pipeline
 
     quiet_libraries()
     out = Path(args.output)

@@ -20,7 +20,8 @@ log = logging.getLogger("suite.app")
 
 
 def add_arguments(p) -> None:
-    from ..cli import finite_float
+    from ..checks import finite_float, int_at_least
+    from ..cli import add_preset_argument
 
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
@@ -35,14 +36,13 @@ def add_arguments(p) -> None:
                    help="largest accepted upload in MB (default: %(default)s)")
     g.add_argument("--max-megapixels", type=finite_float, default=25.0,
                    help="largest accepted image in megapixels, checked before decoding (default: %(default)s)")
-    g.add_argument("--max-jobs", type=int, default=1,
+    g.add_argument("--max-jobs", type=int_at_least(1), default=1,
                    help="model-running jobs at a time across all users; others wait in the queue "
                         "(default: %(default)s)")
-    g.add_argument("--max-loaded-models", type=int, default=2,
+    g.add_argument("--max-loaded-models", type=int_at_least(1), default=2,
                    help="pipelines kept in memory (least recently used unloaded first) (default: %(default)s)")
     m = p.add_argument_group("models")
-    m.add_argument("--preset", choices=["full", "mini", "tiny"], default="full",
-                   help="'mini': the mini world's trained models shipped with the suite, the whole app on CPU with "
+    add_preset_argument(m, help="'mini': the mini world's trained models shipped with the suite, the whole app on CPU with "
                         "real results (domain: porcelain); 'tiny': tiny random models built offline (images are "
                         "noise); 'full': real SD1.5 weights and the domain models (default: %(default)s)")
     m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -51,15 +51,12 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..cli import UserError
+    from ..checks import UserError
     from .core import AppConfig, Backends
 
     for value, flag in ((args.max_upload_mb, "--max-upload-mb"), (args.max_megapixels, "--max-megapixels")):
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
-    for value, flag in ((args.max_jobs, "--max-jobs"), (args.max_loaded_models, "--max-loaded-models")):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
     out = Path(args.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

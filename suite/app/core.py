@@ -1,6 +1,6 @@
 """The app's work, free of gradio: checked uploads, a cache of loaded pipelines, jobs with progress and cancel.
 
-Everything here calls the same library functions as the CLI (``suite.cli.build_pipeline``, the pipeline's
+Everything here calls the same library functions as the CLI (``suite.models.build_pipeline``, the pipeline's
 ``__call__``, ``editing.edit_photo``, ``generators3d.run_text_to_3d``, ``training.train.train_domain``);
 nothing runs ``launch.py`` in a subprocess. The back ends of the edit, 3D and training tabs live in packages
 above ``suite``, which it never imports: ``launch.py`` (the composition root) hands them in as :class:`Backends`,
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import UserError
+from ..checks import UserError, check_int
 from ..domains import PRESETS, Domain
 from ..files import write_text_atomic
 
@@ -94,7 +94,7 @@ def check_image_upload(source, what: str, max_megapixels: float, max_bytes: int 
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from ..pipeline import to_rgb
+    from ..images import to_rgb
 
     if isinstance(source, bytes | bytearray):
         data, name = bytes(source), what
@@ -153,7 +153,7 @@ class PipelineCache:
 
     def get(self, domain: str, need_controlnet: bool = False):
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
-        from ..cli import build_pipeline
+        from ..models import build_pipeline
 
         model = trained_domains(self.config).get(domain)
         if domain not in PRESETS and model is None:
@@ -265,24 +265,13 @@ def center_crop_square(image):
     return image.crop((left, top, left + side, top + side))
 
 
-def check_count(value, what: str, lo: int, hi: int) -> int:
-    try:
-        v = int(value)
-        ok = v == float(value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not lo <= v <= hi:
-        raise UserError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
-    return v
-
-
 def run_generate(cache: PipelineCache, req: GenerateRequest, progress: ProgressFn | None = None) -> GenerateResult:
     """One Generate-tab job: the CLI's ``generate`` (same pipeline call), saved under OUTPUT/generate."""
     cfg = cache.config
     # 1. Check the request (one sentence per problem).
-    steps = check_count(req.steps, "the number of steps", 1, cfg.max_steps)
-    num = check_count(req.num_images, "the number of images", 1, cfg.max_images)
-    seed = check_count(req.seed, "the seed", 0, 2**32 - 1)
+    steps = check_int(req.steps, "the number of steps", 1, cfg.max_steps)
+    num = check_int(req.num_images, "the number of images", 1, cfg.max_images)
+    seed = check_int(req.seed, "the seed", 0, 2**32 - 1)
     control = req.control_image
     if control is not None:
         control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
@@ -304,7 +293,7 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: ProgressF
 
     # 4. Save images and the settings that made them.
     folder = new_run_dir(cfg, "generate")
-    from ..pipeline import save_image_atomic
+    from ..images import save_image_atomic
 
     weights = {k: v for k, v in out.weights.items()}
     wtxt = ", ".join(f"{k}={fmt_weight(v)}" for k, v in weights.items()) or "no guidance terms"
@@ -412,16 +401,16 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes."""
     from PIL import ImageDraw
 
-    from ..pipeline import save_image_atomic
+    from ..images import save_image_atomic
 
     cfg = cache.config
     edit_photo = cfg.backends.edit_photo
     if edit_photo is None:
         raise UserError(cfg.backends.missing("edit_photo"))
     # 1. Check the request.
-    steps = check_count(steps, "the number of steps", 1, cfg.max_steps)
-    num = check_count(num_images, "the number of images", 1, cfg.max_images)
-    seed = check_count(seed, "the seed", 0, 2**32 - 1)
+    steps = check_int(steps, "the number of steps", 1, cfg.max_steps)
+    num = check_int(num_images, "the number of images", 1, cfg.max_images)
+    seed = check_int(seed, "the seed", 0, 2**32 - 1)
     if photo is None:
         raise UserError("no photo: upload a photo to edit first")
     report = progress or (lambda *a: None)
@@ -455,7 +444,7 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     """One 3D-tab job through ``generators3d.run_text_to_3d`` (the CLI's ``3d``), written under OUTPUT/3d.
 
     ``image`` (a checked PIL image) replaces stage 1; ``settings`` are ``ThreeDConfig`` fields from the form."""
-    from ..pipeline import save_image_atomic
+    from ..images import save_image_atomic
 
     # 1. Check the request.
     backends = config.backends

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..cli import UserError
+from ..checks import UserError
 from . import core
 from .core import AppConfig, JobCancelled, PipelineCache
 

@@ -1,0 +1,129 @@
+"""Image files in and out, in one place for every command: open (size guard before decoding), convert any mode
+to 8-bit RGB, the output-format check, and the atomic save.
+
+Every reader of an image file (the generate and edit commands, training's image folder, the 3D flow, the app)
+goes through :func:`open_image` / :func:`load_image`, so a missing, damaged, renamed or oversized file gives
+the same sentence everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import atomic_path
+
+__all__ = ["DEFAULT_MAX_PIXELS", "check_size", "open_image", "load_image", "to_rgb", "oriented_size",
+           "check_output_format", "output_paths", "save_image_atomic"]
+
+#: Default limit on input size, in pixels (120 MP: above today's 108 MP phone sensors, far below what
+#: would exhaust memory). Larger files are refused before decoding (decompression-bomb guard).
+DEFAULT_MAX_PIXELS = 120_000_000
+
+
+def check_size(width: int, height: int, max_pixels: int | None, what: str = "image",
+               fix: str = "downscale it first, or raise the limit with --max-megapixels") -> None:
+    """Refuse images above ``max_pixels`` (a decompression bomb, or simply too large) in one sentence."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"the {what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the limit of "
+            f"{max_pixels / 1e6:.0f} megapixels (decompression-bomb guard): {fix}"
+        )
+
+
+def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and decode an image file (first frame), checking its size from the header BEFORE decoding.
+
+    The image is returned as stored (mode, EXIF orientation not applied): :func:`load_image` gives the upright
+    RGB pixels; editing keeps alpha and ICC profile (:mod:`editing.images`)."""
+    path = Path(path)
+    if not path.is_file():
+        if path.is_dir():
+            raise ValueError(f"the {what} {str(path)!r} is a folder: give an image file")
+        raise ValueError(f"the {what} {str(path)!r} does not exist: check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            im = Image.open(path)
+        check_size(*im.size, max_pixels, f"{what} {str(path)!r}")
+        im.load()
+        return im
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise ValueError(f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode "
+                         f"safely (decompression-bomb guard): downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
+        raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or "
+                         f"WebP file") from None
+
+
+def load_image(path: str | os.PathLike, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image file as upright 8-bit RGB (EXIF orientation applied, transparency on white)."""
+    im = open_image(path, what, max_pixels)
+    try:
+        return to_rgb(ImageOps.exif_transpose(im))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"the {what} {str(path)!r} could not be converted to RGB ({err}): save it as an RGB PNG "
+                         f"or JPEG") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode (RGBA on white, grayscale, CMYK, 16-bit) as 8-bit RGB."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` as the user sees ``im``: swapped when its EXIF orientation turns it by 90 degrees."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF = no orientation
+        orientation = 1
+    w, h = im.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# output
+def check_output_format(path: str | os.PathLike) -> str:
+    """PIL's format name for an output path's extension, or one sentence naming the formats to use."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image format {path.suffix!r} for {str(path)!r}: use .png, .jpg or .webp")
+    return fmt
+
+
+def output_paths(output: str | os.PathLike, n: int) -> list[Path]:
+    """The files an ``--output`` names for ``n`` images (``NAME-0.png ...`` when ``n > 1``), checked before any
+    work: the folder exists and the format is known."""
+    out = Path(output)
+    if not out.parent.is_dir():
+        raise ValueError(f"the output folder {str(out.parent)!r} does not exist: create it or choose another --output")
+    check_output_format(out)
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+
+
+def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Save to a temporary file in the same folder, then rename: no half-written file on failure."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"the output folder {str(path.parent)!r} does not exist: create it or choose another --output")
+    fmt = check_output_format(path)
+    icc = image.info.get("icc_profile")  # PNG keeps it by itself; JPEG and WebP only when passed
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        image.save(tmp, format=fmt, **({"icc_profile": icc} if icc else {}))
+    return path
