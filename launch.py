@@ -48,7 +48,8 @@ def app_backends():
     except ModuleNotFoundError:
         pass
     try:
-        from training.train import TrainConfig, train_domain
+        from training.config import TrainConfig
+        from training.train import train_domain
 
         kw.update(train_config=TrainConfig, train_domain=train_domain)
     except ModuleNotFoundError:
@@ -65,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for name, module in available():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter
-                           if getattr(module, "DEFAULTS_HELP", False) else argparse.HelpFormatter)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)
         if name == "app":

@@ -38,7 +38,8 @@ def synthetic_folder(root: Path, n: int, size: int) -> Path:
 
 
 def tiny_throughput(args) -> None:
-    from training.train import TrainConfig, train_domain
+    from training.config import TrainConfig
+    from training.train import train_domain
 
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic_folder(Path(tmp) / "data", args.images, args.source_size)
@@ -64,7 +65,7 @@ def gpu_sweep(batches) -> None:
     from diffusers import UNet2DConditionModel
 
     from suite.nulltext import SD15_UNET_CONFIG, convert_to_nulltext, nulltext_layers
-    from training.train import denoising_loss
+    from training.loss import denoising_loss
 
     if not torch.cuda.is_available():
         print("GPU sweep skipped: no CUDA device")

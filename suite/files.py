@@ -52,8 +52,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 @contextmanager
 def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; when the block succeeds it replaces ``folder`` (the old one is
-    moved aside first and removed last, so some complete version is always on disk)."""
+    """Yield a temporary sibling folder to fill; when the block succeeds its files are fsynced and it replaces
+    ``folder`` (the old one is moved aside first and removed last, so some complete version is always on disk).
+    On an exception the temporary folder is removed; a killed process leaves it, hidden (``.NAME-*``), for the
+    writer's next run to remove."""
     import shutil
 
     folder = Path(folder)
@@ -61,6 +63,7 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         yield tmp
+        _fsync_tree(tmp)
         old = None
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
@@ -72,3 +75,10 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())

@@ -19,8 +19,11 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("INDOMAIN_TINY_DIR", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "tiny"))
 
+from training.checkpoints import list_checkpoints  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 from training.data import ImageFolderDataset, preprocess, scan_images  # noqa: E402
-from training.train import TrainConfig, denoising_loss, list_checkpoints, train_domain  # noqa: E402
+from training.loss import denoising_loss  # noqa: E402
+from training.train import train_domain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,7 +222,7 @@ def _eval_loss(folder: Path, data_dir: Path) -> float:
     """Fixed-noise denoising loss of a domain model on the training latents (same draws for every model)."""
     from suite.nulltext import DomainModel
     from suite.testing import build_tiny_sd
-    from training.train import training_scheduler
+    from training.loss import training_scheduler
 
     parts = build_tiny_sd()
     ds = ImageFolderDataset(data_dir, resolution=32, hflip=0.0)
@@ -288,11 +291,16 @@ def test_kill_during_checkpoint_write_keeps_the_last_good_checkpoint(run_a, data
             raise KeyboardInterrupt("killed during checkpoint write")
         return real_save(obj, path, *a, **kw)
 
+    import shutil
+
+    real_rmtree = shutil.rmtree
     monkeypatch.setattr(tt.torch, "save", dying_save)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **kw: None)  # SIGKILL runs no cleanup
     with pytest.raises(KeyboardInterrupt):
         train_domain(_cfg(data_dir, out))
     monkeypatch.setattr(tt.torch, "save", real_save)
-    leftovers = list((out / "training" / "checkpoints").glob(".tmp-*"))
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    leftovers = list((out / "training" / "checkpoints").glob(".step-*"))
     assert leftovers, "the half-written checkpoint should be left under its temporary name"
     assert [s for s, _ in list_checkpoints(out)] == [2]
     train_domain(_cfg(data_dir, out, resume=True))

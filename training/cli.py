@@ -18,8 +18,9 @@ log = logging.getLogger("training")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from suite.checks import finite_float, int_at_least
+    from suite.cli import add_domain_argument, add_preset_argument, add_sd_model_argument
 
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     d, m, t = TrainConfig(), TrainConfig.mini(), TrainConfig.tiny()
 
@@ -29,21 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                          if getattr(c, name) != a)
 
     g = p.add_argument_group("what to train")
-    g.add_argument("--domain", default="face",
-                   help="domain name: a preset (face, animal, porcelain) or your own; names the model and gives the "
-                        "prompt 'a photo of <domain>' (default: %(default)s)")
+    add_domain_argument(g, default="face",
+                        help="domain name: a preset (face, animal, porcelain) or your own; names the model and gives the "
+                             "prompt 'a photo of <domain>' (default: %(default)s)")
     g.add_argument("--data", required=True, help="folder of domain images (recursive; .jpg/.png/.webp; any mode)")
     g.add_argument("--output", required=True,
                    help="output folder: becomes the domain model (use it with generate --domain-model OUTPUT); "
                         "training state goes to OUTPUT/training/")
-    g.add_argument("--preset", choices=["full", "mini", "tiny"], default="full",
-                   help="'full': SD1.5 at 512 (paper settings); 'mini': fine-tune the mini world's trained base at "
+    add_preset_argument(g, help="'full': SD1.5 at 512 (paper settings); 'mini': fine-tune the mini world's trained base at "
                         "64x64 on CPU in minutes (the settings that trained its shipped porcelain model); 'tiny': tiny "
                         "random SD1.5-architecture models built offline, trains on CPU in seconds (shows the flow, "
                         "not quality) (default: %(default)s)")
-    g.add_argument("--sd-model", default=None,
-                   help="Stable Diffusion 1.5 folder or hub id (default: $INDOMAIN_SD_MODEL or "
-                        "stable-diffusion-v1-5/stable-diffusion-v1-5; --preset tiny: the tiny SD)")
+    add_sd_model_argument(g, extra="; --preset tiny: the tiny SD; --preset mini: the mini world's")
     g.add_argument("--prompt", default=None,
                    help="prompt that initialises F_T (default: the domain's, 'a photo of <domain>')")
     g.add_argument("--resume", action="store_true",
@@ -107,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args):
     """The :class:`TrainConfig`: the preset's defaults, overridden by every flag given."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}

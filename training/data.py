@@ -167,3 +167,35 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return self.load(int(index[0]), bool(index[1]))
         flip = bool(torch.rand(()) < self.hflip)
         return self.load(int(index), flip)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the deterministic sample stream
+class SampleOrder:
+    """Sample at stream position ``p``: image ``perm_e[p mod N]`` of epoch ``e = p div N`` (a fresh seeded
+    permutation per epoch), its flip, timestep and noise, all drawn from a generator seeded by ``(seed, p)``.
+    The optimizer step ``s`` with global batch ``B`` reads positions ``s*B ... s*B + B - 1`` however they are
+    split over processes and accumulation steps."""
+
+    def __init__(self, n: int, seed: int, hflip: float, num_train_timesteps: int):
+        self.n, self.seed, self.hflip, self.T = n, int(seed), float(hflip), int(num_train_timesteps)
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919 + 17) % (2**63))
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perms[epoch]
+
+    def draw(self, positions, latent_shape) -> dict:
+        idx, flips, ts, noise, eps = [], [], [], [], []
+        for p in positions:
+            p = int(p)
+            idx.append(int(self._perm(p // self.n)[p % self.n]))
+            g = torch.Generator().manual_seed((self.seed * 2_654_435_761 + p * 40_503 + 1) % (2**63))
+            flips.append(bool(torch.rand((), generator=g) < self.hflip))
+            ts.append(int(torch.randint(0, self.T, (), generator=g)))
+            noise.append(torch.randn(latent_shape, generator=g))
+            eps.append(torch.randn(latent_shape, generator=g))
+        return dict(indices=idx, flips=flips, timesteps=torch.tensor(ts, dtype=torch.long),
+                    noise=torch.stack(noise), eps=torch.stack(eps))

@@ -272,7 +272,8 @@ def write_image_folder(images: np.ndarray, folder: Path) -> None:
 
 
 def train_porcelain(sd_folder: Path, data: Path, output: Path, steps: int, seed: int = 0) -> Path:
-    from .train import TrainConfig, train_domain
+    from .config import TrainConfig
+    from .train import train_domain
 
     config = TrainConfig.for_preset("mini", domain=W.DOMAIN_NAME, data=str(data), output=str(output),
                                     sd_model=str(sd_folder), max_steps=steps, seed=seed)

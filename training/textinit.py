@@ -66,7 +66,7 @@ def optimize_text_features(unet, vae, text_encoder, tokenizer, scheduler, datase
     """
     from suite.text import encode_prompts
 
-    from .train import denoising_loss
+    from .loss import denoising_loss
 
     # 1. The starting point: the prompt's text features (conditional only), as a trainable float32 tensor.
     p = next(unet.parameters())

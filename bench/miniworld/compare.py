@@ -97,9 +97,9 @@ def render_domain(n: int, seed: int) -> np.ndarray:
 
 def fine_tune(pipe, images: np.ndarray, steps: tuple, batch: int, lr: float, seed: int) -> dict[int, torch.nn.Module]:
     """Vanilla fine-tuning of a copy of the base UNet on ``images`` with the caption "a photo of porcelain"
-    (the denoising loss of :func:`training.train.denoising_loss`); a copy at each of ``steps``."""
+    (the denoising loss of :func:`training.loss.denoising_loss`); a copy at each of ``steps``."""
+    from training.loss import denoising_loss, training_scheduler
     from training.miniworld import encode_latents
-    from training.train import denoising_loss, training_scheduler
 
     unet = copy.deepcopy(pipe.unet).float().train().requires_grad_(True)
     sched = training_scheduler(pipe.scheduler)

@@ -1,0 +1,105 @@
+"""Training state on disk: the EMA of the weights, checkpoints and the ``F_T`` file.
+
+Checkpoints are folders ``OUTPUT/training/checkpoints/step-NNNNNN``, each itself a loadable domain-model folder
+plus ``optimizer.pt`` (read back with ``weights_only=True``), ``ema.safetensors`` and ``trainer_state.json``.
+They are written with :func:`suite.files.atomic_dir` (a hidden temporary folder, fsync, rename): a run killed
+at any moment, even during a checkpoint write, loses at most one checkpoint interval and never corrupts the last
+good checkpoint; a half-written temporary folder is removed by the next checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from suite.files import atomic_dir, atomic_path
+
+CHECKPOINT_PREFIX = "step-"
+TRAINER_STATE = "trainer_state.json"
+
+
+class EMA:
+    """Exponential moving average of the trainable weights: ``shadow <- shadow + (1 - d_t)(w - shadow)`` with
+    ``d_t = min(decay, (1 + t) / (10 + t))`` (the usual warmup, as diffusers' EMAModel)."""
+
+    def __init__(self, named_params: dict[str, torch.Tensor], decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().float().clone() for k, v in named_params.items()}
+
+    @torch.no_grad()
+    def update(self, named_params: dict[str, torch.Tensor], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        keys = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [named_params[k].detach().float() for k in keys], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> None:
+        params = dict(module.named_parameters())
+        for k, v in self.shadow.items():
+            params[k].copy_(v.to(params[k].dtype))
+
+
+def checkpoint_dir(output: Path) -> Path:
+    return output / "training" / "checkpoints"
+
+
+def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (renamed into place), oldest first. Hidden temporary folders are ignored."""
+    root = checkpoint_dir(output)
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file():
+                try:
+                    found.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
+                except ValueError:
+                    continue
+    return sorted(found)
+
+
+def save_checkpoint(output: Path, step: int, unet, metadata, optimizer, ema: EMA | None, state: dict,
+                    keep: int) -> Path:
+    """Write checkpoint ``step`` atomically (:func:`suite.files.atomic_dir`), then prune old ones and remove
+    temporary folders that a killed run left behind."""
+    from safetensors.torch import save_file
+
+    from suite.nulltext import DomainModel
+
+    root = checkpoint_dir(output)
+    final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
+    # A checkpoint of the same step from an earlier attempt that crashed after writing it is replaced.
+    with atomic_dir(final) as tmp:
+        DomainModel(unet, metadata).save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if ema is not None:
+            save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
+    for _, old in list_checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(f".{CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def reusable_text_features(path: Path, prompt: str, steps: int) -> bool:
+    """An ``F_T`` file from an earlier attempt of this run (same prompt and steps) is reused, not recomputed."""
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return meta.get("prompt") == prompt and meta.get("steps") == str(steps)
+
+
+def save_text_features(path: Path, F_T: torch.Tensor, prompt: str, steps: int) -> Path:
+    """Write the optimised ``F_T`` atomically, with the prompt and step count that make it reusable."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({"F_T": F_T.detach().float().cpu().contiguous()}, tmp,
+                  metadata={"prompt": prompt, "steps": str(steps)})
+    return path

@@ -1,0 +1,165 @@
+"""Domain-training settings (no torch: ``launch.py train --help`` and the app read them without loading it).
+
+:class:`TrainConfig` holds every setting with the paper's defaults and the ``mini`` / ``tiny`` presets;
+:meth:`TrainConfig.validate` checks them in one sentence each. :data:`RESUME_KEYS` are the settings a resume
+must not change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """Domain-training settings. Defaults follow the paper (Sec. 4.1) and the authors' released config.
+
+    The paper: SD1.5 at 512x512, images resized without crop, AdamW, lr 1e-5 constant, batch 32; ``F_T``
+    optimised for 100 steps at batch 32 on 3,200 images. The authors' config adds weight decay 1e-2,
+    gradient-norm clipping 1.0, EMA, fp16 and 8-bit AdamW (here EMA, fp16 and 8-bit AdamW are opt-in:
+    fp16 needs a GPU, 8-bit AdamW needs bitsandbytes).
+    """
+
+    # what to train
+    domain: str = "face"                  # domain name (a preset or your own)
+    data: str = ""                        # folder of images (recursive .jpg/.png/.webp)
+    output: str = ""                      # output domain-model folder (training state in OUTPUT/training/)
+    sd_model: str | None = None           # SD1.5 folder / hub id (None: $INDOMAIN_SD_MODEL or SD1.5's hub id)
+    prompt: str | None = None             # F_T's initial prompt (None: the domain's "a photo of <domain>")
+    preset: str = "full"                  # "full", "tiny" (tiny random SD built offline) or "mini" (mini world)
+    # data
+    resolution: int = 512
+    center_crop: bool = False             # paper: resize without crop
+    hflip: float = 0.5                    # horizontal-flip probability
+    small_images: str = "upscale"         # images smaller than the resolution: "upscale" (warn) or "skip"
+    cache_latents: bool = True            # VAE once per image (both flips) instead of every step
+    num_workers: int = 2                  # image-decoding threads
+    # optimisation
+    batch_size: int = 32                  # total per optimizer step = per-device x processes x accumulation
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 20000
+    lr: float = 1e-5                      # constant (after the optional warmup)
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 1e-2
+    use_8bit_adam: bool = False
+    max_grad_norm: float = 1.0            # 0 disables clipping
+    mixed_precision: str = "no"           # "no", "fp16" or "bf16"
+    gradient_checkpointing: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9999
+    # text-feature initialisation (F_T) and capture of E
+    text_init_steps: int = 100            # 0: E from the prompt's plain text features
+    text_init_lr: float = 1e-3
+    text_init_batch_size: int = 32
+    text_init_images: int = 3200
+    capture_images: int = 32              # noised image latents at which E is averaged
+    # checkpoints, validation, logging
+    checkpoint_steps: int = 1000
+    checkpoints_keep: int = 2
+    validation_steps: int = 1000          # 0 disables validation samples
+    validation_images: int = 4
+    validation_inference_steps: int = 25
+    validation_domain_weight: float = 3.0  # w_d in (1 - w_d) eps_sd + w_d eps_d (Sec. 3.4)
+    log_steps: int = 10
+    report_to: str = "tensorboard"        # "tensorboard" or "none"
+    seed: int = 0
+    resume: bool = False
+    cpu: bool = False                     # force CPU even when a GPU is present
+
+    @classmethod
+    def for_preset(cls, preset: str = "full", **overrides) -> TrainConfig:
+        """The preset's defaults (``full``: the paper's; ``tiny``: :meth:`tiny`) with ``overrides``."""
+        if preset == "tiny":
+            return cls.tiny(**overrides)
+        if preset == "mini":
+            return cls.mini(**overrides)
+        return cls(preset=preset, **overrides)
+
+    @classmethod
+    def mini(cls, **overrides) -> TrainConfig:
+        """The mini preset: fine-tune the mini world's trained base (64x64 images) on CPU in minutes. These are
+        the settings that trained the shipped porcelain model (``python -m training.miniworld``)."""
+        base = dict(preset="mini", resolution=64, batch_size=32, max_steps=1200, lr=2e-4, text_init_steps=100,
+                    text_init_batch_size=32, text_init_images=2000, text_init_lr=1e-2, capture_images=32,
+                    checkpoint_steps=400, validation_steps=0, validation_images=4, validation_inference_steps=20,
+                    log_steps=50, report_to="none", num_workers=0, hflip=0.5)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def tiny(cls, **overrides) -> TrainConfig:
+        """The tiny preset: tiny random SD1.5-architecture models, 64x64 images, CPU in seconds. Its larger
+        learning rate lets a few steps move a random model measurably (it shows the flow, not quality)."""
+        base = dict(preset="tiny", resolution=32, batch_size=4, max_steps=20, lr=1e-4, text_init_steps=10,
+                    text_init_batch_size=4, text_init_images=64, text_init_lr=1e-2, capture_images=8,
+                    checkpoint_steps=10, validation_steps=0, validation_images=2, validation_inference_steps=4,
+                    log_steps=5, report_to="none", num_workers=0)
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self, num_processes: int = 1) -> int:
+        """Check the settings; return the per-device batch size. One clear sentence per problem."""
+        if not self.data:
+            raise ValueError("no image folder given: pass --data DIR")
+        if not self.output:
+            raise ValueError("no output folder given: pass --output DIR")
+        checks = [
+            (self.preset in ("full", "tiny", "mini"), f"--preset must be 'full', 'tiny' or 'mini', got {self.preset!r}"),
+            (self.mixed_precision in ("no", "fp16", "bf16"),
+             f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}"),
+            (self.report_to in ("tensorboard", "none"), f"--report-to must be tensorboard or none, got {self.report_to!r}"),
+            (self.resolution >= 8 and self.resolution % 8 == 0, f"--resolution must be a multiple of 8, got {self.resolution}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
+            (self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
+            (0 <= self.hflip <= 1, f"--hflip must be a probability between 0 and 1, got {self.hflip}"),
+            (0 < self.ema_decay < 1, f"--ema-decay must be between 0 and 1, got {self.ema_decay}"),
+            (self.checkpoint_steps >= 1, "--checkpoint-steps must be at least 1"),
+            (self.checkpoints_keep >= 1, "--checkpoints-keep must be at least 1"),
+            (self.text_init_steps >= 0 and self.text_init_batch_size >= 1, "--text-init-steps must be >= 0"),
+            (self.small_images in ("upscale", "skip"), "--small-images must be upscale or skip"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        per = self.batch_size // (num_processes * self.gradient_accumulation_steps)
+        if per * num_processes * self.gradient_accumulation_steps != self.batch_size:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is not divisible by {num_processes} process(es) x "
+                f"{self.gradient_accumulation_steps} accumulation step(s): choose a batch size that is a multiple "
+                f"of {num_processes * self.gradient_accumulation_steps}"
+            )
+        return per
+
+    def resolved_sd_model(self) -> str:
+        if self.sd_model:
+            return self.sd_model
+        if self.preset == "tiny":
+            from suite.testing import tiny_model_dir
+
+            return str(tiny_model_dir() / "sd")
+        if self.preset == "mini":
+            from suite.miniworld import assets
+
+            assets.check()  # a missing or corrupt shipped file: one sentence naming it and the rebuild command
+            return str(assets.default_dir() / "sd")
+        from suite.domains import SD15_HUB_ID
+
+        return os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID
+
+    def resolved_prompt(self) -> str:
+        if self.prompt:
+            return self.prompt
+        from suite.domains import PRESETS
+
+        return PRESETS[self.domain].prompt if self.domain in PRESETS else f"a photo of {self.domain}"
+
+
+# Settings that must not change between a checkpoint and its resume (they change the samples or the model).
+RESUME_KEYS = ("resolution", "center_crop", "hflip", "batch_size", "seed", "domain")
