@@ -107,7 +107,7 @@ def mini_breakdown(device, reps: int, checkpoint: str | None = None) -> None:
 
     cfg = ThreeDConfig(preset="mini", prompt="a porcelain vase").resolved()
     if checkpoint:
-        from generators3d.train import load_checkpoint
+        from generators3d.stage import load_checkpoint
 
         field, _ = load_checkpoint(checkpoint, device)
     else:

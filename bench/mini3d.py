@@ -101,7 +101,7 @@ def judge_renders(checkpoint: Path, elevation: float, views=(-30.0, 0.0, 30.0, 1
     from generators3d.cameras import orbit_cameras
     from generators3d.nerf import Background
     from generators3d.render import render
-    from generators3d.train import load_checkpoint
+    from generators3d.stage import load_checkpoint
     from suite.miniworld import assets
     from suite.miniworld.world import BACKGROUND, SHAPES
 
@@ -158,7 +158,7 @@ def picture(known: list, prompts: list, out: Path, folder: Path) -> Path:
     from generators3d.cameras import orbit_cameras
     from generators3d.nerf import Background
     from generators3d.render import render
-    from generators3d.train import load_checkpoint
+    from generators3d.stage import load_checkpoint
     from suite.miniworld.views import reference_framing, render_framed
     from suite.miniworld.world import make_object
 

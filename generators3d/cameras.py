@@ -4,8 +4,6 @@ axes are OpenGL's (x right, y up, looking along -z). Azimuth 0 looks from +X (th
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from suite.cameras import Cameras, camera_rays, orbit_cameras  # noqa: F401 (the convention lives in suite)
@@ -31,8 +29,3 @@ def turntable_cameras(cfg: CameraConfig, frames: int, elevation: float | None = 
     az = torch.arange(frames, dtype=torch.float32) * (360.0 / frames) + cfg.ref_azimuth
     el = cfg.ref_elevation if elevation is None else elevation
     return orbit_cameras(el, az, cfg.ref_distance, cfg.ref_fovy, device=device)
-
-
-def frame_half_extent(cfg: CameraConfig) -> float:
-    """Half the width of the reference view's frame at the origin (world units)."""
-    return cfg.ref_distance * math.tan(math.radians(cfg.ref_fovy) / 2)

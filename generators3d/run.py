@@ -46,7 +46,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
 
     from .mask import foreground_mask, load_mask, reference_view
     from .nerf import Background, make_field
-    from .train import SDSTerm, load_checkpoint, save_checkpoint, train_stage
+    from .stage import SDSTerm, load_checkpoint, save_checkpoint, train_stage
 
     # 1. Check the request before loading anything.
     cfg = config.resolved()
@@ -324,7 +324,7 @@ def _load_reference(rgb_path: Path, mask_path: Path, device):
     import numpy as np
     from PIL import Image
 
-    from .train import Reference
+    from .stage import Reference
 
     with Image.open(rgb_path) as im:
         rgb = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]

@@ -84,10 +84,6 @@ def nulltext_layers(unet: nn.Module) -> dict[str, FixedCrossAttention]:
                                                                            FixedCrossAttention)}
 
 
-def is_nulltext(unet: nn.Module) -> bool:
-    return bool(nulltext_layers(unet)) and not any(True for _ in _cross_attention_blocks(unet))
-
-
 def check_E(unet: nn.Module, where: str = "this null-text UNet") -> None:
     """Raise ``ValueError`` unless every ``E`` is finite and non-zero (i.e. was actually captured)."""
     layers = nulltext_layers(unet)
@@ -285,7 +281,3 @@ def make_domain_model(unet: nn.Module, text_encoder, tokenizer, prompt: str, dom
     convert_to_nulltext(unet, E)
     check_E(unet)
     return DomainModel(unet.eval(), DomainMetadata(domain=domain, base_model=base_model, prompt=prompt))
-
-
-def is_domain_model_folder(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / METADATA_FILE).is_file()

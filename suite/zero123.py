@@ -21,7 +21,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from suite.denoisers import expand_timestep
@@ -300,9 +299,3 @@ def tiny_zero123_dir() -> Path:
             if not (folder / "model_index.json").is_file():  # not written by a concurrent process either
                 raise
     return folder
-
-
-def image_to_tensor(image) -> torch.Tensor:
-    """A PIL image or ``[H, W, 3]`` uint8 array -> ``[1, 3, H, W]`` float in [0, 1]."""
-    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()

@@ -135,7 +135,7 @@ def test_image_without_foreground_and_missing_zero123_model(tmp_path, capsys):
 def test_nan_step_is_undone_and_reported():
     from generators3d.config import CameraConfig, NeRFConfig, StageConfig
     from generators3d.nerf import Background, NeRFField
-    from generators3d.train import SDSTerm, train_stage
+    from generators3d.stage import SDSTerm, train_stage
 
     torch.manual_seed(0)
     field = NeRFField(NeRFConfig(n_levels=2, log2_hashmap_size=10, hidden=8, n_hidden_layers=1, samples_per_ray=8))

@@ -18,7 +18,6 @@ from .cameras import random_cameras, reference_camera
 from .config import CameraConfig, NeRFConfig, StageConfig
 from .nerf import Background, NeRFField
 from .render import render
-from .sds import schedule_value
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +189,3 @@ def load_checkpoint(path: str | Path, device="cpu") -> tuple[NeRFField, dict]:
     field.load_state_dict(state)
     meta["extra"] = json.loads(meta.get("extra", "{}"))
     return field.to(device), meta
-
-
-def schedule_summary(stage: StageConfig) -> str:
-    return (f"{stage.steps} steps, t in [{schedule_value(stage.min_step_percent, 0):.2f}, "
-            f"{schedule_value(stage.max_step_percent, 0):.2f}]")
