@@ -10,8 +10,17 @@ Parameterisation: every adapter returns **epsilon** (noise) predictions. Models 
 v-prediction are converted with ``eps = sqrt(a_t) * v + sqrt(1 - a_t) * z`` where ``a_t = alphas_cumprod[t]``,
 so eps- and v-models can be mixed in one guidance.
 
-Batching: adapters around the same network expose the same :meth:`UNetDenoiser.batch_key`; the
-multi-guidance module evaluates such a group in ONE forward with :func:`evaluate_unet_group`.
+Batching (how several denoisers that share a network run in ONE forward): a denoiser *may* define
+
+* ``batch_key() -> hashable``: denoisers whose keys are equal can be evaluated together, and
+* ``evaluate_group(members, z, t) -> list[eps]`` (a static or class method of its class): evaluates the
+  ``members`` (all with that key) on the same ``(z, t)`` and returns their predictions in order.
+
+:func:`evaluate_batched` groups the denoisers it is given by key and calls ``evaluate_group`` once per group;
+a denoiser without ``batch_key`` is simply called. :class:`UNetDenoiser` implements both
+(:func:`evaluate_unet_group`): calls of one UNet with different text, ControlNet residuals or concatenated
+image channels (Zero-1-to-3's conditional and unconditional branches) share a forward. The multi-guidance
+module, SDS and the samplers all go through :func:`evaluate_batched`.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ __all__ = [
     "UNetDenoiser",
     "ControlNetInput",
     "evaluate_unet_group",
+    "evaluate_batched",
     "v_to_eps",
     "expand_timestep",
 ]
@@ -90,7 +100,9 @@ class UNetDenoiser:
       the empty prompt gives SD's unconditional prediction ``eps_sd(z)``;
     * any community SD1.5 fine-tune: the same class with that model's UNet;
     * SD1.5 + ControlNet: ``control`` set; its residuals go only into this term's rows of the batch;
-    * the null-text domain UNet: ``encoder_hidden_states=None`` (its cross-attention is the fixed ``E``).
+    * the null-text domain UNet: ``encoder_hidden_states=None`` (its cross-attention is the fixed ``E``);
+    * a UNet that also reads image channels concatenated to ``z`` (Zero-1-to-3's 8-channel UNet: the input
+      view's VAE latent): ``concat`` (``[1 or B, C', H, W]``), zeros for an unconditional branch.
 
     ``prediction_type`` is the network's (``"epsilon"`` or ``"v_prediction"``); the output is always epsilon.
     """
@@ -98,6 +110,7 @@ class UNetDenoiser:
     unet: torch.nn.Module
     encoder_hidden_states: torch.Tensor | None = None
     control: ControlNetInput | None = None
+    concat: torch.Tensor | None = None
     prediction_type: str = "epsilon"
     alphas_cumprod: torch.Tensor | None = None
     name: str = "unet"
@@ -112,7 +125,11 @@ class UNetDenoiser:
 
     def batch_key(self) -> tuple:
         """Adapters with equal keys run in one forward of the same network."""
-        return ("unet", id(self.unet), self.encoder_hidden_states is None)
+        return ("unet", id(self.unet), self.encoder_hidden_states is None, self.concat is None)
+
+    @staticmethod
+    def evaluate_group(members, z, t) -> list[torch.Tensor]:
+        return evaluate_unet_group(members, z, t)
 
     def __call__(self, z, t):
         return evaluate_unet_group([self], z, t)[0]
@@ -142,12 +159,19 @@ def evaluate_unet_group(members: Sequence[UNetDenoiser], z: torch.Tensor, t) -> 
     has_text = members[0].encoder_hidden_states is not None
     if any((m.encoder_hidden_states is not None) != has_text for m in members):
         raise ValueError("cannot batch text-conditioned and null-text calls of one UNet together")
+    has_concat = members[0].concat is not None
+    if any((m.concat is not None) != has_concat for m in members):
+        raise ValueError("cannot batch calls with and without concatenated image channels together")
 
     b = z.shape[0]
     k = len(members)
     dtype = next(unet.parameters()).dtype
     t_b = expand_timestep(t, b, z.device)
-    z_in = z.to(dtype).repeat(k, *([1] * (z.ndim - 1)))
+    if has_concat:
+        z_in = torch.cat([torch.cat([z.to(dtype), _rows(m.concat, b).to(device=z.device, dtype=dtype)], 1)
+                          for m in members])
+    else:
+        z_in = z.to(dtype).repeat(k, *([1] * (z.ndim - 1)))
     t_in = t_b.repeat(k)
     ehs = None
     if has_text:
@@ -192,4 +216,29 @@ def evaluate_unet_group(members: Sequence[UNetDenoiser], z: torch.Tensor, t) -> 
         if m.prediction_type == "v_prediction":
             o = v_to_eps(o, z, t_b, m.alphas_cumprod)
         results.append(o.to(z.dtype))
+    return results
+
+
+def evaluate_batched(denoisers: Sequence[Denoiser], z: torch.Tensor, t) -> list[torch.Tensor]:
+    """Evaluate denoisers on one ``(z, t)``, running each group that shares a network in one forward (see the
+    module docstring: ``batch_key`` + ``evaluate_group``). The same denoiser object listed twice is evaluated
+    once."""
+    results: list[torch.Tensor | None] = [None] * len(denoisers)
+    groups: dict[object, list[int]] = {}
+    seen: dict[int, int] = {}
+    for i, d in enumerate(denoisers):
+        if id(d) in seen:
+            continue
+        seen[id(d)] = i
+        key = d.batch_key() if hasattr(d, "batch_key") else ("single", id(d))
+        groups.setdefault(key, []).append(i)
+    for idx in groups.values():
+        members = [denoisers[i] for i in idx]
+        group = getattr(type(members[0]), "evaluate_group", None)
+        outs = group(members, z, t) if group is not None else [m(z, t) for m in members]
+        for i, o in zip(idx, outs):
+            results[i] = o
+    for i, d in enumerate(denoisers):
+        if results[i] is None:
+            results[i] = results[seen[id(d)]]
     return results

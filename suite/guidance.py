@@ -22,7 +22,7 @@ Unconditional guidance rectification (paper Sec. 4.5) is a choice of ``base``: w
 model's own empty-prompt prediction.
 
 Cost: terms (and the base) that wrap the same network are evaluated in ONE batched forward
-(:func:`suite.denoisers.evaluate_unet_group`); a term whose weight is exactly 0 is not evaluated.
+(:func:`suite.denoisers.evaluate_batched`); a term whose weight is exactly 0 is not evaluated.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checks import check_finite
-from .denoisers import Denoiser, UNetDenoiser, evaluate_unet_group
+from .denoisers import Denoiser, evaluate_batched
 
 __all__ = ["AutoWeights", "MultiGuidance", "Term", "combine", "auto_weights"]
 
@@ -181,30 +181,3 @@ class MultiGuidance:
                 w = vals[0] if len(vals) == 1 else vals
             out[term.name] = w
         return out
-
-
-def evaluate_batched(denoisers: Sequence[Denoiser], z: torch.Tensor, t) -> list[torch.Tensor]:
-    """Evaluate denoisers, running those that share a network in one batched forward each.
-
-    The same denoiser object listed twice is evaluated once.
-    """
-    results: list[torch.Tensor | None] = [None] * len(denoisers)
-    groups: dict[tuple, list[int]] = {}
-    seen: dict[int, int] = {}
-    for i, d in enumerate(denoisers):
-        if id(d) in seen:
-            continue
-        seen[id(d)] = i
-        key = d.batch_key() if isinstance(d, UNetDenoiser) else ("single", id(d))
-        groups.setdefault(key, []).append(i)
-    for key, idx in groups.items():
-        if key[0] == "unet":
-            outs = evaluate_unet_group([denoisers[i] for i in idx], z, t)
-        else:
-            outs = [denoisers[idx[0]](z, t)]
-        for i, o in zip(idx, outs):
-            results[i] = o
-    for i, d in enumerate(denoisers):
-        if results[i] is None:
-            results[i] = results[seen[id(d)]]
-    return results

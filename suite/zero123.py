@@ -11,7 +11,8 @@ Conditioning of a target view relative to the input view (threestudio's ``zero12
 VAE latent (mode, NOT multiplied by the scaling factor) is concatenated on channels. Unconditional: zeros
 for both. Zero-1-to-3's classifier-free guidance is a :class:`suite.guidance.MultiGuidance` with ONE term
 (conditional, weight = guidance scale) over the unconditional base: no second copy of the formula. Both
-branches share the UNet and run in one batched forward (:class:`_Zero123Pair`).
+branches are :class:`suite.denoisers.UNetDenoiser` adapters of the one UNet (the latent on ``concat``), so
+:func:`suite.denoisers.evaluate_batched` runs them in one forward.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from suite.denoisers import expand_timestep
-from suite.files import atomic_dir
-from suite.guidance import MultiGuidance, Term
+from .denoisers import UNetDenoiser
+from .files import atomic_dir
+from .guidance import MultiGuidance, Term
 
 PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -140,43 +141,6 @@ def relative_pose(elevation, azimuth, distance, ref_elevation, ref_azimuth, ref_
     return torch.stack([d_polar, d_az.sin(), d_az.cos(), dist - ref_distance], -1)
 
 
-class _Zero123Pair:
-    """Evaluates the unconditional and conditional branches of one Zero-1-to-3 UNet in ONE batched forward:
-    whichever branch is called first computes both and keeps the other's output for the same ``(z, t)``
-    objects (MultiGuidance passes the very same tensors to its base and its term)."""
-
-    def __init__(self, unet, c_cross: torch.Tensor, c_concat: torch.Tensor):
-        self.unet, self.c_cross, self.c_concat = unet, c_cross, c_concat
-        self._kept = None  # (z, t, which, eps)
-
-    def __call__(self, z, t, which: str) -> torch.Tensor:
-        kept = self._kept
-        if kept is not None and kept[0] is z and kept[1] is t and kept[2] == which:
-            self._kept = None
-            return kept[3]
-        b = z.shape[0]
-        dtype = next(self.unet.parameters()).dtype
-        t_b = expand_timestep(t, b, z.device)
-        cross = self.c_cross.to(z.device, dtype).expand(b, -1, -1) if self.c_cross.shape[0] == 1 else self.c_cross
-        concat = self.c_concat.to(z.device, dtype).expand(b, -1, -1, -1)
-        x = torch.cat([z.to(dtype)] * 2)
-        x = torch.cat([x, torch.cat([torch.zeros_like(concat), concat])], 1)
-        ehs = torch.cat([torch.zeros_like(cross), cross]).to(dtype)
-        eps_u, eps_c = self.unet(x, t_b.repeat(2), encoder_hidden_states=ehs, return_dict=False)[0].chunk(2)
-        eps_u, eps_c = eps_u.to(z.dtype), eps_c.to(z.dtype)
-        other = "cond" if which == "uncond" else "uncond"
-        self._kept = (z, t, other, eps_c if other == "cond" else eps_u)
-        return eps_u if which == "uncond" else eps_c
-
-
-class _Branch:
-    def __init__(self, pair: _Zero123Pair, which: str):
-        self.pair, self.which, self.name = pair, which, f"zero123-{which}"
-
-    def __call__(self, z, t):
-        return self.pair(z, t, self.which)
-
-
 class Zero123Guidance:
     """Zero-1-to-3 conditioned on one input view: builds the SDS denoiser for target cameras.
 
@@ -216,8 +180,12 @@ class Zero123Guidance:
         pose = relative_pose(elevation, azimuth, distance, *self.ref).to(self.model.device, self.model.dtype)
         with torch.no_grad():
             c_cross = self.model.projection(torch.cat([self.c_clip.expand(len(pose), -1, -1), pose[:, None]], -1))
-        pair = _Zero123Pair(self.model.unet, c_cross, self.c_concat)
-        return MultiGuidance(_Branch(pair, "uncond"), [Term(_Branch(pair, "cond"), float(guidance_scale), "zero123")])
+        unet = self.model.unet
+        # Two adapters of one UNet (UNetDenoiser batch_key): evaluate_batched runs both in one forward.
+        uncond = UNetDenoiser(unet, torch.zeros_like(c_cross), concat=torch.zeros_like(self.c_concat),
+                              name="zero123-uncond")
+        cond = UNetDenoiser(unet, c_cross, concat=self.c_concat, name="zero123-cond")
+        return MultiGuidance(uncond, [Term(cond, float(guidance_scale), "zero123")])
 
 
 @torch.no_grad()

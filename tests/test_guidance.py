@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from suite.denoisers import ControlNetInput, FunctionDenoiser, UNetDenoiser, v_to_eps
-from suite.guidance import AutoWeights, MultiGuidance, Term, auto_weights, combine, evaluate_batched
+from suite.denoisers import ControlNetInput, FunctionDenoiser, UNetDenoiser, evaluate_batched, v_to_eps
+from suite.guidance import AutoWeights, MultiGuidance, Term, auto_weights, combine
 
 
 def const(value, calls=None):
