@@ -102,7 +102,7 @@ def mini_breakdown(device, reps: int, checkpoint: str | None = None) -> None:
     from generators3d.guidance3d import DomainSDS, Zero123SDS
     from generators3d.nerf import Background, make_field
     from suite.miniworld.assets import default_dir
-    from suite.models import build_pipeline
+    from suite.presets import build_pipeline
     from suite.zero123 import Zero123Guidance, load_zero123
 
     cfg = ThreeDConfig(preset="mini", prompt="a porcelain vase").resolved()
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     from generators3d.config import ThreeDConfig
     from generators3d.guidance3d import DomainSDS
     from generators3d.nerf import Background, make_field
-    from suite.models import build_pipeline
+    from suite.presets import build_pipeline
 
     cfg = ThreeDConfig(preset="tiny").resolved()
     pipe = build_pipeline("tiny", "porcelain", device=args.device)

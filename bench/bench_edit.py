@@ -43,7 +43,7 @@ def main() -> int:
 
     from editing import edit_photo, load_photo
     from editing.synthetic import place_face
-    from suite.models import build_pipeline
+    from suite.presets import build_pipeline
 
     # 1. A 4:3 photo of the requested size with a face at a known place, saved as a JPEG.
     w = int(round((args.megapixels * 1e6 * 4 / 3) ** 0.5))

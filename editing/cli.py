@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from suite.images import open_image, oriented_size, output_paths, save_image_atomic
-    from suite.models import default_domain
+    from suite.presets import default_domain
 
     from .edit import edit_photo
     from .images import load_mask

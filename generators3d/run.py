@@ -42,7 +42,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     ``config.resume`` is set.
     """
     from suite.images import load_image, save_image_atomic
-    from suite.models import resolve_device, resolve_domain
+    from suite.presets import resolve_device, resolve_domain
 
     from .mask import foreground_mask, load_mask, reference_view
     from .nerf import Background, make_field
@@ -77,7 +77,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     pipe = None
     need_pipe = (not cfg.image and not _stage1_done(out)) or (cfg.refine.steps > 0 and not stage3_ckpt.exists())
     if need_pipe:
-        from suite.models import build_pipeline
+        from suite.presets import build_pipeline
 
         pipe = build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False,
                               cfg.device, cfg.dtype)
@@ -85,7 +85,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
         domain = pipe.domain or domain  # the preset's domain as loaded (the mini preset's has its own weights)
     result = _create_output(out, cfg)
     if pipe is not None:
-        from suite.models import warn_prompt
+        from suite.presets import warn_prompt
 
         result.warnings += warn_prompt(cfg.preset, prompt)
 

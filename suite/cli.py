@@ -3,7 +3,7 @@
 Each subcommand lives in its package as a module with ``HELP`` (one line), ``add_arguments(parser)`` and
 ``main(args) -> int``; ``launch.py`` only wires them. This module holds only what turns flags into calls: the
 flag definitions every subcommand shares (so they cannot drift), :func:`load_pipeline` (flags ->
-:func:`suite.models.build_pipeline`) and :func:`run_main`, which prints errors that users can fix
+:func:`suite.presets.build_pipeline`) and :func:`run_main`, which prints errors that users can fix
 (:class:`suite.checks.UserError`, ``ValueError``, :class:`suite.models.ModelLoadError`, missing files) as one
 sentence with exit code 2. It imports no torch: ``launch.py --help`` stays fast.
 """
@@ -99,8 +99,8 @@ def guidance_weights(args, domain: Domain | None) -> tuple:
 
 
 def load_pipeline(args, need_controlnet: bool = False):
-    """:func:`suite.models.build_pipeline` from the flags of :func:`add_model_arguments`."""
-    from .models import build_pipeline
+    """:func:`suite.presets.build_pipeline` from the flags of :func:`add_model_arguments`."""
+    from .presets import build_pipeline
 
     return build_pipeline(args.preset, args.domain, args.sd_model, args.domain_model,
                           getattr(args, "controlnet", None), need_controlnet, args.device, args.dtype)

@@ -36,8 +36,8 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from .images import load_image, output_paths, save_image_atomic
-    from .models import warn_prompt
     from .pipeline import DEFAULT_STEPS, Control
+    from .presets import warn_prompt
 
     # 1. Validate what can be checked before loading models.
     paths = output_paths(args.output, max(args.num_images, 1))

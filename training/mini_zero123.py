@@ -108,7 +108,7 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
     from suite.miniworld.world import CAMERA_DISTANCE
     from suite.zero123 import relative_pose
 
-    from .miniworld import _cosine_lr, _progress, _to_tensor, encode_latents, optimise
+    from .mini_models import cosine_lr, encode_latents, log_progress, optimise, to_tensor
 
     parts = build_parts(vae, seed) if init is None else dict(init)
     for name in ("unet", "image_encoder", "projection"):
@@ -127,10 +127,10 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
     t0 = time.time()
     for step in range(1, steps + 1):
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step - 1, steps, lr)
+            g["lr"] = cosine_lr(step - 1, steps, lr)
         obj = torch.randint(0, n, (batch,), generator=gen)
         tgt = torch.randint(1, views, (batch,), generator=gen)
-        x_in = (_to_tensor(images[obj.numpy(), 0]) + 1) / 2
+        x_in = (to_tensor(images[obj.numpy(), 0]) + 1) / 2
         concat = lat[obj, 0]
         z0 = lat[obj, tgt] * scaling
         pose = relative_pose(poses[obj, tgt, 0], poses[obj, tgt, 1], CAMERA_DISTANCE,
@@ -146,6 +146,6 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
             pred = unet(x, t, encoder_hidden_states=token).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
         optimise(opt, loss, params, zip(ema, live), step, ema_decay)
-        _progress("zero123", step, steps, t0, loss.item())
+        log_progress("zero123", step, steps, t0, loss.item())
     parts.update(unet=ema[0].eval(), image_encoder=ema[1].eval(), projection=ema[2].eval())
     return parts

@@ -33,40 +33,18 @@ import torch
 
 from suite.miniworld import world as W
 
+from .mini_models import (
+    IMAGE_SIZE,
+    encode_latents,
+    make_tokenizer,
+    psnr,
+    save_sd_folder,
+    to_tensor,
+    train_base,
+    train_vae,
+)
+
 log = logging.getLogger("training.miniworld")
-
-IMAGE_SIZE = 64
-MAX_TOKENS = 16
-TEXT_DIM = 128
-
-VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 48, 64), latent_channels=4,
-                  layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE, mid_block_add_attention=False)
-UNET_CONFIG = dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-                   block_out_channels=(64, 96, 128),
-                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                   cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=16)
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
-def _text_config(tokenizer):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM,
-                          num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-                          max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_DIM)
-
-
-def make_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    from suite.testing import write_word_tokenizer
-
-    write_word_tokenizer(folder, W.vocabulary(), MAX_TOKENS)
-    return CLIPTokenizer.from_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,157 +88,6 @@ def render_set(kind: str, n: int, seed: int, workers: int = 2) -> dict:
                 labels=np.array(sum((p[2] for p in parts), []), dtype=np.int64))
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def _cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
-
-
-def optimise(opt, loss: torch.Tensor, params, emas, step: int, ema_decay: float) -> None:
-    """One optimiser step on ``loss`` (gradient norm clipped to 1), then each ``(ema, live)`` module pair of ``emas``
-    moves towards the live weights (decay ``min(ema_decay, (1 + step) / (10 + step))``: a short warm-up)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    d = min(ema_decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for ema, live in emas:
-            for pe, pl in zip(ema.parameters(), live.parameters()):
-                pe.lerp_(pl, 1 - d)
-
-
-def _progress(name: str, step: int, total: int, t0: float, loss: float) -> None:
-    if step % 100 == 0 or step == total:
-        rate = step / max(time.time() - t0, 1e-9)
-        log.info("%s step %d/%d  loss %.4f  %.2f steps/s", name, step, total, loss, rate)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 2. VAE
-def train_vae(images: np.ndarray, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0):
-    """A small ``AutoencoderKL`` trained on renders: MSE + L1 reconstruction, a very small KL term (as SD's)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**VAE_CONFIG)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    data = _to_tensor(images)
-    t0 = time.time()
-    for step in range(1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step - 1, steps, lr)
-        x = data[torch.randint(0, len(data), (batch,), generator=gen)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample(gen)).sample
-        err = rec.float() - x
-        loss = err.pow(2).mean() + 0.5 * err.abs().mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _progress("vae", step, steps, t0, loss.item())
-    vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        deterministic_posterior(vae)
-        sample = data[torch.randperm(len(data), generator=gen)[:512]]
-        lat = torch.cat([vae.encode(sample[i:i + 64]).latent_dist.mean for i in range(0, len(sample), 64)])
-        vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
-    return vae
-
-
-@torch.no_grad()
-def deterministic_posterior(vae, log_variance: float = -30.0) -> None:
-    """Make the encoder's posterior a point mass at its mean: the log-variance half of ``quant_conv`` outputs a
-    constant ``log_variance`` (std ~3e-7). A short training leaves the posterior std far from SD's (here about 0.4
-    of the latents' spread), and every latent the models see (the base's training latents, the domain trainer's
-    sampled latents, SDEdit's encoded image) must come from the same distribution. The decoder, trained on
-    samples around the mean, decodes the mean at least as well."""
-    conv = vae.quant_conv
-    c = conv.out_channels // 2
-    conv.weight[c:] = 0
-    conv.bias[c:] = log_variance
-
-
-@torch.no_grad()
-def encode_latents(vae, images: np.ndarray, batch: int = 128) -> torch.Tensor:
-    """Posterior means (unscaled) of every image."""
-    data = _to_tensor(images)
-    return torch.cat([vae.encode(data[i:i + batch]).latent_dist.mean for i in range(0, len(data), batch)])
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 3. base text-to-image model
-def train_base(latents: torch.Tensor, captions: list[str], tokenizer, scaling: float, steps: int, batch: int = 64,
-               lr: float = 1e-3, seed: int = 0, caption_dropout: float = 0.1, ema_decay: float = 0.999):
-    """UNet and text encoder trained jointly from scratch on ``(latent, caption)`` pairs (v-prediction; the
-    empty caption for ``caption_dropout`` of the samples, which classifier-free guidance needs). Returns the EMA
-    UNet and the EMA text encoder."""
-    import copy
-
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    torch.manual_seed(seed + 1)
-    text = CLIPTextModel(_text_config(tokenizer))
-    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
-    ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                    return_tensors="pt").input_ids
-    empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
-    z_all = latents * scaling
-    t0 = time.time()
-    for step in range(1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step - 1, steps, lr)
-        idx = torch.randint(0, len(z_all), (batch,), generator=gen)
-        tok = ids[idx].clone()
-        drop = torch.rand(batch, generator=gen) < caption_dropout
-        tok[drop] = empty
-        z0 = z_all[idx]
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
-        zt = sched.add_noise(z0, noise, t)
-        target = sched.get_velocity(z0, noise, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            ehs = text(tok)[0]
-            pred = unet(zt, t, encoder_hidden_states=ehs).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), target)
-        optimise(opt, loss, params, ((ema_unet, unet), (ema_text, text)), step, ema_decay)
-        _progress("base", step, steps, t0, loss.item())
-    return ema_unet.eval(), ema_text.eval()
-
-
-def save_sd_folder(folder: Path, unet, vae, text_encoder, tokenizer, dtype=torch.float16) -> None:
-    """A diffusers Stable Diffusion folder (what ``suite.models.load_sd`` reads), weights in ``dtype``."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    sched = DPMSolverMultistepScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
-                                           if k not in ("clip_sample", "set_alpha_to_one")})
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.to(dtype=dtype)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    pipe.to(dtype=torch.float32)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # 5. the porcelain domain model, by the suite's own trainer
 def write_image_folder(images: np.ndarray, folder: Path) -> None:
@@ -286,6 +113,8 @@ SIZES = {  # (open images, domain images, judge images, vae steps, base steps, j
     "full": (12000, 2000, 8000, 600, 2000, 800, 800, 3500),
     "quick": (600, 200, 600, 40, 60, 60, 20, 60),
 }
+
+
 ZERO123_PHASES = {  # (steps, learning rate) per phase; each phase continues from the previous one's EMA weights
     "full": ((3000, 1e-3), (3000, 3e-4)),
     "quick": ((30, 1e-3), (10, 3e-4)),
@@ -340,7 +169,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         vae.save_pretrained(stage / "vae")
     vae = AutoencoderKL.from_pretrained(stage / "vae").eval()
     with torch.no_grad():  # reconstruction of held-out renders (the judge's set was not in the VAE's data)
-        x = _to_tensor(data["judge_images"][:256])
+        x = to_tensor(data["judge_images"][:256])
         vae_psnr = psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x)
     step("vae", cached)
     # 3. base
@@ -443,7 +272,3 @@ def main(argv=None) -> int:
     build(Path(args.output), Path(args.work), args.size, args.seed)
     print(f"mini world built in {(time.time() - t0) / 60:.1f} minutes -> {args.output}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -99,7 +99,7 @@ def fine_tune(pipe, images: np.ndarray, steps: tuple, batch: int, lr: float, see
     """Vanilla fine-tuning of a copy of the base UNet on ``images`` with the caption "a photo of porcelain"
     (the denoising loss of :func:`training.loss.denoising_loss`); a copy at each of ``steps``."""
     from training.loss import denoising_loss, training_scheduler
-    from training.miniworld import encode_latents
+    from training.mini_models import encode_latents
 
     unet = copy.deepcopy(pipe.unet).float().train().requires_grad_(True)
     sched = training_scheduler(pipe.scheduler)

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from suite.images import save_image_atomic
     from suite.miniworld import world as W
     from suite.miniworld.render import render_view
-    from suite.models import build_pipeline
+    from suite.presets import build_pipeline
 
     quiet_libraries()
     out = Path(args.output)

@@ -1,6 +1,6 @@
 """The app's work, free of gradio: checked uploads, a cache of loaded pipelines, jobs with progress and cancel.
 
-Everything here calls the same library functions as the CLI (``suite.models.build_pipeline``, the pipeline's
+Everything here calls the same library functions as the CLI (``suite.presets.build_pipeline``, the pipeline's
 ``__call__``, ``editing.edit_photo``, ``generators3d.run_text_to_3d``, ``training.train.train_domain``);
 nothing runs ``launch.py`` in a subprocess. The back ends of the edit, 3D and training tabs live in packages
 above ``suite``, which it never imports: ``launch.py`` (the composition root) hands them in as :class:`Backends`,
@@ -153,7 +153,7 @@ class PipelineCache:
 
     def get(self, domain: str, need_controlnet: bool = False):
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
-        from ..models import build_pipeline
+        from ..presets import build_pipeline
 
         model = trained_domains(self.config).get(domain)
         if domain not in PRESETS and model is None:

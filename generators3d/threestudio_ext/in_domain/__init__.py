@@ -57,7 +57,7 @@ class InDomainGuidance(BaseObject):
     cfg: Config
 
     def configure(self) -> None:
-        from suite.models import build_pipeline
+        from suite.presets import build_pipeline
 
         device = getattr(self, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = "float16" if self.cfg.half_precision_weights and torch.device(device).type == "cuda" else "float32"

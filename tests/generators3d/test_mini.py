@@ -117,7 +117,7 @@ IOU_BOUND = 0.75  # measured about 0.82; mirrored: about 0.64
 
 def test_prompt_outside_the_mini_world_and_object_on_the_border_warn(tmp_path, caplog):
     import launch
-    from suite.models import warn_prompt
+    from suite.presets import warn_prompt
 
     assert warn_prompt("mini", "a porcelain vase") == []
     found = warn_prompt("mini", "a teapot with dragons")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-EXT = Path(__file__).resolve().parents[1] / "generators3d" / "threestudio_ext" / "in_domain"
+EXT = Path(__file__).resolve().parents[2] / "generators3d" / "threestudio_ext" / "in_domain"
 THREESTUDIO_CALL = ["self", "rgb", "prompt_utils", "elevation", "azimuth", "camera_distances", "rgb_as_latents",
                     "guidance_eval", "kwargs"]
 THREESTUDIO_KEYS = {"loss_sds", "grad_norm", "min_step", "max_step"}

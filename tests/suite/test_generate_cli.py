@@ -1,34 +1,11 @@
-"""The CLI as a user runs it: --help, generate with the tiny preset, and bad input."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""``launch.py generate`` with the tiny preset, and bad input as one sentence."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import launch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*argv):
-    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *argv], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ}, timeout=600)
-
-
-def test_help_lists_subcommands_and_defaults():
-    r = run_cli("--help")
-    assert r.returncode == 0
-    assert "generate" in r.stdout
-    r = run_cli("generate", "--help")
-    assert r.returncode == 0
-    for flag in ("--preset", "--prompt", "--seed", "--steps", "--num-images", "--domain-weight", "--control-image",
-                 "--sd-model", "--domain-model"):
-        assert flag in r.stdout
-    assert "default" in r.stdout
+from tests.common import run_cli
 
 
 def test_generate_tiny_writes_readable_images(tmp_path, tiny_dir):

@@ -1,0 +1,88 @@
+"""``launch.py edit``: a face photo end to end, bad inputs as one sentence, --whole-image, --help."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("cv2")
+from editing.synthetic import place_face
+
+from .common import photo_array, png_header_only
+
+
+def _run(argv, tiny_dir, monkeypatch, capsys):
+    import launch
+
+    monkeypatch.setenv("INDOMAIN_TINY_DIR", str(tiny_dir))
+    code = launch.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_cli_edits_a_face_photo(tmp_path, tiny_dir, monkeypatch, capsys):
+    photo = np.clip(np.random.default_rng(14).normal(200, 6, (300, 400, 3)), 0, 255).astype(np.uint8)
+    place_face(photo, (200.0, 150.0), 160, 8.0)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    out = tmp_path / "edited.png"
+    code, err = _run(["edit", "--preset", "tiny", "--domain", "face", "--image", str(tmp_path / "photo.png"),
+                      "--prompt", "wearing glasses", "--strength", "0.6", "--steps", "2", "--output", str(out)],
+                     tiny_dir, monkeypatch, capsys)
+    assert code == 0, err
+    edited = np.asarray(Image.open(out))
+    assert edited.shape == photo.shape
+    changed = (edited != photo).any(-1)
+    ys, xs = np.nonzero(changed)
+    assert changed.any() and 60 < xs.mean() < 340 and 40 < ys.mean() < 260  # around the face at (200, 150)
+    assert not changed[:, :40].any() and not changed[:, 360:].any()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--image", "{missing}"], "does not exist"),
+    (["--image", "{text}"], "could not be read"),
+    (["--image", "{bomb}"], "megapixels"),
+    (["--image", "{flat}"], "--whole-image"),
+    (["--image", "{flat}", "--strength", "1.5"], "strength"),
+    (["--image", "{flat}", "--mask", "{square}"], "mask"),
+    (["--image", "{flat}", "--output", "{tmp}/out.xyz"], "format"),
+    (["--image", "{flat}", "--output", "{tmp}/no/such/dir/out.png"], "folder"),
+])
+def test_cli_bad_inputs_give_one_sentence(tmp_path, tiny_dir, monkeypatch, capsys, args, expected):
+    (tmp_path / "text.jpg").write_text("not an image")
+    (tmp_path / "bomb.png").write_bytes(png_header_only(40_000, 40_000))
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(tmp_path / "flat.png")
+    Image.new("L", (50, 50), 255).save(tmp_path / "square.png")
+    names = dict(missing=tmp_path / "missing.jpg", text=tmp_path / "text.jpg", bomb=tmp_path / "bomb.png",
+                 flat=tmp_path / "flat.png", square=tmp_path / "square.png", tmp=tmp_path)
+    argv = ["edit", "--preset", "tiny", "--steps", "1", "--output", str(tmp_path / "o.png")]
+    argv += [a.format(**names) for a in args]
+    code, err = _run(argv, tiny_dir, monkeypatch, capsys)
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_cli_whole_image_without_a_face(tmp_path, tiny_dir, monkeypatch, capsys):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(photo_array(48, 64, seed=15)).save(tmp_path / "flat.png", icc_profile=icc)
+    out = tmp_path / "out.jpg"
+    code, err = _run(["edit", "--preset", "tiny", "--image", str(tmp_path / "flat.png"), "--whole-image",
+                      "--steps", "1", "--num-images", "2", "--output", str(out)], tiny_dir, monkeypatch, capsys)
+    assert code == 0, err
+    for i in range(2):
+        with Image.open(tmp_path / f"out-{i}.jpg") as im:
+            assert im.size == (64, 48) and im.info.get("icc_profile") == icc  # colours shown as in the input
+    assert not list(tmp_path.glob(".out*"))  # no temporary files left behind
+
+
+def test_help_lists_the_flags(capsys):
+    import launch
+
+    with pytest.raises(SystemExit):
+        launch.main(["edit", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--image", "--prompt", "--strength", "--output", "--mask", "--all-faces", "--whole-image",
+                 "--num-images", "--seed", "--preset", "--domain"):
+        assert flag in text

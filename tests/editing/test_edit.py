@@ -1,0 +1,176 @@
+"""SDEdit editing through the pipeline (equal to diffusers' img2img), the face crop and paste-back: far pixels identical, masks, several faces."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("cv2")
+from editing import EditResult, edit_photo
+from editing.align import face_region
+from suite.pipeline import InDomainPipeline
+
+from .common import FixedDetector, face_at, photo_array
+
+STEPS = 3  # few steps: these tests check plumbing and numerics, not image quality
+
+
+def _img2img(parts, scheduler):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    return StableDiffusionImg2ImgPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"],
+                                          tokenizer=parts["tokenizer"], unet=parts["unet"], scheduler=scheduler,
+                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+@pytest.mark.parametrize("scheduler_name", ["ddim", "dpmsolver++"])
+def test_sdedit_equals_diffusers_img2img(parts, scheduler_name):
+    from diffusers import DPMSolverMultistepScheduler
+
+    base = parts["scheduler"]
+    sched = base if scheduler_name == "ddim" else DPMSolverMultistepScheduler.from_config(
+        base.config, algorithm_type="dpmsolver++")
+    ours = InDomainPipeline(**{**parts, "scheduler": copy.deepcopy(sched)})
+    theirs = _img2img(parts, copy.deepcopy(sched))
+    start = Image.fromarray(photo_array(64, 64, seed=4))
+    steps_run = []
+    a = ours("a photo of a face wearing glasses", image=start, strength=0.7, control_weight=7.5, num_inference_steps=4,
+             seed=3, output_type="np", progress=False, callback=lambda i, n: steps_run.append(n)).images
+    b = theirs("a photo of a face wearing glasses", image=start, strength=0.7, guidance_scale=7.5,
+               num_inference_steps=4, generator=torch.Generator().manual_seed(3), output_type="np").images
+    assert steps_run and steps_run[0] == int(4 * 0.7)  # the same start step as img2img: 2 of 4 steps
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-5
+
+
+def test_edit_photo_whole_image_equals_img2img(parts, pipe):
+    # A 64x64 photo edited as a whole is exactly img2img's output (crop = photo, weight 1 everywhere).
+    start = Image.fromarray(photo_array(64, 64, seed=5))
+    res = edit_photo(pipe, start, prompt="wearing glasses", strength=0.7, domain_weight=0, control_weight=5.0,
+                     whole_image=True, seed=2, steps=STEPS)
+    ref = _img2img(parts, copy.deepcopy(parts["scheduler"]))(
+        "wearing glasses", image=start, strength=0.7, guidance_scale=5.0, num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(2), output_type="pil").images[0]
+    diff = np.abs(np.asarray(res.images[0], int) - np.asarray(ref, int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # 1e-5 in float; a rounding flip at most in uint8
+    assert isinstance(res, EditResult) and res.face_boxes == []
+    assert set(res.timings) == {"detect", "encode", "denoise", "decode", "paste"}
+    assert all(v >= 0 for v in res.timings.values()) and res.timings["denoise"] > 0
+
+
+class IdentityVAE(torch.nn.Module):
+    """An exactly invertible 'VAE' (latent = RGB + a zero channel at full resolution; std 3e-7), so strength 0
+    must give the photo back to 8-bit precision; a real VAE's round trip adds its own error (see below)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(block_out_channels=(4,), scaling_factor=1.0, latent_channels=4)
+
+    def encode(self, x):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        mean = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
+        return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(torch.cat([mean, torch.full_like(mean, -30)], 1)))
+
+    def decode(self, z, return_dict=False):
+        return (z[:, :3],)
+
+
+def test_strength_zero_returns_the_photo(parts):
+    from suite.testing import build_tiny_unet
+
+    unet = build_tiny_unet(seed=1)  # sample_size 32 -> native crop 32 px with the identity VAE
+    ident = InDomainPipeline(vae=IdentityVAE(), text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                             unet=unet, scheduler=copy.deepcopy(parts["scheduler"]))
+    photo = photo_array(80, 100, seed=6)
+    # eye distance 8 px -> crop side 32 px = native: scale 1, crop grid on the photo's pixel grid
+    face = face_at((50.0, 40.0 - 0.1 * 0.98 * 8), 8.0)
+    res = edit_photo(ident, Image.fromarray(photo), prompt="x", strength=0.0, detector=FixedDetector(face))
+    assert np.array_equal(np.asarray(res.images[0]), photo)
+
+
+def test_strength_zero_with_tiny_vae_is_its_round_trip(parts, pipe):
+    # With the random tiny VAE, strength 0 returns decode(encode(crop)): the VAE's own round trip, nothing more.
+    start = Image.fromarray(photo_array(64, 64, seed=7))
+    out = pipe("", image=start, strength=0.0, seed=1, output_type="np", progress=False).images[0]
+    px = pipe.image_processor.preprocess(start)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        z = pipe.vae.encode(px).latent_dist.sample(gen)
+        rt = pipe.image_processor.postprocess(pipe.vae.decode(z, return_dict=False)[0], output_type="np")[0]
+    assert np.abs(out - rt).max() < 1e-5
+    # (the stated round-trip error of this random VAE; a trained SD VAE is ~0.01-0.03 mean absolute error)
+    assert np.abs(rt - np.asarray(start) / 255.0).mean() > 0.01
+
+
+def test_pixels_outside_the_face_mask_are_identical(pipe):
+    photo = photo_array(120, 160, seed=8)
+    face = face_at((80.0, 55.0), 10.0, angle=20.0)
+    res = edit_photo(pipe, Image.fromarray(photo), prompt="wearing glasses", strength=1.0, num_images=2,
+                     detector=FixedDetector(face), steps=2, seed=1)
+    region = face_region(face, 64)
+    assert res.face_boxes == [face.box] and len(res.images) == 2
+    import cv2
+
+    quad = np.zeros(photo.shape[:2], np.uint8)
+    cv2.fillConvexPoly(quad, np.round(region.corners() * 16 - 8).astype(np.int32), 1, shift=4)
+    for im in res.images:
+        out = np.asarray(im)
+        assert out.shape == photo.shape
+        assert np.array_equal(out[quad == 0], photo[quad == 0])  # exact equality outside the crop
+        assert (np.abs(out.astype(int) - photo).sum(-1) > 0).sum() > 0.5 * quad.sum()  # and the face did change
+    assert not np.array_equal(np.asarray(res.images[0]), np.asarray(res.images[1]))  # two variations
+
+
+def test_user_mask_limits_the_change(pipe):
+    photo = photo_array(120, 160, seed=9)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[45:65, 60:100] = 255
+    res = edit_photo(pipe, Image.fromarray(photo), strength=1.0, mask=Image.fromarray(mask), steps=2,
+                     detector=FixedDetector(face_at((80.0, 55.0), 10.0)))
+    out = np.asarray(res.images[0])
+    assert np.array_equal(out[mask == 0], photo[mask == 0])
+    assert (out[mask > 0] != photo[mask > 0]).any()
+
+
+def test_all_faces_or_the_largest(pipe):
+    photo = photo_array(120, 200, seed=10)
+    small, large = face_at((50.0, 60.0), 8.0), face_at((140.0, 60.0), 12.0)
+    one = edit_photo(pipe, Image.fromarray(photo), strength=1.0, steps=1, detector=FixedDetector(small, large))
+    both = edit_photo(pipe, Image.fromarray(photo), strength=1.0, steps=1, all_faces=True,
+                      detector=FixedDetector(small, large))
+    assert one.face_boxes == [large.box] and both.face_boxes == [large.box, small.box]
+    changed_one = (np.asarray(one.images[0]) != photo).any(-1)
+    changed_both = (np.asarray(both.images[0]) != photo).any(-1)
+    assert not changed_one[:, :90].any() and changed_both[:, :90].any()
+    # the largest face is edited identically in both runs (same seed for face 0)
+    assert np.array_equal(np.asarray(one.images[0])[:, 100:], np.asarray(both.images[0])[:, 100:])
+
+
+def test_no_face_is_a_clear_error_naming_whole_image(pipe):
+    with pytest.raises(ValueError, match="whole.image"):
+        edit_photo(pipe, Image.fromarray(photo_array(64, 64)), detector=FixedDetector())
+
+
+def test_large_photo_is_edited_on_a_native_size_crop(pipe, monkeypatch):
+    # 12 MP: the network only ever sees the 64 x 64 crop; the output has the input's size.
+    h, w = 3000, 4000
+    photo = np.full((h, w, 3), 120, np.uint8)
+    photo[::7] = 30  # some texture
+    seen = []
+    original = InDomainPipeline.__call__
+
+    def spy(self, *a, **kw):
+        seen.append(kw["image"].size)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(InDomainPipeline, "__call__", spy)
+    det = FixedDetector(face_at((2500.0, 1200.0), 300.0, angle=-10))
+    res = edit_photo(pipe, Image.fromarray(photo), strength=0.5, steps=2, detector=det)
+    assert seen == [(64, 64)] and res.images[0].size == (w, h)
+    out = np.asarray(res.images[0])
+    assert np.array_equal(out[:, :1500], photo[:, :1500]) and np.array_equal(out[2300:], photo[2300:])

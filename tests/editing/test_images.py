@@ -1,0 +1,78 @@
+"""Photos as people have them: modes, alpha, EXIF orientation, decompression bombs, mask sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("cv2")
+from editing import edit_photo
+from editing.images import load_mask, load_photo, prepare_photo
+
+from .common import FixedDetector, face_at, photo_array, png_header_only
+
+
+def test_modes_are_converted():
+    rgb = photo_array(20, 30, seed=11)
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    assert np.array_equal(prepare_photo(Image.fromarray(gray, "L")).rgb, np.repeat(gray[..., None], 3, 2))
+    sixteen = Image.fromarray(gray.astype(np.uint16) * 257)
+    assert sixteen.mode == "I;16"
+    assert np.array_equal(prepare_photo(sixteen).rgb[..., 0], gray)
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    assert np.abs(prepare_photo(cmyk).rgb.astype(int) - rgb).max() <= 1
+    alpha = np.full((20, 30), 255, np.uint8)
+    alpha[:, :10] = 0
+    p = prepare_photo(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
+    assert (p.rgb[:, :10] == 255).all() and np.array_equal(p.rgb[:, 10:], rgb[:, 10:])  # on white
+    assert np.array_equal(p.alpha, alpha)
+
+
+def test_rgba_output_keeps_alpha_and_untouched_pixels(pipe):
+    rgb = photo_array(96, 128, seed=12)
+    alpha = np.tile(np.linspace(0, 255, 128).astype(np.uint8), (96, 1))
+    rgba = np.dstack([rgb, alpha])
+    res = edit_photo(pipe, Image.fromarray(rgba, "RGBA"), strength=1.0, steps=1, whole_image=True,
+                     mask=Image.fromarray((np.arange(128)[None, :].repeat(96, 0) > 64).astype(np.uint8) * 255))
+    out = np.asarray(res.images[0])
+    assert res.images[0].mode == "RGBA"
+    assert np.array_equal(out[:, :64], rgba[:, :64]) and np.array_equal(out[..., 3], alpha)
+
+
+def test_exif_orientation_is_applied_and_kept(pipe, tmp_path):
+    stored = photo_array(60, 80, seed=13)  # stored 80 wide x 60 high, displayed rotated: 60 x 80
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    photo = load_photo(path)
+    assert photo.size == (60, 80)
+    shown = np.asarray(Image.open(path).transpose(Image.Transpose.ROTATE_270))
+    assert np.array_equal(photo.rgb, shown)
+    with Image.open(path) as im:
+        res = edit_photo(pipe, im, strength=1.0, steps=1, detector=FixedDetector(face_at((30.0, 30.0), 5.0)))
+    out = np.asarray(res.images[0])
+    assert out.shape == (80, 60, 3)
+    assert np.array_equal(out[60:], shown[60:])  # below the face crop: the upright input, untouched
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(50_000, 50_000))  # 2.5 gigapixels claimed in a few bytes
+    with pytest.raises(ValueError, match="megapixels"):
+        load_photo(bomb)
+    with pytest.raises(ValueError, match="megapixels"):
+        load_photo(bomb, max_pixels=None)  # PIL's own guard still refuses it
+    ok = tmp_path / "ok.png"
+    Image.fromarray(photo_array(40, 50)).save(ok)
+    with pytest.raises(ValueError, match="limit"):
+        load_photo(ok, max_pixels=1000)
+
+
+def test_mask_size_must_match(tmp_path):
+    assert load_mask(Image.new("L", (50, 40), 255), (100, 80)).shape == (80, 100)  # same aspect: scaled
+    with pytest.raises(ValueError, match="mask"):
+        load_mask(Image.new("L", (50, 50), 255), (100, 80))
+    transparent = Image.new("RGBA", (10, 10), (255, 255, 255, 0))
+    assert load_mask(transparent, (10, 10)).max() == 0  # transparent = keep

@@ -1,0 +1,37 @@
+"""``launch.py train`` on a messy folder, and generate with the model it wrote."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+
+def test_cli_trains_on_a_messy_folder_and_generate_uses_the_model(bad_dir, tmp_path, capsys):
+    import launch
+
+    out = tmp_path / "porcelain-model"
+    code = launch.main(["train", "--preset", "tiny", "--domain", "porcelain", "--data", str(bad_dir), "--output",
+                        str(out), "--max-steps", "2", "--batch-size", "2", "--text-init-steps", "1",
+                        "--no-latent-cache", "--ema", "--validation-steps", "2", "--report-to", "tensorboard"])
+    assert code == 0
+    sample = Image.open(out / "training" / "samples" / "step-000002.png")
+    assert sample.size == (2 * 32, 32)  # two validation images (MultiGuidance: SD1.5 uncond + domain)
+    assert list((out / "training" / "logs").rglob("events.out.tfevents*"))
+    meta = json.loads((out / "nulltext.json").read_text())
+    assert meta["domain"] == "porcelain" and meta["prompt"] == "a photo of porcelain" and meta["training_steps"] == 2
+    assert meta["extra"]["num_images"] == 4  # 2 corrupt and 1 text file left out, the small one upscaled
+    png = tmp_path / "sample.png"
+    assert launch.main(["generate", "--preset", "tiny", "--domain", "porcelain", "--domain-model", str(out),
+                        "--output", str(png), "--steps", "2", "--width", "32", "--height", "32",
+                        "--domain-weight", "2"]) == 0
+    assert Image.open(png).size == (32, 32)
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert launch.main(["train", "--preset", "tiny", "--data", str(empty), "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "has no .jpg, .png or .webp" in err and len(err.splitlines()) == 1
+    assert launch.main(["train", "--preset", "tiny", "--data", str(bad_dir), "--output", str(out),
+                        "--batch-size", "3", "--gradient-accumulation-steps", "2"]) == 2
+    assert "not divisible" in capsys.readouterr().err
