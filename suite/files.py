@@ -82,3 +82,33 @@ def _fsync_tree(folder: Path) -> None:
         if p.is_file():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+class AtomicFiles:
+    """Write several files as one unit: each goes to a temporary sibling; only when ALL are written are they
+    renamed into place. A failure (e.g. a full disk) removes the temporaries and leaves old files untouched."""
+
+    def __init__(self):
+        self.pending: list[tuple[str, Path]] = []
+
+    def write(self, path: Path, data: bytes) -> None:
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+        self.pending.append((tmp, path))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def commit(self) -> None:
+        mode = 0o666 & ~umask()
+        for tmp, path in self.pending:
+            os.chmod(tmp, mode)  # mkstemp makes 0600 files; results are ordinary files
+            os.replace(tmp, path)
+        self.pending = []
+
+    def abort(self) -> None:
+        for tmp, _ in self.pending:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.pending = []

@@ -8,6 +8,7 @@ the same sentence everywhere.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .files import atomic_path
 
 __all__ = ["DEFAULT_MAX_PIXELS", "check_size", "open_image", "load_image", "to_rgb", "oriented_size",
-           "check_output_format", "output_paths", "save_image_atomic"]
+           "check_output_format", "output_paths", "save_image_atomic", "open_upload", "UPLOAD_FORMATS"]
 
 #: Default limit on input size, in pixels (120 MP: above today's 108 MP phone sensors, far below what
 #: would exhaust memory). Larger files are refused before decoding (decompression-bomb guard).
@@ -127,3 +128,59 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     with atomic_path(path, suffix=path.suffix) as tmp:
         image.save(tmp, format=fmt, **({"icc_profile": icc} if icc else {}))
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# uploads (the app): bytes or a server-side path, a byte limit, and only the formats a browser shows
+UPLOAD_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
+
+
+# uploads
+def open_upload(source, what: str, max_megapixels: float, max_bytes: int | None = None):
+    """Open an uploaded image (a path or bytes) and return it as RGB with EXIF orientation applied.
+
+    Refused with one sentence each: an empty file, a file over ``max_bytes``, anything PIL cannot read (a text
+    file renamed ``.png``), a format other than PNG/JPEG/WebP, more than ``max_megapixels`` (checked from the
+    header, before any pixel is decoded, so a decompression bomb never reaches memory).
+    """
+    from .checks import UserError
+
+    if isinstance(source, bytes | bytearray):
+        data, name = bytes(source), what
+        size = len(data)
+        opener = io.BytesIO(data)
+    else:
+        path = Path(source)
+        name = path.name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise UserError(f"the {what} upload could not be found on the server: upload it again") from None
+        opener = path
+    if size == 0:
+        raise UserError(f"the {what} {name!r} is an empty file (0 bytes): upload a PNG, JPEG or WebP image")
+    if max_bytes is not None and size > max_bytes:
+        raise UserError(f"the {what} {name!r} is {size / 2**20:.1f} MB, more than the {max_bytes / 2**20:.0f} MB "
+                        "this app accepts: upload a smaller file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(opener)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+            raise UserError(f"the {what} {name!r} is not an image this app can read (a renamed or damaged file?): "
+                            "upload a PNG, JPEG or WebP image") from None
+        with im:
+            if im.format not in UPLOAD_FORMATS:
+                raise UserError(f"the {what} {name!r} is a {im.format} file: upload a PNG, JPEG or WebP image")
+            w, h = im.size
+            if w * h > max_megapixels * 1e6:
+                raise UserError(f"the {what} {name!r} is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than the "
+                                f"{max_megapixels:g} megapixels this app accepts: downscale it first "
+                                "(or start the app with a larger --max-megapixels)")
+            try:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_rgb(im)
+            except (OSError, ValueError, SyntaxError):
+                raise UserError(f"the {what} {name!r} is damaged (its pixels could not be decoded): "
+                                "upload another PNG, JPEG or WebP image") from None

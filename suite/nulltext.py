@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import atomic_path
+from .files import atomic_path, write_text_atomic
 
 METADATA_FILE = "nulltext.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -210,12 +210,6 @@ class DomainMetadata:
     extra: dict = field(default_factory=dict)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path`` (same folder, so the rename is atomic)."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 class DomainModel:
     """A null-text domain UNet and its metadata. ``unet`` is called with ``encoder_hidden_states=None``."""
 
@@ -233,12 +227,11 @@ class DomainModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in dict(self.unet.config).items()}
-        _atomic_write_bytes(folder / CONFIG_FILE,
-                            lambda p: Path(p).write_text(json.dumps(config, indent=2, default=list)))
+        write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2, default=list))
         state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
-        _atomic_write_bytes(folder / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": FORMAT}))
-        _atomic_write_bytes(folder / METADATA_FILE,
-                            lambda p: Path(p).write_text(json.dumps(asdict(self.metadata), indent=2)))
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_file(state, tmp, metadata={"format": FORMAT})
+        write_text_atomic(folder / METADATA_FILE, json.dumps(asdict(self.metadata), indent=2))
         return folder
 
     @classmethod

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..checks import UserError
-from . import core
+from .. import images
+from ..checks import Progress, UserError
+from . import core, runs
 from .core import AppConfig, JobCancelled, PipelineCache
 
 log = logging.getLogger("suite.app")
@@ -41,13 +42,13 @@ def _check_filedata(payload, what: str, cfg: AppConfig):
             source = payload.path
         else:
             raise UserError(f"the {what} upload is empty: upload a PNG, JPEG or WebP image")
-        return core.check_image_upload(source, what, cfg.max_megapixels, int(cfg.max_upload_mb * 2**20))
+        return images.open_upload(source, what, cfg.max_megapixels, int(cfg.max_upload_mb * 2**20))
     except UserError as err:
         raise gr.Error(str(err), title="Upload refused") from None
 
 
 def checked_image(cfg: AppConfig, what: str, **kwargs) -> gr.Image:
-    """A ``gr.Image`` whose uploads are checked by :func:`core.check_image_upload` before any handler sees them.
+    """A ``gr.Image`` whose uploads are checked by :func:`images.open_upload` before any handler sees them.
 
     Handlers receive an RGB PIL image (EXIF orientation applied) or None. A refused upload (empty, not an image,
     not PNG/JPEG/WebP, too large in bytes or pixels) raises ``gr.Error`` with one sentence, which the page shows;
@@ -103,7 +104,7 @@ def friendly(fn):
     return run
 
 
-def gradio_progress(progress: gr.Progress) -> core.ProgressFn:
+def gradio_progress(progress: gr.Progress) -> Progress:
     """``progress(stage, done, total, info)`` shown as gradio's progress bar (steps done / total, ETA)."""
 
     def report(stage: str, done: int, total: int, info: dict) -> None:
@@ -224,17 +225,17 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
             return None
         from ..control import canny
 
-        return canny(core.center_crop_square(image))
+        return canny(runs.center_crop_square(image))
 
     @friendly
     def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, control=None, use_canny=True, seed=0, steps=25,
                  num=1, history=None, request: gr.Request = None, progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request))
-        req = core.GenerateRequest(domain=domain, prompt=prompt or "", negative_prompt=negative or "",
+        req = runs.GenerateRequest(domain=domain, prompt=prompt or "", negative_prompt=negative or "",
                                    domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
                                    control_image=control, canny=bool(use_canny), seed=seed, steps=steps,
                                    num_images=num)
-        res = core.run_generate(cache, req, core.checked_progress(gradio_progress(progress), cancel_flag))
+        res = runs.run_generate(cache, req, core.checked_progress(gradio_progress(progress), cancel_flag))
         items = [(str(p), c) for p, c in zip(res.paths, res.captions)] + list(history or [])
         items = items[:24]
         names = {"domain": "w_d", "control": "w_c"}
@@ -303,7 +304,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
              progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request))
         mask = _mask_from(drawn, mask_file, photo)
-        res = core.run_edit(cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
+        res = runs.run_edit(cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
                             domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc), mask=mask,
                             all_faces=all_faces, whole_image=whole, num_images=num, seed=seed, steps=steps,
                             progress=core.checked_progress(gradio_progress(progress), cancel_flag))
@@ -347,7 +348,7 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
         return None
     skip = {"prompt", "domain", "preset", "output", "image", "mask", "device", "dtype", "sd_model",
             "domain_model", "zero123_model", "resume", "export_only"}
-    fields = core.settings_fields(cfg.backends.three_d_config, skip)
+    fields = runs.settings_fields(cfg.backends.three_d_config, skip)
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox("", label="prompt", placeholder="e.g. a vase with dragons", elem_id="3d-prompt")
@@ -375,7 +376,7 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
              **values):
         cancel_flag = jobs.start(session_of(request))
         settings = _settings_values(fields, values)
-        res = core.run_3d(cfg, prompt=prompt, domain=domain, image=image, settings=settings,
+        res = runs.run_3d(cfg, prompt=prompt, domain=domain, image=image, settings=settings,
                           progress=core.checked_progress(gradio_progress(progress), cancel_flag))
         meshes = {k: Path(v) for k, v in (getattr(res, "mesh_paths", None) or {}).items()}
         downloads = []
@@ -427,7 +428,7 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
         gr.Markdown(f"Training from this page: {missing or can_run}. Use the command above.", elem_id="train-missing")
         return
     skip = {"domain", "data", "output", "preset", "device", "dtype", "sd_model", "resume", "seed"}
-    fields = core.settings_fields(cfg.backends.train_config.for_preset(cfg.preset), skip)
+    fields = runs.settings_fields(cfg.backends.train_config.for_preset(cfg.preset), skip)
     with gr.Accordion("training settings", open=False):
         widgets = _settings_widgets(fields)
     gr.Markdown(f"Runs here write to `{cfg.output_dir / 'domains'}/NAME`, and the domain appears in the other tabs.")
@@ -451,7 +452,7 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
 
         def work():
             try:
-                result["folder"] = core.run_train(cfg, domain=name, data=data, settings=settings,
+                result["folder"] = runs.run_train(cfg, domain=name, data=data, settings=settings,
                                                   progress=core.checked_progress(on_progress, cancel_flag))
             except BaseException as err:  # noqa: BLE001 - handed to the page below
                 result["error"] = err

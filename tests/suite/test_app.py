@@ -21,7 +21,8 @@ from launch import app_backends
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-from suite.app import core  # noqa: E402
+from suite import images  # noqa: E402
+from suite.app import core, runs  # noqa: E402
 from suite.checks import UserError  # noqa: E402
 
 TINY = 64  # tiny preset images: 32x32 latents, VAE factor 2
@@ -187,7 +188,7 @@ def test_out_of_range_settings_are_one_sentence(app, tmp_path):
     # behind gradio's range checks, the job checks again (the library can be called without the page)
     cfg = core.AppConfig(preset="tiny", output_dir=tmp_path)
     with pytest.raises(UserError, match="the number of steps must be a whole number from 1 to 100, got 2.5"):
-        core.run_generate(core.PipelineCache(cfg), core.GenerateRequest(steps=2.5))
+        runs.run_generate(core.PipelineCache(cfg), runs.GenerateRequest(steps=2.5))
 
 
 def test_jobs_share_one_queue_slot_and_only_the_output_folder_is_served(app):
@@ -221,14 +222,14 @@ def test_check_image_upload_applies_exif_and_converts_modes(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
     im.save(tmp_path / "rot.jpg", exif=exif)
-    assert core.check_image_upload(tmp_path / "rot.jpg", "photo", 25).size == (20, 40)
+    assert images.open_upload(tmp_path / "rot.jpg", "photo", 25).size == (20, 40)
     Image.new("CMYK", (8, 8)).save(tmp_path / "cmyk.jpg")
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
-    assert core.check_image_upload(tmp_path / "cmyk.jpg", "photo", 25).mode == "RGB"
-    clear = core.check_image_upload(tmp_path / "clear.png", "photo", 25)
+    assert images.open_upload(tmp_path / "cmyk.jpg", "photo", 25).mode == "RGB"
+    clear = images.open_upload(tmp_path / "clear.png", "photo", 25)
     assert clear.getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
     with pytest.raises(UserError, match="empty file"):
-        core.check_image_upload(b"", "photo", 25)
+        images.open_upload(b"", "photo", 25)
 
 
 def test_cancel_stops_a_generation_at_the_next_step_and_saves_nothing(tmp_path):
@@ -244,7 +245,7 @@ def test_cancel_stops_a_generation_at_the_next_step_and_saves_nothing(tmp_path):
             jobs.cancel("s1")
 
     with pytest.raises(core.JobCancelled):
-        core.run_generate(cache, core.GenerateRequest(prompt="x", steps=10),
+        runs.run_generate(cache, runs.GenerateRequest(prompt="x", steps=10),
                           core.checked_progress(progress, flag))
     assert [s for s in seen if s[0] == "sampling"] == [("sampling", 1, 10), ("sampling", 2, 10)]
     assert not (cfg.output_dir / "generate").exists()

@@ -1,0 +1,240 @@
+"""The app's jobs, free of gradio: one per tab (generate, edit, 3D, train), each calling the same library function
+as the CLI (``suite.presets.build_pipeline`` and the pipeline's ``__call__``, and the ``editing``, ``generators3d``
+and ``training`` back ends that ``launch.py`` hands in through :class:`suite.app.core.Backends`). Each writes
+its results under the app's output folder and returns what the tab shows."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checks import Progress, UserError, check_int
+from ..domains import PRESETS
+from .core import (
+    AppConfig,
+    PipelineCache,
+    fmt_weight,
+    new_run_dir,
+    write_json_atomic,
+)
+
+log = logging.getLogger("suite.app")
+
+
+# generate
+@dataclass
+class GenerateRequest:
+    domain: str = "face"
+    prompt: str = ""
+    negative_prompt: str = ""
+    domain_weight: float | None = None  # None: automatic (paper Sec. 3.4)
+    control_weight: float | None = None
+    control_image: object = None  # PIL image or None
+    canny: bool = True
+    seed: int = 0
+    steps: int = 25
+    num_images: int = 1
+
+
+@dataclass
+class GenerateResult:
+    paths: list[Path]
+    captions: list[str]
+    weights: dict
+    control_preview: object = None
+    settings: dict = field(default_factory=dict)
+
+
+def center_crop_square(image):
+    """The largest centred square of an image (outputs are square; ControlNet needs the same aspect ratio)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress | None = None) -> GenerateResult:
+    """One Generate-tab job: the CLI's ``generate`` (same pipeline call), saved under OUTPUT/generate."""
+    cfg = cache.config
+    # 1. Check the request (one sentence per problem).
+    steps = check_int(req.steps, "the number of steps", 1, cfg.max_steps)
+    num = check_int(req.num_images, "the number of images", 1, cfg.max_images)
+    seed = check_int(req.seed, "the seed", 0, 2**32 - 1)
+    control = req.control_image
+    if control is not None:
+        control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
+    if control is not None and req.canny:
+        from ..control import canny
+
+        control = canny(control)
+    report = progress or (lambda *a: None)
+
+    # 2. Load (or reuse) the models; one job per model at a time.
+    report("loading models", 0, 1, {})
+    pipe, lock = cache.get(req.domain, need_controlnet=control is not None)
+    with lock:
+        # 3. Sample with the same call as `launch.py generate`.
+        out = pipe(req.prompt or None, negative_prompt=req.negative_prompt or None,
+                   domain_weight=req.domain_weight, control_weight=req.control_weight, control_image=control,
+                   num_images=num, num_inference_steps=steps, seed=seed, progress=False,
+                   callback=lambda i, n: report("sampling", i, n, {}))
+
+    # 4. Save images and the settings that made them.
+    folder = new_run_dir(cfg, "generate")
+    from ..images import save_image_atomic
+
+    weights = {k: v for k, v in out.weights.items()}
+    wtxt = ", ".join(f"{k}={fmt_weight(v)}" for k, v in weights.items()) or "no guidance terms"
+    auto = [n for n, v in (("w_d", req.domain_weight), ("w_c", req.control_weight)) if v is None]
+    settings = dict(domain=req.domain, prompt=req.prompt, negative_prompt=req.negative_prompt,
+                    domain_weight=req.domain_weight, control_weight=req.control_weight,
+                    control_image=control is not None, canny=req.canny, steps=steps, num_images=num, seed=seed,
+                    preset=cfg.preset, weights_used=weights, automatic=auto)
+    paths, captions = [], []
+    for i, image in enumerate(out.images):
+        path = save_image_atomic(image, folder / f"image-{i}.png")
+        paths.append(path)
+        captions.append(f"{req.domain} · {req.prompt or '(unconditional)'} · seed {seed} #{i} · {steps} steps · {wtxt}"
+                        + (" · ControlNet" if control is not None else ""))
+    if control is not None:
+        save_image_atomic(control, folder / "control.png")
+    write_json_atomic(settings, folder / "settings.json")
+    return GenerateResult(paths, captions, weights, control if req.canny else None, settings)
+
+
+# back ends of the other tabs (imported lazily; the contracts are in the docstrings)
+def settings_fields(cls, skip: set[str]) -> list[tuple[str, type, object]]:
+    """The numeric / boolean fields of a settings dataclass with their defaults (the UI shows these).
+
+    ``cls`` may be an instance (e.g. a preset's config): its values are then the defaults shown."""
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(type(cls) if not isinstance(cls, type) else cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name.startswith("_") or f.default is dataclasses.MISSING:
+            continue
+        t = hints.get(f.name)
+        default = f.default if isinstance(cls, type) else getattr(cls, f.name)
+        if t in (int, float, bool) and type(default) is t:
+            out.append((f.name, t, default))
+    return out
+
+
+def make_config(cls, values: dict, fields_of=None):
+    """``cls(**values)`` keeping only the fields ``cls`` (or the dataclass ``fields_of``) has (the rest are
+    reported in the log)."""
+    names = {f.name for f in dataclasses.fields(fields_of or cls)}
+    if fields_of is not None:
+        names.discard("preset")  # chosen by the factory ``cls``
+    dropped = sorted(k for k, v in values.items() if k not in names and v is not None)
+    if dropped:
+        log.info("%s has no field(s) %s; ignored", cls.__name__, ", ".join(dropped))
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength: float, domain_weight, control_weight,
+             mask, all_faces: bool, whole_image: bool, num_images: int, seed: int, steps: int,
+             progress: Progress | None = None) -> dict:
+    """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes."""
+    from PIL import ImageDraw
+
+    from ..images import save_image_atomic
+
+    cfg = cache.config
+    edit_photo = cfg.backends.edit_photo
+    if edit_photo is None:
+        raise UserError(cfg.backends.missing("edit_photo"))
+    # 1. Check the request.
+    steps = check_int(steps, "the number of steps", 1, cfg.max_steps)
+    num = check_int(num_images, "the number of images", 1, cfg.max_images)
+    seed = check_int(seed, "the seed", 0, 2**32 - 1)
+    if photo is None:
+        raise UserError("no photo: upload a photo to edit first")
+    report = progress or (lambda *a: None)
+    # 2. Models, then the edit (one job per model at a time).
+    report("loading models", 0, 1, {})
+    pipe, lock = cache.get(domain)
+    with lock:
+        out = edit_photo(pipe, photo, prompt=prompt, strength=float(strength), domain_weight=domain_weight,
+                                 control_weight=control_weight, mask=mask, all_faces=bool(all_faces),
+                                 whole_image=bool(whole_image), num_images=num, seed=seed, steps=steps,
+                                 progress=report)
+    # 3. Save: the photo with its detected face boxes, and every edited photo.
+    folder = new_run_dir(cfg, "edit")
+    boxes = [tuple(int(round(v)) for v in b) for b in (getattr(out, "face_boxes", None) or [])]
+    marked = photo.copy()
+    draw = ImageDraw.Draw(marked)
+    width = max(2, round(max(marked.size) / 200))
+    for b in boxes:
+        draw.rectangle(b, outline=(255, 40, 40), width=width)
+    marked_path = save_image_atomic(marked, folder / "faces.png")
+    paths = [save_image_atomic(im, folder / f"edited-{i}.png") for i, im in enumerate(out.images)]
+    write_json_atomic(dict(domain=domain, prompt=prompt, strength=strength, domain_weight=domain_weight,
+                           control_weight=control_weight, mask=mask is not None, all_faces=all_faces,
+                           whole_image=whole_image, num_images=num, seed=seed, steps=steps, face_boxes=boxes,
+                           timings=getattr(out, "timings", None)), folder / "settings.json")
+    return dict(faces=marked_path, paths=paths, boxes=boxes, size=photo.size)
+
+
+def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings: dict | None = None,
+           progress: Progress | None = None):
+    """One 3D-tab job through ``generators3d.run_text_to_3d`` (the CLI's ``3d``), written under OUTPUT/3d.
+
+    ``image`` (a checked PIL image) replaces stage 1; ``settings`` are ``ThreeDConfig`` fields from the form."""
+    from ..images import save_image_atomic
+
+    # 1. Check the request.
+    backends = config.backends
+    if backends.missing("three_d_config", "run_text_to_3d"):
+        raise UserError(backends.missing("three_d_config", "run_text_to_3d"))
+    prompt = (prompt or "").strip()
+    if not prompt and image is None:
+        raise UserError("no prompt: type what to make (e.g. 'a vase with dragons') or upload an image")
+    # 2. The run folder (an uploaded image is kept in it) and the config, as the CLI builds it.
+    folder = new_run_dir(config, "3d")
+    values = dict(settings or {})
+    values.update(prompt=prompt, domain=domain, preset=config.preset, output=folder,
+                  device=config.device, dtype=config.dtype)
+    if image is not None:
+        values["image"] = save_image_atomic(image, folder / "input.png")
+    values.update(config.threed_overrides)
+    cfg3 = make_config(backends.three_d_config, values)
+    # 3. Run every stage.
+    return backends.run_text_to_3d(cfg3, progress=progress)
+
+
+DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+
+
+def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | None = None,
+              progress: Progress | None = None) -> Path:
+    """One Domains-tab training run through ``training.train.train_domain`` (the CLI's ``train``).
+
+    The model is written to OUTPUT/domains/<name>, where the Generate tab finds it."""
+    # 1. Check the request.
+    backends = config.backends
+    if backends.missing("train_config", "train_domain"):
+        raise UserError(backends.missing("train_config", "train_domain"))
+    domain = (domain or "").strip()
+    if not DOMAIN_NAME.match(domain):
+        raise UserError(f"the domain name {domain!r} must be 1-40 letters, digits, '-' or '_'")
+    if domain in PRESETS:
+        raise UserError(f"{domain!r} is a preset name: choose another name for your own domain")
+    data_dir = Path((data or "").strip()).expanduser()
+    if not str(data).strip() or not data_dir.is_dir():
+        raise UserError(f"the image folder {str(data).strip()!r} does not exist on this machine: give a folder of images")
+    output = config.output_dir / "domains" / domain
+    # 2. The config, as the CLI builds it; then train.
+    values = dict(settings or {})
+    values.update(domain=domain, data=str(data_dir), output=str(output), device=config.device, dtype=config.dtype)
+    values.update(config.train_overrides)
+    cfg = make_config(functools.partial(backends.train_config.for_preset, config.preset), values,
+                      fields_of=backends.train_config)
+    return Path(backends.train_domain(cfg, progress=progress) or output)

@@ -1,0 +1,68 @@
+"""suite.checks (the one place for number checks) and suite.images (the one place that reads image files)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from PIL import Image
+
+from suite.checks import UserError, check_finite, check_int, check_range, finite_float, int_at_least
+from suite.images import load_image, open_upload, output_paths, save_image_atomic
+
+
+@pytest.mark.parametrize("value,ok", [(3, 3), (3.0, 3), ("4", 4)])
+def test_check_int_accepts_whole_numbers(value, ok):
+    assert check_int(value, "n", 1) == ok
+
+
+@pytest.mark.parametrize("value,kw,phrase", [
+    (2.5, {}, "n must be a whole number, got 2.5"),
+    ("x", {}, "must be a whole number"),
+    (0, {}, "n must be at least 1, got 0"),
+    (500, {"maximum": 100}, "n must be a whole number from 1 to 100, got 500"),
+    (float("inf"), {}, "must be a whole number"),
+])
+def test_check_int_refuses_in_one_sentence(value, kw, phrase):
+    with pytest.raises(UserError, match=phrase):
+        check_int(value, "n", 1, **kw)
+
+
+def test_range_and_finite_and_user_error_is_a_value_error():
+    assert check_range("0.5", "strength", 0, 1) == 0.5
+    with pytest.raises(ValueError, match=r"strength must be between 0 and 1, got 1.5 \(0 keeps it\)"):
+        check_range(1.5, "strength", 0, 1, "0 keeps it")
+    with pytest.raises(UserError, match="w must be a finite number"):
+        check_finite(float("nan"), "w")
+    assert finite_float("2") == 2.0 and int_at_least(0)("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at least 1"):
+        int_at_least(1)("0")
+
+
+def test_every_reader_gives_the_same_sentences(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ValueError, match="does not exist: check the path"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="is a folder: give an image file"):
+        load_image(tmp_path / "folder.png")
+    with pytest.raises(ValueError, match="could not be read as an image"):
+        load_image(tmp_path / "notes.png", "control image")
+    Image.new("RGBA", (4, 2), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    rgb = load_image(tmp_path / "clear.png")
+    assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (255, 255, 255)
+    with pytest.raises(ValueError, match="more than the limit of 0 megapixels"):
+        load_image(tmp_path / "clear.png", max_pixels=4)
+    with pytest.raises(UserError, match="not an image this app can read"):
+        open_upload(tmp_path / "notes.png", "photo", 25)
+
+
+def test_output_paths_and_atomic_save(tmp_path):
+    assert output_paths(tmp_path / "a.png", 1) == [tmp_path / "a.png"]
+    assert [p.name for p in output_paths(tmp_path / "a.webp", 2)] == ["a-0.webp", "a-1.webp"]
+    with pytest.raises(ValueError, match="unknown image format '.bmpx'"):
+        output_paths(tmp_path / "a.bmpx", 1)
+    with pytest.raises(ValueError, match="output folder .* does not exist"):
+        output_paths(tmp_path / "no" / "a.png", 1)
+    save_image_atomic(Image.new("RGB", (3, 3), "red"), tmp_path / "a.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left
