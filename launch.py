@@ -57,8 +57,15 @@ def app_backends():
     return Backends(**kw)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the flag, the problem, where the help is), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="launch.py",
         description="Generate, edit and build 3D objects within one domain with multi-guidance diffusion "
                     "(SD1.5 + a null-text domain model). Add --preset tiny to any subcommand to run offline on "
@@ -76,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a flag argparse refused (2, one line already printed)
+        return int(done.code or 0)
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2

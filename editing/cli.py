@@ -42,6 +42,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    from suite.files import remove_leftovers
     from suite.images import open_image, oriented_size, output_paths, save_image_atomic
     from suite.presets import default_domain
 
@@ -49,11 +50,13 @@ def main(args) -> int:
     from .images import load_mask
 
     # 1. Validate and read the inputs before loading any model.
+    cli.check_request(args)
     check_range(args.strength, "--strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     check_range(args.feather, "--feather", 0.0, 0.5)
     if args.max_megapixels <= 0:
         raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
-    paths = output_paths(args.output, max(args.num_images, 1))
+    paths = output_paths(args.output, args.num_images)
+    remove_leftovers(paths)
     max_pixels = int(args.max_megapixels * 1e6)
     image = open_image(args.image, "image", max_pixels)
     size = oriented_size(image)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from suite.images import DEFAULT_MAX_PIXELS, check_size, open_image
+from suite.images import DEFAULT_MAX_PIXELS, check_same_aspect, check_size, open_image
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -127,8 +127,6 @@ def load_mask(source, size: tuple[int, int], max_pixels: int | None = DEFAULT_MA
     gray = Image.alpha_composite(black, rgba).convert("L")
     w, h = gray.size
     if (w, h) != tuple(size):
-        if abs(w * size[1] - h * size[0]) > max(w, h, *size):  # aspect ratios differ by more than a pixel
-            raise ValueError(f"the mask is {w}x{h} but the image is {size[0]}x{size[1]}: give a mask with the "
-                             f"image's size (white = edit, black = keep)")
+        check_same_aspect((w, h), tuple(size), "mask")
         gray = gray.resize(tuple(size), Image.Resampling.BILINEAR)
     return np.asarray(gray, dtype=np.float32) / 255.0

@@ -12,7 +12,7 @@ log = logging.getLogger("generators3d")
 
 
 def add_arguments(p) -> None:
-    from suite.checks import finite_float, int_at_least
+    from suite.checks import MAX_STEPS, finite_float, int_at_least
     from suite.cli import weight_arg
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
@@ -44,7 +44,10 @@ def add_arguments(p) -> None:
                    help="w_d in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
     g.add_argument("--control-weight", type=weight_arg, default=None,
                    help="w_c in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--allow-large", action="store_true",
+                   help=f"lift the limits on the step counts ({MAX_STEPS} image steps, {MAX_SDS_STEPS} SDS steps per "
+                        f"stage), --mesh-resolution ({MAX_MESH_RESOLUTION}) and --preview-frames ({MAX_FRAMES})")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --output: finished stages are loaded, not run again")
     g.add_argument("--config", default=None,
@@ -55,14 +58,14 @@ def add_arguments(p) -> None:
                    help="turn a stage checkpoint (.safetensors) into meshes, no training")
     e.add_argument("--formats", default="glb,obj,ply",
                    help="mesh formats, comma-separated among glb, obj, ply (default: %(default)s)")
-    e.add_argument("--mesh-resolution", type=int, default=None,
-                   help="marching-cubes grid size (default: 256; tiny: 48)")
+    e.add_argument("--mesh-resolution", type=int_at_least(16), default=None,
+                   help=f"marching-cubes grid size, 16 to {MAX_MESH_RESOLUTION} (default: 256; tiny: 48)")
     e.add_argument("--threshold", type=finite_float, default=None,
                    help="density level of the surface (default: automatic, from the rendered opacity)")
     e.add_argument("--no-texture", action="store_true", help="no xatlas UV texture for OBJ (vertex colours only)")
-    e.add_argument("--decimate", type=int, default=None, metavar="FACES",
+    e.add_argument("--decimate", type=int_at_least(4), default=None, metavar="FACES",
                    help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
-    e.add_argument("--preview-frames", type=int, default=None,
+    e.add_argument("--preview-frames", type=int_at_least(1), default=None,
                    help="frames of the turntable preview GIF (default: 36; tiny: 8)")
     e.add_argument("--height-m", type=finite_float, default=None,
                    help="scale the mesh to this height in metres (default: 1 scene unit = 1 m)")
@@ -72,12 +75,37 @@ def add_arguments(p) -> None:
     p.set_defaults(domain="porcelain")
 
 
+MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)
+MAX_MESH_RESOLUTION = 1024  # a 1024^3 density grid is 4 GB of float32
+MAX_FRAMES = 360
+
+
+def check_limits(args) -> None:
+    """Step counts, the mesh grid, the preview and the weights within their stated limits (``--allow-large`` lifts
+    the sizes), before anything loads. One sentence per problem."""
+    from suite.checks import MAX_STEPS, check_count, check_weight
+
+    large = args.allow_large
+    for flag, value, limit in (("--image-steps", args.image_steps, MAX_STEPS),
+                               ("--zero123-steps", args.zero123_steps, MAX_SDS_STEPS),
+                               ("--refine-steps", args.refine_steps, MAX_SDS_STEPS),
+                               ("--mesh-resolution", args.mesh_resolution, MAX_MESH_RESOLUTION),
+                               ("--preview-frames", args.preview_frames, MAX_FRAMES)):
+        if value is not None:
+            check_count(value, flag, limit, minimum=0, allow_large=large)
+    for flag in ("domain_weight", "control_weight", "refine_zero123_weight", "zero123_guidance"):
+        value = getattr(args, flag)
+        if value is not None:
+            check_weight(value, f"--{flag.replace('_', '-')}")
+
+
 def config_from_args(args):
     """A :class:`ThreeDConfig` from the flags, or from ``--config FILE`` (+ output, resume, device, dtype)."""
     from dataclasses import replace
 
     from .config import ExportConfig, ThreeDConfig
 
+    check_limits(args)
     if args.config:
         saved = ThreeDConfig.load(args.config)
         return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,

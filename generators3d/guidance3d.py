@@ -95,14 +95,17 @@ class DomainSDS:
         idx = view_index(elevation, azimuth).to(self.view_embeds.device)
         return rebind_control_text(self.guidance, self.view_embeds[idx])
 
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in [0, 1] -> SD latents (scaled) at the model's size, with gradient."""
+    def encode(self, rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> SD latents (scaled) at the model's size, with gradient. The posterior sample
+        draws from ``generator`` (the run's CPU generator; diffusers moves the draw to the latents' device), so a seed
+        fixes it."""
         vae = self.pipe.vae
         x = torch.nn.functional.interpolate(rgb, (self.size, self.size), mode="bilinear", align_corners=False)
-        return vae.encode((x * 2 - 1).to(self.pipe.dtype)).latent_dist.sample() * vae.config.scaling_factor
+        lat = vae.encode((x * 2 - 1).to(self.pipe.dtype)).latent_dist.sample(generator)
+        return lat * vae.config.scaling_factor
 
     def __call__(self, rgb: torch.Tensor, cams, generator: torch.Generator | None = None) -> dict:
-        latents = self.encode(rgb)
+        latents = self.encode(rgb, generator)
         den = self.denoiser(cams.elevation.cpu(), cams.azimuth.cpu())
         return sds(latents, den, self.pipe.scheduler.alphas_cumprod, timesteps=self.range,
                    weighting=self.weighting, grad_clip=self.grad_clip, generator=generator)
@@ -124,8 +127,9 @@ class Zero123SDS:
                                    len(self.zero123.alphas_cumprod))
 
     def __call__(self, rgb: torch.Tensor, cams, generator: torch.Generator | None = None) -> dict:
-        latents = self.zero123.encode(rgb)
+        latents = self.zero123.encode(rgb, generator)
         den = self.zero123.guidance(cams.elevation.cpu(), cams.azimuth.cpu(), cams.distance.cpu(),
                                     self.guidance_scale)
         return sds(latents, den, self.zero123.alphas_cumprod, timesteps=self.range, weighting=self.weighting,
                    grad_clip=self.grad_clip, generator=generator)
+

@@ -23,7 +23,7 @@ import torch
 
 from suite.files import atomic_path, write_text_atomic
 
-from .config import ThreeDConfig, ThreeDResult
+from .config import STAGES, ThreeDConfig, ThreeDResult
 
 log = logging.getLogger("generators3d")
 
@@ -39,8 +39,41 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
 
     ``progress(stage, done, total, info)`` is called as work advances (stages: image, zero123, refine,
     export, preview). Finished stages found in ``config.output`` are loaded instead of run when
-    ``config.resume`` is set.
+    ``config.resume`` is set. The output folder is locked for the run (a second run into it is refused), and
+    temporary files that a killed run left there are removed first.
     """
+    from suite.files import check_writable_dir, output_lock, remove_leftovers
+
+    cfg = config.resolved()
+    _check_request(cfg)
+    out = check_writable_dir(Path(cfg.output))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
+    with output_lock(out):
+        remove_leftovers(out, recursive=True)
+        return _run(cfg, out, progress)
+
+
+def _check_request(cfg: ThreeDConfig) -> None:
+    """Everything that can be checked before the output folder is touched or a model loads."""
+    from suite.checks import check_prompt, check_weight
+    from suite.presets import resolve_domain
+
+    prompt = check_prompt(cfg.prompt)
+    if not prompt and not cfg.image and not cfg.export_only:
+        raise ValueError("the prompt is empty: give --prompt 'a vase with dragons' (or --image FILE of an object)")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt)} characters long: keep it under 75 CLIP tokens (one sentence)")
+    if cfg.mask and not cfg.image:
+        raise ValueError("--mask needs --image (the mask belongs to your image)")
+    resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before anything is written
+    for stage, name in ((cfg.refine, "stage 3"),):
+        check_weight(stage.domain_weight, f"the domain weight of {name}")
+        check_weight(stage.control_weight, f"the control weight of {name}")
+
+
+def _run(cfg: ThreeDConfig, out: Path, progress) -> ThreeDResult:
+    from suite.checks import check_prompt
     from suite.images import load_image, save_image_atomic
     from suite.presets import resolve_device, resolve_domain
 
@@ -48,25 +81,15 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     from .nerf import Background, make_field
     from .stage import SDSTerm, load_checkpoint, save_checkpoint, train_stage
 
-    # 1. Check the request before loading anything.
-    cfg = config.resolved()
-    prompt = (cfg.prompt or "").strip()
-    if not prompt and not cfg.image and not cfg.export_only:
-        raise ValueError("the prompt is empty: give --prompt 'a vase with dragons' (or --image FILE of an object)")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"the prompt is {len(prompt)} characters long: keep it under 75 CLIP tokens (one sentence)")
-    if cfg.mask and not cfg.image:
-        raise ValueError("--mask needs --image (the mask belongs to your image)")
+    prompt = check_prompt(cfg.prompt)
     domain = resolve_domain(cfg.domain, cfg.domain_model)
     device, dtype = resolve_device(cfg.device, cfg.dtype)
-    out = Path(cfg.output)
     report = _Reporter(progress)
 
     # 2. The output folder: a new one, or a run to resume (never overwrite another run's results).
     _check_output(out, cfg)
     ckpt_dir = out / "checkpoints"
     stage2_ckpt, stage3_ckpt = ckpt_dir / "stage2-zero123.safetensors", ckpt_dir / "stage3-refine.safetensors"
-    generator = torch.Generator().manual_seed(cfg.seed)
 
     # 2b. --export-only: a checkpoint straight to meshes.
     if cfg.export_only:
@@ -141,7 +164,8 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
                               cfg.zero123.grad_clip, cfg.zero123.min_step_percent, cfg.zero123.max_step_percent)
             report.start("zero123", cfg.zero123.steps)
             stats = train_stage(field, background, cfg.zero123, cfg.camera, reference, [SDSTerm("zero123", 1.0, term)],
-                                generator=generator, progress=lambda i, n, info: report.update("zero123", i, n, info))
+                                generator=stage_generator(cfg.seed, "zero123"),
+                                progress=lambda i, n, info: report.update("zero123", i, n, info))
             report.end("zero123")
             result.nan_recoveries += stats["nan_recoveries"]
             result.stages_run.append("zero123")
@@ -165,7 +189,8 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
             terms.append(SDSTerm("zero123", r.lambda_zero123, Zero123SDS(
                 zero123, r.zero123_guidance_scale, r.weighting, r.grad_clip, r.min_step_percent, r.max_step_percent)))
         report.start("refine", r.steps)
-        stats = train_stage(field, background, r, cfg.camera, reference, terms, generator=generator,
+        stats = train_stage(field, background, r, cfg.camera, reference, terms,
+                            generator=stage_generator(cfg.seed, "refine"),
                             progress=lambda i, n, info: report.update("refine", i, n, info))
         report.end("refine")
         result.nan_recoveries += stats["nan_recoveries"]
@@ -176,6 +201,12 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
 
     result.image_path, result.mask_path = image_path, mask_path
     return _finish(field, cfg, out, result, report)
+
+
+def stage_generator(seed: int, stage: str) -> torch.Generator:
+    """Each stage draws from its own generator, seeded by ``(seed, stage)``: a stage gives the same result whether
+    the run went straight through or resumed after a kill (when the previous stage came from its checkpoint)."""
+    return torch.Generator().manual_seed(int(seed) * 1009 + STAGES.index(stage))
 
 
 def _finish(field, cfg, out, result, report) -> ThreeDResult:
@@ -285,10 +316,10 @@ def _stage1_done(out: Path) -> bool:
 
 def _check_output(out: Path, cfg: ThreeDConfig) -> None:
     """Refuse, before anything is written, a folder holding another run (unless resuming that same run)."""
+    from suite.files import LOCK_NAME
+
     config_path = out / "config.json"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
-    busy = out.is_dir() and any(out.iterdir())
+    busy = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
     if busy and not cfg.resume and not cfg.export_only:
         raise ValueError(f"the output folder {str(out)!r} already holds results: pass --resume to continue that run, "
                          f"or choose another --output")

@@ -12,7 +12,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least"]
+__all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
+           "check_count", "check_weight", "check_prompt", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -86,3 +87,46 @@ def int_at_least(minimum: int):
     parse.__name__ = f"int_at_least_{minimum}"
     return parse
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# limits on one request: checked at the edge, before any model loads (the CLI's --allow-large lifts the first three)
+MAX_IMAGES = 64        # images per run
+MAX_STEPS = 1000       # sampling / SDS / image steps per run (the paper samples with 100)
+MAX_SIDE = 4096        # pixels per side of a generated image
+MAX_WEIGHT = 100.0     # |w| of any guidance weight (the paper's weights are below 10; 1e308 overflows to black)
+LARGE_HINT = "or pass --allow-large if you really mean it"
+
+
+def check_count(value, what: str, maximum: int, minimum: int = 1, allow_large: bool = False) -> int:
+    """A whole number in ``[minimum, maximum]``; above the maximum only with ``allow_large`` (the flag named)."""
+    v = check_int(value, what, minimum)
+    if v > maximum and not allow_large:
+        raise UserError(f"{what} is {v}, more than the limit of {maximum}: choose a smaller value, {LARGE_HINT}")
+    return v
+
+
+def check_weight(value, what: str) -> float | None:
+    """A guidance weight: ``None`` (automatic) or a finite number with ``|w| <= MAX_WEIGHT``."""
+    if value is None:
+        return None
+    v = check_finite(value, what)
+    if abs(v) > MAX_WEIGHT:
+        raise UserError(f"{what} is {v:g}: guidance weights must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g} "
+                        f"(the paper uses 1 to 10; larger weights overflow to a black image)")
+    return v
+
+
+def check_prompt(text: str | None, what: str = "the prompt") -> str:
+    """A prompt as clean text: surrounding whitespace removed (a prompt of only spaces is the empty prompt).
+
+    Bytes that are not UTF-8 (a shell passing ``$'\\xff'``, a file in another encoding) arrive as lone
+    surrogates; they are refused with one sentence rather than guessed at."""
+    text = "" if text is None else str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+        raise UserError(f"{what} is not valid UTF-8 text (it holds the byte 0x{ord(bad) & 0xFF:02x}): type it again, "
+                        f"or save the file it came from as UTF-8") from None
+    return text.strip()

@@ -15,7 +15,17 @@ import logging
 import os
 import sys
 
-from .checks import UserError, finite_float
+from .checks import (
+    MAX_IMAGES,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    check_count,
+    check_prompt,
+    check_weight,
+    finite_float,
+    int_at_least,
+)
 from .domains import PRESETS, Domain
 
 log = logging.getLogger("suite")
@@ -73,7 +83,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True
 def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("guidance (paper Eq. 3: eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd))")
     g.add_argument("--domain-weight", type=weight_arg, default=RECOMMENDED,
-                   help="w_d, a number or 'auto' (the paper's norm rule) (default: the domain's recommended weight "
+                   help=f"w_d, a number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}] or 'auto' (the paper's norm rule) (default: the domain's recommended weight "
                         "if it has one, e.g. 1 for the mini world's porcelain, else auto)")
     g.add_argument("--control-weight", type=weight_arg, default=RECOMMENDED,
                    help="w_c, a number or 'auto' (default: the domain's recommended weight if it has one, e.g. 7 "
@@ -83,9 +93,14 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--auto-norm", choices=["direction", "prediction"], default="direction",
                    help="norms of the automatic weights: guidance directions or raw predictions (default: %(default)s)")
     g.add_argument("--negative-prompt", default="", help="negative prompt (replaces the empty prompt of eps_sd)")
-    g.add_argument("--steps", type=int, default=None, help="DPM-Solver++ steps (default: 25; the paper uses 100)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    g.add_argument("--num-images", type=int, default=1, help="images per run (default: %(default)s)")
+    g.add_argument("--steps", type=int_at_least(1), default=None,
+                   help=f"DPM-Solver++ steps, at most {MAX_STEPS} (default: 25; the paper uses 100)")
+    g.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--num-images", type=int_at_least(1), default=1,
+                   help=f"images per run, at most {MAX_IMAGES} (default: %(default)s)")
+    g.add_argument("--allow-large", action="store_true",
+                   help=f"lift the limits on --num-images ({MAX_IMAGES}), --steps ({MAX_STEPS}) and --width/--height "
+                        f"({MAX_SIDE}) for machines and runs that need more")
 
 
 def guidance_weights(args, domain: Domain | None) -> tuple:
@@ -96,6 +111,26 @@ def guidance_weights(args, domain: Domain | None) -> tuple:
 
     return (pick(args.domain_weight, domain.domain_weight if domain else None),
             pick(args.control_weight, domain.control_weight if domain else None))
+
+
+def check_request(args) -> None:
+    """The checks every sampling subcommand (generate, edit) makes at the edge, before any model loads: prompts are
+    valid text (stripped), counts and sizes within the limits (unless ``--allow-large``), weights finite and within
+    +-MAX_WEIGHT. One sentence per problem."""
+    large = getattr(args, "allow_large", False)
+    for name in ("prompt", "negative_prompt"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, check_prompt(getattr(args, name), f"--{name.replace('_', '-')}"))
+    if args.steps is not None:
+        check_count(args.steps, "--steps", MAX_STEPS, allow_large=large)
+    check_count(args.num_images, "--num-images", MAX_IMAGES, allow_large=large)
+    for name in ("width", "height"):
+        if getattr(args, name, None) is not None:
+            check_count(getattr(args, name), f"--{name}", MAX_SIDE, minimum=8, allow_large=large)
+    for name in ("domain_weight", "control_weight", "community_weight", "w0"):
+        value = getattr(args, name, None)
+        if value is not None and value != RECOMMENDED:
+            check_weight(value, f"--{name.replace('_', '-')}")
 
 
 def load_pipeline(args, need_controlnet: bool = False):
@@ -124,17 +159,21 @@ def quiet_libraries() -> None:
 
 
 def run_main(main, args) -> int:
-    """Run a subcommand's ``main(args)``; user-fixable errors become one sentence and exit code 2."""
-    from .models import ModelLoadError
+    """Run a subcommand's ``main(args)``. Expected failures (:func:`suite.failures.explain`: bad input, models
+    that cannot be read, disk full, permission denied, a port in use) become one sentence and exit code 2; anything
+    else keeps its traceback, because it is a bug to report."""
+    from .failures import explain
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_libraries()
     try:
         return int(main(args) or 0)
-    except (UserError, ValueError, ModelLoadError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-        msg = str(err).strip() or type(err).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        msg = explain(err)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

@@ -35,12 +35,14 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    from .files import remove_leftovers
     from .images import load_image, output_paths, save_image_atomic
     from .pipeline import DEFAULT_STEPS, Control
     from .presets import warn_prompt
 
     # 1. Validate what can be checked before loading models.
-    paths = output_paths(args.output, max(args.num_images, 1))
+    cli.check_request(args)
+    paths = output_paths(args.output, args.num_images)
     control_image = None
     if args.control_image:
         control_image = load_image(args.control_image, "control image")
@@ -50,6 +52,7 @@ def main(args) -> int:
             control_image = canny(control_image)
 
     warn_prompt(args.preset, args.prompt)
+    remove_leftovers(paths)
 
     # 2. Load the models and build the controls.
     pipe = cli.load_pipeline(args, need_controlnet=control_image is not None)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .files import atomic_path
+from .files import atomic_path, check_output_file
 
-__all__ = ["DEFAULT_MAX_PIXELS", "check_size", "open_image", "load_image", "to_rgb", "oriented_size",
+__all__ = ["DEFAULT_MAX_PIXELS", "check_size", "check_same_aspect", "open_image", "load_image", "to_rgb", "oriented_size",
            "check_output_format", "output_paths", "save_image_atomic", "open_upload", "UPLOAD_FORMATS"]
 
 #: Default limit on input size, in pixels (120 MP: above today's 108 MP phone sensors, far below what
@@ -85,6 +85,15 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def check_same_aspect(size: tuple[int, int], image_size: tuple[int, int], what: str = "mask") -> None:
+    """A mask (or other companion image) may be a scaled copy of the image, never another aspect ratio (it would be
+    stretched onto the wrong pixels): one sentence if the ratios differ by more than a pixel."""
+    (w, h), (iw, ih) = size, image_size
+    if (w, h) != (iw, ih) and abs(w * ih - h * iw) > max(w, h, iw, ih):
+        raise ValueError(f"the {what} is {w}x{h} but the image is {iw}x{ih}: give a {what} with the image's size "
+                         f"(white = edit, black = keep)")
+
+
 def oriented_size(im: Image.Image) -> tuple[int, int]:
     """``(width, height)`` as the user sees ``im``: swapped when its EXIF orientation turns it by 90 degrees."""
     try:
@@ -108,14 +117,13 @@ def check_output_format(path: str | os.PathLike) -> str:
 
 def output_paths(output: str | os.PathLike, n: int) -> list[Path]:
     """The files an ``--output`` names for ``n`` images (``NAME-0.png ...`` when ``n > 1``), checked before any
-    work: the folder exists and the format is known."""
-    out = Path(output)
-    if not out.parent.is_dir():
-        raise ValueError(f"the output folder {str(out.parent)!r} does not exist: create it or choose another --output")
+    work: the folder exists and is writable, no path is an existing folder, and the format is known."""
+    out = check_output_file(output)
     check_output_format(out)
-    if n == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+    paths = [out] if n == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+    for p in paths:
+        check_output_file(p)
+    return paths
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -47,12 +47,23 @@ def resolve(ref: str | os.PathLike, what: str, flag: str, required: tuple[str, .
     raise ModelLoadError(f"{what} folder {ref!r} does not exist: pass {flag} with an existing folder or a hub id")
 
 
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What a loader raises for a missing, incomplete, corrupt or unsafe model file (each becomes a
+    :class:`ModelLoadError` sentence): I/O and format errors, a damaged safetensors file, a pickle refused by
+    ``torch.load(weights_only=True)``."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, KeyError, StopIteration, pickle.UnpicklingError, SafetensorError
+
+
 def _load(what: str, flag: str, ref: str, is_local: bool, fn):
     try:
         return fn()
     except ModelLoadError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except load_errors() as err:
         if is_local:
             raise ModelLoadError(
                 f"could not read {what} from {ref!r} ({_describe(err)}): the folder is incomplete or corrupt; "

@@ -16,13 +16,13 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .checks import check_finite, check_int, check_range
+from .checks import check_int, check_prompt, check_range, check_weight
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain
 from .files import atomic_dir
@@ -241,10 +241,12 @@ class InDomainPipeline:
         (the customised model's own), to show what rectification fixes.
         """
         # 1. Control terms: the prompt (with the ControlNet image, if any), then the extra controls.
+        prompt = check_prompt(prompt)
+        negative_prompt = check_prompt(negative_prompt, "the negative prompt")
         all_controls: list[Control] = []
         if prompt or control_image is not None:
             all_controls.append(Control(prompt=prompt or "", weight=control_weight, image=control_image, name="control"))
-        all_controls += list(controls)
+        all_controls += [replace(c, prompt=check_prompt(c.prompt, f"the prompt of {c.name}")) for c in controls]
 
         # 2. Base (unconditional) prediction eps_0: SD1.5 with the negative prompt ("" by default).
         #    Rectification (Sec. 4.5) = the base stays SD1.5 even when a control is a customised model.
@@ -317,14 +319,14 @@ class InDomainPipeline:
         num_images = check_int(num_images, "the number of images", minimum=1)
         strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
         for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight"), (w0, "w0")):
-            if value is not None:
-                check_finite(value, what)
+            check_weight(value, what)
         if image is not None and not isinstance(image, list | tuple):
             image = [image]
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
             width, height = image[0].size
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height = native if height is None else check_int(height, "the height", 1)
+        width = native if width is None else check_int(width, "the width", 1)
         m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
         if height % m or width % m:
             raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")

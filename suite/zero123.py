@@ -92,7 +92,7 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPVisionModelWithProjection
 
-    from suite.models import ModelLoadError, resolve
+    from .models import ModelLoadError, load_errors, resolve
 
     ref, local = resolve(ref, "Zero-1-to-3 model", flag, required=("unet", "vae", "image_encoder"))
     try:
@@ -117,7 +117,7 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
         projection = _projection_from_state(_read_state(proj_dir), f"{proj_dir}")
     except ModelLoadError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, StopIteration) as err:
+    except load_errors() as err:
         how = (f"the folder is incomplete or corrupt; pass {flag} with a complete Zero-1-to-3 diffusers folder"
                if local else f"if this machine is offline, download it elsewhere (huggingface-cli download {ref}) "
                              f"and pass {flag} with the local folder")
@@ -168,11 +168,12 @@ class Zero123Guidance:
     def alphas_cumprod(self) -> torch.Tensor:
         return self.model.alphas_cumprod
 
-    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Renders ``[B, 3, H, W]`` in [0, 1] -> scaled latents at the model's size (with gradient)."""
+    def encode(self, rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Renders ``[B, 3, H, W]`` in [0, 1] -> scaled latents at the model's size (with gradient); the posterior
+        sample draws from ``generator`` (a seed fixes it)."""
         size = self.model.image_size
         x = torch.nn.functional.interpolate(rgb, (size, size), mode="bilinear", align_corners=False)
-        lat = self.model.vae.encode((x * 2 - 1).to(self.model.dtype)).latent_dist.sample()
+        lat = self.model.vae.encode((x * 2 - 1).to(self.model.dtype)).latent_dist.sample(generator)
         return lat * self.model.vae.config.scaling_factor
 
     def guidance(self, elevation, azimuth, distance, guidance_scale: float = 3.0) -> MultiGuidance:

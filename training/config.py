@@ -104,8 +104,14 @@ class TrainConfig:
 
     def validate(self, num_processes: int = 1) -> int:
         """Check the settings; return the per-device batch size. One clear sentence per problem."""
+        from suite.checks import check_prompt
+
         if not self.data:
             raise ValueError("no image folder given: pass --data DIR")
+        self.prompt = check_prompt(self.prompt, "--prompt") or None
+        self.domain = check_prompt(self.domain, "--domain")
+        if not self.domain:
+            raise ValueError("the domain name is empty: pass --domain NAME")
         if not self.output:
             raise ValueError("no output folder given: pass --output DIR")
         checks = [

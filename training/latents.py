@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -131,7 +132,8 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if main:
-        tmp = folder / f".latents-{key}.merging.npy"
+        fd, tmp = tempfile.mkstemp(prefix=f".latents-{key}.merging-", suffix=".npy", dir=folder)  # a unique name
+        os.close(fd)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(dataset),) + shape[1:])
         for r in range(world):
             p = folder / f".latents-{key}.part{r}-of-{world}.npy"

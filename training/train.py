@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file
 
 from suite.checks import Progress
-from suite.files import write_text_atomic
+from suite.files import check_writable_dir, output_lock, remove_leftovers, write_text_atomic
 
 from .checkpoints import (
     EMA,
@@ -62,6 +62,33 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     the stages ``"scan"``, ``"cache"``, ``"text_init"``, ``"train"`` (info has ``loss``, ``images_per_s``,
     ``lr``) and ``"checkpoint"``."""
     from accelerate import Accelerator
+
+    # 1. Accelerator (one GPU, several, several nodes, or CPU), settings, output folder (locked for the run by the
+    #    main process; what a killed run left there is removed first).
+    output = Path(os.path.expanduser(config.output)).resolve()
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"the output {str(output)!r} is a file: --output must be a folder (it becomes the domain "
+                         f"model); choose a new folder name")
+    check_writable_dir(output)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
+                              log_with=None if config.report_to == "none" else config.report_to,
+                              project_dir=str(output / "training" / "logs"))
+    per_device = config.validate(accelerator.num_processes)
+    with ExitStack() as stack:
+        if accelerator.is_main_process:
+            stack.enter_context(output_lock(output))
+            remove_leftovers(output, recursive=True)
+            stack.callback(_remove_if_empty, output / "training")
+        return _train(config, accelerator, per_device, output, progress)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A run that failed before writing anything leaves no empty ``training/`` folder behind."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _train(config: TrainConfig, accelerator, per_device: int, output: Path, progress: Progress | None) -> Path:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -75,12 +102,6 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
         if progress is not None and accelerator.is_main_process:
             progress(stage, done, total, dict(info or {}))
 
-    # 1. Accelerator (one GPU, several, several nodes, or CPU), settings, output folder.
-    output = Path(os.path.expanduser(config.output)).resolve()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
-                              log_with=None if config.report_to == "none" else config.report_to,
-                              project_dir=str(output / "training" / "logs"))
-    per_device = config.validate(accelerator.num_processes)
     set_seed(config.seed)
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)

@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 exposes the app to your network (default: %(default)s)")
-    g.add_argument("--port", type=int, default=None,
+    g.add_argument("--port", type=int_at_least(1), default=None,
                    help="port (default: $GRADIO_SERVER_PORT or the first free one from 7860)")
     g.add_argument("--share", action="store_true",
                    help="also open a public gradio.live link (off by default: the app is private)")
@@ -57,6 +57,8 @@ def config_from_args(args):
     for value, flag in ((args.max_upload_mb, "--max-upload-mb"), (args.max_megapixels, "--max-megapixels")):
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
+    if args.port is not None and args.port > 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {args.port}")
     out = Path(args.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

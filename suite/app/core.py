@@ -148,6 +148,18 @@ def checked_progress(progress: Progress | None, cancel: threading.Event | None) 
 
 
 # output files
+SERVED_KINDS = ("generate", "edit", "3d")  # the result folders the page shows files from
+
+
+def served_dirs(config: AppConfig) -> list[Path]:
+    """The folders whose files the page may show: the results of each tab (created here). Uploads are not among
+    them (see :func:`suite.app.ui.launch`)."""
+    dirs = [config.output_dir / kind for kind in SERVED_KINDS]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
 def new_run_dir(config: AppConfig, kind: str) -> Path:
     """A fresh folder ``OUTPUT/<kind>/<time>-<id>`` (every file the app serves lives under OUTPUT)."""
     folder = config.output_dir / kind / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -39,12 +39,22 @@ def _check_filedata(payload, what: str, cfg: AppConfig):
         if url.startswith("data:"):
             source = base64.b64decode(url.split(",", 1)[1])
         elif getattr(payload, "path", None):
-            source = payload.path
+            source = _uploaded_path(payload.path, what)
         else:
             raise UserError(f"the {what} upload is empty: upload a PNG, JPEG or WebP image")
         return images.open_upload(source, what, cfg.max_megapixels, int(cfg.max_upload_mb * 2**20))
     except UserError as err:
         raise gr.Error(str(err), title="Upload refused") from None
+
+
+def _uploaded_path(path: str, what: str) -> str:
+    """A file path sent by the client must be a file uploaded to this app (gradio's upload folder): the API could
+    otherwise name any file on the server (``/etc/passwd``, someone's photos) and have the app read it."""
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    if not is_in_or_equal(Path(path).resolve(), Path(get_upload_folder()).resolve()):
+        raise UserError(f"the {what} must be a file uploaded to this app, not a path on the server: upload it again")
+    return path
 
 
 def checked_image(cfg: AppConfig, what: str, **kwargs) -> gr.Image:
@@ -84,8 +94,9 @@ def mask_editor(cfg: AppConfig, **kwargs) -> gr.ImageEditor:
 # ----------------------------------------------------------------------------------------------------------
 # errors and progress
 def friendly(fn):
-    """Errors users can fix become one sentence in the page (``gr.Error``); the app keeps serving."""
-    from ..models import ModelLoadError
+    """Expected failures (:func:`suite.failures.explain`) become one sentence in the page (``gr.Error``); anything
+    else is logged with its traceback and reported as unexpected. The app keeps serving either way."""
+    from ..failures import explain
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -95,9 +106,10 @@ def friendly(fn):
             raise
         except JobCancelled:
             raise gr.Error("cancelled: nothing was saved", title="Cancelled") from None
-        except (UserError, ValueError, ModelLoadError, FileNotFoundError, NotADirectoryError) as err:
-            raise gr.Error(str(err).strip() or type(err).__name__) from None
         except Exception as err:  # noqa: BLE001 - a bug must not take the app down; the log has the traceback
+            msg = explain(err)
+            if msg is not None:
+                raise gr.Error(msg) from None
             log.exception("job failed")
             raise gr.Error(f"the job failed unexpectedly ({type(err).__name__}: {err}); the app's log has details") from None
 
@@ -328,6 +340,7 @@ def _mask_from(drawn, mask_file, photo):
     if photo is None:
         return None
     if mask_file is not None:
+        images.check_same_aspect(mask_file.size, photo.size, "mask")  # the CLI's rule: resize, never stretch
         m = np.asarray(mask_file.convert("L")) > 127
     else:
         layers = (drawn or {}).get("layers") or []
@@ -525,14 +538,22 @@ def _can_train_here(cfg: AppConfig) -> str | None:
 def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            block: bool = True):
     """Serve the page with the safe defaults: local address, no share link, size-limited uploads, and files
-    served only from the output folder (plus gradio's own upload cache)."""
+    served only from the app's result folders (plus gradio's own upload cache).
+
+    The result folders are "allowed" paths, which gradio serves inline with their own type; the upload cache is
+    not: gradio serves what it holds inline only when it is an image (or audio/video) and as a download
+    (``Content-Disposition: attachment``, ``application/octet-stream``) otherwise, so an uploaded ``evil.html``
+    or ``evil.svg`` never runs in the browser."""
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts: nothing leaves the host
     demo.queue(default_concurrency_limit=cfg.max_jobs)
     started = time.monotonic()
+    # show_error: every handler is wrapped by friendly() (its errors are sentences already); what remains are gradio's
+    # own refusals before a handler runs (a server path the client named, a number out of a slider's range), whose
+    # message is the sentence the user needs, instead of "error: null".
     out = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                      allowed_paths=[str(cfg.output_dir)], max_file_size=f"{cfg.max_upload_mb:g}mb",
-                      show_error=False, ssr_mode=False, inbrowser=False, quiet=not block, theme=theme,
+                      allowed_paths=[str(p) for p in core.served_dirs(cfg)], max_file_size=f"{cfg.max_upload_mb:g}mb",
+                      show_error=True, ssr_mode=False, inbrowser=False, quiet=not block, theme=theme,
                       footer_links=["api", "settings"], enable_monitoring=False)
     log.info("app started in %.1f s", time.monotonic() - started)
     return out

@@ -80,8 +80,7 @@ def test_cli_whole_image_without_a_face(tmp_path, tiny_dir, monkeypatch, capsys)
 def test_help_lists_the_flags(capsys):
     import launch
 
-    with pytest.raises(SystemExit):
-        launch.main(["edit", "--help"])
+    assert launch.main(["edit", "--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--image", "--prompt", "--strength", "--output", "--mask", "--all-faces", "--whole-image",
                  "--num-images", "--seed", "--preset", "--domain"):

@@ -1,0 +1,63 @@
+"""The one place that turns expected failures into one sentence naming the fix, for the CLI and the app alike.
+
+Expected failures are mistakes in the input (:class:`suite.checks.UserError`, ``ValueError``), models that cannot
+be found or read (:class:`suite.models.ModelLoadError`, a damaged ``.safetensors``, a pickle where weights should
+be), and the machine saying no (disk full, permission denied, read-only file system, a port in use). Anything
+else is a bug: :func:`explain` returns ``None`` and the caller shows the traceback, to be reported.
+"""
+
+from __future__ import annotations
+
+import errno
+import pickle
+
+__all__ = ["explain"]
+
+_DISK_FULL_TEXT = ("No space left", "failed writing file", "unexpected pos", "file write failed")
+
+
+def _where(err: BaseException) -> str:
+    name = getattr(err, "filename", None)
+    return f" ({name})" if name else ""
+
+
+def explain(err: BaseException) -> str | None:
+    """One sentence for an expected failure, or ``None`` for a bug (show the traceback)."""
+    from .checks import UserError
+
+    if isinstance(err, UserError | ValueError | FileNotFoundError | NotADirectoryError) and str(err).strip():
+        return str(err).strip()
+    try:
+        from .models import ModelLoadError
+
+        if isinstance(err, ModelLoadError):
+            return str(err).strip()
+    except ImportError:  # pragma: no cover - torch missing: nothing of the models can have failed
+        pass
+    if isinstance(err, OSError):
+        code = err.errno
+        if code == errno.ENOSPC or code == errno.EDQUOT:
+            return (f"the disk is full{_where(err)}: free some space or choose an --output on another disk, then run "
+                    f"again (a run with --resume continues where it stopped)")
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return (f"permission denied{_where(err)}: the folder is read-only or belongs to someone else; choose "
+                    f"another --output")
+        if code == errno.EISDIR:
+            return f"{_where(err).strip(' ()') or 'the output'} is a folder: give a file name with --output"
+        if code == errno.EADDRINUSE:
+            return "the port is already in use by another program: choose another --port, or stop that program"
+    if isinstance(err, pickle.UnpicklingError):
+        return (f"refused to load a file that holds pickled code instead of plain weights ({str(err).splitlines()[0]}): "
+                f"use safetensors files from a source you trust")
+    kind = type(err).__name__
+    text = str(err)
+    if kind == "SafetensorError" or "safetensors" in type(err).__module__:
+        if any(t in text for t in _DISK_FULL_TEXT):
+            return "the disk is full while writing weights: free some space, then run again (--resume continues)"
+        return (f"a weights file is damaged or truncated ({text.splitlines()[0] if text else kind}): download or copy "
+                f"the model folder again")
+    if isinstance(err, RuntimeError) and any(t in text for t in _DISK_FULL_TEXT):
+        return "the disk is full while writing a checkpoint: free some space, then run again with --resume"
+    if "Cannot find empty port" in text or "address already in use" in text.lower():
+        return "the port is already in use by another program: choose another --port, or stop that program"
+    return None
