@@ -106,6 +106,13 @@ def _run(cfg: ThreeDConfig, out: Path, progress) -> ThreeDResult:
                               cfg.device, cfg.dtype)
         _check_prompt_tokens(pipe, prompt)
         domain = pipe.domain or domain  # the preset's domain as loaded (the mini preset's has its own weights)
+    z123_model = None
+    if (cfg.zero123.steps > 0 and not stage2_ckpt.exists()) or (
+            cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists()):
+        from suite.zero123 import load_zero123, tiny_zero123_dir
+
+        ref = cfg.zero123_model or _default_zero123(cfg.preset, tiny_zero123_dir)
+        z123_model = load_zero123(ref, device=device, dtype=dtype)  # before anything is written: a bad folder fails here
     result = _create_output(out, cfg)
     if pipe is not None:
         from suite.presets import warn_prompt
@@ -142,14 +149,10 @@ def _run(cfg: ThreeDConfig, out: Path, progress) -> ThreeDResult:
 
     # 5. Stage 2: Zero-1-to-3 initialisation (SDS from random views + reference colour and mask).
     zero123 = None
-    need_z123 = (cfg.zero123.steps > 0 and not stage2_ckpt.exists()) or (
-        cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists())
-    if need_z123:
-        from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
+    if z123_model is not None:
+        from suite.zero123 import Zero123Guidance
 
-        ref = cfg.zero123_model or _default_zero123(cfg.preset, tiny_zero123_dir)
-        model = load_zero123(ref, device=device, dtype=dtype)
-        zero123 = Zero123Guidance(model, reference.rgb, cfg.camera.ref_elevation, cfg.camera.ref_azimuth,
+        zero123 = Zero123Guidance(z123_model, reference.rgb, cfg.camera.ref_elevation, cfg.camera.ref_azimuth,
                                   cfg.camera.ref_distance)
     background = Background().to(device)
     if stage2_ckpt.exists():

@@ -134,9 +134,13 @@ def check_writable_dir(folder: str | os.PathLike, flag: str = "--output") -> Pat
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ValueError(f"{str(probe)!r} is a file, not a folder: choose another {flag}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"the folder {str(probe)!r} cannot be written to (permission denied or read-only): choose "
-                         f"another {flag}")
+    try:  # a real write (os.access says yes to root on a read-only file system)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise ValueError(f"the folder {str(probe)!r} cannot be written to ({err.strerror.lower()}): choose "
+                         f"another {flag}") from None
     return folder
 
 

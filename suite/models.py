@@ -21,7 +21,13 @@ class ModelLoadError(RuntimeError):
     """A model could not be found or read. The message is one sentence that names the fix."""
 
 
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
+    """A load error in a few words: its type and first line; a refused pickle says what it is instead of torch's
+    advice to load it unsafely."""
+    import pickle
+
+    if isinstance(err, pickle.UnpicklingError):
+        return "a pickle file that could run code, refused: only safetensors and plain-tensor files are loaded"
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
 
@@ -66,11 +72,11 @@ def _load(what: str, flag: str, ref: str, is_local: bool, fn):
     except load_errors() as err:
         if is_local:
             raise ModelLoadError(
-                f"could not read {what} from {ref!r} ({_describe(err)}): the folder is incomplete or corrupt; "
+                f"could not read {what} from {ref!r} ({describe(err)}): the folder is incomplete or corrupt; "
                 f"pass {flag} with a complete diffusers-format folder"
             ) from err
         raise ModelLoadError(
-            f"could not load {what} {ref!r} from the hub ({_describe(err)}): if this machine is offline, download "
+            f"could not load {what} {ref!r} from the hub ({describe(err)}): if this machine is offline, download "
             f"it on a connected machine (huggingface-cli download {ref}) and pass {flag} with the local folder"
         ) from err
 

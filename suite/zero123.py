@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def _read_state(folder: Path) -> dict:
     for name in sorted(folder.glob("*.safetensors")):
         return load_file(str(name))
     for name in sorted(folder.glob("*.bin")):
-        return torch.load(str(name), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing what it holds
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(name), map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"no weights (*.safetensors or *.bin) in {folder}")
 
 
@@ -92,7 +95,7 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPVisionModelWithProjection
 
-    from .models import ModelLoadError, load_errors, resolve
+    from .models import ModelLoadError, describe, load_errors, resolve
 
     ref, local = resolve(ref, "Zero-1-to-3 model", flag, required=("unet", "vae", "image_encoder"))
     try:
@@ -121,8 +124,7 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
         how = (f"the folder is incomplete or corrupt; pass {flag} with a complete Zero-1-to-3 diffusers folder"
                if local else f"if this machine is offline, download it elsewhere (huggingface-cli download {ref}) "
                              f"and pass {flag} with the local folder")
-        raise ModelLoadError(f"could not load the Zero-1-to-3 model {ref!r} ({type(err).__name__}: "
-                             f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}): {how}") from err
+        raise ModelLoadError(f"could not load the Zero-1-to-3 model {ref!r} ({describe(err)}): {how}") from err
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise ModelLoadError(f"the UNet in {ref!r} has {unet.config.in_channels} input channels, not "
                              f"{2 * vae.config.latent_channels}: it is not a Zero-1-to-3 UNet; pass {flag} correctly")

@@ -329,3 +329,52 @@ def test_domains_tab_trains_a_domain_with_live_loss(app, tmp_path):
     assert (cfg.output_dir / "domains" / "noise" / "config.json").is_file()
     rows = client.predict(api_name="/domains")
     assert "noise" in [r[0] for r in (rows["data"] if isinstance(rows, dict) else rows)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hostile uploads and requests (issue 15)
+def test_uploaded_html_and_svg_are_served_as_downloads_never_inline(app):
+    import httpx
+
+    _, _, url, _ = app
+    for name, body, ctype in (("evil.html", b"<script>alert(1)</script>", "text/html"),
+                              ("evil.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>",
+                               "image/svg+xml")):
+        r = httpx.post(url + "gradio_api/upload", files={"files": (name, body, ctype)})
+        assert r.status_code == 200
+        got = httpx.get(url + "gradio_api/file=" + r.json()[0])
+        assert got.status_code == 200
+        assert got.headers["content-type"] == "application/octet-stream", (name, got.headers)
+        assert got.headers["content-disposition"].startswith("attachment"), (name, got.headers)
+    png = core.served_dirs(app[1])[0] / "probe.png"
+    Image.new("RGB", (8, 8), "red").save(png)
+    got = httpx.get(url + "gradio_api/file=" + str(png))
+    assert got.headers["content-type"] == "image/png"  # results still show inline
+
+
+def test_a_server_path_named_by_the_client_is_refused_with_a_sentence(app, tmp_path):
+    """The API could name any file on the server; gradio refuses it, and the client gets the sentence (not
+    ``error: null``)."""
+    import httpx
+
+    client, _, url, _ = app
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), "red").save(secret)
+    params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
+    data = [{"path": str(secret), "meta": {"_type": "gradio.FileData"}} if p["parameter_name"] == "control"
+            else p.get("parameter_default") for p in params]
+    event = httpx.post(url + "gradio_api/call/generate", json={"data": data}).json()["event_id"]
+    with httpx.stream("GET", url + f"gradio_api/call/generate/{event}", timeout=120) as stream:
+        text = "".join(stream.iter_text())
+    assert "event: error" in text
+    assert "not uploaded by a user" in text and '"error": null' not in text
+
+
+def test_a_mask_of_another_aspect_ratio_is_refused_as_on_the_cli(tmp_path):
+    from suite.app import ui
+
+    photo = Image.new("RGB", (80, 40))
+    with pytest.raises(ValueError, match="the mask is 40x40 but the image is 80x40"):
+        ui._mask_from(None, Image.new("L", (40, 40), 255), photo)
+    same = ui._mask_from(None, Image.new("L", (40, 20), 255), photo)  # a scaled copy is resized
+    assert same.size == (80, 40)

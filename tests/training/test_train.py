@@ -175,3 +175,37 @@ def test_config_defaults_follow_the_paper():
     assert (c.text_init_steps, c.text_init_batch_size, c.text_init_images) == (100, 32, 3200)
     assert (c.weight_decay, c.max_grad_norm) == (1e-2, 1.0)
     assert replace(c, data="d", output="o", gradient_accumulation_steps=4).validate(num_processes=2) == 4
+
+
+def test_sigkill_twice_then_resume_gives_the_uninterrupted_weights(run_a, data_dir, tmp_path):
+    """A real SIGKILL (no cleanup at all), twice: after the first checkpoint and after the second; each time
+    ``--resume`` continues, and the final weights equal the uninterrupted run's bit for bit. No temporary folder
+    or lock file is left, and a second run into the folder while one holds it is refused (issue 15)."""
+    import signal
+    import time
+
+    out = tmp_path / "model"
+    code = ("import sys; from tests.training.test_train import _cfg; from training.train import train_domain; "
+            f"train_domain(_cfg({str(data_dir)!r}, {str(out)!r}, resume='--resume' in sys.argv))")
+    ckpts = out / "training" / "checkpoints"
+
+    def run_until(step_dir: str | None, *extra) -> bool:
+        proc = subprocess.Popen([sys.executable, "-c", code, *extra], cwd=ROOT, stderr=subprocess.PIPE)
+        while proc.poll() is None:
+            if step_dir and (ckpts / step_dir).is_dir():
+                if step_dir == "step-000002":  # while it runs, the folder is locked against a second run
+                    with pytest.raises(ValueError, match=r"another run \(process \d+\) is writing to"):
+                        train_domain(_cfg(data_dir, out, resume=True))
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.02)
+        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+        return False
+
+    assert run_until("step-000002"), "finished before the kill"
+    assert run_until("step-000004", "--resume"), "finished before the kill"
+    assert not run_until(None, "--resume")
+    a, b = _weights(run_a[0]), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p.name for p in out.rglob(".*")], "temporary or lock files left behind"

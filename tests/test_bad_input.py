@@ -1,0 +1,176 @@
+"""The bad-input catalogue, per subcommand, as a hostile user types it (issue 15): each case is an argv, the exit
+code, a phrase of the one sentence expected, and nothing may be left behind (no output, no temporary file, no
+empty folder). Everything here fails before a model loads, so the table runs in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import launch
+
+BAD_UTF8 = "\udcff\udcfe"  # what Python makes of the bytes of `--prompt $'\xff\xfe'` in argv
+READ_ONLY = "/sys"  # not writable, not even by root (the tests may run as root)
+
+
+def _setup(tmp: Path, tiny_dir: Path) -> dict:
+    """The files the cases refer to, outside the folder that is checked for leftovers."""
+    (tmp / "in").mkdir()
+    photo = tmp / "in" / "photo.png"
+    Image.new("RGB", (96, 64), "gray").save(photo)
+    Image.new("L", (64, 64), 255).save(tmp / "in" / "square-mask.png")
+    (tmp / "in" / "notes.png").write_text("a text file renamed .png")
+    broken = tmp / "in" / "broken-domain"
+    shutil.copytree(tiny_dir / "domain-face", broken)
+    weights = broken / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    import pickle
+
+    from suite.zero123 import tiny_zero123_dir
+
+    pickled = tmp / "in" / "pickled-zero123"  # a real (tiny) Zero-1-to-3 whose projection is a pickle
+    shutil.copytree(tiny_zero123_dir(), pickled)
+    for old in (pickled / "cc_projection").glob("*.safetensors"):
+        old.unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/PWNED-by-test",))
+
+    (pickled / "cc_projection" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload()}))
+    (tmp / "in" / "bad-config.json").write_text("{not json")
+    (tmp / "out").mkdir()
+    (tmp / "out" / "x.png").mkdir()  # an existing folder with a file's name
+    (tmp / "out" / "a-file").write_text("")
+    return dict(photo=photo, mask=tmp / "in" / "square-mask.png", notes=tmp / "in" / "notes.png", broken=broken,
+                pickled=pickled, config=tmp / "in" / "bad-config.json")
+
+
+G = ["generate", "--preset", "tiny", "--steps", "1"]
+E = ["edit", "--preset", "tiny", "--steps", "1", "--whole-image"]
+T = ["3d", "--preset", "tiny", "--image-steps", "1", "--zero123-steps", "1", "--refine-steps", "1"]
+R = ["train", "--preset", "tiny", "--max-steps", "1"]
+CASES = [
+    # generate
+    ("generate: prompt with invalid bytes", G + ["--prompt", BAD_UTF8, "--output", "{out}/a.png"], "not valid UTF-8"),
+    ("generate: negative prompt with invalid bytes", G + ["--negative-prompt", BAD_UTF8, "--output", "{out}/a.png"],
+     "not valid UTF-8"),
+    ("generate: read-only folder", G + ["--output", f"{READ_ONLY}/a.png"], "cannot be written to"),
+    ("generate: output is a folder", G + ["--output", "{out}/x.png"], "is an existing folder"),
+    ("generate: output folder missing", G + ["--output", "{out}/no/a.png"], "does not exist"),
+    ("generate: unknown format", G + ["--output", "{out}/a.bmpx"], "unknown image format"),
+    ("generate: negative width", G + ["--width", "-64", "--output", "{out}/a.png"], "must be at least 8"),
+    ("generate: zero height", G + ["--height", "0", "--output", "{out}/a.png"], "must be at least 8"),
+    ("generate: huge image", G + ["--width", "100000", "--height", "100000", "--output", "{out}/a.png"],
+     "more than the limit of 4096"),
+    ("generate: huge weight", G + ["--domain-weight", "1e308", "--output", "{out}/a.png"],
+     "guidance weights must be between"),
+    ("generate: infinite weight", G + ["--control-weight", "inf", "--output", "{out}/a.png"], "not a finite number"),
+    ("generate: a billion images", G + ["--num-images", "1000000000", "--output", "{out}/a.png"],
+     "more than the limit of 64"),
+    ("generate: a hundred million steps", G + ["--steps", "100000000", "--output", "{out}/a.png"],
+     "more than the limit of 1000"),
+    ("generate: zero steps", G + ["--steps", "0", "--output", "{out}/a.png"], "must be at least 1"),
+    ("generate: truncated domain weights", G + ["--domain-model", "{broken}", "--output", "{out}/a.png"],
+     "could not read domain model"),
+    ("generate: control image is text", G + ["--control-image", "{notes}", "--output", "{out}/a.png"],
+     "could not be read as an image"),
+    ("generate: unknown domain", G + ["--domain", "dogs", "--output", "{out}/a.png"], "unknown domain"),
+    # edit
+    ("edit: prompt with invalid bytes", E + ["--image", "{photo}", "--prompt", BAD_UTF8, "--output", "{out}/e.png"],
+     "not valid UTF-8"),
+    ("edit: output is a folder", E + ["--image", "{photo}", "--output", "{out}/x.png"], "is an existing folder"),
+    ("edit: read-only folder", E + ["--image", "{photo}", "--output", f"{READ_ONLY}/e.png"], "cannot be written to"),
+    ("edit: strength 2", E + ["--image", "{photo}", "--strength", "2", "--output", "{out}/e.png"],
+     "between 0 and 1"),
+    ("edit: missing photo", E + ["--image", "{out}/none.png", "--output", "{out}/e.png"], "does not exist"),
+    ("edit: mask of another shape", E + ["--image", "{photo}", "--mask", "{mask}", "--output", "{out}/e.png"],
+     "give a mask with the image's size"),
+    ("edit: a billion images", E + ["--image", "{photo}", "--num-images", "1000000000", "--output", "{out}/e.png"],
+     "more than the limit of 64"),
+    # 3d
+    ("3d: prompt with invalid bytes", T + ["--prompt", BAD_UTF8, "--output", "{out}/run"], "not valid UTF-8"),
+    ("3d: empty prompt", T + ["--prompt", "   ", "--output", "{out}/run"], "the prompt is empty"),
+    ("3d: mesh resolution 0", T + ["--prompt", "a vase", "--mesh-resolution", "0", "--output", "{out}/run"],
+     "must be at least 16"),
+    ("3d: output is a file", T + ["--prompt", "a vase", "--output", "{out}/a-file"], "is a file"),
+    ("3d: read-only folder", T + ["--prompt", "a vase", "--output", f"{READ_ONLY}/run"], "cannot be written to"),
+    ("3d: a hundred million steps", T + ["--prompt", "a vase", "--zero123-steps", "100000000", "--output",
+                                         "{out}/run"], "more than the limit of 10000"),
+    ("3d: huge weight", T + ["--prompt", "a vase", "--domain-weight", "1e308", "--output", "{out}/run"],
+     "guidance weights must be between"),
+    ("3d: pickled Zero-1-to-3 weights", T + ["--prompt", "a vase", "--zero123-model", "{pickled}",
+                                             "--refine-steps", "0", "--output", "{out}/run"],
+     "could not load the Zero-1-to-3 model"),
+    ("3d: broken config file", T + ["--config", "{config}", "--output", "{out}/run"], "could not read the 3D config file"),
+    # train
+    ("train: output is a file", R + ["--data", "{out}", "--output", "{out}/a-file"], "is a file"),
+    ("train: prompt with invalid bytes", R + ["--data", "{out}", "--prompt", BAD_UTF8, "--output", "{out}/m"],
+     "not valid UTF-8"),
+    ("train: read-only folder", R + ["--data", "{out}", "--output", f"{READ_ONLY}/m"], "cannot be written to"),
+    ("train: data folder missing", R + ["--data", "{out}/none", "--output", "{out}/m"], "does not exist"),
+    # app
+    ("app: port 99999", ["app", "--preset", "tiny", "--port", "99999", "--output-dir", "{out}"],
+     "between 1 and 65535"),
+]
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_dir):
+    tmp = tmp_path_factory.mktemp("bad-input")
+    return tmp, _setup(tmp, tiny_dir)
+
+
+@pytest.mark.parametrize("name,argv,phrase", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_sentence_and_leaves_nothing(files, capsys, name, argv, phrase):
+    tmp, f = files
+    if READ_ONLY in " ".join(argv) and not Path(READ_ONLY).is_dir():
+        pytest.skip(f"no {READ_ONLY} on this system")
+    out = tmp / "out"
+    subs = {"out": str(out), **{k: str(v) for k, v in f.items()}}
+    argv = [a.format(**subs) if "{" in a else a for a in argv]
+    before = _tree(out)
+    code = launch.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (name, code, err)
+    assert phrase in err, (name, err)
+    assert "Traceback" not in err, (name, err)
+    assert _tree(out) == before, (name, _tree(out) ^ before)  # no output, no temporary file, no empty folder
+    assert not Path("/tmp/PWNED-by-test").exists()  # the pickle's payload never ran
+
+
+def test_whitespace_prompt_is_the_empty_prompt(tiny_pipe):
+    """A prompt of only spaces used to become a control term that set every automatic weight to 0."""
+    a = tiny_pipe("   ", num_inference_steps=2, seed=0, output_type="latent", progress=False)
+    b = tiny_pipe("", num_inference_steps=2, seed=0, output_type="latent", progress=False)
+    assert a.weights == b.weights and b.weights["domain"] != 0
+    assert (a.latents == b.latents).all()
+
+
+def test_port_in_use_is_one_sentence(files, capsys):
+    tmp, _ = files
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = launch.main(["app", "--preset", "tiny", "--port", str(port), "--output-dir", str(tmp / "app")])
+    err = capsys.readouterr().err
+    assert code == 2 and "already in use" in err and "Traceback" not in err, err
+
+
+def test_the_catalogue_counts():
+    """Every case of the issue's list is in the table (a summary for the closing note)."""
+    per = {}
+    for name, *_ in CASES:
+        per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
+    assert per == {"generate": 17, "edit": 7, "3d": 9, "train": 4, "app": 1}, json.dumps(per)
