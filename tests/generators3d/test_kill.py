@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from tests.common import ROOT
 
-ARGS = ["3d", "--preset", "tiny", "--prompt", "a vase", "--image-steps", "2", "--zero123-steps", "16",
-        "--refine-steps", "16", "--mesh-resolution", "16", "--preview-frames", "1", "--formats", "glb"]
+ARGS = ["3d", "--preset", "tiny", "--prompt", "a vase", "--image-steps", "1", "--zero123-steps", "10",
+        "--refine-steps", "10", "--mesh-resolution", "16", "--preview-frames", "1", "--formats", "glb"]
 
 
 def _start(out: Path, *extra) -> subprocess.Popen:

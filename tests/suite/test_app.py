@@ -195,7 +195,7 @@ def test_jobs_share_one_queue_slot_and_only_the_output_folder_is_served(app):
     _, cfg, url, demo = app
     fns = {fn.api_name: fn for fn in demo.fns.values()}
     assert fns["generate"].concurrency_id == "models" and fns["generate"].concurrency_limit == 1
-    assert str(cfg.output_dir) in demo.allowed_paths
+    assert sorted(demo.allowed_paths) == sorted(str(d) for d in core.served_dirs(cfg))  # results, not uploads
     assert demo.share is False or demo.share is None
     import httpx
 
