@@ -6,11 +6,14 @@ The same map takes the crop out (:func:`extract`) and puts the edited crop back 
 edit lands exactly where it was taken.
 
 Face framing follows the FFHQ alignment script (Karras et al., ``recreate_aligned_images``): from the eye
-centres ``e_l, e_r`` and the mouth centre ``m``,
+centres ``e_l, e_r`` (each the mean of its six dlib landmarks) and the mouth centre ``m`` (the mean of the
+mouth corners, landmarks 48 and 54),
 ``x = e2e - rot90(e2m)`` normalised to length ``max(2 |e2e|, 1.8 |e2m|)`` (half the crop side, along the eye
-line), ``y = rot90(x)``, centre ``c = eye_avg + 0.1 e2m``. Haar cascades give no mouth, so ``e2m`` is the eye
-line turned by 90 degrees with length ``MOUTH_RATIO * |e2e|`` (FFHQ's average face: eyes ~0.25 of the crop
-apart, mouth ~0.245 below them). The crop side is then ``4 |e2e|``, eyes at 47.5% of its height.
+line), ``y = rot90(x)``, centre ``c = eye_avg + 0.1 e2m``. Without dlib, Haar cascades give no mouth, so
+``e2m`` is the eye line turned by 90 degrees with length ``MOUTH_RATIO * |e2e|`` (FFHQ's average face: eyes
+~0.25 of the crop apart, mouth ~0.245 below them). The crop side is then ``4 |e2e|``, eyes at 47.5% of its
+height. FFHQ then resamples the quad to 1024 px (with a 4x supersampled, blurred padding); here the same quad
+is warped straight to the model's size with area pre-filtering (:func:`extract`), so only the resampling differs.
 """
 
 from __future__ import annotations
@@ -61,21 +64,51 @@ class Region:
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def face_region(face: Face, size: int) -> Region:
-    """The FFHQ-style square crop (``size`` x ``size``) around ``face`` (see the module docstring)."""
-    eye_left, eye_right = face.eye_points()
+def ffhq_quad(eye_left, eye_right, mouth_avg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FFHQ's alignment (``recreate_aligned_images`` in the FFHQ dataset script): ``(c, x, y)``, the crop's centre
+    and its half-axes, from the eye centres and the mouth centre. The crop is the quad
+    ``[c - x - y, c - x + y, c + x + y, c + x - y]`` (side ``2 |x|``)."""
+    eye_left, eye_right, mouth_avg = (np.asarray(p, np.float64) for p in (eye_left, eye_right, mouth_avg))
     eye_avg = (eye_left + eye_right) * 0.5
     eye_to_eye = eye_right - eye_left
-    eye_to_mouth = np.array([-eye_to_eye[1], eye_to_eye[0]]) * MOUTH_RATIO  # eye line turned 90 deg (down)
+    eye_to_mouth = mouth_avg - eye_avg
     x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
     x /= np.hypot(*x)
     x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
     y = np.flipud(x) * [-1, 1]
     c = eye_avg + eye_to_mouth * 0.1
+    return c, x, y
+
+
+def _square(c, x, y, size: int) -> Region:
     # crop (u, v) in [0, size]^2 -> c + (2u/size - 1) x + (2v/size - 1) y
     matrix = np.array([[2 * x[0] / size, 2 * y[0] / size, c[0] - x[0] - y[0]],
                        [2 * x[1] / size, 2 * y[1] / size, c[1] - x[1] - y[1]]])
     return Region(matrix, (size, size))
+
+
+def face_region(face: Face, size: int) -> Region:
+    """The FFHQ square crop (``size`` x ``size``) around ``face``: FFHQ's own recipe (:func:`ffhq_quad`) from the
+    landmarks' eyes and mouth, or, without a mouth landmark (Haar), the mouth estimated from the eyes."""
+    eye_left, eye_right = face.eye_points()
+    mouth = face.mouth_point()
+    if mouth is None:
+        eye_to_eye = eye_right - eye_left
+        mouth = (eye_left + eye_right) * 0.5 + np.array([-eye_to_eye[1], eye_to_eye[0]]) * MOUTH_RATIO
+    return _square(*ffhq_quad(eye_left, eye_right, mouth), size)
+
+
+#: The animal domain's framing (AFHQ-like: the head fills the square, a little margin): the square's side is
+#: this many times the detected cat-face box's larger side, centred on the box.
+ANIMAL_SCALE = 1.15
+
+
+def animal_region(face: Face, size: int) -> Region:
+    """The animal framing: an upright square around the detected animal face (no landmarks to turn it by)."""
+    x0, y0, x1, y1 = face.box
+    c = np.array([(x0 + x1) * 0.5, (y0 + y1) * 0.5])
+    half = 0.5 * ANIMAL_SCALE * max(x1 - x0, y1 - y0)
+    return _square(c, np.array([half, 0.0]), np.array([0.0, half]), size)
 
 
 def whole_image_region(image_size: tuple[int, int], native: int, multiple: int) -> Region:

@@ -13,7 +13,6 @@ import logging
 from suite import cli
 from suite.checks import UserError, check_range, finite_float
 
-FACE_DOMAINS = ("face", "animal")  # domains whose photos are edited on the aligned face crop
 HELP = "edit a photo with SDEdit and in-domain guidance (face photos: detect, align, edit the face, paste back)"
 log = logging.getLogger("editing")
 
@@ -32,7 +31,11 @@ def add_arguments(p) -> None:
     p.add_argument("--all-faces", action="store_true", help="edit every face found (default: only the largest)")
     p.add_argument("--whole-image", action="store_true",
                    help="edit the whole photo scaled to the model's resolution instead of the face crop "
-                        "(for photos without a detectable face; the default for domains other than face and animal)")
+                        "(for photos without a detectable face; the same as --framing whole)")
+    p.add_argument("--framing", choices=["face", "animal", "whole"], default=None,
+                   help="how the domain's photos are framed, which the edit reproduces: 'face' (FFHQ's alignment, "
+                        "from dlib's 68 landmarks when dlib is installed), 'animal' (a cat's face), 'whole' "
+                        "(default: the domain's: face for face, animal for animal, whole for the others)")
     p.add_argument("--max-megapixels", type=finite_float, default=120.0,
                    help="refuse larger inputs before decoding them (decompression-bomb guard) (default: %(default)s)")
     p.add_argument("--feather", type=finite_float, default=0.08,
@@ -44,7 +47,6 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from suite.files import remove_leftovers
     from suite.images import open_image, oriented_size, output_paths, save_image_atomic
-    from suite.presets import default_domain
 
     from .edit import edit_photo
     from .images import load_mask
@@ -64,7 +66,7 @@ def main(args) -> int:
 
     # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
     pipe = cli.load_pipeline(args)
-    whole_image = args.whole_image or default_domain(args.preset, args.domain) not in FACE_DOMAINS
+    framing = "whole" if args.whole_image else args.framing or (pipe.domain.framing if pipe.domain else "whole")
 
     # 3. Edit (detect and align, SDEdit through the pipeline, paste back), with a progress bar.
     from PIL import Image
@@ -84,7 +86,7 @@ def main(args) -> int:
         domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
         result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=domain_weight,
                             control_weight=control_weight, mask=mask_image, all_faces=args.all_faces,
-                            whole_image=whole_image, num_images=args.num_images, seed=args.seed, steps=args.steps,
+                            framing=framing, num_images=args.num_images, seed=args.seed, steps=args.steps,
                             progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
                             auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels)
     finally:

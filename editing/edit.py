@@ -18,11 +18,32 @@ from PIL import Image
 from suite.checks import Progress, check_int, check_range
 from suite.images import DEFAULT_MAX_PIXELS
 
-from .align import Region, extract, face_region, feather_mask, paste, whole_image_region
-from .faces import Face, FaceDetector
+from .align import Region, animal_region, extract, face_region, feather_mask, paste, whole_image_region
+from .faces import Face, FaceDetector, detector_for
 from .images import load_mask, prepare_photo
 
-STAGES = ("detect", "encode", "denoise", "decode", "paste")
+STAGES = ("detect", "align", "encode", "denoise", "decode", "paste")
+MIN_FACE = 64  # px: a smaller face would be upscaled more than 8x into the model's 512 px crop
+
+
+def _no_face(detector, rgb: np.ndarray, framing: str) -> str:
+    """The sentence for a photo without a face: names a lost EXIF rotation when the face is found turned."""
+    what = "face" if framing == "face" else "animal face"
+    found = []
+    turns = ((1, "90 degrees counter-clockwise"), (3, "90 degrees clockwise")) if framing == "face" else ()
+    for k, turn in turns:  # (the cat cascades fire too often on turned photos to ask them)
+        faces = detector.detect(np.ascontiguousarray(np.rot90(rgb, k)))
+        if faces:
+            found.append((max(f.area for f in faces), turn))
+    if found:  # the larger face wins (a face upside down can give a small false detection)
+        turn = max(found)[1]
+        return (f"no upright {what} was found, but there is one when the photo is turned {turn}: its EXIF "
+                f"orientation was probably lost; rotate the photo upright and edit it again")
+    if framing == "face":
+        return ("no face was found in the image: edit the whole image with --whole-image (whole_image=True), or "
+                "give a photo with a face seen from the front or partly turned")
+    return ("no animal face was found in the image: edit the whole image with --whole-image (whole_image=True), "
+            "or give a photo of a cat's face seen from the front")
 
 
 @dataclass
@@ -45,6 +66,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
                whole_image: bool = False, num_images: int = 1, seed: int = 0, steps: int | None = None,
                progress: Progress | None = None, negative_prompt: str = "", w0: float = 7.0,
                auto_norm: str = "direction", detector: FaceDetector | None = None, feather: float = 0.08,
+               framing: str | None = None,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> EditResult:
     """Edit a photo with SDEdit through ``pipe`` (an :class:`suite.pipeline.InDomainPipeline`).
 
@@ -53,8 +75,13 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     automatic (Sec. 3.4). ``mask``: only its white part may change. ``all_faces``: edit every face, else the
     largest. ``whole_image``: edit the whole photo (scaled to the model's resolution) instead of the face.
     ``num_images``: variations; face ``k`` of variation ``i`` uses ``seed + k`` (its own generator per face).
-    ``detector``: any :class:`editing.faces.FaceDetector` (default: OpenCV Haar cascades).
-    Raises ValueError (one sentence) when no face is found, naming ``whole_image`` / ``--whole-image``.
+    ``framing``: how the domain's photos are framed (``"face"``: FFHQ's alignment; ``"animal"``: a cat's face;
+    ``"whole"``; default: the pipeline's domain's, ``whole_image=True`` means ``"whole"``).
+    ``detector``: any :class:`editing.faces.FaceDetector` (default: :func:`editing.faces.detector_for` the framing).
+    Raises ValueError (one sentence) when no face is found, naming ``whole_image`` / ``--whole-image``; when the
+    only face found is under :data:`MIN_FACE` pixels wide; and when a face is found only with the photo turned by
+    90 degrees (its EXIF orientation was lost). A face cut by the photo's border is edited: the crop is padded by
+    reflection (as FFHQ pads) and only pixels inside the photo are written back.
     """
     from suite.pipeline import DEFAULT_STEPS
 
@@ -76,26 +103,35 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     report("detect", 0, 1, {})
     faces: list[Face] = []
+    if framing is None:
+        framing = getattr(getattr(pipe, "domain", None), "framing", "face") or "face"
     if whole_image:
+        framing = "whole"
+    if framing == "whole":
         multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
         regions = [whole_image_region(photo.size, native, multiple)]
         weight = np.ones(regions[0].size[::-1], np.float32)
     else:
-        if detector is None:
-            from .faces import HaarFaceDetector
-
-            detector = HaarFaceDetector()
+        detector = detector or detector_for(framing)
         faces = sorted(detector.detect(photo.rgb), key=lambda f: f.area, reverse=True)
         if not faces:
-            raise ValueError("no face was found in the image: edit the whole image with --whole-image "
-                             "(whole_image=True), or give a photo with a frontal face")
+            raise ValueError(_no_face(detector, photo.rgb, framing))
         faces = faces if all_faces else faces[:1]
-        regions = [face_region(f, native) for f in faces]
+        smallest = min(MIN_FACE, native // 8)  # a face upscaled more than 8x into the crop is mostly invented
+        small = [f for f in faces if f.box[2] - f.box[0] < smallest]
+        if small:
+            raise ValueError(f"the {'face' if framing == 'face' else 'animal face'} found is only "
+                             f"{small[0].box[2] - small[0].box[0]:.0f} px wide, under {smallest} px: the edit at the "
+                             f"model's {native} px would be mostly invented; use a photo where it is larger, or edit "
+                             f"the whole image with --whole-image")
+        regions = [face_region(f, native) if framing == "face" else animal_region(f, native) for f in faces]
         weight = feather_mask((native, native), feather)
+    timings["detect"] = time.perf_counter() - t0
+    t = time.perf_counter()
     crops = [extract(photo.rgb, r) for r in regions]
     _warn_mask_outside(user_mask, regions, photo.size)
     report("detect", 1, 1, {"faces": len(faces)})
-    timings["detect"] = time.perf_counter() - t0
+    timings["align"] = time.perf_counter() - t
 
     # 4. SDEdit each crop through the core pipeline's start-image path (encode -> noise -> denoise -> decode).
     edited, weights = [], []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+FRAMINGS = ("face", "animal", "whole")
 CANNY_CONTROLNET_HUB_ID = "lllyasviel/control_v11p_sd15_canny"
 
 
@@ -22,7 +23,10 @@ class Domain:
 
     ``prompt`` is the domain prompt ``"a photo of <domain>"``: it initialises ``F_T`` in training and is the
     reference prompt of the automatic weights. ``domain_weight`` / ``control_weight`` are the recommended
-    weights; ``None`` means automatic (paper Sec. 3.4, :class:`suite.guidance.AutoWeights`).
+    weights; ``None`` means automatic (paper Sec. 3.4, :class:`suite.guidance.AutoWeights`). ``framing`` is how
+    the domain's training photos are framed, which editing reproduces on a user's photo: ``"face"`` (FFHQ's
+    alignment from facial landmarks), ``"animal"`` (an animal's face, AFHQ-like) or ``"whole"`` (the whole
+    photo, the default for a domain of your own).
     """
 
     name: str
@@ -32,6 +36,11 @@ class Domain:
     domain_weight: float | None = None
     control_weight: float | None = None
     resolution: int = 512
+    framing: str = "whole"
+
+    def __post_init__(self):
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
 
     def model_ref(self) -> str:
         """Where this domain's null-text model is looked for (``model`` if set, else the local default)."""
@@ -42,8 +51,9 @@ def domain_home() -> Path:
     return Path(os.environ.get("INDOMAIN_HOME", Path.home() / ".cache" / "in-domain-suite")) / "domains"
 
 
-FACE = Domain("face", "a photo of a face", "human faces (FFHQ-like, aligned, 512x512)")
-ANIMAL = Domain("animal", "a photo of an animal", "animal faces (AFHQ-like: cats, dogs, wild animals)")
+FACE = Domain("face", "a photo of a face", "human faces (FFHQ-like, aligned, 512x512)", framing="face")
+ANIMAL = Domain("animal", "a photo of an animal", "animal faces (AFHQ-like: cats, dogs, wild animals)",
+                framing="animal")
 PORCELAIN = Domain("porcelain", "a photo of porcelain", "porcelain objects (vases, bowls, figurines)")
 
 PRESETS: dict[str, Domain] = {d.name: d for d in (FACE, ANIMAL, PORCELAIN)}

@@ -58,7 +58,7 @@ def test_edit_photo_whole_image_equals_img2img(parts, pipe):
     diff = np.abs(np.asarray(res.images[0], int) - np.asarray(ref, int))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # 1e-5 in float; a rounding flip at most in uint8
     assert isinstance(res, EditResult) and res.face_boxes == []
-    assert set(res.timings) == {"detect", "encode", "denoise", "decode", "paste"}
+    assert set(res.timings) == {"detect", "align", "encode", "denoise", "decode", "paste"}
     assert all(v >= 0 for v in res.timings.values()) and res.timings["denoise"] > 0
 
 
