@@ -27,20 +27,33 @@ import torch
 __all__ = ["sds", "TimestepRange", "schedule_value", "sds_weight"]
 
 
-def schedule_value(value, global_step: int) -> float:
-    """threestudio's scalar schedule ``C``: a number, or ``[start_step, start_value, end_value, end_step]``
-    (``[start_value, end_value, end_step]`` starts at step 0), linear in ``global_step`` and clamped."""
+def schedule_value(value, global_step: int, epoch: int | None = None) -> float:
+    """threestudio's scalar schedule ``C(value, epoch, global_step)``: a number, or
+    ``[start_step, start_value, end_value, end_step]`` (``[start_value, end_value, end_step]`` starts at step 0),
+    linear and clamped. As in threestudio, an integer ``end_step`` counts optimizer steps and a float one counts
+    epochs (``epoch``; our own runs, which have no epochs, pass none and count steps). Six or more entries are a
+    piecewise schedule ``[start_step, v0, v1, step1, v2, step2, ...]``: the segment is chosen by ``global_step``."""
     if isinstance(value, int | float):
         return float(value)
     value = list(value)
     if len(value) == 3:
         value = [0, *value]
+    if len(value) >= 6:
+        if len(value) % 2:
+            raise ValueError(f"a piecewise schedule is [start_step, v0, v1, step1, v2, step2, ...], got {value!r}")
+        select = 3
+        for i in range(3, len(value) - 2, 2):
+            if global_step >= value[i]:
+                select = i + 2
+        start_step, start_value = (value[select - 2], value[select - 3]) if select != 3 else value[:2]
+        value = [start_step, start_value, value[select - 1], value[select]]
     if len(value) != 4:
         raise ValueError(f"a schedule is a number or [start_step, start_value, end_value, end_step], got {value!r}")
     start_step, start_value, end_value, end_step = value
+    current = epoch if isinstance(end_step, float) and epoch is not None else global_step
     if end_step <= start_step:
-        return float(end_value if global_step >= end_step else start_value)
-    frac = min(max((global_step - start_step) / (end_step - start_step), 0.0), 1.0)
+        return float(end_value if current >= end_step else start_value)
+    frac = min(max((current - start_step) / (end_step - start_step), 0.0), 1.0)
     return float(start_value + (end_value - start_value) * frac)
 
 
@@ -97,7 +110,8 @@ def sds(latents: torch.Tensor, denoiser, alphas_cumprod: torch.Tensor, *,
     * NaN guard: non-finite entries of ``g`` become 0 and are counted in ``"nan_count"``.
 
     Returns ``loss_sds`` (the surrogate, ``dL/dx = g / B``), ``grad_norm``, ``min_step``, ``max_step``,
-    ``timesteps``, ``nan_count`` and ``grad`` (detached ``g``).
+    ``timesteps``, ``nan_count``, ``grad`` (detached ``g``), and ``noisy`` / ``eps`` (the noised latents and the
+    prediction, detached, for threestudio's guidance evaluation).
     """
     b = latents.shape[0]
     device = latents.device
@@ -132,4 +146,4 @@ def sds(latents: torch.Tensor, denoiser, alphas_cumprod: torch.Tensor, *,
     target = (latents.float() - grad).detach()
     loss = 0.5 * torch.nn.functional.mse_loss(latents.float(), target, reduction="sum") / b
     return {"loss_sds": loss, "grad_norm": grad.norm(), "min_step": lo, "max_step": hi,
-            "timesteps": t, "nan_count": nan_count, "grad": grad}
+            "timesteps": t, "nan_count": nan_count, "grad": grad, "noisy": z_t, "eps": eps_hat}

@@ -188,7 +188,7 @@ class InDomainPipeline:
         module.to(device)
 
     def _modules(self):
-        mods = [self.vae, self.text_encoder, self.unet]
+        mods = [m for m in (self.vae, self.text_encoder, self.unet) if m is not None]  # a freed text encoder
         if self.domain_model is not None:
             mods.append(self.domain_model.unet)
         if self.controlnet is not None:

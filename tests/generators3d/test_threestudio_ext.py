@@ -21,6 +21,7 @@ EXT = Path(__file__).resolve().parents[2] / "generators3d" / "threestudio_ext" /
 THREESTUDIO_CALL = ["self", "rgb", "prompt_utils", "elevation", "azimuth", "camera_distances", "rgb_as_latents",
                     "guidance_eval", "kwargs"]
 THREESTUDIO_KEYS = {"loss_sds", "grad_norm", "min_step", "max_step"}
+TINY = {"preset": "tiny", "domain": "porcelain"}
 
 
 def _threestudio_double():
@@ -124,7 +125,7 @@ def test_registered_guidance_has_threestudios_interface_and_keys(threestudio, mo
     guidance.do_update_step(0, 50)
     assert (guidance.min_step, guidance.max_step) == (350, 900) and guidance.grad_clip_val == pytest.approx(0.55)
 
-    d = guidance.pipe.text_encoder.config.hidden_size
+    d = guidance.pipe.unet.config.cross_attention_dim
     prompt_utils = PromptUtilsDouble(torch.randn(1, 77, d), torch.randn(1, 77, d))
     rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
     batch = {"rays_o": torch.zeros(2, 16, 16, 3), "rays_d": torch.zeros(2, 16, 16, 3), "mvp_mtx": torch.eye(4)[None],
@@ -146,8 +147,6 @@ def test_registered_guidance_has_threestudios_interface_and_keys(threestudio, mo
 
     guidance.set_min_max_steps(min_step_percent=0.3, max_step_percent=0.5)
     assert (guidance.min_step, guidance.max_step) == (300, 500)
-    with pytest.raises(ValueError, match="guidance_eval"):
-        guidance(rgb, prompt_utils, **batch, guidance_eval=True)
 
 
 def test_rgb_as_latents_and_own_prompt_without_prompt_utils(threestudio):
@@ -170,3 +169,102 @@ def test_extension_folder_ships_an_example_config():
     cfg = OmegaConf.load(EXT / "configs" / "in-domain-porcelain.yaml")
     assert cfg.system.guidance_type == "in-domain-guidance"
     assert cfg.system.guidance.domain == "porcelain"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# threestudio's real call sites (issue 12): each test fails on the extension as it was
+def _captured_latents(ext, monkeypatch):
+    seen = []
+    real = ext.sds
+
+    def spy(latents, *a, **kw):
+        seen.append(latents.detach().clone())
+        return real(latents, *a, **kw)
+
+    monkeypatch.setattr(ext, "sds", spy)
+    return seen
+
+
+def test_rgb_as_latents_are_taken_as_latents_not_rescaled(threestudio, monkeypatch):
+    """threestudio's SD guidance only resizes latents to 64x64 (Fantasia3D geometry, Latent-NeRF, SJC); the x2-1
+    belongs to its Zero-1-to-3 guidance's images."""
+    ts, ext = threestudio
+    seen = _captured_latents(ext, monkeypatch)
+    guidance = ts.find("in-domain-guidance")({**TINY, "prompt": "a vase", "use_prompt_utils": False})
+    latents = torch.randn(1, 8, 8, 4)
+    guidance(latents, None, torch.tensor([5.0]), torch.tensor([30.0]), torch.tensor([2.0]), rgb_as_latents=True)
+    expected = torch.nn.functional.interpolate(latents.permute(0, 3, 1, 2), (64, 64), mode="bilinear",
+                                               align_corners=False)
+    assert torch.allclose(seen[0], expected)
+
+
+def test_schedules_follow_threestudios_C(threestudio):
+    """A float end step counts epochs; six or more entries are piecewise in steps (both failed before)."""
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({**TINY, "min_step_percent": 0.02,
+                                              "max_step_percent": [0, 0.98, 0.5, 4.0]})
+    guidance.do_update_step(2, 100)  # epoch 2 of 4: halfway from 0.98 to 0.5
+    assert guidance.max_step == int(0.74 * 1000)
+    guidance = ts.find("in-domain-guidance")({**TINY, "max_step_percent": [0, 0.98, 0.5, 500, 0.2, 1000]})
+    guidance.do_update_step(0, 250)
+    assert guidance.max_step == int(0.74 * 1000)
+    guidance.do_update_step(0, 750)  # second segment: halfway from 0.5 to 0.2
+    assert guidance.max_step == int(0.35 * 1000)
+
+
+def test_sqrt_anneal_as_threestudio(threestudio):
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({**TINY, "sqrt_anneal": True, "trainer_max_steps": 10000,
+                                              "min_step_percent": 0.02, "max_step_percent": 0.98})
+    guidance.do_update_step(0, 2500)  # sqrt(0.25) = 0.5: halfway from 0.98 to 0.02
+    assert guidance.min_step == guidance.max_step == int(0.5 * 1000)
+
+
+def test_perp_neg_and_unimplemented_options_are_refused_not_ignored(threestudio):
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")(dict(TINY))
+    prompt_utils = PromptUtilsDouble(torch.zeros(1, 77, 32), torch.zeros(1, 77, 32))
+    prompt_utils.use_perp_neg = True
+    batch = dict(elevation=torch.tensor([10.0]), azimuth=torch.tensor([0.0]), camera_distances=torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="Perp-Neg: set system.prompt_processor.use_perp_neg=false"):
+        guidance(torch.rand(1, 32, 32, 3), prompt_utils, **batch)
+    with pytest.raises(ValueError, match="use_img_loss=false"):
+        ts.find("in-domain-guidance")({**TINY, "use_img_loss": True})
+
+
+def test_guidance_eval_returns_threestudios_images(threestudio):
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({**TINY, "prompt": "a vase", "use_prompt_utils": False,
+                                              "max_items_eval": 1})
+    rgb = torch.rand(2, 32, 32, 3)
+    out = guidance(rgb, None, torch.tensor([5.0, 10.0]), torch.tensor([0.0, 90.0]), torch.tensor([2.0, 2.0]),
+                   guidance_eval=True)
+    ev = out["eval"]
+    assert ev["bs"] == 1 and len(ev["noise_levels"]) == 1
+    for key in ("imgs_noisy", "imgs_1step", "imgs_1orig", "imgs_final"):
+        assert ev[key].shape[0] == 1 and ev[key].shape[-1] == 3 and 0 <= ev[key].min() <= ev[key].max() <= 1
+
+
+def test_stable_diffusion_guidance_config_keys_are_accepted(threestudio):
+    """A user switching guidance_type keeps the keys of stable-diffusion-guidance: guidance_scale s maps to the
+    control weight s + 1, the memory flags are applied, the text encoder is freed (threestudio frees it)."""
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({**TINY, "guidance_scale": 7.5, "enable_attention_slicing": True,
+                                              "enable_channels_last_format": True,
+                                              "enable_memory_efficient_attention": True, "var_red": True,
+                                              "cache_dir": None, "local_files_only": False})
+    assert [t.weight for t in guidance.term.guidance.terms][-1] == 8.5
+    assert guidance.pipe.text_encoder is None
+    with pytest.raises(ValueError, match="loss_name"):
+        ts.find("in-domain-guidance")({**TINY, "loss_name": "loss_x"})
+
+
+def test_loss_sd_for_magic123_style_systems(threestudio):
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({**TINY, "prompt": "a vase", "use_prompt_utils": False,
+                                              "loss_name": "loss_sd"})
+    rgb = torch.rand(1, 32, 32, 3, requires_grad=True)
+    out = guidance(rgb, None, torch.tensor([5.0]), torch.tensor([0.0]), torch.tensor([2.0]))
+    assert "loss_sd" in out and "loss_sds" not in out
+    out["loss_sd"].backward()
+    assert rgb.grad.abs().sum() > 0

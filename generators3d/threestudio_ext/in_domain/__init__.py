@@ -6,16 +6,33 @@ start-up. Use ``guidance_type: "in-domain-guidance"`` (see ``configs/in-domain-p
 
 Interface (threestudio's ``stable-diffusion-guidance``): ``guidance(rgb [B,H,W,3], prompt_utils, elevation
 [B], azimuth [B], camera_distances [B], rgb_as_latents=False, guidance_eval=False, **kwargs)`` returns
-``loss_sds``, ``grad_norm``, ``min_step``, ``max_step``; ``update_step(epoch, global_step,
-on_load_weights=False)`` anneals the timestep range and gradient clip; ``set_min_max_steps(min, max)``.
-With ``use_prompt_utils`` (default) the text control term and the unconditional base read threestudio's
-(view-dependent) prompt embeddings; otherwise ``prompt`` is used with our own view-dependent suffixes.
+``loss_sds`` (or the name in ``loss_name``: ``loss_sd`` for Magic123-style systems, whose configs weigh
+``lambda_sd``), ``grad_norm``, ``min_step``, ``max_step`` and, with ``guidance_eval``, ``eval`` (threestudio's
+keys); ``update_step(epoch, global_step, on_load_weights=False)`` anneals the timestep range and gradient clip
+with threestudio's schedules (an integer end counts steps, a float end epochs; six or more entries are
+piecewise; ``sqrt_anneal``); ``set_min_max_steps(min, max)``. With ``use_prompt_utils`` (default) the text
+control term and the unconditional base read threestudio's (view-dependent) prompt embeddings, and the text
+encoder is freed after configure, as threestudio's guidance does; otherwise ``prompt`` is used with our own
+view-dependent suffixes. ``rgb_as_latents=True`` takes the input as SD latents, resized to 64x64 (no rescaling,
+as threestudio's SD guidance). The UNet calls run outside Lightning's autocast, in the weights' own dtype.
+
+Keys of ``stable-diffusion-guidance`` configs are accepted, so that a user can switch ``guidance_type``:
+``guidance_scale`` ``s`` is the control weight ``w = s + 1`` (threestudio's ``eps_text + s (eps_text -
+eps_uncond)``; used when ``control_weight`` is not set), ``enable_attention_slicing`` and
+``enable_channels_last_format`` are applied to every UNet, ``enable_sequential_cpu_offload`` /
+``enable_model_cpu_offload`` use the pipeline's model-level CPU offload, ``enable_memory_efficient_attention`` is
+PyTorch's scaled-dot-product attention (already the default of diffusers' attention processors), and
+``sqrt_anneal`` with ``trainer_max_steps`` anneals as threestudio does. ``use_img_loss``, ``token_merging`` and
+Perp-Neg (``prompt_processor.use_perp_neg``) are not implemented: they are refused with one sentence instead of
+being ignored.
 
 Everything numerical comes from the ``suite`` / ``generators3d`` packages: the guidance formula
 (:class:`suite.guidance.MultiGuidance`) and SDS (:func:`generators3d.sds.sds`). Nothing is copied here.
 This file is loaded by path (no package context): absolute imports only.
 """
 
+import gc
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -27,7 +44,7 @@ from threestudio.utils.base import BaseObject
 from generators3d.guidance3d import DomainSDS, rebind_control_text
 from generators3d.sds import TimestepRange, schedule_value, sds
 
-RETURN_KEYS = ("loss_sds", "grad_norm", "min_step", "max_step")
+RETURN_KEYS = ("grad_norm", "min_step", "max_step")
 
 
 @threestudio.register("in-domain-guidance")
@@ -52,6 +69,23 @@ class InDomainGuidance(BaseObject):
         min_step_percent: Any = 0.02
         max_step_percent: Any = 0.98
         half_precision_weights: bool = True
+        loss_name: str = "loss_sds"  # "loss_sd" for systems that weigh lambda_sd (Magic123's configs)
+        # keys of threestudio's stable-diffusion-guidance (see the module docstring)
+        guidance_scale: Optional[float] = None
+        enable_memory_efficient_attention: bool = False
+        enable_sequential_cpu_offload: bool = False
+        enable_model_cpu_offload: bool = False
+        enable_attention_slicing: bool = False
+        enable_channels_last_format: bool = False
+        sqrt_anneal: bool = False
+        trainer_max_steps: int = 25000
+        use_img_loss: bool = False
+        token_merging: bool = False
+        token_merging_params: Optional[dict] = field(default_factory=dict)
+        max_items_eval: int = 4
+        cache_dir: Optional[str] = None
+        local_files_only: Optional[bool] = False
+        var_red: bool = True
         extra: dict = field(default_factory=dict)
 
     cfg: Config
@@ -59,19 +93,45 @@ class InDomainGuidance(BaseObject):
     def configure(self) -> None:
         from suite.presets import build_pipeline
 
+        if self.cfg.use_img_loss:
+            raise ValueError("in-domain-guidance does not implement use_img_loss: set system.guidance.use_img_loss=false")
+        if self.cfg.token_merging:
+            raise ValueError("in-domain-guidance does not implement token merging: set "
+                             "system.guidance.token_merging=false")
+        if self.cfg.loss_name not in ("loss_sds", "loss_sd"):
+            raise ValueError(f"loss_name must be loss_sds or loss_sd, got {self.cfg.loss_name!r}")
         device = getattr(self, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = "float16" if self.cfg.half_precision_weights and torch.device(device).type == "cuda" else "float32"
         sd = None if self.cfg.preset == "tiny" else self.cfg.pretrained_model_name_or_path
         self.pipe = build_pipeline(self.cfg.preset, self.cfg.domain, sd, self.cfg.domain_model, None, False,
                                    str(device), dtype)
+        control_weight = self.cfg.control_weight
+        if control_weight is None and self.cfg.guidance_scale is not None:
+            control_weight = float(self.cfg.guidance_scale) + 1.0  # threestudio's s is our w - 1
         self.term = DomainSDS(self.pipe, self.cfg.prompt or ("an object" if self.cfg.use_prompt_utils else ""),
-                              self.cfg.domain_weight, self.cfg.control_weight, self.cfg.w0,
+                              self.cfg.domain_weight, control_weight, self.cfg.w0,
                               self.cfg.view_dependent_prompting and not self.cfg.use_prompt_utils,
                               self.cfg.weighting_strategy)
+        self._apply_memory_flags()
+        if self.cfg.use_prompt_utils:  # threestudio's prompt processor encodes the prompts: free what it frees
+            self.pipe.text_encoder = None
+            gc.collect()
         self.num_train_timesteps = len(self.pipe.scheduler.alphas_cumprod)
         self.range = TimestepRange(self.cfg.min_step_percent, self.cfg.max_step_percent, self.num_train_timesteps)
         self.grad_clip_val: Optional[float] = None
         self.set_min_max_steps()  # threestudio's default until the first update_step
+
+    def _apply_memory_flags(self) -> None:
+        unets = [m for m in (self.pipe.unet, getattr(self.pipe.domain_model, "unet", None)) if m is not None]
+        for unet in unets:
+            if self.cfg.enable_attention_slicing:
+                unet.set_attention_slice("auto")
+            if self.cfg.enable_channels_last_format:
+                unet.to(memory_format=torch.channels_last)
+        if self.cfg.enable_sequential_cpu_offload or self.cfg.enable_model_cpu_offload:
+            logging.getLogger("in_domain").info("in-domain-guidance: CPU offload moves whole models (the SD UNet, "
+                                                "the domain UNet, the VAE) to the GPU when they run")
+            self.pipe.enable_model_cpu_offload(device=str(getattr(self, "device", "cuda")))
 
     def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
         self.range.set_min_max_steps(min_step_percent, max_step_percent)
@@ -79,27 +139,59 @@ class InDomainGuidance(BaseObject):
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if self.cfg.grad_clip is not None:
-            self.grad_clip_val = schedule_value(self.cfg.grad_clip, global_step)
-        self.set_min_max_steps(schedule_value(self.cfg.min_step_percent, global_step),
-                               schedule_value(self.cfg.max_step_percent, global_step))
+            self.grad_clip_val = schedule_value(self.cfg.grad_clip, global_step, epoch)
+        lo = schedule_value(self.cfg.min_step_percent, global_step, epoch)
+        if self.cfg.sqrt_anneal:  # threestudio's: one timestep that falls from max to min with sqrt(progress)
+            top = self.cfg.max_step_percent
+            top = float(top) if isinstance(top, int | float) else float(list(top)[1])
+            percent = (top - lo) * (1 - (float(global_step) / self.cfg.trainer_max_steps) ** 0.5) + lo
+            self.set_min_max_steps(percent, percent)
+        else:
+            self.set_min_max_steps(lo, schedule_value(self.cfg.max_step_percent, global_step, epoch))
 
     def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances, rgb_as_latents=False,
                  guidance_eval=False, **kwargs):
-        if guidance_eval:
-            raise ValueError("in-domain-guidance does not implement guidance_eval: set system.freq.guidance_eval=0")
-        rgb_bchw = rgb.permute(0, 3, 1, 2)
-        if rgb_as_latents:
-            size = self.pipe.unet.config.sample_size
-            latents = F.interpolate(rgb_bchw, (size, size), mode="bilinear", align_corners=False) * 2 - 1
-        else:
-            latents = self.term.encode(rgb_bchw)
-        if prompt_utils is not None and self.cfg.use_prompt_utils:
-            embeds = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances,
-                                                      self.cfg.view_dependent_prompting)
-            cond, uncond = embeds.to(self.pipe.device, self.pipe.dtype).chunk(2)  # threestudio: cat([cond, uncond])
-            denoiser = rebind_control_text(self.term.guidance, cond, uncond)
-        else:
-            denoiser = self.term.denoiser(elevation.detach().cpu(), azimuth.detach().cpu())
-        out = sds(latents, denoiser, self.pipe.scheduler.alphas_cumprod, timesteps=self.range,
-                  weighting=self.cfg.weighting_strategy, grad_clip=self.grad_clip_val)
-        return {k: out[k] for k in RETURN_KEYS}
+        if prompt_utils is not None and getattr(prompt_utils, "use_perp_neg", False):
+            raise ValueError("in-domain-guidance does not implement Perp-Neg: set "
+                             "system.prompt_processor.use_perp_neg=false")
+        device_type = self.pipe.device.type
+        with torch.autocast(device_type=device_type, enabled=False):  # the weights' own dtype, not Lightning's
+            rgb_bchw = rgb.permute(0, 3, 1, 2).float()
+            if rgb_as_latents:  # already SD latents: resized only, as threestudio's SD guidance
+                latents = F.interpolate(rgb_bchw, (64, 64), mode="bilinear", align_corners=False)
+            else:
+                latents = self.term.encode(rgb_bchw.to(self.pipe.dtype))
+            if prompt_utils is not None and self.cfg.use_prompt_utils:
+                embeds = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances,
+                                                          self.cfg.view_dependent_prompting)
+                cond, uncond = embeds.to(self.pipe.device, self.pipe.dtype).chunk(2)  # cat([cond, uncond])
+                denoiser = rebind_control_text(self.term.guidance, cond, uncond)
+            else:
+                denoiser = self.term.denoiser(elevation.detach().cpu(), azimuth.detach().cpu())
+            out = sds(latents, denoiser, self.pipe.scheduler.alphas_cumprod, timesteps=self.range,
+                      weighting=self.cfg.weighting_strategy, grad_clip=self.grad_clip_val)
+            result = {self.cfg.loss_name: out["loss_sds"], **{k: out[k] for k in RETURN_KEYS}}
+            if guidance_eval:
+                result["eval"] = self._guidance_eval(out)
+        return result
+
+    @torch.no_grad()
+    def _guidance_eval(self, out) -> dict:
+        """threestudio's evaluation images (``bs``, ``noise_levels``, ``imgs_noisy``, ``imgs_1step``,
+        ``imgs_1orig``, ``imgs_final``; [bs, H, W, 3] in [0, 1]). ``imgs_1step`` and ``imgs_final`` are the one-step
+        prediction of the clean image: no sampling loop runs (threestudio's runs a full DDIM loop from t)."""
+        bs = min(self.cfg.max_items_eval, out["noisy"].shape[0])
+        t = out["timesteps"][:bs].cpu().long()
+        a = self.pipe.scheduler.alphas_cumprod.float()[t].view(-1, 1, 1, 1).to(out["noisy"].device)
+        z, eps = out["noisy"][:bs].float(), out["eps"][:bs].float()
+        x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
+        vae = self.pipe.vae
+        scale = vae.config.scaling_factor
+
+        def decode(lat):
+            img = vae.decode((lat / scale).to(self.pipe.dtype)).sample.float()
+            return ((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+        orig = decode(x0)
+        return {"bs": bs, "noise_levels": (1 - a.flatten()).tolist(), "imgs_noisy": decode(z),
+                "imgs_1step": orig, "imgs_1orig": orig, "imgs_final": orig}
