@@ -268,3 +268,50 @@ def test_loss_sd_for_magic123_style_systems(threestudio):
     assert "loss_sd" in out and "loss_sds" not in out
     out["loss_sd"].backward()
     assert rgb.grad.abs().sum() > 0
+
+
+def test_zero123_guidance_for_threestudios_zero123_systems(threestudio, tmp_path):
+    """Registered as a guidance for threestudio's zero123 systems, which call it without prompt_utils:
+    ``guidance(out["comp_rgb"], **batch, rgb_as_latents=False, guidance_eval=...)``. Its gradient equals our own
+    Zero-1-to-3 SDS built by hand on the same reference (composited on white), poses and random draws."""
+    import numpy as np
+    from PIL import Image
+
+    from generators3d.sds import TimestepRange, sds
+    from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
+
+    ts, _ = threestudio
+    cond = tmp_path / "cond.png"
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 16:48] = (200, 40, 40, 255)  # a red square on transparent (white after compositing)
+    Image.fromarray(rgba).save(cond)
+    guidance = ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": str(cond),
+                                                      "cond_elevation_deg": 10.0, "guidance_scale": 3.0,
+                                                      "pretrained_config": "ignored.yaml", "vram_O": False,
+                                                      "max_step_percent": [0, 0.98, 0.5, 100]})
+    guidance.do_update_step(0, 50)
+    assert guidance.max_step == int(0.74 * 1000)
+    guidance.set_min_max_steps(0.5, 0.5)
+    batch = dict(elevation=torch.tensor([10.0, 30.0]), azimuth=torch.tensor([0.0, 90.0]),
+                 camera_distances=torch.tensor([1.2, 1.2]))
+    pixels = torch.rand(2, 32, 32, 3)
+    rgb = pixels.clone().requires_grad_()
+    torch.manual_seed(0)
+    out = guidance(rgb, **batch, rgb_as_latents=False, guidance_eval=False)
+    assert set(out) == THREESTUDIO_KEYS
+    out["loss_sds"].backward()
+
+    ref = torch.from_numpy(np.asarray(Image.open(cond), np.float32) / 255.0)
+    ref = (ref[..., :3] * ref[..., 3:] + (1 - ref[..., 3:])).permute(2, 0, 1)[None]
+    zg = Zero123Guidance(load_zero123(str(tiny_zero123_dir())), ref, 10.0, 0.0, 1.2)
+    rgb2 = pixels.clone().requires_grad_()
+    torch.manual_seed(0)
+    latents = zg.encode(rgb2.permute(0, 3, 1, 2))
+    rng = TimestepRange(0.5, 0.5, len(zg.alphas_cumprod))
+    by_hand = sds(latents, zg.guidance(batch["elevation"], batch["azimuth"], batch["camera_distances"], 3.0),
+                  zg.alphas_cumprod, timesteps=rng)
+    by_hand["loss_sds"].backward()
+    assert rgb.grad.abs().sum() > 0
+    assert torch.allclose(rgb.grad, rgb2.grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="cond_image_path"):
+        ts.find("in-domain-zero123-guidance")({"preset": "tiny"})

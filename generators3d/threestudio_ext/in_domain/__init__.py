@@ -4,7 +4,9 @@ Install: ``pip install in-domain-suite[3d]`` in threestudio's environment, then 
 into threestudio's ``custom/`` (e.g. ``custom/in_domain``); threestudio loads ``custom/*/__init__.py`` at
 start-up. Use ``guidance_type: "in-domain-guidance"`` (see ``configs/in-domain-porcelain.yaml``).
 
-Interface (threestudio's ``stable-diffusion-guidance``): ``guidance(rgb [B,H,W,3], prompt_utils, elevation
+Registers ``in-domain-guidance`` and ``in-domain-zero123-guidance`` (for zero123 systems: no ``prompt_utils``).
+
+Interface of ``in-domain-guidance`` (threestudio's ``stable-diffusion-guidance``): ``guidance(rgb [B,H,W,3], prompt_utils, elevation
 [B], azimuth [B], camera_distances [B], rgb_as_latents=False, guidance_eval=False, **kwargs)`` returns
 ``loss_sds`` (or the name in ``loss_name``: ``loss_sd`` for Magic123-style systems, whose configs weigh
 ``lambda_sd``), ``grad_norm``, ``min_step``, ``max_step`` and, with ``guidance_eval``, ``eval`` (threestudio's
@@ -36,6 +38,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import threestudio
 import torch
 import torch.nn.functional as F
@@ -47,8 +50,31 @@ from generators3d.sds import TimestepRange, schedule_value, sds
 RETURN_KEYS = ("grad_norm", "min_step", "max_step")
 
 
+class _Annealed:
+    """threestudio's timestep annealing and gradient-clip schedule (shared by both guidances): ``update_step``
+    with threestudio's ``C()`` rules and ``sqrt_anneal``, ``set_min_max_steps``. Needs ``self.range`` and the
+    config fields ``grad_clip``, ``min_step_percent``, ``max_step_percent``, ``sqrt_anneal``, ``trainer_max_steps``."""
+
+    def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
+        self.range.set_min_max_steps(min_step_percent, max_step_percent)
+        self.min_step, self.max_step = self.range.min_step, self.range.max_step
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        if self.cfg.grad_clip is not None:
+            self.grad_clip_val = schedule_value(self.cfg.grad_clip, global_step, epoch)
+        lo = schedule_value(self.cfg.min_step_percent, global_step, epoch)
+        if self.cfg.sqrt_anneal:  # threestudio's: one timestep that falls from max to min with sqrt(progress)
+            top = self.cfg.max_step_percent
+            top = float(top) if isinstance(top, int | float) else float(list(top)[1])
+            percent = (top - lo) * (1 - (float(global_step) / self.cfg.trainer_max_steps) ** 0.5) + lo
+            self.set_min_max_steps(percent, percent)
+        else:
+            self.set_min_max_steps(lo, schedule_value(self.cfg.max_step_percent, global_step, epoch))
+
+
+
 @threestudio.register("in-domain-guidance")
-class InDomainGuidance(BaseObject):
+class InDomainGuidance(_Annealed, BaseObject):
     """SD1.5 unconditional + null-text domain UNet + SD1.5 text control, combined by Eq. 3, as SDS."""
 
     @dataclass
@@ -133,22 +159,6 @@ class InDomainGuidance(BaseObject):
                                                 "the domain UNet, the VAE) to the GPU when they run")
             self.pipe.enable_model_cpu_offload(device=str(getattr(self, "device", "cuda")))
 
-    def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
-        self.range.set_min_max_steps(min_step_percent, max_step_percent)
-        self.min_step, self.max_step = self.range.min_step, self.range.max_step
-
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        if self.cfg.grad_clip is not None:
-            self.grad_clip_val = schedule_value(self.cfg.grad_clip, global_step, epoch)
-        lo = schedule_value(self.cfg.min_step_percent, global_step, epoch)
-        if self.cfg.sqrt_anneal:  # threestudio's: one timestep that falls from max to min with sqrt(progress)
-            top = self.cfg.max_step_percent
-            top = float(top) if isinstance(top, int | float) else float(list(top)[1])
-            percent = (top - lo) * (1 - (float(global_step) / self.cfg.trainer_max_steps) ** 0.5) + lo
-            self.set_min_max_steps(percent, percent)
-        else:
-            self.set_min_max_steps(lo, schedule_value(self.cfg.max_step_percent, global_step, epoch))
-
     def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances, rgb_as_latents=False,
                  guidance_eval=False, **kwargs):
         if prompt_utils is not None and getattr(prompt_utils, "use_perp_neg", False):
@@ -195,3 +205,80 @@ class InDomainGuidance(BaseObject):
         orig = decode(x0)
         return {"bs": bs, "noise_levels": (1 - a.flatten()).tolist(), "imgs_noisy": decode(z),
                 "imgs_1step": orig, "imgs_1orig": orig, "imgs_final": orig}
+
+
+@threestudio.register("in-domain-zero123-guidance")
+class InDomainZero123Guidance(_Annealed, BaseObject):
+    """Zero-1-to-3 SDS for threestudio's zero123 systems (``guidance(rgb, elevation, azimuth, camera_distances,
+    rgb_as_latents=False, guidance_eval=False)``, no ``prompt_utils``), built on :mod:`suite.zero123`: a diffusers
+    Zero-1-to-3 folder or hub id (``kxic/zero123-xl``-style), or the mini world's / tiny one with ``preset``. The
+    reference view is ``cond_image_path`` (RGBA on white, as threestudio) seen from ``cond_elevation_deg``,
+    ``cond_azimuth_deg``, ``cond_camera_distance``; classifier-free guidance ``eps_u + s (eps_c - eps_u)`` with
+    ``guidance_scale`` ``s`` (threestudio's zero123 convention; one MultiGuidance term). threestudio's ``ldm``
+    checkpoint keys (``pretrained_config``, ``vram_O``) are accepted and unused."""
+
+    @dataclass
+    class Config(BaseObject.Config):
+        pretrained_model_name_or_path: str = "ashawkey/zero123-xl-diffusers"
+        preset: str = "full"  # "mini": the mini world's shipped model; "tiny": a random one (tests)
+        pretrained_config: str = ""  # threestudio's ldm config: not needed for a diffusers folder
+        vram_O: bool = True
+        cond_image_path: str = ""
+        cond_elevation_deg: float = 0.0
+        cond_azimuth_deg: float = 0.0
+        cond_camera_distance: float = 1.2
+        guidance_scale: float = 5.0
+        grad_clip: Optional[Any] = None
+        half_precision_weights: bool = False
+        min_step_percent: Any = 0.02
+        max_step_percent: Any = 0.98
+        weighting_strategy: str = "sds"
+        sqrt_anneal: bool = False
+        trainer_max_steps: int = 25000
+
+    cfg: Config
+
+    def configure(self) -> None:
+        from suite.images import load_image
+        from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
+
+        if not self.cfg.cond_image_path:
+            raise ValueError("in-domain-zero123-guidance needs system.guidance.cond_image_path (the reference view)")
+        device = getattr(self, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if self.cfg.half_precision_weights and torch.device(device).type == "cuda" \
+            else torch.float32
+        if self.cfg.preset == "tiny":
+            ref = str(tiny_zero123_dir())
+        elif self.cfg.preset == "mini":
+            from suite.miniworld.assets import default_dir
+
+            ref = str(default_dir() / "zero123")
+        else:
+            ref = self.cfg.pretrained_model_name_or_path
+        model = load_zero123(ref, device=device, dtype=dtype, flag="system.guidance.pretrained_model_name_or_path")
+        image = load_image(self.cfg.cond_image_path, "cond image")  # RGBA composited on white
+        pixels = torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None]
+        self.zero123 = Zero123Guidance(model, pixels, self.cfg.cond_elevation_deg, self.cfg.cond_azimuth_deg,
+                                       self.cfg.cond_camera_distance)
+        self.range = TimestepRange(self.cfg.min_step_percent, self.cfg.max_step_percent,
+                                   len(self.zero123.alphas_cumprod))
+        self.grad_clip_val: Optional[float] = None
+        self.set_min_max_steps()
+
+    def __call__(self, rgb, elevation, azimuth, camera_distances, rgb_as_latents=False, guidance_eval=False,
+                 **kwargs):
+        if guidance_eval:
+            raise ValueError("in-domain-zero123-guidance does not implement guidance_eval: set "
+                             "system.freq.guidance_eval=0")
+        with torch.autocast(device_type=self.zero123.model.device.type, enabled=False):
+            rgb_bchw = rgb.permute(0, 3, 1, 2).float()
+            if rgb_as_latents:  # threestudio's zero123 guidance: latents at 32x32 (a 256 px model)
+                size = self.zero123.model.image_size // 8
+                latents = F.interpolate(rgb_bchw, (size, size), mode="bilinear", align_corners=False)
+            else:
+                latents = self.zero123.encode(rgb_bchw.to(self.zero123.model.dtype))
+            denoiser = self.zero123.guidance(elevation.detach().cpu(), azimuth.detach().cpu(),
+                                             camera_distances.detach().cpu(), self.cfg.guidance_scale)
+            out = sds(latents, denoiser, self.zero123.alphas_cumprod, timesteps=self.range,
+                      weighting=self.cfg.weighting_strategy, grad_clip=self.grad_clip_val)
+        return {"loss_sds": out["loss_sds"], **{k: out[k] for k in RETURN_KEYS}}
