@@ -122,7 +122,15 @@ def check_prompt(text: str | None, what: str = "the prompt") -> str:
 
     Bytes that are not UTF-8 (a shell passing ``$'\\xff'``, a file in another encoding) arrive as lone
     surrogates; they are refused with one sentence rather than guessed at."""
-    text = "" if text is None else str(text)
+    if isinstance(text, list | tuple):  # what every diffusers user writes; silently str()-ing it would be garbage
+        if len(text) == 1:
+            text = text[0]
+        else:
+            raise UserError(f"{what} is a list of {len(text)} prompts: the in-domain pipeline takes one prompt per "
+                            f"call; call it once per prompt (num_images=N gives several images of one prompt)")
+    if text is not None and not isinstance(text, str):
+        raise UserError(f"{what} must be text, got {type(text).__name__}")
+    text = "" if text is None else text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

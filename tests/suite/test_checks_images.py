@@ -66,3 +66,13 @@ def test_output_paths_and_atomic_save(tmp_path):
         output_paths(tmp_path / "no" / "a.png", 1)
     save_image_atomic(Image.new("RGB", (3, 3), "red"), tmp_path / "a.png")
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left
+
+
+def test_prompts_are_text_and_a_list_is_not_silently_mangled(tiny_pipe):
+    from suite.checks import check_prompt
+
+    assert check_prompt("  a vase ") == "a vase" and check_prompt(None) == "" and check_prompt(["one"]) == "one"
+    with pytest.raises(UserError, match="is not valid UTF-8 text"):
+        check_prompt("a \udcff vase")
+    with pytest.raises(UserError, match="a list of 2 prompts"):
+        tiny_pipe(["a", "b"], num_inference_steps=1, output_type="latent", progress=False)
