@@ -67,9 +67,8 @@ def _check_request(cfg: ThreeDConfig) -> None:
     if cfg.mask and not cfg.image:
         raise ValueError("--mask needs --image (the mask belongs to your image)")
     resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before anything is written
-    for stage, name in ((cfg.refine, "stage 3"),):
-        check_weight(stage.domain_weight, f"the domain weight of {name}")
-        check_weight(stage.control_weight, f"the control weight of {name}")
+    check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
+    check_weight(cfg.refine.control_weight, "the control weight of stage 3")
 
 
 def _run(cfg: ThreeDConfig, out: Path, progress) -> ThreeDResult:
