@@ -198,11 +198,17 @@ GALLERY_IMAGES = """[...document.querySelectorAll('#gen-gallery img')].filter(i 
 
 def test_generate_by_clicking_shows_the_image_and_its_settings(page):
     b, _, artifacts = page
-    b.type("#gen-prompt textarea", "wearing glasses")
-    # A click that lands before the page's scripts are wired up is lost: click again if nothing arrived.
-    expr = f"(() => {{ const s = {GALLERY_IMAGES}; return s.length ? s : null }})()"
+    prompt = "#gen-prompt textarea"
+    # Typing or a click that lands before the page's scripts are wired up (hydration replaces the textarea) is
+    # lost: type again if the box lost the text, click again if no image with the prompt's caption arrived.
+    expr = (f"(() => {{ const s = {GALLERY_IMAGES}; const c = document.querySelector('#gen-gallery').innerText;"
+            f" return s.length && c.includes('wearing glasses') ? s : null }})()")
     sizes = None
     for attempt in range(3):
+        if b.eval(f"document.querySelector({json.dumps(prompt)}).value") != "wearing glasses":
+            b.eval(f"(() => {{ const t = document.querySelector({json.dumps(prompt)}); t.value = '';"
+                   f" t.dispatchEvent(new Event('input', {{bubbles: true}})); }})()")
+            b.type(prompt, "wearing glasses")
         b.click("#gen-run")
         try:
             sizes = b.wait_for(expr, 60, "the generated image in the gallery")
