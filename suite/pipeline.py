@@ -233,24 +233,36 @@ class InDomainPipeline:
                        domain_weight: float | None = None, control_weight: float | None = None,
                        control_image=None, controls: Sequence[Control] = (), height: int = 512, width: int = 512,
                        w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True,
-                       use_domain: bool = True) -> MultiGuidance:
+                       use_domain: bool = True, images_per_prompt: int = 1) -> MultiGuidance:
         """The multi-guidance denoiser for one request (reads top to bottom).
 
         ``domain_weight`` / ``control_weight``: a number, or ``None`` for automatic (``AutoWeights(w0, auto_norm)``).
         ``rectify=False`` takes the unconditional prediction from the first community model in ``controls``
-        (the customised model's own), to show what rectification fixes.
+        (the customised model's own), to show what rectification fixes. ``prompt`` (and ``negative_prompt``) may
+        be a list, one prompt per group of ``images_per_prompt`` rows of the batch (diffusers' order).
         """
         # 1. Control terms: the prompt (with the ControlNet image, if any), then the extra controls.
-        prompt = check_prompt(prompt)
-        negative_prompt = check_prompt(negative_prompt, "the negative prompt")
+        prompts = _prompt_list(prompt, "the prompt")
+        negatives = _prompt_list(negative_prompt, "the negative prompt")
+        if len(prompts) > 1 and len(negatives) not in (1, len(prompts)):
+            raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one each")
+        k = check_int(images_per_prompt, "the number of images per prompt", 1)
+
+        def rows(texts: list[str]) -> torch.Tensor:  # one embedding per prompt, repeated for its images
+            if len(texts) == 1 and len(prompts) == 1:
+                return self.encode_prompt(texts[0])
+            embeds = torch.cat([self.encode_prompt(t) for t in texts])
+            return embeds.repeat_interleave(k * (len(prompts) // len(texts)), dim=0)
         all_controls: list[Control] = []
-        if prompt or control_image is not None:
-            all_controls.append(Control(prompt=prompt or "", weight=control_weight, image=control_image, name="control"))
+        text_rows = rows(prompts) if len(prompts) > 1 else None
+        if any(prompts) or control_image is not None:
+            all_controls.append(Control(prompt=prompts[0] if text_rows is None else " | ".join(prompts),
+                                        weight=control_weight, image=control_image, name="control"))
         all_controls += [replace(c, prompt=check_prompt(c.prompt, f"the prompt of {c.name}")) for c in controls]
 
         # 2. Base (unconditional) prediction eps_0: SD1.5 with the negative prompt ("" by default).
         #    Rectification (Sec. 4.5) = the base stays SD1.5 even when a control is a customised model.
-        neg = self.encode_prompt(negative_prompt or "")
+        neg = rows(negatives) if len(prompts) > 1 else self.encode_prompt(negatives[0])
         base_unet = self.unet
         if not rectify:
             customised = [c.unet for c in all_controls if c.unet is not None]
@@ -266,7 +278,10 @@ class InDomainPipeline:
             terms.append(Term(self._sd(None, unet=domain_unet, name="domain"), domain_weight, name="domain"))
         first_text = None
         for i, c in enumerate(all_controls):
-            embeds = self.encode_prompt(c.prompt) if c.prompt else neg
+            if i == 0 and text_rows is not None and c.name == "control":
+                embeds = text_rows
+            else:
+                embeds = self.encode_prompt(c.prompt) if c.prompt else neg
             cn = None
             if c.image is not None:
                 controlnet = c.controlnet or self.controlnet
@@ -333,9 +348,13 @@ class InDomainPipeline:
         device, dtype = self.device, self.dtype
         generator = generator if generator is not None else seeded_generator(seed)
 
-        # 2. The guidance: one denoiser built from SD1.5, the domain model and the controls.
+        # 2. The guidance: one denoiser built from SD1.5, the domain model and the controls. A list of prompts
+        #    gives num_images images per prompt, in diffusers' order.
+        n_prompts = len(prompt) if isinstance(prompt, list | tuple) else 1
+        images_per_prompt, num_images = num_images, num_images * n_prompts
         if guidance is None:
             guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt,
+                                           images_per_prompt=images_per_prompt,
                                            domain_weight=domain_weight, control_weight=control_weight,
                                            control_image=control_image, controls=controls, height=height,
                                            width=width, w0=w0, auto_norm=auto_norm, rectify=rectify,
@@ -393,3 +412,12 @@ class InDomainPipeline:
         images = self.image_processor.postprocess(decoded, output_type=output_type,
                                                   do_denormalize=[True] * decoded.shape[0])
         return InDomainOutput(images=images, latents=latents, weights=weights)
+
+
+def _prompt_list(prompt, what: str) -> list[str]:
+    """A prompt, or a list of prompts, as a checked list (one item for a single prompt)."""
+    if isinstance(prompt, list | tuple):
+        if not prompt:
+            raise ValueError(f"{what} is an empty list: give at least one prompt")
+        return [check_prompt(p, f"{what} {i + 1}") for i, p in enumerate(prompt)]
+    return [check_prompt(prompt, what)]

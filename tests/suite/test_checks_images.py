@@ -75,4 +75,6 @@ def test_prompts_are_text_and_a_list_is_not_silently_mangled(tiny_pipe):
     with pytest.raises(UserError, match="is not valid UTF-8 text"):
         check_prompt("a \udcff vase")
     with pytest.raises(UserError, match="a list of 2 prompts"):
-        tiny_pipe(["a", "b"], num_inference_steps=1, output_type="latent", progress=False)
+        check_prompt(["a", "b"])  # where one prompt is expected (the CLI, 3D); the pipeline takes lists
+    out = tiny_pipe(["a", "b"], num_inference_steps=1, output_type="latent", progress=False)
+    assert out.latents.shape[0] == 2

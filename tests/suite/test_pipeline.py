@@ -32,6 +32,19 @@ def test_single_text_term_equals_diffusers(tiny_pipe, w):
     assert np.abs(ours - theirs).max() <= 1e-5
 
 
+def test_a_list_of_prompts_equals_diffusers(tiny_pipe):
+    """What every diffusers user writes: a list of prompts, several images each, per-prompt negative prompts."""
+    prompts, negatives = ["a photo of a face", "a vase"], ["glasses", "the face"]
+    ours = tiny_pipe(prompts, negative_prompt=negatives, domain_weight=0.0, control_weight=6.0, num_images=2,
+                     num_inference_steps=8, seed=4, output_type="np", progress=False).images
+    ref = diffusers_sd(tiny_pipe)
+    theirs = ref(prompts, negative_prompt=negatives, guidance_scale=6.0, num_images_per_prompt=2,
+                 num_inference_steps=8, generator=torch.Generator().manual_seed(4), output_type="np").images
+    assert ours.shape == theirs.shape == (4, 64, 64, 3)
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert np.abs(ours[0] - ours[2]).max() > 1e-3  # the two prompts differ
+
+
 def test_negative_prompt_equals_diffusers(tiny_pipe):
     ours = tiny_pipe("a vase", negative_prompt="the face", domain_weight=0.0, control_weight=5.0,
                      num_inference_steps=8, seed=1, output_type="np", progress=False).images
