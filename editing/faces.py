@@ -266,9 +266,10 @@ class DlibFaceDetector:
         self.last_timings = {"detect": 0.0, "landmarks": 0.0}  # seconds of the last call
 
     def _boxes(self, rgb: np.ndarray, max_side: int, detect) -> list[tuple[float, float, float, float, float]]:
+        cv2 = _cv2()
         h, w = rgb.shape[:2]
         s = min(1.0, max_side / max(h, w))
-        small = _cv2().resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=_cv2().INTER_AREA) \
+        small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
             if s < 1 else rgb
         return [(r[0] / s, r[1] / s, r[2] / s, r[3] / s, r[4]) for r in detect(np.ascontiguousarray(small))]
 

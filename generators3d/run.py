@@ -45,17 +45,18 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     from suite.files import check_writable_dir, output_lock, remove_leftovers
 
     cfg = config.resolved()
-    _check_request(cfg)
+    prompt, domain = _check_request(cfg)
     out = check_writable_dir(Path(cfg.output))
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
     with output_lock(out):
         remove_leftovers(out, recursive=True)
-        return _run(cfg, out, progress)
+        return _run(cfg, out, prompt, domain, progress)
 
 
-def _check_request(cfg: ThreeDConfig) -> None:
-    """Everything that can be checked before the output folder is touched or a model loads."""
+def _check_request(cfg: ThreeDConfig) -> tuple:
+    """Everything that can be checked before the output folder is touched or a model loads; returns the clean
+    prompt and the :class:`suite.domains.Domain`."""
     from suite.checks import check_prompt, check_weight
     from suite.presets import resolve_domain
 
@@ -66,22 +67,20 @@ def _check_request(cfg: ThreeDConfig) -> None:
         raise ValueError(f"the prompt is {len(prompt)} characters long: keep it under 75 CLIP tokens (one sentence)")
     if cfg.mask and not cfg.image:
         raise ValueError("--mask needs --image (the mask belongs to your image)")
-    resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before anything is written
+    domain = resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before any writing
     check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")
+    return prompt, domain
 
 
-def _run(cfg: ThreeDConfig, out: Path, progress) -> ThreeDResult:
-    from suite.checks import check_prompt
+def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress) -> ThreeDResult:
     from suite.images import load_image, save_image_atomic
-    from suite.presets import resolve_device, resolve_domain
+    from suite.presets import resolve_device
 
     from .mask import foreground_mask, load_mask, reference_view
     from .nerf import Background, make_field
     from .stage import SDSTerm, load_checkpoint, save_checkpoint, train_stage
 
-    prompt = check_prompt(cfg.prompt)
-    domain = resolve_domain(cfg.domain, cfg.domain_model)
     device, dtype = resolve_device(cfg.device, cfg.dtype)
     report = _Reporter(progress)
 

@@ -23,9 +23,7 @@ def _where(err: BaseException) -> str:
 
 def explain(err: BaseException) -> str | None:
     """One sentence for an expected failure, or ``None`` for a bug (show the traceback)."""
-    from .checks import UserError
-
-    if isinstance(err, UserError | ValueError | FileNotFoundError | NotADirectoryError) and str(err).strip():
+    if isinstance(err, ValueError | FileNotFoundError | NotADirectoryError) and str(err).strip():  # UserError too
         return str(err).strip()
     try:
         from .models import ModelLoadError

@@ -197,3 +197,16 @@ def save_sd_folder(folder: Path, unet, vae, text_encoder, tokenizer, dtype=torch
     pipe.save_pretrained(folder, safe_serialization=True)
     pipe.to(dtype=torch.float32)
 
+
+def run_chunks(fn, jobs: list, workers: int = 2) -> list:
+    """``[fn(job) for job in jobs]``, in this process (``workers <= 1``: no start-up, torch's thread count kept)
+    or over a pool of ``workers`` spawned processes (the renderers of the mini world's data sets)."""
+    import multiprocessing as mp
+
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        parts = [fn(j) for j in jobs]
+        torch.set_num_threads(threads)
+        return parts
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return pool.map(fn, jobs)

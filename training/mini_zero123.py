@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import multiprocessing as mp
 import time
 
 import numpy as np
@@ -65,13 +64,9 @@ def render_pairs(n_objects: int, targets: int, seed: int, workers: int = 2) -> d
     (elevation, azimuth in degrees)."""
     chunk = 100
     jobs = [(seed * 100003 + i, min(chunk, n_objects - i * chunk), targets) for i in range(math.ceil(n_objects / chunk))]
-    if workers <= 1:
-        threads = torch.get_num_threads()
-        parts = [_pair_chunk(j) for j in jobs]
-        torch.set_num_threads(threads)
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            parts = pool.map(_pair_chunk, jobs)
+    from .mini_models import run_chunks
+
+    parts = run_chunks(_pair_chunk, jobs, workers)
     return dict(images=np.concatenate([p[0] for p in parts]), poses=np.concatenate([p[1] for p in parts]))
 
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import math
-import multiprocessing as mp
 import shutil
 import sys
 import time
@@ -38,6 +37,7 @@ from .mini_models import (
     encode_latents,
     make_tokenizer,
     psnr,
+    run_chunks,
     save_sd_folder,
     to_tensor,
     train_base,
@@ -77,13 +77,7 @@ def render_set(kind: str, n: int, seed: int, workers: int = 2) -> dict:
     ``labels [n, 4]`` (shape, colour, pattern, porcelain indices)."""
     chunk = 250
     jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk)) for i in range(math.ceil(n / chunk))]
-    if workers <= 1:  # in this process (no worker start-up)
-        threads = torch.get_num_threads()
-        parts = [_render_chunk(j) for j in jobs]
-        torch.set_num_threads(threads)
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            parts = pool.map(_render_chunk, jobs)
+    parts = run_chunks(_render_chunk, jobs, workers)
     return dict(images=np.concatenate([p[0] for p in parts]), captions=sum((p[1] for p in parts), []),
                 labels=np.array(sum((p[2] for p in parts), []), dtype=np.int64))
 
