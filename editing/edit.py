@@ -134,17 +134,19 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     timings["align"] = time.perf_counter() - t
 
     # 4. SDEdit each crop through the core pipeline's start-image path (encode -> noise -> denoise -> decode).
+    from suite.pipeline import quiet, report_steps
+
     edited, weights = [], []
     for k, crop in enumerate(crops):
         def on_step(i, n, k=k):
             report("denoise", i, n, {"crop": k, "crops": len(crops)})
 
         t = time.perf_counter()
-        with _VaeTimer(pipe.vae) as vae_time:
+        with _VaeTimer(pipe.vae) as vae_time, quiet(pipe):
             out = pipe(prompt or None, negative_prompt=negative_prompt or None, image=Image.fromarray(crop),
                        strength=strength, domain_weight=domain_weight, control_weight=control_weight,
-                       num_images=num_images, num_inference_steps=steps, seed=seed + k, w0=w0,
-                       auto_norm=auto_norm, output_type="np", progress=False, callback=on_step)
+                       num_images_per_prompt=num_images, num_inference_steps=steps, seed=seed + k, w0=w0,
+                       auto_norm=auto_norm, output_type="np", callback_on_step_end=report_steps(on_step))
         timings["encode"] += vae_time.encode
         timings["decode"] += vae_time.decode
         timings["denoise"] += time.perf_counter() - t - vae_time.encode - vae_time.decode

@@ -125,10 +125,13 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress) -> ThreeDR
         if cfg.image:
             image = load_image(cfg.image, "input image")
         else:
+            from suite.pipeline import quiet, report_steps
+
             report.start("image", cfg.image_steps)
-            gen = pipe(prompt + cfg.background_prompt, domain_weight=domain.domain_weight,
-                       control_weight=domain.control_weight, num_inference_steps=cfg.image_steps, seed=cfg.seed,
-                       progress=False, callback=lambda i, n: report.update("image", i, n, {}))
+            with quiet(pipe):
+                gen = pipe(prompt + cfg.background_prompt, domain_weight=domain.domain_weight,
+                           control_weight=domain.control_weight, num_inference_steps=cfg.image_steps, seed=cfg.seed,
+                           callback_on_step_end=report_steps(lambda i, n: report.update("image", i, n, {})))
             image = gen.images[0]
             report.end("image")
         mask = load_mask(cfg.mask, image.size) if cfg.mask else foreground_mask(image, cfg.mask_method)

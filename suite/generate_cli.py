@@ -66,7 +66,7 @@ def main(args) -> int:
     domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
     out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=domain_weight,
                control_weight=control_weight, control_image=control_image, controls=controls,
-               num_images=args.num_images, num_inference_steps=DEFAULT_STEPS if args.steps is None else args.steps, seed=args.seed,
+               num_images_per_prompt=args.num_images, num_inference_steps=DEFAULT_STEPS if args.steps is None else args.steps, seed=args.seed,
                height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
                rectify=not args.no_rectify)
 

@@ -33,6 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+# ModelMixin must be a name of this module: diffusers looks a component's base class up in the component's module
+from diffusers import ModelMixin, UNet2DConditionModel  # noqa: F401
 from torch import nn
 
 from .files import atomic_path, write_text_atomic
@@ -178,6 +181,8 @@ def convert_to_nulltext(unet: nn.Module, E: dict[str, torch.Tensor] | None = Non
             fixed.E.copy_(E[name].reshape(1, 1, dim))
         block.attn2 = fixed.to(p.device, p.dtype)
         block.norm2 = nn.Identity()
+    if type(unet) is UNet2DConditionModel:
+        unet.__class__ = NullTextUNet  # what it now is: diffusers saves and reloads it as one
     return unet
 
 
@@ -188,8 +193,6 @@ def count_parameters(module: nn.Module) -> int:
 def parameter_counts(config: dict | None = None) -> dict[str, int]:
     """Parameters of the full UNet and of its null-text version for ``config`` (default: SD1.5's),
     built on the meta device (no memory, no download). Also the number of converted layers."""
-    from diffusers import UNet2DConditionModel
-
     with torch.device("meta"):
         unet = UNet2DConditionModel(**(config or SD15_UNET_CONFIG))
     full = count_parameters(unet)
@@ -210,12 +213,73 @@ class DomainMetadata:
     extra: dict = field(default_factory=dict)
 
 
+def load_nulltext_unet(folder: str | os.PathLike) -> NullTextUNet:
+    """Load a domain model folder strictly: every weight and every ``E`` must be present, nothing extra, and
+    ``E`` non-zero. The metadata (``nulltext.json``) goes to ``unet.metadata``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
+        if not (folder / name).is_file():
+            raise ValueError(f"domain model folder {str(folder)!r} has no {name}: it is incomplete; "
+                             f"train it again or copy the whole folder")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    unet = NullTextUNet.from_config(config)
+    unet.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+    check_E(unet, f"the domain model in {str(folder)!r}")
+    unet.metadata = DomainMetadata(**{k: meta[k] for k in DomainMetadata.__dataclass_fields__ if k in meta})
+    return unet.eval()
+
+
+class NullTextUNet(UNet2DConditionModel):
+    """A SD1.5-type UNet whose cross-attention layers are the fixed ``E`` (Eq. 5): the domain UNet.
+
+    It is a diffusers ``UNet2DConditionModel`` that diffusers can save and load as a pipeline component
+    (``InDomainPipeline.domain_unet``): ``from_config`` builds the converted architecture, ``from_pretrained``
+    loads a domain model folder (or its hub id) strictly through :func:`load_nulltext_unet`, and
+    ``save_pretrained`` writes the folder with :class:`DomainModel`'s format (refusing an ``E`` never captured).
+    ``metadata`` is its :class:`DomainMetadata` (domain name, prompt, base model, training steps).
+    """
+
+    metadata: DomainMetadata | None = None
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        convert_to_nulltext(out[0] if return_unused_kwargs else out)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, torch_dtype=None,
+                        cache_dir=None, local_files_only: bool | None = None, revision=None, token=None,
+                        **ignored) -> NullTextUNet:
+        """A domain model folder, or a hub id (only its ``*.json`` and ``*.safetensors`` files are fetched).
+        Diffusers' other loading options (device maps, variants) do not apply and are ignored."""
+        folder = Path(os.path.expanduser(str(pretrained_model_name_or_path))) / (subfolder or "")
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            prefix = f"{subfolder}/" if subfolder else ""
+            root = snapshot_download(str(pretrained_model_name_or_path), cache_dir=cache_dir, revision=revision,
+                                     token=token, local_files_only=bool(local_files_only),
+                                     allow_patterns=[f"{prefix}*.json", f"{prefix}*.safetensors"])
+            folder = Path(root) / (subfolder or "")
+        unet = load_nulltext_unet(folder)
+        return unet.to(dtype=torch_dtype) if torch_dtype not in (None, unet.dtype) else unet
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **ignored) -> Path:
+        return DomainModel(self, self.metadata or DomainMetadata(domain="")).save_pretrained(save_directory)
+
+
 class DomainModel:
     """A null-text domain UNet and its metadata. ``unet`` is called with ``encoder_hidden_states=None``."""
 
     def __init__(self, unet: nn.Module, metadata: DomainMetadata):
         self.unet = unet
         self.metadata = metadata
+        unet.metadata = metadata
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``config.json``, the weights and ``nulltext.json`` into ``folder``, each file atomically
@@ -226,8 +290,7 @@ class DomainModel:
         check_E(self.unet, "the domain model to save")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in dict(self.unet.config).items()}
-        write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2, default=list))
+        write_text_atomic(folder / CONFIG_FILE, self.unet.to_json_string())
         state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
         with atomic_path(folder / WEIGHTS_FILE) as tmp:
             save_file(state, tmp, metadata={"format": FORMAT})
@@ -236,28 +299,11 @@ class DomainModel:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device=None, dtype=None) -> DomainModel:
-        """Load strictly: every weight and every ``E`` must be present, nothing extra, and ``E`` non-zero."""
-        from diffusers import UNet2DConditionModel
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
-            if not (folder / name).is_file():
-                raise ValueError(f"domain model folder {str(folder)!r} has no {name}: it is incomplete; "
-                                 f"train it again or copy the whole folder")
-        config = json.loads((folder / CONFIG_FILE).read_text())
-        meta = json.loads((folder / METADATA_FILE).read_text())
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-        unet = UNet2DConditionModel.from_config(config)
-        convert_to_nulltext(unet)
-        state = load_file(str(folder / WEIGHTS_FILE))
-        unet.load_state_dict(state, strict=True)
-        check_E(unet, f"the domain model in {str(folder)!r}")
-        unet.eval()
+        """Load strictly (see :func:`load_nulltext_unet`)."""
+        unet = load_nulltext_unet(folder)
         if device is not None or dtype is not None:
             unet.to(device=device, dtype=dtype)
-        known = {k: meta[k] for k in DomainMetadata.__dataclass_fields__ if k in meta}
-        return cls(unet, DomainMetadata(**known))
+        return cls(unet, unet.metadata)
 
 
 def make_domain_model(unet: nn.Module, text_encoder, tokenizer, prompt: str, domain: str, base_model: str = "",

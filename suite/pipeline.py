@@ -11,22 +11,32 @@ Default steps: 25 DPM-Solver++ steps (the authors' released example; DPM-Solver+
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from diffusers import DiffusionPipeline, StableDiffusionMixin
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .checks import check_int, check_prompt, check_range, check_weight
+from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain
 from .files import atomic_dir
 from .guidance import AutoWeights, MultiGuidance, Term
+from .nulltext import NullTextUNet
 from .text import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -57,10 +67,13 @@ class Control:
 
 
 @dataclass
-class InDomainOutput:
-    images: list
-    latents: torch.Tensor
-    weights: dict = field(default_factory=dict)
+class InDomainOutput(BaseOutput):
+    """``images`` (PIL images, or an array for ``output_type="np"``; empty for ``"latent"``), the final
+    ``latents``, and the guidance ``weights`` used (name -> weight; the automatic ones as resolved)."""
+
+    images: list | np.ndarray
+    latents: torch.Tensor | None = None
+    weights: dict | None = None
 
 
 def seeded_generator(seed: int | None, device="cpu") -> torch.Generator:
@@ -72,29 +85,77 @@ def seeded_generator(seed: int | None, device="cpu") -> torch.Generator:
     return gen
 
 
-class InDomainPipeline:
-    """SD1.5 components + an optional null-text domain model + an optional ControlNet.
+# model_index.json names the class as [module file, class]: that is how DiffusionPipeline.from_pretrained finds a
+# class diffusers does not ship (with trust_remote_code=True, which runs SHIM_FILE). InDomainPipeline.from_pretrained
+# never runs it (see _dict_from_json_file).
+SHIM_FILE = "pipeline.py"
+SHIM = (
+    "# Lets diffusers' DiffusionPipeline.from_pretrained(this_folder, trust_remote_code=True) find the pipeline class.\n"
+    "# Needs the in-domain-suite package installed. InDomainPipeline.from_pretrained(this_folder) never runs this file.\n"
+    "from suite.pipeline import InDomainPipeline  # noqa: F401\n"
+)
+
+
+class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin,
+                       StableDiffusionLoraLoaderMixin):
+    """SD1.5 components + an optional null-text domain UNet + optional ControlNet and community UNets, as a
+    diffusers ``DiffusionPipeline``.
 
     ``pipe(prompt, ...)`` samples with ``(1 - w_d - w_c) eps_sd + w_d eps_d + w_c eps_c`` (Sec. 3.4).
+    Components (registered with diffusers, so ``save_pretrained``/``from_pretrained``, ``.to``, CPU offload,
+    the progress bar, LoRA and textual-inversion loading work as for any diffusers pipeline): ``vae``,
+    ``text_encoder``, ``tokenizer``, ``unet``, ``scheduler``, ``domain_unet`` (a
+    :class:`suite.nulltext.NullTextUNet`, with its ``E`` and metadata), ``controlnet`` and ``community_unets``
+    (a :class:`suite.components.UNetCollection`; pass a dict ``name -> UNet``). ``domain`` (a
+    :class:`suite.domains.Domain`) is saved in the config.
     """
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, domain_model=None, controlnet=None,
-                 domain: Domain | None = None, community_unets: dict | None = None):
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.unet = unet
-        self.scheduler = scheduler
-        self.domain_model = domain_model
-        self.controlnet = controlnet
-        self.domain = domain
-        self.community_unets = dict(community_unets or {})
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        from diffusers.image_processor import VaeImageProcessor
+    model_cpu_offload_seq = "text_encoder->unet->vae"  # the domain UNet and ControlNet alternate with the UNet
+    _optional_components = ["text_encoder", "tokenizer", "domain_unet", "controlnet", "community_unets"]
+    _callback_tensor_inputs = ["latents"]
 
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, domain_unet=None, controlnet=None,
+                 community_unets=None, domain: Domain | dict | None = None):
+        super().__init__()
+        if isinstance(community_unets, dict):
+            community_unets = UNetCollection.of(community_unets) if community_unets else None
+        if domain_unet is not None and not isinstance(domain_unet, NullTextUNet):
+            raise ValueError("domain_unet must be a null-text domain UNet (suite.nulltext.NullTextUNet): load it "
+                             "with suite.models.load_domain_model or NullTextUNet.from_pretrained")
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler, domain_unet=domain_unet, controlnet=controlnet,
+                              community_unets=community_unets)
+        self.domain = domain
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.control_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor,
                                                          do_convert_rgb=True, do_normalize=False)
+        self._interrupt = False
+
+    @property
+    def domain(self) -> Domain | None:
+        return self.__dict__.get("_domain")
+
+    @domain.setter
+    def domain(self, value: Domain | dict | None) -> None:
+        if isinstance(value, dict):
+            value = Domain(**value)
+        self.__dict__["_domain"] = value
+        self.register_to_config(domain=asdict(value) if value is not None else None)
+
+    @property
+    def community(self) -> dict[str, torch.nn.Module]:
+        """The community UNets by name (empty when there are none)."""
+        return self.community_unets.as_dict() if self.community_unets is not None else {}
+
+    @property
+    def interrupt(self) -> bool:
+        """Set by ``pipe._interrupt = True`` in a ``callback_on_step_end``: the remaining steps are skipped."""
+        return self._interrupt
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
 
     # ----------------------------------------------------------------------------------------------
     # loading and saving
@@ -102,111 +163,103 @@ class InDomainPipeline:
     def load(cls, sd_model: str, domain_model: str | None = None, controlnet: str | None = None,
              domain: Domain | None = None, community: dict[str, str] | None = None,
              device="cpu", dtype=torch.float32) -> InDomainPipeline:
-        """Load every part through :mod:`suite.models` (local folders or hub ids)."""
+        """Load every part from its own reference (local folder or hub id) through :mod:`suite.models`, with one
+        sentence naming the flag to fix when a part cannot be read (what the CLI and the app use)."""
         from . import models
 
         parts = models.load_sd(sd_model, device=device, dtype=dtype)
         dm = models.load_domain_model(domain_model, device=device, dtype=dtype) if domain_model else None
         cn = models.load_controlnet(controlnet, device=device, dtype=dtype) if controlnet else None
         extra = {name: models.load_unet(ref, device=device, dtype=dtype) for name, ref in (community or {}).items()}
-        return cls(**parts, domain_model=dm, controlnet=cn, domain=domain, community_unets=extra)
+        return cls(**parts, domain_unet=dm.unet if dm is not None else None, controlnet=cn, domain=domain,
+                   community_unets=extra or None)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device="cpu", dtype=torch.float32) -> InDomainPipeline:
-        """Load a bundle written by :meth:`save_pretrained`."""
-        folder = Path(folder)
-        info = json.loads((folder / "bundle.json").read_text())
-        domain = Domain(**info["domain"]) if info.get("domain") else None
-        community = {name: str(folder / "community" / name) for name in info.get("community", [])}
-        return cls.load(
-            str(folder / "sd"),
-            domain_model=str(folder / "domain") if info.get("has_domain_model") else None,
-            controlnet=str(folder / "controlnet") if info.get("has_controlnet") else None,
-            domain=domain, community=community, device=device, dtype=dtype,
-        )
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> InDomainPipeline:
+        """diffusers' ``from_pretrained`` for a folder written by :meth:`save_pretrained` or its hub id (only
+        ``*.json``, ``*.txt`` and ``*.safetensors`` files are fetched: weights are read from safetensors only).
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the whole bundle (``sd/``, ``domain/``, ``controlnet/``, ``community/<name>/``, ``bundle.json``)
-        to a temporary sibling folder, then rename it into place."""
-        from dataclasses import asdict
-
-        from diffusers import StableDiffusionPipeline
-
-        with atomic_dir(folder) as tmp:
-            StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                    unet=self.unet, scheduler=self.scheduler, safety_checker=None,
-                                    feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp / "sd")
-            if self.domain_model is not None:
-                self.domain_model.save_pretrained(tmp / "domain")
-            if self.controlnet is not None:
-                self.controlnet.save_pretrained(tmp / "controlnet")
-            for name, unet in self.community_unets.items():
-                unet.save_pretrained(tmp / "community" / name)
-            info = {"has_domain_model": self.domain_model is not None, "has_controlnet": self.controlnet is not None,
-                    "community": sorted(self.community_unets),
-                    "domain": asdict(self.domain) if self.domain else None}
-            (tmp / "bundle.json").write_text(json.dumps(info, indent=2))
-        return Path(folder)
-
-    def to(self, device=None, dtype=None) -> InDomainPipeline:
-        for m in self._modules():
-            m.to(device=device, dtype=dtype)
-        return self
-
-    def enable_model_cpu_offload(self, device="cuda") -> InDomainPipeline:
-        """Keep every model on the CPU and move each one to ``device`` only while it runs (the others go back).
-
-        For GPUs too small for SD1.5 + the domain UNet + a ControlNet at once (diffusers' method of the same
-        name, adapted to multi-guidance, where the SD and domain UNets alternate every step). Slower: weights
-        cross the bus at every switch.
+        A folder in the format used before this class was a diffusers pipeline (``bundle.json``) still loads,
+        with a warning that ``pipe.save_pretrained(NEW_FOLDER)`` converts it. ``device=`` places the result.
         """
-        device = torch.device(device)
-        modules = self._modules()
-        for m in modules:
-            m.to("cpu")
-        for hook in getattr(self, "_offload_hooks", []):
-            hook.remove()
+        from .models import resolve
 
-        def pre_hook(module, args, kwargs):
-            self._activate(module)
-            moved = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-            kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-            return moved, kw
+        device = kwargs.pop("device", None)
+        ref, local = resolve(pretrained_model_name_or_path, "in-domain pipeline", "the folder or hub id")
+        path = Path(ref)
+        bundle = read_bundle(path) if local else None
+        if not local:
+            from huggingface_hub import snapshot_download
 
-        self._offload_hooks = [m.register_forward_pre_hook(pre_hook, with_kwargs=True) for m in modules]
-        self._execution_device = device
+            path = Path(snapshot_download(ref, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
+                                          token=kwargs.get("token"), local_files_only=bool(kwargs.get("local_files_only")),
+                                          allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        if bundle is not None:
+            log.warning("%s is an InDomainPipeline folder in the old format (bundle.json): it loads, but convert it "
+                        "with InDomainPipeline.from_pretrained(old).save_pretrained(NEW_FOLDER)", path)
+            domain = Domain(**bundle["domain"]) if bundle["domain"] else None
+            pipe = cls.load(bundle["sd"], domain_model=bundle["domain_model"], controlnet=bundle["controlnet"],
+                            domain=domain, community=bundle["community"],
+                            dtype=kwargs.get("torch_dtype") or torch.float32)
+        else:
+            kwargs.setdefault("use_safetensors", True)
+            pipe = super().from_pretrained(str(path), **kwargs)
+        for m in pipe.components.values():
+            if isinstance(m, torch.nn.Module):
+                m.eval().requires_grad_(False)
+        return pipe.to(device) if device is not None else pipe
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """model_index.json names this class as ``[module file, class]`` for DiffusionPipeline; loaded through this
+        class itself, the name is enough, and no file from the folder is run."""
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        if isinstance(name, list | tuple) and len(name) == 2 and name[1] == InDomainPipeline.__name__:
+            config["_class_name"] = name[1]
+        return config
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> Path:
+        """diffusers' ``save_pretrained`` (``model_index.json`` + one sub-folder per component, safetensors),
+        written to a temporary sibling folder and renamed into place. The folder loads with
+        ``InDomainPipeline.from_pretrained(folder)``, and with
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` (diffusers then runs the folder's
+        two-line ``pipeline.py``, which imports this class)."""
+        kwargs.setdefault("safe_serialization", True)
+        with atomic_dir(save_directory) as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            index = json.loads((tmp / "model_index.json").read_text())
+            index["_class_name"] = [Path(SHIM_FILE).stem, InDomainPipeline.__name__]
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            (tmp / SHIM_FILE).write_text(SHIM)
+        return Path(save_directory)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
+        """diffusers' model offload: every model rests on the CPU and moves to ``device`` when it runs. The text
+        encoder, UNet and VAE follow each other (``model_cpu_offload_seq``); the domain UNet, ControlNet and
+        community UNets, which run at every step beside the UNet, each get their own hook (as diffusers treats a
+        ControlNet) and go back to the CPU when sampling ends. For GPUs that cannot hold the UNets of one step at
+        once, ``enable_sequential_cpu_offload`` moves weights layer by layer instead."""
+        super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+        collection = self.community_unets
+        if collection is not None:  # the container is never called: hook each of its UNets instead
+            from accelerate import cpu_offload_with_hook
+
+            for hook in [h for h in self._all_hooks if h.model is collection]:
+                hook.remove()
+                self._all_hooks.remove(hook)
+            for unet in collection.unets.values():
+                self._all_hooks.append(cpu_offload_with_hook(unet, self._offload_device)[1])
         return self
-
-    def _activate(self, module) -> None:
-        """With CPU offload: move ``module`` to the execution device and every other model to the CPU."""
-        device = getattr(self, "_execution_device", None)
-        if device is None:
-            return
-        for other in self._modules():
-            if other is not module and next(other.parameters()).device.type != "cpu":
-                other.to("cpu")
-        module.to(device)
-
-    def _modules(self):
-        mods = [m for m in (self.vae, self.text_encoder, self.unet) if m is not None]  # a freed text encoder
-        if self.domain_model is not None:
-            mods.append(self.domain_model.unet)
-        if self.controlnet is not None:
-            mods.append(self.controlnet)
-        return mods + list(self.community_unets.values())
-
-    @property
-    def device(self) -> torch.device:
-        """Where sampling runs (with CPU offload: the execution device, not where weights rest)."""
-        return getattr(self, "_execution_device", None) or next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
 
     # ----------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        return encode_prompts(self.tokenizer, self.text_encoder, [prompt], device=self.device, dtype=self.dtype)
+        """CLIP features ``[1, 77, D]`` of one prompt (textual-inversion tokens expanded, as diffusers does)."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("this pipeline has no text encoder (it was freed): pass prompt_embeds instead of a prompt")
+        prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
+        return encode_prompts(self.tokenizer, self.text_encoder, [prompt], device=self._execution_device,
+                              dtype=self.unet.dtype)
 
     def _sd(self, prompt_embeds, unet=None, control: ControlNetInput | None = None, name="sd") -> UNetDenoiser:
         unet = unet if unet is not None else self.unet
@@ -216,79 +269,96 @@ class InDomainPipeline:
 
     def prepare_control_image(self, image, height: int, width: int) -> torch.Tensor:
         """A ControlNet conditioning image as ``[1, 3, H, W]`` in [0, 1] at the output size."""
+        device, dtype = self._execution_device, self.unet.dtype
         if isinstance(image, torch.Tensor):
             img = image if image.ndim == 4 else image.unsqueeze(0)
             if img.shape[-2:] != (height, width):
                 img = torch.nn.functional.interpolate(img.float(), size=(height, width), mode="bilinear")
-            return img.to(self.device, self.dtype)
+            return img.to(device, dtype)
         w, h = image.size
         if abs(math.log((w / h) / (width / height))) > 0.05:
             raise ValueError(
                 f"the control image is {w}x{h} but the output is {width}x{height}: their aspect ratios differ; "
                 f"crop the control image or pass --width/--height matching it"
             )
-        return self.control_image_processor.preprocess(image, height=height, width=width).to(self.device, self.dtype)
+        return self.control_image_processor.preprocess(image, height=height, width=width).to(device, dtype)
 
-    def build_guidance(self, *, prompt: str | None = None, negative_prompt: str | None = None,
-                       domain_weight: float | None = None, control_weight: float | None = None,
-                       control_image=None, controls: Sequence[Control] = (), height: int = 512, width: int = 512,
-                       w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True,
-                       use_domain: bool = True, images_per_prompt: int = 1) -> MultiGuidance:
+    def _text_rows(self, texts: list[str] | None, embeds: torch.Tensor | None, n_prompts: int, per_prompt: int,
+                   what: str) -> torch.Tensor:
+        """Text features for the batch: ``[1, 77, D]`` when one prompt serves every image, else one row per image
+        (diffusers' order: ``per_prompt`` images of prompt 1, then of prompt 2, ...). From ``texts`` (1 or
+        ``n_prompts`` prompts) or from precomputed ``embeds`` (1 or ``n_prompts`` rows)."""
+        if embeds is not None:
+            if embeds.ndim != 3 or embeds.shape[0] not in (1, n_prompts):
+                raise ValueError(f"{what} must be [1 or {n_prompts}, tokens, dim] (one row per prompt), "
+                                 f"got {tuple(embeds.shape)}")
+            rows = embeds.to(self._execution_device, self.unet.dtype)
+        elif len(texts) == 1:
+            rows = self.encode_prompt(texts[0])
+        else:
+            rows = torch.cat([self.encode_prompt(t) for t in texts])
+        if rows.shape[0] == 1:
+            return rows
+        return rows.repeat_interleave(per_prompt, dim=0)
+
+    def build_guidance(self, *, prompt: str | list[str] | None = None,
+                       negative_prompt: str | list[str] | None = None, prompt_embeds: torch.Tensor | None = None,
+                       negative_prompt_embeds: torch.Tensor | None = None, domain_weight: float | None = None,
+                       control_weight: float | None = None, control_image=None, controls: Sequence[Control] = (),
+                       height: int = 512, width: int = 512, w0: float = 7.0, auto_norm: str = "direction",
+                       rectify: bool = True, use_domain: bool = True, images_per_prompt: int = 1) -> MultiGuidance:
         """The multi-guidance denoiser for one request (reads top to bottom).
 
         ``domain_weight`` / ``control_weight``: a number, or ``None`` for automatic (``AutoWeights(w0, auto_norm)``).
         ``rectify=False`` takes the unconditional prediction from the first community model in ``controls``
         (the customised model's own), to show what rectification fixes. ``prompt`` (and ``negative_prompt``) may
-        be a list, one prompt per group of ``images_per_prompt`` rows of the batch (diffusers' order).
+        be a list, one prompt per group of ``images_per_prompt`` rows of the batch (diffusers' order);
+        ``prompt_embeds`` / ``negative_prompt_embeds`` replace the encoded prompts (one row per prompt).
         """
-        # 1. Control terms: the prompt (with the ControlNet image, if any), then the extra controls.
-        prompts = _prompt_list(prompt, "the prompt")
-        negatives = _prompt_list(negative_prompt, "the negative prompt")
-        if len(prompts) > 1 and len(negatives) not in (1, len(prompts)):
-            raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one each")
+        # 1. The prompt term's text features (a list of prompts gives one row per image), then the negative ones.
         k = check_int(images_per_prompt, "the number of images per prompt", 1)
-
-        def rows(texts: list[str]) -> torch.Tensor:  # one embedding per prompt, repeated for its images
-            if len(texts) == 1 and len(prompts) == 1:
-                return self.encode_prompt(texts[0])
-            embeds = torch.cat([self.encode_prompt(t) for t in texts])
-            return embeds.repeat_interleave(k * (len(prompts) // len(texts)), dim=0)
-        all_controls: list[Control] = []
-        text_rows = rows(prompts) if len(prompts) > 1 else None
-        if any(prompts) or control_image is not None:
-            all_controls.append(Control(prompt=prompts[0] if text_rows is None else " | ".join(prompts),
-                                        weight=control_weight, image=control_image, name="control"))
-        all_controls += [replace(c, prompt=check_prompt(c.prompt, f"the prompt of {c.name}")) for c in controls]
+        if prompt_embeds is not None and prompt is not None and prompt != "":
+            raise ValueError("give a prompt or prompt_embeds, not both")
+        if negative_prompt_embeds is not None and negative_prompt is not None and negative_prompt != "":
+            raise ValueError("give a negative prompt or negative_prompt_embeds, not both")
+        prompts = None if prompt_embeds is not None else _prompt_list(prompt, "the prompt")
+        n = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        negatives = None if negative_prompt_embeds is not None else _prompt_list(negative_prompt, "the negative prompt")
+        if negatives is not None and len(negatives) not in (1, n):
+            raise ValueError(f"{len(negatives)} negative prompts for {n} prompts: give one, or one each")
+        has_text = prompt_embeds is not None or any(prompts)
+        text = self._text_rows(prompts, prompt_embeds, n, k, "prompt_embeds") if has_text else None
+        neg = self._text_rows(negatives, negative_prompt_embeds, n, k, "negative_prompt_embeds")
+        if text is not None and neg.shape[0] != text.shape[0] and 1 not in (neg.shape[0], text.shape[0]):
+            raise ValueError("prompt_embeds and negative_prompt_embeds must have the same number of rows")
+        extra = [replace(c, prompt=check_prompt(c.prompt, f"the prompt of {c.name}")) for c in controls]
 
         # 2. Base (unconditional) prediction eps_0: SD1.5 with the negative prompt ("" by default).
         #    Rectification (Sec. 4.5) = the base stays SD1.5 even when a control is a customised model.
-        neg = rows(negatives) if len(prompts) > 1 else self.encode_prompt(negatives[0])
         base_unet = self.unet
         if not rectify:
-            customised = [c.unet for c in all_controls if c.unet is not None]
+            customised = [c.unet for c in extra if c.unet is not None]
             if customised:
                 base_unet = customised[0]
         base = self._sd(neg, unet=base_unet, name="uncond")
 
-        # 3. Terms: domain guidance (null-text domain UNet, no text), then control guidance.
+        # 3. Terms: domain guidance (null-text domain UNet, no text), then control guidance: the prompt (with the
+        #    ControlNet image, if any), then the extra controls.
         terms: list[Term] = []
-        if use_domain and self.domain_model is not None and (domain_weight is None or domain_weight != 0):
-            domain_unet = self.domain_model.unet
+        if use_domain and self.domain_unet is not None and (domain_weight is None or domain_weight != 0):
             # same parameterisation as SD1.5 (a v-prediction base gives a v-prediction domain model)
-            terms.append(Term(self._sd(None, unet=domain_unet, name="domain"), domain_weight, name="domain"))
+            terms.append(Term(self._sd(None, unet=self.domain_unet, name="domain"), domain_weight, name="domain"))
         first_text = None
-        for i, c in enumerate(all_controls):
-            if i == 0 and text_rows is not None and c.name == "control":
-                embeds = text_rows
-            else:
-                embeds = self.encode_prompt(c.prompt) if c.prompt else neg
-            cn = None
-            if c.image is not None:
-                controlnet = c.controlnet or self.controlnet
-                if controlnet is None:
-                    raise ValueError("a control image needs a ControlNet: pass --controlnet FOLDER_OR_HUB_ID")
-                cn = ControlNetInput(controlnet, self.prepare_control_image(c.image, height, width),
-                                     c.conditioning_scale)
+        if text is not None or control_image is not None:
+            den = self._sd(text if text is not None else neg, control=self._controlnet_input(control_image, None, 1.0,
+                                                                                            height, width),
+                           name="control")
+            if text is not None and control_image is None:
+                first_text = den
+            terms.append(Term(den, control_weight, name="control"))
+        for i, c in enumerate(extra):
+            embeds = self.encode_prompt(c.prompt) if c.prompt else neg
+            cn = self._controlnet_input(c.image, c.controlnet, c.conditioning_scale, height, width)
             den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}")
             if first_text is None and c.prompt and c.unet is None and cn is None:
                 first_text = den
@@ -303,12 +373,20 @@ class InDomainPipeline:
                 if first_text is not None:
                     reference = first_text
                 else:
-                    ref_prompt = self.domain.prompt if self.domain else (
-                        self.domain_model.metadata.prompt if self.domain_model is not None else "")
-                    ref_prompt = ref_prompt or next((c.prompt for c in all_controls if c.prompt), "")
+                    metadata = getattr(self.domain_unet, "metadata", None)
+                    ref_prompt = self.domain.prompt if self.domain else (metadata.prompt if metadata else "")
+                    ref_prompt = ref_prompt or next((c.prompt for c in extra if c.prompt), "")
                     reference = self._sd(self.encode_prompt(ref_prompt), name="reference")
             auto = AutoWeights(w0=w0, norm=auto_norm, reference=reference)
         return MultiGuidance(base, terms, auto)
+
+    def _controlnet_input(self, image, controlnet, scale: float, height: int, width: int) -> ControlNetInput | None:
+        if image is None:
+            return None
+        controlnet = controlnet or self.controlnet
+        if controlnet is None:
+            raise ValueError("a control image needs a ControlNet: pass --controlnet FOLDER_OR_HUB_ID")
+        return ControlNetInput(controlnet, self.prepare_control_image(image, height, width), scale)
 
     def _epsilon_sampler(self):
         """The scheduler for the denoising loop, configured for epsilon (the guidance's output)."""
@@ -318,25 +396,43 @@ class InDomainPipeline:
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | None = None, *, negative_prompt: str | None = None,
+    def __call__(self, prompt: str | list[str] | None = None, *, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int = DEFAULT_STEPS,
+                 negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
                  domain_weight: float | None = None, control_weight: float | None = None, control_image=None,
-                 controls: Sequence[Control] = (), image=None, strength: float = 0.8, num_images: int = 1,
-                 num_inference_steps: int = DEFAULT_STEPS, seed: int | None = None,
-                 generator: torch.Generator | None = None, height: int | None = None, width: int | None = None,
+                 controls: Sequence[Control] = (), image=None, strength: float = 0.8, seed: int | None = None,
                  w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True, use_domain: bool = True,
-                 guidance=None, output_type: str = "pil", progress: bool = True,
-                 callback: Callable[[int, int], None] | None = None) -> InDomainOutput:
-        """Sample ``num_images`` images. With ``image`` (a start image) this is SDEdit: the image's latent is
-        noised to the step that ``strength`` selects (0 = unchanged, 1 = from pure noise) and denoised by the
-        same loop. ``guidance`` replaces the default multi-guidance with any denoiser (e.g. a custom one)."""
+                 guidance=None) -> InDomainOutput | tuple:
+        """Sample ``num_images_per_prompt`` images per prompt. diffusers' arguments mean what they mean in
+        ``StableDiffusionPipeline``; the guidance weights replace ``guidance_scale``.
+
+        With ``image`` (a start image) this is SDEdit: the image's latent is noised to the step that ``strength``
+        selects (0 = unchanged, 1 = from pure noise) and denoised by the same loop. ``guidance`` replaces the
+        default multi-guidance with any denoiser (e.g. a custom one). ``seed`` is a shortcut for ``generator``.
+        ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` may return new latents, and may stop
+        sampling with ``pipe._interrupt = True`` (the latents so far are decoded).
+        """
         # 1. Check inputs (one clear sentence each).
         steps = check_int(num_inference_steps, "the number of steps", minimum=1)
-        num_images = check_int(num_images, "the number of images", minimum=1)
+        per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1)
         strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
         for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight"), (w0, "w0")):
             check_weight(value, what)
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, "
+                             f"not {unknown}: the prompts live in the guidance terms")
         if image is not None and not isinstance(image, list | tuple):
             image = [image]
+        if image is not None and latents is not None:
+            raise ValueError("latents are the starting noise of text-to-image; with a start image (SDEdit) the "
+                             "noise comes from the generator: drop one of them")
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
             width, height = image[0].size
         native = self.unet.config.sample_size * self.vae_scale_factor
@@ -345,16 +441,19 @@ class InDomainPipeline:
         m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
         if height % m or width % m:
             raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
-        device, dtype = self.device, self.dtype
+        device, dtype = self._execution_device, self.unet.dtype
         generator = generator if generator is not None else seeded_generator(seed)
 
         # 2. The guidance: one denoiser built from SD1.5, the domain model and the controls. A list of prompts
-        #    gives num_images images per prompt, in diffusers' order.
-        n_prompts = len(prompt) if isinstance(prompt, list | tuple) else 1
-        images_per_prompt, num_images = num_images, num_images * n_prompts
+        #    gives num_images_per_prompt images per prompt, in diffusers' order.
+        if prompt_embeds is not None:
+            n_prompts = prompt_embeds.shape[0]
+        else:
+            n_prompts = len(prompt) if isinstance(prompt, list | tuple) else 1
+        num_images = per_prompt * n_prompts
         if guidance is None:
-            guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt,
-                                           images_per_prompt=images_per_prompt,
+            guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                                           negative_prompt_embeds=negative_prompt_embeds, images_per_prompt=per_prompt,
                                            domain_weight=domain_weight, control_weight=control_weight,
                                            control_image=control_image, controls=controls, height=height,
                                            width=width, w0=w0, auto_norm=auto_norm, rectify=rectify,
@@ -371,17 +470,19 @@ class InDomainPipeline:
         latent_shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
                         width // self.vae_scale_factor)
 
-        # 4. Initial latents: noise, or the start image's latent noised to the first timestep (SDEdit).
-        from diffusers.utils.torch_utils import randn_tensor
-
+        # 4. Initial latents: noise (or the given latents), or the start image's latent noised to the first
+        #    timestep (SDEdit).
         if image is None:
-            latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
-            latents = latents * sampler.init_noise_sigma
+            if latents is None:
+                latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+            elif tuple(latents.shape) != latent_shape:
+                raise ValueError(f"latents must have shape {latent_shape} for {num_images} image(s) of "
+                                 f"{width}x{height}, got {tuple(latents.shape)}")
+            latents = latents.to(device, dtype) * sampler.init_noise_sigma
         else:
             pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
             if pixels.shape[0] not in (1, num_images):
                 raise ValueError(f"got {pixels.shape[0]} start images for {num_images} outputs: give 1 or {num_images}")
-            self._activate(self.vae)
             init = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
             if init.shape[0] == 1 and num_images > 1:
                 init = init.repeat(num_images, 1, 1, 1)  # one encoding shared by all outputs, as diffusers does
@@ -394,24 +495,52 @@ class InDomainPipeline:
             latents = sampler.add_noise(init, noise, timesteps[:1].repeat(num_images)) if len(timesteps) else init
 
         # 5. Denoising loop: one multi-guidance prediction per step, then the scheduler's update.
-        from tqdm.auto import tqdm
-
-        for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
-            model_input = sampler.scale_model_input(latents, t)
-            eps = guidance(model_input, t)
-            latents = sampler.step(eps, t, latents, return_dict=False)[0]
-            if callback is not None:
-                callback(i + 1, len(timesteps))
+        self._interrupt = False
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                eps = guidance(sampler.scale_model_input(latents, t), t)
+                latents = sampler.step(eps, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    available = {"latents": latents}
+                    outputs = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
 
         # 6. Decode.
         weights = guidance.weights_used() if isinstance(guidance, MultiGuidance) else {}
         if output_type == "latent":
-            return InDomainOutput(images=[], latents=latents, weights=weights)
-        self._activate(self.vae)
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        images = self.image_processor.postprocess(decoded, output_type=output_type,
-                                                  do_denormalize=[True] * decoded.shape[0])
+            images = []
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type,
+                                                      do_denormalize=[True] * decoded.shape[0])
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, latents, weights
         return InDomainOutput(images=images, latents=latents, weights=weights)
+
+
+@contextlib.contextmanager
+def quiet(pipe):
+    """Within: no diffusers progress bar on ``pipe`` (the caller reports progress itself); restored after."""
+    saved = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**saved, "disable": True})
+    try:
+        yield pipe
+    finally:
+        pipe._progress_bar_config = saved
+
+
+def report_steps(report) -> callable:
+    """A ``callback_on_step_end`` that calls ``report(step, total)`` after each step (1-based) and changes nothing."""
+    def callback(pipe, i, t, tensors):
+        report(i + 1, pipe.num_timesteps)
+        return {}
+
+    return callback
 
 
 def _prompt_list(prompt, what: str) -> list[str]:

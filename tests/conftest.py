@@ -33,5 +33,7 @@ def tiny_pipe(tiny_dir):
     from suite.domains import FACE
     from suite.pipeline import InDomainPipeline
 
-    return InDomainPipeline.load(str(tiny_dir / "sd"), domain_model=str(tiny_dir / "domain-face"),
+    pipe = InDomainPipeline.load(str(tiny_dir / "sd"), domain_model=str(tiny_dir / "domain-face"),
                                  controlnet=str(tiny_dir / "controlnet"), domain=FACE)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -151,8 +151,8 @@ def test_bad_input_gives_one_sentence_and_leaves_nothing(files, capsys, name, ar
 
 def test_whitespace_prompt_is_the_empty_prompt(tiny_pipe):
     """A prompt of only spaces used to become a control term that set every automatic weight to 0."""
-    a = tiny_pipe("   ", num_inference_steps=2, seed=0, output_type="latent", progress=False)
-    b = tiny_pipe("", num_inference_steps=2, seed=0, output_type="latent", progress=False)
+    a = tiny_pipe("   ", num_inference_steps=2, seed=0, output_type="latent")
+    b = tiny_pipe("", num_inference_steps=2, seed=0, output_type="latent")
     assert a.weights == b.weights and b.weights["domain"] != 0
     assert (a.latents == b.latents).all()
 

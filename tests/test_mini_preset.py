@@ -34,8 +34,7 @@ def judge():
 def _alignment(pipe, judge, **kw):
     imgs = []
     for i, (c, s) in enumerate(PROMPTS):
-        imgs += pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=15,
-                     progress=False, **kw).images
+        imgs += pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=15, **kw).images
     pred = judge.predict(assets.images_to_tensor(imgs))
     shape = np.mean([p == s for p, (_, s) in zip(pred["shape"], PROMPTS)])
     colour = np.mean([p == c for p, (c, _) in zip(pred["colour"], PROMPTS)])
@@ -59,7 +58,7 @@ def test_base_follows_the_text_and_random_weights_do_not(mini_pipe, judge):
 
 def test_domain_model_makes_porcelain_and_keeps_the_shape(mini_pipe, judge):
     dom_w, ctl_w = mini_pipe.domain.domain_weight, mini_pipe.domain.control_weight  # the preset's recommended
-    kw = dict(num_images=4, seed=0, num_inference_steps=15, progress=False)
+    kw = dict(num_images_per_prompt=4, seed=0, num_inference_steps=15)
     base = mini_pipe(None, use_domain=False, **kw).images
     dom = mini_pipe(None, domain_weight=dom_w, **kw).images
     assert sum(judge.predict(assets.images_to_tensor(base))["porcelain"]) == 0
@@ -70,7 +69,7 @@ def test_domain_model_makes_porcelain_and_keeps_the_shape(mini_pipe, judge):
 
 
 def test_unknown_words_are_fine(mini_pipe):
-    out = mini_pipe("a teapot with dragons", num_images=1, seed=0, num_inference_steps=4, progress=False)
+    out = mini_pipe("a teapot with dragons", num_images_per_prompt=1, seed=0, num_inference_steps=4)
     assert np.asarray(out.images[0]).std() > 5  # an image, no crash
 
 

@@ -18,7 +18,6 @@ def sample_validation(config, accelerator, sd_unet, vae, scheduler, uncond, unet
     from suite.denoisers import UNetDenoiser
     from suite.guidance import MultiGuidance, Term
     from suite.images import save_image_atomic
-    from suite.nulltext import DomainMetadata, DomainModel
     from suite.pipeline import InDomainPipeline
 
     model = accelerator.unwrap_model(unet)
@@ -27,13 +26,13 @@ def sample_validation(config, accelerator, sd_unet, vae, scheduler, uncond, unet
         ema.copy_to(model)
     was_training = model.training
     model.eval()
-    pipe = InDomainPipeline(vae, None, None, sd_unet, scheduler,
-                            domain_model=DomainModel(model, DomainMetadata(domain=config.domain)))
+    pipe = InDomainPipeline(vae, None, None, sd_unet, scheduler, domain_unet=model)
+    pipe.set_progress_bar_config(disable=True)
     guidance = MultiGuidance(UNetDenoiser(sd_unet, uncond, name="uncond"),
                              [Term(UNetDenoiser(model, None, name="domain"), config.validation_domain_weight, "domain")])
     with torch.no_grad(), accelerator.autocast():
-        out = pipe(guidance=guidance, num_images=config.validation_images, seed=config.seed,
-                   num_inference_steps=config.validation_inference_steps, progress=False,
+        out = pipe(guidance=guidance, num_images_per_prompt=config.validation_images, seed=config.seed,
+                   num_inference_steps=config.validation_inference_steps,
                    height=config.resolution, width=config.resolution)
     model.train(was_training)
     w, h = out.images[0].size

@@ -159,7 +159,7 @@ def run(config: Config, output: str | Path, threads: int | None = None) -> dict:
     shape_prompts = [(s, None) for s in shapes]
     colour_prompts = [(s, c) for s in shapes for c in assets.OUT_OF_DOMAIN_COLOURS] if config.colour_prompts else []
     k = config.images_per_prompt
-    base_kw = dict(num_inference_steps=config.sample_steps, progress=False)
+    base_kw = dict(num_inference_steps=config.sample_steps)
 
     def text(s, c, porcelain_word):
         return f"a photo of a {'porcelain ' if porcelain_word else ''}{c + ' ' if c else ''}{s}"
@@ -167,7 +167,7 @@ def run(config: Config, output: str | Path, threads: int | None = None) -> dict:
     def sample(prompts, make_call):
         imgs, weights = [], []
         for i, (s, c) in enumerate(prompts):
-            res = make_call(s, c, dict(base_kw, num_images=k, seed=config.seed + 17 * i))
+            res = make_call(s, c, dict(base_kw, num_images_per_prompt=k, seed=config.seed + 17 * i))
             imgs += res.images
             weights.append(res.weights)
         return assets.images_to_tensor(imgs), weights
@@ -185,7 +185,7 @@ def run(config: Config, output: str | Path, threads: int | None = None) -> dict:
         methods[f"fine-tuning@{n} + rect."] = (
             lambda s, c, kw, ctl=ctl: pipe(None, controls=ctl(s, c), use_domain=False, rectify=True, **kw),
             None, nparams(unet))
-    dom_params = nparams(pipe.domain_model.unet) + nparams(pipe.unet)
+    dom_params = nparams(pipe.domain_unet) + nparams(pipe.unet)
     methods["ours (auto)"] = (lambda s, c, kw: pipe(text(s, c, False), **kw), lambda kw: pipe(None, **kw), dom_params)
     for wd, wc in config.fixed_weights:
         methods[f"ours w_d={wd:g} w_c={wc:g}"] = (
@@ -218,7 +218,7 @@ def run(config: Config, output: str | Path, threads: int | None = None) -> dict:
             uimgs = []
             for i in range(0, config.uncond_images, 8):
                 n = min(8, config.uncond_images - i)
-                uimgs += uncall(dict(base_kw, num_images=n, seed=config.seed + 1000 + i)).images
+                uimgs += uncall(dict(base_kw, num_images_per_prompt=n, seed=config.seed + 1000 + i)).images
             u = assets.images_to_tensor(uimgs)
             row.uncond_domain = sum(judge.predict(u)["porcelain"]) / len(u)
             feat = judge.embed(u).numpy()
@@ -240,7 +240,7 @@ def _no_rect_guidance(pipe, prompt: str, wc: float):
     """``eps_d + w_c (eps_sd(c) - eps_d)``: the domain model supplies the unconditional prediction."""
     from suite.guidance import MultiGuidance, Term
 
-    base = pipe._sd(None, unet=pipe.domain_model.unet, name="domain-as-uncond")
+    base = pipe._sd(None, unet=pipe.domain_unet, name="domain-as-uncond")
     control = pipe._sd(pipe.encode_prompt(prompt), name="control")
     return MultiGuidance(base, [Term(control, wc, name="control")])
 

@@ -106,14 +106,13 @@ def main(argv=None) -> int:
     # Generation.
     pipe = build_pipeline("mini")
     colours = list(W.COLOURS)
-    rows = [[pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=20,
-                  progress=False).images[0] for i, c in enumerate(colours)] for s in W.SHAPES]
+    rows = [[pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=20).images[0] for i, c in enumerate(colours)] for s in W.SHAPES]
     save_image_atomic(_tile_grid(rows, list(W.SHAPES), colours), out / "generate.png")
     rec = dict(domain_weight=pipe.domain.domain_weight, control_weight=pipe.domain.control_weight)
     for name, weights in (("in-domain.png", rec), ("in-domain-auto.png", {})):
-        rows = [pipe(f"a photo of a {s}", num_images=6, seed=0, num_inference_steps=20, progress=False, **weights)
+        rows = [pipe(f"a photo of a {s}", num_images_per_prompt=6, seed=0, num_inference_steps=20, **weights)
                 .images for s in W.SHAPES]
-        rows.append(pipe(None, num_images=6, seed=0, num_inference_steps=20, progress=False,
+        rows.append(pipe(None, num_images_per_prompt=6, seed=0, num_inference_steps=20,
                          domain_weight=weights.get("domain_weight")).images)
         save_image_atomic(_tile_grid(rows, [f'"a {s}"' for s in W.SHAPES] + ["(no prompt)"]), out / name)
 
@@ -121,7 +120,7 @@ def main(argv=None) -> int:
     rows = []
     for i, (s, c) in enumerate((("vase", "red"), ("bowl", "green"), ("cup", "yellow"), ("bottle", "purple"))):
         src = _pil(render_view(W.make_object(s, c, "stripes", rng=rng), 15.0, 30.0).rgb[0])
-        rows.append([src] + [pipe(None, image=src, strength=st, seed=i, num_inference_steps=20, progress=False,
+        rows.append([src] + [pipe(None, image=src, strength=st, seed=i, num_inference_steps=20,
                                   domain_weight=rec["domain_weight"]).images[0] for st in (0.5, 0.7, 0.9)])
     save_image_atomic(_tile_grid(rows, ["vase", "bowl", "cup", "bottle"], ["input", "0.5", "0.7", "0.9"]),
                       out / "edit.png")

@@ -77,13 +77,15 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
 
     # 2. Load (or reuse) the models; one job per model at a time.
     report("loading models", 0, 1, {})
+    from ..pipeline import quiet, report_steps
+
     pipe, lock = cache.get(req.domain, need_controlnet=control is not None)
-    with lock:
+    with lock, quiet(pipe):  # progress goes to the app's bar
         # 3. Sample with the same call as `launch.py generate`.
         out = pipe(req.prompt or None, negative_prompt=req.negative_prompt or None,
                    domain_weight=req.domain_weight, control_weight=req.control_weight, control_image=control,
-                   num_images=num, num_inference_steps=steps, seed=seed, progress=False,
-                   callback=lambda i, n: report("sampling", i, n, {}))
+                   num_images_per_prompt=num, num_inference_steps=steps, seed=seed,
+                   callback_on_step_end=report_steps(lambda i, n: report("sampling", i, n, {})))
 
     # 4. Save images and the settings that made them.
     folder = new_run_dir(cfg, "generate")

@@ -154,7 +154,8 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
     root = Path(folder) if folder is not None else default_dir()
     judge = load(root / JUDGE_FILE)
     pipe = InDomainPipeline.load(str(root / "sd"), domain_model=str(root / "domain-porcelain"))
-    kw = dict(num_images=images_per_prompt, num_inference_steps=steps, progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_images_per_prompt=images_per_prompt, num_inference_steps=steps)
 
     def run(prompts, **extra):
         imgs = []

@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("cv2")
 from editing import EditResult, edit_photo
 from editing.align import face_region
-from suite.pipeline import InDomainPipeline
+from suite.pipeline import InDomainPipeline, report_steps
 
 from .common import FixedDetector, face_at, photo_array
 
@@ -40,7 +40,7 @@ def test_sdedit_equals_diffusers_img2img(parts, scheduler_name):
     start = Image.fromarray(photo_array(64, 64, seed=4))
     steps_run = []
     a = ours("a photo of a face wearing glasses", image=start, strength=0.7, control_weight=7.5, num_inference_steps=4,
-             seed=3, output_type="np", progress=False, callback=lambda i, n: steps_run.append(n)).images
+             seed=3, output_type="np", callback_on_step_end=report_steps(lambda i, n: steps_run.append(n))).images
     b = theirs("a photo of a face wearing glasses", image=start, strength=0.7, guidance_scale=7.5,
                num_inference_steps=4, generator=torch.Generator().manual_seed(3), output_type="np").images
     assert steps_run and steps_run[0] == int(4 * 0.7)  # the same start step as img2img: 2 of 4 steps
@@ -70,6 +70,9 @@ class IdentityVAE(torch.nn.Module):
         super().__init__()
         self.config = SimpleNamespace(block_out_channels=(4,), scaling_factor=1.0, latent_channels=4)
 
+    device = property(lambda self: torch.device("cpu"))  # what diffusers reads of a pipeline's models
+    dtype = property(lambda self: torch.float32)
+
     def encode(self, x):
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -96,7 +99,7 @@ def test_strength_zero_returns_the_photo(parts):
 def test_strength_zero_with_tiny_vae_is_its_round_trip(parts, pipe):
     # With the random tiny VAE, strength 0 returns decode(encode(crop)): the VAE's own round trip, nothing more.
     start = Image.fromarray(photo_array(64, 64, seed=7))
-    out = pipe("", image=start, strength=0.0, seed=1, output_type="np", progress=False).images[0]
+    out = pipe("", image=start, strength=0.0, seed=1, output_type="np").images[0]
     px = pipe.image_processor.preprocess(start)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():

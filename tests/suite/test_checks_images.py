@@ -76,5 +76,5 @@ def test_prompts_are_text_and_a_list_is_not_silently_mangled(tiny_pipe):
         check_prompt("a \udcff vase")
     with pytest.raises(UserError, match="a list of 2 prompts"):
         check_prompt(["a", "b"])  # where one prompt is expected (the CLI, 3D); the pipeline takes lists
-    out = tiny_pipe(["a", "b"], num_inference_steps=1, output_type="latent", progress=False)
+    out = tiny_pipe(["a", "b"], num_inference_steps=1, output_type="latent")
     assert out.latents.shape[0] == 2

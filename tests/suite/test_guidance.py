@@ -173,12 +173,11 @@ def test_analytic_gaussian_combination_and_sampling(tiny_pipe):
     z = torch.randn(3, 4, 8, 8)
     t = torch.tensor([50, 400, 900])
     assert torch.allclose(mg(z, t), target(z, t), atol=1e-6)
-    out = tiny_pipe(guidance=mg, num_images=64, num_inference_steps=25, seed=0, output_type="latent", progress=False)
+    out = tiny_pipe(guidance=mg, num_images_per_prompt=64, num_inference_steps=25, seed=0, output_type="latent")
     a_T = alphas[tiny_pipe.scheduler.timesteps[0]].item()
     x = out.latents
     assert abs(x.mean().item() - w * mu * (1 - math.sqrt(a_T))) < 0.01
     assert abs(x.std().item() - 1.0) < 0.03
     # and with the base alone: N(0, 1)
-    x0 = tiny_pipe(guidance=base, num_images=64, num_inference_steps=25, seed=0, output_type="latent",
-                   progress=False).latents
+    x0 = tiny_pipe(guidance=base, num_images_per_prompt=64, num_inference_steps=25, seed=0, output_type="latent").latents
     assert abs(x0.mean().item()) < 0.01 and math.isclose(x0.std().item(), 1.0, abs_tol=0.03)

@@ -190,10 +190,10 @@ def test_save_load_round_trip_and_pipeline(parts, tmp_path):
     assert torch.equal(a, b)
 
     pipe = InDomainPipeline.load(str(tiny_model_dir() / "sd"), domain_model=str(folder))
-    with_domain = pipe(num_images=1, seed=0, num_inference_steps=3, height=32, width=32, domain_weight=3.0,
-                       output_type="pt", progress=False)
-    without = pipe(num_images=1, seed=0, num_inference_steps=3, height=32, width=32, use_domain=False,
-                   output_type="pt", progress=False)
+    with_domain = pipe(num_images_per_prompt=1, seed=0, num_inference_steps=3, height=32, width=32, domain_weight=3.0,
+                       output_type="pt")
+    without = pipe(num_images_per_prompt=1, seed=0, num_inference_steps=3, height=32, width=32, use_domain=False,
+                   output_type="pt")
     assert with_domain.images.shape == (1, 3, 32, 32)
     assert torch.isfinite(with_domain.images).all()
     assert (with_domain.latents - without.latents).abs().max() > 1e-3  # the domain term is in the guidance

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from suite.pipeline import Control, InDomainPipeline
+from suite.pipeline import Control
 
 
 def diffusers_sd(pipe):
@@ -23,8 +23,8 @@ def diffusers_sd(pipe):
 
 @pytest.mark.parametrize("w", [1.0, 7.5])
 def test_single_text_term_equals_diffusers(tiny_pipe, w):
-    ours = tiny_pipe("a photo of a face wearing glasses", domain_weight=0.0, control_weight=w, num_images=2,
-                     num_inference_steps=12, seed=3, output_type="np", progress=False).images
+    ours = tiny_pipe("a photo of a face wearing glasses", domain_weight=0.0, control_weight=w, num_images_per_prompt=2,
+                     num_inference_steps=12, seed=3, output_type="np").images
     ref = diffusers_sd(tiny_pipe)
     theirs = ref("a photo of a face wearing glasses", guidance_scale=w, num_images_per_prompt=2,
                  num_inference_steps=12, generator=torch.Generator().manual_seed(3), output_type="np").images
@@ -35,8 +35,8 @@ def test_single_text_term_equals_diffusers(tiny_pipe, w):
 def test_a_list_of_prompts_equals_diffusers(tiny_pipe):
     """What every diffusers user writes: a list of prompts, several images each, per-prompt negative prompts."""
     prompts, negatives = ["a photo of a face", "a vase"], ["glasses", "the face"]
-    ours = tiny_pipe(prompts, negative_prompt=negatives, domain_weight=0.0, control_weight=6.0, num_images=2,
-                     num_inference_steps=8, seed=4, output_type="np", progress=False).images
+    ours = tiny_pipe(prompts, negative_prompt=negatives, domain_weight=0.0, control_weight=6.0, num_images_per_prompt=2,
+                     num_inference_steps=8, seed=4, output_type="np").images
     ref = diffusers_sd(tiny_pipe)
     theirs = ref(prompts, negative_prompt=negatives, guidance_scale=6.0, num_images_per_prompt=2,
                  num_inference_steps=8, generator=torch.Generator().manual_seed(4), output_type="np").images
@@ -47,7 +47,7 @@ def test_a_list_of_prompts_equals_diffusers(tiny_pipe):
 
 def test_negative_prompt_equals_diffusers(tiny_pipe):
     ours = tiny_pipe("a vase", negative_prompt="the face", domain_weight=0.0, control_weight=5.0,
-                     num_inference_steps=8, seed=1, output_type="np", progress=False).images
+                     num_inference_steps=8, seed=1, output_type="np").images
     ref = diffusers_sd(tiny_pipe)
     theirs = ref("a vase", negative_prompt="the face", guidance_scale=5.0, num_inference_steps=8,
                  generator=torch.Generator().manual_seed(1), output_type="np").images
@@ -55,7 +55,7 @@ def test_negative_prompt_equals_diffusers(tiny_pipe):
 
 
 def test_seeds_reproduce_and_differ(tiny_pipe):
-    kw = dict(num_inference_steps=5, output_type="np", progress=False)
+    kw = dict(num_inference_steps=5, output_type="np")
     a = tiny_pipe("wearing glasses", seed=7, **kw).images
     b = tiny_pipe("wearing glasses", seed=7, **kw).images
     c = tiny_pipe("wearing glasses", seed=8, **kw).images
@@ -64,11 +64,11 @@ def test_seeds_reproduce_and_differ(tiny_pipe):
 
 
 def test_unconditional_in_domain_uses_domain_term_with_auto_weight(tiny_pipe):
-    out = tiny_pipe(None, num_inference_steps=4, seed=0, output_type="np", progress=False)
+    out = tiny_pipe(None, num_inference_steps=4, seed=0, output_type="np")
     assert list(out.weights) == ["domain"]
     assert np.isfinite(out.weights["domain"]) and out.weights["domain"] > 0
     # the domain term changes the result compared with SD's unconditional sampling
-    plain = tiny_pipe(None, use_domain=False, num_inference_steps=4, seed=0, output_type="np", progress=False)
+    plain = tiny_pipe(None, use_domain=False, num_inference_steps=4, seed=0, output_type="np")
     assert plain.weights == {}
     assert np.abs(out.images - plain.images).max() > 1e-3
 
@@ -77,7 +77,7 @@ def test_controlnet_and_several_controls(tiny_pipe, tiny_dir):
     from suite.models import load_unet
 
     edges = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) > 0.8).astype(np.uint8) * 255)
-    kw = dict(num_inference_steps=4, seed=0, output_type="np", progress=False, domain_weight=2.0)
+    kw = dict(num_inference_steps=4, seed=0, output_type="np", domain_weight=2.0)
     with_cn = tiny_pipe("wearing glasses", control_weight=3.0, control_image=edges, **kw)
     without = tiny_pipe("wearing glasses", control_weight=3.0, **kw)
     assert np.abs(with_cn.images - without.images).max() > 1e-3
@@ -90,13 +90,13 @@ def test_controlnet_and_several_controls(tiny_pipe, tiny_dir):
 
 def test_wrong_aspect_control_image_is_refused(tiny_pipe):
     with pytest.raises(ValueError, match="aspect"):
-        tiny_pipe("x", control_image=Image.new("RGB", (128, 32)), num_inference_steps=2, progress=False)
+        tiny_pipe("x", control_image=Image.new("RGB", (128, 32)), num_inference_steps=2)
 
 
 def test_start_image_strength_zero_returns_vae_roundtrip(tiny_pipe):
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     out = tiny_pipe("wearing glasses", image=img, strength=0.0, num_inference_steps=10, seed=0,
-                    output_type="latent", progress=False)
+                    output_type="latent")
     pixels = tiny_pipe.image_processor.preprocess(img)
     init = tiny_pipe.vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(0))
     assert torch.allclose(out.latents, init * tiny_pipe.vae.config.scaling_factor, atol=1e-6)
@@ -104,11 +104,11 @@ def test_start_image_strength_zero_returns_vae_roundtrip(tiny_pipe):
 
 @pytest.mark.parametrize("bad,match", [(dict(num_inference_steps=0), "steps"), (dict(strength=1.5), "strength"),
                                        (dict(domain_weight=float("nan")), "domain weight"),
-                                       (dict(num_images="two"), "number of images"),
+                                       (dict(num_images_per_prompt="two"), "number of images"),
                                        (dict(height=63), "multiples")])
 def test_bad_arguments_give_one_sentence(tiny_pipe, bad, match):
     with pytest.raises(ValueError, match=match):
-        tiny_pipe("x", progress=False, **bad)
+        tiny_pipe("x", **bad)
 
 
 def test_long_prompt_is_truncated_with_warning(tiny_pipe, caplog):
@@ -118,35 +118,13 @@ def test_long_prompt_is_truncated_with_warning(tiny_pipe, caplog):
     assert any("truncated" in r.message for r in caplog.records)
 
 
-def test_bundle_roundtrip(tiny_pipe, tmp_path):
-    tiny_pipe.save_pretrained(tmp_path / "bundle")
-    loaded = InDomainPipeline.from_pretrained(tmp_path / "bundle")
-    kw = dict(num_inference_steps=3, seed=2, output_type="np", progress=False)
-    a = tiny_pipe("wearing glasses", **kw)
-    b = loaded("wearing glasses", **kw)
-    assert np.array_equal(a.images, b.images)
-    assert loaded.domain.name == "face" and loaded.controlnet is not None
-
-
-def test_cpu_offload_gives_the_same_images(tiny_dir):
-    from suite.domains import FACE
-
-    pipe = InDomainPipeline.load(str(tiny_dir / "sd"), domain_model=str(tiny_dir / "domain-face"), domain=FACE)
-    kw = dict(num_inference_steps=3, seed=4, output_type="np", progress=False)
-    a = pipe("wearing glasses", **kw).images
-    pipe.enable_model_cpu_offload("cpu")
-    assert len(pipe._offload_hooks) == 4  # vae, text encoder, SD UNet, domain UNet
-    b = pipe("wearing glasses", **kw).images
-    assert np.array_equal(a, b)
-
-
 def test_start_image_batch_equals_diffusers_img2img(tiny_pipe):
     """Several variations of one start image: one VAE encoding shared by all, as diffusers' img2img does."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
     img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    ours = tiny_pipe("wearing glasses", image=img, strength=0.5, control_weight=4.0, domain_weight=0.0, num_images=2,
-                     num_inference_steps=6, seed=5, output_type="np", progress=False).images
+    ours = tiny_pipe("wearing glasses", image=img, strength=0.5, control_weight=4.0, domain_weight=0.0, num_images_per_prompt=2,
+                     num_inference_steps=6, seed=5, output_type="np").images
     ref = StableDiffusionImg2ImgPipeline(vae=tiny_pipe.vae, text_encoder=tiny_pipe.text_encoder,
                                          tokenizer=tiny_pipe.tokenizer, unet=tiny_pipe.unet,
                                          scheduler=tiny_pipe.scheduler, safety_checker=None, feature_extractor=None,

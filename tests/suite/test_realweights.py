@@ -27,7 +27,7 @@ def test_real_sd_single_term_equals_diffusers():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = InDomainPipeline.load(SD, device=device)
     ours = pipe("a photo of a face", control_weight=7.5, num_inference_steps=4, seed=0, height=256, width=256,
-                output_type="np", progress=False).images
+                output_type="np").images
     ref = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                   unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
                                   feature_extractor=None, requires_safety_checker=False)
@@ -42,7 +42,6 @@ def test_real_domain_model_generates():
     from suite.pipeline import InDomainPipeline
 
     pipe = InDomainPipeline.load(SD, domain_model=DOMAIN)
-    out = pipe("wearing glasses", num_inference_steps=4, seed=0, height=256, width=256, output_type="np",
-               progress=False)
+    out = pipe("wearing glasses", num_inference_steps=4, seed=0, height=256, width=256, output_type="np")
     assert set(out.weights) == {"domain", "control"}
     assert np.isfinite(out.images).all() and out.images.std() > 0.01

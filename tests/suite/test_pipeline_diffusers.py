@@ -1,0 +1,209 @@
+"""InDomainPipeline as a diffusers DiffusionPipeline: save/load (model_index.json), old bundles, offload hooks,
+callback_on_step_end (edit latents, stop), prompt_embeds/latents, return_dict, LoRA and textual inversion."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from suite.pipeline import InDomainPipeline, report_steps
+
+KW = dict(num_inference_steps=3, seed=2, output_type="np")
+
+
+@pytest.fixture(scope="module")
+def full_pipe(tiny_dir):
+    """Every component: SD, the face domain UNet, a ControlNet and one community UNet."""
+    from suite.domains import FACE
+
+    pipe = InDomainPipeline.load(str(tiny_dir / "sd"), domain_model=str(tiny_dir / "domain-face"),
+                                 controlnet=str(tiny_dir / "controlnet"), domain=FACE,
+                                 community={"toon": str(tiny_dir / "community")})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sample(pipe, **kw):
+    from suite.pipeline import Control
+
+    toon = Control(prompt="a cartoon", weight=1.5, unet=pipe.community["toon"], name="toon")
+    return pipe("wearing glasses", controls=[toon], **{**KW, **kw})
+
+
+def test_is_a_diffusion_pipeline_and_round_trips_through_model_index(full_pipe, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    assert isinstance(full_pipe, DiffusionPipeline)
+    folder = full_pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["domain_unet"] == ["suite.nulltext", "NullTextUNet"]
+    assert index["community_unets"] == ["suite.components", "UNetCollection"]
+    assert index["controlnet"] == ["diffusers", "ControlNetModel"]
+    assert index["domain"]["name"] == "face"
+    assert not list(folder.rglob("*.bin")) and not list(tmp_path.glob(".tmp*"))  # safetensors only, no leftovers
+
+    loaded = InDomainPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.domain == full_pipe.domain and loaded.domain_unet.metadata.prompt == "a photo of a face"
+    assert np.array_equal(_sample(full_pipe).images, _sample(loaded).images)
+
+
+def test_plain_diffusion_pipeline_loads_it_only_when_trusted(full_pipe, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    folder = full_pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(folder)  # diffusers refuses to run the folder's pipeline.py unasked
+    loaded = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(loaded).__name__ == "InDomainPipeline" and sorted(loaded.community) == ["toon"]
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(_sample(full_pipe).images, _sample(loaded).images)
+
+
+def test_old_bundle_still_loads_with_a_conversion_hint(tiny_dir, tiny_pipe, tmp_path, caplog):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dir / "sd", old / "sd")
+    shutil.copytree(tiny_dir / "domain-face", old / "domain")
+    shutil.copytree(tiny_dir / "controlnet", old / "controlnet")
+    (old / "bundle.json").write_text(json.dumps({"has_domain_model": True, "has_controlnet": True, "community": [],
+                                                 "domain": {"name": "face", "prompt": "a photo of a face",
+                                                            "framing": "face"}}))
+    loaded = InDomainPipeline.from_pretrained(old)
+    loaded.set_progress_bar_config(disable=True)
+    assert "save_pretrained(NEW_FOLDER)" in caplog.text
+    assert np.array_equal(loaded("wearing glasses", **KW).images, tiny_pipe("wearing glasses", **KW).images)
+
+
+def test_model_offload_hooks_every_model_and_changes_nothing(full_pipe):
+    import copy
+
+    pipe = copy.deepcopy(full_pipe)
+    before = _sample(pipe).images
+    pipe.enable_model_cpu_offload(device="cpu")
+    hooked = {name for name, m in pipe.components.items() if hasattr(m, "_hf_hook")}
+    assert {"text_encoder", "unet", "vae", "domain_unet", "controlnet"} <= hooked
+    assert all(hasattr(u, "_hf_hook") for u in pipe.community.values())  # each community UNet, not the container
+    assert pipe._execution_device.type == "cpu"
+    assert np.array_equal(before, _sample(pipe).images)
+    assert len(pipe._all_hooks) == 6  # re-installed after the call (maybe_free_model_hooks)
+
+
+def test_callback_on_step_end_edits_latents_and_stops(tiny_pipe):
+    seen = []
+
+    def record(pipe, i, t, tensors):
+        seen.append(tensors["latents"].clone())
+        return {}
+
+    full = tiny_pipe("wearing glasses", num_inference_steps=4, seed=1, output_type="latent", callback_on_step_end=record)
+    assert len(seen) == 4 and torch.equal(full.latents, seen[-1])
+
+    def stop_after_two(pipe, i, t, tensors):
+        if i == 1:
+            pipe._interrupt = True
+        return {}
+
+    stopped = tiny_pipe("wearing glasses", num_inference_steps=4, seed=1, output_type="latent",
+                        callback_on_step_end=stop_after_two)
+    assert torch.equal(stopped.latents, seen[1])  # the latents after 2 of 4 steps
+
+    def zero(pipe, i, t, tensors):
+        return {"latents": torch.zeros_like(tensors["latents"])} if i == 3 else {}
+
+    assert tiny_pipe("wearing glasses", num_inference_steps=4, seed=1, output_type="latent",
+                     callback_on_step_end=zero).latents.abs().max() == 0
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        tiny_pipe("x", num_inference_steps=1, callback_on_step_end=record,
+                  callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    totals = []
+    tiny_pipe("x", num_inference_steps=3, output_type="latent", callback_on_step_end=report_steps(
+        lambda i, n: totals.append((i, n))))
+    assert totals == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_prompt_embeds_and_latents_replace_what_they_stand_for(tiny_pipe):
+    kw = dict(num_inference_steps=3, output_type="np", control_weight=5.0, domain_weight=1.0)
+    a = tiny_pipe("wearing glasses", negative_prompt="blurry", seed=3, **kw).images
+    embeds = torch.cat([tiny_pipe.encode_prompt("wearing glasses")])
+    negative = tiny_pipe.encode_prompt("blurry")
+    b = tiny_pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, seed=3, **kw).images
+    assert np.array_equal(a, b)
+
+    from diffusers.utils.torch_utils import randn_tensor
+
+    size = tiny_pipe.unet.config.sample_size
+    shape = (2, tiny_pipe.unet.config.in_channels, size, size)
+    noise = randn_tensor(shape, generator=torch.Generator().manual_seed(9))
+    c = tiny_pipe("wearing glasses", latents=noise, num_images_per_prompt=2, **kw).images
+    d = tiny_pipe("wearing glasses", seed=9, num_images_per_prompt=2, **kw).images
+    assert np.array_equal(c, d)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        tiny_pipe("x", latents=noise[:1], num_images_per_prompt=2, **kw)
+    with pytest.raises(ValueError, match="not both"):
+        tiny_pipe("x", prompt_embeds=embeds, **kw)
+
+
+def test_return_dict_false_gives_a_tuple(tiny_pipe):
+    images, latents, weights = tiny_pipe("x", num_inference_steps=2, seed=0, output_type="np", return_dict=False)
+    assert images.shape[0] == 1 and latents.ndim == 4 and set(weights) == {"domain", "control"}
+
+
+def _diffusers_sd(pipe):
+    from diffusers import StableDiffusionPipeline
+
+    ref = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                  unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
+                                  feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+@pytest.fixture
+def fresh_pipe(tiny_dir):
+    """A pipeline of its own (LoRA and textual inversion change its models)."""
+    pipe = InDomainPipeline.load(str(tiny_dir / "sd"), domain_model=str(tiny_dir / "domain-face"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_textual_inversion_loads_as_in_diffusers(fresh_pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    dim = fresh_pipe.text_encoder.config.hidden_size
+    save_file({"<glasses>": torch.randn(2, dim, generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "ti.safetensors"))
+    before = fresh_pipe.encode_prompt("a <glasses> face")
+    fresh_pipe.load_textual_inversion(str(tmp_path / "ti.safetensors"), token="<glasses>")
+    after = fresh_pipe.encode_prompt("a <glasses> face")
+    assert (after - before).abs().max() > 1e-3
+    ours = fresh_pipe("a <glasses> face", domain_weight=0.0, control_weight=4.0, **KW).images
+    theirs = _diffusers_sd(fresh_pipe)("a <glasses> face", guidance_scale=4.0, num_inference_steps=3,
+                                       generator=torch.Generator().manual_seed(2), output_type="np").images
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_lora_loads_as_in_diffusers(fresh_pipe, tmp_path):
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from suite.testing import build_tiny_unet
+
+    donor = build_tiny_unet(seed=0)  # same architecture: train-free LoRA weights made random
+    donor.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in donor.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    InDomainPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(donor),
+                                       safe_serialization=True)
+    kw = dict(domain_weight=0.0, control_weight=4.0, **KW)
+    plain = fresh_pipe("wearing glasses", **kw).images
+    fresh_pipe.load_lora_weights(str(tmp_path / "lora"))
+    with_lora = fresh_pipe("wearing glasses", **kw).images
+    theirs = _diffusers_sd(fresh_pipe)("wearing glasses", guidance_scale=4.0, num_inference_steps=3,
+                                       generator=torch.Generator().manual_seed(2), output_type="np").images
+    assert np.abs(with_lora - plain).max() > 1e-3 and np.abs(with_lora - theirs).max() <= 1e-5
