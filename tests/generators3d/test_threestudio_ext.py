@@ -218,6 +218,8 @@ def test_sqrt_anneal_as_threestudio(threestudio):
                                               "min_step_percent": 0.02, "max_step_percent": 0.98})
     guidance.do_update_step(0, 2500)  # sqrt(0.25) = 0.5: halfway from 0.98 to 0.02
     assert guidance.min_step == guidance.max_step == int(0.5 * 1000)
+    guidance.do_update_step(0, 12000)  # past trainer_max_steps: stays at the minimum (threestudio goes negative)
+    assert guidance.min_step == guidance.max_step == int(0.02 * 1000)
 
 
 def test_perp_neg_and_unimplemented_options_are_refused_not_ignored(threestudio):
@@ -241,6 +243,10 @@ def test_guidance_eval_returns_threestudios_images(threestudio):
                    guidance_eval=True)
     ev = out["eval"]
     assert ev["bs"] == 1 and len(ev["noise_levels"]) == 1
+    # threestudio's guidance_evaluation_save reads texts; its noise levels are t / T
+    assert ev["noise_levels"][0] == out["min_step"] / 1000 == out["max_step"] / 1000 or \
+        out["min_step"] / 1000 <= ev["noise_levels"][0] <= out["max_step"] / 1000
+    assert ev["texts"] == [f"n{ev['noise_levels'][0]:.02f}\ne5.0\na0.0\nc2.00"]
     for key in ("imgs_noisy", "imgs_1step", "imgs_1orig", "imgs_final"):
         assert ev[key].shape[0] == 1 and ev[key].shape[-1] == 3 and 0 <= ev[key].min() <= ev[key].max() <= 1
 
@@ -257,6 +263,33 @@ def test_stable_diffusion_guidance_config_keys_are_accepted(threestudio):
     assert guidance.pipe.text_encoder is None
     with pytest.raises(ValueError, match="loss_name"):
         ts.find("in-domain-guidance")({**TINY, "loss_name": "loss_x"})
+
+
+def test_keys_of_threestudios_unified_and_sjc_configs(threestudio, tmp_path):
+    """Magic123's unified-guidance sections carry guidance_type: sds; SJC configs carry use_sjc. Accepted with
+    their implemented value, refused with one sentence otherwise, for both guidances."""
+    ts, _ = threestudio
+    ts.find("in-domain-guidance")({**TINY, "guidance_type": "sds", "use_sjc": False})
+    with pytest.raises(ValueError, match="guidance_type=sds"):
+        ts.find("in-domain-guidance")({**TINY, "guidance_type": "vsd"})
+    with pytest.raises(ValueError, match="use_sjc=false"):
+        ts.find("in-domain-guidance")({**TINY, "use_sjc": True})
+    with pytest.raises(ValueError, match="guidance_type=sds"):
+        ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": "x.png", "guidance_type": "vsd"})
+
+
+def test_mini_preset_uses_its_own_sd_model_not_the_sd15_download(threestudio):
+    from suite.miniworld.assets import default_dir
+
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({"preset": "mini", "domain": "porcelain"})  # offline: no SD1.5 here
+    assert guidance.pipe.unet.config.sample_size == json_config(default_dir() / "sd" / "unet")["sample_size"]
+
+
+def json_config(folder):
+    import json
+
+    return json.loads((folder / "config.json").read_text())
 
 
 def test_loss_sd_for_magic123_style_systems(threestudio):
@@ -315,3 +348,25 @@ def test_zero123_guidance_for_threestudios_zero123_systems(threestudio, tmp_path
     assert torch.allclose(rgb.grad, rgb2.grad, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="cond_image_path"):
         ts.find("in-domain-zero123-guidance")({"preset": "tiny"})
+
+
+def test_zero123_guidance_loss_name_and_latents_as_threestudio(threestudio, tmp_path, monkeypatch):
+    """Magic123 weighs guidance_3d's outputs by lambda_3d_<name> and defines lambda_3d_sd; rgb_as_latents is
+    resized to the latent size and mapped by x2-1, as threestudio's zero123 guidance does."""
+    import numpy as np
+    from PIL import Image
+
+    ts, ext = threestudio
+    cond = tmp_path / "cond.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(cond)
+    guidance = ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": str(cond),
+                                                      "loss_name": "loss_sd"})
+    seen = _captured_latents(ext, monkeypatch)
+    batch = dict(elevation=torch.tensor([10.0]), azimuth=torch.tensor([0.0]), camera_distances=torch.tensor([1.2]))
+    rgb = torch.rand(1, 16, 16, 4)
+    out = guidance(rgb, **batch, rgb_as_latents=True)
+    assert set(out) == {"loss_sd", "grad_norm", "min_step", "max_step"}
+    size = guidance.zero123.model.unet.config.sample_size  # 32 for Zero-1-to-3's 256 px
+    expected = torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), (size, size), mode="bilinear",
+                                               align_corners=False) * 2 - 1
+    assert torch.allclose(seen[0], expected)

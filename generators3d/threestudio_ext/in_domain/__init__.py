@@ -21,8 +21,8 @@ as threestudio's SD guidance). The UNet calls run outside Lightning's autocast, 
 Keys of ``stable-diffusion-guidance`` configs are accepted, so that a user can switch ``guidance_type``:
 ``guidance_scale`` ``s`` is the control weight ``w = s + 1`` (threestudio's ``eps_text + s (eps_text -
 eps_uncond)``; used when ``control_weight`` is not set), ``enable_attention_slicing`` and
-``enable_channels_last_format`` are applied to every UNet, ``enable_sequential_cpu_offload`` /
-``enable_model_cpu_offload`` use the pipeline's model-level CPU offload, ``enable_memory_efficient_attention`` is
+``enable_channels_last_format`` are applied to every UNet, ``enable_sequential_cpu_offload`` and
+``enable_model_cpu_offload`` are diffusers' (the pipeline is a DiffusionPipeline), ``enable_memory_efficient_attention`` is
 PyTorch's scaled-dot-product attention (already the default of diffusers' attention processors), and
 ``sqrt_anneal`` with ``trainer_max_steps`` anneals as threestudio does. ``use_img_loss``, ``token_merging`` and
 Perp-Neg (``prompt_processor.use_perp_neg``) are not implemented: they are refused with one sentence instead of
@@ -34,7 +34,6 @@ This file is loaded by path (no package context): absolute imports only.
 """
 
 import gc
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -46,8 +45,19 @@ from threestudio.utils.base import BaseObject
 
 from generators3d.guidance3d import DomainSDS, rebind_control_text
 from generators3d.sds import TimestepRange, schedule_value, sds
+from suite.domains import SD15_HUB_ID
 
 RETURN_KEYS = ("grad_norm", "min_step", "max_step")
+LOSS_NAMES = ("loss_sds", "loss_sd")
+
+
+def _check_common(cfg, name: str) -> None:
+    """Keys both guidances share with threestudio's: refuse what is not implemented, in one sentence."""
+    if cfg.guidance_type != "sds":  # the key of threestudio's unified guidances (Magic123's configs)
+        raise ValueError(f"{name} implements guidance_type 'sds' only, got {cfg.guidance_type!r}: set "
+                         f"system.guidance.guidance_type=sds")
+    if cfg.loss_name not in LOSS_NAMES:
+        raise ValueError(f"loss_name must be loss_sds or loss_sd, got {cfg.loss_name!r}")
 
 
 class _Annealed:
@@ -66,7 +76,8 @@ class _Annealed:
         if self.cfg.sqrt_anneal:  # threestudio's: one timestep that falls from max to min with sqrt(progress)
             top = self.cfg.max_step_percent
             top = float(top) if isinstance(top, int | float) else float(list(top)[1])
-            percent = (top - lo) * (1 - (float(global_step) / self.cfg.trainer_max_steps) ** 0.5) + lo
+            progress = min(1.0, float(global_step) / self.cfg.trainer_max_steps)  # past the end: stays at min
+            percent = (top - lo) * (1 - progress ** 0.5) + lo
             self.set_min_max_steps(percent, percent)
         else:
             self.set_min_max_steps(lo, schedule_value(self.cfg.max_step_percent, global_step, epoch))
@@ -79,7 +90,7 @@ class InDomainGuidance(_Annealed, BaseObject):
 
     @dataclass
     class Config(BaseObject.Config):
-        pretrained_model_name_or_path: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+        pretrained_model_name_or_path: str = SD15_HUB_ID
         domain: str = "porcelain"
         domain_model: Optional[str] = None  # folder or hub id; default: the domain preset's folder
         preset: str = "full"  # "tiny": tiny random models (tests)
@@ -96,6 +107,7 @@ class InDomainGuidance(_Annealed, BaseObject):
         max_step_percent: Any = 0.98
         half_precision_weights: bool = True
         loss_name: str = "loss_sds"  # "loss_sd" for systems that weigh lambda_sd (Magic123's configs)
+        guidance_type: str = "sds"  # threestudio's unified guidance key: only "sds" is implemented
         # keys of threestudio's stable-diffusion-guidance (see the module docstring)
         guidance_scale: Optional[float] = None
         enable_memory_efficient_attention: bool = False
@@ -107,6 +119,7 @@ class InDomainGuidance(_Annealed, BaseObject):
         trainer_max_steps: int = 25000
         use_img_loss: bool = False
         token_merging: bool = False
+        use_sjc: bool = False
         token_merging_params: Optional[dict] = field(default_factory=dict)
         max_items_eval: int = 4
         cache_dir: Optional[str] = None
@@ -124,11 +137,15 @@ class InDomainGuidance(_Annealed, BaseObject):
         if self.cfg.token_merging:
             raise ValueError("in-domain-guidance does not implement token merging: set "
                              "system.guidance.token_merging=false")
-        if self.cfg.loss_name not in ("loss_sds", "loss_sd"):
-            raise ValueError(f"loss_name must be loss_sds or loss_sd, got {self.cfg.loss_name!r}")
+        if self.cfg.use_sjc:
+            raise ValueError("in-domain-guidance does not implement SJC: set system.guidance.use_sjc=false")
+        _check_common(self.cfg, "in-domain-guidance")
         device = getattr(self, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = "float16" if self.cfg.half_precision_weights and torch.device(device).type == "cuda" else "float32"
-        sd = None if self.cfg.preset == "tiny" else self.cfg.pretrained_model_name_or_path
+        sd = self.cfg.pretrained_model_name_or_path
+        if self.cfg.preset in ("tiny", "mini") and sd == SD15_HUB_ID:
+            sd = None  # the preset's own SD model, not the (absent) SD1.5 download
+
         self.pipe = build_pipeline(self.cfg.preset, self.cfg.domain, sd, self.cfg.domain_model, None, False,
                                    str(device), dtype)
         control_weight = self.cfg.control_weight
@@ -148,16 +165,17 @@ class InDomainGuidance(_Annealed, BaseObject):
         self.set_min_max_steps()  # threestudio's default until the first update_step
 
     def _apply_memory_flags(self) -> None:
-        unets = [m for m in (self.pipe.unet, getattr(self.pipe.domain_model, "unet", None)) if m is not None]
+        unets = [m for m in (self.pipe.unet, self.pipe.domain_unet) if m is not None]
         for unet in unets:
             if self.cfg.enable_attention_slicing:
                 unet.set_attention_slice("auto")
             if self.cfg.enable_channels_last_format:
                 unet.to(memory_format=torch.channels_last)
-        if self.cfg.enable_sequential_cpu_offload or self.cfg.enable_model_cpu_offload:
-            logging.getLogger("in_domain").info("in-domain-guidance: CPU offload moves whole models (the SD UNet, "
-                                                "the domain UNet, the VAE) to the GPU when they run")
-            self.pipe.enable_model_cpu_offload(device=str(getattr(self, "device", "cuda")))
+        device = str(getattr(self, "device", "cuda"))
+        if self.cfg.enable_sequential_cpu_offload:  # diffusers' own offload, as threestudio's SD guidance calls it
+            self.pipe.enable_sequential_cpu_offload(device=device)
+        elif self.cfg.enable_model_cpu_offload:
+            self.pipe.enable_model_cpu_offload(device=device)
 
     def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances, rgb_as_latents=False,
                  guidance_eval=False, **kwargs):
@@ -182,16 +200,20 @@ class InDomainGuidance(_Annealed, BaseObject):
                       weighting=self.cfg.weighting_strategy, grad_clip=self.grad_clip_val)
             result = {self.cfg.loss_name: out["loss_sds"], **{k: out[k] for k in RETURN_KEYS}}
             if guidance_eval:
-                result["eval"] = self._guidance_eval(out)
+                result["eval"] = self._guidance_eval(out, elevation, azimuth, camera_distances)
         return result
 
     @torch.no_grad()
-    def _guidance_eval(self, out) -> dict:
-        """threestudio's evaluation images (``bs``, ``noise_levels``, ``imgs_noisy``, ``imgs_1step``,
-        ``imgs_1orig``, ``imgs_final``; [bs, H, W, 3] in [0, 1]). ``imgs_1step`` and ``imgs_final`` are the one-step
-        prediction of the clean image: no sampling loop runs (threestudio's runs a full DDIM loop from t)."""
+    def _guidance_eval(self, out, elevation, azimuth, camera_distances) -> dict:
+        """threestudio's evaluation dict (``bs``, ``noise_levels`` = t / T, ``imgs_noisy``, ``imgs_1step``,
+        ``imgs_1orig``, ``imgs_final``: [bs, H, W, 3] in [0, 1]; ``texts``: the captions its
+        ``guidance_evaluation_save`` writes). ``imgs_1step`` and ``imgs_final`` are the one-step prediction of the
+        clean image: no sampling loop runs (threestudio's runs a full DDIM loop from t)."""
         bs = min(self.cfg.max_items_eval, out["noisy"].shape[0])
         t = out["timesteps"][:bs].cpu().long()
+        noise_levels = (t.float() / self.num_train_timesteps).tolist()
+        views = zip(noise_levels, elevation[:bs], azimuth[:bs], camera_distances[:bs])
+        texts = [f"n{n:.02f}\ne{e.item():.01f}\na{a.item():.01f}\nc{c.item():.02f}" for n, e, a, c in views]
         a = self.pipe.scheduler.alphas_cumprod.float()[t].view(-1, 1, 1, 1).to(out["noisy"].device)
         z, eps = out["noisy"][:bs].float(), out["eps"][:bs].float()
         x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
@@ -203,8 +225,8 @@ class InDomainGuidance(_Annealed, BaseObject):
             return ((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
         orig = decode(x0)
-        return {"bs": bs, "noise_levels": (1 - a.flatten()).tolist(), "imgs_noisy": decode(z),
-                "imgs_1step": orig, "imgs_1orig": orig, "imgs_final": orig}
+        return {"bs": bs, "noise_levels": noise_levels, "imgs_noisy": decode(z), "imgs_1step": orig,
+                "imgs_1orig": orig, "imgs_final": orig, "texts": texts}
 
 
 @threestudio.register("in-domain-zero123-guidance")
@@ -235,6 +257,8 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
         weighting_strategy: str = "sds"
         sqrt_anneal: bool = False
         trainer_max_steps: int = 25000
+        loss_name: str = "loss_sds"  # "loss_sd" for Magic123, which weighs guidance_3d's outputs by lambda_3d_sd
+        guidance_type: str = "sds"
 
     cfg: Config
 
@@ -242,6 +266,7 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
         from suite.images import load_image
         from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
 
+        _check_common(self.cfg, "in-domain-zero123-guidance")
         if not self.cfg.cond_image_path:
             raise ValueError("in-domain-zero123-guidance needs system.guidance.cond_image_path (the reference view)")
         device = getattr(self, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -272,13 +297,13 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
                              "system.freq.guidance_eval=0")
         with torch.autocast(device_type=self.zero123.model.device.type, enabled=False):
             rgb_bchw = rgb.permute(0, 3, 1, 2).float()
-            if rgb_as_latents:  # threestudio's zero123 guidance: latents at 32x32 (a 256 px model)
-                size = self.zero123.model.image_size // 8
-                latents = F.interpolate(rgb_bchw, (size, size), mode="bilinear", align_corners=False)
+            if rgb_as_latents:  # threestudio's zero123 guidance: resized to the latent size (32 for 256 px), x2-1
+                size = int(self.zero123.model.unet.config.sample_size)
+                latents = F.interpolate(rgb_bchw, (size, size), mode="bilinear", align_corners=False) * 2 - 1
             else:
                 latents = self.zero123.encode(rgb_bchw.to(self.zero123.model.dtype))
             denoiser = self.zero123.guidance(elevation.detach().cpu(), azimuth.detach().cpu(),
                                              camera_distances.detach().cpu(), self.cfg.guidance_scale)
             out = sds(latents, denoiser, self.zero123.alphas_cumprod, timesteps=self.range,
                       weighting=self.cfg.weighting_strategy, grad_clip=self.grad_clip_val)
-        return {"loss_sds": out["loss_sds"], **{k: out[k] for k in RETURN_KEYS}}
+        return {self.cfg.loss_name: out["loss_sds"], **{k: out[k] for k in RETURN_KEYS}}
