@@ -4,8 +4,9 @@ With one text term of weight w our pipeline computes exactly diffusers' CFG (tes
 this measures the time. Two component sizes: the tiny preset, and a mid-size UNet (where the network, not the
 Python glue, dominates as it does at real size). Prints medians and the ratio (target <= 1.05).
 
-``--threads N`` sets torch's intra-op threads; ``--busy K`` keeps K other processes busy (each a one-thread
-matrix-multiply loop, as another job would) while measuring, to see how each loop suffers from a busy machine.
+``--threads N`` sets torch's intra-op threads; ``--busy K`` keeps K other processes busy (each a torch
+matrix-multiply loop on ``--busy-threads`` threads, as another job would) while measuring, to see how each loop
+suffers from a busy machine.
 
     python -m bench.bench_sampling [--steps 20] [--reps 5] [--threads 1] [--busy 2]
 """
@@ -53,13 +54,13 @@ def compare(parts, steps, reps, label):
     return res
 
 
-BUSY = "import torch; torch.set_num_threads(1); a = torch.randn(256, 256)\nwhile True: a = (a @ a).tanh()"
+BUSY = "import torch; torch.set_num_threads({}); a = torch.randn(256, 256)\nwhile True: a = (a @ a).tanh()"
 
 
 @contextlib.contextmanager
-def busy_machine(k: int):
-    """``k`` other processes, each keeping one core busy, for the duration."""
-    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(k)]
+def busy_machine(k: int, threads: int = 1):
+    """``k`` other processes, each running torch matrix multiplies on ``threads`` threads, for the duration."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(threads)]) for _ in range(k)]
     try:
         yield
     finally:
@@ -74,14 +75,15 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--busy", type=int, default=0, help="other busy processes while measuring (default 0)")
+    p.add_argument("--busy-threads", type=int, default=1, help="torch threads of each busy process (default 1)")
     p.add_argument("--sizes", default="tiny,mid", help="which UNets: tiny, mid or both (default)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    label = f"threads {torch.get_num_threads()}, busy {args.busy}"
+    label = f"threads {torch.get_num_threads()}, busy {args.busy}x{args.busy_threads} threads"
     parts = build_tiny_sd()
-    with busy_machine(args.busy):
+    with busy_machine(args.busy, args.busy_threads):
         if "tiny" in args.sizes:
             compare(parts, args.steps, args.reps, f"tiny UNet, {label}")
         if "mid" in args.sizes:
