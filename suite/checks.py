@@ -126,8 +126,8 @@ def check_prompt(text: str | None, what: str = "the prompt") -> str:
         if len(text) == 1:
             text = text[0]
         else:
-            raise UserError(f"{what} is a list of {len(text)} prompts: the in-domain pipeline takes one prompt per "
-                            f"call; call it once per prompt (num_images=N gives several images of one prompt)")
+            raise UserError(f"{what} is a list of {len(text)} prompts: give one prompt here (the pipeline's prompt "
+                            f"argument takes a list, with num_images_per_prompt images of each)")
     if text is not None and not isinstance(text, str):
         raise UserError(f"{what} must be text, got {type(text).__name__}")
     text = "" if text is None else text

@@ -49,6 +49,11 @@ class UNetCollection(ModelMixin, ConfigMixin):
     def as_dict(self) -> dict[str, torch.nn.Module]:
         return dict(self.unets.items())
 
+    def set_attention_slice(self, slice_size) -> None:
+        """diffusers' attention slicing (``pipe.enable_attention_slicing()``), applied to every UNet."""
+        for unet in self.unets.values():
+            unet.set_attention_slice(slice_size)
+
     def forward(self, *args, **kwargs):  # pragma: no cover - a container: its UNets are called directly
         raise TypeError("UNetCollection is a container: call one of its UNets (collection.unets[name])")
 

@@ -233,6 +233,17 @@ def load_nulltext_unet(folder: str | os.PathLike) -> NullTextUNet:
     return unet.eval()
 
 
+def _one_device(device_map):
+    """The device a ``device_map`` names, or None; a map that splits the model is refused in one sentence."""
+    if device_map is None or isinstance(device_map, str | int | torch.device):
+        return device_map
+    places = set(device_map.values()) if isinstance(device_map, dict) else {None, "several"}
+    if len(places) != 1:
+        raise ValueError("the domain UNet is loaded whole onto one device: pass device_map as one device "
+                         "(e.g. 'cuda'), or load it and call .to(device)")
+    return places.pop()
+
+
 class NullTextUNet(UNet2DConditionModel):
     """A SD1.5-type UNet whose cross-attention layers are the fixed ``E`` (Eq. 5): the domain UNet.
 
@@ -254,9 +265,11 @@ class NullTextUNet(UNet2DConditionModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, torch_dtype=None,
                         cache_dir=None, local_files_only: bool | None = None, revision=None, token=None,
-                        **ignored) -> NullTextUNet:
+                        device_map=None, **ignored) -> NullTextUNet:
         """A domain model folder, or a hub id (only its ``*.json`` and ``*.safetensors`` files are fetched).
-        Diffusers' other loading options (device maps, variants) do not apply and are ignored."""
+        ``device_map`` may name one device (``"cuda"``, or ``{"": device}`` as diffusers passes it); diffusers'
+        other loading options (variants, low-memory loading) do not apply to this small model and are ignored."""
+        device = _one_device(device_map)
         folder = Path(os.path.expanduser(str(pretrained_model_name_or_path))) / (subfolder or "")
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
@@ -267,7 +280,9 @@ class NullTextUNet(UNet2DConditionModel):
                                      allow_patterns=[f"{prefix}*.json", f"{prefix}*.safetensors"])
             folder = Path(root) / (subfolder or "")
         unet = load_nulltext_unet(folder)
-        return unet.to(dtype=torch_dtype) if torch_dtype not in (None, unet.dtype) else unet
+        if torch_dtype not in (None, unet.dtype):
+            unet.to(dtype=torch_dtype)
+        return unet.to(device) if device is not None else unet
 
     def save_pretrained(self, save_directory: str | os.PathLike, **ignored) -> Path:
         return DomainModel(self, self.metadata or DomainMetadata(domain="")).save_pretrained(save_directory)

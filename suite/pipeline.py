@@ -131,6 +131,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         self.control_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor,
                                                          do_convert_rgb=True, do_normalize=False)
         self._interrupt = False
+        self._num_timesteps = 0
 
     @property
     def domain(self) -> Domain | None:
@@ -189,11 +190,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         path = Path(ref)
         bundle = read_bundle(path) if local else None
         if not local:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(ref, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
-                                          token=kwargs.get("token"), local_files_only=bool(kwargs.get("local_files_only")),
-                                          allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+            path = _download(ref, kwargs)
         if bundle is not None:
             log.warning("%s is an InDomainPipeline folder in the old format (bundle.json): it loads, but convert it "
                         "with InDomainPipeline.from_pretrained(old).save_pretrained(NEW_FOLDER)", path)
@@ -225,13 +222,19 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         ``InDomainPipeline.from_pretrained(folder)``, and with
         ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` (diffusers then runs the folder's
         two-line ``pipeline.py``, which imports this class)."""
-        kwargs.setdefault("safe_serialization", True)
+        if not kwargs.pop("safe_serialization", True):
+            raise ValueError("InDomainPipeline saves safetensors only (its loader never reads pickles): drop "
+                             "safe_serialization=False")
+        push = kwargs.pop("push_to_hub", False)
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr") if k in kwargs}
         with atomic_dir(save_directory) as tmp:
-            super().save_pretrained(tmp, **kwargs)
+            super().save_pretrained(tmp, safe_serialization=True, **kwargs)
             index = json.loads((tmp / "model_index.json").read_text())
             index["_class_name"] = [Path(SHIM_FILE).stem, InDomainPipeline.__name__]
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             (tmp / SHIM_FILE).write_text(SHIM)
+        if push:  # diffusers' push_to_hub saves through this method into its own folder, then uploads that
+            self.push_to_hub(hub.pop("repo_id", Path(save_directory).name), variant=kwargs.get("variant"), **hub)
         return Path(save_directory)
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
@@ -521,6 +524,23 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if not return_dict:
             return images, latents, weights
         return InDomainOutput(images=images, latents=latents, weights=weights)
+
+
+def _download(repo_id: str, kwargs: dict) -> Path:
+    """The files of a saved InDomainPipeline on the hub: model_index.json, then for each component named in it its
+    configs, tokenizer files and safetensors weights (of ``variant`` if given, else the plain ones), nothing else."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    hub = dict(revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token"),
+               local_files_only=bool(kwargs.get("local_files_only")), force_download=bool(kwargs.get("force_download")),
+               proxies=kwargs.get("proxies"))
+    index = json.loads(Path(hf_hub_download(repo_id, "model_index.json", **hub)).read_text())
+    names = [k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is not None]
+    variant = kwargs.get("variant")
+    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
+    patterns = ["model_index.json"] + [f"{n}/{p}" for n in names for p in ("*.json", "*.txt", weights)]
+    ignore = None if variant else ["*.*.safetensors"]  # fp16 and other variants, unless asked for
+    return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=ignore, **hub))
 
 
 @contextlib.contextmanager

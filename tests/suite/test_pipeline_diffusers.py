@@ -42,7 +42,7 @@ def test_is_a_diffusion_pipeline_and_round_trips_through_model_index(full_pipe, 
     assert index["community_unets"] == ["suite.components", "UNetCollection"]
     assert index["controlnet"] == ["diffusers", "ControlNetModel"]
     assert index["domain"]["name"] == "face"
-    assert not list(folder.rglob("*.bin")) and not list(tmp_path.glob(".tmp*"))  # safetensors only, no leftovers
+    assert not list(folder.rglob("*.bin")) and not list(tmp_path.glob(".*"))  # safetensors only, no leftovers
 
     loaded = InDomainPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
@@ -207,3 +207,39 @@ def test_lora_loads_as_in_diffusers(fresh_pipe, tmp_path):
     theirs = _diffusers_sd(fresh_pipe)("wearing glasses", guidance_scale=4.0, num_inference_steps=3,
                                        generator=torch.Generator().manual_seed(2), output_type="np").images
     assert np.abs(with_lora - plain).max() > 1e-3 and np.abs(with_lora - theirs).max() <= 1e-5
+
+
+def test_hub_id_fetches_only_the_components_safetensors(full_pipe, tmp_path, monkeypatch):
+    """A hub id: model_index.json first, then only the named components' configs, tokenizer files and plain
+    safetensors (no fp16 variants, no single-file checkpoints, no code). The hub is played by a saved folder."""
+    import fnmatch
+
+    import huggingface_hub
+
+    folder = full_pipe.save_pretrained(tmp_path / "pipe")
+    (folder / "v1-5-pruned.safetensors").write_bytes(b"not fetched")  # a root single-file checkpoint
+    (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"not fetched")
+    asked = {}
+
+    def hf_hub_download(repo_id, filename, **kw):
+        return str(folder / filename)
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, **kw):
+        asked.update(allow=allow_patterns, ignore=ignore_patterns or [])
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    loaded = InDomainPipeline.from_pretrained("someone/in-domain-face")
+    files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+    fetched = {f for f in files if any(fnmatch.fnmatch(f, a) for a in asked["allow"])
+               and not any(fnmatch.fnmatch(f, i) for i in asked["ignore"])}
+    assert "unet/diffusion_pytorch_model.safetensors" in fetched and "domain_unet/nulltext.json" in fetched
+    assert not fetched & {"v1-5-pruned.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors", "pipeline.py"}
+    assert loaded.domain.name == "face"
+
+
+def test_unsafe_or_unsupported_save_options_are_refused(tiny_pipe, tmp_path):
+    with pytest.raises(ValueError, match="safetensors only"):
+        tiny_pipe.save_pretrained(tmp_path / "p", safe_serialization=False)
+    assert not (tmp_path / "p").exists()

@@ -155,10 +155,10 @@ class InDomainGuidance(_Annealed, BaseObject):
                               self.cfg.domain_weight, control_weight, self.cfg.w0,
                               self.cfg.view_dependent_prompting and not self.cfg.use_prompt_utils,
                               self.cfg.weighting_strategy)
-        self._apply_memory_flags()
         if self.cfg.use_prompt_utils:  # threestudio's prompt processor encodes the prompts: free what it frees
-            self.pipe.text_encoder = None
+            self.pipe.text_encoder = None  # before any offload hook could hold on to it
             gc.collect()
+        self._apply_memory_flags()
         self.num_train_timesteps = len(self.pipe.scheduler.alphas_cumprod)
         self.range = TimestepRange(self.cfg.min_step_percent, self.cfg.max_step_percent, self.num_train_timesteps)
         self.grad_clip_val: Optional[float] = None
@@ -182,8 +182,8 @@ class InDomainGuidance(_Annealed, BaseObject):
         if prompt_utils is not None and getattr(prompt_utils, "use_perp_neg", False):
             raise ValueError("in-domain-guidance does not implement Perp-Neg: set "
                              "system.prompt_processor.use_perp_neg=false")
-        device_type = self.pipe.device.type
-        with torch.autocast(device_type=device_type, enabled=False):  # the weights' own dtype, not Lightning's
+        device = self.pipe._execution_device  # where the models run (with CPU offload, not where they rest)
+        with torch.autocast(device_type=device.type, enabled=False):  # the weights' own dtype, not Lightning's
             rgb_bchw = rgb.permute(0, 3, 1, 2).float()
             if rgb_as_latents:  # already SD latents: resized only, as threestudio's SD guidance
                 latents = F.interpolate(rgb_bchw, (64, 64), mode="bilinear", align_corners=False)
@@ -192,7 +192,7 @@ class InDomainGuidance(_Annealed, BaseObject):
             if prompt_utils is not None and self.cfg.use_prompt_utils:
                 embeds = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances,
                                                           self.cfg.view_dependent_prompting)
-                cond, uncond = embeds.to(self.pipe.device, self.pipe.dtype).chunk(2)  # cat([cond, uncond])
+                cond, uncond = embeds.to(device, self.pipe.unet.dtype).chunk(2)  # cat([cond, uncond])
                 denoiser = rebind_control_text(self.term.guidance, cond, uncond)
             else:
                 denoiser = self.term.denoiser(elevation.detach().cpu(), azimuth.detach().cpu())
