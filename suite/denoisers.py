@@ -102,7 +102,9 @@ class UNetDenoiser:
     * SD1.5 + ControlNet: ``control`` set; its residuals go only into this term's rows of the batch;
     * the null-text domain UNet: ``encoder_hidden_states=None`` (its cross-attention is the fixed ``E``);
     * a UNet that also reads image channels concatenated to ``z`` (Zero-1-to-3's 8-channel UNet: the input
-      view's VAE latent): ``concat`` (``[1 or B, C', H, W]``), zeros for an unconditional branch.
+      view's VAE latent): ``concat`` (``[1 or B, C', H, W]``), zeros for an unconditional branch;
+    * a UNet with IP-Adapters loaded: ``image_embeds``, one tensor per adapter (``[1 or B, ...]``; the
+      negative image's embedding for an unconditional call), passed as diffusers' ``added_cond_kwargs``.
 
     ``prediction_type`` is the network's (``"epsilon"`` or ``"v_prediction"``); the output is always epsilon.
     """
@@ -111,6 +113,7 @@ class UNetDenoiser:
     encoder_hidden_states: torch.Tensor | None = None
     control: ControlNetInput | None = None
     concat: torch.Tensor | None = None
+    image_embeds: list[torch.Tensor] | None = None
     prediction_type: str = "epsilon"
     alphas_cumprod: torch.Tensor | None = None
     name: str = "unet"
@@ -125,7 +128,8 @@ class UNetDenoiser:
 
     def batch_key(self) -> tuple:
         """Adapters with equal keys run in one forward of the same network."""
-        return ("unet", id(self.unet), self.encoder_hidden_states is None, self.concat is None)
+        return ("unet", id(self.unet), self.encoder_hidden_states is None, self.concat is None,
+                self.image_embeds is None)
 
     @staticmethod
     def evaluate_group(members, z, t) -> list[torch.Tensor]:
@@ -162,6 +166,9 @@ def evaluate_unet_group(members: Sequence[UNetDenoiser], z: torch.Tensor, t) -> 
     has_concat = members[0].concat is not None
     if any((m.concat is not None) != has_concat for m in members):
         raise ValueError("cannot batch calls with and without concatenated image channels together")
+    has_ip = members[0].image_embeds is not None
+    if any((m.image_embeds is not None) != has_ip for m in members):
+        raise ValueError("cannot batch calls with and without IP-Adapter image embeddings together")
 
     b = z.shape[0]
     k = len(members)
@@ -178,6 +185,10 @@ def evaluate_unet_group(members: Sequence[UNetDenoiser], z: torch.Tensor, t) -> 
         ehs = torch.cat([_rows(m.encoder_hidden_states, b) for m in members]).to(device=z.device, dtype=dtype)
 
     kwargs = {}
+    if has_ip:
+        kwargs["added_cond_kwargs"] = {"image_embeds": [
+            torch.cat([_rows(m.image_embeds[j], b) for m in members]).to(device=z.device, dtype=dtype)
+            for j in range(len(members[0].image_embeds))]}
     if any(m.control is not None for m in members):
         down_parts: list[list[torch.Tensor]] = []
         mid_parts: list[torch.Tensor] = []

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionMixin
+from diffusers import DiffusionPipeline, StableDiffusionMixin, StableDiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.loaders import IPAdapterMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
@@ -97,7 +97,7 @@ SHIM = (
 
 
 class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin,
-                       StableDiffusionLoraLoaderMixin):
+                       StableDiffusionLoraLoaderMixin, IPAdapterMixin):
     """SD1.5 components + an optional null-text domain UNet + optional ControlNet and community UNets, as a
     diffusers ``DiffusionPipeline``.
 
@@ -110,12 +110,16 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
     :class:`suite.domains.Domain`) is saved in the config.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"  # the domain UNet and ControlNet alternate with the UNet
-    _optional_components = ["text_encoder", "tokenizer", "domain_unet", "controlnet", "community_unets"]
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"  # the domain UNet etc. alternate with the UNet
+    _optional_components = ["text_encoder", "tokenizer", "domain_unet", "controlnet", "community_unets",
+                            "image_encoder", "feature_extractor"]
+    # IP-Adapter image embeddings exactly as StableDiffusionPipeline computes them (same components, same rules)
+    encode_image = StableDiffusionPipeline.encode_image
+    prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, domain_unet=None, controlnet=None,
-                 community_unets=None, domain: Domain | dict | None = None):
+                 community_unets=None, image_encoder=None, feature_extractor=None, domain: Domain | dict | None = None):
         super().__init__()
         if isinstance(community_unets, dict):
             community_unets = UNetCollection.of(community_unets) if community_unets else None
@@ -124,7 +128,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                              "with suite.models.load_domain_model or NullTextUNet.from_pretrained")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, domain_unet=domain_unet, controlnet=controlnet,
-                              community_unets=community_unets)
+                              community_unets=community_unets, image_encoder=image_encoder,
+                              feature_extractor=feature_extractor)
         self.domain = domain
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -264,10 +269,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         return encode_prompts(self.tokenizer, self.text_encoder, [prompt], device=self._execution_device,
                               dtype=self.unet.dtype)
 
-    def _sd(self, prompt_embeds, unet=None, control: ControlNetInput | None = None, name="sd") -> UNetDenoiser:
+    def _sd(self, prompt_embeds, unet=None, control: ControlNetInput | None = None, name="sd",
+            image_embeds: list[torch.Tensor] | None = None) -> UNetDenoiser:
+        """An SD1.5-type UNet (default: ``self.unet``) with its conditioning. ``image_embeds`` (IP-Adapter) reach
+        only ``self.unet``, the model the adapters were loaded into."""
         unet = unet if unet is not None else self.unet
         pred = getattr(self.scheduler.config, "prediction_type", "epsilon")
         return UNetDenoiser(unet, prompt_embeds, control=control, prediction_type=pred,
+                            image_embeds=image_embeds if unet is self.unet else None,
                             alphas_cumprod=self.scheduler.alphas_cumprod, name=name)
 
     def prepare_control_image(self, image, height: int, width: int) -> torch.Tensor:
@@ -309,7 +318,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                        negative_prompt_embeds: torch.Tensor | None = None, domain_weight: float | None = None,
                        control_weight: float | None = None, control_image=None, controls: Sequence[Control] = (),
                        height: int = 512, width: int = 512, w0: float = 7.0, auto_norm: str = "direction",
-                       rectify: bool = True, use_domain: bool = True, images_per_prompt: int = 1) -> MultiGuidance:
+                       rectify: bool = True, use_domain: bool = True, images_per_prompt: int = 1,
+                       ip_adapter_embeds: tuple[list, list] | None = None) -> MultiGuidance:
         """The multi-guidance denoiser for one request (reads top to bottom).
 
         ``domain_weight`` / ``control_weight``: a number, or ``None`` for automatic (``AutoWeights(w0, auto_norm)``).
@@ -317,7 +327,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         (the customised model's own), to show what rectification fixes. ``prompt`` (and ``negative_prompt``) may
         be a list, one prompt per group of ``images_per_prompt`` rows of the batch (diffusers' order);
         ``prompt_embeds`` / ``negative_prompt_embeds`` replace the encoded prompts (one row per prompt).
+        ``ip_adapter_embeds``: ``(positive, negative)`` IP-Adapter image embeddings (one tensor per adapter): the
+        conditional calls of the SD UNet read the positive ones, its unconditional base the negative ones.
         """
+        ip_pos, ip_neg = ip_adapter_embeds or (None, None)
         # 1. The prompt term's text features (a list of prompts gives one row per image), then the negative ones.
         k = check_int(images_per_prompt, "the number of images per prompt", 1)
         if prompt_embeds is not None and prompt is not None and prompt != "":
@@ -343,7 +356,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             customised = [c.unet for c in extra if c.unet is not None]
             if customised:
                 base_unet = customised[0]
-        base = self._sd(neg, unet=base_unet, name="uncond")
+        base = self._sd(neg, unet=base_unet, name="uncond", image_embeds=ip_neg)
 
         # 3. Terms: domain guidance (null-text domain UNet, no text), then control guidance: the prompt (with the
         #    ControlNet image, if any), then the extra controls.
@@ -355,14 +368,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if text is not None or control_image is not None:
             den = self._sd(text if text is not None else neg, control=self._controlnet_input(control_image, None, 1.0,
                                                                                             height, width),
-                           name="control")
+                           name="control", image_embeds=ip_pos)
             if text is not None and control_image is None:
                 first_text = den
             terms.append(Term(den, control_weight, name="control"))
         for i, c in enumerate(extra):
             embeds = self.encode_prompt(c.prompt) if c.prompt else neg
             cn = self._controlnet_input(c.image, c.controlnet, c.conditioning_scale, height, width)
-            den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}")
+            den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}", image_embeds=ip_pos)
             if first_text is None and c.prompt and c.unet is None and cn is None:
                 first_text = den
             terms.append(Term(den, c.weight, name=c.name or f"control{i}"))
@@ -379,7 +392,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                     metadata = getattr(self.domain_unet, "metadata", None)
                     ref_prompt = self.domain.prompt if self.domain else (metadata.prompt if metadata else "")
                     ref_prompt = ref_prompt or next((c.prompt for c in extra if c.prompt), "")
-                    reference = self._sd(self.encode_prompt(ref_prompt), name="reference")
+                    reference = self._sd(self.encode_prompt(ref_prompt), name="reference", image_embeds=ip_pos)
             auto = AutoWeights(w0=w0, norm=auto_norm, reference=reference)
         return MultiGuidance(base, terms, auto)
 
@@ -409,6 +422,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                  domain_weight: float | None = None, control_weight: float | None = None, control_image=None,
                  controls: Sequence[Control] = (), image=None, strength: float = 0.8, seed: int | None = None,
                  w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True, use_domain: bool = True,
+                 ip_adapter_image=None, ip_adapter_image_embeds: list[torch.Tensor] | None = None,
                  guidance=None) -> InDomainOutput | tuple:
         """Sample ``num_images_per_prompt`` images per prompt. diffusers' arguments mean what they mean in
         ``StableDiffusionPipeline``; the guidance weights replace ``guidance_scale``.
@@ -417,7 +431,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         selects (0 = unchanged, 1 = from pure noise) and denoised by the same loop. ``guidance`` replaces the
         default multi-guidance with any denoiser (e.g. a custom one). ``seed`` is a shortcut for ``generator``.
         ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` may return new latents, and may stop
-        sampling with ``pipe._interrupt = True`` (the latents so far are decoded).
+        sampling with ``pipe._interrupt = True`` (the latents so far are decoded). ``ip_adapter_image`` /
+        ``ip_adapter_image_embeds`` (after ``pipe.load_ip_adapter(...)``) are diffusers' (embeddings as
+        ``cat([negative, positive])`` per adapter).
         """
         # 1. Check inputs (one clear sentence each).
         steps = check_int(num_inference_steps, "the number of steps", minimum=1)
@@ -454,13 +470,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         else:
             n_prompts = len(prompt) if isinstance(prompt, list | tuple) else 1
         num_images = per_prompt * n_prompts
+        ip_embeds = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            if getattr(self.unet, "encoder_hid_proj", None) is None:
+                raise ValueError("an IP-Adapter image needs an IP-Adapter: load one with pipe.load_ip_adapter(...)")
+            both = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
+                                                        num_images, True)
+            ip_embeds = ([e.chunk(2)[1] for e in both], [e.chunk(2)[0] for e in both])
         if guidance is None:
             guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                                            negative_prompt_embeds=negative_prompt_embeds, images_per_prompt=per_prompt,
                                            domain_weight=domain_weight, control_weight=control_weight,
                                            control_image=control_image, controls=controls, height=height,
                                            width=width, w0=w0, auto_norm=auto_norm, rectify=rectify,
-                                           use_domain=use_domain)
+                                           use_domain=use_domain, ip_adapter_embeds=ip_embeds)
         if hasattr(guidance, "reset"):
             guidance.reset()
 

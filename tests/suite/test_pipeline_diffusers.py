@@ -243,3 +243,58 @@ def test_unsafe_or_unsupported_save_options_are_refused(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="safetensors only"):
         tiny_pipe.save_pretrained(tmp_path / "p", safe_serialization=False)
     assert not (tmp_path / "p").exists()
+
+
+def _tiny_ip_adapter(unet, folder):
+    """Random IP-Adapter weights for ``unet`` in the file format of the released ones (``image_proj.*``,
+    ``ip_adapter.*``), as diffusers' own tests build them."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor
+    from diffusers.models.embeddings import ImageProjection
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    state, key, channels = {}, 1, unet.config.block_out_channels
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        proc = IPAdapterAttnProcessor(hidden_size=hidden, cross_attention_dim=unet.config.cross_attention_dim)
+        sd = proc.state_dict()
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = sd["to_k_ip.0.weight"] * 20
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = sd["to_v_ip.0.weight"] * 20
+        key += 2
+    dim = unet.config.cross_attention_dim
+    proj = ImageProjection(cross_attention_dim=dim, image_embed_dim=dim, num_image_text_embeds=4).state_dict()
+    state.update({"image_proj.proj.weight": proj["image_embeds.weight"], "image_proj.proj.bias": proj["image_embeds.bias"],
+                  "image_proj.norm.weight": proj["norm.weight"], "image_proj.norm.bias": proj["norm.bias"]})
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "ip.safetensors"))
+    return dim
+
+
+def test_ip_adapter_loads_and_samples_as_in_diffusers(fresh_pipe, tmp_path):
+    dim = _tiny_ip_adapter(fresh_pipe.unet, tmp_path / "ip")
+    fresh_pipe.load_ip_adapter(str(tmp_path / "ip"), subfolder="", weight_name="ip.safetensors",
+                               image_encoder_folder=None)
+    gen = torch.Generator().manual_seed(1)
+    embeds = [torch.cat([torch.zeros(1, 1, dim), torch.randn(1, 1, dim, generator=gen) * 3])]  # [negative, image]
+    other = [torch.cat([torch.zeros(1, 1, dim), torch.randn(1, 1, dim, generator=gen) * 3])]
+    kw = dict(domain_weight=0.0, control_weight=4.0, num_images_per_prompt=2, **KW)
+    ours = fresh_pipe("wearing glasses", ip_adapter_image_embeds=embeds, **kw).images
+    theirs = _diffusers_sd(fresh_pipe)("wearing glasses", ip_adapter_image_embeds=embeds, guidance_scale=4.0,
+                                       num_images_per_prompt=2, num_inference_steps=3,
+                                       generator=torch.Generator().manual_seed(2), output_type="np").images
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert np.abs(ours - fresh_pipe("wearing glasses", ip_adapter_image_embeds=other, **kw).images).max() > 1e-3
+    with_domain = fresh_pipe("wearing glasses", ip_adapter_image_embeds=embeds, **{**kw, "domain_weight": 1.0})
+    assert np.isfinite(with_domain.images).all()  # the domain UNet (no adapter) runs beside the adapted UNet
+
+
+def test_ip_adapter_input_without_an_adapter_is_one_sentence(tiny_pipe):
+    with pytest.raises(ValueError, match="load_ip_adapter"):
+        tiny_pipe("x", ip_adapter_image_embeds=[torch.zeros(2, 1, 32)], num_inference_steps=1)
