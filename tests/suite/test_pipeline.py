@@ -8,17 +8,7 @@ import torch
 from PIL import Image
 
 from suite.pipeline import Control
-
-
-def diffusers_sd(pipe):
-    """diffusers' own StableDiffusionPipeline on the very same components."""
-    from diffusers import StableDiffusionPipeline
-
-    ref = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                  unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
-                                  feature_extractor=None, requires_safety_checker=False)
-    ref.set_progress_bar_config(disable=True)
-    return ref
+from tests.common import diffusers_sd
 
 
 @pytest.mark.parametrize("w", [1.0, 7.5])

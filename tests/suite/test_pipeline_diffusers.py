@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from suite.pipeline import InDomainPipeline, report_steps
+from tests.common import diffusers_sd
 
 KW = dict(num_inference_steps=3, seed=2, output_type="np")
 
@@ -150,16 +151,6 @@ def test_return_dict_false_gives_a_tuple(tiny_pipe):
     assert images.shape[0] == 1 and latents.ndim == 4 and set(weights) == {"domain", "control"}
 
 
-def _diffusers_sd(pipe):
-    from diffusers import StableDiffusionPipeline
-
-    ref = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                  unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
-                                  feature_extractor=None, requires_safety_checker=False)
-    ref.set_progress_bar_config(disable=True)
-    return ref
-
-
 @pytest.fixture
 def fresh_pipe(tiny_dir):
     """A pipeline of its own (LoRA and textual inversion change its models)."""
@@ -179,7 +170,7 @@ def test_textual_inversion_loads_as_in_diffusers(fresh_pipe, tmp_path):
     after = fresh_pipe.encode_prompt("a <glasses> face")
     assert (after - before).abs().max() > 1e-3
     ours = fresh_pipe("a <glasses> face", domain_weight=0.0, control_weight=4.0, **KW).images
-    theirs = _diffusers_sd(fresh_pipe)("a <glasses> face", guidance_scale=4.0, num_inference_steps=3,
+    theirs = diffusers_sd(fresh_pipe)("a <glasses> face", guidance_scale=4.0, num_inference_steps=3,
                                        generator=torch.Generator().manual_seed(2), output_type="np").images
     assert np.abs(ours - theirs).max() <= 1e-5
 
@@ -204,7 +195,7 @@ def test_lora_loads_as_in_diffusers(fresh_pipe, tmp_path):
     plain = fresh_pipe("wearing glasses", **kw).images
     fresh_pipe.load_lora_weights(str(tmp_path / "lora"))
     with_lora = fresh_pipe("wearing glasses", **kw).images
-    theirs = _diffusers_sd(fresh_pipe)("wearing glasses", guidance_scale=4.0, num_inference_steps=3,
+    theirs = diffusers_sd(fresh_pipe)("wearing glasses", guidance_scale=4.0, num_inference_steps=3,
                                        generator=torch.Generator().manual_seed(2), output_type="np").images
     assert np.abs(with_lora - plain).max() > 1e-3 and np.abs(with_lora - theirs).max() <= 1e-5
 
@@ -286,7 +277,7 @@ def test_ip_adapter_loads_and_samples_as_in_diffusers(fresh_pipe, tmp_path):
     other = [torch.cat([torch.zeros(1, 1, dim), torch.randn(1, 1, dim, generator=gen) * 3])]
     kw = dict(domain_weight=0.0, control_weight=4.0, num_images_per_prompt=2, **KW)
     ours = fresh_pipe("wearing glasses", ip_adapter_image_embeds=embeds, **kw).images
-    theirs = _diffusers_sd(fresh_pipe)("wearing glasses", ip_adapter_image_embeds=embeds, guidance_scale=4.0,
+    theirs = diffusers_sd(fresh_pipe)("wearing glasses", ip_adapter_image_embeds=embeds, guidance_scale=4.0,
                                        num_images_per_prompt=2, num_inference_steps=3,
                                        generator=torch.Generator().manual_seed(2), output_type="np").images
     assert np.abs(ours - theirs).max() <= 1e-5
