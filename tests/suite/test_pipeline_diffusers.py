@@ -289,3 +289,31 @@ def test_ip_adapter_loads_and_samples_as_in_diffusers(fresh_pipe, tmp_path):
 def test_ip_adapter_input_without_an_adapter_is_one_sentence(tiny_pipe):
     with pytest.raises(ValueError, match="load_ip_adapter"):
         tiny_pipe("x", ip_adapter_image_embeds=[torch.zeros(2, 1, 32)], num_inference_steps=1)
+
+
+def test_ip_adapter_image_through_its_image_encoder_as_in_diffusers(fresh_pipe, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    dim = _tiny_ip_adapter(fresh_pipe.unet, tmp_path / "ip")
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, projection_dim=dim, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8)).save_pretrained(tmp_path / "ip" / "image_encoder")
+    fresh_pipe.load_ip_adapter(str(tmp_path / "ip"), subfolder="", weight_name="ip.safetensors",
+                               image_encoder_folder="image_encoder")
+    assert fresh_pipe.image_encoder is not None and fresh_pipe.feature_extractor is not None
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    ours = fresh_pipe("wearing glasses", ip_adapter_image=image, domain_weight=0.0, control_weight=4.0, **KW).images
+    ref = StableDiffusionPipeline(vae=fresh_pipe.vae, text_encoder=fresh_pipe.text_encoder,
+                                  tokenizer=fresh_pipe.tokenizer, unet=fresh_pipe.unet, scheduler=fresh_pipe.scheduler,
+                                  safety_checker=None, feature_extractor=fresh_pipe.feature_extractor,
+                                  image_encoder=fresh_pipe.image_encoder, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    theirs = ref("wearing glasses", ip_adapter_image=image, guidance_scale=4.0, num_inference_steps=3,
+                 generator=torch.Generator().manual_seed(2), output_type="np").images
+    assert np.abs(ours - theirs).max() <= 1e-5
+    folder = fresh_pipe.save_pretrained(tmp_path / "with-ip")  # the encoder and processor are components
+    assert json.loads((folder / "model_index.json").read_text())["image_encoder"] == [
+        "transformers", "CLIPVisionModelWithProjection"]
