@@ -261,13 +261,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         return self
 
     # ----------------------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def encode_prompt(self, prompt: str, clip_skip: int | None = None) -> torch.Tensor:
         """CLIP features ``[1, 77, D]`` of one prompt (textual-inversion tokens expanded, as diffusers does)."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline has no text encoder (it was freed): pass prompt_embeds instead of a prompt")
         prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
         return encode_prompts(self.tokenizer, self.text_encoder, [prompt], device=self._execution_device,
-                              dtype=self.unet.dtype)
+                              dtype=self.unet.dtype, clip_skip=clip_skip)
 
     def _sd(self, prompt_embeds, unet=None, control: ControlNetInput | None = None, name="sd",
             image_embeds: list[torch.Tensor] | None = None) -> UNetDenoiser:
@@ -296,7 +296,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         return self.control_image_processor.preprocess(image, height=height, width=width).to(device, dtype)
 
     def _text_rows(self, texts: list[str] | None, embeds: torch.Tensor | None, n_prompts: int, per_prompt: int,
-                   what: str) -> torch.Tensor:
+                   what: str, clip_skip: int | None = None) -> torch.Tensor:
         """Text features for the batch: ``[1, 77, D]`` when one prompt serves every image, else one row per image
         (diffusers' order: ``per_prompt`` images of prompt 1, then of prompt 2, ...). From ``texts`` (1 or
         ``n_prompts`` prompts) or from precomputed ``embeds`` (1 or ``n_prompts`` rows)."""
@@ -306,9 +306,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                                  f"got {tuple(embeds.shape)}")
             rows = embeds.to(self._execution_device, self.unet.dtype)
         elif len(texts) == 1:
-            rows = self.encode_prompt(texts[0])
+            rows = self.encode_prompt(texts[0], clip_skip)
         else:
-            rows = torch.cat([self.encode_prompt(t) for t in texts])
+            rows = torch.cat([self.encode_prompt(t, clip_skip) for t in texts])
         if rows.shape[0] == 1:
             return rows
         return rows.repeat_interleave(per_prompt, dim=0)
@@ -319,7 +319,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                        control_weight: float | None = None, control_image=None, controls: Sequence[Control] = (),
                        height: int = 512, width: int = 512, w0: float = 7.0, auto_norm: str = "direction",
                        rectify: bool = True, use_domain: bool = True, images_per_prompt: int = 1,
-                       ip_adapter_embeds: tuple[list, list] | None = None) -> MultiGuidance:
+                       ip_adapter_embeds: tuple[list, list] | None = None,
+                       clip_skip: int | None = None) -> MultiGuidance:
         """The multi-guidance denoiser for one request (reads top to bottom).
 
         ``domain_weight`` / ``control_weight``: a number, or ``None`` for automatic (``AutoWeights(w0, auto_norm)``).
@@ -329,6 +330,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         ``prompt_embeds`` / ``negative_prompt_embeds`` replace the encoded prompts (one row per prompt).
         ``ip_adapter_embeds``: ``(positive, negative)`` IP-Adapter image embeddings (one tensor per adapter): the
         conditional calls of the SD UNet read the positive ones, its unconditional base the negative ones.
+        ``clip_skip`` applies to the prompts, not to the negative prompt (as in diffusers' encode_prompt).
         """
         ip_pos, ip_neg = ip_adapter_embeds or (None, None)
         # 1. The prompt term's text features (a list of prompts gives one row per image), then the negative ones.
@@ -343,7 +345,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if negatives is not None and len(negatives) not in (1, n):
             raise ValueError(f"{len(negatives)} negative prompts for {n} prompts: give one, or one each")
         has_text = prompt_embeds is not None or any(prompts)
-        text = self._text_rows(prompts, prompt_embeds, n, k, "prompt_embeds") if has_text else None
+        if clip_skip is not None:
+            clip_skip = check_int(clip_skip, "clip_skip", 0, self.text_encoder.config.num_hidden_layers - 1)
+        text = self._text_rows(prompts, prompt_embeds, n, k, "prompt_embeds", clip_skip) if has_text else None
         neg = self._text_rows(negatives, negative_prompt_embeds, n, k, "negative_prompt_embeds")
         if text is not None and neg.shape[0] != text.shape[0] and 1 not in (neg.shape[0], text.shape[0]):
             raise ValueError("prompt_embeds and negative_prompt_embeds must have the same number of rows")
@@ -373,7 +377,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                 first_text = den
             terms.append(Term(den, control_weight, name="control"))
         for i, c in enumerate(extra):
-            embeds = self.encode_prompt(c.prompt) if c.prompt else neg
+            embeds = self.encode_prompt(c.prompt, clip_skip) if c.prompt else neg
             cn = self._controlnet_input(c.image, c.controlnet, c.conditioning_scale, height, width)
             den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}", image_embeds=ip_pos)
             if first_text is None and c.prompt and c.unet is None and cn is None:
@@ -392,7 +396,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                     metadata = getattr(self.domain_unet, "metadata", None)
                     ref_prompt = self.domain.prompt if self.domain else (metadata.prompt if metadata else "")
                     ref_prompt = ref_prompt or next((c.prompt for c in extra if c.prompt), "")
-                    reference = self._sd(self.encode_prompt(ref_prompt), name="reference", image_embeds=ip_pos)
+                    reference = self._sd(self.encode_prompt(ref_prompt, clip_skip), name="reference",
+                                         image_embeds=ip_pos)
             auto = AutoWeights(w0=w0, norm=auto_norm, reference=reference)
         return MultiGuidance(base, terms, auto)
 
@@ -423,7 +428,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                  controls: Sequence[Control] = (), image=None, strength: float = 0.8, seed: int | None = None,
                  w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True, use_domain: bool = True,
                  ip_adapter_image=None, ip_adapter_image_embeds: list[torch.Tensor] | None = None,
-                 guidance=None) -> InDomainOutput | tuple:
+                 clip_skip: int | None = None, guidance=None) -> InDomainOutput | tuple:
         """Sample ``num_images_per_prompt`` images per prompt. diffusers' arguments mean what they mean in
         ``StableDiffusionPipeline``; the guidance weights replace ``guidance_scale``.
 
@@ -483,7 +488,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                                            domain_weight=domain_weight, control_weight=control_weight,
                                            control_image=control_image, controls=controls, height=height,
                                            width=width, w0=w0, auto_norm=auto_norm, rectify=rectify,
-                                           use_domain=use_domain, ip_adapter_embeds=ip_embeds)
+                                           use_domain=use_domain, ip_adapter_embeds=ip_embeds, clip_skip=clip_skip)
         if hasattr(guidance, "reset"):
             guidance.reset()
 

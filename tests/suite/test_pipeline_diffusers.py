@@ -317,3 +317,19 @@ def test_ip_adapter_image_through_its_image_encoder_as_in_diffusers(fresh_pipe, 
     folder = fresh_pipe.save_pretrained(tmp_path / "with-ip")  # the encoder and processor are components
     assert json.loads((folder / "model_index.json").read_text())["image_encoder"] == [
         "transformers", "CLIPVisionModelWithProjection"]
+
+
+def test_clip_skip_takes_an_earlier_layer_for_the_prompt_not_the_negative(tiny_pipe):
+    """diffusers' meaning of clip_skip (its StableDiffusionPipeline reads text_encoder.text_model, which
+    transformers 5 no longer has, so the comparison is with the layer computed by hand)."""
+    enc, tok = tiny_pipe.text_encoder, tiny_pipe.tokenizer
+    ids = tok(["wearing glasses"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        by_hand = enc.final_layer_norm(enc(ids, output_hidden_states=True).hidden_states[-2])
+    assert torch.allclose(tiny_pipe.encode_prompt("wearing glasses", clip_skip=1), by_hand)
+    kw = dict(domain_weight=0.0, control_weight=4.0, negative_prompt_embeds=tiny_pipe.encode_prompt(""), **KW)
+    skipped = tiny_pipe("wearing glasses", clip_skip=1, **kw).images
+    assert np.array_equal(skipped, tiny_pipe(prompt_embeds=by_hand, **kw).images)
+    assert np.abs(skipped - tiny_pipe("wearing glasses", **kw).images).max() > 1e-3
+    with pytest.raises(ValueError, match="clip_skip"):
+        tiny_pipe("x", clip_skip=99, num_inference_steps=1)
