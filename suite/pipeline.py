@@ -345,7 +345,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if negatives is not None and len(negatives) not in (1, n):
             raise ValueError(f"{len(negatives)} negative prompts for {n} prompts: give one, or one each")
         has_text = prompt_embeds is not None or any(prompts)
-        if clip_skip is not None:
+        if clip_skip is not None and self.text_encoder is not None:
             clip_skip = check_int(clip_skip, "clip_skip", 0, self.text_encoder.config.num_hidden_layers - 1)
         text = self._text_rows(prompts, prompt_embeds, n, k, "prompt_embeds", clip_skip) if has_text else None
         neg = self._text_rows(negatives, negative_prompt_embeds, n, k, "negative_prompt_embeds")
