@@ -140,13 +140,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
 
     @property
     def domain(self) -> Domain | None:
-        return self.__dict__.get("_domain")
+        """The domain preset, kept in the config (``model_index.json``) and read from there."""
+        stored = self.config.get("domain")
+        return Domain(**stored) if stored else None
 
     @domain.setter
     def domain(self, value: Domain | dict | None) -> None:
         if isinstance(value, dict):
-            value = Domain(**value)
-        self.__dict__["_domain"] = value
+            value = Domain(**value)  # checked now, not at the first read
         self.register_to_config(domain=asdict(value) if value is not None else None)
 
     @property
