@@ -201,25 +201,27 @@ def test_generate_by_clicking_shows_the_image_and_its_settings(page):
     prompt = "#gen-prompt textarea"
     # Typing or a click that lands before the page's scripts are wired up (hydration replaces the textarea) is
     # lost: type again if the box lost the text, click again if no image with the prompt's caption arrived.
-    expr = (f"(() => {{ const s = {GALLERY_IMAGES}; const c = document.querySelector('#gen-gallery').innerText;"
-            f" return s.length && c.includes('wearing glasses') ? s : null }})()")
-    sizes = None
+    # Every query is null-safe (?.): gradio re-renders the gallery when its value arrives, and a poll that lands
+    # in that moment finds no element (it failed CI once with "Cannot read properties of null").
+    expr = (f"(() => {{ const s = {GALLERY_IMAGES}; const c = document.querySelector('#gen-gallery')?.innerText"
+            f" ?? ''; return s.length && c.includes('wearing glasses') ? [s, c] : null }})()")
+    found = None
     for attempt in range(3):
-        if b.eval(f"document.querySelector({json.dumps(prompt)}).value") != "wearing glasses":
-            b.eval(f"(() => {{ const t = document.querySelector({json.dumps(prompt)}); t.value = '';"
-                   f" t.dispatchEvent(new Event('input', {{bubbles: true}})); }})()")
+        if b.eval(f"document.querySelector({json.dumps(prompt)})?.value") != "wearing glasses":
+            b.eval(f"(() => {{ const t = document.querySelector({json.dumps(prompt)}); if (!t) return;"
+                   f" t.value = ''; t.dispatchEvent(new Event('input', {{bubbles: true}})); }})()")
             b.type(prompt, "wearing glasses")
         b.click("#gen-run")
         try:
-            sizes = b.wait_for(expr, 60, "the generated image in the gallery")
+            found = b.wait_for(expr, 60, "the generated image in the gallery")
             break
         except TimeoutError:
             b.screenshot(artifacts / f"generate-wait-{attempt}.png")
-    assert sizes is not None, "no generated image appeared in the gallery after 3 clicks (screenshots saved)"
+    assert found is not None, "no generated image appeared in the gallery after 3 clicks (screenshots saved)"
+    sizes, caption = found
     assert sizes[0] == [64, 64]  # the tiny preset's image, served back by the app
-    caption = b.eval("document.querySelector('#gen-gallery').innerText")
     assert "wearing glasses" in caption and "seed 0" in caption and "4 steps" in caption
-    weights = b.wait_for("(() => { const t = document.querySelector('#gen-weights').innerText;"
+    weights = b.wait_for("(() => { const t = document.querySelector('#gen-weights')?.innerText ?? '';"
                          " return t.includes('weights used') ? t : null })()", 30, "the weights used")
     assert "w_d = " in weights and "(auto)" in weights
     shot = b.screenshot(artifacts / "generate.png")
@@ -260,6 +262,6 @@ def test_bad_uploads_show_an_error_in_the_page_and_the_app_keeps_serving(page, t
     b.wait_for("(() => { const i = document.querySelector('#gen-canny img'); return i && i.complete && "
                "i.naturalWidth > 0 })()", 60, "the canny preview")
     b.click("#gen-run")
-    b.wait_for("document.querySelector('#gen-gallery').innerText.includes('ControlNet')", 180,
+    b.wait_for("(document.querySelector('#gen-gallery')?.innerText ?? '').includes('ControlNet')", 180,
                "a ControlNet result")
     b.screenshot(artifacts / "controlnet.png")
