@@ -14,7 +14,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m bench.miniworld", description=__doc__)
     p.add_argument("--output", required=True, help="folder for table.md, results.json, grid.png, forgetting.png")
-    p.add_argument("--quick", action="store_true", help="the CI-sized run (about a minute)")
+    p.add_argument("--quick", action="store_true", help="the CI-sized run (about 40 seconds on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)

@@ -54,7 +54,7 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(ft_steps=(150,), ft_batch=16, n_domain=300, n_heldout=64, images_per_prompt=2, colour_prompts=False,
+QUICK = Config(ft_steps=(50,), ft_batch=16, n_domain=300, n_heldout=64, images_per_prompt=2, colour_prompts=False,
                uncond_images=8, sample_steps=12, fixed_weights=())
 
 

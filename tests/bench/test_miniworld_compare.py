@@ -22,7 +22,9 @@ def test_quick_comparison_writes_the_table_plot_and_grid(quick_comparison):
     assert "| ours (auto) |" in (out / "table.md").read_text()
     assert rows["base"]["text_domain"] <= 0.1 and rows["base"]["shape_align"] >= 0.8  # no porcelain, full control
     # Fine-tuning learns the domain (its unconditional samples are porcelain).
-    assert rows["fine-tuning@150"]["uncond_domain"] >= 0.5
+    from bench.miniworld import QUICK
+
+    assert rows[f"fine-tuning@{QUICK.ft_steps[-1]}"]["uncond_domain"] >= 0.5
 
 
 @pytest.mark.xfail(raises=AssertionError, strict=True,
