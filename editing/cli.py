@@ -12,6 +12,7 @@ import logging
 
 from suite import cli
 from suite.checks import UserError, check_range, finite_float
+from suite.domains import FRAMINGS
 
 HELP = "edit a photo with SDEdit and in-domain guidance (face photos: detect, align, edit the face, paste back)"
 log = logging.getLogger("editing")
@@ -32,7 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("--whole-image", action="store_true",
                    help="edit the whole photo scaled to the model's resolution instead of the face crop "
                         "(for photos without a detectable face; the same as --framing whole)")
-    p.add_argument("--framing", choices=["face", "animal", "whole"], default=None,
+    p.add_argument("--framing", choices=FRAMINGS, default=None,
                    help="how the domain's photos are framed, which the edit reproduces: 'face' (FFHQ's alignment, "
                         "from dlib's 68 landmarks when dlib is installed), 'animal' (a cat's face), 'whole' "
                         "(default: the domain's: face for face, animal for animal, whole for the others)")
@@ -66,7 +67,6 @@ def main(args) -> int:
 
     # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
     pipe = cli.load_pipeline(args)
-    framing = "whole" if args.whole_image else args.framing or (pipe.domain.framing if pipe.domain else "whole")
 
     # 3. Edit (detect and align, SDEdit through the pipeline, paste back), with a progress bar.
     from PIL import Image
@@ -86,8 +86,8 @@ def main(args) -> int:
         domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
         result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=domain_weight,
                             control_weight=control_weight, mask=mask_image, all_faces=args.all_faces,
-                            framing=framing, num_images=args.num_images, seed=args.seed, steps=args.steps,
-                            progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
+                            framing=args.framing, whole_image=args.whole_image, num_images=args.num_images,
+                            seed=args.seed, steps=args.steps, progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
                             auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels)
     finally:
         bar.close()

@@ -9,6 +9,7 @@ photo with a feathered mask. Pixels outside the mask are never written: they sta
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -50,7 +51,8 @@ def _no_face(detector, rgb: np.ndarray, framing: str) -> str:
 class EditResult:
     """``images``: full-size edited photos (same size and orientation as the input, as the user sees it).
     ``face_boxes``: the edited faces' ``(x0, y0, x1, y1)`` in input pixel coordinates ([] for the whole image).
-    ``timings``: seconds spent in detect (incl. loading and crop/align), encode, denoise, decode, paste.
+    ``timings``: seconds spent in detect (incl. loading the detector), align (the crops), encode, denoise, decode,
+    paste.
     ``regions``: the crop regions (affine maps crop -> image). ``weights``: the guidance weights used per crop."""
 
     images: list[Image.Image]
@@ -79,7 +81,8 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     ``"whole"``; default: the pipeline's domain's, ``whole_image=True`` means ``"whole"``).
     ``detector``: any :class:`editing.faces.FaceDetector` (default: :func:`editing.faces.detector_for` the framing).
     Raises ValueError (one sentence) when no face is found, naming ``whole_image`` / ``--whole-image``; when the
-    only face found is under :data:`MIN_FACE` pixels wide; and when a face is found only with the photo turned by
+    largest face (with ``all_faces``: every face) is under :data:`MIN_FACE` pixels wide (with ``all_faces``, faces
+    that small are left as they are, with a warning); and when a face is found only with the photo turned by
     90 degrees (its EXIF orientation was lost). A face cut by the photo's border is edited: the crop is padded by
     reflection (as FFHQ pads) and only pixels inside the photo are written back.
     """
@@ -103,8 +106,9 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     report("detect", 0, 1, {})
     faces: list[Face] = []
-    if framing is None:
-        framing = getattr(getattr(pipe, "domain", None), "framing", "face") or "face"
+    if framing is None:  # the domain's; a pipeline without a domain preset edits faces
+        domain = getattr(pipe, "domain", None)
+        framing = domain.framing if domain is not None else "face"
     if whole_image:
         framing = "whole"
     if framing == "whole":
@@ -118,12 +122,16 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
             raise ValueError(_no_face(detector, photo.rgb, framing))
         faces = faces if all_faces else faces[:1]
         smallest = min(MIN_FACE, native // 8)  # a face upscaled more than 8x into the crop is mostly invented
-        small = [f for f in faces if f.box[2] - f.box[0] < smallest]
-        if small:
+        large = [f for f in faces if f.box[2] - f.box[0] >= smallest]
+        if not large:
             raise ValueError(f"the {'face' if framing == 'face' else 'animal face'} found is only "
-                             f"{small[0].box[2] - small[0].box[0]:.0f} px wide, under {smallest} px: the edit at the "
+                             f"{faces[0].box[2] - faces[0].box[0]:.0f} px wide, under {smallest} px: the edit at the "
                              f"model's {native} px would be mostly invented; use a photo where it is larger, or edit "
                              f"the whole image with --whole-image")
+        if len(large) < len(faces):  # --all-faces: the small ones (in the background of a group) stay as they are
+            logging.getLogger("editing").warning("%d face(s) under %d px wide are left as they are",
+                                                 len(faces) - len(large), smallest)
+        faces = large
         regions = [face_region(f, native) if framing == "face" else animal_region(f, native) for f in faces]
         weight = feather_mask((native, native), feather)
     timings["detect"] = time.perf_counter() - t0

@@ -22,6 +22,8 @@ framing is derived from the box alone.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -329,9 +331,9 @@ class CatFaceDetector:
     They are trained on cat faces seen in context, so a close-up (a face that fills the photo, the usual AFHQ-like
     framing) is searched on a copy with a replicated border of ``pad`` times its size around it, at many scales
     (the cascades are sensitive to the exact scale); boxes are clipped to the photo and overlapping ones merged.
-    A cascade also fires on parts of a face (the nose and mouth look like a small face), so the largest box that
-    at least two scales agree on comes first, then the others by size (no eyes: the animal framing uses the
-    box)."""
+    A cascade also fires on parts of a face (the nose and mouth look like a small face), so when at least two
+    scales agree on some box, only such boxes are kept (largest first); boxes seen at one scale are returned only
+    when no box is agreed on (no eyes: the animal framing uses the box)."""
 
     def __init__(self, pad: float = 0.5, sides=tuple(range(200, 481, 20)), min_neighbors: int = 3):
         cv2 = _cv2()
@@ -365,8 +367,9 @@ class CatFaceDetector:
 
 
 def _merge(faces: list[Face], iou: float = 0.4) -> list[Face]:
-    """Overlapping boxes (the same face found at several scales) become their mean, ``score`` = how many; the
-    largest box found at least twice first, then by size."""
+    """Overlapping boxes (the same face found at several scales) become their mean, ``score`` = how many. When some
+    box was found at least twice, the boxes found once are dropped (a one-scale box beside an agreed one is a false
+    positive, and callers take the largest face); largest first."""
     groups: list[list[Face]] = []
     for f in sorted(faces, key=lambda f: f.area, reverse=True):
         for g in groups:
@@ -377,7 +380,9 @@ def _merge(faces: list[Face], iou: float = 0.4) -> list[Face]:
             groups.append([f])
     merged = [Face(tuple(float(np.mean([f.box[i] for f in g])) for i in range(4)), score=float(len(g)))
               for g in groups]
-    merged = sorted(merged, key=lambda f: (f.score >= 2, f.area), reverse=True)
+    if any(f.score >= 2 for f in merged):
+        merged = [f for f in merged if f.score >= 2]
+    merged = sorted(merged, key=lambda f: f.area, reverse=True)
     kept: list[Face] = []
     for f in merged:  # a part of a face already kept (the nose and mouth of a close-up) is not another face
         if all(_inside(f.box, k.box) < 0.8 for k in kept):
@@ -402,25 +407,18 @@ def _iou(a, b) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-_NOTICE_SHOWN = False
-
-
+@functools.cache
 def detector_for(framing: str) -> FaceDetector:
-    """The detector for a domain's framing: ``"animal"``: :class:`CatFaceDetector`; ``"face"``:
-    :class:`DlibFaceDetector` (HOG, then CNN, then Haar) when dlib is installed, else :class:`HaarFaceDetector`
-    with a one-line notice."""
-    global _NOTICE_SHOWN
+    """The detector for a domain's framing, built once per process (dlib's models take about a second to load):
+    ``"animal"``: :class:`CatFaceDetector`; ``"face"``: :class:`DlibFaceDetector` (HOG, then CNN, then Haar) when
+    dlib is installed, else :class:`HaarFaceDetector` with a one-line notice."""
     if framing == "animal":
         return CatFaceDetector()
     if framing != "face":
-        raise ValueError(f"no face detector for the framing {framing!r}: use face, animal or whole")
+        raise ValueError(f"no face detector for the framing {framing!r}: use face or animal ('whole' needs none)")
     if dlib_available():
         return DlibFaceDetector(fallback=HaarFaceDetector())
-    if not _NOTICE_SHOWN:
-        import logging
-
-        logging.getLogger("editing").info(
-            "note: dlib is not installed, so faces are found with OpenCV's Haar cascades and aligned without a "
-            "mouth landmark; pip install 'in-domain-suite[faces]' for FFHQ's own 68-landmark alignment")
-        _NOTICE_SHOWN = True
+    logging.getLogger("editing").info(
+        "note: dlib is not installed, so faces are found with OpenCV's Haar cascades and aligned without a "
+        "mouth landmark; pip install 'in-domain-suite[faces]' for FFHQ's own 68-landmark alignment")
     return HaarFaceDetector()

@@ -154,6 +154,17 @@ def test_all_faces_or_the_largest(pipe):
     assert np.array_equal(np.asarray(one.images[0])[:, 100:], np.asarray(both.images[0])[:, 100:])
 
 
+def test_all_faces_leaves_a_face_too_small_to_edit_and_edits_the_others(pipe, caplog):
+    photo = photo_array(120, 200, seed=10)
+    tiny, large = face_at((30.0, 30.0), 2.0), face_at((140.0, 60.0), 12.0)  # 4 px wide: under the tiny model's 8
+    with caplog.at_level("WARNING", logger="editing"):
+        res = edit_photo(pipe, Image.fromarray(photo), strength=1.0, steps=1, all_faces=True,
+                         detector=FixedDetector(tiny, large))
+    assert res.face_boxes == [large.box] and "1 face(s) under 8 px wide" in caplog.text
+    with pytest.raises(ValueError, match="only 4 px wide"):
+        edit_photo(pipe, Image.fromarray(photo), strength=1.0, steps=1, all_faces=True, detector=FixedDetector(tiny))
+
+
 def test_no_face_is_a_clear_error_naming_whole_image(pipe):
     with pytest.raises(ValueError, match="whole.image"):
         edit_photo(pipe, Image.fromarray(photo_array(64, 64)), detector=FixedDetector())

@@ -108,14 +108,28 @@ def test_without_dlib_the_haar_fallback_finds_the_portrait(monkeypatch, caplog):
     import editing.faces as faces_mod
 
     monkeypatch.setattr(faces_mod, "dlib_available", lambda: False)
-    monkeypatch.setattr(faces_mod, "_NOTICE_SHOWN", False)
-    with caplog.at_level("INFO", logger="editing"):
-        det = detector_for("face")
+    detector_for.cache_clear()  # detectors are built once per process; build this one without dlib
+    try:
+        with caplog.at_level("INFO", logger="editing"):
+            det = detector_for("face")
+    finally:
+        detector_for.cache_clear()
     assert isinstance(det, HaarFaceDetector)
     assert "dlib is not installed" in caplog.text
     faces = det.detect(_rgb("astronaut"))
     el, er = faces[0].eye_points()
     assert _dist(el, ASTRONAUT_EYES[0]) < 8 and _dist(er, ASTRONAUT_EYES[1]) < 8
+
+
+def test_a_box_seen_at_one_scale_loses_to_one_that_scales_agree_on():
+    """The cat cascades fire on parts of a face and on clutter: a larger box seen at one scale only is dropped when
+    another box is agreed on by two scales (editing takes the largest face, so ranking alone would not do)."""
+    from editing.faces import _merge
+
+    agreed = [Face((100.0, 100.0, 200.0, 200.0)), Face((102.0, 101.0, 201.0, 202.0))]
+    lone = Face((250.0, 0.0, 550.0, 300.0))
+    assert [f.score for f in _merge([lone, *agreed])] == [2.0]
+    assert _merge([lone]) == [Face(lone.box, score=1.0)]  # with nothing agreed on, a lone box is all there is
 
 
 def test_the_cat_face_is_found_and_a_person_is_not_a_cat():
