@@ -59,6 +59,14 @@ PORCELAIN = Domain("porcelain", "a photo of porcelain", "porcelain objects (vase
 PRESETS: dict[str, Domain] = {d.name: d for d in (FACE, ANIMAL, PORCELAIN)}
 
 
+def domain_from_dict(stored: dict) -> Domain:
+    """A :class:`Domain` saved as a dict (a pipeline's config). Saved before ``framing`` existed, a preset's name
+    gives the preset's framing, so an old face pipeline still edits faces."""
+    if "framing" not in stored and stored.get("name") in PRESETS:
+        stored = {**stored, "framing": PRESETS[stored["name"]].framing}
+    return Domain(**stored)
+
+
 def get_domain(name: str) -> Domain:
     """A preset by name, or one clear error listing the known ones."""
     try:

@@ -33,7 +33,7 @@ from PIL import Image
 from .checks import check_int, check_prompt, check_range, check_weight
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser
-from .domains import Domain
+from .domains import Domain, domain_from_dict
 from .files import atomic_dir
 from .guidance import AutoWeights, MultiGuidance, Term
 from .nulltext import NullTextUNet
@@ -142,12 +142,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
     def domain(self) -> Domain | None:
         """The domain preset, kept in the config (``model_index.json``) and read from there."""
         stored = self.config.get("domain")
-        return Domain(**stored) if stored else None
+        return domain_from_dict(stored) if stored else None
 
     @domain.setter
     def domain(self, value: Domain | dict | None) -> None:
         if isinstance(value, dict):
-            value = Domain(**value)  # checked now, not at the first read
+            value = domain_from_dict(value)  # checked now, not at the first read
         self.register_to_config(domain=asdict(value) if value is not None else None)
 
     @property
@@ -200,7 +200,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if bundle is not None:
             log.warning("%s is an InDomainPipeline folder in the old format (bundle.json): it loads, but convert it "
                         "with InDomainPipeline.from_pretrained(old).save_pretrained(NEW_FOLDER)", path)
-            domain = Domain(**bundle["domain"]) if bundle["domain"] else None
+            domain = domain_from_dict(bundle["domain"]) if bundle["domain"] else None
             pipe = cls.load(bundle["sd"], domain_model=bundle["domain_model"], controlnet=bundle["controlnet"],
                             domain=domain, community=bundle["community"],
                             dtype=kwargs.get("torch_dtype") or torch.float32)

@@ -77,6 +77,15 @@ def test_old_bundle_still_loads_with_a_conversion_hint(tiny_dir, tiny_pipe, tmp_
     assert np.array_equal(loaded("wearing glasses", **KW).images, tiny_pipe("wearing glasses", **KW).images)
 
 
+def test_a_domain_saved_before_framing_existed_keeps_its_presets_framing():
+    from suite.domains import domain_from_dict
+
+    assert domain_from_dict({"name": "face", "prompt": "a photo of a face"}).framing == "face"
+    assert domain_from_dict({"name": "animal", "prompt": "a photo of an animal"}).framing == "animal"
+    assert domain_from_dict({"name": "mine", "prompt": "a photo of mine"}).framing == "whole"
+    assert domain_from_dict({"name": "face", "prompt": "p", "framing": "whole"}).framing == "whole"  # as saved
+
+
 def test_model_offload_hooks_every_model_and_changes_nothing(full_pipe):
     import copy
 
