@@ -109,7 +109,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress) -> ThreeDR
             cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists()):
         from suite.zero123 import load_zero123, tiny_zero123_dir
 
-        ref = cfg.zero123_model or _default_zero123(cfg.preset, tiny_zero123_dir)
+        ref = cfg.zero123_model or default_zero123(cfg.preset, tiny_zero123_dir)
         z123_model = load_zero123(ref, device=device, dtype=dtype)  # before anything is written: a bad folder fails here
     result = _create_output(out, cfg)
     if pipe is not None:
@@ -368,7 +368,7 @@ def _load_reference(rgb_path: Path, mask_path: Path, device):
     return Reference(rgb.to(device), mask.to(device))
 
 
-def _default_zero123(preset: str, tiny_zero123_dir) -> str:
+def default_zero123(preset: str, tiny_zero123_dir) -> str:
     """The preset's Zero-1-to-3: the tiny random one, the mini world's trained one (checked against its
     manifest), else the real one."""
     if preset == "mini":

@@ -75,9 +75,10 @@ class TimestepRange:
         self.min_step = int(self.num_train_timesteps * lo)
         self.max_step = min(int(self.num_train_timesteps * hi), self.num_train_timesteps - 1)
 
-    def update_step(self, global_step: int) -> None:
-        self.set_min_max_steps(schedule_value(self.min_step_percent, global_step),
-                               schedule_value(self.max_step_percent, global_step))
+    def update_step(self, global_step: int, epoch: int | None = None) -> None:
+        """The range at ``global_step`` (and ``epoch``, which threestudio's schedules with a float end count in)."""
+        self.set_min_max_steps(schedule_value(self.min_step_percent, global_step, epoch),
+                               schedule_value(self.max_step_percent, global_step, epoch))
 
     def sample(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(self.min_step, self.max_step + 1, (batch,), generator=generator,

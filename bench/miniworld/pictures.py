@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     # Generation.
     pipe = build_pipeline("mini")
     colours = list(W.COLOURS)
-    rows = [[pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=20).images[0] for i, c in enumerate(colours)] for s in W.SHAPES]
+    rows = [[pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i,
+                  num_inference_steps=20).images[0] for i, c in enumerate(colours)] for s in W.SHAPES]
     save_image_atomic(_tile_grid(rows, list(W.SHAPES), colours), out / "generate.png")
     rec = dict(domain_weight=pipe.domain.domain_weight, control_weight=pipe.domain.control_weight)
     for name, weights in (("in-domain.png", rec), ("in-domain-auto.png", {})):

@@ -186,14 +186,16 @@ def _captured_latents(ext, monkeypatch):
 
 
 def test_rgb_as_latents_are_taken_as_latents_not_rescaled(threestudio, monkeypatch):
-    """threestudio's SD guidance only resizes latents to 64x64 (Fantasia3D geometry, Latent-NeRF, SJC); the x2-1
-    belongs to its Zero-1-to-3 guidance's images."""
+    """threestudio's SD guidance only resizes latents, to 64x64, SD1.5's latent size (Fantasia3D geometry,
+    Latent-NeRF, SJC); the x2-1 belongs to its Zero-1-to-3 guidance's images. Ours resizes to the UNet's own
+    latent size (64 for SD1.5; the tiny and mini UNets are smaller)."""
     ts, ext = threestudio
     seen = _captured_latents(ext, monkeypatch)
     guidance = ts.find("in-domain-guidance")({**TINY, "prompt": "a vase", "use_prompt_utils": False})
     latents = torch.randn(1, 8, 8, 4)
     guidance(latents, None, torch.tensor([5.0]), torch.tensor([30.0]), torch.tensor([2.0]), rgb_as_latents=True)
-    expected = torch.nn.functional.interpolate(latents.permute(0, 3, 1, 2), (64, 64), mode="bilinear",
+    size = guidance.pipe.unet.config.sample_size
+    expected = torch.nn.functional.interpolate(latents.permute(0, 3, 1, 2), (size, size), mode="bilinear",
                                                align_corners=False)
     assert torch.allclose(seen[0], expected)
 

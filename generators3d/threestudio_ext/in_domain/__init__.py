@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from threestudio.utils.base import BaseObject
 
 from generators3d.guidance3d import DomainSDS, rebind_control_text
+from generators3d.run import ZERO123_HUB_ID, default_zero123
 from generators3d.sds import TimestepRange, schedule_value, sds
 from suite.domains import SD15_HUB_ID
 
@@ -60,6 +61,14 @@ def _check_common(cfg, name: str) -> None:
         raise ValueError(f"loss_name must be loss_sds or loss_sd, got {cfg.loss_name!r}")
 
 
+def _placement(obj, half: bool) -> tuple[str, str]:
+    """``(device, dtype name)`` for a guidance: threestudio's ``obj.device`` (cuda when there is none and a GPU is);
+    float16 weights only on a GPU and when ``half``."""
+    device = getattr(obj, "device", None)
+    device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, "float16" if half and torch.device(device).type == "cuda" else "float32"
+
+
 class _Annealed:
     """threestudio's timestep annealing and gradient-clip schedule (shared by both guidances): ``update_step``
     with threestudio's ``C()`` rules and ``sqrt_anneal``, ``set_min_max_steps``. Needs ``self.range`` and the
@@ -72,15 +81,16 @@ class _Annealed:
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if self.cfg.grad_clip is not None:
             self.grad_clip_val = schedule_value(self.cfg.grad_clip, global_step, epoch)
-        lo = schedule_value(self.cfg.min_step_percent, global_step, epoch)
         if self.cfg.sqrt_anneal:  # threestudio's: one timestep that falls from max to min with sqrt(progress)
+            lo = schedule_value(self.cfg.min_step_percent, global_step, epoch)
             top = self.cfg.max_step_percent
             top = float(top) if isinstance(top, int | float) else float(list(top)[1])
             progress = min(1.0, float(global_step) / self.cfg.trainer_max_steps)  # past the end: stays at min
             percent = (top - lo) * (1 - progress ** 0.5) + lo
             self.set_min_max_steps(percent, percent)
         else:
-            self.set_min_max_steps(lo, schedule_value(self.cfg.max_step_percent, global_step, epoch))
+            self.range.update_step(global_step, epoch)
+            self.min_step, self.max_step = self.range.min_step, self.range.max_step
 
 
 
@@ -140,14 +150,11 @@ class InDomainGuidance(_Annealed, BaseObject):
         if self.cfg.use_sjc:
             raise ValueError("in-domain-guidance does not implement SJC: set system.guidance.use_sjc=false")
         _check_common(self.cfg, "in-domain-guidance")
-        device = getattr(self, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = "float16" if self.cfg.half_precision_weights and torch.device(device).type == "cuda" else "float32"
+        device, dtype = _placement(self, self.cfg.half_precision_weights)
         sd = self.cfg.pretrained_model_name_or_path
-        if self.cfg.preset in ("tiny", "mini") and sd == SD15_HUB_ID:
-            sd = None  # the preset's own SD model, not the (absent) SD1.5 download
-
+        sd = None if sd == SD15_HUB_ID else sd  # the default: the preset's own SD model (INDOMAIN_SD_MODEL or SD1.5)
         self.pipe = build_pipeline(self.cfg.preset, self.cfg.domain, sd, self.cfg.domain_model, None, False,
-                                   str(device), dtype)
+                                   device, dtype)
         control_weight = self.cfg.control_weight
         if control_weight is None and self.cfg.guidance_scale is not None:
             control_weight = float(self.cfg.guidance_scale) + 1.0  # threestudio's s is our w - 1
@@ -158,20 +165,20 @@ class InDomainGuidance(_Annealed, BaseObject):
         if self.cfg.use_prompt_utils:  # threestudio's prompt processor encodes the prompts: free what it frees
             self.pipe.text_encoder = None  # before any offload hook could hold on to it
             gc.collect()
-        self._apply_memory_flags()
+        self._apply_memory_flags(device)
+        self._device_type = self.pipe._execution_device.type  # where the models run (under offload: not where they rest)
         self.num_train_timesteps = len(self.pipe.scheduler.alphas_cumprod)
         self.range = TimestepRange(self.cfg.min_step_percent, self.cfg.max_step_percent, self.num_train_timesteps)
         self.grad_clip_val: Optional[float] = None
         self.set_min_max_steps()  # threestudio's default until the first update_step
 
-    def _apply_memory_flags(self) -> None:
+    def _apply_memory_flags(self, device: str) -> None:
         unets = [m for m in (self.pipe.unet, self.pipe.domain_unet) if m is not None]
         for unet in unets:
             if self.cfg.enable_attention_slicing:
                 unet.set_attention_slice("auto")
             if self.cfg.enable_channels_last_format:
                 unet.to(memory_format=torch.channels_last)
-        device = str(getattr(self, "device", "cuda"))
         if self.cfg.enable_sequential_cpu_offload:  # diffusers' own offload, as threestudio's SD guidance calls it
             self.pipe.enable_sequential_cpu_offload(device=device)
         elif self.cfg.enable_model_cpu_offload:
@@ -182,17 +189,17 @@ class InDomainGuidance(_Annealed, BaseObject):
         if prompt_utils is not None and getattr(prompt_utils, "use_perp_neg", False):
             raise ValueError("in-domain-guidance does not implement Perp-Neg: set "
                              "system.prompt_processor.use_perp_neg=false")
-        device = self.pipe._execution_device  # where the models run (with CPU offload, not where they rest)
-        with torch.autocast(device_type=device.type, enabled=False):  # the weights' own dtype, not Lightning's
+        with torch.autocast(device_type=self._device_type, enabled=False):  # the weights' own dtype, not Lightning's
             rgb_bchw = rgb.permute(0, 3, 1, 2).float()
-            if rgb_as_latents:  # already SD latents: resized only, as threestudio's SD guidance
-                latents = F.interpolate(rgb_bchw, (64, 64), mode="bilinear", align_corners=False)
+            if rgb_as_latents:  # already SD latents: resized to the UNet's size only, as threestudio's SD guidance
+                size = int(self.pipe.unet.config.sample_size)  # 64 for SD1.5 (threestudio's fixed 64x64)
+                latents = F.interpolate(rgb_bchw, (size, size), mode="bilinear", align_corners=False)
             else:
                 latents = self.term.encode(rgb_bchw.to(self.pipe.dtype))
             if prompt_utils is not None and self.cfg.use_prompt_utils:
                 embeds = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances,
                                                           self.cfg.view_dependent_prompting)
-                cond, uncond = embeds.to(device, self.pipe.unet.dtype).chunk(2)  # cat([cond, uncond])
+                cond, uncond = embeds.chunk(2)  # cat([cond, uncond]); the UNet call casts them to its device
                 denoiser = rebind_control_text(self.term.guidance, cond, uncond)
             else:
                 denoiser = self.term.denoiser(elevation.detach().cpu(), azimuth.detach().cpu())
@@ -241,7 +248,7 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
 
     @dataclass
     class Config(BaseObject.Config):
-        pretrained_model_name_or_path: str = "ashawkey/zero123-xl-diffusers"
+        pretrained_model_name_or_path: str = ZERO123_HUB_ID
         preset: str = "full"  # "mini": the mini world's shipped model; "tiny": a random one (tests)
         pretrained_config: str = ""  # threestudio's ldm config: not needed for a diffusers folder
         vram_O: bool = True
@@ -269,18 +276,11 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
         _check_common(self.cfg, "in-domain-zero123-guidance")
         if not self.cfg.cond_image_path:
             raise ValueError("in-domain-zero123-guidance needs system.guidance.cond_image_path (the reference view)")
-        device = getattr(self, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if self.cfg.half_precision_weights and torch.device(device).type == "cuda" \
-            else torch.float32
-        if self.cfg.preset == "tiny":
-            ref = str(tiny_zero123_dir())
-        elif self.cfg.preset == "mini":
-            from suite.miniworld.assets import default_dir
-
-            ref = str(default_dir() / "zero123")
-        else:
-            ref = self.cfg.pretrained_model_name_or_path
-        model = load_zero123(ref, device=device, dtype=dtype, flag="system.guidance.pretrained_model_name_or_path")
+        device, dtype = _placement(self, self.cfg.half_precision_weights)
+        ref = self.cfg.pretrained_model_name_or_path
+        if self.cfg.preset != "full" or ref == ZERO123_HUB_ID:  # the preset's (INDOMAIN_ZERO123_MODEL for full)
+            ref = default_zero123(self.cfg.preset, tiny_zero123_dir)
+        model = load_zero123(ref, device=device, dtype=getattr(torch, dtype), flag="system.guidance.pretrained_model_name_or_path")
         image = load_image(self.cfg.cond_image_path, "cond image")  # RGBA composited on white
         pixels = torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None]
         self.zero123 = Zero123Guidance(model, pixels, self.cfg.cond_elevation_deg, self.cfg.cond_azimuth_deg,
