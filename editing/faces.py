@@ -84,11 +84,6 @@ class Face:
         lm = np.asarray(self.landmarks, np.float64)
         return (lm[48] + lm[54]) * 0.5
 
-    def scaled(self, s: float) -> Face:
-        eyes = None if self.eyes is None else tuple((x * s, y * s) for x, y in self.eyes)
-        lms = None if self.landmarks is None else tuple((x * s, y * s) for x, y in self.landmarks)
-        return Face(tuple(v * s for v in self.box), eyes, self.score, lms)
-
 
 @runtime_checkable
 class FaceDetector(Protocol):
@@ -109,12 +104,8 @@ class HaarFaceDetector:
     def __init__(self, max_side: int = 1024, min_face: float = 0.04, scale_factor: float = 1.1,
                  min_neighbors: int = 5, find_eyes: bool = True):
         cv2 = _cv2()
-        root = getattr(getattr(cv2, "data", None), "haarcascades", None)
-        if not root:
-            raise ValueError("this OpenCV build carries no Haar cascade files (OpenCV 5 dropped them): "
-                             "pip install 'opencv-python-headless<5'")
-        self.face_cascade = _cascade(cv2, root, "haarcascade_frontalface_default.xml")
-        self.eye_cascade = _cascade(cv2, root, "haarcascade_eye.xml") if find_eyes else None
+        self.face_cascade = _cascade(cv2, "haarcascade_frontalface_default.xml")
+        self.eye_cascade = _cascade(cv2, "haarcascade_eye.xml") if find_eyes else None
         self.max_side, self.min_face = int(max_side), float(min_face)
         self.scale_factor, self.min_neighbors = float(scale_factor), int(min_neighbors)
 
@@ -122,8 +113,7 @@ class HaarFaceDetector:
         cv2 = _cv2()
         # 1. A small gray copy: detection cost does not grow with the photo's megapixels.
         h, w = rgb.shape[:2]
-        s = min(1.0, self.max_side / max(h, w))
-        small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else rgb
+        small, _ = _downscaled(rgb, self.max_side)
         gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
         # 2. Faces on the copy (as is, then with equalised contrast for dim photos), mapped back to full size.
         min_side = max(20, int(self.min_face * min(gray.shape)))
@@ -190,9 +180,25 @@ def _cv2():
     return cv2
 
 
-def _cascade(cv2, root: str, name: str):
+def _downscaled(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``(copy, s)``: ``rgb`` area-averaged so that its longer side is at most ``max_side`` (``s`` <= 1; the image
+    itself when it is small enough), so detection cost does not grow with the photo's megapixels."""
+    h, w = rgb.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    if s >= 1:
+        return rgb, 1.0
+    cv2 = _cv2()
+    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
+
+
+def _cascade(cv2, name: str):
+    """One of the Haar cascades shipped in OpenCV 4's wheel, or one sentence naming the fix."""
     import os
 
+    root = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    if not root:
+        raise ValueError("this OpenCV build carries no Haar cascade files (OpenCV 5 dropped them): "
+                         "pip install 'opencv-python-headless<5'")
     path = os.path.join(root, name)
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
@@ -268,11 +274,7 @@ class DlibFaceDetector:
         self.last_timings = {"detect": 0.0, "landmarks": 0.0}  # seconds of the last call
 
     def _boxes(self, rgb: np.ndarray, max_side: int, detect) -> list[tuple[float, float, float, float, float]]:
-        cv2 = _cv2()
-        h, w = rgb.shape[:2]
-        s = min(1.0, max_side / max(h, w))
-        small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
-            if s < 1 else rgb
+        small, s = _downscaled(rgb, max_side)
         return [(r[0] / s, r[1] / s, r[2] / s, r[3] / s, r[4]) for r in detect(np.ascontiguousarray(small))]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
@@ -337,12 +339,8 @@ class CatFaceDetector:
 
     def __init__(self, pad: float = 0.5, sides=tuple(range(200, 481, 20)), min_neighbors: int = 3):
         cv2 = _cv2()
-        root = getattr(getattr(cv2, "data", None), "haarcascades", None)
-        if not root:
-            raise ValueError("this OpenCV build carries no Haar cascade files (OpenCV 5 dropped them): "
-                             "pip install 'opencv-python-headless<5'")
-        self.cascades = [_cascade(cv2, root, n) for n in ("haarcascade_frontalcatface_extended.xml",
-                                                          "haarcascade_frontalcatface.xml")]
+        self.cascades = [_cascade(cv2, n) for n in ("haarcascade_frontalcatface_extended.xml",
+                                                    "haarcascade_frontalcatface.xml")]
         self.pad, self.sides, self.min_neighbors = float(pad), tuple(sides), int(min_neighbors)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
