@@ -86,7 +86,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     90 degrees (its EXIF orientation was lost). A face cut by the photo's border is edited: the crop is padded by
     reflection (as FFHQ pads) and only pixels inside the photo are written back.
     """
-    from suite.pipeline import DEFAULT_STEPS
+    from suite.pipeline import DEFAULT_STEPS, quiet, report_steps  # (diffusers: imported when an edit runs)
 
     timings = dict.fromkeys(STAGES, 0.0)
     report = progress or (lambda *a: None)
@@ -142,8 +142,6 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     timings["align"] = time.perf_counter() - t
 
     # 4. SDEdit each crop through the core pipeline's start-image path (encode -> noise -> denoise -> decode).
-    from suite.pipeline import quiet, report_steps
-
     edited, weights = [], []
     for k, crop in enumerate(crops):
         def on_step(i, n, k=k):
