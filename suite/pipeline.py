@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -583,7 +583,7 @@ def quiet(pipe):
         pipe._progress_bar_config = saved
 
 
-def report_steps(report) -> callable:
+def report_steps(report: Callable[[int, int], None]) -> Callable:
     """A ``callback_on_step_end`` that calls ``report(step, total)`` after each step (1-based) and changes nothing."""
     def callback(pipe, i, t, tensors):
         report(i + 1, pipe.num_timesteps)
