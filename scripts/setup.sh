@@ -10,4 +10,10 @@ fi
 if "$PY" -c "import torchvision" >/dev/null 2>&1; then
   echo "warning: torchvision is installed; if diffusers fails to import, run: pip uninstall -y torchvision" >&2
 fi
-"$PY" -m pip install --quiet -e ".[${EXTRAS:-all}]"
+# The versions CI tested (scripts/constraints.txt); INDOMAIN_CONSTRAINTS=none lets pip pick the newest.
+CONSTRAINTS=${INDOMAIN_CONSTRAINTS:-scripts/constraints.txt}
+if [ "$CONSTRAINTS" = none ]; then
+  "$PY" -m pip install --quiet -e ".[${EXTRAS:-all}]"
+else
+  "$PY" -m pip install --quiet -c "$CONSTRAINTS" -e ".[${EXTRAS:-all}]"
+fi

@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--no-latent-cache", action="store_true",
                    help="run the VAE every step instead of once per image (default: cache latents)")
+    g.add_argument("--cache-batch-size", type=int_at_least(1), default=None,
+                   help="images per VAE call while caching latents; lower it if the VAE runs out of memory "
+                        "(default: 8; the cache is the same for any number of processes)")
     g.add_argument("--num-workers", type=int_at_least(0), default=None, help=f"image-decoding threads ({both('num_workers')})")
 
     g = p.add_argument_group("optimisation")

@@ -35,6 +35,7 @@ class TrainConfig:
     hflip: float = 0.5                    # horizontal-flip probability
     small_images: str = "upscale"         # images smaller than the resolution: "upscale" (warn) or "skip"
     cache_latents: bool = True            # VAE once per image (both flips) instead of every step
+    cache_batch_size: int = 8             # images per VAE call when caching (same batches for any process count)
     num_workers: int = 2                  # image-decoding threads
     # optimisation
     batch_size: int = 32                  # total per optimizer step = per-device x processes x accumulation
@@ -130,6 +131,7 @@ class TrainConfig:
             (self.checkpoints_keep >= 1, "--checkpoints-keep must be at least 1"),
             (self.text_init_steps >= 0 and self.text_init_batch_size >= 1, "--text-init-steps must be >= 0"),
             (self.small_images in ("upscale", "skip"), "--small-images must be upscale or skip"),
+            (self.cache_batch_size >= 1, "--cache-batch-size must be at least 1"),
         ]
         for ok, msg in checks:
             if not ok:

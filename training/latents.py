@@ -8,7 +8,9 @@ The cache stores ``mean`` and ``std`` for each image and each flip state (both o
 the VAE is not flip-equivariant, so a flipped latent is encoded, not flipped). It is a ``.npy`` file read
 through a memory map (large datasets do not need to fit in RAM), written to a temporary name and renamed,
 and keyed by the file list, sizes, modification times, resolution, crop, flips and VAE, so a changed
-folder is re-encoded. With several processes each encodes its share, then the main process merges.
+folder is re-encoded. The images are encoded in fixed batches of the global image list (``batch_size`` images,
+the last one shorter), and with several processes rank ``r`` encodes batches ``r, r + P, ...``: every image is
+encoded in the same batch whatever the number of processes, so the cache (and the run) does not depend on it.
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
                        progress=None) -> Path:
     """Encode every image once (both flips when ``dataset.hflip > 0``) into ``folder/latents-<key>.npy``.
 
-    Reuses an existing cache with the same key. With ``accelerator`` over several processes, rank ``r``
-    encodes images ``r, r + P, ...`` into a part file and the main process merges the parts.
+    Reuses an existing cache with the same key. The images are split into global batches of ``batch_size``;
+    with ``accelerator`` over several processes, rank ``r`` encodes batches ``r, r + P, ...`` into a part file
+    and the main process merges the parts, so each image's latent is computed in the same batch for any ``P``.
     """
     from tqdm.auto import tqdm
 
@@ -107,24 +110,25 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
         return final
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     main = rank == 0
-    mine = list(range(rank, len(dataset), world))
+    mine = _batches(len(dataset), batch_size, rank, world)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     c, h = vae.config.latent_channels, dataset.resolution // f
-    shape = (len(mine), len(flips), 2, c, h, h)
+    shape = (sum(len(b) for b in mine), len(flips), 2, c, h, h)
     part = folder / f".latents-{key}.part{rank}-of-{world}.npy"
     arr = np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=shape)
     pool = ThreadPoolExecutor(max(1, num_workers))
-    bar = tqdm(total=len(mine), desc="caching latents (VAE once per image)", disable=not main, leave=False)
-    for start in range(0, len(mine), batch_size):
-        chunk = mine[start:start + batch_size]
+    bar = tqdm(total=shape[0], desc="caching latents (VAE once per image)", disable=not main, leave=False)
+    row = 0
+    for chunk in mine:
         for fi, flip in enumerate(flips):
             pixels = torch.stack(list(pool.map(lambda i, flip=flip: dataset.load(i, flip), chunk)))
             mean, std = encode_posterior(vae, pixels)
-            arr[start:start + len(chunk), fi, 0] = mean.cpu().numpy().astype(dtype)
-            arr[start:start + len(chunk), fi, 1] = std.cpu().numpy().astype(dtype)
+            arr[row:row + len(chunk), fi, 0] = mean.cpu().numpy().astype(dtype)
+            arr[row:row + len(chunk), fi, 1] = std.cpu().numpy().astype(dtype)
+        row += len(chunk)
         bar.update(len(chunk))
         if progress is not None and main:
-            progress("cache", min(start + batch_size, len(mine)) * world, len(dataset), {})
+            progress("cache", min(row * world, len(dataset)), len(dataset), {})
     bar.close()
     pool.shutdown()
     arr.flush()
@@ -137,7 +141,9 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(dataset),) + shape[1:])
         for r in range(world):
             p = folder / f".latents-{key}.part{r}-of-{world}.npy"
-            out[r::world] = np.load(p, mmap_mode="r")
+            rows = [i for b in _batches(len(dataset), batch_size, r, world) for i in b]
+            if rows:  # a part holds its batches' images in order: contiguous runs of the global list
+                out[rows] = np.load(p, mmap_mode="r")
         out.flush()
         del out
         os.replace(tmp, final)
@@ -149,3 +155,8 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return final
+
+
+def _batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[range]:
+    """The global batches ``[0, b), [b, 2b), ...`` of ``n`` images that process ``rank`` of ``world`` encodes."""
+    return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)][rank::world]

@@ -135,7 +135,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     if config.cache_latents:
         cache_dtype = "float32" if config.mixed_precision == "no" else "float16"
         cache_path = build_latent_cache(dataset, vae, train_dir / "latents", vae_id=f"{sd_ref}|{vae.config}",
-                                        accelerator=accelerator, batch_size=max(1, per_device),
+                                        accelerator=accelerator, batch_size=config.cache_batch_size,
                                         dtype=cache_dtype, num_workers=config.num_workers, progress=report)
         source = CachedLatents(cache_path, vae.config.scaling_factor, device)
     else:
