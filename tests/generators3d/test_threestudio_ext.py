@@ -9,6 +9,7 @@ threestudio-project/threestudio at commit 28d9d80)."""
 
 import importlib.util
 import inspect
+import logging
 import sys
 import types
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ def _threestudio_double():
         return deco
 
     ts.register, ts.find = register, lambda name: ts.__modules__[name]
+    logger = logging.getLogger("threestudio")  # threestudio's info / warn: rank-zero logging
+    ts.info, ts.warn = logger.info, logger.warning
 
     class Updateable:
         def do_update_step(self, epoch, global_step, on_load_weights=False):
@@ -372,3 +375,96 @@ def test_zero123_guidance_loss_name_and_latents_as_threestudio(threestudio, tmp_
     expected = torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), (size, size), mode="bilinear",
                                                align_corners=False) * 2 - 1
     assert torch.allclose(seen[0], expected)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue: threestudio keys and build-time checks (each test fails on the extension as it was)
+def _cond_image(tmp_path):
+    from PIL import Image
+
+    cond = tmp_path / "cond.png"
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(cond)
+    return str(cond)
+
+
+def test_sequential_cpu_offload_is_refused_at_build_without_cuda(threestudio, monkeypatch):
+    """threestudio's SD guidance fails when it is built (diffusers finds no accelerator); ours was built and
+    failed at the first call. Model offload stays accepted."""
+    ts, _ = threestudio
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"sequential CPU offload needs a CUDA GPU and none is available: set "
+                                         r"system\.guidance\.enable_sequential_cpu_offload=false"):
+        ts.find("in-domain-guidance")({**TINY, "enable_sequential_cpu_offload": True})
+    ts.find("in-domain-guidance")({**TINY, "enable_model_cpu_offload": True})
+
+
+def test_max_items_eval_minus_one_means_all_items(threestudio):
+    """threestudio: ``bs = min(max_items_eval, B) if max_items_eval > 0 else B``."""
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({**TINY, "prompt": "a vase", "use_prompt_utils": False,
+                                              "max_items_eval": -1})
+    batch = dict(elevation=torch.tensor([5.0, 10.0, 20.0]), azimuth=torch.tensor([0.0, 90.0, 180.0]),
+                 camera_distances=torch.tensor([2.0, 2.0, 2.0]))
+    ev = guidance(torch.rand(3, 32, 32, 3), None, **batch, guidance_eval=True)["eval"]
+    assert ev["bs"] == 3 and len(ev["noise_levels"]) == len(ev["texts"]) == 3
+    assert ev["texts"][-1].endswith("e20.0\na180.0\nc2.00")
+    for key in ("imgs_noisy", "imgs_1step", "imgs_1orig", "imgs_final"):
+        assert ev[key].shape[0] == 3
+
+
+def test_weighting_strategy_dreamfusion_is_sds_and_checked_at_build(threestudio, tmp_path):
+    """threestudio's unified guidances call w(t) = 1 - alpha_bar_t "dreamfusion" (their default), its SD guidance
+    "sds": the same gradient here. Unknown names are refused when the guidance is built, not at the first call."""
+    ts, _ = threestudio
+    grads = []
+    for weighting in ("sds", "dreamfusion"):
+        guidance = ts.find("in-domain-guidance")({**TINY, "prompt": "a vase", "use_prompt_utils": False,
+                                                  "weighting_strategy": weighting})
+        guidance.set_min_max_steps(0.5, 0.5)
+        rgb = torch.linspace(0, 1, 32 * 32 * 3).reshape(1, 32, 32, 3).requires_grad_()
+        torch.manual_seed(0)
+        guidance(rgb, None, torch.tensor([5.0]), torch.tensor([0.0]), torch.tensor([2.0]))["loss_sds"].backward()
+        grads.append(rgb.grad)
+    assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
+    with pytest.raises(ValueError, match="set system.guidance.weighting_strategy to sds"):
+        ts.find("in-domain-guidance")({**TINY, "weighting_strategy": "sjc"})
+    cond = _cond_image(tmp_path)
+    ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": cond, "weighting_strategy": "dreamfusion"})
+    with pytest.raises(ValueError, match="set system.guidance.weighting_strategy to sds"):
+        ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": cond, "weighting_strategy": "x"})
+
+
+def test_zero123_guidance_accepts_max_items_eval(threestudio, tmp_path):
+    """threestudio's zero123-guidance config has max_items_eval (-1: all items); it was a TypeError here."""
+    ts, _ = threestudio
+    for n in (-1, 4):
+        guidance = ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": _cond_image(tmp_path),
+                                                          "max_items_eval": n})
+        assert guidance.cfg.max_items_eval == n
+
+
+def test_mini_preset_turns_view_dependent_prompting_off_and_says_so_once(threestudio, caplog):
+    """The mini text model knows 24 words, none of ", front/side/back/overhead view", and reads 16 tokens: the
+    suffixes were spelled and cut silently. Off by default there (as the suite's own 3D flow), said once at build;
+    forced on, a warning names the fix. Other presets keep threestudio's default (on)."""
+    ts, _ = threestudio
+    caplog.set_level(logging.INFO, logger="threestudio")
+    guidance = ts.find("in-domain-guidance")({"preset": "mini", "domain": "porcelain"})
+    notes = [r for r in caplog.records if "view-dependent" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO
+    assert "view_dependent_prompting=true" in notes[0].getMessage() and guidance.view_dependent is False
+    d = guidance.pipe.unet.config.cross_attention_dim
+    prompt_utils = PromptUtilsDouble(torch.randn(1, 16, d), torch.randn(1, 16, d))
+    guidance(torch.rand(1, 32, 32, 3), prompt_utils, torch.tensor([5.0]), torch.tensor([0.0]), torch.tensor([2.0]))
+    assert prompt_utils.calls == [False]
+
+    caplog.clear()
+    forced = ts.find("in-domain-guidance")({"preset": "mini", "domain": "porcelain",
+                                            "view_dependent_prompting": True})
+    warnings = [r for r in caplog.records if "view-dependent" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "set system.guidance.view_dependent_prompting=false" in warnings[0].getMessage()
+    assert forced.view_dependent is True
+    caplog.clear()
+    assert ts.find("in-domain-guidance")(dict(TINY)).view_dependent is True
+    assert not [r for r in caplog.records if "view-dependent" in r.getMessage()]

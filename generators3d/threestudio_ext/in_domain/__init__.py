@@ -17,13 +17,19 @@ control term and the unconditional base read threestudio's (view-dependent) prom
 encoder is freed after configure, as threestudio's guidance does; otherwise ``prompt`` is used with our own
 view-dependent suffixes. ``rgb_as_latents=True`` takes the input as SD latents, resized to 64x64 (no rescaling,
 as threestudio's SD guidance). The UNet calls run outside Lightning's autocast, in the weights' own dtype.
+``view_dependent_prompting`` is on by default, as threestudio's, except on the mini preset, whose text model knows
+none of the suffixes' words: off there unless set, with a note at build (a warning if set to true).
+``weighting_strategy`` is ``sds`` (w = 1 - alpha_bar; ``dreamfusion``, the unified guidances' name, is the same),
+``uniform`` or ``fantasia3d``, checked at build.
 
 Keys of ``stable-diffusion-guidance`` configs are accepted, so that a user can switch ``guidance_type``:
 ``guidance_scale`` ``s`` is the control weight ``w = s + 1`` (threestudio's ``eps_text + s (eps_text -
 eps_uncond)``; used when ``control_weight`` is not set), ``enable_attention_slicing`` and
 ``enable_channels_last_format`` are applied to every UNet, ``enable_sequential_cpu_offload`` and
-``enable_model_cpu_offload`` are diffusers' (the pipeline is a DiffusionPipeline), ``enable_memory_efficient_attention`` is
-PyTorch's scaled-dot-product attention (already the default of diffusers' attention processors), and
+``enable_model_cpu_offload`` are diffusers' (the pipeline is a DiffusionPipeline; sequential offload is refused at
+build without a CUDA GPU, as threestudio's fails there), ``max_items_eval: -1`` shows all items,
+``enable_memory_efficient_attention`` is PyTorch's scaled-dot-product attention (already the default of diffusers'
+attention processors), and
 ``sqrt_anneal`` with ``trainer_max_steps`` anneals as threestudio does. ``use_img_loss``, ``token_merging`` and
 Perp-Neg (``prompt_processor.use_perp_neg``) are not implemented: they are refused with one sentence instead of
 being ignored.
@@ -45,11 +51,14 @@ from threestudio.utils.base import BaseObject
 
 from generators3d.guidance3d import DomainSDS, rebind_control_text
 from generators3d.run import ZERO123_HUB_ID, default_zero123
-from generators3d.sds import TimestepRange, schedule_value, sds
+from generators3d.sds import TimestepRange, schedule_value, sds, sds_weight
 from suite.domains import SD15_HUB_ID
 
 RETURN_KEYS = ("grad_norm", "min_step", "max_step")
 LOSS_NAMES = ("loss_sds", "loss_sd")
+# threestudio's unified guidances name the SDS weighting w(t) = 1 - alpha_bar_t "dreamfusion" (their default);
+# its stable-diffusion-guidance names the same weighting "sds"
+WEIGHTING_SYNONYMS = {"dreamfusion": "sds"}
 
 
 def _check_common(cfg, name: str) -> None:
@@ -59,6 +68,18 @@ def _check_common(cfg, name: str) -> None:
                          f"system.guidance.guidance_type=sds")
     if cfg.loss_name not in LOSS_NAMES:
         raise ValueError(f"loss_name must be loss_sds or loss_sd, got {cfg.loss_name!r}")
+
+
+def _weighting(cfg, name: str) -> str:
+    """``weighting_strategy`` checked at build against :func:`generators3d.sds.sds_weight` (the one list), with
+    threestudio's unified-guidance name ``dreamfusion`` read as ``sds``."""
+    weighting = WEIGHTING_SYNONYMS.get(cfg.weighting_strategy, cfg.weighting_strategy)
+    try:
+        sds_weight(weighting, torch.tensor([0.5]))
+    except ValueError:
+        raise ValueError(f"{name} has no weighting_strategy {cfg.weighting_strategy!r}: set "
+                         f"system.guidance.weighting_strategy to sds (alias dreamfusion), uniform or fantasia3d") from None
+    return weighting
 
 
 def _placement(obj, half: bool) -> tuple[str, str]:
@@ -110,8 +131,8 @@ class InDomainGuidance(_Annealed, BaseObject):
         control_weight: Optional[float] = None
         w0: float = 7.0
         use_prompt_utils: bool = True
-        view_dependent_prompting: bool = True
-        weighting_strategy: str = "sds"
+        view_dependent_prompting: Optional[bool] = None  # None: on, except on the mini preset (see configure)
+        weighting_strategy: str = "sds"  # or threestudio's unified-guidance name "dreamfusion"; uniform; fantasia3d
         grad_clip: Optional[Any] = None
         min_step_percent: Any = 0.02
         max_step_percent: Any = 0.98
@@ -131,7 +152,7 @@ class InDomainGuidance(_Annealed, BaseObject):
         token_merging: bool = False
         use_sjc: bool = False
         token_merging_params: Optional[dict] = field(default_factory=dict)
-        max_items_eval: int = 4
+        max_items_eval: int = 4  # -1 (or 0): all items, as threestudio
         cache_dir: Optional[str] = None
         local_files_only: Optional[bool] = False
         var_red: bool = True
@@ -150,18 +171,24 @@ class InDomainGuidance(_Annealed, BaseObject):
         if self.cfg.use_sjc:
             raise ValueError("in-domain-guidance does not implement SJC: set system.guidance.use_sjc=false")
         _check_common(self.cfg, "in-domain-guidance")
+        self.weighting = _weighting(self.cfg, "in-domain-guidance")
         device, dtype = _placement(self, self.cfg.half_precision_weights)
+        if self.cfg.enable_sequential_cpu_offload and (torch.device(device).type != "cuda"
+                                                       or not torch.cuda.is_available()):
+            # threestudio's guidance fails here too (diffusers finds no accelerator); ours would fail at the first call
+            raise ValueError("in-domain-guidance: sequential CPU offload needs a CUDA GPU and none is available: set "
+                             "system.guidance.enable_sequential_cpu_offload=false (or use enable_model_cpu_offload)")
         sd = self.cfg.pretrained_model_name_or_path
         sd = None if sd == SD15_HUB_ID else sd  # the default: the preset's own SD model (INDOMAIN_SD_MODEL or SD1.5)
         self.pipe = build_pipeline(self.cfg.preset, self.cfg.domain, sd, self.cfg.domain_model, None, False,
                                    device, dtype)
+        self.view_dependent = self._view_dependent()
         control_weight = self.cfg.control_weight
         if control_weight is None and self.cfg.guidance_scale is not None:
             control_weight = float(self.cfg.guidance_scale) + 1.0  # threestudio's s is our w - 1
         self.term = DomainSDS(self.pipe, self.cfg.prompt or ("an object" if self.cfg.use_prompt_utils else ""),
                               self.cfg.domain_weight, control_weight, self.cfg.w0,
-                              self.cfg.view_dependent_prompting and not self.cfg.use_prompt_utils,
-                              self.cfg.weighting_strategy)
+                              self.view_dependent and not self.cfg.use_prompt_utils, self.weighting)
         if self.cfg.use_prompt_utils:  # threestudio's prompt processor encodes the prompts: free what it frees
             self.pipe.text_encoder = None  # before any offload hook could hold on to it
             gc.collect()
@@ -171,6 +198,25 @@ class InDomainGuidance(_Annealed, BaseObject):
         self.range = TimestepRange(self.cfg.min_step_percent, self.cfg.max_step_percent, self.num_train_timesteps)
         self.grad_clip_val: Optional[float] = None
         self.set_min_max_steps()  # threestudio's default until the first update_step
+
+    def _view_dependent(self) -> bool:
+        """``view_dependent_prompting``: threestudio's default (on), except on the mini preset, whose text model
+        knows 24 words (not the suffixes' "front", "side", "back", "overhead", "view") and reads a few tokens: off
+        there unless set, as in the suite's own 3D flow; said once, here at build."""
+        chosen = self.cfg.view_dependent_prompting
+        if self.cfg.preset != "mini":
+            return True if chosen is None else bool(chosen)
+        tokens = getattr(self.pipe.tokenizer, "model_max_length", "few")
+        if chosen is None:
+            threestudio.info(f"in-domain-guidance: view-dependent prompting is off on the mini preset, whose text model "
+                             f"knows 24 words, none of the view suffixes, and reads {tokens} tokens (set "
+                             f"system.guidance.view_dependent_prompting=true to force it)")
+            return False
+        if chosen:
+            threestudio.warn(f"in-domain-guidance: the view-dependent suffixes (', front view', ...) are not words of "
+                             f"the mini preset's text model (24 words, {tokens} tokens), which spells and cuts them: "
+                             f"set system.guidance.view_dependent_prompting=false")
+        return bool(chosen)
 
     def _apply_memory_flags(self, device: str) -> None:
         unets = [m for m in (self.pipe.unet, self.pipe.domain_unet) if m is not None]
@@ -197,14 +243,13 @@ class InDomainGuidance(_Annealed, BaseObject):
             else:
                 latents = self.term.encode(rgb_bchw.to(self.pipe.dtype))
             if prompt_utils is not None and self.cfg.use_prompt_utils:
-                embeds = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances,
-                                                          self.cfg.view_dependent_prompting)
+                embeds = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.view_dependent)
                 cond, uncond = embeds.chunk(2)  # cat([cond, uncond]); the UNet call casts them to its device
                 denoiser = rebind_control_text(self.term.guidance, cond, uncond)
             else:
                 denoiser = self.term.denoiser(elevation.detach().cpu(), azimuth.detach().cpu())
             out = sds(latents, denoiser, self.pipe.scheduler.alphas_cumprod, timesteps=self.range,
-                      weighting=self.cfg.weighting_strategy, grad_clip=self.grad_clip_val)
+                      weighting=self.weighting, grad_clip=self.grad_clip_val)
             result = {self.cfg.loss_name: out["loss_sds"], **{k: out[k] for k in RETURN_KEYS}}
             if guidance_eval:
                 result["eval"] = self._guidance_eval(out, elevation, azimuth, camera_distances)
@@ -216,7 +261,8 @@ class InDomainGuidance(_Annealed, BaseObject):
         ``imgs_1orig``, ``imgs_final``: [bs, H, W, 3] in [0, 1]; ``texts``: the captions its
         ``guidance_evaluation_save`` writes). ``imgs_1step`` and ``imgs_final`` are the one-step prediction of the
         clean image: no sampling loop runs (threestudio's runs a full DDIM loop from t)."""
-        bs = min(self.cfg.max_items_eval, out["noisy"].shape[0])
+        n, batch = self.cfg.max_items_eval, out["noisy"].shape[0]
+        bs = min(n, batch) if n > 0 else batch  # threestudio's rule: -1 (0 or less) means all items
         t = out["timesteps"][:bs].cpu().long()
         noise_levels = (t.float() / self.num_train_timesteps).tolist()
         views = zip(noise_levels, elevation[:bs], azimuth[:bs], camera_distances[:bs])
@@ -244,7 +290,8 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
     reference view is ``cond_image_path`` (RGBA on white, as threestudio) seen from ``cond_elevation_deg``,
     ``cond_azimuth_deg``, ``cond_camera_distance``; classifier-free guidance ``eps_u + s (eps_c - eps_u)`` with
     ``guidance_scale`` ``s`` (threestudio's zero123 convention; one MultiGuidance term). threestudio's ``ldm``
-    checkpoint keys (``pretrained_config``, ``vram_O``) are accepted and unused."""
+    checkpoint keys (``pretrained_config``, ``vram_O``) and ``max_items_eval`` are accepted and unused (its
+    ``guidance_eval`` is not implemented and is refused)."""
 
     @dataclass
     class Config(BaseObject.Config):
@@ -261,9 +308,10 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
         half_precision_weights: bool = False
         min_step_percent: Any = 0.02
         max_step_percent: Any = 0.98
-        weighting_strategy: str = "sds"
+        weighting_strategy: str = "sds"  # or "dreamfusion" (threestudio's zero123-unified-guidance default), ...
         sqrt_anneal: bool = False
         trainer_max_steps: int = 25000
+        max_items_eval: int = 4  # threestudio's zero123 key: accepted; guidance_eval is not implemented (refused)
         loss_name: str = "loss_sds"  # "loss_sd" for Magic123, which weighs guidance_3d's outputs by lambda_3d_sd
         guidance_type: str = "sds"
 
@@ -274,6 +322,7 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
         from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
 
         _check_common(self.cfg, "in-domain-zero123-guidance")
+        self.weighting = _weighting(self.cfg, "in-domain-zero123-guidance")
         if not self.cfg.cond_image_path:
             raise ValueError("in-domain-zero123-guidance needs system.guidance.cond_image_path (the reference view)")
         device, dtype = _placement(self, self.cfg.half_precision_weights)
@@ -305,5 +354,5 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
             denoiser = self.zero123.guidance(elevation.detach().cpu(), azimuth.detach().cpu(),
                                              camera_distances.detach().cpu(), self.cfg.guidance_scale)
             out = sds(latents, denoiser, self.zero123.alphas_cumprod, timesteps=self.range,
-                      weighting=self.cfg.weighting_strategy, grad_clip=self.grad_clip_val)
+                      weighting=self.weighting, grad_clip=self.grad_clip_val)
         return {self.cfg.loss_name: out["loss_sds"], **{k: out[k] for k in RETURN_KEYS}}
