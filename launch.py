@@ -71,10 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(SD1.5 + a null-text domain model). Add --preset tiny to any subcommand to run offline on "
                     "tiny random models.",
     )
+    from suite.cli import add_threads_argument
+
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for name, module in available():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        add_threads_argument(p)  # every subcommand; applied by suite.cli.run_main
         p.set_defaults(_main=module.main)
         if name == "app":
             p.set_defaults(backends=app_backends)  # called when the app starts, not for every subcommand

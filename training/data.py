@@ -77,7 +77,7 @@ def scan_images(root: str | os.PathLike, resolution: int | None = None, small_im
                          f"put the domain's images there (subfolders are searched too)")
     from tqdm.auto import tqdm
 
-    for path in tqdm(candidates, desc="checking images", disable=not progress, leave=False):
+    for path in tqdm(candidates, desc="checking images", disable=None if progress else True, leave=False):
         try:  # a full decode: truncated files fail here, not in the middle of training
             size = oriented_size(open_image(path, "image", max_pixels=None))
         except ValueError as err:

@@ -73,10 +73,26 @@ def optimise(opt, loss: torch.Tensor, params, emas, step: int, ema_decay: float)
                 pe.lerp_(pl, 1 - d)
 
 
+_LINES = {}
+
+
+def progress_lines(unit: str = "step"):
+    """The build's :class:`suite.progress.LogProgress` (prefix ``mini world``; on a terminal too: the build always
+    wrote its progress as lines), one per counted ``unit``."""
+    if unit not in _LINES:
+        from suite.progress import LogProgress
+
+        _LINES[unit] = LogProgress("mini world", unit=unit, enabled=True, logger=log, clock=time.time)
+    return _LINES[unit]
+
+
 def log_progress(name: str, step: int, total: int, t0: float, loss: float) -> None:
-    if step % 100 == 0 or step == total:
-        rate = step / max(time.time() - t0, 1e-9)
-        log.info("%s step %d/%d  loss %.4f  %.2f steps/s", name, step, total, loss, rate)
+    """A line for training step ``step`` of ``total`` (begun at ``time.time()`` = ``t0``), with the rate and the time
+    left, at most every ``$INDOMAIN_PROGRESS_INTERVAL`` seconds (20) and at the first and last step."""
+    lines = progress_lines()
+    if step == 1:
+        lines.start(name, total, since=t0)
+    lines(name, step, total, {"loss": loss})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,15 +214,30 @@ def save_sd_folder(folder: Path, unet, vae, text_encoder, tokenizer, dtype=torch
     pipe.to(dtype=torch.float32)
 
 
-def run_chunks(fn, jobs: list, workers: int = 2) -> list:
+def run_chunks(fn, jobs: list, workers: int = 2, name: str | None = None) -> list:
     """``[fn(job) for job in jobs]``, in this process (``workers <= 1``: no start-up, torch's thread count kept)
-    or over a pool of ``workers`` spawned processes (the renderers of the mini world's data sets)."""
+    or over a pool of ``workers`` spawned processes (the renderers of the mini world's data sets). With ``name``, a
+    progress line per finished part (at most every ``$INDOMAIN_PROGRESS_INTERVAL`` seconds)."""
     import multiprocessing as mp
 
+    lines = progress_lines("part")
+    if name:
+        lines.start(name, len(jobs))
+
+    def done(parts):
+        if name:
+            lines(name, len(parts), len(jobs))
+
+    parts = []
     if workers <= 1:
         threads = torch.get_num_threads()
-        parts = [fn(j) for j in jobs]
+        for j in jobs:
+            parts.append(fn(j))
+            done(parts)
         torch.set_num_threads(threads)
         return parts
     with mp.get_context("spawn").Pool(workers) as pool:
-        return pool.map(fn, jobs)
+        for part in pool.imap(fn, jobs):  # in order, as map
+            parts.append(part)
+            done(parts)
+    return parts

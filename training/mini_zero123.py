@@ -66,7 +66,7 @@ def render_pairs(n_objects: int, targets: int, seed: int, workers: int = 2) -> d
     jobs = [(seed * 100003 + i, min(chunk, n_objects - i * chunk), targets) for i in range(math.ceil(n_objects / chunk))]
     from .mini_models import run_chunks
 
-    parts = run_chunks(_pair_chunk, jobs, workers)
+    parts = run_chunks(_pair_chunk, jobs, workers, name="render zero123 views")
     return dict(images=np.concatenate([p[0] for p in parts]), poses=np.concatenate([p[1] for p in parts]))
 
 

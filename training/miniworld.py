@@ -77,7 +77,7 @@ def render_set(kind: str, n: int, seed: int, workers: int = 2) -> dict:
     ``labels [n, 4]`` (shape, colour, pattern, porcelain indices)."""
     chunk = 250
     jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk)) for i in range(math.ceil(n / chunk))]
-    parts = run_chunks(_render_chunk, jobs, workers)
+    parts = run_chunks(_render_chunk, jobs, workers, name=f"render {kind}")
     return dict(images=np.concatenate([p[0] for p in parts]), captions=sum((p[1] for p in parts), []),
                 labels=np.array(sum((p[2] for p in parts), []), dtype=np.int64))
 
@@ -248,6 +248,7 @@ def _load_zero123_parts(folder: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.miniworld", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from suite.checks import int_at_least
     from suite.miniworld.assets import default_dir
 
     p.add_argument("--output", default=str(default_dir()), help="where the models go (default: the shipped folder)")
@@ -255,14 +256,22 @@ def main(argv=None) -> int:
                    help="cache of rendered data and finished steps (delete it to rebuild from nothing)")
     p.add_argument("--size", choices=list(SIZES), default="full", help="'quick': minutes, for testing the build")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--threads", type=int_at_least(1), default=None,
+                   help="torch threads (default: automatic, as launch.py's --threads: every core when the machine "
+                        "is idle, fewer beside other jobs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries
 
     quiet_libraries()
-    torch.set_num_threads(args.threads)
+    from suite.threads import apply_threads
+
+    apply_threads(args.threads)
     t0 = time.time()
     build(Path(args.output), Path(args.work), args.size, args.seed)
     print(f"mini world built in {(time.time() - t0) / 60:.1f} minutes -> {args.output}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

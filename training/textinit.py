@@ -93,7 +93,7 @@ def optimize_text_features(unet, vae, text_encoder, tokenizer, scheduler, datase
     from tqdm.auto import tqdm
 
     try:
-        for step in tqdm(range(steps), desc="optimising F_T", leave=False, disable=progress is None):
+        for step in tqdm(range(steps), desc="optimising F_T", leave=False, disable=True if progress is None else None):
             pick = subset[torch.randint(0, n, (min(batch_size, n),), generator=gen)]
             eps = torch.randn((len(pick),) + tuple(source.latent_shape), generator=gen)
             with torch.no_grad():

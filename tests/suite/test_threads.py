@@ -1,0 +1,88 @@
+"""torch's thread count: the automatic rule on its inputs, the user's OMP_NUM_THREADS left alone, and ``--threads``
+on every subcommand."""
+
+import logging
+
+import pytest
+import torch
+
+import launch
+from suite import threads
+from suite.threads import apply_threads, choose_threads, default_threads
+
+
+@pytest.mark.parametrize("cores, load, host, expected", [
+    (2, 0.0, None, 2),     # idle: every core
+    (2, 0.3, None, 2),     # background daemons
+    (2, 2.0, None, 1),     # another 2-thread job
+    (2, 1.0, None, 1),     # another 1-thread job: a second thread would wait for the busy core
+    (2, 0.5, None, 1),     # halves go down
+    (2, 7.0, None, 1),     # never fewer than one
+    (16, 4.0, None, 12),   # what is left
+    (16, 0.0, None, 16),
+    (2, 1.0, 64, 2),       # confined to 2 of 64 cores: the host's load spread over all of them
+    (2, 40.0, 64, 1),
+    (4, float("nan"), None, 4),
+])
+def test_default_threads_rule(cores, load, host, expected):
+    assert default_threads(cores, load, host) == expected
+
+
+def test_machine_inputs_are_sane():
+    cores, load, host = threads.machine()
+    assert 1 <= cores <= host and load >= 0
+
+
+def test_omp_num_threads_set_by_the_user_leaves_torch_alone(monkeypatch, caplog):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    with caplog.at_level(logging.DEBUG, logger="suite"):
+        assert apply_threads(None) is None
+    assert torch.get_num_threads() == before
+    assert "OMP_NUM_THREADS=1" in caplog.text
+    assert choose_threads(3) == (3, "--threads")  # the flag still wins
+
+
+def test_automatic_choice_is_applied_and_logged(monkeypatch, caplog):
+    for var in threads.THREAD_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "machine", lambda: (2, 1.9, 2))
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="suite"):
+            assert apply_threads(None) == 1
+        assert torch.get_num_threads() == 1
+        assert "torch threads: 1 (2 cores, load 1.9)" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_flag_is_applied_and_the_callers_setting_restored(tmp_path, tiny_dir, monkeypatch):
+    import suite.generate_cli as generate_cli
+
+    real, seen = generate_cli.main, []
+    monkeypatch.setattr(generate_cli, "main", lambda args: (seen.append(torch.get_num_threads()), real(args))[1])
+    before = torch.get_num_threads()
+    assert launch.main(["generate", "--preset", "tiny", "--steps", "1", "--threads", "3",
+                        "--output", str(tmp_path / "x.png")]) == 0
+    assert seen == [3]  # while the subcommand ran
+    assert torch.get_num_threads() == before  # launch.main from Python leaves torch as it found it
+
+
+def test_every_subcommand_takes_threads():
+    import argparse
+
+    parser = launch.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"generate", "3d", "train"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        flag = next((a for a in p._actions if "--threads" in a.option_strings), None)
+        assert flag is not None, name
+        assert flag.default is None and flag.type("2") == 2  # default: automatic
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_threads_zero_is_refused_with_one_sentence(value, capsys):
+    assert launch.main(["generate", "--preset", "tiny", "--threads", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--threads" in err and len(err.splitlines()) == 1 and "Traceback" not in err
