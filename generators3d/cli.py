@@ -12,7 +12,7 @@ log = logging.getLogger("generators3d")
 
 
 def add_arguments(p) -> None:
-    from suite.checks import MAX_STEPS, finite_float, int_at_least
+    from suite.checks import MAX_STEPS, finite_float, int_at_least, seed_arg
     from suite.cli import weight_arg
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
                    help="w_d in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
     g.add_argument("--control-weight", type=weight_arg, default=None,
                    help="w_c in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
-    g.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--allow-large", action="store_true",
                    help=f"lift the limits on the step counts ({MAX_STEPS} image steps, {MAX_SDS_STEPS} SDS steps per "
                         f"stage), --mesh-resolution ({MAX_MESH_RESOLUTION}) and --preview-frames ({MAX_FRAMES})")

@@ -268,9 +268,15 @@ class ThreeDConfig:
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} in the 3D config file: remove them")
         kw = dict(data)
+        _check_types(cls, kw, "")
         for name, typ in (("nerf", NeRFConfig), ("camera", CameraConfig), ("zero123", StageConfig),
                           ("refine", StageConfig), ("export", ExportConfig)):
             if isinstance(kw.get(name), dict):
+                unknown = sorted(set(kw[name]) - {f.name for f in fields(typ)})
+                if unknown:
+                    raise ValueError(f"unknown setting(s) {', '.join(f'{name}.{k}' for k in unknown)} in the 3D config "
+                                     f"file: remove them")
+                _check_types(typ, kw[name], f"{name}.")
                 sub = {k: tuple(v) if isinstance(v, list) and k not in ("min_step_percent", "max_step_percent")
                        else v for k, v in kw[name].items()}
                 kw[name] = typ(**sub)
@@ -304,3 +310,43 @@ class ThreeDResult:
     nan_recoveries: int = 0
     threshold: float | None = None
     warnings: list = field(default_factory=list)
+
+
+def _check_types(cls, values: dict, prefix: str) -> None:
+    """Each value of a config file has its field's type (``int``, ``float``, ``str``, ``bool``, a list, a section);
+    ``None`` where the field allows it. One sentence naming the setting otherwise, before anything runs."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        if hint is None or (value is None and union and type(None) in typing.get_args(hint)):
+            continue
+        options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        ok = False
+        for t in options:
+            origin = typing.get_origin(t) or t
+            if origin is typing.Any:
+                ok = True
+            elif origin is bool:
+                ok = ok or isinstance(value, bool)
+            elif origin is int:
+                ok = ok or (isinstance(value, int) and not isinstance(value, bool))
+            elif origin is float:
+                ok = ok or (isinstance(value, int | float) and not isinstance(value, bool))
+            elif origin in (tuple, list):
+                ok = ok or isinstance(value, list | tuple)
+            elif isinstance(origin, type) and hasattr(origin, "__dataclass_fields__"):
+                ok = ok or isinstance(value, dict)
+            elif isinstance(origin, type):
+                ok = ok or isinstance(value, origin)
+            else:
+                ok = True
+        if not ok:
+            words = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", tuple: "a list",
+                     list: "a list"}
+            want = " or ".join(words.get(typing.get_origin(t) or t, "a section") for t in options)
+            raise ValueError(f"the setting {prefix}{name} in the 3D config file must be {want}, got {value!r}: fix it "
+                             f"or write the file again with a run (its output folder's config.json)")

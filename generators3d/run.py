@@ -42,7 +42,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     ``config.resume`` is set. The output folder is locked for the run (a second run into it is refused), and
     temporary files that a killed run left there are removed first.
     """
-    from suite.files import check_writable_dir, output_lock, remove_leftovers
+    from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers
 
     cfg = config.resolved()
     prompt, domain = _check_request(cfg)
@@ -50,14 +50,28 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
     with output_lock(out):
-        remove_leftovers(out, recursive=True)
-        return _run(cfg, out, prompt, domain, progress)
+        # A folder of the user's is refused before anything is written into it; in one of our runs only our own
+        # temporaries (of a killed run) are removed, in the folders the run writes.
+        busy = claim_run_folder(out, "3d", recognise=_is_3d_run)
+        remove_leftovers(folders=[out, out / "checkpoints", out / "mesh"])
+        return _run(cfg, out, prompt, domain, progress, busy)
+
+
+def _is_3d_run(folder: Path) -> bool:
+    """A 3D run written before run folders were marked: its config.json reads as a 3D config."""
+    from .config import ThreeDConfig
+
+    try:
+        ThreeDConfig.load(folder / "config.json")
+    except (ValueError, TypeError):
+        return False
+    return (folder / "checkpoints").is_dir()
 
 
 def _check_request(cfg: ThreeDConfig) -> tuple:
     """Everything that can be checked before the output folder is touched or a model loads; returns the clean
     prompt and the :class:`suite.domains.Domain`."""
-    from suite.checks import check_prompt, check_weight
+    from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
     from suite.presets import resolve_domain
 
     prompt = check_prompt(cfg.prompt)
@@ -70,10 +84,25 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
     domain = resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before any writing
     check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")
+    check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)
+    if cfg.image:  # read now: a text file, a FIFO or an unusable image is refused before the folder is touched
+        from suite.images import load_image
+
+        from .mask import foreground_mask, load_mask
+
+        image = load_image(cfg.image, "input image (--image)")
+        if cfg.mask:
+            load_mask(cfg.mask, image.size)
+        else:
+            foreground_mask(image, cfg.mask_method)
+    if cfg.export_only:
+        from .stage import load_checkpoint
+
+        load_checkpoint(cfg.export_only, "cpu")  # a missing or foreign file: one sentence before any writing
     return prompt, domain
 
 
-def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress) -> ThreeDResult:
+def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress, busy: bool) -> ThreeDResult:
     from suite.images import load_image, save_image_atomic
     from suite.presets import resolve_device
 
@@ -85,7 +114,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress) -> ThreeDR
     report = _Reporter(progress)
 
     # 2. The output folder: a new one, or a run to resume (never overwrite another run's results).
-    _check_output(out, cfg)
+    _check_output(out, cfg, busy)
     ckpt_dir = out / "checkpoints"
     stage2_ckpt, stage3_ckpt = ckpt_dir / "stage2-zero123.safetensors", ckpt_dir / "stage3-refine.safetensors"
 
@@ -280,15 +309,19 @@ def write_turntable(field, background, cams, path: Path, size: int = 256, callba
 
 # ---------------------------------------------------------------------------------------------------------
 class _Reporter:
-    """tqdm bars per stage and the caller's ``progress(stage, done, total, info)``."""
+    """tqdm bars per stage (on a terminal), progress lines (in a log: :class:`suite.progress.LogProgress`) and the
+    caller's ``progress(stage, done, total, info)``."""
 
     def __init__(self, progress):
-        self.progress, self.bars = progress, {}
+        from suite.progress import LogProgress
+
+        self.progress, self.bars, self.lines = progress, {}, LogProgress("3d", units={"preview": "frame"})
 
     def start(self, stage: str, total: int) -> None:
         from tqdm.auto import tqdm
 
         self.bars[stage] = tqdm(total=total, desc=stage, leave=False, disable=None)
+        self.lines.start(stage, total)
 
     def update(self, stage: str, done: int, total: int, info: dict) -> None:
         bar = self.bars.get(stage)
@@ -297,6 +330,7 @@ class _Reporter:
             if "loss" in info:
                 bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)
             bar.refresh()
+        self.lines(stage, done, total, info)
         if self.progress is not None:
             self.progress(stage, done, total, info)
 
@@ -304,6 +338,7 @@ class _Reporter:
         bar = self.bars.pop(stage, None)
         if bar is not None:
             bar.close()
+        self.lines.end(stage)
 
 
 def _border_pixels(mask) -> int:
@@ -318,21 +353,39 @@ def _stage1_done(out: Path) -> bool:
     return all((out / n).is_file() for n in ("image.png", "mask.png", "reference.png", "reference-mask.png"))
 
 
-def _check_output(out: Path, cfg: ThreeDConfig) -> None:
-    """Refuse, before anything is written, a folder holding another run (unless resuming that same run)."""
-    from suite.files import LOCK_NAME
-
+def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
+    """Refuse, before anything is written, a folder holding another run (unless resuming that same run with the
+    settings its finished stages were made with)."""
     config_path = out / "config.json"
-    busy = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
-    if busy and not cfg.resume and not cfg.export_only:
-        raise ValueError(f"the output folder {str(out)!r} already holds results: pass --resume to continue that run, "
+    if busy and not cfg.resume:
+        what = "--export-only would replace its meshes" if cfg.export_only else "it already holds results"
+        raise ValueError(f"the output folder {str(out)!r} holds a run ({what}): pass --resume to continue that run, "
                          f"or choose another --output")
     if cfg.resume and config_path.is_file():
         old = ThreeDConfig.load(config_path)
-        diff = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
-        if diff:
-            raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(diff)}: use the "
-                             f"same settings, or choose another --output")
+        keys = list(_RESUME_KEYS)
+        if (out / "checkpoints" / "stage2-zero123.safetensors").exists():
+            keys += ["zero123", "zero123_model", "nerf", "camera"]
+        if (out / "checkpoints" / "stage3-refine.safetensors").exists():
+            keys += ["refine", "sd_model", "domain_model"]
+        diff = [k for k in keys if _flat(getattr(old, k), k) != _flat(getattr(cfg, k), k)]
+        changed = sorted({name for k in diff for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
+        if changed:
+            raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(changed)} (its "
+                             f"finished stages would not match): use the same settings, or choose another --output")
+
+
+def _flat(value, name: str) -> dict:
+    """A setting as ``{dotted name: value}`` (a stage's config as its fields)."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value):
+        return {f"{name}.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in asdict(value).items()}
+    return {name: list(value) if isinstance(value, tuple) else value}
+
+
+def _changed(a: dict, b: dict) -> list[str]:
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def _create_output(out: Path, cfg: ThreeDConfig) -> ThreeDResult:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 
 __all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
-           "check_count", "check_weight", "check_prompt", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
+           "check_count", "check_weight", "check_prompt", "seed_arg", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -72,6 +72,17 @@ def finite_float(text: str) -> float:
     return v
 
 
+def seed_arg(text: str) -> int:
+    """An argparse type: a random seed, a whole number from 0 to :data:`MAX_SEED`."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return v
+
+
 def int_at_least(minimum: int):
     """An argparse type: a whole number >= ``minimum``."""
 
@@ -94,6 +105,7 @@ def int_at_least(minimum: int):
 MAX_IMAGES = 64        # images per run
 MAX_STEPS = 1000       # sampling / SDS / image steps per run (the paper samples with 100)
 MAX_SIDE = 4096        # pixels per side of a generated image
+MAX_SEED = 2**32 - 1   # random seeds (numpy's and every torch generator's range)
 MAX_WEIGHT = 100.0     # |w| of any guidance weight (the paper's weights are below 10; 1e308 overflows to black)
 LARGE_HINT = "or pass --allow-large if you really mean it"
 

@@ -25,6 +25,7 @@ from .checks import (
     check_weight,
     finite_float,
     int_at_least,
+    seed_arg,
 )
 from .domains import PRESETS, Domain
 
@@ -45,6 +46,14 @@ def weight_arg(text: str):
     if text.strip().lower() == "auto":
         return None
     return finite_float(text)
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads N``, on every subcommand (``launch.py`` adds it); :func:`run_main` applies it."""
+    parser.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
+                        help="torch CPU threads (default: automatic: every core this process may use when the "
+                             "machine is idle, fewer when other jobs keep cores busy; $OMP_NUM_THREADS, if set, is "
+                             "left to torch)")
 
 
 def add_preset_argument(group, help: str = PRESET_HELP) -> None:
@@ -95,7 +104,7 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--negative-prompt", default="", help="negative prompt (replaces the empty prompt of eps_sd)")
     g.add_argument("--steps", type=int_at_least(1), default=None,
                    help=f"DPM-Solver++ steps, at most {MAX_STEPS} (default: 25; the paper uses 100)")
-    g.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--num-images", type=int_at_least(1), default=1,
                    help=f"images per run, at most {MAX_IMAGES} (default: %(default)s)")
     g.add_argument("--allow-large", action="store_true",
@@ -165,8 +174,17 @@ def run_main(main, args) -> int:
     from .failures import explain
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    level = os.environ.get("INDOMAIN_LOG_LEVEL", "").strip().upper()  # debug: also e.g. the torch thread choice
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        logging.getLogger("suite").setLevel(level)  # the suite's own messages only, not every library's
     quiet_libraries()
+    import torch
+
+    from .threads import apply_threads
+
+    before = torch.get_num_threads()
     try:
+        apply_threads(getattr(args, "threads", None))  # before the subcommand's work: the machine's load without it
         return int(main(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -177,3 +195,5 @@ def run_main(main, args) -> int:
             raise
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(before)  # a call from Python (launch.main) leaves its caller's setting as it was

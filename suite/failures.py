@@ -25,6 +25,8 @@ def explain(err: BaseException) -> str | None:
     """One sentence for an expected failure, or ``None`` for a bug (show the traceback)."""
     if isinstance(err, ValueError | FileNotFoundError | NotADirectoryError) and str(err).strip():  # UserError too
         return str(err).strip()
+    if isinstance(err, FloatingPointError) and str(err).strip():  # a training run that diverged: the sentence says how
+        return str(err).strip()
     try:
         from .models import ModelLoadError
 

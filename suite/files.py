@@ -1,17 +1,64 @@
 """Atomic file writing, used by every writer in the suite: a temporary sibling file, fsync, then rename.
 
 A crash, a full disk or Ctrl-C mid-write leaves the previous file untouched and no partial file behind.
+
+Temporaries are named ``.in-domain-tmp-<pid>-<random>-<NAME>.tmp[.ext]`` (:func:`temp_name`): a prefix no user file
+has, the writer's process id and a random part. Only such names are ever removed as leftovers
+(:func:`remove_leftovers`), never a user's file that merely looks like a temporary; and a run writes into a folder
+only when it is empty or one of the suite's own runs (:func:`claim_run_folder`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+TMP_PREFIX = ".in-domain-tmp-"
+# .in-domain-tmp-<pid>-<8 random characters of mkstemp/mkdtemp>-<NAME>.tmp[.ext]
+_TEMP = re.compile(r"^\.in-domain-tmp-(?P<pid>\d+)-[a-z0-9_]{8}-(?P<name>.+)\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def temp_name(name: str, suffix: str = "") -> dict:
+    """``prefix``/``suffix`` for ``tempfile.mkstemp``/``mkdtemp``: a temporary for ``name`` that no user file can be
+    mistaken for (this process's id and a random part behind a prefix of our own). ``suffix`` keeps an extension
+    at the end for writers that choose the format from it."""
+    return {"prefix": f"{TMP_PREFIX}{os.getpid()}-", "suffix": f"-{name}.tmp{suffix}"}
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process id we wrote: never treat as dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Remove a file or folder so that no half-removed version is ever seen under its name: it is first renamed to
+    a temporary (one atomic step), then deleted. A kill in between leaves a temporary, which the next run removes."""
+    import shutil
+
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink():
+        gone = Path(tempfile.mkdtemp(**temp_name(path.name + ".deleted"), dir=path.parent))
+        gone.rmdir()
+        path.rename(gone)
+        shutil.rmtree(gone, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def umask() -> int:
@@ -28,7 +75,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     permissions (``0666 & ~umask``; ``mkstemp`` alone would leave it readable by its owner only).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(**temp_name(path.name, suffix), dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -62,13 +109,13 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(**temp_name(folder.name), dir=folder.parent))
     try:
         yield tmp
         _fsync_tree(tmp)
         old = None
         if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
+            old = Path(tempfile.mkdtemp(**temp_name(folder.name + ".old"), dir=folder.parent))
             old.rmdir()
             folder.rename(old)
         tmp.rename(folder)
@@ -95,7 +142,7 @@ class AtomicFiles:
 
     def write(self, path: Path, data: bytes) -> None:
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(**temp_name(path.name), dir=path.parent)
         self.pending.append((tmp, path))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -118,10 +165,8 @@ class AtomicFiles:
 
 # ----------------------------------------------------------------------------------------------------------
 # checks before any work, leftovers of killed runs, one run per output folder
-# The temporary names the writers above use: ".NAME-XXXXXXXX[.suffix]" (mkstemp / mkdtemp: 8 random characters),
-# and ".NAME-old-XXXXXXXX" (atomic_dir's previous version).
-_LEFTOVER = re.compile(r"^\.(?P<name>.+?)-(old-)?[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
 LOCK_NAME = ".in-domain.lock"
+RUN_MARKER = ".in-domain-run.json"  # in every output folder of a 3d or train run: whose folder it is
 
 
 def check_writable_dir(folder: str | os.PathLike, flag: str = "--output") -> Path:
@@ -135,7 +180,7 @@ def check_writable_dir(folder: str | os.PathLike, flag: str = "--output") -> Pat
     if probe.exists() and not probe.is_dir():
         raise ValueError(f"{str(probe)!r} is a file, not a folder: choose another {flag}")
     try:  # a real write (os.access says yes to root on a read-only file system)
-        fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=probe)
+        fd, tmp = tempfile.mkstemp(**temp_name("write-check"), dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:
@@ -156,35 +201,71 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
     return path
 
 
-def remove_leftovers(paths, recursive: bool = False) -> list[Path]:
-    """Remove the hidden temporary files and folders that a killed writer left next to ``paths``.
+def remove_leftovers(paths=None, folders=()) -> list[Path]:
+    """Remove the temporaries that a killed writer of the suite left behind, and nothing else.
 
-    ``paths``: output files (their own temporaries are removed) or, with ``recursive``, one output folder (every
-    temporary inside it). Only names of the writers' pattern are touched (``.NAME-XXXXXXXX[.ext]``)."""
+    ``paths``: output files; in their folders, the temporaries *of those names* whose writing process is gone (a
+    live process's temporary is never touched: two runs may write different files into one folder).
+    ``folders``: folders of a run that holds the output lock (:func:`output_lock`), looked at one level deep
+    (never walked): every temporary of ours in them is a leftover. Only names of :func:`temp_name`'s form are
+    removed; a user's hidden files, however they are named, are not touched."""
     import shutil
 
+    candidates = []
+    for p in [Path(p) for p in (paths or ())]:
+        if p.parent.is_dir():
+            for c in p.parent.iterdir():
+                m = _TEMP.match(c.name)
+                if m and m.group("name") == p.name and not _process_alive(int(m.group("pid"))):
+                    candidates.append(c)
+    for folder in map(Path, folders):
+        if folder.is_dir() and not folder.is_symlink():
+            candidates += [c for c in folder.iterdir() if _TEMP.match(c.name)]
     removed = []
-    if recursive:
-        folder = Path(paths)
-        candidates = folder.rglob(".*") if folder.is_dir() else []
-        wanted = None
-    else:
-        paths = [Path(p) for p in paths]
-        folder_names: dict[Path, set[str]] = {}
-        for p in paths:
-            folder_names.setdefault(p.parent, set()).add(p.name)
-        candidates = [c for parent in folder_names if parent.is_dir() for c in parent.glob(".*")]
-        wanted = folder_names
-    for c in list(candidates):
-        m = _LEFTOVER.match(c.name)
-        if not m or c.name == LOCK_NAME or (wanted is not None and m.group("name") not in wanted.get(c.parent, ())):
-            continue
-        if c.is_dir():
+    for c in candidates:
+        if c.is_dir() and not c.is_symlink():
             shutil.rmtree(c, ignore_errors=True)
         else:
             c.unlink(missing_ok=True)
         removed.append(c)
     return removed
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as one of the suite's temporaries."""
+    return bool(_TEMP.match(Path(path).name))
+
+
+def claim_run_folder(folder: str | os.PathLike, kind: str, recognise=None, flag: str = "--output") -> bool:
+    """Make sure ``folder`` (locked by this run) is empty or one of the suite's own ``kind`` runs, before anything
+    is written into it, and mark it as ours (:data:`RUN_MARKER`). Returns whether it already held a run.
+
+    A folder holding anything else (a user's files, another kind of run) is refused with one sentence.
+    ``recognise(folder) -> bool`` accepts a run written before the marker existed."""
+    import json
+
+    folder = Path(folder)
+    marker = folder / RUN_MARKER
+    entries = [p for p in folder.iterdir() if p.name not in (LOCK_NAME, RUN_MARKER) and not is_temporary(p)] \
+        if folder.is_dir() else []
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        raise ValueError(f"{str(marker)!r} is not a file this suite wrote: choose another {flag}")
+    if marker.is_file():
+        try:
+            found = json.loads(marker.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found != kind:
+            raise ValueError(f"the folder {str(folder)!r} holds a {found or 'unreadable'} run, not a {kind} run: "
+                             f"choose another {flag}")
+        return bool(entries)
+    if entries and not (recognise is not None and recognise(folder)):
+        names = ", ".join(repr(p.name) for p in sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ValueError(f"the folder {str(folder)!r} already holds files that this suite did not write ({names}): "
+                         f"choose a new or empty {flag}")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(marker, json.dumps({"kind": kind, "written_by": "in-domain-suite"}))
+    return bool(entries)
 
 
 @contextmanager
@@ -205,7 +286,21 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[P
         return
     path = folder / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        # Never through a link: a symlinked (or hard-linked, or special) lock file could make us truncate a file
+        # that is not ours; it is refused instead.
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_NONBLOCK", 0), 0o666 & ~umask())
+        except OSError as err:
+            if path.is_symlink() or err.errno in (errno.ELOOP, errno.EMLINK):
+                raise ValueError(f"{str(path)!r} is a link, not a lock file this suite wrote: remove it, or choose "
+                                 f"another {flag}") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise ValueError(f"{str(path)!r} is not a lock file this suite wrote (a link or a special file): remove "
+                             f"it, or choose another {flag}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -225,6 +320,8 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[P
         yield folder
     finally:
         path.unlink(missing_ok=True)  # removed while still held, so a waiting run retries on a fresh file
+        if [p.name for p in folder.iterdir()] == [RUN_MARKER]:  # a run that wrote nothing leaves no marker either
+            (folder / RUN_MARKER).unlink(missing_ok=True)
         os.close(fd)  # closing releases the lock
         if created and not any(folder.iterdir()):  # a run that wrote nothing leaves nothing
             with contextlib.suppress(OSError):

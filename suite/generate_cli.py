@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--width", type=int_at_least(8), default=None, help="image width (default: the model's native size)")
     p.add_argument("--height", type=int_at_least(8), default=None,
                    help="image height (default: the model's native size)")
+    p.add_argument("--resume", action="store_true",
+                   help="complete an interrupted --num-images set: images already written are kept, only the missing "
+                        "ones are made, each from the noise it would have started from")
     cli.add_model_arguments(p)
     cli.add_guidance_arguments(p)
 
@@ -53,6 +56,13 @@ def main(args) -> int:
 
     warn_prompt(args.preset, args.prompt)
     remove_leftovers(paths)
+    todo = [i for i, p in enumerate(paths) if not (args.resume and p.is_file())]
+    if not todo:
+        log.info("--resume: all %d image(s) are already there (%s ...)", len(paths), paths[0])
+        return 0
+    if len(todo) < len(paths):
+        log.info("--resume: %d of %d image(s) already there; making the other %d", len(paths) - len(todo), len(paths),
+                 len(todo))
 
     # 2. Load the models and build the controls.
     pipe = cli.load_pipeline(args, need_controlnet=control_image is not None)
@@ -62,18 +72,39 @@ def main(args) -> int:
                         unet=models.load_unet(ref, device=pipe.device, dtype=pipe.dtype))
                 for i, ref in enumerate(args.community_model)]
 
-    # 3. Sample.
-    domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
-    out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=domain_weight,
-               control_weight=control_weight, control_image=control_image, controls=controls,
-               num_images_per_prompt=args.num_images, num_inference_steps=DEFAULT_STEPS if args.steps is None else args.steps, seed=args.seed,
-               height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
-               rectify=not args.no_rectify)
+    # 3. Sample: diffusers' bar on a terminal, progress lines in a log.
+    from contextlib import nullcontext
 
-    # 4. Save (atomically) and report.
-    for image, path in zip(out.images, paths):
-        save_image_atomic(image, path)
-        log.info("wrote %s", path)
+    from .pipeline import quiet, report_steps
+    from .progress import LogProgress
+
+    steps, stage = DEFAULT_STEPS if args.steps is None else args.steps, f"{len(todo)} image(s)"
+    lines = LogProgress("generate")
+    to_log = lines.active()
+    lines.start(stage, steps)
+    domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
+    # Image i starts from row i of the seed's noise, so --resume makes exactly the images that are missing.
+    latents = pipe.prepare_latents(len(paths), args.height, args.width, seed=args.seed)[todo]
+    with quiet(pipe) if to_log else nullcontext():
+        out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=domain_weight,
+                   control_weight=control_weight, control_image=control_image, controls=controls,
+                   num_images_per_prompt=len(todo), num_inference_steps=steps, latents=latents,
+                   height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
+                   rectify=not args.no_rectify,
+                   callback_on_step_end=report_steps(lines.steps(stage)) if to_log else None)
+
+    # 4. Save (atomically) and report; an interrupted set says what is there and how to complete it.
+    written = [p for i, p in enumerate(paths) if i not in todo]
+    try:
+        for image, i in zip(out.images, todo):
+            save_image_atomic(image, paths[i])
+            written.append(paths[i])
+            log.info("wrote %s", paths[i])
+    except BaseException:
+        if len(paths) > 1:
+            log.error("%d of %d image(s) written (%s); run the same command with --resume to make the others",
+                      len(written), len(paths), ", ".join(p.name for p in sorted(written)) or "none")
+        raise
     if out.weights:
         log.info("weights: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in out.weights.items()))
     return 0

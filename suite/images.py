@@ -45,6 +45,9 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
     if not path.is_file():
         if path.is_dir():
             raise ValueError(f"the {what} {str(path)!r} is a folder: give an image file")
+        if path.exists():  # a FIFO, a device such as /dev/zero, a socket: reading it could block or never end
+            raise ValueError(f"the {what} {str(path)!r} is not a regular file (a pipe, device or socket): give an "
+                             f"image file")
         raise ValueError(f"the {what} {str(path)!r} does not exist: check the path")
     try:
         with warnings.catch_warnings():
@@ -57,7 +60,8 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
         raise ValueError(f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode "
                          f"safely (decompression-bomb guard): downscale it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as err:
+        # ValueError: e.g. PIL's "Decompressed Data Too Large" for a huge PNG text chunk
         raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or "
                          f"WebP file") from None
 
@@ -112,6 +116,12 @@ def check_output_format(path: str | os.PathLike) -> str:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image format {path.suffix!r} for {str(path)!r}: use .png, .jpg or .webp")
+    try:  # PIL knows formats it cannot write (.h5, .fits) or cannot write in colour (.xbm): found now, not after sampling
+        Image.new("RGB", (2, 2)).save(io.BytesIO(), format=fmt)
+    except (KeyError, OSError, ValueError) as err:
+        raise ValueError(f"the image format {path.suffix!r} cannot store a colour image ({fmt}: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}): use .png, .jpg or .webp "
+                         f"for {str(path)!r}") from None
     return fmt
 
 

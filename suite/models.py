@@ -132,10 +132,26 @@ def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--
     from diffusers import ControlNetModel
 
     ref, local = resolve(ref, "ControlNet", flag, required=("config.json",))
+    if local:
+        _check_class(Path(ref) / "config.json", ("ControlNetModel",), "ControlNet", flag)
     kw = _hub_kwargs(local)
     cn = _load("ControlNet", flag, ref, local,
                lambda: ControlNetModel.from_pretrained(ref, use_safetensors=True, **kw))
     return place(cn, device, dtype)
+
+
+def _check_class(config: Path, expected: tuple[str, ...], what: str, flag: str) -> None:
+    """A local model folder's ``config.json`` names one of the ``expected`` diffusers classes (a UNet folder given
+    as a ControlNet fails deep inside diffusers with "Cannot copy out of meta tensor")."""
+    import json
+
+    try:
+        found = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: the loader says so in its own sentence
+    if found and found not in expected:
+        raise ModelLoadError(f"the folder {str(config.parent)!r} holds a {found}, not a {what}: pass {flag} with a "
+                             f"{what} folder")
 
 
 def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "--domain-model"):

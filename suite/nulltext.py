@@ -87,6 +87,18 @@ def nulltext_layers(unet: nn.Module) -> dict[str, FixedCrossAttention]:
                                                                            FixedCrossAttention)}
 
 
+def check_weights(state: dict[str, torch.Tensor], where: str) -> None:
+    """Every tensor of a UNet's weights file is a float and finite. A file whose header relabels float32 tensors as
+    integers (or whose values are NaN) loads without an error and gives NaN weights and black images: refused."""
+    for name, t in state.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{where} stores {name} as {str(t.dtype).replace('torch.', '')}, not as floating-point "
+                             f"weights: the weights file is damaged or not a domain model; train or copy it again")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where} has non-finite values (NaN or infinity) in {name}: the weights file is damaged "
+                             f"or the training diverged; train or copy it again")
+
+
 def check_E(unet: nn.Module, where: str = "this null-text UNet") -> None:
     """Raise ``ValueError`` unless every ``E`` is finite and non-zero (i.e. was actually captured)."""
     layers = nulltext_layers(unet)
@@ -227,7 +239,9 @@ def load_nulltext_unet(folder: str | os.PathLike) -> NullTextUNet:
     meta = json.loads((folder / METADATA_FILE).read_text())
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     unet = NullTextUNet.from_config(config)
-    unet.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+    state = load_file(str(folder / WEIGHTS_FILE))
+    check_weights(state, f"the domain model in {str(folder)!r}")
+    unet.load_state_dict(state, strict=True)
     check_E(unet, f"the domain model in {str(folder)!r}")
     unet.metadata = DomainMetadata(**{k: meta[k] for k in DomainMetadata.__dataclass_fields__ if k in meta})
     return unet.eval()

@@ -416,6 +416,18 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             return self.scheduler
         return type(self.scheduler).from_config(self.scheduler.config, prediction_type="epsilon")
 
+    def prepare_latents(self, num_images: int, height: int | None = None, width: int | None = None,
+                        generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
+        """The starting noise of ``num_images`` text-to-image samples (diffusers' name), as ``__call__`` draws it:
+        image ``i`` of a call with ``seed`` starts from row ``i`` of this tensor, so a batch can be completed later
+        (``generate --resume``) by passing the missing rows as ``latents``."""
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = height or native, width or native
+        shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        generator = generator if generator is not None else seeded_generator(seed)
+        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, *, height: int | None = None,
@@ -506,7 +518,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         #    timestep (SDEdit).
         if image is None:
             if latents is None:
-                latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+                latents = self.prepare_latents(num_images, height, width, generator)
             elif tuple(latents.shape) != latent_shape:
                 raise ValueError(f"latents must have shape {latent_shape} for {num_images} image(s) of "
                                  f"{width}x{height}, got {tuple(latents.shape)}")

@@ -45,11 +45,32 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
 
     (pickled / "cc_projection" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload()}))
     (tmp / "in" / "bad-config.json").write_text("{not json")
+    # issue 26's inputs
+    os.mkfifo(tmp / "in" / "fifo.png")
+    Image.new("RGB", (64, 64), "white").save(tmp / "in" / "white.png")
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (2 ** 21), zip=True)  # a compressed text chunk larger than PIL decompresses
+    Image.new("RGB", (8, 8)).save(tmp / "in" / "textchunk.png", pnginfo=info)
+    from generators3d.config import ThreeDConfig
+
+    typed = ThreeDConfig(prompt="a vase", preset="tiny").resolved().to_dict()
+    typed["zero123"]["steps"] = "ten"
+    (tmp / "in" / "typed-config.json").write_text(json.dumps(typed))
+    relabelled = tmp / "in" / "relabelled-domain"  # float32 tensors whose header says int32
+    shutil.copytree(tiny_dir / "domain-face", relabelled)
+    weights = relabelled / "diffusion_pytorch_model.safetensors"
+    raw = weights.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    weights.write_bytes(raw[:8] + raw[8:8 + n].replace(b'"F32"', b'"I32"') + raw[8 + n:])
     (tmp / "out").mkdir()
     (tmp / "out" / "x.png").mkdir()  # an existing folder with a file's name
     (tmp / "out" / "a-file").write_text("")
     return dict(photo=photo, mask=tmp / "in" / "square-mask.png", notes=tmp / "in" / "notes.png", broken=broken,
-                pickled=pickled, config=tmp / "in" / "bad-config.json")
+                pickled=pickled, config=tmp / "in" / "bad-config.json", fifo=tmp / "in" / "fifo.png",
+                white=tmp / "in" / "white.png", textchunk=tmp / "in" / "textchunk.png",
+                typed=tmp / "in" / "typed-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet")
 
 
 G = ["generate", "--preset", "tiny", "--steps", "1"]
@@ -82,6 +103,19 @@ CASES = [
     ("generate: control image is text", G + ["--control-image", "{notes}", "--output", "{out}/a.png"],
      "could not be read as an image"),
     ("generate: unknown domain", G + ["--domain", "dogs", "--output", "{out}/a.png"], "unknown domain"),
+    ("generate: xbm output", G + ["--output", "{out}/a.xbm"], "cannot store a colour image"),
+    ("generate: h5 output", G + ["--output", "{out}/a.h5"], "cannot store a colour image"),
+    ("generate: a UNet as ControlNet", G + ["--control-image", "{photo}", "--controlnet", "{unet}", "--output",
+                                           "{out}/a.png"], "holds a UNet2DConditionModel, not a ControlNet"),
+    ("generate: control image is a FIFO", G + ["--control-image", "{fifo}", "--output", "{out}/a.png"],
+     "not a regular file"),
+    ("generate: control image is /dev/zero", G + ["--control-image", "/dev/zero", "--output", "{out}/a.png"],
+     "not a regular file"),
+    ("generate: huge PNG text chunk", G + ["--control-image", "{textchunk}", "--output", "{out}/a.png"],
+     "textchunk.png' could not be read as an image"),
+    ("generate: int32-relabelled domain weights", G + ["--domain-model", "{relabelled}", "--output", "{out}/a.png"],
+     "not as floating-point weights"),
+    ("generate: seed 2**70", G + ["--seed", str(2 ** 70), "--output", "{out}/a.png"], "a seed is a whole number"),
     # edit
     ("edit: prompt with invalid bytes", E + ["--image", "{photo}", "--prompt", BAD_UTF8, "--output", "{out}/e.png"],
      "not valid UTF-8"),
@@ -109,15 +143,31 @@ CASES = [
                                              "--refine-steps", "0", "--output", "{out}/run"],
      "could not load the Zero-1-to-3 model"),
     ("3d: broken config file", T + ["--config", "{config}", "--output", "{out}/run"], "could not read the 3D config file"),
+    ("3d: wrongly typed config", T + ["--config", "{typed}", "--output", "{out}/run"],
+     "zero123.steps in the 3D config file must be a whole number"),
+    ("3d: image is a text file", T + ["--prompt", "a vase", "--image", "{notes}", "--output", "{out}/run"],
+     "could not be read as an image"),
+    ("3d: image is a FIFO", T + ["--prompt", "a vase", "--image", "{fifo}", "--output", "{out}/run"],
+     "not a regular file"),
+    ("3d: white image, automatic mask", T + ["--prompt", "a vase", "--image", "{white}", "--mask-method", "auto",
+                                             "--output", "{out}/run"], "could not find a clear foreground object"),
+    ("3d: seed 2**70", T + ["--prompt", "a vase", "--seed", str(2 ** 70), "--output", "{out}/run"],
+     "argument --seed: a seed is a whole number"),
     # train
     ("train: output is a file", R + ["--data", "{out}", "--output", "{out}/a-file"], "is a file"),
     ("train: prompt with invalid bytes", R + ["--data", "{out}", "--prompt", BAD_UTF8, "--output", "{out}/m"],
      "not valid UTF-8"),
     ("train: read-only folder", R + ["--data", "{out}", "--output", f"{READ_ONLY}/m"], "cannot be written to"),
     ("train: data folder missing", R + ["--data", "{out}/none", "--output", "{out}/m"], "does not exist"),
+    ("train: seed -1", R + ["--data", "{out}", "--seed", "-1", "--output", "{out}/m"],
+     "argument --seed: a seed is a whole number"),
     # app
     ("app: port 99999", ["app", "--preset", "tiny", "--port", "99999", "--output-dir", "{out}"],
      "between 1 and 65535"),
+    ("app: host 999.1.1.1", ["app", "--preset", "tiny", "--host", "999.1.1.1", "--output-dir", "{out}"],
+     "cannot listen on --host '999.1.1.1'"),
+    ("app: data root missing", ["app", "--preset", "tiny", "--data-root", "{out}/none", "--output-dir", "{out}"],
+     "--data-root"),
 ]
 
 
@@ -173,4 +223,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 17, "edit": 7, "3d": 9, "train": 4, "app": 1}, json.dumps(per)
+    assert per == {"generate": 25, "edit": 7, "3d": 14, "train": 5, "app": 3}, json.dumps(per)

@@ -4,18 +4,18 @@ Checkpoints are folders ``OUTPUT/training/checkpoints/step-NNNNNN``, each itself
 plus ``optimizer.pt`` (read back with ``weights_only=True``), ``ema.safetensors`` and ``trainer_state.json``.
 They are written with :func:`suite.files.atomic_dir` (a hidden temporary folder, fsync, rename): a run killed
 at any moment, even during a checkpoint write, loses at most one checkpoint interval and never corrupts the last
-good checkpoint; a half-written temporary folder is removed by the next checkpoint.
+good checkpoint; a half-written temporary folder is removed by the next checkpoint. Old checkpoints are
+renamed away before they are deleted, so a kill while pruning never leaves a half-deleted ``step-*`` folder.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
-from suite.files import atomic_dir, atomic_path
+from suite.files import atomic_dir, atomic_path, discard, remove_leftovers
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
@@ -78,9 +78,8 @@ def save_checkpoint(output: Path, step: int, unet, metadata, optimizer, ema: EMA
             save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
     for _, old in list_checkpoints(output)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(f".{CHECKPOINT_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        discard(old)  # renamed away first: a kill while deleting never leaves a half checkpoint under its name
+    remove_leftovers(folders=[root])
     return final
 
 

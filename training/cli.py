@@ -17,7 +17,7 @@ log = logging.getLogger("training")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from suite.checks import finite_float, int_at_least
+    from suite.checks import finite_float, int_at_least, seed_arg
     from suite.cli import add_domain_argument, add_preset_argument, add_sd_model_argument
 
     from .config import TrainConfig
@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--ema", action="store_true", help="keep an EMA of the weights and save it as the model")
     g.add_argument("--ema-decay", type=finite_float, default=0.9999, help="EMA decay (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="seed of data order, noise and timesteps (default: %(default)s)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seed of data order, noise and timesteps (default: %(default)s)")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
 
     g = p.add_argument_group("text-feature initialisation (F_T) and E")

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.files import TMP_PREFIX, temp_name
+
 from .data import ImageFolderDataset
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,6 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
     with ``accelerator`` over several processes, rank ``r`` encodes batches ``r, r + P, ...`` into a part file
     and the main process merges the parts, so each image's latent is computed in the same batch for any ``P``.
     """
-    from tqdm.auto import tqdm
-
     flips = (False, True) if dataset.hflip > 0 else (False,)
     key = cache_key(dataset, vae_id, len(flips))
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,41 +114,30 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     c, h = vae.config.latent_channels, dataset.resolution // f
     shape = (sum(len(b) for b in mine), len(flips), 2, c, h, h)
-    part = folder / f".latents-{key}.part{rank}-of-{world}.npy"
-    arr = np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=shape)
-    pool = ThreadPoolExecutor(max(1, num_workers))
-    bar = tqdm(total=shape[0], desc="caching latents (VAE once per image)", disable=not main, leave=False)
-    row = 0
-    for chunk in mine:
-        for fi, flip in enumerate(flips):
-            pixels = torch.stack(list(pool.map(lambda i, flip=flip: dataset.load(i, flip), chunk)))
-            mean, std = encode_posterior(vae, pixels)
-            arr[row:row + len(chunk), fi, 0] = mean.cpu().numpy().astype(dtype)
-            arr[row:row + len(chunk), fi, 1] = std.cpu().numpy().astype(dtype)
-        row += len(chunk)
-        bar.update(len(chunk))
-        if progress is not None and main:
-            progress("cache", min(row * world, len(dataset)), len(dataset), {})
-    bar.close()
-    pool.shutdown()
-    arr.flush()
-    del arr
+    part = _part_path(folder, key, rank, world)
+    try:
+        _encode_part(dataset, vae, part, mine, flips, shape, dtype, num_workers, main, world, progress)
+    except BaseException:
+        part.unlink(missing_ok=True)  # a full disk or an interrupt leaves nothing behind
+        raise
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if main:
-        fd, tmp = tempfile.mkstemp(prefix=f".latents-{key}.merging-", suffix=".npy", dir=folder)  # a unique name
+        fd, tmp = tempfile.mkstemp(**temp_name(final.name, ".npy"), dir=folder)  # a unique name
         os.close(fd)
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(dataset),) + shape[1:])
-        for r in range(world):
-            p = folder / f".latents-{key}.part{r}-of-{world}.npy"
-            rows = [i for b in _batches(len(dataset), batch_size, r, world) for i in b]
-            if rows:  # a part holds its batches' images in order: contiguous runs of the global list
-                out[rows] = np.load(p, mmap_mode="r")
-        out.flush()
-        del out
-        os.replace(tmp, final)
-        for r in range(world):
-            (folder / f".latents-{key}.part{r}-of-{world}.npy").unlink(missing_ok=True)
+        try:
+            out = _open_memmap(tmp, dtype, (len(dataset),) + shape[1:])
+            for r in range(world):
+                rows = [i for b in _batches(len(dataset), batch_size, r, world) for i in b]
+                if rows:  # a part holds its batches' images in order
+                    out[rows] = np.load(_part_path(folder, key, r, world), mmap_mode="r")
+            out.flush()
+            del out
+            os.replace(tmp, final)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            for r in range(world):
+                _part_path(folder, key, r, world).unlink(missing_ok=True)
         for old in folder.glob("latents-*.npy"):
             if old != final:
                 old.unlink(missing_ok=True)
@@ -157,6 +146,55 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
     return final
 
 
+def _encode_part(dataset, vae, part: Path, mine, flips, shape, dtype, num_workers, main, world, progress) -> None:
+    """Encode this process's batches into ``part`` (a memory-mapped ``.npy``, disk space reserved first)."""
+    from tqdm.auto import tqdm
+
+    arr = _open_memmap(part, dtype, shape)
+    pool = ThreadPoolExecutor(max(1, num_workers))
+    bar = tqdm(total=shape[0], desc="caching latents (VAE once per image)", disable=None if main else True,
+               leave=False)  # None: on a terminal only
+    try:
+        row = 0
+        for chunk in mine:
+            for fi, flip in enumerate(flips):
+                pixels = torch.stack(list(pool.map(lambda i, flip=flip: dataset.load(i, flip), chunk)))
+                mean, std = encode_posterior(vae, pixels)
+                arr[row:row + len(chunk), fi, 0] = mean.cpu().numpy().astype(dtype)
+                arr[row:row + len(chunk), fi, 1] = std.cpu().numpy().astype(dtype)
+            row += len(chunk)
+            bar.update(len(chunk))
+            if progress is not None and main:
+                progress("cache", min(row * world, len(dataset)), len(dataset), {})
+        arr.flush()
+    finally:
+        bar.close()
+        pool.shutdown()
+        del arr
+
+
 def _batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[range]:
     """The global batches ``[0, b), [b, 2b), ...`` of ``n`` images that process ``rank`` of ``world`` encodes."""
     return [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)][rank::world]
+
+
+def _part_path(folder: Path, key: str, rank: int, world: int) -> Path:
+    """Process ``rank``'s share of the cache: a temporary of ours (:func:`suite.files.temp_name`'s form, with the
+    rank in place of the random part, so that the main process finds it)."""
+    return folder / f"{TMP_PREFIX}0-part{rank:04d}-latents-{key}-of-{world}.tmp.npy"
+
+
+def _open_memmap(path, dtype, shape) -> np.memmap:
+    """A ``.npy`` memory map whose disk space is reserved first: on a full disk this raises ``OSError`` (ENOSPC, one
+    sentence from :mod:`suite.failures`) instead of the process dying by SIGBUS when a page is first written."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        with open(path, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size and hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, size)
+    except BaseException:
+        del arr
+        Path(path).unlink(missing_ok=True)
+        raise
+    return arr

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file
 
 from suite.checks import Progress
-from suite.files import check_writable_dir, output_lock, remove_leftovers, write_text_atomic
+from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 
 from .checkpoints import (
     EMA,
@@ -77,15 +77,29 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     with ExitStack() as stack:
         if accelerator.is_main_process:
             stack.enter_context(output_lock(output))
-            remove_leftovers(output, recursive=True)
-            stack.callback(_remove_if_empty, output / "training")
+            # A folder of the user's is refused before anything is written into it; in one of our runs only our
+            # own temporaries (of a killed run) are removed, in the folders a run writes.
+            claim_run_folder(output, "train", recognise=_is_training_run)
+            train_dir = output / "training"
+            remove_leftovers(folders=[output, train_dir, train_dir / "checkpoints", train_dir / "latents"])
+            stack.callback(_remove_if_empty, train_dir)
+        accelerator.wait_for_everyone()  # the other processes write nothing before the folder is claimed and clean
         return _train(config, accelerator, per_device, output, progress)
 
 
+def _is_training_run(folder: Path) -> bool:
+    """A training run (or domain model) written before run folders were marked."""
+    return (folder / "training" / "train_config.json").is_file() or (folder / "nulltext.json").is_file()
+
+
 def _remove_if_empty(folder: Path) -> None:
-    """A run that failed before writing anything leaves no empty ``training/`` folder behind."""
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    """A run that failed before writing anything leaves no empty ``training/`` folder (or empty folders in it)."""
+    if folder.is_dir() and not folder.is_symlink():
+        for sub in folder.iterdir():
+            if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+                sub.rmdir()
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _train(config: TrainConfig, accelerator, per_device: int, output: Path, progress: Progress | None) -> Path:
@@ -94,12 +108,19 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
 
     from suite import models
     from suite.nulltext import DomainMetadata, check_E, make_domain_model
+    from suite.progress import LogProgress
     from suite.text import encode_prompts
 
     from .latents import CachedLatents, OnTheFlyLatents, build_latent_cache
 
+    lines = LogProgress("train", units={"cache": "image"})  # in a log (stderr not a terminal): progress lines
+
     def report(stage, done, total, info=None):
-        if progress is not None and accelerator.is_main_process:
+        if not accelerator.is_main_process:
+            return
+        if stage in ("cache", "text_init", "train"):
+            lines(stage, done, total, info)
+        if progress is not None:
             progress(stage, done, total, dict(info or {}))
 
     set_seed(config.seed)
@@ -149,6 +170,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     ft_path = output / "text_features.safetensors"
     if resume_from is None:
         if accelerator.is_main_process and not reusable_text_features(ft_path, prompt, config.text_init_steps):
+            report("text_init", 0, config.text_init_steps)  # the stage starts (its first line then has a rate)
             with accelerator.autocast():
                 F_T, losses = optimize_text_features(
                     sd_unet, vae, parts["text_encoder"], parts["tokenizer"], noise_scheduler, source, prompt,
@@ -222,7 +244,9 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     B, P, A, rank = config.batch_size, accelerator.num_processes, config.gradient_accumulation_steps, \
         accelerator.process_index
     bar = tqdm(total=config.max_steps, initial=start_step, desc=f"training {config.domain}", unit="step",
-               disable=not accelerator.is_main_process, dynamic_ncols=True)
+               disable=None if accelerator.is_main_process else True, dynamic_ncols=True)  # None: a terminal only
+    if accelerator.is_main_process:
+        lines.start("train", config.max_steps, start_step)
     t0, seen, losses_log = time.perf_counter(), 0, []
     step = start_step
     last_loss = float("nan")

@@ -32,6 +32,10 @@ def add_arguments(p) -> None:
                    help="also open a public gradio.live link (off by default: the app is private)")
     g.add_argument("--output-dir", default="outputs/app",
                    help="where results are written; the only folder the app serves files from (default: %(default)s)")
+    g.add_argument("--data-root", action="append", default=[], metavar="FOLDER",
+                   help="a server folder under which the Domains tab may train on image folders (repeatable; "
+                        "default: none, training on server folders is off: with --host, anyone who reaches the app "
+                        "could otherwise make it read any folder)")
     g.add_argument("--max-upload-mb", type=finite_float, default=20.0,
                    help="largest accepted upload in MB (default: %(default)s)")
     g.add_argument("--max-megapixels", type=finite_float, default=25.0,
@@ -59,6 +63,13 @@ def config_from_args(args):
             raise UserError(f"{flag} must be positive, got {value}")
     if args.port is not None and args.port > 65535:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
+    _check_host(args.host)
+    roots = []
+    for root in args.data_root:
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise UserError(f"--data-root {root!r} is not a folder on this machine: give an existing folder")
+        roots.append(path.resolve())
     out = Path(args.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -67,8 +78,24 @@ def config_from_args(args):
                         "choose another --output-dir") from None
     return AppConfig(preset=args.preset, output_dir=out, device=args.device, dtype=args.dtype,
                      max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-                     max_loaded_models=args.max_loaded_models, max_jobs=args.max_jobs,
+                     max_loaded_models=args.max_loaded_models, max_jobs=args.max_jobs, data_roots=tuple(roots),
                      backends=args.backends() if getattr(args, "backends", None) else Backends())
+
+
+def _check_host(host: str) -> None:
+    """``--host`` is an address this machine can listen on (gradio itself would only say it found no free port)."""
+    import socket
+
+    from ..checks import UserError
+
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address[0], 0))
+    except (OSError, UnicodeError, IndexError) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise UserError(f"cannot listen on --host {host!r} ({reason}): give an address of this machine, e.g. "
+                        f"127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from None
 
 
 def main(args) -> int:

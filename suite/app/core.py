@@ -61,6 +61,8 @@ class AppConfig:
     default_steps: int = 25  # the pipeline's DEFAULT_STEPS; the form starts here
     max_images: int = 8
     max_jobs: int = 1
+    # Server folders the Domains tab may train on (--data-root); none: training on server folders is off.
+    data_roots: tuple = ()
     # Settings forced on every 3D / training run (tests use them for short runs; not exposed in the UI).
     threed_overrides: dict = field(default_factory=dict)
     train_overrides: dict = field(default_factory=dict)

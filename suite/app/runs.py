@@ -215,6 +215,27 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
 
+def _allowed_data_dir(config: AppConfig, data: str) -> Path:
+    """The training folder a request names, only when it lies under one of the operator's ``--data-root`` folders
+    (links resolved first). Nothing about a folder outside them is said: not whether it exists, not its files."""
+    if not config.data_roots:
+        raise UserError("training on folders of this server is off: whoever runs the app allows it for the folders "
+                        "under one root with `launch.py app --data-root FOLDER`")
+    text = (data or "").strip()
+    path = Path(text).expanduser()
+    if not text or not path.is_absolute():
+        path = Path(config.data_roots[0]) / text
+    path = path.resolve()
+    roots = [Path(r).resolve() for r in config.data_roots]
+    if not any(path == r or r in path.parents for r in roots):
+        raise UserError(f"that folder is not under the folders this app may read ({', '.join(map(str, roots))}): "
+                        f"give a folder under one of them")
+    if not path.is_dir():
+        raise UserError(f"the image folder {text!r} does not exist under {', '.join(map(str, roots))}: give a folder "
+                        f"of images")
+    return path
+
+
 def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | None = None,
               progress: Progress | None = None) -> Path:
     """One Domains-tab training run through ``training.train.train_domain`` (the CLI's ``train``).
@@ -229,9 +250,7 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
         raise UserError(f"the domain name {domain!r} must be 1-40 letters, digits, '-' or '_'")
     if domain in PRESETS:
         raise UserError(f"{domain!r} is a preset name: choose another name for your own domain")
-    data_dir = Path((data or "").strip()).expanduser()
-    if not str(data).strip() or not data_dir.is_dir():
-        raise UserError(f"the image folder {str(data).strip()!r} does not exist on this machine: give a folder of images")
+    data_dir = _allowed_data_dir(config, data)
     output = config.output_dir / "domains" / domain
     # 2. The config, as the CLI builds it; then train.
     values = dict(settings or {})

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from .. import images
 from ..checks import Progress, UserError
@@ -444,7 +445,9 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
     fields = runs.settings_fields(cfg.backends.train_config.for_preset(cfg.preset), skip)
     with gr.Accordion("training settings", open=False):
         widgets = _settings_widgets(fields)
-    gr.Markdown(f"Runs here write to `{cfg.output_dir / 'domains'}/NAME`, and the domain appears in the other tabs.")
+    roots = ", ".join(f"`{r}`" for r in cfg.data_roots) or "none (start the app with `--data-root FOLDER`)"
+    gr.Markdown(f"Runs here write to `{cfg.output_dir / 'domains'}/NAME`, and the domain appears in the other tabs. "
+                f"Image folders this app may read: {roots}.")
     with gr.Row():
         run = gr.Button("Start training here", variant="primary", elem_id="train-run")
         cancel_btn, cancel = _cancel_button(jobs, "train-cancel")
@@ -535,6 +538,26 @@ def _can_train_here(cfg: AppConfig) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+class NoSniff:
+    """ASGI middleware: every response says ``X-Content-Type-Options: nosniff``, so a browser never guesses a
+    served file's type from its bytes (an uploaded file served as a download stays a download)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_header)
+
+
 def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            block: bool = True):
     """Serve the page with the safe defaults: local address, no share link, size-limited uploads, and files
@@ -554,7 +577,8 @@ def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int |
     out = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                       allowed_paths=[str(p) for p in core.served_dirs(cfg)], max_file_size=f"{cfg.max_upload_mb:g}mb",
                       show_error=True, ssr_mode=False, inbrowser=False, quiet=not block, theme=theme,
-                      footer_links=["api", "settings"], enable_monitoring=False)
+                      footer_links=["api", "settings"], enable_monitoring=False,
+                      app_kwargs={"middleware": [Middleware(NoSniff)]})
     log.info("app started in %.1f s", time.monotonic() - started)
     return out
 

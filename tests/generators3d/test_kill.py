@@ -64,7 +64,7 @@ def test_sigkill_in_each_stage_then_resume_equals_an_uninterrupted_run(tmp_path)
         assert a.keys() == b.keys()
         diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         assert diff == 0.0, (name, diff)
-    assert not [p.name for p in out.rglob(".*")], "temporary or lock files left behind"
+    assert not [p.name for p in out.rglob(".*") if p.name != ".in-domain-run.json"], "temporary or lock files left behind"
 
 
 def test_stage_generators_differ_by_stage_and_repeat_by_seed():

@@ -72,7 +72,7 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
                  "checkpoints/stage2-zero123.safetensors", "checkpoints/stage3-refine.safetensors",
                  "mesh/model.glb", "mesh/model.obj", "mesh/model.mtl", "mesh/model.png", "mesh/model.ply"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert not [p for p in out.rglob(".*")]  # no temporary files left
+    assert not [p for p in out.rglob(".*") if p.name != ".in-domain-run.json"]  # no temporary files left
     with Image.open(out / "preview.gif") as gif:
         assert gif.n_frames == 2
     import trimesh
@@ -97,6 +97,20 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
                         "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2"]) == 0
     assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
     assert not (other / "mesh" / "model.obj").exists()
+
+    # 7. A finished run is never overwritten without --resume: not by --export-only of another checkpoint, and a
+    #    --resume with settings its finished stages were not made with is refused, naming them (issue 26).
+    glb = (out / "mesh" / "model.glb").read_bytes()
+    config = (out / "config.json").read_bytes()
+    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(out), "--preset", "tiny"]) == 2
+    assert "--export-only would replace its meshes" in capsys.readouterr().err
+    for changed, name in ((["--zero123-steps", "3"], "zero123.steps"), (["--zero123-model", str(stage2.parent)],
+                                                                        "zero123_model")):
+        assert launch.main(["3d", "--prompt", "a vase with dragons", "--output", str(out), "--domain", "porcelain",
+                            "--resume", *FAST, *changed]) == 2
+        err = capsys.readouterr().err
+        assert f"was made with a different {name}" in err and "Traceback" not in err, err
+    assert (out / "mesh" / "model.glb").read_bytes() == glb and (out / "config.json").read_bytes() == config
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -42,7 +42,7 @@ def app(tmp_path_factory):
         from suite.app.ui import build_app, launch
 
         cfg = core.AppConfig(preset="tiny", output_dir=tmp / "out", max_upload_mb=2, max_megapixels=25,
-                             backends=app_backends(),
+                             backends=app_backends(), data_roots=(tmp_path_factory.getbasetemp(),),
                              default_steps=4, threed_overrides=_short_3d(), train_overrides=_short_training())
         cfg.output_dir.mkdir()
         demo = build_app(cfg)
@@ -329,6 +329,31 @@ def test_domains_tab_trains_a_domain_with_live_loss(app, tmp_path):
     assert (cfg.output_dir / "domains" / "noise" / "config.json").is_file()
     rows = client.predict(api_name="/domains")
     assert "noise" in [r[0] for r in (rows["data"] if isinstance(rows, dict) else rows)]
+
+
+def test_training_reads_server_folders_only_under_the_data_roots(app, tmp_path):
+    """The train API read any folder on the server (data="/root" walked 323,027 files, "/etc" listed names in its
+    error). Only folders under --data-root are read, and nothing about another folder is said (issue 26)."""
+    from gradio_client.exceptions import AppError
+
+    client, cfg, _, _ = app
+    for outside in ("/etc", "/root", "/", str(tmp_path / ".." / ".." / ".." / "..")):
+        with pytest.raises(AppError) as err:
+            client.predict(name="x", data=outside, api_name="/train")
+        assert "not under the folders this app may read" in str(err.value), str(err.value)
+        assert "passwd" not in str(err.value) and "hosts" not in str(err.value)
+    assert not (cfg.output_dir / "domains" / "x").exists()
+    closed = core.AppConfig(preset="tiny", output_dir=tmp_path / "o", backends=cfg.backends)
+    with pytest.raises(UserError, match="training on folders of this server is off"):
+        runs.run_train(closed, domain="x", data=str(tmp_path))
+
+
+def test_every_response_says_nosniff(app):
+    import httpx
+
+    _, _, url, _ = app
+    for path in ("", "gradio_api/info", "gradio_api/file=/etc/passwd"):
+        assert httpx.get(url + path).headers.get("x-content-type-options") == "nosniff", path
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,9 +20,16 @@ from tests.common import ROOT
 
 
 def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    """Only the suite's own temporaries (its prefix, a dead writer's process id) are removed: names that merely look
+    like temporaries, and a live writer's temporary, are not (issue 26)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
     (tmp_path / "out.png").write_bytes(b"result")
-    left = [tmp_path / ".out.png-ab12cd_9.png", tmp_path / ".out-0.png-zz99zz99.png"]
-    keep = [tmp_path / ".other.png-ab12cd34.png", tmp_path / ".hidden", tmp_path / ".out.png-notrandom.png.txt"]
+    left = [tmp_path / f".in-domain-tmp-{dead}-ab12cd_9-out.png.tmp.png",
+            tmp_path / f".in-domain-tmp-{dead}-zz99zz99-out-0.png.tmp"]
+    keep = [tmp_path / f".in-domain-tmp-{dead}-ab12cd34-other.png.tmp.png",  # another output's
+            tmp_path / f".in-domain-tmp-{os.getpid()}-ab12cd34-out.png.tmp.png",  # a live writer's
+            tmp_path / ".out.png-ab12cd34.png", tmp_path / ".hidden", tmp_path / ".bash_history-20240101"]
     for p in left + keep:
         p.write_bytes(b"x")
     removed = remove_leftovers([tmp_path / "out.png", tmp_path / "out-0.png"])
@@ -31,12 +38,91 @@ def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
 
     run = tmp_path / "run"
     (run / "mesh").mkdir(parents=True)
-    (run / "checkpoints" / ".step-000004-k3j2h1g0").mkdir(parents=True)
-    for name in ("mesh/.model.glb-a1b2c3d4.tmp", ".reference.png-a1b2c3d4.png", "mesh/model.glb"):
+    (run / "checkpoints" / ".in-domain-tmp-123-k3j2h1g0-step-000004.tmp").mkdir(parents=True)
+    (run / "sub").mkdir()
+    for name in ("mesh/.in-domain-tmp-1-a1b2c3d4-model.glb.tmp", ".in-domain-tmp-9-a1b2c3d4-reference.png.tmp.png",
+                 "mesh/model.glb", "sub/.in-domain-tmp-9-a1b2c3d4-x.tmp", ".photos-20240101"):
         (run / name).write_bytes(b"x")
-    remove_leftovers(run, recursive=True)
-    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == ["mesh/model.glb"]
-    assert not (run / "checkpoints" / ".step-000004-k3j2h1g0").exists()
+    remove_leftovers(folders=[run, run / "mesh", run / "checkpoints"])  # one level deep each, never walked
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == [
+        ".photos-20240101", "mesh/model.glb", "sub/.in-domain-tmp-9-a1b2c3d4-x.tmp"]
+    assert not (run / "checkpoints" / ".in-domain-tmp-123-k3j2h1g0-step-000004.tmp").exists()
+
+
+def _plant(folder: Path) -> dict[Path, bytes]:
+    """Hidden files and folders whose names look like temporaries of every earlier naming scheme (issue 26)."""
+    files = {".photos-20240101/wedding.jpg": b"\xff\xd8 a wedding", ".bash_history-20240101": b"ls -la\n",
+             "sub/.draft-v2_final.md": b"# draft", ".out.png-ab12cd34.png": b"mine", ".step-000004-k3j2h1g0/x": b"1",
+             ".latents-abc.part0-of-2.npy": b"np", ".in-domain-tmp-notmine": b"no pid, no random part"}
+    planted = {}
+    for name, data in files.items():
+        p = folder / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        planted[p] = data
+    return planted
+
+
+def _survived(planted: dict[Path, bytes]) -> bool:
+    return all(p.is_file() and p.read_bytes() == data for p, data in planted.items())
+
+
+def test_look_alike_files_survive_every_subcommand(tmp_path, capsys, tiny_dir):
+    """Look-alike hidden files in an output folder: 3d and train refuse the folder (it is not one of their runs)
+    before writing anything; generate and edit write their file beside them. Every byte survives (issue 26)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(data / f"{i}.png")
+    for sub, argv in (("3d", ["3d", "--preset", "tiny", "--prompt", "a vase", "--image-steps", "1",
+                              "--zero123-steps", "1", "--refine-steps", "0"]),
+                      ("train", ["train", "--preset", "tiny", "--data", str(data), "--max-steps", "1",
+                                 "--batch-size", "2", "--text-init-steps", "1"])):
+        out = tmp_path / sub
+        planted = _plant(out)
+        (out / "config.json").write_text('{"mine": true}')
+        before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        assert launch.main([*argv, "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "already holds files that this suite did not write" in err and "Traceback" not in err, err
+        assert _survived(planted) and (out / "config.json").read_text() == '{"mine": true}'
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before, sub  # nothing written, nothing gone
+    out = tmp_path / "images"
+    planted = _plant(out)
+    assert launch.main(["generate", "--preset", "tiny", "--steps", "1", "--output", str(out / "out.png")]) == 0
+    Image.new("RGB", (64, 64), (200, 90, 40)).save(tmp_path / "photo.png")
+    assert launch.main(["edit", "--preset", "tiny", "--image", str(tmp_path / "photo.png"), "--whole-image",
+                        "--steps", "1", "--output", str(out / "edited.png")]) == 0
+    assert _survived(planted) and (out / "out.png").is_file() and (out / "edited.png").is_file()
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("do not truncate me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(target)
+    with pytest.raises(ValueError, match="is a link, not a lock file"), output_lock(run):
+        pass
+    hard = tmp_path / "run2"
+    hard.mkdir()
+    os.link(target, hard / LOCK_NAME)
+    with pytest.raises(ValueError, match="not a lock file this suite wrote"), output_lock(hard):
+        pass
+    assert target.read_text() == "do not truncate me"
+    assert launch.main(["train", "--preset", "tiny", "--data", str(tmp_path), "--output", str(run)]) == 2
+    assert "is a link" in capsys.readouterr().err and target.read_text() == "do not truncate me"
+
+
+def test_a_run_folder_of_another_kind_is_refused(tmp_path):
+    from suite.files import claim_run_folder
+
+    run = tmp_path / "run"
+    assert claim_run_folder(run, "3d") is False and (run / ".in-domain-run.json").is_file()
+    (run / "image.png").write_bytes(b"x")
+    assert claim_run_folder(run, "3d") is True
+    with pytest.raises(ValueError, match="holds a 3d run, not a train run"):
+        claim_run_folder(run, "train")
 
 
 def test_a_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path, capsys, tiny_dir):
@@ -46,7 +132,7 @@ def test_a_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path, 
             f"with atomic_path({str(out)!r}, suffix='.png') as tmp:\n"
             "    open(tmp, 'wb').write(b'half'); os.kill(os.getpid(), signal.SIGKILL)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == -signal.SIGKILL
-    assert [p.name.startswith(".out.png-") for p in tmp_path.iterdir()] == [True]
+    assert [p.name.startswith(".in-domain-tmp-") for p in tmp_path.iterdir()] == [True]
     assert launch.main(["generate", "--preset", "tiny", "--steps", "1", "--output", str(out)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
@@ -155,6 +241,33 @@ def test_full_disk_while_writing_a_training_checkpoint_is_one_sentence(tmp_path,
     assert code == 2 and "the disk is full" in err and "Traceback" not in err, err
     ckpts = out / "training" / "checkpoints"
     assert not ckpts.exists() or not list(ckpts.iterdir())  # the temporary checkpoint folder was removed
+
+
+def test_full_disk_while_caching_latents_is_one_sentence_and_leaves_nothing(tmp_path):
+    """The latent cache is a memory map: on a full disk its first write used to kill train with SIGBUS (exit 135,
+    the lock and temporaries left). Its space is now reserved first: one sentence, exit 2, nothing left (issue 26)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("this machine cannot mount a small tmpfs (needs root in a container with the capability)")
+    try:
+        _fill(mnt)
+        filler = mnt / "filler"
+        os.truncate(filler, filler.stat().st_size - 4 * 4096)  # room for the lock and the marker, not the cache
+        data = tmp_path / "data"
+        data.mkdir()
+        for i in range(6):
+            Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(data / f"{i}.png")
+        out = mnt / "model"
+        res = subprocess.run([sys.executable, str(ROOT / "launch.py"), "train", "--preset", "tiny", "--data", str(data),
+                              "--output", str(out), "--resolution", "64", "--max-steps", "1", "--batch-size", "2",
+                              "--text-init-steps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 2 and "the disk is full" in res.stderr, (res.returncode, res.stderr[-2000:])
+        assert "Traceback" not in res.stderr
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]  # no folder, no lock, no temporary
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):

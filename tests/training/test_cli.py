@@ -35,3 +35,14 @@ def test_cli_trains_on_a_messy_folder_and_generate_uses_the_model(bad_dir, tmp_p
     assert launch.main(["train", "--preset", "tiny", "--data", str(bad_dir), "--output", str(out),
                         "--batch-size", "3", "--gradient-accumulation-steps", "2"]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+def test_a_diverging_run_is_one_sentence_not_a_traceback(data_dir, tmp_path, capsys):
+    """`train --lr 1e30`: the loss becomes NaN; the sentence that says so was printed inside a FloatingPointError
+    traceback (issue 26)."""
+    import launch
+
+    code = launch.main(["train", "--preset", "tiny", "--data", str(data_dir), "--output", str(tmp_path / "m"),
+                        "--lr", "1e30", "--max-steps", "3", "--batch-size", "2", "--text-init-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lower --lr" in err and "Traceback" not in err, err

@@ -128,13 +128,39 @@ def test_kill_during_checkpoint_write_keeps_the_last_good_checkpoint(run_a, data
         train_domain(_cfg(data_dir, out))
     monkeypatch.setattr(tt.torch, "save", real_save)
     monkeypatch.setattr(shutil, "rmtree", real_rmtree)
-    leftovers = list((out / "training" / "checkpoints").glob(".step-*"))
+    leftovers = list((out / "training" / "checkpoints").glob(".in-domain-tmp-*-step-000004.tmp"))
     assert leftovers, "the half-written checkpoint should be left under its temporary name"
     assert [s for s, _ in list_checkpoints(out)] == [2]
     train_domain(_cfg(data_dir, out, resume=True))
     a, b = _weights(run_a[0]), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not list((out / "training" / "checkpoints").glob(".tmp-*"))
+    assert not list((out / "training" / "checkpoints").glob(".*"))  # the resumed run removed the temporary
+
+
+def test_kill_while_pruning_old_checkpoints_leaves_no_half_checkpoint(data_dir, tmp_path, monkeypatch):
+    """Pruning renames an old checkpoint away before deleting it: a kill in the middle of the deletion leaves a
+    temporary (removed by the next run), never a half-deleted ``step-*`` folder that looks complete (issue 26)."""
+    import shutil
+
+    out = tmp_path / "model"
+    real_rmtree = shutil.rmtree
+
+    def dying_rmtree(path, *a, **kw):
+        weights = Path(path) / "diffusion_pytorch_model.safetensors"
+        if weights.is_file():  # deletes part of the folder, then the process dies
+            weights.unlink()
+            raise KeyboardInterrupt("killed while pruning")
+        return real_rmtree(path, *a, **kw)
+
+    monkeypatch.setattr(shutil, "rmtree", dying_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        train_domain(_cfg(data_dir, out, checkpoints_keep=1))
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    listed = list_checkpoints(out)
+    assert [s for s, _ in listed] == [4], listed  # step 2's half-deleted copy is not listed
+    assert all((p / "diffusion_pytorch_model.safetensors").is_file() for _, p in listed)
+    train_domain(_cfg(data_dir, out, checkpoints_keep=1, resume=True))
+    assert not list((out / "training" / "checkpoints").glob(".*"))
 
 
 def test_two_process_accelerate_run_matches_one_process(data_dir, tmp_path):
@@ -207,4 +233,4 @@ def test_sigkill_twice_then_resume_gives_the_uninterrupted_weights(run_a, data_d
     assert not run_until(None, "--resume")
     a, b = _weights(run_a[0]), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not [p.name for p in out.rglob(".*")], "temporary or lock files left behind"
+    assert not [p.name for p in out.rglob(".*") if p.name != ".in-domain-run.json"], "temporary or lock files left behind"
