@@ -15,7 +15,7 @@ SUBCOMMANDS = {
     "edit": "editing.cli",
     "3d": "generators3d.cli",
     "train": "training.cli",
-    "app": "suite.app",
+    "app": "app",
 }
 
 
@@ -27,34 +27,6 @@ def available():
             if err.name and module.startswith(err.name):
                 continue  # that part of the suite is not installed in this tree
             raise
-
-
-def app_backends():
-    """The editing, 3D and training jobs the app runs. The app lives in ``suite``, which imports none of the packages
-    above it; this file, which sees them all, hands them in (a package not installed here leaves its tab off)."""
-    from suite.app.core import Backends
-
-    kw = {}
-    try:
-        from editing import edit_photo
-
-        kw.update(edit_photo=edit_photo)
-    except ModuleNotFoundError:
-        pass
-    try:
-        from generators3d import ThreeDConfig, run_text_to_3d
-
-        kw.update(three_d_config=ThreeDConfig, run_text_to_3d=run_text_to_3d)
-    except ModuleNotFoundError:
-        pass
-    try:
-        from training.config import TrainConfig
-        from training.train import train_domain
-
-        kw.update(train_config=TrainConfig, train_domain=train_domain)
-    except ModuleNotFoundError:
-        pass
-    return Backends(**kw)
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         add_threads_argument(p)  # every subcommand; applied by suite.cli.run_main
         p.set_defaults(_main=module.main)
-        if name == "app":
-            p.set_defaults(backends=app_backends)  # called when the app starts, not for every subcommand
     return parser
 
 

@@ -56,8 +56,8 @@ def turned(vertices: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def known_object(case, out: Path, steps: dict) -> dict:
+    from bench.miniworld.geometry import load_export, measure_mesh
     from generators3d import ThreeDConfig, run_text_to_3d
-    from suite.miniworld.geometry import load_export, measure_mesh
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
 
@@ -115,8 +115,8 @@ def judge_renders(checkpoint: Path, elevation: float, views=(-30.0, 0.0, 30.0, 1
 
 
 def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
+    from bench.miniworld.geometry import load_export, measure_mesh
     from generators3d import ThreeDConfig, run_text_to_3d
-    from suite.miniworld.geometry import load_export, measure_mesh
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
 

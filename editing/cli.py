@@ -83,9 +83,8 @@ def main(args) -> int:
 
     mask_image = Image.fromarray((mask * 255).round().astype("uint8")) if mask is not None else None
     try:
-        domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
-        result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=domain_weight,
-                            control_weight=control_weight, mask=mask_image, all_faces=args.all_faces,
+        result = edit_photo(pipe, image, prompt=args.prompt, strength=args.strength, domain_weight=args.domain_weight,
+                            control_weight=args.control_weight, mask=mask_image, all_faces=args.all_faces,
                             framing=args.framing, whole_image=args.whole_image, num_images=args.num_images,
                             seed=args.seed, steps=args.steps, progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
                             auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels)

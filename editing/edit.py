@@ -73,8 +73,8 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     """Edit a photo with SDEdit through ``pipe`` (an :class:`suite.pipeline.InDomainPipeline`).
 
     ``prompt``: control text (``""`` = domain guidance only). ``strength``: 0 keeps the photo (up to the VAE's
-    round trip), 1 starts from pure noise. ``domain_weight`` / ``control_weight``: ``w_d`` / ``w_c``, ``None`` =
-    automatic (Sec. 3.4). ``mask``: only its white part may change. ``all_faces``: edit every face, else the
+    round trip), 1 starts from pure noise. ``domain_weight`` / ``control_weight``: ``w_d`` / ``w_c``: a number,
+    ``"auto"`` (Sec. 3.4), or not given (``None``): the domain's recommended weights, as the pipeline decides. ``mask``: only its white part may change. ``all_faces``: edit every face, else the
     largest. ``whole_image``: edit the whole photo (scaled to the model's resolution) instead of the face.
     ``num_images``: variations; face ``k`` of variation ``i`` uses ``seed + k`` (its own generator per face).
     ``framing``: how the domain's photos are framed (``"face"``: FFHQ's alignment; ``"animal"``: a cat's face;

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from suite.images import DEFAULT_MAX_PIXELS, check_same_aspect, check_size, open_image
+from suite.images import DEFAULT_MAX_PIXELS, check_size, open_image, read_mask
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -112,21 +112,7 @@ def prepare_photo(im: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
 
 
 def load_mask(source, size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A user mask as ``[H, W]`` float32 weights in [0, 1] at the photo's ``size`` (``(width, height)``).
-
-    White = edit, black = keep, gray = blend; transparent = keep. EXIF orientation is applied like the photo's.
-    A mask drawn on a scaled copy (same aspect ratio) is resized; another aspect ratio is refused.
-    """
-    im = open_image(source, "mask", max_pixels) if not isinstance(source, Image.Image) else source
-    im = ImageOps.exif_transpose(im)
-    if im.mode in _SIXTEEN_BIT or im.mode == "I":
-        arr = np.asarray(im).astype(np.float32)
-        im = Image.fromarray(np.clip(np.rint(arr / (257.0 if arr.max() > 255 else 1.0)), 0, 255).astype(np.uint8))
-    rgba = im.convert("RGBA")
-    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-    gray = Image.alpha_composite(black, rgba).convert("L")
-    w, h = gray.size
-    if (w, h) != tuple(size):
-        check_same_aspect((w, h), tuple(size), "mask")
-        gray = gray.resize(tuple(size), Image.Resampling.BILINEAR)
-    return np.asarray(gray, dtype=np.float32) / 255.0
+    """A user mask as ``[H, W]`` float32 weights in [0, 1] at the photo's ``size``: the suite's one mask rule
+    (:func:`suite.images.read_mask`: white = edit, black = keep, gray = blend; transparent = keep; a scaled copy is
+    resized, another aspect ratio refused)."""
+    return read_mask(source, size, "mask", max_pixels=max_pixels)

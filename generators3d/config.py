@@ -85,8 +85,8 @@ class StageConfig:
     # Zero-1-to-3: its CFG weight (one MultiGuidance term; threestudio's guidance_scale 3).
     zero123_guidance_scale: float = 3.0
     # refinement only: the domain multi-guidance and an optional Zero-1-to-3 SDS term (Magic123).
-    domain_weight: float | None = None
-    control_weight: float | None = None
+    domain_weight: float | str | None = None  # None: the domain's recommended weight (the pipeline decides); "auto"
+    control_weight: float | str | None = None
     w0: float = 7.0
     lambda_zero123: float = 0.0
     view_dependent_prompting: bool = True
@@ -165,6 +165,33 @@ def _nerf_tiny() -> NeRFConfig:
                       n_hidden_layers=1, samples_per_ray=32)
 
 
+@dataclass(frozen=True)
+class PresetSizes:
+    """The 3D flow's sizes for one preset (its stages, grid and preview), and its defaults for the stage-1 prompt
+    and mask. The one table of them is :data:`PRESET_SIZES`, keyed by the preset's name (:mod:`suite.presets`)."""
+
+    nerf: object
+    camera: object
+    zero123: object
+    refine: object
+    export: object
+    preview_frames: int
+    preview_size: int
+    mask_method: str = "auto"
+    background_prompt: str = ", plain white background"
+
+
+PRESET_SIZES: dict[str, PresetSizes] = {
+    "full": PresetSizes(NeRFConfig, CameraConfig, _zero123_full, _refine_full, ExportConfig, 36, 256),
+    "mini": PresetSizes(_nerf_mini, _camera_mini, _zero123_mini, _refine_mini,
+                        lambda: ExportConfig(resolution=80, texture_size=256), 24, 128,
+                        background_prompt=""),  # the mini world's renders have no background words
+    "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
+                        lambda: ExportConfig(resolution=48, texture_size=128), 8, 64,
+                        mask_method="center"),  # random images: no object to find
+}
+
+
 @dataclass
 class ThreeDConfig:
     """One text-to-3D run (``python launch.py 3d``). ``None`` fields take the preset's value.
@@ -211,15 +238,14 @@ class ThreeDConfig:
 
     def resolved(self) -> ThreeDConfig:
         """A copy with every ``None`` filled from the preset and the top-level overrides applied."""
-        if self.preset not in ("tiny", "mini", "full"):
-            raise ValueError(f"unknown preset {self.preset!r}: use 'full', 'mini' or 'tiny'")
-        tiny, mini = self.preset == "tiny", self.preset == "mini"  # CPU-sized stages
-        nerf = self.nerf or (_nerf_tiny() if tiny else _nerf_mini() if mini else NeRFConfig())
-        camera = self.camera or (_camera_mini() if mini else CameraConfig())
-        zero123 = self.zero123 or (_zero123_tiny() if tiny else _zero123_mini() if mini else _zero123_full())
-        refine = self.refine or (_refine_tiny() if tiny else _refine_mini() if mini else _refine_full())
-        export = self.export or (ExportConfig(resolution=48, texture_size=128) if tiny else
-                                 ExportConfig(resolution=80, texture_size=256) if mini else ExportConfig())
+        if self.preset not in PRESET_SIZES:
+            raise ValueError(f"unknown preset {self.preset!r}: use one of {', '.join(PRESET_SIZES)}")
+        sizes = PRESET_SIZES[self.preset]  # CPU-sized stages for the offline presets
+        nerf = self.nerf or sizes.nerf()
+        camera = self.camera or sizes.camera()
+        zero123 = self.zero123 or sizes.zero123()
+        refine = self.refine or sizes.refine()
+        export = self.export or sizes.export()
         if self.elevation is not None:
             if not -80.0 <= float(self.elevation) <= 80.0:
                 raise ValueError(f"the elevation is {self.elevation} degrees: give the input camera's height angle "
@@ -244,10 +270,10 @@ class ThreeDConfig:
                 raise ValueError(f"the {name} must be 0 or more, got {value}")
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
                        formats=formats,
-                       mask_method=self.mask_method or ("center" if self.preset == "tiny" else "auto"),
-                       background_prompt=("" if self.preset == "mini" else ", plain white background")
-                       if self.background_prompt is None else self.background_prompt,
-                       preview_frames=self.preview_frames or (8 if tiny else 24 if mini else 36))
+                       mask_method=self.mask_method or sizes.mask_method,
+                       background_prompt=sizes.background_prompt if self.background_prompt is None
+                       else self.background_prompt,
+                       preview_frames=self.preview_frames or sizes.preview_frames)
 
     # -- the config file written beside the results -------------------------------------------------
     def to_dict(self) -> dict:

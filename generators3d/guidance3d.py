@@ -58,13 +58,15 @@ class DomainSDS:
     """SDS with the paper's in-domain multi-guidance (Eq. 3): null-text domain UNet + SD1.5 text control
     + SD1.5 unconditional, built by :meth:`suite.pipeline.InDomainPipeline.build_guidance`.
 
-    Automatic weights are recomputed at every step (``AutoWeights.every_step``): each SDS step sees a new
-    view and timestep, so there is no single "initial" value to freeze."""
+    ``domain_weight`` / ``control_weight``: as the pipeline reads them (:meth:`InDomainPipeline.guidance_weights`:
+    not given, the domain's recommended weights; ``"auto"``, the automatic rule). Automatic weights are recomputed
+    at every step (``AutoWeights.every_step``): each SDS step sees a new view and timestep, so there is no single
+    "initial" value to freeze."""
 
     pipe: object
     prompt: str
-    domain_weight: float | None = None
-    control_weight: float | None = None
+    domain_weight: float | str | None = None
+    control_weight: float | str | None = None
     w0: float = 7.0
     view_dependent: bool = True
     weighting: str = "sds"
@@ -75,8 +77,9 @@ class DomainSDS:
     def __post_init__(self):
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.size = int(size)
-        self.guidance = self.pipe.build_guidance(prompt=self.prompt or None, domain_weight=self.domain_weight,
-                                                 control_weight=self.control_weight, w0=self.w0,
+        domain_weight, control_weight = self.pipe.guidance_weights(self.domain_weight, self.control_weight)
+        self.guidance = self.pipe.build_guidance(prompt=self.prompt or None, domain_weight=domain_weight,
+                                                 control_weight=control_weight, w0=self.w0,
                                                  height=self.size, width=self.size)
         if self.guidance.auto is not None:
             self.guidance.auto.every_step = True

@@ -13,7 +13,7 @@ tiny preset, whose random models draw no object). Or pass your own mask (white =
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 MIN_CONTRAST = 25.0
 
@@ -65,16 +65,12 @@ def foreground_mask(image: Image.Image, method: str = "auto") -> Image.Image:
 
 
 def load_mask(path, size: tuple[int, int]) -> Image.Image:
-    """A user mask file as a binary ``L`` mask of ``size`` (white / opaque = object)."""
-    from suite.images import open_image, to_rgb
+    """A user mask file as a binary ``L`` mask of ``size`` (white or opaque = the object): the suite's one mask rule
+    (:func:`suite.images.read_mask`; another aspect ratio than the image's is refused, not stretched)."""
+    from suite.images import read_mask
 
-    im = open_image(path, "mask")
-    m = im.getchannel("A") if im.mode in ("RGBA", "LA") else to_rgb(ImageOps.exif_transpose(im)).convert("L")
-    m = m.resize(size, Image.NEAREST)
-    arr = np.asarray(m) > 127
-    if arr.mean() < 0.005:
-        raise ValueError(f"the mask {str(path)!r} is empty (no white pixels): white marks the object")
-    return Image.fromarray((arr * 255).astype(np.uint8), "L")
+    m = read_mask(path, size, "mask (--mask)", binary=True)
+    return Image.fromarray((m * 255).astype(np.uint8), "L")
 
 
 def reference_view(image: Image.Image, mask: Image.Image, size: int, fill: float = 0.8) -> tuple[Image.Image, Image.Image]:

@@ -15,19 +15,40 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import replace
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
-from suite.files import atomic_path, write_text_atomic
+from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
+from suite.files import (
+    atomic_path,
+    check_writable_dir,
+    claim_run_folder,
+    output_lock,
+    remove_leftovers,
+    write_text_atomic,
+)
+from suite.images import load_image, save_image_atomic
+from suite.pipeline import quiet, report_steps
+from suite.presets import build_pipeline, resolve_device, resolve_domain, warn_prompt, zero123_ref
+from suite.progress import LogProgress
+from suite.zero123 import Zero123Guidance, load_zero123
 
-from .config import STAGES, ThreeDConfig, ThreeDResult
+from . import mesh as meshlib
+from .cameras import orbit_cameras, turntable_cameras
+from .config import PRESET_SIZES, STAGES, ThreeDConfig, ThreeDResult
+from .guidance3d import DomainSDS, Zero123SDS
+from .mask import foreground_mask, load_mask, reference_view
+from .nerf import Background, make_field
+from .render import render
+from .stage import Reference, SDSTerm, load_checkpoint, save_checkpoint, train_stage
 
 log = logging.getLogger("generators3d")
 
-ZERO123_HUB_ID = "ashawkey/zero123-xl-diffusers"
 MAX_PROMPT_CHARS = 1000
 # Fields that determine earlier stages: a resumed run must match them.
 _RESUME_KEYS = ("prompt", "domain", "preset", "image", "mask", "seed", "mask_method", "background_prompt",
@@ -42,10 +63,8 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     ``config.resume`` is set. The output folder is locked for the run (a second run into it is refused), and
     temporary files that a killed run left there are removed first.
     """
-    from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers
-
     cfg = config.resolved()
-    prompt, domain = _check_request(cfg)
+    prompt, _ = _check_request(cfg)
     out = check_writable_dir(Path(cfg.output))
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
@@ -54,13 +73,11 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
         # temporaries (of a killed run) are removed, in the folders the run writes.
         busy = claim_run_folder(out, "3d", recognise=_is_3d_run)
         remove_leftovers(folders=[out, out / "checkpoints", out / "mesh"])
-        return _run(cfg, out, prompt, domain, progress, busy)
+        return _run(cfg, out, prompt, progress, busy)
 
 
 def _is_3d_run(folder: Path) -> bool:
     """A 3D run written before run folders were marked: its config.json reads as a 3D config."""
-    from .config import ThreeDConfig
-
     try:
         ThreeDConfig.load(folder / "config.json")
     except (ValueError, TypeError):
@@ -71,9 +88,6 @@ def _is_3d_run(folder: Path) -> bool:
 def _check_request(cfg: ThreeDConfig) -> tuple:
     """Everything that can be checked before the output folder is touched or a model loads; returns the clean
     prompt and the :class:`suite.domains.Domain`."""
-    from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
-    from suite.presets import resolve_domain
-
     prompt = check_prompt(cfg.prompt)
     if not prompt and not cfg.image and not cfg.export_only:
         raise ValueError("the prompt is empty: give --prompt 'a vase with dragons' (or --image FILE of an object)")
@@ -86,30 +100,17 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")
     check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)
     if cfg.image:  # read now: a text file, a FIFO or an unusable image is refused before the folder is touched
-        from suite.images import load_image
-
-        from .mask import foreground_mask, load_mask
-
         image = load_image(cfg.image, "input image (--image)")
         if cfg.mask:
             load_mask(cfg.mask, image.size)
         else:
             foreground_mask(image, cfg.mask_method)
     if cfg.export_only:
-        from .stage import load_checkpoint
-
         load_checkpoint(cfg.export_only, "cpu")  # a missing or foreign file: one sentence before any writing
     return prompt, domain
 
 
-def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress, busy: bool) -> ThreeDResult:
-    from suite.images import load_image, save_image_atomic
-    from suite.presets import resolve_device
-
-    from .mask import foreground_mask, load_mask, reference_view
-    from .nerf import Background, make_field
-    from .stage import SDSTerm, load_checkpoint, save_checkpoint, train_stage
-
+def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> ThreeDResult:
     device, dtype = resolve_device(cfg.device, cfg.dtype)
     report = _Reporter(progress)
 
@@ -127,23 +128,16 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress, busy: bool
     pipe = None
     need_pipe = (not cfg.image and not _stage1_done(out)) or (cfg.refine.steps > 0 and not stage3_ckpt.exists())
     if need_pipe:
-        from suite.presets import build_pipeline
-
         pipe = build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False,
                               cfg.device, cfg.dtype)
         _check_prompt_tokens(pipe, prompt)
-        domain = pipe.domain or domain  # the preset's domain as loaded (the mini preset's has its own weights)
     z123_model = None
     if (cfg.zero123.steps > 0 and not stage2_ckpt.exists()) or (
             cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists()):
-        from suite.zero123 import load_zero123, tiny_zero123_dir
-
-        ref = cfg.zero123_model or default_zero123(cfg.preset, tiny_zero123_dir)
+        ref = cfg.zero123_model or zero123_ref(cfg.preset)
         z123_model = load_zero123(ref, device=device, dtype=dtype)  # before anything is written: a bad folder fails here
     result = _create_output(out, cfg)
     if pipe is not None:
-        from suite.presets import warn_prompt
-
         result.warnings += warn_prompt(cfg.preset, prompt)
 
     # 4. Stage 1: the in-domain image (or the user's) and its foreground mask -> the reference view.
@@ -154,12 +148,9 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress, busy: bool
         if cfg.image:
             image = load_image(cfg.image, "input image")
         else:
-            from suite.pipeline import quiet, report_steps
-
             report.start("image", cfg.image_steps)
             with quiet(pipe):
-                gen = pipe(prompt + cfg.background_prompt, domain_weight=domain.domain_weight,
-                           control_weight=domain.control_weight, num_inference_steps=cfg.image_steps, seed=cfg.seed,
+                gen = pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=cfg.seed,
                            callback_on_step_end=report_steps(lambda i, n: report.update("image", i, n, {})))
             image = gen.images[0]
             report.end("image")
@@ -180,8 +171,6 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress, busy: bool
     # 5. Stage 2: Zero-1-to-3 initialisation (SDS from random views + reference colour and mask).
     zero123 = None
     if z123_model is not None:
-        from suite.zero123 import Zero123Guidance
-
         zero123 = Zero123Guidance(z123_model, reference.rgb, cfg.camera.ref_elevation, cfg.camera.ref_azimuth,
                                   cfg.camera.ref_distance)
     background = Background().to(device)
@@ -191,8 +180,6 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress, busy: bool
     else:
         field = make_field(cfg.nerf, device, seed=cfg.seed)
         if cfg.zero123.steps > 0:
-            from .guidance3d import Zero123SDS
-
             term = Zero123SDS(zero123, cfg.zero123.zero123_guidance_scale, cfg.zero123.weighting,
                               cfg.zero123.grad_clip, cfg.zero123.min_step_percent, cfg.zero123.max_step_percent)
             report.start("zero123", cfg.zero123.steps)
@@ -210,12 +197,10 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, domain, progress, busy: bool
         field, _ = load_checkpoint(stage3_ckpt, device)
         log.info("stage 3: reusing %s", stage3_ckpt)
     elif cfg.refine.steps > 0:
-        from .guidance3d import DomainSDS, Zero123SDS
-
         r = cfg.refine
-        dw = r.domain_weight if r.domain_weight is not None else domain.domain_weight
-        cw = r.control_weight if r.control_weight is not None else domain.control_weight
-        terms = [SDSTerm("domain", 1.0, DomainSDS(pipe, prompt, dw, cw, r.w0, r.view_dependent_prompting,
+        # Weights not given: the domain's recommended ones, as the pipeline decides (InDomainPipeline.guidance_weights).
+        terms = [SDSTerm("domain", 1.0, DomainSDS(pipe, prompt, r.domain_weight, r.control_weight, r.w0,
+                                                  r.view_dependent_prompting,
                                                   r.weighting, r.grad_clip, r.min_step_percent,
                                                   r.max_step_percent))]
         if r.lambda_zero123 > 0:
@@ -244,12 +229,6 @@ def stage_generator(seed: int, stage: str) -> torch.Generator:
 
 def _finish(field, cfg, out, result, report) -> ThreeDResult:
     """Steps 7-9: meshes, the turntable preview, the summary."""
-    import numpy as np
-
-    from . import mesh as meshlib
-    from .cameras import orbit_cameras, turntable_cameras
-    from .nerf import Background
-
     field.eval()
     field.update_occupancy()  # a loaded checkpoint carries no occupancy grid
     # 7. Mesh export (CPU work: marching cubes, clean-up, colours, UV bake, atomic files).
@@ -269,7 +248,7 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
     report.start("preview", frames)
     result.preview_path = write_turntable(field, Background().to(next(field.parameters()).device),
                                           turntable_cameras(cfg.camera, frames), out / "preview.gif",
-                                          size={"tiny": 64, "mini": 128}.get(cfg.preset, 256),
+                                          size=PRESET_SIZES[cfg.preset].preview_size,
                                           callback=lambda i: report.update("preview", i, frames, {}))
     report.end("preview")
 
@@ -290,10 +269,6 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
 @torch.no_grad()
 def write_turntable(field, background, cams, path: Path, size: int = 256, callback=None) -> Path:
     """Render a turntable and write it as a looping GIF (atomically)."""
-    from PIL import Image
-
-    from .render import render
-
     frames = []
     for i in range(len(cams)):
         cam = type(cams)(*(getattr(cams, k)[i:i + 1] for k in ("c2w", "elevation", "azimuth", "distance", "fovy")))
@@ -313,13 +288,9 @@ class _Reporter:
     caller's ``progress(stage, done, total, info)``."""
 
     def __init__(self, progress):
-        from suite.progress import LogProgress
-
         self.progress, self.bars, self.lines = progress, {}, LogProgress("3d", units={"preview": "frame"})
 
     def start(self, stage: str, total: int) -> None:
-        from tqdm.auto import tqdm
-
         self.bars[stage] = tqdm(total=total, desc=stage, leave=False, disable=None)
         self.lines.start(stage, total)
 
@@ -343,8 +314,6 @@ class _Reporter:
 
 def _border_pixels(mask) -> int:
     """How many pixels of the frame's border the (binary, mode L) mask covers."""
-    import numpy as np
-
     m = np.asarray(mask.convert("L")) > 127
     return int(m[0].sum() + m[-1].sum() + m[1:-1, 0].sum() + m[1:-1, -1].sum())
 
@@ -377,8 +346,6 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
 
 def _flat(value, name: str) -> dict:
     """A setting as ``{dotted name: value}`` (a stage's config as its fields)."""
-    from dataclasses import asdict, is_dataclass
-
     if is_dataclass(value):
         return {f"{name}.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in asdict(value).items()}
     return {name: list(value) if isinstance(value, tuple) else value}
@@ -409,26 +376,8 @@ def _check_prompt_tokens(pipe, prompt: str) -> None:
 
 
 def _load_reference(rgb_path: Path, mask_path: Path, device):
-    import numpy as np
-    from PIL import Image
-
-    from .stage import Reference
-
     with Image.open(rgb_path) as im:
         rgb = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     with Image.open(mask_path) as im:
         mask = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)[None, None]
     return Reference(rgb.to(device), mask.to(device))
-
-
-def default_zero123(preset: str, tiny_zero123_dir) -> str:
-    """The preset's Zero-1-to-3: the tiny random one, the mini world's trained one (checked against its
-    manifest), else the real one."""
-    if preset == "mini":
-        from suite.miniworld.assets import check, default_dir
-
-        check()
-        return str(default_dir() / "zero123")
-    if preset == "tiny":
-        return str(tiny_zero123_dir())
-    return os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID

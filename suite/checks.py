@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 
 __all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
-           "check_count", "check_weight", "check_prompt", "seed_arg", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
+           "check_count", "check_weight", "check_prompt", "seed_arg", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -118,10 +118,17 @@ def check_count(value, what: str, maximum: int, minimum: int = 1, allow_large: b
     return v
 
 
-def check_weight(value, what: str) -> float | None:
-    """A guidance weight: ``None`` (automatic) or a finite number with ``|w| <= MAX_WEIGHT``."""
+AUTO = "auto"                # a guidance weight set by the paper's automatic rule (Sec. 3.4)
+RECOMMENDED = "recommended"  # a guidance weight not given: the domain's recommended one (else automatic)
+
+
+def check_weight(value, what: str) -> float | str | None:
+    """A guidance weight: ``None`` or ``"recommended"`` (not given: the domain's recommended weight), ``"auto"``
+    (the paper's automatic rule) or a finite number with ``|w| <= MAX_WEIGHT``."""
     if value is None:
         return None
+    if isinstance(value, str) and value.strip().lower() in (AUTO, RECOMMENDED):
+        return AUTO if value.strip().lower() == AUTO else None
     v = check_finite(value, what)
     if abs(v) > MAX_WEIGHT:
         raise UserError(f"{what} is {v:g}: guidance weights must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g} "

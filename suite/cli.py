@@ -16,6 +16,7 @@ import os
 import sys
 
 from .checks import (
+    AUTO,
     MAX_IMAGES,
     MAX_SIDE,
     MAX_STEPS,
@@ -27,24 +28,22 @@ from .checks import (
     int_at_least,
     seed_arg,
 )
-from .domains import PRESETS, Domain
+from .domains import PRESETS
+from .presets import DEFAULT_PRESET, PRESET_NAMES
 
 log = logging.getLogger("suite")
 
 
-PRESET_NAMES = ["full", "mini", "tiny"]
-RECOMMENDED = "recommended"  # a weight flag not given: the domain's recommended weight, else automatic
 PRESET_HELP = ("'full': real SD1.5 weights; 'mini': the mini world, small models trained on a synthetic 3D world and "
                "shipped with the suite (real results on a CPU in seconds, no download; domain: porcelain); 'tiny': "
                "tiny random models (checks the plumbing, images are noise) (default: %(default)s)")
 
 
 def weight_arg(text: str):
-    """A weight: a finite number, or ``auto`` (``None``). The default ``recommended`` passes through."""
-    if text == RECOMMENDED:  # argparse converts a string default with the type too
-        return RECOMMENDED
-    if text.strip().lower() == "auto":
-        return None
+    """A weight flag: a finite number, or ``auto`` (the paper's automatic rule). Not given (``None``): the domain's
+    recommended weight, which the pipeline applies."""
+    if text.strip().lower() == AUTO:
+        return AUTO
     return finite_float(text)
 
 
@@ -57,7 +56,7 @@ def add_threads_argument(parser) -> None:
 
 
 def add_preset_argument(group, help: str = PRESET_HELP) -> None:
-    group.add_argument("--preset", choices=PRESET_NAMES, default="full", help=help)
+    group.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=help)
 
 
 def add_domain_argument(group, default: str | None = None, help: str | None = None) -> None:
@@ -91,10 +90,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True
 
 def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("guidance (paper Eq. 3: eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd))")
-    g.add_argument("--domain-weight", type=weight_arg, default=RECOMMENDED,
+    g.add_argument("--domain-weight", type=weight_arg, default=None,
                    help=f"w_d, a number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}] or 'auto' (the paper's norm rule) (default: the domain's recommended weight "
                         "if it has one, e.g. 1 for the mini world's porcelain, else auto)")
-    g.add_argument("--control-weight", type=weight_arg, default=RECOMMENDED,
+    g.add_argument("--control-weight", type=weight_arg, default=None,
                    help="w_c, a number or 'auto' (default: the domain's recommended weight if it has one, e.g. 7 "
                         "for the mini world's porcelain, else auto)")
     g.add_argument("--w0", type=finite_float, default=7.0,
@@ -110,16 +109,6 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-large", action="store_true",
                    help=f"lift the limits on --num-images ({MAX_IMAGES}), --steps ({MAX_STEPS}) and --width/--height "
                         f"({MAX_SIDE}) for machines and runs that need more")
-
-
-def guidance_weights(args, domain: Domain | None) -> tuple:
-    """``(w_d, w_c)`` from the flags of :func:`add_guidance_arguments`: a flag not given takes the domain's
-    recommended weight (``None`` = automatic), ``auto`` is automatic, a number is used as given."""
-    def pick(value, recommended):
-        return recommended if value == RECOMMENDED else value
-
-    return (pick(args.domain_weight, domain.domain_weight if domain else None),
-            pick(args.control_weight, domain.control_weight if domain else None))
 
 
 def check_request(args) -> None:
@@ -138,8 +127,7 @@ def check_request(args) -> None:
             check_count(getattr(args, name), f"--{name}", MAX_SIDE, minimum=8, allow_large=large)
     for name in ("domain_weight", "control_weight", "community_weight", "w0"):
         value = getattr(args, name, None)
-        if value is not None and value != RECOMMENDED:
-            check_weight(value, f"--{name.replace('_', '-')}")
+        check_weight(value, f"--{name.replace('_', '-')}")
 
 
 def load_pipeline(args, need_controlnet: bool = False):

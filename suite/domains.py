@@ -78,8 +78,14 @@ def get_domain(name: str) -> Domain:
         ) from None
 
 
+def domain_prompt(name: str) -> str:
+    """The domain prompt of ``name`` (``F_T``'s start in training, the automatic weights' reference): a preset's
+    own, else ``"a photo of <name>"`` (paper Sec. 3.3)."""
+    return PRESETS[name].prompt if name in PRESETS else f"a photo of {name}"
+
+
 def user_domain(name: str, model: str, prompt: str | None = None, **kwargs) -> Domain:
     """A domain of your own, from a domain model folder or hub id."""
     if name in PRESETS:
         return replace(PRESETS[name], model=model, **({"prompt": prompt} if prompt else {}), **kwargs)
-    return Domain(name=name, prompt=prompt or f"a photo of {name}", model=model, **kwargs)
+    return Domain(name=name, prompt=prompt or domain_prompt(name), model=model, **kwargs)

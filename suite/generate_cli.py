@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import cli
-from .checks import int_at_least
+from .checks import AUTO, int_at_least
 
 HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
 log = logging.getLogger("suite")
@@ -68,7 +68,8 @@ def main(args) -> int:
     pipe = cli.load_pipeline(args, need_controlnet=control_image is not None)
     from . import models
 
-    controls = [Control(prompt=args.prompt, weight=args.community_weight, name=f"community{i}",
+    community_weight = None if args.community_weight == AUTO else args.community_weight  # None: automatic
+    controls = [Control(prompt=args.prompt, weight=community_weight, name=f"community{i}",
                         unet=models.load_unet(ref, device=pipe.device, dtype=pipe.dtype))
                 for i, ref in enumerate(args.community_model)]
 
@@ -82,12 +83,11 @@ def main(args) -> int:
     lines = LogProgress("generate")
     to_log = lines.active()
     lines.start(stage, steps)
-    domain_weight, control_weight = cli.guidance_weights(args, pipe.domain)
     # Image i starts from row i of the seed's noise, so --resume makes exactly the images that are missing.
     latents = pipe.prepare_latents(len(paths), args.height, args.width, seed=args.seed)[todo]
     with quiet(pipe) if to_log else nullcontext():
-        out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=domain_weight,
-                   control_weight=control_weight, control_image=control_image, controls=controls,
+        out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=args.domain_weight,
+                   control_weight=args.control_weight, control_image=control_image, controls=controls,
                    num_images_per_prompt=len(todo), num_inference_steps=steps, latents=latents,
                    height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
                    rectify=not args.no_rectify,

@@ -108,6 +108,36 @@ def oriented_size(im: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def read_mask(source, size: tuple[int, int], what: str = "mask", binary: bool = False,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The one mask rule of the suite (editing, 3D, the app): ``[H, W]`` float32 in [0, 1] at ``size`` (``(width,
+    height)``) from a file or a PIL image.
+
+    White marks the region (the part to edit, the object), black the rest, gray blends. A mask with any transparency
+    is read by its alpha instead (a cut-out or a drawing: opaque = region, transparent = not). EXIF orientation is
+    applied, as to the photo. A mask made on a scaled copy of the image (the same aspect ratio) is resized; another
+    aspect ratio is refused in one sentence, never stretched. ``binary``: 0 or 1 (at 0.5, nearest-neighbour
+    resize), and an empty mask is refused."""
+    im = open_image(source, what, max_pixels) if not isinstance(source, Image.Image) else source
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float32)
+        im = Image.fromarray(np.clip(np.rint(arr / (257.0 if arr.max() > 255 else 1.0)), 0, 255).astype(np.uint8))
+    rgba = im.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    gray = alpha if alpha.getextrema()[0] < 255 else rgba.convert("L")
+    if gray.size != tuple(size):
+        check_same_aspect(gray.size, tuple(size), what)
+        gray = gray.resize(tuple(size), Image.Resampling.NEAREST if binary else Image.Resampling.BILINEAR)
+    m = np.asarray(gray, dtype=np.float32) / 255.0
+    if binary:
+        m = (m > 0.5).astype(np.float32)
+        if m.mean() < 0.005:
+            where = f" {str(source)!r}" if not isinstance(source, Image.Image) else ""
+            raise ValueError(f"the {what}{where} is empty (no white or opaque pixels): white marks the region")
+    return m
+
+
 # ----------------------------------------------------------------------------------------------------------
 # output
 def check_output_format(path: str | os.PathLike) -> str:

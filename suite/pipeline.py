@@ -30,7 +30,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .checks import check_int, check_prompt, check_range, check_weight
+from .checks import AUTO, check_int, check_prompt, check_range, check_weight
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain, domain_from_dict
@@ -149,6 +149,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if isinstance(value, dict):
             value = domain_from_dict(value)  # checked now, not at the first read
         self.register_to_config(domain=asdict(value) if value is not None else None)
+
+    def guidance_weights(self, domain_weight=None, control_weight=None) -> tuple[float | None, float | None]:
+        """``(w_d, w_c)`` as this pipeline uses them, the one place that decides the default: a number as given;
+        ``"auto"``: ``None``, the paper's automatic rule (Sec. 3.4); not given (``None`` or ``"recommended"``): the
+        domain's recommended weight, which its preset holds (:data:`suite.presets.PRESET_TABLE`; the mini world's
+        porcelain: ``w_d = 1, w_c = 7``), else automatic. The CLI, Python callers, the app, the 3D stages and the
+        threestudio extension all go through here, so the same call gives the same weights from each."""
+        dom = self.domain
+        picked = []
+        for value, what, recommended in ((domain_weight, "the domain weight", dom.domain_weight if dom else None),
+                                         (control_weight, "the control weight", dom.control_weight if dom else None)):
+            v = check_weight(value, what)
+            picked.append(None if v == AUTO else recommended if v is None else v)
+        return picked[0], picked[1]
 
     @property
     def community(self) -> dict[str, torch.nn.Module]:
@@ -416,6 +430,42 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             return self.scheduler
         return type(self.scheduler).from_config(self.scheduler.config, prediction_type="epsilon")
 
+    def check_inputs(self, num_inference_steps, num_images_per_prompt, strength, height, width, image, latents,
+                     domain_weight, control_weight, w0, callback_on_step_end_tensor_inputs) -> tuple:
+        """diffusers' ``check_inputs``: one clear sentence per bad input; returns ``(steps, images per prompt,
+        strength, height, width)`` with the size taken from the start image or the model when not given."""
+        steps = check_int(num_inference_steps, "the number of steps", minimum=1)
+        per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1)
+        strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
+        for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight"), (w0, "w0")):
+            check_weight(value, what)
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, "
+                             f"not {unknown}: the prompts live in the guidance terms")
+        if image is not None and latents is not None:
+            raise ValueError("latents are the starting noise of text-to-image; with a start image (SDEdit) the "
+                             "noise comes from the generator: drop one of them")
+        if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
+            width, height = image[0].size
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height = native if height is None else check_int(height, "the height", 1)
+        width = native if width is None else check_int(width, "the width", 1)
+        m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
+        if height % m or width % m:
+            raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
+        return steps, per_prompt, strength, height, width
+
+    @staticmethod
+    def get_timesteps(sampler, num_inference_steps: int, strength: float) -> torch.Tensor:
+        """img2img's ``get_timesteps`` (SDEdit): the last ``strength`` fraction of the sampler's timesteps, and the
+        sampler told where it begins."""
+        init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+        t_start = max(num_inference_steps - init_steps, 0)
+        if hasattr(sampler, "set_begin_index"):
+            sampler.set_begin_index(t_start * sampler.order)
+        return sampler.timesteps[t_start * sampler.order:]
+
     def prepare_latents(self, num_images: int, height: int | None = None, width: int | None = None,
                         generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
         """The starting noise of ``num_images`` text-to-image samples (diffusers' name), as ``__call__`` draws it:
@@ -454,30 +504,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         ``cat([negative, positive])`` per adapter).
         """
         # 1. Check inputs (one clear sentence each).
-        steps = check_int(num_inference_steps, "the number of steps", minimum=1)
-        per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1)
-        strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
-        for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight"), (w0, "w0")):
-            check_weight(value, what)
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, "
-                             f"not {unknown}: the prompts live in the guidance terms")
         if image is not None and not isinstance(image, list | tuple):
             image = [image]
-        if image is not None and latents is not None:
-            raise ValueError("latents are the starting noise of text-to-image; with a start image (SDEdit) the "
-                             "noise comes from the generator: drop one of them")
-        if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
-            width, height = image[0].size
-        native = self.unet.config.sample_size * self.vae_scale_factor
-        height = native if height is None else check_int(height, "the height", 1)
-        width = native if width is None else check_int(width, "the width", 1)
-        m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
-        if height % m or width % m:
-            raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
+        steps, per_prompt, strength, height, width = self.check_inputs(
+            num_inference_steps, num_images_per_prompt, strength, height, width, image, latents, domain_weight,
+            control_weight, w0, callback_on_step_end_tensor_inputs)
         device, dtype = self._execution_device, self.unet.dtype
         generator = generator if generator is not None else seeded_generator(seed)
 
@@ -496,6 +529,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                                                         num_images, True)
             ip_embeds = ([e.chunk(2)[1] for e in both], [e.chunk(2)[0] for e in both])
         if guidance is None:
+            domain_weight, control_weight = self.guidance_weights(domain_weight, control_weight)
             guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                                            negative_prompt_embeds=negative_prompt_embeds, images_per_prompt=per_prompt,
                                            domain_weight=domain_weight, control_weight=control_weight,
@@ -510,7 +544,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         #    scheduler steps as an epsilon scheduler.
         sampler = self._epsilon_sampler()
         sampler.set_timesteps(steps, device=device)
-        timesteps = sampler.timesteps
+        timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
         latent_shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
                         width // self.vae_scale_factor)
 
@@ -530,11 +564,6 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             init = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
             if init.shape[0] == 1 and num_images > 1:
                 init = init.repeat(num_images, 1, 1, 1)  # one encoding shared by all outputs, as diffusers does
-            init_steps = min(int(steps * strength), steps)
-            t_start = max(steps - init_steps, 0)
-            timesteps = timesteps[t_start * sampler.order:]
-            if hasattr(sampler, "set_begin_index"):
-                sampler.set_begin_index(t_start * sampler.order)
             noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
             latents = sampler.add_noise(init, noise, timesteps[:1].repeat(num_images)) if len(timesteps) else init
 

@@ -10,27 +10,116 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import torch
-
-from .domains import PRESETS, Domain, get_domain, user_domain
+from .domains import CANNY_CONTROLNET_HUB_ID, PRESETS, SD15_HUB_ID, Domain, get_domain, user_domain
 
 log = logging.getLogger("suite")
 
+ZERO123_HUB_ID = "ashawkey/zero123-xl-diffusers"
 
-# which models a preset and a domain mean, and the pipeline built from them (what the CLI flags, the app's
-# fields, the 3D flow and the threestudio extension all describe)
+
+# ----------------------------------------------------------------------------------------------------------
+# The one table of presets: which models a preset means and what it can do. No preset name is compared anywhere
+# else (tests/test_architecture.py checks); a package keeps at most one table of its own sizes keyed by the name.
+# The model locations import inside their functions: `launch.py --help` reads this table and loads no torch.
+def _tiny_root():
+    from .testing import tiny_model_dir
+
+    return tiny_model_dir()
+
+
+def _mini_root(domain: str = "porcelain") -> dict:
+    from .miniworld import assets
+
+    return assets.model_refs(domain)  # checked against the manifest: a missing file is one sentence
+
+
+def _mini_zero123() -> str:
+    from .miniworld.assets import check, default_dir
+
+    check()
+    return str(default_dir() / "zero123")
+
+
+def _tiny_zero123() -> str:
+    from .testing import tiny_zero123_dir
+
+    return str(tiny_zero123_dir())
+
+
+def _mini_domain(dom: Domain) -> Domain:
+    from .miniworld import assets
+
+    return assets.MINI_PORCELAIN if dom.name == assets.MINI_PORCELAIN.name else dom
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset (``--preset NAME``): where its models come from and what runs on it.
+
+    ``sd``, ``domain_model(name)``, ``controlnet``, ``zero123``: model references (a folder or hub id) when no flag
+    names one. ``domain_defaults(domain)``: the domain as this preset ships it, with its recommended guidance
+    weights (the mini world's porcelain: ``w_d = 1, w_c = 7``), which :class:`suite.pipeline.InDomainPipeline`
+    applies when a caller gives no weights. ``domains``: the domains it has models for (``None``: every domain
+    preset). ``small_vocabulary``: its text model reads a few words (prompts are checked, view suffixes dropped).
+    ``trains_on_cpu``: its training runs on a CPU. ``random_weights``: its images show the plumbing, not quality.
+    ``offline``: its own models replace the hub defaults (nothing is downloaded).
+    """
+
+    name: str
+    help: str
+    sd: Callable[[], str]
+    domain_model: Callable[[str], str]
+    controlnet: Callable[[], str | None]
+    zero123: Callable[[], str]
+    default_domain: str = "face"
+    domains: tuple[str, ...] | None = None
+    domain_defaults: Callable[[Domain], Domain] = lambda dom: dom
+    small_vocabulary: bool = False
+    trains_on_cpu: bool = False
+    random_weights: bool = False
+    offline: bool = False
+
+
+PRESET_TABLE: dict[str, Preset] = {p.name: p for p in (
+    Preset("full", "real SD1.5 weights and your domain models (flags, environment variables, then the defaults)",
+           sd=lambda: os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID,
+           domain_model=lambda name: get_domain(name).model_ref(),  # $INDOMAIN_HOME/domains/<name>
+           controlnet=lambda: CANNY_CONTROLNET_HUB_ID,
+           zero123=lambda: os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID),
+    Preset("mini", "the mini world: small models trained on a synthetic 3D world and shipped with the suite",
+           sd=lambda: _mini_root()["sd"], domain_model=lambda name: _mini_root(name)["domain"],
+           controlnet=lambda: None, zero123=_mini_zero123, default_domain="porcelain", domains=("porcelain",),
+           domain_defaults=_mini_domain, small_vocabulary=True, trains_on_cpu=True, offline=True),
+    Preset("tiny", "tiny random models built offline (the plumbing, not quality)",
+           sd=lambda: str(_tiny_root() / "sd"),
+           domain_model=lambda name: str(_tiny_root() / f"domain-{name if name in PRESETS else 'face'}"),
+           controlnet=lambda: str(_tiny_root() / "controlnet"), zero123=_tiny_zero123, trains_on_cpu=True,
+           random_weights=True, offline=True),
+)}
+PRESET_NAMES = tuple(PRESET_TABLE)
+DEFAULT_PRESET = "full"
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``, or one sentence naming the known ones."""
+    try:
+        return PRESET_TABLE[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESET_NAMES)}") from None
+
 
 def default_domain(preset: str, domain: str | None) -> str:
-    """The domain when none is given: porcelain for the mini preset (its only domain), else face."""
-    return domain or ("porcelain" if preset == "mini" else "face")
-
+    """The domain when none is given: the preset's (porcelain on the mini world, its only domain), else face."""
+    return domain or get_preset(preset).default_domain
 
 
 def warn_prompt(preset: str, prompt: str | None) -> list[str]:
     """Log (and return) the warnings about a prompt the preset's models cannot follow (the mini world's small
     vocabulary); nothing for real models."""
-    if preset != "mini":
+    if not get_preset(preset).small_vocabulary:
         return []
     from .miniworld.world import prompt_warnings
 
@@ -42,6 +131,8 @@ def warn_prompt(preset: str, prompt: str | None) -> list[str]:
 
 def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple:
     """``(torch.device, torch.dtype)``: cuda if available, else cpu; float16 on cuda, float32 on cpu."""
+    import torch  # here, not at the top: the preset table is read by --help, which loads no torch
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = dtype or ("float16" if str(device).startswith("cuda") else "float32")
     return torch.device(device), getattr(torch, name)
@@ -61,39 +152,38 @@ def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
 
 def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | None = None,
                domain_model: str | None = None, controlnet: str | None = None) -> dict:
-    """Where each model comes from: the tiny folder for ``preset='tiny'``, the shipped mini world for
-    ``preset='mini'``, else flags / env / defaults.
+    """Where each model comes from: the flags when given, else the preset's (:data:`PRESET_TABLE`).
 
-    Returns ``sd``, ``domain`` (None = no domain guidance: ``domain_model='none'``), ``controlnet`` and
-    ``domain_obj`` (the :class:`Domain`).
+    Returns ``sd``, ``domain`` (None = no domain guidance: ``domain_model='none'``), ``controlnet`` (None: the
+    preset has none) and ``domain_obj`` (the :class:`Domain`, with the preset's recommended weights for its own
+    domain model).
     """
-    from .domains import CANNY_CONTROLNET_HUB_ID, SD15_HUB_ID
-
+    p = get_preset(preset)
     domain = default_domain(preset, domain)
     dom = resolve_domain(domain, domain_model)
     no_domain = domain_model is not None and str(domain_model).lower() == "none"
     own = None if no_domain else domain_model
-    if preset == "tiny":
-        from .testing import tiny_model_dir
+    if own is None:
+        if not no_domain and p.domains is not None and dom.name not in p.domains:
+            p.domain_model(dom.name)  # one sentence naming the preset's domains
+        dom = p.domain_defaults(dom)  # its recommended weights (kept with --domain-model none: the base alone)
+    if controlnet is not None and str(controlnet).lower() == "none":
+        controlnet = None
+    else:
+        controlnet = controlnet or p.controlnet()
+    return dict(sd=sd_model or p.sd(), domain=None if no_domain else (own or p.domain_model(dom.name)),
+                controlnet=controlnet, domain_obj=dom)
 
-        root = tiny_model_dir()
-        name = dom.name if dom.name in PRESETS else "face"
-        return dict(sd=sd_model or str(root / "sd"), domain=None if no_domain else (own or str(root / f"domain-{name}")),
-                    controlnet=controlnet or str(root / "controlnet"), domain_obj=dom)
-    if preset == "mini":
-        from .miniworld import assets
 
-        if sd_model is None or own is None:
-            mini = assets.model_refs(dom.name if own is None and not no_domain else "porcelain")
-        if controlnet is None:
-            controlnet = "none"  # the mini world has no ControlNet; a --controlnet folder still works
-        if own is None and dom.name == "porcelain":
-            dom = assets.MINI_PORCELAIN  # with its recommended weights for the shipped domain model
-        return dict(sd=sd_model or mini["sd"], domain=None if no_domain else (own or mini["domain"]),
-                    controlnet=None if controlnet == "none" else controlnet, domain_obj=dom)
-    return dict(sd=sd_model or os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID,
-                domain=None if no_domain else (own or dom.model_ref()),
-                controlnet=controlnet or CANNY_CONTROLNET_HUB_ID, domain_obj=dom)
+def zero123_ref(preset: str = "full") -> str:
+    """The preset's Zero-1-to-3: the tiny random one, the mini world's trained one (checked against its manifest),
+    else ``$INDOMAIN_ZERO123_MODEL`` or the real one."""
+    return get_preset(preset).zero123()
+
+
+def sd_ref(preset: str = "full") -> str:
+    """The preset's SD1.5 (the base a domain model is trained from)."""
+    return get_preset(preset).sd()
 
 
 def build_pipeline(preset: str = "full", domain: str | None = None, sd_model: str | None = None,
@@ -105,8 +195,8 @@ def build_pipeline(preset: str = "full", domain: str | None = None, sd_model: st
 
     refs = model_refs(preset, domain, sd_model, domain_model, controlnet)
     if need_controlnet and refs["controlnet"] is None:
-        raise ValueError("the mini preset has no ControlNet: pass --controlnet FOLDER with a ControlNet trained for "
-                        "the mini base, or drop --control-image")
+        raise ValueError(f"the {preset} preset has no ControlNet: pass --controlnet FOLDER with a ControlNet trained "
+                         f"for its base, or drop --control-image")
     dev, dt = resolve_device(device, dtype)
     return InDomainPipeline.load(refs["sd"], domain_model=refs["domain"],
                                  controlnet=refs["controlnet"] if need_controlnet else None,

@@ -246,3 +246,39 @@ def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tiny random Zero-1-to-3 (tests and --preset tiny)
+def build_tiny_zero123(seed: int = 0) -> dict:
+    """A tiny random Zero-1-to-3 with the real layout: 8-channel UNet (64x64 images, 32x32 latents), the tiny
+    SD VAE architecture, a tiny CLIP vision encoder and a (D+4) -> D projection (``cc_projection``)."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    parts = build_tiny_sd(seed)
+    torch.manual_seed(seed + 20)
+    unet = UNet2DConditionModel(**tiny_unet_config(in_channels=8))
+    torch.manual_seed(seed + 21)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+        patch_size=8, projection_dim=TINY_TEXT_DIM))
+    torch.manual_seed(seed + 22)
+    projection = torch.nn.Linear(TINY_TEXT_DIM + 4, TINY_TEXT_DIM)
+    scheduler = DDIMScheduler.from_config(parts["scheduler"].config)
+    return dict(unet=unet.eval(), vae=parts["vae"], image_encoder=encoder.eval(), projection=projection,
+                scheduler=scheduler)
+
+
+def tiny_zero123_dir() -> Path:
+    """The tiny Zero-1-to-3 folder (written once, beside the other tiny models in ``tiny_model_dir()``)."""
+    from .zero123 import save_zero123
+
+    folder = tiny_model_dir() / "zero123"
+    if not (folder / "model_index.json").is_file():
+        try:
+            save_zero123(build_tiny_zero123(), folder)
+        except OSError:
+            if not (folder / "model_index.json").is_file():  # not written by a concurrent process either
+                raise
+    return folder

@@ -26,7 +26,7 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 def default_threads(cores: int, load: float, host_cores: int | None = None) -> int:
     """Threads for torch on ``cores`` usable cores, when ``load`` other jobs are running on the machine.
 
-    ``load`` counts runnable threads of *other* processes (the load average, measured before our own work starts),
+    ``load`` counts runnable threads of *other* processes (:func:`other_load`, measured before our own work starts),
     over the whole machine of ``host_cores`` cores (default: ``cores``; more when this process is confined to some
     of them, by CPU affinity or a cgroup quota, while the load is the whole host's). The share of our cores that
     others keep busy is ``load * cores / host_cores``; the rest is free, and a core counts when it is free more
@@ -67,31 +67,30 @@ def usable_cores() -> tuple[int, int]:
     return max(1, cores), max(host, cores)
 
 
-def other_load() -> float:
-    """How many threads of other processes keep cores busy: the 1-minute load average, or the threads runnable at
-    this moment less our own if more (``/proc/loadavg``'s fourth field, the median of five looks 10 ms apart: a job
-    started seconds ago is hardly in the average yet). 0 where unknown.
+def other_load(samples: int = 11, spacing: float = 0.02) -> float:
+    """How many threads of other processes keep cores busy now: the threads runnable at this moment less our own
+    (``/proc/loadavg``'s fourth field), the median of ``samples`` looks ``spacing`` seconds apart (about 0.2 s).
+    Where that is not available, the 1-minute load average. 0 where neither is.
 
-    It leans to "busy" on purpose: too many threads beside another job cost eight to ten times the time (measured on 2
-    cores: 8 s against 1 s), too few on an idle machine about a quarter. A job that ended within the last minute
-    still counts; ``--threads`` overrides."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    try:
-        import time
+    The moment, not the 1-minute average: the average lags by a minute both ways. It still counted work that had
+    ended (an idle machine right after a test run read 0.8 and got one thread), and it hardly sees a job started
+    seconds ago; a job that keeps cores busy is runnable at every look."""
+    import time
 
+    try:
         now = []
-        for i in range(5):
+        for i in range(samples):
             if i:
-                time.sleep(0.01)
+                time.sleep(spacing)
             with open("/proc/loadavg") as f:
                 now.append(int(f.read().split()[3].split("/")[0]) - 1)  # less ourselves: the thread reading
-        load = max(load, float(sorted(now)[2]))
+        return max(0.0, float(sorted(now)[len(now) // 2]))
     except (OSError, ValueError, IndexError):
         pass
-    return max(0.0, load)
+    try:
+        return max(0.0, os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def machine() -> tuple[int, float, int]:

@@ -214,30 +214,6 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
     return (image / 2 + 0.5).clamp(0, 1)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# tiny random Zero-1-to-3 (tests and --preset tiny)
-def build_tiny_zero123(seed: int = 0) -> dict:
-    """A tiny random Zero-1-to-3 with the real layout: 8-channel UNet (64x64 images, 32x32 latents), the tiny
-    SD VAE architecture, a tiny CLIP vision encoder and a (D+4) -> D projection (``cc_projection``)."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from suite.testing import TINY_TEXT_DIM, build_tiny_sd, tiny_unet_config
-
-    parts = build_tiny_sd(seed)
-    torch.manual_seed(seed + 20)
-    unet = UNet2DConditionModel(**tiny_unet_config(in_channels=8))
-    torch.manual_seed(seed + 21)
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32,
-        patch_size=8, projection_dim=TINY_TEXT_DIM))
-    torch.manual_seed(seed + 22)
-    projection = torch.nn.Linear(TINY_TEXT_DIM + 4, TINY_TEXT_DIM)
-    scheduler = DDIMScheduler.from_config(parts["scheduler"].config)
-    return dict(unet=unet.eval(), vae=parts["vae"], image_encoder=encoder.eval(), projection=projection,
-                scheduler=scheduler)
-
-
 def save_zero123(parts: dict, folder: str | os.PathLike, projection_name: str = "cc_projection") -> Path:
     """Write a Zero-1-to-3 diffusers folder (temporary sibling, then rename)."""
     from safetensors.torch import save_file
@@ -256,17 +232,3 @@ def save_zero123(parts: dict, folder: str | os.PathLike, projection_name: str = 
             {"in_channel": lin.in_features, "out_channel": lin.out_features}))
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "Zero1to3StableDiffusionPipeline"}))
     return Path(folder)
-
-
-def tiny_zero123_dir() -> Path:
-    """The tiny Zero-1-to-3 folder (written once, beside the other tiny models in ``tiny_model_dir()``)."""
-    from suite.testing import tiny_model_dir
-
-    folder = tiny_model_dir() / "zero123"
-    if not (folder / "model_index.json").is_file():
-        try:
-            save_zero123(build_tiny_zero123(), folder)
-        except OSError:
-            if not (folder / "model_index.json").is_file():  # not written by a concurrent process either
-                raise
-    return folder

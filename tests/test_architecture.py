@@ -11,9 +11,11 @@ from pathlib import Path
 
 from tests.common import ROOT
 
-PACKAGES = ("suite", "editing", "generators3d", "training")
+PACKAGES = ("suite", "editing", "generators3d", "training", "app")
+# {launch.py, app} -> {editing, generators3d, training} -> suite: the app is a second composition root
 ALLOWED = {"suite": set(), "editing": {"suite"}, "generators3d": {"suite"}, "training": {"suite"},
-           "launch": {"suite", "editing", "generators3d", "training"}}
+           "app": {"suite", "editing", "generators3d", "training"},
+           "launch": {"suite", "editing", "generators3d", "training", "app"}}
 
 
 def _module_name(path: Path) -> str:
@@ -111,3 +113,24 @@ def test_help_imports_no_torch():
                 "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.stdout.strip().endswith("NO-TORCH"), (argv, r.stdout[-300:], r.stderr[-500:])
+
+
+def test_no_preset_name_is_compared_outside_the_table():
+    """Which models a preset means and what it can do lives in ``suite.presets.PRESET_TABLE``; a package keeps at
+    most one table of its own sizes keyed by the name (issue 21). No code compares a preset's name anywhere else."""
+    import re
+
+    from suite.presets import PRESET_NAMES
+
+    names = "|".join(PRESET_NAMES)
+    compared = re.compile(rf"""(==|!=|\bin|\bnot in)\s*\(?\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    tables = {ROOT / "suite" / "presets.py"}
+    found = []
+    for path in [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))] + [ROOT / "launch.py"]:
+        if path in tables:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if compared.search(code):
+                found.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not found, "\n".join(found)

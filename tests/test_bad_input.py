@@ -32,7 +32,7 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     import pickle
 
-    from suite.zero123 import tiny_zero123_dir
+    from suite.testing import tiny_zero123_dir
 
     pickled = tmp / "in" / "pickled-zero123"  # a real (tiny) Zero-1-to-3 whose projection is a pickle
     shutil.copytree(tiny_zero123_dir(), pickled)

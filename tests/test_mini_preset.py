@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from launch import app_backends
 from suite.miniworld import assets
 from suite.miniworld import world as W
 from tests.common import run_cli
@@ -144,14 +143,13 @@ def test_app_on_mini_generates_porcelain(tmp_path):
     pytest.importorskip("gradio_client")
     from gradio_client import Client
 
-    from suite.app import core
-    from suite.app.ui import build_app, launch
+    from app import core
+    from app.ui import build_app, launch
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        cfg = core.AppConfig(preset="mini", output_dir=tmp_path / "out", default_steps=12,
-                             backends=app_backends())
+        cfg = core.AppConfig(preset="mini", output_dir=tmp_path / "out", default_steps=12)
         cfg.output_dir.mkdir()
         assert core.list_domain_names(cfg) == ["porcelain"]
         demo = build_app(cfg)
@@ -171,3 +169,22 @@ def test_app_on_mini_generates_porcelain(tmp_path):
             assert [r[0] for r in data] == ["porcelain"] and data[0][4] == "found"
         finally:
             demo.close()
+
+
+def test_python_callers_get_the_presets_default_weights_and_the_cli_image(mini_pipe, tmp_path):
+    """One default for the weights, decided by the pipeline (issue 21): ``pipe(prompt)`` from Python with no weights
+    uses the preset's recommended ones (the mini porcelain: 1 and 7), as the CLI does, and gives the CLI's image;
+    ``"auto"`` is the explicit choice of the paper's rule."""
+    kw = dict(num_inference_steps=10, seed=3)
+    default = mini_pipe("a photo of a cup", **kw)
+    assert default.weights == {"domain": 1.0, "control": 7.0}
+    assert mini_pipe.guidance_weights() == (1.0, 7.0) and mini_pipe.guidance_weights("auto", 2) == (None, 2.0)
+    auto = mini_pipe("a photo of a cup", domain_weight="auto", control_weight="auto", **kw)
+    assert auto.weights["domain"] != 1.0 and auto.weights["control"] != 7.0  # the norm rule's own numbers
+    out = tmp_path / "cup.png"
+    r = run_cli("generate", "--preset", "mini", "--prompt", "a photo of a cup", "--steps", "10", "--seed", "3",
+                "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    cli = np.asarray(Image.open(out), dtype=int)
+    assert np.abs(cli - np.asarray(default.images[0], dtype=int)).max() <= 1  # the same image (threads may differ)
+    assert np.abs(cli - np.asarray(auto.images[0], dtype=int)).mean() > 3

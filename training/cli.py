@@ -118,6 +118,8 @@ def config_from_args(args):
 
 
 def main(args) -> int:
+    from suite.presets import DEFAULT_PRESET
+
     from .train import train_domain
 
     # 1. Settings from the preset and the flags (checked inside train_domain, one sentence per problem).
@@ -128,5 +130,5 @@ def main(args) -> int:
         return 0
     print(f"domain model written to {out}")
     print(f"use it: python launch.py generate --domain-model {out}"
-          + (f" --preset {config.preset}" if config.preset in ("tiny", "mini") else "") + f" --domain {config.domain}")
+          + (f" --preset {config.preset}" if config.preset != DEFAULT_PRESET else "") + f" --domain {config.domain}")
     return 0

@@ -8,7 +8,6 @@ must not change.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 
@@ -74,12 +73,10 @@ class TrainConfig:
 
     @classmethod
     def for_preset(cls, preset: str = "full", **overrides) -> TrainConfig:
-        """The preset's defaults (``full``: the paper's; ``tiny``: :meth:`tiny`) with ``overrides``."""
-        if preset == "tiny":
-            return cls.tiny(**overrides)
-        if preset == "mini":
-            return cls.mini(**overrides)
-        return cls(preset=preset, **overrides)
+        """The preset's defaults (``full``: the paper's; ``mini``: :meth:`mini`; ``tiny``: :meth:`tiny`) with
+        ``overrides``."""
+        sizes = {"mini": cls.mini, "tiny": cls.tiny}  # this package's one table of sizes by preset name
+        return sizes[preset](**overrides) if preset in sizes else cls(preset=preset, **overrides)
 
     @classmethod
     def mini(cls, **overrides) -> TrainConfig:
@@ -106,6 +103,7 @@ class TrainConfig:
     def validate(self, num_processes: int = 1) -> int:
         """Check the settings; return the per-device batch size. One clear sentence per problem."""
         from suite.checks import check_prompt
+        from suite.presets import PRESET_NAMES
 
         if not self.data:
             raise ValueError("no image folder given: pass --data DIR")
@@ -116,7 +114,7 @@ class TrainConfig:
         if not self.output:
             raise ValueError("no output folder given: pass --output DIR")
         checks = [
-            (self.preset in ("full", "tiny", "mini"), f"--preset must be 'full', 'tiny' or 'mini', got {self.preset!r}"),
+            (self.preset in PRESET_NAMES, f"--preset must be one of {', '.join(PRESET_NAMES)}, got {self.preset!r}"),
             (self.mixed_precision in ("no", "fp16", "bf16"),
              f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}"),
             (self.report_to in ("tensorboard", "none"), f"--report-to must be tensorboard or none, got {self.report_to!r}"),
@@ -146,27 +144,17 @@ class TrainConfig:
         return per
 
     def resolved_sd_model(self) -> str:
-        if self.sd_model:
-            return self.sd_model
-        if self.preset == "tiny":
-            from suite.testing import tiny_model_dir
+        """``--sd-model``, else the preset's SD1.5 (the mini world's checked against its manifest)."""
+        from suite.presets import sd_ref
 
-            return str(tiny_model_dir() / "sd")
-        if self.preset == "mini":
-            from suite.miniworld import assets
-
-            assets.check()  # a missing or corrupt shipped file: one sentence naming it and the rebuild command
-            return str(assets.default_dir() / "sd")
-        from suite.domains import SD15_HUB_ID
-
-        return os.environ.get("INDOMAIN_SD_MODEL") or SD15_HUB_ID
+        return self.sd_model or sd_ref(self.preset)
 
     def resolved_prompt(self) -> str:
         if self.prompt:
             return self.prompt
-        from suite.domains import PRESETS
+        from suite.domains import domain_prompt
 
-        return PRESETS[self.domain].prompt if self.domain in PRESETS else f"a photo of {self.domain}"
+        return domain_prompt(self.domain)
 
 
 # Settings that must not change between a checkpoint and its resume (they change the samples or the model).

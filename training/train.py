@@ -34,10 +34,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
+from suite import models
 from suite.checks import Progress
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
+from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
+from suite.progress import LogProgress
+from suite.text import encode_prompts
 
 from .checkpoints import (
     EMA,
@@ -49,6 +56,7 @@ from .checkpoints import (
 )
 from .config import RESUME_KEYS, TrainConfig
 from .data import ImageFolderDataset, SampleOrder
+from .latents import CachedLatents, OnTheFlyLatents, build_latent_cache
 from .loss import denoising_loss, training_scheduler
 from .textinit import optimize_text_features
 from .validation import sample_validation
@@ -61,8 +69,6 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     (``python launch.py generate --domain-model OUTPUT``). ``progress(stage, done, total, info)`` is called for
     the stages ``"scan"``, ``"cache"``, ``"text_init"``, ``"train"`` (info has ``loss``, ``images_per_s``,
     ``lr``) and ``"checkpoint"``."""
-    from accelerate import Accelerator
-
     # 1. Accelerator (one GPU, several, several nodes, or CPU), settings, output folder (locked for the run by the
     #    main process; what a killed run left there is removed first).
     output = Path(os.path.expanduser(config.output)).resolve()
@@ -103,16 +109,6 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def _train(config: TrainConfig, accelerator, per_device: int, output: Path, progress: Progress | None) -> Path:
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
-    from suite import models
-    from suite.nulltext import DomainMetadata, check_E, make_domain_model
-    from suite.progress import LogProgress
-    from suite.text import encode_prompts
-
-    from .latents import CachedLatents, OnTheFlyLatents, build_latent_cache
-
     lines = LogProgress("train", units={"cache": "image"})  # in a log (stderr not a terminal): progress lines
 
     def report(stage, done, total, info=None):
@@ -193,8 +189,6 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         unet = model.unet
         start_step = 0
     else:
-        from suite.nulltext import DomainModel
-
         unet = DomainModel.from_pretrained(resume_from).unet.to(device)
         state = json.loads((resume_from / TRAINER_STATE).read_text())
         changed = [k for k in RESUME_KEYS if k in state["config"] and state["config"][k] != getattr(config, k)]
@@ -307,8 +301,6 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
 
     # 7. Final domain model (EMA weights when EMA is on) written atomically into OUTPUT.
     if accelerator.is_main_process:
-        from suite.nulltext import DomainModel
-
         final = accelerator.unwrap_model(unet)
         if ema is not None:
             final = copy.deepcopy(final)

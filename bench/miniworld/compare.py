@@ -186,7 +186,8 @@ def run(config: Config, output: str | Path, threads: int | None = None) -> dict:
             lambda s, c, kw, ctl=ctl: pipe(None, controls=ctl(s, c), use_domain=False, rectify=True, **kw),
             None, nparams(unet))
     dom_params = nparams(pipe.domain_unet) + nparams(pipe.unet)
-    methods["ours (auto)"] = (lambda s, c, kw: pipe(text(s, c, False), **kw), lambda kw: pipe(None, **kw), dom_params)
+    methods["ours (auto)"] = (lambda s, c, kw: pipe(text(s, c, False), domain_weight="auto", control_weight="auto", **kw),
+                              lambda kw: pipe(None, domain_weight="auto", **kw), dom_params)
     for wd, wc in config.fixed_weights:
         methods[f"ours w_d={wd:g} w_c={wc:g}"] = (
             lambda s, c, kw, wd=wd, wc=wc: pipe(text(s, c, False), domain_weight=wd, control_weight=wc, **kw),

@@ -110,7 +110,8 @@ def main(argv=None) -> int:
                   num_inference_steps=20).images[0] for i, c in enumerate(colours)] for s in W.SHAPES]
     save_image_atomic(_tile_grid(rows, list(W.SHAPES), colours), out / "generate.png")
     rec = dict(domain_weight=pipe.domain.domain_weight, control_weight=pipe.domain.control_weight)
-    for name, weights in (("in-domain.png", rec), ("in-domain-auto.png", {})):
+    for name, weights in (("in-domain.png", rec), ("in-domain-auto.png", dict(domain_weight="auto",
+                                                                               control_weight="auto"))):
         rows = [pipe(f"a photo of a {s}", num_images_per_prompt=6, seed=0, num_inference_steps=20, **weights)
                 .images for s in W.SHAPES]
         rows.append(pipe(None, num_images_per_prompt=6, seed=0, num_inference_steps=20,

@@ -59,8 +59,8 @@ def test_random_zero123_of_the_same_layout_does_not(mini_zero123):
 
 
 def test_export_transform_is_undone_exactly():
+    from bench.miniworld.geometry import from_export
     from generators3d.mesh import Mesh, export_transform, to_export_frame
-    from suite.miniworld.geometry import from_export
 
     rng = np.random.default_rng(0)
     v = rng.normal(size=(50, 3)).astype(np.float32)
@@ -93,7 +93,7 @@ def cup_run(tmp_path_factory):
 
 def test_known_cup_is_reconstructed_the_right_way_round(cup_run):
     from bench.mini3d import HELD_OUT, turned
-    from suite.miniworld.geometry import load_export, measure_mesh
+    from bench.miniworld.geometry import load_export, measure_mesh
     from suite.miniworld.views import reference_framing
 
     obj, out = cup_run

@@ -316,7 +316,8 @@ def test_zero123_guidance_for_threestudios_zero123_systems(threestudio, tmp_path
     from PIL import Image
 
     from generators3d.sds import TimestepRange, sds
-    from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
+    from suite.testing import tiny_zero123_dir
+    from suite.zero123 import Zero123Guidance, load_zero123
 
     ts, _ = threestudio
     cond = tmp_path / "cond.png"

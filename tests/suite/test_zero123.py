@@ -5,13 +5,8 @@ from the UNet, in ONE batched forward."""
 import pytest
 import torch
 
-from suite.zero123 import (
-    Zero123Guidance,
-    build_tiny_zero123,
-    load_zero123,
-    relative_pose,
-    save_zero123,
-)
+from suite.testing import build_tiny_zero123
+from suite.zero123 import Zero123Guidance, load_zero123, relative_pose, save_zero123
 
 
 @pytest.fixture(scope="module")

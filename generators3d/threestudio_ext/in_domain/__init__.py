@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from threestudio.utils.base import BaseObject
 
 from generators3d.guidance3d import DomainSDS, rebind_control_text
-from generators3d.run import ZERO123_HUB_ID, default_zero123
 from generators3d.sds import TimestepRange, schedule_value, sds, sds_weight
 from suite.domains import SD15_HUB_ID
+from suite.presets import ZERO123_HUB_ID, get_preset, zero123_ref
 
 RETURN_KEYS = ("grad_norm", "min_step", "max_step")
 LOSS_NAMES = ("loss_sds", "loss_sd")
@@ -127,8 +127,10 @@ class InDomainGuidance(_Annealed, BaseObject):
         preset: str = "full"  # "tiny": tiny random models (tests)
         prompt: str = ""
         negative_prompt: str = ""
-        domain_weight: Optional[float] = None  # None: the paper's automatic weights
-        control_weight: Optional[float] = None
+        # None: the domain's recommended weights, as InDomainPipeline decides for every caller (the mini world's
+        # porcelain: 1 and 7; a domain without them: automatic); "auto": the paper's automatic rule
+        domain_weight: Optional[Any] = None
+        control_weight: Optional[Any] = None
         w0: float = 7.0
         use_prompt_utils: bool = True
         view_dependent_prompting: Optional[bool] = None  # None: on, except on the mini preset (see configure)
@@ -204,7 +206,7 @@ class InDomainGuidance(_Annealed, BaseObject):
         knows 24 words (not the suffixes' "front", "side", "back", "overhead", "view") and reads a few tokens: off
         there unless set, as in the suite's own 3D flow; said once, here at build."""
         chosen = self.cfg.view_dependent_prompting
-        if self.cfg.preset != "mini":
+        if not get_preset(self.cfg.preset).small_vocabulary:
             return True if chosen is None else bool(chosen)
         tokens = getattr(self.pipe.tokenizer, "model_max_length", "few")
         if chosen is None:
@@ -319,7 +321,7 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
 
     def configure(self) -> None:
         from suite.images import load_image
-        from suite.zero123 import Zero123Guidance, load_zero123, tiny_zero123_dir
+        from suite.zero123 import Zero123Guidance, load_zero123
 
         _check_common(self.cfg, "in-domain-zero123-guidance")
         self.weighting = _weighting(self.cfg, "in-domain-zero123-guidance")
@@ -327,8 +329,8 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
             raise ValueError("in-domain-zero123-guidance needs system.guidance.cond_image_path (the reference view)")
         device, dtype = _placement(self, self.cfg.half_precision_weights)
         ref = self.cfg.pretrained_model_name_or_path
-        if self.cfg.preset != "full" or ref == ZERO123_HUB_ID:  # the preset's (INDOMAIN_ZERO123_MODEL for full)
-            ref = default_zero123(self.cfg.preset, tiny_zero123_dir)
+        if get_preset(self.cfg.preset).offline or ref == ZERO123_HUB_ID:  # the preset's (INDOMAIN_ZERO123_MODEL)
+            ref = zero123_ref(self.cfg.preset)
         model = load_zero123(ref, device=device, dtype=getattr(torch, dtype), flag="system.guidance.pretrained_model_name_or_path")
         image = load_image(self.cfg.cond_image_path, "cond image")  # RGBA composited on white
         pixels = torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None]

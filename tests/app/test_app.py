@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch import app_backends
-
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
+from app import core, runs  # noqa: E402
 from suite import images  # noqa: E402
-from suite.app import core, runs  # noqa: E402
 from suite.checks import UserError  # noqa: E402
 
 TINY = 64  # tiny preset images: 32x32 latents, VAE factor 2
@@ -39,10 +37,10 @@ def app(tmp_path_factory):
         mp.setenv("HF_HUB_OFFLINE", "1")
         from gradio_client import Client
 
-        from suite.app.ui import build_app, launch
+        from app.ui import build_app, launch
 
         cfg = core.AppConfig(preset="tiny", output_dir=tmp / "out", max_upload_mb=2, max_megapixels=25,
-                             backends=app_backends(), data_roots=(tmp_path_factory.getbasetemp(),),
+                             data_roots=(tmp_path_factory.getbasetemp(),),
                              default_steps=4, threed_overrides=_short_3d(), train_overrides=_short_training())
         cfg.output_dir.mkdir()
         demo = build_app(cfg)
@@ -343,7 +341,7 @@ def test_training_reads_server_folders_only_under_the_data_roots(app, tmp_path):
         assert "not under the folders this app may read" in str(err.value), str(err.value)
         assert "passwd" not in str(err.value) and "hosts" not in str(err.value)
     assert not (cfg.output_dir / "domains" / "x").exists()
-    closed = core.AppConfig(preset="tiny", output_dir=tmp_path / "o", backends=cfg.backends)
+    closed = core.AppConfig(preset="tiny", output_dir=tmp_path / "o")
     with pytest.raises(UserError, match="training on folders of this server is off"):
         runs.run_train(closed, domain="x", data=str(tmp_path))
 
@@ -396,7 +394,7 @@ def test_a_server_path_named_by_the_client_is_refused_with_a_sentence(app, tmp_p
 
 
 def test_a_mask_of_another_aspect_ratio_is_refused_as_on_the_cli(tmp_path):
-    from suite.app import ui
+    from app import ui
 
     photo = Image.new("RGB", (80, 40))
     with pytest.raises(ValueError, match="the mask is 40x40 but the image is 80x40"):

@@ -1,7 +1,8 @@
 """The app's jobs, free of gradio: one per tab (generate, edit, 3D, train), each calling the same library function
-as the CLI (``suite.presets.build_pipeline`` and the pipeline's ``__call__``, and the ``editing``, ``generators3d``
-and ``training`` back ends that ``launch.py`` hands in through :class:`suite.app.core.Backends`). Each writes
-its results under the app's output folder and returns what the tab shows."""
+as the CLI (``suite.presets.build_pipeline`` and the pipeline's ``__call__``, ``editing.edit_photo``,
+``generators3d.run_text_to_3d``, ``training.train.train_domain``), and the runner that keeps a training run in a
+thread while the page shows its progress. Each job writes its results under the app's output folder and returns
+what the tab shows."""
 
 from __future__ import annotations
 
@@ -12,17 +13,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import Progress, UserError, check_int
-from ..domains import PRESETS
+from editing import edit_photo
+from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
+from suite.checks import Progress, UserError, check_int
+from suite.domains import PRESETS
+from training.config import TrainConfig
+from training.train import train_domain
+
 from .core import (
     AppConfig,
     PipelineCache,
+    checked_progress,
     fmt_weight,
     new_run_dir,
     write_json_atomic,
 )
 
-log = logging.getLogger("suite.app")
+log = logging.getLogger("app")
 
 
 # generate
@@ -31,8 +38,8 @@ class GenerateRequest:
     domain: str = "face"
     prompt: str = ""
     negative_prompt: str = ""
-    domain_weight: float | None = None  # None: automatic (paper Sec. 3.4)
-    control_weight: float | None = None
+    domain_weight: float | str | None = None  # None: the domain's recommended weight; "auto": automatic (Sec. 3.4)
+    control_weight: float | str | None = None
     control_image: object = None  # PIL image or None
     canny: bool = True
     seed: int = 0
@@ -70,14 +77,14 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     if control is not None:
         control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
     if control is not None and req.canny:
-        from ..control import canny
+        from suite.control import canny
 
         control = canny(control)
     report = progress or (lambda *a: None)
 
     # 2. Load (or reuse) the models; one job per model at a time.
     report("loading models", 0, 1, {})
-    from ..pipeline import quiet, report_steps
+    from suite.pipeline import quiet, report_steps
 
     pipe, lock = cache.get(req.domain, need_controlnet=control is not None)
     with lock, quiet(pipe):  # progress goes to the app's bar
@@ -89,11 +96,12 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
 
     # 4. Save images and the settings that made them.
     folder = new_run_dir(cfg, "generate")
-    from ..images import save_image_atomic
+    from suite.images import save_image_atomic
 
     weights = {k: v for k, v in out.weights.items()}
     wtxt = ", ".join(f"{k}={fmt_weight(v)}" for k, v in weights.items()) or "no guidance terms"
-    auto = [n for n, v in (("w_d", req.domain_weight), ("w_c", req.control_weight)) if v is None]
+    chosen = pipe.guidance_weights(req.domain_weight, req.control_weight)  # None: automatic
+    auto = [n for n, v in zip(("w_d", "w_c"), chosen) if v is None]
     settings = dict(domain=req.domain, prompt=req.prompt, negative_prompt=req.negative_prompt,
                     domain_weight=req.domain_weight, control_weight=req.control_weight,
                     control_image=control is not None, canny=req.canny, steps=steps, num_images=num, seed=seed,
@@ -147,12 +155,9 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes."""
     from PIL import ImageDraw
 
-    from ..images import save_image_atomic
+    from suite.images import save_image_atomic
 
     cfg = cache.config
-    edit_photo = cfg.backends.edit_photo
-    if edit_photo is None:
-        raise UserError(cfg.backends.missing("edit_photo"))
     # 1. Check the request.
     steps = check_int(steps, "the number of steps", 1, cfg.max_steps)
     num = check_int(num_images, "the number of images", 1, cfg.max_images)
@@ -170,7 +175,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
                                  progress=report)
     # 3. Save: the photo with its detected face boxes, and every edited photo.
     folder = new_run_dir(cfg, "edit")
-    boxes = [tuple(int(round(v)) for v in b) for b in (getattr(out, "face_boxes", None) or [])]
+    boxes = [tuple(int(round(v)) for v in b) for b in out.face_boxes]
     marked = photo.copy()
     draw = ImageDraw.Draw(marked)
     width = max(2, round(max(marked.size) / 200))
@@ -181,21 +186,18 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     write_json_atomic(dict(domain=domain, prompt=prompt, strength=strength, domain_weight=domain_weight,
                            control_weight=control_weight, mask=mask is not None, all_faces=all_faces,
                            whole_image=whole_image, num_images=num, seed=seed, steps=steps, face_boxes=boxes,
-                           timings=getattr(out, "timings", None)), folder / "settings.json")
+                           timings=out.timings), folder / "settings.json")
     return dict(faces=marked_path, paths=paths, boxes=boxes, size=photo.size)
 
 
 def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings: dict | None = None,
-           progress: Progress | None = None):
+           progress: Progress | None = None) -> ThreeDResult:
     """One 3D-tab job through ``generators3d.run_text_to_3d`` (the CLI's ``3d``), written under OUTPUT/3d.
 
     ``image`` (a checked PIL image) replaces stage 1; ``settings`` are ``ThreeDConfig`` fields from the form."""
-    from ..images import save_image_atomic
+    from suite.images import save_image_atomic
 
     # 1. Check the request.
-    backends = config.backends
-    if backends.missing("three_d_config", "run_text_to_3d"):
-        raise UserError(backends.missing("three_d_config", "run_text_to_3d"))
     prompt = (prompt or "").strip()
     if not prompt and image is None:
         raise UserError("no prompt: type what to make (e.g. 'a vase with dragons') or upload an image")
@@ -207,9 +209,9 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     if image is not None:
         values["image"] = save_image_atomic(image, folder / "input.png")
     values.update(config.threed_overrides)
-    cfg3 = make_config(backends.three_d_config, values)
+    cfg3 = make_config(ThreeDConfig, values)
     # 3. Run every stage.
-    return backends.run_text_to_3d(cfg3, progress=progress)
+    return run_text_to_3d(cfg3, progress=progress)
 
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
@@ -242,9 +244,6 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
 
     The model is written to OUTPUT/domains/<name>, where the Generate tab finds it."""
     # 1. Check the request.
-    backends = config.backends
-    if backends.missing("train_config", "train_domain"):
-        raise UserError(backends.missing("train_config", "train_domain"))
     domain = (domain or "").strip()
     if not DOMAIN_NAME.match(domain):
         raise UserError(f"the domain name {domain!r} must be 1-40 letters, digits, '-' or '_'")
@@ -256,6 +255,56 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     values = dict(settings or {})
     values.update(domain=domain, data=str(data_dir), output=str(output), device=config.device, dtype=config.dtype)
     values.update(config.train_overrides)
-    cfg = make_config(functools.partial(backends.train_config.for_preset, config.preset), values,
-                      fields_of=backends.train_config)
-    return Path(backends.train_domain(cfg, progress=progress) or output)
+    cfg = make_config(functools.partial(TrainConfig.for_preset, config.preset), values, fields_of=TrainConfig)
+    return Path(train_domain(cfg, progress=progress) or output)
+
+
+class TrainRun:
+    """A Domains-tab training run (:func:`run_train`) in its own thread, so that the page stays live: iterate
+    :meth:`events` for its progress (the latest of each burst, every half second at most); ``losses`` holds every
+    ``(step, loss)`` so far. Then ``folder`` is the model, or ``error`` what stopped it (a cancel, bad input, a
+    failure)."""
+
+    def __init__(self, config: AppConfig, *, domain: str, data: str, settings: dict | None = None, cancel_flag=None):
+        import queue
+        import threading
+
+        self.folder: Path | None = None
+        self.error: BaseException | None = None
+        self.losses: list[tuple[int, float]] = []
+        self._events: queue.Queue = queue.Queue()
+
+        def on_progress(stage, done, total, info):
+            if "loss" in info:
+                self.losses.append((int(info.get("step", done)), float(info["loss"])))
+            self._events.put((stage, done, total, dict(info)))
+
+        def work():
+            try:
+                progress = checked_progress(on_progress, cancel_flag) if cancel_flag is not None else on_progress
+                self.folder = run_train(config, domain=domain, data=data, settings=settings, progress=progress)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller through self.error
+                self.error = err
+
+        self._thread = threading.Thread(target=work, name="train", daemon=True)
+        self._thread.start()
+
+    def events(self):
+        """``(stage, done, total, info)`` as the run reports them, until it ends."""
+        import queue
+
+        while self._thread.is_alive() or not self._events.empty():
+            try:
+                event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if self._events.empty():  # a burst of steps: the page shows the latest
+                yield event
+        self._thread.join()
+
+    @staticmethod
+    def status(stage: str, done: int, total: int, info: dict) -> str:
+        text = f"{stage}: {done}/{total}"
+        if "loss" in info:
+            text += f" · loss {float(info['loss']):.4g}"
+        return text

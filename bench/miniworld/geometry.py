@@ -1,8 +1,8 @@
 """3D results measured against the mini world's exact geometry: surface samples of an object, the Chamfer
 distance and normal consistency of a mesh to them, and silhouettes of a mesh seen from given cameras.
 
-Frames: a reconstruction from a framed reference view (:mod:`.views`) lives in the NeRF frame, where the true
-surface is :meth:`.views.Framing.to_nerf` of the world's; an exported mesh is in the export frame, which
+Frames: a reconstruction from a framed reference view (:mod:`suite.miniworld.views`) lives in the NeRF frame, where the true
+surface is :meth:`suite.miniworld.views.Framing.to_nerf` of the world's; an exported mesh is in the export frame, which
 ``summary.json`` of a 3D run documents as ``x_export = scale * R x_nerf + offset`` (:func:`from_export`)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cameras import Cameras, camera_rays, orbit_cameras
-from .render import intersect
-from .world import MiniObject
+from suite.cameras import Cameras, camera_rays, orbit_cameras
+from suite.miniworld.render import intersect
+from suite.miniworld.world import MiniObject
 
 
 def surface_points(obj: MiniObject, views: int = 96, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +102,7 @@ def measure_mesh(vertices: np.ndarray, faces: np.ndarray, obj: MiniObject, frami
     reference view): Chamfer distance, accuracy, completeness (units: the object's height, so 0.01 = 1% of it)
     and normal consistency against the exact surface, and the silhouette IoU from held-out ``views``
     ((elevation, azimuth) relative to the reference view, NeRF frame)."""
-    from .views import framed_cameras, iou
+    from suite.miniworld.views import framed_cameras, iou
 
     truth, truth_n = surface_points(obj, seed=seed)
     truth_nerf = framing.to_nerf(truth, ref_azimuth)
@@ -122,6 +122,6 @@ def measure_mesh(vertices: np.ndarray, faces: np.ndarray, obj: MiniObject, frami
 
 
 def render_masks(obj: MiniObject, cams: Cameras, size: int) -> torch.Tensor:
-    from .render import render
+    from suite.miniworld.render import render
 
     return render(obj, cams, size=size, supersample=1).mask

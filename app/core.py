@@ -1,11 +1,10 @@
-"""The app's state, free of gradio: its settings, the back ends it was handed, a cache of loaded pipelines, jobs
-with progress and cancel, its output files and the domains it lists. The jobs themselves are :mod:`suite.app.runs`.
+"""The app's state, free of gradio: its settings, a cache of loaded pipelines, jobs with progress and cancel, its
+output files and the domains it lists. The jobs themselves are :mod:`app.runs`.
 
-Everything here calls the same library functions as the CLI (``suite.presets.build_pipeline``, the pipeline's
-``__call__``, ``editing.edit_photo``, ``generators3d.run_text_to_3d``, ``training.train.train_domain``);
-nothing runs ``launch.py`` in a subprocess. The back ends of the edit, 3D and training tabs live in packages
-above ``suite``, which it never imports: ``launch.py`` (the composition root) hands them in as :class:`Backends`,
-and a tab whose back end is missing says "not available in this install".
+The app is a composition root beside ``launch.py``: it calls the same library functions as the CLI
+(``suite.presets.build_pipeline``, the pipeline's ``__call__``, ``editing.edit_photo``,
+``generators3d.run_text_to_3d``, ``training.train.train_domain``), imported directly; nothing runs ``launch.py``
+in a subprocess.
 """
 
 from __future__ import annotations
@@ -17,33 +16,15 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import Progress, UserError
-from ..domains import PRESETS, Domain
-from ..files import write_text_atomic
+from suite.checks import Progress, UserError
+from suite.domains import PRESETS, domain_prompt
+from suite.files import write_text_atomic
+from suite.presets import DEFAULT_PRESET, get_preset
 
-log = logging.getLogger("suite.app")
-
-
-@dataclass
-class Backends:
-    """The jobs of the packages above ``suite`` that the app runs (``launch.app_backends`` fills them): the
-    edit tab's ``edit_photo``, the 3D tab's ``three_d_config`` / ``run_text_to_3d`` and the Domains tab's
-    ``train_config`` / ``train_domain``. None: that package is not installed here."""
-
-    edit_photo: Callable | None = None
-    three_d_config: type | None = None
-    run_text_to_3d: Callable | None = None
-    train_config: type | None = None
-    train_domain: Callable | None = None
-
-    def missing(self, *names: str) -> str | None:
-        """None if every named back end is there, else the sentence the tab shows."""
-        absent = [n for n in names if getattr(self, n) is None]
-        return f"not available in this install ({', '.join(absent)} not installed)" if absent else None
+log = logging.getLogger("app")
 
 
 @dataclass
@@ -66,7 +47,6 @@ class AppConfig:
     # Settings forced on every 3D / training run (tests use them for short runs; not exposed in the UI).
     threed_overrides: dict = field(default_factory=dict)
     train_overrides: dict = field(default_factory=dict)
-    backends: Backends = field(default_factory=Backends)
 
     def __post_init__(self):
         self.output_dir = Path(self.output_dir).resolve()
@@ -91,7 +71,7 @@ class PipelineCache:
 
     def get(self, domain: str, need_controlnet: bool = False):
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
-        from ..presets import build_pipeline
+        from suite.presets import build_pipeline
 
         model = trained_domains(self.config).get(domain)
         if domain not in PRESETS and model is None:
@@ -155,7 +135,7 @@ SERVED_KINDS = ("generate", "edit", "3d")  # the result folders the page shows f
 
 def served_dirs(config: AppConfig) -> list[Path]:
     """The folders whose files the page may show: the results of each tab (created here). Uploads are not among
-    them (see :func:`suite.app.ui.launch`)."""
+    them (see :func:`app.ui.launch`)."""
     dirs = [config.output_dir / kind for kind in SERVED_KINDS]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
@@ -192,26 +172,27 @@ def trained_domains(config: AppConfig) -> dict[str, Path]:
 
 
 def list_domain_names(config: AppConfig) -> list[str]:
-    presets = ["porcelain"] if config.preset == "mini" else list(PRESETS)
+    presets = list(get_preset(config.preset).domains or PRESETS)
     return presets + list(trained_domains(config))
 
 
 def domain_rows(config: AppConfig) -> list[list[str]]:
     """One row per known domain: name, domain prompt, what it is, where its model comes from, found?"""
     rows = []
+    preset = get_preset(config.preset)
     for d in PRESETS.values():
-        if config.preset == "tiny":
-            where, status = "tiny random model built offline (--preset tiny)", "built on first use"
-        elif config.preset == "mini":
-            if d.name != "porcelain":
-                continue  # the mini world has one domain
-            where, status = "shipped mini-world model (--preset mini)", "found"
+        if preset.domains is not None and d.name not in preset.domains:
+            continue  # e.g. the mini world has one domain
+        if preset.random_weights:
+            where, status = f"tiny random model built offline (--preset {preset.name})", "built on first use"
+        elif preset.offline:
+            where, status = f"shipped model (--preset {preset.name}: {preset.help})", "found"
         else:
             where = d.model_ref()
             status = "found" if Path(where).is_dir() else "missing: train it (command below)"
         rows.append([d.name, d.prompt, d.description, where, status])
     for name, path in trained_domains(config).items():
-        rows.append([name, Domain(name, f"a photo of {name}").prompt, "trained in this app", str(path), "found"])
+        rows.append([name, domain_prompt(name), "trained in this app", str(path), "found"])
     return rows
 
 
@@ -222,6 +203,6 @@ def train_command(config: AppConfig, domain: str, data: str, output: str | None 
     if output is None:
         output = str(PRESETS[domain].model_ref()) if domain in PRESETS else f"domains/{domain}"
     parts = ["python", "launch.py", "train", "--domain", domain, "--data", data, "--output", output]
-    if config.preset in ("tiny", "mini"):
+    if config.preset != DEFAULT_PRESET:
         parts += ["--preset", config.preset]
     return " ".join(shlex.quote(p) for p in parts)

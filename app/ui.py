@@ -1,4 +1,5 @@
-"""The gradio page: Generate, Edit, 3D and Domains tabs over the functions of :mod:`suite.app.core`.
+"""The gradio page: Generate, Edit, 3D and Domains tabs over the functions of :mod:`app.core` and
+the jobs of :mod:`app.runs`.
 
 Jobs that run models share one queue (``concurrency_id="models"``, ``--max-jobs`` at a time, 1 by default) and
 each loaded model has its own lock, so two users never run models side by side and exhaust memory. Every job
@@ -11,20 +12,23 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
-import threading
 import time
 from pathlib import Path
 
 import gradio as gr
 from starlette.middleware import Middleware
 
-from .. import images
-from ..checks import Progress, UserError
+from generators3d import ThreeDConfig
+from suite import images
+from suite.checks import AUTO, Progress, UserError
+from suite.domains import get_domain
+from suite.presets import get_preset
+from training.config import TrainConfig
+
 from . import core, runs
 from .core import AppConfig, JobCancelled, PipelineCache
 
-log = logging.getLogger("suite.app")
+log = logging.getLogger("app")
 
 MODELS = "models"  # the queue every model-running job waits in
 LIGHT = dict(concurrency_id="light", concurrency_limit=4)  # previews and checks: no models, short
@@ -97,7 +101,7 @@ def mask_editor(cfg: AppConfig, **kwargs) -> gr.ImageEditor:
 def friendly(fn):
     """Expected failures (:func:`suite.failures.explain`) become one sentence in the page (``gr.Error``); anything
     else is logged with its traceback and reported as unexpected. The app keeps serving either way."""
-    from ..failures import explain
+    from suite.failures import explain
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -131,8 +135,9 @@ def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
-def _weight(auto: bool, value) -> float | None:
-    return None if auto or value is None else float(value)
+def _weight(auto: bool, value) -> float | str:
+    """A form's weight: ``"auto"`` (the paper's rule) when its box is ticked, else the slider's number."""
+    return AUTO if auto or value is None else float(value)
 
 
 def _dropdown_update(cfg: AppConfig):
@@ -149,7 +154,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
         gr.Markdown("## In-domain generation\nMulti-guidance diffusion (SD1.5 + a null-text domain model): "
                     "`eps = eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd)` (paper Eq. 3). "
                     + ("**Tiny preset:** random offline models, so images are noise; the flow is real."
-                       if cfg.preset == "tiny" else ""))
+                       if get_preset(cfg.preset).random_weights else ""))
         dropdowns = []
         with gr.Tab("Generate", id="generate"):
             dropdowns.append(_generate_tab(cfg, cache, jobs, domains))
@@ -183,12 +188,10 @@ def _weights_row(label: str, name: str, prefix: str, recommended: float | None =
 
 
 def _recommended(cfg: AppConfig):
-    """The domain whose recommended weights the forms start from: the mini preset's porcelain, else none."""
-    if cfg.preset != "mini":
-        return None
-    from ..miniworld.assets import MINI_PORCELAIN
-
-    return MINI_PORCELAIN
+    """The preset's default domain as the preset ships it: the forms start from its recommended weights (the mini
+    world's porcelain has them; a domain without them starts on "automatic") and its framing."""
+    preset = get_preset(cfg.preset)
+    return preset.domain_defaults(get_domain(preset.default_domain))
 
 
 def _cancel_button(jobs: core.Jobs, elem_id: str):
@@ -210,8 +213,8 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
                                 placeholder="e.g. wearing glasses", elem_id="gen-prompt")
             negative = gr.Textbox("", label="negative prompt", elem_id="gen-negative")
             rec = _recommended(cfg)
-            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd", rec.domain_weight if rec else None)
-            auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc", rec.control_weight if rec else None)
+            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd", rec.domain_weight)
+            auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc", rec.control_weight)
             with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet"):
                 with gr.Row():
                     control = checked_image(cfg, "control image", label="control image", elem_id="gen-control")
@@ -236,7 +239,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
     def canny_preview(image, on):
         if image is None or not on:
             return None
-        from ..control import canny
+        from suite.control import canny
 
         return canny(runs.center_crop_square(image))
 
@@ -269,10 +272,6 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
 
 # ----------------------------------------------------------------------------------------------------------
 def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
-    missing = cfg.backends.missing("edit_photo")
-    if missing:
-        gr.Markdown(f"**Edit:** {missing}", elem_id="edit-missing")
-        return None
     with gr.Row():
         with gr.Column(scale=2):
             photo = checked_image(cfg, "photo", label="photo", elem_id="edit-photo")
@@ -286,10 +285,11 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
                 mask_file = checked_image(cfg, "mask", label="or upload a mask (white = change)", elem_id="edit-mask")
             with gr.Row():
                 all_faces = gr.Checkbox(False, label="edit every face (else the largest)")
-                whole = gr.Checkbox(cfg.preset == "mini", label="edit the whole image (no face detection)")
+                whole = gr.Checkbox(_recommended(cfg).framing == "whole",
+                                    label="edit the whole image (no face detection)")
             rec = _recommended(cfg)
-            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "edit-wd", rec.domain_weight if rec else None)
-            auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc", rec.control_weight if rec else None)
+            auto_wd, wd = _weights_row("domain weight w_d", "w_d", "edit-wd", rec.domain_weight)
+            auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc", rec.control_weight)
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
                 steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps")
@@ -340,9 +340,8 @@ def _mask_from(drawn, mask_file, photo):
 
     if photo is None:
         return None
-    if mask_file is not None:
-        images.check_same_aspect(mask_file.size, photo.size, "mask")  # the CLI's rule: resize, never stretch
-        m = np.asarray(mask_file.convert("L")) > 127
+    if mask_file is not None:  # the CLI's rule (suite.images.read_mask): white or opaque = change; resize, never stretch
+        m = images.read_mask(mask_file, photo.size, "mask", binary=True) > 0
     else:
         layers = (drawn or {}).get("layers") or []
         alphas = [np.asarray(la.convert("RGBA"))[..., 3] > 0 for la in layers if la is not None]
@@ -356,13 +355,9 @@ def _mask_from(drawn, mask_file, photo):
 
 # ----------------------------------------------------------------------------------------------------------
 def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
-    missing = cfg.backends.missing("three_d_config", "run_text_to_3d")
-    if missing:
-        gr.Markdown(f"**3D:** {missing}", elem_id="3d-missing")
-        return None
     skip = {"prompt", "domain", "preset", "output", "image", "mask", "device", "dtype", "sd_model",
             "domain_model", "zero123_model", "resume", "export_only"}
-    fields = runs.settings_fields(cfg.backends.three_d_config, skip)
+    fields = runs.settings_fields(ThreeDConfig, skip)
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox("", label="prompt", placeholder="e.g. a vase with dragons", elem_id="3d-prompt")
@@ -392,17 +387,17 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
         settings = _settings_values(fields, values)
         res = runs.run_3d(cfg, prompt=prompt, domain=domain, image=image, settings=settings,
                           progress=core.checked_progress(gradio_progress(progress), cancel_flag))
-        meshes = {k: Path(v) for k, v in (getattr(res, "mesh_paths", None) or {}).items()}
+        meshes = {k: Path(v) for k, v in res.mesh_paths.items()}
         downloads = []
         for p in meshes.values():
             downloads.append(str(p))
             if p.suffix.lower() == ".obj":  # the OBJ's material and texture travel with it
                 downloads += [str(q) for q in sorted(p.parent.glob(f"{p.stem}*"))
                               if q.suffix.lower() in (".mtl", ".png") and str(q) not in downloads]
-        prev = getattr(res, "preview_path", None)
+        prev = res.preview_path
         is_video = prev is not None and Path(prev).suffix.lower() in (".mp4", ".webm")
         glb = meshes.get("glb")
-        return (str(res.image_path) if getattr(res, "image_path", None) else None,
+        return (str(res.image_path) if res.image_path else None,
                 None if is_video or prev is None else str(prev),
                 gr.update(value=str(prev) if is_video else None, visible=is_video),
                 str(glb) if glb else None, downloads,
@@ -436,13 +431,12 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
     data.change(show_command, [name, data], command, queue=False, api_visibility="private")
     refresh.click(lambda: core.domain_rows(cfg), None, table, queue=False, api_name="domains")
 
-    missing = cfg.backends.missing("train_config", "train_domain")
     can_run = _can_train_here(cfg)
-    if missing or can_run is not None:
-        gr.Markdown(f"Training from this page: {missing or can_run}. Use the command above.", elem_id="train-missing")
+    if can_run is not None:
+        gr.Markdown(f"Training from this page: {can_run}. Use the command above.", elem_id="train-missing")
         return
     skip = {"domain", "data", "output", "preset", "device", "dtype", "sd_model", "resume", "seed"}
-    fields = runs.settings_fields(cfg.backends.train_config.for_preset(cfg.preset), skip)
+    fields = runs.settings_fields(TrainConfig.for_preset(cfg.preset), skip)
     with gr.Accordion("training settings", open=False):
         widgets = _settings_widgets(fields)
     roots = ", ".join(f"`{r}`" for r in cfg.data_roots) or "none (start the app with `--data-root FOLDER`)"
@@ -460,41 +454,15 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
 
         cancel_flag = jobs.start(session_of(request))
         settings = _settings_values(fields, values)
-        events: queue.Queue = queue.Queue()
-        result: dict = {}
-
-        def on_progress(stage, done, total, info):
-            events.put((stage, done, total, dict(info)))
-
-        def work():
-            try:
-                result["folder"] = runs.run_train(cfg, domain=name, data=data, settings=settings,
-                                                  progress=core.checked_progress(on_progress, cancel_flag))
-            except BaseException as err:  # noqa: BLE001 - handed to the page below
-                result["error"] = err
-
-        thread = threading.Thread(target=work, name="train", daemon=True)
-        thread.start()
-        losses: list[tuple[int, float]] = []
-        stage_text = "starting"
         report = gradio_progress(progress)
-        while thread.is_alive() or not events.empty():
-            try:
-                stage, done, total, info = events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            stage_text = f"{stage}: {done}/{total}"
-            if "loss" in info:
-                losses.append((int(info.get("step", done)), float(info["loss"])))
-                stage_text += f" · loss {float(info['loss']):.4g}"
+        run = runs.TrainRun(cfg, domain=name, data=data, settings=settings, cancel_flag=cancel_flag)
+        for stage, done, total, info in run.events():  # the run goes on in its own thread
             report(stage, done, total, info)
-            if events.empty():
-                yield stage_text, pd.DataFrame(losses, columns=["step", "loss"])
-        thread.join()
-        if "error" in result:
-            friendly(_raise)(result["error"])
-        yield (f"done: the `{name}` domain model is in `{result['folder']}`; it is now in the domain lists",
-               pd.DataFrame(losses, columns=["step", "loss"]))
+            yield run.status(stage, done, total, info), pd.DataFrame(list(run.losses), columns=["step", "loss"])
+        if run.error is not None:
+            friendly(_raise)(run.error)
+        yield (f"done: the `{name}` domain model is in `{run.folder}`; it is now in the domain lists",
+               pd.DataFrame(list(run.losses), columns=["step", "loss"]))
 
     ev = run.click(start, [name, data], [status, plot], inputs_kwargs=widgets, api_name="train",
                    concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
@@ -530,7 +498,7 @@ def _raise(err):
 
 def _can_train_here(cfg: AppConfig) -> str | None:
     """None when this machine can train the preset's models (tiny and mini: anywhere; full: a CUDA GPU)."""
-    if cfg.preset in ("tiny", "mini"):
+    if get_preset(cfg.preset).trains_on_cpu:
         return None
     import torch
 

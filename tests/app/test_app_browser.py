@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from launch import app_backends
-
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
                              shutil.which("chromium-browser"), shutil.which("google-chrome")) if p and
                  os.path.exists(p)), None)
@@ -174,10 +172,10 @@ def page(tmp_path_factory):
         mp.setenv("TMPDIR", str(tmp))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("HF_HUB_OFFLINE", "1")
-        from suite.app.core import AppConfig
-        from suite.app.ui import build_app, launch
+        from app.core import AppConfig
+        from app.ui import build_app, launch
 
-        cfg = AppConfig(preset="tiny", output_dir=tmp / "out", default_steps=4, backends=app_backends())
+        cfg = AppConfig(preset="tiny", output_dir=tmp / "out", default_steps=4)
         cfg.output_dir.mkdir()
         demo = build_app(cfg)
         _, url, _ = launch(demo, cfg, host="127.0.0.1", block=False)

@@ -1,12 +1,9 @@
 """``launch.py app``: the gradio app (Generate, Edit, 3D and Domains tabs in one page).
 
-The page calls the same library functions as the CLI (:mod:`suite.app.core`); gradio is imported only in
-:func:`main`, so ``launch.py --help`` stays fast. The edit, 3D and training back ends are imported lazily: a tab
-whose package is missing says so instead of failing.
-
-Note on layering: ``suite`` imports none of the other packages at module level; the app is the one front end
-living in ``suite`` (per the design card), so its handlers import ``editing`` / ``generators3d`` / ``training``
-inside functions only.
+The app is a composition root beside ``launch.py``: it imports ``editing``, ``generators3d``, ``training`` and
+``suite`` and calls the same library functions as the CLI (:mod:`app.runs`). This module holds only the flags and
+:func:`main`; gradio and the jobs are imported in :func:`main` (lazy: ``launch.py --help`` loads neither gradio nor
+torch).
 """
 
 from __future__ import annotations
@@ -16,12 +13,12 @@ import os
 from pathlib import Path
 
 HELP = "start the web app (generate, edit, 3D, domains) on this machine (default http://127.0.0.1:7860)"
-log = logging.getLogger("suite.app")
+log = logging.getLogger("app")
 
 
 def add_arguments(p) -> None:
-    from ..checks import finite_float, int_at_least
-    from ..cli import add_preset_argument
+    from suite.checks import finite_float, int_at_least
+    from suite.cli import add_preset_argument
 
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
@@ -55,8 +52,9 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..checks import UserError
-    from .core import AppConfig, Backends
+    from suite.checks import UserError
+
+    from .core import AppConfig
 
     for value, flag in ((args.max_upload_mb, "--max-upload-mb"), (args.max_megapixels, "--max-megapixels")):
         if value <= 0:
@@ -78,15 +76,14 @@ def config_from_args(args):
                         "choose another --output-dir") from None
     return AppConfig(preset=args.preset, output_dir=out, device=args.device, dtype=args.dtype,
                      max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-                     max_loaded_models=args.max_loaded_models, max_jobs=args.max_jobs, data_roots=tuple(roots),
-                     backends=args.backends() if getattr(args, "backends", None) else Backends())
+                     max_loaded_models=args.max_loaded_models, max_jobs=args.max_jobs, data_roots=tuple(roots))
 
 
 def _check_host(host: str) -> None:
     """``--host`` is an address this machine can listen on (gradio itself would only say it found no free port)."""
     import socket
 
-    from ..checks import UserError
+    from suite.checks import UserError
 
     try:
         family, _, _, _, address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0]
