@@ -22,7 +22,7 @@ from pathlib import Path
 from suite.checks import Progress, UserError
 from suite.domains import PRESETS, domain_prompt
 from suite.files import write_text_atomic
-from suite.presets import DEFAULT_PRESET, get_preset
+from suite.presets import DEFAULT_PRESET, build_pipeline, get_preset
 
 log = logging.getLogger("app")
 
@@ -71,8 +71,6 @@ class PipelineCache:
 
     def get(self, domain: str, need_controlnet: bool = False):
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
-        from suite.presets import build_pipeline
-
         model = trained_domains(self.config).get(domain)
         if domain not in PRESETS and model is None:
             raise UserError(f"unknown domain {domain!r}: choose one of {', '.join(list_domain_names(self.config))}")

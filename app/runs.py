@@ -17,6 +17,8 @@ from editing import edit_photo
 from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
 from suite.checks import Progress, UserError, check_int
 from suite.domains import PRESETS
+from suite.images import save_image_atomic
+from suite.pipeline import quiet, report_steps
 from training.config import TrainConfig
 from training.train import train_domain
 
@@ -84,7 +86,6 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
 
     # 2. Load (or reuse) the models; one job per model at a time.
     report("loading models", 0, 1, {})
-    from suite.pipeline import quiet, report_steps
 
     pipe, lock = cache.get(req.domain, need_controlnet=control is not None)
     with lock, quiet(pipe):  # progress goes to the app's bar
@@ -96,7 +97,6 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
 
     # 4. Save images and the settings that made them.
     folder = new_run_dir(cfg, "generate")
-    from suite.images import save_image_atomic
 
     weights = {k: v for k, v in out.weights.items()}
     wtxt = ", ".join(f"{k}={fmt_weight(v)}" for k, v in weights.items()) or "no guidance terms"
@@ -155,8 +155,6 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes."""
     from PIL import ImageDraw
 
-    from suite.images import save_image_atomic
-
     cfg = cache.config
     # 1. Check the request.
     steps = check_int(steps, "the number of steps", 1, cfg.max_steps)
@@ -195,8 +193,6 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     """One 3D-tab job through ``generators3d.run_text_to_3d`` (the CLI's ``3d``), written under OUTPUT/3d.
 
     ``image`` (a checked PIL image) replaces stage 1; ``settings`` are ``ThreeDConfig`` fields from the form."""
-    from suite.images import save_image_atomic
-
     # 1. Check the request.
     prompt = (prompt or "").strip()
     if not prompt and image is None:

@@ -21,7 +21,9 @@ from starlette.middleware import Middleware
 from generators3d import ThreeDConfig
 from suite import images
 from suite.checks import AUTO, Progress, UserError
+from suite.control import canny
 from suite.domains import get_domain
+from suite.failures import explain
 from suite.presets import get_preset
 from training.config import TrainConfig
 
@@ -101,8 +103,6 @@ def mask_editor(cfg: AppConfig, **kwargs) -> gr.ImageEditor:
 def friendly(fn):
     """Expected failures (:func:`suite.failures.explain`) become one sentence in the page (``gr.Error``); anything
     else is logged with its traceback and reported as unexpected. The app keeps serving either way."""
-    from suite.failures import explain
-
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
@@ -239,7 +239,6 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
     def canny_preview(image, on):
         if image is None or not on:
             return None
-        from suite.control import canny
 
         return canny(runs.center_crop_square(image))
 

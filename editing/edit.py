@@ -18,6 +18,7 @@ from PIL import Image
 
 from suite.checks import Progress, check_int, check_range
 from suite.images import DEFAULT_MAX_PIXELS
+from suite.pipeline import DEFAULT_STEPS, quiet, report_steps
 
 from .align import Region, animal_region, extract, face_region, feather_mask, paste, whole_image_region
 from .faces import Face, FaceDetector, detector_for
@@ -86,8 +87,6 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     90 degrees (its EXIF orientation was lost). A face cut by the photo's border is edited: the crop is padded by
     reflection (as FFHQ pads) and only pixels inside the photo are written back.
     """
-    from suite.pipeline import DEFAULT_STEPS, quiet, report_steps  # (diffusers: imported when an edit runs)
-
     timings = dict.fromkeys(STAGES, 0.0)
     report = progress or (lambda *a: None)
     t0 = time.perf_counter()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from suite.images import read_mask
+
 MIN_CONTRAST = 25.0
 
 
@@ -67,8 +69,6 @@ def foreground_mask(image: Image.Image, method: str = "auto") -> Image.Image:
 def load_mask(path, size: tuple[int, int]) -> Image.Image:
     """A user mask file as a binary ``L`` mask of ``size`` (white or opaque = the object): the suite's one mask rule
     (:func:`suite.images.read_mask`; another aspect ratio than the image's is refused, not stretched)."""
-    from suite.images import read_mask
-
     m = read_mask(path, size, "mask (--mask)", binary=True)
     return Image.fromarray((m * 255).astype(np.uint8), "L")
 

@@ -22,7 +22,9 @@ import torch
 
 from suite.files import AtomicFiles
 
+from .cameras import camera_rays
 from .config import ExportConfig
+from .render import render_rays
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,6 @@ def auto_threshold(field, cams, resolution: int = 64, n_samples: int | None = No
     with the fewest disagreements between the two over all rays (the middle of the best range; between two
     neighbouring ray maxima, their geometric mean). No constant to tune: it follows whatever density scale
     training produced, and for an opaque object it is the level the photometric and mask losses shaped."""
-    from .cameras import camera_rays
-    from .render import render_rays
-
     device = next(field.parameters()).device
     o, d = camera_rays(cams.to(device), resolution, resolution)
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checks import UserError
 from .files import atomic_path, check_output_file
 
 __all__ = ["DEFAULT_MAX_PIXELS", "check_size", "check_same_aspect", "open_image", "load_image", "to_rgb", "oriented_size",
@@ -191,8 +192,6 @@ def open_upload(source, what: str, max_megapixels: float, max_bytes: int | None 
     file renamed ``.png``), a format other than PNG/JPEG/WebP, more than ``max_megapixels`` (checked from the
     header, before any pixel is decoded, so a decompression bomb never reaches memory).
     """
-    from .checks import UserError
-
     if isinstance(source, bytes | bytearray):
         data, name = bytes(source), what
         size = len(data)

@@ -30,12 +30,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from . import models
 from .checks import AUTO, check_int, check_prompt, check_range, check_weight
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain, domain_from_dict
 from .files import atomic_dir
 from .guidance import AutoWeights, MultiGuidance, Term
+from .models import resolve
 from .nulltext import NullTextUNet
 from .text import encode_prompts
 
@@ -186,8 +188,6 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
              device="cpu", dtype=torch.float32) -> InDomainPipeline:
         """Load every part from its own reference (local folder or hub id) through :mod:`suite.models`, with one
         sentence naming the flag to fix when a part cannot be read (what the CLI and the app use)."""
-        from . import models
-
         parts = models.load_sd(sd_model, device=device, dtype=dtype)
         dm = models.load_domain_model(domain_model, device=device, dtype=dtype) if domain_model else None
         cn = models.load_controlnet(controlnet, device=device, dtype=dtype) if controlnet else None
@@ -203,8 +203,6 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         A folder in the format used before this class was a diffusers pipeline (``bundle.json``) still loads,
         with a warning that ``pipe.save_pretrained(NEW_FOLDER)`` converts it. ``device=`` places the result.
         """
-        from .models import resolve
-
         device = kwargs.pop("device", None)
         ref, local = resolve(pretrained_model_name_or_path, "in-domain pipeline", "the folder or hub id")
         path = Path(ref)

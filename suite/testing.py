@@ -18,6 +18,10 @@ from pathlib import Path
 
 import torch
 
+from .domains import PRESETS
+from .nulltext import make_domain_model
+from .zero123 import save_zero123
+
 TINY_RESOLUTION = 64
 TINY_TEXT_DIM = 32
 
@@ -226,9 +230,6 @@ def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
     build_tiny_controlnet(parts["unet"]).save_pretrained(tmp / "controlnet")
     build_tiny_unet(seed=11).save_pretrained(tmp / "community")
 
-    from .domains import PRESETS
-    from .nulltext import make_domain_model
-
     for i, preset in enumerate(PRESETS.values()):
         # A tiny domain model: SD's tiny UNet with slightly perturbed weights, converted to null-text
         # with E captured from the domain prompt. Random: it is a stand-in, not a trained model.
@@ -272,8 +273,6 @@ def build_tiny_zero123(seed: int = 0) -> dict:
 
 def tiny_zero123_dir() -> Path:
     """The tiny Zero-1-to-3 folder (written once, beside the other tiny models in ``tiny_model_dir()``)."""
-    from .zero123 import save_zero123
-
     folder = tiny_model_dir() / "zero123"
     if not (folder / "model_index.json").is_file():
         try:

@@ -28,6 +28,7 @@ import torch
 from .denoisers import UNetDenoiser
 from .files import atomic_dir
 from .guidance import MultiGuidance, Term
+from .models import ModelLoadError, describe, load_errors, resolve
 
 PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -94,8 +95,6 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
     """Load Zero-1-to-3 from a diffusers-format folder or a hub id (one clear sentence on failure)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPVisionModelWithProjection
-
-    from .models import ModelLoadError, describe, load_errors, resolve
 
     ref, local = resolve(ref, "Zero-1-to-3 model", flag, required=("unet", "vae", "image_encoder"))
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from suite.files import atomic_dir, atomic_path, discard, remove_leftovers
+from suite.nulltext import DomainModel
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
@@ -65,8 +66,6 @@ def save_checkpoint(output: Path, step: int, unet, metadata, optimizer, ema: EMA
     """Write checkpoint ``step`` atomically (:func:`suite.files.atomic_dir`), then prune old ones and remove
     temporary folders that a killed run left behind."""
     from safetensors.torch import save_file
-
-    from suite.nulltext import DomainModel
 
     root = checkpoint_dir(output)
     final = root / f"{CHECKPOINT_PREFIX}{step:06d}"

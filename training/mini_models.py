@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from suite.miniworld import world as W
+from suite.testing import write_word_tokenizer
 
 log = logging.getLogger("training.miniworld")
 
@@ -42,8 +43,6 @@ def _text_config(tokenizer):
 
 def make_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
-
-    from suite.testing import write_word_tokenizer
 
     write_word_tokenizer(folder, W.vocabulary(), MAX_TOKENS)
     return CLIPTokenizer.from_pretrained(folder)

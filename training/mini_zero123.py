@@ -23,6 +23,12 @@ import time
 import numpy as np
 import torch
 
+from suite.miniworld.views import reference_framing, render_framed
+from suite.miniworld.world import CAMERA_DISTANCE
+from suite.zero123 import CLIP_MEAN, CLIP_STD, relative_pose
+
+from .mini_models import cosine_lr, encode_latents, log_progress, optimise, run_chunks, to_tensor
+
 log = logging.getLogger("training.miniworld")
 
 IMAGE_SIZE = 64
@@ -44,7 +50,6 @@ def _pair_chunk(args):
     seed, n, targets = args
     torch.set_num_threads(1)
     from suite.miniworld import world as W
-    from suite.miniworld.views import reference_framing, render_framed
 
     rng = np.random.default_rng(seed)
     images, poses = [], []
@@ -64,7 +69,6 @@ def render_pairs(n_objects: int, targets: int, seed: int, workers: int = 2) -> d
     (elevation, azimuth in degrees)."""
     chunk = 100
     jobs = [(seed * 100003 + i, min(chunk, n_objects - i * chunk), targets) for i in range(math.ceil(n_objects / chunk))]
-    from .mini_models import run_chunks
 
     parts = run_chunks(_pair_chunk, jobs, workers, name="render zero123 views")
     return dict(images=np.concatenate([p[0] for p in parts]), poses=np.concatenate([p[1] for p in parts]))
@@ -87,8 +91,6 @@ def build_parts(vae, seed: int = 0) -> dict:
 
 def _clip_input(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, 64, 64] in [0, 1] -> the CLIP encoder's input, exactly as Zero123Guidance prepares it."""
-    from suite.zero123 import CLIP_MEAN, CLIP_STD
-
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return (images - mean) / std
@@ -99,11 +101,6 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
     """Train the parts of :func:`build_parts` (or ``init``'s, to continue a run) on :func:`render_pairs` data;
     returns the EMA parts."""
     from diffusers import DDPMScheduler
-
-    from suite.miniworld.world import CAMERA_DISTANCE
-    from suite.zero123 import relative_pose
-
-    from .mini_models import cosine_lr, encode_latents, log_progress, optimise, to_tensor
 
     parts = build_parts(vae, seed) if init is None else dict(init)
     for name in ("unet", "image_encoder", "projection"):

@@ -30,8 +30,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.checks import int_at_least
+from suite.cli import quiet_libraries
+from suite.files import atomic_dir
+from suite.miniworld import assets, judge
 from suite.miniworld import world as W
+from suite.miniworld.assets import default_dir
+from suite.miniworld.render import render_view
+from suite.threads import apply_threads
+from suite.zero123 import load_zero123, save_zero123
 
+from . import mini_zero123
+from .config import TrainConfig
 from .mini_models import (
     IMAGE_SIZE,
     encode_latents,
@@ -43,6 +53,7 @@ from .mini_models import (
     train_base,
     train_vae,
 )
+from .train import train_domain
 
 log = logging.getLogger("training.miniworld")
 
@@ -52,7 +63,6 @@ log = logging.getLogger("training.miniworld")
 def _render_chunk(args):
     kind, seed, n = args
     torch.set_num_threads(1)
-    from suite.miniworld.render import render_view
 
     rng = np.random.default_rng(seed)
     images, captions, labels = [], [], []
@@ -93,9 +103,6 @@ def write_image_folder(images: np.ndarray, folder: Path) -> None:
 
 
 def train_porcelain(sd_folder: Path, data: Path, output: Path, steps: int, seed: int = 0) -> Path:
-    from .config import TrainConfig
-    from .train import train_domain
-
     config = TrainConfig.for_preset("mini", domain=W.DOMAIN_NAME, data=str(data), output=str(output),
                                     sd_model=str(sd_folder), max_steps=steps, seed=seed)
     return train_domain(config)
@@ -117,9 +124,6 @@ ZERO123_PHASES = {  # (steps, learning rate) per phase; each phase continues fro
 
 def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     """Every step above; returns the timings (seconds) and quality figures, also written to MANIFEST.json."""
-    from suite.files import atomic_dir
-    from suite.miniworld import assets, judge
-
     n_open, n_dom, n_judge, vae_steps, base_steps, judge_steps, dom_steps, z_objects = SIZES[size]
     work.mkdir(parents=True, exist_ok=True)
     # Seconds per step; a step found finished in the cache keeps the time it took when it ran.
@@ -184,9 +188,6 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         judge.save_judge(net, stage / "judge.safetensors")
     step("judge", cached)
     # 6. Zero-1-to-3 (its view pairs cached with the other data)
-    from suite.zero123 import save_zero123
-
-    from . import mini_zero123
 
     phases = ZERO123_PHASES[size]
     cached = (stage / "zero123" / "model_index.json").exists()
@@ -239,8 +240,6 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
 
 
 def _load_zero123_parts(folder: Path) -> dict:
-    from suite.zero123 import load_zero123
-
     m = load_zero123(str(folder))
     return dict(unet=m.unet, vae=m.vae, image_encoder=m.image_encoder, projection=m.projection, scheduler=m.scheduler)
 
@@ -248,8 +247,6 @@ def _load_zero123_parts(folder: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.miniworld", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    from suite.checks import int_at_least
-    from suite.miniworld.assets import default_dir
 
     p.add_argument("--output", default=str(default_dir()), help="where the models go (default: the shipped folder)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "in-domain-suite" / "mini-build"),
@@ -261,10 +258,8 @@ def main(argv=None) -> int:
                         "is idle, fewer beside other jobs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    from suite.cli import quiet_libraries
 
     quiet_libraries()
-    from suite.threads import apply_threads
 
     apply_threads(args.threads)
     t0 = time.time()

@@ -14,14 +14,17 @@ from collections.abc import Callable
 
 import torch
 
+from suite.text import encode_prompts
+
+from .data import ImageFolderDataset
+from .latents import OnTheFlyLatents
+from .loss import denoising_loss
+
 log = logging.getLogger(__name__)
 
 
 def _as_source(data, vae, num_workers: int = 0):
     """A latent source with ``get(indices, flips, eps)``, ``__len__`` and ``latent_shape``."""
-    from .data import ImageFolderDataset
-    from .latents import OnTheFlyLatents
-
     if isinstance(data, torch.Tensor):
         return _TensorLatents(data)
     if isinstance(data, ImageFolderDataset):
@@ -64,10 +67,6 @@ def optimize_text_features(unet, vae, text_encoder, tokenizer, scheduler, datase
     ``text_features`` starts from given features instead of encoding ``prompt``. ``steps=0`` returns the
     prompt's features unchanged.
     """
-    from suite.text import encode_prompts
-
-    from .loss import denoising_loss
-
     # 1. The starting point: the prompt's text features (conditional only), as a trainable float32 tensor.
     p = next(unet.parameters())
     device = torch.device(device) if device is not None else p.device

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import torch
 
+from suite.denoisers import UNetDenoiser
+from suite.guidance import MultiGuidance, Term
+from suite.images import save_image_atomic
+from suite.pipeline import InDomainPipeline
+
 
 def sample_validation(config, accelerator, sd_unet, vae, scheduler, uncond, unet, ema, output: Path, step: int):
     """Validation images with MultiGuidance: ``(1 - w_d) eps_sd + w_d eps_d`` (Sec. 3.4), SD1.5 unconditional
@@ -14,11 +19,6 @@ def sample_validation(config, accelerator, sd_unet, vae, scheduler, uncond, unet
     import copy
 
     from PIL import Image
-
-    from suite.denoisers import UNetDenoiser
-    from suite.guidance import MultiGuidance, Term
-    from suite.images import save_image_atomic
-    from suite.pipeline import InDomainPipeline
 
     model = accelerator.unwrap_model(unet)
     if ema is not None:

@@ -17,7 +17,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..domains import PORCELAIN, Domain
+from ..files import atomic_path, write_text_atomic
 from ..models import ModelLoadError
+from ..pipeline import InDomainPipeline
+from ..zero123 import load_zero123
+from .views import heldout_cases, measure_novel_views
 
 JUDGE_FILE = "judge.safetensors"
 MANIFEST = "MANIFEST.json"
@@ -48,8 +52,6 @@ def _sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path, info: dict) -> dict:
-    from ..files import write_text_atomic
-
     files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != MANIFEST
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
@@ -115,8 +117,6 @@ def to_float16(folder: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ..files import atomic_path
-
     for path in Path(folder).glob("*.safetensors"):
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata()
@@ -147,7 +147,6 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
       prompts (``"a photo of a cup"``...): does the shape follow the text while the look follows the domain?
       ``ours_auto_*``: the same with the paper's automatic weights.
     """
-    from ..pipeline import InDomainPipeline
     from . import world as W
     from .judge import load_judge as load
 
@@ -176,7 +175,7 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
     out["base_porcelain"] = sum(base_u["porcelain"]) / len(base_u["porcelain"])
     shapes = OUT_OF_DOMAIN_SHAPES
     expected = [s for s in shapes for _ in range(images_per_prompt)]
-    for name, weights in (("ours", rec), ("ours_auto", {})):
+    for name, weights in (("ours", rec), ("ours_auto", dict(domain_weight="auto", control_weight="auto"))):
         pred, _ = run([f"a photo of a {s}" for s in shapes], **weights)
         out[f"{name}_shape"] = accuracy(pred["shape"], expected)
         out[f"{name}_porcelain"] = sum(pred["porcelain"]) / len(pred["porcelain"])
@@ -186,9 +185,6 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
 def measure_zero123(folder: str | os.PathLike | None = None, cases: int = 28, steps: int = 30) -> dict:
     """The mini Zero-1-to-3 on held-out objects (:func:`.views.heldout_cases`, a 90-degree turn): mean silhouette
     IoU and PSNR of its novel views, and of the baseline that returns the input view."""
-    from ..zero123 import load_zero123
-    from .views import heldout_cases, measure_novel_views
-
     root = Path(folder) if folder is not None else default_dir()
     m = measure_novel_views(load_zero123(str(root / "zero123")), heldout_cases(cases), steps=steps)
     return {f"zero123_{k[5:]}": round(m[k], 4) for k in ("mean_iou", "mean_psnr", "mean_copy_iou", "mean_copy_psnr")}

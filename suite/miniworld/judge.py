@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_path
 from . import world as W
 
 HEADS = {"shape": len(W.SHAPES), "colour": len(W.COLOURS), "pattern": len(W.PATTERNS), "porcelain": 2}
@@ -111,8 +112,6 @@ def train_judge(images: np.ndarray, labels: np.ndarray, steps: int, batch: int =
 
 def save_judge(net: Judge, path) -> None:
     from safetensors.torch import save_file
-
-    from ..files import atomic_path
 
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))

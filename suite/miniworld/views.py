@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, orbit_cameras
+from ..zero123 import Zero123Guidance, novel_views
 from .render import render
-from .world import CAMERA_DISTANCE, CAMERA_FOVY, MiniObject
+from .world import CAMERA_DISTANCE, CAMERA_FOVY, SHAPES, MiniObject, make_object
 
 WHITE = (1.0, 1.0, 1.0)
 FILL = 0.8  # as generators3d.mask.reference_view
@@ -114,8 +115,6 @@ def heldout_cases(n: int, seed: int = 12345, turn: float = 90.0):
     silhouettes can be read from an image on white), input elevation in [0, 25], the target ``turn`` degrees of
     azimuth away (alternately left and right) and 15 to 30 degrees higher or lower (so that returning the input
     is not already right for the shapes of revolution)."""
-    from .world import SHAPES, make_object
-
     rng = np.random.default_rng(seed)
     colours, patterns = ("red", "green", "blue", "yellow", "purple"), ("plain", "stripes", "dots")
     cases = []
@@ -136,8 +135,6 @@ def measure_novel_views(model, cases, guidance_scale: float = 3.0, steps: int = 
     that returns the input view unchanged. The novel view is cut out onto white first (:func:`cut_out`). Returns means and per-case lists (``iou``, ``psnr``, ``copy_iou``,
     ``copy_psnr``), the PSNR of all cases together (``mean_psnr``: from the mean squared error, which a perfect
     case cannot dominate) and the images (``inputs``, ``predicted``, ``truth``)."""
-    from ..zero123 import Zero123Guidance, novel_views
-
     inputs, preds, truths = [], [], []
     for i, (obj, el0, az0, el1, az1) in enumerate(cases):
         framing = reference_framing(obj, el0, az0)

@@ -255,7 +255,7 @@ def test_cancel_stops_a_generation_at_the_next_step_and_saves_nothing(tmp_path):
 
 def test_pipeline_cache_reuses_and_evicts_least_recent(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr("suite.presets.build_pipeline", lambda *a: built.append(a[1:2] + a[5:6]) or object())
+    monkeypatch.setattr(core, "build_pipeline", lambda *a: built.append(a[1:2] + a[5:6]) or object())
     cfg = core.AppConfig(preset="tiny", output_dir=tmp_path, max_loaded_models=2)
     cache = core.PipelineCache(cfg)
     a = cache.get("face")
