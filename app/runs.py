@@ -203,7 +203,8 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     values.update(prompt=prompt, domain=domain, preset=config.preset, output=folder,
                   device=config.device, dtype=config.dtype)
     if image is not None:
-        values["image"] = save_image_atomic(image, folder / "input.png")
+        # beside the run folder, not in it: the 3D run writes only into a folder that is empty or its own
+        values["image"] = save_image_atomic(image, folder.with_name(f"{folder.name}-input.png"))
     values.update(config.threed_overrides)
     cfg3 = make_config(ThreeDConfig, values)
     # 3. Run every stage.
@@ -220,8 +221,10 @@ def _allowed_data_dir(config: AppConfig, data: str) -> Path:
         raise UserError("training on folders of this server is off: whoever runs the app allows it for the folders "
                         "under one root with `launch.py app --data-root FOLDER`")
     text = (data or "").strip()
+    if not text:
+        raise UserError(f"no image folder given: type a folder of images under {', '.join(map(str, config.data_roots))}")
     path = Path(text).expanduser()
-    if not text or not path.is_absolute():
+    if not path.is_absolute():
         path = Path(config.data_roots[0]) / text
     path = path.resolve()
     roots = [Path(r).resolve() for r in config.data_roots]

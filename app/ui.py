@@ -38,7 +38,7 @@ LIGHT = dict(concurrency_id="light", concurrency_limit=4)  # previews and checks
 
 # ----------------------------------------------------------------------------------------------------------
 # checked uploads
-def _check_filedata(payload, what: str, cfg: AppConfig):
+def _check_filedata(payload, what: str, cfg: AppConfig, keep_alpha: bool = False):
     import base64
 
     try:
@@ -49,7 +49,7 @@ def _check_filedata(payload, what: str, cfg: AppConfig):
             source = _uploaded_path(payload.path, what)
         else:
             raise UserError(f"the {what} upload is empty: upload a PNG, JPEG or WebP image")
-        return images.open_upload(source, what, cfg.max_megapixels, int(cfg.max_upload_mb * 2**20))
+        return images.open_upload(source, what, cfg.max_megapixels, int(cfg.max_upload_mb * 2**20), keep_alpha)
     except UserError as err:
         raise gr.Error(str(err), title="Upload refused") from None
 
@@ -64,10 +64,11 @@ def _uploaded_path(path: str, what: str) -> str:
     return path
 
 
-def checked_image(cfg: AppConfig, what: str, **kwargs) -> gr.Image:
+def checked_image(cfg: AppConfig, what: str, keep_alpha: bool = False, **kwargs) -> gr.Image:
     """A ``gr.Image`` whose uploads are checked by :func:`images.open_upload` before any handler sees them.
 
-    Handlers receive an RGB PIL image (EXIF orientation applied) or None. A refused upload (empty, not an image,
+    Handlers receive an RGB PIL image (EXIF orientation applied; RGBA with ``keep_alpha`` when the file has
+    transparency, as a mask needs) or None. A refused upload (empty, not an image,
     not PNG/JPEG/WebP, too large in bytes or pixels) raises ``gr.Error`` with one sentence, which the page shows;
     the app keeps serving. (The check replaces this instance's ``preprocess``: subclassing a gradio component
     would make gradio write a ``.pyi`` stub next to this file at import time.)
@@ -75,7 +76,7 @@ def checked_image(cfg: AppConfig, what: str, **kwargs) -> gr.Image:
     comp = gr.Image(type="pil", image_mode=None, sources=["upload", "clipboard"], **kwargs)
 
     def preprocess(payload):
-        return None if payload is None else _check_filedata(payload, what, cfg)
+        return None if payload is None else _check_filedata(payload, what, cfg, keep_alpha)
 
     comp.preprocess = preprocess
     return comp
@@ -281,7 +282,8 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
                                  elem_id="edit-strength")
             with gr.Accordion("mask (optional: only the masked region changes)", open=False):
                 drawn = mask_editor(cfg, label="draw the region to change", elem_id="edit-draw")
-                mask_file = checked_image(cfg, "mask", label="or upload a mask (white = change)", elem_id="edit-mask")
+                mask_file = checked_image(cfg, "mask", keep_alpha=True, elem_id="edit-mask",
+                                          label="or upload a mask (white or opaque = change)")
             with gr.Row():
                 all_faces = gr.Checkbox(False, label="edit every face (else the largest)")
                 whole = gr.Checkbox(_recommended(cfg).framing == "whole",

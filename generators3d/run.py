@@ -45,7 +45,7 @@ from .guidance3d import DomainSDS, Zero123SDS
 from .mask import foreground_mask, load_mask, reference_view
 from .nerf import Background, make_field
 from .render import render
-from .stage import Reference, SDSTerm, load_checkpoint, save_checkpoint, train_stage
+from .stage import Reference, SDSTerm, check_checkpoint, load_checkpoint, save_checkpoint, train_stage
 
 log = logging.getLogger("generators3d")
 
@@ -106,7 +106,7 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
         else:
             foreground_mask(image, cfg.mask_method)
     if cfg.export_only:
-        load_checkpoint(cfg.export_only, "cpu")  # a missing or foreign file: one sentence before any writing
+        check_checkpoint(cfg.export_only)  # a missing or foreign file: one sentence before any writing (header only)
     return prompt, domain
 
 
@@ -330,9 +330,11 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
         what = "--export-only would replace its meshes" if cfg.export_only else "it already holds results"
         raise ValueError(f"the output folder {str(out)!r} holds a run ({what}): pass --resume to continue that run, "
                          f"or choose another --output")
-    if cfg.resume and config_path.is_file():
+    if cfg.resume and config_path.is_file() and not cfg.export_only:  # export-only reuses no stage: nothing to match
         old = ThreeDConfig.load(config_path)
         keys = list(_RESUME_KEYS)
+        if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
+            keys += ["image_steps", "sd_model", "domain_model"]
         if (out / "checkpoints" / "stage2-zero123.safetensors").exists():
             keys += ["zero123", "zero123_model", "nerf", "camera"]
         if (out / "checkpoints" / "stage3-refine.safetensors").exists():

@@ -157,22 +157,34 @@ def save_checkpoint(field: NeRFField, path: Path, stage: str, extra: dict | None
     return path
 
 
-def load_checkpoint(path: str | Path, device="cpu") -> tuple[NeRFField, dict]:
-    """A field from :func:`save_checkpoint`'s file; one clear error if it is not one."""
+def check_checkpoint(path: str | Path) -> dict:
+    """The metadata of :func:`save_checkpoint`'s file, read from its header only (no tensors, no device): one clear
+    error if the file is missing or not a 3D checkpoint of this suite."""
+    return _read_checkpoint(Path(path), tensors=False)[0]
+
+
+def _read_checkpoint(path: Path, tensors: bool) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise ValueError(f"the checkpoint {str(path)!r} does not exist: give a .safetensors file from a run's "
                          f"checkpoints/ folder")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-        cfg = NeRFConfig(**json.loads(meta["nerf"]))
+            state = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
+        meta["nerf_config"] = NeRFConfig(**json.loads(meta["nerf"]))
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
         raise ValueError(f"{str(path)!r} is not a 3D checkpoint of this suite ({type(err).__name__}): give a "
                          f".safetensors file from a run's checkpoints/ folder") from None
+    return meta, state
+
+
+def load_checkpoint(path: str | Path, device="cpu") -> tuple[NeRFField, dict]:
+    """A field from :func:`save_checkpoint`'s file; one clear error if it is not one."""
+    path = Path(path)
+    meta, state = _read_checkpoint(path, tensors=True)
+    cfg = meta.pop("nerf_config")
     backend = meta.get("backend", "torch")
     if backend == "tcnn" and not (torch.device(device).type == "cuda"):
         raise ValueError(f"the checkpoint {str(path)!r} was written with tiny-cuda-nn: export it on a CUDA machine "

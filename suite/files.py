@@ -33,8 +33,8 @@ def temp_name(name: str, suffix: str = "") -> dict:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # not a process id we wrote: never treat as dead
+    if pid <= 0 or os.name == "nt":  # pid 0: a run's own shares (see folders=); on Windows os.kill would terminate
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -207,8 +207,9 @@ def remove_leftovers(paths=None, folders=()) -> list[Path]:
     ``paths``: output files; in their folders, the temporaries *of those names* whose writing process is gone (a
     live process's temporary is never touched: two runs may write different files into one folder).
     ``folders``: folders of a run that holds the output lock (:func:`output_lock`), looked at one level deep
-    (never walked): every temporary of ours in them is a leftover. Only names of :func:`temp_name`'s form are
-    removed; a user's hidden files, however they are named, are not touched."""
+    (never walked): a temporary of ours in them is a leftover unless a live process other than this one wrote it
+    (a writer that takes no lock, such as ``generate``, may be writing there). Only names of :func:`temp_name`'s
+    form are removed; a user's hidden files, however they are named, are not touched."""
     import shutil
 
     candidates = []
@@ -220,7 +221,11 @@ def remove_leftovers(paths=None, folders=()) -> list[Path]:
                     candidates.append(c)
     for folder in map(Path, folders):
         if folder.is_dir() and not folder.is_symlink():
-            candidates += [c for c in folder.iterdir() if _TEMP.match(c.name)]
+            for c in folder.iterdir():
+                m = _TEMP.match(c.name)
+                pid = int(m.group("pid")) if m else -1
+                if m and (pid in (0, os.getpid()) or not _process_alive(pid)):
+                    candidates.append(c)
     removed = []
     for c in candidates:
         if c.is_dir() and not c.is_symlink():
@@ -236,12 +241,14 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return bool(_TEMP.match(Path(path).name))
 
 
-def claim_run_folder(folder: str | os.PathLike, kind: str, recognise=None, flag: str = "--output") -> bool:
+def claim_run_folder(folder: str | os.PathLike, kind: str, recognise=None, flag: str = "--output",
+                     write: bool = True) -> bool:
     """Make sure ``folder`` (locked by this run) is empty or one of the suite's own ``kind`` runs, before anything
     is written into it, and mark it as ours (:data:`RUN_MARKER`). Returns whether it already held a run.
 
     A folder holding anything else (a user's files, another kind of run) is refused with one sentence.
-    ``recognise(folder) -> bool`` accepts a run written before the marker existed."""
+    ``recognise(folder) -> bool`` accepts a run written before the marker existed. ``write=False`` only checks
+    (the other processes of a multi-process run, which refuse with the same sentence instead of waiting)."""
     import json
 
     folder = Path(folder)
@@ -263,8 +270,9 @@ def claim_run_folder(folder: str | os.PathLike, kind: str, recognise=None, flag:
         names = ", ".join(repr(p.name) for p in sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise ValueError(f"the folder {str(folder)!r} already holds files that this suite did not write ({names}): "
                          f"choose a new or empty {flag}")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, json.dumps({"kind": kind, "written_by": "in-domain-suite"}))
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(marker, json.dumps({"kind": kind, "written_by": "in-domain-suite"}))
     return bool(entries)
 
 
@@ -319,9 +327,12 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[P
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield folder
     finally:
+        try:  # while still held: a run that wrote nothing leaves no marker either
+            if sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME) == [RUN_MARKER]:
+                (folder / RUN_MARKER).unlink(missing_ok=True)
+        except OSError:
+            pass
         path.unlink(missing_ok=True)  # removed while still held, so a waiting run retries on a fresh file
-        if [p.name for p in folder.iterdir()] == [RUN_MARKER]:  # a run that wrote nothing leaves no marker either
-            (folder / RUN_MARKER).unlink(missing_ok=True)
         os.close(fd)  # closing releases the lock
         if created and not any(folder.iterdir()):  # a run that wrote nothing leaves nothing
             with contextlib.suppress(OSError):

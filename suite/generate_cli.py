@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import cli
-from .checks import AUTO, int_at_least
+from .checks import int_at_least
 
 HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
 log = logging.getLogger("suite")
@@ -68,8 +68,7 @@ def main(args) -> int:
     pipe = cli.load_pipeline(args, need_controlnet=control_image is not None)
     from . import models
 
-    community_weight = None if args.community_weight == AUTO else args.community_weight  # None: automatic
-    controls = [Control(prompt=args.prompt, weight=community_weight, name=f"community{i}",
+    controls = [Control(prompt=args.prompt, weight=args.community_weight, name=f"community{i}",
                         unet=models.load_unet(ref, device=pipe.device, dtype=pipe.dtype))
                 for i, ref in enumerate(args.community_model)]
 

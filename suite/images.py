@@ -185,8 +185,9 @@ UPLOAD_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP"}
 
 
 # uploads
-def open_upload(source, what: str, max_megapixels: float, max_bytes: int | None = None):
-    """Open an uploaded image (a path or bytes) and return it as RGB with EXIF orientation applied.
+def open_upload(source, what: str, max_megapixels: float, max_bytes: int | None = None, keep_alpha: bool = False):
+    """Open an uploaded image (a path or bytes) and return it as RGB with EXIF orientation applied (``keep_alpha``:
+    as RGBA when it has transparency, which a mask's rule reads: :func:`read_mask`).
 
     Refused with one sentence each: an empty file, a file over ``max_bytes``, anything PIL cannot read (a text
     file renamed ``.png``), a format other than PNG/JPEG/WebP, more than ``max_megapixels`` (checked from the
@@ -227,6 +228,8 @@ def open_upload(source, what: str, max_megapixels: float, max_bytes: int | None 
             try:
                 im.load()
                 im = ImageOps.exif_transpose(im)
+                if keep_alpha and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
+                    return im.convert("RGBA")
                 return to_rgb(im)
             except (OSError, ValueError, SyntaxError):
                 raise UserError(f"the {what} {name!r} is damaged (its pixels could not be decoded): "

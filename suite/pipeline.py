@@ -31,7 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import models
-from .checks import AUTO, check_int, check_prompt, check_range, check_weight
+from .checks import AUTO, check_finite, check_int, check_prompt, check_range, check_weight
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain, domain_from_dict
@@ -56,7 +56,7 @@ class Control:
     * a community SD1.5 fine-tune: ``unet`` (its unconditional prediction still comes from SD1.5 when the
       pipeline rectifies, paper Sec. 4.5).
 
-    ``weight=None`` is automatic; a negative weight pushes away from this condition.
+    ``weight=None`` (or ``"auto"``) is automatic; a negative weight pushes away from this condition.
     """
 
     prompt: str = ""
@@ -395,7 +395,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}", image_embeds=ip_pos)
             if first_text is None and c.prompt and c.unet is None and cn is None:
                 first_text = den
-            terms.append(Term(den, c.weight, name=c.name or f"control{i}"))
+            weight = None if check_weight(c.weight, f"the weight of {c.name or 'a control'}") == AUTO else c.weight
+            terms.append(Term(den, weight, name=c.name or f"control{i}"))
 
         # 4. Automatic weights: balanced against SD's own guidance for the reference prompt (the text control
         #    if there is one, else the domain prompt); see AutoWeights.
@@ -435,8 +436,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         steps = check_int(num_inference_steps, "the number of steps", minimum=1)
         per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1)
         strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
-        for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight"), (w0, "w0")):
+        for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight")):
             check_weight(value, what)
+        check_finite(w0, "w0")
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, "

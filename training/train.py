@@ -87,8 +87,10 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
             # own temporaries (of a killed run) are removed, in the folders a run writes.
             claim_run_folder(output, "train", recognise=_is_training_run)
             train_dir = output / "training"
-            remove_leftovers(folders=[output, train_dir, train_dir / "checkpoints", train_dir / "latents"])
+            remove_leftovers(folders=[output, train_dir] + [train_dir / s for s in ("checkpoints", "latents", "samples")])
             stack.callback(_remove_if_empty, train_dir)
+        else:  # the same check, read-only: a refused folder stops every process, none waits for the main one
+            claim_run_folder(output, "train", recognise=_is_training_run, write=False)
         accelerator.wait_for_everyone()  # the other processes write nothing before the folder is claimed and clean
         return _train(config, accelerator, per_device, output, progress)
 

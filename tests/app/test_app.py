@@ -1,7 +1,6 @@
 """The gradio app through its HTTP API (gradio_client), on 127.0.0.1 with the tiny preset, plus its core helpers.
 
-One app is launched for the module. Tabs whose back end is not installed in this tree (editing, generators3d,
-training) are skipped with the reason; they run once those packages are merged.
+One app is launched for the module.
 """
 
 from __future__ import annotations
@@ -314,6 +313,20 @@ def test_3d_tab_writes_a_glb_that_trimesh_loads(app):
     assert any(str(f).endswith(".glb") for f in files)
 
 
+def test_3d_tab_starts_from_an_uploaded_image(app):
+    """An uploaded image replaces stage 1. It is kept beside the run folder: the 3D run refuses a folder holding
+    files it did not write, and an upload inside it made every such run fail (issue 26's review)."""
+    _backend("generators3d", "ThreeDConfig", "run_text_to_3d")
+    _, cfg, _, _ = app
+    photo = Image.new("RGB", (64, 64), "white")
+    photo.paste((40, 60, 200), (20, 16, 44, 48))
+    res = runs.run_3d(cfg, prompt="", domain="porcelain", image=photo)
+    assert np.array_equal(np.asarray(Image.open(res.image_path)), np.asarray(photo))  # stage 1 is the upload
+    upload = res.output_dir.with_name(f"{res.output_dir.name}-input.png")
+    assert upload.is_file() and Image.open(upload).size == (64, 64)
+    assert res.mesh_paths and all(Path(p).is_file() for p in res.mesh_paths.values())
+
+
 def test_domains_tab_trains_a_domain_with_live_loss(app, tmp_path):
     _backend("training.train", "TrainConfig", "train_domain")
     client, cfg, _, _ = app
@@ -401,3 +414,18 @@ def test_a_mask_of_another_aspect_ratio_is_refused_as_on_the_cli(tmp_path):
         ui._mask_from(None, Image.new("L", (40, 40), 255), photo)
     same = ui._mask_from(None, Image.new("L", (40, 20), 255), photo)  # a scaled copy is resized
     assert same.size == (80, 40)
+
+
+def test_an_uploaded_mask_with_transparency_is_read_as_on_the_cli(tmp_path):
+    """The one mask rule (suite.images.read_mask): a mask with transparency is read by its alpha, transparent =
+    keep. The upload used to be flattened on white first, so the app edited what the CLI keeps."""
+    from app import ui
+    from editing.images import load_mask
+
+    cut = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    cut.paste((30, 30, 30, 255), (10, 10, 30, 30))  # a dark, opaque square on transparency
+    cut.save(tmp_path / "cut.png")
+    upload = images.open_upload(tmp_path / "cut.png", "mask", 25, keep_alpha=True)
+    app_mask = np.asarray(ui._mask_from(None, upload, Image.new("RGB", (40, 40)))) > 127
+    cli_mask = load_mask(tmp_path / "cut.png", (40, 40)) > 0.5
+    assert app_mask.sum() == 400 and np.array_equal(app_mask, cli_mask)  # the square only, in both

@@ -111,6 +111,10 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
         err = capsys.readouterr().err
         assert f"was made with a different {name}" in err and "Traceback" not in err, err
     assert (out / "mesh" / "model.glb").read_bytes() == glb and (out / "config.json").read_bytes() == config
+    # ... and with --resume, as the sentence says, export-only replaces the meshes (no stage setting to match).
+    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(out), "--preset", "tiny", "--resume",
+                        "--formats", "glb", "--mesh-resolution", "24", "--preview-frames", "1"]) == 0
+    assert (out / "mesh" / "model.glb").read_bytes() != glb and (out / "config.json").read_bytes() == config
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -40,12 +40,15 @@ def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
     (run / "mesh").mkdir(parents=True)
     (run / "checkpoints" / ".in-domain-tmp-123-k3j2h1g0-step-000004.tmp").mkdir(parents=True)
     (run / "sub").mkdir()
-    for name in ("mesh/.in-domain-tmp-1-a1b2c3d4-model.glb.tmp", ".in-domain-tmp-9-a1b2c3d4-reference.png.tmp.png",
-                 "mesh/model.glb", "sub/.in-domain-tmp-9-a1b2c3d4-x.tmp", ".photos-20240101"):
+    live = os.getppid()  # a live writer that takes no lock (generate into the run's folder): its file stays
+    for name in (f"mesh/.in-domain-tmp-{dead}-a1b2c3d4-model.glb.tmp", f".in-domain-tmp-{dead}-a1b2c3d4-ref.png.tmp.png",
+                 "mesh/model.glb", f"sub/.in-domain-tmp-{dead}-a1b2c3d4-x.tmp", ".photos-20240101",
+                 f".in-domain-tmp-{live}-a1b2c3d4-out.png.tmp.png", f".in-domain-tmp-{os.getpid()}-a1b2c3d4-o.tmp"):
         (run / name).write_bytes(b"x")
     remove_leftovers(folders=[run, run / "mesh", run / "checkpoints"])  # one level deep each, never walked
-    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == [
-        ".photos-20240101", "mesh/model.glb", "sub/.in-domain-tmp-9-a1b2c3d4-x.tmp"]
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == sorted([
+        ".photos-20240101", "mesh/model.glb", f"sub/.in-domain-tmp-{dead}-a1b2c3d4-x.tmp",
+        f".in-domain-tmp-{live}-a1b2c3d4-out.png.tmp.png"])
     assert not (run / "checkpoints" / ".in-domain-tmp-123-k3j2h1g0-step-000004.tmp").exists()
 
 
