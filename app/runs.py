@@ -16,6 +16,7 @@ from pathlib import Path
 from editing import edit_photo
 from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
 from suite.checks import Progress, UserError, check_int
+from suite.control import canny
 from suite.domains import PRESETS
 from suite.images import save_image_atomic
 from suite.pipeline import quiet, report_steps
@@ -79,8 +80,6 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     if control is not None:
         control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
     if control is not None and req.canny:
-        from suite.control import canny
-
         control = canny(control)
     report = progress or (lambda *a: None)
 

@@ -1,4 +1,5 @@
 """``launch.py edit``: SDEdit a photo with in-domain multi-guidance (face photos: detect, align, edit, paste back).
+Imports inside :func:`main` are lazy on purpose: ``launch.py --help`` imports this module and loads no torch.
 
 Example::
 

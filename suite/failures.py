@@ -27,7 +27,7 @@ def explain(err: BaseException) -> str | None:
         return str(err).strip()
     if isinstance(err, FloatingPointError) and str(err).strip():  # a training run that diverged: the sentence says how
         return str(err).strip()
-    try:
+    try:  # lazy: the CLI's --help path imports this module, and suite.models loads torch
         from .models import ModelLoadError
 
         if isinstance(err, ModelLoadError):

@@ -1,4 +1,6 @@
-"""``launch.py generate``: in-domain images (unconditional, text, ControlNet, several controls)."""
+"""``launch.py generate``: in-domain images (unconditional, text, ControlNet, several controls).
+
+Imports inside :func:`main` are lazy on purpose: ``launch.py --help`` imports this module and loads no torch."""
 
 from __future__ import annotations
 

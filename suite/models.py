@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .nulltext import METADATA_FILE, DomainModel
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -156,8 +158,6 @@ def _check_class(config: Path, expected: tuple[str, ...], what: str, flag: str) 
 
 def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "--domain-model"):
     """A null-text domain model (:class:`suite.nulltext.DomainModel`) from its folder or a hub id."""
-    from .nulltext import METADATA_FILE, DomainModel
-
     ref, local = resolve(ref, "domain model", flag)
     if local and not (Path(ref) / METADATA_FILE).is_file():
         raise ModelLoadError(

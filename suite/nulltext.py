@@ -39,6 +39,7 @@ from diffusers import ModelMixin, UNet2DConditionModel  # noqa: F401
 from torch import nn
 
 from .files import atomic_path, write_text_atomic
+from .text import encode_prompts
 
 METADATA_FILE = "nulltext.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -341,8 +342,6 @@ def make_domain_model(unet: nn.Module, text_encoder, tokenizer, prompt: str, dom
     """Capture ``E`` from ``prompt`` (or from given, e.g. optimised, ``text_features`` ``F_T``) and convert
     ``unet`` in place. ``latents`` / ``scheduler``: see :func:`capture_E`."""
     if text_features is None:
-        from .text import encode_prompts
-
         p = next(unet.parameters())
         text_features = encode_prompts(tokenizer, text_encoder, [prompt], device=p.device)
     E = capture_E(unet, text_features, latents=latents, scheduler=scheduler, seed=seed)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from suite.miniworld import world as W
+from suite.progress import LogProgress
 from suite.testing import write_word_tokenizer
 
 log = logging.getLogger("training.miniworld")
@@ -79,8 +80,6 @@ def progress_lines(unit: str = "step"):
     """The build's :class:`suite.progress.LogProgress` (prefix ``mini world``; on a terminal too: the build always
     wrote its progress as lines), one per counted ``unit``."""
     if unit not in _LINES:
-        from suite.progress import LogProgress
-
         _LINES[unit] = LogProgress("mini world", unit=unit, enabled=True, logger=log, clock=time.time)
     return _LINES[unit]
 

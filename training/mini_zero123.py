@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+from suite.miniworld import world as W
 from suite.miniworld.views import reference_framing, render_framed
 from suite.miniworld.world import CAMERA_DISTANCE
 from suite.zero123 import CLIP_MEAN, CLIP_STD, relative_pose
@@ -49,8 +50,6 @@ TARGET_ELEVATION = (-10.0, 60.0)
 def _pair_chunk(args):
     seed, n, targets = args
     torch.set_num_threads(1)
-    from suite.miniworld import world as W
-
     rng = np.random.default_rng(seed)
     images, poses = [], []
     for _ in range(n):

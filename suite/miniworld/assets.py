@@ -21,6 +21,8 @@ from ..files import atomic_path, write_text_atomic
 from ..models import ModelLoadError
 from ..pipeline import InDomainPipeline
 from ..zero123 import load_zero123
+from . import world as W
+from .judge import load_judge as _load_judge
 from .views import heldout_cases, measure_novel_views
 
 JUDGE_FILE = "judge.safetensors"
@@ -104,11 +106,9 @@ def model_refs(domain: str) -> dict:
 
 def load_judge():
     """The shipped judge (checked first)."""
-    from .judge import load_judge as load
-
     root = default_dir()
     check(root)
-    return load(root / JUDGE_FILE)
+    return _load_judge(root / JUDGE_FILE)
 
 
 def to_float16(folder: Path) -> None:
@@ -147,11 +147,8 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
       prompts (``"a photo of a cup"``...): does the shape follow the text while the look follows the domain?
       ``ours_auto_*``: the same with the paper's automatic weights.
     """
-    from . import world as W
-    from .judge import load_judge as load
-
     root = Path(folder) if folder is not None else default_dir()
-    judge = load(root / JUDGE_FILE)
+    judge = _load_judge(root / JUDGE_FILE)
     pipe = InDomainPipeline.load(str(root / "sd"), domain_model=str(root / "domain-porcelain"))
     pipe.set_progress_bar_config(disable=True)
     kw = dict(num_images_per_prompt=images_per_prompt, num_inference_steps=steps)

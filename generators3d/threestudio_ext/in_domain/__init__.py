@@ -52,7 +52,9 @@ from threestudio.utils.base import BaseObject
 from generators3d.guidance3d import DomainSDS, rebind_control_text
 from generators3d.sds import TimestepRange, schedule_value, sds, sds_weight
 from suite.domains import SD15_HUB_ID
-from suite.presets import ZERO123_HUB_ID, get_preset, zero123_ref
+from suite.images import load_image
+from suite.presets import ZERO123_HUB_ID, build_pipeline, get_preset, zero123_ref
+from suite.zero123 import Zero123Guidance, load_zero123
 
 RETURN_KEYS = ("grad_norm", "min_step", "max_step")
 LOSS_NAMES = ("loss_sds", "loss_sd")
@@ -163,8 +165,6 @@ class InDomainGuidance(_Annealed, BaseObject):
     cfg: Config
 
     def configure(self) -> None:
-        from suite.presets import build_pipeline
-
         if self.cfg.use_img_loss:
             raise ValueError("in-domain-guidance does not implement use_img_loss: set system.guidance.use_img_loss=false")
         if self.cfg.token_merging:
@@ -320,9 +320,6 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
     cfg: Config
 
     def configure(self) -> None:
-        from suite.images import load_image
-        from suite.zero123 import Zero123Guidance, load_zero123
-
         _check_common(self.cfg, "in-domain-zero123-guidance")
         self.weighting = _weighting(self.cfg, "in-domain-zero123-guidance")
         if not self.cfg.cond_image_path:
