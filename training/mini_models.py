@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from suite.miniworld import world as W
+from suite.miniworld.judge import Judge
 from suite.progress import LogProgress
 from suite.testing import write_word_tokenizer
 
@@ -239,3 +241,52 @@ def run_chunks(fn, jobs: list, workers: int = 2, name: str | None = None) -> lis
             parts.append(part)
             done(parts)
     return parts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the judge (suite.miniworld.judge): trained on augmented renders only, never on generated images
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Renders made to look like imperfect samples: shifts, blur, noise, contrast and brightness changes."""
+    b = x.shape[0]
+    shift = torch.randint(-4, 5, (2,), generator=gen).tolist()
+    x = torch.roll(x, shifts=shift, dims=(2, 3))
+    if torch.rand(1, generator=gen).item() < 0.5:
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None]) / 16
+        x = nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"),
+                                 k.expand(3, 1, 3, 3), groups=3)
+    gain = 1 + 0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+    bias = 0.1 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+    sigma = 0.12 * torch.rand(b, 1, 1, 1, generator=gen)
+    x = x * gain + bias + sigma * torch.randn(x.shape, generator=gen)
+    return x.clamp(0, 1)
+
+
+def train_judge(images: np.ndarray, labels: np.ndarray, steps: int, batch: int = 64, lr: float = 2e-3,
+                seed: int = 0, log=print) -> Judge:
+    """Train on renders ``images [N, 64, 64, 3] uint8`` with ``labels [N, 4]`` (shape, colour, pattern, porcelain).
+    The colour and pattern heads learn only from open-world objects (porcelain has its own glaze)."""
+    torch.manual_seed(seed)
+    net = Judge()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    y_all = torch.from_numpy(labels)
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(0, len(x_all), (batch,), generator=gen)
+        x, y = augment(x_all[idx], gen), y_all[idx]
+        out = net(x)
+        open_ = y[:, 3] == 0
+        loss = nn.functional.cross_entropy(out["shape"], y[:, 0]) + nn.functional.cross_entropy(out["porcelain"], y[:, 3])
+        if open_.any():
+            loss = loss + nn.functional.cross_entropy(out["colour"][open_], y[open_, 1]) \
+                + nn.functional.cross_entropy(out["pattern"][open_], y[open_, 2])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps:
+            log(f"judge step {step}/{steps}  loss {loss.item():.4f}  {step / (time.time() - t0):.2f} steps/s")
+    return net.eval().requires_grad_(False)

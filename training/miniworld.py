@@ -7,7 +7,8 @@ Steps, each timed and printed (and cached in ``--work``, so an interrupted build
 2. Train the VAE (diffusers ``AutoencoderKL``, 64x64x3 <-> 16x16x4) on open-world and domain renders.
 3. Train the base text-to-image model from scratch (``UNet2DConditionModel`` + ``CLIPTextModel`` jointly, word-level
    ``CLIPTokenizer``, v-prediction), with caption dropout for classifier-free guidance.
-4. Train the judge (:mod:`suite.miniworld.judge`) on augmented renders only.
+4. Train the judge (:mod:`suite.miniworld.judge`, trained by :func:`training.mini_models.train_judge`) on augmented
+   renders only.
 5. Train the porcelain domain model with the suite's own trainer (:func:`training.train.train_domain`:
    ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
 6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE.
@@ -51,6 +52,7 @@ from .mini_models import (
     save_sd_folder,
     to_tensor,
     train_base,
+    train_judge,
     train_vae,
 )
 from .train import train_domain
@@ -184,7 +186,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     cached = (stage / "judge.safetensors").exists()
     if not cached:
         stage.mkdir(parents=True, exist_ok=True)
-        net = judge.train_judge(data["judge_images"], data["judge_labels"], judge_steps, seed=seed)
+        net = train_judge(data["judge_images"], data["judge_labels"], judge_steps, seed=seed)
         judge.save_judge(net, stage / "judge.safetensors")
     step("judge", cached)
     # 6. Zero-1-to-3 (its view pairs cached with the other data)
