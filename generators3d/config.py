@@ -226,6 +226,7 @@ class ThreeDConfig:
     resume: bool = False
     export_only: str | None = None
     seed: int = 0
+    threads: int | None = None  # torch CPU threads the run used (recorded; a --resume uses the same: bit-identical)
     device: str | None = None
     dtype: str | None = None
     preview_frames: int | None = None

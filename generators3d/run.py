@@ -332,6 +332,10 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
                          f"or choose another --output")
     if cfg.resume and config_path.is_file() and not cfg.export_only:  # export-only reuses no stage: nothing to match
         old = ThreeDConfig.load(config_path)
+        if old.threads and old.threads != torch.get_num_threads():
+            # CPU results depend on the thread count in their last bits: the run continues as it started
+            log.info("--resume: %d torch threads, as the run started with (results stay bit-identical)", old.threads)
+            torch.set_num_threads(old.threads)
         keys = list(_RESUME_KEYS)
         if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
             keys += ["image_steps", "sd_model", "domain_model"]
@@ -362,7 +366,7 @@ def _create_output(out: Path, cfg: ThreeDConfig) -> ThreeDResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     if not cfg.export_only:
-        saved = replace(cfg, resume=False)
+        saved = replace(cfg, resume=False, threads=cfg.threads or torch.get_num_threads())
         write_text_atomic(config_path, json.dumps(saved.to_dict(), indent=2))
     return ThreeDResult(output_dir=out, image_path=None, mask_path=None, config_path=config_path)
 

@@ -193,6 +193,10 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     else:
         unet = DomainModel.from_pretrained(resume_from).unet.to(device)
         state = json.loads((resume_from / TRAINER_STATE).read_text())
+        if state.get("threads") and state["threads"] != torch.get_num_threads():
+            # CPU results depend on the thread count in their last bits: the run continues as it started
+            log.info("--resume: %d torch threads, as the run started with (weights stay bit-identical)", state["threads"])
+            torch.set_num_threads(state["threads"])
         changed = [k for k in RESUME_KEYS if k in state["config"] and state["config"][k] != getattr(config, k)]
         if changed:
             raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
@@ -247,8 +251,11 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     step = start_step
     last_loss = float("nan")
 
+    threads = torch.get_num_threads()  # recorded in each checkpoint: a resume continues with the same count
+
     def state_dict_for(step):
         return dict(step=step, num_images=len(dataset), images_seen=step * B, loss=last_loss,
+                    threads=threads,
                     config={k: getattr(config, k) for k in RESUME_KEYS},
                     scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)
 
