@@ -36,6 +36,7 @@ from suite.images import load_image, save_image_atomic
 from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, resolve_device, resolve_domain, warn_prompt, zero123_ref
 from suite.progress import LogProgress
+from suite.threads import continue_threads
 from suite.zero123 import Zero123Guidance, load_zero123
 
 from . import mesh as meshlib
@@ -324,7 +325,7 @@ def _stage1_done(out: Path) -> bool:
 
 def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
     """Refuse, before anything is written, a folder holding another run (unless resuming that same run with the
-    settings its finished stages were made with)."""
+    settings its finished stages were made with); a resume continues with the thread count the run recorded."""
     config_path = out / "config.json"
     if busy and not cfg.resume:
         what = "--export-only would replace its meshes" if cfg.export_only else "it already holds results"
@@ -332,10 +333,6 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
                          f"or choose another --output")
     if cfg.resume and config_path.is_file() and not cfg.export_only:  # export-only reuses no stage: nothing to match
         old = ThreeDConfig.load(config_path)
-        if old.threads and old.threads != torch.get_num_threads():
-            # CPU results depend on the thread count in their last bits: the run continues as it started
-            log.info("--resume: %d torch threads, as the run started with (results stay bit-identical)", old.threads)
-            torch.set_num_threads(old.threads)
         keys = list(_RESUME_KEYS)
         if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
             keys += ["image_steps", "sd_model", "domain_model"]
@@ -343,11 +340,11 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
             keys += ["zero123", "zero123_model", "nerf", "camera"]
         if (out / "checkpoints" / "stage3-refine.safetensors").exists():
             keys += ["refine", "sd_model", "domain_model"]
-        diff = [k for k in keys if _flat(getattr(old, k), k) != _flat(getattr(cfg, k), k)]
-        changed = sorted({name for k in diff for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
+        changed = sorted({name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
         if changed:
             raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(changed)} (its "
                              f"finished stages would not match): use the same settings, or choose another --output")
+        continue_threads(old.threads, "the 3D run")
 
 
 def _flat(value, name: str) -> dict:

@@ -77,12 +77,19 @@ def load_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
                          f"or JPEG") from None
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode (RGBA on white, grayscale, CMYK, 16-bit) as 8-bit RGB."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit integer grayscale image as 8-bit ``L`` (scaled when its values exceed 255); others as
+    they are."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if arr.max() > 255 else 255.0
         im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode (RGBA on white, grayscale, CMYK, 16-bit) as 8-bit RGB."""
+    im = to_8bit(im)
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -120,11 +127,7 @@ def read_mask(source, size: tuple[int, int], what: str = "mask", binary: bool = 
     aspect ratio is refused in one sentence, never stretched. ``binary``: 0 or 1 (at 0.5, nearest-neighbour
     resize), and an empty mask is refused."""
     im = open_image(source, what, max_pixels) if not isinstance(source, Image.Image) else source
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im).astype(np.float32)
-        im = Image.fromarray(np.clip(np.rint(arr / (257.0 if arr.max() > 255 else 1.0)), 0, 255).astype(np.uint8))
-    rgba = im.convert("RGBA")
+    rgba = to_8bit(ImageOps.exif_transpose(im)).convert("RGBA")
     alpha = rgba.getchannel("A")
     gray = alpha if alpha.getextrema()[0] < 255 else rgba.convert("L")
     if gray.size != tuple(size):

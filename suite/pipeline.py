@@ -448,9 +448,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                              "noise comes from the generator: drop one of them")
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
             width, height = image[0].size
-        native = self.unet.config.sample_size * self.vae_scale_factor
-        height = native if height is None else check_int(height, "the height", 1)
-        width = native if width is None else check_int(width, "the width", 1)
+        height = self._native_size if height is None else check_int(height, "the height", 1)
+        width = self._native_size if width is None else check_int(width, "the width", 1)
         m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
         if height % m or width % m:
             raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
@@ -471,12 +470,19 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         """The starting noise of ``num_images`` text-to-image samples (diffusers' name), as ``__call__`` draws it:
         image ``i`` of a call with ``seed`` starts from row ``i`` of this tensor, so a batch can be completed later
         (``generate --resume``) by passing the missing rows as ``latents``."""
-        native = self.unet.config.sample_size * self.vae_scale_factor
-        height, width = height or native, width or native
-        shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
         generator = generator if generator is not None else seeded_generator(seed)
-        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        return randn_tensor(self._latent_shape(num_images, height, width), generator=generator,
+                            device=self._execution_device, dtype=self.unet.dtype)
+
+    @property
+    def _native_size(self) -> int:
+        """The image side the UNet was trained at (its default height and width)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def _latent_shape(self, num_images: int, height: int | None, width: int | None) -> tuple[int, int, int, int]:
+        height, width = height or self._native_size, width or self._native_size
+        return (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
+                width // self.vae_scale_factor)
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -545,8 +551,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         sampler = self._epsilon_sampler()
         sampler.set_timesteps(steps, device=device)
         timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
-        latent_shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor,
-                        width // self.vae_scale_factor)
+        latent_shape = self._latent_shape(num_images, height, width)
 
         # 4. Initial latents: noise (or the given latents), or the start image's latent noised to the first
         #    timestep (SDEdit).

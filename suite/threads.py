@@ -15,7 +15,7 @@ import math
 import os
 
 __all__ = ["default_threads", "usable_cores", "other_load", "machine", "choose_threads", "apply_threads",
-           "THREAD_ENV_VARS"]
+           "continue_threads", "THREAD_ENV_VARS"]
 
 log = logging.getLogger("suite")
 
@@ -67,9 +67,10 @@ def usable_cores() -> tuple[int, int]:
     return max(1, cores), max(host, cores)
 
 
-def other_load(samples: int = 11, spacing: float = 0.02) -> float:
+def other_load(samples: int = 7, spacing: float = 0.01) -> float:
     """How many threads of other processes keep cores busy now: the threads runnable at this moment less our own
-    (``/proc/loadavg``'s fourth field), the median of ``samples`` looks ``spacing`` seconds apart (about 0.2 s).
+    (``/proc/loadavg``'s fourth field), the median of ``samples`` looks ``spacing`` seconds apart (60 ms: every
+    command pays it at start).
     Where that is not available, the 1-minute load average. 0 where neither is.
 
     The moment, not the 1-minute average: the average lags by a minute both ways. It still counted work that had
@@ -124,3 +125,15 @@ def apply_threads(n: int | None = None) -> int | None:
     torch.set_num_threads(threads)
     log.debug("torch threads: %d (%s)", threads, why)
     return threads
+
+
+def continue_threads(recorded: int | None, what: str = "the run") -> None:
+    """A resume continues with the thread count its run recorded: CPU results differ between thread counts in their
+    last bits, and a resumed run is promised to equal an uninterrupted one bit for bit."""
+    if not recorded:
+        return
+    import torch
+
+    if recorded != torch.get_num_threads():
+        log.info("--resume: %d torch threads, as %s started with (results stay bit-identical)", recorded, what)
+        torch.set_num_threads(int(recorded))

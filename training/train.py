@@ -45,6 +45,7 @@ from suite.files import check_writable_dir, claim_run_folder, output_lock, remov
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
 from suite.progress import LogProgress
 from suite.text import encode_prompts
+from suite.threads import continue_threads
 
 from .checkpoints import (
     EMA,
@@ -193,10 +194,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     else:
         unet = DomainModel.from_pretrained(resume_from).unet.to(device)
         state = json.loads((resume_from / TRAINER_STATE).read_text())
-        if state.get("threads") and state["threads"] != torch.get_num_threads():
-            # CPU results depend on the thread count in their last bits: the run continues as it started
-            log.info("--resume: %d torch threads, as the run started with (weights stay bit-identical)", state["threads"])
-            torch.set_num_threads(state["threads"])
+        continue_threads(state.get("threads"), "the training run")
         changed = [k for k in RESUME_KEYS if k in state["config"] and state["config"][k] != getattr(config, k)]
         if changed:
             raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "

@@ -177,8 +177,13 @@ def test_two_process_accelerate_run_matches_one_process(data_dir, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     # accelerate's own --cpu flag starts ONE process unless MPI is set up; its torchrun launcher (--multi_gpu) with
     # our --cpu starts two CPU processes that talk over gloo.
+    import socket
+
+    with socket.socket() as s:  # a free port: a fixed one may still be held by an earlier run's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
            str(ROOT / "launch.py"), "train", *common, "--output", str(two)]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
