@@ -20,6 +20,7 @@ from suite.control import canny
 from suite.domains import PRESETS
 from suite.images import save_image_atomic
 from suite.pipeline import quiet, report_steps
+from suite.rules import parse_rule
 from training.config import TrainConfig
 from training.train import train_domain
 
@@ -43,6 +44,7 @@ class GenerateRequest:
     negative_prompt: str = ""
     domain_weight: float | str | None = None  # None: the domain's recommended weight; "auto": automatic (Sec. 3.4)
     control_weight: float | str | None = None
+    guidance_rule: str | None = None  # None: the domain's recommended rule (with recommended weights); suite.rules
     control_image: object = None  # PIL image or None
     canny: bool = True
     seed: int = 0
@@ -76,6 +78,7 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     steps = check_int(req.steps, "the number of steps", 1, cfg.max_steps)
     num = check_int(req.num_images, "the number of images", 1, cfg.max_images)
     seed = check_int(req.seed, "the seed", 0, 2**32 - 1)
+    parse_rule(req.guidance_rule)  # a bad rule is refused before any model loads
     control = req.control_image
     if control is not None:
         control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
@@ -91,6 +94,7 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
         # 3. Sample with the same call as `launch.py generate`.
         out = pipe(req.prompt or None, negative_prompt=req.negative_prompt or None,
                    domain_weight=req.domain_weight, control_weight=req.control_weight, control_image=control,
+                   guidance_rule=req.guidance_rule,
                    num_images_per_prompt=num, num_inference_steps=steps, seed=seed,
                    callback_on_step_end=report_steps(lambda i, n: report("sampling", i, n, {})))
 
@@ -99,10 +103,13 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
 
     weights = {k: v for k, v in out.weights.items()}
     wtxt = ", ".join(f"{k}={fmt_weight(v)}" for k, v in weights.items()) or "no guidance terms"
+    if out.guidance_rule not in (None, "paper"):
+        wtxt += f" · rule {out.guidance_rule}"
     chosen = pipe.guidance_weights(req.domain_weight, req.control_weight)  # None: automatic
     auto = [n for n, v in zip(("w_d", "w_c"), chosen) if v is None]
     settings = dict(domain=req.domain, prompt=req.prompt, negative_prompt=req.negative_prompt,
                     domain_weight=req.domain_weight, control_weight=req.control_weight,
+                    guidance_rule=out.guidance_rule,
                     control_image=control is not None, canny=req.canny, steps=steps, num_images=num, seed=seed,
                     preset=cfg.preset, weights_used=weights, automatic=auto)
     paths, captions = [], []
@@ -150,7 +157,7 @@ def make_config(cls, values: dict, fields_of=None):
 
 def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength: float, domain_weight, control_weight,
              mask, all_faces: bool, whole_image: bool, num_images: int, seed: int, steps: int,
-             progress: Progress | None = None) -> dict:
+             progress: Progress | None = None, guidance_rule: str | None = None) -> dict:
     """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes."""
     from PIL import ImageDraw
 
@@ -161,6 +168,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     seed = check_int(seed, "the seed", 0, 2**32 - 1)
     if photo is None:
         raise UserError("no photo: upload a photo to edit first")
+    parse_rule(guidance_rule)  # a bad rule is refused before any model loads
     report = progress or (lambda *a: None)
     # 2. Models, then the edit (one job per model at a time).
     report("loading models", 0, 1, {})
@@ -169,7 +177,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
         out = edit_photo(pipe, photo, prompt=prompt, strength=float(strength), domain_weight=domain_weight,
                                  control_weight=control_weight, mask=mask, all_faces=bool(all_faces),
                                  whole_image=bool(whole_image), num_images=num, seed=seed, steps=steps,
-                                 progress=report)
+                                 progress=report, guidance_rule=guidance_rule)
     # 3. Save: the photo with its detected face boxes, and every edited photo.
     folder = new_run_dir(cfg, "edit")
     boxes = [tuple(int(round(v)) for v in b) for b in out.face_boxes]
@@ -181,7 +189,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     marked_path = save_image_atomic(marked, folder / "faces.png")
     paths = [save_image_atomic(im, folder / f"edited-{i}.png") for i, im in enumerate(out.images)]
     write_json_atomic(dict(domain=domain, prompt=prompt, strength=strength, domain_weight=domain_weight,
-                           control_weight=control_weight, mask=mask is not None, all_faces=all_faces,
+                           control_weight=control_weight, guidance_rule=guidance_rule, mask=mask is not None, all_faces=all_faces,
                            whole_image=whole_image, num_images=num, seed=seed, steps=steps, face_boxes=boxes,
                            timings=out.timings), folder / "settings.json")
     return dict(faces=marked_path, paths=paths, boxes=boxes, size=photo.size)

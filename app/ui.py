@@ -25,6 +25,7 @@ from suite.control import canny
 from suite.domains import get_domain
 from suite.failures import explain
 from suite.presets import get_preset
+from suite.rules import format_rule, parse_rule
 from training.config import TrainConfig
 
 from . import core, runs
@@ -188,6 +189,26 @@ def _weights_row(label: str, name: str, prefix: str, recommended: float | None =
     return auto, value
 
 
+def _rule_box(recommended, prefix: str):
+    """The guidance rule (suite.rules), starting at the domain's recommended one; left as it is (or emptied), the
+    pipeline applies the recommendation as for the CLI (only to requests it fits: with a prompt, on the mini
+    porcelain); 'paper' for the paper's Eq. 3 alone."""
+    return gr.Textbox(format_rule(parse_rule(recommended.rule)) if recommended.rule else "paper",
+                      label="guidance rule", elem_id=f"{prefix}-rule",
+                      info="e.g. 'domain=0-0.7, control=0.5-1' (a term only at those noise levels, 0 clean .. 1 "
+                           "noise), 'project=domain:control', 'clamp=0.5'; 'paper' for none")
+
+
+def _rule(text, cfg: AppConfig):
+    """The form's rule for the pipeline: ``None`` (the domain's recommendation, as the CLI) when the box is empty or
+    still shows the recommended rule; else the text, checked by the pipeline."""
+    text = (text or "").strip()
+    rec = _recommended(cfg).rule
+    if not text or (rec and text == format_rule(parse_rule(rec))):
+        return None
+    return text
+
+
 def _recommended(cfg: AppConfig):
     """The preset's default domain as the preset ships it: the forms start from its recommended weights (the mini
     world's porcelain has them; a domain without them starts on "automatic") and its framing."""
@@ -216,6 +237,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
             rec = _recommended(cfg)
             auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd", rec.domain_weight)
             auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc", rec.control_weight)
+            rule = _rule_box(rec, "gen")
             with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet"):
                 with gr.Row():
                     control = checked_image(cfg, "control image", label="control image", elem_id="gen-control")
@@ -244,13 +266,13 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
         return canny(runs.center_crop_square(image))
 
     @friendly
-    def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, control=None, use_canny=True, seed=0, steps=25,
-                 num=1, history=None, request: gr.Request = None, progress=gr.Progress()):
+    def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, rule="paper", control=None, use_canny=True,
+                 seed=0, steps=25, num=1, history=None, request: gr.Request = None, progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request))
         req = runs.GenerateRequest(domain=domain, prompt=prompt or "", negative_prompt=negative or "",
                                    domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
-                                   control_image=control, canny=bool(use_canny), seed=seed, steps=steps,
-                                   num_images=num)
+                                   guidance_rule=_rule(rule, cfg), control_image=control, canny=bool(use_canny),
+                                   seed=seed, steps=steps, num_images=num)
         res = runs.run_generate(cache, req, core.checked_progress(gradio_progress(progress), cancel_flag))
         items = [(str(p), c) for p, c in zip(res.paths, res.captions)] + list(history or [])
         items = items[:24]
@@ -263,8 +285,8 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
     # Queued (not queue=False) so that a refused upload's gr.Error shows its sentence in the page.
     control.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
     use_canny.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
-    ev = run.click(generate, [domain, prompt, negative, auto_wd, wd, auto_wc, wc, control, use_canny, seed, steps,
-                              num, history], [gallery, used, history], api_name="generate",
+    ev = run.click(generate, [domain, prompt, negative, auto_wd, wd, auto_wc, wc, rule, control, use_canny, seed,
+                              steps, num, history], [gallery, used, history], api_name="generate",
                    concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
     cancel_btn.click(cancel, None, None, cancels=[ev], queue=False, api_visibility="private")
     return domain
@@ -291,6 +313,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
             rec = _recommended(cfg)
             auto_wd, wd = _weights_row("domain weight w_d", "w_d", "edit-wd", rec.domain_weight)
             auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc", rec.control_weight)
+            rule = _rule_box(rec, "edit")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
                 steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps")
@@ -314,12 +337,13 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
 
     @friendly
     def edit(photo, domain, prompt, strength, drawn=None, mask_file=None, all_faces=False, whole=False, auto_wd=True,
-             wd=2.5, auto_wc=True, wc=2.5, seed=0, steps=25, num=1, request: gr.Request = None,
+             wd=2.5, auto_wc=True, wc=2.5, rule="paper", seed=0, steps=25, num=1, request: gr.Request = None,
              progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request))
         mask = _mask_from(drawn, mask_file, photo)
         res = runs.run_edit(cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
-                            domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc), mask=mask,
+                            domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
+                            guidance_rule=_rule(rule, cfg), mask=mask,
                             all_faces=all_faces, whole_image=whole, num_images=num, seed=seed, steps=steps,
                             progress=core.checked_progress(gradio_progress(progress), cancel_flag))
         boxes = ", ".join(str(b) for b in res["boxes"]) or "none (whole image or mask)"
@@ -328,7 +352,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
 
     photo.change(friendly(to_editor), photo, drawn, api_visibility="private", **LIGHT)
     ev = run.click(edit, [photo, domain, prompt, strength, drawn, mask_file, all_faces, whole, auto_wd, wd, auto_wc,
-                          wc, seed, steps, num], [faces, edited, files, status], api_name="edit",
+                          wc, rule, seed, steps, num], [faces, edited, files, status], api_name="edit",
                    concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
     cancel_btn.click(cancel, None, None, cancels=[ev], queue=False, api_visibility="private")
     return domain

@@ -88,7 +88,8 @@ def main(args) -> int:
                             control_weight=args.control_weight, mask=mask_image, all_faces=args.all_faces,
                             framing=args.framing, whole_image=args.whole_image, num_images=args.num_images,
                             seed=args.seed, steps=args.steps, progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
-                            auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels)
+                            auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels,
+                            guidance_rule=args.guidance_rule)
     finally:
         bar.close()
 

@@ -69,13 +69,15 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
                whole_image: bool = False, num_images: int = 1, seed: int = 0, steps: int | None = None,
                progress: Progress | None = None, negative_prompt: str = "", w0: float = 7.0,
                auto_norm: str = "direction", detector: FaceDetector | None = None, feather: float = 0.08,
-               framing: str | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> EditResult:
+               framing: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               guidance_rule=None) -> EditResult:
     """Edit a photo with SDEdit through ``pipe`` (an :class:`suite.pipeline.InDomainPipeline`).
 
     ``prompt``: control text (``""`` = domain guidance only). ``strength``: 0 keeps the photo (up to the VAE's
     round trip), 1 starts from pure noise. ``domain_weight`` / ``control_weight``: ``w_d`` / ``w_c``: a number,
-    ``"auto"`` (Sec. 3.4), or not given (``None``): the domain's recommended weights, as the pipeline decides. ``mask``: only its white part may change. ``all_faces``: edit every face, else the
+    ``"auto"`` (Sec. 3.4), or not given (``None``): the domain's recommended weights, as the pipeline decides.
+    ``guidance_rule``: a guidance rule or its string (:mod:`suite.rules`; not given: the domain's recommended
+    one, as the pipeline decides). ``mask``: only its white part may change. ``all_faces``: edit every face, else the
     largest. ``whole_image``: edit the whole photo (scaled to the model's resolution) instead of the face.
     ``num_images``: variations; face ``k`` of variation ``i`` uses ``seed + k`` (its own generator per face).
     ``framing``: how the domain's photos are framed (``"face"``: FFHQ's alignment; ``"animal"``: a cat's face;
@@ -151,7 +153,8 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
             out = pipe(prompt or None, negative_prompt=negative_prompt or None, image=Image.fromarray(crop),
                        strength=strength, domain_weight=domain_weight, control_weight=control_weight,
                        num_images_per_prompt=num_images, num_inference_steps=steps, seed=seed + k, w0=w0,
-                       auto_norm=auto_norm, output_type="np", callback_on_step_end=report_steps(on_step))
+                       auto_norm=auto_norm, guidance_rule=guidance_rule, output_type="np",
+                       callback_on_step_end=report_steps(on_step))
         timings["encode"] += vae_time.encode
         timings["decode"] += vae_time.decode
         timings["denoise"] += time.perf_counter() - t - vae_time.encode - vae_time.decode

@@ -14,6 +14,7 @@ log = logging.getLogger("generators3d")
 def add_arguments(p) -> None:
     from suite.checks import MAX_STEPS, finite_float, int_at_least, seed_arg
     from suite.cli import weight_arg
+    from suite.rules import rule_arg
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -44,6 +45,9 @@ def add_arguments(p) -> None:
                    help="w_d in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
     g.add_argument("--control-weight", type=weight_arg, default=None,
                    help="w_c in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
+    g.add_argument("--guidance-rule", type=rule_arg, default=None, metavar="RULE",
+                   help="the guidance rule in stage 3 (suite.rules), e.g. 'domain=0-0.7, control=0.5-1', or 'paper' "
+                        "(default: the domain preset's, when the weights are not given either)")
     g.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--allow-large", action="store_true",
                    help=f"lift the limits on the step counts ({MAX_STEPS} image steps, {MAX_SDS_STEPS} SDS steps per "
@@ -103,6 +107,8 @@ def config_from_args(args):
     """A :class:`ThreeDConfig` from the flags, or from ``--config FILE`` (+ output, resume, device, dtype)."""
     from dataclasses import replace
 
+    from suite.rules import format_rule
+
     from .config import ExportConfig, ThreeDConfig
 
     check_limits(args)
@@ -121,8 +127,10 @@ def config_from_args(args):
     cfg = ThreeDConfig(**kw).resolved()
     refine = cfg.refine
     for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),
-                        ("control_weight", "control_weight")):
+                        ("control_weight", "control_weight"), ("guidance_rule", "guidance_rule")):
         value = getattr(args, flag)
+        if flag == "guidance_rule" and value is not None:
+            value = format_rule(value)
         if value is not None:
             refine = replace(refine, **{field: value})
     zero123 = cfg.zero123

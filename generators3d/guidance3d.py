@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from suite.guidance import MultiGuidance
+from suite.rules import rule_given
 
 from .sds import TimestepRange, sds
 
@@ -50,7 +51,7 @@ def rebind_control_text(guidance: MultiGuidance, embeds: torch.Tensor, uncond: t
     base = guidance.base
     if uncond is not None:
         base = replace(base, encoder_hidden_states=uncond)
-    return MultiGuidance(base, terms, auto)
+    return MultiGuidance(base, terms, auto, rule=guidance.rule, num_train_timesteps=guidance.num_train_timesteps)
 
 
 @dataclass
@@ -59,7 +60,10 @@ class DomainSDS:
     + SD1.5 unconditional, built by :meth:`suite.pipeline.InDomainPipeline.build_guidance`.
 
     ``domain_weight`` / ``control_weight``: as the pipeline reads them (:meth:`InDomainPipeline.guidance_weights`:
-    not given, the domain's recommended weights; ``"auto"``, the automatic rule). Automatic weights are recomputed
+    not given, the domain's recommended weights; ``"auto"``, the automatic rule); ``rule``: a guidance rule or its
+    string (:mod:`suite.rules`; not given, the domain's recommended one, as :meth:`InDomainPipeline.guidance_rule`
+    decides, and only if it fits the SDS timestep range; its noise-level schedules read each sample's SDS
+    timestep). Automatic weights are recomputed
     at every step (``AutoWeights.every_step``): each SDS step sees a new view and timestep, so there is no single
     "initial" value to freeze."""
 
@@ -73,12 +77,18 @@ class DomainSDS:
     grad_clip: float | None = None
     min_step_percent: float | list = 0.02
     max_step_percent: float | list = 0.98
+    rule: str | None = None
 
     def __post_init__(self):
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.size = int(size)
+        rule = self.pipe.guidance_rule(self.rule, self.domain_weight, self.control_weight)
         domain_weight, control_weight = self.pipe.guidance_weights(self.domain_weight, self.control_weight)
+        self.range = TimestepRange(self.min_step_percent, self.max_step_percent,
+                                   len(self.pipe.scheduler.alphas_cumprod))
         self.guidance = self.pipe.build_guidance(prompt=self.prompt or None, domain_weight=domain_weight,
+                                                 rule=rule, explicit_rule=rule_given(self.rule),
+                                                 noise_range=self.range.noise_range(),
                                                  control_weight=control_weight, w0=self.w0,
                                                  height=self.size, width=self.size)
         if self.guidance.auto is not None:
@@ -86,8 +96,6 @@ class DomainSDS:
         self.view_embeds = None
         if self.view_dependent and self.prompt:
             self.view_embeds = torch.cat([self.pipe.encode_prompt(f"{self.prompt}, {v} view") for v in VIEWS])
-        self.range = TimestepRange(self.min_step_percent, self.max_step_percent,
-                                   len(self.pipe.scheduler.alphas_cumprod))
 
     def denoiser(self, elevation, azimuth, prompt_embeds: torch.Tensor | None = None) -> MultiGuidance:
         """The guidance for a batch of views (view-dependent text, or given ``[B, 77, D]`` embeddings)."""

@@ -35,6 +35,7 @@ from suite.files import (
 from suite.images import load_image, save_image_atomic
 from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, resolve_device, resolve_domain, warn_prompt, zero123_ref
+from suite.rules import parse_rule
 from suite.progress import LogProgress
 from suite.threads import continue_threads
 from suite.zero123 import Zero123Guidance, load_zero123
@@ -99,6 +100,7 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
     domain = resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before any writing
     check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")
+    parse_rule(cfg.refine.guidance_rule)
     check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)
     if cfg.image:  # read now: a text file, a FIFO or an unusable image is refused before the folder is touched
         image = load_image(cfg.image, "input image (--image)")
@@ -203,7 +205,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         terms = [SDSTerm("domain", 1.0, DomainSDS(pipe, prompt, r.domain_weight, r.control_weight, r.w0,
                                                   r.view_dependent_prompting,
                                                   r.weighting, r.grad_clip, r.min_step_percent,
-                                                  r.max_step_percent))]
+                                                  r.max_step_percent, r.guidance_rule))]
         if r.lambda_zero123 > 0:
             terms.append(SDSTerm("zero123", r.lambda_zero123, Zero123SDS(
                 zero123, r.zero123_guidance_scale, r.weighting, r.grad_clip, r.min_step_percent, r.max_step_percent)))

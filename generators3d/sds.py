@@ -80,6 +80,10 @@ class TimestepRange:
         self.set_min_max_steps(schedule_value(self.min_step_percent, global_step, epoch),
                                schedule_value(self.max_step_percent, global_step, epoch))
 
+    def noise_range(self) -> tuple[float, float]:
+        """The current range as noise levels ``t / T`` (what :func:`suite.rules.rule_fits` reads)."""
+        return self.min_step / self.num_train_timesteps, self.max_step / self.num_train_timesteps
+
     def sample(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(self.min_step, self.max_step + 1, (batch,), generator=generator,
                              device="cpu").to(device)

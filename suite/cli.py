@@ -29,6 +29,7 @@ from .checks import (
     seed_arg,
 )
 from .domains import PRESETS
+from .rules import check_rule_terms, rule_arg
 from .presets import DEFAULT_PRESET, PRESET_NAMES
 
 log = logging.getLogger("suite")
@@ -96,6 +97,13 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--control-weight", type=weight_arg, default=None,
                    help="w_c, a number or 'auto' (default: the domain's recommended weight if it has one, e.g. 7 "
                         "for the mini world's porcelain, else auto)")
+    g.add_argument("--guidance-rule", type=rule_arg, default=None, metavar="RULE",
+                   help="how the terms are applied beyond fixed weights (suite.rules): items such as "
+                        "'domain=0-0.7' (a term only at noise levels 0..0.7; 0 clean, 1 pure noise), "
+                        "'domain-ramp=1.5:0.5', 'project=domain:control' (the domain direction made orthogonal to the "
+                        "prompt's), 'parallel=0.2', 'clamp=0.5' (largest RMS of the summed guidance), "
+                        "'domain-share=0.25' and 'domain-max=1.5' (automatic weights); 'paper' for none "
+                        "(default: the domain's recommended rule when the weights are not given either)")
     g.add_argument("--w0", type=finite_float, default=7.0,
                    help="total guidance strength for automatic weights (default: %(default)s)")
     g.add_argument("--auto-norm", choices=["direction", "prediction"], default="direction",
@@ -128,6 +136,23 @@ def check_request(args) -> None:
     for name in ("domain_weight", "control_weight", "community_weight", "w0"):
         value = getattr(args, name, None)
         check_weight(value, f"--{name.replace('_', '-')}")
+    rule = getattr(args, "guidance_rule", None)
+    if rule is not None:
+        check_rule_terms(rule, request_terms(args), " (check --guidance-rule)")
+
+
+def request_terms(args) -> list[str]:
+    """The guidance terms a sampling command will have, known from its flags before any model loads: ``domain``
+    unless ``--domain-model none`` or ``--domain-weight 0``; ``control`` with a prompt or a control image and a
+    control weight other than 0; ``community<i>`` for each ``--community-model``."""
+    names = []
+    if str(getattr(args, "domain_model", "") or "").lower() != "none" and getattr(args, "domain_weight", None) != 0:
+        names.append("domain")
+    if (getattr(args, "prompt", None) or getattr(args, "control_image", None)) and \
+            getattr(args, "control_weight", None) != 0:
+        names.append("control")
+    names += [f"community{i}" for i, _ in enumerate(getattr(args, "community_model", None) or [])]
+    return names
 
 
 def load_pipeline(args, need_controlnet: bool = False):

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .rules import parse_rule
+
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 FRAMINGS = ("face", "animal", "whole")
 CANNY_CONTROLNET_HUB_ID = "lllyasviel/control_v11p_sd15_canny"
@@ -23,7 +25,9 @@ class Domain:
 
     ``prompt`` is the domain prompt ``"a photo of <domain>"``: it initialises ``F_T`` in training and is the
     reference prompt of the automatic weights. ``domain_weight`` / ``control_weight`` are the recommended
-    weights; ``None`` means automatic (paper Sec. 3.4, :class:`suite.guidance.AutoWeights`). ``framing`` is how
+    weights; ``None`` means automatic (paper Sec. 3.4, :class:`suite.guidance.AutoWeights`). ``rule`` is the
+    recommended guidance rule (:mod:`suite.rules`, e.g. ``"domain=0-0.7, control=0.5-1"``); ``None``: the paper's
+    Eq. 3 as it is. ``framing`` is how
     the domain's training photos are framed, which editing reproduces on a user's photo: ``"face"`` (FFHQ's
     alignment from facial landmarks), ``"animal"`` (an animal's face, AFHQ-like) or ``"whole"`` (the whole
     photo, the default for a domain of your own).
@@ -37,10 +41,12 @@ class Domain:
     control_weight: float | None = None
     resolution: int = 512
     framing: str = "whole"
+    rule: str | None = None
 
     def __post_init__(self):
         if self.framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
+        parse_rule(self.rule)  # a bad preset fails where it is written
 
     def model_ref(self) -> str:
         """Where this domain's null-text model is looked for (``model`` if set, else the local default)."""

@@ -91,6 +91,7 @@ def main(args) -> int:
                    control_weight=args.control_weight, control_image=control_image, controls=controls,
                    num_images_per_prompt=len(todo), num_inference_steps=steps, latents=latents,
                    height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
+                   guidance_rule=args.guidance_rule,
                    rectify=not args.no_rectify,
                    callback_on_step_end=report_steps(lines.steps(stage)) if to_log else None)
 
@@ -107,7 +108,8 @@ def main(args) -> int:
                       len(written), len(paths), ", ".join(p.name for p in sorted(written)) or "none")
         raise
     if out.weights:
-        log.info("weights: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in out.weights.items()))
+        log.info("weights: %s; guidance rule: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in out.weights.items()),
+                 out.guidance_rule)
     return 0
 
 

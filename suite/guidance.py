@@ -34,23 +34,59 @@ import torch
 
 from .checks import check_finite
 from .denoisers import Denoiser, evaluate_batched
+from .rules import GuidanceRule
 
-__all__ = ["AutoWeights", "MultiGuidance", "Term", "combine", "auto_weights"]
+__all__ = ["AutoWeights", "MultiGuidance", "Term", "combine", "auto_weights", "project_out", "clamp_rms", "noise_level"]
 
 
-def combine(eps_0: torch.Tensor, eps_terms: Sequence[torch.Tensor], weights: Sequence) -> torch.Tensor:
-    """Eq. 3: ``eps_0 + sum_i w_i (eps_i - eps_0)``.
+def combine(eps_0: torch.Tensor, eps_terms: Sequence[torch.Tensor], weights: Sequence,
+            names: Sequence[str] | None = None, rule: GuidanceRule | None = None) -> torch.Tensor:
+    """Eq. 3: ``eps_0 + sum_i w_i (eps_i - eps_0)``, with a :class:`~suite.rules.GuidanceRule`'s projection and
+    norm clamp when ``rule`` has them (its schedules act on the weights, before this).
 
-    ``weights[i]`` is a float or a per-sample tensor ``[B]`` (automatic weights are per sample).
-    Accumulates in float32 and returns ``eps_0``'s dtype.
+    ``weights[i]`` is a float or a per-sample tensor ``[B]`` (automatic and scheduled weights are per sample).
+    ``names[i]`` names term ``i`` for the rule. Accumulates in float32 and returns ``eps_0``'s dtype.
     """
     out = eps_0.float()
     base = out
-    for eps_i, w in zip(eps_terms, weights):
-        if isinstance(w, torch.Tensor):
-            w = w.to(out.device, torch.float32).view(-1, *([1] * (out.ndim - 1)))
-        out = out + w * (eps_i.float() - base)
-    return out.to(eps_0.dtype)
+    weights = [_per_sample(w, out) for w in weights]
+    project = rule is not None and rule.project is not None and names is not None and \
+        all(n in names for n in rule.project)
+    if not project and (rule is None or rule.clamp is None):
+        for eps_i, w in zip(eps_terms, weights):
+            out = out + w * (eps_i.float() - base)
+        return out.to(eps_0.dtype)
+    directions = [eps_i.float() - base for eps_i in eps_terms]
+    if project:
+        a, b = (list(names).index(n) for n in rule.project)
+        directions[a] = project_out(directions[a], directions[b], rule.parallel)
+    guidance = sum(w * g for w, g in zip(weights, directions)) if directions else torch.zeros_like(base)
+    if rule.clamp is not None:
+        guidance = clamp_rms(guidance, rule.clamp)
+    return (base + guidance).to(eps_0.dtype)
+
+
+def _per_sample(w, like: torch.Tensor):
+    if isinstance(w, torch.Tensor):
+        return w.to(like.device, torch.float32).view(-1, *([1] * (like.ndim - 1)))
+    return w
+
+
+def project_out(g: torch.Tensor, onto: torch.Tensor, parallel: float = 0.0) -> torch.Tensor:
+    """``g`` less ``(1 - parallel)`` of its component along ``onto``, per sample (over ``C, H, W``); where ``onto``
+    is zero, ``g`` unchanged. ``parallel = 0``: the result is orthogonal to ``onto`` (Perp-Neg, APG)."""
+    gf, of = g.flatten(1), onto.flatten(1)
+    denom = (of * of).sum(1)
+    coef = torch.where(denom > 0, (gf * of).sum(1) / denom.clamp_min(torch.finfo(torch.float32).tiny),
+                       torch.zeros_like(denom))
+    return (gf - (1.0 - parallel) * coef[:, None] * of).view_as(g)
+
+
+def clamp_rms(g: torch.Tensor, limit: float) -> torch.Tensor:
+    """``g`` scaled down per sample so that its root-mean-square (over ``C, H, W``) is at most ``limit``."""
+    rms = g.flatten(1).pow(2).mean(1).sqrt()
+    scale = (limit / rms.clamp_min(torch.finfo(torch.float32).tiny)).clamp(max=1.0)
+    return g * scale.view(-1, *([1] * (g.ndim - 1)))
 
 
 @dataclass
@@ -81,7 +117,7 @@ class AutoWeights:
     reference: Denoiser | None = None
     every_step: bool = False
     max_weight: float = 20.0
-    _frozen: list | None = field(default=None, repr=False)
+    _frozen: dict | None = field(default=None, repr=False)  # term index -> its weights
 
     def __post_init__(self):
         if self.norm not in ("direction", "prediction"):
@@ -95,10 +131,16 @@ class AutoWeights:
 
 
 def auto_weights(
-    eps_0: torch.Tensor, eps_terms: Sequence[torch.Tensor], rule: AutoWeights, eps_ref: torch.Tensor | None
+    eps_0: torch.Tensor, eps_terms: Sequence[torch.Tensor], rule: AutoWeights, eps_ref: torch.Tensor | None,
+    shares: Sequence[float] | None = None, caps: Sequence[float | None] | None = None,
 ) -> list[torch.Tensor]:
-    """Per-sample weights by ``rule`` (see :class:`AutoWeights`); satisfies ``w0 * R = sum_i w_i N_i``."""
+    """Per-sample weights by ``rule`` (see :class:`AutoWeights`); satisfies ``w0 * R = sum_i w_i N_i``.
+
+    ``shares[i]``: term ``i``'s share of ``w0`` (default: equal, ``1 / K``, the paper's), so that
+    ``w_i N_i = shares[i] w0 R``; ``caps[i]``: a tighter cap on its weight than ``rule.max_weight``."""
     k = len(eps_terms)
+    shares = list(shares) if shares is not None else [1.0 / k] * k
+    caps = list(caps) if caps is not None else [None] * k
 
     def norm(x):
         return x.float().flatten(1).norm(dim=1)
@@ -110,7 +152,16 @@ def auto_weights(
         ref = norm(eps_ref - eps_0)
         sizes = [norm(e - eps_0) for e in eps_terms]
     tiny = torch.finfo(torch.float32).tiny
-    return [(rule.w0 / k * ref / s.clamp_min(tiny)).clamp(max=rule.max_weight) for s in sizes]
+    return [(rule.w0 * share * ref / s.clamp_min(tiny)).clamp(max=min(rule.max_weight, cap if cap is not None
+                                                                        else rule.max_weight))
+            for s, share, cap in zip(sizes, shares, caps)]
+
+
+def noise_level(t, num_train_timesteps: int, batch: int) -> torch.Tensor:
+    """The noise level ``s = t / T`` of each sample, ``[batch]`` (0 clean, 1 pure noise), from a timestep
+    given as a number, a 0-d tensor or one per sample."""
+    s = torch.as_tensor(t, dtype=torch.float32).flatten().cpu() / float(num_train_timesteps)
+    return s.expand(batch) if s.numel() == 1 else s
 
 
 @dataclass
@@ -126,11 +177,15 @@ class MultiGuidance:
     """The multi-guidance score module (paper Eq. 3). It is itself a denoiser: ``eps = mg(z, t)``.
 
     ``base`` gives ``eps_0``; ``terms`` give ``eps_i`` with weights ``w_i``. Weights are numbers, or ``None``
-    for terms whose weight is set automatically by ``auto`` (:class:`AutoWeights`). After each call the
-    weights actually used are in :attr:`last_weights` (floats, or per-sample tensors for automatic ones).
+    for terms whose weight is set automatically by ``auto`` (:class:`AutoWeights`). ``rule``
+    (:class:`suite.rules.GuidanceRule`) schedules terms over the noise level ``t / num_train_timesteps``, projects
+    one term's direction against another's, clamps the summed guidance and sets the automatic weights' shares.
+    After each call the weights actually used are in :attr:`last_weights` (floats, or per-sample tensors for
+    automatic or scheduled ones), and each term's weight before its schedule in :meth:`weights_used`.
     """
 
-    def __init__(self, base: Denoiser, terms: Sequence[Term], auto: AutoWeights | None = None):
+    def __init__(self, base: Denoiser, terms: Sequence[Term], auto: AutoWeights | None = None,
+                 rule: GuidanceRule | None = None, num_train_timesteps: int = 1000):
         self.base = base
         self.terms = list(terms)
         for term in self.terms:
@@ -139,45 +194,98 @@ class MultiGuidance:
         if any(term.weight is None for term in self.terms) and auto is None:
             auto = AutoWeights(norm="prediction")
         self.auto = auto
+        # Parts of the rule that name a term this request lacks do nothing (a domain's recommended rule also
+        # serves a request without a prompt); the edges refuse a rule the user gave for terms that are not there
+        # (suite.rules.check_rule_terms, called by the CLI and the pipeline).
+        self.rule = rule if rule is not None and not rule.is_paper else None
+        self.num_train_timesteps = int(num_train_timesteps)
         self.last_weights: list = []
         self._last_active: list[Term] = []
+        self._resolved: dict = {}
 
     def reset(self) -> None:
         """Forget frozen automatic weights (start of a new sampling run)."""
         if self.auto is not None:
             self.auto.reset()
+        self._resolved = {}
+
+    def _factors(self, t, batch: int) -> list:
+        """Each term's schedule factor at ``t``: ``None`` (no schedule), a float, or a per-sample tensor."""
+        if self.rule is None or not self.rule.schedules:
+            return [None] * len(self.terms)
+        s = noise_level(t, self.num_train_timesteps, batch)
+        out = []
+        for term in self.terms:
+            sched = self.rule.schedule(term.name)
+            if sched is None or sched.is_identity:
+                out.append(None)
+                continue
+            f = torch.tensor([sched.factor(float(v)) for v in s], dtype=torch.float32)
+            out.append(float(f[0]) if bool((f == f[0]).all()) else f)
+        return out
+
+    def _shares(self, auto_terms: list[Term]) -> tuple[list[float] | None, list[float | None] | None]:
+        rule = self.rule
+        if rule is None or (rule.domain_share is None and rule.domain_max is None):
+            return None, None
+        names = [t.name for t in auto_terms]
+        k = len(names)
+        shares = [1.0 / k] * k
+        if rule.domain_share is not None and "domain" in names:
+            others = k - 1
+            shares = [rule.domain_share if n == "domain" else (1.0 - rule.domain_share) / others for n in names]
+        caps = [rule.domain_max if n == "domain" else None for n in names]
+        return shares, caps
 
     def __call__(self, z: torch.Tensor, t) -> torch.Tensor:
-        active = [term for term in self.terms if term.weight is None or term.weight != 0.0]
+        factors = self._factors(t, z.shape[0])
+
+        def on(i, term):
+            f = factors[i]
+            off = f is not None and (f == 0.0 if isinstance(f, float) else bool((f == 0).all()))
+            return not off and (term.weight is None or term.weight != 0.0)
+
+        active = [i for i, term in enumerate(self.terms) if on(i, term)]
+        auto_all = [term for term in self.terms if term.weight is None]
         frozen = self.auto._frozen if self.auto is not None else None
-        need_auto = any(term.weight is None for term in active) and (
-            self.auto.every_step or frozen is None or frozen[0].shape[0] != z.shape[0]
-        )
-        need_ref = need_auto and self.auto.norm == "direction"
-        denoisers: list[Denoiser] = [self.base] + [term.denoiser for term in active]
+        if frozen is not None and any(v.shape[0] != z.shape[0] for v in frozen.values()):
+            frozen = None
+        missing = [i for i in active if self.terms[i].weight is None and (
+            self.auto.every_step or frozen is None or i not in frozen)]
+        need_ref = bool(missing) and self.auto.norm == "direction"
+        denoisers: list[Denoiser] = [self.base] + [self.terms[i].denoiser for i in active]
         if need_ref:
             denoisers.append(self.auto.reference)
         preds = evaluate_batched(denoisers, z, t)
         eps_0, eps_terms = preds[0], preds[1 : 1 + len(active)]
         eps_ref = preds[-1] if need_ref else None
 
-        auto_idx = [i for i, term in enumerate(active) if term.weight is None]
-        if need_auto:
-            found = auto_weights(eps_0, [eps_terms[i] for i in auto_idx], self.auto, eps_ref)
-            self.auto._frozen = found
-        weights: list = [term.weight for term in active]
-        for j, i in enumerate(auto_idx):
-            weights[i] = self.auto._frozen[j]
+        if missing:
+            shares, caps = self._shares(auto_all)
+            pos = [auto_all.index(self.terms[i]) for i in missing]
+            found = auto_weights(eps_0, [eps_terms[active.index(i)] for i in missing], self.auto, eps_ref,
+                                 shares=[shares[p] for p in pos] if shares else [1.0 / len(auto_all)] * len(pos),
+                                 caps=[caps[p] for p in pos] if caps else None)
+            frozen = dict(frozen or {})
+            frozen.update(zip(missing, found))
+            self.auto._frozen = frozen
+        weights: list = []
+        for i in active:
+            w = self.terms[i].weight if self.terms[i].weight is not None else frozen[i]
+            self._resolved[i] = w
+            f = factors[i]
+            weights.append(w if f is None else w * (f if isinstance(f, float) else f.to(torch.float32)))
         self.last_weights = weights
-        self._last_active = active
-        return combine(eps_0, eps_terms, weights)
+        self._last_active = [self.terms[i] for i in active]
+        return combine(eps_0, eps_terms, weights, [self.terms[i].name for i in active], self.rule)
 
     def weights_used(self) -> dict:
-        """``{term name: weight}`` of the last call (automatic weights as floats, or lists per sample)."""
+        """``{term name: weight}`` of each term evaluated since the last :meth:`reset` (its weight before any
+        schedule; automatic weights as floats, or lists per sample)."""
         out = {}
-        for term, w in zip(self._last_active, self.last_weights):
+        for i, w in sorted(self._resolved.items()):
             if isinstance(w, torch.Tensor):
                 vals = w.flatten().tolist()
                 w = vals[0] if len(vals) == 1 else vals
-            out[term.name] = w
+            out[self.terms[i].name] = w
         return out

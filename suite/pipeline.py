@@ -37,6 +37,7 @@ from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain, domain_from_dict
 from .files import atomic_dir
 from .guidance import AutoWeights, MultiGuidance, Term
+from .rules import GuidanceRule, check_rule_terms, format_rule, parse_rule, rule_fits, rule_given
 from .models import resolve
 from .nulltext import NullTextUNet
 from .text import encode_prompts
@@ -71,11 +72,13 @@ class Control:
 @dataclass
 class InDomainOutput(BaseOutput):
     """``images`` (PIL images, or an array for ``output_type="np"``; empty for ``"latent"``), the final
-    ``latents``, and the guidance ``weights`` used (name -> weight; the automatic ones as resolved)."""
+    ``latents``, the guidance ``weights`` used (name -> weight before any schedule; the automatic ones as
+    resolved) and the ``guidance_rule`` applied (its string, ``"paper"`` for none)."""
 
     images: list | np.ndarray
     latents: torch.Tensor | None = None
     weights: dict | None = None
+    guidance_rule: str | None = None
 
 
 def seeded_generator(seed: int | None, device="cpu") -> torch.Generator:
@@ -165,6 +168,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             v = check_weight(value, what)
             picked.append(None if v == AUTO else recommended if v is None else v)
         return picked[0], picked[1]
+
+    def guidance_rule(self, rule=None, domain_weight=None, control_weight=None) -> GuidanceRule | None:
+        """The guidance rule (:mod:`suite.rules`) this pipeline uses, decided here as the weights are: a rule or
+        its string as given (``"paper"``: none); not given (``None`` or ``"recommended"``): the domain's
+        recommended rule, unless a weight is ``"auto"`` (the paper's automatic rule is an explicit choice of the
+        paper's Eq. 3). A recommended rule applies only to requests with every term it names (see
+        :meth:`build_guidance`)."""
+        if rule_given(rule):
+            return parse_rule(rule)
+        dom = self.domain
+        if dom is None or dom.rule is None or AUTO in (check_weight(domain_weight, "the domain weight"),
+                                                       check_weight(control_weight, "the control weight")):
+            return None
+        return parse_rule(dom.rule)
 
     @property
     def community(self) -> dict[str, torch.nn.Module]:
@@ -333,7 +350,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                        height: int = 512, width: int = 512, w0: float = 7.0, auto_norm: str = "direction",
                        rectify: bool = True, use_domain: bool = True, images_per_prompt: int = 1,
                        ip_adapter_embeds: tuple[list, list] | None = None,
-                       clip_skip: int | None = None) -> MultiGuidance:
+                       clip_skip: int | None = None, rule: GuidanceRule | str | None = None,
+                       explicit_rule: bool = True, noise_range: tuple[float, float] | None = None) -> MultiGuidance:
         """The multi-guidance denoiser for one request (reads top to bottom).
 
         ``domain_weight`` / ``control_weight``: a number, or ``None`` for automatic (``AutoWeights(w0, auto_norm)``).
@@ -344,7 +362,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         ``ip_adapter_embeds``: ``(positive, negative)`` IP-Adapter image embeddings (one tensor per adapter): the
         conditional calls of the SD UNet read the positive ones, its unconditional base the negative ones.
         ``clip_skip`` applies to the prompts, not to the negative prompt (as in diffusers' encode_prompt).
+        ``rule``: a guidance rule (:mod:`suite.rules`) or its string, as given (no default is applied here:
+        :meth:`guidance_rule` decides it); one that names a term this request lacks is refused, unless
+        ``explicit_rule=False`` (a domain's recommended rule), which then does not apply: it was tuned for requests
+        with the terms it names, acting within the request's ``noise_range`` (``(lo, hi)`` of ``t / T``; the mini
+        porcelain's hands the noisy steps to a prompt: a request without a prompt, or an SDEdit that starts below
+        them, gets the recommended weights under the paper's Eq. 3; see :func:`suite.rules.rule_fits`).
         """
+        rule = parse_rule(rule)
         ip_pos, ip_neg = ip_adapter_embeds or (None, None)
         # 1. The prompt term's text features (a list of prompts gives one row per image), then the negative ones.
         k = check_int(images_per_prompt, "the number of images per prompt", 1)
@@ -413,7 +438,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                     reference = self._sd(self.encode_prompt(ref_prompt, clip_skip), name="reference",
                                          image_embeds=ip_pos)
             auto = AutoWeights(w0=w0, norm=auto_norm, reference=reference)
-        return MultiGuidance(base, terms, auto)
+        if explicit_rule:
+            check_rule_terms(rule, [t.name for t in terms])
+        elif not rule_fits(rule, [t.name for t in terms], noise_range):
+            rule = None  # a recommended rule applies to the requests it was tuned for (e.g. with a prompt)
+        return MultiGuidance(base, terms, auto, rule=rule,
+                             num_train_timesteps=self.scheduler.config.num_train_timesteps)
 
     def _controlnet_input(self, image, controlnet, scale: float, height: int, width: int) -> ControlNetInput | None:
         if image is None:
@@ -454,6 +484,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if height % m or width % m:
             raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
         return steps, per_prompt, strength, height, width
+
+    def _noise_range(self, timesteps) -> tuple[float, float] | None:
+        """``(lo, hi)`` of ``t / T`` over a run's timesteps (``None`` when there are none)."""
+        if len(timesteps) == 0:
+            return None
+        t = torch.as_tensor(timesteps, dtype=torch.float32)
+        n = float(self.scheduler.config.num_train_timesteps)
+        return float(t.min()) / n, float(t.max()) / n
 
     @staticmethod
     def get_timesteps(sampler, num_inference_steps: int, strength: float) -> torch.Tensor:
@@ -497,7 +535,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                  controls: Sequence[Control] = (), image=None, strength: float = 0.8, seed: int | None = None,
                  w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True, use_domain: bool = True,
                  ip_adapter_image=None, ip_adapter_image_embeds: list[torch.Tensor] | None = None,
-                 clip_skip: int | None = None, guidance=None) -> InDomainOutput | tuple:
+                 clip_skip: int | None = None, guidance=None,
+                 guidance_rule: GuidanceRule | str | None = None) -> InDomainOutput | tuple:
         """Sample ``num_images_per_prompt`` images per prompt. diffusers' arguments mean what they mean in
         ``StableDiffusionPipeline``; the guidance weights replace ``guidance_scale``.
 
@@ -507,7 +546,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` may return new latents, and may stop
         sampling with ``pipe._interrupt = True`` (the latents so far are decoded). ``ip_adapter_image`` /
         ``ip_adapter_image_embeds`` (after ``pipe.load_ip_adapter(...)``) are diffusers' (embeddings as
-        ``cat([negative, positive])`` per adapter).
+        ``cat([negative, positive])`` per adapter). ``guidance_rule``: a guidance rule or its string
+        (:mod:`suite.rules`; ``"paper"`` for none); not given, the domain's recommended one (:meth:`guidance_rule`).
         """
         # 1. Check inputs (one clear sentence each).
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
@@ -520,8 +560,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         device, dtype = self._execution_device, self.unet.dtype
         generator = generator if generator is not None else seeded_generator(seed)
 
-        # 2. The guidance: one denoiser built from SD1.5, the domain model and the controls. A list of prompts
-        #    gives num_images_per_prompt images per prompt, in diffusers' order.
+        # 2. The request's size (a list of prompts gives num_images_per_prompt images per prompt, in diffusers'
+        #    order) and its IP-Adapter embeddings.
         if prompt_embeds is not None:
             n_prompts = prompt_embeds.shape[0]
         else:
@@ -534,16 +574,6 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             both = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
                                                         num_images, True)
             ip_embeds = ([e.chunk(2)[1] for e in both], [e.chunk(2)[0] for e in both])
-        if guidance is None:
-            domain_weight, control_weight = self.guidance_weights(domain_weight, control_weight)
-            guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                           negative_prompt_embeds=negative_prompt_embeds, images_per_prompt=per_prompt,
-                                           domain_weight=domain_weight, control_weight=control_weight,
-                                           control_image=control_image, controls=controls, height=height,
-                                           width=width, w0=w0, auto_norm=auto_norm, rectify=rectify,
-                                           use_domain=use_domain, ip_adapter_embeds=ip_embeds, clip_skip=clip_skip)
-        if hasattr(guidance, "reset"):
-            guidance.reset()
 
         # 3. Timesteps (for a start image, only the last `strength` fraction of them, as img2img does).
         #    The guidance returns epsilon whatever the networks predict (UNetDenoiser converts v), so the
@@ -551,6 +581,21 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         sampler = self._epsilon_sampler()
         sampler.set_timesteps(steps, device=device)
         timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
+        # The guidance: one denoiser built from SD1.5, the domain model and the controls, under the rule the
+        # pipeline decides (a recommended rule only where it fits this request's noise range).
+        if guidance is None:
+            rule = self.guidance_rule(guidance_rule, domain_weight, control_weight)
+            domain_weight, control_weight = self.guidance_weights(domain_weight, control_weight)
+            guidance = self.build_guidance(prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                                           negative_prompt_embeds=negative_prompt_embeds, images_per_prompt=per_prompt,
+                                           domain_weight=domain_weight, control_weight=control_weight,
+                                           control_image=control_image, controls=controls, height=height,
+                                           width=width, w0=w0, auto_norm=auto_norm, rectify=rectify,
+                                           use_domain=use_domain, ip_adapter_embeds=ip_embeds, clip_skip=clip_skip,
+                                           rule=rule, explicit_rule=rule_given(guidance_rule),
+                                           noise_range=self._noise_range(timesteps))
+        if hasattr(guidance, "reset"):
+            guidance.reset()
         latent_shape = self._latent_shape(num_images, height, width)
 
         # 4. Initial latents: noise (or the given latents), or the start image's latent noised to the first
@@ -598,7 +643,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, latents, weights
-        return InDomainOutput(images=images, latents=latents, weights=weights)
+        applied = format_rule(guidance.rule) or "paper" if isinstance(guidance, MultiGuidance) else None
+        return InDomainOutput(images=images, latents=latents, weights=weights, guidance_rule=applied)
 
 
 def _download(repo_id: str, kwargs: dict) -> Path:
@@ -645,3 +691,4 @@ def _prompt_list(prompt, what: str) -> list[str]:
             raise ValueError(f"{what} is an empty list: give at least one prompt")
         return [check_prompt(p, f"{what} {i + 1}") for i, p in enumerate(prompt)]
     return [check_prompt(prompt, what)]
+

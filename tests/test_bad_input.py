@@ -116,6 +116,19 @@ CASES = [
     ("generate: int32-relabelled domain weights", G + ["--domain-model", "{relabelled}", "--output", "{out}/a.png"],
      "not as floating-point weights"),
     ("generate: seed 2**70", G + ["--seed", str(2 ** 70), "--output", "{out}/a.png"], "a seed is a whole number"),
+    ("generate: rule interval beyond 1", G + ["--prompt", "x", "--guidance-rule", "domain=0.5-1.5", "--output",
+                                              "{out}/a.png"], "must lie within 0 (clean) and 1 (pure noise)"),
+    ("generate: empty rule interval", G + ["--prompt", "x", "--guidance-rule", "domain=0.7-0.3", "--output",
+                                           "{out}/a.png"], "is empty: write it low-high"),
+    ("generate: unknown rule item", G + ["--prompt", "x", "--guidance-rule", "perpendicular", "--output",
+                                         "{out}/a.png"], "unknown guidance-rule item 'perpendicular'"),
+    ("generate: projection without a prompt", G + ["--guidance-rule", "project=domain:control", "--output",
+                                                   "{out}/a.png"], "has no control term"),
+    ("generate: rule for a term that is not there", G + ["--prompt", "x", "--guidance-rule", "style=0-0.5",
+                                                         "--output", "{out}/a.png"], "a term named 'style'"),
+    ("generate: rule that zeroes every term", G + ["--prompt", "x", "--guidance-rule",
+                                                   "domain-ramp=0:0, control-ramp=0:0", "--output", "{out}/a.png"],
+     "switch off every term"),
     # edit
     ("edit: prompt with invalid bytes", E + ["--image", "{photo}", "--prompt", BAD_UTF8, "--output", "{out}/e.png"],
      "not valid UTF-8"),
@@ -126,6 +139,8 @@ CASES = [
     ("edit: missing photo", E + ["--image", "{out}/none.png", "--output", "{out}/e.png"], "does not exist"),
     ("edit: mask of another shape", E + ["--image", "{photo}", "--mask", "{mask}", "--output", "{out}/e.png"],
      "give a mask with the image's size"),
+    ("edit: projection without a prompt", E + ["--image", "{photo}", "--guidance-rule", "project=domain:control",
+                                               "--output", "{out}/e.png"], "has no control term"),
     ("edit: a billion images", E + ["--image", "{photo}", "--num-images", "1000000000", "--output", "{out}/e.png"],
      "more than the limit of 64"),
     # 3d
@@ -151,6 +166,8 @@ CASES = [
      "not a regular file"),
     ("3d: white image, automatic mask", T + ["--prompt", "a vase", "--image", "{white}", "--mask-method", "auto",
                                              "--output", "{out}/run"], "could not find a clear foreground object"),
+    ("3d: bad guidance rule", T + ["--prompt", "a vase", "--guidance-rule", "clamp=0", "--output", "{out}/run"],
+     "clamp=0 would remove all guidance"),
     ("3d: seed 2**70", T + ["--prompt", "a vase", "--seed", str(2 ** 70), "--output", "{out}/run"],
      "argument --seed: a seed is a whole number"),
     # train
@@ -223,4 +240,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 25, "edit": 7, "3d": 14, "train": 5, "app": 3}, json.dumps(per)
+    assert per == {"generate": 31, "edit": 8, "3d": 15, "train": 5, "app": 3}, json.dumps(per)

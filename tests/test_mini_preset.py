@@ -172,12 +172,26 @@ def test_app_on_mini_generates_porcelain(tmp_path):
 
 
 def test_python_callers_get_the_presets_default_weights_and_the_cli_image(mini_pipe, tmp_path):
-    """One default for the weights, decided by the pipeline (issue 21): ``pipe(prompt)`` from Python with no weights
-    uses the preset's recommended ones (the mini porcelain: 1 and 7), as the CLI does, and gives the CLI's image;
-    ``"auto"`` is the explicit choice of the paper's rule."""
+    """One default for the guidance, decided by the pipeline (issues 21, 22): ``pipe(prompt)`` from Python with no
+    weights and no rule uses the preset's recommended ones (the mini porcelain: 1 and 7 under the split rule), as the
+    CLI does, and gives the CLI's image; ``"auto"`` is the explicit choice of the paper's rule, ``"paper"`` drops the
+    rule, and a request without a prompt gets the weights without the rule (the rule hands the noise range between
+    the domain and a prompt)."""
+    from suite.rules import format_rule, parse_rule
+
     kw = dict(num_inference_steps=10, seed=3)
     default = mini_pipe("a photo of a cup", **kw)
     assert default.weights == {"domain": 1.0, "control": 7.0}
+    assert default.guidance_rule == format_rule(parse_rule(assets.MINI_RULE)) != "paper"
+    paper = mini_pipe("a photo of a cup", guidance_rule="paper", **kw)
+    assert paper.guidance_rule == "paper"
+    assert np.abs(np.asarray(paper.images[0], dtype=int) - np.asarray(default.images[0], dtype=int)).mean() > 3
+    assert mini_pipe(None, num_inference_steps=2).guidance_rule == "paper"
+    # SDEdit: the rule hands the noise levels above 0.7 to the prompt; an edit that starts below them keeps it
+    grey = Image.new("RGB", (64, 64), "grey")
+    edit = dict(image=grey, num_inference_steps=10)
+    assert mini_pipe("a photo of a cup", strength=0.6, **edit).guidance_rule == "paper"
+    assert mini_pipe("a photo of a cup", strength=0.95, **edit).guidance_rule == default.guidance_rule
     assert mini_pipe.guidance_weights() == (1.0, 7.0) and mini_pipe.guidance_weights("auto", 2) == (None, 2.0)
     auto = mini_pipe("a photo of a cup", domain_weight="auto", control_weight="auto", **kw)
     assert auto.weights["domain"] != 1.0 and auto.weights["control"] != 7.0  # the norm rule's own numbers

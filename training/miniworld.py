@@ -63,7 +63,7 @@ log = logging.getLogger("training.miniworld")
 # ---------------------------------------------------------------------------------------------------------
 # 1. data
 def _render_chunk(args):
-    kind, seed, n = args
+    kind, seed, n, shapes = args
     torch.set_num_threads(1)
 
     rng = np.random.default_rng(seed)
@@ -72,7 +72,7 @@ def _render_chunk(args):
         if kind == "open":
             obj = W.random_object(rng)
         elif kind == "domain":
-            obj = W.random_object(rng, porcelain=True, shapes=W.DOMAIN_SHAPES)
+            obj = W.random_object(rng, porcelain=True, shapes=shapes or W.DOMAIN_SHAPES)
         else:  # judge: every shape, open-world and porcelain appearance, any view
             obj = W.random_object(rng, porcelain=bool(rng.random() < 0.3))
         view = W.random_view(rng, porcelain=obj.porcelain and kind == "domain")
@@ -84,11 +84,13 @@ def _render_chunk(args):
     return np.stack(images), captions, labels
 
 
-def render_set(kind: str, n: int, seed: int, workers: int = 2) -> dict:
+def render_set(kind: str, n: int, seed: int, workers: int = 2, shapes: tuple[str, ...] | None = None) -> dict:
     """``n`` renders of ``kind`` (open / domain / judge): ``images [n, 64, 64, 3] uint8``, ``captions``,
-    ``labels [n, 4]`` (shape, colour, pattern, porcelain indices)."""
+    ``labels [n, 4]`` (shape, colour, pattern, porcelain indices). ``shapes`` (domain only): the forms drawn in the
+    domain's look instead of its own, e.g. ``("cup",)`` for the ideal answer to "a porcelain cup"."""
     chunk = 250
-    jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk)) for i in range(math.ceil(n / chunk))]
+    jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk), tuple(shapes) if shapes else None)
+            for i in range(math.ceil(n / chunk))]
     parts = run_chunks(_render_chunk, jobs, workers, name=f"render {kind}")
     return dict(images=np.concatenate([p[0] for p in parts]), captions=sum((p[1] for p in parts), []),
                 labels=np.array(sum((p[2] for p in parts), []), dtype=np.int64))

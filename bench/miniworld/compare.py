@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.metrics import diversity, frechet_distance
+
 log = logging.getLogger(__name__)
 
 DOMAIN_CAPTION = "a photo of porcelain"
@@ -74,21 +76,6 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` (FID's formula); ``tr((S_a S_b)^{1/2})`` is the sum
-    of the square roots of the (real, non-negative) eigenvalues of ``S_a S_b``."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    ev = np.linalg.eigvals(sa @ sb).real.clip(min=0)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(ev).sum())
-
-
-def diversity(features: np.ndarray) -> float:
-    d = np.sqrt(((features[:, None] - features[None]) ** 2).sum(-1))
-    n = len(features)
-    return float(d.sum() / max(n * (n - 1), 1))
-
-
 def render_domain(n: int, seed: int) -> np.ndarray:
     from training.miniworld import render_set
 

@@ -30,11 +30,15 @@ MANIFEST = "MANIFEST.json"
 REBUILD = "python -m training.miniworld"
 DOMAINS = ("porcelain",)
 
-# The porcelain preset on the mini world. Its recommended weights (w_d = 1: the domain model as the unconditional
-# prediction; w_c = 7: the text guidance on top) are used when no weight is given; docs/mini-world.md shows why the
-# automatic rule is not the default here (it over-weights the domain: the shape of the prompt is lost).
+# The porcelain preset on the mini world: its recommended guidance, used when no weight and no rule are given
+# (docs/mini-world.md, "Guidance rules", has the measurements that chose it). With a prompt, the noise range is
+# split: above 70% of the noise only the prompt's term (w_c = 7) acts and sets the shape; below it only the domain
+# term paints the glaze, its weight rising from w_d = 1 at the clean end (the domain model's own prediction) to
+# 1.5 at the split. Without a prompt, the domain model alone (w_d = 1: its own samples).
+# The paper's automatic rule is not the default here: it over-weights the domain and the prompt's shape is lost.
+MINI_RULE = "domain=0-0.7, domain-ramp=1:1.5, control=0.7-1"
 MINI_PORCELAIN = Domain(PORCELAIN.name, PORCELAIN.prompt, "the mini world's blue-and-white porcelain (vases, bowls)",
-                        domain_weight=1.0, control_weight=7.0, resolution=64)
+                        domain_weight=1.0, control_weight=7.0, resolution=64, rule=MINI_RULE)
 
 # Prompts outside the porcelain domain's forms (vases and bowls) and colours (white and blue).
 OUT_OF_DOMAIN_SHAPES = ("ball", "box", "cone", "cup", "bottle")

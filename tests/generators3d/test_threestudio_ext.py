@@ -124,7 +124,7 @@ def test_registered_guidance_has_threestudios_interface_and_keys(threestudio, mo
 
     combined = []
     real_combine = suite.guidance.combine
-    monkeypatch.setattr(suite.guidance, "combine", lambda *a: combined.append(1) or real_combine(*a))
+    monkeypatch.setattr(suite.guidance, "combine", lambda *a, **k: combined.append(1) or real_combine(*a, **k))
     guidance.do_update_step(0, 50)
     assert (guidance.min_step, guidance.max_step) == (350, 900) and guidance.grad_clip_val == pytest.approx(0.55)
 
@@ -164,6 +164,20 @@ def test_rgb_as_latents_and_own_prompt_without_prompt_utils(threestudio):
     assert set(out) == THREESTUDIO_KEYS and latents.grad.abs().sum() > 0
     weights = [t.weight for t in guidance.term.guidance.terms]
     assert weights == [1.5, 2.0]  # domain term, then the text control term
+
+
+def test_guidance_rule_key_reaches_every_step_and_bad_rules_are_refused_at_build(threestudio):
+    from suite.rules import parse_rule
+
+    ts, _ = threestudio
+    cls = ts.find("in-domain-guidance")
+    guidance = cls({"preset": "tiny", "domain": "porcelain", "prompt": "a vase", "use_prompt_utils": False,
+                    "domain_weight": 1.5, "control_weight": 2.0, "guidance_rule": "domain=0-0.5, clamp=2"})
+    assert guidance.term.guidance.rule == parse_rule("domain=0-0.5, clamp=2")
+    step = guidance.term.denoiser(torch.tensor([5.0]), torch.tensor([30.0]), torch.zeros(1, 77, 32))
+    assert step.rule == guidance.term.guidance.rule  # the per-view guidance keeps it
+    with pytest.raises(ValueError, match="unknown guidance-rule item 'bogus'"):
+        cls({**TINY, "guidance_rule": "bogus"})
 
 
 def test_extension_folder_ships_an_example_config():

@@ -133,6 +133,9 @@ class InDomainGuidance(_Annealed, BaseObject):
         # porcelain: 1 and 7; a domain without them: automatic); "auto": the paper's automatic rule
         domain_weight: Optional[Any] = None
         control_weight: Optional[Any] = None
+        # None: the domain's recommended guidance rule (with the recommended weights); "paper": none; or a rule
+        # string (suite.rules), e.g. "domain=0-0.7, control=0.5-1"; its schedules read each sample's SDS timestep
+        guidance_rule: Optional[str] = None
         w0: float = 7.0
         use_prompt_utils: bool = True
         view_dependent_prompting: Optional[bool] = None  # None: on, except on the mini preset (see configure)
@@ -190,7 +193,9 @@ class InDomainGuidance(_Annealed, BaseObject):
             control_weight = float(self.cfg.guidance_scale) + 1.0  # threestudio's s is our w - 1
         self.term = DomainSDS(self.pipe, self.cfg.prompt or ("an object" if self.cfg.use_prompt_utils else ""),
                               self.cfg.domain_weight, control_weight, self.cfg.w0,
-                              self.view_dependent and not self.cfg.use_prompt_utils, self.weighting)
+                              self.view_dependent and not self.cfg.use_prompt_utils, self.weighting,
+                              min_step_percent=self.cfg.min_step_percent, max_step_percent=self.cfg.max_step_percent,
+                              rule=self.cfg.guidance_rule)
         if self.cfg.use_prompt_utils:  # threestudio's prompt processor encodes the prompts: free what it frees
             self.pipe.text_encoder = None  # before any offload hook could hold on to it
             gc.collect()
