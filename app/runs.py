@@ -44,7 +44,7 @@ class GenerateRequest:
     negative_prompt: str = ""
     domain_weight: float | str | None = None  # None: the domain's recommended weight; "auto": automatic (Sec. 3.4)
     control_weight: float | str | None = None
-    guidance_rule: str | None = None  # None: the domain's recommended rule (with recommended weights); suite.rules
+    guidance_rule: str | None = None  # None: the domain's recommended rule where it fits; suite.rules
     control_image: object = None  # PIL image or None
     canny: bool = True
     seed: int = 0
@@ -189,7 +189,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     marked_path = save_image_atomic(marked, folder / "faces.png")
     paths = [save_image_atomic(im, folder / f"edited-{i}.png") for i, im in enumerate(out.images)]
     write_json_atomic(dict(domain=domain, prompt=prompt, strength=strength, domain_weight=domain_weight,
-                           control_weight=control_weight, guidance_rule=guidance_rule, mask=mask is not None, all_faces=all_faces,
+                           control_weight=control_weight, guidance_rule=out.guidance_rule, mask=mask is not None, all_faces=all_faces,
                            whole_image=whole_image, num_images=num, seed=seed, steps=steps, face_boxes=boxes,
                            timings=out.timings), folder / "settings.json")
     return dict(faces=marked_path, paths=paths, boxes=boxes, size=photo.size)

@@ -266,7 +266,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
         return canny(runs.center_crop_square(image))
 
     @friendly
-    def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, rule="paper", control=None, use_canny=True,
+    def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, rule=None, control=None, use_canny=True,
                  seed=0, steps=25, num=1, history=None, request: gr.Request = None, progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request))
         req = runs.GenerateRequest(domain=domain, prompt=prompt or "", negative_prompt=negative or "",
@@ -337,7 +337,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
 
     @friendly
     def edit(photo, domain, prompt, strength, drawn=None, mask_file=None, all_faces=False, whole=False, auto_wd=True,
-             wd=2.5, auto_wc=True, wc=2.5, rule="paper", seed=0, steps=25, num=1, request: gr.Request = None,
+             wd=2.5, auto_wc=True, wc=2.5, rule=None, seed=0, steps=25, num=1, request: gr.Request = None,
              progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request))
         mask = _mask_from(drawn, mask_file, photo)

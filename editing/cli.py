@@ -106,5 +106,7 @@ def main(args) -> int:
     for box in result.face_boxes:
         log.info("edited face at x=%d..%d, y=%d..%d", *(round(v) for v in (box[0], box[2], box[1], box[3])))
     log.info("time: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    if result.guidance_rule:
+        log.info("guidance rule: %s", result.guidance_rule)
     return 0
 

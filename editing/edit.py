@@ -62,6 +62,7 @@ class EditResult:
     faces: list[Face] = field(default_factory=list)
     regions: list[Region] = field(default_factory=list)
     weights: list[dict] = field(default_factory=list)
+    guidance_rule: str | None = None  # the rule applied ("paper" for none; suite.rules)
 
 
 def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 0.6, domain_weight=None,
@@ -143,7 +144,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     timings["align"] = time.perf_counter() - t
 
     # 4. SDEdit each crop through the core pipeline's start-image path (encode -> noise -> denoise -> decode).
-    edited, weights = [], []
+    edited, weights, applied_rule = [], [], None
     for k, crop in enumerate(crops):
         def on_step(i, n, k=k):
             report("denoise", i, n, {"crop": k, "crops": len(crops)})
@@ -160,6 +161,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
         timings["denoise"] += time.perf_counter() - t - vae_time.encode - vae_time.decode
         edited.append(np.clip(np.rint(out.images * 255.0), 0, 255).astype(np.uint8))
         weights.append(out.weights)
+        applied_rule = out.guidance_rule
 
     # 5. Paste every edited crop back into a copy of the photo; untouched pixels are never written.
     t = time.perf_counter()
@@ -172,7 +174,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
         report("paste", i + 1, num_images, {})
     timings["paste"] = time.perf_counter() - t
     return EditResult(images=images, face_boxes=[f.box for f in faces], timings=timings, faces=faces,
-                      regions=regions, weights=weights)
+                      regions=regions, weights=weights, guidance_rule=applied_rule)
 
 
 class _VaeTimer:

@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
                    help="w_c in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
     g.add_argument("--guidance-rule", type=rule_arg, default=None, metavar="RULE",
                    help="the guidance rule in stage 3 (suite.rules), e.g. 'domain=0-0.7, control=0.5-1', or 'paper' "
-                        "(default: the domain preset's, when the weights are not given either)")
+                        "(default: the domain preset's, where it fits stage 3's timestep range; none with 'auto' weights)")
     g.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--allow-large", action="store_true",
                    help=f"lift the limits on the step counts ({MAX_STEPS} image steps, {MAX_SDS_STEPS} SDS steps per "

@@ -87,7 +87,7 @@ class StageConfig:
     # refinement only: the domain multi-guidance and an optional Zero-1-to-3 SDS term (Magic123).
     domain_weight: float | str | None = None  # None: the domain's recommended weight (the pipeline decides); "auto"
     control_weight: float | str | None = None
-    guidance_rule: str | None = None  # None: the domain's recommended rule (with recommended weights); suite.rules
+    guidance_rule: str | None = None  # None: the domain's recommended rule where it fits; suite.rules
     w0: float = 7.0
     lambda_zero123: float = 0.0
     view_dependent_prompting: bool = True

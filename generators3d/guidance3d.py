@@ -62,8 +62,8 @@ class DomainSDS:
     ``domain_weight`` / ``control_weight``: as the pipeline reads them (:meth:`InDomainPipeline.guidance_weights`:
     not given, the domain's recommended weights; ``"auto"``, the automatic rule); ``rule``: a guidance rule or its
     string (:mod:`suite.rules`; not given, the domain's recommended one, as :meth:`InDomainPipeline.guidance_rule`
-    decides, and only if it fits the SDS timestep range; its noise-level schedules read each sample's SDS
-    timestep). Automatic weights are recomputed
+    decides, and only if it fits the SDS timestep range at the start: an annealed range is not checked again;
+    its noise-level schedules read each sample's SDS timestep). Automatic weights are recomputed
     at every step (``AutoWeights.every_step``): each SDS step sees a new view and timestep, so there is no single
     "initial" value to freeze."""
 

@@ -35,8 +35,8 @@ from suite.files import (
 from suite.images import load_image, save_image_atomic
 from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, resolve_device, resolve_domain, warn_prompt, zero123_ref
-from suite.rules import parse_rule
 from suite.progress import LogProgress
+from suite.rules import check_rule_terms, parse_rule
 from suite.threads import continue_threads
 from suite.zero123 import Zero123Guidance, load_zero123
 
@@ -47,6 +47,7 @@ from .guidance3d import DomainSDS, Zero123SDS
 from .mask import foreground_mask, load_mask, reference_view
 from .nerf import Background, make_field
 from .render import render
+from .sds import TimestepRange
 from .stage import Reference, SDSTerm, check_checkpoint, load_checkpoint, save_checkpoint, train_stage
 
 log = logging.getLogger("generators3d")
@@ -100,7 +101,12 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
     domain = resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before any writing
     check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")
-    parse_rule(cfg.refine.guidance_rule)
+    rule = parse_rule(cfg.refine.guidance_rule)
+    if rule is not None and cfg.refine.steps > 0:  # a rule for terms stage 3 lacks, or outside its range: now
+        r = cfg.refine
+        terms = [n for n, w in (("domain", r.domain_weight), ("control", r.control_weight)) if w != 0]
+        span = TimestepRange(r.min_step_percent, r.max_step_percent).noise_range()
+        check_rule_terms(rule, terms, " (check --guidance-rule)", noise_range=span)
     check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)
     if cfg.image:  # read now: a text file, a FIFO or an unusable image is refused before the folder is touched
         image = load_image(cfg.image, "input image (--image)")

@@ -29,8 +29,8 @@ from .checks import (
     seed_arg,
 )
 from .domains import PRESETS
-from .rules import check_rule_terms, rule_arg
 from .presets import DEFAULT_PRESET, PRESET_NAMES
+from .rules import check_rule_terms, rule_arg
 
 log = logging.getLogger("suite")
 
@@ -103,7 +103,7 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
                         "'domain-ramp=1.5:0.5', 'project=domain:control' (the domain direction made orthogonal to the "
                         "prompt's), 'parallel=0.2', 'clamp=0.5' (largest RMS of the summed guidance), "
                         "'domain-share=0.25' and 'domain-max=1.5' (automatic weights); 'paper' for none "
-                        "(default: the domain's recommended rule when the weights are not given either)")
+                        "(default: the domain's recommended rule, applied where it fits the request; none with 'auto' weights)")
     g.add_argument("--w0", type=finite_float, default=7.0,
                    help="total guidance strength for automatic weights (default: %(default)s)")
     g.add_argument("--auto-norm", choices=["direction", "prediction"], default="direction",

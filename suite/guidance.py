@@ -109,7 +109,8 @@ class AutoWeights:
     Norms are L2 over each sample (``C, H, W``): weights are per sample, shape ``[B]``. They are computed
     at the first call (the paper's "initial value") and then kept, unless ``every_step=True``.
     ``max_weight`` caps a weight when a term barely differs from the base (``|g_i|`` near 0), where the
-    ratio would explode. Call :meth:`reset` (the pipeline does) before a new sampling run.
+    ratio would explode. Call :meth:`reset` (the pipeline does) before a new sampling run. Under a guidance rule
+    whose schedule switches a term off at the first step, that term's weight is computed at its first active step.
     """
 
     w0: float = 7.0
@@ -139,7 +140,6 @@ def auto_weights(
     ``shares[i]``: term ``i``'s share of ``w0`` (default: equal, ``1 / K``, the paper's), so that
     ``w_i N_i = shares[i] w0 R``; ``caps[i]``: a tighter cap on its weight than ``rule.max_weight``."""
     k = len(eps_terms)
-    shares = list(shares) if shares is not None else [1.0 / k] * k
     caps = list(caps) if caps is not None else [None] * k
 
     def norm(x):
@@ -152,9 +152,9 @@ def auto_weights(
         ref = norm(eps_ref - eps_0)
         sizes = [norm(e - eps_0) for e in eps_terms]
     tiny = torch.finfo(torch.float32).tiny
-    return [(rule.w0 * share * ref / s.clamp_min(tiny)).clamp(max=min(rule.max_weight, cap if cap is not None
-                                                                        else rule.max_weight))
-            for s, share, cap in zip(sizes, shares, caps)]
+    shares_w0 = [rule.w0 * share for share in shares] if shares is not None else [rule.w0 / k] * k  # the paper's
+    return [(sw0 * ref / s.clamp_min(tiny)).clamp(max=rule.max_weight if cap is None else min(rule.max_weight, cap))
+            for s, sw0, cap in zip(sizes, shares_w0, caps)]
 
 
 def noise_level(t, num_train_timesteps: int, batch: int) -> torch.Tensor:
@@ -194,13 +194,11 @@ class MultiGuidance:
         if any(term.weight is None for term in self.terms) and auto is None:
             auto = AutoWeights(norm="prediction")
         self.auto = auto
-        # Parts of the rule that name a term this request lacks do nothing (a domain's recommended rule also
-        # serves a request without a prompt); the edges refuse a rule the user gave for terms that are not there
-        # (suite.rules.check_rule_terms, called by the CLI and the pipeline).
+        # Parts of the rule that name a term missing here do nothing; the pipeline refuses a rule the user gave for
+        # terms a request lacks (suite.rules.check_rule_terms) and drops a recommended rule that does not fit it.
         self.rule = rule if rule is not None and not rule.is_paper else None
         self.num_train_timesteps = int(num_train_timesteps)
         self.last_weights: list = []
-        self._last_active: list[Term] = []
         self._resolved: dict = {}
 
     def reset(self) -> None:
@@ -246,7 +244,7 @@ class MultiGuidance:
             return not off and (term.weight is None or term.weight != 0.0)
 
         active = [i for i, term in enumerate(self.terms) if on(i, term)]
-        auto_all = [term for term in self.terms if term.weight is None]
+        auto_idx = [i for i, term in enumerate(self.terms) if term.weight is None]
         frozen = self.auto._frozen if self.auto is not None else None
         if frozen is not None and any(v.shape[0] != z.shape[0] for v in frozen.values()):
             frozen = None
@@ -261,10 +259,12 @@ class MultiGuidance:
         eps_ref = preds[-1] if need_ref else None
 
         if missing:
-            shares, caps = self._shares(auto_all)
-            pos = [auto_all.index(self.terms[i]) for i in missing]
+            shares, caps = self._shares([self.terms[i] for i in auto_idx])
+            pos = [auto_idx.index(i) for i in missing]
+            if shares is None and len(missing) != len(auto_idx):  # equal shares of all the automatic terms
+                shares = [1.0 / len(auto_idx)] * len(auto_idx)
             found = auto_weights(eps_0, [eps_terms[active.index(i)] for i in missing], self.auto, eps_ref,
-                                 shares=[shares[p] for p in pos] if shares else [1.0 / len(auto_all)] * len(pos),
+                                 shares=[shares[p] for p in pos] if shares else None,
                                  caps=[caps[p] for p in pos] if caps else None)
             frozen = dict(frozen or {})
             frozen.update(zip(missing, found))
@@ -274,9 +274,10 @@ class MultiGuidance:
             w = self.terms[i].weight if self.terms[i].weight is not None else frozen[i]
             self._resolved[i] = w
             f = factors[i]
-            weights.append(w if f is None else w * (f if isinstance(f, float) else f.to(torch.float32)))
+            if isinstance(f, torch.Tensor):  # per-sample factors (computed on the CPU) where the weights live
+                f = f.to(w.device if isinstance(w, torch.Tensor) else z.device)
+            weights.append(w if f is None else w * f)
         self.last_weights = weights
-        self._last_active = [self.terms[i] for i in active]
         return combine(eps_0, eps_terms, weights, [self.terms[i].name for i in active], self.rule)
 
     def weights_used(self) -> dict:

@@ -37,9 +37,9 @@ from .denoisers import ControlNetInput, UNetDenoiser
 from .domains import Domain, domain_from_dict
 from .files import atomic_dir
 from .guidance import AutoWeights, MultiGuidance, Term
-from .rules import GuidanceRule, check_rule_terms, format_rule, parse_rule, rule_fits, rule_given
 from .models import resolve
 from .nulltext import NullTextUNet
+from .rules import GuidanceRule, check_rule_terms, format_rule, parse_rule, rule_fits, rule_given
 from .text import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -438,9 +438,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                     reference = self._sd(self.encode_prompt(ref_prompt, clip_skip), name="reference",
                                          image_embeds=ip_pos)
             auto = AutoWeights(w0=w0, norm=auto_norm, reference=reference)
+        acting = [t.name for t in terms if t.weight is None or t.weight != 0]
         if explicit_rule:
-            check_rule_terms(rule, [t.name for t in terms])
-        elif not rule_fits(rule, [t.name for t in terms], noise_range):
+            check_rule_terms(rule, acting, noise_range=noise_range)
+        elif not rule_fits(rule, acting, noise_range):
             rule = None  # a recommended rule applies to the requests it was tuned for (e.g. with a prompt)
         return MultiGuidance(base, terms, auto, rule=rule,
                              num_train_timesteps=self.scheduler.config.num_train_timesteps)
@@ -583,6 +584,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
         # The guidance: one denoiser built from SD1.5, the domain model and the controls, under the rule the
         # pipeline decides (a recommended rule only where it fits this request's noise range).
+        if guidance is not None and rule_given(guidance_rule):
+            raise ValueError("guidance_rule applies to the pipeline's own guidance: with guidance=..., build the "
+                             "rule into that denoiser (MultiGuidance(..., rule=parse_rule(...)))")
         if guidance is None:
             rule = self.guidance_rule(guidance_rule, domain_weight, control_weight)
             domain_weight, control_weight = self.guidance_weights(domain_weight, control_weight)

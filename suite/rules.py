@@ -5,8 +5,9 @@ A rule has four optional parts, composable:
 
 * **Schedules over the noise level** (guidance intervals, Kynkäänniemi et al. 2024; EDM2's ``--guidance_interval``):
   a term's weight is multiplied by a factor of the step's noise level ``s = t / T`` (``0`` clean, ``1`` pure
-  noise; ``T`` = the scheduler's training steps, 1000 for SD1.5): ``1`` inside the interval ``[lo, hi]`` and ``0``
-  outside it, optionally ramped linearly from ``a`` at ``lo`` to ``b`` at ``hi``. A term whose factor is 0 for the
+  noise; ``T`` = the scheduler's training steps, 1000 for SD1.5): ``1`` inside the interval ``[lo, hi)`` (``hi = 1``
+  included) and ``0`` outside it, optionally ramped linearly from ``a`` at ``lo`` to ``b`` at ``hi``; so
+  ``domain=0-0.7, control=0.7-1`` splits the range with no step in both. A term whose factor is 0 for the
   whole batch is not evaluated; if every term is off, the step's prediction is exactly the unconditional one.
 * **Projection** of one term's guidance direction against another's (Perp-Neg; APG's parallel component):
   ``g_a <- g_a - (1 - parallel) (<g_a, g_b> / |g_b|^2) g_b`` per sample, so with ``parallel = 0`` the projected
@@ -16,7 +17,8 @@ A rule has four optional parts, composable:
 * **Automatic weights by shares** (``domain-share``): the paper's rule gives every automatic term an equal share
   of ``w0`` (Sec. 3.4: ``w_i = w0 / K |g_ref| / |g_i|``). A share gives the domain term ``share * w0`` and the
   other automatic terms the rest, so the domain direction cannot outweigh the prompt (``domain-max`` caps its
-  weight as well). See :class:`suite.guidance.AutoWeights`.
+  weight as well). With the domain the only automatic term it gets ``share * w0``; with a fixed domain weight the
+  share does nothing. See :class:`suite.guidance.AutoWeights`.
 
 One string writes a rule (the CLI's ``--guidance-rule``, the app's field, the presets); items are separated by
 commas, semicolons or spaces::
@@ -29,7 +31,8 @@ commas, semicolons or spaces::
     clamp=0.5                 RMS of the summed guidance at most 0.5 per sample
     domain-share=0.25         automatic weights: the domain term gets 25% of w0, the others the rest
     domain-max=1.5            automatic weights: the domain term's weight at most 1.5
-    paper                     nothing: the paper's Eq. 3 with fixed (or automatic) weights
+    paper                     nothing: the paper's Eq. 3 with fixed (or automatic) weights (alone)
+    recommended               the domain's recommended rule (as an empty string; alone)
 
 :data:`PAPER` is the empty rule.
 """
@@ -37,7 +40,7 @@ commas, semicolons or spaces::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .checks import UserError
 
@@ -46,8 +49,8 @@ __all__ = ["Schedule", "GuidanceRule", "PAPER", "parse_rule", "rule_arg", "rule_
 
 @dataclass(frozen=True)
 class Schedule:
-    """A term's weight factor over the noise level ``s`` in [0, 1]: ``0`` outside ``[lo, hi]``; inside, linear
-    from ``ramp[0]`` at ``lo`` to ``ramp[1]`` at ``hi`` (``(1, 1)``: a plain interval)."""
+    """A term's weight factor over the noise level ``s`` in [0, 1]: ``0`` outside ``[lo, hi)`` (``hi = 1`` included);
+    inside, linear from ``ramp[0]`` at ``lo`` to ``ramp[1]`` at ``hi`` (``(1, 1)``: a plain interval)."""
 
     lo: float = 0.0
     hi: float = 1.0
@@ -68,7 +71,7 @@ class Schedule:
 
     def factor(self, s: float) -> float:
         """The factor at noise level ``s`` (a float; :mod:`suite.guidance` applies it per sample)."""
-        if s < self.lo or s > self.hi:
+        if s < self.lo or s > self.hi or (s == self.hi and self.hi < 1.0):
             return 0.0
         a, b = self.ramp
         return a + (b - a) * (s - self.lo) / (self.hi - self.lo)
@@ -96,7 +99,6 @@ class GuidanceRule:
     clamp: float | None = None
     domain_share: float | None = None
     domain_max: float | None = None
-    spec: str = field(default="", compare=False)
 
     def schedule(self, name: str) -> Schedule | None:
         return dict(self.schedules).get(name)
@@ -118,13 +120,13 @@ class GuidanceRule:
         return format_rule(self)
 
 
-PAPER = GuidanceRule(spec="paper")
+PAPER = GuidanceRule()
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _INTERVAL = re.compile(rf"^({_NUM})-({_NUM})$")
 _RAMP = re.compile(rf"^({_NUM}):({_NUM})$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-KEYS = ("project", "parallel", "clamp", "domain-share", "domain-max")
+RECOMMENDED = "recommended"  # as suite.checks.RECOMMENDED (weights): leave the choice to the domain
 HELP = ("a guidance rule: items like domain=0-0.7 (a term only at those noise levels, 0 clean .. 1 pure noise), "
         "domain-ramp=1.5:0.5, project=domain:control, parallel=0.2, clamp=0.5, domain-share=0.25, domain-max=1.5, "
         "or 'paper'")
@@ -144,16 +146,23 @@ def _number(text: str, what: str, lo: float | None = None, hi: float | None = No
 
 
 def parse_rule(spec: str | GuidanceRule | None) -> GuidanceRule | None:
-    """A :class:`GuidanceRule` from its string (see the module's docstring); ``None`` and ``""`` stay ``None``
-    (the caller's default), ``"paper"`` is :data:`PAPER`. One sentence naming the fix on any mistake."""
+    """A :class:`GuidanceRule` from its string (see the module's docstring); ``None``, ``""`` and ``"recommended"``
+    give ``None`` (the caller's default), ``"paper"`` is :data:`PAPER`. One sentence naming the fix on any mistake."""
     if spec is None or isinstance(spec, GuidanceRule):
         return spec
     if not isinstance(spec, str):
         raise UserError(f"a guidance rule must be a string such as 'domain=0-0.7, clamp=0.5', got {spec!r}")
     text = spec.strip()
-    if not text:
+    if not text or text.lower() == RECOMMENDED:
         return None
     items = [i for i in re.split(r"[,;\s]+", text) if i]
+    words = [i.lower() for i in items if i.lower() in ("paper", RECOMMENDED)]
+    if words and len(items) > 1:
+        raise UserError(f"'{words[0]}' stands alone in a guidance rule, got {text!r}: drop it or the other items")
+    keys = [i.split("=", 1)[0].strip().lower() for i in items if "=" in i]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise UserError(f"the guidance rule sets {twice[0]}= twice, in {text!r}: give each item once")
     intervals: dict[str, tuple[float, float]] = {}
     ramps: dict[str, tuple[float, float]] = {}
     kw: dict = {}
@@ -180,7 +189,11 @@ def parse_rule(spec: str | GuidanceRule | None) -> GuidanceRule | None:
             v = _number(value, "domain-share= (the domain term's share of w0)", 0.0, 1.0)
             kw["domain_share"] = v
         elif lkey == "domain-max":
-            kw["domain_max"] = _number(value, "domain-max= (the largest automatic domain weight)", 0.0)
+            v = _number(value, "domain-max= (the largest automatic domain weight)", 0.0)
+            if v == 0:
+                raise UserError("domain-max=0 would switch the domain term off: give a positive cap, or "
+                                "--domain-weight 0")
+            kw["domain_max"] = v
         elif lkey.endswith("-ramp"):
             name = key[: -len("-ramp")]
             m = _RAMP.match(value)
@@ -202,7 +215,7 @@ def parse_rule(spec: str | GuidanceRule | None) -> GuidanceRule | None:
     for name in dict.fromkeys([*intervals, *ramps]):
         lo, hi = intervals.get(name, (0.0, 1.0))
         schedules.append((name, Schedule(lo, hi, ramps.get(name, (1.0, 1.0)))))
-    return GuidanceRule(schedules=tuple(schedules), spec=text, **kw)
+    return GuidanceRule(schedules=tuple(schedules), **kw)
 
 
 def format_rule(rule: GuidanceRule | None) -> str:
@@ -233,18 +246,19 @@ def rule_fits(rule: GuidanceRule | None, present, noise_range: tuple[float, floa
         return True
     if not rule.names() <= set(present):
         return False
-    if noise_range is not None:
-        lo, hi = noise_range
-        for name, s in rule.schedules:
-            if s.hi < lo or s.lo > hi or s.always_zero:
-                return False
-    return True
+    return noise_range is None or not _outside(rule, noise_range)
+
+
+def _outside(rule: GuidanceRule, noise_range: tuple[float, float]) -> list[tuple[str, Schedule]]:
+    """The scheduled terms that would never act within ``noise_range``."""
+    lo, hi = noise_range
+    return [(n, s) for n, s in rule.schedules if s.always_zero or s.lo > hi or (s.hi <= lo and s.hi < 1.0)]
 
 
 def rule_given(rule) -> bool:
     """Whether a guidance rule was chosen by the caller (``None`` and ``"recommended"`` leave it to the domain's
     recommendation)."""
-    return rule is not None and not (isinstance(rule, str) and rule.strip().lower() == "recommended")
+    return rule is not None and not (isinstance(rule, str) and rule.strip().lower() in ("", RECOMMENDED))
 
 
 def rule_arg(text: str) -> GuidanceRule | None:
@@ -257,9 +271,11 @@ def rule_arg(text: str) -> GuidanceRule | None:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def check_rule_terms(rule: GuidanceRule | None, present: list[str] | tuple[str, ...], where: str = "") -> None:
+def check_rule_terms(rule: GuidanceRule | None, present: list[str] | tuple[str, ...], where: str = "",
+                     noise_range: tuple[float, float] | None = None) -> None:
     """One sentence if ``rule`` names a term the request does not have (a projection without a control term, a
-    schedule for a term that is off), or if its schedules switch off every term at every noise level."""
+    schedule for a term that is off), if its schedules switch off every term at every noise level, or if a
+    scheduled term would never act within the request's ``noise_range`` (an edit's strength, an SDS range)."""
     if rule is None:
         return
     present = list(present)
@@ -275,7 +291,13 @@ def check_rule_terms(rule: GuidanceRule | None, present: list[str] | tuple[str, 
     for name, _ in rule.schedules:
         if name not in present:
             raise UserError(f"the guidance rule schedules a term named {name!r}, which this request does not have "
-                            f"(terms here: {known}){where}")
+                            f"(terms here: {known}): use one of those names, or drop the item{where}")
     if present and all(rule.schedule(n) is not None and rule.schedule(n).always_zero for n in present):
         raise UserError(f"the guidance rule's schedules switch off every term ({known}) at every noise level: "
                         f"give at least one term a non-zero factor{where}")
+    if noise_range is not None:
+        for name, s in _outside(rule, noise_range):
+            raise UserError(f"the guidance rule gives {name} the noise levels {s.lo:g}-{s.hi:g} only, but this request "
+                            f"runs at {noise_range[0]:.2f}-{noise_range[1]:.2f} (an edit starts at its strength, SDS "
+                            f"samples its timestep range), so {name} would never act: move the interval or raise the "
+                            f"strength{where}")

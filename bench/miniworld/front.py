@@ -219,6 +219,7 @@ def run(config: Config, output: str | Path, only: list[str] | None = None) -> di
                                  domain=assets.MINI_PORCELAIN)
     pipe.set_progress_bar_config(disable=True)
     t0 = time.time()
+    models = hashlib.sha1((root / "MANIFEST.json").read_bytes()).hexdigest()[:12]  # a rebuild is new results
     ideal = _ideal(cache, config)
     ideal_feat = {s: judge.embed(torch.from_numpy(v).permute(0, 3, 1, 2).float() / 255).detach().numpy()
                   for s, v in ideal.items()}
@@ -233,7 +234,7 @@ def run(config: Config, output: str | Path, only: list[str] | None = None) -> di
         if only and not any(o in name for o in only):
             continue
         key = _slug(name, desc, config.seed, config.ood_per_shape, config.ind_per_shape, config.block,
-                    config.sample_steps, config.n_ideal)
+                    config.sample_steps, config.n_ideal, models)
         path = per_method / f"{key}.json"
         if path.exists():
             rows.append(json.loads(path.read_text()))

@@ -30,7 +30,8 @@ MANIFEST = "MANIFEST.json"
 REBUILD = "python -m training.miniworld"
 DOMAINS = ("porcelain",)
 
-# The porcelain preset on the mini world: its recommended guidance, used when no weight and no rule are given
+# The porcelain preset on the mini world: its recommended guidance, used when no rule is given (and no weight is
+# "auto"), where the rule fits the request
 # (docs/mini-world.md, "Guidance rules", has the measurements that chose it). With a prompt, the noise range is
 # split: above 70% of the noise only the prompt's term (w_c = 7) acts and sets the shape; below it only the domain
 # term paints the glaze, its weight rising from w_d = 1 at the clean end (the domain model's own prediction) to

@@ -70,7 +70,7 @@ def test_an_interrupted_set_is_reported_and_resume_completes_it(tmp_path, caplog
 
     caplog.set_level(logging.INFO, logger="suite")
     argv = ["generate", "--preset", "mini", "--prompt", "a cup", "--steps", "4", "--num-images", "3", "--seed", "5",
-            "--output", str(tmp_path / "a.png")]
+            "--guidance-rule", "paper", "--output", str(tmp_path / "a.png")]
     assert launch.main(argv) == 0
     whole = {i: np.asarray(Image.open(tmp_path / f"a-{i}.png"), dtype=int) for i in range(3)}
     for p in tmp_path.iterdir():
@@ -99,5 +99,5 @@ def test_an_interrupted_set_is_reported_and_resume_completes_it(tmp_path, caplog
     for i in (1, 2):  # a batch of 2 instead of 3: the same images up to float rounding
         got = np.asarray(Image.open(tmp_path / f"a-{i}.png"), dtype=int)
         assert np.abs(got - whole[i]).max() <= 2, i
-        assert np.abs(got - whole[0]).mean() > 2  # and not a copy of another image of the set (copies differ by <= 2)
+        assert np.abs(got - whole[0]).mean() > 5  # and not a copy of another image of the set
     assert launch.main([*argv, "--resume"]) == 0  # all there: nothing to do

@@ -51,6 +51,8 @@ def test_a_ramp_scales_the_weight_linearly_and_per_sample():
     assert torch.allclose(out[1], e0[1] + 2.0 * 1.0 * (ed[1] - e0[1]), atol=1e-6)
     assert torch.allclose(out[2], e0[2] + 2.0 * 0.5 * (ed[2] - e0[2]), atol=1e-6)
     assert Schedule(0.2, 1.0, (1.5, 0.5)).factor(0.6) == pytest.approx(1.0)
+    # intervals are [lo, hi) (hi = 1 included): a split at 0.7 gives no step to both terms
+    assert (Schedule(0.0, 0.7).factor(0.7), Schedule(0.7, 1.0).factor(0.7), Schedule(0.7, 1.0).factor(1.0)) == (0, 1, 1)
     assert mg.weights_used() == {"domain": 2.0}  # the weight before its schedule
 
 
@@ -153,6 +155,9 @@ def test_spec_strings_round_trip_and_paper_is_the_identity():
     ("domain-share=1.5", "from 0 to 1"),
     ("domain-ramp=1", "takes two factors"),
     ("clamp=nan", "finite"),
+    ("paper, clamp=1", "'paper' stands alone"),
+    ("domain=0-0.5, domain=0.2-0.4", "sets domain= twice"),
+    ("domain-max=0", "would switch the domain term off"),
 ])
 def test_bad_rules_are_one_sentence(spec, phrase):
     with pytest.raises(UserError, match=None) as e:
@@ -170,6 +175,10 @@ def test_rules_naming_absent_terms_are_refused_at_the_edge():
     with pytest.raises(UserError, match="switch off every term"):
         check_rule_terms(parse_rule("domain-ramp=0:0"), ["domain"])
     check_rule_terms(parse_rule("domain-ramp=0:0"), ["domain", "control"])  # the control term still acts
+    with pytest.raises(UserError, match="control would never act: move the interval or raise the strength"):
+        check_rule_terms(parse_rule("control=0.7-1"), ["domain", "control"], noise_range=(0.02, 0.5))
+    check_rule_terms(parse_rule("control=0.7-1"), ["domain", "control"], noise_range=(0.02, 0.8))
+    assert parse_rule("recommended") is None and parse_rule("") is None
 
 
 def test_the_rule_reaches_sampling_sdedit_and_sds_alike(tiny_pipe):
@@ -184,9 +193,11 @@ def test_the_rule_reaches_sampling_sdedit_and_sds_alike(tiny_pipe):
     ruled = tiny_pipe("a face", guidance_rule="domain=0-0.5", **kw).latents
     assert not torch.allclose(paper, ruled)
     photo = Image.new("RGB", (64, 64), (120, 90, 60))
-    edit_paper = tiny_pipe("a face", image=photo, strength=0.6, guidance_rule="paper", **kw).latents
-    edit_ruled = tiny_pipe("a face", image=photo, strength=0.6, guidance_rule="control=0.9-1", **kw).latents
+    edit_paper = tiny_pipe("a face", image=photo, strength=0.95, guidance_rule="paper", **kw).latents
+    edit_ruled = tiny_pipe("a face", image=photo, strength=0.95, guidance_rule="control=0.5-1", **kw).latents
     assert not torch.allclose(edit_paper, edit_ruled)
+    with pytest.raises(UserError, match="would never act"):  # an edit from 0.6 never reaches the prompt's 0.9-1
+        tiny_pipe("a face", image=photo, strength=0.6, guidance_rule="control=0.9-1", **kw)
 
     term = DomainSDS(tiny_pipe, "a face", 1.5, 3.0, view_dependent=False, rule="domain=0-0.5")
     mg = term.denoiser(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 90.0]))

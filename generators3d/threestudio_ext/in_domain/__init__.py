@@ -133,7 +133,7 @@ class InDomainGuidance(_Annealed, BaseObject):
         # porcelain: 1 and 7; a domain without them: automatic); "auto": the paper's automatic rule
         domain_weight: Optional[Any] = None
         control_weight: Optional[Any] = None
-        # None: the domain's recommended guidance rule (with the recommended weights); "paper": none; or a rule
+        # None: the domain's recommended guidance rule, where it fits the timestep range; "paper": none; or a rule
         # string (suite.rules), e.g. "domain=0-0.7, control=0.5-1"; its schedules read each sample's SDS timestep
         guidance_rule: Optional[str] = None
         w0: float = 7.0
