@@ -5,6 +5,7 @@ Imports inside :func:`main` are lazy on purpose: ``launch.py --help`` imports th
 from __future__ import annotations
 
 import logging
+import os
 
 from . import cli
 from .checks import int_at_least
@@ -33,13 +34,27 @@ def add_arguments(p) -> None:
     p.add_argument("--height", type=int_at_least(8), default=None,
                    help="image height (default: the model's native size)")
     p.add_argument("--resume", action="store_true",
-                   help="complete an interrupted --num-images set: images already written are kept, only the missing "
-                        "ones are made, each from the noise it would have started from")
+                   help="complete an interrupted --num-images set or batch: images already written are kept, only the "
+                        "missing ones are made, each from the noise it would have started from")
+    b = p.add_argument_group("batches (one image per prompt and seed into the --output folder, with manifest.jsonl; "
+                             "split between processes under accelerate launch or torchrun)")
+    b.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="one prompt a line, or JSON lines {\"prompt\": ..., \"seed\": ..., \"domain_weight\": ..., "
+                        "\"control_weight\": ..., \"guidance_rule\": ..., \"negative_prompt\": ...}; --output is then "
+                        "a folder")
+    b.add_argument("--seeds", default=None, metavar="A-B",
+                   help="seeds for every prompt, e.g. 0-99 or 1,5,9-12 (with --prompts-file or --prompt; --output is "
+                        "then a folder)")
+    b.add_argument("--batch-size", type=int_at_least(1), default=8,
+                   help="images per sampling call in a batch; fixed batches, so any number of processes makes the "
+                        "same files (default: %(default)s)")
     cli.add_model_arguments(p)
     cli.add_guidance_arguments(p)
 
 
 def main(args) -> int:
+    if args.prompts_file or args.seeds:
+        return batch_main(args)
     from .files import remove_leftovers
     from .images import load_image, output_paths, save_image_atomic
     from .pipeline import DEFAULT_STEPS, Control
@@ -117,3 +132,101 @@ def _fmt(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
     return f"{v:.3g}"
+
+
+def batch_main(args) -> int:
+    """``--prompts-file`` / ``--seeds``: one image per (prompt, seed) into the ``--output`` folder, split between
+    processes (:mod:`suite.batch`)."""
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    import torch
+    from accelerate import PartialState
+
+    from . import batch as B
+    from .checks import UserError
+    from .files import claim_run_folder, output_lock, remove_leftovers, write_text_atomic
+    from .images import save_image_atomic
+    from .pipeline import DEFAULT_STEPS, quiet
+    from .rules import format_rule
+
+    # 1. The items, checked before any model loads.
+    cli.check_request(args)
+    if args.num_images != 1 or args.control_image or args.community_model:
+        raise UserError("a batch (--prompts-file / --seeds) takes one image per prompt and seed: drop --num-images, "
+                        "--control-image and --community-model")
+    if args.prompts_file and args.prompt:
+        raise UserError("give --prompts-file or --prompt, not both")
+    seeds = B.parse_seeds(args.seeds) if args.seeds else [args.seed]
+    if args.prompts_file:
+        items = B.read_items(args.prompts_file, seeds)
+    else:
+        items = [B.Item(i, args.prompt, s, args.domain_weight, args.control_weight,
+                        format_rule(args.guidance_rule) if args.guidance_rule else None, args.negative_prompt)
+                 for i, s in enumerate(seeds)]
+    folder = Path(args.output).expanduser().resolve()
+    if folder.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") or folder.is_file():
+        raise UserError(f"with --prompts-file or --seeds, --output is a folder for the images, got {args.output!r}: "
+                        f"give a folder name")
+    state = PartialState(cpu=args.device == "cpu")
+    rank, world = state.process_index, state.num_processes
+
+    with ExitStack() as stack:
+        # 2. The folder: locked and claimed by process 0, checked read-only by the others.
+        if state.is_main_process:
+            stack.enter_context(output_lock(folder))
+            busy = claim_run_folder(folder, "generate-batch")
+            if busy and not args.resume:
+                raise UserError(f"the folder {str(folder)!r} holds a batch already: pass --resume to complete it, or "
+                                f"choose another --output")
+            remove_leftovers(folders=[folder])
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            claim_run_folder(folder, "generate-batch", write=False)
+        done = B.done_items(folder)
+        todo = [[it for it in b if it.index not in done] for b in B.batches(items, args.batch_size)[rank::world]]
+        todo = [b for b in todo if b]
+        log.info("batch: %d item(s), %d done; process %d of %d makes %d", len(items), len(done), rank + 1, world,
+                 sum(map(len, todo)))
+
+        # 3. Models (each process on its own device), then the batches.
+        if args.device is None and world > 1:
+            args.device = str(state.device)
+        pipe = cli.load_pipeline(args) if todo else None
+        if todo:
+            from .presets import model_refs
+
+            refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
+            models = B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})
+        part = folder / f"manifest.rank{rank}.jsonl"
+        steps = DEFAULT_STEPS if args.steps is None else args.steps
+        for k, group in enumerate(todo):
+            first = group[0]
+            latents = torch.cat([pipe.prepare_latents(1, args.height, args.width, seed=it.seed) for it in group])
+            with quiet(pipe):
+                out = pipe([it.prompt for it in group] if first.prompt else None, negative_prompt=first.negative_prompt,
+                           domain_weight=first.domain_weight, control_weight=first.control_weight,
+                           guidance_rule=first.guidance_rule, num_images_per_prompt=1 if first.prompt else len(group),
+                           num_inference_steps=steps, latents=latents, height=args.height, width=args.width,
+                           w0=args.w0, auto_norm=args.auto_norm)
+            for it, image in zip(group, out.images):
+                path = save_image_atomic(image, B.item_path(folder, it))
+                with open(part, "a", encoding="utf-8") as fh:  # after the image is in place: a line means done
+                    fh.write(B.manifest_line(it, path, out.weights, out.guidance_rule, models) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            log.info("batch: %d/%d groups (%d images) on process %d", k + 1, len(todo), len(group), rank + 1)
+
+        # 4. One manifest in item order (process 0, when every process is done).
+        state.wait_for_everyone()
+        if state.is_main_process:
+            lines = B.done_items(folder)
+            write_text_atomic(folder / B.MANIFEST, "".join(lines[i] + "\n" for i in sorted(lines)))
+            for p in folder.glob("manifest.rank*.jsonl"):
+                p.unlink()
+            missing = len(items) - len(lines)
+            log.info("batch: %d of %d image(s) in %s%s", len(lines), len(items), folder,
+                     f"; {missing} missing: run again with --resume" if missing else "")
+            if missing:
+                return 1
+    return 0

@@ -126,6 +126,12 @@ CASES = [
                                                    "{out}/a.png"], "has no control term"),
     ("generate: rule for a term that is not there", G + ["--prompt", "x", "--guidance-rule", "style=0-0.5",
                                                          "--output", "{out}/a.png"], "a term named 'style'"),
+    ("generate: prompts file missing", G + ["--prompts-file", "{out}/none.txt", "--output", "{out}/batch"],
+     "does not exist: give a text file with one prompt a line"),
+    ("generate: empty seed range", G + ["--prompt", "x", "--seeds", "9-1", "--output", "{out}/batch"],
+     "is empty: write it low-high"),
+    ("generate: batch into an image name", G + ["--prompt", "x", "--seeds", "0-3", "--output", "{out}/b.png"],
+     "--output is a folder for the images"),
     ("generate: rule that zeroes every term", G + ["--prompt", "x", "--guidance-rule",
                                                    "domain-ramp=0:0, control-ramp=0:0", "--output", "{out}/a.png"],
      "switch off every term"),
@@ -240,4 +246,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 31, "edit": 8, "3d": 15, "train": 5, "app": 3}, json.dumps(per)
+    assert per == {"generate": 34, "edit": 8, "3d": 15, "train": 5, "app": 3}, json.dumps(per)

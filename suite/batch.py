@@ -1,0 +1,176 @@
+"""Batch generation: many (prompt, seed) items into one folder, with a manifest, split between processes.
+
+``launch.py generate --prompts-file FILE --seeds 0-99 --output DIR`` makes one image per (prompt, seed):
+
+* **Items.** ``FILE`` holds one prompt a line (``#`` starts a comment), or JSON lines
+  (``{"prompt": ..., "seed": ..., "domain_weight": ..., "control_weight": ..., "guidance_rule": ...,
+  "negative_prompt": ...}``, every key but ``prompt`` optional; a line with its own ``seed`` is one item, others take
+  every seed of ``--seeds``). Item ``i`` is written to ``DIR/<i:05d>-s<seed>.png``.
+* **Per-item seeds.** Each image starts from the noise of its own seed (row 0 of
+  ``pipe.prepare_latents(1, seed=seed)``), so an image does not depend on which process made it or with what.
+* **Fixed global batches.** Items are grouped, in file order, into batches of ``--batch-size`` items that share
+  their guidance settings; with ``P`` processes, process ``r`` takes batches ``r, r + P, ...``. A batch is the same
+  batch in every run, so the files of a 2-process run are byte-identical to a 1-process run's (tested on the CPU).
+* **The manifest.** ``DIR/manifest.jsonl``, one JSON line per image: file, prompt, seed, guidance settings, the
+  weights and the rule applied, and the models' hashes. Each process appends to its own part
+  (``manifest.rank<r>.jsonl``) after the image is renamed into place; at the end the parts are merged in item order
+  (process 0, after the others finish). A resumed batch skips every item whose image and manifest line exist and
+  makes the others again, so an item is never half done.
+* **Processes.** Under ``accelerate launch --num_processes N launch.py generate ...`` or ``torchrun
+  --nproc_per_node N launch.py generate ...``, the rank and world size come from accelerate's ``PartialState``
+  (which reads both launchers' environment); each process uses its own device (``cuda:<local rank>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .checks import MAX_SEED, UserError, check_prompt, check_weight
+from .rules import format_rule, parse_rule
+
+__all__ = ["Item", "parse_seeds", "read_items", "batches", "item_path", "MANIFEST"]
+
+MANIFEST = "manifest.jsonl"
+KEYS = ("prompt", "seed", "domain_weight", "control_weight", "guidance_rule", "negative_prompt")
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int
+    prompt: str
+    seed: int
+    domain_weight: float | str | None = None
+    control_weight: float | str | None = None
+    guidance_rule: str | None = None
+    negative_prompt: str = ""
+
+    def settings(self) -> tuple:
+        """What must be shared by the items of one batch (one guidance for the whole batch)."""
+        return self.domain_weight, self.control_weight, self.guidance_rule, self.negative_prompt
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-99"``, ``"3"`` or ``"1,5,9-12"`` -> the seeds, in order; one sentence on a mistake."""
+    seeds: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise UserError(f"--seeds takes numbers and ranges such as 0-99 or 1,5,9-12, got {text!r}")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise UserError(f"the seed range {part} is empty: write it low-high, e.g. 0-99")
+        if hi > MAX_SEED:
+            raise UserError(f"a seed is a whole number from 0 to {MAX_SEED}, got {hi}")
+        seeds += range(lo, hi + 1)
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text} names a seed twice: give each once")
+    return seeds
+
+
+def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
+    """The items of a prompts file (see the module's docstring); one sentence naming the line on a mistake."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"the prompts file {str(p)!r} does not exist: give a text file with one prompt a line")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"the prompts file {str(p)!r} is not UTF-8 text: save it as UTF-8") from None
+    items: list[Item] = []
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        where = f"line {n} of {p.name}"
+        if text.startswith("{"):
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where} is not valid JSON ({e.msg}): write one JSON object a line") from None
+            unknown = sorted(set(row) - set(KEYS))
+            if unknown or "prompt" not in row:
+                raise UserError(f"{where} {'has no prompt' if 'prompt' not in row else f'has unknown keys {unknown}'}: "
+                                f"use {', '.join(KEYS)}")
+        else:
+            row = {"prompt": text}
+        prompt = check_prompt(row["prompt"], f"the prompt on {where}")
+        for key in ("domain_weight", "control_weight"):
+            if row.get(key) is not None:
+                check_weight(row[key], f"{key} on {where}")
+        rule = row.get("guidance_rule")
+        if rule is not None:
+            try:
+                rule = format_rule(parse_rule(rule)) or None
+            except UserError as e:
+                raise UserError(f"{e} (on {where})") from None
+        own = row.get("seed")
+        if own is not None and (not isinstance(own, int) or not 0 <= own <= MAX_SEED):
+            raise UserError(f"the seed on {where} must be a whole number from 0 to {MAX_SEED}, got {own!r}")
+        for seed in [own] if own is not None else seeds:
+            items.append(Item(len(items), prompt, seed, row.get("domain_weight"), row.get("control_weight"), rule,
+                              check_prompt(row.get("negative_prompt") or "", f"the negative prompt on {where}")))
+    if not items:
+        raise UserError(f"the prompts file {str(p)!r} holds no prompt: write one prompt a line")
+    return items
+
+
+def batches(items: list[Item], size: int) -> list[list[Item]]:
+    """Consecutive items with the same guidance settings, at most ``size`` a batch (fixed for a given file)."""
+    out: list[list[Item]] = []
+    for item in items:
+        if out and len(out[-1]) < size and out[-1][0].settings() == item.settings():
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
+def item_path(folder: Path, item: Item, suffix: str = ".png") -> Path:
+    return folder / f"{item.index:05d}-s{item.seed}{suffix}"
+
+
+def model_hashes(refs: dict[str, str | None]) -> dict[str, str]:
+    """A short hash of each model folder's weight files (names, sizes, first MiB), or the hub id as given."""
+    out = {}
+    for name, ref in refs.items():
+        if not ref:
+            continue
+        folder = Path(ref)
+        if not folder.is_dir():
+            out[name] = str(ref)
+            continue
+        h = hashlib.sha256()
+        for f in sorted(folder.rglob("*.safetensors")):
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(str(f.stat().st_size).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+        out[name] = h.hexdigest()[:16]
+    return out
+
+
+def manifest_line(item: Item, file: Path, weights: dict, rule: str | None, models: dict) -> str:
+    row = asdict(item)
+    row.update(file=file.name, weights_used={k: v for k, v in (weights or {}).items()}, rule_applied=rule,
+               models=models)
+    return json.dumps(row, sort_keys=True)
+
+
+def done_items(folder: Path) -> dict[int, str]:
+    """``{item index: manifest line}`` for the items whose image and manifest line both exist."""
+    out: dict[int, str] = {}
+    for part in [folder / MANIFEST, *sorted(folder.glob("manifest.rank*.jsonl"))]:
+        if not part.is_file():
+            continue
+        for line in part.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that item is made again
+            if (folder / row.get("file", "")).is_file():
+                out[int(row["index"])] = line
+    return out

@@ -1,0 +1,117 @@
+"""Batch generation (suite.batch, `generate --prompts-file/--seeds`): items, fixed batches, the manifest, resume,
+and the same files from 1 and 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import launch
+from suite import batch as B
+from suite.checks import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = "a vase\n# a comment\n\n{\"prompt\": \"a bowl\", \"seed\": 42, \"domain_weight\": 1.5}\na cup\n"
+
+
+def test_items_seeds_and_fixed_batches(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text(PROMPTS)
+    items = B.read_items(f, B.parse_seeds("0-1,5"))
+    assert [(i.prompt, i.seed) for i in items] == [("a vase", 0), ("a vase", 1), ("a vase", 5), ("a bowl", 42),
+                                                   ("a cup", 0), ("a cup", 1), ("a cup", 5)]
+    assert [i.index for i in items] == list(range(7)) and items[3].domain_weight == 1.5
+    groups = B.batches(items, 2)  # consecutive, same settings, at most 2
+    assert [[i.index for i in g] for g in groups] == [[0, 1], [2], [3], [4, 5], [6]]
+    assert B.item_path(tmp_path, items[3]).name == "00003-s42.png"
+
+
+@pytest.mark.parametrize("text,seeds,phrase", [
+    ("{\"prompt\": \"x\", \"sede\": 1}", "0", "unknown keys ['sede']"),
+    ("{\"prompt\": \"x\",", "0", "line 1 of p.txt is not valid JSON"),
+    ("{\"seed\": 1}", "0", "has no prompt"),
+    ("{\"prompt\": \"x\", \"guidance_rule\": \"domain=0-2\"}", "0", "(on line 1 of p.txt)"),
+    ("{\"prompt\": \"x\", \"seed\": -1}", "0", "the seed on line 1"),
+    ("# only a comment", "0", "holds no prompt"),
+    ("a vase", "5-1", "is empty: write it low-high"),
+    ("a vase", "1,1", "names a seed twice"),
+    ("a vase", "x", "--seeds takes numbers and ranges"),
+])
+def test_bad_batches_are_one_sentence(tmp_path, text, seeds, phrase):
+    f = tmp_path / "p.txt"
+    f.write_text(text)
+    with pytest.raises(UserError) as e:
+        B.read_items(f, B.parse_seeds(seeds))
+    assert phrase in str(e.value) and "\n" not in str(e.value)
+
+
+def _argv(prompts: Path, out: Path) -> list[str]:
+    return ["generate", "--preset", "tiny", "--prompts-file", str(prompts), "--seeds", "0-1", "--batch-size", "2",
+            "--steps", "2", "--device", "cpu", "--output", str(out)]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def test_two_processes_make_the_same_files_as_one(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 ... --device cpu` (gloo): process r takes global batches
+    r, r + 2, ...; every image starts from its own seed's noise, so the union is byte-identical to one process's
+    files, and the merged manifest too."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPTS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+           str(ROOT / "launch.py"), *_argv(prompts, tmp_path / "two")]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "process 2 of 2 makes" in res.stdout + res.stderr
+    res = subprocess.run([sys.executable, str(ROOT / "launch.py"), *_argv(prompts, tmp_path / "one")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert sorted(one) == sorted(two) == sorted([f"{i:05d}-s{s}.png" for i, s in
+                                                 enumerate([0, 1, 42, 0, 1])] + ["manifest.jsonl"])
+    assert one == two
+    rows = [json.loads(line) for line in one["manifest.jsonl"].decode().splitlines()]
+    assert [r["index"] for r in rows] == list(range(5)) and rows[2]["prompt"] == "a bowl"
+    assert rows[2]["weights_used"]["domain"] == 1.5 and rows[0]["models"]["sd"]
+
+
+def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkeypatch):
+    import suite.images
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPTS)
+    out = tmp_path / "out"
+    argv = _argv(prompts, out)
+    real = suite.images.save_image_atomic
+    saved = []
+
+    def dies_at_the_fourth(image, path):
+        if len(saved) == 3:
+            raise KeyboardInterrupt
+        saved.append(path)
+        return real(image, path)
+
+    monkeypatch.setattr(suite.images, "save_image_atomic", dies_at_the_fourth)
+    assert launch.main(argv) == 130
+    monkeypatch.setattr(suite.images, "save_image_atomic", real)
+    first = {p.name: p.stat().st_mtime_ns for p in saved}
+    assert len(first) == 3
+    assert launch.main(argv) == 2  # the folder holds a batch: --resume, or another folder
+    assert launch.main([*argv, "--resume"]) == 0
+    assert {p: (out / p).stat().st_mtime_ns for p in first} == first  # kept, not made again
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(5))
+    assert not list(out.glob("manifest.rank*"))
