@@ -137,8 +137,9 @@ def check_request(args) -> None:
         value = getattr(args, name, None)
         check_weight(value, f"--{name.replace('_', '-')}")
     rule = getattr(args, "guidance_rule", None)
-    if rule is not None:
-        check_rule_terms(rule, request_terms(args), " (check --guidance-rule)")
+    if rule is not None:  # an edit runs at noise levels up to its strength (the exact range is known after loading)
+        span = (0.0, args.strength) if getattr(args, "strength", None) is not None else None
+        check_rule_terms(rule, request_terms(args), " (check --guidance-rule)", noise_range=span)
 
 
 def request_terms(args) -> list[str]:

@@ -147,6 +147,9 @@ CASES = [
      "give a mask with the image's size"),
     ("edit: projection without a prompt", E + ["--image", "{photo}", "--guidance-rule", "project=domain:control",
                                                "--output", "{out}/e.png"], "has no control term"),
+    ("edit: prompt's interval above the strength", E + ["--image", "{photo}", "--prompt", "x", "--strength", "0.5",
+                                                        "--guidance-rule", "control=0.7-1", "--output", "{out}/e.png"],
+     "control would never act"),
     ("edit: a billion images", E + ["--image", "{photo}", "--num-images", "1000000000", "--output", "{out}/e.png"],
      "more than the limit of 64"),
     # 3d
@@ -246,4 +249,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 34, "edit": 8, "3d": 15, "train": 5, "app": 3}, json.dumps(per)
+    assert per == {"generate": 34, "edit": 9, "3d": 15, "train": 5, "app": 3}, json.dumps(per)

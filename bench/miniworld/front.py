@@ -119,13 +119,16 @@ def _fine_tuned(pipe, cache: Path, config: Config) -> dict[int, torch.nn.Module]
     from safetensors.torch import load_file, save_file
 
     from suite.files import atomic_path
+    from training.miniworld import render_set
 
-    from .compare import fine_tune, render_domain
+    from .compare import fine_tune
 
     key = _slug(config.ft_batch, config.ft_lr, config.n_domain, config.ft_seed)
     paths = {n: cache / f"fine-tuned-{key}-{n}.safetensors" for n in config.ft_steps}
     if not all(p.exists() for p in paths.values()):
-        images = render_domain(config.n_domain, config.ft_seed + 1000)
+        # in this process for a small set (a pool's start-up costs more than it saves); the same images either way
+        images = render_set("domain", config.n_domain, config.ft_seed + 1000,
+                            workers=1 if config.n_domain <= 500 else 2)["images"]
         tuned = fine_tune(pipe, images, tuple(config.ft_steps), config.ft_batch, config.ft_lr, config.ft_seed)
         for n, unet in tuned.items():
             with atomic_path(paths[n]) as tmp:
