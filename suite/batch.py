@@ -160,6 +160,16 @@ def manifest_line(item: Item, file: Path, weights: dict, rule: str | None, model
     return json.dumps(row, sort_keys=True)
 
 
+def check_same_batch(done: dict[int, str], items: list[Item]) -> None:
+    """One sentence if the finished items of a folder were made from other prompts or seeds than ``items``."""
+    for index, line in done.items():
+        row = json.loads(line)
+        if index >= len(items) or (row.get("prompt"), row.get("seed")) != (items[index].prompt, items[index].seed):
+            raise UserError(f"the folder's batch was made from other prompts or seeds (item {index}: "
+                            f"{row.get('prompt')!r}, seed {row.get('seed')}): use the same prompts file and --seeds to "
+                            f"resume it, or choose another --output")
+
+
 def done_items(folder: Path) -> dict[int, str]:
     """``{item index: manifest line}`` for the items whose image and manifest line both exist."""
     out: dict[int, str] = {}

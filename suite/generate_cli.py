@@ -172,18 +172,19 @@ def batch_main(args) -> int:
     rank, world = state.process_index, state.num_processes
 
     with ExitStack() as stack:
-        # 2. The folder: locked and claimed by process 0, checked read-only by the others.
+        # 2. The folder: locked and claimed by process 0, checked read-only by the others (each refuses by itself:
+        #    none waits for a process that has stopped).
         if state.is_main_process:
             stack.enter_context(output_lock(folder))
-            busy = claim_run_folder(folder, "generate-batch")
-            if busy and not args.resume:
-                raise UserError(f"the folder {str(folder)!r} holds a batch already: pass --resume to complete it, or "
-                                f"choose another --output")
+        busy = claim_run_folder(folder, "generate-batch", write=state.is_main_process)
+        if busy and not args.resume:
+            raise UserError(f"the folder {str(folder)!r} holds a batch already: pass --resume to complete it, or "
+                            f"choose another --output")
+        done = B.done_items(folder)
+        B.check_same_batch(done, items)
+        if state.is_main_process:
             remove_leftovers(folders=[folder])
         state.wait_for_everyone()
-        if not state.is_main_process:
-            claim_run_folder(folder, "generate-batch", write=False)
-        done = B.done_items(folder)
         todo = [[it for it in b if it.index not in done] for b in B.batches(items, args.batch_size)[rank::world]]
         todo = [b for b in todo if b]
         log.info("batch: %d item(s), %d done; process %d of %d makes %d", len(items), len(done), rank + 1, world,

@@ -695,4 +695,3 @@ def _prompt_list(prompt, what: str) -> list[str]:
             raise ValueError(f"{what} is an empty list: give at least one prompt")
         return [check_prompt(p, f"{what} {i + 1}") for i, p in enumerate(prompt)]
     return [check_prompt(prompt, what)]
-

@@ -110,6 +110,9 @@ def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkey
     first = {p.name: p.stat().st_mtime_ns for p in saved}
     assert len(first) == 3
     assert launch.main(argv) == 2  # the folder holds a batch: --resume, or another folder
+    other = tmp_path / "q.txt"
+    other.write_text("a ball\n")
+    assert launch.main([*_argv(other, out), "--resume"]) == 2  # not this batch's prompts
     assert launch.main([*argv, "--resume"]) == 0
     assert {p: (out / p).stat().st_mtime_ns for p in first} == first  # kept, not made again
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
