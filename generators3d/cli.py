@@ -19,6 +19,11 @@ def add_arguments(p) -> None:
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
     p.add_argument("--output", default="outputs/3d", help="output folder (default: %(default)s)")
+    p.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="a batch: one prompt a line (or JSON lines with prompt, seed, domain_weight, control_weight, "
+                        "guidance_rule); each gets its own folder DIR/<index>-s<seed> in --output and "
+                        "DIR/manifest.jsonl lists them; under accelerate launch or torchrun the processes share the "
+                        "prompts; --resume completes the unfinished ones")
     p.add_argument("--image", default=None, help="your own image of one object (skips stage 1)")
     p.add_argument("--mask", default=None, help="mask for --image (white or opaque = object; default: found "
                                                 "automatically on a plain background)")
@@ -148,6 +153,8 @@ def config_from_args(args):
 def main(args) -> int:
     from . import run_text_to_3d
 
+    if args.prompts_file:
+        return batch_main(args)
     # 1. Flags -> config (validated), 2. run, 3. say where the results are.
     cfg = config_from_args(args)
     result = run_text_to_3d(cfg)
@@ -160,4 +167,68 @@ def main(args) -> int:
         log.info("  %d training step(s) had NaNs and were undone (restored the last good state)",
                  result.nan_recoveries)
     log.info("open %s in Blender (File > Import > glTF): Y up, metres", result.mesh_paths.get("glb"))
+    return 0
+
+
+def batch_main(args) -> int:
+    """``--prompts-file``: one 3D run per prompt, each in its own folder of ``--output``; process ``r`` of ``P``
+    (accelerate launch, torchrun) takes prompts ``r, r + P, ...``; a finished prompt (its ``summary.json``) is
+    skipped, an unfinished one resumed (``--resume``)."""
+    import json
+    from argparse import Namespace
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    from accelerate import PartialState
+
+    from suite import batch as B
+    from suite.checks import UserError
+    from suite.files import claim_run_folder, output_lock, write_text_atomic
+    from suite.rules import parse_rule
+
+    from . import run_text_to_3d
+
+    if args.prompt or args.image or args.config:
+        raise UserError("give --prompts-file, or --prompt / --image / --config for one run, not both")
+    items = B.read_items(args.prompts_file, [args.seed])
+    folder = Path(args.output).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"the output {str(folder)!r} is a file: --output must be a folder for the batch's runs")
+    state = PartialState(cpu=args.device == "cpu")
+    rank, world = state.process_index, state.num_processes
+    with ExitStack() as stack:
+        if state.is_main_process:
+            stack.enter_context(output_lock(folder))
+        busy = claim_run_folder(folder, "3d-batch", write=state.is_main_process)
+        if busy and not args.resume:
+            raise UserError(f"the folder {str(folder)!r} holds a 3D batch already: pass --resume to complete it, or "
+                            f"choose another --output")
+        state.wait_for_everyone()
+        for item in items[rank::world]:
+            out = folder / f"{item.index:03d}-s{item.seed}"
+            if (out / "summary.json").is_file():
+                log.info("batch: %s is done (%r)", out.name, item.prompt)
+                continue
+            one = Namespace(**{**vars(args), "prompt": item.prompt, "seed": item.seed, "output": str(out),
+                               "resume": out.exists(), "prompts_file": None})
+            for key in ("domain_weight", "control_weight", "guidance_rule"):
+                if getattr(item, key) is not None:
+                    setattr(one, key, getattr(item, key) if key != "guidance_rule" else parse_rule(item.guidance_rule))
+            if one.device is None and world > 1:
+                one.device = str(state.device)
+            log.info("batch: %s (%r) on process %d of %d", out.name, item.prompt, rank + 1, world)
+            run_text_to_3d(config_from_args(one))
+        state.wait_for_everyone()
+        if state.is_main_process:
+            rows = []
+            for item in items:
+                out = folder / f"{item.index:03d}-s{item.seed}"
+                summary = out / "summary.json"
+                row = dict(index=item.index, prompt=item.prompt, seed=item.seed, folder=out.name,
+                           done=summary.is_file())
+                if row["done"]:
+                    row["meshes"] = json.loads(summary.read_text()).get("meshes")
+                rows.append(json.dumps(row, sort_keys=True))
+            write_text_atomic(folder / B.MANIFEST, "".join(r + "\n" for r in rows))
+            log.info("batch: %d of %d 3D runs done in %s", sum('"done": true' in r for r in rows), len(items), folder)
     return 0
