@@ -191,6 +191,8 @@ def batch_main(args) -> int:
     if args.prompt or args.image or args.config:
         raise UserError("give --prompts-file, or --prompt / --image / --config for one run, not both")
     items = B.read_items(args.prompts_file, [args.seed])
+    if any(it.negative_prompt for it in items):
+        raise UserError("3d takes no negative prompt: drop negative_prompt from the prompts file")
     folder = Path(args.output).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"the output {str(folder)!r} is a file: --output must be a folder for the batch's runs")
@@ -207,6 +209,10 @@ def batch_main(args) -> int:
         for item in items[rank::world]:
             out = folder / f"{item.index:03d}-s{item.seed}"
             if (out / "summary.json").is_file():
+                made = json.loads((out / "config.json").read_text()).get("prompt")
+                if made != item.prompt:
+                    raise UserError(f"{str(out)!r} holds a run of {made!r}, not {item.prompt!r}: use the same prompts "
+                                    f"file to resume this batch, or choose another --output")
                 log.info("batch: %s is done (%r)", out.name, item.prompt)
                 continue
             one = Namespace(**{**vars(args), "prompt": item.prompt, "seed": item.seed, "output": str(out),

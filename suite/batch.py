@@ -11,6 +11,8 @@
 * **Fixed global batches.** Items are grouped, in file order, into batches of ``--batch-size`` items that share
   their guidance settings; with ``P`` processes, process ``r`` takes batches ``r, r + P, ...``. A batch is the same
   batch in every run, so the files of a 2-process run are byte-identical to a 1-process run's (tested on the CPU).
+  A resumed batch makes only its missing items, in what is left of their batches (the same images up to float
+  rounding).
 * **The manifest.** ``DIR/manifest.jsonl``, one JSON line per image: file, prompt, seed, guidance settings, the
   weights and the rule applied, and the models' hashes. Each process appends to its own part
   (``manifest.rank<r>.jsonl``) after the image is renamed into place; at the end the parts are merged in item order
@@ -26,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .checks import MAX_SEED, UserError, check_prompt, check_weight
@@ -35,6 +37,7 @@ from .rules import format_rule, parse_rule
 __all__ = ["Item", "parse_seeds", "read_items", "batches", "item_path", "MANIFEST"]
 
 MANIFEST = "manifest.jsonl"
+MAX_ITEMS = 1_000_000  # a typo such as --seeds 0-99999999999 is refused, not built in memory
 KEYS = ("prompt", "seed", "domain_weight", "control_weight", "guidance_rule", "negative_prompt")
 
 
@@ -50,7 +53,15 @@ class Item:
 
     def settings(self) -> tuple:
         """What must be shared by the items of one batch (one guidance for the whole batch)."""
-        return self.domain_weight, self.control_weight, self.guidance_rule, self.negative_prompt
+        return bool(self.prompt), self.domain_weight, self.control_weight, self.guidance_rule, self.negative_prompt
+
+    def with_defaults(self, domain_weight=None, control_weight=None, guidance_rule: str | None = None,
+                      negative_prompt: str = "") -> Item:
+        """This item with the command's flags where its line set nothing."""
+        return replace(self, domain_weight=self.domain_weight if self.domain_weight is not None else domain_weight,
+                       control_weight=self.control_weight if self.control_weight is not None else control_weight,
+                       guidance_rule=self.guidance_rule if self.guidance_rule is not None else guidance_rule,
+                       negative_prompt=self.negative_prompt or negative_prompt)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -65,6 +76,8 @@ def parse_seeds(text: str) -> list[int]:
             raise UserError(f"the seed range {part} is empty: write it low-high, e.g. 0-99")
         if hi > MAX_SEED:
             raise UserError(f"a seed is a whole number from 0 to {MAX_SEED}, got {hi}")
+        if len(seeds) + hi - lo + 1 > MAX_ITEMS:
+            raise UserError(f"--seeds {text} names more than {MAX_ITEMS:,} seeds: split the batch")
         seeds += range(lo, hi + 1)
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {text} names a seed twice: give each once")
@@ -164,10 +177,12 @@ def check_same_batch(done: dict[int, str], items: list[Item]) -> None:
     """One sentence if the finished items of a folder were made from other prompts or seeds than ``items``."""
     for index, line in done.items():
         row = json.loads(line)
-        if index >= len(items) or (row.get("prompt"), row.get("seed")) != (items[index].prompt, items[index].seed):
-            raise UserError(f"the folder's batch was made from other prompts or seeds (item {index}: "
-                            f"{row.get('prompt')!r}, seed {row.get('seed')}): use the same prompts file and --seeds to "
-                            f"resume it, or choose another --output")
+        if index >= len(items) or Item(**{k: row.get(k) for k in ("index", "prompt", "seed", "domain_weight",
+                                                                   "control_weight", "guidance_rule")},
+                                       negative_prompt=row.get("negative_prompt") or "") != items[index]:
+            raise UserError(f"the folder's batch was made from other prompts, seeds or settings (item {index}: "
+                            f"{row.get('prompt')!r}, seed {row.get('seed')}): use the same prompts file, --seeds and "
+                            f"guidance flags to resume it, or choose another --output")
 
 
 def done_items(folder: Path) -> dict[int, str]:

@@ -148,7 +148,7 @@ def batch_main(args) -> int:
     from .files import claim_run_folder, output_lock, remove_leftovers, write_text_atomic
     from .images import save_image_atomic
     from .pipeline import DEFAULT_STEPS, quiet
-    from .rules import format_rule
+    from .rules import check_rule_terms, format_rule, parse_rule
 
     # 1. The items, checked before any model loads.
     cli.check_request(args)
@@ -158,11 +158,16 @@ def batch_main(args) -> int:
     if args.prompts_file and args.prompt:
         raise UserError("give --prompts-file or --prompt, not both")
     seeds = B.parse_seeds(args.seeds) if args.seeds else [args.seed]
-    if args.prompts_file:
-        items = B.read_items(args.prompts_file, seeds)
+    flag_rule = format_rule(args.guidance_rule) if args.guidance_rule else None
+    if args.prompts_file:  # a line's settings, else the command's flags
+        items = [it.with_defaults(args.domain_weight, args.control_weight, flag_rule, args.negative_prompt)
+                 for it in B.read_items(args.prompts_file, seeds)]
+        for it in items:  # a rule for a term an item lacks: refused now, not after the models load
+            if it.guidance_rule:
+                terms = [n for n, on in (("domain", it.domain_weight != 0), ("control", bool(it.prompt))) if on]
+                check_rule_terms(parse_rule(it.guidance_rule), terms, f" (item {it.index}: {it.prompt!r})")
     else:
-        items = [B.Item(i, args.prompt, s, args.domain_weight, args.control_weight,
-                        format_rule(args.guidance_rule) if args.guidance_rule else None, args.negative_prompt)
+        items = [B.Item(i, args.prompt, s, args.domain_weight, args.control_weight, flag_rule, args.negative_prompt)
                  for i, s in enumerate(seeds)]
     folder = Path(args.output).expanduser().resolve()
     if folder.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") or folder.is_file():
@@ -209,10 +214,15 @@ def batch_main(args) -> int:
                            domain_weight=first.domain_weight, control_weight=first.control_weight,
                            guidance_rule=first.guidance_rule, num_images_per_prompt=1 if first.prompt else len(group),
                            num_inference_steps=steps, latents=latents, height=args.height, width=args.width,
-                           w0=args.w0, auto_norm=args.auto_norm)
+                           w0=args.w0, auto_norm=args.auto_norm, rectify=not args.no_rectify)
             for it, image in zip(group, out.images):
                 path = save_image_atomic(image, B.item_path(folder, it))
-                with open(part, "a", encoding="utf-8") as fh:  # after the image is in place: a line means done
+                with open(part, "a+", encoding="utf-8") as fh:  # after the image is in place: a line means done
+                    fh.seek(0, os.SEEK_END)
+                    if fh.tell():  # a line cut by a kill stays alone on its line
+                        fh.seek(fh.tell() - 1)
+                        if fh.read(1) != "\n":
+                            fh.write("\n")
                     fh.write(B.manifest_line(it, path, out.weights, out.guidance_rule, models) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())

@@ -30,6 +30,10 @@ def test_items_seeds_and_fixed_batches(tmp_path):
     groups = B.batches(items, 2)  # consecutive, same settings, at most 2
     assert [[i.index for i in g] for g in groups] == [[0, 1], [2], [3], [4, 5], [6]]
     assert B.item_path(tmp_path, items[3]).name == "00003-s42.png"
+    # a line's own settings win; the command's flags fill the rest
+    filled = [i.with_defaults(2.0, 5.0, "paper", "blurry") for i in items]
+    assert (filled[3].domain_weight, filled[3].control_weight, filled[0].domain_weight) == (1.5, 5.0, 2.0)
+    assert filled[0].guidance_rule == "paper" and filled[0].negative_prompt == "blurry"
 
 
 @pytest.mark.parametrize("text,seeds,phrase", [
@@ -109,6 +113,8 @@ def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkey
     monkeypatch.setattr(suite.images, "save_image_atomic", real)
     first = {p.name: p.stat().st_mtime_ns for p in saved}
     assert len(first) == 3
+    with open(out / "manifest.rank0.jsonl", "a") as fh:  # a line cut by the kill, no newline
+        fh.write('{"index": 3, "fi')
     assert launch.main(argv) == 2  # the folder holds a batch: --resume, or another folder
     other = tmp_path / "q.txt"
     other.write_text("a ball\n")
