@@ -183,7 +183,7 @@ def batch_main(args) -> int:
 
     from suite import batch as B
     from suite.checks import UserError
-    from suite.files import claim_run_folder, output_lock, write_text_atomic
+    from suite.files import write_text_atomic
     from suite.rules import parse_rule
 
     from . import run_text_to_3d
@@ -199,12 +199,7 @@ def batch_main(args) -> int:
     state = PartialState(cpu=args.device == "cpu")
     rank, world = state.process_index, state.num_processes
     with ExitStack() as stack:
-        if state.is_main_process:
-            stack.enter_context(output_lock(folder))
-        busy = claim_run_folder(folder, "3d-batch", write=state.is_main_process)
-        if busy and not args.resume:
-            raise UserError(f"the folder {str(folder)!r} holds a 3D batch already: pass --resume to complete it, or "
-                            f"choose another --output")
+        B.claim_batch_folder(stack, state, folder, "3d-batch", args.resume, "a 3D batch")
         state.wait_for_everyone()
         for item in items[rank::world]:
             out = folder / f"{item.index:03d}-s{item.seed}"

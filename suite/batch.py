@@ -142,6 +142,19 @@ def batches(items: list[Item], size: int) -> list[list[Item]]:
     return out
 
 
+def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what: str = "a batch") -> None:
+    """The batch's ``--output`` folder: locked (for the length of ``stack``) and claimed by process 0, checked
+    read-only by the others, so that each process refuses by itself and none waits for one that has stopped.
+    A folder already holding ``kind`` needs ``resume``."""
+    from .files import claim_run_folder, output_lock
+
+    if state.is_main_process:
+        stack.enter_context(output_lock(folder))
+    if claim_run_folder(folder, kind, write=state.is_main_process) and not resume:
+        raise UserError(f"the folder {str(folder)!r} holds {what} already: pass --resume to complete it, or choose "
+                        f"another --output")
+
+
 def item_path(folder: Path, item: Item, suffix: str = ".png") -> Path:
     return folder / f"{item.index:05d}-s{item.seed}{suffix}"
 

@@ -145,7 +145,7 @@ def batch_main(args) -> int:
 
     from . import batch as B
     from .checks import UserError
-    from .files import claim_run_folder, output_lock, remove_leftovers, write_text_atomic
+    from .files import remove_leftovers, write_text_atomic
     from .images import save_image_atomic
     from .pipeline import DEFAULT_STEPS, quiet
     from .rules import check_rule_terms, format_rule, parse_rule
@@ -177,14 +177,8 @@ def batch_main(args) -> int:
     rank, world = state.process_index, state.num_processes
 
     with ExitStack() as stack:
-        # 2. The folder: locked and claimed by process 0, checked read-only by the others (each refuses by itself:
-        #    none waits for a process that has stopped).
-        if state.is_main_process:
-            stack.enter_context(output_lock(folder))
-        busy = claim_run_folder(folder, "generate-batch", write=state.is_main_process)
-        if busy and not args.resume:
-            raise UserError(f"the folder {str(folder)!r} holds a batch already: pass --resume to complete it, or "
-                            f"choose another --output")
+        # 2. The folder: locked and claimed by process 0, checked read-only by the others.
+        B.claim_batch_folder(stack, state, folder, "generate-batch", args.resume)
         done = B.done_items(folder)
         B.check_same_batch(done, items)
         if state.is_main_process:

@@ -21,6 +21,22 @@ def diffusers_sd(pipe):
     return ref
 
 
+def accelerate_two_processes(*argv, timeout=600) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes 2 launch.py ARGV`` on the CPU (gloo; with our ``--cpu`` or
+    ``--device cpu`` flag), one thread per process, on a free port (a fixed one may still be held by an earlier
+    run's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+           str(ROOT / "launch.py"), *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def run_cli(*argv, timeout=600) -> subprocess.CompletedProcess:
     """``python launch.py ARGV`` in a subprocess, as a user runs it (text output captured)."""
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *argv], capture_output=True, text=True,

@@ -29,6 +29,7 @@ renders in ``DIR/cache``), so a rerun with more rules computes only the new ones
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -135,8 +136,6 @@ def _fine_tuned(pipe, cache: Path, config: Config) -> dict[int, torch.nn.Module]
                 save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp))
     out = {}
     for n, p in paths.items():
-        import copy
-
         unet = copy.deepcopy(pipe.unet).float()
         unet.load_state_dict(load_file(str(p)))
         out[n] = unet.eval().requires_grad_(False)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import launch
+from tests.common import accelerate_two_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["--preset", "tiny", "--image-steps", "1", "--zero123-steps", "2", "--refine-steps", "1", "--formats", "glb"]
@@ -42,14 +42,8 @@ def test_a_batch_makes_a_run_per_prompt_and_resumes_only_the_unfinished(tmp_path
 def test_two_processes_share_the_prompts_and_make_the_same_meshes(tmp_path):
     prompts = _prompts(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-           str(ROOT / "launch.py"), "3d", *STEPS, "--device", "cpu", "--prompts-file", str(prompts),
-           "--output", str(tmp_path / "two")]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = accelerate_two_processes("3d", *STEPS, "--device", "cpu", "--prompts-file", str(prompts), "--output",
+                                   str(tmp_path / "two"))
     assert res.returncode == 0, res.stderr[-3000:]
     logs = res.stdout + res.stderr
     assert "000-s0 ('a vase') on process 1 of 2" in logs and "001-s3 ('a bowl') on process 2 of 2" in logs

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import launch
 from suite import batch as B
 from suite.checks import UserError
+from tests.common import accelerate_two_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = "a vase\n# a comment\n\n{\"prompt\": \"a bowl\", \"seed\": 42, \"domain_weight\": 1.5}\na cup\n"
@@ -71,13 +71,7 @@ def test_two_processes_make_the_same_files_as_one(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text(PROMPTS)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-           str(ROOT / "launch.py"), *_argv(prompts, tmp_path / "two")]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = accelerate_two_processes(*_argv(prompts, tmp_path / "two"), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "process 2 of 2 makes" in res.stdout + res.stderr
     res = subprocess.run([sys.executable, str(ROOT / "launch.py"), *_argv(prompts, tmp_path / "one")], cwd=ROOT,
