@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "edit": "editing.cli",
     "3d": "generators3d.cli",
     "train": "training.cli",
+    "eval": "training.eval_cli",
     "app": "app",
 }
 

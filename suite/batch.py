@@ -34,7 +34,7 @@ from pathlib import Path
 from .checks import MAX_SEED, UserError, check_prompt, check_weight
 from .rules import format_rule, parse_rule
 
-__all__ = ["Item", "parse_seeds", "read_items", "batches", "item_path", "MANIFEST"]
+__all__ = ["Item", "parse_seeds", "read_items", "batches", "run_batch", "item_path", "MANIFEST"]
 
 MANIFEST = "manifest.jsonl"
 MAX_ITEMS = 1_000_000  # a typo such as --seeds 0-99999999999 is refused, not built in memory
@@ -123,6 +123,9 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
         own = row.get("seed")
         if own is not None and (not isinstance(own, int) or not 0 <= own <= MAX_SEED):
             raise UserError(f"the seed on {where} must be a whole number from 0 to {MAX_SEED}, got {own!r}")
+        if len(items) + (1 if own is not None else len(seeds)) > MAX_ITEMS:
+            raise UserError(f"the prompts file {p.name} with these seeds makes more than {MAX_ITEMS:,} items (at "
+                            f"{where}): split it into several batches")
         for seed in [own] if own is not None else seeds:
             items.append(Item(len(items), prompt, seed, row.get("domain_weight"), row.get("control_weight"), rule,
                               check_prompt(row.get("negative_prompt") or "", f"the negative prompt on {where}")))
@@ -153,6 +156,70 @@ def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what
     if claim_run_folder(folder, kind, write=state.is_main_process) and not resume:
         raise UserError(f"the folder {str(folder)!r} holds {what} already: pass --resume to complete it, or choose "
                         f"another --output")
+
+
+def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, resume: bool,
+              kind: str = "generate-batch", what: str = "a batch") -> int:
+    """Make every item of ``items`` into ``folder`` (see the module): claim the folder, skip the done items, split
+    the fixed batches between the processes of ``state`` (accelerate's ``PartialState``), sample, write each image
+    and its manifest line, and merge the manifest. ``load()`` is called only by a process with items to make and
+    returns ``(sample, models)``: ``sample(group) -> (images, weights, rule)`` for one batch, ``models`` the hashes
+    recorded in the manifest. Returns the number of items still missing (0 when the batch is complete)."""
+    import logging
+    import os
+    from contextlib import ExitStack
+
+    from .files import remove_leftovers, write_text_atomic
+    from .images import save_image_atomic
+
+    log = logging.getLogger("suite")
+    rank, world = state.process_index, state.num_processes
+    name = f"{folder.parent.name}/{folder.name}"
+    with ExitStack() as stack:
+        # 1. The folder: locked and claimed by process 0, checked read-only by the others.
+        claim_batch_folder(stack, state, folder, kind, resume, what)
+        done = done_items(folder)
+        check_same_batch(done, items)
+        if state.is_main_process:
+            remove_leftovers(folders=[folder])
+        state.wait_for_everyone()
+        todo = [[it for it in b if it.index not in done] for b in batches(items, batch_size)[rank::world]]
+        todo = [b for b in todo if b]
+        log.info("batch %s: %d item(s), %d done; process %d of %d makes %d", name, len(items), len(done),
+                 rank + 1, world, sum(map(len, todo)))
+
+        # 2. The models, then this process's batches; a manifest line is written after its image is in place.
+        sample, models = load() if todo else (None, None)
+        part = folder / f"manifest.rank{rank}.jsonl"
+        for k, group in enumerate(todo):
+            images, weights, rule = sample(group)
+            for it, image in zip(group, images):
+                path = save_image_atomic(image, item_path(folder, it))
+                with open(part, "a+", encoding="utf-8") as fh:
+                    fh.seek(0, os.SEEK_END)
+                    if fh.tell():  # a line cut by a kill stays alone on its line
+                        fh.seek(fh.tell() - 1)
+                        if fh.read(1) != "\n":
+                            fh.write("\n")
+                    fh.write(manifest_line(it, path, weights, rule, models) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            log.info("batch %s: %d/%d groups (%d images) on process %d", name, k + 1, len(todo), len(group),
+                     rank + 1)
+
+        # 3. One manifest in item order (process 0, when every process is done).
+        state.wait_for_everyone()
+        missing = 0
+        if state.is_main_process:
+            lines = done_items(folder)
+            write_text_atomic(folder / MANIFEST, "".join(lines[i] + "\n" for i in sorted(lines)))
+            for p in folder.glob("manifest.rank*.jsonl"):
+                p.unlink()
+            missing = len(items) - len(lines)
+            log.info("batch: %d of %d image(s) in %s%s", len(lines), len(items), folder,
+                     f"; {missing} missing: run again with --resume" if missing else "")
+        state.wait_for_everyone()
+    return missing
 
 
 def item_path(folder: Path, item: Item, suffix: str = ".png") -> Path:

@@ -5,7 +5,6 @@ Imports inside :func:`main` are lazy on purpose: ``launch.py --help`` imports th
 from __future__ import annotations
 
 import logging
-import os
 
 from . import cli
 from .checks import int_at_least
@@ -137,7 +136,6 @@ def _fmt(v) -> str:
 def batch_main(args) -> int:
     """``--prompts-file`` / ``--seeds``: one image per (prompt, seed) into the ``--output`` folder, split between
     processes (:mod:`suite.batch`)."""
-    from contextlib import ExitStack
     from pathlib import Path
 
     import torch
@@ -145,8 +143,6 @@ def batch_main(args) -> int:
 
     from . import batch as B
     from .checks import UserError
-    from .files import remove_leftovers, write_text_atomic
-    from .images import save_image_atomic
     from .pipeline import DEFAULT_STEPS, quiet
     from .rules import check_rule_terms, format_rule, parse_rule
 
@@ -174,33 +170,20 @@ def batch_main(args) -> int:
         raise UserError(f"with --prompts-file or --seeds, --output is a folder for the images, got {args.output!r}: "
                         f"give a folder name")
     state = PartialState(cpu=args.device == "cpu")
-    rank, world = state.process_index, state.num_processes
+    world = state.num_processes
 
-    with ExitStack() as stack:
-        # 2. The folder: locked and claimed by process 0, checked read-only by the others.
-        B.claim_batch_folder(stack, state, folder, "generate-batch", args.resume)
-        done = B.done_items(folder)
-        B.check_same_batch(done, items)
-        if state.is_main_process:
-            remove_leftovers(folders=[folder])
-        state.wait_for_everyone()
-        todo = [[it for it in b if it.index not in done] for b in B.batches(items, args.batch_size)[rank::world]]
-        todo = [b for b in todo if b]
-        log.info("batch: %d item(s), %d done; process %d of %d makes %d", len(items), len(done), rank + 1, world,
-                 sum(map(len, todo)))
+    if args.device is None and world > 1:
+        args.device = str(state.device)  # each process on its own device
 
-        # 3. Models (each process on its own device), then the batches.
-        if args.device is None and world > 1:
-            args.device = str(state.device)
-        pipe = cli.load_pipeline(args) if todo else None
-        if todo:
-            from .presets import model_refs
+    def load():
+        """The models, and the sampler of one fixed batch (``group``: items sharing their guidance settings)."""
+        from .presets import model_refs
 
-            refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
-            models = B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})
-        part = folder / f"manifest.rank{rank}.jsonl"
+        pipe = cli.load_pipeline(args)
+        refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
         steps = DEFAULT_STEPS if args.steps is None else args.steps
-        for k, group in enumerate(todo):
+
+        def sample(group):
             first = group[0]
             latents = torch.cat([pipe.prepare_latents(1, args.height, args.width, seed=it.seed) for it in group])
             with quiet(pipe):
@@ -209,29 +192,9 @@ def batch_main(args) -> int:
                            guidance_rule=first.guidance_rule, num_images_per_prompt=1 if first.prompt else len(group),
                            num_inference_steps=steps, latents=latents, height=args.height, width=args.width,
                            w0=args.w0, auto_norm=args.auto_norm, rectify=not args.no_rectify)
-            for it, image in zip(group, out.images):
-                path = save_image_atomic(image, B.item_path(folder, it))
-                with open(part, "a+", encoding="utf-8") as fh:  # after the image is in place: a line means done
-                    fh.seek(0, os.SEEK_END)
-                    if fh.tell():  # a line cut by a kill stays alone on its line
-                        fh.seek(fh.tell() - 1)
-                        if fh.read(1) != "\n":
-                            fh.write("\n")
-                    fh.write(B.manifest_line(it, path, out.weights, out.guidance_rule, models) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            log.info("batch: %d/%d groups (%d images) on process %d", k + 1, len(todo), len(group), rank + 1)
+            return out.images, out.weights, out.guidance_rule
 
-        # 4. One manifest in item order (process 0, when every process is done).
-        state.wait_for_everyone()
-        if state.is_main_process:
-            lines = B.done_items(folder)
-            write_text_atomic(folder / B.MANIFEST, "".join(lines[i] + "\n" for i in sorted(lines)))
-            for p in folder.glob("manifest.rank*.jsonl"):
-                p.unlink()
-            missing = len(items) - len(lines)
-            log.info("batch: %d of %d image(s) in %s%s", len(lines), len(items), folder,
-                     f"; {missing} missing: run again with --resume" if missing else "")
-            if missing:
-                return 1
-    return 0
+        return sample, B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})
+
+    missing = B.run_batch(state, folder, items, args.batch_size, load, args.resume)
+    return 1 if missing else 0

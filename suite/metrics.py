@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["frechet_distance", "kid", "kid_with_se", "diversity"]
+__all__ = ["frechet_distance", "frechet_from_stats", "moments", "add_moments", "kid", "kid_with_se",
+           "kid_subsets", "diversity"]
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -23,8 +24,45 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    ev = np.linalg.eigvals(sa @ sb).real.clip(min=0)
+    return _frechet(mu_a, sa, mu_b, sb)
+
+
+def _frechet(mu_a, sa, mu_b, sb) -> float:
+    # Eigenvalues within float rounding of 0 are 0: with fewer samples than dimensions most of them are, and the
+    # square root would turn their rounding noise (~1e-16 of the largest) into ~1e-8 of the result.
+    ev = np.linalg.eigvals(sa @ sb).real
+    ev = np.where(ev > 1e-12 * max(ev.max(), 0.0), ev, 0.0)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(ev).sum())
+
+
+def moments(features: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """The exact sufficient statistics of a feature set for the Fréchet distance: ``(n, sum x, sum x x^T)`` in
+    float64. Sets split between processes are gathered by adding these (:func:`add_moments`), never by averaging
+    per-process means."""
+    f = np.asarray(features, np.float64)
+    return len(f), f.sum(0), f.T @ f
+
+
+def add_moments(parts) -> tuple[int, np.ndarray, np.ndarray]:
+    """The moments of the union of sets given by their moments, added in the order given."""
+    parts = list(parts)
+    n, s1, s2 = parts[0]
+    s1, s2 = s1.copy(), s2.copy()
+    for m, t1, t2 in parts[1:]:
+        n, s1, s2 = n + m, s1 + t1, s2 + t2
+    return n, s1, s2
+
+
+def frechet_from_stats(a: tuple, b: tuple) -> float:
+    """:func:`frechet_distance` from two sets' :func:`moments` (mean ``s1/n``, unbiased covariance
+    ``(s2 - n mu mu^T) / (n - 1)``, as ``np.cov``)."""
+    def gauss(n, s1, s2):
+        if n < 2:
+            raise ValueError(f"a Fréchet distance needs at least 2 samples per set, got {n}")
+        mu = s1 / n
+        return mu, (s2 - n * np.outer(mu, mu)) / (n - 1)
+
+    return _frechet(*gauss(*a), *gauss(*b))
 
 
 def _kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -54,6 +92,20 @@ def kid_with_se(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def kid(x: np.ndarray, y: np.ndarray) -> float:
     """The unbiased KID between feature sets ``x`` and ``y`` (see :func:`kid_with_se`)."""
     return kid_with_se(x, y)[0]
+
+
+def kid_subsets(x: np.ndarray, y: np.ndarray, subset: int = 1000, subsets: int = 100, seed: int = 0
+                ) -> tuple[float, float]:
+    """``(KID, standard error)`` for large sets: the mean of the unbiased KID over ``subsets`` random subsets of
+    ``subset`` samples from each set (Bińkowski et al.'s protocol, as clean-fid and torch-fidelity run it), and the
+    standard error of that mean. Sets no larger than ``subset`` go to :func:`kid_with_se` whole."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) <= subset and len(y) <= subset:
+        return kid_with_se(x, y)
+    rng = np.random.default_rng(seed)
+    vals = np.array([kid(x[rng.choice(len(x), min(subset, len(x)), replace=False)],
+                         y[rng.choice(len(y), min(subset, len(y)), replace=False)]) for _ in range(subsets)])
+    return float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(subsets))
 
 
 def diversity(features: np.ndarray) -> float:

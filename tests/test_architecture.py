@@ -107,7 +107,7 @@ def test_the_rule_catches_a_hidden_import(tmp_path, monkeypatch):
 
 def test_help_imports_no_torch():
     """``launch.py --help`` and every subcommand's ``--help`` stay light: torch is never imported."""
-    for argv in ([], ["generate"], ["edit"], ["3d"], ["train"], ["app"]):
+    for argv in ([], ["generate"], ["edit"], ["3d"], ["train"], ["app"], ["eval"]):
         code = (f"import sys, runpy; sys.argv = ['launch.py', *{argv!r}, '--help']\n"
                 "try:\n    runpy.run_path('launch.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
                 "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")

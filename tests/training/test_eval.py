@@ -1,0 +1,161 @@
+"""``launch.py eval`` (issue 25): methods side by side, the numbers gathered exactly across processes, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import launch
+from suite.checks import UserError
+from tests.common import accelerate_two_processes
+from training.evaluate import EvalConfig, Method, evaluate, parse_method
+
+PROMPTS = "a photo of a red cup\na photo of a blue box\n"
+#: the CI-sized mini evaluation: 2 methods x (12 unconditional + 2 prompts x 2 seeds) images, 48 held-out renders;
+#: one thread in each process (a convolution's float rounding depends on the thread count)
+ARGS = ["--preset", "mini", "--num-images", "12", "--num-real", "48", "--seeds", "0-1", "--steps", "12", "--threads", "1"]
+
+
+def test_methods_are_parsed_with_their_settings():
+    assert parse_method("ours") == Method("ours", "ours")
+    assert parse_method("base;control_weight=5") == Method("base", "base", control_weight=5.0)
+    m = parse_method("split=ours;domain_weight=1.5;guidance_rule=domain=0-0.7, control=0.7-1")
+    assert (m.label, m.domain_weight, m.guidance_rule) == ("split", 1.5, "domain=0-0.7, control=0.7-1")
+    m = parse_method("ft=model:runs/ft/unet;caption=a photo of porcelain;control_weight=auto")
+    assert (m.label, m.kind, m.model, m.caption, m.control_weight) == \
+        ("ft", "model", "runs/ft/unet", "a photo of porcelain", "auto")
+    assert parse_method("model:runs/ft-300/").label == "ft-300"  # the folder names the row
+
+
+@pytest.mark.parametrize("text,phrase", [
+    ("sdxl", "is not a method"),
+    ("model", "give the fine-tuned model's folder"),
+    ("base:folder", "only model:FOLDER takes a folder"),
+    ("ours;guidance=1", "is not a setting"),
+    ("base;domain_weight=1", "does not take domain_weight"),
+    ("ours;domain_weight=1;domain_weight=2", "twice"),
+    ("ours;domain_weight=nan", "must be a number or auto"),
+    ("a b=ours", "must be letters"),
+    ("ours;guidance_rule=domain=2-3", "noise interval must lie within"),
+])
+def test_bad_methods_are_one_sentence(text, phrase):
+    with pytest.raises(UserError, match=phrase):
+        parse_method(text)
+
+
+@pytest.fixture(scope="module")
+def mini_eval(tmp_path_factory):
+    """One process, in-process, as ``launch.py eval --preset mini ...`` runs it."""
+    tmp = tmp_path_factory.mktemp("eval")
+    prompts = tmp / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    out = tmp / "one"
+    assert launch.main(["eval", *ARGS, "--prompts-file", str(prompts), "--output", str(out)]) == 0
+    return tmp, out, json.loads((out / "results.json").read_text())
+
+
+def test_eval_mini_ours_is_closer_to_the_domain_than_the_base(mini_eval):
+    """bench.miniworld's unconditional result, reproduced by the command: ours' images are nearer the held-out
+    porcelain renders than the base's (KID with its standard error, FD, the judge's porcelain rate), while the base
+    follows the prompts' shape and colour."""
+    _, out, r = mini_eval
+    base, ours = r["methods"]["base"], r["methods"]["ours"]
+    assert ours["uncond"]["kid"] + 3 * ours["uncond"]["kid_se"] < base["uncond"]["kid"] - 3 * base["uncond"]["kid_se"]
+    assert ours["uncond"]["fd"] < 0.5 * base["uncond"]["fd"]
+    assert ours["uncond"]["porcelain"] >= 0.75 > 0.25 >= base["uncond"]["porcelain"]
+    assert base["text"]["shape_alignment"] >= 0.75 and base["text"]["colour_alignment"] >= 0.75
+    assert r["real"]["n"] == 48 and r["features"].startswith("judge")
+    table = (out / "table.md").read_text()
+    assert "| base |" in table and "| ours |" in table and "KID" in table
+    assert (out / "table.csv").read_text().splitlines()[0].startswith("method,images,FD,KID")
+    manifest = (out / "images" / "ours" / "uncond" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(x)["seed"] for x in manifest] == list(range(12))
+
+
+def test_two_processes_give_the_same_images_and_numbers(mini_eval):
+    tmp, one, r1 = mini_eval
+    two = tmp / "two"
+    p = accelerate_two_processes("eval", *ARGS, "--prompts-file", str(tmp / "prompts.txt"), "--device", "cpu",
+                                 "--output", str(two))
+    assert p.returncode == 0, p.stderr[-3000:]
+    r2 = json.loads((two / "results.json").read_text())
+    r1, r2 = dict(r1), dict(r2)
+    r1["real"], r2["real"] = {**r1["real"], "folder": ""}, {**r2["real"], "folder": ""}
+    f1, f2 = _flat(r1), _flat(r2)
+    assert f1.keys() == f2.keys()
+    for k in f1:  # features and moments are gathered exactly (the KIDs are equal to the bit); the Fréchet distance's
+        # eigenvalues go through numpy's BLAS, whose thread count differs between the runs: equal to 1e-9
+        assert f1[k] == (pytest.approx(f2[k], rel=1e-9, abs=0) if k.endswith("/fd") else f2[k]), k
+    pngs = sorted(q.relative_to(one) for q in (one / "images").rglob("*.png"))
+    assert len(pngs) == 2 * (12 + 4)
+    for q in pngs:
+        assert (one / q).read_bytes() == (two / q).read_bytes(), q
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_a_resumed_evaluation_remakes_nothing(mini_eval):
+    tmp, out, r1 = mini_eval
+    stamps = {q: q.stat().st_mtime_ns for q in (out / "images").rglob("*.png")}
+    assert launch.main(["eval", *ARGS, "--prompts-file", str(tmp / "prompts.txt"), "--output", str(out)]) == 2
+    assert launch.main(["eval", *ARGS, "--prompts-file", str(tmp / "prompts.txt"), "--output", str(out),
+                        "--resume"]) == 0
+    assert {q: q.stat().st_mtime_ns for q in (out / "images").rglob("*.png")} == stamps
+    assert json.loads((out / "results.json").read_text()) == r1
+    # the same label with other settings would mix two methods in one folder
+    with pytest.raises(UserError, match="other settings"):
+        evaluate(EvalConfig(output=str(out), methods=[parse_method("ours;domain_weight=2")], preset="mini",
+                            num_images=12, num_real=48, resume=True))
+
+
+def test_a_fine_tune_that_is_the_base_gives_the_base_images(tmp_path, tiny_dir):
+    """``model:FOLDER`` samples the fine-tune alone: with the base's own UNet and no caption it is the base's
+    unconditional sampler, image for image; real images with broken files are counted, not fatal."""
+    real = tmp_path / "real"
+    real.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(real / f"{i}.png")
+    (real / "broken.png").write_bytes(b"not a png")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cup\na vase\na cup\n")  # a prompt that comes back after another
+    r = evaluate(EvalConfig(output=str(tmp_path / "out"), preset="tiny", real=str(real), num_images=4, steps=2,
+                            prompts_file=str(prompts), seeds=[0, 1],
+                            methods=[parse_method("base"), parse_method(f"same=model:{tiny_dir / 'sd'}")]))
+    assert r["real"] == {"folder": str(real), "n": 5, "skipped": 1}
+    for part, n in (("uncond", 4), ("text", 6)):
+        a = sorted((tmp_path / "out" / "images" / "base" / part).glob("*.png"))
+        b = sorted((tmp_path / "out" / "images" / "same" / part).glob("*.png"))
+        assert len(a) == len(b) == n
+        for x, y in zip(a, b):
+            assert np.abs(np.asarray(Image.open(x), np.int16) - np.asarray(Image.open(y), np.int16)).max() <= 2, y
+    assert abs(r["methods"]["base"]["uncond"]["fd"] - r["methods"]["same"]["uncond"]["fd"]) < \
+        1e-2 * r["methods"]["base"]["uncond"]["fd"]
+
+
+def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    weights = tmp_path / "w.txt"
+    weights.write_text('{"prompt": "a cup", "domain_weight": 2}\n')
+    base = ["eval", "--preset", "tiny", "--num-images", "3", "--output", str(tmp_path / "out")]
+    for extra, phrase in (
+        (["--real", str(empty)], "has no .jpg, .png or .webp images"),
+        (["--features", str(tiny_dir / "sd" / "unet")], "not a feature model"),
+        (["--features", str(tiny_dir / "sd")], "no config.json"),
+        (["--method", "ours", "--method", "ours"], "share a label"),
+        (["--prompts-file", str(weights)], "the methods set guidance"),
+        (["--seeds", "0-3"], "add --prompts-file"),
+    ):
+        assert launch.main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert phrase in err and "Traceback" not in err, (extra, err)
+        assert not (tmp_path / "out").exists(), extra

@@ -1,0 +1,488 @@
+"""``launch.py eval``: the paper's Table 1 for your domain model: methods side by side against a folder of real
+domain images.
+
+For each method (``base``: SD alone; ``ours``: multi-guidance with the domain model, at the recommended or given
+weights and rule; ``model:FOLDER``: an SD1.5 fine-tune sampled alone with classifier-free guidance):
+
+1. **Images**, through the batch machinery of ``generate`` (:func:`suite.batch.run_batch`): ``--num-images``
+   unconditional images (seeds ``--seed`` ... ``--seed + N - 1``), and with ``--prompts-file`` one image per prompt
+   and ``--seeds`` seed. Written under ``OUTPUT/images/<method>/{uncond,text}/`` with their manifests, split between
+   processes under ``accelerate launch`` / ``torchrun``, resumable with ``--resume``.
+2. **Features** of the real images and of every set (:mod:`suite.features`: the mini world's judge, DINOv2, CLIP
+   or a folder/hub id of either), in fixed chunks of images split between processes; each chunk's features and
+   exact moments (``n``, ``sum x``, ``sum x x^T`` in float64) are gathered and added in chunk order, so any number
+   of processes gives the same numbers.
+3. **Metrics**: for the unconditional set, the Fréchet distance and KID (unbiased, with its standard error) to the
+   real images; for the text set, the CLIP score (with a CLIP model, ``--clip``) and on the mini world the judge's
+   shape/colour/pattern alignment (for prompts that name one) and its porcelain rate.
+4. **Outputs**: ``table.md``, ``table.csv`` and ``results.json`` (every number, the methods' settings, the feature
+   network, the real set) in ``OUTPUT``.
+
+It lives in ``training`` because it judges a trained domain model against the kind of folder it was trained on, and
+reads that folder with the trainer's scanner (:func:`training.data.scan_images`: broken files skipped and counted).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from suite.checks import UserError, check_weight
+
+log = logging.getLogger("suite")
+
+KINDS = ("base", "ours", "model")
+METHOD_KEYS = ("domain_weight", "control_weight", "guidance_rule", "caption")
+CHUNK = 64  # images per feature chunk (fixed: the split between processes never changes a number)
+SETS = ("uncond", "text")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table. ``kind``: ``base`` (SD alone, classifier-free guidance ``control_weight`` on prompts),
+    ``ours`` (SD + the domain model, paper Eq. 3 with ``domain_weight``, ``control_weight``, ``guidance_rule``; not
+    given: the domain's recommended ones) or ``model`` (the SD1.5 fine-tune in ``model``, alone, with guidance
+    ``control_weight``; its unconditional images use ``caption`` as their prompt, e.g. a DreamBooth fine-tune's
+    instance prompt)."""
+
+    label: str
+    kind: str
+    model: str | None = None
+    domain_weight: float | str | None = None
+    control_weight: float | str | None = None
+    guidance_rule: str | None = None
+    caption: str = ""
+
+
+def parse_method(text: str) -> Method:
+    """``[LABEL=]KIND[;key=value...]``, KIND ``base``, ``ours`` or ``model:FOLDER``; keys ``domain_weight``,
+    ``control_weight``, ``guidance_rule`` (ours), ``control_weight`` (base, model), ``caption`` (model). E.g.
+    ``ours``, ``ours-2=ours;domain_weight=2;guidance_rule=paper``, ``ft=model:runs/ft/unet;caption=a photo of
+    porcelain;control_weight=5``."""
+    from suite.rules import format_rule, parse_rule
+
+    parts = [p.strip() for p in str(text).split(";")]
+    head = parts[0]
+    label, _, kind = head.rpartition("=") if "=" in head.split(":")[0] else ("", "", head)
+    kind, _, model = kind.strip().partition(":")
+    kind = kind.lower()
+    label = label.strip() or (kind if kind != "model" else Path(model.strip().rstrip("/")).name or "model")
+    fix = "write it [LABEL=]base|ours|model:FOLDER[;key=value...], e.g. ours;domain_weight=1.5"
+    if kind not in KINDS:
+        raise UserError(f"--method {text!r} is not a method: {fix}")
+    if (kind == "model") != bool(model.strip()):
+        raise UserError(f"--method {text!r}: " + ("give the fine-tuned model's folder or hub id as model:FOLDER"
+                                                  if kind == "model" else f"only model:FOLDER takes a folder; {fix}"))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", label):
+        raise UserError(f"the method label {label!r} must be letters, digits, '.', '_', '+' or '-' (it names a "
+                        f"folder): write LABEL=... before the method")
+    keys: dict = {}
+    for part in parts[1:]:
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in METHOD_KEYS:
+            raise UserError(f"--method {text!r}: {part!r} is not a setting; use {', '.join(METHOD_KEYS)} as key=value")
+        if key in keys:
+            raise UserError(f"--method {text!r} sets {key} twice: give it once")
+        value = value.strip()
+        if key in ("domain_weight", "control_weight"):
+            from suite.cli import weight_arg
+
+            try:
+                value = check_weight(weight_arg(value), key)
+            except Exception as e:  # argparse's type error: say it here in one sentence
+                raise UserError(f"--method {text!r}: {key} must be a number or auto ({e})") from None
+        elif key == "guidance_rule":
+            try:
+                value = format_rule(parse_rule(value)) or "paper"
+            except UserError as e:
+                raise UserError(f"--method {text!r}: {e}") from None
+        keys[key] = value
+    allowed = {"base": ("control_weight",), "ours": ("domain_weight", "control_weight", "guidance_rule"),
+               "model": ("control_weight", "caption")}[kind]
+    extra = sorted(set(keys) - set(allowed))
+    if extra:
+        raise UserError(f"--method {text!r}: a {kind} method does not take {', '.join(extra)} (it takes "
+                        f"{', '.join(allowed)})")
+    return Method(label, kind, model.strip() or None, **keys)
+
+
+@dataclass
+class EvalConfig:
+    """What ``launch.py eval`` runs (its flags)."""
+
+    output: str
+    methods: list[Method]
+    real: str | None = None
+    num_real: int | None = None
+    features: str = "judge"
+    clip: str | None = None
+    num_images: int = 200
+    seed: int = 0
+    prompts_file: str | None = None
+    seeds: list[int] = field(default_factory=lambda: list(range(4)))
+    batch_size: int = 8
+    steps: int | None = None
+    resume: bool = False
+    preset: str = "mini"
+    domain: str | None = None
+    sd_model: str | None = None
+    domain_model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+def evaluate(config: EvalConfig) -> dict:
+    """Run the evaluation (see the module); returns the results (also written to ``results.json``)."""
+    from contextlib import ExitStack
+
+    from accelerate import PartialState
+
+    from suite import batch as B
+    from suite.features import check_feature_model, load_features
+    from suite.files import claim_run_folder, output_lock
+
+    # 1. Everything that can be checked before a model loads.
+    labels = [m.label for m in config.methods]
+    if not labels:
+        raise UserError("no method to evaluate: pass --method base, --method ours, --method model:FOLDER ...")
+    if len(set(labels)) != len(labels):
+        raise UserError(f"two methods share a label ({labels}): name them LABEL=... (e.g. ours-2=ours;...)")
+    text_items = _text_items(config)
+    for ref, flag in ((config.features, "--features"), (config.clip if text_items else None, "--clip")):
+        if ref:
+            check_feature_model(ref, flag)
+    real_scan = _scan_real(config.real) if config.real else None
+    out = Path(config.output).expanduser().resolve()
+    state = PartialState(cpu=config.device == "cpu")
+    device = config.device or (str(state.device) if state.num_processes > 1 else None)
+
+    with ExitStack() as stack:
+        if state.is_main_process:
+            stack.enter_context(output_lock(out))
+        if claim_run_folder(out, "eval", write=state.is_main_process) and not config.resume:
+            raise UserError(f"the folder {str(out)!r} holds an evaluation already: pass --resume to complete it, or "
+                            f"choose another --output")
+        _check_methods_file(out, config.methods, state)
+        real_paths, skipped = _real_images(config, out, state, real_scan)
+
+        # 2. Images of every method and set (the batch machinery: split, resumable, manifests).
+        pipe_box: dict = {}
+        sets = {}
+        for m in config.methods:
+            for name, items in (("uncond", _uncond_items(config, m)), ("text", [_for_method(it, m) for it in text_items])):
+                if not items:
+                    continue
+                folder = out / "images" / m.label / name
+                missing = B.run_batch(state, folder, items, config.batch_size,
+                                      lambda m=m: _loader(config, m, pipe_box, device), resume=True, kind="eval-batch",
+                                      what="an evaluation's images")
+                if missing:
+                    raise UserError(f"{missing} image(s) of {m.label}/{name} are missing: run again with --resume")
+                sets[(m.label, name)] = (folder, items)
+        pipe_box.clear()
+
+        # 3. Features, split in fixed chunks and gathered exactly; then the metrics (process 0 writes them).
+        net = load_features(config.features, device=device or "cpu")
+        clip = None
+        if config.clip and text_items:
+            clip = net if config.clip == config.features and net.has_text else load_features(config.clip, device or "cpu",
+                                                                                            flag="--clip")
+            if not clip.has_text:
+                raise UserError(f"--clip {config.clip!r} has no text encoder: give a CLIP model (e.g. clip)")
+        real = _features(state, net, real_paths, cache=out / f"real-{_paths_key(real_paths, net.name)}.npz")
+        results = {"features": net.name, "clip": clip.name if clip else None,
+                   "real": {"folder": str(config.real or out / "real-mini"), "n": len(real_paths),
+                            "skipped": skipped}, "methods": {}}
+        for m in config.methods:
+            row = {"method": asdict(m)}
+            for (label, name), (folder, items) in sets.items():
+                if label != m.label:
+                    continue
+                paths = [B.item_path(folder, it) for it in items]
+                feats = _features(state, net, paths)
+                if name == "uncond":
+                    row["uncond"] = _distribution_scores(feats, real, len(paths))
+                else:
+                    row["text"] = {"n": len(paths)}
+                    if clip is not None:
+                        img = feats if clip is net else _features(state, clip, paths)
+                        row["text"].update(_clip_scores(clip, img, [it.prompt for it in items]))
+                if hasattr(net, "judge"):
+                    row.setdefault(name, {}).update(_judge_scores(state, net, paths, [it.prompt for it in items]))
+            results["methods"][m.label] = row
+        if state.is_main_process:
+            _write(out, results)
+        state.wait_for_everyone()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _text_items(config: EvalConfig) -> list:
+    from suite import batch as B
+
+    if not config.prompts_file:
+        return []
+    items = B.read_items(config.prompts_file, config.seeds)
+    for it in items:
+        if it.domain_weight is not None or it.control_weight is not None or it.guidance_rule or it.negative_prompt:
+            raise UserError(f"the prompts file sets guidance on item {it.index} ({it.prompt!r}); in eval the methods "
+                            f"set guidance: keep only prompt and seed in each line")
+    return items
+
+
+def _uncond_items(config: EvalConfig, m: Method) -> list:
+    from suite.batch import Item
+
+    return [_for_method(Item(i, "", config.seed + i), m) for i in range(config.num_images)]
+
+
+def _for_method(item, m: Method):
+    """The item as this method makes it (its settings recorded in the manifest and checked on resume)."""
+    from dataclasses import replace
+
+    wd = 0.0 if m.kind != "ours" else m.domain_weight
+    return replace(item, domain_weight=wd, control_weight=m.control_weight, guidance_rule=m.guidance_rule)
+
+
+def _check_methods_file(out: Path, methods: list[Method], state) -> None:
+    """A method label resumed with other settings is refused (its images would mix two methods)."""
+    from suite.files import write_text_atomic
+
+    path = out / "methods.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for m in methods:
+        if m.label in saved and saved[m.label] != asdict(m):
+            raise UserError(f"the folder's method {m.label!r} was made with other settings ({saved[m.label]}): give "
+                            f"this one another label, or choose another --output")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_text_atomic(path, json.dumps({**saved, **{m.label: asdict(m) for m in methods}}, indent=1))
+
+
+def _scan_real(folder) -> object:
+    from .data import scan_images
+
+    try:
+        return scan_images(folder)
+    except ValueError as e:
+        raise UserError(str(e).replace("pass --data", "pass --real")) from None
+
+
+def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[Path], int]:
+    """The real images (sorted; at most ``num_real``, the first in order) and how many broken files were skipped.
+    On the mini preset without ``--real``: held-out renders of the porcelain domain, written once."""
+    folder = config.real
+    if scan is None:
+        from suite.presets import get_preset
+
+        if not get_preset(config.preset).offline:
+            raise UserError("give --real FOLDER with real images of the domain (the paper uses the domain's dataset)")
+        folder = out / "real-mini"
+        n = config.num_real or 500
+        if state.is_main_process and len(list(folder.glob("*.png"))) < n:
+            from .miniworld import render_set, write_image_folder
+
+            log.info("eval: rendering %d held-out porcelain images into %s", n, folder)
+            write_image_folder(render_set("domain", n, seed=9091)["images"], folder)
+        state.wait_for_everyone()
+        scan = _scan_real(folder)
+    paths = scan.images[:config.num_real] if config.num_real else scan.images
+    if len(paths) < 3:
+        raise UserError(f"the real-image folder {str(folder)!r} has {len(paths)} usable image(s); KID and the Fréchet "
+                        f"distance need at least 3 (thousands for the paper's figures): add images")
+    return paths, len(scan.corrupt)
+
+
+_PIPE_KEY = "pipe"
+
+
+def _loader(config: EvalConfig, m: Method, box: dict, device):
+    """``(sample, models)`` for :func:`suite.batch.run_batch`: one pipeline for every method of this process."""
+    import torch
+
+    from suite import batch as B
+    from suite.pipeline import DEFAULT_STEPS, Control, quiet
+    from suite.presets import build_pipeline, model_refs
+
+    if _PIPE_KEY not in box:
+        box[_PIPE_KEY] = build_pipeline(config.preset, config.domain, config.sd_model, config.domain_model,
+                                        device=device, dtype=config.dtype)
+    pipe = box[_PIPE_KEY]
+    refs = model_refs(config.preset, config.domain, config.sd_model, config.domain_model)
+    models = {"sd": refs["sd"]} | ({"domain": refs["domain"]} if m.kind == "ours" else {}) | \
+             ({"model": m.model} if m.kind == "model" else {})
+    steps = DEFAULT_STEPS if config.steps is None else config.steps
+    unet = None
+    if m.kind == "model":
+        from suite.models import load_unet
+
+        unet = load_unet(m.model, device=pipe.device, dtype=pipe.dtype, flag="--method model:")
+    cw = m.control_weight if m.control_weight is not None else pipe.guidance_weights()[1] or 7.5
+
+    def sample(group):
+        latents = torch.cat([pipe.prepare_latents(1, None, None, seed=it.seed) for it in group])
+        prompts = [it.prompt for it in group]
+        with quiet(pipe):
+            if m.kind == "ours":
+                out = pipe(prompts if prompts[0] else None, num_images_per_prompt=1 if prompts[0] else len(group),
+                           domain_weight=m.domain_weight, control_weight=m.control_weight,
+                           guidance_rule=m.guidance_rule, num_inference_steps=steps, latents=latents)
+                return out.images, out.weights, out.guidance_rule
+            if m.kind == "base":
+                out = pipe(prompts if prompts[0] else None, num_images_per_prompt=1 if prompts[0] else len(group),
+                           use_domain=False, control_weight=cw, num_inference_steps=steps, latents=latents)
+                return out.images, out.weights, "paper"
+            images = []  # a fine-tune: one call per run of equal prompts (a Control has one prompt)
+            start = 0
+            for prompt, run in itertools.groupby(prompts):
+                k = len(list(run))
+                ctl = [Control(prompt=prompt or m.caption, unet=unet, weight=cw, name="fine-tuned")]
+                images += pipe(None, controls=ctl, use_domain=False, rectify=False, num_images_per_prompt=k,
+                               num_inference_steps=steps, latents=latents[start:start + k]).images
+                start += k
+            return images, {"fine-tuned": cw}, "paper"
+
+    return sample, B.model_hashes(models)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _paths_key(paths: list[Path], net_name: str) -> str:
+    h = hashlib.sha256(net_name.encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _features(state, net, paths: list[Path], cache: Path | None = None) -> dict:
+    """``{"features": [n, d], "moments": (n, s1, s2)}`` of the images at ``paths``: chunks of :data:`CHUNK` images,
+    chunk ``j`` on process ``j % P``; features and float64 moments gathered and put together in chunk order."""
+    from accelerate.utils import gather_object
+
+    from suite.images import load_image
+    from suite.metrics import add_moments, moments
+
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            f = z["features"]
+        return {"features": f, "moments": add_moments(moments(f[j:j + CHUNK]) for j in range(0, len(f), CHUNK))}
+    chunks = range(0, len(paths), CHUNK)
+    mine = []
+    for k, j in enumerate(chunks):
+        if k % state.num_processes != state.process_index:
+            continue
+        f = net.images([load_image(p, "image") for p in paths[j:j + CHUNK]])
+        mine.append((k, f, moments(f)))
+    parts = sorted(gather_object(mine) if state.num_processes > 1 else mine, key=lambda x: x[0])
+    feats = np.concatenate([p[1] for p in parts])
+    out = {"features": feats, "moments": add_moments(p[2] for p in parts)}
+    if cache is not None and state.is_main_process:
+        from suite.files import write_bytes_atomic
+
+        buf = io.BytesIO()
+        np.savez(buf, features=feats)
+        write_bytes_atomic(cache, buf.getvalue())
+    return out
+
+
+def _distribution_scores(gen: dict, real: dict, n: int) -> dict:
+    from suite.metrics import frechet_from_stats, kid_subsets
+
+    k, se = kid_subsets(gen["features"], real["features"])
+    return {"n": n, "fd": frechet_from_stats(gen["moments"], real["moments"]), "kid": k, "kid_se": se}
+
+
+def _clip_scores(clip, image_feats: dict, prompts: list[str]) -> dict:
+    from suite.features import clip_score
+
+    unique = list(dict.fromkeys(prompts))
+    text = dict(zip(unique, clip.texts(unique)))
+    s = clip_score(image_feats["features"], np.stack([text[p] for p in prompts]))
+    return {"clip_score": float(s.mean()), "clip_score_se": float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1
+            else 0.0}
+
+
+def _judge_scores(state, net, paths: list[Path], prompts: list[str]) -> dict:
+    """The mini world's judge on a set: its porcelain rate, and for prompts naming a shape / colour / pattern the
+    fraction of images where it reads that attribute (each with its binomial standard error)."""
+    from suite.images import load_image
+    from suite.miniworld import world as W
+    from suite.miniworld.assets import images_to_tensor
+
+    pred: dict = {"shape": [], "colour": [], "pattern": [], "porcelain": []}
+    for j in range(0, len(paths), CHUNK):  # small and cheap: every process reads every image, no gather needed
+        p = net.judge.predict(images_to_tensor([load_image(q, "image") for q in paths[j:j + CHUNK]]))
+        for key in pred:
+            pred[key] += p[key]
+    out = _rate("porcelain", [bool(x) for x in pred["porcelain"]])
+    vocab = {"shape": W.SHAPES, "colour": tuple(W.COLOURS), "pattern": ("stripes", "dots")}
+    for key, names in vocab.items():
+        hits = []
+        for prompt, got in zip(prompts, pred[key]):
+            words = set(re.findall(r"[a-z]+", prompt.lower()))
+            named = [n for n in names if n in words]
+            if len(named) == 1:
+                hits.append(got == named[0])
+        if hits:
+            out.update(_rate(f"{key}_alignment", hits))
+    return out
+
+
+def _rate(name: str, hits: list[bool]) -> dict:
+    p = sum(hits) / len(hits)
+    return {name: p, f"{name}_se": float(np.sqrt(p * (1 - p) / len(hits))), f"{name}_n": len(hits)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+COLUMNS = (("uncond", "n", "images"), ("uncond", "fd", "FD"), ("uncond", "kid", "KID"),
+           ("uncond", "porcelain", "domain (judge)"), ("text", "n", "text images"),
+           ("text", "clip_score", "CLIP score"), ("text", "shape_alignment", "shape"),
+           ("text", "colour_alignment", "colour"), ("text", "pattern_alignment", "pattern"),
+           ("text", "porcelain", "text domain (judge)"))
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows (columns with no number in any row left out)."""
+    cols = [c for c in COLUMNS if any(c[1] in r.get(c[0], {}) for r in results["methods"].values())]
+    header = ["method"] + [c[2] for c in cols]
+    rows = []
+    for label, r in results["methods"].items():
+        row = [label]
+        for part, key, _ in cols:
+            v = r.get(part, {}).get(key)
+            se = r.get(part, {}).get(f"{key}_se")
+            row.append("" if v is None else f"{v:d}" if isinstance(v, int) else
+                       f"{v:.4g}" + (f" ± {se:.2g}" if se is not None else ""))
+        rows.append(row)
+    return header, rows
+
+
+def _write(out: Path, results: dict) -> None:
+    from suite.files import write_text_atomic
+
+    header, rows = table_rows(results)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    note = (f"\nFeatures: {results['features']}; real images: {results['real']['n']} from {results['real']['folder']}"
+            f"{' (' + str(results['real']['skipped']) + ' broken file(s) skipped)' if results['real']['skipped'] else ''}"
+            f". FD and KID: lower is closer to the real images (KID unbiased, ± its standard error).\n")
+    write_text_atomic(out / "table.md", "\n".join(md) + "\n" + note)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    write_text_atomic(out / "table.csv", buf.getvalue())
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1, sort_keys=True, default=str))
+    log.info("eval: wrote %s, table.csv and results.json\n%s", out / "table.md", "\n".join(md))
