@@ -237,3 +237,22 @@ def open_upload(source, what: str, max_megapixels: float, max_bytes: int | None 
             except (OSError, ValueError, SyntaxError):
                 raise UserError(f"the {what} {name!r} is damaged (its pixels could not be decoded): "
                                 "upload another PNG, JPEG or WebP image") from None
+
+
+def tile_grid(rows: list[list[Image.Image]], labels: list[str], col_labels: list[str] | None = None, scale: int = 2,
+              label_w: int = 110) -> Image.Image:
+    """Images in rows (each scaled by ``scale``, nearest neighbour), a label left of each row and optional labels
+    over the columns, on white."""
+    from PIL import ImageDraw
+
+    t = rows[0][0].size[0] * scale
+    top = 16 if col_labels else 0
+    img = Image.new("RGB", (label_w + t * max(len(r) for r in rows), top + t * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    for j, name in enumerate(col_labels or []):
+        draw.text((label_w + j * t + 3, 2), name, fill="black")
+    for i, (row, name) in enumerate(zip(rows, labels)):
+        draw.text((4, top + i * t + t // 2 - 6), name, fill="black")
+        for j, im in enumerate(row):
+            img.paste(im.resize((t, t), Image.NEAREST), (label_w + j * t, top + i * t))
+    return img

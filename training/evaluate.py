@@ -225,6 +225,7 @@ def evaluate(config: EvalConfig) -> dict:
             results["methods"][m.label] = row
         if state.is_main_process:
             _write(out, results)
+            _grid(out, config.methods, sets)
         state.wait_for_everyone()
     return results
 
@@ -468,6 +469,34 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
                        f"{v:.4g}" + (f" ± {se:.2g}" if se is not None else ""))
         rows.append(row)
     return header, rows
+
+
+def _grid(out: Path, methods: list[Method], sets: dict, per_set: int = 8) -> Path:
+    """``grid.png``: a row per method, its first unconditional images then the first image of each prompt."""
+    from PIL import Image
+
+    from suite import batch as B
+    from suite.images import save_image_atomic, tile_grid
+
+    rows = []
+    for m in methods:
+        row = []
+        for name in SETS:
+            if (m.label, name) in sets:
+                folder, items = sets[(m.label, name)]
+                firsts = list({it.prompt: it for it in reversed(items)}.values())[::-1]  # each prompt's first
+                for it in (firsts + [it for it in items if it not in firsts])[:per_set]:
+                    with Image.open(B.item_path(folder, it)) as im:
+                        row.append(im.convert("RGB").resize((96, 96), Image.BICUBIC) if im.width > 96 else
+                                   im.convert("RGB"))
+        rows.append(row)
+    scale = 2 if rows[0][0].width <= 64 else 1
+    n_uncond = min(per_set, len(next(iter(sets.values()))[1]))
+    cols = [""] * max(map(len, rows))
+    cols[0] = "unconditional"
+    if len(cols) > n_uncond:
+        cols[n_uncond] = "prompted"
+    return save_image_atomic(tile_grid(rows, [m.label for m in methods], cols, scale=scale), out / "grid.png")
 
 
 def _write(out: Path, results: dict) -> None:

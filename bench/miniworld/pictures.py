@@ -25,24 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from suite.images import tile_grid
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tile_grid(rows: list[list[Image.Image]], labels: list[str], col_labels: list[str] | None = None, scale: int = 2,
-               label_w: int = 110) -> Image.Image:
-    t = rows[0][0].size[0] * scale
-    top = 16 if col_labels else 0
-    img = Image.new("RGB", (label_w + t * max(len(r) for r in rows), top + t * len(rows)), "white")
-    draw = ImageDraw.Draw(img)
-    for j, name in enumerate(col_labels or []):
-        draw.text((label_w + j * t + 3, 2), name, fill="black")
-    for i, (row, name) in enumerate(zip(rows, labels)):
-        draw.text((4, top + i * t + t // 2 - 6), name, fill="black")
-        for j, im in enumerate(row):
-            img.paste(im.resize((t, t), Image.NEAREST), (label_w + j * t, top + i * t))
-    return img
 
 
 def _pil(t: torch.Tensor) -> Image.Image:
@@ -60,7 +47,7 @@ def zero123_picture(out: Path) -> Path:
     rows = [[_pil(m[k][i]) for i in range(7)] for k in ("inputs", "predicted", "truth")]
     rows += [[_pil(m[k][i]) for i in range(7, 14)] for k in ("inputs", "predicted", "truth")]
     path = out / "zero123.png"
-    save_image_atomic(_tile_grid(rows, ["input", "Zero-1-to-3", "truth"] * 2), path)
+    save_image_atomic(tile_grid(rows, ["input", "Zero-1-to-3", "truth"] * 2), path)
     return path
 
 
@@ -94,21 +81,21 @@ def main(argv=None) -> int:
             v = W.random_view(rng)
             row.append(_pil(render_view(W.make_object(s, c, pat, por, rng), v["elevation"], v["azimuth"]).rgb[0]))
         rows.append(row)
-    save_image_atomic(_tile_grid(rows, list(W.SHAPES), [f"{c}/{p}" if not por else "porcelain" for c, p, por in looks]),
+    save_image_atomic(tile_grid(rows, list(W.SHAPES), [f"{c}/{p}" if not por else "porcelain" for c, p, por in looks]),
                       out / "world.png")
     dom = []
     for _ in range(16):
         obj = W.random_object(rng, porcelain=True, shapes=W.DOMAIN_SHAPES)
         v = W.random_view(rng, porcelain=True)
         dom.append(_pil(render_view(obj, v["elevation"], v["azimuth"]).rgb[0]))
-    save_image_atomic(_tile_grid([dom[:8], dom[8:]], ["domain", "images"]), out / "domain.png")
+    save_image_atomic(tile_grid([dom[:8], dom[8:]], ["domain", "images"]), out / "domain.png")
 
     # Generation.
     pipe = build_pipeline("mini")
     colours = list(W.COLOURS)
     rows = [[pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i,
                   num_inference_steps=20).images[0] for i, c in enumerate(colours)] for s in W.SHAPES]
-    save_image_atomic(_tile_grid(rows, list(W.SHAPES), colours), out / "generate.png")
+    save_image_atomic(tile_grid(rows, list(W.SHAPES), colours), out / "generate.png")
     rec = dict(domain_weight=pipe.domain.domain_weight, control_weight=pipe.domain.control_weight)
     for name, weights in (("in-domain.png", rec), ("in-domain-auto.png", dict(domain_weight="auto",
                                                                                control_weight="auto"))):
@@ -116,7 +103,7 @@ def main(argv=None) -> int:
                 .images for s in W.SHAPES]
         rows.append(pipe(None, num_images_per_prompt=6, seed=0, num_inference_steps=20,
                          domain_weight=weights.get("domain_weight")).images)
-        save_image_atomic(_tile_grid(rows, [f'"a {s}"' for s in W.SHAPES] + ["(no prompt)"]), out / name)
+        save_image_atomic(tile_grid(rows, [f'"a {s}"' for s in W.SHAPES] + ["(no prompt)"]), out / name)
 
     # Editing.
     rows = []
@@ -124,7 +111,7 @@ def main(argv=None) -> int:
         src = _pil(render_view(W.make_object(s, c, "stripes", rng=rng), 15.0, 30.0).rgb[0])
         rows.append([src] + [pipe(None, image=src, strength=st, seed=i, num_inference_steps=20,
                                   domain_weight=rec["domain_weight"]).images[0] for st in (0.5, 0.7, 0.9)])
-    save_image_atomic(_tile_grid(rows, ["vase", "bowl", "cup", "bottle"], ["input", "0.5", "0.7", "0.9"]),
+    save_image_atomic(tile_grid(rows, ["vase", "bowl", "cup", "bottle"], ["input", "0.5", "0.7", "0.9"]),
                       out / "edit.png")
 
     # Wall time of the CLI, one image, fresh process (model loading included).
