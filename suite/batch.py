@@ -218,7 +218,12 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
             missing = len(items) - len(lines)
             log.info("batch: %d of %d image(s) in %s%s", len(lines), len(items), folder,
                      f"; {missing} missing: run again with --resume" if missing else "")
-        state.wait_for_everyone()
+        if world > 1:  # every process returns the same count (and so stops, or goes on, together)
+            from accelerate.utils import broadcast_object_list
+
+            missing = broadcast_object_list([missing])[0]
+        else:
+            state.wait_for_everyone()
     return missing
 
 

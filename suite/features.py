@@ -55,8 +55,10 @@ class FeatureNet:
 
         if not self.has_text:
             raise UserError(f"the feature model {self.name} has no text encoder: give a CLIP model for text alignment")
+        texts = list(texts)
         with torch.inference_mode():
-            return self._texts(list(texts)).double().cpu().numpy()
+            return np.concatenate([self._texts(texts[i:i + self.batch]).double().cpu().numpy()
+                                   for i in range(0, len(texts), self.batch)])
 
 
 def clip_score(image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
@@ -75,23 +77,28 @@ def load_features(ref: str, device="cpu", flag: str = "--features") -> FeatureNe
     from .models import _hub_kwargs, _load
 
     path, is_local = _resolve(ref, flag)
-    kind = _kind(path, is_local, flag)
-    return _load("feature model", flag, path, is_local, lambda: _transformers_net(path, kind, is_local, device,
+    model_type = _kind(path, is_local, flag)
+    return _load("feature model", flag, path, is_local, lambda: _transformers_net(path, model_type, device,
                                                                                  _hub_kwargs(is_local)))
 
 
-def check_feature_model(ref: str, flag: str = "--features") -> None:
+def check_feature_model(ref: str, flag: str = "--features", text: bool = False) -> None:
     """One sentence, before any model loads, if ``ref`` cannot be a feature model (missing folder, another kind of
-    model); ``judge`` checks the mini world's files."""
+    model; with ``text``, one without a text encoder); ``judge`` checks the mini world's files."""
     ref = str(ref).strip()
+    no_text = f"{flag} {ref!r} has no text encoder: give a CLIP model (clip, or a CLIP folder or hub id)"
     if ref.lower() == "judge":
+        if text:
+            raise UserError(no_text)
         from .miniworld.assets import check
 
         check()
         return
     path, is_local = _resolve(NAMES.get(ref.lower(), ref), flag)
-    if is_local:
-        _kind(path, True, flag)
+    if is_local or ref.lower() in NAMES:
+        model_type = _kind(path, is_local, flag) if is_local else {"dinov2": "dinov2", "clip": "clip"}[ref.lower()]
+        if text and model_type != "clip":
+            raise UserError(no_text)
 
 
 def _resolve(ref: str, flag: str) -> tuple[str, bool]:
@@ -107,7 +114,8 @@ def _resolve(ref: str, flag: str) -> tuple[str, bool]:
 def _kind(path: str, is_local: bool, flag: str) -> str:
     if is_local:
         try:
-            model_type = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+            config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+            model_type = config.get("model_type") if isinstance(config, dict) else None
         except (OSError, ValueError) as err:
             raise UserError(f"the feature model {path!r} has an unreadable config.json ({err}): give a DINOv2 or CLIP "
                             f"model folder") from None
@@ -121,10 +129,10 @@ def _kind(path: str, is_local: bool, flag: str) -> str:
     if model_type not in KINDS:
         raise UserError(f"{path!r} is a {model_type or 'unknown'} model, not a feature model this suite reads: give "
                         f"{flag} judge (mini world), dinov2, clip, or a DINOv2 or CLIP folder or hub id")
-    return KINDS[model_type]
+    return model_type
 
 
-def _processor(path: str, kind: str, kwargs: dict):
+def _processor(path: str, kind: str, kwargs: dict):  # kind: dinov2 or clip
     """The model's own image processor (PIL backend: no torchvision), or the family's defaults if it has none."""
     from transformers import AutoImageProcessor, BitImageProcessorPil, CLIPImageProcessorPil
 
@@ -138,7 +146,8 @@ def _processor(path: str, kind: str, kwargs: dict):
         return CLIPImageProcessorPil()
 
 
-def _transformers_net(path: str, kind: str, is_local: bool, device, kwargs: dict) -> FeatureNet:
+def _transformers_net(path: str, model_type: str, device, kwargs: dict) -> FeatureNet:
+    kind = KINDS[model_type]
     proc = _processor(path, kind, kwargs)
 
     def pixels(images):
@@ -151,8 +160,7 @@ def _transformers_net(path: str, kind: str, is_local: bool, device, kwargs: dict
         return FeatureNet(f"dinov2:{path}", lambda ims: net(pixel_values=pixels(ims)).pooler_output)
     from transformers import AutoTokenizer, CLIPModel, CLIPVisionModelWithProjection
 
-    config = json.loads((Path(path) / "config.json").read_text()) if is_local else None
-    if config is not None and config.get("model_type") == "clip_vision_model":
+    if model_type == "clip_vision_model":
         vision = CLIPVisionModelWithProjection.from_pretrained(path, **kwargs).to(device).eval()
         return FeatureNet(f"clip:{path}", lambda ims: vision(pixel_values=pixels(ims)).image_embeds)
     net = CLIPModel.from_pretrained(path, **kwargs).to(device).eval()
@@ -172,17 +180,16 @@ def _transformers_net(path: str, kind: str, is_local: bool, device, kwargs: dict
 
 
 def _judge(device) -> FeatureNet:
-    import torch
 
     from .miniworld.assets import images_to_tensor, load_judge
 
     judge = load_judge().to(device)
 
-    def images(ims):
-        x = images_to_tensor(ims).to(device)
-        if x.shape[-2:] != (64, 64):
-            x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True)
-        return judge.embed(x)
+    def images(ims):  # each image at the judge's 64 x 64 (real folders mix sizes)
+        from PIL import Image
+
+        return judge.embed(images_to_tensor([im if im.size == (64, 64) else im.resize((64, 64), Image.BICUBIC)
+                                             for im in ims]).to(device))
 
     net = FeatureNet("judge (mini world)", images)
     net.judge = judge

@@ -96,16 +96,18 @@ def kid(x: np.ndarray, y: np.ndarray) -> float:
 
 def kid_subsets(x: np.ndarray, y: np.ndarray, subset: int = 1000, subsets: int = 100, seed: int = 0
                 ) -> tuple[float, float]:
-    """``(KID, standard error)`` for large sets: the mean of the unbiased KID over ``subsets`` random subsets of
-    ``subset`` samples from each set (Bińkowski et al.'s protocol, as clean-fid and torch-fidelity run it), and the
-    standard error of that mean. Sets no larger than ``subset`` go to :func:`kid_with_se` whole."""
+    """``(KID, spread)`` for large sets: the mean of the unbiased KID over ``subsets`` random subsets of ``subset``
+    samples from each set (Bińkowski et al.'s protocol, as clean-fid and torch-fidelity run it), and the standard
+    deviation over the subsets (torch-fidelity's ``kid_std``: the uncertainty of a ``subset``-sample estimate, a
+    conservative one for the mean, as the subsets overlap). Sets no larger than ``subset`` go to
+    :func:`kid_with_se` whole (the jackknife's standard error)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if len(x) <= subset and len(y) <= subset:
         return kid_with_se(x, y)
     rng = np.random.default_rng(seed)
     vals = np.array([kid(x[rng.choice(len(x), min(subset, len(x)), replace=False)],
                          y[rng.choice(len(y), min(subset, len(y)), replace=False)]) for _ in range(subsets)])
-    return float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(subsets))
+    return float(vals.mean()), float(vals.std(ddof=1))
 
 
 def diversity(features: np.ndarray) -> float:

@@ -71,12 +71,18 @@ def config_from_args(args):
         check_count(args.steps, "--steps", MAX_STEPS)
     if args.num_images is not None and args.num_images > B.MAX_ITEMS:
         raise UserError(f"--num-images {args.num_images} is more than {B.MAX_ITEMS:,}: split the evaluation")
+    from suite.checks import MAX_SEED
+
+    num_images = args.num_images or (200 if offline else 2000)
+    if args.seed + num_images - 1 > MAX_SEED:
+        raise UserError(f"--seed {args.seed} with {num_images} images runs past the largest seed ({MAX_SEED}): give "
+                        f"a smaller --seed")
     clip = args.clip if args.clip is not None else (None if offline else "clip")
     return EvalConfig(
         output=args.output, methods=[parse_method(m) for m in (args.method or DEFAULT_METHODS)], real=args.real,
         num_real=args.num_real, features=args.features or ("judge" if offline else "dinov2"),
         clip=None if str(clip).lower() == "none" else clip,
-        num_images=args.num_images or (200 if offline else 2000), seed=args.seed, prompts_file=args.prompts_file,
+        num_images=num_images, seed=args.seed, prompts_file=args.prompts_file,
         seeds=B.parse_seeds(args.seeds or "0-3"), batch_size=args.batch_size, steps=args.steps, resume=args.resume,
         preset=args.preset, domain=args.domain, sd_model=args.sd_model, domain_model=args.domain_model,
         device=args.device, dtype=args.dtype)

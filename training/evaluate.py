@@ -72,7 +72,7 @@ def parse_method(text: str) -> Method:
 
     parts = [p.strip() for p in str(text).split(";")]
     head = parts[0]
-    label, _, kind = head.rpartition("=") if "=" in head.split(":")[0] else ("", "", head)
+    label, _, kind = head.partition("=") if "=" in head.split(":")[0] else ("", "", head)
     kind, _, model = kind.strip().partition(":")
     kind = kind.lower()
     label = label.strip() or (kind if kind != "model" else Path(model.strip().rstrip("/")).name or "model")
@@ -161,13 +161,21 @@ def evaluate(config: EvalConfig) -> dict:
     if len(set(labels)) != len(labels):
         raise UserError(f"two methods share a label ({labels}): name them LABEL=... (e.g. ours-2=ours;...)")
     text_items = _text_items(config)
-    for ref, flag in ((config.features, "--features"), (config.clip if text_items else None, "--clip")):
-        if ref:
-            check_feature_model(ref, flag)
-    real_scan = _scan_real(config.real) if config.real else None
+    check_feature_model(config.features, "--features")
+    if config.clip and text_items:
+        check_feature_model(config.clip, "--clip", text=True)
+    for m in config.methods:
+        if m.kind == "model":
+            from suite.models import resolve
+
+            resolve(m.model, "fine-tuned model", f"--method {m.label}=model:FOLDER")
+    real_scan = _scan_real(config.real, config.num_real) if config.real else _check_can_render(config)
     out = Path(config.output).expanduser().resolve()
     state = PartialState(cpu=config.device == "cpu")
-    device = config.device or (str(state.device) if state.num_processes > 1 else None)
+    # every process on its own device; features on the pipeline's device (not the CPU) in one process too
+    from suite.presets import resolve_device
+
+    device = config.device or (str(state.device) if state.num_processes > 1 else str(resolve_device(None)[0]))
 
     with ExitStack() as stack:
         if state.is_main_process:
@@ -175,7 +183,7 @@ def evaluate(config: EvalConfig) -> dict:
         if claim_run_folder(out, "eval", write=state.is_main_process) and not config.resume:
             raise UserError(f"the folder {str(out)!r} holds an evaluation already: pass --resume to complete it, or "
                             f"choose another --output")
-        _check_methods_file(out, config.methods, state)
+        _check_methods_file(out, config.methods, _fingerprint(config), state)
         real_paths, skipped = _real_images(config, out, state, real_scan)
 
         # 2. Images of every method and set (the batch machinery: split, resumable, manifests).
@@ -195,15 +203,13 @@ def evaluate(config: EvalConfig) -> dict:
         pipe_box.clear()
 
         # 3. Features, split in fixed chunks and gathered exactly; then the metrics (process 0 writes them).
-        net = load_features(config.features, device=device or "cpu")
+        net = load_features(config.features, device=device)
         clip = None
         if config.clip and text_items:
-            clip = net if config.clip == config.features and net.has_text else load_features(config.clip, device or "cpu",
+            clip = net if config.clip == config.features and net.has_text else load_features(config.clip, device,
                                                                                             flag="--clip")
-            if not clip.has_text:
-                raise UserError(f"--clip {config.clip!r} has no text encoder: give a CLIP model (e.g. clip)")
         real = _features(state, net, real_paths, cache=out / f"real-{_paths_key(real_paths, net.name)}.npz")
-        results = {"features": net.name, "clip": clip.name if clip else None,
+        results = {"features": net.name, "clip": clip.name if clip else None, "run": _fingerprint(config),
                    "real": {"folder": str(config.real or out / "real-mini"), "n": len(real_paths),
                             "skipped": skipped}, "methods": {}}
         for m in config.methods:
@@ -258,28 +264,58 @@ def _for_method(item, m: Method):
     return replace(item, domain_weight=wd, control_weight=m.control_weight, guidance_rule=m.guidance_rule)
 
 
-def _check_methods_file(out: Path, methods: list[Method], state) -> None:
-    """A method label resumed with other settings is refused (its images would mix two methods)."""
+def _fingerprint(config: EvalConfig) -> dict:
+    """What every method's images depend on besides the method: the models (hashes of their weight files, or hub
+    ids), the preset, the sampling steps and the dtype. A resume with others is refused."""
+    from suite import batch as B
+    from suite.presets import model_refs
+
+    refs = model_refs(config.preset, config.domain, config.sd_model, config.domain_model)
+    return {"preset": config.preset, "steps": config.steps, "dtype": config.dtype,
+            "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
+
+
+def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> None:
+    """``methods.json``: the run's fingerprint and each method's settings. A resume with other models or steps, or
+    a label reused for other settings while its images exist, is refused (the table would mix two methods)."""
+    from suite import batch as B
     from suite.files import write_text_atomic
 
     path = out / "methods.json"
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    have = {m.label for m in methods if any(B.done_items(f) for f in (out / "images" / m.label).glob("*")
+                                            if f.is_dir())}
+    if have and saved.get("_run") not in (None, run):
+        raise UserError(f"the folder's images were made with other models or settings ({saved['_run']}): choose "
+                        f"another --output, or the same models, --steps and --dtype to resume")
     for m in methods:
-        if m.label in saved and saved[m.label] != asdict(m):
+        entry = dict(asdict(m), model_hash=B.model_hashes({"m": m.model}).get("m") if m.model else None)
+        if m.label in have and m.label in saved and saved[m.label] != entry:
             raise UserError(f"the folder's method {m.label!r} was made with other settings ({saved[m.label]}): give "
                             f"this one another label, or choose another --output")
     state.wait_for_everyone()
     if state.is_main_process:
-        write_text_atomic(path, json.dumps({**saved, **{m.label: asdict(m) for m in methods}}, indent=1))
+        entries = {m.label: dict(asdict(m), model_hash=B.model_hashes({"m": m.model}).get("m") if m.model else None)
+                   for m in methods}
+        write_text_atomic(path, json.dumps({**saved, **entries, "_run": run}, indent=1))
 
 
-def _scan_real(folder) -> object:
+def _check_can_render(config: EvalConfig) -> None:
+    from suite.presets import get_preset
+
+    if not get_preset(config.preset).offline:
+        raise UserError("give --real FOLDER with real images of the domain (the paper uses the domain's dataset)")
+
+
+def _scan_real(folder, num_real: int | None = None) -> object:
     from .data import scan_images
 
     try:
-        return scan_images(folder)
+        scan = scan_images(folder)
     except ValueError as e:
         raise UserError(str(e).replace("pass --data", "pass --real")) from None
+    _usable(scan, folder, num_real)
+    return scan
 
 
 def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[Path], int]:
@@ -287,24 +323,31 @@ def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[
     On the mini preset without ``--real``: held-out renders of the porcelain domain, written once."""
     folder = config.real
     if scan is None:
-        from suite.presets import get_preset
-
-        if not get_preset(config.preset).offline:
-            raise UserError("give --real FOLDER with real images of the domain (the paper uses the domain's dataset)")
         folder = out / "real-mini"
         n = config.num_real or 500
         if state.is_main_process and len(list(folder.glob("*.png"))) < n:
-            from .miniworld import render_set, write_image_folder
+            from PIL import Image
+
+            from suite.images import save_image_atomic
+
+            from .miniworld import render_set
 
             log.info("eval: rendering %d held-out porcelain images into %s", n, folder)
-            write_image_folder(render_set("domain", n, seed=9091)["images"], folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, im in enumerate(render_set("domain", n, seed=9091)["images"]):
+                save_image_atomic(Image.fromarray(im), folder / f"{i:05d}.png")
         state.wait_for_everyone()
         scan = _scan_real(folder)
-    paths = scan.images[:config.num_real] if config.num_real else scan.images
+    paths = _usable(scan, folder, config.num_real)
+    return paths, len(scan.corrupt)
+
+
+def _usable(scan, folder, num_real: int | None) -> list[Path]:
+    paths = scan.images[:num_real] if num_real else scan.images
     if len(paths) < 3:
         raise UserError(f"the real-image folder {str(folder)!r} has {len(paths)} usable image(s); KID and the Fréchet "
                         f"distance need at least 3 (thousands for the paper's figures): add images")
-    return paths, len(scan.corrupt)
+    return paths
 
 
 _PIPE_KEY = "pipe"
@@ -370,7 +413,8 @@ def _paths_key(paths: list[Path], net_name: str) -> str:
 
 def _features(state, net, paths: list[Path], cache: Path | None = None) -> dict:
     """``{"features": [n, d], "moments": (n, s1, s2)}`` of the images at ``paths``: chunks of :data:`CHUNK` images,
-    chunk ``j`` on process ``j % P``; features and float64 moments gathered and put together in chunk order."""
+    chunk ``j`` on process ``j % P``; the chunks' features gathered, and their float64 moments added in chunk
+    order (exact sums, not per-process means)."""
     from accelerate.utils import gather_object
 
     from suite.images import load_image
@@ -385,11 +429,11 @@ def _features(state, net, paths: list[Path], cache: Path | None = None) -> dict:
     for k, j in enumerate(chunks):
         if k % state.num_processes != state.process_index:
             continue
-        f = net.images([load_image(p, "image") for p in paths[j:j + CHUNK]])
-        mine.append((k, f, moments(f)))
+        mine.append((k, net.images([load_image(p, "image") for p in paths[j:j + CHUNK]])))
     parts = sorted(gather_object(mine) if state.num_processes > 1 else mine, key=lambda x: x[0])
     feats = np.concatenate([p[1] for p in parts])
-    out = {"features": feats, "moments": add_moments(p[2] for p in parts)}
+    # every process adds the same chunks' moments in the same order: the same numbers for any process count
+    out = {"features": feats, "moments": add_moments(moments(p[1]) for p in parts)}
     if cache is not None and state.is_main_process:
         from suite.files import write_bytes_atomic
 
@@ -484,8 +528,9 @@ def _grid(out: Path, methods: list[Method], sets: dict, per_set: int = 8) -> Pat
         for name in SETS:
             if (m.label, name) in sets:
                 folder, items = sets[(m.label, name)]
-                firsts = list({it.prompt: it for it in reversed(items)}.values())[::-1]  # each prompt's first
-                for it in (firsts + [it for it in items if it not in firsts])[:per_set]:
+                firsts = list({it.prompt: it for it in reversed(items)}.values())[::-1][:per_set]  # each prompt's first
+                chosen = {it.index for it in firsts}
+                for it in (firsts + [it for it in items[:2 * per_set] if it.index not in chosen])[:per_set]:
                     with Image.open(B.item_path(folder, it)) as im:
                         row.append(im.convert("RGB").resize((96, 96), Image.BICUBIC) if im.width > 96 else
                                    im.convert("RGB"))
@@ -506,7 +551,8 @@ def _write(out: Path, results: dict) -> None:
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     note = (f"\nFeatures: {results['features']}; real images: {results['real']['n']} from {results['real']['folder']}"
             f"{' (' + str(results['real']['skipped']) + ' broken file(s) skipped)' if results['real']['skipped'] else ''}"
-            f". FD and KID: lower is closer to the real images (KID unbiased, ± its standard error).\n")
+            f". FD and KID: lower is closer to the real images (KID unbiased, ± the jackknife's standard error; above "
+            f"1,000 images, the mean over 100 subsets of 1,000 ± their standard deviation).\n")
     write_text_atomic(out / "table.md", "\n".join(md) + "\n" + note)
     buf = io.StringIO()
     w = csv.writer(buf)

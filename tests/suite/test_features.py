@@ -65,6 +65,9 @@ def test_dinov2_and_clip_load_from_folders_and_embed(tiny_nets):
     assert clip_score(ft, ft) == pytest.approx([100, 100])  # a text against itself: cosine 1
     with pytest.raises(UserError, match="no text encoder"):
         d.texts(["a cup"])
+    with pytest.raises(UserError, match="no text encoder"):  # refused before any image is made
+        check_feature_model(str(dino), "--clip", text=True)
+    check_feature_model(str(clip), "--clip", text=True)
 
 
 def test_not_a_feature_model_is_one_sentence(tmp_path, tiny_dir):

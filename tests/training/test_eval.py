@@ -28,6 +28,7 @@ def test_methods_are_parsed_with_their_settings():
     assert (m.label, m.kind, m.model, m.caption, m.control_weight) == \
         ("ft", "model", "runs/ft/unet", "a photo of porcelain", "auto")
     assert parse_method("model:runs/ft-300/").label == "ft-300"  # the folder names the row
+    assert parse_method("ft=model:runs/a=b").model == "runs/a=b"  # an '=' in the folder stays in the folder
 
 
 @pytest.mark.parametrize("text,phrase", [
@@ -110,10 +111,13 @@ def test_a_resumed_evaluation_remakes_nothing(mini_eval):
                         "--resume"]) == 0
     assert {q: q.stat().st_mtime_ns for q in (out / "images").rglob("*.png")} == stamps
     assert json.loads((out / "results.json").read_text()) == r1
-    # the same label with other settings would mix two methods in one folder
+    # the same label with other settings, or other sampling steps, would mix two methods in one folder
     with pytest.raises(UserError, match="other settings"):
         evaluate(EvalConfig(output=str(out), methods=[parse_method("ours;domain_weight=2")], preset="mini",
-                            num_images=12, num_real=48, resume=True))
+                            num_images=12, num_real=48, resume=True, steps=12))
+    with pytest.raises(UserError, match="other models or settings"):
+        evaluate(EvalConfig(output=str(out), methods=[parse_method("ours")], preset="mini", num_images=12,
+                            num_real=48, resume=True, steps=10))
 
 
 def test_a_fine_tune_that_is_the_base_gives_the_base_images(tmp_path, tiny_dir):
@@ -124,13 +128,14 @@ def test_a_fine_tune_that_is_the_base_gives_the_base_images(tmp_path, tiny_dir):
     rng = np.random.default_rng(0)
     for i in range(5):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(real / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(real / "5-other-size.png")
     (real / "broken.png").write_bytes(b"not a png")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cup\na vase\na cup\n")  # a prompt that comes back after another
     r = evaluate(EvalConfig(output=str(tmp_path / "out"), preset="tiny", real=str(real), num_images=4, steps=2,
                             prompts_file=str(prompts), seeds=[0, 1],
                             methods=[parse_method("base"), parse_method(f"same=model:{tiny_dir / 'sd'}")]))
-    assert r["real"] == {"folder": str(real), "n": 5, "skipped": 1}
+    assert r["real"] == {"folder": str(real), "n": 6, "skipped": 1}
     for part, n in (("uncond", 4), ("text", 6)):
         a = sorted((tmp_path / "out" / "images" / "base" / part).glob("*.png"))
         b = sorted((tmp_path / "out" / "images" / "same" / part).glob("*.png"))
@@ -146,6 +151,12 @@ def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
     empty.mkdir()
     weights = tmp_path / "w.txt"
     weights.write_text('{"prompt": "a cup", "domain_weight": 2}\n')
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cup\n")
+    two = tmp_path / "two"
+    two.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (i * 100, 0, 0)).save(two / f"{i}.png")
     base = ["eval", "--preset", "tiny", "--num-images", "3", "--output", str(tmp_path / "out")]
     for extra, phrase in (
         (["--real", str(empty)], "has no .jpg, .png or .webp images"),
@@ -154,6 +165,10 @@ def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
         (["--method", "ours", "--method", "ours"], "share a label"),
         (["--prompts-file", str(weights)], "the methods set guidance"),
         (["--seeds", "0-3"], "add --prompts-file"),
+        (["--real", str(two)], "has 2 usable image(s)"),
+        (["--method", f"ft=model:{tmp_path / 'typo'}"], "does not exist"),
+        (["--prompts-file", str(prompts), "--clip", "judge"], "has no text encoder"),
+        (["--seed", "4294967295"], "runs past the largest seed"),
     ):
         assert launch.main(base + extra) == 2, extra
         err = capsys.readouterr().err
