@@ -71,7 +71,11 @@ def add_arguments(p) -> None:
                    help=f"marching-cubes grid size, 16 to {MAX_MESH_RESOLUTION} (default: 256; tiny: 48)")
     e.add_argument("--threshold", type=finite_float, default=None,
                    help="density level of the surface (default: automatic, from the rendered opacity)")
-    e.add_argument("--no-texture", action="store_true", help="no xatlas UV texture for OBJ (vertex colours only)")
+    e.add_argument("--no-texture", action="store_true",
+                   help="no UV texture: the GLB and OBJ carry vertex colours only")
+    e.add_argument("--texture-size", type=int, default=None, metavar="PIXELS",
+                   help="side of the baked texture of model.glb and model.obj, 16 to 8192 (default: 1024; mini: 256, "
+                        "enough for its stripes and dots; tiny: 128)")
     e.add_argument("--decimate", type=int_at_least(4), default=None, metavar="FACES",
                    help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
     e.add_argument("--preview-frames", type=int_at_least(1), default=None,
@@ -127,7 +131,7 @@ def config_from_args(args):
               zero123_steps=args.zero123_steps, refine_steps=args.refine_steps, elevation=args.elevation,
               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
-              texture=False if args.no_texture else None, resume=args.resume, export_only=args.export_only,
+              texture=False if args.no_texture else None, texture_size=args.texture_size, resume=args.resume, export_only=args.export_only,
               seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames)
     cfg = ThreeDConfig(**kw).resolved()
     refine = cfg.refine

@@ -96,12 +96,16 @@ class StageConfig:
     sds_background: tuple[float, float, float] | None = None
 
 
+MIN_TEXTURE, MAX_TEXTURE = 16, 8192  # texture side in pixels (8192^2 RGB is 200 MB before PNG compression)
+
+
 @dataclass
 class ExportConfig:
     """Mesh export (CPU). ``threshold=None``: automatic (the density level whose surface has the silhouettes the
     renders show, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
     ``min_piece_fraction`` of the largest are removed. ``decimate``: target face count before UV unwrapping
-    (vertex clustering; None = keep). ``texture``: bake a UV texture with xatlas for OBJ. ``height_m``: scale so
+    (vertex clustering; None = keep). ``texture``: bake a ``texture_size``-pixel UV texture (xatlas) for the GLB and the
+    OBJ (the vertex-coloured GLB is then written beside it as ``model-vertex-colors.glb``). ``height_m``: scale so
     the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0."""
 
     resolution: int = 256
@@ -224,6 +228,7 @@ class ThreeDConfig:
     mesh_resolution: int | None = None
     threshold: float | None = None
     texture: bool | None = None
+    texture_size: int | None = None
     resume: bool = False
     export_only: str | None = None
     seed: int = 0
@@ -263,6 +268,13 @@ class ThreeDConfig:
             export = replace(export, threshold=float(self.threshold))
         if self.texture is not None:
             export = replace(export, texture=bool(self.texture))
+        if self.texture_size is not None:
+            if isinstance(self.texture_size, bool) or not isinstance(self.texture_size, int) or \
+                    not MIN_TEXTURE <= self.texture_size <= MAX_TEXTURE:
+                raise ValueError(f"the texture size is {self.texture_size!r}: give --texture-size a whole number of "
+                                 f"pixels from {MIN_TEXTURE} to {MAX_TEXTURE} (1024 is the default; the mini world's "
+                                 f"stripes and dots need 256)")
+            export = replace(export, texture_size=int(self.texture_size))
         formats = tuple(dict.fromkeys(f.lower().lstrip(".") for f in self.formats))
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:

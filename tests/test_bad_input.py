@@ -177,6 +177,10 @@ CASES = [
                                              "--output", "{out}/run"], "could not find a clear foreground object"),
     ("3d: bad guidance rule", T + ["--prompt", "a vase", "--guidance-rule", "clamp=0", "--output", "{out}/run"],
      "clamp=0 would remove all guidance"),
+    ("3d: texture size 0", T + ["--prompt", "a vase", "--texture-size", "0", "--output", "{out}/run"],
+     "give --texture-size a whole number of pixels from 16 to 8192"),
+    ("3d: texture size 100000", T + ["--prompt", "a vase", "--texture-size", "100000", "--output", "{out}/run"],
+     "give --texture-size a whole number of pixels from 16 to 8192"),
     ("3d: seed 2**70", T + ["--prompt", "a vase", "--seed", str(2 ** 70), "--output", "{out}/run"],
      "argument --seed: a seed is a whole number"),
     # train
@@ -249,4 +253,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 34, "edit": 9, "3d": 15, "train": 5, "app": 3}, json.dumps(per)
+    assert per == {"generate": 34, "edit": 9, "3d": 17, "train": 5, "app": 3}, json.dumps(per)

@@ -21,7 +21,8 @@ from .world import BACKGROUND, MiniObject
 
 _INF = float("inf")
 BOUND_RADIUS = 0.64  # every object fits in this sphere about the origin (checked by the tests)
-_LIGHT_CAM = torch.tensor([-0.45, 0.65, 0.62])  # camera space: left, up, toward the viewer
+LIGHT_CAM = (-0.45, 0.65, 0.62)  # camera space: left, up, toward the viewer (also generators3d.raster's light)
+_LIGHT_CAM = torch.tensor(LIGHT_CAM)
 
 
 @dataclass

@@ -82,6 +82,13 @@ def test_automatic_threshold_meshes_the_silhouettes_the_renders_show(scale):
             meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=40, texture=False, threshold=25.0))
 
 
+@pytest.mark.parametrize("threshold", [None, 1.0])
+def test_an_empty_nerf_is_one_sentence(threshold):
+    """A NeRF with no density (training that collapsed) has no surface to export: one sentence, no mesh."""
+    with pytest.raises(ValueError, match="the NeRF is empty"):
+        meshlib.extract_mesh(AnalyticField(scale=0.0), VIEWS, ExportConfig(resolution=24, threshold=threshold))
+
+
 def test_small_pieces_and_cavities_are_removed_and_decimation_hits_target():
     field = AnalyticField(centres=((0.0, 0.0, 0.0), (0.0, 0.75, 0.0)), axes=(AXES, (0.04, 0.04, 0.04)))
     mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=48, texture=False))
@@ -124,14 +131,16 @@ def test_glb_obj_ply_reload_with_same_geometry_and_colours_y_up(tmp_path):
     mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=40, texture=True, texture_size=256))
     mesh = meshlib.to_export_frame(mesh, height_m=0.3)
     paths = meshlib.write_meshes(mesh, tmp_path, ("glb", "obj", "ply"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.glb", "model.mtl", "model.obj", "model.ply",
-                                                          "model.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-vertex-colors.glb", "model.glb", "model.mtl",
+                                                          "model.obj", "model.ply", "model.png"]
     rgb8 = (mesh.colors * 255 + 0.5).astype(np.uint8)
 
-    # GLB: same arrays; Y up (tall axis, red top), +Z front (green), on the ground, 0.3 m tall, outward normals.
-    glb = trimesh.load(paths["glb"], force="mesh", process=False)
+    # GLB (vertex colours): same arrays; Y up (tall axis, red top), +Z front (green), on the ground, 0.3 m tall,
+    # outward normals. (model.glb is the textured mesh: tests/generators3d/test_texture.py.)
+    vc_path = tmp_path / "model-vertex-colors.glb"
+    glb = trimesh.load(vc_path, force="mesh", process=False)
     assert np.allclose(glb.vertices, mesh.vertices, atol=1e-6) and np.array_equal(glb.faces, mesh.faces)
-    data = paths["glb"].read_bytes()
+    data = vc_path.read_bytes()
     prim = _glb_json(data)["meshes"][0]["primitives"][0]
     assert {"POSITION", "NORMAL", "COLOR_0"} <= set(prim["attributes"]) and "material" in prim
     assert np.array_equal(_glb_accessor(data, prim["attributes"]["COLOR_0"])[:, :3], rgb8)

@@ -1,0 +1,159 @@
+"""``python -m bench.mini3d_texture --output DIR``: do the exported meshes keep the pattern? (issue 24, part 1)
+
+For each known object of :mod:`bench.mini3d` (a ground-truth reference view -> stage 2 -> meshes; the runs are
+shared with ``bench.mini3d --output DIR`` and reused when found), the stage-2 checkpoint is exported again at
+several texture sizes (``launch.py 3d --export-only CKPT --texture-size N``), and from the five held-out views
+(NeRF frame, :data:`bench.mini3d.HELD_OUT`) it renders, with :func:`generators3d.raster.render_mesh`:
+
+* the textured ``model.glb`` (its UV layer and embedded texture, read back through trimesh),
+* the vertex colours (``model.ply``: the surface and colours of ``model-vertex-colors.glb``, what the GLB carried
+  before),
+* and, as the ceiling of any export, the NeRF itself (volume rendering of the checkpoint).
+
+The meshes are drawn unlit (``shading=False``): the NeRF's colours already hold the lighting of the views it was
+fitted to, as its own renders do.
+
+Each is compared with the renderer's ground truth of the object from the same views: PSNR (whole 64 px image,
+same background), silhouette IoU, and whether the judge reads the right pattern (stripes / dots / plain; per view,
+and the majority of the five). Writes ``texture.json``, ``texture.md`` and ``texture.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("bench.mini3d_texture")
+
+SIZES = (64, 128, 256, 512)
+
+
+def _load_mesh(path: Path, transform: dict):
+    """Vertices (NeRF frame), faces, and the UV + texture (the textured GLB) or the vertex colours (the PLY, the
+    same surface and colours as ``model-vertex-colors.glb``)."""
+    import trimesh
+
+    from bench.miniworld.geometry import from_export
+
+    m = trimesh.load(path, force="mesh", process=False)
+    v = from_export(np.asarray(m.vertices), transform)
+    if path.suffix == ".glb":
+        return dict(vertices=v, faces=np.asarray(m.faces), uv=np.asarray(m.visual.uv),
+                    texture=m.visual.material.baseColorTexture)
+    return dict(vertices=v, faces=np.asarray(m.faces), colors=np.asarray(m.visual.vertex_colors)[:, :3] / 255.0)
+
+
+def _scores(rgb: np.ndarray, cover: np.ndarray, truth: torch.Tensor, truth_mask: torch.Tensor, pattern: str,
+            judge) -> dict:
+    from suite.miniworld.views import iou, psnr
+
+    x = torch.from_numpy(rgb).float()
+    reads = judge.predict(x)["pattern"]
+    right = [r == pattern for r in reads]
+    return {"psnr": float(psnr(x, truth).mean()), "iou": float(iou(torch.from_numpy(cover > 0.5), truth_mask).mean()),
+            "pattern_views": sum(right), "pattern_majority": sum(right) > len(right) / 2, "reads": reads}
+
+
+def measure(case, folder: Path, judge) -> dict:
+    from bench.mini3d import HELD_OUT, known_object
+    from generators3d import ThreeDConfig, run_text_to_3d
+    from generators3d.cameras import orbit_cameras
+    from generators3d.nerf import Background
+    from generators3d.raster import render_mesh
+    from generators3d.render import render as render_nerf
+    from generators3d.stage import load_checkpoint
+    from suite.miniworld.render import render
+    from suite.miniworld.views import framed_cameras, reference_framing
+    from suite.miniworld.world import BACKGROUND, make_object
+
+    shape, colour, pattern, el, az = case
+    known_object(case, folder, {})  # the stage-2 run (reused when finished)
+    obj = make_object(shape, colour, pattern)
+    framing = reference_framing(obj, el, az, size=256)
+    els, azs = [v[0] for v in HELD_OUT], [v[1] for v in HELD_OUT]
+    truth = render(obj, framed_cameras(framing, els, [framing.azimuth + a for a in azs]), size=64,
+                   background=BACKGROUND)  # the world's backdrop, as the judge saw in training
+    truth_rgb, truth_mask = truth.rgb, truth.alpha > 0.5
+    cams = orbit_cameras(els, azs, framing.distance, 20.0)
+    ckpt = folder / "run" / "checkpoints" / "stage2-zero123.safetensors"
+    field, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        nerf = render_nerf(field, Background(BACKGROUND), cams, 64, chunk=8192)
+    res = {"case": f"{colour} {shape}, {pattern}", "pattern": pattern,
+           "nerf": _scores(nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy(), nerf["opacity"][..., 0].numpy(),
+                           truth_rgb, truth_mask, pattern, judge)}
+    renders = {"truth": truth_rgb.numpy(), "nerf": nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy()}
+    for size in SIZES:
+        out = folder / f"texture-{size}"
+        if not (out / "summary.json").is_file():
+            run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(ckpt), output=str(out), preview_frames=1,
+                                        texture_size=size))
+        transform = json.loads((out / "summary.json").read_text())["export_transform"]
+        for name, file in ((f"texture {size}", "model.glb"), ("vertex colours", "model.ply")):
+            if name in res:
+                continue
+            rgb, cover = render_mesh(cams=cams, size=64, shading=False, **_load_mesh(out / "mesh" / file, transform))
+            res[name] = _scores(rgb, cover, truth_rgb, truth_mask, pattern, judge)
+            renders[name] = rgb
+    res["_renders"] = renders
+    return res
+
+
+def _picture(results: list, path: Path) -> None:
+    from PIL import Image
+
+    cols = ["truth", "nerf", "vertex colours"] + [f"texture {s}" for s in SIZES]
+    tile, view = 96, 1
+    grid = Image.new("RGB", (tile * len(cols), tile * len(results)), (255, 255, 255))
+    for i, r in enumerate(results):
+        for j, c in enumerate(cols):
+            arr = (np.clip(r["_renders"][c][view].transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+            grid.paste(Image.fromarray(arr).resize((tile, tile), Image.NEAREST), (j * tile, i * tile))
+    grid.save(path)
+
+
+def markdown(results: list) -> str:
+    cols = ["nerf", "vertex colours"] + [f"texture {s}" for s in SIZES]
+    lines = ["| object | " + " | ".join(f"{c}: PSNR / IoU / pattern" for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for r in results:
+        cells = [f"{r[c]['psnr']:.1f} / {r[c]['iou']:.3f} / {r[c]['pattern_views']}/5" for c in cols]
+        lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
+    patterned = [r for r in results if r["pattern"] != "plain"]
+    lines.append("| patterned objects read right (majority of 5 views) | " + " | ".join(
+        f"{sum(r[c]['pattern_majority'] for r in patterned)} of {len(patterned)}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mini3d_texture", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="the folder of bench.mini3d (its known-object runs are reused)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from bench.mini3d import KNOWN
+    from suite.cli import quiet_libraries
+    from suite.miniworld import assets
+
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    judge = assets.load_judge()
+    folder = Path(args.output)
+    results = [measure(c, folder / f"known-{c[0]}", judge) for c in KNOWN]
+    _picture(results, folder / "texture.png")
+    (folder / "texture.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "_renders"} for r in results],
+                                                    indent=1))
+    (folder / "texture.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""A small CPU rasteriser for exported meshes: what a mesh viewer shows, to check an export without Blender.
+
+Each view: vertices projected with the suite's cameras (:mod:`suite.cameras`: x right, y up, looking along -z),
+triangles drawn far to near (painter's algorithm) with their index into an integer image (PIL), then per pixel the
+barycentric coordinates of its centre give the colour: the texture sampled bilinearly at the interpolated UV
+(``texture`` + ``uv``), or the interpolated vertex colours. ``shading``: the mini world renderer's diffuse term
+(ambient 0.32 + 0.68 Lambert, the same light fixed to the camera), without its highlight; off, the colours are shown
+as they are (an unlit material), which is how to compare an export of our NeRF with renders: its colour field is
+radiance with the lighting of its training views baked in. Rendered at ``supersample`` times the size and averaged
+down.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from suite.miniworld.render import LIGHT_CAM
+from suite.miniworld.world import BACKGROUND
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals."""
+    v = np.asarray(vertices, np.float64)
+    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of ``texture [H, W, 3]`` (row 0 at the top, glTF/OBJ's v = 1) at ``uv [N, 2]``."""
+    h, w = texture.shape[:2]
+    x = np.clip(uv[:, 0] * w - 0.5, 0, w - 1)
+    y = np.clip((1.0 - uv[:, 1]) * h - 0.5, 0, h - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = texture[y0, x0] * (1 - fx) + texture[y0, x1] * fx
+    bottom = texture[y1, x0] * (1 - fx) + texture[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def render_mesh(vertices: np.ndarray, faces: np.ndarray, cams, size: int = 64, colors: np.ndarray | None = None,
+                uv: np.ndarray | None = None, texture=None, supersample: int = 2,
+                background=BACKGROUND, shading: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgb [B, 3, size, size] in [0, 1], coverage [B, size, size])`` of a mesh (in the cameras' frame) seen from
+    ``cams``; coloured by ``texture`` (PIL image or array) at per-vertex ``uv``, else by ``colors [V, 3]``, else
+    white."""
+    from PIL import Image, ImageDraw
+
+    v = np.asarray(vertices, np.float64)
+    faces = np.asarray(faces, np.int64)
+    tex = None if texture is None else np.asarray(texture.convert("RGB") if hasattr(texture, "convert") else texture,
+                                                  np.float32) / (255.0 if not isinstance(texture, np.ndarray) else 1.0)
+    cols = np.ones((len(v), 3)) if colors is None else np.asarray(colors, np.float64)
+    normals = vertex_normals(v, faces)
+    hs = size * supersample
+    vh = np.concatenate([v, np.ones((len(v), 1))], 1)
+    bg = np.asarray(background, np.float64)
+    images, covers = [], []
+    for i in range(len(cams)):
+        c2w = cams.c2w[i].double().numpy()
+        pc = vh @ np.linalg.inv(c2w).T
+        focal = 0.5 * hs / np.tan(np.radians(float(cams.fovy[i])) / 2)
+        px = np.stack([hs / 2 + focal * pc[:, 0] / -pc[:, 2] - 0.5, hs / 2 - focal * pc[:, 1] / -pc[:, 2] - 0.5], -1)
+        depth = -pc[:, 2]
+        order = np.argsort(-depth[faces].mean(1), kind="stable")  # far first: near triangles paint over them
+        ids = Image.new("I", (hs, hs), 0)
+        draw = ImageDraw.Draw(ids)
+        for f in order:
+            draw.polygon([tuple(px[j]) for j in faces[f]], fill=int(f) + 1)
+        fid = np.asarray(ids, dtype=np.int64) - 1
+        ys, xs = np.nonzero(fid >= 0)
+        tri = faces[fid[ys, xs]]
+        a, b, c = px[tri[:, 0]], px[tri[:, 1]], px[tri[:, 2]]
+        p = np.stack([xs, ys], -1).astype(np.float64)
+        v0, v1, v2 = b - a, c - a, p - a
+        den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+        den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+        l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+        l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+        bary = np.clip(np.stack([1 - l1 - l2, l1, l2], -1), 0, 1)
+        bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+        if tex is not None and uv is not None:
+            albedo = sample_texture(tex, (bary[..., None] * np.asarray(uv, np.float64)[tri]).sum(1))
+        else:
+            albedo = (bary[..., None] * cols[tri]).sum(1)
+        n = (bary[..., None] * normals[tri]).sum(1)
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        light = c2w[:3, :3] @ (np.asarray(LIGHT_CAM) / np.linalg.norm(LIGHT_CAM))
+        to_eye = c2w[:3, 3] - (bary[..., None] * v[tri]).sum(1)
+        n = np.where(((n * to_eye).sum(-1) < 0)[:, None], -n, n)  # the side the camera sees
+        shaded = albedo * (0.32 + 0.68 * np.clip(n @ light, 0, None))[:, None] if shading else albedo
+        img = np.broadcast_to(bg, (hs, hs, 3)).copy()
+        img[ys, xs] = np.clip(shaded, 0, 1)
+        cov = (fid >= 0).astype(np.float64)
+        images.append(img.reshape(size, supersample, size, supersample, 3).mean((1, 3)).transpose(2, 0, 1))
+        covers.append(cov.reshape(size, supersample, size, supersample).mean((1, 3)))
+    return np.stack(images).astype(np.float32), np.stack(covers).astype(np.float32)
