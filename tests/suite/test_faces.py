@@ -1,0 +1,105 @@
+"""Faces in the mini world (issue 23, part 1): inside the world's bound, landmarks on the visible surface, and
+each attribute changing the pixels where it should."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from suite.cameras import orbit_cameras
+from suite.miniworld import faces as F
+from suite.miniworld.render import BOUND_RADIUS
+
+BASE = F.Face(skin="fair", hair_colour="brown")
+
+
+def _surface_points(face: F.Face) -> torch.Tensor:
+    """Points on every part's surface (ellipsoids sampled, the hat's profile, the glasses' capsule ends)."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(4000, 3, generator=g), dim=-1)
+    pts = []
+    for kind, _, prm in F._parts(face):
+        if kind == "ellipsoid":
+            pts.append(prm[0] + u * prm[1])
+        elif kind == "revolution":
+            rz = torch.tensor([q for part in prm.profile for q in part])
+            pts.append(torch.stack([rz[:, 0], torch.zeros(len(rz)), rz[:, 1]], -1))
+    return torch.cat(pts)
+
+
+def test_every_face_fits_the_worlds_bound():
+    rng = np.random.default_rng(0)
+    faces = [F.random_face(rng, {k: 1.0 for k in ("glasses", "hat", "earrings")}) for _ in range(20)]
+    far = max(float(_surface_points(f).norm(dim=-1).max()) for f in faces)
+    assert far < BOUND_RADIUS - 0.01, far  # rays are culled at the bound: a part outside it would be cut off
+
+
+@pytest.mark.parametrize("elevation,azimuth", [(0.0, 0.0), (10.0, -8.0), (10.0, 8.0), (-5.0, 5.0)])
+def test_landmarks_lie_on_the_surface_the_camera_sees(elevation, azimuth):
+    """In near-frontal views (FFHQ's), a ray from the camera to each landmark hits the face first at that landmark
+    (the point is on the surface and nothing hides it), and the landmarks' pixels keep their order (eyes above the
+    nose above the mouth). (Glasses may cover the eye corners, so they are left out here.)"""
+    for face in (BASE, F.with_attribute(BASE, "smiling"), F.with_attribute(BASE, "a beard"),
+                 F.Face(skin="dark", hair_style="bald", params={"width": 0.94, "height": 1.04, "hat_colour": "blue"})):
+        cams = orbit_cameras(elevation, azimuth, 3.8, 20.0)
+        lm = F.landmarks(face)
+        pts = torch.stack(list(lm.values()))
+        eye = cams.c2w[0, :3, 3]
+        d = torch.nn.functional.normalize(pts - eye, dim=-1)
+        t, _, _ = F.intersect_face(face, eye.expand_as(d), d)
+        hit = eye + t[:, None] * d
+        err = (hit - pts).norm(dim=-1)
+        assert err.max() < 0.01, dict(zip(lm, err.tolist()))
+        px = dict(zip(lm, F.project(pts, cams, 256)[0]))
+        assert px["eye_left_outer"][0] < px["eye_left_inner"][0] < px["eye_right_inner"][0] < px["eye_right_outer"][0]
+        assert px["eye_left_inner"][1] < px["nose_tip"][1] < px["mouth_left"][1] < px["chin"][1]
+
+
+def _changed(face, size=128):
+    cams = orbit_cameras(5.0, 0.0, 3.8, 20.0)
+    a = F.render_face(BASE, cams, size=size).rgb[0]
+    b = F.render_face(face, cams, size=size).rgb[0]
+    diff = (a - b).abs().sum(0) > 0.08
+    px = {k: v for k, v in zip(F.LANDMARKS, F.project(torch.stack(list(F.landmarks(BASE).values())), cams, size)[0])}
+    return diff, px
+
+
+@pytest.mark.parametrize("attribute", list(F.ATTRIBUTES))
+def test_each_attribute_changes_the_pixels_where_it_should(attribute):
+    face = F.with_attribute(BASE, attribute)
+    if face == BASE:  # brown hair is the base's own
+        pytest.skip("the base face has brown hair")
+    diff, px = _changed(face)
+    eye_y = float(px["eye_left_outer"][1])
+    nose_y, mouth_y, chin_y = (float(px[k][1]) for k in ("nose_tip", "mouth_left", "chin"))
+    left, right = float(px["jaw_left"][0]), float(px["jaw_right"][0])
+    mid_x = 0.5 * (left + right)
+    half = right - left
+    regions = {  # (x0, x1, y0, y1) in pixels, generous but local
+        "glasses": (left - 0.35 * half, right + 0.35 * half, eye_y - 0.25 * half, nose_y),
+        "a hat": (0, 128, 0, eye_y),
+        "smiling": (float(px["mouth_left"][0]) - 4, float(px["mouth_right"][0]) + 4, nose_y + 2, chin_y),
+        "a beard": (left - 4, right + 4, nose_y, chin_y + 4),
+        "closed eyes": (float(px["eye_left_outer"][0]) - 3, float(px["eye_right_outer"][0]) + 3, eye_y - 5, eye_y + 5),
+        "earrings": (0, 128, eye_y, chin_y),
+    }
+    x0, x1, y0, y1 = regions.get(attribute, (0, 128, 0, eye_y))  # hair colours: above the eyes
+    ys, xs = np.nonzero(diff.numpy())
+    assert len(ys) >= 6, (attribute, len(ys))
+    inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    assert inside.mean() > 0.95, (attribute, inside.mean())
+    if attribute == "earrings":  # beside the head, not on the face
+        assert (np.abs(xs - mid_x) > 0.45 * half).mean() > 0.9
+
+
+def test_attributes_captions_and_frequencies():
+    rng = np.random.default_rng(1)
+    faces = [F.random_face(rng, {"hat": 0.05, "glasses": 0.0}) for _ in range(400)]
+    assert not any(f.glasses for f in faces)
+    assert 5 <= sum(f.hat for f in faces) <= 40  # rare, as hats are in FFHQ
+    f = F.Face(glasses=True, hat=True, smiling=True, hair_colour="black")
+    assert f.caption() == "a photo of a face with glasses, a hat and black hair, smiling"
+    assert set(F.Face(hair_style="bald").attributes) == set()
+    with pytest.raises(ValueError, match="unknown face attribute"):
+        F.with_attribute(f, "a moustache")
