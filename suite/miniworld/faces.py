@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, camera_rays, orbit_cameras
-from .render import _INF, BOUND_RADIUS, _LIGHT_CAM, Rendered, _hit_revolution
+from .render import _INF, _LIGHT_CAM, BOUND_RADIUS, Rendered, _hit_revolution
 from .world import BACKGROUND, COLOURS
 
 SKIN_TONES = {"light": (0.93, 0.78, 0.68), "fair": (0.86, 0.66, 0.54), "medium": (0.72, 0.52, 0.38),
