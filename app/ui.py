@@ -419,6 +419,9 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
             if p.suffix.lower() == ".obj":  # the OBJ's material and texture travel with it
                 downloads += [str(q) for q in sorted(p.parent.glob(f"{p.stem}*"))
                               if q.suffix.lower() in (".mtl", ".png") and str(q) not in downloads]
+            coloured = p.parent / f"{p.stem}-vertex-colors.glb"
+            if p.suffix.lower() == ".glb" and coloured.is_file():  # for tools that read only vertex colours
+                downloads.append(str(coloured))
         prev = res.preview_path
         is_video = prev is not None and Path(prev).suffix.lower() in (".mp4", ".webm")
         glb = meshes.get("glb")

@@ -74,8 +74,8 @@ def add_arguments(p) -> None:
     e.add_argument("--no-texture", action="store_true",
                    help="no UV texture: the GLB and OBJ carry vertex colours only")
     e.add_argument("--texture-size", type=int, default=None, metavar="PIXELS",
-                   help="side of the baked texture of model.glb and model.obj, 16 to 8192 (default: 1024; mini: 256, "
-                        "enough for its stripes and dots; tiny: 128)")
+                   help="side of the baked texture of model.glb and model.obj, 16 to 8192 (default: 1024; mini: 256; "
+                        "tiny: 128)")
     e.add_argument("--decimate", type=int_at_least(4), default=None, metavar="FACES",
                    help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
     e.add_argument("--preview-frames", type=int_at_least(1), default=None,
@@ -165,6 +165,9 @@ def main(args) -> int:
     log.info("done: %s", result.output_dir)
     for fmt, path in result.mesh_paths.items():
         log.info("  mesh (%s): %s", fmt, path)
+        coloured = path.parent / f"{path.stem}-vertex-colors.glb"
+        if fmt == "glb" and coloured.is_file():
+            log.info("  mesh (glb, vertex colours): %s", coloured)
     log.info("  preview: %s", result.preview_path)
     log.info("  image: %s  mask: %s", result.image_path, result.mask_path)
     if result.nan_recoveries:

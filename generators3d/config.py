@@ -269,12 +269,11 @@ class ThreeDConfig:
         if self.texture is not None:
             export = replace(export, texture=bool(self.texture))
         if self.texture_size is not None:
-            if isinstance(self.texture_size, bool) or not isinstance(self.texture_size, int) or \
-                    not MIN_TEXTURE <= self.texture_size <= MAX_TEXTURE:
-                raise ValueError(f"the texture size is {self.texture_size!r}: give --texture-size a whole number of "
-                                 f"pixels from {MIN_TEXTURE} to {MAX_TEXTURE} (1024 is the default; the mini world's "
-                                 f"stripes and dots need 256)")
-            export = replace(export, texture_size=int(self.texture_size))
+            export = replace(export, texture_size=self.texture_size)
+        size = export.texture_size  # checked whatever set it: the flag, a --config file or the Python API
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_TEXTURE <= size <= MAX_TEXTURE:
+            raise ValueError(f"the texture size is {size!r}: give --texture-size a whole number of pixels from "
+                             f"{MIN_TEXTURE} to {MAX_TEXTURE} (default 1024; mini: 256)")
         formats = tuple(dict.fromkeys(f.lower().lstrip(".") for f in self.formats))
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:

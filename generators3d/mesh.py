@@ -209,12 +209,12 @@ def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, fl
     grid = fill_cavities(grid, level)
     v, f = marching_cubes(grid, level, field.radius)
     v, f = clean(v, f, cfg.min_piece_fraction)
-    if len(f) == 0:
-        raise ValueError(f"the surface at density {level:.4g} has no faces: the NeRF is empty at this threshold; train "
-                         f"longer or pass a lower --threshold")
-    if cfg.decimate:
+    if cfg.decimate and len(f):
         v, f = decimate(v, f, int(cfg.decimate))
         v, f = clean(v, f, cfg.min_piece_fraction)
+    if len(f) == 0:
+        raise ValueError(f"the surface at density {level:.4g} has no faces left: the NeRF is empty at this threshold; "
+                         f"train longer, or pass a lower --threshold or a larger --decimate")
     normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals, np.float32)
     voxel = 2.0 * field.radius / (cfg.resolution - 1)
     colors = vertex_colors(field, v, normals, inset=0.5 * voxel)
@@ -231,7 +231,7 @@ def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0) -> Mes
     try:
         import xatlas
     except ImportError:
-        log.warning("xatlas is not installed: OBJ gets vertex colours instead of a texture (pip install xatlas)")
+        log.warning("xatlas is not installed: the GLB and OBJ get vertex colours instead of a texture (pip install xatlas)")
         return mesh
     import trimesh
     from PIL import Image, ImageDraw
@@ -327,9 +327,13 @@ def _textured_glb(mesh: Mesh, stem: str) -> bytes:
 
     material = PBRMaterial(name=stem, baseColorTexture=mesh.texture.convert("RGB"), baseColorFactor=[255] * 4,
                            metallicFactor=0.0, roughnessFactor=0.8)
-    tm = trimesh.Trimesh(mesh.uv_vertices, mesh.uv_faces, process=False,
+    # Normals of the welded surface: the copies of a seam vertex (xatlas splits them) get the same normal, so the
+    # seams do not show under lighting.
+    points, weld = np.unique(np.round(mesh.uv_vertices.astype(np.float64), 6), axis=0, return_inverse=True)
+    weld = weld.reshape(-1)
+    welded = trimesh.Trimesh(points, weld[mesh.uv_faces], process=False)
+    tm = trimesh.Trimesh(mesh.uv_vertices, mesh.uv_faces, process=False, vertex_normals=welded.vertex_normals[weld],
                          visual=TextureVisuals(uv=mesh.uv, material=material))
-    tm.vertex_normals  # noqa: B018 - computed now so the GLB carries outward NORMALs
     glb = export_glb(trimesh.Scene(tm), include_normals=True)
     json_len = struct.unpack("<I", glb[12:16])[0]  # the same copyright line as the vertex-coloured GLB
     doc = json.loads(glb[20:20 + json_len])
@@ -408,6 +412,9 @@ def write_meshes(mesh: Mesh, folder: Path, formats, stem: str = "model") -> dict
                 files.write(folder / name, data)
             paths[fmt] = folder / f"{stem}.{fmt}"
         files.commit()
+        stale = folder / f"{stem}-vertex-colors.glb"  # from an earlier, textured export of another mesh
+        if "glb" in formats and mesh.texture is None and stale.exists():
+            stale.unlink()
     except OSError as err:
         files.abort()
         if err.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -29,7 +29,8 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of ``texture [H, W, 3]`` (row 0 at the top, glTF/OBJ's v = 1) at ``uv [N, 2]``."""
+    """Bilinear lookup of ``texture [H, W, 3]`` at ``uv [N, 2]`` in OBJ's convention (v = 1 is row 0, the top;
+    glTF's v runs the other way: pass ``1 - v``)."""
     h, w = texture.shape[:2]
     x = np.clip(uv[:, 0] * w - 0.5, 0, w - 1)
     y = np.clip((1.0 - uv[:, 1]) * h - 0.5, 0, h - 1)
@@ -51,8 +52,10 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, cams, size: int = 64, c
 
     v = np.asarray(vertices, np.float64)
     faces = np.asarray(faces, np.int64)
-    tex = None if texture is None else np.asarray(texture.convert("RGB") if hasattr(texture, "convert") else texture,
-                                                  np.float32) / (255.0 if not isinstance(texture, np.ndarray) else 1.0)
+    tex = None
+    if texture is not None:  # a PIL image or uint8 array in 0..255, or a float array in 0..1
+        raw = np.asarray(texture.convert("RGB") if hasattr(texture, "convert") else texture)
+        tex = raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0)
     cols = np.ones((len(v), 3)) if colors is None else np.asarray(colors, np.float64)
     normals = vertex_normals(v, faces)
     hs = size * supersample

@@ -262,7 +262,9 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
     report.end("preview")
 
     # 9. Summary beside the results.
+    coloured = out / "mesh" / "model-vertex-colors.glb"
     summary = {"output_dir": str(out), "meshes": {k: str(v) for k, v in result.mesh_paths.items()},
+               "vertex_colors_glb": str(coloured) if coloured.is_file() else None,
                "image": str(result.image_path) if result.image_path else None,
                "mask": str(result.mask_path) if result.mask_path else None,
                "preview": str(result.preview_path), "threshold": level, "faces": int(len(mesh.faces)),

@@ -95,16 +95,28 @@ class Face:
         return text
 
 
+FLAGS = {"glasses": "glasses", "a hat": "hat", "smiling": "smiling", "a beard": "beard",
+         "closed eyes": "eyes_closed", "earrings": "earrings"}
+
+
 def random_face(rng: np.random.Generator, frequencies: dict[str, float] | None = None) -> Face:
-    """A face with random skin, hair and proportions; each boolean attribute is present with its probability in
-    ``frequencies`` (keys ``glasses``, ``hat``, ``smiling``, ``beard``, ``eyes_closed``, ``earrings``; default 0.3
-    each; 0 makes it absent)."""
-    freq = {"glasses": 0.3, "hat": 0.3, "smiling": 0.3, "beard": 0.3, "eyes_closed": 0.3, "earrings": 0.3}
+    """A face with random skin, hair and proportions. ``frequencies`` (keys: the phrases of :data:`ATTRIBUTES`, and
+    ``bald`` / ``long hair``) sets how often each attribute occurs: a probability for the yes/no attributes (default
+    0.3 each), for ``bald`` (0.15) and ``long hair`` (0.35 of the rest), and a relative weight for each hair colour
+    (default 1 each, so 0.2 of the haired faces). 0 makes an attribute absent."""
+    freq = {**{k: 0.3 for k in FLAGS}, **{f"{c} hair": 1.0 for c in HAIR_COLOURS}, "bald": 0.15, "long hair": 0.35}
+    unknown = sorted(set(frequencies or {}) - set(freq))
+    if unknown:
+        raise ValueError(f"unknown face attribute(s) {unknown}: use {', '.join(freq)}")
     freq.update(frequencies or {})
-    flags = {k: bool(rng.random() < p) for k, p in freq.items()}
-    return Face(skin=str(list(SKIN_TONES)[rng.integers(len(SKIN_TONES))]),
-                hair_colour=str(list(HAIR_COLOURS)[rng.integers(len(HAIR_COLOURS))]),
-                hair_style=str(HAIR_STYLES[rng.choice(3, p=[0.5, 0.35, 0.15])]), **flags,
+    flags = {FLAGS[k]: bool(rng.random() < freq[k]) for k in FLAGS}
+    weights = np.array([freq[f"{c} hair"] for c in HAIR_COLOURS], np.float64)
+    if weights.sum() <= 0:
+        raise ValueError("every hair colour has frequency 0: give at least one a weight above 0")
+    colour = str(list(HAIR_COLOURS)[rng.choice(len(HAIR_COLOURS), p=weights / weights.sum())])
+    style = "bald" if rng.random() < freq["bald"] else "long" if rng.random() < freq["long hair"] else "short"
+    return Face(skin=str(list(SKIN_TONES)[rng.integers(len(SKIN_TONES))]), hair_colour=colour, hair_style=style,
+                **flags,
                 params={"width": float(rng.uniform(0.93, 1.05)), "height": float(rng.uniform(0.95, 1.04)),
                         "hat_colour": str(list(COLOURS)[rng.integers(len(COLOURS))])})
 
@@ -191,10 +203,11 @@ def _glasses_sdf(face: Face):
             out.append(ring.norm(dim=-1) - minor)
         out.append(_capsule(p, eyes[0] + torch.tensor([0.0, major, 0.005]), eyes[1] - torch.tensor([0.0, major, -0.005]),
                             minor))
-        for e, side in zip(eyes, (-1.0, 1.0)):
+        for e, side in zip(eyes, (-1.0, 1.0)):  # the arms, round the outside of the head to the ears
             a = e + torch.tensor([-0.01, side * major, 0.0])
-            b = torch.tensor([-0.02, side * (width + 0.012), float(e[2])])
-            out.append(_capsule(p, a, b, minor * 0.8))
+            w = torch.tensor([0.16, side * (width + 0.015), float(e[2])])
+            b = torch.tensor([-0.02, side * (width + 0.015), float(e[2])])
+            out.append(torch.minimum(_capsule(p, a, w, minor * 0.8), _capsule(p, w, b, minor * 0.8)))
         return torch.stack(out, 0).amin(0)
 
     return sdf
@@ -218,10 +231,25 @@ def _hit_ellipsoid(o, d, centre, axes, keep=None):
     return t_best, torch.nn.functional.normalize((p - centre) / axes ** 2, dim=-1)
 
 
+GLASSES_C, GLASSES_R = torch.tensor([0.15, 0.0, 0.07]), 0.36  # a sphere around the frames and arms
+
+
 def _hit_sdf(o, d, sdf, steps: int = 64):
-    """Sphere tracing inside the bounding sphere of the head's front (the glasses)."""
-    b = (o * d).sum(-1)
-    disc = b * b - ((o * o).sum(-1) - BOUND_RADIUS ** 2)
+    """Sphere tracing of the glasses, for the rays that pass through their bounding sphere."""
+    t_out = torch.full((o.shape[0],), _INF)
+    n_out = torch.zeros_like(o)
+    oc = o - GLASSES_C
+    b = (oc * d).sum(-1)
+    near = ((oc * oc).sum(-1) - b * b) < GLASSES_R ** 2
+    if not bool(near.any()):
+        return t_out, n_out
+    t_out[near], n_out[near] = _trace(o[near], d[near], sdf, steps)
+    return t_out, n_out
+
+
+def _trace(o, d, sdf, steps):
+    b = ((o - GLASSES_C) * d).sum(-1)
+    disc = b * b - (((o - GLASSES_C) ** 2).sum(-1) - GLASSES_R ** 2)
     t = (-b - disc.clamp_min(0).sqrt()).clamp_min(0)
     t_far = -b + disc.clamp_min(0).sqrt()
     for _ in range(steps):
@@ -408,10 +436,8 @@ def project(points: torch.Tensor, cams: Cameras, size: int) -> torch.Tensor:
 
 def with_attribute(face: Face, name: str, on: bool = True) -> Face:
     """``face`` with one attribute of :data:`ATTRIBUTES` set (a hair colour keeps the style, bald becomes short)."""
-    flags = {"glasses": "glasses", "a hat": "hat", "smiling": "smiling", "a beard": "beard",
-             "closed eyes": "eyes_closed", "earrings": "earrings"}
-    if name in flags:
-        return replace(face, **{flags[name]: on})
+    if name in FLAGS:
+        return replace(face, **{FLAGS[name]: on})
     if name.endswith(" hair") and name[:-5] in HAIR_COLOURS:
         return replace(face, hair_colour=name[:-5], hair_style="short" if face.hair_style == "bald" else face.hair_style)
     raise ValueError(f"unknown face attribute {name!r}: choose from {', '.join(ATTRIBUTES)}")

@@ -15,7 +15,7 @@ from generators3d.raster import render_mesh
 
 from .test_mesh_export import AnalyticField, _glb_accessor, _glb_json
 
-PERIOD = 0.06  # stripe period along the NeRF's z (the ellipsoid is 1.2 tall): 1.2 voxels of the 40^3 grid per stripe
+PERIOD = 0.06  # stripe period along the NeRF's z (the ellipsoid is 1.2 tall): 1.2 voxels of the 40^3 grid per period
 CAMS = orbit_cameras([10.0, 10.0, 40.0], [0.0, 120.0, 240.0], 3.8, 20.0)
 
 
@@ -84,7 +84,7 @@ def test_textured_glb_carries_uv_texture_and_material_and_shows_the_stripes(stri
     assert pbr["metallicFactor"] == 0.0 and pbr.get("baseColorFactor", [1, 1, 1, 1]) == [1.0, 1.0, 1.0, 1.0]
     assert np.allclose(v, coarse.uv_vertices, atol=1e-6) and len(f) == len(coarse.faces)
 
-    # The truth: the 160^3 mesh's vertex colours (four vertices a stripe); the 40^3 mesh three ways.
+    # The truth: the 200^3 mesh's vertex colours (six vertices a period); the 40^3 mesh three ways.
     truth, cover = render_mesh(fine.vertices, fine.faces, CAMS, colors=fine.colors)
     mask = cover > 0.99
     textured, _ = render_mesh(v, f, CAMS, uv=uv, texture=png)

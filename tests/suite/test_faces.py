@@ -15,7 +15,7 @@ BASE = F.Face(skin="fair", hair_colour="brown")
 
 
 def _surface_points(face: F.Face) -> torch.Tensor:
-    """Points on every part's surface (ellipsoids sampled, the hat's profile, the glasses' capsule ends)."""
+    """Points on every part's surface (ellipsoids sampled, the hat's profile; the glasses have their own test)."""
     g = torch.Generator().manual_seed(0)
     u = torch.nn.functional.normalize(torch.randn(4000, 3, generator=g), dim=-1)
     pts = []
@@ -30,9 +30,24 @@ def _surface_points(face: F.Face) -> torch.Tensor:
 
 def test_every_face_fits_the_worlds_bound():
     rng = np.random.default_rng(0)
-    faces = [F.random_face(rng, {k: 1.0 for k in ("glasses", "hat", "earrings")}) for _ in range(20)]
+    faces = [F.random_face(rng, {k: 1.0 for k in ("glasses", "a hat", "earrings")}) for _ in range(20)]
     far = max(float(_surface_points(f).norm(dim=-1).max()) for f in faces)
     assert far < BOUND_RADIUS - 0.01, far  # rays are culled at the bound: a part outside it would be cut off
+
+
+def test_the_glasses_sit_in_front_of_and_beside_the_head_inside_their_bound():
+    """The glasses' solid (sdf < 0, on a 0.012 grid) lies in the sphere their rays are traced in, and hardly enters
+    the head (the arms go round it to the ears)."""
+    face = F.Face(glasses=True, params={"width": 1.05, "height": 1.0, "hat_colour": "red"})
+    sdf = next(prm for kind, _, prm in F._parts(face) if kind == "sdf")
+    lin = torch.arange(-0.62, 0.62, 0.012)
+    grid = torch.stack(torch.meshgrid(lin, lin, torch.arange(-0.05, 0.2, 0.006), indexing="ij"), -1).reshape(-1, 3)
+    solid = grid[sdf(grid) < 0]
+    assert len(solid) > 200
+    assert float((solid - F.GLASSES_C).norm(dim=-1).max()) < F.GLASSES_R
+    c, ax = F._head(face)
+    inside_head = (((solid - c) / ax) ** 2).sum(-1) < 1
+    assert float(inside_head.float().mean()) < 0.02, float(inside_head.float().mean())
 
 
 @pytest.mark.parametrize("elevation,azimuth", [(0.0, 0.0), (10.0, -8.0), (10.0, 8.0), (-5.0, 5.0)])
@@ -95,9 +110,12 @@ def test_each_attribute_changes_the_pixels_where_it_should(attribute):
 
 def test_attributes_captions_and_frequencies():
     rng = np.random.default_rng(1)
-    faces = [F.random_face(rng, {"hat": 0.05, "glasses": 0.0}) for _ in range(400)]
-    assert not any(f.glasses for f in faces)
+    faces = [F.random_face(rng, {"a hat": 0.05, "glasses": 0.0, "red hair": 0.0, "bald": 0.0}) for _ in range(400)]
+    assert not any(f.glasses for f in faces) and not any("red hair" in f.attributes for f in faces)
     assert 5 <= sum(f.hat for f in faces) <= 40  # rare, as hats are in FFHQ
+    assert all(f.hair_style != "bald" for f in faces) and 60 <= sum(f.hair_colour == "blond" for f in faces) <= 140
+    with pytest.raises(ValueError, match="unknown face attribute"):
+        F.random_face(rng, {"hat": 0.1})
     f = F.Face(glasses=True, hat=True, smiling=True, hair_colour="black")
     assert f.caption() == "a photo of a face with glasses, a hat and black hair, smiling"
     assert set(F.Face(hair_style="bald").attributes) == set()
