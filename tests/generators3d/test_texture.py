@@ -104,3 +104,13 @@ def _changes(rgb, mask) -> int:
     column = rgb.mean(0)[:, rgb.shape[-1] // 2][mask[:, rgb.shape[-1] // 2]]
     s = np.sign(column - np.median(column))
     return int((s[1:] != s[:-1]).sum())
+
+
+def test_a_vertex_coloured_export_removes_an_earlier_textured_exports_second_glb(striped, tmp_path):
+    coarse, _ = striped
+    meshlib.write_meshes(coarse, tmp_path, ("glb",))
+    assert (tmp_path / "model-vertex-colors.glb").is_file()
+    from dataclasses import replace
+
+    meshlib.write_meshes(replace(coarse, texture=None), tmp_path, ("glb",))  # e.g. --export-only ... --no-texture
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.glb"]
