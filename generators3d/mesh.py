@@ -248,15 +248,9 @@ def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0) -> Mes
     ys, xs = np.nonzero(fid >= 0)
     tri = faces[fid[ys, xs]]
     # 2. Barycentric coordinates of texel centres -> 3D points -> colours.
-    p = np.stack([xs + 0.5, ys + 0.5], -1)
-    a, b, c = px[tri[:, 0]], px[tri[:, 1]], px[tri[:, 2]]
-    v0, v1, v2 = b - a, c - a, p - a
-    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
-    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    bary = np.clip(np.stack([1 - l1 - l2, l1, l2], -1), 0, 1)
-    bary /= bary.sum(-1, keepdims=True)
+    from .raster import barycentric
+
+    bary = barycentric(px, tri, np.stack([xs + 0.5, ys + 0.5], -1))
     normals = np.asarray(trimesh.Trimesh(verts, faces, process=False).vertex_normals, np.float32)
     pts = (bary[..., None] * verts[tri]).sum(1)
     nrm = (bary[..., None] * normals[tri]).sum(1)

@@ -28,6 +28,19 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
+def barycentric(px: np.ndarray, tri: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates ``[N, 3]`` (clipped to the triangle, summing to 1) of 2D points ``p [N, 2]`` in the
+    triangles ``px[tri]`` (``tri [N, 3]`` vertex indices into ``px [V, 2]``)."""
+    a, b, c = px[tri[:, 0]], px[tri[:, 1]], px[tri[:, 2]]
+    v0, v1, v2 = b - a, c - a, p - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    bary = np.clip(np.stack([1 - l1 - l2, l1, l2], -1), 0, 1)
+    return bary / np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+
+
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Bilinear lookup of ``texture [H, W, 3]`` at ``uv [N, 2]`` in OBJ's convention (v = 1 is row 0, the top;
     glTF's v runs the other way: pass ``1 - v``)."""
@@ -76,15 +89,7 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, cams, size: int = 64, c
         fid = np.asarray(ids, dtype=np.int64) - 1
         ys, xs = np.nonzero(fid >= 0)
         tri = faces[fid[ys, xs]]
-        a, b, c = px[tri[:, 0]], px[tri[:, 1]], px[tri[:, 2]]
-        p = np.stack([xs, ys], -1).astype(np.float64)
-        v0, v1, v2 = b - a, c - a, p - a
-        den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-        den = np.where(np.abs(den) < 1e-12, 1e-12, den)
-        l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-        l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-        bary = np.clip(np.stack([1 - l1 - l2, l1, l2], -1), 0, 1)
-        bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+        bary = barycentric(px, tri, np.stack([xs, ys], -1).astype(np.float64))
         if tex is not None and uv is not None:
             albedo = sample_texture(tex, (bary[..., None] * np.asarray(uv, np.float64)[tri]).sum(1))
         else:

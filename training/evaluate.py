@@ -183,7 +183,8 @@ def evaluate(config: EvalConfig) -> dict:
         if claim_run_folder(out, "eval", write=state.is_main_process) and not config.resume:
             raise UserError(f"the folder {str(out)!r} holds an evaluation already: pass --resume to complete it, or "
                             f"choose another --output")
-        _check_methods_file(out, config.methods, _fingerprint(config), state)
+        run = _fingerprint(config)
+        _check_methods_file(out, config.methods, run, state)
         real_paths, skipped = _real_images(config, out, state, real_scan)
 
         # 2. Images of every method and set (the batch machinery: split, resumable, manifests).
@@ -209,7 +210,7 @@ def evaluate(config: EvalConfig) -> dict:
             clip = net if config.clip == config.features and net.has_text else load_features(config.clip, device,
                                                                                             flag="--clip")
         real = _features(state, net, real_paths, cache=out / f"real-{_paths_key(real_paths, net.name)}.npz")
-        results = {"features": net.name, "clip": clip.name if clip else None, "run": _fingerprint(config),
+        results = {"features": net.name, "clip": clip.name if clip else None, "run": run,
                    "real": {"folder": str(config.real or out / "real-mini"), "n": len(real_paths),
                             "skipped": skipped}, "methods": {}}
         for m in config.methods:
@@ -288,15 +289,14 @@ def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> N
     if have and saved.get("_run") not in (None, run):
         raise UserError(f"the folder's images were made with other models or settings ({saved['_run']}): choose "
                         f"another --output, or the same models, --steps and --dtype to resume")
-    for m in methods:
-        entry = dict(asdict(m), model_hash=B.model_hashes({"m": m.model}).get("m") if m.model else None)
-        if m.label in have and m.label in saved and saved[m.label] != entry:
-            raise UserError(f"the folder's method {m.label!r} was made with other settings ({saved[m.label]}): give "
+    entries = {m.label: dict(asdict(m), model_hash=B.model_hashes({"m": m.model}).get("m") if m.model else None)
+               for m in methods}
+    for label, entry in entries.items():
+        if label in have and label in saved and saved[label] != entry:
+            raise UserError(f"the folder's method {label!r} was made with other settings ({saved[label]}): give "
                             f"this one another label, or choose another --output")
     state.wait_for_everyone()
     if state.is_main_process:
-        entries = {m.label: dict(asdict(m), model_hash=B.model_hashes({"m": m.model}).get("m") if m.model else None)
-                   for m in methods}
         write_text_atomic(path, json.dumps({**saved, **entries, "_run": run}, indent=1))
 
 

@@ -28,8 +28,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ..cameras import Cameras, camera_rays, orbit_cameras
-from .render import _INF, _LIGHT_CAM, BOUND_RADIUS, Rendered, _hit_revolution
+from ..cameras import Cameras, orbit_cameras
+from .render import _INF, BOUND_RADIUS, Rendered, _hit_revolution, render_traced
 from .world import BACKGROUND, COLOURS
 
 SKIN_TONES = {"light": (0.93, 0.78, 0.68), "fair": (0.86, 0.66, 0.54), "medium": (0.72, 0.52, 0.38),
@@ -374,26 +374,13 @@ def shade_face(face: Face, p, n, m, view_dir, light) -> torch.Tensor:
 
 
 def render_face(face: Face, cams: Cameras, size: int = 64, supersample: int = 2, background=BACKGROUND) -> Rendered:
-    """Render ``face`` from every camera of ``cams`` (as :func:`suite.miniworld.render.render` renders objects)."""
-    b, hs = len(cams), size * supersample
-    o, d = camera_rays(cams, hs, hs)
-    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-    t, n, m = intersect_face(face, o, d)
-    hit = torch.isfinite(t)
-    p = o + t.nan_to_num(posinf=0.0)[:, None] * d
-    light = torch.einsum("bij,j->bi", cams.c2w[:, :3, :3], torch.nn.functional.normalize(_LIGHT_CAM, dim=0))
-    light = light[:, None].expand(b, hs * hs, 3).reshape(-1, 3)
-    rgb = torch.as_tensor(background, dtype=torch.float32).expand(len(p), 3).clone()
-    rgb[hit] = shade_face(face, p[hit], n[hit], m[hit], -d[hit], light[hit])
-    rgb = rgb.reshape(b, hs, hs, 3).permute(0, 3, 1, 2)
-    cov = hit.float().reshape(b, 1, hs, hs)
-    if supersample > 1:
-        rgb = torch.nn.functional.avg_pool2d(rgb, supersample)
-        cov = torch.nn.functional.avg_pool2d(cov, supersample)
-    oc, dc = camera_rays(cams, size, size)
-    tc, _, _ = intersect_face(face, oc.reshape(-1, 3), dc.reshape(-1, 3))
-    tc = tc.reshape(b, size, size)
-    return Rendered(rgb.clamp(0, 1), cov[:, 0], torch.isfinite(tc), tc)
+    """Render ``face`` from every camera of ``cams`` (the core of :func:`suite.miniworld.render.render`)."""
+    def trace(o, d, light):
+        t, n, m = intersect_face(face, o, d)
+        p = o + t.nan_to_num(posinf=0.0)[:, None] * d
+        return t, lambda hit: shade_face(face, p[hit], n[hit], m[hit], -d[hit], light[hit])
+
+    return render_traced(trace, cams, size, supersample, background)
 
 
 def render_face_view(face: Face, elevation: float = 0.0, azimuth: float = 0.0, distance: float = 3.8,

@@ -235,24 +235,35 @@ def shade(obj: MiniObject, p, n, view_dir, light) -> torch.Tensor:
 def render(obj: MiniObject, cams: Cameras, size: int = 64, supersample: int = 2,
            background=BACKGROUND) -> Rendered:
     """Render ``obj`` from every camera of ``cams`` at ``size x size`` pixels."""
+    def trace(o, d, light):
+        t, n = intersect(obj, o, d)
+        p = o + t.nan_to_num(posinf=0.0)[:, None] * d
+        return t, lambda hit: shade(obj, p[hit], n[hit], -d[hit], light[hit])
+
+    return render_traced(trace, cams, size, supersample, background)
+
+
+def render_traced(trace, cams: Cameras, size: int = 64, supersample: int = 2, background=BACKGROUND) -> Rendered:
+    """The renderer's core, for any scene: ``trace(o, d, light) -> (t, colour)`` gives each ray's hit distance
+    (inf = miss) and ``colour(hit)``, the shaded RGB of the rays that hit; supersampled, with exact centre masks."""
     b = len(cams)
     hs = size * supersample
     o, d = camera_rays(cams, hs, hs)
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-    t, n = intersect(obj, o, d)
-    hit = torch.isfinite(t)
-    p = o + t.nan_to_num(posinf=0.0)[:, None] * d
     light = torch.einsum("bij,j->bi", cams.c2w[:, :3, :3], torch.nn.functional.normalize(_LIGHT_CAM, dim=0))
     light = light[:, None].expand(b, hs * hs, 3).reshape(-1, 3)
-    bg = torch.as_tensor(background, dtype=torch.float32)
-    rgb = torch.where(hit[:, None], shade(obj, p, n, -d, light), bg)
+    t, colour = trace(o, d, light)
+    hit = torch.isfinite(t)
+    rgb = torch.as_tensor(background, dtype=torch.float32).expand(len(o), 3).clone()
+    if bool(hit.any()):
+        rgb[hit] = colour(hit)
     rgb = rgb.reshape(b, hs, hs, 3).permute(0, 3, 1, 2)
     cov = hit.float().reshape(b, 1, hs, hs)
     if supersample > 1:
         rgb = torch.nn.functional.avg_pool2d(rgb, supersample)
         cov = torch.nn.functional.avg_pool2d(cov, supersample)
     oc, dc = camera_rays(cams, size, size)
-    tc, _ = intersect(obj, oc.reshape(-1, 3), dc.reshape(-1, 3))
+    tc, _ = trace(oc.reshape(-1, 3), dc.reshape(-1, 3), light[:1].expand(size * size * b, 3))
     tc = tc.reshape(b, size, size)
     return Rendered(rgb.clamp(0, 1), cov[:, 0], torch.isfinite(tc), tc)
 
