@@ -157,8 +157,9 @@ def make_config(cls, values: dict, fields_of=None):
 
 def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength: float, domain_weight, control_weight,
              mask, all_faces: bool, whole_image: bool, num_images: int, seed: int, steps: int,
-             progress: Progress | None = None, guidance_rule: str | None = None) -> dict:
-    """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes."""
+             progress: Progress | None = None, guidance_rule: str | None = None, landmarks=None) -> dict:
+    """One Edit-tab job through ``editing.edit_photo`` (the CLI's ``edit``). Returns paths and face boxes.
+    ``landmarks``: a landmarks JSON file (``--landmarks``) to use instead of detecting the faces."""
     from PIL import ImageDraw
 
     cfg = cache.config
@@ -169,6 +170,14 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     if photo is None:
         raise UserError("no photo: upload a photo to edit first")
     parse_rule(guidance_rule)  # a bad rule is refused before any model loads
+    detector = None
+    if landmarks is not None:
+        from editing.faces import read_landmarks
+
+        try:
+            detector = read_landmarks(getattr(landmarks, "name", landmarks))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     report = progress or (lambda *a: None)
     # 2. Models, then the edit (one job per model at a time).
     report("loading models", 0, 1, {})
@@ -177,7 +186,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
         out = edit_photo(pipe, photo, prompt=prompt, strength=float(strength), domain_weight=domain_weight,
                                  control_weight=control_weight, mask=mask, all_faces=bool(all_faces),
                                  whole_image=bool(whole_image), num_images=num, seed=seed, steps=steps,
-                                 progress=report, guidance_rule=guidance_rule)
+                                 progress=report, guidance_rule=guidance_rule, detector=detector)
     # 3. Save: the photo with its detected face boxes, and every edited photo.
     folder = new_run_dir(cfg, "edit")
     boxes = [tuple(int(round(v)) for v in b) for b in out.face_boxes]

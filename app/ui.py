@@ -306,6 +306,10 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
                 drawn = mask_editor(cfg, label="draw the region to change", elem_id="edit-draw")
                 mask_file = checked_image(cfg, "mask", keep_alpha=True, elem_id="edit-mask",
                                           label="or upload a mask (white or opaque = change)")
+            landmarks = gr.File(label="landmarks (optional JSON, instead of detecting the faces: "
+                                      "{\"faces\": [{\"eye_left\": [x, y], \"eye_right\": ..., \"mouth_left\": ..., "
+                                      "\"mouth_right\": ...}]}; the mini world writes one beside each face photo)",
+                                file_types=[".json"], elem_id="edit-landmarks")
             with gr.Row():
                 all_faces = gr.Checkbox(False, label="edit every face (else the largest)")
                 whole = gr.Checkbox(_recommended(cfg).framing == "whole",
@@ -337,22 +341,23 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
 
     @friendly
     def edit(photo, domain, prompt, strength, drawn=None, mask_file=None, all_faces=False, whole=False, auto_wd=True,
-             wd=2.5, auto_wc=True, wc=2.5, rule=None, seed=0, steps=25, num=1, request: gr.Request = None,
-             progress=gr.Progress()):
+             wd=2.5, auto_wc=True, wc=2.5, rule=None, seed=0, steps=25, num=1, landmarks=None,
+             request: gr.Request = None, progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request))
         mask = _mask_from(drawn, mask_file, photo)
         res = runs.run_edit(cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
                             domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
                             guidance_rule=_rule(rule, cfg), mask=mask,
                             all_faces=all_faces, whole_image=whole, num_images=num, seed=seed, steps=steps,
-                            progress=core.checked_progress(gradio_progress(progress), cancel_flag))
+                            progress=core.checked_progress(gradio_progress(progress), cancel_flag),
+                            landmarks=landmarks)
         boxes = ", ".join(str(b) for b in res["boxes"]) or "none (whole image or mask)"
         return (str(res["faces"]), [str(p) for p in res["paths"]], [str(p) for p in res["paths"]],
                 f"face boxes: {boxes} · output {res['size'][0]}x{res['size'][1]}")
 
     photo.change(friendly(to_editor), photo, drawn, api_visibility="private", **LIGHT)
     ev = run.click(edit, [photo, domain, prompt, strength, drawn, mask_file, all_faces, whole, auto_wd, wd, auto_wc,
-                          wc, rule, seed, steps, num], [faces, edited, files, status], api_name="edit",
+                          wc, rule, seed, steps, num, landmarks], [faces, edited, files, status], api_name="edit",
                    concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
     cancel_btn.click(cancel, None, None, cancels=[ev], queue=False, api_visibility="private")
     return domain

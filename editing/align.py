@@ -23,7 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from suite.alignment import ffhq_quad
+
 from .faces import Face
+
+__all__ = ["Region", "ffhq_quad", "face_region", "animal_region", "whole_image_region", "extract", "feather_mask",
+           "paste"]
 
 MOUTH_RATIO = 0.98
 
@@ -62,22 +67,6 @@ class Region:
         x1 = min(int(math.ceil(c[:, 0].max())) + margin, image_size[0])
         y1 = min(int(math.ceil(c[:, 1].max())) + margin, image_size[1])
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
-
-
-def ffhq_quad(eye_left, eye_right, mouth_avg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FFHQ's alignment (``recreate_aligned_images`` in the FFHQ dataset script): ``(c, x, y)``, the crop's centre
-    and its half-axes, from the eye centres and the mouth centre. The crop is the quad
-    ``[c - x - y, c - x + y, c + x + y, c + x - y]`` (side ``2 |x|``)."""
-    eye_left, eye_right, mouth_avg = (np.asarray(p, np.float64) for p in (eye_left, eye_right, mouth_avg))
-    eye_avg = (eye_left + eye_right) * 0.5
-    eye_to_eye = eye_right - eye_left
-    eye_to_mouth = mouth_avg - eye_avg
-    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-    x /= np.hypot(*x)
-    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.flipud(x) * [-1, 1]
-    c = eye_avg + eye_to_mouth * 0.1
-    return c, x, y
 
 
 def _square(c, x, y, size: int) -> Region:

@@ -31,6 +31,11 @@ def add_arguments(p) -> None:
                    help="mask image, same size as the photo: white = may change, black/transparent = kept exactly "
                         "(default: the feathered face crop)")
     p.add_argument("--all-faces", action="store_true", help="edit every face found (default: only the largest)")
+    p.add_argument("--landmarks", default=None, metavar="JSON",
+                   help="the faces' landmarks, instead of detecting them: {\"faces\": [{\"eye_left\": [x, y], "
+                        "\"eye_right\": [x, y], \"mouth_left\": [x, y], \"mouth_right\": [x, y]}]} in photo pixels, "
+                        "or dlib's 68 points per face; e.g. another detector's, or the exact ones the mini world "
+                        "writes beside its face photos (python -m bench.miniworld.face_photos)")
     p.add_argument("--whole-image", action="store_true",
                    help="edit the whole photo scaled to the model's resolution instead of the face crop "
                         "(for photos without a detectable face; the same as --framing whole)")
@@ -65,6 +70,12 @@ def main(args) -> int:
     image = open_image(args.image, "image", max_pixels)
     size = oriented_size(image)
     mask = load_mask(args.mask, size, max_pixels) if args.mask else None
+    detector = None
+    if args.landmarks:
+        from .faces import read_landmarks
+
+        detector = read_landmarks(args.landmarks)
+        detector.check_size(*size)  # a file for another photo is refused before the models load
 
     # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
     pipe = cli.load_pipeline(args)
@@ -89,7 +100,7 @@ def main(args) -> int:
                             framing=args.framing, whole_image=args.whole_image, num_images=args.num_images,
                             seed=args.seed, steps=args.steps, progress=progress, negative_prompt=args.negative_prompt, w0=args.w0,
                             auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels,
-                            guidance_rule=args.guidance_rule)
+                            guidance_rule=args.guidance_rule, detector=detector)
     finally:
         bar.close()
 

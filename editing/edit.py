@@ -21,7 +21,7 @@ from suite.images import DEFAULT_MAX_PIXELS
 from suite.pipeline import DEFAULT_STEPS, quiet, report_steps
 
 from .align import Region, animal_region, extract, face_region, feather_mask, paste, whole_image_region
-from .faces import Face, FaceDetector, detector_for
+from .faces import Face, FaceDetector, GivenLandmarks, detector_for
 from .images import load_mask, prepare_photo
 
 STAGES = ("detect", "align", "encode", "denoise", "decode", "paste")
@@ -113,6 +113,9 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
         framing = domain.framing if domain is not None else "face"
     if whole_image:
         framing = "whole"
+    if isinstance(detector, GivenLandmarks) and framing != "face":
+        raise ValueError(f"landmarks frame a face (FFHQ's alignment), but this edit's framing is {framing!r}: drop "
+                         f"--landmarks, or edit with a face domain (--framing face)")
     if framing == "whole":
         multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
         regions = [whole_image_region(photo.size, native, multiple)]
@@ -122,6 +125,9 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
         faces = sorted(detector.detect(photo.rgb), key=lambda f: f.area, reverse=True)
         if not faces:
             raise ValueError(_no_face(detector, photo.rgb, framing))
+        if len(faces) > 1 and not all_faces:
+            logging.getLogger("editing").warning("%d faces found: editing the largest (pass --all-faces, "
+                                                 "all_faces=True, to edit every one)", len(faces))
         faces = faces if all_faces else faces[:1]
         smallest = min(MIN_FACE, native // 8)  # a face upscaled more than 8x into the crop is mostly invented
         large = [f for f in faces if f.box[2] - f.box[0] >= smallest]

@@ -50,6 +50,7 @@ class Face:
     eyes: tuple[Point, Point] | None = None
     score: float = 1.0
     landmarks: tuple[Point, ...] | None = None  # dlib's 68 points (iBUG 300-W order), image coordinates
+    mouth: Point | None = None  # the mouth's centre when known without the 68 points (given landmarks)
 
     @property
     def area(self) -> float:
@@ -80,7 +81,7 @@ class Face:
         """The mouth's centre as FFHQ takes it (the mean of the two mouth corners, landmarks 48 and 54), or None
         without landmarks."""
         if self.landmarks is None:
-            return None
+            return None if self.mouth is None else np.asarray(self.mouth, np.float64)
         lm = np.asarray(self.landmarks, np.float64)
         return (lm[48] + lm[54]) * 0.5
 
@@ -402,6 +403,99 @@ def _iou(a, b) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# landmarks given with the photo (another detector's, or a renderer's exact ones)
+LANDMARK_KEYS = ("eye_left", "eye_right", "mouth_left", "mouth_right")
+
+
+class GivenLandmarks:
+    """A :class:`FaceDetector` that returns faces whose landmarks were found elsewhere: read from a JSON file by
+    :func:`read_landmarks` (``--landmarks``). The alignment is FFHQ's, from those eyes and mouth corners."""
+
+    def __init__(self, faces: list[Face]):
+        self.faces = list(faces)
+
+    def check_size(self, w: int, h: int) -> None:
+        """One sentence when a face's points lie outside a ``w`` x ``h`` photo (a file for another photo)."""
+        for i, f in enumerate(self.faces):
+            pts = np.array([*f.eye_points(), f.mouth_point()])
+            if (pts < 0).any() or (pts[:, 0] > w).any() or (pts[:, 1] > h).any():
+                raise ValueError(f"face {i + 1} of the landmarks file lies outside the {w}x{h} photo: the file "
+                                 f"belongs to another photo (or to this one at another size or orientation)")
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        self.check_size(rgb.shape[1], rgb.shape[0])
+        return sorted(self.faces, key=lambda f: f.area, reverse=True)
+
+
+def _point(value, where: str) -> Point:
+    ok = isinstance(value, list | tuple) and len(value) == 2 and \
+        all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise ValueError(f"{where} must be a point [x, y] in pixels, got {value!r}")
+    x, y = float(value[0]), float(value[1])
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"{where} must be finite, got {value!r}")
+    return x, y
+
+
+def faces_from_landmarks(items) -> list[Face]:
+    """Faces from landmark records: each a dict with ``eye_left``, ``eye_right``, ``mouth_left``, ``mouth_right``
+    (``[x, y]`` in photo pixels, x right, y down; "left" = smaller x), or a list of dlib's 68 points (iBUG 300-W
+    order). Each face's box is the square of side ``2 |eye_right - eye_left|`` around FFHQ's crop centre."""
+    from suite.alignment import ffhq_quad
+
+    if not isinstance(items, list) or not items:
+        raise ValueError("the landmarks file has no faces: give {\"faces\": [{\"eye_left\": [x, y], \"eye_right\": "
+                         "[x, y], \"mouth_left\": [x, y], \"mouth_right\": [x, y]}, ...]}")
+    faces = []
+    for i, item in enumerate(items):
+        where = f"face {i + 1} of the landmarks file"
+        if isinstance(item, list):
+            if len(item) != 68:
+                raise ValueError(f"{where} has {len(item)} points: give dlib's 68 (iBUG 300-W order) or a dict with "
+                                 f"{', '.join(LANDMARK_KEYS)}")
+            lm = tuple(_point(p, f"{where}, point {j}") for j, p in enumerate(item))
+            face = Face((0.0, 0.0, 0.0, 0.0), landmarks=lm)
+        elif isinstance(item, dict):
+            missing = [k for k in LANDMARK_KEYS if k not in item]
+            if missing:
+                raise ValueError(f"{where} lacks {', '.join(missing)}: give each face {', '.join(LANDMARK_KEYS)} "
+                                 f"as [x, y] pixels")
+            el, er, ml, mr = (np.array(_point(item[k], f"{where}: {k}")) for k in LANDMARK_KEYS)
+            face = Face((0.0, 0.0, 0.0, 0.0), eyes=(tuple(el), tuple(er)), mouth=tuple((ml + mr) / 2))
+        else:
+            raise ValueError(f"{where} must be a dict of points or a list of 68 points, got {type(item).__name__}")
+        el, er = face.eye_points()
+        half = float(np.hypot(*(er - el)))
+        if half < 1e-6:
+            raise ValueError(f"{where} has both eyes at the same point")
+        if er[0] <= el[0]:
+            raise ValueError(f"{where} has eye_left to the right of eye_right: \"left\" is the image's left (the "
+                             f"smaller x), the person's right eye; swap them")
+        c, _, _ = ffhq_quad(el, er, face.mouth_point())
+        faces.append(Face((c[0] - half, c[1] - half, c[0] + half, c[1] + half), face.eyes, 1.0, face.landmarks,
+                          face.mouth))
+    return faces
+
+
+def read_landmarks(path) -> GivenLandmarks:
+    """:class:`GivenLandmarks` from a JSON file ``{"faces": [...]}`` (see :func:`faces_from_landmarks`); one sentence
+    for a missing or malformed file."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"the landmarks file {p} does not exist or is not a file: give the JSON file written beside "
+                         f"the photo")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"the landmarks file {p} is not JSON ({e}): give {{\"faces\": [...]}}") from None
+    return GivenLandmarks(faces_from_landmarks(data.get("faces") if isinstance(data, dict) else data))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -85,3 +85,30 @@ def test_help_lists_the_flags(capsys):
     for flag in ("--image", "--prompt", "--strength", "--output", "--mask", "--all-faces", "--whole-image",
                  "--num-images", "--seed", "--preset", "--domain"):
         assert flag in text
+
+
+def test_cli_edits_where_the_landmarks_file_says_and_refuses_one_for_another_photo(tmp_path, tiny_dir, monkeypatch,
+                                                                                    capsys):
+    """``--landmarks``: no detector runs (the photo is plain noise, where none would find a face); the crop goes where
+    the file's eyes and mouth put it; a file whose points lie outside the photo is one sentence, before any model
+    loads."""
+    import json
+
+    photo = np.clip(np.random.default_rng(3).normal(128, 20, (200, 300, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "noise.png")
+    marks = tmp_path / "noise.landmarks.json"
+    marks.write_text(json.dumps({"faces": [{"eye_left": [200, 80], "eye_right": [240, 80], "mouth_left": [207, 120],
+                                            "mouth_right": [233, 120]}]}))
+    out = tmp_path / "edited.png"
+    code, err = _run(["edit", "--preset", "tiny", "--domain", "face", "--image", str(tmp_path / "noise.png"),
+                      "--landmarks", str(marks), "--strength", "0.6", "--steps", "2", "--output", str(out)],
+                     tiny_dir, monkeypatch, capsys)
+    assert code == 0, err
+    changed = (np.asarray(Image.open(out)) != photo).any(-1)
+    ys, xs = np.nonzero(changed)
+    assert 190 < xs.mean() < 250 and 70 < ys.mean() < 130 and not changed[:, :120].any()
+    marks.write_text(json.dumps({"faces": [{"eye_left": [400, 80], "eye_right": [440, 80], "mouth_left": [407, 120],
+                                            "mouth_right": [433, 120]}]}))
+    code, err = _run(["edit", "--preset", "tiny", "--domain", "face", "--image", str(tmp_path / "noise.png"),
+                      "--landmarks", str(marks), "--output", str(out)], tiny_dir, monkeypatch, capsys)
+    assert code == 2 and "outside the 300x200 photo" in err and "Traceback" not in err

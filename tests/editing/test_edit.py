@@ -140,10 +140,12 @@ def test_user_mask_limits_the_change(pipe):
     assert (out[mask > 0] != photo[mask > 0]).any()
 
 
-def test_all_faces_or_the_largest(pipe):
+def test_all_faces_or_the_largest(pipe, caplog):
     photo = photo_array(120, 200, seed=10)
     small, large = face_at((50.0, 60.0), 8.0), face_at((140.0, 60.0), 12.0)
-    one = edit_photo(pipe, Image.fromarray(photo), strength=1.0, steps=1, detector=FixedDetector(small, large))
+    with caplog.at_level("WARNING", logger="editing"):
+        one = edit_photo(pipe, Image.fromarray(photo), strength=1.0, steps=1, detector=FixedDetector(small, large))
+    assert "2 faces found: editing the largest (pass --all-faces" in caplog.text
     both = edit_photo(pipe, Image.fromarray(photo), strength=1.0, steps=1, all_faces=True,
                       detector=FixedDetector(small, large))
     assert one.face_boxes == [large.box] and both.face_boxes == [large.box, small.box]
