@@ -52,7 +52,7 @@ def _tiny_zero123() -> str:
 def _mini_domain(dom: Domain) -> Domain:
     from .miniworld import assets
 
-    return assets.MINI_PORCELAIN if dom.name == assets.MINI_PORCELAIN.name else dom
+    return assets.MINI_DOMAINS.get(dom.name, dom)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ PRESET_TABLE: dict[str, Preset] = {p.name: p for p in (
            zero123=lambda: os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID),
     Preset("mini", "the mini world: small models trained on a synthetic 3D world and shipped with the suite",
            sd=lambda: _mini_root()["sd"], domain_model=lambda name: _mini_root(name)["domain"],
-           controlnet=lambda: None, zero123=_mini_zero123, default_domain="porcelain", domains=("porcelain",),
+           controlnet=lambda: None, zero123=_mini_zero123, default_domain="porcelain", domains=("porcelain", "face"),
            domain_defaults=_mini_domain, small_vocabulary=True, trains_on_cpu=True, offline=True),
     Preset("tiny", "tiny random models built offline (the plumbing, not quality)",
            sd=lambda: str(_tiny_root() / "sd"),

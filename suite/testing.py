@@ -126,7 +126,7 @@ def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
 
 def write_word_tokenizer(folder: Path, words: list[str], max_length: int) -> None:
     """A CLIP BPE vocabulary in which each of ``words`` is ONE token (merges build it from its letters), every
-    other text falls back to bytes. ``model_max_length`` is short: captions have at most ~16 tokens."""
+    other text falls back to bytes. ``model_max_length`` is short: captions have at most ~20 tokens."""
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars]

@@ -124,7 +124,15 @@ def test_3d_mini_runs_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     image = Image.open(out / "image.png")
     assert image.size == (64, 64)
-    assert assets.load_judge().predict(assets.images_to_tensor([image]))["porcelain"] == [True]
+    # Stage 1 is the in-domain image: a vase, drawn with the domain term (the preset's split rule makes porcelain
+    # 3 times in 5 at this prompt, so one image's reading is not the bound): more porcelain than the base's own.
+    from suite.presets import build_pipeline
+
+    judge = assets.load_judge()
+    base = build_pipeline("mini")("a vase with dragons", use_domain=False, num_inference_steps=25, seed=0).images
+    p_stage1, p_base = judge.porcelain_probability(assets.images_to_tensor([image, *base])).tolist()
+    assert judge.predict(assets.images_to_tensor([image]))["shape"] == ["vase"] and p_stage1 > p_base + 0.05, \
+        (p_stage1, p_base)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages_run"] == ["image", "zero123", "refine"] and summary["faces"] > 0
     assert any("'dragons'" in w for w in summary["warnings"]) and "'dragons'" in r.stderr
@@ -133,9 +141,9 @@ def test_3d_mini_runs_end_to_end(tmp_path):
 
 
 def test_unknown_domain_on_mini_is_one_sentence(tmp_path):
-    r = run_cli("generate", "--preset", "mini", "--domain", "face", "--output", str(tmp_path / "x.png"))
+    r = run_cli("generate", "--preset", "mini", "--domain", "animal", "--output", str(tmp_path / "x.png"))
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("error: the mini preset has one domain, porcelain")
+    assert r.stderr.strip().startswith("error: the mini preset has the domains porcelain and face")
     assert "Traceback" not in r.stderr
 
 
@@ -151,7 +159,7 @@ def test_app_on_mini_generates_porcelain(tmp_path):
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         cfg = core.AppConfig(preset="mini", output_dir=tmp_path / "out", default_steps=12)
         cfg.output_dir.mkdir()
-        assert core.list_domain_names(cfg) == ["porcelain"]
+        assert core.list_domain_names(cfg) == ["porcelain", "face"]
         demo = build_app(cfg)
         _, url, _ = launch(demo, cfg, host="127.0.0.1", block=False)
         try:
@@ -166,7 +174,7 @@ def test_app_on_mini_generates_porcelain(tmp_path):
             assert "(auto)" not in text  # the form starts from the preset's recommended weights, as the CLI
             rows = client.predict(api_name="/domains")
             data = rows["data"] if isinstance(rows, dict) else rows
-            assert [r[0] for r in data] == ["porcelain"] and data[0][4] == "found"
+            assert sorted(r[0] for r in data) == ["face", "porcelain"] and all(r[4] == "found" for r in data)
         finally:
             demo.close()
 
@@ -202,3 +210,94 @@ def test_python_callers_get_the_presets_default_weights_and_the_cli_image(mini_p
     cli = np.asarray(Image.open(out), dtype=int)
     assert np.abs(cli - np.asarray(default.images[0], dtype=int)).max() <= 1  # the same image (threads may differ)
     assert np.abs(cli - np.asarray(auto.images[0], dtype=int)).mean() > 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the face domain
+@pytest.fixture(scope="module")
+def face_pipe():
+    from suite.presets import build_pipeline
+
+    return build_pipeline("mini", domain="face")
+
+
+def test_face_domain_samples_are_faces_in_the_domains_look(face_pipe, judge):
+    """Unconditional samples of the shipped face model are judged faces in the photo look, close to the domain's
+    photos in the judge's features (KID against 32 held-out domain renders); the base's own faces are not in that
+    look; the same model with random weights is far from the domain (the judge alone reads its blur as a photo
+    face: the distance is the bound random weights fail)."""
+    from suite.metrics import kid_with_se
+    from training.miniworld import render_set
+
+    ref = judge.embed(assets.images_to_tensor(
+        [Image.fromarray(a) for a in render_set("face-domain", 32, seed=4242, workers=1)["images"]])).numpy()
+    kw = dict(num_images_per_prompt=8, seed=0, num_inference_steps=15)
+
+    def kid(images):
+        return kid_with_se(judge.embed(assets.images_to_tensor(images)).numpy(), ref)[0]
+
+    own = face_pipe(None, domain_weight=1.0, **kw).images
+    pred = judge.predict(assets.images_to_tensor(own))
+    assert pred["shape"].count("face") >= 6 and sum(pred["photo"]) >= 6, pred
+    assert kid(own) < 70  # measured 17 +- 20 (8 samples); random weights 129, the base's faces 199
+    base = face_pipe("a photo of a face", use_domain=False, control_weight=5.0, **kw).images
+    pred = judge.predict(assets.images_to_tensor(base))
+    assert pred["shape"].count("face") >= 6 and sum(pred["photo"]) <= 2, pred
+    trained = {k: v.clone() for k, v in face_pipe.domain_unet.state_dict().items()}
+    try:
+        torch.manual_seed(0)
+        for p in face_pipe.domain_unet.parameters():
+            p.data.normal_(0, 0.02)
+        assert kid(face_pipe(None, domain_weight=1.0, **kw).images) > 70
+    finally:
+        face_pipe.domain_unet.load_state_dict(trained)
+
+
+@pytest.fixture(scope="module")
+def glasses_edit(tmp_path_factory, judge):
+    """A face photo of the mini world (256 px, the face off-centre, a room behind, no glasses) edited as a user
+    would, with the renderer's landmarks, "wearing glasses" at strength 0.7. Returns the judge's readings of the
+    aligned face before and after, and the photo and the edit."""
+    from bench.miniworld.face_photos import write_photos
+    from editing.align import extract, face_region
+    from editing.faces import read_landmarks
+    from suite.miniworld.judge import face_attributes
+
+    tmp_path = tmp_path_factory.mktemp("glasses")
+    (rec,) = write_photos(tmp_path, 1, seed=GLASSES_PHOTO_SEED, frequencies={"glasses": 0.0, "a hat": 0.0})
+    out = tmp_path / "glasses.png"
+    r = run_cli("edit", "--preset", "mini", "--domain", "face", "--image", rec["image"], "--landmarks",
+                rec["landmarks"], "--prompt", "wearing glasses", "--strength", "0.7", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    (face,) = read_landmarks(rec["landmarks"]).faces
+    region = face_region(face, 64)
+
+    def read(path):
+        crop = extract(np.asarray(Image.open(path).convert("RGB")), region)
+        return face_attributes(judge.predict(assets.images_to_tensor([Image.fromarray(crop)])), 0)
+
+    return read(rec["image"]), read(out), rec["image"], out, region
+
+
+def test_edit_mini_face_keeps_the_rest_of_the_face_and_the_photo(glasses_edit):
+    """The edit goes through detect (the given landmarks) -> align -> edit -> paste: the face's other readings are
+    unchanged, the crop changed, and every pixel outside it is bit-identical."""
+    before, after, src, out, region = glasses_edit
+    assert before - {"glasses"} == after - {"glasses"}, (before, after)
+    a, b = np.asarray(Image.open(src).convert("RGB")), np.asarray(Image.open(out).convert("RGB"))
+    x0, y0, x1, y1 = region.bbox(Image.open(out).size)
+    outside = np.ones(a.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert (a[outside] == b[outside]).all() and (a[~outside] != b[~outside]).any()
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True,
+                   reason="measured (python -m bench.miniworld.face_edit, docs/mini-world.md): on the mini world the "
+                          "face domain term removes the glasses the prompt asks for: 0 of 17 photos get them at "
+                          "strength 0.5-0.9 (the base alone adds them to 4 of 9); strict, so a change shows")
+def test_edit_mini_face_adds_glasses(glasses_edit):
+    before, after, *_ = glasses_edit
+    assert "glasses" not in before and "glasses" in after, (before, after)
+
+
+GLASSES_PHOTO_SEED = 3

@@ -211,7 +211,7 @@ def evaluate(config: EvalConfig) -> dict:
                                                                                             flag="--clip")
         real = _features(state, net, real_paths, cache=out / f"real-{_paths_key(real_paths, net.name)}.npz")
         results = {"features": net.name, "clip": clip.name if clip else None, "run": run,
-                   "real": {"folder": str(config.real or out / "real-mini"), "n": len(real_paths),
+                   "real": {"folder": str(config.real or _mini_real_folder(config, out)), "n": len(real_paths),
                             "skipped": skipped}, "methods": {}}
         for m in config.methods:
             row = {"method": asdict(m)}
@@ -228,7 +228,8 @@ def evaluate(config: EvalConfig) -> dict:
                         img = feats if clip is net else _features(state, clip, paths)
                         row["text"].update(_clip_scores(clip, img, [it.prompt for it in items]))
                 if hasattr(net, "judge"):
-                    row.setdefault(name, {}).update(_judge_scores(state, net, paths, [it.prompt for it in items]))
+                    row.setdefault(name, {}).update(_judge_scores(state, net, paths, [it.prompt for it in items],
+                                                                  _mini_domain(config)))
             results["methods"][m.label] = row
         if state.is_main_process:
             _write(out, results)
@@ -320,10 +321,11 @@ def _scan_real(folder, num_real: int | None = None) -> object:
 
 def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[Path], int]:
     """The real images (sorted; at most ``num_real``, the first in order) and how many broken files were skipped.
-    On the mini preset without ``--real``: held-out renders of the porcelain domain, written once."""
+    On the mini preset without ``--real``: held-out renders of its domain (porcelain or face), written once."""
     folder = config.real
     if scan is None:
-        folder = out / "real-mini"
+        face = _mini_domain(config) == "face"
+        folder = _mini_real_folder(config, out)
         n = config.num_real or 500
         if state.is_main_process and len(list(folder.glob("*.png"))) < n:
             from PIL import Image
@@ -332,14 +334,25 @@ def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[
 
             from .miniworld import render_set
 
-            log.info("eval: rendering %d held-out porcelain images into %s", n, folder)
+            log.info("eval: rendering %d held-out %s images into %s", n, "face" if face else "porcelain", folder)
             folder.mkdir(parents=True, exist_ok=True)
-            for i, im in enumerate(render_set("domain", n, seed=9091)["images"]):
+            for i, im in enumerate(render_set("face-domain" if face else "domain", n, seed=9091)["images"]):
                 save_image_atomic(Image.fromarray(im), folder / f"{i:05d}.png")
         state.wait_for_everyone()
         scan = _scan_real(folder)
     paths = _usable(scan, folder, config.num_real)
     return paths, len(scan.corrupt)
+
+
+def _mini_domain(config) -> str:
+    from suite.presets import default_domain
+
+    return default_domain(config.preset, config.domain)
+
+
+def _mini_real_folder(config, out: Path) -> Path:
+    """The mini preset's held-out domain renders: ``real-mini`` (porcelain) or ``real-mini-face``."""
+    return out / ("real-mini-face" if _mini_domain(config) == "face" else "real-mini")
 
 
 def _usable(scan, folder, num_real: int | None) -> list[Path]:
@@ -460,30 +473,49 @@ def _clip_scores(clip, image_feats: dict, prompts: list[str]) -> dict:
             else 0.0}
 
 
-def _judge_scores(state, net, paths: list[Path], prompts: list[str]) -> dict:
-    """The mini world's judge on a set: its porcelain rate, and for prompts naming a shape / colour / pattern the
-    fraction of images where it reads that attribute (each with its binomial standard error)."""
+def _judge_scores(state, net, paths: list[Path], prompts: list[str], domain: str = "porcelain") -> dict:
+    """The mini world's judge on a set: its domain rate (``domain``: porcelain; the photo look for the face domain,
+    also kept as ``porcelain`` for porcelain), and for prompts naming a shape / colour / pattern the fraction of
+    images where it reads that attribute, for face prompts naming attributes ("with glasses", "red hair") the
+    fraction where it reads all of them (each with its binomial standard error)."""
     from suite.images import load_image
     from suite.miniworld import world as W
     from suite.miniworld.assets import images_to_tensor
+    from suite.miniworld.judge import face_attributes
 
-    pred: dict = {"shape": [], "colour": [], "pattern": [], "porcelain": []}
+    pred: dict = {}
     for j in range(0, len(paths), CHUNK):  # small and cheap: every process reads every image, no gather needed
         p = net.judge.predict(images_to_tensor([load_image(q, "image") for q in paths[j:j + CHUNK]]))
-        for key in pred:
-            pred[key] += p[key]
-    out = _rate("porcelain", [bool(x) for x in pred["porcelain"]])
+        for key, values in p.items():
+            pred.setdefault(key, []).extend(values)
+    face = domain == "face"
+    out = _rate("domain", [bool(x) for x in pred["photo" if face else "porcelain"]])
+    if not face:
+        out.update(_rate("porcelain", [bool(x) for x in pred["porcelain"]]))
     vocab = {"shape": W.SHAPES, "colour": tuple(W.COLOURS), "pattern": ("stripes", "dots")}
+    is_face = [bool(re.search(r"\bface\b", p.lower())) or bool(_named_attributes(p)) for p in prompts]
     for key, names in vocab.items():
         hits = []
-        for prompt, got in zip(prompts, pred[key]):
+        for prompt, got, fp in zip(prompts, pred[key], is_face):
             words = set(re.findall(r"[a-z]+", prompt.lower()))
             named = [n for n in names if n in words]
-            if len(named) == 1:
+            if len(named) == 1 and not fp:
                 hits.append(got == named[0])
         if hits:
             out.update(_rate(f"{key}_alignment", hits))
+    hits = [set(_named_attributes(p)) <= face_attributes(pred, i) for i, p in enumerate(prompts)
+            if _named_attributes(p)]
+    if hits:
+        out.update(_rate("attribute_alignment", hits))
     return out
+
+
+def _named_attributes(prompt: str) -> list[str]:
+    """The mini world's face attributes a prompt names ("wearing glasses" -> ["glasses"])."""
+    from suite.miniworld.faces import ATTRIBUTES
+
+    text = " " + " ".join(re.findall(r"[a-z]+", prompt.lower())) + " "
+    return [a for a in ATTRIBUTES if f" {a} " in text or (a.startswith("a ") and f" {a[2:]} " in text)]
 
 
 def _rate(name: str, hits: list[bool]) -> dict:
@@ -493,10 +525,10 @@ def _rate(name: str, hits: list[bool]) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------
 COLUMNS = (("uncond", "n", "images"), ("uncond", "fd", "FD"), ("uncond", "kid", "KID"),
-           ("uncond", "porcelain", "domain (judge)"), ("text", "n", "text images"),
+           ("uncond", "domain", "domain (judge)"), ("text", "n", "text images"),
            ("text", "clip_score", "CLIP score"), ("text", "shape_alignment", "shape"),
            ("text", "colour_alignment", "colour"), ("text", "pattern_alignment", "pattern"),
-           ("text", "porcelain", "text domain (judge)"))
+           ("text", "attribute_alignment", "face attributes"), ("text", "domain", "text domain (judge)"))
 
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:

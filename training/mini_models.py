@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from suite.miniworld import world as W
-from suite.miniworld.judge import Judge
+from suite.miniworld.judge import HEADS, IGNORE, Judge
 from suite.progress import LogProgress
 from suite.testing import write_word_tokenizer
 
 log = logging.getLogger("training.miniworld")
 
 IMAGE_SIZE = 64
-MAX_TOKENS = 16
+MAX_TOKENS = 20
 TEXT_DIM = 128
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                   up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 48, 64), latent_channels=4,
@@ -144,7 +144,8 @@ def deterministic_posterior(vae, log_variance: float = -30.0) -> None:
 def encode_latents(vae, images: np.ndarray, batch: int = 128) -> torch.Tensor:
     """Posterior means (unscaled) of every image."""
     data = to_tensor(images)
-    return torch.cat([vae.encode(data[i:i + batch]).latent_dist.mean for i in range(0, len(data), batch)])
+    with torch.no_grad():
+        return torch.cat([vae.encode(data[i:i + batch]).latent_dist.mean for i in range(0, len(data), batch)])
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -264,8 +265,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_judge(images: np.ndarray, labels: np.ndarray, steps: int, batch: int = 64, lr: float = 2e-3,
                 seed: int = 0, log=print) -> Judge:
-    """Train on renders ``images [N, 64, 64, 3] uint8`` with ``labels [N, 4]`` (shape, colour, pattern, porcelain).
-    The colour and pattern heads learn only from open-world objects (porcelain has its own glaze)."""
+    """Train on renders ``images [N, 64, 64, 3] uint8`` with ``labels [N, len(HEADS)]`` (one column per head of
+    :data:`suite.miniworld.judge.HEADS`; ``IGNORE`` where a head does not apply: a face's colour, an object's hair,
+    the porcelain glaze's colour and pattern)."""
     torch.manual_seed(seed)
     net = Judge()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -279,11 +281,11 @@ def train_judge(images: np.ndarray, labels: np.ndarray, steps: int, batch: int =
         idx = torch.randint(0, len(x_all), (batch,), generator=gen)
         x, y = augment(x_all[idx], gen), y_all[idx]
         out = net(x)
-        open_ = y[:, 3] == 0
-        loss = nn.functional.cross_entropy(out["shape"], y[:, 0]) + nn.functional.cross_entropy(out["porcelain"], y[:, 3])
-        if open_.any():
-            loss = loss + nn.functional.cross_entropy(out["colour"][open_], y[open_, 1]) \
-                + nn.functional.cross_entropy(out["pattern"][open_], y[open_, 2])
+        loss = 0.0
+        for j, head in enumerate(HEADS):
+            keep = y[:, j] != IGNORE
+            if keep.any():
+                loss = loss + nn.functional.cross_entropy(out[head][keep], y[keep, j])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

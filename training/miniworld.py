@@ -1,18 +1,24 @@
-"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about an hour on 2 CPU cores).
+"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about two hours on 2 CPU cores).
 
-Steps, each timed and printed (and cached in ``--work``, so an interrupted build resumes at the step it was in):
+Steps, each timed and printed (and cached in ``--work``, so an interrupted build resumes at the step it was in; no
+step takes an hour):
 
-1. Render the data: open-world images with captions, the unlabeled porcelain domain (vases and bowls, front-ish
-   views, written as PNG files like any user's image folder) and the judge's labelled renders.
+1. Render the data, each set cached on its own: open-world objects and faces with captions (faces in the world's
+   look, any pose and framing, captions naming their attributes), the unlabeled porcelain domain (vases and bowls,
+   front-ish views) and the unlabeled face domain (FFHQ-aligned faces in a photographic look, attributes at uneven
+   frequencies: :data:`suite.miniworld.faces.DOMAIN_FREQUENCIES`), written as PNG files like any user's image
+   folder, and the judge's labelled renders of both.
 2. Train the VAE (diffusers ``AutoencoderKL``, 64x64x3 <-> 16x16x4) on open-world and domain renders.
 3. Train the base text-to-image model from scratch (``UNet2DConditionModel`` + ``CLIPTextModel`` jointly, word-level
    ``CLIPTokenizer``, v-prediction), with caption dropout for classifier-free guidance.
 4. Train the judge (:mod:`suite.miniworld.judge`, trained by :func:`training.mini_models.train_judge`) on augmented
    renders only.
-5. Train the porcelain domain model with the suite's own trainer (:func:`training.train.train_domain`:
+5. Train the porcelain and face domain models with the suite's own trainer (:func:`training.train.train_domain`:
    ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
-6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE.
-7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`) and write ``MANIFEST.json``.
+6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE (its two
+   phases cached apart).
+7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`, ``measure_faces``,
+   ``measure_zero123``) and write ``MANIFEST.json``.
 
 The output folder is replaced atomically at the end: an interrupted build leaves the shipped models untouched.
 """
@@ -31,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite.checks import int_at_least
+from suite.checks import UserError, int_at_least
 from suite.cli import quiet_libraries
 from suite.files import atomic_dir
 from suite.miniworld import assets, judge
+from suite.miniworld import faces as F
 from suite.miniworld import world as W
 from suite.miniworld.assets import default_dir
 from suite.miniworld.render import render_view
@@ -62,10 +69,14 @@ log = logging.getLogger("training.miniworld")
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. data
+FACE_KINDS = ("open-face", "face-domain", "judge-face")
+
+
 def _render_chunk(args):
     kind, seed, n, shapes = args
     torch.set_num_threads(1)
-
+    if kind in FACE_KINDS:
+        return _render_faces(kind, seed, n, shapes)
     rng = np.random.default_rng(seed)
     images, captions, labels = [], [], []
     for _ in range(n):
@@ -79,15 +90,47 @@ def _render_chunk(args):
         r = render_view(obj, view["elevation"], view["azimuth"], size=IMAGE_SIZE)
         images.append((r.rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         captions.append(obj.caption(rng) if kind == "open" else "")
-        labels.append((W.SHAPES.index(obj.shape), list(W.COLOURS).index(obj.colour), W.PATTERNS.index(obj.pattern),
-                       int(obj.porcelain)))
+        labels.append(judge.object_labels(obj))
+    return np.stack(images), captions, labels
+
+
+def _render_faces(kind: str, seed: int, n: int, attributes) -> tuple:
+    """Faces: ``open-face`` (the open world's look, any pose and framing, captioned), ``face-domain`` (the face
+    domain: the photo look, aligned, the domain's uneven attribute frequencies, unlabeled; ``attributes``: phrases
+    every face is given, for the ideal answer to a prompt) and ``judge-face`` (both looks, every attribute
+    often, half mirrored as the domain trainer's flips are)."""
+    rng = np.random.default_rng(seed)
+    images, captions, labels = [], [], []
+    for _ in range(n):
+        if kind == "face-domain":
+            face, photo, aligned = F.random_face(rng, F.DOMAIN_FREQUENCIES), True, True
+            for phrase in attributes or ():
+                face = F.with_attribute(face, phrase)
+        elif kind == "open-face":
+            face, photo, aligned = F.random_face(rng), False, False
+        else:
+            face = F.random_face(rng, {"bald": 0.12, "long hair": 0.35})
+            photo = bool(rng.random() < 0.5)
+            aligned = photo and bool(rng.random() < 0.7)
+        view = F.random_face_view(rng, aligned=aligned)
+        r = F.render_face_view(face, view["elevation"], view["azimuth"], view["distance"], view["fovy"],
+                               size=IMAGE_SIZE, look="photo" if photo else "world", backdrop=view["backdrop"],
+                               aligned=view["aligned"])
+        im = (r.rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        if kind == "judge-face" and rng.random() < 0.5:
+            im = im[:, ::-1].copy()
+        images.append(im)
+        captions.append(face.caption(rng) if kind == "open-face" else "")
+        labels.append(judge.face_labels(face, photo))
     return np.stack(images), captions, labels
 
 
 def render_set(kind: str, n: int, seed: int, workers: int = 2, shapes: tuple[str, ...] | None = None) -> dict:
-    """``n`` renders of ``kind`` (open / domain / judge): ``images [n, 64, 64, 3] uint8``, ``captions``,
-    ``labels [n, 4]`` (shape, colour, pattern, porcelain indices). ``shapes`` (domain only): the forms drawn in the
-    domain's look instead of its own, e.g. ``("cup",)`` for the ideal answer to "a porcelain cup"."""
+    """``n`` renders of ``kind`` (open / domain / judge for objects, open-face / face-domain / judge-face for
+    faces): ``images [n, 64, 64, 3] uint8``, ``captions``, ``labels [n, len(judge.HEADS)]`` (the judge's classes,
+    ``judge.IGNORE`` where a head does not apply). ``shapes``: for ``domain``, the forms drawn in the domain's look
+    instead of its own, e.g. ``("cup",)`` for the ideal answer to "a porcelain cup"; for ``face-domain``, the
+    attribute phrases every face is given, e.g. ``("glasses",)``."""
     chunk = 250
     jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk), tuple(shapes) if shapes else None)
             for i in range(math.ceil(n / chunk))]
@@ -106,19 +149,22 @@ def write_image_folder(images: np.ndarray, folder: Path) -> None:
         Image.fromarray(im).save(folder / f"{i:05d}.png")
 
 
-def train_porcelain(sd_folder: Path, data: Path, output: Path, steps: int, seed: int = 0) -> Path:
-    config = TrainConfig.for_preset("mini", domain=W.DOMAIN_NAME, data=str(data), output=str(output),
+def train_domain_model(sd_folder: Path, data: Path, output: Path, steps: int, seed: int = 0,
+                       domain: str = W.DOMAIN_NAME) -> Path:
+    config = TrainConfig.for_preset("mini", domain=domain, data=str(data), output=str(output),
                                     sd_model=str(sd_folder), max_steps=steps, seed=seed)
     return train_domain(config)
 
 
 # ---------------------------------------------------------------------------------------------------------
-SIZES = {  # (open images, domain images, judge images, vae steps, base steps, judge steps, domain steps,
-    #          Zero-1-to-3 objects (1 input + 5 target views each); its steps: ZERO123_PHASES)
-    "full": (12000, 2000, 8000, 600, 2000, 800, 800, 3500),
-    "quick": (600, 200, 600, 40, 60, 60, 20, 60),
+#: renders per set, and training steps per model
+SIZES = {
+    "full": dict(open=12000, open_face=4000, domain=2000, face_domain=2000, judge=8000, judge_face=6000,
+                 vae=1000, base=2400, judge_steps=1500, domain_steps=800, zero123_objects=3500),
+    "quick": dict(open=600, open_face=200, domain=200, face_domain=200, judge=600, judge_face=400,
+                  vae=40, base=60, judge_steps=60, domain_steps=20, zero123_objects=60),
 }
-
+BUILD_VERSION = 2  # the data and steps above; a cache made by another version is refused
 
 ZERO123_PHASES = {  # (steps, learning rate) per phase; each phase continues from the previous one's EMA weights
     "full": ((3000, 1e-3), (3000, 3e-4)),
@@ -128,8 +174,18 @@ ZERO123_PHASES = {  # (steps, learning rate) per phase; each phase continues fro
 
 def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     """Every step above; returns the timings (seconds) and quality figures, also written to MANIFEST.json."""
-    n_open, n_dom, n_judge, vae_steps, base_steps, judge_steps, dom_steps, z_objects = SIZES[size]
+    n = SIZES[size]
     work.mkdir(parents=True, exist_ok=True)
+    version_file = work / "version.json"
+    stored = json.loads(version_file.read_text()) if version_file.exists() else {}
+    version = stored.get("version", 1 if any(work.iterdir()) else None)  # 1: a cache from before versions
+    if version not in (None, BUILD_VERSION):
+        raise UserError(f"the build cache {work} was made by an older build (version {version}, this is "
+                        f"{BUILD_VERSION}): delete it, or pass --work with another folder")
+    if stored.get("size", size) != size:
+        raise UserError(f"the build cache {work} holds a --size {stored['size']} build, not {size}: delete it, or "
+                        f"pass --work with another folder")
+    version_file.write_text(json.dumps({"version": BUILD_VERSION, "size": size}))
     # Seconds per step; a step found finished in the cache keeps the time it took when it ran.
     times_file = work / "times.json"
     ran = json.loads(times_file.read_text()) if times_file.exists() else {}
@@ -145,18 +201,25 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         times_file.write_text(json.dumps(ran))
         log.info("== %s %s %.1f s", name, "(cached) took" if cached else "done in", times[name])
 
-    # 1. data (cached)
-    data_file = work / "data.npz"
-    cached = data_file.exists()
-    if not cached:
-        sets = {k: render_set(k, n, seed + i) for i, (k, n) in enumerate(
-            (("open", n_open), ("domain", n_dom), ("judge", n_judge)))}
-        tmp = work / "data.tmp.npz"
-        np.savez(tmp, **{f"{k}_{f}": np.asarray(v[f]) for k, v in sets.items() for f in ("images", "captions", "labels")})
-        tmp.rename(data_file)
-    data = np.load(data_file)
-    open_images, captions = data["open_images"], [str(c) for c in data["open_captions"]]
-    dom_images = data["domain_images"]
+    # 1. data (each set cached on its own)
+    kinds = (("open", "open"), ("open-face", "open_face"), ("domain", "domain"), ("face-domain", "face_domain"),
+             ("judge", "judge"), ("judge-face", "judge_face"))
+    cached = all((work / f"data-{k}.npz").exists() for k, _ in kinds)
+    data = {}
+    for i, (kind, key) in enumerate(kinds):
+        path = work / f"data-{kind}.npz"
+        if not path.exists():
+            part = render_set(kind, n[key], seed + i)
+            tmp = work / f"data-{kind}.tmp.npz"
+            np.savez(tmp, **{f: np.asarray(part[f]) for f in ("images", "captions", "labels")})
+            tmp.rename(path)
+        with np.load(path) as part:
+            data.update({f"{key}_{f}": part[f] for f in ("images", "captions", "labels")})
+    open_images = np.concatenate([data["open_images"], data["open_face_images"]])
+    captions = [str(c) for c in data["open_captions"]] + [str(c) for c in data["open_face_captions"]]
+    dom_images = {W.DOMAIN_NAME: data["domain_images"], F.DOMAIN_NAME: data["face_domain_images"]}
+    judge_images = np.concatenate([data["judge_images"], data["judge_face_images"]])
+    judge_labels = np.concatenate([data["judge_labels"], data["judge_face_labels"]])
     step("render", cached)
 
     stage = work / "stage"
@@ -167,18 +230,20 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
 
     cached = (stage / "vae").exists()
     if not cached:
-        vae = train_vae(np.concatenate([open_images, dom_images]), vae_steps, seed=seed)
+        vae = train_vae(np.concatenate([open_images, *dom_images.values()]), n["vae"], seed=seed)
         vae.save_pretrained(stage / "vae")
     vae = AutoencoderKL.from_pretrained(stage / "vae").eval()
     with torch.no_grad():  # reconstruction of held-out renders (the judge's set was not in the VAE's data)
         x = to_tensor(data["judge_images"][:256])
         vae_psnr = psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x)
+        x = to_tensor(data["judge_face_images"][:256])
+        vae_face_psnr = psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x)
     step("vae", cached)
     # 3. base
     cached = (stage / "unet").exists()
     if not cached:
         lat = encode_latents(vae, open_images)
-        unet, text = train_base(lat, captions, tokenizer, vae.config.scaling_factor, base_steps, seed=seed)
+        unet, text = train_base(lat, captions, tokenizer, vae.config.scaling_factor, n["base"], seed=seed)
         text.save_pretrained(stage / "text_encoder")
         unet.save_pretrained(stage / "unet")
     unet = UNet2DConditionModel.from_pretrained(stage / "unet").eval()
@@ -188,7 +253,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     cached = (stage / "judge.safetensors").exists()
     if not cached:
         stage.mkdir(parents=True, exist_ok=True)
-        net = train_judge(data["judge_images"], data["judge_labels"], judge_steps, seed=seed)
+        net = train_judge(judge_images, judge_labels, n["judge_steps"], seed=seed)
         judge.save_judge(net, stage / "judge.safetensors")
     step("judge", cached)
     # 6. Zero-1-to-3 (its view pairs cached with the other data)
@@ -198,7 +263,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     if not cached:
         pairs_file = work / "zero123-pairs.npz"
         if not pairs_file.exists():
-            pairs = mini_zero123.render_pairs(z_objects, 5, seed + 7)
+            pairs = mini_zero123.render_pairs(n["zero123_objects"], 5, seed + 7)
             np.savez(work / "zero123-pairs.tmp.npz", **pairs)
             (work / "zero123-pairs.tmp.npz").rename(pairs_file)
         pairs = dict(np.load(pairs_file))
@@ -215,28 +280,31 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     with atomic_dir(output) as tmp:
         save_sd_folder(tmp / "sd", unet, vae, text, tokenizer)
         shutil.copy(stage / "judge.safetensors", tmp / assets.JUDGE_FILE)
-        # 5. the domain model, trained from the shipped (float16) base as any user would
-        cached = (stage / "domain-porcelain" / "nulltext.json").exists()
-        if not cached:
-            shutil.rmtree(stage / "domain-porcelain", ignore_errors=True)  # an interrupted run starts again
-            write_image_folder(dom_images, work / "porcelain-images")
-            train_porcelain(tmp / "sd", work / "porcelain-images", stage / "domain-porcelain", dom_steps, seed)
-        dst = tmp / f"domain-{W.DOMAIN_NAME}"
-        dst.mkdir()
-        for f in (stage / "domain-porcelain").iterdir():
-            if f.is_file():
-                shutil.copy(f, dst / f.name)
-        assets.to_float16(dst)
-        meta = json.loads((dst / "nulltext.json").read_text())
-        meta["base_model"] = "../sd"  # the shipped base beside it (not the build's temporary folder)
-        (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
-        step("domain", cached)
+        # 5. the domain models, trained from the shipped (float16) base as any user would
+        for name in assets.DOMAINS:
+            cached = (stage / f"domain-{name}" / "nulltext.json").exists()
+            if not cached:
+                shutil.rmtree(stage / f"domain-{name}", ignore_errors=True)  # an interrupted run starts again
+                write_image_folder(dom_images[name], work / f"{name}-images")
+                train_domain_model(tmp / "sd", work / f"{name}-images", stage / f"domain-{name}",
+                                   n["domain_steps"], seed, domain=name)
+            dst = tmp / f"domain-{name}"
+            dst.mkdir()
+            for f in (stage / f"domain-{name}").iterdir():
+                if f.is_file() and not f.name.startswith("."):  # not the trainer's run marker
+                    shutil.copy(f, dst / f.name)
+            assets.to_float16(dst)
+            meta = json.loads((dst / "nulltext.json").read_text())
+            meta["base_model"] = "../sd"  # the shipped base beside it (not the build's temporary folder)
+            (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
+            step(f"domain-{name}", cached)
         shutil.copytree(stage / "zero123", tmp / "zero123")
         for sub in (tmp / "zero123").iterdir():
             if sub.is_dir():
                 assets.to_float16(sub)
         # 7. measure and record
-        quality = dict(assets.measure_quality(tmp), vae_psnr=round(vae_psnr, 2), **assets.measure_zero123(tmp))
+        quality = dict(assets.measure_quality(tmp), **assets.measure_faces(tmp), vae_psnr=round(vae_psnr, 2),
+                       vae_face_psnr=round(vae_face_psnr, 2), **assets.measure_zero123(tmp))
         step("measure")
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))
@@ -267,7 +335,11 @@ def main(argv=None) -> int:
 
     apply_threads(args.threads)
     t0 = time.time()
-    build(Path(args.output), Path(args.work), args.size, args.seed)
+    try:
+        build(Path(args.output), Path(args.work), args.size, args.seed)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"mini world built in {(time.time() - t0) / 60:.1f} minutes -> {args.output}")
     return 0
 

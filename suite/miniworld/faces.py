@@ -1,4 +1,4 @@
-"""Faces in the mini world (issue 23, part 1): procedural heads with exact geometry, attributes a prompt can name,
+"""Faces in the mini world: procedural heads with exact geometry, attributes a prompt can name,
 and the landmarks face alignment uses, rendered in the camera convention of :mod:`suite.cameras`.
 
 A head looks along +X (towards the reference camera at azimuth 0), Z up, centred at the origin, inside the mini
@@ -15,8 +15,13 @@ attributes often, some rarely and some never.
 **Landmarks** (:func:`landmarks`): the points FFHQ's alignment reads from dlib's 68 (eye corners, nose tip, mouth
 corners, chin, jaw), as exact 3D points on the visible surface; :func:`project` gives their pixels in any view.
 
-The judge does not know faces yet and the shipped models were not trained on them: they join the world at the
-next rebuild (the rest of issue 23).
+**Looks.** ``look="world"``: the mini world's light and flat backdrop (the base's captioned faces, any pose and
+framing). ``look="photo"``: the face domain's photographic look (a warm wrapped key light from the right, skin
+reddening in its shadows, a rim light, soft studio backdrops), framed by FFHQ's alignment
+(:func:`aligned_cameras`). :data:`DOMAIN_FREQUENCIES` gives the face domain its uneven attributes.
+
+**Photos to edit** (:func:`face_photo`): a face off-centre in a larger picture with a room behind it, and its exact
+landmarks in the picture's pixels (``launch.py edit --landmarks``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, orbit_cameras
-from .render import _INF, BOUND_RADIUS, Rendered, _hit_revolution, render_traced
+from ..domains import FACE
+from .render import _INF, BOUND_RADIUS, LIGHT_CAM, Rendered, _hit_revolution, render_traced
 from .world import BACKGROUND, COLOURS
 
 SKIN_TONES = {"light": (0.93, 0.78, 0.68), "fair": (0.86, 0.66, 0.54), "medium": (0.72, 0.52, 0.38),
@@ -80,23 +86,61 @@ class Face:
         return [name for name, has in ATTRIBUTES.items() if has(self)]
 
     def caption(self, rng: np.random.Generator | None = None) -> str:
-        """``"a photo of a face with glasses, a hat and black hair, smiling"``; with ``rng``, a random prefix and
-        randomly omitted attributes (a base learns partial prompts)."""
+        """``"a photo of a face with glasses, a hat and black hair, smiling"``; with ``rng``, the base's training
+        captions: a random prefix, at most three of the attributes (each kept at random), "with" or "wearing",
+        no commas, at most :data:`CAPTION_WORDS` words (the mini text encoder reads 20 tokens)."""
         with_ = [a for a in self.attributes if a not in ("smiling", "closed eyes")]
         states = [a for a in ("smiling", "closed eyes") if a in self.attributes]
-        if rng is not None:
-            with_ = [a for a in with_ if rng.random() > 0.25]
-            states = [a for a in states if rng.random() > 0.25]
-        text = "a photo of a face"
-        if with_:
-            text += " with " + (with_[0] if len(with_) == 1 else ", ".join(with_[:-1]) + " and " + with_[-1])
-        if states:
-            text += ", " + " and ".join(states)
-        return text
+        if rng is None:
+            text = "a photo of a face"
+            if with_:
+                text += " with " + (with_[0] if len(with_) == 1 else ", ".join(with_[:-1]) + " and " + with_[-1])
+            if states:
+                text += ", " + " and ".join(states)
+            return text
+        named = [a for a in with_ + states if rng.random() > 0.25]
+        named = [named[i] for i in sorted(rng.permutation(len(named))[:3])]
+        prefix = ("a photo of", "a picture of", "an image of", "")[rng.integers(4)]
+        words = (prefix + " a face").split()
+        phrases = [a for a in named if a not in ("smiling", "closed eyes")]
+        if phrases:
+            verb = "wearing" if rng.random() < 0.3 and all(a in WEARABLE for a in phrases) else "with"
+            words += [verb] + " and ".join(phrases).split()
+        for state in (a for a in named if a in ("smiling", "closed eyes")):
+            words += (["with"] if state == "closed eyes" else []) + state.split()
+        return " ".join(words[:CAPTION_WORDS])
 
+
+WEARABLE = ("glasses", "a hat", "earrings")
+CAPTION_WORDS = 18
+#: every word a face caption can contain (joins :func:`suite.miniworld.world.vocabulary`)
+FACE_WORDS = ("face", "with", "wearing", "and", "glasses", "hat", "smiling", "beard", "closed", "eyes", "earrings",
+              "hair", "blond", "black", "red", "grey", "brown")
+
+#: the face domain's attribute frequencies (FFHQ-like: uneven): smiling and dark hair common; glasses, beards and
+#: blond hair occasional; hats, closed eyes and grey hair rare (5% or less); earrings and red hair absent.
+DOMAIN_FREQUENCIES = {"smiling": 0.5, "glasses": 0.12, "a beard": 0.12, "a hat": 0.04, "closed eyes": 0.03,
+                      "earrings": 0.0, "black hair": 3.0, "brown hair": 3.0, "blond hair": 1.2, "grey hair": 0.3,
+                      "red hair": 0.0, "bald": 0.05, "long hair": 0.35}
+DOMAIN_NAME = FACE.name
+
+
+def attribute_rate(phrase: str, frequencies: dict[str, float] | None = None) -> float:
+    """How often :func:`random_face` gives a face the attribute ``phrase`` at these ``frequencies`` (default: the
+    face domain's): its probability, or for a hair colour its share of the haired faces."""
+    freq = {**DEFAULT_FREQUENCIES, **(DOMAIN_FREQUENCIES if frequencies is None else frequencies)}
+    if phrase in FLAGS:
+        return float(freq[phrase])
+    total = sum(freq[f"{c} hair"] for c in HAIR_COLOURS)
+    return float(freq[phrase] / total * (1 - freq["bald"]))
 
 FLAGS = {"glasses": "glasses", "a hat": "hat", "smiling": "smiling", "a beard": "beard",
          "closed eyes": "eyes_closed", "earrings": "earrings"}
+
+
+#: the open world's attribute frequencies (:func:`random_face`'s defaults)
+DEFAULT_FREQUENCIES = {**{k: 0.3 for k in FLAGS}, **{f"{c} hair": 1.0 for c in HAIR_COLOURS}, "bald": 0.15,
+                       "long hair": 0.35}
 
 
 def random_face(rng: np.random.Generator, frequencies: dict[str, float] | None = None) -> Face:
@@ -104,7 +148,7 @@ def random_face(rng: np.random.Generator, frequencies: dict[str, float] | None =
     ``bald`` / ``long hair``) sets how often each attribute occurs: a probability for the yes/no attributes (default
     0.3 each), for ``bald`` (0.15) and ``long hair`` (0.35 of the rest), and a relative weight for each hair colour
     (default 1 each, so 0.2 of the haired faces). 0 makes an attribute absent."""
-    freq = {**{k: 0.3 for k in FLAGS}, **{f"{c} hair": 1.0 for c in HAIR_COLOURS}, "bald": 0.15, "long hair": 0.35}
+    freq = dict(DEFAULT_FREQUENCIES)
     unknown = sorted(set(frequencies or {}) - set(freq))
     if unknown:
         raise ValueError(f"unknown face attribute(s) {unknown}: use {', '.join(freq)}")
@@ -343,7 +387,25 @@ def _paint_eye(face: Face, p: torch.Tensor) -> torch.Tensor:
     return rgb
 
 
-def shade_face(face: Face, p, n, m, view_dir, light) -> torch.Tensor:
+LOOKS = ("world", "photo")
+#: the photo look's soft backdrops (a vertical gradient of one of these, lighter at the top, darker at the corners)
+PHOTO_BACKDROPS = {"slate": (0.50, 0.57, 0.66), "sand": (0.70, 0.63, 0.54), "sage": (0.49, 0.58, 0.52),
+                   "mauve": (0.60, 0.53, 0.61), "cream": (0.80, 0.77, 0.70)}
+PHOTO_LIGHT = (0.55, 0.30, 0.78)  # camera space: a key light from the right, lower than the world's
+
+
+def photo_backdrop(name: str, size: int) -> torch.Tensor:
+    """A soft studio backdrop ``[3, size, size]``: :data:`PHOTO_BACKDROPS` ``[name]`` as a vertical gradient with a
+    vignette."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    shade = (1.12 - 0.22 * (y + 1) / 2) * (1 - 0.18 * (x ** 2 + y ** 2) / 2)
+    return (torch.tensor(PHOTO_BACKDROPS[name])[:, None, None] * shade).clamp(0, 1)
+
+
+def shade_face(face: Face, p, n, m, view_dir, light, look: str = "world") -> torch.Tensor:
+    """Shaded colour of surface points (material indices ``m``, :data:`MATERIALS`). ``look="world"``: the mini
+    world's Lambert and Blinn-Phong; ``"photo"``: the face domain's photographic light (a warm wrapped key, a cool
+    fill, skin that reddens in its shadows as light scattered under it does, a rim light and a soft tone curve)."""
     albedo = torch.zeros_like(p)
     gloss = torch.full((len(p), 1), 12.0)
     ks = torch.full((len(p), 1), 0.06)
@@ -367,25 +429,97 @@ def shade_face(face: Face, p, n, m, view_dir, light) -> torch.Tensor:
         else:
             albedo[sel] = torch.tensor(GOLD)
             gloss[sel], ks[sel] = 40.0, 0.6
-    diffuse = (n * light).sum(-1, keepdim=True).clamp_min(0)
+    cos = (n * light).sum(-1, keepdim=True)
     half = torch.nn.functional.normalize(light + view_dir, dim=-1)
-    spec = (n * half).sum(-1, keepdim=True).clamp_min(0) ** gloss * ks
-    return (albedo * (0.32 + 0.68 * diffuse) + spec).clamp(0, 1)
+    if look == "world":
+        spec = (n * half).sum(-1, keepdim=True).clamp_min(0) ** gloss * ks
+        return (albedo * (0.32 + 0.68 * cos.clamp_min(0)) + spec).clamp(0, 1)
+    if look != "photo":
+        raise ValueError(f"unknown look {look!r}: use one of {', '.join(LOOKS)}")
+    wrap = ((cos + 0.45) / 1.45).clamp_min(0)
+    light_rgb = torch.tensor((0.86, 0.80, 0.72)) * wrap + torch.tensor((0.26, 0.28, 0.33))
+    skin = (m == MATERIALS.index("skin"))[:, None]
+    light_rgb = light_rgb + skin * (1 - wrap) * torch.tensor((0.14, 0.03, 0.0))  # scattered light in the shadows
+    rim = (1 - (n * view_dir).sum(-1, keepdim=True).clamp(0, 1)) ** 3 * 0.3
+    spec = (n * half).sum(-1, keepdim=True).clamp_min(0) ** (gloss * 0.5) * ks * 0.6
+    lit = albedo * light_rgb + spec + rim * torch.tensor((0.95, 0.93, 1.0)) * (0.15 + albedo)
+    return lit.clamp(0, 1) ** 0.92
 
 
-def render_face(face: Face, cams: Cameras, size: int = 64, supersample: int = 2, background=BACKGROUND) -> Rendered:
-    """Render ``face`` from every camera of ``cams`` (the core of :func:`suite.miniworld.render.render`)."""
+def render_face(face: Face, cams: Cameras, size: int = 64, supersample: int = 2, background=BACKGROUND,
+                look: str = "world", backdrop="slate") -> Rendered:
+    """Render ``face`` from every camera of ``cams`` (the core of :func:`suite.miniworld.render.render`).
+    ``look="photo"``: the face domain's look, on the soft backdrop ``backdrop`` (:data:`PHOTO_BACKDROPS`), lit by
+    :data:`PHOTO_LIGHT`. A ``backdrop`` image ``[3, size, size]`` replaces the background in either look."""
+    if look not in LOOKS:
+        raise ValueError(f"unknown look {look!r}: use one of {', '.join(LOOKS)}")
+    light_cam = PHOTO_LIGHT if look == "photo" else LIGHT_CAM
+
     def trace(o, d, light):
         t, n, m = intersect_face(face, o, d)
         p = o + t.nan_to_num(posinf=0.0)[:, None] * d
-        return t, lambda hit: shade_face(face, p[hit], n[hit], m[hit], -d[hit], light[hit])
+        return t, lambda hit: shade_face(face, p[hit], n[hit], m[hit], -d[hit], light[hit], look)
 
-    return render_traced(trace, cams, size, supersample, background)
+    if isinstance(backdrop, torch.Tensor):
+        background = backdrop
+    elif look == "photo":
+        background = photo_backdrop(backdrop, size)
+    return render_traced(trace, cams, size, supersample, background, light=light_cam)
 
 
 def render_face_view(face: Face, elevation: float = 0.0, azimuth: float = 0.0, distance: float = 3.8,
-                     fovy: float = 20.0, size: int = 64, supersample: int = 2) -> Rendered:
-    return render_face(face, orbit_cameras(elevation, azimuth, distance, fovy), size=size, supersample=supersample)
+                     fovy: float = 20.0, size: int = 64, supersample: int = 2, look: str = "world",
+                     backdrop: str = "slate", aligned: bool = False) -> Rendered:
+    """One view; ``aligned``: FFHQ's framing of that view (:func:`aligned_cameras`) instead of the orbit's."""
+    cams = aligned_cameras(face, elevation, azimuth, distance, fovy) if aligned else \
+        orbit_cameras(elevation, azimuth, distance, fovy)
+    return render_face(face, cams, size=size, supersample=supersample, look=look, backdrop=backdrop)
+
+
+def eye_mouth_points(face: Face, cams: Cameras, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points FFHQ's alignment reads, in pixels of the first camera's ``size`` x ``size`` image: the two eye
+    centres (between each eye's corners) and the mouth's centre (between its corners)."""
+    lm = landmarks(face)
+    px = project(torch.stack([lm[k] for k in LANDMARKS]), cams, size)[0].double().numpy()
+    at = {k: px[i] for i, k in enumerate(LANDMARKS)}
+    return ((at["eye_left_outer"] + at["eye_left_inner"]) / 2, (at["eye_right_inner"] + at["eye_right_outer"]) / 2,
+            (at["mouth_left"] + at["mouth_right"]) / 2)
+
+
+def aligned_cameras(face: Face, elevation: float = 0.0, azimuth: float = 0.0, distance: float = 3.8,
+                    fovy: float = 20.0) -> Cameras:
+    """The camera that sees exactly FFHQ's aligned crop (:func:`suite.alignment.ffhq_quad` of the exact landmarks) of
+    the orbit view ``(elevation, azimuth, distance, fovy)``: from the same point, turned to the crop's centre and
+    rolled with it, its field of view the crop's side. The face domain's photos are made this way, so that
+    :mod:`editing.align`'s crop of a photo frames the face as the domain model saw faces."""
+    from ..alignment import ffhq_quad
+
+    wide = orbit_cameras(elevation, azimuth, distance, fovy)
+    n = 1000  # a virtual image size: the projection is analytic
+    c, x, _ = ffhq_quad(*eye_mouth_points(face, wide, n))
+    focal = 0.5 * n / math.tan(math.radians(fovy) / 2)
+    rot = wide.c2w[0, :3, :3].double()
+    forward = torch.nn.functional.normalize(rot @ torch.tensor([(c[0] - n / 2) / focal, -(c[1] - n / 2) / focal, -1.0],
+                                                               dtype=torch.float64), dim=0)
+    right = rot @ torch.tensor([x[0], -x[1], 0.0], dtype=torch.float64)
+    right = torch.nn.functional.normalize(right - (right @ forward) * forward, dim=0)
+    up = torch.linalg.cross(right, forward)
+    c2w = wide.c2w.clone()
+    c2w[0, :3, 0], c2w[0, :3, 1], c2w[0, :3, 2] = right.float(), up.float(), -forward.float()
+    half = float(np.hypot(*x))
+    fov = torch.tensor([2 * math.degrees(math.atan(half / focal))])
+    return Cameras(c2w, wide.elevation, wide.azimuth, wide.distance, fov)
+
+
+def random_face_view(rng: np.random.Generator, aligned: bool = False) -> dict:
+    """Camera and backdrop for a training image: ``aligned`` (the face domain, FFHQ-like): near-frontal, framed by
+    FFHQ's alignment (pass ``aligned=True`` on to :func:`render_face_view`), a soft backdrop; else the open world's:
+    any pose from the front half, any framing."""
+    if aligned:
+        return dict(elevation=float(rng.uniform(0, 8)), azimuth=float(rng.uniform(-10, 10)), distance=3.8,
+                    fovy=20.0, backdrop=str(list(PHOTO_BACKDROPS)[rng.integers(len(PHOTO_BACKDROPS))]), aligned=True)
+    return dict(elevation=float(rng.uniform(-10, 30)), azimuth=float(rng.uniform(-70, 70)),
+                distance=float(rng.uniform(3.0, 4.4)), fovy=20.0, backdrop="slate", aligned=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -428,3 +562,54 @@ def with_attribute(face: Face, name: str, on: bool = True) -> Face:
     if name.endswith(" hair") and name[:-5] in HAIR_COLOURS:
         return replace(face, hair_colour=name[:-5], hair_style="short" if face.hair_style == "bald" else face.hair_style)
     raise ValueError(f"unknown face attribute {name!r}: choose from {', '.join(ATTRIBUTES)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# photos to edit: a face somewhere in a larger picture, a room behind it
+def scene_backdrop(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """A room behind the sitter ``[3, size, size]``: a wall in a soft gradient, a window, a shelf and a plant."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    wall = torch.tensor(PHOTO_BACKDROPS[str(list(PHOTO_BACKDROPS)[rng.integers(len(PHOTO_BACKDROPS))])])
+    img = wall[:, None, None] * (1.08 - 0.25 * y)[None].expand(3, size, size).clone()
+    wx, wy = rng.uniform(0.0, 0.7), rng.uniform(0.05, 0.3)  # a window
+    win = (x > wx) & (x < wx + 0.25) & (y > wy) & (y < wy + 0.35)
+    img[:, win] = torch.tensor((0.90, 0.93, 0.97))[:, None]
+    bar = win & (((x - (wx + 0.125)).abs() < 0.008) | ((y - (wy + 0.175)).abs() < 0.008))
+    img[:, bar] = torch.tensor((0.45, 0.40, 0.36))[:, None]
+    shelf = rng.uniform(0.55, 0.8)
+    img[:, ((y - shelf).abs() < 0.012)] = torch.tensor((0.38, 0.27, 0.18))[:, None]
+    px, pr = rng.uniform(0.05, 0.95), rng.uniform(0.05, 0.09)  # a plant on the shelf
+    leaves = ((x - px) ** 2 + (y - shelf + pr) ** 2) < pr ** 2
+    img[:, leaves] = torch.tensor((0.22, 0.45, 0.20))[:, None]
+    img[:, y > 0.9] *= 0.8  # the floor
+    return img.clamp(0, 1)
+
+
+def face_photo(face: Face, rng: np.random.Generator, size: int = 256, face_width: float | None = None,
+               look: str = "photo", supersample: int = 2) -> tuple[np.ndarray, dict[str, tuple[float, float]], dict]:
+    """A photo to edit: ``face`` near-frontal (elevation 0..10, azimuth -12..12 degrees), its head about
+    ``face_width`` pixels wide (default: a random 0.3-0.45 of ``size``) somewhere off-centre in a ``size`` x
+    ``size`` picture, a room behind it (:func:`scene_backdrop`). Returns the image ``[size, size, 3] uint8``, the
+    exact landmarks in its pixels (:data:`LANDMARKS`, plus ``eye_left`` / ``eye_right``, the eye centres) and the
+    view (with ``mask``, the face's exact silhouette in the photo's pixels)."""
+    el, az = float(rng.uniform(0, 10)), float(rng.uniform(-12, 12))
+    width = float(face_width if face_width is not None else rng.uniform(0.3, 0.45) * size)
+    big = int(round(size * 1.6))  # rendered larger, then cut off-centre
+    # The head (0.6 wide) spans `width` pixels at the face's distance (about 3.5 from a camera at 3.8).
+    fovy = 2 * math.degrees(math.atan(0.5 * big / width * 0.6 / 3.5))
+    cams = orbit_cameras(el, az, 3.8, fovy)
+    r = render_face(face, cams, size=big, supersample=supersample, look=look, backdrop=scene_backdrop(rng, big))
+    lm = landmarks(face)
+    px = project(torch.stack([lm[k] for k in LANDMARKS]), cams, big)[0].double().numpy()
+    centre = (px.min(0) + px.max(0)) / 2  # the face, off-centre in the cut but whole inside it
+    want = np.array([rng.uniform(0.3, 0.7), rng.uniform(0.38, 0.6)]) * size
+    ox, oy = (int(np.clip(round(c - w), 0, big - size)) for c, w in zip(centre, want))
+    rgb = (r.rgb[0].permute(1, 2, 0).numpy()[oy:oy + size, ox:ox + size] * 255).round().astype(np.uint8)
+    px = px - [ox, oy]
+    points = {k: (float(px[i, 0]), float(px[i, 1])) for i, k in enumerate(LANDMARKS)}
+    for side in ("left", "right"):
+        a, b = np.array(points[f"eye_{side}_outer"]), np.array(points[f"eye_{side}_inner"])
+        points[f"eye_{side}"] = tuple(float(v) for v in (a + b) / 2)
+    mask = r.mask[0].numpy()[oy:oy + size, ox:ox + size]
+    return rgb, points, dict(elevation=el, azimuth=az, fovy=fovy, offset=(ox, oy), face_width=width, mask=mask)
+

@@ -22,7 +22,6 @@ from .world import BACKGROUND, MiniObject
 _INF = float("inf")
 BOUND_RADIUS = 0.64  # every object fits in this sphere about the origin (checked by the tests)
 LIGHT_CAM = (-0.45, 0.65, 0.62)  # camera space: left, up, toward the viewer (also generators3d.raster's light)
-_LIGHT_CAM = torch.tensor(LIGHT_CAM)
 
 
 @dataclass
@@ -243,18 +242,24 @@ def render(obj: MiniObject, cams: Cameras, size: int = 64, supersample: int = 2,
     return render_traced(trace, cams, size, supersample, background)
 
 
-def render_traced(trace, cams: Cameras, size: int = 64, supersample: int = 2, background=BACKGROUND) -> Rendered:
+def render_traced(trace, cams: Cameras, size: int = 64, supersample: int = 2, background=BACKGROUND,
+                  light=LIGHT_CAM) -> Rendered:
     """The renderer's core, for any scene: ``trace(o, d, light) -> (t, colour)`` gives each ray's hit distance
-    (inf = miss) and ``colour(hit)``, the shaded RGB of the rays that hit; supersampled, with exact centre masks."""
+    (inf = miss) and ``colour(hit)``, the shaded RGB of the rays that hit; supersampled, with exact centre masks.
+    ``background``: an RGB triple, or an image ``[3, size, size]`` (a backdrop, composited by coverage);
+    ``light``: the key light's direction in camera space."""
     b = len(cams)
     hs = size * supersample
     o, d = camera_rays(cams, hs, hs)
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-    light = torch.einsum("bij,j->bi", cams.c2w[:, :3, :3], torch.nn.functional.normalize(_LIGHT_CAM, dim=0))
+    light_cam = torch.nn.functional.normalize(torch.as_tensor(light, dtype=torch.float32), dim=0)
+    light = torch.einsum("bij,j->bi", cams.c2w[:, :3, :3], light_cam)
     light = light[:, None].expand(b, hs * hs, 3).reshape(-1, 3)
     t, colour = trace(o, d, light)
     hit = torch.isfinite(t)
-    rgb = torch.as_tensor(background, dtype=torch.float32).expand(len(o), 3).clone()
+    backdrop = torch.as_tensor(background, dtype=torch.float32)
+    image_bg = backdrop.ndim == 3
+    rgb = (torch.zeros(3) if image_bg else backdrop).expand(len(o), 3).clone()
     if bool(hit.any()):
         rgb[hit] = colour(hit)
     rgb = rgb.reshape(b, hs, hs, 3).permute(0, 3, 1, 2)
@@ -262,6 +267,8 @@ def render_traced(trace, cams: Cameras, size: int = 64, supersample: int = 2, ba
     if supersample > 1:
         rgb = torch.nn.functional.avg_pool2d(rgb, supersample)
         cov = torch.nn.functional.avg_pool2d(cov, supersample)
+    if image_bg:
+        rgb = rgb + (1 - cov) * backdrop[None]
     oc, dc = camera_rays(cams, size, size)
     tc, _ = trace(oc.reshape(-1, 3), dc.reshape(-1, 3), light[:1].expand(size * size * b, 3))
     tc = tc.reshape(b, size, size)

@@ -98,6 +98,9 @@ def vocabulary() -> list[str]:
     """Every word a caption or a documented prompt can contain (each becomes one token)."""
     words = {"a", "an", "of", "photo", "picture", "image", "with", "object", "plain", "stripes", "dots", "porcelain"}
     words |= set(SHAPES) | set(COLOURS)
+    from .faces import FACE_WORDS  # faces import this module: the words are read when asked for
+
+    words |= set(FACE_WORDS)
     return sorted(words)
 
 
@@ -111,10 +114,12 @@ def prompt_warnings(prompt: str | None) -> list[str]:
     if unknown:
         out.append(f"the mini world does not know the word(s) {', '.join(repr(w) for w in unknown)}: its models "
                    f"read only shapes ({', '.join(SHAPES)}), colours ({', '.join(COLOURS)}), patterns (stripes, "
-                   f"dots) and 'porcelain'; those words act as noise")
-    if words and not any(w in SHAPES for w in words):
-        out.append(f"the prompt names no shape the mini world has ({', '.join(SHAPES)}): the form is left to "
-                   f"the model (the porcelain domain draws vases and bowls)")
+                   f"dots), 'porcelain', and faces with their attributes (glasses, a hat, smiling, a beard, closed "
+                   f"eyes, earrings, black / brown / blond / red / grey hair); those words act as noise")
+    face_words = {"face", "glasses", "hat", "smiling", "beard", "eyes", "earrings", "hair"}  # a face's form
+    if words and not any(w in SHAPES or w in face_words for w in words):
+        out.append(f"the prompt names no shape the mini world has ({', '.join(SHAPES)}, or a face): the form is "
+                   f"left to the model (the porcelain domain draws vases and bowls, the face domain faces)")
     return out
 
 

@@ -459,7 +459,7 @@ def test_zero123_guidance_accepts_max_items_eval(threestudio, tmp_path):
 
 
 def test_mini_preset_turns_view_dependent_prompting_off_and_says_so_once(threestudio, caplog):
-    """The mini text model knows 24 words, none of ", front/side/back/overhead view", and reads 16 tokens: the
+    """The mini text model knows 39 words, none of ", front/side/back/overhead view", and reads 20 tokens: the
     suffixes were spelled and cut silently. Off by default there (as the suite's own 3D flow), said once at build;
     forced on, a warning names the fix. Other presets keep threestudio's default (on)."""
     ts, _ = threestudio

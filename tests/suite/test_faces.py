@@ -121,3 +121,69 @@ def test_attributes_captions_and_frequencies():
     assert set(F.Face(hair_style="bald").attributes) == set()
     with pytest.raises(ValueError, match="unknown face attribute"):
         F.with_attribute(f, "a moustache")
+
+
+def test_training_captions_name_true_attributes_in_known_words_within_the_token_budget():
+    """The base's captions: only attributes the face has, only words of the mini vocabulary (each one token), and
+    short enough for the text encoder (20 tokens with its start and end)."""
+    from suite.miniworld.world import vocabulary
+
+    rng = np.random.default_rng(3)
+    known = set(vocabulary())
+    for _ in range(300):
+        face = F.random_face(rng, {k: 0.6 for k in F.FLAGS})
+        text = face.caption(rng)
+        words = text.split()
+        assert set(words) <= known, text
+        assert len(words) <= F.CAPTION_WORDS <= 18
+        for phrase in F.ATTRIBUTES:
+            if f" {phrase}" in f" {text}":
+                assert phrase in face.attributes, (text, face.attributes)
+
+
+def test_the_photo_look_differs_from_the_worlds_in_light_and_backdrop():
+    face = F.Face(skin="fair", hair_colour="black")
+    world = F.render_face_view(face, size=64).rgb[0]
+    photo = F.render_face_view(face, size=64, look="photo", backdrop="sage").rgb[0]
+    # the backdrop (a corner) is the studio's, not the world's flat grey
+    assert (world[:, :4, :4] - torch.tensor(F.BACKGROUND)[:, None, None]).abs().max() < 1e-6
+    assert (photo[:, :4, :4].mean((1, 2)) - torch.tensor(F.PHOTO_BACKDROPS["sage"])).abs().max() < 0.15
+    # the key light comes from the other side: the face's right half (image right) is the brighter one in the photo
+    mask = F.render_face_view(face, size=64).mask[0]
+    half = lambda im, s: im.mean(0)[:, s][mask[:, s]].mean()  # noqa: E731
+    assert half(world, slice(0, 32)) > half(world, slice(32, 64))
+    assert half(photo, slice(32, 64)) > half(photo, slice(0, 32))
+    with pytest.raises(ValueError, match="unknown look"):
+        F.render_face_view(face, look="painting")
+
+
+@pytest.mark.parametrize("elevation,azimuth", [(0.0, 0.0), (6.0, -9.0)])
+def test_aligned_views_are_ffhqs_crop_of_the_orbit_view(elevation, azimuth):
+    """An aligned view is the crop FFHQ's alignment takes of the wide view: its own landmarks give back the whole
+    frame (centre at the middle, half-side the image's half, no roll). (tests/editing checks that the edit path's
+    crop of a face photo matches it pixel for pixel.)"""
+    from suite.alignment import ffhq_quad
+
+    face = F.Face(skin="medium", hair_colour="blond", smiling=True)
+    cams = F.aligned_cameras(face, elevation, azimuth)
+    c, x, y = ffhq_quad(*F.eye_mouth_points(face, cams, 64))
+    assert np.allclose(c, [32, 32], atol=0.3) and abs(np.hypot(*x) - 32) < 0.3 and abs(x[1]) < 0.3 and x[0] > 0
+    wide = orbit_cameras(elevation, azimuth, 3.8, 20.0)
+    c, x, y = ffhq_quad(*F.eye_mouth_points(face, wide, 512))
+    crop_side = 2 * np.hypot(*x)
+    assert 0.5 * 512 < crop_side < 0.7 * 512  # FFHQ's crop: the face and some hair, not the whole head
+
+
+def test_face_photos_put_the_exact_landmarks_on_the_face_off_centre():
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        face = F.random_face(rng)
+        rgb, points, view = F.face_photo(face, rng, size=160, supersample=1)
+        assert rgb.shape == (160, 160, 3) and rgb.dtype == np.uint8
+        xy = np.array([points[k] for k in F.LANDMARKS])
+        assert (xy > 0).all() and (xy < 160).all()
+        # every landmark's pixel is on the face's exact silhouette, and the face is not the whole picture
+        mask = view["mask"]
+        assert all(mask[int(y), int(x)] for x, y in xy) and 0.05 < mask.mean() < 0.5
+        ex = (np.array(points["eye_left"]) + np.array(points["eye_right"])) / 2
+        assert 0.25 * 160 < ex[0] < 0.75 * 160

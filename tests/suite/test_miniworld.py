@@ -170,3 +170,12 @@ def test_manifest_lists_every_shipped_file():
     assert set(manifest["files"]) == on_disk
     assert manifest["total_bytes"] <= 30 * 2 ** 20  # the size budget of all mini models
     assert json.loads((root / assets.MANIFEST).read_text())["quality"]["base_shape"] >= 0.9
+
+
+def test_the_mini_presets_domains_are_the_shipped_ones():
+    """The preset table (read by --help without torch) names the domains the build ships, with their settings."""
+    from suite.miniworld import assets
+    from suite.presets import get_preset
+
+    assert get_preset("mini").domains == assets.DOMAINS == tuple(assets.MINI_DOMAINS)
+    assert assets.MINI_DOMAINS["face"].framing == "face" and assets.MINI_DOMAINS["porcelain"].framing == "whole"

@@ -208,20 +208,23 @@ class InDomainGuidance(_Annealed, BaseObject):
 
     def _view_dependent(self) -> bool:
         """``view_dependent_prompting``: threestudio's default (on), except on the mini preset, whose text model
-        knows 24 words (not the suffixes' "front", "side", "back", "overhead", "view") and reads a few tokens: off
+        knows a few dozen words (not the suffixes' "front", "side", "back", "overhead", "view") and reads a few tokens: off
         there unless set, as in the suite's own 3D flow; said once, here at build."""
         chosen = self.cfg.view_dependent_prompting
         if not get_preset(self.cfg.preset).small_vocabulary:
             return True if chosen is None else bool(chosen)
         tokens = getattr(self.pipe.tokenizer, "model_max_length", "few")
+        from suite.miniworld.world import vocabulary
+
+        words = len(vocabulary())
         if chosen is None:
             threestudio.info(f"in-domain-guidance: view-dependent prompting is off on the mini preset, whose text model "
-                             f"knows 24 words, none of the view suffixes, and reads {tokens} tokens (set "
+                             f"knows {words} words, none of the view suffixes, and reads {tokens} tokens (set "
                              f"system.guidance.view_dependent_prompting=true to force it)")
             return False
         if chosen:
             threestudio.warn(f"in-domain-guidance: the view-dependent suffixes (', front view', ...) are not words of "
-                             f"the mini preset's text model (24 words, {tokens} tokens), which spells and cuts them: "
+                             f"the mini preset's text model ({words} words, {tokens} tokens), which spells and cuts them: "
                              f"set system.guidance.view_dependent_prompting=false")
         return bool(chosen)
 
