@@ -82,8 +82,9 @@ def render_domain(n: int, seed: int) -> np.ndarray:
     return render_set("domain", n, seed)["images"]
 
 
-def fine_tune(pipe, images: np.ndarray, steps: tuple, batch: int, lr: float, seed: int) -> dict[int, torch.nn.Module]:
-    """Vanilla fine-tuning of a copy of the base UNet on ``images`` with the caption "a photo of porcelain"
+def fine_tune(pipe, images: np.ndarray, steps: tuple, batch: int, lr: float, seed: int,
+              caption: str = DOMAIN_CAPTION) -> dict[int, torch.nn.Module]:
+    """Vanilla fine-tuning of a copy of the base UNet on ``images`` with one ``caption`` ("a photo of porcelain")
     (the denoising loss of :func:`training.loss.denoising_loss`); a copy at each of ``steps``."""
     from training.loss import denoising_loss, training_scheduler
     from training.mini_models import encode_latents
@@ -91,7 +92,7 @@ def fine_tune(pipe, images: np.ndarray, steps: tuple, batch: int, lr: float, see
     unet = copy.deepcopy(pipe.unet).float().train().requires_grad_(True)
     sched = training_scheduler(pipe.scheduler)
     lat = encode_latents(pipe.vae.float(), images) * pipe.vae.config.scaling_factor
-    ehs = pipe.encode_prompt(DOMAIN_CAPTION).float()
+    ehs = pipe.encode_prompt(caption).float()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(seed)
     out = {}

@@ -8,9 +8,12 @@
 * ``edit.png``: SDEdit of open-world renders towards porcelain, the recommended ``w_d`` (input, then strength 0.5 /
   0.7 / 0.9);
 * ``zero123.png``: the mini Zero-1-to-3 on held-out objects (input, its view 90 degrees round, the truth);
+* ``face-domain.png``: faces: the base's captioned faces and the face domain's photos (training data), the base's
+  "a photo of a face", the face domain model's own samples, then each attribute prompt by the base and by ours at
+  the face preset's recommended guidance;
 * ``timing.json``: wall time of ``launch.py generate --preset mini`` (one image, a fresh process).
 
-``--only zero123`` writes that picture alone.
+``--only zero123`` / ``--only faces`` writes that picture alone.
 """
 
 from __future__ import annotations
@@ -51,11 +54,36 @@ def zero123_picture(out: Path) -> Path:
     return path
 
 
+def faces_picture(out: Path) -> Path:
+    from suite.images import save_image_atomic
+    from suite.miniworld.assets import FACE_PROMPT_ATTRIBUTES, face_prompt
+    from suite.presets import build_pipeline
+    from training.miniworld import render_set
+
+    def pil(a):
+        return Image.fromarray(a)
+
+    rows = {"open-world faces": [pil(a) for a in render_set("open-face", 10, 11, workers=1)["images"]],
+            "face-domain photos": [pil(a) for a in render_set("face-domain", 10, 12, workers=1)["images"]]}
+    pipe = build_pipeline("mini", domain="face")
+    kw = dict(num_inference_steps=20)
+    rows['base "a photo of a face"'] = pipe("a photo of a face", use_domain=False, control_weight=5.0, seed=0,
+                                            num_images_per_prompt=10, **kw).images
+    rows["face model (w_d = 1)"] = pipe(None, domain_weight=1.0, seed=0, num_images_per_prompt=10, **kw).images
+    rows["base, attribute prompts"] = [pipe(face_prompt(a), use_domain=False, control_weight=5.0, seed=i, **kw)
+                                       .images[0] for i, a in enumerate(FACE_PROMPT_ATTRIBUTES)]
+    rows["ours (preset), same"] = [pipe(face_prompt(a), seed=i, **kw).images[0]
+                                   for i, a in enumerate(FACE_PROMPT_ATTRIBUTES)]
+    path = out / "face-domain.png"
+    save_image_atomic(tile_grid(list(rows.values()), list(rows), list(FACE_PROMPT_ATTRIBUTES), label_w=150), path)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.miniworld.pictures", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=str(ROOT / "docs" / "mini-world"))
-    p.add_argument("--only", choices=["zero123"], default=None, help="write one picture only")
+    p.add_argument("--only", choices=["zero123", "faces"], default=None, help="write one picture only")
     args = p.parse_args(argv)
     from suite.cli import quiet_libraries
     from suite.images import save_image_atomic
@@ -66,8 +94,11 @@ def main(argv=None) -> int:
     quiet_libraries()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    zero123_picture(out)
-    if args.only == "zero123":
+    if args.only in (None, "zero123"):
+        zero123_picture(out)
+    if args.only in (None, "faces"):
+        faces_picture(out)
+    if args.only is not None:
         return 0
     rng = np.random.default_rng(0)
 
