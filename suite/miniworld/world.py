@@ -43,6 +43,9 @@ CAMERA_FOVY = 20.0
 ELEVATION_RANGE = (-5.0, 40.0)
 
 CAPTION_PREFIXES = ("a photo of", "a picture of", "an image of", "")
+#: every word a face caption can contain (:meth:`suite.miniworld.faces.Face.caption`)
+FACE_WORDS = ("face", "with", "wearing", "and", "glasses", "hat", "smiling", "beard", "closed", "eyes", "earrings",
+              "hair", "blond", "black", "red", "grey", "brown")
 PATTERN_WORDS = {"plain": "plain", "stripes": "with stripes", "dots": "with dots"}
 
 
@@ -97,10 +100,7 @@ def _article(word: str) -> str:
 def vocabulary() -> list[str]:
     """Every word a caption or a documented prompt can contain (each becomes one token)."""
     words = {"a", "an", "of", "photo", "picture", "image", "with", "object", "plain", "stripes", "dots", "porcelain"}
-    words |= set(SHAPES) | set(COLOURS)
-    from .faces import FACE_WORDS  # faces import this module: the words are read when asked for
-
-    words |= set(FACE_WORDS)
+    words |= set(SHAPES) | set(COLOURS) | set(FACE_WORDS)
     return sorted(words)
 
 

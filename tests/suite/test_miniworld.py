@@ -168,7 +168,7 @@ def test_manifest_lists_every_shipped_file():
     root = assets.default_dir()
     on_disk = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != assets.MANIFEST}
     assert set(manifest["files"]) == on_disk
-    assert manifest["total_bytes"] <= 30 * 2 ** 20  # the size budget of all mini models
+    assert manifest["total_bytes"] <= 60 * 2 ** 20  # the size budget of all mini models (issue 23: 60 MB)
     assert json.loads((root / assets.MANIFEST).read_text())["quality"]["base_shape"] >= 0.9
 
 
