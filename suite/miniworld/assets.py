@@ -149,6 +149,24 @@ def images_to_tensor(images):
     return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2).float() / 255
 
 
+def _judged_sampler(folder, domain: str, images_per_prompt: int, steps: int, seed: int):
+    """``run(prompts, **call_args) -> (the judge's readings, images)``: ``images_per_prompt`` samples of each prompt
+    (seed ``seed + i`` for prompt ``i``) from the shipped base and ``domain``'s model in ``folder``."""
+    root = Path(folder) if folder is not None else default_dir()
+    judge = _load_judge(root / JUDGE_FILE)
+    pipe = InDomainPipeline.load(str(root / "sd"), domain_model=str(root / f"domain-{domain}"))
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_images_per_prompt=images_per_prompt, num_inference_steps=steps)
+
+    def run(prompts, **extra):
+        imgs = []
+        for i, p in enumerate(prompts):
+            imgs += pipe(p, seed=seed + i, **kw, **extra).images
+        return judge.predict(images_to_tensor(imgs)), imgs
+
+    return run
+
+
 def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: int = 2, steps: int = 20,
                     cfg: float = 5.0, seed: int = 0) -> dict:
     """The figures the shipped models are documented at, measured by the judge on generated images:
@@ -161,17 +179,7 @@ def measure_quality(folder: str | os.PathLike | None = None, images_per_prompt: 
       prompts (``"a photo of a cup"``...): does the shape follow the text while the look follows the domain?
       ``ours_auto_*``: the same with the paper's automatic weights.
     """
-    root = Path(folder) if folder is not None else default_dir()
-    judge = _load_judge(root / JUDGE_FILE)
-    pipe = InDomainPipeline.load(str(root / "sd"), domain_model=str(root / "domain-porcelain"))
-    pipe.set_progress_bar_config(disable=True)
-    kw = dict(num_images_per_prompt=images_per_prompt, num_inference_steps=steps)
-
-    def run(prompts, **extra):
-        imgs = []
-        for i, p in enumerate(prompts):
-            imgs += pipe(p, seed=seed + i, **kw, **extra).images
-        return judge.predict(images_to_tensor(imgs)), imgs
+    run = _judged_sampler(folder, "porcelain", images_per_prompt, steps, seed)
 
     combos = [(c, s) for s in W.SHAPES for c in W.COLOURS]
     pred, _ = run([f"a photo of a {c} {s}" for c, s in combos], use_domain=False, control_weight=cfg)
@@ -212,23 +220,15 @@ def measure_faces(folder: str | os.PathLike | None = None, images_per_prompt: in
     * ``face_domain_face`` / ``face_domain_photo``: unconditional samples of the face domain model (``w_d = 1``)
       read as faces / in the domain's photo look; ``base_face_photo``: the base's "a photo of a face" in that look;
     * ``base_face_attr`` / ``ours_face_attr``: the attribute asked for by :data:`FACE_PROMPT_ATTRIBUTES`' prompts is
-      read, by the base (guidance ``cfg``) and by multi-guidance at the face preset's recommended weights (fixed
-      weights, before its guidance rule, as :func:`measure_quality` measures porcelain); ``ours_face_photo``: those
-      prompted samples in the photo look.
+      read, by the base (guidance ``cfg``) and by multi-guidance at the face preset's recommended weights (the
+      paper's Eq. 3, the preset's own setting); ``ours_face_photo``: those prompted samples in the photo look.
     """
     from .judge import face_attributes
 
-    root = Path(folder) if folder is not None else default_dir()
-    judge = _load_judge(root / JUDGE_FILE)
-    pipe = InDomainPipeline.load(str(root / "sd"), domain_model=str(root / "domain-face"))
-    pipe.set_progress_bar_config(disable=True)
-    kw = dict(num_images_per_prompt=images_per_prompt, num_inference_steps=steps)
-
     def run(prompts, **extra):
-        imgs = []
-        for i, p in enumerate(prompts):
-            imgs += pipe(p, seed=seed + i, **kw, **extra).images
-        return judge.predict(images_to_tensor(imgs))
+        return sampler(prompts, **extra)[0]
+
+    sampler = _judged_sampler(folder, "face", images_per_prompt, steps, seed)
 
     def rate(pred, head, value=True):
         return sum(v == value for v in pred[head]) / len(pred[head])
