@@ -18,7 +18,7 @@ from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
 from suite.checks import Progress, UserError, check_int
 from suite.control import canny
 from suite.domains import PRESETS
-from suite.images import save_image_atomic
+from suite.images import oriented_size, save_image_atomic
 from suite.pipeline import quiet, report_steps
 from suite.rules import parse_rule
 from training.config import TrainConfig
@@ -176,6 +176,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
 
         try:
             detector = read_landmarks(getattr(landmarks, "name", landmarks))
+            detector.check_size(*oriented_size(photo))  # a file for another photo, before any model loads
         except ValueError as e:
             raise UserError(str(e)) from None
     report = progress or (lambda *a: None)

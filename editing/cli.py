@@ -74,6 +74,9 @@ def main(args) -> int:
     if args.landmarks:
         from .faces import read_landmarks
 
+        if args.whole_image or args.framing not in (None, "face"):
+            raise UserError("--landmarks frame a face (FFHQ's alignment): drop --whole-image / --framing, or drop "
+                            "--landmarks")
         detector = read_landmarks(args.landmarks)
         detector.check_size(*size)  # a file for another photo is refused before the models load
 

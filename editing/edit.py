@@ -114,8 +114,8 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     if whole_image:
         framing = "whole"
     if isinstance(detector, GivenLandmarks) and framing != "face":
-        raise ValueError(f"landmarks frame a face (FFHQ's alignment), but this edit's framing is {framing!r}: drop "
-                         f"--landmarks, or edit with a face domain (--framing face)")
+        raise ValueError(f"landmarks frame a face (FFHQ's alignment), but this edit's framing is {framing!r}: edit "
+                         f"without the landmarks, or with the face framing (a face domain)")
     if framing == "whole":
         multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
         regions = [whole_image_region(photo.size, native, multiple)]

@@ -271,7 +271,13 @@ def main(argv=None) -> int:
     from suite.cli import quiet_libraries
 
     quiet_libraries()
-    result = run(QUICK if args.quick else FULL, args.output, threads=args.threads)
+    from suite.models import ModelLoadError
+
+    try:
+        result = run(QUICK if args.quick else FULL, args.output, threads=args.threads)
+    except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting: one sentence
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(markdown_table(result))
     print(json.dumps(result["claim"]))
     return 0

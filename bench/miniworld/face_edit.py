@@ -183,11 +183,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.num < 1 or args.steps < 1:
+        p.error("--num and --steps must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries
 
     quiet_libraries()
-    result = run(args.output, args.num, steps=args.steps, seed=args.seed)
+    from suite.models import ModelLoadError
+
+    try:
+        result = run(args.output, args.num, steps=args.steps, seed=args.seed)
+    except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting: one sentence
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(markdown(result))
     return 0
 

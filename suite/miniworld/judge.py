@@ -43,6 +43,8 @@ def face_labels(face, photo: bool) -> list[int]:
 def face_attributes(pred: dict[str, list], i: int) -> set[str]:
     """The attribute phrases (:data:`suite.miniworld.faces.ATTRIBUTES`) the judge read in image ``i`` of a
     :meth:`Judge.predict` result."""
+    if pred["shape"][i] != "face":  # the attribute heads never learned anything about objects
+        return set()
     out = {phrase for phrase, flag in FLAGS.items() if pred[flag][i]}
     if pred["hair"][i] != "bald":
         out.add(f"{pred['hair'][i]} hair")

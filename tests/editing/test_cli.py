@@ -112,3 +112,6 @@ def test_cli_edits_where_the_landmarks_file_says_and_refuses_one_for_another_pho
     code, err = _run(["edit", "--preset", "tiny", "--domain", "face", "--image", str(tmp_path / "noise.png"),
                       "--landmarks", str(marks), "--output", str(out)], tiny_dir, monkeypatch, capsys)
     assert code == 2 and "outside the 300x200 photo" in err and "Traceback" not in err
+    code, err = _run(["edit", "--preset", "tiny", "--domain", "face", "--image", str(tmp_path / "noise.png"),
+                      "--landmarks", str(marks), "--whole-image", "--output", str(out)], tiny_dir, monkeypatch, capsys)
+    assert code == 2 and "--landmarks frame a face" in err and "Traceback" not in err
