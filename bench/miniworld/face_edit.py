@@ -78,6 +78,7 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
         rgb = np.asarray(Image.open(r["image"]).convert("RGB"))
         (face,) = faces_from_landmarks([r["points"]])
         before, _, crop0 = read(rgb, face)
+        skin0 = _skin(rgb, r["points"])
         row = [Image.fromarray(rgb).resize((64, 64), Image.BILINEAR), Image.fromarray(crop0)]
         for prompt, attribute in prompts.items():
             if attribute in r["truth"]["attributes"]:
@@ -95,6 +96,7 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
                 u = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]
                 v = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
                 inside = (u > -1) & (u < region.size[0] + 1) & (v > -1) & (v < region.size[1] + 1)
+                skin_change = float(np.abs(_skin(edited, r["points"]) - skin0).mean())
                 others_before = {a for a in before if a != attribute}
                 others_after = {a for a in after if a != attribute}
                 results.append(dict(
@@ -102,8 +104,7 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
                     judge_before=sorted(before), judge_after=sorted(after), photo_look=bool(photo),
                     seen_before=attribute in before, added=attribute in after and attribute not in before,
                     kept_attributes=others_before == others_after,
-                    skin_change=float(np.abs(_skin(edited, r["points"]) - _skin(rgb, r["points"])).mean()),
-                    skin_ok=bool(np.abs(_skin(edited, r["points"]) - _skin(rgb, r["points"])).mean() < SKIN_TOLERANCE),
+                    skin_change=skin_change, skin_ok=skin_change < SKIN_TOLERANCE,
                     outside_identical=bool(not changed[~inside].any()), changed_inside=float(changed[inside].mean())))
                 if s == strengths[-1] or len(strengths) == 1:
                     row.append(Image.fromarray(crop1))

@@ -36,7 +36,7 @@ import torch
 from ..cameras import Cameras, orbit_cameras
 from ..domains import FACE
 from .render import _INF, BOUND_RADIUS, LIGHT_CAM, Rendered, _hit_revolution, render_traced
-from .world import BACKGROUND, COLOURS, FACE_WORDS  # noqa: F401 (FACE_WORDS: the captions' words)
+from .world import BACKGROUND, COLOURS
 
 SKIN_TONES = {"light": (0.93, 0.78, 0.68), "fair": (0.86, 0.66, 0.54), "medium": (0.72, 0.52, 0.38),
               "tan": (0.58, 0.40, 0.28), "dark": (0.38, 0.25, 0.18)}
