@@ -47,13 +47,18 @@ INPUT_ELEVATION = (-5.0, 30.0)
 TARGET_ELEVATION = (-10.0, 60.0)
 
 
+HARD_SHAPES = ("box", "box", "box", "cup", "cup", "cup", "bowl", "bowl", "cone", "vase", "bottle", "ball")
+"""The shapes of the third phase's extra pairs, repeated by weight: the shapes whose novel views a copy or a blur
+gets most nearly right (boxes: flat faces and sharp edges; cups: the handle; bowls: the inside)."""
+
+
 def _pair_chunk(args):
-    seed, n, targets = args
+    seed, n, targets, shapes = args
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     images, poses = [], []
     for _ in range(n):
-        obj = W.random_object(rng, porcelain=bool(rng.random() < 1 / 3))
+        obj = W.random_object(rng, porcelain=bool(rng.random() < 1 / 3), shapes=shapes)
         el0, az0 = float(rng.uniform(*INPUT_ELEVATION)), float(rng.uniform(-180, 180))
         els = [el0] + list(rng.uniform(*TARGET_ELEVATION, targets))
         azs = [az0] + list(az0 + rng.uniform(-180, 180, targets))
@@ -63,11 +68,13 @@ def _pair_chunk(args):
     return np.stack(images), np.stack(poses).astype(np.float32)
 
 
-def render_pairs(n_objects: int, targets: int, seed: int, workers: int = 2) -> dict:
+def render_pairs(n_objects: int, targets: int, seed: int, workers: int = 2, shapes=W.SHAPES) -> dict:
     """``images [n, 1 + targets, 64, 64, 3] uint8`` (view 0 is the input) and ``poses [n, 1 + targets, 2]``
-    (elevation, azimuth in degrees)."""
+    (elevation, azimuth in degrees); the objects' shapes are drawn uniformly from ``shapes`` (repeat one to
+    weight it)."""
     chunk = 100
-    jobs = [(seed * 100003 + i, min(chunk, n_objects - i * chunk), targets) for i in range(math.ceil(n_objects / chunk))]
+    jobs = [(seed * 100003 + i, min(chunk, n_objects - i * chunk), targets, tuple(shapes))
+            for i in range(math.ceil(n_objects / chunk))]
 
     parts = run_chunks(_pair_chunk, jobs, workers, name="render zero123 views")
     return dict(images=np.concatenate([p[0] for p in parts]), poses=np.concatenate([p[1] for p in parts]))
@@ -98,10 +105,12 @@ def _clip_input(images: torch.Tensor) -> torch.Tensor:
 def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3, seed: int = 0,
                   cond_dropout: float = 0.1, ema_decay: float = 0.999, init: dict | None = None) -> dict:
     """Train the parts of :func:`build_parts` (or ``init``'s, to continue a run) on :func:`render_pairs` data;
-    returns the EMA parts."""
+    returns the EMA parts. A continued run encodes its data with ``init``'s own VAE (the latent space its UNet
+    was trained in), not ``vae``."""
     from diffusers import DDPMScheduler
 
     parts = build_parts(vae, seed) if init is None else dict(init)
+    vae = parts["vae"]
     for name in ("unet", "image_encoder", "projection"):
         parts[name] = parts[name].float().train().requires_grad_(True)
     unet, encoder, projection = parts["unet"], parts["image_encoder"], parts["projection"]

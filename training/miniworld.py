@@ -15,8 +15,8 @@ step takes an hour):
    renders only.
 5. Train the porcelain and face domain models with the suite's own trainer (:func:`training.train.train_domain`:
    ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
-6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE (its two
-   phases cached apart).
+6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE (its
+   phases cached apart; the third adds as many pairs again, weighted towards boxes, cups and bowls).
 7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`, ``measure_faces``,
    ``measure_zero123``) and write ``MANIFEST.json``.
 
@@ -134,7 +134,8 @@ def render_set(kind: str, n: int, seed: int, workers: int = 2, shapes: tuple[str
     chunk = 250
     jobs = [(kind, seed * 100003 + i, min(chunk, n - i * chunk), tuple(shapes) if shapes else None)
             for i in range(math.ceil(n / chunk))]
-    parts = run_chunks(_render_chunk, jobs, workers, name=f"render {kind}")
+    # one chunk (a small set) renders in this process: a pool would only add its start-up (3 s)
+    parts = run_chunks(_render_chunk, jobs, min(workers, len(jobs)), name=f"render {kind}")
     return dict(images=np.concatenate([p[0] for p in parts]), captions=sum((p[1] for p in parts), []),
                 labels=np.array(sum((p[2] for p in parts), []), dtype=np.int64))
 
@@ -166,9 +167,9 @@ SIZES = {
 }
 BUILD_VERSION = 2  # the data and steps above; a cache made by another version is refused
 
-ZERO123_PHASES = {  # (steps, learning rate) per phase; each phase continues from the previous one's EMA weights
-    "full": ((3000, 1e-3), (3000, 3e-4)),
-    "quick": ((30, 1e-3), (10, 3e-4)),
+ZERO123_PHASES = {  # (steps, learning rate, with the extra pairs) per phase; each continues from the previous EMA
+    "full": ((3000, 1e-3, False), (3000, 3e-4, False), (4000, 3e-4, True)),
+    "quick": ((30, 1e-3, False), (10, 3e-4, True)),
 }
 
 
@@ -261,20 +262,17 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     phases = ZERO123_PHASES[size]
     cached = (stage / "zero123" / "model_index.json").exists()
     if not cached:
-        pairs_file = work / "zero123-pairs.npz"
-        if not pairs_file.exists():
-            pairs = mini_zero123.render_pairs(n["zero123_objects"], 5, seed + 7)
-            np.savez(work / "zero123-pairs.tmp.npz", **pairs)
-            (work / "zero123-pairs.tmp.npz").rename(pairs_file)
-        pairs = dict(np.load(pairs_file))
-        z_parts = None
-        for i, (z_steps, z_lr) in enumerate(phases):
-            done = stage / ("zero123" if i == len(phases) - 1 else f"zero123-phase{i + 1}")
-            if (done / "model_index.json").exists():
-                z_parts = _load_zero123_parts(done)
-                continue
+        folders = [stage / ("zero123" if i == len(phases) - 1 else f"zero123-phase{i + 1}") for i in range(len(phases))]
+        first = max([i + 1 for i, f in enumerate(folders) if (f / "model_index.json").exists()], default=0)
+        z_parts = _load_zero123_parts(folders[first - 1]) if first else None  # resume after the last phase done
+        for i in range(first, len(phases)):
+            z_steps, z_lr, hard = phases[i]
+            pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
+            if hard:
+                extra = _zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")
+                pairs = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
             z_parts = mini_zero123.train_zero123(pairs, vae, z_steps, lr=z_lr, seed=seed + i, init=z_parts)
-            save_zero123(z_parts, done)
+            save_zero123(z_parts, folders[i])
     step("zero123", cached)
 
     with atomic_dir(output) as tmp:
@@ -309,6 +307,17 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))
     return manifest
+
+
+def _zero123_pairs(work: Path, n: int, seed: int, shapes=None, suffix: str = "") -> dict:
+    """The Zero-1-to-3 view pairs of ``n`` objects (of every shape alike, or drawn from ``shapes``), rendered once
+    and cached in ``work``."""
+    path = work / f"zero123-pairs{suffix}.npz"
+    if not path.exists():
+        pairs = mini_zero123.render_pairs(n, 5, seed, **({} if shapes is None else dict(shapes=shapes)))
+        np.savez(work / f"zero123-pairs{suffix}.tmp.npz", **pairs)
+        (work / f"zero123-pairs{suffix}.tmp.npz").rename(path)
+    return dict(np.load(path))
 
 
 def _load_zero123_parts(folder: Path) -> dict:

@@ -45,6 +45,19 @@ def test_mini_zero123_beats_copying_the_input_at_a_90_degree_turn(mini_zero123):
     assert m["mean_psnr"] > m["mean_copy_psnr"] + 1.0, m
 
 
+@pytest.mark.xfail(strict=True, reason="measured: the mini Zero-1-to-3 is level with copying on boxes, not above it "
+                   "(+0.006 +- 0.017 IoU over 12 held-out boxes, bench.mini_zero123; docs/mini-world.md): it smears "
+                   "their edges; a larger UNet is the next step")
+def test_mini_zero123_beats_copying_a_box_at_a_90_degree_turn(mini_zero123):
+    from suite.miniworld.views import heldout_cases, measure_novel_views
+    from suite.miniworld.world import SHAPES
+
+    boxes = [c for i, c in enumerate(heldout_cases(6 * len(SHAPES), seed=2024)) if SHAPES[i % len(SHAPES)] == "box"]
+    m = measure_novel_views(mini_zero123, boxes, steps=20)
+    gain = np.mean(np.asarray(m["iou"]) - np.asarray(m["copy_iou"]))
+    assert gain >= 0.03, (gain, m["iou"], m["copy_iou"])
+
+
 def test_random_zero123_of_the_same_layout_does_not(mini_zero123):
     """The bound above is not met by chance: the same architecture with random weights fails it."""
     from suite.miniworld.views import measure_novel_views

@@ -1,0 +1,102 @@
+"""``python -m bench.mini_zero123 [--model DIR ...] [--per-shape N]``: the mini Zero-1-to-3 against copying its
+input, shape by shape (issue 24, part 3).
+
+Held-out cases (:func:`suite.miniworld.views.heldout_cases`: coloured objects of every shape, a 90-degree turn and
+15-30 degrees of elevation change, alternately left/right and up/down), ``N`` per shape; for each model given
+(default: the shipped one) the novel view is sampled (DDIM, ``--steps``, guidance ``--scale``) and compared with
+the renderer's truth: silhouette IoU per shape (mean +- standard error), and the same for the copy baseline (the
+input view returned unchanged). Writes ``zero123.json`` and ``zero123.md`` to ``--output`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bench.mini_zero123")
+
+
+def per_shape(model, per_shape: int = 12, steps: int = 30, scale: float = 3.0, seed: int = 12345) -> dict:
+    """``{shape: {"iou", "iou_se", "copy_iou", "copy_iou_se", "gain", "gain_se", "n"}}`` plus ``"mean"`` (all cases)
+    for ``model`` on ``per_shape`` held-out cases of each shape. ``gain`` is the paired difference IoU - copy IoU."""
+    from suite.miniworld.views import heldout_cases, measure_novel_views
+    from suite.miniworld.world import SHAPES
+
+    cases = heldout_cases(per_shape * len(SHAPES), seed=seed)  # the shapes come in turn
+    m = measure_novel_views(model, cases, guidance_scale=scale, steps=steps)
+    iou, copy = np.asarray(m["iou"]), np.asarray(m["copy_iou"])
+    shapes = np.asarray([SHAPES[i % len(SHAPES)] for i in range(len(cases))])
+
+    def stats(sel):
+        a, b = iou[sel], copy[sel]
+        se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
+        return dict(n=int(sel.sum()), iou=float(a.mean()), iou_se=se(a), copy_iou=float(b.mean()), copy_iou_se=se(b),
+                    gain=float((a - b).mean()), gain_se=se(a - b))
+
+    out = {s: stats(shapes == s) for s in SHAPES}
+    out["mean"] = stats(np.ones(len(cases), bool))
+    return out
+
+
+def table(results: dict) -> str:
+    from suite.miniworld.world import SHAPES
+
+    names = list(results)
+    head = "| shape | " + " | ".join(f"{n}: IoU / gain over copy" for n in names) + " | copy IoU |"
+    lines = [head, "|---" * (len(names) + 2) + "|"]
+    for s in (*SHAPES, "mean"):
+        cells = [f"{results[n][s]['iou']:.3f} / {results[n][s]['gain']:+.3f} ± {results[n][s]['gain_se']:.3f}"
+                 for n in names]
+        first = results[names[0]][s]
+        lines.append(f"| {s} (n={first['n']}) | " + " | ".join(cells) + f" | {first['copy_iou']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mini_zero123", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", nargs="*", default=None,
+                   help="Zero-1-to-3 folders to measure (default: the shipped mini model)")
+    p.add_argument("--per-shape", type=int, default=12, help="held-out cases per shape (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=30, help="DDIM steps per novel view (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale (default: %(default)s)")
+    p.add_argument("--output", default=None, help="folder for zero123.json and zero123.md")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.per_shape < 2:
+        print("error: --per-shape must be at least 2 (a standard error needs two cases); pass e.g. --per-shape 12.",
+              file=sys.stderr)
+        return 2
+    from suite.miniworld import assets
+    from suite.zero123 import load_zero123
+
+    folders = args.model or [str(assets.default_dir() / "zero123")]
+    results = {}
+    for folder in folders:
+        if not (Path(folder) / "model_index.json").exists():
+            print(f"error: {folder} is not a Zero-1-to-3 folder (no model_index.json); pass a folder written by "
+                  "training.miniworld or save_zero123.", file=sys.stderr)
+            return 2
+        t0 = time.time()
+        results[folder] = per_shape(load_zero123(folder), args.per_shape, args.steps, args.scale)
+        log.info("%s: mean IoU %.3f (copy %.3f), %.0f s", folder, results[folder]["mean"]["iou"],
+                 results[folder]["mean"]["copy_iou"], time.time() - t0)
+    md = table(results)
+    print(md)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in (("zero123.json", json.dumps(dict(args=vars(args), results=results), indent=1)),
+                           ("zero123.md", md)):
+            (out / f".{name}.tmp").write_text(text)
+            (out / f".{name}.tmp").rename(out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
