@@ -76,6 +76,9 @@ def add_arguments(p) -> None:
     e.add_argument("--texture-size", type=int, default=None, metavar="PIXELS",
                    help="side of the baked texture of model.glb and model.obj, 16 to 8192 (default: 1024; mini: 256; "
                         "tiny: 128)")
+    e.add_argument("--mesh-smooth", type=int_at_least(0), default=None, metavar="ITERATIONS",
+                   help="Taubin smoothing of the mesh (keeps its volume; removes the marching-cubes roughness), "
+                        f"0 to {MAX_SMOOTH}, 0 = off (default: 0; mini: 30)")
     e.add_argument("--decimate", type=int_at_least(4), default=None, metavar="FACES",
                    help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
     e.add_argument("--preview-frames", type=int_at_least(1), default=None,
@@ -91,6 +94,7 @@ def add_arguments(p) -> None:
 MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)
 MAX_MESH_RESOLUTION = 1024  # a 1024^3 density grid is 4 GB of float32
 MAX_FRAMES = 360
+MAX_SMOOTH = 1000           # smoothing iterations; more only shrinks detail further
 
 
 def check_limits(args) -> None:
@@ -103,7 +107,8 @@ def check_limits(args) -> None:
                                ("--zero123-steps", args.zero123_steps, MAX_SDS_STEPS),
                                ("--refine-steps", args.refine_steps, MAX_SDS_STEPS),
                                ("--mesh-resolution", args.mesh_resolution, MAX_MESH_RESOLUTION),
-                               ("--preview-frames", args.preview_frames, MAX_FRAMES)):
+                               ("--preview-frames", args.preview_frames, MAX_FRAMES),
+                               ("--mesh-smooth", args.mesh_smooth, MAX_SMOOTH)):
         if value is not None:
             check_count(value, flag, limit, minimum=0, allow_large=large)
     for flag in ("domain_weight", "control_weight", "refine_zero123_weight", "zero123_guidance"):
@@ -149,6 +154,8 @@ def config_from_args(args):
     export: ExportConfig = cfg.export
     if args.decimate is not None:
         export = replace(export, decimate=args.decimate)
+    if args.mesh_smooth is not None:
+        export = replace(export, smooth=args.mesh_smooth)
     if args.height_m is not None:
         export = replace(export, height_m=args.height_m)
     return replace(cfg, refine=refine, zero123=zero123, export=export)

@@ -74,6 +74,9 @@ class StageConfig:
     resolutions: tuple[int, ...] = (64, 128, 256)
     batch_sizes: tuple[int, ...] = (12, 4, 2)
     ref_resolution: int = 256
+    # The share of the reference view's pixels rendered for its losses each step (a new random subset every step,
+    # an unbiased estimate of the whole view's losses); 1 = the whole view, as threestudio.
+    ref_ray_fraction: float = 1.0
     min_step_percent: float | list = field(default_factory=lambda: [0, 0.4, 0.2, 200])
     max_step_percent: float | list = field(default_factory=lambda: [0, 0.85, 0.5, 200])
     weighting: str = "sds"
@@ -103,7 +106,8 @@ MIN_TEXTURE, MAX_TEXTURE = 16, 8192  # texture side in pixels (8192^2 RGB is 200
 class ExportConfig:
     """Mesh export (CPU). ``threshold=None``: automatic (the density level whose surface has the silhouettes the
     renders show, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
-    ``min_piece_fraction`` of the largest are removed. ``decimate``: target face count before UV unwrapping
+    ``min_piece_fraction`` of the largest are removed. ``smooth``: iterations of Taubin smoothing (a low-pass filter
+    that keeps the volume; marching cubes of a NeRF is rough at the voxel scale; 0 = off). ``decimate``: target face count before UV unwrapping
     (vertex clustering; None = keep). ``texture``: bake a ``texture_size``-pixel UV texture (xatlas) for the GLB and the
     OBJ (the vertex-coloured GLB is then written beside it as ``model-vertex-colors.glb``). ``height_m``: scale so
     the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0."""
@@ -111,6 +115,7 @@ class ExportConfig:
     resolution: int = 256
     threshold: float | None = None
     min_piece_fraction: float = 0.05
+    smooth: int = 0
     decimate: int | None = None
     texture: bool = True
     texture_size: int = 1024
@@ -140,18 +145,20 @@ def _refine_tiny() -> StageConfig:
 
 
 def _zero123_mini() -> StageConfig:
-    # The mini Zero-1-to-3 works at 64 x 64: renders 32 -> 64, the reference view at 64.
-    return StageConfig(steps=150, milestones=(0, 60), resolutions=(32, 64), batch_sizes=(4, 2), ref_resolution=64,
-                       min_step_percent=[0, 0.4, 0.2, 100], max_step_percent=[0, 0.85, 0.5, 100])
+    # The mini Zero-1-to-3 works at 64 x 64: renders 32 -> 48 (resized to 64), the reference view at 64, a quarter of
+    # its pixels per step. 100 steps: the flagship in about a minute on 2 cores with the geometry of the former 150
+    # steps at 32 -> 64 and whole reference views (docs/3d.md, "Speed").
+    return StageConfig(steps=100, milestones=(0, 50), resolutions=(32, 48), batch_sizes=(4, 2), ref_resolution=64,
+                       ref_ray_fraction=0.25, min_step_percent=[0, 0.4, 0.2, 70], max_step_percent=[0, 0.85, 0.5, 70])
 
 
 def _refine_mini() -> StageConfig:
     # The mini base reads no view words ("front view"...) and was trained on the world's grey backdrop.
     from suite.miniworld.world import BACKGROUND
 
-    return StageConfig(steps=60, lr=0.005, milestones=(0,), resolutions=(64,), batch_sizes=(2,), ref_resolution=64,
-                       min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01, view_dependent_prompting=False,
-                       sds_background=tuple(BACKGROUND))
+    return StageConfig(steps=30, lr=0.005, milestones=(0,), resolutions=(48,), batch_sizes=(2,), ref_resolution=64,
+                       ref_ray_fraction=0.25, min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01,
+                       view_dependent_prompting=False, sds_background=tuple(BACKGROUND))
 
 
 def _nerf_mini() -> NeRFConfig:
@@ -189,7 +196,7 @@ class PresetSizes:
 PRESET_SIZES: dict[str, PresetSizes] = {
     "full": PresetSizes(NeRFConfig, CameraConfig, _zero123_full, _refine_full, ExportConfig, 36, 256),
     "mini": PresetSizes(_nerf_mini, _camera_mini, _zero123_mini, _refine_mini,
-                        lambda: ExportConfig(resolution=80, texture_size=256), 24, 128,
+                        lambda: ExportConfig(resolution=80, texture_size=256, smooth=30), 24, 128,
                         background_prompt=""),  # the mini world's renders have no background words
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
                         lambda: ExportConfig(resolution=48, texture_size=128), 8, 64,

@@ -199,8 +199,8 @@ def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, fl
     """The NeRF's surface as a coloured :class:`Mesh` in the NeRF frame, and the threshold used.
 
     1. density on a grid; 2. threshold (automatic unless ``cfg.threshold``); 3. fill enclosed cavities;
-    4. marching cubes; 5. clean-up (small pieces, orientation); 6. optional decimation; 7. vertex colours;
-    8. optional UV texture bake."""
+    4. marching cubes; 5. clean-up (small pieces, orientation); 6. optional Taubin smoothing; 7. optional
+    decimation; 8. vertex colours; 9. optional UV texture bake."""
     import trimesh
 
     cfg = cfg or ExportConfig()
@@ -209,6 +209,10 @@ def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, fl
     grid = fill_cavities(grid, level)
     v, f = marching_cubes(grid, level, field.radius)
     v, f = clean(v, f, cfg.min_piece_fraction)
+    if cfg.smooth and len(f):
+        smooth = trimesh.Trimesh(v, f, process=False)
+        trimesh.smoothing.filter_taubin(smooth, lamb=0.5, nu=0.53, iterations=int(cfg.smooth))
+        v = np.asarray(smooth.vertices, np.float32)
     if cfg.decimate and len(f):
         v, f = decimate(v, f, int(cfg.decimate))
         v, f = clean(v, f, cfg.min_piece_fraction)

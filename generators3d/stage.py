@@ -14,10 +14,10 @@ import torch
 
 from suite.files import atomic_path
 
-from .cameras import random_cameras, reference_camera
+from .cameras import camera_rays, random_cameras, reference_camera
 from .config import CameraConfig, NeRFConfig, StageConfig
 from .nerf import Background, NeRFField
-from .render import render
+from .render import render, render_rays
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
         size = (stage.ref_resolution, stage.ref_resolution)
         reference = Reference(torch.nn.functional.interpolate(reference.rgb, size, mode="area"),
                               torch.nn.functional.interpolate(reference.mask, size, mode="area"))
+    ref_rays, n_ref = None, 0
+    if reference is not None and not 0.0 < stage.ref_ray_fraction <= 1.0:
+        raise ValueError(f"ref_ray_fraction must be in (0, 1], got {stage.ref_ray_fraction}: use 1 for the whole view")
+    if reference is not None and stage.ref_ray_fraction < 1.0:
+        o, d = camera_rays(ref_cam, *reference.rgb.shape[-2:])
+        ref_rays = (o.reshape(-1, 3), d.reshape(-1, 3), reference.rgb[0].permute(1, 2, 0).reshape(-1, 3),
+                    reference.mask[0].permute(1, 2, 0).reshape(-1, 1))
+        n_ref = max(1, round(stage.ref_ray_fraction * o.shape[1] * o.shape[2]))
     good = _snapshot(field, background, opt)
     recoveries, info = 0, {}
     every = max(int(field.cfg.occupancy_every), 1)
@@ -95,12 +103,20 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                 op = out["opacity"].clamp(1e-4, 1 - 1e-4)
                 loss = loss + stage.lambda_opaque * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
 
-        # 3. Reference view: colour and mask losses (threestudio's zero123 system).
+        # 3. Reference view: colour and mask losses (threestudio's zero123 system), on all its pixels or on a
+        #    random share of them (``ref_ray_fraction``).
         if reference is not None and (stage.lambda_rgb or stage.lambda_mask):
-            size = reference.rgb.shape[-1]
-            ref_out = render(field, background, ref_cam, size, perturb=True, generator=generator)
-            l_rgb = torch.nn.functional.mse_loss(ref_out["rgb"].permute(0, 3, 1, 2), reference.rgb)
-            l_mask = torch.nn.functional.mse_loss(ref_out["opacity"].permute(0, 3, 1, 2), reference.mask)
+            if ref_rays is None:
+                size = reference.rgb.shape[-1]
+                ref_out = render(field, background, ref_cam, size, perturb=True, generator=generator)
+                l_rgb = torch.nn.functional.mse_loss(ref_out["rgb"].permute(0, 3, 1, 2), reference.rgb)
+                l_mask = torch.nn.functional.mse_loss(ref_out["opacity"].permute(0, 3, 1, 2), reference.mask)
+            else:
+                o, d, want_rgb, want_mask = ref_rays
+                pick = torch.randperm(o.shape[0], generator=generator)[:n_ref].to(device)
+                ref_out = render_rays(field, background, o[pick], d[pick], field.cfg.samples_per_ray, True, generator)
+                l_rgb = torch.nn.functional.mse_loss(ref_out["rgb"], want_rgb[pick])
+                l_mask = torch.nn.functional.mse_loss(ref_out["opacity"], want_mask[pick])
             loss = loss + stage.lambda_rgb * l_rgb + stage.lambda_mask * l_mask
             info["loss_rgb"], info["loss_mask"] = float(l_rgb.detach()), float(l_mask.detach())
 

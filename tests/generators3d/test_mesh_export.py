@@ -195,3 +195,31 @@ def test_full_disk_leaves_previous_files_untouched(tmp_path, monkeypatch):
         meshlib.write_meshes(smaller, tmp_path, ("glb", "ply"))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no partial file, no temporary left
     assert trimesh.load(io.BytesIO(before["model.glb"]), file_type="glb", force="mesh").faces.shape == mesh.faces.shape
+
+
+class BumpyField(AnalyticField):
+    """The ellipsoid with bumps at the grid's scale (a NeRF's marching-cubes roughness)."""
+
+    def sd(self, x):
+        return super().sd(x) + 0.012 * torch.sin(45 * x[..., 0]) * torch.sin(45 * x[..., 1]) * torch.sin(45 * x[..., 2])
+
+
+def _normal_agreement(mesh) -> float:
+    """Mean cosine between the mesh's face normals and the smooth ellipsoid's true normals at the face centres."""
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    c = tm.triangles_center
+    true = c / AXES ** 2  # the gradient of (x / a)^2 + ...: the ellipsoid's outward normal
+    true /= np.linalg.norm(true, axis=1, keepdims=True)
+    return float((tm.face_normals * true).sum(1).mean())
+
+
+def test_mesh_smoothing_removes_roughness_and_keeps_the_volume():
+    raw, _ = meshlib.extract_mesh(BumpyField(), VIEWS, ExportConfig(resolution=64, texture=False, threshold=25.0))
+    smooth, _ = meshlib.extract_mesh(BumpyField(), VIEWS, ExportConfig(resolution=64, texture=False, threshold=25.0,
+                                                                       smooth=30))
+    # measured: 0.969 without, 0.993 with 30 iterations (0.986 with 10)
+    assert _normal_agreement(raw) < 0.975 and _normal_agreement(smooth) > 0.985, (_normal_agreement(raw),
+                                                                                   _normal_agreement(smooth))
+    volume = [trimesh.Trimesh(m.vertices, m.faces).volume for m in (raw, smooth)]
+    assert abs(volume[1] / volume[0] - 1) < 0.03, volume
+    assert len(smooth.faces) == len(raw.faces)  # the same surface, moved, not remeshed

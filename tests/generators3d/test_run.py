@@ -172,3 +172,39 @@ def test_nan_step_is_undone_and_reported():
                         generator=torch.Generator().manual_seed(0), progress=lambda i, n, info: infos.append(info))
     assert stats["nan_recoveries"] == 1 and infos[-1]["nan_recoveries"] == 1 and np.isnan(infos[2]["loss"])
     assert all(torch.isfinite(p).all() for p in field.parameters())
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_reference_view_is_fitted_from_a_random_share_of_its_pixels(fraction):
+    # the reference losses on a new random quarter of the pixels each step fit the view as the whole view does
+    from generators3d.config import CameraConfig, NeRFConfig, StageConfig
+    from generators3d.nerf import Background, NeRFField
+    from generators3d.render import render
+    from generators3d.stage import Reference, reference_camera, train_stage
+
+    torch.manual_seed(0)
+    field = NeRFField(NeRFConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, hidden=16, n_hidden_layers=1,
+                                 samples_per_ray=24, blob_density=0.0))
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 24), torch.linspace(-1, 1, 24), indexing="ij")
+    mask = ((xx / 0.5) ** 2 + ((yy - 0.2) / 0.3) ** 2 < 1).float()[None, None]  # an off-centre ellipse
+    rgb = torch.tensor([0.9, 0.2, 0.1]).view(1, 3, 1, 1) * mask + (1 - mask)
+    stage = StageConfig(steps=80, lr=0.05, ref_resolution=24, ref_ray_fraction=fraction, lambda_rgb=10.0,
+                        lambda_mask=10.0)
+    train_stage(field, Background(), stage, CameraConfig(), Reference(rgb, mask), [],
+                generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = render(field, Background(), reference_camera(CameraConfig()), 24)["opacity"][0, ..., 0] > 0.5
+    want = mask[0, 0] > 0.5
+    assert (got & want).sum() / (got | want).sum() > 0.85
+
+
+def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
+    from generators3d.config import CameraConfig, NeRFConfig, StageConfig
+    from generators3d.nerf import Background, NeRFField
+    from generators3d.stage import Reference, train_stage
+
+    field = NeRFField(NeRFConfig(n_levels=2, log2_hashmap_size=10, hidden=8, n_hidden_layers=1, samples_per_ray=8))
+    ref = Reference(torch.ones(1, 3, 8, 8), torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"ref_ray_fraction must be in \(0, 1\].*use 1"):
+        train_stage(field, Background(), StageConfig(steps=1, ref_ray_fraction=0.0), CameraConfig(), ref, [],
+                    generator=torch.Generator())
