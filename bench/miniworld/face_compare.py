@@ -8,7 +8,7 @@ build's recipe: aligned, the photo look, attributes at the domain's uneven frequ
 * ``fine-tuning@N``: vanilla fine-tuning of the base UNet on the domain photos, caption "a photo of a face", for N
   steps (one run, copies at each length: the forgetting curve), prompted with the attribute, its own guidance;
 * ``fine-tuning@N + rect.``: the same with the base's unconditional prediction (the paper's rectification);
-* ``ours (auto)``: the shipped null-text face model + the base, the paper's automatic weights;
+* ``ours (auto)``: the shipped null-text face model + the base, the paper's automatic weights (not in ``--quick``);
 * ``ours (preset)``: the same at the mini face preset's recommended guidance (``w_d = 1, w_c = 5``, Eq. 3);
 * ``ours w_d=... w_c=...``: other fixed weights (``FaceConfig.fixed_weights``).
 
@@ -52,12 +52,13 @@ class FaceConfig:
     sample_steps: int = 20
     cfg: float = 5.0
     fixed_weights: tuple = ((1.5, 5.0),)    # more (w_d, w_c) rows of ours, under the paper's Eq. 3
+    auto: bool = True                       # the row of ours at the paper's automatic weights
     seed: int = 0
 
 
 FULL = FaceConfig()
 QUICK = FaceConfig(ft_steps=(40,), rect_steps=(), ft_batch=16, n_domain=120, n_heldout=24, n_ideal=4,
-                   images_per_prompt=2, batch=2, uncond_images=6, sample_steps=10, fixed_weights=())
+                   images_per_prompt=2, batch=2, uncond_images=6, sample_steps=10, fixed_weights=(), auto=False)
 
 
 def groups() -> dict[str, list[str]]:
@@ -126,8 +127,9 @@ def run(config: FaceConfig, output, threads: int | None = None) -> dict:
                 None if rect else (lambda kw, u=unet: pipe(None, controls=[Control(prompt=FACE_CAPTION, unet=u,
                                                                                    weight=config.cfg)],
                                                            use_domain=False, rectify=False, **kw)))
-    methods["ours (auto)"] = (lambda p, kw: pipe(p, domain_weight="auto", control_weight="auto", **kw),
-                              lambda kw: pipe(None, domain_weight="auto", **kw))
+    if config.auto:
+        methods["ours (auto)"] = (lambda p, kw: pipe(p, domain_weight="auto", control_weight="auto", **kw),
+                                  lambda kw: pipe(None, domain_weight="auto", **kw))
     methods["ours (preset)"] = (lambda p, kw: pipe(p, **kw), lambda kw: pipe(None, **kw))
     for wd, wc in config.fixed_weights:
         methods[f"ours w_d={wd:g} w_c={wc:g}"] = (
