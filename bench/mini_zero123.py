@@ -68,6 +68,10 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None, help="folder for zero123.json and zero123.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.steps < 1 or not np.isfinite(args.scale) or args.scale < 0:
+        print(f"error: --steps {args.steps} / --scale {args.scale}: give at least 1 DDIM step and a finite guidance scale "
+              "of 0 or more, e.g. --steps 30 --scale 3.", file=sys.stderr)
+        return 2
     if args.per_shape < 2:
         print("error: --per-shape must be at least 2 (a standard error needs two cases); pass e.g. --per-shape 12.",
               file=sys.stderr)

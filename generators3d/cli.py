@@ -56,7 +56,8 @@ def add_arguments(p) -> None:
     g.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--allow-large", action="store_true",
                    help=f"lift the limits on the step counts ({MAX_STEPS} image steps, {MAX_SDS_STEPS} SDS steps per "
-                        f"stage), --mesh-resolution ({MAX_MESH_RESOLUTION}) and --preview-frames ({MAX_FRAMES})")
+                        f"stage), --mesh-resolution ({MAX_MESH_RESOLUTION}), --preview-frames ({MAX_FRAMES}) and "
+                        f"--mesh-smooth ({MAX_SMOOTH})")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --output: finished stages are loaded, not run again")
     g.add_argument("--config", default=None,
@@ -77,8 +78,8 @@ def add_arguments(p) -> None:
                    help="side of the baked texture of model.glb and model.obj, 16 to 8192 (default: 1024; mini: 256; "
                         "tiny: 128)")
     e.add_argument("--mesh-smooth", type=int_at_least(0), default=None, metavar="ITERATIONS",
-                   help="Taubin smoothing of the mesh (keeps its volume; removes the marching-cubes roughness), "
-                        f"0 to {MAX_SMOOTH}, 0 = off (default: 0; mini: 30)")
+                   help="steps of Taubin smoothing of the mesh (each a shrink and an inflate: keeps its volume, removes "
+                        f"the marching-cubes roughness), 0 to {MAX_SMOOTH}, 0 = off (default: 0; mini: 15)")
     e.add_argument("--decimate", type=int_at_least(4), default=None, metavar="FACES",
                    help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
     e.add_argument("--preview-frames", type=int_at_least(1), default=None,
@@ -94,7 +95,7 @@ def add_arguments(p) -> None:
 MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)
 MAX_MESH_RESOLUTION = 1024  # a 1024^3 density grid is 4 GB of float32
 MAX_FRAMES = 360
-MAX_SMOOTH = 1000           # smoothing iterations; more only shrinks detail further
+MAX_SMOOTH = 500            # smoothing steps; more only flattens detail further
 
 
 def check_limits(args) -> None:

@@ -106,8 +106,8 @@ MIN_TEXTURE, MAX_TEXTURE = 16, 8192  # texture side in pixels (8192^2 RGB is 200
 class ExportConfig:
     """Mesh export (CPU). ``threshold=None``: automatic (the density level whose surface has the silhouettes the
     renders show, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
-    ``min_piece_fraction`` of the largest are removed. ``smooth``: iterations of Taubin smoothing (a low-pass filter
-    that keeps the volume; marching cubes of a NeRF is rough at the voxel scale; 0 = off). ``decimate``: target face count before UV unwrapping
+    ``min_piece_fraction`` of the largest are removed. ``smooth``: steps of Taubin smoothing (each a shrink and an
+    inflate: a low-pass filter that keeps the volume; marching cubes of a NeRF is rough at the voxel scale; 0 = off). ``decimate``: target face count before UV unwrapping
     (vertex clustering; None = keep). ``texture``: bake a ``texture_size``-pixel UV texture (xatlas) for the GLB and the
     OBJ (the vertex-coloured GLB is then written beside it as ``model-vertex-colors.glb``). ``height_m``: scale so
     the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0."""
@@ -196,7 +196,7 @@ class PresetSizes:
 PRESET_SIZES: dict[str, PresetSizes] = {
     "full": PresetSizes(NeRFConfig, CameraConfig, _zero123_full, _refine_full, ExportConfig, 36, 256),
     "mini": PresetSizes(_nerf_mini, _camera_mini, _zero123_mini, _refine_mini,
-                        lambda: ExportConfig(resolution=80, texture_size=256, smooth=30), 24, 128,
+                        lambda: ExportConfig(resolution=80, texture_size=256, smooth=15), 24, 128,
                         background_prompt=""),  # the mini world's renders have no background words
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
                         lambda: ExportConfig(resolution=48, texture_size=128), 8, 64,
@@ -277,6 +277,14 @@ class ThreeDConfig:
             export = replace(export, texture=bool(self.texture))
         if self.texture_size is not None:
             export = replace(export, texture_size=self.texture_size)
+        smooth = export.smooth  # checked whatever set it, as the texture size below
+        if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0:
+            raise ValueError(f"the mesh smoothing is {smooth!r}: give --mesh-smooth a whole number of steps, 0 or more "
+                             f"(0 = off; mini: 15)")
+        for name, stage in (("zero123", zero123), ("refine", refine)):
+            if not 0.0 < stage.ref_ray_fraction <= 1.0:
+                raise ValueError(f"{name}.ref_ray_fraction is {stage.ref_ray_fraction}: give the share of the "
+                                 f"reference view's pixels rendered per step, above 0 and at most 1 (1 = all)")
         size = export.texture_size  # checked whatever set it: the flag, a --config file or the Python API
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_TEXTURE <= size <= MAX_TEXTURE:
             raise ValueError(f"the texture size is {size!r}: give --texture-size a whole number of pixels from "

@@ -211,7 +211,8 @@ def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, fl
     v, f = clean(v, f, cfg.min_piece_fraction)
     if cfg.smooth and len(f):
         smooth = trimesh.Trimesh(v, f, process=False)
-        trimesh.smoothing.filter_taubin(smooth, lamb=0.5, nu=0.53, iterations=int(cfg.smooth))
+        # trimesh counts a shrink and an inflate as one pass each: a step is both, so the volume is kept
+        trimesh.smoothing.filter_taubin(smooth, lamb=0.5, nu=0.53, iterations=2 * int(cfg.smooth))
         v = np.asarray(smooth.vertices, np.float32)
     if cfg.decimate and len(f):
         v, f = decimate(v, f, int(cfg.decimate))

@@ -260,7 +260,14 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     # 6. Zero-1-to-3 (its view pairs cached with the other data)
 
     phases = ZERO123_PHASES[size]
-    cached = (stage / "zero123" / "model_index.json").exists()
+    final = stage / "zero123"
+    cached = (final / "model_index.json").exists()
+    marker = final / "phases.json"  # written with the last phase; a cache without one has the two of build 2
+    done_phases = json.loads(marker.read_text())["phases"] if marker.exists() else 2
+    if cached and done_phases < len(phases):  # a cache from before a phase was added: continue from it
+        log.info("the cached Zero-1-to-3 has %d of %d phases: continuing from it", done_phases, len(phases))
+        final.rename(stage / f"zero123-phase{done_phases}")
+        cached = False
     if not cached:
         folders = [stage / ("zero123" if i == len(phases) - 1 else f"zero123-phase{i + 1}") for i in range(len(phases))]
         first = max([i + 1 for i, f in enumerate(folders) if (f / "model_index.json").exists()], default=0)
@@ -273,6 +280,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
                 pairs = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
             z_parts = mini_zero123.train_zero123(pairs, vae, z_steps, lr=z_lr, seed=seed + i, init=z_parts)
             save_zero123(z_parts, folders[i])
+        (final / "phases.json").write_text(json.dumps({"phases": len(phases)}))
     step("zero123", cached)
 
     with atomic_dir(output) as tmp:
@@ -296,7 +304,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
             meta["base_model"] = "../sd"  # the shipped base beside it (not the build's temporary folder)
             (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
             step(f"domain-{name}", cached)
-        shutil.copytree(stage / "zero123", tmp / "zero123")
+        shutil.copytree(stage / "zero123", tmp / "zero123", ignore=shutil.ignore_patterns("phases.json"))
         for sub in (tmp / "zero123").iterdir():
             if sub.is_dir():
                 assets.to_float16(sub)

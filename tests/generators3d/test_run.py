@@ -190,12 +190,28 @@ def test_reference_view_is_fitted_from_a_random_share_of_its_pixels(fraction):
     rgb = torch.tensor([0.9, 0.2, 0.1]).view(1, 3, 1, 1) * mask + (1 - mask)
     stage = StageConfig(steps=80, lr=0.05, ref_resolution=24, ref_ray_fraction=fraction, lambda_rgb=10.0,
                         lambda_mask=10.0)
-    train_stage(field, Background(), stage, CameraConfig(), Reference(rgb, mask), [],
-                generator=torch.Generator().manual_seed(0))
+    import generators3d.stage as stage_module
+
+    rays = []
+    real = stage_module.render_rays
+
+    def counting(field, background, o, *args, **kwargs):
+        rays.append(o.shape[0])
+        return real(field, background, o, *args, **kwargs)
+
+    stage_module.render_rays = counting
+    try:
+        train_stage(field, Background(), stage, CameraConfig(), Reference(rgb, mask), [],
+                    generator=torch.Generator().manual_seed(0))
+    finally:
+        stage_module.render_rays = real
+    assert rays == ([] if fraction == 1.0 else [144] * 80)  # a quarter of 24 x 24 per step, or the whole view
     with torch.no_grad():
-        got = render(field, Background(), reference_camera(CameraConfig()), 24)["opacity"][0, ..., 0] > 0.5
-    want = mask[0, 0] > 0.5
+        out = render(field, Background(), reference_camera(CameraConfig()), 24)
+    got, want = out["opacity"][0, ..., 0] > 0.5, mask[0, 0] > 0.5
     assert (got & want).sum() / (got | want).sum() > 0.85
+    colour = out["rgb"][0][want & got].mean(0)  # the object's red, not the white behind it
+    assert torch.allclose(colour, torch.tensor([0.9, 0.2, 0.1]), atol=0.1), colour
 
 
 def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
@@ -208,3 +224,13 @@ def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
     with pytest.raises(ValueError, match=r"ref_ray_fraction must be in \(0, 1\].*use 1"):
         train_stage(field, Background(), StageConfig(steps=1, ref_ray_fraction=0.0), CameraConfig(), ref, [],
                     generator=torch.Generator())
+    # from a config file: refused when the config is resolved, before any model loads or any file is written
+    from dataclasses import replace
+
+    from generators3d import ThreeDConfig
+
+    cfg = ThreeDConfig(preset="tiny", prompt="a vase")
+    with pytest.raises(ValueError, match=r"refine.ref_ray_fraction is 1.5: .*at most 1"):
+        replace(cfg, refine=replace(cfg.resolved().refine, ref_ray_fraction=1.5)).resolved()
+    with pytest.raises(ValueError, match=r"the mesh smoothing is -5: give --mesh-smooth a whole number"):
+        replace(cfg, export=replace(cfg.resolved().export, smooth=-5)).resolved()
