@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         print("error: --per-shape must be at least 2 (a standard error needs two cases); pass e.g. --per-shape 12.",
               file=sys.stderr)
         return 2
+    from suite.files import write_text_atomic
     from suite.miniworld import assets
     from suite.zero123 import load_zero123
 
@@ -95,10 +96,8 @@ def main(argv=None) -> int:
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        for name, text in (("zero123.json", json.dumps(dict(args=vars(args), results=results), indent=1)),
-                           ("zero123.md", md)):
-            (out / f".{name}.tmp").write_text(text)
-            (out / f".{name}.tmp").rename(out / name)
+        write_text_atomic(out / "zero123.json", json.dumps(dict(args=vars(args), results=results), indent=1))
+        write_text_atomic(out / "zero123.md", md)
     return 0
 
 

@@ -39,7 +39,7 @@ import torch
 
 from suite.checks import UserError, int_at_least
 from suite.cli import quiet_libraries
-from suite.files import atomic_dir
+from suite.files import atomic_dir, write_text_atomic
 from suite.miniworld import assets, judge
 from suite.miniworld import faces as F
 from suite.miniworld import world as W
@@ -272,15 +272,17 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         folders = [stage / ("zero123" if i == len(phases) - 1 else f"zero123-phase{i + 1}") for i in range(len(phases))]
         first = max([i + 1 for i, f in enumerate(folders) if (f / "model_index.json").exists()], default=0)
         z_parts = _load_zero123_parts(folders[first - 1]) if first else None  # resume after the last phase done
+        pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
+        with_hard = None  # the pairs plus the extra ones, read once for the phases that train on both
         for i in range(first, len(phases)):
             z_steps, z_lr, hard = phases[i]
-            pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
-            if hard:
+            if hard and with_hard is None:
                 extra = _zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")
-                pairs = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
-            z_parts = mini_zero123.train_zero123(pairs, vae, z_steps, lr=z_lr, seed=seed + i, init=z_parts)
+                with_hard = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
+            z_parts = mini_zero123.train_zero123(with_hard if hard else pairs, vae, z_steps, lr=z_lr, seed=seed + i,
+                                                 init=z_parts)
             save_zero123(z_parts, folders[i])
-        (final / "phases.json").write_text(json.dumps({"phases": len(phases)}))
+        write_text_atomic(marker, json.dumps({"phases": len(phases)}))
     step("zero123", cached)
 
     with atomic_dir(output) as tmp:

@@ -175,7 +175,7 @@ def test_nan_step_is_undone_and_reported():
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.25])
-def test_reference_view_is_fitted_from_a_random_share_of_its_pixels(fraction):
+def test_reference_view_is_fitted_from_a_random_share_of_its_pixels(fraction, monkeypatch):
     # the reference losses on a new random quarter of the pixels each step fit the view as the whole view does
     from generators3d.config import CameraConfig, NeRFConfig, StageConfig
     from generators3d.nerf import Background, NeRFField
@@ -199,12 +199,9 @@ def test_reference_view_is_fitted_from_a_random_share_of_its_pixels(fraction):
         rays.append(o.shape[0])
         return real(field, background, o, *args, **kwargs)
 
-    stage_module.render_rays = counting
-    try:
-        train_stage(field, Background(), stage, CameraConfig(), Reference(rgb, mask), [],
-                    generator=torch.Generator().manual_seed(0))
-    finally:
-        stage_module.render_rays = real
+    monkeypatch.setattr(stage_module, "render_rays", counting)
+    train_stage(field, Background(), stage, CameraConfig(), Reference(rgb, mask), [],
+                generator=torch.Generator().manual_seed(0))
     assert rays == ([] if fraction == 1.0 else [144] * 80)  # a quarter of 24 x 24 per step, or the whole view
     with torch.no_grad():
         out = render(field, Background(), reference_camera(CameraConfig()), 24)
