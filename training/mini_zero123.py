@@ -35,7 +35,7 @@ log = logging.getLogger("training.miniworld")
 IMAGE_SIZE = 64
 EMBED_DIM = 64
 UNET_CONFIG = dict(sample_size=IMAGE_SIZE // 4, in_channels=8, out_channels=4, layers_per_block=1,
-                   block_out_channels=(32, 48, 48),
+                   block_out_channels=(64, 96, 96),
                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                    cross_attention_dim=EMBED_DIM, attention_head_dim=4, norm_num_groups=16)

@@ -26,6 +26,7 @@ The output folder is replaced atomically at the end: an interrupted build leaves
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -168,9 +169,16 @@ SIZES = {
 BUILD_VERSION = 2  # the data and steps above; a cache made by another version is refused
 
 ZERO123_PHASES = {  # (steps, learning rate, with the extra pairs) per phase; each continues from the previous EMA
-    "full": ((3000, 1e-3, False), (3000, 3e-4, False), (4000, 3e-4, True)),
-    "quick": ((30, 1e-3, False), (10, 3e-4, True)),
+    "full": ((3000, 1e-3, True), (3000, 3e-4, True)),
+    "quick": ((30, 1e-3, True), (10, 3e-4, True)),
 }
+
+
+def zero123_recipe(size: str) -> str:
+    """A short fingerprint of the Zero-1-to-3's architecture and phases: a cached model or phase made with another
+    recipe is not continued."""
+    spec = json.dumps(dict(unet=mini_zero123.UNET_CONFIG, phases=ZERO123_PHASES[size]), sort_keys=True, default=str)
+    return hashlib.sha256(spec.encode()).hexdigest()[:10]
 
 
 def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
@@ -260,19 +268,17 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     # 6. Zero-1-to-3 (its view pairs cached with the other data)
 
     phases = ZERO123_PHASES[size]
+    recipe = zero123_recipe(size)
     final = stage / "zero123"
-    cached = (final / "model_index.json").exists()
-    marker = final / "phases.json"  # written with the last phase; a cache without one has the two of build 2
-    done_phases = json.loads(marker.read_text())["phases"] if marker.exists() else 2
-    if cached and done_phases < len(phases):  # a cache from before a phase was added: continue from it
-        log.info("the cached Zero-1-to-3 has %d of %d phases: continuing from it", done_phases, len(phases))
-        final.rename(stage / f"zero123-phase{done_phases}")
-        cached = False
+    marker = final / "phases.json"  # {"phases", "recipe"}: written into the last phase before it becomes final
+    cached = marker.exists() and json.loads(marker.read_text()).get("recipe") == recipe
     if not cached:
-        folders = [stage / ("zero123" if i == len(phases) - 1 else f"zero123-phase{i + 1}") for i in range(len(phases))]
+        # every phase in its own folder, named by the recipe: an interrupted build resumes after the last one done
+        folders = [stage / f"zero123-{recipe}-phase{i + 1}" for i in range(len(phases))]
         first = max([i + 1 for i, f in enumerate(folders) if (f / "model_index.json").exists()], default=0)
-        z_parts = _load_zero123_parts(folders[first - 1]) if first else None  # resume after the last phase done
-        pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
+        z_parts = _load_zero123_parts(folders[first - 1]) if 0 < first < len(phases) else None
+        if first < len(phases):
+            pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
         with_hard = None  # the pairs plus the extra ones, read once for the phases that train on both
         for i in range(first, len(phases)):
             z_steps, z_lr, hard = phases[i]
@@ -282,7 +288,12 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
             z_parts = mini_zero123.train_zero123(with_hard if hard else pairs, vae, z_steps, lr=z_lr, seed=seed + i,
                                                  init=z_parts)
             save_zero123(z_parts, folders[i])
-        write_text_atomic(marker, json.dumps({"phases": len(phases)}))
+        write_text_atomic(folders[-1] / "phases.json", json.dumps({"phases": len(phases), "recipe": recipe}))
+        if final.exists():  # a model of another recipe (another architecture or other phases): set aside
+            log.info("the cached Zero-1-to-3 was made with another recipe: it is kept as zero123-previous")
+            shutil.rmtree(stage / "zero123-previous", ignore_errors=True)
+            final.rename(stage / "zero123-previous")
+        folders[-1].rename(final)
     step("zero123", cached)
 
     with atomic_dir(output) as tmp:
