@@ -44,6 +44,10 @@ def add_arguments(p) -> None:
                    help="stage 3 SDS steps with the domain multi-guidance (default: 400; tiny: 20; 0 skips it)")
     g.add_argument("--refine-zero123-weight", type=finite_float, default=None,
                    help="weight of an extra Zero-1-to-3 SDS loss in stage 3, as Magic123 (default: 0)")
+    g.add_argument("--depth-smooth", type=finite_float, default=None, metavar="WEIGHT",
+                   help="depth-smoothness weight in stage 2: penalises the curvature of the rendered depth on its random "
+                        "views (bumps, not planes or edges), for smoother surfaces and truer normals; 0 = off "
+                        "(default: 0; mini: 10000)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
                    help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
     g.add_argument("--domain-weight", type=weight_arg, default=None,
@@ -112,6 +116,10 @@ def check_limits(args) -> None:
                                ("--mesh-smooth", args.mesh_smooth, MAX_SMOOTH)):
         if value is not None:
             check_count(value, flag, limit, minimum=0, allow_large=large)
+    if args.depth_smooth is not None and args.depth_smooth < 0:
+        from suite.checks import UserError
+
+        raise UserError(f"--depth-smooth is {args.depth_smooth:g}: give a weight of 0 or more (0 = off; mini: 10000)")
     for flag in ("domain_weight", "control_weight", "refine_zero123_weight", "zero123_guidance"):
         value = getattr(args, flag)
         if value is not None:
@@ -149,6 +157,8 @@ def config_from_args(args):
         if value is not None:
             refine = replace(refine, **{field: value})
     zero123 = cfg.zero123
+    if args.depth_smooth is not None:
+        zero123 = replace(zero123, lambda_depth_smooth=args.depth_smooth)
     if args.zero123_guidance is not None:
         zero123 = replace(zero123, zero123_guidance_scale=args.zero123_guidance)
         refine = replace(refine, zero123_guidance_scale=args.zero123_guidance)

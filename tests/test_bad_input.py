@@ -163,6 +163,8 @@ CASES = [
                                          "{out}/run"], "more than the limit of 10000"),
     ("3d: huge weight", T + ["--prompt", "a vase", "--domain-weight", "1e308", "--output", "{out}/run"],
      "guidance weights must be between"),
+    ("3d: negative depth smoothness", T + ["--prompt", "a vase", "--depth-smooth", "-1", "--output", "{out}/run"],
+     "--depth-smooth is -1: give a weight of 0 or more"),
     ("3d: pickled Zero-1-to-3 weights", T + ["--prompt", "a vase", "--zero123-model", "{pickled}",
                                              "--refine-steps", "0", "--output", "{out}/run"],
      "could not load the Zero-1-to-3 model"),

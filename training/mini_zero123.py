@@ -48,7 +48,7 @@ TARGET_ELEVATION = (-10.0, 60.0)
 
 
 HARD_SHAPES = ("box", "box", "box", "cup", "cup", "cup", "bowl", "bowl", "cone", "vase", "bottle", "ball")
-"""The shapes of the third phase's extra pairs, repeated by weight: the shapes whose novel views a copy or a blur
+"""The shapes of the extra pairs, repeated by weight: the shapes whose novel views a copy or a blur
 gets most nearly right (boxes: flat faces and sharp edges; cups: the handle; bowls: the inside)."""
 
 

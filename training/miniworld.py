@@ -16,7 +16,8 @@ step takes an hour):
 5. Train the porcelain and face domain models with the suite's own trainer (:func:`training.train.train_domain`:
    ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
 6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE (its
-   phases cached apart; the third adds as many pairs again, weighted towards boxes, cups and bowls).
+   two phases cached apart, on the pairs and as many again weighted towards boxes, cups and bowls; a cached model of
+   another recipe, :func:`zero123_recipe`, is set aside and trained anew).
 7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`, ``measure_faces``,
    ``measure_zero123``) and write ``MANIFEST.json``.
 

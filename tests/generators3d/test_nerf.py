@@ -143,3 +143,29 @@ def test_fit_to_views_of_a_coloured_sphere_exports_matching_mesh(one_thread):
     colour_error = np.abs(mesh.colors - sphere_color(torch.from_numpy(v / r[:, None])).numpy()).mean()
     assert colour_error < 0.05, colour_error
     assert level > 0
+
+
+def test_depth_curvature_is_zero_on_planes_and_edges_and_large_on_bumps():
+    from generators3d.stage import depth_curvature
+
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    plane = (3.5 + 0.01 * x + 0.02 * y)[None]  # a tilted plane: depth linear in the pixel position
+    full = torch.ones_like(plane)
+    assert depth_curvature(plane, full) < 1e-10
+    # the same depth carried as weight-accumulated depth (depth * opacity) at partial opacity reads the same surface
+    assert depth_curvature(plane * 0.8, full * 0.8) < 1e-10
+    bumpy = plane + 0.01 * torch.randn(plane.shape, generator=g)
+    assert depth_curvature(bumpy, full) > 1e-4
+    # a step between two parts of the object (an edge in front of another surface) is not penalised
+    step = plane + 0.3 * (x >= 16)[None]
+    assert depth_curvature(step, full) < 1e-10
+    # background pixels (opacity 0) do not count, whatever their depth
+    half = (x < 16).float()[None]
+    assert depth_curvature(bumpy * half, half) > 1e-4
+    assert depth_curvature(plane * half + torch.rand(plane.shape, generator=g) * (1 - half), half) < 1e-10
+    # and it is differentiable: its gradient flattens the bumps
+    d = bumpy.clone().requires_grad_(True)
+    depth_curvature(d, full).backward()
+    flatter = (bumpy - 20.0 * d.grad).detach()
+    assert depth_curvature(flatter, full) < depth_curvature(bumpy, full)

@@ -1,0 +1,239 @@
+"""``python -m bench.mini3d_stage3 --output DIR [--prompts ...] [--seeds ...]``: why stage 3 (SDS with the domain
+multi-guidance) does or does not make a mini-world object more porcelain (issue 24, part 4).
+
+For each prompt and seed the mini flow runs to stage 2 (cached in ``DIR``), then:
+
+1. **renders**: the judge's porcelain probability on eight turntable renders of the stage-2 NeRF (64 px on the
+   world's backdrop, elevation 10), and on the same renders through the VAE alone (encoded and decoded);
+2. **the SDS target**: the same renders encoded, noised at ``t`` (fractions of the 1,000 training steps) and
+   denoised by stage 3's own guidance (the domain's recommended weights and rule, the prompt as stage 3 reads it):
+   in one step (the ``x0`` estimate whose difference from the render is, up to weighting, the SDS gradient) and
+   SDEdit-style by DDIM down to ``t = 0`` (where repeated SDS steps lead). Porcelain probability, and how many of
+   the eight keep the prompt's shape;
+3. **stage 3 itself** from the same stage-2 checkpoint at the default and at longer / stronger settings:
+   porcelain probability, shape kept, and the silhouette IoU of the renders against stage 2's (shape kept).
+
+Writes ``stage3.json``, ``stage3.md`` and ``stage3-targets.png`` (a row per prompt at the first seed: the stage-2
+render at azimuth 45, through the VAE, its SDS targets, then stage 3's results); every figure is a mean over
+prompts x seeds x 8 views, +- its standard error over the prompt-seed cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("bench.mini3d_stage3")
+
+T_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)
+AZIMUTHS = tuple(float(a) for a in range(0, 360, 45))
+VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
+    "default": {},  # 30 steps, lambda_sds 0.01, t in [0.2, 0.6]
+    "long": dict(steps=150),
+    "long-strong": dict(steps=150, lambda_sds=0.05),
+    "long-strong-high-t": dict(steps=150, lambda_sds=0.05, min_step_percent=0.4, max_step_percent=0.8),
+}
+
+
+@torch.no_grad()
+def turntable(field, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight renders ``[8, 3, 64, 64]`` in [0, 1] on the world's backdrop and their opacities ``[8, 64, 64]``."""
+    from generators3d.cameras import orbit_cameras
+    from generators3d.nerf import Background
+    from generators3d.render import render
+    from suite.miniworld.world import BACKGROUND
+
+    cams = orbit_cameras(10.0, list(AZIMUTHS), 3.8, 20.0)
+    out = render(field, Background(BACKGROUND), cams, size, chunk=8192)
+    return out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out["opacity"][..., 0]
+
+
+def scores(judge, rgb: torch.Tensor, shape: str) -> dict:
+    pred = judge.predict(rgb)
+    return dict(porcelain=float(judge.porcelain_probability(rgb).mean()),
+                shape_kept=float(np.mean([s == shape for s in pred["shape"]])))
+
+
+@torch.no_grad()
+def sds_targets(term, rgb: torch.Tensor, t_frac: float, seed: int, ddim_steps: int = 30) -> tuple:
+    """(one-step x0 estimates, DDIM-from-t results) for ``rgb``, as images in [0, 1]."""
+    pipe = term.pipe
+    gen = torch.Generator().manual_seed(seed)
+    lat = term.encode(rgb, gen).float()
+    acp = pipe.scheduler.alphas_cumprod.float()
+    t = int(round(t_frac * (len(acp) - 1)))
+    a = acp[t]
+    noise = torch.randn(lat.shape, generator=gen)
+    z_t = a.sqrt() * lat + (1 - a).sqrt() * noise
+    den = term.denoiser(torch.full((len(rgb),), 10.0), torch.zeros(len(rgb)))
+    tt = torch.full((len(rgb),), t, dtype=torch.long)
+    eps = den(z_t.to(pipe.dtype), tt).float()
+    x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+    z = z_t  # deterministic DDIM from exactly t down to 0: x0 = (z - sqrt(1 - a) eps) / sqrt(a), then re-noised
+    steps = torch.linspace(t, 0, max(2, round(ddim_steps * t_frac) + 1)).round().long().tolist()
+    for s, s_prev in zip(steps[:-1], steps[1:]):
+        a_s, a_p = acp[s], acp[s_prev]
+        e = den(z.to(pipe.dtype), torch.full((len(rgb),), s, dtype=torch.long)).float()
+        x = (z - (1 - a_s).sqrt() * e) / a_s.sqrt()
+        z = a_p.sqrt() * x + (1 - a_p).sqrt() * e if s_prev > 0 else x
+
+    def decode(x):
+        return ((pipe.vae.decode((x / pipe.vae.config.scaling_factor).to(pipe.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+
+    return decode(x0), decode(z)
+
+
+_PIPES: dict = {}
+
+
+def run_case(prompt: str, seed: int, out: Path, judge, variants: dict) -> dict:
+    from bench.mini3d import _shape_named as prompt_shape
+    from generators3d import ThreeDConfig, run_text_to_3d
+    from generators3d.guidance3d import DomainSDS
+    from generators3d.nerf import Background
+    from generators3d.run import _load_reference, stage_generator
+    from generators3d.stage import SDSTerm, load_checkpoint, train_stage
+
+    shape = prompt_shape(prompt)
+    run = out / f"{prompt.replace(' ', '-')}-{seed}"
+    cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(run), seed=seed, refine_steps=0,
+                       formats=["glb"], preview_frames=2, resume=(run / "config.json").exists())
+    if not (run / "checkpoints" / "stage2-zero123.safetensors").exists():
+        run_text_to_3d(cfg)
+    r = replace(cfg, refine_steps=None).resolved()  # the preset's stage 3 (the run itself stopped after stage 2)
+    from suite.presets import build_pipeline
+
+    if "mini" not in _PIPES:
+        _PIPES["mini"] = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)
+    pipe = _PIPES["mini"]
+    field2, _ = load_checkpoint(run / "checkpoints" / "stage2-zero123.safetensors")
+    rgb2, op2 = turntable(field2)
+    res = dict(prompt=prompt, seed=seed, stage2=scores(judge, rgb2, shape), targets={}, variants={})
+    ref = r.refine
+    term = DomainSDS(pipe, prompt, ref.domain_weight, ref.control_weight, ref.w0, ref.view_dependent_prompting,
+                     ref.weighting, ref.grad_clip, ref.min_step_percent, ref.max_step_percent, ref.guidance_rule)
+    pics = {"stage 2": rgb2}
+    with torch.no_grad():  # the renders through the VAE alone (encode, decode; no noise): what SDS starts from
+        lat = pipe.vae.encode((rgb2 * 2 - 1).to(pipe.dtype)).latent_dist.mode()
+        pics["vae"] = ((pipe.vae.decode(lat).sample.float() + 1) / 2).clamp(0, 1)
+    res["stage2_through_vae"] = scores(judge, pics["vae"], shape)
+    for tf in T_FRACTIONS:
+        x0, sdedit = sds_targets(term, rgb2, tf, seed)
+        res["targets"][str(tf)] = dict(one_step=scores(judge, x0, shape), ddim=scores(judge, sdedit, shape))
+        pics[f"x0 t={tf}"], pics[f"ddim t={tf}"] = x0, sdedit
+    reference = _load_reference(run / "reference.png", run / "reference-mask.png", "cpu")
+    for name, over in variants.items():
+        stage = replace(ref, **over)
+        field, _ = load_checkpoint(run / "checkpoints" / "stage2-zero123.safetensors")
+        term_v = DomainSDS(pipe, prompt, stage.domain_weight, stage.control_weight, stage.w0,
+                           stage.view_dependent_prompting, stage.weighting, stage.grad_clip, stage.min_step_percent,
+                           stage.max_step_percent, stage.guidance_rule)
+        t0 = time.time()
+        train_stage(field, Background(), stage, r.camera, reference, [SDSTerm("domain", 1.0, term_v)],
+                    generator=stage_generator(seed, "refine"))
+        rgb3, op3 = turntable(field)
+        inter = ((op3 > 0.5) & (op2 > 0.5)).sum().item()
+        union = ((op3 > 0.5) | (op2 > 0.5)).sum().item()
+        res["variants"][name] = dict(scores(judge, rgb3, shape), iou_to_stage2=inter / max(union, 1),
+                                     seconds=round(time.time() - t0, 1))
+        pics[name] = rgb3
+    res["pictures"] = pics
+    return res
+
+
+PICTURE_COLUMNS = ("stage 2", "vae", "x0 t=0.2", "x0 t=0.4", "x0 t=0.6", "ddim t=0.4", "ddim t=0.6", "ddim t=0.8")
+
+
+def picture(cases: list[dict], path: Path, view: int = 1) -> None:
+    """One row per case: the stage-2 render (azimuth 45), the SDS targets of that render, then stage 3's results."""
+    from PIL import Image
+
+    rows = []
+    for c in cases:
+        cols = [*PICTURE_COLUMNS, *c["variants"]]
+        rows.append(torch.cat([c["pictures"][k][view] for k in cols], -1))
+    grid = (torch.cat(rows, -2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(tmp)
+    tmp.replace(path)
+
+
+def summarise(cases: list[dict]) -> dict:
+    def ms(values):
+        v = np.asarray(values, float)
+        return [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")]
+
+    out = {"stage 2 renders": {k: ms([c["stage2"][k] for c in cases]) for k in ("porcelain", "shape_kept")},
+           "the same through the VAE": {k: ms([c["stage2_through_vae"][k] for c in cases])
+                                        for k in ("porcelain", "shape_kept")}}
+    for tf in T_FRACTIONS:
+        for kind in ("one_step", "ddim"):
+            out[f"target {kind} t={tf}"] = {k: ms([c["targets"][str(tf)][kind][k] for c in cases])
+                                            for k in ("porcelain", "shape_kept")}
+    for name in cases[0]["variants"]:
+        out[f"stage 3: {name}"] = {k: ms([c["variants"][name][k] for c in cases])
+                                   for k in ("porcelain", "shape_kept", "iou_to_stage2")}
+    return out
+
+
+def table(summary: dict) -> str:
+    lines = ["| what the judge sees | porcelain | prompt's shape kept | silhouette IoU to stage 2 |", "|---|---|---|---|"]
+    for name, row in summary.items():
+        cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" if k in row else "" for k in
+                 ("porcelain", "shape_kept", "iou_to_stage2")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mini3d_stage3", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="folder for the runs (reused when run again) and the results")
+    p.add_argument("--prompts", nargs="+", default=["a cup", "a box", "a ball", "a bottle"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=["default", "long-strong", "long-strong-high-t"],
+                   choices=list(VARIANTS),
+                   help="stage-3 settings to run from each stage-2 checkpoint: default (the mini preset: 30 steps, "
+                        "lambda_sds 0.01, t in [0.2, 0.6]), long (150 steps), long-strong (150 steps, lambda_sds "
+                        "0.05), long-strong-high-t (the same with t in [0.4, 0.8]); default: %(default)s")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from bench.mini3d import _shape_named as prompt_shape
+    from suite.cli import quiet_libraries
+    from suite.files import write_text_atomic
+    from suite.miniworld import assets
+
+    quiet_libraries()
+    bad = [q for q in args.prompts if prompt_shape(q) is None]
+    if bad:
+        print(f"error: the prompt(s) {bad} name no shape of the mini world: use e.g. 'a cup'", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    judge = assets.load_judge()
+    variants = {k: VARIANTS[k] for k in args.variants}
+    cases = []
+    for prompt in args.prompts:
+        for seed in args.seeds:
+            cases.append(run_case(prompt, seed, out, judge, variants))
+            log.info("%s seed %d: %s", prompt, seed,
+                     json.dumps({k: v for k, v in cases[-1].items() if k != "pictures"}))
+    summary = summarise(cases)
+    picture([c for c in cases if c["seed"] == args.seeds[0]], out / "stage3-targets.png")
+    cases = [{k: v for k, v in c.items() if k != "pictures"} for c in cases]
+    write_text_atomic(out / "stage3.json", json.dumps(dict(cases=cases, summary=summary), indent=2))
+    write_text_atomic(out / "stage3.md", table(summary))
+    print(table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
