@@ -215,6 +215,7 @@ def batch_main(args) -> int:
 
     if args.prompt or args.image or args.config:
         raise UserError("give --prompts-file, or --prompt / --image / --config for one run, not both")
+    check_limits(args)  # before the batch's folder is claimed
     items = B.read_items(args.prompts_file, [args.seed])
     if any(it.negative_prompt for it in items):
         raise UserError("3d takes no negative prompt: drop negative_prompt from the prompts file")

@@ -8,6 +8,7 @@ tiny random models, CPU-sized everything) and applies the top-level step overrid
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -294,9 +295,9 @@ class ThreeDConfig:
                 raise ValueError(f"{name}.ref_ray_fraction is {stage.ref_ray_fraction}: give the share of the "
                                  f"reference view's pixels rendered per step, above 0 and at most 1 (1 = all)")
             smooth_w = stage.lambda_depth_smooth
-            if isinstance(smooth_w, bool) or not isinstance(smooth_w, (int, float)) or not smooth_w >= 0:
+            if isinstance(smooth_w, bool) or not isinstance(smooth_w, (int, float)) or not 0 <= smooth_w < math.inf:
                 raise ValueError(f"{name}.lambda_depth_smooth is {smooth_w!r}: give the depth-smoothness weight as a "
-                                 f"number, 0 or more (0 = off)")
+                                 f"finite number, 0 or more (0 = off)")
         size = export.texture_size  # checked whatever set it: the flag, a --config file or the Python API
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_TEXTURE <= size <= MAX_TEXTURE:
             raise ValueError(f"the texture size is {size!r}: give --texture-size a whole number of pixels from "

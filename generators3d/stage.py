@@ -49,7 +49,9 @@ def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.
     """Mean squared second difference of the surface depth (``depth / opacity``, ``[B, H, W]``) along rows and
     columns, over runs of three pixels that are all on the object (opacity > 0.5) and not across a depth jump of
     more than ``jump`` scene units (an edge in front of another part of the object). A plane seen in perspective
-    and a slowly curved surface cost almost nothing; bumps at the pixel scale cost most."""
+    and a slowly curved surface cost almost nothing; bumps at the pixel scale cost most. The depth is the rendered
+    expected depth: with few, jittered samples per ray its sampling noise is penalised too, which favours a softer
+    density (docs/3d.md, "Measured against the exact geometry")."""
     on = (opacity > 0.5).detach()
     surface = depth / opacity.clamp_min(1e-3)
     total, count = surface.new_zeros(()), 0

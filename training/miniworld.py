@@ -17,7 +17,7 @@ step takes an hour):
    ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
 6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE (its
    two phases cached apart, on the pairs and as many again weighted towards boxes, cups and bowls; a cached model of
-   another recipe, :func:`zero123_recipe`, is set aside and trained anew).
+   another recipe, :func:`zero123_recipe`, is set aside, never deleted, and trained anew).
 7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`, ``measure_faces``,
    ``measure_zero123``) and write ``MANIFEST.json``.
 
@@ -290,10 +290,8 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
                                                  init=z_parts)
             save_zero123(z_parts, folders[i])
         write_text_atomic(folders[-1] / "phases.json", json.dumps({"phases": len(phases), "recipe": recipe}))
-        if final.exists():  # a model of another recipe (another architecture or other phases): set aside
-            log.info("the cached Zero-1-to-3 was made with another recipe: it is kept as zero123-previous")
-            shutil.rmtree(stage / "zero123-previous", ignore_errors=True)
-            final.rename(stage / "zero123-previous")
+        if final.exists():  # a model of another recipe (another architecture or other phases)
+            set_aside_zero123(final)
         folders[-1].rename(final)
     step("zero123", cached)
 
@@ -329,6 +327,20 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))
     return manifest
+
+
+def set_aside_zero123(final: Path) -> Path:
+    """Move a cached Zero-1-to-3 of another recipe out of the way, never deleting it: to its own recipe's last phase
+    folder (found again if the build goes back to that recipe), else to ``zero123-previous-<time>``."""
+    marker = final / "phases.json"
+    old = json.loads(marker.read_text()) if marker.exists() else {}
+    keep = final.with_name(f"zero123-{old['recipe']}-phase{old['phases']}" if "recipe" in old else
+                           f"zero123-previous-{int(time.time())}")
+    if keep.exists():
+        keep = keep.with_name(f"{keep.name}-{time.time_ns()}")
+    log.info("the cached Zero-1-to-3 was made with another recipe: it is kept as %s", keep.name)
+    final.rename(keep)
+    return keep
 
 
 def _zero123_pairs(work: Path, n: int, seed: int, shapes=None, suffix: str = "") -> dict:

@@ -67,3 +67,25 @@ def test_exif_orientation_resize_crop_and_flip(tmp_path):
                                            np.zeros((16, 16, 3))], axis=1).astype(np.uint8))
     crop = preprocess(wide, 16, center_crop=True)
     assert crop.min() > 0.99  # the white centre square only
+
+
+def test_a_cached_zero123_of_another_recipe_is_set_aside_not_deleted(tmp_path):
+    import json
+
+    from training.miniworld import set_aside_zero123
+
+    stage = tmp_path / "stage"
+    # a model of a recipe with a marker goes back to its recipe's last phase folder (reused if that recipe returns)
+    (stage / "zero123").mkdir(parents=True)
+    (stage / "zero123" / "phases.json").write_text(json.dumps({"phases": 2, "recipe": "abc"}))
+    (stage / "zero123" / "weights").write_text("A")
+    kept = set_aside_zero123(stage / "zero123")
+    assert kept == stage / "zero123-abc-phase2" and (kept / "weights").read_text() == "A"
+    assert not (stage / "zero123").exists()
+    # an older model without a marker, twice: both kept under distinct names
+    for text in ("B", "C"):
+        (stage / "zero123").mkdir()
+        (stage / "zero123" / "weights").write_text(text)
+        set_aside_zero123(stage / "zero123")
+    kept = sorted(p for p in stage.iterdir() if p.name.startswith("zero123-previous-"))
+    assert sorted((p / "weights").read_text() for p in kept) == ["B", "C"]
