@@ -91,10 +91,7 @@ def sds_targets(term, rgb: torch.Tensor, t_frac: float, seed: int, ddim_steps: i
     return decode(x0), decode(z)
 
 
-_PIPES: dict = {}
-
-
-def run_case(prompt: str, seed: int, out: Path, judge, variants: dict) -> dict:
+def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict) -> dict:
     from bench.mini3d import _shape_named as prompt_shape
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.guidance3d import DomainSDS
@@ -109,17 +106,11 @@ def run_case(prompt: str, seed: int, out: Path, judge, variants: dict) -> dict:
     if not (run / "checkpoints" / "stage2-zero123.safetensors").exists():
         run_text_to_3d(cfg)
     r = replace(cfg, refine_steps=None).resolved()  # the preset's stage 3 (the run itself stopped after stage 2)
-    from suite.presets import build_pipeline
-
-    if "mini" not in _PIPES:
-        _PIPES["mini"] = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)
-    pipe = _PIPES["mini"]
     field2, _ = load_checkpoint(run / "checkpoints" / "stage2-zero123.safetensors")
     rgb2, op2 = turntable(field2)
     res = dict(prompt=prompt, seed=seed, stage2=scores(judge, rgb2, shape), targets={}, variants={})
     ref = r.refine
-    term = DomainSDS(pipe, prompt, ref.domain_weight, ref.control_weight, ref.w0, ref.view_dependent_prompting,
-                     ref.weighting, ref.grad_clip, ref.min_step_percent, ref.max_step_percent, ref.guidance_rule)
+    term = DomainSDS.from_stage(pipe, prompt, ref)
     pics = {"stage 2": rgb2}
     with torch.no_grad():  # the renders through the VAE alone (encode, decode; no noise): what SDS starts from
         lat = pipe.vae.encode((rgb2 * 2 - 1).to(pipe.dtype)).latent_dist.mode()
@@ -133,11 +124,9 @@ def run_case(prompt: str, seed: int, out: Path, judge, variants: dict) -> dict:
     for name, over in variants.items():
         stage = replace(ref, **over)
         field, _ = load_checkpoint(run / "checkpoints" / "stage2-zero123.safetensors")
-        term_v = DomainSDS(pipe, prompt, stage.domain_weight, stage.control_weight, stage.w0,
-                           stage.view_dependent_prompting, stage.weighting, stage.grad_clip, stage.min_step_percent,
-                           stage.max_step_percent, stage.guidance_rule)
         t0 = time.time()
-        train_stage(field, Background(), stage, r.camera, reference, [SDSTerm("domain", 1.0, term_v)],
+        train_stage(field, Background(), stage, r.camera, reference,
+                    [SDSTerm("domain", 1.0, DomainSDS.from_stage(pipe, prompt, stage))],
                     generator=stage_generator(seed, "refine"))
         rgb3, op3 = turntable(field)
         inter = ((op3 > 0.5) & (op2 > 0.5)).sum().item()
@@ -169,7 +158,7 @@ def picture(cases: list[dict], path: Path, view: int = 1) -> None:
 def summarise(cases: list[dict]) -> dict:
     def ms(values):
         v = np.asarray(values, float)
-        return [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")]
+        return [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None]  # None: one case
 
     out = {"stage 2 renders": {k: ms([c["stage2"][k] for c in cases]) for k in ("porcelain", "shape_kept")},
            "the same through the VAE": {k: ms([c["stage2_through_vae"][k] for c in cases])
@@ -187,8 +176,8 @@ def summarise(cases: list[dict]) -> dict:
 def table(summary: dict) -> str:
     lines = ["| what the judge sees | porcelain | prompt's shape kept | silhouette IoU to stage 2 |", "|---|---|---|---|"]
     for name, row in summary.items():
-        cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" if k in row else "" for k in
-                 ("porcelain", "shape_kept", "iou_to_stage2")]
+        cells = [(f"{row[k][0]:.2f}" + (f" ± {row[k][1]:.2f}" if row[k][1] is not None else "")) if k in row else ""
+                 for k in ("porcelain", "shape_kept", "iou_to_stage2")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -218,12 +207,15 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    from suite.presets import build_pipeline
+
     judge = assets.load_judge()
+    pipe = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)  # loaded once for every case
     variants = {k: VARIANTS[k] for k in args.variants}
     cases = []
     for prompt in args.prompts:
         for seed in args.seeds:
-            cases.append(run_case(prompt, seed, out, judge, variants))
+            cases.append(run_case(prompt, seed, out, pipe, judge, variants))
             log.info("%s seed %d: %s", prompt, seed,
                      json.dumps({k: v for k, v in cases[-1].items() if k != "pictures"}))
     summary = summarise(cases)

@@ -97,6 +97,14 @@ class DomainSDS:
         if self.view_dependent and self.prompt:
             self.view_embeds = torch.cat([self.pipe.encode_prompt(f"{self.prompt}, {v} view") for v in VIEWS])
 
+    @classmethod
+    def from_stage(cls, pipe, prompt: str, stage) -> DomainSDS:
+        """The domain term of a refinement :class:`generators3d.config.StageConfig` (its weights, rule, timestep
+        range, weighting and view prompts)."""
+        return cls(pipe, prompt, stage.domain_weight, stage.control_weight, stage.w0, stage.view_dependent_prompting,
+                   stage.weighting, stage.grad_clip, stage.min_step_percent, stage.max_step_percent,
+                   stage.guidance_rule)
+
     def denoiser(self, elevation, azimuth, prompt_embeds: torch.Tensor | None = None) -> MultiGuidance:
         """The guidance for a batch of views (view-dependent text, or given ``[B, 77, D]`` embeddings)."""
         if prompt_embeds is not None:

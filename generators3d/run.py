@@ -208,10 +208,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     elif cfg.refine.steps > 0:
         r = cfg.refine
         # Weights not given: the domain's recommended ones, as the pipeline decides (InDomainPipeline.guidance_weights).
-        terms = [SDSTerm("domain", 1.0, DomainSDS(pipe, prompt, r.domain_weight, r.control_weight, r.w0,
-                                                  r.view_dependent_prompting,
-                                                  r.weighting, r.grad_clip, r.min_step_percent,
-                                                  r.max_step_percent, r.guidance_rule))]
+        terms = [SDSTerm("domain", 1.0, DomainSDS.from_stage(pipe, prompt, r))]
         if r.lambda_zero123 > 0:
             terms.append(SDSTerm("zero123", r.lambda_zero123, Zero123SDS(
                 zero123, r.zero123_guidance_scale, r.weighting, r.grad_clip, r.min_step_percent, r.max_step_percent)))
