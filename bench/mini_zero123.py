@@ -41,6 +41,22 @@ def per_shape(model, per_shape: int = 12, steps: int = 30, scale: float = 3.0, s
 
     out = {s: stats(shapes == s) for s in SHAPES}
     out["mean"] = stats(np.ones(len(cases), bool))
+    out["cases"] = dict(shape=shapes.tolist(), iou=iou.round(4).tolist(), copy_iou=copy.round(4).tolist())
+    return out
+
+
+def paired(results: dict, base: str, other: str) -> dict:
+    """``{shape: (mean, standard error)}`` of ``other``'s IoU minus ``base``'s over the same cases (and ``"mean"``:
+    all of them)."""
+    from suite.miniworld.world import SHAPES
+
+    a, b = results[base]["cases"], results[other]["cases"]
+    shapes = np.asarray(a["shape"])
+    d = np.asarray(b["iou"]) - np.asarray(a["iou"])
+    out = {}
+    for s in (*SHAPES, "mean"):
+        x = d if s == "mean" else d[shapes == s]
+        out[s] = (float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))))
     return out
 
 
@@ -48,11 +64,14 @@ def table(results: dict) -> str:
     from suite.miniworld.world import SHAPES
 
     names = list(results)
-    head = "| shape | " + " | ".join(f"{n}: IoU / gain over copy" for n in names) + " | copy IoU |"
-    lines = [head, "|---" * (len(names) + 2) + "|"]
+    diffs = {n: paired(results, names[0], n) for n in names[1:]}  # each further model against the first
+    head = ("| shape | " + " | ".join(f"{n}: IoU / gain over copy" for n in names)
+            + "".join(f" | {n} - {names[0]} (paired)" for n in names[1:]) + " | copy IoU |")
+    lines = [head, "|---" * (2 * len(names) + 1) + "|"]
     for s in (*SHAPES, "mean"):
         cells = [f"{results[n][s]['iou']:.3f} / {results[n][s]['gain']:+.3f} ± {results[n][s]['gain_se']:.3f}"
                  for n in names]
+        cells += [f"{diffs[n][s][0]:+.3f} ± {diffs[n][s][1]:.3f}" for n in names[1:]]
         first = results[names[0]][s]
         lines.append(f"| {s} (n={first['n']}) | " + " | ".join(cells) + f" | {first['copy_iou']:.3f} |")
     return "\n".join(lines) + "\n"

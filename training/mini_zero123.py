@@ -51,6 +51,9 @@ HARD_SHAPES = ("box", "box", "box", "cup", "cup", "cup", "bowl", "bowl", "cone",
 """The shapes of the extra pairs, repeated by weight: the shapes whose novel views a copy or a blur
 gets most nearly right (boxes: flat faces and sharp edges; cups: the handle; bowls: the inside)."""
 
+BOX_SHAPES = ("box",) * 4 + ("cup", "cup", "bowl", "cone", "cone", "vase", "bottle", "ball")
+"""The shapes of the third phase's fresh pairs (a third boxes, every shape still present so that none is forgotten)."""
+
 
 def _pair_chunk(args):
     seed, n, targets, shapes = args

@@ -1,4 +1,4 @@
-"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about two hours on 2 CPU cores).
+"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about two and a half hours on 2 CPU cores).
 
 Steps, each timed and printed (and cached in ``--work``, so an interrupted build resumes at the step it was in; no
 step takes an hour):
@@ -16,8 +16,10 @@ step takes an hour):
 5. Train the porcelain and face domain models with the suite's own trainer (:func:`training.train.train_domain`:
    ``F_T`` optimisation, ``E`` capture, null-text fine-tuning), exactly as ``launch.py train`` does.
 6. Render view pairs and train the mini Zero-1-to-3 (:mod:`training.mini_zero123`) around the trained VAE (its
-   two phases cached apart, on the pairs and as many again weighted towards boxes, cups and bowls; a cached model of
-   another recipe, :func:`zero123_recipe`, is set aside, never deleted, and trained anew).
+   three phases cached apart: on the pairs and as many again weighted towards boxes, cups and bowls, twice, then on
+   fresh pairs a third of them boxes; each phase's folder is named by the recipe up to it, :func:`zero123_recipe`,
+   so a recipe that adds a phase continues from the phases it shares, and a cached model of another recipe is set
+   aside, never deleted).
 7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`, ``measure_faces``,
    ``measure_zero123``) and write ``MANIFEST.json``.
 
@@ -163,23 +165,33 @@ def train_domain_model(sd_folder: Path, data: Path, output: Path, steps: int, se
 #: renders per set, and training steps per model
 SIZES = {
     "full": dict(open=12000, open_face=4000, domain=2000, face_domain=2000, judge=8000, judge_face=6000,
-                 vae=1000, base=2400, judge_steps=1500, domain_steps=800, zero123_objects=3500),
+                 vae=1000, base=2400, judge_steps=1500, domain_steps=800, zero123_objects=3500,
+                 zero123_box_objects=2400),
     "quick": dict(open=600, open_face=200, domain=200, face_domain=200, judge=600, judge_face=400,
-                  vae=40, base=60, judge_steps=60, domain_steps=20, zero123_objects=60),
+                  vae=40, base=60, judge_steps=60, domain_steps=20, zero123_objects=60, zero123_box_objects=40),
 }
 BUILD_VERSION = 2  # the data and steps above; a cache made by another version is refused
 
-ZERO123_PHASES = {  # (steps, learning rate, with the extra pairs) per phase; each continues from the previous EMA
-    "full": ((3000, 1e-3, True), (3000, 3e-4, True)),
-    "quick": ((30, 1e-3, True), (10, 3e-4, True)),
+ZERO123_PHASES = {  # (steps, learning rate, data) per phase, each continuing from the previous EMA; data: True = the
+    # pairs and the extra pairs weighted by HARD_SHAPES, "boxes" = fresh pairs weighted by BOX_SHAPES (alone)
+    "full": ((3000, 1e-3, True), (3000, 3e-4, True), (3000, 3e-4, "boxes")),
+    "quick": ((30, 1e-3, True), (10, 3e-4, True), (10, 3e-4, "boxes")),
 }
 
 
-def zero123_recipe(size: str) -> str:
-    """A short fingerprint of the Zero-1-to-3's architecture and phases: a cached model or phase made with another
-    recipe is not continued."""
-    spec = json.dumps(dict(unet=mini_zero123.UNET_CONFIG, phases=ZERO123_PHASES[size]), sort_keys=True, default=str)
+def zero123_recipe(size: str, phases: int | None = None) -> str:
+    """A short fingerprint of the Zero-1-to-3's architecture and its first ``phases`` phases (default: all): a cached
+    model or phase made with another recipe is not continued, and a recipe that only adds phases shares the
+    fingerprints (the cached folders) of the phases it keeps."""
+    kept = ZERO123_PHASES[size][:phases]
+    spec = json.dumps(dict(unet=mini_zero123.UNET_CONFIG, phases=kept), sort_keys=True, default=str)
     return hashlib.sha256(spec.encode()).hexdigest()[:10]
+
+
+def zero123_phase_folder(stage: Path, size: str, phase: int) -> Path:
+    """Where the build keeps the Zero-1-to-3 after ``phase`` (1-based) of ``size``'s recipe; a set-aside model of a
+    recipe that this one extends (see :func:`set_aside_zero123`) is found there."""
+    return stage / f"zero123-{zero123_recipe(size, phase)}-phase{phase}"
 
 
 def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
@@ -268,31 +280,7 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     step("judge", cached)
     # 6. Zero-1-to-3 (its view pairs cached with the other data)
 
-    phases = ZERO123_PHASES[size]
-    recipe = zero123_recipe(size)
-    final = stage / "zero123"
-    marker = final / "phases.json"  # {"phases", "recipe"}: written into the last phase before it becomes final
-    cached = marker.exists() and json.loads(marker.read_text()).get("recipe") == recipe
-    if not cached:
-        # every phase in its own folder, named by the recipe: an interrupted build resumes after the last one done
-        folders = [stage / f"zero123-{recipe}-phase{i + 1}" for i in range(len(phases))]
-        first = max([i + 1 for i, f in enumerate(folders) if (f / "model_index.json").exists()], default=0)
-        z_parts = _load_zero123_parts(folders[first - 1]) if 0 < first < len(phases) else None
-        if first < len(phases):
-            pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
-        with_hard = None  # the pairs plus the extra ones, read once for the phases that train on both
-        for i in range(first, len(phases)):
-            z_steps, z_lr, hard = phases[i]
-            if hard and with_hard is None:
-                extra = _zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")
-                with_hard = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
-            z_parts = mini_zero123.train_zero123(with_hard if hard else pairs, vae, z_steps, lr=z_lr, seed=seed + i,
-                                                 init=z_parts)
-            save_zero123(z_parts, folders[i])
-        write_text_atomic(folders[-1] / "phases.json", json.dumps({"phases": len(phases), "recipe": recipe}))
-        if final.exists():  # a model of another recipe (another architecture or other phases)
-            set_aside_zero123(final)
-        folders[-1].rename(final)
+    cached = build_zero123(stage, work, size, seed, vae)
     step("zero123", cached)
 
     with atomic_dir(output) as tmp:
@@ -327,6 +315,42 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))
     return manifest
+
+
+def build_zero123(stage: Path, work: Path, size: str, seed: int, vae) -> bool:
+    """Step 6: the Zero-1-to-3's phases (:data:`ZERO123_PHASES`) into ``stage / "zero123"``, each phase cached in
+    :func:`zero123_phase_folder`; returns whether the final model was already there."""
+    n = SIZES[size]
+    phases = ZERO123_PHASES[size]
+    recipe = zero123_recipe(size)
+    final = stage / "zero123"
+    marker = final / "phases.json"  # {"phases", "recipe"}: written into the last phase before it becomes final
+    cached = marker.exists() and json.loads(marker.read_text()).get("recipe") == recipe
+    if not cached:
+        if final.exists():  # a model of another recipe (another architecture or other phases): first set aside, to
+            set_aside_zero123(final)  # its recipe's last phase folder, where a recipe that extends it finds it
+        # every phase in its own folder, named by the recipe up to it: an interrupted build resumes after the last
+        # one done, and a recipe with a phase added continues from the phases it shares with the cached one
+        folders = [zero123_phase_folder(stage, size, i + 1) for i in range(len(phases))]
+        first = max([i + 1 for i, f in enumerate(folders) if (f / "model_index.json").exists()], default=0)
+        z_parts = _load_zero123_parts(folders[first - 1]) if 0 < first < len(phases) else None
+        data = {}  # the training sets, rendered or read once
+        for i in range(first, len(phases)):
+            z_steps, z_lr, kind = phases[i]
+            if kind not in data:
+                if kind == "boxes":
+                    data[kind] = _zero123_pairs(work, n["zero123_box_objects"], seed + 31, mini_zero123.BOX_SHAPES,
+                                                "-boxes")
+                else:
+                    pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
+                    extra = (_zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")
+                             if kind else {k: v[:0] for k, v in pairs.items()})
+                    data[kind] = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
+            z_parts = mini_zero123.train_zero123(data[kind], vae, z_steps, lr=z_lr, seed=seed + i, init=z_parts)
+            save_zero123(z_parts, folders[i])
+        write_text_atomic(folders[-1] / "phases.json", json.dumps({"phases": len(phases), "recipe": recipe}))
+        folders[-1].rename(final)
+    return cached
 
 
 def set_aside_zero123(final: Path) -> Path:

@@ -89,3 +89,75 @@ def test_a_cached_zero123_of_another_recipe_is_set_aside_not_deleted(tmp_path):
         set_aside_zero123(stage / "zero123")
     kept = sorted(p for p in stage.iterdir() if p.name.startswith("zero123-previous-"))
     assert sorted((p / "weights").read_text() for p in kept) == ["B", "C"]
+
+
+def test_a_recipe_that_adds_a_phase_continues_from_the_cached_model_of_the_shorter_one(tmp_path, monkeypatch):
+    """The cached final model of a two-phase recipe, set aside, lands where the three-phase recipe looks for its
+    second phase (so the build trains only the third); a recipe that changes an earlier phase does not find it."""
+    import json
+
+    from training import miniworld
+
+    three = miniworld.ZERO123_PHASES["quick"]
+    assert len(three) == 3
+    monkeypatch.setitem(miniworld.ZERO123_PHASES, "quick", three[:2])
+    two = miniworld.zero123_recipe("quick")
+    stage = tmp_path / "stage"
+    (stage / "zero123").mkdir(parents=True)
+    (stage / "zero123" / "phases.json").write_text(json.dumps({"phases": 2, "recipe": two}))
+    monkeypatch.setitem(miniworld.ZERO123_PHASES, "quick", three)
+    assert miniworld.zero123_recipe("quick") != two and miniworld.zero123_recipe("quick", 2) == two
+    kept = miniworld.set_aside_zero123(stage / "zero123")
+    assert kept == miniworld.zero123_phase_folder(stage, "quick", 2)
+    changed = ((three[0][0] + 1, *three[0][1:]), *three[1:])
+    monkeypatch.setitem(miniworld.ZERO123_PHASES, "quick", changed)
+    assert miniworld.zero123_phase_folder(stage, "quick", 2) != kept
+
+
+def test_the_zero123_step_trains_only_the_phases_it_lacks_on_their_own_data(tmp_path, monkeypatch):
+    """Orchestration of build step 6 (the training itself stubbed): an old two-phase final model is set aside and
+    continued by the third phase alone, on the box-weighted pairs, from that model; run again, nothing is trained."""
+    import json
+
+    import numpy as np
+
+    from training import mini_zero123, miniworld
+
+    calls, rendered = [], []
+
+    def fake_pairs(work, n, seed, shapes=None, suffix=""):
+        rendered.append((n, seed, shapes, suffix))
+        return dict(images=np.zeros((n, 6, 2, 2, 3), np.uint8), poses=np.zeros((n, 6, 2), np.float32))
+
+    def fake_train(data, vae, steps, lr, seed, init):
+        calls.append((len(data["images"]), steps, lr, seed, init))
+        return {"trained": steps}
+
+    def fake_save(parts, folder):
+        folder.mkdir(parents=True)
+        (folder / "model_index.json").write_text(json.dumps(parts))
+
+    monkeypatch.setattr(miniworld, "_zero123_pairs", fake_pairs)
+    monkeypatch.setattr(mini_zero123, "train_zero123", fake_train)
+    monkeypatch.setattr(miniworld, "save_zero123", fake_save)
+    monkeypatch.setattr(miniworld, "_load_zero123_parts", lambda folder: {"loaded": folder.name})
+    stage = tmp_path / "stage"
+    (stage / "zero123").mkdir(parents=True)
+    (stage / "zero123" / "model_index.json").write_text("{}")
+    (stage / "zero123" / "phases.json").write_text(json.dumps({"phases": 2, "recipe": miniworld.zero123_recipe(
+        "quick", 2)}))
+    assert miniworld.build_zero123(stage, tmp_path / "work", "quick", 0, vae=None) is False
+    steps, lr, kind = miniworld.ZERO123_PHASES["quick"][2]
+    n = miniworld.SIZES["quick"]["zero123_box_objects"]
+    assert kind == "boxes" and rendered == [(n, 31, mini_zero123.BOX_SHAPES, "-boxes")]
+    assert calls == [(n, steps, lr, 2, {"loaded": miniworld.zero123_phase_folder(stage, "quick", 2).name})]
+    marker = json.loads((stage / "zero123" / "phases.json").read_text())
+    assert marker == {"phases": 3, "recipe": miniworld.zero123_recipe("quick")}
+    assert miniworld.build_zero123(stage, tmp_path / "work", "quick", 0, vae=None) is True and len(calls) == 1
+    # from nothing: all three phases, the first two on the pairs and the extra pairs, each from the one before
+    calls.clear()
+    fresh = tmp_path / "fresh"
+    assert miniworld.build_zero123(fresh, tmp_path / "work", "quick", 0, vae=None) is False
+    pairs = 2 * miniworld.SIZES["quick"]["zero123_objects"]
+    assert [c[:4] for c in calls] == [(pairs, 30, 1e-3, 0), (pairs, 10, 3e-4, 1), (n, 10, 3e-4, 2)]
+    assert [c[4] for c in calls] == [None, {"trained": 30}, {"trained": 10}]

@@ -1,0 +1,27 @@
+"""bench.mini_zero123's comparison of two models: the paired difference is taken case by case."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def test_paired_difference_is_per_case_and_appears_in_the_table():
+    from bench.mini_zero123 import paired, table
+    from suite.miniworld.world import SHAPES
+
+    rng = np.random.default_rng(0)
+    shapes = [SHAPES[i % len(SHAPES)] for i in range(4 * len(SHAPES))]
+    a = rng.uniform(0.6, 0.9, len(shapes))
+    b = a + np.where(np.asarray(shapes) == "box", 0.05, 0.0)  # better on boxes only, case by case
+
+    def result(iou):
+        stats = dict(n=4, iou=float(iou.mean()), iou_se=0.0, copy_iou=0.8, copy_iou_se=0.0, gain=0.0, gain_se=0.0)
+        return {**{s: stats for s in (*SHAPES, "mean")},
+                "cases": dict(shape=shapes, iou=iou.tolist(), copy_iou=[0.8] * len(shapes))}
+
+    results = {"old": result(a), "new": result(b)}
+    d = paired(results, "old", "new")
+    assert abs(d["box"][0] - 0.05) < 1e-9 and d["box"][1] < 1e-9  # the same gain on every box: no spread
+    assert abs(d["cup"][0]) < 1e-9 and abs(d["mean"][0] - 0.05 / len(SHAPES)) < 1e-9
+    md = table(results)
+    assert "new - old (paired)" in md and "+0.050 ± 0.000" in md.split("| box")[1].split("\n")[0]
