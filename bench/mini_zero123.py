@@ -51,6 +51,9 @@ def paired(results: dict, base: str, other: str) -> dict:
     from suite.miniworld.world import SHAPES
 
     a, b = results[base]["cases"], results[other]["cases"]
+    if a["shape"] != b["shape"]:
+        raise ValueError(f"{base} and {other} were measured on different cases: measure both in one run (the same "
+                         "--per-shape) to compare them")
     shapes = np.asarray(a["shape"])
     d = np.asarray(b["iou"]) - np.asarray(a["iou"])
     out = {}

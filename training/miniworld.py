@@ -1,7 +1,7 @@
 """Build the mini world's models from nothing: ``python -m training.miniworld`` (about two and a half hours on 2 CPU cores).
 
 Steps, each timed and printed (and cached in ``--work``, so an interrupted build resumes at the step it was in; no
-step takes an hour):
+step takes an hour without resuming on its own: the Zero-1-to-3's, about 85 minutes in all, is cached phase by phase):
 
 1. Render the data, each set cached on its own: open-world objects and faces with captions (faces in the world's
    look, any pose and framing, captions naming their attributes), the unlabeled porcelain domain (vases and bowls,
@@ -180,12 +180,21 @@ ZERO123_PHASES = {  # (steps, learning rate, data) per phase, each continuing fr
 
 
 def zero123_recipe(size: str, phases: int | None = None) -> str:
-    """A short fingerprint of the Zero-1-to-3's architecture and its first ``phases`` phases (default: all): a cached
-    model or phase made with another recipe is not continued, and a recipe that only adds phases shares the
-    fingerprints (the cached folders) of the phases it keeps."""
+    """A short fingerprint of the Zero-1-to-3's architecture and its first ``phases`` phases (default: all), with the
+    data of its box-weighted phases (their shapes, object count and seed): a cached model or phase made with another
+    recipe is not continued, and a recipe that only adds phases shares the fingerprints (the cached folders) of the
+    phases it keeps."""
     kept = ZERO123_PHASES[size][:phases]
-    spec = json.dumps(dict(unet=mini_zero123.UNET_CONFIG, phases=kept), sort_keys=True, default=str)
+    recipe = dict(unet=mini_zero123.UNET_CONFIG, phases=kept)
+    if any(kind == "boxes" for *_, kind in kept):
+        recipe["boxes"] = _box_pairs_spec(size)
+    spec = json.dumps(recipe, sort_keys=True, default=str)
     return hashlib.sha256(spec.encode()).hexdigest()[:10]
+
+
+def _box_pairs_spec(size: str) -> dict:
+    """What the box-weighted pairs are: the shapes they are drawn from, how many objects, the seed offset."""
+    return dict(shapes=mini_zero123.BOX_SHAPES, objects=SIZES[size]["zero123_box_objects"], seed=31)
 
 
 def zero123_phase_folder(stage: Path, size: str, phase: int) -> Path:
@@ -322,6 +331,10 @@ def build_zero123(stage: Path, work: Path, size: str, seed: int, vae) -> bool:
     :func:`zero123_phase_folder`; returns whether the final model was already there."""
     n = SIZES[size]
     phases = ZERO123_PHASES[size]
+    for i, (*_, kind) in enumerate(phases):  # checked before any phase trains
+        if kind not in (True, False, "boxes"):
+            raise ValueError(f"Zero-1-to-3 phase {i + 1} asks for the data {kind!r}: use True (the pairs and the "
+                             "extra pairs), False (the pairs) or 'boxes' in ZERO123_PHASES")
     recipe = zero123_recipe(size)
     final = stage / "zero123"
     marker = final / "phases.json"  # {"phases", "recipe"}: written into the last phase before it becomes final
@@ -339,8 +352,10 @@ def build_zero123(stage: Path, work: Path, size: str, seed: int, vae) -> bool:
             z_steps, z_lr, kind = phases[i]
             if kind not in data:
                 if kind == "boxes":
-                    data[kind] = _zero123_pairs(work, n["zero123_box_objects"], seed + 31, mini_zero123.BOX_SHAPES,
-                                                "-boxes")
+                    box = _box_pairs_spec(size)
+                    name = hashlib.sha256(json.dumps(dict(box, build_seed=seed)).encode()).hexdigest()[:8]
+                    data[kind] = _zero123_pairs(work, box["objects"], seed + box["seed"], box["shapes"],
+                                                f"-boxes-{name}")
                 else:
                     pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
                     extra = (_zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")

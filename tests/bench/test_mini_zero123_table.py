@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def test_paired_difference_is_per_case_and_appears_in_the_table():
@@ -25,3 +26,6 @@ def test_paired_difference_is_per_case_and_appears_in_the_table():
     assert abs(d["cup"][0]) < 1e-9 and abs(d["mean"][0] - 0.05 / len(SHAPES)) < 1e-9
     md = table(results)
     assert "new - old (paired)" in md and "+0.050 ± 0.000" in md.split("| box")[1].split("\n")[0]
+    fewer = {**results["new"], "cases": {k: v[:7] for k, v in results["new"]["cases"].items()}}
+    with pytest.raises(ValueError, match="different cases"):
+        paired({"old": results["old"], "fewer": fewer}, "old", "fewer")

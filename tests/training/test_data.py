@@ -98,6 +98,8 @@ def test_a_recipe_that_adds_a_phase_continues_from_the_cached_model_of_the_short
 
     from training import miniworld
 
+    # the shipped two-phase recipe's fingerprint, which existing build caches are named by, is unchanged
+    assert miniworld.zero123_recipe("full", 2) == "a042d8ae3b"
     three = miniworld.ZERO123_PHASES["quick"]
     assert len(three) == 3
     monkeypatch.setitem(miniworld.ZERO123_PHASES, "quick", three[:2])
@@ -109,6 +111,9 @@ def test_a_recipe_that_adds_a_phase_continues_from_the_cached_model_of_the_short
     assert miniworld.zero123_recipe("quick") != two and miniworld.zero123_recipe("quick", 2) == two
     kept = miniworld.set_aside_zero123(stage / "zero123")
     assert kept == miniworld.zero123_phase_folder(stage, "quick", 2)
+    third = miniworld.zero123_recipe("quick")
+    monkeypatch.setattr(miniworld.mini_zero123, "BOX_SHAPES", ("box",))  # other data for the box phase: retrained
+    assert miniworld.zero123_recipe("quick") != third and miniworld.zero123_recipe("quick", 2) == two
     changed = ((three[0][0] + 1, *three[0][1:]), *three[1:])
     monkeypatch.setitem(miniworld.ZERO123_PHASES, "quick", changed)
     assert miniworld.zero123_phase_folder(stage, "quick", 2) != kept
@@ -149,8 +154,10 @@ def test_the_zero123_step_trains_only_the_phases_it_lacks_on_their_own_data(tmp_
     assert miniworld.build_zero123(stage, tmp_path / "work", "quick", 0, vae=None) is False
     steps, lr, kind = miniworld.ZERO123_PHASES["quick"][2]
     n = miniworld.SIZES["quick"]["zero123_box_objects"]
-    assert kind == "boxes" and rendered == [(n, 31, mini_zero123.BOX_SHAPES, "-boxes")]
+    assert kind == "boxes" and len(rendered) == 1 and rendered[0][:3] == (n, 31, mini_zero123.BOX_SHAPES)
+    assert rendered[0][3].startswith("-boxes-")  # the cached pairs are named by what they are
     assert calls == [(n, steps, lr, 2, {"loaded": miniworld.zero123_phase_folder(stage, "quick", 2).name})]
+    assert (miniworld.zero123_phase_folder(stage, "quick", 2) / "model_index.json").exists()  # the old model is kept
     marker = json.loads((stage / "zero123" / "phases.json").read_text())
     assert marker == {"phases": 3, "recipe": miniworld.zero123_recipe("quick")}
     assert miniworld.build_zero123(stage, tmp_path / "work", "quick", 0, vae=None) is True and len(calls) == 1
@@ -161,3 +168,16 @@ def test_the_zero123_step_trains_only_the_phases_it_lacks_on_their_own_data(tmp_
     pairs = 2 * miniworld.SIZES["quick"]["zero123_objects"]
     assert [c[:4] for c in calls] == [(pairs, 30, 1e-3, 0), (pairs, 10, 3e-4, 1), (n, 10, 3e-4, 2)]
     assert [c[4] for c in calls] == [None, {"trained": 30}, {"trained": 10}]
+
+
+def test_a_phase_asking_for_unknown_data_is_refused_before_anything_is_rendered_or_trained(tmp_path, monkeypatch):
+    import pytest
+
+    from training import miniworld
+
+    phases = miniworld.ZERO123_PHASES["quick"]
+    monkeypatch.setitem(miniworld.ZERO123_PHASES, "quick", (*phases[:2], (10, 3e-4, "box")))  # a typo for "boxes"
+    monkeypatch.setattr(miniworld, "_zero123_pairs", lambda *a, **k: pytest.fail("rendered"))
+    monkeypatch.setattr(miniworld.mini_zero123, "train_zero123", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="'box'"):
+        miniworld.build_zero123(tmp_path / "stage", tmp_path / "work", "quick", 0, vae=None)
