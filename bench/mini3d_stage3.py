@@ -156,9 +156,10 @@ def picture(cases: list[dict], path: Path, view: int = 1) -> None:
 
 
 def summarise(cases: list[dict]) -> dict:
+    from suite.metrics import standard_error
+
     def ms(values):
-        v = np.asarray(values, float)
-        return [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None]  # None: one case
+        return [float(np.mean(values)), standard_error(values)]  # None: one case
 
     out = {"stage 2 renders": {k: ms([c["stage2"][k] for c in cases]) for k in ("porcelain", "shape_kept")},
            "the same through the VAE": {k: ms([c["stage2_through_vae"][k] for c in cases])

@@ -25,6 +25,7 @@ log = logging.getLogger("bench.mini_zero123")
 def per_shape(model, per_shape: int = 12, steps: int = 30, scale: float = 3.0, seed: int = 12345) -> dict:
     """``{shape: {"iou", "iou_se", "copy_iou", "copy_iou_se", "gain", "gain_se", "n"}}`` plus ``"mean"`` (all cases)
     for ``model`` on ``per_shape`` held-out cases of each shape. ``gain`` is the paired difference IoU - copy IoU."""
+    from suite.metrics import standard_error
     from suite.miniworld.views import heldout_cases, measure_novel_views
     from suite.miniworld.world import SHAPES
 
@@ -35,9 +36,8 @@ def per_shape(model, per_shape: int = 12, steps: int = 30, scale: float = 3.0, s
 
     def stats(sel):
         a, b = iou[sel], copy[sel]
-        se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")  # noqa: E731
-        return dict(n=int(sel.sum()), iou=float(a.mean()), iou_se=se(a), copy_iou=float(b.mean()), copy_iou_se=se(b),
-                    gain=float((a - b).mean()), gain_se=se(a - b))
+        return dict(n=int(sel.sum()), iou=float(a.mean()), iou_se=standard_error(a), copy_iou=float(b.mean()),
+                    copy_iou_se=standard_error(b), gain=float((a - b).mean()), gain_se=standard_error(a - b))
 
     out = {s: stats(shapes == s) for s in SHAPES}
     out["mean"] = stats(np.ones(len(cases), bool))
@@ -48,6 +48,7 @@ def per_shape(model, per_shape: int = 12, steps: int = 30, scale: float = 3.0, s
 def paired(results: dict, base: str, other: str) -> dict:
     """``{shape: (mean, standard error)}`` of ``other``'s IoU minus ``base``'s over the same cases (and ``"mean"``:
     all of them)."""
+    from suite.metrics import standard_error
     from suite.miniworld.world import SHAPES
 
     a, b = results[base]["cases"], results[other]["cases"]
@@ -59,7 +60,7 @@ def paired(results: dict, base: str, other: str) -> dict:
     out = {}
     for s in (*SHAPES, "mean"):
         x = d if s == "mean" else d[shapes == s]
-        out[s] = (float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))))
+        out[s] = (float(x.mean()), standard_error(x))
     return out
 
 

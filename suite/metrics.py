@@ -69,6 +69,13 @@ def _kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
+def standard_error(values) -> float | None:
+    """The standard error of the mean of ``values`` (sample standard deviation / sqrt(n)); None for fewer than two
+    values, where it is not defined (None, not NaN, so that it can be written to JSON)."""
+    v = np.asarray(values, np.float64)
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+
+
 def kid_with_se(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """``(KID, standard error)`` between generated features ``x [n, d]`` (n >= 3) and reference features
     ``y [m, d]`` (m >= 2): the unbiased MMD^2 estimate and the jackknife's standard error over ``x``."""

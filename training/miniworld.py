@@ -188,8 +188,11 @@ def zero123_recipe(size: str, phases: int | None = None) -> str:
     recipe = dict(unet=mini_zero123.UNET_CONFIG, phases=kept)
     if any(kind == "boxes" for *_, kind in kept):
         recipe["boxes"] = _box_pairs_spec(size)
-    spec = json.dumps(recipe, sort_keys=True, default=str)
-    return hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return _fingerprint(recipe, 10)
+
+
+def _fingerprint(spec: dict, length: int) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def _box_pairs_spec(size: str) -> dict:
@@ -353,14 +356,14 @@ def build_zero123(stage: Path, work: Path, size: str, seed: int, vae) -> bool:
             if kind not in data:
                 if kind == "boxes":
                     box = _box_pairs_spec(size)
-                    name = hashlib.sha256(json.dumps(dict(box, build_seed=seed)).encode()).hexdigest()[:8]
                     data[kind] = _zero123_pairs(work, box["objects"], seed + box["seed"], box["shapes"],
-                                                f"-boxes-{name}")
+                                                f"-boxes-{_fingerprint(dict(box, build_seed=seed), 8)}")
                 else:
                     pairs = _zero123_pairs(work, n["zero123_objects"], seed + 7)
-                    extra = (_zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")
-                             if kind else {k: v[:0] for k, v in pairs.items()})
-                    data[kind] = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
+                    if kind:  # and the extra pairs
+                        extra = _zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")
+                        pairs = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
+                    data[kind] = pairs
             z_parts = mini_zero123.train_zero123(data[kind], vae, z_steps, lr=z_lr, seed=seed + i, init=z_parts)
             save_zero123(z_parts, folders[i])
         write_text_atomic(folders[-1] / "phases.json", json.dumps({"phases": len(phases), "recipe": recipe}))

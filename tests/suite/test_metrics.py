@@ -33,3 +33,10 @@ def test_kid_is_unbiased_and_its_jackknife_matches_leave_one_out():
 def test_diversity_is_the_mean_pairwise_distance():
     f = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])
     assert abs(diversity(f) - (5 + 4 + 3) * 2 / 6) < 1e-12
+
+
+def test_standard_error_of_the_mean_and_none_for_one_value():
+    from suite.metrics import standard_error
+
+    assert abs(standard_error([1.0, 2.0, 3.0]) - 1 / np.sqrt(3)) < 1e-12  # sample sd 1, three values
+    assert standard_error([0.5]) is None and standard_error([]) is None
