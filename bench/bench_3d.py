@@ -9,14 +9,20 @@
 5. With CUDA and --full-size: steps/s of the refinement stage at real SD1.5 size (random weights; speed does not
    depend on their values) against threestudio's published DreamFusion-style speed (10k iterations in ~30 min
    on an RTX 3090, i.e. ~5.6 it/s; FACTS.md).
+6. With --full-size-e2e: the whole `3d` flow at real size (the full preset's stages: 25 image steps, 600
+   Zero-1-to-3 steps, 400 refinement steps, export, preview) on random-weight models of SD1.5's, Zero-1-to-3's and
+   a null-text domain model's architectures, written to disk in diffusers layout and loaded by the real loading
+   code: wall time per stage (random weights draw no object, so stage 1's mask is the centre crop).
 
-Usage: python bench/bench_3d.py [--reps 5] [--e2e] [--mini] [--full-size] [--device cuda]
+Usage: python bench/bench_3d.py [--reps 5] [--e2e] [--mini] [--full-size] [--full-size-e2e DIR] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -237,6 +243,173 @@ def full_size_refine(device, reps: int, render_res: int = 128, unet_config=SD15_
           f"SD UNet; ratio {1 / step / THREESTUDIO_DREAMFUSION_IT_S:.2f}x)")
 
 
+SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                 vocab_size=49408, max_position_embeddings=77, projection_dim=768)
+# Zero-1-to-3's image encoder: CLIP ViT-L/14's vision tower with its projection to 768.
+ZERO123_VISION = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                      image_size=224, patch_size=14, projection_dim=768)
+# Zero-1-to-3 (XL): SD1.5's UNet with 8 input channels (noisy latent + the input view's latent) at 256 px.
+FULL_SIZE = dict(unet=SD15_UNET, zero123_unet={**SD15_UNET, "in_channels": 8, "sample_size": 32}, vae=SD15_VAE,
+                 text=SD15_TEXT, vision=ZERO123_VISION)
+
+# The same layouts at toy size (tests/bench/test_bench_3d.py runs the whole flow with them on a CPU).
+TOY_SIZE = dict(
+    unet=dict(sample_size=16, layers_per_block=1, block_out_channels=(32, 64), cross_attention_dim=32,
+              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+              attention_head_dim=8, norm_num_groups=8),
+    vae=dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+    text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+              max_position_embeddings=77, projection_dim=32),
+    vision=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+                patch_size=8, projection_dim=32))
+TOY_SIZE["zero123_unet"] = {**TOY_SIZE["unet"], "in_channels": 8}
+
+
+MARKER = ".bench-3d-random-models"
+
+
+def write_random_models(root, device="cpu", dtype=torch.float16, sizes=FULL_SIZE) -> dict:
+    """Random-weight models of SD1.5's, Zero-1-to-3's and a null-text domain model's architectures (``sizes``: the
+    UNet, VAE, CLIP text and CLIP vision configs), written once under ``root`` in the layouts the real loaders read:
+    ``sd/`` (a diffusers SD pipeline), ``domain/`` (a null-text domain model) and ``zero123/``. Returns the paths."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from suite.nulltext import make_domain_model
+    from suite.testing import make_tokenizer_files
+    from suite.zero123 import save_zero123
+
+    root = Path(root)
+    paths = {k: root / k for k in ("sd", "domain", "zero123")}
+    if (root / "COMPLETE").exists():
+        return paths
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).exists():
+        raise ValueError(f"{str(root)!r} is not empty and was not written by this benchmark: give a new or empty folder")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("random models of bench/bench_3d.py\n")
+    torch.manual_seed(0)
+    make_tokenizer_files(root / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id, **sizes["text"])).to(device)
+    unet = UNet2DConditionModel(**sizes["unet"]).to(device)
+    vae = AutoencoderKL(**sizes["vae"]).to(device)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    StableDiffusionPipeline(unet=unet.to(dtype), vae=vae.to(dtype), text_encoder=text_encoder.to(dtype),
+                            tokenizer=tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(paths["sd"])
+    del unet
+    domain_unet = UNet2DConditionModel(**sizes["unet"]).to(device)
+    domain = make_domain_model(domain_unet, text_encoder.float(), tokenizer, "a porcelain vase", domain="porcelain",
+                               base_model="random SD1.5 architecture")
+    domain.unet.to(dtype)
+    domain.save_pretrained(paths["domain"])
+    del domain_unet, text_encoder
+    dim = sizes["unet"]["cross_attention_dim"]
+    save_zero123(dict(unet=UNet2DConditionModel(**sizes["zero123_unet"]).to(device, dtype), vae=vae,
+                      image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**sizes["vision"])).to(device, dtype),
+                      projection=torch.nn.Linear(dim + 4, dim).to(device, dtype), scheduler=scheduler),
+                 paths["zero123"])
+    (root / "COMPLETE").write_text("random models\n")
+    return paths
+
+
+class _Stop(Exception):
+    pass
+
+
+def full_size_e2e(root, device, sizes=FULL_SIZE, preset: str = "full", timeline_path=None, stop_after=None,
+                  **overrides) -> dict:
+    """The whole ``3d`` flow (``preset``'s stages) on random models of ``sizes`` written under ``root``: wall seconds
+    per stage (each stage's time includes loading its models), steps/s of the two SDS stages, and the total. Prints a
+    table and returns it. ``timeline_path``: every progress call is appended there as it happens (a JSON line), so
+    a run stopped part-way still says how far it got and how fast. ``stop_after={stage: steps}`` ends the run
+    there (to time a stage's first steps). A run that fails reports its error and the stages it finished."""
+    import json
+
+    from generators3d import ThreeDConfig, run_text_to_3d
+
+    dev = torch.device(device)
+    t0 = time.perf_counter()
+    paths = write_random_models(root, dev, torch.float16 if dev.type == "cuda" else torch.float32, sizes)
+    written = time.perf_counter() - t0
+    timeline = []
+
+    def progress(stage, done, total, info=None):
+        sync(device)
+        timeline.append((time.perf_counter(), stage, done, total))
+        if timeline_path:
+            with open(timeline_path, "a") as f:
+                f.write(json.dumps(dict(t=timeline[-1][0] - start, stage=stage, done=done, total=total)) + "\n")
+        if stop_after and done >= stop_after.get(stage, math.inf):
+            raise _Stop(f"stopped after {done} {stage} steps")
+
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=root))  # ours alone: removed when the run ends
+    cfg = ThreeDConfig(prompt="a porcelain vase", domain="porcelain", preset=preset, output=str(run_dir / "out"),
+                       sd_model=str(paths["sd"]), domain_model=str(paths["domain"]),
+                       zero123_model=str(paths["zero123"]), mask_method="center", device=device, **overrides)
+    sync(device)
+    start = time.perf_counter()
+    error = None
+    try:
+        meshes = sorted(run_text_to_3d(cfg, progress=progress).mesh_paths)
+    except _Stop as exc:
+        error, meshes = str(exc), []
+    except Exception as exc:  # noqa: BLE001 - report how far it got
+        error, meshes = f"{type(exc).__name__}: {exc}", []
+    total = time.perf_counter() - start
+    shutil.rmtree(run_dir, ignore_errors=True)
+    stages, last = {}, start
+    for stage in dict.fromkeys(s for _, s, _, _ in timeline):
+        calls = [(t, done, n) for t, s, done, n in timeline if s == stage]
+        first_step = calls[0][0]
+        stages[stage] = dict(seconds=calls[-1][0] - last, steps=calls[-1][1], of=calls[-1][2],
+                             steps_per_s=(len(calls) - 1) / (calls[-1][0] - first_step) if len(calls) > 1
+                             and calls[-1][0] > first_step else None)
+        last = calls[-1][0]
+    report = dict(device=str(dev), torch=torch.__version__,
+                  gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, models_written_s=written,
+                  total_s=total, stages=stages, meshes=meshes, error=error)
+    print(f"\nthe whole `3d` flow, {preset} preset, random models ({'SD1.5 size' if sizes is FULL_SIZE else 'toy size'}"
+          f"), on {report['gpu'] or device}: {total:.1f} s end to end (models written beforehand in {written:.0f} s)")
+    for name, st in stages.items():
+        rate = f"{st['steps_per_s']:.2f} steps/s" if st["steps_per_s"] else ""
+        print(f"  {name:8s} {st['seconds']:8.1f} s  {st['steps']:5d} steps  {rate}")
+    if error:
+        print(f"  stopped by {error}")
+    return report
+
+
+def first_steps(root, device, sizes=FULL_SIZE, preset: str = "full", zero123_steps: int = 30, refine_steps: int = 20,
+                **overrides) -> dict:
+    """Steps/s of the flow's first ``zero123_steps`` Zero-1-to-3 and ``refine_steps`` refinement steps with the
+    preset's settings and without its two speed settings (no occupancy grid, the whole reference view every step:
+    the full preset before 2026-12-04), one after the other in one process. Prints both and their ratios."""
+    from dataclasses import replace
+
+    from generators3d import ThreeDConfig
+
+    base = ThreeDConfig(preset=preset).resolved()
+    variants = {"preset": {}, "no occupancy grid, whole reference view": dict(
+        nerf=replace(base.nerf, occupancy_grid=0), zero123=replace(base.zero123, ref_ray_fraction=1.0),
+        refine=replace(base.refine, ref_ray_fraction=1.0))}
+    out = {name: full_size_e2e(root, device, sizes, preset, zero123_steps=zero123_steps,
+                               stop_after={"refine": refine_steps}, **overrides, **v)
+           for name, v in variants.items()}
+    for stage in ("zero123", "refine"):
+        a, b = (out[n]["stages"][stage]["steps_per_s"] for n in variants)
+        print(f"  {stage}: {a:.2f} steps/s with the preset's settings, {b:.2f} without: {a / b:.2f}x")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement (default: %(default)s)")
@@ -248,6 +421,13 @@ def main(argv=None) -> int:
                    help="a trained NeRF checkpoint (e.g. out/vase/checkpoints/stage2-zero123.safetensors) for --mini")
     p.add_argument("--full-size", action="store_true",
                    help="SD1.5-size refinement steps/s (meant for a GPU: on a CPU it needs over 16 GB and minutes per step)")
+    p.add_argument("--full-size-e2e", metavar="DIR", default=None,
+                   help="time the whole 3d flow at SD1.5 size on random models written to DIR (reused if there); "
+                        "meant for a GPU")
+    p.add_argument("--first-steps", action="store_true",
+                   help="with --full-size-e2e: time only the first 30 + 20 SDS steps, with the full preset's settings "
+                        "and without its occupancy grid and reference-ray sampling")
+    p.add_argument("--json", default=None, help="also write --full-size-e2e's figures to this JSON file")
     p.add_argument("--points", type=int, default=1 << 16, help="points for the hash-grid timing (default: 65536)")
     args = p.parse_args(argv)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="torch-ext-"))
@@ -289,6 +469,16 @@ def main(argv=None) -> int:
         full_size_refine(args.device, max(1, min(args.reps, 3)) if args.device == "cpu" else args.reps)
     elif torch.device(args.device).type != "cuda":
         print("\nSD1.5-size refinement: not measured (no GPU here; run with --full-size on a CUDA machine)")
+    if args.full_size_e2e:
+        if args.first_steps:
+            report = first_steps(args.full_size_e2e, args.device)
+        else:
+            report = full_size_e2e(args.full_size_e2e, args.device,
+                                   timeline_path=args.json and str(Path(args.json).with_suffix(".timeline.jsonl")))
+        if args.json:
+            import json
+
+            Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
 
 
