@@ -40,6 +40,20 @@ VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
     "long": dict(steps=150),
     "long-strong": dict(steps=150, lambda_sds=0.05),
     "long-strong-high-t": dict(steps=150, lambda_sds=0.05, min_step_percent=0.4, max_step_percent=0.8),
+    # The domain model alone (no text, no noise-level rule: the preset's rule gives high noise to the text, and a body
+    # colour is decided there) at high noise, t in [0.5, 0.9]; the shape held by Zero-1-to-3 SDS beside it
+    # (Magic123's pairing, same weight and range) and, in the second, a reference colour loss a tenth as strong.
+    "domain-high-t-zero123": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
+                                  domain_weight=1.0, control_weight=0.0, guidance_rule="paper", lambda_zero123=1.0),
+    "domain-high-t-zero123-rgb50": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
+                                        domain_weight=1.0, control_weight=0.0, guidance_rule="paper",
+                                        lambda_zero123=1.0, lambda_rgb=50.0),
+    # The same with the domain guidance amplified: eps_sd + w_d (eps_d - eps_sd), w_d = 3 / 7 (SDS with no guidance
+    # amplification averages colours towards grey, as DreamFusion found for classifier-free guidance).
+    "domain3-high-t-zero123": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
+                                   domain_weight=3.0, control_weight=0.0, guidance_rule="paper", lambda_zero123=1.0),
+    "domain7-high-t-zero123": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
+                                   domain_weight=7.0, control_weight=0.0, guidance_rule="paper", lambda_zero123=1.0),
 }
 
 
@@ -91,13 +105,17 @@ def sds_targets(term, rgb: torch.Tensor, t_frac: float, seed: int, ddim_steps: i
     return decode(x0), decode(z)
 
 
-def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict) -> dict:
+def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zero123_model=None,
+             targets: bool = True) -> dict:
+    """``zero123_model``: the mini Zero-1-to-3, for variants with a Zero-1-to-3 term (``lambda_zero123 > 0``);
+    ``targets=False`` skips the SDS-target analysis (step 2)."""
     from bench.mini3d import _shape_named as prompt_shape
     from generators3d import ThreeDConfig, run_text_to_3d
-    from generators3d.guidance3d import DomainSDS
+    from generators3d.guidance3d import DomainSDS, Zero123SDS
     from generators3d.nerf import Background
     from generators3d.run import _load_reference, stage_generator
     from generators3d.stage import SDSTerm, load_checkpoint, train_stage
+    from suite.zero123 import Zero123Guidance
 
     shape = prompt_shape(prompt)
     run = out / f"{prompt.replace(' ', '-')}-{seed}"
@@ -116,7 +134,7 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict) -> 
         lat = pipe.vae.encode((rgb2 * 2 - 1).to(pipe.dtype)).latent_dist.mode()
         pics["vae"] = ((pipe.vae.decode(lat).sample.float() + 1) / 2).clamp(0, 1)
     res["stage2_through_vae"] = scores(judge, pics["vae"], shape)
-    for tf in T_FRACTIONS:
+    for tf in T_FRACTIONS if targets else ():
         x0, sdedit = sds_targets(term, rgb2, tf, seed)
         res["targets"][str(tf)] = dict(one_step=scores(judge, x0, shape), ddim=scores(judge, sdedit, shape))
         pics[f"x0 t={tf}"], pics[f"ddim t={tf}"] = x0, sdedit
@@ -124,10 +142,15 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict) -> 
     for name, over in variants.items():
         stage = replace(ref, **over)
         field, _ = load_checkpoint(run / "checkpoints" / "stage2-zero123.safetensors")
+        terms = [SDSTerm("domain", 1.0, DomainSDS.from_stage(pipe, prompt, stage))]
+        if stage.lambda_zero123 > 0:  # as the 3D flow adds it (generators3d.run)
+            guide = Zero123Guidance(zero123_model, reference.rgb, r.camera.ref_elevation, r.camera.ref_azimuth,
+                                    r.camera.ref_distance)
+            terms.append(SDSTerm("zero123", stage.lambda_zero123, Zero123SDS(
+                guide, stage.zero123_guidance_scale, stage.weighting, stage.grad_clip, stage.min_step_percent,
+                stage.max_step_percent)))
         t0 = time.time()
-        train_stage(field, Background(), stage, r.camera, reference,
-                    [SDSTerm("domain", 1.0, DomainSDS.from_stage(pipe, prompt, stage))],
-                    generator=stage_generator(seed, "refine"))
+        train_stage(field, Background(), stage, r.camera, reference, terms, generator=stage_generator(seed, "refine"))
         rgb3, op3 = turntable(field)
         inter = ((op3 > 0.5) & (op2 > 0.5)).sum().item()
         union = ((op3 > 0.5) | (op2 > 0.5)).sum().item()
@@ -147,7 +170,7 @@ def picture(cases: list[dict], path: Path, view: int = 1) -> None:
 
     rows = []
     for c in cases:
-        cols = [*PICTURE_COLUMNS, *c["variants"]]
+        cols = [*(k for k in PICTURE_COLUMNS if k in c["pictures"]), *c["variants"]]
         rows.append(torch.cat([c["pictures"][k][view] for k in cols], -1))
     grid = (torch.cat(rows, -2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     tmp = path.with_suffix(".tmp.png")
@@ -164,7 +187,7 @@ def summarise(cases: list[dict]) -> dict:
     out = {"stage 2 renders": {k: ms([c["stage2"][k] for c in cases]) for k in ("porcelain", "shape_kept")},
            "the same through the VAE": {k: ms([c["stage2_through_vae"][k] for c in cases])
                                         for k in ("porcelain", "shape_kept")}}
-    for tf in T_FRACTIONS:
+    for tf in T_FRACTIONS if cases[0]["targets"] else ():
         for kind in ("one_step", "ddim"):
             out[f"target {kind} t={tf}"] = {k: ms([c["targets"][str(tf)][kind][k] for c in cases])
                                             for k in ("porcelain", "shape_kept")}
@@ -193,7 +216,11 @@ def main(argv=None) -> int:
                    choices=list(VARIANTS),
                    help="stage-3 settings to run from each stage-2 checkpoint: default (the mini preset: 30 steps, "
                         "lambda_sds 0.01, t in [0.2, 0.6]), long (150 steps), long-strong (150 steps, lambda_sds "
-                        "0.05), long-strong-high-t (the same with t in [0.4, 0.8]); default: %(default)s")
+                        "0.05), long-strong-high-t (the same with t in [0.4, 0.8]), domain-high-t-zero123 (the domain "
+                        "model alone at t in [0.5, 0.9] with Zero-1-to-3 SDS beside it), domain-high-t-zero123-rgb50 "
+                        "(the same, the reference colour loss 50 instead of 500), domain3-/domain7-high-t-zero123 (the domain "
+                        "guidance amplified, w_d = 3 / 7); default: %(default)s")
+    p.add_argument("--no-targets", action="store_true", help="skip the SDS-target analysis (only run the variants)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from bench.mini3d import _shape_named as prompt_shape
@@ -213,10 +240,16 @@ def main(argv=None) -> int:
     judge = assets.load_judge()
     pipe = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)  # loaded once for every case
     variants = {k: VARIANTS[k] for k in args.variants}
+    zero123_model = None
+    if any(v.get("lambda_zero123", 0) > 0 for v in variants.values()):
+        from suite.presets import zero123_ref
+        from suite.zero123 import load_zero123
+
+        zero123_model = load_zero123(zero123_ref("mini"))
     cases = []
     for prompt in args.prompts:
         for seed in args.seeds:
-            cases.append(run_case(prompt, seed, out, pipe, judge, variants))
+            cases.append(run_case(prompt, seed, out, pipe, judge, variants, zero123_model, not args.no_targets))
             log.info("%s seed %d: %s", prompt, seed,
                      json.dumps({k: v for k, v in cases[-1].items() if k != "pictures"}))
     summary = summarise(cases)
