@@ -35,6 +35,8 @@ log = logging.getLogger("bench.mini3d_stage3")
 
 T_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)
 AZIMUTHS = tuple(float(a) for a in range(0, 360, 45))
+_HIGH_T = dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9, control_weight=0.0,
+               guidance_rule="paper", lambda_zero123=1.0)
 VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
     "default": {},  # 30 steps, lambda_sds 0.01, t in [0.2, 0.6]
     "long": dict(steps=150),
@@ -42,18 +44,13 @@ VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
     "long-strong-high-t": dict(steps=150, lambda_sds=0.05, min_step_percent=0.4, max_step_percent=0.8),
     # The domain model alone (no text, no noise-level rule: the preset's rule gives high noise to the text, and a body
     # colour is decided there) at high noise, t in [0.5, 0.9]; the shape held by Zero-1-to-3 SDS beside it
-    # (Magic123's pairing, same weight and range) and, in the second, a reference colour loss a tenth as strong.
-    "domain-high-t-zero123": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
-                                  domain_weight=1.0, control_weight=0.0, guidance_rule="paper", lambda_zero123=1.0),
-    "domain-high-t-zero123-rgb50": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
-                                        domain_weight=1.0, control_weight=0.0, guidance_rule="paper",
-                                        lambda_zero123=1.0, lambda_rgb=50.0),
-    # The same with the domain guidance amplified: eps_sd + w_d (eps_d - eps_sd), w_d = 3 / 7 (SDS with no guidance
-    # amplification averages colours towards grey, as DreamFusion found for classifier-free guidance).
-    "domain3-high-t-zero123": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
-                                   domain_weight=3.0, control_weight=0.0, guidance_rule="paper", lambda_zero123=1.0),
-    "domain7-high-t-zero123": dict(steps=150, lambda_sds=0.05, min_step_percent=0.5, max_step_percent=0.9,
-                                   domain_weight=7.0, control_weight=0.0, guidance_rule="paper", lambda_zero123=1.0),
+    # (Magic123's pairing, same weight and range); then with a reference colour loss a tenth as strong, and with the
+    # domain guidance amplified, eps_sd + w_d (eps_d - eps_sd), w_d = 3 / 7 (SDS with no guidance amplification
+    # averages colours towards grey, as DreamFusion found for classifier-free guidance).
+    "domain-high-t-zero123": {**_HIGH_T, "domain_weight": 1.0},
+    "domain-high-t-zero123-rgb50": {**_HIGH_T, "domain_weight": 1.0, "lambda_rgb": 50.0},
+    "domain3-high-t-zero123": {**_HIGH_T, "domain_weight": 3.0},
+    "domain7-high-t-zero123": {**_HIGH_T, "domain_weight": 7.0},
 }
 
 
