@@ -51,6 +51,9 @@ VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
     "domain-high-t-zero123-rgb50": {**_HIGH_T, "domain_weight": 1.0, "lambda_rgb": 50.0},
     "domain3-high-t-zero123": {**_HIGH_T, "domain_weight": 3.0},
     "domain7-high-t-zero123": {**_HIGH_T, "domain_weight": 7.0},
+    # ... and with Zero-1-to-3 weighing three times as much, to hold the shape against the amplified domain term.
+    "domain3-high-t-zero123x3": {**_HIGH_T, "domain_weight": 3.0, "lambda_zero123": 3.0},
+    "domain7-high-t-zero123x3": {**_HIGH_T, "domain_weight": 7.0, "lambda_zero123": 3.0},
 }
 
 
@@ -216,7 +219,8 @@ def main(argv=None) -> int:
                         "0.05), long-strong-high-t (the same with t in [0.4, 0.8]), domain-high-t-zero123 (the domain "
                         "model alone at t in [0.5, 0.9] with Zero-1-to-3 SDS beside it), domain-high-t-zero123-rgb50 "
                         "(the same, the reference colour loss 50 instead of 500), domain3-/domain7-high-t-zero123 (the domain "
-                        "guidance amplified, w_d = 3 / 7); default: %(default)s")
+                        "guidance amplified, w_d = 3 / 7), the same with x3 (Zero-1-to-3 weighing 3); default: "
+                        "%(default)s")
     p.add_argument("--no-targets", action="store_true", help="skip the SDS-target analysis (only run the variants)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)

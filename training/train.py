@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict
@@ -316,8 +317,35 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         DomainModel(final.eval(), metadata).save_pretrained(output)
         write_text_atomic(train_dir / "losses.json", json.dumps({"start_step": start_step, "losses": losses_log}))
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return output
+
+
+def end_training(accelerator, timeout: float = 60.0) -> None:
+    """accelerate's end of training (trackers, then torch.distributed's process group). With several processes that
+    shutdown now and then never returns (pytorch/pytorch#75097; seen here once in CI, two CPU processes over gloo,
+    after the model was written): it runs in a daemon thread, and after ``timeout`` seconds it is left behind with a
+    warning, so that the process can exit. Everything is written and every process has passed the last barrier by
+    then."""
+    if accelerator.num_processes == 1:
+        accelerator.end_training()
+        return
+    failure = []
+
+    def run():
+        try:
+            accelerator.end_training()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="end-training", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        log.warning("torch.distributed's shutdown did not return within %.0f s (a known PyTorch hang); the results "
+                    "are written, so this process exits without it", timeout)
+    elif failure:
+        raise failure[0]
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
