@@ -252,18 +252,16 @@ ZERO123_VISION = dict(hidden_size=1024, intermediate_size=4096, num_attention_he
 FULL_SIZE = dict(unet=SD15_UNET, zero123_unet={**SD15_UNET, "in_channels": 8, "sample_size": 32}, vae=SD15_VAE,
                  text=SD15_TEXT, vision=ZERO123_VISION)
 
-# The same layouts at toy size (tests/bench/test_bench_3d.py runs the whole flow with them on a CPU).
-TOY_SIZE = dict(
-    unet=dict(sample_size=16, layers_per_block=1, block_out_channels=(32, 64), cross_attention_dim=32,
-              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-              attention_head_dim=8, norm_num_groups=8),
-    vae=dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
-    text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
-              max_position_embeddings=77, projection_dim=32),
-    vision=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32,
-                patch_size=8, projection_dim=32))
-TOY_SIZE["zero123_unet"] = {**TOY_SIZE["unet"], "in_channels": 8}
+def toy_size() -> dict:
+    """:data:`FULL_SIZE`'s layouts at the tiny models' size (:mod:`suite.testing`; tests/bench/test_bench_3d.py runs
+    the whole flow with them on a CPU), Zero-1-to-3 at half the SD UNet's resolution as in the real pair."""
+    from suite.testing import _VAE, tiny_unet_config
+
+    return dict(unet=tiny_unet_config(), zero123_unet=tiny_unet_config(in_channels=8, sample_size=16), vae=_VAE,
+                text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                          vocab_size=49408, max_position_embeddings=77, projection_dim=32),
+                vision=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                            image_size=32, patch_size=8, projection_dim=32))
 
 
 MARKER = ".bench-3d-random-models"
@@ -283,7 +281,7 @@ def write_random_models(root, device="cpu", dtype=torch.float16, sizes=FULL_SIZE
     )
 
     from suite.nulltext import make_domain_model
-    from suite.testing import make_tokenizer_files
+    from suite.testing import _SCHEDULER, make_tokenizer_files
     from suite.zero123 import save_zero123
 
     root = Path(root)
@@ -301,8 +299,7 @@ def write_random_models(root, device="cpu", dtype=torch.float16, sizes=FULL_SIZE
                                                 pad_token_id=tokenizer.pad_token_id, **sizes["text"])).to(device)
     unet = UNet2DConditionModel(**sizes["unet"]).to(device)
     vae = AutoencoderKL(**sizes["vae"]).to(device)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(**_SCHEDULER)  # SD1.5's
     StableDiffusionPipeline(unet=unet.to(dtype), vae=vae.to(dtype), text_encoder=text_encoder.to(dtype),
                             tokenizer=tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(paths["sd"])
