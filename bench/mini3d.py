@@ -114,11 +114,23 @@ def judge_renders(checkpoint: Path, elevation: float, views=(-30.0, 0.0, 30.0, 1
             "renders": rgb, "all_shapes": SHAPES}
 
 
-def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
-    from bench.miniworld.geometry import load_export, measure_mesh
-    from generators3d import ThreeDConfig, run_text_to_3d
+def against_class(vertices: np.ndarray, faces: np.ndarray, shape: str, elevation: float) -> dict:
+    """A generated mesh (NeRF frame) against the canonical object of the class ``shape``, framed as a reference
+    view from ``elevation``: :func:`bench.miniworld.geometry.measure_mesh` at the best of twelve turns about the
+    vertical (the generated object's orientation is unknown), by Chamfer distance."""
+    from bench.miniworld.geometry import measure_mesh
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
+
+    canon = make_object(shape)
+    framing = reference_framing(canon, elevation, 0.0, size=256)
+    return min((measure_mesh(turned(vertices, a), faces, canon, framing, views=HELD_OUT) for a in range(0, 360, 30)),
+               key=lambda m: m["chamfer"])
+
+
+def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
+    from bench.miniworld.geometry import load_export
+    from generators3d import ThreeDConfig, run_text_to_3d
 
     cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(out / "run"), seed=seed, **steps)
     if not _finished(out / "run"):
@@ -134,11 +146,7 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
     shape = _shape_named(prompt)
     for name, folder in (("stage2", out / "stage2"), ("stage3", out / "run")):
         if shape:
-            canon = make_object(shape)
-            framing = reference_framing(canon, el, 0.0, size=256)
-            v, f = load_export(folder)
-            best = min((measure_mesh(turned(v, a), f, canon, framing, views=HELD_OUT) for a in range(0, 360, 30)),
-                       key=lambda m: m["chamfer"])
+            best = against_class(*load_export(folder), shape, el)
             res[f"{name}_chamfer"], res[f"{name}_iou"] = best["chamfer"], best["mean_silhouette_iou"]
             res[f"{name}_normals"] = best["normal_consistency"]
         ckpt = checkpoints["zero123" if name == "stage2" else "refine"]

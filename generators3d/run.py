@@ -233,15 +233,22 @@ def stage_generator(seed: int, stage: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1009 + STAGES.index(stage))
 
 
+def field_mesh(field, camera, export) -> tuple[meshlib.Mesh, float]:
+    """The field's mesh in the NeRF frame as the export makes it (``export``: an :class:`ExportConfig`), its
+    density threshold from renders at the reference distance: four round the object, one above, one below. Puts
+    the field in eval mode with a fresh occupancy grid (a loaded checkpoint carries none)."""
+    field.eval()
+    field.update_occupancy()
+    views = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,
+                          camera.ref_fovy)
+    return meshlib.extract_mesh(field, views, export)
+
+
 def _finish(field, cfg, out, result, report) -> ThreeDResult:
     """Steps 7-9: meshes, the turntable preview, the summary."""
-    field.eval()
-    field.update_occupancy()  # a loaded checkpoint carries no occupancy grid
     # 7. Mesh export (CPU work: marching cubes, clean-up, colours, UV bake, atomic files).
     report.start("export", 1)
-    views = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0],
-                          cfg.camera.ref_distance, cfg.camera.ref_fovy)
-    mesh, level = meshlib.extract_mesh(field, views, cfg.export)
+    mesh, level = field_mesh(field, cfg.camera, cfg.export)
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
     mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])
     result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
