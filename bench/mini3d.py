@@ -118,13 +118,14 @@ def against_class(vertices: np.ndarray, faces: np.ndarray, shape: str, elevation
     """A generated mesh (NeRF frame) against the canonical object of the class ``shape``, framed as a reference
     view from ``elevation``: :func:`bench.miniworld.geometry.measure_mesh` at the best of twelve turns about the
     vertical (the generated object's orientation is unknown), by Chamfer distance."""
-    from bench.miniworld.geometry import measure_mesh
+    from bench.miniworld.geometry import exact_truth, measure_mesh
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
 
     canon = make_object(shape)
     framing = reference_framing(canon, elevation, 0.0, size=256)
-    return min((measure_mesh(turned(vertices, a), faces, canon, framing, views=HELD_OUT) for a in range(0, 360, 30)),
+    truth = exact_truth(canon, framing, views=HELD_OUT)
+    return min((measure_mesh(turned(vertices, a), faces, canon, framing, truth=truth) for a in range(0, 360, 30)),
                key=lambda m: m["chamfer"])
 
 

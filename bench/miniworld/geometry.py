@@ -44,13 +44,14 @@ def sample_mesh(vertices: np.ndarray, faces: np.ndarray, n: int = 20000, seed: i
     return np.asarray(pts), np.asarray(mesh.face_normals[idx])
 
 
-def chamfer(points_a, normals_a, points_b, normals_b) -> dict:
+def chamfer(points_a, normals_a, points_b, normals_b, tree_b=None) -> dict:
     """Symmetric Chamfer distance (mean of the two mean nearest-neighbour distances), its two halves
     (``accuracy``: a -> b, ``completeness``: b -> a) and normal consistency (mean ``|n_a . n_b|`` of nearest
-    neighbours, both ways; 1 = identical orientation, 0.5 = random)."""
+    neighbours, both ways; 1 = identical orientation, 0.5 = random). ``tree_b``: ``scipy.spatial.cKDTree`` of
+    ``points_b``, when several point sets are measured against the same ``b``."""
     from scipy.spatial import cKDTree
 
-    d_ab, i_ab = cKDTree(points_b).query(points_a)
+    d_ab, i_ab = (tree_b or cKDTree(points_b)).query(points_a)
     d_ba, i_ba = cKDTree(points_a).query(points_b)
     nc = 0.5 * (np.abs((normals_a * normals_b[i_ab]).sum(-1)).mean() + np.abs((normals_b * normals_a[i_ba]).sum(-1)).mean())
     return {"chamfer": float(0.5 * (d_ab.mean() + d_ba.mean())), "accuracy": float(d_ab.mean()),
@@ -95,28 +96,45 @@ def load_export(run_dir) -> tuple[np.ndarray, np.ndarray]:
     return from_export(np.asarray(mesh.vertices), summary["export_transform"]), np.asarray(mesh.faces)
 
 
+DEFAULT_VIEWS = ((20.0, 90.0), (20.0, 180.0), (20.0, -90.0), (50.0, 45.0), (-5.0, 135.0))
+
+
+def exact_truth(obj: MiniObject, framing, ref_azimuth: float = 0.0, views: tuple = DEFAULT_VIEWS, size: int = 64,
+                seed: int = 0) -> dict:
+    """What :func:`measure_mesh` compares a mesh with, computed once: the exact surface's points and normals in the
+    NeRF frame (and their search tree), its height, the held-out ``views``' cameras (NeRF frame) and the true
+    silhouettes from them."""
+    from scipy.spatial import cKDTree
+
+    from suite.miniworld.views import framed_cameras
+
+    points, normals = surface_points(obj, seed=seed)
+    points = framing.to_nerf(points, ref_azimuth)
+    el = [v[0] for v in views]
+    az = [v[1] for v in views]
+    return dict(points=points, normals=normals @ framing.rotation(ref_azimuth).T, height=float(np.ptp(points[:, 2])),
+                tree=cKDTree(points),
+                cams=orbit_cameras(el, [ref_azimuth + x for x in az], framing.distance, 20.0),
+                masks=render_masks(obj, framed_cameras(framing, el, [framing.azimuth + x for x in az]), size),
+                size=size, seed=seed)
+
+
 def measure_mesh(vertices: np.ndarray, faces: np.ndarray, obj: MiniObject, framing, ref_azimuth: float = 0.0,
-                 views: tuple = ((20.0, 90.0), (20.0, 180.0), (20.0, -90.0), (50.0, 45.0), (-5.0, 135.0)),
-                 size: int = 64, seed: int = 0) -> dict:
+                 views: tuple = DEFAULT_VIEWS, size: int = 64, seed: int = 0, truth: dict | None = None) -> dict:
     """A mesh in the NeRF frame against the true object (``framing``: :func:`.views.reference_framing` of the
     reference view): Chamfer distance, accuracy, completeness (units: the object's height, so 0.01 = 1% of it)
     and normal consistency against the exact surface, and the silhouette IoU from held-out ``views``
-    ((elevation, azimuth) relative to the reference view, NeRF frame)."""
-    from suite.miniworld.views import framed_cameras, iou
+    ((elevation, azimuth) relative to the reference view, NeRF frame). ``truth``: :func:`exact_truth` of the same
+    arguments, to measure several meshes against one object without computing it again."""
+    from suite.miniworld.views import iou
 
-    truth, truth_n = surface_points(obj, seed=seed)
-    truth_nerf = framing.to_nerf(truth, ref_azimuth)
-    pts, nrm = sample_mesh(vertices, faces, seed=seed)
-    height = float(np.ptp(truth_nerf[:, 2]))
-    out = chamfer(pts, nrm, truth_nerf, truth_n @ framing.rotation(ref_azimuth).T)
+    truth = truth or exact_truth(obj, framing, ref_azimuth, views, size, seed)
+    pts, nrm = sample_mesh(vertices, faces, seed=truth["seed"])
+    out = chamfer(pts, nrm, truth["points"], truth["normals"], truth["tree"])
     for k in ("chamfer", "accuracy", "completeness"):
-        out[k] = out[k] / height
-    el = [v[0] for v in views]
-    az = [v[1] for v in views]
-    nerf_cams = orbit_cameras(el, [ref_azimuth + x for x in az], framing.distance, 20.0)
-    truth_masks = render_masks(obj, framed_cameras(framing, el, [framing.azimuth + x for x in az]), size)
-    masks = mesh_silhouettes(vertices, faces, nerf_cams, size)
-    out["silhouette_iou"] = [round(float(x), 4) for x in iou(torch.from_numpy(masks), truth_masks)]
+        out[k] = out[k] / truth["height"]
+    masks = mesh_silhouettes(vertices, faces, truth["cams"], truth["size"])
+    out["silhouette_iou"] = [round(float(x), 4) for x in iou(torch.from_numpy(masks), truth["masks"])]
     out["mean_silhouette_iou"] = float(np.mean(out["silhouette_iou"]))
     return out
 
