@@ -60,16 +60,14 @@ VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
     # ... and with Zero-1-to-3 weighing three times as much, to hold the shape against the amplified domain term.
     "domain3-high-t-zero123x3": {**_HIGH_T, "domain_weight": 3.0, "lambda_zero123": 3.0},
     "domain7-high-t-zero123x3": {**_HIGH_T, "domain_weight": 7.0, "lambda_zero123": 3.0},
-    # The domain model's view distribution: its porcelain renders were taken 0-25 degrees up, stage 3's random views
-    # range over -10..60 (the mini Zero-1-to-3's); here they stay within the domain's (DOMAIN_ELEVATION).
-    # The domain model's view distribution: its porcelain renders were taken 0-25 degrees up, stage 3's random views
-    # range over -10..60 (the mini Zero-1-to-3's); here they stay within the domain's (DOMAIN_ELEVATION).
     # The geometry frozen, only the colour head trained (the appearance stage of Magic3D / Fantasia3D / DreamGaussian,
     # on a NeRF): the domain model alone at high noise, amplified (w_d = 7), with the reference colour loss as usual
     # and without it.
     "colour-only-domain7-high-t": {**_HIGH_T, "domain_weight": 7.0, "lambda_zero123": 0.0, "colour_only": True},
     "colour-only-domain7-high-t-rgb0": {**_HIGH_T, "domain_weight": 7.0, "lambda_zero123": 0.0, "lambda_rgb": 0.0,
                                         "colour_only": True},
+    # The domain model's view distribution: its porcelain renders were taken 0-25 degrees up, stage 3's random views
+    # range over -10..60 (the mini Zero-1-to-3's); here they stay within the domain's (DOMAIN_ELEVATION).
     "default-domain-views": {"camera": {"elevation_range": DOMAIN_ELEVATION}},
     "domain3-high-t-zero123x3-domain-views": {**_HIGH_T, "domain_weight": 3.0, "lambda_zero123": 3.0,
                                               "camera": {"elevation_range": DOMAIN_ELEVATION}},
@@ -151,10 +149,10 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
     ``targets=False`` skips the SDS-target analysis (step 2)."""
     from bench.mini3d import _shape_named as prompt_shape
     from generators3d import ThreeDConfig, run_text_to_3d
-    from generators3d.guidance3d import DomainSDS, Zero123SDS
+    from generators3d.guidance3d import DomainSDS
     from generators3d.nerf import Background
-    from generators3d.run import _load_reference, stage_generator
-    from generators3d.stage import SDSTerm, load_checkpoint, train_stage
+    from generators3d.run import _load_reference, refine_terms, stage_generator
+    from generators3d.stage import load_checkpoint, train_stage
     from suite.zero123 import Zero123Guidance
 
     shape = prompt_shape(prompt)
@@ -180,6 +178,8 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
         res["targets"][str(tf)] = dict(one_step=scores(judge, x0, shape), ddim=scores(judge, sdedit, shape))
         pics[f"x0 t={tf}"], pics[f"ddim t={tf}"] = x0, sdedit
     reference = _load_reference(run / "reference.png", run / "reference-mask.png", "cpu")
+    guide = None if zero123_model is None else Zero123Guidance(  # for variants with a Zero-1-to-3 term
+        zero123_model, reference.rgb, r.camera.ref_elevation, r.camera.ref_azimuth, r.camera.ref_distance)
     for name, over in variants.items():
         over = dict(over)
         camera = replace(r.camera, **over.pop("camera", {}))  # the random views' ranges (the reference stays)
@@ -189,15 +189,9 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
         if colour_only:  # the geometry frozen (density and the features it reads); only the colour head learns
             for name_p, param in field.named_parameters():
                 param.requires_grad_(name_p.startswith("color_head."))
-        terms = [SDSTerm("domain", 1.0, DomainSDS.from_stage(pipe, prompt, stage))]
-        if stage.lambda_zero123 > 0:  # as the 3D flow adds it (generators3d.run)
-            guide = Zero123Guidance(zero123_model, reference.rgb, r.camera.ref_elevation, r.camera.ref_azimuth,
-                                    r.camera.ref_distance)
-            terms.append(SDSTerm("zero123", stage.lambda_zero123, Zero123SDS(
-                guide, stage.zero123_guidance_scale, stage.weighting, stage.grad_clip, stage.min_step_percent,
-                stage.max_step_percent)))
         t0 = time.time()
-        train_stage(field, Background(), stage, camera, reference, terms, generator=stage_generator(seed, "refine"))
+        train_stage(field, Background(), stage, camera, reference, refine_terms(pipe, prompt, stage, guide),
+                    generator=stage_generator(seed, "refine"))
         rgb3, op3 = turntable(field)
         inter = ((op3 > 0.5) & (op2 > 0.5)).sum().item()
         union = ((op3 > 0.5) | (op2 > 0.5)).sum().item()
@@ -288,8 +282,7 @@ def main(argv=None) -> int:
                         "default-domain-views and domain3-high-t-zero123x3-domain-views (random views only 0-25 "
                         "degrees up, where the domain model's renders were taken), colour-only-domain7-high-t[-rgb0] "
                         "(the geometry frozen, only the colour head trained; -rgb0: without the reference colour "
-                        "loss); default: "
-                        "%(default)s")
+                        "loss); default: %(default)s")
     p.add_argument("--no-targets", action="store_true", help="skip the SDS-target analysis (only run the variants)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)

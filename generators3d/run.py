@@ -207,11 +207,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         log.info("stage 3: reusing %s", stage3_ckpt)
     elif cfg.refine.steps > 0:
         r = cfg.refine
-        # Weights not given: the domain's recommended ones, as the pipeline decides (InDomainPipeline.guidance_weights).
-        terms = [SDSTerm("domain", 1.0, DomainSDS.from_stage(pipe, prompt, r))]
-        if r.lambda_zero123 > 0:
-            terms.append(SDSTerm("zero123", r.lambda_zero123, Zero123SDS(
-                zero123, r.zero123_guidance_scale, r.weighting, r.grad_clip, r.min_step_percent, r.max_step_percent)))
+        terms = refine_terms(pipe, prompt, r, zero123)
         report.start("refine", r.steps)
         stats = train_stage(field, background, r, cfg.camera, reference, terms,
                             generator=stage_generator(cfg.seed, "refine"),
@@ -225,6 +221,18 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
 
     result.image_path, result.mask_path = image_path, mask_path
     return _finish(field, cfg, out, result, report)
+
+
+def refine_terms(pipe, prompt: str, stage, zero123: Zero123Guidance | None) -> list[SDSTerm]:
+    """Stage 3's SDS terms for the refine ``stage`` (a :class:`StageConfig`): the domain multi-guidance (weights not
+    given: the domain's recommended ones, as the pipeline decides, InDomainPipeline.guidance_weights), and a
+    Zero-1-to-3 term weighing ``stage.lambda_zero123`` when it is above 0 (Magic123)."""
+    terms = [SDSTerm("domain", 1.0, DomainSDS.from_stage(pipe, prompt, stage))]
+    if stage.lambda_zero123 > 0:
+        terms.append(SDSTerm("zero123", stage.lambda_zero123, Zero123SDS(
+            zero123, stage.zero123_guidance_scale, stage.weighting, stage.grad_clip, stage.min_step_percent,
+            stage.max_step_percent)))
+    return terms
 
 
 def stage_generator(seed: int, stage: str) -> torch.Generator:
