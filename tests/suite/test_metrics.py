@@ -1,8 +1,10 @@
-"""Distances between feature sets (suite.metrics): the Fréchet distance and KID against their closed forms."""
+"""Distances between feature sets (suite.metrics): the Fréchet distance, KID and the sliced Wasserstein distance
+against their closed forms."""
 
 import numpy as np
+import pytest
 
-from suite.metrics import diversity, frechet_distance, kid, kid_with_se
+from suite.metrics import diversity, frechet_distance, kid, kid_with_se, sliced_wasserstein
 
 
 def test_frechet_distance_is_zero_on_itself_and_matches_the_gaussian_closed_form():
@@ -40,3 +42,20 @@ def test_standard_error_of_the_mean_and_none_for_one_value():
 
     assert abs(standard_error([1.0, 2.0, 3.0]) - 1 / np.sqrt(3)) < 1e-12  # sample sd 1, three values
     assert standard_error([0.5]) is None and standard_error([]) is None
+
+
+def test_sliced_wasserstein_is_half_a_shift_in_3d_and_exact_in_1d():
+    rng = np.random.default_rng(2)
+    a = rng.random((3000, 3))
+    assert sliced_wasserstein(a, a) == 0.0
+    shift = np.array([0.3, 0.0, 0.0])  # every projection moves by |v.u|, whose mean over the sphere is |v| / 2
+    assert abs(sliced_wasserstein(a, a + shift, directions=2000) - 0.15) < 0.01
+    # 1-D, sets of different sizes: the distance between the empirical distributions, |mean shift| for one normal
+    u, v = rng.normal(size=(4000, 1)), rng.normal(size=(3000, 1)) + 0.5
+    assert abs(sliced_wasserstein(u, v, directions=3) - 0.5) < 0.05
+    # a set of colours is further from a different palette than from another sample of its own
+    white_blue = np.where(rng.random((2000, 1)) < 0.5, [0.95, 0.95, 0.92], [0.09, 0.18, 0.62])
+    grey = np.full((2000, 3), 0.5)
+    assert sliced_wasserstein(white_blue[:1000], white_blue[1000:]) < 0.05 < sliced_wasserstein(grey, white_blue)
+    with pytest.raises(ValueError, match="same d"):
+        sliced_wasserstein(a, a[:, :2])
