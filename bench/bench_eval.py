@@ -1,7 +1,7 @@
 """``launch.py eval`` on the mini world as a user runs it (``python -m bench.bench_eval --output DIR``).
 
 Makes a fine-tuned comparison model first (bench.miniworld's vanilla fine-tuning of the base on 500 porcelain
-renders, 300 steps at batch 8, the CI's recipe, saved as a diffusers UNet folder), then runs one evaluation with
+renders, 300 steps at batch 8, the CI-sized recipe, saved as a diffusers UNet folder), then runs one evaluation with
 four rows: the base, ours at the recommended weights and rule, ours at the paper's automatic weights, and the
 fine-tune (its unconditional images prompted "a photo of porcelain", guidance 5). ``--num-images`` unconditional
 images per method against 500 held-out porcelain renders (FD, KID in the judge's features), and 5 out-of-domain

@@ -5,8 +5,8 @@ real images).
 * Fréchet distance: ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` (FID's formula, Heusel et al. 2017).
   Biased for small sets; needs more samples than feature dimensions to mean much.
 * Sliced Wasserstein-1 distance between two point sets (e.g. the colours of two objects' pixels): the mean over
-  random unit directions of the exact 1-D Wasserstein-1 distance of the projections (scipy's). A shift of one set by
-  ``v`` in 3-D gives ``|v| / 2`` in expectation over the directions.
+  random unit directions of the exact 1-D Wasserstein-1 distance of the projections (scipy's formula, in numpy). A
+  shift of one set by ``v`` in 3-D gives ``|v| / 2`` in expectation over the directions.
 * KID (Bińkowski et al. 2018): the unbiased estimate of the squared maximum mean discrepancy with the cubic
   polynomial kernel ``k(x, y) = (x.y / d + 1)^3``. Unbiased at any set size (its expectation is 0 when both
   sets come from one distribution, so small negative values occur), which is why it is the measure for 90
@@ -132,6 +132,8 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, directions: int = 64, seed:
     """The sliced Wasserstein-1 distance between point sets ``a [n, d]`` and ``b [m, d]`` (any sizes): the mean over
     ``directions`` random unit directions (seeded) of the 1-D Wasserstein-1 distance between the projections."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if directions < 1:
+        raise ValueError(f"sliced_wasserstein needs at least one direction, got {directions}")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not len(a) or not len(b):
         raise ValueError(f"sliced_wasserstein needs two non-empty [n, d] sets of the same d, got {a.shape} and "
                          f"{b.shape}")

@@ -82,13 +82,13 @@ class Config:
     ft_seed: int = 0
     rules: tuple = RULES
     fine_tuning: bool = True
-    small_batch_ft: tuple = ((300, 8),)  # (steps, batch) runs at cfg 5 beside the curve: the CI's smaller recipe
+    small_batch_ft: tuple = ((300, 8),)  # (steps, batch) runs at cfg 5 beside the curve: the CI-sized recipe
 
 
 FULL = Config()
 #: The CI-sized comparison (tests/bench/test_miniworld_front.py): the pipeline's default against fine-tuning@300
 #: (classifier-free guidance 5, bench.miniworld's length) on 45 out-of-domain images each. Fine-tuning runs at batch
-#: 8 instead of 32 to fit the CI's minutes (the same steps and learning rate; FULL measures both batches).
+#: 8 instead of 32 to fit a test's minutes (the same steps and learning rate; FULL measures both batches).
 QUICK = Config(ft_steps=(300,), ft_cfgs=(5.0,), ft_batch=8, n_domain=500, ood_per_shape=9, ind_per_shape=9,
                n_ideal=40, rules=(("default", None, None, None),), small_batch_ft=())
 

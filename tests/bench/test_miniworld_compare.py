@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-# A CI-sized run of a method benchmark (a minute or more on 2 cores): not in the default run; `bash scripts/test.sh -m slow`.
+# A CI-sized run of a method benchmark (a minute or more on 2 cores): not in the default run.
+# Run it with `bash scripts/test.sh -m slow` (or `pytest -m slow` and this file's path).
 pytestmark = pytest.mark.slow
 
 
