@@ -90,6 +90,11 @@ class StageConfig:
     # curves cost nothing): the squared second differences of the rendered surface depth between neighbouring
     # object pixels, depth jumps (silhouettes inside the object) left out. 0 = off.
     lambda_depth_smooth: float = 0.0
+    # Experimental (``--shading``): the SDS views and the reference view (then always whole: ``ref_ray_fraction`` is
+    # ignored) are rendered lit as the mini world lights its objects (generators3d.stage.shade_camera_light: a key
+    # light fixed to the camera, normals from the rendered depth), so that the shape, not only the colour, has to
+    # explain the shading. Needs a plain-colour background.
+    shading: bool = False
     # Zero-1-to-3: its CFG weight (one MultiGuidance term; threestudio's guidance_scale 3).
     zero123_guidance_scale: float = 3.0
     # refinement only: the domain multi-guidance and an optional Zero-1-to-3 SDS term (Magic123).

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from suite.files import atomic_path
+from suite.miniworld.render import LIGHT_CAM
 
 from .cameras import camera_rays, random_cameras, reference_camera
 from .config import CameraConfig, NeRFConfig, StageConfig
@@ -85,7 +86,7 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
     ref_rays, n_ref = None, 0
     if reference is not None and not 0.0 < stage.ref_ray_fraction <= 1.0:
         raise ValueError(f"ref_ray_fraction must be in (0, 1], got {stage.ref_ray_fraction}: use 1 for the whole view")
-    if reference is not None and stage.ref_ray_fraction < 1.0:
+    if reference is not None and stage.ref_ray_fraction < 1.0 and not stage.shading:  # shading: whole views
         o, d = camera_rays(ref_cam, *reference.rgb.shape[-2:])
         ref_rays = (o.reshape(-1, 3), d.reshape(-1, 3), reference.rgb[0].permute(1, 2, 0).reshape(-1, 3),
                     reference.mask[0].permute(1, 2, 0).reshape(-1, 1))
@@ -109,6 +110,8 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
             cams = random_cameras(camera, batch, generator, device)
             out = render(field, background, cams, res, perturb=True, generator=generator)
             rgb = out["rgb"]
+            if stage.shading:
+                rgb = shade_camera_light(out, cams, rgb, background)
             if stage.sds_background is not None:  # the same object over another (plain) backdrop
                 if background.mlp is not None:
                     raise ValueError("sds_background needs a plain-colour NeRF background, not a learned one")
@@ -134,6 +137,8 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
             if ref_rays is None:
                 size = reference.rgb.shape[-1]
                 ref_out = render(field, background, ref_cam, size, perturb=True, generator=generator)
+                if stage.shading:
+                    ref_out["rgb"] = shade_camera_light(ref_out, ref_cam, ref_out["rgb"], background)
                 l_rgb = torch.nn.functional.mse_loss(ref_out["rgb"].permute(0, 3, 1, 2), reference.rgb)
                 l_mask = torch.nn.functional.mse_loss(ref_out["opacity"].permute(0, 3, 1, 2), reference.mask)
             else:
@@ -165,6 +170,28 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
         if progress is not None:
             progress(step + 1, stage.steps, info)
     return {"nan_recoveries": recoveries, "last": info}
+
+
+def shade_camera_light(out: dict, cams, rgb: torch.Tensor, background, ambient: float = 0.32) -> torch.Tensor:
+    """Renders ``rgb [B, H, W, 3]`` (the field's albedo over a plain ``background``, with ``out``'s opacity and depth)
+    lit as the mini world lights its objects (:mod:`suite.miniworld.render`, without the highlight): albedo x
+    (ambient + (1 - ambient) max(0, n.l)), the key light fixed in camera space, the normals from the rendered depth
+    (screen-space differences of the surface points), so that shading depends on the geometry."""
+    if background.mlp is not None:
+        raise ValueError("shading needs a plain-colour NeRF background, not a learned one")
+    bg = background.color.to(rgb.device)
+    b, h, w, _ = rgb.shape
+    op = out["opacity"][..., 0]
+    o, d = camera_rays(cams.to(rgb.device), h, w)
+    p = o + d * (out["depth"][..., 0] / op.clamp_min(1e-3))[..., None]
+    dy, dx = torch.gradient(p, dim=(1, 2))  # central differences (one-sided at the border)
+    n = torch.nn.functional.normalize(torch.cross(dx, dy, dim=-1), dim=-1)
+    n = torch.where(((n * d).sum(-1, keepdim=True) > 0), -n, n)  # towards the camera
+    light = torch.nn.functional.normalize(torch.tensor(LIGHT_CAM, device=rgb.device), dim=0)
+    light = torch.einsum("bij,j->bi", cams.c2w[:, :3, :3].to(rgb.device), light)[:, None, None]
+    diffuse = (n * light).sum(-1, keepdim=True).clamp_min(0)
+    albedo = rgb - (1 - op[..., None]) * bg
+    return albedo * (ambient + (1 - ambient) * diffuse) + (1 - op[..., None]) * bg
 
 
 def _snapshot(field, background, opt) -> dict:

@@ -169,3 +169,45 @@ def test_depth_curvature_is_zero_on_planes_and_edges_and_large_on_bumps():
     depth_curvature(d, full).backward()
     flatter = (bumpy - 20.0 * d.grad).detach()
     assert depth_curvature(flatter, full) < depth_curvature(bumpy, full)
+
+
+def test_shading_lights_a_ball_from_the_camera_fixed_key_light_by_its_geometry():
+    """``shade_camera_light`` on a fresh field (Magic3D's blob: a ball of one colour) seen from two sides: every view
+    lit alike (the light turns with the camera), brightest towards the light's side (up and left), the ball's centre
+    at ambient + (1 - ambient) l_z as Lambert's law gives for a normal facing the camera."""
+    from generators3d.nerf import Background
+    from generators3d.render import render
+    from generators3d.stage import shade_camera_light
+    from suite.miniworld.render import LIGHT_CAM
+
+    torch.manual_seed(0)
+    field = NeRFField(NeRFConfig(n_levels=4, log2_hashmap_size=10, base_resolution=4, hidden=16, n_hidden_layers=1,
+                                 samples_per_ray=96))
+    background = Background((1.0, 1.0, 1.0))
+    cams = orbit_cameras([0.0, 0.0], [0.0, 120.0], 3.0, 30.0)
+    with torch.no_grad():
+        out = render(field, background, cams, 48)
+        lit = shade_camera_light(out, cams, out["rgb"], background)
+    op = out["opacity"][..., 0]
+    albedo = out["rgb"][0, 24, 24]  # the fresh field's one colour, at the ball's centre
+    l_z = LIGHT_CAM[2] / float(np.linalg.norm(LIGHT_CAM))
+    assert torch.allclose(lit[:, 24, 24], albedo * (0.32 + 0.68 * l_z), atol=0.02)
+    assert torch.allclose(lit[0], lit[1], atol=0.02)  # a ball looks the same from every side
+    brightness = lit.mean(-1)  # two points of the ball, up-left and down-right of its centre
+    assert bool((op[:, 20, 20] > 0.95).all() and (op[:, 28, 28] > 0.95).all())
+    assert bool((brightness[:, 20, 20] - brightness[:, 28, 28] > 0.1 * albedo.mean()).all())
+    assert torch.allclose(lit[op < 1e-4], out["rgb"][op < 1e-4], atol=1e-3)  # the background is not lit
+    with pytest.raises(ValueError, match="plain-colour"):
+        shade_camera_light(out, cams, out["rgb"], Background(learned=True))
+
+
+def test_the_shading_flag_reaches_stage_2_only():
+    import argparse
+
+    from generators3d.cli import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    on = config_from_args(p.parse_args(["--preset", "mini", "--prompt", "a vase", "--shading"]))
+    off = config_from_args(p.parse_args(["--preset", "mini", "--prompt", "a vase"]))
+    assert on.zero123.shading and not on.refine.shading and not off.zero123.shading
