@@ -52,7 +52,7 @@ def add_arguments(p) -> None:
                    help="stage 2 renders its views and the whole reference view lit as the mini world lights its "
                         "objects (a key light fixed to the camera; normals from the rendered depth), so that the shape "
                         "has to explain the shading; experimental, off by default (mini world: boxes' Chamfer "
-                        "16-19%% lower, the bowl still filled; docs/3d.md)")
+                        "12-15%% lower, the bowl still filled; docs/3d.md)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
                    help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
     g.add_argument("--domain-weight", type=weight_arg, default=None,

@@ -173,25 +173,43 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
 
 
 def shade_camera_light(out: dict, cams, rgb: torch.Tensor, background, ambient: float = 0.32) -> torch.Tensor:
-    """Renders ``rgb [B, H, W, 3]`` (the field's albedo over a plain ``background``, with ``out``'s opacity and depth)
+    """Shades ``rgb [B, H, W, 3]`` (the field's albedo over a plain ``background``, with ``out``'s opacity and depth)
     lit as the mini world lights its objects (:mod:`suite.miniworld.render`, without the highlight): albedo x
     (ambient + (1 - ambient) max(0, n.l)), the key light fixed in camera space, the normals from the rendered depth
-    (screen-space differences of the surface points), so that shading depends on the geometry."""
+    (screen-space differences of the surface points between neighbouring object pixels, none across the
+    silhouette), so that shading depends on the geometry."""
     if background.mlp is not None:
         raise ValueError("shading needs a plain-colour NeRF background, not a learned one")
     bg = background.color.to(rgb.device)
     b, h, w, _ = rgb.shape
     op = out["opacity"][..., 0]
     o, d = camera_rays(cams.to(rgb.device), h, w)
-    p = o + d * (out["depth"][..., 0] / op.clamp_min(1e-3))[..., None]
-    dy, dx = torch.gradient(p, dim=(1, 2))  # central differences (one-sided at the border)
-    n = torch.nn.functional.normalize(torch.cross(dx, dy, dim=-1), dim=-1)
+    on = op > 0.5  # object pixels; differences are taken only between them (none across the silhouette)
+    p = o + d * (out["depth"][..., 0] / op.clamp_min(0.5))[..., None] * on[..., None]
+    dx, dy = _surface_tangent(p, on, 2), _surface_tangent(p, on, 1)
+    cross = torch.cross(dx, dy, dim=-1)
+    n = torch.nn.functional.normalize(cross, dim=-1)
     n = torch.where(((n * d).sum(-1, keepdim=True) > 0), -n, n)  # towards the camera
+    n = torch.where(cross.norm(dim=-1, keepdim=True) > 1e-12, n, -d)  # no neighbour on the object: facing the camera
     light = torch.nn.functional.normalize(torch.tensor(LIGHT_CAM, device=rgb.device), dim=0)
     light = torch.einsum("bij,j->bi", cams.c2w[:, :3, :3].to(rgb.device), light)[:, None, None]
     diffuse = (n * light).sum(-1, keepdim=True).clamp_min(0)
     albedo = rgb - (1 - op[..., None]) * bg
     return albedo * (ambient + (1 - ambient) * diffuse) + (1 - op[..., None]) * bg
+
+
+def _surface_tangent(p: torch.Tensor, on: torch.Tensor, dim: int) -> torch.Tensor:
+    """Differences of the surface points ``p [B, H, W, 3]`` along image axis ``dim`` between neighbours that are both
+    object pixels (``on``): central where both sides are, one-sided where one is, zero where none is."""
+    n = p.shape[dim]
+    idx = torch.arange(n, device=p.device)
+    nxt, prv = idx.clamp(max=n - 2) + 1, (idx - 1).clamp(min=0)
+    has_next = (on & on.index_select(dim, nxt) & (idx < n - 1).view([-1 if i == dim else 1 for i in range(3)]))
+    has_prev = (on & on.index_select(dim, prv) & (idx > 0).view([-1 if i == dim else 1 for i in range(3)]))
+    fwd = (p.index_select(dim, nxt) - p) * has_next[..., None]
+    bwd = (p - p.index_select(dim, prv)) * has_prev[..., None]
+    count = (has_next.float() + has_prev.float()).clamp_min(1.0)[..., None]
+    return (fwd + bwd) / count
 
 
 def _snapshot(field, background, opt) -> dict:

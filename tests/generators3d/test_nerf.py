@@ -201,6 +201,38 @@ def test_shading_lights_a_ball_from_the_camera_fixed_key_light_by_its_geometry()
         shade_camera_light(out, cams, out["rgb"], Background(learned=True))
 
 
+def test_shading_a_hard_edged_sphere_follows_lamberts_law_up_to_its_silhouette_and_gives_depth_a_gradient():
+    """An exact sphere (opaque, hard silhouette): every object pixel, the rim included, lit as Lambert's law gives
+    with the sphere's true normals (differences are never taken across the silhouette, where they would turn the
+    rim's normals inwards and light the side away from the light); the depth receives gradient through the normals,
+    and no pixel off the object does."""
+    from generators3d.nerf import Background
+    from generators3d.render import sphere_intersect
+    from generators3d.stage import shade_camera_light
+    from suite.miniworld.render import LIGHT_CAM
+
+    size = 64
+    cams = orbit_cameras([10.0], [30.0], 3.8, 20.0)
+    o, d = camera_rays(cams, size, size)
+    near, _, hit = sphere_intersect(o.reshape(-1, 3), d.reshape(-1, 3), 0.5)
+    on = hit.reshape(1, size, size)
+    op = on.float()[..., None]
+    depth = (torch.where(hit, near, torch.zeros_like(near)).reshape(1, size, size, 1) * op).requires_grad_(True)
+    albedo, background = torch.tensor([0.8, 0.5, 0.3]), Background((1.0, 1.0, 1.0))
+    rgb = op * albedo + (1 - op) * background.color
+    lit = shade_camera_light({"opacity": op, "depth": depth}, cams, rgb, background)
+    normals = torch.nn.functional.normalize(o + d * depth.detach(), dim=-1)
+    light = cams.c2w[0, :3, :3] @ torch.nn.functional.normalize(torch.tensor(LIGHT_CAM), dim=0)
+    want = albedo * (0.32 + 0.68 * (normals @ light).clamp_min(0))[..., None]
+    err = (lit - want).abs().mean(-1)[on]
+    padded = torch.nn.functional.pad(on.float()[:, None], (1, 1, 1, 1))[:, 0]
+    rim = on & ((padded[:, :-2, 1:-1] < 0.5) | (padded[:, 2:, 1:-1] < 0.5) | (padded[:, 1:-1, :-2] < 0.5)
+                | (padded[:, 1:-1, 2:] < 0.5))
+    assert err.mean() < 0.005 and (lit - want).abs().mean(-1)[rim].mean() < 0.03  # 0.2 with inward rim normals
+    lit.sum().backward()
+    assert depth.grad[on].abs().mean() > 0.1 and depth.grad[~on].abs().max() == 0
+
+
 def test_the_shading_flag_reaches_stage_2_only():
     import argparse
 
