@@ -18,6 +18,7 @@ found finished in ``--output`` (their ``summary.json`` written) are measured aga
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -27,13 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.miniworld.geometry import DEFAULT_VIEWS
+
 log = logging.getLogger("bench.mini3d")
 
 KNOWN = (("cup", "red", "stripes", 10.0, 0.0), ("box", "green", "dots", 10.0, 30.0),
          ("vase", "blue", "stripes", 10.0, 0.0), ("bottle", "yellow", "plain", 15.0, 0.0),
          ("cone", "purple", "dots", 5.0, 0.0), ("bowl", "green", "stripes", 20.0, 0.0))
 PROMPTS = ("a porcelain vase", "a cup")
-HELD_OUT = ((20.0, 90.0), (20.0, 180.0), (20.0, -90.0), (50.0, 45.0), (-5.0, 135.0))
+HELD_OUT = DEFAULT_VIEWS  # the held-out views of every measured mesh
 
 
 def reference_files(obj, elevation: float, azimuth: float, folder: Path, size: int = 256):
@@ -114,17 +117,26 @@ def judge_renders(checkpoint: Path, elevation: float, views=(-30.0, 0.0, 30.0, 1
             "renders": rgb, "all_shapes": SHAPES}
 
 
-def against_class(vertices: np.ndarray, faces: np.ndarray, shape: str, elevation: float) -> dict:
-    """A generated mesh (NeRF frame) against the canonical object of the class ``shape``, framed as a reference
-    view from ``elevation``: :func:`bench.miniworld.geometry.measure_mesh` at the best of twelve turns about the
-    vertical (the generated object's orientation is unknown), by Chamfer distance."""
-    from bench.miniworld.geometry import exact_truth, measure_mesh
+@functools.lru_cache(maxsize=16)
+def _class_truth(shape: str, elevation: float) -> tuple:
+    """The canonical object of ``shape``, its framing from ``elevation`` and its exact truth
+    (:func:`bench.miniworld.geometry.exact_truth`), computed once for all the meshes measured against that class."""
+    from bench.miniworld.geometry import exact_truth
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
 
     canon = make_object(shape)
     framing = reference_framing(canon, elevation, 0.0, size=256)
-    truth = exact_truth(canon, framing, views=HELD_OUT)
+    return canon, framing, exact_truth(canon, framing, views=HELD_OUT)
+
+
+def against_class(vertices: np.ndarray, faces: np.ndarray, shape: str, elevation: float) -> dict:
+    """A generated mesh (NeRF frame) against the canonical object of the class ``shape``, framed as a reference
+    view from ``elevation``: :func:`bench.miniworld.geometry.measure_mesh` at the best of twelve turns about the
+    vertical (the generated object's orientation is unknown), by Chamfer distance."""
+    from bench.miniworld.geometry import measure_mesh
+
+    canon, framing, truth = _class_truth(shape, float(elevation))
     return min((measure_mesh(turned(vertices, a), faces, canon, framing, truth=truth) for a in range(0, 360, 30)),
                key=lambda m: m["chamfer"])
 

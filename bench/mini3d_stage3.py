@@ -89,16 +89,21 @@ VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
 }
 
 
+def turntable_cameras(azimuths=AZIMUTHS):
+    """The turntable's cameras: 10 degrees up at ``azimuths``, distance 3.8, field of view 20 degrees."""
+    from generators3d.cameras import orbit_cameras
+
+    return orbit_cameras(10.0, list(azimuths), 3.8, 20.0)
+
+
 @torch.no_grad()
 def turntable(field, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Eight renders ``[8, 3, 64, 64]`` in [0, 1] on the world's backdrop and their opacities ``[8, 64, 64]``."""
-    from generators3d.cameras import orbit_cameras
     from generators3d.nerf import Background
     from generators3d.render import render
     from suite.miniworld.world import BACKGROUND
 
-    cams = orbit_cameras(10.0, list(AZIMUTHS), 3.8, 20.0)
-    out = render(field, Background(BACKGROUND), cams, size, chunk=8192)
+    out = render(field, Background(BACKGROUND), turntable_cameras(), size, chunk=8192)
     return out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out["opacity"][..., 0]
 
 
@@ -113,7 +118,6 @@ def world_colours(shape: str, porcelain: bool, seed: int, objects: int = 4, blur
     """The object colours of the world's own ``objects`` of ``shape`` (porcelain: striped and dotted in the domain's
     glaze; else blue, plain, striped and dotted) from the turntable's cameras: the references of the look distance.
     ``blur``: averaged over ``blur x blur`` pixel blocks first (a NeRF's renders are about that soft). Cached."""
-    from generators3d.cameras import orbit_cameras
     from suite.miniworld.render import render as render_world
     from suite.miniworld.world import make_object
 
@@ -122,7 +126,7 @@ def world_colours(shape: str, porcelain: bool, seed: int, objects: int = 4, blur
     rgb, alpha = [], []
     for i in range(objects):
         r = render_world(make_object(shape, "blue", patterns[i % len(patterns)], porcelain, rng),
-                         orbit_cameras(10.0, list(AZIMUTHS), 3.8, 20.0))
+                         turntable_cameras())
         rgb.append(r.rgb)
         alpha.append(r.alpha)
     rgb = torch.cat(rgb)
@@ -304,11 +308,6 @@ def ddim_from(term, rgb: torch.Tensor, t_frac: float, seed: int, ddim_steps: int
     return decode(x0), decode(z)
 
 
-def sds_targets(term, rgb: torch.Tensor, t_frac: float, seed: int, ddim_steps: int = 30) -> tuple:
-    """(one-step x0 estimates, DDIM-from-t results) for ``rgb``, as images in [0, 1]."""
-    return ddim_from(term, rgb, t_frac, seed, ddim_steps)
-
-
 def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zero123_model=None,
              targets: bool = True) -> dict:
     """``zero123_model``: the mini Zero-1-to-3, for variants with a Zero-1-to-3 term (``lambda_zero123 > 0``);
@@ -342,7 +341,7 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
         pics["vae"] = ((pipe.vae.decode(lat).sample.float() + 1) / 2).clamp(0, 1)
     res["stage2_through_vae"] = scores(judge, pics["vae"], shape, op2, look)
     for tf in T_FRACTIONS if targets else ():
-        x0, sdedit = sds_targets(term, rgb2, tf, seed)
+        x0, sdedit = ddim_from(term, rgb2, tf, seed)  # the SDS targets
         res["targets"][str(tf)] = dict(one_step=scores(judge, x0, shape, op2, look),
                                        ddim=scores(judge, sdedit, shape, op2, look))
         pics[f"x0 t={tf}"], pics[f"ddim t={tf}"] = x0, sdedit
@@ -385,12 +384,10 @@ PICTURE_COLUMNS = ("stage 2", "vae", "x0 t=0.2", "x0 t=0.4", "x0 t=0.6", "ddim t
 def world_porcelain_view(shape: str, view: int = 1) -> torch.Tensor:
     """The renderer's view ``[3, 64, 64]`` of the class's canonical object in the domain's glaze, from the turntable's
     camera ``view``: the look the porcelain score is meant to reward."""
-    from generators3d.cameras import orbit_cameras
     from suite.miniworld.render import render as render_world
     from suite.miniworld.world import make_object
 
-    cams = orbit_cameras(10.0, AZIMUTHS[view], 3.8, 20.0)
-    return render_world(make_object(shape, "blue", "stripes", True), cams).rgb[0]
+    return render_world(make_object(shape, "blue", "stripes", True), turntable_cameras([AZIMUTHS[view]])).rgb[0]
 
 
 def picture(cases: list[dict], path: Path, view: int = 1) -> None:

@@ -181,7 +181,7 @@ def shade_camera_light(out: dict, cams, rgb: torch.Tensor, background, ambient: 
     if background.mlp is not None:
         raise ValueError("shading needs a plain-colour NeRF background, not a learned one")
     bg = background.color.to(rgb.device)
-    b, h, w, _ = rgb.shape
+    h, w = rgb.shape[1:3]
     op = out["opacity"][..., 0]
     o, d = camera_rays(cams.to(rgb.device), h, w)
     on = op > 0.5  # object pixels; differences are taken only between them (none across the silhouette)
