@@ -129,18 +129,19 @@ def heldout_cases(n: int, seed: int = 12345, turn: float = 90.0):
 
 @torch.no_grad()
 def measure_novel_views(model, cases, guidance_scale: float = 3.0, steps: int = 30, seed: int = 0,
-                        size: int = 64) -> dict:
+                        size: int = 64, seeds=None) -> dict:
     """Zero-1-to-3 (a :class:`suite.zero123.Zero123Model`) on held-out ``cases`` (see :func:`heldout_cases`):
     silhouette IoU and PSNR of its novel view against the renderer's ground truth, and of the trivial baseline
     that returns the input view unchanged. The novel view is cut out onto white first (:func:`cut_out`). Returns means and per-case lists (``iou``, ``psnr``, ``copy_iou``,
     ``copy_psnr``), the PSNR of all cases together (``mean_psnr``: from the mean squared error, which a perfect
-    case cannot dominate) and the images (``inputs``, ``predicted``, ``truth``)."""
+    case cannot dominate) and the images (``inputs``, ``predicted``, ``truth``). Case ``i`` is sampled with the
+    generator seed ``seed + i``, or ``seeds[i]`` when ``seeds`` is given."""
     inputs, preds, truths = [], [], []
     for i, (obj, el0, az0, el1, az1) in enumerate(cases):
         framing = reference_framing(obj, el0, az0)
         rgb, _ = render_framed(obj, framing, [el0, el1], [az0, az1], size)
         guide = Zero123Guidance(model, rgb[:1], el0, az0, framing.distance)
-        gen = torch.Generator().manual_seed(seed + i)
+        gen = torch.Generator().manual_seed(seed + i if seeds is None else int(seeds[i]))
         pred = novel_views(guide, el1, az1, framing.distance, guidance_scale, steps, generator=gen)
         pred = torch.nn.functional.interpolate(pred, (size, size), mode="bilinear", align_corners=False)
         inputs.append(rgb[:1])

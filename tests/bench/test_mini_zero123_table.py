@@ -29,3 +29,24 @@ def test_paired_difference_is_per_case_and_appears_in_the_table():
     fewer = {**results["new"], "cases": {k: v[:7] for k, v in results["new"]["cases"].items()}}
     with pytest.raises(ValueError, match="different cases"):
         paired({"old": results["old"], "fewer": fewer}, "old", "fewer")
+
+
+def test_a_subset_of_shapes_keeps_its_cases_and_seeds_and_samples_average_other_seeds(monkeypatch):
+    import suite.miniworld.views as views
+    from bench.mini_zero123 import SAMPLE_STRIDE, per_shape
+
+    calls = []
+
+    def fake(model, cases, guidance_scale=3.0, steps=30, seeds=None):  # an IoU that is a function of case and seed
+        calls.append(list(seeds))
+        return {"iou": [(s % 997) / 997 for s in seeds], "copy_iou": [c[1] / 100 for c in cases]}
+
+    monkeypatch.setattr(views, "measure_novel_views", fake)
+    everything = per_shape(None, per_shape=3)
+    boxes = per_shape(None, per_shape=3, shapes=["box"])
+    assert list(boxes) == ["box", "mean", "cases"] and boxes["box"] == everything["box"]
+    both = per_shape(None, per_shape=3, shapes=["box"], samples=2)
+    assert calls[-1] == [SAMPLE_STRIDE + i for i in calls[-2]]  # the second sample: other seeds, same cases
+    expect = [((s % 997) + ((SAMPLE_STRIDE + s) % 997)) / 2 / 997 for s in calls[-2]]
+    assert np.allclose(both["cases"]["iou"], np.round(expect, 4))
+    assert both["box"]["copy_iou"] == boxes["box"]["copy_iou"]
