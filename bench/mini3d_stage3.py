@@ -25,6 +25,9 @@ turned grey. The summary gives it for three references as well: other porcelain 
 same blurred over 2 x 2 pixel blocks (a NeRF's renders are about as soft: what a perfect but soft object would
 score), and the world's blue objects (plain, striped, dotted) of the class, which are not porcelain.
 
+``--from-world`` starts stage 2 from the renderer's view of a porcelain object of the prompt's class instead of
+stage 1's image (:func:`world_input`): what stages 2 and 3 do to an input already in the domain's look.
+
 Writes ``stage3.json``, ``stage3.md`` and ``stage3-targets.png`` (a row per prompt at the first seed: the stage-2
 render at azimuth 45, through the VAE, its SDS targets, stage 3's results, and last the renderer's view of the
 class's own porcelain object); every figure is a mean over the
@@ -309,9 +312,10 @@ def ddim_from(term, rgb: torch.Tensor, t_frac: float, seed: int, ddim_steps: int
 
 
 def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zero123_model=None,
-             targets: bool = True) -> dict:
+             targets: bool = True, from_world: bool = False) -> dict:
     """``zero123_model``: the mini Zero-1-to-3, for variants with a Zero-1-to-3 term (``lambda_zero123 > 0``);
-    ``targets=False`` skips the SDS-target analysis (step 2)."""
+    ``targets=False`` skips the SDS-target analysis (step 2); ``from_world``: stage 2 starts from the renderer's view
+    of a porcelain object of the prompt's class (:func:`world_input`) instead of stage 1's image."""
     from bench.mini3d import _shape_named as prompt_shape
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.guidance3d import DomainSDS
@@ -321,9 +325,13 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
     from suite.zero123 import Zero123Guidance
 
     shape = prompt_shape(prompt)
-    run = out / f"{prompt.replace(' ', '-')}-{seed}"
+    run = out / f"{prompt.replace(' ', '-')}-{seed}{'-world' if from_world else ''}"
+    given = {}
+    if from_world:
+        image, mask = world_input(shape, seed, run.with_name(run.name + "-input"))
+        given = dict(image=str(image), mask=str(mask), elevation=WORLD_INPUT_VIEW[0])
     cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(run), seed=seed, refine_steps=0,
-                       formats=["glb"], preview_frames=2, resume=(run / "config.json").exists())
+                       formats=["glb"], preview_frames=2, resume=(run / "config.json").exists(), **given)
     if not (run / "checkpoints" / "stage2-zero123.safetensors").exists():
         run_text_to_3d(cfg)
     r = replace(cfg, refine_steps=None).resolved()  # the preset's stage 3 (the run itself stopped after stage 2)
@@ -376,6 +384,20 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
         pics[name] = rgb3
     res["pictures"] = pics
     return res
+
+
+WORLD_INPUT_VIEW = (10.0, 30.0)  # elevation, azimuth of --from-world's input view
+
+
+def world_input(shape: str, seed: int, folder: Path) -> tuple[Path, Path]:
+    """The renderer's view (:data:`WORLD_INPUT_VIEW`, 256 px on the world's backdrop) of a porcelain object of
+    class ``shape`` (striped for even seeds, dotted for odd; its shape parameters drawn from ``seed``, not those of
+    the look distance's references) and its exact mask: an input already in the domain's look."""
+    from bench.mini3d import reference_files
+    from suite.miniworld.world import make_object
+
+    obj = make_object(shape, "blue", ("stripes", "dots")[seed % 2], True, np.random.default_rng(1000 + seed))
+    return reference_files(obj, *WORLD_INPUT_VIEW, folder)
 
 
 PICTURE_COLUMNS = ("stage 2", "vae", "x0 t=0.2", "x0 t=0.4", "x0 t=0.6", "ddim t=0.4", "ddim t=0.6", "ddim t=0.8")
@@ -480,6 +502,9 @@ def main(argv=None) -> int:
                         "loss), repaint-domain3 (twelve views repainted by the domain model with the silhouette held, "
                         "the colour refitted at the frozen surface, four rounds); default: %(default)s")
     p.add_argument("--no-targets", action="store_true", help="skip the SDS-target analysis (only run the variants)")
+    p.add_argument("--from-world", action="store_true",
+                   help="start stage 2 from the renderer's view of a porcelain object of the prompt's class instead "
+                        "of stage 1's image: what stages 2 and 3 do to an input already in the domain's look")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from bench.mini3d import _shape_named as prompt_shape
@@ -508,7 +533,8 @@ def main(argv=None) -> int:
     cases = []
     for prompt in args.prompts:
         for seed in args.seeds:
-            cases.append(run_case(prompt, seed, out, pipe, judge, variants, zero123_model, not args.no_targets))
+            cases.append(run_case(prompt, seed, out, pipe, judge, variants, zero123_model, not args.no_targets,
+                                  args.from_world))
             log.info("%s seed %d: %s", prompt, seed,
                      json.dumps({k: v for k, v in cases[-1].items() if k != "pictures"}))
     summary = summarise(cases)

@@ -18,6 +18,27 @@ def test_the_look_distance_tells_porcelain_from_blue_objects():
     assert porcelain < 0.05 and porcelain < soft < blue and blue > 0.1, (porcelain, soft, blue)
 
 
+def test_the_world_input_is_a_porcelain_object_of_the_class_seen_as_a_user_would_pass_it(tmp_path):
+    """--from-world's input: a 256 px view with its exact mask, whose object pixels have the domain's look (near the
+    look distance's porcelain references, far from the class's blue objects), and another object for each seed."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.mini3d_stage3 import world_colours, world_input
+    from suite.metrics import sliced_wasserstein
+
+    image, mask = world_input("box", 0, tmp_path / "a")
+    rgb = np.asarray(Image.open(image), np.float32) / 255
+    m = np.asarray(Image.open(mask)) > 127
+    assert rgb.shape == (256, 256, 3) and 0.1 < m.mean() < 0.6, m.mean()
+    colours = rgb[m][:: max(1, int(m.sum()) // 4000)]
+    to_porcelain = sliced_wasserstein(colours, world_colours("box", True, seed=1))
+    to_blue = sliced_wasserstein(colours, world_colours("box", False, seed=1))
+    assert to_porcelain < 0.06 and to_blue > 2 * to_porcelain, (to_porcelain, to_blue)
+    other, _ = world_input("box", 1, tmp_path / "b")
+    assert not np.array_equal(np.asarray(Image.open(other)), np.asarray(Image.open(image)))
+
+
 @pytest.fixture(scope="module")
 def mini_term():
     from generators3d.guidance3d import DomainSDS
