@@ -312,10 +312,11 @@ def ddim_from(term, rgb: torch.Tensor, t_frac: float, seed: int, ddim_steps: int
 
 
 def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zero123_model=None,
-             targets: bool = True, from_world: bool = False) -> dict:
+             targets: bool = True, from_world: bool = False, image_domain_weight: float | None = None) -> dict:
     """``zero123_model``: the mini Zero-1-to-3, for variants with a Zero-1-to-3 term (``lambda_zero123 > 0``);
     ``targets=False`` skips the SDS-target analysis (step 2); ``from_world``: stage 2 starts from the renderer's view
-    of a porcelain object of the prompt's class (:func:`world_input`) instead of stage 1's image."""
+    of a porcelain object of the prompt's class (:func:`world_input`) instead of stage 1's image;
+    ``image_domain_weight``: stage 1's ``w_d`` (``ThreeDConfig.image_domain_weight``)."""
     from bench.mini3d import _shape_named as prompt_shape
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.guidance3d import DomainSDS
@@ -325,11 +326,12 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
     from suite.zero123 import Zero123Guidance
 
     shape = prompt_shape(prompt)
-    run = out / f"{prompt.replace(' ', '-')}-{seed}{'-world' if from_world else ''}"
-    given = {}
+    wd = "" if image_domain_weight is None else f"-wd{image_domain_weight:g}"
+    run = out / f"{prompt.replace(' ', '-')}-{seed}{'-world' if from_world else ''}{wd}"
+    given = {} if image_domain_weight is None else dict(image_domain_weight=image_domain_weight)
     if from_world:
         image, mask = world_input(shape, seed, run.with_name(run.name + "-input"))
-        given = dict(image=str(image), mask=str(mask), elevation=WORLD_INPUT_VIEW[0])
+        given = dict(given, image=str(image), mask=str(mask), elevation=WORLD_INPUT_VIEW[0])
     cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(run), seed=seed, refine_steps=0,
                        formats=["glb"], preview_frames=2, resume=(run / "config.json").exists(), **given)
     if not (run / "checkpoints" / "stage2-zero123.safetensors").exists():
@@ -505,6 +507,8 @@ def main(argv=None) -> int:
     p.add_argument("--from-world", action="store_true",
                    help="start stage 2 from the renderer's view of a porcelain object of the prompt's class instead "
                         "of stage 1's image: what stages 2 and 3 do to an input already in the domain's look")
+    p.add_argument("--image-domain-weight", type=float, default=None, metavar="W_D",
+                   help="stage 1's w_d (default: the domain's recommended weights)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from bench.mini3d import _shape_named as prompt_shape
@@ -534,7 +538,7 @@ def main(argv=None) -> int:
     for prompt in args.prompts:
         for seed in args.seeds:
             cases.append(run_case(prompt, seed, out, pipe, judge, variants, zero123_model, not args.no_targets,
-                                  args.from_world))
+                                  args.from_world, args.image_domain_weight))
             log.info("%s seed %d: %s", prompt, seed,
                      json.dumps({k: v for k, v in cases[-1].items() if k != "pictures"}))
     summary = summarise(cases)

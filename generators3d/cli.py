@@ -38,6 +38,10 @@ def add_arguments(p) -> None:
                         "ashawkey/zero123-xl-diffusers; the tiny preset builds a random one)")
     g = p.add_argument_group("stages")
     g.add_argument("--image-steps", type=int_at_least(0), default=25, help="stage 1 sampling steps (default: %(default)s)")
+    g.add_argument("--image-domain-weight", type=finite_float, default=None, metavar="W_D",
+                   help="w_d of stage 1's in-domain image (default: the domain preset's; mini: 1). The image decides "
+                        "the object's look: on the mini world 1.25-1.5 gives it the domain's colours, at some cost to "
+                        "the prompt's shape (boxes first; docs/3d.md)")
     g.add_argument("--zero123-steps", type=int_at_least(0), default=None,
                    help="stage 2 SDS steps with Zero-1-to-3 (default: 600; tiny: 40)")
     g.add_argument("--refine-steps", type=int_at_least(0), default=None,
@@ -125,7 +129,7 @@ def check_limits(args) -> None:
         from suite.checks import UserError
 
         raise UserError(f"--depth-smooth is {args.depth_smooth:g}: give a weight of 0 or more (0 = off; mini: 10000)")
-    for flag in ("domain_weight", "control_weight", "refine_zero123_weight", "zero123_guidance"):
+    for flag in ("domain_weight", "control_weight", "refine_zero123_weight", "zero123_guidance", "image_domain_weight"):
         value = getattr(args, flag)
         if value is not None:
             check_weight(value, f"--{flag.replace('_', '-')}")
@@ -147,6 +151,7 @@ def config_from_args(args):
     kw = dict(prompt=args.prompt, domain=args.domain, preset=args.preset, output=args.output, image=args.image,
               mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
               zero123_model=args.zero123_model, image_steps=args.image_steps,
+              image_domain_weight=args.image_domain_weight,
               zero123_steps=args.zero123_steps, refine_steps=args.refine_steps, elevation=args.elevation,
               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,

@@ -250,6 +250,9 @@ class ThreeDConfig:
     domain_model: str | None = None
     zero123_model: str | None = None
     image_steps: int = 25
+    # w_d of stage 1's in-domain image (None: the domain preset's recommended weights, as the pipeline decides). On the
+    # mini world 1.25-1.5 gives the image, and so the object, the domain's look at some cost to the prompt's shape.
+    image_domain_weight: float | None = None
     zero123_steps: int | None = None
     refine_steps: int | None = None
     elevation: float | None = None

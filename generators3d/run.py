@@ -98,6 +98,13 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
         raise ValueError(f"the prompt is {len(prompt)} characters long: keep it under 75 CLIP tokens (one sentence)")
     if cfg.mask and not cfg.image:
         raise ValueError("--mask needs --image (the mask belongs to your image)")
+    if cfg.image_domain_weight is not None:
+        if cfg.image:
+            raise ValueError("--image-domain-weight sets the guidance of stage 1's image, which --image replaces: drop "
+                             "one of them")
+        w = check_weight(cfg.image_domain_weight, "the domain weight of stage 1 (--image-domain-weight)")
+        if not isinstance(w, float):
+            raise ValueError("--image-domain-weight takes a number (e.g. 1.5), not 'auto' or 'recommended'")
     domain = resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before any writing
     check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")
@@ -159,7 +166,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         else:
             report.start("image", cfg.image_steps)
             with quiet(pipe):
-                gen = pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=cfg.seed,
+                weights = {} if cfg.image_domain_weight is None else dict(domain_weight=cfg.image_domain_weight)
+                gen = pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=cfg.seed, **weights,
                            callback_on_step_end=report_steps(lambda i, n: report.update("image", i, n, {})))
             image = gen.images[0]
             report.end("image")
@@ -357,7 +365,7 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
         old = ThreeDConfig.load(config_path)
         keys = list(_RESUME_KEYS)
         if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
-            keys += ["image_steps", "sd_model", "domain_model"]
+            keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model"]
         if (out / "checkpoints" / "stage2-zero123.safetensors").exists():
             keys += ["zero123", "zero123_model", "nerf", "camera"]
         if (out / "checkpoints" / "stage3-refine.safetensors").exists():

@@ -124,6 +124,8 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     (["--prompt", "a vase", "--formats", "glb,fbx"], "unknown mesh format"),
     (["--prompt", "a vase", "--mask", "m.png"], "--mask needs --image"),
     (["--prompt", " ".join(["porcelain"] * 90)], "tokens long"),
+    (["--prompt", "a vase", "--image", "photo.png", "--image-domain-weight", "1.5"], "which --image replaces"),
+    (["--prompt", "a vase", "--image-domain-weight", "1e9"], "guidance weights must be between"),
 ])
 def test_bad_requests_fail_early_with_one_sentence(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -231,3 +233,25 @@ def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
         replace(cfg, refine=replace(cfg.resolved().refine, ref_ray_fraction=1.5)).resolved()
     with pytest.raises(ValueError, match=r"the mesh smoothing is -5: give --mesh-smooth a whole number"):
         replace(cfg, export=replace(cfg.resolved().export, smooth=-5)).resolved()
+
+
+def test_image_domain_weight_reaches_stage_1_and_is_recorded_for_resume(tmp_path, monkeypatch):
+    """--image-domain-weight is stage 1's w_d: passed to the pipeline for the image (and nothing when not given), kept
+    in config.json, and not stage 3's weight."""
+    from suite.pipeline import InDomainPipeline
+
+    seen = []
+
+    def first_image(self, prompt, **kw):  # stop at stage 1's call, recording its weights
+        seen.append(kw.get("domain_weight", "not given"))
+        raise Interrupt
+
+    monkeypatch.setattr(InDomainPipeline, "__call__", first_image)
+    for w in (None, 1.5):
+        cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset="tiny", output=str(tmp_path / f"run-{w}"),
+                           image_steps=2, zero123_steps=2, refine_steps=2, image_domain_weight=w)
+        with pytest.raises(Interrupt):
+            run_text_to_3d(cfg)
+    assert seen == ["not given", 1.5]
+    saved = ThreeDConfig.load(tmp_path / "run-1.5" / "config.json")
+    assert saved.image_domain_weight == 1.5 and saved.refine.domain_weight is None

@@ -1,0 +1,131 @@
+"""``python -m bench.mini3d_stage1 --output DIR [--weights ...] [--seeds N]``: the look of stage 1's image, which the
+3D object inherits (issue 24, part 4), against the domain weight ``w_d`` it is drawn with.
+
+For each prompt (a cup, a box, a ball by default), seed and weight the mini flow's stage-1 image is drawn exactly as
+``launch.py 3d --preset mini --image-domain-weight W`` draws it (the recommended weights when ``W`` is
+``recommended``) and measured on its object pixels (the flow's own foreground mask): the look distance to the
+world's porcelain objects of the prompt's class (:func:`bench.mini3d_stage3.look_distance`: about 0.05 for a soft but
+perfect porcelain object, 0.16 for a blue one), whether the judge reads the prompt's shape, and the judge's porcelain
+probability. Writes ``stage1.json``, ``stage1.md`` and ``stage1.png`` (a row per weight: two seeds per prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RECOMMENDED = "recommended"
+
+
+def measure(pipe, judge, prompt: str, seed: int, weight, cfg) -> tuple[dict, torch.Tensor]:
+    """One stage-1 image: ``({"look", "shape_kept", "porcelain"}, image [3, H, W])``."""
+    from bench.mini3d import _shape_named
+    from bench.mini3d_stage3 import look_distance, world_colours
+    from generators3d.mask import foreground_mask
+    from suite.pipeline import quiet
+
+    shape = _shape_named(prompt)
+    kw = {} if weight == RECOMMENDED else dict(domain_weight=float(weight))
+    with quiet(pipe):
+        image = pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=seed, **kw).images[0]
+    x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
+    mask = torch.from_numpy(np.asarray(foreground_mask(image, cfg.mask_method)) > 127)[None].float()
+    look = look_distance(x, mask, world_colours(shape, True, seed=1))
+    return dict(look=look, shape_kept=float(judge.predict(x)["shape"][0] == shape),
+                porcelain=float(judge.porcelain_probability(x)[0])), x[0]
+
+
+def summarise(rows: list[dict]) -> dict:
+    from suite.metrics import standard_error
+
+    out = {}
+    for key in ("look", "shape_kept", "porcelain"):
+        v = np.asarray([r[key] for r in rows], float)
+        v = v[np.isfinite(v)]
+        out[key], out[f"{key}_se"] = float(v.mean()), standard_error(v)
+    return out
+
+
+def table(results: dict, prompts: list[str]) -> str:
+    lines = ["| w_d | look distance | prompt's shape kept | judge porcelain | "
+             + " | ".join(f"{p}: look / shape" for p in prompts) + " |", "|---" * (4 + len(prompts)) + "|"]
+    for weight, res in results.items():
+        s = res["all"]
+        cells = [f"{res[p]['look']:.3f} / {res[p]['shape_kept']:.2f}" for p in prompts]
+        lines.append(f"| {weight} | {s['look']:.3f} ± {s['look_se']:.3f} | {s['shape_kept']:.2f} ± "
+                     f"{s['shape_kept_se']:.2f} | {s['porcelain']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mini3d_stage1", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="folder for stage1.json, stage1.md and stage1.png")
+    p.add_argument("--prompts", nargs="+", default=["a cup", "a box", "a ball"])
+    p.add_argument("--weights", nargs="+", default=[RECOMMENDED, "1.25", "1.5", "1.75", "2"],
+                   help="stage 1's w_d values ('recommended': the domain's own weights; default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=16, help="seeds per prompt (default: %(default)s)")
+    args = p.parse_args(argv)
+    from bench.mini3d import _shape_named
+    from suite.checks import check_weight
+
+    bad = [q for q in args.prompts if _shape_named(q) is None]
+    try:
+        for w in args.weights:
+            if w != RECOMMENDED:
+                check_weight(float(w), "--weights")
+    except ValueError as err:  # also a word that is not a number (float('x'))
+        print(f"error: {err}: give numbers such as 1.5, or 'recommended'", file=sys.stderr)
+        return 2
+    if bad or args.seeds < 2:
+        print(f"error: give prompts naming a mini-world shape (not {bad}, e.g. 'a cup') and at least 2 seeds",
+              file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    from generators3d import ThreeDConfig
+    from suite.cli import quiet_libraries
+    from suite.files import write_text_atomic
+    from suite.images import save_image_atomic
+    from suite.miniworld import assets
+    from suite.presets import build_pipeline
+
+    quiet_libraries()
+    cfg = ThreeDConfig(preset="mini", prompt=args.prompts[0]).resolved()
+    pipe = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)
+    judge = assets.load_judge()
+    results, rows_img = {}, []
+    for weight in args.weights:
+        res, every, images = {}, [], []
+        for prompt in args.prompts:
+            rows = []
+            for seed in range(args.seeds):
+                row, x = measure(pipe, judge, prompt, seed, weight, cfg)
+                rows.append(row)
+                if seed < 2:
+                    images.append(x)
+            res[prompt] = summarise(rows)
+            every += rows
+        res["all"] = summarise(every)
+        results[weight] = res
+        rows_img.append(torch.cat(images, -1))
+        print(f"w_d {weight}: look {res['all']['look']:.3f}, shape kept {res['all']['shape_kept']:.2f}", flush=True)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    md = table(results, args.prompts)
+    write_text_atomic(out / "stage1.json", json.dumps(dict(args=vars(args), results=results), indent=1))
+    write_text_atomic(out / "stage1.md", md)
+    grid = (torch.cat(rows_img, -2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    save_image_atomic(Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST),
+                      out / "stage1.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

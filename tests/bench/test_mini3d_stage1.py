@@ -1,0 +1,34 @@
+"""bench.mini3d_stage1 measures the image the 3D flow itself draws in stage 1 at a given --image-domain-weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_bench_draws_the_flows_stage_1_image_and_the_weight_changes_it(tmp_path):
+    from bench.mini3d_stage1 import measure
+    from generators3d import ThreeDConfig, run_text_to_3d
+    from suite.miniworld import assets
+    from suite.presets import build_pipeline
+
+    def stop_after_stage_1(stage, done, total, info):
+        if stage == "zero123":
+            raise Stop
+
+    cfg = ThreeDConfig(preset="mini", prompt="a cup", output=str(tmp_path / "run"), image_domain_weight=1.5)
+    with pytest.raises(Stop):
+        run_text_to_3d(cfg, progress=stop_after_stage_1)
+    flow = np.asarray(Image.open(tmp_path / "run" / "image.png"), np.float32) / 255
+    pipe = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)
+    judge = assets.load_judge()
+    row, x = measure(pipe, judge, "a cup", 0, "1.5", cfg.resolved())
+    assert np.abs(x.permute(1, 2, 0).numpy() - flow).max() <= 1 / 255 + 1e-6  # the same image (8-bit rounding)
+    _, default = measure(pipe, judge, "a cup", 0, "recommended", cfg.resolved())
+    assert np.abs(default.permute(1, 2, 0).numpy() - flow).mean() > 0.01  # the weight reached stage 1
+    assert set(row) == {"look", "shape_kept", "porcelain"} and 0 <= row["look"] < 0.3
