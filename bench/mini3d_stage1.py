@@ -22,6 +22,13 @@ import torch
 RECOMMENDED = "recommended"
 
 
+def pipeline(cfg):
+    """The pipeline the 3D flow draws stage 1 with for ``cfg`` (a resolved :class:`ThreeDConfig`)."""
+    from suite.presets import build_pipeline
+
+    return build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False, cfg.device, cfg.dtype)
+
+
 def measure(pipe, judge, prompt: str, seed: int, weight, cfg) -> tuple[dict, torch.Tensor]:
     """One stage-1 image: ``({"look", "shape_kept", "porcelain"}, image [3, H, W])``."""
     from bench.mini3d import _shape_named
@@ -35,8 +42,8 @@ def measure(pipe, judge, prompt: str, seed: int, weight, cfg) -> tuple[dict, tor
         image = pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=seed, **kw).images[0]
     x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
     mask = torch.from_numpy(np.asarray(foreground_mask(image, cfg.mask_method)) > 127)[None].float()
-    look = look_distance(x, mask, world_colours(shape, True, seed=1))
-    return dict(look=look, shape_kept=float(judge.predict(x)["shape"][0] == shape),
+    look = look_distance(x, mask, world_colours(shape, True, seed=1))  # NaN when the mask is empty
+    return dict(look=look if np.isfinite(look) else None, shape_kept=float(judge.predict(x)["shape"][0] == shape),
                 porcelain=float(judge.porcelain_probability(x)[0])), x[0]
 
 
@@ -45,10 +52,17 @@ def summarise(rows: list[dict]) -> dict:
 
     out = {}
     for key in ("look", "shape_kept", "porcelain"):
-        v = np.asarray([r[key] for r in rows], float)
-        v = v[np.isfinite(v)]
-        out[key], out[f"{key}_se"] = float(v.mean()), standard_error(v)
+        v = np.asarray([r[key] for r in rows if r[key] is not None], float)  # look: None where nothing was found
+        out[key] = float(v.mean()) if len(v) else None
+        out[f"{key}_se"] = standard_error(v) if len(v) > 1 else None
+        out[f"{key}_n"] = len(v)
     return out
+
+
+def _cell(mean, se=None, digits: int = 3) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
 
 
 def table(results: dict, prompts: list[str]) -> str:
@@ -56,9 +70,9 @@ def table(results: dict, prompts: list[str]) -> str:
              + " | ".join(f"{p}: look / shape" for p in prompts) + " |", "|---" * (4 + len(prompts)) + "|"]
     for weight, res in results.items():
         s = res["all"]
-        cells = [f"{res[p]['look']:.3f} / {res[p]['shape_kept']:.2f}" for p in prompts]
-        lines.append(f"| {weight} | {s['look']:.3f} ± {s['look_se']:.3f} | {s['shape_kept']:.2f} ± "
-                     f"{s['shape_kept_se']:.2f} | {s['porcelain']:.2f} | " + " | ".join(cells) + " |")
+        cells = [f"{_cell(res[p]['look'])} / {_cell(res[p]['shape_kept'], digits=2)}" for p in prompts]
+        lines.append(f"| {weight} | {_cell(s['look'], s['look_se'])} | {_cell(s['shape_kept'], s['shape_kept_se'], 2)}"
+                     f" | {_cell(s['porcelain'], digits=2)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -69,22 +83,27 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", nargs="+", default=["a cup", "a box", "a ball"])
     p.add_argument("--weights", nargs="+", default=[RECOMMENDED, "1.25", "1.5", "1.75", "2"],
                    help="stage 1's w_d values ('recommended': the domain's own weights; default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=16, help="seeds per prompt (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=16,
+                   help="how many seeds per prompt, 0 to N-1 (a count, unlike bench.mini3d_stage3's list; default: "
+                        "%(default)s)")
     args = p.parse_args(argv)
     from bench.mini3d import _shape_named
-    from suite.checks import check_weight
+    from suite.checks import check_weight, finite_float
 
-    bad = [q for q in args.prompts if _shape_named(q) is None]
-    try:
-        for w in args.weights:
+    for w in args.weights:
+        try:
             if w != RECOMMENDED:
-                check_weight(float(w), "--weights")
-    except ValueError as err:  # also a word that is not a number (float('x'))
-        print(f"error: {err}: give numbers such as 1.5, or 'recommended'", file=sys.stderr)
+                check_weight(finite_float(w), "--weights")
+        except (ValueError, argparse.ArgumentTypeError):
+            print(f"error: --weights {w}: give weights between -100 and 100 such as 1.5, or 'recommended'",
+                  file=sys.stderr)
+            return 2
+    bad = [q for q in args.prompts if _shape_named(q) is None]
+    if bad:
+        print(f"error: the prompt(s) {bad} name no shape of the mini world: use e.g. 'a cup'", file=sys.stderr)
         return 2
-    if bad or args.seeds < 2:
-        print(f"error: give prompts naming a mini-world shape (not {bad}, e.g. 'a cup') and at least 2 seeds",
-              file=sys.stderr)
+    if args.seeds < 2:
+        print(f"error: --seeds {args.seeds}: give at least 2 (a standard error needs two images)", file=sys.stderr)
         return 2
     from PIL import Image
 
@@ -93,11 +112,10 @@ def main(argv=None) -> int:
     from suite.files import write_text_atomic
     from suite.images import save_image_atomic
     from suite.miniworld import assets
-    from suite.presets import build_pipeline
 
     quiet_libraries()
-    cfg = ThreeDConfig(preset="mini", prompt=args.prompts[0]).resolved()
-    pipe = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)
+    cfg = ThreeDConfig(preset="mini", prompt=args.prompts[0], device="cpu").resolved()
+    pipe = pipeline(cfg)
     judge = assets.load_judge()
     results, rows_img = {}, []
     for weight in args.weights:

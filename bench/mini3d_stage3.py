@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.checks import finite_float
 from suite.miniworld.world import DOMAIN_ELEVATION
 
 log = logging.getLogger("bench.mini3d_stage3")
@@ -326,7 +327,7 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
     from suite.zero123 import Zero123Guidance
 
     shape = prompt_shape(prompt)
-    wd = "" if image_domain_weight is None else f"-wd{image_domain_weight:g}"
+    wd = "" if image_domain_weight is None else f"-wd{image_domain_weight!r}"
     run = out / f"{prompt.replace(' ', '-')}-{seed}{'-world' if from_world else ''}{wd}"
     given = {} if image_domain_weight is None else dict(image_domain_weight=image_domain_weight)
     if from_world:
@@ -398,6 +399,8 @@ def world_input(shape: str, seed: int, folder: Path) -> tuple[Path, Path]:
     from bench.mini3d import reference_files
     from suite.miniworld.world import make_object
 
+    if (folder / "image.png").is_file() and (folder / "mask.png").is_file():  # written by an earlier run: kept
+        return folder / "image.png", folder / "mask.png"
     obj = make_object(shape, "blue", ("stripes", "dots")[seed % 2], True, np.random.default_rng(1000 + seed))
     return reference_files(obj, *WORLD_INPUT_VIEW, folder)
 
@@ -507,10 +510,14 @@ def main(argv=None) -> int:
     p.add_argument("--from-world", action="store_true",
                    help="start stage 2 from the renderer's view of a porcelain object of the prompt's class instead "
                         "of stage 1's image: what stages 2 and 3 do to an input already in the domain's look")
-    p.add_argument("--image-domain-weight", type=float, default=None, metavar="W_D",
+    p.add_argument("--image-domain-weight", type=finite_float, default=None, metavar="W_D",
                    help="stage 1's w_d (default: the domain's recommended weights)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    if args.from_world and args.image_domain_weight is not None:
+        print("error: --image-domain-weight sets stage 1's image, which --from-world replaces: drop one of them",
+              file=sys.stderr)
+        return 2
     from bench.mini3d import _shape_named as prompt_shape
     from suite.cli import quiet_libraries
     from suite.files import write_text_atomic
@@ -544,7 +551,7 @@ def main(argv=None) -> int:
     summary = summarise(cases)
     picture([c for c in cases if c["seed"] == args.seeds[0]], out / "stage3-targets.png")
     cases = [{k: v for k, v in c.items() if k != "pictures"} for c in cases]
-    write_text_atomic(out / "stage3.json", json.dumps(dict(cases=cases, summary=summary), indent=2))
+    write_text_atomic(out / "stage3.json", json.dumps(dict(args=vars(args), cases=cases, summary=summary), indent=2))
     write_text_atomic(out / "stage3.md", table(summary))
     print(table(summary))
     return 0

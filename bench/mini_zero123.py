@@ -1,5 +1,5 @@
-"""``python -m bench.mini_zero123 [--model DIR ...] [--per-shape N]``: the mini Zero-1-to-3 against copying its
-input, shape by shape (issue 24, part 3).
+"""``python -m bench.mini_zero123 [--model DIR ...] [--per-shape N] [--turn DEG] [--shapes ...] [--samples K]``:
+the mini Zero-1-to-3 against copying its input, shape by shape (issue 24, part 3).
 
 Held-out cases (:func:`suite.miniworld.views.heldout_cases`: coloured objects of every shape, a 90-degree turn
 (``--turn``) and 15-30 degrees of elevation change, alternately left/right and up/down), ``N`` per shape
@@ -123,10 +123,12 @@ def main(argv=None) -> int:
     from suite.miniworld.world import SHAPES
 
     unknown = sorted(set(args.shapes or ()) - set(SHAPES))
-    if unknown or args.shapes == [] or args.samples < 1 or not np.isfinite(args.turn):
-        print(f"error: --shapes {' '.join(args.shapes or [])} / --samples {args.samples} / --turn {args.turn}: give "
-              f"shapes of the mini world ({', '.join(SHAPES)}), at least 1 sample and a finite turn, e.g. --shapes box "
-              "cup --samples 4 --turn 90.", file=sys.stderr)
+    problem = (f"--shapes {' '.join(args.shapes or [])}: give shapes of the mini world ({', '.join(SHAPES)}), "
+               "e.g. --shapes box cup" if unknown or args.shapes == [] else
+               f"--samples {args.samples}: give at least 1" if args.samples < 1 else
+               f"--turn {args.turn}: give a finite number of degrees, e.g. 90" if not np.isfinite(args.turn) else None)
+    if problem:
+        print(f"error: {problem}.", file=sys.stderr)
         return 2
     from suite.files import write_text_atomic
     from suite.miniworld import assets

@@ -102,9 +102,9 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
         if cfg.image:
             raise ValueError("--image-domain-weight sets the guidance of stage 1's image, which --image replaces: drop "
                              "one of them")
-        w = check_weight(cfg.image_domain_weight, "the domain weight of stage 1 (--image-domain-weight)")
-        if not isinstance(w, float):
-            raise ValueError("--image-domain-weight takes a number (e.g. 1.5), not 'auto' or 'recommended'")
+        if isinstance(cfg.image_domain_weight, bool) or not isinstance(cfg.image_domain_weight, (int, float)):
+            raise ValueError(f"--image-domain-weight is {cfg.image_domain_weight!r}: give a number, e.g. 1.5")
+        check_weight(cfg.image_domain_weight, "the domain weight of stage 1 (--image-domain-weight)")
     domain = resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before any writing
     check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")

@@ -136,6 +136,8 @@ def measure_novel_views(model, cases, guidance_scale: float = 3.0, steps: int = 
     ``copy_psnr``), the PSNR of all cases together (``mean_psnr``: from the mean squared error, which a perfect
     case cannot dominate) and the images (``inputs``, ``predicted``, ``truth``). Case ``i`` is sampled with the
     generator seed ``seed + i``, or ``seeds[i]`` when ``seeds`` is given."""
+    if seeds is not None and len(seeds) != len(cases):
+        raise ValueError(f"{len(seeds)} seeds for {len(cases)} cases: give one seed per case")
     inputs, preds, truths = [], [], []
     for i, (obj, el0, az0, el1, az1) in enumerate(cases):
         framing = reference_framing(obj, el0, az0)

@@ -12,20 +12,20 @@ class Stop(Exception):
 
 
 def test_the_bench_draws_the_flows_stage_1_image_and_the_weight_changes_it(tmp_path):
-    from bench.mini3d_stage1 import measure
+    from bench.mini3d_stage1 import measure, pipeline
     from generators3d import ThreeDConfig, run_text_to_3d
     from suite.miniworld import assets
-    from suite.presets import build_pipeline
 
     def stop_after_stage_1(stage, done, total, info):
         if stage == "zero123":
             raise Stop
 
-    cfg = ThreeDConfig(preset="mini", prompt="a cup", output=str(tmp_path / "run"), image_domain_weight=1.5)
+    cfg = ThreeDConfig(preset="mini", prompt="a cup", output=str(tmp_path / "run"), image_domain_weight=1.5,
+                       device="cpu")
     with pytest.raises(Stop):
         run_text_to_3d(cfg, progress=stop_after_stage_1)
     flow = np.asarray(Image.open(tmp_path / "run" / "image.png"), np.float32) / 255
-    pipe = build_pipeline("mini", "porcelain", None, None, None, False, "cpu", None)
+    pipe = pipeline(cfg.resolved())
     judge = assets.load_judge()
     row, x = measure(pipe, judge, "a cup", 0, "1.5", cfg.resolved())
     assert np.abs(x.permute(1, 2, 0).numpy() - flow).max() <= 1 / 255 + 1e-6  # the same image (8-bit rounding)

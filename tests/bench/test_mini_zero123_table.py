@@ -43,6 +43,7 @@ def test_a_subset_of_shapes_keeps_its_cases_and_seeds_and_samples_average_other_
 
     monkeypatch.setattr(views, "measure_novel_views", fake)
     everything = per_shape(None, per_shape=3)
+    assert calls[0] == list(range(3 * 7))  # sample 0: the seeds measure_novel_views has always used (0 + i)
     boxes = per_shape(None, per_shape=3, shapes=["box"])
     assert list(boxes) == ["box", "mean", "cases"] and boxes["box"] == everything["box"]
     both = per_shape(None, per_shape=3, shapes=["box"], samples=2)

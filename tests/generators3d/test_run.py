@@ -235,9 +235,9 @@ def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
         replace(cfg, export=replace(cfg.resolved().export, smooth=-5)).resolved()
 
 
-def test_image_domain_weight_reaches_stage_1_and_is_recorded_for_resume(tmp_path, monkeypatch):
+def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypatch):
     """--image-domain-weight is stage 1's w_d: passed to the pipeline for the image (and nothing when not given), kept
-    in config.json, and not stage 3's weight."""
+    in config.json (which --resume compares), and not stage 3's weight; text is refused in one sentence."""
     from suite.pipeline import InDomainPipeline
 
     seen = []
@@ -255,3 +255,7 @@ def test_image_domain_weight_reaches_stage_1_and_is_recorded_for_resume(tmp_path
     assert seen == ["not given", 1.5]
     saved = ThreeDConfig.load(tmp_path / "run-1.5" / "config.json")
     assert saved.image_domain_weight == 1.5 and saved.refine.domain_weight is None
+    text = ThreeDConfig(prompt="a vase", preset="tiny", output=str(tmp_path / "text"), image_domain_weight="1.5")
+    with pytest.raises(ValueError, match="give a number"):
+        run_text_to_3d(text)
+    assert not (tmp_path / "text").exists()
