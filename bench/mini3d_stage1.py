@@ -1,9 +1,9 @@
 """``python -m bench.mini3d_stage1 --output DIR [--weights ...] [--seeds N]``: the look of stage 1's image, which the
 3D object inherits (issue 24, part 4), against the domain weight ``w_d`` it is drawn with.
 
-For each prompt (a cup, a box, a ball by default), seed and weight the mini flow's stage-1 image is drawn exactly as
-``launch.py 3d --preset mini --image-domain-weight W`` draws it (the recommended weights when ``W`` is
-``recommended``) and measured on its object pixels (the flow's own foreground mask): the look distance to the
+For each prompt (a cup, a box, a ball by default), seed and weight the mini flow's stage-1 image is drawn by the
+flow's own :func:`generators3d.run.stage1_image`, as ``launch.py 3d --preset mini --image-domain-weight W`` draws it
+(the recommended weights when ``W`` is ``recommended``) and measured on its object pixels (the flow's own foreground mask): the look distance to the
 world's porcelain objects of the prompt's class (:func:`bench.mini3d_stage3.look_distance`: about 0.05 for a soft but
 perfect porcelain object, 0.16 for a blue one), whether the judge reads the prompt's shape, and the judge's porcelain
 probability. Writes ``stage1.json``, ``stage1.md`` and ``stage1.png`` (a row per weight: two seeds per prompt).
@@ -31,15 +31,16 @@ def pipeline(cfg):
 
 def measure(pipe, judge, prompt: str, seed: int, weight, cfg) -> tuple[dict, torch.Tensor]:
     """One stage-1 image: ``({"look", "shape_kept", "porcelain"}, image [3, H, W])``."""
+    from dataclasses import replace
+
     from bench.mini3d import _shape_named
     from bench.mini3d_stage3 import look_distance, world_colours
     from generators3d.mask import foreground_mask
-    from suite.pipeline import quiet
+    from generators3d.run import stage1_image
 
     shape = _shape_named(prompt)
-    kw = {} if weight == RECOMMENDED else dict(domain_weight=float(weight))
-    with quiet(pipe):
-        image = pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=seed, **kw).images[0]
+    w = None if weight == RECOMMENDED else float(weight)
+    image = stage1_image(pipe, replace(cfg, seed=seed, image_domain_weight=w), prompt)
     x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
     mask = torch.from_numpy(np.asarray(foreground_mask(image, cfg.mask_method)) > 127)[None].float()
     look = look_distance(x, mask, world_colours(shape, True, seed=1))  # NaN when the mask is empty

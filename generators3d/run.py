@@ -165,11 +165,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
             image = load_image(cfg.image, "input image")
         else:
             report.start("image", cfg.image_steps)
-            with quiet(pipe):
-                weights = {} if cfg.image_domain_weight is None else dict(domain_weight=cfg.image_domain_weight)
-                gen = pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=cfg.seed, **weights,
-                           callback_on_step_end=report_steps(lambda i, n: report.update("image", i, n, {})))
-            image = gen.images[0]
+            image = stage1_image(pipe, cfg, prompt, on_step=lambda i, n: report.update("image", i, n, {}))
             report.end("image")
         mask = load_mask(cfg.mask, image.size) if cfg.mask else foreground_mask(image, cfg.mask_method)
         touching = _border_pixels(mask)
@@ -229,6 +225,16 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
 
     result.image_path, result.mask_path = image_path, mask_path
     return _finish(field, cfg, out, result, report)
+
+
+def stage1_image(pipe, cfg: ThreeDConfig, prompt: str, on_step=None) -> Image.Image:
+    """Stage 1's in-domain image of ``prompt`` for ``cfg`` (its background words, steps, seed and
+    ``image_domain_weight``; the domain's recommended weights otherwise). ``on_step(i, n)``: progress."""
+    weights = {} if cfg.image_domain_weight is None else dict(domain_weight=cfg.image_domain_weight)
+    callback = {} if on_step is None else dict(callback_on_step_end=report_steps(on_step))
+    with quiet(pipe):
+        return pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=cfg.seed, **weights,
+                    **callback).images[0]
 
 
 def refine_terms(pipe, prompt: str, stage, zero123: Zero123Guidance | None) -> list[SDSTerm]:
