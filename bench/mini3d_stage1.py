@@ -1,12 +1,14 @@
-"""``python -m bench.mini3d_stage1 --output DIR [--weights ...] [--seeds N]``: the look of stage 1's image, which the
-3D object inherits (issue 24, part 4), against the domain weight ``w_d`` it is drawn with.
+"""``python -m bench.mini3d_stage1 --output DIR [--weights ...] [--rules ...] [--seeds N]``: the look of stage 1's
+image, which the 3D object inherits (issue 24, part 4), against the domain weight ``w_d`` it is drawn with (and,
+with ``--rules``, the guidance rule: e.g. more domain guidance at the clean end only, ``domain-ramp=3:0.5``).
 
 For each prompt (a cup, a box, a ball by default), seed and weight the mini flow's stage-1 image is drawn by the
 flow's own :func:`generators3d.run.stage1_image`, as ``launch.py 3d --preset mini --image-domain-weight W`` draws it
-(the recommended weights when ``W`` is ``recommended``) and measured on its object pixels (the flow's own foreground mask): the look distance to the
-world's porcelain objects of the prompt's class (:func:`bench.mini3d_stage3.look_distance`: about 0.05 for a soft but
-perfect porcelain object, 0.16 for a blue one), whether the judge reads the prompt's shape, and the judge's porcelain
-probability. Writes ``stage1.json``, ``stage1.md`` and ``stage1.png`` (a row per weight: two seeds per prompt).
+(the domain's recommended weights, ``w_d`` 1, when ``W`` is ``recommended``; the mini preset's own default is 1.25)
+and measured on its object pixels (the flow's own foreground mask): the look distance to the world's porcelain
+objects of the prompt's class (:func:`bench.mini3d_stage3.look_distance`: about 0.05 for a soft but perfect porcelain
+object, 0.16 for a blue one), whether the judge reads the prompt's shape, and the judge's porcelain probability. Writes ``stage1.json``, ``stage1.md`` and ``stage1.png`` (a row per weight and rule: two seeds per
+prompt).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.miniworld.assets import MINI_RULE
+
 RECOMMENDED = "recommended"
 
 
@@ -29,8 +33,9 @@ def pipeline(cfg):
     return build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False, cfg.device, cfg.dtype)
 
 
-def measure(pipe, judge, prompt: str, seed: int, weight, cfg) -> tuple[dict, torch.Tensor]:
-    """One stage-1 image: ``({"look", "shape_kept", "porcelain"}, image [3, H, W])``."""
+def measure(pipe, judge, prompt: str, seed: int, weight, cfg, rule: str | None = None) -> tuple[dict, torch.Tensor]:
+    """One stage-1 image: ``({"look", "shape_kept", "porcelain"}, image [3, H, W])``. ``rule``: a guidance rule for
+    the image (None or ``recommended``: the domain's)."""
     from dataclasses import replace
 
     from bench.mini3d import _shape_named
@@ -40,7 +45,8 @@ def measure(pipe, judge, prompt: str, seed: int, weight, cfg) -> tuple[dict, tor
 
     shape = _shape_named(prompt)
     w = None if weight == RECOMMENDED else float(weight)
-    image = stage1_image(pipe, replace(cfg, seed=seed, image_domain_weight=w), prompt)
+    image = stage1_image(pipe, replace(cfg, seed=seed, image_domain_weight=w), prompt,
+                         guidance_rule=None if rule in (None, RECOMMENDED) else rule)
     x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
     mask = torch.from_numpy(np.asarray(foreground_mask(image, cfg.mask_method)) > 127)[None].float()
     look = look_distance(x, mask, world_colours(shape, True, seed=1))  # NaN when the mask is empty
@@ -67,7 +73,7 @@ def _cell(mean, se=None, digits: int = 3) -> str:
 
 
 def table(results: dict, prompts: list[str]) -> str:
-    lines = ["| w_d | look distance | prompt's shape kept | judge porcelain | "
+    lines = ["| w_d (rule) | look distance | prompt's shape kept | judge porcelain | "
              + " | ".join(f"{p}: look / shape" for p in prompts) + " |", "|---" * (4 + len(prompts)) + "|"]
     for weight, res in results.items():
         s = res["all"]
@@ -84,12 +90,18 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", nargs="+", default=["a cup", "a box", "a ball"])
     p.add_argument("--weights", nargs="+", default=[RECOMMENDED, "1.25", "1.5", "1.75", "2"],
                    help="stage 1's w_d values ('recommended': the domain's own weights; default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=16,
+    p.add_argument("--rules", nargs="+", default=[RECOMMENDED], metavar="RULE",
+                   help="guidance rules for stage 1's image, each measured at every --weights value (suite.rules; "
+                        "'recommended': the domain's own, for the mini world '" + MINI_RULE + "'; e.g. 'domain=0-0.7, domain-ramp=3:0.5, control=0.7-1' puts more domain "
+                        "guidance at the clean end only; default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=32,
                    help="how many seeds per prompt, 0 to N-1 (a count, unlike bench.mini3d_stage3's list; default: "
-                        "%(default)s)")
+                        "%(default)s, 96 images per weight for three prompts: the judge's shape reading of 16 boxes "
+                        "swings by 0.1-0.2 between seed sets)")
     args = p.parse_args(argv)
     from bench.mini3d import _shape_named
-    from suite.checks import check_weight, finite_float
+    from suite.checks import UserError, check_weight, finite_float
+    from suite.rules import parse_rule
 
     for w in args.weights:
         try:
@@ -98,6 +110,12 @@ def main(argv=None) -> int:
         except (ValueError, argparse.ArgumentTypeError):
             print(f"error: --weights {w}: give weights between -100 and 100 such as 1.5, or 'recommended'",
                   file=sys.stderr)
+            return 2
+    for rule in args.rules:
+        try:
+            parse_rule(rule)
+        except UserError as e:
+            print(f"error: --rules {rule!r}: {e}", file=sys.stderr)
             return 2
     bad = [q for q in args.prompts if _shape_named(q) is None]
     if bad:
@@ -119,21 +137,22 @@ def main(argv=None) -> int:
     pipe = pipeline(cfg)
     judge = assets.load_judge()
     results, rows_img = {}, []
-    for weight in args.weights:
+    for rule, weight in ((r, w) for r in args.rules for w in args.weights):
+        label = weight if args.rules == [RECOMMENDED] else f"{weight} ({rule})"
         res, every, images = {}, [], []
         for prompt in args.prompts:
             rows = []
             for seed in range(args.seeds):
-                row, x = measure(pipe, judge, prompt, seed, weight, cfg)
+                row, x = measure(pipe, judge, prompt, seed, weight, cfg, rule)
                 rows.append(row)
                 if seed < 2:
                     images.append(x)
             res[prompt] = summarise(rows)
             every += rows
         res["all"] = summarise(every)
-        results[weight] = res
+        results[label] = res
         rows_img.append(torch.cat(images, -1))
-        print(f"w_d {weight}: look {res['all']['look']:.3f}, shape kept {res['all']['shape_kept']:.2f}", flush=True)
+        print(f"w_d {label}: look {res['all']['look']:.3f}, shape kept {res['all']['shape_kept']:.2f}", flush=True)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     md = table(results, args.prompts)

@@ -227,14 +227,16 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     return _finish(field, cfg, out, result, report)
 
 
-def stage1_image(pipe, cfg: ThreeDConfig, prompt: str, on_step=None) -> Image.Image:
+def stage1_image(pipe, cfg: ThreeDConfig, prompt: str, on_step=None, guidance_rule=None) -> Image.Image:
     """Stage 1's in-domain image of ``prompt`` for ``cfg`` (its background words, steps, seed and
-    ``image_domain_weight``; the domain's recommended weights otherwise). ``on_step(i, n)``: progress."""
+    ``image_domain_weight``; the domain's recommended weights otherwise). ``on_step(i, n)``: progress.
+    ``guidance_rule``: a rule for the image (:mod:`suite.rules`; the benches' variants); not given, the domain's."""
     weights = {} if cfg.image_domain_weight is None else dict(domain_weight=cfg.image_domain_weight)
     callback = {} if on_step is None else dict(callback_on_step_end=report_steps(on_step))
+    rule = {} if guidance_rule is None else dict(guidance_rule=guidance_rule)
     with quiet(pipe):
         return pipe(prompt + cfg.background_prompt, num_inference_steps=cfg.image_steps, seed=cfg.seed, **weights,
-                    **callback).images[0]
+                    **rule, **callback).images[0]
 
 
 def refine_terms(pipe, prompt: str, stage, zero123: Zero123Guidance | None) -> list[SDSTerm]:
