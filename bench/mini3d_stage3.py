@@ -317,9 +317,10 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
     """``zero123_model``: the mini Zero-1-to-3, for variants with a Zero-1-to-3 term (``lambda_zero123 > 0``);
     ``targets=False`` skips the SDS-target analysis (step 2); ``from_world``: stage 2 starts from the renderer's view
     of a porcelain object of the prompt's class (:func:`world_input`) instead of stage 1's image;
-    ``image_domain_weight``: stage 1's ``w_d`` (``ThreeDConfig.image_domain_weight``)."""
+    ``image_domain_weight``: stage 1's ``w_d`` (``ThreeDConfig.image_domain_weight``; None: the mini preset's)."""
     from bench.mini3d import _shape_named as prompt_shape
     from generators3d import ThreeDConfig, run_text_to_3d
+    from generators3d.config import PRESET_SIZES
     from generators3d.guidance3d import DomainSDS
     from generators3d.nerf import Background
     from generators3d.run import _load_reference, refine_terms, stage_generator
@@ -327,7 +328,9 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
     from suite.zero123 import Zero123Guidance
 
     shape = prompt_shape(prompt)
-    wd = "" if image_domain_weight is None else f"-wd{image_domain_weight!r}"
+    # the folder names the weight stage 1 is drawn with (the preset's when not given), so no run is reused at another
+    w_d = PRESET_SIZES["mini"].image_domain_weight if image_domain_weight is None else image_domain_weight
+    wd = "" if from_world else f"-wd{w_d!r}"
     run = out / f"{prompt.replace(' ', '-')}-{seed}{'-world' if from_world else ''}{wd}"
     given = {} if image_domain_weight is None else dict(image_domain_weight=image_domain_weight)
     if from_world:
@@ -511,7 +514,7 @@ def main(argv=None) -> int:
                    help="start stage 2 from the renderer's view of a porcelain object of the prompt's class instead "
                         "of stage 1's image: what stages 2 and 3 do to an input already in the domain's look")
     p.add_argument("--image-domain-weight", type=finite_float, default=None, metavar="W_D",
-                   help="stage 1's w_d (default: the domain's recommended weights)")
+                   help="stage 1's w_d (default: the mini preset's, 1.25; 1 is the domain's recommended weight)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.from_world and args.image_domain_weight is not None:

@@ -39,9 +39,10 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("stages")
     g.add_argument("--image-steps", type=int_at_least(0), default=25, help="stage 1 sampling steps (default: %(default)s)")
     g.add_argument("--image-domain-weight", type=finite_float, default=None, metavar="W_D",
-                   help="w_d of stage 1's in-domain image (default: the domain preset's; mini: 1). The image decides "
-                        "the object's look: on the mini world 1.25-1.5 gives it the domain's colours, at some cost to "
-                        "the prompt's shape (boxes first; docs/3d.md)")
+                   help="w_d of stage 1's in-domain image (default: the domain's recommended weights; mini: 1.25). "
+                        "The image decides the object's look: on the mini world 1.25 gives it the domain's colours at "
+                        "little cost to the prompt's shape, 1.5 more at more cost (boxes first), 1 the recommended "
+                        "weight's (docs/3d.md)")
     g.add_argument("--zero123-steps", type=int_at_least(0), default=None,
                    help="stage 2 SDS steps with Zero-1-to-3 (default: 600; tiny: 40)")
     g.add_argument("--refine-steps", type=int_at_least(0), default=None,

@@ -201,8 +201,9 @@ def _nerf_tiny() -> NeRFConfig:
 
 @dataclass(frozen=True)
 class PresetSizes:
-    """The 3D flow's sizes for one preset (its stages, grid and preview), and its defaults for the stage-1 prompt
-    and mask. The one table of them is :data:`PRESET_SIZES`, keyed by the preset's name (:mod:`suite.presets`)."""
+    """The 3D flow's sizes for one preset (its stages, grid and preview), and its defaults for the stage-1 prompt,
+    guidance and mask. The one table of them is :data:`PRESET_SIZES`, keyed by the preset's name
+    (:mod:`suite.presets`). ``image_domain_weight``: stage 1's ``w_d`` (None: the domain's recommended weights)."""
 
     nerf: object
     camera: object
@@ -213,13 +214,16 @@ class PresetSizes:
     preview_size: int
     mask_method: str = "auto"
     background_prompt: str = ", plain white background"
+    image_domain_weight: float | None = None
 
 
 PRESET_SIZES: dict[str, PresetSizes] = {
     "full": PresetSizes(_nerf_full, CameraConfig, _zero123_full, _refine_full, ExportConfig, 36, 256),
     "mini": PresetSizes(_nerf_mini, _camera_mini, _zero123_mini, _refine_mini,
                         lambda: ExportConfig(resolution=80, texture_size=256, smooth=15), 24, 128,
-                        background_prompt=""),  # the mini world's renders have no background words
+                        # the mini world's renders have no background words; stage 1 at w_d 1.25 gives the object
+                        # the domain's look at little cost to the prompt's shape (bench.mini3d_stage1, docs/3d.md)
+                        background_prompt="", image_domain_weight=1.25),
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
                         lambda: ExportConfig(resolution=48, texture_size=128), 8, 64,
                         mask_method="center"),  # random images: no object to find
@@ -250,8 +254,9 @@ class ThreeDConfig:
     domain_model: str | None = None
     zero123_model: str | None = None
     image_steps: int = 25
-    # w_d of stage 1's in-domain image (None: the domain preset's recommended weights, as the pipeline decides). On the
-    # mini world 1.25-1.5 gives the image, and so the object, the domain's look at some cost to the prompt's shape.
+    # w_d of stage 1's in-domain image (None: the preset's, PresetSizes.image_domain_weight: mini 1.25; else the
+    # domain's recommended weights, as the pipeline decides). The image decides the object's look; on the mini world
+    # 1.25-1.5 gives it the domain's look at some cost to the prompt's shape. Unused with --image.
     image_domain_weight: float | None = None
     zero123_steps: int | None = None
     refine_steps: int | None = None
@@ -328,6 +333,8 @@ class ThreeDConfig:
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
                        formats=formats,
                        mask_method=self.mask_method or sizes.mask_method,
+                       image_domain_weight=sizes.image_domain_weight if self.image_domain_weight is None
+                       and not self.image and not self.export_only else self.image_domain_weight,
                        background_prompt=sizes.background_prompt if self.background_prompt is None
                        else self.background_prompt,
                        preview_frames=self.preview_frames or sizes.preview_frames)

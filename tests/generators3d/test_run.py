@@ -10,6 +10,7 @@ from PIL import Image
 
 import launch
 from generators3d import ThreeDConfig, run_text_to_3d
+from generators3d.config import PRESET_SIZES
 
 FAST = ["--preset", "tiny", "--image-steps", "2", "--zero123-steps", "2", "--refine-steps", "2",
         "--mesh-resolution", "32", "--preview-frames", "2"]
@@ -105,7 +106,8 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(out), "--preset", "tiny"]) == 2
     assert "--export-only would replace its meshes" in capsys.readouterr().err
     for changed, name in ((["--zero123-steps", "3"], "zero123.steps"), (["--zero123-model", str(stage2.parent)],
-                                                                        "zero123_model")):
+                                                                        "zero123_model"),
+                          (["--image-domain-weight", "1.5"], "image_domain_weight")):  # stage 1's image is reused
         assert launch.main(["3d", "--prompt", "a vase with dragons", "--output", str(out), "--domain", "porcelain",
                             "--resume", *FAST, *changed]) == 2
         err = capsys.readouterr().err
@@ -247,15 +249,24 @@ def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypat
         raise Interrupt
 
     monkeypatch.setattr(InDomainPipeline, "__call__", first_image)
-    for w in (None, 1.5):
-        cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset="tiny", output=str(tmp_path / f"run-{w}"),
+    for preset, w in (("tiny", None), ("tiny", 1.5), ("mini", None)):
+        cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset=preset, output=str(tmp_path / f"run-{w}-{preset}"),
                            image_steps=2, zero123_steps=2, refine_steps=2, image_domain_weight=w)
         with pytest.raises(Interrupt):
             run_text_to_3d(cfg)
-    assert seen == ["not given", 1.5]
-    saved = ThreeDConfig.load(tmp_path / "run-1.5" / "config.json")
+    assert seen == ["not given", 1.5, 1.25]  # the mini preset draws stage 1 at its own w_d
+    saved = ThreeDConfig.load(tmp_path / "run-1.5-tiny" / "config.json")
     assert saved.image_domain_weight == 1.5 and saved.refine.domain_weight is None
     text = ThreeDConfig(prompt="a vase", preset="tiny", output=str(tmp_path / "text"), image_domain_weight="1.5")
     with pytest.raises(ValueError, match="give a number"):
         run_text_to_3d(text)
     assert not (tmp_path / "text").exists()
+
+
+def test_the_mini_preset_has_its_own_stage_1_weight_which_a_given_weight_or_image_replaces():
+    mini = dict(prompt="a vase", preset="mini")
+    assert ThreeDConfig(**mini).resolved().image_domain_weight == PRESET_SIZES["mini"].image_domain_weight == 1.25
+    assert ThreeDConfig(**mini, image_domain_weight=1.0).resolved().image_domain_weight == 1.0
+    assert ThreeDConfig(**mini, image="photo.png").resolved().image_domain_weight is None  # no stage-1 image drawn
+    for preset in ("tiny", "full"):  # the domain's recommended weights
+        assert ThreeDConfig(prompt="a vase", preset=preset).resolved().image_domain_weight is None
