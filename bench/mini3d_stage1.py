@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite.miniworld.assets import MINI_RULE
-
-RECOMMENDED = "recommended"
+RECOMMENDED = "recommended"  # as generators3d.config.RECOMMENDED: the domain's recommended weights
 
 
 def pipeline(cfg):
@@ -44,7 +42,7 @@ def measure(pipe, judge, prompt: str, seed: int, weight, cfg, rule: str | None =
     from generators3d.run import stage1_image
 
     shape = _shape_named(prompt)
-    w = None if weight == RECOMMENDED else float(weight)
+    w = RECOMMENDED if weight == RECOMMENDED else float(weight)  # "recommended": the domain's weights, not the preset's
     image = stage1_image(pipe, replace(cfg, seed=seed, image_domain_weight=w), prompt,
                          guidance_rule=None if rule in (None, RECOMMENDED) else rule)
     x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
@@ -92,8 +90,9 @@ def main(argv=None) -> int:
                    help="stage 1's w_d values ('recommended': the domain's own weights; default: %(default)s)")
     p.add_argument("--rules", nargs="+", default=[RECOMMENDED], metavar="RULE",
                    help="guidance rules for stage 1's image, each measured at every --weights value (suite.rules; "
-                        "'recommended': the domain's own, for the mini world '" + MINI_RULE + "'; e.g. 'domain=0-0.7, domain-ramp=3:0.5, control=0.7-1' puts more domain "
-                        "guidance at the clean end only; default: %(default)s)")
+                        "'recommended': the domain's own, on the mini world suite.miniworld.assets.MINI_RULE, "
+                        "'domain=0-0.7, domain-ramp=1:1.5, control=0.7-1'; e.g. 'domain=0-0.7, domain-ramp=3:0.5, "
+                        "control=0.7-1' puts more domain guidance at the clean end only; default: %(default)s)")
     p.add_argument("--seeds", type=int, default=32,
                    help="how many seeds per prompt, 0 to N-1 (a count, unlike bench.mini3d_stage3's list; default: "
                         "%(default)s, 96 images per weight for three prompts: the judge's shape reading of 16 boxes "
@@ -101,7 +100,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from bench.mini3d import _shape_named
     from suite.checks import UserError, check_weight, finite_float
-    from suite.rules import parse_rule
+    from suite.rules import check_rule_terms, parse_rule
 
     for w in args.weights:
         try:
@@ -113,9 +112,13 @@ def main(argv=None) -> int:
             return 2
     for rule in args.rules:
         try:
-            parse_rule(rule)
+            check_rule_terms(parse_rule(rule), ["domain", "control"])
         except UserError as e:
             print(f"error: --rules {rule!r}: {e}", file=sys.stderr)
+            return 2
+    for flag, values in (("--rules", args.rules), ("--weights", args.weights)):
+        if len(set(values)) < len(values):
+            print(f"error: {flag} names a value twice: give each once", file=sys.stderr)
             return 2
     bad = [q for q in args.prompts if _shape_named(q) is None]
     if bad:

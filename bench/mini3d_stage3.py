@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite.checks import finite_float
+from generators3d.cli import image_weight_arg
 from suite.miniworld.world import DOMAIN_ELEVATION
 
 log = logging.getLogger("bench.mini3d_stage3")
@@ -320,7 +320,6 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
     ``image_domain_weight``: stage 1's ``w_d`` (``ThreeDConfig.image_domain_weight``; None: the mini preset's)."""
     from bench.mini3d import _shape_named as prompt_shape
     from generators3d import ThreeDConfig, run_text_to_3d
-    from generators3d.config import PRESET_SIZES
     from generators3d.guidance3d import DomainSDS
     from generators3d.nerf import Background
     from generators3d.run import _load_reference, refine_terms, stage_generator
@@ -329,8 +328,8 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
 
     shape = prompt_shape(prompt)
     # the folder names the weight stage 1 is drawn with (the preset's when not given), so no run is reused at another
-    w_d = PRESET_SIZES["mini"].image_domain_weight if image_domain_weight is None else image_domain_weight
-    wd = "" if from_world else f"-wd{w_d!r}"
+    w_d = ThreeDConfig(preset="mini", prompt=prompt, image_domain_weight=image_domain_weight).stage1_domain_weight()
+    wd = "" if from_world else f"-wd{'rec' if w_d is None else repr(w_d)}"
     run = out / f"{prompt.replace(' ', '-')}-{seed}{'-world' if from_world else ''}{wd}"
     given = {} if image_domain_weight is None else dict(image_domain_weight=image_domain_weight)
     if from_world:
@@ -513,8 +512,9 @@ def main(argv=None) -> int:
     p.add_argument("--from-world", action="store_true",
                    help="start stage 2 from the renderer's view of a porcelain object of the prompt's class instead "
                         "of stage 1's image: what stages 2 and 3 do to an input already in the domain's look")
-    p.add_argument("--image-domain-weight", type=finite_float, default=None, metavar="W_D",
-                   help="stage 1's w_d (default: the mini preset's, 1.25; 1 is the domain's recommended weight)")
+    p.add_argument("--image-domain-weight", type=image_weight_arg, default=None, metavar="W_D",
+                   help="stage 1's w_d (default: the mini preset's, as launch.py 3d --preset mini; 'recommended' "
+                        "or 1: the domain's recommended weight)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.from_world and args.image_domain_weight is not None:

@@ -11,10 +11,21 @@ HELP = "text-to-3D: in-domain image -> Zero-1-to-3 NeRF -> SDS refinement with t
 log = logging.getLogger("generators3d")
 
 
+def image_weight_arg(text: str):
+    """``--image-domain-weight``: a finite number, or ``recommended`` (the domain's recommended weights)."""
+    from suite.checks import finite_float
+
+    from .config import RECOMMENDED
+
+    return RECOMMENDED if text.strip().lower() == RECOMMENDED else finite_float(text)
+
+
 def add_arguments(p) -> None:
     from suite.checks import MAX_STEPS, finite_float, int_at_least, seed_arg
     from suite.cli import weight_arg
     from suite.rules import rule_arg
+
+    from .config import PRESET_SIZES
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -38,11 +49,13 @@ def add_arguments(p) -> None:
                         "ashawkey/zero123-xl-diffusers; the tiny preset builds a random one)")
     g = p.add_argument_group("stages")
     g.add_argument("--image-steps", type=int_at_least(0), default=25, help="stage 1 sampling steps (default: %(default)s)")
-    g.add_argument("--image-domain-weight", type=finite_float, default=None, metavar="W_D",
-                   help="w_d of stage 1's in-domain image (default: the domain's recommended weights; mini: 1.25). "
-                        "The image decides the object's look: on the mini world 1.25 gives it the domain's colours at "
-                        "little cost to the prompt's shape, 1.5 more at more cost (boxes first), 1 the recommended "
-                        "weight's (docs/3d.md)")
+    mini_wd = dict(PRESET_SIZES["mini"].image_domain_weights)["porcelain"]
+    g.add_argument("--image-domain-weight", type=image_weight_arg, default=None, metavar="W_D",
+                   help=f"w_d of stage 1's in-domain image, or 'recommended' (the domain's recommended weights) "
+                        f"(default: recommended; mini porcelain: {mini_wd:g}). The image decides the object's look: on "
+                        f"the mini world {mini_wd:g} gives it the domain's colours at little cost to the prompt's "
+                        f"shape, 1.5 more at more cost (boxes first), 'recommended' (there 1) the image drawn before "
+                        f"2026-12-05 (docs/3d.md)")
     g.add_argument("--zero123-steps", type=int_at_least(0), default=None,
                    help="stage 2 SDS steps with Zero-1-to-3 (default: 600; tiny: 40)")
     g.add_argument("--refine-steps", type=int_at_least(0), default=None,
@@ -117,6 +130,8 @@ def check_limits(args) -> None:
     the sizes), before anything loads. One sentence per problem."""
     from suite.checks import MAX_STEPS, check_count, check_weight
 
+    from .config import RECOMMENDED
+
     large = args.allow_large
     for flag, value, limit in (("--image-steps", args.image_steps, MAX_STEPS),
                                ("--zero123-steps", args.zero123_steps, MAX_SDS_STEPS),
@@ -132,7 +147,7 @@ def check_limits(args) -> None:
         raise UserError(f"--depth-smooth is {args.depth_smooth:g}: give a weight of 0 or more (0 = off; mini: 10000)")
     for flag in ("domain_weight", "control_weight", "refine_zero123_weight", "zero123_guidance", "image_domain_weight"):
         value = getattr(args, flag)
-        if value is not None:
+        if value is not None and value != RECOMMENDED:
             check_weight(value, f"--{flag.replace('_', '-')}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 FORMATS = ("glb", "obj", "ply")
 STAGES = ("image", "zero123", "refine", "export", "preview")
+RECOMMENDED = "recommended"  # --image-domain-weight recommended: the domain's recommended weights for stage 1
 
 
 @dataclass
@@ -203,7 +204,8 @@ def _nerf_tiny() -> NeRFConfig:
 class PresetSizes:
     """The 3D flow's sizes for one preset (its stages, grid and preview), and its defaults for the stage-1 prompt,
     guidance and mask. The one table of them is :data:`PRESET_SIZES`, keyed by the preset's name
-    (:mod:`suite.presets`). ``image_domain_weight``: stage 1's ``w_d`` (None: the domain's recommended weights)."""
+    (:mod:`suite.presets`). ``image_domain_weights``: stage 1's ``w_d`` for the preset's own domain models, as
+    ``(domain, w_d)`` pairs (a domain not named: its recommended weights; :meth:`ThreeDConfig.stage1_domain_weight`)."""
 
     nerf: object
     camera: object
@@ -214,7 +216,7 @@ class PresetSizes:
     preview_size: int
     mask_method: str = "auto"
     background_prompt: str = ", plain white background"
-    image_domain_weight: float | None = None
+    image_domain_weights: tuple[tuple[str, float], ...] = ()
 
 
 PRESET_SIZES: dict[str, PresetSizes] = {
@@ -223,7 +225,7 @@ PRESET_SIZES: dict[str, PresetSizes] = {
                         lambda: ExportConfig(resolution=80, texture_size=256, smooth=15), 24, 128,
                         # the mini world's renders have no background words; stage 1 at w_d 1.25 gives the object
                         # the domain's look at little cost to the prompt's shape (bench.mini3d_stage1, docs/3d.md)
-                        background_prompt="", image_domain_weight=1.25),
+                        background_prompt="", image_domain_weights=(("porcelain", 1.25),)),
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
                         lambda: ExportConfig(resolution=48, texture_size=128), 8, 64,
                         mask_method="center"),  # random images: no object to find
@@ -254,10 +256,11 @@ class ThreeDConfig:
     domain_model: str | None = None
     zero123_model: str | None = None
     image_steps: int = 25
-    # w_d of stage 1's in-domain image (None: the preset's, PresetSizes.image_domain_weight: mini 1.25; else the
-    # domain's recommended weights, as the pipeline decides). The image decides the object's look; on the mini world
-    # 1.25-1.5 gives it the domain's look at some cost to the prompt's shape. Unused with --image.
-    image_domain_weight: float | None = None
+    # w_d of stage 1's in-domain image: a number; "recommended" (the domain's recommended weights, as the pipeline
+    # decides); None: the preset's for its own domain model (mini porcelain: 1.25), else the recommended ones
+    # (stage1_domain_weight). The image decides the object's look; on the mini world 1.25-1.5 gives it the domain's
+    # look at some cost to the prompt's shape. Unused with --image.
+    image_domain_weight: float | str | None = None
     zero123_steps: int | None = None
     refine_steps: int | None = None
     elevation: float | None = None
@@ -333,11 +336,24 @@ class ThreeDConfig:
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
                        formats=formats,
                        mask_method=self.mask_method or sizes.mask_method,
-                       image_domain_weight=sizes.image_domain_weight if self.image_domain_weight is None
-                       and not self.image and not self.export_only else self.image_domain_weight,
                        background_prompt=sizes.background_prompt if self.background_prompt is None
                        else self.background_prompt,
                        preview_frames=self.preview_frames or sizes.preview_frames)
+
+    def stage1_domain_weight(self) -> float | None:
+        """The ``w_d`` stage 1 draws its image with (None: the domain's recommended weights): the given
+        ``image_domain_weight``; not given, the preset's for its own model of the domain (mini porcelain: 1.25; the
+        recommended weights with ``--domain-model`` or another domain). Decided here, not stored in ``config.json``,
+        so that a run made under an earlier default still resumes (its image is reused)."""
+        w = self.image_domain_weight
+        if isinstance(w, str) and w.strip().lower() == RECOMMENDED:
+            return None
+        if w is not None:
+            return w
+        sizes = PRESET_SIZES.get(self.preset)
+        if sizes is None or self.domain_model or self.image:
+            return None
+        return dict(sizes.image_domain_weights).get(str(self.domain).strip().lower())
 
     # -- the config file written beside the results -------------------------------------------------
     def to_dict(self) -> dict:

@@ -42,7 +42,7 @@ from suite.zero123 import Zero123Guidance, load_zero123
 
 from . import mesh as meshlib
 from .cameras import orbit_cameras, turntable_cameras
-from .config import PRESET_SIZES, STAGES, ThreeDConfig, ThreeDResult
+from .config import PRESET_SIZES, RECOMMENDED, STAGES, ThreeDConfig, ThreeDResult
 from .guidance3d import DomainSDS, Zero123SDS
 from .mask import foreground_mask, load_mask, reference_view
 from .nerf import Background, make_field
@@ -102,9 +102,13 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
         if cfg.image:
             raise ValueError("--image-domain-weight sets the guidance of stage 1's image, which --image replaces: drop "
                              "one of them")
-        if isinstance(cfg.image_domain_weight, bool) or not isinstance(cfg.image_domain_weight, (int, float)):
-            raise ValueError(f"--image-domain-weight is {cfg.image_domain_weight!r}: give a number, e.g. 1.5")
-        check_weight(cfg.image_domain_weight, "the domain weight of stage 1 (--image-domain-weight)")
+        w = cfg.image_domain_weight
+        if isinstance(w, str) and w.strip().lower() == RECOMMENDED:
+            pass
+        elif isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise ValueError(f"--image-domain-weight is {w!r}: give a number, e.g. 1.5, or 'recommended'")
+        else:
+            check_weight(w, "the domain weight of stage 1 (--image-domain-weight)")
     domain = resolve_domain(cfg.domain, cfg.domain_model)  # an unknown domain: one sentence, before any writing
     check_weight(cfg.refine.domain_weight, "the domain weight of stage 3")
     check_weight(cfg.refine.control_weight, "the control weight of stage 3")
@@ -229,9 +233,11 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
 
 def stage1_image(pipe, cfg: ThreeDConfig, prompt: str, on_step=None, guidance_rule=None) -> Image.Image:
     """Stage 1's in-domain image of ``prompt`` for ``cfg`` (its background words, steps, seed and
-    ``image_domain_weight``; the domain's recommended weights otherwise). ``on_step(i, n)``: progress.
-    ``guidance_rule``: a rule for the image (:mod:`suite.rules`; the benches' variants); not given, the domain's."""
-    weights = {} if cfg.image_domain_weight is None else dict(domain_weight=cfg.image_domain_weight)
+    :meth:`ThreeDConfig.stage1_domain_weight`; the domain's recommended weights otherwise). ``on_step(i, n)``:
+    progress. ``guidance_rule``: a rule for the image (:mod:`suite.rules`; the benches' variants); not given, the
+    domain's."""
+    w_d = cfg.stage1_domain_weight()
+    weights = {} if w_d is None else dict(domain_weight=w_d)
     callback = {} if on_step is None else dict(callback_on_step_end=report_steps(on_step))
     rule = {} if guidance_rule is None else dict(guidance_rule=guidance_rule)
     with quiet(pipe):

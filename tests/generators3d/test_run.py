@@ -249,12 +249,12 @@ def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypat
         raise Interrupt
 
     monkeypatch.setattr(InDomainPipeline, "__call__", first_image)
-    for preset, w in (("tiny", None), ("tiny", 1.5), ("mini", None)):
+    for preset, w in (("tiny", None), ("tiny", 1.5), ("mini", None), ("mini", "recommended")):
         cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset=preset, output=str(tmp_path / f"run-{w}-{preset}"),
                            image_steps=2, zero123_steps=2, refine_steps=2, image_domain_weight=w)
         with pytest.raises(Interrupt):
             run_text_to_3d(cfg)
-    assert seen == ["not given", 1.5, 1.25]  # the mini preset draws stage 1 at its own w_d
+    assert seen == ["not given", 1.5, 1.25, "not given"]  # the mini preset draws stage 1 at its own w_d
     saved = ThreeDConfig.load(tmp_path / "run-1.5-tiny" / "config.json")
     assert saved.image_domain_weight == 1.5 and saved.refine.domain_weight is None
     text = ThreeDConfig(prompt="a vase", preset="tiny", output=str(tmp_path / "text"), image_domain_weight="1.5")
@@ -263,10 +263,29 @@ def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypat
     assert not (tmp_path / "text").exists()
 
 
-def test_the_mini_preset_has_its_own_stage_1_weight_which_a_given_weight_or_image_replaces():
+def test_the_mini_preset_has_its_own_stage_1_weight_for_its_porcelain_model_only():
     mini = dict(prompt="a vase", preset="mini")
-    assert ThreeDConfig(**mini).resolved().image_domain_weight == PRESET_SIZES["mini"].image_domain_weight == 1.25
-    assert ThreeDConfig(**mini, image_domain_weight=1.0).resolved().image_domain_weight == 1.0
-    assert ThreeDConfig(**mini, image="photo.png").resolved().image_domain_weight is None  # no stage-1 image drawn
-    for preset in ("tiny", "full"):  # the domain's recommended weights
-        assert ThreeDConfig(prompt="a vase", preset=preset).resolved().image_domain_weight is None
+    assert dict(PRESET_SIZES["mini"].image_domain_weights) == {"porcelain": 1.25}
+    assert ThreeDConfig(**mini).stage1_domain_weight() == 1.25
+    assert ThreeDConfig(**mini, domain="Porcelain ").stage1_domain_weight() == 1.25
+    # config.json keeps what was given (None): a run made before this default still resumes with its own image
+    assert ThreeDConfig(**mini).resolved().image_domain_weight is None
+    assert ThreeDConfig(**mini, image_domain_weight=1.0).stage1_domain_weight() == 1.0
+    for other in (dict(image_domain_weight="recommended"), dict(image_domain_weight=" Recommended"),
+                  dict(domain="face"),  # measured on porcelain only
+                  dict(domain_model="my/porcelain-model"),  # another model of the domain: its recommended weights
+                  dict(image="photo.png")):  # no stage-1 image is drawn
+        assert ThreeDConfig(**mini, **other).stage1_domain_weight() is None, other
+    for preset in ("tiny", "full"):
+        assert ThreeDConfig(prompt="a vase", preset=preset).stage1_domain_weight() is None
+
+
+def test_image_domain_weight_takes_recommended_or_a_number_in_one_sentence(tmp_path, capsys):
+    assert launch.main(["3d", "--prompt", "a vase", "--preset", "tiny", "--image-domain-weight", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert "'lots' is not a number" in err and "Traceback" not in err
+    cfg = ThreeDConfig.from_dict({"prompt": "a vase", "preset": "tiny", "image_domain_weight": "lots",
+                                  "output": str(tmp_path / "run")})  # a config file
+    with pytest.raises(ValueError, match="or 'recommended'"):
+        run_text_to_3d(cfg)
+    assert not (tmp_path / "run").exists()
