@@ -7,8 +7,8 @@ flow's own :func:`generators3d.run.stage1_image`, as ``launch.py 3d --preset min
 (the domain's recommended weights, ``w_d`` 1, when ``W`` is ``recommended``; the mini preset's own default is 1.25)
 and measured on its object pixels (the flow's own foreground mask): the look distance to the world's porcelain
 objects of the prompt's class (:func:`bench.mini3d_stage3.look_distance`: about 0.05 for a soft but perfect porcelain
-object, 0.16 for a blue one), whether the judge reads the prompt's shape, and the judge's porcelain probability. Writes ``stage1.json``, ``stage1.md`` and ``stage1.png`` (a row per weight and rule: two seeds per
-prompt).
+object, 0.16 for a blue one), whether the judge reads the prompt's shape, and the judge's porcelain probability.
+Writes ``stage1.json``, ``stage1.md`` and ``stage1.png`` (a row per weight and rule: two seeds per prompt).
 """
 
 from __future__ import annotations

@@ -250,8 +250,8 @@ def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypat
 
     monkeypatch.setattr(InDomainPipeline, "__call__", first_image)
     for preset, w in (("tiny", None), ("tiny", 1.5), ("mini", None), ("mini", "recommended")):
-        cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset=preset, output=str(tmp_path / f"run-{w}-{preset}"),
-                           image_steps=2, zero123_steps=2, refine_steps=2, image_domain_weight=w)
+        cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset=preset, image_domain_weight=w,
+                           output=str(tmp_path / f"run-{w}-{preset}"), image_steps=2, zero123_steps=2, refine_steps=2)
         with pytest.raises(Interrupt):
             run_text_to_3d(cfg)
     assert seen == ["not given", 1.5, 1.25, "not given"]  # the mini preset draws stage 1 at its own w_d
