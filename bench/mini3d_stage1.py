@@ -127,12 +127,9 @@ def main(argv=None) -> int:
     if args.seeds < 2:
         print(f"error: --seeds {args.seeds}: give at least 2 (a standard error needs two images)", file=sys.stderr)
         return 2
-    from PIL import Image
 
     from generators3d import ThreeDConfig
     from suite.cli import quiet_libraries
-    from suite.files import write_text_atomic
-    from suite.images import save_image_atomic
     from suite.miniworld import assets
 
     quiet_libraries()
@@ -156,16 +153,26 @@ def main(argv=None) -> int:
         results[label] = res
         rows_img.append(torch.cat(images, -1))
         print(f"w_d {label}: look {res['all']['look']:.3f}, shape kept {res['all']['shape_kept']:.2f}", flush=True)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     md = table(results, args.prompts)
-    write_text_atomic(out / "stage1.json", json.dumps(dict(args=vars(args), results=results), indent=1))
-    write_text_atomic(out / "stage1.md", md)
-    grid = (torch.cat(rows_img, -2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    save_image_atomic(Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST),
-                      out / "stage1.png")
+    write_results(Path(args.output), "stage1", args, results, md, rows_img, 2)
     print(md)
     return 0
+
+
+def write_results(out: Path, stem: str, args, results: dict, md: str, rows: list, scale: int) -> None:
+    """``STEM.json`` (the arguments and results), ``STEM.md`` (the table) and ``STEM.png`` (the picture rows
+    ``[3, h, w]``, stacked and enlarged ``scale`` times) in ``out``, each written atomically."""
+    from PIL import Image
+
+    from suite.files import write_text_atomic
+    from suite.images import save_image_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / f"{stem}.json", json.dumps(dict(args=vars(args), results=results), indent=1))
+    write_text_atomic(out / f"{stem}.md", md)
+    grid = (torch.cat(rows, -2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    save_image_atomic(Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST),
+                      out / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,174 @@
+"""``python -m bench.mini3d_look --output DIR [--seeds N] [--weights ...]``: how much of the domain's look survives
+the latent space the 3D flow's guidance works in (issue 24, part 4: why the sides of an object away from its
+reference view stay dark blue, and why stage 3 does not make an object more porcelain).
+
+Inputs, each cut out and framed on white as the flow frames its reference view
+(:func:`generators3d.mask.reference_view`, 64 px):
+
+* the renderer's view of a porcelain object of each class (:func:`bench.mini3d_stage3.world_input`: already in the
+  domain's look), ``N`` seeds per class;
+* stage 1's image of "a cup", "a box" and "a ball" (the flow's own :func:`generators3d.run.stage1_image`, its own
+  mask), ``N`` seeds each, at each ``--weights`` value of ``w_d`` (``recommended``: the domain's weights).
+
+For each input the look distance (:func:`bench.mini3d_stage3.look_distance`: sliced Wasserstein distance of the
+object's colours to the world's porcelain of its class; about 0.05 for a soft but perfect porcelain object, 0.16 for
+a blue one) of: the input itself; the input encoded and decoded by the mini Zero-1-to-3's VAE (the mini world's VAE:
+what every SDS target passes through), on the input's own mask; and the mini Zero-1-to-3's views of it from 10
+degrees up at azimuths 0 (its own view), 90, 180 and 270 (their silhouettes as masks). Writes ``look.json``,
+``look.md`` and ``look.png`` (per kind of input, seed 0: the input, its VAE round trip, the four views).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+AZIMUTHS = (0, 90, 180, 270)
+ELEVATION, DISTANCE = 10.0, 3.8  # the mini preset's reference view
+WORLD_SHAPES = ("cup", "box", "ball", "vase", "bottle", "bowl")
+STAGE1_PROMPTS = ("a cup", "a box", "a ball")
+
+
+def to_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def measure(model, image, mask, shape: str, seed: int) -> tuple[dict, torch.Tensor]:
+    """One input (PIL image and mask): ``({"input", "vae", "az0", ...}, picture row [3, 64, 64 * 6])``."""
+    from bench.mini3d_stage3 import look_distance, world_colours
+    from generators3d.mask import reference_view
+    from suite.miniworld.views import silhouette
+    from suite.zero123 import Zero123Guidance, novel_views
+
+    ref, ref_mask = reference_view(image, mask, 64)
+    x = to_tensor(ref)
+    m = torch.from_numpy(np.asarray(ref_mask, np.float32) / 255)[None]
+    look = world_colours(shape, True, seed=1)
+    vae = model.vae
+    with torch.no_grad():
+        round_trip = (vae.decode(vae.encode((x * 2 - 1).to(model.dtype)).latent_dist.mode()).sample.float() / 2
+                      + 0.5).clamp(0, 1)
+    guide = Zero123Guidance(model, x, ref_elevation=ELEVATION, ref_distance=DISTANCE)
+    n = len(AZIMUTHS)
+    views = novel_views(guide, [ELEVATION] * n, list(AZIMUTHS), [DISTANCE] * n, steps=30,
+                        generator=torch.Generator().manual_seed(seed))
+    masks = silhouette(views).float()
+    row = dict(input=look_distance(x, m, look), vae=look_distance(round_trip, m, look))
+    for i, az in enumerate(AZIMUTHS):
+        row[f"az{az}"] = look_distance(views[i:i + 1], masks[i:i + 1], look)
+    return row, torch.cat([x[0], round_trip[0], *views], -1)
+
+
+def summarise(rows: list[dict]) -> dict:
+    from suite.metrics import standard_error
+
+    out = {}
+    for key in rows[0]:
+        v = np.asarray([r[key] for r in rows], float)
+        v = v[np.isfinite(v)]  # NaN: no object pixel found
+        out[key] = [float(v.mean()), standard_error(v) if len(v) > 1 else None, len(v)]
+        if key != "input":
+            d = np.asarray([r[key] - r["input"] for r in rows], float)
+            d = d[np.isfinite(d)]
+            out[f"{key}_change"] = [float(d.mean()), standard_error(d) if len(d) > 1 else None, len(d)]
+    return out
+
+
+def table(results: dict) -> str:
+    keys = ["input", "vae", *(f"az{a}" for a in AZIMUTHS)]
+    names = ["the input", "through the VAE", *(f"Zero-1-to-3, azimuth {a}" for a in AZIMUTHS)]
+    lines = ["| input | n | " + " | ".join(names) + " |", "|---" * (2 + len(keys)) + "|"]
+    for kind, s in results.items():
+        cells = []
+        for k in keys:
+            mean, se, _ = s[k]
+            cell = f"{mean:.3f}" + ("" if se is None else f" ± {se:.3f}")
+            if k != "input":
+                cell += f" ({s[k + '_change'][0]:+.3f})"
+            cells.append(cell)
+        lines.append(f"| {kind} | {s['input'][2]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mini3d_look", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="folder for look.json, look.md and look.png")
+    p.add_argument("--seeds", type=int, default=2,
+                   help="seeds per class (world objects) and per prompt (stage-1 images), 0 to N-1 (default: "
+                        "%(default)s)")
+    p.add_argument("--weights", nargs="+", default=["recommended", "1.25"],
+                   help="stage 1's w_d values for its images ('recommended': the domain's weights; 'none' alone: "
+                        "no stage-1 images; default: %(default)s)")
+    args = p.parse_args(argv)
+    from suite.checks import check_weight, finite_float
+
+    if args.seeds < 1:
+        print(f"error: --seeds {args.seeds}: give 1 or more", file=sys.stderr)
+        return 2
+    weights = [] if args.weights == ["none"] else args.weights
+    for w in weights:
+        try:
+            if w != "recommended":
+                check_weight(finite_float(w), "--weights")
+        except (ValueError, argparse.ArgumentTypeError):
+            print(f"error: --weights {w}: give weights between -100 and 100 such as 1.25, 'recommended' or 'none'",
+                  file=sys.stderr)
+            return 2
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from bench.mini3d import _shape_named
+    from bench.mini3d_stage1 import pipeline, write_results
+    from bench.mini3d_stage3 import world_input
+    from generators3d import ThreeDConfig
+    from generators3d.mask import foreground_mask
+    from generators3d.run import stage1_image
+    from suite.cli import quiet_libraries
+    from suite.miniworld.assets import default_dir
+    from suite.zero123 import load_zero123
+
+    quiet_libraries()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_zero123(str(default_dir() / "zero123"))
+    results, pictures = {}, []
+    rows, first = [], None
+    for shape in WORLD_SHAPES:
+        for seed in range(args.seeds):
+            image, mask = world_input(shape, seed, out / "inputs" / f"{shape}-{seed}")
+            row, pic = measure(model, Image.open(image), Image.open(mask), shape, seed)
+            rows.append(row)
+            first = pic if first is None else first
+    results["the world's porcelain objects"] = summarise(rows)
+    pictures.append(first)
+    print(table(results), flush=True)
+    if weights:
+        cfg = ThreeDConfig(preset="mini", prompt=STAGE1_PROMPTS[0], device="cpu").resolved()
+        pipe = pipeline(cfg)
+        for w in weights:
+            rows, first = [], None
+            for prompt in STAGE1_PROMPTS:
+                for seed in range(args.seeds):
+                    given = replace(cfg, seed=seed, image_domain_weight=w if w == "recommended" else float(w))
+                    image = stage1_image(pipe, given, prompt)
+                    row, pic = measure(model, image, foreground_mask(image, cfg.mask_method), _shape_named(prompt),
+                                       seed)
+                    rows.append(row)
+                    first = pic if first is None else first
+            results[f"stage 1's images, w_d {w}"] = summarise(rows)
+            pictures.append(first)
+            print(table(results), flush=True)
+    md = table(results)
+    write_results(out, "look", args, results, md, pictures, 3)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
