@@ -2,8 +2,8 @@
 the latent space the 3D flow's guidance works in (issue 24, part 4: why the sides of an object away from its
 reference view stay dark blue, and why stage 3 does not make an object more porcelain).
 
-Inputs, each cut out and framed on white as the flow frames its reference view
-(:func:`generators3d.mask.reference_view`, 64 px):
+Inputs, each cut out and framed on white about as the flow frames its reference view
+(:func:`generators3d.mask.reference_view`, straight to 64 px):
 
 * the renderer's view of a porcelain object of each class (:func:`bench.mini3d_stage3.world_input`: already in the
   domain's look), ``N`` seeds per class;
@@ -12,9 +12,9 @@ Inputs, each cut out and framed on white as the flow frames its reference view
 
 For each input the look distance (:func:`bench.mini3d_stage3.look_distance`: sliced Wasserstein distance of the
 object's colours to the world's porcelain of its class; about 0.05 for a soft but perfect porcelain object, 0.16 for
-a blue one) of: the input itself; the input encoded and decoded by the mini Zero-1-to-3's VAE (the mini world's VAE:
-what every SDS target passes through), on the input's own mask; and the mini Zero-1-to-3's views of it from 10
-degrees up at azimuths 0 (its own view), 90, 180 and 270 (their silhouettes as masks). Writes ``look.json``,
+a blue one) of: the input itself; the input encoded and decoded by the mini Zero-1-to-3's VAE (the mini world's VAE,
+whose encoder every SDS step of the flow goes through), on the input's own mask; and the mini Zero-1-to-3's views of
+it from 10 degrees up at azimuths 0 (its own view), 90, 180 and 270 (their silhouettes as masks). Writes ``look.json``,
 ``look.md`` and ``look.png`` (per kind of input, seed 0: the input, its VAE round trip, the four views).
 """
 
@@ -38,13 +38,17 @@ def to_tensor(image) -> torch.Tensor:
 
 
 def measure(model, image, mask, shape: str, seed: int) -> tuple[dict, torch.Tensor]:
-    """One input (PIL image and mask): ``({"input", "vae", "az0", ...}, picture row [3, 64, 64 * 6])``."""
+    """One input (PIL image and mask): ``({"input", "vae", "az0", ...}, picture row [3, 64, 64 * 6])``; None when
+    the mask holds no object (``(None, None)``: nothing to measure)."""
     from bench.mini3d_stage3 import look_distance, world_colours
     from generators3d.mask import reference_view
     from suite.miniworld.views import silhouette
     from suite.zero123 import Zero123Guidance, novel_views
 
-    ref, ref_mask = reference_view(image, mask, 64)
+    try:
+        ref, ref_mask = reference_view(image, mask, 64)
+    except ValueError:  # an empty mask: stage 1 drew nothing the mask finds
+        return None, None
     x = to_tensor(ref)
     m = torch.from_numpy(np.asarray(ref_mask, np.float32) / 255)[None]
     look = world_colours(shape, True, seed=1)
@@ -66,30 +70,34 @@ def measure(model, image, mask, shape: str, seed: int) -> tuple[dict, torch.Tens
 def summarise(rows: list[dict]) -> dict:
     from suite.metrics import standard_error
 
-    out = {}
-    for key in rows[0]:
-        v = np.asarray([r[key] for r in rows], float)
+    def stats(v):
+        v = np.asarray(v, float)
         v = v[np.isfinite(v)]  # NaN: no object pixel found
-        out[key] = [float(v.mean()), standard_error(v) if len(v) > 1 else None, len(v)]
+        return [float(v.mean()) if len(v) else None, standard_error(v) if len(v) > 1 else None, len(v)]
+
+    out = {}
+    for key in ("input", "vae", *(f"az{a}" for a in AZIMUTHS)):
+        out[key] = stats([r[key] for r in rows])
         if key != "input":
-            d = np.asarray([r[key] - r["input"] for r in rows], float)
-            d = d[np.isfinite(d)]
-            out[f"{key}_change"] = [float(d.mean()), standard_error(d) if len(d) > 1 else None, len(d)]
+            out[f"{key}_change"] = stats([r[key] - r["input"] for r in rows])
     return out
 
 
 def table(results: dict) -> str:
     keys = ["input", "vae", *(f"az{a}" for a in AZIMUTHS)]
     names = ["the input", "through the VAE", *(f"Zero-1-to-3, azimuth {a}" for a in AZIMUTHS)]
-    lines = ["| input | n | " + " | ".join(names) + " |", "|---" * (2 + len(keys)) + "|"]
+    lines = ["| kind of input | n | " + " | ".join(names) + " |", "|---" * (2 + len(keys)) + "|"]
     for kind, s in results.items():
         cells = []
         for k in keys:
-            mean, se, _ = s[k]
+            mean, se, n = s[k]
+            if mean is None:
+                cells.append("-")
+                continue
             cell = f"{mean:.3f}" + ("" if se is None else f" ± {se:.3f}")
-            if k != "input":
+            if k != "input" and s[k + "_change"][0] is not None:
                 cell += f" ({s[k + '_change'][0]:+.3f})"
-            cells.append(cell)
+            cells.append(cell + ("" if n == s["input"][2] else f" (n {n})"))
         lines.append(f"| {kind} | {s['input'][2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -111,14 +119,21 @@ def main(argv=None) -> int:
         print(f"error: --seeds {args.seeds}: give 1 or more", file=sys.stderr)
         return 2
     weights = [] if args.weights == ["none"] else args.weights
+    if "none" in weights:
+        print("error: --weights none stands alone (no stage-1 images); leave it out to measure weights",
+              file=sys.stderr)
+        return 2
     for w in weights:
         try:
             if w != "recommended":
                 check_weight(finite_float(w), "--weights")
         except (ValueError, argparse.ArgumentTypeError):
-            print(f"error: --weights {w}: give weights between -100 and 100 such as 1.25, 'recommended' or 'none'",
+            print(f"error: --weights {w}: give weights between -100 and 100 such as 1.25, or 'recommended'",
                   file=sys.stderr)
             return 2
+    if len({w if w == "recommended" else float(w) for w in weights}) < len(weights):
+        print("error: --weights names a value twice: give each once", file=sys.stderr)
+        return 2
     from dataclasses import replace
 
     from PIL import Image
@@ -146,7 +161,7 @@ def main(argv=None) -> int:
             rows.append(row)
             first = pic if first is None else first
     results["the world's porcelain objects"] = summarise(rows)
-    pictures.append(first)
+    pictures.append(first)  # world objects always have an exact, non-empty mask
     print(table(results), flush=True)
     if weights:
         cfg = ThreeDConfig(preset="mini", prompt=STAGE1_PROMPTS[0], device="cpu").resolved()
@@ -159,10 +174,15 @@ def main(argv=None) -> int:
                     image = stage1_image(pipe, given, prompt)
                     row, pic = measure(model, image, foreground_mask(image, cfg.mask_method), _shape_named(prompt),
                                        seed)
+                    if row is None:
+                        print(f"{prompt!r}, seed {seed}, w_d {w}: no object found in stage 1's image; left out",
+                              flush=True)
+                        continue
                     rows.append(row)
                     first = pic if first is None else first
             results[f"stage 1's images, w_d {w}"] = summarise(rows)
-            pictures.append(first)
+            if first is not None:
+                pictures.append(first)
             print(table(results), flush=True)
     md = table(results)
     write_results(out, "look", args, results, md, pictures, 3)
