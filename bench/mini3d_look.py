@@ -52,11 +52,9 @@ def measure(model, image, mask, shape: str, seed: int) -> tuple[dict, torch.Tens
     x = to_tensor(ref)
     m = torch.from_numpy(np.asarray(ref_mask, np.float32) / 255)[None]
     look = world_colours(shape, True, seed=1)
-    vae = model.vae
-    with torch.no_grad():
-        round_trip = (vae.decode(vae.encode((x * 2 - 1).to(model.dtype)).latent_dist.mode()).sample.float() / 2
-                      + 0.5).clamp(0, 1)
     guide = Zero123Guidance(model, x, ref_elevation=ELEVATION, ref_distance=DISTANCE)
+    with torch.no_grad():  # the round trip: decode the input's own encoding, which Zero-1-to-3 is conditioned on
+        round_trip = (model.vae.decode(guide.c_concat).sample.float() / 2 + 0.5).clamp(0, 1)
     n = len(AZIMUTHS)
     views = novel_views(guide, [ELEVATION] * n, list(AZIMUTHS), [DISTANCE] * n, steps=30,
                         generator=torch.Generator().manual_seed(seed))
@@ -113,7 +111,7 @@ def main(argv=None) -> int:
                    help="stage 1's w_d values for its images ('recommended': the domain's weights; 'none' alone: "
                         "no stage-1 images; default: %(default)s)")
     args = p.parse_args(argv)
-    from suite.checks import check_weight, finite_float
+    from bench.mini3d_stage1 import weights_problem
 
     if args.seeds < 1:
         print(f"error: --seeds {args.seeds}: give 1 or more", file=sys.stderr)
@@ -123,16 +121,9 @@ def main(argv=None) -> int:
         print("error: --weights none stands alone (no stage-1 images); leave it out to measure weights",
               file=sys.stderr)
         return 2
-    for w in weights:
-        try:
-            if w != "recommended":
-                check_weight(finite_float(w), "--weights")
-        except (ValueError, argparse.ArgumentTypeError):
-            print(f"error: --weights {w}: give weights between -100 and 100 such as 1.25, or 'recommended'",
-                  file=sys.stderr)
-            return 2
-    if len({w if w == "recommended" else float(w) for w in weights}) < len(weights):
-        print("error: --weights names a value twice: give each once", file=sys.stderr)
+    problem = weights_problem(weights)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from dataclasses import replace
 

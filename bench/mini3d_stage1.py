@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RECOMMENDED = "recommended"  # as generators3d.config.RECOMMENDED: the domain's recommended weights
+from generators3d.config import RECOMMENDED  # the domain's recommended weights (a torch-free module)
 
 
 def pipeline(cfg):
@@ -99,27 +99,22 @@ def main(argv=None) -> int:
                         "swings by 0.1-0.2 between seed sets)")
     args = p.parse_args(argv)
     from bench.mini3d import _shape_named
-    from suite.checks import UserError, check_weight, finite_float
+    from suite.checks import UserError
     from suite.rules import check_rule_terms, parse_rule
 
-    for w in args.weights:
-        try:
-            if w != RECOMMENDED:
-                check_weight(finite_float(w), "--weights")
-        except (ValueError, argparse.ArgumentTypeError):
-            print(f"error: --weights {w}: give weights between -100 and 100 such as 1.5, or 'recommended'",
-                  file=sys.stderr)
-            return 2
+    problem = weights_problem(args.weights)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     for rule in args.rules:
         try:
             check_rule_terms(parse_rule(rule), ["domain", "control"])
         except UserError as e:
             print(f"error: --rules {rule!r}: {e}", file=sys.stderr)
             return 2
-    for flag, values in (("--rules", args.rules), ("--weights", args.weights)):
-        if len(set(values)) < len(values):
-            print(f"error: {flag} names a value twice: give each once", file=sys.stderr)
-            return 2
+    if len(set(args.rules)) < len(args.rules):
+        print("error: --rules names a value twice: give each once", file=sys.stderr)
+        return 2
     bad = [q for q in args.prompts if _shape_named(q) is None]
     if bad:
         print(f"error: the prompt(s) {bad} name no shape of the mini world: use e.g. 'a cup'", file=sys.stderr)
@@ -157,6 +152,22 @@ def main(argv=None) -> int:
     write_results(Path(args.output), "stage1", args, results, md, rows_img, 2)
     print(md)
     return 0
+
+
+def weights_problem(weights: list[str]) -> str | None:
+    """One sentence if a ``--weights`` value is not a weight between -100 and 100 or ``recommended``, or names a
+    weight twice (``1.25`` and ``1.250`` alike); None when they are all fine."""
+    from suite.checks import check_weight, finite_float
+
+    for w in weights:
+        try:
+            if w != RECOMMENDED:
+                check_weight(finite_float(w), "--weights")
+        except (ValueError, argparse.ArgumentTypeError):
+            return f"--weights {w}: give weights between -100 and 100 such as 1.25, or 'recommended'"
+    if len({w if w == RECOMMENDED else float(w) for w in weights}) < len(weights):
+        return "--weights names a value twice: give each once"
+    return None
 
 
 def write_results(out: Path, stem: str, args, results: dict, md: str, rows: list, scale: int) -> None:

@@ -15,9 +15,9 @@ def image_weight_arg(text: str):
     """``--image-domain-weight``: a finite number, or ``recommended`` (the domain's recommended weights)."""
     from suite.checks import finite_float
 
-    from .config import RECOMMENDED
+    from .config import RECOMMENDED, is_recommended
 
-    return RECOMMENDED if text.strip().lower() == RECOMMENDED else finite_float(text)
+    return RECOMMENDED if is_recommended(text) else finite_float(text)
 
 
 def add_arguments(p) -> None:

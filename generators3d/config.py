@@ -18,6 +18,11 @@ STAGES = ("image", "zero123", "refine", "export", "preview")
 RECOMMENDED = "recommended"  # --image-domain-weight recommended: the domain's recommended weights for stage 1
 
 
+def is_recommended(value) -> bool:
+    """Whether a weight setting is the word ``recommended`` (any case, spaces around it)."""
+    return isinstance(value, str) and value.strip().lower() == RECOMMENDED
+
+
 @dataclass
 class NeRFConfig:
     """Hash-grid NeRF (threestudio's ``implicit-volume`` defaults, scene radius 1 instead of 2).
@@ -346,7 +351,7 @@ class ThreeDConfig:
         recommended weights with ``--domain-model`` or another domain). Decided here, not stored in ``config.json``,
         so that a run made under an earlier default still resumes (its image is reused)."""
         w = self.image_domain_weight
-        if isinstance(w, str) and w.strip().lower() == RECOMMENDED:
+        if is_recommended(w):
             return None
         if w is not None:
             return w

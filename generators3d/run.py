@@ -42,7 +42,7 @@ from suite.zero123 import Zero123Guidance, load_zero123
 
 from . import mesh as meshlib
 from .cameras import orbit_cameras, turntable_cameras
-from .config import PRESET_SIZES, RECOMMENDED, STAGES, ThreeDConfig, ThreeDResult
+from .config import PRESET_SIZES, STAGES, ThreeDConfig, ThreeDResult, is_recommended
 from .guidance3d import DomainSDS, Zero123SDS
 from .mask import foreground_mask, load_mask, reference_view
 from .nerf import Background, make_field
@@ -103,7 +103,7 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
             raise ValueError("--image-domain-weight sets the guidance of stage 1's image, which --image replaces: drop "
                              "one of them")
         w = cfg.image_domain_weight
-        if isinstance(w, str) and w.strip().lower() == RECOMMENDED:
+        if is_recommended(w):
             pass
         elif isinstance(w, bool) or not isinstance(w, (int, float)):
             raise ValueError(f"--image-domain-weight is {w!r}: give a number, e.g. 1.5, or 'recommended'")
