@@ -13,9 +13,14 @@ Inputs, each cut out and framed on white about as the flow frames its reference 
 For each input the look distance (:func:`bench.mini3d_stage3.look_distance`: sliced Wasserstein distance of the
 object's colours to the world's porcelain of its class; about 0.05 for a soft but perfect porcelain object, 0.16 for
 a blue one) of: the input itself; the input encoded and decoded by the mini Zero-1-to-3's VAE (the mini world's VAE,
-whose encoder every SDS step of the flow goes through), on the input's own mask; and the mini Zero-1-to-3's views of
-it from 10 degrees up at azimuths 0 (its own view), 90, 180 and 270 (their silhouettes as masks). Writes ``look.json``,
-``look.md`` and ``look.png`` (per kind of input, seed 0: the input, its VAE round trip, the four views).
+whose encoder every SDS step of the flow goes through), on the input's own mask; of the decoder's best (the latent
+optimised until its decoding is nearest the input in pixels: what the latent space can hold, whatever the encoder
+gives); for the world's objects, of their blue twin (the same object in the world's plain blue) and of that twin
+pulled by the encoder (its object pixels optimised until their encoding is the porcelain view's: what SDS through
+this encoder could do with a perfect target), every pixel free and as a smooth colour field (a 32 px grid); and of the mini Zero-1-to-3's views of it from 10 degrees up at
+azimuths 0 (its own view), 90, 180 and 270 (their silhouettes as masks). Writes ``look.json``, ``look.md`` and
+``look.png`` (per kind of input, seed 0: the input, its VAE round trip, the decoder's best, the blue twin and its
+pulls (blank for stage 1's images), the four views).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ import numpy as np
 import torch
 
 AZIMUTHS = (0, 90, 180, 270)
+FIT_STEPS = 300  # Adam steps of the decoder's best and the encoder's pull (converged: the latent gap falls ~2,000x)
+PULL_GRID = 32  # the smooth pull's colour grid (bilinear to 64 px): about as soft as a NeRF's renders
+KEYS = ("input", "vae", "decoder", "twin", "pull", "pull32", *(f"az{a}" for a in AZIMUTHS))
+NAMES = ("the input", "through the VAE", "the decoder's best", "the blue twin", "the twin pulled by the encoder",
+         f"the same, {PULL_GRID} px colour grid", *(f"Zero-1-to-3, azimuth {a}" for a in AZIMUTHS))
 ELEVATION, DISTANCE = 10.0, 3.8  # the mini preset's reference view
 WORLD_SHAPES = ("cup", "box", "ball", "vase", "bottle", "bowl")
 STAGE1_PROMPTS = ("a cup", "a box", "a ball")
@@ -37,9 +47,52 @@ def to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
 
 
-def measure(model, image, mask, shape: str, seed: int) -> tuple[dict, torch.Tensor]:
-    """One input (PIL image and mask): ``({"input", "vae", "az0", ...}, picture row [3, 64, 64 * 6])``; None when
-    the mask holds no object (``(None, None)``: nothing to measure)."""
+def decoder_best(vae, x: torch.Tensor, z: torch.Tensor, steps: int = FIT_STEPS) -> torch.Tensor:
+    """The decoding ``[1, 3, H, W]`` in [0, 1] of the latent, started at ``z`` (unscaled), that Adam brings nearest
+    to ``x`` in pixels: how much of ``x`` the decoder can give back from some latent."""
+    z = z.detach().float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    for _ in range(steps):
+        loss = (vae.decode(z.to(vae.dtype)).sample.float() / 2 + 0.5 - x).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return (vae.decode(z.to(vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
+
+
+def encoder_pull(vae, start: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, steps: int = FIT_STEPS,
+                 grid: int | None = None) -> torch.Tensor:
+    """``start`` ``[1, 3, H, W]`` with its pixels under ``mask`` ``[1, H, W]`` optimised (Adam, through a sigmoid)
+    until the encoder's mean for it is ``target`` (unscaled): where SDS through this encoder would take a render whose
+    latent it pulled exactly to another view's. The pixels off the mask stay ``start``'s. ``grid``: the colours are
+    a ``grid x grid`` image resized bilinearly (a smooth colour field, as a NeRF's); None: every pixel free."""
+    m = (mask > 0.5).float()[:, None]
+    size = start.shape[-2:]
+    free = start if grid is None else torch.nn.functional.interpolate(start, (grid, grid), mode="area")
+    logit = torch.logit(free.clamp(0.01, 0.99)).requires_grad_(True)
+    opt = torch.optim.Adam([logit], lr=0.05)
+
+    def image():
+        colour = torch.sigmoid(logit)
+        if grid is not None:
+            colour = torch.nn.functional.interpolate(colour, size, mode="bilinear", align_corners=False)
+        return colour * m + start * (1 - m)
+
+    for _ in range(steps):
+        latent = vae.encode((image() * 2 - 1).to(vae.dtype)).latent_dist.mean.float()
+        loss = (latent - target.float()).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return image().detach()
+
+
+def measure(model, image, mask, shape: str, seed: int, twin=None,
+            fit_steps: int = FIT_STEPS) -> tuple[dict, torch.Tensor]:
+    """One input (PIL image and mask): ``({"input", "vae", "decoder", "twin", "pull", "az0", ...}, picture row
+    [3, 64, 64 * 10])``; ``twin``: the input's blue twin (PIL image and mask) for ``"twin"`` and ``"pull"`` (NaN and a
+    blank picture without it); ``fit_steps``: those of :func:`decoder_best` and :func:`encoder_pull`; ``(None, None)`` when the mask holds no object (nothing to measure)."""
     from bench.mini3d_stage3 import look_distance, world_colours
     from generators3d.mask import reference_view
     from suite.miniworld.views import silhouette
@@ -55,14 +108,27 @@ def measure(model, image, mask, shape: str, seed: int) -> tuple[dict, torch.Tens
     guide = Zero123Guidance(model, x, ref_elevation=ELEVATION, ref_distance=DISTANCE)
     with torch.no_grad():  # the round trip: decode the input's own encoding, which Zero-1-to-3 is conditioned on
         round_trip = (model.vae.decode(guide.c_concat).sample.float() / 2 + 0.5).clamp(0, 1)
+    vae = model.vae  # frozen by load_zero123: gradients reach only the latent or the pixels below
+    best = decoder_best(vae, x, guide.c_concat, fit_steps)
+    nan, blank = float("nan"), torch.ones_like(x)
+    twin_x, pulled, smooth, twin_look, pull_look, smooth_look = blank, blank, blank, nan, nan, nan
+    if twin is not None:
+        twin_ref, twin_mask = reference_view(*twin, 64)
+        twin_x = to_tensor(twin_ref)
+        tm = torch.from_numpy(np.asarray(twin_mask, np.float32) / 255)[None]
+        pulled = encoder_pull(vae, twin_x, tm, guide.c_concat, fit_steps)  # c_concat: the input's encoder mean
+        smooth = encoder_pull(vae, twin_x, tm, guide.c_concat, fit_steps, PULL_GRID)
+        twin_look, pull_look = look_distance(twin_x, tm, look), look_distance(pulled, tm, look)
+        smooth_look = look_distance(smooth, tm, look)
     n = len(AZIMUTHS)
     views = novel_views(guide, [ELEVATION] * n, list(AZIMUTHS), [DISTANCE] * n, steps=30,
                         generator=torch.Generator().manual_seed(seed))
     masks = silhouette(views).float()
-    row = dict(input=look_distance(x, m, look), vae=look_distance(round_trip, m, look))
+    row = dict(input=look_distance(x, m, look), vae=look_distance(round_trip, m, look),
+               decoder=look_distance(best, m, look), twin=twin_look, pull=pull_look, pull32=smooth_look)
     for i, az in enumerate(AZIMUTHS):
         row[f"az{az}"] = look_distance(views[i:i + 1], masks[i:i + 1], look)
-    return row, torch.cat([x[0], round_trip[0], *views], -1)
+    return row, torch.cat([x[0], round_trip[0], best[0], twin_x[0], pulled[0], smooth[0], *views], -1)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -74,17 +140,16 @@ def summarise(rows: list[dict]) -> dict:
         return [float(v.mean()) if len(v) else None, standard_error(v) if len(v) > 1 else None, len(v)]
 
     out = {}
-    for key in ("input", "vae", *(f"az{a}" for a in AZIMUTHS)):
-        out[key] = stats([r[key] for r in rows])
+    for key in KEYS:
+        out[key] = stats([r.get(key, float("nan")) for r in rows])
         if key != "input":
-            out[f"{key}_change"] = stats([r[key] - r["input"] for r in rows])
+            out[f"{key}_change"] = stats([r.get(key, float("nan")) - r["input"] for r in rows])
     return out
 
 
 def table(results: dict) -> str:
-    keys = ["input", "vae", *(f"az{a}" for a in AZIMUTHS)]
-    names = ["the input", "through the VAE", *(f"Zero-1-to-3, azimuth {a}" for a in AZIMUTHS)]
-    lines = ["| kind of input | n | " + " | ".join(names) + " |", "|---" * (2 + len(keys)) + "|"]
+    keys = KEYS
+    lines = ["| kind of input | n | " + " | ".join(NAMES) + " |", "|---" * (2 + len(keys)) + "|"]
     for kind, s in results.items():
         cells = []
         for k in keys:
@@ -148,7 +213,9 @@ def main(argv=None) -> int:
     for shape in WORLD_SHAPES:
         for seed in range(args.seeds):
             image, mask = world_input(shape, seed, out / "inputs" / f"{shape}-{seed}")
-            row, pic = measure(model, Image.open(image), Image.open(mask), shape, seed)
+            blue, blue_mask = world_input(shape, seed, out / "inputs" / f"{shape}-{seed}-blue", porcelain=False)
+            row, pic = measure(model, Image.open(image), Image.open(mask), shape, seed,
+                               twin=(Image.open(blue), Image.open(blue_mask)))
             rows.append(row)
             first = pic if first is None else first
     results["the world's porcelain objects"] = summarise(rows)

@@ -394,16 +394,17 @@ def run_case(prompt: str, seed: int, out: Path, pipe, judge, variants: dict, zer
 WORLD_INPUT_VIEW = (10.0, 30.0)  # elevation, azimuth of --from-world's input view
 
 
-def world_input(shape: str, seed: int, folder: Path) -> tuple[Path, Path]:
+def world_input(shape: str, seed: int, folder: Path, porcelain: bool = True) -> tuple[Path, Path]:
     """The renderer's view (:data:`WORLD_INPUT_VIEW`, 256 px on the world's backdrop) of a porcelain object of
     class ``shape`` (striped for even seeds, dotted for odd; its shape parameters drawn from ``seed``, not those of
-    the look distance's references) and its exact mask: an input already in the domain's look."""
+    the look distance's references) and its exact mask: an input already in the domain's look. ``porcelain=False``:
+    its blue twin (the same shape and pattern, the world's plain blue instead of the glaze)."""
     from bench.mini3d import reference_files
     from suite.miniworld.world import make_object
 
     if (folder / "image.png").is_file() and (folder / "mask.png").is_file():  # written by an earlier run: kept
         return folder / "image.png", folder / "mask.png"
-    obj = make_object(shape, "blue", ("stripes", "dots")[seed % 2], True, np.random.default_rng(1000 + seed))
+    obj = make_object(shape, "blue", ("stripes", "dots")[seed % 2], porcelain, np.random.default_rng(1000 + seed))
     return reference_files(obj, *WORLD_INPUT_VIEW, folder)
 
 
