@@ -17,8 +17,9 @@ whose encoder every SDS step of the flow goes through), on the input's own mask;
 optimised until its decoding is nearest the input in pixels: what the latent space can hold, whatever the encoder
 gives); for the world's objects, of their blue twin (the same object in the world's plain blue) and of that twin
 pulled by the encoder (its object pixels optimised until their encoding is the porcelain view's: what SDS through
-this encoder could do with a perfect target), every pixel free and as a smooth colour field (a 32 px grid); and of the mini Zero-1-to-3's views of it from 10 degrees up at
-azimuths 0 (its own view), 90, 180 and 270 (their silhouettes as masks). Writes ``look.json``, ``look.md`` and
+this encoder could do with a perfect target), every pixel free and as a smooth colour field (a 32 px grid); and of
+the mini Zero-1-to-3's views of it from 10 degrees up at azimuths 0 (its own view), 90, 180 and 270 (their
+silhouettes as masks). Writes ``look.json``, ``look.md`` and
 ``look.png`` (per kind of input, seed 0: the input, its VAE round trip, the decoder's best, the blue twin and its
 pulls (blank for stage 1's images), the four views).
 """
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 AZIMUTHS = (0, 90, 180, 270)
-FIT_STEPS = 300  # Adam steps of the decoder's best and the encoder's pull (converged: the latent gap falls ~2,000x)
+FIT_STEPS = 300  # Adam steps of the decoder's best and the encoder's pulls (the latent gap falls 600-3,000x)
 PULL_GRID = 32  # the smooth pull's colour grid (bilinear to 64 px): about as soft as a NeRF's renders
 KEYS = ("input", "vae", "decoder", "twin", "pull", "pull32", *(f"az{a}" for a in AZIMUTHS))
 NAMES = ("the input", "through the VAE", "the decoder's best", "the blue twin", "the twin pulled by the encoder",
