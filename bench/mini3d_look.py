@@ -36,9 +36,11 @@ import torch
 AZIMUTHS = (0, 90, 180, 270)
 FIT_STEPS = 300  # Adam steps of the decoder's best and the encoder's pulls (the latent gap falls 600-3,000x)
 PULL_GRID = 32  # the smooth pull's colour grid (bilinear to 64 px): about as soft as a NeRF's renders
-KEYS = ("input", "vae", "decoder", "twin", "pull", "pull32", *(f"az{a}" for a in AZIMUTHS))
-NAMES = ("the input", "through the VAE", "the decoder's best", "the blue twin", "the twin pulled by the encoder",
-         f"the same, {PULL_GRID} px colour grid", *(f"Zero-1-to-3, azimuth {a}" for a in AZIMUTHS))
+KEYS = ("input", "input32", "vae", "decoder", "twin", "pull", "pull32", *(f"az{a}" for a in AZIMUTHS))
+NAMES = ("the input", f"the input through a {PULL_GRID} px grid", "through the VAE", "the decoder's best",
+         "the blue twin", "the twin pulled by the encoder", f"the same, {PULL_GRID} px colour grid",
+         *(f"Zero-1-to-3, azimuth {a}" for a in AZIMUTHS))
+GAPS = ("pull_gap", "pull32_gap")  # the latent gap each pull leaves, as a share of the twin's own
 ELEVATION, DISTANCE = 10.0, 3.8  # the mini preset's reference view
 WORLD_SHAPES = ("cup", "box", "ball", "vase", "bottle", "bowl")
 STAGE1_PROMPTS = ("a cup", "a box", "a ball")
@@ -50,8 +52,10 @@ def to_tensor(image) -> torch.Tensor:
 
 def decoder_best(vae, x: torch.Tensor, z: torch.Tensor, steps: int = FIT_STEPS) -> torch.Tensor:
     """The decoding ``[1, 3, H, W]`` in [0, 1] of the latent, started at ``z`` (unscaled), that Adam brings nearest
-    to ``x`` in pixels: how much of ``x`` the decoder can give back from some latent."""
+    to ``x`` in pixels: how much of ``x`` the decoder can give back from some latent. On the VAE's device; returned
+    on the CPU."""
     z = z.detach().float().clone().requires_grad_(True)
+    x = x.to(z.device)
     opt = torch.optim.Adam([z], lr=0.05)
     for _ in range(steps):
         loss = (vae.decode(z.to(vae.dtype)).sample.float() / 2 + 0.5 - x).square().mean()
@@ -59,15 +63,26 @@ def decoder_best(vae, x: torch.Tensor, z: torch.Tensor, steps: int = FIT_STEPS) 
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return (vae.decode(z.to(vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
+        return (vae.decode(z.to(vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def smooth(image: torch.Tensor, grid: int) -> torch.Tensor:
+    """``image`` ``[1, 3, H, W]`` through a ``grid x grid`` colour grid (area down, bilinear up): as soft as the
+    smooth pull's colour field."""
+    small = torch.nn.functional.interpolate(image, (grid, grid), mode="area")
+    return torch.nn.functional.interpolate(small, image.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def encoder_pull(vae, start: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, steps: int = FIT_STEPS,
-                 grid: int | None = None) -> torch.Tensor:
+                 grid: int | None = None) -> tuple[torch.Tensor, float]:
     """``start`` ``[1, 3, H, W]`` with its pixels under ``mask`` ``[1, H, W]`` optimised (Adam, through a sigmoid)
     until the encoder's mean for it is ``target`` (unscaled): where SDS through this encoder would take a render whose
     latent it pulled exactly to another view's. The pixels off the mask stay ``start``'s. ``grid``: the colours are
-    a ``grid x grid`` image resized bilinearly (a smooth colour field, as a NeRF's); None: every pixel free."""
+    a ``grid x grid`` image resized bilinearly (a smooth colour field, as a NeRF's); None: every pixel free. Returns
+    the image (on the CPU) and the latent gap it leaves, as a share of ``start``'s own (mean squared differences).
+    Runs on the VAE's device."""
+    device = target.device
+    start, mask = start.to(device), mask.to(device)
     m = (mask > 0.5).float()[:, None]
     size = start.shape[-2:]
     free = start if grid is None else torch.nn.functional.interpolate(start, (grid, grid), mode="area")
@@ -80,20 +95,25 @@ def encoder_pull(vae, start: torch.Tensor, mask: torch.Tensor, target: torch.Ten
             colour = torch.nn.functional.interpolate(colour, size, mode="bilinear", align_corners=False)
         return colour * m + start * (1 - m)
 
+    def gap(x):
+        return (vae.encode((x * 2 - 1).to(vae.dtype)).latent_dist.mean.float() - target.float()).square().mean()
+
     for _ in range(steps):
-        latent = vae.encode((image() * 2 - 1).to(vae.dtype)).latent_dist.mean.float()
-        loss = (latent - target.float()).square().mean()
+        loss = gap(image())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return image().detach()
+    with torch.no_grad():
+        out = image()
+        return out.cpu(), float(gap(out) / gap(start))
 
 
 def measure(model, image, mask, shape: str, seed: int, twin=None,
             fit_steps: int = FIT_STEPS) -> tuple[dict, torch.Tensor]:
-    """One input (PIL image and mask): ``({"input", "vae", "decoder", "twin", "pull", "az0", ...}, picture row
-    [3, 64, 64 * 10])``; ``twin``: the input's blue twin (PIL image and mask) for ``"twin"`` and ``"pull"`` (NaN and a
-    blank picture without it); ``fit_steps``: those of :func:`decoder_best` and :func:`encoder_pull`; ``(None, None)`` when the mask holds no object (nothing to measure)."""
+    """One input (PIL image and mask): ``({"input", "input32", "vae", "decoder", "twin", "pull", "pull32", "az0",
+    ..., "pull_gap", "pull32_gap"}, picture row [3, 64, 64 * 10])``; ``twin``: the input's blue twin (PIL image and
+    mask) for the twin's and the pulls' entries (NaN and blank pictures without it); ``fit_steps``: those of
+    :func:`decoder_best` and :func:`encoder_pull`; ``(None, None)`` when the mask holds no object."""
     from bench.mini3d_stage3 import look_distance, world_colours
     from generators3d.mask import reference_view
     from suite.miniworld.views import silhouette
@@ -112,24 +132,28 @@ def measure(model, image, mask, shape: str, seed: int, twin=None,
     vae = model.vae  # frozen by load_zero123: gradients reach only the latent or the pixels below
     best = decoder_best(vae, x, guide.c_concat, fit_steps)
     nan, blank = float("nan"), torch.ones_like(x)
-    twin_x, pulled, smooth, twin_look, pull_look, smooth_look = blank, blank, blank, nan, nan, nan
+    twin_x, pulled, pulled32 = blank, blank, blank
+    twin_row = dict(twin=nan, pull=nan, pull32=nan, pull_gap=nan, pull32_gap=nan)
     if twin is not None:
         twin_ref, twin_mask = reference_view(*twin, 64)
         twin_x = to_tensor(twin_ref)
         tm = torch.from_numpy(np.asarray(twin_mask, np.float32) / 255)[None]
-        pulled = encoder_pull(vae, twin_x, tm, guide.c_concat, fit_steps)  # c_concat: the input's encoder mean
-        smooth = encoder_pull(vae, twin_x, tm, guide.c_concat, fit_steps, PULL_GRID)
-        twin_look, pull_look = look_distance(twin_x, tm, look), look_distance(pulled, tm, look)
-        smooth_look = look_distance(smooth, tm, look)
+        pulled, gap = encoder_pull(vae, twin_x, tm, guide.c_concat, fit_steps)  # c_concat: the input's encoder mean
+        pulled32, gap32 = encoder_pull(vae, twin_x, tm, guide.c_concat, fit_steps, PULL_GRID)
+        twin_row = dict(twin=look_distance(twin_x, tm, look), pull=look_distance(pulled, tm, look),
+                        pull32=look_distance(pulled32, tm, look), pull_gap=gap, pull32_gap=gap32)
     n = len(AZIMUTHS)
     views = novel_views(guide, [ELEVATION] * n, list(AZIMUTHS), [DISTANCE] * n, steps=30,
                         generator=torch.Generator().manual_seed(seed))
     masks = silhouette(views).float()
-    row = dict(input=look_distance(x, m, look), vae=look_distance(round_trip, m, look),
-               decoder=look_distance(best, m, look), twin=twin_look, pull=pull_look, pull32=smooth_look)
+    # the input through the smooth pull's grid (on the object only, as the pull keeps the backdrop): its control
+    on = (m > 0.5).float()[:, None]
+    x32 = smooth(x, PULL_GRID) * on + x * (1 - on)
+    row = dict(input=look_distance(x, m, look), input32=look_distance(x32, m, look),
+               vae=look_distance(round_trip, m, look), decoder=look_distance(best, m, look), **twin_row)
     for i, az in enumerate(AZIMUTHS):
         row[f"az{az}"] = look_distance(views[i:i + 1], masks[i:i + 1], look)
-    return row, torch.cat([x[0], round_trip[0], best[0], twin_x[0], pulled[0], smooth[0], *views], -1)
+    return row, torch.cat([x[0], round_trip[0], best[0], twin_x[0], pulled[0], pulled32[0], *views], -1)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -143,8 +167,11 @@ def summarise(rows: list[dict]) -> dict:
     out = {}
     for key in KEYS:
         out[key] = stats([r.get(key, float("nan")) for r in rows])
-        if key != "input":
+        if key not in ("input", "twin"):  # the twin is another object: its change from the input means nothing
             out[f"{key}_change"] = stats([r.get(key, float("nan")) - r["input"] for r in rows])
+    for key in GAPS:
+        out[key] = stats([r.get(key, float("nan")) for r in rows])
+    out["pull32_vs_input32"] = stats([r.get("pull32", float("nan")) - r["input32"] for r in rows])
     return out
 
 
@@ -159,10 +186,18 @@ def table(results: dict) -> str:
                 cells.append("-")
                 continue
             cell = f"{mean:.3f}" + ("" if se is None else f" ± {se:.3f}")
-            if k != "input" and s[k + "_change"][0] is not None:
+            if f"{k}_change" in s and s[f"{k}_change"][0] is not None:
                 cell += f" ({s[k + '_change'][0]:+.3f})"
             cells.append(cell + ("" if n == s["input"][2] else f" (n {n})"))
         lines.append(f"| {kind} | {s['input'][2]} | " + " | ".join(cells) + " |")
+    for kind, s in results.items():  # below the table: how far the pulls went, and the smooth pull's control
+        if s.get("pull_gap", [None])[0] is None:
+            continue
+        (free, free_se, _), (grid, grid_se, _) = s["pull_gap"], s["pull32_gap"]
+        d, d_se, n = s["pull32_vs_input32"]
+        lines.append(f"\n{kind}: the pulls leave {free:.5f} ± {free_se or 0:.5f} (every pixel free) and {grid:.5f} ± "
+                     f"{grid_se or 0:.5f} ({PULL_GRID} px grid) of the blue twin's latent gap; the smooth pull minus "
+                     f"the input through the same grid, paired: {d:+.3f} ± {d_se or 0:.3f} (n {n}).")
     return "\n".join(lines) + "\n"
 
 
