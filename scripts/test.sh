@@ -13,4 +13,6 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
         >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will be skipped"
 fi
 "$PY" -m ruff check .
-"$PY" -m pytest -q "$@"
+# Two pytest workers with one torch thread each (tests/conftest.py): about 6 minutes on 2 cores where one process
+# with two threads takes 8. INDOMAIN_TEST_WORKERS=0 runs in one process; on more cores, give more workers.
+"$PY" -m pytest -q -n "${INDOMAIN_TEST_WORKERS:-2}" "$@"
