@@ -12,16 +12,21 @@ Inputs, each cut out and framed on white about as the flow frames its reference 
 
 For each input the look distance (:func:`bench.mini3d_stage3.look_distance`: sliced Wasserstein distance of the
 object's colours to the world's porcelain of its class; about 0.05 for a soft but perfect porcelain object, 0.16 for
-a blue one) of: the input itself; the input encoded and decoded by the mini Zero-1-to-3's VAE (the mini world's VAE,
-whose encoder every SDS step of the flow goes through), on the input's own mask; of the decoder's best (the latent
-optimised until its decoding is nearest the input in pixels: what the latent space can hold, whatever the encoder
-gives); for the world's objects, of their blue twin (the same object in the world's plain blue) and of that twin
-pulled by the encoder (its object pixels optimised until their encoding is the porcelain view's: what SDS through
-this encoder could do with a perfect target), every pixel free and as a smooth colour field (a 32 px grid); and of
-the mini Zero-1-to-3's views of it from 10 degrees up at azimuths 0 (its own view), 90, 180 and 270 (their
-silhouettes as masks). Writes ``look.json``, ``look.md`` and
-``look.png`` (per kind of input, seed 0: the input, its VAE round trip, the decoder's best, the blue twin and its
-pulls (blank for stage 1's images), the four views).
+a blue one) of:
+
+* the input itself, and the input through a 32 px colour grid (the softness control of the smooth pull below);
+* the input encoded and decoded by the mini Zero-1-to-3's VAE (the mini world's VAE, whose encoder every SDS step of
+  the flow goes through), on the input's own mask;
+* the decoder's best: the latent optimised until its decoding is nearest the input in pixels (what the latent space
+  can hold, whatever the encoder gives);
+* for the world's objects, their blue twin (the same object in the world's plain blue) and that twin pulled by the
+  encoder: its object pixels optimised until their encoding is the porcelain view's (an upper bound on what matching
+  latents alone can give), every pixel free and as a smooth colour field (a 32 px grid), with the latent gap left;
+* the mini Zero-1-to-3's views of it from 10 degrees up at azimuths 0 (its own view), 90, 180 and 270 (their
+  silhouettes as masks).
+
+Writes ``look.json``, ``look.md`` and ``look.png`` (per kind of input, seed 0: the input, its VAE round trip, the
+decoder's best, the blue twin and its two pulls (blank for stage 1's images), the four views).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 
 AZIMUTHS = (0, 90, 180, 270)
 FIT_STEPS = 300  # Adam steps of the decoder's best and the encoder's pulls (the latent gap falls 600-3,000x)
-PULL_GRID = 32  # the smooth pull's colour grid (bilinear to 64 px): about as soft as a NeRF's renders
+PULL_GRID = 32  # the smooth pull's colour grid (bilinear to 64 px); its control: the input through the same grid
 KEYS = ("input", "input32", "vae", "decoder", "twin", "pull", "pull32", *(f"az{a}" for a in AZIMUTHS))
 NAMES = ("the input", f"the input through a {PULL_GRID} px grid", "through the VAE", "the decoder's best",
          "the blue twin", "the twin pulled by the encoder", f"the same, {PULL_GRID} px colour grid",
@@ -76,16 +81,16 @@ def smooth(image: torch.Tensor, grid: int) -> torch.Tensor:
 def encoder_pull(vae, start: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, steps: int = FIT_STEPS,
                  grid: int | None = None) -> tuple[torch.Tensor, float]:
     """``start`` ``[1, 3, H, W]`` with its pixels under ``mask`` ``[1, H, W]`` optimised (Adam, through a sigmoid)
-    until the encoder's mean for it is ``target`` (unscaled): where SDS through this encoder would take a render whose
-    latent it pulled exactly to another view's. The pixels off the mask stay ``start``'s. ``grid``: the colours are
-    a ``grid x grid`` image resized bilinearly (a smooth colour field, as a NeRF's); None: every pixel free. Returns
+    until the encoder's mean for it is ``target`` (unscaled): an upper bound on what matching latents alone can give
+    (not SDS, whose target is a prediction from noise, on a 3D field). The pixels off the mask stay ``start``'s. ``grid``: the colours are
+    a ``grid x grid`` image resized bilinearly (a smooth colour field, as :func:`smooth`); None: every pixel free. Returns
     the image (on the CPU) and the latent gap it leaves, as a share of ``start``'s own (mean squared differences).
     Runs on the VAE's device."""
     device = target.device
     start, mask = start.to(device), mask.to(device)
     m = (mask > 0.5).float()[:, None]
     size = start.shape[-2:]
-    free = start if grid is None else torch.nn.functional.interpolate(start, (grid, grid), mode="area")
+    free = start if grid is None else torch.nn.functional.interpolate(start, (grid, grid), mode="area")  # as smooth()
     logit = torch.logit(free.clamp(0.01, 0.99)).requires_grad_(True)
     opt = torch.optim.Adam([logit], lr=0.05)
 
