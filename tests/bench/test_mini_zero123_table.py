@@ -51,3 +51,75 @@ def test_a_subset_of_shapes_keeps_its_cases_and_seeds_and_samples_average_other_
     expect = [((s % 997) + ((SAMPLE_STRIDE + s) % 997)) / 2 / 997 for s in calls[-2]]
     assert np.allclose(both["cases"]["iou"], np.round(expect, 4))
     assert both["box"]["copy_iou"] == boxes["box"]["copy_iou"]
+
+
+def test_unit_draws_give_the_worlds_prior_for_every_shape():
+    """The ideal observer's parameters are points of the unit cube of make_object's draws: the centre is the class's
+    canonical object (make_object without a generator), a corner the low end of every range."""
+    from bench.mini_zero123 import _draws, _UnitDraws
+    from suite.miniworld.world import SHAPES, make_object
+
+    for shape in SHAPES:
+        n = _draws(shape)
+        assert n >= 4  # the pattern's three draws and at least one of the shape's
+        centre = make_object(shape, "red", "plain", False, _UnitDraws(np.full(n, 0.5)))
+        canonical = make_object(shape, "red", "plain")
+        assert centre.params == canonical.params and centre.profile == canonical.profile
+    low = make_object("box", "red", "plain", False, _UnitDraws(np.zeros(_draws("box"))))
+    assert low.params["half"] == (0.24, 0.24, 0.26)
+
+
+def test_the_ideal_observer_reads_the_input_and_a_blind_one_does_not():
+    """A cup turned 90 degrees at the same elevation (its handle swings from the side to the back): the observer that
+    searches for the cups that look like the input predicts the target far better than copying, and better than one
+    that keeps prior draws whatever the input shows."""
+    import torch
+
+    from bench.mini_zero123 import ideal_observer
+    from suite.miniworld.world import make_object
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        case = (make_object("cup", "red", "stripes"), 10.0, 0.0, 10.0, 90.0)
+        seeing = ideal_observer([case], candidates=60, keep=4, rounds=2, seed=1)
+        blind = ideal_observer([case], candidates=8, keep=8, rounds=0, seed=1)  # keeps all 8 prior draws
+    finally:
+        torch.set_num_threads(n)
+    assert seeing["input_iou"][0] > 0.9, seeing
+    assert seeing["sample_iou"][0] > seeing["copy_iou"][0] + 0.1, seeing
+    assert seeing["sample_iou"][0] > blind["sample_iou"][0] + 0.05, (seeing, blind)
+    assert blind["copy_iou"][0] == seeing["copy_iou"][0]
+
+
+@pytest.mark.parametrize("argv, words", [(["--no-model"], "--no-model measures nothing"),
+                                          (["--ideal", "5", "--ideal-keep", "12"], "more candidates than are kept"),
+                                          (["--ideal", "-1"], "give 0 (off)")])
+def test_bad_ideal_observer_flags_are_one_sentence(argv, words, capsys):
+    from bench.mini_zero123 import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+
+
+def test_the_ideal_observer_compares_inputs_through_its_encoding():
+    """``encode`` decides what the observer sees of the input: the identity changes nothing, a map to the mean colour
+    (the shape gone) leaves it candidates that explain the input's silhouette worse."""
+    import torch
+
+    from bench.mini_zero123 import ideal_observer
+    from suite.miniworld.world import make_object
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        case = (make_object("cup", "red", "stripes"), 10.0, 0.0, 10.0, 90.0)
+        pixels = ideal_observer([case], candidates=30, keep=3, rounds=1, seed=4)
+        same = ideal_observer([case], candidates=30, keep=3, rounds=1, seed=4, encode=lambda x: x)
+        colour = ideal_observer([case], candidates=30, keep=3, rounds=1, seed=4,
+                                encode=lambda x: x.mean((2, 3), keepdim=True))
+    finally:
+        torch.set_num_threads(n)
+    assert same == pixels
+    assert colour["input_iou"][0] < pixels["input_iou"][0] - 0.05, (colour, pixels)
