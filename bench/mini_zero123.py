@@ -8,13 +8,12 @@ Held-out cases (:func:`suite.miniworld.views.heldout_cases`: coloured objects of
 renderer's truth: silhouette IoU per shape (mean +- standard error), and the same for the copy baseline (the input
 view returned unchanged). Writes ``zero123.json`` and ``zero123.md`` to ``--output`` when given.
 
-``--ideal M`` adds what an ideal observer would get on the same cases (:func:`ideal_observer`): it knows the world's
-prior over each shape's parameters, the object's colour, the input and target elevations and the turn, and sees the
-input's shape and shading (without its pattern). Of ``M`` objects of the case's shape (random, then searched around
-the best), the ``--ideal-keep`` whose framed input views match the case's best stand for its posterior. Their target
-views give two rows: "ideal sampler" (their mean IoU: what a model that samples that posterior gets, as a diffusion
-model samples) and "ideal vote" (their majority silhouette: a best single guess). The ideal sampler's gain over
-copying is about what a perfect sampler of that posterior can gain from the input's shape.
+``--ideal M`` adds an inverse-rendering observer of the same cases (:func:`ideal_observer`): it knows the world's
+prior over each shape's parameters, the object's colour, the input and target elevations and the turn, and searches
+(about ``M`` candidates) for the objects whose framed input views look most like the case's, as pixels drawn without
+the pattern or (``--ideal-latent``) with it through the VAE latent Zero-1-to-3 is conditioned on. Its ``--ideal-keep``
+best fits give two rows: "observer fits" (their mean IoU at the target view) and "observer vote" (their majority
+silhouette's). How far the fits beat copying says how much of the target view one input view fixes.
 """
 
 from __future__ import annotations
@@ -87,7 +86,8 @@ class _UnitDraws:
 
 
 def _draws(shape: str) -> int:
-    """How many uniform draws :func:`suite.miniworld.world.make_object` takes for ``shape``."""
+    """How many uniform draws :func:`suite.miniworld.world.make_object` takes for ``shape`` (the same for any
+    values drawn)."""
     from suite.miniworld.world import make_object
 
     counter = _UnitDraws(np.full(64, 0.5))
@@ -95,103 +95,139 @@ def _draws(shape: str) -> int:
     return counter.k
 
 
-def ideal_observer(cases, candidates: int = 600, keep: int = 12, seed: int = 0, size: int = 64, rounds: int = 4,
-                   progress=None, encode=None) -> dict:
-    """What an ideal observer of each case's input view predicts for its target view (:func:`heldout_cases`'s cases).
+def _candidate(obj, pattern: str, z):
+    """The object of ``obj``'s shape, colour and finish at the point ``z`` of the prior's unit cube (its last
+    coordinate, the azimuth, is not a draw), drawn with ``pattern``; and the azimuth ``z`` gives, in degrees."""
+    from suite.miniworld.world import make_object
 
-    The observer knows the world's prior over the shape's parameters (:func:`suite.miniworld.world.make_object`), the
-    object's colour, the input and target elevations and the turn, and sees the input's shape and shading: candidate
-    objects of the case's shape in its colour, seen from the input elevation at some azimuth and framed as the input
-    is, are compared with the case's input view by the mean absolute difference of their lit renders, both drawn
-    without a pattern (so more than the silhouette counts, e.g. the edges between a box's faces; the pattern does
-    not). A search finds the candidates that match best: ``candidates`` from the prior, then ``rounds`` rounds in
-    which each of the ``keep`` best so far has ``candidates // (rounds * keep)`` children, its parameters (a point of
-    the unit cube of the prior's draws, and the azimuth) moved by a Gaussian step that halves each round. The ``keep``
-    best of all stand for the posterior: they agree on what the input shows and spread along what it hides (a
-    hidden parameter does not change the distance). Each is seen from its own target view (the case's target
-    elevation, its azimuth turned as the case's) and compared with the case's true target silhouette.
-
-    ``encode``: compare the input views through this map of images ``[B, 3, H, W]`` in [0, 1] (e.g. a VAE's latent, to
-    see only what a model conditioned on that latent sees) instead of by their pixels.
-
-    Returns per-case lists: ``sample_iou`` (the kept candidates' mean IoU with the truth), ``vote_iou`` (their
-    majority silhouette's), ``input_iou`` (their input silhouettes' mean IoU with the case's: how closely they explain
-    the input) and ``copy_iou``."""
-    rng = np.random.default_rng(seed)
-    out = {k: [] for k in ("sample_iou", "vote_iou", "input_iou", "copy_iou")}
-    for n, case in enumerate(cases):
-        for k, v in _ideal_case(case, rng, candidates, keep, size, rounds, encode=encode).items():
-            out[k].append(v)
-        if progress is not None:
-            progress(n + 1, len(cases))
-    return out
+    draws = _UnitDraws(z)
+    cand = make_object(obj.shape, obj.colour, pattern, obj.porcelain, draws)
+    if draws.k != len(z) - 1:
+        raise ValueError(f"make_object drew {draws.k} values for a {obj.shape}, the search gave {len(z) - 1}")
+    return cand, -180.0 + 360.0 * float(z[-1])
 
 
-class _Candidates:
-    """Candidate objects of one case for :func:`ideal_observer`, evaluated as they are proposed: their parameters,
-    distance to the input view and input / target silhouettes."""
+class _Search:
+    """One case of :func:`ideal_observer`: candidate objects, each evaluated as it is proposed (its input view's
+    distance to the case's input view as the observer sees it), the target views rendered only for those kept."""
 
-    def __init__(self, case, size: int, encode=None):
+    def __init__(self, case, size: int, encode=None, pattern: bool = False):
         from dataclasses import replace
 
         from suite.miniworld.views import reference_framing, render_framed, silhouette
 
         obj, el0, az0, el1, az1 = case
-        self.case, self.size = case, size
-        framing = reference_framing(obj, el0, az0)
+        self.case, self.size, self.encode = case, size, encode or (lambda x: x)
+        self.pattern = obj.pattern if pattern else "plain"
+        framing = reference_framing(obj, el0, az0, size=4 * size)  # 256 px for 64 px views, as measure_novel_views
         self.rgb, _ = render_framed(obj, framing, [el0, el1], [az0, az1], size)
         self.truth = silhouette(self.rgb)  # [2, H, W]: input, target
-        self.encode = encode or (lambda x: x)
-        plain, _ = render_framed(replace(obj, pattern="plain"), framing, [el0], [az0], size)
-        self.plain = self.encode(plain)
-        self.z, self.distance, self.seen, self.target = [], [], [], []
+        seen = self.rgb[:1] if pattern else render_framed(replace(obj, pattern="plain"), framing, [el0], [az0], size)[0]
+        self.seen = self.encode(seen)
+        self.z, self.distance, self.ancestor = [], [], []
 
-    def add(self, zs) -> None:
-        from suite.miniworld.views import reference_framing, render_framed, silhouette
-        from suite.miniworld.world import make_object
+    def add(self, zs, ancestors=None) -> None:
+        from suite.miniworld.views import reference_framing, render_framed
 
-        obj, el0, az0, el1, az1 = self.case
-        for z in zs:
-            cand = make_object(obj.shape, obj.colour, "plain", obj.porcelain, _UnitDraws(z))
-            az = -180.0 + 360.0 * float(z[-1])
-            rgb, _ = render_framed(cand, reference_framing(cand, el0, az), [el0, el1], [az, az + (az1 - az0)],
-                                   self.size)
-            sil = silhouette(rgb)
-            self.z.append(z)
-            self.distance.append(float((self.encode(rgb[:1]) - self.plain).abs().mean()))
-            self.seen.append(sil[0])
-            self.target.append(sil[1])
+        obj, el0 = self.case[0], self.case[1]
+        for n, z in enumerate(zs):
+            cand, az = _candidate(obj, self.pattern, z)
+            rgb, _ = render_framed(cand, reference_framing(cand, el0, az, size=4 * self.size), [el0], [az], self.size)
+            self.distance.append(float((self.encode(rgb) - self.seen).abs().mean()))
+            self.ancestor.append(len(self.z) if ancestors is None else int(ancestors[n]))
+            self.z.append(np.asarray(z, np.float64))
 
     def best(self, keep: int) -> np.ndarray:
         return np.argsort(self.distance, kind="stable")[:keep]
 
+    def views(self, idx):
+        """Silhouettes ``(inputs, targets)`` ``[len(idx), H, W]`` of candidates ``idx`` (each target turned from its
+        own input view as the case's target is from the case's)."""
+        import torch
 
-def _ideal_case(case, rng, candidates: int, keep: int, size: int, rounds: int, masks: bool = False,
-                encode=None) -> dict:
-    import torch
+        from suite.miniworld.views import reference_framing, render_framed, silhouette
 
+        obj, el0, az0, el1, az1 = self.case
+        inputs, targets = [], []
+        for i in idx:
+            cand, az = _candidate(obj, self.pattern, self.z[i])
+            rgb, _ = render_framed(cand, reference_framing(cand, el0, az, size=4 * self.size), [el0, el1],
+                                   [az, az + (az1 - az0)], self.size)
+            sil = silhouette(rgb)
+            inputs.append(sil[0])
+            targets.append(sil[1])
+        return torch.stack(inputs), torch.stack(targets)
+
+
+def _ideal_case(case, rng, candidates: int, keep: int, size: int = 64, rounds: int = 4, encode=None,
+                pattern: bool = False, masks: bool = False) -> dict:
+    """:func:`ideal_observer` on one case."""
     from suite.miniworld.views import iou
 
-    pool = _Candidates(case, size, encode)
+    search = _Search(case, size, encode, pattern)
     dim = _draws(case[0].shape) + 1  # the last coordinate is the azimuth
-    first = max(candidates // 2, keep) if rounds else candidates
-    pool.add(rng.random((first, dim)))
+    first = max(candidates // 2, keep)
+    search.add(rng.random((first, dim)))
     children = max((candidates - first) // max(rounds * keep, 1), 1)
     for r in range(rounds):
+        best = search.best(keep)
         step = 0.1 * 0.5 ** r
-        moved = np.repeat(np.asarray(pool.z)[pool.best(keep)], children, 0) + rng.normal(0, step, (keep * children, dim))
-        moved[:, :-1] = 1 - np.abs(1 - np.abs(moved[:, :-1]))  # reflected into the unit cube
+        moved = np.repeat(np.stack(search.z)[best], children, 0) + rng.normal(0, step, (keep * children, dim))
+        moved[:, :-1] = np.clip(1 - np.abs(1 - np.abs(moved[:, :-1])), 0.0, 1.0)  # reflected into the unit cube
         moved[:, -1] %= 1.0  # the azimuth wraps round
-        pool.add(np.clip(moved, 0.0, 1.0))
-    best = torch.as_tensor(pool.best(keep))
-    kept = torch.stack(pool.target)[best]
-    vote = kept.float().mean(0, keepdim=True) > 0.5
-    truth = pool.truth
-    out = dict(sample_iou=float(iou(kept, truth[1:].expand_as(kept)).mean()), vote_iou=float(iou(vote, truth[1:])[0]),
-               input_iou=float(iou(torch.stack(pool.seen)[best], truth[:1].expand(keep, -1, -1)).mean()),
-               copy_iou=float(iou(truth[:1], truth[1:])[0]))
+        search.add(moved, np.repeat(np.asarray(search.ancestor)[best], children))
+    best = search.best(keep)
+    inputs, kept = search.views(best)
+    vote = kept.float().mean(0) > 0.5
+    truth = search.truth
+    out = dict(fits_iou=float(iou(kept, truth[1:].expand_as(kept)).mean()),
+               vote_iou=float(iou(vote[None], truth[1:])[0]),
+               input_iou=float(iou(inputs, truth[:1].expand_as(inputs)).mean()),
+               copy_iou=float(iou(truth[:1], truth[1:])[0]),
+               ancestors=len(set(np.asarray(search.ancestor)[best].tolist())), evaluated=len(search.z))
     if masks:
-        out.update(truth=truth, vote=vote[0], best=kept[0], rgb=pool.rgb)
+        out.update(truth=truth, vote=vote, best=kept[0], rgb=search.rgb)
+    return out
+
+
+def ideal_observer(cases, candidates: int = 400, keep: int = 12, seed: int = 0, size: int = 64, rounds: int = 4,
+                   encode=None, pattern: bool = False, indices=None, progress=None, masks: bool = False) -> dict:
+    """What an inverse-rendering observer of each case's input view predicts for its target view
+    (:func:`heldout_cases`'s cases).
+
+    The observer knows the world's prior over the shape's parameters (:func:`suite.miniworld.world.make_object`), the
+    object's colour, the input and target elevations and the turn. It searches for objects of the case's shape whose
+    input views, seen from the input elevation at some azimuth and framed as the input is, look like the case's input
+    view: by the mean absolute difference of their renders, both drawn without a pattern (``pattern`` False: the
+    shape and its shading count, the pattern does not) or both with the case's pattern (``pattern`` True: its
+    frequencies are searched too), compared as pixels or through ``encode`` (a map of images ``[B, 3, H, W]`` in [0,
+    1], e.g. :func:`vae_latent`: what a model conditioned on that latent is given). The search: ``candidates // 2``
+    from the prior, then ``rounds`` rounds in which each of the ``keep`` best so far gets ``(candidates -
+    candidates // 2) // (rounds * keep)`` children, its point of the unit cube (the prior's draws and the azimuth)
+    moved by a Gaussian step of 0.1 that halves each round. The ``keep`` best of all are the observer's best fits:
+    near-copies of one or a few first-round candidates (``ancestors``), not independent draws from a posterior. Each is
+    seen from its own target view and compared with the case's true target silhouette. Case ``i`` searches with the
+    generator ``(seed, indices[i])`` (``indices``: the cases' numbers in :func:`heldout_cases`; default 0, 1, ...),
+    so that a case's result does not depend on which other cases are measured.
+
+    Returns per-case lists: ``fits_iou`` (the kept fits' mean IoU with the truth), ``vote_iou`` (their majority
+    silhouette's), ``input_iou`` (their input silhouettes' mean IoU with the case's: how closely they explain the
+    input), ``copy_iou``, ``ancestors`` and ``evaluated`` (candidates rendered); ``masks``: also ``pictures``, per case
+    the truth's views and silhouettes, the best fit's and the majority target silhouettes."""
+    indices = range(len(cases)) if indices is None else indices
+    out = {k: [] for k in ("fits_iou", "vote_iou", "input_iou", "copy_iou", "ancestors", "evaluated")}
+    pictures = []
+    for n, (case, index) in enumerate(zip(cases, indices)):
+        r = _ideal_case(case, np.random.default_rng([seed, int(index)]), candidates, keep, size, rounds, encode,
+                        pattern, masks)
+        for k in out:
+            out[k].append(r[k])
+        if masks:
+            pictures.append({k: r[k] for k in ("truth", "vote", "best", "rgb", "vote_iou", "copy_iou")})
+        if progress is not None:
+            progress(n + 1, len(cases))
+    if masks:
+        out["pictures"] = pictures
     return out
 
 
@@ -220,48 +256,53 @@ def _against(mask, truth):
     return Image.fromarray(img)
 
 
-def ideal_picture(cases, path, candidates: int = 400, keep: int = 12, seed: int = 0, encode=None):
-    """A picture of :func:`ideal_observer` on ``cases``, a row each: the input, the true target view, the ideal
-    observer's best match seen from the target (its silhouette against the truth's) and its majority silhouette, and
-    the copy's silhouette against the truth's (blue: both; green: missed; pink: drawn where the truth has none)."""
+def ideal_picture(pictures, shapes, path):
+    """A picture of :func:`ideal_observer`'s ``pictures`` (of cases of ``shapes``), a row each: the input, the true
+    target view, the best fit's target silhouette and the fits' majority silhouette against the truth's, and the
+    copy's (blue: both; green: missed; pink: drawn where the truth has none); labels: majority / copy IoU."""
     from PIL import Image
 
     from suite.images import save_image_atomic, tile_grid
 
-    rng = np.random.default_rng(seed)
     rows, labels = [], []
-    for obj, el0, az0, el1, az1 in cases:
-        r = _ideal_case((obj, el0, az0, el1, az1), rng, candidates, keep, 64, 4, masks=True, encode=encode)
+    for r, shape in zip(pictures, shapes):
         views = [Image.fromarray((r["rgb"][k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
                  for k in range(2)]
         rows.append([*views, _against(r["best"], r["truth"][1]), _against(r["vote"], r["truth"][1]),
                      _against(r["truth"][0], r["truth"][1])])
-        labels.append(f"{obj.shape} {r['vote_iou']:.2f}/{r['copy_iou']:.2f}")
-    grid = tile_grid(rows, labels, ["input", "truth", "best match", "majority", "copy"], scale=2, label_w=100)
+        labels.append(f"{shape} {r['vote_iou']:.2f}/{r['copy_iou']:.2f}")
+    grid = tile_grid(rows, labels, ["input", "truth", "best fit", "majority", "copy"], scale=2, label_w=100)
     return save_image_atomic(grid, path)
 
 
-def ideal_per_shape(per_shape: int = 12, seed: int = 12345, turn: float = 90.0, shapes=None, candidates: int = 600,
-                    keep: int = 12, encode=None) -> dict:
+def ideal_per_shape(per_shape: int = 12, seed: int = 12345, turn: float = 90.0, shapes=None, candidates: int = 400,
+                    keep: int = 12, encode=None, pattern: bool = False, picture: int = 0) -> dict:
     """:func:`ideal_observer` on the cases :func:`per_shape` measures (same ``per_shape``, ``seed``, ``turn``,
-    ``shapes``), in :func:`per_shape`'s form: ``{"ideal sampler": ..., "ideal vote": ...}`` plus ``"input_iou"``
-    (per shape: how closely the kept candidates explain the input, mean)."""
+    ``shapes``), in :func:`per_shape`'s form: ``{"observer fits": ..., "observer vote": ...}``, plus ``"input_iou"``
+    and ``"ancestors"`` (per shape, means) and, with ``picture`` K, ``"pictures"``: the first K cases of each
+    shape (shape, picture entry)."""
     from suite.miniworld.views import heldout_cases
     from suite.miniworld.world import SHAPES
 
     cases = heldout_cases(per_shape * len(SHAPES), seed=seed, turn=turn)
-    keep_i = [i for i in range(len(cases)) if shapes is None or SHAPES[i % len(SHAPES)] in shapes]
-    names = np.asarray([SHAPES[i % len(SHAPES)] for i in keep_i])
+    chosen = [i for i in range(len(cases)) if shapes is None or SHAPES[i % len(SHAPES)] in shapes]
+    names = np.asarray([SHAPES[i % len(SHAPES)] for i in chosen])
 
     def progress(done, total):
         if done % 6 == 0 or done == total:
             log.info("ideal observer: %d / %d cases", done, total)
 
-    obs = ideal_observer([cases[i] for i in keep_i], candidates, keep, progress=progress, encode=encode)
+    obs = ideal_observer([cases[i] for i in chosen], candidates, keep, encode=encode, pattern=pattern,
+                         indices=chosen, progress=progress, masks=bool(picture))
     results = {name: _by_shape(obs[key], obs["copy_iou"], names)
-               for name, key in (("ideal sampler", "sample_iou"), ("ideal vote", "vote_iou"))}
-    inp = np.asarray(obs["input_iou"])
-    results["input_iou"] = {s: float(inp[names == s].mean()) for s in SHAPES if (names == s).any()}
+               for name, key in (("observer fits", "fits_iou"), ("observer vote", "vote_iou"))}
+    for key in ("input_iou", "ancestors"):
+        v = np.asarray(obs[key], np.float64)
+        results[key] = {s: float(v[names == s].mean()) for s in SHAPES if (names == s).any()}
+    results["evaluated"] = int(np.mean(obs["evaluated"]))
+    if picture:
+        results["pictures"] = [(str(s), p) for s in dict.fromkeys(names)
+                               for p in [p for n, p in zip(names, obs["pictures"]) if n == s][:picture]]
     return results
 
 
@@ -318,16 +359,17 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=1,
                    help="sample each case's view this many times (other seeds) and average its IoU (default: 1)")
     p.add_argument("--ideal", type=int, default=0, metavar="M",
-                   help="also measure an ideal observer with M candidate objects per case (0: off; e.g. 400: about "
-                        "25 s per case on one core)")
+                   help="also measure an inverse-rendering observer with about M candidate objects per case (0: off; "
+                        "at least twice --ideal-keep; e.g. 400: 20-50 s per case on one core)")
     p.add_argument("--ideal-keep", type=int, default=12,
-                   help="candidates kept as the ideal observer's posterior (default: %(default)s)")
+                   help="the observer's best fits kept per case (default: %(default)s)")
     p.add_argument("--ideal-latent", action="store_true",
-                   help="the ideal observer compares input views by the shipped Zero-1-to-3's VAE latent (what its "
-                        "concatenated input holds) instead of their pixels")
+                   help="the observer compares the input views with their pattern, through the VAE latent that "
+                        "Zero-1-to-3 is conditioned on (the first --model's, else the shipped model's), instead of as "
+                        "pixels without their pattern")
     p.add_argument("--ideal-picture", type=int, default=0, metavar="K",
-                   help="with --output: ideal.png, the ideal observer on the first K cases of each shape (default: 0)")
-    p.add_argument("--no-model", action="store_true", help="measure no model (with --ideal: the ideal observer only)")
+                   help="with --output: ideal.png, the observer's fits for the first K cases of each shape")
+    p.add_argument("--no-model", action="store_true", help="measure no model (with --ideal: the observer only)")
     p.add_argument("--output", default=None, help="folder for zero123.json and zero123.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -346,13 +388,17 @@ def main(argv=None) -> int:
                "e.g. --shapes box cup" if unknown or args.shapes == [] else
                f"--samples {args.samples}: give at least 1" if args.samples < 1 else
                f"--turn {args.turn}: give a finite number of degrees, e.g. 90" if not np.isfinite(args.turn) else
-               f"--ideal {args.ideal} --ideal-keep {args.ideal_keep}: give 0 (off) or more candidates than are kept, "
-               "and keep at least 1, e.g. --ideal 600 --ideal-keep 12"
-               if args.ideal < 0 or args.ideal_keep < 1 or 0 < args.ideal <= args.ideal_keep else
-               "--no-model measures nothing without --ideal: add e.g. --ideal 600" if args.no_model and not args.ideal
-               else "--ideal-picture and --ideal-latent need --ideal (and the picture --output): add e.g. --ideal 400"
-               if (args.ideal_picture or args.ideal_latent) and not args.ideal
-               or args.ideal_picture and not args.output or args.ideal_picture < 0 else None)
+               f"--ideal {args.ideal} --ideal-keep {args.ideal_keep}: keep at least 1 fit and give 0 (off) or at "
+               "least twice as many candidates, e.g. --ideal 400 --ideal-keep 12"
+               if args.ideal < 0 or args.ideal_keep < 1 or 0 < args.ideal < 2 * args.ideal_keep else
+               f"--ideal-picture {args.ideal_picture}: give a number of cases per shape, 0 or more"
+               if args.ideal_picture < 0 else
+               "--ideal-picture writes ideal.png to --output: add e.g. --output out" if args.ideal_picture and not args.output
+               else "--ideal-picture, --ideal-latent and --ideal-keep act on the observer: add e.g. --ideal 400"
+               if (args.ideal_picture or args.ideal_latent or args.ideal_keep != 12) and not args.ideal else
+               "--no-model measures nothing without --ideal: add e.g. --ideal 400" if args.no_model and not args.ideal
+               else "--no-model and --model contradict each other: give one" if args.no_model and args.model
+               else None)
     if problem:
         print(f"error: {problem}.", file=sys.stderr)
         return 2
@@ -361,7 +407,7 @@ def main(argv=None) -> int:
     from suite.zero123 import load_zero123
 
     folders = [] if args.no_model else args.model or [str(assets.default_dir() / "zero123")]
-    results, input_iou, encode = {}, None, None
+    results, observer, pictures = {}, None, None
     for folder in folders:
         if not (Path(folder) / "model_index.json").exists():
             print(f"error: {folder} is not a Zero-1-to-3 folder (no model_index.json); pass a folder written by "
@@ -374,30 +420,39 @@ def main(argv=None) -> int:
                  results[folder]["mean"]["copy_iou"], time.time() - t0)
     if args.ideal:
         t0 = time.time()
-        encode = vae_latent(load_zero123(str(assets.default_dir() / "zero123")).vae) if args.ideal_latent else None
+        encode = None
+        if args.ideal_latent:
+            folder = (args.model or [str(assets.default_dir() / "zero123")])[0]
+            if not (Path(folder) / "model_index.json").exists():
+                print(f"error: {folder} is not a Zero-1-to-3 folder (no model_index.json), so --ideal-latent has no VAE; "
+                      "rebuild the mini world (python -m training.miniworld) or pass --model.", file=sys.stderr)
+                return 2
+            encode = vae_latent(load_zero123(folder).vae)
         ideal = ideal_per_shape(args.per_shape, turn=args.turn, shapes=args.shapes, candidates=args.ideal,
-                                keep=args.ideal_keep, encode=encode)
-        input_iou = ideal.pop("input_iou")
+                                keep=args.ideal_keep, encode=encode, pattern=args.ideal_latent,
+                                picture=args.ideal_picture)
+        observer = {k: ideal.pop(k) for k in ("input_iou", "ancestors", "evaluated")}
+        pictures = ideal.pop("pictures", None)
         results.update(ideal)
         log.info("ideal observer: %.0f s", time.time() - t0)
     md = table(results)
-    if input_iou is not None:
-        md += ("\nThe ideal observer's kept candidates match the input silhouette with IoU "
-               + ", ".join(f"{s} {v:.3f}" for s, v in input_iou.items()) + ".\n")
+    if observer is not None:
+        md += ("\nThe observer's best fits: input silhouette IoU with the case's "
+               + ", ".join(f"{s} {v:.3f}" for s, v in observer["input_iou"].items())
+               + "; first-round ancestors among the kept (mean) "
+               + ", ".join(f"{s} {v:.1f}" for s, v in observer["ancestors"].items())
+               + f"; {observer['evaluated']} candidates per case"
+               + (", compared through the VAE latent, with their pattern" if args.ideal_latent else
+                  ", compared as pixels without their pattern") + ".\n")
     print(md)
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "zero123.json", json.dumps(dict(args=vars(args), results=results,
-                                                                 ideal_input_iou=input_iou), indent=1))
+        write_text_atomic(out / "zero123.json", json.dumps(dict(args=vars(args), results=results, observer=observer),
+                                                           indent=1))
         write_text_atomic(out / "zero123.md", md)
-        if args.ideal_picture:
-            from suite.miniworld.views import heldout_cases
-
-            cases = heldout_cases(args.per_shape * len(SHAPES), turn=args.turn)
-            chosen = [c for s in (args.shapes or SHAPES)
-                      for c in [c for i, c in enumerate(cases) if SHAPES[i % len(SHAPES)] == s][:args.ideal_picture]]
-            ideal_picture(chosen, out / "ideal.png", max(args.ideal, 2 * args.ideal_keep), args.ideal_keep, encode=encode)
+        if pictures:
+            ideal_picture([p for _, p in pictures], [s for s, _ in pictures], out / "ideal.png")
     return 0
 
 

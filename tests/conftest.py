@@ -39,3 +39,14 @@ def tiny_pipe(tiny_dir):
                                  controlnet=str(tiny_dir / "controlnet"), domain=FACE)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture
+def one_thread():
+    """Small-tensor work (NeRF steps, the mini renderer) runs faster, and steadier on a shared machine, on one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

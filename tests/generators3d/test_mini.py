@@ -48,8 +48,8 @@ def test_mini_zero123_beats_copying_the_input_at_a_90_degree_turn(mini_zero123):
 @pytest.mark.xfail(strict=True, reason="measured: the mini Zero-1-to-3 is level with copying on boxes, not above it "
                    "(+0.006 +- 0.011 IoU over 24 held-out boxes after its third, box-weighted phase, -0.017 +- 0.008 "
                    "averaged over eight seeds; bench.mini_zero123, docs/mini-world.md): its boxes are no more precise "
-                   "than a copy, which a 90-degree turn leaves nearly right, though the input view holds enough for "
-                   "IoU 0.95 (the bench's ideal observer, +0.11 over copying)")
+                   "than a copy, which a 90-degree turn leaves nearly right, though the input view fixes the turned "
+                   "outline to IoU about 0.95 (bench.mini_zero123 --ideal: an inverse-rendering observer)")
 def test_mini_zero123_beats_copying_a_box_at_a_90_degree_turn(mini_zero123):
     from suite.miniworld.views import heldout_cases, measure_novel_views
     from suite.miniworld.world import SHAPES

@@ -11,15 +11,6 @@ from generators3d.nerf import HashGrid, NeRFField, choose_backend
 from generators3d.render import render_rays, sphere_intersect, weights_from_density
 
 
-@pytest.fixture
-def one_thread():
-    """Small-tensor NeRF work runs faster (and steadier on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_hash_grid_dense_levels_interpolate_linear_functions_exactly():
     grid = HashGrid(n_levels=2, n_features_per_level=1, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0)
     assert grid.dense == [True, True]  # 4^3 and 8^3 corners fit in 2^12
