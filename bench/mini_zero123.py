@@ -360,7 +360,7 @@ def main(argv=None) -> int:
                    help="sample each case's view this many times (other seeds) and average its IoU (default: 1)")
     p.add_argument("--ideal", type=int, default=0, metavar="M",
                    help="also measure an inverse-rendering observer with about M candidate objects per case (0: off; "
-                        "at least twice --ideal-keep; e.g. 400: 20-50 s per case on one core)")
+                        "at least twice --ideal-keep; e.g. 400: 15-40 s per case on one core)")
     p.add_argument("--ideal-keep", type=int, default=12,
                    help="the observer's best fits kept per case (default: %(default)s)")
     p.add_argument("--ideal-latent", action="store_true",
