@@ -256,8 +256,8 @@ def _against(mask, truth):
     return Image.fromarray(img)
 
 
-def ideal_picture(pictures, shapes, path):
-    """A picture of :func:`ideal_observer`'s ``pictures`` (of cases of ``shapes``), a row each: the input, the true
+def ideal_picture(pictures, path):
+    """A picture of ``(shape, entry)`` pairs of :func:`ideal_observer`'s ``pictures``, a row each: the input, the true
     target view, the best fit's target silhouette and the fits' majority silhouette against the truth's, and the
     copy's (blue: both; green: missed; pink: drawn where the truth has none); labels: majority / copy IoU."""
     from PIL import Image
@@ -265,7 +265,7 @@ def ideal_picture(pictures, shapes, path):
     from suite.images import save_image_atomic, tile_grid
 
     rows, labels = [], []
-    for r, shape in zip(pictures, shapes):
+    for shape, r in pictures:
         views = [Image.fromarray((r["rgb"][k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
                  for k in range(2)]
         rows.append([*views, _against(r["best"], r["truth"][1]), _against(r["vote"], r["truth"][1]),
@@ -406,7 +406,8 @@ def main(argv=None) -> int:
     from suite.miniworld import assets
     from suite.zero123 import load_zero123
 
-    folders = [] if args.no_model else args.model or [str(assets.default_dir() / "zero123")]
+    shipped = str(assets.default_dir() / "zero123")
+    folders = [] if args.no_model else args.model or [shipped]
     results, observer, pictures = {}, None, None
     for folder in folders:
         if not (Path(folder) / "model_index.json").exists():
@@ -422,7 +423,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         encode = None
         if args.ideal_latent:
-            folder = (args.model or [str(assets.default_dir() / "zero123")])[0]
+            folder = (args.model or [shipped])[0]
             if not (Path(folder) / "model_index.json").exists():
                 print(f"error: {folder} is not a Zero-1-to-3 folder (no model_index.json), so --ideal-latent has no VAE; "
                       "rebuild the mini world (python -m training.miniworld) or pass --model.", file=sys.stderr)
@@ -452,7 +453,7 @@ def main(argv=None) -> int:
                                                            indent=1))
         write_text_atomic(out / "zero123.md", md)
         if pictures:
-            ideal_picture([p for _, p in pictures], [s for s, _ in pictures], out / "ideal.png")
+            ideal_picture(pictures, out / "ideal.png")
     return 0
 
 
