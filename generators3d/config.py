@@ -122,7 +122,8 @@ MIN_TEXTURE, MAX_TEXTURE = 16, 8192  # texture side in pixels (8192^2 RGB is 200
 class ExportConfig:
     """Mesh export (CPU). ``threshold=None``: automatic (the density level whose surface has the silhouettes the
     renders show, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
-    ``min_piece_fraction`` of the largest are removed. ``smooth``: steps of Taubin smoothing (each a shrink and an
+    ``min_piece_fraction`` of the largest are removed. ``threshold_resolution``: the side in pixels of the renders
+    the automatic threshold reads (tiny: 32, a quarter of the rays). ``smooth``: steps of Taubin smoothing (each a shrink and an
     inflate: a low-pass filter that keeps the volume; marching cubes of a NeRF is rough at the voxel scale; 0 = off).
     ``decimate``: target face count before UV unwrapping (vertex clustering; None = keep). ``texture``: bake a ``texture_size``-pixel UV texture (xatlas) for the GLB and the
     OBJ (the vertex-coloured GLB is then written beside it as ``model-vertex-colors.glb``). ``height_m``: scale so
@@ -130,6 +131,7 @@ class ExportConfig:
 
     resolution: int = 256
     threshold: float | None = None
+    threshold_resolution: int = 64
     min_piece_fraction: float = 0.05
     smooth: int = 0
     decimate: int | None = None
@@ -232,7 +234,7 @@ PRESET_SIZES: dict[str, PresetSizes] = {
                         # the domain's look at little cost to the prompt's shape (bench.mini3d_stage1, docs/3d.md)
                         background_prompt="", image_domain_weights=(("porcelain", 1.25),)),
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
-                        lambda: ExportConfig(resolution=48, texture_size=128), 8, 64,
+                        lambda: ExportConfig(resolution=48, texture_size=128, threshold_resolution=32), 8, 64,
                         mask_method="center"),  # random images: no object to find
 }
 
@@ -319,6 +321,10 @@ class ThreeDConfig:
         if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0:
             raise ValueError(f"the mesh smoothing is {smooth!r}: give --mesh-smooth a whole number of steps, 0 or more "
                              f"(0 = off; mini: 15)")
+        side = export.threshold_resolution
+        if isinstance(side, bool) or not isinstance(side, int) or not 8 <= side <= 1024:
+            raise ValueError(f"export.threshold_resolution is {side!r}: give the side of the threshold's renders as a "
+                             f"whole number of pixels from 8 to 1024 (default 64; tiny: 32)")
         for name, stage in (("zero123", zero123), ("refine", refine)):
             if not 0.0 < stage.ref_ray_fraction <= 1.0:
                 raise ValueError(f"{name}.ref_ray_fraction is {stage.ref_ray_fraction}: give the share of the "

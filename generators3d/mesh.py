@@ -205,7 +205,7 @@ def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, fl
 
     cfg = cfg or ExportConfig()
     grid = density_grid(field, cfg.resolution)
-    level = cfg.threshold if cfg.threshold is not None else auto_threshold(field, cams)
+    level = cfg.threshold if cfg.threshold is not None else auto_threshold(field, cams, cfg.threshold_resolution)
     grid = fill_cavities(grid, level)
     v, f = marching_cubes(grid, level, field.radius)
     v, f = clean(v, f, cfg.min_piece_fraction)

@@ -13,7 +13,8 @@ import launch
 from tests.common import accelerate_two_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = ["--preset", "tiny", "--image-steps", "1", "--zero123-steps", "2", "--refine-steps", "1", "--formats", "glb"]
+STEPS = ["--preset", "tiny", "--image-steps", "1", "--zero123-steps", "2", "--refine-steps", "1", "--formats", "glb",
+         "--preview-frames", "1"]
 
 
 def _prompts(tmp_path: Path) -> Path:

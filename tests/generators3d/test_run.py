@@ -235,6 +235,11 @@ def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
         replace(cfg, refine=replace(cfg.resolved().refine, ref_ray_fraction=1.5)).resolved()
     with pytest.raises(ValueError, match=r"the mesh smoothing is -5: give --mesh-smooth a whole number"):
         replace(cfg, export=replace(cfg.resolved().export, smooth=-5)).resolved()
+    for side in (0, 4, 2048, 32.5):
+        with pytest.raises(ValueError, match=r"export.threshold_resolution is .*: give the side"):
+            replace(cfg, export=replace(cfg.resolved().export, threshold_resolution=side)).resolved()
+    assert cfg.resolved().export.threshold_resolution == 32  # tiny: a quarter of the rays
+    assert replace(cfg, preset="mini").resolved().export.threshold_resolution == 64
 
 
 def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypatch):
