@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+import launch
+from tests.common import accelerate_two_processes
 from training.checkpoints import list_checkpoints
 from training.config import TrainConfig
 from training.data import ImageFolderDataset
@@ -163,7 +165,7 @@ def test_kill_while_pruning_old_checkpoints_leaves_no_half_checkpoint(data_dir, 
     assert not list((out / "training" / "checkpoints").glob(".*"))
 
 
-def test_two_process_accelerate_run_matches_one_process(data_dir, tmp_path):
+def test_two_process_accelerate_run_matches_one_process(data_dir, tmp_path, monkeypatch, one_thread, caplog):
     """`accelerate launch --multi_gpu --num_processes 2 ... --cpu` (gloo): each process takes half of every global
     batch and DDP averages the gradients. That is the same arithmetic as one process taking the two halves as two
     accumulation steps (DDP divides each half's gradient by 2 and sums; accumulation backpropagates loss / 2 and
@@ -173,26 +175,18 @@ def test_two_process_accelerate_run_matches_one_process(data_dir, tmp_path):
     common = ["--preset", "tiny", "--data", str(data_dir), "--resolution", "32", "--batch-size", "4",
               "--max-steps", "2", "--text-init-steps", "1", "--text-init-batch-size", "2", "--checkpoint-steps", "2",
               "--seed", "1", "--lr", "1e-3", "--num-workers", "0", "--cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     two, one = tmp_path / "two", tmp_path / "one"
     # accelerate's own --cpu flag starts ONE process unless MPI is set up; its torchrun launcher (--multi_gpu) with
     # our --cpu starts two CPU processes that talk over gloo.
-    import socket
-
-    with socket.socket() as s:  # a free port: a fixed one may still be held by an earlier run's rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-           str(ROOT / "launch.py"), "train", *common, "--output", str(two)]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = accelerate_two_processes("train", *common, "--output", str(two), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es) x 2 per device" in res.stdout + res.stderr
     assert res.stdout.count("domain model written") == 1  # the main process reports, once
-    res = subprocess.run([sys.executable, str(ROOT / "launch.py"), "train", *common, "--gradient-accumulation-steps",
-                          "2", "--output", str(one)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "1 process(es) x 2 per device x 2 accumulation step(s)" in res.stdout + res.stderr
+    # one process, here (one thread, as each of the two)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    caplog.set_level(logging.INFO)
+    assert launch.main(["train", *common, "--gradient-accumulation-steps", "2", "--output", str(one)]) == 0
+    assert "1 process(es) x 2 per device x 2 accumulation step(s)" in caplog.text
     a, b = _weights(one), _weights(two)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
