@@ -17,8 +17,8 @@ from tests.common import ROOT
 # --threads 2 for the uninterrupted run and the first killed one: CPU results depend on the thread count in their
 # last bits, and the automatic choice follows the machine's load; a resume takes the count the run recorded
 # (config.json's "threads"), whatever --threads says.
-ARGS = ["3d", "--preset", "tiny", "--prompt", "a vase", "--image-steps", "1", "--zero123-steps", "3",
-        "--refine-steps", "3", "--mesh-resolution", "16", "--preview-frames", "1", "--formats", "glb"]
+ARGS = ["3d", "--preset", "tiny", "--prompt", "a vase", "--image-steps", "1", "--zero123-steps", "5",
+        "--refine-steps", "5", "--mesh-resolution", "16", "--preview-frames", "1", "--formats", "glb"]
 
 
 def _start(out: Path, *extra) -> subprocess.Popen:

@@ -215,7 +215,7 @@ def test_reference_view_is_fitted_from_a_random_share_of_its_pixels(fraction, mo
     assert torch.allclose(colour, torch.tensor([0.9, 0.2, 0.1]), atol=0.1), colour
 
 
-def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
+def test_a_reference_ray_share_outside_0_to_1_or_a_bad_threshold_resolution_is_one_sentence():
     from generators3d.config import CameraConfig, NeRFConfig, StageConfig
     from generators3d.nerf import Background, NeRFField
     from generators3d.stage import Reference, train_stage
@@ -235,11 +235,15 @@ def test_a_reference_ray_share_outside_0_to_1_is_one_sentence():
         replace(cfg, refine=replace(cfg.resolved().refine, ref_ray_fraction=1.5)).resolved()
     with pytest.raises(ValueError, match=r"the mesh smoothing is -5: give --mesh-smooth a whole number"):
         replace(cfg, export=replace(cfg.resolved().export, smooth=-5)).resolved()
-    for side in (0, 4, 2048, 32.5):
+    for side in (0, 4, 2048, 32.5, True):
         with pytest.raises(ValueError, match=r"export.threshold_resolution is .*: give the side"):
             replace(cfg, export=replace(cfg.resolved().export, threshold_resolution=side)).resolved()
     assert cfg.resolved().export.threshold_resolution == 32  # tiny: a quarter of the rays
     assert replace(cfg, preset="mini").resolved().export.threshold_resolution == 64
+    # a config.json written before the field existed repeats its run: the 64 it used
+    old = cfg.resolved().to_dict()
+    del old["export"]["threshold_resolution"]
+    assert ThreeDConfig.from_dict(old).resolved().export.threshold_resolution == 64
 
 
 def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypatch):
