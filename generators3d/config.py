@@ -123,8 +123,9 @@ class ExportConfig:
     """Mesh export (CPU). ``threshold=None``: automatic (the density level whose surface has the silhouettes the
     renders show, see :func:`generators3d.mesh.auto_threshold`). Pieces with fewer faces than
     ``min_piece_fraction`` of the largest are removed. ``threshold_resolution``: the side in pixels of the renders
-    the automatic threshold reads (tiny: 32, a quarter of the rays). ``smooth``: steps of Taubin smoothing (each a shrink and an
-    inflate: a low-pass filter that keeps the volume; marching cubes of a NeRF is rough at the voxel scale; 0 = off).
+    the automatic threshold reads (tiny: 32, a quarter of the rays). ``smooth``: steps of Taubin smoothing (each a
+    shrink and an inflate: a low-pass filter that keeps the volume; marching cubes of a NeRF is rough at the voxel
+    scale; 0 = off).
     ``decimate``: target face count before UV unwrapping (vertex clustering; None = keep). ``texture``: bake a ``texture_size``-pixel UV texture (xatlas) for the GLB and the
     OBJ (the vertex-coloured GLB is then written beside it as ``model-vertex-colors.glb``). ``height_m``: scale so
     the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0."""
