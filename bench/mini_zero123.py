@@ -408,12 +408,15 @@ def main(argv=None) -> int:
 
     shipped = str(assets.default_dir() / "zero123")
     folders = [] if args.no_model else args.model or [shipped]
-    results, observer, pictures = {}, None, None
-    for folder in folders:
+    vae_folder = (args.model or [shipped])[0] if args.ideal and args.ideal_latent else None
+    for folder in dict.fromkeys([*folders, *([vae_folder] if vae_folder else [])]):  # before any work is done
         if not (Path(folder) / "model_index.json").exists():
             print(f"error: {folder} is not a Zero-1-to-3 folder (no model_index.json); pass a folder written by "
-                  "training.miniworld or save_zero123.", file=sys.stderr)
+                  "training.miniworld or save_zero123, or rebuild the mini world (python -m training.miniworld).",
+                  file=sys.stderr)
             return 2
+    results, observer, pictures = {}, None, None
+    for folder in folders:
         t0 = time.time()
         results[folder] = per_shape(load_zero123(folder), args.per_shape, args.steps, args.scale, turn=args.turn,
                                     shapes=args.shapes, samples=args.samples)
@@ -421,14 +424,7 @@ def main(argv=None) -> int:
                  results[folder]["mean"]["copy_iou"], time.time() - t0)
     if args.ideal:
         t0 = time.time()
-        encode = None
-        if args.ideal_latent:
-            folder = (args.model or [shipped])[0]
-            if not (Path(folder) / "model_index.json").exists():
-                print(f"error: {folder} is not a Zero-1-to-3 folder (no model_index.json), so --ideal-latent has no VAE; "
-                      "rebuild the mini world (python -m training.miniworld) or pass --model.", file=sys.stderr)
-                return 2
-            encode = vae_latent(load_zero123(folder).vae)
+        encode = vae_latent(load_zero123(vae_folder).vae) if vae_folder else None
         ideal = ideal_per_shape(args.per_shape, turn=args.turn, shapes=args.shapes, candidates=args.ideal,
                                 keep=args.ideal_keep, encode=encode, pattern=args.ideal_latent,
                                 picture=args.ideal_picture)

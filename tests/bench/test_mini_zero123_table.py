@@ -142,3 +142,18 @@ def test_bad_ideal_observer_flags_are_one_sentence(argv, words, capsys):
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
 
+
+
+def test_a_missing_model_folder_is_one_sentence_before_any_model_is_measured(tmp_path, capsys, monkeypatch):
+    """Every folder is checked first (the measured models, and the VAE's with --ideal-latent): a bad second --model
+    does not cost the first one's minutes."""
+    import bench.mini_zero123 as bench
+    from suite.miniworld import assets
+
+    monkeypatch.setattr(bench, "per_shape", lambda *a, **k: pytest.fail("measured before the folders were checked"))
+    shipped = str(assets.default_dir() / "zero123")
+    for argv in (["--model", shipped, str(tmp_path / "none")], ["--ideal", "40", "--ideal-latent", "--model",
+                                                                 str(tmp_path / "none")]):
+        assert bench.main(argv) == 2
+        last = capsys.readouterr().err.splitlines()[-1]  # after transformers' import-time notices, if any
+        assert last.startswith("error: ") and "none is not a Zero-1-to-3 folder" in last
