@@ -13,6 +13,10 @@
 
 Writes ``results.json``, ``table.md`` and ``mini3d.png`` (inputs, truth and reconstructions side by side). Runs
 found finished in ``--output`` (their ``summary.json`` written) are measured again, not run again.
+
+``--guidance truth``: the known objects again, with the renderer's true view of every random camera in place of
+Zero-1-to-3's SDS (:class:`TruthViews`): what stage 2 makes of perfect novel views at the same budget and
+regularisers, which splits each object's error between the guidance and the NeRF stage itself.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ KNOWN = (("cup", "red", "stripes", 10.0, 0.0), ("box", "green", "dots", 10.0, 30
          ("cone", "purple", "dots", 5.0, 0.0), ("bowl", "green", "stripes", 20.0, 0.0))
 PROMPTS = ("a porcelain vase", "a cup")
 HELD_OUT = DEFAULT_VIEWS  # the held-out views of every measured mesh
+GUIDANCE = ("zero123", "truth")  # stage 2's guidance of the known objects: the user's path, or TruthViews
 
 
 def reference_files(obj, elevation: float, azimuth: float, folder: Path, size: int = 256):
@@ -59,9 +64,7 @@ def turned(vertices: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def known_object(case, out: Path, steps: dict) -> dict:
-    from bench.miniworld.geometry import load_export, measure_mesh
     from generators3d import ThreeDConfig, run_text_to_3d
-    from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
 
     shape, colour, pattern, el, az = case
@@ -70,7 +73,19 @@ def known_object(case, out: Path, steps: dict) -> dict:
     if not _finished(out / "run"):
         run_text_to_3d(ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=el,
                                     output=str(out / "run"), refine_steps=0, **steps))
-    wall = _seconds(out / "run")
+    return measure_known(case, out)
+
+
+def measure_known(case, out: Path, seconds: float | None = None) -> dict:
+    """The exported mesh of ``out / "run"`` against the known object ``case``, as is, mirrored and turned 90
+    degrees (the module's docstring); ``seconds``: the time to report (None: the run's own)."""
+    from bench.miniworld.geometry import load_export, measure_mesh
+    from suite.miniworld.views import reference_framing
+    from suite.miniworld.world import make_object
+
+    shape, colour, pattern, el, az = case
+    obj = make_object(shape, colour, pattern)
+    wall = _seconds(out / "run") if seconds is None else seconds
     framing = reference_framing(obj, el, az, size=256)
     v, f = load_export(out / "run")
     res = {"case": f"{colour} {shape}, {pattern}", "elevation": el, "azimuth": az, "seconds": round(wall, 1),
@@ -79,6 +94,65 @@ def known_object(case, out: Path, steps: dict) -> dict:
         m = measure_mesh(verts, f[:, ::-1] if name == "mirrored" else f, obj, framing, views=HELD_OUT)
         res[f"{name}_chamfer"], res[f"{name}_iou"] = m["chamfer"], m["mean_silhouette_iou"]
     return res
+
+
+class TruthViews:
+    """An oracle in place of Zero-1-to-3's SDS term of stage 2 (``generators3d.stage.SDSTerm``'s ``fn``): the mean
+    squared error between each random view's render (on white) and the renderer's true view of ``obj`` from the same
+    camera, framed as the reference view (``framing``, :func:`suite.miniworld.views.reference_framing`), lit as the
+    world lights it (as Zero-1-to-3's training views are). NeRF azimuth ``a`` is world azimuth ``framing.azimuth +
+    a`` (the reference view is NeRF azimuth 0)."""
+
+    def __init__(self, obj, framing):
+        self.obj, self.framing = obj, framing
+
+    def truth(self, cams, size: int) -> torch.Tensor:
+        from suite.miniworld.views import render_framed
+
+        rgb, _ = render_framed(self.obj, self.framing, cams.elevation, cams.azimuth + self.framing.azimuth, size=size)
+        return rgb
+
+    def __call__(self, rgb: torch.Tensor, cams, generator=None) -> dict:
+        loss = torch.nn.functional.mse_loss(rgb, self.truth(cams, rgb.shape[-1]).to(rgb))
+        return {"loss_sds": loss, "min_step": 0.0, "max_step": 0.0}
+
+
+def truth_guided(case, out: Path, steps: dict) -> dict:
+    """:func:`known_object` with :class:`TruthViews` in place of Zero-1-to-3: the reference view made by the user's
+    path (``3d --image --mask --elevation`` with no training steps), stage 2 with the preset's settings and the true
+    views weighted like the reference view's colour (``lambda_rgb``), the export by ``3d --export-only``."""
+    from generators3d import ThreeDConfig, run_text_to_3d
+    from generators3d.nerf import Background, make_field
+    from generators3d.run import _load_reference, stage_generator
+    from generators3d.stage import SDSTerm, check_checkpoint, save_checkpoint, train_stage
+    from suite.miniworld.views import reference_framing
+    from suite.miniworld.world import make_object
+
+    shape, colour, pattern, el, az = case
+    obj = make_object(shape, colour, pattern)
+    image, mask = reference_files(obj, el, az, out / "input")
+    given = dict(preset="mini", image=str(image), mask=str(mask), elevation=el, **steps)
+    checkpoint = out / "truth-guided.safetensors"
+    if not checkpoint.is_file():
+        prep = out / "reference"  # stage 1 of the user's path only: the reference view as the run makes it
+        if not _finished(prep):
+            run_text_to_3d(ThreeDConfig(**{**given, "zero123_steps": 0, "preview_frames": 1}, output=str(prep),
+                                        refine_steps=0, formats=("ply",), texture=False))
+        cfg = ThreeDConfig(**given).resolved()
+        reference = _load_reference(prep / "reference.png", prep / "reference-mask.png", "cpu")
+        field = make_field(cfg.nerf, "cpu", seed=cfg.seed)
+        stage = cfg.zero123
+        term = SDSTerm("truth", stage.lambda_rgb / stage.lambda_sds, TruthViews(obj, reference_framing(obj, el, az)))
+        t0 = time.time()
+        train_stage(field, Background(), stage, cfg.camera, reference, [term],
+                    generator=stage_generator(cfg.seed, "zero123"))
+        save_checkpoint(field, checkpoint, "zero123", {"steps": stage.steps, "guidance": "truth",
+                                                       "seconds": round(time.time() - t0, 1)})
+    if not _finished(out / "run"):
+        run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(checkpoint), output=str(out / "run"),
+                                    elevation=el, preview_frames=1,
+                                    **{k: v for k, v in steps.items() if k == "mesh_resolution"}))
+    return measure_known(case, out, json.loads(check_checkpoint(checkpoint)["extra"])["seconds"])
 
 
 def _finished(run: Path) -> bool:
@@ -171,9 +245,9 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
 
 
 @torch.no_grad()
-def picture(known: list, prompts: list, out: Path, folder: Path) -> Path:
-    """One row per case: input, truth / reconstruction from two held-out views (known objects); stage-1 image,
-    stage-2 and stage-3 renders (prompts)."""
+def picture(cases: list, prompts: list, out: Path, folder: Path, guidance: str = "zero123") -> Path:
+    """One row per case: input, truth / reconstruction from two held-out views (known objects ``cases``, entries of
+    :data:`KNOWN`, with ``guidance``'s stage-2 checkpoints); stage-1 image, stage-2 and stage-3 renders (prompts)."""
     from PIL import Image
 
     from generators3d.cameras import orbit_cameras
@@ -192,14 +266,19 @@ def picture(known: list, prompts: list, out: Path, folder: Path) -> Path:
         arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         return Image.fromarray(arr).resize((tile, tile), Image.NEAREST)
 
-    for case in KNOWN[:len(known)]:
+    for case in cases:
         shape, colour, pattern, el, az = case
         obj = make_object(shape, colour, pattern)
         framing = reference_framing(obj, el, az, size=256)
         truth, _ = render_framed(obj, framing, [20.0, 20.0], [az + 90.0, az + 180.0], 64)
-        field, _ = load_checkpoint(folder / f"known-{shape}" / "run" / "checkpoints" / "stage2-zero123.safetensors")
+        if guidance == "truth":
+            checkpoint, ref = folder / f"truth-{shape}" / "truth-guided.safetensors", folder / f"truth-{shape}" / "reference"
+        else:
+            checkpoint = folder / f"known-{shape}" / "run" / "checkpoints" / "stage2-zero123.safetensors"
+            ref = folder / f"known-{shape}" / "run"
+        field, _ = load_checkpoint(checkpoint)
         nerf = render(field, Background(), orbit_cameras(20.0, [90.0, 180.0], 3.8, 20.0), 64, chunk=8192)["rgb"]
-        ref = Image.open(folder / f"known-{shape}" / "run" / "reference.png")
+        ref = Image.open(ref / "reference.png")
         rows.append([im(ref), im(truth[0]), im(nerf[0].permute(2, 0, 1)), im(truth[1]), im(nerf[1].permute(2, 0, 1))])
     for prompt, res in zip(PROMPTS, prompts):
         slug = prompt.replace(" ", "-")
@@ -221,6 +300,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['case']} (el {r['elevation']:.0f}) | {r['chamfer']:.3f} | {r['normal_consistency']:.3f} | "
                      f"{r['mean_silhouette_iou']:.3f} | {r['mirrored_chamfer']:.3f} / {r['mirrored_iou']:.3f} | "
                      f"{r['turned90_chamfer']:.3f} / {r['turned90_iou']:.3f} | {r['seconds']:.0f} |")
+    if not result["prompts"]:
+        return "\n".join(lines)
     lines += ["", "| prompt | stage 2: Chamfer / IoU to the canonical shape | stage 2+3: Chamfer / IoU | "
               "porcelain (judge) after stage 2 -> 3 | shape votes after stage 2 -> 3 | seconds (whole flow) |",
               "|---|---|---|---|---|---|"]
@@ -232,18 +313,28 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(output: str, quick: bool = False, seed: int = 0) -> dict:
+def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero123", shapes=None) -> dict:
+    """``guidance``: ``zero123`` (the user's path) or ``truth`` (:func:`truth_guided`: known objects only, in
+    ``truth-<shape>`` folders); ``shapes``: the known objects to run (None: all, or the cup with ``quick``)."""
+    if guidance not in GUIDANCE:
+        raise ValueError(f"unknown guidance {guidance!r}: use one of {', '.join(GUIDANCE)}")
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     steps = dict(zero123_steps=40, mesh_resolution=48, preview_frames=2) if quick else {}
-    known = [known_object(c, folder / f"known-{c[0]}", steps) for c in (KNOWN[:1] if quick else KNOWN)]
-    prompts = [] if quick else [prompt_case(p, folder / f"prompt-{p.replace(' ', '-')}", steps, seed)
-                                for p in PROMPTS]
-    clean = {"known": known, "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
-    (folder / "results.json").write_text(json.dumps(clean, indent=2))
-    (folder / "table.md").write_text(markdown(clean) + "\n")
+    cases = [c for c in KNOWN if c[0] in shapes] if shapes else (KNOWN[:1] if quick else KNOWN)
+    if guidance == "truth":
+        known = [truth_guided(c, folder / f"truth-{c[0]}", steps) for c in cases]
+    else:
+        known = [known_object(c, folder / f"known-{c[0]}", steps) for c in cases]
+    prompts = [] if quick or shapes or guidance == "truth" else [
+        prompt_case(p, folder / f"prompt-{p.replace(' ', '-')}", steps, seed) for p in PROMPTS]
+    clean = {"guidance": guidance, "known": known,
+             "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
+    name = "" if guidance == "zero123" else f"-{guidance}"
+    (folder / f"results{name}.json").write_text(json.dumps(clean, indent=2))
+    (folder / f"table{name}.md").write_text(markdown(clean) + "\n")
     if not quick:
-        picture(known, prompts, folder / "mini3d.png", folder)
+        picture(cases, prompts, folder / f"mini3d{name}.png", folder, guidance)
     return clean
 
 
@@ -252,6 +343,12 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="folder for results.json, table.md, mini3d.png and the runs")
     p.add_argument("--quick", action="store_true", help="one known object (the cup), few steps")
+    p.add_argument("--guidance", choices=GUIDANCE, default="zero123",
+                   help="stage 2's guidance for the known objects: zero123 (the user's path) or truth (the renderer's "
+                        "true view of every random camera instead: what stage 2 makes of perfect novel views; no "
+                        "prompts; writes results-truth.json, table-truth.md, mini3d-truth.png)")
+    p.add_argument("--known", nargs="+", choices=[c[0] for c in KNOWN], default=None, metavar="SHAPE",
+                   help="only these known objects, no prompts (default: all; " + ", ".join(c[0] for c in KNOWN) + ")")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -260,7 +357,7 @@ def main(argv=None) -> int:
     quiet_libraries()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    result = run(args.output, args.quick)
+    result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known)
     print(markdown(result))
     print(f"wall time {time.time() - t0:.1f} s -> {args.output}")
     return 0
