@@ -120,7 +120,8 @@ class TruthViews:
 def truth_guided(case, out: Path, steps: dict) -> dict:
     """:func:`known_object` with :class:`TruthViews` in place of Zero-1-to-3: the reference view made by the user's
     path (``3d --image --mask --elevation`` with no training steps), stage 2 with the preset's settings and the true
-    views weighted like the reference view's colour (``lambda_rgb``), the export by ``3d --export-only``."""
+    views weighted like the reference view's colour (``lambda_rgb``), the export by ``3d --export-only``. On the CPU,
+    as the benchmark's other runs; its ``seconds`` are stage 2's alone (the user's path: the whole run's)."""
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.nerf import Background, make_field
     from generators3d.run import _load_reference, stage_generator
@@ -132,16 +133,27 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     obj = make_object(shape, colour, pattern)
     image, mask = reference_files(obj, el, az, out / "input")
     given = dict(preset="mini", image=str(image), mask=str(mask), elevation=el, **steps)
+    cfg = ThreeDConfig(**given).resolved()
+    stage = cfg.zero123
+    if cfg.camera.ref_azimuth != 0.0 or stage.sds_background is not None or stage.shading or not stage.lambda_sds:
+        raise ValueError("TruthViews compares white-background, unshaded renders with the reference view at NeRF "
+                         "azimuth 0 and an SDS weight: the mini preset's stage 2 has changed, update bench.mini3d")
     checkpoint = out / "truth-guided.safetensors"
-    if not checkpoint.is_file():
+    if checkpoint.is_file():  # resumed: only a checkpoint of the same length of stage 2 is reused
+        made = json.loads(check_checkpoint(checkpoint)["extra"]).get("steps")
+        if made != stage.steps:
+            raise ValueError(f"{checkpoint} was trained for {made} steps and this run asks for {stage.steps}: give "
+                             f"another --output")
+    else:
+        if (out / "run").exists():
+            raise ValueError(f"{out / 'run'} holds the export of an earlier checkpoint: delete {out} or give another "
+                             f"--output")
         prep = out / "reference"  # stage 1 of the user's path only: the reference view as the run makes it
         if not _finished(prep):
             run_text_to_3d(ThreeDConfig(**{**given, "zero123_steps": 0, "preview_frames": 1}, output=str(prep),
                                         refine_steps=0, formats=("ply",), texture=False))
-        cfg = ThreeDConfig(**given).resolved()
         reference = _load_reference(prep / "reference.png", prep / "reference-mask.png", "cpu")
         field = make_field(cfg.nerf, "cpu", seed=cfg.seed)
-        stage = cfg.zero123
         term = SDSTerm("truth", stage.lambda_rgb / stage.lambda_sds, TruthViews(obj, reference_framing(obj, el, az)))
         t0 = time.time()
         train_stage(field, Background(), stage, cfg.camera, reference, [term],
@@ -294,8 +306,9 @@ def picture(cases: list, prompts: list, out: Path, folder: Path, guidance: str =
 
 
 def markdown(result: dict) -> str:
+    seconds = "seconds (stage 2)" if result.get("guidance") == "truth" else "seconds"
     lines = ["| known object | Chamfer (object heights) | normal consistency | held-out silhouette IoU | "
-             "mirrored: Chamfer / IoU | turned 90: Chamfer / IoU | seconds |", "|---|---|---|---|---|---|---|"]
+             f"mirrored: Chamfer / IoU | turned 90: Chamfer / IoU | {seconds} |", "|---|---|---|---|---|---|---|"]
     for r in result["known"]:
         lines.append(f"| {r['case']} (el {r['elevation']:.0f}) | {r['chamfer']:.3f} | {r['normal_consistency']:.3f} | "
                      f"{r['mean_silhouette_iou']:.3f} | {r['mirrored_chamfer']:.3f} / {r['mirrored_iou']:.3f} | "
@@ -330,7 +343,7 @@ def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero12
         prompt_case(p, folder / f"prompt-{p.replace(' ', '-')}", steps, seed) for p in PROMPTS]
     clean = {"guidance": guidance, "known": known,
              "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
-    name = "" if guidance == "zero123" else f"-{guidance}"
+    name = ("" if guidance == "zero123" else f"-{guidance}") + ("-" + "-".join(c[0] for c in cases) if shapes else "")
     (folder / f"results{name}.json").write_text(json.dumps(clean, indent=2))
     (folder / f"table{name}.md").write_text(markdown(clean) + "\n")
     if not quick:
@@ -348,7 +361,8 @@ def main(argv=None) -> int:
                         "true view of every random camera instead: what stage 2 makes of perfect novel views; no "
                         "prompts; writes results-truth.json, table-truth.md, mini3d-truth.png)")
     p.add_argument("--known", nargs="+", choices=[c[0] for c in KNOWN], default=None, metavar="SHAPE",
-                   help="only these known objects, no prompts (default: all; " + ", ".join(c[0] for c in KNOWN) + ")")
+                   help="only these known objects, no prompts; the files are named after them, e.g. results-box.json "
+                        "(default: all; " + ", ".join(c[0] for c in KNOWN) + ")")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -357,7 +371,13 @@ def main(argv=None) -> int:
     quiet_libraries()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known)
+    from suite.models import ModelLoadError
+
+    try:
+        result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known)
+    except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting, a stale run: one sentence
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(markdown(result))
     print(f"wall time {time.time() - t0:.1f} s -> {args.output}")
     return 0

@@ -23,7 +23,8 @@ def test_the_true_view_of_a_nerf_camera_is_the_object_in_the_nerf_frame(tmp_path
     framing = reference_framing(cup, el, az)
     oracle = TruthViews(cup, framing)
 
-    # 1. from the reference camera: the reference view that the user's path makes of the input image and mask
+    # 1. from the reference camera: the reference view that the user's path makes of the input image and mask (the
+    # framing and the offset of 30 degrees; at NeRF azimuth 0 a wrong sign of the turn cannot show, part 2 checks it)
     image, mask = reference_files(cup, el, az, tmp_path)
     image = load_image(image)
     _, ref_mask = reference_view(image, load_mask(mask, image.size), size)
@@ -32,8 +33,9 @@ def test_the_true_view_of_a_nerf_camera_is_the_object_in_the_nerf_frame(tmp_path
     assert float(iou(at_ref, ref)) > 0.93, float(iou(at_ref, ref))  # measured 0.96
 
     # 2. turned 45 degrees either way: the true cup (its convex hull) moved into the NeRF frame as the exact-geometry
-    # measure moves it, seen by the same NeRF cameras; a mapping of NeRF azimuth a to world azimuth az - a (or
-    # anything but az + a) shows the handle on the other side
+    # measure moves it, seen by the same NeRF cameras. Measured: IoU 0.970 / 0.883 with the views of the same side,
+    # 0.741 / 0.808 with the other side's; a NeRF azimuth a taken as world azimuth az - a fails, as does a alone
+    # (0.829 / 0.835); a turn off by 30 degrees (0.837 / 0.830) fails narrowly, one of 15 might pass
     points = framing.to_nerf(surface_points(cup, views=12, size=24)[0])
     hull = trimesh.convex.convex_hull(points)
     cams = orbit_cameras(el, [45.0, -45.0], 3.8, 20.0)
@@ -43,6 +45,38 @@ def test_the_true_view_of_a_nerf_camera_is_the_object_in_the_nerf_frame(tmp_path
     swapped = iou(true_masks, hull_masks.flip(0))
     assert bool((same > 0.85).all()) and bool((same > swapped + 0.04).all()), (same, swapped)
 
-    # 3. the term's loss: zero for the truth itself, more for the other side's view
+    # 3. the term's loss: zero for the truth itself (a deterministic render), more for the other side's view
     assert float(oracle(oracle.truth(cams, size), cams)["loss_sds"]) < 1e-10
     assert float(oracle(oracle.truth(cams, size).flip(0), cams)["loss_sds"]) > 1e-3
+
+
+def test_a_subset_or_the_truth_guidance_writes_its_own_files(tmp_path, monkeypatch):
+    """``--known`` and ``--guidance truth`` never overwrite the full run's results.json / table.md in the same folder,
+    and skip the prompts (no truth for them); the truth table says its seconds are stage 2's."""
+    import json
+
+    import bench.mini3d as m
+
+    def fake(case, out, steps):
+        return {"case": case[0], "elevation": case[3], "azimuth": case[4], "seconds": 1.0, "chamfer": 0.1,
+                "normal_consistency": 0.9, "mean_silhouette_iou": 0.9, "mirrored_chamfer": 0.2, "mirrored_iou": 0.8,
+                "turned90_chamfer": 0.2, "turned90_iou": 0.8}
+
+    def no_prompts(*args, **kwargs):
+        raise AssertionError("no prompts with --known or --guidance truth")
+
+    monkeypatch.setattr(m, "known_object", fake)
+    monkeypatch.setattr(m, "truth_guided", fake)
+    monkeypatch.setattr(m, "prompt_case", no_prompts)
+    monkeypatch.setattr(m, "picture", lambda cases, prompts, out, folder, guidance="zero123": out.write_bytes(b""))
+    m.run(str(tmp_path), guidance="truth")
+    m.run(str(tmp_path), shapes=["box", "bowl"])
+    m.run(str(tmp_path), guidance="truth", shapes=["cup"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["mini3d-box-bowl.png", "mini3d-truth-cup.png", "mini3d-truth.png", "results-box-bowl.json",
+                     "results-truth-cup.json", "results-truth.json", "table-box-bowl.md", "table-truth-cup.md",
+                     "table-truth.md"], names
+    full = json.loads((tmp_path / "results-truth.json").read_text())
+    assert full["guidance"] == "truth" and [r["case"] for r in full["known"]] == [c[0] for c in m.KNOWN]
+    assert "seconds (stage 2)" in (tmp_path / "table-truth.md").read_text()
+    assert "seconds (stage 2)" not in (tmp_path / "table-box-bowl.md").read_text()
