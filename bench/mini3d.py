@@ -15,7 +15,7 @@ Writes ``results.json``, ``table.md`` and ``mini3d.png`` (inputs, truth and reco
 found finished in ``--output`` (their ``summary.json`` written) are measured again, not run again.
 
 ``--guidance truth``: the known objects again, with the renderer's true view of every random camera in place of
-Zero-1-to-3's SDS (:class:`TruthViews`): what stage 2 makes of perfect novel views at the same budget and
+Zero-1-to-3's SDS (:class:`TruthViews`): what stage 2 makes of exact (lit) novel views at the same budget and
 regularisers, which splits each object's error between the guidance and the NeRF stage itself.
 """
 
@@ -42,6 +42,17 @@ KNOWN = (("cup", "red", "stripes", 10.0, 0.0), ("box", "green", "dots", 10.0, 30
 PROMPTS = ("a porcelain vase", "a cup")
 HELD_OUT = DEFAULT_VIEWS  # the held-out views of every measured mesh
 GUIDANCE = ("zero123", "truth")  # stage 2's guidance of the known objects: the user's path, or TruthViews
+
+
+def case_files(folder: Path, shape: str, guidance: str = "zero123") -> tuple[Path, Path, Path]:
+    """Where a known object's run lives in the benchmark's ``folder``: ``(its folder, its stage-2 checkpoint, the
+    folder holding its reference.png)`` for ``guidance`` (the user's path: one run; truth: a reference-only run,
+    the truth-guided checkpoint, the export)."""
+    if guidance == "truth":
+        out = folder / f"truth-{shape}"
+        return out, out / "truth-guided.safetensors", out / "reference"
+    out = folder / f"known-{shape}"
+    return out, out / "run" / "checkpoints" / "stage2-zero123.safetensors", out / "run"
 
 
 def reference_files(obj, elevation: float, azimuth: float, folder: Path, size: int = 256):
@@ -138,18 +149,17 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     if cfg.camera.ref_azimuth != 0.0 or stage.sds_background is not None or stage.shading or not stage.lambda_sds:
         raise ValueError("TruthViews compares white-background, unshaded renders with the reference view at NeRF "
                          "azimuth 0 and an SDS weight: the mini preset's stage 2 has changed, update bench.mini3d")
-    checkpoint = out / "truth-guided.safetensors"
+    _, checkpoint, prep = case_files(out.parent, shape, "truth")
     if checkpoint.is_file():  # resumed: only a checkpoint of the same length of stage 2 is reused
-        made = json.loads(check_checkpoint(checkpoint)["extra"]).get("steps")
-        if made != stage.steps:
-            raise ValueError(f"{checkpoint} was trained for {made} steps and this run asks for {stage.steps}: give "
-                             f"another --output")
+        made = json.loads(check_checkpoint(checkpoint)["extra"])
+        if made.get("steps") != stage.steps:
+            raise ValueError(f"{checkpoint} was trained for {made.get('steps')} steps and this run asks for "
+                             f"{stage.steps}: give another --output")
     else:
         if (out / "run").exists():
             raise ValueError(f"{out / 'run'} holds the export of an earlier checkpoint: delete {out} or give another "
                              f"--output")
-        prep = out / "reference"  # stage 1 of the user's path only: the reference view as the run makes it
-        if not _finished(prep):
+        if not _finished(prep):  # stage 1 of the user's path only: the reference view as the run makes it
             run_text_to_3d(ThreeDConfig(**{**given, "zero123_steps": 0, "preview_frames": 1}, output=str(prep),
                                         refine_steps=0, formats=("ply",), texture=False))
         reference = _load_reference(prep / "reference.png", prep / "reference-mask.png", "cpu")
@@ -158,13 +168,13 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
         t0 = time.time()
         train_stage(field, Background(), stage, cfg.camera, reference, [term],
                     generator=stage_generator(cfg.seed, "zero123"))
-        save_checkpoint(field, checkpoint, "zero123", {"steps": stage.steps, "guidance": "truth",
-                                                       "seconds": round(time.time() - t0, 1)})
+        made = {"steps": stage.steps, "guidance": "truth", "seconds": round(time.time() - t0, 1)}
+        save_checkpoint(field, checkpoint, "zero123", made)
     if not _finished(out / "run"):
         run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(checkpoint), output=str(out / "run"),
                                     elevation=el, preview_frames=1,
                                     **{k: v for k, v in steps.items() if k == "mesh_resolution"}))
-    return measure_known(case, out, json.loads(check_checkpoint(checkpoint)["extra"])["seconds"])
+    return measure_known(case, out, made["seconds"])
 
 
 def _finished(run: Path) -> bool:
@@ -283,11 +293,7 @@ def picture(cases: list, prompts: list, out: Path, folder: Path, guidance: str =
         obj = make_object(shape, colour, pattern)
         framing = reference_framing(obj, el, az, size=256)
         truth, _ = render_framed(obj, framing, [20.0, 20.0], [az + 90.0, az + 180.0], 64)
-        if guidance == "truth":
-            checkpoint, ref = folder / f"truth-{shape}" / "truth-guided.safetensors", folder / f"truth-{shape}" / "reference"
-        else:
-            checkpoint = folder / f"known-{shape}" / "run" / "checkpoints" / "stage2-zero123.safetensors"
-            ref = folder / f"known-{shape}" / "run"
+        _, checkpoint, ref = case_files(folder, shape, guidance)
         field, _ = load_checkpoint(checkpoint)
         nerf = render(field, Background(), orbit_cameras(20.0, [90.0, 180.0], 3.8, 20.0), 64, chunk=8192)["rgb"]
         ref = Image.open(ref / "reference.png")
@@ -335,10 +341,8 @@ def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero12
     folder.mkdir(parents=True, exist_ok=True)
     steps = dict(zero123_steps=40, mesh_resolution=48, preview_frames=2) if quick else {}
     cases = [c for c in KNOWN if c[0] in shapes] if shapes else (KNOWN[:1] if quick else KNOWN)
-    if guidance == "truth":
-        known = [truth_guided(c, folder / f"truth-{c[0]}", steps) for c in cases]
-    else:
-        known = [known_object(c, folder / f"known-{c[0]}", steps) for c in cases]
+    measure = truth_guided if guidance == "truth" else known_object
+    known = [measure(c, case_files(folder, c[0], guidance)[0], steps) for c in cases]
     prompts = [] if quick or shapes or guidance == "truth" else [
         prompt_case(p, folder / f"prompt-{p.replace(' ', '-')}", steps, seed) for p in PROMPTS]
     clean = {"guidance": guidance, "known": known,
@@ -358,7 +362,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="one known object (the cup), few steps")
     p.add_argument("--guidance", choices=GUIDANCE, default="zero123",
                    help="stage 2's guidance for the known objects: zero123 (the user's path) or truth (the renderer's "
-                        "true view of every random camera instead: what stage 2 makes of perfect novel views; no "
+                        "true view of every random camera instead: what stage 2 makes of exact novel views; no "
                         "prompts; writes results-truth.json, table-truth.md, mini3d-truth.png)")
     p.add_argument("--known", nargs="+", choices=[c[0] for c in KNOWN], default=None, metavar="SHAPE",
                    help="only these known objects, no prompts; the files are named after them, e.g. results-box.json "
