@@ -44,14 +44,20 @@ HELD_OUT = DEFAULT_VIEWS  # the held-out views of every measured mesh
 GUIDANCE = ("zero123", "truth")  # stage 2's guidance of the known objects: the user's path, or TruthViews
 
 
-def case_files(folder: Path, shape: str, guidance: str = "zero123") -> tuple[Path, Path, Path]:
+def _suffix(geometry: str | None) -> str:
+    """Folder and file suffix of a run with ``--geometry`` given (none for the preset's own)."""
+    return f"-{geometry}" if geometry else ""
+
+
+def case_files(folder: Path, shape: str, guidance: str = "zero123", geometry: str | None = None
+               ) -> tuple[Path, Path, Path]:
     """Where a known object's run lives in the benchmark's ``folder``: ``(its folder, its stage-2 checkpoint, the
     folder holding its reference.png)`` for ``guidance`` (the user's path: one run; truth: a reference-only run,
-    the truth-guided checkpoint, the export)."""
+    the truth-guided checkpoint, the export) and ``geometry`` (the NeRF's; given, its own folders: ``known-box-sdf``)."""
     if guidance == "truth":
-        out = folder / f"truth-{shape}"
+        out = folder / f"truth-{shape}{_suffix(geometry)}"
         return out, out / "truth-guided.safetensors", out / "reference"
-    out = folder / f"known-{shape}"
+    out = folder / f"known-{shape}{_suffix(geometry)}"
     return out, out / "run" / "checkpoints" / "stage2-zero123.safetensors", out / "run"
 
 
@@ -81,9 +87,10 @@ def known_object(case, out: Path, steps: dict) -> dict:
     shape, colour, pattern, el, az = case
     obj = make_object(shape, colour, pattern)
     image, mask = reference_files(obj, el, az, out / "input")
-    if not _finished(out / "run"):
-        run_text_to_3d(ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=el,
-                                    output=str(out / "run"), refine_steps=0, **steps))
+    cfg = ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=el, output=str(out / "run"),
+                       refine_steps=0, **steps)
+    if not _finished(out / "run", cfg):
+        run_text_to_3d(cfg)
     return measure_known(case, out)
 
 
@@ -149,12 +156,14 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     if cfg.camera.ref_azimuth != 0.0 or stage.sds_background is not None or stage.shading or not stage.lambda_sds:
         raise ValueError("TruthViews compares white-background, unshaded renders with the reference view at NeRF "
                          "azimuth 0 and an SDS weight: the mini preset's stage 2 has changed, update bench.mini3d")
-    _, checkpoint, prep = case_files(out.parent, shape, "truth")
+    _, checkpoint, prep = case_files(out.parent, shape, "truth", steps.get("geometry"))
     if checkpoint.is_file():  # resumed: only a checkpoint of the same length of stage 2 is reused
-        made = json.loads(check_checkpoint(checkpoint)["extra"])
-        if made.get("steps") != stage.steps:
-            raise ValueError(f"{checkpoint} was trained for {made.get('steps')} steps and this run asks for "
-                             f"{stage.steps}: give another --output")
+        meta = check_checkpoint(checkpoint)
+        made = json.loads(meta["extra"])
+        if made.get("steps") != stage.steps or meta["nerf_config"].geometry != cfg.nerf.geometry:
+            raise ValueError(f"{checkpoint} was trained for {made.get('steps')} steps with the "
+                             f"{meta['nerf_config'].geometry} geometry and this run asks for {stage.steps} with the "
+                             f"{cfg.nerf.geometry}: give another --output")
     else:
         if (out / "run").exists():
             raise ValueError(f"{out / 'run'} holds the export of an earlier checkpoint: delete {out} or give another "
@@ -177,9 +186,18 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     return measure_known(case, out, made["seconds"])
 
 
-def _finished(run: Path) -> bool:
-    """A run of an earlier invocation that got to its summary (reused: the benchmark resumes)."""
-    return (run / "summary.json").is_file()
+def _finished(run: Path, cfg=None) -> bool:
+    """A run of an earlier invocation that got to its summary (reused: the benchmark resumes). With ``cfg`` (the
+    ThreeDConfig it would be run with), one made with another NeRF geometry (an earlier default) is refused."""
+    if not (run / "summary.json").is_file():
+        return False
+    if cfg is not None:
+        made = json.loads((run / "config.json").read_text()).get("nerf", {}).get("geometry", "density")
+        want = cfg.resolved().nerf.geometry
+        if made != want:
+            raise ValueError(f"{run} was made with the {made} geometry and this run asks for {want}: give another "
+                             f"--output (or --geometry {made})")
+    return True
 
 
 def _seconds(run: Path) -> float:
@@ -242,7 +260,7 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
     from generators3d import ThreeDConfig, run_text_to_3d
 
     cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(out / "run"), seed=seed, **steps)
-    if not _finished(out / "run"):
+    if not _finished(out / "run", cfg):
         run_text_to_3d(cfg)
     summary = json.loads((out / "run" / "summary.json").read_text())
     checkpoints = {k: Path(v) for k, v in summary["checkpoints"].items()}
@@ -266,8 +284,14 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
     return res
 
 
+def prompt_folder(folder: Path, prompt: str, geometry: str | None = None) -> Path:
+    """Where a prompt's run lives in the benchmark's ``folder`` (``geometry`` as :func:`case_files`)."""
+    return folder / f"prompt-{prompt.replace(' ', '-')}{_suffix(geometry)}"
+
+
 @torch.no_grad()
-def picture(cases: list, prompts: list, out: Path, folder: Path, guidance: str = "zero123") -> Path:
+def picture(cases: list, prompts: list, out: Path, folder: Path, guidance: str = "zero123",
+            geometry: str | None = None) -> Path:
     """One row per case: input, truth / reconstruction from two held-out views (known objects ``cases``, entries of
     :data:`KNOWN`, with ``guidance``'s stage-2 checkpoints); stage-1 image, stage-2 and stage-3 renders (prompts)."""
     from PIL import Image
@@ -293,14 +317,13 @@ def picture(cases: list, prompts: list, out: Path, folder: Path, guidance: str =
         obj = make_object(shape, colour, pattern)
         framing = reference_framing(obj, el, az, size=256)
         truth, _ = render_framed(obj, framing, [20.0, 20.0], [az + 90.0, az + 180.0], 64)
-        _, checkpoint, ref = case_files(folder, shape, guidance)
+        _, checkpoint, ref = case_files(folder, shape, guidance, geometry)
         field, _ = load_checkpoint(checkpoint)
         nerf = render(field, Background(), orbit_cameras(20.0, [90.0, 180.0], 3.8, 20.0), 64, chunk=8192)["rgb"]
         ref = Image.open(ref / "reference.png")
         rows.append([im(ref), im(truth[0]), im(nerf[0].permute(2, 0, 1)), im(truth[1]), im(nerf[1].permute(2, 0, 1))])
     for prompt, res in zip(PROMPTS, prompts):
-        slug = prompt.replace(" ", "-")
-        img = Image.open(folder / f"prompt-{slug}" / "run" / "image.png")
+        img = Image.open(prompt_folder(folder, prompt, geometry) / "run" / "image.png")
         r2, r3 = res["_stage2_renders"], res["_stage3_renders"]
         rows.append([im(img), im(r2[1]), im(r2[3]), im(r3[1]), im(r3[3])])
     grid = Image.new("RGB", (5 * tile, len(rows) * tile), (255, 255, 255))
@@ -332,30 +355,40 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero123", shapes=None) -> dict:
+def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero123", shapes=None,
+        geometry: str | None = None) -> dict:
     """``guidance``: ``zero123`` (the user's path) or ``truth`` (:func:`truth_guided`: known objects only, in
-    ``truth-<shape>`` folders); ``shapes``: the known objects to run (None: all, or the cup with ``quick``)."""
+    ``truth-<shape>`` folders); ``shapes``: the known objects to run (None: all, or the cup with ``quick``);
+    ``geometry``: the NeRF's (``launch.py 3d --geometry``; None: the preset's), given, in folders and files of its own
+    (``known-cup-sdf``, ``results-sdf.json``)."""
     if guidance not in GUIDANCE:
         raise ValueError(f"unknown guidance {guidance!r}: use one of {', '.join(GUIDANCE)}")
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     steps = dict(zero123_steps=40, mesh_resolution=48, preview_frames=2) if quick else {}
+    if geometry is not None:
+        steps["geometry"] = geometry
     cases = [c for c in KNOWN if c[0] in shapes] if shapes else (KNOWN[:1] if quick else KNOWN)
     measure = truth_guided if guidance == "truth" else known_object
-    known = [measure(c, case_files(folder, c[0], guidance)[0], steps) for c in cases]
+    known = [measure(c, case_files(folder, c[0], guidance, geometry)[0], steps) for c in cases]
     prompts = [] if quick or shapes or guidance == "truth" else [
-        prompt_case(p, folder / f"prompt-{p.replace(' ', '-')}", steps, seed) for p in PROMPTS]
-    clean = {"guidance": guidance, "known": known,
+        prompt_case(p, prompt_folder(folder, p, geometry), steps, seed) for p in PROMPTS]
+    from generators3d.config import PRESET_SIZES
+
+    clean = {"guidance": guidance, "geometry": geometry or PRESET_SIZES["mini"].nerf().geometry, "known": known,
              "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
-    name = ("" if guidance == "zero123" else f"-{guidance}") + ("-" + "-".join(c[0] for c in cases) if shapes else "")
+    name = (("" if guidance == "zero123" else f"-{guidance}") + _suffix(geometry)
+            + ("-" + "-".join(c[0] for c in cases) if shapes else ""))
     (folder / f"results{name}.json").write_text(json.dumps(clean, indent=2))
     (folder / f"table{name}.md").write_text(markdown(clean) + "\n")
     if not quick:
-        picture(cases, prompts, folder / f"mini3d{name}.png", folder, guidance)
+        picture(cases, prompts, folder / f"mini3d{name}.png", folder, guidance, geometry)
     return clean
 
 
 def main(argv=None) -> int:
+    from generators3d.config import GEOMETRIES
+
     p = argparse.ArgumentParser(prog="python -m bench.mini3d", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="folder for results.json, table.md, mini3d.png and the runs")
@@ -367,6 +400,9 @@ def main(argv=None) -> int:
     p.add_argument("--known", nargs="+", choices=[c[0] for c in KNOWN], default=None, metavar="SHAPE",
                    help="only these known objects, no prompts; the files are named after them, e.g. results-box.json "
                         "(default: all; " + ", ".join(c[0] for c in KNOWN) + ")")
+    p.add_argument("--geometry", choices=GEOMETRIES, default=None,
+                   help="the NeRF's geometry, as launch.py 3d --geometry (default: the preset's); given, its runs live in "
+                        "folders and files of their own, e.g. known-box-sdf, results-sdf.json")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -378,7 +414,7 @@ def main(argv=None) -> int:
     from suite.models import ModelLoadError
 
     try:
-        result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known)
+        result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known, geometry=args.geometry)
     except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting, a stale run: one sentence
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
     from suite.cli import weight_arg
     from suite.rules import rule_arg
 
-    from .config import PRESET_SIZES
+    from .config import GEOMETRIES, PRESET_SIZES
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -71,6 +71,10 @@ def add_arguments(p) -> None:
                         "objects (a key light fixed to the camera; normals from the rendered depth), so that the shape "
                         "has to explain the shading; experimental, off by default (mini world: boxes' Chamfer "
                         "12-15%% lower, the bowl still filled; docs/3d.md)")
+    g.add_argument("--geometry", choices=GEOMETRIES, default=None,
+                   help="what the NeRF learns: density (a density field, as threestudio's implicit-volume) or sdf (a "
+                        "signed distance turned into density by VolSDF's rule, with an eikonal term: a surface of its "
+                        "own; mini world: docs/3d.md, 'SDF geometry') (default: the preset's)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
                    help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
     g.add_argument("--domain-weight", type=weight_arg, default=None,
@@ -172,7 +176,8 @@ def config_from_args(args):
               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
               texture=False if args.no_texture else None, texture_size=args.texture_size, resume=args.resume, export_only=args.export_only,
-              seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames)
+              seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames,
+              geometry=args.geometry)
     cfg = ThreeDConfig(**kw).resolved()
     refine = cfg.refine
     for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .config import NeRFConfig
+from .config import GEOMETRIES, NeRFConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,14 @@ class NeRFField(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.density_head = nn.Linear(dim, 1)
         self.color_head = nn.Linear(dim, 3)
+        if cfg.geometry not in GEOMETRIES:
+            raise ValueError(f"nerf.geometry is {cfg.geometry!r}: use one of {', '.join(GEOMETRIES)}")
+        if cfg.geometry == "sdf":
+            if not cfg.sdf_beta > 0:
+                raise ValueError(f"nerf.sdf_beta is {cfg.sdf_beta!r}: give the VolSDF sharpness as a positive distance")
+            nn.init.zeros_(self.density_head.weight)  # the exact sphere |x| = blob_radius at first
+            nn.init.zeros_(self.density_head.bias)
+            self.log_beta = nn.Parameter(torch.tensor(math.log(cfg.sdf_beta)))
 
     @property
     def radius(self) -> float:
@@ -150,11 +158,43 @@ class NeRFField(nn.Module):
     def density_bias(self, x: torch.Tensor) -> torch.Tensor:
         return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
 
+    @property
+    def beta(self) -> torch.Tensor:
+        """VolSDF's sharpness (sdf geometry): a distance, kept above 1e-3."""
+        return self.log_beta.exp().clamp_min(1e-3)
+
+    def _features(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.encoding((flat / self.cfg.radius + 1.0) * 0.5))
+
+    def _distance(self, h: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        return self.density_head(h)[:, 0] + flat.norm(dim=-1) - self.cfg.blob_radius
+
+    def sdf(self, x: torch.Tensor) -> torch.Tensor:
+        """Signed distance (sdf geometry): negative inside."""
+        flat = x.reshape(-1, 3).float()
+        return self._distance(self._features(flat), flat).reshape(x.shape[:-1])
+
+    def _sigma(self, h: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        if self.cfg.geometry == "sdf":  # VolSDF: sigma = Laplace CDF(-d; beta) / beta
+            d, beta = self._distance(h, flat), self.beta
+            half = 0.5 * torch.exp(-d.abs() / beta)
+            return torch.where(d > 0, half, 1.0 - half) / beta
+        return nn.functional.softplus(self.density_head(h)[:, 0] + self.density_bias(flat))
+
+    def eikonal(self, x: torch.Tensor, eps: float = 5e-3) -> torch.Tensor:
+        """Mean ``(|grad d| - 1)^2`` at points ``[N, 3]``, the gradient by central differences of step ``eps``
+        (Neuralangelo's numerical gradients: they reach neighbouring hash-grid cells)."""
+        offsets = torch.eye(3, device=x.device) * eps
+        pts = torch.cat([x[:, None] + offsets, x[:, None] - offsets], 1)  # [N, 6, 3]
+        d = self.sdf(pts)
+        grad = (d[:, :3] - d[:, 3:]) / (2 * eps)
+        return (grad.norm(dim=-1) - 1.0).square().mean()
+
     def forward(self, x: torch.Tensor, with_color: bool = True):
         shape = x.shape[:-1]
         flat = x.reshape(-1, 3).float()
-        h = self.trunk(self.encoding((flat / self.cfg.radius + 1.0) * 0.5))
-        sigma = nn.functional.softplus(self.density_head(h)[:, 0] + self.density_bias(flat))
+        h = self._features(flat)
+        sigma = self._sigma(h, flat)
         if not with_color:
             return sigma.reshape(shape)
         rgb = torch.sigmoid(self.color_head(h))

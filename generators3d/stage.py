@@ -76,6 +76,9 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
     good state (kept every ``snapshot_every`` steps) and the step is counted in ``nan_recoveries``.
     """
     device = next(field.parameters()).device
+    if stage.lambda_eikonal and field.cfg.geometry != "sdf":
+        raise ValueError("lambda_eikonal needs nerf.geometry 'sdf' (a density field has no distance to regularise): "
+                         "set nerf.geometry to 'sdf' or lambda_eikonal to 0")
     params = [p for p in list(field.parameters()) + list(background.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=stage.lr, betas=(0.9, 0.99), eps=1e-15)
     ref_cam = reference_camera(camera, device)
@@ -130,6 +133,14 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                 l_smooth = depth_curvature(out["depth"][..., 0], out["opacity"][..., 0])
                 loss = loss + stage.lambda_depth_smooth * l_smooth
                 info["loss_depth_smooth"] = float(l_smooth.detach())
+
+        # 2b. SDF geometry: the eikonal term at random points of the scene's cube.
+        if stage.lambda_eikonal:
+            pts = (torch.rand((4096, 3), generator=generator) * 2.0 - 1.0).to(device) * field.radius
+            l_eik = field.eikonal(pts)
+            loss = loss + stage.lambda_eikonal * l_eik
+            info["loss_eikonal"] = float(l_eik.detach())
+            info["beta"] = float(field.beta.detach())
 
         # 3. Reference view: colour and mask losses (threestudio's zero123 system), on all its pixels or on a
         #    random share of them (``ref_ray_fraction``).

@@ -165,6 +165,8 @@ CASES = [
      "guidance weights must be between"),
     ("3d: negative depth smoothness", T + ["--prompt", "a vase", "--depth-smooth", "-1", "--output", "{out}/run"],
      "--depth-smooth is -1: give a weight of 0 or more"),
+    ("3d: unknown geometry", T + ["--prompt", "a vase", "--geometry", "mesh", "--output", "{out}/run"],
+     "argument --geometry: invalid choice: 'mesh'"),
     ("3d: pickled Zero-1-to-3 weights", T + ["--prompt", "a vase", "--zero123-model", "{pickled}",
                                              "--refine-steps", "0", "--output", "{out}/run"],
      "could not load the Zero-1-to-3 model"),
@@ -255,4 +257,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 34, "edit": 9, "3d": 18, "train": 5, "app": 3}, json.dumps(per)
+    assert per == {"generate": 34, "edit": 9, "3d": 19, "train": 5, "app": 3}, json.dumps(per)

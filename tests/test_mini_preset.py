@@ -138,6 +138,8 @@ def test_3d_mini_runs_end_to_end(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["zero123"]["resolutions"] == [32, 48] and config["zero123"]["ref_ray_fraction"] == 0.25
     assert config["zero123"]["lambda_depth_smooth"] == 10000.0 and config["refine"]["lambda_depth_smooth"] == 0.0
+    assert config["nerf"]["geometry"] == "sdf" and config["zero123"]["lambda_eikonal"] == 1.0 == config["refine"][
+        "lambda_eikonal"]
     assert config["refine"]["view_dependent_prompting"] is False and config["export"]["smooth"] == 15
 
 

@@ -57,7 +57,10 @@ def test_a_subset_or_the_truth_guidance_writes_its_own_files(tmp_path, monkeypat
 
     import bench.mini3d as m
 
+    seen = []
+
     def fake(case, out, steps):
+        seen.append((out.name, steps.get("geometry")))
         return {"case": case[0], "elevation": case[3], "azimuth": case[4], "seconds": 1.0, "chamfer": 0.1,
                 "normal_consistency": 0.9, "mean_silhouette_iou": 0.9, "mirrored_chamfer": 0.2, "mirrored_iou": 0.8,
                 "turned90_chamfer": 0.2, "turned90_iou": 0.8}
@@ -68,14 +71,18 @@ def test_a_subset_or_the_truth_guidance_writes_its_own_files(tmp_path, monkeypat
     monkeypatch.setattr(m, "known_object", fake)
     monkeypatch.setattr(m, "truth_guided", fake)
     monkeypatch.setattr(m, "prompt_case", no_prompts)
-    monkeypatch.setattr(m, "picture", lambda cases, prompts, out, folder, guidance="zero123": out.write_bytes(b""))
+    monkeypatch.setattr(m, "picture", lambda cases, prompts, out, folder, guidance="zero123", geometry=None:
+                        out.write_bytes(b""))
     m.run(str(tmp_path), guidance="truth")
     m.run(str(tmp_path), shapes=["box", "bowl"])
     m.run(str(tmp_path), guidance="truth", shapes=["cup"])
+    m.run(str(tmp_path), shapes=["box"], geometry="sdf")  # another geometry: its own folders and files
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["mini3d-box-bowl.png", "mini3d-truth-cup.png", "mini3d-truth.png", "results-box-bowl.json",
-                     "results-truth-cup.json", "results-truth.json", "table-box-bowl.md", "table-truth-cup.md",
-                     "table-truth.md"], names
+    assert names == ["mini3d-box-bowl.png", "mini3d-sdf-box.png", "mini3d-truth-cup.png", "mini3d-truth.png",
+                     "results-box-bowl.json", "results-sdf-box.json", "results-truth-cup.json", "results-truth.json",
+                     "table-box-bowl.md", "table-sdf-box.md", "table-truth-cup.md", "table-truth.md"], names
+    assert seen[-1] == ("known-box-sdf", "sdf") and ("known-box", None) in seen
+    assert json.loads((tmp_path / "results-sdf-box.json").read_text())["geometry"] == "sdf"
     full = json.loads((tmp_path / "results-truth.json").read_text())
     assert full["guidance"] == "truth" and [r["case"] for r in full["known"]] == [c[0] for c in m.KNOWN]
     assert "seconds (stage 2)" in (tmp_path / "table-truth.md").read_text()

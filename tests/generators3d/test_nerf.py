@@ -91,10 +91,11 @@ def sphere_views(o, d):
     return torch.where(hit[:, None], sphere_color(n), torch.ones_like(o)), hit.float()[:, None]
 
 
-def test_fit_to_views_of_a_coloured_sphere_exports_matching_mesh(one_thread):
-    """Multi-view photometric fit (blob initialised elsewhere: radius 0.5 at the origin), then export.
-    Bounds: symmetric Chamfer distance < 0.04 (about one voxel of the 40^3 grid = 0.05; sphere radius 0.38)
-    and mean colour error < 0.05."""
+@pytest.mark.parametrize("geometry", ["density", "sdf"])
+def test_fit_to_views_of_a_coloured_sphere_exports_matching_mesh(one_thread, geometry):
+    """Multi-view photometric fit (blob initialised elsewhere: radius 0.5 at the origin), then export; the sdf
+    geometry (its initial sphere as far off) with its eikonal term. Bounds: symmetric Chamfer distance < 0.04 (about
+    one voxel of the 40^3 grid = 0.05; sphere radius 0.38) and mean colour error < 0.05."""
     from scipy.spatial import cKDTree
 
     from generators3d.mesh import extract_mesh
@@ -102,7 +103,7 @@ def test_fit_to_views_of_a_coloured_sphere_exports_matching_mesh(one_thread):
 
     torch.manual_seed(0)
     cfg = NeRFConfig(n_levels=6, log2_hashmap_size=13, base_resolution=8, per_level_scale=1.6, hidden=32,
-                     n_hidden_layers=1, samples_per_ray=32)
+                     n_hidden_layers=1, samples_per_ray=32, geometry=geometry)
     field, bg = NeRFField(cfg), Background()
     el = torch.tensor([-30.0, 0.0, 30.0, 60.0] * 5)
     az = torch.arange(20) * 18.0
@@ -115,6 +116,8 @@ def test_fit_to_views_of_a_coloured_sphere_exports_matching_mesh(one_thread):
         idx = torch.randint(0, len(o), (512,), generator=g)
         out = render_rays(field, bg, o[idx], d[idx], cfg.samples_per_ray, perturb=True, generator=g)
         loss = ((out["rgb"] - colour[idx]) ** 2).mean() + 0.1 * ((out["opacity"] - silhouette[idx]) ** 2).mean()
+        if geometry == "sdf":
+            loss = loss + 0.01 * field.eikonal((torch.rand(512, 3, generator=g) * 2 - 1) * 0.9)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -234,3 +237,76 @@ def test_the_shading_flag_reaches_stage_2_only():
     on = config_from_args(p.parse_args(["--preset", "mini", "--prompt", "a vase", "--shading"]))
     off = config_from_args(p.parse_args(["--preset", "mini", "--prompt", "a vase"]))
     assert on.zero123.shading and not on.refine.shading and not off.zero123.shading
+
+
+def test_sdf_geometry_starts_as_the_exact_sphere_with_volsdf_density_and_zero_eikonal_loss():
+    """``geometry='sdf'``: a fresh field is the signed distance of the sphere |x| = blob_radius (its head starts at
+    zero), its density VolSDF's Laplace CDF of -d over beta (1 / (2 beta) on the surface, 1 / beta deep inside, ->
+    0 outside), and the eikonal term of an exact distance is ~0; a bent field's is not."""
+    torch.manual_seed(0)
+    cfg = NeRFConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, hidden=16, n_hidden_layers=1,
+                     geometry="sdf", sdf_beta=0.05, blob_radius=0.4)
+    field = NeRFField(cfg)
+    x = torch.randn(500, 3) * 0.5
+    assert torch.allclose(field.sdf(x), x.norm(dim=-1) - 0.4, atol=1e-6)
+    on = torch.nn.functional.normalize(torch.randn(50, 3), dim=-1) * 0.4
+    assert torch.allclose(field.density(on), torch.full((50,), 10.0), rtol=1e-4)  # 1 / (2 * 0.05)
+    assert torch.allclose(field.density(torch.zeros(1, 3)), torch.tensor([20.0 - 10.0 * float(np.exp(-8.0))]), rtol=1e-4)
+    assert float(field.density(torch.tensor([[0.9, 0.0, 0.0]]))) < 1e-3
+    pts = (torch.rand(2000, 3) * 2 - 1) * 0.9
+    pts = pts[pts.norm(dim=-1) > 0.02]  # |x| has a kink at the origin, which central differences see
+    assert float(field.eikonal(pts)) < 1e-4
+    with torch.no_grad():
+        field.density_head.weight.normal_(0, 1.0)
+        for p in field.encoding.parameters():
+            p.normal_(0, 0.5)
+    assert float(field.eikonal(pts)) > 0.01
+    with pytest.raises(ValueError, match="geometry"):
+        NeRFField(NeRFConfig(geometry="mesh"))
+
+
+def test_eikonal_weight_needs_the_sdf_geometry_and_the_sdf_field_round_trips_through_a_checkpoint(tmp_path):
+    from generators3d.config import CameraConfig, StageConfig
+    from generators3d.nerf import Background
+    from generators3d.stage import load_checkpoint, save_checkpoint, train_stage
+
+    small = dict(n_levels=4, log2_hashmap_size=12, base_resolution=8, hidden=16, n_hidden_layers=1, samples_per_ray=8)
+    stage = StageConfig(steps=1, milestones=(0,), resolutions=(8,), batch_sizes=(1,), lambda_eikonal=0.1)
+    with pytest.raises(ValueError, match="geometry 'sdf'"):
+        train_stage(NeRFField(NeRFConfig(**small)), Background(), stage, CameraConfig(), None, [],
+                    generator=torch.Generator().manual_seed(0))
+    field = NeRFField(NeRFConfig(**small, geometry="sdf", sdf_beta=0.02))
+    with torch.no_grad():
+        field.log_beta.fill_(np.log(0.07))
+        field.density_head.bias.fill_(0.1)
+    loaded, _ = load_checkpoint(save_checkpoint(field, tmp_path / "sdf.safetensors", "zero123"))
+    assert loaded.cfg.geometry == "sdf" and abs(float(loaded.beta) - 0.07) < 1e-6
+    x = torch.randn(100, 3) * 0.5
+    assert torch.allclose(loaded.density(x), field.density(x))
+
+
+def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_one_sentence():
+    from dataclasses import replace
+
+    from generators3d import ThreeDConfig
+    from generators3d.config import SDF_EIKONAL
+
+    mini = ThreeDConfig(preset="mini", image="x.png").resolved()  # the mini preset's own: sdf
+    assert mini.nerf.geometry == "sdf" and mini.zero123.lambda_eikonal == mini.refine.lambda_eikonal == SDF_EIKONAL
+    cfg = ThreeDConfig(preset="tiny", image="x.png", geometry="sdf").resolved()
+    assert cfg.nerf.geometry == "sdf" and cfg.zero123.lambda_eikonal == cfg.refine.lambda_eikonal == SDF_EIKONAL
+    assert cfg.resolved() == cfg  # resolving again (a --config replay) changes nothing
+    mine = replace(cfg, zero123=replace(cfg.zero123, lambda_eikonal=0.25)).resolved()
+    assert mine.zero123.lambda_eikonal == 0.25  # a stage's own weight is kept
+    plain = ThreeDConfig(preset="mini", image="x.png", geometry="density").resolved()
+    assert plain.nerf.geometry == "density" and plain.zero123.lambda_eikonal == plain.refine.lambda_eikonal == 0
+    full = ThreeDConfig(preset="full", prompt="x").resolved()
+    assert full.nerf.geometry == "density" and full.zero123.lambda_eikonal == 0
+    with pytest.raises(ValueError, match="the geometry is 'mesh': use one of density, sdf"):
+        ThreeDConfig(preset="mini", image="x.png", geometry="mesh").resolved()
+    with pytest.raises(ValueError, match="needs --geometry sdf"):
+        replace(full, zero123=replace(full.zero123, lambda_eikonal=1.0)).resolved()
+    with pytest.raises(ValueError, match="lambda_eikonal is -1"):
+        replace(cfg, refine=replace(cfg.refine, lambda_eikonal=-1.0)).resolved()
+    with pytest.raises(ValueError, match="sdf_beta is 0"):
+        replace(cfg, nerf=replace(cfg.nerf, sdf_beta=0)).resolved()
