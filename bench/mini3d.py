@@ -163,7 +163,7 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
         if made.get("steps") != stage.steps or meta["nerf_config"].geometry != cfg.nerf.geometry:
             raise ValueError(f"{checkpoint} was trained for {made.get('steps')} steps with the "
                              f"{meta['nerf_config'].geometry} geometry and this run asks for {stage.steps} with the "
-                             f"{cfg.nerf.geometry}: give another --output")
+                             f"{cfg.nerf.geometry} geometry: give another --output")
     else:
         if (out / "run").exists():
             raise ValueError(f"{out / 'run'} holds the export of an earlier checkpoint: delete {out} or give another "
@@ -195,8 +195,8 @@ def _finished(run: Path, cfg=None) -> bool:
         made = json.loads((run / "config.json").read_text()).get("nerf", {}).get("geometry", "density")
         want = cfg.resolved().nerf.geometry
         if made != want:
-            raise ValueError(f"{run} was made with the {made} geometry and this run asks for {want}: give another "
-                             f"--output (or --geometry {made})")
+            raise ValueError(f"{run} was made with the {made} geometry and this run asks for the {want} geometry: give "
+                             f"another --output")
     return True
 
 

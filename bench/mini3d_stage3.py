@@ -548,8 +548,12 @@ def main(argv=None) -> int:
     cases = []
     for prompt in args.prompts:
         for seed in args.seeds:
-            cases.append(run_case(prompt, seed, out, pipe, judge, variants, zero123_model, not args.no_targets,
-                                  args.from_world, args.image_domain_weight))
+            try:  # e.g. a run of an earlier default in --output, which --resume refuses: one sentence
+                cases.append(run_case(prompt, seed, out, pipe, judge, variants, zero123_model, not args.no_targets,
+                                      args.from_world, args.image_domain_weight))
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             log.info("%s seed %d: %s", prompt, seed,
                      json.dumps({k: v for k, v in cases[-1].items() if k != "pictures"}))
     summary = summarise(cases)

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    from bench.mini3d import KNOWN
+    from bench.mini3d import KNOWN, case_files
     from suite.cli import quiet_libraries
     from suite.miniworld import assets
 
@@ -146,7 +146,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     judge = assets.load_judge()
     folder = Path(args.output)
-    results = [measure(c, folder / f"known-{c[0]}", judge) for c in KNOWN]
+    try:  # e.g. a run of another geometry in --output: one sentence
+        results = [measure(c, case_files(folder, c[0])[0], judge) for c in KNOWN]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _picture(results, folder / "texture.png")
     (folder / "texture.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "_renders"} for r in results],
                                                     indent=1))

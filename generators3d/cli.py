@@ -69,8 +69,8 @@ def add_arguments(p) -> None:
     g.add_argument("--shading", action="store_true",
                    help="stage 2 renders its views and the whole reference view lit as the mini world lights its "
                         "objects (a key light fixed to the camera; normals from the rendered depth), so that the shape "
-                        "has to explain the shading; experimental, off by default (mini world: boxes' Chamfer "
-                        "12-15%% lower, the bowl still filled; docs/3d.md)")
+                        "has to explain the shading; experimental, off by default (mini world, density field: boxes' "
+                        "Chamfer 12-15%% lower, the bowl still filled; docs/3d.md)")
     g.add_argument("--geometry", choices=GEOMETRIES, default=None,
                    help="what the NeRF learns: density (a density field, as threestudio's implicit-volume) or sdf (a "
                         "signed distance turned into density by VolSDF's rule, with an eikonal term: a surface of its "

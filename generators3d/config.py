@@ -31,7 +31,8 @@ class NeRFConfig:
 
     World frame: Z up (threestudio's), object at the origin inside the sphere of ``radius``. Density is
     ``softplus(raw + blob_density * (1 - |x| / blob_radius))`` (Magic3D's blob initialisation, so a fresh
-    field already renders a ball); colour is ``sigmoid`` of the colour head (view-independent albedo).
+    field already renders a ball), or with ``geometry="sdf"`` VolSDF's density of a signed distance (below); colour
+    is ``sigmoid`` of the colour head (view-independent albedo).
     """
 
     n_levels: int = 16
@@ -55,8 +56,9 @@ class NeRFConfig:
     # Geometry: "density" (the above) or "sdf": a signed distance ``d = raw + |x| - blob_radius`` (a sphere at
     # first) turned into density by VolSDF's rule ``sigma = Laplace_cdf(-d; beta) / beta`` (Yariv et al. 2021),
     # with ``beta`` learned from ``sdf_beta``. The surface is the level d = 0 (density 1 / (2 beta)); stages add
-    # the eikonal term ``lambda_eikonal`` (|grad d| = 1, by central differences as Neuralangelo does for hash
-    # grids). A solid's inside cannot hold a half-transparent film: d crosses 0 or it does not.
+    # the eikonal term ``lambda_eikonal`` (|grad d| = 1, by central differences of a fixed step 0.005, where
+    # Neuralangelo ties the step to the finest grid cell and anneals it). Density is a function of the distance to
+    # one surface: no half-transparent film or soft shell. beta is kept above 1e-3 (no gradient below).
     geometry: str = "density"
     sdf_beta: float = 0.03
 
@@ -322,13 +324,18 @@ class ThreeDConfig:
                 raise ValueError(f"the elevation is {self.elevation} degrees: give the input camera's height angle "
                                  f"between -80 and 80 (0 = level with the object)")
             camera = replace(camera, ref_elevation=float(self.elevation))
-        if self.geometry is not None:
+        if self.geometry is not None:  # --geometry: the field's, and its eikonal term in both stages
             if self.geometry not in GEOMETRIES:
                 raise ValueError(f"the geometry is {self.geometry!r}: use one of {', '.join(GEOMETRIES)}")
+            if self.nerf is not None and self.nerf.geometry != self.geometry:
+                raise ValueError(f"the geometry is {self.geometry!r} but nerf.geometry is {self.nerf.geometry!r}: "
+                                 f"give one of them")
             nerf = replace(nerf, geometry=self.geometry)
-            if self.geometry == "sdf":  # the eikonal term, unless a stage has its own weight
+            # sdf: SDF_EIKONAL where a stage has no weight of its own (for an SDF without the term, set nerf.geometry
+            # instead); density: the term off (the mini preset's stages have it), since a density field has no distance
+            if self.geometry == "sdf":
                 zero123, refine = (replace(st, lambda_eikonal=st.lambda_eikonal or SDF_EIKONAL) for st in (zero123, refine))
-            else:  # a density field has no distance to regularise (the mini preset's stages have the term)
+            else:
                 zero123, refine = (replace(st, lambda_eikonal=0.0) for st in (zero123, refine))
         if nerf.geometry not in GEOMETRIES:
             raise ValueError(f"nerf.geometry is {nerf.geometry!r}: use one of {', '.join(GEOMETRIES)}")
@@ -336,6 +343,10 @@ class ThreeDConfig:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
             raise ValueError(f"nerf.sdf_beta is {beta!r}: give the SDF's initial sharpness as a positive distance "
                              f"(default 0.03)")
+        if nerf.geometry == "sdf" and nerf.occupancy_grid and 1.0 / beta <= nerf.occupancy_threshold:
+            raise ValueError(f"nerf.sdf_beta is {beta!r}: the SDF's densest point (1 / beta) would be below the occupancy "
+                             f"grid's threshold {nerf.occupancy_threshold} and nothing would be rendered; give a smaller "
+                             f"sdf_beta (default 0.03)")
         if self.zero123_steps is not None:
             zero123 = replace(zero123, steps=int(self.zero123_steps))
         if self.refine_steps is not None:
@@ -366,7 +377,8 @@ class ThreeDConfig:
                                  f"more")
             if eik and nerf.geometry != "sdf":
                 raise ValueError(f"{name}.lambda_eikonal is {eik!r} but the geometry is {nerf.geometry!r}: the eikonal "
-                                 f"term needs --geometry sdf (or set it to 0)")
+                                 f"term needs the sdf geometry; give geometry 'sdf', or 'density' (which turns the term "
+                                 f"off), or set {name}.lambda_eikonal to 0")
             smooth_w = stage.lambda_depth_smooth
             if isinstance(smooth_w, bool) or not isinstance(smooth_w, (int, float)) or not 0 <= smooth_w < math.inf:
                 raise ValueError(f"{name}.lambda_depth_smooth is {smooth_w!r}: give the depth-smoothness weight as a "

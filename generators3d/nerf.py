@@ -125,7 +125,9 @@ def choose_backend(cfg: NeRFConfig, device) -> str:
 class NeRFField(nn.Module):
     """Density and albedo at world points: ``sigma, rgb = field(x)``.
 
-    ``sigma = softplus(raw + blob_density * (1 - |x| / blob_radius))`` (Magic3D blob), ``rgb = sigmoid(.)``.
+    ``sigma = softplus(raw + blob_density * (1 - |x| / blob_radius))`` (Magic3D blob), ``rgb = sigmoid(.)``; with
+    ``cfg.geometry == "sdf"`` the head is a signed distance ``d = raw + |x| - blob_radius`` and ``sigma`` VolSDF's
+    ``Laplace_cdf(-d; beta) / beta`` (:meth:`sdf`, :meth:`eikonal`).
     """
 
     def __init__(self, cfg: NeRFConfig | None = None, backend: str = "torch"):
@@ -182,8 +184,9 @@ class NeRFField(nn.Module):
         return nn.functional.softplus(self.density_head(h)[:, 0] + self.density_bias(flat))
 
     def eikonal(self, x: torch.Tensor, eps: float = 5e-3) -> torch.Tensor:
-        """Mean ``(|grad d| - 1)^2`` at points ``[N, 3]``, the gradient by central differences of step ``eps``
-        (Neuralangelo's numerical gradients: they reach neighbouring hash-grid cells)."""
+        """Mean ``(|grad d| - 1)^2`` at points ``[N, 3]``, the gradient by central differences of a fixed step ``eps``
+        (numerical gradients as Neuralangelo's, which reach neighbouring hash-grid cells; it ties the step to the
+        finest cell and anneals it, which is not done here: 0.005 is a third of the mini grid's finest cell)."""
         offsets = torch.eye(3, device=x.device) * eps
         pts = torch.cat([x[:, None] + offsets, x[:, None] - offsets], 1)  # [N, 6, 3]
         d = self.sdf(pts)

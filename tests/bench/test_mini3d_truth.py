@@ -87,3 +87,23 @@ def test_a_subset_or_the_truth_guidance_writes_its_own_files(tmp_path, monkeypat
     assert full["guidance"] == "truth" and [r["case"] for r in full["known"]] == [c[0] for c in m.KNOWN]
     assert "seconds (stage 2)" in (tmp_path / "table-truth.md").read_text()
     assert "seconds (stage 2)" not in (tmp_path / "table-box-bowl.md").read_text()
+
+
+def test_a_finished_run_of_another_geometry_is_refused_not_measured(tmp_path):
+    """The benchmark reuses finished runs; one made under an earlier default (another geometry) must not be measured
+    as if it were this one."""
+    import json
+
+    import pytest
+
+    from bench.mini3d import _finished
+    from generators3d import ThreeDConfig
+
+    run = tmp_path / "run"
+    assert not _finished(run, ThreeDConfig(preset="mini", image="x.png"))
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"nerf": {}}))  # written before the geometry existed: density
+    assert _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density"))
+    with pytest.raises(ValueError, match="made with the density geometry and this run asks for the sdf geometry"):
+        _finished(run, ThreeDConfig(preset="mini", image="x.png"))

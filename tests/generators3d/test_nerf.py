@@ -1,6 +1,8 @@
 """NeRF field, renderer and mesh extraction: closed forms for the hash grid and the volume rendering
 weights, and a fit to test-rendered views of a known coloured sphere whose exported mesh must match it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -304,8 +306,19 @@ def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_o
     assert full.nerf.geometry == "density" and full.zero123.lambda_eikonal == 0
     with pytest.raises(ValueError, match="the geometry is 'mesh': use one of density, sdf"):
         ThreeDConfig(preset="mini", image="x.png", geometry="mesh").resolved()
-    with pytest.raises(ValueError, match="needs --geometry sdf"):
+    with pytest.raises(ValueError, match="needs the sdf geometry"):
         replace(full, zero123=replace(full.zero123, lambda_eikonal=1.0)).resolved()
+    with pytest.raises(ValueError, match="nerf.geometry is 'density': give one of them"):
+        ThreeDConfig(preset="mini", image="x.png", geometry="sdf", nerf=full.nerf).resolved()
+    with pytest.raises(ValueError, match="nothing would be rendered"):
+        replace(mini, nerf=replace(mini.nerf, sdf_beta=20.0)).resolved()
+    # a config.json of an earlier version (no geometry, no eikonal weight) replays as the density field it was
+    old = json.loads(json.dumps(plain.to_dict()))
+    old.pop("geometry")
+    old["nerf"].pop("geometry"), old["nerf"].pop("sdf_beta")
+    old["zero123"].pop("lambda_eikonal"), old["refine"].pop("lambda_eikonal")
+    replay = ThreeDConfig.from_dict(old).resolved()
+    assert replay.nerf.geometry == "density" and replay.zero123.lambda_eikonal == 0 == replay.refine.lambda_eikonal
     with pytest.raises(ValueError, match="lambda_eikonal is -1"):
         replace(cfg, refine=replace(cfg.refine, lambda_eikonal=-1.0)).resolved()
     with pytest.raises(ValueError, match="sdf_beta is 0"):
