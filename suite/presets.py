@@ -18,6 +18,7 @@ from .domains import CANNY_CONTROLNET_HUB_ID, PRESETS, SD15_HUB_ID, Domain, get_
 log = logging.getLogger("suite")
 
 ZERO123_HUB_ID = "ashawkey/zero123-xl-diffusers"
+DEPTH_HUB_ID = "depth-anything/Depth-Anything-V2-Small-hf"  # the 3D flow's --depth auto on real images
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -49,6 +50,19 @@ def _tiny_zero123() -> str:
     return str(tiny_zero123_dir())
 
 
+def _mini_depth() -> str:
+    from .miniworld.assets import check, default_dir
+
+    check()
+    return str(default_dir() / "depth")
+
+
+def _tiny_depth() -> str:
+    from .testing import tiny_depth_dir
+
+    return str(tiny_depth_dir())
+
+
 def _mini_domain(dom: Domain) -> Domain:
     from .miniworld import assets
 
@@ -59,7 +73,7 @@ def _mini_domain(dom: Domain) -> Domain:
 class Preset:
     """One preset (``--preset NAME``): where its models come from and what runs on it.
 
-    ``sd``, ``domain_model(name)``, ``controlnet``, ``zero123``: model references (a folder or hub id) when no flag
+    ``sd``, ``domain_model(name)``, ``controlnet``, ``zero123``, ``depth`` (the 3D flow's depth estimator): model references (a folder or hub id) when no flag
     names one. ``domain_defaults(domain)``: the domain as this preset ships it, with its recommended guidance
     weights (the mini world's porcelain: ``w_d = 1, w_c = 7``), which :class:`suite.pipeline.InDomainPipeline`
     applies when a caller gives no weights. ``domains``: the domains it has models for (``None``: every domain
@@ -74,6 +88,7 @@ class Preset:
     domain_model: Callable[[str], str]
     controlnet: Callable[[], str | None]
     zero123: Callable[[], str]
+    depth: Callable[[], str] = lambda: os.environ.get("INDOMAIN_DEPTH_MODEL") or DEPTH_HUB_ID
     default_domain: str = "face"
     domains: tuple[str, ...] | None = None
     domain_defaults: Callable[[Domain], Domain] = lambda dom: dom
@@ -91,12 +106,13 @@ PRESET_TABLE: dict[str, Preset] = {p.name: p for p in (
            zero123=lambda: os.environ.get("INDOMAIN_ZERO123_MODEL") or ZERO123_HUB_ID),
     Preset("mini", "the mini world: small models trained on a synthetic 3D world and shipped with the suite",
            sd=lambda: _mini_root()["sd"], domain_model=lambda name: _mini_root(name)["domain"],
-           controlnet=lambda: None, zero123=_mini_zero123, default_domain="porcelain", domains=("porcelain", "face"),
+           controlnet=lambda: None, zero123=_mini_zero123, depth=_mini_depth, default_domain="porcelain", domains=("porcelain", "face"),
            domain_defaults=_mini_domain, small_vocabulary=True, trains_on_cpu=True, offline=True),
     Preset("tiny", "tiny random models built offline (the plumbing, not quality)",
            sd=lambda: str(_tiny_root() / "sd"),
            domain_model=lambda name: str(_tiny_root() / f"domain-{name if name in PRESETS else 'face'}"),
-           controlnet=lambda: str(_tiny_root() / "controlnet"), zero123=_tiny_zero123, trains_on_cpu=True,
+           controlnet=lambda: str(_tiny_root() / "controlnet"), zero123=_tiny_zero123, depth=_tiny_depth,
+           trains_on_cpu=True,
            random_weights=True, offline=True),
 )}
 PRESET_NAMES = tuple(PRESET_TABLE)
@@ -179,6 +195,12 @@ def zero123_ref(preset: str = "full") -> str:
     """The preset's Zero-1-to-3: the tiny random one, the mini world's trained one (checked against its manifest),
     else ``$INDOMAIN_ZERO123_MODEL`` or the real one."""
     return get_preset(preset).zero123()
+
+
+def depth_ref(preset: str = "full") -> str:
+    """The preset's depth estimator (the 3D flow's ``--depth auto``): the tiny random one, the mini world's trained
+    one, else ``$INDOMAIN_DEPTH_MODEL`` or Depth Anything V2 Small."""
+    return get_preset(preset).depth()
 
 
 def sd_ref(preset: str = "full") -> str:

@@ -281,3 +281,29 @@ def tiny_zero123_dir() -> Path:
             if not (folder / "model_index.json").is_file():  # not written by a concurrent process either
                 raise
     return folder
+
+
+def tiny_depth_dir() -> Path:
+    """A tiny random transformers depth estimator (GLPN) beside the other tiny models (written once, to a temporary
+    folder renamed into place): the plumbing of the 3D flow's ``--depth auto``, not depth."""
+    import shutil
+
+    from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
+
+    folder = tiny_model_dir() / "depth"
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = Path(tempfile.mkdtemp(prefix=".depth-", dir=folder.parent))
+    torch.manual_seed(0)
+    config = GLPNConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],
+                        strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2], decoder_hidden_size=8,
+                        max_depth=10, head_in_index=-1)
+    GLPNForDepthEstimation(config).save_pretrained(tmp)
+    GLPNImageProcessor(size_divisor=32).save_pretrained(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:  # written by a concurrent process meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "config.json").is_file():
+            raise
+    return folder

@@ -20,8 +20,11 @@ step takes an hour without resuming on its own: the Zero-1-to-3's, about 85 minu
    fresh pairs a third of them boxes; each phase's folder is named by the recipe up to it, :func:`zero123_recipe`,
    so a recipe that adds a phase continues from the phases it shares, and a cached model of another recipe is set
    aside, never deleted).
-7. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`, ``measure_faces``,
-   ``measure_zero123``) and write ``MANIFEST.json``.
+7. Render single views with their exact depth and train the depth estimator of the 3D flow's ``--depth auto``
+   (:mod:`training.mini_depth`: transformers' GLPN at the mini world's size; ``python -m training.mini_depth`` adds
+   it to an already built mini world).
+8. Measure the shipped quality (:func:`suite.miniworld.assets.measure_quality`, ``measure_faces``,
+   ``measure_zero123``, ``measure_depth``) and write ``MANIFEST.json``.
 
 The output folder is replaced atomically at the end: an interrupted build leaves the shipped models untouched.
 """
@@ -52,7 +55,7 @@ from suite.miniworld.render import render_view
 from suite.threads import apply_threads
 from suite.zero123 import load_zero123, save_zero123
 
-from . import mini_zero123
+from . import mini_depth, mini_zero123
 from .config import TrainConfig
 from .mini_models import (
     IMAGE_SIZE,
@@ -166,9 +169,10 @@ def train_domain_model(sd_folder: Path, data: Path, output: Path, steps: int, se
 SIZES = {
     "full": dict(open=12000, open_face=4000, domain=2000, face_domain=2000, judge=8000, judge_face=6000,
                  vae=1000, base=2400, judge_steps=1500, domain_steps=800, zero123_objects=3500,
-                 zero123_box_objects=2400),
+                 zero123_box_objects=2400, depth_objects=3000, depth_steps=3000),
     "quick": dict(open=600, open_face=200, domain=200, face_domain=200, judge=600, judge_face=400,
-                  vae=40, base=60, judge_steps=60, domain_steps=20, zero123_objects=60, zero123_box_objects=40),
+                  vae=40, base=60, judge_steps=60, domain_steps=20, zero123_objects=60, zero123_box_objects=40,
+                  depth_objects=40, depth_steps=10),
 }
 BUILD_VERSION = 2  # the data and steps above; a cache made by another version is refused
 
@@ -294,6 +298,9 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
 
     cached = build_zero123(stage, work, size, seed, vae)
     step("zero123", cached)
+    # 7. the depth estimator of the 3D flow's --depth auto (its renders cached with the other data)
+    cached = mini_depth.build_depth(stage, work, n["depth_objects"], n["depth_steps"], seed)
+    step("depth", cached)
 
     with atomic_dir(output) as tmp:
         save_sd_folder(tmp / "sd", unet, vae, text, tokenizer)
@@ -316,13 +323,14 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
             meta["base_model"] = "../sd"  # the shipped base beside it (not the build's temporary folder)
             (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
             step(f"domain-{name}", cached)
+        shutil.copytree(stage / "depth", tmp / "depth")
         shutil.copytree(stage / "zero123", tmp / "zero123", ignore=shutil.ignore_patterns("phases.json"))
         for sub in (tmp / "zero123").iterdir():
             if sub.is_dir():
                 assets.to_float16(sub)
-        # 7. measure and record
+        # 8. measure and record
         quality = dict(assets.measure_quality(tmp), **assets.measure_faces(tmp), vae_psnr=round(vae_psnr, 2),
-                       vae_face_psnr=round(vae_face_psnr, 2), **assets.measure_zero123(tmp))
+                       vae_face_psnr=round(vae_face_psnr, 2), **assets.measure_zero123(tmp), **assets.measure_depth(tmp))
         step("measure")
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))

@@ -1,0 +1,122 @@
+"""Monocular depth of an image, for the 3D flow's reference-depth loss (Magic123; threestudio's ``lambda_depth_rel``).
+
+Any transformers depth estimator loads (``AutoModelForDepthEstimation`` from a folder or a hub id, safetensors
+weights): Depth Anything and DPT/MiDaS, which predict relative inverse depth (larger = nearer), and GLPN, ZoeDepth
+and Depth Pro, which predict depth (larger = farther). :data:`DEPTH_SENSE` says which is which; the result is
+always *nearness*, larger = nearer, in [0, 1] over the object: the convention of the depth images these models'
+own tools save (bright = near), which is also what ``--depth FILE`` reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models import ModelLoadError, load_errors, resolve
+
+DEPTH_SENSE = {"depth_anything": "nearness", "dpt": "nearness", "glpn": "depth", "zoedepth": "depth",
+               "depth_pro": "depth"}
+"""What each model type predicts: relative inverse depth (``nearness``: larger = nearer) or ``depth``."""
+
+
+def pearson(pred: torch.Tensor, want: torch.Tensor, keep: torch.Tensor, min_pixels: int = 8) -> torch.Tensor:
+    """Pearson correlation of ``pred`` and ``want`` over the pixels where ``keep``, per item of the first dimension
+    (``[B, ...]`` each): 1 = equal up to a positive affine map, -1 = reversed. An item with fewer than ``min_pixels``
+    kept pixels gets 0. Differentiable in ``pred``."""
+    on = keep.flatten(1).bool()
+    m = on.float()
+    count = m.sum(1, keepdim=True)
+    p, w = (torch.where(on, x.flatten(1), torch.zeros_like(m)) for x in (pred, want))  # anything (inf too) off them
+    p = (p - p.sum(1, keepdim=True) / count.clamp_min(1)) * m
+    w = (w - w.sum(1, keepdim=True) / count.clamp_min(1)) * m
+    corr = (p * w).sum(1) / (p.square().sum(1) * w.square().sum(1)).sqrt().clamp_min(1e-8)
+    return torch.where(count[:, 0] >= min_pixels, corr, torch.zeros_like(corr))
+
+
+@dataclass
+class DepthEstimator:
+    model: torch.nn.Module
+    processor: object
+    sense: str  # "nearness" or "depth" (DEPTH_SENSE)
+    ref: str
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """The image's relative depth as nearness ``[H, W]`` float32 (larger = nearer; any scale and offset), at the
+        image's own size."""
+        dev = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
+        pred = self.model(pixel_values=inputs["pixel_values"].to(dev, dtype)).predicted_depth.float()
+        pred = torch.nn.functional.interpolate(pred[:, None], (image.height, image.width), mode="bicubic",
+                                               align_corners=False)[0, 0]
+        if not bool(torch.isfinite(pred).all()):
+            raise ValueError(f"the depth model {self.ref!r} returned non-finite depth for this image: use another "
+                             f"--depth-model, or pass the image's depth with --depth FILE")
+        return (pred if self.sense == "nearness" else -pred).cpu().numpy().astype(np.float32)
+
+
+def load_depth_estimator(ref: str | os.PathLike, device="cpu", dtype=torch.float32,
+                         flag: str = "--depth-model") -> DepthEstimator:
+    """A transformers depth estimator from a folder or a hub id (one clear sentence on failure)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
+
+    ref, local = resolve(ref, "depth model", flag, required=("config.json",))
+    kw = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
+    try:
+        config = AutoConfig.from_pretrained(ref, **kw)
+        sense = DEPTH_SENSE.get(config.model_type)
+        if sense is None:
+            raise ModelLoadError(f"depth model {ref!r} is a {config.model_type!r} model, not one of the depth estimators "
+                                 f"the suite knows ({', '.join(sorted(DEPTH_SENSE))}): pass {flag} with one of those")
+        model = AutoModelForDepthEstimation.from_pretrained(ref, use_safetensors=True, **kw)
+        processor = AutoImageProcessor.from_pretrained(ref, **kw)
+    except ModelLoadError:
+        raise
+    except load_errors() as err:
+        how = (f"the folder is incomplete, corrupt or has no safetensors weights; pass {flag} with a transformers "
+               f"depth-estimation folder" if local else
+               f"it could not be loaded (offline, or no such model); pass {flag} with a local folder")
+        raise ModelLoadError(f"depth model {ref!r}: {how} ({type(err).__name__}: {str(err)[:200]})") from err
+    return DepthEstimator(model.to(device, dtype).eval(), processor, sense, str(ref))
+
+
+def nearness_image(near: np.ndarray, mask: np.ndarray) -> Image.Image:
+    """A 16-bit image of ``near`` (larger = nearer) normalised to [0, 1] over ``mask`` (bright = near), 0 off it."""
+    m = mask > 0.5
+    out = np.zeros(near.shape, dtype=np.float64)
+    if m.any():
+        lo, hi = float(near[m].min()), float(near[m].max())
+        out[m] = (near[m] - lo) / max(hi - lo, 1e-12)
+    return Image.fromarray((out * 65535).round().astype(np.uint16))
+
+
+def read_nearness(path: str | os.PathLike, size: tuple[int, int] | None = None, what: str = "--depth") -> np.ndarray:
+    """A depth image (bright = near; 8 or 16 bit, grey or RGB) as float32 ``[H, W]`` in [0, 1], optionally checked
+    against the image ``size`` ``(width, height)`` it belongs to."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_file():
+        raise ValueError(f"{what} {str(path)!r} is not a file: pass the input image's depth image (bright = near)")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, dtype=np.float64)
+                a = a / (65535.0 if a.max() <= 65535 else a.max())
+            elif im.mode == "F":
+                a = np.asarray(im, dtype=np.float64)
+                a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+            else:
+                a = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+            got = im.size
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not a readable image ({err}): pass a PNG depth image") from err
+    if size is not None and tuple(got) != tuple(size):
+        raise ValueError(f"{what} {str(path)!r} is {got[0]}x{got[1]} but the input image is {size[0]}x{size[1]}: "
+                         f"pass the depth image made from this image, at its size")
+    return a.astype(np.float32)
