@@ -44,13 +44,19 @@ HELD_OUT = DEFAULT_VIEWS  # the held-out views of every measured mesh
 GUIDANCE = ("zero123", "truth")  # stage 2's guidance of the known objects: the user's path, or TruthViews
 
 
-def _suffix(geometry: str | None) -> str:
-    """Folder and file suffix of a run with ``--geometry`` given (none for the preset's own)."""
-    return f"-{geometry}" if geometry else ""
+def _suffix(variant: str | None) -> str:
+    """Folder and file suffix of a run with ``--geometry`` or ``--depth`` given (:func:`variant`; none for the
+    preset's own)."""
+    return f"-{variant}" if variant else ""
+
+
+def variant(geometry: str | None = None, depth: str | None = None) -> str | None:
+    """The label of the settings given beside the preset's: ``sdf``, ``depth-off``, ``density-depth-auto``."""
+    return "-".join(p for p in (geometry, depth and f"depth-{depth}") if p) or None
 
 
 def case_files(folder: Path, shape: str, guidance: str = "zero123", geometry: str | None = None
-               ) -> tuple[Path, Path, Path]:
+               ) -> tuple[Path, Path, Path]:  # geometry: the run's variant (see variant())
     """Where a known object's run lives in the benchmark's ``folder``: ``(its folder, its stage-2 checkpoint, the
     folder holding its reference.png)`` for ``guidance`` (the user's path: one run; truth: a reference-only run,
     the truth-guided checkpoint, the export) and ``geometry`` (the NeRF's; given, its own folders: ``known-box-sdf``)."""
@@ -142,7 +148,7 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     as the benchmark's other runs; its ``seconds`` are stage 2's alone (the user's path: the whole run's)."""
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.nerf import Background, make_field
-    from generators3d.run import _load_reference, stage_generator
+    from generators3d.run import _load_reference, _with_depth, stage_generator
     from generators3d.stage import SDSTerm, check_checkpoint, save_checkpoint, train_stage
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
@@ -156,7 +162,7 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     if cfg.camera.ref_azimuth != 0.0 or stage.sds_background is not None or stage.shading or not stage.lambda_sds:
         raise ValueError("TruthViews compares white-background, unshaded renders with the reference view at NeRF "
                          "azimuth 0 and an SDS weight: the mini preset's stage 2 has changed, update bench.mini3d")
-    _, checkpoint, prep = case_files(out.parent, shape, "truth", steps.get("geometry"))
+    _, checkpoint, prep = case_files(out.parent, shape, "truth", variant(steps.get("geometry"), steps.get("depth")))
     if checkpoint.is_file():  # resumed: only a checkpoint of the same length of stage 2 is reused
         meta = check_checkpoint(checkpoint)
         made = json.loads(meta["extra"])
@@ -172,6 +178,14 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
             run_text_to_3d(ThreeDConfig(**{**given, "zero123_steps": 0, "preview_frames": 1}, output=str(prep),
                                         refine_steps=0, formats=("ply",), texture=False))
         reference = _load_reference(prep / "reference.png", prep / "reference-mask.png", "cpu")
+        if stage.lambda_ref_depth:  # the reference's depth, as the user's path would add it (--depth)
+            estimator = None
+            if cfg.depth == "auto":
+                from suite.depth import load_depth_estimator
+                from suite.presets import depth_ref
+
+                estimator = load_depth_estimator(cfg.depth_model or depth_ref("mini"))
+            reference = _with_depth(reference, cfg, estimator, prep)
         field = make_field(cfg.nerf, "cpu", seed=cfg.seed)
         term = SDSTerm("truth", stage.lambda_rgb / stage.lambda_sds, TruthViews(obj, reference_framing(obj, el, az)))
         t0 = time.time()
@@ -192,11 +206,17 @@ def _finished(run: Path, cfg=None) -> bool:
     if not (run / "summary.json").is_file():
         return False
     if cfg is not None:
-        made = json.loads((run / "config.json").read_text()).get("nerf", {}).get("geometry", "density")
+        saved = json.loads((run / "config.json").read_text())
+        made = saved.get("nerf", {}).get("geometry", "density")
         want = cfg.resolved().nerf.geometry
         if made != want:
             raise ValueError(f"{run} was made with the {made} geometry and this run asks for the {want} geometry: give "
                              f"another --output")
+        made_depth = saved.get("depth", "off") if saved.get("zero123", {}).get("lambda_ref_depth") else "off"
+        want_depth = cfg.resolved().depth if cfg.resolved().zero123.lambda_ref_depth else "off"
+        if made_depth != want_depth:
+            raise ValueError(f"{run} was made with --depth {made_depth} and this run asks for --depth {want_depth}: "
+                             f"give another --output")
     return True
 
 
@@ -356,11 +376,12 @@ def markdown(result: dict) -> str:
 
 
 def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero123", shapes=None,
-        geometry: str | None = None) -> dict:
+        geometry: str | None = None, depth: str | None = None) -> dict:
     """``guidance``: ``zero123`` (the user's path) or ``truth`` (:func:`truth_guided`: known objects only, in
     ``truth-<shape>`` folders); ``shapes``: the known objects to run (None: all, or the cup with ``quick``);
     ``geometry``: the NeRF's (``launch.py 3d --geometry``; None: the preset's), given, in folders and files of its own
-    (``known-cup-sdf``, ``results-sdf.json``)."""
+    (``known-cup-sdf``, ``results-sdf.json``); ``depth``: ``launch.py 3d --depth`` (auto or off; None: the preset's),
+    given, likewise (``known-cup-depth-off``)."""
     if guidance not in GUIDANCE:
         raise ValueError(f"unknown guidance {guidance!r}: use one of {', '.join(GUIDANCE)}")
     folder = Path(output)
@@ -368,26 +389,30 @@ def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero12
     steps = dict(zero123_steps=40, mesh_resolution=48, preview_frames=2) if quick else {}
     if geometry is not None:
         steps["geometry"] = geometry
+    if depth is not None:
+        steps["depth"] = depth
+    label = variant(geometry, depth)
     cases = [c for c in KNOWN if c[0] in shapes] if shapes else (KNOWN[:1] if quick else KNOWN)
     measure = truth_guided if guidance == "truth" else known_object
-    known = [measure(c, case_files(folder, c[0], guidance, geometry)[0], steps) for c in cases]
+    known = [measure(c, case_files(folder, c[0], guidance, label)[0], steps) for c in cases]
     prompts = [] if quick or shapes or guidance == "truth" else [
-        prompt_case(p, prompt_folder(folder, p, geometry), steps, seed) for p in PROMPTS]
+        prompt_case(p, prompt_folder(folder, p, label), steps, seed) for p in PROMPTS]
     from generators3d.config import PRESET_SIZES
 
-    clean = {"guidance": guidance, "geometry": geometry or PRESET_SIZES["mini"].nerf().geometry, "known": known,
+    clean = {"guidance": guidance, "geometry": geometry or PRESET_SIZES["mini"].nerf().geometry,
+             "depth": depth or PRESET_SIZES["mini"].depth, "known": known,
              "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
-    name = (("" if guidance == "zero123" else f"-{guidance}") + _suffix(geometry)
+    name = (("" if guidance == "zero123" else f"-{guidance}") + _suffix(label)
             + ("-" + "-".join(c[0] for c in cases) if shapes else ""))
     (folder / f"results{name}.json").write_text(json.dumps(clean, indent=2))
     (folder / f"table{name}.md").write_text(markdown(clean) + "\n")
     if not quick:
-        picture(cases, prompts, folder / f"mini3d{name}.png", folder, guidance, geometry)
+        picture(cases, prompts, folder / f"mini3d{name}.png", folder, guidance, label)
     return clean
 
 
 def main(argv=None) -> int:
-    from generators3d.config import GEOMETRIES
+    from generators3d.config import DEPTH_MODES, GEOMETRIES
 
     p = argparse.ArgumentParser(prog="python -m bench.mini3d", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -403,6 +428,9 @@ def main(argv=None) -> int:
     p.add_argument("--geometry", choices=GEOMETRIES, default=None,
                    help="the NeRF's geometry, as launch.py 3d --geometry (default: the preset's); given, its runs live in "
                         "folders and files of their own, e.g. known-box-sdf, results-sdf.json")
+    p.add_argument("--depth", choices=DEPTH_MODES, default=None,
+                   help="the reference depth, as launch.py 3d --depth (default: the preset's, mini: auto); given, its "
+                        "runs live in folders and files of their own, e.g. known-box-depth-off, results-depth-off.json")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -414,7 +442,8 @@ def main(argv=None) -> int:
     from suite.models import ModelLoadError
 
     try:
-        result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known, geometry=args.geometry)
+        result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known, geometry=args.geometry,
+                     depth=args.depth)
     except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting, a stale run: one sentence
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -75,6 +75,16 @@ def add_arguments(p) -> None:
                    help="what the NeRF learns: density (a density field, as threestudio's implicit-volume) or sdf (a "
                         "signed distance turned into density by VolSDF's rule, with an eikonal term: a surface of its "
                         "own; mini world: docs/3d.md, 'SDF geometry') (default: the preset's)")
+    g.add_argument("--depth", default=None, metavar="auto|off|FILE",
+                   help="the reference view's depth for stage 2 (Magic123's relative depth loss: 1 - Pearson "
+                        "correlation with the rendered depth on the object): 'auto' estimates it with --depth-model, "
+                        "FILE is a depth image of your --image (bright = near, as depth estimators save it; same size), "
+                        "'off' uses none (default: off; mini: auto). The run writes what it used to reference-depth.png")
+    g.add_argument("--depth-model", default=None,
+                   help="transformers depth estimator (folder or hub id) for --depth auto (default: "
+                        "$INDOMAIN_DEPTH_MODEL or depth-anything/Depth-Anything-V2-Small-hf; mini: the mini world's)")
+    g.add_argument("--depth-weight", type=finite_float, default=None, metavar="WEIGHT",
+                   help="weight of the reference-depth loss in stage 2 (default: 10; 0 = off)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
                    help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
     g.add_argument("--domain-weight", type=weight_arg, default=None,
@@ -177,7 +187,7 @@ def config_from_args(args):
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
               texture=False if args.no_texture else None, texture_size=args.texture_size, resume=args.resume, export_only=args.export_only,
               seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames,
-              geometry=args.geometry)
+              geometry=args.geometry, depth=args.depth, depth_model=args.depth_model, depth_weight=args.depth_weight)
     cfg = ThreeDConfig(**kw).resolved()
     refine = cfg.refine
     for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),

@@ -15,6 +15,8 @@ from pathlib import Path
 
 FORMATS = ("glb", "obj", "ply")
 GEOMETRIES = ("density", "sdf")  # NeRFConfig.geometry
+REF_DEPTH_WEIGHT = 10.0  # lambda_ref_depth of --depth (measured on the mini world: docs/3d.md, "Reference depth")
+DEPTH_MODES = ("auto", "off")  # --depth: estimate the reference's depth, or none; anything else is a depth image
 SDF_EIKONAL = 1.0  # the eikonal weight of --geometry sdf (measured on the mini world: docs/3d.md, "SDF geometry")
 STAGES = ("image", "zero123", "refine", "export", "preview")
 RECOMMENDED = "recommended"  # --image-domain-weight recommended: the domain's recommended weights for stage 1
@@ -107,6 +109,9 @@ class StageConfig:
     # curves cost nothing): the squared second differences of the rendered surface depth between neighbouring
     # object pixels, depth jumps (silhouettes inside the object) left out. 0 = off.
     lambda_depth_smooth: float = 0.0
+    # The reference view's relative depth (``--depth``; Magic123's and threestudio's ``lambda_depth_rel``): weight of
+    # 1 - Pearson correlation between the rendered surface depth and the given depth on the object's pixels. 0 = off.
+    lambda_ref_depth: float = 0.0
     lambda_eikonal: float = 0.0  # sdf geometry only: weight of mean (|grad d| - 1)^2 at random points
     # Experimental (``--shading``): the SDS views and the reference view (then always whole: ``ref_ray_fraction`` is
     # ignored) are rendered lit as the mini world lights its objects (generators3d.stage.shade_camera_light: a key
@@ -240,6 +245,7 @@ class PresetSizes:
     mask_method: str = "auto"
     background_prompt: str = ", plain white background"
     image_domain_weights: tuple[tuple[str, float], ...] = ()
+    depth: str = "off"  # --depth when none is given: "auto" (the preset's depth model) or "off"
 
 
 PRESET_SIZES: dict[str, PresetSizes] = {
@@ -248,7 +254,7 @@ PRESET_SIZES: dict[str, PresetSizes] = {
                         lambda: ExportConfig(resolution=80, texture_size=256, smooth=15), 24, 128,
                         # the mini world's renders have no background words; stage 1 at w_d 1.25 gives the object
                         # the domain's look at little cost to the prompt's shape (bench.mini3d_stage1, docs/3d.md)
-                        background_prompt="", image_domain_weights=(("porcelain", 1.25),)),
+                        background_prompt="", image_domain_weights=(("porcelain", 1.25),), depth="auto"),
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
                         lambda: ExportConfig(resolution=48, texture_size=128, threshold_resolution=32), 8, 64,
                         mask_method="center"),  # random images: no object to find
@@ -303,6 +309,12 @@ class ThreeDConfig:
     # The NeRF's geometry (None: the preset's): "density" or "sdf" (VolSDF: a signed distance with the eikonal term
     # in both SDS stages, weight SDF_EIKONAL unless a stage sets its own); see NeRFConfig.geometry.
     geometry: str | None = None
+    # The reference view's depth for stage 2's relative depth loss: "auto" (estimated by ``depth_model``), "off", or
+    # a depth image of ``image`` (bright = near, as depth estimators save it; same size). None: the preset's (mini:
+    # auto). ``depth_weight``: stage 2's lambda_ref_depth (None: the stage's own, else REF_DEPTH_WEIGHT).
+    depth: str | None = None
+    depth_model: str | None = None
+    depth_weight: float | None = None
     nerf: NeRFConfig | None = None
     camera: CameraConfig | None = None
     zero123: StageConfig | None = None
@@ -347,6 +359,24 @@ class ThreeDConfig:
             raise ValueError(f"nerf.sdf_beta is {beta!r}: the SDF's densest point (1 / beta) would be below the occupancy "
                              f"grid's threshold {nerf.occupancy_threshold} and nothing would be rendered; give a smaller "
                              f"sdf_beta (default 0.03)")
+        depth = sizes.depth if self.depth is None else str(self.depth).strip()
+        if not depth:
+            raise ValueError("--depth is empty: give 'auto' (estimate the reference's depth), 'off', or a depth image "
+                             "of your --image")
+        if depth.lower() in DEPTH_MODES:
+            depth = depth.lower()
+        elif not self.image and not self.export_only:
+            raise ValueError(f"--depth {depth!r} is a depth image, which needs --image (the depth belongs to your "
+                             f"image): pass --image too, or use --depth auto to estimate the stage-1 image's depth")
+        w = self.depth_weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf):
+            raise ValueError(f"the depth weight is {w!r}: give --depth-weight a finite number, 0 or more (0 = off; "
+                             f"default {REF_DEPTH_WEIGHT})")
+        if depth == "off":  # neither stage reads a depth that is not there
+            zero123, refine = (replace(st, lambda_ref_depth=0.0) for st in (zero123, refine))
+        else:
+            zero123 = replace(zero123, lambda_ref_depth=float(w) if w is not None
+                              else zero123.lambda_ref_depth or REF_DEPTH_WEIGHT)
         if self.zero123_steps is not None:
             zero123 = replace(zero123, steps=int(self.zero123_steps))
         if self.refine_steps is not None:
@@ -379,6 +409,10 @@ class ThreeDConfig:
                 raise ValueError(f"{name}.lambda_eikonal is {eik!r} but the geometry is {nerf.geometry!r}: the eikonal "
                                  f"term needs the sdf geometry; give geometry 'sdf', or 'density' (which turns the term "
                                  f"off), or set {name}.lambda_eikonal to 0")
+            ref_w = stage.lambda_ref_depth
+            if isinstance(ref_w, bool) or not isinstance(ref_w, (int, float)) or not 0 <= ref_w < math.inf:
+                raise ValueError(f"{name}.lambda_ref_depth is {ref_w!r}: give the reference-depth weight as a finite "
+                                 f"number, 0 or more (0 = off)")
             smooth_w = stage.lambda_depth_smooth
             if isinstance(smooth_w, bool) or not isinstance(smooth_w, (int, float)) or not 0 <= smooth_w < math.inf:
                 raise ValueError(f"{name}.lambda_depth_smooth is {smooth_w!r}: give the depth-smoothness weight as a "
@@ -395,7 +429,7 @@ class ThreeDConfig:
             if value < 0:
                 raise ValueError(f"the {name} must be 0 or more, got {value}")
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
-                       formats=formats,
+                       formats=formats, depth=depth,
                        mask_method=self.mask_method or sizes.mask_method,
                        background_prompt=sizes.background_prompt if self.background_prompt is None
                        else self.background_prompt,
@@ -435,6 +469,8 @@ class ThreeDConfig:
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} in the 3D config file: remove them")
         kw = dict(data)
+        if "depth" not in kw and isinstance(kw.get("zero123"), dict):
+            kw["depth"] = "off"  # a run's config.json from before reference depth: it replays as it ran
         _check_types(cls, kw, "")
         for name, typ in (("nerf", NeRFConfig), ("camera", CameraConfig), ("zero123", StageConfig),
                           ("refine", StageConfig), ("export", ExportConfig)):

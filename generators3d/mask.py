@@ -73,25 +73,44 @@ def load_mask(path, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray((m * 255).astype(np.uint8), "L")
 
 
-def reference_view(image: Image.Image, mask: Image.Image, size: int, fill: float = 0.8) -> tuple[Image.Image, Image.Image]:
-    """Centre the object, scale its larger side to ``fill`` of a ``size x size`` frame, composite on white
-    (what Zero-1-to-3 was trained on). Returns ``(rgb, mask)`` at ``size``."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    m = (np.asarray(mask.convert("L").resize(image.size, Image.NEAREST), dtype=np.float32) / 255.0) > 0.5
+def _frame_box(mask: Image.Image, image_size: tuple[int, int], size: int, fill: float):
+    """The object's box in the image ``(y0, y1, x0, x1)``, its mask inside it, and the frame's ``(nh, nw, top,
+    left)``: the box scaled so that its larger side is ``fill`` of a ``size`` frame, centred."""
+    m = (np.asarray(mask.convert("L").resize(image_size, Image.NEAREST), dtype=np.float32) / 255.0) > 0.5
     ys, xs = np.nonzero(m)
     if len(ys) == 0:
         raise ValueError("the mask is empty: white marks the object")
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    crop = rgb[y0:y1, x0:x1] * m[y0:y1, x0:x1, None] + (1.0 - m[y0:y1, x0:x1, None])
-    crop_m = m[y0:y1, x0:x1]
-    side = max(y1 - y0, x1 - x0)
-    scale = fill * size / side
+    scale = fill * size / max(y1 - y0, x1 - x0)
     nh, nw = max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale))
+    return (y0, y1, x0, x1), m[y0:y1, x0:x1], (nh, nw, (size - nh) // 2, (size - nw) // 2)
+
+
+def reference_view(image: Image.Image, mask: Image.Image, size: int, fill: float = 0.8) -> tuple[Image.Image, Image.Image]:
+    """Centre the object, scale its larger side to ``fill`` of a ``size x size`` frame, composite on white
+    (what Zero-1-to-3 was trained on). Returns ``(rgb, mask)`` at ``size``."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    (y0, y1, x0, x1), crop_m, (nh, nw, top, left) = _frame_box(mask, image.size, size, fill)
+    crop = rgb[y0:y1, x0:x1] * crop_m[..., None] + (1.0 - crop_m[..., None])
     crop_im = Image.fromarray((crop * 255 + 0.5).astype(np.uint8)).resize((nw, nh), Image.LANCZOS)
     crop_mask = Image.fromarray((crop_m * 255).astype(np.uint8)).resize((nw, nh), Image.BILINEAR)
     out = Image.new("RGB", (size, size), (255, 255, 255))
     out_m = Image.new("L", (size, size), 0)
-    top, left = (size - nh) // 2, (size - nw) // 2
     out.paste(crop_im, (left, top))
     out_m.paste(crop_mask, (left, top))
     return out, out_m
+
+
+def reference_depth(near: np.ndarray, mask: Image.Image, size: int, fill: float = 0.8) -> np.ndarray:
+    """The input image's depth ``near [H, W]`` (bright = near) framed as :func:`reference_view` frames the image:
+    float32 ``[size, size]``, 0 off the object."""
+    h, w = near.shape
+    (y0, y1, x0, x1), crop_m, (nh, nw, top, left) = _frame_box(mask, (w, h), size, fill)
+    def resized(a):
+        return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
+
+    on = resized(crop_m.astype(np.float32))  # the object's depth only: the backdrop is not blended in at its edge
+    crop = np.where(on > 1e-3, resized(near[y0:y1, x0:x1] * crop_m) / np.maximum(on, 1e-3), 0.0)
+    out = np.zeros((size, size), dtype=np.float32)
+    out[top:top + nh, left:left + nw] = crop
+    return out

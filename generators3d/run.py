@@ -32,9 +32,10 @@ from suite.files import (
     remove_leftovers,
     write_text_atomic,
 )
+from suite.depth import load_depth_estimator, nearness_image, read_nearness
 from suite.images import load_image, save_image_atomic
 from suite.pipeline import quiet, report_steps
-from suite.presets import build_pipeline, resolve_device, resolve_domain, warn_prompt, zero123_ref
+from suite.presets import build_pipeline, depth_ref, resolve_device, resolve_domain, warn_prompt, zero123_ref
 from suite.progress import LogProgress
 from suite.rules import check_rule_terms, parse_rule
 from suite.threads import continue_threads
@@ -42,9 +43,9 @@ from suite.zero123 import Zero123Guidance, load_zero123
 
 from . import mesh as meshlib
 from .cameras import orbit_cameras, turntable_cameras
-from .config import PRESET_SIZES, STAGES, ThreeDConfig, ThreeDResult, is_recommended
+from .config import DEPTH_MODES, PRESET_SIZES, STAGES, ThreeDConfig, ThreeDResult, is_recommended
 from .guidance3d import DomainSDS, Zero123SDS
-from .mask import foreground_mask, load_mask, reference_view
+from .mask import foreground_mask, load_mask, reference_depth, reference_view
 from .nerf import Background, make_field
 from .render import render
 from .sds import TimestepRange
@@ -125,6 +126,8 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
             load_mask(cfg.mask, image.size)
         else:
             foreground_mask(image, cfg.mask_method)
+        if cfg.depth not in DEPTH_MODES:
+            read_nearness(cfg.depth, image.size)
     if cfg.export_only:
         check_checkpoint(cfg.export_only)  # a missing or foreign file: one sentence before any writing (header only)
     return prompt, domain
@@ -151,6 +154,10 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         pipe = build_pipeline(cfg.preset, cfg.domain, cfg.sd_model, cfg.domain_model, None, False,
                               cfg.device, cfg.dtype)
         _check_prompt_tokens(pipe, prompt)
+    depth_model = None
+    need_depth = _needs_depth(cfg, stage2_ckpt, stage3_ckpt)
+    if need_depth and cfg.depth == "auto":
+        depth_model = load_depth_estimator(cfg.depth_model or depth_ref(cfg.preset), device=device)
     z123_model = None
     if (cfg.zero123.steps > 0 and not stage2_ckpt.exists()) or (
             cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists()):
@@ -184,6 +191,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
             save_image_atomic(im, path)
         result.stages_run.append("image")
     reference = _load_reference(ref_path, out / "reference-mask.png", device)
+    if need_depth:  # 4b. the reference's depth (stage 2's relative depth loss)
+        reference = _with_depth(reference, cfg, depth_model, out)
 
     # 5. Stage 2: Zero-1-to-3 initialisation (SDS from random views + reference colour and mask).
     zero123 = None
@@ -381,7 +390,7 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
         if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
             keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model"]
         if (out / "checkpoints" / "stage2-zero123.safetensors").exists():
-            keys += ["zero123", "zero123_model", "nerf", "camera"]
+            keys += ["zero123", "zero123_model", "nerf", "camera", "depth", "depth_model"]
         if (out / "checkpoints" / "stage3-refine.safetensors").exists():
             keys += ["refine", "sd_model", "domain_model"]
         changed = sorted({name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
@@ -420,6 +429,34 @@ def _check_prompt_tokens(pipe, prompt: str) -> None:
     limit = tok.model_max_length - 2
     if n > limit:
         raise ValueError(f"the prompt is {n} tokens long but SD1.5 reads at most {limit}: shorten it")
+
+
+def _needs_depth(cfg: ThreeDConfig, stage2_ckpt: Path, stage3_ckpt: Path) -> bool:
+    """Whether a stage still to run reads the reference's depth."""
+    return cfg.depth != "off" and any(st.steps > 0 and st.lambda_ref_depth > 0 and not ckpt.exists()
+                                      for st, ckpt in ((cfg.zero123, stage2_ckpt), (cfg.refine, stage3_ckpt)))
+
+
+def _with_depth(reference: Reference, cfg: ThreeDConfig, estimator, out: Path) -> Reference:
+    """The reference with its relative depth: the user's depth image (of ``out/mask.png``'s image) framed as the
+    reference view, or the estimator's depth of the reference view at stage 2's reference resolution. Written to
+    ``out/reference-depth.png`` (16 bit, bright = near, normalised over the object) for the user to look at."""
+    with Image.open(out / "reference-mask.png") as im:
+        ref_mask = im.convert("L")
+    if cfg.depth == "auto":
+        size = min(cfg.zero123.ref_resolution, ref_mask.width)
+        with Image.open(out / "reference.png") as im:
+            near = estimator(im.convert("RGB").resize((size, size), Image.BOX))
+        mask = np.asarray(ref_mask.resize((size, size), Image.BOX), dtype=np.float32) / 255.0
+    else:
+        with Image.open(out / "mask.png") as im:
+            user_mask = im.convert("L")
+        near = reference_depth(read_nearness(cfg.depth, user_mask.size), user_mask, ref_mask.width)
+        mask = np.asarray(ref_mask, dtype=np.float32) / 255.0
+    image = nearness_image(near, mask)
+    save_image_atomic(image, out / "reference-depth.png")
+    near01 = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535.0)[None, None]
+    return Reference(reference.rgb, reference.mask, (1.0 - near01).to(reference.rgb.device))
 
 
 def _load_reference(rgb_path: Path, mask_path: Path, device):

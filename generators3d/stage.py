@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from suite.depth import pearson
 from suite.files import atomic_path
 from suite.miniworld.render import LIGHT_CAM
 
@@ -34,10 +35,21 @@ class SDSTerm:
 
 @dataclass
 class Reference:
-    """The reference view: ``rgb [1, 3, H, W]`` on white and ``mask [1, 1, H, W]`` in [0, 1]."""
+    """The reference view: ``rgb [1, 3, H, W]`` on white and ``mask [1, 1, H, W]`` in [0, 1]; optionally a relative
+    ``depth [1, 1, H, W]`` of the object (larger = farther, any scale and offset; read only where the mask > 0.5)."""
 
     rgb: torch.Tensor
     mask: torch.Tensor
+    depth: torch.Tensor | None = None
+
+
+def pearson_depth_loss(depth: torch.Tensor, want: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``1 - Pearson correlation`` of the rendered ``depth`` and the reference ``want`` over the pixels where
+    ``keep`` (one view, any shape): Magic123's and threestudio's relative depth loss (``lambda_depth_rel``), blind to
+    the reference's scale and offset, so that any monocular estimate serves. 0 when they agree up to an affine map,
+    1 when unrelated, 2 when reversed; fewer than 8 kept pixels: 0 (nothing to compare)."""
+    corr = pearson(depth.reshape(1, -1), want.reshape(1, -1), keep.reshape(1, -1))[0]
+    return torch.where(keep.sum() >= 8, 1.0 - corr, depth.sum() * 0.0)
 
 
 def stage_resolution(stage: StageConfig, step: int) -> tuple[int, int]:
@@ -84,15 +96,26 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
     ref_cam = reference_camera(camera, device)
     if reference is not None:
         size = (stage.ref_resolution, stage.ref_resolution)
+        depth = None
+        if reference.depth is not None and stage.lambda_ref_depth:  # the object's depth only: no backdrop blended in
+            def resized(x):
+                return torch.nn.functional.interpolate(x, size, mode="bilinear", antialias=True, align_corners=False)
+
+            on = (torch.nn.functional.interpolate(reference.mask, reference.depth.shape[-2:], mode="area") > 0.5).float()
+            depth = resized(reference.depth * on) / resized(on).clamp_min(1e-6)
         reference = Reference(torch.nn.functional.interpolate(reference.rgb, size, mode="area"),
-                              torch.nn.functional.interpolate(reference.mask, size, mode="area"))
+                              torch.nn.functional.interpolate(reference.mask, size, mode="area"), depth)
+    if stage.lambda_ref_depth and (reference is None or reference.depth is None):
+        raise ValueError("lambda_ref_depth needs a reference depth: give the input image's depth (--depth FILE) or "
+                         "set lambda_ref_depth to 0")
     ref_rays, n_ref = None, 0
     if reference is not None and not 0.0 < stage.ref_ray_fraction <= 1.0:
         raise ValueError(f"ref_ray_fraction must be in (0, 1], got {stage.ref_ray_fraction}: use 1 for the whole view")
     if reference is not None and stage.ref_ray_fraction < 1.0 and not stage.shading:  # shading: whole views
         o, d = camera_rays(ref_cam, *reference.rgb.shape[-2:])
         ref_rays = (o.reshape(-1, 3), d.reshape(-1, 3), reference.rgb[0].permute(1, 2, 0).reshape(-1, 3),
-                    reference.mask[0].permute(1, 2, 0).reshape(-1, 1))
+                    reference.mask[0].permute(1, 2, 0).reshape(-1, 1),
+                    None if reference.depth is None else reference.depth[0].permute(1, 2, 0).reshape(-1, 1))
         n_ref = max(1, round(stage.ref_ray_fraction * o.shape[1] * o.shape[2]))
     good = _snapshot(field, background, opt)
     recoveries, info = 0, {}
@@ -152,14 +175,24 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                     ref_out["rgb"] = shade_camera_light(ref_out, ref_cam, ref_out["rgb"], background)
                 l_rgb = torch.nn.functional.mse_loss(ref_out["rgb"].permute(0, 3, 1, 2), reference.rgb)
                 l_mask = torch.nn.functional.mse_loss(ref_out["opacity"].permute(0, 3, 1, 2), reference.mask)
+                want_mask, want_depth = reference.mask.permute(0, 2, 3, 1), reference.depth
+                want_depth = None if want_depth is None else want_depth.permute(0, 2, 3, 1)
             else:
-                o, d, want_rgb, want_mask = ref_rays
+                o, d, want_rgb, want_mask, want_depth = ref_rays
                 pick = torch.randperm(o.shape[0], generator=generator)[:n_ref].to(device)
                 ref_out = render_rays(field, background, o[pick], d[pick], field.cfg.samples_per_ray, True, generator)
                 l_rgb = torch.nn.functional.mse_loss(ref_out["rgb"], want_rgb[pick])
-                l_mask = torch.nn.functional.mse_loss(ref_out["opacity"], want_mask[pick])
+                want_mask = want_mask[pick]
+                l_mask = torch.nn.functional.mse_loss(ref_out["opacity"], want_mask)
+                want_depth = None if want_depth is None else want_depth[pick]
             loss = loss + stage.lambda_rgb * l_rgb + stage.lambda_mask * l_mask
             info["loss_rgb"], info["loss_mask"] = float(l_rgb.detach()), float(l_mask.detach())
+            if stage.lambda_ref_depth:
+                # 3b. The reference's relative depth (Magic123): the rendered surface depth where the object is.
+                surface = ref_out["depth"] / ref_out["opacity"].clamp_min(1e-3)
+                l_depth = pearson_depth_loss(surface, want_depth, want_mask > 0.5)
+                loss = loss + stage.lambda_ref_depth * l_depth
+                info["loss_ref_depth"] = float(l_depth.detach())
 
         # 4. Step, or undo a non-finite one.
         opt.zero_grad(set_to_none=True)

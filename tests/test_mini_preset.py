@@ -141,6 +141,16 @@ def test_3d_mini_runs_end_to_end(tmp_path):
     assert config["nerf"]["geometry"] == "sdf" and config["zero123"]["lambda_eikonal"] == 1.0 == config["refine"][
         "lambda_eikonal"]
     assert config["refine"]["view_dependent_prompting"] is False and config["export"]["smooth"] == 15
+    # the reference view's depth, estimated by the mini world's depth model: nearer at the vase's front than at its
+    # silhouette (a convex object's rim recedes)
+    assert config["depth"] == "auto" and config["zero123"]["lambda_ref_depth"] == 10.0
+    with Image.open(out / "reference-depth.png") as im, Image.open(out / "reference-mask.png") as m:
+        near = np.asarray(im, dtype=np.float64) / 65535
+        on = np.asarray(m.resize(im.size)) > 127
+    rows, cols = np.nonzero(on)
+    centre = near[rows.min():rows.max() + 1, (cols.min() + cols.max()) // 2]
+    edges = np.concatenate([near[r, [cols[rows == r].min(), cols[rows == r].max()]] for r in np.unique(rows)])
+    assert centre[on[rows.min():rows.max() + 1, (cols.min() + cols.max()) // 2]].mean() > edges.mean() + 0.1
 
 
 def test_unknown_domain_on_mini_is_one_sentence(tmp_path):

@@ -128,6 +128,9 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     (["--prompt", " ".join(["porcelain"] * 90)], "tokens long"),
     (["--prompt", "a vase", "--image", "photo.png", "--image-domain-weight", "1.5"], "which --image replaces"),
     (["--prompt", "a vase", "--image-domain-weight", "1e9"], "guidance weights must be between"),
+    (["--prompt", "a vase", "--depth", "depth.png"], "needs --image"),
+    (["--prompt", "a vase", "--depth-weight", "-1"], "--depth-weight"),
+    (["--prompt", "a vase", "--depth", "auto", "--depth-model", "no/such/folder"], "depth model"),
 ])
 def test_bad_requests_fail_early_with_one_sentence(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
