@@ -166,10 +166,13 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     if checkpoint.is_file():  # resumed: only a checkpoint of the same length of stage 2 is reused
         meta = check_checkpoint(checkpoint)
         made = json.loads(meta["extra"])
-        if made.get("steps") != stage.steps or meta["nerf_config"].geometry != cfg.nerf.geometry:
+        depth = cfg.depth if stage.lambda_ref_depth else "off"
+        if (made.get("steps") != stage.steps or meta["nerf_config"].geometry != cfg.nerf.geometry
+                or made.get("depth", "off") != depth):
             raise ValueError(f"{checkpoint} was trained for {made.get('steps')} steps with the "
-                             f"{meta['nerf_config'].geometry} geometry and this run asks for {stage.steps} with the "
-                             f"{cfg.nerf.geometry} geometry: give another --output")
+                             f"{meta['nerf_config'].geometry} geometry and --depth {made.get('depth', 'off')}, and this "
+                             f"run asks for {stage.steps} with the {cfg.nerf.geometry} geometry and --depth {depth}: "
+                             f"give another --output")
     else:
         if (out / "run").exists():
             raise ValueError(f"{out / 'run'} holds the export of an earlier checkpoint: delete {out} or give another "
@@ -191,7 +194,8 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
         t0 = time.time()
         train_stage(field, Background(), stage, cfg.camera, reference, [term],
                     generator=stage_generator(cfg.seed, "zero123"))
-        made = {"steps": stage.steps, "guidance": "truth", "seconds": round(time.time() - t0, 1)}
+        made = {"steps": stage.steps, "guidance": "truth", "seconds": round(time.time() - t0, 1),
+                "depth": cfg.depth if stage.lambda_ref_depth else "off"}
         save_checkpoint(field, checkpoint, "zero123", made)
     if not _finished(out / "run"):
         run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(checkpoint), output=str(out / "run"),

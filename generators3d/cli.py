@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
     from suite.cli import weight_arg
     from suite.rules import rule_arg
 
-    from .config import GEOMETRIES, PRESET_SIZES
+    from .config import GEOMETRIES, PRESET_SIZES, REF_DEPTH_WEIGHT
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -78,13 +78,14 @@ def add_arguments(p) -> None:
     g.add_argument("--depth", default=None, metavar="auto|off|FILE",
                    help="the reference view's depth for stage 2 (Magic123's relative depth loss: 1 - Pearson "
                         "correlation with the rendered depth on the object): 'auto' estimates it with --depth-model, "
-                        "FILE is a depth image of your --image (bright = near, as depth estimators save it; same size), "
+                        "FILE is a depth image of your --image (bright = near, as Depth Anything and MiDaS save it: invert a "
+                        "metric depth map first; same size), "
                         "'off' uses none (default: off; mini: auto). The run writes what it used to reference-depth.png")
     g.add_argument("--depth-model", default=None,
                    help="transformers depth estimator (folder or hub id) for --depth auto (default: "
                         "$INDOMAIN_DEPTH_MODEL or depth-anything/Depth-Anything-V2-Small-hf; mini: the mini world's)")
     g.add_argument("--depth-weight", type=finite_float, default=None, metavar="WEIGHT",
-                   help="weight of the reference-depth loss in stage 2 (default: 10; 0 = off)")
+                   help=f"weight of the reference-depth loss in stage 2 (default: {REF_DEPTH_WEIGHT:g}; 0 = off)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
                    help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
     g.add_argument("--domain-weight", type=weight_arg, default=None,

@@ -310,7 +310,7 @@ class ThreeDConfig:
     # in both SDS stages, weight SDF_EIKONAL unless a stage sets its own); see NeRFConfig.geometry.
     geometry: str | None = None
     # The reference view's depth for stage 2's relative depth loss: "auto" (estimated by ``depth_model``), "off", or
-    # a depth image of ``image`` (bright = near, as depth estimators save it; same size). None: the preset's (mini:
+    # a depth image of ``image`` (bright = near, as Depth Anything and MiDaS save it; same size). None: the preset's (mini:
     # auto). ``depth_weight``: stage 2's lambda_ref_depth (None: the stage's own, else REF_DEPTH_WEIGHT).
     depth: str | None = None
     depth_model: str | None = None
@@ -372,6 +372,11 @@ class ThreeDConfig:
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf):
             raise ValueError(f"the depth weight is {w!r}: give --depth-weight a finite number, 0 or more (0 = off; "
                              f"default {REF_DEPTH_WEIGHT})")
+        if depth == "off" and (w is not None or self.depth_model):
+            raise ValueError(f"--{'depth-weight' if w is not None else 'depth-model'} needs --depth auto or a depth "
+                             f"image (the {self.preset} preset's default is {sizes.depth!r}): add --depth auto, or drop it")
+        if depth not in DEPTH_MODES and self.depth_model:
+            raise ValueError("--depth-model estimates a depth, and --depth gives one: drop one of them")
         if depth == "off":  # neither stage reads a depth that is not there
             zero123, refine = (replace(st, lambda_ref_depth=0.0) for st in (zero123, refine))
         else:
@@ -469,8 +474,9 @@ class ThreeDConfig:
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} in the 3D config file: remove them")
         kw = dict(data)
-        if "depth" not in kw and isinstance(kw.get("zero123"), dict):
-            kw["depth"] = "off"  # a run's config.json from before reference depth: it replays as it ran
+        if ("depth" not in kw and kw.get("threads") is not None and isinstance(kw.get("zero123"), dict)
+                and "lambda_ref_depth" not in kw["zero123"]):
+            kw["depth"] = "off"  # a run's config.json (it records the threads) from before reference depth: as it ran
         _check_types(cls, kw, "")
         for name, typ in (("nerf", NeRFConfig), ("camera", CameraConfig), ("zero123", StageConfig),
                           ("refine", StageConfig), ("export", ExportConfig)):

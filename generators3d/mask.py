@@ -107,7 +107,7 @@ def reference_depth(near: np.ndarray, mask: Image.Image, size: int, fill: float 
     h, w = near.shape
     (y0, y1, x0, x1), crop_m, (nh, nw, top, left) = _frame_box(mask, (w, h), size, fill)
     def resized(a):
-        return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
+        return np.asarray(Image.fromarray(a.astype(np.float32)).resize((nw, nh), Image.BILINEAR))
 
     on = resized(crop_m.astype(np.float32))  # the object's depth only: the backdrop is not blended in at its edge
     crop = np.where(on > 1e-3, resized(near[y0:y1, x0:x1] * crop_m) / np.maximum(on, 1e-3), 0.0)

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
+from suite.depth import load_depth_estimator, nearness_image, read_nearness
 from suite.files import (
     atomic_path,
     check_writable_dir,
@@ -32,7 +33,6 @@ from suite.files import (
     remove_leftovers,
     write_text_atomic,
 )
-from suite.depth import load_depth_estimator, nearness_image, read_nearness
 from suite.images import load_image, save_image_atomic
 from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, depth_ref, resolve_device, resolve_domain, warn_prompt, zero123_ref
@@ -122,12 +122,12 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
     check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)
     if cfg.image:  # read now: a text file, a FIFO or an unusable image is refused before the folder is touched
         image = load_image(cfg.image, "input image (--image)")
-        if cfg.mask:
-            load_mask(cfg.mask, image.size)
-        else:
-            foreground_mask(image, cfg.mask_method)
+        mask = load_mask(cfg.mask, image.size) if cfg.mask else foreground_mask(image, cfg.mask_method)
         if cfg.depth not in DEPTH_MODES:
-            read_nearness(cfg.depth, image.size)
+            near = read_nearness(cfg.depth, image.size)[np.asarray(mask.convert("L").resize(image.size)) > 127]
+            if near.size and float(np.ptp(near)) == 0.0:
+                raise ValueError(f"--depth {cfg.depth!r} is flat over the object: pass the image's depth image (bright "
+                                 f"= near), not a mask or a blank image")
     if cfg.export_only:
         check_checkpoint(cfg.export_only)  # a missing or foreign file: one sentence before any writing (header only)
     return prompt, domain
@@ -193,6 +193,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     reference = _load_reference(ref_path, out / "reference-mask.png", device)
     if need_depth:  # 4b. the reference's depth (stage 2's relative depth loss)
         reference = _with_depth(reference, cfg, depth_model, out)
+        depth_model = None  # not kept through the stages (a large estimator beside the diffusion models)
 
     # 5. Stage 2: Zero-1-to-3 initialisation (SDS from random views + reference colour and mask).
     zero123 = None
@@ -453,6 +454,10 @@ def _with_depth(reference: Reference, cfg: ThreeDConfig, estimator, out: Path) -
             user_mask = im.convert("L")
         near = reference_depth(read_nearness(cfg.depth, user_mask.size), user_mask, ref_mask.width)
         mask = np.asarray(ref_mask, dtype=np.float32) / 255.0
+    on = mask > 0.5
+    if not on.any() or float(np.ptp(near[on])) <= 1e-6 * max(1.0, float(np.abs(near[on]).max())):
+        raise ValueError(f"the reference depth ({'estimated' if cfg.depth == 'auto' else cfg.depth}) is flat over the "
+                         f"object: pass a depth image with the object's relief, another --depth-model, or --depth off")
     image = nearness_image(near, mask)
     save_image_atomic(image, out / "reference-depth.png")
     near01 = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535.0)[None, None]

@@ -1,10 +1,10 @@
 """Monocular depth of an image, for the 3D flow's reference-depth loss (Magic123; threestudio's ``lambda_depth_rel``).
 
-Any transformers depth estimator loads (``AutoModelForDepthEstimation`` from a folder or a hub id, safetensors
-weights): Depth Anything and DPT/MiDaS, which predict relative inverse depth (larger = nearer), and GLPN, ZoeDepth
-and Depth Pro, which predict depth (larger = farther). :data:`DEPTH_SENSE` says which is which; the result is
-always *nearness*, larger = nearer, in [0, 1] over the object: the convention of the depth images these models'
-own tools save (bright = near), which is also what ``--depth FILE`` reads.
+A transformers depth estimator loads (``AutoModelForDepthEstimation`` from a folder or a hub id, safetensors
+weights) if :data:`DEPTH_SENSE` knows its type: Depth Anything and DPT/MiDaS, which predict relative inverse depth
+(larger = nearer; a metric Depth Anything predicts depth), and GLPN and ZoeDepth, which predict depth (larger =
+farther). The result is always *nearness*, larger = nearer: the convention of the depth images Depth Anything and
+MiDaS save (bright = near), which is also what ``--depth FILE`` reads (invert a metric depth map first).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from PIL import Image
 
 from .models import ModelLoadError, load_errors, resolve
 
-DEPTH_SENSE = {"depth_anything": "nearness", "dpt": "nearness", "glpn": "depth", "zoedepth": "depth",
-               "depth_pro": "depth"}
-"""What each model type predicts: relative inverse depth (``nearness``: larger = nearer) or ``depth``."""
+DEPTH_SENSE = {"depth_anything": "nearness", "dpt": "nearness", "glpn": "depth", "zoedepth": "depth"}
+"""What each model type's post-processed prediction is: relative inverse depth (``nearness``: larger = nearer) or
+``depth``. A Depth Anything whose ``depth_estimation_type`` is ``metric`` predicts depth. Only the GLPN layout (the
+mini world's) has been run here; the others follow their transformers post-processing."""
 
 
 def pearson(pred: torch.Tensor, want: torch.Tensor, keep: torch.Tensor, min_pixels: int = 8) -> torch.Tensor:
@@ -34,7 +35,7 @@ def pearson(pred: torch.Tensor, want: torch.Tensor, keep: torch.Tensor, min_pixe
     p, w = (torch.where(on, x.flatten(1), torch.zeros_like(m)) for x in (pred, want))  # anything (inf too) off them
     p = (p - p.sum(1, keepdim=True) / count.clamp_min(1)) * m
     w = (w - w.sum(1, keepdim=True) / count.clamp_min(1)) * m
-    corr = (p * w).sum(1) / (p.square().sum(1) * w.square().sum(1)).sqrt().clamp_min(1e-8)
+    corr = (p * w).sum(1) / (p.square().sum(1) * w.square().sum(1)).clamp_min(1e-16).sqrt()  # finite gradient if flat
     return torch.where(count[:, 0] >= min_pixels, corr, torch.zeros_like(corr))
 
 
@@ -52,9 +53,10 @@ class DepthEstimator:
         dev = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
         inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
-        pred = self.model(pixel_values=inputs["pixel_values"].to(dev, dtype)).predicted_depth.float()
-        pred = torch.nn.functional.interpolate(pred[:, None], (image.height, image.width), mode="bicubic",
-                                               align_corners=False)[0, 0]
+        outputs = self.model(pixel_values=inputs["pixel_values"].to(dev, dtype))
+        # the model's own post-processing (ZoeDepth's padding removed, Depth Pro's inverse taken), at the image's size
+        pred = self.processor.post_process_depth_estimation(outputs, [(image.height, image.width)])[0]
+        pred = pred["predicted_depth"].float().reshape(image.height, image.width)
         if not bool(torch.isfinite(pred).all()):
             raise ValueError(f"the depth model {self.ref!r} returned non-finite depth for this image: use another "
                              f"--depth-model, or pass the image's depth with --depth FILE")
@@ -71,6 +73,8 @@ def load_depth_estimator(ref: str | os.PathLike, device="cpu", dtype=torch.float
     try:
         config = AutoConfig.from_pretrained(ref, **kw)
         sense = DEPTH_SENSE.get(config.model_type)
+        if getattr(config, "depth_estimation_type", None) == "metric":
+            sense = "depth"
         if sense is None:
             raise ModelLoadError(f"depth model {ref!r} is a {config.model_type!r} model, not one of the depth estimators "
                                  f"the suite knows ({', '.join(sorted(DEPTH_SENSE))}): pass {flag} with one of those")
@@ -97,26 +101,24 @@ def nearness_image(near: np.ndarray, mask: np.ndarray) -> Image.Image:
 
 
 def read_nearness(path: str | os.PathLike, size: tuple[int, int] | None = None, what: str = "--depth") -> np.ndarray:
-    """A depth image (bright = near; 8 or 16 bit, grey or RGB) as float32 ``[H, W]`` in [0, 1], optionally checked
-    against the image ``size`` ``(width, height)`` it belongs to."""
+    """A depth image (bright = near; 8 or 16 bit, grey or RGB; its EXIF orientation applied) as float32 ``[H, W]`` in
+    [0, 1], optionally checked against the image ``size`` ``(width, height)`` it belongs to."""
+    from PIL import ImageOps
+
+    from .images import open_image
+
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
         raise ValueError(f"{what} {str(path)!r} is not a file: pass the input image's depth image (bright = near)")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float64)
-                a = a / (65535.0 if a.max() <= 65535 else a.max())
-            elif im.mode == "F":
-                a = np.asarray(im, dtype=np.float64)
-                a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
-            else:
-                a = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-            got = im.size
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{what} {str(path)!r} is not a readable image ({err}): pass a PNG depth image") from err
-    if size is not None and tuple(got) != tuple(size):
-        raise ValueError(f"{what} {str(path)!r} is {got[0]}x{got[1]} but the input image is {size[0]}x{size[1]}: "
+    im = ImageOps.exif_transpose(open_image(p, f"depth image ({what})"))
+    if size is not None and tuple(im.size) != tuple(size):
+        raise ValueError(f"{what} {str(path)!r} is {im.size[0]}x{im.size[1]} but the input image is {size[0]}x{size[1]}: "
                          f"pass the depth image made from this image, at its size")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} {str(path)!r} has non-finite values: pass a depth image of finite values")
+        a = a / 65535.0 if im.mode != "F" and a.max() <= 65535 else (a - a.min()) / max(float(np.ptp(a)), 1e-12)
+    else:
+        a = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
     return a.astype(np.float32)

@@ -52,9 +52,14 @@ def _tiny_zero123() -> str:
 
 def _mini_depth() -> str:
     from .miniworld.assets import check, default_dir
+    from .models import ModelLoadError
 
     check()
-    return str(default_dir() / "depth")
+    folder = default_dir() / "depth"
+    if not (folder / "config.json").is_file():  # a mini world built before the depth estimator
+        raise ModelLoadError(f"this mini world ({default_dir()}) has no depth estimator: add it with `python -m "
+                             f"training.mini_depth --output {default_dir()}`, or pass --depth off")
+    return str(folder)
 
 
 def _tiny_depth() -> str:

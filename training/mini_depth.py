@@ -30,6 +30,7 @@ from suite.miniworld.assets import depth_views
 from .mini_models import cosine_lr, log_progress, optimise, run_chunks
 
 IMAGE_SIZE = 64
+SIZES = {"full": dict(objects=3000, steps=3000), "quick": dict(objects=40, steps=10)}  # per build size (miniworld's)
 GLPN_CONFIG = dict(num_channels=3, num_encoder_blocks=4, depths=[1, 1, 2, 1], sr_ratios=[4, 2, 1, 1],
                    hidden_sizes=[16, 32, 64, 96], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
                    num_attention_heads=[1, 1, 2, 4], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=32,
@@ -141,11 +142,9 @@ def add_to_models(output: Path, work: Path, size: str = "full", seed: int = 0) -
 
     from suite.miniworld import assets
 
-    from .miniworld import SIZES
-
     manifest = json.loads((output / assets.MANIFEST).read_text())
     t0 = time.time()
-    build_depth(work / "stage", work, SIZES[size]["depth_objects"], SIZES[size]["depth_steps"], seed)
+    build_depth(work / "stage", work, SIZES[size]["objects"], SIZES[size]["steps"], seed)
     seconds = time.time() - t0
     with atomic_dir(output / "depth") as tmp:
         shutil.copytree(work / "stage" / "depth", tmp, dirs_exist_ok=True)
@@ -168,7 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(default_dir()), help="the built mini world (default: the shipped folder)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "in-domain-suite" / "mini-build"),
                    help="the build's cache (renders and the trained model)")
-    p.add_argument("--size", choices=["full", "quick"], default="full")
+    p.add_argument("--size", choices=list(SIZES), default="full")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     out = add_to_models(Path(args.output), Path(args.work), args.size)

@@ -169,10 +169,9 @@ def train_domain_model(sd_folder: Path, data: Path, output: Path, steps: int, se
 SIZES = {
     "full": dict(open=12000, open_face=4000, domain=2000, face_domain=2000, judge=8000, judge_face=6000,
                  vae=1000, base=2400, judge_steps=1500, domain_steps=800, zero123_objects=3500,
-                 zero123_box_objects=2400, depth_objects=3000, depth_steps=3000),
+                 zero123_box_objects=2400),
     "quick": dict(open=600, open_face=200, domain=200, face_domain=200, judge=600, judge_face=400,
-                  vae=40, base=60, judge_steps=60, domain_steps=20, zero123_objects=60, zero123_box_objects=40,
-                  depth_objects=40, depth_steps=10),
+                  vae=40, base=60, judge_steps=60, domain_steps=20, zero123_objects=60, zero123_box_objects=40),
 }
 BUILD_VERSION = 2  # the data and steps above; a cache made by another version is refused
 
@@ -299,7 +298,8 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     cached = build_zero123(stage, work, size, seed, vae)
     step("zero123", cached)
     # 7. the depth estimator of the 3D flow's --depth auto (its renders cached with the other data)
-    cached = mini_depth.build_depth(stage, work, n["depth_objects"], n["depth_steps"], seed)
+    depth = mini_depth.SIZES[size]
+    cached = mini_depth.build_depth(stage, work, depth["objects"], depth["steps"], seed)
     step("depth", cached)
 
     with atomic_dir(output) as tmp:

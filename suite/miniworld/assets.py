@@ -256,7 +256,8 @@ def measure_zero123(folder: str | os.PathLike | None = None, cases: int = 28, st
     return {f"zero123_{k[5:]}": round(m[k], 4) for k in ("mean_iou", "mean_psnr", "mean_copy_iou", "mean_copy_psnr")}
 
 
-DEPTH_HELD_OUT_SEED = 90210  # the held-out views of measure_depth (the build's renders use seeds below 100,000)
+DEPTH_HELD_OUT_SEED = 90210  # the held-out views of measure_depth (the build's render chunks use seeds 100019 * seed + i,
+# i < 30: 0-29 for the shipped build's seed 0)
 
 
 def depth_views(n: int, seed: int = DEPTH_HELD_OUT_SEED, size: int = 64):

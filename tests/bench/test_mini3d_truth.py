@@ -104,6 +104,9 @@ def test_a_finished_run_of_another_geometry_is_refused_not_measured(tmp_path):
     run.mkdir()
     (run / "summary.json").write_text("{}")
     (run / "config.json").write_text(json.dumps({"nerf": {}}))  # written before the geometry existed: density
-    assert _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density"))
+    assert _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density", depth="off"))
     with pytest.raises(ValueError, match="made with the density geometry and this run asks for the sdf geometry"):
         _finished(run, ThreeDConfig(preset="mini", image="x.png"))
+    # and one made before the reference depth (the mini default since) is refused by a run that uses it
+    with pytest.raises(ValueError, match="made with --depth off and this run asks for --depth auto"):
+        _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density"))

@@ -24,9 +24,14 @@ def test_pearson_depth_loss_is_blind_to_scale_and_offset_and_reads_only_the_obje
     # pixels off the object may hold anything
     want = torch.where(keep, 2.0 * depth, torch.rand(1, 16, 16, 1, generator=g) * 100)
     assert float(pearson_depth_loss(depth, want, keep)) == pytest.approx(0.0, abs=1e-5)
-    # too few pixels: nothing to compare, and no NaN
+    # too few pixels: nothing to compare; a flat reference: no correlation; neither gives a NaN loss or gradient
     few = torch.zeros_like(keep)
     few[0, 0, :3] = True
+    for target, kept in ((want, few), (torch.full_like(depth, 0.5), keep), (depth, torch.zeros_like(keep))):
+        d = depth.clone().requires_grad_(True)
+        loss = pearson_depth_loss(d, target, kept)
+        loss.backward()
+        assert bool(torch.isfinite(loss)) and bool(torch.isfinite(d.grad).all())
     assert float(pearson_depth_loss(depth, want, few)) == 0.0
 
 
@@ -40,7 +45,7 @@ def _ring_reference(size=32):
     return rgb, mask, dish
 
 
-def _fit(lambda_ref_depth, dish):
+def _fit(lambda_ref_depth, dish, fraction=1.0):
     from generators3d.cameras import reference_camera
     from generators3d.config import CameraConfig
     from generators3d.nerf import Background, NeRFField
@@ -52,7 +57,8 @@ def _fit(lambda_ref_depth, dish):
     field = NeRFField(NeRFConfig(n_levels=6, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.5, hidden=16,
                                  n_hidden_layers=1, samples_per_ray=48))
     bg = Background()
-    stage = StageConfig(steps=60, lr=0.02, ref_resolution=32, lambda_ref_depth=lambda_ref_depth)
+    stage = StageConfig(steps=60, lr=0.02, ref_resolution=32, lambda_ref_depth=lambda_ref_depth,
+                        ref_ray_fraction=fraction)
     camera = CameraConfig()
     train_stage(field, bg, stage, camera, Reference(rgb, mask, depth if dish else -depth), [],
                 generator=torch.Generator().manual_seed(0))
@@ -104,8 +110,18 @@ def test_config_depth_defaults_and_refusals(tmp_path):
         ThreeDConfig(preset="mini", prompt="a vase", depth_weight=-1.0).resolved()
     with pytest.raises(ValueError, match="--depth is empty"):
         ThreeDConfig(preset="mini", prompt="a vase", depth=" ").resolved()
+    # a depth setting that nothing would read is refused, not ignored
+    with pytest.raises(ValueError, match="--depth-weight needs --depth auto"):
+        ThreeDConfig(preset="full", prompt="a vase", depth_weight=5.0).resolved()
+    with pytest.raises(ValueError, match="--depth-model needs --depth auto"):
+        ThreeDConfig(preset="mini", prompt="a vase", depth="off", depth_model="x/y").resolved()
+    with pytest.raises(ValueError, match="drop one of them"):
+        ThreeDConfig(preset="mini", image="a.png", depth="d.png", depth_model="x/y").resolved()
+    # a --config file written by hand without "depth" gets the preset's (only an old run's config.json replays off)
+    assert ThreeDConfig.from_dict({"preset": "mini", "prompt": "a vase", "zero123": {"steps": 5}}).resolved().depth \
+        == "auto"
     # a run's config.json from before reference depth replays without it
-    old = mini.to_dict()
+    old = dict(mini.to_dict(), threads=2)
     del old["depth"], old["depth_model"], old["depth_weight"]
     del old["zero123"]["lambda_ref_depth"], old["refine"]["lambda_ref_depth"]
     path = tmp_path / "config.json"
@@ -126,7 +142,7 @@ def test_read_nearness_reads_8_and_16_bit_and_refuses_another_size_or_a_non_imag
     with pytest.raises(ValueError, match="is 32x24 but the input image is 64x64"):
         read_nearness(tmp_path / "d16.png", (64, 64))
     (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="could not be read as an image"):
         read_nearness(tmp_path / "notes.png")
     with pytest.raises(ValueError, match="not a file"):
         read_nearness(tmp_path / "missing.png")
@@ -226,3 +242,16 @@ def test_tiny_runs_with_an_estimated_or_a_given_depth_write_what_they_used(tmp_p
     err = capsys.readouterr().err
     assert "is 32x32 but the input image is 64x64" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(tmp_path / "flat.png")  # e.g. a mask passed by mistake
+    assert launch.main(["3d", "--output", str(tmp_path / "bad"), "--depth", str(tmp_path / "flat.png"), *fast]) == 2
+    err = capsys.readouterr().err
+    assert "is flat over the object" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_loss_steers_the_fit_from_a_random_quarter_of_the_reference_rays_too(one_thread):
+    """The mini preset renders a random quarter of the reference view's rays per step (``ref_ray_fraction``): the
+    depth loss on that path sinks the disc into the dish as on the whole view."""
+    plain = _fit(0.0, dish=True, fraction=0.25)
+    dished = _fit(REF_DEPTH_WEIGHT, dish=True, fraction=0.25)
+    assert plain < 0.0 and dished > plain + 0.8, (plain, dished)
