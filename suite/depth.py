@@ -54,7 +54,7 @@ class DepthEstimator:
         dtype = next(self.model.parameters()).dtype
         inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
         outputs = self.model(pixel_values=inputs["pixel_values"].to(dev, dtype))
-        # the model's own post-processing (ZoeDepth's padding removed, Depth Pro's inverse taken), at the image's size
+        # the model's own post-processing (e.g. ZoeDepth's padding removed), at the image's size
         pred = self.processor.post_process_depth_estimation(outputs, [(image.height, image.width)])[0]
         pred = pred["predicted_depth"].float().reshape(image.height, image.width)
         if not bool(torch.isfinite(pred).all()):
@@ -73,8 +73,8 @@ def load_depth_estimator(ref: str | os.PathLike, device="cpu", dtype=torch.float
     try:
         config = AutoConfig.from_pretrained(ref, **kw)
         sense = DEPTH_SENSE.get(config.model_type)
-        if getattr(config, "depth_estimation_type", None) == "metric":
-            sense = "depth"
+        if sense is not None and getattr(config, "depth_estimation_type", None) == "metric":
+            sense = "depth"  # a metric Depth Anything
         if sense is None:
             raise ModelLoadError(f"depth model {ref!r} is a {config.model_type!r} model, not one of the depth estimators "
                                  f"the suite knows ({', '.join(sorted(DEPTH_SENSE))}): pass {flag} with one of those")
