@@ -182,13 +182,7 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
                                         refine_steps=0, formats=("ply",), texture=False))
         reference = _load_reference(prep / "reference.png", prep / "reference-mask.png", "cpu")
         if stage.lambda_ref_depth:  # the reference's depth, as the user's path would add it (--depth)
-            estimator = None
-            if cfg.depth == "auto":
-                from suite.depth import load_depth_estimator
-                from suite.presets import depth_ref
-
-                estimator = load_depth_estimator(cfg.depth_model or depth_ref("mini"))
-            reference = _with_depth(reference, cfg, estimator, prep)
+            reference = _with_depth(reference, cfg, None, prep)
         field = make_field(cfg.nerf, "cpu", seed=cfg.seed)
         term = SDSTerm("truth", stage.lambda_rgb / stage.lambda_sds, TruthViews(obj, reference_framing(obj, el, az)))
         t0 = time.time()

@@ -440,10 +440,13 @@ def _needs_depth(cfg: ThreeDConfig, stage2_ckpt: Path, stage3_ckpt: Path) -> boo
 
 def _with_depth(reference: Reference, cfg: ThreeDConfig, estimator, out: Path) -> Reference:
     """The reference with its relative depth: the user's depth image (of ``out/mask.png``'s image) framed as the
-    reference view, or the estimator's depth of the reference view at stage 2's reference resolution. Written to
+    reference view, or the ``estimator``'s depth of the reference view at stage 2's reference resolution (None: the
+    config's depth model, loaded here). Written to
     ``out/reference-depth.png`` (16 bit, bright = near, normalised over the object) for the user to look at."""
     with Image.open(out / "reference-mask.png") as im:
         ref_mask = im.convert("L")
+    if cfg.depth == "auto" and estimator is None:
+        estimator = load_depth_estimator(cfg.depth_model or depth_ref(cfg.preset), device=reference.rgb.device)
     if cfg.depth == "auto":
         size = min(cfg.zero123.ref_resolution, ref_mask.width)
         with Image.open(out / "reference.png") as im:

@@ -58,6 +58,11 @@ def stage_resolution(stage: StageConfig, step: int) -> tuple[int, int]:
     return int(stage.resolutions[i]), int(stage.batch_sizes[i])
 
 
+def surface_depth(depth: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """The rendered surface's depth from the renderer's weight-accumulated ``depth`` (``depth / opacity``)."""
+    return depth / opacity.clamp_min(1e-3)
+
+
 def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.05) -> torch.Tensor:
     """Mean squared second difference of the surface depth (``depth / opacity``, ``[B, H, W]``) along rows and
     columns, over runs of three pixels that are all on the object (opacity > 0.5) and not across a depth jump of
@@ -66,7 +71,7 @@ def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.
     expected depth: with few, jittered samples per ray its sampling noise is penalised too, which favours a softer
     density (docs/3d.md, "Measured against the exact geometry")."""
     on = (opacity > 0.5).detach()
-    surface = depth / opacity.clamp_min(1e-3)
+    surface = surface_depth(depth, opacity)
     total, count = surface.new_zeros(()), 0
     for dim in (1, 2):
         n = surface.shape[dim]
@@ -189,7 +194,7 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
             info["loss_rgb"], info["loss_mask"] = float(l_rgb.detach()), float(l_mask.detach())
             if stage.lambda_ref_depth:
                 # 3b. The reference's relative depth (Magic123): the rendered surface depth where the object is.
-                surface = ref_out["depth"] / ref_out["opacity"].clamp_min(1e-3)
+                surface = surface_depth(ref_out["depth"], ref_out["opacity"])
                 l_depth = pearson_depth_loss(surface, want_depth, want_mask > 0.5)
                 loss = loss + stage.lambda_ref_depth * l_depth
                 info["loss_ref_depth"] = float(l_depth.detach())
