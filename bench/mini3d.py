@@ -45,14 +45,16 @@ GUIDANCE = ("zero123", "truth")  # stage 2's guidance of the known objects: the 
 
 
 def _suffix(variant: str | None) -> str:
-    """Folder and file suffix of a run with ``--geometry`` or ``--depth`` given (:func:`variant`; none for the
-    preset's own)."""
+    """Folder and file suffix of a run with ``--geometry``, ``--depth`` or ``--view-depth-weight`` given
+    (:func:`variant`; none for the preset's own)."""
     return f"-{variant}" if variant else ""
 
 
-def variant(geometry: str | None = None, depth: str | None = None) -> str | None:
-    """The label of the settings given beside the preset's: ``sdf``, ``depth-off``, ``density-depth-auto``."""
-    return "-".join(p for p in (geometry, depth and f"depth-{depth}") if p) or None
+def variant(geometry: str | None = None, depth: str | None = None, view_depth: float | None = None) -> str | None:
+    """The label of the settings given beside the preset's: ``sdf``, ``depth-off``, ``density-depth-auto``,
+    ``view-depth-10``."""
+    parts = (geometry, depth and f"depth-{depth}", view_depth is not None and f"view-depth-{view_depth:g}")
+    return "-".join(p for p in parts if p) or None
 
 
 def case_files(folder: Path, shape: str, guidance: str = "zero123", geometry: str | None = None
@@ -148,7 +150,9 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     as the benchmark's other runs; its ``seconds`` are stage 2's alone (the user's path: the whole run's)."""
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.nerf import Background, make_field
-    from generators3d.run import _load_reference, _with_depth, stage_generator
+    from generators3d.run import _load_reference, _view_depth, _with_depth, stage_generator
+    from suite.depth import load_depth_estimator
+    from suite.presets import depth_ref
     from generators3d.stage import SDSTerm, check_checkpoint, save_checkpoint, train_stage
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
@@ -162,17 +166,19 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     if cfg.camera.ref_azimuth != 0.0 or stage.sds_background is not None or stage.shading or not stage.lambda_sds:
         raise ValueError("TruthViews compares white-background, unshaded renders with the reference view at NeRF "
                          "azimuth 0 and an SDS weight: the mini preset's stage 2 has changed, update bench.mini3d")
-    _, checkpoint, prep = case_files(out.parent, shape, "truth", variant(steps.get("geometry"), steps.get("depth")))
+    _, checkpoint, prep = case_files(out.parent, shape, "truth", variant(steps.get("geometry"), steps.get("depth"),
+                                                                         steps.get("view_depth_weight")))
     if checkpoint.is_file():  # resumed: only a checkpoint of the same length of stage 2 is reused
         meta = check_checkpoint(checkpoint)
         made = json.loads(meta["extra"])
         depth = cfg.depth if stage.lambda_ref_depth else "off"
         if (made.get("steps") != stage.steps or meta["nerf_config"].geometry != cfg.nerf.geometry
-                or made.get("depth", "off") != depth):
+                or made.get("depth", "off") != depth or made.get("view_depth", 0.0) != stage.lambda_view_depth):
             raise ValueError(f"{checkpoint} was trained for {made.get('steps')} steps with the "
-                             f"{meta['nerf_config'].geometry} geometry and --depth {made.get('depth', 'off')}, and this "
-                             f"run asks for {stage.steps} with the {cfg.nerf.geometry} geometry and --depth {depth}: "
-                             f"give another --output")
+                             f"{meta['nerf_config'].geometry} geometry, --depth {made.get('depth', 'off')} and "
+                             f"--view-depth-weight {made.get('view_depth', 0.0):g}, and this run asks for {stage.steps} "
+                             f"with the {cfg.nerf.geometry} geometry, --depth {depth} and --view-depth-weight "
+                             f"{stage.lambda_view_depth:g}: give another --output")
     else:
         if (out / "run").exists():
             raise ValueError(f"{out / 'run'} holds the export of an earlier checkpoint: delete {out} or give another "
@@ -186,10 +192,13 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
         field = make_field(cfg.nerf, "cpu", seed=cfg.seed)
         term = SDSTerm("truth", stage.lambda_rgb / stage.lambda_sds, TruthViews(obj, reference_framing(obj, el, az)))
         t0 = time.time()
+        estimator = None  # the random views' depth, as the user's path reads it (--view-depth-weight)
+        if stage.lambda_view_depth:
+            estimator = load_depth_estimator(cfg.depth_model or depth_ref(cfg.preset))
         train_stage(field, Background(), stage, cfg.camera, reference, [term],
-                    generator=stage_generator(cfg.seed, "zero123"))
+                    generator=stage_generator(cfg.seed, "zero123"), view_depth=_view_depth(estimator, stage))
         made = {"steps": stage.steps, "guidance": "truth", "seconds": round(time.time() - t0, 1),
-                "depth": cfg.depth if stage.lambda_ref_depth else "off"}
+                "depth": cfg.depth if stage.lambda_ref_depth else "off", "view_depth": stage.lambda_view_depth}
         save_checkpoint(field, checkpoint, "zero123", made)
     if not _finished(out / "run"):
         run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(checkpoint), output=str(out / "run"),
@@ -215,6 +224,11 @@ def _finished(run: Path, cfg=None) -> bool:
         if made_depth != want_depth:
             raise ValueError(f"{run} was made with --depth {made_depth} and this run asks for --depth {want_depth}: "
                              f"give another --output")
+        made_view = saved.get("zero123", {}).get("lambda_view_depth", 0.0)
+        want_view = cfg.resolved().zero123.lambda_view_depth
+        if made_view != want_view:
+            raise ValueError(f"{run} was made with --view-depth-weight {made_view:g} and this run asks for "
+                             f"{want_view:g}: give another --output")
     return True
 
 
@@ -374,12 +388,13 @@ def markdown(result: dict) -> str:
 
 
 def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero123", shapes=None,
-        geometry: str | None = None, depth: str | None = None) -> dict:
+        geometry: str | None = None, depth: str | None = None, view_depth: float | None = None) -> dict:
     """``guidance``: ``zero123`` (the user's path) or ``truth`` (:func:`truth_guided`: known objects only, in
     ``truth-<shape>`` folders); ``shapes``: the known objects to run (None: all, or the cup with ``quick``);
     ``geometry``: the NeRF's (``launch.py 3d --geometry``; None: the preset's), given, in folders and files of its own
     (``known-cup-sdf``, ``results-sdf.json``); ``depth``: ``launch.py 3d --depth`` (auto or off; None: the preset's),
-    given, likewise (``known-cup-depth-off``)."""
+    given, likewise (``known-cup-depth-off``); ``view_depth``: ``launch.py 3d --view-depth-weight`` (None: the
+    preset's, 0), given, likewise (``known-cup-view-depth-10``)."""
     if guidance not in GUIDANCE:
         raise ValueError(f"unknown guidance {guidance!r}: use one of {', '.join(GUIDANCE)}")
     folder = Path(output)
@@ -389,7 +404,9 @@ def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero12
         steps["geometry"] = geometry
     if depth is not None:
         steps["depth"] = depth
-    label = variant(geometry, depth)
+    if view_depth is not None:
+        steps["view_depth_weight"] = view_depth
+    label = variant(geometry, depth, view_depth)
     cases = [c for c in KNOWN if c[0] in shapes] if shapes else (KNOWN[:1] if quick else KNOWN)
     measure = truth_guided if guidance == "truth" else known_object
     known = [measure(c, case_files(folder, c[0], guidance, label)[0], steps) for c in cases]
@@ -398,7 +415,7 @@ def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero12
     from generators3d.config import PRESET_SIZES
 
     clean = {"guidance": guidance, "geometry": geometry or PRESET_SIZES["mini"].nerf().geometry,
-             "depth": depth or PRESET_SIZES["mini"].depth, "known": known,
+             "depth": depth or PRESET_SIZES["mini"].depth, "view_depth_weight": view_depth or 0.0, "known": known,
              "prompts": [{k: v for k, v in r.items() if not k.startswith("_")} for r in prompts]}
     name = (("" if guidance == "zero123" else f"-{guidance}") + _suffix(label)
             + ("-" + "-".join(c[0] for c in cases) if shapes else ""))
@@ -429,6 +446,9 @@ def main(argv=None) -> int:
     p.add_argument("--depth", choices=DEPTH_MODES, default=None,
                    help="the reference depth, as launch.py 3d --depth (default: the preset's, mini: auto); given, its "
                         "runs live in folders and files of their own, e.g. known-box-depth-off, results-depth-off.json")
+    p.add_argument("--view-depth-weight", type=float, default=None, metavar="WEIGHT",
+                   help="the random views' depth loss, as launch.py 3d --view-depth-weight (default: the preset's, 0); "
+                        "given, its runs live in folders and files of their own, e.g. known-box-view-depth-10")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -441,7 +461,7 @@ def main(argv=None) -> int:
 
     try:
         result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known, geometry=args.geometry,
-                     depth=args.depth)
+                     depth=args.depth, view_depth=args.view_depth_weight)
     except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting, a stale run: one sentence
         print(f"error: {e}", file=sys.stderr)
         return 2

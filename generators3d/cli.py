@@ -82,10 +82,16 @@ def add_arguments(p) -> None:
                         "metric depth map first; same size), "
                         "'off' uses none (default: off; mini: auto). The run writes what it used to reference-depth.png")
     g.add_argument("--depth-model", default=None,
-                   help="transformers depth estimator (folder or hub id) for --depth auto (default: "
-                        "$INDOMAIN_DEPTH_MODEL or depth-anything/Depth-Anything-V2-Small-hf; mini: the mini world's)")
+                   help="transformers depth estimator (folder or hub id) for --depth auto and --view-depth-weight "
+                        "(default: $INDOMAIN_DEPTH_MODEL or depth-anything/Depth-Anything-V2-Small-hf; mini: the mini world's)")
     g.add_argument("--depth-weight", type=finite_float, default=None, metavar="WEIGHT",
                    help=f"weight of the reference-depth loss in stage 2 (default: {REF_DEPTH_WEIGHT:g}; 0 = off)")
+    g.add_argument("--view-depth-weight", type=finite_float, default=None, metavar="WEIGHT",
+                   help="weight of a depth loss on stage 2's random views: each view's rendered depth against "
+                        "--depth-model's reading of that render, so that the shape follows what its colours show "
+                        "(a bowl's painted inside reads as a hollow); needs --depth auto or FILE; experimental, off by "
+                        "default (mini world at 10: the bowl's cavity a little more open, the other shapes "
+                        "unchanged within what three seeds resolve; docs/3d.md)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
                    help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
     g.add_argument("--domain-weight", type=weight_arg, default=None,
@@ -188,7 +194,8 @@ def config_from_args(args):
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
               texture=False if args.no_texture else None, texture_size=args.texture_size, resume=args.resume, export_only=args.export_only,
               seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames,
-              geometry=args.geometry, depth=args.depth, depth_model=args.depth_model, depth_weight=args.depth_weight)
+              geometry=args.geometry, depth=args.depth, depth_model=args.depth_model, depth_weight=args.depth_weight,
+              view_depth_weight=args.view_depth_weight)
     cfg = ThreeDConfig(**kw).resolved()
     refine = cfg.refine
     for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),

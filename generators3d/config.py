@@ -112,6 +112,13 @@ class StageConfig:
     # The reference view's relative depth (``--depth``; Magic123's and threestudio's ``lambda_depth_rel``): weight of
     # 1 - Pearson correlation between the rendered surface depth and the given depth on the object's pixels. 0 = off.
     lambda_ref_depth: float = 0.0
+    # Depth of the random views (``--view-depth-weight``): weight of the mean over the SDS views of 1 - Pearson
+    # correlation between each view's rendered surface depth and a monocular depth estimate of that view's own render
+    # (the estimator reads the shape its colours show: a lid painted with a bowl's inside reads as a hollow), on the
+    # rendered object. Needs a depth estimator (the run's --depth-model). 0 = off (every preset: on the mini world it
+    # opened the bowl's cavity a little and changed the other shapes by nothing measurable; docs/3d.md, "Depth of the
+    # random views").
+    lambda_view_depth: float = 0.0
     lambda_eikonal: float = 0.0  # sdf geometry only: weight of mean (|grad d| - 1)^2 at random points
     # Experimental (``--shading``): the SDS views and the reference view (then always whole: ``ref_ray_fraction`` is
     # ignored) are rendered lit as the mini world lights its objects (generators3d.stage.shade_camera_light: a key
@@ -315,6 +322,9 @@ class ThreeDConfig:
     depth: str | None = None
     depth_model: str | None = None
     depth_weight: float | None = None
+    # The random views' depth (stage 2's lambda_view_depth: its renders' depth against the depth model's reading of
+    # them; experimental). None: the stage's own (0); refused with --depth off.
+    view_depth_weight: float | None = None
     nerf: NeRFConfig | None = None
     camera: CameraConfig | None = None
     zero123: StageConfig | None = None
@@ -368,17 +378,24 @@ class ThreeDConfig:
         elif not self.image and not self.export_only:
             raise ValueError(f"--depth {depth!r} is a depth image, which needs --image (the depth belongs to your "
                              f"image): pass --image too, or use --depth auto to estimate the stage-1 image's depth")
-        w = self.depth_weight
-        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf):
-            raise ValueError(f"the depth weight is {w!r}: give --depth-weight a finite number, 0 or more (0 = off; "
-                             f"default {REF_DEPTH_WEIGHT})")
-        if depth == "off" and (w is not None or self.depth_model):
-            raise ValueError(f"--{'depth-weight' if w is not None else 'depth-model'} needs --depth auto or a depth "
-                             f"image (the {self.preset} preset's default is {sizes.depth!r}): add --depth auto, or drop it")
-        if depth not in DEPTH_MODES and self.depth_model:
-            raise ValueError("--depth-model estimates a depth, and --depth gives one: drop one of them")
-        if depth == "off":  # neither stage reads a depth that is not there
-            zero123, refine = (replace(st, lambda_ref_depth=0.0) for st in (zero123, refine))
+        w, vw = self.depth_weight, self.view_depth_weight
+        for flag, value, default in (("depth-weight", w, REF_DEPTH_WEIGHT),
+                                     ("view-depth-weight", vw, zero123.lambda_view_depth)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value < math.inf):
+                raise ValueError(f"the {flag.replace('-', ' ')} is {value!r}: give --{flag} a finite number, 0 or more "
+                                 f"(0 = off; {self.preset} default {default:g})")
+        if depth == "off" and (w is not None or vw is not None or self.depth_model):
+            given = [f for f, v in (("depth-weight", w), ("view-depth-weight", vw)) if v is not None] or ["depth-model"]
+            raise ValueError(f"--{given[0]} needs --depth auto or a depth image (the {self.preset} preset's default is "
+                             f"{sizes.depth!r}): add --depth auto, or drop it")
+        if vw is not None:
+            zero123 = replace(zero123, lambda_view_depth=float(vw))
+        if depth not in DEPTH_MODES and self.depth_model and not zero123.lambda_view_depth:
+            raise ValueError("--depth-model estimates the reference's depth, which --depth gives, and the random views' "
+                             "depth is off (--view-depth-weight 0): drop one of them")
+        if depth == "off":  # neither stage reads a depth that is not there, or estimates one
+            zero123, refine = (replace(st, lambda_ref_depth=0.0, lambda_view_depth=0.0) for st in (zero123, refine))
         else:
             zero123 = replace(zero123, lambda_ref_depth=float(w) if w is not None
                               else zero123.lambda_ref_depth or REF_DEPTH_WEIGHT)
@@ -414,10 +431,11 @@ class ThreeDConfig:
                 raise ValueError(f"{name}.lambda_eikonal is {eik!r} but the geometry is {nerf.geometry!r}: the eikonal "
                                  f"term needs the sdf geometry; give geometry 'sdf', or 'density' (which turns the term "
                                  f"off), or set {name}.lambda_eikonal to 0")
-            ref_w = stage.lambda_ref_depth
-            if isinstance(ref_w, bool) or not isinstance(ref_w, (int, float)) or not 0 <= ref_w < math.inf:
-                raise ValueError(f"{name}.lambda_ref_depth is {ref_w!r}: give the reference-depth weight as a finite "
-                                 f"number, 0 or more (0 = off)")
+            for key, what in (("lambda_ref_depth", "reference-depth"), ("lambda_view_depth", "view-depth")):
+                value = getattr(stage, key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                    raise ValueError(f"{name}.{key} is {value!r}: give the {what} weight as a finite number, 0 or more "
+                                     f"(0 = off)")
             smooth_w = stage.lambda_depth_smooth
             if isinstance(smooth_w, bool) or not isinstance(smooth_w, (int, float)) or not 0 <= smooth_w < math.inf:
                 raise ValueError(f"{name}.lambda_depth_smooth is {smooth_w!r}: give the depth-smoothness weight as a "

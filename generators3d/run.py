@@ -156,7 +156,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         _check_prompt_tokens(pipe, prompt)
     depth_model = None
     need_depth = _needs_depth(cfg, stage2_ckpt, stage3_ckpt)
-    if need_depth and cfg.depth == "auto":
+    need_view_depth = _needs_depth(cfg, stage2_ckpt, stage3_ckpt, "lambda_view_depth")
+    if (need_depth and cfg.depth == "auto") or need_view_depth:
         depth_model = load_depth_estimator(cfg.depth_model or depth_ref(cfg.preset), device=device)
     z123_model = None
     if (cfg.zero123.steps > 0 and not stage2_ckpt.exists()) or (
@@ -193,7 +194,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     reference = _load_reference(ref_path, out / "reference-mask.png", device)
     if need_depth:  # 4b. the reference's depth (stage 2's relative depth loss)
         reference = _with_depth(reference, cfg, depth_model, out)
-        depth_model = None  # not kept through the stages (a large estimator beside the diffusion models)
+    if not need_view_depth:
+        depth_model = None  # not kept through the stages unless they read it (a large estimator beside the models)
 
     # 5. Stage 2: Zero-1-to-3 initialisation (SDS from random views + reference colour and mask).
     zero123 = None
@@ -212,7 +214,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
             report.start("zero123", cfg.zero123.steps)
             stats = train_stage(field, background, cfg.zero123, cfg.camera, reference, [SDSTerm("zero123", 1.0, term)],
                                 generator=stage_generator(cfg.seed, "zero123"),
-                                progress=lambda i, n, info: report.update("zero123", i, n, info))
+                                progress=lambda i, n, info: report.update("zero123", i, n, info),
+                                view_depth=_view_depth(depth_model, cfg.zero123))
             report.end("zero123")
             result.nan_recoveries += stats["nan_recoveries"]
             result.stages_run.append("zero123")
@@ -229,7 +232,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         report.start("refine", r.steps)
         stats = train_stage(field, background, r, cfg.camera, reference, terms,
                             generator=stage_generator(cfg.seed, "refine"),
-                            progress=lambda i, n, info: report.update("refine", i, n, info))
+                            progress=lambda i, n, info: report.update("refine", i, n, info),
+                            view_depth=_view_depth(depth_model, r))
         report.end("refine")
         result.nan_recoveries += stats["nan_recoveries"]
         result.stages_run.append("refine")
@@ -432,10 +436,19 @@ def _check_prompt_tokens(pipe, prompt: str) -> None:
         raise ValueError(f"the prompt is {n} tokens long but SD1.5 reads at most {limit}: shorten it")
 
 
-def _needs_depth(cfg: ThreeDConfig, stage2_ckpt: Path, stage3_ckpt: Path) -> bool:
-    """Whether a stage still to run reads the reference's depth."""
-    return cfg.depth != "off" and any(st.steps > 0 and st.lambda_ref_depth > 0 and not ckpt.exists()
+def _needs_depth(cfg: ThreeDConfig, stage2_ckpt: Path, stage3_ckpt: Path, weight: str = "lambda_ref_depth") -> bool:
+    """Whether a stage still to run reads the reference's depth (or, with ``weight="lambda_view_depth"``, the depth
+    model's reading of its random views)."""
+    return cfg.depth != "off" and any(st.steps > 0 and getattr(st, weight) > 0 and not ckpt.exists()
                                       for st, ckpt in ((cfg.zero123, stage2_ckpt), (cfg.refine, stage3_ckpt)))
+
+
+def _view_depth(estimator, stage):
+    """The random views' depth for ``stage.lambda_view_depth``: the estimator's nearness of each render, read at the
+    stage's reference resolution (the size the reference's own depth is estimated at); None where it is off."""
+    if estimator is None or not stage.lambda_view_depth:
+        return None
+    return lambda rgb: estimator.nearness(rgb, stage.ref_resolution)
 
 
 def _with_depth(reference: Reference, cfg: ThreeDConfig, estimator, out: Path) -> Reference:

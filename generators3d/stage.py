@@ -86,8 +86,11 @@ def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.
 
 def train_stage(field: NeRFField, background: Background, stage: StageConfig, camera: CameraConfig,
                 reference: Reference | None, terms: Sequence[SDSTerm], *, generator: torch.Generator,
-                progress: Callable[[int, int, dict], None] | None = None, snapshot_every: int = 10) -> dict:
+                progress: Callable[[int, int, dict], None] | None = None, snapshot_every: int = 10,
+                view_depth: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Optimise ``field`` for ``stage.steps`` steps. Returns ``{"nan_recoveries": n, "last": info}``.
+    ``view_depth``: a monocular depth estimator, ``rgb [B, 3, H, W] -> nearness [B, H, W]`` (larger = nearer), for
+    ``stage.lambda_view_depth``.
 
     A step whose loss or gradients are not finite is undone: the field and optimiser go back to the last
     good state (kept every ``snapshot_every`` steps) and the step is counted in ``nan_recoveries``.
@@ -113,6 +116,8 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
     if stage.lambda_ref_depth and (reference is None or reference.depth is None):
         raise ValueError("lambda_ref_depth needs a reference depth: give the input image's depth (--depth FILE) or "
                          "set lambda_ref_depth to 0")
+    if stage.lambda_view_depth and view_depth is None:
+        raise ValueError("lambda_view_depth needs a depth estimator (view_depth): pass one or set lambda_view_depth to 0")
     ref_rays, n_ref = None, 0
     if reference is not None and not 0.0 < stage.ref_ray_fraction <= 1.0:
         raise ValueError(f"ref_ray_fraction must be in (0, 1], got {stage.ref_ray_fraction}: use 1 for the whole view")
@@ -141,6 +146,14 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
             cams = random_cameras(camera, batch, generator, device)
             out = render(field, background, cams, res, perturb=True, generator=generator)
             rgb = out["rgb"]
+            if stage.lambda_view_depth:
+                # 2a. Each view's rendered surface depth against the estimator's reading of the view's own colours.
+                near = view_depth(rgb.detach().permute(0, 3, 1, 2))
+                surface = surface_depth(out["depth"][..., 0], out["opacity"][..., 0])
+                corr = pearson(surface, -near, (out["opacity"][..., 0] > 0.5).detach())
+                l_view = (1.0 - corr).mean()
+                loss = loss + stage.lambda_view_depth * l_view
+                info["loss_view_depth"] = float(l_view.detach())
             if stage.shading:
                 rgb = shade_camera_light(out, cams, rgb, background)
             if stage.sds_background is not None:  # the same object over another (plain) backdrop

@@ -50,17 +50,30 @@ class DepthEstimator:
     def __call__(self, image: Image.Image) -> np.ndarray:
         """The image's relative depth as nearness ``[H, W]`` float32 (larger = nearer; any scale and offset), at the
         image's own size."""
+        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        return self.nearness(rgb)[0].cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def nearness(self, rgb: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Relative nearness ``[B, H, W]`` (larger = nearer) of images ``rgb [B, 3, H, W]`` in [0, 1], at their own
+        size; ``size``: the side they are resized to (bilinear) before the model's processor sees them (e.g. the
+        resolution the model was trained at), None: as they are."""
+        h, w = rgb.shape[-2:]
+        x = rgb.detach().float().clamp(0, 1)
+        if size is not None and (h, w) != (size, size):
+            x = torch.nn.functional.interpolate(x, (size, size), mode="bilinear", antialias=True, align_corners=False)
+        arrays = list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
         dev = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
-        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
+        inputs = self.processor(images=arrays, return_tensors="pt")
         outputs = self.model(pixel_values=inputs["pixel_values"].to(dev, dtype))
-        # the model's own post-processing (e.g. ZoeDepth's padding removed), at the image's size
-        pred = self.processor.post_process_depth_estimation(outputs, [(image.height, image.width)])[0]
-        pred = pred["predicted_depth"].float().reshape(image.height, image.width)
+        # the model's own post-processing (e.g. ZoeDepth's padding removed), at the images' size
+        preds = self.processor.post_process_depth_estimation(outputs, [(h, w)] * len(arrays))
+        pred = torch.stack([p["predicted_depth"].float().reshape(h, w) for p in preds])
         if not bool(torch.isfinite(pred).all()):
             raise ValueError(f"the depth model {self.ref!r} returned non-finite depth for this image: use another "
                              f"--depth-model, or pass the image's depth with --depth FILE")
-        return (pred if self.sense == "nearness" else -pred).cpu().numpy().astype(np.float32)
+        return (pred if self.sense == "nearness" else -pred).to(rgb.device)
 
 
 def load_depth_estimator(ref: str | os.PathLike, device="cpu", dtype=torch.float32,

@@ -110,3 +110,13 @@ def test_a_finished_run_of_another_geometry_is_refused_not_measured(tmp_path):
     # and one made before the reference depth (the mini default since) is refused by a run that uses it
     with pytest.raises(ValueError, match="made with --depth off and this run asks for --depth auto"):
         _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density"))
+    # and one made without the views' depth is refused by a run that asks for it, in a folder of its own
+    (run / "config.json").write_text(json.dumps({"nerf": {"geometry": "density"}, "depth": "auto",
+                                                 "zero123": {"lambda_ref_depth": 10.0}}))
+    assert _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density"))
+    with pytest.raises(ValueError, match="made with --view-depth-weight 0 and this run asks for 10"):
+        _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density", depth="auto",
+                                    view_depth_weight=10))
+    from bench.mini3d import variant
+
+    assert variant(None, None, 10.0) == "view-depth-10" and variant("sdf", "auto", 0.5) == "sdf-depth-auto-view-depth-0.5"

@@ -192,6 +192,16 @@ def test_depth_estimator_loader_reads_a_folder_and_refuses_other_models(tmp_path
         load_depth_estimator(tmp_path / "nowhere")
 
 
+def disc_object(folder, size=64):
+    """A blue disc on a near-white background, saved as ``folder/obj.png``: its mask and the column index."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = (yy - 30) ** 2 + (xx - 26) ** 2 < 16 ** 2
+    arr = np.full((size, size, 3), 250, np.uint8)
+    arr[disc] = (40, 90, 200)
+    Image.fromarray(arr).save(folder / "obj.png")
+    return disc, xx
+
+
 def test_tiny_runs_with_an_estimated_or_a_given_depth_write_what_they_used(tmp_path, capsys, one_thread):
     """--depth auto (the tiny preset's random estimator) and --depth FILE through the CLI: each writes the depth
     stage 2 read as reference-depth.png (16 bit, normalised over the object) and records it; the user's depth
@@ -199,12 +209,7 @@ def test_tiny_runs_with_an_estimated_or_a_given_depth_write_what_they_used(tmp_p
     another --depth, is one sentence and changes nothing."""
     import launch
 
-    size = 64
-    yy, xx = np.mgrid[0:size, 0:size]
-    disc = (yy - 30) ** 2 + (xx - 26) ** 2 < 16 ** 2
-    arr = np.full((size, size, 3), 250, np.uint8)
-    arr[disc] = (40, 90, 200)
-    Image.fromarray(arr).save(tmp_path / "obj.png")
+    disc, xx = disc_object(tmp_path)
     Image.fromarray((disc * 255).astype(np.uint8)).save(tmp_path / "mask.png")
     ramp = np.where(disc, (xx - 10) / 32.0, 0.0)  # brighter (nearer) to the right
     Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "depth.png")
