@@ -89,7 +89,8 @@ def add_arguments(p) -> None:
     g.add_argument("--view-depth-weight", type=finite_float, default=None, metavar="WEIGHT",
                    help="weight of a depth loss on stage 2's random views: each view's rendered depth against "
                         "--depth-model's reading of that render, so that the shape follows what its colours show "
-                        "(a bowl's painted inside reads as a hollow); needs --depth auto or FILE; experimental, off by "
+                        "(a bowl's painted inside reads as a hollow); needs --depth auto or FILE (--depth-weight 0 "
+                        "for the views' loss without the reference's); experimental, off by "
                         "default (mini world at 10: the bowl's cavity a little more open, the other shapes "
                         "unchanged within what three seeds resolve; docs/3d.md)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,

@@ -391,9 +391,9 @@ class ThreeDConfig:
                              f"{sizes.depth!r}): add --depth auto, or drop it")
         if vw is not None:
             zero123 = replace(zero123, lambda_view_depth=float(vw))
-        if depth not in DEPTH_MODES and self.depth_model and not zero123.lambda_view_depth:
-            raise ValueError("--depth-model estimates the reference's depth, which --depth gives, and the random views' "
-                             "depth is off (--view-depth-weight 0): drop one of them")
+        if depth not in DEPTH_MODES and self.depth_model and not (zero123.lambda_view_depth or refine.lambda_view_depth):
+            raise ValueError("--depth-model would read nothing: --depth gives the reference's depth and the random "
+                             "views' depth is off; drop --depth-model, or add --view-depth-weight")
         if depth == "off":  # neither stage reads a depth that is not there, or estimates one
             zero123, refine = (replace(st, lambda_ref_depth=0.0, lambda_view_depth=0.0) for st in (zero123, refine))
         else:

@@ -223,6 +223,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     result.checkpoints["zero123"] = stage2_ckpt
 
     # 6. Stage 3: refinement by SDS with the domain multi-guidance (+ optional Zero-1-to-3 term, Magic123).
+    if not cfg.refine.lambda_view_depth:
+        depth_model = None  # stage 2's reader of its views, not needed beside the diffusion models
     if stage3_ckpt.exists():
         field, _ = load_checkpoint(stage3_ckpt, device)
         log.info("stage 3: reusing %s", stage3_ckpt)

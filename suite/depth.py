@@ -56,8 +56,8 @@ class DepthEstimator:
     @torch.no_grad()
     def nearness(self, rgb: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """Relative nearness ``[B, H, W]`` (larger = nearer) of images ``rgb [B, 3, H, W]`` in [0, 1], at their own
-        size; ``size``: the side they are resized to (bilinear) before the model's processor sees them (e.g. the
-        resolution the model was trained at), None: as they are."""
+        size; ``size``: the side of the square they are resized to (bilinear) before the model's processor sees them
+        (e.g. the resolution the model was trained at; the prediction is resized back), None: as they are."""
         h, w = rgb.shape[-2:]
         x = rgb.detach().float().clamp(0, 1)
         if size is not None and (h, w) != (size, size):
@@ -65,14 +65,20 @@ class DepthEstimator:
         arrays = list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
         dev = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
-        inputs = self.processor(images=arrays, return_tensors="pt")
+        inputs = self.processor(images=arrays, return_tensors="pt", input_data_format="channels_last")
         outputs = self.model(pixel_values=inputs["pixel_values"].to(dev, dtype))
-        # the model's own post-processing (e.g. ZoeDepth's padding removed), at the images' size
-        preds = self.processor.post_process_depth_estimation(outputs, [(h, w)] * len(arrays))
-        pred = torch.stack([p["predicted_depth"].float().reshape(h, w) for p in preds])
+        # the model's own post-processing (e.g. ZoeDepth's padding removed) at the size the processor was given, then
+        # to the images' own size
+        seen = tuple(x.shape[-2:])
+        preds = self.processor.post_process_depth_estimation(outputs, [seen] * len(arrays))
+        pred = torch.stack([p["predicted_depth"].float().reshape(seen) for p in preds])
+        if seen != (h, w):
+            pred = torch.nn.functional.interpolate(pred[:, None], (h, w), mode="bilinear", antialias=True,
+                                                   align_corners=False)[:, 0]
         if not bool(torch.isfinite(pred).all()):
-            raise ValueError(f"the depth model {self.ref!r} returned non-finite depth for this image: use another "
-                             f"--depth-model, or pass the image's depth with --depth FILE")
+            raise ValueError(f"the depth model {self.ref!r} returned non-finite depth: use another --depth-model (or "
+                             f"give the reference's depth with --depth FILE and turn the views' off with "
+                             f"--view-depth-weight 0)")
         return (pred if self.sense == "nearness" else -pred).to(rgb.device)
 
 

@@ -115,7 +115,7 @@ def test_config_depth_defaults_and_refusals(tmp_path):
         ThreeDConfig(preset="full", prompt="a vase", depth_weight=5.0).resolved()
     with pytest.raises(ValueError, match="--depth-model needs --depth auto"):
         ThreeDConfig(preset="mini", prompt="a vase", depth="off", depth_model="x/y").resolved()
-    with pytest.raises(ValueError, match="drop one of them"):
+    with pytest.raises(ValueError, match="drop --depth-model, or add --view-depth-weight"):
         ThreeDConfig(preset="mini", image="a.png", depth="d.png", depth_model="x/y").resolved()
     # a --config file written by hand without "depth" gets the preset's (only an old run's config.json replays off)
     assert ThreeDConfig.from_dict({"preset": "mini", "prompt": "a vase", "zero123": {"steps": 5}}).resolved().depth \
