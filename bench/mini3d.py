@@ -151,11 +151,11 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.nerf import Background, make_field
     from generators3d.run import _load_reference, _view_depth, _with_depth, stage_generator
-    from suite.depth import load_depth_estimator
-    from suite.presets import depth_ref
     from generators3d.stage import SDSTerm, check_checkpoint, save_checkpoint, train_stage
+    from suite.depth import load_depth_estimator
     from suite.miniworld.views import reference_framing
     from suite.miniworld.world import make_object
+    from suite.presets import depth_ref
 
     shape, colour, pattern, el, az = case
     obj = make_object(shape, colour, pattern)
