@@ -55,9 +55,9 @@ def _fit(lambda_ref_depth, dish, fraction=1.0):
     rgb, mask, depth = _ring_reference()
     torch.manual_seed(0)
     field = NeRFField(NeRFConfig(n_levels=6, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.5, hidden=16,
-                                 n_hidden_layers=1, samples_per_ray=48))
+                                 n_hidden_layers=1, samples_per_ray=32))
     bg = Background()
-    stage = StageConfig(steps=60, lr=0.02, ref_resolution=32, lambda_ref_depth=lambda_ref_depth,
+    stage = StageConfig(steps=40, lr=0.02, ref_resolution=32, lambda_ref_depth=lambda_ref_depth,
                         ref_ray_fraction=fraction)
     camera = CameraConfig()
     train_stage(field, bg, stage, camera, Reference(rgb, mask, depth if dish else -depth), [],
