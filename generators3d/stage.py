@@ -43,13 +43,15 @@ class Reference:
     depth: torch.Tensor | None = None
 
 
-def pearson_depth_loss(depth: torch.Tensor, want: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``1 - Pearson correlation`` of the rendered ``depth`` and the reference ``want`` over the pixels where
-    ``keep`` (one view, any shape): Magic123's and threestudio's relative depth loss (``lambda_depth_rel``), blind to
-    the reference's scale and offset, so that any monocular estimate serves. 0 when they agree up to an affine map,
-    1 when unrelated, 2 when reversed; fewer than 8 kept pixels: 0 (nothing to compare)."""
-    corr = pearson(depth.reshape(1, -1), want.reshape(1, -1), keep.reshape(1, -1))[0]
-    return torch.where(keep.sum() >= 8, 1.0 - corr, depth.sum() * 0.0)
+def pearson_depth_loss(depth: torch.Tensor, want: torch.Tensor, keep: torch.Tensor, views: int = 1) -> torch.Tensor:
+    """``1 - Pearson correlation`` of the rendered ``depth`` and the wanted ``want`` over the pixels where ``keep``,
+    averaged over ``views`` views (the first dimension; ``views=1``: one view, any shape): Magic123's and
+    threestudio's relative depth loss (``lambda_depth_rel``), blind to the wanted depth's scale and offset, so that
+    any monocular estimate serves. 0 when they agree up to an affine map, 1 when unrelated, 2 when reversed; a view
+    with fewer than 8 kept pixels adds 0 (nothing to compare)."""
+    flat = [x.reshape(views, -1) for x in (depth, want, keep)]
+    corr = pearson(*flat)
+    return torch.where(flat[2].sum(1) >= 8, 1.0 - corr, corr * 0.0).mean()
 
 
 def stage_resolution(stage: StageConfig, step: int) -> tuple[int, int]:
@@ -150,8 +152,7 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                 # 2a. Each view's rendered surface depth against the estimator's reading of the view's own colours.
                 near = view_depth(rgb.detach().permute(0, 3, 1, 2))
                 surface = surface_depth(out["depth"][..., 0], out["opacity"][..., 0])
-                corr = pearson(surface, -near, (out["opacity"][..., 0] > 0.5).detach())
-                l_view = (1.0 - corr).mean()
+                l_view = pearson_depth_loss(surface, -near, (out["opacity"][..., 0] > 0.5).detach(), len(surface))
                 loss = loss + stage.lambda_view_depth * l_view
                 info["loss_view_depth"] = float(l_view.detach())
             if stage.shading:
