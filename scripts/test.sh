@@ -13,8 +13,8 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
         >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will be skipped"
 fi
 "$PY" -m ruff check .
-# Two pytest workers with one torch thread each (tests/conftest.py): about 6 minutes on 2 cores where one process
-# with two threads takes 8. A run that picks its own tests with -m (the slow tier: a few long runs) stays in one
+# Two pytest workers with one torch thread each (tests/conftest.py): when measured, 6 minutes on 2 cores where one
+# process with two threads took 8 (675 s on 2026-12-06's slower machine; --dist worksteal the same, 675 s). A run that picks its own tests with -m (the slow tier: a few long runs) stays in one
 # process: in two workers the slow tier took 9 minutes. INDOMAIN_TEST_WORKERS=N sets the workers (0: one process).
 WORKERS=${INDOMAIN_TEST_WORKERS:-2}
 for arg in "$@"; do
