@@ -13,7 +13,7 @@ from PIL import Image
 
 from suite.miniworld import assets
 from suite.miniworld import world as W
-from tests.common import run_cli
+from tests.common import run_launch
 
 PROMPTS = [(c, s) for s in W.SHAPES for c in ("red", "blue")]
 
@@ -75,7 +75,7 @@ def test_unknown_words_are_fine(mini_pipe):
 # every subcommand on --preset mini
 def test_generate_mini(tmp_path):
     out = tmp_path / "cup.png"
-    r = run_cli("generate", "--preset", "mini", "--prompt", "a cup", "--steps", "10", "--output", str(out))
+    r = run_launch("generate", "--preset", "mini", "--prompt", "a cup", "--steps", "10", "--output", str(out))
     assert r.returncode == 0, r.stderr
     im = Image.open(out)
     assert im.size == (64, 64)
@@ -91,8 +91,8 @@ def test_edit_mini_turns_a_render_into_porcelain(tmp_path):
     src = tmp_path / "render.png"
     Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(src)
     out = tmp_path / "edited.png"
-    r = run_cli("edit", "--preset", "mini", "--domain", "porcelain", "--image", str(src), "--strength", "0.9",
-                "--steps", "12", "--output", str(out))
+    r = run_launch("edit", "--preset", "mini", "--domain", "porcelain", "--image", str(src), "--strength", "0.9",
+                   "--steps", "12", "--output", str(out))
     assert r.returncode == 0, r.stderr
     judge = assets.load_judge()
     before = judge.predict(assets.images_to_tensor([Image.open(src)]))
@@ -105,9 +105,9 @@ def test_train_mini_fine_tunes_from_the_mini_base(tmp_path):
 
     write_image_folder(render_set("domain", 16, seed=5, workers=1)["images"], tmp_path / "data")
     out = tmp_path / "model"
-    r = run_cli("train", "--preset", "mini", "--domain", "porcelain", "--data", str(tmp_path / "data"), "--output",
-                str(out), "--max-steps", "3", "--batch-size", "4", "--text-init-steps", "2", "--text-init-images", "8",
-                "--checkpoint-steps", "3")
+    r = run_launch("train", "--preset", "mini", "--domain", "porcelain", "--data", str(tmp_path / "data"), "--output",
+                   str(out), "--max-steps", "3", "--batch-size", "4", "--text-init-steps", "2", "--text-init-images", "8",
+                   "--checkpoint-steps", "3")
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "nulltext.json").read_text())
     assert meta["domain"] == "porcelain" and meta["base_model"].endswith(os.path.join("models", "sd"))
@@ -118,8 +118,8 @@ def test_3d_mini_runs_end_to_end(tmp_path):
     """The whole flow on the mini preset (its own Zero-1-to-3 in stage 2): a porcelain stage-1 image, every
     file, a prompt outside the world's words warned about in the log and in summary.json."""
     out = tmp_path / "vase"
-    r = run_cli("3d", "--preset", "mini", "--prompt", "a vase with dragons", "--zero123-steps", "4", "--refine-steps",
-                "2", "--mesh-resolution", "24", "--preview-frames", "2", "--output", str(out))
+    r = run_launch("3d", "--preset", "mini", "--prompt", "a vase with dragons", "--zero123-steps", "4", "--refine-steps",
+                   "2", "--mesh-resolution", "24", "--preview-frames", "2", "--output", str(out))
     assert r.returncode == 0, r.stderr
     image = Image.open(out / "image.png")
     assert image.size == (64, 64)
@@ -154,7 +154,7 @@ def test_3d_mini_runs_end_to_end(tmp_path):
 
 
 def test_unknown_domain_on_mini_is_one_sentence(tmp_path):
-    r = run_cli("generate", "--preset", "mini", "--domain", "animal", "--output", str(tmp_path / "x.png"))
+    r = run_launch("generate", "--preset", "mini", "--domain", "animal", "--output", str(tmp_path / "x.png"))
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: the mini preset has the domains porcelain and face")
     assert "Traceback" not in r.stderr
@@ -217,8 +217,8 @@ def test_python_callers_get_the_presets_default_weights_and_the_cli_image(mini_p
     auto = mini_pipe("a photo of a cup", domain_weight="auto", control_weight="auto", **kw)
     assert auto.weights["domain"] != 1.0 and auto.weights["control"] != 7.0  # the norm rule's own numbers
     out = tmp_path / "cup.png"
-    r = run_cli("generate", "--preset", "mini", "--prompt", "a photo of a cup", "--steps", "10", "--seed", "3",
-                "--output", str(out))
+    r = run_launch("generate", "--preset", "mini", "--prompt", "a photo of a cup", "--steps", "10", "--seed", "3",
+                   "--output", str(out))
     assert r.returncode == 0, r.stderr
     cli = np.asarray(Image.open(out), dtype=int)
     assert np.abs(cli - np.asarray(default.images[0], dtype=int)).max() <= 1  # the same image (threads may differ)
@@ -279,8 +279,8 @@ def glasses_edit(tmp_path_factory, judge):
     tmp_path = tmp_path_factory.mktemp("glasses")
     (rec,) = write_photos(tmp_path, 1, seed=GLASSES_PHOTO_SEED, frequencies={"glasses": 0.0, "a hat": 0.0})
     out = tmp_path / "glasses.png"
-    r = run_cli("edit", "--preset", "mini", "--domain", "face", "--image", rec["image"], "--landmarks",
-                rec["landmarks"], "--prompt", "wearing glasses", "--strength", "0.7", "--output", str(out))
+    r = run_launch("edit", "--preset", "mini", "--domain", "face", "--image", rec["image"], "--landmarks",
+                   rec["landmarks"], "--prompt", "wearing glasses", "--strength", "0.7", "--output", str(out))
     assert r.returncode == 0, r.stderr
     (face,) = read_landmarks(rec["landmarks"]).faces
     region = face_region(face, 64)

@@ -1,25 +1,33 @@
 """Long commands whose stderr goes to a file write progress lines there (stage, step n/N, rate, time left) instead of
 progress bars: ``3d``, ``train`` and ``generate``, run as a user runs them (``INDOMAIN_PROGRESS_INTERVAL=0``: a line
-per step, so that a few steps show every kind of line)."""
+per step, so that a few steps show every kind of line). ``3d`` runs in a process of its own, with its stderr a real
+file; ``train`` and ``generate`` run in this one (:func:`tests.common.run_launch`, stderr a text buffer), which
+saves a new process's imports."""
 
 import os
 import re
 import subprocess
 import sys
 
-from tests.common import ROOT
+from tests.common import ROOT, run_launch
 from tests.training.common import blob
 
 STEP = re.compile(r"^(?P<name>[\w ()]+): (?P<unit>step|image|frame) (?P<done>\d+)/(?P<total>\d+) \(\d+%\)", re.M)
 
 
-def _run_logged(tmp_path, *argv) -> str:
-    log = tmp_path / "stderr.log"
-    env = {**os.environ, "INDOMAIN_PROGRESS_INTERVAL": "0", "INDOMAIN_LOG_LEVEL": "debug"}
-    with open(log, "w") as err:
-        r = subprocess.run([sys.executable, str(ROOT / "launch.py"), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=err, text=True, timeout=300)
-    text = log.read_text()
+ENV = {"INDOMAIN_PROGRESS_INTERVAL": "0", "INDOMAIN_LOG_LEVEL": "debug"}
+
+
+def _run_logged(tmp_path, *argv, process: bool = False) -> str:
+    if process:
+        log = tmp_path / "stderr.log"
+        with open(log, "w") as err:
+            r = subprocess.run([sys.executable, str(ROOT / "launch.py"), *argv], cwd=ROOT, env={**os.environ, **ENV},
+                               stdout=subprocess.PIPE, stderr=err, text=True, timeout=300)
+        text = log.read_text()
+    else:
+        r = run_launch(*argv, env=ENV)
+        text = r.stderr
     assert r.returncode == 0, text[-3000:]
     assert "\r" not in text  # no progress bar redrawn into the file
     return text
@@ -35,7 +43,7 @@ def _stages(text: str) -> dict:
 def test_3d_writes_stage_lines_to_a_log(tmp_path, tiny_dir):
     text = _run_logged(tmp_path, "3d", "--preset", "tiny", "--prompt", "a vase", "--image-steps", "2",
                        "--zero123-steps", "3", "--refine-steps", "3", "--mesh-resolution", "16", "--preview-frames", "2",
-                       "--formats", "glb", "--output", str(tmp_path / "run"))
+                       "--formats", "glb", "--output", str(tmp_path / "run"), process=True)
     stages = _stages(text)
     assert {"3d image", "3d zero123", "3d refine", "3d export", "3d preview"} <= set(stages), text
     assert stages["3d refine"] == [(1, 3), (2, 3), (3, 3)]

@@ -5,13 +5,13 @@ import pytest
 from PIL import Image
 
 import launch
-from tests.common import run_cli
+from tests.common import run_launch
 
 
 def test_generate_tiny_writes_readable_images(tmp_path, tiny_dir):
     out = tmp_path / "out.png"
-    r = run_cli("generate", "--preset", "tiny", "--prompt", "wearing glasses", "--steps", "3", "--num-images", "2",
-                "--output", str(out))
+    r = run_launch("generate", "--preset", "tiny", "--prompt", "wearing glasses", "--steps", "3", "--num-images", "2",
+                   "--output", str(out))
     assert r.returncode == 0, r.stderr
     files = sorted(tmp_path.iterdir())
     assert [f.name for f in files] == ["out-0.png", "out-1.png"]
