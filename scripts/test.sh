@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, lint and run the test suite (CPU, no downloads; about 11 minutes of pytest on 2 cores, README "Tests").
+# Set up, lint and run the test suite (CPU, no downloads; about 9 minutes of pytest on 2 cores, README "Tests").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,7 +14,7 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 "$PY" -m ruff check .
 # Two pytest workers with one torch thread each (tests/conftest.py): when measured, 6 minutes on 2 cores where one
-# process with two threads took 8 (675 s on 2026-12-06's slower machine; --dist worksteal the same, 675 s). A run that picks its own tests with -m (the slow tier: a few long runs) stays in one
+# process with two threads took 8 (--dist worksteal measured the same as the default). A run that picks its own tests with -m (the slow tier: a few long runs) stays in one
 # process: in two workers the slow tier took 9 minutes. INDOMAIN_TEST_WORKERS=N sets the workers (0: one process).
 WORKERS=${INDOMAIN_TEST_WORKERS:-2}
 for arg in "$@"; do
