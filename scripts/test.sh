@@ -14,8 +14,9 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 "$PY" -m ruff check .
 # Two pytest workers with one torch thread each (tests/conftest.py): when measured, 6 minutes on 2 cores where one
-# process with two threads took 8 (--dist worksteal measured the same as the default). A run that picks its own tests with -m (the slow tier: a few long runs) stays in one
-# process: in two workers the slow tier took 9 minutes. INDOMAIN_TEST_WORKERS=N sets the workers (0: one process).
+# process with two threads took 8 (--dist worksteal measured the same as the default). A run that picks its own
+# tests with -m (the slow tier: a few long runs) stays in one process: in two workers the slow tier took 9 minutes.
+# INDOMAIN_TEST_WORKERS=N sets the workers (0: one process).
 WORKERS=${INDOMAIN_TEST_WORKERS:-2}
 for arg in "$@"; do
     case "$arg" in -m*) WORKERS=${INDOMAIN_TEST_WORKERS:-0} ;; esac

@@ -54,6 +54,7 @@ def run_launch(*argv, env: dict | None = None) -> subprocess.CompletedProcess:
     import contextlib
     import io
     import logging
+    from unittest import mock
 
     import launch
 
@@ -62,20 +63,13 @@ def run_launch(*argv, env: dict | None = None) -> subprocess.CompletedProcess:
     handler.setFormatter(logging.Formatter("%(message)s"))
     root, ours = logging.getLogger(), logging.getLogger("suite")
     levels = root.level, ours.level
-    saved = {k: os.environ.get(k) for k in env or {}}
     root.addHandler(handler)
     root.setLevel(logging.INFO)  # run_main's basicConfig is a no-op under pytest (its capture handlers are there)
     try:
-        os.environ.update(env or {})
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = launch.main([str(a) for a in argv])
     finally:
         root.removeHandler(handler)
         root.setLevel(levels[0])
         ours.setLevel(levels[1])
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return subprocess.CompletedProcess(["launch.py", *map(str, argv)], code, out.getvalue(), err.getvalue())
