@@ -255,7 +255,7 @@ def geometry(field, r, shape: str) -> tuple[float, tuple]:
     from bench.miniworld.geometry import sample_mesh
     from generators3d.run import field_mesh
 
-    mesh, _ = field_mesh(field, r.camera, replace(r.export, texture=False))
+    mesh, _, _ = field_mesh(field, r.camera, replace(r.export, texture=False))
     chamfer = float(against_class(mesh.vertices, mesh.faces, shape, r.camera.ref_elevation)["chamfer"])
     return chamfer, sample_mesh(mesh.vertices, mesh.faces)
 

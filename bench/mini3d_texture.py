@@ -2,13 +2,17 @@
 
 For each known object of :mod:`bench.mini3d` (a ground-truth reference view -> stage 2 -> meshes; the runs are
 shared with ``bench.mini3d --output DIR`` and reused when found), the stage-2 checkpoint is exported again at
-several texture sizes (``launch.py 3d --export-only CKPT --texture-size N``), and from the five held-out views
-(NeRF frame, :data:`bench.mini3d.HELD_OUT`) it renders, with :func:`generators3d.raster.render_mesh`:
+several texture sizes (``launch.py 3d --export-only CKPT --texture-size N``) and, at 256 px, with fewer of the
+colours from images (``--side-views 0``: the reference projected, no Zero-1-to-3 side views; with
+``--no-project-reference`` too: the NeRF's colours alone, the export before 2026-12-06), and from the five held-out
+views (NeRF frame, :data:`bench.mini3d.HELD_OUT`) it renders, with :func:`generators3d.raster.render_mesh`:
 
 * the textured ``model.glb`` (its UV layer and embedded texture, read back through trimesh),
-* the vertex colours (``model.ply``: the surface and colours of ``model-vertex-colors.glb``, what the GLB carried
-  before),
-* and, as the ceiling of any export, the NeRF itself (volume rendering of the checkpoint).
+* the vertex colours (``model.ply``: the surface and colours of ``model-vertex-colors.glb``),
+* and the NeRF itself (volume rendering of the checkpoint).
+
+``--seed S``: the side views' Zero-1-to-3 seed (their exports in folders ending ``-sS``, results in
+``texture-sS.*``; 0: no suffix).
 
 The meshes are drawn unlit (``shading=False``): the NeRF's colours already hold the lighting of the views it was
 fitted to, as its own renders do.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +37,12 @@ import torch
 log = logging.getLogger("bench.mini3d_texture")
 
 SIZES = (64, 128, 256, 512)
+SIDE_VIEWS = 3  # the export's default (ExportConfig.side_views)
+# (column, folder, texture size, reference projected, Zero-1-to-3 side views): the default export at each texture
+# size, then at 256 px the colours without the side views and from the NeRF alone (the export before 2026-12-06)
+EXPORTS = tuple((f"texture {s}", f"texture-{s}", s, True, SIDE_VIEWS) for s in SIZES) + (
+    ("reference only", "colours-reference", 256, True, 0), ("NeRF colours", "colours-nerf", 256, False, 0))
+COLUMNS = ["nerf", "NeRF colours", "reference only", "vertex colours"] + [f"texture {s}" for s in SIZES]
 
 
 def _load_mesh(path: Path, transform: dict):
@@ -60,7 +71,7 @@ def _scores(rgb: np.ndarray, cover: np.ndarray, truth: torch.Tensor, truth_mask:
             "pattern_views": sum(right), "pattern_majority": sum(right) > len(right) / 2, "reads": reads}
 
 
-def measure(case, folder: Path, judge) -> dict:
+def measure(case, folder: Path, judge, seed: int = 0) -> dict:
     from bench.mini3d import HELD_OUT, known_object
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.cameras import orbit_cameras
@@ -89,18 +100,22 @@ def measure(case, folder: Path, judge) -> dict:
            "nerf": _scores(nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy(), nerf["opacity"][..., 0].numpy(),
                            truth_rgb, truth_mask, pattern, judge)}
     renders = {"truth": truth_rgb.numpy(), "nerf": nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy()}
-    for size in SIZES:
-        out = folder / f"texture-{size}"
-        if not (out / "summary.json").is_file():
+    for name, sub, size, project, sides in EXPORTS:
+        out = folder / (f"{sub}-s{seed}" if seed else sub)
+        want = {"reference_projected": project, "side_views": sides}
+        summary = out / "summary.json"
+        if not (summary.is_file() and {k: json.loads(summary.read_text()).get("colours", {}).get(k)
+                                       for k in want} == want):  # missing, or made by another version's colours
+            if out.exists():
+                shutil.rmtree(out)
             run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(ckpt), output=str(out), preview_frames=1,
-                                        texture_size=size))
-        transform = json.loads((out / "summary.json").read_text())["export_transform"]
-        for name, file in ((f"texture {size}", "model.glb"), ("vertex colours", "model.ply")):
-            if name in res:
-                continue
+                                        texture_size=size, project_reference=project, side_views=sides, seed=seed))
+        transform = json.loads(summary.read_text())["export_transform"]
+        files = [(name, "model.glb")] + ([("vertex colours", "model.ply")] if name == "texture 256" else [])
+        for label, file in files:
             rgb, cover = render_mesh(cams=cams, size=64, shading=False, **_load_mesh(out / "mesh" / file, transform))
-            res[name] = _scores(rgb, cover, truth_rgb, truth_mask, pattern, judge)
-            renders[name] = rgb
+            res[label] = _scores(rgb, cover, truth_rgb, truth_mask, pattern, judge)
+            renders[label] = rgb
     res["_renders"] = renders
     return res
 
@@ -108,7 +123,7 @@ def measure(case, folder: Path, judge) -> dict:
 def _picture(results: list, path: Path) -> None:
     from PIL import Image
 
-    cols = ["truth", "nerf", "vertex colours"] + [f"texture {s}" for s in SIZES]
+    cols = ["truth"] + COLUMNS
     tile, view = 96, 1
     grid = Image.new("RGB", (tile * len(cols), tile * len(results)), (255, 255, 255))
     for i, r in enumerate(results):
@@ -119,7 +134,7 @@ def _picture(results: list, path: Path) -> None:
 
 
 def markdown(results: list) -> str:
-    cols = ["nerf", "vertex colours"] + [f"texture {s}" for s in SIZES]
+    cols = COLUMNS
     lines = ["| object | " + " | ".join(f"{c}: PSNR / IoU / pattern" for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for r in results:
@@ -136,6 +151,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="the folder of bench.mini3d (its known-object runs are reused)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="the side views' Zero-1-to-3 seed (default: %(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from bench.mini3d import KNOWN, case_files
@@ -147,14 +163,15 @@ def main(argv=None) -> int:
     judge = assets.load_judge()
     folder = Path(args.output)
     try:  # e.g. a run of another geometry in --output: one sentence
-        results = [measure(c, case_files(folder, c[0])[0], judge) for c in KNOWN]
+        results = [measure(c, case_files(folder, c[0])[0], judge, args.seed) for c in KNOWN]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _picture(results, folder / "texture.png")
-    (folder / "texture.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "_renders"} for r in results],
+    stem = f"texture-s{args.seed}" if args.seed else "texture"
+    _picture(results, folder / f"{stem}.png")
+    (folder / f"{stem}.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "_renders"} for r in results],
                                                     indent=1))
-    (folder / "texture.md").write_text(markdown(results) + "\n")
+    (folder / f"{stem}.md").write_text(markdown(results) + "\n")
     print(markdown(results))
     return 0
 

@@ -126,6 +126,13 @@ def add_arguments(p) -> None:
     e.add_argument("--texture-size", type=int, default=None, metavar="PIXELS",
                    help="side of the baked texture of model.glb and model.obj, 16 to 8192 (default: 1024; mini: 256; "
                         "tiny: 128)")
+    e.add_argument("--no-project-reference", action="store_true",
+                   help="colour the mesh from the NeRF alone; by default the reference image (stage 1's, or yours) is "
+                        "projected onto the faces it sees, which keeps its detail (stripes, dots, print) on that side")
+    e.add_argument("--side-views", type=int, default=None, metavar="N",
+                   help="Zero-1-to-3 views of the sides the reference does not see, drawn over the mesh's own renders "
+                        "(SDEdit) and projected onto its colours there, 0 to 8, 0 = the NeRF's colours there "
+                        "(default: 3, at 90, 180 and 270 degrees; tiny: 0); written to side-views.png")
     e.add_argument("--mesh-smooth", type=int_at_least(0), default=None, metavar="ITERATIONS",
                    help="steps of Taubin smoothing of the mesh (each a shrink and an inflate: keeps its volume, removes "
                         f"the marching-cubes roughness), 0 to {MAX_SMOOTH}, 0 = off (default: 0; mini: 15)")
@@ -193,7 +200,9 @@ def config_from_args(args):
               zero123_steps=args.zero123_steps, refine_steps=args.refine_steps, elevation=args.elevation,
               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
               mesh_resolution=args.mesh_resolution, threshold=args.threshold,
-              texture=False if args.no_texture else None, texture_size=args.texture_size, resume=args.resume, export_only=args.export_only,
+              texture=False if args.no_texture else None, texture_size=args.texture_size,
+              project_reference=False if args.no_project_reference else None, side_views=args.side_views,
+              resume=args.resume, export_only=args.export_only,
               seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames,
               geometry=args.geometry, depth=args.depth, depth_model=args.depth_model, depth_weight=args.depth_weight,
               view_depth_weight=args.view_depth_weight)

@@ -13,6 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from suite.checks import check_int, check_range
+
 FORMATS = ("glb", "obj", "ply")
 GEOMETRIES = ("density", "sdf")  # NeRFConfig.geometry
 REF_DEPTH_WEIGHT = 10.0  # lambda_ref_depth of --depth (measured on the mini world: docs/3d.md, "Reference depth")
@@ -140,6 +142,7 @@ class StageConfig:
 
 
 MIN_TEXTURE, MAX_TEXTURE = 16, 8192  # texture side in pixels (8192^2 RGB is 200 MB before PNG compression)
+MAX_SIDE_VIEWS = 8  # Zero-1-to-3 views of the hidden sides for the export's colours
 
 
 @dataclass
@@ -152,7 +155,8 @@ class ExportConfig:
     scale; 0 = off).
     ``decimate``: target face count before UV unwrapping (vertex clustering; None = keep). ``texture``: bake a ``texture_size``-pixel UV texture (xatlas) for the GLB and the
     OBJ (the vertex-coloured GLB is then written beside it as ``model-vertex-colors.glb``). ``height_m``: scale so
-    the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0."""
+    the object is this tall in metres (None: 1 scene unit = 1 m). ``on_ground``: put the base at y = 0.
+    ``project_reference`` / ``side_views``: see below and docs/3d.md, "Colours from the images"."""
 
     resolution: int = 256
     threshold: float | None = None
@@ -164,6 +168,13 @@ class ExportConfig:
     texture_size: int = 1024
     height_m: float | None = None
     on_ground: bool = True
+    # Colours from images (generators3d.texture): the reference view projected onto the faces it sees, and
+    # ``side_views`` Zero-1-to-3 views of the sides it does not see (SDEdit of the mesh's renders from ``side_strength``
+    # of the schedule, ``side_steps`` DDIM steps) projected there; 0 = the NeRF's colours there.
+    project_reference: bool = True
+    side_views: int = 3
+    side_strength: float = 0.6
+    side_steps: int = 30
 
 
 # At SD1.5 size the pure-PyTorch NeRF, not the diffusion models, sets the pace: on an H200, the occupancy grid
@@ -263,7 +274,8 @@ PRESET_SIZES: dict[str, PresetSizes] = {
                         # the domain's look at little cost to the prompt's shape (bench.mini3d_stage1, docs/3d.md)
                         background_prompt="", image_domain_weights=(("porcelain", 1.25),), depth="auto"),
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
-                        lambda: ExportConfig(resolution=48, texture_size=128, threshold_resolution=32), 8, 64,
+                        lambda: ExportConfig(resolution=48, texture_size=128, threshold_resolution=32, side_views=0),
+                        8, 64,
                         mask_method="center"),  # random images: no object to find
 }
 
@@ -305,6 +317,8 @@ class ThreeDConfig:
     threshold: float | None = None
     texture: bool | None = None
     texture_size: int | None = None
+    project_reference: bool | None = None  # None: the preset's export (export.project_reference, side_views)
+    side_views: int | None = None
     resume: bool = False
     export_only: str | None = None
     seed: int = 0
@@ -411,6 +425,15 @@ class ThreeDConfig:
             export = replace(export, texture=bool(self.texture))
         if self.texture_size is not None:
             export = replace(export, texture_size=self.texture_size)
+        if self.project_reference is not None:
+            export = replace(export, project_reference=bool(self.project_reference))
+        if self.side_views is not None:
+            export = replace(export, side_views=self.side_views)
+        export = replace(  # the side views' settings, checked whatever set them (the flag, a config file, Python)
+            export, side_views=check_int(export.side_views, "--side-views (0 = off; default 3)", 0, MAX_SIDE_VIEWS),
+            side_strength=check_range(export.side_strength, "export.side_strength (the side views' SDEdit strength)",
+                                      0.05, 1.0, "1 draws them from noise"),
+            side_steps=check_int(export.side_steps, "export.side_steps (the side views' DDIM steps)", 1, 1000))
         smooth = export.smooth  # checked whatever set it, as the texture size below
         if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0:
             raise ValueError(f"the mesh smoothing is {smooth!r}: give --mesh-smooth a whole number of steps, 0 or more "
@@ -495,6 +518,9 @@ class ThreeDConfig:
         if ("depth" not in kw and kw.get("threads") is not None and isinstance(kw.get("zero123"), dict)
                 and "lambda_ref_depth" not in kw["zero123"]):
             kw["depth"] = "off"  # a run's config.json (it records the threads) from before reference depth: as it ran
+        if (kw.get("threads") is not None and isinstance(kw.get("export"), dict)
+                and "project_reference" not in kw["export"]):  # from before the projected colours: as it ran
+            kw["export"] = dict(kw["export"], project_reference=False, side_views=0)
         _check_types(cls, kw, "")
         for name, typ in (("nerf", NeRFConfig), ("camera", CameraConfig), ("zero123", StageConfig),
                           ("refine", StageConfig), ("export", ExportConfig)):

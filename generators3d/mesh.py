@@ -52,6 +52,68 @@ class Mesh:
         return replace(self, vertices=tf(self.vertices), uv_vertices=tf(self.uv_vertices))
 
 
+@dataclass
+class ColourView:
+    """An image whose colours are projected onto the faces it sees (:func:`projected_colours`): ``rgb [H, H, 3]`` in
+    [0, 1], ``mask [H, H]`` (1 = the object), seen by the camera ``c2w [4, 4]`` (NeRF frame) with ``fovy`` degrees:
+    the reference view, whose detail the NeRF's smoother colour field loses, or a generated view of another side."""
+
+    rgb: np.ndarray
+    mask: np.ndarray
+    c2w: np.ndarray
+    fovy: float
+
+
+def projected_colours(colours: np.ndarray, points: np.ndarray, normals: np.ndarray, mesh: Mesh,
+                      views=(), match: bool = True) -> np.ndarray:
+    """``colours [N, 3]`` at surface ``points`` replaced by each of ``views``' image where it sees them face-on,
+    blended towards the given colours where it sees them at a slant, unchanged where it does not see them (see
+    :func:`.raster.project_image`); an earlier view keeps what it sees. ``match`` (colours, channel by channel):
+    first the given colours are scaled so that where the first view (the reference) sees the surface face-on their
+    mean is its image's (the NeRF's colours at the surface come out darker than its renders, and a seam would show
+    where the image ends; the gain is kept within 1/2 and 2); then each later (generated) view's colours are brought
+    to the colour distribution of the first view's object pixels (:func:`colour_transfer`: Zero-1-to-3's views drift
+    in hue, a blue object comes back teal)."""
+    from .raster import project_image
+
+    out = np.asarray(colours, np.float32)
+    covered = np.zeros(len(out), np.float32)
+    palette = None
+    for i, view in enumerate(views):
+        cols, w = project_image(points, normals, mesh.vertices, mesh.faces, view.rgb, view.mask, view.c2w, view.fovy)
+        w = w * (1.0 - covered)
+        sure = w > 0.5
+        if match and i == 0:
+            on = np.asarray(view.mask) > 0.5
+            palette = view.rgb[on].reshape(-1, 3) if on.sum() >= 16 else None
+            if sure.sum() >= 16:
+                out = (out * np.clip(cols[sure].mean(0) / np.maximum(out[sure].mean(0), 1e-3), 0.5, 2.0)).clip(0, 1)
+        elif match and palette is not None and sure.sum() >= 16:
+            cols = colour_transfer(cols, cols[sure], palette)
+        out = out * (1.0 - w[:, None]) + cols * w[:, None]
+        covered = covered + w
+    return out.astype(np.float32)
+
+
+def colour_transfer(colours: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``colours [N, 3]`` mapped by the affine map that takes the colour distribution of ``source [M, 3]`` to that of
+    ``target [K, 3]`` (means and covariances; the linear Monge-Kantorovich solution, Pitie & Kokaram 2007: unlike a
+    gain per channel it undoes a drift of hue, which mixes the channels). Its gains are kept within 1/2 and 2."""
+    def power(c, k):  # of a symmetric positive semi-definite matrix
+        e, v = np.linalg.eigh(c)
+        return (v * np.clip(e, 1e-12, None) ** k) @ v.T
+
+    src, tgt = np.asarray(source, np.float64), np.asarray(target, np.float64)
+    eps = 1e-4 * np.eye(3)
+    cs, ct = np.cov(src.T) + eps, np.cov(tgt.T) + eps
+    half, inv_half = power(cs, 0.5), power(cs, -0.5)
+    a = inv_half @ power(half @ ct @ half, 0.5) @ inv_half
+    e, v = np.linalg.eigh(a)  # symmetric: its eigenvalues are its gains along its axes
+    a = (v * np.clip(e, 0.5, 2.0)) @ v.T
+    out = (np.asarray(colours, np.float64) - src.mean(0)) @ a.T + tgt.mean(0)
+    return out.clip(0, 1).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # extraction
 @torch.no_grad()
@@ -195,12 +257,20 @@ def vertex_colors(field, vertices: np.ndarray, normals: np.ndarray | None = None
     return cols.float().cpu().numpy().clip(0, 1)
 
 
-def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, float]:
-    """The NeRF's surface as a coloured :class:`Mesh` in the NeRF frame, and the threshold used.
+def extract_mesh(field, cams, cfg: ExportConfig | None = None, views=()) -> tuple[Mesh, float]:
+    """The NeRF's surface as a coloured :class:`Mesh` in the NeRF frame, and the threshold used:
+    :func:`surface_mesh`, then :func:`colour_mesh`."""
+    cfg = cfg or ExportConfig()
+    mesh, level = surface_mesh(field, cams, cfg)
+    return colour_mesh(mesh, field, cfg, views), level
+
+
+def surface_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, float]:
+    """The NeRF's surface (colours not yet set) and the threshold used.
 
     1. density on a grid; 2. threshold (automatic unless ``cfg.threshold``); 3. fill enclosed cavities;
     4. marching cubes; 5. clean-up (small pieces, orientation); 6. optional Taubin smoothing; 7. optional
-    decimation; 8. vertex colours; 9. optional UV texture bake."""
+    decimation."""
     import trimesh
 
     cfg = cfg or ExportConfig()
@@ -220,19 +290,33 @@ def extract_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, fl
     if len(f) == 0:
         raise ValueError(f"the surface at density {level:.4g} has no faces left: the NeRF is empty at this threshold; "
                          f"train longer, or pass a lower --threshold or a larger --decimate")
+    return Mesh(np.asarray(v, np.float32), f, np.ones((len(v), 3), np.float32)), level
+
+
+def colour_mesh(mesh: Mesh, field, cfg: ExportConfig | None = None, views=(), texture: bool | None = None) -> Mesh:
+    """``mesh`` (:func:`surface_mesh`) coloured by the field's albedo half a voxel inside the surface, with ``views``'
+    images projected where they see it (:class:`ColourView`, :func:`projected_colours`): vertex colours, and a UV
+    texture when ``texture`` (default ``cfg.texture``)."""
+    import trimesh
+
+    cfg = cfg or ExportConfig()
+    v, f = mesh.vertices, mesh.faces
     normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals, np.float32)
     voxel = 2.0 * field.radius / (cfg.resolution - 1)
     colors = vertex_colors(field, v, normals, inset=0.5 * voxel)
+    if views:
+        colors = projected_colours(colors, v, normals, mesh, views)
     mesh = Mesh(v, f, colors.astype(np.float32))
-    if cfg.texture:
-        mesh = bake_texture(mesh, field, cfg.texture_size, inset=0.5 * voxel)
-    return mesh, level
+    if cfg.texture if texture is None else texture:
+        mesh = bake_texture(mesh, field, cfg.texture_size, inset=0.5 * voxel, views=views)
+    return mesh
 
 
-def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0) -> Mesh:
+def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0, views=()) -> Mesh:
     """UV-unwrap with xatlas and bake the field's albedo into a ``size x size`` texture (CPU rasteriser:
     each triangle is drawn in UV space with its face index; texels get barycentric 3D points; seams are
-    padded by a few texels so bilinear lookups do not bleed background). Without xatlas: unchanged."""
+    padded by a few texels so bilinear lookups do not bleed background), with ``views``' images projected where they
+    see the surface (:func:`projected_colours`). Without xatlas: unchanged."""
     try:
         import xatlas
     except ImportError:
@@ -260,6 +344,8 @@ def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0) -> Mes
     pts = (bary[..., None] * verts[tri]).sum(1)
     nrm = (bary[..., None] * normals[tri]).sum(1)
     cols = vertex_colors(field, pts, nrm, inset)
+    if views:
+        cols = projected_colours(cols, pts, nrm, mesh, views)
     img = np.zeros((size, size, 3), np.float32)
     filled = np.zeros((size, size), bool)
     img[ys, xs], filled[ys, xs] = cols, True

@@ -1,4 +1,5 @@
-"""A small CPU rasteriser for exported meshes: what a mesh viewer shows, to check an export without Blender.
+"""A small CPU rasteriser for exported meshes: what a mesh viewer shows, to check an export without Blender, and
+what an image's camera sees of a mesh, to project the image onto it (:func:`project_image`, the export's colours).
 
 Each view: vertices projected with the suite's cameras (:mod:`suite.cameras`: x right, y up, looking along -z),
 triangles drawn far to near (painter's algorithm) with their index into an integer image (PIL), then per pixel the
@@ -55,14 +56,84 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
+def camera_pixels(points: np.ndarray, c2w: np.ndarray, fovy: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where a square ``size``-pixel camera (``c2w [4, 4]``, ``fovy`` in degrees) sees ``points [N, 3]``: pixel
+    coordinates ``[N, 2]`` (x right, y down; pixel centres at integers) and depth along the view ``[N]``."""
+    p = np.asarray(points, np.float64)
+    pc = np.concatenate([p, np.ones((len(p), 1))], 1) @ np.linalg.inv(np.asarray(c2w, np.float64)).T
+    focal = 0.5 * size / np.tan(np.radians(float(fovy)) / 2)
+    depth = -pc[:, 2]
+    safe = np.where(np.abs(depth) < 1e-9, 1e-9, depth)
+    px = np.stack([size / 2 + focal * pc[:, 0] / safe - 0.5, size / 2 - focal * pc[:, 1] / safe - 0.5], -1)
+    return px, depth
+
+
+def face_ids(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int):
+    """The visible face of each pixel (``[size, size]``, -1 = none; triangles drawn far to near), with the vertices'
+    pixel coordinates and depths (:func:`camera_pixels`)."""
+    from PIL import Image, ImageDraw
+
+    px, depth = camera_pixels(vertices, c2w, fovy, size)
+    order = np.argsort(-depth[faces].mean(1), kind="stable")  # far first: near triangles paint over them
+    ids = Image.new("I", (size, size), 0)
+    draw = ImageDraw.Draw(ids)
+    for f in order:
+        draw.polygon([tuple(px[j]) for j in faces[f]], fill=int(f) + 1)
+    return np.asarray(ids, dtype=np.int64) - 1, px, depth
+
+
+def depth_map(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int) -> np.ndarray:
+    """The mesh's depth along the view per pixel (``[size, size]``, ``inf`` where no face is seen)."""
+    fid, px, depth = face_ids(vertices, faces, c2w, fovy, size)
+    ys, xs = np.nonzero(fid >= 0)
+    tri = faces[fid[ys, xs]]
+    bary = barycentric(px, tri, np.stack([xs, ys], -1).astype(np.float64))
+    out = np.full((size, size), np.inf)
+    out[ys, xs] = (bary * depth[tri]).sum(1)
+    return out
+
+
+def project_image(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+                  rgb: np.ndarray, mask: np.ndarray, c2w: np.ndarray, fovy: float, grazing=(0.2, 0.6),
+                  erode: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """An image's colours at surface ``points [N, 3]`` (outward ``normals [N, 3]``) of the mesh ``vertices, faces``
+    seen by its camera (``rgb [H, H, 3]`` in [0, 1], ``mask [H, H]``: 1 = the object; ``c2w``, ``fovy``), and how
+    far to trust each (``[N]`` in [0, 1]): 0 where the point is hidden by the mesh itself, outside the image, off
+    the mask (``erode`` pixels inside it, where the object's edge blends with the backdrop), or seen at a grazing
+    angle; rising smoothly from cosine ``grazing[0]`` to 1 at ``grazing[1]`` (a face seen edge-on stretches a pixel
+    over much of it)."""
+    size = rgb.shape[0]
+    c2w = np.asarray(c2w, np.float64)
+    zbuf = depth_map(vertices, faces, c2w, fovy, size)
+    px, depth = camera_pixels(points, c2w, fovy, size)
+    ix = np.clip(np.round(px[:, 0]).astype(int), 0, size - 1)
+    iy = np.clip(np.round(px[:, 1]).astype(int), 0, size - 1)
+    inside = (px >= -0.5).all(1) & (px <= size - 0.5).all(1) & (depth > 0)
+    pixel = np.maximum(depth, 1e-9) * 2 * np.tan(np.radians(float(fovy)) / 2) / size  # a pixel's width there
+    near = zbuf[iy, ix]
+    # hidden: the mesh is in front, by more than a few pixels' width (the z-buffer's own steps at slanted faces)
+    seen = inside & ~(depth - near > 3 * pixel)
+    if erode > 0:
+        from scipy.ndimage import minimum_filter
+
+        mask = minimum_filter(np.asarray(mask, np.float64), size=2 * erode + 1)
+    uv = np.stack([(px[:, 0] + 0.5) / size, 1.0 - (px[:, 1] + 0.5) / size], -1)
+    cols = sample_texture(np.asarray(rgb, np.float64), uv)
+    on = sample_texture(np.asarray(mask, np.float64)[..., None], uv)[:, 0]
+    to_eye = c2w[:3, 3] - np.asarray(points, np.float64)
+    cos = (np.asarray(normals, np.float64) * to_eye).sum(1) / np.maximum(
+        np.linalg.norm(normals, axis=1) * np.linalg.norm(to_eye, axis=1), 1e-12)
+    t = np.clip((cos - grazing[0]) / (grazing[1] - grazing[0]), 0, 1)
+    weight = seen * t * t * (3 - 2 * t) * np.clip(2 * on - 1, 0, 1)
+    return cols.clip(0, 1).astype(np.float32), weight.astype(np.float32)
+
+
 def render_mesh(vertices: np.ndarray, faces: np.ndarray, cams, size: int = 64, colors: np.ndarray | None = None,
                 uv: np.ndarray | None = None, texture=None, supersample: int = 2,
                 background=BACKGROUND, shading: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(rgb [B, 3, size, size] in [0, 1], coverage [B, size, size])`` of a mesh (in the cameras' frame) seen from
     ``cams``; coloured by ``texture`` (PIL image or array) at per-vertex ``uv``, else by ``colors [V, 3]``, else
     white."""
-    from PIL import Image, ImageDraw
-
     v = np.asarray(vertices, np.float64)
     faces = np.asarray(faces, np.int64)
     tex = None
@@ -72,21 +143,11 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, cams, size: int = 64, c
     cols = np.ones((len(v), 3)) if colors is None else np.asarray(colors, np.float64)
     normals = vertex_normals(v, faces)
     hs = size * supersample
-    vh = np.concatenate([v, np.ones((len(v), 1))], 1)
     bg = np.asarray(background, np.float64)
     images, covers = [], []
     for i in range(len(cams)):
         c2w = cams.c2w[i].double().numpy()
-        pc = vh @ np.linalg.inv(c2w).T
-        focal = 0.5 * hs / np.tan(np.radians(float(cams.fovy[i])) / 2)
-        px = np.stack([hs / 2 + focal * pc[:, 0] / -pc[:, 2] - 0.5, hs / 2 - focal * pc[:, 1] / -pc[:, 2] - 0.5], -1)
-        depth = -pc[:, 2]
-        order = np.argsort(-depth[faces].mean(1), kind="stable")  # far first: near triangles paint over them
-        ids = Image.new("I", (hs, hs), 0)
-        draw = ImageDraw.Draw(ids)
-        for f in order:
-            draw.polygon([tuple(px[j]) for j in faces[f]], fill=int(f) + 1)
-        fid = np.asarray(ids, dtype=np.int64) - 1
+        fid, px, _ = face_ids(v, faces, c2w, float(cams.fovy[i]), hs)
         ys, xs = np.nonzero(fid >= 0)
         tri = faces[fid[ys, xs]]
         bary = barycentric(px, tri, np.stack([xs, ys], -1).astype(np.float64))

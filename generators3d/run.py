@@ -34,6 +34,7 @@ from suite.files import (
     write_text_atomic,
 )
 from suite.images import load_image, save_image_atomic
+from suite.models import ModelLoadError
 from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, depth_ref, resolve_device, resolve_domain, warn_prompt, zero123_ref
 from suite.progress import LogProgress
@@ -50,6 +51,7 @@ from .nerf import Background, make_field
 from .render import render
 from .sds import TimestepRange
 from .stage import Reference, SDSTerm, check_checkpoint, load_checkpoint, save_checkpoint, train_stage
+from .texture import reference_colour_view, zero123_colour_views
 
 log = logging.getLogger("generators3d")
 
@@ -145,7 +147,10 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     # 2b. --export-only: a checkpoint straight to meshes.
     if cfg.export_only:
         field, _ = load_checkpoint(cfg.export_only, device)
-        return _finish(field, cfg, out, _create_output(out, cfg), report)
+        run_dir = Path(cfg.export_only).resolve().parent.parent  # <run>/checkpoints/<stage>.safetensors
+        camera = _run_camera(run_dir, cfg)
+        colours = _export_colours(cfg, run_dir, camera, device, dtype)  # a bad Zero-1-to-3 folder fails before writing
+        return _finish(field, replace(cfg, camera=camera), out, _create_output(out, cfg), report, colours)
 
     # 3. Models, loaded once and only when a stage needs them; the prompt's length checked by its tokenizer.
     pipe = None
@@ -244,7 +249,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         result.checkpoints["refine"] = stage3_ckpt
 
     result.image_path, result.mask_path = image_path, mask_path
-    return _finish(field, cfg, out, result, report)
+    colours = _export_colours(cfg, out, cfg.camera, device, dtype, zero123.model if zero123 is not None else None)
+    return _finish(field, cfg, out, result, report, colours)
 
 
 def stage1_image(pipe, cfg: ThreeDConfig, prompt: str, on_step=None, guidance_rule=None) -> Image.Image:
@@ -279,22 +285,84 @@ def stage_generator(seed: int, stage: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1009 + STAGES.index(stage))
 
 
-def field_mesh(field, camera, export) -> tuple[meshlib.Mesh, float]:
+def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) -> tuple[meshlib.Mesh, float, list]:
     """The field's mesh in the NeRF frame as the export makes it (``export``: an :class:`ExportConfig`), its
-    density threshold from renders at the reference distance: four round the object, one above, one below. Puts
-    the field in eval mode with a fresh occupancy grid (a loaded checkpoint carries none)."""
+    density threshold from renders at the reference distance (four round the object, one above, one below), and the
+    Zero-1-to-3 side views its colours took. Colours: the NeRF's, with ``reference`` (a
+    :class:`generators3d.mesh.ColourView`) projected where it sees the surface when ``export.project_reference``,
+    and ``export.side_views`` views drawn by ``side`` (a :class:`suite.zero123.Zero123Guidance`) where it does not
+    (:mod:`generators3d.texture`). Puts the field in eval mode with a fresh occupancy grid (a loaded checkpoint
+    carries none)."""
     field.eval()
     field.update_occupancy()
-    views = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,
-                          camera.ref_fovy)
-    return meshlib.extract_mesh(field, views, export)
+    cams = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,
+                         camera.ref_fovy)
+    mesh, level = meshlib.surface_mesh(field, cams, export)
+    views = [reference] if reference is not None and export.project_reference else []
+    sides = []
+    if side is not None and export.side_views:
+        first = meshlib.colour_mesh(mesh, field, export, views, texture=False)
+        sides = zero123_colour_views(first, side, camera, export.side_views, export.side_strength, export.side_steps,
+                                     seed=seed)
+    return meshlib.colour_mesh(mesh, field, export, views + sides), level, sides
 
 
-def _finish(field, cfg, out, result, report) -> ThreeDResult:
-    """Steps 7-9: meshes, the turntable preview, the summary."""
+def _run_camera(run_dir: Path, cfg: ThreeDConfig):
+    """The cameras of the run a checkpoint came from (its ``config.json``), else ``cfg``'s."""
+    path = run_dir / "config.json"
+    if path.is_file():
+        try:
+            return ThreeDConfig.load(path).camera
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("could not read the cameras of %s (%s): using this run's", path, e)
+    return cfg.camera
+
+
+def _export_colours(cfg: ThreeDConfig, folder: Path, camera, device, dtype, z123_model=None):
+    """What the export projects onto the mesh's colours: ``(the reference view, a Zero-1-to-3 guide for the side
+    views, a warning)``, each None where off or where ``folder`` holds no ``reference.png`` (then the NeRF's colours
+    alone)."""
+    ex = cfg.export
+    if not (ex.project_reference or ex.side_views):
+        return None, None, None
+    reference = reference_colour_view(folder, camera)
+    if reference is None:
+        log.info("no reference.png in %s: the mesh takes the NeRF's colours alone", folder)
+        return None, None, None
+    guide = None
+    if ex.side_views:
+        model = z123_model
+        if model is None:
+            try:
+                model = load_zero123(cfg.zero123_model or zero123_ref(cfg.preset), device=device, dtype=dtype)
+            except ModelLoadError as e:
+                if cfg.zero123_model:  # the user's own folder: a mistake to fix, before anything is written
+                    raise
+                # the default model, not needed until now (an export or a resume after stage 2): the meshes still
+                # come, their hidden sides with the NeRF's colours
+                warning = (f"{e}; the sides the reference does not see keep the NeRF's colours (--side-views 0 "
+                           f"skips the side views)")
+                log.warning(warning)
+                return reference, None, warning
+        rgb = torch.from_numpy(reference.rgb).permute(2, 0, 1)[None]
+        guide = Zero123Guidance(model, rgb, camera.ref_elevation, camera.ref_azimuth, camera.ref_distance)
+    return reference, guide, None
+
+
+def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> ThreeDResult:
+    """Steps 7-9: meshes (``colours``: :func:`_export_colours`), the turntable preview, the summary."""
     # 7. Mesh export (CPU work: marching cubes, clean-up, colours, UV bake, atomic files).
     report.start("export", 1)
-    mesh, level = field_mesh(field, cfg.camera, cfg.export)
+    reference, side, warning = colours
+    if warning:
+        result.warnings.append(warning)
+    mesh, level, sides = field_mesh(field, cfg.camera, cfg.export, reference, side, cfg.seed)
+    side_path = out / "side-views.png"
+    if sides:  # what the hidden sides' colours came from, for the user to look at
+        strip = np.concatenate([(v.rgb.clip(0, 1) * 255 + 0.5).astype(np.uint8) for v in sides], 1)
+        save_image_atomic(Image.fromarray(strip), side_path)
+    elif side_path.exists():  # an earlier export's, which these meshes did not use
+        side_path.unlink()
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
     mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])
     result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
@@ -318,6 +386,9 @@ def _finish(field, cfg, out, result, report) -> ThreeDResult:
                "image": str(result.image_path) if result.image_path else None,
                "mask": str(result.mask_path) if result.mask_path else None,
                "preview": str(result.preview_path), "threshold": level, "faces": int(len(mesh.faces)),
+               "colours": {"reference_projected": reference is not None and cfg.export.project_reference,
+                           "side_views": len(sides),
+                           "side_views_image": str(out / "side-views.png") if sides else None},
                "vertices": int(len(mesh.vertices)), "stages_run": result.stages_run,
                "nan_recoveries": result.nan_recoveries, "warnings": result.warnings,
                "checkpoints": {k: str(v) for k, v in result.checkpoints.items()},

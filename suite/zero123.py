@@ -192,10 +192,14 @@ class Zero123Guidance:
 
 @torch.no_grad()
 def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_scale: float = 3.0,
-                steps: int = 50, generator: torch.Generator | None = None) -> torch.Tensor:
+                steps: int = 50, generator: torch.Generator | None = None, init: torch.Tensor | None = None,
+                strength: float = 1.0) -> torch.Tensor:
     """Sample Zero-1-to-3's views of the input object from target cameras: the model's own scheduler (DDIM for
     Zero-1-to-3) over the classifier-free guided denoiser of :meth:`Zero123Guidance.guidance`. Returns
-    ``[B, 3, H, W]`` in [0, 1] at the model's image size."""
+    ``[B, 3, H, W]`` in [0, 1] at the model's image size. ``init`` (``[B, 3, H, W]`` in [0, 1], e.g. renders of
+    the object from those cameras) with ``strength`` < 1: SDEdit, the images noised to that fraction of the
+    schedule and denoised from there, so the views keep their outline and large colours (the fraction of ``steps``
+    run is ``strength``)."""
     import copy
 
     model = guide.model
@@ -206,7 +210,15 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
     latent = model.image_size // (2 ** (len(model.vae.config.block_out_channels) - 1))
     shape = (len(pose), model.vae.config.latent_channels, latent, latent)
     z = torch.randn(shape, generator=generator, dtype=torch.float32).to(model.device) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
+    timesteps = scheduler.timesteps
+    if init is not None and strength < 1.0:
+        if not 0.0 < strength:
+            raise ValueError(f"strength must be in (0, 1], not {strength}")
+        start = len(timesteps) - max(1, round(strength * len(timesteps)))
+        timesteps = timesteps[start:]
+        z0 = guide.encode(init.to(model.device, torch.float32), generator).float()
+        z = scheduler.add_noise(z0, z.to(z0) / scheduler.init_noise_sigma, timesteps[:1].to(z0.device))
+    for t in timesteps:
         eps = denoiser(z.to(model.dtype), t.to(model.device)).float()
         z = scheduler.step(eps, t, z).prev_sample
     image = model.vae.decode((z / model.vae.config.scaling_factor).to(model.dtype)).sample.float()

@@ -95,9 +95,28 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     # 6. --export-only: a checkpoint straight to meshes in another folder.
     other = tmp_path / "export"
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
-                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2"]) == 0
+                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views", "2"]) == 0
     assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
     assert not (other / "mesh" / "model.obj").exists()
+    # ... its colours take the run's reference image (found beside the checkpoint) and two Zero-1-to-3 side views
+    colours = json.loads((other / "summary.json").read_text())["colours"]
+    assert colours["reference_projected"] and colours["side_views"] == 2
+    with Image.open(other / "side-views.png") as im:
+        assert im.size[0] == 2 * im.size[1]
+    # ... where the preset's own Zero-1-to-3 cannot be loaded (offline, never downloaded) the meshes still come, their
+    # hidden sides with the NeRF's colours; a Zero-1-to-3 folder the user names is checked before anything is written
+    small = ["--preset", "full", "--mesh-resolution", "32", "--texture-size", "64", "--preview-frames", "1",
+             "--formats", "glb"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INDOMAIN_ZERO123_MODEL", str(tmp_path / "no-such-zero123"))
+        assert launch.main(["3d", "--export-only", str(stage2), "--output", str(tmp_path / "offline"), *small]) == 0
+    summary = json.loads((tmp_path / "offline" / "summary.json").read_text())
+    assert summary["colours"]["reference_projected"] and summary["colours"]["side_views"] == 0
+    assert [w for w in summary["warnings"] if "keep the NeRF's colours" in w and "no-such-zero123" in w]
+    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(tmp_path / "named"), *small,
+                        "--zero123-model", str(tmp_path / "no-such-zero123")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-zero123" in err and "Traceback" not in err and not (tmp_path / "named").exists()
 
     # 7. A finished run is never overwritten without --resume: not by --export-only of another checkpoint, and a
     #    --resume with settings its finished stages were not made with is refused, naming them (issue 26).
@@ -124,6 +143,8 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     (["--prompt", "a vase", "--domain", "dragons"], "unknown domain"),
     (["--prompt", "x" * 2000], "characters long"),
     (["--prompt", "a vase", "--formats", "glb,fbx"], "unknown mesh format"),
+    (["--prompt", "a vase", "--side-views", "9"], "--side-views (0 = off; default 3) must be a whole number from 0 to 8"),
+    (["--prompt", "a vase", "--side-views", "-1"], "--side-views (0 = off; default 3) must be a whole number from 0 to 8"),
     (["--prompt", "a vase", "--mask", "m.png"], "--mask needs --image"),
     (["--prompt", " ".join(["porcelain"] * 90)], "tokens long"),
     (["--prompt", "a vase", "--image", "photo.png", "--image-domain-weight", "1.5"], "which --image replaces"),

@@ -114,3 +114,63 @@ def test_a_vertex_coloured_export_removes_an_earlier_textured_exports_second_glb
 
     meshlib.write_meshes(replace(coarse, texture=None), tmp_path, ("glb",))  # e.g. --export-only ... --no-texture
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.glb"]
+
+
+def test_the_reference_image_is_projected_onto_the_faces_it_sees_and_no_others(striped):
+    """A striped object's image, projected onto a smoothly coloured mesh of the same shape: seen from the image's
+    camera the mesh shows the stripes (the NeRF's colours alone do not); seen from behind it does not (the image is
+    not projected through the object: the z-buffer hides the back from the image's camera)."""
+    from .test_mesh_export import AnalyticField
+
+    _, fine = striped
+    front = orbit_cameras([10.0], [0.0], 3.8, 20.0)
+    image, cover = render_mesh(fine.vertices, fine.faces, front, size=128, colors=fine.colors, shading=False)
+    view = meshlib.ColourView(image[0].transpose(1, 2, 0), cover[0], front.c2w[0].double().numpy(), 20.0)
+    cfg = ExportConfig(resolution=40, threshold=25.0, texture_size=256)
+    plain, _ = meshlib.extract_mesh(AnalyticField(), CAMS, cfg)
+    projected, _ = meshlib.extract_mesh(AnalyticField(), CAMS, cfg, views=(view,))
+    back = orbit_cameras([10.0], [180.0], 3.8, 20.0)
+
+    def draw(m, cams):
+        return render_mesh(m.uv_vertices, m.uv_faces, cams, size=128, uv=m.uv, texture=m.texture, shading=False)[0]
+
+    from scipy.ndimage import binary_erosion
+
+    inner = binary_erosion(cover[0] > 0.99, iterations=12)  # away from the limb, where the image fades out
+    e_proj, e_plain = (_error(draw(m, front), image, inner[None]) for m in (projected, plain))
+    assert e_proj < 0.08 < e_plain, (e_proj, e_plain)  # measured: 0.045 (texture resampling), 0.390
+    want = _changes(image[0], cover[0] > 0.99)
+    assert abs(_changes(draw(projected, front)[0], cover[0] > 0.99) - want) <= 0.15 * want  # measured: 38 vs 39
+    seen_back = draw(projected, back)[0]
+    _, back_cover = render_mesh(plain.vertices, plain.faces, back, size=128)
+    assert _changes(seen_back, back_cover[0] > 0.99) < 0.3 * want  # measured: 2
+    # the vertex colours take the image too, as far as one colour per vertex of the 40^3 grid holds it
+    assert np.abs(projected.colors - plain.colors).max() > 0.3
+
+
+def test_colour_transfer_brings_a_hue_drifted_view_to_the_references_palette():
+    """A blue-and-white pattern drawn teal (channels mixed, as the mini Zero-1-to-3 draws blue) comes back to the
+    reference's colours: the mapped pixels match the reference's pixel for pixel, which no gain per channel does."""
+    rng = np.random.default_rng(0)
+    paint = rng.random(4000) < 0.4
+    white, blue = np.array([0.93, 0.93, 0.9]), np.array([0.1, 0.2, 0.65])
+    reference = np.where(paint[:, None], blue, white) + rng.normal(0, 0.02, (4000, 3))
+    drift = np.array([[0.9, 0.1, 0.0], [0.0, 0.5, 0.5], [0.1, 0.3, 0.6]])  # blue -> teal, white stays light
+    drawn = (reference @ drift.T).clip(0, 1)
+    mapped = meshlib.colour_transfer(drawn, drawn, reference)
+    gain = (drawn * (reference.mean(0) / drawn.mean(0))).clip(0, 1)
+    err, err_gain = (float(np.abs(x - reference).mean()) for x in (mapped, gain))
+    assert err < 0.03 < err_gain, (err, err_gain)  # measured: 0.020, 0.088 (the drawn colours as they are: 0.064)
+    assert np.allclose(mapped.mean(0), reference.mean(0), atol=0.01)
+
+
+def test_side_views_cover_the_hidden_side_back_first():
+    from generators3d.texture import side_azimuths
+
+    assert side_azimuths(0) == [] and side_azimuths(1) == [180.0] and side_azimuths(3) == [180.0, 90.0, 270.0]
+    for n in range(1, 9):
+        a = side_azimuths(n)
+        assert len(a) == n and all(90.0 <= x <= 270.0 for x in a)  # never on the reference's side
+        assert [abs(x - 180.0) for x in a] == sorted(abs(x - 180.0) for x in a)  # the back first
+        gaps = np.diff(sorted(a))
+        assert n == 1 or (np.allclose(gaps, gaps[0]) and gaps.max() <= 90.0)  # evenly spread, no wide gap
