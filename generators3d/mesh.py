@@ -56,40 +56,54 @@ class Mesh:
 class ColourView:
     """An image whose colours are projected onto the faces it sees (:func:`projected_colours`): ``rgb [H, H, 3]`` in
     [0, 1], ``mask [H, H]`` (1 = the object), seen by the camera ``c2w [4, 4]`` (NeRF frame) with ``fovy`` degrees:
-    the reference view, whose detail the NeRF's smoother colour field loses, or a generated view of another side."""
+    the reference view, whose detail the NeRF's smoother colour field loses, or a generated view of another side.
+    ``depth``: the mesh's depth map from this camera (:func:`.raster.depth_map`), filled by :func:`colour_mesh` so
+    the vertex colours and the texture share one rasterisation."""
 
     rgb: np.ndarray
     mask: np.ndarray
     c2w: np.ndarray
     fovy: float
+    depth: np.ndarray | None = None
 
 
 def projected_colours(colours: np.ndarray, points: np.ndarray, normals: np.ndarray, mesh: Mesh,
-                      views=(), match: bool = True) -> np.ndarray:
+                      views=(), reference: ColourView | None = None) -> np.ndarray:
     """``colours [N, 3]`` at surface ``points`` replaced by each of ``views``' image where it sees them face-on,
     blended towards the given colours where it sees them at a slant, unchanged where it does not see them (see
-    :func:`.raster.project_image`); an earlier view keeps what it sees. ``match`` (colours, channel by channel):
-    first the given colours are scaled so that where the first view (the reference) sees the surface face-on their
-    mean is its image's (the NeRF's colours at the surface come out darker than its renders, and a seam would show
-    where the image ends; the gain is kept within 1/2 and 2); then each later (generated) view's colours are brought
-    to the colour distribution of the first view's object pixels (:func:`colour_transfer`: Zero-1-to-3's views drift
-    in hue, a blue object comes back teal)."""
+    :func:`.raster.project_image`); an earlier view keeps what it sees. ``reference`` (whether projected, i.e. in
+    ``views``, or not) sets the colours' scale: the given colours are scaled, channel by channel, so that where it
+    sees the surface face-on their mean is its image's (the NeRF's colours at the surface come out darker than its
+    renders, and a seam would show where the image ends; the gain is kept within 1/2 and 2), and every other view's
+    colours are brought to the colour distribution of its object pixels (:func:`colour_transfer`, each view's own
+    object pixels to the reference's: Zero-1-to-3's views drift in hue, a blue object comes back teal)."""
     from .raster import project_image
 
+    def project(view):
+        return project_image(points, normals, mesh.vertices, mesh.faces, view.rgb, view.mask, view.c2w, view.fovy,
+                             zbuf=view.depth)
+
+    def object_pixels(view):  # inside the object's edge, where its pixels are not blended with the backdrop
+        from scipy.ndimage import binary_erosion
+
+        inner = binary_erosion(np.asarray(view.mask) > 0.5, iterations=max(1, view.rgb.shape[0] // 64))
+        return view.rgb[inner].reshape(-1, 3) if inner.sum() >= 16 else None
+
     out = np.asarray(colours, np.float32)
-    covered = np.zeros(len(out), np.float32)
     palette = None
-    for i, view in enumerate(views):
-        cols, w = project_image(points, normals, mesh.vertices, mesh.faces, view.rgb, view.mask, view.c2w, view.fovy)
-        w = w * (1.0 - covered)
+    if reference is not None:
+        palette = object_pixels(reference)
+        cols, w = project(reference)
         sure = w > 0.5
-        if match and i == 0:
-            on = np.asarray(view.mask) > 0.5
-            palette = view.rgb[on].reshape(-1, 3) if on.sum() >= 16 else None
-            if sure.sum() >= 16:
-                out = (out * np.clip(cols[sure].mean(0) / np.maximum(out[sure].mean(0), 1e-3), 0.5, 2.0)).clip(0, 1)
-        elif match and palette is not None and sure.sum() >= 16:
-            cols = colour_transfer(cols, cols[sure], palette)
+        if sure.sum() >= 16:
+            out = (out * np.clip(cols[sure].mean(0) / np.maximum(out[sure].mean(0), 1e-3), 0.5, 2.0)).clip(0, 1)
+    covered = np.zeros(len(out), np.float32)
+    for view in views:
+        cols, w = project(view)
+        w = w * (1.0 - covered)
+        own = object_pixels(view) if view is not reference and palette is not None else None
+        if own is not None:
+            cols = colour_transfer(cols, own, palette)
         out = out * (1.0 - w[:, None]) + cols * w[:, None]
         covered = covered + w
     return out.astype(np.float32)
@@ -257,12 +271,12 @@ def vertex_colors(field, vertices: np.ndarray, normals: np.ndarray | None = None
     return cols.float().cpu().numpy().clip(0, 1)
 
 
-def extract_mesh(field, cams, cfg: ExportConfig | None = None, views=()) -> tuple[Mesh, float]:
+def extract_mesh(field, cams, cfg: ExportConfig | None = None, views=(), reference=None) -> tuple[Mesh, float]:
     """The NeRF's surface as a coloured :class:`Mesh` in the NeRF frame, and the threshold used:
     :func:`surface_mesh`, then :func:`colour_mesh`."""
     cfg = cfg or ExportConfig()
     mesh, level = surface_mesh(field, cams, cfg)
-    return colour_mesh(mesh, field, cfg, views), level
+    return colour_mesh(mesh, field, cfg, views, reference=reference), level
 
 
 def surface_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, float]:
@@ -293,30 +307,38 @@ def surface_mesh(field, cams, cfg: ExportConfig | None = None) -> tuple[Mesh, fl
     return Mesh(np.asarray(v, np.float32), f, np.ones((len(v), 3), np.float32)), level
 
 
-def colour_mesh(mesh: Mesh, field, cfg: ExportConfig | None = None, views=(), texture: bool | None = None) -> Mesh:
+def colour_mesh(mesh: Mesh, field, cfg: ExportConfig | None = None, views=(), texture: bool | None = None,
+                reference: ColourView | None = None) -> Mesh:
     """``mesh`` (:func:`surface_mesh`) coloured by the field's albedo half a voxel inside the surface, with ``views``'
-    images projected where they see it (:class:`ColourView`, :func:`projected_colours`): vertex colours, and a UV
-    texture when ``texture`` (default ``cfg.texture``)."""
+    images projected where they see it, matched to ``reference``'s colours (:class:`ColourView`,
+    :func:`projected_colours`): vertex colours, and a UV texture when ``texture`` (default ``cfg.texture``)."""
     import trimesh
+
+    from .raster import depth_map
 
     cfg = cfg or ExportConfig()
     v, f = mesh.vertices, mesh.faces
+    # each image's depth map of this mesh, once for the vertex colours and the texture
+    seen = {id(x): replace(x, depth=depth_map(v, f, x.c2w, x.fovy, x.rgb.shape[0]))
+            for x in (*views, *([reference] if reference is not None else []))}
+    views = [seen[id(x)] for x in views]
+    reference = seen[id(reference)] if reference is not None else None
     normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals, np.float32)
     voxel = 2.0 * field.radius / (cfg.resolution - 1)
     colors = vertex_colors(field, v, normals, inset=0.5 * voxel)
-    if views:
-        colors = projected_colours(colors, v, normals, mesh, views)
+    if views or reference is not None:
+        colors = projected_colours(colors, v, normals, mesh, views, reference)
     mesh = Mesh(v, f, colors.astype(np.float32))
     if cfg.texture if texture is None else texture:
-        mesh = bake_texture(mesh, field, cfg.texture_size, inset=0.5 * voxel, views=views)
+        mesh = bake_texture(mesh, field, cfg.texture_size, inset=0.5 * voxel, views=views, reference=reference)
     return mesh
 
 
-def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0, views=()) -> Mesh:
+def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0, views=(), reference=None) -> Mesh:
     """UV-unwrap with xatlas and bake the field's albedo into a ``size x size`` texture (CPU rasteriser:
     each triangle is drawn in UV space with its face index; texels get barycentric 3D points; seams are
     padded by a few texels so bilinear lookups do not bleed background), with ``views``' images projected where they
-    see the surface (:func:`projected_colours`). Without xatlas: unchanged."""
+    see the surface, matched to ``reference`` (:func:`projected_colours`). Without xatlas: unchanged."""
     try:
         import xatlas
     except ImportError:
@@ -344,8 +366,8 @@ def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0, views=
     pts = (bary[..., None] * verts[tri]).sum(1)
     nrm = (bary[..., None] * normals[tri]).sum(1)
     cols = vertex_colors(field, pts, nrm, inset)
-    if views:
-        cols = projected_colours(cols, pts, nrm, mesh, views)
+    if views or reference is not None:
+        cols = projected_colours(cols, pts, nrm, mesh, views, reference)
     img = np.zeros((size, size, 3), np.float32)
     filled = np.zeros((size, size), bool)
     img[ys, xs], filled[ys, xs] = cols, True

@@ -95,16 +95,17 @@ def depth_map(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: fl
 
 def project_image(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                   rgb: np.ndarray, mask: np.ndarray, c2w: np.ndarray, fovy: float, grazing=(0.2, 0.6),
-                  erode: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                  erode: int = 2, zbuf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """An image's colours at surface ``points [N, 3]`` (outward ``normals [N, 3]``) of the mesh ``vertices, faces``
     seen by its camera (``rgb [H, H, 3]`` in [0, 1], ``mask [H, H]``: 1 = the object; ``c2w``, ``fovy``), and how
     far to trust each (``[N]`` in [0, 1]): 0 where the point is hidden by the mesh itself, outside the image, off
     the mask (``erode`` pixels inside it, where the object's edge blends with the backdrop), or seen at a grazing
     angle; rising smoothly from cosine ``grazing[0]`` to 1 at ``grazing[1]`` (a face seen edge-on stretches a pixel
-    over much of it)."""
+    over much of it). ``zbuf``: the mesh's :func:`depth_map` from this camera, when already drawn."""
     size = rgb.shape[0]
     c2w = np.asarray(c2w, np.float64)
-    zbuf = depth_map(vertices, faces, c2w, fovy, size)
+    if zbuf is None:
+        zbuf = depth_map(vertices, faces, c2w, fovy, size)
     px, depth = camera_pixels(points, c2w, fovy, size)
     ix = np.clip(np.round(px[:, 0]).astype(int), 0, size - 1)
     iy = np.clip(np.round(px[:, 1]).astype(int), 0, size - 1)

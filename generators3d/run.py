@@ -147,9 +147,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     # 2b. --export-only: a checkpoint straight to meshes.
     if cfg.export_only:
         field, _ = load_checkpoint(cfg.export_only, device)
-        run_dir = Path(cfg.export_only).resolve().parent.parent  # <run>/checkpoints/<stage>.safetensors
-        camera = _run_camera(run_dir, cfg)
-        colours = _export_colours(cfg, run_dir, camera, device, dtype)  # a bad Zero-1-to-3 folder fails before writing
+        colours, camera = _export_only_colours(cfg, device, dtype)  # a bad Zero-1-to-3 folder fails before writing
         return _finish(field, replace(cfg, camera=camera), out, _create_output(out, cfg), report, colours)
 
     # 3. Models, loaded once and only when a stage needs them; the prompt's length checked by its tokenizer.
@@ -169,6 +167,9 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
             cfg.refine.steps > 0 and cfg.refine.lambda_zero123 > 0 and not stage3_ckpt.exists()):
         ref = cfg.zero123_model or zero123_ref(cfg.preset)
         z123_model = load_zero123(ref, device=device, dtype=dtype)  # before anything is written: a bad folder fails here
+    side_model, side_warning = z123_model, None
+    if side_model is None and cfg.export.side_views:  # the export's side views need it even where no stage does
+        side_model, side_warning = _side_model(cfg.zero123_model, cfg.preset, device, dtype)
     result = _create_output(out, cfg)
     if pipe is not None:
         result.warnings += warn_prompt(cfg.preset, prompt)
@@ -249,7 +250,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         result.checkpoints["refine"] = stage3_ckpt
 
     result.image_path, result.mask_path = image_path, mask_path
-    colours = _export_colours(cfg, out, cfg.camera, device, dtype, zero123.model if zero123 is not None else None)
+    colours = _export_colours(cfg, out, cfg.camera, side_model, side_warning)
     return _finish(field, cfg, out, result, report, colours)
 
 
@@ -290,9 +291,9 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     density threshold from renders at the reference distance (four round the object, one above, one below), and the
     Zero-1-to-3 side views its colours took. Colours: the NeRF's, with ``reference`` (a
     :class:`generators3d.mesh.ColourView`) projected where it sees the surface when ``export.project_reference``,
-    and ``export.side_views`` views drawn by ``side`` (a :class:`suite.zero123.Zero123Guidance`) where it does not
-    (:mod:`generators3d.texture`). Puts the field in eval mode with a fresh occupancy grid (a loaded checkpoint
-    carries none)."""
+    and ``export.side_views`` views drawn by ``side`` (a :class:`suite.zero123.Zero123Guidance`) where it does not,
+    brought to the reference's colours (:mod:`generators3d.texture`). Puts the field in eval mode with a fresh
+    occupancy grid (a loaded checkpoint carries none)."""
     field.eval()
     field.update_occupancy()
     cams = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,
@@ -300,53 +301,75 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     mesh, level = meshlib.surface_mesh(field, cams, export)
     views = [reference] if reference is not None and export.project_reference else []
     sides = []
-    if side is not None and export.side_views:
-        first = meshlib.colour_mesh(mesh, field, export, views, texture=False)
+    if reference is not None and side is not None and export.side_views:
+        first = meshlib.colour_mesh(mesh, field, export, views, texture=False, reference=reference)
         sides = zero123_colour_views(first, side, camera, export.side_views, export.side_strength, export.side_steps,
                                      seed=seed)
-    return meshlib.colour_mesh(mesh, field, export, views + sides), level, sides
+    # the reference sets the colours' scale and palette wherever an image is projected, even when it is not itself
+    match = reference if views or sides else None
+    return meshlib.colour_mesh(mesh, field, export, views + sides, reference=match), level, sides
 
 
-def _run_camera(run_dir: Path, cfg: ThreeDConfig):
-    """The cameras of the run a checkpoint came from (its ``config.json``), else ``cfg``'s."""
-    path = run_dir / "config.json"
-    if path.is_file():
-        try:
-            return ThreeDConfig.load(path).camera
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("could not read the cameras of %s (%s): using this run's", path, e)
-    return cfg.camera
+def _side_model(named, preset: str, device, dtype):
+    """Zero-1-to-3 for the export's side views, loaded before anything is written: ``(model, None)``; where the
+    preset's own model cannot be loaded (offline, never downloaded) ``(None, warning)`` and the export goes on
+    without side views; a folder the user ``named`` that cannot be loaded stops the run (one sentence)."""
+    try:
+        return load_zero123(named or zero123_ref(preset), device=device, dtype=dtype), None
+    except ModelLoadError as e:
+        if named:
+            raise
+        warning = f"{e}; the sides the reference does not see keep the NeRF's colours (--side-views 0 skips them)"
+        log.warning(warning)
+        return None, warning
 
 
-def _export_colours(cfg: ThreeDConfig, folder: Path, camera, device, dtype, z123_model=None):
-    """What the export projects onto the mesh's colours: ``(the reference view, a Zero-1-to-3 guide for the side
-    views, a warning)``, each None where off or where ``folder`` holds no ``reference.png`` (then the NeRF's colours
-    alone)."""
+def _export_only_colours(cfg: ThreeDConfig, device, dtype):
+    """``--export-only``: the colours' sources from the checkpoint's run (``<run>/checkpoints/<stage>.safetensors``:
+    its ``reference.png`` and, from its ``config.json``, its cameras, preset and Zero-1-to-3), and the cameras to use:
+    ``(``:func:`_export_colours` ``, camera)``. Where the run cannot be read, the NeRF's colours alone, and a
+    warning: an image projected through a guessed camera would land in the wrong place."""
     ex = cfg.export
     if not (ex.project_reference or ex.side_views):
-        return None, None, None
+        return (None, None, None), cfg.camera
+    ckpt = Path(cfg.export_only).resolve()
+    run_dir = ckpt.parent.parent
+    warning = None
+    saved = None
+    if ckpt.parent.name != "checkpoints" or not (run_dir / "reference.png").is_file():
+        warning = (f"{ckpt} is not in a run's checkpoints/ folder beside its reference.png: the mesh takes the "
+                   f"NeRF's colours alone")
+    else:
+        try:
+            saved = ThreeDConfig.load(run_dir / "config.json").resolved()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warning = (f"could not read the run's cameras from {run_dir / 'config.json'} ({e}): the mesh takes the "
+                       f"NeRF's colours alone")
+    if saved is None:
+        log.warning(warning)
+        return (None, None, warning), cfg.camera
+    model, side_warning = None, None
+    if ex.side_views:
+        model, side_warning = _side_model(cfg.zero123_model or saved.zero123_model, saved.preset, device, dtype)
+    return _export_colours(cfg, run_dir, saved.camera, model, side_warning), saved.camera
+
+
+def _export_colours(cfg: ThreeDConfig, folder: Path, camera, model=None, warning=None):
+    """What the export projects onto the mesh's colours: ``(the reference view, a Zero-1-to-3 guide for the side
+    views, a warning)``: None where off, where ``folder`` holds no ``reference.png`` (then the NeRF's colours alone)
+    or where ``model`` (:func:`_side_model`) is None."""
+    ex = cfg.export
+    if not (ex.project_reference or ex.side_views):
+        return None, None, warning
     reference = reference_colour_view(folder, camera)
     if reference is None:
         log.info("no reference.png in %s: the mesh takes the NeRF's colours alone", folder)
-        return None, None, None
+        return None, None, warning
     guide = None
-    if ex.side_views:
-        model = z123_model
-        if model is None:
-            try:
-                model = load_zero123(cfg.zero123_model or zero123_ref(cfg.preset), device=device, dtype=dtype)
-            except ModelLoadError as e:
-                if cfg.zero123_model:  # the user's own folder: a mistake to fix, before anything is written
-                    raise
-                # the default model, not needed until now (an export or a resume after stage 2): the meshes still
-                # come, their hidden sides with the NeRF's colours
-                warning = (f"{e}; the sides the reference does not see keep the NeRF's colours (--side-views 0 "
-                           f"skips the side views)")
-                log.warning(warning)
-                return reference, None, warning
+    if ex.side_views and model is not None:
         rgb = torch.from_numpy(reference.rgb).permute(2, 0, 1)[None]
         guide = Zero123Guidance(model, rgb, camera.ref_elevation, camera.ref_azimuth, camera.ref_distance)
-    return reference, guide, None
+    return reference, guide, warning
 
 
 def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> ThreeDResult:
@@ -357,15 +380,15 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     if warning:
         result.warnings.append(warning)
     mesh, level, sides = field_mesh(field, cfg.camera, cfg.export, reference, side, cfg.seed)
-    side_path = out / "side-views.png"
+    transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
+    mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])
+    result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
+    side_path = out / "side-views.png"  # after the meshes: it always belongs to the meshes beside it
     if sides:  # what the hidden sides' colours came from, for the user to look at
         strip = np.concatenate([(v.rgb.clip(0, 1) * 255 + 0.5).astype(np.uint8) for v in sides], 1)
         save_image_atomic(Image.fromarray(strip), side_path)
     elif side_path.exists():  # an earlier export's, which these meshes did not use
         side_path.unlink()
-    transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
-    mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])
-    result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
     result.threshold = level
     report.update("export", 1, 1, {"faces": len(mesh.faces), "threshold": level})
     report.end("export")
@@ -388,7 +411,9 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
                "preview": str(result.preview_path), "threshold": level, "faces": int(len(mesh.faces)),
                "colours": {"reference_projected": reference is not None and cfg.export.project_reference,
                            "side_views": len(sides),
-                           "side_views_image": str(out / "side-views.png") if sides else None},
+                           "side_views_image": str(side_path) if sides else None,
+                           "camera": {k: getattr(cfg.camera, f"ref_{k}") for k in
+                                      ("elevation", "azimuth", "distance", "fovy")}},
                "vertices": int(len(mesh.vertices)), "stages_run": result.stages_run,
                "nan_recoveries": result.nan_recoveries, "warnings": result.warnings,
                "checkpoints": {k: str(v) for k, v in result.checkpoints.items()},

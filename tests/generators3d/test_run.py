@@ -95,24 +95,33 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     # 6. --export-only: a checkpoint straight to meshes in another folder.
     other = tmp_path / "export"
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
-                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views", "2"]) == 0
+                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views", "2",
+                        "--elevation", "40"]) == 0
     assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
     assert not (other / "mesh" / "model.obj").exists()
-    # ... its colours take the run's reference image (found beside the checkpoint) and two Zero-1-to-3 side views
+    # ... its colours take the run's reference image and cameras (found beside the checkpoint: not this command's
+    # --elevation, which would project the image from the wrong place) and two Zero-1-to-3 side views
     colours = json.loads((other / "summary.json").read_text())["colours"]
     assert colours["reference_projected"] and colours["side_views"] == 2
+    assert colours["camera"]["elevation"] == saved.camera.ref_elevation != 40.0
     with Image.open(other / "side-views.png") as im:
         assert im.size[0] == 2 * im.size[1]
+    # ... exported again without side views (--resume: into the same folder), the old side-views.png goes too
+    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "ply", "--resume",
+                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1"]) == 0
+    assert not (other / "side-views.png").exists()
+    assert json.loads((other / "summary.json").read_text())["colours"]["side_views_image"] is None
     # ... where the preset's own Zero-1-to-3 cannot be loaded (offline, never downloaded) the meshes still come, their
     # hidden sides with the NeRF's colours; a Zero-1-to-3 folder the user names is checked before anything is written
-    small = ["--preset", "full", "--mesh-resolution", "32", "--texture-size", "64", "--preview-frames", "1",
-             "--formats", "glb"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INDOMAIN_ZERO123_MODEL", str(tmp_path / "no-such-zero123"))
+    small = ["--preset", "tiny", "--side-views", "1", "--mesh-resolution", "32", "--texture-size", "64",
+             "--preview-frames", "1", "--formats", "glb"]
+    with pytest.MonkeyPatch.context() as mp:  # the run's preset's Zero-1-to-3 (tiny's here) stands in for an absent one
+        mp.setattr("generators3d.run.zero123_ref", lambda preset: str(tmp_path / "no-such-zero123"))
         assert launch.main(["3d", "--export-only", str(stage2), "--output", str(tmp_path / "offline"), *small]) == 0
     summary = json.loads((tmp_path / "offline" / "summary.json").read_text())
     assert summary["colours"]["reference_projected"] and summary["colours"]["side_views"] == 0
-    assert [w for w in summary["warnings"] if "keep the NeRF's colours" in w and "no-such-zero123" in w]
+    said = [w for w in summary["warnings"] if "keep the NeRF's colours" in w and "no-such-zero123" in w]
+    assert said, summary["warnings"]
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(tmp_path / "named"), *small,
                         "--zero123-model", str(tmp_path / "no-such-zero123")]) == 2
     err = capsys.readouterr().err
@@ -143,8 +152,8 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     (["--prompt", "a vase", "--domain", "dragons"], "unknown domain"),
     (["--prompt", "x" * 2000], "characters long"),
     (["--prompt", "a vase", "--formats", "glb,fbx"], "unknown mesh format"),
-    (["--prompt", "a vase", "--side-views", "9"], "--side-views (0 = off; default 3) must be a whole number from 0 to 8"),
-    (["--prompt", "a vase", "--side-views", "-1"], "--side-views (0 = off; default 3) must be a whole number from 0 to 8"),
+    (["--prompt", "a vase", "--side-views", "9"], "--side-views (0 = off; default 3) must be a whole number from 0"),
+    (["--prompt", "a vase", "--side-views", "-1"], "--side-views (0 = off; default 3) must be a whole number from 0"),
     (["--prompt", "a vase", "--mask", "m.png"], "--mask needs --image"),
     (["--prompt", " ".join(["porcelain"] * 90)], "tokens long"),
     (["--prompt", "a vase", "--image", "photo.png", "--image-domain-weight", "1.5"], "which --image replaces"),
@@ -268,6 +277,19 @@ def test_a_reference_ray_share_outside_0_to_1_or_a_bad_threshold_resolution_is_o
     old = cfg.resolved().to_dict()
     del old["export"]["threshold_resolution"]
     assert ThreeDConfig.from_dict(old).resolved().export.threshold_resolution == 64
+    # ... and one from before the colours from the images: exported as it was, from the NeRF's colours alone; a
+    # new-style file (or the Python API, no threads recorded) gets the preset's colours
+    mini = replace(cfg, preset="mini", threads=2).resolved().to_dict()
+    for key in ("project_reference", "side_views", "side_strength", "side_steps"):
+        del mini["export"][key]
+    before = ThreeDConfig.from_dict(mini).resolved().export
+    assert (before.project_reference, before.side_views) == (False, 0)
+    now = replace(cfg, preset="mini").resolved().export
+    assert (now.project_reference, now.side_views, now.side_strength) == (True, 3, 0.6)
+    for bad, match in ((dict(side_steps=0), "export.side_steps"), (dict(side_strength=0.0), "export.side_strength"),
+                       (dict(side_views=2.5), "--side-views")):
+        with pytest.raises(ValueError, match=match):
+            replace(cfg, export=replace(cfg.resolved().export, **bad)).resolved()
 
 
 def test_image_domain_weight_reaches_stage_1_and_is_recorded(tmp_path, monkeypatch):
