@@ -58,7 +58,7 @@ class ColourView:
     [0, 1], ``mask [H, H]`` (1 = the object), seen by the camera ``c2w [4, 4]`` (NeRF frame) with ``fovy`` degrees:
     the reference view, whose detail the NeRF's smoother colour field loses, or a generated view of another side.
     ``depth``: the mesh's depth map from this camera (:func:`.raster.depth_map`), filled by :func:`colour_mesh` so
-    the vertex colours and the texture share one rasterisation."""
+    the vertex colours and the texture share one rasterisation (given, it must be of the mesh being coloured)."""
 
     rgb: np.ndarray
     mask: np.ndarray
@@ -90,16 +90,16 @@ def projected_colours(colours: np.ndarray, points: np.ndarray, normals: np.ndarr
         return view.rgb[inner].reshape(-1, 3) if inner.sum() >= 16 else None
 
     out = np.asarray(colours, np.float32)
-    palette = None
+    palette = seen_by_reference = None
     if reference is not None:
         palette = object_pixels(reference)
-        cols, w = project(reference)
+        cols, w = seen_by_reference = project(reference)
         sure = w > 0.5
         if sure.sum() >= 16:
             out = (out * np.clip(cols[sure].mean(0) / np.maximum(out[sure].mean(0), 1e-3), 0.5, 2.0)).clip(0, 1)
     covered = np.zeros(len(out), np.float32)
     for view in views:
-        cols, w = project(view)
+        cols, w = seen_by_reference if view is reference else project(view)
         w = w * (1.0 - covered)
         own = object_pixels(view) if view is not reference and palette is not None else None
         if own is not None:
@@ -318,8 +318,8 @@ def colour_mesh(mesh: Mesh, field, cfg: ExportConfig | None = None, views=(), te
 
     cfg = cfg or ExportConfig()
     v, f = mesh.vertices, mesh.faces
-    # each image's depth map of this mesh, once for the vertex colours and the texture
-    seen = {id(x): replace(x, depth=depth_map(v, f, x.c2w, x.fovy, x.rgb.shape[0]))
+    # each image's depth map of this mesh, once for the vertex colours and the texture (kept where already drawn)
+    seen = {id(x): x if x.depth is not None else replace(x, depth=depth_map(v, f, x.c2w, x.fovy, x.rgb.shape[0]))
             for x in (*views, *([reference] if reference is not None else []))}
     views = [seen[id(x)] for x in views]
     reference = seen[id(reference)] if reference is not None else None

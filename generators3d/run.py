@@ -298,7 +298,12 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     field.update_occupancy()
     cams = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,
                          camera.ref_fovy)
+    from .raster import depth_map
+
     mesh, level = meshlib.surface_mesh(field, cams, export)
+    if reference is not None:  # its depth map of this mesh, drawn once for both colourings below
+        reference = replace(reference, depth=depth_map(mesh.vertices, mesh.faces, reference.c2w, reference.fovy,
+                                                       reference.rgb.shape[0]))
     views = [reference] if reference is not None and export.project_reference else []
     sides = []
     if reference is not None and side is not None and export.side_views:
