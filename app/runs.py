@@ -143,6 +143,41 @@ def settings_fields(cls, skip: set[str]) -> list[tuple[str, type, object]]:
     return out
 
 
+# ThreeDConfig's fields whose None means "the preset's": the value each stands for in a resolved config (the 3D tab
+# shows it, so that the form's starting values are what a run without them does)
+PRESET_VALUES_3D = {
+    "zero123_steps": lambda r: r.zero123.steps,
+    "refine_steps": lambda r: r.refine.steps,
+    "elevation": lambda r: r.camera.ref_elevation,
+    "mesh_resolution": lambda r: r.export.resolution,
+    "texture": lambda r: r.export.texture,
+    "texture_size": lambda r: r.export.texture_size,
+    "project_reference": lambda r: r.export.project_reference,
+    "side_views": lambda r: r.export.side_views,
+    "preview_frames": lambda r: r.preview_frames,
+}
+
+
+def threed_fields(preset: str, skip: set[str]) -> list[tuple[str, type, object]]:
+    """The 3D tab's settings: :func:`settings_fields` of ``ThreeDConfig`` and the fields of :data:`PRESET_VALUES_3D`
+    with the value the ``preset`` gives them (the export's texture size and side views among them), in the config's
+    order."""
+    import typing
+
+    plain = {name: (name, typ, default) for name, typ, default in settings_fields(ThreeDConfig, skip)}
+    resolved = ThreeDConfig(preset=preset).resolved()
+    hints = typing.get_type_hints(ThreeDConfig)
+    out = []
+    for f in dataclasses.fields(ThreeDConfig):
+        if f.name in plain:
+            out.append(plain[f.name])
+        elif f.name in PRESET_VALUES_3D and f.name not in skip:
+            value = PRESET_VALUES_3D[f.name](resolved)
+            typ = next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
+            out.append((f.name, typ, typ(value)))
+    return out
+
+
 def make_config(cls, values: dict, fields_of=None):
     """``cls(**values)`` keeping only the fields ``cls`` (or the dataclass ``fields_of``) has (the rest are
     reported in the log)."""

@@ -18,7 +18,6 @@ from pathlib import Path
 import gradio as gr
 from starlette.middleware import Middleware
 
-from generators3d import ThreeDConfig
 from suite import images
 from suite.checks import AUTO, Progress, UserError
 from suite.control import canny
@@ -387,7 +386,7 @@ def _mask_from(drawn, mask_file, photo):
 def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
     skip = {"prompt", "domain", "preset", "output", "image", "mask", "device", "dtype", "sd_model",
             "domain_model", "zero123_model", "resume", "export_only"}
-    fields = runs.settings_fields(ThreeDConfig, skip)
+    fields = runs.threed_fields(cfg.preset, skip)
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox("", label="prompt", placeholder="e.g. a vase with dragons", elem_id="3d-prompt")

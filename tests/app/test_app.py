@@ -305,12 +305,33 @@ def test_3d_tab_writes_a_glb_that_trimesh_loads(app):
     trimesh = pytest.importorskip("trimesh")
     client, _, _, _ = app
     assert gen3d is not None
+    # the export's settings reach the run from the form (the tiny preset's texture is 128 px)
     stage1, preview, video, model, files, status = client.predict(prompt="a vase with dragons", domain="porcelain",
-                                                                  api_name="/make_3d")
+                                                                  texture_size=32, api_name="/make_3d")
     assert Image.open(stage1).size[0] > 0
     mesh = trimesh.load(model, force="mesh")
     assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
+    assert mesh.visual.material.baseColorTexture.size == (32, 32)
     assert any(str(f).endswith(".glb") for f in files)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mini", "full"])
+def test_3d_tab_starts_from_what_the_preset_does(preset):
+    """The 3D form shows the preset's own values for the fields whose None means "the preset's" (the steps, the
+    texture size, the side views...): unset, it showed none of them, and the texture size could not be chosen."""
+    from generators3d import ThreeDConfig
+
+    fields = {name: (typ, default) for name, typ, default in runs.threed_fields(preset, {"prompt"})}
+    r = ThreeDConfig(preset=preset).resolved()
+    assert fields["texture_size"] == (int, r.export.texture_size)
+    assert fields["side_views"] == (int, r.export.side_views)
+    assert fields["project_reference"] == (bool, True)
+    assert fields["zero123_steps"] == (int, r.zero123.steps) and fields["refine_steps"] == (int, r.refine.steps)
+    assert fields["elevation"] == (float, r.camera.ref_elevation)
+    # the form's values, given back, make the same run as none given
+    given = ThreeDConfig(preset=preset, **{name: default for name, (typ, default) in fields.items()}).resolved()
+    for part in ("nerf", "camera", "zero123", "refine", "export", "preview_frames", "image_steps", "seed"):
+        assert getattr(given, part) == getattr(r, part), part
 
 
 def test_3d_tab_starts_from_an_uploaded_image(app):
