@@ -175,6 +175,9 @@ class ExportConfig:
     side_views: int = 3
     side_strength: float = 0.6
     side_steps: int = 30
+    # the side views keep what the projected reference shows there (blended latent diffusion: the model draws the
+    # rest to join it, so the patterns of the reference and of the side views meet with less of a seam)
+    side_keep_reference: bool = True
 
 
 # At SD1.5 size the pure-PyTorch NeRF, not the diffusion models, sets the pace: on an H200, the occupancy grid
@@ -521,6 +524,9 @@ class ThreeDConfig:
         if (kw.get("threads") is not None and isinstance(kw.get("export"), dict)
                 and "project_reference" not in kw["export"]):  # from before the projected colours: as it ran
             kw["export"] = dict(kw["export"], project_reference=False, side_views=0)
+        if (kw.get("threads") is not None and isinstance(kw.get("export"), dict)
+                and "side_keep_reference" not in kw["export"]):  # from before the side views kept the reference
+            kw["export"] = dict(kw["export"], side_keep_reference=False)
         _check_types(cls, kw, "")
         for name, typ in (("nerf", NeRFConfig), ("camera", CameraConfig), ("zero123", StageConfig),
                           ("refine", StageConfig), ("export", ExportConfig)):

@@ -292,7 +292,8 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     Zero-1-to-3 side views its colours took. Colours: the NeRF's, with ``reference`` (a
     :class:`generators3d.mesh.ColourView`) projected where it sees the surface when ``export.project_reference``,
     and ``export.side_views`` views drawn by ``side`` (a :class:`suite.zero123.Zero123Guidance`) where it does not,
-    brought to the reference's colours (:mod:`generators3d.texture`). Puts the field in eval mode with a fresh
+    brought to the reference's colours (:mod:`generators3d.texture`); with ``export.side_keep_reference`` the side
+    views keep what the projected reference shows and draw the rest to join it. Puts the field in eval mode with a fresh
     occupancy grid (a loaded checkpoint carries none)."""
     field.eval()
     field.update_occupancy()
@@ -308,8 +309,9 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     sides = []
     if reference is not None and side is not None and export.side_views:
         first = meshlib.colour_mesh(mesh, field, export, views, texture=False, reference=reference)
+        keep = reference if views and export.side_keep_reference else None
         sides = zero123_colour_views(first, side, camera, export.side_views, export.side_strength, export.side_steps,
-                                     seed=seed)
+                                     seed=seed, keep=keep)
     # the reference sets the colours' scale and palette wherever an image is projected, even when it is not itself
     match = reference if views or sides else None
     return meshlib.colour_mesh(mesh, field, export, views + sides, reference=match), level, sides
@@ -416,6 +418,8 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
                "preview": str(result.preview_path), "threshold": level, "faces": int(len(mesh.faces)),
                "colours": {"reference_projected": reference is not None and cfg.export.project_reference,
                            "side_views": len(sides),
+                           "side_views_keep_reference": bool(sides) and reference is not None
+                           and cfg.export.project_reference and cfg.export.side_keep_reference,
                            "side_views_image": str(side_path) if sides else None,
                            "camera": {k: getattr(cfg.camera, f"ref_{k}") for k in
                                       ("elevation", "azimuth", "distance", "fovy")}},

@@ -53,11 +53,14 @@ def side_azimuths(count: int) -> list[float]:
 
 @torch.no_grad()
 def zero123_colour_views(mesh: Mesh, guide, camera: CameraConfig, count: int = 3, strength: float = 0.6,
-                         steps: int = 30, guidance_scale: float = 3.0, seed: int = 0) -> list[ColourView]:
+                         steps: int = 30, guidance_scale: float = 3.0, seed: int = 0,
+                         keep: ColourView | None = None) -> list[ColourView]:
     """Zero-1-to-3's views of ``mesh`` (NeRF frame, coloured) from :func:`side_azimuths` at the reference's elevation,
     distance and field of view: the mesh drawn unlit on white (Zero-1-to-3's backdrop) at the model's size, then
     SDEdit from ``strength`` of the schedule (:func:`suite.zero123.novel_views`), so the views keep the mesh's outline
-    and add the detail the model draws for that side. Masks: the mesh's own coverage."""
+    and add the detail the model draws for that side. Masks: the mesh's own coverage. ``keep``: an image already
+    projected onto ``mesh`` (the reference view): where it sees the surface well the views keep the render, which
+    holds its colours, and the model draws the rest to join it (``novel_views``' ``keep``)."""
     from suite.zero123 import novel_views
 
     from .raster import render_mesh
@@ -72,8 +75,17 @@ def zero123_colour_views(mesh: Mesh, guide, camera: CameraConfig, count: int = 3
     size = guide.model.image_size
     rgb, cover = render_mesh(mesh.vertices, mesh.faces, cams, size=size, colors=mesh.colors, shading=False,
                              background=(1.0, 1.0, 1.0))
+    held = None
+    if keep is not None:
+        from .raster import project_image, vertex_normals
+
+        _, w = project_image(mesh.vertices, vertex_normals(mesh.vertices, mesh.faces), mesh.vertices, mesh.faces,
+                             keep.rgb, keep.mask, keep.c2w, keep.fovy, zbuf=keep.depth)
+        weight, _ = render_mesh(mesh.vertices, mesh.faces, cams, size=size, colors=np.repeat(w[:, None], 3, 1),
+                                shading=False, background=(0.0, 0.0, 0.0))
+        held = torch.from_numpy(weight[:, :1]).float()
     gen = torch.Generator().manual_seed(seed)
     drawn = novel_views(guide, els, azs, [camera.ref_distance] * n, guidance_scale, steps, generator=gen,
-                        init=torch.from_numpy(rgb), strength=strength).float().cpu().numpy()
+                        init=torch.from_numpy(rgb), strength=strength, keep=held).float().cpu().numpy()
     return [ColourView(drawn[i].transpose(1, 2, 0), cover[i], cams.c2w[i].double().numpy(), float(cams.fovy[i]))
             for i in range(n)]

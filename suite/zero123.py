@@ -193,13 +193,15 @@ class Zero123Guidance:
 @torch.no_grad()
 def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_scale: float = 3.0,
                 steps: int = 50, generator: torch.Generator | None = None, init: torch.Tensor | None = None,
-                strength: float = 1.0) -> torch.Tensor:
+                strength: float = 1.0, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Sample Zero-1-to-3's views of the input object from target cameras: the model's own scheduler (DDIM for
     Zero-1-to-3) over the classifier-free guided denoiser of :meth:`Zero123Guidance.guidance`. Returns
     ``[B, 3, H, W]`` in [0, 1] at the model's image size. ``init`` (``[B, 3, H, W]`` in [0, 1], e.g. renders of
     the object from those cameras) with ``strength`` < 1: SDEdit, the images noised to that fraction of the
     schedule and denoised from there, so the views keep their outline and large colours (the fraction of ``steps``
-    run is ``strength``)."""
+    run is ``strength``). ``keep`` (``[B, 1, H, W]`` in [0, 1], with ``init``): where the views keep ``init``: after
+    every step the latent is blended towards ``init``'s, noised to the next step's level, by ``keep`` averaged over
+    each latent cell (blended latent diffusion, Avrahami et al. 2023), so the model draws the rest to join it."""
     import copy
 
     model = guide.model
@@ -217,10 +219,19 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
         start = len(timesteps) - max(1, round(strength * len(timesteps)))
         timesteps = timesteps[start:]
         z0 = guide.encode(init.to(model.device, torch.float32), generator).float()
-        z = scheduler.add_noise(z0, z.to(z0) / scheduler.init_noise_sigma, timesteps[:1].to(z0.device))
-    for t in timesteps:
+        noise = z.to(z0) / scheduler.init_noise_sigma
+        z = scheduler.add_noise(z0, noise, timesteps[:1].to(z0.device))
+    hold = None
+    if keep is not None:
+        if init is None or strength >= 1.0:
+            raise ValueError("keep needs an init image and a strength below 1")
+        hold = torch.nn.functional.adaptive_avg_pool2d(keep.to(z0.device, torch.float32), z0.shape[-2:])
+    for i, t in enumerate(timesteps):
         eps = denoiser(z.to(model.dtype), t.to(model.device)).float()
         z = scheduler.step(eps, t, z).prev_sample
+        if hold is not None:
+            held = z0 if i + 1 == len(timesteps) else scheduler.add_noise(z0, noise, timesteps[i + 1:i + 2].to(z0.device))
+            z = hold * held + (1 - hold) * z
     image = model.vae.decode((z / model.vae.config.scaling_factor).to(model.dtype)).sample.float()
     return (image / 2 + 0.5).clamp(0, 1)
 

@@ -159,8 +159,8 @@ def test_the_cups_stripes_come_round_to_its_back_through_the_side_views(cup_run)
     """Issue 24, part 1, CI-sized: the export's colours take the reference and three Zero-1-to-3 side views
     (docs/3d.md, "Colours from the images"), so the striped cup's vertex colours show stripes from the side and
     behind, where the same checkpoint's NeRF colours alone show a smear. Counted as light/dark changes down the middle
-    column of the three held-out views round the back (measured: truth 32; default 30, 36 and 28 with the side views'
-    seeds 0, 1, 2; the NeRF's colours 16)."""
+    column of the three held-out views round the back (measured: truth 32; default 32, 36 and 28 with the side views'
+    seeds 0, 1, 2, and 30, 36, 28 before they kept the reference's part; the NeRF's colours 16)."""
     import trimesh
 
     from bench.mini3d import HELD_OUT

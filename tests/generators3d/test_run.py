@@ -102,7 +102,7 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     # ... its colours take the run's reference image and cameras (found beside the checkpoint: not this command's
     # --elevation, which would project the image from the wrong place) and two Zero-1-to-3 side views
     colours = json.loads((other / "summary.json").read_text())["colours"]
-    assert colours["reference_projected"] and colours["side_views"] == 2
+    assert colours["reference_projected"] and colours["side_views"] == 2 and colours["side_views_keep_reference"]
     assert colours["camera"]["elevation"] == saved.camera.ref_elevation != 40.0
     with Image.open(other / "side-views.png") as im:
         assert im.size[0] == 2 * im.size[1]
@@ -285,7 +285,12 @@ def test_a_reference_ray_share_outside_0_to_1_or_a_bad_threshold_resolution_is_o
     before = ThreeDConfig.from_dict(mini).resolved().export
     assert (before.project_reference, before.side_views) == (False, 0)
     now = replace(cfg, preset="mini").resolved().export
-    assert (now.project_reference, now.side_views, now.side_strength) == (True, 3, 0.6)
+    assert (now.project_reference, now.side_views, now.side_strength, now.side_keep_reference) == (True, 3, 0.6, True)
+    # ... and one from before the side views kept the reference's part: its side views drawn as they were
+    mini = replace(cfg, preset="mini", threads=2).resolved().to_dict()
+    del mini["export"]["side_keep_reference"]
+    before = ThreeDConfig.from_dict(mini).resolved().export
+    assert (before.project_reference, before.side_views, before.side_keep_reference) == (True, 3, False)
     for bad, match in ((dict(side_steps=0), "export.side_steps"), (dict(side_strength=0.0), "export.side_strength"),
                        (dict(side_views=2.5), "--side-views")):
         with pytest.raises(ValueError, match=match):
