@@ -15,6 +15,7 @@ from pathlib import Path
 
 from editing import edit_photo
 from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
+from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS
 from suite.checks import Progress, UserError, check_int
 from suite.control import canny
 from suite.domains import PRESETS
@@ -159,23 +160,42 @@ PRESET_VALUES_3D = {
 
 
 def threed_fields(preset: str, skip: set[str]) -> list[tuple[str, type, object]]:
-    """The 3D tab's settings: :func:`settings_fields` of ``ThreeDConfig`` and the fields of :data:`PRESET_VALUES_3D`
-    with the value the ``preset`` gives them (the export's texture size and side views among them), in the config's
-    order."""
+    """The 3D tab's settings: :func:`settings_fields` of ``ThreeDConfig`` (first, in their order: an API call that
+    passes them by position still gets them), then the fields of :data:`PRESET_VALUES_3D` with the value the
+    ``preset`` gives them (the export's texture size and side views among them)."""
     import typing
 
-    plain = {name: (name, typ, default) for name, typ, default in settings_fields(ThreeDConfig, skip)}
+    out = settings_fields(ThreeDConfig, skip)
     resolved = ThreeDConfig(preset=preset).resolved()
     hints = typing.get_type_hints(ThreeDConfig)
-    out = []
-    for f in dataclasses.fields(ThreeDConfig):
-        if f.name in plain:
-            out.append(plain[f.name])
-        elif f.name in PRESET_VALUES_3D and f.name not in skip:
-            value = PRESET_VALUES_3D[f.name](resolved)
-            typ = next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
-            out.append((f.name, typ, typ(value)))
+    for name, value in PRESET_VALUES_3D.items():
+        if name not in skip:
+            typ = next(t for t in typing.get_args(hints[name]) if t is not type(None))
+            out.append((name, typ, typ(value(resolved))))
     return out
+
+
+# the 3D form's counts, as the CLI limits them (generators3d.cli.check_limits): (smallest, largest, what)
+LIMITS_3D = {"image_steps": (1, 1000, "image_steps (stage 1's sampling steps)"),
+             "zero123_steps": (0, MAX_SDS_STEPS, "zero123_steps (stage 2's steps; 0 skips it)"),
+             "refine_steps": (0, MAX_SDS_STEPS, "refine_steps (stage 3's steps; 0 skips it)"),
+             "mesh_resolution": (16, MAX_MESH_RESOLUTION, "mesh_resolution (the marching-cubes grid's side)"),
+             "preview_frames": (1, MAX_FRAMES, "preview_frames (the turntable's frames)")}
+
+
+def _checked_3d_settings(config: AppConfig, settings: dict) -> dict:
+    """The 3D form's values within :data:`LIMITS_3D` (one sentence each), and those that are the preset's own
+    (:data:`PRESET_VALUES_3D`, as the form starts) left out: the run's ``config.json`` then records them as not
+    given, as a CLI run without the flag does (a ``--resume`` from the CLI need not repeat them)."""
+    values = dict(settings)
+    for name, (low, high, what) in LIMITS_3D.items():
+        if values.get(name) is not None:
+            values[name] = check_int(values[name], what, low, high)
+    resolved = ThreeDConfig(preset=config.preset).resolved()
+    for name, value in PRESET_VALUES_3D.items():
+        if name in values and values[name] == value(resolved):
+            del values[name]
+    return values
 
 
 def make_config(cls, values: dict, fields_of=None):
@@ -249,9 +269,9 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     prompt = (prompt or "").strip()
     if not prompt and image is None:
         raise UserError("no prompt: type what to make (e.g. 'a vase with dragons') or upload an image")
+    values = _checked_3d_settings(config, settings or {})
     # 2. The run folder (an uploaded image is kept in it) and the config, as the CLI builds it.
     folder = new_run_dir(config, "3d")
-    values = dict(settings or {})
     values.update(prompt=prompt, domain=domain, preset=config.preset, output=folder,
                   device=config.device, dtype=config.dtype)
     if image is not None:

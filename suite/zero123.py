@@ -213,19 +213,24 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
     shape = (len(pose), model.vae.config.latent_channels, latent, latent)
     z = torch.randn(shape, generator=generator, dtype=torch.float32).to(model.device) * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
-    if init is not None and strength < 1.0:
-        if not 0.0 < strength:
+    if keep is not None:
+        if init is None:
+            raise ValueError("keep needs an init image: the views keep the init where keep is 1")
+        if keep.ndim != 4 or keep.shape[1] != 1 or keep.shape[0] not in (1, shape[0]):
+            raise ValueError(f"keep must be [B, 1, H, W] (B = 1 or the number of views, {shape[0]}), not "
+                             f"{list(keep.shape)}")
+    if init is not None and (strength < 1.0 or keep is not None):
+        if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], not {strength}")
         start = len(timesteps) - max(1, round(strength * len(timesteps)))
         timesteps = timesteps[start:]
         z0 = guide.encode(init.to(model.device, torch.float32), generator).float()
         noise = z.to(z0) / scheduler.init_noise_sigma
-        z = scheduler.add_noise(z0, noise, timesteps[:1].to(z0.device))
+        if strength < 1.0:
+            z = scheduler.add_noise(z0, noise, timesteps[:1].to(z0.device))
     hold = None
     if keep is not None:
-        if init is None or strength >= 1.0:
-            raise ValueError("keep needs an init image and a strength below 1")
-        hold = torch.nn.functional.adaptive_avg_pool2d(keep.to(z0.device, torch.float32), z0.shape[-2:])
+        hold = torch.nn.functional.adaptive_avg_pool2d(keep.to(z0.device, torch.float32).clamp(0, 1), z0.shape[-2:])
     for i, t in enumerate(timesteps):
         eps = denoiser(z.to(model.dtype), t.to(model.device)).float()
         z = scheduler.step(eps, t, z).prev_sample

@@ -328,6 +328,19 @@ def test_3d_tab_starts_from_what_the_preset_does(preset):
     assert fields["project_reference"] == (bool, True)
     assert fields["zero123_steps"] == (int, r.zero123.steps) and fields["refine_steps"] == (int, r.refine.steps)
     assert fields["elevation"] == (float, r.camera.ref_elevation)
+    # a value left at the preset's is not recorded as given (a CLI --resume of the run need not repeat it); a count
+    # outside the CLI's limits is one sentence
+    from types import SimpleNamespace
+
+    app_cfg = SimpleNamespace(preset=preset)
+    sent = runs._checked_3d_settings(app_cfg, {name: default for name, (typ, default) in fields.items()})
+    assert not set(sent) & set(runs.PRESET_VALUES_3D) and sent["seed"] == 0
+    assert runs._checked_3d_settings(app_cfg, {"texture_size": 64, "side_views": 2}) == {"texture_size": 64,
+                                                                                         "side_views": 2}
+    for name, bad in (("mesh_resolution", 5000), ("mesh_resolution", -5), ("preview_frames", 0),
+                      ("zero123_steps", 10 ** 6), ("refine_steps", 2.5)):
+        with pytest.raises(UserError, match=f"^{name} .* must be a whole number from"):
+            runs._checked_3d_settings(app_cfg, {name: bad})
     # the form's values, given back, make the same run as none given
     given = ThreeDConfig(preset=preset, **{name: default for name, (typ, default) in fields.items()}).resolved()
     for part in ("nerf", "camera", "zero123", "refine", "export", "preview_frames", "image_steps", "seed"):

@@ -94,9 +94,16 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
 
     # 6. --export-only: a checkpoint straight to meshes in another folder.
     other = tmp_path / "export"
-    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
-                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views", "2",
-                        "--elevation", "40"]) == 0
+    import suite.zero123
+
+    drawn = suite.zero123.novel_views
+    kept = []  # the side views keep what the projected reference shows there (export.side_keep_reference)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(suite.zero123, "novel_views", lambda *a, **k: (kept.append(k.get("keep")), drawn(*a, **k))[1])
+        assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
+                            "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views",
+                            "2", "--elevation", "40"]) == 0
+    assert len(kept) == 1 and kept[0].shape[:2] == (2, 1) and float(kept[0].max()) > 0.5 > float(kept[0].mean())
     assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
     assert not (other / "mesh" / "model.obj").exists()
     # ... its colours take the run's reference image and cameras (found beside the checkpoint: not this command's

@@ -74,28 +74,45 @@ def test_cfg_is_one_term_multiguidance_equal_to_the_formula_in_one_forward(tmp_p
 
 
 def test_sdedit_keeps_the_init_where_asked_and_draws_the_rest(tmp_path, tiny_parts):
-    """``novel_views(keep=)`` (the export's side views keep what the reference shows): where ``keep`` is 1 the view is
-    the init through the VAE exactly, where it is 0 the sampler draws as without it, and with no cell kept it is the
-    plain SDEdit to the bit."""
+    """``novel_views(keep=)`` (the export's side views keep what the reference shows): where ``keep`` is 1 every step
+    starts from the init's latent noised to that step's level and the view ends as the init through the VAE, where
+    it is 0 the sampler draws as without it, and with no cell kept it is the plain SDEdit to the bit."""
+    import copy
+
     from suite.zero123 import novel_views
 
     model = load_zero123(str(save_zero123(tiny_parts, tmp_path / "z")))
     zg = Zero123Guidance(model, torch.rand(1, 3, 64, 64), ref_elevation=5.0, ref_azimuth=0.0, ref_distance=3.8)
     init = torch.rand(2, 3, 64, 64)
+    seen = []  # what the denoiser is given at each step: (latent, timestep)
+    guidance = zg.guidance
 
-    def draw(keep):
+    def recording(*args, **kwargs):
+        den = guidance(*args, **kwargs)
+        return lambda z, t: (seen.append((z.clone(), int(t))), den(z, t))[1]
+
+    zg.guidance = recording
+
+    def draw(keep, strength=0.6):
+        seen.clear()
         return novel_views(zg, [5.0, 5.0], [90.0, 180.0], [3.8, 3.8], 3.0, 10, torch.Generator().manual_seed(0),
-                           init=init, strength=0.6, keep=keep)
+                           init=init, strength=strength, keep=keep)
 
     with torch.no_grad():  # the init's latent as novel_views draws it: after the starting noise, from the same generator
         side = model.image_size // 2 ** (len(model.vae.config.block_out_channels) - 1)
         gen = torch.Generator().manual_seed(0)
-        torch.randn((2, model.vae.config.latent_channels, side, side), generator=gen)
+        noise = torch.randn((2, model.vae.config.latent_channels, side, side), generator=gen)
         z0 = zg.encode(init, gen).float()
         through_vae = (model.vae.decode(z0 / model.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    scheduler = copy.deepcopy(model.scheduler)
     plain = draw(None)
     assert torch.equal(draw(torch.zeros(2, 1, 64, 64)), plain)
-    assert torch.allclose(draw(torch.ones(2, 1, 64, 64)), through_vae, atol=1e-5)
+    for strength in (0.6, 1.0):  # from the render (SDEdit) or from noise, as blended latent diffusion
+        kept = draw(torch.ones(2, 1, 64, 64), strength)
+        assert torch.allclose(kept, through_vae, atol=1e-5)
+        assert len(seen) == (6 if strength < 1 else 10)
+        for z, t in seen[1:]:  # each step starts where the last left the kept cells: the init at this step's noise
+            assert torch.allclose(z, scheduler.add_noise(z0, noise, torch.tensor([t])), atol=1e-5), t
     left = torch.zeros(2, 1, 64, 64)
     left[..., :32] = 1.0  # the left half kept: the latent cells there are the init's at the end
     half = draw(left)
@@ -103,3 +120,5 @@ def test_sdedit_keeps_the_init_where_asked_and_draws_the_rest(tmp_path, tiny_par
     assert not torch.allclose(half[..., 40:], through_vae[..., 40:], atol=1e-2)
     with pytest.raises(ValueError, match="keep needs an init"):
         novel_views(zg, [5.0], [90.0], [3.8], 3.0, 10, init=None, keep=torch.ones(1, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"keep must be \[B, 1, H, W\]"):
+        draw(torch.ones(2, 64, 64))
