@@ -16,7 +16,7 @@ from pathlib import Path
 from editing import edit_photo
 from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
 from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS
-from suite.checks import Progress, UserError, check_int
+from suite.checks import MAX_STEPS, Progress, UserError, check_int
 from suite.control import canny
 from suite.domains import PRESETS
 from suite.images import oriented_size, save_image_atomic
@@ -176,7 +176,7 @@ def threed_fields(preset: str, skip: set[str]) -> list[tuple[str, type, object]]
 
 
 # the 3D form's counts, as the CLI limits them (generators3d.cli.check_limits): (smallest, largest, what)
-LIMITS_3D = {"image_steps": (1, 1000, "image_steps (stage 1's sampling steps)"),
+LIMITS_3D = {"image_steps": (1, MAX_STEPS, "image_steps (stage 1's sampling steps)"),
              "zero123_steps": (0, MAX_SDS_STEPS, "zero123_steps (stage 2's steps; 0 skips it)"),
              "refine_steps": (0, MAX_SDS_STEPS, "refine_steps (stage 3's steps; 0 skips it)"),
              "mesh_resolution": (16, MAX_MESH_RESOLUTION, "mesh_resolution (the marching-cubes grid's side)"),

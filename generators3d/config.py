@@ -521,12 +521,11 @@ class ThreeDConfig:
         if ("depth" not in kw and kw.get("threads") is not None and isinstance(kw.get("zero123"), dict)
                 and "lambda_ref_depth" not in kw["zero123"]):
             kw["depth"] = "off"  # a run's config.json (it records the threads) from before reference depth: as it ran
-        if (kw.get("threads") is not None and isinstance(kw.get("export"), dict)
-                and "project_reference" not in kw["export"]):  # from before the projected colours: as it ran
-            kw["export"] = dict(kw["export"], project_reference=False, side_views=0)
-        if (kw.get("threads") is not None and isinstance(kw.get("export"), dict)
-                and "side_keep_reference" not in kw["export"]):  # from before the side views kept the reference
-            kw["export"] = dict(kw["export"], side_keep_reference=False)
+        if kw.get("threads") is not None and isinstance(kw.get("export"), dict):  # a run's file: replayed as it ran
+            for key, before in (("project_reference", dict(project_reference=False, side_views=0)),  # no projection
+                                ("side_keep_reference", dict(side_keep_reference=False))):  # side views on their own
+                if key not in kw["export"]:
+                    kw["export"] = {**kw["export"], **before}
         _check_types(cls, kw, "")
         for name, typ in (("nerf", NeRFConfig), ("camera", CameraConfig), ("zero123", StageConfig),
                           ("refine", StageConfig), ("export", ExportConfig)):
