@@ -178,6 +178,9 @@ class ExportConfig:
     # the side views keep what the projected reference shows there (blended latent diffusion: the model draws the
     # rest to join it, so the patterns of the reference and of the side views meet with less of a seam)
     side_keep_reference: bool = True
+    # with side_keep_reference: the side views drawn in turns, the back first (generators3d.texture.side_batches),
+    # each turn keeping what the reference and the turns before it show, so that side views meet with less of a seam
+    side_in_turn: bool = True
 
 
 # At SD1.5 size the pure-PyTorch NeRF, not the diffusion models, sets the pace: on an H200, the occupancy grid
@@ -523,7 +526,8 @@ class ThreeDConfig:
             kw["depth"] = "off"  # a run's config.json (it records the threads) from before reference depth: as it ran
         if kw.get("threads") is not None and isinstance(kw.get("export"), dict):  # a run's file: replayed as it ran
             for key, before in (("project_reference", dict(project_reference=False, side_views=0)),  # no projection
-                                ("side_keep_reference", dict(side_keep_reference=False))):  # side views on their own
+                                ("side_keep_reference", dict(side_keep_reference=False)),  # side views on their own
+                                ("side_in_turn", dict(side_in_turn=False))):  # side views drawn together
                 if key not in kw["export"]:
                     kw["export"] = {**kw["export"], **before}
         _check_types(cls, kw, "")

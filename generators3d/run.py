@@ -51,7 +51,7 @@ from .nerf import Background, make_field
 from .render import render
 from .sds import TimestepRange
 from .stage import Reference, SDSTerm, check_checkpoint, load_checkpoint, save_checkpoint, train_stage
-from .texture import reference_colour_view, zero123_colour_views
+from .texture import reference_colour_view, side_turns, zero123_colour_views
 
 log = logging.getLogger("generators3d")
 
@@ -293,8 +293,9 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     :class:`generators3d.mesh.ColourView`) projected where it sees the surface when ``export.project_reference``,
     and ``export.side_views`` views drawn by ``side`` (a :class:`suite.zero123.Zero123Guidance`) where it does not,
     brought to the reference's colours (:mod:`generators3d.texture`); with ``export.side_keep_reference`` the side
-    views keep what the projected reference shows and draw the rest to join it. Puts the field in eval mode with a fresh
-    occupancy grid (a loaded checkpoint carries none)."""
+    views keep what the projected reference shows and draw the rest to join it, and with ``export.side_in_turn`` they
+    are drawn in turns (:func:`generators3d.texture.side_batches`: the back first), each also keeping what the turns
+    before it drew. Puts the field in eval mode with a fresh occupancy grid (a loaded checkpoint carries none)."""
     field.eval()
     field.update_occupancy()
     cams = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,
@@ -308,10 +309,12 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     views = [reference] if reference is not None and export.project_reference else []
     sides = []
     if reference is not None and side is not None and export.side_views:
-        first = meshlib.colour_mesh(mesh, field, export, views, texture=False, reference=reference)
-        keep = reference if views and export.side_keep_reference else None
-        sides = zero123_colour_views(first, side, camera, export.side_views, export.side_strength, export.side_steps,
-                                     seed=seed, keep=keep)
+        keep = bool(views) and export.side_keep_reference
+        for i, azimuths in enumerate(side_turns(export)):  # each turn keeps what the reference and turns before show
+            first = meshlib.colour_mesh(mesh, field, export, views + sides, texture=False, reference=reference)
+            sides += zero123_colour_views(first, side, camera, strength=export.side_strength,
+                                          steps=export.side_steps, seed=seed + 7919 * i,
+                                          keep=views + sides if keep else None, azimuths=azimuths)
     # the reference sets the colours' scale and palette wherever an image is projected, even when it is not itself
     match = reference if views or sides else None
     return meshlib.colour_mesh(mesh, field, export, views + sides, reference=match), level, sides
@@ -420,6 +423,8 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
                            "side_views": len(sides),
                            "side_views_keep_reference": bool(sides) and reference is not None
                            and cfg.export.project_reference and cfg.export.side_keep_reference,
+                           # azimuths from the reference, in the turns they were drawn in (side-views.png's order)
+                           "side_view_turns": side_turns(cfg.export) if sides else [],
                            "side_views_image": str(side_path) if sides else None,
                            "camera": {k: getattr(cfg.camera, f"ref_{k}") for k in
                                       ("elevation", "azimuth", "distance", "fovy")}},

@@ -51,21 +51,49 @@ def side_azimuths(count: int) -> list[float]:
     return sorted(angles, key=lambda a: (abs(a - 180.0), a))
 
 
+def side_batches(count: int, apart: float = 150.0) -> list[list[float]]:
+    """:func:`side_azimuths` in turns, for drawing each turn keeping what the turns before it drew: consecutive
+    views share a turn while they are at least ``apart`` degrees from every view in it (such views see nearly
+    disjoint sides of the object, so drawing them together leaves no seam between them): 3 -> [[180], [90, 270]];
+    2 -> [[135], [225]]; 5 -> [[180], [135], [225], [90, 270]]."""
+    turns: list[list[float]] = []
+    for a in side_azimuths(count):
+        if turns and all(abs((a - b + 180.0) % 360.0 - 180.0) >= apart for b in turns[-1]):
+            turns[-1].append(a)
+        else:
+            turns.append([a])
+    return turns
+
+
+def side_turns(export) -> list[list[float]]:
+    """The export's side views (``export``: an :class:`generators3d.config.ExportConfig`) as the turns they are
+    drawn in: :func:`side_batches` when they keep what the projected reference shows and are drawn in turn, else all
+    of :func:`side_azimuths` in one."""
+    if not export.side_views:
+        return []
+    if export.project_reference and export.side_keep_reference and export.side_in_turn:
+        return side_batches(export.side_views)
+    return [side_azimuths(export.side_views)]
+
+
 @torch.no_grad()
 def zero123_colour_views(mesh: Mesh, guide, camera: CameraConfig, count: int = 3, strength: float = 0.6,
                          steps: int = 30, guidance_scale: float = 3.0, seed: int = 0,
-                         keep: ColourView | None = None) -> list[ColourView]:
-    """Zero-1-to-3's views of ``mesh`` (NeRF frame, coloured) from :func:`side_azimuths` at the reference's elevation,
-    distance and field of view: the mesh drawn unlit on white (Zero-1-to-3's backdrop) at the model's size, then
-    SDEdit from ``strength`` of the schedule (:func:`suite.zero123.novel_views`), so the views keep the mesh's outline
-    and add the detail the model draws for that side. Masks: the mesh's own coverage. ``keep``: an image already
-    projected onto ``mesh`` (the reference view): where it sees the surface well the views keep the render, which
-    holds its colours, and the model draws the rest to join it (``novel_views``' ``keep``)."""
+                         keep: ColourView | list[ColourView] | None = None,
+                         azimuths: list[float] | None = None) -> list[ColourView]:
+    """Zero-1-to-3's views of ``mesh`` (NeRF frame, coloured) from ``azimuths`` (degrees from the reference; None:
+    :func:`side_azimuths` of ``count``) at the reference's elevation, distance and field of view: the mesh drawn unlit
+    on white (Zero-1-to-3's backdrop) at the model's size, then SDEdit from ``strength`` of the schedule
+    (:func:`suite.zero123.novel_views`), so the views keep the mesh's outline and add the detail the model draws for
+    that side. Masks: the mesh's own coverage. ``keep``: images already projected onto ``mesh`` (the reference view,
+    and side views drawn before): where they see the surface well (their weights combined as
+    :func:`generators3d.mesh.projected_colours` combines them) the views keep the render, which holds their colours,
+    and the model draws the rest to join it (``novel_views``' ``keep``)."""
     from suite.zero123 import novel_views
 
     from .raster import render_mesh
 
-    azimuths = side_azimuths(count)
+    azimuths = side_azimuths(count) if azimuths is None else list(azimuths)
     if not azimuths:
         return []
     n = len(azimuths)
@@ -76,11 +104,16 @@ def zero123_colour_views(mesh: Mesh, guide, camera: CameraConfig, count: int = 3
     rgb, cover = render_mesh(mesh.vertices, mesh.faces, cams, size=size, colors=mesh.colors, shading=False,
                              background=(1.0, 1.0, 1.0))
     held = None
-    if keep is not None:
+    keep = [keep] if isinstance(keep, ColourView) else list(keep or [])
+    if keep:
         from .raster import project_image, vertex_normals
 
-        _, w = project_image(mesh.vertices, vertex_normals(mesh.vertices, mesh.faces), mesh.vertices, mesh.faces,
-                             keep.rgb, keep.mask, keep.c2w, keep.fovy, zbuf=keep.depth)
+        normals = vertex_normals(mesh.vertices, mesh.faces)
+        w = np.zeros(len(mesh.vertices), np.float64)
+        for view in keep:  # an earlier view keeps what it sees, as in projected_colours
+            _, seen = project_image(mesh.vertices, normals, mesh.vertices, mesh.faces, view.rgb, view.mask, view.c2w,
+                                    view.fovy, zbuf=view.depth)
+            w = w + seen * (1.0 - w)
         weight, _ = render_mesh(mesh.vertices, mesh.faces, cams, size=size, colors=np.repeat(w[:, None], 3, 1),
                                 shading=False, background=(0.0, 0.0, 0.0))
         held = torch.from_numpy(weight[:, :1]).float()

@@ -103,13 +103,16 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
         assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
                             "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views",
                             "2", "--elevation", "40"]) == 0
-    assert len(kept) == 1 and kept[0].shape[:2] == (2, 1) and float(kept[0].max()) > 0.5 > float(kept[0].mean())
+    # ... drawn in turns (135, then 225 degrees: they overlap at the back), the second keeping what the first drew too
+    assert len(kept) == 2 and all(k.shape[:2] == (1, 1) for k in kept)
+    assert float(kept[0].max()) > 0.5 > float(kept[0].mean()) and float(kept[1].mean()) > 4 * float(kept[0].mean())  # 0.046, 0.003
     assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
     assert not (other / "mesh" / "model.obj").exists()
     # ... its colours take the run's reference image and cameras (found beside the checkpoint: not this command's
     # --elevation, which would project the image from the wrong place) and two Zero-1-to-3 side views
     colours = json.loads((other / "summary.json").read_text())["colours"]
     assert colours["reference_projected"] and colours["side_views"] == 2 and colours["side_views_keep_reference"]
+    assert colours["side_view_turns"] == [[135.0], [225.0]]
     assert colours["camera"]["elevation"] == saved.camera.ref_elevation != 40.0
     with Image.open(other / "side-views.png") as im:
         assert im.size[0] == 2 * im.size[1]
@@ -298,6 +301,11 @@ def test_a_reference_ray_share_outside_0_to_1_or_a_bad_threshold_resolution_is_o
     del mini["export"]["side_keep_reference"]
     before = ThreeDConfig.from_dict(mini).resolved().export
     assert (before.project_reference, before.side_views, before.side_keep_reference) == (True, 3, False)
+    # ... and one from before they were drawn in turns: all at once, as they were
+    mini = replace(cfg, preset="mini", threads=2).resolved().to_dict()
+    del mini["export"]["side_in_turn"]
+    before = ThreeDConfig.from_dict(mini).resolved().export
+    assert (before.side_keep_reference, before.side_in_turn, now.side_in_turn) == (True, False, True)
     for bad, match in ((dict(side_steps=0), "export.side_steps"), (dict(side_strength=0.0), "export.side_strength"),
                        (dict(side_views=2.5), "--side-views")):
         with pytest.raises(ValueError, match=match):
