@@ -29,7 +29,6 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,12 +75,11 @@ def measure(case, folder: Path, judge, seed: int = 0) -> dict:
     from bench.mini3d import HELD_OUT, known_object
     from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.cameras import orbit_cameras
-    from generators3d.config import PRESET_SIZES
     from generators3d.nerf import Background
     from generators3d.raster import render_mesh
     from generators3d.render import render as render_nerf
     from generators3d.stage import load_checkpoint
-    from generators3d.texture import side_turns
+    from generators3d.texture import side_turns, side_views_keep
     from suite.miniworld.render import render
     from suite.miniworld.views import framed_cameras, reference_framing
     from suite.miniworld.world import BACKGROUND, make_object
@@ -105,17 +103,17 @@ def measure(case, folder: Path, judge, seed: int = 0) -> dict:
     renders = {"truth": truth_rgb.numpy(), "nerf": nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy()}
     for name, sub, size, project, sides in EXPORTS:
         out = folder / (f"{sub}-s{seed}" if seed else sub)
-        export = replace(PRESET_SIZES["mini"].export(), project_reference=project, side_views=sides)
+        cfg = ThreeDConfig(preset="mini", export_only=str(ckpt), output=str(out), preview_frames=1,
+                           texture_size=size, project_reference=project, side_views=sides, seed=seed)
+        export = cfg.resolved().export
         want = {"reference_projected": project, "side_views": sides,  # how this version colours that export
-                "side_views_keep_reference": bool(sides) and project and export.side_keep_reference,
-                "side_view_turns": side_turns(export)}
+                "side_views_keep_reference": side_views_keep(export), "side_view_turns": side_turns(export)}
         summary = out / "summary.json"
         if not (summary.is_file() and {k: json.loads(summary.read_text()).get("colours", {}).get(k)
                                        for k in want} == want):  # missing, or made by another version's colours
             if out.exists():
                 shutil.rmtree(out)
-            run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(ckpt), output=str(out), preview_frames=1,
-                                        texture_size=size, project_reference=project, side_views=sides, seed=seed))
+            run_text_to_3d(cfg)
         transform = json.loads(summary.read_text())["export_transform"]
         files = [(name, "model.glb")] + ([("vertex colours", "model.ply")] if name == "texture 256" else [])
         for label, file in files:

@@ -178,8 +178,10 @@ class ExportConfig:
     # the side views keep what the projected reference shows there (blended latent diffusion: the model draws the
     # rest to join it, so the patterns of the reference and of the side views meet with less of a seam)
     side_keep_reference: bool = True
-    # with side_keep_reference: the side views drawn in turns, the back first (generators3d.texture.side_batches),
-    # each turn keeping what the reference and the turns before it show, so that side views meet with less of a seam
+    # where they keep the projected reference (project_reference and side_keep_reference; else all at once): the
+    # side views drawn in turns, the back first (generators3d.texture.side_batches), each turn keeping what the
+    # reference and the turns before it show, so that side views meet with less of a seam; one Zero-1-to-3 call per
+    # turn (3 views: 2 turns; 5: 4; 8: 7)
     side_in_turn: bool = True
 
 

@@ -71,7 +71,8 @@ def projected_colours(colours: np.ndarray, points: np.ndarray, normals: np.ndarr
                       views=(), reference: ColourView | None = None) -> np.ndarray:
     """``colours [N, 3]`` at surface ``points`` replaced by each of ``views``' image where it sees them face-on,
     blended towards the given colours where it sees them at a slant, unchanged where it does not see them (see
-    :func:`.raster.project_image`); an earlier view keeps what it sees. ``reference`` (whether projected, i.e. in
+    :func:`.raster.project_image`); an earlier view keeps what it sees, and a later one gets its share of what is
+    left (the views' shares and the given colours' weight add up to 1). ``reference`` (whether projected, i.e. in
     ``views``, or not) sets the colours' scale: the given colours are scaled, channel by channel, so that where it
     sees the surface face-on their mean is its image's (the NeRF's colours at the surface come out darker than its
     renders, and a seam would show where the image ends; the gain is kept within 1/2 and 2), and every other view's
@@ -97,16 +98,44 @@ def projected_colours(colours: np.ndarray, points: np.ndarray, normals: np.ndarr
         sure = w > 0.5
         if sure.sum() >= 16:
             out = (out * np.clip(cols[sure].mean(0) / np.maximum(out[sure].mean(0), 1e-3), 0.5, 2.0)).clip(0, 1)
+    images = np.zeros_like(out)
     covered = np.zeros(len(out), np.float32)
-    for view in views:
-        cols, w = seen_by_reference if view is reference else project(view)
-        w = w * (1.0 - covered)
+    for view, (cols, w) in zip(views, _shares([seen_by_reference if v is reference else project(v) for v in views])):
         own = object_pixels(view) if view is not reference and palette is not None else None
         if own is not None:
             cols = colour_transfer(cols, own, palette)
-        out = out * (1.0 - w[:, None]) + cols * w[:, None]
+        images = images + cols * w[:, None]
         covered = covered + w
-    return out.astype(np.float32)
+    return (out * (1.0 - covered[:, None]) + images).astype(np.float32)
+
+
+def _shares(projected: list) -> list:
+    """Each view's ``(colours, share)`` from its ``(colours, weight)`` (:func:`.raster.project_image`), in order:
+    an earlier view keeps what it sees, so a later one gets its weight of what is left,
+    ``share_i = w_i * (1 - sum of the shares before it)``; the shares add up to ``1 - prod(1 - w_i)``."""
+    covered, out = 0.0, []
+    for cols, w in projected:
+        share = w * (1.0 - covered)
+        out.append((cols, share))
+        covered = covered + share
+    return out
+
+
+def projection_weights(points: np.ndarray, normals: np.ndarray, mesh: Mesh, views=()) -> np.ndarray:
+    """How much of ``views``' images, together, :func:`projected_colours` gives the colours at ``points``: ``[N]``
+    in [0, 1], the sum of the views' shares (the rest keeps the given colours)."""
+    from .raster import project_image
+
+    shares = _shares([project_image(points, normals, mesh.vertices, mesh.faces, v.rgb, v.mask, v.c2w, v.fovy,
+                                    zbuf=v.depth) for v in views])
+    return sum((w for _, w in shares), np.zeros(len(points), np.float32))
+
+
+def surface_normals(mesh: Mesh) -> np.ndarray:
+    """The mesh's vertex normals as :func:`colour_mesh` projects images with them (trimesh's)."""
+    import trimesh
+
+    return np.asarray(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).vertex_normals, np.float32)
 
 
 def colour_transfer(colours: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -312,8 +341,6 @@ def colour_mesh(mesh: Mesh, field, cfg: ExportConfig | None = None, views=(), te
     """``mesh`` (:func:`surface_mesh`) coloured by the field's albedo half a voxel inside the surface, with ``views``'
     images projected where they see it, matched to ``reference``'s colours (:class:`ColourView`,
     :func:`projected_colours`): vertex colours, and a UV texture when ``texture`` (default ``cfg.texture``)."""
-    import trimesh
-
     from .raster import depth_map
 
     cfg = cfg or ExportConfig()
@@ -323,7 +350,7 @@ def colour_mesh(mesh: Mesh, field, cfg: ExportConfig | None = None, views=(), te
             for x in (*views, *([reference] if reference is not None else []))}
     views = [seen[id(x)] for x in views]
     reference = seen[id(reference)] if reference is not None else None
-    normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals, np.float32)
+    normals = surface_normals(mesh)
     voxel = 2.0 * field.radius / (cfg.resolution - 1)
     colors = vertex_colors(field, v, normals, inset=0.5 * voxel)
     if views or reference is not None:

@@ -51,7 +51,7 @@ from .nerf import Background, make_field
 from .render import render
 from .sds import TimestepRange
 from .stage import Reference, SDSTerm, check_checkpoint, load_checkpoint, save_checkpoint, train_stage
-from .texture import reference_colour_view, side_turns, zero123_colour_views
+from .texture import reference_colour_view, side_turns, side_views_keep, zero123_colour_views
 
 log = logging.getLogger("generators3d")
 
@@ -309,12 +309,15 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     views = [reference] if reference is not None and export.project_reference else []
     sides = []
     if reference is not None and side is not None and export.side_views:
-        keep = bool(views) and export.side_keep_reference
+        keep = side_views_keep(export)
         for i, azimuths in enumerate(side_turns(export)):  # each turn keeps what the reference and turns before show
             first = meshlib.colour_mesh(mesh, field, export, views + sides, texture=False, reference=reference)
-            sides += zero123_colour_views(first, side, camera, strength=export.side_strength,
-                                          steps=export.side_steps, seed=seed + 7919 * i,
-                                          keep=views + sides if keep else None, azimuths=azimuths)
+            drawn = zero123_colour_views(first, side, camera, strength=export.side_strength, steps=export.side_steps,
+                                         seed=seed + 7919 * i,  # turn 0 draws with the run's seed, as before turns
+                                         keep=views + sides if keep else None, azimuths=azimuths)
+            # each view's depth map of this mesh, drawn once for the turns after it and the colours below
+            sides += [replace(v, depth=depth_map(mesh.vertices, mesh.faces, v.c2w, v.fovy, v.rgb.shape[0]))
+                      for v in drawn]
     # the reference sets the colours' scale and palette wherever an image is projected, even when it is not itself
     match = reference if views or sides else None
     return meshlib.colour_mesh(mesh, field, export, views + sides, reference=match), level, sides
@@ -422,7 +425,7 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
                "colours": {"reference_projected": reference is not None and cfg.export.project_reference,
                            "side_views": len(sides),
                            "side_views_keep_reference": bool(sides) and reference is not None
-                           and cfg.export.project_reference and cfg.export.side_keep_reference,
+                           and side_views_keep(cfg.export),
                            # azimuths from the reference, in the turns they were drawn in (side-views.png's order)
                            "side_view_turns": side_turns(cfg.export) if sides else [],
                            "side_views_image": str(side_path) if sides else None,

@@ -18,7 +18,7 @@ import torch
 
 from .cameras import orbit_cameras, reference_camera
 from .config import CameraConfig
-from .mesh import ColourView, Mesh
+from .mesh import ColourView, Mesh, projection_weights, surface_normals
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,19 @@ def side_batches(count: int, apart: float = 150.0) -> list[list[float]]:
     return turns
 
 
+def side_views_keep(export) -> bool:
+    """Whether the export's side views (``export``: an :class:`generators3d.config.ExportConfig`) keep what the
+    projected reference shows: only where the reference is projected (``--no-project-reference``: nothing to keep)."""
+    return bool(export.side_views) and export.project_reference and export.side_keep_reference
+
+
 def side_turns(export) -> list[list[float]]:
-    """The export's side views (``export``: an :class:`generators3d.config.ExportConfig`) as the turns they are
-    drawn in: :func:`side_batches` when they keep what the projected reference shows and are drawn in turn, else all
-    of :func:`side_azimuths` in one."""
+    """The export's side views as the turns they are drawn in: :func:`side_batches` where they keep what the
+    projected reference shows (:func:`side_views_keep`) and ``export.side_in_turn``, else all of
+    :func:`side_azimuths` in one (each turn is one Zero-1-to-3 call)."""
     if not export.side_views:
         return []
-    if export.project_reference and export.side_keep_reference and export.side_in_turn:
+    if side_views_keep(export) and export.side_in_turn:
         return side_batches(export.side_views)
     return [side_azimuths(export.side_views)]
 
@@ -105,15 +111,8 @@ def zero123_colour_views(mesh: Mesh, guide, camera: CameraConfig, count: int = 3
                              background=(1.0, 1.0, 1.0))
     held = None
     keep = [keep] if isinstance(keep, ColourView) else list(keep or [])
-    if keep:
-        from .raster import project_image, vertex_normals
-
-        normals = vertex_normals(mesh.vertices, mesh.faces)
-        w = np.zeros(len(mesh.vertices), np.float64)
-        for view in keep:  # an earlier view keeps what it sees, as in projected_colours
-            _, seen = project_image(mesh.vertices, normals, mesh.vertices, mesh.faces, view.rgb, view.mask, view.c2w,
-                                    view.fovy, zbuf=view.depth)
-            w = w + seen * (1.0 - w)
+    if keep:  # the weight the colours give these images together
+        w = projection_weights(mesh.vertices, surface_normals(mesh), mesh, keep)
         weight, _ = render_mesh(mesh.vertices, mesh.faces, cams, size=size, colors=np.repeat(w[:, None], 3, 1),
                                 shading=False, background=(0.0, 0.0, 0.0))
         held = torch.from_numpy(weight[:, :1]).float()

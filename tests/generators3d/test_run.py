@@ -130,6 +130,7 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
         assert launch.main(["3d", "--export-only", str(stage2), "--output", str(tmp_path / "offline"), *small]) == 0
     summary = json.loads((tmp_path / "offline" / "summary.json").read_text())
     assert summary["colours"]["reference_projected"] and summary["colours"]["side_views"] == 0
+    assert summary["colours"]["side_view_turns"] == [] and not summary["colours"]["side_views_keep_reference"]
     said = [w for w in summary["warnings"] if "keep the NeRF's colours" in w and "no-such-zero123" in w]
     assert said, summary["warnings"]
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(tmp_path / "named"), *small,

@@ -215,41 +215,109 @@ def test_side_views_are_drawn_in_turns_of_views_that_do_not_overlap():
         assert all(abs(a - b) >= 150.0 for t in turns for a in t for b in t if a != b)
 
 
+def _view(m, azimuth: float, size: int = 64):
+    cams = orbit_cameras([10.0], [azimuth], 3.8, 20.0)
+    image, cover = render_mesh(m.vertices, m.faces, cams, size=size, colors=m.colors, shading=False)
+    return meshlib.ColourView(image[0].transpose(1, 2, 0), cover[0], cams.c2w[0].double().numpy(), 20.0)
+
+
+class _Drawn:
+    """Stands in for ``suite.zero123.novel_views``: records the keep masks and batch sizes, returns the renders."""
+
+    def __init__(self):
+        self.masks, self.batches = [], []
+
+    def __call__(self, guide, els, azs, dists, scale, steps, generator=None, init=None, strength=1.0, keep=None):
+        self.masks.append(None if keep is None else keep[:, 0].numpy())
+        self.batches.append(len(els))
+        return init
+
+
+GUIDE = type("Guide", (), {"model": type("Model", (), {"image_size": 64})()})()
+
+
 def test_a_side_view_keeps_what_every_view_before_it_shows(striped, monkeypatch):
     """The keep mask Zero-1-to-3 is given for a view 90 degrees round: the reference (front) view's part on the
-    side nearer it, a back view's on the other side, and, given both (a side view drawn after the back one), the two
-    combined as the colours combine them (an earlier view keeps what it sees)."""
+    side nearer it, a back view's on the other side, and, given both (a side view drawn after the back one), the
+    weight the colours give the two together (projected_colours: an earlier view keeps what it sees)."""
     import suite.zero123
     from generators3d.config import CameraConfig
     from generators3d.texture import zero123_colour_views
 
-    fine, _ = striped  # the 40^3 grid's mesh: the masks' halves need no finer
-    masks = []
-
-    def drawn(guide, els, azs, dists, scale, steps, generator=None, init=None, strength=1.0, keep=None):
-        masks.append(None if keep is None else keep[:, 0].numpy())
-        return init
-
+    coarse, _ = striped  # the 40^3 grid's mesh: the masks' halves need no finer
+    drawn = _Drawn()
     monkeypatch.setattr(suite.zero123, "novel_views", drawn)
-    guide = type("Guide", (), {"model": type("Model", (), {"image_size": 64})()})()
     camera = CameraConfig(ref_elevation=10.0, ref_azimuth=0.0, ref_distance=3.8, ref_fovy=20.0)
-
-    def view(azimuth):
-        cams = orbit_cameras([10.0], [azimuth], 3.8, 20.0)
-        image, cover = render_mesh(fine.vertices, fine.faces, cams, size=64, colors=fine.colors, shading=False)
-        return meshlib.ColourView(image[0].transpose(1, 2, 0), cover[0], cams.c2w[0].double().numpy(), 20.0)
-
-    front, back = view(0.0), view(180.0)
-    for keep in (None, [front], [back], [front, back]):
-        out = zero123_colour_views(fine, guide, camera, keep=keep, azimuths=[90.0])
+    front, back = _view(coarse, 0.0), _view(coarse, 180.0)
+    for keep in (None, [front], [back], [front, back], front, [front, front]):
+        out = zero123_colour_views(coarse, GUIDE, camera, keep=keep, azimuths=[90.0])
         assert len(out) == 1 and out[0].rgb.shape == (64, 64, 3)
-    none, f, b, both = masks
-    assert none is None
+    none, f, b, both, bare, twice = drawn.masks
+    assert none is None and np.array_equal(bare, f)  # one view, given bare or in a list
     half = f.shape[-1] // 2
     # the front's part lies on one half of the side view, the back's on the other
     (f_l, f_r), (b_l, b_r) = ((m[..., :half].mean(), m[..., half:].mean()) for m in (f, b))
     assert min(f_l, f_r) < 0.3 * max(f_l, f_r) and min(b_l, b_r) < 0.3 * max(b_l, b_r), (f_l, f_r, b_l, b_r)
     assert (f_l > f_r) != (b_l > b_r)  # measured: 0.090 / 0.000 and 0.000 / 0.094
-    # both: at least either alone, and about their sum where they barely overlap
     assert (both >= np.maximum(f, b) - 1e-5).all()
-    assert abs(both.mean() - (f.mean() + b.mean())) < 0.1 * both.mean(), (both.mean(), f.mean(), b.mean())  # 0.092 = 0.045 + 0.047
+    # the masks are the weights the colours give those images together, seen from the side view: white images
+    # projected onto a black mesh paint exactly those weights (an image given twice: w + w (1 - w))
+    mesh = meshlib.Mesh(coarse.vertices, coarse.faces, np.zeros_like(coarse.colors))
+    normals = meshlib.surface_normals(mesh)
+    side = orbit_cameras([10.0], [90.0], 3.8, 20.0)
+    for mask, views in ((both, (front, back)), (twice, (front, front))):
+        white = [meshlib.ColourView(np.ones_like(v.rgb), v.mask, v.c2w, v.fovy) for v in views]
+        painted = meshlib.projected_colours(mesh.colors, mesh.vertices, normals, mesh, white)
+        weights = meshlib.projection_weights(mesh.vertices, normals, mesh, white)
+        assert np.allclose(painted, weights[:, None], atol=1e-5)
+        seen, _ = render_mesh(mesh.vertices, mesh.faces, side, size=64, colors=painted, shading=False,
+                              background=(0.0, 0.0, 0.0))
+        assert np.abs(seen[0, 0] - mask[0]).max() < 1e-4
+    partly = (f > 0.05) & (f < 0.95)
+    assert (twice[partly] > f[partly] + 1e-3).mean() > 0.5  # counted as the colours count it, not once
+
+
+@pytest.mark.parametrize("flags, turns", [
+    (dict(), [[180.0], [90.0, 270.0]]),
+    (dict(side_in_turn=False), [[180.0, 90.0, 270.0]]),
+    (dict(side_keep_reference=False), [[180.0, 90.0, 270.0]]),  # nothing kept: nothing to wait for
+    (dict(project_reference=False), [[180.0, 90.0, 270.0]]),  # no projected reference to keep
+    (dict(side_views=0), []),
+    (dict(side_views=1), [[180.0]]),
+    (dict(side_views=5), [[180.0], [135.0], [225.0], [90.0, 270.0]]),
+])
+def test_the_exports_side_views_are_drawn_in_turns_only_where_they_keep_the_reference(flags, turns):
+    from dataclasses import replace
+
+    from generators3d.texture import side_turns
+
+    assert side_turns(replace(ExportConfig(), **flags)) == turns
+
+
+def test_the_export_draws_its_side_views_in_turns_or_all_at_once(monkeypatch):
+    """``field_mesh`` as the export calls it: in turns, one Zero-1-to-3 call per turn (the back, then 90 and 270
+    keeping the back's part too, so much more than the reference's part alone); with ``side_in_turn`` off one call
+    for all three, each keeping the reference's part only (the export before turns)."""
+    import suite.zero123
+    from generators3d.config import CameraConfig
+    from generators3d.run import field_mesh
+
+    from .test_mesh_export import AnalyticField
+
+    camera = CameraConfig(ref_elevation=10.0, ref_azimuth=0.0, ref_distance=3.8, ref_fovy=20.0)
+    plain, _ = meshlib.extract_mesh(AnalyticField(), CAMS, ExportConfig(resolution=40, threshold=25.0, texture=False))
+    field = AnalyticField()
+    field.update_occupancy = lambda: None  # a NeRF's occupancy grid: the analytic field has none
+    drawn = {}
+    for in_turn in (True, False):
+        drawn[in_turn] = _Drawn()
+        monkeypatch.setattr(suite.zero123, "novel_views", drawn[in_turn])
+        export = ExportConfig(resolution=40, threshold=25.0, texture=False, side_views=3, side_in_turn=in_turn)
+        _, _, sides = field_mesh(field, camera, export, reference=_view(plain, 0.0), side=GUIDE)
+        assert len(sides) == 3 and all(v.depth is not None for v in sides)  # each drawn once, for every later use
+    assert drawn[True].batches == [1, 2] and drawn[False].batches == [3]
+    at_once = drawn[False].masks[0]
+    assert at_once[0].mean() < 0.01 < at_once[1:].mean()  # the back view keeps nothing of the front
+    in_turns = drawn[True].masks[1]
+    # about double: the back shows the 90 and 270 views as much as the front does (measured: 0.093 and 0.046)
+    assert in_turns.mean() > 1.5 * at_once[1:].mean(), (in_turns.mean(), at_once[1:].mean())
