@@ -132,9 +132,9 @@ def add_arguments(p) -> None:
     e.add_argument("--side-views", type=int, default=None, metavar="N",
                    help="Zero-1-to-3 views of the sides the reference does not see, drawn over the mesh's own renders "
                         "(SDEdit) and projected onto its colours there, 0 to 8, 0 = the NeRF's colours there "
-                        "(default: 3, at 90, 180 and 270 degrees; tiny: 0); drawn in turns, each keeping what the "
-                        "reference and the views before it show (one Zero-1-to-3 call per turn: 2 for 3 views, 4 for "
-                        "5, 7 for 8); written to side-views.png")
+                        "(default: 3, at 90, 180 and 270 degrees; tiny: 0); where the reference is projected, drawn in "
+                        "turns, each keeping what the reference and the views before it show (one Zero-1-to-3 call "
+                        "per turn: 2 for 3 views, 4 for 5, 7 for 8); written to side-views.png")
     e.add_argument("--mesh-smooth", type=int_at_least(0), default=None, metavar="ITERATIONS",
                    help="steps of Taubin smoothing of the mesh (each a shrink and an inflate: keeps its volume, removes "
                         f"the marching-cubes roughness), 0 to {MAX_SMOOTH}, 0 = off (default: 0; mini: 15)")

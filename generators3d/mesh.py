@@ -100,7 +100,7 @@ def projected_colours(colours: np.ndarray, points: np.ndarray, normals: np.ndarr
             out = (out * np.clip(cols[sure].mean(0) / np.maximum(out[sure].mean(0), 1e-3), 0.5, 2.0)).clip(0, 1)
     images = np.zeros_like(out)
     covered = np.zeros(len(out), np.float32)
-    for view, (cols, w) in zip(views, _shares([seen_by_reference if v is reference else project(v) for v in views])):
+    for view, (cols, w) in zip(views, _shares(seen_by_reference if v is reference else project(v) for v in views)):
         own = object_pixels(view) if view is not reference and palette is not None else None
         if own is not None:
             cols = colour_transfer(cols, own, palette)
@@ -109,16 +109,16 @@ def projected_colours(colours: np.ndarray, points: np.ndarray, normals: np.ndarr
     return (out * (1.0 - covered[:, None]) + images).astype(np.float32)
 
 
-def _shares(projected: list) -> list:
-    """Each view's ``(colours, share)`` from its ``(colours, weight)`` (:func:`.raster.project_image`), in order:
-    an earlier view keeps what it sees, so a later one gets its weight of what is left,
-    ``share_i = w_i * (1 - sum of the shares before it)``; the shares add up to ``1 - prod(1 - w_i)``."""
-    covered, out = 0.0, []
+def _shares(projected):
+    """Each view's ``(colours, share)`` from its ``(colours, weight)`` (:func:`.raster.project_image`), in order
+    (a generator: one view's projection held at a time, which matters for large textures): an earlier view keeps what
+    it sees, so a later one gets its weight of what is left, ``share_i = w_i * (1 - sum of the shares before it)``;
+    the shares add up to ``1 - prod(1 - w_i)``."""
+    covered = 0.0
     for cols, w in projected:
         share = w * (1.0 - covered)
-        out.append((cols, share))
+        yield cols, share
         covered = covered + share
-    return out
 
 
 def projection_weights(points: np.ndarray, normals: np.ndarray, mesh: Mesh, views=()) -> np.ndarray:
@@ -126,13 +126,14 @@ def projection_weights(points: np.ndarray, normals: np.ndarray, mesh: Mesh, view
     in [0, 1], the sum of the views' shares (the rest keeps the given colours)."""
     from .raster import project_image
 
-    shares = _shares([project_image(points, normals, mesh.vertices, mesh.faces, v.rgb, v.mask, v.c2w, v.fovy,
-                                    zbuf=v.depth) for v in views])
+    shares = _shares(project_image(points, normals, mesh.vertices, mesh.faces, v.rgb, v.mask, v.c2w, v.fovy,
+                                   zbuf=v.depth) for v in views)
     return sum((w for _, w in shares), np.zeros(len(points), np.float32))
 
 
 def surface_normals(mesh: Mesh) -> np.ndarray:
-    """The mesh's vertex normals as :func:`colour_mesh` projects images with them (trimesh's)."""
+    """The mesh's vertex normals as :func:`colour_mesh` projects images onto its vertex colours with them
+    (trimesh's; the texture's texels interpolate normals of the UV-split mesh, which differ only at its seams)."""
     import trimesh
 
     return np.asarray(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).vertex_normals, np.float32)

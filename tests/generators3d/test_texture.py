@@ -321,3 +321,31 @@ def test_the_export_draws_its_side_views_in_turns_or_all_at_once(monkeypatch):
     in_turns = drawn[True].masks[1]
     # about double: the back shows the 90 and 270 views as much as the front does (measured: 0.093 and 0.046)
     assert in_turns.mean() > 1.5 * at_once[1:].mean(), (in_turns.mean(), at_once[1:].mean())
+
+
+def test_an_earlier_image_keeps_its_share_and_a_later_one_gets_its_weight_of_what_is_left(monkeypatch):
+    """Two images (red, then green) over grey colours, with fixed weights per point: red gets its weight, green its
+    weight of what red left, grey the rest; a later image does not scale down an earlier one's share (blending each
+    image over the result so far did: 0.5 red under 1.0 green gave red 0.25 and grey 0.25 back)."""
+    import generators3d.raster as raster
+
+    w_red, w_green = np.array([0.5, 1.0, 0.0, 0.25, 0.5], np.float32), np.array([1.0, 0.5, 0.5, 0.25, 0.0], np.float32)
+
+    def project(points, normals, vertices, faces, rgb, mask, c2w, fovy, zbuf=None):
+        colour = rgb[0, 0]
+        return np.tile(colour, (len(points), 1)), (w_red if colour[0] > 0.5 else w_green)
+
+    monkeypatch.setattr(raster, "project_image", project)
+    red, green = (meshlib.ColourView(np.full((4, 4, 3), c, np.float32), np.ones((4, 4)), np.eye(4), 20.0)
+                  for c in ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]))
+    mesh = meshlib.Mesh(np.zeros((5, 3), np.float32), np.array([[0, 1, 2]]), np.full((5, 3), 0.5, np.float32))
+    normals = np.ones((5, 3), np.float32)
+    out = meshlib.projected_colours(mesh.colors, mesh.vertices, normals, mesh, [red, green])
+    s_red, s_green = w_red, w_green * (1 - w_red)
+    grey = 1 - s_red - s_green
+    assert np.allclose(out, np.stack([s_red + 0.5 * grey, s_green + 0.5 * grey, 0.5 * grey], 1), atol=1e-6)
+    assert np.allclose(out[0], [0.5, 0.5, 0.0])  # red 0.5 under green 1.0: half each, no grey
+    assert np.allclose(meshlib.projection_weights(mesh.vertices, normals, mesh, [red, green]), s_red + s_green)
+    # the order matters: green first keeps its own share
+    swapped = meshlib.projected_colours(mesh.colors, mesh.vertices, normals, mesh, [green, red])
+    assert np.allclose(swapped[1], [0.5, 0.5, 0.0]) and np.allclose(swapped[0], [0.0, 1.0, 0.0])
