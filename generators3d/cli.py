@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
     from suite.cli import weight_arg
     from suite.rules import rule_arg
 
-    from .config import GEOMETRIES, PRESET_SIZES, REF_DEPTH_WEIGHT
+    from .config import GEOMETRIES, PRESET_SIZES, PREVIEWS, REF_DEPTH_WEIGHT
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -141,7 +141,12 @@ def add_arguments(p) -> None:
     e.add_argument("--decimate", type=int_at_least(4), default=None, metavar="FACES",
                    help="reduce the mesh to about this many faces before UV unwrapping (default: keep)")
     e.add_argument("--preview-frames", type=int_at_least(1), default=None,
-                   help="frames of the turntable preview GIF (default: 36; tiny: 8)")
+                   help="frames of the turntable preview GIF (default: 36; mini: 24; tiny: 8)")
+    e.add_argument("--preview", choices=PREVIEWS, default="mesh",
+                   help="what preview.gif turns round: mesh (default) = the exported mesh with its colours as a viewer "
+                        "shows them unlit (the texture, or the vertex colours with --no-texture), drawn on the CPU; "
+                        "nerf = renders of the final NeRF, whose colours on the sides the reference does not see are "
+                        "not the mesh's")
     e.add_argument("--height-m", type=finite_float, default=None,
                    help="scale the mesh to this height in metres (default: 1 scene unit = 1 m)")
     from suite.cli import add_model_arguments
@@ -206,8 +211,8 @@ def config_from_args(args):
               project_reference=False if args.no_project_reference else None, side_views=args.side_views,
               resume=args.resume, export_only=args.export_only,
               seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames,
-              geometry=args.geometry, depth=args.depth, depth_model=args.depth_model, depth_weight=args.depth_weight,
-              view_depth_weight=args.view_depth_weight)
+              preview=args.preview, geometry=args.geometry, depth=args.depth, depth_model=args.depth_model,
+              depth_weight=args.depth_weight, view_depth_weight=args.view_depth_weight)
     cfg = ThreeDConfig(**kw).resolved()
     refine = cfg.refine
     for flag, field in (("refine_zero123_weight", "lambda_zero123"), ("domain_weight", "domain_weight"),

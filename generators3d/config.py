@@ -16,6 +16,7 @@ from pathlib import Path
 from suite.checks import check_int, check_range
 
 FORMATS = ("glb", "obj", "ply")
+PREVIEWS = ("mesh", "nerf")  # what preview.gif turns round: the exported mesh (default) or the final NeRF
 GEOMETRIES = ("density", "sdf")  # NeRFConfig.geometry
 REF_DEPTH_WEIGHT = 10.0  # lambda_ref_depth of --depth (measured on the mini world: docs/3d.md, "Reference depth")
 DEPTH_MODES = ("auto", "off")  # --depth: estimate the reference's depth, or none; anything else is a depth image
@@ -334,6 +335,7 @@ class ThreeDConfig:
     device: str | None = None
     dtype: str | None = None
     preview_frames: int | None = None
+    preview: str = "mesh"  # preview.gif: the exported mesh as a viewer shows it, or "nerf" (the final NeRF's renders)
     background_prompt: str | None = None  # appended to the prompt (None: ", plain white background"; mini: "")
     # The NeRF's geometry (None: the preset's): "density" or "sdf" (VolSDF: a signed distance with the eikonal term
     # in both SDS stages, weight SDF_EIKONAL unless a stage sets its own); see NeRFConfig.geometry.
@@ -479,6 +481,9 @@ class ThreeDConfig:
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
             raise ValueError(f"unknown mesh format(s) {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
+        if self.preview not in PREVIEWS:
+            raise ValueError(f"the preview is {self.preview!r}: give --preview mesh (the exported mesh) or nerf (the "
+                             f"final NeRF)")
         for name, value in (("zero123 steps", zero123.steps), ("refine steps", refine.steps)):
             if value < 0:
                 raise ValueError(f"the {name} must be 0 or more, got {value}")

@@ -7,7 +7,7 @@ Output folder::
     reference.png            the centred reference view on white (what Zero-1-to-3 sees)
     checkpoints/stage2-zero123.safetensors, checkpoints/stage3-refine.safetensors
     mesh/model.glb  mesh/model.obj + model.mtl + model.png  mesh/model.ply
-    preview.gif              turntable of the final NeRF
+    preview.gif              turntable of the exported mesh (--preview nerf: of the final NeRF)
     summary.json             where everything is, thresholds, NaN recoveries
 """
 
@@ -394,6 +394,7 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
         result.warnings.append(warning)
     mesh, level, sides = field_mesh(field, cfg.camera, cfg.export, reference, side, cfg.seed)
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
+    shown = mesh  # in the NeRF frame, for the preview's cameras
     mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])
     result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
     side_path = out / "side-views.png"  # after the meshes: it always belongs to the meshes beside it
@@ -409,10 +410,14 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     # 8. Turntable preview GIF.
     frames = cfg.preview_frames
     report.start("preview", frames)
-    result.preview_path = write_turntable(field, Background().to(next(field.parameters()).device),
-                                          turntable_cameras(cfg.camera, frames), out / "preview.gif",
-                                          size=PRESET_SIZES[cfg.preset].preview_size,
-                                          callback=lambda i: report.update("preview", i, frames, {}))
+    cams, size = turntable_cameras(cfg.camera, frames), PRESET_SIZES[cfg.preset].preview_size
+    tick = lambda i: report.update("preview", i, frames, {})  # noqa: E731
+    if cfg.preview == "nerf":
+        result.preview_path = write_turntable(field, Background().to(next(field.parameters()).device), cams,
+                                              out / "preview.gif", size=size, callback=tick)
+    else:
+        result.preview_path = write_mesh_turntable(shown, cams, out / "preview.gif", size=size, callback=tick,
+                                                   texture=bool({"glb", "obj"} & set(cfg.formats)))
     report.end("preview")
 
     # 9. Summary beside the results.
@@ -421,7 +426,8 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
                "vertex_colors_glb": str(coloured) if coloured.is_file() else None,
                "image": str(result.image_path) if result.image_path else None,
                "mask": str(result.mask_path) if result.mask_path else None,
-               "preview": str(result.preview_path), "threshold": level, "faces": int(len(mesh.faces)),
+               "preview": str(result.preview_path), "preview_of": cfg.preview, "threshold": level,
+               "faces": int(len(mesh.faces)),
                "colours": {"reference_projected": reference is not None and cfg.export.project_reference,
                            "side_views": len(sides),
                            "side_views_keep_reference": bool(sides) and reference is not None
@@ -440,20 +446,50 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     return result
 
 
-@torch.no_grad()
-def write_turntable(field, background, cams, path: Path, size: int = 256, callback=None) -> Path:
-    """Render a turntable and write it as a looping GIF (atomically)."""
-    frames = []
-    for i in range(len(cams)):
-        cam = type(cams)(*(getattr(cams, k)[i:i + 1] for k in ("c2w", "elevation", "azimuth", "distance", "fovy")))
-        rgb = render(field, background, cam, size, chunk=16384)["rgb"][0]
-        frames.append(Image.fromarray((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8")))
-        if callback:
-            callback(i + 1)
+def _frame(cams, i: int):
+    return type(cams)(*(getattr(cams, k)[i:i + 1] for k in ("c2w", "elevation", "azimuth", "distance", "fovy")))
+
+
+def _write_gif(frames, path: Path) -> Path:
+    """``frames`` (``[H, W, 3]`` arrays in [0, 1]) as a looping GIF, written atomically."""
+    images = [Image.fromarray((np.clip(f, 0, 1) * 255 + 0.5).astype("uint8")) for f in frames]
     path = Path(path)
     with atomic_path(path, suffix=".gif") as tmp:
-        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=80, loop=0)
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=80, loop=0)
     return path
+
+
+@torch.no_grad()
+def write_turntable(field, background, cams, path: Path, size: int = 256, callback=None) -> Path:
+    """Render a turntable of the NeRF and write it as a looping GIF (atomically)."""
+    frames = []
+    for i in range(len(cams)):
+        rgb = render(field, background, _frame(cams, i), size, chunk=16384)["rgb"][0]
+        frames.append(rgb.clamp(0, 1).cpu().numpy())
+        if callback:
+            callback(i + 1)
+    return _write_gif(frames, path)
+
+
+def write_mesh_turntable(mesh: meshlib.Mesh, cams, path: Path, size: int = 256, callback=None,
+                         background=(1.0, 1.0, 1.0), texture: bool = True) -> Path:
+    """A turntable of ``mesh`` (in the cameras' frame) drawn by :func:`.raster.render_mesh` with its texture where it
+    has one (and ``texture``: a textured format was written), else its vertex colours, unlit (the colours carry the
+    lighting of the images they came from), written as a looping GIF (atomically): the colours the export wrote,
+    side views included, which the NeRF's renders lack."""
+    from .raster import render_mesh
+
+    textured = texture and mesh.texture is not None and mesh.uv is not None
+    v, f = (mesh.uv_vertices, mesh.uv_faces) if textured else (mesh.vertices, mesh.faces)
+    frames = []
+    for i in range(len(cams)):
+        rgb, _ = render_mesh(v, f, _frame(cams, i), size=size, colors=None if textured else mesh.colors,
+                             uv=mesh.uv if textured else None, texture=mesh.texture if textured else None,
+                             background=background, shading=False)
+        frames.append(rgb[0].transpose(1, 2, 0))
+        if callback:
+            callback(i + 1)
+    return _write_gif(frames, path)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -76,11 +76,33 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert not [p for p in out.rglob(".*") if p.name != ".in-domain-run.json"]  # no temporary files left
     with Image.open(out / "preview.gif") as gif:
         assert gif.n_frames == 2
+        first = np.asarray(gif.convert("RGB"), np.float64) / 255
     import trimesh
 
     glb = trimesh.load(out / "mesh" / "model.glb", force="mesh")
     assert len(glb.faces) == summary["faces"] and summary["meshes"]["glb"].endswith("model.glb")
     assert "Y up" in summary["frame"]
+    # the preview turns the exported, textured mesh round: the OBJ, taken back to the NeRF frame and drawn from the
+    # first turntable camera, is its first frame (within the GIF's palette); the NeRF's own render is not
+    from generators3d.cameras import turntable_cameras
+    from generators3d.nerf import Background
+    from generators3d.raster import render_mesh
+    from generators3d.render import render
+    from generators3d.stage import load_checkpoint
+
+    assert summary["preview_of"] == "mesh"
+    obj = trimesh.load(out / "mesh" / "model.obj", process=False)
+    tf = summary["export_transform"]
+    back = (np.asarray(obj.vertices) - np.asarray(tf["offset"])) / tf["scale"] @ np.asarray(tf["rotation"])
+    saved = ThreeDConfig.load(out / "config.json").resolved()
+    cam = turntable_cameras(saved.camera, 2)
+    size = PRESET_SIZES["tiny"].preview_size
+    drawn, _ = render_mesh(back, obj.faces, cam, size=size, uv=np.asarray(obj.visual.uv),
+                           texture=obj.visual.material.image, background=(1, 1, 1), shading=False)
+    field, _ = load_checkpoint(out / "checkpoints" / "stage3-refine.safetensors")
+    with torch.no_grad():
+        nerf = render(field.eval(), Background(), cam, size)["rgb"][0].numpy()
+    assert np.abs(drawn[0].transpose(1, 2, 0) - first).mean() < 0.02 < np.abs(nerf - first).mean()
 
     # 5. The config beside the results repeats the run.
     saved = ThreeDConfig.load(out / "config.json")
@@ -118,9 +140,11 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
         assert im.size[0] == 2 * im.size[1]
     # ... exported again without side views (--resume: into the same folder), the old side-views.png goes too
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "ply", "--resume",
-                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1"]) == 0
+                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1", "--preview",
+                        "nerf"]) == 0
     assert not (other / "side-views.png").exists()
-    assert json.loads((other / "summary.json").read_text())["colours"]["side_views_image"] is None
+    again = json.loads((other / "summary.json").read_text())
+    assert again["colours"]["side_views_image"] is None and again["preview_of"] == "nerf"
     # ... where the preset's own Zero-1-to-3 cannot be loaded (offline, never downloaded) the meshes still come, their
     # hidden sides with the NeRF's colours; a Zero-1-to-3 folder the user names is checked before anything is written
     small = ["--preset", "tiny", "--side-views", "1", "--mesh-resolution", "32", "--texture-size", "64",
@@ -283,6 +307,8 @@ def test_a_reference_ray_share_outside_0_to_1_or_a_bad_threshold_resolution_is_o
         with pytest.raises(ValueError, match=r"export.threshold_resolution is .*: give the side"):
             replace(cfg, export=replace(cfg.resolved().export, threshold_resolution=side)).resolved()
     assert cfg.resolved().export.threshold_resolution == 32  # tiny: a quarter of the rays
+    with pytest.raises(ValueError, match=r"the preview is 'video': give --preview mesh .* or nerf"):
+        replace(cfg, preview="video").resolved()
     assert replace(cfg, preset="mini").resolved().export.threshold_resolution == 64
     # a config.json written before the field existed repeats its run: the 64 it used
     old = cfg.resolved().to_dict()
@@ -365,3 +391,39 @@ def test_image_domain_weight_takes_recommended_or_a_number_in_one_sentence(tmp_p
     with pytest.raises(ValueError, match="or 'recommended'"):
         run_text_to_3d(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_mesh_preview_turns_the_mesh_round_with_its_texture_or_else_its_vertex_colours(tmp_path):
+    """A ball red on the side the first camera sees (+x) and blue behind, in its texture; its vertex colours green:
+    the first frame is red, the half-turn blue, and without the texture both green."""
+    import trimesh
+
+    from generators3d.cameras import turntable_cameras
+    from generators3d.config import CameraConfig
+    from generators3d.mesh import Mesh
+    from generators3d.run import write_mesh_turntable
+
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    v, f = np.asarray(ball.vertices, np.float32), np.asarray(ball.faces)
+    front = v[:, 0] > 0
+    uv = np.where(front[:, None], [[0.25, 0.5]], [[0.75, 0.5]]).astype(np.float32)  # texture: left red, right blue
+    tex = Image.fromarray(np.array([[[255, 0, 0]] * 8 + [[0, 0, 255]] * 8] * 4, np.uint8))
+    mesh = Mesh(v, f, np.tile([[0.0, 1.0, 0.0]], (len(v), 1)).astype(np.float32), uv_vertices=v, uv_faces=f, uv=uv,
+                texture=tex)
+    cams = turntable_cameras(CameraConfig(), 2)
+
+    def frames(**kw):
+        path = write_mesh_turntable(mesh, cams, tmp_path / "p.gif", size=48, **kw)
+        with Image.open(path) as gif:
+            out = []
+            for i in range(gif.n_frames):
+                gif.seek(i)
+                rgb = np.asarray(gif.convert("RGB"), np.float64) / 255
+                out.append(rgb[rgb.sum(-1) < 2.9].mean(0))  # the ball's pixels (not the white backdrop)
+            return out
+
+    seen = frames()
+    assert seen[0][0] > 0.8 > 0.2 > max(seen[0][1:]) and seen[1][2] > 0.8 > 0.2 > max(seen[1][:2]), seen
+    plain = frames(texture=False)
+    assert all(c[1] > 0.8 > 0.2 > max(c[0], c[2]) for c in plain), plain
+    assert not [p for p in tmp_path.iterdir() if p.name != "p.gif"]  # written atomically: no temporary file left
