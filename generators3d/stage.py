@@ -178,7 +178,7 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
 
         # 2b. SDF geometry: the eikonal term at random points of the scene's cube.
         if stage.lambda_eikonal:
-            pts = (torch.rand((4096, 3), generator=generator) * 2.0 - 1.0).to(device) * field.radius
+            pts = (torch.rand((stage.eikonal_points, 3), generator=generator) * 2.0 - 1.0).to(device) * field.radius
             l_eik = field.eikonal(pts)
             loss = loss + stage.lambda_eikonal * l_eik
             info["loss_eikonal"] = float(l_eik.detach())

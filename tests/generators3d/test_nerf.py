@@ -268,6 +268,8 @@ def test_sdf_geometry_starts_as_the_exact_sphere_with_volsdf_density_and_zero_ei
 
 
 def test_eikonal_weight_needs_the_sdf_geometry_and_the_sdf_field_round_trips_through_a_checkpoint(tmp_path):
+    from dataclasses import replace
+
     from generators3d.config import CameraConfig, StageConfig
     from generators3d.nerf import Background
     from generators3d.stage import load_checkpoint, save_checkpoint, train_stage
@@ -285,6 +287,13 @@ def test_eikonal_weight_needs_the_sdf_geometry_and_the_sdf_field_round_trips_thr
     assert loaded.cfg.geometry == "sdf" and abs(float(loaded.beta) - 0.07) < 1e-6
     x = torch.randn(100, 3) * 0.5
     assert torch.allclose(loaded.density(x), field.density(x))
+    # the term takes the stage's eikonal_points random points of the scene's cube per step
+    taken, term = [], field.eikonal
+    field.eikonal = lambda pts: (taken.append(pts), term(pts))[1]
+    train_stage(field, Background(), replace(stage, steps=2, eikonal_points=123), CameraConfig(), None, [],
+                generator=torch.Generator().manual_seed(0))
+    assert [p.shape for p in taken] == [(123, 3)] * 2 and all(float(p.abs().max()) <= field.radius for p in taken)
+    assert not torch.equal(taken[0], taken[1])  # drawn again each step
 
 
 def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_one_sentence():
@@ -308,6 +317,9 @@ def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_o
         ThreeDConfig(preset="mini", image="x.png", geometry="mesh").resolved()
     with pytest.raises(ValueError, match="needs the sdf geometry"):
         replace(full, zero123=replace(full.zero123, lambda_eikonal=1.0)).resolved()
+    for bad in (0, -5, 2.5, True, 1 << 21):
+        with pytest.raises(ValueError, match=r"refine.eikonal_points is .*: give the eikonal term's random points"):
+            replace(mini, refine=replace(mini.refine, eikonal_points=bad)).resolved()
     with pytest.raises(ValueError, match="nerf.geometry is 'density': give one of them"):
         ThreeDConfig(preset="mini", image="x.png", geometry="sdf", nerf=full.nerf).resolved()
     with pytest.raises(ValueError, match="nothing would be rendered"):
@@ -319,6 +331,11 @@ def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_o
     old["zero123"].pop("lambda_eikonal"), old["refine"].pop("lambda_eikonal")
     replay = ThreeDConfig.from_dict(old).resolved()
     assert replay.nerf.geometry == "density" and replay.zero123.lambda_eikonal == 0 == replay.refine.lambda_eikonal
+    # ... and one written before the eikonal term's points could be set replays with the 4,096 it took then
+    sdf_run = json.loads(json.dumps(mini.to_dict()))
+    sdf_run["zero123"].pop("eikonal_points"), sdf_run["refine"].pop("eikonal_points")
+    assert mini.zero123.eikonal_points == 1024
+    assert ThreeDConfig.from_dict(sdf_run).resolved().zero123.eikonal_points == 4096
     with pytest.raises(ValueError, match="lambda_eikonal is -1"):
         replace(cfg, refine=replace(cfg.refine, lambda_eikonal=-1.0)).resolved()
     with pytest.raises(ValueError, match="sdf_beta is 0"):
