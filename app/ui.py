@@ -402,8 +402,8 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
         with gr.Column(scale=3):
             with gr.Row():
                 stage1 = gr.Image(label="stage 1: in-domain image", interactive=False, elem_id="3d-stage1")
-                preview = gr.Image(label="preview renders", interactive=False, elem_id="3d-preview")
-            video = gr.Video(label="preview renders", visible=False, interactive=False)
+                preview = gr.Image(label="preview: the exported mesh turning round", interactive=False, elem_id="3d-preview")
+            video = gr.Video(label="preview: the exported mesh turning round", visible=False, interactive=False)
             model = gr.Model3D(label="mesh", elem_id="3d-model")
             files = gr.File(label="download GLB / OBJ / PLY", file_count="multiple", interactive=False,
                             elem_id="3d-files")
