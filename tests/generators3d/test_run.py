@@ -84,6 +84,7 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert "Y up" in summary["frame"]
     # the preview turns the exported, textured mesh round: the OBJ, taken back to the NeRF frame and drawn from the
     # first turntable camera, is its first frame (within the GIF's palette); the NeRF's own render is not
+    from bench.miniworld.geometry import from_export
     from generators3d.cameras import turntable_cameras
     from generators3d.nerf import Background
     from generators3d.raster import render_mesh
@@ -92,8 +93,7 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
 
     assert summary["preview_of"] == "mesh"
     obj = trimesh.load(out / "mesh" / "model.obj", process=False)
-    tf = summary["export_transform"]
-    back = (np.asarray(obj.vertices) - np.asarray(tf["offset"])) / tf["scale"] @ np.asarray(tf["rotation"])
+    back = from_export(np.asarray(obj.vertices), summary["export_transform"])
     saved = ThreeDConfig.load(out / "config.json").resolved()
     cam = turntable_cameras(saved.camera, 2)
     size = PRESET_SIZES["tiny"].preview_size
