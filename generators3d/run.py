@@ -481,11 +481,11 @@ def write_mesh_turntable(mesh: meshlib.Mesh, cams, path: Path, size: int = 256, 
 
     textured = texture and mesh.texture is not None and mesh.uv is not None
     v, f = (mesh.uv_vertices, mesh.uv_faces) if textured else (mesh.vertices, mesh.faces)
+    image = np.asarray(mesh.texture.convert("RGB")) if textured else None  # decoded once, not per frame
     frames = []
     for i in range(len(cams)):
         rgb, _ = render_mesh(v, f, _frame(cams, i), size=size, colors=None if textured else mesh.colors,
-                             uv=mesh.uv if textured else None, texture=mesh.texture if textured else None,
-                             background=background, shading=False)
+                             uv=mesh.uv if textured else None, texture=image, background=background, shading=False)
         frames.append(rgb[0].transpose(1, 2, 0))
         if callback:
             callback(i + 1)
