@@ -88,6 +88,8 @@ VARIANTS = {  # name -> refine StageConfig overrides (from the mini preset's)
     # The domain model's view distribution: its porcelain renders were taken 0-25 degrees up, stage 3's random views
     # range over -10..60 (the mini Zero-1-to-3's); here they stay within the domain's (DOMAIN_ELEVATION).
     "default-domain-views": {"camera": {"elevation_range": DOMAIN_ELEVATION}},
+    # The SDF's eikonal term at 4,096 random points per step, the mini preset's stage 3 before 2026-12-06 (1,024 now).
+    "default-eikonal-4096": {"eikonal_points": 4096},
     "domain3-high-t-zero123x3-domain-views": {**_HIGH_T, "domain_weight": 3.0, "lambda_zero123": 3.0,
                                               "camera": {"elevation_range": DOMAIN_ELEVATION}},
 }
@@ -505,7 +507,8 @@ def main(argv=None) -> int:
                         "(the same, the reference colour loss 50 instead of 500), domain3-/domain7-high-t-zero123 (the domain "
                         "guidance amplified, w_d = 3 / 7), the same with x3 (Zero-1-to-3 weighing 3), "
                         "default-domain-views and domain3-high-t-zero123x3-domain-views (random views only 0-25 "
-                        "degrees up, where the domain model's renders were taken), colour-only-domain7-high-t[-rgb0] "
+                        "degrees up, where the domain model's renders were taken), default-eikonal-4096 (the "
+                        "SDF's eikonal term at 4,096 points per step, as before, instead of 1,024), colour-only-domain7-high-t[-rgb0] "
                         "(the geometry frozen, only the colour head trained; -rgb0: without the reference colour "
                         "loss), repaint-domain3 (twelve views repainted by the domain model with the silhouette held, "
                         "the colour refitted at the frozen surface, four rounds); default: %(default)s")

@@ -193,6 +193,14 @@ class NeRFField(nn.Module):
         grad = (d[:, :3] - d[:, 3:]) / (2 * eps)
         return (grad.norm(dim=-1) - 1.0).square().mean()
 
+    def normals(self, x: torch.Tensor, eps: float = 5e-3) -> torch.Tensor:
+        """Unit outward normals at points ``[N, 3]``: the gradient of the signed distance (sdf geometry) or minus the
+        gradient of the density (density geometry), by central differences of step ``eps`` as :meth:`eikonal`."""
+        offsets = torch.eye(3, device=x.device) * eps
+        pts = torch.cat([x[:, None] + offsets, x[:, None] - offsets], 1)  # [N, 6, 3]
+        f = self.sdf(pts) if self.cfg.geometry == "sdf" else -self.density(pts)
+        return nn.functional.normalize((f[:, :3] - f[:, 3:]) / (2 * eps), dim=-1)
+
     def forward(self, x: torch.Tensor, with_color: bool = True):
         shape = x.shape[:-1]
         flat = x.reshape(-1, 3).float()

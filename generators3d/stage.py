@@ -175,6 +175,12 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                 l_smooth = depth_curvature(out["depth"][..., 0], out["opacity"][..., 0])
                 loss = loss + stage.lambda_depth_smooth * l_smooth
                 info["loss_depth_smooth"] = float(l_smooth.detach())
+            if stage.lambda_normal_smooth_3d:
+                # 2c. 3D normal smoothness (threestudio's) at the views' rendered surface points (fixed, no gradient).
+                l_ns = normal_smoothness(field, cams, out, stage.normal_smooth_points, generator)
+                if l_ns is not None:
+                    loss = loss + stage.lambda_normal_smooth_3d * l_ns
+                    info["loss_normal_smooth_3d"] = float(l_ns.detach())
 
         # 2b. SDF geometry: the eikonal term at random points of the scene's cube.
         if stage.lambda_eikonal:
@@ -233,6 +239,27 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
         if progress is not None:
             progress(step + 1, stage.steps, info)
     return {"nan_recoveries": recoveries, "last": info}
+
+
+def normal_smoothness(field: NeRFField, cams, out: dict, points: int, generator: torch.Generator,
+                      perturb: float = 0.01) -> torch.Tensor | None:
+    """threestudio's 3D normal smoothness: the mean absolute difference between the field's unit normals
+    (:meth:`NeRFField.normals`) at surface points and at the same points moved by Gaussian noise of ``perturb``
+    (threestudio's 0.01, in the scene's units). The points: the rendered surface (``depth / opacity`` along each ray)
+    of the views' object pixels (opacity > 0.5), at most ``points`` of them drawn at random; detached, so that the
+    term shapes the field around the surface, not where the surface is rendered. None when no pixel is on the
+    object."""
+    op = out["opacity"][..., 0].detach()
+    h, w = op.shape[1:3]
+    o, d = camera_rays(cams.to(op.device), h, w)
+    on = op > 0.5
+    if not bool(on.any()):
+        return None
+    p = (o + d * (out["depth"][..., 0].detach() / op.clamp_min(1e-6))[..., None])[on]
+    if len(p) > points:
+        p = p[torch.randperm(len(p), generator=generator)[:points].to(p.device)]
+    jitter = torch.randn(p.shape, generator=generator).to(p.device) * perturb
+    return (field.normals(p) - field.normals(p + jitter)).abs().mean()
 
 
 def shade_camera_light(out: dict, cams, rgb: torch.Tensor, background, ambient: float = 0.32) -> torch.Tensor:

@@ -140,7 +140,7 @@ def test_3d_mini_runs_end_to_end(tmp_path):
     assert config["zero123"]["lambda_depth_smooth"] == 10000.0 and config["refine"]["lambda_depth_smooth"] == 0.0
     assert config["nerf"]["geometry"] == "sdf" and config["zero123"]["lambda_eikonal"] == 1.0 == config["refine"][
         "lambda_eikonal"]
-    assert config["zero123"]["eikonal_points"] == 1024 and config["refine"]["eikonal_points"] == 4096
+    assert config["zero123"]["eikonal_points"] == 1024 == config["refine"]["eikonal_points"]
     assert config["refine"]["view_dependent_prompting"] is False and config["export"]["smooth"] == 15
     # the reference view's depth, estimated by the mini world's depth model: nearer at the vase's front than at its
     # silhouette (a convex object's rim recedes)

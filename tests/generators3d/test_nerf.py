@@ -296,6 +296,56 @@ def test_eikonal_weight_needs_the_sdf_geometry_and_the_sdf_field_round_trips_thr
     assert not torch.equal(taken[0], taken[1])  # drawn again each step
 
 
+def test_normals_are_radial_on_a_sphere_and_the_3d_normal_smoothness_term_sees_bumps():
+    """``NeRFField.normals``: on the exact sphere of a fresh sdf field (and of a density blob) the unit normals are
+    ``x / |x|``. The 3D normal-smoothness term (threestudio's) on a sphere's surface seen from a camera is only what
+    a 0.01 move turns a radius by; bumps in the field raise it, its gradient reaches the field, and a stage takes its
+    ``normal_smooth_points`` surface points only when the weight is on."""
+    from dataclasses import replace
+
+    from generators3d.cameras import orbit_cameras
+    from generators3d.config import CameraConfig, StageConfig
+    from generators3d.nerf import Background
+    from generators3d.render import render
+    from generators3d.stage import SDSTerm, normal_smoothness, train_stage
+
+    torch.manual_seed(0)
+    small = dict(n_levels=4, log2_hashmap_size=12, base_resolution=8, hidden=16, n_hidden_layers=1, samples_per_ray=32)
+    x = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1) * 0.4
+    for geometry in ("sdf", "density"):
+        field = NeRFField(NeRFConfig(**small, geometry=geometry, blob_radius=0.4))
+        if geometry == "density":
+            with torch.no_grad():
+                field.density_head.weight.zero_()
+                field.density_head.bias.zero_()
+        assert torch.allclose(field.normals(x), x / 0.4, atol=1e-3), geometry
+    field = NeRFField(NeRFConfig(**small, geometry="sdf", sdf_beta=0.01, blob_radius=0.4))
+    cams = orbit_cameras([10.0, 40.0], [0.0, 120.0], 3.8, 20.0)
+    g = torch.Generator().manual_seed(0)
+    smooth = float(normal_smoothness(field, cams, render(field, Background(), cams, 24), 512, g).detach())
+    # a 0.01 move turns a radius of 0.4 by 0.0125 / 0.4 on average (the move's tangential part), which the mean over
+    # three components reads as about half: 0.016
+    assert smooth < 0.02, smooth
+    with torch.no_grad():
+        for p in field.encoding.parameters():
+            p.normal_(0, 0.2)
+        field.density_head.weight.normal_(0, 0.3)
+    bumpy = normal_smoothness(field, cams, render(field, Background(), cams, 24), 512, g)
+    assert float(bumpy.detach()) > 3 * smooth, (float(bumpy.detach()), smooth)  # measured 0.112 against 0.016
+    bumpy.backward()
+    assert float(next(field.encoding.parameters()).grad.abs().sum()) > 0
+    # a stage takes at most normal_smooth_points of the views' surface points, only with the weight on
+    taken, term = [], field.normals
+    field.normals = lambda pts: (taken.append(pts), term(pts))[1]
+    stage = StageConfig(steps=1, milestones=(0,), resolutions=(12,), batch_sizes=(1,), lambda_sds=0.0)
+    sds = [SDSTerm("x", 1.0, lambda rgb, c, gen: {"loss_sds": rgb.mean(), "min_step": 0, "max_step": 0})]
+    train_stage(field, Background(), stage, CameraConfig(), None, sds, generator=torch.Generator().manual_seed(0))
+    assert taken == []
+    train_stage(field, Background(), replace(stage, lambda_normal_smooth_3d=1.0, normal_smooth_points=5),
+                CameraConfig(), None, sds, generator=torch.Generator().manual_seed(0))
+    assert [p.shape for p in taken] == [(5, 3)] * 2  # the points and the same points moved
+
+
 def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_one_sentence():
     from dataclasses import replace
 
@@ -320,6 +370,11 @@ def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_o
     for bad in (0, -5, 2.5, True, 1 << 21):
         with pytest.raises(ValueError, match=r"refine.eikonal_points is .*: give the eikonal term's random points"):
             replace(mini, refine=replace(mini.refine, eikonal_points=bad)).resolved()
+        with pytest.raises(ValueError, match=r"zero123.normal_smooth_points is .*: give the 3D normal-smoothness"):
+            replace(mini, zero123=replace(mini.zero123, normal_smooth_points=bad)).resolved()
+    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match=r"zero123.lambda_normal_smooth_3d is .*: give the 3D normal-smoothness"):
+            replace(mini, zero123=replace(mini.zero123, lambda_normal_smooth_3d=bad)).resolved()
     with pytest.raises(ValueError, match="nerf.geometry is 'density': give one of them"):
         ThreeDConfig(preset="mini", image="x.png", geometry="sdf", nerf=full.nerf).resolved()
     with pytest.raises(ValueError, match="nothing would be rendered"):
@@ -334,8 +389,9 @@ def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_o
     # ... and one written before the eikonal term's points could be set replays with the 4,096 it took then
     sdf_run = json.loads(json.dumps(mini.to_dict()))
     sdf_run["zero123"].pop("eikonal_points"), sdf_run["refine"].pop("eikonal_points")
-    assert mini.zero123.eikonal_points == 1024
-    assert ThreeDConfig.from_dict(sdf_run).resolved().zero123.eikonal_points == 4096
+    assert mini.zero123.eikonal_points == 1024 == mini.refine.eikonal_points
+    replay = ThreeDConfig.from_dict(sdf_run).resolved()
+    assert replay.zero123.eikonal_points == 4096 == replay.refine.eikonal_points
     with pytest.raises(ValueError, match="lambda_eikonal is -1"):
         replace(cfg, refine=replace(cfg.refine, lambda_eikonal=-1.0)).resolved()
     with pytest.raises(ValueError, match="sdf_beta is 0"):
