@@ -187,19 +187,13 @@ class NeRFField(nn.Module):
         """Mean ``(|grad d| - 1)^2`` at points ``[N, 3]``, the gradient by central differences of a fixed step ``eps``
         (numerical gradients as Neuralangelo's, which reach neighbouring hash-grid cells; it ties the step to the
         finest cell and anneals it, which is not done here: 0.005 is a third of the mini grid's finest cell)."""
-        offsets = torch.eye(3, device=x.device) * eps
-        pts = torch.cat([x[:, None] + offsets, x[:, None] - offsets], 1)  # [N, 6, 3]
-        d = self.sdf(pts)
-        grad = (d[:, :3] - d[:, 3:]) / (2 * eps)
-        return (grad.norm(dim=-1) - 1.0).square().mean()
+        return (_central_gradient(self.sdf, x, eps).norm(dim=-1) - 1.0).square().mean()
 
     def normals(self, x: torch.Tensor, eps: float = 5e-3) -> torch.Tensor:
         """Unit outward normals at points ``[N, 3]``: the gradient of the signed distance (sdf geometry) or minus the
         gradient of the density (density geometry), by central differences of step ``eps`` as :meth:`eikonal`."""
-        offsets = torch.eye(3, device=x.device) * eps
-        pts = torch.cat([x[:, None] + offsets, x[:, None] - offsets], 1)  # [N, 6, 3]
-        f = self.sdf(pts) if self.cfg.geometry == "sdf" else -self.density(pts)
-        return nn.functional.normalize((f[:, :3] - f[:, 3:]) / (2 * eps), dim=-1)
+        f = self.sdf if self.cfg.geometry == "sdf" else (lambda p: -self.density(p))
+        return nn.functional.normalize(_central_gradient(f, x, eps), dim=-1)
 
     def forward(self, x: torch.Tensor, with_color: bool = True):
         shape = x.shape[:-1]
@@ -246,6 +240,14 @@ class NeRFField(nn.Module):
 
     def color(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)[1]
+
+
+def _central_gradient(f, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The gradient ``[N, 3]`` of a scalar field ``f`` (points ``[..., 3]`` -> values ``[...]``) at points ``[N, 3]``
+    by central differences of step ``eps``."""
+    offsets = torch.eye(3, device=x.device) * eps
+    v = f(torch.cat([x[:, None] + offsets, x[:, None] - offsets], 1))  # [N, 6]
+    return (v[:, :3] - v[:, 3:]) / (2 * eps)
 
 
 def make_field(cfg: NeRFConfig, device, seed: int = 0) -> NeRFField:
