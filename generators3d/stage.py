@@ -65,13 +65,15 @@ def surface_depth(depth: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
     return depth / opacity.clamp_min(1e-3)
 
 
-def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.05) -> torch.Tensor:
+def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.05, robust: float = 0.0) -> torch.Tensor:
     """Mean squared second difference of the surface depth (``depth / opacity``, ``[B, H, W]``) along rows and
     columns, over runs of three pixels that are all on the object (opacity > 0.5) and not across a depth jump of
     more than ``jump`` scene units (an edge in front of another part of the object). A plane seen in perspective
     and a slowly curved surface cost almost nothing; bumps at the pixel scale cost most. The depth is the rendered
     expected depth: with few, jittered samples per ray its sampling noise is penalised too, which favours a softer
-    density (docs/3d.md, "Measured against the exact geometry")."""
+    density (docs/3d.md, "Measured against the exact geometry"). ``robust`` > 0: Charbonnier's penalty of scale
+    ``robust`` (scene units) instead of the square, ``2 r^2 (sqrt(1 + (x / r)^2) - 1)``: the square for second
+    differences well below ``robust``, growing only linearly above it, so that a crease costs less."""
     on = (opacity > 0.5).detach()
     surface = surface_depth(depth, opacity)
     total, count = surface.new_zeros(()), 0
@@ -81,7 +83,8 @@ def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.
         second = a - 2 * b + c
         keep = on.narrow(dim, 0, n - 2) & on.narrow(dim, 1, n - 2) & on.narrow(dim, 2, n - 2)
         keep = keep & ((b - a).abs() < jump).detach() & ((c - b).abs() < jump).detach()
-        total = total + (second.square() * keep).sum()
+        cost = second.square() if not robust else 2 * robust ** 2 * ((1 + (second / robust).square()).sqrt() - 1)
+        total = total + (cost * keep).sum()
         count += int(keep.sum())
     return total / max(count, 1)
 
@@ -172,7 +175,8 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                 op = out["opacity"].clamp(1e-4, 1 - 1e-4)
                 loss = loss + stage.lambda_opaque * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
             if stage.lambda_depth_smooth:
-                l_smooth = depth_curvature(out["depth"][..., 0], out["opacity"][..., 0])
+                l_smooth = depth_curvature(out["depth"][..., 0], out["opacity"][..., 0],
+                                           robust=stage.depth_smooth_robust)
                 loss = loss + stage.lambda_depth_smooth * l_smooth
                 info["loss_depth_smooth"] = float(l_smooth.detach())
             if stage.lambda_normal_smooth_3d:

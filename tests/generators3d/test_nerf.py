@@ -165,6 +165,12 @@ def test_depth_curvature_is_zero_on_planes_and_edges_and_large_on_bumps():
     depth_curvature(d, full).backward()
     flatter = (bumpy - 20.0 * d.grad).detach()
     assert depth_curvature(flatter, full) < depth_curvature(bumpy, full)
+    # Charbonnier's penalty (robust): the square for second differences well below its scale, far less for a crease
+    # (a plane folding into a steeper one along a column, as a lid sinking into a bowl at its rim)
+    fine = plane + 1e-4 * torch.randn(plane.shape, generator=g)
+    assert abs(float(depth_curvature(fine, full, robust=0.01) / depth_curvature(fine, full)) - 1) < 0.01
+    crease = plane + 0.04 * (x - 16).clamp_min(0)[None]  # a 0.04 bend in one column
+    assert float(depth_curvature(crease, full, robust=0.01)) < 0.5 * float(depth_curvature(crease, full))
 
 
 def test_shading_lights_a_ball_from_the_camera_fixed_key_light_by_its_geometry():
@@ -375,6 +381,9 @@ def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_o
     for bad in (-1.0, float("nan"), float("inf"), True, "1"):
         with pytest.raises(ValueError, match=r"zero123.lambda_normal_smooth_3d is .*: give the 3D normal-smoothness"):
             replace(mini, zero123=replace(mini.zero123, lambda_normal_smooth_3d=bad)).resolved()
+        with pytest.raises(ValueError, match=r"zero123.depth_smooth_robust is .*: give the depth smoothness's"):
+            replace(mini, zero123=replace(mini.zero123, depth_smooth_robust=bad)).resolved()
+    assert mini.zero123.depth_smooth_robust == 0.003 and mini.refine.depth_smooth_robust == 0 == full.zero123.depth_smooth_robust
     with pytest.raises(ValueError, match="nerf.geometry is 'density': give one of them"):
         ThreeDConfig(preset="mini", image="x.png", geometry="sdf", nerf=full.nerf).resolved()
     with pytest.raises(ValueError, match="nothing would be rendered"):
