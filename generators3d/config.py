@@ -110,7 +110,8 @@ class StageConfig:
     lambda_opaque: float = 0.0
     # Depth smoothness on the random views (RegNeRF's depth-smoothness prior, second order so that planes and slow
     # curves cost nothing): the squared second differences of the rendered surface depth between neighbouring
-    # object pixels, depth jumps (silhouettes inside the object) left out. 0 = off.
+    # object pixels, depth jumps (silhouettes inside the object) left out (or a robust penalty of them:
+    # depth_smooth_robust). 0 = off.
     lambda_depth_smooth: float = 0.0
     # > 0: the depth smoothness as Charbonnier's penalty of this scale (scene units) instead of the square (the mini
     # preset's stage 2: 0.003). 0 = the square.

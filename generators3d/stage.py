@@ -180,7 +180,7 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
                 loss = loss + stage.lambda_depth_smooth * l_smooth
                 info["loss_depth_smooth"] = float(l_smooth.detach())
             if stage.lambda_normal_smooth_3d:
-                # 2c. 3D normal smoothness (threestudio's) at the views' rendered surface points (fixed, no gradient).
+                # 3D normal smoothness (threestudio's) at the views' rendered surface points (fixed, no gradient).
                 l_ns = normal_smoothness(field, cams, out, stage.normal_smooth_points, generator)
                 if l_ns is not None:
                     loss = loss + stage.lambda_normal_smooth_3d * l_ns
@@ -259,7 +259,7 @@ def normal_smoothness(field: NeRFField, cams, out: dict, points: int, generator:
     on = op > 0.5
     if not bool(on.any()):
         return None
-    p = (o + d * (out["depth"][..., 0].detach() / op.clamp_min(1e-6))[..., None])[on]
+    p = (o + d * surface_depth(out["depth"][..., 0].detach(), op)[..., None])[on]
     if len(p) > points:
         p = p[torch.randperm(len(p), generator=generator)[:points].to(p.device)]
     jitter = torch.randn(p.shape, generator=generator).to(p.device) * perturb
