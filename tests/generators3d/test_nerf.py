@@ -398,9 +398,11 @@ def test_geometry_setting_reaches_the_field_and_both_stages_and_bad_values_get_o
     # ... and one written before the eikonal term's points could be set replays with the 4,096 it took then
     sdf_run = json.loads(json.dumps(mini.to_dict()))
     sdf_run["zero123"].pop("eikonal_points"), sdf_run["refine"].pop("eikonal_points")
+    sdf_run["zero123"].pop("depth_smooth_robust"), sdf_run["refine"].pop("depth_smooth_robust")
     assert mini.zero123.eikonal_points == 1024 == mini.refine.eikonal_points
     replay = ThreeDConfig.from_dict(sdf_run).resolved()
     assert replay.zero123.eikonal_points == 4096 == replay.refine.eikonal_points
+    assert replay.zero123.depth_smooth_robust == 0  # ... and the square of the depth smoothness it took then
     with pytest.raises(ValueError, match="lambda_eikonal is -1"):
         replace(cfg, refine=replace(cfg.refine, lambda_eikonal=-1.0)).resolved()
     with pytest.raises(ValueError, match="sdf_beta is 0"):
