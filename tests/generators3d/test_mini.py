@@ -13,14 +13,6 @@ from suite.miniworld import assets
 from suite.miniworld import world as W
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def mini_zero123():
     from suite.zero123 import load_zero123
