@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, lint and run the test suite (CPU, no downloads; about 6 minutes of pytest on 2 cores, README "Tests").
+# Set up, lint and run the test suite (CPU, no downloads; about 5 minutes of pytest on 2 cores, README "Tests").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,9 +14,10 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 "$PY" -m ruff check .
 # Two pytest workers with one torch thread each (tests/conftest.py): when measured, 6 minutes on 2 cores where one
-# process with two threads took 8 (--dist worksteal measured the same as the default). A run that picks its own
-# tests with -m (the slow tier: a few long runs) stays in one process: in two workers the slow tier took 9 minutes.
-# INDOMAIN_TEST_WORKERS=N sets the workers (0: one process).
+# process with two threads took 8 (--dist worksteal measured the same as the default; the longest tests first with
+# worksteal was slower, 346 s against 298 and 316 s, 2026-12-06: their subprocesses then ran side by side). A run
+# that picks its own tests with -m (the slow tier: a few long runs) stays in one process: in two workers the slow
+# tier took 9 minutes. INDOMAIN_TEST_WORKERS=N sets the workers (0: one process).
 WORKERS=${INDOMAIN_TEST_WORKERS:-2}
 for arg in "$@"; do
     case "$arg" in -m*) WORKERS=${INDOMAIN_TEST_WORKERS:-0} ;; esac
