@@ -55,6 +55,12 @@ def test_bad_batches_are_one_sentence(tmp_path, monkeypatch, text, seeds, phrase
     assert phrase in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_typo_in_the_seeds_is_refused_before_anything_is_built():
+    # the real limit, a million; a range is counted, not listed, so this takes no time
+    with pytest.raises(UserError, match=r"--seeds 0-9999999 names more than 1,000,000 seeds: split the batch"):
+        B.parse_seeds("0-9999999")
+
+
 def _argv(prompts: Path, out: Path) -> list[str]:
     return ["generate", "--preset", "tiny", "--prompts-file", str(prompts), "--seeds", "0-1", "--batch-size", "2",
             "--steps", "2", "--device", "cpu", "--output", str(out)]
