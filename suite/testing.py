@@ -207,11 +207,38 @@ def build_tiny_controlnet(unet, seed: int = 5) -> torch.nn.Module:
     return cn.eval()
 
 
+TINY_WAIT_S = 600.0  # how long a process other than rank 0 waits for rank 0's tiny models
+
+
+def _this_process_writes(ready, what: str) -> bool:
+    """Whether this process writes a tiny model folder, or waits for another to. Under ``accelerate launch`` (an
+    initialised torch.distributed group) transformers writes a model's weights only on rank 0: a folder written on
+    another rank had an empty ``text_encoder/`` and still went into place, marked complete (2026-12-06). So there rank
+    0 writes and the others wait until ``ready()``; False for a process that waited."""
+    import time
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        return True
+    end = time.monotonic() + TINY_WAIT_S
+    while not ready():
+        if time.monotonic() > end:
+            from .checks import UserError
+
+            raise UserError(f"process {dist.get_rank()} waited {TINY_WAIT_S:g} s for process 0 to write {what}: on "
+                            "several machines set INDOMAIN_TINY_DIR to a folder they all share, or write the tiny "
+                            "models first (python -c 'from suite.testing import tiny_model_dir; tiny_model_dir()')")
+        time.sleep(0.1)
+    return False
+
+
 def default_tiny_dir() -> Path:
     root = os.environ.get("INDOMAIN_TINY_DIR")
     if root:
         return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "in-domain-suite" / "tiny-v2"
+    # v3 (2026-12-06): a v2 folder first written under `accelerate launch` may lack the text encoder's weights
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "in-domain-suite" / "tiny-v3"
 
 
 def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
@@ -220,6 +247,8 @@ def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
     preset domains. Written to a temporary folder and renamed into place, so a crash never leaves half."""
     root = Path(root) if root is not None else default_tiny_dir()
     if (root / "COMPLETE").exists():
+        return root
+    if not _this_process_writes(lambda: (root / "COMPLETE").exists(), f"the tiny models in {root}"):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
@@ -240,7 +269,7 @@ def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
         model = make_domain_model(unet, parts["text_encoder"], parts["tokenizer"], preset.prompt,
                                   domain=preset.name, base_model="tiny")
         model.save_pretrained(tmp / f"domain-{preset.name}")
-    (tmp / "COMPLETE").write_text("tiny models v2\n")
+    (tmp / "COMPLETE").write_text("tiny models v3\n")
     try:
         tmp.rename(root)
     except OSError:
@@ -276,7 +305,8 @@ def build_tiny_zero123(seed: int = 0) -> dict:
 def tiny_zero123_dir() -> Path:
     """The tiny Zero-1-to-3 folder (written once, beside the other tiny models in ``tiny_model_dir()``)."""
     folder = tiny_model_dir() / "zero123"
-    if not (folder / "model_index.json").is_file():
+    ready = (folder / "model_index.json").is_file
+    if not ready() and _this_process_writes(ready, f"the tiny Zero-1-to-3 in {folder}"):
         try:
             save_zero123(build_tiny_zero123(), folder)
         except OSError:
@@ -293,7 +323,8 @@ def tiny_depth_dir() -> Path:
     from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
 
     folder = tiny_model_dir() / "depth"
-    if (folder / "config.json").is_file():
+    ready = (folder / "config.json").is_file
+    if ready() or not _this_process_writes(ready, f"the tiny depth estimator in {folder}"):
         return folder
     tmp = Path(tempfile.mkdtemp(prefix=".depth-", dir=folder.parent))
     torch.manual_seed(0)

@@ -27,6 +27,30 @@ def test_tiny_folders_roundtrip_every_component(tiny_dir, tiny_parts):
     assert dm.metadata.domain == "face" and dm.metadata.prompt == "a photo of a face"
 
 
+def test_under_torch_distributed_only_rank_zero_writes_the_tiny_models(tmp_path, monkeypatch, tiny_dir):
+    """transformers writes a model's weights only on rank 0 of an initialised torch.distributed group, so the tiny
+    models written on rank 1 had an empty text_encoder/ and went into place marked complete (two fresh
+    `accelerate launch` runs of the generate batch test out of three failed so). Rank 1 now waits for rank 0's."""
+    import torch.distributed as dist
+
+    from suite import testing
+    from suite.checks import UserError
+
+    root = tmp_path / "tiny"
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(testing, "TINY_WAIT_S", 0.3)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    with pytest.raises(UserError, match="waited 0.3 s for process 0 to write the tiny models in .*INDOMAIN_TINY_DIR"):
+        testing.tiny_model_dir(root)
+    assert not root.exists() and not list(tmp_path.iterdir())  # nothing written on rank 1
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+    assert testing.tiny_model_dir(root) == root
+    assert (root / "sd" / "text_encoder" / "model.safetensors").read_bytes() == \
+        (tiny_dir / "sd" / "text_encoder" / "model.safetensors").read_bytes()
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    assert testing.tiny_model_dir(root) == root  # rank 0's folder is there: taken at once
+
+
 def test_domain_model_roundtrip_gives_identical_outputs(tiny_dir, tmp_path):
     dm = models.load_domain_model(str(tiny_dir / "domain-porcelain"))
     dm.save_pretrained(tmp_path / "copy")
