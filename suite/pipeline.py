@@ -260,6 +260,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if not kwargs.pop("safe_serialization", True):
             raise ValueError("InDomainPipeline saves safetensors only (its loader never reads pickles): drop "
                              "safe_serialization=False")
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            # transformers writes its models' weights only on rank 0: this rank's folder would lack the text
+            # encoder's, and renamed into place it could replace rank 0's complete one
+            from .checks import UserError
+
+            raise UserError(f"process {torch.distributed.get_rank()} of a distributed run cannot save the pipeline "
+                            "(only process 0 writes every component): save it from the main process only, e.g. under "
+                            "`if accelerator.is_main_process:`")
         push = kwargs.pop("push_to_hub", False)
         hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr") if k in kwargs}
         with atomic_dir(save_directory) as tmp:

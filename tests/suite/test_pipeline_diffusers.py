@@ -245,6 +245,25 @@ def test_unsafe_or_unsupported_save_options_are_refused(tiny_pipe, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_a_rank_other_than_zero_is_refused_before_it_writes_a_folder_without_the_text_encoder(tiny_pipe, tmp_path,
+                                                                                              monkeypatch):
+    """Under torch.distributed transformers writes weights on rank 0 only; rank 1's save would put a folder without
+    the text encoder's weights in place (replacing a complete one)."""
+    import torch.distributed as dist
+
+    from suite.checks import UserError
+
+    tiny_pipe.save_pretrained(tmp_path / "p")  # rank 0's complete folder
+    before = {f: f.read_bytes() for f in (tmp_path / "p").rglob("*") if f.is_file()}
+    assert (tmp_path / "p" / "text_encoder" / "model.safetensors") in before
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    with pytest.raises(UserError, match="process 1 of a distributed run .*accelerator.is_main_process"):
+        tiny_pipe.save_pretrained(tmp_path / "p")
+    assert {f: f.read_bytes() for f in (tmp_path / "p").rglob("*") if f.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary folder either
+
+
 def _tiny_ip_adapter(unet, folder):
     """Random IP-Adapter weights for ``unet`` in the file format of the released ones (``image_proj.*``,
     ``ip_adapter.*``), as diffusers' own tests build them."""
