@@ -306,12 +306,21 @@ def tiny_zero123_dir() -> Path:
     """The tiny Zero-1-to-3 folder (written once, beside the other tiny models in ``tiny_model_dir()``)."""
     folder = tiny_model_dir() / "zero123"
     ready = (folder / "model_index.json").is_file
-    if not ready() and _this_process_writes(ready, f"the tiny Zero-1-to-3 in {folder}"):
-        try:
-            save_zero123(build_tiny_zero123(), folder)
-        except OSError:
-            if not (folder / "model_index.json").is_file():  # not written by a concurrent process either
-                raise
+    if ready() or not _this_process_writes(ready, f"the tiny Zero-1-to-3 in {folder}"):
+        return folder
+    import shutil
+
+    # written beside, then renamed into place only if no concurrent process has put one there (save_zero123 alone
+    # would replace theirs, and the folder would be missing for a moment while another process reads it)
+    tmp = Path(tempfile.mkdtemp(prefix=".zero123-", dir=folder.parent))
+    try:
+        save_zero123(build_tiny_zero123(), tmp / "zero123")
+        (tmp / "zero123").rename(folder)
+    except OSError:
+        if not ready():  # not written by a concurrent process either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
