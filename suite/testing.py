@@ -233,6 +233,28 @@ def _this_process_writes(ready, what: str) -> bool:
     return False
 
 
+def _write_once(folder: Path, marker: str, what: str, write) -> Path:
+    """``folder``, written once: by ``write(tmp)`` into a temporary sibling renamed into place, so a crash never
+    leaves half, unless another process put one there first (``folder / marker`` marks a finished one), which is
+    then used, never replaced. Under torch.distributed only rank 0 writes (:func:`_this_process_writes`)."""
+    import shutil
+
+    ready = (folder / marker).exists
+    if ready() or not _this_process_writes(ready, what):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(tmp)
+        tmp.rename(folder)
+    except OSError:
+        if not ready():  # not written by a concurrent process either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def default_tiny_dir() -> Path:
     root = os.environ.get("INDOMAIN_TINY_DIR")
     if root:
@@ -246,12 +268,10 @@ def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
     ``controlnet/``, ``community/`` (a second UNet), and ``domain-<name>/`` null-text domain models for the
     preset domains. Written to a temporary folder and renamed into place, so a crash never leaves half."""
     root = Path(root) if root is not None else default_tiny_dir()
-    if (root / "COMPLETE").exists():
-        return root
-    if not _this_process_writes(lambda: (root / "COMPLETE").exists(), f"the tiny models in {root}"):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
+    return _write_once(root, "COMPLETE", f"the tiny models in {root}", _write_tiny_models)
+
+
+def _write_tiny_models(tmp: Path) -> None:
     parts = build_tiny_sd()
     from diffusers import StableDiffusionPipeline
 
@@ -270,14 +290,6 @@ def tiny_model_dir(root: str | os.PathLike | None = None) -> Path:
                                   domain=preset.name, base_model="tiny")
         model.save_pretrained(tmp / f"domain-{preset.name}")
     (tmp / "COMPLETE").write_text("tiny models v3\n")
-    try:
-        tmp.rename(root)
-    except OSError:
-        # Another process finished first: use theirs.
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -305,47 +317,22 @@ def build_tiny_zero123(seed: int = 0) -> dict:
 def tiny_zero123_dir() -> Path:
     """The tiny Zero-1-to-3 folder (written once, beside the other tiny models in ``tiny_model_dir()``)."""
     folder = tiny_model_dir() / "zero123"
-    ready = (folder / "model_index.json").is_file
-    if ready() or not _this_process_writes(ready, f"the tiny Zero-1-to-3 in {folder}"):
-        return folder
-    import shutil
-
-    # written beside, then renamed into place only if no concurrent process has put one there (save_zero123 alone
-    # would replace theirs, and the folder would be missing for a moment while another process reads it)
-    tmp = Path(tempfile.mkdtemp(prefix=".zero123-", dir=folder.parent))
-    try:
-        save_zero123(build_tiny_zero123(), tmp / "zero123")
-        (tmp / "zero123").rename(folder)
-    except OSError:
-        if not ready():  # not written by a concurrent process either
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return _write_once(folder, "model_index.json", f"the tiny Zero-1-to-3 in {folder}",
+                       lambda tmp: save_zero123(build_tiny_zero123(), tmp))
 
 
 def tiny_depth_dir() -> Path:
     """A tiny random transformers depth estimator (GLPN) beside the other tiny models (written once, to a temporary
     folder renamed into place): the plumbing of the 3D flow's ``--depth auto``, not depth."""
-    import shutil
-
     from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
 
+    def write(tmp: Path) -> None:
+        torch.manual_seed(0)
+        config = GLPNConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                            patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2],
+                            decoder_hidden_size=8, max_depth=10, head_in_index=-1)
+        GLPNForDepthEstimation(config).save_pretrained(tmp)
+        GLPNImageProcessor(size_divisor=32).save_pretrained(tmp)
+
     folder = tiny_model_dir() / "depth"
-    ready = (folder / "config.json").is_file
-    if ready() or not _this_process_writes(ready, f"the tiny depth estimator in {folder}"):
-        return folder
-    tmp = Path(tempfile.mkdtemp(prefix=".depth-", dir=folder.parent))
-    torch.manual_seed(0)
-    config = GLPNConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],
-                        strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2], decoder_hidden_size=8,
-                        max_depth=10, head_in_index=-1)
-    GLPNForDepthEstimation(config).save_pretrained(tmp)
-    GLPNImageProcessor(size_divisor=32).save_pretrained(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # written by a concurrent process meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "config.json").is_file():
-            raise
-    return folder
+    return _write_once(folder, "config.json", f"the tiny depth estimator in {folder}", write)
