@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_unet_group",
     "evaluate_batched",
     "v_to_eps",
+    "epsilon_scheduler",
     "expand_timestep",
 ]
 
@@ -65,6 +66,15 @@ def v_to_eps(v: torch.Tensor, z: torch.Tensor, t: torch.Tensor, alphas_cumprod: 
     a = alphas_cumprod.to(device=z.device, dtype=torch.float32)[t.long().to(z.device)]
     a = a.view(-1, *([1] * (z.ndim - 1)))
     return (a.sqrt() * v.float() + (1 - a).sqrt() * z.float()).to(v.dtype)
+
+
+def epsilon_scheduler(scheduler):
+    """``scheduler`` configured for epsilon (what every denoiser here returns): itself where it already is, else a
+    new one from its config with ``prediction_type="epsilon"`` (a v-prediction model's scheduler would otherwise
+    read the converted epsilon as v)."""
+    if getattr(scheduler.config, "prediction_type", "epsilon") == "epsilon":
+        return scheduler
+    return type(scheduler).from_config(scheduler.config, prediction_type="epsilon")
 
 
 @dataclass

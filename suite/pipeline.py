@@ -33,7 +33,7 @@ from PIL import Image
 from . import models
 from .checks import AUTO, check_finite, check_int, check_prompt, check_range, check_weight
 from .components import UNetCollection, read_bundle
-from .denoisers import ControlNetInput, UNetDenoiser
+from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler
 from .domains import Domain, domain_from_dict
 from .files import atomic_dir
 from .guidance import AutoWeights, MultiGuidance, Term
@@ -464,9 +464,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
 
     def _epsilon_sampler(self):
         """The scheduler for the denoising loop, configured for epsilon (the guidance's output)."""
-        if getattr(self.scheduler.config, "prediction_type", "epsilon") == "epsilon":
-            return self.scheduler
-        return type(self.scheduler).from_config(self.scheduler.config, prediction_type="epsilon")
+        return epsilon_scheduler(self.scheduler)
 
     def check_inputs(self, num_inference_steps, num_images_per_prompt, strength, height, width, image, latents,
                      domain_weight, control_weight, w0, callback_on_step_end_tensor_inputs) -> tuple:

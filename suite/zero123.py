@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .denoisers import UNetDenoiser
+from .denoisers import UNetDenoiser, epsilon_scheduler
 from .files import atomic_dir
 from .guidance import MultiGuidance, Term
 from .models import ModelLoadError, describe, load_errors, resolve
@@ -52,6 +52,12 @@ class Zero123Model:
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self.scheduler.alphas_cumprod
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts (its scheduler's ``prediction_type``): ``"epsilon"`` (the published Zero-1-to-3
+        and zero123-xl) or ``"v_prediction"``; the guidance converts v to epsilon."""
+        return getattr(self.scheduler.config, "prediction_type", "epsilon")
 
     @property
     def device(self):
@@ -124,6 +130,10 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
                if local else f"if this machine is offline, download it elsewhere (huggingface-cli download {ref}) "
                              f"and pass {flag} with the local folder")
         raise ModelLoadError(f"could not load the Zero-1-to-3 model {ref!r} ({describe(err)}): {how}") from err
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    if kind not in ("epsilon", "v_prediction"):
+        raise ModelLoadError(f"the scheduler of {ref!r} says prediction_type {kind!r}: only 'epsilon' and "
+                             f"'v_prediction' Zero-1-to-3 models are supported; pass {flag} with one of those")
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise ModelLoadError(f"the UNet in {ref!r} has {unet.config.in_channels} input channels, not "
                              f"{2 * vae.config.latent_channels}: it is not a Zero-1-to-3 UNet; pass {flag} correctly")
@@ -184,9 +194,10 @@ class Zero123Guidance:
             c_cross = self.model.projection(torch.cat([self.c_clip.expand(len(pose), -1, -1), pose[:, None]], -1))
         unet = self.model.unet
         # Two adapters of one UNet (UNetDenoiser batch_key): evaluate_batched runs both in one forward.
+        kind = dict(prediction_type=self.model.prediction_type, alphas_cumprod=self.model.alphas_cumprod)
         uncond = UNetDenoiser(unet, torch.zeros_like(c_cross), concat=torch.zeros_like(self.c_concat),
-                              name="zero123-uncond")
-        cond = UNetDenoiser(unet, c_cross, concat=self.c_concat, name="zero123-cond")
+                              name="zero123-uncond", **kind)
+        cond = UNetDenoiser(unet, c_cross, concat=self.c_concat, name="zero123-cond", **kind)
         return MultiGuidance(uncond, [Term(cond, float(guidance_scale), "zero123")])
 
 
@@ -207,7 +218,7 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
     model = guide.model
     pose = relative_pose(elevation, azimuth, distance, *guide.ref)
     denoiser = guide.guidance(elevation, azimuth, distance, guidance_scale)
-    scheduler = copy.deepcopy(model.scheduler)
+    scheduler = copy.deepcopy(epsilon_scheduler(model.scheduler))  # the guidance returns epsilon
     scheduler.set_timesteps(steps)
     latent = model.image_size // (2 ** (len(model.vae.config.block_out_channels) - 1))
     shape = (len(pose), model.vae.config.latent_channels, latent, latent)

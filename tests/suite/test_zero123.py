@@ -122,3 +122,52 @@ def test_sdedit_keeps_the_init_where_asked_and_draws_the_rest(tmp_path, tiny_par
         novel_views(zg, [5.0], [90.0], [3.8], 3.0, 10, init=None, keep=torch.ones(1, 1, 64, 64))
     with pytest.raises(ValueError, match=r"keep must be \[B, 1, H, W\]"):
         draw(torch.ones(2, 64, 64))
+
+
+class _AsV(torch.nn.Module):
+    """An epsilon UNet turned into the v-prediction UNet of the same model: ``v = (eps - sqrt(1 - a) z) / sqrt(a)``
+    on the noisy half of its input."""
+
+    def __init__(self, unet, alphas_cumprod):
+        super().__init__()
+        self.inner, self.config, self.a = unet, unet.config, alphas_cumprod
+
+    def forward(self, x, t, encoder_hidden_states=None, return_dict=True, **kw):
+        eps = self.inner(x, t, encoder_hidden_states=encoder_hidden_states, **kw).sample
+        a = self.a[t.long()].view(-1, 1, 1, 1)
+        v = (eps - (1 - a).sqrt() * x[:, :eps.shape[1]]) / a.sqrt()
+        return (v,) if not return_dict else type("Out", (), {"sample": v})()
+
+
+def test_a_v_prediction_zero123_guides_and_samples_as_its_epsilon_twin(tmp_path, tiny_parts):
+    """A Zero-1-to-3 whose scheduler says ``v_prediction`` (as Zero123++ v1.2's does) gives the guidance epsilon,
+    and its views are the epsilon twin's: its v is converted, and the sampler steps in epsilon. Before, the guidance
+    returned v as epsilon and the DDIM sampler read that epsilon as v."""
+    from dataclasses import replace
+
+    from suite.zero123 import novel_views
+
+    eps_model = load_zero123(str(save_zero123(tiny_parts, tmp_path / "z")))
+    sched = type(eps_model.scheduler).from_config(eps_model.scheduler.config, prediction_type="v_prediction")
+    v_model = replace(eps_model, unet=_AsV(eps_model.unet, sched.alphas_cumprod), scheduler=sched)
+    assert v_model.prediction_type == "v_prediction" and eps_model.prediction_type == "epsilon"
+    image = torch.rand(1, 3, 64, 64)
+    cams = ([20.0, -10.0], [45.0, 200.0], [3.8, 3.8])
+    guides = [Zero123Guidance(m, image, ref_elevation=5.0) for m in (eps_model, v_model)]
+    z, t = torch.randn(2, 4, 32, 32), torch.tensor([300, 900])
+    eps, from_v = (g.guidance(*cams)(z, t) for g in guides)
+    assert torch.allclose(from_v, eps, atol=1e-4)
+    views = [novel_views(g, *cams, steps=4, generator=torch.Generator().manual_seed(0)) for g in guides]
+    assert torch.allclose(views[1], views[0], atol=1e-4)
+
+
+def test_a_zero123_of_another_prediction_type_is_refused_with_a_sentence(tmp_path, tiny_parts):
+    import json
+
+    from suite.models import ModelLoadError
+
+    folder = save_zero123(tiny_parts, tmp_path / "z")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "sample"}))
+    with pytest.raises(ModelLoadError, match="prediction_type 'sample'.*--zero123-model"):
+        load_zero123(str(folder))
