@@ -109,13 +109,7 @@ def main(args) -> int:
 
     # 4. Save (atomically) and report.
     for im, path in zip(result.images, paths):
-        if im.mode == "RGBA" and path.suffix.lower() in (".jpg", ".jpeg"):
-            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            icc = im.info.get("icc_profile")
-            im = Image.alpha_composite(white, im).convert("RGB")
-            if icc:
-                im.info["icc_profile"] = icc
-        save_image_atomic(im, path)
+        save_image_atomic(im, path)  # a transparent photo is laid on white for JPEG
         log.info("wrote %s", path)
     for box in result.face_boxes:
         log.info("edited face at x=%d..%d, y=%d..%d", *(round(v) for v in (box[0], box[2], box[1], box[3])))

@@ -170,13 +170,26 @@ def output_paths(output: str | os.PathLike, n: int) -> list[Path]:
     return paths
 
 
+def _stores_alpha(fmt: str) -> bool:
+    """Whether PIL can write a transparent image in format ``fmt`` (PNG, WebP, TIFF: yes; JPEG and its .jfif/.jpe
+    /.mpo names, EPS, PCX: no)."""
+    try:
+        Image.new("RGBA", (2, 2)).save(io.BytesIO(), format=fmt)
+    except (KeyError, OSError, ValueError):
+        return False
+    return True
+
+
 def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Save to a temporary file in the same folder, then rename: no half-written file on failure."""
+    """Save to a temporary file in the same folder, then rename: no half-written file on failure. A transparent
+    image is laid on white where the format cannot store transparency (JPEG)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"the output folder {str(path.parent)!r} does not exist: create it or choose another --output")
     fmt = check_output_format(path)
     icc = image.info.get("icc_profile")  # PNG keeps it by itself; JPEG and WebP only when passed
+    if image.mode in ("RGBA", "LA") and not _stores_alpha(fmt):
+        image = to_rgb(image)
     with atomic_path(path, suffix=path.suffix) as tmp:
         image.save(tmp, format=fmt, **({"icc_profile": icc} if icc else {}))
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -66,6 +67,21 @@ def test_output_paths_and_atomic_save(tmp_path):
         output_paths(tmp_path / "no" / "a.png", 1)
     save_image_atomic(Image.new("RGB", (3, 3), "red"), tmp_path / "a.png")
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jfif", ".jpe", ".mpo", ".pcx"])
+def test_a_transparent_image_is_laid_on_white_where_the_format_has_no_alpha(tmp_path, suffix):
+    """Every name of JPEG (and formats such as PCX) takes a transparent image flattened onto white; before, only
+    .jpg/.jpeg were flattened (by the edit command alone) and .jfif died with "cannot write mode RGBA as JPEG"."""
+    im = Image.new("RGBA", (8, 8), (200, 0, 0, 0))
+    im.paste((0, 0, 200, 255), (0, 0, 4, 8))
+    save_image_atomic(im, tmp_path / f"a{suffix}")
+    back = np.asarray(Image.open(tmp_path / f"a{suffix}").convert("RGB")).astype(int)
+    assert (abs(back[:, 6:] - 255) <= 8).all()  # the transparent half is white, not the hidden red
+    assert (abs(back[:, :2] - (0, 0, 200)) <= 12).all()
+    assert [p.name for p in tmp_path.iterdir()] == [f"a{suffix}"]
+    save_image_atomic(im, tmp_path / "b.png")  # a format with alpha keeps it
+    assert Image.open(tmp_path / "b.png").getpixel((6, 0))[3] == 0
 
 
 def test_prompts_are_text_and_a_list_is_not_silently_mangled(tiny_pipe):
