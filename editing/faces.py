@@ -181,6 +181,12 @@ def _cv2():
     return cv2
 
 
+MIN_DETECT_SIDE = 20
+"""Pixels: an image (as the detector sees it, after :func:`_downscaled`) narrower than this holds no face dlib can
+find (its smallest is about 40 px), and dlib's CNN fails on one under about 10 px ("Filter windows must be small
+enough to fit into the padded image")."""
+
+
 def _downscaled(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """``(copy, s)``: ``rgb`` area-averaged so that its longer side is at most ``max_side`` (``s`` <= 1; the image
     itself when it is small enough), so detection cost does not grow with the photo's megapixels."""
@@ -276,6 +282,8 @@ class DlibFaceDetector:
 
     def _boxes(self, rgb: np.ndarray, max_side: int, detect) -> list[tuple[float, float, float, float, float]]:
         small, s = _downscaled(rgb, max_side)
+        if min(small.shape[:2]) < MIN_DETECT_SIDE:  # no face to find, and dlib's CNN raises on it
+            return []
         return [(r[0] / s, r[1] / s, r[2] / s, r[3] / s, r[4]) for r in detect(np.ascontiguousarray(small))]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:

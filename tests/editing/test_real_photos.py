@@ -90,6 +90,17 @@ def test_dlib_finds_the_frontal_portrait_and_its_landmarks_where_a_person_marks_
     assert _dist(faces[0].mouth_point(), ASTRONAUT_MOUTH) < 8
 
 
+
+@needs_dlib
+@pytest.mark.parametrize("shape", [(8, 8, 3), (10, 4000, 3), (1, 1, 3)])
+def test_dlib_finds_no_face_in_a_tiny_or_thin_image_instead_of_failing(shape):
+    """dlib's CNN raised "Filter windows must be small enough to fit into the padded image" on an image whose side,
+    as the detector sees it, is under about 10 px; the edit then ended in a traceback, not "no face was found"."""
+    from editing.faces import DlibFaceDetector
+
+    assert DlibFaceDetector().detect(np.full(shape, 128, np.uint8)) == []
+
+
 @needs_dlib
 def test_dlib_finds_a_face_turned_partly_away_that_haar_misses():
     from editing.faces import DlibFaceDetector
