@@ -184,9 +184,25 @@ def paste(canvas: np.ndarray, crop: np.ndarray, weight: np.ndarray, region: Regi
     warped = cv2.warpAffine(np.ascontiguousarray(crop), m, dsize,
                             flags=(cv2.INTER_CUBIC if up else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP,
                             borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(np.ascontiguousarray(weight, dtype=np.float32), m, dsize,
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=0.0)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    alpha = cv2.warpAffine(weight, m, dsize, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    # Inside the crop's footprint the weight's outer pixels are replicated, not blended with the zero border (that
+    # gave a pixel whose centre falls in the crop's outermost half pixel part of its weight, so a whole-image edit
+    # left a frame of the original a few pixels wide round the photo); outside it the zero border keeps the edge
+    # of a crop with no feathering anti-aliased.
+    inner = cv2.warpAffine(weight, m, dsize, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    xs = np.arange(x0, x1, dtype=np.float32) + 0.5
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
+    (ux, uy, u0), (vx, vy, v0) = inv.astype(np.float32)
+    cw, ch = crop.shape[1], crop.shape[0]
+    u = ux * xs + (uy * ys + u0)
+    inside = (u >= 0) & (u <= cw)
+    del u
+    v = vx * xs + (vy * ys + v0)
+    inside &= (v >= 0) & (v <= ch)
+    del v
+    alpha = np.where(inside, inner, alpha)
     if user_mask is not None:
         alpha = alpha * user_mask[y0:y1, x0:x1]
     alpha = np.clip(alpha, 0.0, 1.0)

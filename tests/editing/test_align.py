@@ -121,6 +121,35 @@ def test_paste_touches_only_the_crop_and_lands_where_it_was_taken(angle):
     assert got == pytest.approx(tuple(target), abs=0.3)
 
 
+
+@pytest.mark.parametrize("size", [(4000, 3000), (1000, 333), (700, 700)])
+def test_a_whole_image_paste_replaces_every_pixel_up_to_the_border(size):
+    """A whole-image edit (weight 1 everywhere) replaces the photo to its last pixel: the weight was blended with
+    a zero border outside the crop, so a 12 MP photo kept a frame of its original about 4 px wide (edge pixels at
+    143-239 of 255, the corner at 81)."""
+    region = whole_image_region(size, native=512, multiple=64)
+    canvas = np.zeros((size[1], size[0], 3), np.uint8)
+    changed = np.zeros(canvas.shape[:2], bool)
+    paste(canvas, np.full((*region.size[::-1], 3), 255, np.uint8), np.ones(region.size[::-1], np.float32), region,
+          changed=changed)
+    assert canvas.min() == 255 and changed.all()
+
+
+def test_a_rotated_crop_without_feathering_pastes_inside_its_quad_only():
+    """Replicating the weight's border inside the crop's footprint must not spread it over the footprint's
+    bounding box: a turned crop with weight 1 everywhere (``--feather 0``) changes only pixels on its quad."""
+    half = 12.0 * np.array([math.cos(math.radians(30)), math.sin(math.radians(30))])
+    region = face_region(Face((0, 0, 1, 1), eyes=(tuple((200, 150) - half), tuple((200, 150) + half))), 64)
+    canvas = np.zeros((300, 400, 3), np.uint8)
+    paste(canvas, np.full((64, 64, 3), 255, np.uint8), np.ones((64, 64), np.float32), region)
+    quad = region.corners().astype(np.float32)
+    grown = np.zeros(canvas.shape[:2], np.uint8)  # the quad and the pixels its edge crosses
+    cv2.fillConvexPoly(grown, np.round(quad * 16 - 8).astype(np.int32), 1, shift=4)
+    grown = cv2.dilate(grown, np.ones((3, 3), np.uint8))
+    assert canvas[grown == 0].max() == 0
+    inner = cv2.erode(grown, np.ones((5, 5), np.uint8))
+    assert canvas[inner == 1].min() == 255 and inner.sum() > 0.8 * (64 * region.scale) ** 2
+
 def test_paste_with_user_mask_changes_only_the_mask():
     rng = np.random.default_rng(1)
     photo = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
