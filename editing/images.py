@@ -50,7 +50,13 @@ class Photo:
             im = Image.fromarray(rgb if rgb is not self.rgb else rgb.copy())
         else:
             raw = self.rgb_raw if self.rgb_raw is not None else self.rgb
-            out = np.where(changed[..., None], rgb, raw)
+            # The network saw the colours laid on white; a viewer lays them on white again by alpha, so where the
+            # photo is partly transparent the edit's colours are taken off white first (an edit that changes
+            # nothing gives the input back, not a paler copy of it).
+            a = self.alpha[..., None].astype(np.float32) / 255.0
+            unlaid = (rgb.astype(np.float32) - (1.0 - a) * 255.0) / np.maximum(a, 1e-6)
+            edited = np.where(a > 0, np.clip(np.rint(unlaid), 0, 255).astype(np.uint8), rgb)
+            out = np.where(changed[..., None], edited, raw)
             im = Image.fromarray(np.dstack([out, self.alpha]))
         if self.icc_profile:
             im.info["icc_profile"] = self.icc_profile

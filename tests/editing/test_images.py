@@ -40,6 +40,19 @@ def test_rgba_output_keeps_alpha_and_untouched_pixels(pipe):
     assert np.array_equal(out[:, :64], rgba[:, :64]) and np.array_equal(out[..., 3], alpha)
 
 
+
+def test_an_edit_that_changes_nothing_gives_a_partly_transparent_photo_back():
+    """The network sees the photo laid on white; its colours are taken off white again where the photo is partly
+    transparent, so a viewer does not lay them on white twice: (200, 30, 30) at alpha 128 came back (227, 142,
+    142), washed out, from an edit that changed nothing."""
+    rgb = photo_array(40, 64, seed=14)
+    alpha = np.tile(np.linspace(32, 255, 64).round().astype(np.uint8), (40, 1))
+    photo = prepare_photo(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
+    out = np.asarray(photo.output(photo.rgb.copy(), np.ones(alpha.shape, bool))).astype(int)
+    assert np.array_equal(out[..., 3], alpha)
+    tolerance = np.ceil(0.5 * 255 / alpha.astype(float))[..., None] + 1  # the 8-bit white blend, undone
+    assert (np.abs(out[..., :3] - rgb) <= tolerance).all()
+
 def test_exif_orientation_is_applied_and_kept(pipe, tmp_path):
     stored = photo_array(60, 80, seed=13)  # stored 80 wide x 60 high, displayed rotated: 60 x 80
     exif = Image.Exif()
