@@ -369,17 +369,18 @@ def _mask_from(drawn, mask_file, photo):
 
     if photo is None:
         return None
-    if mask_file is not None:  # the CLI's rule (suite.images.read_mask): white or opaque = change; resize, never stretch
-        m = images.read_mask(mask_file, photo.size, "mask", binary=True) > 0
+    if mask_file is not None:  # the CLI's rule (suite.images.read_mask): white or opaque = change, gray blends;
+        m = images.read_mask(mask_file, photo.size, "mask")  # resized, never stretched; a small region is kept
     else:
         layers = (drawn or {}).get("layers") or []
         alphas = [np.asarray(la.convert("RGBA"))[..., 3] > 0 for la in layers if la is not None]
         if not alphas or not any(a.any() for a in alphas):
             return None
-        m = np.logical_or.reduce(alphas)
+        m = np.logical_or.reduce(alphas).astype(np.float32)
+    m = np.rint(m * 255).astype(np.uint8)
     if not m.any():
         raise UserError("the mask is empty (all black): paint or upload the region to change in white")
-    return Image.fromarray((m * 255).astype(np.uint8), "L").resize(photo.size, Image.NEAREST)
+    return Image.fromarray(m, "L").resize(photo.size, Image.NEAREST)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -450,6 +450,23 @@ def test_a_mask_of_another_aspect_ratio_is_refused_as_on_the_cli(tmp_path):
     assert same.size == (80, 40)
 
 
+
+def test_an_uploaded_mask_is_read_as_on_the_cli_small_regions_and_gray_included():
+    """The app read uploads as binary masks, which refuse a region under 0.5% of the photo (the eyes of a 12 MP
+    portrait) and drop gray's blending; the CLI's edit takes both."""
+    from app import ui
+    from editing.images import load_mask
+
+    photo = Image.new("RGB", (2000, 1500))
+    mask = Image.new("L", photo.size, 0)
+    mask.paste(255, (950, 700, 1051, 741))  # 101 x 41 px: 0.14% of the photo
+    mask.paste(128, (100, 100, 140, 140))  # gray: half the edit
+    app_mask = np.asarray(ui._mask_from(None, mask, photo)).astype(np.float32) / 255
+    assert np.abs(app_mask - load_mask(mask, photo.size)).max() < 1 / 255
+    assert (app_mask == 1).sum() == 101 * 41
+    with pytest.raises(ValueError, match="the mask is empty"):
+        ui._mask_from(None, Image.new("L", photo.size, 0), photo)
+
 def test_an_uploaded_mask_with_transparency_is_read_as_on_the_cli(tmp_path):
     """The one mask rule (suite.images.read_mask): a mask with transparency is read by its alpha, transparent =
     keep. The upload used to be flattened on white first, so the app edited what the CLI keeps."""
