@@ -195,6 +195,14 @@ CASES = [
     ("train: data folder missing", R + ["--data", "{out}/none", "--output", "{out}/m"], "does not exist"),
     ("train: seed -1", R + ["--data", "{out}", "--seed", "-1", "--output", "{out}/m"],
      "argument --seed: a seed is a whole number"),
+    ("train: output inside the image folder", R + ["--data", "{out}", "--output", "{out}/m"],
+     "is inside the image folder"),
+    ("train: a finished domain model as output", R + ["--data", "{out}", "--output", "{relabelled}"],
+     "already holds a domain model"),
+    ("train: weight decay -5", R + ["--data", "{out}", "--weight-decay", "-5", "--output", "{out}/m"],
+     "--weight-decay must be 0 or more"),
+    ("train: max grad norm -1", R + ["--data", "{out}", "--max-grad-norm", "-1", "--output", "{out}/m"],
+     "--max-grad-norm must be 0 (no clipping) or more"),
     # app
     ("app: port 99999", ["app", "--preset", "tiny", "--port", "99999", "--output-dir", "{out}"],
      "between 1 and 65535"),
@@ -257,4 +265,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 34, "edit": 9, "3d": 19, "train": 5, "app": 3}, json.dumps(per)
+    assert per == {"generate": 34, "edit": 9, "3d": 19, "train": 9, "app": 3}, json.dumps(per)

@@ -82,22 +82,23 @@ def save_checkpoint(output: Path, step: int, unet, metadata, optimizer, ema: EMA
     return final
 
 
-def reusable_text_features(path: Path, prompt: str, steps: int) -> bool:
-    """An ``F_T`` file from an earlier attempt of this run (same prompt and steps) is reused, not recomputed."""
+def reusable_text_features(path: Path, prompt: str, steps: int, key: str = "") -> bool:
+    """An ``F_T`` file from an earlier attempt of this run (same prompt, steps and ``key``: the images and the
+    settings it was optimised with) is reused, not recomputed."""
     if not path.is_file():
         return False
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    return meta.get("prompt") == prompt and meta.get("steps") == str(steps)
+    return meta.get("prompt") == prompt and meta.get("steps") == str(steps) and meta.get("key", "") == key
 
 
-def save_text_features(path: Path, F_T: torch.Tensor, prompt: str, steps: int) -> Path:
-    """Write the optimised ``F_T`` atomically, with the prompt and step count that make it reusable."""
+def save_text_features(path: Path, F_T: torch.Tensor, prompt: str, steps: int, key: str = "") -> Path:
+    """Write the optimised ``F_T`` atomically, with the prompt, step count and ``key`` that make it reusable."""
     from safetensors.torch import save_file
 
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file({"F_T": F_T.detach().float().cpu().contiguous()}, tmp,
-                  metadata={"prompt": prompt, "steps": str(steps)})
+                  metadata={"prompt": prompt, "steps": str(steps), "key": key})
     return path

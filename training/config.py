@@ -125,6 +125,12 @@ class TrainConfig:
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
             (0 <= self.hflip <= 1, f"--hflip must be a probability between 0 and 1, got {self.hflip}"),
             (0 < self.ema_decay < 1, f"--ema-decay must be between 0 and 1, got {self.ema_decay}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be 0 or more, got {self.weight_decay}"),
+            (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+             f"--max-grad-norm must be 0 (no clipping) or more, got {self.max_grad_norm}"),
+            (math.isfinite(self.text_init_lr) and self.text_init_lr > 0,
+             f"--text-init-lr must be a positive number, got {self.text_init_lr}"),
             (self.checkpoint_steps >= 1, "--checkpoint-steps must be at least 1"),
             (self.checkpoints_keep >= 1, "--checkpoints-keep must be at least 1"),
             (self.text_init_steps >= 0 and self.text_init_batch_size >= 1, "--text-init-steps must be >= 0"),
@@ -158,4 +164,4 @@ class TrainConfig:
 
 
 # Settings that must not change between a checkpoint and its resume (they change the samples or the model).
-RESUME_KEYS = ("resolution", "center_crop", "hflip", "batch_size", "seed", "domain")
+RESUME_KEYS = ("resolution", "center_crop", "hflip", "batch_size", "seed", "domain", "ema", "ema_decay")

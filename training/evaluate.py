@@ -25,7 +25,6 @@ reads that folder with the trainer's scanner (:func:`training.data.scan_images`:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -417,11 +416,9 @@ def _loader(config: EvalConfig, m: Method, box: dict, device):
 
 # ---------------------------------------------------------------------------------------------------------
 def _paths_key(paths: list[Path], net_name: str) -> str:
-    h = hashlib.sha256(net_name.encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+    from suite.files import files_fingerprint
+
+    return files_fingerprint(paths, salt=net_name)
 
 
 def _features(state, net, paths: list[Path], cache: Path | None = None) -> dict:

@@ -84,13 +84,11 @@ class CachedLatents:
         return (mean + std * eps.to(self.device, mean.dtype)) * self.scaling
 
 
-def cache_key(dataset: ImageFolderDataset, vae_id: str, flip_states: int) -> str:
-    h = hashlib.sha256()
-    for p in dataset.paths:
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(json.dumps([dataset.resolution, dataset.center_crop, flip_states, vae_id]).encode())
-    return h.hexdigest()[:16]
+def cache_key(dataset: ImageFolderDataset, vae_id: str, flip_states: int, dtype="float32") -> str:
+    """The cache's name: the images (:meth:`ImageFolderDataset.fingerprint`), how they are prepared, the VAE and the
+    stored precision (a float16 cache of a bf16 run is not reused by a float32 one)."""
+    settings = json.dumps([dataset.resolution, dataset.center_crop, flip_states, vae_id, np.dtype(dtype).name])
+    return hashlib.sha256(f"{dataset.fingerprint()}|{settings}".encode()).hexdigest()[:16]
 
 
 def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: str, accelerator=None,
@@ -103,7 +101,7 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
     and the main process merges the parts, so each image's latent is computed in the same batch for any ``P``.
     """
     flips = (False, True) if dataset.hflip > 0 else (False,)
-    key = cache_key(dataset, vae_id, len(flips))
+    key = cache_key(dataset, vae_id, len(flips), dtype)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"latents-{key}.npy"
     if final.exists():

@@ -82,6 +82,13 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
                               log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(output / "training" / "logs"))
     per_device = config.validate(accelerator.num_processes)
+    data = Path(os.path.expanduser(str(config.data))).resolve()
+    if output == data or data in output.parents:
+        raise ValueError(f"the output {str(output)!r} is inside the image folder {str(data)!r}: the run's own "
+                         f"samples and checkpoints would be read as training images; choose an --output outside it")
+    if (output / "nulltext.json").is_file() and not list_checkpoints(output):
+        raise ValueError(f"{str(output)!r} already holds a domain model (nulltext.json) and no checkpoint to "
+                         f"continue from: a new run would replace it; choose another --output")
     with ExitStack() as stack:
         if accelerator.is_main_process:
             stack.enter_context(output_lock(output))
@@ -168,8 +175,13 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     # 4. F_T (optimised text features, main process) and E captured from it; or the checkpoint's weights.
     uncond = encode_prompts(parts["tokenizer"], parts["text_encoder"], [""], device=device, dtype=weight_dtype)
     ft_path = output / "text_features.safetensors"
+    data_key = dataset.fingerprint()
+    # F_T of an earlier attempt of this run is reused only if it was optimised on the same images and settings.
+    ft_key = json.dumps([data_key, sd_ref, config.seed, config.text_init_lr, config.text_init_batch_size,
+                         config.text_init_images, config.resolution, config.center_crop, config.mixed_precision])
     if resume_from is None:
-        if accelerator.is_main_process and not reusable_text_features(ft_path, prompt, config.text_init_steps):
+        if accelerator.is_main_process and not reusable_text_features(ft_path, prompt, config.text_init_steps,
+                                                                      ft_key):
             report("text_init", 0, config.text_init_steps)  # the stage starts (its first line then has a rate)
             with accelerator.autocast():
                 F_T, losses = optimize_text_features(
@@ -178,7 +190,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
                     device=device, num_images=config.text_init_images, seed=config.seed,
                     progress=lambda d, t, info: report("text_init", d, t, info))
             write_text_atomic(train_dir / "text_init_losses.json", json.dumps({"prompt": prompt, "losses": losses}))
-            save_text_features(ft_path, F_T, prompt, config.text_init_steps)
+            save_text_features(ft_path, F_T, prompt, config.text_init_steps, ft_key)
         accelerator.wait_for_everyone()
         F_T = load_file(str(ft_path))["F_T"].to(device)
         # E: mean cross-attention output for F_T over noised image latents (conditional features only).
@@ -203,6 +215,9 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         if state.get("num_images") != len(dataset):
             raise ValueError(f"the image folder changed since the checkpoint ({state.get('num_images')} -> "
                              f"{len(dataset)} usable images): restore it, or start a new run with another --output")
+        if state.get("data", data_key) != data_key:  # checkpoints before it was recorded: the count above only
+            raise ValueError("the image folder changed since the checkpoint (images renamed, replaced or edited): "
+                             "restore it, or start a new run with another --output")
         start_step = int(state["step"])
     check_E(unet)
     # The text encoder is not needed any more: E holds what the domain prompt contributed.
@@ -253,7 +268,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     threads = torch.get_num_threads()  # recorded in each checkpoint: a resume continues with the same count
 
     def state_dict_for(step):
-        return dict(step=step, num_images=len(dataset), images_seen=step * B, loss=last_loss,
+        return dict(step=step, num_images=len(dataset), data=data_key, images_seen=step * B, loss=last_loss,
                     threads=threads,
                     config={k: getattr(config, k) for k in RESUME_KEYS},
                     scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)

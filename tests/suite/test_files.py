@@ -113,7 +113,7 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, cap
     with pytest.raises(ValueError, match="not a lock file this suite wrote"), output_lock(hard):
         pass
     assert target.read_text() == "do not truncate me"
-    assert launch.main(["train", "--preset", "tiny", "--data", str(tmp_path), "--output", str(run)]) == 2
+    assert launch.main(["train", "--preset", "tiny", "--data", str(tmp_path / "images"), "--output", str(run)]) == 2
     assert "is a link" in capsys.readouterr().err and target.read_text() == "do not truncate me"
 
 
@@ -288,3 +288,24 @@ def test_waiting_is_not_needed_after_the_holder_ends(tmp_path):
     with output_lock(folder):
         pass
     assert time.monotonic() - start < 1
+
+
+def test_files_fingerprint_follows_names_sizes_and_times_and_takes_any_file_name(tmp_path):
+    """One fingerprint for the training latents, F_T, resumes and the evaluator's feature cache. A file name that is
+    not UTF-8 (bytes from another system) used to end a training run with "surrogates not allowed"."""
+    from suite.files import files_fingerprint
+
+    odd = os.fsdecode(b"\xff\xfe.png")
+    for name in ("a.png", odd):
+        (tmp_path / name).write_bytes(b"x")
+    paths = sorted(tmp_path.iterdir())
+    first = files_fingerprint(paths, tmp_path)
+    assert files_fingerprint(paths, tmp_path) == first and len(first) == 16
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for p in paths:
+        os.rename(p, moved / p.name)
+    assert files_fingerprint([moved / p.name for p in paths], moved) == first  # a moved folder keeps it
+    (moved / "a.png").write_bytes(b"xy")
+    assert files_fingerprint([moved / p.name for p in paths], moved) != first
+

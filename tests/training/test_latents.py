@@ -59,3 +59,17 @@ def test_latent_cache_is_the_same_for_any_number_of_processes(data_dir, tmp_path
                                       accelerator=Rank(rank, world))
         assert np.array_equal(np.load(path), one), world
         assert [p.name for p in folder.iterdir()] == [path.name]  # the parts are gone
+
+
+def test_the_latent_cache_is_named_by_its_precision(tmp_path):
+    """A float16 cache (written by a bf16 or fp16 run) is not reused by a float32 one."""
+    import numpy as np
+    from PIL import Image
+
+    from training.data import ImageFolderDataset
+    from training.latents import cache_key
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+    ds = ImageFolderDataset(tmp_path, resolution=32)
+    assert cache_key(ds, "vae", 2, np.float16) != cache_key(ds, "vae", 2, "float32")
+    assert cache_key(ds, "vae", 2, np.float32) == cache_key(ds, "vae", 2, "float32")

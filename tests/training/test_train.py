@@ -106,6 +106,42 @@ def test_interrupted_run_resumes_to_identical_weights(run_a, data_dir, tmp_path)
         train_domain(_cfg(data_dir, out, resume=True, batch_size=4, max_steps=8))
 
 
+
+def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused_across_data(data_dir, tmp_path):
+    """Refused on --resume: images renamed or replaced with the same count (only the count was compared, so the run
+    went on with other data in another order), and --ema left off (the checkpoint's EMA was dropped for good). An
+    F_T file is reused only with the images and settings it was optimised for (before: the prompt and steps)."""
+    import shutil
+
+    from training.checkpoints import reusable_text_features
+
+    data = tmp_path / "images"
+    shutil.copytree(data_dir, data)
+    out = tmp_path / "model"
+    train_domain(_cfg(data, out, max_steps=2, ema=True, ema_decay=0.9))
+    ft = out / "text_features.safetensors"
+    with pytest.raises(ValueError, match=r"changed settings \(ema\)"):
+        train_domain(_cfg(data, out, max_steps=4, resume=True, ema_decay=0.9))
+    (data / "img0.png").rename(data / "img9.png")  # the same count, another file
+    with pytest.raises(ValueError, match="renamed, replaced or edited"):
+        train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9))
+    (data / "img9.png").rename(data / "img0.png")  # restored: the resume goes on
+    train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9))
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+
+    key = ImageFolderDataset(data, resolution=32).fingerprint()
+    (data / "sub" / "img1.png").write_bytes((data / "img2.png").read_bytes())
+    assert ImageFolderDataset(data, resolution=32).fingerprint() != key
+    from safetensors import safe_open
+
+    with safe_open(str(ft), "pt") as f:
+        saved = f.metadata()
+    assert json.loads(saved["key"])[0] == key  # the images it was optimised on
+    assert reusable_text_features(ft, saved["prompt"], int(saved["steps"]), saved["key"])
+    other = json.dumps([ImageFolderDataset(data, resolution=32).fingerprint(), *json.loads(saved["key"])[1:]])
+    assert not reusable_text_features(ft, saved["prompt"], int(saved["steps"]), other)
+
+
 def test_kill_during_checkpoint_write_keeps_the_last_good_checkpoint(run_a, data_dir, tmp_path, monkeypatch):
     """The process dies while writing the step-4 checkpoint (here: an exception in the middle of the write, with
     no cleanup, which leaves the same files on disk as SIGKILL). The step-2 checkpoint stays the last complete
