@@ -35,6 +35,10 @@ def test_an_interval_that_excludes_the_step_gives_exactly_the_unguided_predictio
     assert calls == []
     # t = 300 (s = 0.3): the domain term alone
     assert torch.equal(mg(z, 300), combine(e0, [ed], [1.5]))
+    # on the boundary (s = 0.7 exactly): the control term's interval, as for every t a sampler may give
+    for t in (700, torch.tensor(700), torch.tensor([700, 700, 700]), torch.tensor(700.0)):
+        assert torch.equal(mg(z, t), combine(e0, [ec], [7.0])), t
+    assert torch.equal(mg(z, 699), combine(e0, [ed], [1.5]))
     # a schedule that excludes every term at this step: exactly eps_0
     mg = MultiGuidance(fixed(e0), [Term(fixed(ed), 1.5, "domain"), Term(fixed(ec), 7.0, "control")],
                        rule=parse_rule("domain=0-0.2, control=0.9-1"))
