@@ -61,6 +61,21 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX-512 and up)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_autocast():
+    """bf16 autocast for the mini world's trainers where the CPU computes bf16 natively (measured there: 2.6 steps/s
+    against 1.8 in float32), float32 elsewhere: on an AVX2-only CPU bf16 is emulated, and a mini Zero-1-to-3 step
+    (batch 48) took 22.7 s against 1.4 s in float32 on one thread, 13.3 s against 0.8 s on two."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16())
+
+
 def optimise(opt, loss: torch.Tensor, params, emas, step: int, ema_decay: float) -> None:
     """One optimiser step on ``loss`` (gradient norm clipped to 1), then each ``(ema, live)`` module pair of ``emas``
     moves towards the live weights (decay ``min(ema_decay, (1 + step) / (10 + step))``: a short warm-up)."""
@@ -111,7 +126,7 @@ def train_vae(images: np.ndarray, steps: int, batch: int = 32, lr: float = 1e-3,
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step - 1, steps, lr)
         x = data[torch.randint(0, len(data), (batch,), generator=gen)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_autocast():
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(gen)).sample
         err = rec.float() - x
@@ -192,7 +207,7 @@ def train_base(latents: torch.Tensor, captions: list[str], tokenizer, scaling: f
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
         zt = sched.add_noise(z0, noise, t)
         target = sched.get_velocity(z0, noise, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_autocast():
             ehs = text(tok)[0]
             pred = unet(zt, t, encoder_hidden_states=ehs).sample
         loss = torch.nn.functional.mse_loss(pred.float(), target)

@@ -28,7 +28,7 @@ from suite.miniworld.views import reference_framing, render_framed
 from suite.miniworld.world import CAMERA_DISTANCE
 from suite.zero123 import CLIP_MEAN, CLIP_STD, relative_pose
 
-from .mini_models import cosine_lr, encode_latents, log_progress, optimise, run_chunks, to_tensor
+from .mini_models import cosine_lr, cpu_autocast, encode_latents, log_progress, optimise, run_chunks, to_tensor
 
 log = logging.getLogger("training.miniworld")
 
@@ -106,18 +106,28 @@ def _clip_input(images: torch.Tensor) -> torch.Tensor:
 
 
 def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3, seed: int = 0,
-                  cond_dropout: float = 0.1, ema_decay: float = 0.999, init: dict | None = None) -> dict:
+                  cond_dropout: float = 0.1, ema_decay: float = 0.999, init: dict | None = None,
+                  prediction_type: str | None = None) -> dict:
     """Train the parts of :func:`build_parts` (or ``init``'s, to continue a run) on :func:`render_pairs` data;
     returns the EMA parts. A continued run encodes its data with ``init``'s own VAE (the latent space its UNet
-    was trained in), not ``vae``."""
+    was trained in), not ``vae``. ``prediction_type`` (``"epsilon"`` or ``"v_prediction"``; default: the
+    scheduler's, epsilon for a new model) sets what the UNet learns to predict, and the returned scheduler says so
+    (a continued run may switch, as Stable Diffusion 2 was switched from epsilon to v)."""
     from diffusers import DDPMScheduler
 
     parts = build_parts(vae, seed) if init is None else dict(init)
+    if prediction_type is not None:
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {prediction_type!r}: use 'epsilon' or 'v_prediction'")
+        parts["scheduler"] = type(parts["scheduler"]).from_config(parts["scheduler"].config,
+                                                                  prediction_type=prediction_type)
+    kind = getattr(parts["scheduler"].config, "prediction_type", "epsilon")
     vae = parts["vae"]
     for name in ("unet", "image_encoder", "projection"):
         parts[name] = parts[name].float().train().requires_grad_(True)
     unet, encoder, projection = parts["unet"], parts["image_encoder"], parts["projection"]
-    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"}
+                          | dict(prediction_type=kind))
     images, poses = data["images"], torch.from_numpy(data["poses"])
     n, views = images.shape[:2]
     lat = encode_latents(vae, images.reshape(-1, *images.shape[2:])).reshape(n, views, 4, 16, 16)
@@ -142,12 +152,13 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
         zt = sched.add_noise(z0, noise, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_autocast():
             emb = encoder(_clip_input(x_in)).image_embeds
             token = projection(torch.cat([emb.float(), pose], -1))[:, None] * keep[:, None, None]
             x = torch.cat([zt, concat * keep[:, None, None, None]], 1)
             pred = unet(x, t, encoder_hidden_states=token).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        target = noise if kind == "epsilon" else sched.get_velocity(z0, noise, t)
+        loss = torch.nn.functional.mse_loss(pred.float(), target)
         optimise(opt, loss, params, zip(ema, live), step, ema_decay)
         log_progress("zero123", step, steps, t0, loss.item())
     parts.update(unet=ema[0].eval(), image_encoder=ema[1].eval(), projection=ema[2].eval())
