@@ -159,12 +159,14 @@ def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what
 
 
 def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, resume: bool,
-              kind: str = "generate-batch", what: str = "a batch") -> int:
+              kind: str = "generate-batch", what: str = "a batch", settings: dict | None = None) -> int:
     """Make every item of ``items`` into ``folder`` (see the module): claim the folder, skip the done items, split
     the fixed batches between the processes of ``state`` (accelerate's ``PartialState``), sample, write each image
     and its manifest line, and merge the manifest. ``load()`` is called only by a process with items to make and
     returns ``(sample, models)``: ``sample(group) -> (images, weights, rule)`` for one batch, ``models`` the hashes
-    recorded in the manifest. Returns the number of items still missing (0 when the batch is complete)."""
+    recorded in the manifest. ``settings`` (``{flag: value}``: what every image is made with besides its item,
+    e.g. the steps, the size and the models' hashes) go into each manifest line, and a resume with other settings
+    is refused, naming the flags. Returns the number of items still missing (0 when the batch is complete)."""
     import logging
     import os
     from contextlib import ExitStack
@@ -179,7 +181,7 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
         # 1. The folder: locked and claimed by process 0, checked read-only by the others.
         claim_batch_folder(stack, state, folder, kind, resume, what)
         done = done_items(folder)
-        check_same_batch(done, items)
+        check_same_batch(done, items, settings)
         if state.is_main_process:
             remove_leftovers(folders=[folder])
         state.wait_for_everyone()
@@ -193,7 +195,7 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
         part = folder / f"manifest.rank{rank}.jsonl"
         for k, group in enumerate(todo):
             images, weights, rule = sample(group)
-            for it, image in zip(group, images):
+            for j, (it, image) in enumerate(zip(group, images)):
                 path = save_image_atomic(image, item_path(folder, it))
                 with open(part, "a+", encoding="utf-8") as fh:
                     fh.seek(0, os.SEEK_END)
@@ -201,7 +203,9 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
                         fh.seek(fh.tell() - 1)
                         if fh.read(1) != "\n":
                             fh.write("\n")
-                    fh.write(manifest_line(it, path, weights, rule, models) + "\n")
+                    own = {k: v[j] if isinstance(v, list) and len(v) == len(group) else v
+                           for k, v in (weights or {}).items()}  # this image's weight, not its batch's
+                    fh.write(manifest_line(it, path, own, rule, models, settings) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
             log.info("batch %s: %d/%d groups (%d images) on process %d", name, k + 1, len(todo), len(group),
@@ -251,17 +255,30 @@ def model_hashes(refs: dict[str, str | None]) -> dict[str, str]:
     return out
 
 
-def manifest_line(item: Item, file: Path, weights: dict, rule: str | None, models: dict) -> str:
+def manifest_line(item: Item, file: Path, weights: dict, rule: str | None, models: dict,
+                  settings: dict | None = None) -> str:
     row = asdict(item)
     row.update(file=file.name, weights_used={k: v for k, v in (weights or {}).items()}, rule_applied=rule,
                models=models)
+    if settings is not None:
+        row["settings"] = settings
     return json.dumps(row, sort_keys=True)
 
 
-def check_same_batch(done: dict[int, str], items: list[Item]) -> None:
-    """One sentence if the finished items of a folder were made from other prompts or seeds than ``items``."""
+def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | None = None) -> None:
+    """One sentence if the finished items of a folder were made from other prompts, seeds or ``settings`` than
+    ``items`` (a manifest line written before settings were recorded is checked for its item only)."""
     for index, line in done.items():
         row = json.loads(line)
+        old = row.get("settings")
+        if settings is not None and old is not None:
+            # as JSON reads them back (tuples as lists)
+            changed = [k for k in sorted(set(old) | set(settings))
+                       if old.get(k) != json.loads(json.dumps(settings.get(k)))]
+            if changed:
+                raise UserError(f"the folder's images were made with other settings ({', '.join(changed)}: "
+                                f"{', '.join(f'{old.get(k)!r}' for k in changed)}): resume with the same flags, or "
+                                f"choose another --output")
         if index >= len(items) or Item(**{k: row.get(k) for k in ("index", "prompt", "seed", "domain_weight",
                                                                    "control_weight", "guidance_rule")},
                                        negative_prompt=row.get("negative_prompt") or "") != items[index]:

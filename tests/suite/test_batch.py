@@ -90,7 +90,7 @@ def test_two_processes_make_the_same_files_as_one(tmp_path, monkeypatch, one_thr
     assert rows[2]["weights_used"]["domain"] == 1.5 and rows[0]["models"]["sd"]
 
 
-def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkeypatch):
+def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkeypatch, capsys):
     import suite.images
 
     prompts = tmp_path / "p.txt"
@@ -117,8 +117,29 @@ def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkey
     other = tmp_path / "q.txt"
     other.write_text("a ball\n")
     assert launch.main([*_argv(other, out), "--resume"]) == 2  # not this batch's prompts
+    for flag, value in (("--steps", "3"), ("--width", "32")):  # other settings: refused, not mixed into the folder
+        capsys.readouterr()
+        assert launch.main([*argv, flag, value, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"made with other settings ({flag}:" in err and "Traceback" not in err, err
     assert launch.main([*argv, "--resume"]) == 0
     assert {p: (out / p).stat().st_mtime_ns for p in first} == first  # kept, not made again
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(5))
     assert not list(out.glob("manifest.rank*"))
+
+
+def test_each_manifest_line_records_its_own_images_weights(tmp_path):
+    """The automatic weights differ per image; each line held the whole batch's list (three values for one image,
+    changing with --batch-size). Now a line holds its image's weights, the same whatever the batch size."""
+    rows = {}
+    for size in ("1", "3"):
+        out = tmp_path / f"b{size}"
+        assert launch.main(["generate", "--preset", "tiny", "--prompt", "a cat", "--seeds", "2-4", "--steps", "2",
+                            "--batch-size", size, "--device", "cpu", "--output", str(out)]) == 0
+        rows[size] = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    for one, three in zip(rows["1"], rows["3"]):
+        assert set(one["weights_used"]) == {"domain", "control"}
+        for term, w in one["weights_used"].items():
+            assert isinstance(w, float) and w == pytest.approx(three["weights_used"][term], rel=1e-4)
+    assert len({r["weights_used"]["domain"] for r in rows["3"]}) == 3  # automatic: one per image
