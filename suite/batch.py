@@ -90,7 +90,9 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
     if not p.is_file():
         raise UserError(f"the prompts file {str(p)!r} does not exist: give a text file with one prompt a line")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a file saved by Notepad starts with a BOM; lines end at \n only (str.splitlines also breaks at
+        # U+2028, U+0085 and form feeds, which a JSON line's prompt may hold)
+        lines = [line.rstrip("\r") for line in p.read_text(encoding="utf-8-sig").split("\n")]
     except UnicodeDecodeError:
         raise UserError(f"the prompts file {str(p)!r} is not UTF-8 text: save it as UTF-8") from None
     items: list[Item] = []
@@ -112,8 +114,8 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
             row = {"prompt": text}
         prompt = check_prompt(row["prompt"], f"the prompt on {where}")
         for key in ("domain_weight", "control_weight"):
-            if row.get(key) is not None:
-                check_weight(row[key], f"{key} on {where}")
+            if row.get(key) is not None:  # as a number ("0" is 0: the term is off)
+                row[key] = check_weight(row[key], f"{key} on {where}")
         rule = row.get("guidance_rule")
         if rule is not None:
             try:
@@ -121,7 +123,7 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
             except UserError as e:
                 raise UserError(f"{e} (on {where})") from None
         own = row.get("seed")
-        if own is not None and (not isinstance(own, int) or not 0 <= own <= MAX_SEED):
+        if own is not None and (not isinstance(own, int) or isinstance(own, bool) or not 0 <= own <= MAX_SEED):
             raise UserError(f"the seed on {where} must be a whole number from 0 to {MAX_SEED}, got {own!r}")
         if len(items) + (1 if own is not None else len(seeds)) > MAX_ITEMS:
             raise UserError(f"the prompts file {p.name} with these seeds makes more than {MAX_ITEMS:,} items (at "

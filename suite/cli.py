@@ -137,20 +137,25 @@ def check_request(args) -> None:
         value = getattr(args, name, None)
         check_weight(value, f"--{name.replace('_', '-')}")
     rule = getattr(args, "guidance_rule", None)
-    if rule is not None:  # an edit runs at noise levels up to its strength (the exact range is known after loading)
+    # an edit runs at noise levels up to its strength (the exact range is known after loading); a prompts file's
+    # items are checked one by one, with their own prompts and weights (generate's batch)
+    if rule is not None and not getattr(args, "prompts_file", None):
         span = (0.0, args.strength) if getattr(args, "strength", None) is not None else None
         check_rule_terms(rule, request_terms(args), " (check --guidance-rule)", noise_range=span)
 
 
-def request_terms(args) -> list[str]:
+def request_terms(args, **item) -> list[str]:
     """The guidance terms a sampling command will have, known from its flags before any model loads: ``domain``
     unless ``--domain-model none`` or ``--domain-weight 0``; ``control`` with a prompt or a control image and a
-    control weight other than 0; ``community<i>`` for each ``--community-model``."""
+    control weight other than 0; ``community<i>`` for each ``--community-model``. ``item``: ``prompt``,
+    ``domain_weight`` or ``control_weight`` of one item of a batch, in place of the flags."""
+    def get(name):
+        return item[name] if name in item else getattr(args, name, None)
+
     names = []
-    if str(getattr(args, "domain_model", "") or "").lower() != "none" and getattr(args, "domain_weight", None) != 0:
+    if str(getattr(args, "domain_model", "") or "").lower() != "none" and get("domain_weight") != 0:
         names.append("domain")
-    if (getattr(args, "prompt", None) or getattr(args, "control_image", None)) and \
-            getattr(args, "control_weight", None) != 0:
+    if (get("prompt") or getattr(args, "control_image", None)) and get("control_weight") != 0:
         names.append("control")
     names += [f"community{i}" for i, _ in enumerate(getattr(args, "community_model", None) or [])]
     return names

@@ -160,7 +160,8 @@ def batch_main(args) -> int:
                  for it in B.read_items(args.prompts_file, seeds)]
         for it in items:  # a rule for a term an item lacks: refused now, not after the models load
             if it.guidance_rule:
-                terms = [n for n, on in (("domain", it.domain_weight != 0), ("control", bool(it.prompt))) if on]
+                terms = cli.request_terms(args, prompt=it.prompt, domain_weight=it.domain_weight,
+                                          control_weight=it.control_weight)
                 check_rule_terms(parse_rule(it.guidance_rule), terms, f" (item {it.index}: {it.prompt!r})")
     else:
         items = [B.Item(i, args.prompt, s, args.domain_weight, args.control_weight, flag_rule, args.negative_prompt)

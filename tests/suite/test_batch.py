@@ -42,6 +42,7 @@ def test_items_seeds_and_fixed_batches(tmp_path):
     ("a vase", "5-1", "is empty: write it low-high"),
     ("a vase", "1,1", "names a seed twice"),
     ("a vase", "x", "--seeds takes numbers and ranges"),
+    ("{\"prompt\": \"x\", \"seed\": true}", "0", "the seed on line 1"),  # JSON true is not seed 1
     # with the limit lowered to 1,000 (the real one, a million, takes as long as a million prompts to read):
     pytest.param("a vase\n\n" * 501, "0-1", "makes more than 1,000 items (at line 1001 ",
                  id="over the limit, blank lines between"),  # blank lines are skipped, not counted
@@ -53,6 +54,39 @@ def test_bad_batches_are_one_sentence(tmp_path, monkeypatch, text, seeds, phrase
     with pytest.raises(UserError) as e:
         B.read_items(f, B.parse_seeds(seeds))
     assert phrase in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_prompts_file_as_editors_save_it(tmp_path):
+    """A BOM (Notepad's UTF-8) before the first line, Windows line ends, and characters that str.splitlines breaks
+    at (U+2028 in a JSON prompt, U+0085 in a text one): the first line was read as the text prompt
+    '\\ufeff{"prompt": ...}', losing its seed, and the others were split or refused as "not valid JSON"."""
+    f = tmp_path / "p.txt"
+    f.write_bytes("\ufeff{\"prompt\": \"a cat\", \"seed\": 7}\r\n{\"prompt\": \"a\u2028dog\"}\r\ncafé \x85 bar\r\n"
+                  .encode("utf-8"))
+    items = B.read_items(f, [0])
+    assert [(i.prompt, i.seed) for i in items] == [("a cat", 7), ("a\u2028dog", 0), ("café \x85 bar", 0)]
+
+
+def test_a_batchs_rules_are_checked_per_item_with_its_own_terms(tmp_path, capsys):
+    """A flag rule naming control applies to a prompts file's items (it was refused for every prompts-file batch:
+    the check read --prompt, empty there); an item whose term is off (its weight 0 or "0", or --domain-model none)
+    is refused before any model loads (it stopped the batch after the first images)."""
+    ok = tmp_path / "ok.txt"
+    ok.write_text("a cat\n")
+    argv = ["generate", "--preset", "tiny", "--steps", "1", "--device", "cpu"]
+    assert launch.main([*argv, "--prompts-file", str(ok), "--guidance-rule", "control=0.3-1",
+                        "--output", str(tmp_path / "a")]) == 0
+    for line, extra in (('{"prompt": "a dog", "control_weight": 0, "guidance_rule": "control=0.5-1"}', []),
+                        ('{"prompt": "a dog", "control_weight": "0", "guidance_rule": "control=0.5-1"}', []),
+                        ('{"prompt": "a dog", "guidance_rule": "domain=0-0.5"}', ["--domain-model", "none"])):
+        bad = tmp_path / "bad.txt"
+        bad.write_text("a cat\n" + line + "\n")
+        out = tmp_path / "b"
+        capsys.readouterr()
+        assert launch.main([*argv, "--prompts-file", str(bad), *extra, "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "(item 1: 'a dog')" in err and "Traceback" not in err, err
+        assert not out.exists()  # refused before the first image
 
 
 def test_a_typo_in_the_seeds_is_refused_before_anything_is_built():
