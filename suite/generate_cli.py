@@ -85,7 +85,7 @@ def main(args) -> int:
     from . import models
 
     controls = [Control(prompt=args.prompt, weight=args.community_weight, name=f"community{i}",
-                        unet=models.load_unet(ref, device=pipe.device, dtype=pipe.dtype))
+                        unet=models.load_unet(ref, device=pipe.device, dtype=pipe.dtype, like=pipe.unet))
                 for i, ref in enumerate(args.community_model)]
 
     # 3. Sample: diffusers' bar on a terminal, progress lines in a log.

@@ -117,20 +117,48 @@ def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model
     return parts
 
 
-def load_unet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--community-model"):
-    """A community SD1.5 fine-tune's UNet: a full diffusers SD folder (``unet/`` inside) or a UNet folder."""
+FITS = {  # what a model must share with the base UNet to be used beside it
+    "community SD1.5 model": ("in_channels", "out_channels", "cross_attention_dim"),  # the same latents and text
+    "domain model": ("in_channels", "out_channels"),  # the same latents (its text features are its own E)
+    "ControlNet": ("in_channels", "cross_attention_dim", "block_out_channels", "layers_per_block"),  # + its residuals
+}
+
+
+def check_fits(base, other, what: str, ref: str, flag: str) -> None:
+    """One sentence when ``other`` (a community UNet, a domain UNet or a ControlNet) was made for another base model
+    than ``base`` (the SD1.5 UNet it is used beside): SD2 or SDXL's, or the mini world's beside tiny models. It used
+    to fail at the first step with a bare tensor-shape error."""
+    def value(model, key):
+        v = getattr(model.config, key, None)
+        return list(v) if isinstance(v, list | tuple) else v
+
+    for key in FITS[what]:
+        mine, theirs = value(other, key), value(base, key)
+        if mine != theirs:
+            raise ModelLoadError(f"the {what} {ref!r} does not fit the base model (its {key} is {mine}, the base "
+                                 f"UNet's {theirs}): it was made for another one (e.g. SD2 or SDXL); pass {flag} with "
+                                 f"one made for this base model, or --sd-model with its own base")
+
+
+def load_unet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--community-model", like=None):
+    """A community SD1.5 fine-tune's UNet: a full diffusers SD folder (``unet/`` inside) or a UNet folder.
+    ``like``: the base UNet it will be used beside (:func:`check_fits`)."""
     from diffusers import UNet2DConditionModel
 
-    ref, local = resolve(ref, "community SD1.5 model", flag)
+    what = "community SD1.5 model"
+    ref, local = resolve(ref, what, flag)
     sub = "unet" if (not local or (Path(ref) / "unet").is_dir()) else None
     kw = _hub_kwargs(local)
-    unet = _load("community SD1.5 model", flag, ref, local,
+    unet = _load(what, flag, ref, local,
                  lambda: UNet2DConditionModel.from_pretrained(ref, subfolder=sub, use_safetensors=True, **kw))
+    if like is not None:
+        check_fits(like, unet, what, ref, flag)
     return place(unet, device, dtype)
 
 
-def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--controlnet"):
-    """A SD1.5 ControlNet (e.g. canny) from a diffusers folder or hub id."""
+def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--controlnet", like=None):
+    """A SD1.5 ControlNet (e.g. canny) from a diffusers folder or hub id. ``like``: the base UNet whose blocks its
+    residuals go into (:func:`check_fits`)."""
     from diffusers import ControlNetModel
 
     ref, local = resolve(ref, "ControlNet", flag, required=("config.json",))
@@ -139,6 +167,8 @@ def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--
     kw = _hub_kwargs(local)
     cn = _load("ControlNet", flag, ref, local,
                lambda: ControlNetModel.from_pretrained(ref, use_safetensors=True, **kw))
+    if like is not None:
+        check_fits(like, cn, "ControlNet", ref, flag)
     return place(cn, device, dtype)
 
 
@@ -156,8 +186,9 @@ def _check_class(config: Path, expected: tuple[str, ...], what: str, flag: str) 
                              f"{what} folder")
 
 
-def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "--domain-model"):
-    """A null-text domain model (:class:`suite.nulltext.DomainModel`) from its folder or a hub id."""
+def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "--domain-model", like=None):
+    """A null-text domain model (:class:`suite.nulltext.DomainModel`) from its folder or a hub id. ``like``: the
+    base UNet it will be used beside (:func:`check_fits`)."""
     ref, local = resolve(ref, "domain model", flag)
     if local and not (Path(ref) / METADATA_FILE).is_file():
         raise ModelLoadError(
@@ -174,6 +205,8 @@ def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "
         return DomainModel.from_pretrained(folder)
 
     model = _load("domain model", flag, ref, local, go)
+    if like is not None:
+        check_fits(like, model.unet, "domain model", ref, flag)
     place(model.unet, device, dtype)
     return model
 

@@ -206,9 +206,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         """Load every part from its own reference (local folder or hub id) through :mod:`suite.models`, with one
         sentence naming the flag to fix when a part cannot be read (what the CLI and the app use)."""
         parts = models.load_sd(sd_model, device=device, dtype=dtype)
-        dm = models.load_domain_model(domain_model, device=device, dtype=dtype) if domain_model else None
-        cn = models.load_controlnet(controlnet, device=device, dtype=dtype) if controlnet else None
-        extra = {name: models.load_unet(ref, device=device, dtype=dtype) for name, ref in (community or {}).items()}
+        base = parts["unet"]
+        dm = models.load_domain_model(domain_model, device=device, dtype=dtype, like=base) if domain_model else None
+        cn = models.load_controlnet(controlnet, device=device, dtype=dtype, like=base) if controlnet else None
+        extra = {name: models.load_unet(ref, device=device, dtype=dtype, like=base)
+                 for name, ref in (community or {}).items()}
         return cls(**parts, domain_unet=dm.unet if dm is not None else None, controlnet=cn, domain=domain,
                    community_unets=extra or None)
 

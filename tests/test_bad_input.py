@@ -70,7 +70,8 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
     return dict(photo=photo, mask=tmp / "in" / "square-mask.png", notes=tmp / "in" / "notes.png", broken=broken,
                 pickled=pickled, config=tmp / "in" / "bad-config.json", fifo=tmp / "in" / "fifo.png",
                 white=tmp / "in" / "white.png", textchunk=tmp / "in" / "textchunk.png",
-                typed=tmp / "in" / "typed-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet")
+                typed=tmp / "in" / "typed-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
+                controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet")
 
 
 G = ["generate", "--preset", "tiny", "--steps", "1"]
@@ -132,6 +133,14 @@ CASES = [
      "is empty: write it low-high"),
     ("generate: batch into an image name", G + ["--prompt", "x", "--seeds", "0-3", "--output", "{out}/b.png"],
      "--output is a folder for the images"),
+    ("generate: community model with 8 input channels (a Zero-1-to-3 UNet)",
+     G + ["--prompt", "x", "--community-model", "{zunet}", "--output", "{out}/c.png"], "does not fit the base model"),
+    ("generate: community model of another base (tiny beside mini)",
+     ["generate", "--preset", "mini", "--steps", "1", "--prompt", "a vase", "--community-model", "{unet}", "--output",
+      "{out}/c.png"], "its cross_attention_dim is 32, the base UNet's 128"),
+    ("generate: ControlNet of another base (tiny beside mini)",
+     ["generate", "--preset", "mini", "--steps", "1", "--prompt", "a vase", "--controlnet", "{controlnet}",
+      "--control-image", "{photo}", "--output", "{out}/c.png"], "the ControlNet"),
     ("generate: rule that zeroes every term", G + ["--prompt", "x", "--guidance-rule",
                                                    "domain-ramp=0:0, control-ramp=0:0", "--output", "{out}/a.png"],
      "switch off every term"),
@@ -265,4 +274,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 34, "edit": 9, "3d": 19, "train": 9, "app": 3}, json.dumps(per)
+    assert per == {"generate": 37, "edit": 9, "3d": 19, "train": 9, "app": 3}, json.dumps(per)

@@ -385,7 +385,7 @@ def _loader(config: EvalConfig, m: Method, box: dict, device):
     if m.kind == "model":
         from suite.models import load_unet
 
-        unet = load_unet(m.model, device=pipe.device, dtype=pipe.dtype, flag="--method model:")
+        unet = load_unet(m.model, device=pipe.device, dtype=pipe.dtype, flag="--method model:", like=pipe.unet)
     cw = m.control_weight if m.control_weight is not None else pipe.guidance_weights()[1] or 7.5
 
     def sample(group):
