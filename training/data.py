@@ -1,6 +1,7 @@
 """Unlabeled image folders for domain training (paper Sec. 3.3: "a folder of images is all you need").
 
-* :func:`scan_images` lists a folder recursively (``.jpg/.jpeg/.png/.webp``, any case), opens every image
+* :func:`scan_images` lists a folder recursively, through linked folders, leaving out hidden files and folders
+  (``.jpg/.jpeg/.png/.webp``, any case), opens every image
   fully once and sorts the files into usable, corrupt (skipped, counted in one warning), not-an-image
   (other extensions: ignored, counted) and smaller than the resolution (upscaled with a warning by default,
   or skipped with ``small_images="skip"``). An empty folder, a missing folder or a folder with no readable
@@ -53,6 +54,23 @@ class ImageScan:
         return ", ".join(parts)
 
 
+def _walk(root: Path):
+    """Every file under ``root``, through linked folders too (each real folder once: a link cycle ends), leaving out
+    hidden files and folders (``.thumbnails/``, ``.ipynb_checkpoints/``: not the domain's images)."""
+    seen = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            p = Path(folder) / name
+            if not name.startswith(".") and p.is_file():
+                yield p
+
+
 def scan_images(root: str | os.PathLike, resolution: int | None = None, small_images: str = "upscale",
                 progress: bool = False) -> ImageScan:
     """List and validate the images under ``root`` (recursive). See the module docstring for the rules.
@@ -67,7 +85,7 @@ def scan_images(root: str | os.PathLike, resolution: int | None = None, small_im
         raise ValueError(f"the image folder {str(root)!r} does not exist: pass --data with a folder of images")
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} is a file, not a folder: pass --data with a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(_walk(root))
     candidates = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     scan = ImageScan(root=root, images=[], sizes=[], not_images=[p for p in files if p.suffix.lower() not in
                                                                  IMAGE_EXTENSIONS])

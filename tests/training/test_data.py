@@ -50,6 +50,20 @@ def test_unusable_folders_give_one_clear_sentence(tmp_path, case):
     assert "\n" not in str(err.value)
 
 
+
+def test_linked_folders_are_searched_and_hidden_ones_left_out(tmp_path):
+    """Images in a linked subfolder were missed (rglob does not follow links on Python 3.11; a folder of links only
+    was "no images"), and images in hidden folders (.thumbnails/, .ipynb_checkpoints/) were trained on."""
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for folder in (root / ".thumbnails", elsewhere):
+        folder.mkdir(parents=True)
+    blob(1).save(root / "a.png")
+    blob(2).save(root / ".thumbnails" / "a.png")
+    blob(3).save(elsewhere / "b.png")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a cycle ends
+    assert [p.relative_to(root).as_posix() for p in scan_images(root).images] == ["a.png", "linked/b.png"]
+
 def test_exif_orientation_resize_crop_and_flip(tmp_path):
     im = blob(3, size=(40, 20))
     exif = Image.Exif()

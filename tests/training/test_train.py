@@ -109,7 +109,8 @@ def test_interrupted_run_resumes_to_identical_weights(run_a, data_dir, tmp_path)
 
 def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused_across_data(data_dir, tmp_path):
     """Refused on --resume: images renamed or replaced with the same count (only the count was compared, so the run
-    went on with other data in another order), and --ema left off (the checkpoint's EMA was dropped for good). An
+    went on with other data in another order), --ema left off (the checkpoint's EMA was dropped for good) and
+    another prompt or base model (the model's F_T and E came from the first). An
     F_T file is reused only with the images and settings it was optimised for (before: the prompt and steps)."""
     import shutil
 
@@ -122,6 +123,8 @@ def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused
     ft = out / "text_features.safetensors"
     with pytest.raises(ValueError, match=r"changed settings \(ema\)"):
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema_decay=0.9))
+    with pytest.raises(ValueError, match=r"changed settings \(prompt\)"):  # F_T and E came from the first prompt
+        train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, prompt="a photo of a cat"))
     (data / "img0.png").rename(data / "img9.png")  # the same count, another file
     with pytest.raises(ValueError, match="renamed, replaced or edited"):
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9))
