@@ -95,20 +95,21 @@ class PipelineCache:
 
 
 class Jobs:
-    """Cancel flags per browser session: Cancel sets the flag, the job's next progress call raises."""
+    """Cancel flags per browser session and tab: Cancel sets the flag, the job's next progress call raises. One flag
+    per session cancelled the session's latest job, whichever tab it ran in (Cancel on Generate stopped an edit)."""
 
     def __init__(self):
-        self._flags: dict[str, threading.Event] = {}
+        self._flags: dict[tuple[str, str], threading.Event] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> threading.Event:
+    def start(self, session: str, tab: str = "") -> threading.Event:
         with self._lock:
-            ev = self._flags[session] = threading.Event()
+            ev = self._flags[(session, tab)] = threading.Event()
             return ev
 
-    def cancel(self, session: str) -> bool:
+    def cancel(self, session: str, tab: str = "") -> bool:
         with self._lock:
-            ev = self._flags.get(session)
+            ev = self._flags.get((session, tab))
         if ev is None:
             return False
         ev.set()

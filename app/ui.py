@@ -215,11 +215,11 @@ def _recommended(cfg: AppConfig):
     return preset.domain_defaults(get_domain(preset.default_domain))
 
 
-def _cancel_button(jobs: core.Jobs, elem_id: str):
+def _cancel_button(jobs: core.Jobs, elem_id: str, tab: str):
     btn = gr.Button("Cancel", variant="stop", elem_id=elem_id)
 
     def cancel(request: gr.Request):
-        jobs.cancel(session_of(request))
+        jobs.cancel(session_of(request), tab)  # this tab's job only
 
     return btn, cancel
 
@@ -250,7 +250,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
                 num = gr.Slider(1, cfg.max_images, value=1, step=1, label="number of images", elem_id="gen-num")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="gen-run")
-                cancel_btn, cancel = _cancel_button(jobs, "gen-cancel")
+                cancel_btn, cancel = _cancel_button(jobs, "gen-cancel", "generate")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="results (newest first; caption = the settings that made it)",
                                  columns=2, elem_id="gen-gallery", format="png")
@@ -267,7 +267,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
     @friendly
     def generate(domain, prompt, negative, auto_wd, wd, auto_wc, wc, rule=None, control=None, use_canny=True,
                  seed=0, steps=25, num=1, history=None, request: gr.Request = None, progress=gr.Progress()):
-        cancel_flag = jobs.start(session_of(request))
+        cancel_flag = jobs.start(session_of(request), "generate")
         req = runs.GenerateRequest(domain=domain, prompt=prompt or "", negative_prompt=negative or "",
                                    domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
                                    guidance_rule=_rule(rule, cfg), control_image=control, canny=bool(use_canny),
@@ -323,7 +323,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
                 num = gr.Slider(1, cfg.max_images, value=1, step=1, label="variations")
             with gr.Row():
                 run = gr.Button("Edit", variant="primary", elem_id="edit-run")
-                cancel_btn, cancel = _cancel_button(jobs, "edit-cancel")
+                cancel_btn, cancel = _cancel_button(jobs, "edit-cancel", "edit")
         with gr.Column(scale=3):
             with gr.Row():
                 faces = gr.Image(label="detected face box", interactive=False, elem_id="edit-faces")
@@ -342,7 +342,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
     def edit(photo, domain, prompt, strength, drawn=None, mask_file=None, all_faces=False, whole=False, auto_wd=True,
              wd=2.5, auto_wc=True, wc=2.5, rule=None, seed=0, steps=25, num=1, landmarks=None,
              request: gr.Request = None, progress=gr.Progress()):
-        cancel_flag = jobs.start(session_of(request))
+        cancel_flag = jobs.start(session_of(request), "edit")
         mask = _mask_from(drawn, mask_file, photo)
         res = runs.run_edit(cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
                             domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
@@ -399,7 +399,7 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
                 widgets = _settings_widgets(fields)
             with gr.Row():
                 run = gr.Button("Make 3D", variant="primary", elem_id="3d-run")
-                cancel_btn, cancel = _cancel_button(jobs, "3d-cancel")
+                cancel_btn, cancel = _cancel_button(jobs, "3d-cancel", "3d")
         with gr.Column(scale=3):
             with gr.Row():
                 stage1 = gr.Image(label="stage 1: in-domain image", interactive=False, elem_id="3d-stage1")
@@ -413,7 +413,7 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
     @friendly
     def make(prompt="", domain="porcelain", image=None, request: gr.Request = None, progress=gr.Progress(),
              **values):
-        cancel_flag = jobs.start(session_of(request))
+        cancel_flag = jobs.start(session_of(request), "3d")
         settings = _settings_values(fields, values)
         res = runs.run_3d(cfg, prompt=prompt, domain=domain, image=image, settings=settings,
                           progress=core.checked_progress(gradio_progress(progress), cancel_flag))
@@ -477,7 +477,7 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
                 f"Image folders this app may read: {roots}.")
     with gr.Row():
         run = gr.Button("Start training here", variant="primary", elem_id="train-run")
-        cancel_btn, cancel = _cancel_button(jobs, "train-cancel")
+        cancel_btn, cancel = _cancel_button(jobs, "train-cancel", "train")
     status = gr.Markdown("", elem_id="train-status")
     plot = gr.LinePlot(x="step", y="loss", title="training loss", elem_id="train-loss", height=260)
 
@@ -485,7 +485,7 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
         """Generator: the run goes on in a thread; every half second the loss curve and status are shown."""
         import pandas as pd
 
-        cancel_flag = jobs.start(session_of(request))
+        cancel_flag = jobs.start(session_of(request), "train")
         settings = _settings_values(fields, values)
         report = gradio_progress(progress)
         run = runs.TrainRun(cfg, domain=name, data=data, settings=settings, cancel_flag=cancel_flag)

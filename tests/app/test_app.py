@@ -229,6 +229,18 @@ def test_check_image_upload_applies_exif_and_converts_modes(tmp_path):
         images.open_upload(b"", "photo", 25)
 
 
+
+def test_cancel_stops_only_the_job_of_its_own_tab():
+    """One flag per browser session: an edit started after a generation took the flag, so Cancel on the Generate
+    tab stopped the edit and could no longer stop the generation."""
+    jobs = core.Jobs()
+    generating = jobs.start("s1", "generate")
+    editing = jobs.start("s1", "edit")
+    other_session = jobs.start("s2", "generate")
+    assert jobs.cancel("s1", "generate")
+    assert generating.is_set() and not editing.is_set() and not other_session.is_set()
+    assert not jobs.cancel("s1", "3d")  # no job there: nothing to cancel
+
 def test_cancel_stops_a_generation_at_the_next_step_and_saves_nothing(tmp_path):
     cfg = core.AppConfig(preset="tiny", output_dir=tmp_path / "out")
     cache = core.PipelineCache(cfg)
