@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from suite import cli
 from suite.checks import UserError, check_range, finite_float
@@ -65,6 +66,10 @@ def main(args) -> int:
     if args.max_megapixels <= 0:
         raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
     paths = output_paths(args.output, args.num_images)
+    for given, what in ((args.image, "--image"), (args.mask, "--mask")):
+        if given and any(p.exists() and p.samefile(given) for p in paths if Path(given).exists()):
+            raise UserError(f"--output {args.output!r} is the {what} file itself: the edit would replace your "
+                            f"original; choose another --output")
     remove_leftovers(paths)
     max_pixels = int(args.max_megapixels * 1e6)
     image = open_image(args.image, "image", max_pixels)

@@ -159,6 +159,8 @@ CASES = [
     ("edit: prompt's interval above the strength", E + ["--image", "{photo}", "--prompt", "x", "--strength", "0.5",
                                                         "--guidance-rule", "control=0.7-1", "--output", "{out}/e.png"],
      "control would never act"),
+    ("edit: output is the photo itself", E + ["--image", "{photo}", "--output", "{photo}"],
+     "is the --image file itself: the edit would replace your original"),
     ("edit: a billion images", E + ["--image", "{photo}", "--num-images", "1000000000", "--output", "{out}/e.png"],
      "more than the limit of 64"),
     # 3d
@@ -274,4 +276,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 37, "edit": 9, "3d": 19, "train": 9, "app": 3}, json.dumps(per)
+    assert per == {"generate": 37, "edit": 10, "3d": 19, "train": 9, "app": 3}, json.dumps(per)
