@@ -299,7 +299,7 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[P
     removed again.
     Where ``fcntl`` does not exist (Windows) there is no lock."""
     folder = Path(folder)
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first: removed in this order
     folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -348,6 +348,8 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[P
             pass
         path.unlink(missing_ok=True)  # removed while still held, so a waiting run retries on a fresh file
         os.close(fd)  # closing releases the lock
-        if created and not any(folder.iterdir()):  # a run that wrote nothing leaves nothing
+        for made in created:  # a run that wrote nothing leaves nothing, not even the parents it made
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                if any(made.iterdir()):
+                    break
+                made.rmdir()

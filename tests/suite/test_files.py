@@ -309,3 +309,18 @@ def test_files_fingerprint_follows_names_sizes_and_times_and_takes_any_file_name
     (moved / "a.png").write_bytes(b"xy")
     assert files_fingerprint([moved / p.name for p in paths], moved) != first
 
+
+
+def test_a_run_that_writes_nothing_leaves_none_of_the_folders_it_made(tmp_path):
+    """`train --data /nope --output new/deep` left an empty `new/`: only the deepest folder was removed."""
+    from suite.files import output_lock
+
+    with output_lock(tmp_path / "new" / "deeper" / "run"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with output_lock(tmp_path / "new" / "deeper" / "run") as run:
+        (run / "model.safetensors").write_bytes(b"x")  # a run that wrote something keeps it all
+    assert (tmp_path / "new" / "deeper" / "run" / "model.safetensors").is_file()
+    with output_lock(tmp_path / "new" / "other"):  # the parent was there before: only what this run made goes
+        pass
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["deeper"]
