@@ -51,8 +51,26 @@ def add_arguments(p) -> None:
     cli.add_guidance_arguments(p)
 
 
+def check_flags(args) -> None:
+    """Flags that would be silently ignored: one sentence each instead."""
+    from .checks import UserError
+
+    for name in ("prompts_file", "seeds"):
+        if getattr(args, name) is not None and not str(getattr(args, name)).strip():
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} is empty: give {'a file' if name == 'prompts_file' else 'seeds such as 0-99'}, or "
+                            f"drop {flag} for a single image")
+    if not args.control_image and (args.canny or args.controlnet):
+        raise UserError(f"{'--canny' if args.canny else '--controlnet'} acts on a control image: add --control-image "
+                        f"FILE, or drop it")
+    if not args.community_model and (args.community_weight is not None or args.no_rectify):
+        raise UserError(f"{'--no-rectify' if args.no_rectify else '--community-weight'} applies to community models: "
+                        f"add --community-model REF, or drop it")
+
+
 def main(args) -> int:
-    if args.prompts_file or args.seeds:
+    check_flags(args)
+    if args.prompts_file is not None or args.seeds is not None:
         return batch_main(args)
     from .files import remove_leftovers
     from .images import load_image, output_paths, save_image_atomic

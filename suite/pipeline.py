@@ -491,7 +491,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         width = self._native_size if width is None else check_int(width, "the width", 1)
         m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
         if height % m or width % m:
-            raise ValueError(f"height and width must be multiples of {m}, got {width}x{height}")
+            raise ValueError(f"height and width must be multiples of {m} for this model, got {width}x{height}: "
+                             f"round them, e.g. --width {max(m, round(width / m) * m)} --height "
+                             f"{max(m, round(height / m) * m)}")
         return steps, per_prompt, strength, height, width
 
     def _noise_range(self, timesteps) -> tuple[float, float] | None:

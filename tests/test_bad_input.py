@@ -141,6 +141,13 @@ CASES = [
     ("generate: ControlNet of another base (tiny beside mini)",
      ["generate", "--preset", "mini", "--steps", "1", "--prompt", "a vase", "--controlnet", "{controlnet}",
       "--control-image", "{photo}", "--output", "{out}/c.png"], "the ControlNet"),
+    ("generate: empty --seeds", G + ["--prompt", "x", "--seeds", "", "--output", "{out}/c.png"],
+     "--seeds is empty: give seeds such as 0-99"),
+    ("generate: --canny without a control image", G + ["--prompt", "x", "--canny", "--output", "{out}/c.png"],
+     "--canny acts on a control image: add --control-image FILE"),
+    ("generate: --community-weight without a community model",
+     G + ["--prompt", "x", "--community-weight", "2", "--output", "{out}/c.png"],
+     "--community-weight applies to community models"),
     ("generate: rule that zeroes every term", G + ["--prompt", "x", "--guidance-rule",
                                                    "domain-ramp=0:0, control-ramp=0:0", "--output", "{out}/a.png"],
      "switch off every term"),
@@ -276,4 +283,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 37, "edit": 10, "3d": 19, "train": 9, "app": 3}, json.dumps(per)
+    assert per == {"generate": 40, "edit": 10, "3d": 19, "train": 9, "app": 3}, json.dumps(per)
