@@ -506,6 +506,11 @@ class ThreeDConfig:
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_TEXTURE <= size <= MAX_TEXTURE:
             raise ValueError(f"the texture size is {size!r}: give --texture-size a whole number of pixels from "
                              f"{MIN_TEXTURE} to {MAX_TEXTURE} (default 1024; mini: 256)")
+        height = export.height_m
+        if height is not None and (isinstance(height, bool) or not isinstance(height, (int, float))
+                                   or not 0 < height < math.inf):
+            raise ValueError(f"the mesh height is {height!r} m: give --height-m a positive number of metres (a "
+                             f"negative one turned the mesh upside down and inside out; 0 meant no scaling)")
         formats = tuple(dict.fromkeys(f.lower().lstrip(".") for f in self.formats))
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:

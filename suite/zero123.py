@@ -134,6 +134,12 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
     if kind not in ("epsilon", "v_prediction"):
         raise ModelLoadError(f"the scheduler of {ref!r} says prediction_type {kind!r}: only 'epsilon' and "
                              f"'v_prediction' Zero-1-to-3 models are supported; pass {flag} with one of those")
+    want = (image_encoder.config.projection_dim + 4, unet.config.cross_attention_dim)
+    if (projection.in_features, projection.out_features) != want:
+        raise ModelLoadError(f"the camera projection in {ref!r} maps {projection.in_features} -> "
+                             f"{projection.out_features} features, but its image encoder and UNet need {want[0]} -> "
+                             f"{want[1]} (the image embedding plus the 4 pose numbers): its parts are from different "
+                             f"models; pass {flag} with a complete Zero-1-to-3 folder")
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise ModelLoadError(f"the UNet in {ref!r} has {unet.config.in_channels} input channels, not "
                              f"{2 * vae.config.latent_channels}: it is not a Zero-1-to-3 UNet; pass {flag} correctly")

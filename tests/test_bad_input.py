@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import launch
@@ -44,6 +45,12 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
             return (os.system, ("touch /tmp/PWNED-by-test",))
 
     (pickled / "cc_projection" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload()}))
+    mixed = tmp / "in" / "mixed-zero123"  # a projection of another size than its encoder and UNet
+    shutil.copytree(tiny_zero123_dir(), mixed)
+    from safetensors.torch import save_file
+
+    save_file({"proj.weight": torch.zeros(16, 20), "proj.bias": torch.zeros(16)},
+              str(next((mixed / "cc_projection").glob("*.safetensors"))))
     (tmp / "in" / "bad-config.json").write_text("{not json")
     # issue 26's inputs
     os.mkfifo(tmp / "in" / "fifo.png")
@@ -71,7 +78,7 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
                 pickled=pickled, config=tmp / "in" / "bad-config.json", fifo=tmp / "in" / "fifo.png",
                 white=tmp / "in" / "white.png", textchunk=tmp / "in" / "textchunk.png",
                 typed=tmp / "in" / "typed-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
-                controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet")
+                controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet", mixed=mixed)
 
 
 G = ["generate", "--preset", "tiny", "--steps", "1"]
@@ -203,6 +210,13 @@ CASES = [
      "give --texture-size a whole number of pixels from 16 to 8192"),
     ("3d: texture size 100000", T + ["--prompt", "a vase", "--texture-size", "100000", "--output", "{out}/run"],
      "give --texture-size a whole number of pixels from 16 to 8192"),
+    ("3d: height -1 m", T + ["--prompt", "a vase", "--height-m", "-1", "--output", "{out}/run"],
+     "give --height-m a positive number of metres"),
+    ("3d: height 0 m", T + ["--prompt", "a vase", "--height-m", "0", "--output", "{out}/run"],
+     "give --height-m a positive number of metres"),
+    ("3d: Zero-1-to-3 whose projection fits other parts",
+     T + ["--prompt", "a vase", "--zero123-model", "{mixed}", "--output", "{out}/run"],
+     "its parts are from different models"),
     ("3d: seed 2**70", T + ["--prompt", "a vase", "--seed", str(2 ** 70), "--output", "{out}/run"],
      "argument --seed: a seed is a whole number"),
     # train
@@ -283,4 +297,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 40, "edit": 10, "3d": 19, "train": 9, "app": 3}, json.dumps(per)
+    assert per == {"generate": 40, "edit": 10, "3d": 22, "train": 9, "app": 3}, json.dumps(per)
