@@ -33,7 +33,7 @@ from suite.files import (
     remove_leftovers,
     write_text_atomic,
 )
-from suite.images import load_image, save_image_atomic
+from suite.images import has_transparency, load_image, save_image_atomic
 from suite.models import ModelLoadError
 from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, depth_ref, resolve_device, resolve_domain, warn_prompt, zero123_ref
@@ -124,7 +124,7 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
     check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)
     if cfg.image:  # read now: a text file, a FIFO or an unusable image is refused before the folder is touched
         image = load_image(cfg.image, "input image (--image)")
-        mask = load_mask(cfg.mask, image.size) if cfg.mask else foreground_mask(image, cfg.mask_method)
+        mask = _object_mask(cfg, image)
         if cfg.depth not in DEPTH_MODES:
             near = read_nearness(cfg.depth, image.size)[np.asarray(mask.convert("L").resize(image.size)) > 127]
             if near.size and float(np.ptp(near)) == 0.0:
@@ -185,7 +185,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
             report.start("image", cfg.image_steps)
             image = stage1_image(pipe, cfg, prompt, on_step=lambda i, n: report.update("image", i, n, {}))
             report.end("image")
-        mask = load_mask(cfg.mask, image.size) if cfg.mask else foreground_mask(image, cfg.mask_method)
+        mask = _object_mask(cfg, image)
         touching = _border_pixels(mask)
         if touching:
             result.warnings.append(f"the object in the {'input' if cfg.image else 'stage-1'} image touches the frame "
@@ -520,6 +520,17 @@ class _Reporter:
         if bar is not None:
             bar.close()
         self.lines.end(stage)
+
+
+def _object_mask(cfg: ThreeDConfig, image) -> Image.Image:
+    """The object's mask: ``--mask``; else, for an ``--image`` with transparency (a cut-out), its alpha, by the same
+    rule as a mask file (a cut-out's white object on transparency was "no clear foreground object" to the automatic
+    mask, which reads only the colours); else the automatic mask (``cfg.mask_method``)."""
+    if cfg.mask:
+        return load_mask(cfg.mask, image.size)
+    if cfg.image and has_transparency(cfg.image):
+        return load_mask(cfg.image, image.size)
+    return foreground_mask(image, cfg.mask_method)
 
 
 def _border_pixels(mask) -> int:

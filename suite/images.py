@@ -116,6 +116,15 @@ def oriented_size(im: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def has_transparency(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bool:
+    """Whether an image file has an alpha channel that is not opaque everywhere (a cut-out), which
+    :func:`read_mask` would read as its mask."""
+    im = open_image(path, "image", max_pixels)
+    if not (im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)):
+        return False
+    return to_8bit(im).convert("RGBA").getchannel("A").getextrema()[0] < 255
+
+
 def read_mask(source, size: tuple[int, int], what: str = "mask", binary: bool = False,
               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The one mask rule of the suite (editing, 3D, the app): ``[H, W]`` float32 in [0, 1] at ``size`` (``(width,

@@ -427,3 +427,31 @@ def test_the_mesh_preview_turns_the_mesh_round_with_its_texture_or_else_its_vert
     plain = frames(texture=False)
     assert all(c[1] > 0.8 > 0.2 > max(c[0], c[2]) for c in plain), plain
     assert not [p for p in tmp_path.iterdir() if p.name != "p.gif"]  # written atomically: no temporary file left
+
+
+def test_a_cut_out_input_image_is_masked_by_its_own_transparency(tmp_path):
+    """An --image with transparency (the usual cut-out for image-to-3D) is masked by its alpha when no --mask is
+    given; the automatic mask reads only its colours and found "no clear foreground object" in a white object on
+    transparency."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from generators3d.mask import foreground_mask
+    from generators3d.run import _object_mask
+    from suite.images import load_image
+
+    cut = Image.new("RGBA", (100, 100), (255, 255, 255, 0))
+    ImageDraw.Draw(cut).ellipse((20, 30, 80, 90), fill=(255, 255, 255, 255))
+    cut.save(tmp_path / "cut.png")
+    image = load_image(tmp_path / "cut.png")
+    with pytest.raises(ValueError, match="foreground"):
+        foreground_mask(image, "auto")
+    got = np.asarray(_object_mask(SimpleNamespace(mask=None, image=str(tmp_path / "cut.png"), mask_method="auto"),
+                                  image)) > 127
+    assert np.array_equal(got, np.asarray(cut.getchannel("A")) > 127)
+    Image.new("RGB", (100, 100), "white").save(tmp_path / "flat.png")  # no alpha: the automatic mask, as before
+    flat = SimpleNamespace(mask=None, image=str(tmp_path / "flat.png"), mask_method="auto")
+    with pytest.raises(ValueError, match="foreground"):
+        _object_mask(flat, load_image(tmp_path / "flat.png"))
