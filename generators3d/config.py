@@ -20,6 +20,12 @@ PREVIEWS = ("mesh", "nerf")  # what preview.gif turns round: the exported mesh (
 GEOMETRIES = ("density", "sdf")  # NeRFConfig.geometry
 REF_DEPTH_WEIGHT = 10.0  # lambda_ref_depth of --depth (measured on the mini world: docs/3d.md, "Reference depth")
 DEPTH_MODES = ("auto", "off")  # --depth: estimate the reference's depth, or none; anything else is a depth image
+
+
+def absolute_path(path: str | None) -> str | None:
+    """An input file's path as the run records it: absolute (``~`` expanded), so that ``config.json``, ``--resume``
+    and ``--config`` mean the same file from any folder (a relative one was read against the current folder)."""
+    return None if path in (None, "") else str(Path(os.path.expanduser(str(path))).absolute())
 SDF_EIKONAL = 1.0  # the eikonal weight of --geometry sdf (measured on the mini world: docs/3d.md, "SDF geometry")
 STAGES = ("image", "zero123", "refine", "export", "preview")
 RECOMMENDED = "recommended"  # --image-domain-weight recommended: the domain's recommended weights for stage 1
@@ -522,7 +528,8 @@ class ThreeDConfig:
             if value < 0:
                 raise ValueError(f"the {name} must be 0 or more, got {value}")
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
-                       formats=formats, depth=depth,
+                       formats=formats, depth=depth if depth in DEPTH_MODES else absolute_path(depth),
+                       image=absolute_path(self.image), mask=absolute_path(self.mask),
                        mask_method=self.mask_method or sizes.mask_method,
                        background_prompt=sizes.background_prompt if self.background_prompt is None
                        else self.background_prompt,

@@ -2,6 +2,7 @@
 finished stages, --export-only, the config file, NaN recovery, and one-sentence errors for bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -455,3 +456,17 @@ def test_a_cut_out_input_image_is_masked_by_its_own_transparency(tmp_path):
     flat = SimpleNamespace(mask=None, image=str(tmp_path / "flat.png"), mask_method="auto")
     with pytest.raises(ValueError, match="foreground"):
         _object_mask(flat, load_image(tmp_path / "flat.png"))
+
+
+def test_input_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    """`--image sq.png` was recorded as typed: a resume naming the same file by its full path was refused as "a
+    different image", one from another folder with its own sq.png was accepted, and --config from elsewhere could
+    not find it."""
+    from generators3d.config import ThreeDConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = ThreeDConfig(prompt="", preset="tiny", image="sq.png", mask="~/m.png", depth="d.png").resolved()
+    assert cfg.image == str(tmp_path / "sq.png") and cfg.depth == str(tmp_path / "d.png")
+    assert cfg.mask == str(Path.home() / "m.png")
+    assert ThreeDConfig(prompt="x", preset="tiny", depth="AUTO").resolved().depth == "auto"
+    assert ThreeDConfig(prompt="x", preset="tiny").resolved().image is None
