@@ -280,6 +280,7 @@ def batch_main(args) -> int:
     from suite.rules import parse_rule
 
     from . import run_text_to_3d
+    from .run import changed_settings, check_config
 
     if args.prompt or args.image or args.config:
         raise UserError("give --prompts-file, or --prompt / --image / --config for one run, not both")
@@ -290,6 +291,19 @@ def batch_main(args) -> int:
     folder = Path(args.output).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"the output {str(folder)!r} is a file: --output must be a folder for the batch's runs")
+    def item_args(item, out: Path) -> Namespace:
+        one = Namespace(**{**vars(args), "prompt": item.prompt, "seed": item.seed, "output": str(out),
+                           "resume": out.exists(), "prompts_file": None})
+        for key in ("domain_weight", "control_weight", "guidance_rule"):
+            if getattr(item, key) is not None:
+                setattr(one, key, getattr(item, key) if key != "guidance_rule" else parse_rule(item.guidance_rule))
+        return one
+
+    for item in items:  # every run's settings checked now: not a bad line after hours of the runs before it
+        try:
+            check_config(config_from_args(item_args(item, folder / f"{item.index:03d}-s{item.seed}")))
+        except ValueError as err:
+            raise UserError(f"{err} (item {item.index}: {item.prompt!r})") from None
     state = PartialState(cpu=args.device == "cpu")
     rank, world = state.process_index, state.num_processes
     with ExitStack() as stack:
@@ -297,22 +311,19 @@ def batch_main(args) -> int:
         state.wait_for_everyone()
         for item in items[rank::world]:
             out = folder / f"{item.index:03d}-s{item.seed}"
-            if (out / "summary.json").is_file():
-                made = json.loads((out / "config.json").read_text()).get("prompt")
-                if made != item.prompt:
-                    raise UserError(f"{str(out)!r} holds a run of {made!r}, not {item.prompt!r}: use the same prompts "
-                                    f"file to resume this batch, or choose another --output")
-                log.info("batch: %s is done (%r)", out.name, item.prompt)
-                continue
-            one = Namespace(**{**vars(args), "prompt": item.prompt, "seed": item.seed, "output": str(out),
-                               "resume": out.exists(), "prompts_file": None})
-            for key in ("domain_weight", "control_weight", "guidance_rule"):
-                if getattr(item, key) is not None:
-                    setattr(one, key, getattr(item, key) if key != "guidance_rule" else parse_rule(item.guidance_rule))
+            one = item_args(item, out)
             if one.device is None and world > 1:
                 one.device = str(state.device)
+            cfg = config_from_args(one)
+            if (out / "summary.json").is_file():  # done: made with these settings, or refused as a resume is
+                changed = changed_settings(out, cfg)
+                if changed:
+                    raise UserError(f"{str(out)!r} holds a run made with a different {', '.join(changed)}: use the "
+                                    f"same prompts file and flags to resume this batch, or choose another --output")
+                log.info("batch: %s is done (%r)", out.name, item.prompt)
+                continue
             log.info("batch: %s (%r) on process %d of %d", out.name, item.prompt, rank + 1, world)
-            run_text_to_3d(config_from_args(one))
+            run_text_to_3d(cfg)
         state.wait_for_everyone()
         if state.is_main_process:
             rows = []

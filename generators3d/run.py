@@ -552,22 +552,34 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
         raise ValueError(f"the output folder {str(out)!r} holds a run ({what}): pass --resume to continue that run, "
                          f"or choose another --output")
     if cfg.resume and config_path.is_file() and not cfg.export_only:  # export-only reuses no stage: nothing to match
-        old = ThreeDConfig.load(config_path)
-        # a run recorded before paths were made absolute: its relative paths as it read them, from here
-        old = replace(old, image=absolute_path(old.image), mask=absolute_path(old.mask),
-                      depth=old.depth if old.depth in DEPTH_MODES else absolute_path(old.depth))
-        keys = list(_RESUME_KEYS)
-        if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
-            keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model"]
-        if (out / "checkpoints" / "stage2-zero123.safetensors").exists():
-            keys += ["zero123", "zero123_model", "nerf", "camera", "depth", "depth_model"]
-        if (out / "checkpoints" / "stage3-refine.safetensors").exists():
-            keys += ["refine", "sd_model", "domain_model"]
-        changed = sorted({name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
+        changed = changed_settings(out, cfg)
         if changed:
             raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(changed)} (its "
                              f"finished stages would not match): use the same settings, or choose another --output")
-        continue_threads(old.threads, "the 3D run")
+        continue_threads(ThreeDConfig.load(config_path).threads, "the 3D run")
+
+
+def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:
+    """The settings of ``cfg`` (resolved) that differ from those the run in ``out`` made its finished stages with
+    (its ``config.json``): what a resume of it, or of a batch holding it, must refuse."""
+    old = ThreeDConfig.load(out / "config.json")
+    # a run recorded before paths were made absolute: its relative paths as it read them, from here
+    old = replace(old, image=absolute_path(old.image), mask=absolute_path(old.mask),
+                  depth=old.depth if old.depth in DEPTH_MODES else absolute_path(old.depth))
+    keys = list(_RESUME_KEYS)
+    if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
+        keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model"]
+    if (out / "checkpoints" / "stage2-zero123.safetensors").exists():
+        keys += ["zero123", "zero123_model", "nerf", "camera", "depth", "depth_model"]
+    if (out / "checkpoints" / "stage3-refine.safetensors").exists():
+        keys += ["refine", "sd_model", "domain_model"]
+    return sorted({name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
+
+
+def check_config(cfg: ThreeDConfig) -> None:
+    """What :func:`run_text_to_3d` checks before it touches the output folder or loads a model (one sentence per
+    problem): a batch checks every run's config this way before the first run starts."""
+    _check_request(cfg)
 
 
 def _flat(value, name: str) -> dict:

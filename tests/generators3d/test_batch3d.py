@@ -34,6 +34,21 @@ def test_a_batch_makes_a_run_per_prompt_and_resumes_only_the_unfinished(tmp_path
     assert launch.main([*argv, "--resume"]) == 0
     assert (out / "000-s0" / "mesh" / "model.glb").stat().st_mtime_ns == first  # finished: not touched
     assert (out / "001-s3" / "summary.json").is_file()
+    # a resume with other settings is refused for the finished runs too (they were skipped by their prompt alone)
+    changed = [a if a != "2" else "5" for a in argv]  # --zero123-steps 5
+    assert launch.main([*changed, "--resume"]) == 2
+    assert (out / "000-s0" / "mesh" / "model.glb").stat().st_mtime_ns == first
+
+
+def test_a_bad_item_is_refused_before_the_first_run(tmp_path, capsys):
+    """A prompt too long for CLIP on line 2 stopped the batch only after line 1's whole run."""
+    f = tmp_path / "p.txt"
+    f.write_text("a vase\n" + "a very long prompt " * 80 + "\n")
+    out = tmp_path / "out"
+    assert launch.main(["3d", *STEPS, "--prompts-file", str(f), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "characters long" in err and "(item 1: " in err and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def test_two_processes_share_the_prompts_and_make_the_same_meshes(tmp_path, monkeypatch, one_thread):
