@@ -541,15 +541,19 @@ def write_meshes(mesh: Mesh, folder: Path, formats, stem: str = "model") -> dict
     folder.mkdir(parents=True, exist_ok=True)
     files = AtomicFiles()
     paths = {}
+    written = set()
     try:
         for fmt in formats:
             for name, data in mesh_bytes(mesh, fmt, stem).items():
                 files.write(folder / name, data)
+                written.add(name)
             paths[fmt] = folder / f"{stem}.{fmt}"
         files.commit()
-        stale = folder / f"{stem}-vertex-colors.glb"  # from an earlier, textured export of another mesh
-        if "glb" in formats and mesh.texture is None and stale.exists():
-            stale.unlink()
+        # An earlier export's files of formats (or a texture) this one did not write are of another mesh: a re-export
+        # with --formats ply left model.glb, model.obj and its texture beside the new model.ply.
+        for old in [*folder.glob(f"{stem}.*"), folder / f"{stem}-vertex-colors.glb"]:
+            if old.name not in written and old.is_file():
+                old.unlink()
     except OSError as err:
         files.abort()
         if err.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -547,7 +547,8 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
     """Refuse, before anything is written, a folder holding another run (unless resuming that same run with the
     settings its finished stages were made with); a resume continues with the thread count the run recorded."""
     config_path = out / "config.json"
-    if busy and not cfg.resume:
+    # an --export-only that failed before it wrote meshes left only the folder's marker: its retry is not refused
+    if busy and not cfg.resume and not (cfg.export_only and not _has_results(out)):
         what = "--export-only would replace its meshes" if cfg.export_only else "it already holds results"
         raise ValueError(f"the output folder {str(out)!r} holds a run ({what}): pass --resume to continue that run, "
                          f"or choose another --output")
@@ -557,6 +558,12 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
             raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(changed)} (its "
                              f"finished stages would not match): use the same settings, or choose another --output")
         continue_threads(ThreeDConfig.load(config_path).threads, "the 3D run")
+
+
+def _has_results(out: Path) -> bool:
+    """Whether a run folder holds anything a run made: checkpoints, meshes or a summary."""
+    return (out / "summary.json").is_file() or any((out / "mesh").glob("model.*")) or \
+        any((out / "checkpoints").glob("*.safetensors"))
 
 
 def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:

@@ -174,6 +174,22 @@ def test_glb_obj_ply_reload_with_same_geometry_and_colours_y_up(tmp_path):
     assert "map_Kd model.png" in (tmp_path / "model.mtl").read_text()
 
 
+def test_a_re_export_leaves_no_file_of_the_earlier_mesh(tmp_path):
+    """A re-export with fewer formats (or no texture) left the earlier mesh's GLB, OBJ and texture beside the new
+    files, and summary.json's vertex_colors_glb named the stale GLB."""
+    field = AnalyticField()
+    mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=24, texture=True, texture_size=64))
+    mesh = meshlib.to_export_frame(mesh)
+    (tmp_path / "notes.txt").write_text("mine")
+    meshlib.write_meshes(mesh, tmp_path, ("glb", "obj", "ply"))
+    meshlib.write_meshes(mesh, tmp_path, ("ply",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ply", "notes.txt"]
+    meshlib.write_meshes(mesh, tmp_path, ("glb", "obj"))
+    plain, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=24, texture=False))
+    meshlib.write_meshes(meshlib.to_export_frame(plain), tmp_path, ("obj",))  # untextured: no .mtl/.png left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.obj", "notes.txt"]
+
+
 def test_full_disk_leaves_previous_files_untouched(tmp_path, monkeypatch):
     field = AnalyticField()
     mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=24, texture=False))

@@ -146,6 +146,14 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert not (other / "side-views.png").exists()
     again = json.loads((other / "summary.json").read_text())
     assert again["colours"]["side_views_image"] is None and again["preview_of"] == "nerf"
+    # ... and none of the earlier export's meshes stays beside the new one (model.glb was left, and named)
+    assert sorted(p.name for p in (other / "mesh").iterdir()) == ["model.ply"]
+    assert again["vertex_colors_glb"] is None and list(again["meshes"]) == ["ply"]
+    # an --export-only that failed before writing meshes can be run again at once (its folder held only the marker)
+    failed = tmp_path / "failed-export"
+    few = ["--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1", "--side-views", "0"]
+    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(failed), "--threshold", "1e9", *few]) == 2
+    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(failed), *few]) == 0
     # ... where the preset's own Zero-1-to-3 cannot be loaded (offline, never downloaded) the meshes still come, their
     # hidden sides with the NeRF's colours; a Zero-1-to-3 folder the user names is checked before anything is written
     small = ["--preset", "tiny", "--side-views", "1", "--mesh-resolution", "32", "--texture-size", "64",
