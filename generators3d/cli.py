@@ -259,7 +259,11 @@ def main(args) -> int:
     if result.nan_recoveries:
         log.info("  %d training step(s) had NaNs and were undone (restored the last good state)",
                  result.nan_recoveries)
-    log.info("open %s in Blender (File > Import > glTF): Y up, metres", result.mesh_paths.get("glb"))
+    blender = {"glb": "File > Import > glTF", "obj": "File > Import > Wavefront (.obj)",
+               "ply": "File > Import > Stanford PLY"}
+    fmt = next((f for f in blender if f in result.mesh_paths), None)
+    if fmt:  # the meshes written, not "open None" when glb was not among --formats
+        log.info("open %s in Blender (%s): Y up, metres", result.mesh_paths[fmt], blender[fmt])
     return 0
 
 

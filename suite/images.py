@@ -102,8 +102,8 @@ def check_same_aspect(size: tuple[int, int], image_size: tuple[int, int], what: 
     stretched onto the wrong pixels): one sentence if the ratios differ by more than a pixel."""
     (w, h), (iw, ih) = size, image_size
     if (w, h) != (iw, ih) and abs(w * ih - h * iw) > max(w, h, iw, ih):
-        raise ValueError(f"the {what} is {w}x{h} but the image is {iw}x{ih}: give a {what} with the image's size "
-                         f"(white = edit, black = keep)")
+        raise ValueError(f"the {what} is {w}x{h} but the image is {iw}x{ih}: give a {what} with the image's size, "
+                         f"or its aspect ratio (a scaled copy)")
 
 
 def oriented_size(im: Image.Image) -> tuple[int, int]:
