@@ -393,8 +393,8 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
             prompt = gr.Textbox("", label="prompt", placeholder="e.g. a vase with dragons", elem_id="3d-prompt")
             domain = gr.Dropdown(domains, value="porcelain" if "porcelain" in domains else domains[0],
                                  label="domain", allow_custom_value=True, elem_id="3d-domain")
-            image = checked_image(cfg, "object image", label="or start from your image (skips stage 1)",
-                                  elem_id="3d-image")
+            image = checked_image(cfg, "object image", keep_alpha=True,  # a cut-out: its alpha masks the object
+                                  label="or start from your image (skips stage 1)", elem_id="3d-image")
             with gr.Accordion("stage settings", open=False):
                 widgets = _settings_widgets(fields)
             with gr.Row():

@@ -304,10 +304,17 @@ def batch_main(args) -> int:
         return one
 
     for item in items:  # every run's settings checked now: not a bad line after hours of the runs before it
+        out = folder / f"{item.index:03d}-s{item.seed}"
         try:
-            check_config(config_from_args(item_args(item, folder / f"{item.index:03d}-s{item.seed}")))
+            cfg = config_from_args(item_args(item, out))
+            check_config(cfg)
         except ValueError as err:
             raise UserError(f"{err} (item {item.index}: {item.prompt!r})") from None
+        if args.resume and (out / "config.json").is_file():  # begun or done with other settings: refused now
+            changed = changed_settings(out, cfg)
+            if changed:
+                raise UserError(f"{str(out)!r} holds a run made with a different {', '.join(changed)}: use the same "
+                                f"prompts file and flags to resume this batch, or choose another --output")
     state = PartialState(cpu=args.device == "cpu")
     rank, world = state.process_index, state.num_processes
     with ExitStack() as stack:

@@ -25,7 +25,7 @@ DEPTH_MODES = ("auto", "off")  # --depth: estimate the reference's depth, or non
 def absolute_path(path: str | None) -> str | None:
     """An input file's path as the run records it: absolute (``~`` expanded), so that ``config.json``, ``--resume``
     and ``--config`` mean the same file from any folder (a relative one was read against the current folder)."""
-    return None if path in (None, "") else str(Path(os.path.expanduser(str(path))).absolute())
+    return None if path in (None, "") else os.path.abspath(os.path.expanduser(str(path)))
 SDF_EIKONAL = 1.0  # the eikonal weight of --geometry sdf (measured on the mini world: docs/3d.md, "SDF geometry")
 STAGES = ("image", "zero123", "refine", "export", "preview")
 RECOMMENDED = "recommended"  # --image-domain-weight recommended: the domain's recommended weights for stage 1

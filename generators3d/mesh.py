@@ -551,9 +551,10 @@ def write_meshes(mesh: Mesh, folder: Path, formats, stem: str = "model") -> dict
         files.commit()
         # An earlier export's files of formats (or a texture) this one did not write are of another mesh: a re-export
         # with --formats ply left model.glb, model.obj and its texture beside the new model.ply.
-        for old in [*folder.glob(f"{stem}.*"), folder / f"{stem}-vertex-colors.glb"]:
-            if old.name not in written and old.is_file():
-                old.unlink()
+        ours = [f"{stem}.{ext}" for ext in ("glb", "obj", "mtl", "png", "ply")] + [f"{stem}-vertex-colors.glb"]
+        for name in ours:  # only names an export writes: a user's model.blend beside them stays
+            if name not in written and (folder / name).is_file():
+                (folder / name).unlink()
     except OSError as err:
         files.abort()
         if err.errno in (errno.ENOSPC, errno.EDQUOT):

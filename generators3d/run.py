@@ -33,7 +33,7 @@ from suite.files import (
     remove_leftovers,
     write_text_atomic,
 )
-from suite.images import has_transparency, load_image, save_image_atomic
+from suite.images import has_transparency, load_image, read_mask, save_image_atomic
 from suite.models import ModelLoadError
 from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, depth_ref, resolve_device, resolve_domain, warn_prompt, zero123_ref
@@ -523,13 +523,16 @@ class _Reporter:
 
 
 def _object_mask(cfg: ThreeDConfig, image) -> Image.Image:
-    """The object's mask: ``--mask``; else, for an ``--image`` with transparency (a cut-out), its alpha, by the same
-    rule as a mask file (a cut-out's white object on transparency was "no clear foreground object" to the automatic
-    mask, which reads only the colours); else the automatic mask (``cfg.mask_method``)."""
+    """The object's mask: ``--mask``; else, for an ``--image`` that is a cut-out (transparent over most of its
+    border), its alpha, by the same rule as a mask file (a white object on transparency was "no clear foreground
+    object" to the automatic mask, which reads only the colours); else the automatic mask (``cfg.mask_method``)."""
     if cfg.mask:
         return load_mask(cfg.mask, image.size)
     if cfg.image and has_transparency(cfg.image):
-        return load_mask(cfg.image, image.size)
+        alpha = read_mask(cfg.image, image.size, "transparency of the --image", binary=True) > 0.5
+        border = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
+        if border.mean() < 0.5:  # a cut-out: the object on transparency (not a screenshot's rounded corners)
+            return Image.fromarray((alpha * 255).astype(np.uint8), "L")
     return foreground_mask(image, cfg.mask_method)
 
 
@@ -548,7 +551,9 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
     settings its finished stages were made with); a resume continues with the thread count the run recorded."""
     config_path = out / "config.json"
     # an --export-only that failed before it wrote meshes left only the folder's marker: its retry is not refused
-    if busy and not cfg.resume and not (cfg.export_only and not _has_results(out)):
+    # (a run's folder has its config.json from the start, and is refused as before)
+    failed_export = cfg.export_only and not (out / "config.json").exists() and not _has_results(out)
+    if busy and not cfg.resume and not failed_export:
         what = "--export-only would replace its meshes" if cfg.export_only else "it already holds results"
         raise ValueError(f"the output folder {str(out)!r} holds a run ({what}): pass --resume to continue that run, "
                          f"or choose another --output")

@@ -114,8 +114,10 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
             row = {"prompt": text}
         prompt = check_prompt(row["prompt"], f"the prompt on {where}")
         for key in ("domain_weight", "control_weight"):
-            if row.get(key) is not None:  # as a number ("0" is 0: the term is off)
-                row[key] = check_weight(row[key], f"{key} on {where}")
+            if row.get(key) is not None:  # a number as a number ("0" is 0: the term is off); "recommended" and
+                value = check_weight(row[key], f"{key} on {where}")  # "auto" stay as written (not the flags')
+                if isinstance(value, float):
+                    row[key] = value
         rule = row.get("guidance_rule")
         if rule is not None:
             try:

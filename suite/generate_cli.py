@@ -81,6 +81,11 @@ def main(args) -> int:
     cli.check_request(args)
     paths = output_paths(args.output, args.num_images)
     control_image = None
+    from .checks import UserError
+
+    if args.control_image and any(p.exists() and p.samefile(args.control_image) for p in paths):
+        raise UserError(f"--output {args.output!r} is the --control-image file itself: the image would replace it; "
+                        f"choose another --output")
     if args.control_image:
         control_image = load_image(args.control_image, "control image")
         if args.canny:

@@ -161,7 +161,7 @@ def noise_level(t, num_train_timesteps: int, batch: int) -> torch.Tensor:
     """The noise level ``s = t / T`` of each sample, ``[batch]`` (0 clean, 1 pure noise), from a timestep
     given as a number, a 0-d tensor or one per sample. In float64: in float32, t = 700 of 1000 came out 0.69999999
     and fell on the wrong side of a rule's boundary at 0.7."""
-    s = torch.as_tensor(t).to(torch.float64).flatten().cpu() / float(num_train_timesteps)
+    s = torch.as_tensor(t).flatten().cpu().to(torch.float64) / float(num_train_timesteps)  # on the CPU: MPS has no float64
     return s.expand(batch) if s.numel() == 1 else s
 
 

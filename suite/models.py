@@ -119,7 +119,8 @@ def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model
 
 FITS = {  # what a model must share with the base UNet to be used beside it
     "community SD1.5 model": ("in_channels", "out_channels", "cross_attention_dim"),  # the same latents and text
-    "domain model": ("in_channels", "out_channels"),  # the same latents (its text features are its own E)
+    # a null-text fine-tune of the base UNet itself: its architecture (the tiny models' beside the mini world's ran)
+    "domain model": ("in_channels", "out_channels", "cross_attention_dim", "block_out_channels"),
     "ControlNet": ("in_channels", "cross_attention_dim", "block_out_channels", "layers_per_block"),  # + its residuals
 }
 

@@ -78,7 +78,8 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
                 pickled=pickled, config=tmp / "in" / "bad-config.json", fifo=tmp / "in" / "fifo.png",
                 white=tmp / "in" / "white.png", textchunk=tmp / "in" / "textchunk.png",
                 typed=tmp / "in" / "typed-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
-                controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet", mixed=mixed)
+                controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet", mixed=mixed,
+                tinydomain=tiny_dir / "domain-face")
 
 
 G = ["generate", "--preset", "tiny", "--steps", "1"]
@@ -155,6 +156,11 @@ CASES = [
     ("generate: --community-weight without a community model",
      G + ["--prompt", "x", "--community-weight", "2", "--output", "{out}/c.png"],
      "--community-weight applies to community models"),
+    ("generate: domain model of another base (tiny beside mini)",
+     ["generate", "--preset", "mini", "--steps", "1", "--prompt", "a vase", "--domain-model", "{tinydomain}",
+      "--output", "{out}/c.png"], "the domain model"),
+    ("generate: output is the control image", G + ["--prompt", "x", "--control-image", "{white}", "--output",
+                                                   "{white}"], "is the --control-image file itself"),
     ("generate: rule that zeroes every term", G + ["--prompt", "x", "--guidance-rule",
                                                    "domain-ramp=0:0, control-ramp=0:0", "--output", "{out}/a.png"],
      "switch off every term"),
@@ -214,7 +220,7 @@ CASES = [
      "give --height-m a positive number of metres"),
     ("3d: height 0 m", T + ["--prompt", "a vase", "--height-m", "0", "--output", "{out}/run"],
      "give --height-m a positive number of metres"),
-    ("3d: Zero-1-to-3 whose projection fits other parts",
+    ("3d: Zero-1-to-3 whose projection does not fit its other parts",
      T + ["--prompt", "a vase", "--zero123-model", "{mixed}", "--output", "{out}/run"],
      "its parts are from different models"),
     ("3d: seed 2**70", T + ["--prompt", "a vase", "--seed", str(2 ** 70), "--output", "{out}/run"],
@@ -297,4 +303,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 40, "edit": 10, "3d": 22, "train": 9, "app": 3}, json.dumps(per)
+    assert per == {"generate": 42, "edit": 10, "3d": 22, "train": 9, "app": 3}, json.dumps(per)

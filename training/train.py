@@ -140,6 +140,13 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     resume_from = checkpoints[-1][1] if (config.resume and checkpoints) else None
     if config.resume and resume_from is None and accelerator.is_main_process:
         log.warning("--resume: no checkpoint in %s yet, starting from the beginning", output)
+    state = None
+    if resume_from is not None:  # checked before anything loads: a refused resume costs nothing
+        state = json.loads((resume_from / TRAINER_STATE).read_text())
+        changed = [k for k in RESUME_KEYS if k in state["config"] and state["config"][k] != getattr(config, k)]
+        if changed:
+            raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
+                             f"use the original values or a new --output")
     output.mkdir(parents=True, exist_ok=True)
     train_dir = output / "training"
     train_dir.mkdir(exist_ok=True)
@@ -160,6 +167,15 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     report("scan", 1, 1, {"images": len(dataset), "corrupt": len(dataset.scan.corrupt)})
     if accelerator.is_main_process:
         log.info("%s", dataset.scan.summary())
+    data_key = dataset.fingerprint()
+    if state is not None:  # before the latents are cached
+        if state.get("num_images") != len(dataset):
+            raise ValueError(f"the image folder changed since the checkpoint ({state.get('num_images')} -> "
+                             f"{len(dataset)} usable images): restore it, or start a new run with another --output")
+        if state.get("data", data_key) != data_key:  # checkpoints before it was recorded: the count above only
+            raise ValueError("the image folder changed since the checkpoint (images renamed, replaced or edited, or "
+                             "copied without their modification times): restore it, or start a new run with another "
+                             "--output")
     if config.cache_latents:
         cache_dtype = "float32" if config.mixed_precision == "no" else "float16"
         cache_path = build_latent_cache(dataset, vae, train_dir / "latents", vae_id=f"{sd_ref}|{vae.config}",
@@ -175,7 +191,6 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     # 4. F_T (optimised text features, main process) and E captured from it; or the checkpoint's weights.
     uncond = encode_prompts(parts["tokenizer"], parts["text_encoder"], [""], device=device, dtype=weight_dtype)
     ft_path = output / "text_features.safetensors"
-    data_key = dataset.fingerprint()
     # F_T of an earlier attempt of this run is reused only if it was optimised on the same images and settings.
     ft_key = json.dumps([data_key, sd_ref, config.seed, config.text_init_lr, config.text_init_batch_size,
                          config.text_init_images, config.resolution, config.center_crop, config.mixed_precision])
@@ -206,18 +221,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         start_step = 0
     else:
         unet = DomainModel.from_pretrained(resume_from).unet.to(device)
-        state = json.loads((resume_from / TRAINER_STATE).read_text())
         continue_threads(state.get("threads"), "the training run")
-        changed = [k for k in RESUME_KEYS if k in state["config"] and state["config"][k] != getattr(config, k)]
-        if changed:
-            raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
-                             f"use the original values or a new --output")
-        if state.get("num_images") != len(dataset):
-            raise ValueError(f"the image folder changed since the checkpoint ({state.get('num_images')} -> "
-                             f"{len(dataset)} usable images): restore it, or start a new run with another --output")
-        if state.get("data", data_key) != data_key:  # checkpoints before it was recorded: the count above only
-            raise ValueError("the image folder changed since the checkpoint (images renamed, replaced or edited): "
-                             "restore it, or start a new run with another --output")
         start_step = int(state["step"])
     check_E(unet)
     # The text encoder is not needed any more: E holds what the domain prompt contributed.

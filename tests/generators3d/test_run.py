@@ -461,9 +461,13 @@ def test_a_cut_out_input_image_is_masked_by_its_own_transparency(tmp_path):
                                   image)) > 127
     assert np.array_equal(got, np.asarray(cut.getchannel("A")) > 127)
     Image.new("RGB", (100, 100), "white").save(tmp_path / "flat.png")  # no alpha: the automatic mask, as before
-    flat = SimpleNamespace(mask=None, image=str(tmp_path / "flat.png"), mask_method="auto")
-    with pytest.raises(ValueError, match="foreground"):
-        _object_mask(flat, load_image(tmp_path / "flat.png"))
+    corners = Image.new("RGBA", (100, 100), (255, 255, 255, 255))  # a screenshot's rounded corners: not a cut-out
+    corners.putpixel((0, 0), (255, 255, 255, 0))
+    corners.save(tmp_path / "corners.png")
+    for name in ("flat.png", "corners.png"):
+        plain = SimpleNamespace(mask=None, image=str(tmp_path / name), mask_method="auto")
+        with pytest.raises(ValueError, match="foreground"):
+            _object_mask(plain, load_image(tmp_path / name))
 
 
 def test_input_paths_are_recorded_absolute(tmp_path, monkeypatch):

@@ -65,6 +65,10 @@ def test_a_prompts_file_as_editors_save_it(tmp_path):
                   .encode("utf-8"))
     items = B.read_items(f, [0])
     assert [(i.prompt, i.seed) for i in items] == [("a cat", 7), ("a\u2028dog", 0), ("café \x85 bar", 0)]
+    # a line's weights: numbers as numbers ("0" switches the term off); "recommended" stays the line's own
+    f.write_text('{"prompt": "x", "domain_weight": "0"}\n{"prompt": "y", "domain_weight": "recommended"}\n')
+    a, b = (i.with_defaults(3.0) for i in B.read_items(f, [0]))
+    assert a.domain_weight == 0.0 and b.domain_weight == "recommended"
 
 
 def test_a_batchs_rules_are_checked_per_item_with_its_own_terms(tmp_path, capsys):
