@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, lint and run the test suite (CPU, no downloads; 5 to 6 minutes of pytest on 2 cores, README "Tests").
+# Set up, lint and run the test suite (CPU, no downloads; 5 to 7 minutes of pytest on 2 cores, README "Tests").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
