@@ -148,7 +148,10 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     if cfg.export_only:
         field, _ = load_checkpoint(cfg.export_only, device)
         colours, camera = _export_only_colours(cfg, device, dtype)  # a bad Zero-1-to-3 folder fails before writing
-        return _finish(field, replace(cfg, camera=camera), out, _create_output(out, cfg), report, colours)
+        result = _create_output(out, cfg)
+        if (out / "config.json").is_file():  # into a run's own folder (--resume): summary.json keeps its record
+            _keep_run_record(out, result, stage2_ckpt, stage3_ckpt)
+        return _finish(field, replace(cfg, camera=camera), out, result, report, colours)
 
     # 3. Models, loaded once and only when a stage needs them; the prompt's length checked by its tokenizer.
     pipe = None
@@ -563,6 +566,21 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
             raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(changed)} (its "
                              f"finished stages would not match): use the same settings, or choose another --output")
         continue_threads(ThreeDConfig.load(config_path).threads, "the 3D run")
+
+
+def _keep_run_record(out: Path, result: ThreeDResult, stage2: Path, stage3: Path) -> None:
+    """An --export-only into the folder of the run it exports keeps that run's image, mask, checkpoints and stages in
+    the summary it rewrites (they were written as none: the run's record was lost)."""
+    for name, attr in (("image.png", "image_path"), ("mask.png", "mask_path")):
+        if (out / name).is_file():
+            setattr(result, attr, out / name)
+    for stage, path in (("zero123", stage2), ("refine", stage3)):
+        if path.is_file():
+            result.checkpoints[stage] = path
+    try:
+        result.stages_run = list(json.loads((out / "summary.json").read_text()).get("stages_run") or [])
+    except (OSError, ValueError):
+        pass
 
 
 def _has_results(out: Path) -> bool:

@@ -189,6 +189,9 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(out), "--preset", "tiny", "--resume",
                         "--formats", "glb", "--mesh-resolution", "24", "--preview-frames", "1"]) == 0
     assert (out / "mesh" / "model.glb").read_bytes() != glb and (out / "config.json").read_bytes() == config
+    record = json.loads((out / "summary.json").read_text())  # the run's record stays (it was written as none)
+    assert record["image"] == str(out / "image.png") and set(record["checkpoints"]) == {"zero123", "refine"}
+    assert record["stages_run"] and record["meshes"] == {"glb": str(out / "mesh" / "model.glb")}
 
 
 @pytest.mark.parametrize("argv, message", [
