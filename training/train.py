@@ -104,6 +104,16 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
         return _train(config, accelerator, per_device, output, progress)
 
 
+def _sd_identity(sd_model: str | None, preset: str) -> str:
+    """The base model a run trains from: ``--sd-model``, else the preset's (``$INDOMAIN_SD_MODEL`` for the full
+    one); a local folder as its absolute, resolved path (a relative path means the same folder from anywhere)."""
+    from suite.presets import sd_ref
+
+    ref = sd_model or sd_ref(preset)
+    path = Path(os.path.expanduser(str(ref)))
+    return str(path.resolve()) if path.is_dir() else str(ref)
+
+
 def _is_training_run(folder: Path) -> bool:
     """A training run (or domain model) written before run folders were marked."""
     return (folder / "training" / "train_config.json").is_file() or (folder / "nulltext.json").is_file()
@@ -143,7 +153,13 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     state = None
     if resume_from is not None:  # checked before anything loads: a refused resume costs nothing
         state = json.loads((resume_from / TRAINER_STATE).read_text())
-        changed = [k for k in RESUME_KEYS if k in state["config"] and state["config"][k] != getattr(config, k)]
+        changed = [k for k in RESUME_KEYS if k in state["config"] and k != "sd_model"
+                   and state["config"][k] != getattr(config, k)]
+        # the base model as the run read it (a path as typed, or $INDOMAIN_SD_MODEL, is the same model or not)
+        old_base = state.get("sd_identity") or _sd_identity(state["config"].get("sd_model"),
+                                                            state["config"].get("preset", config.preset))
+        if "sd_model" in state["config"] and old_base != _sd_identity(config.sd_model, config.preset):
+            changed.append("sd_model")
         if changed:
             raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
                              f"use the original values or a new --output")
@@ -273,6 +289,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
 
     def state_dict_for(step):
         return dict(step=step, num_images=len(dataset), data=data_key, images_seen=step * B, loss=last_loss,
+                    sd_identity=_sd_identity(config.sd_model, config.preset),
                     threads=threads,
                     config={k: getattr(config, k) for k in RESUME_KEYS},
                     scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)

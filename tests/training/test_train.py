@@ -129,7 +129,14 @@ def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused
     with pytest.raises(ValueError, match="renamed, replaced or edited"):
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9))
     (data / "img9.png").rename(data / "img0.png")  # restored: the resume goes on
-    train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9))
+    with pytest.raises(ValueError, match=r"changed settings \(sd_model\)"):  # another base model
+        train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, sd_model=str(tmp_path)))
+    import os
+
+    from suite.presets import sd_ref
+
+    same_base = os.path.relpath(sd_ref("tiny"))  # the preset's own base, named by a relative path: the same model
+    train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, sd_model=same_base))
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
 
     key = ImageFolderDataset(data, resolution=32).fingerprint()
