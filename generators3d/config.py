@@ -22,6 +22,17 @@ REF_DEPTH_WEIGHT = 10.0  # lambda_ref_depth of --depth (measured on the mini wor
 DEPTH_MODES = ("auto", "off")  # --depth: estimate the reference's depth, or none; anything else is a depth image
 
 
+MODEL_FLAGS = ("sd_model", "domain_model", "zero123_model", "depth_model")
+
+
+def model_ref(ref: str | None) -> str | None:
+    """A model reference as the run records it: a local folder as its absolute path (the same folder from any
+    current folder), anything else (a hub id, ``none``) as given."""
+    if ref in (None, ""):
+        return ref
+    return absolute_path(ref) if Path(os.path.expanduser(str(ref))).is_dir() else ref
+
+
 def absolute_path(path: str | None) -> str | None:
     """An input file's path as the run records it: absolute (``~`` expanded), so that ``config.json``, ``--resume``
     and ``--config`` mean the same file from any folder (a relative one was read against the current folder)."""
@@ -530,6 +541,7 @@ class ThreeDConfig:
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
                        formats=formats, depth=depth if depth in DEPTH_MODES else absolute_path(depth),
                        image=absolute_path(self.image), mask=absolute_path(self.mask),
+                       **{k: model_ref(getattr(self, k)) for k in MODEL_FLAGS},
                        mask_method=self.mask_method or sizes.mask_method,
                        background_prompt=sizes.background_prompt if self.background_prompt is None
                        else self.background_prompt,

@@ -44,7 +44,17 @@ from suite.zero123 import Zero123Guidance, load_zero123
 
 from . import mesh as meshlib
 from .cameras import orbit_cameras, turntable_cameras
-from .config import DEPTH_MODES, PRESET_SIZES, STAGES, ThreeDConfig, ThreeDResult, absolute_path, is_recommended
+from .config import (
+    DEPTH_MODES,
+    MODEL_FLAGS,
+    PRESET_SIZES,
+    STAGES,
+    ThreeDConfig,
+    ThreeDResult,
+    absolute_path,
+    is_recommended,
+    model_ref,
+)
 from .guidance3d import DomainSDS, Zero123SDS
 from .mask import foreground_mask, load_mask, reference_depth, reference_view
 from .nerf import Background, make_field
@@ -595,7 +605,8 @@ def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:
     old = ThreeDConfig.load(out / "config.json")
     # a run recorded before paths were made absolute: its relative paths as it read them, from here
     old = replace(old, image=absolute_path(old.image), mask=absolute_path(old.mask),
-                  depth=old.depth if old.depth in DEPTH_MODES else absolute_path(old.depth))
+                  depth=old.depth if old.depth in DEPTH_MODES else absolute_path(old.depth),
+                  **{k: model_ref(getattr(old, k)) for k in MODEL_FLAGS})
     keys = list(_RESUME_KEYS)
     if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
         keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model"]

@@ -485,3 +485,8 @@ def test_input_paths_are_recorded_absolute(tmp_path, monkeypatch):
     assert cfg.mask == str(Path.home() / "m.png")
     assert ThreeDConfig(prompt="x", preset="tiny", depth="AUTO").resolved().depth == "auto"
     assert ThreeDConfig(prompt="x", preset="tiny").resolved().image is None
+    (tmp_path / "models" / "z123").mkdir(parents=True)  # a local model folder: absolute; a hub id: as given
+    cfg = ThreeDConfig(prompt="x", preset="tiny", zero123_model="models/z123", sd_model="org/sd15",
+                       domain_model="none").resolved()
+    assert cfg.zero123_model == str(tmp_path / "models" / "z123") and cfg.sd_model == "org/sd15"
+    assert cfg.domain_model == "none"
