@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from suite import cli
 from suite.checks import UserError, check_range, finite_float
@@ -54,7 +53,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from suite.files import remove_leftovers
-    from suite.images import open_image, oriented_size, output_paths, save_image_atomic
+    from suite.images import check_not_an_input, open_image, oriented_size, output_paths, save_image_atomic
 
     from .edit import edit_photo
     from .images import load_mask
@@ -66,10 +65,7 @@ def main(args) -> int:
     if args.max_megapixels <= 0:
         raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
     paths = output_paths(args.output, args.num_images)
-    for given, what in ((args.image, "--image"), (args.mask, "--mask")):
-        if given and any(p.exists() and p.samefile(given) for p in paths if Path(given).exists()):
-            raise UserError(f"--output {args.output!r} is the {what} file itself: the edit would replace your "
-                            f"original; choose another --output")
+    check_not_an_input(paths, args.output, {"--image": args.image, "--mask": args.mask}, "edit")
     remove_leftovers(paths)
     max_pixels = int(args.max_megapixels * 1e6)
     image = open_image(args.image, "image", max_pixels)

@@ -274,6 +274,7 @@ def batch_main(args) -> int:
     import json
     from argparse import Namespace
     from contextlib import ExitStack
+    from dataclasses import replace
     from pathlib import Path
 
     from accelerate import PartialState
@@ -303,6 +304,7 @@ def batch_main(args) -> int:
                 setattr(one, key, getattr(item, key) if key != "guidance_rule" else parse_rule(item.guidance_rule))
         return one
 
+    runs = []
     for item in items:  # every run's settings checked now: not a bad line after hours of the runs before it
         out = folder / f"{item.index:03d}-s{item.seed}"
         try:
@@ -315,24 +317,18 @@ def batch_main(args) -> int:
             if changed:
                 raise UserError(f"{str(out)!r} holds a run made with a different {', '.join(changed)}: use the same "
                                 f"prompts file and flags to resume this batch, or choose another --output")
+        runs.append((item, out, cfg))
     state = PartialState(cpu=args.device == "cpu")
     rank, world = state.process_index, state.num_processes
     with ExitStack() as stack:
         B.claim_batch_folder(stack, state, folder, "3d-batch", args.resume, "a 3D batch")
         state.wait_for_everyone()
-        for item in items[rank::world]:
-            out = folder / f"{item.index:03d}-s{item.seed}"
-            one = item_args(item, out)
-            if one.device is None and world > 1:
-                one.device = str(state.device)
-            cfg = config_from_args(one)
-            if (out / "summary.json").is_file():  # done: made with these settings, or refused as a resume is
-                changed = changed_settings(out, cfg)
-                if changed:
-                    raise UserError(f"{str(out)!r} holds a run made with a different {', '.join(changed)}: use the "
-                                    f"same prompts file and flags to resume this batch, or choose another --output")
+        for item, out, cfg in runs[rank::world]:
+            if (out / "summary.json").is_file():  # done, with these settings (checked above)
                 log.info("batch: %s is done (%r)", out.name, item.prompt)
                 continue
+            if cfg.device is None and world > 1:
+                cfg = replace(cfg, device=str(state.device))  # each process on its own device
             log.info("batch: %s (%r) on process %d of %d", out.name, item.prompt, rank + 1, world)
             run_text_to_3d(cfg)
         state.wait_for_everyone()

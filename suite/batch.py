@@ -272,13 +272,12 @@ def manifest_line(item: Item, file: Path, weights: dict, rule: str | None, model
 def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | None = None) -> None:
     """One sentence if the finished items of a folder were made from other prompts, seeds or ``settings`` than
     ``items`` (a manifest line written before settings were recorded is checked for its item only)."""
+    settings = None if settings is None else json.loads(json.dumps(settings))  # as JSON reads them back
     for index, line in done.items():
         row = json.loads(line)
         old = row.get("settings")
         if settings is not None and old is not None:
-            # as JSON reads them back (tuples as lists)
-            changed = [k for k in sorted(set(old) | set(settings))
-                       if old.get(k) != json.loads(json.dumps(settings.get(k)))]
+            changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
             if changed:
                 raise UserError(f"the folder's images were made with other settings ({', '.join(changed)}: "
                                 f"{', '.join(f'{old.get(k)!r}' for k in changed)}): resume with the same flags, or "

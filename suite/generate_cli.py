@@ -73,19 +73,15 @@ def main(args) -> int:
     if args.prompts_file is not None or args.seeds is not None:
         return batch_main(args)
     from .files import remove_leftovers
-    from .images import load_image, output_paths, save_image_atomic
+    from .images import check_not_an_input, load_image, output_paths, save_image_atomic
     from .pipeline import DEFAULT_STEPS, Control
     from .presets import warn_prompt
 
     # 1. Validate what can be checked before loading models.
     cli.check_request(args)
     paths = output_paths(args.output, args.num_images)
+    check_not_an_input(paths, args.output, {"--control-image": args.control_image}, "image")
     control_image = None
-    from .checks import UserError
-
-    if args.control_image and any(p.exists() and p.samefile(args.control_image) for p in paths):
-        raise UserError(f"--output {args.output!r} is the --control-image file itself: the image would replace it; "
-                        f"choose another --output")
     if args.control_image:
         control_image = load_image(args.control_image, "control image")
         if args.canny:

@@ -168,6 +168,15 @@ def check_output_format(path: str | os.PathLike) -> str:
     return fmt
 
 
+def check_not_an_input(paths, output, inputs: dict, what: str = "result") -> None:
+    """One sentence when one of the output ``paths`` is one of the command's input files (``{flag: path or None}``):
+    the ``what`` would replace the user's original."""
+    for flag, given in inputs.items():
+        if given and Path(given).exists() and any(p.exists() and p.samefile(given) for p in paths):
+            raise UserError(f"--output {str(output)!r} is the {flag} file itself: the {what} would replace your "
+                            f"original; choose another --output")
+
+
 def output_paths(output: str | os.PathLike, n: int) -> list[Path]:
     """The files an ``--output`` names for ``n`` images (``NAME-0.png ...`` when ``n > 1``), checked before any
     work: the folder exists and is writable, no path is an existing folder, and the format is known."""

@@ -464,10 +464,6 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             raise ValueError("a control image needs a ControlNet: pass --controlnet FOLDER_OR_HUB_ID")
         return ControlNetInput(controlnet, self.prepare_control_image(image, height, width), scale)
 
-    def _epsilon_sampler(self):
-        """The scheduler for the denoising loop, configured for epsilon (the guidance's output)."""
-        return epsilon_scheduler(self.scheduler)
-
     def check_inputs(self, num_inference_steps, num_images_per_prompt, strength, height, width, image, latents,
                      domain_weight, control_weight, w0, callback_on_step_end_tensor_inputs) -> tuple:
         """diffusers' ``check_inputs``: one clear sentence per bad input; returns ``(steps, images per prompt,
@@ -589,7 +585,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         # 3. Timesteps (for a start image, only the last `strength` fraction of them, as img2img does).
         #    The guidance returns epsilon whatever the networks predict (UNetDenoiser converts v), so the
         #    scheduler steps as an epsilon scheduler.
-        sampler = self._epsilon_sampler()
+        sampler = epsilon_scheduler(self.scheduler)  # the guidance's output is epsilon
         sampler.set_timesteps(steps, device=device)
         timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
         # The guidance: one denoiser built from SD1.5, the domain model and the controls, under the rule the

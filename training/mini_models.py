@@ -6,6 +6,7 @@ cosine schedule, the optimiser-and-EMA step, progress lines). The build that run
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -61,6 +62,7 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX-512 and up)."""
     try:

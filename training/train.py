@@ -151,6 +151,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     if config.resume and resume_from is None and accelerator.is_main_process:
         log.warning("--resume: no checkpoint in %s yet, starting from the beginning", output)
     state = None
+    sd_identity = _sd_identity(config.sd_model, config.preset)  # recorded in every checkpoint
     if resume_from is not None:  # checked before anything loads: a refused resume costs nothing
         state = json.loads((resume_from / TRAINER_STATE).read_text())
         changed = [k for k in RESUME_KEYS if k in state["config"] and k != "sd_model"
@@ -158,7 +159,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         # the base model as the run read it (a path as typed, or $INDOMAIN_SD_MODEL, is the same model or not)
         old_base = state.get("sd_identity") or _sd_identity(state["config"].get("sd_model"),
                                                             state["config"].get("preset", config.preset))
-        if "sd_model" in state["config"] and old_base != _sd_identity(config.sd_model, config.preset):
+        if "sd_model" in state["config"] and old_base != sd_identity:
             changed.append("sd_model")
         if changed:
             raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
@@ -289,7 +290,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
 
     def state_dict_for(step):
         return dict(step=step, num_images=len(dataset), data=data_key, images_seen=step * B, loss=last_loss,
-                    sd_identity=_sd_identity(config.sd_model, config.preset),
+                    sd_identity=sd_identity,
                     threads=threads,
                     config={k: getattr(config, k) for k in RESUME_KEYS},
                     scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)
