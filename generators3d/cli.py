@@ -94,7 +94,8 @@ def add_arguments(p) -> None:
                         "default (mini world at 10: the bowl's cavity a little more open, the other shapes "
                         "unchanged within what three seeds resolve; docs/3d.md)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
-                   help="Zero-1-to-3 classifier-free guidance weight (default: 3, threestudio's)")
+                   help="Zero-1-to-3 classifier-free guidance weight, in stage 2, stage 3's Zero-1-to-3 term and "
+                        "the export's side views (default: 3, threestudio's)")
     g.add_argument("--domain-weight", type=weight_arg, default=None,
                    help="w_d in stage 3, a number or 'auto' (default: the domain preset's, else auto)")
     g.add_argument("--control-weight", type=weight_arg, default=None,

@@ -299,7 +299,8 @@ def stage_generator(seed: int, stage: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1009 + STAGES.index(stage))
 
 
-def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) -> tuple[meshlib.Mesh, float, list]:
+def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0,
+               guidance_scale: float = 3.0) -> tuple[meshlib.Mesh, float, list]:
     """The field's mesh in the NeRF frame as the export makes it (``export``: an :class:`ExportConfig`), its
     density threshold from renders at the reference distance (four round the object, one above, one below), and the
     Zero-1-to-3 side views its colours took. Colours: the NeRF's, with ``reference`` (a
@@ -308,7 +309,7 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
     brought to the reference's colours (:mod:`generators3d.texture`); with ``export.side_keep_reference`` the side
     views keep what the projected reference shows and draw the rest to join it, and with ``export.side_in_turn`` they
     are drawn in turns (:func:`generators3d.texture.side_batches`: the back first), each also keeping what the turns
-    before it drew. Puts the field in eval mode with a fresh occupancy grid (a loaded checkpoint carries none)."""
+    before it drew, at Zero-1-to-3's classifier-free ``guidance_scale`` (the run's ``--zero123-guidance``). Puts the field in eval mode with a fresh occupancy grid (a loaded checkpoint carries none)."""
     field.eval()
     field.update_occupancy()
     cams = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,
@@ -326,6 +327,7 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0) 
         for i, azimuths in enumerate(side_turns(export)):  # each turn keeps what the reference and turns before show
             first = meshlib.colour_mesh(mesh, field, export, views + sides, texture=False, reference=reference)
             drawn = zero123_colour_views(first, side, camera, strength=export.side_strength, steps=export.side_steps,
+                                         guidance_scale=guidance_scale,
                                          seed=seed + 7919 * i,  # turn 0 draws with the run's seed, as before turns
                                          keep=views + sides if keep else None, azimuths=azimuths)
             # each view's depth map of this mesh, drawn once for the turns after it and the colours below
@@ -405,7 +407,8 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     reference, side, warning = colours
     if warning:
         result.warnings.append(warning)
-    mesh, level, sides = field_mesh(field, cfg.camera, cfg.export, reference, side, cfg.seed)
+    mesh, level, sides = field_mesh(field, cfg.camera, cfg.export, reference, side, cfg.seed,
+                                    cfg.zero123.zero123_guidance_scale)
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
     shown = mesh  # in the NeRF frame, for the preview's cameras
     mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])

@@ -120,12 +120,14 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     import suite.zero123
 
     drawn = suite.zero123.novel_views
-    kept = []  # the side views keep what the projected reference shows there (export.side_keep_reference)
+    kept, scales = [], []  # the side views keep what the projected reference shows there (export.side_keep_reference)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(suite.zero123, "novel_views", lambda *a, **k: (kept.append(k.get("keep")), drawn(*a, **k))[1])
+        mp.setattr(suite.zero123, "novel_views",
+                   lambda *a, **k: (kept.append(k.get("keep")), scales.append(a[4]), drawn(*a, **k))[2])
         assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
                             "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views",
-                            "2", "--elevation", "40"]) == 0
+                            "2", "--elevation", "40", "--zero123-guidance", "2.5"]) == 0
+    assert scales == [2.5, 2.5]  # --zero123-guidance draws the side views too (always 3 before)
     # ... drawn in turns (135, then 225 degrees: they overlap at the back), the second keeping what the first drew too
     assert len(kept) == 2 and all(k.shape[:2] == (1, 1) for k in kept)
     assert float(kept[0].max()) > 0.5 > float(kept[0].mean()) and float(kept[1].mean()) > 4 * float(kept[0].mean())  # 0.046, 0.003

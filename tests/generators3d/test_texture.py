@@ -225,11 +225,12 @@ class _Drawn:
     """Stands in for ``suite.zero123.novel_views``: records the keep masks and batch sizes, returns the renders."""
 
     def __init__(self):
-        self.masks, self.batches = [], []
+        self.masks, self.batches, self.scales = [], [], []
 
     def __call__(self, guide, els, azs, dists, scale, steps, generator=None, init=None, strength=1.0, keep=None):
         self.masks.append(None if keep is None else keep[:, 0].numpy())
         self.batches.append(len(els))
+        self.scales.append(scale)
         return init
 
 
@@ -313,9 +314,12 @@ def test_the_export_draws_its_side_views_in_turns_or_all_at_once(monkeypatch):
         drawn[in_turn] = _Drawn()
         monkeypatch.setattr(suite.zero123, "novel_views", drawn[in_turn])
         export = ExportConfig(resolution=40, threshold=25.0, texture=False, side_views=3, side_in_turn=in_turn)
-        _, _, sides = field_mesh(field, camera, export, reference=_view(plain, 0.0), side=GUIDE)
+        _, _, sides = field_mesh(field, camera, export, reference=_view(plain, 0.0), side=GUIDE,
+                                 guidance_scale=4.5 if in_turn else 3.0)
         assert len(sides) == 3 and all(v.depth is not None for v in sides)  # each drawn once, for every later use
     assert drawn[True].batches == [1, 2] and drawn[False].batches == [3]
+    # the run's --zero123-guidance draws the side views too (they were drawn at 3 whatever the flag said)
+    assert drawn[True].scales == [4.5, 4.5] and drawn[False].scales == [3.0]
     at_once = drawn[False].masks[0]
     assert at_once[0].mean() < 0.01 < at_once[1:].mean()  # the back view keeps nothing of the front
     in_turns = drawn[True].masks[1]
