@@ -216,13 +216,17 @@ def batch_main(args) -> int:
 
         return sample, B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})
 
+    from .models import native_size
     from .presets import model_refs
 
     refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
     # what every image is made with besides its item: a resume with other values is refused, not mixed in
-    settings = {"--steps": DEFAULT_STEPS if args.steps is None else args.steps, "--width": args.width,
-                "--height": args.height, "--w0": args.w0, "--auto-norm": args.auto_norm,
-                "--no-rectify": bool(args.no_rectify),
+    # the model's native size given by hand makes the same images as no --width/--height: recorded as not given
+    native = native_size(refs["sd"]) if args.width is not None or args.height is not None else None
+    settings = {"--steps": DEFAULT_STEPS if args.steps is None else args.steps,
+                "--width": None if args.width == native else args.width,
+                "--height": None if args.height == native else args.height, "--w0": args.w0,
+                "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify),
                 "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
     missing = B.run_batch(state, folder, items, args.batch_size, load, args.resume, settings=settings)
     return 1 if missing else 0

@@ -117,6 +117,21 @@ def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model
     return parts
 
 
+def native_size(ref: str) -> int | None:
+    """The image side a Stable Diffusion model makes by default (the pipeline's: its UNet's ``sample_size`` times
+    the VAE's scale factor), read from the configs alone; None where they cannot be read (a hub id not cached)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        ref, local = resolve(ref, "Stable Diffusion 1.5 model", "--sd-model")
+        kw = _hub_kwargs(local)
+        unet = UNet2DConditionModel.load_config(ref, subfolder="unet", **kw)
+        vae = AutoencoderKL.load_config(ref, subfolder="vae", **kw)
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (ModelLoadError, *load_errors(), KeyError, TypeError, ValueError):
+        return None
+
+
 FITS = {  # what a model must share with the base UNet to be used beside it
     "community SD1.5 model": ("in_channels", "out_channels", "cross_attention_dim"),  # the same latents and text
     # a null-text fine-tune of the base UNet itself: its architecture (the tiny models' beside the mini world's ran)
