@@ -62,10 +62,14 @@ def expand_timestep(t: torch.Tensor | int | float, batch: int, device: torch.dev
 
 
 def v_to_eps(v: torch.Tensor, z: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Convert a v-prediction to an epsilon prediction: ``eps = sqrt(a_t) v + sqrt(1 - a_t) z``."""
+    """Convert a v-prediction to an epsilon prediction: ``eps = sqrt(a_t) v + sqrt(1 - a_t) z``, in float32.
+
+    Not cast back to a half-precision ``v``'s dtype: at high noise ``eps`` is nearly ``z`` (``sqrt(a_t)`` is 0.07 at
+    SD's last step), so two models' epsilons differ by less than half precision resolves, and the guidance
+    directions ``eps_i - eps_0`` (and the automatic weights measured from them) would be rounding noise."""
     a = alphas_cumprod.to(device=z.device, dtype=torch.float32)[t.long().to(z.device)]
     a = a.view(-1, *([1] * (z.ndim - 1)))
-    return (a.sqrt() * v.float() + (1 - a).sqrt() * z.float()).to(v.dtype)
+    return a.sqrt() * v.float() + (1 - a).sqrt() * z.float()
 
 
 def epsilon_scheduler(scheduler):
@@ -116,7 +120,8 @@ class UNetDenoiser:
     * a UNet with IP-Adapters loaded: ``image_embeds``, one tensor per adapter (``[1 or B, ...]``; the
       negative image's embedding for an unconditional call), passed as diffusers' ``added_cond_kwargs``.
 
-    ``prediction_type`` is the network's (``"epsilon"`` or ``"v_prediction"``); the output is always epsilon.
+    ``prediction_type`` is the network's (``"epsilon"`` or ``"v_prediction"``); the output is always epsilon (in
+    ``z``'s dtype; a v-model's in float32, see :func:`v_to_eps`).
     """
 
     unet: torch.nn.Module
@@ -233,10 +238,8 @@ def evaluate_unet_group(members: Sequence[UNetDenoiser], z: torch.Tensor, t) -> 
     out = unet(z_in, t_in, encoder_hidden_states=ehs, return_dict=False, **kwargs)[0]
     outs = list(out.chunk(k))
     results = []
-    for m, o in zip(members, outs):
-        if m.prediction_type == "v_prediction":
-            o = v_to_eps(o, z, t_b, m.alphas_cumprod)
-        results.append(o.to(z.dtype))
+    for m, o in zip(members, outs):  # a v-model's epsilon stays in float32 (v_to_eps); the caller casts the result
+        results.append(v_to_eps(o, z, t_b, m.alphas_cumprod) if m.prediction_type == "v_prediction" else o.to(z.dtype))
     return results
 
 

@@ -279,7 +279,8 @@ class MultiGuidance:
                 f = f.to(w.device if isinstance(w, torch.Tensor) else z.device)
             weights.append(w if f is None else w * f)
         self.last_weights = weights
-        return combine(eps_0, eps_terms, weights, [self.terms[i].name for i in active], self.rule)
+        # in z's dtype: a v-model's epsilons come in float32 (suite.denoisers.v_to_eps), combined in float32 first
+        return combine(eps_0, eps_terms, weights, [self.terms[i].name for i in active], self.rule).to(z.dtype)
 
     def weights_used(self) -> dict:
         """``{term name: weight}`` of each term evaluated since the last :meth:`reset` (its weight before any

@@ -634,7 +634,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                eps = guidance(sampler.scale_model_input(latents, t), t)
+                eps = guidance(sampler.scale_model_input(latents, t), t).to(latents.dtype)
                 latents = sampler.step(eps, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     available = {"latents": latents}
