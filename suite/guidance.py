@@ -239,16 +239,23 @@ class MultiGuidance:
     def __call__(self, z: torch.Tensor, t) -> torch.Tensor:
         factors = self._factors(t, z.shape[0])
 
-        def on(i, term):
-            f = factors[i]
-            off = f is not None and (f == 0.0 if isinstance(f, float) else bool((f == 0).all()))
-            return not off and (term.weight is None or term.weight != 0.0)
-
-        active = [i for i, term in enumerate(self.terms) if on(i, term)]
         auto_idx = [i for i, term in enumerate(self.terms) if term.weight is None]
         frozen = self.auto._frozen if self.auto is not None else None
         if frozen is not None and any(v.shape[0] != z.shape[0] for v in frozen.values()):
             frozen = None
+
+        def zero(w) -> bool:
+            return bool((w == 0).all()) if isinstance(w, torch.Tensor) else w == 0.0
+
+        def on(i, term):
+            f = factors[i]
+            if f is not None and zero(f):
+                return False
+            if term.weight is None:  # an automatic weight frozen at 0 (w0 = 0, a share of 0) needs no more calls
+                return frozen is None or i not in frozen or self.auto.every_step or not zero(frozen[i])
+            return term.weight != 0.0
+
+        active = [i for i, term in enumerate(self.terms) if on(i, term)]
         missing = [i for i in active if self.terms[i].weight is None and (
             self.auto.every_step or frozen is None or i not in frozen)]
         need_ref = bool(missing) and self.auto.norm == "direction"

@@ -421,16 +421,16 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             den = self._sd(text if text is not None else neg, control=self._controlnet_input(control_image, None, 1.0,
                                                                                             height, width),
                            name="control", image_embeds=ip_pos)
-            if text is not None and control_image is None:
-                first_text = den
+            if text is not None and control_image is None and (control_weight is None or control_weight != 0):
+                first_text = den  # the reference of the automatic weights: a prompt switched off is not one
             terms.append(Term(den, control_weight, name="control"))
         for i, c in enumerate(extra):
             embeds = self.encode_prompt(c.prompt, clip_skip) if c.prompt else neg
             cn = self._controlnet_input(c.image, c.controlnet, c.conditioning_scale, height, width)
             den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}", image_embeds=ip_pos)
-            if first_text is None and c.prompt and c.unet is None and cn is None:
-                first_text = den
             weight = None if check_weight(c.weight, f"the weight of {c.name or 'a control'}") == AUTO else c.weight
+            if first_text is None and c.prompt and c.unet is None and cn is None and weight != 0:
+                first_text = den
             terms.append(Term(den, weight, name=c.name or f"control{i}"))
 
         # 4. Automatic weights: balanced against SD's own guidance for the reference prompt (the text control

@@ -124,3 +124,24 @@ def test_start_image_batch_equals_diffusers_img2img(tiny_pipe):
                  num_inference_steps=6, generator=torch.Generator().manual_seed(5), output_type="np").images
     assert np.abs(ours - theirs).max() <= 1e-5
     assert np.abs(ours[0] - ours[1]).max() > 1e-3  # the variations differ
+
+
+def test_a_switched_off_prompt_is_not_the_automatic_weights_reference_and_zero_weights_stop_calling(tiny_pipe):
+    """``control_weight=0`` with a prompt: the prompt takes no part, so the automatic domain weight is balanced
+    against the domain prompt's guidance exactly as without a prompt (it was balanced against the unused prompt's);
+    ``w0=0``: every automatic weight is 0, so after the first step only the base is called (every model ran every
+    step)."""
+    calls = []
+    hook = tiny_pipe.domain_unet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        lat = tiny_pipe.prepare_latents(1, seed=0)
+        kw = dict(num_inference_steps=3, output_type="latent", latents=lat, domain_weight="auto")
+        off = tiny_pipe("a photo", control_weight=0, **kw).weights["domain"]
+        none = tiny_pipe(None, **kw).weights["domain"]
+        assert off == pytest.approx(none, rel=1e-5) and off > 0
+        calls.clear()
+        out = tiny_pipe("a photo", w0=0, control_weight="auto", **kw)
+        assert out.weights == {"domain": 0.0, "control": 0.0}
+        assert calls == [1]  # the domain model at the first step only, where its weight was measured
+    finally:
+        hook.remove()
