@@ -143,7 +143,10 @@ def test_glb_obj_ply_reload_with_same_geometry_and_colours_y_up(tmp_path):
     data = vc_path.read_bytes()
     prim = _glb_json(data)["meshes"][0]["primitives"][0]
     assert {"POSITION", "NORMAL", "COLOR_0"} <= set(prim["attributes"]) and "material" in prim
-    assert np.array_equal(_glb_accessor(data, prim["attributes"]["COLOR_0"])[:, :3], rgb8)
+    # COLOR_0 is linear in glTF (the texture and the PLY/OBJ colours are sRGB): sRGB 0.2 is 0.033 there
+    linear8 = (meshlib.srgb_to_linear(mesh.colors) * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(_glb_accessor(data, prim["attributes"]["COLOR_0"])[:, :3], linear8)
+    assert meshlib.srgb_to_linear(np.array([0.2, 0.5, 1.0])) == pytest.approx([0.0331, 0.2140, 1.0], abs=1e-4)
     assert np.allclose(_glb_accessor(data, prim["attributes"]["POSITION"]), mesh.vertices, atol=1e-6)
     assert np.array_equal(_glb_accessor(data, prim["indices"]).reshape(-1, 3), mesh.faces)
     v = np.asarray(glb.vertices)
@@ -172,6 +175,17 @@ def test_glb_obj_ply_reload_with_same_geometry_and_colours_y_up(tmp_path):
     sampled = obj.visual.to_color().vertex_colors[:, :3].astype(np.float32)
     assert np.abs(sampled - rgb8[idx]).mean() < 6.0  # within ~2% after texture sampling
     assert "map_Kd model.png" in (tmp_path / "model.mtl").read_text()
+    # ... and the copies of a seam vertex share one normal (each chart's own normals lit the seams in Blender)
+    text = paths["obj"].read_text().splitlines()
+    vn = np.array([[float(x) for x in line.split()[1:4]] for line in text if line.startswith("vn ")])
+    corners = [c.split("/") for line in text if line.startswith("f ") for c in line.split()[1:]]
+    pos = np.round(obj.vertices[[int(c[0]) - 1 for c in corners]], 5)
+    nrm = vn[[int(c[2]) - 1 for c in corners]]
+    _, group = np.unique(pos, axis=0, return_inverse=True)
+    first = np.zeros((group.max() + 1, 3))
+    first[group.reshape(-1)] = nrm
+    cos = (nrm * first[group.reshape(-1)]).sum(1) / np.linalg.norm(nrm, axis=1) / np.linalg.norm(first[group.reshape(-1)], axis=1)
+    assert cos.min() > np.cos(np.radians(1.0)), np.degrees(np.arccos(cos.min()))
 
 
 def test_a_re_export_leaves_no_file_of_the_earlier_mesh(tmp_path):
