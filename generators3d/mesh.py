@@ -225,10 +225,14 @@ def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
 
 
 def marching_cubes(grid: np.ndarray, level: float, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (world units) and faces of the ``level`` set of ``grid`` (PyMCubes, else scikit-image)."""
+    """Vertices (world units) and faces of the ``level`` set of ``grid`` (PyMCubes, else scikit-image). The grid
+    is padded by one empty voxel, so that a surface reaching its edge (a low ``--threshold``) is closed there, not
+    left open."""
     if not grid.min() < level < grid.max():
         raise ValueError(f"the density never crosses the threshold {level:.4g} (range {grid.min():.4g} .. "
                          f"{grid.max():.4g}): the NeRF is empty or solid; train longer or pass another --threshold")
+    n = grid.shape[0]
+    grid = np.pad(grid, 1, constant_values=min(float(grid.min()), level) - 1.0)
     try:
         import mcubes
 
@@ -237,8 +241,7 @@ def marching_cubes(grid: np.ndarray, level: float, radius: float) -> tuple[np.nd
         from skimage import measure
 
         verts, faces, _, _ = measure.marching_cubes(grid, level)
-    n = grid.shape[0]
-    verts = verts * (2.0 * radius / (n - 1)) - radius
+    verts = (verts - 1.0) * (2.0 * radius / (n - 1)) - radius
     return verts.astype(np.float32), faces.astype(np.int64)
 
 
@@ -260,12 +263,15 @@ def clean(vertices: np.ndarray, faces: np.ndarray, min_piece_fraction: float) ->
 
 def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
     """Vertex-clustering decimation to about ``target_faces`` faces (no extra dependency): vertices in the
-    same cubic cell merge to their mean; degenerate and duplicate faces are dropped."""
+    same cubic cell merge to their mean; degenerate and duplicate faces are dropped. Where even the coarsest
+    clustering (cells half the mesh's extent) keeps more faces than ``target_faces``, that coarsest mesh, with a
+    warning (the full mesh was kept, silently)."""
     if len(faces) <= target_faces:
         return vertices, faces
     extent = float(np.ptp(vertices, axis=0).max())
     lo, hi = extent / 1000.0, extent / 2.0
-    best = (vertices, faces)
+    best = None
+    fewest = (vertices, faces)
     for _ in range(18):  # bisection on the cell size
         cell = (lo * hi) ** 0.5
         keys = np.floor((vertices - vertices.min(0)) / cell).astype(np.int64)
@@ -281,9 +287,15 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
         f = f[np.sort(first)]
         if len(f) > target_faces:
             lo = cell
+            if len(f) < len(fewest[1]):
+                fewest = (new_v.astype(np.float32), f)
         else:
             hi = cell
             best = (new_v.astype(np.float32), f)
+    if best is None:
+        log.warning("--decimate %d: the coarsest clustering keeps %d faces; exported those", target_faces,
+                    len(fewest[1]))
+        best = fewest
     v, f = best
     used = np.unique(f)
     remap = np.full(len(v), -1)
@@ -553,20 +565,27 @@ def mesh_bytes(mesh: Mesh, fmt: str, stem: str = "model") -> dict[str, bytes]:
     raise ValueError(f"unknown mesh format {fmt!r}: choose from glb, obj, ply")
 
 
-def write_meshes(mesh: Mesh, folder: Path, formats, stem: str = "model") -> dict[str, Path]:
-    """Write every format atomically as one unit; returns ``{format: main file}``. A full disk gives one
-    clear error and leaves earlier files as they were."""
+def mesh_paths(folder: Path, formats, stem: str = "model") -> dict[str, Path]:
+    """``{format: main file}`` as :func:`write_meshes` writes them."""
+    return {fmt: Path(folder) / f"{stem}.{fmt}" for fmt in formats}
+
+
+def write_meshes(mesh: Mesh, folder: Path, formats, stem: str = "model",
+                 extra: dict[Path, bytes] | None = None) -> dict[str, Path]:
+    """Write every format atomically as one unit, with the ``extra`` files (``{path: bytes}``: a run's summary and
+    preview); returns ``{format: main file}``. A full disk gives one clear error and leaves earlier files as they
+    were."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = AtomicFiles()
-    paths = {}
     written = set()
     try:
         for fmt in formats:
             for name, data in mesh_bytes(mesh, fmt, stem).items():
                 files.write(folder / name, data)
                 written.add(name)
-            paths[fmt] = folder / f"{stem}.{fmt}"
+        for path, data in (extra or {}).items():
+            files.write(path, data)
         files.commit()
         # An earlier export's files of formats (or a texture) this one did not write are of another mesh: a re-export
         # with --formats ply left model.glb, model.obj and its texture beside the new model.ply.
@@ -583,4 +602,4 @@ def write_meshes(mesh: Mesh, folder: Path, formats, stem: str = "model") -> dict
     except BaseException:
         files.abort()
         raise
-    return paths
+    return mesh_paths(folder, formats, stem)

@@ -13,6 +13,7 @@ Output folder::
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from dataclasses import asdict, is_dataclass, replace
@@ -26,11 +27,11 @@ from tqdm.auto import tqdm
 from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
 from suite.depth import load_depth_estimator, nearness_image, read_nearness
 from suite.files import (
-    atomic_path,
     check_writable_dir,
     claim_run_folder,
     output_lock,
     remove_leftovers,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from suite.images import has_transparency, load_image, read_mask, save_image_atomic
@@ -407,18 +408,21 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     reference, side, warning = colours
     if warning:
         result.warnings.append(warning)
-    mesh, level, sides = field_mesh(field, cfg.camera, cfg.export, reference, side, cfg.seed,
+    textured = bool({"glb", "obj"} & set(cfg.formats))  # only those carry a texture: no bake for a PLY alone
+    export = cfg.export if textured else replace(cfg.export, texture=False)
+    mesh, level, sides = field_mesh(field, cfg.camera, export, reference, side, cfg.seed,
                                     cfg.zero123.zero123_guidance_scale)
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
     shown = mesh  # in the NeRF frame, for the preview's cameras
     mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])
-    result.mesh_paths = meshlib.write_meshes(mesh, out / "mesh", cfg.formats)
-    side_path = out / "side-views.png"  # after the meshes: it always belongs to the meshes beside it
+    # The meshes, side-views.png, preview.gif and summary.json are written below as one unit, after every frame
+    # is drawn: a full disk or an interrupt leaves the earlier export's files together, never new meshes beside
+    # an old summary.
+    extra = {}
+    side_path = out / "side-views.png"
     if sides:  # what the hidden sides' colours came from, for the user to look at
         strip = np.concatenate([(v.rgb.clip(0, 1) * 255 + 0.5).astype(np.uint8) for v in sides], 1)
-        save_image_atomic(Image.fromarray(strip), side_path)
-    elif side_path.exists():  # an earlier export's, which these meshes did not use
-        side_path.unlink()
+        extra[side_path] = _png_bytes(Image.fromarray(strip))
     result.threshold = level
     report.update("export", 1, 1, {"faces": len(mesh.faces), "threshold": level})
     report.end("export")
@@ -429,17 +433,19 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     cams, size = turntable_cameras(cfg.camera, frames), PRESET_SIZES[cfg.preset].preview_size
     tick = lambda i: report.update("preview", i, frames, {})  # noqa: E731
     if cfg.preview == "nerf":
-        result.preview_path = write_turntable(field, Background().to(next(field.parameters()).device), cams,
-                                              out / "preview.gif", size=size, callback=tick)
+        images = turntable_frames(field, Background().to(next(field.parameters()).device), cams, size=size,
+                                  callback=tick)
     else:
-        result.preview_path = write_mesh_turntable(shown, cams, out / "preview.gif", size=size, callback=tick,
-                                                   texture=bool({"glb", "obj"} & set(cfg.formats)))
+        images = mesh_turntable_frames(shown, cams, size=size, callback=tick, texture=textured)
+    result.preview_path = out / "preview.gif"
+    extra[result.preview_path] = _gif_bytes(images)
     report.end("preview")
 
     # 9. Summary beside the results.
+    result.mesh_paths = meshlib.mesh_paths(out / "mesh", cfg.formats)
     coloured = out / "mesh" / "model-vertex-colors.glb"
     summary = {"output_dir": str(out), "meshes": {k: str(v) for k, v in result.mesh_paths.items()},
-               "vertex_colors_glb": str(coloured) if coloured.is_file() else None,
+               "vertex_colors_glb": str(coloured) if "glb" in cfg.formats and mesh.texture is not None else None,
                "image": str(result.image_path) if result.image_path else None,
                "mask": str(result.mask_path) if result.mask_path else None,
                "preview": str(result.preview_path), "preview_of": cfg.preview, "threshold": level,
@@ -458,7 +464,10 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
                "checkpoints": {k: str(v) for k, v in result.checkpoints.items()},
                "frame": "glTF: Y up, +Z front (the reference view), metres",
                "export_transform": dict(transform, formula="x_export = scale * rotation @ x_nerf + offset")}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    extra[out / "summary.json"] = json.dumps(summary, indent=2).encode()
+    meshlib.write_meshes(mesh, out / "mesh", cfg.formats, extra=extra)
+    if not sides and side_path.exists():  # an earlier export's, which these meshes did not use
+        side_path.unlink()
     return result
 
 
@@ -466,33 +475,50 @@ def _frame(cams, i: int):
     return type(cams)(*(getattr(cams, k)[i:i + 1] for k in ("c2w", "elevation", "azimuth", "distance", "fovy")))
 
 
-def _write_gif(frames, path: Path) -> Path:
-    """``frames`` (``[H, W, 3]`` arrays in [0, 1]) as a looping GIF, written atomically."""
+def _gif_bytes(frames) -> bytes:
+    """``frames`` (``[H, W, 3]`` arrays in [0, 1]) as a looping GIF."""
     images = [Image.fromarray((np.clip(f, 0, 1) * 255 + 0.5).astype("uint8")) for f in frames]
-    path = Path(path)
-    with atomic_path(path, suffix=".gif") as tmp:
-        images[0].save(tmp, save_all=True, append_images=images[1:], duration=80, loop=0)
-    return path
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
+    return buf.getvalue()
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_gif(frames, path: Path) -> Path:
+    """``frames`` as a looping GIF (:func:`_gif_bytes`), written atomically."""
+    write_bytes_atomic(path, _gif_bytes(frames))
+    return Path(path)
 
 
 @torch.no_grad()
-def write_turntable(field, background, cams, path: Path, size: int = 256, callback=None) -> Path:
-    """Render a turntable of the NeRF and write it as a looping GIF (atomically)."""
+def turntable_frames(field, background, cams, size: int = 256, callback=None) -> list[np.ndarray]:
+    """A turntable of the NeRF: one ``[H, W, 3]`` frame in [0, 1] per camera."""
     frames = []
     for i in range(len(cams)):
         rgb = render(field, background, _frame(cams, i), size, chunk=16384)["rgb"][0]
         frames.append(rgb.clamp(0, 1).cpu().numpy())
         if callback:
             callback(i + 1)
-    return _write_gif(frames, path)
+    return frames
 
 
 def write_mesh_turntable(mesh: meshlib.Mesh, cams, path: Path, size: int = 256, callback=None,
                          background=(1.0, 1.0, 1.0), texture: bool = True) -> Path:
+    """:func:`mesh_turntable_frames` written as a looping GIF (atomically)."""
+    return _write_gif(mesh_turntable_frames(mesh, cams, size, callback, background, texture), path)
+
+
+def mesh_turntable_frames(mesh: meshlib.Mesh, cams, size: int = 256, callback=None, background=(1.0, 1.0, 1.0),
+                          texture: bool = True) -> list[np.ndarray]:
     """A turntable of ``mesh`` (in the cameras' frame) drawn by :func:`.raster.render_mesh` with its texture where it
     has one (and ``texture``: a textured format was written), else its vertex colours, unlit (the colours carry the
-    lighting of the images they came from), written as a looping GIF (atomically): the colours the export wrote,
-    side views included, which the NeRF's renders lack."""
+    lighting of the images they came from): the colours the export wrote, side views included, which the NeRF's
+    renders lack. One ``[H, W, 3]`` frame in [0, 1] per camera."""
     from .raster import render_mesh
 
     textured = texture and mesh.texture is not None and mesh.uv is not None
@@ -505,7 +531,7 @@ def write_mesh_turntable(mesh: meshlib.Mesh, cams, path: Path, size: int = 256, 
         frames.append(rgb[0].transpose(1, 2, 0))
         if callback:
             callback(i + 1)
-    return _write_gif(frames, path)
+    return frames
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -106,6 +106,9 @@ def test_small_pieces_and_cavities_are_removed_and_decimation_hits_target():
 
     assert 100 < len(df) <= 400
     assert cKDTree(mesh.vertices).query(dv)[0].mean() < 0.03  # still the same shape (voxel 0.042)
+    # a target below what clustering reaches: its coarsest mesh, not the full one (kept silently before)
+    cv, cf = meshlib.decimate(mesh.vertices, mesh.faces, 4)
+    assert 4 < len(cf) < 100 and cf.max() < len(cv)
 
 
 def _glb_json(data: bytes) -> dict:
@@ -253,3 +256,19 @@ def test_mesh_smoothing_removes_roughness_and_keeps_the_volume():
     volume = [trimesh.Trimesh(m.vertices, m.faces).volume for m in (raw, smooth)]
     assert abs(volume[1] / volume[0] - 1) < 0.03, volume
     assert len(smooth.faces) == len(raw.faces)  # the same surface, moved, not remeshed
+
+
+def test_a_surface_that_reaches_the_grids_edge_is_closed_there():
+    """A threshold so low that the whole grid is inside (but one corner): the mesh was left open at the grid's
+    faces (1,868 boundary edges from a real run at --threshold 1e-12); padded by one empty voxel, it is closed,
+    and a surface inside the grid keeps its place."""
+    n = 24
+    grid = np.full((n, n, n), 10.0, np.float32)
+    grid[0, 0, 0] = 0.0
+    v, f = meshlib.marching_cubes(grid, 5.0, 1.0)
+    tm = trimesh.Trimesh(v, f)
+    assert tm.is_watertight and np.abs(v).max() <= 1.0 + 2.0 / (n - 1) + 1e-6
+    x = np.linspace(-1, 1, n)
+    r = np.sqrt(sum(c ** 2 for c in np.meshgrid(x, x, x, indexing="ij")))
+    v, f = meshlib.marching_cubes((10.0 * (r < 0.5)).astype(np.float32), 5.0, 1.0)
+    assert abs(np.linalg.norm(v, axis=1).mean() - 0.5) < 0.03 and trimesh.Trimesh(v, f).is_watertight

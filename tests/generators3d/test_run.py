@@ -141,16 +141,46 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert colours["camera"]["elevation"] == saved.camera.ref_elevation != 40.0
     with Image.open(other / "side-views.png") as im:
         assert im.size[0] == 2 * im.size[1]
-    # ... exported again without side views (--resume: into the same folder), the old side-views.png goes too
-    assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "ply", "--resume",
-                        "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1", "--preview",
-                        "nerf"]) == 0
+    # ... exported again without side views (--resume: into the same folder), the old side-views.png goes too;
+    # a PLY alone carries no texture, so none is baked (it was, and thrown away: 1.5 GB at --texture-size 2048)
+    import generators3d.mesh
+
+    baked = []
+    with pytest.MonkeyPatch.context() as mp:
+        real_bake = generators3d.mesh.bake_texture
+        mp.setattr(generators3d.mesh, "bake_texture", lambda *a, **k: (baked.append(1), real_bake(*a, **k))[1])
+        assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "ply",
+                            "--resume", "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1",
+                            "--preview", "nerf"]) == 0
+    assert baked == []
     assert not (other / "side-views.png").exists()
     again = json.loads((other / "summary.json").read_text())
     assert again["colours"]["side_views_image"] is None and again["preview_of"] == "nerf"
     # ... and none of the earlier export's meshes stays beside the new one (model.glb was left, and named)
     assert sorted(p.name for p in (other / "mesh").iterdir()) == ["model.ply"]
     assert again["vertex_colors_glb"] is None and list(again["meshes"]) == ["ply"]
+    # a disk that fills at the summary leaves the earlier export whole: no new meshes beside the old summary
+    import errno
+
+    import suite.files
+
+    def snapshot():
+        return {p.relative_to(other).as_posix(): p.read_bytes() for p in other.rglob("*") if p.is_file()}
+
+    before, real_write = snapshot(), suite.files.AtomicFiles.write
+
+    def full_at_summary(self, path, data):
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, path, data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(suite.files.AtomicFiles, "write", full_at_summary)
+        assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
+                            "--resume", "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1",
+                            "--side-views", "0", "--threshold", "3"]) == 2
+    assert "disk is full" in capsys.readouterr().err
+    assert snapshot() == before
     # an --export-only that failed before writing meshes can be run again at once (its folder held only the marker)
     failed = tmp_path / "failed-export"
     few = ["--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "1", "--side-views", "0"]
