@@ -142,9 +142,10 @@ class UNetDenoiser:
             raise ValueError("a v-prediction UNet needs the scheduler's alphas_cumprod to convert to epsilon")
 
     def batch_key(self) -> tuple:
-        """Adapters with equal keys run in one forward of the same network."""
-        return ("unet", id(self.unet), self.encoder_hidden_states is None, self.concat is None,
-                self.image_embeds is None)
+        """Adapters with equal keys run in one forward of the same network (text of one length: a long prompt's
+        embeddings, e.g. compel's 154 tokens, run beside the 77 of the negative prompt's in their own forward)."""
+        text = None if self.encoder_hidden_states is None else tuple(self.encoder_hidden_states.shape[1:])
+        return ("unet", id(self.unet), text, self.concat is None, self.image_embeds is None)
 
     @staticmethod
     def evaluate_group(members, z, t) -> list[torch.Tensor]:

@@ -327,6 +327,17 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             if img.shape[-2:] != (height, width):
                 img = torch.nn.functional.interpolate(img.float(), size=(height, width), mode="bilinear")
             return img.to(device, dtype)
+        if isinstance(image, np.ndarray):  # as diffusers takes it: [H, W, C], uint8 or floats in [0, 1]
+            arr = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+            if arr.ndim == 2:
+                arr = arr[..., None]
+            if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+                raise ValueError(f"a control image array must be [height, width, 3] (or 1 or 4 channels), got "
+                                 f"{list(image.shape)}")
+            image = Image.fromarray(np.repeat(arr, 3, -1) if arr.shape[-1] == 1 else arr[..., :3])
+        elif not isinstance(image, Image.Image):
+            raise ValueError(f"the control image must be a PIL image, a numpy array or a tensor, got "
+                             f"{type(image).__name__}")
         w, h = image.size
         if abs(math.log((w / h) / (width / height))) > 0.05:
             raise ValueError(
@@ -393,6 +404,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if negatives is not None and len(negatives) not in (1, n):
             raise ValueError(f"{len(negatives)} negative prompts for {n} prompts: give one, or one each")
         has_text = prompt_embeds is not None or any(prompts)
+        if has_text and prompts is not None and not all(prompts):
+            raise ValueError("the prompts mix empty and non-empty ones: an image without a prompt is guided by the "
+                             "domain alone and one with a prompt by both, so make them in separate calls")
         if clip_skip is not None and self.text_encoder is not None:
             clip_skip = check_int(clip_skip, "clip_skip", 0, self.text_encoder.config.num_hidden_layers - 1)
         text = self._text_rows(prompts, prompt_embeds, n, k, "prompt_embeds", clip_skip) if has_text else None

@@ -145,3 +145,32 @@ def test_a_switched_off_prompt_is_not_the_automatic_weights_reference_and_zero_w
         assert calls == [1]  # the domain model at the first step only, where its weight was measured
     finally:
         hook.remove()
+
+
+def test_a_long_prompts_embeddings_run_beside_the_77_token_negative(tiny_pipe):
+    """``prompt_embeds`` of 154 tokens (a long prompt, as compel makes them) with the default 77-token negative
+    prompt: a bare torch.cat error before. The same 77 tokens twice attend exactly as once (each key and value
+    twice), so the image must be the one the 77 give."""
+    e = tiny_pipe.encode_prompt("a photo")
+    kw = dict(num_inference_steps=2, output_type="latent", latents=tiny_pipe.prepare_latents(1, seed=0))
+    once = tiny_pipe(prompt_embeds=e, **kw)
+    twice = tiny_pipe(prompt_embeds=torch.cat([e, e], 1), **kw)
+    assert torch.allclose(once.latents, twice.latents, atol=1e-4)
+
+
+def test_a_numpy_control_image_is_read_as_its_pil_twin_and_another_type_is_one_sentence(tiny_pipe):
+    """diffusers takes a control image as a numpy array too; here it was a bare TypeError from ``image.size``."""
+    arr = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    kw = dict(num_inference_steps=2, output_type="latent", latents=tiny_pipe.prepare_latents(1, seed=0))
+    from_pil = tiny_pipe("a photo", control_image=Image.fromarray(arr), **kw).latents
+    assert torch.equal(tiny_pipe("a photo", control_image=arr, **kw).latents, from_pil)
+    assert torch.allclose(tiny_pipe("a photo", control_image=arr / 255.0, **kw).latents, from_pil, atol=1e-4)
+    with pytest.raises(ValueError, match="control image must be"):
+        tiny_pipe("a photo", control_image="edges.png", **kw)
+
+
+def test_prompts_mixing_empty_and_non_empty_are_one_sentence(tiny_pipe):
+    """``["a photo", ""]``: the empty row's automatic weights came out 0 (its reference was its own empty prompt)
+    and it got the prompt's guidance rule, so it was not the image the empty prompt makes alone."""
+    with pytest.raises(ValueError, match="mix empty and non-empty"):
+        tiny_pipe(["a photo", ""], num_inference_steps=2, output_type="latent")
