@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .checks import MAX_SEED, UserError, check_prompt, check_weight
-from .rules import format_rule, parse_rule
+from .rules import RECOMMENDED, format_rule, parse_rule
 
 __all__ = ["Item", "parse_seeds", "read_items", "batches", "run_batch", "item_path", "MANIFEST"]
 
@@ -119,7 +119,9 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
                 if isinstance(value, float):
                     row[key] = value
         rule = row.get("guidance_rule")
-        if rule is not None:
+        if isinstance(rule, str) and rule.strip().lower() == RECOMMENDED:
+            rule = RECOMMENDED  # the domain's own, as the line says: not replaced by --guidance-rule (as weights)
+        elif rule is not None:
             try:
                 rule = format_rule(parse_rule(rule)) or None
             except UserError as e:

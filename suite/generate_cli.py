@@ -163,7 +163,7 @@ def batch_main(args) -> int:
     from . import batch as B
     from .checks import UserError
     from .pipeline import DEFAULT_STEPS, quiet
-    from .rules import check_rule_terms, format_rule, parse_rule
+    from .rules import check_rule_terms, format_rule, parse_rule, rule_given
 
     # 1. The items, checked before any model loads.
     cli.check_request(args)
@@ -178,7 +178,7 @@ def batch_main(args) -> int:
         items = [it.with_defaults(args.domain_weight, args.control_weight, flag_rule, args.negative_prompt)
                  for it in B.read_items(args.prompts_file, seeds)]
         for it in items:  # a rule for a term an item lacks: refused now, not after the models load
-            if it.guidance_rule:
+            if rule_given(it.guidance_rule):
                 terms = cli.request_terms(args, prompt=it.prompt, domain_weight=it.domain_weight,
                                           control_weight=it.control_weight)
                 check_rule_terms(parse_rule(it.guidance_rule), terms, f" (item {it.index}: {it.prompt!r})")

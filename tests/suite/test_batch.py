@@ -69,6 +69,10 @@ def test_a_prompts_file_as_editors_save_it(tmp_path):
     f.write_text('{"prompt": "x", "domain_weight": "0"}\n{"prompt": "y", "domain_weight": "recommended"}\n')
     a, b = (i.with_defaults(3.0) for i in B.read_items(f, [0]))
     assert a.domain_weight == 0.0 and b.domain_weight == "recommended"
+    # ... and so does its "recommended" guidance rule (--guidance-rule replaced it)
+    f.write_text('{"prompt": "x", "guidance_rule": "Recommended"}\n{"prompt": "y"}\n')
+    a, b = (i.with_defaults(guidance_rule="clamp=0.5") for i in B.read_items(f, [0]))
+    assert a.guidance_rule == "recommended" and b.guidance_rule == "clamp=0.5"
 
 
 def test_a_batchs_rules_are_checked_per_item_with_its_own_terms(tmp_path, capsys):
