@@ -137,11 +137,34 @@ def check_request(args) -> None:
         value = getattr(args, name, None)
         check_weight(value, f"--{name.replace('_', '-')}")
     rule = getattr(args, "guidance_rule", None)
-    # an edit runs at noise levels up to its strength (the exact range is known after loading); a prompts file's
-    # items are checked one by one, with their own prompts and weights (generate's batch)
+    # an edit runs at the noise levels of its strength's share of the steps; a prompts file's items are checked one
+    # by one, with their own prompts and weights (generate's batch)
     if rule is not None and not getattr(args, "prompts_file", None):
-        span = (0.0, args.strength) if getattr(args, "strength", None) is not None else None
+        span = edit_noise_range(args) if getattr(args, "strength", None) is not None else None
         check_rule_terms(rule, request_terms(args), " (check --guidance-rule)", noise_range=span)
+
+
+def edit_noise_range(args) -> tuple[float, float]:
+    """``(lo, hi)`` of ``t / T`` over an edit's timesteps, as the pipeline will run them (the last ``--strength``
+    share of ``--steps``), from the base model's scheduler config alone; ``(0, strength)`` where that cannot be read
+    (the load then says why)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from .models import _hub_kwargs, resolve
+    from .pipeline import DEFAULT_STEPS, InDomainPipeline
+    from .presets import model_refs
+
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    try:
+        ref, local = resolve(model_refs(args.preset, args.domain, args.sd_model, args.domain_model)["sd"],
+                             "Stable Diffusion 1.5 model", "--sd-model")
+        sampler = DPMSolverMultistepScheduler.from_pretrained(ref, subfolder="scheduler", **_hub_kwargs(local))
+    except Exception:  # noqa: BLE001 - any failure to read it is the model load's to report, with its sentence
+        return 0.0, float(args.strength)
+    sampler.set_timesteps(steps)
+    t = InDomainPipeline.get_timesteps(sampler, steps, args.strength)
+    n = float(sampler.config.num_train_timesteps)
+    return (float(t.min()) / n, float(t.max()) / n) if len(t) else (0.0, 0.0)
 
 
 def request_terms(args, **item) -> list[str]:

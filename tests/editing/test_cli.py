@@ -115,3 +115,22 @@ def test_cli_edits_where_the_landmarks_file_says_and_refuses_one_for_another_pho
     code, err = _run(["edit", "--preset", "tiny", "--domain", "face", "--image", str(tmp_path / "noise.png"),
                       "--landmarks", str(marks), "--whole-image", "--output", str(out)], tiny_dir, monkeypatch, capsys)
     assert code == 2 and "--landmarks frame a face" in err and "Traceback" not in err
+
+
+def test_a_rule_outside_the_edits_noise_levels_is_refused_before_any_model_loads(tmp_path, tiny_dir, monkeypatch,
+                                                                                 capsys):
+    """Strength 0.6 of 25 DPM-Solver steps runs at noise levels 0.04-0.57 on the tiny base, so a control term
+    at 0.6-1 never acts: refused from the scheduler's config alone (the early check read 0-0.6 and let it pass,
+    and the run failed after loading the models)."""
+    import suite.cli
+
+    def no_load(*a, **k):
+        raise AssertionError("the models were loaded before the rule was checked")
+
+    monkeypatch.setattr(suite.cli, "load_pipeline", no_load)
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(tmp_path / "flat.png")
+    argv = ["edit", "--preset", "tiny", "--image", str(tmp_path / "flat.png"), "--whole-image", "--prompt", "x",
+            "--strength", "0.6", "--steps", "25", "--output", str(tmp_path / "o.png")]
+    code, err = _run([*argv, "--guidance-rule", "control=0.6-1"], tiny_dir, monkeypatch, capsys)
+    assert code == 2 and "runs at 0.04-0.57" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.png").exists()
