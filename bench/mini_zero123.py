@@ -330,6 +330,49 @@ def paired(results: dict, base: str, other: str) -> dict:
     return out
 
 
+FRESH_SEED = 777
+"""The fresh pairs of ``--training-pairs`` are drawn as the box phase's are, with this seed in place of its."""
+
+
+def training_pairs(model, objects: int, steps: int = 30, scale: float = 3.0, shapes=("box",), build_seed: int = 0,
+                   turns=None) -> dict:
+    """``model`` on the pairs its box-weighted phase trained on (the first ``objects`` objects of
+    :func:`training.miniworld.box_pairs_spec`'s draw for the build ``build_seed``: each target view of each object
+    of ``shapes`` not in the glaze, whose silhouette an image on white shows) and on fresh pairs drawn the same way
+    (:data:`FRESH_SEED`): ``{"seen": ..., "fresh": ...}``, each as :func:`per_shape` gives it plus ``turn`` (the
+    mean absolute azimuth change). A model that memorised its training pairs does better on the first."""
+    from suite.miniworld.views import measure_novel_views
+    from training import mini_zero123, miniworld
+
+    spec = miniworld.box_pairs_spec("full")
+    out = {}
+    for name, seed in (("seen", build_seed + spec["seed"]), ("fresh", FRESH_SEED)):
+        cases = [(obj, els[0], azs[0], float(els[k]), float(azs[k]))
+                 for obj, els, azs in mini_zero123.pair_objects(objects, 5, seed, spec["shapes"])
+                 if obj.shape in shapes and not obj.porcelain for k in range(1, len(els))]
+        if len({id(c[0]) for c in cases}) < 2:  # a standard error needs two objects
+            raise ValueError(f"fewer than two of the first {objects} objects of the {name} pairs are a "
+                             f"{' or '.join(shapes)} outside the glaze: give more, e.g. --training-pairs 100")
+        m = measure_novel_views(model, cases, guidance_scale=scale, steps=steps)
+        out[name] = _by_shape(m["iou"], m["copy_iou"], [c[0].shape for c in cases])
+        out[name]["turn"] = float(np.mean([abs((c[4] - c[2] + 180) % 360 - 180) for c in cases]))
+    return out
+
+
+def training_pairs_table(results: dict) -> str:
+    """``{model: training_pairs(...)}`` as a markdown table (not paired: the two sets are different cases)."""
+    lines = ["| model | shape | training pairs: IoU / gain over copy | fresh pairs: IoU / gain over copy | "
+             "fresh - training (IoU) | mean turn (training / fresh) |", "|---" * 6 + "|"]
+    for name, r in results.items():
+        for s in (*[s for s in _shapes(r["seen"]) if s in r["fresh"]], "mean"):  # the shapes both sets hold
+            a, b = r["seen"][s], r["fresh"][s]
+            diff, se = b["iou"] - a["iou"], float(np.hypot(a["iou_se"], b["iou_se"]))
+            lines.append(f"| {name} | {s} (n={a['n']} / {b['n']}) | {a['iou']:.3f} / {a['gain']:+.3f} ± "
+                         f"{a['gain_se']:.3f} | {b['iou']:.3f} / {b['gain']:+.3f} ± {b['gain_se']:.3f} | "
+                         f"{diff:+.3f} ± {se:.3f} | {r['seen']['turn']:.0f} / {r['fresh']['turn']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(results: dict) -> str:
     names = list(results)
     diffs = {n: paired(results, names[0], n) for n in names[1:]}  # each further model against the first
@@ -370,6 +413,10 @@ def main(argv=None) -> int:
     p.add_argument("--ideal-picture", type=int, default=0, metavar="K",
                    help="with --output: ideal.png, the observer's fits for the first K cases of each shape")
     p.add_argument("--no-model", action="store_true", help="measure no model (with --ideal: the observer only)")
+    p.add_argument("--training-pairs", type=int, default=0, metavar="N",
+                   help="instead of the held-out cases: each model on the pairs of the first N objects its box-weighted "
+                        "phase trained on, and on N fresh objects drawn the same way, for --shapes (default: box); "
+                        "does it do better on what it saw? (e.g. 100: about 6 minutes on one core)")
     p.add_argument("--output", default=None, help="folder for zero123.json and zero123.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -399,6 +446,11 @@ def main(argv=None) -> int:
                "--no-model measures nothing without --ideal: add e.g. --ideal 400" if args.no_model and not args.ideal
                else "--no-model and --model contradict each other: give one" if args.no_model and args.model
                else None)
+    if not problem and args.training_pairs:
+        problem = (f"--training-pairs {args.training_pairs}: give a number of objects, e.g. 100"
+                   if args.training_pairs < 0 else
+                   "--training-pairs measures models on their training pairs, not the observer: leave out --ideal "
+                   "and --no-model" if args.ideal or args.no_model else None)
     if problem:
         print(f"error: {problem}.", file=sys.stderr)
         return 2
@@ -415,6 +467,25 @@ def main(argv=None) -> int:
                   "training.miniworld or save_zero123, or rebuild the mini world (python -m training.miniworld).",
                   file=sys.stderr)
             return 2
+    if args.training_pairs:
+        results = {}
+        for folder in folders:
+            t0 = time.time()
+            try:
+                results[folder] = training_pairs(load_zero123(folder), args.training_pairs, args.steps, args.scale,
+                                                 tuple(args.shapes or ("box",)))
+            except ValueError as e:
+                print(f"error: {e}.", file=sys.stderr)
+                return 2
+            log.info("%s: training and fresh pairs, %.0f s", folder, time.time() - t0)
+        md = training_pairs_table(results)
+        print(md)
+        if args.output:
+            out = Path(args.output)
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "zero123.json", json.dumps(dict(args=vars(args), results=results), indent=1))
+            write_text_atomic(out / "zero123.md", md)
+        return 0
     results, observer, pictures = {}, None, None
     for folder in folders:
         t0 = time.time()

@@ -55,17 +55,32 @@ BOX_SHAPES = ("box",) * 4 + ("cup", "cup", "bowl", "cone", "cone", "vase", "bott
 """The shapes of the third phase's fresh pairs (a third boxes, every shape still present so that none is forgotten)."""
 
 
-def _pair_chunk(args):
-    seed, n, targets, shapes = args
-    torch.set_num_threads(1)
+def _pair_draws(seed: int, n: int, targets: int, shapes):
+    """The objects and views of one chunk of :func:`render_pairs`: ``(object, elevations, azimuths)`` per object,
+    view 0 the input."""
     rng = np.random.default_rng(seed)
-    images, poses = [], []
     for _ in range(n):
         obj = W.random_object(rng, porcelain=bool(rng.random() < 1 / 3), shapes=shapes)
         el0, az0 = float(rng.uniform(*INPUT_ELEVATION)), float(rng.uniform(-180, 180))
         els = [el0] + list(rng.uniform(*TARGET_ELEVATION, targets))
         azs = [az0] + list(az0 + rng.uniform(-180, 180, targets))
-        rgb, _ = render_framed(obj, reference_framing(obj, el0, az0), els, azs, IMAGE_SIZE)
+        yield obj, els, azs
+
+
+def pair_objects(n_objects: int, targets: int, seed: int, shapes=W.SHAPES) -> list:
+    """The objects and views :func:`render_pairs` renders with the same arguments (``(object, elevations,
+    azimuths)`` each, view 0 the input), without rendering: what a training phase saw, to measure a model on."""
+    chunk = 100
+    return [d for i in range(math.ceil(n_objects / chunk))
+            for d in _pair_draws(seed * 100003 + i, min(chunk, n_objects - i * chunk), targets, tuple(shapes))]
+
+
+def _pair_chunk(args):
+    seed, n, targets, shapes = args
+    torch.set_num_threads(1)
+    images, poses = [], []
+    for obj, els, azs in _pair_draws(seed, n, targets, shapes):
+        rgb, _ = render_framed(obj, reference_framing(obj, els[0], azs[0]), els, azs, IMAGE_SIZE)
         images.append((rgb.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
         poses.append(np.stack([els, azs], -1))
     return np.stack(images), np.stack(poses).astype(np.float32)

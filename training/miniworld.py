@@ -190,7 +190,7 @@ def zero123_recipe(size: str, phases: int | None = None) -> str:
     kept = ZERO123_PHASES[size][:phases]
     recipe = dict(unet=mini_zero123.UNET_CONFIG, phases=kept)
     if any(kind == "boxes" for *_, kind in kept):
-        recipe["boxes"] = _box_pairs_spec(size)
+        recipe["boxes"] = box_pairs_spec(size)
     return _fingerprint(recipe, 10)
 
 
@@ -198,7 +198,7 @@ def _fingerprint(spec: dict, length: int) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
-def _box_pairs_spec(size: str) -> dict:
+def box_pairs_spec(size: str) -> dict:
     """What the box-weighted pairs are: the shapes they are drawn from, how many objects, the seed offset."""
     return dict(shapes=mini_zero123.BOX_SHAPES, objects=SIZES[size]["zero123_box_objects"], seed=31)
 
@@ -363,7 +363,7 @@ def build_zero123(stage: Path, work: Path, size: str, seed: int, vae) -> bool:
             z_steps, z_lr, kind = phases[i]
             if kind not in data:
                 if kind == "boxes":
-                    box = _box_pairs_spec(size)
+                    box = box_pairs_spec(size)
                     data[kind] = _zero123_pairs(work, box["objects"], seed + box["seed"], box["shapes"],
                                                 f"-boxes-{_fingerprint(dict(box, build_seed=seed), 8)}")
                 else:

@@ -134,7 +134,9 @@ def test_the_ideal_observer_compares_inputs_through_its_encoding(one_thread):
                                           (["--ideal", "40", "--ideal-picture", "2"], "add e.g. --output"),
                                           (["--ideal", "40", "--ideal-picture", "-1"], "0 or more"),
                                           (["--ideal-latent"], "act on the observer"),
-                                          (["--no-model", "--model", "x", "--ideal", "40"], "contradict")])
+                                          (["--no-model", "--model", "x", "--ideal", "40"], "contradict"),
+                                          (["--training-pairs", "-1"], "give a number of objects"),
+                                          (["--training-pairs", "50", "--ideal", "40"], "leave out --ideal")])
 def test_bad_ideal_observer_flags_are_one_sentence(argv, words, capsys):
     from bench.mini_zero123 import main
 
@@ -157,3 +159,29 @@ def test_a_missing_model_folder_is_one_sentence_before_any_model_is_measured(tmp
         assert bench.main(argv) == 2
         last = capsys.readouterr().err.splitlines()[-1]  # after transformers' import-time notices, if any
         assert last.startswith("error: ") and "none is not a Zero-1-to-3 folder" in last
+
+
+def test_training_pairs_are_the_box_phases_own_and_fresh_ones_are_drawn_alike(monkeypatch):
+    """``--training-pairs``: the "seen" cases are the box-weighted phase's pairs (its seed for build seed 0), the
+    fresh ones the same draw with another seed; every target view of each object of the shapes asked, glaze left
+    out (its silhouette on white is not readable)."""
+    import bench.mini_zero123 as bench
+    import suite.miniworld.views as views
+    from training import mini_zero123, miniworld
+
+    seen = []
+
+    def fake_measure(model, cases, guidance_scale, steps):
+        seen.append(cases)
+        return dict(iou=[0.9] * len(cases), copy_iou=[0.8] * len(cases))
+
+    monkeypatch.setattr(views, "measure_novel_views", fake_measure)
+    out = bench.training_pairs(None, 30, shapes=("box", "cup"))
+    spec = miniworld.box_pairs_spec("full")
+    drawn = mini_zero123.pair_objects(30, 5, spec["seed"], spec["shapes"])
+    wanted = [(o, e[0], a[0], e[k], a[k]) for o, e, a in drawn if o.shape in ("box", "cup") and not o.porcelain
+              for k in range(1, 6)]
+    assert [(c[0], *c[1:]) for c in seen[0]] == wanted and len(wanted) % 5 == 0 and wanted
+    assert {c[0].shape for c in seen[1]} <= {"box", "cup"} and not any(c[0].porcelain for c in seen[1])
+    assert seen[1][0][1:] != seen[0][0][1:]  # other objects, seen from other places
+    assert out["seen"]["mean"]["gain"] == pytest.approx(0.1) and "box" in bench.training_pairs_table({"m": out})

@@ -195,3 +195,22 @@ def test_a_phase_asking_for_unknown_data_is_refused_before_anything_is_rendered_
     monkeypatch.setattr(miniworld.mini_zero123, "train_zero123", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match="'box'"):
         miniworld.build_zero123(tmp_path / "stage", tmp_path / "work", "quick", 0, vae=None)
+
+
+def test_pair_objects_are_the_objects_and_views_render_pairs_renders():
+    """``pair_objects`` (what a Zero-1-to-3 phase saw, for measuring a model on its own training pairs) draws
+    exactly ``render_pairs``' objects and cameras: the poses match, and the first object's input
+    view renders to the same image."""
+    import numpy as np
+
+    from suite.miniworld.views import reference_framing, render_framed
+    from training import mini_zero123
+
+    pairs = mini_zero123.render_pairs(3, 2, seed=5, workers=1, shapes=("box", "cup"))
+    drawn = mini_zero123.pair_objects(3, 2, seed=5, shapes=("box", "cup"))
+    assert len(drawn) == 3
+    assert np.allclose(pairs["poses"], np.array([np.stack([els, azs], -1) for _, els, azs in drawn]))
+    obj, els, azs = drawn[0]
+    assert obj.shape in ("box", "cup")
+    rgb, _ = render_framed(obj, reference_framing(obj, els[0], azs[0]), els[:1], azs[:1], mini_zero123.IMAGE_SIZE)
+    assert np.array_equal((rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), pairs["images"][0, 0])
