@@ -232,7 +232,8 @@ def marching_cubes(grid: np.ndarray, level: float, radius: float) -> tuple[np.nd
         raise ValueError(f"the density never crosses the threshold {level:.4g} (range {grid.min():.4g} .. "
                          f"{grid.max():.4g}): the NeRF is empty or solid; train longer or pass another --threshold")
     n = grid.shape[0]
-    grid = np.pad(grid, 1, constant_values=min(float(grid.min()), level) - 1.0)
+    # far below the level, so the surface closes within 1e-4 of a voxel of the grid's face
+    grid = np.pad(grid, 1, constant_values=level - 1e4 * max(1.0, float(grid.max() - grid.min())))
     try:
         import mcubes
 
@@ -241,7 +242,7 @@ def marching_cubes(grid: np.ndarray, level: float, radius: float) -> tuple[np.nd
         from skimage import measure
 
         verts, faces, _, _ = measure.marching_cubes(grid, level)
-    verts = (verts - 1.0) * (2.0 * radius / (n - 1)) - radius
+    verts = (verts - 1.0) * (2.0 * radius / (n - 1)) - radius  # back to the unpadded grid's coordinates
     return verts.astype(np.float32), faces.astype(np.int64)
 
 

@@ -412,6 +412,9 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     export = cfg.export if textured else replace(cfg.export, texture=False)
     mesh, level, sides = field_mesh(field, cfg.camera, export, reference, side, cfg.seed,
                                     cfg.zero123.zero123_guidance_scale)
+    if cfg.export.decimate and len(mesh.faces) > cfg.export.decimate:  # decimate could not reach it
+        result.warnings.append(f"--decimate {cfg.export.decimate}: the coarsest vertex clustering keeps "
+                               f"{len(mesh.faces)} faces; exported those")
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
     shown = mesh  # in the NeRF frame, for the preview's cameras
     mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])

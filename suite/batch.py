@@ -165,14 +165,16 @@ def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what
 
 
 def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, resume: bool,
-              kind: str = "generate-batch", what: str = "a batch", settings: dict | None = None) -> int:
+              kind: str = "generate-batch", what: str = "a batch", settings: dict | None = None,
+              equivalent: dict | None = None) -> int:
     """Make every item of ``items`` into ``folder`` (see the module): claim the folder, skip the done items, split
     the fixed batches between the processes of ``state`` (accelerate's ``PartialState``), sample, write each image
     and its manifest line, and merge the manifest. ``load()`` is called only by a process with items to make and
     returns ``(sample, models)``: ``sample(group) -> (images, weights, rule)`` for one batch, ``models`` the hashes
     recorded in the manifest. ``settings`` (``{flag: value}``: what every image is made with besides its item,
     e.g. the steps, the size and the models' hashes) go into each manifest line, and a resume with other settings
-    is refused, naming the flags. Returns the number of items still missing (0 when the batch is complete)."""
+    is refused, naming the flags (``equivalent``: ``{flag: values}`` that make the same images, e.g. no
+    ``--width`` and the model's native width). Returns the number of items still missing (0 when the batch is complete)."""
     import logging
     import os
     from contextlib import ExitStack
@@ -187,7 +189,7 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
         # 1. The folder: locked and claimed by process 0, checked read-only by the others.
         claim_batch_folder(stack, state, folder, kind, resume, what)
         done = done_items(folder)
-        check_same_batch(done, items, settings)
+        check_same_batch(done, items, settings, equivalent)
         if state.is_main_process:
             remove_leftovers(folders=[folder])
         state.wait_for_everyone()
@@ -271,7 +273,8 @@ def manifest_line(item: Item, file: Path, weights: dict, rule: str | None, model
     return json.dumps(row, sort_keys=True)
 
 
-def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | None = None) -> None:
+def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | None = None,
+                     equivalent: dict | None = None) -> None:
     """One sentence if the finished items of a folder were made from other prompts, seeds or ``settings`` than
     ``items`` (a manifest line written before settings were recorded is checked for its item only)."""
     settings = None if settings is None else json.loads(json.dumps(settings))  # as JSON reads them back
@@ -279,7 +282,9 @@ def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | N
         row = json.loads(line)
         old = row.get("settings")
         if settings is not None and old is not None:
-            changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+            eq = equivalent or {}
+            changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)
+                       and not (old.get(k) in eq.get(k, ()) and settings.get(k) in eq.get(k, ()))]
             if changed:
                 raise UserError(f"the folder's images were made with other settings ({', '.join(changed)}: "
                                 f"{', '.join(f'{old.get(k)!r}' for k in changed)}): resume with the same flags, or "

@@ -144,7 +144,7 @@ def check_request(args) -> None:
         check_rule_terms(rule, request_terms(args), " (check --guidance-rule)", noise_range=span)
 
 
-def edit_noise_range(args) -> tuple[float, float]:
+def edit_noise_range(args) -> tuple[float, float] | None:
     """``(lo, hi)`` of ``t / T`` over an edit's timesteps, as the pipeline will run them (the last ``--strength``
     share of ``--steps``), from the base model's scheduler config alone; ``(0, strength)`` where that cannot be read
     (the load then says why)."""
@@ -164,7 +164,7 @@ def edit_noise_range(args) -> tuple[float, float]:
     sampler.set_timesteps(steps)
     t = InDomainPipeline.get_timesteps(sampler, steps, args.strength)
     n = float(sampler.config.num_train_timesteps)
-    return (float(t.min()) / n, float(t.max()) / n) if len(t) else (0.0, 0.0)
+    return (float(t.min()) / n, float(t.max()) / n) if len(t) else None  # no step: nothing for a rule to miss
 
 
 def request_terms(args, **item) -> list[str]:

@@ -221,12 +221,15 @@ def batch_main(args) -> int:
 
     refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
     # what every image is made with besides its item: a resume with other values is refused, not mixed in
-    # the model's native size given by hand makes the same images as no --width/--height: recorded as not given
-    native = native_size(refs["sd"]) if args.width is not None or args.height is not None else None
+    # the model's native size given by hand makes the same images as no --width/--height: recorded as not given,
+    # and the same as a folder that recorded it by number
+    native = native_size(refs["sd"])
     settings = {"--steps": DEFAULT_STEPS if args.steps is None else args.steps,
                 "--width": None if args.width == native else args.width,
                 "--height": None if args.height == native else args.height, "--w0": args.w0,
                 "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify),
                 "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
-    missing = B.run_batch(state, folder, items, args.batch_size, load, args.resume, settings=settings)
+    same = {"--width": (None, native), "--height": (None, native)} if native else None
+    missing = B.run_batch(state, folder, items, args.batch_size, load, args.resume, settings=settings,
+                          equivalent=same)
     return 1 if missing else 0

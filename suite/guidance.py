@@ -251,8 +251,10 @@ class MultiGuidance:
             f = factors[i]
             if f is not None and zero(f):
                 return False
-            if term.weight is None:  # an automatic weight frozen at 0 (w0 = 0, a share of 0) needs no more calls
-                return frozen is None or i not in frozen or self.auto.every_step or not zero(frozen[i])
+            if term.weight is None:  # an automatic weight frozen at 0 (w0 = 0, a share of 0) needs no more calls,
+                # unless the rule projects onto its direction (the projection needs it at every step)
+                return (frozen is None or i not in frozen or self.auto.every_step or not zero(frozen[i])
+                        or (self.rule is not None and term.name in (self.rule.project or ())))
             return term.weight != 0.0
 
         active = [i for i, term in enumerate(self.terms) if on(i, term)]

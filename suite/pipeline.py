@@ -328,6 +328,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                 img = torch.nn.functional.interpolate(img.float(), size=(height, width), mode="bilinear")
             return img.to(device, dtype)
         if isinstance(image, np.ndarray):  # as diffusers takes it: [H, W, C], uint8 or floats in [0, 1]
+            if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+                raise ValueError(f"a control image array must be uint8 (0-255) or floats in [0, 1], got "
+                                 f"{image.dtype}: convert it, e.g. array.astype(numpy.uint8)")
             arr = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
             if arr.ndim == 2:
                 arr = arr[..., None]

@@ -134,3 +134,17 @@ def test_a_rule_outside_the_edits_noise_levels_is_refused_before_any_model_loads
     code, err = _run([*argv, "--guidance-rule", "control=0.6-1"], tiny_dir, monkeypatch, capsys)
     assert code == 2 and "runs at 0.04-0.57" in err and "Traceback" not in err, err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_the_edits_noise_range_is_the_pipelines_and_none_without_a_step(tiny_dir, monkeypatch):
+    """``edit_noise_range`` as the pipeline runs it; strength 0.2 of 3 steps runs no step, so no rule can miss
+    it (it said "runs at 0.00-0.00" and refused)."""
+    from argparse import Namespace
+
+    from suite.cli import edit_noise_range
+
+    monkeypatch.setenv("INDOMAIN_TINY_DIR", str(tiny_dir))
+    args = dict(preset="tiny", domain=None, sd_model=None, domain_model=None)
+    lo, hi = edit_noise_range(Namespace(**args, steps=25, strength=0.6))
+    assert (round(lo, 2), round(hi, 2)) == (0.04, 0.57)
+    assert edit_noise_range(Namespace(**args, steps=3, strength=0.2)) is None

@@ -267,7 +267,8 @@ def test_a_surface_that_reaches_the_grids_edge_is_closed_there():
     grid[0, 0, 0] = 0.0
     v, f = meshlib.marching_cubes(grid, 5.0, 1.0)
     tm = trimesh.Trimesh(v, f)
-    assert tm.is_watertight and np.abs(v).max() <= 1.0 + 2.0 / (n - 1) + 1e-6
+    # closed on the box's faces (within 1e-4 of a voxel), not a voxel outside, which would make it taller
+    assert tm.is_watertight and np.abs(v).max() <= 1.0 + 1e-3 * 2.0 / (n - 1)
     x = np.linspace(-1, 1, n)
     r = np.sqrt(sum(c ** 2 for c in np.meshgrid(x, x, x, indexing="ij")))
     v, f = meshlib.marching_cubes((10.0 * (r < 0.5)).astype(np.float32), 5.0, 1.0)

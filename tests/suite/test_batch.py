@@ -172,6 +172,12 @@ def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkey
     # the model's own size given by hand makes the same images as none given: the same batch, not other settings
     assert launch.main([*argv, "--width", str(native), "--height", str(native), "--resume"]) == 0
     assert {p: (out / p).stat().st_mtime_ns for p in first} == first  # kept, not made again
+    # ... and a folder that recorded the native size by number (before it was recorded as not given) resumes too
+    manifest = out / "manifest.jsonl"
+    text = manifest.read_text()
+    assert '"--width": null' in text
+    manifest.write_text(text.replace('"--width": null', f'"--width": {native}'))
+    assert launch.main([*argv, "--resume"]) == 0
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(5))
     assert not list(out.glob("manifest.rank*"))

@@ -207,3 +207,30 @@ def test_v_models_guidance_direction_survives_half_precision(tiny_parts):
     ref = directions[torch.float32]
     err = float((directions[torch.bfloat16] - ref).norm() / ref.norm())
     assert err < 0.03, err  # measured: 0.012; with the epsilons cast back to bfloat16, 0.075
+
+
+def test_a_term_frozen_at_zero_stops_being_called_unless_a_projection_needs_it():
+    """An automatic weight measured as 0 (here a share of 0) skips its model from the second step on, but a rule
+    that projects onto that term's direction still needs it: the projection stopped after the first step, and the
+    same (z, t) gave another result at every later step."""
+    from suite.rules import parse_rule
+
+    g = torch.Generator().manual_seed(0)
+    d_dir, c_dir = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    c_dir = c_dir + 2 * d_dir  # correlated, so the projection matters
+    calls = []
+
+    def denoiser(name, direction):
+        return FunctionDenoiser(lambda z, t: (calls.append(name), direction)[1])
+
+    z = torch.zeros(1, 4, 8, 8)
+    for text, control_called in (("domain-share=1", False), ("domain-share=1, project=domain:control", True)):
+        calls.clear()
+        mg = MultiGuidance(FunctionDenoiser(lambda z, t: z * 0),
+                           [Term(denoiser("domain", d_dir), None, "domain"),
+                            Term(denoiser("control", c_dir), None, "control")],
+                           AutoWeights(w0=7.0, reference=FunctionDenoiser(lambda z, t: c_dir)), rule=parse_rule(text))
+        first, second = mg(z, 500), mg(z, 500)
+        assert mg.weights_used()["control"] == 0.0
+        assert torch.allclose(first, second)
+        assert calls.count("control") == (2 if control_called else 1), (text, calls)

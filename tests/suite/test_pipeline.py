@@ -167,6 +167,8 @@ def test_a_numpy_control_image_is_read_as_its_pil_twin_and_another_type_is_one_s
     assert torch.allclose(tiny_pipe("a photo", control_image=arr / 255.0, **kw).latents, from_pil, atol=1e-4)
     with pytest.raises(ValueError, match="control image must be"):
         tiny_pipe("a photo", control_image="edges.png", **kw)
+    with pytest.raises(ValueError, match="uint8"):  # 0-255 as int64 read as floats came out white
+        tiny_pipe("a photo", control_image=arr.astype(np.int64), **kw)
 
 
 def test_prompts_mixing_empty_and_non_empty_are_one_sentence(tiny_pipe):
