@@ -484,6 +484,30 @@ def _textured_glb(mesh: Mesh, stem: str) -> bytes:
     return _repack_glb(doc, glb[20 + json_len:])
 
 
+def _with_linear_colours(glb: bytes, colors: np.ndarray) -> bytes:
+    """``glb`` (one mesh, one primitive) with ``colors`` (sRGB in [0, 1], one per vertex) as its ``COLOR_0``: linear
+    light, as glTF defines it, in normalised 16-bit integers (in 8 bits, linear values lose the dark tones: sRGB
+    codes 0 to 6 would all be 0)."""
+    json_len = struct.unpack("<I", glb[12:16])[0]
+    doc = json.loads(glb[20:20 + json_len])
+    rest = glb[20 + json_len:]
+    bin_len = struct.unpack("<I", rest[:4])[0]
+    data = bytearray(rest[8:8 + bin_len])
+    data += b"\0" * (-len(data) % 4)
+    # RGBA, not RGB: glTF wants each vertex's element 4-byte aligned (three 16-bit values are 6 bytes)
+    rgb = np.concatenate([(srgb_to_linear(colors) * 65535 + 0.5).astype("<u2"),
+                          np.full((len(colors), 1), 65535, "<u2")], 1)
+    offset = len(data)
+    data += rgb.tobytes()
+    data += b"\0" * (-len(data) % 4)
+    doc["buffers"][0]["byteLength"] = len(data)
+    doc["bufferViews"].append({"buffer": 0, "byteOffset": offset, "byteLength": rgb.nbytes, "target": 34962})
+    doc["accessors"].append({"bufferView": len(doc["bufferViews"]) - 1, "componentType": 5123, "normalized": True,
+                             "count": int(len(rgb)), "type": "VEC4"})
+    doc["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"] = len(doc["accessors"]) - 1
+    return _repack_glb(doc, struct.pack("<I4s", len(data), b"BIN\0") + bytes(data))
+
+
 def _welded_normals(mesh: Mesh) -> np.ndarray:
     """Normals of the UV-unwrapped mesh's vertices as of the welded surface: the copies of a seam vertex (xatlas
     splits them) get the same normal, so the UV charts' borders do not show under lighting."""
@@ -522,10 +546,10 @@ def mesh_bytes(mesh: Mesh, fmt: str, stem: str = "model") -> dict[str, bytes]:
 
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=_rgba8(mesh.colors), process=False)
     if fmt == "glb":
-        tm = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=_rgba8(srgb_to_linear(mesh.colors)),
-                             process=False)
-        tm.vertex_normals  # noqa: B018 - computed now so the GLB carries outward NORMALs
-        coloured = _glb_with_material(export_glb(trimesh.Scene(tm), include_normals=True))
+        plain = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+        plain.vertex_normals  # noqa: B018 - computed now so the GLB carries outward NORMALs
+        glb = _with_linear_colours(export_glb(trimesh.Scene(plain), include_normals=True), mesh.colors)
+        coloured = _glb_with_material(glb)
         if mesh.texture is None:
             return {f"{stem}.glb": coloured}
         # The textured GLB carries no COLOR_0: glTF multiplies the base colour texture by COLOR_0, so the colours

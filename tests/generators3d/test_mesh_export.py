@@ -123,7 +123,7 @@ def _glb_accessor(data: bytes, index: int) -> np.ndarray:
     binary = data[20 + n + 8:]
     acc = doc["accessors"][index]
     view = doc["bufferViews"][acc["bufferView"]]
-    dtype = {5121: np.uint8, 5125: np.uint32, 5126: np.float32}[acc["componentType"]]
+    dtype = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}[acc["componentType"]]
     width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc["type"]]
     start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
     return np.frombuffer(binary, dtype, acc["count"] * width, start).reshape(acc["count"], width)
@@ -146,9 +146,14 @@ def test_glb_obj_ply_reload_with_same_geometry_and_colours_y_up(tmp_path):
     data = vc_path.read_bytes()
     prim = _glb_json(data)["meshes"][0]["primitives"][0]
     assert {"POSITION", "NORMAL", "COLOR_0"} <= set(prim["attributes"]) and "material" in prim
-    # COLOR_0 is linear in glTF (the texture and the PLY/OBJ colours are sRGB): sRGB 0.2 is 0.033 there
-    linear8 = (meshlib.srgb_to_linear(mesh.colors) * 255 + 0.5).astype(np.uint8)
-    assert np.array_equal(_glb_accessor(data, prim["attributes"]["COLOR_0"])[:, :3], linear8)
+    # COLOR_0 is linear in glTF (the texture and the PLY/OBJ colours are sRGB): sRGB 0.2 is 0.033 there; in 16
+    # bits, so that every sRGB level survives the trip (8 bits kept 183 of 256)
+    acc = _glb_json(data)["accessors"][prim["attributes"]["COLOR_0"]]
+    assert acc["componentType"] == 5123 and acc["normalized"]
+    linear16 = (meshlib.srgb_to_linear(mesh.colors) * 65535 + 0.5).astype(np.uint16)
+    assert np.array_equal(_glb_accessor(data, prim["attributes"]["COLOR_0"])[:, :3], linear16)
+    levels = meshlib.srgb_to_linear(np.arange(256) / 255.0)
+    assert len(np.unique((levels * 65535 + 0.5).astype(np.uint16))) == 256
     assert meshlib.srgb_to_linear(np.array([0.2, 0.5, 1.0])) == pytest.approx([0.0331, 0.2140, 1.0], abs=1e-4)
     assert np.allclose(_glb_accessor(data, prim["attributes"]["POSITION"]), mesh.vertices, atol=1e-6)
     assert np.array_equal(_glb_accessor(data, prim["indices"]).reshape(-1, 3), mesh.faces)
