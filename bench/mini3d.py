@@ -428,7 +428,7 @@ def run(output: str, quick: bool = False, seed: int = 0, guidance: str = "zero12
 
 def main(argv=None) -> int:
     from generators3d.config import DEPTH_MODES, GEOMETRIES
-    from suite.checks import finite_float
+    from suite.checks import finite_float, int_at_least
 
     p = argparse.ArgumentParser(prog="python -m bench.mini3d", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -450,7 +450,7 @@ def main(argv=None) -> int:
     p.add_argument("--view-depth-weight", type=finite_float, default=None, metavar="WEIGHT",
                    help="the random views' depth loss, as launch.py 3d --view-depth-weight (default: the preset's, 0); "
                         "given, its runs live in folders and files of their own, e.g. known-box-view-depth-10")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int_at_least(1), default=2)
     args = p.parse_args(argv)
     if args.view_depth_weight is not None and args.view_depth_weight < 0:
         p.error(f"--view-depth-weight is {args.view_depth_weight:g}: give a weight of 0 or more")

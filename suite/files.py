@@ -111,6 +111,7 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(**temp_name(folder.name), dir=folder.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700: the folder it becomes is an ordinary one
     try:
         yield tmp
         _fsync_tree(tmp)

@@ -168,8 +168,14 @@ def evaluate(config: EvalConfig) -> dict:
             from suite.models import resolve
 
             resolve(m.model, "fine-tuned model", f"--method {m.label}=model:FOLDER")
-    real_scan = _scan_real(config.real, config.num_real) if config.real else _check_can_render(config)
     out = Path(config.output).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {str(out)!r} is a file: give a folder for the evaluation")
+    real = Path(config.real).expanduser().resolve() if config.real else None
+    if real is not None and (out == real or real in out.parents):
+        raise UserError(f"--output {str(out)!r} is inside --real {str(real)!r}: the generated images would be "
+                        f"counted as real ones on --resume; choose an --output outside it")
+    real_scan = _scan_real(config.real, config.num_real) if config.real else _check_can_render(config)
     state = PartialState(cpu=config.device == "cpu")
     # every process on its own device; features on the pipeline's device (not the CPU) in one process too
     from suite.presets import resolve_device

@@ -46,7 +46,7 @@ import torch
 
 from suite.checks import UserError, int_at_least
 from suite.cli import quiet_libraries
-from suite.files import atomic_dir, write_text_atomic
+from suite.files import atomic_dir, output_lock, remove_leftovers, write_text_atomic
 from suite.miniworld import assets, judge
 from suite.miniworld import faces as F
 from suite.miniworld import world as W
@@ -210,19 +210,46 @@ def zero123_phase_folder(stage: Path, size: str, phase: int) -> Path:
 
 
 def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
-    """Every step above; returns the timings (seconds) and quality figures, also written to MANIFEST.json."""
+    """Every step above; returns the timings (seconds) and quality figures, also written to MANIFEST.json. The
+    work folder is locked for the whole build (two builds into one cache undid each other's steps)."""
+    for path, flag in ((output, "--output"), (work, "--work")):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{flag} {str(path)!r} is a file: give a folder")
+    with output_lock(work, "--work"):
+        remove_leftovers(paths=[output])  # a killed build's half-made models folder beside it
+        return _build(output, work, size, seed)
+
+
+def _recipe(size: str) -> str:
+    """A short fingerprint of :data:`SIZES` at ``size`` (steps and object counts of the cached data and steps; the
+    Zero-1-to-3's phases and the depth estimator's data are cached by their own recipes, so a change there
+    retrains only what it changes)."""
+    return hashlib.sha256(json.dumps(SIZES[size], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _build(output: Path, work: Path, size: str, seed: int) -> dict:
     n = SIZES[size]
-    work.mkdir(parents=True, exist_ok=True)
     version_file = work / "version.json"
     stored = json.loads(version_file.read_text()) if version_file.exists() else {}
-    version = stored.get("version", 1 if any(work.iterdir()) else None)  # 1: a cache from before versions
+    ours = [p for p in work.iterdir() if p.name != ".in-domain.lock"]
+    version = stored.get("version", 1 if ours else None)  # 1: a cache from before versions
+    if version == 1 and not any((work / name).exists() for name in ("stage", "times.json", "data-open.npz")):
+        raise UserError(f"--work {str(work)!r} holds other files, not a build cache of the mini world: give an empty "
+                        f"or new folder")
     if version not in (None, BUILD_VERSION):
         raise UserError(f"the build cache {work} was made by an older build (version {version}, this is "
                         f"{BUILD_VERSION}): delete it, or pass --work with another folder")
     if stored.get("size", size) != size:
         raise UserError(f"the build cache {work} holds a --size {stored['size']} build, not {size}: delete it, or "
                         f"pass --work with another folder")
-    version_file.write_text(json.dumps({"version": BUILD_VERSION, "size": size}))
+    # the cached data and steps are those of one seed and recipe: another would be mixed with them
+    for key, now, flag in (("seed", seed, "--seed"), ("recipe", _recipe(size), "the build's recipe (its SIZES)")):
+        if stored.get(key, now) != now:
+            raise UserError(f"the build cache {work} was made with another {flag} ({stored[key]}, now {now}): its "
+                            f"data and steps would be reused as they are; delete it, or pass --work with another "
+                            f"folder")
+    write_text_atomic(version_file, json.dumps({"version": BUILD_VERSION, "size": size, "seed": seed,
+                                                "recipe": _recipe(size)}))
     # Seconds per step; a step found finished in the cache keeps the time it took when it ran.
     times_file = work / "times.json"
     ran = json.loads(times_file.read_text()) if times_file.exists() else {}
@@ -265,10 +292,13 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    cached = (stage / "vae").exists()
+    # a step is finished when its weights are there (a killed save left the config alone, and every later run
+    # failed on it); each is saved whole into place
+    cached = (stage / "vae" / "diffusion_pytorch_model.safetensors").exists()
     if not cached:
         vae = train_vae(np.concatenate([open_images, *dom_images.values()]), n["vae"], seed=seed)
-        vae.save_pretrained(stage / "vae")
+        with atomic_dir(stage / "vae") as tmp:
+            vae.save_pretrained(tmp)
     vae = AutoencoderKL.from_pretrained(stage / "vae").eval()
     with torch.no_grad():  # reconstruction of held-out renders (the judge's set was not in the VAE's data)
         x = to_tensor(data["judge_images"][:256])
@@ -277,12 +307,14 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         vae_face_psnr = psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x)
     step("vae", cached)
     # 3. base
-    cached = (stage / "unet").exists()
+    cached = (stage / "unet" / "diffusion_pytorch_model.safetensors").exists()
     if not cached:
         lat = encode_latents(vae, open_images)
         unet, text = train_base(lat, captions, tokenizer, vae.config.scaling_factor, n["base"], seed=seed)
-        text.save_pretrained(stage / "text_encoder")
-        unet.save_pretrained(stage / "unet")
+        with atomic_dir(stage / "text_encoder") as tmp:
+            text.save_pretrained(tmp)
+        with atomic_dir(stage / "unet") as tmp:  # last: the step's mark of being finished
+            unet.save_pretrained(tmp)
     unet = UNet2DConditionModel.from_pretrained(stage / "unet").eval()
     text = CLIPTextModel.from_pretrained(stage / "text_encoder").eval()
     step("base", cached)
@@ -413,7 +445,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.miniworld", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p.add_argument("--output", default=str(default_dir()), help="where the models go (default: the shipped folder)")
+    p.add_argument("--output", default=None,
+                   help="where the models go (default: the shipped folder; with --size quick, WORK/models-quick: "
+                        "quick models never replace the shipped ones unless named here)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "in-domain-suite" / "mini-build"),
                    help="cache of rendered data and finished steps (delete it to rebuild from nothing)")
     p.add_argument("--size", choices=list(SIZES), default="full", help="'quick': minutes, for testing the build")
@@ -428,12 +462,19 @@ def main(argv=None) -> int:
 
     apply_threads(args.threads)
     t0 = time.time()
+    output = Path(args.output) if args.output else default_dir() if args.size == "full" else \
+        Path(args.work) / "models-quick"
     try:
-        build(Path(args.output), Path(args.work), args.size, args.seed)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        build(output, Path(args.work), args.size, args.seed)
+    except (ValueError, OSError) as e:  # UserError, another build's lock, a full disk
+        from suite.failures import explain
+
+        said = explain(e)
+        if said is None:
+            raise
+        print(f"error: {said}", file=sys.stderr)
         return 2
-    print(f"mini world built in {(time.time() - t0) / 60:.1f} minutes -> {args.output}")
+    print(f"mini world built in {(time.time() - t0) / 60:.1f} minutes -> {output}")
     return 0
 
 

@@ -9,13 +9,15 @@ import time
 
 
 def main(argv=None) -> int:
+    from suite.checks import int_at_least
+
     from . import FULL, QUICK, claim, run
     from .compare import markdown_table
 
     p = argparse.ArgumentParser(prog="python -m bench.miniworld", description=__doc__)
     p.add_argument("--output", required=True, help="folder for table.md, results.json, grid.png, forgetting.png")
     p.add_argument("--quick", action="store_true", help="the CI-sized run (about 40 seconds on 2 cores)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int_at_least(1), default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries

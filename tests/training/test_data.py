@@ -214,3 +214,45 @@ def test_pair_objects_are_the_objects_and_views_render_pairs_renders():
     assert obj.shape in ("box", "cup")
     rgb, _ = render_framed(obj, reference_framing(obj, els[0], azs[0]), els[:1], azs[:1], mini_zero123.IMAGE_SIZE)
     assert np.array_equal((rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), pairs["images"][0, 0])
+
+
+def test_the_rebuild_refuses_what_would_mix_or_lose_work_before_any_work(tmp_path, monkeypatch):
+    """``training.miniworld``: quick models go to WORK/models-quick unless --output names a folder (they replaced
+    the shipped models); a cache made with another seed or SIZES, a work folder of other files, an --output that is
+    a file, and a second build into the same cache are each one sentence before anything is rendered or trained."""
+    import json
+
+    from suite.checks import UserError
+    from suite.files import output_lock
+    from training import miniworld
+
+    built = []
+    monkeypatch.setattr(miniworld, "build", lambda output, work, size, seed: built.append(output))
+    assert miniworld.main(["--size", "quick", "--work", str(tmp_path / "w")]) == 0
+    assert built == [tmp_path / "w" / "models-quick"]
+    monkeypatch.undo()
+
+    def no_work(*a, **k):
+        raise AssertionError("work was done before the refusal")
+
+    monkeypatch.setattr(miniworld, "render_set", no_work)
+    work = tmp_path / "cache"
+    work.mkdir()
+    (work / "version.json").write_text(json.dumps({"version": miniworld.BUILD_VERSION, "size": "quick", "seed": 1}))
+    with pytest.raises(UserError, match="another --seed"):
+        miniworld.build(tmp_path / "out", work, "quick", seed=0)
+    (work / "version.json").write_text(json.dumps({"version": miniworld.BUILD_VERSION, "size": "quick",
+                                                    "recipe": "0123456789ab"}))
+    with pytest.raises(UserError, match="recipe"):
+        miniworld.build(tmp_path / "out", work, "quick", seed=0)
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a build cache"):
+        miniworld.build(tmp_path / "out", mine, "quick", seed=0)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        miniworld.build(tmp_path / "file", tmp_path / "w2", "quick", seed=0)
+    with output_lock(tmp_path / "w3", "--work"), pytest.raises(ValueError, match="choose another --work"):
+        miniworld.build(tmp_path / "out", tmp_path / "w3", "quick", seed=0)
+    assert (mine / "notes.txt").read_text() == "mine" and not (tmp_path / "out").exists()

@@ -170,6 +170,9 @@ def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
         (["--method", f"ft=model:{tmp_path / 'typo'}"], "does not exist"),
         (["--prompts-file", str(prompts), "--clip", "judge"], "has no text encoder"),
         (["--seed", "4294967295"], "runs past the largest seed"),
+        # the run's own images would be read as real ones on --resume (real n 4 -> 11, FD 3063 -> 1652)
+        (["--real", str(two), "--output", str(two / "ev")], "is inside --real"),
+        (["--output", str(weights)], "is a file"),
     ):
         assert launch.main(base + extra) == 2, extra
         err = capsys.readouterr().err
