@@ -1,4 +1,5 @@
-"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about two and a half hours on 2 CPU cores).
+"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about 168 minutes on 2 CPU cores with native bfloat16;
+docs/mini-world.md).
 
 Steps, each timed and printed (and cached in ``--work``, so an interrupted build resumes at the step it was in; no
 step takes an hour without resuming on its own: the Zero-1-to-3's, about 85 minutes in all, is cached phase by phase):
