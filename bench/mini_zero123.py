@@ -414,8 +414,8 @@ def main(argv=None) -> int:
                    help="with --output: ideal.png, the observer's fits for the first K cases of each shape")
     p.add_argument("--no-model", action="store_true", help="measure no model (with --ideal: the observer only)")
     p.add_argument("--training-pairs", type=int, default=0, metavar="N",
-                   help="instead of the held-out cases: each model on the pairs of the first N objects its box-weighted "
-                        "phase trained on, and on N fresh objects drawn the same way, for --shapes (default: box); "
+                   help="instead of the held-out cases: each model on the pairs of the first N objects its "
+                        "box-weighted phase trained on, and on N fresh objects drawn the same way, for --shapes (default: box); "
                         "does it do better on what it saw? (e.g. 100: about 6 minutes on one core)")
     p.add_argument("--output", default=None, help="folder for zero123.json and zero123.md")
     args = p.parse_args(argv)

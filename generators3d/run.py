@@ -310,7 +310,8 @@ def field_mesh(field, camera, export, reference=None, side=None, seed: int = 0,
     brought to the reference's colours (:mod:`generators3d.texture`); with ``export.side_keep_reference`` the side
     views keep what the projected reference shows and draw the rest to join it, and with ``export.side_in_turn`` they
     are drawn in turns (:func:`generators3d.texture.side_batches`: the back first), each also keeping what the turns
-    before it drew, at Zero-1-to-3's classifier-free ``guidance_scale`` (the run's ``--zero123-guidance``). Puts the field in eval mode with a fresh occupancy grid (a loaded checkpoint carries none)."""
+    before it drew, at Zero-1-to-3's classifier-free ``guidance_scale`` (the run's ``--zero123-guidance``). Puts the
+    field in eval mode with a fresh occupancy grid (a loaded checkpoint carries none)."""
     field.eval()
     field.update_occupancy()
     cams = orbit_cameras([0.0] * 4 + [60.0, -30.0], [0.0, 90.0, 180.0, 270.0, 0.0, 180.0], camera.ref_distance,

@@ -174,7 +174,8 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
     recorded in the manifest. ``settings`` (``{flag: value}``: what every image is made with besides its item,
     e.g. the steps, the size and the models' hashes) go into each manifest line, and a resume with other settings
     is refused, naming the flags (``equivalent``: ``{flag: values}`` that make the same images, e.g. no
-    ``--width`` and the model's native width). Returns the number of items still missing (0 when the batch is complete)."""
+    ``--width`` and the model's native width). Returns the number of items still missing (0 when the batch is
+    complete)."""
     import logging
     import os
     from contextlib import ExitStack

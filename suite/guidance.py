@@ -22,7 +22,8 @@ Unconditional guidance rectification (paper Sec. 4.5) is a choice of ``base``: w
 model's own empty-prompt prediction.
 
 Cost: terms (and the base) that wrap the same network are evaluated in ONE batched forward
-(:func:`suite.denoisers.evaluate_batched`); a term whose weight is exactly 0 (given, or automatic and measured as 0) is not evaluated.
+(:func:`suite.denoisers.evaluate_batched`); a term whose weight is exactly 0 (given, or automatic and measured as
+0, unless the rule projects onto it) is not evaluated.
 """
 
 from __future__ import annotations

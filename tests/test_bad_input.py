@@ -83,7 +83,7 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
 
 
 G = ["generate", "--preset", "tiny", "--steps", "1"]
-E = ["edit", "--preset", "tiny", "--steps", "1", "--whole-image"]
+E = ["edit", "--preset", "tiny", "--steps", "2", "--whole-image"]
 T = ["3d", "--preset", "tiny", "--image-steps", "1", "--zero123-steps", "1", "--refine-steps", "1"]
 R = ["train", "--preset", "tiny", "--max-steps", "1"]
 CASES = [
@@ -177,8 +177,11 @@ CASES = [
     ("edit: projection without a prompt", E + ["--image", "{photo}", "--guidance-rule", "project=domain:control",
                                                "--output", "{out}/e.png"], "has no control term"),
     ("edit: prompt's interval above the strength", E + ["--image", "{photo}", "--prompt", "x", "--strength", "0.5",
-                                                        "--guidance-rule", "control=0.7-1", "--output", "{out}/e.png"],
+                                                        "--steps", "10", "--guidance-rule", "control=0.7-1",
+                                                        "--output", "{out}/e.png"],
      "control would never act"),
+    ("edit: no step at this strength", E + ["--image", "{photo}", "--strength", "0.3", "--output", "{out}/e.png"],
+     "runs no step, so the photo would come back unchanged: raise --steps to at least 4"),
     ("edit: output is the photo itself", E + ["--image", "{photo}", "--output", "{photo}"],
      "is the --image file itself: the edit would replace your original"),
     ("edit: a billion images", E + ["--image", "{photo}", "--num-images", "1000000000", "--output", "{out}/e.png"],
@@ -303,4 +306,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 42, "edit": 10, "3d": 22, "train": 9, "app": 3}, json.dumps(per)
+    assert per == {"generate": 42, "edit": 11, "3d": 22, "train": 9, "app": 3}, json.dumps(per)

@@ -1,5 +1,5 @@
-"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about 168 minutes on 2 CPU cores with native bfloat16;
-docs/mini-world.md).
+"""Build the mini world's models from nothing: ``python -m training.miniworld`` (about 168 minutes on 2 CPU
+cores with native bfloat16; docs/mini-world.md).
 
 Steps, each timed and printed (and cached in ``--work``, so an interrupted build resumes at the step it was in; no
 step takes an hour without resuming on its own: the Zero-1-to-3's, about 85 minutes in all, is cached phase by phase):
@@ -463,8 +463,8 @@ def main(argv=None) -> int:
 
     apply_threads(args.threads)
     t0 = time.time()
-    output = Path(args.output) if args.output else default_dir() if args.size == "full" else \
-        Path(args.work) / "models-quick"
+    quick = Path(args.work) / "models-quick" if args.size == "quick" else None
+    output = Path(args.output) if args.output else quick or default_dir()
     try:
         build(output, Path(args.work), args.size, args.seed)
     except (ValueError, OSError) as e:  # UserError, another build's lock, a full disk

@@ -54,7 +54,7 @@ def test_cli_bad_inputs_give_one_sentence(tmp_path, tiny_dir, monkeypatch, capsy
     Image.new("L", (50, 50), 255).save(tmp_path / "square.png")
     names = dict(missing=tmp_path / "missing.jpg", text=tmp_path / "text.jpg", bomb=tmp_path / "bomb.png",
                  flat=tmp_path / "flat.png", square=tmp_path / "square.png", tmp=tmp_path)
-    argv = ["edit", "--preset", "tiny", "--steps", "1", "--output", str(tmp_path / "o.png")]
+    argv = ["edit", "--preset", "tiny", "--steps", "2", "--output", str(tmp_path / "o.png")]
     argv += [a.format(**names) for a in args]
     code, err = _run(argv, tiny_dir, monkeypatch, capsys)
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
@@ -69,7 +69,7 @@ def test_cli_whole_image_without_a_face(tmp_path, tiny_dir, monkeypatch, capsys)
     Image.fromarray(photo_array(48, 64, seed=15)).save(tmp_path / "flat.png", icc_profile=icc)
     out = tmp_path / "out.jpg"
     code, err = _run(["edit", "--preset", "tiny", "--image", str(tmp_path / "flat.png"), "--whole-image",
-                      "--steps", "1", "--num-images", "2", "--output", str(out)], tiny_dir, monkeypatch, capsys)
+                      "--steps", "2", "--num-images", "2", "--output", str(out)], tiny_dir, monkeypatch, capsys)
     assert code == 0, err
     for i in range(2):
         with Image.open(tmp_path / f"out-{i}.jpg") as im:

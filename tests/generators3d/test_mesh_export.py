@@ -190,9 +190,10 @@ def test_glb_obj_ply_reload_with_same_geometry_and_colours_y_up(tmp_path):
     pos = np.round(obj.vertices[[int(c[0]) - 1 for c in corners]], 5)
     nrm = vn[[int(c[2]) - 1 for c in corners]]
     _, group = np.unique(pos, axis=0, return_inverse=True)
+    group = group.reshape(-1)
     first = np.zeros((group.max() + 1, 3))
-    first[group.reshape(-1)] = nrm
-    cos = (nrm * first[group.reshape(-1)]).sum(1) / np.linalg.norm(nrm, axis=1) / np.linalg.norm(first[group.reshape(-1)], axis=1)
+    first[group] = nrm
+    cos = (nrm * first[group]).sum(1) / np.linalg.norm(nrm, axis=1) / np.linalg.norm(first[group], axis=1)
     assert cos.min() > np.cos(np.radians(1.0)), np.degrees(np.arccos(cos.min()))
 
 

@@ -81,6 +81,14 @@ def test_not_a_feature_model_is_one_sentence(tmp_path, tiny_dir):
         check_feature_model(str(tiny_dir / "sd"))
 
 
+def test_a_hub_feature_model_not_cached_offline_is_one_sentence_before_any_image(monkeypatch):
+    """Offline, a hub id that is not in the cache was accepted by the check and failed only after every method's
+    images were made (hours with real weights)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="not in the local cache"):
+        check_feature_model("someone/no-such-feature-model-0")
+
+
 def test_judge_features_separate_two_mini_world_sets():
     """In the judge's space, the Fréchet distance of a set with itself is 0 and two different mini-world sets (the
     porcelain domain and the open world) are far apart, farther than two halves of one set."""
