@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 
 from suite import cli
 from suite.checks import UserError, check_range, finite_float
@@ -64,10 +63,9 @@ def main(args) -> int:
     check_range(args.strength, "--strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     from suite.pipeline import DEFAULT_STEPS
 
-    steps = DEFAULT_STEPS if args.steps is None else args.steps
-    if args.strength > 0 and int(steps * args.strength) < 1:  # img2img runs int(steps * strength) steps
-        raise UserError(f"--strength {args.strength} of {steps} steps runs no step, so the photo would come back "
-                        f"unchanged: raise --steps to at least {math.ceil(1 / args.strength)} or --strength")
+    from .edit import check_runs_a_step
+
+    check_runs_a_step(DEFAULT_STEPS if args.steps is None else args.steps, args.strength)
     check_range(args.feather, "--feather", 0.0, 0.5)
     if args.max_megapixels <= 0:
         raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")

@@ -10,13 +10,14 @@ photo with a feathered mask. Pixels outside the mask are never written: they sta
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from suite.checks import Progress, check_int, check_range
+from suite.checks import Progress, UserError, check_int, check_range
 from suite.images import DEFAULT_MAX_PIXELS
 from suite.pipeline import DEFAULT_STEPS, quiet, report_steps
 
@@ -65,6 +66,14 @@ class EditResult:
     guidance_rule: str | None = None  # the rule applied ("paper" for none; suite.rules)
 
 
+def check_runs_a_step(steps: int, strength: float) -> None:
+    """One sentence where ``strength`` of ``steps`` runs no denoising step (img2img runs ``int(steps * strength)``;
+    diffusers refuses it too): the photo would come back unchanged. Strength 0 (keep the photo) is allowed."""
+    if strength > 0 and int(steps * strength) < 1:
+        raise UserError(f"--strength {strength} of {steps} steps runs no step, so the photo would come back "
+                        f"unchanged: raise --steps to at least {math.ceil(1 / strength)} or --strength")
+
+
 def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 0.6, domain_weight=None,
                control_weight=None, mask: Image.Image | None = None, all_faces: bool = False,
                whole_image: bool = False, num_images: int = 1, seed: int = 0, steps: int | None = None,
@@ -98,6 +107,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     num_images = check_int(num_images, "the number of images", 1)
     steps = DEFAULT_STEPS if steps is None else check_int(steps, "the number of steps", 1)
+    check_runs_a_step(steps, strength)
     seed = check_int(seed, "the seed", 0)
 
     # 2. The photo, upright and in 8-bit RGB; the user's mask at its size.

@@ -190,3 +190,12 @@ def test_large_photo_is_edited_on_a_native_size_crop(pipe, monkeypatch):
     assert seen == [(64, 64)] and res.images[0].size == (w, h)
     out = np.asarray(res.images[0])
     assert np.array_equal(out[:, :1500], photo[:, :1500]) and np.array_equal(out[2300:], photo[2300:])
+
+
+def test_a_strength_that_runs_no_step_is_one_sentence_and_strength_0_is_taken(pipe):
+    """img2img runs int(steps x strength) steps: 0.3 of 3 steps runs none, and the photo came back unchanged (the
+    app's edit tab too); diffusers refuses it. Strength 0 (the documented "keep the photo") is still taken."""
+    photo = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match="raise --steps to at least 4"):
+        edit_photo(pipe, photo, strength=0.3, steps=3, whole_image=True)
+    assert len(edit_photo(pipe, photo, strength=0.0, steps=3, whole_image=True).images) == 1
