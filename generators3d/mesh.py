@@ -488,6 +488,8 @@ def _with_linear_colours(glb: bytes, colors: np.ndarray) -> bytes:
     """``glb`` (one mesh, one primitive) with ``colors`` (sRGB in [0, 1], one per vertex) as its ``COLOR_0``: linear
     light, as glTF defines it, in normalised 16-bit integers (in 8 bits, linear values lose the dark tones: sRGB
     codes 0 to 6 would all be 0)."""
+    if not len(colors):  # no vertex: nothing to colour (trimesh writes no buffer)
+        return glb
     json_len = struct.unpack("<I", glb[12:16])[0]
     doc = json.loads(glb[20:20 + json_len])
     rest = glb[20 + json_len:]

@@ -96,12 +96,15 @@ def check_feature_model(ref: str, flag: str = "--features", text: bool = False) 
         check()
         return
     path, is_local = _resolve(NAMES.get(ref.lower(), ref), flag)
-    if not is_local and os.environ.get("HF_HUB_OFFLINE") == "1":  # else every image is made before it fails
+    offline = any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+                  for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if not is_local and offline:  # else every image is made before it fails
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-            raise UserError(f"{flag} {ref!r} ({path}) is not in the local cache and HF_HUB_OFFLINE=1 forbids "
-                            f"downloading it: download it once online, or give a local folder or judge (mini world)")
+            raise UserError(f"{flag} {ref!r} ({path}) is not in the local cache and offline mode (HF_HUB_OFFLINE) "
+                            f"forbids downloading it: download it once online, or give a local folder or judge "
+                            f"(mini world)")
     if is_local or ref.lower() in NAMES:
         model_type = _kind(path, is_local, flag) if is_local else {"dinov2": "dinov2", "clip": "clip"}[ref.lower()]
         if text and model_type != "clip":

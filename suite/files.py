@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .checks import UserError
+
 TMP_PREFIX = ".in-domain-tmp-"
 # .in-domain-tmp-<pid>-<8 random characters of mkstemp/mkdtemp>-<NAME>.tmp[.ext]
 _TEMP = re.compile(r"^\.in-domain-tmp-(?P<pid>\d+)-[a-z0-9_]{8}-(?P<name>.+)\.tmp(\.[A-Za-z0-9]+)?$")
@@ -322,14 +324,14 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[P
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(fd)
-            raise ValueError(f"{str(path)!r} is not a lock file this suite wrote (a link or a special file): remove "
+            raise UserError(f"{str(path)!r} is not a lock file this suite wrote (a link or a special file): remove "
                              f"it, or choose another {flag}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise ValueError(f"another run (process {holder}) is writing to {str(folder)!r}: wait for it to finish, "
+            raise UserError(f"another run (process {holder}) is writing to {str(folder)!r}: wait for it to finish, "
                              f"or choose another {flag}") from None
         try:  # the holder before us may have removed the file as we opened it: lock the file that is there now
             if os.fstat(fd).st_ino == os.stat(path).st_ino:

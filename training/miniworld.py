@@ -33,6 +33,7 @@ The output folder is replaced atomically at the end: an interrupted build leaves
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -216,8 +217,13 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     for path, flag in ((output, "--output"), (work, "--work")):
         if path.exists() and not path.is_dir():
             raise UserError(f"{flag} {str(path)!r} is a file: give a folder")
+    out, cache = output.resolve(), work.resolve()
+    if out == cache or out in cache.parents:  # the finished models replace --output, and the cache with it
+        raise UserError(f"--work {str(work)!r} is --output or inside it: the finished models would replace the cache; "
+                        f"give --work outside --output")
     with output_lock(work, "--work"):
-        remove_leftovers(paths=[output])  # a killed build's half-made models folder beside it
+        # a killed build's half-made models folder beside the output, and its half-saved steps in the cache
+        remove_leftovers(paths=[output], folders=[work, work / "stage"])
         return _build(output, work, size, seed)
 
 
@@ -225,16 +231,18 @@ def _recipe(size: str) -> str:
     """A short fingerprint of :data:`SIZES` at ``size`` (steps and object counts of the cached data and steps; the
     Zero-1-to-3's phases and the depth estimator's data are cached by their own recipes, so a change there
     retrains only what it changes)."""
-    return hashlib.sha256(json.dumps(SIZES[size], sort_keys=True).encode()).hexdigest()[:12]
+    own = {k: v for k, v in SIZES[size].items() if k != "zero123_box_objects"}  # in zero123_recipe's fingerprint
+    return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _build(output: Path, work: Path, size: str, seed: int) -> dict:
     n = SIZES[size]
     version_file = work / "version.json"
     stored = json.loads(version_file.read_text()) if version_file.exists() else {}
-    ours = [p for p in work.iterdir() if p.name != ".in-domain.lock"]
+    ours = [p for p in work.iterdir() if not p.name.startswith(".")]  # not the lock, a .DS_Store, ...
     version = stored.get("version", 1 if ours else None)  # 1: a cache from before versions
-    if version == 1 and not any((work / name).exists() for name in ("stage", "times.json", "data-open.npz")):
+    if version == 1 and not any((work / name).exists()
+                                for name in ("stage", "times.json", "data-open.npz", "data.npz", "tokenizer")):
         raise UserError(f"--work {str(work)!r} holds other files, not a build cache of the mini world: give an empty "
                         f"or new folder")
     if version not in (None, BUILD_VERSION):
@@ -244,9 +252,9 @@ def _build(output: Path, work: Path, size: str, seed: int) -> dict:
         raise UserError(f"the build cache {work} holds a --size {stored['size']} build, not {size}: delete it, or "
                         f"pass --work with another folder")
     # the cached data and steps are those of one seed and recipe: another would be mixed with them
-    for key, now, flag in (("seed", seed, "--seed"), ("recipe", _recipe(size), "the build's recipe (its SIZES)")):
+    for key, now, what in (("seed", seed, "--seed"), ("recipe", _recipe(size), "recipe (SIZES)")):
         if stored.get(key, now) != now:
-            raise UserError(f"the build cache {work} was made with another {flag} ({stored[key]}, now {now}): its "
+            raise UserError(f"the build cache {work} was made with another {what} ({stored[key]}, now {now}): its "
                             f"data and steps would be reused as they are; delete it, or pass --work with another "
                             f"folder")
     write_text_atomic(version_file, json.dumps({"version": BUILD_VERSION, "size": size, "seed": seed,
@@ -263,7 +271,7 @@ def _build(output: Path, work: Path, size: str, seed: int) -> dict:
         times[name] = ran.get(name, now - t_last) if cached else now - t_last
         t_last = now
         ran[name] = times[name]
-        times_file.write_text(json.dumps(ran))
+        write_text_atomic(times_file, json.dumps(ran))
         log.info("== %s %s %.1f s", name, "(cached) took" if cached else "done in", times[name])
 
     # 1. data (each set cached on its own)
@@ -467,13 +475,14 @@ def main(argv=None) -> int:
     output = Path(args.output) if args.output else quick or default_dir()
     try:
         build(output, Path(args.work), args.size, args.seed)
-    except (ValueError, OSError) as e:  # UserError, another build's lock, a full disk
-        from suite.failures import explain
-
-        said = explain(e)
-        if said is None:
+    except UserError as e:  # a refused request, another build's lock
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: {said}", file=sys.stderr)
+        print(f"error: the disk is full ({e.filename or args.work}): free some space and run the same command "
+              f"again (finished steps are kept in --work)", file=sys.stderr)
         return 2
     print(f"mini world built in {(time.time() - t0) / 60:.1f} minutes -> {output}")
     return 0

@@ -253,6 +253,14 @@ def test_the_rebuild_refuses_what_would_mix_or_lose_work_before_any_work(tmp_pat
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         miniworld.build(tmp_path / "file", tmp_path / "w2", "quick", seed=0)
-    with output_lock(tmp_path / "w3", "--work"), pytest.raises(ValueError, match="choose another --work"):
+    with output_lock(tmp_path / "w3", "--work"), pytest.raises(UserError, match="choose another --work"):
         miniworld.build(tmp_path / "out", tmp_path / "w3", "quick", seed=0)
+    with pytest.raises(UserError, match="inside it"):  # the finished models would replace the cache
+        miniworld.build(tmp_path / "out", tmp_path / "out" / "cache", "quick", seed=0)
+    # the box pairs' count is in the Zero-1-to-3 recipe, which retrains only its phase: not a refusal
+    recipe = miniworld._recipe("quick")
+    monkeypatch.setitem(miniworld.SIZES, "quick", {**miniworld.SIZES["quick"], "zero123_box_objects": 7})
+    assert miniworld._recipe("quick") == recipe
+    monkeypatch.setitem(miniworld.SIZES, "quick", {**miniworld.SIZES["quick"], "vae": 7})
+    assert miniworld._recipe("quick") != recipe
     assert (mine / "notes.txt").read_text() == "mine" and not (tmp_path / "out").exists()
