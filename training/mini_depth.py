@@ -134,17 +134,21 @@ def build_depth(stage: Path, work: Path, n_objects: int, steps: int, seed: int =
     return False
 
 
-def add_to_models(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
-    """Build the depth step (cached in ``work``) and add its model to a finished mini world in ``output``: the
-    ``depth`` folder, its seconds and held-out correlation in ``MANIFEST.json`` (the other models untouched)."""
+def add_to_models(output: Path, work: Path, size: str = "full", seed: int | None = None) -> dict:
+    """Build the depth step (cached in ``work``, locked as the build locks it) and add its model to a finished mini
+    world in ``output``: the ``depth`` folder, its seconds and held-out correlation in ``MANIFEST.json`` (the other
+    models untouched). ``seed``: the world's own (its manifest's) unless given."""
     import json
     import shutil
 
+    from suite.files import output_lock
     from suite.miniworld import assets
 
     manifest = json.loads((output / assets.MANIFEST).read_text())
+    seed = int(manifest.get("seed", 0)) if seed is None else seed
     t0 = time.time()
-    build_depth(work / "stage", work, SIZES[size]["objects"], SIZES[size]["steps"], seed)
+    with output_lock(work, "--work"):  # a build writing the same cache would undo this step, and it that one
+        build_depth(work / "stage", work, SIZES[size]["objects"], SIZES[size]["steps"], seed)
     seconds = time.time() - t0
     with atomic_dir(output / "depth") as tmp:
         shutil.copytree(work / "stage" / "depth", tmp, dirs_exist_ok=True)

@@ -1,5 +1,7 @@
-"""The mini depth estimator's training pieces: the batch-norm statistics of the EMA copy it ships."""
+"""The mini depth estimator's training pieces: the batch-norm statistics of the EMA copy it ships, and adding its
+step to a built world."""
 
+import pytest
 import torch
 
 
@@ -37,3 +39,33 @@ def test_recalibration_gives_the_emas_batch_norms_the_statistics_of_their_inputs
     torch.manual_seed(123)
     recalibrate_batch_norm(model, images, batch=4)
     assert all(torch.equal(a, m.running_var) for a, m in zip(stats, norms))
+
+
+def test_adding_the_depth_step_locks_the_cache_and_takes_the_worlds_seed(tmp_path, monkeypatch):
+    """``python -m training.mini_depth`` writes into the build's cache: it holds the build's lock (a build running
+    beside it undid its step) and trains with the world's own seed from its manifest (it always used 0)."""
+    import json
+
+    from suite.checks import UserError
+    from suite.files import output_lock
+    from suite.miniworld import assets
+    from training import mini_depth
+
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / assets.MANIFEST).write_text(json.dumps({"seed": 3, "seconds": {}, "quality": {}}))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def build_depth(stage, work, objects, steps, seed):
+        seen.append(seed)
+        with pytest.raises(UserError, match="another run"), output_lock(work, "--work"):
+            pass
+        raise Stop
+
+    monkeypatch.setattr(mini_depth, "build_depth", build_depth)
+    with pytest.raises(Stop):
+        mini_depth.add_to_models(world, tmp_path / "work", "quick")
+    assert seen == [3]
