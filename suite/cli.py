@@ -151,7 +151,7 @@ def edit_noise_range(args) -> tuple[float, float] | None:
     from diffusers import DPMSolverMultistepScheduler
 
     from .models import _hub_kwargs, resolve
-    from .pipeline import DEFAULT_STEPS, InDomainPipeline
+    from .pipeline import DEFAULT_STEPS, InDomainPipeline, noise_range
     from .presets import model_refs
 
     steps = DEFAULT_STEPS if args.steps is None else args.steps
@@ -162,9 +162,9 @@ def edit_noise_range(args) -> tuple[float, float] | None:
     except Exception:  # noqa: BLE001 - any failure to read it is the model load's to report, with its sentence
         return 0.0, float(args.strength)
     sampler.set_timesteps(steps)
-    t = InDomainPipeline.get_timesteps(sampler, steps, args.strength)
-    n = float(sampler.config.num_train_timesteps)
-    return (float(t.min()) / n, float(t.max()) / n) if len(t) else None  # no step: nothing for a rule to miss
+    # no step: None, nothing for a rule to miss
+    return noise_range(InDomainPipeline.get_timesteps(sampler, steps, args.strength),
+                       sampler.config.num_train_timesteps)
 
 
 def request_terms(args, **item) -> list[str]:

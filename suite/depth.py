@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import ModelLoadError, load_errors, resolve
+from .models import ModelLoadError, load_errors, offline, resolve
 
 DEPTH_SENSE = {"depth_anything": "nearness", "dpt": "nearness", "glpn": "depth", "zoedepth": "depth"}
 """What each model type's post-processed prediction is: relative inverse depth (``nearness``: larger = nearer) or
@@ -88,7 +88,7 @@ def load_depth_estimator(ref: str | os.PathLike, device="cpu", dtype=torch.float
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
 
     ref, local = resolve(ref, "depth model", flag, required=("config.json",))
-    kw = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
+    kw = {"local_files_only": local or offline()}
     try:
         config = AutoConfig.from_pretrained(ref, **kw)
         sense = DEPTH_SENSE.get(config.model_type)

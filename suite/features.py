@@ -17,7 +17,6 @@ Images go in as PIL images; features come out as float64 numpy arrays ``[n, d]``
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +95,9 @@ def check_feature_model(ref: str, flag: str = "--features", text: bool = False) 
         check()
         return
     path, is_local = _resolve(NAMES.get(ref.lower(), ref), flag)
-    offline = any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-                  for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if not is_local and offline:  # else every image is made before it fails
+    from .models import offline
+
+    if not is_local and offline():  # else every image is made before it fails
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(path, "config.json"), str):

@@ -195,13 +195,13 @@ def check_writable_dir(folder: str | os.PathLike, flag: str = "--output") -> Pat
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise ValueError(f"{str(probe)!r} is a file, not a folder: choose another {flag}")
+        raise UserError(f"{str(probe)!r} is a file, not a folder: choose another {flag}")
     try:  # a real write (os.access says yes to root on a read-only file system)
         fd, tmp = tempfile.mkstemp(**temp_name("write-check"), dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:
-        raise ValueError(f"the folder {str(probe)!r} cannot be written to ({err.strerror.lower()}): choose "
+        raise UserError(f"the folder {str(probe)!r} cannot be written to ({err.strerror.lower()}): choose "
                          f"another {flag}") from None
     return folder
 

@@ -83,8 +83,15 @@ def _load(what: str, flag: str, ref: str, is_local: bool, fn):
         ) from err
 
 
+def offline() -> bool:
+    """Whether downloads are off: ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set to 1, true, yes or on (read
+    when asked, not at import)."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _hub_kwargs(is_local: bool) -> dict:
-    return {"local_files_only": True} if is_local or os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+    return {"local_files_only": True} if is_local or offline() else {}
 
 
 def place(module, device, dtype):

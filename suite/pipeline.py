@@ -47,6 +47,14 @@ log = logging.getLogger(__name__)
 DEFAULT_STEPS = 25
 
 
+def noise_range(timesteps, num_train_timesteps: int) -> tuple[float, float] | None:
+    """``(lo, hi)`` of ``t / T`` over a run's timesteps (``None`` when there are none)."""
+    if len(timesteps) == 0:
+        return None
+    t = torch.as_tensor(timesteps, dtype=torch.float32)
+    return float(t.min()) / num_train_timesteps, float(t.max()) / num_train_timesteps
+
+
 @dataclass
 class Control:
     """One control term (paper: control guidance ``w_c eps_c(z, c)``).
@@ -510,12 +518,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         return steps, per_prompt, strength, height, width
 
     def _noise_range(self, timesteps) -> tuple[float, float] | None:
-        """``(lo, hi)`` of ``t / T`` over a run's timesteps (``None`` when there are none)."""
-        if len(timesteps) == 0:
-            return None
-        t = torch.as_tensor(timesteps, dtype=torch.float32)
-        n = float(self.scheduler.config.num_train_timesteps)
-        return float(t.min()) / n, float(t.max()) / n
+        return noise_range(timesteps, self.scheduler.config.num_train_timesteps)
 
     @staticmethod
     def get_timesteps(sampler, num_inference_steps: int, strength: float) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from .denoisers import UNetDenoiser, epsilon_scheduler
 from .files import atomic_dir
 from .guidance import MultiGuidance, Term
-from .models import ModelLoadError, describe, load_errors, resolve
+from .models import ModelLoadError, describe, load_errors, offline, resolve
 
 PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -109,7 +109,7 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
         else:
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(ref, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+            folder = Path(snapshot_download(ref, local_files_only=offline()))
         proj_dir = next((folder / n for n in PROJECTION_FOLDERS if (folder / n).is_dir()), None)
         if proj_dir is None:
             raise ModelLoadError(

@@ -151,7 +151,7 @@ def evaluate(config: EvalConfig) -> dict:
 
     from suite import batch as B
     from suite.features import check_feature_model, load_features
-    from suite.files import claim_run_folder, output_lock
+    from suite.files import check_writable_dir, claim_run_folder, output_lock
 
     # 1. Everything that can be checked before a model loads.
     labels = [m.label for m in config.methods]
@@ -168,9 +168,7 @@ def evaluate(config: EvalConfig) -> dict:
             from suite.models import resolve
 
             resolve(m.model, "fine-tuned model", f"--method {m.label}=model:FOLDER")
-    out = Path(config.output).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {str(out)!r} is a file: give a folder for the evaluation")
+    out = check_writable_dir(Path(config.output).expanduser().resolve())
     real = Path(config.real).expanduser().resolve() if config.real else None
     if real is not None and (out == real or real in out.parents):
         raise UserError(f"--output {str(out)!r} is inside --real {str(real)!r}: the generated images would be "

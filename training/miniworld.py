@@ -48,7 +48,7 @@ import torch
 
 from suite.checks import UserError, int_at_least
 from suite.cli import quiet_libraries
-from suite.files import atomic_dir, output_lock, remove_leftovers, write_text_atomic
+from suite.files import atomic_dir, check_writable_dir, output_lock, remove_leftovers, write_text_atomic
 from suite.miniworld import assets, judge
 from suite.miniworld import faces as F
 from suite.miniworld import world as W
@@ -214,9 +214,8 @@ def zero123_phase_folder(stage: Path, size: str, phase: int) -> Path:
 def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     """Every step above; returns the timings (seconds) and quality figures, also written to MANIFEST.json. The
     work folder is locked for the whole build (two builds into one cache undid each other's steps)."""
-    for path, flag in ((output, "--output"), (work, "--work")):
-        if path.exists() and not path.is_dir():
-            raise UserError(f"{flag} {str(path)!r} is a file: give a folder")
+    check_writable_dir(output, "--output")
+    check_writable_dir(work, "--work")
     out, cache = output.resolve(), work.resolve()
     if out == cache or out in cache.parents:  # the finished models replace --output, and the cache with it
         raise UserError(f"--work {str(work)!r} is --output or inside it: the finished models would replace the cache; "
@@ -231,8 +230,8 @@ def _recipe(size: str) -> str:
     """A short fingerprint of :data:`SIZES` at ``size`` (steps and object counts of the cached data and steps; the
     Zero-1-to-3's phases and the depth estimator's data are cached by their own recipes, so a change there
     retrains only what it changes)."""
-    own = {k: v for k, v in SIZES[size].items() if k != "zero123_box_objects"}  # in zero123_recipe's fingerprint
-    return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:12]
+    return _fingerprint({k: v for k, v in SIZES[size].items() if k != "zero123_box_objects"}, 12)  # that one is
+    # in zero123_recipe's fingerprint
 
 
 def _build(output: Path, work: Path, size: str, seed: int) -> dict:
