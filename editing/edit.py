@@ -83,8 +83,8 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
                guidance_rule=None) -> EditResult:
     """Edit a photo with SDEdit through ``pipe`` (an :class:`suite.pipeline.InDomainPipeline`).
 
-    ``prompt``: control text (``""`` = domain guidance only). ``strength``: 0 keeps the photo (up to the VAE's
-    round trip), 1 starts from pure noise. ``domain_weight`` / ``control_weight``: ``w_d`` / ``w_c``: a number,
+    ``prompt``: control text (``""`` = domain guidance only). ``strength``: 0 keeps the photo (bit-identical: no
+    model runs, the faces are still found and reported), 1 starts from pure noise. ``domain_weight`` / ``control_weight``: ``w_d`` / ``w_c``: a number,
     ``"auto"`` (Sec. 3.4), or not given (``None``): the domain's recommended weights, as the pipeline decides.
     ``guidance_rule``: a guidance rule or its string (:mod:`suite.rules`; not given: the domain's recommended
     one, as the pipeline decides). ``mask``: only its white part may change. ``all_faces``: edit every face, else the
@@ -161,6 +161,11 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
 
     # 4. SDEdit each crop through the core pipeline's start-image path (encode -> noise -> denoise -> decode).
     edited, weights, applied_rule = [], [], None
+    if strength == 0:  # nothing may change: the photo itself, not its round trip through the VAE
+        timings["paste"] = 0.0
+        return EditResult(images=[photo.output(photo.rgb, np.zeros(photo.rgb.shape[:2], bool))
+                                  for _ in range(num_images)],
+                          face_boxes=[f.box for f in faces], timings=timings, faces=faces, regions=regions)
     for k, crop in enumerate(crops):
         def on_step(i, n, k=k):
             report("denoise", i, n, {"crop": k, "crops": len(crops)})

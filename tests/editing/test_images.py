@@ -40,6 +40,17 @@ def test_rgba_output_keeps_alpha_and_untouched_pixels(pipe):
     assert np.array_equal(out[:, :64], rgba[:, :64]) and np.array_equal(out[..., 3], alpha)
 
 
+def test_strength_zero_gives_the_photo_itself_without_running_the_model(pipe, monkeypatch):
+    """Strength 0 "keeps the photo": bit-identical (alpha included), not its round trip through the VAE, and no
+    model runs; the faces are still found and reported."""
+    rgb = photo_array(96, 128, seed=15)
+    rgba = np.dstack([rgb, np.tile(np.linspace(40, 255, 128).astype(np.uint8), (96, 1))])
+    monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("strength 0 ran the pipeline"))
+    res = edit_photo(pipe, Image.fromarray(rgba, "RGBA"), strength=0.0, num_images=2,
+                     detector=FixedDetector(face_at((60.0, 48.0), 10.0)))
+    assert len(res.images) == 2 and all(np.array_equal(np.asarray(im), rgba) for im in res.images)
+    assert len(res.face_boxes) == 1
+
 
 def test_an_edit_that_changes_nothing_gives_a_partly_transparent_photo_back():
     """The network sees the photo laid on white; its colours are taken off white again where the photo is partly
