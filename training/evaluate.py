@@ -159,6 +159,10 @@ def evaluate(config: EvalConfig) -> dict:
         raise UserError("no method to evaluate: pass --method base, --method ours, --method model:FOLDER ...")
     if len(set(labels)) != len(labels):
         raise UserError(f"two methods share a label ({labels}): name them LABEL=... (e.g. ours-2=ours;...)")
+    ours = [m.label for m in config.methods if m.kind == "ours"]
+    if ours and str(config.domain_model or "").lower() == "none":
+        raise UserError(f"--domain-model none leaves {', '.join(ours)} without a domain model, so its row would be "
+                        f"base's: give the domain model, or compare only --method base and model:FOLDER")
     text_items = _text_items(config)
     check_feature_model(config.features, "--features")
     if config.clip and text_items:

@@ -173,6 +173,7 @@ def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
         # the run's own images would be read as real ones on --resume (real n 4 -> 11, FD 3063 -> 1652)
         (["--real", str(two), "--output", str(two / "ev")], "is inside --real"),
         (["--output", str(weights)], "is a file"),
+        (["--domain-model", "none"], "its row would be base's"),  # 'ours' without a domain model is base
     ):
         assert launch.main(base + extra) == 2, extra
         err = capsys.readouterr().err
