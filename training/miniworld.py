@@ -264,10 +264,11 @@ def _build(output: Path, work: Path, size: str, seed: int) -> dict:
     times: dict[str, float] = {}
     t_last = time.time()
 
-    def step(name, cached: bool = False):
+    def step(name, cached: bool = False, earlier: float = 0.0):
+        """``earlier``: seconds an interrupted run already spent on the step's parts that this run resumed from."""
         nonlocal t_last
         now = time.time()
-        times[name] = ran.get(name, now - t_last) if cached else now - t_last
+        times[name] = ran.get(name, now - t_last) if cached else now - t_last + earlier
         t_last = now
         ran[name] = times[name]
         write_text_atomic(times_file, json.dumps(ran))
@@ -335,8 +336,9 @@ def _build(output: Path, work: Path, size: str, seed: int) -> dict:
     step("judge", cached)
     # 6. Zero-1-to-3 (its view pairs cached with the other data)
 
+    earlier = zero123_phase_seconds(stage, size)  # phases an interrupted build trained: their time counts too
     cached = build_zero123(stage, work, size, seed, vae)
-    step("zero123", cached)
+    step("zero123", cached, earlier)
     # 7. the depth estimator of the 3D flow's --depth auto (its renders cached with the other data)
     depth = mini_depth.SIZES[size]
     cached = mini_depth.build_depth(stage, work, depth["objects"], depth["steps"], seed)
@@ -364,7 +366,7 @@ def _build(output: Path, work: Path, size: str, seed: int) -> dict:
             (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
             step(f"domain-{name}", cached)
         shutil.copytree(stage / "depth", tmp / "depth")
-        shutil.copytree(stage / "zero123", tmp / "zero123", ignore=shutil.ignore_patterns("phases.json"))
+        shutil.copytree(stage / "zero123", tmp / "zero123", ignore=shutil.ignore_patterns("phases.json", PHASE_SECONDS))
         for sub in (tmp / "zero123").iterdir():
             if sub.is_dir():
                 assets.to_float16(sub)
@@ -375,6 +377,23 @@ def _build(output: Path, work: Path, size: str, seed: int) -> dict:
         manifest = assets.write_manifest(tmp, dict(size=size, seed=seed, seconds=times, quality=quality))
     log.info("built the mini world in %.1f min of work: %s", sum(times.values()) / 60, json.dumps(quality))
     return manifest
+
+
+PHASE_SECONDS = "seconds.json"  # in each Zero-1-to-3 phase's folder: the seconds its training took
+
+
+def zero123_phase_seconds(stage: Path, size: str) -> float:
+    """Seconds the finished phases of ``size``'s recipe in ``stage`` took to train (0 where the final model is
+    there already, or a phase's time was not recorded): what a resumed build adds to the step's own time."""
+    marker = stage / "zero123" / "phases.json"
+    if marker.exists() and json.loads(marker.read_text()).get("recipe") == zero123_recipe(size):
+        return 0.0
+    total = 0.0
+    for i in range(len(ZERO123_PHASES[size])):
+        record = zero123_phase_folder(stage, size, i + 1) / PHASE_SECONDS
+        if record.is_file():
+            total += float(json.loads(record.read_text()).get("seconds", 0.0))
+    return total
 
 
 def build_zero123(stage: Path, work: Path, size: str, seed: int, vae) -> bool:
@@ -412,8 +431,10 @@ def build_zero123(stage: Path, work: Path, size: str, seed: int, vae) -> bool:
                         extra = _zero123_pairs(work, n["zero123_objects"], seed + 11, mini_zero123.HARD_SHAPES, "-hard")
                         pairs = {k: np.concatenate([pairs[k], extra[k]]) for k in pairs}
                     data[kind] = pairs
+            t_phase = time.time()
             z_parts = mini_zero123.train_zero123(data[kind], vae, z_steps, lr=z_lr, seed=seed + i, init=z_parts)
             save_zero123(z_parts, folders[i])
+            write_text_atomic(folders[i] / PHASE_SECONDS, json.dumps({"seconds": time.time() - t_phase}))
         write_text_atomic(folders[-1] / "phases.json", json.dumps({"phases": len(phases), "recipe": recipe}))
         folders[-1].rename(final)
     return cached

@@ -184,6 +184,32 @@ def test_the_zero123_step_trains_only_the_phases_it_lacks_on_their_own_data(tmp_
     assert [c[4] for c in calls] == [None, {"trained": 30}, {"trained": 10}]
 
 
+def test_a_resumed_zero123_step_counts_the_time_of_the_phases_an_interrupted_build_trained(tmp_path, monkeypatch):
+    """A build killed after two of three phases resumes at the third; the step's recorded time adds the first two's
+    (it was the third's alone, and near zero where only the final rename was left)."""
+    import json
+
+    import numpy as np
+
+    from training import mini_zero123, miniworld
+
+    stage = tmp_path / "stage"
+    for i, seconds in ((1, 100.0), (2, 50.0)):
+        folder = miniworld.zero123_phase_folder(stage, "quick", i)
+        folder.mkdir(parents=True)
+        (folder / "model_index.json").write_text("{}")
+        (folder / miniworld.PHASE_SECONDS).write_text(json.dumps({"seconds": seconds}))
+    assert miniworld.zero123_phase_seconds(stage, "quick") == 150.0
+    monkeypatch.setattr(miniworld, "_zero123_pairs", lambda work, n, *a: dict(images=np.zeros((n, 6, 2, 2, 3)),
+                                                                            poses=np.zeros((n, 6, 2))))
+    monkeypatch.setattr(mini_zero123, "train_zero123", lambda *a, **k: {})
+    monkeypatch.setattr(miniworld, "save_zero123", lambda parts, folder: folder.mkdir(parents=True))
+    monkeypatch.setattr(miniworld, "_load_zero123_parts", lambda folder: {})
+    assert miniworld.build_zero123(stage, tmp_path / "work", "quick", 0, vae=None) is False
+    assert json.loads((stage / "zero123" / miniworld.PHASE_SECONDS).read_text())["seconds"] >= 0
+    assert miniworld.zero123_phase_seconds(stage, "quick") == 0.0  # finished: a cached step keeps its own time
+
+
 def test_a_phase_asking_for_unknown_data_is_refused_before_anything_is_rendered_or_trained(tmp_path, monkeypatch):
     import pytest
 
