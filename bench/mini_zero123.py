@@ -335,16 +335,21 @@ FRESH_SEED = 777
 
 
 def training_pairs(model, objects: int, steps: int = 30, scale: float = 3.0, shapes=("box",), build_seed: int = 0,
-                   turns=None) -> dict:
+                   turns=None, build_size: str = "full") -> dict:
     """``model`` on the pairs its box-weighted phase trained on (the first ``objects`` objects of
-    :func:`training.miniworld.box_pairs_spec`'s draw for the build ``build_seed``: each target view of each object
+    :func:`training.miniworld.box_pairs_spec`'s draw for the build of ``build_seed`` and ``build_size``, as its
+    world's MANIFEST.json records them: each target view of each object
     of ``shapes`` not in the glaze, whose silhouette an image on white shows) and on fresh pairs drawn the same way
     (:data:`FRESH_SEED`): ``{"seen": ..., "fresh": ...}``, each as :func:`per_shape` gives it plus ``turn`` (the
     mean absolute azimuth change). A model that memorised its training pairs does better on the first."""
     from suite.miniworld.views import measure_novel_views
     from training import mini_zero123, miniworld
 
-    spec = miniworld.box_pairs_spec("full")
+    spec = miniworld.box_pairs_spec(build_size)
+    if objects > spec["objects"]:
+        raise ValueError(f"the box phase of a {build_size!r} build trained on {spec['objects']} objects, so the "
+                         f"'training' pairs past them would be fresh ones: give --training-pairs {spec['objects']} "
+                         f"or fewer")
     out = {}
     for name, seed in (("seen", build_seed + spec["seed"]), ("fresh", FRESH_SEED)):
         cases = [(obj, els[0], azs[0], float(els[k]), float(azs[k]))
@@ -471,9 +476,17 @@ def main(argv=None) -> int:
         results = {}
         for folder in folders:
             t0 = time.time()
+            world = Path(folder).parent / assets.MANIFEST  # the build's seed and size decide its training pairs
+            if not world.is_file():
+                print(f"error: --training-pairs needs to know how {folder} was built: it reads the seed and size from "
+                      f"the mini world's {assets.MANIFEST} beside the folder ({world} is missing); pass a model "
+                      f"inside a folder written by python -m training.miniworld.", file=sys.stderr)
+                return 2
+            built = json.loads(world.read_text())
             try:
                 results[folder] = training_pairs(load_zero123(folder), args.training_pairs, args.steps, args.scale,
-                                                 tuple(args.shapes or ("box",)))
+                                                 tuple(args.shapes or ("box",)), build_seed=int(built["seed"]),
+                                                 build_size=built["size"])
             except ValueError as e:
                 print(f"error: {e}.", file=sys.stderr)
                 return 2

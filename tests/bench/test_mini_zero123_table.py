@@ -185,3 +185,46 @@ def test_training_pairs_are_the_box_phases_own_and_fresh_ones_are_drawn_alike(mo
     assert {c[0].shape for c in seen[1]} <= {"box", "cup"} and not any(c[0].porcelain for c in seen[1])
     assert seen[1][0][1:] != seen[0][0][1:]  # other objects, seen from other places
     assert out["seen"]["mean"]["gain"] == pytest.approx(0.1) and "box" in bench.training_pairs_table({"m": out})
+
+
+def test_training_pairs_follow_the_worlds_build_and_stop_at_its_box_phase(tmp_path, monkeypatch, capsys):
+    """The "seen" pairs are those of the build the model came from (its world's MANIFEST.json: seed and size; they
+    were always build seed 0's), no more objects than its box phase had, and a model outside a world is refused."""
+    import json
+
+    import bench.mini_zero123 as bench
+    import suite.miniworld.views as views
+    from suite.miniworld import assets
+    from training import mini_zero123, miniworld
+
+    seen = []
+    monkeypatch.setattr(views, "measure_novel_views", lambda model, cases, **k: seen.append(cases) or
+                        dict(iou=[0.9] * len(cases), copy_iou=[0.8] * len(cases)))
+    bench.training_pairs(None, 30, build_seed=5, build_size="quick")
+    spec = miniworld.box_pairs_spec("quick")
+    drawn = mini_zero123.pair_objects(30, 5, 5 + spec["seed"], spec["shapes"])
+    assert [c[0] for c in seen[0]] == [o for o, *_ in drawn if o.shape == "box" and not o.porcelain for _ in range(5)]
+    with pytest.raises(ValueError, match=f"trained on {spec['objects']} objects"):
+        bench.training_pairs(None, spec["objects"] + 1, build_size="quick")
+
+    world = tmp_path / "world"
+    (world / "zero123").mkdir(parents=True)
+    (world / "zero123" / "model_index.json").write_text("{}")
+    monkeypatch.setattr(bench, "training_pairs", lambda *a, **k: pytest.fail("measured outside a world"))
+    assert bench.main(["--training-pairs", "10", "--model", str(world / "zero123")]) == 2
+    assert "needs to know how" in capsys.readouterr().err.splitlines()[-1]
+    (world / assets.MANIFEST).write_text(json.dumps({"seed": 3, "size": "quick"}))
+    got = {}
+
+    class Reached(Exception):
+        pass
+
+    def record(*a, **k):
+        got.update(k)
+        raise Reached
+
+    monkeypatch.setattr(bench, "training_pairs", record)
+    monkeypatch.setattr("suite.zero123.load_zero123", lambda folder: None)
+    with pytest.raises(Reached):
+        bench.main(["--training-pairs", "10", "--model", str(world / "zero123")])
+    assert got["build_seed"] == 3 and got["build_size"] == "quick"
