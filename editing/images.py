@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from suite.images import DEFAULT_MAX_PIXELS, check_size, open_image, read_mask
+from suite.images import DEFAULT_MAX_PIXELS, as_rgba, check_size, open_image, read_mask
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -71,8 +71,8 @@ def load_photo(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 def prepare_photo(im: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Photo:
     """Any PIL image -> :class:`Photo`: EXIF orientation applied, then the mode converted to 8-bit RGB.
 
-    * RGBA / LA / P with transparency: composited on white for the network; alpha and the original colour
-      values are kept for the output.
+    * RGBA / LA / a transparent colour (PNG's tRNS, in P, L, RGB or 16-bit images): composited on white for the
+      network; alpha and the original colour values are kept for the output.
     * L, 1, P, I: expanded to gray RGB. I;16 (16-bit): scaled by 1/257 to 8 bits.
     * CMYK (and other colour spaces): converted with the embedded ICC profile to sRGB when there is one
       (littlecms), else with PIL's standard conversion.
@@ -82,14 +82,12 @@ def prepare_photo(im: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     check_size(*im.size, max_pixels)
     im = ImageOps.exif_transpose(im)
     icc = im.info.get("icc_profile")
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
-
-    if has_alpha:
-        rgba = im.convert("RGBA")
+    rgba = as_rgba(im)  # an alpha channel or a transparent colour (PNG's tRNS)
+    if rgba is not None:
         arr = np.asarray(rgba)
         white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         return Photo(rgb=np.asarray(white).copy(), alpha=arr[..., 3].copy(), rgb_raw=arr[..., :3].copy(),
-                     icc_profile=icc if im.mode in ("RGBA", "RGBa") else None, mode=im.mode)
+                     icc_profile=icc if im.mode in ("RGBA", "RGBa", "RGB") else None, mode=im.mode)
     if im.mode in _SIXTEEN_BIT:
         arr = np.asarray(im).astype(np.float32)  # 0..65535 whatever the byte order
         gray = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)

@@ -87,14 +87,33 @@ def to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def as_rgba(im: Image.Image) -> Image.Image | None:
+    """``im`` as 8-bit RGBA when it has transparency: an alpha channel, or a transparent colour (PNG's tRNS chunk,
+    which P, 1, L, RGB and 16-bit grayscale images carry as ``info["transparency"]``); None when it has none."""
+    if im.mode in ALPHA_MODES:
+        return im.convert("RGBA")
+    key = im.info.get("transparency")
+    if key is None:
+        return None
+    if im.mode in ("P", "1", "L", "RGB"):  # PIL applies the key itself
+        return im.convert("RGBA")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I") and isinstance(key, int):
+        rgba = np.array(to_8bit(im).convert("RGBA"))
+        rgba[..., 3] = np.where(np.asarray(im) == key, 0, 255)  # the key compared at full depth, not rounded
+        return Image.fromarray(rgba, "RGBA")
+    return None
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode (RGBA on white, grayscale, CMYK, 16-bit) as 8-bit RGB."""
-    im = to_8bit(im)
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
+    """Any PIL mode (transparency laid on white, grayscale, CMYK, 16-bit) as 8-bit RGB."""
+    rgba = as_rgba(im)
+    if rgba is not None:
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
-    return im.convert("RGB")
+    return to_8bit(im).convert("RGB")
 
 
 def check_same_aspect(size: tuple[int, int], image_size: tuple[int, int], what: str = "mask") -> None:

@@ -84,6 +84,28 @@ def test_a_transparent_image_is_laid_on_white_where_the_format_has_no_alpha(tmp_
     assert Image.open(tmp_path / "b.png").getpixel((6, 0))[3] == 0
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "I;16"])
+def test_a_transparent_colour_is_laid_on_white_as_an_alpha_channel_is(tmp_path, mode):
+    """PNG's tRNS chunk makes one colour of a P, 1, L, RGB or 16-bit image transparent; training, generation and
+    the edit read it as transparency (the key colour came through as it was: black where the image is empty),
+    and the edit keeps it in its output."""
+    from editing.images import prepare_photo
+    from suite.images import to_rgb
+
+    rgb = np.zeros((8, 6, 3), np.uint8)
+    rgb[:4] = 200
+    im = {"RGB": Image.fromarray(rgb), "L": Image.fromarray(rgb[..., 0]), "1": Image.fromarray(rgb[..., 0] == 0),
+          "I;16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)}[mode]
+    top = 0 if mode == "1" else 200  # a 1-bit image: black on top, its white rows the transparent colour
+    path = tmp_path / "key.png"
+    im.save(path, transparency={"RGB": (0, 0, 0), "1": 1}.get(mode, 0))
+    loaded = np.asarray(to_rgb(load_image(path)))
+    assert (loaded[4:] == 255).all() and (loaded[:4] == top).all(), loaded[:, 0]
+    with Image.open(path) as again:
+        photo = prepare_photo(again)
+    assert (photo.rgb[4:] == 255).all() and (photo.alpha[4:] == 0).all() and (photo.alpha[:4] == 255).all()
+
+
 def test_prompts_are_text_and_a_list_is_not_silently_mangled(tiny_pipe):
     from suite.checks import check_prompt
 
