@@ -164,6 +164,18 @@ def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what
                         f"another --output")
 
 
+def check_processes_joined(num_processes: int, fix: str = "--device cpu") -> None:
+    """One sentence when the launcher started more processes (``WORLD_SIZE``) than joined the run: ``accelerate
+    launch --multi_gpu`` on a machine without GPUs starts each process as a run of its own unless told to use the
+    CPU, and they would refuse each other's folder. ``fix``: the flag that joins them."""
+    import os
+
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > num_processes:
+        raise UserError(f"{launched} processes were launched but only {num_processes} joined the run (no GPU for "
+                        f"each?): on a machine without GPUs pass {fix} to run them together on the CPU")
+
+
 def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, resume: bool,
               kind: str = "generate-batch", what: str = "a batch", settings: dict | None = None,
               equivalent: dict | None = None) -> int:
@@ -185,6 +197,7 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
 
     log = logging.getLogger("suite")
     rank, world = state.process_index, state.num_processes
+    check_processes_joined(world)
     name = f"{folder.parent.name}/{folder.name}"
     with ExitStack() as stack:
         # 1. The folder: locked and claimed by process 0, checked read-only by the others.

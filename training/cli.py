@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 from dataclasses import fields
 
 HELP = "train a null-text domain model on a folder of images (F_T initialisation, E capture, fine-tuning)"
@@ -129,6 +130,7 @@ def main(args) -> int:
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, the main process reports
         return 0
     print(f"domain model written to {out}")
-    print(f"use it: python launch.py generate --domain-model {out}"
-          + (f" --preset {config.preset}" if config.preset != DEFAULT_PRESET else "") + f" --domain {config.domain}")
+    print(f"use it: python launch.py generate --domain-model {shlex.quote(str(out))}"  # pasted into a shell as is
+          + (f" --preset {config.preset}" if config.preset != DEFAULT_PRESET else "")
+          + f" --domain {shlex.quote(config.domain)}")
     return 0

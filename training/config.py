@@ -140,6 +140,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        self.check_optional_packages()
         per = self.batch_size // (num_processes * self.gradient_accumulation_steps)
         if per * num_processes * self.gradient_accumulation_steps != self.batch_size:
             raise ValueError(
@@ -148,6 +149,17 @@ class TrainConfig:
                 f"of {num_processes * self.gradient_accumulation_steps}"
             )
         return per
+
+    def check_optional_packages(self) -> None:
+        """The packages the chosen options need, before any model loads or image is cached (they were found missing
+        only after the latent cache and the text features were made)."""
+        from accelerate.utils import is_bnb_available, is_tensorboard_available
+
+        if self.use_8bit_adam and not is_bnb_available():
+            raise ValueError("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes, or drop the flag")
+        if self.report_to == "tensorboard" and not is_tensorboard_available():
+            raise ValueError("--report-to tensorboard needs tensorboard: pip install tensorboard, or pass "
+                             "--report-to none")
 
     def resolved_sd_model(self) -> str:
         """``--sd-model``, else the preset's SD1.5 (the mini world's checked against its manifest)."""

@@ -41,6 +41,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from suite import models
+from suite.batch import check_processes_joined
 from suite.checks import Progress
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
@@ -81,6 +82,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
                               log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(output / "training" / "logs"))
+    check_processes_joined(accelerator.num_processes, "--cpu")
     per_device = config.validate(accelerator.num_processes)
     data = Path(os.path.expanduser(str(config.data))).resolve()
     if output == data or data in output.parents:

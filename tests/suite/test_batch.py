@@ -197,3 +197,17 @@ def test_each_manifest_line_records_its_own_images_weights(tmp_path):
         for term, w in one["weights_used"].items():
             assert isinstance(w, float) and w == pytest.approx(three["weights_used"][term], rel=1e-4)
     assert len({r["weights_used"]["domain"] for r in rows["3"]}) == 3  # automatic: one per image
+
+
+def test_processes_launched_but_not_joined_are_one_sentence_naming_the_flag(monkeypatch):
+    """``accelerate launch --multi_gpu`` without GPUs started each process as a run of its own: they refused each
+    other's folder ("another run is writing") and the survivor was killed mid-run, leaving a half-made folder."""
+    from suite.batch import check_processes_joined
+    from suite.checks import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="2 processes were launched but only 1 joined.*pass --cpu"):
+        check_processes_joined(1, "--cpu")
+    check_processes_joined(2)  # joined: nothing to say
+    monkeypatch.delenv("WORLD_SIZE")
+    check_processes_joined(1)  # a plain run

@@ -46,3 +46,37 @@ def test_a_diverging_run_is_one_sentence_not_a_traceback(data_dir, tmp_path, cap
                         "--lr", "1e30", "--max-steps", "3", "--batch-size", "2", "--text-init-steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "lower --lr" in err and "Traceback" not in err, err
+
+
+def test_missing_optional_packages_are_refused_before_any_image_is_cached(data_dir, tmp_path, capsys, monkeypatch):
+    """``--use-8bit-adam`` without bitsandbytes (or ``--report-to tensorboard`` without tensorboard) was found only
+    after the latent cache and the text features were made: on real data a VAE pass and 100 SD1.5 steps."""
+    import accelerate.utils
+
+    import launch
+
+    monkeypatch.setattr(accelerate.utils, "is_bnb_available", lambda *a, **k: False)
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    for extra, phrase in ((["--use-8bit-adam"], "needs bitsandbytes"),
+                          (["--report-to", "tensorboard"], "needs tensorboard")):
+        code = launch.main(["train", "--preset", "tiny", "--data", str(data_dir), "--output", str(tmp_path / "m"),
+                            "--max-steps", "2", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and phrase in err and "cache" not in err and "Traceback" not in err, err
+        assert not (tmp_path / "m").exists()
+
+
+def test_the_printed_use_it_command_can_be_pasted_into_a_shell(data_dir, tmp_path, capsys):
+    """An output folder or domain name with spaces was printed unquoted: pasted, it failed to parse."""
+    import shlex
+
+    import launch
+
+    out = tmp_path / "my model é"
+    assert launch.main(["train", "--preset", "tiny", "--data", str(data_dir), "--output", str(out), "--domain",
+                        "my cats", "--max-steps", "1", "--batch-size", "2", "--text-init-steps", "1"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("use it: "))
+    argv = shlex.split(line.removeprefix("use it: "))
+    assert argv[:3] == ["python", "launch.py", "generate"]
+    args = launch.build_parser().parse_args(argv[2:])
+    assert args.domain_model == str(out) and args.domain == "my cats"
