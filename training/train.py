@@ -284,7 +284,8 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
                disable=None if accelerator.is_main_process else True, dynamic_ncols=True)  # None: a terminal only
     if accelerator.is_main_process:
         lines.start("train", config.max_steps, start_step)
-    t0, seen, losses_log = time.perf_counter(), 0, []
+    t0, seen = time.perf_counter(), 0
+    losses_log = _earlier_losses(train_dir / "losses.json", start_step)  # a resumed run keeps the history before it
     step = start_step
     last_loss = float("nan")
 
@@ -332,17 +333,20 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         report("train", step, config.max_steps, {"loss": last_loss, "images_per_s": ips, "lr": lr})
         if step % config.log_steps == 0 or step == config.max_steps:
             accelerator.log({"loss": last_loss, "lr": lr, "images_per_s": ips}, step=step)
+        # the step's validation sample before its checkpoint: a run killed between the two redoes the step on
+        # --resume, where one killed after the checkpoint never had the sample
+        if config.validation_steps and (step % config.validation_steps == 0 or step == config.max_steps):
+            if accelerator.is_main_process:
+                sample_validation(config, accelerator, sd_unet, vae, parts["scheduler"], uncond, unet, ema,
+                                   output, step)
+            accelerator.wait_for_everyone()
         if step % config.checkpoint_steps == 0 or step == config.max_steps:
             if accelerator.is_main_process:
                 metadata.training_steps = step
                 save_checkpoint(output, step, accelerator.unwrap_model(unet), metadata, optimizer, ema,
                                 state_dict_for(step), config.checkpoints_keep)
+                _write_losses(train_dir / "losses.json", losses_log)  # the history up to the checkpoint
                 report("checkpoint", step, config.max_steps, {"loss": last_loss})
-            accelerator.wait_for_everyone()
-        if config.validation_steps and (step % config.validation_steps == 0 or step == config.max_steps):
-            if accelerator.is_main_process:
-                sample_validation(config, accelerator, sd_unet, vae, parts["scheduler"], uncond, unet, ema,
-                                   output, step)
             accelerator.wait_for_everyone()
     bar.close()
 
@@ -354,10 +358,29 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
             ema.copy_to(final)
         metadata.training_steps = step
         DomainModel(final.eval(), metadata).save_pretrained(output)
-        write_text_atomic(train_dir / "losses.json", json.dumps({"start_step": start_step, "losses": losses_log}))
+        _write_losses(train_dir / "losses.json", losses_log)
     accelerator.wait_for_everyone()
     end_training(accelerator)
     return output
+
+
+def _earlier_losses(path: Path, start_step: int) -> list:
+    """The loss of each step before ``start_step`` from ``losses.json`` (``{"losses": [step 1, step 2, ...]}``,
+    written with each checkpoint), ``None`` for a step it lacks; ``[]`` for a new run."""
+    if start_step == 0:
+        return []
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        first = int(saved.get("start_step", 0))  # files of earlier versions began at their run's first step
+        losses = [None] * first + list(saved["losses"])
+    except (OSError, ValueError, KeyError, TypeError):
+        losses = []
+    return (losses + [None] * start_step)[:start_step]
+
+
+def _write_losses(path: Path, losses: list) -> None:
+    """``losses.json``: the training loss of every step from step 1 (``losses[i]`` is step ``i + 1``'s)."""
+    write_text_atomic(path, json.dumps({"start_step": 0, "losses": losses}))
 
 
 def end_training(accelerator, timeout: float = 60.0) -> None:

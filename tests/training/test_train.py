@@ -102,9 +102,27 @@ def test_interrupted_run_resumes_to_identical_weights(run_a, data_dir, tmp_path)
     a, b = _weights(run_a[0]), _weights(out)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the loss curve from step 1, as the uninterrupted run's (it held only the resumed steps, 3-6)
+    curve = json.loads((out / "training" / "losses.json").read_text())
+    assert curve == json.loads((run_a[0] / "training" / "losses.json").read_text()) and len(curve["losses"]) == 6
     with pytest.raises(ValueError, match="changed settings"):
         train_domain(_cfg(data_dir, out, resume=True, batch_size=4, max_steps=8))
 
+
+
+def test_a_run_killed_at_a_checkpoint_has_that_steps_validation_sample(data_dir, tmp_path):
+    """The sample of a validation step is written before its checkpoint: a run killed right after the checkpoint
+    resumes after that step and never made the sample."""
+    out = tmp_path / "model"
+
+    def stop(stage, done, total, info):
+        if stage == "checkpoint" and done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_domain(_cfg(data_dir, out, max_steps=4, validation_steps=2), progress=stop)
+    train_domain(_cfg(data_dir, out, max_steps=4, validation_steps=2, resume=True))
+    assert sorted(p.name for p in (out / "training" / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
 
 
 def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused_across_data(data_dir, tmp_path):
