@@ -258,6 +258,11 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return bool(_TEMP.match(Path(path).name))
 
 
+OS_METADATA = (".DS_Store", "Thumbs.db", "desktop.ini")
+"""Files a file browser leaves in any folder it shows (macOS Finder, Windows Explorer): an output folder holding only
+these is an empty one (they are left as they are)."""
+
+
 def claim_run_folder(folder: str | os.PathLike, kind: str, recognise=None, flag: str = "--output",
                      write: bool = True) -> bool:
     """Make sure ``folder`` (locked by this run) is empty or one of the suite's own ``kind`` runs, before anything
@@ -270,8 +275,8 @@ def claim_run_folder(folder: str | os.PathLike, kind: str, recognise=None, flag:
 
     folder = Path(folder)
     marker = folder / RUN_MARKER
-    entries = [p for p in folder.iterdir() if p.name not in (LOCK_NAME, RUN_MARKER) and not is_temporary(p)] \
-        if folder.is_dir() else []
+    entries = [p for p in folder.iterdir() if p.name not in (LOCK_NAME, RUN_MARKER, *OS_METADATA)
+               and not is_temporary(p)] if folder.is_dir() else []
     if marker.is_symlink() or (marker.exists() and not marker.is_file()):
         raise ValueError(f"{str(marker)!r} is not a file this suite wrote: choose another {flag}")
     if marker.is_file():

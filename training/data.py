@@ -67,7 +67,7 @@ def _walk(root: Path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in names:
             p = Path(folder) / name
-            if not name.startswith(".") and p.is_file():
+            if not name.startswith(".") and (p.is_file() or p.is_symlink()):  # a broken link is counted
                 yield p
 
 

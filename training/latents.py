@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite.files import TMP_PREFIX, temp_name
+from suite.files import TMP_PREFIX, temp_name, umask
 
 from .data import ImageFolderDataset
 
@@ -123,6 +123,7 @@ def build_latent_cache(dataset: ImageFolderDataset, vae, folder: Path, vae_id: s
     if main:
         fd, tmp = tempfile.mkstemp(**temp_name(final.name, ".npy"), dir=folder)  # a unique name
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~umask())  # as every other output (mkstemp makes it readable by its owner only)
         try:
             out = _open_memmap(tmp, dtype, (len(dataset),) + shape[1:])
             for r in range(world):

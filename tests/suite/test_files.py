@@ -128,6 +128,23 @@ def test_a_run_folder_of_another_kind_is_refused(tmp_path):
         claim_run_folder(run, "train")
 
 
+def test_a_folder_holding_only_a_file_browsers_metadata_is_an_empty_one(tmp_path):
+    """Finder's .DS_Store in an output folder the user made and opened was refused as "files this suite did not
+    write"; it is left as it is. A user's file beside it is still refused."""
+    from suite.files import claim_run_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    assert claim_run_folder(run, "train") is False and (run / ".DS_Store").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".DS_Store").write_bytes(b"x")
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="did not write .*'notes.txt'"):
+        claim_run_folder(other, "train")
+
+
 def test_a_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path, capsys, tiny_dir):
     """SIGKILL inside an atomic write (the temporary exists, the rename never happens), then generate again."""
     out = tmp_path / "out.png"

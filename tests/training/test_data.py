@@ -290,3 +290,15 @@ def test_the_rebuild_refuses_what_would_mix_or_lose_work_before_any_work(tmp_pat
     monkeypatch.setitem(miniworld.SIZES, "quick", {**miniworld.SIZES["quick"], "vae": 7})
     assert miniworld._recipe("quick") != recipe
     assert (mine / "notes.txt").read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_a_broken_link_is_counted_as_unreadable_not_silently_left_out(tmp_path):
+    from PIL import Image
+
+    from training.data import scan_images
+
+    for i in range(2):
+        Image.new("RGB", (64, 64), (i * 90, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "moved.png").symlink_to(tmp_path / "gone" / "moved.png")  # its target was moved away
+    scan = scan_images(tmp_path)
+    assert len(scan.images) == 2 and [p.name for p, _ in scan.corrupt] == ["moved.png"]

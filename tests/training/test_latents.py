@@ -23,6 +23,9 @@ def test_latent_cache_equals_vae_on_the_fly(data_dir, tmp_path):
     vae.encode = counting
     path = build_latent_cache(ds, vae, tmp_path, vae_id="tiny", batch_size=4, num_workers=0)
     assert sum(calls) == 2 * len(ds)  # the VAE ran once per image and flip state
+    from suite.files import umask
+
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask()  # as every other output (mkstemp's was 0600)
     assert build_latent_cache(ds, vae, tmp_path, vae_id="tiny") == path and sum(calls) == 2 * len(ds)  # reused
     cached, fly = CachedLatents(path, vae.config.scaling_factor, "cpu"), OnTheFlyLatents(ds, vae, num_workers=0)
     eps = torch.randn(4, *cached.latent_shape)
