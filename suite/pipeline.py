@@ -31,11 +31,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import models
-from .checks import AUTO, check_finite, check_int, check_prompt, check_range, check_weight
+from .checks import AUTO, UserError, check_finite, check_int, check_prompt, check_range, check_weight
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler
 from .domains import Domain, domain_from_dict
-from .files import atomic_dir
+from .files import atomic_dir, is_temporary
 from .guidance import AutoWeights, MultiGuidance, Term
 from .models import resolve
 from .nulltext import NullTextUNet
@@ -107,6 +107,29 @@ SHIM = (
     "# Needs the in-domain-suite package installed. InDomainPipeline.from_pretrained(this_folder) never runs this file.\n"
     "from suite.pipeline import InDomainPipeline  # noqa: F401\n"
 )
+
+
+def _check_save_folder(folder: Path) -> None:
+    """A save replaces its folder whole, so the folder must be new, empty, or a saved pipeline holding only what a
+    save writes: anything else (a user's files, another model) is refused in one sentence, never deleted."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise UserError(f"{str(folder)!r} is a file: save the pipeline into a folder (a new one)")
+    entries = sorted(p.name for p in folder.iterdir() if not is_temporary(p))
+    if not entries:
+        return
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        ours = isinstance(index.get("_class_name"), list) and index["_class_name"][-1] == InDomainPipeline.__name__
+    except (OSError, ValueError, AttributeError):
+        index, ours = {}, False
+    written = {"model_index.json", SHIM_FILE, *(k for k in index if not k.startswith("_"))}
+    others = [name for name in entries if name not in written]
+    if not ours or others:
+        shown = ", ".join(repr(n) for n in (others or entries)[:3]) + (", ..." if len(others or entries) > 3 else "")
+        raise UserError(f"the folder {str(folder)!r} holds files that are not a saved pipeline ({shown}); a save "
+                        f"replaces its folder whole: save into a new or empty folder")
 
 
 class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin,
@@ -273,13 +296,12 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             # transformers writes its models' weights only on rank 0: this rank's folder would lack the text
             # encoder's, and renamed into place it could replace rank 0's complete one
-            from .checks import UserError
-
             raise UserError(f"process {torch.distributed.get_rank()} of a distributed run cannot save the pipeline "
                             "(only process 0 writes every component): save it from the main process only, e.g. under "
                             "`if accelerator.is_main_process:`")
         push = kwargs.pop("push_to_hub", False)
         hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr") if k in kwargs}
+        _check_save_folder(Path(save_directory))
         with atomic_dir(save_directory) as tmp:
             super().save_pretrained(tmp, safe_serialization=True, **kwargs)
             index = json.loads((tmp / "model_index.json").read_text())

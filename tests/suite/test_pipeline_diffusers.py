@@ -245,6 +245,28 @@ def test_unsafe_or_unsupported_save_options_are_refused(tiny_pipe, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_a_save_into_a_folder_of_the_users_is_refused_and_deletes_nothing(tiny_pipe, tmp_path):
+    """A save replaces its folder whole: ``save_pretrained("my-models/")`` deleted the user's files there (diffusers'
+    own save keeps them). A folder of other files is refused; a saved pipeline is replaced, unless it holds more."""
+    from suite.checks import UserError
+
+    mine = tmp_path / "my-models"
+    (mine / "other-model").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("four years")
+    with pytest.raises(UserError, match="'other-model', 'thesis.txt'.*new or empty folder"):
+        tiny_pipe.save_pretrained(mine)
+    assert (mine / "thesis.txt").read_text() == "four years" and sorted(p.name for p in mine.iterdir()) == [
+        "other-model", "thesis.txt"]
+    folder = tiny_pipe.save_pretrained(tmp_path / "p")
+    assert tiny_pipe.save_pretrained(folder) == folder  # a saved pipeline is saved over
+    (folder / "notes.md").write_text("mine")
+    with pytest.raises(UserError, match="'notes.md'"):
+        tiny_pipe.save_pretrained(folder)
+    assert (folder / "notes.md").is_file() and (folder / "model_index.json").is_file()
+    (tmp_path / "empty").mkdir()
+    tiny_pipe.save_pretrained(tmp_path / "empty")
+
+
 def test_a_rank_other_than_zero_is_refused_before_it_writes_a_folder_without_the_text_encoder(tiny_pipe, tmp_path,
                                                                                               monkeypatch):
     """Under torch.distributed transformers writes weights on rank 0 only; rank 1's save would put a folder without
