@@ -48,7 +48,15 @@ import torch
 
 from suite.checks import UserError, int_at_least
 from suite.cli import quiet_libraries
-from suite.files import atomic_dir, check_writable_dir, output_lock, remove_leftovers, write_text_atomic
+from suite.files import (
+    OS_METADATA,
+    atomic_dir,
+    check_writable_dir,
+    is_temporary,
+    output_lock,
+    remove_leftovers,
+    write_text_atomic,
+)
 from suite.miniworld import assets, judge
 from suite.miniworld import faces as F
 from suite.miniworld import world as W
@@ -220,10 +228,23 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
     if out == cache or out in cache.parents:  # the finished models replace --output, and the cache with it
         raise UserError(f"--work {str(work)!r} is --output or inside it: the finished models would replace the cache; "
                         f"give --work outside --output")
+    check_models_folder(output)
     with output_lock(work, "--work"):
         # a killed build's half-made models folder beside the output, and its half-saved steps in the cache
         remove_leftovers(paths=[output], folders=[work, work / "stage"])
         return _build(output, work, size, seed)
+
+
+def check_models_folder(output: Path) -> None:
+    """The finished models replace ``output`` whole: it must be new, empty or a mini world's models folder (its
+    ``MANIFEST.json``), never a folder of the user's, whose files the end of the build would delete."""
+    if not output.is_dir() or (output / assets.MANIFEST).is_file():
+        return
+    others = sorted(p.name for p in output.iterdir() if p.name not in OS_METADATA and not is_temporary(p))
+    if others:
+        shown = ", ".join(repr(n) for n in others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(f"--output {str(output)!r} holds files that are not a mini world's models ({shown}), and the "
+                        f"finished models replace it whole: give a new or empty folder")
 
 
 def _recipe(size: str) -> str:

@@ -283,6 +283,19 @@ def test_the_rebuild_refuses_what_would_mix_or_lose_work_before_any_work(tmp_pat
         miniworld.build(tmp_path / "out", tmp_path / "w3", "quick", seed=0)
     with pytest.raises(UserError, match="inside it"):  # the finished models would replace the cache
         miniworld.build(tmp_path / "out", tmp_path / "out" / "cache", "quick", seed=0)
+    # the finished models replace --output whole: a folder of the user's is refused (it was deleted at the end)
+    pictures = tmp_path / "Pictures"
+    pictures.mkdir()
+    (pictures / "holiday.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(UserError, match="'holiday.jpg'.*new or empty folder"):
+        miniworld.build(pictures, tmp_path / "w4", "quick", seed=0)
+    assert (pictures / "holiday.jpg").read_bytes() == b"\xff\xd8"
+    (pictures / "holiday.jpg").unlink()
+    (pictures / ".DS_Store").write_bytes(b"x")  # empty but for a file browser's file; a models folder: accepted
+    miniworld.check_models_folder(pictures)
+    (pictures / "vae").mkdir()
+    (pictures / "MANIFEST.json").write_text("{}")
+    miniworld.check_models_folder(pictures)
     # the box pairs' count is in the Zero-1-to-3 recipe, which retrains only its phase: not a refusal
     recipe = miniworld._recipe("quick")
     monkeypatch.setitem(miniworld.SIZES, "quick", {**miniworld.SIZES["quick"], "zero123_box_objects": 7})
