@@ -28,11 +28,33 @@ TMP_PREFIX = ".in-domain-tmp-"
 _TEMP = re.compile(r"^\.in-domain-tmp-(?P<pid>\d+)-[a-z0-9_]{8}-(?P<name>.+)\.tmp(\.[A-Za-z0-9]+)?$")
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
+_LABEL_MAX = 180  # a temporary's name adds up to about 60 bytes to its file's
+
+
+def _label(name: str) -> str:
+    """``name`` as it appears in its temporaries' names: itself, or where it is so long that the temporary's name
+    would pass :data:`NAME_MAX`, its start and a hash of the whole (a legal output name failed at the save, after
+    the work, with "File name too long")."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _LABEL_MAX:
+        return name
+    import hashlib
+
+    head = raw[:_LABEL_MAX - 12].decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha1(raw).hexdigest()[:10]}"
+
+
+def _shortened(label: str) -> bool:
+    """Whether ``label`` is a long name shortened by :func:`_label` (its start, ``~`` and ten hex digits)."""
+    return len(label.encode("utf-8", "surrogateescape")) >= _LABEL_MAX - 15 and bool(re.search(r"~[0-9a-f]{10}$", label))
+
+
 def temp_name(name: str, suffix: str = "") -> dict:
     """``prefix``/``suffix`` for ``tempfile.mkstemp``/``mkdtemp``: a temporary for ``name`` that no user file can be
     mistaken for (this process's id and a random part behind a prefix of our own). ``suffix`` keeps an extension
     at the end for writers that choose the format from it."""
-    return {"prefix": f"{TMP_PREFIX}{os.getpid()}-", "suffix": f"-{name}.tmp{suffix}"}
+    return {"prefix": f"{TMP_PREFIX}{os.getpid()}-", "suffix": f"-{_label(name)}.tmp{suffix}"}
 
 
 def _process_alive(pid: int) -> bool:
@@ -118,8 +140,8 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync_tree(tmp)
         old = None
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(**temp_name(folder.name + ".old"), dir=folder.parent))
+        if folder.exists():  # a kill before the next rename leaves it aside: remove_leftovers puts it back
+            old = Path(tempfile.mkdtemp(**temp_name(folder.name, ".old"), dir=folder.parent))
             old.rmdir()
             folder.rename(old)
         tmp.rename(folder)
@@ -209,6 +231,10 @@ def check_writable_dir(folder: str | os.PathLike, flag: str = "--output") -> Pat
 def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
     """An output file's path: its folder exists and is writable, and the path is not an existing folder."""
     path = Path(path)
+    size = len(path.name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:  # checked first: the system refuses even to look such a name up
+        raise ValueError(f"the output name {path.name[:40]!r}... is {size} bytes long, over the {NAME_MAX} a file "
+                         f"name may have: give a shorter {flag}")
     if path.is_dir():
         raise ValueError(f"the output {str(path)!r} is an existing folder: give a file name such as "
                          f"{str(path / 'out.png')!r} with {flag}")
@@ -234,7 +260,7 @@ def remove_leftovers(paths=None, folders=()) -> list[Path]:
         if p.parent.is_dir():
             for c in p.parent.iterdir():
                 m = _TEMP.match(c.name)
-                if m and m.group("name") == p.name and not _process_alive(int(m.group("pid"))):
+                if m and m.group("name") == _label(p.name) and not _process_alive(int(m.group("pid"))):
                     candidates.append(c)
     for folder in map(Path, folders):
         if folder.is_dir() and not folder.is_symlink():
@@ -244,7 +270,15 @@ def remove_leftovers(paths=None, folders=()) -> list[Path]:
                 if m and (pid in (0, os.getpid()) or not _process_alive(pid)):
                     candidates.append(c)
     removed = []
-    for c in candidates:
+    for c in sorted(candidates, key=lambda c: not c.name.endswith(".tmp.old")):  # the moved-aside ones first
+        m = _TEMP.match(c.name)
+        if c.name.endswith(".tmp.old") and c.is_dir() and not c.is_symlink():
+            # atomic_dir killed between moving the old folder aside and putting the new one in place: the old one,
+            # complete, goes back under its name (where the name was shortened, it cannot be found: removed)
+            target = c.parent / m.group("name")
+            if not _shortened(m.group("name")) and not (target.exists() or target.is_symlink()):
+                c.rename(target)
+                continue
         if c.is_dir() and not c.is_symlink():
             shutil.rmtree(c, ignore_errors=True)
         else:

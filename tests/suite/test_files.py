@@ -341,3 +341,37 @@ def test_a_run_that_writes_nothing_leaves_none_of_the_folders_it_made(tmp_path):
     with output_lock(tmp_path / "new" / "other"):  # the parent was there before: only what this run made goes
         pass
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["deeper"]
+
+
+def test_a_long_legal_output_name_is_saved_and_an_illegal_one_refused_before_the_work(tmp_path, capsys, tiny_dir):
+    """A 245-byte name is legal, but its temporary's name (about 40 bytes more) was not: the save failed with "File
+    name too long" after the sampling. A name over 255 bytes is refused before any model loads."""
+    out = tmp_path / ("a" * 241 + ".png")
+    assert launch.main(["generate", "--preset", "tiny", "--steps", "1", "--output", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    capsys.readouterr()
+    assert launch.main(["generate", "--preset", "tiny", "--steps", "1", "--output",
+                        str(tmp_path / ("b" * 256 + ".png"))]) == 2
+    err = capsys.readouterr().err
+    assert "over the 255 a file name may have" in err and "Traceback" not in err
+
+
+def test_a_folder_moved_aside_by_a_killed_replace_is_put_back(tmp_path):
+    """atomic_dir moves the old folder aside, then renames the new one into place: a kill between the two left
+    both under temporary names, and the next run's cleanup deleted both (a checkpoint saved again lost)."""
+    code = ("import os, signal, sys; from pathlib import Path; import suite.files as F\n"
+            "real = Path.rename\n"
+            "def rename(self, target):\n"
+            "    real(self, target)\n"
+            "    if self.name == 'step-2': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "Path.rename = rename\n"
+            f"with F.atomic_dir({str(tmp_path / 'step-2')!r}) as tmp:\n"
+            "    (tmp / 'w.txt').write_text('new')\n")
+    (tmp_path / "step-2").mkdir()
+    (tmp_path / "step-2" / "w.txt").write_text("old")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == -signal.SIGKILL
+    assert not (tmp_path / "step-2").exists() and len(list(tmp_path.iterdir())) == 2  # both aside
+    from suite.files import remove_leftovers
+
+    remove_leftovers(folders=[tmp_path])
+    assert [p.name for p in tmp_path.iterdir()] == ["step-2"] and (tmp_path / "step-2" / "w.txt").read_text() == "old"
