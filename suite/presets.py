@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .domains import CANNY_CONTROLNET_HUB_ID, PRESETS, SD15_HUB_ID, Domain, get_domain, user_domain
+from .domains import CANNY_CONTROLNET_HUB_ID, PRESETS, SD15_HUB_ID, Domain, domain_home, get_domain, user_domain
 
 log = logging.getLogger("suite")
 
@@ -165,8 +165,12 @@ def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
     if domain in PRESETS:
         return user_domain(domain, own_model) if own_model else get_domain(domain)
     if not own_model:
+        home = domain_home() / domain  # where the README says your own domain models go
+        if (home / "nulltext.json").is_file():
+            return user_domain(domain, str(home))
         raise ValueError(
-            f"unknown domain {domain!r}: use one of {', '.join(PRESETS)}, or pass --domain-model FOLDER for your own"
+            f"unknown domain {domain!r}: use one of {', '.join(PRESETS)}, pass --domain-model FOLDER for your own, or "
+            f"put its model at {str(home)!r} ($INDOMAIN_HOME/domains/<name>)"
         )
     return user_domain(domain, own_model)
 
@@ -183,7 +187,7 @@ def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | 
     domain = default_domain(preset, domain)
     dom = resolve_domain(domain, domain_model)
     no_domain = domain_model is not None and str(domain_model).lower() == "none"
-    own = None if no_domain else domain_model
+    own = None if no_domain else domain_model or (dom.model if dom.name not in PRESETS else None)  # one of $INDOMAIN_HOME
     if own is None:
         if not no_domain and p.domains is not None and dom.name not in p.domains:
             p.domain_model(dom.name)  # one sentence naming the preset's domains

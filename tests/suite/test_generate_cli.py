@@ -101,3 +101,23 @@ def test_an_interrupted_set_is_reported_and_resume_completes_it(tmp_path, caplog
         assert np.abs(got - whole[i]).max() <= 2, i
         assert np.abs(got - whole[0]).mean() > 5  # and not a copy of another image of the set
     assert launch.main([*argv, "--resume"]) == 0  # all there: nothing to do
+
+
+def test_a_domain_of_your_own_is_found_in_indomain_home(tmp_path, capsys, monkeypatch, tiny_dir):
+    """The README: "put it at $INDOMAIN_HOME/domains/<name>" (then --domain <name>); it was refused as an unknown
+    domain unless --domain-model named the folder."""
+    import shutil
+
+    from suite.presets import model_refs
+
+    monkeypatch.setenv("INDOMAIN_HOME", str(tmp_path / "home"))
+    assert launch.main(["generate", "--preset", "tiny", "--domain", "mydom", "--steps", "1", "--output",
+                        str(tmp_path / "a.png")]) == 2
+    assert "put its model at" in capsys.readouterr().err
+    mine = tmp_path / "home" / "domains" / "mydom"
+    shutil.copytree(tiny_dir / "domain-face", mine)
+    refs = model_refs("tiny", "mydom")
+    assert refs["domain"] == str(mine) and refs["domain_obj"].name == "mydom"
+    assert launch.main(["generate", "--preset", "tiny", "--domain", "mydom", "--steps", "1", "--output",
+                        str(tmp_path / "a.png")]) == 0
+    assert Image.open(tmp_path / "a.png").size == (32, 32)
