@@ -32,9 +32,14 @@ def check_size(width: int, height: int, max_pixels: int | None, what: str = "ima
     """Refuse images above ``max_pixels`` (a decompression bomb, or simply too large) in one sentence."""
     if max_pixels is not None and width * height > max_pixels:
         raise ValueError(
-            f"the {what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the limit of "
-            f"{max_pixels / 1e6:.0f} megapixels (decompression-bomb guard): {fix}"
+            f"the {what} is {width}x{height} = {_megapixels(width * height)} megapixels, more than the limit of "
+            f"{_megapixels(max_pixels)} megapixels (decompression-bomb guard): {fix}"
         )
+
+
+def _megapixels(pixels: int) -> str:
+    """``12``, ``0.5``, ``0.004``: enough digits that a small limit does not read as 0."""
+    return f"{pixels / 1e6:.0f}" if pixels >= 10e6 else f"{float(f'{pixels / 1e6:.2g}'):f}".rstrip("0").rstrip(".")
 
 
 def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -54,17 +59,29 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
             im = Image.open(path)
-        check_size(*im.size, max_pixels, f"{what} {str(path)!r}")
+    except Image.DecompressionBombError:
+        raise ValueError(_bomb(what, path)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as err:
+        raise ValueError(_unreadable(what, path, err)) from None
+    check_size(*im.size, max_pixels, f"{what} {str(path)!r}")  # readable but too large: its own sentence
+    try:
         im.load()
         return im
     except Image.DecompressionBombError:
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
-        raise ValueError(f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode "
-                         f"safely (decompression-bomb guard): downscale it first") from None
+        raise ValueError(_bomb(what, path)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as err:
         # ValueError: e.g. PIL's "Decompressed Data Too Large" for a huge PNG text chunk
-        raise ValueError(f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or "
-                         f"WebP file") from None
+        raise ValueError(_unreadable(what, path, err)) from None
+
+
+def _bomb(what: str, path: Path) -> str:
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+    return (f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode safely "
+            f"(decompression-bomb guard): downscale it first")
+
+
+def _unreadable(what: str, path: Path, err: BaseException) -> str:
+    return f"the {what} {str(path)!r} could not be read as an image ({err}): give a PNG, JPEG or WebP file"
 
 
 def load_image(path: str | os.PathLike, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -52,7 +52,7 @@ def test_every_reader_gives_the_same_sentences(tmp_path):
     Image.new("RGBA", (4, 2), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     rgb = load_image(tmp_path / "clear.png")
     assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (255, 255, 255)
-    with pytest.raises(ValueError, match="more than the limit of 0 megapixels"):
+    with pytest.raises(ValueError, match="more than the limit of 0.000004 megapixels"):
         load_image(tmp_path / "clear.png", max_pixels=4)
     with pytest.raises(UserError, match="not an image this app can read"):
         open_upload(tmp_path / "notes.png", "photo", 25)
@@ -116,3 +116,14 @@ def test_prompts_are_text_and_a_list_is_not_silently_mangled(tiny_pipe):
         check_prompt(["a", "b"])  # where one prompt is expected (the CLI, 3D); the pipeline takes lists
     out = tiny_pipe(["a", "b"], num_inference_steps=1, output_type="latent")
     assert out.latents.shape[0] == 2
+
+
+def test_an_image_over_the_size_limit_is_told_so_not_called_unreadable(tmp_path):
+    """The size sentence was wrapped in "could not be read as an image (...): give a PNG" for a valid PNG, and a
+    small limit read "0 megapixels"."""
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError) as err:
+        load_image(tmp_path / "big.png", max_pixels=50_000)
+    text = str(err.value)
+    assert "300x200 = 0.06 megapixels, more than the limit of 0.05 megapixels" in text
+    assert "could not be read" not in text and "give a PNG" not in text

@@ -120,4 +120,4 @@ def test_a_domain_of_your_own_is_found_in_indomain_home(tmp_path, capsys, monkey
     assert refs["domain"] == str(mine) and refs["domain_obj"].name == "mydom"
     assert launch.main(["generate", "--preset", "tiny", "--domain", "mydom", "--steps", "1", "--output",
                         str(tmp_path / "a.png")]) == 0
-    assert Image.open(tmp_path / "a.png").size == (32, 32)
+    assert Image.open(tmp_path / "a.png").size == (64, 64)  # the tiny base's native size
