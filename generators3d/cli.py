@@ -50,6 +50,11 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("stages")
     g.add_argument("--image-steps", type=int_at_least(0), default=25, help="stage 1 sampling steps (default: %(default)s)")
     mini_wd = dict(PRESET_SIZES["mini"].image_domain_weights)["porcelain"]
+
+    def by_preset(get) -> str:  # "600; mini: 100; tiny: 40": the presets' own values, not copies of them
+        full, mini, tiny = (get(PRESET_SIZES[k]) for k in ("full", "mini", "tiny"))
+        return f"{full}; mini: {mini}; tiny: {tiny}"
+
     g.add_argument("--image-domain-weight", type=image_weight_arg, default=None, metavar="W_D",
                    help=f"w_d of stage 1's in-domain image, or 'recommended' (the domain's recommended weights) "
                         f"(default: recommended; mini porcelain: {mini_wd:g}). The image decides the object's look: on "
@@ -57,9 +62,10 @@ def add_arguments(p) -> None:
                         f"shape, 1.5 more at more cost (boxes first), 'recommended' (there 1) the image drawn before "
                         f"2026-12-05 (docs/3d.md)")
     g.add_argument("--zero123-steps", type=int_at_least(0), default=None,
-                   help="stage 2 SDS steps with Zero-1-to-3 (default: 600; tiny: 40)")
+                   help=f"stage 2 SDS steps with Zero-1-to-3 (default: {by_preset(lambda p: p.zero123().steps)})")
     g.add_argument("--refine-steps", type=int_at_least(0), default=None,
-                   help="stage 3 SDS steps with the domain multi-guidance (default: 400; tiny: 20; 0 skips it)")
+                   help=f"stage 3 SDS steps with the domain multi-guidance (default: {by_preset(lambda p: p.refine().steps)}; "
+                        "0 skips it)")
     g.add_argument("--refine-zero123-weight", type=finite_float, default=None,
                    help="weight of an extra Zero-1-to-3 SDS loss in stage 3, as Magic123 (default: 0)")
     g.add_argument("--depth-smooth", type=finite_float, default=None, metavar="WEIGHT",
@@ -119,7 +125,8 @@ def add_arguments(p) -> None:
     e.add_argument("--formats", default="glb,obj,ply",
                    help="mesh formats, comma-separated among glb, obj, ply (default: %(default)s)")
     e.add_argument("--mesh-resolution", type=int_at_least(16), default=None,
-                   help=f"marching-cubes grid size, 16 to {MAX_MESH_RESOLUTION} (default: 256; tiny: 48)")
+                   help=f"marching-cubes grid size, 16 to {MAX_MESH_RESOLUTION} (default: "
+                        f"{by_preset(lambda p: p.export().resolution)})")
     e.add_argument("--threshold", type=finite_float, default=None,
                    help="density level of the surface (default: automatic, from the rendered opacity)")
     e.add_argument("--no-texture", action="store_true",
@@ -152,8 +159,7 @@ def add_arguments(p) -> None:
                    help="scale the mesh to this height in metres (default: 1 scene unit = 1 m)")
     from suite.cli import add_model_arguments
 
-    add_model_arguments(p, controlnet=False)
-    p.set_defaults(domain="porcelain")
+    add_model_arguments(p, controlnet=False, domain="porcelain")
 
 
 MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)

@@ -72,10 +72,12 @@ def add_sd_model_argument(group, extra: str = "") -> None:
                             f"stable-diffusion-v1-5/stable-diffusion-v1-5{extra})")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True, domain: str | None = None) -> None:
+    """The model flags; ``domain``: the command's default domain whatever the preset (the 3D flow's porcelain)."""
     g = parser.add_argument_group("models")
     add_preset_argument(g)
-    add_domain_argument(g)
+    add_domain_argument(g, domain, None if domain is None else f"domain preset ({', '.join(PRESETS)}) or the name "
+                        f"of your own domain (default: {domain})")
     add_sd_model_argument(g)
     g.add_argument("--domain-model", default=None,
                    help="null-text domain model folder or hub id (default: the preset's folder, "

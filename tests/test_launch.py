@@ -13,3 +13,23 @@ def test_help_lists_subcommands_and_defaults():
                  "--sd-model", "--domain-model"):
         assert flag in r.stdout
     assert "default" in r.stdout
+
+
+def test_the_3d_help_gives_the_defaults_each_preset_runs():
+    """``3d --help`` said the default domain was face (it is porcelain with every preset) and left out the mini
+    world's step counts and grid, which differ from the full preset's."""
+    import argparse
+    import re
+
+    from generators3d.cli import add_arguments
+    from generators3d.config import PRESET_SIZES
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    helps = {a.dest: " ".join(a.help.split()) for a in p._actions if a.help}
+    assert "(default: porcelain)" in helps["domain"] and p.get_default("domain") == "porcelain"
+    for dest, get in (("zero123_steps", lambda s: s.zero123().steps), ("refine_steps", lambda s: s.refine().steps),
+                      ("mesh_resolution", lambda s: s.export().resolution)):
+        said = dict(re.findall(r"(mini|tiny): (\d+)", helps[dest]))
+        assert said == {k: str(get(PRESET_SIZES[k])) for k in ("mini", "tiny")}, (dest, helps[dest])
+        assert f"default: {get(PRESET_SIZES['full'])};" in helps[dest]
