@@ -118,7 +118,7 @@ def add_arguments(p) -> None:
                    help="continue the run in --output: finished stages are loaded, not run again")
     g.add_argument("--config", default=None,
                    help="repeat a run from its config.json: every setting comes from the file; only --output, "
-                        "--resume, --device and --dtype apply on top")
+                        "--resume, --device and --dtype apply on top (another flag is refused)")
     e = p.add_argument_group("export")
     e.add_argument("--export-only", default=None, metavar="CHECKPOINT",
                    help="turn a stage checkpoint (.safetensors) into meshes, no training")
@@ -194,16 +194,32 @@ def check_limits(args) -> None:
             check_weight(value, f"--{flag.replace('_', '-')}")
 
 
+def _flags_given(args, keep=()) -> list[str]:
+    """The 3D flags of ``args`` that differ from their defaults, leaving out ``keep`` (destinations)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return [a.option_strings[0] for a in parser._actions
+            if a.option_strings and a.dest not in keep and hasattr(args, a.dest)
+            and getattr(args, a.dest) != a.default]
+
+
 def config_from_args(args):
     """A :class:`ThreeDConfig` from the flags, or from ``--config FILE`` (+ output, resume, device, dtype)."""
     from dataclasses import replace
 
+    from suite.checks import UserError
     from suite.rules import format_rule
 
     from .config import ExportConfig, ThreeDConfig
 
     check_limits(args)
     if args.config:
+        given = _flags_given(args, keep=("config", "output", "resume", "device", "dtype"))
+        if given:
+            raise UserError(f"--config repeats a run with the settings of its file, so {', '.join(given)} would be "
+                            f"ignored: edit the config.json, or run without --config")
         saved = ThreeDConfig.load(args.config)
         return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,
                        dtype=args.dtype or saved.dtype, export_only=None).resolved()

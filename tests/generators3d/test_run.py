@@ -114,6 +114,12 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     again = config_from_args(args)
     assert again.output == "again" and again.preset == "tiny" and again.to_dict() == {
         **saved.resolved().to_dict(), "output": "again"}
+    from suite.checks import UserError
+
+    args = launch.build_parser().parse_args(["3d", "--config", str(out / "config.json"), "--output", "again",
+                                             "--zero123-steps", "5", "--prompt", "a red cup", "--device", "cpu"])
+    with pytest.raises(UserError, match="so --prompt, --zero123-steps would be ignored"):  # they were, silently
+        config_from_args(args)
 
     # 6. --export-only: a checkpoint straight to meshes in another folder.
     other = tmp_path / "export"
