@@ -6,6 +6,7 @@ Imports nothing heavy at module level (``launch.py --help`` stays fast).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 HELP = "text-to-3D: in-domain image -> Zero-1-to-3 NeRF -> SDS refinement with the domain model -> mesh"
 log = logging.getLogger("generators3d")
@@ -160,6 +161,14 @@ def add_arguments(p) -> None:
     from suite.cli import add_model_arguments
 
     add_model_arguments(p, controlnet=False, domain="porcelain")
+    from suite.cli import PRESET_HELP
+    from suite.presets import DEFAULT_PRESET
+
+    for action in p._actions:  # --export-only exports as its run was made unless --preset says otherwise
+        if action.dest == "preset":
+            action.default = None
+            action.help = PRESET_HELP.replace("(default: %(default)s)", f"(default: {DEFAULT_PRESET}; with "
+                                              f"--export-only, the preset of the checkpoint's run)")
 
 
 MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)
@@ -194,6 +203,24 @@ def check_limits(args) -> None:
             check_weight(value, f"--{flag.replace('_', '-')}")
 
 
+def _run_preset(checkpoint: str) -> str | None:
+    """The preset of the run a checkpoint (``<run>/checkpoints/<stage>.safetensors``) belongs to, from its
+    ``config.json``; None where it cannot be read."""
+    import json
+
+    path = Path(checkpoint).expanduser().resolve()
+    try:
+        preset = json.loads((path.parent.parent / "config.json").read_text(encoding="utf-8")).get("preset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    from suite.presets import PRESET_NAMES
+
+    if path.parent.name == "checkpoints" and preset in PRESET_NAMES:
+        log.info("--export-only: exporting with the run's preset, %s (pass --preset to choose another)", preset)
+        return preset
+    return None
+
+
 def _flags_given(args, keep=()) -> list[str]:
     """The 3D flags of ``args`` that differ from their defaults, leaving out ``keep`` (destinations)."""
     import argparse
@@ -210,6 +237,7 @@ def config_from_args(args):
     from dataclasses import replace
 
     from suite.checks import UserError
+    from suite.presets import DEFAULT_PRESET
     from suite.rules import format_rule
 
     from .config import ExportConfig, ThreeDConfig
@@ -223,6 +251,8 @@ def config_from_args(args):
         saved = ThreeDConfig.load(args.config)
         return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,
                        dtype=args.dtype or saved.dtype, export_only=None).resolved()
+    if args.preset is None:  # an export of a run's checkpoint: its run's preset (a mini run's 80^3 grid, not 256^3)
+        args.preset = (_run_preset(args.export_only) if args.export_only else None) or DEFAULT_PRESET
     kw = dict(prompt=args.prompt, domain=args.domain, preset=args.preset, output=args.output, image=args.image,
               mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
               zero123_model=args.zero123_model, image_steps=args.image_steps,
