@@ -53,7 +53,14 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from suite.files import remove_leftovers
-    from suite.images import check_not_an_input, open_image, oriented_size, output_paths, save_image_atomic
+    from suite.images import (
+        check_not_an_input,
+        check_set_files,
+        open_image,
+        oriented_size,
+        output_paths,
+        save_image_atomic,
+    )
 
     from .edit import edit_photo
     from .images import load_mask
@@ -72,6 +79,8 @@ def main(args) -> int:
     paths = output_paths(args.output, args.num_images)
     check_not_an_input(paths, args.output, {"--image": args.image, "--mask": args.mask}, "edit")
     remove_leftovers(paths)
+    settings = {"edit": str(args.image), "prompt": args.prompt, "strength": args.strength, "seed": args.seed}
+    check_set_files(paths, settings, resume=False)  # NAME-i files of a set: never a user's own
     max_pixels = int(args.max_megapixels * 1e6)
     image = open_image(args.image, "image", max_pixels)
     size = oriented_size(image)
@@ -115,7 +124,7 @@ def main(args) -> int:
 
     # 4. Save (atomically) and report.
     for im, path in zip(result.images, paths):
-        save_image_atomic(im, path)  # a transparent photo is laid on white for JPEG
+        save_image_atomic(im, path, settings)  # a transparent photo is laid on white for JPEG
         log.info("wrote %s", path)
     for box in result.face_boxes:
         log.info("edited face at x=%d..%d, y=%d..%d", *(round(v) for v in (box[0], box[2], box[1], box[3])))

@@ -5,9 +5,10 @@ Imports inside :func:`main` are lazy on purpose: ``launch.py --help`` imports th
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from . import cli
-from .checks import int_at_least
+from .checks import UserError, int_at_least
 
 HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
 log = logging.getLogger("suite")
@@ -53,7 +54,6 @@ def add_arguments(p) -> None:
 
 def check_flags(args) -> None:
     """Flags that would be silently ignored: one sentence each instead."""
-    from .checks import UserError
 
     for name in ("prompts_file", "seeds"):
         if getattr(args, name) is not None and not str(getattr(args, name)).strip():
@@ -68,12 +68,30 @@ def check_flags(args) -> None:
                         f"add --community-model REF, or drop it")
 
 
+IMAGE_FLAGS = ("prompt", "negative_prompt", "seed", "steps", "width", "height", "domain_weight", "control_weight",
+               "guidance_rule", "w0", "auto_norm", "no_rectify", "preset", "domain", "sd_model", "domain_model",
+               "controlnet", "community_model", "community_weight", "canny", "dtype")
+"""The flags an image of ``generate`` depends on (besides its place in the set), recorded in it."""
+
+
+def image_settings(args) -> dict:
+    """What each image of a ``generate`` set is made with: :data:`IMAGE_FLAGS` and the control image's hash."""
+    import hashlib
+
+    settings = {name: getattr(args, name, None) for name in IMAGE_FLAGS}
+    settings = {k: (str(v) if v is not None and not isinstance(v, int | float | str | bool | list) else v)
+                for k, v in settings.items()}
+    if args.control_image:
+        settings["control_image"] = hashlib.sha256(Path(args.control_image).read_bytes()).hexdigest()[:16]
+    return settings
+
+
 def main(args) -> int:
     check_flags(args)
     if args.prompts_file is not None or args.seeds is not None:
         return batch_main(args)
     from .files import remove_leftovers
-    from .images import check_not_an_input, load_image, output_paths, save_image_atomic
+    from .images import check_not_an_input, check_set_files, load_image, output_paths, save_image_atomic
     from .pipeline import DEFAULT_STEPS, Control
     from .presets import warn_prompt
 
@@ -91,6 +109,8 @@ def main(args) -> int:
 
     warn_prompt(args.preset, args.prompt)
     remove_leftovers(paths)
+    settings = image_settings(args)
+    check_set_files(paths, settings, args.resume)
     todo = [i for i, p in enumerate(paths) if not (args.resume and p.is_file())]
     if not todo:
         log.info("--resume: all %d image(s) are already there (%s ...)", len(paths), paths[0])
@@ -132,7 +152,7 @@ def main(args) -> int:
     written = [p for i, p in enumerate(paths) if i not in todo]
     try:
         for image, i in zip(out.images, todo):
-            save_image_atomic(image, paths[i])
+            save_image_atomic(image, paths[i], settings)
             written.append(paths[i])
             log.info("wrote %s", paths[i])
     except BaseException:
@@ -161,7 +181,6 @@ def batch_main(args) -> int:
     from accelerate import PartialState
 
     from . import batch as B
-    from .checks import UserError
     from .pipeline import DEFAULT_STEPS, quiet
     from .rules import check_rule_terms, format_rule, parse_rule, rule_given
 

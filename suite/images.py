@@ -234,9 +234,13 @@ def _stores_alpha(fmt: str) -> bool:
     return True
 
 
-def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+SETTINGS_KEY = "in-domain-suite"  # a PNG text chunk (a JPEG comment): what an image was made with, as JSON
+
+
+def save_image_atomic(image: Image.Image, path: str | os.PathLike, settings: dict | None = None) -> Path:
     """Save to a temporary file in the same folder, then rename: no half-written file on failure. A transparent
-    image is laid on white where the format cannot store transparency (JPEG)."""
+    image is laid on white where the format cannot store transparency (JPEG). ``settings``: recorded in the file
+    (PNG and JPEG; :func:`read_image_settings`)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"the output folder {str(path.parent)!r} does not exist: create it or choose another --output")
@@ -244,9 +248,61 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     icc = image.info.get("icc_profile")  # PNG keeps it by itself; JPEG and WebP only when passed
     if image.mode in ("RGBA", "LA") and not _stores_alpha(fmt):
         image = to_rgb(image)
+    extra = {"icc_profile": icc} if icc else {}
+    if settings is not None:
+        import json
+
+        text = json.dumps({SETTINGS_KEY: settings}, sort_keys=True)
+        if fmt == "PNG":
+            from PIL.PngImagePlugin import PngInfo
+
+            extra["pnginfo"] = PngInfo()
+            extra["pnginfo"].add_text(SETTINGS_KEY, text)
+        elif fmt == "JPEG":
+            extra["comment"] = text.encode("utf-8")
     with atomic_path(path, suffix=path.suffix) as tmp:
-        image.save(tmp, format=fmt, **({"icc_profile": icc} if icc else {}))
+        image.save(tmp, format=fmt, **extra)
     return path
+
+
+def read_image_settings(path: str | os.PathLike) -> dict | None:
+    """The settings :func:`save_image_atomic` recorded in an image file; None where it holds none (an image this
+    suite did not write, a WebP, an unreadable file)."""
+    import json
+
+    try:
+        with Image.open(path) as im:
+            raw = im.info.get(SETTINGS_KEY) or im.info.get("comment")
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        data = json.loads(raw) if raw else None
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError):
+        return None
+    if isinstance(data, dict) and SETTINGS_KEY in data and isinstance(data[SETTINGS_KEY], dict):
+        return data[SETTINGS_KEY]
+    return None
+
+
+def check_set_files(paths: list, settings: dict, resume: bool) -> None:
+    """A set's existing files (``NAME-i.png``, names the tool made up): with ``--resume``, each must have been made
+    with the same settings (else the set would mix two runs); without it, each must be one this suite wrote (a user's
+    ``photo-1.png`` was silently replaced). The single ``--output`` file is replaced, as any command does."""
+    for p in paths:
+        if not p.is_file() or (len(paths) == 1 and not resume):
+            continue
+        made = read_image_settings(p)
+        if made is None:
+            if p.suffix.lower() in (".png", ".jpg", ".jpeg"):  # formats that carry the record (not WebP)
+                raise UserError(f"{str(p)!r} is not an image this suite made, and the set would "
+                                f"{'keep it as one of its own' if resume else 'replace it'}: move it, or choose "
+                                f"another --output")
+            continue
+        if resume:
+            changed = [k for k in sorted(set(made) | set(settings)) if made.get(k) != settings.get(k)]
+            if changed:
+                flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+                raise UserError(f"--resume: {p.name} was made with other settings ({flags}), so the set would mix "
+                                f"two runs: give the same settings, or another --output")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -35,6 +35,13 @@ def test_cli_edits_a_face_photo(tmp_path, tiny_dir, monkeypatch, capsys):
     ys, xs = np.nonzero(changed)
     assert changed.any() and 60 < xs.mean() < 340 and 40 < ys.mean() < 260  # around the face at (200, 150)
     assert not changed[:, :40].any() and not changed[:, 360:].any()
+    # --num-images names files the user did not: one of theirs by that name is refused, never replaced
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "edited-1.png")
+    code, err = _run(["edit", "--preset", "tiny", "--domain", "face", "--image", str(tmp_path / "photo.png"),
+                      "--strength", "0.6", "--steps", "2", "--num-images", "2", "--output", str(out)],
+                     tiny_dir, monkeypatch, capsys)
+    assert code == 2 and "is not an image this suite made" in err
+    assert np.asarray(Image.open(tmp_path / "edited-1.png"))[0, 0].tolist() == [9, 9, 9]
 
 
 @pytest.mark.parametrize("args, expected", [

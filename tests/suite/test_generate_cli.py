@@ -78,11 +78,11 @@ def test_an_interrupted_set_is_reported_and_resume_completes_it(tmp_path, caplog
     real = suite.images.save_image_atomic
     calls = []
 
-    def dies_at_the_second(image, path):
+    def dies_at_the_second(image, path, settings=None):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(image, path)
+        return real(image, path, settings)
 
     monkeypatch.setattr(suite.images, "save_image_atomic", dies_at_the_second)
     caplog.clear()
@@ -101,6 +101,31 @@ def test_an_interrupted_set_is_reported_and_resume_completes_it(tmp_path, caplog
         assert np.abs(got - whole[i]).max() <= 2, i
         assert np.abs(got - whole[0]).mean() > 5  # and not a copy of another image of the set
     assert launch.main([*argv, "--resume"]) == 0  # all there: nothing to do
+
+
+def test_a_set_resumes_only_with_its_own_settings_and_never_replaces_a_users_file(tmp_path, capsys, tiny_dir):
+    """``--num-images`` sets record their settings in each file: a --resume with another prompt or --steps was
+    accepted and mixed two runs; without --resume a user's ``photo-1.png`` was silently replaced."""
+    from suite.images import read_image_settings
+
+    argv = ["generate", "--preset", "tiny", "--prompt", "a cup", "--steps", "1", "--num-images", "3",
+            "--output", str(tmp_path / "c.png")]
+    assert launch.main(argv) == 0
+    assert read_image_settings(tmp_path / "c-0.png")["prompt"] == "a cup"
+    (tmp_path / "c-2.png").unlink()
+    capsys.readouterr()
+    for changed in (["--prompt", "a red ball"], ["--steps", "2"]):
+        assert launch.main([*argv, *changed, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "was made with other settings (--" + changed[0][2:] in err and "Traceback" not in err
+    assert not (tmp_path / "c-2.png").exists()
+    assert launch.main([*argv, "--resume"]) == 0 and (tmp_path / "c-2.png").is_file()
+    assert launch.main(argv) == 0  # a set of its own is made again
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "photo-1.png")
+    assert launch.main([*argv[:-1], str(tmp_path / "photo.png")]) == 2
+    assert "is not an image this suite made" in capsys.readouterr().err
+    assert np.asarray(Image.open(tmp_path / "photo-1.png")).tolist()[0][0] == [1, 2, 3]
+    assert not (tmp_path / "photo-0.png").exists()
 
 
 def test_a_domain_of_your_own_is_found_in_indomain_home(tmp_path, capsys, monkeypatch, tiny_dir):
