@@ -239,6 +239,9 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
         raise ValueError(f"the output {str(path)!r} is an existing folder: give a file name such as "
                          f"{str(path / 'out.png')!r} with {flag}")
     if not path.parent.is_dir():
+        if path.parent.exists():
+            raise ValueError(f"{str(path.parent)!r} is a file, not a folder, so {path.name!r} cannot be written in it: "
+                             f"choose another {flag}")
         raise ValueError(f"the output folder {str(path.parent)!r} does not exist: create it or choose another {flag}")
     check_writable_dir(path.parent, flag)
     return path

@@ -375,3 +375,14 @@ def test_a_folder_moved_aside_by_a_killed_replace_is_put_back(tmp_path):
 
     remove_leftovers(folders=[tmp_path])
     assert [p.name for p in tmp_path.iterdir()] == ["step-2"] and (tmp_path / "step-2" / "w.txt").read_text() == "old"
+
+
+def test_an_output_inside_a_file_is_called_that_not_a_missing_folder(tmp_path):
+    """``--output cone.png/x.png`` said the folder "does not exist" when it is a file."""
+    from suite.files import check_output_file
+
+    (tmp_path / "cone.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="cone.png' is a file, not a folder"):
+        check_output_file(tmp_path / "cone.png" / "x.png")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_output_file(tmp_path / "nowhere" / "x.png")
