@@ -129,7 +129,8 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; when the block succeeds its files are fsynced and it replaces
     ``folder`` (the old one is moved aside first and removed last, so some complete version is always on disk).
     On an exception the temporary folder is removed; a killed process leaves it, hidden (``.NAME-*``), for the
-    writer's next run to remove."""
+    writer's next run to remove (:func:`remove_leftovers`, which puts a moved-aside old folder back under its name
+    where the new one never took it)."""
     import shutil
 
     folder = Path(folder)

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--num-images", type=int_at_least(3), default=None, metavar="N",
                    help="unconditional images per method for FD and KID (default: 200 on mini and tiny, 2000 otherwise; "
                         "the paper's FID uses 50,000)")
-    s.add_argument("--seed", type=seed_arg, default=0, help="the first unconditional image's seed (image i: seed + i)")
+    s.add_argument("--seed", type=seed_arg, default=0, help="the first unconditional image's seed (image i: seed + i) (default: %(default)s)")
     s.add_argument("--prompts-file", default=None, metavar="FILE",
                    help="prompts for text alignment, one a line (or JSON lines with prompt and seed): one image per "
                         "prompt and --seeds seed per method")

@@ -108,6 +108,7 @@ def optimize_text_features(unet, vae, text_encoder, tokenizer, scheduler, datase
         unet.train(was_training)
         for q, g in zip(unet.parameters(), grads):
             q.requires_grad_(g)
-    log.info("F_T optimised for %d steps: loss %.4f (first 10 mean) -> %.4f (last 10 mean)", steps,
-             sum(losses[:10]) / len(losses[:10]), sum(losses[-10:]) / len(losses[-10:]))
+    k = max(1, len(losses) // 2) if len(losses) < 20 else 10  # two halves of a short run, not one set twice
+    log.info("F_T optimised for %d steps: loss %.4f (first %d mean) -> %.4f (last %d mean)", steps,
+             sum(losses[:k]) / len(losses[:k]), k, sum(losses[-k:]) / len(losses[-k:]), k)
     return F_T.detach(), losses
