@@ -53,8 +53,11 @@ def add_arguments(p) -> None:
     mini_wd = dict(PRESET_SIZES["mini"].image_domain_weights)["porcelain"]
 
     def by_preset(get) -> str:  # "600; mini: 100; tiny: 40": the presets' own values, not copies of them
-        full, mini, tiny = (get(PRESET_SIZES[k]) for k in ("full", "mini", "tiny"))
-        return f"{full}; mini: {mini}; tiny: {tiny}"
+        from suite.presets import DEFAULT_PRESET
+
+        values = {name: get(sizes) for name, sizes in PRESET_SIZES.items()}
+        default = values.pop(DEFAULT_PRESET)
+        return "; ".join([str(default), *(f"{name}: {v}" for name, v in values.items())])
 
     g.add_argument("--image-domain-weight", type=image_weight_arg, default=None, metavar="W_D",
                    help=f"w_d of stage 1's in-domain image, or 'recommended' (the domain's recommended weights) "

@@ -68,21 +68,45 @@ def check_flags(args) -> None:
                         f"add --community-model REF, or drop it")
 
 
-IMAGE_FLAGS = ("prompt", "negative_prompt", "seed", "steps", "width", "height", "domain_weight", "control_weight",
-               "guidance_rule", "w0", "auto_norm", "no_rectify", "preset", "domain", "sd_model", "domain_model",
-               "controlnet", "community_model", "community_weight", "canny", "dtype")
-"""The flags an image of ``generate`` depends on (besides its place in the set), recorded in it."""
+def model_settings(args, refs: dict) -> tuple[dict, dict | None]:
+    """What every image of a ``generate`` run is made with besides its prompt, seed and weights, normalised so that
+    equal runs compare equal (the default steps given by number; the model's native size given by hand is recorded
+    as not given), with the models as hashes of their weights; and the ``equivalent`` values of
+    :func:`suite.batch.check_same_batch` (a folder that recorded the native size by number)."""
+    from . import batch as B
+    from .models import native_size
+    from .pipeline import DEFAULT_STEPS
+
+    native = native_size(refs["sd"])
+    settings = {"--steps": DEFAULT_STEPS if args.steps is None else args.steps,
+                "--width": None if args.width == native else args.width,
+                "--height": None if args.height == native else args.height, "--w0": args.w0,
+                "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify),
+                "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
+    return settings, ({"--width": (None, native), "--height": (None, native)} if native else None)
 
 
-def image_settings(args) -> dict:
-    """What each image of a ``generate`` set is made with: :data:`IMAGE_FLAGS` and the control image's hash."""
+def set_settings(args) -> dict:
+    """What each image of a ``--num-images`` set is made with (recorded in it, compared on ``--resume``):
+    :func:`model_settings` and the prompt, the seed, the weights and the controls (hashes, never paths)."""
     import hashlib
 
-    settings = {name: getattr(args, name, None) for name in IMAGE_FLAGS}
-    settings = {k: (str(v) if v is not None and not isinstance(v, int | float | str | bool | list) else v)
-                for k, v in settings.items()}
+    from . import batch as B
+    from .presets import model_refs
+
+    refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
+    settings, _ = model_settings(args, refs)
+    settings.update({"--prompt": args.prompt, "--negative-prompt": args.negative_prompt, "--seed": args.seed,
+                     "--domain": refs["domain_obj"].name, "--domain-weight": args.domain_weight,
+                     "--control-weight": args.control_weight,
+                     "--guidance-rule": None if args.guidance_rule is None else str(args.guidance_rule),
+                     "--community-weight": args.community_weight, "--canny": bool(args.canny)})
+    community = B.model_hashes({str(i): ref for i, ref in enumerate(args.community_model)})
+    if community:
+        settings["models"] = {**settings["models"], **{f"community{k}": v for k, v in community.items()}}
     if args.control_image:
-        settings["control_image"] = hashlib.sha256(Path(args.control_image).read_bytes()).hexdigest()[:16]
+        settings["--control-image"] = hashlib.sha256(Path(args.control_image).read_bytes()).hexdigest()[:16]
+        settings["models"].update(B.model_hashes({"controlnet": refs["controlnet"]}))
     return settings
 
 
@@ -109,7 +133,7 @@ def main(args) -> int:
 
     warn_prompt(args.preset, args.prompt)
     remove_leftovers(paths)
-    settings = image_settings(args)
+    settings = set_settings(args)
     check_set_files(paths, settings, args.resume)
     todo = [i for i, p in enumerate(paths) if not (args.resume and p.is_file())]
     if not todo:
@@ -235,20 +259,11 @@ def batch_main(args) -> int:
 
         return sample, B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})
 
-    from .models import native_size
     from .presets import model_refs
 
     refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
     # what every image is made with besides its item: a resume with other values is refused, not mixed in
-    # the model's native size given by hand makes the same images as no --width/--height: recorded as not given,
-    # and the same as a folder that recorded it by number
-    native = native_size(refs["sd"])
-    settings = {"--steps": DEFAULT_STEPS if args.steps is None else args.steps,
-                "--width": None if args.width == native else args.width,
-                "--height": None if args.height == native else args.height, "--w0": args.w0,
-                "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify),
-                "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
-    same = {"--width": (None, native), "--height": (None, native)} if native else None
+    settings, same = model_settings(args, refs)
     missing = B.run_batch(state, folder, items, args.batch_size, load, args.resume, settings=settings,
                           equivalent=same)
     return 1 if missing else 0

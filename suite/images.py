@@ -276,7 +276,7 @@ def read_image_settings(path: str | os.PathLike) -> dict | None:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8")
         data = json.loads(raw) if raw else None
-    except (OSError, ValueError, UnidentifiedImageError, SyntaxError):
+    except Exception:  # noqa: BLE001 - unreadable, too large (DecompressionBombError), not JSON: no record
         return None
     if isinstance(data, dict) and SETTINGS_KEY in data and isinstance(data[SETTINGS_KEY], dict):
         return data[SETTINGS_KEY]
@@ -285,24 +285,30 @@ def read_image_settings(path: str | os.PathLike) -> dict | None:
 
 def check_set_files(paths: list, settings: dict, resume: bool) -> None:
     """A set's existing files (``NAME-i.png``, names the tool made up): with ``--resume``, each must have been made
-    with the same settings (else the set would mix two runs); without it, each must be one this suite wrote (a user's
+    with the same settings (else the set would mix two runs; one without a record, from a version of the suite
+    before the record, is kept with a warning); without it, each must be one this suite wrote (a user's
     ``photo-1.png`` was silently replaced). The single ``--output`` file is replaced, as any command does."""
+    import logging
+
     for p in paths:
         if not p.is_file() or (len(paths) == 1 and not resume):
             continue
         made = read_image_settings(p)
         if made is None:
-            if p.suffix.lower() in (".png", ".jpg", ".jpeg"):  # formats that carry the record (not WebP)
-                raise UserError(f"{str(p)!r} is not an image this suite made, and the set would "
-                                f"{'keep it as one of its own' if resume else 'replace it'}: move it, or choose "
-                                f"another --output")
-            continue
+            if check_output_format(p) not in ("PNG", "JPEG"):  # WebP and others carry no record: nothing to check
+                continue
+            if resume:
+                logging.getLogger("suite").warning("--resume: %s holds no record of its settings (made by an earlier "
+                                                   "version?): kept as it is, unchecked", p.name)
+                continue
+            raise UserError(f"{str(p)!r} is a file of this set's name that holds no record of this suite (a file of "
+                            f"yours, or one an earlier version made), and the set would replace it: move or delete "
+                            f"it, or choose another --output")
         if resume:
             changed = [k for k in sorted(set(made) | set(settings)) if made.get(k) != settings.get(k)]
             if changed:
-                flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-                raise UserError(f"--resume: {p.name} was made with other settings ({flags}), so the set would mix "
-                                f"two runs: give the same settings, or another --output")
+                raise UserError(f"--resume: {p.name} was made with other settings ({', '.join(changed)}), so the set "
+                                f"would mix two runs: give the same settings, or another --output")
 
 
 # ----------------------------------------------------------------------------------------------------------

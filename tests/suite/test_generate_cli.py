@@ -111,19 +111,27 @@ def test_a_set_resumes_only_with_its_own_settings_and_never_replaces_a_users_fil
     argv = ["generate", "--preset", "tiny", "--prompt", "a cup", "--steps", "1", "--num-images", "3",
             "--output", str(tmp_path / "c.png")]
     assert launch.main(argv) == 0
-    assert read_image_settings(tmp_path / "c-0.png")["prompt"] == "a cup"
+    assert read_image_settings(tmp_path / "c-0.png")["--prompt"] == "a cup"
     (tmp_path / "c-2.png").unlink()
     capsys.readouterr()
     for changed in (["--prompt", "a red ball"], ["--steps", "2"]):
         assert launch.main([*argv, *changed, "--resume"]) == 2
         err = capsys.readouterr().err
-        assert "was made with other settings (--" + changed[0][2:] in err and "Traceback" not in err
+        assert "was made with other settings (" + changed[0] in err and "Traceback" not in err
     assert not (tmp_path / "c-2.png").exists()
-    assert launch.main([*argv, "--resume"]) == 0 and (tmp_path / "c-2.png").is_file()
+    # the same settings said otherwise (the default steps, the native size, the default domain) are the same
+    assert launch.main([*argv, "--resume", "--width", "64", "--height", "64", "--domain", "face"]) == 0
+    assert (tmp_path / "c-2.png").is_file()
     assert launch.main(argv) == 0  # a set of its own is made again
+    # a set made before the record (plain PNGs) still resumes: its files are kept, unchecked, with a warning
+    for i in range(3):
+        Image.open(tmp_path / f"c-{i}.png").copy().save(tmp_path / f"c-{i}.png")
+    (tmp_path / "c-2.png").unlink()
+    assert read_image_settings(tmp_path / "c-0.png") is None
+    assert launch.main([*argv, "--resume"]) == 0 and read_image_settings(tmp_path / "c-2.png") is not None
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "photo-1.png")
     assert launch.main([*argv[:-1], str(tmp_path / "photo.png")]) == 2
-    assert "is not an image this suite made" in capsys.readouterr().err
+    assert "holds no record of this suite" in capsys.readouterr().err
     assert np.asarray(Image.open(tmp_path / "photo-1.png")).tolist()[0][0] == [1, 2, 3]
     assert not (tmp_path / "photo-0.png").exists()
 
