@@ -35,7 +35,7 @@ from .checks import AUTO, UserError, check_finite, check_int, check_prompt, chec
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler
 from .domains import Domain, domain_from_dict
-from .files import atomic_dir, is_temporary
+from .files import OS_METADATA, atomic_dir, is_temporary
 from .guidance import AutoWeights, MultiGuidance, Term
 from .models import resolve
 from .nulltext import NullTextUNet
@@ -116,7 +116,7 @@ def _check_save_folder(folder: Path) -> None:
         return
     if not folder.is_dir():
         raise UserError(f"{str(folder)!r} is a file: save the pipeline into a folder (a new one)")
-    entries = sorted(p.name for p in folder.iterdir() if not is_temporary(p))
+    entries = sorted(p.name for p in folder.iterdir() if not is_temporary(p) and p.name not in OS_METADATA)
     if not entries:
         return
     try:

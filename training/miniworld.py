@@ -235,10 +235,20 @@ def build(output: Path, work: Path, size: str = "full", seed: int = 0) -> dict:
         return _build(output, work, size, seed)
 
 
+def _is_models_manifest(path: Path) -> bool:
+    """Whether ``path`` is a mini world's manifest (its files, size and seed), not any ``manifest.json`` (a
+    case-insensitive file system finds a web app's under that name too)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"files", "size", "seed"} <= set(data)
+
+
 def check_models_folder(output: Path) -> None:
     """The finished models replace ``output`` whole: it must be new, empty or a mini world's models folder (its
     ``MANIFEST.json``), never a folder of the user's, whose files the end of the build would delete."""
-    if not output.is_dir() or (output / assets.MANIFEST).is_file():
+    if not output.is_dir() or _is_models_manifest(output / assets.MANIFEST):
         return
     others = sorted(p.name for p in output.iterdir() if p.name not in OS_METADATA and not is_temporary(p))
     if others:

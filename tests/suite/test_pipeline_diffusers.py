@@ -258,6 +258,7 @@ def test_a_save_into_a_folder_of_the_users_is_refused_and_deletes_nothing(tiny_p
     assert (mine / "thesis.txt").read_text() == "four years" and sorted(p.name for p in mine.iterdir()) == [
         "other-model", "thesis.txt"]
     folder = tiny_pipe.save_pretrained(tmp_path / "p")
+    (folder / ".DS_Store").write_bytes(b"x")  # opened in Finder
     assert tiny_pipe.save_pretrained(folder) == folder  # a saved pipeline is saved over
     (folder / "notes.md").write_text("mine")
     with pytest.raises(UserError, match="'notes.md'"):

@@ -294,7 +294,10 @@ def test_the_rebuild_refuses_what_would_mix_or_lose_work_before_any_work(tmp_pat
     (pictures / ".DS_Store").write_bytes(b"x")  # empty but for a file browser's file; a models folder: accepted
     miniworld.check_models_folder(pictures)
     (pictures / "vae").mkdir()
-    (pictures / "MANIFEST.json").write_text("{}")
+    (pictures / "MANIFEST.json").write_text('{"name": "a web app"}')  # not a mini world's: refused
+    with pytest.raises(UserError, match="not a mini world's models"):
+        miniworld.check_models_folder(pictures)
+    (pictures / "MANIFEST.json").write_text(json.dumps({"files": [], "size": "quick", "seed": 0}))
     miniworld.check_models_folder(pictures)
     # the box pairs' count is in the Zero-1-to-3 recipe, which retrains only its phase: not a refusal
     recipe = miniworld._recipe("quick")
