@@ -153,12 +153,10 @@ def oriented_size(im: Image.Image) -> tuple[int, int]:
 
 
 def has_transparency(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bool:
-    """Whether an image file has an alpha channel that is not opaque everywhere (a cut-out), which
-    :func:`read_mask` would read as its mask."""
-    im = open_image(path, "image", max_pixels)
-    if not (im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)):
-        return False
-    return to_8bit(im).convert("RGBA").getchannel("A").getextrema()[0] < 255
+    """Whether an image file has transparency (an alpha channel or a transparent colour) that is not opaque
+    everywhere (a cut-out), which :func:`read_mask` would read as its mask."""
+    rgba = as_rgba(open_image(path, "image", max_pixels))
+    return rgba is not None and rgba.getchannel("A").getextrema()[0] < 255
 
 
 def read_mask(source, size: tuple[int, int], what: str = "mask", binary: bool = False,
@@ -172,7 +170,8 @@ def read_mask(source, size: tuple[int, int], what: str = "mask", binary: bool = 
     aspect ratio is refused in one sentence, never stretched. ``binary``: 0 or 1 (at 0.5, nearest-neighbour
     resize), and an empty mask is refused."""
     im = open_image(source, what, max_pixels) if not isinstance(source, Image.Image) else source
-    rgba = to_8bit(ImageOps.exif_transpose(im)).convert("RGBA")
+    im = ImageOps.exif_transpose(im)
+    rgba = as_rgba(im) or to_8bit(im).convert("RGBA")  # a transparent colour (tRNS) is transparency too
     alpha = rgba.getchannel("A")
     gray = alpha if alpha.getextrema()[0] < 255 else rgba.convert("L")
     if gray.size != tuple(size):
@@ -360,9 +359,8 @@ def open_upload(source, what: str, max_megapixels: float, max_bytes: int | None 
             try:
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                if keep_alpha and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
-                    return im.convert("RGBA")
-                return to_rgb(im)
+                rgba = as_rgba(im) if keep_alpha else None  # a 16-bit image scaled, not clipped
+                return rgba if rgba is not None else to_rgb(im)
             except (OSError, ValueError, SyntaxError):
                 raise UserError(f"the {what} {name!r} is damaged (its pixels could not be decoded): "
                                 "upload another PNG, JPEG or WebP image") from None

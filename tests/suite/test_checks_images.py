@@ -104,6 +104,12 @@ def test_a_transparent_colour_is_laid_on_white_as_an_alpha_channel_is(tmp_path, 
     with Image.open(path) as again:
         photo = prepare_photo(again)
     assert (photo.rgb[4:] == 255).all() and (photo.alpha[4:] == 0).all() and (photo.alpha[:4] == 255).all()
+    from suite.images import has_transparency, open_upload, read_mask
+
+    assert has_transparency(path)  # the 3D flow's cut-out test, and the mask rule, read it too
+    assert (read_mask(path, (6, 8)) == np.repeat([1.0, 0.0], 4)[:, None]).all()
+    upload = np.asarray(open_upload(str(path), "image", 1.0, keep_alpha=True))
+    assert (upload[4:, :, 3] == 0).all() and (upload[:4, :, :3] == top).all()  # 16-bit scaled, not clipped
 
 
 def test_prompts_are_text_and_a_list_is_not_silently_mangled(tiny_pipe):
