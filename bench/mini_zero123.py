@@ -476,7 +476,7 @@ def main(argv=None) -> int:
         results = {}
         for folder in folders:
             t0 = time.time()
-            world = Path(folder).parent / assets.MANIFEST  # the build's seed and size decide its training pairs
+            world = Path(folder).resolve().parent / assets.MANIFEST  # the build's seed and size decide its training pairs
             if not world.is_file():
                 print(f"error: --training-pairs needs to know how {folder} was built: it reads the seed and size from "
                       f"the mini world's {assets.MANIFEST} beside the folder ({world} is missing); pass a model "

@@ -157,6 +157,7 @@ def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what
     A folder already holding ``kind`` needs ``resume``."""
     from .files import claim_run_folder, output_lock
 
+    check_processes_joined(state.num_processes)  # every batch, 3D ones too
     if state.is_main_process:
         stack.enter_context(output_lock(folder))
     if claim_run_folder(folder, kind, write=state.is_main_process) and not resume:
@@ -197,7 +198,6 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
 
     log = logging.getLogger("suite")
     rank, world = state.process_index, state.num_processes
-    check_processes_joined(world)
     name = f"{folder.parent.name}/{folder.name}"
     with ExitStack() as stack:
         # 1. The folder: locked and claimed by process 0, checked read-only by the others.
