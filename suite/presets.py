@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -159,6 +160,9 @@ def resolve_device(device: str | None = None, dtype: str | None = None) -> tuple
     return torch.device(device), getattr(torch, name)
 
 
+_HOME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder name in $INDOMAIN_HOME/domains
+
+
 def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
     """A preset (optionally with another model folder) or a user domain given by its model folder."""
     own_model = domain_model if domain_model and domain_model.lower() != "none" else None
@@ -166,7 +170,8 @@ def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
         return user_domain(domain, own_model) if own_model else get_domain(domain)
     if not own_model:
         home = domain_home() / domain  # where the README says your own domain models go
-        if (home / "nulltext.json").is_file():
+        # a name, never a path: "../x" (from the app's free-text domain box) must not reach another folder
+        if _HOME_NAME.match(domain) and (home / "nulltext.json").is_file():
             return user_domain(domain, str(home))
         raise ValueError(
             f"unknown domain {domain!r}: use one of {', '.join(PRESETS)}, pass --domain-model FOLDER for your own, or "

@@ -151,6 +151,11 @@ def test_a_domain_of_your_own_is_found_in_indomain_home(tmp_path, capsys, monkey
     shutil.copytree(tiny_dir / "domain-face", mine)
     refs = model_refs("tiny", "mydom")
     assert refs["domain"] == str(mine) and refs["domain_obj"].name == "mydom"
+    # a name, never a path: the app's free-text domain box must not reach a folder outside $INDOMAIN_HOME/domains
+    shutil.copytree(tiny_dir / "domain-face", tmp_path / "elsewhere")
+    for name in ("../../elsewhere", str(tmp_path / "elsewhere"), "mydom/../../../elsewhere"):
+        with pytest.raises(ValueError, match="unknown domain"):
+            model_refs("tiny", name)
     assert launch.main(["generate", "--preset", "tiny", "--domain", "mydom", "--steps", "1", "--output",
                         str(tmp_path / "a.png")]) == 0
     assert Image.open(tmp_path / "a.png").size == (64, 64)  # the tiny base's native size
