@@ -71,9 +71,7 @@ class PipelineCache:
 
     def get(self, domain: str, need_controlnet: bool = False):
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
-        model = trained_domains(self.config).get(domain)
-        if domain not in PRESETS and model is None:
-            raise UserError(f"unknown domain {domain!r}: choose one of {', '.join(list_domain_names(self.config))}")
+        model = domain_model_for(self.config, domain)
         key = (self.config.preset, domain, str(model) if model else None, bool(need_controlnet))
         with self._lock:
             if key in self._entries:
@@ -168,6 +166,15 @@ def trained_domains(config: AppConfig) -> dict[str, Path]:
             if d.is_dir() and (d / "config.json").is_file() and d.name not in PRESETS:
                 found[d.name] = d
     return found
+
+
+def domain_model_for(config: AppConfig, domain: str) -> Path | None:
+    """The model folder of a domain trained in this app, None for a preset's; any other name (a typo, a path such as
+    ``../x``) is one sentence naming the domains there are. Every tab takes its domain through this."""
+    model = trained_domains(config).get(domain)
+    if domain not in PRESETS and model is None:
+        raise UserError(f"unknown domain {domain!r}: choose one of {', '.join(list_domain_names(config))}")
+    return model
 
 
 def list_domain_names(config: AppConfig) -> list[str]:

@@ -29,6 +29,7 @@ from .core import (
     AppConfig,
     PipelineCache,
     checked_progress,
+    domain_model_for,
     fmt_weight,
     new_run_dir,
     write_json_atomic,
@@ -270,10 +271,11 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     if not prompt and image is None:
         raise UserError("no prompt: type what to make (e.g. 'a vase with dragons') or upload an image")
     values = _checked_3d_settings(config, settings or {})
+    model = domain_model_for(config, domain)  # a domain trained in the app, as the other tabs take it
     # 2. The run folder (an uploaded image is kept in it) and the config, as the CLI builds it.
     folder = new_run_dir(config, "3d")
     values.update(prompt=prompt, domain=domain, preset=config.preset, output=folder,
-                  device=config.device, dtype=config.dtype)
+                  device=config.device, dtype=config.dtype, domain_model=str(model) if model else None)
     if image is not None:
         # beside the run folder, not in it: the 3D run writes only into a folder that is empty or its own
         values["image"] = save_image_atomic(image, folder.with_name(f"{folder.name}-input.png"))

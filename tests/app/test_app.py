@@ -373,6 +373,28 @@ def test_3d_tab_starts_from_an_uploaded_image(app):
     assert res.mesh_paths and all(Path(p).is_file() for p in res.mesh_paths.values())
 
 
+def test_3d_tab_takes_a_domain_trained_in_the_app_and_no_other_name(app, tiny_dir, monkeypatch):
+    """The 3D tab listed a domain trained in the app but passed only its name, which failed ("unknown domain"),
+    and a free-text name such as '../x' was not checked as the other tabs check it."""
+    import shutil
+
+    from suite.checks import UserError
+
+    _backend("generators3d", "ThreeDConfig", "run_text_to_3d")
+    _, cfg, _, _ = app
+    mine = cfg.output_dir / "domains" / "mine"
+    shutil.copytree(tiny_dir / "domain-face", mine)
+    made = []
+    monkeypatch.setattr(runs, "run_text_to_3d", lambda c, progress=None: made.append(c))
+    runs.run_3d(cfg, prompt="a vase", domain="mine")
+    assert made[0].domain == "mine" and made[0].domain_model == str(mine)
+    before = sorted((cfg.output_dir / "3d").iterdir())
+    for name in ("../../mine", "nope"):
+        with pytest.raises(UserError, match="unknown domain"):
+            runs.run_3d(cfg, prompt="a vase", domain=name)
+    assert sorted((cfg.output_dir / "3d").iterdir()) == before  # refused before a run folder is made
+
+
 def test_domains_tab_trains_a_domain_with_live_loss(app, tmp_path):
     _backend("training.train", "TrainConfig", "train_domain")
     client, cfg, _, _ = app
