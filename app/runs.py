@@ -348,7 +348,8 @@ class TrainRun:
         self._events: queue.Queue = queue.Queue()
 
         def on_progress(stage, done, total, info):
-            if "loss" in info:
+            if stage == "train" and "loss" in info:  # the training curve only: not the text features' steps (numbered
+                # from 1 too) nor the checkpoints' repeat of the last point
                 self.losses.append((int(info.get("step", done)), float(info["loss"])))
             self._events.put((stage, done, total, dict(info)))
 

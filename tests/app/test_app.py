@@ -410,6 +410,24 @@ def test_domains_tab_trains_a_domain_with_live_loss(app, tmp_path):
     assert "noise" in [r[0] for r in (rows["data"] if isinstance(rows, dict) else rows)]
 
 
+def test_the_training_curve_holds_the_training_steps_only(monkeypatch, tmp_path):
+    """The Domains tab's loss plot took every event with a loss: the text features' steps (numbered from 1 too) and
+    each checkpoint's repeat of the last point, so the curve zig-zagged between two series."""
+    def fake_train(config, *, domain, data, settings, progress):
+        for step in range(1, 4):
+            progress("text_init", step, 3, {"loss": 5.0 + step})
+        for step in range(1, 5):
+            progress("train", step, 4, {"loss": 1.0 / step})
+            if step % 2 == 0:
+                progress("checkpoint", step, 4, {"loss": 1.0 / step})
+        return tmp_path
+
+    monkeypatch.setattr(runs, "run_train", fake_train)
+    run = runs.TrainRun(core.AppConfig(preset="tiny", output_dir=tmp_path), domain="d", data="x")
+    list(run.events())
+    assert run.error is None and run.losses == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]
+
+
 def test_training_reads_server_folders_only_under_the_data_roots(app, tmp_path):
     """The train API read any folder on the server (data="/root" walked 323,027 files, "/etc" listed names in its
     error). Only folders under --data-root are read, and nothing about another folder is said (issue 26)."""
