@@ -303,6 +303,10 @@ def test_mini_preset_uses_its_own_sd_model_not_the_sd15_download(threestudio):
     ts, _ = threestudio
     guidance = ts.find("in-domain-guidance")({"preset": "mini", "domain": "porcelain"})  # offline: no SD1.5 here
     assert guidance.pipe.unet.config.sample_size == json_config(default_dir() / "sd" / "unet")["sample_size"]
+    # threestudio's own SD1.5 id (its guidance's default and its configs') is the default too: it tried the hub
+    old_id = ts.find("in-domain-guidance")({"preset": "mini", "domain": "porcelain",
+                                             "pretrained_model_name_or_path": "runwayml/stable-diffusion-v1-5"})
+    assert old_id.pipe.unet.config.sample_size == guidance.pipe.unet.config.sample_size
 
 
 def json_config(folder):

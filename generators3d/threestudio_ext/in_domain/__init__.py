@@ -56,6 +56,8 @@ from suite.images import load_image
 from suite.presets import ZERO123_HUB_ID, build_pipeline, get_preset, zero123_ref
 from suite.zero123 import Zero123Guidance, load_zero123
 
+SD15_HUB_IDS = (SD15_HUB_ID, "runwayml/stable-diffusion-v1-5")  # the second: threestudio's default and configs'
+
 RETURN_KEYS = ("grad_norm", "min_step", "max_step")
 LOSS_NAMES = ("loss_sds", "loss_sd")
 # threestudio's unified guidances name the SDS weighting w(t) = 1 - alpha_bar_t "dreamfusion" (their default);
@@ -184,7 +186,10 @@ class InDomainGuidance(_Annealed, BaseObject):
             raise ValueError("in-domain-guidance: sequential CPU offload needs a CUDA GPU and none is available: set "
                              "system.guidance.enable_sequential_cpu_offload=false (or use enable_model_cpu_offload)")
         sd = self.cfg.pretrained_model_name_or_path
-        sd = None if sd == SD15_HUB_ID else sd  # the default: the preset's own SD model (INDOMAIN_SD_MODEL or SD1.5)
+        # SD1.5's hub ids (ours, and runwayml's, which threestudio's guidance and its configs default to): the
+        # preset's own SD model (INDOMAIN_SD_MODEL or SD1.5); loaded by its old id it would pair the full SD1.5 with a
+        # mini or tiny domain model
+        sd = None if sd in SD15_HUB_IDS else sd
         self.pipe = build_pipeline(self.cfg.preset, self.cfg.domain, sd, self.cfg.domain_model, None, False,
                                    device, dtype)
         self.view_dependent = self._view_dependent()
