@@ -23,6 +23,7 @@ from suite.images import oriented_size, save_image_atomic
 from suite.pipeline import quiet, report_steps
 from suite.rules import parse_rule
 from training.config import TrainConfig
+from training.data import walk_files
 from training.train import train_domain
 
 from .core import (
@@ -290,7 +291,7 @@ DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
 def _allowed_data_dir(config: AppConfig, data: str) -> Path:
     """The training folder a request names, only when it lies under one of the operator's ``--data-root`` folders
-    (links resolved first). Nothing about a folder outside them is said: not whether it exists, not its files."""
+    (links resolved first, and every link inside it checked too). Nothing about a folder outside them is said: not whether it exists, not its files."""
     if not config.data_roots:
         raise UserError("training on folders of this server is off: whoever runs the app allows it for the folders "
                         "under one root with `launch.py app --data-root FOLDER`")
@@ -308,6 +309,12 @@ def _allowed_data_dir(config: AppConfig, data: str) -> Path:
     if not path.is_dir():
         raise UserError(f"the image folder {text!r} does not exist under {', '.join(map(str, roots))}: give a folder "
                         f"of images")
+    # the trainer follows links inside the folder: one leading out of the roots would read a folder outside them
+    for file in walk_files(path):
+        real = file.resolve()
+        if not any(r in real.parents for r in roots):
+            raise UserError(f"that folder holds a link to files outside the folders this app may read "
+                            f"({', '.join(map(str, roots))}): remove the link, or copy the images in")
     return path
 
 

@@ -54,7 +54,7 @@ class ImageScan:
         return ", ".join(parts)
 
 
-def _walk(root: Path):
+def walk_files(root: Path):
     """Every file under ``root``, through linked folders too (each real folder once: a link cycle ends), leaving out
     hidden files and folders (``.thumbnails/``, ``.ipynb_checkpoints/``: not the domain's images)."""
     seen = set()
@@ -85,7 +85,7 @@ def scan_images(root: str | os.PathLike, resolution: int | None = None, small_im
         raise ValueError(f"the image folder {str(root)!r} does not exist: pass --data with a folder of images")
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} is a file, not a folder: pass --data with a folder of images")
-    files = sorted(_walk(root))
+    files = sorted(walk_files(root))
     candidates = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     scan = ImageScan(root=root, images=[], sizes=[], not_images=[p for p in files if p.suffix.lower() not in
                                                                  IMAGE_EXTENSIONS])

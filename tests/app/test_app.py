@@ -445,6 +445,23 @@ def test_training_reads_server_folders_only_under_the_data_roots(app, tmp_path):
         runs.run_train(closed, domain="x", data=str(tmp_path))
 
 
+def test_a_link_inside_a_data_root_to_a_folder_outside_it_is_refused(tmp_path):
+    """Only the named folder was resolved; the trainer follows links inside it, so training on the root read the
+    images of a linked folder outside it (6 of 12)."""
+    root, outside = tmp_path / "root", tmp_path / "secret"
+    (root / "mine").mkdir(parents=True)
+    outside.mkdir()
+    for folder in (root / "mine", outside):
+        Image.new("RGB", (8, 8)).save(folder / "a.png")
+    cfg = core.AppConfig(preset="tiny", output_dir=tmp_path / "o", data_roots=(str(root),))
+    assert runs._allowed_data_dir(cfg, "mine") == (root / "mine").resolve()
+    (root / "mine" / "more").symlink_to(root / "mine")  # a link within the root: fine (walked once)
+    assert runs._allowed_data_dir(cfg, str(root)) == root.resolve()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(UserError, match="holds a link to files outside"):
+        runs._allowed_data_dir(cfg, str(root))
+
+
 def test_every_response_says_nosniff(app):
     import httpx
 
