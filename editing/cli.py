@@ -79,7 +79,7 @@ def main(args) -> int:
     paths = output_paths(args.output, args.num_images)
     check_not_an_input(paths, args.output, {"--image": args.image, "--mask": args.mask}, "edit")
     remove_leftovers(paths)
-    settings = {"edit": str(args.image), "prompt": args.prompt, "strength": args.strength, "seed": args.seed}
+    settings = {"edit": True, "--prompt": args.prompt, "--strength": args.strength, "--seed": args.seed}  # no paths
     check_set_files(paths, settings, resume=False)  # NAME-i files of a set: never a user's own
     max_pixels = int(args.max_megapixels * 1e6)
     image = open_image(args.image, "image", max_pixels)
