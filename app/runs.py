@@ -281,9 +281,17 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
         # beside the run folder, not in it: the 3D run writes only into a folder that is empty or its own
         values["image"] = save_image_atomic(image, folder.with_name(f"{folder.name}-input.png"))
     values.update(config.threed_overrides)
-    cfg3 = make_config(ThreeDConfig, values)
-    # 3. Run every stage.
-    return run_text_to_3d(cfg3, progress=progress)
+    try:
+        cfg3 = make_config(ThreeDConfig, values)
+        # 3. Run every stage.
+        return run_text_to_3d(cfg3, progress=progress)
+    except BaseException:
+        # a request refused (or a run failed) before it wrote anything leaves no empty run folder, nor its upload
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            if values.get("image"):
+                Path(values["image"]).unlink(missing_ok=True)
+        raise
 
 
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")

@@ -389,6 +389,14 @@ def test_3d_tab_takes_a_domain_trained_in_the_app_and_no_other_name(app, tiny_di
     runs.run_3d(cfg, prompt="a vase", domain="mine")
     assert made[0].domain == "mine" and made[0].domain_model == str(mine)
     before = sorted((cfg.output_dir / "3d").iterdir())
+
+    def refuses(c, progress=None):
+        raise UserError("the texture size is 0")
+
+    monkeypatch.setattr(runs, "run_text_to_3d", refuses)  # a request refused by the run: no empty folder left
+    with pytest.raises(UserError, match="texture size"):
+        runs.run_3d(cfg, prompt="", domain="mine", image=Image.new("RGB", (64, 64), "white"))
+    assert sorted((cfg.output_dir / "3d").iterdir()) == before
     for name in ("../../mine", "nope"):
         with pytest.raises(UserError, match="unknown domain"):
             runs.run_3d(cfg, prompt="a vase", domain=name)
