@@ -378,6 +378,13 @@ class TrainRun:
         self._thread = threading.Thread(target=work, name="train", daemon=True)
         self._thread.start()
 
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Until the run has ended (after a cancel: at its next progress report)."""
+        self._thread.join()
+
     def events(self):
         """``(stage, done, total, info)`` as the run reports them, until it ends."""
         import queue

@@ -489,9 +489,14 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
         settings = _settings_values(fields, values)
         report = gradio_progress(progress)
         run = runs.TrainRun(cfg, domain=name, data=data, settings=settings, cancel_flag=cancel_flag)
-        for stage, done, total, info in run.events():  # the run goes on in its own thread
-            report(stage, done, total, info)
-            yield run.status(stage, done, total, info), pd.DataFrame(list(run.losses), columns=["step", "loss"])
+        try:
+            for stage, done, total, info in run.events():  # the run goes on in its own thread
+                report(stage, done, total, info)
+                yield run.status(stage, done, total, info), pd.DataFrame(list(run.losses), columns=["step", "loss"])
+        finally:  # closed before the end (a cancel through the API, a client gone): the run stops too, and this
+            if run.running():  # job's slot is held until it has (it trained on, while the next job started)
+                cancel_flag.set()
+                run.wait()
         if run.error is not None:
             friendly(_raise)(run.error)
         yield (f"done: the `{name}` domain model is in `{run.folder}`; it is now in the domain lists",

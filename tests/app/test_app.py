@@ -436,6 +436,43 @@ def test_the_training_curve_holds_the_training_steps_only(monkeypatch, tmp_path)
     assert run.error is None and run.losses == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]
 
 
+def test_a_training_cancelled_through_the_api_stops(tmp_path, monkeypatch):
+    """``job.cancel()`` from gradio_client (or a client gone) closed the page's generator but the training thread
+    ran on to its last step and wrote a model, while the queue let the next model job start beside it."""
+    import threading
+    import time
+
+    from gradio_client import Client
+
+    from app.ui import build_app, launch
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    cfg = core.AppConfig(preset="tiny", output_dir=tmp_path / "out", data_roots=(tmp_path,),
+                         train_overrides={**_short_training(), "max_steps": 100000})
+    cfg.output_dir.mkdir()
+    demo = build_app(cfg)
+    _, url, _ = launch(demo, cfg, host="127.0.0.1", block=False)
+    try:
+        job = Client(url, verbose=False).submit(name="long", data=str(data), api_name="/train")
+        deadline = time.time() + 120
+        while not any(t.name == "train" for t in threading.enumerate()) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # into the training steps
+        assert any(t.name == "train" for t in threading.enumerate())
+        job.cancel()
+        deadline = time.time() + 60
+        while any(t.name == "train" for t in threading.enumerate()) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(t.name == "train" for t in threading.enumerate())  # it trained on to step 100,000
+        assert not (cfg.output_dir / "domains" / "long" / "config.json").exists()
+    finally:
+        demo.close()
+
+
 def test_training_reads_server_folders_only_under_the_data_roots(app, tmp_path):
     """The train API read any folder on the server (data="/root" walked 323,027 files, "/etc" listed names in its
     error). Only folders under --data-root are read, and nothing about another folder is said (issue 26)."""
