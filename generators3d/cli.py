@@ -163,15 +163,9 @@ def add_arguments(p) -> None:
                    help="scale the mesh to this height in metres (default: 1 scene unit = 1 m)")
     from suite.cli import add_model_arguments
 
-    add_model_arguments(p, controlnet=False, domain="porcelain")
-    from suite.cli import PRESET_HELP
-    from suite.presets import DEFAULT_PRESET
-
-    for action in p._actions:  # --export-only exports as its run was made unless --preset says otherwise
-        if action.dest == "preset":
-            action.default = None
-            action.help = PRESET_HELP.replace("(default: %(default)s)", f"(default: {DEFAULT_PRESET}; with "
-                                              f"--export-only, the preset of the checkpoint's run)")
+    # --export-only exports as its run was made unless --preset says otherwise (config_from_args)
+    add_model_arguments(p, controlnet=False, domain="porcelain",
+                        preset_later="with --export-only, the preset of the checkpoint's run")
 
 
 MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)

@@ -56,8 +56,9 @@ def add_threads_argument(parser) -> None:
                              "left to torch)")
 
 
-def add_preset_argument(group, help: str = PRESET_HELP) -> None:
-    group.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, help=help)
+def add_preset_argument(group, help: str = PRESET_HELP, default: str | None = DEFAULT_PRESET) -> None:
+    """``default``: None where the command chooses it later (the 3D export: its run's preset)."""
+    group.add_argument("--preset", choices=PRESET_NAMES, default=default, help=help)
 
 
 def add_domain_argument(group, default: str | None = None, help: str | None = None) -> None:
@@ -72,10 +73,16 @@ def add_sd_model_argument(group, extra: str = "") -> None:
                             f"stable-diffusion-v1-5/stable-diffusion-v1-5{extra})")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True, domain: str | None = None) -> None:
-    """The model flags; ``domain``: the command's default domain whatever the preset (the 3D flow's porcelain)."""
+def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True, domain: str | None = None,
+                        preset_later: str | None = None) -> None:
+    """The model flags; ``domain``: the command's default domain whatever the preset (the 3D flow's porcelain);
+    ``preset_later``: where the command chooses the preset when none is given (``--preset`` defaults to None)."""
     g = parser.add_argument_group("models")
-    add_preset_argument(g)
+    if preset_later:
+        add_preset_argument(g, PRESET_HELP.replace("(default: %(default)s)",
+                                                   f"(default: {DEFAULT_PRESET}; {preset_later})"), default=None)
+    else:
+        add_preset_argument(g)
     add_domain_argument(g, domain, None if domain is None else f"domain preset ({', '.join(PRESETS)}) or the name "
                         f"of your own domain (default: {domain})")
     add_sd_model_argument(g)
