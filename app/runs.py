@@ -347,46 +347,44 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     return Path(train_domain(cfg, progress=progress) or output)
 
 
-class TrainRun:
-    """A Domains-tab training run (:func:`run_train`) in its own thread, so that the page stays live: iterate
-    :meth:`events` for its progress (the latest of each burst, every half second at most); ``losses`` holds every
-    ``(step, loss)`` so far. Then ``folder`` is the model, or ``error`` what stopped it (a cancel, bad input, a
-    failure)."""
+class ThreadJob:
+    """A job ``work(progress)`` in its own thread, so that the page's event handler stays live and can stop it:
+    iterate :meth:`events` for its progress reports (the latest of each burst, as they come). Then ``result`` is what
+    ``work`` returned, or ``error`` what stopped it (a cancel, bad input, a failure). With ``cancel_flag``, the job
+    stops at its next report once the flag is set (:func:`checked_progress`); ``on_progress`` sees every report, in
+    the job's thread."""
 
-    def __init__(self, config: AppConfig, *, domain: str, data: str, settings: dict | None = None, cancel_flag=None):
+    def __init__(self, work, *, name: str, cancel_flag=None, on_progress=None):
         import queue
         import threading
 
-        self.folder: Path | None = None
+        self.result = None
         self.error: BaseException | None = None
-        self.losses: list[tuple[int, float]] = []
         self._events: queue.Queue = queue.Queue()
 
-        def on_progress(stage, done, total, info):
-            if stage == "train" and "loss" in info:  # the training curve only: not the text features' steps (numbered
-                # from 1 too) nor the checkpoints' repeat of the last point
-                self.losses.append((int(info.get("step", done)), float(info["loss"])))
+        def report(stage, done, total, info):
+            if on_progress is not None:
+                on_progress(stage, done, total, info)
             self._events.put((stage, done, total, dict(info)))
 
-        def work():
+        def run():
             try:
-                progress = checked_progress(on_progress, cancel_flag) if cancel_flag is not None else on_progress
-                self.folder = run_train(config, domain=domain, data=data, settings=settings, progress=progress)
+                self.result = work(checked_progress(report, cancel_flag) if cancel_flag is not None else report)
             except BaseException as err:  # noqa: BLE001 - handed to the caller through self.error
                 self.error = err
 
-        self._thread = threading.Thread(target=work, name="train", daemon=True)
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
     def running(self) -> bool:
         return self._thread.is_alive()
 
     def wait(self) -> None:
-        """Until the run has ended (after a cancel: at its next progress report)."""
+        """Until the job has ended (after a cancel: at its next progress report)."""
         self._thread.join()
 
     def events(self):
-        """``(stage, done, total, info)`` as the run reports them, until it ends."""
+        """``(stage, done, total, info)`` as the job reports them, until it ends."""
         import queue
 
         while self._thread.is_alive() or not self._events.empty():
@@ -397,6 +395,27 @@ class TrainRun:
             if self._events.empty():  # a burst of steps: the page shows the latest
                 yield event
         self._thread.join()
+
+
+class TrainRun(ThreadJob):
+    """A Domains-tab training run (:func:`run_train`) in its own thread (:class:`ThreadJob`); ``losses`` holds every
+    ``(step, loss)`` of the training curve so far, and ``folder`` is the model once it has ended without error."""
+
+    def __init__(self, config: AppConfig, *, domain: str, data: str, settings: dict | None = None, cancel_flag=None):
+        self.losses: list[tuple[int, float]] = []
+
+        def on_progress(stage, done, total, info):
+            if stage == "train" and "loss" in info:  # the training curve only: not the text features' steps (numbered
+                # from 1 too) nor the checkpoints' repeat of the last point
+                self.losses.append((int(info.get("step", done)), float(info["loss"])))
+
+        super().__init__(lambda progress: run_train(config, domain=domain, data=data, settings=settings,
+                                                    progress=progress),
+                         name="train", cancel_flag=cancel_flag, on_progress=on_progress)
+
+    @property
+    def folder(self) -> Path | None:
+        return self.result
 
     @staticmethod
     def status(stage: str, done: int, total: int, info: dict) -> str:

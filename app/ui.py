@@ -11,6 +11,7 @@ shown in the page.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -103,23 +104,60 @@ def mask_editor(cfg: AppConfig, **kwargs) -> gr.ImageEditor:
 # errors and progress
 def friendly(fn):
     """Expected failures (:func:`suite.failures.explain`) become one sentence in the page (``gr.Error``); anything
-    else is logged with its traceback and reported as unexpected. The app keeps serving either way."""
+    else is logged with its traceback and reported as unexpected. The app keeps serving either way. A generator
+    function (a job relayed from its thread, :func:`_relay`) stays one, so that gradio streams it."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def run_generator(*args, **kwargs):
+            try:
+                return (yield from fn(*args, **kwargs))
+            except Exception as err:  # noqa: BLE001 - see _as_page_error
+                _as_page_error(err)
+
+        return run_generator
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except JobCancelled:
-            raise gr.Error("cancelled: nothing was saved", title="Cancelled") from None
-        except Exception as err:  # noqa: BLE001 - a bug must not take the app down; the log has the traceback
-            msg = explain(err)
-            if msg is not None:
-                raise gr.Error(msg) from None
-            log.exception("job failed")
-            raise gr.Error(f"the job failed unexpectedly ({type(err).__name__}: {err}); the app's log has details") from None
+        except Exception as err:  # noqa: BLE001 - see _as_page_error
+            _as_page_error(err)
 
     return run
+
+
+def _as_page_error(err: Exception):
+    """Raise ``err`` as the page shows it: a ``gr.Error`` as it is, a cancel or an expected failure as one sentence,
+    anything else logged with its traceback (a bug must not take the app down) and reported as unexpected."""
+    if isinstance(err, gr.Error):
+        raise err
+    if isinstance(err, JobCancelled):
+        raise gr.Error("cancelled: nothing was saved", title="Cancelled") from None
+    msg = explain(err)
+    if msg is not None:
+        raise gr.Error(msg) from None
+    log.error("job failed", exc_info=err)
+    raise gr.Error(f"the job failed unexpectedly ({type(err).__name__}: {err}); the app's log has details") from None
+
+
+def _relay(job: runs.ThreadJob, cancel_flag, report: Progress, outputs: int, show=None):
+    """Generator for an event handler whose job runs in its own thread (:class:`runs.ThreadJob`): each of the job's
+    progress reports goes to ``report`` and yields ``show(event)`` (default: no change to the ``outputs``
+    components), and the job's result is returned (its error raised) once it has ended. A plain handler's job ran on
+    in gradio's worker thread to its last step and saved its results when the request was cancelled through the API
+    or its client went away, while the queue let the next model job start beside it; here gradio closes the
+    generator, and closing it stops the job and waits for it, so that it holds its queue slot until it has."""
+    try:
+        for event in job.events():
+            report(*event)
+            yield show(event) if show is not None else (gr.skip(),) * outputs
+    finally:
+        if job.running():
+            cancel_flag.set()
+            job.wait()
+    if job.error is not None:
+        raise job.error
+    return job.result
 
 
 def gradio_progress(progress: gr.Progress) -> Progress:
@@ -272,14 +310,16 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
                                    domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
                                    guidance_rule=_rule(rule, cfg), control_image=control, canny=bool(use_canny),
                                    seed=seed, steps=steps, num_images=num)
-        res = runs.run_generate(cache, req, core.checked_progress(gradio_progress(progress), cancel_flag))
+        job = runs.ThreadJob(lambda report: runs.run_generate(cache, req, report), name="generate",
+                             cancel_flag=cancel_flag)
+        res = yield from _relay(job, cancel_flag, gradio_progress(progress), 3)
         items = [(str(p), c) for p, c in zip(res.paths, res.captions)] + list(history or [])
         items = items[:24]
         names = {"domain": "w_d", "control": "w_c"}
         text = ", ".join(f"{names.get(k, k)} = {core.fmt_weight(v)}"
                          + (" (auto)" if names.get(k) in res.settings["automatic"] else "")
                          for k, v in res.weights.items())
-        return items, f"weights used: {text or 'none (no guidance terms)'} · saved in `{res.paths[0].parent}`", items
+        yield items, f"weights used: {text or 'none (no guidance terms)'} · saved in `{res.paths[0].parent}`", items
 
     # Queued (not queue=False) so that a refused upload's gr.Error shows its sentence in the page.
     control.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
@@ -344,15 +384,16 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
              request: gr.Request = None, progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request), "edit")
         mask = _mask_from(drawn, mask_file, photo)
-        res = runs.run_edit(cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
-                            domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
-                            guidance_rule=_rule(rule, cfg), mask=mask,
-                            all_faces=all_faces, whole_image=whole, num_images=num, seed=seed, steps=steps,
-                            progress=core.checked_progress(gradio_progress(progress), cancel_flag),
-                            landmarks=landmarks)
+        guidance_rule = _rule(rule, cfg)
+        job = runs.ThreadJob(lambda report: runs.run_edit(
+            cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
+            domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc), guidance_rule=guidance_rule,
+            mask=mask, all_faces=all_faces, whole_image=whole, num_images=num, seed=seed, steps=steps,
+            progress=report, landmarks=landmarks), name="edit", cancel_flag=cancel_flag)
+        res = yield from _relay(job, cancel_flag, gradio_progress(progress), 4)
         boxes = ", ".join(str(b) for b in res["boxes"]) or "none (whole image or mask)"
-        return (str(res["faces"]), [str(p) for p in res["paths"]], [str(p) for p in res["paths"]],
-                f"face boxes: {boxes} · output {res['size'][0]}x{res['size'][1]}")
+        yield (str(res["faces"]), [str(p) for p in res["paths"]], [str(p) for p in res["paths"]],
+               f"face boxes: {boxes} · output {res['size'][0]}x{res['size'][1]}")
 
     photo.change(friendly(to_editor), photo, drawn, api_visibility="private", **LIGHT)
     ev = run.click(edit, [photo, domain, prompt, strength, drawn, mask_file, all_faces, whole, auto_wd, wd, auto_wc,
@@ -415,8 +456,10 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
              **values):
         cancel_flag = jobs.start(session_of(request), "3d")
         settings = _settings_values(fields, values)
-        res = runs.run_3d(cfg, prompt=prompt, domain=domain, image=image, settings=settings,
-                          progress=core.checked_progress(gradio_progress(progress), cancel_flag))
+        job = runs.ThreadJob(lambda report: runs.run_3d(cfg, prompt=prompt, domain=domain, image=image,
+                                                        settings=settings, progress=report),
+                             name="3d", cancel_flag=cancel_flag)
+        res = yield from _relay(job, cancel_flag, gradio_progress(progress), 6)
         meshes = {k: Path(v) for k, v in res.mesh_paths.items()}
         downloads = []
         for p in meshes.values():
@@ -430,11 +473,11 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
         prev = res.preview_path
         is_video = prev is not None and Path(prev).suffix.lower() in (".mp4", ".webm")
         glb = meshes.get("glb")
-        return (str(res.image_path) if res.image_path else None,
-                None if is_video or prev is None else str(prev),
-                gr.update(value=str(prev) if is_video else None, visible=is_video),
-                str(glb) if glb else None, downloads,
-                "mesh: " + (", ".join(f"`{p}`" for p in meshes.values()) or "none written"))
+        yield (str(res.image_path) if res.image_path else None,
+               None if is_video or prev is None else str(prev),
+               gr.update(value=str(prev) if is_video else None, visible=is_video),
+               str(glb) if glb else None, downloads,
+               "mesh: " + (", ".join(f"`{p}`" for p in meshes.values()) or "none written"))
 
     ev = run.click(make, [prompt, domain, image], [stage1, preview, video, model, files, status],
                    inputs_kwargs=widgets, api_name="make_3d", concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
@@ -481,24 +524,17 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
     status = gr.Markdown("", elem_id="train-status")
     plot = gr.LinePlot(x="step", y="loss", title="training loss", elem_id="train-loss", height=260)
 
+    @friendly
     def start(name="mydomain", data="", request: gr.Request = None, progress=gr.Progress(), **values):
-        """Generator: the run goes on in a thread; every half second the loss curve and status are shown."""
+        """Generator: the run goes on in its own thread; the loss curve and status follow its reports."""
         import pandas as pd
 
         cancel_flag = jobs.start(session_of(request), "train")
         settings = _settings_values(fields, values)
-        report = gradio_progress(progress)
         run = runs.TrainRun(cfg, domain=name, data=data, settings=settings, cancel_flag=cancel_flag)
-        try:
-            for stage, done, total, info in run.events():  # the run goes on in its own thread
-                report(stage, done, total, info)
-                yield run.status(stage, done, total, info), pd.DataFrame(list(run.losses), columns=["step", "loss"])
-        finally:  # closed before the end (a cancel through the API, a client gone): the run stops too, and this
-            if run.running():  # job's slot is held until it has (it trained on, while the next job started)
-                cancel_flag.set()
-                run.wait()
-        if run.error is not None:
-            friendly(_raise)(run.error)
+        yield from _relay(run, cancel_flag, gradio_progress(progress), 2,
+                          show=lambda event: (run.status(*event),
+                                              pd.DataFrame(list(run.losses), columns=["step", "loss"])))
         yield (f"done: the `{name}` domain model is in `{run.folder}`; it is now in the domain lists",
                pd.DataFrame(list(run.losses), columns=["step", "loss"]))
 
@@ -528,10 +564,6 @@ def _settings_values(fields, values: dict) -> dict:
         except (TypeError, ValueError):
             raise UserError(f"{name} must be a {typ.__name__}, got {v!r}") from None
     return out
-
-
-def _raise(err):
-    raise err
 
 
 def _can_train_here(cfg: AppConfig) -> str | None:

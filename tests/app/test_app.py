@@ -594,3 +594,45 @@ def test_an_uploaded_mask_with_transparency_is_read_as_on_the_cli(tmp_path):
     app_mask = np.asarray(ui._mask_from(None, upload, Image.new("RGB", (40, 40)))) > 127
     cli_mask = load_mask(tmp_path / "cut.png", (40, 40)) > 0.5
     assert app_mask.sum() == 400 and np.array_equal(app_mask, cli_mask)  # the square only, in both
+
+
+@pytest.mark.parametrize("api, runner", [("/generate", "run_generate"), ("/edit", "run_edit"),
+                                         ("/make_3d", "run_3d")])
+def test_a_job_cancelled_through_the_api_stops_and_saves_nothing(app, tmp_path, monkeypatch, api, runner):
+    """``job.cancel()`` from gradio_client (or a client gone) ended the request, but a Generate, Edit or 3D job ran on
+    in its worker thread to its last step and saved its results, while the queue let the next model job start beside
+    it. The job stops at its next progress report, as with the page's Cancel button."""
+    import time
+
+    from gradio_client import handle_file
+
+    state = {"steps": 0, "running": False, "saved": False}
+
+    def endless_job(*args, progress=None, **kwargs):
+        if progress is None:  # run_generate(cache, req, progress)
+            progress = args[-1]
+        state["running"] = True
+        try:
+            for step in range(1, 1200):  # a minute, unless cancelled
+                progress("sampling", step, 1200, {})
+                state["steps"] = step
+                time.sleep(0.05)
+            state["saved"] = True
+        finally:
+            state["running"] = False
+
+    monkeypatch.setattr(runs, runner, endless_job)
+    client = app[0]
+    photo = handle_file(str(_png(tmp_path / "photo.png")))
+    args = {"/generate": dict(prompt="x"), "/edit": dict(photo=photo, prompt="x"),
+            "/make_3d": dict(prompt="a vase")}[api]
+    job = client.submit(api_name=api, **args)
+    deadline = time.time() + 60
+    while state["steps"] < 5 and time.time() < deadline:
+        time.sleep(0.1)
+    assert state["running"], state
+    job.cancel()
+    deadline = time.time() + 30
+    while state["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert not state["running"] and not state["saved"], state  # it ran on to its last step

@@ -24,7 +24,8 @@ none of the suffixes' words: off there unless set, with a note at build (a warni
 
 Keys of ``stable-diffusion-guidance`` configs are accepted, so that a user can switch ``guidance_type``:
 ``guidance_scale`` ``s`` is the control weight ``w = s + 1`` (threestudio's ``eps_text + s (eps_text -
-eps_uncond)``; used when ``control_weight`` is not set), ``enable_attention_slicing`` and
+eps_uncond)``; used when ``control_weight`` is not set; a config of ``stable-diffusion-unified-guidance``, whose
+``eps_uncond + s (eps_text - eps_uncond)`` makes ``s`` the weight itself, should set ``control_weight: s`` instead), ``enable_attention_slicing`` and
 ``enable_channels_last_format`` are applied to every UNet, ``enable_sequential_cpu_offload`` and
 ``enable_model_cpu_offload`` are diffusers' (the pipeline is a DiffusionPipeline; sequential offload is refused at
 build without a CUDA GPU, as threestudio's fails there), ``max_items_eval: -1`` shows all items,
