@@ -86,6 +86,8 @@ def main(args) -> int:
     size = oriented_size(image)
     mask = load_mask(args.mask, size, max_pixels) if args.mask else None
     detector = None
+    if args.whole_image and args.framing not in (None, "whole"):  # before the models load
+        raise UserError(f"--whole-image edits the whole photo, but --framing is {args.framing!r}: drop one of the two")
     if args.landmarks:
         from .faces import read_landmarks
 

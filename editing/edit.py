@@ -109,6 +109,9 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     steps = DEFAULT_STEPS if steps is None else check_int(steps, "the number of steps", 1)
     check_runs_a_step(steps, strength)
     seed = check_int(seed, "the seed", 0)
+    if whole_image and framing not in (None, "whole"):
+        raise ValueError(f"whole_image (--whole-image) edits the whole photo, but framing (--framing) is {framing!r}: "
+                         f"drop one of the two")
 
     # 2. The photo, upright and in 8-bit RGB; the user's mask at its size.
     photo = prepare_photo(image, max_pixels)
@@ -118,11 +121,11 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     report("detect", 0, 1, {})
     faces: list[Face] = []
+    if whole_image:
+        framing = "whole"
     if framing is None:  # the domain's; a pipeline without a domain preset edits faces
         domain = getattr(pipe, "domain", None)
         framing = domain.framing if domain is not None else "face"
-    if whole_image:
-        framing = "whole"
     if isinstance(detector, GivenLandmarks) and framing != "face":
         raise ValueError(f"landmarks frame a face (FFHQ's alignment), but this edit's framing is {framing!r}: edit "
                          f"without the landmarks, or with the face framing (a face domain)")

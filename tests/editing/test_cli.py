@@ -53,6 +53,7 @@ def test_cli_edits_a_face_photo(tmp_path, tiny_dir, monkeypatch, capsys):
     (["--image", "{flat}", "--mask", "{square}"], "mask"),
     (["--image", "{flat}", "--output", "{tmp}/out.xyz"], "format"),
     (["--image", "{flat}", "--output", "{tmp}/no/such/dir/out.png"], "folder"),
+    (["--image", "{flat}", "--whole-image", "--framing", "face"], "drop one of the two"),  # was a whole-image edit
 ])
 def test_cli_bad_inputs_give_one_sentence(tmp_path, tiny_dir, monkeypatch, capsys, args, expected):
     (tmp_path / "text.jpg").write_text("not an image")

@@ -176,6 +176,14 @@ def test_no_face_is_a_clear_error_naming_whole_image(pipe):
         edit_photo(pipe, Image.fromarray(photo_array(64, 64)), detector=FixedDetector())
 
 
+def test_whole_image_with_a_face_framing_is_one_sentence(pipe):
+    """``whole_image=True, framing="face"`` edited the whole photo and said nothing of the framing asked for."""
+    with pytest.raises(ValueError, match="drop one of the two"):
+        edit_photo(pipe, Image.fromarray(photo_array(64, 64)), whole_image=True, framing="face")
+    res = edit_photo(pipe, Image.fromarray(photo_array(64, 64)), whole_image=True, framing="whole", steps=2)
+    assert res.images[0].size == (64, 64)
+
+
 def test_large_photo_is_edited_on_a_native_size_crop(pipe, monkeypatch):
     # 12 MP: the network only ever sees the 64 x 64 crop; the output has the input's size.
     h, w = 3000, 4000
