@@ -96,9 +96,12 @@ class Jobs:
     """Cancel flags per browser session and tab: Cancel sets the flag, the job's next progress call raises. One flag
     per session cancelled the session's latest job, whichever tab it ran in (Cancel on Generate stopped an edit)."""
 
-    def __init__(self):
+    def __init__(self, max_jobs: int = 1):
         self._flags: dict[tuple[str, str], threading.Event] = {}
         self._lock = threading.Lock()
+        # Held by each model job's thread while it runs (app.runs.ThreadJob): a job cancelled through the API leaves
+        # gradio's queue at once, but the next one waits here until the cancelled one has stopped.
+        self.gate = threading.BoundedSemaphore(max(1, int(max_jobs)))
 
     def start(self, session: str, tab: str = "") -> threading.Event:
         with self._lock:

@@ -352,9 +352,10 @@ class ThreadJob:
     iterate :meth:`events` for its progress reports (the latest of each burst, as they come). Then ``result`` is what
     ``work`` returned, or ``error`` what stopped it (a cancel, bad input, a failure). With ``cancel_flag``, the job
     stops at its next report once the flag is set (:func:`checked_progress`); ``on_progress`` sees every report, in
-    the job's thread."""
+    the job's thread. With ``gate`` (a semaphore, :attr:`app.core.Jobs.gate`), the job runs only while it holds it:
+    a job started while a cancelled one is still stopping reports ``waiting`` until it has."""
 
-    def __init__(self, work, *, name: str, cancel_flag=None, on_progress=None):
+    def __init__(self, work, *, name: str, cancel_flag=None, on_progress=None, gate=None):
         import queue
         import threading
 
@@ -369,7 +370,16 @@ class ThreadJob:
 
         def run():
             try:
-                self.result = work(checked_progress(report, cancel_flag) if cancel_flag is not None else report)
+                progress = checked_progress(report, cancel_flag) if cancel_flag is not None else report
+                if gate is None:
+                    self.result = work(progress)
+                    return
+                while not gate.acquire(timeout=0.5):
+                    progress("waiting for the previous job to stop", 0, 1, {})
+                try:
+                    self.result = work(progress)
+                finally:
+                    gate.release()
             except BaseException as err:  # noqa: BLE001 - handed to the caller through self.error
                 self.error = err
 
@@ -401,7 +411,8 @@ class TrainRun(ThreadJob):
     """A Domains-tab training run (:func:`run_train`) in its own thread (:class:`ThreadJob`); ``losses`` holds every
     ``(step, loss)`` of the training curve so far, and ``folder`` is the model once it has ended without error."""
 
-    def __init__(self, config: AppConfig, *, domain: str, data: str, settings: dict | None = None, cancel_flag=None):
+    def __init__(self, config: AppConfig, *, domain: str, data: str, settings: dict | None = None, cancel_flag=None,
+                 gate=None):
         self.losses: list[tuple[int, float]] = []
 
         def on_progress(stage, done, total, info):
@@ -411,7 +422,7 @@ class TrainRun(ThreadJob):
 
         super().__init__(lambda progress: run_train(config, domain=domain, data=data, settings=settings,
                                                     progress=progress),
-                         name="train", cancel_flag=cancel_flag, on_progress=on_progress)
+                         name="train", cancel_flag=cancel_flag, on_progress=on_progress, gate=gate)
 
     @property
     def folder(self) -> Path | None:

@@ -143,10 +143,13 @@ def _as_page_error(err: Exception):
 def _relay(job: runs.ThreadJob, cancel_flag, report: Progress, outputs: int, show=None):
     """Generator for an event handler whose job runs in its own thread (:class:`runs.ThreadJob`): each of the job's
     progress reports goes to ``report`` and yields ``show(event)`` (default: no change to the ``outputs``
-    components), and the job's result is returned (its error raised) once it has ended. A plain handler's job ran on
-    in gradio's worker thread to its last step and saved its results when the request was cancelled through the API
-    or its client went away, while the queue let the next model job start beside it; here gradio closes the
-    generator, and closing it stops the job and waits for it, so that it holds its queue slot until it has."""
+    components), and the job's result is returned (its error raised) once it has ended.
+
+    A plain handler's job ran on in gradio's worker thread to its last step and saved its results when the request
+    was cancelled through the API or its client went away. Here gradio closes the generator, and closing it sets
+    the job's cancel flag: the job stops at its next report. It is not waited for here: gradio closes the
+    generator in its event loop, which would freeze every page until then (a long step, a model loading); the
+    next model job waits for it instead (the job's ``gate``)."""
     try:
         for event in job.events():
             report(*event)
@@ -154,7 +157,6 @@ def _relay(job: runs.ThreadJob, cancel_flag, report: Progress, outputs: int, sho
     finally:
         if job.running():
             cancel_flag.set()
-            job.wait()
     if job.error is not None:
         raise job.error
     return job.result
@@ -187,7 +189,7 @@ def _dropdown_update(cfg: AppConfig):
 def build_app(cfg: AppConfig) -> gr.Blocks:
     """The whole page. Launch it with :func:`launch`."""
     cache = PipelineCache(cfg)
-    jobs = core.Jobs()
+    jobs = core.Jobs(cfg.max_jobs)
     domains = core.list_domain_names(cfg)
     with gr.Blocks(title="In-domain generation", analytics_enabled=False) as demo:
         gr.Markdown("## In-domain generation\nMulti-guidance diffusion (SD1.5 + a null-text domain model): "
@@ -311,7 +313,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
                                    guidance_rule=_rule(rule, cfg), control_image=control, canny=bool(use_canny),
                                    seed=seed, steps=steps, num_images=num)
         job = runs.ThreadJob(lambda report: runs.run_generate(cache, req, report), name="generate",
-                             cancel_flag=cancel_flag)
+                             cancel_flag=cancel_flag, gate=jobs.gate)
         res = yield from _relay(job, cancel_flag, gradio_progress(progress), 3)
         items = [(str(p), c) for p, c in zip(res.paths, res.captions)] + list(history or [])
         items = items[:24]
@@ -389,7 +391,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
             cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
             domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc), guidance_rule=guidance_rule,
             mask=mask, all_faces=all_faces, whole_image=whole, num_images=num, seed=seed, steps=steps,
-            progress=report, landmarks=landmarks), name="edit", cancel_flag=cancel_flag)
+            progress=report, landmarks=landmarks), name="edit", cancel_flag=cancel_flag, gate=jobs.gate)
         res = yield from _relay(job, cancel_flag, gradio_progress(progress), 4)
         boxes = ", ".join(str(b) for b in res["boxes"]) or "none (whole image or mask)"
         yield (str(res["faces"]), [str(p) for p in res["paths"]], [str(p) for p in res["paths"]],
@@ -458,7 +460,7 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
         settings = _settings_values(fields, values)
         job = runs.ThreadJob(lambda report: runs.run_3d(cfg, prompt=prompt, domain=domain, image=image,
                                                         settings=settings, progress=report),
-                             name="3d", cancel_flag=cancel_flag)
+                             name="3d", cancel_flag=cancel_flag, gate=jobs.gate)
         res = yield from _relay(job, cancel_flag, gradio_progress(progress), 6)
         meshes = {k: Path(v) for k, v in res.mesh_paths.items()}
         downloads = []
@@ -531,7 +533,8 @@ def _domains_tab(cfg: AppConfig, jobs: core.Jobs, dropdowns: list):
 
         cancel_flag = jobs.start(session_of(request), "train")
         settings = _settings_values(fields, values)
-        run = runs.TrainRun(cfg, domain=name, data=data, settings=settings, cancel_flag=cancel_flag)
+        run = runs.TrainRun(cfg, domain=name, data=data, settings=settings, cancel_flag=cancel_flag,
+                            gate=jobs.gate)
         yield from _relay(run, cancel_flag, gradio_progress(progress), 2,
                           show=lambda event: (run.status(*event),
                                               pd.DataFrame(list(run.losses), columns=["step", "loss"])))

@@ -636,3 +636,47 @@ def test_a_job_cancelled_through_the_api_stops_and_saves_nothing(app, tmp_path, 
     while state["running"] and time.time() < deadline:
         time.sleep(0.1)
     assert not state["running"] and not state["saved"], state  # it ran on to its last step
+
+
+def test_a_cancel_through_the_api_neither_freezes_the_app_nor_lets_the_next_job_start_beside_the_old(app, monkeypatch):
+    """gradio closes a cancelled job's generator in its event loop: waiting there for the job's next progress report
+    (a long step, a model loading) froze every page of the app. The next model job still waits for the cancelled one
+    to stop before it runs (one model job at a time, as the queue's slot promised)."""
+    import time
+
+    import requests
+
+    events = []
+
+    def slow_steps(cache, req, progress):  # a step of 4 s, then another
+        events.append(("start", req.prompt, time.monotonic()))
+        try:
+            for step in (1, 2, 3):
+                progress("sampling", step, 3, {})
+                time.sleep(4)
+        finally:
+            events.append(("end", req.prompt, time.monotonic()))
+        raise core.JobCancelled("unexpected: not cancelled")
+
+    monkeypatch.setattr(runs, "run_generate", slow_steps)
+    client, cfg, url, _ = app
+    first = client.submit(prompt="first", api_name="/generate")
+    deadline = time.time() + 30
+    while not events and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside its first 4 s step
+    first.cancel()
+    t0 = time.monotonic()
+    assert requests.get(url + "config", timeout=10).status_code == 200
+    assert time.monotonic() - t0 < 2.0  # the app answers while the cancelled job finishes its step
+    second = client.submit(prompt="second", api_name="/generate")
+    deadline = time.time() + 30
+    while len([e for e in events if e[0] == "start"]) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    second.cancel()
+    (_, _, first_end), = [e for e in events if e[:2] == ("end", "first")]
+    (_, _, second_start), = [e for e in events if e[:2] == ("start", "second")]
+    assert second_start >= first_end  # not beside the cancelled job
+    deadline = time.time() + 30
+    while len([e for e in events if e[0] == "end"]) < 2 and time.time() < deadline:
+        time.sleep(0.05)
