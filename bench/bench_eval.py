@@ -42,10 +42,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0-17")
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args(argv)
+    from bench import claim_output
+
+    # a folder of the user's: one sentence, before any work (an earlier output held the fine-tune first)
+    out = claim_output(args.output, "bench.bench_eval", ("ft300-unet", "cache/fine-tuned-*.safetensors"))
     import launch
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
     t = time.perf_counter()
     ft = fine_tuned_folder(out)

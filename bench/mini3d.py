@@ -57,6 +57,12 @@ def variant(geometry: str | None = None, depth: str | None = None, view_depth: f
     return "-".join(p for p in parts if p) or None
 
 
+KIND = "bench.mini3d"  # the output folder's kind (suite.files.claim_run_folder), shared with bench.mini3d_texture
+# what an output of this benchmark (or bench.mini3d_texture's) held before output folders were marked: the inputs
+# of its known objects (written first), its prompts' runs, its pictures
+EARLIER_OUTPUT = ("known-*/input/mask.png", "truth-*/input/mask.png", "prompt-*/run", "mini3d*.png", "texture*.json")
+
+
 def case_files(folder: Path, shape: str, guidance: str = "zero123", geometry: str | None = None
                ) -> tuple[Path, Path, Path]:  # geometry: the run's variant (see variant())
     """Where a known object's run lives in the benchmark's ``folder``: ``(its folder, its stage-2 checkpoint, the
@@ -454,6 +460,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.view_depth_weight is not None and args.view_depth_weight < 0:
         p.error(f"--view-depth-weight is {args.view_depth_weight:g}: give a weight of 0 or more")
+    from bench import claim_output
+
+    claim_output(args.output, KIND, EARLIER_OUTPUT)  # a folder of the user's: one sentence, before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries
 

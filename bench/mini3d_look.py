@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -231,6 +230,9 @@ def main(argv=None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from bench import claim_output
+
+    out = claim_output(args.output, "bench.mini3d_look", ("look.json", "inputs/*-[0-9]*/mask.png"))
     from dataclasses import replace
 
     from PIL import Image
@@ -246,8 +248,6 @@ def main(argv=None) -> int:
     from suite.zero123 import load_zero123
 
     quiet_libraries()
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     model = load_zero123(str(default_dir() / "zero123"))
     results, pictures = {}, []
     rows, first = [], None

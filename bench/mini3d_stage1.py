@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     if args.seeds < 2:
         print(f"error: --seeds {args.seeds}: give at least 2 (a standard error needs two images)", file=sys.stderr)
         return 2
+    from bench import claim_output
+
+    out = claim_output(args.output, "bench.mini3d_stage1", ("stage1.json",))  # a user's folder: one sentence
 
     from generators3d import ThreeDConfig
     from suite.cli import quiet_libraries
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
         rows_img.append(torch.cat(images, -1))
         print(f"w_d {label}: look {res['all']['look']:.3f}, shape kept {res['all']['shape_kept']:.2f}", flush=True)
     md = table(results, args.prompts)
-    write_results(Path(args.output), "stage1", args, results, md, rows_img, 2)
+    write_results(out, "stage1", args, results, md, rows_img, 2)
     print(md)
     return 0
 

@@ -520,23 +520,26 @@ def main(argv=None) -> int:
                    help="stage 1's w_d (default: the mini preset's, as launch.py 3d --preset mini; 'recommended' "
                         "or 1: the domain's recommended weight)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.from_world and args.image_domain_weight is not None:
         print("error: --image-domain-weight sets stage 1's image, which --from-world replaces: drop one of them",
               file=sys.stderr)
         return 2
     from bench.mini3d import _shape_named as prompt_shape
     from suite.cli import quiet_libraries
-    from suite.files import write_text_atomic
-    from suite.miniworld import assets
 
     quiet_libraries()
     bad = [q for q in args.prompts if prompt_shape(q) is None]
     if bad:
         print(f"error: the prompt(s) {bad} name no shape of the mini world: use e.g. 'a cup'", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    from bench import claim_output
+
+    # a user's folder: one sentence, before any work (earlier outputs: the results, the cases' inputs and runs)
+    out = claim_output(args.output, "bench.mini3d_stage3", ("stage3.json", "*-world-input/mask.png",
+                                                            "*-[0-9]*/checkpoints/stage2-zero123.safetensors"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from suite.files import write_text_atomic
+    from suite.miniworld import assets
     from suite.presets import build_pipeline
 
     judge = assets.load_judge()

@@ -111,7 +111,8 @@ def measure(case, folder: Path, judge, seed: int = 0) -> dict:
         summary = out / "summary.json"
         if not (summary.is_file() and {k: json.loads(summary.read_text()).get("colours", {}).get(k)
                                        for k in want} == want):  # missing, or made by another version's colours
-            if out.exists():
+            if out.exists() or out.is_symlink():
+                check_replaceable(out)
                 shutil.rmtree(out)
             run_text_to_3d(cfg)
         transform = json.loads(summary.read_text())["export_transform"]
@@ -122,6 +123,23 @@ def measure(case, folder: Path, judge, seed: int = 0) -> dict:
             renders[label] = rgb
     res["_renders"] = renders
     return res
+
+
+def check_replaceable(out: Path) -> None:
+    """An export folder of an earlier version is removed and made again only when it is one of the suite's own 3D
+    runs (its marker says so, or it is a 3D run written before runs were marked); anything else found under that
+    name (a user's files, a link) is refused with one sentence (``ValueError``) and left as it is."""
+    from generators3d.run import _is_3d_run
+    from suite.files import claim_run_folder
+
+    if out.is_dir() and not out.is_symlink():
+        try:
+            claim_run_folder(out, "3d", recognise=_is_3d_run, write=False)  # only checks: writes nothing
+            return
+        except ValueError:
+            pass
+    raise ValueError(f"the folder {str(out)!r}, where this benchmark makes an export again, is not one of the suite's "
+                     f"3D runs, so it is not removed: move it away, or choose another --output")
 
 
 def _picture(results: list, path: Path) -> None:
@@ -157,16 +175,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="the side views' Zero-1-to-3 seed (default: %(default)s)")
     args = p.parse_args(argv)
+    from bench import claim_output
+    from bench.mini3d import EARLIER_OUTPUT, KIND, KNOWN, case_files
+
+    folder = claim_output(args.output, KIND, EARLIER_OUTPUT)  # bench.mini3d's folder; a user's: one sentence
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    from bench.mini3d import KNOWN, case_files
     from suite.cli import quiet_libraries
     from suite.miniworld import assets
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
     judge = assets.load_judge()
-    folder = Path(args.output)
-    try:  # e.g. a run of another geometry in --output: one sentence
+    try:  # e.g. a run of another geometry in --output, a folder of the user's in the way of an export: one sentence
         results = [measure(c, case_files(folder, c[0])[0], judge, args.seed) for c in KNOWN]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -459,6 +459,10 @@ def main(argv=None) -> int:
     if problem:
         print(f"error: {problem}.", file=sys.stderr)
         return 2
+    if args.output:  # a folder of the user's: one sentence, before any work
+        from bench import claim_output
+
+        claim_output(args.output, "bench.mini_zero123", ("zero123.json",))
     from suite.files import write_text_atomic
     from suite.miniworld import assets
     from suite.zero123 import load_zero123

@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the CI-sized run (about 40 seconds on 2 cores)")
     p.add_argument("--threads", type=int_at_least(1), default=2)
     args = p.parse_args(argv)
+    from bench import claim_output
+
+    claim_output(args.output, "bench.miniworld", ("forgetting.png",))  # a user's folder: one sentence, before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries
 

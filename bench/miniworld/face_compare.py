@@ -269,6 +269,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the CI-sized run (under a minute on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    from bench import claim_output
+
+    # a user's folder: one sentence, before any work (an earlier output: these three names, each anyone's alone)
+    claim_output(args.output, "bench.miniworld.face_compare", (("results.json", "table.md", "grid.png"),))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries
 

@@ -186,6 +186,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.num < 1 or args.steps < 1:
         p.error("--num and --steps must be at least 1")
+    from bench import claim_output
+
+    # a user's folder: one sentence, before any work (an earlier output: its photos, written first)
+    claim_output(args.output, "bench.miniworld.face_edit", ("photos/face-*.landmarks.json",))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries
 

@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.num < 1 or args.size < 64:
         p.error("--num must be at least 1 and --size at least 64")
+    from bench import claim_output
+
+    claim_output(args.output, "bench.miniworld.face_photos", ("face-*.landmarks.json",))  # a user's folder: refused
     for r in write_photos(args.output, args.num, args.seed, args.size):
         print(r["image"], ", ".join(r["truth"]["attributes"]) or "(no attributes)")
     return 0

@@ -363,6 +363,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-fine-tuning", action="store_true", help="ours' rows only")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    from bench import claim_output
+
+    # a user's folder: one sentence, before any work (an earlier output: its plot, its caches)
+    claim_output(args.output, "bench.miniworld.front", ("front.png", "cache/ideal-*.npz", "methods/*.npz"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from suite.cli import quiet_libraries
     from suite.threads import apply_threads
