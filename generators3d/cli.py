@@ -369,6 +369,8 @@ def batch_main(args) -> int:
                                 f"prompts file and flags to resume this batch, or choose another --output")
         runs.append((item, out, cfg))
     state = PartialState(cpu=args.device == "cpu")
+    from suite.presets import process_device
+
     rank, world = state.process_index, state.num_processes
     with ExitStack() as stack:
         B.claim_batch_folder(stack, state, folder, "3d-batch", args.resume, "a 3D batch")
@@ -377,8 +379,7 @@ def batch_main(args) -> int:
             if (out / "summary.json").is_file():  # done, with these settings (checked above)
                 log.info("batch: %s is done (%r)", out.name, item.prompt)
                 continue
-            if cfg.device is None and world > 1:
-                cfg = replace(cfg, device=str(state.device))  # each process on its own device
+            cfg = replace(cfg, device=process_device(cfg.device, state))  # each process on its own device
             log.info("batch: %s (%r) on process %d of %d", out.name, item.prompt, rank + 1, world)
             run_text_to_3d(cfg)
         state.wait_for_everyone()

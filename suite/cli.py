@@ -236,6 +236,10 @@ def run_main(main, args) -> int:
     before = torch.get_num_threads()
     try:
         apply_threads(getattr(args, "threads", None))  # before the subcommand's work: the machine's load without it
+        if isinstance(getattr(args, "device", None), str):  # a device this machine lacks: before any model is read
+            from .presets import check_device
+
+            check_device(args.device)
         return int(main(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

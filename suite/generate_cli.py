@@ -233,10 +233,9 @@ def batch_main(args) -> int:
         raise UserError(f"with --prompts-file or --seeds, --output is a folder for the images, got {args.output!r}: "
                         f"give a folder name")
     state = PartialState(cpu=args.device == "cpu")
-    world = state.num_processes
+    from .presets import process_device
 
-    if args.device is None and world > 1:
-        args.device = str(state.device)  # each process on its own device
+    args.device = process_device(args.device, state)  # each process on its own device
 
     def load():
         """The models, and the sampler of one fixed batch (``group``: items sharing their guidance settings)."""

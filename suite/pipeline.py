@@ -90,11 +90,14 @@ class InDomainOutput(BaseOutput):
 
 
 def seeded_generator(seed: int | None, device="cpu") -> torch.Generator:
+    """A generator seeded with ``seed`` (a whole number from 0 to 2**64 - 1, torch's range: ``1.5`` made seed 1's
+    images and ``2**64`` torch's overflow), or from the system's randomness for ``None``. The CLIs take seeds up to
+    ``MAX_SEED`` (numpy's range); seeds derived from them (``seed + i``) may go beyond it."""
     gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed(int(seed))
+        gen.manual_seed(check_int(seed, "the seed", 0, 2**64 - 1))
     return gen
 
 

@@ -245,6 +245,15 @@ CASES = [
      "--weight-decay must be 0 or more"),
     ("train: max grad norm -1", R + ["--data", "{out}", "--max-grad-norm", "-1", "--output", "{out}/m"],
      "--max-grad-norm must be 0 (no clipping) or more"),
+    # a device this machine lacks (was torch's traceback, after the models were found, hashed and read)
+    ("generate: device bogus", G + ["--device", "bogus", "--output", "{out}/a.png"], "is not a torch device"),
+    ("generate: device in capitals", G + ["--device", "CUDA", "--output", "{out}/a.png"], "is not a torch device"),
+    ("edit: device mps", E + ["--image", "{photo}", "--device", "mps", "--output", "{out}/e.png"],
+     "this machine cannot run on it"),
+    ("3d: device xpu", T + ["--prompt", "a vase", "--device", "xpu", "--output", "{out}/run"],
+     "this machine cannot run on it"),
+    ("app: device cuda:7", ["app", "--preset", "tiny", "--device", "cuda:7", "--output-dir", "{out}"],
+     "this machine cannot run on it"),
     # app
     ("app: port 99999", ["app", "--preset", "tiny", "--port", "99999", "--output-dir", "{out}"],
      "between 1 and 65535"),
@@ -307,4 +316,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 42, "edit": 11, "3d": 22, "train": 9, "app": 3}, json.dumps(per)
+    assert per == {"generate": 44, "edit": 12, "3d": 23, "train": 9, "app": 4}, json.dumps(per)

@@ -180,9 +180,9 @@ def evaluate(config: EvalConfig) -> dict:
     real_scan = _scan_real(config.real, config.num_real) if config.real else _check_can_render(config)
     state = PartialState(cpu=config.device == "cpu")
     # every process on its own device; features on the pipeline's device (not the CPU) in one process too
-    from suite.presets import resolve_device
+    from suite.presets import process_device, resolve_device
 
-    device = config.device or (str(state.device) if state.num_processes > 1 else str(resolve_device(None)[0]))
+    device = process_device(config.device, state) or str(resolve_device(None)[0])
 
     with ExitStack() as stack:
         if state.is_main_process:

@@ -103,3 +103,37 @@ def test_domain_model_strict_load_refuses_missing_E(tiny_dir, tmp_path):
     save_file(state, str(folder / WEIGHTS_FILE))
     with pytest.raises(ModelLoadError, match="incomplete or corrupt"):
         models.load_domain_model(str(folder))
+
+
+def test_each_process_of_a_run_of_several_gets_its_own_gpu_for_a_bare_cuda():
+    """With ``--device cuda`` every process of a multi-process batch ran on GPU 0 (the per-process device was only
+    chosen when no device was given); docs/scale-out.md promises ``cuda:<local rank>``."""
+    from types import SimpleNamespace
+
+    from suite.presets import process_device
+
+    second = SimpleNamespace(num_processes=2, device="cuda:1")
+    assert process_device("cuda", second) == "cuda:1" and process_device(None, second) == "cuda:1"
+    assert process_device("cuda:0", second) == "cuda:0" and process_device("cpu", second) == "cpu"  # as given
+    alone = SimpleNamespace(num_processes=1, device="cuda:0")
+    assert process_device("cuda", alone) == "cuda" and process_device(None, alone) is None
+
+
+def test_devices_and_dtypes_the_models_cannot_run_on_are_one_sentence():
+    """The python API took any name: ``dtype="int8"`` or ``"Tensor"`` failed later inside torch, ``device="bogus"``
+    with torch's own error."""
+    import torch
+
+    from suite.checks import UserError
+    from suite.presets import resolve_device
+
+    assert resolve_device("cpu", torch.bfloat16) == (torch.device("cpu"), torch.bfloat16)
+    assert resolve_device("cpu", "float16")[1] is torch.float16
+    for dtype in ("int8", "Tensor", "fp16", torch.float64):
+        with pytest.raises(UserError, match="not one the models run in"):
+            resolve_device("cpu", dtype)
+    with pytest.raises(UserError, match="is not a torch device"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="cannot run on it"):
+            resolve_device("cuda")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from suite.checks import UserError
 from suite.pipeline import Control
 from tests.common import diffusers_sd
 
@@ -51,6 +52,11 @@ def test_seeds_reproduce_and_differ(tiny_pipe):
     c = tiny_pipe("wearing glasses", seed=8, **kw).images
     assert np.array_equal(a, b)
     assert np.abs(a - c).max() > 1e-3
+    # a seed that is not one: 1.5 made seed 1's images, -1 was taken, 2**64 was torch's overflow
+    for bad in (1.5, -1, 2**64, "x"):  # 2**64 - 1 is torch's largest
+        with pytest.raises(UserError, match="the seed must be a whole number"):
+            tiny_pipe("wearing glasses", seed=bad, **kw)
+    assert np.array_equal(tiny_pipe("wearing glasses", seed=7.0, **kw).images, a)
 
 
 def test_unconditional_in_domain_uses_domain_term_with_auto_weight(tiny_pipe):
