@@ -71,17 +71,19 @@ def check_flags(args) -> None:
 def model_settings(args, refs: dict) -> tuple[dict, dict | None]:
     """What every image of a ``generate`` run is made with besides its prompt, seed and weights, normalised so that
     equal runs compare equal (the default steps given by number; the model's native size given by hand is recorded
-    as not given), with the models as hashes of their weights; and the ``equivalent`` values of
+    as not given; the dtype the models run in, float32 as not given), with the models as hashes of their weights; and the ``equivalent`` values of
     :func:`suite.batch.check_same_batch` (a folder that recorded the native size by number)."""
     from . import batch as B
     from .models import native_size
     from .pipeline import DEFAULT_STEPS
+    from .presets import recorded_dtype
 
     native = native_size(refs["sd"])
     settings = {"--steps": DEFAULT_STEPS if args.steps is None else args.steps,
                 "--width": None if args.width == native else args.width,
                 "--height": None if args.height == native else args.height, "--w0": args.w0,
                 "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify),
+                "--dtype": recorded_dtype(args.device, args.dtype),
                 "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
     return settings, ({"--width": (None, native), "--height": (None, native)} if native else None)
 

@@ -213,6 +213,14 @@ def resolve_device(device: str | None = None, dtype=None) -> tuple:
     return torch.device(device), getattr(torch, name)
 
 
+def recorded_dtype(device: str | None, dtype=None) -> str | None:
+    """The dtype the models will run in, as a run records it to compare on ``--resume`` (a set or batch made in
+    float32 beside one in bfloat16 would mix two runs): its name, or ``None`` for float32, as the records written
+    before the dtype was recorded read."""
+    name = str(resolve_device(device, dtype)[1]).removeprefix("torch.")
+    return None if name == "float32" else name
+
+
 _HOME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder name in $INDOMAIN_HOME/domains
 
 

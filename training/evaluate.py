@@ -277,10 +277,11 @@ def _fingerprint(config: EvalConfig) -> dict:
     """What every method's images depend on besides the method: the models (hashes of their weight files, or hub
     ids), the preset, the sampling steps and the dtype. A resume with others is refused."""
     from suite import batch as B
-    from suite.presets import model_refs
+    from suite.presets import model_refs, recorded_dtype
 
     refs = model_refs(config.preset, config.domain, config.sd_model, config.domain_model)
-    return {"preset": config.preset, "steps": config.steps, "dtype": config.dtype,
+    # the dtype the models run in (not the flag: without it, float16 on a GPU and float32 on a CPU mixed in one table)
+    return {"preset": config.preset, "steps": config.steps, "dtype": recorded_dtype(config.device, config.dtype),
             "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
 
 

@@ -159,7 +159,7 @@ def test_a_killed_batch_resumes_without_remaking_finished_items(tmp_path, monkey
     other = tmp_path / "q.txt"
     other.write_text("a ball\n")
     assert launch.main([*_argv(other, out), "--resume"]) == 2  # not this batch's prompts
-    for flag, value in (("--steps", "3"), ("--width", "32")):  # other settings: refused, not mixed into the folder
+    for flag, value in (("--steps", "3"), ("--width", "32"), ("--dtype", "bfloat16")):  # other settings: refused, not mixed into the folder
         capsys.readouterr()
         assert launch.main([*argv, flag, value, "--resume"]) == 2
         err = capsys.readouterr().err

@@ -114,13 +114,14 @@ def test_a_set_resumes_only_with_its_own_settings_and_never_replaces_a_users_fil
     assert read_image_settings(tmp_path / "c-0.png")["--prompt"] == "a cup"
     (tmp_path / "c-2.png").unlink()
     capsys.readouterr()
-    for changed in (["--prompt", "a red ball"], ["--steps", "2"]):
+    for changed in (["--prompt", "a red ball"], ["--steps", "2"], ["--dtype", "bfloat16"]):  # the last: was mixed in
         assert launch.main([*argv, *changed, "--resume"]) == 2
         err = capsys.readouterr().err
         assert "was made with other settings (" + changed[0] in err and "Traceback" not in err
     assert not (tmp_path / "c-2.png").exists()
     # the same settings said otherwise (the default steps, the native size, the default domain) are the same
-    assert launch.main([*argv, "--resume", "--width", "64", "--height", "64", "--domain", "face"]) == 0
+    assert launch.main([*argv, "--resume", "--width", "64", "--height", "64", "--domain", "face", "--dtype",
+                        "float32"]) == 0
     assert (tmp_path / "c-2.png").is_file()
     assert launch.main(argv) == 0  # a set of its own is made again
     # a set made before the record (plain PNGs) still resumes: its files are kept, unchecked, with a warning

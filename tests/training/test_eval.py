@@ -119,6 +119,9 @@ def test_a_resumed_evaluation_remakes_nothing(mini_eval):
     with pytest.raises(UserError, match="other models or settings"):
         evaluate(EvalConfig(output=str(out), methods=[parse_method("ours")], preset="mini", num_images=12,
                             num_real=48, resume=True, steps=10))
+    with pytest.raises(UserError, match="'dtype': None"):  # bfloat16 images were mixed into float32 ones
+        evaluate(EvalConfig(output=str(out), methods=[parse_method("ours")], preset="mini", num_images=12,
+                            num_real=48, resume=True, steps=12, dtype="bfloat16"))
 
 
 def test_a_fine_tune_that_is_the_base_gives_the_base_images(tmp_path, tiny_dir):
