@@ -163,13 +163,16 @@ def main(args) -> int:
     lines = LogProgress("generate")
     to_log = lines.active()
     lines.start(stage, steps)
+    height, width = args.height, args.width
+    if control_image is not None and height is None and width is None:  # the control image's shape (a photo's 4:3)
+        width, height = pipe.size_like(*control_image.size)
     # Image i starts from row i of the seed's noise, so --resume makes exactly the images that are missing.
-    latents = pipe.prepare_latents(len(paths), args.height, args.width, seed=args.seed)[todo]
+    latents = pipe.prepare_latents(len(paths), height, width, seed=args.seed)[todo]
     with quiet(pipe) if to_log else nullcontext():
         out = pipe(args.prompt or None, negative_prompt=args.negative_prompt, domain_weight=args.domain_weight,
                    control_weight=args.control_weight, control_image=control_image, controls=controls,
                    num_images_per_prompt=len(todo), num_inference_steps=steps, latents=latents,
-                   height=args.height, width=args.width, w0=args.w0, auto_norm=args.auto_norm,
+                   height=height, width=width, w0=args.w0, auto_norm=args.auto_norm,
                    guidance_rule=args.guidance_rule,
                    rectify=not args.no_rectify,
                    callback_on_step_end=report_steps(lines.steps(stage)) if to_log else None)

@@ -79,7 +79,7 @@ def _load(what: str, flag: str, ref: str, is_local: bool, fn):
             ) from err
         raise ModelLoadError(
             f"could not load {what} {ref!r} from the hub ({describe(err)}): if this machine is offline, download "
-            f"it on a connected machine (huggingface-cli download {ref}) and pass {flag} with the local folder"
+            f"it on a connected machine (hf download {ref}) and pass {flag} with the local folder"
         ) from err
 
 

@@ -514,10 +514,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             raise ValueError("a control image needs a ControlNet: pass --controlnet FOLDER_OR_HUB_ID")
         return ControlNetInput(controlnet, self.prepare_control_image(image, height, width), scale)
 
+    def size_like(self, w: int, h: int) -> tuple[int, int]:
+        """The output size for a control image of ``w x h`` when none is given: its aspect ratio, the longer side the
+        model's native size, the other rounded to the VAE's multiple (a 640x480 photo: 512x384 for SD1.5), as
+        diffusers' ControlNet pipelines take the control image's shape."""
+        native, m = self._native_size, self.vae_scale_factor
+        short = max(m, round(native * min(w, h) / max(w, h) / m) * m)
+        return (native, short) if w >= h else (short, native)
+
     def check_inputs(self, num_inference_steps, num_images_per_prompt, strength, height, width, image, latents,
-                     domain_weight, control_weight, w0, callback_on_step_end_tensor_inputs) -> tuple:
+                     domain_weight, control_weight, w0, callback_on_step_end_tensor_inputs,
+                     control_size: tuple[int, int] | None = None) -> tuple:
         """diffusers' ``check_inputs``: one clear sentence per bad input; returns ``(steps, images per prompt,
-        strength, height, width)`` with the size taken from the start image or the model when not given."""
+        strength, height, width)`` with the size taken from the start image, the first control image's shape
+        (``control_size``, ``(w, h)``: :meth:`size_like`) or the model when not given."""
         steps = check_int(num_inference_steps, "the number of steps", minimum=1)
         per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1)
         strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
@@ -533,6 +543,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                              "noise comes from the generator: drop one of them")
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
             width, height = image[0].size
+        elif image is None and height is None and width is None and control_size is not None:
+            width, height = self.size_like(*control_size)
         height = self._native_size if height is None else check_int(height, "the height", 1)
         width = self._native_size if width is None else check_int(width, "the width", 1)
         m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
@@ -606,9 +618,15 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if image is not None and not isinstance(image, list | tuple):
             image = [image]
+        firsts = [control_image] + [c.image for c in controls]
+        first = next((c for c in firsts if c is not None), None)
+        control_size = (first.size if isinstance(first, Image.Image) else
+                        (first.shape[1], first.shape[0]) if isinstance(first, np.ndarray) and first.ndim >= 2 else
+                        (first.shape[-1], first.shape[-2]) if isinstance(first, torch.Tensor) and first.ndim >= 2
+                        else None)
         steps, per_prompt, strength, height, width = self.check_inputs(
             num_inference_steps, num_images_per_prompt, strength, height, width, image, latents, domain_weight,
-            control_weight, w0, callback_on_step_end_tensor_inputs)
+            control_weight, w0, callback_on_step_end_tensor_inputs, control_size)
         device, dtype = self._execution_device, self.unet.dtype
         generator = generator if generator is not None else seeded_generator(seed)
 

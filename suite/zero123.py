@@ -127,7 +127,7 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
         raise
     except load_errors() as err:
         how = (f"the folder is incomplete or corrupt; pass {flag} with a complete Zero-1-to-3 diffusers folder"
-               if local else f"if this machine is offline, download it elsewhere (huggingface-cli download {ref}) "
+               if local else f"if this machine is offline, download it elsewhere (hf download {ref}) "
                              f"and pass {flag} with the local folder")
         raise ModelLoadError(f"could not load the Zero-1-to-3 model {ref!r} ({describe(err)}): {how}") from err
     kind = getattr(scheduler.config, "prediction_type", "epsilon")

@@ -86,7 +86,26 @@ def test_controlnet_and_several_controls(tiny_pipe, tiny_dir):
 
 def test_wrong_aspect_control_image_is_refused(tiny_pipe):
     with pytest.raises(ValueError, match="aspect"):
-        tiny_pipe("x", control_image=Image.new("RGB", (128, 32)), num_inference_steps=2)
+        tiny_pipe("x", control_image=Image.new("RGB", (128, 32)), width=64, height=64, num_inference_steps=2)
+
+
+def test_without_a_size_the_output_takes_the_control_images_shape(tiny_pipe, tmp_path, capsys):
+    """A 640x480 photo as the control image (the README's ``--control-image photo.jpg --canny``) was refused: the
+    output was the model's square. As diffusers' ControlNet pipelines, the output now takes its shape (the longer
+    side the native size); a size given is kept, and one of another shape is still refused."""
+    import launch
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    kw = dict(num_inference_steps=2, seed=0, output_type="np")
+    assert tiny_pipe("x", control_image=photo, **kw).images.shape[1:3] == (48, 64)  # the tiny model's 64 px
+    assert tiny_pipe("x", control_image=photo.rotate(90, expand=True), **kw).images.shape[1:3] == (64, 48)
+    assert tiny_pipe("x", control_image=photo, width=32, height=24, **kw).images.shape[1:3] == (24, 32)
+    with pytest.raises(ValueError, match="aspect"):
+        tiny_pipe("x", control_image=photo, width=64, height=64, **kw)
+    photo.save(tmp_path / "photo.jpg")
+    assert launch.main(["generate", "--preset", "tiny", "--domain", "face", "--control-image", str(tmp_path / "photo.jpg"),
+                        "--canny", "--steps", "2", "--output", str(tmp_path / "canny.png")]) == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "canny.png").size == (64, 48)
 
 
 def test_start_image_strength_zero_returns_vae_roundtrip(tiny_pipe):
