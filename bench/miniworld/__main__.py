@@ -16,7 +16,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m bench.miniworld", description=__doc__)
     p.add_argument("--output", required=True, help="folder for table.md, results.json, grid.png, forgetting.png")
-    p.add_argument("--quick", action="store_true", help="the CI-sized run (about 40 seconds on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="the small run (a few minutes on 2 cores)")
     p.add_argument("--threads", type=int_at_least(1), default=2)
     args = p.parse_args(argv)
     from bench import claim_output
