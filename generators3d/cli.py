@@ -304,8 +304,10 @@ def main(args) -> int:
         coloured = path.parent / f"{path.stem}-vertex-colors.glb"
         if fmt == "glb" and coloured.is_file():
             log.info("  mesh (glb, vertex colours): %s", coloured)
-    log.info("  preview: %s", result.preview_path)
-    log.info("  image: %s  mask: %s", result.image_path, result.mask_path)
+    if result.preview_path is not None:
+        log.info("  preview: %s", result.preview_path)
+    if result.image_path is not None:  # an --export-only run makes neither
+        log.info("  image: %s  mask: %s", result.image_path, result.mask_path)
     if result.nan_recoveries:
         log.info("  %d training step(s) had NaNs and were undone (restored the last good state)",
                  result.nan_recoveries)
