@@ -337,7 +337,7 @@ def batch_main(args) -> int:
     from suite.rules import parse_rule
 
     from . import run_text_to_3d
-    from .run import changed_settings, check_config
+    from .run import changed_settings, check_config, setting_names
 
     if args.prompt or args.image or args.config:
         raise UserError("give --prompts-file, or --prompt / --image / --config for one run, not both")
@@ -367,7 +367,8 @@ def batch_main(args) -> int:
         if args.resume and (out / "config.json").is_file():  # begun or done with other settings: refused now
             changed = changed_settings(out, cfg)
             if changed:
-                raise UserError(f"{str(out)!r} holds a run made with a different {', '.join(changed)}: use the same "
+                raise UserError(f"{str(out)!r} holds a run made with a different {', '.join(setting_names(changed))}: "
+                                f"use the same "
                                 f"prompts file and flags to resume this batch, or choose another --output")
         runs.append((item, out, cfg))
     state = PartialState(cpu=args.device == "cpu")

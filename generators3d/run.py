@@ -606,8 +606,9 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
     if cfg.resume and config_path.is_file() and not cfg.export_only:  # export-only reuses no stage: nothing to match
         changed = changed_settings(out, cfg)
         if changed:
-            raise ValueError(f"--resume: the run in {str(out)!r} was made with a different {', '.join(changed)} (its "
-                             f"finished stages would not match): use the same settings, or choose another --output")
+            raise ValueError(f"--resume: the run in {str(out)!r} was made with a different "
+                             f"{', '.join(setting_names(changed))} (its finished stages would not match): use the "
+                             f"same settings, or choose another --output")
         continue_threads(ThreeDConfig.load(config_path).threads, "the 3D run")
 
 
@@ -648,6 +649,24 @@ def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:
     if (out / "checkpoints" / "stage3-refine.safetensors").exists():
         keys += ["refine", "sd_model", "domain_model"]
     return sorted({name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
+
+
+# the settings of config.json that a flag of ``3d`` sets, by the flag's name (the others: a --config file's keys)
+_FLAGS = {"zero123.steps": "--zero123-steps", "refine.steps": "--refine-steps",
+          "zero123.lambda_ref_depth": "--depth-weight", "zero123.lambda_view_depth": "--view-depth-weight",
+          "zero123.zero123_guidance_scale": "--zero123-guidance", "refine.zero123_guidance_scale": "--zero123-guidance",
+          "export.resolution": "--mesh-resolution", "export.threshold": "--threshold"}
+
+
+_FLAGS.update({k: "--" + k.replace("_", "-") for k in (
+    "prompt", "domain", "preset", "image", "mask", "seed", "mask_method", "elevation", "image_steps",
+    "image_domain_weight", "sd_model", "domain_model", "zero123_model", "depth", "depth_model")})
+
+
+def setting_names(changed: list[str]) -> list[str]:
+    """The names of :func:`changed_settings` as a user gave them: ``--zero123-steps`` for ``zero123.steps``,
+    ``--image-steps`` for ``image_steps``; the others (no flag sets them) as their ``--config`` keys."""
+    return [_FLAGS.get(k, k) for k in changed]
 
 
 def check_config(cfg: ThreeDConfig) -> None:

@@ -225,9 +225,10 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     config = (out / "config.json").read_bytes()
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(out), "--preset", "tiny"]) == 2
     assert "--export-only would replace its meshes" in capsys.readouterr().err
-    for changed, name in ((["--zero123-steps", "3"], "zero123.steps"), (["--zero123-model", str(stage2.parent)],
-                                                                        "zero123_model"),
-                          (["--image-domain-weight", "1.5"], "image_domain_weight")):  # stage 1's image is reused
+    for changed, name in ((["--zero123-steps", "3"], "--zero123-steps"), (["--zero123-model", str(stage2.parent)],
+                                                                          "--zero123-model"),
+                          (["--image-domain-weight", "1.5"], "--image-domain-weight")):  # stage 1's image is reused
+        # named by the flag the user gave (was config.json's zero123.steps, zero123_model, ...)
         assert launch.main(["3d", "--prompt", "a vase with dragons", "--output", str(out), "--domain", "porcelain",
                             "--resume", *FAST, *changed]) == 2
         err = capsys.readouterr().err

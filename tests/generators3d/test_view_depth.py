@@ -176,7 +176,7 @@ def test_a_tiny_run_reads_its_views_depth_with_the_depth_model(tmp_path, capsys,
     assert calls[1:] == [((batch, 3, res, res), tiny.ref_resolution)] * 3  # then the stage's views at every step
     assert launch.main(["3d", "--output", str(out), "--resume", "--view-depth-weight", "1", *fast]) == 2
     err = capsys.readouterr().err
-    assert "was made with a different zero123" in err and "Traceback" not in err
+    assert "was made with a different --view-depth-weight" in err and "Traceback" not in err
     # with the user's depth image the model reads only the views (the reference's depth is the file's)
     disc, xx = disc_object(tmp_path)
     Image.fromarray((np.where(disc, (xx - 10) / 32.0, 0.0) * 65535).round().astype(np.uint16)).save(tmp_path / "d.png")
