@@ -187,7 +187,10 @@ def evaluate(config: EvalConfig) -> dict:
     with ExitStack() as stack:
         if state.is_main_process:
             stack.enter_context(output_lock(out))
-        if claim_run_folder(out, "eval", write=state.is_main_process) and not config.resume:
+        # a folder whose run stopped before its first image (a model that failed to load) is taken as new: it
+        # holds only what the run wrote first (methods.json), and asking for --resume there was a riddle
+        begun = claim_run_folder(out, "eval", write=state.is_main_process) and any((out / "images").rglob("*.png"))
+        if begun and not config.resume:
             raise UserError(f"the folder {str(out)!r} holds an evaluation already: pass --resume to complete it, or "
                             f"choose another --output")
         run = _fingerprint(config)
@@ -280,7 +283,7 @@ def _fingerprint(config: EvalConfig) -> dict:
     from suite.presets import model_refs, recorded_dtype
 
     refs = model_refs(config.preset, config.domain, config.sd_model, config.domain_model)
-    # the dtype the models run in (not the flag: without it, float16 on a GPU and float32 on a CPU mixed in one table)
+    # the dtype the models run in (the flag's None was float16 on a GPU and float32 on a CPU: mixed in one table)
     return {"preset": config.preset, "steps": config.steps, "dtype": recorded_dtype(config.device, config.dtype),
             "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
 
@@ -295,7 +298,10 @@ def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> N
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     have = {m.label for m in methods if any(B.done_items(f) for f in (out / "images" / m.label).glob("*")
                                             if f.is_dir())}
-    if have and saved.get("_run") not in (None, run):
+    old = saved.get("_run")
+    if isinstance(old, dict) and old.get("dtype") is None:  # recorded before the dtype the models ran in was
+        old = {**old, "dtype": run["dtype"]}
+    if have and old not in (None, run):
         raise UserError(f"the folder's images were made with other models or settings ({saved['_run']}): choose "
                         f"another --output, or the same models, --steps and --dtype to resume")
     entries = {m.label: dict(asdict(m), model_hash=B.model_hashes({"m": m.model}).get("m") if m.model else None)

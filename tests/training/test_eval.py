@@ -119,7 +119,7 @@ def test_a_resumed_evaluation_remakes_nothing(mini_eval):
     with pytest.raises(UserError, match="other models or settings"):
         evaluate(EvalConfig(output=str(out), methods=[parse_method("ours")], preset="mini", num_images=12,
                             num_real=48, resume=True, steps=10))
-    with pytest.raises(UserError, match="'dtype': None"):  # bfloat16 images were mixed into float32 ones
+    with pytest.raises(UserError, match="'dtype': 'float32'"):  # bfloat16 images were mixed into float32 ones
         evaluate(EvalConfig(output=str(out), methods=[parse_method("ours")], preset="mini", num_images=12,
                             num_real=48, resume=True, steps=12, dtype="bfloat16"))
 
@@ -148,6 +148,23 @@ def test_a_fine_tune_that_is_the_base_gives_the_base_images(tmp_path, tiny_dir):
             assert np.abs(np.asarray(Image.open(x), np.int16) - np.asarray(Image.open(y), np.int16)).max() <= 2, y
     assert abs(r["methods"]["base"]["uncond"]["fd"] - r["methods"]["same"]["uncond"]["fd"]) < \
         1e-2 * r["methods"]["base"]["uncond"]["fd"]
+
+
+def test_a_run_that_failed_before_its_first_image_is_run_again_without_resume(tmp_path):
+    """A run whose model failed to load had already claimed its folder and written methods.json: the corrected
+    command was refused ("holds an evaluation already: pass --resume") though nothing had been made."""
+    from suite.files import claim_run_folder
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(real / f"{i}.png")
+    out = tmp_path / "out"
+    claim_run_folder(out, "eval")
+    (out / "methods.json").write_text('{"_run": {"preset": "tiny", "steps": 9}}')  # what the failed run wrote
+    r = evaluate(EvalConfig(output=str(out), preset="tiny", real=str(real), num_images=3, steps=1,
+                            methods=[parse_method("base")]))
+    assert r["methods"]["base"]["uncond"]["n"] == 3 and len(list((out / "images").rglob("*.png"))) == 3
 
 
 def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
