@@ -30,9 +30,11 @@ def add_arguments(p) -> None:
                    help="weight of each --community-model term (default: auto)")
     p.add_argument("--no-rectify", action="store_true",
                    help="take the unconditional prediction from the community model (to compare; paper Sec. 4.5)")
-    p.add_argument("--width", type=int_at_least(8), default=None, help="image width (default: the model's native size)")
+    p.add_argument("--width", type=int_at_least(8), default=None,
+                   help="image width (default: the model's native size; with --control-image, its shape with the "
+                        "longer side native)")
     p.add_argument("--height", type=int_at_least(8), default=None,
-                   help="image height (default: the model's native size)")
+                   help="image height (default: the model's native size, or the control image's shape)")
     p.add_argument("--resume", action="store_true",
                    help="complete an interrupted --num-images set or batch: images already written are kept, only the "
                         "missing ones are made, each from the noise it would have started from")
@@ -71,7 +73,7 @@ def check_flags(args) -> None:
 def model_settings(args, refs: dict) -> tuple[dict, dict | None]:
     """What every image of a ``generate`` run is made with besides its prompt, seed and weights, normalised so that
     equal runs compare equal (the default steps given by number; the model's native size given by hand is recorded
-    as not given; the dtype the models run in, float32 as not given), with the models as hashes of their weights; and the ``equivalent`` values of
+    as not given; the dtype the models run in), with the models as hashes of their weights; and the ``equivalent`` values of
     :func:`suite.batch.check_same_batch` (a folder that recorded the native size by number)."""
     from . import batch as B
     from .models import native_size
@@ -79,25 +81,39 @@ def model_settings(args, refs: dict) -> tuple[dict, dict | None]:
     from .presets import recorded_dtype
 
     native = native_size(refs["sd"])
+    dtype = recorded_dtype(args.device, args.dtype)
     settings = {"--steps": DEFAULT_STEPS if args.steps is None else args.steps,
                 "--width": None if args.width == native else args.width,
                 "--height": None if args.height == native else args.height, "--w0": args.w0,
-                "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify),
-                "--dtype": recorded_dtype(args.device, args.dtype),
+                "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify), "--dtype": dtype,
                 "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
-    return settings, ({"--width": (None, native), "--height": (None, native)} if native else None)
+    same = {"--dtype": (None, dtype)}  # a record made before the dtype was recorded: not compared on it
+    if native:
+        same.update({"--width": (None, native), "--height": (None, native)})
+    return settings, same
 
 
-def set_settings(args) -> dict:
+def set_settings(args) -> tuple[dict, dict]:
     """What each image of a ``--num-images`` set is made with (recorded in it, compared on ``--resume``):
-    :func:`model_settings` and the prompt, the seed, the weights and the controls (hashes, never paths)."""
+    :func:`model_settings` and the prompt, the seed, the weights and the controls (hashes, never paths); with a
+    control image and no size, the size its shape gives. And the values taken as the same (:func:`model_settings`)."""
     import hashlib
 
     from . import batch as B
+    from .images import load_image
+    from .models import image_geometry
     from .presets import model_refs
 
     refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
-    settings, _ = model_settings(args, refs)
+    settings, same = model_settings(args, refs)
+    geometry = image_geometry(refs["sd"])
+    if args.control_image and args.width is None and args.height is None and geometry:
+        from .pipeline import size_like
+
+        native = geometry[0]  # the output takes the control image's shape: a 208x200 image made 64x62 images
+        size = size_like(*load_image(args.control_image, "control image").size, *geometry)  # as main() reads it
+        settings.update({"--width": None if size[0] == native else size[0],
+                         "--height": None if size[1] == native else size[1]})
     settings.update({"--prompt": args.prompt, "--negative-prompt": args.negative_prompt, "--seed": args.seed,
                      "--domain": refs["domain_obj"].name, "--domain-weight": args.domain_weight,
                      "--control-weight": args.control_weight,
@@ -109,7 +125,7 @@ def set_settings(args) -> dict:
     if args.control_image:
         settings["--control-image"] = hashlib.sha256(Path(args.control_image).read_bytes()).hexdigest()[:16]
         settings["models"].update(B.model_hashes({"controlnet": refs["controlnet"]}))
-    return settings
+    return settings, same
 
 
 def main(args) -> int:
@@ -135,8 +151,8 @@ def main(args) -> int:
 
     warn_prompt(args.preset, args.prompt)
     remove_leftovers(paths)
-    settings = set_settings(args)
-    check_set_files(paths, settings, args.resume)
+    settings, same = set_settings(args)
+    check_set_files(paths, settings, args.resume, same)
     todo = [i for i, p in enumerate(paths) if not (args.resume and p.is_file())]
     if not todo:
         log.info("--resume: all %d image(s) are already there (%s ...)", len(paths), paths[0])

@@ -282,11 +282,12 @@ def read_image_settings(path: str | os.PathLike) -> dict | None:
     return None
 
 
-def check_set_files(paths: list, settings: dict, resume: bool) -> None:
+def check_set_files(paths: list, settings: dict, resume: bool, equivalent: dict | None = None) -> None:
     """A set's existing files (``NAME-i.png``, names the tool made up): with ``--resume``, each must have been made
     with the same settings (else the set would mix two runs; one without a record, from a version of the suite
     before the record, is kept with a warning); without it, each must be one this suite wrote (a user's
-    ``photo-1.png`` was silently replaced). The single ``--output`` file is replaced, as any command does."""
+    ``photo-1.png`` was silently replaced). The single ``--output`` file is replaced, as any command does.
+    ``equivalent``: ``{setting: values}`` taken as the same (as :func:`suite.batch.check_same_batch`'s)."""
     import logging
 
     for p in paths:
@@ -304,7 +305,9 @@ def check_set_files(paths: list, settings: dict, resume: bool) -> None:
                             f"yours, or one an earlier version made), and the set would replace it: move or delete "
                             f"it, or choose another --output")
         if resume:
-            changed = [k for k in sorted(set(made) | set(settings)) if made.get(k) != settings.get(k)]
+            eq = equivalent or {}
+            changed = [k for k in sorted(set(made) | set(settings)) if made.get(k) != settings.get(k)
+                       and not (made.get(k) in eq.get(k, ()) and settings.get(k) in eq.get(k, ()))]
             if changed:
                 raise UserError(f"--resume: {p.name} was made with other settings ({', '.join(changed)}), so the set "
                                 f"would mix two runs: give the same settings, or another --output")

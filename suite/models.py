@@ -127,6 +127,13 @@ def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model
 def native_size(ref: str) -> int | None:
     """The image side a Stable Diffusion model makes by default (the pipeline's: its UNet's ``sample_size`` times
     the VAE's scale factor), read from the configs alone; None where they cannot be read (a hub id not cached)."""
+    geometry = image_geometry(ref)
+    return None if geometry is None else geometry[0]
+
+
+def image_geometry(ref: str) -> tuple[int, int] | None:
+    """``(native size, VAE scale factor)`` of a Stable Diffusion model from its configs alone (:func:`native_size`);
+    None where they cannot be read."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     try:
@@ -134,7 +141,8 @@ def native_size(ref: str) -> int | None:
         kw = _hub_kwargs(local)
         unet = UNet2DConditionModel.load_config(ref, subfolder="unet", **kw)
         vae = AutoencoderKL.load_config(ref, subfolder="vae", **kw)
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        return int(unet["sample_size"]) * factor, factor
     except (ModelLoadError, *load_errors(), KeyError, TypeError, ValueError):
         return None
 

@@ -172,6 +172,12 @@ def check_device(device, flag: str = "--device") -> None:
                         f"if available, else cpu)") from None
     if dev.type == "cpu":
         return
+    if dev.type == "cuda":  # not by allocating: each process of a run of several would hold a context on GPU 0
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and (dev.index is None or dev.index < count):
+            return
+    elif dev.type == "mps" and torch.backends.mps.is_available():
+        return
     try:
         torch.zeros(1, device=dev)
     except Exception as err:  # noqa: BLE001 - torch says why in its own words: AssertionError, RuntimeError, ...
@@ -213,12 +219,11 @@ def resolve_device(device: str | None = None, dtype=None) -> tuple:
     return torch.device(device), getattr(torch, name)
 
 
-def recorded_dtype(device: str | None, dtype=None) -> str | None:
-    """The dtype the models will run in, as a run records it to compare on ``--resume`` (a set or batch made in
-    float32 beside one in bfloat16 would mix two runs): its name, or ``None`` for float32, as the records written
-    before the dtype was recorded read."""
-    name = str(resolve_device(device, dtype)[1]).removeprefix("torch.")
-    return None if name == "float32" else name
+def recorded_dtype(device: str | None, dtype=None) -> str:
+    """The name of the dtype the models will run in, as a run records it to compare on ``--resume`` (a set or batch
+    made in float32 beside one in bfloat16 would mix two runs). A record written before the dtype was recorded has
+    none (``None``): it is not compared on it."""
+    return str(resolve_device(device, dtype)[1]).removeprefix("torch.")
 
 
 _HOME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder name in $INDOMAIN_HOME/domains

@@ -124,6 +124,14 @@ def test_a_set_resumes_only_with_its_own_settings_and_never_replaces_a_users_fil
                         "float32"]) == 0
     assert (tmp_path / "c-2.png").is_file()
     assert launch.main(argv) == 0  # a set of its own is made again
+    # a set recorded before the dtype was (its files have no --dtype) resumes: it is not compared on it
+    from suite.images import save_image_atomic
+
+    for i in range(3):
+        old = {k: v for k, v in read_image_settings(tmp_path / f"c-{i}.png").items() if k != "--dtype"}
+        save_image_atomic(Image.open(tmp_path / f"c-{i}.png").copy(), tmp_path / f"c-{i}.png", settings=old)
+    (tmp_path / "c-2.png").unlink()
+    assert launch.main([*argv, "--resume"]) == 0 and (tmp_path / "c-2.png").is_file()
     # a set made before the record (plain PNGs) still resumes: its files are kept, unchecked, with a warning
     for i in range(3):
         Image.open(tmp_path / f"c-{i}.png").copy().save(tmp_path / f"c-{i}.png")
@@ -135,6 +143,25 @@ def test_a_set_resumes_only_with_its_own_settings_and_never_replaces_a_users_fil
     assert "holds no record of this suite" in capsys.readouterr().err
     assert np.asarray(Image.open(tmp_path / "photo-1.png")).tolist()[0][0] == [1, 2, 3]
     assert not (tmp_path / "photo-0.png").exists()
+
+
+def test_a_set_with_a_control_image_records_the_size_its_shape_gives(tmp_path, capsys, tiny_dir):
+    """Without --width/--height the output takes the control image's shape, so a 208x200 control image makes 64x62
+    images where the record said "the native size": a resume of a set begun at 64x64 was accepted and mixed the two
+    sizes. The size the shape gives is recorded; a size given by hand that differs from it is refused on resume."""
+    from suite.images import read_image_settings
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 208, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    argv = ["generate", "--preset", "tiny", "--domain", "face", "--control-image", str(tmp_path / "c.png"), "--canny",
+            "--steps", "1", "--num-images", "2", "--output", str(tmp_path / "o.png")]
+    assert launch.main(argv) == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "o-0.png").size == (64, 62)
+    assert read_image_settings(tmp_path / "o-0.png")["--height"] == 62
+    (tmp_path / "o-1.png").unlink()
+    assert launch.main([*argv, "--resume", "--width", "64", "--height", "64"]) == 2
+    assert "other settings (--height" in capsys.readouterr().err
+    assert launch.main([*argv, "--resume", "--width", "64", "--height", "62"]) == 0  # the same size, said by hand
+    assert Image.open(tmp_path / "o-1.png").size == (64, 62)
 
 
 def test_a_domain_of_your_own_is_found_in_indomain_home(tmp_path, capsys, monkeypatch, tiny_dir):
