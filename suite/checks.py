@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from collections.abc import Callable
 
 __all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
@@ -39,7 +40,8 @@ def check_int(value, what: str, minimum: int, maximum: int | None = None) -> int
     """A whole number in ``[minimum, maximum]`` (``3.0`` is accepted, ``3.5`` and ``"x"`` are not)."""
     try:
         v = int(value)
-        ok = v == float(value)
+        # an integer is taken exactly (2**53 + 1 is no float); anything else must be a whole number
+        ok = isinstance(value, numbers.Integral) or v == float(value)
     except (TypeError, ValueError, OverflowError):
         ok = False
     if maximum is not None and (not ok or not minimum <= v <= maximum):

@@ -89,6 +89,14 @@ class InDomainOutput(BaseOutput):
     guidance_rule: str | None = None
 
 
+def size_like(w: int, h: int, native: int, multiple: int) -> tuple[int, int]:
+    """``(width, height)`` of the output for a control image of ``w x h`` when no size is given: its aspect ratio,
+    the longer side the model's ``native`` size, the other rounded to the VAE's ``multiple`` (a 640x480 photo:
+    512x384 for SD1.5), as diffusers' ControlNet pipelines take the control image's shape."""
+    short = max(multiple, round(native * min(w, h) / max(w, h) / multiple) * multiple)
+    return (native, short) if w >= h else (short, native)
+
+
 def seeded_generator(seed: int | None, device="cpu") -> torch.Generator:
     """A generator seeded with ``seed`` (a whole number from 0 to 2**64 - 1, torch's range: ``1.5`` made seed 1's
     images and ``2**64`` torch's overflow), or from the system's randomness for ``None``. The CLIs take seeds up to
@@ -375,7 +383,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             raise ValueError(f"the control image must be a PIL image, a numpy array or a tensor, got "
                              f"{type(image).__name__}")
         w, h = image.size
-        if abs(math.log((w / h) / (width / height))) > 0.05:
+        # the size its shape gives (size_like) is taken even where rounding moved it further (a 6.7:1 strip)
+        if abs(math.log((w / h) / (width / height))) > 0.05 and (width, height) != self.size_like(w, h):
             raise ValueError(
                 f"the control image is {w}x{h} but the output is {width}x{height}: their aspect ratios differ; "
                 f"crop the control image or pass --width/--height matching it"
@@ -515,12 +524,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         return ControlNetInput(controlnet, self.prepare_control_image(image, height, width), scale)
 
     def size_like(self, w: int, h: int) -> tuple[int, int]:
-        """The output size for a control image of ``w x h`` when none is given: its aspect ratio, the longer side the
-        model's native size, the other rounded to the VAE's multiple (a 640x480 photo: 512x384 for SD1.5), as
-        diffusers' ControlNet pipelines take the control image's shape."""
-        native, m = self._native_size, self.vae_scale_factor
-        short = max(m, round(native * min(w, h) / max(w, h) / m) * m)
-        return (native, short) if w >= h else (short, native)
+        """The output size for a control image of ``w x h`` when none is given (:func:`size_like`)."""
+        return size_like(w, h, self._native_size, self.vae_scale_factor)
 
     def check_inputs(self, num_inference_steps, num_images_per_prompt, strength, height, width, image, latents,
                      domain_weight, control_weight, w0, callback_on_step_end_tensor_inputs,
@@ -543,6 +548,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                              "noise comes from the generator: drop one of them")
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
             width, height = image[0].size
+        elif latents is not None and height is None and width is None and latents.ndim == 4:  # the latents' size
+            height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         elif image is None and height is None and width is None and control_size is not None:
             width, height = self.size_like(*control_size)
         height = self._native_size if height is None else check_int(height, "the height", 1)

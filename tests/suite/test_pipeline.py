@@ -53,10 +53,13 @@ def test_seeds_reproduce_and_differ(tiny_pipe):
     assert np.array_equal(a, b)
     assert np.abs(a - c).max() > 1e-3
     # a seed that is not one: 1.5 made seed 1's images, -1 was taken, 2**64 was torch's overflow
-    for bad in (1.5, -1, 2**64, "x"):  # 2**64 - 1 is torch's largest
+    for bad in (1.5, -1, 2**64, "x"):
         with pytest.raises(UserError, match="the seed must be a whole number"):
             tiny_pipe("wearing glasses", seed=bad, **kw)
     assert np.array_equal(tiny_pipe("wearing glasses", seed=7.0, **kw).images, a)
+    big = tiny_pipe("wearing glasses", seed=2**64 - 1, **kw).images  # torch's largest; 2**53 + 1 is no float
+    assert np.array_equal(tiny_pipe("wearing glasses", seed=torch.Generator().manual_seed(2**64 - 1).initial_seed(),
+                                    **kw).images, big)
 
 
 def test_unconditional_in_domain_uses_domain_term_with_auto_weight(tiny_pipe):
@@ -102,6 +105,12 @@ def test_without_a_size_the_output_takes_the_control_images_shape(tiny_pipe, tmp
     assert tiny_pipe("x", control_image=photo, width=32, height=24, **kw).images.shape[1:3] == (24, 32)
     with pytest.raises(ValueError, match="aspect"):
         tiny_pipe("x", control_image=photo, width=64, height=64, **kw)
+    strip = Image.new("RGB", (2000, 297))  # 6.7:1: its rounded size is 11% off its ratio, and still its own
+    assert tiny_pipe("x", control_image=strip, **kw).images.shape[1:3] == (10, 64)
+    near = Image.new("RGB", (208, 200))  # latents given: their size, as before (the control within 5% of it)
+    lat = tiny_pipe.prepare_latents(1, seed=0)
+    assert tiny_pipe("x", control_image=near, latents=lat, num_inference_steps=2, output_type="np").images.shape[1:3] \
+        == (64, 64)
     photo.save(tmp_path / "photo.jpg")
     assert launch.main(["generate", "--preset", "tiny", "--domain", "face", "--control-image", str(tmp_path / "photo.jpg"),
                         "--canny", "--steps", "2", "--output", str(tmp_path / "canny.png")]) == 0, capsys.readouterr().err
