@@ -374,9 +374,13 @@ class ThreadJob:
                 if gate is None:
                     self.result = work(progress)
                     return
+                waited = False
                 while not gate.acquire(timeout=0.5):
+                    waited = True
                     progress("waiting for the previous job to stop", 0, 1, {})
                 try:
+                    if waited:  # cancelled while it waited: not a model load first
+                        progress("waiting for the previous job to stop", 1, 1, {})
                     self.result = work(progress)
                 finally:
                     gate.release()

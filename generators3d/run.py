@@ -655,7 +655,10 @@ def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:
 _FLAGS = {"zero123.steps": "--zero123-steps", "refine.steps": "--refine-steps",
           "zero123.lambda_ref_depth": "--depth-weight", "zero123.lambda_view_depth": "--view-depth-weight",
           "zero123.zero123_guidance_scale": "--zero123-guidance", "refine.zero123_guidance_scale": "--zero123-guidance",
-          "export.resolution": "--mesh-resolution", "export.threshold": "--threshold"}
+          "export.resolution": "--mesh-resolution", "export.threshold": "--threshold", "nerf.geometry": "--geometry",
+          "refine.lambda_zero123": "--refine-zero123-weight", "refine.domain_weight": "--domain-weight",
+          "refine.control_weight": "--control-weight", "refine.guidance_rule": "--guidance-rule",
+          "zero123.lambda_depth_smooth": "--depth-smooth", "zero123.shading": "--shading"}
 
 
 _FLAGS.update({k: "--" + k.replace("_", "-") for k in (
@@ -666,7 +669,7 @@ _FLAGS.update({k: "--" + k.replace("_", "-") for k in (
 def setting_names(changed: list[str]) -> list[str]:
     """The names of :func:`changed_settings` as a user gave them: ``--zero123-steps`` for ``zero123.steps``,
     ``--image-steps`` for ``image_steps``; the others (no flag sets them) as their ``--config`` keys."""
-    return [_FLAGS.get(k, k) for k in changed]
+    return list(dict.fromkeys(_FLAGS.get(k, k) for k in changed))  # a flag that sets two keys, once
 
 
 def check_config(cfg: ThreeDConfig) -> None:

@@ -680,3 +680,19 @@ def test_a_cancel_through_the_api_neither_freezes_the_app_nor_lets_the_next_job_
     deadline = time.time() + 30
     while len([e for e in events if e[0] == "end"]) < 2 and time.time() < deadline:
         time.sleep(0.05)
+
+
+def test_a_job_cancelled_while_it_waits_for_the_previous_one_never_starts():
+    """A job waiting on the gate for a cancelled one to stop, and cancelled itself meanwhile, ran its work (a model
+    load first) once it got the gate, until its first progress report."""
+    import time
+
+    gate, flag, started = threading.BoundedSemaphore(1), threading.Event(), []
+    gate.acquire()  # the previous job, still stopping
+    job = runs.ThreadJob(lambda progress: started.append(1), name="t", cancel_flag=flag, gate=gate)
+    time.sleep(0.7)
+    flag.set()
+    gate.release()
+    job.wait()
+    assert isinstance(job.error, core.JobCancelled) and not started
+    assert gate.acquire(timeout=1)  # and it gave the gate back

@@ -539,3 +539,13 @@ def test_input_paths_are_recorded_absolute(tmp_path, monkeypatch):
                        domain_model="none").resolved()
     assert cfg.zero123_model == str(tmp_path / "models" / "z123") and cfg.sd_model == "org/sd15"
     assert cfg.domain_model == "none"
+
+
+def test_a_refused_resume_names_the_flags_the_user_gave():
+    """The refusal named config.json's keys (zero123.steps, zero123_model), and a flag that sets a key in both
+    stages twice."""
+    from generators3d.run import setting_names
+
+    assert setting_names(["image_domain_weight", "refine.zero123_guidance_scale", "zero123.steps",
+                          "zero123.zero123_guidance_scale", "zero123.lambda_eikonal"]) == \
+        ["--image-domain-weight", "--zero123-guidance", "--zero123-steps", "zero123.lambda_eikonal"]
