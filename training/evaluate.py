@@ -150,10 +150,13 @@ def evaluate(config: EvalConfig) -> dict:
     from accelerate import PartialState
 
     from suite import batch as B
+    from suite.checks import check_int
     from suite.features import check_feature_model, load_features
     from suite.files import check_writable_dir, claim_run_folder, output_lock
 
     # 1. Everything that can be checked before a model loads.
+    # KID needs 3 images a set: num_images=2 through the python API failed only after every image was made
+    check_int(config.num_images, "the number of images (num_images, --num-images)", 3)
     labels = [m.label for m in config.methods]
     if not labels:
         raise UserError("no method to evaluate: pass --method base, --method ours, --method model:FOLDER ...")

@@ -165,6 +165,10 @@ def test_a_run_that_failed_before_its_first_image_is_run_again_without_resume(tm
     r = evaluate(EvalConfig(output=str(out), preset="tiny", real=str(real), num_images=3, steps=1,
                             methods=[parse_method("base")]))
     assert r["methods"]["base"]["uncond"]["n"] == 3 and len(list((out / "images").rglob("*.png"))) == 3
+    with pytest.raises(UserError, match="must be at least 3"):  # KID's least: it failed after making every image
+        evaluate(EvalConfig(output=str(tmp_path / "two"), preset="tiny", real=str(real), num_images=2,
+                            methods=[parse_method("base")]))
+    assert not (tmp_path / "two").exists()
 
 
 def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
