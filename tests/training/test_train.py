@@ -296,5 +296,6 @@ def test_sigkill_twice_then_resume_gives_the_uninterrupted_weights(run_a, data_d
     # the last resume is not killed: it runs in this process (the same code, without a new process's imports)
     train_domain(_cfg(data_dir, out, resume=True))
     a, b = _weights(run_a[0]), _weights(out)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    differ = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {sorted(differ.items())[:3]}"
     assert not [p.name for p in out.rglob(".*") if p.name != ".in-domain-run.json"], "temporary or lock files left behind"
