@@ -40,7 +40,7 @@ from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, depth_ref, resolve_device, resolve_domain, warn_prompt, zero123_ref
 from suite.progress import LogProgress
 from suite.rules import check_rule_terms, parse_rule
-from suite.threads import continue_threads
+from suite.threads import continue_threads, kept_threads
 from suite.zero123 import Zero123Guidance, load_zero123
 
 from . import mesh as meshlib
@@ -85,7 +85,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     out = check_writable_dir(Path(cfg.output))
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
-    with output_lock(out):
+    with output_lock(out), kept_threads():  # a resume runs at its recorded thread count; the caller's is restored
         # A folder of the user's is refused before anything is written into it; in one of our runs only our own
         # temporaries (of a killed run) are removed, in the folders the run writes.
         busy = claim_run_folder(out, "3d", recognise=_is_3d_run)

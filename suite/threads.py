@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 
 __all__ = ["default_threads", "usable_cores", "other_load", "machine", "choose_threads", "apply_threads",
-           "continue_threads", "THREAD_ENV_VARS"]
+           "continue_threads", "kept_threads", "THREAD_ENV_VARS"]
 
 log = logging.getLogger("suite")
 
@@ -125,6 +126,21 @@ def apply_threads(n: int | None = None) -> int | None:
     torch.set_num_threads(threads)
     log.debug("torch threads: %d (%s)", threads, why)
     return threads
+
+
+@contextmanager
+def kept_threads():
+    """The caller's torch thread count, as it was when the block ends: a run that continues with its recorded count
+    (:func:`continue_threads`) changed the thread count of the python process that called it for good (a resumed
+    ``run_text_to_3d`` or ``train_domain`` left a notebook or test process at the run's count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def continue_threads(recorded: int | None, what: str = "the run") -> None:

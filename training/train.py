@@ -47,7 +47,7 @@ from suite.files import check_writable_dir, claim_run_folder, output_lock, remov
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
 from suite.progress import LogProgress
 from suite.text import encode_prompts
-from suite.threads import continue_threads
+from suite.threads import continue_threads, kept_threads
 
 from .checkpoints import (
     EMA,
@@ -92,6 +92,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
         raise ValueError(f"{str(output)!r} already holds a domain model (nulltext.json) and no checkpoint to "
                          f"continue from: a new run would replace it; choose another --output")
     with ExitStack() as stack:
+        stack.enter_context(kept_threads())  # a resume runs at its recorded thread count; the caller's is restored
         if accelerator.is_main_process:
             stack.enter_context(output_lock(output))
             # A folder of the user's is refused before anything is written into it; in one of our runs only our

@@ -549,3 +549,24 @@ def test_a_refused_resume_names_the_flags_the_user_gave():
     assert setting_names(["image_domain_weight", "refine.zero123_guidance_scale", "zero123.steps",
                           "zero123.zero123_guidance_scale", "zero123.lambda_eikonal"]) == \
         ["--image-domain-weight", "--zero123-guidance", "--zero123-steps", "zero123.lambda_eikonal"]
+
+
+def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path):
+    """A resume runs at the thread count its run recorded (bit-identical results), and left the calling python
+    process at that count for good: a test process's later runs then differed in their last bits."""
+    from dataclasses import replace
+
+    import torch
+
+    out = tmp_path / "run"
+    cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset="tiny", output=str(out), image_steps=2,
+                       zero123_steps=0, refine_steps=0, mesh_resolution=16, preview_frames=0, threads=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_text_to_3d(cfg)
+        torch.set_num_threads(1)
+        run_text_to_3d(replace(cfg, resume=True))  # continues at the recorded 2 threads
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
