@@ -178,4 +178,5 @@ class TrainConfig:
 
 # Settings that must not change between a checkpoint and its resume (they change the samples or the model).
 RESUME_KEYS = ("resolution", "center_crop", "hflip", "batch_size", "seed", "domain", "ema", "ema_decay", "preset",
+               "mixed_precision",
                "sd_model", "prompt")

@@ -141,6 +141,13 @@ def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused
     ft = out / "text_features.safetensors"
     with pytest.raises(ValueError, match=r"changed settings \(ema\)"):
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema_decay=0.9))
+    # another mixed precision was taken (and recorded as the new one); in a process of its own, as accelerate's
+    # state is set once per process
+    code = ("from tests.training.test_train import _cfg; from training.train import train_domain; "
+            f"train_domain(_cfg({str(data)!r}, {str(out)!r}, max_steps=4, resume=True, ema=True, ema_decay=0.9, "
+            "mixed_precision='bf16'))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and "changed settings (mixed_precision)" in run.stderr, run.stderr[-1000:]
     with pytest.raises(ValueError, match=r"changed settings \(prompt\)"):  # F_T and E came from the first prompt
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, prompt="a photo of a cat"))
     (data / "img0.png").rename(data / "img9.png")  # the same count, another file
