@@ -31,7 +31,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .checks import MAX_SEED, UserError, check_prompt, check_weight
+from .checks import MAX_SEED, UserError, changed_settings, check_prompt, check_weight
 from .rules import RECOMMENDED, format_rule, parse_rule
 
 __all__ = ["Item", "parse_seeds", "read_items", "batches", "run_batch", "item_path", "MANIFEST"]
@@ -296,9 +296,7 @@ def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | N
         row = json.loads(line)
         old = row.get("settings")
         if settings is not None and old is not None:
-            eq = equivalent or {}
-            changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)
-                       and not (old.get(k) in eq.get(k, ()) and settings.get(k) in eq.get(k, ()))]
+            changed = changed_settings(old, settings, equivalent)
             if changed:
                 raise UserError(f"the folder's images were made with other settings ({', '.join(changed)}: "
                                 f"{', '.join(f'{old.get(k)!r}' for k in changed)}): resume with the same flags, or "

@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Callable
 
 __all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
-           "check_count", "check_weight", "check_prompt", "seed_arg", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
+           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -34,6 +34,14 @@ def check_finite(value, what: str = "weight") -> float:
     if not math.isfinite(v):
         raise UserError(f"{what} must be a finite number, got {value!r}")
     return v
+
+
+def changed_settings(old: dict, new: dict, equivalent: dict | None = None) -> list[str]:
+    """The keys whose values differ between two records of settings (a resume's check), except where both values are
+    among ``equivalent[key]`` (e.g. ``(None, 512)``: a native size not given and given by hand)."""
+    eq = equivalent or {}
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+            and not (old.get(k) in eq.get(k, ()) and new.get(k) in eq.get(k, ()))]
 
 
 def check_int(value, what: str, minimum: int, maximum: int | None = None) -> int:

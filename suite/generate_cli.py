@@ -93,27 +93,27 @@ def model_settings(args, refs: dict) -> tuple[dict, dict | None]:
     return settings, same
 
 
-def set_settings(args) -> tuple[dict, dict]:
+def set_settings(args, control_size: tuple[int, int] | None = None) -> tuple[dict, dict]:
     """What each image of a ``--num-images`` set is made with (recorded in it, compared on ``--resume``):
     :func:`model_settings` and the prompt, the seed, the weights and the controls (hashes, never paths); with a
-    control image and no size, the size its shape gives. And the values taken as the same (:func:`model_settings`)."""
+    control image (``control_size``: its ``(w, h)`` as loaded) and no size, the size its shape gives. And the values
+    taken as the same (:func:`model_settings`)."""
     import hashlib
 
     from . import batch as B
-    from .images import load_image
-    from .models import image_geometry
     from .presets import model_refs
 
     refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
     settings, same = model_settings(args, refs)
-    geometry = image_geometry(refs["sd"])
-    if args.control_image and args.width is None and args.height is None and geometry:
+    if control_size is not None and args.width is None and args.height is None:
+        from .models import image_geometry
         from .pipeline import size_like
 
-        native = geometry[0]  # the output takes the control image's shape: a 208x200 image made 64x62 images
-        size = size_like(*load_image(args.control_image, "control image").size, *geometry)  # as main() reads it
-        settings.update({"--width": None if size[0] == native else size[0],
-                         "--height": None if size[1] == native else size[1]})
+        geometry = image_geometry(refs["sd"])  # the output takes the control image's shape: 208x200 made 64x62
+        if geometry:
+            size = size_like(*control_size, *geometry)
+            settings.update({"--width": None if size[0] == geometry[0] else size[0],
+                             "--height": None if size[1] == geometry[0] else size[1]})
     settings.update({"--prompt": args.prompt, "--negative-prompt": args.negative_prompt, "--seed": args.seed,
                      "--domain": refs["domain_obj"].name, "--domain-weight": args.domain_weight,
                      "--control-weight": args.control_weight,
@@ -151,7 +151,7 @@ def main(args) -> int:
 
     warn_prompt(args.preset, args.prompt)
     remove_leftovers(paths)
-    settings, same = set_settings(args)
+    settings, same = set_settings(args, control_image.size if control_image is not None else None)
     check_set_files(paths, settings, args.resume, same)
     todo = [i for i, p in enumerate(paths) if not (args.resume and p.is_file())]
     if not todo:

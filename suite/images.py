@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checks import UserError
+from .checks import UserError, changed_settings
 from .files import atomic_path, check_output_file
 
 __all__ = ["DEFAULT_MAX_PIXELS", "check_size", "check_same_aspect", "open_image", "load_image", "to_rgb", "oriented_size",
@@ -305,9 +305,7 @@ def check_set_files(paths: list, settings: dict, resume: bool, equivalent: dict 
                             f"yours, or one an earlier version made), and the set would replace it: move or delete "
                             f"it, or choose another --output")
         if resume:
-            eq = equivalent or {}
-            changed = [k for k in sorted(set(made) | set(settings)) if made.get(k) != settings.get(k)
-                       and not (made.get(k) in eq.get(k, ()) and settings.get(k) in eq.get(k, ()))]
+            changed = changed_settings(made, settings, equivalent)
             if changed:
                 raise UserError(f"--resume: {p.name} was made with other settings ({', '.join(changed)}), so the set "
                                 f"would mix two runs: give the same settings, or another --output")
