@@ -397,14 +397,18 @@ class ThreadJob:
         """Until the job has ended (after a cancel: at its next progress report)."""
         self._thread.join()
 
-    def events(self):
-        """``(stage, done, total, info)`` as the job reports them, until it ends."""
+    def events(self, heartbeat: bool = False):
+        """``(stage, done, total, info)`` as the job reports them, until it ends; with ``heartbeat``, ``None`` every
+        half second without a report, so that a consumer is never held longer than that (gradio can close a
+        generator only between two of its items)."""
         import queue
 
         while self._thread.is_alive() or not self._events.empty():
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
+                if heartbeat:
+                    yield None
                 continue
             if self._events.empty():  # a burst of steps: the page shows the latest
                 yield event

@@ -146,12 +146,15 @@ def _relay(job: runs.ThreadJob, cancel_flag, report: Progress, outputs: int, sho
     components), and the job's result is returned (its error raised) once it has ended.
 
     A plain handler's job ran on in gradio's worker thread to its last step and saved its results when the request
-    was cancelled through the API or its client went away. Here gradio closes the generator, and closing it sets
-    the job's cancel flag: the job stops at its next report. It is not waited for here: gradio closes the
-    generator in its event loop, which would freeze every page until then (a long step, a model loading); the
-    next model job waits for it instead (the job's ``gate``)."""
+    was cancelled through the API or its client went away. Here gradio closes the generator (between two items:
+    one comes at least every half second), and closing it sets the job's cancel flag: the job stops at its next
+    report. It is not waited for here: gradio closes the generator in its event loop, which would freeze every page
+    until then (a long step, a model loading); the next model job waits for it instead (the job's ``gate``)."""
     try:
-        for event in job.events():
+        for event in job.events(heartbeat=True):  # a cancel closes the generator within half a second, mid-step too
+            if event is None:
+                yield (gr.skip(),) * outputs
+                continue
             report(*event)
             yield show(event) if show is not None else (gr.skip(),) * outputs
     finally:
