@@ -13,6 +13,24 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="torch-ext
 os.environ.setdefault("INDOMAIN_TINY_DIR", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "tiny-v3"))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test leaves torch's thread count as it found it. A benchmark's main (``torch.set_num_threads(2)``) or
+    ``compare.run(threads=...)`` left the worker at 2 threads, and a later test comparing an in-process run with a
+    1-thread subprocess bit for bit (the SIGKILL resume test) then failed in the last bits (1e-7 to 1e-6)."""
+    import sys
+
+    torch = sys.modules.get("torch")  # no torch import for the tests that need none
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if before is None:
+            before = int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+        if before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
     """The tiny model folders, written once per test session through the real saving code."""
