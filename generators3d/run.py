@@ -648,7 +648,10 @@ def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:
         keys += ["zero123", "zero123_model", "nerf", "camera", "depth", "depth_model"]
     if (out / "checkpoints" / "stage3-refine.safetensors").exists():
         keys += ["refine", "sd_model", "domain_model"]
-    return sorted({name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))})
+    changed = {name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))}
+    if "depth" in changed and "off" in (old.depth, cfg.depth):  # --depth off sets the depth weights to 0 itself
+        changed -= {f"{st}.{w}" for st in STAGES for w in ("lambda_ref_depth", "lambda_view_depth")}
+    return sorted(changed)
 
 
 # the settings of config.json that a flag of ``3d`` sets, by the flag's name (the others: a --config file's keys)
