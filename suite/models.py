@@ -34,6 +34,9 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # one-file checkpoints (not diffusers folders)
+
+
 def resolve(ref: str | os.PathLike, what: str, flag: str, required: tuple[str, ...] = ()) -> tuple[str, bool]:
     """``(reference, is_local)``; checks a local folder exists and has the ``required`` entries."""
     if ref is None or str(ref).strip() == "":
@@ -42,6 +45,12 @@ def resolve(ref: str | os.PathLike, what: str, flag: str, required: tuple[str, .
     path = Path(os.path.expanduser(ref))
     if path.exists():
         if not path.is_dir():
+            if path.suffix.lower() in SINGLE_FILE_SUFFIXES:  # a model site's one-file download (e.g. an SD1.5 fine-tune)
+                raise ModelLoadError(
+                    f"{what} {ref!r} is a single-file checkpoint, and the suite reads diffusers-format folders: convert "
+                    f"it once with diffusers' from_single_file (for an SD1.5 fine-tune: StableDiffusionPipeline."
+                    f"from_single_file(FILE).save_pretrained(FOLDER), on a machine that can reach the hub for its "
+                    f"configs) and pass {flag} with that folder")
             raise ModelLoadError(f"{what} {ref!r} is a file, not a model folder: pass {flag} with a diffusers-format folder")
         missing = [r for r in required if not (path / r).exists()]
         if missing:

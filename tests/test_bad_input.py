@@ -52,6 +52,7 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
     save_file({"proj.weight": torch.zeros(16, 20), "proj.bias": torch.zeros(16)},
               str(next((mixed / "cc_projection").glob("*.safetensors"))))
     (tmp / "in" / "bad-config.json").write_text("{not json")
+    shutil.copy(tiny_dir / "sd" / "unet" / "diffusion_pytorch_model.safetensors", tmp / "in" / "finetune.safetensors")
     # issue 26's inputs
     os.mkfifo(tmp / "in" / "fifo.png")
     Image.new("RGB", (64, 64), "white").save(tmp / "in" / "white.png")
@@ -75,7 +76,7 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
     (tmp / "out" / "x.png").mkdir()  # an existing folder with a file's name
     (tmp / "out" / "a-file").write_text("")
     return dict(photo=photo, mask=tmp / "in" / "square-mask.png", notes=tmp / "in" / "notes.png", broken=broken,
-                pickled=pickled, config=tmp / "in" / "bad-config.json", fifo=tmp / "in" / "fifo.png",
+                pickled=pickled, config=tmp / "in" / "bad-config.json", onefile=tmp / "in" / "finetune.safetensors", fifo=tmp / "in" / "fifo.png",
                 white=tmp / "in" / "white.png", textchunk=tmp / "in" / "textchunk.png",
                 typed=tmp / "in" / "typed-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
                 controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet", mixed=mixed,
@@ -153,6 +154,9 @@ CASES = [
      "--seeds is empty: give seeds such as 0-99"),
     ("generate: --canny without a control image", G + ["--prompt", "x", "--canny", "--output", "{out}/c.png"],
      "--canny acts on a control image: add --control-image FILE"),
+    ("generate: community model as a one-file download", G + ["--prompt", "x", "--community-model", "{onefile}",
+                                                              "--output", "{out}/c.png"],
+     "is a single-file checkpoint, and the suite reads diffusers-format folders: convert it once"),
     ("generate: --community-weight without a community model",
      G + ["--prompt", "x", "--community-weight", "2", "--output", "{out}/c.png"],
      "--community-weight applies to community models"),
@@ -316,4 +320,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 44, "edit": 12, "3d": 23, "train": 9, "app": 4}, json.dumps(per)
+    assert per == {"generate": 45, "edit": 12, "3d": 23, "train": 9, "app": 4}, json.dumps(per)
