@@ -321,15 +321,13 @@ def main(args) -> int:
 
 def batch_main(args) -> int:
     """``--prompts-file``: one 3D run per prompt, each in its own folder of ``--output``; process ``r`` of ``P``
-    (accelerate launch, torchrun) takes prompts ``r, r + P, ...``; a finished prompt (its ``summary.json``) is
-    skipped, an unfinished one resumed (``--resume``)."""
+    (accelerate launch, torchrun) takes prompts ``r, r + P, ...`` of those still to run (:func:`suite.batch.share`);
+    a finished prompt (its ``summary.json``) is skipped, an unfinished one resumed (``--resume``)."""
     import json
     from argparse import Namespace
     from contextlib import ExitStack
     from dataclasses import replace
     from pathlib import Path
-
-    from accelerate import PartialState
 
     from suite import batch as B
     from suite.checks import UserError
@@ -371,17 +369,22 @@ def batch_main(args) -> int:
                                 f"use the same "
                                 f"prompts file and flags to resume this batch, or choose another --output")
         runs.append((item, out, cfg))
-    state = PartialState(cpu=args.device == "cpu")
+    state = B.process_state(cpu=args.device == "cpu")
     from suite.presets import process_device
 
     rank, world = state.process_index, state.num_processes
     with ExitStack() as stack:
         B.claim_batch_folder(stack, state, folder, "3d-batch", args.resume, "a 3D batch")
-        state.wait_for_everyone()
-        for item, out, cfg in runs[rank::world]:
-            if (out / "summary.json").is_file():  # done, with these settings (checked above)
+        # the runs done (with these settings, checked above), read before the barrier: before any run here ends
+        done = {item.index for item, out, _ in runs if (out / "summary.json").is_file()}
+        for item, out, _ in runs:
+            if item.index in done and state.is_main_process:
                 log.info("batch: %s is done (%r)", out.name, item.prompt)
-                continue
+        state.wait_for_everyone()
+        # what is left, shared out again (a process whose runs were done waited idle for another's whole share)
+        by_index = {run[0].index: run for run in runs}
+        for [item] in B.share([item for item, _, _ in runs], done, 1, rank, world):
+            item, out, cfg = by_index[item.index]
             cfg = replace(cfg, device=process_device(cfg.device, state))  # each process on its own device
             log.info("batch: %s (%r) on process %d of %d", out.name, item.prompt, rank + 1, world)
             run_text_to_3d(cfg)

@@ -9,10 +9,10 @@
 * **Per-item seeds.** Each image starts from the noise of its own seed (row 0 of
   ``pipe.prepare_latents(1, seed=seed)``), so an image does not depend on which process made it or with what.
 * **Fixed global batches.** Items are grouped, in file order, into batches of ``--batch-size`` items that share
-  their guidance settings; with ``P`` processes, process ``r`` takes batches ``r, r + P, ...``. A batch is the same
-  batch in every run, so the files of a 2-process run are byte-identical to a 1-process run's (tested on the CPU).
-  A resumed batch makes only its missing items, in what is left of their batches (the same images up to float
-  rounding).
+  their guidance settings; with ``P`` processes, process ``r`` takes batches ``r, r + P, ...`` of those with items
+  still to make (:func:`share`). A batch is the same batch in every run, so the files of a 2-process run are
+  byte-identical to a 1-process run's (tested on the CPU). A resumed batch makes only its missing items, in what is
+  left of their batches (the same images up to float rounding), shared out again between the processes.
 * **The manifest.** ``DIR/manifest.jsonl``, one JSON line per image: file, prompt, seed, guidance settings, the
   weights and the rule applied, and the models' hashes. Each process appends to its own part
   (``manifest.rank<r>.jsonl``) after the image is renamed into place; at the end the parts are merged in item order
@@ -34,7 +34,8 @@ from pathlib import Path
 from .checks import MAX_SEED, UserError, changed_settings, check_prompt, check_weight
 from .rules import RECOMMENDED, format_rule, parse_rule
 
-__all__ = ["Item", "parse_seeds", "read_items", "batches", "run_batch", "item_path", "MANIFEST"]
+__all__ = ["Item", "parse_seeds", "read_items", "batches", "share", "run_batch", "process_state", "item_path",
+           "MANIFEST"]
 
 MANIFEST = "manifest.jsonl"
 MAX_ITEMS = 1_000_000  # a typo such as --seeds 0-99999999999 is refused, not built in memory
@@ -165,6 +166,34 @@ def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what
                         f"another --output")
 
 
+# How long a process waits at a barrier for the others: one whose share is done waits there for the rest, e.g. a
+# whole 3D run of the last prompt, or what was left of a resumed batch; torch's default wait (10 minutes with NCCL,
+# 30 with gloo) ended such runs with a timeout in every process.
+PROCESS_WAIT_HOURS = 24
+
+
+def process_state(cpu: bool, fix: str = "--device cpu"):
+    """accelerate's ``PartialState`` for a run split between processes (one process: a plain state), its barriers
+    waiting up to :data:`PROCESS_WAIT_HOURS`; one sentence when fewer processes joined than were launched
+    (:func:`check_processes_joined`)."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu, timeout=timedelta(hours=PROCESS_WAIT_HOURS))
+    check_processes_joined(state.num_processes, fix)
+    return state
+
+
+def share(items: list[Item], done, batch_size: int, rank: int, world: int) -> list[list[Item]]:
+    """Process ``rank``'s batches (of ``world``): the fixed global batches (:func:`batches`) less the ``done``
+    items, those left empty dropped, then every ``world``-th from ``rank``. A fresh batch is split as its fixed
+    batches; a resumed one shares out what is left, so that no process waits idle for another's whole share (a
+    process that had finished its part before the stop had nothing to do)."""
+    left = [[it for it in b if it.index not in done] for b in batches(items, batch_size)]
+    return [b for b in left if b][rank::world]
+
+
 def check_processes_joined(num_processes: int, fix: str = "--device cpu") -> None:
     """One sentence when the launcher started more processes (``WORLD_SIZE``) than joined the run: ``accelerate
     launch --multi_gpu`` on a machine without GPUs starts each process as a run of its own unless told to use the
@@ -207,8 +236,7 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
         if state.is_main_process:
             remove_leftovers(folders=[folder])
         state.wait_for_everyone()
-        todo = [[it for it in b if it.index not in done] for b in batches(items, batch_size)[rank::world]]
-        todo = [b for b in todo if b]
+        todo = share(items, done, batch_size, rank, world)
         log.info("batch %s: %d item(s), %d done; process %d of %d makes %d", name, len(items), len(done),
                  rank + 1, world, sum(map(len, todo)))
 

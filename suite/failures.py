@@ -2,18 +2,21 @@
 
 Expected failures are mistakes in the input (:class:`suite.checks.UserError`, ``ValueError``), models that cannot
 be found or read (:class:`suite.models.ModelLoadError`, a damaged ``.safetensors``, a pickle where weights should
-be), and the machine saying no (disk full, permission denied, read-only file system, a port in use). Anything
-else is a bug: :func:`explain` returns ``None`` and the caller shows the traceback, to be reported.
+be), the machine saying no (disk full, permission denied, read-only file system, a port in use), and, in a run
+split between processes, the loss of another process (which has said why itself). Anything else is a bug: :func:`explain` returns ``None`` and the caller shows the traceback, to be reported.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 
 __all__ = ["explain"]
 
 _DISK_FULL_TEXT = ("No space left", "failed writing file", "unexpected pos", "file write failed")
+# what torch.distributed raises in a process whose peer has gone (gloo; NCCL's launchers stop the others instead)
+_PEER_GONE_TEXT = ("Connection closed by peer", "Connection reset by peer")
 
 
 def _where(err: BaseException) -> str:
@@ -58,6 +61,10 @@ def explain(err: BaseException) -> str | None:
                 f"the model folder again")
     if isinstance(err, RuntimeError) and any(t in text for t in _DISK_FULL_TEXT):
         return "the disk is full while writing a checkpoint: free some space, then run again with --resume"
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and any(t in text for t in _PEER_GONE_TEXT):
+        # e.g. process 0 refused the output folder alone (another run holds it) while this one waited for it
+        return ("another process of this run stopped, so this one cannot go on (that process said why, above or in "
+                "its log): fix that, then run the command again (with --resume where the run had begun)")
     if "Cannot find empty port" in text or "address already in use" in text.lower():
         return "the port is already in use by another program: choose another --port, or stop that program"
     return None

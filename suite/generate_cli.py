@@ -223,7 +223,6 @@ def batch_main(args) -> int:
     from pathlib import Path
 
     import torch
-    from accelerate import PartialState
 
     from . import batch as B
     from .pipeline import DEFAULT_STEPS, quiet
@@ -253,7 +252,7 @@ def batch_main(args) -> int:
     if folder.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") or folder.is_file():
         raise UserError(f"with --prompts-file or --seeds, --output is a folder for the images, got {args.output!r}: "
                         f"give a folder name")
-    state = PartialState(cpu=args.device == "cpu")
+    state = B.process_state(cpu=args.device == "cpu")
     from .presets import process_device
 
     args.device = process_device(args.device, state)  # each process on its own device

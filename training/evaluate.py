@@ -147,8 +147,6 @@ def evaluate(config: EvalConfig) -> dict:
     """Run the evaluation (see the module); returns the results (also written to ``results.json``)."""
     from contextlib import ExitStack
 
-    from accelerate import PartialState
-
     from suite import batch as B
     from suite.checks import check_int
     from suite.features import check_feature_model, load_features
@@ -181,7 +179,7 @@ def evaluate(config: EvalConfig) -> dict:
         raise UserError(f"--output {str(out)!r} is inside --real {str(real)!r}: the generated images would be "
                         f"counted as real ones on --resume; choose an --output outside it")
     real_scan = _scan_real(config.real, config.num_real) if config.real else _check_can_render(config)
-    state = PartialState(cpu=config.device == "cpu")
+    state = B.process_state(cpu=config.device == "cpu")  # one sentence if not all joined
     # every process on its own device; features on the pipeline's device (not the CPU) in one process too
     from suite.presets import process_device, resolve_device
 

@@ -32,16 +32,17 @@ import threading
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from suite import models
-from suite.batch import check_processes_joined
+from suite.batch import PROCESS_WAIT_HOURS, check_processes_joined
 from suite.checks import Progress
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
@@ -81,7 +82,9 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     check_writable_dir(output)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
                               log_with=None if config.report_to == "none" else config.report_to,
-                              project_dir=str(output / "training" / "logs"))
+                              project_dir=str(output / "training" / "logs"),
+                              # the others wait while process 0 merges the latent cache, samples or saves
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=PROCESS_WAIT_HOURS))])
     check_processes_joined(accelerator.num_processes, "--cpu")
     per_device = config.validate(accelerator.num_processes)
     data = Path(os.path.expanduser(str(config.data))).resolve()

@@ -199,6 +199,57 @@ def test_each_manifest_line_records_its_own_images_weights(tmp_path):
     assert len({r["weights_used"]["domain"] for r in rows["3"]}) == 3  # automatic: one per image
 
 
+def test_a_resumed_batch_shares_out_what_is_left():
+    """The split was fixed: process r took global batches r, r + P, ... and dropped their done items, so after a
+    stop where process 1 had finished its share, process 1 waited idle at the barrier for all of process 0's (and
+    torch's default wait, 10 minutes with NCCL, ended the run in every process, on every --resume)."""
+    from suite.batch import batches, share
+
+    items = [B.Item(i, "a cat", i, None, None, None, None) for i in range(12)]
+    fresh = [share(items, {}, 2, r, 2) for r in range(2)]
+    assert fresh == [batches(items, 2)[r::2] for r in range(2)]  # a fresh batch: split as before (the same files)
+    done = {it.index: "" for b in fresh[1] for it in b}  # process 1's share, finished before the stop
+    done[0] = ""  # and one item of process 0's first batch
+    left = [share(items, done, 2, r, 2) for r in range(2)]
+    assert [len(x) for x in left] == [2, 1] and left[0][0] == [items[1]]  # the rest of a batch, then whole batches
+    assert sorted(it.index for x in left for b in x for it in b) == sorted(set(range(12)) - set(done))
+    assert all(len(b) <= 2 and all(it.index not in done for it in b) for x in left for b in x)
+
+
+def test_a_run_split_between_processes_waits_long_at_its_barriers(monkeypatch):
+    """A process whose share is done waits at the barrier for the others (a whole 3D run of the last prompt):
+    torch's default wait (10 minutes with NCCL) ended such runs with a timeout in every process."""
+    import accelerate
+
+    from suite.batch import PROCESS_WAIT_HOURS, process_state
+
+    seen = {}
+
+    class State:
+        num_processes = 1
+
+        def __init__(self, cpu=False, **kw):
+            seen.update(kw, cpu=cpu)
+
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    process_state(cpu=True)
+    assert seen["cpu"] and seen["timeout"].total_seconds() == PROCESS_WAIT_HOURS * 3600 >= 24 * 3600
+
+
+def test_a_process_whose_peer_stopped_says_so_in_one_sentence(monkeypatch):
+    """Process 0 refused the folder alone (another run held its lock) while process 1 waited for it at the barrier:
+    process 1 printed gloo's traceback ("Connection closed by peer") under process 0's sentence."""
+    from suite.failures import explain
+
+    gone = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:10956")
+    assert explain(gone) is None  # one process: nothing to blame on another, a bug to report
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    msg = explain(gone)
+    assert msg.startswith("another process of this run stopped") and "--resume" in msg
+    assert explain(RuntimeError("shape mismatch")) is None  # other errors keep their traceback
+
+
 def test_processes_launched_but_not_joined_are_one_sentence_naming_the_flag(monkeypatch):
     """``accelerate launch --multi_gpu`` without GPUs started each process as a run of its own: they refused each
     other's folder ("another run is writing") and the survivor was killed mid-run, leaving a half-made folder."""

@@ -203,3 +203,11 @@ def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
         err = capsys.readouterr().err
         assert phrase in err and "Traceback" not in err, (extra, err)
         assert not (tmp_path / "out").exists(), extra
+    # launched as two processes that did not join (no --device cpu on a machine without GPUs): eval said "another run
+    # (process N) is writing" and left a half-made folder with a lock, where generate, 3d and train name the flag
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORLD_SIZE", "2")
+        assert launch.main(base) == 2
+    err = capsys.readouterr().err
+    assert "2 processes were launched but only 1 joined" in err and "pass --device cpu" in err, err
+    assert not (tmp_path / "out").exists()
