@@ -10,14 +10,14 @@ photo with a feathered mask. Pixels outside the mask are never written: they sta
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from suite.checks import Progress, UserError, check_int, check_range
+from suite import checks
+from suite.checks import Progress, check_int, check_prompt, check_range
 from suite.images import DEFAULT_MAX_PIXELS
 from suite.pipeline import DEFAULT_STEPS, quiet, report_steps
 
@@ -67,11 +67,10 @@ class EditResult:
 
 
 def check_runs_a_step(steps: int, strength: float) -> None:
-    """One sentence where ``strength`` of ``steps`` runs no denoising step (img2img runs ``int(steps * strength)``;
-    diffusers refuses it too): the photo would come back unchanged. Strength 0 (keep the photo) is allowed."""
-    if strength > 0 and int(steps * strength) < 1:
-        raise UserError(f"--strength {strength} of {steps} steps runs no step, so the photo would come back "
-                        f"unchanged: raise --steps to at least {math.ceil(1 / strength)} or --strength")
+    """One sentence where ``strength`` of ``steps`` runs no denoising step (:func:`suite.checks.check_runs_a_step`):
+    the photo would come back unchanged. Strength 0 (keep the photo) is allowed."""
+    if strength > 0:
+        checks.check_runs_a_step(steps, strength)
 
 
 def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 0.6, domain_weight=None,
@@ -109,6 +108,11 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     steps = DEFAULT_STEPS if steps is None else check_int(steps, "the number of steps", 1)
     check_runs_a_step(steps, strength)
     seed = check_int(seed, "the seed", 0)
+    # checked here too, not by the CLI alone: NaN or a feather past 0.5 gave the photo back unedited, after the
+    # whole denoise; a list of prompts was cut to its first
+    feather = check_range(feather, "feather (--feather)", 0.0, 0.5)
+    prompt = check_prompt(prompt)
+    negative_prompt = check_prompt(negative_prompt, "the negative prompt")
     if whole_image and framing not in (None, "whole"):
         raise ValueError(f"whole_image (--whole-image) edits the whole photo, but framing (--framing) is {framing!r}: "
                          f"drop one of the two")

@@ -61,6 +61,17 @@ def check_int(value, what: str, minimum: int, maximum: int | None = None) -> int
     return v
 
 
+def check_runs_a_step(steps: int, strength: float, what: str = "the photo", steps_flag: str = "--steps",
+                      strength_flag: str = "--strength") -> None:
+    """One sentence where ``strength`` of ``steps`` runs no denoising step (img2img runs ``int(steps * strength)``;
+    diffusers refuses it too): the start image would come back unchanged, through the VAE."""
+    if int(steps * strength) < 1:
+        fix = (f"raise {steps_flag} to at least {math.ceil(1 / strength)} or {strength_flag}" if strength > 0
+               else f"raise {strength_flag} above 0")
+        raise UserError(f"{strength_flag} {strength:g} of {steps} steps runs no step, so {what} would come back "
+                        f"unchanged: {fix}")
+
+
 def check_range(value, what: str, lo: float, hi: float, meaning: str = "") -> float:
     """A finite number in ``[lo, hi]``; ``meaning`` explains the ends, e.g. ``"0 keeps the photo, 1 ignores it"``."""
     v = check_finite(value, what)

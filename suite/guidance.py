@@ -48,6 +48,9 @@ def combine(eps_0: torch.Tensor, eps_terms: Sequence[torch.Tensor], weights: Seq
     ``weights[i]`` is a float or a per-sample tensor ``[B]`` (automatic and scheduled weights are per sample).
     ``names[i]`` names term ``i`` for the rule. Accumulates in float32 and returns ``eps_0``'s dtype.
     """
+    if len(eps_terms) != len(weights) or (names is not None and len(names) != len(eps_terms)):
+        raise ValueError(f"combine got {len(eps_terms)} predictions, {len(weights)} weights"
+                         + ("" if names is None else f" and {len(names)} names") + ": give one of each per term")
     out = eps_0.float()
     base = out
     weights = [_per_sample(w, out) for w in weights]

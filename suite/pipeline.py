@@ -31,7 +31,16 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import models
-from .checks import AUTO, UserError, check_finite, check_int, check_prompt, check_range, check_weight
+from .checks import (
+    AUTO,
+    UserError,
+    check_finite,
+    check_int,
+    check_prompt,
+    check_range,
+    check_runs_a_step,
+    check_weight,
+)
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler
 from .domains import Domain, domain_from_dict
@@ -179,7 +188,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                               feature_extractor=feature_extractor)
         self.domain = domain
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        # start images in any PIL mode (RGBA, L, P, 16-bit, CMYK) as RGB, as the control images
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True)
         self.control_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor,
                                                          do_convert_rgb=True, do_normalize=False)
         self._interrupt = False
@@ -363,10 +373,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
     def prepare_control_image(self, image, height: int, width: int) -> torch.Tensor:
         """A ControlNet conditioning image as ``[1, 3, H, W]`` in [0, 1] at the output size."""
         device, dtype = self._execution_device, self.unet.dtype
-        if isinstance(image, torch.Tensor):
-            img = image if image.ndim == 4 else image.unsqueeze(0)
+        if isinstance(image, torch.Tensor):  # checked as a PIL image is (it was stretched to any shape, unchecked)
+            img = image.reshape(1, 1, *image.shape) if image.ndim == 2 else \
+                image.unsqueeze(0) if image.ndim == 3 else image
+            if img.ndim != 4 or img.shape[0] != 1 or img.shape[1] not in (1, 3):
+                raise ValueError(f"a control image tensor must be [1, 3, height, width] (or [3, height, width]; one "
+                                 f"channel is repeated), got {list(image.shape)}")
+            img = img.float().expand(1, 3, *img.shape[-2:])
+            lo, hi = float(img.min()), float(img.max())
+            if not (0 <= lo and hi <= 1):  # NaN fails too
+                raise ValueError(f"a control image tensor holds values in [0, 1], got {lo:g} to {hi:g}: divide a "
+                                 f"0-255 image by 255")
+            self._check_control_shape(img.shape[-1], img.shape[-2], height, width)
             if img.shape[-2:] != (height, width):
-                img = torch.nn.functional.interpolate(img.float(), size=(height, width), mode="bilinear")
+                img = torch.nn.functional.interpolate(img, size=(height, width), mode="bilinear")
             return img.to(device, dtype)
         if isinstance(image, np.ndarray):  # as diffusers takes it: [H, W, C], uint8 or floats in [0, 1]
             if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
@@ -382,14 +402,17 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         elif not isinstance(image, Image.Image):
             raise ValueError(f"the control image must be a PIL image, a numpy array or a tensor, got "
                              f"{type(image).__name__}")
-        w, h = image.size
+        self._check_control_shape(*image.size, height, width)
+        return self.control_image_processor.preprocess(image, height=height, width=width).to(device, dtype)
+
+    def _check_control_shape(self, w: int, h: int, height: int, width: int) -> None:
+        """One sentence where a ``w x h`` control image would be stretched to the output's other shape."""
         # the size its shape gives (size_like) is taken even where rounding moved it further (a 6.7:1 strip)
         if abs(math.log((w / h) / (width / height))) > 0.05 and (width, height) != self.size_like(w, h):
             raise ValueError(
                 f"the control image is {w}x{h} but the output is {width}x{height}: their aspect ratios differ; "
                 f"crop the control image or pass --width/--height matching it"
             )
-        return self.control_image_processor.preprocess(image, height=height, width=width).to(device, dtype)
 
     def _text_rows(self, texts: list[str] | None, embeds: torch.Tensor | None, n_prompts: int, per_prompt: int,
                    what: str, clip_skip: int | None = None) -> torch.Tensor:
@@ -485,7 +508,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             terms.append(Term(den, control_weight, name="control"))
         for i, c in enumerate(extra):
             embeds = self.encode_prompt(c.prompt, clip_skip) if c.prompt else neg
-            cn = self._controlnet_input(c.image, c.controlnet, c.conditioning_scale, height, width)
+            scale = check_finite(c.conditioning_scale, f"the conditioning scale of {c.name or 'a control'}")  # NaN: black
+            cn = self._controlnet_input(c.image, c.controlnet, scale, height, width)
             den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}", image_embeds=ip_pos)
             weight = None if check_weight(c.weight, f"the weight of {c.name or 'a control'}") == AUTO else c.weight
             if first_text is None and c.prompt and c.unet is None and cn is None and weight != 0:
@@ -546,6 +570,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if image is not None and latents is not None:
             raise ValueError("latents are the starting noise of text-to-image; with a start image (SDEdit) the "
                              "noise comes from the generator: drop one of them")
+        if image is not None and strength > 0:  # 0 keeps the image; above it, a change was asked for
+            check_runs_a_step(steps, strength, "the start image", "num_inference_steps", "strength")
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
             width, height = image[0].size
         elif latents is not None and height is None and width is None and latents.ndim == 4:  # the latents' size

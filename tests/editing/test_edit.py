@@ -211,3 +211,19 @@ def test_a_strength_that_runs_no_step_is_one_sentence_and_strength_0_is_taken(pi
     with pytest.raises(ValueError, match="raise --steps to at least 4"):
         edit_photo(pipe, photo, strength=0.3, steps=3, whole_image=True)
     assert len(edit_photo(pipe, photo, strength=0.0, steps=3, whole_image=True).images) == 1
+
+
+def test_the_feather_and_the_prompts_are_checked_by_edit_photo_too(pipe, monkeypatch):
+    """Only the CLI checked them: ``feather=nan`` or ``5`` gave the photo back unedited after the whole denoise, and
+    ``prompt=["a", "b"]`` edited with "a" alone."""
+    photo = Image.fromarray(photo_array(64, 64))
+    called = []
+    monkeypatch.setattr(InDomainPipeline, "__call__", lambda *a, **kw: called.append(1))
+    for feather in (float("nan"), 5.0, -1.0):
+        with pytest.raises(ValueError, match="feather \\(--feather\\) must be"):
+            edit_photo(pipe, photo, feather=feather, detector=FixedDetector(face_at((32.0, 32.0), 30.0)))
+    with pytest.raises(ValueError, match="the prompt is a list of 2 prompts"):
+        edit_photo(pipe, photo, prompt=["a", "b"], whole_image=True)
+    with pytest.raises(ValueError, match="the negative prompt is a list of 2 prompts"):
+        edit_photo(pipe, photo, negative_prompt=["a", "b"], whole_image=True)
+    assert not called  # refused before any denoising

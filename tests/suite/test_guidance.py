@@ -234,3 +234,15 @@ def test_a_term_frozen_at_zero_stops_being_called_unless_a_projection_needs_it()
         assert mg.weights_used()["control"] == 0.0
         assert torch.allclose(first, second)
         assert calls.count("control") == (2 if control_called else 1), (text, calls)
+
+
+def test_combine_refuses_predictions_and_weights_of_different_counts():
+    """combine (the one place of Eq. 3) zipped its terms with their weights: a weight short, a term was dropped."""
+    from suite.guidance import combine
+
+    e0, e1 = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
+    assert combine(e0, [e1, e1], [2.0, 1.0]).max() == 3.0
+    with pytest.raises(ValueError, match="2 predictions, 1 weights: give one of each per term"):
+        combine(e0, [e1, e1], [2.0])
+    with pytest.raises(ValueError, match="and 1 names"):
+        combine(e0, [e1, e1], [2.0, 1.0], names=["domain"])

@@ -192,6 +192,41 @@ def test_a_long_prompts_embeddings_run_beside_the_77_token_negative(tiny_pipe):
     assert torch.allclose(once.latents, twice.latents, atol=1e-4)
 
 
+def test_start_images_of_any_mode_and_a_strength_that_runs_no_step(tiny_pipe):
+    """A start image in RGBA, L, P, 16-bit or CMYK was torch's "expected input ... to have 3 channels"; a strength
+    that runs no step (0.1 of 2 steps) silently returned the VAE round trip, which edit_photo refuses."""
+    rgb = Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    kw = dict(strength=0.5, num_inference_steps=2, seed=0, output_type="latent")
+    ref = tiny_pipe("x", image=rgb, **kw).latents
+    assert torch.equal(tiny_pipe("x", image=rgb.convert("RGBA"), **kw).latents, ref)  # opaque: the same image
+    for mode in ("L", "P", "I;16", "CMYK"):
+        assert tiny_pipe("x", image=rgb.convert(mode), **kw).latents.shape == ref.shape, mode
+    with pytest.raises(ValueError, match="strength 0.1 of 2 steps runs no step, so the start image would come back "
+                                         "unchanged: raise num_inference_steps to at least 10"):
+        tiny_pipe("x", image=rgb, **{**kw, "strength": 0.1})
+
+
+def test_a_tensor_control_image_is_checked_as_a_pil_one(tiny_pipe):
+    """A tensor control image of another shape was stretched to the output unchecked (a PIL one is refused), 0-255
+    values were used as they were, and one channel was torch's error; a NaN conditioning scale drew black."""
+    from suite.pipeline import Control
+
+    kw = dict(num_inference_steps=2, output_type="latent", latents=tiny_pipe.prepare_latents(1, seed=0))
+    t = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ref = tiny_pipe("a photo", control_image=t, **kw).latents
+    assert torch.equal(tiny_pipe("a photo", control_image=t[0], **kw).latents, ref)  # [3, H, W]
+    grey = tiny_pipe("a photo", control_image=t[:, :1], **kw).latents  # one channel: repeated
+    assert torch.equal(grey, tiny_pipe("a photo", control_image=t[:, :1].repeat(1, 3, 1, 1), **kw).latents)
+    for bad, match in ((torch.rand(1, 3, 64, 32), "the control image is 32x64 but the output is 64x64"),
+                       (t * 255, "holds values in \\[0, 1\\], got .* divide a 0-255 image by 255"),
+                       (torch.rand(1, 2, 64, 64), "must be \\[1, 3, height, width\\]")):
+        with pytest.raises(ValueError, match=match):
+            tiny_pipe("a photo", control_image=bad, **kw)
+    with pytest.raises(ValueError, match="the conditioning scale of edges must be a finite number"):
+        tiny_pipe("a photo", controls=[Control(prompt="e", image=t, weight=2.0, conditioning_scale=float("nan"),
+                                               name="edges")], **kw)
+
+
 def test_a_numpy_control_image_is_read_as_its_pil_twin_and_another_type_is_one_sentence(tiny_pipe):
     """diffusers takes a control image as a numpy array too; here it was a bare TypeError from ``image.size``."""
     arr = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
