@@ -103,7 +103,7 @@ class TrainConfig:
 
     def validate(self, num_processes: int = 1) -> int:
         """Check the settings; return the per-device batch size. One clear sentence per problem."""
-        from suite.checks import check_prompt
+        from suite.checks import MAX_SEED, check_finite, check_int, check_prompt
         from suite.presets import PRESET_NAMES
 
         if not self.data:
@@ -114,6 +114,25 @@ class TrainConfig:
             raise ValueError("the domain name is empty: pass --domain NAME")
         if not self.output:
             raise ValueError("no output folder given: pass --output DIR")
+        # whole numbers, exactly (from Python a float or a string came through: max_steps=2.5 trained 3 steps,
+        # log_steps=0 divided by zero and capture_images=0 failed after the cache and F_T had run)
+        for name, least in (("resolution", 8), ("batch_size", 1), ("gradient_accumulation_steps", 1),
+                            ("max_steps", 1), ("lr_warmup_steps", 0), ("text_init_steps", 0),
+                            ("text_init_batch_size", 1), ("text_init_images", 1), ("capture_images", 1),
+                            ("checkpoint_steps", 1), ("checkpoints_keep", 1), ("validation_steps", 0),
+                            ("validation_images", 1), ("validation_inference_steps", 1), ("log_steps", 1),
+                            ("cache_batch_size", 1), ("num_workers", 0)):
+            setattr(self, name, check_int(getattr(self, name), "--" + name.replace("_", "-"), least))
+        self.seed = check_int(self.seed, "--seed", 0, MAX_SEED)
+        check_finite(self.validation_domain_weight, "--validation-domain-weight")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= check_finite(getattr(self, name), name) < 1:
+                raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
+        for name in ("lr", "hflip", "ema_decay", "weight_decay", "max_grad_norm", "text_init_lr", "adam_epsilon"):
+            what = name if name.startswith("adam") else "--" + name.replace("_", "-")  # (Adam's have no flag)
+            setattr(self, name, check_finite(getattr(self, name), what))
+        if self.adam_epsilon <= 0:
+            raise ValueError(f"adam_epsilon must be a positive number, got {self.adam_epsilon}")
         checks = [
             (self.preset in PRESET_NAMES, f"--preset must be one of {', '.join(PRESET_NAMES)}, got {self.preset!r}"),
             (self.mixed_precision in ("no", "fp16", "bf16"),

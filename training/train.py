@@ -30,7 +30,7 @@ import math
 import os
 import threading
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -68,6 +68,24 @@ from .validation import sample_validation
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def _kept_random_state(device: torch.device):
+    """The caller's global random state (python's, numpy's, torch's on the CPU and on ``device``) as it was, after a
+    run that seeds them (accelerate's ``set_seed``): every call left them at the same state, so a caller's later
+    draws repeated from one call to the next."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type="cuda"):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     """Train a null-text domain model on ``config.data``; return ``config.output``, a domain-model folder
     (``python launch.py generate --domain-model OUTPUT``). ``progress(stage, done, total, info)`` is called for
@@ -96,6 +114,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
                          f"continue from: a new run would replace it; choose another --output")
     with ExitStack() as stack:
         stack.enter_context(kept_threads())  # a resume runs at its recorded thread count; the caller's is restored
+        stack.enter_context(_kept_random_state(accelerator.device))  # set_seed below seeds the global generators
         if accelerator.is_main_process:
             stack.enter_context(output_lock(output))
             # A folder of the user's is refused before anything is written into it; in one of our runs only our

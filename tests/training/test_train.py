@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -43,8 +44,23 @@ def run_a(data_dir, tmp_path_factory):
     """One uninterrupted reference run (6 steps, checkpoints at 2, 4, 6)."""
     out = tmp_path_factory.mktemp("run-a") / "model"
     events = []
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    _CALLERS_RANDOM["before"] = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
     train_domain(_cfg(data_dir, out), progress=lambda s, d, t, i: events.append((s, d, t, dict(i))))
+    _CALLERS_RANDOM["after"] = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
     return out, events
+
+
+_CALLERS_RANDOM = {}
+
+
+def test_training_leaves_the_callers_random_state(run_a):
+    """accelerate's set_seed reseeded the caller's global generators (torch, numpy, python): every call left them
+    at the same state, so a script's later random draws repeated from one call to the next."""
+    (t0, p0, n0), (t1, p1, n1) = _CALLERS_RANDOM["before"], _CALLERS_RANDOM["after"]
+    assert torch.equal(t0, t1) and p0 == p1 and np.array_equal(n0, n1)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -306,3 +322,23 @@ def test_sigkill_twice_then_resume_gives_the_uninterrupted_weights(run_a, data_d
     differ = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
     assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {sorted(differ.items())[:3]}"
     assert not [p.name for p in out.rglob(".*") if p.name != ".in-domain-run.json"], "temporary or lock files left behind"
+
+
+@pytest.mark.parametrize("bad,phrase", [
+    (dict(log_steps=0), "--log-steps must be at least 1"),  # was a ZeroDivisionError after the cache and F_T
+    (dict(capture_images=0), "--capture-images must be at least 1"),  # torch's empty-stack error, as late
+    (dict(max_steps=2.5), "--max-steps must be a whole number"),  # trained 3 steps, recorded as 3
+    (dict(validation_steps=-1), "--validation-steps must be at least 0"),  # sampled at every step
+    (dict(resolution=32.0 + 0.5), "--resolution must be a whole number"),
+    (dict(batch_size="four"), "--batch-size must be a whole number"),  # was a bare TypeError
+    (dict(seed=-1), "--seed must be a whole number from 0 to 4294967295"),  # numpy's, inside accelerate
+    (dict(lr_warmup_steps=-5), "--lr-warmup-steps must be at least 0"),
+    (dict(validation_domain_weight=float("nan")), "--validation-domain-weight must be a finite number"),
+    (dict(adam_beta2=1.0), "adam_beta2 must be at least 0 and below 1"),
+    (dict(lr="fast"), "--lr must be a number"),
+])
+def test_settings_from_python_are_checked_before_any_work(bad, phrase, tmp_path):
+    """The CLI's types checked these; from Python they failed late, with a traceback, or silently."""
+    with pytest.raises(ValueError, match=phrase):
+        TrainConfig.tiny(data=str(tmp_path), output=str(tmp_path / "m"), **bad).validate()
+    assert TrainConfig.tiny(data=str(tmp_path), output=str(tmp_path / "m"), max_steps=3.0).validate() == 4
