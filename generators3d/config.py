@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from suite.checks import check_int, check_range
+from suite.checks import check_finite, check_int, check_range
 
 FORMATS = ("glb", "obj", "ply")
 PREVIEWS = ("mesh", "nerf")  # what preview.gif turns round: the exported mesh (default) or the final NeRF
@@ -461,14 +461,20 @@ class ThreeDConfig:
         else:
             zero123 = replace(zero123, lambda_ref_depth=float(w) if w is not None
                               else zero123.lambda_ref_depth or REF_DEPTH_WEIGHT)
+        # whole numbers and finite levels, checked here too (from Python or a --config file, 2.5 steps became 2,
+        # and a mesh grid of 0, preview_frames=-1 or a NaN threshold failed in torch's words after every stage)
         if self.zero123_steps is not None:
-            zero123 = replace(zero123, steps=int(self.zero123_steps))
+            zero123 = replace(zero123, steps=check_int(self.zero123_steps, "--zero123-steps", 0))
         if self.refine_steps is not None:
-            refine = replace(refine, steps=int(self.refine_steps))
+            refine = replace(refine, steps=check_int(self.refine_steps, "--refine-steps", 0))
         if self.mesh_resolution is not None:
-            export = replace(export, resolution=int(self.mesh_resolution))
+            export = replace(export, resolution=self.mesh_resolution)
+        export = replace(export, resolution=check_int(export.resolution, "--mesh-resolution (the marching-cubes grid)",
+                                                      16))
         if self.threshold is not None:
-            export = replace(export, threshold=float(self.threshold))
+            export = replace(export, threshold=self.threshold)
+        if export.threshold is not None:
+            export = replace(export, threshold=check_finite(export.threshold, "--threshold (the surface's density)"))
         if self.texture is not None:
             export = replace(export, texture=bool(self.texture))
         if self.texture_size is not None:
@@ -528,7 +534,13 @@ class ThreeDConfig:
                                    or not 0 < height < math.inf):
             raise ValueError(f"the mesh height is {height!r} m: give --height-m a positive number of metres (a "
                              f"negative one turned the mesh upside down and inside out; 0 meant no scaling)")
-        formats = tuple(dict.fromkeys(f.lower().lstrip(".") for f in self.formats))
+        for key in ("image", "mask"):  # a PIL image was "'/cwd/<PIL.Image.Image ...>' does not exist"
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str | os.PathLike):
+                raise ValueError(f"{key} must be a file's path, got a {type(value).__name__}: save it to a file first "
+                                 f"(e.g. {key}.save('{key}.png')) and pass that path")
+        given = self.formats.split(",") if isinstance(self.formats, str) else self.formats  # "glb" was g, l, b
+        formats = tuple(dict.fromkeys(str(f).strip().lower().lstrip(".") for f in given))
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
             raise ValueError(f"unknown mesh format(s) {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
@@ -545,7 +557,8 @@ class ThreeDConfig:
                        mask_method=self.mask_method or sizes.mask_method,
                        background_prompt=sizes.background_prompt if self.background_prompt is None
                        else self.background_prompt,
-                       preview_frames=self.preview_frames or sizes.preview_frames)
+                       preview_frames=sizes.preview_frames if self.preview_frames is None  # 0 became the preset's
+                       else check_int(self.preview_frames, "--preview-frames", 1))
 
     def stage1_domain_weight(self) -> float | None:
         """The ``w_d`` stage 1 draws its image with (None: the domain's recommended weights): the given

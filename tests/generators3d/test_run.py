@@ -560,7 +560,7 @@ def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path):
 
     out = tmp_path / "run"
     cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset="tiny", output=str(out), image_steps=2,
-                       zero123_steps=0, refine_steps=0, mesh_resolution=16, preview_frames=0, threads=2)
+                       zero123_steps=0, refine_steps=0, mesh_resolution=16, preview_frames=1, threads=2)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -570,3 +570,21 @@ def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad,phrase", [
+    (dict(mesh_resolution=0), "--mesh-resolution (the marching-cubes grid) must be at least 16"),  # torch.cat's error
+    (dict(preview_frames=-1), "--preview-frames must be at least 1"),  # torch.arange's, after every stage
+    (dict(preview_frames=0), "--preview-frames must be at least 1"),  # silently the preset's 8
+    (dict(threshold=float("nan")), "--threshold (the surface's density) must be a finite number"),
+    (dict(zero123_steps=2.5), "--zero123-steps must be a whole number"),  # silently 2
+    (dict(image=Image.new("RGB", (8, 8))), "image must be a file's path, got a Image: save it to a file first"),
+    (dict(formats="glb,stl"), "unknown mesh format(s) stl"),
+])
+def test_python_settings_the_cli_checks_are_checked_by_the_config_too(bad, phrase):
+    """From Python these failed after all three stages had trained, in torch's words, or silently changed."""
+    with pytest.raises(ValueError, match=phrase.replace("(", "\\(").replace(")", "\\)")):
+        ThreeDConfig(preset="tiny", prompt="a vase", **bad).resolved()
+    # a single format as a string (it was read letter by letter: "unknown mesh format(s) g, l, b")
+    assert ThreeDConfig(preset="tiny", prompt="a vase", formats="glb").resolved().formats == ("glb",)
+    assert ThreeDConfig(preset="tiny", prompt="a vase", formats="GLB, obj").resolved().formats == ("glb", "obj")
