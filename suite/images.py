@@ -159,16 +159,36 @@ def has_transparency(path: str | os.PathLike, max_pixels: int | None = DEFAULT_M
     return rgba is not None and rgba.getchannel("A").getextrema()[0] < 255
 
 
+def _array_mask(arr: np.ndarray, what: str) -> Image.Image:
+    """A mask given as an array, as a grey PIL image (1 or True = the region)."""
+    a = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
+    if a.ndim != 2:
+        raise ValueError(f"the {what} array must be [height, width], got {list(arr.shape)}")
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        if a.size == 0 or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise ValueError(f"a {what} array of floats holds values in [0, 1] (1 = the region): scale it, e.g. "
+                             f"array / 255")
+        a = (a * 255 + 0.5).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"the {what} array must be uint8 (0-255), bool or floats in [0, 1], got {a.dtype}: convert "
+                         f"it, e.g. array.astype(numpy.uint8)")
+    return Image.fromarray(np.ascontiguousarray(a), "L")
+
+
 def read_mask(source, size: tuple[int, int], what: str = "mask", binary: bool = False,
               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The one mask rule of the suite (editing, 3D, the app): ``[H, W]`` float32 in [0, 1] at ``size`` (``(width,
-    height)``) from a file or a PIL image.
+    height)``) from a file, a PIL image or a ``[H, W]`` array (uint8 0-255, bool, or floats in [0, 1]).
 
     White marks the region (the part to edit, the object), black the rest, gray blends. A mask with any transparency
     is read by its alpha instead (a cut-out or a drawing: opaque = region, transparent = not). EXIF orientation is
     applied, as to the photo. A mask made on a scaled copy of the image (the same aspect ratio) is resized; another
     aspect ratio is refused in one sentence, never stretched. ``binary``: 0 or 1 (at 0.5, nearest-neighbour
     resize), and an empty mask is refused."""
+    if isinstance(source, np.ndarray):  # it was read as a path: pathlib's TypeError
+        source = _array_mask(source, what)
     im = open_image(source, what, max_pixels) if not isinstance(source, Image.Image) else source
     im = ImageOps.exif_transpose(im)
     rgba = as_rgba(im) or to_8bit(im).convert("RGBA")  # a transparent colour (tRNS) is transparency too

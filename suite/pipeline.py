@@ -43,7 +43,7 @@ from .checks import (
 )
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler
-from .domains import Domain, domain_from_dict
+from .domains import Domain, domain_from_dict, get_domain
 from .files import OS_METADATA, atomic_dir, is_temporary
 from .guidance import AutoWeights, MultiGuidance, Term
 from .models import resolve
@@ -205,6 +205,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
     def domain(self, value: Domain | dict | None) -> None:
         if isinstance(value, dict):
             value = domain_from_dict(value)  # checked now, not at the first read
+        elif isinstance(value, str):  # a preset's name (it was asdict's TypeError)
+            value = get_domain(value)
+        elif value is not None and not isinstance(value, Domain):
+            raise ValueError(f"domain must be a Domain, a preset's name or None, got {type(value).__name__}")
         self.register_to_config(domain=asdict(value) if value is not None else None)
 
     def guidance_weights(self, domain_weight=None, control_weight=None) -> tuple[float | None, float | None]:
@@ -256,7 +260,19 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
              domain: Domain | None = None, community: dict[str, str] | None = None,
              device="cpu", dtype=torch.float32) -> InDomainPipeline:
         """Load every part from its own reference (local folder or hub id) through :mod:`suite.models`, with one
-        sentence naming the flag to fix when a part cannot be read (what the CLI and the app use)."""
+        sentence naming the flag to fix when a part cannot be read (what the CLI and the app use). ``device`` and
+        ``dtype`` are checked as :func:`suite.presets.build_pipeline` checks them (a dtype by name too);
+        ``community`` is ``{name: reference}``, or a list of references named ``community0``, ``community1``, ...
+        as the CLI names them."""
+        from .presets import resolve_device
+
+        # a device this machine lacks: a sentence, not torch's (None: the CPU, the default)
+        device, dtype = resolve_device("cpu" if device is None else str(device), dtype)
+        if isinstance(community, list | tuple):
+            community = {f"community{i}": ref for i, ref in enumerate(community)}
+        elif community is not None and not isinstance(community, dict):
+            raise ValueError(f"community must be {{name: folder or hub id}} or a list of them, got "
+                             f"{type(community).__name__}")
         parts = models.load_sd(sd_model, device=device, dtype=dtype)
         base = parts["unet"]
         dm = models.load_domain_model(domain_model, device=device, dtype=dtype, like=base) if domain_model else None

@@ -100,3 +100,20 @@ def test_mask_size_must_match(tmp_path):
         load_mask(Image.new("L", (50, 50), 255), (100, 80))
     transparent = Image.new("RGBA", (10, 10), (255, 255, 255, 0))
     assert load_mask(transparent, (10, 10)).max() == 0  # transparent = keep
+
+
+def test_a_mask_array_is_read_as_its_grey_image_and_a_bad_one_is_one_sentence():
+    """``edit_photo(mask=array)`` was pathlib's TypeError: an array was read as a path."""
+    grey = np.zeros((8, 10), np.uint8)
+    grey[2:6, 3:7] = 255
+    grey[0, 0] = 128
+    want = load_mask(Image.fromarray(grey), (10, 8))
+    assert np.array_equal(load_mask(grey, (10, 8)), want)
+    assert np.array_equal(load_mask(grey[..., None], (10, 8)), want)
+    assert np.array_equal(load_mask(grey == 255, (10, 8)), want * (want == 1))  # bool: region or not
+    assert np.allclose(load_mask(grey / 255.0, (10, 8)), want, atol=1 / 255)
+    for bad, phrase in ((grey.astype(np.int64), "must be uint8 \\(0-255\\), bool or floats"),
+                        (grey.astype(np.float32), "holds values in \\[0, 1\\]"),
+                        (np.zeros((8, 10, 3), np.uint8), "must be \\[height, width\\]")):
+        with pytest.raises(ValueError, match=phrase):
+            load_mask(bad, (10, 8))

@@ -384,3 +384,22 @@ def test_clip_skip_takes_an_earlier_layer_for_the_prompt_not_the_negative(tiny_p
     assert np.abs(skipped - tiny_pipe("wearing glasses", **kw).images).max() > 1e-3
     with pytest.raises(ValueError, match="clip_skip"):
         tiny_pipe("x", clip_skip=99, num_inference_steps=1)
+
+
+def test_load_checks_its_device_dtype_domain_and_community_as_build_pipeline(tiny_dir):
+    """``load(..., domain="face")`` was asdict's TypeError, a dtype by name torch's, ``device="cuda"`` without a GPU
+    torch's AssertionError, and a list of community models an AttributeError."""
+    from suite.domains import FACE
+
+    sd = str(tiny_dir / "sd")
+    pipe = InDomainPipeline.load(sd, domain="face", dtype="float32", community=[str(tiny_dir / "community")])
+    assert pipe.domain == FACE and list(pipe.community_unets.as_dict()) == ["community0"]
+    with pytest.raises(ValueError, match="unknown domain .no-such-domain.: use one of face"):
+        InDomainPipeline.load(sd, domain="no-such-domain")
+    with pytest.raises(ValueError, match="dtype 'int8' is not one the models run in"):
+        InDomainPipeline.load(sd, dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="this machine cannot run on it"):
+            InDomainPipeline.load(sd, device="cuda")
+    with pytest.raises(ValueError, match="community must be"):
+        InDomainPipeline.load(sd, community=str(tiny_dir / "community"))
