@@ -678,6 +678,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             control_weight, w0, callback_on_step_end_tensor_inputs, control_size)
         device, dtype = self._execution_device, self.unet.dtype
         generator = generator if generator is not None else seeded_generator(seed)
+        if output_type not in ("pil", "np", "pt", "latent"):  # diffusers falls back to numpy with a warning
+            raise ValueError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
+        for value, what in ((latents, "latents"), (prompt_embeds, "prompt_embeds"),
+                            (negative_prompt_embeds, "negative_prompt_embeds")):
+            if value is not None and not isinstance(value, torch.Tensor):  # a numpy array: AttributeError '.to'
+                raise ValueError(f"{what} must be a torch tensor, got {type(value).__name__}: e.g. "
+                                 f"torch.from_numpy(array)")
 
         # 2. The request's size (a list of prompts gives num_images_per_prompt images per prompt, in diffusers'
         #    order) and its IP-Adapter embeddings.
@@ -686,6 +693,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         else:
             n_prompts = len(prompt) if isinstance(prompt, list | tuple) else 1
         num_images = per_prompt * n_prompts
+        if isinstance(generator, list | tuple) and len(generator) != num_images:  # diffusers' rule (an IndexError)
+            raise ValueError(f"got a list of {len(generator)} generators for {num_images} images: give one generator, "
+                             f"or one per image")
         ip_embeds = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
             if getattr(self.unet, "encoder_hid_proj", None) is None:
@@ -751,7 +761,15 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                 if callback_on_step_end is not None:
                     available = {"latents": latents}
                     outputs = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = outputs.pop("latents", latents)
+                    if not isinstance(outputs, dict):  # None: AttributeError 'pop'
+                        raise ValueError(f"callback_on_step_end must return a dict (its callback_kwargs, changed or "
+                                         f"not), got {type(outputs).__name__}")
+                    new = outputs.pop("latents", latents)
+                    if not isinstance(new, torch.Tensor) or new.shape != latents.shape:  # the output's size changed
+                        raise ValueError(f"callback_on_step_end returned latents of shape "
+                                         f"{tuple(getattr(new, 'shape', ()))}, not {tuple(latents.shape)}: change "
+                                         f"their values, not their shape")
+                    latents = new
                 progress_bar.update()
 
         # 6. Decode.

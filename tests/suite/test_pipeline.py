@@ -245,3 +245,28 @@ def test_prompts_mixing_empty_and_non_empty_are_one_sentence(tiny_pipe):
     and it got the prompt's guidance rule, so it was not the image the empty prompt makes alone."""
     with pytest.raises(ValueError, match="mix empty and non-empty"):
         tiny_pipe(["a photo", ""], num_inference_steps=2, output_type="latent")
+
+
+def test_the_callers_objects_of_the_wrong_kind_are_one_sentence(tiny_pipe):
+    """Each was a bare error from inside diffusers or torch, or a silent change: an unknown output_type came back as
+    numpy, numpy latents or embeddings were AttributeError '.to', a short list of generators an IndexError, a
+    callback returning None AttributeError 'pop', and one returning latents of another shape changed the output's
+    size."""
+    kw = dict(num_inference_steps=2)
+    lat = tiny_pipe.prepare_latents(1, seed=0)
+    for bad, phrase in ((dict(output_type="jpeg"), "output_type must be pil, np, pt or latent"),
+                        (dict(latents=lat.numpy()), "latents must be a torch tensor, got ndarray"),
+                        (dict(prompt_embeds=tiny_pipe.encode_prompt("x").numpy(), prompt=None),
+                         "prompt_embeds must be a torch tensor"),
+                        (dict(num_images_per_prompt=3, generator=[torch.Generator(), torch.Generator()]),
+                         "a list of 2 generators for 3 images"),
+                        (dict(callback_on_step_end=lambda p, i, t, k: None), "must return a dict"),
+                        (dict(callback_on_step_end=lambda p, i, t, k: {"latents": k["latents"][..., :8]}),
+                         "change their values, not their shape")):
+        args = {"prompt": "x", **kw, **bad}
+        with pytest.raises(ValueError, match=phrase):
+            tiny_pipe(args.pop("prompt"), **args)
+    # a callback that changes the values is taken, as before
+    out = tiny_pipe("x", latents=lat, output_type="latent",
+                    callback_on_step_end=lambda p, i, t, k: {"latents": k["latents"] * 0}, **kw)
+    assert out.latents.abs().max() == 0
