@@ -667,6 +667,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if image is not None and not isinstance(image, list | tuple):
             image = [image]
+        if image is not None and not all(isinstance(im, Image.Image | np.ndarray | torch.Tensor) for im in image):
+            kind = next(type(im).__name__ for im in image if not isinstance(im, Image.Image | np.ndarray | torch.Tensor))
+            raise ValueError(f"a start image must be a PIL image, a numpy array or a tensor, got {kind}: open a file "
+                             f"with PIL.Image.open(path)")
+        if isinstance(controls, Control):  # one control, not in a list (it was "'Control' object is not iterable")
+            controls = [controls]
+        if auto_norm not in ("direction", "prediction"):  # checked here: fixed weights never read it
+            raise ValueError(f"auto_norm must be 'direction' or 'prediction', got {auto_norm!r}")
         firsts = [control_image] + [c.image for c in controls]
         first = next((c for c in firsts if c is not None), None)
         control_size = (first.size if isinstance(first, Image.Image) else
@@ -742,7 +750,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         else:
             pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
             if pixels.shape[0] not in (1, num_images):
-                raise ValueError(f"got {pixels.shape[0]} start images for {num_images} outputs: give 1 or {num_images}")
+                raise ValueError(f"got {pixels.shape[0]} start images for {num_images} output(s): give one start image "
+                                 f"for all, or one per output (num_images_per_prompt={pixels.shape[0]} for "
+                                 f"{pixels.shape[0]} of one prompt)")
             init = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
             if init.shape[0] == 1 and num_images > 1:
                 init = init.repeat(num_images, 1, 1, 1)  # one encoding shared by all outputs, as diffusers does

@@ -92,7 +92,7 @@ class TrainConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> TrainConfig:
-        """The tiny preset: tiny random SD1.5-architecture models, 64x64 images, CPU in seconds. Its larger
+        """The tiny preset: tiny random SD1.5-architecture models, 32x32 images, CPU in seconds. Its larger
         learning rate lets a few steps move a random model measurably (it shows the flow, not quality)."""
         base = dict(preset="tiny", resolution=32, batch_size=4, max_steps=20, lr=1e-4, text_init_steps=10,
                     text_init_batch_size=4, text_init_images=64, text_init_lr=1e-2, capture_images=8,

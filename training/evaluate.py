@@ -144,7 +144,10 @@ class EvalConfig:
 
 # ---------------------------------------------------------------------------------------------------------
 def evaluate(config: EvalConfig) -> dict:
-    """Run the evaluation (see the module); returns the results (also written to ``results.json``)."""
+    """Run the evaluation (see the module); returns the results (also written to ``results.json``). ``methods``
+    take :class:`Method` objects or the CLI's strings (``"ours;domain_weight=2"``). On the mini preset without
+    ``real`` the held-out images are rendered in spawned processes, so a script calls this under
+    ``if __name__ == "__main__":`` (multiprocessing's rule)."""
     from contextlib import ExitStack
 
     from suite import batch as B
@@ -155,6 +158,8 @@ def evaluate(config: EvalConfig) -> dict:
     # 1. Everything that can be checked before a model loads.
     # KID needs 3 images a set: num_images=2 through the python API failed only after every image was made
     check_int(config.num_images, "the number of images (num_images, --num-images)", 3)
+    # methods as the CLI writes them ("base", "ours;domain_weight=2"): parsed, not an AttributeError on .label
+    config.methods = [parse_method(m) if isinstance(m, str) else m for m in config.methods]
     labels = [m.label for m in config.methods]
     if not labels:
         raise UserError("no method to evaluate: pass --method base, --method ours, --method model:FOLDER ...")

@@ -270,3 +270,23 @@ def test_the_callers_objects_of_the_wrong_kind_are_one_sentence(tiny_pipe):
     out = tiny_pipe("x", latents=lat, output_type="latent",
                     callback_on_step_end=lambda p, i, t, k: {"latents": k["latents"] * 0}, **kw)
     assert out.latents.abs().max() == 0
+
+
+def test_start_images_controls_and_auto_norm_given_loosely(tiny_pipe):
+    """A file path as the start image was diffusers' "Input is in incorrect format", two start images for one output
+    said "give 1 or 1", one Control not in a list was "not iterable", and a misspelt auto_norm was ignored when both
+    weights were fixed."""
+    from suite.pipeline import Control
+
+    kw = dict(num_inference_steps=2, output_type="latent")
+    im = Image.new("RGB", (64, 64), "gray")
+    with pytest.raises(ValueError, match="a start image must be a PIL image, a numpy array or a tensor, got str"):
+        tiny_pipe("x", image="photo.png", **kw)
+    with pytest.raises(ValueError, match="got 2 start images for 1 output\\(s\\): .*num_images_per_prompt=2"):
+        tiny_pipe("x", image=[im, im], **kw)
+    with pytest.raises(ValueError, match="auto_norm must be 'direction' or 'prediction', got 'directon'"):
+        tiny_pipe("x", domain_weight=1.0, control_weight=2.0, auto_norm="directon", **kw)
+    lat = tiny_pipe.prepare_latents(1, seed=0)
+    one = Control(prompt="a face", weight=2.0)
+    assert torch.equal(tiny_pipe("x", controls=one, latents=lat, **kw).latents,
+                       tiny_pipe("x", controls=[one], latents=lat, **kw).latents)

@@ -163,7 +163,7 @@ def test_a_run_that_failed_before_its_first_image_is_run_again_without_resume(tm
     claim_run_folder(out, "eval")
     (out / "methods.json").write_text('{"_run": {"preset": "tiny", "steps": 9}}')  # what the failed run wrote
     r = evaluate(EvalConfig(output=str(out), preset="tiny", real=str(real), num_images=3, steps=1,
-                            methods=[parse_method("base")]))
+                            methods=["base"]))  # as the CLI writes it (it was an AttributeError on .label)
     assert r["methods"]["base"]["uncond"]["n"] == 3 and len(list((out / "images").rglob("*.png"))) == 3
     with pytest.raises(UserError, match="must be at least 3"):  # KID's least: it failed after making every image
         evaluate(EvalConfig(output=str(tmp_path / "two"), preset="tiny", real=str(real), num_images=2,
