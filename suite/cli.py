@@ -218,6 +218,18 @@ def quiet_libraries() -> None:
         pass
 
 
+def _says_it_for_its_machine() -> bool:
+    """Whether this process prints its error: not when it is one of several processes of a launch (torchrun,
+    accelerate) that stopped before they joined, other than each machine's first (``LOCAL_RANK`` 0). Those errors
+    come from the flags and the files, the same in every process of a machine, and eight GPUs printed the sentence
+    eight times; an error after the processes joined may be one process's own, and every process says it."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
+        return True
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def run_main(main, args) -> int:
     """Run a subcommand's ``main(args)``. Expected failures (:func:`suite.failures.explain`: bad input, models
     that cannot be read, disk full, permission denied, a port in use) become one sentence and exit code 2; anything
@@ -248,6 +260,8 @@ def run_main(main, args) -> int:
         msg = explain(err)
         if msg is None:
             raise
+        if not _says_it_for_its_machine():
+            return 2
         print(f"error: {msg}", file=sys.stderr)
         return 2
     finally:

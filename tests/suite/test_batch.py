@@ -262,3 +262,22 @@ def test_processes_launched_but_not_joined_are_one_sentence_naming_the_flag(monk
     check_processes_joined(2)  # joined: nothing to say
     monkeypatch.delenv("WORLD_SIZE")
     check_processes_joined(1)  # a plain run
+
+
+def test_an_error_before_the_processes_join_is_said_once_per_machine(monkeypatch, capsys):
+    """A bad line in the prompts file under torchrun on 8 GPUs printed the same sentence 8 times: before the
+    processes join, an error comes from the flags and files, the same in each; each machine's first process says it."""
+    from argparse import Namespace
+
+    from suite.cli import run_main
+
+    def main(args):
+        raise UserError("the seed on line 2 of p.txt must be a whole number")
+
+    for local_rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert run_main(main, Namespace()) == 2
+        assert ("error: the seed on line 2" in capsys.readouterr().err) == said, local_rank
+    monkeypatch.delenv("WORLD_SIZE")
+    assert run_main(main, Namespace()) == 2 and "error: the seed" in capsys.readouterr().err  # one process: said
