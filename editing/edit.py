@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from suite import checks
 from suite.checks import Progress, check_int, check_prompt, check_range
+from suite.checks import check_runs_a_step as _runs_a_step
 from suite.images import DEFAULT_MAX_PIXELS
 from suite.pipeline import DEFAULT_STEPS, quiet, report_steps
 
@@ -70,7 +70,7 @@ def check_runs_a_step(steps: int, strength: float) -> None:
     """One sentence where ``strength`` of ``steps`` runs no denoising step (:func:`suite.checks.check_runs_a_step`):
     the photo would come back unchanged. Strength 0 (keep the photo) is allowed."""
     if strength > 0:
-        checks.check_runs_a_step(steps, strength)
+        _runs_a_step(steps, strength)
 
 
 def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 0.6, domain_weight=None,

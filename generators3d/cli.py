@@ -375,8 +375,9 @@ def batch_main(args) -> int:
     rank, world = state.process_index, state.num_processes
     with ExitStack() as stack:
         B.claim_batch_folder(stack, state, folder, "3d-batch", args.resume, "a 3D batch")
-        # the runs done (with these settings, checked above), read before the barrier: before any run here ends
-        done = {item.index for item, out, _ in runs if (out / "summary.json").is_file()}
+        # the runs done (with these settings, checked above): read by process 0 for all, before any run here ends
+        done = B.from_main(state, {item.index for item, out, _ in runs if (out / "summary.json").is_file()}
+                           if state.is_main_process else None)
         for item, out, _ in runs:
             if item.index in done and state.is_main_process:
                 log.info("batch: %s is done (%r)", out.name, item.prompt)

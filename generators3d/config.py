@@ -537,7 +537,8 @@ class ThreeDConfig:
         for key in ("image", "mask"):  # a PIL image was "'/cwd/<PIL.Image.Image ...>' does not exist"
             value = getattr(self, key)
             if value is not None and not isinstance(value, str | os.PathLike):
-                raise ValueError(f"{key} must be a file's path, got a {type(value).__name__}: save it to a file first "
+                raise ValueError(f"{key} must be a file's path, got {type(value).__module__}.{type(value).__name__}: "
+                                 f"save it to a file first "
                                  f"(e.g. {key}.save('{key}.png')) and pass that path")
         given = self.formats.split(",") if isinstance(self.formats, str) else self.formats  # "glb" was g, l, b
         formats = tuple(dict.fromkeys(str(f).strip().lower().lstrip(".") for f in given))

@@ -185,6 +185,19 @@ def process_state(cpu: bool, fix: str = "--device cpu"):
     return state
 
 
+def from_main(state, value):
+    """``value`` as process 0 of ``state`` has it, in every process: a folder read once, by process 0, so that
+    every process splits the same work (each reading it on its own, e.g. over a network file system, might not
+    see the same files)."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value if state.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
 def share(items: list[Item], done, batch_size: int, rank: int, world: int) -> list[list[Item]]:
     """Process ``rank``'s batches (of ``world``): the fixed global batches (:func:`batches`) less the ``done``
     items, those left empty dropped, then every ``world``-th from ``rank``. A fresh batch is split as its fixed
@@ -231,7 +244,7 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
     with ExitStack() as stack:
         # 1. The folder: locked and claimed by process 0, checked read-only by the others.
         claim_batch_folder(stack, state, folder, kind, resume, what)
-        done = done_items(folder)
+        done = from_main(state, done_items(folder) if state.is_main_process else None)  # one reading for all
         check_same_batch(done, items, settings, equivalent)
         if state.is_main_process:
             remove_leftovers(folders=[folder])

@@ -9,7 +9,6 @@ split between processes, the loss of another process (which has said why itself)
 from __future__ import annotations
 
 import errno
-import os
 import pickle
 
 __all__ = ["explain"]
@@ -17,6 +16,15 @@ __all__ = ["explain"]
 _DISK_FULL_TEXT = ("No space left", "failed writing file", "unexpected pos", "file write failed")
 # what torch.distributed raises in a process whose peer has gone (gloo; NCCL's launchers stop the others instead)
 _PEER_GONE_TEXT = ("Connection closed by peer", "Connection reset by peer")
+
+
+def _joined() -> bool:
+    """Whether this process is one of several joined in a torch.distributed group (a run split between
+    processes), where a lost connection is a peer that stopped."""
+    import sys
+
+    dist = getattr(sys.modules.get("torch"), "distributed", None)  # not imported here: no torch, no group
+    return bool(dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
 def _where(err: BaseException) -> str:
@@ -61,7 +69,7 @@ def explain(err: BaseException) -> str | None:
                 f"the model folder again")
     if isinstance(err, RuntimeError) and any(t in text for t in _DISK_FULL_TEXT):
         return "the disk is full while writing a checkpoint: free some space, then run again with --resume"
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and any(t in text for t in _PEER_GONE_TEXT):
+    if isinstance(err, RuntimeError) and any(t in text for t in _PEER_GONE_TEXT) and _joined():
         # e.g. process 0 refused the output folder alone (another run holds it) while this one waited for it
         return ("another process of this run stopped, so this one cannot go on (that process said why, above or in "
                 "its log): fix that, then run the command again (with --resume where the run had begun)")

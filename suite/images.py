@@ -162,8 +162,12 @@ def has_transparency(path: str | os.PathLike, max_pixels: int | None = DEFAULT_M
 def _array_mask(arr: np.ndarray, what: str) -> Image.Image:
     """A mask given as an array, as a grey PIL image (1 or True = the region)."""
     a = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and a.dtype == np.uint8:  # RGB or RGBA: as the PIL image
+        return Image.fromarray(np.ascontiguousarray(a), "RGB" if a.shape[-1] == 3 else "RGBA")
     if a.ndim != 2:
-        raise ValueError(f"the {what} array must be [height, width], got {list(arr.shape)}")
+        raise ValueError(f"the {what} array must be [height, width] (or uint8 RGB or RGBA), got {list(arr.shape)}")
+    if a.dtype == np.uint8 and a.size and a.max() <= 1:  # 0 and 1 (bool.astype(uint8)), not 1/255 grey: invisible
+        a = a * 255
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
     elif np.issubdtype(a.dtype, np.floating):
@@ -180,7 +184,8 @@ def _array_mask(arr: np.ndarray, what: str) -> Image.Image:
 def read_mask(source, size: tuple[int, int], what: str = "mask", binary: bool = False,
               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The one mask rule of the suite (editing, 3D, the app): ``[H, W]`` float32 in [0, 1] at ``size`` (``(width,
-    height)``) from a file, a PIL image or a ``[H, W]`` array (uint8 0-255, bool, or floats in [0, 1]).
+    height)``) from a file, a PIL image or a ``[H, W]`` array (uint8 0-255 or 0/1, bool, floats in [0, 1]; uint8
+    RGB or RGBA as the PIL image).
 
     White marks the region (the part to edit, the object), black the rest, gray blends. A mask with any transparency
     is read by its alpha instead (a cut-out or a drawing: opaque = region, transparent = not). EXIF orientation is

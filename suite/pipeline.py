@@ -43,9 +43,11 @@ from .checks import (
 )
 from .components import UNetCollection, read_bundle
 from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler
+from .devices import resolve_device
 from .domains import Domain, domain_from_dict, get_domain
 from .files import OS_METADATA, atomic_dir, is_temporary
 from .guidance import AutoWeights, MultiGuidance, Term
+from .images import to_rgb
 from .models import resolve
 from .nulltext import NullTextUNet
 from .rules import GuidanceRule, check_rule_terms, format_rule, parse_rule, rule_fits, rule_given
@@ -188,8 +190,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                               feature_extractor=feature_extractor)
         self.domain = domain
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        # start images in any PIL mode (RGBA, L, P, 16-bit, CMYK) as RGB, as the control images
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.control_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor,
                                                          do_convert_rgb=True, do_normalize=False)
         self._interrupt = False
@@ -264,8 +265,6 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         ``dtype`` are checked as :func:`suite.presets.build_pipeline` checks them (a dtype by name too);
         ``community`` is ``{name: reference}``, or a list of references named ``community0``, ``community1``, ...
         as the CLI names them."""
-        from .presets import resolve_device
-
         # a device this machine lacks: a sentence, not torch's (None: the CPU, the default)
         device, dtype = resolve_device("cpu" if device is None else str(device), dtype)
         if isinstance(community, list | tuple):
@@ -392,10 +391,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if isinstance(image, torch.Tensor):  # checked as a PIL image is (it was stretched to any shape, unchecked)
             img = image.reshape(1, 1, *image.shape) if image.ndim == 2 else \
                 image.unsqueeze(0) if image.ndim == 3 else image
-            if img.ndim != 4 or img.shape[0] != 1 or img.shape[1] not in (1, 3):
-                raise ValueError(f"a control image tensor must be [1, 3, height, width] (or [3, height, width]; one "
-                                 f"channel is repeated), got {list(image.shape)}")
-            img = img.float().expand(1, 3, *img.shape[-2:])
+            if img.ndim != 4 or img.shape[0] < 1 or img.shape[1] not in (1, 3):
+                raise ValueError(f"a control image tensor must be [1 or one per image, 3, height, width] (or [3, "
+                                 f"height, width]; one channel is repeated), got {list(image.shape)}")
+            img = img.float().expand(img.shape[0], 3, *img.shape[-2:])
             lo, hi = float(img.min()), float(img.max())
             if not (0 <= lo and hi <= 1):  # NaN fails too
                 raise ValueError(f"a control image tensor holds values in [0, 1], got {lo:g} to {hi:g}: divide a "
@@ -419,6 +418,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             raise ValueError(f"the control image must be a PIL image, a numpy array or a tensor, got "
                              f"{type(image).__name__}")
         self._check_control_shape(*image.size, height, width)
+        image = to_rgb(image)  # transparency on white, 16-bit scaled (a bare convert("RGB") made 16-bit white)
         return self.control_image_processor.preprocess(image, height=height, width=width).to(device, dtype)
 
     def _check_control_shape(self, w: int, h: int, height: int, width: int) -> None:
@@ -671,6 +671,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             kind = next(type(im).__name__ for im in image if not isinstance(im, Image.Image | np.ndarray | torch.Tensor))
             raise ValueError(f"a start image must be a PIL image, a numpy array or a tensor, got {kind}: open a file "
                              f"with PIL.Image.open(path)")
+        if image is not None:  # any PIL mode (RGBA, L, P, 16-bit, CMYK) as the CLI reads it (was torch's channel error)
+            image = [to_rgb(im) if isinstance(im, Image.Image) else im for im in image]
         if isinstance(controls, Control):  # one control, not in a list (it was "'Control' object is not iterable")
             controls = [controls]
         if auto_norm not in ("direction", "prediction"):  # checked here: fixed weights never read it

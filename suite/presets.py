@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# the device and dtype helpers live in suite.devices (the pipeline reads them too); their names stay here
+from .devices import DTYPES, check_device, process_device, recorded_dtype, resolve_device  # noqa: F401
 from .domains import CANNY_CONTROLNET_HUB_ID, PRESETS, SD15_HUB_ID, Domain, domain_home, get_domain, user_domain
 
 log = logging.getLogger("suite")
@@ -149,81 +151,6 @@ def warn_prompt(preset: str, prompt: str | None) -> list[str]:
     for text in found:
         log.warning(text)
     return found
-
-
-DTYPES = ("float32", "float16", "bfloat16")  # what --dtype offers; the models run in one of these
-
-
-def check_device(device, flag: str = "--device") -> None:
-    """One sentence for a device this machine cannot use (no CUDA GPU, a GPU index it does not have, a build of torch
-    without MPS, a misspelt name), before any model is read; ``None`` (the default device) passes. Without it a run
-    failed with torch's traceback once the models had been found, hashed and read."""
-    if device is None:
-        return
-    import torch
-
-    from .checks import UserError
-
-    name = str(device)
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise UserError(f"{flag} {name!r} is not a torch device: use cpu, cuda, cuda:N or mps, or leave it out (cuda "
-                        f"if available, else cpu)") from None
-    if dev.type == "cpu":
-        return
-    if dev.type == "cuda":  # not by allocating: each process of a run of several would hold a context on GPU 0
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count and (dev.index is None or dev.index < count):
-            return
-    elif dev.type == "mps" and torch.backends.mps.is_available():
-        return
-    try:
-        torch.zeros(1, device=dev)
-    except Exception as err:  # noqa: BLE001 - torch says why in its own words: AssertionError, RuntimeError, ...
-        if dev.type == "cuda":
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            reason = (f"it has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else
-                      "no usable CUDA GPU: a torch built without CUDA, or no GPU or driver")
-        elif dev.type == "mps":
-            reason = "MPS needs an Apple GPU and a torch built with it"
-        else:  # torch's first sentence
-            reason = (str(err).strip().split(". ")[0].splitlines() or [type(err).__name__])[0][:120]
-        raise UserError(f"{flag} {name}: this machine cannot run on it ({reason}); pass another device, e.g. "
-                        f"{flag} cpu, or leave it out (cuda if available, else cpu)") from None
-
-
-def process_device(device: str | None, state) -> str | None:
-    """The device of this process of a run of several (accelerate's ``PartialState``): its own GPU
-    (``cuda:<local rank>``) where no device or a bare ``cuda`` was given, which put every process on GPU 0; a device
-    with an index (``cuda:1``) or ``cpu`` as given. One process: as given."""
-    if state.num_processes > 1 and device in (None, "cuda"):
-        return str(state.device)
-    return device
-
-
-def resolve_device(device: str | None = None, dtype=None) -> tuple:
-    """``(torch.device, torch.dtype)``: cuda if available, else cpu; float16 on cuda, float32 on cpu. ``device``
-    is checked (:func:`check_device`); ``dtype`` is one of :data:`DTYPES`, by name or as a ``torch.dtype``."""
-    import torch  # here, not at the top: the preset table is read by --help, which loads no torch
-
-    from .checks import UserError
-
-    check_device(device, "device")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
-    name = dtype or ("float16" if str(device).startswith("cuda") else "float32")
-    if name not in DTYPES:
-        raise UserError(f"dtype {name!r} is not one the models run in: use one of {', '.join(DTYPES)}")
-    return torch.device(device), getattr(torch, name)
-
-
-def recorded_dtype(device: str | None, dtype=None) -> str:
-    """The name of the dtype the models will run in, as a run records it to compare on ``--resume`` (a set or batch
-    made in float32 beside one in bfloat16 would mix two runs). A record written before the dtype was recorded has
-    none (``None``): it is not compared on it."""
-    return str(resolve_device(device, dtype)[1]).removeprefix("torch.")
 
 
 _HOME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder name in $INDOMAIN_HOME/domains

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# settings of TrainConfig that `train` has no flag for (Python and the app set them): named as themselves
+_NO_FLAG = ("capture_images", "validation_inference_steps", "log_steps", "adam_beta1", "adam_beta2", "adam_epsilon")
+
 
 @dataclass
 class TrainConfig:
@@ -118,18 +121,20 @@ class TrainConfig:
         # log_steps=0 divided by zero and capture_images=0 failed after the cache and F_T had run)
         for name, least in (("resolution", 8), ("batch_size", 1), ("gradient_accumulation_steps", 1),
                             ("max_steps", 1), ("lr_warmup_steps", 0), ("text_init_steps", 0),
-                            ("text_init_batch_size", 1), ("text_init_images", 1), ("capture_images", 1),
-                            ("checkpoint_steps", 1), ("checkpoints_keep", 1), ("validation_steps", 0),
-                            ("validation_images", 1), ("validation_inference_steps", 1), ("log_steps", 1),
-                            ("cache_batch_size", 1), ("num_workers", 0)):
-            setattr(self, name, check_int(getattr(self, name), "--" + name.replace("_", "-"), least))
+                            ("text_init_batch_size", 1), ("text_init_images", 1 if self.text_init_steps else 0),
+                            ("capture_images", 1), ("checkpoint_steps", 1), ("checkpoints_keep", 1),
+                            ("validation_steps", 0), ("validation_images", 1 if self.validation_steps else 0),
+                            ("validation_inference_steps", 1), ("log_steps", 1), ("cache_batch_size", 1),
+                            ("num_workers", 0)):
+            what = name if name in _NO_FLAG else "--" + name.replace("_", "-")  # the flag, or the setting's name
+            setattr(self, name, check_int(getattr(self, name), what, least))
         self.seed = check_int(self.seed, "--seed", 0, MAX_SEED)
         check_finite(self.validation_domain_weight, "--validation-domain-weight")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= check_finite(getattr(self, name), name) < 1:
                 raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
         for name in ("lr", "hflip", "ema_decay", "weight_decay", "max_grad_norm", "text_init_lr", "adam_epsilon"):
-            what = name if name.startswith("adam") else "--" + name.replace("_", "-")  # (Adam's have no flag)
+            what = name if name in _NO_FLAG else "--" + name.replace("_", "-")
             setattr(self, name, check_finite(getattr(self, name), what))
         if self.adam_epsilon <= 0:
             raise ValueError(f"adam_epsilon must be a positive number, got {self.adam_epsilon}")

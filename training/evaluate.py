@@ -30,7 +30,7 @@ import itertools
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +159,8 @@ def evaluate(config: EvalConfig) -> dict:
     # KID needs 3 images a set: num_images=2 through the python API failed only after every image was made
     check_int(config.num_images, "the number of images (num_images, --num-images)", 3)
     # methods as the CLI writes them ("base", "ours;domain_weight=2"): parsed, not an AttributeError on .label
-    config.methods = [parse_method(m) if isinstance(m, str) else m for m in config.methods]
+    given = [config.methods] if isinstance(config.methods, str) else config.methods  # one, as text: not letters
+    config = replace(config, methods=[parse_method(m) if isinstance(m, str) else m for m in given])
     labels = [m.label for m in config.methods]
     if not labels:
         raise UserError("no method to evaluate: pass --method base, --method ours, --method model:FOLDER ...")

@@ -32,7 +32,7 @@ def test_full_size_e2e_times_every_stage_of_a_run_on_models_loaded_from_disk(tmp
 
     # A run that fails reports its error instead of losing the figures (the models are reused, not written again).
     bad = full_size_e2e(tmp_path / "models", "cpu", toy, preset="tiny", zero123_steps=-1)
-    assert "zero123 steps" in bad["error"] and bad["stages"] == {} and bad["models_written_s"] < 1.0
+    assert "--zero123-steps must be at least 0" in bad["error"] and bad["stages"] == {} and bad["models_written_s"] < 1.0
     # Runs leave nothing behind, and a folder of the user's is refused, not written into.
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         ".bench-3d-random-models", "COMPLETE", "domain", "sd", "tokenizer", "zero123"]

@@ -112,8 +112,12 @@ def test_a_mask_array_is_read_as_its_grey_image_and_a_bad_one_is_one_sentence():
     assert np.array_equal(load_mask(grey[..., None], (10, 8)), want)
     assert np.array_equal(load_mask(grey == 255, (10, 8)), want * (want == 1))  # bool: region or not
     assert np.allclose(load_mask(grey / 255.0, (10, 8)), want, atol=1 / 255)
+    binary = (grey == 255).astype(np.uint8)  # 0 and 1, as bool.astype(uint8) gives: the region, not 1/255 grey
+    assert np.array_equal(load_mask(binary, (10, 8)), load_mask(grey == 255, (10, 8)))
+    rgb = np.repeat(grey[..., None], 3, -1)
+    assert np.array_equal(load_mask(rgb, (10, 8)), load_mask(Image.fromarray(rgb), (10, 8)))
     for bad, phrase in ((grey.astype(np.int64), "must be uint8 \\(0-255\\), bool or floats"),
                         (grey.astype(np.float32), "holds values in \\[0, 1\\]"),
-                        (np.zeros((8, 10, 3), np.uint8), "must be \\[height, width\\]")):
+                        (np.zeros((8, 10, 2), np.uint8), "must be \\[height, width\\]")):
         with pytest.raises(ValueError, match=phrase):
             load_mask(bad, (10, 8))

@@ -578,7 +578,7 @@ def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path):
     (dict(preview_frames=0), "--preview-frames must be at least 1"),  # silently the preset's 8
     (dict(threshold=float("nan")), "--threshold (the surface's density) must be a finite number"),
     (dict(zero123_steps=2.5), "--zero123-steps must be a whole number"),  # silently 2
-    (dict(image=Image.new("RGB", (8, 8))), "image must be a file's path, got a Image: save it to a file first"),
+    (dict(image=Image.new("RGB", (8, 8))), "image must be a file's path, got PIL.Image.Image: save it to a file first"),
     (dict(formats="glb,stl"), "unknown mesh format(s) stl"),
 ])
 def test_python_settings_the_cli_checks_are_checked_by_the_config_too(bad, phrase):

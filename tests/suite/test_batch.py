@@ -243,11 +243,17 @@ def test_a_process_whose_peer_stopped_says_so_in_one_sentence(monkeypatch):
 
     gone = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                         "[127.0.0.1]:10956")
+    import torch.distributed as dist
+
     assert explain(gone) is None  # one process: nothing to blame on another, a bug to report
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # joined in a group of two
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
     msg = explain(gone)
     assert msg.startswith("another process of this run stopped") and "--resume" in msg
     assert explain(RuntimeError("shape mismatch")) is None  # other errors keep their traceback
+    assert explain(ConnectionResetError("Connection reset by peer")) is None  # e.g. a download: not a peer
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 1)
+    assert explain(gone) is None
 
 
 def test_processes_launched_but_not_joined_are_one_sentence_naming_the_flag(monkeypatch):

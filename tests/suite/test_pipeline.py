@@ -199,8 +199,18 @@ def test_start_images_of_any_mode_and_a_strength_that_runs_no_step(tiny_pipe):
     kw = dict(strength=0.5, num_inference_steps=2, seed=0, output_type="latent")
     ref = tiny_pipe("x", image=rgb, **kw).latents
     assert torch.equal(tiny_pipe("x", image=rgb.convert("RGBA"), **kw).latents, ref)  # opaque: the same image
-    for mode in ("L", "P", "I;16", "CMYK"):
+    for mode in ("L", "P", "CMYK"):
         assert tiny_pipe("x", image=rgb.convert(mode), **kw).latents.shape == ref.shape, mode
+    # read as the CLI reads them (suite.images.to_rgb): a real 16-bit ramp scaled, not clipped to white (a bare
+    # convert("RGB") gave a mean of 254 for a mid-grey 16-bit image), and transparency laid on white, not black
+    from suite.images import to_rgb
+
+    ramp = Image.fromarray(np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1)), "I;16")
+    cut = rgb.convert("RGBA")
+    cut.putalpha(Image.fromarray(np.where(np.arange(64)[:, None] < 32, 255, 0).astype(np.uint8).repeat(64, 1)))
+    for im in (ramp, cut):
+        assert torch.equal(tiny_pipe("x", image=im, **kw).latents, tiny_pipe("x", image=to_rgb(im), **kw).latents)
+    assert 100 < np.asarray(to_rgb(ramp)).mean() < 155 and np.asarray(to_rgb(cut))[40:].min() == 255
     with pytest.raises(ValueError, match="strength 0.1 of 2 steps runs no step, so the start image would come back "
                                          "unchanged: raise num_inference_steps to at least 10"):
         tiny_pipe("x", image=rgb, **{**kw, "strength": 0.1})
@@ -215,11 +225,14 @@ def test_a_tensor_control_image_is_checked_as_a_pil_one(tiny_pipe):
     t = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     ref = tiny_pipe("a photo", control_image=t, **kw).latents
     assert torch.equal(tiny_pipe("a photo", control_image=t[0], **kw).latents, ref)  # [3, H, W]
+    two = tiny_pipe("a photo", control_image=torch.cat([t, t.flip(-1)]), num_images_per_prompt=2,  # one per image
+                    **{**kw, "latents": tiny_pipe.prepare_latents(2, seed=0)}).latents
+    assert torch.allclose(two[:1], ref, atol=1e-4) and (two[1:] - ref).abs().max() > 1e-2  # batched: last bits
     grey = tiny_pipe("a photo", control_image=t[:, :1], **kw).latents  # one channel: repeated
     assert torch.equal(grey, tiny_pipe("a photo", control_image=t[:, :1].repeat(1, 3, 1, 1), **kw).latents)
     for bad, match in ((torch.rand(1, 3, 64, 32), "the control image is 32x64 but the output is 64x64"),
                        (t * 255, "holds values in \\[0, 1\\], got .* divide a 0-255 image by 255"),
-                       (torch.rand(1, 2, 64, 64), "must be \\[1, 3, height, width\\]")):
+                       (torch.rand(1, 2, 64, 64), "must be \\[1 or one per image, 3, height, width\\]")):
         with pytest.raises(ValueError, match=match):
             tiny_pipe("a photo", control_image=bad, **kw)
     with pytest.raises(ValueError, match="the conditioning scale of edges must be a finite number"):

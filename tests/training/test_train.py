@@ -325,8 +325,8 @@ def test_sigkill_twice_then_resume_gives_the_uninterrupted_weights(run_a, data_d
 
 
 @pytest.mark.parametrize("bad,phrase", [
-    (dict(log_steps=0), "--log-steps must be at least 1"),  # was a ZeroDivisionError after the cache and F_T
-    (dict(capture_images=0), "--capture-images must be at least 1"),  # torch's empty-stack error, as late
+    (dict(log_steps=0), "log_steps must be at least 1"),  # was a ZeroDivisionError after the cache and F_T
+    (dict(capture_images=0), "capture_images must be at least 1"),  # torch's empty-stack error, as late
     (dict(max_steps=2.5), "--max-steps must be a whole number"),  # trained 3 steps, recorded as 3
     (dict(validation_steps=-1), "--validation-steps must be at least 0"),  # sampled at every step
     (dict(resolution=32.0 + 0.5), "--resolution must be a whole number"),
