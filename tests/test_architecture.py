@@ -134,3 +134,14 @@ def test_no_preset_name_is_compared_outside_the_table():
             if compared.search(code):
                 found.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_runs_split_between_processes_get_their_state_from_one_place():
+    """``suite.batch.process_state`` gives the barriers their long wait and checks that every launched process
+    joined; a ``PartialState(...)`` made elsewhere had torch's 10-minute wait (NCCL), which ended long 3D batches."""
+    made = [f"{p.relative_to(ROOT)}:{i}" for p in _sources().values() if p != ROOT / "suite" / "batch.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if "PartialState(" in line.split("#")[0]]
+    assert not made, made
+    users = [p for p in _sources().values() if "process_state(" in p.read_text()]
+    assert {str(p.relative_to(ROOT)) for p in users} >= {"suite/generate_cli.py", "generators3d/cli.py",
+                                                          "training/evaluate.py"}

@@ -78,7 +78,9 @@ def _kept_random_state(device: torch.device):
     import numpy as np
 
     py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type="cuda"):
+    accelerated = device.type not in ("cpu", "meta")  # the run's GPU (cuda, mps, xpu) too; others are not touched
+    with torch.random.fork_rng(devices=[device] if accelerated else [],
+                               device_type=device.type if accelerated else "cuda"):
         try:
             yield
         finally:
