@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from suite.batch import launched_processes
 from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
 from suite.depth import load_depth_estimator, nearness_image, read_nearness
 from suite.files import (
@@ -148,7 +149,8 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
 
 def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> ThreeDResult:
     device, dtype = resolve_device(cfg.device, cfg.dtype)
-    report = _Reporter(progress)
+    # with several processes (a batch under torchrun or accelerate) each line says whose run it is
+    report = _Reporter(progress, f"3d {out.name}" if launched_processes() > 1 else "3d")
 
     # 2. The output folder: a new one, or a run to resume (never overwrite another run's results).
     _check_output(out, cfg, busy)
@@ -543,8 +545,8 @@ class _Reporter:
     """tqdm bars per stage (on a terminal), progress lines (in a log: :class:`suite.progress.LogProgress`) and the
     caller's ``progress(stage, done, total, info)``."""
 
-    def __init__(self, progress):
-        self.progress, self.bars, self.lines = progress, {}, LogProgress("3d", units={"preview": "frame"})
+    def __init__(self, progress, prefix: str = "3d"):
+        self.progress, self.bars, self.lines = progress, {}, LogProgress(prefix, units={"preview": "frame"})
 
     def start(self, stage: str, total: int) -> None:
         self.bars[stage] = tqdm(total=total, desc=stage, leave=False, disable=None)

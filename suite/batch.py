@@ -207,13 +207,19 @@ def share(items: list[Item], done, batch_size: int, rank: int, world: int) -> li
     return [b for b in left if b][rank::world]
 
 
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun, accelerate launch) started for this run: its ``WORLD_SIZE``, 1
+    without a launcher."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def check_processes_joined(num_processes: int, fix: str = "--device cpu") -> None:
     """One sentence when the launcher started more processes (``WORLD_SIZE``) than joined the run: ``accelerate
     launch --multi_gpu`` on a machine without GPUs starts each process as a run of its own unless told to use the
     CPU, and they would refuse each other's folder. ``fix``: the flag that joins them."""
-    import os
-
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    launched = launched_processes()
     if launched > num_processes:
         raise UserError(f"{launched} processes were launched but only {num_processes} joined the run (no GPU for "
                         f"each?): on a machine without GPUs pass {fix} to run them together on the CPU")

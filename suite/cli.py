@@ -225,7 +225,9 @@ def _says_it_for_its_machine() -> bool:
     eight times; an error after the processes joined may be one process's own, and every process says it."""
     import torch
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
+    from .batch import launched_processes
+
+    if launched_processes() <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         return True
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 

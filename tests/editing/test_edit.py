@@ -227,3 +227,15 @@ def test_the_feather_and_the_prompts_are_checked_by_edit_photo_too(pipe, monkeyp
     with pytest.raises(ValueError, match="the negative prompt is a list of 2 prompts"):
         edit_photo(pipe, photo, negative_prompt=["a", "b"], whole_image=True)
     assert not called  # refused before any denoising
+
+
+def test_at_strength_0_the_guidance_settings_are_still_checked(pipe):
+    """Strength 0 returns the photo before the pipeline (which checks them) is called: a NaN weight, a rule that does
+    not parse or a misspelt auto_norm were taken without a word."""
+    photo = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))
+    for bad, phrase in ((dict(domain_weight=float("nan")), "the domain weight"),
+                        (dict(guidance_rule="nope"), "unknown guidance-rule item 'nope'"),
+                        (dict(auto_norm="directon"), "auto_norm must be"), (dict(w0="x"), "w0 must be a number")):
+        with pytest.raises(ValueError, match=phrase):
+            edit_photo(pipe, photo, strength=0.0, whole_image=True, **bad)
+    assert len(edit_photo(pipe, photo, strength=0.0, whole_image=True, guidance_rule="paper").images) == 1

@@ -58,6 +58,8 @@ def test_two_processes_share_the_prompts_and_make_the_same_meshes(tmp_path, monk
     assert res.returncode == 0, res.stderr[-3000:]
     logs = res.stdout + res.stderr
     assert "000-s0 ('a vase') on process 1 of 2" in logs and "001-s3 ('a bowl') on process 2 of 2" in logs
+    # each process's progress lines say whose run they are (two processes' "3d zero123: step 1/2" were alike)
+    assert "3d 000-s0 zero123: step" in logs and "3d 001-s3 zero123: step" in logs, logs[-3000:]
     # one process, here (one thread, as each of the two): the same meshes to the byte
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert launch.main(["3d", *STEPS, "--device", "cpu", "--prompts-file", str(prompts), "--output",
