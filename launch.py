@@ -70,4 +70,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C after the work, as the process ends: its results are complete
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

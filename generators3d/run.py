@@ -83,7 +83,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     """
     cfg = config.resolved()
     prompt, _ = _check_request(cfg)
-    out = check_writable_dir(Path(cfg.output))
+    out = check_writable_dir(Path(cfg.output).expanduser())  # "~/run" from Python too, not a folder named "~"
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
     with output_lock(out), kept_threads():  # a resume runs at its recorded thread count; the caller's is restored

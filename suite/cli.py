@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from .checks import (
     AUTO,
@@ -232,10 +235,44 @@ def _says_it_for_its_machine() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler, a launcher stopping its processes), raised as Ctrl-C is: the
+    run stops at once through the same paths (temporary files removed, the lock released, what was written named),
+    exit code 143."""
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises :class:`Terminated` in the main thread for the length of the block (it killed the process on
+    the spot: temporary files and the lock left behind, no word said); the handler before it is put back."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def run_main(main, args) -> int:
     """Run a subcommand's ``main(args)``. Expected failures (:func:`suite.failures.explain`: bad input, models
     that cannot be read, disk full, permission denied, a port in use) become one sentence and exit code 2; anything
-    else keeps its traceback, because it is a bug to report."""
+    else keeps its traceback, because it is a bug to report. Ctrl-C (exit 130) and SIGTERM (143) stop it with
+    "interrupted", from the first import on (Ctrl-C during the imports was a 40-line traceback)."""
+    try:
+        with _terminate_as_interrupt():
+            return _run_main(main, args)
+    except KeyboardInterrupt as stop:
+        print("interrupted" + (" (SIGTERM)" if isinstance(stop, Terminated) else ""), file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+
+
+def _run_main(main, args) -> int:
     from .failures import explain
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -247,6 +284,10 @@ def run_main(main, args) -> int:
 
     from .threads import apply_threads
 
+    for key in ("output", "output_dir"):  # a quoted "~/out": 3d wrote a folder named "~", edit said it did not exist
+        value = getattr(args, key, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
     before = torch.get_num_threads()
     try:
         apply_threads(getattr(args, "threads", None))  # before the subcommand's work: the machine's load without it
@@ -255,9 +296,6 @@ def run_main(main, args) -> int:
 
             check_device(args.device)
         return int(main(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except Exception as err:
         msg = explain(err)
         if msg is None:

@@ -187,3 +187,51 @@ def test_a_domain_of_your_own_is_found_in_indomain_home(tmp_path, capsys, monkey
     assert launch.main(["generate", "--preset", "tiny", "--domain", "mydom", "--steps", "1", "--output",
                         str(tmp_path / "a.png")]) == 0
     assert Image.open(tmp_path / "a.png").size == (64, 64)  # the tiny base's native size
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, caplog, monkeypatch, capsys):
+    """SIGTERM (kill, timeout, a job scheduler) killed the process on the spot: the image being written left its
+    temporary file, the run said nothing, and the lock stayed. It now stops the run as Ctrl-C does (exit 143)."""
+    import logging
+    import os
+    import signal
+
+    import suite.images
+
+    class NotHandled(Exception):
+        pass
+
+    def fallback(signum, frame):  # the test's own handler: without the fix, SIGTERM raises this, not Terminated
+        raise NotHandled
+
+    caplog.set_level(logging.INFO, logger="suite")
+    real = suite.images.save_image_atomic
+    calls = []
+
+    def terminated_at_the_second(image, path, settings=None):
+        calls.append(path)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(image, path, settings)
+
+    monkeypatch.setattr(suite.images, "save_image_atomic", terminated_at_the_second)
+    before = signal.signal(signal.SIGTERM, fallback)
+    try:
+        code = launch.main(["generate", "--preset", "tiny", "--prompt", "a cup", "--steps", "2", "--num-images", "3",
+                            "--output", str(tmp_path / "a.png")])
+        assert signal.getsignal(signal.SIGTERM) is fallback  # the caller's handler is put back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert code == 143 and "interrupted (SIGTERM)" in capsys.readouterr().err
+    assert "1 of 3 image(s) written (a-0.png); run the same command with --resume" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-0.png"]  # no temporary file of the second
+
+
+def test_a_quoted_tilde_in_the_output_is_the_home_folder(tmp_path, monkeypatch):
+    """``--output "~/a.png"`` (quoted, so the shell leaves it): generate and edit said the folder '~' did not
+    exist, and a 3d run wrote a folder named '~' in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert launch.main(["generate", "--preset", "tiny", "--prompt", "x", "--steps", "1", "--output", "~/a.png"]) == 0
+    assert (tmp_path / "home" / "a.png").is_file() and not (tmp_path / "~").exists()
