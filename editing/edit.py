@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from suite.checks import Progress, check_finite, check_int, check_prompt, check_range, check_weight
+from suite.checks import Progress, check_guidance_settings, check_int, check_prompt, check_range
 from suite.checks import check_runs_a_step as _runs_a_step
 from suite.images import DEFAULT_MAX_PIXELS
 from suite.pipeline import DEFAULT_STEPS, quiet, report_steps
@@ -115,11 +115,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     prompt = check_prompt(prompt)
     negative_prompt = check_prompt(negative_prompt, "the negative prompt")
     # the guidance settings too (strength 0 returns before the pipeline, which checks them, is called)
-    for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight")):
-        check_weight(value, what)
-    check_finite(w0, "w0")
-    if auto_norm not in ("direction", "prediction"):
-        raise ValueError(f"auto_norm must be 'direction' or 'prediction', got {auto_norm!r}")
+    check_guidance_settings(domain_weight, control_weight, w0, auto_norm)
     if isinstance(guidance_rule, str):
         parse_rule(guidance_rule)  # a rule that does not parse: its sentence now
     if whole_image and framing not in (None, "whole"):

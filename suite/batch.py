@@ -172,15 +172,20 @@ def claim_batch_folder(stack, state, folder: Path, kind: str, resume: bool, what
 PROCESS_WAIT_HOURS = 24
 
 
+def process_wait():
+    """:data:`PROCESS_WAIT_HOURS` as the ``timeout`` torch.distributed takes (accelerate passes it on)."""
+    from datetime import timedelta
+
+    return timedelta(hours=PROCESS_WAIT_HOURS)
+
+
 def process_state(cpu: bool, fix: str = "--device cpu"):
     """accelerate's ``PartialState`` for a run split between processes (one process: a plain state), its barriers
     waiting up to :data:`PROCESS_WAIT_HOURS`; one sentence when fewer processes joined than were launched
     (:func:`check_processes_joined`)."""
-    from datetime import timedelta
-
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu, timeout=timedelta(hours=PROCESS_WAIT_HOURS))
+    state = PartialState(cpu=cpu, timeout=process_wait())
     check_processes_joined(state.num_processes, fix)
     return state
 

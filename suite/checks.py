@@ -157,6 +157,19 @@ def check_weight(value, what: str) -> float | str | None:
     return v
 
 
+AUTO_NORMS = ("direction", "prediction")  # what the automatic weights' norms are of (suite.guidance.AutoWeights)
+
+
+def check_guidance_settings(domain_weight, control_weight, w0, auto_norm: str) -> None:
+    """The guidance settings of a sampling request, one sentence each: the weights (:func:`check_weight`), ``w0``
+    and ``auto_norm``; checked whether or not they are read (fixed weights never read ``w0`` or ``auto_norm``)."""
+    for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight")):
+        check_weight(value, what)
+    check_finite(w0, "w0")
+    if auto_norm not in AUTO_NORMS:
+        raise UserError(f"auto_norm must be {' or '.join(map(repr, AUTO_NORMS))}, got {auto_norm!r}")
+
+
 def check_prompt(text: str | None, what: str = "the prompt") -> str:
     """A prompt as clean text: surrounding whitespace removed (a prompt of only spaces is the empty prompt).
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 from .checks import (
     AUTO,
+    AUTO_NORMS,
     MAX_IMAGES,
     MAX_SIDE,
     MAX_STEPS,
@@ -118,7 +119,7 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the domain's recommended rule, applied where it fits the request; none with 'auto' weights)")
     g.add_argument("--w0", type=finite_float, default=7.0,
                    help="total guidance strength for automatic weights (default: %(default)s)")
-    g.add_argument("--auto-norm", choices=["direction", "prediction"], default="direction",
+    g.add_argument("--auto-norm", choices=AUTO_NORMS, default="direction",
                    help="norms of the automatic weights: guidance directions or raw predictions (default: %(default)s)")
     g.add_argument("--negative-prompt", default="", help="negative prompt (replaces the empty prompt of eps_sd)")
     g.add_argument("--steps", type=int_at_least(1), default=None,

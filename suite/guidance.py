@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checks import check_finite
+from .checks import AUTO_NORMS, check_finite
 from .denoisers import Denoiser, evaluate_batched
 from .rules import GuidanceRule
 
@@ -125,8 +125,8 @@ class AutoWeights:
     _frozen: dict | None = field(default=None, repr=False)  # term index -> its weights
 
     def __post_init__(self):
-        if self.norm not in ("direction", "prediction"):
-            raise ValueError(f"AutoWeights.norm must be 'direction' or 'prediction', got {self.norm!r}")
+        if self.norm not in AUTO_NORMS:
+            raise ValueError(f"AutoWeights.norm must be {' or '.join(map(repr, AUTO_NORMS))}, got {self.norm!r}")
         self.w0 = check_finite(self.w0, "w0")
         if self.norm == "direction" and self.reference is None:
             raise ValueError("AutoWeights(norm='direction') needs a reference denoiser (SD1.5 with a prompt)")

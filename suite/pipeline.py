@@ -35,6 +35,7 @@ from .checks import (
     AUTO,
     UserError,
     check_finite,
+    check_guidance_settings,
     check_int,
     check_prompt,
     check_range,
@@ -569,16 +570,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
 
     def check_inputs(self, num_inference_steps, num_images_per_prompt, strength, height, width, image, latents,
                      domain_weight, control_weight, w0, callback_on_step_end_tensor_inputs,
-                     control_size: tuple[int, int] | None = None) -> tuple:
+                     control_size: tuple[int, int] | None = None, auto_norm: str = "direction") -> tuple:
         """diffusers' ``check_inputs``: one clear sentence per bad input; returns ``(steps, images per prompt,
         strength, height, width)`` with the size taken from the start image, the first control image's shape
         (``control_size``, ``(w, h)``: :meth:`size_like`) or the model when not given."""
         steps = check_int(num_inference_steps, "the number of steps", minimum=1)
         per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1)
         strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
-        for value, what in ((domain_weight, "the domain weight"), (control_weight, "the control weight")):
-            check_weight(value, what)
-        check_finite(w0, "w0")
+        check_guidance_settings(domain_weight, control_weight, w0, auto_norm)
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, "
@@ -667,16 +666,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if image is not None and not isinstance(image, list | tuple):
             image = [image]
-        if image is not None and not all(isinstance(im, Image.Image | np.ndarray | torch.Tensor) for im in image):
-            kind = next(type(im).__name__ for im in image if not isinstance(im, Image.Image | np.ndarray | torch.Tensor))
-            raise ValueError(f"a start image must be a PIL image, a numpy array or a tensor, got {kind}: open a file "
-                             f"with PIL.Image.open(path)")
+        other = next((im for im in image or () if not isinstance(im, Image.Image | np.ndarray | torch.Tensor)), None)
+        if other is not None:
+            raise ValueError(f"a start image must be a PIL image, a numpy array or a tensor, got "
+                             f"{type(other).__name__}: open a file with PIL.Image.open(path)")
         if image is not None:  # any PIL mode (RGBA, L, P, 16-bit, CMYK) as the CLI reads it (was torch's channel error)
             image = [to_rgb(im) if isinstance(im, Image.Image) else im for im in image]
         if isinstance(controls, Control):  # one control, not in a list (it was "'Control' object is not iterable")
             controls = [controls]
-        if auto_norm not in ("direction", "prediction"):  # checked here: fixed weights never read it
-            raise ValueError(f"auto_norm must be 'direction' or 'prediction', got {auto_norm!r}")
         firsts = [control_image] + [c.image for c in controls]
         first = next((c for c in firsts if c is not None), None)
         control_size = (first.size if isinstance(first, Image.Image) else
@@ -685,7 +682,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                         else None)
         steps, per_prompt, strength, height, width = self.check_inputs(
             num_inference_steps, num_images_per_prompt, strength, height, width, image, latents, domain_weight,
-            control_weight, w0, callback_on_step_end_tensor_inputs, control_size)
+            control_weight, w0, callback_on_step_end_tensor_inputs, control_size, auto_norm)
         device, dtype = self._execution_device, self.unet.dtype
         generator = generator if generator is not None else seeded_generator(seed)
         if output_type not in ("pil", "np", "pt", "latent"):  # diffusers falls back to numpy with a warning

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 _NO_FLAG = ("capture_images", "validation_inference_steps", "log_steps", "adam_beta1", "adam_beta2", "adam_epsilon")
 
 
+def _named(setting: str) -> str:
+    """A setting as a message names it: its flag (``--log-steps``), or itself where ``train`` has no flag for it."""
+    return setting if setting in _NO_FLAG else "--" + setting.replace("_", "-")
+
+
 @dataclass
 class TrainConfig:
     """Domain-training settings. Defaults follow the paper (Sec. 4.1) and the authors' released config.
@@ -126,16 +131,14 @@ class TrainConfig:
                             ("validation_steps", 0), ("validation_images", 1 if self.validation_steps else 0),
                             ("validation_inference_steps", 1), ("log_steps", 1), ("cache_batch_size", 1),
                             ("num_workers", 0)):
-            what = name if name in _NO_FLAG else "--" + name.replace("_", "-")  # the flag, or the setting's name
-            setattr(self, name, check_int(getattr(self, name), what, least))
+            setattr(self, name, check_int(getattr(self, name), _named(name), least))
         self.seed = check_int(self.seed, "--seed", 0, MAX_SEED)
         check_finite(self.validation_domain_weight, "--validation-domain-weight")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= check_finite(getattr(self, name), name) < 1:
                 raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
         for name in ("lr", "hflip", "ema_decay", "weight_decay", "max_grad_norm", "text_init_lr", "adam_epsilon"):
-            what = name if name in _NO_FLAG else "--" + name.replace("_", "-")
-            setattr(self, name, check_finite(getattr(self, name), what))
+            setattr(self, name, check_finite(getattr(self, name), _named(name)))
         if self.adam_epsilon <= 0:
             raise ValueError(f"adam_epsilon must be a positive number, got {self.adam_epsilon}")
         checks = [

@@ -32,7 +32,6 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from suite import models
-from suite.batch import PROCESS_WAIT_HOURS, check_processes_joined
+from suite.batch import check_processes_joined, process_wait
 from suite.checks import Progress
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
@@ -104,7 +103,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
                               log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(output / "training" / "logs"),
                               # the others wait while process 0 merges the latent cache, samples or saves
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=PROCESS_WAIT_HOURS))])
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=process_wait())])
     check_processes_joined(accelerator.num_processes, "--cpu")
     per_device = config.validate(accelerator.num_processes)
     data = Path(os.path.expanduser(str(config.data))).resolve()
