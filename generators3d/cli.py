@@ -64,7 +64,7 @@ def add_arguments(p) -> None:
                         f"(default: recommended; mini porcelain: {mini_wd:g}). The image decides the object's look: on "
                         f"the mini world {mini_wd:g} gives it the domain's colours at little cost to the prompt's "
                         f"shape, 1.5 more at more cost (boxes first), 'recommended' (there 1) the image drawn before "
-                        f"2026-12-05 (docs/3d.md)")
+                        f"2026-12-05 (docs/3d-measurements.md)")
     g.add_argument("--zero123-steps", type=int_at_least(0), default=None,
                    help=f"stage 2 SDS steps with Zero-1-to-3 (default: {by_preset(lambda p: p.zero123().steps)})")
     g.add_argument("--refine-steps", type=int_at_least(0), default=None,
@@ -80,11 +80,11 @@ def add_arguments(p) -> None:
                    help="stage 2 renders its views and the whole reference view lit as the mini world lights its "
                         "objects (a key light fixed to the camera; normals from the rendered depth), so that the shape "
                         "has to explain the shading; experimental, off by default (mini world, density field: boxes' "
-                        "Chamfer 12-15%% lower, the bowl still filled; docs/3d.md)")
+                        "Chamfer 12-15%% lower, the bowl still filled; docs/3d-measurements.md)")
     g.add_argument("--geometry", choices=GEOMETRIES, default=None,
                    help="what the NeRF learns: density (a density field, as threestudio's implicit-volume) or sdf (a "
                         "signed distance turned into density by VolSDF's rule, with an eikonal term: a surface of its "
-                        "own; mini world: docs/3d.md, 'SDF geometry') (default: the preset's)")
+                        "own; mini world: docs/3d-measurements.md, 'SDF geometry') (default: the preset's)")
     g.add_argument("--depth", default=None, metavar="auto|off|FILE",
                    help="the reference view's depth for stage 2 (Magic123's relative depth loss: 1 - Pearson "
                         "correlation with the rendered depth on the object): 'auto' estimates it with --depth-model, "
@@ -102,7 +102,7 @@ def add_arguments(p) -> None:
                         "(a bowl's painted inside reads as a hollow); needs --depth auto or FILE (--depth-weight 0 "
                         "for the views' loss without the reference's); experimental, off by "
                         "default (mini world at 10: the bowl's cavity a little more open, the other shapes "
-                        "unchanged within what three seeds resolve; docs/3d.md)")
+                        "unchanged within what three seeds resolve; docs/3d-measurements.md)")
     g.add_argument("--zero123-guidance", type=finite_float, default=None,
                    help="Zero-1-to-3 classifier-free guidance weight, in stage 2, stage 3's Zero-1-to-3 term and "
                         "the export's side views (default: 3, threestudio's)")

@@ -18,7 +18,7 @@ from suite.checks import check_finite, check_int, check_range
 FORMATS = ("glb", "obj", "ply")
 PREVIEWS = ("mesh", "nerf")  # what preview.gif turns round: the exported mesh (default) or the final NeRF
 GEOMETRIES = ("density", "sdf")  # NeRFConfig.geometry
-REF_DEPTH_WEIGHT = 10.0  # lambda_ref_depth of --depth (measured on the mini world: docs/3d.md, "Reference depth")
+REF_DEPTH_WEIGHT = 10.0  # lambda_ref_depth of --depth (measured on the mini world: docs/3d-measurements.md, "Reference depth")
 DEPTH_MODES = ("auto", "off")  # --depth: estimate the reference's depth, or none; anything else is a depth image
 
 
@@ -37,7 +37,7 @@ def absolute_path(path: str | None) -> str | None:
     """An input file's path as the run records it: absolute (``~`` expanded), so that ``config.json``, ``--resume``
     and ``--config`` mean the same file from any folder (a relative one was read against the current folder)."""
     return None if path in (None, "") else os.path.abspath(os.path.expanduser(str(path)))
-SDF_EIKONAL = 1.0  # the eikonal weight of --geometry sdf (measured on the mini world: docs/3d.md, "SDF geometry")
+SDF_EIKONAL = 1.0  # the eikonal weight of --geometry sdf (measured on the mini world: docs/3d-measurements.md, "SDF geometry")
 STAGES = ("image", "zero123", "refine", "export", "preview")
 RECOMMENDED = "recommended"  # --image-domain-weight recommended: the domain's recommended weights for stage 1
 
@@ -140,7 +140,7 @@ class StageConfig:
     # correlation between each view's rendered surface depth and a monocular depth estimate of that view's own render
     # (the estimator reads the shape its colours show: a lid painted with a bowl's inside reads as a hollow), on the
     # rendered object. Needs a depth estimator (the run's --depth-model). 0 = off (every preset: on the mini world it
-    # opened the bowl's cavity a little and changed the other shapes by nothing measurable; docs/3d.md, "Depth of the
+    # opened the bowl's cavity a little and changed the other shapes by nothing measurable; docs/3d-measurements.md, "Depth of the
     # random views").
     lambda_view_depth: float = 0.0
     lambda_eikonal: float = 0.0  # sdf geometry only: weight of mean (|grad d| - 1)^2 at random points
@@ -250,10 +250,10 @@ def _zero123_mini() -> StageConfig:
     # normal consistency 0.74 / 0.78 / 0.88 / 0.88 (cup) and 0.70 / 0.71 / 0.82 / 0.83 (box), Chamfer flat to 10,000
     # and worse above (docs/3d.md). The eikonal term of the preset's SDF geometry (_nerf_mini), at 1,024 random points
     # per step instead of 4,096: on six known objects x three seeds the same geometry (Chamfer -0.001 +- 0.001, normal
-    # consistency +0.001 +- 0.003, paired) and stage 2 9 +- 2 s faster (docs/3d.md, "Eikonal points").
+    # consistency +0.001 +- 0.003, paired) and stage 2 9 +- 2 s faster (docs/3d-measurements.md, "Eikonal points").
     # The depth smoothness as Charbonnier's penalty of scale 0.003 (about the median second difference of a finished
     # stage's renders) rather than the square: on the six known objects x three seeds Chamfer -0.0022 +- 0.0005
-    # (lower in 17 of 18), held-out IoU +0.009 +- 0.002, normal consistency +0.002 +- 0.001 (docs/3d.md, "Robust
+    # (lower in 17 of 18), held-out IoU +0.009 +- 0.002, normal consistency +0.002 +- 0.001 (docs/3d-measurements.md, "Robust
     # depth smoothness").
     return StageConfig(steps=100, milestones=(0, 50), resolutions=(32, 48), batch_sizes=(4, 2), ref_resolution=64,
                        ref_ray_fraction=0.25, min_step_percent=[0, 0.4, 0.2, 70], max_step_percent=[0, 0.85, 0.5, 70],
@@ -267,7 +267,7 @@ def _refine_mini() -> StageConfig:
 
     # The eikonal term at 1,024 points, as stage 2's: on nine prompted runs (a cup, a box, a ball; seeds 0-2) the
     # same look and shape as at 4,096 (Chamfer to the class +0.0005 +- 0.0006, judge's porcelain +0.01 +- 0.01),
-    # stage 3 2 +- 1.5 s faster (docs/3d.md, "Eikonal points").
+    # stage 3 2 +- 1.5 s faster (docs/3d-measurements.md, "Eikonal points").
     return StageConfig(steps=30, lr=0.005, milestones=(0,), resolutions=(48,), batch_sizes=(2,), ref_resolution=64,
                        ref_ray_fraction=0.25, min_step_percent=0.2, max_step_percent=0.6, lambda_sds=0.01,
                        view_dependent_prompting=False, sds_background=tuple(BACKGROUND), lambda_eikonal=SDF_EIKONAL,
@@ -277,7 +277,7 @@ def _refine_mini() -> StageConfig:
 def _nerf_mini() -> NeRFConfig:
     # SDF geometry: from ground-truth views of the six known objects, three seeds, against the density field:
     # Chamfer lower on every class on average (the box 0.063 -> 0.049, two seeds of three within issue 24's 0.05;
-    # the bowl still filled), normal consistency and held-out IoU up, the same time (docs/3d.md, "SDF geometry").
+    # the bowl still filled), normal consistency and held-out IoU up, the same time (docs/3d-measurements.md, "SDF geometry").
     return NeRFConfig(n_levels=12, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.3, hidden=32,
                       n_hidden_layers=1, samples_per_ray=48, occupancy_grid=32, geometry="sdf")
 
@@ -318,7 +318,7 @@ PRESET_SIZES: dict[str, PresetSizes] = {
     "mini": PresetSizes(_nerf_mini, _camera_mini, _zero123_mini, _refine_mini,
                         lambda: ExportConfig(resolution=80, texture_size=256, smooth=15), 24, 128,
                         # the mini world's renders have no background words; stage 1 at w_d 1.25 gives the object
-                        # the domain's look at little cost to the prompt's shape (bench.mini3d_stage1, docs/3d.md)
+                        # the domain's look at little cost to the prompt's shape (bench.mini3d_stage1, docs/3d-measurements.md)
                         background_prompt="", image_domain_weights=(("porcelain", 1.25),), depth="auto"),
     "tiny": PresetSizes(_nerf_tiny, CameraConfig, _zero123_tiny, _refine_tiny,
                         lambda: ExportConfig(resolution=48, texture_size=128, threshold_resolution=32, side_views=0),

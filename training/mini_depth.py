@@ -1,5 +1,5 @@
 """The mini world's monocular depth estimator (a step of ``python -m training.miniworld``), for the 3D flow's
-reference-depth loss (``--depth auto``; docs/3d.md, "Reference depth").
+reference-depth loss (``--depth auto``; docs/3d-measurements.md, "Reference depth").
 
 Data: random objects of every shape (a third with the porcelain glaze), each seen from one random view (elevation
 -10..60 degrees, any azimuth), framed as the 3D flow frames its reference view
