@@ -63,6 +63,29 @@ def test_training_leaves_the_callers_random_state(run_a):
     assert torch.equal(t0, t1) and p0 == p1 and np.array_equal(n0, n1)
 
 
+def test_every_gpu_of_the_runs_kind_gets_its_generator_back(monkeypatch):
+    """set_seed seeds every GPU's generator (manual_seed_all); a run on cuda:1 of three gave back cuda:1's alone."""
+    import contextlib
+
+    from training.train import _kept_random_state
+
+    forked = {}
+
+    @contextlib.contextmanager
+    def fork_rng(devices, device_type):
+        forked.update(devices=list(devices), device_type=device_type)
+        yield
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    with _kept_random_state(torch.device("cuda", 1)):
+        pass
+    assert forked == {"devices": [0, 1, 2], "device_type": "cuda"}
+    with _kept_random_state(torch.device("cpu")):
+        pass
+    assert forked["devices"] == []
+
+
 # ------------------------------------------------------------------------------------------------ training
 def _eval_loss(folder: Path, data_dir: Path) -> float:
     """Fixed-noise denoising loss of a domain model on the training latents (same draws for every model)."""
