@@ -96,6 +96,9 @@ def _check_host(host: str) -> None:
 
 
 def main(args) -> int:
+    from suite.extras import require
+
+    require("the app", "gradio")  # before its output folder is made
     # 1. Settings; gradio's upload cache lives inside the output folder unless GRADIO_TEMP_DIR says otherwise,
     #    so every file the app serves is under --output-dir. No analytics: nothing leaves this machine.
     cfg = config_from_args(args)

@@ -623,7 +623,8 @@ def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int |
                       show_error=True, ssr_mode=False, inbrowser=False, quiet=not block, theme=theme,
                       footer_links=["api", "settings"], enable_monitoring=False,
                       app_kwargs={"middleware": [Middleware(NoSniff)]})
-    log.info("app started in %.1f s", time.monotonic() - started)
+    if not block:  # a blocking launch returns when the app stops: its time is the uptime, not the start
+        log.info("app started in %.1f s", time.monotonic() - started)
     return out
 
 

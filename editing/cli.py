@@ -14,6 +14,7 @@ import logging
 from suite import cli
 from suite.checks import UserError, check_range, finite_float
 from suite.domains import FRAMINGS
+from suite.extras import require
 
 HELP = "edit a photo with SDEdit and in-domain guidance (face photos: detect, align, edit the face, paste back)"
 log = logging.getLogger("editing")
@@ -66,6 +67,7 @@ def main(args) -> int:
     from .images import load_mask
 
     # 1. Validate and read the inputs before loading any model.
+    require("edit", "cv2")
     cli.check_request(args)
     check_range(args.strength, "--strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     from suite.pipeline import DEFAULT_STEPS

@@ -18,6 +18,7 @@ from PIL import Image
 
 from suite.checks import Progress, check_guidance_settings, check_int, check_prompt, check_range
 from suite.checks import check_runs_a_step as _runs_a_step
+from suite.extras import require
 from suite.images import DEFAULT_MAX_PIXELS
 from suite.pipeline import DEFAULT_STEPS, quiet, report_steps
 from suite.rules import parse_rule
@@ -104,6 +105,7 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     t0 = time.perf_counter()
 
     # 1. Check the request before any work (one clear sentence each).
+    require("editing a photo", "cv2")  # OpenCV crops and pastes back every edit, the whole image's too
     strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     num_images = check_int(num_images, "the number of images", 1)
     steps = DEFAULT_STEPS if steps is None else check_int(steps, "the number of steps", 1)

@@ -176,8 +176,10 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise ValueError("face detection needs OpenCV: pip install 'opencv-python-headless<5' "
-                         "(or edit the whole image with --whole-image)") from None
+        from suite.extras import require
+
+        require("face detection", "cv2")
+        raise
     return cv2
 
 

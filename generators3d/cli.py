@@ -291,8 +291,12 @@ def config_from_args(args):
 
 
 def main(args) -> int:
-    from . import run_text_to_3d
+    from suite.extras import require
 
+    from . import run_text_to_3d
+    from .run import THREE_D_MODULES
+
+    require("3d", *THREE_D_MODULES)  # a batch too, before its folder is claimed
     if args.prompts_file:
         return batch_main(args)
     # 1. Flags -> config (validated), 2. run, 3. say where the results are.

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from suite.batch import launched_processes
 from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
 from suite.depth import load_depth_estimator, nearness_image, read_nearness
+from suite.extras import require
 from suite.files import (
     check_writable_dir,
     claim_run_folder,
@@ -73,6 +74,10 @@ _RESUME_KEYS = ("prompt", "domain", "preset", "image", "mask", "seed", "mask_met
                 "elevation")
 
 
+THREE_D_MODULES = ("scipy", "trimesh", "mcubes|skimage")
+"""What the 3D flow cannot run without (the ``3d`` extra; xatlas is optional: without it, vertex colours)."""
+
+
 def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     """Prompt -> in-domain image -> Zero-1-to-3 NeRF -> domain SDS refinement -> meshes and a preview.
 
@@ -81,6 +86,7 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     ``config.resume`` is set. The output folder is locked for the run (a second run into it is refused), and
     temporary files that a killed run left there are removed first.
     """
+    require("text-to-3D", *THREE_D_MODULES)  # the mesh export needed them after all the training
     cfg = config.resolved()
     prompt, _ = _check_request(cfg)
     out = check_writable_dir(Path(cfg.output).expanduser())  # "~/run" from Python too, not a folder named "~"

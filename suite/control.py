@@ -11,6 +11,9 @@ def canny(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
     try:
         import cv2
     except ImportError:
-        raise ValueError("canny edges need OpenCV: pip install 'opencv-python-headless<5'") from None
+        from .extras import require
+
+        require("canny edges", "cv2")
+        raise
     edges = cv2.Canny(np.asarray(image.convert("RGB")), low, high)
     return Image.fromarray(np.stack([edges] * 3, axis=-1))

@@ -2,7 +2,7 @@
 
 Expected failures are mistakes in the input (:class:`suite.checks.UserError`, ``ValueError``), models that cannot
 be found or read (:class:`suite.models.ModelLoadError`, a damaged ``.safetensors``, a pickle where weights should
-be), the machine saying no (disk full, permission denied, read-only file system, a port in use), and, in a run
+be), an optional extra that is not installed (:mod:`suite.extras`), the machine saying no (disk full, permission denied, read-only file system, a port in use), and, in a run
 split between processes, the loss of another process (which has said why itself). Anything else is a bug:
 :func:`explain` returns ``None`` and the caller shows the traceback, to be reported.
 """
@@ -37,6 +37,10 @@ def explain(err: BaseException) -> str | None:
     """One sentence for an expected failure, or ``None`` for a bug (show the traceback)."""
     if isinstance(err, ValueError | FileNotFoundError | NotADirectoryError) and str(err).strip():  # UserError too
         return str(err).strip()
+    if isinstance(err, ModuleNotFoundError):  # an extra not installed (pyproject's optional dependencies)
+        from .extras import sentence_for
+
+        return sentence_for(err)
     if isinstance(err, FloatingPointError) and str(err).strip():  # a training run that diverged: the sentence says how
         return str(err).strip()
     try:  # lazy: the CLI's --help path imports this module, and suite.models loads torch

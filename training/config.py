@@ -186,8 +186,10 @@ class TrainConfig:
         if self.use_8bit_adam and not is_bnb_available():
             raise ValueError("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes, or drop the flag")
         if self.report_to == "tensorboard" and not is_tensorboard_available():
-            raise ValueError("--report-to tensorboard needs tensorboard: pip install tensorboard, or pass "
-                             "--report-to none")
+            from suite.extras import install_command
+
+            raise ValueError(f"--report-to tensorboard needs tensorboard, of the train extra: "
+                             f"{install_command('train')}, or pass --report-to none")
 
     def resolved_sd_model(self) -> str:
         """``--sd-model``, else the preset's SD1.5 (the mini world's checked against its manifest)."""

@@ -101,6 +101,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
         raise ValueError(f"the output {str(output)!r} is a file: --output must be a folder (it becomes the domain "
                          f"model); choose a new folder name")
     check_writable_dir(output)
+    config.check_optional_packages()  # before the Accelerator, which warns about a missing tracker first
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
                               log_with=None if config.report_to == "none" else config.report_to,
                               project_dir=str(output / "training" / "logs"),
