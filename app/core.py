@@ -87,6 +87,15 @@ class PipelineCache:
             self._entries[key] = entry
             return entry
 
+    def make_room(self, slots: int = 1) -> None:
+        """Unload the least recently used pipelines until ``slots`` more fit within ``--max-loaded-models``: a 3D job
+        loads models of its own (the base, the domain model, Zero-1-to-3) beside the cached ones, which the limit did
+        not count. A job still running one keeps it until it ends."""
+        with self._lock:
+            while self._entries and len(self._entries) > max(self.config.max_loaded_models - slots, 0):
+                old, _ = self._entries.popitem(last=False)
+                log.info("unloading %s", old)
+
     def loaded(self) -> list[tuple]:
         with self._lock:
             return list(self._entries)

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from training.train import train_domain
 
 from .core import (
     AppConfig,
+    JobCancelled,
     PipelineCache,
     checked_progress,
     domain_model_for,
@@ -263,7 +265,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
 
 
 def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings: dict | None = None,
-           progress: Progress | None = None) -> ThreeDResult:
+           progress: Progress | None = None, cache: PipelineCache | None = None) -> ThreeDResult:
     """One 3D-tab job through ``generators3d.run_text_to_3d`` (the CLI's ``3d``), written under OUTPUT/3d.
 
     ``image`` (a checked PIL image) replaces stage 1; ``settings`` are ``ThreeDConfig`` fields from the form."""
@@ -283,12 +285,16 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     values.update(config.threed_overrides)
     try:
         cfg3 = make_config(ThreeDConfig, values)
-        # 3. Run every stage.
+        # 3. Run every stage, its models counted among the loaded ones.
+        if cache is not None:
+            cache.make_room(1)
         return run_text_to_3d(cfg3, progress=progress)
-    except BaseException:
-        # a request refused (or a run failed) before it wrote anything leaves no empty run folder, nor its upload
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    except BaseException as err:
+        # a request refused (or a run failed) before it wrote anything leaves no empty run folder, nor its upload;
+        # a cancelled run nothing at all ("cancelled: nothing was saved"; the app does not resume runs)
+        cancelled = isinstance(err, JobCancelled)
+        if folder.is_dir() and (cancelled or not any(folder.iterdir())):
+            shutil.rmtree(folder, ignore_errors=True)
             if values.get("image"):
                 Path(values["image"]).unlink(missing_ok=True)
         raise

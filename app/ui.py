@@ -194,7 +194,9 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
     cache = PipelineCache(cfg)
     jobs = core.Jobs(cfg.max_jobs)
     domains = core.list_domain_names(cfg)
-    with gr.Blocks(title="In-domain generation", analytics_enabled=False) as demo:
+    # delete_cache: the copies of uploads and results gradio serves (OUTPUT/.uploads) go after a day, and all of this
+    # server's at its end; they grew with every job and outlived restarts (the results stay in their run folders)
+    with gr.Blocks(title="In-domain generation", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("## In-domain generation\nMulti-guidance diffusion (SD1.5 + a null-text domain model): "
                     "`eps = eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd)` (paper Eq. 3). "
                     + ("**Tiny preset:** random offline models, so images are noise; the flow is real."
@@ -205,7 +207,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
         with gr.Tab("Edit", id="edit"):
             dropdowns.append(_edit_tab(cfg, cache, jobs, domains))
         with gr.Tab("3D", id="3d"):
-            dropdowns.append(_threed_tab(cfg, jobs, domains))
+            dropdowns.append(_threed_tab(cfg, cache, jobs, domains))
         with gr.Tab("Domains", id="domains"):
             _domains_tab(cfg, jobs, [d for d in dropdowns if d is not None])
         live = [d for d in dropdowns if d is not None]
@@ -430,7 +432,7 @@ def _mask_from(drawn, mask_file, photo):
 
 
 # ----------------------------------------------------------------------------------------------------------
-def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
+def _threed_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
     skip = {"prompt", "domain", "preset", "output", "image", "mask", "device", "dtype", "sd_model",
             "domain_model", "zero123_model", "resume", "export_only"}
     fields = runs.threed_fields(cfg.preset, skip)
@@ -462,7 +464,7 @@ def _threed_tab(cfg: AppConfig, jobs: core.Jobs, domains: list[str]):
         cancel_flag = jobs.start(session_of(request), "3d")
         settings = _settings_values(fields, values)
         job = runs.ThreadJob(lambda report: runs.run_3d(cfg, prompt=prompt, domain=domain, image=image,
-                                                        settings=settings, progress=report),
+                                                        settings=settings, progress=report, cache=cache),
                              name="3d", cancel_flag=cancel_flag, gate=jobs.gate)
         res = yield from _relay(job, cancel_flag, gradio_progress(progress), 6)
         meshes = {k: Path(v) for k, v in res.mesh_paths.items()}
@@ -602,6 +604,10 @@ class NoSniff:
         return await self.app(scope, receive, send_with_header)
 
 
+SESSIONS_KEPT = 500
+"""Browser or API sessions whose page state the server keeps (the least recently used dropped first)."""
+
+
 def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
            block: bool = True):
     """Serve the page with the safe defaults: local address, no share link, size-limited uploads, and files
@@ -622,6 +628,8 @@ def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int |
                       allowed_paths=[str(p) for p in core.served_dirs(cfg)], max_file_size=f"{cfg.max_upload_mb:g}mb",
                       show_error=True, ssr_mode=False, inbrowser=False, quiet=not block, theme=theme,
                       footer_links=["api", "settings"], enable_monitoring=False,
+                      # each browser or API session's state, about 0.3 MB: gradio kept 10,000 (about 3 GB)
+                      state_session_capacity=SESSIONS_KEPT,
                       app_kwargs={"middleware": [Middleware(NoSniff)]})
     if not block:  # a blocking launch returns when the app stops: its time is the uptime, not the start
         log.info("app started in %.1f s", time.monotonic() - started)

@@ -5,8 +5,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$(mktemp -d)}"
-export INDOMAIN_TINY_DIR="${INDOMAIN_TINY_DIR:-$(mktemp -d)/tiny}"
+# Folders of this run's own (torch's extension builds, the tiny models built on first use), removed at its end.
+MADE=()
+if [ -z "${TORCH_EXTENSIONS_DIR:-}" ]; then TORCH_EXTENSIONS_DIR=$(mktemp -d); MADE+=("$TORCH_EXTENSIONS_DIR"); fi
+if [ -z "${INDOMAIN_TINY_DIR:-}" ]; then tiny=$(mktemp -d); INDOMAIN_TINY_DIR=$tiny/tiny; MADE+=("$tiny"); fi
+export TORCH_EXTENSIONS_DIR INDOMAIN_TINY_DIR
+trap 'rm -rf ${MADE[@]+"${MADE[@]}"}' EXIT
 # The app's real-browser test needs Chromium (Debian's package); without it that test is skipped with the reason.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \

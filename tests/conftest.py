@@ -9,7 +9,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one torch thread per w
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="torch-ext-"))
+# fixed folders, reused: a mkdtemp here (evaluated even when the variable was set) left a new empty folder in the
+# temporary folder with every pytest process
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "torch-ext"))
 os.environ.setdefault("INDOMAIN_TINY_DIR", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "tiny-v3"))
 
 

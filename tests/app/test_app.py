@@ -359,6 +359,53 @@ def test_3d_tab_starts_from_what_the_preset_does(preset):
         assert getattr(given, part) == getattr(r, part), part
 
 
+def test_a_cancelled_3d_job_leaves_nothing_and_makes_room_for_its_models(app, monkeypatch):
+    """The page says "cancelled: nothing was saved", but a 3D job cancelled in stage 2 left its run folder (stage 1's
+    image, the reference, config.json) and its upload, which the app never resumes. And its models (the base, the
+    domain model, Zero-1-to-3) were loaded beside --max-loaded-models cached pipelines, which the limit did not
+    count."""
+    _backend("generators3d", "ThreeDConfig", "run_text_to_3d")
+    _, cfg, _, _ = app
+    made = []
+
+    class Cache:
+        def make_room(self, slots):
+            made.append(slots)
+
+    def cancel_in_stage_2(stage, done, total, info):
+        if stage == "zero123":
+            raise core.JobCancelled("cancelled")
+
+    before = set((cfg.output_dir / "3d").iterdir()) if (cfg.output_dir / "3d").is_dir() else set()
+    with pytest.raises(core.JobCancelled):
+        runs.run_3d(cfg, prompt="", domain="porcelain", image=Image.new("RGB", (64, 64), "white"),
+                    progress=cancel_in_stage_2, cache=Cache())
+    assert made == [1]
+    assert set((cfg.output_dir / "3d").iterdir()) == before  # neither the run folder nor its input image
+
+
+def test_the_cache_unloads_the_oldest_to_make_room(monkeypatch, tmp_path):
+    monkeypatch.setattr(core, "build_pipeline", lambda *a, **k: object())
+    cache = core.PipelineCache(core.AppConfig(preset="tiny", output_dir=tmp_path, max_loaded_models=2))
+    cache.get("face")
+    cache.get("porcelain")
+    cache.get("face")  # porcelain is now the least recently used
+    cache.make_room(1)
+    assert [key[1] for key in cache.loaded()] == ["face"]
+    cache.make_room(5)
+    assert cache.loaded() == []
+
+
+def test_gradio_forgets_old_sessions_and_old_copies(app):
+    """Each new browser or API session kept about 0.3 MB of page state up to gradio's 10,000 (3 GB), and OUTPUT/.uploads
+    kept a copy of every result across restarts."""
+    from app.ui import SESSIONS_KEPT
+
+    demo = app[3]
+    assert demo.state_session_capacity == SESSIONS_KEPT <= 1000
+    assert demo.delete_cache is not None and demo.delete_cache[1] <= 7 * 86400
+
+
 def test_3d_tab_starts_from_an_uploaded_image(app):
     """An uploaded image replaces stage 1. It is kept beside the run folder: the 3D run refuses a folder holding
     files it did not write, and an upload inside it made every such run fail (issue 26's review)."""
