@@ -9,6 +9,7 @@ in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -68,6 +69,7 @@ class PipelineCache:
         self.config = config
         self._entries: OrderedDict[tuple, tuple] = OrderedDict()
         self._lock = threading.Lock()
+        self._reserved = 0  # slots held by models loaded outside the cache (reserved())
 
     def get(self, domain: str, need_controlnet: bool = False):
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
@@ -77,9 +79,7 @@ class PipelineCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            while len(self._entries) >= max(self.config.max_loaded_models, 1):
-                old, _ = self._entries.popitem(last=False)
-                log.info("unloading %s", old)
+            self._keep(max(self.config.max_loaded_models - self._reserved, 1) - 1)
             log.info("loading models for %s", key)
             pipe = build_pipeline(self.config.preset, domain, None, str(model) if model else None, None,
                                   need_controlnet, self.config.device, self.config.dtype)
@@ -87,14 +87,25 @@ class PipelineCache:
             self._entries[key] = entry
             return entry
 
-    def make_room(self, slots: int = 1) -> None:
-        """Unload the least recently used pipelines until ``slots`` more fit within ``--max-loaded-models``: a 3D job
-        loads models of its own (the base, the domain model, Zero-1-to-3) beside the cached ones, which the limit did
-        not count. A job still running one keeps it until it ends."""
+    def _keep(self, n: int) -> None:
+        """Unload the least recently used pipelines until ``n`` are left (a job running one keeps it until it ends)."""
+        while len(self._entries) > max(n, 0):
+            old, _ = self._entries.popitem(last=False)
+            log.info("unloading %s", old)
+
+    @contextlib.contextmanager
+    def reserved(self, slots: int = 1):
+        """``slots`` of ``--max-loaded-models`` held for models loaded outside the cache while the block runs: a 3D
+        job's own (the base, the domain model, Zero-1-to-3), which the limit did not count. Pipelines loaded
+        meanwhile (another job, with ``--max-jobs`` above 1) stay within what is left, at least one."""
         with self._lock:
-            while self._entries and len(self._entries) > max(self.config.max_loaded_models - slots, 0):
-                old, _ = self._entries.popitem(last=False)
-                log.info("unloading %s", old)
+            self._reserved += slots
+            self._keep(self.config.max_loaded_models - self._reserved)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= slots
 
     def loaded(self) -> list[tuple]:
         with self._lock:

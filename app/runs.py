@@ -6,6 +6,7 @@ what the tab shows."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -279,24 +280,24 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
     folder = new_run_dir(config, "3d")
     values.update(prompt=prompt, domain=domain, preset=config.preset, output=folder,
                   device=config.device, dtype=config.dtype, domain_model=str(model) if model else None)
+    upload = None
     if image is not None:
         # beside the run folder, not in it: the 3D run writes only into a folder that is empty or its own
-        values["image"] = save_image_atomic(image, folder.with_name(f"{folder.name}-input.png"))
+        upload = values["image"] = save_image_atomic(image, folder.with_name(f"{folder.name}-input.png"))
     values.update(config.threed_overrides)
     try:
         cfg3 = make_config(ThreeDConfig, values)
         # 3. Run every stage, its models counted among the loaded ones.
-        if cache is not None:
-            cache.make_room(1)
-        return run_text_to_3d(cfg3, progress=progress)
+        with cache.reserved(1) if cache is not None else contextlib.nullcontext():
+            return run_text_to_3d(cfg3, progress=progress)
     except BaseException as err:
         # a request refused (or a run failed) before it wrote anything leaves no empty run folder, nor its upload;
         # a cancelled run nothing at all ("cancelled: nothing was saved"; the app does not resume runs)
         cancelled = isinstance(err, JobCancelled)
         if folder.is_dir() and (cancelled or not any(folder.iterdir())):
             shutil.rmtree(folder, ignore_errors=True)
-            if values.get("image"):
-                Path(values["image"]).unlink(missing_ok=True)
+            if upload is not None:
+                Path(upload).unlink(missing_ok=True)
         raise
 
 

@@ -30,6 +30,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from suite.extras import install_command
+
 Point = tuple[float, float]
 
 #: Where the eyes sit in an OpenCV frontal-face box, as fractions of its width/height (box-only framing;
@@ -173,14 +175,9 @@ def _detect_plain_then_equalised(cascade, gray: np.ndarray, **kwargs):
 
 
 def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        from suite.extras import require
+    from suite.extras import load
 
-        require("face detection", "cv2")
-        raise
-    return cv2
+    return load("cv2", "face detection")
 
 
 MIN_DETECT_SIDE = 20
@@ -207,7 +204,7 @@ def _cascade(cv2, name: str):
     root = getattr(getattr(cv2, "data", None), "haarcascades", None)
     if not root:
         raise ValueError("this OpenCV build carries no Haar cascade files (OpenCV 5 dropped them): "
-                         "pip install 'opencv-python-headless<5'")
+                         f"pip install 'opencv-python-headless<5' ({install_command('edit')})")
     path = os.path.join(root, name)
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():

@@ -248,7 +248,7 @@ def _zero123_mini() -> StageConfig:
     # steps at 32 -> 64 and whole reference views (docs/3d.md, "Speed").
     # Depth smoothness 10,000: measured from ground-truth views of a cup and a box, 0 / 1,000 / 10,000 / 30,000 gave
     # normal consistency 0.74 / 0.78 / 0.88 / 0.88 (cup) and 0.70 / 0.71 / 0.82 / 0.83 (box), Chamfer flat to 10,000
-    # and worse above (docs/3d.md). The eikonal term of the preset's SDF geometry (_nerf_mini), at 1,024 random points
+    # and worse above (docs/3d-measurements.md). The eikonal term of the preset's SDF geometry (_nerf_mini), at 1,024 random points
     # per step instead of 4,096: on six known objects x three seeds the same geometry (Chamfer -0.001 +- 0.001, normal
     # consistency +0.001 +- 0.003, paired) and stage 2 9 +- 2 s faster (docs/3d-measurements.md, "Eikonal points").
     # The depth smoothness as Charbonnier's penalty of scale 0.003 (about the median second difference of a finished

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.extras import install_command
 from suite.files import AtomicFiles
 
 from .cameras import camera_rays
@@ -383,7 +384,8 @@ def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0, views=
     try:
         import xatlas
     except ImportError:
-        log.warning("xatlas is not installed: the GLB and OBJ get vertex colours instead of a texture (pip install xatlas)")
+        log.warning("xatlas is not installed: the GLB and OBJ get vertex colours instead of a texture (it comes with "
+                    "the 3d extra: %s)", install_command("3d"))
         return mesh
     import trimesh
     from PIL import Image, ImageDraw

@@ -71,7 +71,7 @@ def depth_curvature(depth: torch.Tensor, opacity: torch.Tensor, jump: float = 0.
     more than ``jump`` scene units (an edge in front of another part of the object). A plane seen in perspective
     and a slowly curved surface cost almost nothing; bumps at the pixel scale cost most. The depth is the rendered
     expected depth: with few, jittered samples per ray its sampling noise is penalised too, which favours a softer
-    density (docs/3d.md, "Measured against the exact geometry"). ``robust`` > 0: Charbonnier's penalty of scale
+    density (docs/3d-measurements.md, "Depth smoothness"). ``robust`` > 0: Charbonnier's penalty of scale
     ``robust`` (scene units) instead of the square, ``2 r^2 (sqrt(1 + (x / r)^2) - 1)``: the square for second
     differences well below ``robust``, growing only linearly above it, so that a crease costs less."""
     on = (opacity > 0.5).detach()

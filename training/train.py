@@ -80,7 +80,7 @@ def _kept_random_state(device: torch.device):
     # set_seed seeds every GPU of the run's kind (manual_seed_all), so every one of them is given back, not only the
     # run's own (cuda, mps, xpu; a CPU run touches no GPU's generator)
     accelerated = device.type not in ("cpu", "meta")
-    count = getattr(torch, device.type).device_count() if accelerated else 0
+    count = getattr(getattr(torch, device.type), "device_count", lambda: 1)() if accelerated else 0
     with torch.random.fork_rng(devices=list(range(count)), device_type=device.type if accelerated else "cuda"):
         try:
             yield

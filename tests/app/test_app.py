@@ -5,6 +5,7 @@ One app is launched for the module.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -369,8 +370,9 @@ def test_a_cancelled_3d_job_leaves_nothing_and_makes_room_for_its_models(app, mo
     made = []
 
     class Cache:
-        def make_room(self, slots):
+        def reserved(self, slots):
             made.append(slots)
+            return contextlib.nullcontext()
 
     def cancel_in_stage_2(stage, done, total, info):
         if stage == "zero123":
@@ -384,16 +386,24 @@ def test_a_cancelled_3d_job_leaves_nothing_and_makes_room_for_its_models(app, mo
     assert set((cfg.output_dir / "3d").iterdir()) == before  # neither the run folder nor its input image
 
 
-def test_the_cache_unloads_the_oldest_to_make_room(monkeypatch, tmp_path):
+def test_the_cache_keeps_room_for_a_3d_jobs_own_models(monkeypatch, tmp_path):
+    """While a slot is reserved, the cache unloads its least recently used pipeline and loads no more than the rest
+    of --max-loaded-models (another job, with --max-jobs above 1, loaded up to the limit beside the 3D job)."""
     monkeypatch.setattr(core, "build_pipeline", lambda *a, **k: object())
-    cache = core.PipelineCache(core.AppConfig(preset="tiny", output_dir=tmp_path, max_loaded_models=2))
-    cache.get("face")
+    cache = core.PipelineCache(core.AppConfig(preset="tiny", output_dir=tmp_path, max_loaded_models=3))
+    for domain in ("face", "porcelain", "animal", "face"):  # porcelain is now the least recently used
+        cache.get(domain)
+    with cache.reserved(1):
+        assert [key[1] for key in cache.loaded()] == ["animal", "face"]
+        cache.get("porcelain")  # a job beside the 3D one
+        assert [key[1] for key in cache.loaded()] == ["face", "porcelain"]
+        with cache.reserved(5):  # never below one: a running job still gets its pipeline
+            assert cache.loaded() == []
+            cache.get("face")
+            assert len(cache.loaded()) == 1
+    cache.get("animal")
     cache.get("porcelain")
-    cache.get("face")  # porcelain is now the least recently used
-    cache.make_room(1)
-    assert [key[1] for key in cache.loaded()] == ["face"]
-    cache.make_room(5)
-    assert cache.loaded() == []
+    assert len(cache.loaded()) == 3  # the whole limit again
 
 
 def test_gradio_forgets_old_sessions_and_old_copies(app):
