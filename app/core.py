@@ -58,6 +58,15 @@ class JobCancelled(Exception):
 
 
 # loaded models
+def _stamp(path: Path):
+    """What changes when a file is written again (replaced or rewritten)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class PipelineCache:
     """Loaded pipelines keyed by (preset, domain, model folder, ControlNet), least recently used dropped first.
 
@@ -74,7 +83,9 @@ class PipelineCache:
     def get(self, domain: str, need_controlnet: bool = False):
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
         model = domain_model_for(self.config, domain)
-        key = (self.config.preset, domain, str(model) if model else None, bool(need_controlnet))
+        # the model as it is on disk now: a domain trained again under its name was served from the old weights
+        stamp = _stamp(model / "config.json") if model else None
+        key = (self.config.preset, domain, str(model) if model else None, stamp, bool(need_controlnet))
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)

@@ -36,6 +36,7 @@ from .core import (
     domain_model_for,
     fmt_weight,
     new_run_dir,
+    trained_domains,
     write_json_atomic,
 )
 
@@ -342,16 +343,29 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     domain = (domain or "").strip()
     if not DOMAIN_NAME.match(domain):
         raise UserError(f"the domain name {domain!r} must be 1-40 letters, digits, '-' or '_'")
-    if domain in PRESETS:
+    if domain.lower() in {p.lower() for p in PRESETS}:  # "Face" beside the preset "face" too
         raise UserError(f"{domain!r} is a preset name: choose another name for your own domain")
     data_dir = _allowed_data_dir(config, data)
     output = config.output_dir / "domains" / domain
+    # the page has no --resume or --output: a name in use is one sentence about the page and the server's folder
+    if domain in trained_domains(config):
+        raise UserError(f"a domain named {domain!r} is already trained here: choose another name (to train the name "
+                        f"again, delete its folder {str(output)!r} on the server first)")
+    if output.exists():
+        raise UserError(f"the folder of {domain!r} ({str(output)!r}) holds a training that did not finish (the server "
+                        f"stopped during it): choose another name, or delete that folder on the server first")
     # 2. The config, as the CLI builds it; then train.
     values = dict(settings or {})
     values.update(domain=domain, data=str(data_dir), output=str(output), device=config.device, dtype=config.dtype)
     values.update(config.train_overrides)
     cfg = make_config(functools.partial(TrainConfig.for_preset, config.preset), values, fields_of=TrainConfig)
-    return Path(train_domain(cfg, progress=progress) or output)
+    try:
+        return Path(train_domain(cfg, progress=progress) or output)
+    except JobCancelled:
+        # "cancelled: nothing was saved": the run's checkpoints (121 MB on the mini preset) went, and the name is
+        # free again; the folder is this job's own (it did not exist before)
+        shutil.rmtree(output, ignore_errors=True)
+        raise
 
 
 class ThreadJob:

@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 from suite import images
 from suite.checks import AUTO, Progress, UserError
 from suite.control import canny
-from suite.domains import get_domain
+from suite.domains import PRESETS, Domain, get_domain
 from suite.failures import explain
 from suite.presets import get_preset
 from suite.rules import format_rule, parse_rule
@@ -244,21 +244,45 @@ def _rule_box(recommended, prefix: str):
                            "noise), 'project=domain:control', 'clamp=0.5'; 'paper' for none")
 
 
-def _rule(text, cfg: AppConfig):
+def _rule(text, cfg: AppConfig, domain: str | None = None):
     """The form's rule for the pipeline: ``None`` (the domain's recommendation, as the CLI) when the box is empty or
     still shows the recommended rule; else the text, checked by the pipeline."""
     text = (text or "").strip()
-    rec = _recommended(cfg).rule
+    rec = _recommended(cfg, domain).rule
     if not text or (rec and text == format_rule(parse_rule(rec))):
         return None
     return text
 
 
-def _recommended(cfg: AppConfig):
-    """The preset's default domain as the preset ships it: the forms start from its recommended weights (the mini
-    world's porcelain has them; a domain without them starts on "automatic") and its framing."""
+def _recommended(cfg: AppConfig, domain: str | None = None):
+    """A domain (the preset's default when not given) as the preset ships it: the forms show its recommended weights
+    (the mini world's porcelain and face have them; a domain without them is on "automatic"), rule and framing, as
+    the CLI uses them when none are given. A domain trained in the app has none (automatic, the whole photo)."""
     preset = get_preset(cfg.preset)
-    return preset.domain_defaults(get_domain(preset.default_domain))
+    name = domain or preset.default_domain
+    if name in PRESETS:
+        return preset.domain_defaults(get_domain(name))
+    return Domain(name=str(name), prompt="")
+
+
+def _follow_domain(cfg: AppConfig, domain, auto_wd, wd, auto_wc, wc, rule, whole=None):
+    """The form's weights, rule (and, on the Edit tab, whole-image framing) follow the chosen domain's
+    recommendations: they kept the first domain's (porcelain's w_c = 7 on face, whose recommended w_c is 5; face
+    photos edited whole, porcelain's way)."""
+    boxes = [auto_wd, wd, auto_wc, wc, rule] + ([whole] if whole is not None else [])
+
+    def follow(name):
+        rec = _recommended(cfg, name)
+        ups = []
+        for weight in (rec.domain_weight, rec.control_weight):
+            ups += [gr.update(value=weight is None), gr.update(value=2.5 if weight is None else weight,
+                                                                 interactive=weight is not None)]
+        ups.append(gr.update(value=format_rule(parse_rule(rec.rule)) if rec.rule else "paper"))
+        if whole is not None:
+            ups.append(gr.update(value=rec.framing == "whole"))
+        return ups
+
+    domain.change(follow, domain, boxes, queue=False, api_visibility="private")
 
 
 def _cancel_button(jobs: core.Jobs, elem_id: str, tab: str):
@@ -279,10 +303,11 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
             prompt = gr.Textbox("", label="prompt (control text; empty = unconditional in-domain)",
                                 placeholder="e.g. wearing glasses", elem_id="gen-prompt")
             negative = gr.Textbox("", label="negative prompt", elem_id="gen-negative")
-            rec = _recommended(cfg)
+            rec = _recommended(cfg, domain.value)
             auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd", rec.domain_weight)
             auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc", rec.control_weight)
             rule = _rule_box(rec, "gen")
+            _follow_domain(cfg, domain, auto_wd, wd, auto_wc, wc, rule)
             with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet"):
                 with gr.Row():
                     control = checked_image(cfg, "control image", label="control image", elem_id="gen-control")
@@ -316,7 +341,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
         cancel_flag = jobs.start(session_of(request), "generate")
         req = runs.GenerateRequest(domain=domain, prompt=prompt or "", negative_prompt=negative or "",
                                    domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc),
-                                   guidance_rule=_rule(rule, cfg), control_image=control, canny=bool(use_canny),
+                                   guidance_rule=_rule(rule, cfg, domain), control_image=control, canny=bool(use_canny),
                                    seed=seed, steps=steps, num_images=num)
         job = runs.ThreadJob(lambda report: runs.run_generate(cache, req, report), name="generate",
                              cancel_flag=cancel_flag, gate=jobs.gate)
@@ -359,12 +384,13 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
                                 file_types=[".json"], elem_id="edit-landmarks")
             with gr.Row():
                 all_faces = gr.Checkbox(False, label="edit every face (else the largest)")
-                whole = gr.Checkbox(_recommended(cfg).framing == "whole",
+                whole = gr.Checkbox(_recommended(cfg, domain.value).framing == "whole",
                                     label="edit the whole image (no face detection)")
-            rec = _recommended(cfg)
+            rec = _recommended(cfg, domain.value)
             auto_wd, wd = _weights_row("domain weight w_d", "w_d", "edit-wd", rec.domain_weight)
             auto_wc, wc = _weights_row("control weight w_c", "w_c", "edit-wc", rec.control_weight)
             rule = _rule_box(rec, "edit")
+            _follow_domain(cfg, domain, auto_wd, wd, auto_wc, wc, rule, whole)
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
                 steps = gr.Slider(1, cfg.max_steps, value=cfg.default_steps, step=1, label="steps")
@@ -392,7 +418,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
              request: gr.Request = None, progress=gr.Progress()):
         cancel_flag = jobs.start(session_of(request), "edit")
         mask = _mask_from(drawn, mask_file, photo)
-        guidance_rule = _rule(rule, cfg)
+        guidance_rule = _rule(rule, cfg, domain)
         job = runs.ThreadJob(lambda report: runs.run_edit(
             cache, domain=domain, photo=photo, prompt=prompt or "", strength=strength,
             domain_weight=_weight(auto_wd, wd), control_weight=_weight(auto_wc, wc), guidance_rule=guidance_rule,

@@ -42,7 +42,7 @@ from suite.pipeline import quiet, report_steps
 from suite.presets import build_pipeline, depth_ref, resolve_device, resolve_domain, warn_prompt, zero123_ref
 from suite.progress import LogProgress
 from suite.rules import check_rule_terms, parse_rule
-from suite.threads import continue_threads, kept_threads
+from suite.threads import building_models, continue_threads, kept_threads
 from suite.zero123 import Zero123Guidance, load_zero123
 
 from . import mesh as meshlib
@@ -230,12 +230,14 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     if z123_model is not None:
         zero123 = Zero123Guidance(z123_model, reference.rgb, cfg.camera.ref_elevation, cfg.camera.ref_azimuth,
                                   cfg.camera.ref_distance)
-    background = Background().to(device)
+    with building_models():  # not while another thread (an app job) loads a model: suite.threads
+        background = Background().to(device)
     if stage2_ckpt.exists():
         field, _ = load_checkpoint(stage2_ckpt, device)
         log.info("stage 2: reusing %s", stage2_ckpt)
     else:
-        field = make_field(cfg.nerf, device, seed=cfg.seed)
+        with building_models():
+            field = make_field(cfg.nerf, device, seed=cfg.seed)
         if cfg.zero123.steps > 0:
             term = Zero123SDS(zero123, cfg.zero123.zero123_guidance_scale, cfg.zero123.weighting,
                               cfg.zero123.grad_clip, cfg.zero123.min_step_percent, cfg.zero123.max_step_percent)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .models import ModelLoadError, load_errors, offline, resolve
+from .threads import building_models
 
 DEPTH_SENSE = {"depth_anything": "nearness", "dpt": "nearness", "glpn": "depth", "zoedepth": "depth"}
 """What each model type's post-processed prediction is: relative inverse depth (``nearness``: larger = nearer) or
@@ -97,7 +98,8 @@ def load_depth_estimator(ref: str | os.PathLike, device="cpu", dtype=torch.float
         if sense is None:
             raise ModelLoadError(f"depth model {ref!r} is a {config.model_type!r} model, not one of the depth estimators "
                                  f"the suite knows ({', '.join(sorted(DEPTH_SENSE))}): pass {flag} with one of those")
-        model = AutoModelForDepthEstimation.from_pretrained(ref, use_safetensors=True, **kw)
+        with building_models():  # one load at a time in the process (suite.threads)
+            model = AutoModelForDepthEstimation.from_pretrained(ref, use_safetensors=True, **kw)
         processor = AutoImageProcessor.from_pretrained(ref, **kw)
     except ModelLoadError:
         raise

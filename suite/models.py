@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .nulltext import METADATA_FILE, DomainModel
+from .threads import building_models
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -77,7 +78,8 @@ def load_errors() -> tuple[type[BaseException], ...]:
 
 def _load(what: str, flag: str, ref: str, is_local: bool, fn):
     try:
-        return fn()
+        with building_models():  # one load at a time in the process (suite.threads)
+            return fn()
     except ModelLoadError:
         raise
     except load_errors() as err:

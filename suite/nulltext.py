@@ -40,6 +40,7 @@ from torch import nn
 
 from .files import atomic_path, write_text_atomic
 from .text import encode_prompts
+from .threads import building_models
 
 METADATA_FILE = "nulltext.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -239,7 +240,8 @@ def load_nulltext_unet(folder: str | os.PathLike) -> NullTextUNet:
     config = json.loads((folder / CONFIG_FILE).read_text())
     meta = json.loads((folder / METADATA_FILE).read_text())
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    unet = NullTextUNet.from_config(config)
+    with building_models():  # not while another thread loads a model (suite.threads)
+        unet = NullTextUNet.from_config(config)
     state = load_file(str(folder / WEIGHTS_FILE))
     check_weights(state, f"the domain model in {str(folder)!r}")
     unet.load_state_dict(state, strict=True)

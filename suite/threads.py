@@ -13,12 +13,28 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from contextlib import contextmanager
 
 __all__ = ["default_threads", "usable_cores", "other_load", "machine", "choose_threads", "apply_threads",
-           "continue_threads", "kept_threads", "THREAD_ENV_VARS"]
+           "continue_threads", "kept_threads", "building_models", "THREAD_ENV_VARS"]
 
 log = logging.getLogger("suite")
+
+_BUILDING = threading.RLock()
+
+
+@contextmanager
+def building_models():
+    """Held while a model is built or loaded: one thread at a time. diffusers builds a model it loads under
+    accelerate's ``init_empty_weights``, which swaps ``torch.nn.Module.register_parameter`` for the whole process, so
+    a model built in another thread meanwhile got its parameters on the meta device ("Cannot copy out of meta
+    tensor"), and two loads at once left the swap in place: every later load in the process failed (the app with
+    ``--max-jobs 2``: two trainings, or a training and a Generate). Every loader of the suite and the 3D flow's
+    NeRF take it; re-entrant (a loader inside a loader)."""
+    with _BUILDING:
+        yield
+
 
 #: Variables through which a user already chose torch's thread count: when one is set, torch is left alone.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")

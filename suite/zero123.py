@@ -29,6 +29,7 @@ from .denoisers import UNetDenoiser, epsilon_scheduler
 from .files import atomic_dir
 from .guidance import MultiGuidance, Term
 from .models import ModelLoadError, describe, load_errors, offline, resolve
+from .threads import building_models
 
 PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -116,13 +117,14 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
                 f"Zero-1-to-3 model {ref!r} has neither cc_projection/ nor clip_camera_projection/: it is not a "
                 f"Zero-1-to-3 diffusers folder; pass {flag} with one (e.g. a local copy of kxic/zero123-xl)")
         kw = {"local_files_only": True}
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", **kw)
-        sched_dir = folder / "scheduler"
-        scheduler = (DDIMScheduler.from_pretrained(folder, subfolder="scheduler", **kw) if sched_dir.is_dir()
-                     else DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
-        projection = _projection_from_state(_read_state(proj_dir), f"{proj_dir}")
+        with building_models():  # one load at a time in the process (suite.threads)
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
+            image_encoder = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", **kw)
+            sched_dir = folder / "scheduler"
+            scheduler = (DDIMScheduler.from_pretrained(folder, subfolder="scheduler", **kw) if sched_dir.is_dir()
+                         else DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
+            projection = _projection_from_state(_read_state(proj_dir), f"{proj_dir}")
     except ModelLoadError:
         raise
     except load_errors() as err:

@@ -473,6 +473,28 @@ def test_domains_tab_trains_a_domain_with_live_loss(app, tmp_path):
     assert (cfg.output_dir / "domains" / "noise" / "config.json").is_file()
     rows = client.predict(api_name="/domains")
     assert "noise" in [r[0] for r in (rows["data"] if isinstance(rows, dict) else rows)]
+    # the name again, or a preset's in other letters: one sentence about the page (it said "pass --resume ... or
+    # choose another --output", flags the page does not have)
+    with pytest.raises(UserError, match="already trained here: choose another name") as err:
+        runs.run_train(cfg, domain="noise", data=str(data))
+    assert "--" not in str(err.value)
+    with pytest.raises(UserError, match="is a preset name"):
+        runs.run_train(cfg, domain="Face", data=str(data))
+
+
+def test_a_domain_trained_again_under_its_name_is_loaded_again(monkeypatch, tmp_path):
+    """The cache kept serving the old weights of a domain trained again under its name (its key was the folder)."""
+    built = []
+    monkeypatch.setattr(core, "build_pipeline", lambda *a, **k: built.append(a) or object())
+    cache = core.PipelineCache(core.AppConfig(preset="tiny", output_dir=tmp_path))
+    mine = tmp_path / "domains" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "config.json").write_text("{}")
+    first = cache.get("mine")
+    assert cache.get("mine") is first and len(built) == 1
+    (mine / "config.json").unlink()  # trained again: a new model folder in its place
+    (mine / "config.json").write_text('{"trained": "again"}')
+    assert cache.get("mine") is not first and len(built) == 2
 
 
 def test_the_training_curve_holds_the_training_steps_only(monkeypatch, tmp_path):
@@ -525,7 +547,8 @@ def test_a_training_cancelled_through_the_api_stops(tmp_path, monkeypatch):
         while any(t.name == "train" for t in threading.enumerate()) and time.time() < deadline:
             time.sleep(0.2)
         assert not any(t.name == "train" for t in threading.enumerate())  # it trained on to step 100,000
-        assert not (cfg.output_dir / "domains" / "long" / "config.json").exists()
+        # nothing saved, the name free again (its checkpoints stayed, and the page refused the name for good)
+        assert not (cfg.output_dir / "domains" / "long").exists()
     finally:
         demo.close()
 
@@ -753,3 +776,25 @@ def test_a_job_cancelled_while_it_waits_for_the_previous_one_never_starts():
     job.wait()
     assert isinstance(job.error, core.JobCancelled) and not started
     assert gate.acquire(timeout=1)  # and it gave the gate back
+
+
+def test_the_forms_follow_the_chosen_domains_recommendations(tmp_path):
+    """Generate and Edit started from porcelain's settings whatever the domain: on face the page sent w_c = 7 where the
+    CLI uses face's recommended 5, and the Edit tab edited face photos whole, porcelain's way."""
+    from app.ui import build_app
+    from suite.domains import get_domain
+    from suite.presets import get_preset
+
+    demo = build_app(core.AppConfig(preset="mini", output_dir=tmp_path))
+    follows = {bf.inputs[0].elem_id: bf.fn for bf in demo.fns.values() if getattr(bf.fn, "__name__", "") == "follow"}
+    assert set(follows) == {"gen-domain", "edit-domain"}
+    for name in ("face", "porcelain"):
+        rec = get_preset("mini").domain_defaults(get_domain(name))
+        for tab, fn in follows.items():
+            ups = [u["value"] for u in fn(name)]
+            assert ups[:4] == [False, rec.domain_weight, False, rec.control_weight], (tab, name, ups)
+            assert (ups[4] == "paper") == (rec.rule is None)
+            if tab == "edit-domain":
+                assert ups[5] == (rec.framing == "whole")
+    face, porcelain = (get_preset("mini").domain_defaults(get_domain(n)) for n in ("face", "porcelain"))
+    assert face.control_weight != porcelain.control_weight and face.framing != porcelain.framing  # a real difference

@@ -86,3 +86,33 @@ def test_threads_zero_is_refused_with_one_sentence(value, capsys):
     assert launch.main(["generate", "--preset", "tiny", "--threads", value]) == 2
     err = capsys.readouterr().err.strip()
     assert "--threads" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_models_load_in_several_threads_at_once(tiny_dir):
+    """Two app jobs loading at the same moment (--max-jobs 2: two trainings, or a training and a Generate) both failed
+    with "Cannot copy out of meta tensor", and left accelerate's swap of ``register_parameter`` in place, so that
+    every later load in the server failed too. Loads now take turns (suite.threads.building_models)."""
+    import threading
+
+    import torch
+
+    from suite.models import load_sd
+
+    original = torch.nn.Module.register_parameter
+    errors = []
+
+    def load():
+        try:
+            load_sd(str(tiny_dir / "sd"))
+        except Exception as err:  # noqa: BLE001 - the test reports it
+            errors.append(f"{type(err).__name__}: {err}"[:200])
+
+    for _ in range(3):  # without the turns, the first round failed in every thread
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert torch.nn.Module.register_parameter is original
+    load_sd(str(tiny_dir / "sd"))  # and alone afterwards
