@@ -160,6 +160,22 @@ def checked_progress(progress: Progress | None, cancel: threading.Event | None) 
     return report
 
 
+@contextlib.contextmanager
+def turn(lock, report: Progress, waiting: str):
+    """Hold ``lock`` (a semaphore or a lock) for a job; while another job holds it, report ``waiting`` every half
+    second, so that the page says why the job is not moving and a Cancel is seen (a report raises it)."""
+    waited = False
+    while not lock.acquire(timeout=0.5):
+        waited = True
+        report(waiting, 0, 1, {})
+    try:
+        if waited:
+            report(waiting, 1, 1, {})
+        yield
+    finally:
+        lock.release()
+
+
 # output files
 SERVED_KINDS = ("generate", "edit", "3d")  # the result folders the page shows files from
 

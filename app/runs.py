@@ -37,10 +37,14 @@ from .core import (
     fmt_weight,
     new_run_dir,
     trained_domains,
+    turn,
     write_json_atomic,
 )
 
 log = logging.getLogger("app")
+
+
+WAITING_FOR_MODEL = "waiting for another job on this model"
 
 
 # generate
@@ -97,7 +101,8 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     report("loading models", 0, 1, {})
 
     pipe, lock = cache.get(req.domain, need_controlnet=control is not None)
-    with lock, quiet(pipe):  # progress goes to the app's bar
+    # it showed "loading models 0/1" while another user's job ran on the same model
+    with turn(lock, report, WAITING_FOR_MODEL), quiet(pipe):  # progress goes to the app's bar
         # 3. Sample with the same call as `launch.py generate`.
         out = pipe(req.prompt or None, negative_prompt=req.negative_prompt or None,
                    domain_weight=req.domain_weight, control_weight=req.control_weight, control_image=control,
@@ -244,7 +249,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     # 2. Models, then the edit (one job per model at a time).
     report("loading models", 0, 1, {})
     pipe, lock = cache.get(domain)
-    with lock:
+    with turn(lock, report, WAITING_FOR_MODEL):
         out = edit_photo(pipe, photo, prompt=prompt, strength=float(strength), domain_weight=domain_weight,
                                  control_weight=control_weight, mask=mask, all_faces=bool(all_faces),
                                  whole_image=bool(whole_image), num_images=num, seed=seed, steps=steps,
@@ -395,16 +400,8 @@ class ThreadJob:
                 if gate is None:
                     self.result = work(progress)
                     return
-                waited = False
-                while not gate.acquire(timeout=0.5):
-                    waited = True
-                    progress("waiting for the previous job to stop", 0, 1, {})
-                try:
-                    if waited:  # cancelled while it waited: not a model load first
-                        progress("waiting for the previous job to stop", 1, 1, {})
+                with turn(gate, progress, "waiting for the previous job to stop"):  # a cancel while it waits: no load
                     self.result = work(progress)
-                finally:
-                    gate.release()
             except BaseException as err:  # noqa: BLE001 - handed to the caller through self.error
                 self.error = err
 

@@ -798,3 +798,45 @@ def test_the_forms_follow_the_chosen_domains_recommendations(tmp_path):
                 assert ups[5] == (rec.framing == "whole")
     face, porcelain = (get_preset("mini").domain_defaults(get_domain(n)) for n in ("face", "porcelain"))
     assert face.control_weight != porcelain.control_weight and face.framing != porcelain.framing  # a real difference
+
+
+def test_a_job_waiting_for_another_on_its_model_says_so_and_can_be_cancelled(app):
+    """A job whose model another user's job was running showed "loading models 0/1" until that job ended."""
+    import time
+
+    _, cfg, _, _ = app
+    cache = core.PipelineCache(cfg)
+    _, lock = cache.get("face")
+    seen, cancel = [], threading.Event()
+    report = core.checked_progress(lambda stage, done, total, info: seen.append((stage, done)), cancel)
+    lock.acquire()  # another job on the same model
+    job = threading.Thread(target=lambda: seen.append(
+        runs.run_generate(cache, runs.GenerateRequest(domain="face", prompt="x", steps=2), report)))
+    job.start()
+    deadline = time.time() + 30
+    while (runs.WAITING_FOR_MODEL, 0) not in seen and time.time() < deadline:
+        time.sleep(0.1)
+    assert (runs.WAITING_FOR_MODEL, 0) in seen and not any(s == "sampling" for s, _ in seen)
+    lock.release()
+    job.join(60)
+    assert (runs.WAITING_FOR_MODEL, 1) in seen and any(s == "sampling" for s, _ in seen)
+    assert isinstance(seen[-1], runs.GenerateResult)
+    # cancelled while it waits: it stops there, and the other job keeps the model
+    seen.clear()
+    lock.acquire()
+    errors = []
+
+    def waiting_job():
+        try:
+            runs.run_generate(cache, runs.GenerateRequest(domain="face", prompt="x", steps=2), report)
+        except core.JobCancelled as err:
+            errors.append(err)
+
+    job = threading.Thread(target=waiting_job)
+    job.start()
+    while (runs.WAITING_FOR_MODEL, 0) not in seen and time.time() < deadline + 30:
+        time.sleep(0.1)
+    cancel.set()
+    job.join(10)
+    assert errors and not job.is_alive() and not any(s == "sampling" for s, _ in seen)
+    lock.release()
