@@ -221,10 +221,10 @@ def trained_domains(config: AppConfig) -> dict[str, Path]:
 def domain_model_for(config: AppConfig, domain: str) -> Path | None:
     """The model folder of a domain trained in this app, None for a preset's; any other name (a typo, a path such as
     ``../x``) is one sentence naming the domains there are. Every tab takes its domain through this."""
-    model = trained_domains(config).get(domain)
-    if domain not in PRESETS and model is None:
-        raise UserError(f"unknown domain {domain!r}: choose one of {', '.join(list_domain_names(config))}")
-    return model
+    names = list_domain_names(config)
+    if domain not in names:  # a domain preset this preset has no model for too (its sentence named CLI flags)
+        raise UserError(f"unknown domain {domain!r}: choose one of {', '.join(names)}")
+    return trained_domains(config).get(domain)
 
 
 def list_domain_names(config: AppConfig) -> list[str]:

@@ -12,6 +12,7 @@ import functools
 import logging
 import re
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,15 +351,32 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
         raise UserError(f"the domain name {domain!r} must be 1-40 letters, digits, '-' or '_'")
     if domain.lower() in {p.lower() for p in PRESETS}:  # "Face" beside the preset "face" too
         raise UserError(f"{domain!r} is a preset name: choose another name for your own domain")
-    data_dir = _allowed_data_dir(config, data)
     output = config.output_dir / "domains" / domain
     # the page has no --resume or --output: a name in use is one sentence about the page and the server's folder
+    with _TRAINING_LOCK:
+        if domain in _TRAINING:  # it said "another run (process N) is writing ...: choose another --output"
+            raise UserError(f"a training of {domain!r} is already running on this server: wait for it to end, or "
+                            f"choose another name")
+        _TRAINING.add(domain)
+    try:
+        return _train(config, domain, data, output, settings, progress)
+    finally:
+        with _TRAINING_LOCK:
+            _TRAINING.discard(domain)
+
+
+_TRAINING: set[str] = set()  # the domain names being trained by this server's jobs
+_TRAINING_LOCK = threading.Lock()
+
+
+def _train(config: AppConfig, domain: str, data: str, output: Path, settings: dict | None, progress) -> Path:
     if domain in trained_domains(config):
         raise UserError(f"a domain named {domain!r} is already trained here: choose another name (to train the name "
                         f"again, delete its folder {str(output)!r} on the server first)")
     if output.exists():
         raise UserError(f"the folder of {domain!r} ({str(output)!r}) holds a training that did not finish (the server "
                         f"stopped during it): choose another name, or delete that folder on the server first")
+    data_dir = _allowed_data_dir(config, data)
     # 2. The config, as the CLI builds it; then train.
     values = dict(settings or {})
     values.update(domain=domain, data=str(data_dir), output=str(output), device=config.device, dtype=config.dtype)

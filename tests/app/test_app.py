@@ -840,3 +840,18 @@ def test_a_job_waiting_for_another_on_its_model_says_so_and_can_be_cancelled(app
     job.join(10)
     assert errors and not job.is_alive() and not any(s == "sampling" for s, _ in seen)
     lock.release()
+
+
+def test_page_sentences_name_no_cli_flags(tmp_path, monkeypatch):
+    """On the mini preset a domain it has no model for ('animal', typed into the free-text domain box) was refused
+    with 'pass --domain ..., or --domain-model FOLDER'; a second training of a name being trained with 'another run
+    (process N) is writing ...: choose another --output'. The page has neither flag."""
+    cfg = core.AppConfig(preset="mini", output_dir=tmp_path)
+    with pytest.raises(UserError) as err:
+        core.domain_model_for(cfg, "animal")
+    assert str(err.value) == "unknown domain 'animal': choose one of porcelain, face"
+    monkeypatch.setattr(runs, "_TRAINING", {"dup"})  # another job of this server is training it
+    with pytest.raises(UserError) as err:
+        runs.run_train(cfg, domain="dup", data=str(tmp_path))
+    assert "already running on this server: wait for it to end, or choose another name" in str(err.value)
+    assert runs._TRAINING == {"dup"}  # the running job's claim stays
