@@ -14,6 +14,12 @@ true depth over the object's pixels, the relative loss the 3D flow applies it wi
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":  # run as a tool: transformers' import-time notes stay out of its log, as launch.py keeps
+    # them out of every subcommand's ("install torchvision", which breaks diffusers beside this torch: README)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 import copy
 import json
 import math

@@ -32,6 +32,12 @@ The output folder is replaced atomically at the end: an interrupted build leaves
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":  # run as a tool: transformers' import-time notes stay out of its log, as launch.py keeps
+    # them out of every subcommand's ("install torchvision", which breaks diffusers beside this torch: README)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 import argparse
 import errno
 import hashlib

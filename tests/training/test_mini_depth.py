@@ -69,3 +69,17 @@ def test_adding_the_depth_step_locks_the_cache_and_takes_the_worlds_seed(tmp_pat
     with pytest.raises(Stop):
         mini_depth.add_to_models(world, tmp_path / "work", "quick")
     assert seen == [3]
+
+
+@pytest.mark.parametrize("tool", ["training.miniworld", "training.mini_depth"])
+def test_the_build_tools_do_not_tell_users_to_install_torchvision(tool):
+    """Run as tools they printed transformers' import-time notice "Install torchvision to use the default backend",
+    which breaks diffusers beside this torch (README); launch.py keeps it out of every subcommand."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    out = subprocess.run([sys.executable, "-m", tool, "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and "usage:" in out.stdout
+    assert "torchvision" not in out.stdout + out.stderr
