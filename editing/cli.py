@@ -29,7 +29,8 @@ def add_arguments(p) -> None:
                    help="output image (.png/.jpg/.webp), same size and orientation as the input; with --num-images "
                         "N > 1, files are NAME-0.png ... (default: %(default)s)")
     p.add_argument("--mask", default=None,
-                   help="mask image, same size as the photo: white = may change, black/transparent = kept exactly "
+                   help="mask image, the photo's size or a scaled copy of it (same aspect ratio): white = may change, "
+                        "black/transparent = kept exactly "
                         "(default: the feathered face crop)")
     p.add_argument("--all-faces", action="store_true", help="edit every face found (default: only the largest)")
     p.add_argument("--landmarks", default=None, metavar="JSON",

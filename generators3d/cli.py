@@ -37,8 +37,8 @@ def add_arguments(p) -> None:
                         "DIR/manifest.jsonl lists them; under accelerate launch or torchrun the processes share the "
                         "prompts; --resume completes the unfinished ones")
     p.add_argument("--image", default=None, help="your own image of one object (skips stage 1)")
-    p.add_argument("--mask", default=None, help="mask for --image (white or opaque = object; default: found "
-                                                "automatically on a plain background)")
+    p.add_argument("--mask", default=None, help="mask for --image (white or opaque = object; default: a cut-out's "
+                                                "transparency, else found automatically on a plain background)")
     p.add_argument("--elevation", type=finite_float, default=None, metavar="DEGREES",
                    help="how far above the object the --image was taken (degrees; default: the preset's reference "
                         "view, 5; mini: 10)")

@@ -528,7 +528,7 @@ class ThreeDConfig:
         size = export.texture_size  # checked whatever set it: the flag, a --config file or the Python API
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_TEXTURE <= size <= MAX_TEXTURE:
             raise ValueError(f"the texture size is {size!r}: give --texture-size a whole number of pixels from "
-                             f"{MIN_TEXTURE} to {MAX_TEXTURE} (default 1024; mini: 256)")
+                             f"{MIN_TEXTURE} to {MAX_TEXTURE} (default 1024; mini: 256, tiny: 128)")
         height = export.height_m
         if height is not None and (isinstance(height, bool) or not isinstance(height, (int, float))
                                    or not 0 < height < math.inf):
