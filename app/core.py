@@ -84,7 +84,9 @@ class PipelineCache:
         """``(pipeline, lock)`` for a domain name (a preset or one trained in this app)."""
         model = domain_model_for(self.config, domain)
         # the model as it is on disk now: a domain trained again under its name was served from the old weights
-        stamp = _stamp(model / "config.json") if model else None
+        from suite.nulltext import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE  # every file a save writes
+
+        stamp = tuple(_stamp(model / name) for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)) if model else None
         key = (self.config.preset, domain, str(model) if model else None, stamp, bool(need_controlnet))
         with self._lock:
             if key in self._entries:

@@ -218,7 +218,7 @@ def make_config(cls, values: dict, fields_of=None):
         names.discard("preset")  # chosen by the factory ``cls``
     dropped = sorted(k for k, v in values.items() if k not in names and v is not None)
     if dropped:
-        log.info("%s has no field(s) %s; ignored", cls.__name__, ", ".join(dropped))
+        log.info("%s has no field(s) %s; ignored", (fields_of or cls).__name__, ", ".join(dropped))
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
@@ -354,28 +354,30 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     output = config.output_dir / "domains" / domain
     # the page has no --resume or --output: a name in use is one sentence about the page and the server's folder
     with _TRAINING_LOCK:
-        if domain in _TRAINING:  # it said "another run (process N) is writing ...: choose another --output"
+        if domain.lower() in _TRAINING:  # it said "another run (process N) is writing ...: choose another --output"
             raise UserError(f"a training of {domain!r} is already running on this server: wait for it to end, or "
                             f"choose another name")
-        _TRAINING.add(domain)
+        _TRAINING.add(domain.lower())
     try:
         return _train(config, domain, data, output, settings, progress)
     finally:
         with _TRAINING_LOCK:
-            _TRAINING.discard(domain)
+            _TRAINING.discard(domain.lower())
 
 
-_TRAINING: set[str] = set()  # the domain names being trained by this server's jobs
+_TRAINING: set[str] = set()  # the domain names being trained by this server's jobs, in lower case
 _TRAINING_LOCK = threading.Lock()
 
 
 def _train(config: AppConfig, domain: str, data: str, output: Path, settings: dict | None, progress) -> Path:
-    if domain in trained_domains(config):
-        raise UserError(f"a domain named {domain!r} is already trained here: choose another name (to train the name "
-                        f"again, delete its folder {str(output)!r} on the server first)")
+    taken = {name.lower(): name for name in trained_domains(config)}
+    if domain.lower() in taken:  # "Foo" beside "foo" too (one folder on a case-insensitive file system)
+        raise UserError(f"a domain named {taken[domain.lower()]!r} is already trained here: choose another name (to "
+                        f"train the name again, delete its folder {str(output)!r} on the server first)")
     if output.exists():
-        raise UserError(f"the folder of {domain!r} ({str(output)!r}) holds a training that did not finish (the server "
-                        f"stopped during it): choose another name, or delete that folder on the server first")
+        raise UserError(f"the folder of {domain!r} ({str(output)!r}) holds a training that did not finish (it failed, or "
+                        f"the server stopped during it): choose another name (on the server that folder can be "
+                        f"deleted, or continued with `python launch.py train --resume`)")
     data_dir = _allowed_data_dir(config, data)
     # 2. The config, as the CLI builds it; then train.
     values = dict(settings or {})

@@ -230,8 +230,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     if z123_model is not None:
         zero123 = Zero123Guidance(z123_model, reference.rgb, cfg.camera.ref_elevation, cfg.camera.ref_azimuth,
                                   cfg.camera.ref_distance)
-    with building_models():  # not while another thread (an app job) loads a model: suite.threads
-        background = Background().to(device)
+    background = Background().to(device)  # a buffer only: accelerate's swap does not touch it
     if stage2_ckpt.exists():
         field, _ = load_checkpoint(stage2_ckpt, device)
         log.info("stage 2: reusing %s", stage2_ckpt)

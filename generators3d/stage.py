@@ -15,6 +15,7 @@ import torch
 from suite.depth import pearson
 from suite.files import atomic_path
 from suite.miniworld.render import LIGHT_CAM
+from suite.threads import building_models
 
 from .cameras import camera_rays, random_cameras, reference_camera
 from .config import CameraConfig, NeRFConfig, StageConfig
@@ -369,7 +370,8 @@ def load_checkpoint(path: str | Path, device="cpu") -> tuple[NeRFField, dict]:
     if backend == "tcnn" and not (torch.device(device).type == "cuda"):
         raise ValueError(f"the checkpoint {str(path)!r} was written with tiny-cuda-nn: export it on a CUDA machine "
                          f"with tiny-cuda-nn installed")
-    field = NeRFField(cfg, backend=backend)
+    with building_models():  # not while another thread (an app job) loads a model: suite.threads
+        field = NeRFField(cfg, backend=backend)
     field.load_state_dict(state)
     meta["extra"] = json.loads(meta.get("extra", "{}"))
     return field.to(device), meta

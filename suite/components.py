@@ -17,6 +17,8 @@ import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
 
+from .threads import building_models
+
 BUNDLE_FILE = "bundle.json"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -41,7 +43,7 @@ class UNetCollection(ModelMixin, ConfigMixin):
                 raise ValueError(f"community model name {name!r} is not usable: use letters, digits, '_' and '-'")
         configs = {name: {k: v for k, v in dict(u.config).items() if not k.startswith("_")}
                    for name, u in unets.items()}
-        with init_empty_weights():  # the real modules replace these at once
+        with building_models(), init_empty_weights():  # the real modules replace these at once; one thread builds
             collection = cls(unet_configs=configs)
         collection.unets = torch.nn.ModuleDict(unets)
         return collection

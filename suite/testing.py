@@ -245,7 +245,10 @@ def _write_once(folder: Path, marker: str, what: str, write) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        write(tmp)
+        from .threads import building_models
+
+        with building_models():  # models built in a thread beside an app job's load: suite.threads
+            write(tmp)
         tmp.rename(folder)
     except OSError:
         if not ready():  # not written by a concurrent process either

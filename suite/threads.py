@@ -30,8 +30,9 @@ def building_models():
     accelerate's ``init_empty_weights``, which swaps ``torch.nn.Module.register_parameter`` for the whole process, so
     a model built in another thread meanwhile got its parameters on the meta device ("Cannot copy out of meta
     tensor"), and two loads at once left the swap in place: every later load in the process failed (the app with
-    ``--max-jobs 2``: two trainings, or a training and a Generate). Every loader of the suite and the 3D flow's
-    NeRF take it; re-entrant (a loader inside a loader)."""
+    ``--max-jobs 2``: two trainings, or a training and a Generate). So every module built in a job's thread is built
+    under it: the suite's loaders, the tiny models' first build, the 3D flow's NeRF. Re-entrant (a loader inside a
+    loader). Modules built in threads of your own beside a load need it too."""
     with _BUILDING:
         yield
 

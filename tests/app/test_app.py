@@ -478,6 +478,8 @@ def test_domains_tab_trains_a_domain_with_live_loss(app, tmp_path):
     with pytest.raises(UserError, match="already trained here: choose another name") as err:
         runs.run_train(cfg, domain="noise", data=str(data))
     assert "--" not in str(err.value)
+    with pytest.raises(UserError, match="'noise' is already trained here"):
+        runs.run_train(cfg, domain="Noise", data=str(data))  # one folder on a case-insensitive file system
     with pytest.raises(UserError, match="is a preset name"):
         runs.run_train(cfg, domain="Face", data=str(data))
 
@@ -489,12 +491,18 @@ def test_a_domain_trained_again_under_its_name_is_loaded_again(monkeypatch, tmp_
     cache = core.PipelineCache(core.AppConfig(preset="tiny", output_dir=tmp_path))
     mine = tmp_path / "domains" / "mine"
     mine.mkdir(parents=True)
-    (mine / "config.json").write_text("{}")
+    files = ("config.json", "diffusion_pytorch_model.safetensors", "nulltext.json")
+    for name in files:
+        (mine / name).write_text("1")
     first = cache.get("mine")
     assert cache.get("mine") is first and len(built) == 1
-    (mine / "config.json").unlink()  # trained again: a new model folder in its place
-    (mine / "config.json").write_text('{"trained": "again"}')
-    assert cache.get("mine") is not first and len(built) == 2
+    for name in files:  # trained again: the same config, weights of the same size written anew
+        (mine / name).unlink()
+        (mine / name).write_text("2" if name != "config.json" else "1")
+    again = cache.get("mine")
+    assert again is not first and len(built) == 2
+    (mine / "diffusion_pytorch_model.safetensors").write_text("3")  # the weights alone rewritten in place
+    assert cache.get("mine") is not again and len(built) == 3
 
 
 def test_the_training_curve_holds_the_training_steps_only(monkeypatch, tmp_path):
@@ -786,8 +794,13 @@ def test_the_forms_follow_the_chosen_domains_recommendations(tmp_path):
     from suite.presets import get_preset
 
     demo = build_app(core.AppConfig(preset="mini", output_dir=tmp_path))
-    follows = {bf.inputs[0].elem_id: bf.fn for bf in demo.fns.values() if getattr(bf.fn, "__name__", "") == "follow"}
-    assert set(follows) == {"gen-domain", "edit-domain"}
+    wired = {bf.inputs[0].elem_id: bf for bf in demo.fns.values() if getattr(bf.fn, "__name__", "") == "follow"}
+    assert set(wired) == {"gen-domain", "edit-domain"}
+    for tab, prefix in (("gen-domain", "gen"), ("edit-domain", "edit")):  # the values go to the tab's own boxes
+        ids = [b.elem_id for b in wired[tab].outputs[:5]]
+        assert ids == [f"{prefix}-wd-auto", f"{prefix}-wd", f"{prefix}-wc-auto", f"{prefix}-wc", f"{prefix}-rule"]
+    assert wired["edit-domain"].outputs[5].label.startswith("edit the whole image")
+    follows = {tab: bf.fn for tab, bf in wired.items()}
     for name in ("face", "porcelain"):
         rec = get_preset("mini").domain_defaults(get_domain(name))
         for tab, fn in follows.items():
@@ -811,13 +824,15 @@ def test_a_job_waiting_for_another_on_its_model_says_so_and_can_be_cancelled(app
     report = core.checked_progress(lambda stage, done, total, info: seen.append((stage, done)), cancel)
     lock.acquire()  # another job on the same model
     job = threading.Thread(target=lambda: seen.append(
-        runs.run_generate(cache, runs.GenerateRequest(domain="face", prompt="x", steps=2), report)))
+        runs.run_generate(cache, runs.GenerateRequest(domain="face", prompt="x", steps=2), report)), daemon=True)
     job.start()
-    deadline = time.time() + 30
-    while (runs.WAITING_FOR_MODEL, 0) not in seen and time.time() < deadline:
-        time.sleep(0.1)
-    assert (runs.WAITING_FOR_MODEL, 0) in seen and not any(s == "sampling" for s, _ in seen)
-    lock.release()
+    try:
+        deadline = time.time() + 30
+        while (runs.WAITING_FOR_MODEL, 0) not in seen and time.time() < deadline:
+            time.sleep(0.1)
+        assert (runs.WAITING_FOR_MODEL, 0) in seen and not any(s == "sampling" for s, _ in seen)
+    finally:
+        lock.release()
     job.join(60)
     assert (runs.WAITING_FOR_MODEL, 1) in seen and any(s == "sampling" for s, _ in seen)
     assert isinstance(seen[-1], runs.GenerateResult)
@@ -832,14 +847,18 @@ def test_a_job_waiting_for_another_on_its_model_says_so_and_can_be_cancelled(app
         except core.JobCancelled as err:
             errors.append(err)
 
-    job = threading.Thread(target=waiting_job)
+    job = threading.Thread(target=waiting_job, daemon=True)
     job.start()
-    while (runs.WAITING_FOR_MODEL, 0) not in seen and time.time() < deadline + 30:
-        time.sleep(0.1)
-    cancel.set()
-    job.join(10)
-    assert errors and not job.is_alive() and not any(s == "sampling" for s, _ in seen)
-    lock.release()
+    try:
+        deadline = time.time() + 30
+        while (runs.WAITING_FOR_MODEL, 0) not in seen and time.time() < deadline:
+            time.sleep(0.1)
+        assert (runs.WAITING_FOR_MODEL, 0) in seen  # waiting when cancelled
+        cancel.set()
+        job.join(10)
+        assert errors and not job.is_alive() and not any(s == "sampling" for s, _ in seen)
+    finally:
+        lock.release()
 
 
 def test_page_sentences_name_no_cli_flags(tmp_path, monkeypatch):
