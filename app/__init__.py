@@ -109,10 +109,14 @@ def main(args) -> int:
         log.warning("listening on %s: anyone who can reach this address can use the app", args.host)
 
     # 2. Build the page and serve it until Ctrl-C.
+    from .runs import stop_jobs
     from .ui import build_app, launch
 
     demo = build_app(cfg)
-    launch(demo, cfg, host=args.host, port=args.port, share=args.share, block=True)
+    try:
+        launch(demo, cfg, host=args.host, port=args.port, share=args.share, block=True)
+    finally:  # running jobs stop at their next step and clean up as a Cancel does
+        stop_jobs(demo._suite_jobs)
     return 0
 
 

@@ -149,6 +149,13 @@ class Jobs:
         ev.set()
         return True
 
+    def cancel_all(self) -> None:
+        """Every job stops at its next progress report (the server is stopping)."""
+        with self._lock:
+            flags = list(self._flags.values())
+        for ev in flags:
+            ev.set()
+
 
 def checked_progress(progress: Progress | None, cancel: threading.Event | None) -> Progress:
     """Wrap a progress function so that a pressed Cancel stops the job at its next report."""

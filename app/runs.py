@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -393,6 +394,26 @@ def _train(config: AppConfig, domain: str, data: str, output: Path, settings: di
         raise
 
 
+_THREADS: weakref.WeakSet = weakref.WeakSet()  # the job threads (ThreadJob), for stop_jobs
+
+
+def stop_jobs(jobs, timeout: float = 60.0) -> int:
+    """Cancel every job of ``jobs`` (:class:`app.core.Jobs`) and wait up to ``timeout`` seconds for their threads to
+    stop at their next progress report; returns how many still run. A server stopped (Ctrl-C, SIGTERM) during a 3D job
+    aborted ("terminate called without an active exception", exit code -6: torch was still running in the job's
+    thread as the interpreter ended) and left the job's half-made run folder."""
+    import time
+
+    jobs.cancel_all()
+    end = time.monotonic() + timeout
+    for thread in list(_THREADS):
+        thread.join(max(0.0, end - time.monotonic()))
+    left = sum(t.is_alive() for t in list(_THREADS))
+    if left:
+        log.warning("%d job(s) did not stop within %.0f s; stopping anyway", left, timeout)
+    return left
+
+
 class ThreadJob:
     """A job ``work(progress)`` in its own thread, so that the page's event handler stays live and can stop it:
     iterate :meth:`events` for its progress reports (the latest of each burst, as they come). Then ``result`` is what
@@ -426,6 +447,7 @@ class ThreadJob:
                 self.error = err
 
         self._thread = threading.Thread(target=run, name=name, daemon=True)
+        _THREADS.add(self._thread)
         self._thread.start()
 
     def running(self) -> bool:

@@ -219,6 +219,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
 
         demo.load(refresh, outputs=live, queue=False, api_visibility="private")
     demo._suite_cache = cache  # tests look at what is loaded
+    demo._suite_jobs = jobs  # app.main stops them when the server stops
     return demo
 
 

@@ -874,3 +874,31 @@ def test_page_sentences_name_no_cli_flags(tmp_path, monkeypatch):
         runs.run_train(cfg, domain="dup", data=str(tmp_path))
     assert "already running on this server: wait for it to end, or choose another name" in str(err.value)
     assert runs._TRAINING == {"dup"}  # the running job's claim stays
+
+
+def test_a_server_stopped_during_a_job_stops_the_job_first(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while a 3D job ran: the process aborted ("terminate called without an active exception",
+    exit code -6: torch still ran in the job's thread as the interpreter ended) and left the job's half-made run
+    folder. The server now cancels its jobs and waits for them, as a Cancel does."""
+    import time
+
+    import launch
+    from app import ui
+
+    jobs_seen = []
+
+    def endless(progress):
+        for step in range(1, 100000):
+            progress("zero123", step, 100000, {})
+            time.sleep(0.01)
+
+    def serve_until_interrupted(demo, cfg, **kwargs):  # gradio takes Ctrl-C / SIGTERM and returns
+        job = runs.ThreadJob(endless, name="3d", cancel_flag=demo._suite_jobs.start("s", "3d"), gate=demo._suite_jobs.gate)
+        jobs_seen.append(job)
+        time.sleep(0.3)
+        assert job.running()
+
+    monkeypatch.setattr(ui, "launch", serve_until_interrupted)
+    assert launch.main(["app", "--preset", "tiny", "--output-dir", str(tmp_path / "app")]) == 0
+    (job,) = jobs_seen
+    assert not job.running() and isinstance(job.error, core.JobCancelled)
