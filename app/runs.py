@@ -371,10 +371,11 @@ _TRAINING_LOCK = threading.Lock()
 
 
 def _train(config: AppConfig, domain: str, data: str, output: Path, settings: dict | None, progress) -> Path:
-    taken = {name.lower(): name for name in trained_domains(config)}
+    taken = {name.lower(): (name, folder) for name, folder in trained_domains(config).items()}
     if domain.lower() in taken:  # "Foo" beside "foo" too (one folder on a case-insensitive file system)
-        raise UserError(f"a domain named {taken[domain.lower()]!r} is already trained here: choose another name (to "
-                        f"train the name again, delete its folder {str(output)!r} on the server first)")
+        name, folder = taken[domain.lower()]
+        raise UserError(f"a domain named {name!r} is already trained here: choose another name (to train the name "
+                        f"again, delete its folder {str(folder)!r} on the server first)")
     if output.exists():
         raise UserError(f"the folder of {domain!r} ({str(output)!r}) holds a training that did not finish (it failed, or "
                         f"the server stopped during it): choose another name (on the server that folder can be "

@@ -2,8 +2,9 @@
 
 Expected failures are mistakes in the input (:class:`suite.checks.UserError`, ``ValueError``), models that cannot
 be found or read (:class:`suite.models.ModelLoadError`, a damaged ``.safetensors``, a pickle where weights should
-be), an optional extra that is not installed (:mod:`suite.extras`), the machine saying no (disk full, permission denied, read-only file system, a port in use), and, in a run
-split between processes, the loss of another process (which has said why itself). Anything else is a bug:
+be), an optional extra that is not installed (:mod:`suite.extras`), the machine saying no (disk full, permission
+denied, read-only file system, a port in use), and, in a run split between processes, the loss of another process
+(which has said why itself). Anything else is a bug:
 :func:`explain` returns ``None`` and the caller shows the traceback, to be reported.
 """
 
