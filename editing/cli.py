@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
                    help="the faces' landmarks, instead of detecting them: {\"faces\": [{\"eye_left\": [x, y], "
                         "\"eye_right\": [x, y], \"mouth_left\": [x, y], \"mouth_right\": [x, y]}]} in photo pixels, "
                         "or dlib's 68 points per face; e.g. another detector's, or the exact ones the mini world "
-                        "writes beside its face photos (python -m bench.miniworld.face_photos)")
+                        "writes beside its face photos (python -m bench.miniworld.face_photos, run in the suite's folder)")
     p.add_argument("--whole-image", action="store_true",
                    help="edit the whole photo scaled to the model's resolution instead of the face crop "
                         "(for photos without a detectable face; the same as --framing whole)")
