@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import logging
 import re
-import shutil
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS
 from suite.checks import MAX_STEPS, Progress, UserError, check_int
 from suite.control import canny
 from suite.domains import PRESETS
+from suite.files import remove_run_folder
 from suite.images import oriented_size, save_image_atomic
 from suite.pipeline import quiet, report_steps
 from suite.rules import parse_rule
@@ -302,8 +302,7 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
         # a request refused (or a run failed) before it wrote anything leaves no empty run folder, nor its upload;
         # a cancelled run nothing at all ("cancelled: nothing was saved"; the app does not resume runs)
         cancelled = isinstance(err, JobCancelled)
-        if folder.is_dir() and (cancelled or not any(folder.iterdir())):
-            shutil.rmtree(folder, ignore_errors=True)
+        if folder.is_dir() and (cancelled or not any(folder.iterdir())) and remove_run_folder(folder):
             if upload is not None:
                 Path(upload).unlink(missing_ok=True)
         raise
@@ -390,8 +389,9 @@ def _train(config: AppConfig, domain: str, data: str, output: Path, settings: di
         return Path(train_domain(cfg, progress=progress) or output)
     except JobCancelled:
         # "cancelled: nothing was saved": the run's checkpoints (121 MB on the mini preset) went, and the name is
-        # free again; the folder is this job's own (it did not exist before)
-        shutil.rmtree(output, ignore_errors=True)
+        # free again; the folder is this job's own (it did not exist before). Under the folder's lock: a run another
+        # process started there after this one let it go (`train --resume` from a shell) keeps it
+        remove_run_folder(output)
         raise
 
 

@@ -399,3 +399,28 @@ def output_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[P
                 if any(made.iterdir()):
                     break
                 made.rmdir()
+
+
+def remove_run_folder(folder: str | os.PathLike) -> bool:
+    """Delete a run folder that this process made and no longer writes to (an app job cancelled after its run
+    released the folder's lock), under the folder's :func:`output_lock`: a run that another process started in it
+    in the meantime holds the lock, and the folder is then left as it is. Returns whether the folder is gone."""
+    import shutil
+
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        with output_lock(folder):
+            for p in folder.iterdir():
+                if p.name == LOCK_NAME:
+                    continue  # output_lock removes it, still holding it
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    except (UserError, ValueError, OSError):
+        return False
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if nothing came in after the lock was let go
+    return not folder.exists()

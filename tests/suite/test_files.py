@@ -386,3 +386,27 @@ def test_an_output_inside_a_file_is_called_that_not_a_missing_folder(tmp_path):
         check_output_file(tmp_path / "cone.png" / "x.png")
     with pytest.raises(ValueError, match="does not exist"):
         check_output_file(tmp_path / "nowhere" / "x.png")
+
+
+def test_a_run_folder_is_removed_only_when_no_other_run_holds_it(tmp_path):
+    """A cancelled app training removed its folder just after its run let the folder's lock go: a `train --resume`
+    started there from a shell in that instant lost its files. The folder goes only under its own lock."""
+    from suite.files import remove_run_folder
+
+    folder = tmp_path / "domains" / "mine"
+    (folder / "checkpoints" / "step-000002").mkdir(parents=True)
+    (folder / "checkpoints" / "step-000002" / "model.safetensors").write_bytes(b"x")
+    (folder / "config.json").write_text("{}")
+    with output_lock(folder):  # another run writing there now (flock: another open file, even in this process)
+        assert remove_run_folder(folder) is False
+        assert (folder / "checkpoints" / "step-000002" / "model.safetensors").read_bytes() == b"x"
+        assert (folder / LOCK_NAME).exists()
+    assert remove_run_folder(folder) is True
+    assert not folder.exists() and (tmp_path / "domains").is_dir()
+    assert remove_run_folder(folder) is False  # gone already: nothing to do, no error
+    target = tmp_path / "kept"
+    target.mkdir()
+    (target / "user.txt").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert remove_run_folder(link) is False and (target / "user.txt").exists()  # never through a link
