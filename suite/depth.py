@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import ModelLoadError, load_errors, offline, resolve
+from .models import ModelLoadError, load_errors, offline, prefetch, resolve, transformers_files
 from .threads import building_models
 
 DEPTH_SENSE = {"depth_anything": "nearness", "dpt": "nearness", "glpn": "depth", "zoedepth": "depth"}
@@ -90,6 +90,7 @@ def load_depth_estimator(ref: str | os.PathLike, device="cpu", dtype=torch.float
 
     ref, local = resolve(ref, "depth model", flag, required=("config.json",))
     kw = {"local_files_only": local or offline()}
+    prefetch(ref, local, transformers_files())  # the download outside the loading lock below
     try:
         config = AutoConfig.from_pretrained(ref, **kw)
         sense = DEPTH_SENSE.get(config.model_type)

@@ -76,8 +76,40 @@ def load_errors() -> tuple[type[BaseException], ...]:
     return OSError, ValueError, RuntimeError, KeyError, StopIteration, pickle.UnpicklingError, SafetensorError
 
 
-def _load(what: str, flag: str, ref: str, is_local: bool, fn):
+def diffusers_files(sub: str = "") -> list[str]:
+    """The files ``from_pretrained(..., use_safetensors=True)`` reads for one diffusers model in folder ``sub`` of a
+    hub repository (its configs and safetensors weights, sharded or not; not the fp16, non-EMA or .bin copies)."""
+    at = f"{sub}/" if sub else ""
+    return [f"{at}*.json", f"{at}diffusion_pytorch_model.safetensors", f"{at}diffusion_pytorch_model-*-of-*.safetensors"]
+
+
+def transformers_files(sub: str = "") -> list[str]:
+    """The same for a transformers model (and its tokenizer or processor files)."""
+    at = f"{sub}/" if sub else ""
+    return [f"{at}*.json", f"{at}*.txt", f"{at}model.safetensors", f"{at}model-*-of-*.safetensors"]
+
+
+def prefetch(ref: str, is_local: bool, patterns) -> None:
+    """Download a hub model's files (``patterns``) into the hub cache *before* its load takes the loading lock
+    (:func:`suite.threads.building_models`): a first download of several GB inside the lock held every other job's
+    load (the app with ``--max-jobs 2``) until it ended. The load then finds them cached. Nothing happens for a
+    local folder or offline; a failure here is left to the load itself, which says it in its own sentence."""
+    if is_local or offline():
+        return
     try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(ref, allow_patterns=list(patterns))
+    except Exception:  # noqa: BLE001 - the load below tries again and names the cause
+        return
+
+
+def _load(what: str, flag: str, ref: str, is_local: bool, fn, patterns=None):
+    """``fn()`` under the loading lock, its failures as one sentence; ``patterns``: a hub model's files, fetched
+    first outside the lock (:func:`prefetch`)."""
+    try:
+        if patterns:
+            prefetch(ref, is_local, patterns)
         with building_models():  # one load at a time in the process (suite.threads)
             return fn()
     except ModelLoadError:
@@ -129,7 +161,9 @@ def load_sd(ref: str, device="cpu", dtype=torch.float32, flag: str = "--sd-model
         scheduler = DPMSolverMultistepScheduler.from_pretrained(ref, subfolder="scheduler", **kw)
         return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
-    parts = _load("Stable Diffusion 1.5 model", flag, ref, local, go)
+    files = ["model_index.json", *diffusers_files("unet"), *diffusers_files("vae"), *transformers_files("text_encoder"),
+             "tokenizer/*", "scheduler/*"]
+    parts = _load("Stable Diffusion 1.5 model", flag, ref, local, go, files)
     for name in ("unet", "vae", "text_encoder"):
         parts[name] = place(parts[name], device, dtype)
     return parts
@@ -192,7 +226,8 @@ def load_unet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--commun
     sub = "unet" if (not local or (Path(ref) / "unet").is_dir()) else None
     kw = _hub_kwargs(local)
     unet = _load(what, flag, ref, local,
-                 lambda: UNet2DConditionModel.from_pretrained(ref, subfolder=sub, use_safetensors=True, **kw))
+                 lambda: UNet2DConditionModel.from_pretrained(ref, subfolder=sub, use_safetensors=True, **kw),
+                 diffusers_files(sub or ""))
     if like is not None:
         check_fits(like, unet, what, ref, flag)
     return place(unet, device, dtype)
@@ -208,7 +243,7 @@ def load_controlnet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--
         _check_class(Path(ref) / "config.json", ("ControlNetModel",), "ControlNet", flag)
     kw = _hub_kwargs(local)
     cn = _load("ControlNet", flag, ref, local,
-               lambda: ControlNetModel.from_pretrained(ref, use_safetensors=True, **kw))
+               lambda: ControlNetModel.from_pretrained(ref, use_safetensors=True, **kw), diffusers_files())
     if like is not None:
         check_fits(like, cn, "ControlNet", ref, flag)
     return place(cn, device, dtype)
@@ -228,6 +263,9 @@ def _check_class(config: Path, expected: tuple[str, ...], what: str, flag: str) 
                              f"{what} folder")
 
 
+DOMAIN_FILES = ["*.json", "*.safetensors"]  # a domain model's files on the hub
+
+
 def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "--domain-model", like=None):
     """A null-text domain model (:class:`suite.nulltext.DomainModel`) from its folder or a hub id. ``like``: the
     base UNet it will be used beside (:func:`check_fits`)."""
@@ -243,10 +281,10 @@ def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "
         if not local:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(ref, allow_patterns=["*.json", "*.safetensors"], **_hub_kwargs(False))
+            folder = snapshot_download(ref, allow_patterns=DOMAIN_FILES, **_hub_kwargs(False))
         return DomainModel.from_pretrained(folder)
 
-    model = _load("domain model", flag, ref, local, go)
+    model = _load("domain model", flag, ref, local, go, DOMAIN_FILES)
     if like is not None:
         check_fits(like, model.unet, "domain model", ref, flag)
     place(model.unet, device, dtype)

@@ -91,6 +91,55 @@ def test_hub_id_offline_gives_clear_error(monkeypatch):
         models.load_controlnet("nobody-here/no-such-controlnet")
 
 
+def test_a_hub_download_happens_outside_the_loading_lock(monkeypatch, tiny_dir):
+    """A first hub download (several GB for SD1.5) ran inside the loading lock (suite.threads.building_models), so
+    every other job's load in the app (``--max-jobs 2``) waited until it ended. The files are fetched first, outside
+    the lock: the ones the load reads, not the fp16, non-EMA, .bin or safety-checker copies beside them."""
+    import threading
+
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from suite import depth, threads
+
+    class Stop(BaseException):
+        pass
+
+    seen = []
+
+    def lock_is_free(free):
+        free.append(threads._BUILDING.acquire(blocking=False))
+        if free[-1]:
+            threads._BUILDING.release()
+
+    def fake_download(ref, allow_patterns=None, **kw):
+        free = []
+        probe = threading.Thread(target=lock_is_free, args=(free,))  # another job's load, in its own thread
+        probe.start()
+        probe.join()
+        seen.append((ref, allow_patterns, free[0]))
+        raise Stop  # no network here: the load ends at its download
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    loads = (models.load_sd, models.load_unet, models.load_controlnet, models.load_domain_model,
+             depth.load_depth_estimator)
+    for load in loads:
+        with pytest.raises(Stop):
+            load("someone/a-model")
+    assert [(ref, free) for ref, _, free in seen] == [("someone/a-model", True)] * len(loads)
+    sd = tiny_dir / "sd"  # a diffusers save_pretrained folder: every file of it is fetched
+    files = sorted(str(p.relative_to(sd)) for p in sd.rglob("*") if p.is_file())
+    extra = ["unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.safetensors",
+             "unet/diffusion_pytorch_model.bin", "text_encoder/pytorch_model.bin", "safety_checker/model.safetensors",
+             "v1-5-pruned.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert sorted(filter_repo_objects(files + extra, allow_patterns=seen[0][1])) == files
+    sharded = ["unet/diffusion_pytorch_model.safetensors.index.json",
+               "unet/diffusion_pytorch_model-00001-of-00002.safetensors"]
+    assert sorted(filter_repo_objects(sharded, allow_patterns=seen[0][1])) == sorted(sharded)
+
+
 def test_domain_model_strict_load_refuses_missing_E(tiny_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
