@@ -12,7 +12,8 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 # the device and dtype helpers live in suite.devices (the pipeline reads them too); their names stay here
 from .devices import DTYPES, check_device, process_device, recorded_dtype, resolve_device  # noqa: F401
@@ -77,6 +78,18 @@ def _mini_domain(dom: Domain) -> Domain:
     return assets.MINI_DOMAINS.get(dom.name, dom)
 
 
+def _mini_own_domain(dom: Domain) -> Domain:
+    """A domain of your own on the mini world: where it has no weights or rule of its own, the porcelain preset's
+    (``w_d = 1, w_c = 7`` and its noise-level split), not the paper's automatic weights, which over-weight the
+    domain on the mini world (:data:`suite.miniworld.assets.OWN_DOMAIN_WEIGHTS` has the measurements)."""
+    from .miniworld import assets
+
+    wd, wc = assets.OWN_DOMAIN_WEIGHTS
+    return replace(dom, domain_weight=wd if dom.domain_weight is None else dom.domain_weight,
+                   control_weight=wc if dom.control_weight is None else dom.control_weight,
+                   rule=dom.rule or assets.MINI_RULE, resolution=64)
+
+
 @dataclass(frozen=True)
 class Preset:
     """One preset (``--preset NAME``): where its models come from and what runs on it.
@@ -84,7 +97,8 @@ class Preset:
     ``sd``, ``domain_model(name)``, ``controlnet``, ``zero123``, ``depth`` (the 3D flow's depth estimator): model references (a folder or hub id) when no flag
     names one. ``domain_defaults(domain)``: the domain as this preset ships it, with its recommended guidance
     weights (the mini world's porcelain: ``w_d = 1, w_c = 7``), which :class:`suite.pipeline.InDomainPipeline`
-    applies when a caller gives no weights. ``domains``: the domains it has models for (``None``: every domain
+    applies when a caller gives no weights. ``own_domain_defaults(domain)``: the same for a domain given by its own
+    model (``--domain-model``, a domain of your own): the mini world's fixed weights, else unchanged (automatic). ``domains``: the domains it has models for (``None``: every domain
     preset). ``small_vocabulary``: its text model reads a few words (prompts are checked, view suffixes dropped).
     ``trains_on_cpu``: its training runs on a CPU. ``random_weights``: its images show the plumbing, not quality.
     ``offline``: its own models replace the hub defaults (nothing is downloaded).
@@ -100,6 +114,7 @@ class Preset:
     default_domain: str = "face"
     domains: tuple[str, ...] | None = None
     domain_defaults: Callable[[Domain], Domain] = lambda dom: dom
+    own_domain_defaults: Callable[[Domain], Domain] = lambda dom: dom
     small_vocabulary: bool = False
     trains_on_cpu: bool = False
     random_weights: bool = False
@@ -115,7 +130,7 @@ PRESET_TABLE: dict[str, Preset] = {p.name: p for p in (
     Preset("mini", "the mini world: small models trained on a synthetic 3D world and shipped with the suite",
            sd=lambda: _mini_root()["sd"], domain_model=lambda name: _mini_root(name)["domain"],
            controlnet=lambda: None, zero123=_mini_zero123, depth=_mini_depth, default_domain="porcelain", domains=("porcelain", "face"),
-           domain_defaults=_mini_domain, small_vocabulary=True, trains_on_cpu=True, offline=True),
+           domain_defaults=_mini_domain, own_domain_defaults=_mini_own_domain, small_vocabulary=True, trains_on_cpu=True, offline=True),
     Preset("tiny", "tiny random models built offline (the plumbing, not quality)",
            sd=lambda: str(_tiny_root() / "sd"),
            domain_model=lambda name: str(_tiny_root() / f"domain-{name if name in PRESETS else 'face'}"),
@@ -173,6 +188,18 @@ def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
     return user_domain(domain, own_model)
 
 
+def trained_domain_name(model: str) -> str | None:
+    """The domain a local domain model was trained for (its ``nulltext.json``), None where it cannot be read (a hub
+    id, a folder that is not a domain model: its loader says so)."""
+    import json
+
+    try:
+        name = json.loads((Path(os.path.expanduser(str(model))) / "nulltext.json").read_text()).get("domain")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name.strip() if isinstance(name, str) and name.strip() else None
+
+
 def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | None = None,
                domain_model: str | None = None, controlnet: str | None = None) -> dict:
     """Where each model comes from: the flags when given, else the preset's (:data:`PRESET_TABLE`).
@@ -182,14 +209,18 @@ def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | 
     domain model).
     """
     p = get_preset(preset)
+    no_domain = domain_model is not None and str(domain_model).lower() == "none"
+    if domain is None and domain_model and not no_domain:
+        domain = trained_domain_name(domain_model)  # the model's own domain, not the preset's default
     domain = default_domain(preset, domain)
     dom = resolve_domain(domain, domain_model)
-    no_domain = domain_model is not None and str(domain_model).lower() == "none"
     own = None if no_domain else domain_model or (dom.model if dom.name not in PRESETS else None)  # one of $INDOMAIN_HOME
     if own is None:
         if not no_domain and p.domains is not None and dom.name not in p.domains:
             p.domain_model(dom.name)  # one sentence naming the preset's domains
         dom = p.domain_defaults(dom)  # its recommended weights (kept with --domain-model none: the base alone)
+    else:
+        dom = p.own_domain_defaults(dom)
     if controlnet is not None and str(controlnet).lower() == "none":
         controlnet = None
     else:

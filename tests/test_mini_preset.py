@@ -66,6 +66,31 @@ def test_domain_model_makes_porcelain_and_keeps_the_shape(mini_pipe, judge):
     assert pred["shape"].count("cup") >= 2 and sum(pred["porcelain"]) >= 3, pred
 
 
+def test_a_domain_of_your_own_gets_the_mini_worlds_weights_not_the_automatic_ones(judge, tmp_path):
+    """A domain of your own on the mini world (`train --preset mini`, or a shipped model under another name) ran on
+    the paper's automatic weights: w_d = 7.4-7.6 for a domain of 39 cup renders made every image the same smear,
+    and with the porcelain model named "my porcelain" a cup prompt gave 0.10 cups (96 images). It now gets the
+    porcelain preset's guidance (0.99 cups, 0.94 porcelain over the same 96: suite/miniworld/assets.py); and a
+    model given without --domain is its own domain, not the preset's default."""
+    import shutil
+
+    from suite.presets import build_pipeline, model_refs
+
+    own = tmp_path / "my-porcelain"
+    shutil.copytree(assets.model_refs("porcelain")["domain"], own)
+    pipe = build_pipeline("mini", "my porcelain", domain_model=str(own))
+    dom = pipe.domain
+    assert (dom.name, dom.domain_weight, dom.control_weight, dom.rule) == ("my porcelain", 1.0, 7.0, assets.MINI_RULE)
+    pred = judge.predict(assets.images_to_tensor(pipe("a photo of a cup", num_images_per_prompt=16, seed=0,
+                                                      num_inference_steps=20).images))
+    assert pred["shape"].count("cup") >= 12 and sum(pred["porcelain"]) >= 12, pred  # automatic: 2 cups of 16
+    meta = json.loads((own / "nulltext.json").read_text())
+    (own / "nulltext.json").write_text(json.dumps({**meta, "domain": "glaze"}))
+    assert model_refs("mini", None, domain_model=str(own))["domain_obj"].name == "glaze"  # not "porcelain"
+    full = model_refs("full", "my porcelain", domain_model=str(own))["domain_obj"]  # real weights: the paper's rule
+    assert (full.domain_weight, full.control_weight, full.rule) == (None, None, None)
+
+
 def test_unknown_words_are_fine(mini_pipe):
     out = mini_pipe("a teapot with dragons", num_images_per_prompt=1, seed=0, num_inference_steps=4)
     assert np.asarray(out.images[0]).std() > 5  # an image, no crash
