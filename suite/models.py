@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -270,6 +271,13 @@ def load_domain_model(ref: str, device="cpu", dtype=torch.float32, flag: str = "
     """A null-text domain model (:class:`suite.nulltext.DomainModel`) from its folder or a hub id. ``like``: the
     base UNet it will be used beside (:func:`check_fits`)."""
     ref, local = resolve(ref, "domain model", flag)
+    if local and not (Path(ref) / METADATA_FILE).is_file() and (Path(ref) / "training").is_dir():
+        steps = sorted(p for p in (Path(ref) / "training" / "checkpoints").glob("step-*")
+                       if (p / METADATA_FILE).is_file())
+        use = f", or pass {flag} {str(steps[-1])!r}, its last checkpoint" if steps else ""
+        raise ModelLoadError(
+            f"the training in {ref!r} has not finished (its model is written at the end): continue it with `python "
+            f"launch.py train --resume --output {shlex.quote(ref)}` and the same other flags{use}")
     if local and not (Path(ref) / METADATA_FILE).is_file():
         raise ModelLoadError(
             f"domain model folder {ref!r} has no {METADATA_FILE}: it is not a null-text domain model; train one "

@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import shlex
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 HELP = "train a null-text domain model on a folder of images (F_T initialisation, E capture, fine-tuning)"
 log = logging.getLogger("training")
@@ -126,7 +128,14 @@ def main(args) -> int:
     # 1. Settings from the preset and the flags (checked inside train_domain, one sentence per problem).
     config = config_from_args(args)
     # 2. Train; the output folder is the domain model.
-    out = train_domain(config)
+    try:
+        out = train_domain(config)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say how to go on from the last checkpoint
+        checkpoints = Path(config.output) / "training" / "checkpoints"
+        if os.environ.get("RANK", "0") == "0" and any(checkpoints.glob("step-*")):
+            print(f"training stopped; continue it from its last checkpoint with `python launch.py train --resume "
+                  f"--output {shlex.quote(str(config.output))}` and the same other flags", file=sys.stderr)
+        raise
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, the main process reports
         return 0
     print(f"domain model written to {out}")

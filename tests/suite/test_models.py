@@ -85,6 +85,23 @@ def test_incomplete_and_corrupt_folders(tiny_dir, tmp_path):
         models.load_domain_model(str(not_domain))
 
 
+def test_an_unfinished_training_folder_says_how_to_finish_or_use_it(tiny_dir, tmp_path):
+    """The folder of a training that was interrupted (or still runs) was "not a null-text domain model; train one
+    with ...": start over. It says to resume, and names its last checkpoint, which loads."""
+    run = tmp_path / "my run"
+    (run / "training" / "latents").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match=r"has not finished.*train --resume --output '.*my run'") as err:
+        models.load_domain_model(str(run))
+    assert "checkpoint" not in str(err.value)  # none written yet
+    for step in ("step-000010", "step-000020"):
+        shutil.copytree(tiny_dir / "domain-face", run / "training" / "checkpoints" / step)
+    with pytest.raises(ModelLoadError, match=r"last checkpoint") as err:
+        models.load_domain_model(str(run))
+    last = str(err.value).split("pass --domain-model ")[1].split(", its last checkpoint")[0].strip("'")
+    assert last.endswith("step-000020")
+    assert models.load_domain_model(last).metadata.domain == "face"
+
+
 def test_hub_id_offline_gives_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=r"offline.*--controlnet"):

@@ -80,3 +80,25 @@ def test_the_printed_use_it_command_can_be_pasted_into_a_shell(data_dir, tmp_pat
     assert argv[:3] == ["python", "launch.py", "generate"]
     args = launch.build_parser().parse_args(argv[2:])
     assert args.domain_model == str(out) and args.domain == "my cats"
+
+
+def test_a_stopped_training_says_how_to_continue_it(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or SIGTERM) during `train` printed only "interrupted": nothing said that the run can go on."""
+    import launch
+    import training.train
+
+    out = tmp_path / "my model"
+
+    def stopped(config, progress=None):
+        if config.max_steps == 4:  # stopped after a checkpoint
+            (out / "training" / "checkpoints" / "step-000002").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.train, "train_domain", stopped)
+    args = ["train", "--preset", "tiny", "--data", str(tmp_path), "--output", str(out), "--max-steps"]
+    assert launch.main(args + ["2"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" not in err  # no checkpoint yet: nothing to continue
+    assert launch.main(args + ["4"]) == 130
+    err = capsys.readouterr().err
+    assert f"train --resume --output '{out}'" in err and "interrupted" in err
