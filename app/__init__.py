@@ -109,14 +109,17 @@ def main(args) -> int:
         log.warning("listening on %s: anyone who can reach this address can use the app", args.host)
 
     # 2. Build the page and serve it until Ctrl-C.
+    from .core import ServedCopies
     from .runs import stop_jobs
     from .ui import build_app, launch
 
     demo = build_app(cfg)
+    copies = ServedCopies(cfg).start()  # gradio's copies of results: a day, and none left after a clean stop
     try:
         launch(demo, cfg, host=args.host, port=args.port, share=args.share, block=True)
     finally:  # running jobs stop at their next step and clean up as a Cancel does
         stop_jobs(demo._suite_jobs)
+        copies.stop()
     return 0
 
 

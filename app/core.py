@@ -189,6 +189,69 @@ def turn(lock, report: Progress, waiting: str):
 SERVED_KINDS = ("generate", "edit", "3d")  # the result folders the page shows files from
 
 
+COPIES_KEPT_S = 86400  # gradio's copies of uploads and results are deleted a day after they were made
+
+
+class ServedCopies:
+    """Gradio's copies of the files it serves, in the app's upload cache ``OUTPUT/.uploads``.
+
+    gradio's own ``delete_cache`` removes only the copies it tracks (uploads), not the copies of the results a
+    handler returns: each Generate, Edit and 3D result stayed there for good, after a clean stop too. Swept here: a
+    day after they were made (at the start, then every hour), and every copy made since this server started when it
+    stops (Ctrl-C, SIGTERM; a second server on the same output folder loses its copies of that time too, not its
+    results). Only the app's own folder: a ``GRADIO_TEMP_DIR`` set elsewhere may be shared with other gradio apps and
+    is left alone. Links are removed as links, never followed."""
+
+    def __init__(self, config: AppConfig, every: float = 3600.0, age: float = COPIES_KEPT_S):
+        import os
+
+        own = Path(config.output_dir) / ".uploads"
+        chosen = os.environ.get("GRADIO_TEMP_DIR", "")
+        self.folder = own if chosen and Path(chosen).resolve() == own.resolve() else None
+        self.every, self.age = every, age
+        self.started = time.time()
+        self._stopped = threading.Event()
+
+    def start(self) -> ServedCopies:
+        if self.folder is not None:
+            self.sweep(older_than=self.age)
+            threading.Thread(target=self._every, name="sweep served copies", daemon=True).start()
+        return self
+
+    def _every(self) -> None:
+        while not self._stopped.wait(self.every):
+            self.sweep(older_than=self.age)
+
+    def stop(self) -> int:
+        """End the hourly sweep and delete this server's copies; returns how many went."""
+        self._stopped.set()
+        return self.sweep(since=self.started) if self.folder is not None else 0
+
+    def sweep(self, older_than: float | None = None, since: float | None = None) -> int:
+        """Delete the copies made more than ``older_than`` seconds ago, or at ``since`` (a time) or later, and the
+        folders they leave empty; returns how many files went."""
+        now, gone = time.time(), 0
+        if self.folder is None or not self.folder.is_dir() or self.folder.is_symlink():
+            return 0
+
+        def chosen(st) -> bool:
+            return ((older_than is not None and now - st.st_ctime > older_than)
+                    or (since is not None and st.st_ctime >= since))
+
+        for path in sorted(self.folder.rglob("*"), reverse=True):  # a folder's files before the folder
+            try:
+                st = path.lstat()
+                if path.is_dir() and not path.is_symlink():
+                    if chosen(st) or since is not None:  # an empty folder; one being filled now is young: kept
+                        path.rmdir()
+                elif chosen(st):
+                    path.unlink()
+                    gone += 1
+            except OSError:  # not empty, or gone already
+                continue
+        return gone
+
+
 def served_dirs(config: AppConfig) -> list[Path]:
     """The folders whose files the page may show: the results of each tab (created here). Uploads are not among
     them (see :func:`app.ui.launch`)."""

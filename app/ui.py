@@ -194,9 +194,8 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
     cache = PipelineCache(cfg)
     jobs = core.Jobs(cfg.max_jobs)
     domains = core.list_domain_names(cfg)
-    # delete_cache: the copies of uploads and results gradio serves (OUTPUT/.uploads) go after a day, and all of this
-    # server's at a clean end; they grew with every job and outlived restarts (the results stay in their run folders;
-    # gradio deletes only the copies of its own server: docs/app.md)
+    # delete_cache: the copies of uploads gradio serves (OUTPUT/.uploads) go after a day, and all of this server's at
+    # a clean end; gradio tracks only those, so the copies of results are swept by app.core.ServedCopies (docs/app.md)
     with gr.Blocks(title="In-domain generation", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("## In-domain generation\nMulti-guidance diffusion (SD1.5 + a null-text domain model): "
                     "`eps = eps_sd + w_d (eps_d - eps_sd) + w_c (eps_c - eps_sd)` (paper Eq. 3). "

@@ -416,6 +416,57 @@ def test_gradio_forgets_old_sessions_and_old_copies(app):
     assert demo.delete_cache is not None and demo.delete_cache[1] <= 7 * 86400
 
 
+def test_the_copies_of_results_gradio_serves_are_deleted(tmp_path, monkeypatch):
+    """gradio's delete_cache removes only the copies it tracks (uploads): the copy of every result a handler returned
+    stayed in OUTPUT/.uploads for good, after a clean stop too (a mini app, one Generate, SIGTERM: the copy was still
+    there). This server's copies go at its stop, anyone's a day after they were made; a shared GRADIO_TEMP_DIR
+    elsewhere is left alone."""
+    import os
+    import time
+
+    import launch
+    from app import ui
+
+    out = tmp_path / "app"
+    uploads = out / ".uploads"
+    older = uploads / "a" / "image-0.png"
+    older.parent.mkdir(parents=True)
+    older.write_bytes(b"before this server")  # a copy of an earlier server's (killed with kill -9)
+    time.sleep(0.05)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    made = []
+
+    def serve(demo, cfg, **kwargs):  # gradio copies a result it serves into <cache>/<hash>/<name>
+        copy = Path(os.environ["GRADIO_TEMP_DIR"]) / "b" / "image-0.png"
+        copy.parent.mkdir()
+        copy.write_bytes(b"png")
+        made.append(copy)
+        (uploads / "c").mkdir()  # an empty folder a copy is about to be written into
+
+    monkeypatch.setattr(ui, "launch", serve)
+    assert launch.main(["app", "--preset", "tiny", "--output-dir", str(out)]) == 0
+    assert not made[0].exists() and not made[0].parent.exists() and not (uploads / "c").exists()
+    assert older.read_bytes() == b"before this server"
+    # a day later (here: 0.2 s), at the next start or an hourly sweep
+    copies = core.ServedCopies(core.AppConfig(preset="tiny", output_dir=out), every=0.1, age=0.2)
+    young = uploads / "d" / "edited-0.png"
+    young.parent.mkdir()
+    young.write_bytes(b"png")
+    time.sleep(0.1)
+    assert copies.sweep(older_than=0.2) == 1 and not older.exists() and young.exists()
+    copies.start()
+    time.sleep(0.5)
+    assert not young.exists() and list(uploads.iterdir()) == []
+    copies.stop()
+    shared = tmp_path / "gradio-shared"
+    (shared / "e").mkdir(parents=True)
+    (shared / "e" / "other-app.png").write_bytes(b"png")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(shared))
+    assert launch.main(["app", "--preset", "tiny", "--output-dir", str(out)]) == 0
+    assert (shared / "e" / "other-app.png").exists() and core.ServedCopies(
+        core.AppConfig(preset="tiny", output_dir=out)).folder is None
+
+
 def test_3d_tab_starts_from_an_uploaded_image(app):
     """An uploaded image replaces stage 1. It is kept beside the run folder: the 3D run refuses a folder holding
     files it did not write, and an upload inside it made every such run fail (issue 26's review)."""
