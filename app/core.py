@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shlex
 import threading
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from suite.checks import Progress, UserError
-from suite.domains import PRESETS, domain_prompt
+from suite.domains import PRESETS, domain_home, domain_prompt
 from suite.files import write_text_atomic
 from suite.presets import DEFAULT_PRESET, build_pipeline, get_preset
 
@@ -279,14 +280,50 @@ def fmt_weight(v) -> str:
 
 
 # domains
+DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")  # a domain name the app trains and lists
+
+
+def domain_name_problem(name: str) -> str | None:
+    """The sentence for a domain name the app cannot use (None when it can): a folder name on any system."""
+    if not DOMAIN_NAME.match(name or ""):
+        return f"the domain name {name!r} must be 1-40 letters, digits, '-' or '_'"
+    return None
+
+
+def _fits_base(config: AppConfig, folder: Path) -> bool:
+    """Whether a domain model folder was made for the preset's base model (its UNet's shape), read from the configs
+    alone; True where the base's cannot be read (a hub id)."""
+    try:
+        base = json.loads((Path(get_preset(config.preset).sd()) / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        return True
+    try:
+        mine = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return all(mine.get(k) == base.get(k) for k in ("block_out_channels", "cross_attention_dim", "in_channels"))
+
+
 def trained_domains(config: AppConfig) -> dict[str, Path]:
-    """Domain models trained from this app: OUTPUT/domains/<name> folders holding a saved model."""
-    root = config.output_dir / "domains"
+    """Domain models of your own: those trained from this app (``OUTPUT/domains/<name>``, holding a saved model),
+    then those where the CLI finds them (``$INDOMAIN_HOME/domains/<name>``, what `--domain NAME` loads) that were
+    made for this preset's base model. A preset's name, or a name taken already in other letters, is left out."""
     found = {}
+    taken = {n.lower() for n in PRESETS}
+    root = config.output_dir / "domains"
     if root.is_dir():
         for d in sorted(root.iterdir()):
             if d.is_dir() and (d / "config.json").is_file() and d.name not in PRESETS:
                 found[d.name] = d
+                taken.add(d.name.lower())
+    home = domain_home()
+    with contextlib.suppress(OSError):
+        if home.is_dir() and home.resolve() != root.resolve():
+            for d in sorted(home.iterdir()):
+                if (DOMAIN_NAME.match(d.name) and d.name.lower() not in taken and (d / "nulltext.json").is_file()
+                        and _fits_base(config, d)):
+                    found[d.name] = d
+                    taken.add(d.name.lower())
     return found
 
 
@@ -319,17 +356,24 @@ def domain_rows(config: AppConfig) -> list[list[str]]:
             where = d.model_ref()
             status = "found" if Path(where).is_dir() else "missing: train it (command below)"
         rows.append([d.name, d.prompt, d.description, where, status])
+    root = config.output_dir / "domains"
     for name, path in trained_domains(config).items():
-        rows.append([name, domain_prompt(name), "trained in this app", str(path), "found"])
+        where = "trained in this app" if path.parent == root else "your own ($INDOMAIN_HOME/domains)"
+        rows.append([name, domain_prompt(name), where, str(path), "found"])
     return rows
 
 
 def train_command(config: AppConfig, domain: str, data: str, output: str | None = None) -> str:
-    """The exact CLI command that trains ``domain`` on the images in ``data``."""
+    """The exact CLI command that trains ``domain`` on the images in ``data``: into the folder this app lists it from
+    (``OUTPUT/domains/<name>``; a preset's domain where the CLI looks for it). A name the app cannot use gives its
+    sentence as a shell comment instead."""
     domain = (domain or "").strip() or "NAME"
     data = (data or "").strip() or "DIR"
+    problem = domain_name_problem(domain) if domain not in PRESETS else None
+    if problem:
+        return f"# {problem}"
     if output is None:
-        output = str(PRESETS[domain].model_ref()) if domain in PRESETS else f"domains/{domain}"
+        output = str(PRESETS[domain].model_ref()) if domain in PRESETS else str(config.output_dir / "domains" / domain)
     parts = ["python", "launch.py", "train", "--domain", domain, "--data", data, "--output", output]
     if config.preset != DEFAULT_PRESET:
         parts += ["--preset", config.preset]

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import re
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from .core import (
     PipelineCache,
     checked_progress,
     domain_model_for,
+    domain_name_problem,
     fmt_weight,
     new_run_dir,
     trained_domains,
@@ -308,7 +308,6 @@ def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings:
         raise
 
 
-DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
 
 def _allowed_data_dir(config: AppConfig, data: str) -> Path:
@@ -347,8 +346,9 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     The model is written to OUTPUT/domains/<name>, where the Generate tab finds it."""
     # 1. Check the request.
     domain = (domain or "").strip()
-    if not DOMAIN_NAME.match(domain):
-        raise UserError(f"the domain name {domain!r} must be 1-40 letters, digits, '-' or '_'")
+    problem = domain_name_problem(domain)
+    if problem:
+        raise UserError(problem)
     if domain.lower() in {p.lower() for p in PRESETS}:  # "Face" beside the preset "face" too
         raise UserError(f"{domain!r} is a preset name: choose another name for your own domain")
     output = config.output_dir / "domains" / domain

@@ -209,8 +209,38 @@ def test_domains_tab_lists_domains_and_the_exact_training_command(app):
     assert [r[0] for r in rows[:3]] == ["face", "animal", "porcelain"]
     assert rows[0][1] == "a photo of a face"
     cmd = client.predict(name="cats", data="/data/my cats", api_name="/train_command")
+    # into the folder the app lists it from (it said "domains/cats": relative to wherever it was run, seen by neither
+    # the app nor `--domain cats`)
     assert shlex.split(cmd) == ["python", "launch.py", "train", "--domain", "cats", "--data", "/data/my cats",
-                                "--output", "domains/cats", "--preset", "tiny"]
+                                "--output", str(cfg.output_dir / "domains" / "cats"), "--preset", "tiny"]
+    # a name the page's training refuses is not offered as a command (it was, with spaces)
+    cmd = client.predict(name="yellow cup", data="/data/cups", api_name="/train_command")
+    assert cmd == "# the domain name 'yellow cup' must be 1-40 letters, digits, '-' or '_'"
+
+
+def test_the_app_lists_your_own_domains_where_the_cli_finds_them(tmp_path, monkeypatch, tiny_dir):
+    """A domain trained with the CLI into $INDOMAIN_HOME/domains/<name> (where `--domain NAME` loads it, as the README
+    says to put it) was not in the app's lists; it is now, when it was made for the preset's base."""
+    import json
+    import shutil
+
+    monkeypatch.setenv("INDOMAIN_HOME", str(tmp_path / "home"))
+    home = tmp_path / "home" / "domains"
+    shutil.copytree(tiny_dir / "domain-face", home / "cats")
+    shutil.copytree(tiny_dir / "domain-face", home / "Faces2")
+    shutil.copytree(tiny_dir / "domain-face", home / "bad name")  # no folder name the app can use
+    shutil.copytree(tiny_dir / "domain-face", home / "porcelain")  # a preset's: the preset's own model
+    mini = home / "minidom"  # made for the mini world's base, not the tiny one
+    shutil.copytree(tiny_dir / "domain-face", mini)
+    conf = json.loads((mini / "config.json").read_text())
+    (mini / "config.json").write_text(json.dumps({**conf, "cross_attention_dim": 128}))
+    cfg = core.AppConfig(preset="tiny", output_dir=tmp_path / "out")
+    shutil.copytree(tiny_dir / "domain-face", cfg.output_dir / "domains" / "faces2")  # trained in the app: first
+    found = core.trained_domains(cfg)
+    assert found == {"faces2": cfg.output_dir / "domains" / "faces2", "cats": home / "cats"}
+    assert core.domain_model_for(cfg, "cats") == home / "cats"
+    rows = {r[0]: r for r in core.domain_rows(cfg)}
+    assert rows["cats"][2] == "your own ($INDOMAIN_HOME/domains)" and rows["faces2"][2] == "trained in this app"
 
 
 # ----------------------------------------------------------------------------------------------------------
