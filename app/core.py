@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from suite.checks import Progress, UserError
+from suite.checks import format_weight as fmt_weight  # noqa: F401 - app.runs and app.ui use it from here
 from suite.domains import PRESETS, domain_home, domain_prompt
 from suite.files import write_text_atomic
 from suite.presets import DEFAULT_PRESET, build_pipeline, get_preset
@@ -271,12 +272,6 @@ def new_run_dir(config: AppConfig, kind: str) -> Path:
 
 def write_json_atomic(data: dict, path: Path) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, default=str))
-
-
-def fmt_weight(v) -> str:
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
-    return f"{v:.3g}" if isinstance(v, float | int) else str(v)
 
 
 # domains

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from suite import cli
-from suite.checks import UserError, check_range, finite_float
+from suite.checks import UserError, check_range, finite_float, format_weights
 from suite.domains import FRAMINGS
 from suite.extras import require
 
@@ -103,18 +103,27 @@ def main(args) -> int:
     # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
     pipe = cli.load_pipeline(args)
 
-    # 3. Edit (detect and align, SDEdit through the pipeline, paste back), with a progress bar.
+    # 3. Edit (detect and align, SDEdit through the pipeline, paste back): a bar on a terminal, progress lines in a
+    #    log (a bar's carriage returns filled a log with one line of them).
     from PIL import Image
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="editing", leave=False)
+    from suite.progress import LogProgress
+
+    lines = LogProgress("edit")
+    bar = None if lines.active() else tqdm(desc="editing", leave=False)
 
     def progress(stage, done, total, info):
-        if stage == "denoise":
-            bar.total = total
-            bar.set_description(f"editing crop {info['crop'] + 1}/{info['crops']}")
-            bar.n = done
-            bar.refresh()
+        if stage != "denoise":
+            return
+        crop = f"crop {info['crop'] + 1} of {info['crops']}"
+        if bar is None:
+            lines(crop, done, total)
+            return
+        bar.total = total
+        bar.set_description(f"editing {crop}")
+        bar.n = done
+        bar.refresh()
 
     mask_image = Image.fromarray((mask * 255).round().astype("uint8")) if mask is not None else None
     try:
@@ -125,7 +134,8 @@ def main(args) -> int:
                             auto_norm=args.auto_norm, feather=args.feather, max_pixels=max_pixels,
                             guidance_rule=args.guidance_rule, detector=detector)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
     # 4. Save (atomically) and report.
     for im, path in zip(result.images, paths):
@@ -134,6 +144,9 @@ def main(args) -> int:
     for box in result.face_boxes:
         log.info("edited face at x=%d..%d, y=%d..%d", *(round(v) for v in (box[0], box[2], box[1], box[3])))
     log.info("time: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    for i, weights in enumerate(result.weights):  # one sampling run per crop, as `generate` reports its one
+        if weights:
+            log.info("weights%s: %s", f" (crop {i + 1})" if len(result.weights) > 1 else "", format_weights(weights))
     if result.guidance_rule:
         log.info("guidance rule: %s", result.guidance_rule)
     return 0

@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Callable
 
 __all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
-           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
+           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -140,6 +140,18 @@ def check_count(value, what: str, maximum: int, minimum: int = 1, allow_large: b
 
 
 AUTO = "auto"                # a guidance weight set by the paper's automatic rule (Sec. 3.4)
+
+def format_weight(v) -> str:
+    """A guidance weight as logs and the app show it: ``1``, ``7.45``, per sample ``[7.59, 7.45]``."""
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
+    return f"{v:.3g}" if isinstance(v, float | int) else str(v)
+
+
+def format_weights(weights: dict) -> str:
+    """``domain=1, control=7``: the weights a sampling run used (its ``weights``)."""
+    return ", ".join(f"{k}={format_weight(v)}" for k, v in weights.items())
+
 RECOMMENDED = "recommended"  # a guidance weight not given: the domain's recommended one (else automatic)
 
 

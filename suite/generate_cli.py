@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from . import cli
-from .checks import UserError, int_at_least
+from .checks import UserError, format_weights, int_at_least
 
 HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
 log = logging.getLogger("suite")
@@ -206,15 +206,8 @@ def main(args) -> int:
                       len(written), len(paths), ", ".join(p.name for p in sorted(written)) or "none")
         raise
     if out.weights:
-        log.info("weights: %s; guidance rule: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in out.weights.items()),
-                 out.guidance_rule)
+        log.info("weights: %s; guidance rule: %s", format_weights(out.weights), out.guidance_rule)
     return 0
-
-
-def _fmt(v) -> str:
-    if isinstance(v, list):
-        return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
-    return f"{v:.3g}"
 
 
 def batch_main(args) -> int:

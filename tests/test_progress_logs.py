@@ -70,3 +70,16 @@ def test_generate_writes_step_lines_to_a_log(tmp_path, tiny_dir):
                        "--output", str(tmp_path / "g.png"))
     assert _stages(text)["generate 2 image(s)"] == [(1, 2), (2, 2)], text
     assert "left" in text and "wrote " in text
+
+
+def test_edit_writes_step_lines_and_its_weights_to_a_log(tmp_path, tiny_dir):
+    """`edit` redrew its progress bar into a log (one line of carriage returns) and, unlike `generate`, did not say
+    which weights it used."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(photo)
+    text = _run_logged(tmp_path, "edit", "--preset", "tiny", "--domain", "porcelain", "--image", str(photo),
+                       "--strength", "0.5", "--steps", "4", "--output", str(tmp_path / "e.png"))
+    assert _stages(text)["edit crop 1 of 1"] == [(1, 2), (2, 2)], text
+    assert re.search(r"^weights: domain=", text, re.M), text
