@@ -327,6 +327,10 @@ def _check_can_render(config: EvalConfig) -> None:
 
     if not get_preset(config.preset).offline:
         raise UserError("give --real FOLDER with real images of the domain (the paper uses the domain's dataset)")
+    domain = _mini_domain(config)
+    if domain not in ("porcelain", "face"):  # FD and KID against porcelain renders would say nothing about it
+        raise UserError(f"give --real FOLDER with held-out images of {domain!r} (images it was not trained on): the "
+                        f"mini world renders its own only for porcelain and face")
 
 
 def _scan_real(folder, num_real: int | None = None) -> object:
@@ -366,9 +370,11 @@ def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[
 
 
 def _mini_domain(config) -> str:
-    from suite.presets import default_domain
+    """The domain evaluated: ``--domain``, else the model's own (its ``nulltext.json``), else the preset's."""
+    from suite.presets import default_domain, trained_domain_name
 
-    return default_domain(config.preset, config.domain)
+    own = trained_domain_name(config.domain_model) if config.domain_model and not config.domain else None
+    return default_domain(config.preset, config.domain or own)
 
 
 def _mini_real_folder(config, out: Path) -> Path:
@@ -494,7 +500,7 @@ def _clip_scores(clip, image_feats: dict, prompts: list[str]) -> dict:
 
 def _judge_scores(state, net, paths: list[Path], prompts: list[str], domain: str = "porcelain") -> dict:
     """The mini world's judge on a set: its domain rate (``domain``: porcelain; the photo look for the face domain,
-    also kept as ``porcelain`` for porcelain), and for prompts naming a shape / colour / pattern the fraction of
+    also kept as ``porcelain`` for porcelain; none for a domain of your own, whose look the judge does not know), and for prompts naming a shape / colour / pattern the fraction of
     images where it reads that attribute, for face prompts naming attributes ("with glasses", "red hair") the
     fraction where it reads all of them (each with its binomial standard error)."""
     from suite.images import load_image
@@ -508,8 +514,10 @@ def _judge_scores(state, net, paths: list[Path], prompts: list[str], domain: str
         for key, values in p.items():
             pred.setdefault(key, []).extend(values)
     face = domain == "face"
-    out = _rate("domain", [bool(x) for x in pred["photo" if face else "porcelain"]])
-    if not face:
+    out = {}
+    if domain in ("porcelain", "face"):  # the looks the judge reads; a domain of your own has no such score
+        out.update(_rate("domain", [bool(x) for x in pred["photo" if face else "porcelain"]]))
+    if domain == "porcelain":
         out.update(_rate("porcelain", [bool(x) for x in pred["porcelain"]]))
     vocab = {"shape": W.SHAPES, "colour": tuple(W.COLOURS), "pattern": ("stripes", "dots")}
     is_face = [bool(re.search(r"\bface\b", p.lower())) or bool(_named_attributes(p)) for p in prompts]

@@ -211,3 +211,44 @@ def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
     err = capsys.readouterr().err
     assert "2 processes were launched but only 1 joined" in err and "pass --device cpu" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_judge_scores_no_look_for_a_domain_of_your_own(tmp_path):
+    """`eval` on a domain of your own (a mini model of cup renders) showed "domain (judge) 0 ± 0": the judge's
+    porcelain rate, which says nothing about that domain. It shows the looks the judge knows only."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from training import evaluate
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (64, 64), "yellow").save(paths[-1])
+    judge = SimpleNamespace(predict=lambda x: {"porcelain": [False] * len(x), "photo": [True] * len(x),
+                                                "shape": ["cup"] * len(x), "colour": ["yellow"] * len(x),
+                                                "pattern": ["dots"] * len(x)})
+    net = SimpleNamespace(judge=judge)
+    prompts = ["a photo of a cup"] * 2
+    own = evaluate._judge_scores(None, net, paths, prompts, "yellow cup")
+    assert "domain" not in own and "porcelain" not in own and own["shape_alignment"] == 1.0
+    assert evaluate._judge_scores(None, net, paths, prompts, "porcelain")["domain"] == 0.0
+    assert evaluate._judge_scores(None, net, paths, prompts, "face")["domain"] == 1.0
+    header, _ = evaluate.table_rows({"methods": {"ours": {"uncond": {"n": 2}, "text": own}}})
+    assert "domain (judge)" not in header and "text domain (judge)" not in header and "shape" in header
+
+
+def test_a_domain_of_your_own_is_measured_against_your_images_only(tmp_path, tiny_dir, capsys):
+    """Without --real, a domain of your own on the mini preset was measured against the mini world's porcelain
+    renders (FD / KID that say nothing about it); it is one sentence asking for its held-out images, before any work."""
+    import shutil
+
+    own = tmp_path / "cups"
+    shutil.copytree(tiny_dir / "domain-face", own)
+    meta = json.loads((own / "nulltext.json").read_text())
+    (own / "nulltext.json").write_text(json.dumps({**meta, "domain": "yellow cup"}))
+    out = tmp_path / "eval"
+    assert launch.main(["eval", "--preset", "mini", "--domain-model", str(own), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "give --real FOLDER with held-out images of 'yellow cup'" in err and not out.exists()
