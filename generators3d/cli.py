@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+DEFAULT_DOMAIN = "porcelain"  # the 3D flow's domain whatever the preset, unless --domain or a --domain-model says
 HELP = "text-to-3D: in-domain image -> Zero-1-to-3 NeRF -> SDS refinement with the domain model -> mesh"
 log = logging.getLogger("generators3d")
 
@@ -164,7 +165,7 @@ def add_arguments(p) -> None:
     from suite.cli import add_model_arguments
 
     # --export-only exports as its run was made unless --preset says otherwise (config_from_args)
-    add_model_arguments(p, controlnet=False, domain="porcelain",
+    add_model_arguments(p, controlnet=False, domain=DEFAULT_DOMAIN,
                         preset_later="with --export-only, the preset of the checkpoint's run")
 
 
@@ -234,7 +235,7 @@ def config_from_args(args):
     from dataclasses import replace
 
     from suite.checks import UserError
-    from suite.presets import DEFAULT_PRESET
+    from suite.presets import DEFAULT_PRESET, trained_domain_name
     from suite.rules import format_rule
 
     from .config import ExportConfig, ThreeDConfig
@@ -250,7 +251,9 @@ def config_from_args(args):
                        dtype=args.dtype or saved.dtype, export_only=None).resolved()
     if args.preset is None:  # an export of a run's checkpoint: its run's preset (a mini run's 80^3 grid, not 256^3)
         args.preset = (_run_preset(args.export_only) if args.export_only else None) or DEFAULT_PRESET
-    kw = dict(prompt=args.prompt, domain=args.domain, preset=args.preset, output=args.output, image=args.image,
+    own = args.domain_model if args.domain_model and str(args.domain_model).lower() != "none" else None
+    domain = args.domain or (trained_domain_name(own) if own else None) or DEFAULT_DOMAIN
+    kw = dict(prompt=args.prompt, domain=domain, preset=args.preset, output=args.output, image=args.image,
               mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
               zero123_model=args.zero123_model, image_steps=args.image_steps,
               image_domain_weight=args.image_domain_weight,

@@ -68,7 +68,7 @@ def add_preset_argument(group, help: str = PRESET_HELP, default: str | None = DE
 def add_domain_argument(group, default: str | None = None, help: str | None = None) -> None:
     group.add_argument("--domain", default=default,
                        help=help or f"domain preset ({', '.join(PRESETS)}) or the name of your own domain "
-                                    f"(default: face; porcelain with --preset mini)")
+                                    f"(default: a --domain-model's own; else face, porcelain with --preset mini)")
 
 
 def add_sd_model_argument(group, extra: str = "") -> None:
@@ -79,16 +79,18 @@ def add_sd_model_argument(group, extra: str = "") -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True, domain: str | None = None,
                         preset_later: str | None = None) -> None:
-    """The model flags; ``domain``: the command's default domain whatever the preset (the 3D flow's porcelain);
-    ``preset_later``: where the command chooses the preset when none is given (``--preset`` defaults to None)."""
+    """The model flags; ``domain``: the command's default domain whatever the preset (the 3D flow's porcelain), which
+    the command applies itself (``--domain`` stays None when not given: a ``--domain-model``'s own domain comes
+    first); ``preset_later``: where the command chooses the preset when none is given (``--preset`` defaults to
+    None)."""
     g = parser.add_argument_group("models")
     if preset_later:
         add_preset_argument(g, PRESET_HELP.replace("(default: %(default)s)",
                                                    f"(default: {DEFAULT_PRESET}; {preset_later})"), default=None)
     else:
         add_preset_argument(g)
-    add_domain_argument(g, domain, None if domain is None else f"domain preset ({', '.join(PRESETS)}) or the name "
-                        f"of your own domain (default: {domain})")
+    add_domain_argument(g, None, None if domain is None else f"domain preset ({', '.join(PRESETS)}) or the name "
+                        f"of your own domain (default: a --domain-model's own, else {domain})")
     add_sd_model_argument(g)
     g.add_argument("--domain-model", default=None,
                    help="null-text domain model folder or hub id (default: the preset's folder, "

@@ -27,7 +27,8 @@ def test_the_3d_help_gives_the_defaults_each_preset_runs():
     p = argparse.ArgumentParser()
     add_arguments(p)
     helps = {a.dest: " ".join(a.help.split()) for a in p._actions if a.help}
-    assert "(default: porcelain)" in helps["domain"] and p.get_default("domain") == "porcelain"
+    # porcelain, unless a --domain-model names its own domain (the 3D flow applies it: tests/generators3d/test_run.py)
+    assert "else porcelain)" in helps["domain"] and p.get_default("domain") is None
     for dest, get in (("zero123_steps", lambda s: s.zero123().steps), ("refine_steps", lambda s: s.refine().steps),
                       ("mesh_resolution", lambda s: s.export().resolution)):
         said = dict(re.findall(r"(mini|tiny): (\d+)", helps[dest]))

@@ -588,3 +588,26 @@ def test_python_settings_the_cli_checks_are_checked_by_the_config_too(bad, phras
     # a single format as a string (it was read letter by letter: "unknown mesh format(s) g, l, b")
     assert ThreeDConfig(preset="tiny", prompt="a vase", formats="glb").resolved().formats == ("glb",)
     assert ThreeDConfig(preset="tiny", prompt="a vase", formats="GLB, obj").resolved().formats == ("glb", "obj")
+
+
+def test_a_domain_model_given_without_a_domain_is_its_own_domain(tmp_path, tiny_dir):
+    """`3d --domain-model FOLDER` without --domain ran as porcelain (its name and prompt in the guidance), whatever
+    the model was trained for; the model's own domain comes first now, then porcelain."""
+    import json
+    import shutil
+
+    import launch
+    from generators3d.cli import config_from_args
+
+    own = tmp_path / "cups"
+    shutil.copytree(tiny_dir / "domain-face", own)
+    meta = json.loads((own / "nulltext.json").read_text())
+    (own / "nulltext.json").write_text(json.dumps({**meta, "domain": "yellow cup"}))
+
+    def domain(*flags):
+        return config_from_args(launch.build_parser().parse_args(["3d", "--prompt", "a cup", "--output", "o",
+                                                                  *flags])).domain
+
+    assert domain("--domain-model", str(own)) == "yellow cup"
+    assert domain("--domain-model", str(own), "--domain", "face") == "face"
+    assert domain() == domain("--domain-model", "none") == "porcelain"
