@@ -197,8 +197,9 @@ COPIES_KEPT_S = 86400  # gradio's copies of uploads and results are deleted a da
 class ServedCopies:
     """Gradio's copies of the files it serves, in the app's upload cache ``OUTPUT/.uploads``.
 
-    gradio's own ``delete_cache`` removes only the copies it tracks (uploads), not the copies of the results a
-    handler returns: each Generate, Edit and 3D result stayed there for good, after a clean stop too. Swept here: a
+    gradio's own ``delete_cache`` removes only the copies it tracks (uploads), and the copies of the results a
+    handler returns were not among them here (gradio 6.31: after a Generate, ``demo.temp_file_sets`` held nothing, and
+    the copy stayed after ``demo.close()`` and after a SIGTERM): each result's copy stayed for good. Swept here: a
     day after they were made (at the start, then every hour), and every copy made since this server started when it
     stops (Ctrl-C, SIGTERM; a second server on the same output folder loses its copies of that time too, not its
     results). Only the app's own folder: a ``GRADIO_TEMP_DIR`` set elsewhere may be shared with other gradio apps and
@@ -278,10 +279,13 @@ def write_json_atomic(data: dict, path: Path) -> Path:
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")  # a domain name the app trains and lists
 
 
-def domain_name_problem(name: str) -> str | None:
-    """The sentence for a domain name the app cannot use (None when it can): a folder name on any system."""
+def domain_name_problem(name: str, preset_names: bool = False) -> str | None:
+    """The sentence for a name the app cannot give a domain of your own (None when it can): a folder name on any
+    system, not a preset's in any letters (``preset_names``: a preset's own name, exactly, is fine)."""
     if not DOMAIN_NAME.match(name or ""):
         return f"the domain name {name!r} must be 1-40 letters, digits, '-' or '_'"
+    if name.lower() in {p.lower() for p in PRESETS} and not (preset_names and name in PRESETS):
+        return f"{name!r} is a preset name: choose another name for your own domain"
     return None
 
 
@@ -308,7 +312,7 @@ def trained_domains(config: AppConfig) -> dict[str, Path]:
     root = config.output_dir / "domains"
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            if d.is_dir() and (d / "config.json").is_file() and d.name not in PRESETS:
+            if d.is_dir() and (d / "config.json").is_file() and d.name.lower() not in taken:
                 found[d.name] = d
                 taken.add(d.name.lower())
     home = domain_home()
@@ -360,11 +364,12 @@ def domain_rows(config: AppConfig) -> list[list[str]]:
 
 def train_command(config: AppConfig, domain: str, data: str, output: str | None = None) -> str:
     """The exact CLI command that trains ``domain`` on the images in ``data``: into the folder this app lists it from
-    (``OUTPUT/domains/<name>``; a preset's domain where the CLI looks for it). A name the app cannot use gives its
-    sentence as a shell comment instead."""
+    (``OUTPUT/domains/<name>``; with real weights, a preset's domain where the CLI looks for its model). A name the
+    app cannot use (a preset's on a preset that ships its models, or in other letters) gives its sentence as a shell
+    comment instead."""
     domain = (domain or "").strip() or "NAME"
     data = (data or "").strip() or "DIR"
-    problem = domain_name_problem(domain) if domain not in PRESETS else None
+    problem = domain_name_problem(domain, preset_names=not get_preset(config.preset).offline)
     if problem:
         return f"# {problem}"
     if output is None:

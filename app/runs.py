@@ -20,7 +20,6 @@ from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
 from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS
 from suite.checks import MAX_STEPS, Progress, UserError, check_int
 from suite.control import canny
-from suite.domains import PRESETS
 from suite.files import remove_run_folder
 from suite.images import oriented_size, save_image_atomic
 from suite.pipeline import quiet, report_steps
@@ -349,8 +348,6 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     problem = domain_name_problem(domain)
     if problem:
         raise UserError(problem)
-    if domain.lower() in {p.lower() for p in PRESETS}:  # "Face" beside the preset "face" too
-        raise UserError(f"{domain!r} is a preset name: choose another name for your own domain")
     output = config.output_dir / "domains" / domain
     # the page has no --resume or --output: a name in use is one sentence about the page and the server's folder
     with _TRAINING_LOCK:
@@ -373,6 +370,9 @@ def _train(config: AppConfig, domain: str, data: str, output: Path, settings: di
     taken = {name.lower(): (name, folder) for name, folder in trained_domains(config).items()}
     if domain.lower() in taken:  # "Foo" beside "foo" too (one folder on a case-insensitive file system)
         name, folder = taken[domain.lower()]
+        if folder.parent != config.output_dir / "domains":  # not this app's: one of $INDOMAIN_HOME/domains
+            raise UserError(f"{name!r} is the name of a domain of your own on this server ({str(folder)!r}): choose "
+                            f"another name")
         raise UserError(f"a domain named {name!r} is already trained here: choose another name (to train the name "
                         f"again, delete its folder {str(folder)!r} on the server first)")
     if output.exists():

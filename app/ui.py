@@ -257,8 +257,8 @@ def _rule(text, cfg: AppConfig, domain: str | None = None):
 def _recommended(cfg: AppConfig, domain: str | None = None):
     """A domain (the preset's default when not given) as the preset ships it: the forms show its recommended weights
     (the mini world's porcelain and face have them; a domain without them is on "automatic"), rule and framing, as
-    the CLI uses them when none are given. A domain trained in the app has the preset's weights for a domain of
-    your own (the mini world's fixed ones, else automatic), no rule and the whole photo."""
+    the CLI uses them when none are given. A domain of your own has the preset's for one (the mini world's: the
+    porcelain preset's weights and rule; with real weights: automatic, no rule) and the whole photo."""
     preset = get_preset(cfg.preset)
     name = domain or preset.default_domain
     if name in PRESETS:

@@ -230,6 +230,20 @@ def _flags_given(args, keep=()) -> list[str]:
             and getattr(args, a.dest) != a.default]
 
 
+def _resumed_domain(args) -> str | None:
+    """The domain a run resumed without ``--domain`` was made with (a run with a ``--domain-model`` and no
+    ``--domain`` was porcelain before the model's own domain came first: its resume must not be refused)."""
+    import json
+
+    if not args.resume or not args.output:
+        return None
+    try:
+        found = json.loads((Path(args.output).expanduser() / "config.json").read_text()).get("domain")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and found else None
+
+
 def config_from_args(args):
     """A :class:`ThreeDConfig` from the flags, or from ``--config FILE`` (+ output, resume, device, dtype)."""
     from dataclasses import replace
@@ -252,7 +266,7 @@ def config_from_args(args):
     if args.preset is None:  # an export of a run's checkpoint: its run's preset (a mini run's 80^3 grid, not 256^3)
         args.preset = (_run_preset(args.export_only) if args.export_only else None) or DEFAULT_PRESET
     own = args.domain_model if args.domain_model and str(args.domain_model).lower() != "none" else None
-    domain = args.domain or (trained_domain_name(own) if own else None) or DEFAULT_DOMAIN
+    domain = args.domain or _resumed_domain(args) or (trained_domain_name(own) if own else None) or DEFAULT_DOMAIN
     kw = dict(prompt=args.prompt, domain=domain, preset=args.preset, output=args.output, image=args.image,
               mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
               zero123_model=args.zero123_model, image_steps=args.image_steps,

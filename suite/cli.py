@@ -68,7 +68,7 @@ def add_preset_argument(group, help: str = PRESET_HELP, default: str | None = DE
 def add_domain_argument(group, default: str | None = None, help: str | None = None) -> None:
     group.add_argument("--domain", default=default,
                        help=help or f"domain preset ({', '.join(PRESETS)}) or the name of your own domain "
-                                    f"(default: a --domain-model's own; else face, porcelain with --preset mini)")
+                                    f"(default: a --domain-model folder's own; else face, porcelain with --preset mini)")
 
 
 def add_sd_model_argument(group, extra: str = "") -> None:
@@ -90,7 +90,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, controlnet: bool = True
     else:
         add_preset_argument(g)
     add_domain_argument(g, None, None if domain is None else f"domain preset ({', '.join(PRESETS)}) or the name "
-                        f"of your own domain (default: a --domain-model's own, else {domain})")
+                        f"of your own domain (default: a --domain-model folder's own, else {domain})")
     add_sd_model_argument(g)
     g.add_argument("--domain-model", default=None,
                    help="null-text domain model folder or hub id (default: the preset's folder, "

@@ -8,6 +8,7 @@ otherwise :class:`ModelLoadError` says what is missing and which flag provides i
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -17,6 +18,8 @@ import torch
 
 from .nulltext import METADATA_FILE, DomainModel
 from .threads import building_models
+
+log = logging.getLogger("suite")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -101,8 +104,8 @@ def prefetch(ref: str, is_local: bool, patterns) -> None:
         from huggingface_hub import snapshot_download
 
         snapshot_download(ref, allow_patterns=list(patterns))
-    except Exception:  # noqa: BLE001 - the load below tries again and names the cause
-        return
+    except Exception as err:  # noqa: BLE001 - the load below tries again and names the cause
+        log.warning("could not download %s before loading it (%s): the load tries again", ref, describe(err))
 
 
 def _load(what: str, flag: str, ref: str, is_local: bool, fn, patterns=None):

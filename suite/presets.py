@@ -79,11 +79,16 @@ def _mini_domain(dom: Domain) -> Domain:
 
 
 def _mini_own_domain(dom: Domain) -> Domain:
-    """A domain of your own on the mini world: where it has no weights or rule of its own, the porcelain preset's
-    (``w_d = 1, w_c = 7`` and its noise-level split), not the paper's automatic weights, which over-weight the
-    domain on the mini world (:data:`suite.miniworld.assets.OWN_DOMAIN_WEIGHTS` has the measurements)."""
+    """A domain given by its own model on the mini world: a mini domain's name (``face``, ``porcelain``: a model
+    retrained for it) keeps that domain's recommended guidance and framing; any other name, where it has no weights or
+    rule of its own, gets the porcelain preset's (``w_d = 1, w_c = 7`` and its noise-level split), not the paper's
+    automatic weights, which over-weight the domain on the mini world (:data:`suite.miniworld.assets.OWN_DOMAIN_WEIGHTS`
+    has the measurements)."""
     from .miniworld import assets
 
+    shipped = assets.MINI_DOMAINS.get(dom.name)
+    if shipped is not None:
+        return replace(shipped, model=dom.model)
     wd, wc = assets.OWN_DOMAIN_WEIGHTS
     return replace(dom, domain_weight=wd if dom.domain_weight is None else dom.domain_weight,
                    control_weight=wc if dom.control_weight is None else dom.control_weight,

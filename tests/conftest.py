@@ -13,8 +13,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # temporary folder with every pytest process
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "torch-ext"))
 os.environ.setdefault("INDOMAIN_TINY_DIR", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "tiny-v3"))
-# your own domain models ($INDOMAIN_HOME/domains): none of the machine's, which the app lists and `--domain NAME` loads
-os.environ.setdefault("INDOMAIN_HOME", str(Path(tempfile.gettempdir()) / "in-domain-tests" / "home"))
+# your own domain models ($INDOMAIN_HOME/domains): none of the machine's (not even with INDOMAIN_HOME set), which
+# the app lists and `--domain NAME` loads; a test that needs some sets its own
+os.environ["INDOMAIN_HOME"] = str(Path(tempfile.gettempdir()) / "in-domain-tests" / "home")
 
 
 @pytest.fixture(autouse=True)

@@ -89,6 +89,10 @@ def test_a_domain_of_your_own_gets_the_mini_worlds_weights_not_the_automatic_one
     assert model_refs("mini", None, domain_model=str(own))["domain_obj"].name == "glaze"  # not "porcelain"
     full = model_refs("full", "my porcelain", domain_model=str(own))["domain_obj"]  # real weights: the paper's rule
     assert (full.domain_weight, full.control_weight, full.rule) == (None, None, None)
+    # a face model given by its folder (a retrained face domain) keeps face's recommendations, not porcelain's
+    face = model_refs("mini", None, domain_model=assets.model_refs("face")["domain"])["domain_obj"]
+    assert (face.name, face.domain_weight, face.control_weight, face.rule, face.framing) == ("face", 1.0, 5.0, None,
+                                                                                            "face")
 
 
 def test_unknown_words_are_fine(mini_pipe):

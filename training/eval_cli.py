@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "unconditional images are prompted with its caption) (default: base and ours)")
     g.add_argument("--real", default=None, metavar="FOLDER",
                    help="real images of the domain (recursive; broken files are skipped and counted) (default on "
-                        "--preset mini: 500 held-out renders of the porcelain domain, written to OUTPUT/real-mini)")
+                        "--preset mini: 500 held-out renders of its porcelain or face domain, written to "
+                        "OUTPUT/real-mini or OUTPUT/real-mini-face; a domain of your own needs --real)")
     g.add_argument("--num-real", type=int_at_least(3), default=None, metavar="N",
                    help="use the first N real images in name order (default: all)")
     g.add_argument("--output", default="eval", help="output folder: table.md, table.csv, results.json, images/ "

@@ -241,6 +241,17 @@ def test_the_app_lists_your_own_domains_where_the_cli_finds_them(tmp_path, monke
     assert core.domain_model_for(cfg, "cats") == home / "cats"
     rows = {r[0]: r for r in core.domain_rows(cfg)}
     assert rows["cats"][2] == "your own ($INDOMAIN_HOME/domains)" and rows["faces2"][2] == "trained in this app"
+    # the page does not train over it, nor tell the user to delete a model it did not make
+    data = tmp_path / "imgs"
+    data.mkdir()
+    with pytest.raises(UserError, match=r"'cats' is the name of a domain of your own on this server"):
+        runs.run_train(core.AppConfig(preset="tiny", output_dir=tmp_path / "out", data_roots=(tmp_path,)),
+                       domain="Cats", data=str(data))
+    # a preset's name in other letters, or on a preset that ships its models, is no command either
+    assert core.train_command(cfg, "Face", "/d") == "# 'Face' is a preset name: choose another name for your own domain"
+    assert core.train_command(cfg, "face", "/d").startswith("# 'face' is a preset name")  # tiny ships its own
+    full = core.train_command(core.AppConfig(preset="full", output_dir=tmp_path / "out"), "face", "/d")
+    assert "--output" in full and full.endswith(str(home / "face"))  # where --domain face finds it with real weights
 
 
 # ----------------------------------------------------------------------------------------------------------

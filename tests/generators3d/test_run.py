@@ -606,8 +606,13 @@ def test_a_domain_model_given_without_a_domain_is_its_own_domain(tmp_path, tiny_
 
     def domain(*flags):
         return config_from_args(launch.build_parser().parse_args(["3d", "--prompt", "a cup", "--output", "o",
-                                                                  *flags])).domain
+                                                                  *flags])).domain  # the last --output wins
 
     assert domain("--domain-model", str(own)) == "yellow cup"
     assert domain("--domain-model", str(own), "--domain", "face") == "face"
     assert domain() == domain("--domain-model", "none") == "porcelain"
+    # a run made before (as porcelain) resumes as it was made, not refused as "made with a different --domain"
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "config.json").write_text(json.dumps({"domain": "porcelain", "domain_model": str(own)}))
+    assert domain("--domain-model", str(own), "--resume", "--output", str(made)) == "porcelain"
