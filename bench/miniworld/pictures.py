@@ -11,9 +11,11 @@
 * ``face-domain.png``: faces: the base's captioned faces and the face domain's photos (training data), the base's
   "a photo of a face", the face domain model's own samples, then each attribute prompt by the base and by ours at
   the face preset's recommended guidance;
+* ``own-domain.png``: a domain of your own (the shipped porcelain model named "my porcelain") on "a photo of a
+  cup": the paper's automatic weights (its default before 2026-12-07) against its default now;
 * ``timing.json``: wall time of ``launch.py generate --preset mini`` (one image, a fresh process).
 
-``--only zero123`` / ``--only faces`` writes that picture alone.
+``--only zero123`` / ``--only faces`` / ``--only own-domain`` writes that picture alone.
 """
 
 from __future__ import annotations
@@ -79,11 +81,27 @@ def faces_picture(out: Path) -> Path:
     return path
 
 
+def own_domain_picture(out: Path) -> Path:
+    from suite.images import save_image_atomic
+    from suite.miniworld import assets
+    from suite.presets import build_pipeline
+
+    pipe = build_pipeline("mini", "my porcelain", domain_model=assets.model_refs("porcelain")["domain"])
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_images_per_prompt=8, seed=0, num_inference_steps=20)
+    rows = {"automatic weights": pipe("a photo of a cup", domain_weight="auto", control_weight="auto",
+                                      guidance_rule="paper", **kw).images,
+            "default now": pipe("a photo of a cup", **kw).images}
+    path = out / "own-domain.png"
+    save_image_atomic(tile_grid(list(rows.values()), list(rows), label_w=130), path)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.miniworld.pictures", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=str(ROOT / "docs" / "mini-world"))
-    p.add_argument("--only", choices=["zero123", "faces"], default=None, help="write one picture only")
+    p.add_argument("--only", choices=["zero123", "faces", "own-domain"], default=None, help="write one picture only")
     args = p.parse_args(argv)
     from suite.cli import quiet_libraries
     from suite.images import save_image_atomic
@@ -98,6 +116,8 @@ def main(argv=None) -> int:
         zero123_picture(out)
     if args.only in (None, "faces"):
         faces_picture(out)
+    if args.only in (None, "own-domain"):
+        own_domain_picture(out)
     if args.only is not None:
         return 0
     rng = np.random.default_rng(0)
