@@ -41,7 +41,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from suite import models
-from suite.batch import check_processes_joined, process_wait
+from suite.batch import check_processes_joined, model_hashes, process_wait
 from suite.checks import Progress
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
@@ -180,19 +180,27 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     if config.resume and resume_from is None and accelerator.is_main_process:
         log.warning("--resume: no checkpoint in %s yet, starting from the beginning", output)
     state = None
-    sd_identity = _sd_identity(config.sd_model, config.preset)  # recorded in every checkpoint
+    sd_identity = _sd_identity(config.sd_model, config.preset)  # recorded in every checkpoint, with its weights' hash
+    sd_hash = model_hashes({"sd": sd_identity}).get("sd")
     if resume_from is not None:  # checked before anything loads: a refused resume costs nothing
         state = json.loads((resume_from / TRAINER_STATE).read_text())
         changed = [k for k in RESUME_KEYS if k in state["config"] and k != "sd_model"
                    and state["config"][k] != getattr(config, k)]
+        if changed:
+            raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
+                             f"use the original values or a new --output")
         # the base model as the run read it (a path as typed, or $INDOMAIN_SD_MODEL, is the same model or not)
         old_base = state.get("sd_identity") or _sd_identity(state["config"].get("sd_model"),
                                                             state["config"].get("preset", config.preset))
         if "sd_model" in state["config"] and old_base != sd_identity:
-            changed.append("sd_model")
-        if changed:
-            raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
-                             f"use the original values or a new --output")
+            # the same weights in another folder (the suite cloned or moved: the mini preset's base is a folder of
+            # the suite's) continue the run; a run recorded before the hash was is compared with its folder, if there
+            old_hash = state.get("sd_hash") or model_hashes({"sd": old_base}).get("sd")
+            if old_hash is None or old_hash == old_base or old_hash != sd_hash:
+                why = "whose weights differ" if state.get("sd_hash") or Path(old_base).exists() else "which is gone"
+                raise ValueError(f"--resume: the run was trained from the base model {old_base!r}, {why}; this one "
+                                 f"would use {sd_identity!r}: pass --sd-model with the run's base model, or choose "
+                                 f"a new --output")
     output.mkdir(parents=True, exist_ok=True)
     train_dir = output / "training"
     train_dir.mkdir(exist_ok=True)
@@ -320,7 +328,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
 
     def state_dict_for(step):
         return dict(step=step, num_images=len(dataset), data=data_key, images_seen=step * B, loss=last_loss,
-                    sd_identity=sd_identity,
+                    sd_identity=sd_identity, sd_hash=sd_hash,
                     threads=threads,
                     config={k: getattr(config, k) for k in RESUME_KEYS},
                     scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)

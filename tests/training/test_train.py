@@ -193,15 +193,28 @@ def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused
     with pytest.raises(ValueError, match="renamed, replaced or edited"):
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9))
     (data / "img9.png").rename(data / "img0.png")  # restored: the resume goes on
-    with pytest.raises(ValueError, match=r"changed settings \(sd_model\)"):  # another base model
-        train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, sd_model=str(tmp_path)))
     import os
+    import shutil
 
     from suite.presets import sd_ref
 
+    other = tmp_path / "other-sd"  # another base model: the tiny one with other weights
+    shutil.copytree(sd_ref("tiny"), other)
+    unet = next((other / "unet").glob("*.safetensors"))
+    raw = bytearray(unet.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")  # the first tensor's bytes, after the safetensors header
+    raw[start:start + 8] = bytes(8)
+    unet.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"the run was trained from the base model .*whose weights differ"):
+        train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, sd_model=str(other)))
     same_base = os.path.relpath(sd_ref("tiny"))  # the preset's own base, named by a relative path: the same model
     train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, sd_model=same_base))
-    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    # the same weights in another folder (the suite cloned or moved elsewhere: the mini preset's base is one of its
+    # folders) continue the run; it was refused as "changed settings (sd_model)"
+    moved = tmp_path / "moved" / "sd"
+    shutil.copytree(sd_ref("tiny"), moved)
+    train_domain(_cfg(data, out, max_steps=6, resume=True, ema=True, ema_decay=0.9, sd_model=str(moved)))
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4, 6]
 
     key = ImageFolderDataset(data, resolution=32).fingerprint()
     (data / "sub" / "img1.png").write_bytes((data / "img2.png").read_bytes())
