@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shlex
 from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
@@ -616,8 +617,9 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
         changed = changed_settings(out, cfg)
         if changed:
             raise ValueError(f"--resume: the run in {str(out)!r} was made with a different "
-                             f"{', '.join(setting_names(changed))} (its finished stages would not match): use the "
-                             f"same settings, or choose another --output")
+                             f"{', '.join(setting_names(changed))} (its finished stages would not match; an earlier "
+                             f"version's defaults count too): continue it with its own settings by `--config "
+                             f"{shlex.quote(str(config_path))} --resume`, or choose another --output")
         continue_threads(ThreeDConfig.load(config_path).threads, "the 3D run")
 
 

@@ -343,16 +343,24 @@ def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | N
                      equivalent: dict | None = None) -> None:
     """One sentence if the finished items of a folder were made from other prompts, seeds or ``settings`` than
     ``items`` (a manifest line written before settings were recorded is checked for its item only)."""
+    import logging
+
+    from .checks import unrecorded_settings
+
     settings = None if settings is None else json.loads(json.dumps(settings))  # as JSON reads them back
+    warned = set()
     for index, line in done.items():
         row = json.loads(line)
         old = row.get("settings")
         if settings is not None and old is not None:
             changed = changed_settings(old, settings, equivalent)
             if changed:
-                raise UserError(f"the folder's images were made with other settings ({', '.join(changed)}: "
-                                f"{', '.join(f'{old.get(k)!r}' for k in changed)}): resume with the same flags, or "
-                                f"choose another --output")
+                raise UserError(f"the folder's images were made with other settings "
+                                f"({', '.join(f'{k}: {old.get(k)!r} then, {settings.get(k)!r} now' for k in changed)}"
+                                f"): resume with the same flags, or choose another --output")
+            for sentence in set(unrecorded_settings(old, settings)) - warned:
+                logging.getLogger("suite").warning("--resume: %s", sentence)
+                warned.add(sentence)
         if index >= len(items) or Item(**{k: row.get(k) for k in ("index", "prompt", "seed", "domain_weight",
                                                                    "control_weight", "guidance_rule")},
                                        negative_prompt=row.get("negative_prompt") or "") != items[index]:

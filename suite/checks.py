@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Callable
 
 __all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
-           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
+           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "unrecorded_settings", "RECORDED_SINCE", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -34,6 +34,22 @@ def check_finite(value, what: str = "weight") -> float:
     if not math.isfinite(v):
         raise UserError(f"{what} must be a finite number, got {value!r}")
     return v
+
+
+RECORDED_SINCE = {
+    "defaults": "the guidance a domain gets where no weight or rule is given (its recommended weights and rule; for a "
+                "domain of your own on the mini world they changed on 2026-12-07, from the automatic weights): if "
+                "its images used them, the new ones may differ (their weights are in manifest.jsonl or each image's "
+                "record); give the weights, or choose another --output",
+}
+"""Settings a resume's record holds only since some version, and what a record without them may hide."""
+
+
+def unrecorded_settings(old: dict, new: dict) -> list[str]:
+    """The settings of :data:`RECORDED_SINCE` that ``new`` has and the older record ``old`` lacks, each as the
+    sentence a resume logs (the record cannot tell whether they changed)."""
+    return [f"the record of this folder's images predates {RECORDED_SINCE[k]}" for k in RECORDED_SINCE
+            if k in new and k not in old]
 
 
 def changed_settings(old: dict, new: dict, equivalent: dict | None = None) -> list[str]:

@@ -87,7 +87,11 @@ def model_settings(args, refs: dict) -> tuple[dict, dict | None]:
                 "--height": None if args.height == native else args.height, "--w0": args.w0,
                 "--auto-norm": args.auto_norm, "--no-rectify": bool(args.no_rectify), "--dtype": dtype,
                 "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
-    same = {"--dtype": (None, dtype)}  # a record made before the dtype was recorded: not compared on it
+    dom = refs["domain_obj"]  # what the weights and rule not given become (a change of the defaults shows on resume)
+    settings["defaults"] = {"domain": dom.name, "domain_weight": dom.domain_weight,
+                            "control_weight": dom.control_weight, "rule": dom.rule}
+    same = {"--dtype": (None, dtype),  # a record made before the dtype was recorded: not compared on it
+            "defaults": (None, settings["defaults"])}  # nor before the defaults were: a warning says so
     if native:
         same.update({"--width": (None, native), "--height": (None, native)})
     return settings, same

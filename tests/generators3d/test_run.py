@@ -233,6 +233,8 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
                             "--resume", *FAST, *changed]) == 2
         err = capsys.readouterr().err
         assert f"was made with a different {name}" in err and "Traceback" not in err, err
+        # the way on, where an earlier version's defaults are what differs (no flag of the user's)
+        assert f"--config {out / 'config.json'} --resume" in err, err
     assert (out / "mesh" / "model.glb").read_bytes() == glb and (out / "config.json").read_bytes() == config
     # ... and with --resume, as the sentence says, export-only replaces the meshes (no stage setting to match).
     assert launch.main(["3d", "--export-only", str(stage2), "--output", str(out), "--preset", "tiny", "--resume",

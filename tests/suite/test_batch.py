@@ -287,3 +287,40 @@ def test_an_error_before_the_processes_join_is_said_once_per_machine(monkeypatch
         assert ("error: the seed on line 2" in capsys.readouterr().err) == said, local_rank
     monkeypatch.delenv("WORLD_SIZE")
     assert run_main(main, Namespace()) == 2 and "error: the seed" in capsys.readouterr().err  # one process: said
+
+
+def test_a_resume_sees_changed_default_guidance_and_warns_where_the_record_cannot_tell(caplog, tmp_path):
+    """A batch made with a --domain-model and no weights, resumed after the defaults for a domain of your own
+    changed (automatic -> w_d 1, w_c 7 and a rule), made its other images with the new ones without a word: two
+    guidance settings in one batch. The defaults are recorded now (a change is refused, saying what it was then and
+    is now); a record from before them resumes with a warning."""
+    import json
+    import logging
+
+    from PIL import Image
+
+    from suite.batch import Item, check_same_batch, manifest_line
+    from suite.images import check_set_files, save_image_atomic
+
+    items = [Item(index=0, prompt="a cup", seed=0)]
+    auto = {"domain": "cup", "domain_weight": None, "control_weight": None, "rule": None}
+    now = {"--steps": 10, "defaults": {"domain": "cup", "domain_weight": 1.0, "control_weight": 7.0, "rule": "r"}}
+    equivalent = {"defaults": (None, now["defaults"])}
+    made = {0: manifest_line(items[0], tmp_path / "000.png", {}, None, {}, {"--steps": 10, "defaults": auto})}
+    with pytest.raises(UserError, match=r"defaults: \{.*'domain_weight': None.*\} then, \{.*'domain_weight': 1\.0"):
+        check_same_batch(made, items, now, equivalent)
+    before = {0: manifest_line(items[0], tmp_path / "000.png", {}, None, {}, {"--steps": 10})}
+    with caplog.at_level(logging.WARNING, logger="suite"):
+        check_same_batch(before, items, now, equivalent)
+    assert "predates the guidance a domain gets where no weight or rule is given" in caplog.text
+    # the same for the files of a --num-images set
+    caplog.clear()
+    for i in range(2):
+        save_image_atomic(Image.new("RGB", (8, 8)), tmp_path / f"x-{i}.png", {"--steps": 10})
+    with caplog.at_level(logging.WARNING, logger="suite"):
+        check_set_files([tmp_path / "x-0.png", tmp_path / "x-1.png"], now, True, equivalent)
+    assert caplog.text.count("predates") == 1  # once for the set
+    save_image_atomic(Image.new("RGB", (8, 8)), tmp_path / "x-0.png", {"--steps": 10, "defaults": auto})
+    with pytest.raises(UserError, match=r"x-0.png was made with other settings \(defaults: .* then, .* now\)"):
+        check_set_files([tmp_path / "x-0.png"], now, True, equivalent)
+    assert json.loads(made[0])["settings"]["defaults"] == auto
