@@ -291,8 +291,11 @@ def _fingerprint(config: EvalConfig) -> dict:
 
     refs = model_refs(config.preset, config.domain, config.sd_model, config.domain_model)
     # the dtype the models run in (the flag's None was float16 on a GPU and float32 on a CPU: mixed in one table)
+    dom = refs["domain_obj"]  # the guidance of "ours" where its weights and rule are not given
     return {"preset": config.preset, "steps": config.steps, "dtype": recorded_dtype(config.device, config.dtype),
-            "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]})}
+            "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]}),
+            "defaults": {"domain": dom.name, "domain_weight": dom.domain_weight,
+                         "control_weight": dom.control_weight, "rule": dom.rule}}
 
 
 def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> None:
@@ -308,6 +311,13 @@ def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> N
     old = saved.get("_run")
     if isinstance(old, dict) and old.get("dtype") is None:  # recorded before the dtype the models ran in was
         old = {**old, "dtype": run["dtype"]}
+    if isinstance(old, dict) and "defaults" not in old:  # recorded before the default guidance was: cannot tell
+        from suite.checks import unrecorded_settings
+
+        if have and state.is_main_process:
+            for sentence in unrecorded_settings(old, run):
+                log.warning("--resume: %s", sentence)
+        old = {**old, "defaults": run["defaults"]}
     if have and old not in (None, run):
         raise UserError(f"the folder's images were made with other models or settings ({saved['_run']}): choose "
                         f"another --output, or the same models, --steps and --dtype to resume")

@@ -252,3 +252,32 @@ def test_a_domain_of_your_own_is_measured_against_your_images_only(tmp_path, tin
     assert launch.main(["eval", "--preset", "mini", "--domain-model", str(own), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert "give --real FOLDER with held-out images of 'yellow cup'" in err and not out.exists()
+
+
+def test_an_eval_resumed_after_the_default_guidance_changed_is_refused_or_warned(tmp_path, caplog):
+    """An eval folder whose "ours" images were made with a domain's default guidance, resumed after the defaults
+    changed (a domain of your own on the mini world: automatic -> w_d 1, w_c 7, a rule), mixed two guidance settings
+    in one row. The defaults are part of the run's record now; a record from before them warns."""
+    import logging
+    from types import SimpleNamespace
+
+    from training import evaluate
+
+    out = tmp_path / "eval"
+    done = out / "images" / "ours" / "uncond"
+    done.mkdir(parents=True)
+    (done / "000.png").write_bytes(b"png")
+    (done / "manifest.jsonl").write_text(json.dumps({"index": 0, "file": "000.png"}) + "\n")
+    state = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    run = {"preset": "mini", "steps": 12, "dtype": "float32", "models": {},
+           "defaults": {"domain": "cup", "domain_weight": 1.0, "control_weight": 7.0, "rule": "r"}}
+    methods = [Method("ours", "ours")]
+    before = {k: v for k, v in run.items() if k != "defaults"}
+    (out / "methods.json").write_text(json.dumps({"_run": before}))
+    with caplog.at_level(logging.WARNING, logger="suite"):
+        evaluate._check_methods_file(out, methods, run, state)  # a record from before: resumed, with a warning
+    assert "predates the guidance a domain gets" in caplog.text
+    auto = {**run, "defaults": {**run["defaults"], "domain_weight": None, "control_weight": None, "rule": None}}
+    (out / "methods.json").write_text(json.dumps({"_run": auto}))
+    with pytest.raises(UserError, match="made with other models or settings"):
+        evaluate._check_methods_file(out, methods, run, state)
