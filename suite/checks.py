@@ -48,7 +48,7 @@ RECORDED_SINCE = {
 def unrecorded_settings(old: dict, new: dict) -> list[str]:
     """The settings of :data:`RECORDED_SINCE` that ``new`` has and the older record ``old`` lacks, each as the
     sentence a resume logs (the record cannot tell whether they changed)."""
-    return [f"the record of this folder's images predates {RECORDED_SINCE[k]}" for k in RECORDED_SINCE
+    return [f"this folder's record was written before the suite recorded {RECORDED_SINCE[k]}" for k in RECORDED_SINCE
             if k in new and k not in old]
 
 

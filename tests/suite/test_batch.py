@@ -312,14 +312,14 @@ def test_a_resume_sees_changed_default_guidance_and_warns_where_the_record_canno
     before = {0: manifest_line(items[0], tmp_path / "000.png", {}, None, {}, {"--steps": 10})}
     with caplog.at_level(logging.WARNING, logger="suite"):
         check_same_batch(before, items, now, equivalent)
-    assert "predates the guidance a domain gets where no weight or rule is given" in caplog.text
+    assert "written before the suite recorded the guidance a domain gets where no weight or rule is given" in caplog.text
     # the same for the files of a --num-images set
     caplog.clear()
     for i in range(2):
         save_image_atomic(Image.new("RGB", (8, 8)), tmp_path / f"x-{i}.png", {"--steps": 10})
     with caplog.at_level(logging.WARNING, logger="suite"):
         check_set_files([tmp_path / "x-0.png", tmp_path / "x-1.png"], now, True, equivalent)
-    assert caplog.text.count("predates") == 1  # once for the set
+    assert caplog.text.count("written before the suite recorded") == 1  # once for the set
     save_image_atomic(Image.new("RGB", (8, 8)), tmp_path / "x-0.png", {"--steps": 10, "defaults": auto})
     with pytest.raises(UserError, match=r"x-0.png was made with other settings \(defaults: .* then, .* now\)"):
         check_set_files([tmp_path / "x-0.png"], now, True, equivalent)

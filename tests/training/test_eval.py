@@ -276,7 +276,7 @@ def test_an_eval_resumed_after_the_default_guidance_changed_is_refused_or_warned
     (out / "methods.json").write_text(json.dumps({"_run": before}))
     with caplog.at_level(logging.WARNING, logger="suite"):
         evaluate._check_methods_file(out, methods, run, state)  # a record from before: resumed, with a warning
-    assert "predates the guidance a domain gets" in caplog.text
+    assert "written before the suite recorded the guidance a domain gets" in caplog.text
     auto = {**run, "defaults": {**run["defaults"], "domain_weight": None, "control_weight": None, "rule": None}}
     (out / "methods.json").write_text(json.dumps({"_run": auto}))
     with pytest.raises(UserError, match="made with other models or settings"):
