@@ -493,10 +493,13 @@ def test_the_copies_of_results_gradio_serves_are_deleted(tmp_path, monkeypatch):
     young = uploads / "d" / "edited-0.png"
     young.parent.mkdir()
     young.write_bytes(b"png")
-    time.sleep(0.1)
-    assert copies.sweep(older_than=0.2) == 1 and not older.exists() and young.exists()
+    now = time.time()  # an age between the two copies' (the older one was made before the server above ran)
+    between = now - (older.lstat().st_ctime + young.lstat().st_ctime) / 2
+    assert copies.sweep(older_than=between) == 1 and not older.exists() and young.exists()
     copies.start()
-    time.sleep(0.5)
+    deadline = time.time() + 10
+    while any(uploads.iterdir()) and time.time() < deadline:  # the hourly sweep (here: every 0.1 s, 0.2 s old;
+        time.sleep(0.05)  # the emptied folder goes 0.2 s after its last change, at a later sweep)
     assert not young.exists() and list(uploads.iterdir()) == []
     copies.stop()
     shared = tmp_path / "gradio-shared"
