@@ -69,8 +69,9 @@ def test_domain_model_makes_porcelain_and_keeps_the_shape(mini_pipe, judge):
 def test_a_domain_of_your_own_gets_the_mini_worlds_weights_not_the_automatic_ones(judge, tmp_path):
     """A domain of your own on the mini world (`train --preset mini`, or a shipped model under another name) ran on
     the paper's automatic weights: w_d = 7.4-7.6 for a domain of 39 cup renders made every image the same smear,
-    and with the porcelain model named "my porcelain" a cup prompt gave 0.10 cups (96 images). It now gets the
-    porcelain preset's guidance (0.99 cups, 0.94 porcelain over the same 96: suite/miniworld/assets.py); and a
+    and with the porcelain model named "my porcelain", prompts for a cup, a ball and a box kept their shape in 0.10 of
+    96 images. It now gets the porcelain preset's guidance (0.99 of the same 96, 0.94 porcelain:
+    suite/miniworld/assets.py); and a
     model given without --domain is its own domain, not the preset's default."""
     import shutil
 
