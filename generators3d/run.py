@@ -620,6 +620,11 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
                              f"{', '.join(setting_names(changed))} (its finished stages would not match; an earlier "
                              f"version's defaults count too): continue it with its own settings by `--config "
                              f"{shlex.quote(str(config_path))} --resume`, or choose another --output")
+        later = changed_settings(out, cfg, finished_only=False)
+        if later:  # the stages still to run (or the export) take them: say so, the config.json is rewritten with them
+            log.warning("--resume: the stages still to run use settings other than the run's config.json (%s; an "
+                        "earlier version's defaults count too): `--config %s --resume` keeps the run's own",
+                        ", ".join(setting_names(later)), shlex.quote(str(config_path)))
         continue_threads(ThreeDConfig.load(config_path).threads, "the 3D run")
 
 
@@ -644,9 +649,10 @@ def _has_results(out: Path) -> bool:
         any((out / "checkpoints").glob("*.safetensors"))
 
 
-def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:
+def changed_settings(out: Path, cfg: ThreeDConfig, finished_only: bool = True) -> list[str]:
     """The settings of ``cfg`` (resolved) that differ from those the run in ``out`` made its finished stages with
-    (its ``config.json``): what a resume of it, or of a batch holding it, must refuse."""
+    (its ``config.json``): what a resume of it, or of a batch holding it, must refuse. ``finished_only=False``: those
+    of every stage, run or still to run."""
     old = ThreeDConfig.load(out / "config.json")
     # a run recorded before paths were made absolute: its relative paths as it read them, from here
     old = replace(old, image=absolute_path(old.image), mask=absolute_path(old.mask),
@@ -659,6 +665,10 @@ def changed_settings(out: Path, cfg: ThreeDConfig) -> list[str]:
         keys += ["zero123", "zero123_model", "nerf", "camera", "depth", "depth_model"]
     if (out / "checkpoints" / "stage3-refine.safetensors").exists():
         keys += ["refine", "sd_model", "domain_model"]
+    if not finished_only:
+        keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model", "zero123", "zero123_model", "nerf",
+                 "camera", "depth", "depth_model", "refine", "export"]
+    keys = list(dict.fromkeys(keys))
     changed = {name for k in keys for name in _changed(_flat(getattr(old, k), k), _flat(getattr(cfg, k), k))}
     if "depth" in changed and "off" in (old.depth, cfg.depth):  # --depth off sets the depth weights to 0 itself
         changed -= {f"{st}.{w}" for st in STAGES for w in ("lambda_ref_depth", "lambda_view_depth")}
@@ -672,7 +682,10 @@ _FLAGS = {"zero123.steps": "--zero123-steps", "refine.steps": "--refine-steps",
           "export.resolution": "--mesh-resolution", "export.threshold": "--threshold", "nerf.geometry": "--geometry",
           "refine.lambda_zero123": "--refine-zero123-weight", "refine.domain_weight": "--domain-weight",
           "refine.control_weight": "--control-weight", "refine.guidance_rule": "--guidance-rule",
-          "zero123.lambda_depth_smooth": "--depth-smooth", "zero123.shading": "--shading"}
+          "zero123.lambda_depth_smooth": "--depth-smooth", "zero123.shading": "--shading",
+          "export.smooth": "--mesh-smooth", "export.decimate": "--decimate", "export.height_m": "--height-m",
+          "export.texture": "--no-texture", "export.texture_size": "--texture-size",
+          "export.project_reference": "--no-project-reference", "export.side_views": "--side-views"}
 
 
 _FLAGS.update({k: "--" + k.replace("_", "-") for k in (
