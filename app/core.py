@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from suite.checks import Progress, UserError
-from suite.checks import format_weight as fmt_weight  # noqa: F401 - app.runs and app.ui use it from here
 from suite.domains import PRESETS, domain_home, domain_prompt
 from suite.files import write_text_atomic
 from suite.presets import DEFAULT_PRESET, build_pipeline, get_preset

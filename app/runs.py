@@ -18,7 +18,7 @@ from pathlib import Path
 from editing import edit_photo
 from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
 from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS
-from suite.checks import MAX_STEPS, Progress, UserError, check_int
+from suite.checks import MAX_STEPS, Progress, UserError, check_int, format_weights
 from suite.control import canny
 from suite.files import remove_run_folder
 from suite.images import oriented_size, save_image_atomic
@@ -35,7 +35,6 @@ from .core import (
     checked_progress,
     domain_model_for,
     domain_name_problem,
-    fmt_weight,
     new_run_dir,
     trained_domains,
     turn,
@@ -115,7 +114,7 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     folder = new_run_dir(cfg, "generate")
 
     weights = {k: v for k, v in out.weights.items()}
-    wtxt = ", ".join(f"{k}={fmt_weight(v)}" for k, v in weights.items()) or "no guidance terms"
+    wtxt = format_weights(weights) or "no guidance terms"
     if out.guidance_rule not in (None, "paper"):
         wtxt += f" · rule {out.guidance_rule}"
     chosen = pipe.guidance_weights(req.domain_weight, req.control_weight)  # None: automatic

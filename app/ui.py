@@ -20,7 +20,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from suite import images
-from suite.checks import AUTO, Progress, UserError
+from suite.checks import AUTO, Progress, UserError, format_weight
 from suite.control import canny
 from suite.domains import PRESETS, Domain, get_domain
 from suite.failures import explain
@@ -350,7 +350,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
         items = [(str(p), c) for p, c in zip(res.paths, res.captions)] + list(history or [])
         items = items[:24]
         names = {"domain": "w_d", "control": "w_c"}
-        text = ", ".join(f"{names.get(k, k)} = {core.fmt_weight(v)}"
+        text = ", ".join(f"{names.get(k, k)} = {format_weight(v)}"
                          + (" (auto)" if names.get(k) in res.settings["automatic"] else "")
                          for k, v in res.weights.items())
         yield items, f"weights used: {text or 'none (no guidance terms)'} · saved in `{res.paths[0].parent}`", items

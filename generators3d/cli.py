@@ -249,7 +249,7 @@ def config_from_args(args):
     from dataclasses import replace
 
     from suite.checks import UserError
-    from suite.presets import DEFAULT_PRESET, trained_domain_name
+    from suite.presets import DEFAULT_PRESET, chosen_domain
     from suite.rules import format_rule
 
     from .config import ExportConfig, ThreeDConfig
@@ -265,8 +265,7 @@ def config_from_args(args):
                        dtype=args.dtype or saved.dtype, export_only=None).resolved()
     if args.preset is None:  # an export of a run's checkpoint: its run's preset (a mini run's 80^3 grid, not 256^3)
         args.preset = (_run_preset(args.export_only) if args.export_only else None) or DEFAULT_PRESET
-    own = args.domain_model if args.domain_model and str(args.domain_model).lower() != "none" else None
-    domain = args.domain or _resumed_domain(args) or (trained_domain_name(own) if own else None) or DEFAULT_DOMAIN
+    domain = args.domain or _resumed_domain(args) or chosen_domain(None, args.domain_model) or DEFAULT_DOMAIN
     kw = dict(prompt=args.prompt, domain=domain, preset=args.preset, output=args.output, image=args.image,
               mask=args.mask, mask_method=args.mask_method, sd_model=args.sd_model, domain_model=args.domain_model,
               zero123_model=args.zero123_model, image_steps=args.image_steps,

@@ -343,9 +343,7 @@ def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | N
                      equivalent: dict | None = None) -> None:
     """One sentence if the finished items of a folder were made from other prompts, seeds or ``settings`` than
     ``items`` (a manifest line written before settings were recorded is checked for its item only)."""
-    import logging
-
-    from .checks import unrecorded_settings
+    from .checks import said_changes, warn_unrecorded
 
     settings = None if settings is None else json.loads(json.dumps(settings))  # as JSON reads them back
     warned = set()
@@ -356,11 +354,9 @@ def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | N
             changed = changed_settings(old, settings, equivalent)
             if changed:
                 raise UserError(f"the folder's images were made with other settings "
-                                f"({', '.join(f'{k}: {old.get(k)!r} then, {settings.get(k)!r} now' for k in changed)}"
-                                f"): resume with the same flags, or choose another --output")
-            for sentence in set(unrecorded_settings(old, settings)) - warned:
-                logging.getLogger("suite").warning("--resume: %s", sentence)
-                warned.add(sentence)
+                                f"({said_changes(old, settings, changed)}): resume with the same flags, or choose "
+                                f"another --output")
+            warn_unrecorded(old, settings, warned)
         if index >= len(items) or Item(**{k: row.get(k) for k in ("index", "prompt", "seed", "domain_weight",
                                                                    "control_weight", "guidance_rule")},
                                        negative_prompt=row.get("negative_prompt") or "") != items[index]:

@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Callable
 
 __all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
-           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "unrecorded_settings", "RECORDED_SINCE", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
+           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "unrecorded_settings", "warn_unrecorded", "said_changes", "RECORDED_SINCE", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -50,6 +50,21 @@ def unrecorded_settings(old: dict, new: dict) -> list[str]:
     sentence a resume logs (the record cannot tell whether they changed)."""
     return [f"this folder's record was written before the suite recorded {RECORDED_SINCE[k]}" for k in RECORDED_SINCE
             if k in new and k not in old]
+
+
+def warn_unrecorded(old: dict, new: dict, warned: set) -> None:
+    """Log each of :func:`unrecorded_settings`'s sentences once (``warned``: those a resume logged already)."""
+    import logging
+
+    for sentence in unrecorded_settings(old, new):
+        if sentence not in warned:
+            logging.getLogger("suite").warning("--resume: %s", sentence)
+            warned.add(sentence)
+
+
+def said_changes(old: dict, new: dict, keys) -> str:
+    """``key: old then, new now`` for each of :func:`changed_settings`'s keys, for a refused resume's sentence."""
+    return ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys)
 
 
 def changed_settings(old: dict, new: dict, equivalent: dict | None = None) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checks import UserError, changed_settings, unrecorded_settings
+from .checks import UserError, changed_settings, said_changes, warn_unrecorded
 from .files import atomic_path, check_output_file
 
 __all__ = ["DEFAULT_MAX_PIXELS", "check_size", "check_same_aspect", "open_image", "load_image", "to_rgb", "oriented_size",
@@ -333,12 +333,10 @@ def check_set_files(paths: list, settings: dict, resume: bool, equivalent: dict 
         if resume:
             changed = changed_settings(made, settings, equivalent)
             if changed:
-                said = ", ".join(f"{k}: {made.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
-                raise UserError(f"--resume: {p.name} was made with other settings ({said}), so the set would mix two "
-                                f"runs: give the same settings, or another --output")
-            for sentence in set(unrecorded_settings(made, settings)) - warned:  # once per set
-                logging.getLogger("suite").warning("--resume: %s", sentence)
-                warned.add(sentence)
+                raise UserError(f"--resume: {p.name} was made with other settings "
+                                f"({said_changes(made, settings, changed)}), so the set would mix two runs: give the "
+                                f"same settings, or another --output")
+            warn_unrecorded(made, settings, warned)  # once per set
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -205,6 +205,16 @@ def trained_domain_name(model: str) -> str | None:
     return name.strip() if isinstance(name, str) and name.strip() else None
 
 
+def chosen_domain(domain: str | None, domain_model: str | None = None) -> str | None:
+    """``--domain``, else the domain a ``--domain-model`` folder was trained for (:func:`trained_domain_name`); None
+    when neither says (the command's default applies)."""
+    if domain:
+        return domain
+    if domain_model and str(domain_model).lower() != "none":
+        return trained_domain_name(domain_model)
+    return None
+
+
 def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | None = None,
                domain_model: str | None = None, controlnet: str | None = None) -> dict:
     """Where each model comes from: the flags when given, else the preset's (:data:`PRESET_TABLE`).
@@ -215,9 +225,7 @@ def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | 
     """
     p = get_preset(preset)
     no_domain = domain_model is not None and str(domain_model).lower() == "none"
-    if domain is None and domain_model and not no_domain:
-        domain = trained_domain_name(domain_model)  # the model's own domain, not the preset's default
-    domain = default_domain(preset, domain)
+    domain = default_domain(preset, chosen_domain(domain, domain_model))  # a model's own, not the preset's default
     dom = resolve_domain(domain, domain_model)
     own = None if no_domain else domain_model or (dom.model if dom.name not in PRESETS else None)  # one of $INDOMAIN_HOME
     if own is None:

@@ -312,11 +312,10 @@ def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> N
     if isinstance(old, dict) and old.get("dtype") is None:  # recorded before the dtype the models ran in was
         old = {**old, "dtype": run["dtype"]}
     if isinstance(old, dict) and "defaults" not in old:  # recorded before the default guidance was: cannot tell
-        from suite.checks import unrecorded_settings
+        from suite.checks import warn_unrecorded
 
         if have and state.is_main_process:
-            for sentence in unrecorded_settings(old, run):
-                log.warning("--resume: %s", sentence)
+            warn_unrecorded(old, run, set())
         old = {**old, "defaults": run["defaults"]}
     if have and old not in (None, run):
         raise UserError(f"the folder's images were made with other models or settings ({saved['_run']}): choose "
@@ -381,10 +380,9 @@ def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[
 
 def _mini_domain(config) -> str:
     """The domain evaluated: ``--domain``, else the model's own (its ``nulltext.json``), else the preset's."""
-    from suite.presets import default_domain, trained_domain_name
+    from suite.presets import chosen_domain, default_domain
 
-    own = trained_domain_name(config.domain_model) if config.domain_model and not config.domain else None
-    return default_domain(config.preset, config.domain or own)
+    return default_domain(config.preset, chosen_domain(config.domain, config.domain_model))
 
 
 def _mini_real_folder(config, out: Path) -> Path:
