@@ -22,13 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionMixin, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DiffusionPipeline,
+    StableDiffusionMixin,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import IPAdapterMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from . import models
 from .checks import (
@@ -91,7 +101,8 @@ class Control:
 
 @dataclass
 class InDomainOutput(BaseOutput):
-    """``images`` (PIL images, or an array for ``output_type="np"``; empty for ``"latent"``), the final
+    """``images`` (PIL images, an array for ``output_type="np"``, a tensor for ``"pt"``, and for ``"latent"`` the
+    latents, as diffusers returns them), the final
     ``latents``, the guidance ``weights`` used (name -> weight before any schedule; the automatic ones as
     resolved) and the ``guidance_rule`` applied (its string, ``"paper"`` for none)."""
 
@@ -177,8 +188,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
     prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, domain_unet=None, controlnet=None,
-                 community_unets=None, image_encoder=None, feature_extractor=None, domain: Domain | dict | None = None):
+    # The annotations are diffusers' (its StableDiffusionPipeline's, where they are the same): from_pipe switches a
+    # model over only when its type is the one annotated (without them it raised for every model)
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, domain_unet: NullTextUNet | None = None,
+                 controlnet: ControlNetModel | None = None, community_unets: UNetCollection | dict | None = None,
+                 image_encoder: CLIPVisionModelWithProjection | None = None,
+                 feature_extractor: CLIPImageProcessor | None = None, domain: Domain | dict | None = None):
         super().__init__()
         if isinstance(community_unets, dict):
             community_unets = UNetCollection.of(community_unets) if community_unets else None
@@ -302,7 +318,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             domain = domain_from_dict(bundle["domain"]) if bundle["domain"] else None
             pipe = cls.load(bundle["sd"], domain_model=bundle["domain_model"], controlnet=bundle["controlnet"],
                             domain=domain, community=bundle["community"],
-                            dtype=kwargs.get("torch_dtype") or torch.float32)
+                            dtype=kwargs.get("dtype") or kwargs.get("torch_dtype") or torch.float32)
         else:
             kwargs.setdefault("use_safetensors", True)
             pipe = super().from_pretrained(str(path), **kwargs)
@@ -587,19 +603,21 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                              "noise comes from the generator: drop one of them")
         if image is not None and strength > 0:  # 0 keeps the image; above it, a change was asked for
             check_runs_a_step(steps, strength, "the start image", "num_inference_steps", "strength")
+        m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
         if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
-            width, height = image[0].size
+            # the start image's size, rounded down to the VAE's multiple as diffusers' img2img does (a 102 x 70
+            # photo is sampled at 100 x 68 and returned at that size)
+            width, height = (max(m, v // m * m) for v in image[0].size)
         elif latents is not None and height is None and width is None and latents.ndim == 4:  # the latents' size
             height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         elif image is None and height is None and width is None and control_size is not None:
             width, height = self.size_like(*control_size)
         height = self._native_size if height is None else check_int(height, "the height", 1)
         width = self._native_size if width is None else check_int(width, "the width", 1)
-        m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
         if height % m or width % m:
+            w, h = max(m, round(width / m) * m), max(m, round(height / m) * m)
             raise ValueError(f"height and width must be multiples of {m} for this model, got {width}x{height}: "
-                             f"round them, e.g. --width {max(m, round(width / m) * m)} --height "
-                             f"{max(m, round(height / m) * m)}")
+                             f"round them, e.g. width={w}, height={h} (--width {w} --height {h})")
         return steps, per_prompt, strength, height, width
 
     def _noise_range(self, timesteps) -> tuple[float, float] | None:
@@ -684,6 +702,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             num_inference_steps, num_images_per_prompt, strength, height, width, image, latents, domain_weight,
             control_weight, w0, callback_on_step_end_tensor_inputs, control_size, auto_norm)
         device, dtype = self._execution_device, self.unet.dtype
+        if generator is not None and seed is not None:  # the seed was ignored without a word
+            raise ValueError("give seed or generator, not both: seed=N is a shortcut for "
+                             "generator=torch.Generator().manual_seed(N)")
         generator = generator if generator is not None else seeded_generator(seed)
         if output_type not in ("pil", "np", "pt", "latent"):  # diffusers falls back to numpy with a warning
             raise ValueError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
@@ -745,20 +766,33 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             elif tuple(latents.shape) != latent_shape:
                 raise ValueError(f"latents must have shape {latent_shape} for {num_images} image(s) of "
                                  f"{width}x{height}, got {tuple(latents.shape)}")
-            latents = latents.to(device, dtype) * sampler.init_noise_sigma
+            latents = latents.to(device, torch.float32) * sampler.init_noise_sigma
         else:
             pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
             if pixels.shape[0] not in (1, num_images):
                 raise ValueError(f"got {pixels.shape[0]} start images for {num_images} output(s): give one start image "
                                  f"for all, or one per output (num_images_per_prompt={pixels.shape[0]} for "
                                  f"{pixels.shape[0]} of one prompt)")
-            init = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
-            if init.shape[0] == 1 and num_images > 1:
-                init = init.repeat(num_images, 1, 1, 1)  # one encoding shared by all outputs, as diffusers does
-            noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+            posterior = self.vae.encode(pixels).latent_dist
+            if isinstance(generator, list | tuple):
+                # one draw per output with its own generator, as diffusers' img2img: output i is then the single
+                # call with generator i (one shared draw spent only the first generator)
+                rows = posterior.mean.shape[0]
+                init = torch.cat([DiagonalGaussianDistribution(posterior.parameters[i % rows:i % rows + 1])
+                                  .sample(g) for i, g in enumerate(generator)])
+            else:
+                init = posterior.sample(generator)
+                if init.shape[0] == 1 and num_images > 1:
+                    init = init.repeat(num_images, 1, 1, 1)  # one encoding shared by all outputs, as diffusers does
+            init = init.float() * self.vae.config.scaling_factor
+            noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype).float()
             latents = sampler.add_noise(init, noise, timesteps[:1].repeat(num_images)) if len(timesteps) else init
 
-        # 5. Denoising loop: one multi-guidance prediction per step, then the scheduler's update.
+        # 5. Denoising loop: one multi-guidance prediction per step, then the scheduler's update. The sampler's
+        #    state stays in float32 whatever the networks' dtype (they get it cast): its update divides by
+        #    sqrt(alpha_bar), 5e-5 at the first step of a zero-terminal-SNR schedule, so a half-precision epsilon
+        #    or latent was amplified 20,000 times (fp16 images 0.03 off fp32 on average; diffusers' v-prediction
+        #    step never divides, and ours steps on the epsilon the guidance returns)
         self._interrupt = False
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -778,18 +812,20 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                         raise ValueError(f"callback_on_step_end returned latents of shape "
                                          f"{tuple(getattr(new, 'shape', ()))}, not {tuple(latents.shape)}: change "
                                          f"their values, not their shape")
-                    latents = new
+                    latents = new.float()
                 progress_bar.update()
 
         # 6. Decode.
         weights = guidance.weights_used() if isinstance(guidance, MultiGuidance) else {}
         if output_type == "latent":
-            images = []
+            images = latents.to(dtype)  # diffusers' convention: the latents in place of the images
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype),
+                                      return_dict=False)[0]
             images = self.image_processor.postprocess(decoded, output_type=output_type,
                                                       do_denormalize=[True] * decoded.shape[0])
         self.maybe_free_model_hooks()
+        latents = latents.to(dtype)  # in the networks' dtype, as diffusers returns them
         if not return_dict:
             return images, latents, weights
         applied = format_rule(guidance.rule) or "paper" if isinstance(guidance, MultiGuidance) else None

@@ -75,6 +75,8 @@ def test_old_bundle_still_loads_with_a_conversion_hint(tiny_dir, tiny_pipe, tmp_
     loaded.set_progress_bar_config(disable=True)
     assert "save_pretrained(NEW_FOLDER)" in caplog.text
     assert np.array_equal(loaded("wearing glasses", **KW).images, tiny_pipe("wearing glasses", **KW).images)
+    for key in ("dtype", "torch_dtype"):  # diffusers 0.42's name, and the one it deprecates (dtype was ignored)
+        assert InDomainPipeline.from_pretrained(old, **{key: torch.bfloat16}).unet.dtype == torch.bfloat16
 
 
 def test_a_domain_saved_before_framing_existed_keeps_its_presets_framing():
@@ -403,3 +405,74 @@ def test_load_checks_its_device_dtype_domain_and_community_as_build_pipeline(tin
             InDomainPipeline.load(sd, device="cuda")
     with pytest.raises(ValueError, match="community must be"):
         InDomainPipeline.load(sd, community=str(tiny_dir / "community"))
+
+
+def test_half_precision_samples_as_float32_does_on_a_v_prediction_base():
+    """The mini world's base predicts v and its schedule ends at zero SNR: an epsilon scheduler's update divides by
+    sqrt(alpha_bar) = 5e-5 at the first step, so a half-precision sampler state was amplified 20,000 times (mean
+    0.027 from float32, diffusers' own pipeline 0.0002). The state stays in float32 now, the networks in half."""
+    from suite.presets import build_pipeline
+
+    runs = {}
+    for dtype in (torch.float32, torch.float16):
+        pipe = build_pipeline("mini", "porcelain").to(dtype)
+        pipe.set_progress_bar_config(disable=True)
+        kw = dict(num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0))
+        text = pipe("a cup", **kw).images
+        start = pipe("a cup", **{**kw, "output_type": "pil", "generator": torch.Generator().manual_seed(1)}).images[0]
+        edit = pipe("a vase", image=start, strength=0.6, **kw)
+        assert edit.latents.dtype == dtype  # returned in the networks' dtype, as diffusers does
+        runs[dtype] = text, edit.images
+    for full, half in zip(runs[torch.float32], runs[torch.float16], strict=True):
+        assert np.abs(full - half).mean() < 0.003
+
+
+def test_sdedit_with_a_list_of_generators_gives_each_output_its_single_call(tiny_pipe):
+    """Output i of a batch with generators [g0, g1] is the single call with g_i (diffusers' img2img): the start
+    image's latent is drawn with each output's own generator (one draw with g0 changed output 1)."""
+    from PIL import Image
+
+    start = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    kw = dict(image=start, strength=0.7, num_inference_steps=4, output_type="np")
+
+    def gen(seed):
+        return torch.Generator().manual_seed(seed)
+
+    both = tiny_pipe("wearing glasses", num_images_per_prompt=2, generator=[gen(3), gen(4)], **kw).images
+    for i, seed in enumerate((3, 4)):
+        one = tiny_pipe("wearing glasses", generator=gen(seed), **kw).images[0]
+        assert np.abs(both[i] - one).max() < 1e-4, np.abs(both[i] - one).max()  # batched forwards round differently
+
+
+def test_from_pipe_and_components_with_parameters_keep_the_models_and_the_domain(full_pipe):
+    """diffusers' two ways to reuse a pipeline's models: from_pipe (it refused every model while __init__ had no
+    type annotations) and Pipeline(**pipe.components, **pipe.parameters), the domain preset being a parameter."""
+    from diffusers import StableDiffusionPipeline
+
+    a = _sample(full_pipe).images
+    for copy in (InDomainPipeline.from_pipe(full_pipe), InDomainPipeline(**full_pipe.components, **full_pipe.parameters)):
+        assert copy.unet is full_pipe.unet and copy.domain_unet is full_pipe.domain_unet
+        assert copy.domain == full_pipe.domain and copy.controlnet is full_pipe.controlnet
+        copy.set_progress_bar_config(disable=True)
+        assert np.array_equal(_sample(copy).images, a)
+    sd = StableDiffusionPipeline.from_pipe(full_pipe, safety_checker=None, requires_safety_checker=False)
+    back = InDomainPipeline.from_pipe(sd, domain_unet=full_pipe.domain_unet)
+    assert back.unet is full_pipe.unet and back.domain_unet is full_pipe.domain_unet
+
+
+def test_a_start_image_of_any_size_is_rounded_down_as_diffusers_img2img_does(tiny_pipe):
+    """A start image whose sides are not multiples of the VAE's factor was refused with CLI flags in the sentence;
+    diffusers' img2img samples it at the size rounded down. A seed and a generator together are refused (the seed
+    was ignored), and output_type="latent" gives the latents as the images, as in diffusers."""
+    from PIL import Image
+
+    m = tiny_pipe.vae_scale_factor
+    start = Image.new("RGB", (10 * m + 1, 7 * m + 1), (200, 120, 40))
+    out = tiny_pipe("x", image=start, strength=0.5, num_inference_steps=2, seed=0)
+    assert out.images[0].size == (10 * m, 7 * m)
+    with pytest.raises(ValueError, match=f"width={6 * m}, height={6 * m}"):
+        tiny_pipe("x", height=6 * m + 1, width=6 * m + 1, num_inference_steps=2)
+    with pytest.raises(ValueError, match="not both"):
+        tiny_pipe("x", num_inference_steps=2, seed=1, generator=torch.Generator().manual_seed(1))
+    lat = tiny_pipe("x", num_inference_steps=2, seed=0, output_type="latent")
+    assert torch.equal(lat.images, lat.latents)
