@@ -70,6 +70,9 @@ def main(args) -> int:
     # 1. Validate and read the inputs before loading any model.
     require("edit", "cv2")
     cli.check_request(args)
+    from suite.presets import warn_prompt
+
+    warn_prompt(args.preset, args.prompt)  # the mini world's small vocabulary, as generate and 3d warn
     check_range(args.strength, "--strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     from suite.pipeline import DEFAULT_STEPS
 

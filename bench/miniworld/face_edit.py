@@ -27,7 +27,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-PROMPTS = {"wearing glasses": "glasses", "wearing a hat": "a hat", "wearing earrings": "earrings"}
+#: the edit prompts in the mini world's caption form (its captions always name the face: "a face wearing glasses");
+#: SHORT_PROMPTS, the form a real SD1.5 reads, which the mini base reads poorly (docs/mini-world.md, "Face editing")
+PROMPTS = {"a photo of a face wearing glasses": "glasses", "a photo of a face wearing a hat": "a hat",
+           "a photo of a face wearing earrings": "earrings"}
+SHORT_PROMPTS = {"wearing glasses": "glasses", "wearing a hat": "a hat", "wearing earrings": "earrings"}
 STRENGTHS = (0.5, 0.7, 0.9)
 SKIN_TOLERANCE = 0.08  # mean absolute RGB change (0-1) of the cheeks that still counts as the same skin
 
@@ -46,7 +50,10 @@ def _skin(rgb: np.ndarray, points: dict) -> np.ndarray:
     return np.mean(vals, 0) / 255
 
 
-def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 25, seed: int = 0) -> dict:
+def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 25, seed: int = 0,
+        guidance: dict | None = None) -> dict:
+    """``guidance``: ``domain_weight``, ``control_weight``, ``guidance_rule`` for :func:`editing.edit.edit_photo`
+    (not given: the face preset's own, as ``launch.py edit`` uses)."""
     from PIL import Image
 
     from editing.align import extract, face_region
@@ -86,7 +93,7 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
                 continue
             for s in strengths:
                 res = edit_photo(pipe, Image.fromarray(rgb), prompt=prompt, strength=s, steps=steps, seed=seed,
-                                 detector=GivenLandmarks([face]))
+                                 detector=GivenLandmarks([face]), **(guidance or {}))
                 edited = np.asarray(res.images[0].convert("RGB"))
                 after, photo, crop1 = read(edited, face)
                 changed = np.any(edited != rgb, -1)
@@ -112,7 +119,9 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
     seconds = time.time() - t0
     summary = _summary(results, prompts, strengths)
     dlib = _dlib(records)
-    result = dict(num=num, steps=steps, strengths=list(strengths), prompts=prompts, summary=summary, dlib=dlib,
+    result = dict(num=num, steps=steps, strengths=list(strengths), prompts=prompts, guidance=guidance or {},
+                  weights=res.weights[0] if results else None,
+                  guidance_rule=res.guidance_rule if results else None, summary=summary, dlib=dlib,
                   edits=results, seconds=round(seconds, 1))
     write_text_atomic(out / "results.json", json.dumps(result, indent=2) + "\n")
     write_text_atomic(out / "table.md", markdown(result))
@@ -120,7 +129,7 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
     blank = Image.new("RGB", (64, 64), "white")
     save_image_atomic(tile_grid([r + [blank] * (width - len(r)) for r in grid[:10]],
                                 [Path(r["image"]).stem for r in records[:10]],
-                                col_labels=["photo", "crop"] + [f"{p} @{strengths[-1]}" for p in prompts],
+                                col_labels=["photo", "crop"] + [f"{a} @{strengths[-1]}" for a in prompts.values()],
                                 label_w=60), out / "grid.png")
     return result
 
@@ -139,10 +148,18 @@ def _summary(results, prompts, strengths) -> dict:
                 p = sum(bool(r[key]) for r in sel) / n
                 return round(p, 3), round(float(np.sqrt(p * (1 - p) / n)), 3)
 
+            # the control: how often the same attribute appears after the *other* prompts' edits at this strength
+            # (an edit that changes the face reads as glasses or a hat now and then, whatever was asked)
+            attribute = prompts[prompt]
+            others = [attribute in r["judge_after"] for r in results if r["prompt"] != prompt and r["strength"] == s
+                      and attribute not in r["judge_before"]]
+            p0 = sum(others) / len(others) if others else None
             out[f"{prompt} @{s}"] = dict(
                 n=n, added=rate("added"), kept_attributes=rate("kept_attributes"),
                 skin_kept=rate("skin_ok"), outside_identical=rate("outside_identical"),
-                photo_look=rate("photo_look"))
+                photo_look=rate("photo_look"),
+                added_by_others=None if p0 is None else (round(p0, 3),
+                                                         round(float(np.sqrt(p0 * (1 - p0) / len(others))), 3)))
     return out
 
 
@@ -160,13 +177,17 @@ def _dlib(records) -> dict | None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| prompt @ strength | edits | attribute added | other attributes kept | skin kept | outside bit-identical "
-             "| in the photo look |", "|---|---|---|---|---|---|---|"]
+    lines = ["| prompt @ strength | edits | attribute added | the same after the other prompts | other attributes kept "
+             "| skin kept | outside bit-identical | in the photo look |", "|---|---|---|---|---|---|---|---|"]
     for k, v in result["summary"].items():
-        lines.append(f"| {k} | {v['n']} | " + " | ".join(f"{v[m][0]:.2f} ± {v[m][1]:.2f}" for m in
-                     ("added", "kept_attributes", "skin_kept", "outside_identical", "photo_look")) + " |")
+        lines.append(f"| {k} | {v['n']} | " + " | ".join(
+            "-" if v.get(m) is None else f"{v[m][0]:.2f} ± {v[m][1]:.2f}" for m in
+            ("added", "added_by_others", "kept_attributes", "skin_kept", "outside_identical", "photo_look")) + " |")
     d = result["dlib"]
     lines.append("")
+    if result.get("weights"):
+        lines.append(f"guidance: {result['weights']}, rule {result.get('guidance_rule') or 'paper'}"
+                     f"{' (given: ' + str(result['guidance']) + ')' if result.get('guidance') else ' (the preset’s)'}")
     lines.append("dlib: not installed" if d is None else
                  f"dlib found {d['found']} of {d['of']} faces (last detector tried: {d['last_detector']}); landmark "
                  f"error {d['error']} of the outer-eye distance")
@@ -183,9 +204,22 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=20)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS), help="SDEdit strengths (default: "
+                   "%(default)s)")
+    p.add_argument("--prompts", nargs="+", choices=sorted(PROMPTS) + sorted(SHORT_PROMPTS), default=None,
+                   help="edit prompts (default: the three in the mini world's caption form)")
+    from suite.cli import weight_arg
+
+    p.add_argument("--domain-weight", type=weight_arg, default=None, help="w_d (a number or auto; default: the face preset's)")
+    p.add_argument("--control-weight", type=weight_arg, default=None, help="w_c (a number or auto; default: the face preset's)")
+    p.add_argument("--guidance-rule", default=None, help="a guidance rule (suite.rules; default: the face preset's)")
     args = p.parse_args(argv)
     if args.num < 1 or args.steps < 1:
         p.error("--num and --steps must be at least 1")
+    if any(not 0 < s <= 1 for s in args.strengths):
+        p.error("--strengths must be in (0, 1]")
+    guidance = {k: getattr(args, k) for k in ("domain_weight", "control_weight", "guidance_rule")
+                if getattr(args, k) is not None}
     from bench import claim_output
 
     # a user's folder: one sentence, before any work (an earlier output: its photos, written first)
@@ -197,7 +231,10 @@ def main(argv=None) -> int:
     from suite.models import ModelLoadError
 
     try:
-        result = run(args.output, args.num, steps=args.steps, seed=args.seed)
+        result = run(args.output, args.num, strengths=tuple(args.strengths),
+                     prompts={k: {**PROMPTS, **SHORT_PROMPTS}[k] for k in args.prompts} if args.prompts else None,
+                     steps=args.steps,
+                     seed=args.seed, guidance=guidance)
     except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting: one sentence
         print(f"error: {e}", file=sys.stderr)
         return 2

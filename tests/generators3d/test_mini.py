@@ -207,6 +207,10 @@ def test_prompt_outside_the_mini_world_and_object_on_the_border_warn(tmp_path, c
     found = warn_prompt("mini", "a teapot with dragons")
     assert len(found) == 2 and "'teapot'" in found[0] and "names no shape" in found[1]
     assert warn_prompt("full", "a teapot") == []
+    # a face's attribute without "face", which every mini caption names: measured to add nothing in an edit
+    (found,) = warn_prompt("mini", "wearing glasses")
+    assert "'a photo of a face wearing glasses'" in found
+    assert warn_prompt("mini", "a photo of a face wearing glasses") == warn_prompt("mini", "a red cup") == []
 
     # an object cut by the frame: a warning in the log and in summary.json, and the run still finishes
     arr = np.full((64, 64, 3), 250, np.uint8)
