@@ -52,7 +52,7 @@ def _check_filedata(payload, what: str, cfg: AppConfig, keep_alpha: bool = False
             raise UserError(f"the {what} upload is empty: upload a PNG, JPEG or WebP image")
         return images.open_upload(source, what, cfg.max_megapixels, int(cfg.max_upload_mb * 2**20), keep_alpha)
     except UserError as err:
-        raise gr.Error(str(err), title="Upload refused") from None
+        raise gr.Error(str(err), title="Upload refused", print_exception=False) from None
 
 
 def _uploaded_path(path: str, what: str) -> str:
@@ -132,12 +132,13 @@ def _as_page_error(err: Exception):
     if isinstance(err, gr.Error):
         raise err
     if isinstance(err, JobCancelled):
-        raise gr.Error("cancelled: nothing was saved", title="Cancelled") from None
+        raise gr.Error("cancelled: nothing was saved", title="Cancelled", print_exception=False) from None
     msg = explain(err)
-    if msg is not None:
-        raise gr.Error(msg) from None
-    log.error("job failed", exc_info=err)
-    raise gr.Error(f"the job failed unexpectedly ({type(err).__name__}: {err}); the app's log has details") from None
+    if msg is not None:  # an expected failure: its sentence, and no traceback in the server's log either
+        raise gr.Error(msg, print_exception=False) from None
+    log.error("job failed", exc_info=err)  # the traceback, once
+    raise gr.Error(f"the job failed unexpectedly ({type(err).__name__}: {err}); the app's log has details",
+                   print_exception=False) from None
 
 
 def _relay(job: runs.ThreadJob, cancel_flag, report: Progress, outputs: int, show=None):
@@ -652,16 +653,23 @@ def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int |
     # show_error: every handler is wrapped by friendly() (its errors are sentences already); what remains are gradio's
     # own refusals before a handler runs (a server path the client named, a number out of a slider's range), whose
     # message is the sentence the user needs, instead of "error: null".
-    out = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+    out = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
                       allowed_paths=[str(p) for p in core.served_dirs(cfg)], max_file_size=f"{cfg.max_upload_mb:g}mb",
                       show_error=True, ssr_mode=False, inbrowser=False, quiet=not block, theme=theme,
                       footer_links=["api", "settings"], enable_monitoring=False,
                       # each browser or API session's state, about 0.3 MB: gradio kept 10,000 (about 3 GB)
                       state_session_capacity=SESSIONS_KEPT,
                       app_kwargs={"middleware": [Middleware(NoSniff)]})
-    if not block:  # a blocking launch returns when the app stops: its time is the uptime, not the start
+    if not block:
         log.info("app started in %.1f s", time.monotonic() - started)
-    return out
+        return out
+    # Served until Ctrl-C or SIGTERM, which reach the caller (launch.py says "interrupted", exit 130 / 143, as every
+    # subcommand does): gradio's own wait took them, closed the server and returned, so the app exited 0 without a word
+    try:
+        while True:
+            time.sleep(0.2)
+    finally:
+        demo.close()
 
 
 __all__ = ["build_app", "launch", "checked_image", "mask_editor", "friendly", "gradio_progress"]

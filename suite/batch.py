@@ -31,7 +31,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .checks import MAX_SEED, UserError, changed_settings, check_prompt, check_weight
+from .checks import MAX_SEED, LaunchError, UserError, changed_settings, check_prompt, check_weight
 from .rules import RECOMMENDED, format_rule, parse_rule
 
 __all__ = ["Item", "parse_seeds", "read_items", "batches", "share", "run_batch", "process_state", "item_path",
@@ -226,7 +226,7 @@ def check_processes_joined(num_processes: int, fix: str = "--device cpu") -> Non
     CPU, and they would refuse each other's folder. ``fix``: the flag that joins them."""
     launched = launched_processes()
     if launched > num_processes:
-        raise UserError(f"{launched} processes were launched but only {num_processes} joined the run (no GPU for "
+        raise LaunchError(f"{launched} processes were launched but only {num_processes} joined the run (no GPU for "
                         f"each?): on a machine without GPUs pass {fix} to run them together on the CPU")
 
 

@@ -25,6 +25,11 @@ class UserError(ValueError):
     code that calls the library and catches ``ValueError`` catches it too."""
 
 
+class LaunchError(UserError):
+    """A mistake in how a run's processes were launched, which every process of a machine finds alike: only the
+    machine's first process (``LOCAL_RANK`` 0) says it, even where the others had set up torch.distributed."""
+
+
 def check_finite(value, what: str = "weight") -> float:
     """A finite float, or one clear error naming the bad value."""
     try:

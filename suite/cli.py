@@ -211,6 +211,12 @@ def quiet_libraries() -> None:
     """Keep diffusers/transformers' loading chatter out of the CLI's output."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import warnings
+
+    # diffusers 0.42 passes huggingface_hub an argument it deprecated: two lines of warning before every hub load,
+    # the first thing a user read above the sentence that the model is missing
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated",
+                            category=UserWarning)
     try:
         from diffusers.utils import logging as dlog
 
@@ -224,17 +230,21 @@ def quiet_libraries() -> None:
         pass
 
 
-def _says_it_for_its_machine() -> bool:
+def _says_it_for_its_machine(err: Exception | None = None) -> bool:
     """Whether this process prints its error: not when it is one of several processes of a launch (torchrun,
     accelerate) that stopped before they joined, other than each machine's first (``LOCAL_RANK`` 0). Those errors
     come from the flags and the files, the same in every process of a machine, and eight GPUs printed the sentence
-    eight times; an error after the processes joined may be one process's own, and every process says it."""
+    eight times; an error after the processes joined may be one process's own, and every process says it, except
+    a :class:`LaunchError` (processes that did not join: each may have a process group of its own, and two said it)."""
     import torch
 
     from .batch import launched_processes
+    from .checks import LaunchError
 
     if launched_processes() <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         return True
+    if isinstance(err, LaunchError):
+        return False
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -303,7 +313,7 @@ def _run_main(main, args) -> int:
         msg = explain(err)
         if msg is None:
             raise
-        if not _says_it_for_its_machine():
+        if not _says_it_for_its_machine(err):
             return 2
         print(f"error: {msg}", file=sys.stderr)
         return 2

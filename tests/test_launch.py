@@ -34,3 +34,14 @@ def test_the_3d_help_gives_the_defaults_each_preset_runs():
         said = dict(re.findall(r"(mini|tiny): (\d+)", helps[dest]))
         assert said == {k: str(get(PRESET_SIZES[k])) for k in ("mini", "tiny")}, (dest, helps[dest])
         assert f"default: {get(PRESET_SIZES['full'])};" in helps[dest]
+
+
+def test_a_missing_sd15_offline_is_one_line_of_stderr(tmp_path, monkeypatch):
+    """The full preset offline without SD1.5: the sentence naming --sd-model came after two lines of
+    huggingface_hub's warning about an argument diffusers passes it (local_dir_use_symlinks)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached SD1.5 to find
+    r = run_cli("generate", "--domain", "face", "--output", str(tmp_path / "face.png"))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: could not load Stable Diffusion 1.5"), r.stderr
+    assert "--sd-model" in r.stderr

@@ -143,8 +143,9 @@ def test_generate_with_controlnet_image_several_images(app, tmp_path):
     assert set(np.unique(edges)) <= {0, 255} and (edges == 255).any()
 
 
-def test_bad_uploads_give_one_sentence_and_the_app_keeps_serving(app, tmp_path):
+def test_bad_uploads_give_one_sentence_and_the_app_keeps_serving(app, tmp_path, capfd):
     client, _, _, _ = app
+    capfd.readouterr()
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -163,6 +164,8 @@ def test_bad_uploads_give_one_sentence_and_the_app_keeps_serving(app, tmp_path):
             client.predict(prompt="x", control=handle_file(str(path)), api_name="/generate")
         assert expected in str(err.value), str(err.value)
         assert "Traceback" not in str(err.value)
+    # nor in the server's log: an expected refusal printed gradio's 25-line traceback there
+    assert "Traceback" not in capfd.readouterr().err
     # over the upload size limit (2 MB in this app): refused at upload
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)).save(big)
@@ -987,13 +990,57 @@ def test_a_server_stopped_during_a_job_stops_the_job_first(tmp_path, monkeypatch
             progress("zero123", step, 100000, {})
             time.sleep(0.01)
 
-    def serve_until_interrupted(demo, cfg, **kwargs):  # gradio takes Ctrl-C / SIGTERM and returns
+    def serve_until_interrupted(demo, cfg, **kwargs):  # Ctrl-C / SIGTERM while serving
         job = runs.ThreadJob(endless, name="3d", cancel_flag=demo._suite_jobs.start("s", "3d"), gate=demo._suite_jobs.gate)
         jobs_seen.append(job)
         time.sleep(0.3)
         assert job.running()
+        raise Terminated
+
+    from suite.cli import Terminated
 
     monkeypatch.setattr(ui, "launch", serve_until_interrupted)
-    assert launch.main(["app", "--preset", "tiny", "--output-dir", str(tmp_path / "app")]) == 0
+    assert launch.main(["app", "--preset", "tiny", "--output-dir", str(tmp_path / "app")]) == 143
     (job,) = jobs_seen
     assert not job.running() and isinstance(job.error, core.JobCancelled)
+
+
+def test_sigterm_stops_the_served_app_as_it_stops_every_subcommand(tmp_path):
+    """gradio's own wait took SIGTERM (and Ctrl-C), closed the server and returned: the app exited 0 with gradio's
+    "Keyboard interruption" line, where every other subcommand says "interrupted" and exits 143 (130)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.common import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "app"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(out / ".uploads")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "app", "--preset", "tiny", "--port", str(port),
+                             "--output-dir", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()
+                time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err.rstrip().endswith("interrupted (SIGTERM)"), err
+    with pytest.raises(OSError):  # the server is gone with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)

@@ -289,6 +289,29 @@ def test_an_error_before_the_processes_join_is_said_once_per_machine(monkeypatch
     assert run_main(main, Namespace()) == 2 and "error: the seed" in capsys.readouterr().err  # one process: said
 
 
+def test_processes_that_did_not_join_say_it_once_per_machine_even_with_a_process_group_each(monkeypatch, capsys):
+    """accelerate launch --multi_gpu on a machine without GPUs: each process ran alone with a process group of its
+    own, so both counted as joined and both printed "2 processes were launched but only 1 joined"."""
+    from argparse import Namespace
+
+    import torch
+
+    from suite.batch import check_processes_joined
+    from suite.cli import run_main
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # a group of its own, as accelerate made
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert run_main(lambda args: check_processes_joined(1), Namespace()) == 2
+        assert ("error: 2 processes were launched" in capsys.readouterr().err) == said, local_rank
+
+    def own(args):  # after joining, a process's own error is still said by every process
+        raise UserError("out of room on this process's disk")
+
+    assert run_main(own, Namespace()) == 2 and "error: out of room" in capsys.readouterr().err
+
+
 def test_a_resume_sees_changed_default_guidance_and_warns_where_the_record_cannot_tell(caplog, tmp_path):
     """A batch made with a --domain-model and no weights, resumed after the defaults for a domain of your own
     changed (automatic -> w_d 1, w_c 7 and a rule), made its other images with the new ones without a word: two
