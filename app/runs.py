@@ -23,6 +23,7 @@ from suite.control import canny
 from suite.files import remove_run_folder
 from suite.images import oriented_size, save_image_atomic
 from suite.pipeline import quiet, report_steps
+from suite.presets import warn_prompt
 from suite.rules import parse_rule
 from training.config import TrainConfig
 from training.data import walk_files
@@ -70,6 +71,7 @@ class GenerateResult:
     weights: dict
     control_preview: object = None
     settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the CLI logs about the request (the mini vocabulary)
 
 
 def center_crop_square(image):
@@ -90,6 +92,7 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     num = check_int(req.num_images, "the number of images", 1, cfg.max_images)
     seed = check_int(req.seed, "the seed", 0, 2**32 - 1)
     parse_rule(req.guidance_rule)  # a bad rule is refused before any model loads
+    warnings = warn_prompt(cfg.preset, req.prompt)  # as the CLI's generate warns (the page shows them too)
     control = req.control_image
     if control is not None:
         control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
@@ -133,7 +136,7 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     if control is not None:
         save_image_atomic(control, folder / "control.png")
     write_json_atomic(settings, folder / "settings.json")
-    return GenerateResult(paths, captions, weights, control if req.canny else None, settings)
+    return GenerateResult(paths, captions, weights, control if req.canny else None, settings, warnings)
 
 
 # back ends of the other tabs (imported lazily; the contracts are in the docstrings)
@@ -236,6 +239,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     if photo is None:
         raise UserError("no photo: upload a photo to edit first")
     parse_rule(guidance_rule)  # a bad rule is refused before any model loads
+    warnings = warn_prompt(cfg.preset, prompt)  # as the CLI's edit warns
     detector = None
     if landmarks is not None:
         from editing.faces import read_landmarks
@@ -268,7 +272,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
                            control_weight=control_weight, guidance_rule=out.guidance_rule, mask=mask is not None, all_faces=all_faces,
                            whole_image=whole_image, num_images=num, seed=seed, steps=steps, face_boxes=boxes,
                            timings=out.timings), folder / "settings.json")
-    return dict(faces=marked_path, paths=paths, boxes=boxes, size=photo.size)
+    return dict(faces=marked_path, paths=paths, boxes=boxes, size=photo.size, warnings=warnings)
 
 
 def run_3d(config: AppConfig, *, prompt: str, domain: str, image=None, settings: dict | None = None,

@@ -102,6 +102,12 @@ def mask_editor(cfg: AppConfig, **kwargs) -> gr.ImageEditor:
 
 # ----------------------------------------------------------------------------------------------------------
 # errors and progress
+def with_warnings(status: str, warnings) -> str:
+    """A job's status line with the warnings the CLI would have logged for it (a prompt the mini world's models
+    cannot read, an object cut by the frame), one line each: the page showed none of them."""
+    return status + "".join(f"\n\n**warning:** {w}" for w in dict.fromkeys(warnings or ()))
+
+
 def friendly(fn):
     """Expected failures (:func:`suite.failures.explain`) become one sentence in the page (``gr.Error``); anything
     else is logged with its traceback and reported as unexpected. The app keeps serving either way. A generator
@@ -296,6 +302,12 @@ def _cancel_button(jobs: core.Jobs, elem_id: str, tab: str):
     return btn, cancel
 
 
+def _example_prompt(cfg: AppConfig) -> str:
+    """The prompts' placeholder: the mini world's captions always name the face (its models read "wearing glasses"
+    alone poorly: docs/mini-world.md, "Face editing on the mini preset")."""
+    return "a photo of a face wearing a hat" if get_preset(cfg.preset).small_vocabulary else "wearing glasses"
+
+
 # ----------------------------------------------------------------------------------------------------------
 def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
     with gr.Row():
@@ -303,7 +315,7 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
             domain = gr.Dropdown(domains, value=domains[0], label="domain", allow_custom_value=True,
                                  elem_id="gen-domain")
             prompt = gr.Textbox("", label="prompt (control text; empty = unconditional in-domain)",
-                                placeholder="e.g. wearing glasses", elem_id="gen-prompt")
+                                placeholder=f"e.g. {_example_prompt(cfg)}", elem_id="gen-prompt")
             negative = gr.Textbox("", label="negative prompt", elem_id="gen-negative")
             rec = _recommended(cfg, domain.value)
             auto_wd, wd = _weights_row("domain weight w_d", "w_d", "gen-wd", rec.domain_weight)
@@ -354,7 +366,8 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
         text = ", ".join(f"{names.get(k, k)} = {format_weight(v)}"
                          + (" (auto)" if names.get(k) in res.settings["automatic"] else "")
                          for k, v in res.weights.items())
-        yield items, f"weights used: {text or 'none (no guidance terms)'} · saved in `{res.paths[0].parent}`", items
+        yield items, with_warnings(f"weights used: {text or 'none (no guidance terms)'} · saved in "
+                                   f"`{res.paths[0].parent}`", res.warnings), items
 
     # Queued (not queue=False) so that a refused upload's gr.Error shows its sentence in the page.
     control.change(canny_preview, [control, use_canny], preview, api_visibility="private", **LIGHT)
@@ -373,7 +386,8 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
             photo = checked_image(cfg, "photo", label="photo", elem_id="edit-photo")
             domain = gr.Dropdown(domains, value="face" if "face" in domains else domains[0], label="domain",
                                  allow_custom_value=True, elem_id="edit-domain")
-            prompt = gr.Textbox("", label="prompt (the edit)", placeholder="e.g. wearing glasses", elem_id="edit-prompt")
+            prompt = gr.Textbox("", label="prompt (the edit)", placeholder=f"e.g. {_example_prompt(cfg)}",
+                                elem_id="edit-prompt")
             strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="strength (0 = unchanged, 1 = redraw)",
                                  elem_id="edit-strength")
             with gr.Accordion("mask (optional: only the masked region changes)", open=False):
@@ -429,7 +443,7 @@ def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: li
         res = yield from _relay(job, cancel_flag, gradio_progress(progress), 4)
         boxes = ", ".join(str(b) for b in res["boxes"]) or "none (whole image or mask)"
         yield (str(res["faces"]), [str(p) for p in res["paths"]], [str(p) for p in res["paths"]],
-               f"face boxes: {boxes} · output {res['size'][0]}x{res['size'][1]}")
+               with_warnings(f"face boxes: {boxes} · output {res['size'][0]}x{res['size'][1]}", res["warnings"]))
 
     photo.change(friendly(to_editor), photo, drawn, api_visibility="private", **LIGHT)
     ev = run.click(edit, [photo, domain, prompt, strength, drawn, mask_file, all_faces, whole, auto_wd, wd, auto_wc,
@@ -513,7 +527,8 @@ def _threed_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: 
                None if is_video or prev is None else str(prev),
                gr.update(value=str(prev) if is_video else None, visible=is_video),
                str(glb) if glb else None, downloads,
-               "mesh: " + (", ".join(f"`{p}`" for p in meshes.values()) or "none written"))
+               with_warnings("mesh: " + (", ".join(f"`{p}`" for p in meshes.values()) or "none written"),
+                             res.warnings))
 
     ev = run.click(make, [prompt, domain, image], [stage1, preview, video, model, files, status],
                    inputs_kwargs=widgets, api_name="make_3d", concurrency_id=MODELS, concurrency_limit=cfg.max_jobs)
@@ -672,4 +687,4 @@ def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int |
         demo.close()
 
 
-__all__ = ["build_app", "launch", "checked_image", "mask_editor", "friendly", "gradio_progress"]
+__all__ = ["build_app", "launch", "checked_image", "mask_editor", "friendly", "gradio_progress", "with_warnings"]

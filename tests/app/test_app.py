@@ -1044,3 +1044,22 @@ def test_sigterm_stops_the_served_app_as_it_stops_every_subcommand(tmp_path):
     assert err.rstrip().endswith("interrupted (SIGTERM)"), err
     with pytest.raises(OSError):  # the server is gone with it
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_the_page_shows_the_warnings_the_cli_logs(tmp_path):
+    """The CLI warns about a prompt the mini world's models read poorly ("wearing glasses": none of 110 edits added
+    the attribute) and 3D about an object cut by the frame; the page showed none of them."""
+    from app.ui import _example_prompt, build_app, with_warnings
+    from suite.presets import warn_prompt
+
+    cfg = core.AppConfig(preset="mini", output_dir=tmp_path)
+    res = runs.run_generate(core.PipelineCache(cfg), runs.GenerateRequest(domain="face", prompt="wearing glasses",
+                                                                          steps=2))
+    assert res.warnings == warn_prompt("mini", "wearing glasses") and "'a photo of a face wearing glasses'" in \
+        res.warnings[0]
+    shown = with_warnings("weights used: w_d = 1", res.warnings + res.warnings)
+    assert shown.count("**warning:**") == 1 and res.warnings[0] in shown  # once each
+    assert with_warnings("mesh: a.glb", []) == "mesh: a.glb"
+    assert warn_prompt("mini", _example_prompt(cfg)) == []  # the placeholder is a prompt the mini world reads
+    boxes = {b.elem_id: b for b in build_app(cfg).blocks.values() if getattr(b, "elem_id", None)}
+    assert boxes["gen-prompt"].placeholder == boxes["edit-prompt"].placeholder == f"e.g. {_example_prompt(cfg)}"
