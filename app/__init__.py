@@ -8,8 +8,10 @@ torch).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 HELP = "start the web app (generate, edit, 3D, domains) on this machine (default http://127.0.0.1:7860)"
@@ -117,10 +119,38 @@ def main(args) -> int:
     copies = ServedCopies(cfg).start()  # gradio's copies of results: a day, and none left after a clean stop
     try:
         launch(demo, cfg, host=args.host, port=args.port, share=args.share, block=True)
-    finally:  # running jobs stop at their next step and clean up as a Cancel does
-        stop_jobs(demo._suite_jobs)
-        copies.stop()
+    finally:  # running jobs stop at their next step and clean up as a Cancel does, then the server closes
+        with _signals_deferred():
+            try:
+                stop_jobs(demo._suite_jobs)
+            finally:
+                copies.stop()
+                demo.close(verbose=False)
     return 0
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """While the app stops (its jobs cleaning up, up to a minute), a second Ctrl-C or SIGTERM says so instead of
+    cutting the cleanup short: it skipped the sweep of gradio's copies and left job threads running as the
+    interpreter ended (the abort that stopping the jobs prevents). ``kill -9`` still stops it at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def still_stopping(signum, frame):
+        print("still stopping: the running jobs are cleaning up (up to a minute; kill -9 stops at once)",
+              file=sys.stderr)
+
+    before = {s: signal.signal(s, still_stopping) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 __all__ = ["HELP", "add_arguments", "main", "config_from_args"]

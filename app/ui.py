@@ -679,12 +679,12 @@ def launch(demo: gr.Blocks, cfg: AppConfig, host: str = "127.0.0.1", port: int |
         log.info("app started in %.1f s", time.monotonic() - started)
         return out
     # Served until Ctrl-C or SIGTERM, which reach the caller (launch.py says "interrupted", exit 130 / 143, as every
-    # subcommand does): gradio's own wait took them, closed the server and returned, so the app exited 0 without a word
-    try:
-        while True:
-            time.sleep(0.2)
-    finally:
-        demo.close()
+    # subcommand does): gradio's own wait took them, closed the server and returned, so the app exited 0 without a
+    # word. The caller closes the server, after its jobs have stopped (app.main). With GRADIO_DEBUG=1 gradio still
+    # waits inside launch and closes the server at the signal: then this returns.
+    while demo.is_running:
+        time.sleep(0.2)
+    return out
 
 
 __all__ = ["build_app", "launch", "checked_image", "mask_editor", "friendly", "gradio_progress", "with_warnings"]

@@ -70,9 +70,6 @@ def main(args) -> int:
     # 1. Validate and read the inputs before loading any model.
     require("edit", "cv2")
     cli.check_request(args)
-    from suite.presets import warn_prompt
-
-    warn_prompt(args.preset, args.prompt)  # the mini world's small vocabulary, as generate and 3d warn
     check_range(args.strength, "--strength", 0.0, 1.0, "0 keeps the photo, 1 ignores it")
     from suite.pipeline import DEFAULT_STEPS
 
@@ -104,7 +101,10 @@ def main(args) -> int:
         detector.check_size(*size)  # a file for another photo is refused before the models load
 
     # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
-    pipe = cli.load_pipeline(args)
+    from suite.presets import warn_prompt
+
+    warn_prompt(args.preset, args.prompt)  # the mini world's small vocabulary, as generate and 3d warn (the request
+    pipe = cli.load_pipeline(args)  # checked first: a bad flag is the only thing said)
 
     # 3. Edit (detect and align, SDEdit through the pipeline, paste back): a bar on a terminal, progress lines in a
     #    log (a bar's carriage returns filled a log with one line of them).

@@ -13,7 +13,7 @@ import math
 import numbers
 from collections.abc import Callable
 
-__all__ = ["UserError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
+__all__ = ["UserError", "LaunchError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
            "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "unrecorded_settings", "warn_unrecorded", "said_changes", "RECORDED_SINCE", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).

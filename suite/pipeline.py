@@ -33,7 +33,6 @@ from diffusers import (
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import IPAdapterMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -99,6 +98,18 @@ class Control:
     name: str = ""
 
 
+def _image_size(image) -> tuple[int, int] | None:
+    """``(width, height)`` of a PIL image, an array (``H x W (x C)``, or ``N x H x W x C``) or a tensor (``C x H x W``
+    or ``N x C x H x W``); None for anything else."""
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return (image.shape[1], image.shape[0]) if image.ndim <= 3 else (image.shape[-2], image.shape[-3])
+    if isinstance(image, torch.Tensor) and image.ndim >= 2:
+        return image.shape[-1], image.shape[-2]
+    return None
+
+
 @dataclass
 class InDomainOutput(BaseOutput):
     """``images`` (PIL images, an array for ``output_type="np"``, a tensor for ``"pt"``, and for ``"latent"`` the
@@ -106,7 +117,7 @@ class InDomainOutput(BaseOutput):
     ``latents``, the guidance ``weights`` used (name -> weight before any schedule; the automatic ones as
     resolved) and the ``guidance_rule`` applied (its string, ``"paper"`` for none)."""
 
-    images: list | np.ndarray
+    images: list | np.ndarray | torch.Tensor
     latents: torch.Tensor | None = None
     weights: dict | None = None
     guidance_rule: str | None = None
@@ -187,6 +198,23 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
     encode_image = StableDiffusionPipeline.encode_image
     prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
     _callback_tensor_inputs = ["latents"]
+
+    @classmethod
+    def _get_signature_types(cls) -> dict[str, tuple]:
+        """Each ``__init__`` parameter's annotated types, resolved (this module's annotations are strings): what
+        diffusers' ``from_pipe`` and ``from_pretrained`` check components against. diffusers 0.37 and later resolve
+        them themselves; 0.35-0.36 read the raw strings, found no type for any parameter and raised KeyError."""
+        import inspect
+        import types
+        import typing
+
+        hints = typing.get_type_hints(cls.__init__)
+        out = {}
+        for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+            hint = hints.get(name, inspect.Parameter.empty)
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            out[name] = typing.get_args(hint) if union else (hint,)
+        return out
 
     # The annotations are diffusers' (its StableDiffusionPipeline's, where they are the same): from_pipe switches a
     # model over only when its type is the one annotated (without them it raised for every model)
@@ -604,10 +632,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if image is not None and strength > 0:  # 0 keeps the image; above it, a change was asked for
             check_runs_a_step(steps, strength, "the start image", "num_inference_steps", "strength")
         m = self.vae_scale_factor  # diffusers' rule; the UNet handles latents that are not a power-of-2 size
-        if image is not None and height is None and width is None and isinstance(image[0], Image.Image):
-            # the start image's size, rounded down to the VAE's multiple as diffusers' img2img does (a 102 x 70
-            # photo is sampled at 100 x 68 and returned at that size)
-            width, height = (max(m, v // m * m) for v in image[0].size)
+        if image is not None and height is None and width is None and _image_size(image[0]) is not None:
+            # the start image's size (a PIL image, an array or a tensor), rounded down to the VAE's multiple as
+            # diffusers' img2img does (a 102 x 70 photo is sampled at 96 x 64 with SD1.5's factor 8)
+            width, height = (max(m, v // m * m) for v in _image_size(image[0]))
         elif latents is not None and height is None and width is None and latents.ndim == 4:  # the latents' size
             height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         elif image is None and height is None and width is None and control_size is not None:
@@ -694,10 +722,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             controls = [controls]
         firsts = [control_image] + [c.image for c in controls]
         first = next((c for c in firsts if c is not None), None)
-        control_size = (first.size if isinstance(first, Image.Image) else
-                        (first.shape[1], first.shape[0]) if isinstance(first, np.ndarray) and first.ndim >= 2 else
-                        (first.shape[-1], first.shape[-2]) if isinstance(first, torch.Tensor) and first.ndim >= 2
-                        else None)
+        control_size = _image_size(first)
         steps, per_prompt, strength, height, width = self.check_inputs(
             num_inference_steps, num_images_per_prompt, strength, height, width, image, latents, domain_weight,
             control_weight, w0, callback_on_step_end_tensor_inputs, control_size, auto_norm)
@@ -768,7 +793,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                                  f"{width}x{height}, got {tuple(latents.shape)}")
             latents = latents.to(device, torch.float32) * sampler.init_noise_sigma
         else:
-            pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
+            pixels = self.image_processor.preprocess(image, height=height, width=width).to(device, self.vae.dtype)
             if pixels.shape[0] not in (1, num_images):
                 raise ValueError(f"got {pixels.shape[0]} start images for {num_images} output(s): give one start image "
                                  f"for all, or one per output (num_images_per_prompt={pixels.shape[0]} for "
@@ -778,8 +803,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                 # one draw per output with its own generator, as diffusers' img2img: output i is then the single
                 # call with generator i (one shared draw spent only the first generator)
                 rows = posterior.mean.shape[0]
-                init = torch.cat([DiagonalGaussianDistribution(posterior.parameters[i % rows:i % rows + 1])
-                                  .sample(g) for i, g in enumerate(generator)])
+                init = torch.cat([posterior.mean[i % rows:i % rows + 1] + posterior.std[i % rows:i % rows + 1]
+                                  * randn_tensor(posterior.mean[:1].shape, generator=g, device=device,
+                                                 dtype=posterior.mean.dtype) for i, g in enumerate(generator)])
             else:
                 init = posterior.sample(generator)
                 if init.shape[0] == 1 and num_images > 1:
@@ -802,23 +828,28 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                 eps = guidance(sampler.scale_model_input(latents, t), t).to(latents.dtype)
                 latents = sampler.step(eps, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
-                    available = {"latents": latents}
+                    # in the networks' dtype, as diffusers gives them (a preview decoding them with the VAE); the
+                    # float32 state is kept unless the callback changed them
+                    given = latents.to(dtype)
+                    before = given.clone() if given is not latents else None
+                    available = {"latents": given}
                     outputs = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
                     if not isinstance(outputs, dict):  # None: AttributeError 'pop'
                         raise ValueError(f"callback_on_step_end must return a dict (its callback_kwargs, changed or "
                                          f"not), got {type(outputs).__name__}")
-                    new = outputs.pop("latents", latents)
+                    new = outputs.pop("latents", given)
                     if not isinstance(new, torch.Tensor) or new.shape != latents.shape:  # the output's size changed
                         raise ValueError(f"callback_on_step_end returned latents of shape "
                                          f"{tuple(getattr(new, 'shape', ()))}, not {tuple(latents.shape)}: change "
                                          f"their values, not their shape")
-                    latents = new.float()
+                    if before is None or new is not given or not torch.equal(given, before):
+                        latents = new.float()  # a half tensor changed (in place or new) replaces the state
                 progress_bar.update()
 
         # 6. Decode.
         weights = guidance.weights_used() if isinstance(guidance, MultiGuidance) else {}
         if output_type == "latent":
-            images = latents.to(dtype)  # diffusers' convention: the latents in place of the images
+            images = latents.to(dtype, copy=True)  # diffusers' convention: the latents in place of the images
         else:
             decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype),
                                       return_dict=False)[0]

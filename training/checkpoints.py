@@ -1,7 +1,8 @@
 """Training state on disk: the EMA of the weights, checkpoints and the ``F_T`` file.
 
 Checkpoints are folders ``OUTPUT/training/checkpoints/step-NNNNNN``, each itself a loadable domain-model folder
-plus ``optimizer.pt`` (read back with ``weights_only=True``), ``ema.safetensors`` and ``trainer_state.json``.
+plus ``optimizer.pt`` (read back with ``weights_only=True``), ``trainer_state.json`` and, with ``--ema``,
+``ema.safetensors``.
 They are written with :func:`suite.files.atomic_dir` (a hidden temporary folder, fsync, rename): a run killed
 at any moment, even during a checkpoint write, loses at most one checkpoint interval and never corrupts the last
 good checkpoint; a half-written temporary folder is removed by the next checkpoint. Old checkpoints are

@@ -119,7 +119,7 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
     seconds = time.time() - t0
     summary = _summary(results, prompts, strengths)
     dlib = _dlib(records)
-    result = dict(num=num, steps=steps, strengths=list(strengths), prompts=prompts, guidance=guidance or {},
+    result = dict(num=num, steps=steps, seed=seed, strengths=list(strengths), prompts=prompts, guidance=guidance or {},
                   weights=res.weights[0] if results else None,
                   guidance_rule=res.guidance_rule if results else None, summary=summary, dlib=dlib,
                   edits=results, seconds=round(seconds, 1))

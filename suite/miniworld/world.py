@@ -121,12 +121,12 @@ def prompt_warnings(prompt: str | None) -> list[str]:
         out.append(f"the prompt names no shape the mini world has ({', '.join(SHAPES)}, or a face): the form is "
                    f"left to the model (the porcelain domain draws vases and bowls, the face domain faces)")
     elif "face" not in words and any(w in face_words for w in words) and not any(w in SHAPES for w in words):
-        # measured (docs/mini-world.md, "Face editing on the mini preset"): "wearing glasses" / "wearing a hat"
-        # added nothing to 110 mini face photos at strength 0.7; "a photo of a face wearing a hat" a hat to 18 of 20
-        # at strength 0.9 with w_c = 10
-        out.append(f"the mini world's captions always name the face ('a photo of a face {' '.join(words)}'): its "
-                   f"models read an attribute without 'face' poorly (edits asking for 'wearing glasses' or 'wearing "
-                   f"a hat' added them to none of 110 photos)")
+        # measured (docs/mini-world.md, "Face editing on the mini preset"): edits asking for "wearing glasses" /
+        # "wearing a hat" added nothing in 110 edits at strength 0.7
+        joined = " ".join(words) if words[0] in ("wearing", "with", "smiling") else "with " + " ".join(words)
+        out.append(f"the mini world's captions always name the face ('a photo of a face {joined}'): its models "
+                   f"read an attribute without 'face' poorly (edits asking for 'wearing glasses' or 'wearing a hat' "
+                   f"added them in none of 110 tries)")
     return out
 
 

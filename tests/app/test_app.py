@@ -1063,3 +1063,21 @@ def test_the_page_shows_the_warnings_the_cli_logs(tmp_path):
     assert warn_prompt("mini", _example_prompt(cfg)) == []  # the placeholder is a prompt the mini world reads
     boxes = {b.elem_id: b for b in build_app(cfg).blocks.values() if getattr(b, "elem_id", None)}
     assert boxes["gen-prompt"].placeholder == boxes["edit-prompt"].placeholder == f"e.g. {_example_prompt(cfg)}"
+
+
+def test_a_second_signal_while_the_app_stops_does_not_cut_its_cleanup_short(capsys):
+    """A second Ctrl-C or SIGTERM during the stop (jobs cleaning up, up to a minute) skipped the sweep of gradio's
+    copies and left job threads running as the interpreter ended; it is said and waited out now."""
+    import os
+    import signal
+
+    from app import _signals_deferred
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _signals_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread at its next bytecode
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handlers run here, between bytecodes
+            pass
+    assert capsys.readouterr().err.count("still stopping") == 2
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -29,12 +29,12 @@ def test_the_control_counts_the_attribute_after_the_other_prompts_only():
 
 
 def test_its_prompts_name_the_face_as_the_mini_captions_do_and_bad_strengths_are_refused(capsys):
+    import pytest
+
     from suite.miniworld.world import prompt_warnings
 
     assert all(prompt_warnings(p) == [] for p in PROMPTS)
     assert all(prompt_warnings(p) for p in SHORT_PROMPTS)  # the short form: warned about
-    try:
+    with pytest.raises(SystemExit) as stop:
         main(["--output", "unused", "--strengths", "1.5"])
-    except SystemExit as e:
-        assert e.code == 2
-    assert "--strengths must be in (0, 1]" in capsys.readouterr().err
+    assert stop.value.code == 2 and "--strengths must be in (0, 1]" in capsys.readouterr().err

@@ -427,6 +427,36 @@ def test_half_precision_samples_as_float32_does_on_a_v_prediction_base():
         assert np.abs(full - half).mean() < 0.003
 
 
+def test_a_callback_gets_the_latents_in_the_networks_dtype_and_its_changes_count(tiny_pipe):
+    """A preview callback decoding the latents with a half-precision VAE failed once the sampler's state stayed in
+    float32 ("Input type (float) and bias type (c10::BFloat16)"): it gets them in the networks' dtype, as in diffusers,
+    and what it changes (a new tensor, or the given one in place) still steers the sampling."""
+    import copy
+
+    pipe = copy.deepcopy(tiny_pipe).to(torch.bfloat16)
+    seen = []
+
+    def preview(p, i, t, kw):
+        seen.append(kw["latents"].dtype)
+        p.vae.decode(kw["latents"] / p.vae.config.scaling_factor)  # as a preview does
+        return kw
+
+    kw = dict(num_inference_steps=3, seed=1, output_type="np")
+    plain = pipe("x", **kw).images
+    assert np.array_equal(pipe("x", callback_on_step_end=preview, **kw).images, plain)  # reading changes nothing
+    assert seen == [torch.bfloat16] * 3
+
+    def in_place(p, i, t, kw):
+        kw["latents"].mul_(0.5)
+        return kw
+
+    def new_tensor(p, i, t, kw):
+        return {"latents": kw["latents"] * 0.5}
+
+    a, b = (pipe("x", callback_on_step_end=f, **kw).images for f in (in_place, new_tensor))
+    assert np.abs(a - plain).mean() > 0.01 and np.abs(a - b).max() < 1e-6
+
+
 def test_sdedit_with_a_list_of_generators_gives_each_output_its_single_call(tiny_pipe):
     """Output i of a batch with generators [g0, g1] is the single call with g_i (diffusers' img2img): the start
     image's latent is drawn with each output's own generator (one draw with g0 changed output 1)."""
@@ -455,6 +485,13 @@ def test_from_pipe_and_components_with_parameters_keep_the_models_and_the_domain
         assert copy.domain == full_pipe.domain and copy.controlnet is full_pipe.controlnet
         copy.set_progress_bar_config(disable=True)
         assert np.array_equal(_sample(copy).images, a)
+    # the annotations resolved for every parameter (this module's are strings): diffusers 0.35-0.36 read them raw,
+    # found no type and raised KeyError in from_pretrained and from_pipe
+    import inspect
+
+    types = InDomainPipeline._get_signature_types()
+    assert list(types) == list(inspect.signature(InDomainPipeline.__init__).parameters)[1:]
+    assert all(isinstance(t, type) for ts in types.values() for t in ts), types
     sd = StableDiffusionPipeline.from_pipe(full_pipe, safety_checker=None, requires_safety_checker=False)
     back = InDomainPipeline.from_pipe(sd, domain_unet=full_pipe.domain_unet)
     assert back.unet is full_pipe.unet and back.domain_unet is full_pipe.domain_unet
@@ -470,9 +507,12 @@ def test_a_start_image_of_any_size_is_rounded_down_as_diffusers_img2img_does(tin
     start = Image.new("RGB", (10 * m + 1, 7 * m + 1), (200, 120, 40))
     out = tiny_pipe("x", image=start, strength=0.5, num_inference_steps=2, seed=0)
     assert out.images[0].size == (10 * m, 7 * m)
+    array = np.asarray(start).astype(np.float32) / 255  # an array or a tensor: their own size too (was the square)
+    for other in (array, torch.from_numpy(array).permute(2, 0, 1)):
+        assert tiny_pipe("x", image=other, strength=0.5, num_inference_steps=2, seed=0).images[0].size == (10 * m, 7 * m)
     with pytest.raises(ValueError, match=f"width={6 * m}, height={6 * m}"):
         tiny_pipe("x", height=6 * m + 1, width=6 * m + 1, num_inference_steps=2)
     with pytest.raises(ValueError, match="not both"):
         tiny_pipe("x", num_inference_steps=2, seed=1, generator=torch.Generator().manual_seed(1))
     lat = tiny_pipe("x", num_inference_steps=2, seed=0, output_type="latent")
-    assert torch.equal(lat.images, lat.latents)
+    assert torch.equal(lat.images, lat.latents) and lat.images is not lat.latents
