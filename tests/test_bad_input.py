@@ -249,6 +249,8 @@ CASES = [
      "--weight-decay must be 0 or more"),
     ("train: max grad norm -1", R + ["--data", "{out}", "--max-grad-norm", "-1", "--output", "{out}/m"],
      "--max-grad-norm must be 0 (no clipping) or more"),
+    ("train: fp16 on a CPU", R + ["--data", "{out}", "--mixed-precision", "fp16", "--output", "{out}/m"],
+     "--mixed-precision fp16 needs a GPU"),
     # a device this machine lacks (was torch's traceback, after the models were found, hashed and read)
     ("generate: device bogus", G + ["--device", "bogus", "--output", "{out}/a.png"], "is not a torch device"),
     ("generate: device in capitals", G + ["--device", "CUDA", "--output", "{out}/a.png"], "is not a torch device"),

@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-grad-norm", type=finite_float, default=1.0,
                    help="gradient-norm clipping, 0 = off (default: %(default)s)")
     g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
-                   help="mixed precision: float16 or bfloat16 autocast through accelerate (fp16 is meant for GPUs; default: %(default)s)")
+                   help="mixed precision: float16 or bfloat16 autocast through accelerate (fp16 needs a GPU and is refused on "
+                        "a CPU, where accelerate does not autocast it; bf16 works on both; default: %(default)s)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--ema", action="store_true", help="keep an EMA of the weights and save it as the model")
     g.add_argument("--ema-decay", type=finite_float, default=0.9999, help="EMA decay (default: %(default)s)")
