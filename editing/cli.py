@@ -103,8 +103,9 @@ def main(args) -> int:
     # 2. Load the models. Faces are detected for the face and animal domains; other domains edit the whole photo.
     from suite.presets import warn_prompt
 
-    warn_prompt(args.preset, args.prompt)  # the mini world's small vocabulary, as generate and 3d warn (the request
-    pipe = cli.load_pipeline(args)  # checked first: a bad flag is the only thing said)
+    # the mini world's small vocabulary, as generate and 3d warn; after the checks, so that a bad flag is said alone
+    warn_prompt(args.preset, args.prompt)
+    pipe = cli.load_pipeline(args)
 
     # 3. Edit (detect and align, SDEdit through the pipeline, paste back): a bar on a terminal, progress lines in a
     #    log (a bar's carriage returns filled a log with one line of them).

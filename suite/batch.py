@@ -226,8 +226,8 @@ def check_processes_joined(num_processes: int, fix: str = "--device cpu") -> Non
     CPU, and they would refuse each other's folder. ``fix``: the flag that joins them."""
     launched = launched_processes()
     if launched > num_processes:
-        raise LaunchError(f"{launched} processes were launched but only {num_processes} joined the run (no GPU for "
-                        f"each?): on a machine without GPUs pass {fix} to run them together on the CPU")
+        raise LaunchError(f"{launched} processes were launched but only {num_processes} joined the run (no GPU "
+                          f"for each?): on a machine without GPUs pass {fix} to run them together on the CPU")
 
 
 def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, resume: bool,
