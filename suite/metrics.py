@@ -10,7 +10,10 @@ real images).
 * KID (Bińkowski et al. 2018): the unbiased estimate of the squared maximum mean discrepancy with the cubic
   polynomial kernel ``k(x, y) = (x.y / d + 1)^3``. Unbiased at any set size (its expectation is 0 when both
   sets come from one distribution, so small negative values occur), which is why it is the measure for 90
-  images. Its standard error here is the jackknife's over the generated set, the reference set held fixed.
+  images. It is computed on the whole sets at any size (in blocks), with the jackknife's standard error over the
+  generated set, the reference set held fixed. (clean-fid and torch-fidelity average it over 100 subsets of 1,000
+  above 1,000 images: the same expectation; their spread over those overlapping subsets, reported here before,
+  understated the uncertainty by up to 23 times.)
 """
 
 from __future__ import annotations
@@ -18,23 +21,32 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["frechet_distance", "frechet_from_stats", "moments", "add_moments", "kid", "kid_with_se",
-           "kid_subsets", "diversity", "sliced_wasserstein"]
+           "diversity", "sliced_wasserstein"]
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """The Fréchet distance between Gaussians fitted to feature sets ``a [n, d]`` and ``b [m, d]``;
     ``tr((S_a S_b)^{1/2})`` is the sum of the square roots of the (real, non-negative) eigenvalues of ``S_a S_b``."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"a Fréchet distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     return _frechet(mu_a, sa, mu_b, sb)
 
 
 def _frechet(mu_a, sa, mu_b, sb) -> float:
-    # Eigenvalues within float rounding of 0 are 0: with fewer samples than dimensions most of them are, and the
-    # square root would turn their rounding noise (~1e-16 of the largest) into ~1e-8 of the result.
-    ev = np.linalg.eigvals(sa @ sb).real
-    ev = np.where(ev > 1e-12 * max(ev.max(), 0.0), ev, 0.0)
+    # tr((S_a S_b)^{1/2}) = tr((R S_b R)^{1/2}) with R = S_a^{1/2}: a symmetric matrix, whose eigenvalues eigh finds
+    # exactly real; only the negative ones (rounding) are clipped. The eigenvalues of S_a S_b from the general solver
+    # were cut below 1e-12 of the largest, which on the judge's features dropped 124 of 256 genuine small variances:
+    # a set against itself measured 0.024 instead of 0, and every distance 0.025 too large.
+    if not all(np.isfinite(t).all() for t in (mu_a, sa, mu_b, sb)):
+        raise ValueError("Fréchet distance: the features hold NaN or infinite values (a feature network that "
+                         "overflowed?)")
+    w, v = np.linalg.eigh((sa + sa.T) / 2)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root_a @ sb @ root_a
+    ev = np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(ev).sum())
 
 
@@ -79,19 +91,31 @@ def standard_error(values) -> float | None:
     return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
 
 
+def _kernel_rows(a: np.ndarray, b: np.ndarray, same: bool, block: int = 1024) -> np.ndarray:
+    """The row sums of the kernel matrix between ``a`` and ``b`` (its diagonal left out when ``same``), in blocks
+    of ``block`` rows: memory ``block x len(b)`` whatever the set sizes."""
+    rows = np.empty(len(a))
+    for i in range(0, len(a), block):
+        k = _kernel(a[i:i + block], b)
+        if same:
+            k[np.arange(len(k)), np.arange(i, i + len(k))] = 0.0
+        rows[i:i + block] = k.sum(1)
+    return rows
+
+
 def kid_with_se(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """``(KID, standard error)`` between generated features ``x [n, d]`` (n >= 3) and reference features
-    ``y [m, d]`` (m >= 2): the unbiased MMD^2 estimate and the jackknife's standard error over ``x``."""
+    ``y [m, d]`` (m >= 2): the unbiased MMD^2 estimate over the whole sets and the jackknife's standard error over
+    ``x``, at any size (the kernel matrices are summed in blocks)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n, m = len(x), len(y)
     if n < 3 or m < 2:
         raise ValueError(f"KID needs at least 3 generated and 2 reference samples, got {n} and {m}")
-    kxx, kyy, kxy = _kernel(x, x), _kernel(y, y), _kernel(x, y)
-    np.fill_diagonal(kxx, 0.0)
-    term_y = kyy.sum() - np.trace(kyy)
-    term_y /= m * (m - 1)
-    sxx, row_xx = kxx.sum(), kxx.sum(1)
-    sxy, row_xy = kxy.sum(), kxy.sum(1)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("KID: the features hold NaN or infinite values (a feature network that overflowed?)")
+    row_xx, row_xy = _kernel_rows(x, x, True), _kernel_rows(x, y, False)
+    term_y = _kernel_rows(y, y, True).sum() / (m * (m - 1))
+    sxx, sxy = row_xx.sum(), row_xy.sum()
     value = sxx / (n * (n - 1)) + term_y - 2 * sxy / (n * m)
     # leave-one-out values: drop x_i from both sums
     loo = (sxx - 2 * row_xx) / ((n - 1) * (n - 2)) + term_y - 2 * (sxy - row_xy) / ((n - 1) * m)
@@ -102,22 +126,6 @@ def kid_with_se(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def kid(x: np.ndarray, y: np.ndarray) -> float:
     """The unbiased KID between feature sets ``x`` and ``y`` (see :func:`kid_with_se`)."""
     return kid_with_se(x, y)[0]
-
-
-def kid_subsets(x: np.ndarray, y: np.ndarray, subset: int = 1000, subsets: int = 100, seed: int = 0
-                ) -> tuple[float, float]:
-    """``(KID, spread)`` for large sets: the mean of the unbiased KID over ``subsets`` random subsets of ``subset``
-    samples from each set (Bińkowski et al.'s protocol, as clean-fid and torch-fidelity run it), and the standard
-    deviation over the subsets (torch-fidelity's ``kid_std``: the uncertainty of a ``subset``-sample estimate, a
-    conservative one for the mean, as the subsets overlap). Sets no larger than ``subset`` go to
-    :func:`kid_with_se` whole (the jackknife's standard error)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(x) <= subset and len(y) <= subset:
-        return kid_with_se(x, y)
-    rng = np.random.default_rng(seed)
-    vals = np.array([kid(x[rng.choice(len(x), min(subset, len(x)), replace=False)],
-                         y[rng.choice(len(y), min(subset, len(y)), replace=False)]) for _ in range(subsets)])
-    return float(vals.mean()), float(vals.std(ddof=1))
 
 
 def diversity(features: np.ndarray) -> float:

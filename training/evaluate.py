@@ -490,20 +490,20 @@ def _features(state, net, paths: list[Path], cache: Path | None = None) -> dict:
 
 
 def _distribution_scores(gen: dict, real: dict, n: int) -> dict:
-    from suite.metrics import frechet_from_stats, kid_subsets
+    from suite.metrics import frechet_from_stats, kid_with_se
 
-    k, se = kid_subsets(gen["features"], real["features"])
+    k, se = kid_with_se(gen["features"], real["features"])  # the whole sets, at any size (in blocks)
     return {"n": n, "fd": frechet_from_stats(gen["moments"], real["moments"]), "kid": k, "kid_se": se}
 
 
 def _clip_scores(clip, image_feats: dict, prompts: list[str]) -> dict:
     from suite.features import clip_score
+    from suite.metrics import standard_error
 
     unique = list(dict.fromkeys(prompts))
     text = dict(zip(unique, clip.texts(unique)))
     s = clip_score(image_feats["features"], np.stack([text[p] for p in prompts]))
-    return {"clip_score": float(s.mean()), "clip_score_se": float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1
-            else 0.0}
+    return {"clip_score": float(s.mean()), "clip_score_se": standard_error(s)}  # None for one image (it said ± 0)
 
 
 def _judge_scores(state, net, paths: list[Path], prompts: list[str], domain: str = "porcelain") -> dict:
@@ -566,6 +566,11 @@ COLUMNS = (("uncond", "n", "images"), ("uncond", "fd", "FD"), ("uncond", "kid", 
            ("text", "attribute_alignment", "face attributes"), ("text", "domain", "text domain (judge)"))
 
 
+def _number(v: float) -> str:
+    """Four significant digits, without an exponent for the distances of 10,000 and more (1.235e+04 was printed)."""
+    return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """The table's header and rows (columns with no number in any row left out)."""
     cols = [c for c in COLUMNS if any(c[1] in r.get(c[0], {}) for r in results["methods"].values())]
@@ -577,7 +582,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             v = r.get(part, {}).get(key)
             se = r.get(part, {}).get(f"{key}_se")
             row.append("" if v is None else f"{v:d}" if isinstance(v, int) else
-                       f"{v:.4g}" + (f" ± {se:.2g}" if se is not None else ""))
+                       _number(v) + (f" ± {se:.2g}" if se is not None else ""))
         rows.append(row)
     return header, rows
 
@@ -618,8 +623,8 @@ def _write(out: Path, results: dict) -> None:
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     note = (f"\nFeatures: {results['features']}; real images: {results['real']['n']} from {results['real']['folder']}"
             f"{' (' + str(results['real']['skipped']) + ' broken file(s) skipped)' if results['real']['skipped'] else ''}"
-            f". FD and KID: lower is closer to the real images (KID unbiased, ± the jackknife's standard error; above "
-            f"1,000 images, the mean over 100 subsets of 1,000 ± their standard deviation).\n")
+            f". FD and KID: lower is closer to the real images (KID unbiased, on the whole sets, ± the jackknife's "
+            f"standard error over the generated images).\n")
     write_text_atomic(out / "table.md", "\n".join(md) + "\n" + note)
     buf = io.StringIO()
     w = csv.writer(buf)

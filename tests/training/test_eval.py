@@ -281,3 +281,20 @@ def test_an_eval_resumed_after_the_default_guidance_changed_is_refused_or_warned
     (out / "methods.json").write_text(json.dumps({"_run": auto}))
     with pytest.raises(UserError, match="made with other models or settings"):
         evaluate._check_methods_file(out, methods, run, state)
+
+
+def test_the_table_prints_large_distances_without_an_exponent_and_no_error_for_one_image():
+    """An FD of 10,000 or more was printed 1.235e+04, and the CLIP score of one image as "± 0"."""
+    from training import evaluate
+
+    class Clip:
+        def texts(self, prompts):
+            return np.eye(len(prompts), 4)
+
+    one = evaluate._clip_scores(Clip(), {"features": np.ones((1, 4))}, ["a cup"])
+    assert one["clip_score_se"] is None
+    results = {"methods": {"base": {"uncond": {"n": 8, "fd": 12345.6, "kid": 0.5, "kid_se": 0.25},
+                                    "text": {"n": 1, **one}}}}
+    header, (row,) = evaluate.table_rows(results)
+    cells = dict(zip(header, row))
+    assert cells["FD"] == "12346" and cells["KID"] == "0.5 ± 0.25" and "±" not in cells["CLIP score"]
