@@ -84,8 +84,9 @@ def check_int(value, what: str, minimum: int, maximum: int | None = None) -> int
     """A whole number in ``[minimum, maximum]`` (``3.0`` is accepted, ``3.5`` and ``"x"`` are not)."""
     try:
         v = int(value)
-        # an integer is taken exactly (2**53 + 1 is no float); anything else must be a whole number
-        ok = isinstance(value, numbers.Integral) or v == float(value)
+        # an integer is taken exactly (2**53 + 1 is no float); anything else must be a whole number; True and False
+        # are not counts (max_steps=True trained one step)
+        ok = not isinstance(value, bool) and (isinstance(value, numbers.Integral) or v == float(value))
     except (TypeError, ValueError, OverflowError):
         ok = False
     if maximum is not None and (not ok or not minimum <= v <= maximum):

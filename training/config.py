@@ -122,6 +122,10 @@ class TrainConfig:
             raise ValueError("the domain name is empty: pass --domain NAME")
         if not self.output:
             raise ValueError("no output folder given: pass --output DIR")
+        # switches are True or False (from Python center_crop="false" turned cropping on, resume="no" resumed)
+        for name in ("center_crop", "cache_latents", "use_8bit_adam", "gradient_checkpointing", "ema", "resume", "cpu"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         # whole numbers, exactly (from Python a float or a string came through: max_steps=2.5 trained 3 steps,
         # log_steps=0 divided by zero and capture_images=0 failed after the cache and F_T had run)
         for name, least in (("resolution", 8), ("batch_size", 1), ("gradient_accumulation_steps", 1),

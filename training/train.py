@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -96,6 +96,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     ``lr``) and ``"checkpoint"``."""
     # 1. Accelerator (one GPU, several, several nodes, or CPU), settings, output folder (locked for the run by the
     #    main process; what a killed run left there is removed first).
+    config.validate(1)  # every field checked before anything is built (the processes' count is checked again below)
     output = Path(os.path.expanduser(config.output)).resolve()
     if output.exists() and not output.is_dir():
         raise ValueError(f"the output {str(output)!r} is a file: --output must be a folder (it becomes the domain "
@@ -194,6 +195,14 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         if changed:
             raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
                              f"use the original values or a new --output")
+        # F_T is not made again on a resume: its settings are the run's, from its file, not this command's flags
+        # (nulltext.json and train_config.json recorded --text-init-steps 10 for an F_T of 3 steps)
+        made = _text_feature_settings(output / "text_features.safetensors")
+        given = {k: getattr(config, k) for k in made if getattr(config, k) != made[k]}
+        if given and accelerator.is_main_process:
+            log.info("--resume: the run's text features were made with %s; %s given now are not used",
+                     ", ".join(f"{k}={made[k]}" for k in given), ", ".join(given))
+        config = replace(config, **made)
         # the base model as the run read it (a path as typed, or $INDOMAIN_SD_MODEL, is the same model or not)
         old_base = state.get("sd_identity") or _sd_identity(state["config"].get("sd_model"),
                                                             state["config"].get("preset", config.preset))
@@ -363,8 +372,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
             ema.update(dict(accelerator.unwrap_model(unet).named_parameters()), step)
         last_loss = float(accelerator.reduce(step_loss, reduction="mean"))
         if not math.isfinite(last_loss):
-            raise FloatingPointError(f"the loss became {last_loss} at step {step}: lower --lr, or use bf16 instead "
-                                     f"of fp16; resume from the last checkpoint with --resume")
+            raise FloatingPointError(f"the loss became {last_loss} at step {step}: {_diverged_advice(output)}")
         seen += B
         ips = seen / max(time.perf_counter() - t0, 1e-9)
         losses_log.append(last_loss)
@@ -381,6 +389,16 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
                                    output, step)
             accelerator.wait_for_everyone()
         if step % config.checkpoint_steps == 0 or step == config.max_steps:
+            # the step's loss was measured before its update: the weights about to be saved are tried once on the
+            # same batch (a last update that diverged was saved as a model that made black images, and as a
+            # checkpoint that every --resume then failed from)
+            with torch.no_grad(), accelerator.autocast():
+                after = denoising_loss(unet, latents, None, noise_scheduler, noise=batch["noise"],
+                                       timesteps=batch["timesteps"]).detach()
+            after = float(accelerator.reduce(after, reduction="mean"))
+            if not math.isfinite(after):
+                raise FloatingPointError(f"the model's predictions became {after} after step {step}, so it was not "
+                                         f"saved: {_diverged_advice(output)}")
             if accelerator.is_main_process:
                 metadata.training_steps = step
                 save_checkpoint(output, step, accelerator.unwrap_model(unet), metadata, optimizer, ema,
@@ -402,6 +420,30 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     accelerator.wait_for_everyone()
     end_training(accelerator)
     return output
+
+
+def _diverged_advice(output: Path) -> str:
+    """What to do when training diverged: a lower --lr, from the last checkpoint if there is one."""
+    found = list_checkpoints(output)
+    where = (f"resume from the last checkpoint ({found[-1][1].name}) with --resume" if found else
+             "start again (no checkpoint was written yet)")
+    return f"lower --lr (or use bf16 instead of fp16) and {where}"
+
+
+def _text_feature_settings(path: Path) -> dict:
+    """The ``text_init_*`` settings an ``F_T`` file was made with (:func:`save_text_features`' metadata: its step
+    count, and the key ``[data, base, seed, lr, batch size, images, ...]``); {} where the file or its key is
+    missing or unreadable."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        key = json.loads(meta.get("key") or "null")
+        return dict(text_init_steps=int(meta["steps"]), text_init_lr=float(key[3]),
+                    text_init_batch_size=int(key[4]), text_init_images=int(key[5]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}
 
 
 def _earlier_losses(path: Path, start_step: int) -> list:

@@ -48,6 +48,34 @@ def test_a_diverging_run_is_one_sentence_not_a_traceback(data_dir, tmp_path, cap
     assert code == 2 and "lower --lr" in err and "Traceback" not in err, err
 
 
+def test_a_last_update_that_diverged_is_not_saved_and_the_advice_fits_the_run(data_dir, tmp_path, capsys):
+    """`--lr 100 --max-steps 1`: the step's loss, measured before its update, was finite, so the diverged weights were
+    written as the model ("domain model written"; generate then made black images), and with checkpoints a checkpoint
+    every --resume failed from. The weights about to be saved are tried once now; the advice names the checkpoint
+    to resume from only where there is one."""
+    import launch
+
+    out = tmp_path / "m"
+    code = launch.main(["train", "--preset", "tiny", "--data", str(data_dir), "--output", str(out), "--lr", "100",
+                        "--max-steps", "1", "--batch-size", "2", "--text-init-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "was not saved" in err and "no checkpoint was written yet" in err, err
+    assert not (out / "nulltext.json").exists() and not list(out.glob("training/checkpoints/step-*"))
+
+
+def test_a_resume_records_the_text_features_the_run_made_not_the_flags_given(data_dir, tmp_path):
+    """nulltext.json and train_config.json recorded the resume's --text-init-steps (10) for an F_T made in 3."""
+    import launch
+
+    out = tmp_path / "m"
+    common = ["train", "--preset", "tiny", "--data", str(data_dir), "--output", str(out), "--batch-size", "2",
+              "--checkpoint-steps", "1"]
+    assert launch.main([*common, "--max-steps", "1", "--text-init-steps", "3"]) == 0
+    assert launch.main([*common, "--max-steps", "2", "--resume"]) == 0
+    assert json.loads((out / "nulltext.json").read_text())["extra"]["text_init_steps"] == 3
+    assert json.loads((out / "training" / "train_config.json").read_text())["text_init_steps"] == 3
+
+
 def test_missing_optional_packages_are_refused_before_any_image_is_cached(data_dir, tmp_path, capsys, monkeypatch):
     """``--use-8bit-adam`` without bitsandbytes (or ``--report-to tensorboard`` without tensorboard) was found only
     after the latent cache and the text features were made: on real data a VAE pass and 100 SD1.5 steps."""
@@ -102,3 +130,20 @@ def test_a_stopped_training_says_how_to_continue_it(tmp_path, capsys, monkeypatc
     assert launch.main(args + ["4"]) == 130
     err = capsys.readouterr().err
     assert f"train --resume --output '{out}'" in err and "interrupted" in err
+
+
+def test_the_python_api_checks_every_field_before_anything_is_built(data_dir, tmp_path):
+    """From Python: output=None was a bare TypeError, mixed_precision="fp32" accelerate's message (offering fp8),
+    center_crop="false" turned cropping on and max_steps=True trained one step."""
+    import pytest
+
+    from training.config import TrainConfig
+    from training.train import train_domain
+
+    base = dict(data=str(data_dir), output=str(tmp_path / "m"))
+    for bad, phrase in ((dict(output=None), "no output folder"), (dict(mixed_precision="fp32"), "--mixed-precision"),
+                        (dict(center_crop="false"), "center_crop must be True or False"),
+                        (dict(max_steps=True), "must be a whole number")):
+        with pytest.raises(ValueError, match=phrase):
+            train_domain(TrainConfig.tiny(**{**base, **bad}))
+    assert not (tmp_path / "m").exists()
