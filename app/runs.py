@@ -385,7 +385,10 @@ def _train(config: AppConfig, domain: str, data: str, output: Path, settings: di
     data_dir = _allowed_data_dir(config, data)
     # 2. The config, as the CLI builds it; then train.
     values = dict(settings or {})
-    values.update(domain=domain, data=str(data_dir), output=str(output), device=config.device, dtype=config.dtype)
+    # the app's --device reaches training as the CLI's --cpu (it was dropped: `app --device cpu` trained on the GPU);
+    # its --dtype is the sampling precision, and training keeps the CLI's default precision
+    values.update(domain=domain, data=str(data_dir), output=str(output),
+                  cpu=str(config.device or "").split(":")[0] == "cpu")
     values.update(config.train_overrides)
     cfg = make_config(functools.partial(TrainConfig.for_preset, config.preset), values, fields_of=TrainConfig)
     try:

@@ -1081,3 +1081,17 @@ def test_a_second_signal_while_the_app_stops_does_not_cut_its_cleanup_short(caps
             pass
     assert capsys.readouterr().err.count("still stopping") == 2
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_apps_device_reaches_training(tmp_path, monkeypatch):
+    """`app --device cpu` on a GPU machine trained on the GPU: the device was dropped on the way to TrainConfig."""
+    data = tmp_path / "imgs"
+    data.mkdir()
+    Image.new("RGB", (64, 64)).save(data / "0.png")
+    seen = []
+    monkeypatch.setattr(runs, "train_domain", lambda cfg, progress=None: seen.append(cfg) or cfg.output)
+    for device, cpu in (("cpu", True), ("cuda:1", False), (None, False)):
+        cfg = core.AppConfig(preset="tiny", output_dir=tmp_path / f"out-{device}", data_roots=(tmp_path,),
+                             device=device)
+        runs.run_train(cfg, domain="noise", data=str(data))
+        assert seen[-1].cpu is cpu, device
