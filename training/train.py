@@ -190,8 +190,14 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     sd_hash = model_hashes({"sd": sd_identity}).get("sd")
     if resume_from is not None:  # checked before anything loads: a refused resume costs nothing
         state = json.loads((resume_from / TRAINER_STATE).read_text())
-        changed = [k for k in RESUME_KEYS if k in state["config"] and k != "sd_model"
-                   and state["config"][k] != getattr(config, k)]
+        def same(k):  # the prompt as the run used it: not given there, the domain's (typed out now: the same)
+            then, now = state["config"][k], getattr(config, k)
+            if k == "prompt":
+                then = then or replace(config, prompt=None).resolved_prompt()
+                now = now or config.resolved_prompt()
+            return then == now
+
+        changed = [k for k in RESUME_KEYS if k in state["config"] and k != "sd_model" and not same(k)]
         if changed:
             raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
                              f"use the original values or a new --output")

@@ -74,6 +74,9 @@ def test_a_resume_records_the_text_features_the_run_made_not_the_flags_given(dat
     assert launch.main([*common, "--max-steps", "2", "--resume"]) == 0
     assert json.loads((out / "nulltext.json").read_text())["extra"]["text_init_steps"] == 3
     assert json.loads((out / "training" / "train_config.json").read_text())["text_init_steps"] == 3
+    # the prompt the run used, typed out on the resume, is the same prompt (it was refused as a changed one)
+    assert launch.main([*common, "--max-steps", "3", "--resume", "--prompt", "a photo of a face"]) == 0
+    assert launch.main([*common, "--max-steps", "4", "--resume", "--prompt", "a photo of a cup"]) == 2
 
 
 def test_missing_optional_packages_are_refused_before_any_image_is_cached(data_dir, tmp_path, capsys, monkeypatch):
