@@ -96,13 +96,14 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     ``lr``) and ``"checkpoint"``."""
     # 1. Accelerator (one GPU, several, several nodes, or CPU), settings, output folder (locked for the run by the
     #    main process; what a killed run left there is removed first).
-    config.validate(1)  # every field checked before anything is built (the processes' count is checked again below)
+    # every field, and the optional packages the settings need, checked before anything is built: before the
+    # Accelerator, which warns about a missing tracker first (the processes' count is checked again below)
+    config.validate(1)
     output = Path(os.path.expanduser(config.output)).resolve()
     if output.exists() and not output.is_dir():
         raise ValueError(f"the output {str(output)!r} is a file: --output must be a folder (it becomes the domain "
                          f"model); choose a new folder name")
     check_writable_dir(output)
-    config.check_optional_packages()  # before the Accelerator, which warns about a missing tracker first
     if config.mixed_precision == "fp16" and (config.cpu or not torch.accelerator.is_available()):
         # accelerate turns fp16 autocast off on a CPU: the run trained in float32 without a word, while its
         # text-feature step ran the frozen UNet in float16, ten times slower on a CPU than in float32
