@@ -52,6 +52,7 @@ from suite.threads import continue_threads, kept_threads
 from .checkpoints import (
     EMA,
     TRAINER_STATE,
+    checkpoint_dir,
     list_checkpoints,
     reusable_text_features,
     save_checkpoint,
@@ -202,6 +203,19 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         if changed:
             raise ValueError(f"--resume with changed settings ({', '.join(changed)}) would not continue the same run: "
                              f"use the original values or a new --output")
+        done = int(state["step"])
+        if config.max_steps < done:
+            # the loop would not run and the final save would write the step-`done` weights as the model: a user
+            # who asked for an earlier step got the later one without a word (and the model was rewritten)
+            raise ValueError(f"--resume: the run is already at step {done}, past --max-steps {config.max_steps}, so "
+                             f"there is nothing to train: pass --max-steps above {done} to train further (a kept "
+                             f"earlier checkpoint, {checkpoint_dir(output)}/step-NNNNNN, is itself a domain model)")
+        if config.max_steps == done and _finished_at(output) == done:
+            if accelerator.is_main_process:
+                log.info("--resume: the run already finished at step %d; the model in %s is kept as it is (pass "
+                         "--max-steps above %d to train further)", done, output, done)
+            end_training(accelerator)
+            return output
         # F_T is not made again on a resume: its settings are the run's, from its file, not this command's flags
         # (nulltext.json and train_config.json recorded --text-init-steps 10 for an F_T of 3 steps)
         made = _text_feature_settings(output / "text_features.safetensors")
@@ -427,6 +441,14 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     accelerator.wait_for_everyone()
     end_training(accelerator)
     return output
+
+
+def _finished_at(output: Path) -> int | None:
+    """The step of the finished model in ``output`` (its ``nulltext.json``, written last), or None."""
+    try:
+        return int(json.loads((output / "nulltext.json").read_text())["training_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _diverged_advice(output: Path) -> str:

@@ -149,6 +149,28 @@ def test_interrupted_run_resumes_to_identical_weights(run_a, data_dir, tmp_path)
 
 
 
+def test_a_resume_of_a_finished_run_leaves_its_model_and_asks_for_more_steps(run_a, data_dir, tmp_path):
+    """``--resume --max-steps 4`` on a run at step 6 wrote the step-6 weights as the model without a word (a user
+    who wanted step 4 got step 6), and a resume of a finished run rewrote its model. A run killed after its last
+    checkpoint but before the model was written still gets its model."""
+    import shutil
+
+    out = tmp_path / "model"
+    shutil.copytree(run_a[0], out)
+    model_files = [out / "diffusion_pytorch_model.safetensors", out / "nulltext.json"]
+    before = [p.stat().st_mtime_ns for p in model_files]
+    with pytest.raises(ValueError, match=r"already at step 6, past --max-steps 4.*--max-steps above 6"):
+        train_domain(_cfg(data_dir, out, resume=True, max_steps=4))
+    assert train_domain(_cfg(data_dir, out, resume=True)) == out.resolve()
+    assert [p.stat().st_mtime_ns for p in model_files] == before
+    # killed between the step-6 checkpoint and the model: the resume writes the model, the uninterrupted run's
+    (out / "nulltext.json").unlink()
+    train_domain(_cfg(data_dir, out, resume=True))
+    assert json.loads((out / "nulltext.json").read_text())["training_steps"] == 6
+    a, b = _weights(run_a[0]), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_run_killed_at_a_checkpoint_has_that_steps_validation_sample(data_dir, tmp_path):
     """The sample of a validation step is written before its checkpoint: a run killed right after the checkpoint
     resumes after that step and never made the sample."""
