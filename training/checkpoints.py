@@ -1,8 +1,10 @@
 """Training state on disk: the EMA of the weights, checkpoints and the ``F_T`` file.
 
 Checkpoints are folders ``OUTPUT/training/checkpoints/step-NNNNNN``, each itself a loadable domain-model folder
-plus ``optimizer.pt`` (read back with ``weights_only=True``), ``trainer_state.json`` and, with ``--ema``,
-``ema.safetensors``.
+(the model the run would end with at that step: with ``--ema`` the EMA weights) plus ``optimizer.pt`` (read back
+with ``weights_only=True``), ``trainer_state.json`` and, with ``--ema``, ``training_weights.safetensors`` (the
+weights the optimiser continues from). Checkpoints written before 2026-12-07 hold the raw weights as the model and
+the EMA in ``ema.safetensors``; :func:`load_checkpoint_weights` reads both.
 They are written with :func:`suite.files.atomic_dir` (a hidden temporary folder, fsync, rename): a run killed
 at any moment, even during a checkpoint write, loses at most one checkpoint interval and never corrupts the last
 good checkpoint; a half-written temporary folder is removed by the next checkpoint. Old checkpoints are
@@ -12,6 +14,7 @@ renamed away before they are deleted, so a kill while pruning never leaves a hal
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +24,8 @@ from suite.nulltext import DomainModel
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
+TRAINING_WEIGHTS = "training_weights.safetensors"  # with --ema: the raw weights, beside the EMA model
+OLD_EMA = "ema.safetensors"  # with --ema before 2026-12-07: the EMA, beside the raw weights as the model
 
 
 class EMA:
@@ -42,6 +47,20 @@ class EMA:
         params = dict(module.named_parameters())
         for k, v in self.shadow.items():
             params[k].copy_(v.to(params[k].dtype))
+
+    @contextmanager
+    def applied(self, module: torch.nn.Module):
+        """``module`` with the EMA weights inside the block and its own weights back after it (a copy of them
+        is kept on the CPU meanwhile, not a second module on the device)."""
+        params = dict(module.named_parameters())
+        own = {k: params[k].detach().to("cpu", copy=True) for k in self.shadow}
+        self.copy_to(module)
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for k, v in own.items():
+                    params[k].copy_(v)
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -72,15 +91,38 @@ def save_checkpoint(output: Path, step: int, unet, metadata, optimizer, ema: EMA
     final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
     # A checkpoint of the same step from an earlier attempt that crashed after writing it is replaced.
     with atomic_dir(final) as tmp:
-        DomainModel(unet, metadata).save_pretrained(tmp)
+        if ema is None:
+            DomainModel(unet, metadata).save_pretrained(tmp)
+        else:
+            # the folder is the model the run would end with at this step (a checkpoint picked as a domain model
+            # held the raw weights while the run's model is the EMA's); the raw weights are kept beside it
+            save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()},
+                      str(tmp / TRAINING_WEIGHTS))
+            with ema.applied(unet):
+                DomainModel(unet, metadata).save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        if ema is not None:
-            save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
     for _, old in list_checkpoints(output)[:-keep]:
         discard(old)  # renamed away first: a kill while deleting never leaves a half checkpoint under its name
     remove_leftovers(folders=[root])
     return final
+
+
+def load_checkpoint_weights(folder: Path, ema: bool):
+    """The UNet to continue training from checkpoint ``folder``, and the EMA's weights (None without ``ema``).
+    Refuses ``ema`` for a checkpoint written without it."""
+    from safetensors.torch import load_file
+
+    unet = DomainModel.from_pretrained(folder).unet
+    if not ema:
+        return unet, None
+    if (folder / TRAINING_WEIGHTS).is_file():
+        shadow = {k: v.detach().float().clone() for k, v in unet.named_parameters()}
+        unet.load_state_dict(load_file(str(folder / TRAINING_WEIGHTS)))
+        return unet, shadow
+    if (folder / OLD_EMA).is_file():
+        return unet, load_file(str(folder / OLD_EMA))
+    raise ValueError("--ema was added on --resume but the checkpoint has no EMA: resume without --ema")
 
 
 def reusable_text_features(path: Path, prompt: str, steps: int, key: str = "") -> bool:

@@ -54,6 +54,7 @@ from .checkpoints import (
     TRAINER_STATE,
     checkpoint_dir,
     list_checkpoints,
+    load_checkpoint_weights,
     reusable_text_features,
     save_checkpoint,
     save_text_features,
@@ -309,7 +310,8 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         unet = model.unet
         start_step = 0
     else:
-        unet = DomainModel.from_pretrained(resume_from).unet.to(device)
+        unet, ema_weights = load_checkpoint_weights(resume_from, config.ema)
+        unet = unet.to(device)
         continue_threads(state.get("threads"), "the training run")
         start_step = int(state["step"])
     check_E(unet)
@@ -331,9 +333,7 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     if resume_from is not None:
         optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=True))
         if ema is not None:
-            if not (resume_from / "ema.safetensors").is_file():
-                raise ValueError("--ema was added on --resume but the checkpoint has no EMA: resume without --ema")
-            ema.shadow = {k: v.to(device) for k, v in load_file(str(resume_from / "ema.safetensors")).items()}
+            ema.shadow = {k: v.to(device) for k, v in ema_weights.items()}
         scaler_state = state.get("scaler")
     unet, optimizer = accelerator.prepare(unet, optimizer)
     if scaler_state and accelerator.scaler is not None:
@@ -432,11 +432,9 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
     # 7. Final domain model (EMA weights when EMA is on) written atomically into OUTPUT.
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(unet)
-        if ema is not None:
-            final = copy.deepcopy(final)
-            ema.copy_to(final)
         metadata.training_steps = step
-        DomainModel(final.eval(), metadata).save_pretrained(output)
+        with ema.applied(final) if ema is not None else nullcontext():  # no second UNet on the device
+            DomainModel(final.eval(), metadata).save_pretrained(output)
         _write_losses(train_dir / "losses.json", losses_log)
     accelerator.wait_for_everyone()
     end_training(accelerator)

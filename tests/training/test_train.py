@@ -186,6 +186,56 @@ def test_a_run_killed_at_a_checkpoint_has_that_steps_validation_sample(data_dir,
     assert sorted(p.name for p in (out / "training" / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
 
 
+def test_an_ema_run_resumes_to_identical_weights_and_its_checkpoints_are_the_ema_models(data_dir, tmp_path):
+    """With --ema a checkpoint's folder held the raw weights, though it is itself a domain model and the run's model
+    is the EMA's; now it holds the EMA weights and the raw ones beside them. A run stopped after its step-2
+    checkpoint and resumed ends with the uninterrupted run's model, from the new layout and from the old one
+    (raw weights as the model, the EMA in ema.safetensors)."""
+
+    from safetensors.torch import save_file
+
+    from training.checkpoints import OLD_EMA, TRAINING_WEIGHTS
+
+    cfg = dict(max_steps=4, ema=True, ema_decay=0.9, lr=1e-2)
+    whole = tmp_path / "whole"
+    train_domain(_cfg(data_dir, whole, **cfg))
+    final, last = _weights(whole), _weights(list_checkpoints(whole)[-1][1])
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+    raw = _weights_file(list_checkpoints(whole)[-1][1] / TRAINING_WEIGHTS)
+    assert max(float((raw[k] - final[k]).abs().max()) for k in final) > 1e-4  # the EMA is not the raw weights
+
+    def stop(stage, done, total, info):
+        if stage == "train" and done == 3:
+            raise KeyboardInterrupt
+
+    for layout in ("new", "old"):
+        out = tmp_path / layout
+        with pytest.raises(KeyboardInterrupt):
+            train_domain(_cfg(data_dir, out, **cfg), progress=stop)
+        ckpt = list_checkpoints(out)[-1][1]
+        if layout == "old":  # as a checkpoint written before: the raw weights as the model, the EMA beside them
+            ema_model = _weights(ckpt)
+            old_raw = _weights_file(ckpt / TRAINING_WEIGHTS)
+            save_file({k: ema_model[k] for k in old_raw if k in dict(_named_parameters_of(ckpt))}, str(ckpt / OLD_EMA))
+            save_file(old_raw, str(ckpt / "diffusion_pytorch_model.safetensors"))
+            (ckpt / TRAINING_WEIGHTS).unlink()
+        train_domain(_cfg(data_dir, out, resume=True, **cfg))
+        b = _weights(out)
+        assert all(torch.equal(final[k], b[k]) for k in final), layout
+
+
+def _weights_file(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _named_parameters_of(folder: Path):
+    from suite.nulltext import DomainModel
+
+    return DomainModel.from_pretrained(folder).unet.named_parameters()
+
+
 def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused_across_data(data_dir, tmp_path):
     """Refused on --resume: images renamed or replaced with the same count (only the count was compared, so the run
     went on with other data in another order), --ema left off (the checkpoint's EMA was dropped for good) and
