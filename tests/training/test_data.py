@@ -83,6 +83,28 @@ def test_exif_orientation_resize_crop_and_flip(tmp_path):
     assert crop.min() > 0.99  # the white centre square only
 
 
+def test_center_crop_resamples_only_the_square_it_keeps():
+    """--center-crop resized the whole image before cutting the square out: a 4000 x 10 strip became 204,800 x 512
+    (300 MB) for a 512 crop. The crop is the same as resizing first (to one grey level on a few pixels)."""
+    import subprocess
+    import sys
+
+    smooth = Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 100, 3), dtype=np.uint8)).resize(
+        (300, 111), Image.BICUBIC)
+    big = smooth.resize((round(300 * 64 / 111), 64), Image.BICUBIC)
+    left = (big.width - 64) // 2
+    expected = np.asarray(big.crop((left, 0, left + 64, 64)), dtype=np.float32) / 127.5 - 1
+    got = preprocess(smooth, 64, center_crop=True).permute(1, 2, 0).numpy()
+    assert np.abs(got - expected).max() <= 1.01 / 127.5 and np.abs(got - expected).mean() < 1e-3
+    code = ("import resource; from PIL import Image; from training.data import preprocess; "
+            "im = Image.new('RGB', (4000, 10), (200, 10, 10)); before = resource.getrusage(resource.RUSAGE_SELF)"
+            ".ru_maxrss; t = preprocess(im, 512, center_crop=True); "
+            "print(tuple(t.shape), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    shape, grown_kb = run.stdout.rsplit(")", 1)
+    assert shape + ")" == "(3, 512, 512)" and int(grown_kb) < 100_000, run.stdout  # 300 MB before
+
+
 def test_a_cached_zero123_of_another_recipe_is_set_aside_not_deleted(tmp_path):
     import json
 
