@@ -7,8 +7,8 @@ Everything that consumes predictions (the multi-guidance module, the sampler, SD
 calling form (k-diffusion's ``external.py`` idea).
 
 Parameterisation: every adapter returns **epsilon** (noise) predictions. Models trained with
-v-prediction are converted with ``eps = sqrt(a_t) * v + sqrt(1 - a_t) * z`` where ``a_t = alphas_cumprod[t]``,
-so eps- and v-models can be mixed in one guidance.
+v-prediction are converted with ``eps = sqrt(a_t) * v + sqrt(1 - a_t) * z`` where ``a_t = alphas_cumprod[t]``
+(:func:`alpha_bar_at`: a fractional ``t`` as Euler's noise level), so eps- and v-models can be mixed in one guidance.
 
 Batching (how several denoisers that share a network run in ONE forward): a denoiser *may* define
 
@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_unet_group",
     "evaluate_batched",
     "v_to_eps",
+    "alpha_bar_at",
     "epsilon_scheduler",
     "expand_timestep",
 ]
@@ -67,9 +68,26 @@ def v_to_eps(v: torch.Tensor, z: torch.Tensor, t: torch.Tensor, alphas_cumprod: 
     Not cast back to a half-precision ``v``'s dtype: at high noise ``eps`` is nearly ``z`` (``sqrt(a_t)`` is 0.07 at
     SD's last step), so two models' epsilons differ by less than half precision resolves, and the guidance
     directions ``eps_i - eps_0`` (and the automatic weights measured from them) would be rounding noise."""
-    a = alphas_cumprod.to(device=z.device, dtype=torch.float32)[t.long().to(z.device)]
-    a = a.view(-1, *([1] * (z.ndim - 1)))
+    a = alpha_bar_at(t, alphas_cumprod, z.device).view(-1, *([1] * (z.ndim - 1)))
     return a.sqrt() * v.float() + (1 - a).sqrt() * z.float()
+
+
+def alpha_bar_at(t: torch.Tensor, alphas_cumprod: torch.Tensor, device) -> torch.Tensor:
+    """``alpha_bar`` at timesteps ``t``, in float32. A fractional ``t`` (Euler's and Heun's timesteps, e.g. 946.42) is
+    the noise level those schedulers give it, ``sigma = sqrt((1 - alpha_bar) / alpha_bar)`` interpolated linearly
+    between the neighbouring timesteps (it was read at ``floor(t)``: a v-model's epsilon 2.7e-3 off on the mini
+    base with Euler). A scheduler that rounds ``t`` but keeps another sigma (Karras sigmas in DPM-Solver) conditions
+    the model on the rounded ``t``, and so is the conversion."""
+    a = alphas_cumprod.to(device=device, dtype=torch.float32)
+    t = torch.as_tensor(t, device=device).float()
+    lo = t.floor().long().clamp(0, len(a) - 1)
+    frac = (t - lo).clamp(0, 1)
+    if not bool((frac > 0).any()):
+        return a[lo]
+    hi = (lo + 1).clamp(max=len(a) - 1)
+    sigma = ((1 - a) / a).sqrt()  # inf where alpha_bar is 0 (a zero-terminal-SNR schedule's last step)
+    s = sigma[lo] + frac * (sigma[hi] - sigma[lo])
+    return torch.where(frac > 0, 1 / (1 + s * s), a[lo])
 
 
 def epsilon_scheduler(scheduler):

@@ -153,6 +153,28 @@ def test_v_prediction_conversion_closed_form():
     assert torch.allclose(v_to_eps(v, z, t, alphas), eps, atol=1e-5)
 
 
+def test_v_prediction_conversion_at_eulers_fractional_timesteps():
+    """Euler's timesteps are fractional (946.42) and its latents carry the noise level sigma interpolated between
+    timesteps; the conversion read alpha_bar at floor(t) (the mini base sampled with Euler was 2.7e-3 off diffusers'
+    own pipeline, now 2.3e-4, float rounding). Closed form at each of Euler's steps, on the mini base's schedule (zero
+    terminal SNR: its last alpha_bar is 0)."""
+    from diffusers import EulerDiscreteScheduler
+
+    from suite.presets import sd_ref
+
+    sched = EulerDiscreteScheduler.from_pretrained(sd_ref("mini"), subfolder="scheduler")
+    sched.set_timesteps(20)
+    t, sigma = sched.timesteps.float(), sched.sigmas[:-1].float()
+    assert (t != t.round()).any()
+    a = (1 / (1 + sigma**2)).view(-1, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(len(t), 4, 4, 4, generator=g), torch.randn(len(t), 4, 4, 4, generator=g)
+    z = a.sqrt() * x0 + (1 - a).sqrt() * eps  # what Euler's scale_model_input gives the model
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0
+    got = v_to_eps(v, z, t, sched.alphas_cumprod)
+    assert torch.isfinite(got).all() and (got - eps).abs().max() < 1e-4
+
+
 def gaussian_eps(mu, s2, alphas):
     """Optimal eps for data x0 ~ N(mu, s2 I): E[eps | z_t] = sqrt(1-a)(z - sqrt(a) mu) / (a s2 + 1 - a)."""
 
