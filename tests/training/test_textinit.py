@@ -34,3 +34,26 @@ def test_text_feature_optimisation_lowers_the_loss_with_the_unet_frozen():
     assert l1 < 0.985 * l0, (float(l0), float(l1))
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())  # UNet frozen
     assert all(p.grad is None for p in unet.parameters())
+
+
+def test_text_feature_optimisation_sees_each_image_of_its_subset_once_per_pass():
+    """The paper's 3,200 images at batch 32 for 100 steps are one pass; batches were drawn with replacement, and
+    100 of them saw 2,006 of the 3,200 images."""
+    from diffusers import DDPMScheduler
+
+    from suite.testing import build_tiny_sd
+    from training.textinit import _TensorLatents, optimize_text_features
+
+    parts = build_tiny_sd()
+    seen = []
+
+    class Recorded(_TensorLatents):
+        def get(self, indices, flips, eps):
+            seen.extend(indices)
+            return super().get(indices, flips, eps)
+
+    source = Recorded(torch.randn(40, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
+    optimize_text_features(parts["unet"], None, parts["text_encoder"], parts["tokenizer"],
+                           DDPMScheduler.from_config(parts["scheduler"].config), source, "a photo of a face",
+                           steps=6, batch_size=4, num_images=24, seed=3)
+    assert len(seen) == 24 and len(set(seen)) == 24  # one pass over a 24-image subset of the 40
