@@ -559,13 +559,18 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if use_domain and self.domain_unet is not None and (domain_weight is None or domain_weight != 0):
             # same parameterisation as SD1.5 (a v-prediction base gives a v-prediction domain model)
             terms.append(Term(self._sd(None, unet=self.domain_unet, name="domain"), domain_weight, name="domain"))
-        first_text = None
+        first_text = ref_text = None
         if text is not None or control_image is not None:
             den = self._sd(text if text is not None else neg, control=self._controlnet_input(control_image, None, 1.0,
                                                                                             height, width),
                            name="control", image_embeds=ip_pos)
-            if text is not None and control_image is None and (control_weight is None or control_weight != 0):
-                first_text = den  # the reference of the automatic weights: a prompt switched off is not one
+            if text is not None and (control_weight is None or control_weight != 0):
+                # the reference of the automatic weights (a prompt switched off is not one): SD's own guidance for
+                # the prompt, without the ControlNet's residuals (with them it was the domain prompt's instead)
+                if control_image is None:
+                    first_text = den
+                else:
+                    ref_text = text
             terms.append(Term(den, control_weight, name="control"))
         for i, c in enumerate(extra):
             embeds = self.encode_prompt(c.prompt, clip_skip) if c.prompt else neg
@@ -573,7 +578,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             cn = self._controlnet_input(c.image, c.controlnet, scale, height, width)
             den = self._sd(embeds, unet=c.unet, control=cn, name=c.name or f"control{i}", image_embeds=ip_pos)
             weight = None if check_weight(c.weight, f"the weight of {c.name or 'a control'}") == AUTO else c.weight
-            if first_text is None and c.prompt and c.unet is None and cn is None and weight != 0:
+            if first_text is None and ref_text is None and c.prompt and c.unet is None and cn is None and weight != 0:
                 first_text = den
             terms.append(Term(den, weight, name=c.name or f"control{i}"))
 
@@ -585,6 +590,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             if auto_norm == "direction":
                 if first_text is not None:
                     reference = first_text
+                elif ref_text is not None:
+                    reference = self._sd(ref_text, name="reference", image_embeds=ip_pos)
                 else:
                     metadata = getattr(self.domain_unet, "metadata", None)
                     ref_prompt = self.domain.prompt if self.domain else (metadata.prompt if metadata else "")

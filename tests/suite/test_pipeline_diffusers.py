@@ -516,3 +516,14 @@ def test_a_start_image_of_any_size_is_rounded_down_as_diffusers_img2img_does(tin
         tiny_pipe("x", num_inference_steps=2, seed=1, generator=torch.Generator().manual_seed(1))
     lat = tiny_pipe("x", num_inference_steps=2, seed=0, output_type="latent")
     assert torch.equal(lat.images, lat.latents) and lat.images is not lat.latents
+
+
+def test_automatic_weights_with_a_controlnet_are_balanced_against_sds_guidance_for_the_prompt(full_pipe):
+    """With a prompt and a ControlNet image the automatic weights were balanced against SD's guidance for the domain
+    prompt ("a photo of a face"), not the prompt given, though the README says the domain prompt stands in only
+    when there is no text. The reference is SD with the prompt and without the ControlNet's residuals."""
+    g = full_pipe.build_guidance(prompt="a face, smiling", height=64, width=64, domain_weight=None,
+                                 control_weight=None, control_image=torch.rand(1, 3, 64, 64))
+    ref = g.auto.reference
+    assert torch.equal(ref.encoder_hidden_states, full_pipe.encode_prompt("a face, smiling"))
+    assert ref.control is None
