@@ -55,12 +55,13 @@ def add_arguments(p) -> None:
 
 def config_from_args(args):
     from suite.checks import UserError
+    from suite.images import check_max_megapixels
 
     from .core import AppConfig
 
-    for value, flag in ((args.max_upload_mb, "--max-upload-mb"), (args.max_megapixels, "--max-megapixels")):
-        if value <= 0:
-            raise UserError(f"{flag} must be positive, got {value}")
+    if args.max_upload_mb <= 0:
+        raise UserError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    check_max_megapixels(args.max_megapixels)
     if args.port is not None and args.port > 65535:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
     _check_host(args.host)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .config import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS, MAX_SMOOTH
+
 DEFAULT_DOMAIN = "porcelain"  # the 3D flow's domain whatever the preset, unless --domain or a --domain-model says
 HELP = "text-to-3D: in-domain image -> Zero-1-to-3 NeRF -> SDS refinement with the domain model -> mesh"
 log = logging.getLogger("generators3d")
@@ -27,7 +29,7 @@ def add_arguments(p) -> None:
     from suite.cli import weight_arg
     from suite.rules import rule_arg
 
-    from .config import GEOMETRIES, PRESET_SIZES, PREVIEWS, REF_DEPTH_WEIGHT
+    from .config import GEOMETRIES, MAX_TEXTURE, MIN_TEXTURE, PRESET_SIZES, PREVIEWS, REF_DEPTH_WEIGHT
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -50,7 +52,7 @@ def add_arguments(p) -> None:
                    help="Zero-1-to-3 diffusers folder or hub id (default: $INDOMAIN_ZERO123_MODEL or "
                         "ashawkey/zero123-xl-diffusers; the tiny preset builds a random one)")
     g = p.add_argument_group("stages")
-    g.add_argument("--image-steps", type=int_at_least(0), default=25, help="stage 1 sampling steps (default: %(default)s)")
+    g.add_argument("--image-steps", type=int_at_least(1), default=25, help="stage 1 sampling steps (default: %(default)s)")
     mini_wd = dict(PRESET_SIZES["mini"].image_domain_weights)["porcelain"]
 
     def by_preset(get) -> str:  # "600; mini: 100; tiny: 40": the presets' own values, not copies of them
@@ -137,8 +139,8 @@ def add_arguments(p) -> None:
     e.add_argument("--no-texture", action="store_true",
                    help="no UV texture: the GLB and OBJ carry vertex colours only")
     e.add_argument("--texture-size", type=int, default=None, metavar="PIXELS",
-                   help="side of the baked texture of model.glb and model.obj, 16 to 8192 (default: 1024; mini: 256; "
-                        "tiny: 128)")
+                   help=f"side of the baked texture of model.glb and model.obj, {MIN_TEXTURE} to {MAX_TEXTURE} (default: "
+                        "1024; mini: 256; tiny: 128)")
     e.add_argument("--no-project-reference", action="store_true",
                    help="colour the mesh from the NeRF alone; by default the reference image (stage 1's, or yours) is "
                         "projected onto the faces it sees, which keeps its detail (stripes, dots, print) on that side")
@@ -169,10 +171,6 @@ def add_arguments(p) -> None:
                         preset_later="with --export-only, the preset of the checkpoint's run")
 
 
-MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)
-MAX_MESH_RESOLUTION = 1024  # a 1024^3 density grid is 4 GB of float32
-MAX_FRAMES = 360
-MAX_SMOOTH = 500            # smoothing steps; more only flattens detail further
 
 
 def check_limits(args) -> None:
@@ -191,6 +189,12 @@ def check_limits(args) -> None:
                                ("--mesh-smooth", args.mesh_smooth, MAX_SMOOTH)):
         if value is not None:
             check_count(value, flag, limit, minimum=0, allow_large=large)
+    if args.zero123_steps == 0 and args.refine_steps == 0 and not args.resume and not args.config:
+        from suite.checks import UserError
+
+        # the NeRF's untrained starting blob was exported as the mesh, exit 0
+        raise UserError("--zero123-steps 0 and --refine-steps 0 train no NeRF, so the mesh would be its untrained "
+                        "starting blob: give stage 2 some steps (for stage 1's image alone, use generate)")
     if args.depth_smooth is not None and args.depth_smooth < 0:
         from suite.checks import UserError
 
@@ -256,13 +260,14 @@ def config_from_args(args):
 
     check_limits(args)
     if args.config:
-        given = _flags_given(args, keep=("config", "output", "resume", "device", "dtype"))
+        given = _flags_given(args, keep=("config", "output", "resume", "device", "dtype", "allow_large"))
         if given:
             raise UserError(f"--config repeats a run with the settings of its file, so {', '.join(given)} would be "
                             f"ignored: edit the config.json, or run without --config")
         saved = ThreeDConfig.load(args.config)
         return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,
-                       dtype=args.dtype or saved.dtype, export_only=None).resolved()
+                       dtype=args.dtype or saved.dtype, export_only=None,
+                       allow_large=args.allow_large or saved.allow_large).resolved()
     if args.preset is None:  # an export of a run's checkpoint: its run's preset (a mini run's 80^3 grid, not 256^3)
         args.preset = (_run_preset(args.export_only) if args.export_only else None) or DEFAULT_PRESET
     domain = args.domain or _resumed_domain(args) or chosen_domain(None, args.domain_model) or DEFAULT_DOMAIN
@@ -276,7 +281,8 @@ def config_from_args(args):
               texture=False if args.no_texture else None, texture_size=args.texture_size,
               project_reference=False if args.no_project_reference else None, side_views=args.side_views,
               resume=args.resume, export_only=args.export_only,
-              seed=args.seed, device=args.device, dtype=args.dtype, preview_frames=args.preview_frames,
+              seed=args.seed, allow_large=args.allow_large, device=args.device, dtype=args.dtype,
+              preview_frames=args.preview_frames,
               preview=args.preview, geometry=args.geometry, depth=args.depth, depth_model=args.depth_model,
               depth_weight=args.depth_weight, view_depth_weight=args.view_depth_weight)
     cfg = ThreeDConfig(**kw).resolved()

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from suite.checks import check_finite, check_int, check_range
+from suite.checks import MAX_STEPS, check_finite, check_int, check_range
 
 FORMATS = ("glb", "obj", "ply")
 PREVIEWS = ("mesh", "nerf")  # what preview.gif turns round: the exported mesh (default) or the final NeRF
@@ -169,7 +169,63 @@ class StageConfig:
     sds_background: tuple[float, float, float] | None = None
 
 
-MIN_TEXTURE, MAX_TEXTURE = 16, 8192  # texture side in pixels (8192^2 RGB is 200 MB before PNG compression)
+MAX_SDS_STEPS = 10000       # per stage (threestudio's recipes use 600 to 2000)
+MAX_MESH_RESOLUTION = 1024  # a 1024^3 density grid is 4 GB of float32
+MAX_FRAMES = 360
+MAX_SMOOTH = 500            # smoothing steps; more only flattens detail further
+
+#: the sizes a run's config may set (a --config file or ThreeDConfig from Python skipped the CLI's limits, and the
+#: NeRF's and stages' sizes had none: a hash table of 2^40 entries tried to allocate 70 TB): field -> (limit, why).
+#: ``allow_large`` (--allow-large) lifts them.
+SIZE_LIMITS = {
+    "image_steps": (MAX_STEPS, "sampling steps"),
+    "preview_frames": (MAX_FRAMES, "turntable frames"),
+    "nerf.log2_hashmap_size": (24, "2^24 entries a level: Instant-NGP's largest"),
+    "nerf.n_levels": (32, "hash-grid levels"),
+    "nerf.n_features_per_level": (8, "features a level"),
+    "nerf.base_resolution": (4096, "the coarsest level's grid"),
+    "nerf.hidden": (1024, "the MLP's width"),
+    "nerf.n_hidden_layers": (16, "the MLP's depth"),
+    "nerf.samples_per_ray": (1024, "samples a ray"),
+    "nerf.occupancy_grid": (512, "the occupancy grid's side"),
+    "zero123.steps": (MAX_SDS_STEPS, "SDS steps a stage"),
+    "refine.steps": (MAX_SDS_STEPS, "SDS steps a stage"),
+    "zero123.resolutions": (1024, "pixels a side of the rendered views"),
+    "refine.resolutions": (1024, "pixels a side of the rendered views"),
+    "zero123.batch_sizes": (64, "views a step"),
+    "refine.batch_sizes": (64, "views a step"),
+    "zero123.ref_resolution": (1024, "pixels a side of the reference view"),
+    "refine.ref_resolution": (1024, "pixels a side of the reference view"),
+    "zero123.eikonal_points": (1 << 20, "points a step"),
+    "refine.eikonal_points": (1 << 20, "points a step"),
+    "zero123.normal_smooth_points": (1 << 20, "points a step"),
+    "refine.normal_smooth_points": (1 << 20, "points a step"),
+    "export.resolution": (MAX_MESH_RESOLUTION, "the marching-cubes grid's side: 4 GB of float32 at 1024"),
+    "export.threshold_resolution": (512, "pixels a side of the threshold's views"),
+    "export.smooth": (MAX_SMOOTH, "smoothing steps"),
+    "export.side_views": (16, "views"),
+    "export.side_steps": (MAX_STEPS, "sampling steps"),
+}
+
+
+def check_sizes(cfg) -> None:
+    """Every size in :data:`SIZE_LIMITS` of a resolved ``cfg`` within its limit, unless ``cfg.allow_large``: one
+    sentence naming the field otherwise."""
+    if cfg.allow_large:
+        return
+    for name, (limit, why) in SIZE_LIMITS.items():
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        for v in value if isinstance(value, list | tuple) else (value,):
+            if v is not None and not isinstance(v, bool) and isinstance(v, int | float) and v > limit:
+                raise ValueError(f"{name} is {v}, over the limit of {limit} ({why}): lower it, or lift the limits "
+                                 f"with --allow-large (allow_large=True)")
+
+
+# texture side in pixels: the bake holds several float arrays a texel (peak 0.76 GB at 1024, 3.3 GB at 4096 and about
+# 11 GB at 8192, measured), though the PNG of an 8192^2 texture would be only 200 MB
+MIN_TEXTURE, MAX_TEXTURE = 16, 4096
 MAX_SIDE_VIEWS = 8  # Zero-1-to-3 views of the hidden sides for the export's colours
 
 
@@ -369,6 +425,7 @@ class ThreeDConfig:
     resume: bool = False
     export_only: str | None = None
     seed: int = 0
+    allow_large: bool = False  # lift SIZE_LIMITS (--allow-large)
     threads: int | None = None  # torch CPU threads the run used (recorded; a --resume uses the same: bit-identical)
     device: str | None = None
     dtype: str | None = None

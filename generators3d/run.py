@@ -56,6 +56,7 @@ from .config import (
     ThreeDConfig,
     ThreeDResult,
     absolute_path,
+    check_sizes,
     is_recommended,
     model_ref,
 )
@@ -141,6 +142,7 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
         span = TimestepRange(r.min_step_percent, r.max_step_percent).noise_range()
         check_rule_terms(rule, terms, " (check --guidance-rule)", noise_range=span)
     check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)
+    check_sizes(cfg)  # a config file's or Python's sizes, as the CLI's flags are checked
     if cfg.image:  # read now: a text file, a FIFO or an unusable image is refused before the folder is touched
         image = load_image(cfg.image, "input image (--image)")
         mask = _object_mask(cfg, image)

@@ -243,6 +243,10 @@ def train_stage(field: NeRFField, background: Background, stage: StageConfig, ca
         info["nan_recoveries"] = recoveries
         if progress is not None:
             progress(step + 1, stage.steps, info)
+    if stage.steps and recoveries == stage.steps:  # the untrained field was exported, exit 0 (a weight of 1e300)
+        raise FloatingPointError(f"every one of the stage's {stage.steps} steps gave a non-finite loss or gradient, "
+                                 f"so it learnt nothing: lower the weights or the learning rate you raised (e.g. "
+                                 f"--depth-weight, --depth-smooth)")
     return {"nan_recoveries": recoveries, "last": info}
 
 

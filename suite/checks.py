@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Callable
 
 __all__ = ["UserError", "LaunchError", "Progress", "check_finite", "check_int", "check_range", "finite_float", "int_at_least",
-           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "unrecorded_settings", "warn_unrecorded", "said_changes", "RECORDED_SINCE", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT"]
+           "check_count", "check_weight", "check_prompt", "seed_arg", "changed_settings", "unrecorded_settings", "warn_unrecorded", "said_changes", "RECORDED_SINCE", "format_weight", "format_weights", "AUTO", "RECOMMENDED", "MAX_SEED", "MAX_IMAGES", "MAX_STEPS", "MAX_SIDE", "MAX_WEIGHT", "MAX_PROMPT"]
 
 #: A progress callback: ``progress(stage, done, total, info)`` (``info``: a dict of extra figures, e.g. the loss).
 Progress = Callable[[str, int, int, dict], None]
@@ -141,8 +141,8 @@ def seed_arg(text: str) -> int:
     return v
 
 
-def int_at_least(minimum: int):
-    """An argparse type: a whole number >= ``minimum``."""
+def int_at_least(minimum: int, maximum: int | None = None, why: str = ""):
+    """An argparse type: a whole number >= ``minimum`` (and <= ``maximum``, ``why`` saying what the bound is)."""
 
     def parse(text: str) -> int:
         try:
@@ -151,6 +151,8 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {maximum}{f' ({why})' if why else ''}")
         return v
 
     parse.__name__ = f"int_at_least_{minimum}"
@@ -161,8 +163,10 @@ def int_at_least(minimum: int):
 # ----------------------------------------------------------------------------------------------------------
 # limits on one request: checked at the edge, before any model loads (the CLI's --allow-large lifts the first three)
 MAX_IMAGES = 64        # images per run
-MAX_STEPS = 1000       # sampling / SDS / image steps per run (the paper samples with 100)
+MAX_STEPS = 999        # sampling steps per run (the paper samples with 100; at 1000 a 1000-step schedule takes a
+                       # timestep twice, and the image was black: NaN latents)
 MAX_SIDE = 4096        # pixels per side of a generated image
+MAX_PROMPT = 10_000    # characters of a prompt (the text encoder reads 77 tokens; a JPEG's settings comment holds 64 KB)
 MAX_SEED = 2**32 - 1   # random seeds (numpy's and every torch generator's range)
 MAX_WEIGHT = 100.0     # |w| of any guidance weight (the paper's weights are below 10; 1e308 overflows to black)
 LARGE_HINT = "or pass --allow-large if you really mean it"
@@ -239,4 +243,8 @@ def check_prompt(text: str | None, what: str = "the prompt") -> str:
         bad = next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
         raise UserError(f"{what} is not valid UTF-8 text (it holds the byte 0x{ord(bad) & 0xFF:02x}): type it again, "
                         f"or save the file it came from as UTF-8") from None
-    return text.strip()
+    text = text.strip()
+    if len(text) > MAX_PROMPT:  # sampled in full, then lost at the save (a .jpg's settings comment holds 64 KB)
+        raise UserError(f"{what} is {len(text):,} characters long, over the {MAX_PROMPT:,} allowed: the text encoder "
+                        f"reads only its first 77 tokens (a few hundred characters), so shorten it")
+    return text

@@ -54,7 +54,11 @@ def weight_arg(text: str):
 
 def add_threads_argument(parser) -> None:
     """``--threads N``, on every subcommand (``launch.py`` adds it); :func:`run_main` applies it."""
-    parser.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
+    from .threads import usable_cores
+
+    cores = usable_cores()[1]  # the machine's (a quota or affinity may allow fewer; more than it has is never faster)
+    parser.add_argument("--threads", type=int_at_least(1, cores, f"this machine has {cores} cores"), default=None,
+                        metavar="N",
                         help="torch CPU threads (default: automatic: every core this process may use when the "
                              "machine is idle, fewer when other jobs keep cores busy; $OMP_NUM_THREADS, if set, is "
                              "left to torch)")

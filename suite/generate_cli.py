@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from . import cli
-from .checks import UserError, format_weights, int_at_least
+from .checks import MAX_IMAGES, UserError, format_weights, int_at_least
 
 HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
 log = logging.getLogger("suite")
@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
     b.add_argument("--seeds", default=None, metavar="A-B",
                    help="seeds for every prompt, e.g. 0-99 or 1,5,9-12 (with --prompts-file or --prompt; --output is "
                         "then a folder)")
-    b.add_argument("--batch-size", type=int_at_least(1), default=8,
+    b.add_argument("--batch-size", type=int_at_least(1, MAX_IMAGES, "images in one sampling call"), default=8,
                    help="images per sampling call in a batch; fixed batches, so any number of processes makes the "
                         "same files (default: %(default)s)")
     cli.add_model_arguments(p)

@@ -74,6 +74,20 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
         raise ValueError(_unreadable(what, path, err)) from None
 
 
+def check_max_megapixels(value: float, flag: str = "--max-megapixels") -> float:
+    """A megapixel limit that can take effect: positive, and at most what PIL decodes at all (twice its
+    ``MAX_IMAGE_PIXELS``, 179 MP; --max-megapixels 300 let a 200 MP photo through to PIL's own refusal)."""
+    from .checks import UserError
+
+    most = int(2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6)
+    if not value > 0:
+        raise UserError(f"{flag} must be positive, got {value}")
+    if most and value > most:
+        raise UserError(f"{flag} is {value:g}, but images over {most} megapixels are not decoded at all (PIL's "
+                        f"decompression-bomb guard): give at most {most}, and downscale larger photos first")
+    return value
+
+
 def _bomb(what: str, path: Path) -> str:
     limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
     return (f"the {what} {str(path)!r} claims more than {limit:.0f} megapixels, too large to decode safely "

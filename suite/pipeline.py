@@ -42,6 +42,8 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 from . import models
 from .checks import (
     AUTO,
+    MAX_SIDE,
+    MAX_STEPS,
     UserError,
     check_finite,
     check_guidance_settings,
@@ -57,7 +59,7 @@ from .devices import resolve_device
 from .domains import Domain, domain_from_dict, get_domain
 from .files import OS_METADATA, atomic_dir, is_temporary
 from .guidance import AutoWeights, MultiGuidance, Term
-from .images import to_rgb
+from .images import read_mask, to_rgb
 from .models import resolve
 from .nulltext import NullTextUNet
 from .rules import GuidanceRule, check_rule_terms, format_rule, parse_rule, rule_fits, rule_given
@@ -110,6 +112,24 @@ def _image_size(image) -> tuple[int, int] | None:
     return None
 
 
+MAX_CALL_IMAGES = 1024  # images per prompt in one call (num_images_per_prompt=10**6 tried to allocate 16 GB)
+
+
+def latent_mask(mask, width: int, height: int, factor: int) -> torch.Tensor:
+    """An edit's mask as ``[1, 1, height/factor, width/factor]`` in [0, 1], averaged over each latent pixel's block:
+    the suite's one mask rule (:func:`suite.images.read_mask`: white = may change, black or transparent = kept, gray
+    blends; a file, a PIL image or an array, of the start image's aspect ratio), or a tensor (``H x W``, ``1 x H x W``
+    or ``1 x 1 x H x W``) in [0, 1]."""
+    if isinstance(mask, torch.Tensor):
+        m = mask.detach().cpu().float()
+        while m.ndim > 2 and m.shape[0] == 1:
+            m = m[0]
+        mask = m.numpy()
+    m = read_mask(mask, (width, height), "mask_image", max_pixels=None)
+    small = Image.fromarray(m, mode="F").resize((width // factor, height // factor), Image.Resampling.BOX)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32).clip(0, 1).copy())[None, None]
+
+
 @dataclass
 class InDomainOutput(BaseOutput):
     """``images`` (PIL images, an array for ``output_type="np"``, a tensor for ``"pt"``, and for ``"latent"`` the
@@ -127,6 +147,9 @@ def size_like(w: int, h: int, native: int, multiple: int) -> tuple[int, int]:
     """``(width, height)`` of the output for a control image of ``w x h`` when no size is given: its aspect ratio,
     the longer side the model's ``native`` size, the other rounded to the VAE's ``multiple`` (a 640x480 photo:
     512x384 for SD1.5), as diffusers' ControlNet pipelines take the control image's shape."""
+    if max(w, h) > 8 * min(w, h):  # a 4000x10 strip made a 512x8 output (64x2 on the tiny preset)
+        raise ValueError(f"the control image is {w}x{h}, longer than 8:1, and the output takes its shape: crop it "
+                         f"closer to the picture you want, or give the output's width and height")
     short = max(multiple, round(native * min(w, h) / max(w, h) / multiple) * multiple)
     return (native, short) if w >= h else (short, native)
 
@@ -625,8 +648,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         """diffusers' ``check_inputs``: one clear sentence per bad input; returns ``(steps, images per prompt,
         strength, height, width)`` with the size taken from the start image, the first control image's shape
         (``control_size``, ``(w, h)``: :meth:`size_like`) or the model when not given."""
-        steps = check_int(num_inference_steps, "the number of steps", minimum=1)
-        per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1)
+        # bounds against a typo's allocation (height 100000: 40 GB before any message), as the CLI's, per call
+        steps = check_int(num_inference_steps, "the number of steps", minimum=1, maximum=MAX_STEPS)
+        per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1, maximum=MAX_CALL_IMAGES)
         strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
         check_guidance_settings(domain_weight, control_weight, w0, auto_norm)
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -647,8 +671,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         elif image is None and height is None and width is None and control_size is not None:
             width, height = self.size_like(*control_size)
-        height = self._native_size if height is None else check_int(height, "the height", 1)
-        width = self._native_size if width is None else check_int(width, "the width", 1)
+        height = self._native_size if height is None else check_int(height, "the height", 1, MAX_SIDE)
+        width = self._native_size if width is None else check_int(width, "the width", 1, MAX_SIDE)
         if height % m or width % m:
             w, h = max(m, round(width / m) * m), max(m, round(height / m) * m)
             raise ValueError(f"height and width must be multiples of {m} for this model, got {width}x{height}: "
@@ -701,7 +725,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                  w0: float = 7.0, auto_norm: str = "direction", rectify: bool = True, use_domain: bool = True,
                  ip_adapter_image=None, ip_adapter_image_embeds: list[torch.Tensor] | None = None,
                  clip_skip: int | None = None, guidance=None,
-                 guidance_rule: GuidanceRule | str | None = None) -> InDomainOutput | tuple:
+                 guidance_rule: GuidanceRule | str | None = None, mask_image=None) -> InDomainOutput | tuple:
         """Sample ``num_images_per_prompt`` images per prompt. diffusers' arguments mean what they mean in
         ``StableDiffusionPipeline``; the guidance weights replace ``guidance_scale``.
 
@@ -713,6 +737,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         ``ip_adapter_image_embeds`` (after ``pipe.load_ip_adapter(...)``) are diffusers' (embeddings as
         ``cat([negative, positive])`` per adapter). ``guidance_rule``: a guidance rule or its string
         (:mod:`suite.rules`; ``"paper"`` for none); not given, the domain's recommended one (:meth:`guidance_rule`).
+        ``mask_image`` (with ``image``; white = may change, black = kept, :func:`latent_mask`): after every step the
+        kept part of the latents is replaced by the start image's latents noised to the next step with the same
+        noise (diffusers' inpainting with a plain UNet; blended latent diffusion), so what changes is drawn to fit
+        what is kept. The decoded image is the VAE's everywhere: paste the kept pixels back for exact ones.
         """
         # 1. Check inputs (one clear sentence each).
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
@@ -738,6 +766,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             raise ValueError("give seed or generator, not both: seed=N is a shortcut for "
                              "generator=torch.Generator().manual_seed(N)")
         generator = generator if generator is not None else seeded_generator(seed)
+        if mask_image is not None and image is None:
+            raise ValueError("mask_image says which part of a start image may change: give the image too (image=...)")
+        keep = None if mask_image is None else 1 - latent_mask(mask_image, width, height, self.vae_scale_factor)
         if output_type not in ("pil", "np", "pt", "latent"):  # diffusers falls back to numpy with a warning
             raise ValueError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
         for value, what in ((latents, "latents"), (prompt_embeds, "prompt_embeds"),
@@ -769,6 +800,11 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         #    scheduler steps as an epsilon scheduler.
         sampler = epsilon_scheduler(self.scheduler)  # the guidance's output is epsilon
         sampler.set_timesteps(steps, device=device)
+        if getattr(sampler, "order", 1) == 1 and len(torch.unique(sampler.timesteps)) < len(sampler.timesteps):
+            # a timestep taken twice: the mini world's schedule at 1000 steps made NaN latents and a black image, exit 0
+            raise ValueError(f"{steps} steps take some of this scheduler's timesteps twice ("
+                             f"{len(torch.unique(sampler.timesteps))} distinct of its "
+                             f"{sampler.config.num_train_timesteps}): use fewer steps (the paper samples with 100)")
         timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
         # The guidance: one denoiser built from SD1.5, the domain model and the controls, under the rule the
         # pipeline decides (a recommended rule only where it fits this request's noise range).
@@ -834,6 +870,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                     continue
                 eps = guidance(sampler.scale_model_input(latents, t), t).to(latents.dtype)
                 latents = sampler.step(eps, t, latents, return_dict=False)[0]
+                if keep is not None:  # the kept part: the start image's latents at the next step's noise level
+                    known = init if i + 1 == len(timesteps) else sampler.add_noise(
+                        init, noise, timesteps[i + 1:i + 2].repeat(num_images))
+                    latents = latents + keep.to(latents.device) * (known - latents)
                 if callback_on_step_end is not None:
                     # in the networks' dtype, as diffusers gives them (a preview decoding them with the VAE); the
                     # float32 state is kept unless the callback changed them

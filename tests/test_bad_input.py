@@ -66,21 +66,26 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
     typed = ThreeDConfig(prompt="a vase", preset="tiny").resolved().to_dict()
     typed["zero123"]["steps"] = "ten"
     (tmp / "in" / "typed-config.json").write_text(json.dumps(typed))
+    huge = ThreeDConfig(prompt="a vase", preset="tiny").resolved().to_dict()
+    huge["nerf"]["log2_hashmap_size"] = 40  # 70 TB
+    (tmp / "in" / "huge-config.json").write_text(json.dumps(huge))
     relabelled = tmp / "in" / "relabelled-domain"  # float32 tensors whose header says int32
     shutil.copytree(tiny_dir / "domain-face", relabelled)
     weights = relabelled / "diffusion_pytorch_model.safetensors"
     raw = weights.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     weights.write_bytes(raw[:8] + raw[8:8 + n].replace(b'"F32"', b'"I32"') + raw[8 + n:])
+    Image.new("RGB", (4000, 10), "gray").save(tmp / "in" / "strip.png")
+    Image.new("RGB", (1, 1), "gray").save(tmp / "in" / "dot.png")
     (tmp / "out").mkdir()
     (tmp / "out" / "x.png").mkdir()  # an existing folder with a file's name
     (tmp / "out" / "a-file").write_text("")
     return dict(photo=photo, mask=tmp / "in" / "square-mask.png", notes=tmp / "in" / "notes.png", broken=broken,
                 pickled=pickled, config=tmp / "in" / "bad-config.json", onefile=tmp / "in" / "finetune.safetensors", fifo=tmp / "in" / "fifo.png",
                 white=tmp / "in" / "white.png", textchunk=tmp / "in" / "textchunk.png",
-                typed=tmp / "in" / "typed-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
+                typed=tmp / "in" / "typed-config.json", huge=tmp / "in" / "huge-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
                 controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet", mixed=mixed,
-                tinydomain=tiny_dir / "domain-face")
+                tinydomain=tiny_dir / "domain-face", strip=tmp / "in" / "strip.png", dot=tmp / "in" / "dot.png")
 
 
 G = ["generate", "--preset", "tiny", "--steps", "1"]
@@ -97,6 +102,12 @@ CASES = [
     ("generate: output folder missing", G + ["--output", "{out}/no/a.png"], "does not exist"),
     ("generate: unknown format", G + ["--output", "{out}/a.bmpx"], "unknown image format"),
     ("generate: negative width", G + ["--width", "-64", "--output", "{out}/a.png"], "must be at least 8"),
+    ("generate: a prompt of 100,000 characters", G + ["--prompt", "a" * 100_000, "--output", "{out}/a.jpg"],
+     "100,000 characters long, over the 10,000 allowed"),
+    ("generate: a batch of a million", G + ["--prompt", "x", "--seeds", "0-3", "--batch-size", "1000000", "--output",
+                                            "{out}/batch"], "must be at most 64 (images in one sampling call)"),
+    ("generate: a 4000x10 control image", G + ["--prompt", "x", "--control-image", "{strip}", "--output",
+                                                "{out}/a.png"], "longer than 8:1"),
     ("generate: zero height", G + ["--height", "0", "--output", "{out}/a.png"], "must be at least 8"),
     ("generate: huge image", G + ["--width", "100000", "--height", "100000", "--output", "{out}/a.png"],
      "more than the limit of 4096"),
@@ -106,7 +117,7 @@ CASES = [
     ("generate: a billion images", G + ["--num-images", "1000000000", "--output", "{out}/a.png"],
      "more than the limit of 64"),
     ("generate: a hundred million steps", G + ["--steps", "100000000", "--output", "{out}/a.png"],
-     "more than the limit of 1000"),
+     "more than the limit of 999"),
     ("generate: zero steps", G + ["--steps", "0", "--output", "{out}/a.png"], "must be at least 1"),
     ("generate: truncated domain weights", G + ["--domain-model", "{broken}", "--output", "{out}/a.png"],
      "could not read domain model"),
@@ -188,11 +199,22 @@ CASES = [
      "runs no step, so the photo would come back unchanged: raise --steps to at least 4"),
     ("edit: output is the photo itself", E + ["--image", "{photo}", "--output", "{photo}"],
      "is the --image file itself: the edit would replace your original"),
+    ("edit: --mask-blend without a mask", E + ["--image", "{photo}", "--mask-blend", "--output", "{out}/e.png"],
+     "give the --mask too"),
+    ("edit: a 1x1 photo", E + ["--image", "{dot}", "--output", "{out}/e.png"], "would be mostly invented"),
+    ("edit: more megapixels than PIL decodes", E + ["--image", "{photo}", "--max-megapixels", "300", "--output",
+                                                    "{out}/e.png"], "give at most 178"),
     ("edit: a billion images", E + ["--image", "{photo}", "--num-images", "1000000000", "--output", "{out}/e.png"],
      "more than the limit of 64"),
     # 3d
     ("3d: prompt with invalid bytes", T + ["--prompt", BAD_UTF8, "--output", "{out}/run"], "not valid UTF-8"),
     ("3d: empty prompt", T + ["--prompt", "   ", "--output", "{out}/run"], "the prompt is empty"),
+    ("3d: a config asking for 70 TB", ["3d", "--config", "{huge}", "--output", "{out}/run"],
+     "nerf.log2_hashmap_size is 40, over the limit of 24"),
+    ("3d: no NeRF steps at all", ["3d", "--preset", "tiny", "--zero123-steps", "0", "--refine-steps", "0", "--prompt",
+                                  "a vase", "--output", "{out}/run"], "train no NeRF"),
+    ("3d: zero image steps", T + ["--prompt", "a vase", "--image-steps", "0", "--output", "{out}/run"],
+     "must be at least 1"),
     ("3d: mesh resolution 0", T + ["--prompt", "a vase", "--mesh-resolution", "0", "--output", "{out}/run"],
      "must be at least 16"),
     ("3d: output is a file", T + ["--prompt", "a vase", "--output", "{out}/a-file"], "is a file"),
@@ -221,9 +243,9 @@ CASES = [
     ("3d: bad guidance rule", T + ["--prompt", "a vase", "--guidance-rule", "clamp=0", "--output", "{out}/run"],
      "clamp=0 would remove all guidance"),
     ("3d: texture size 0", T + ["--prompt", "a vase", "--texture-size", "0", "--output", "{out}/run"],
-     "give --texture-size a whole number of pixels from 16 to 8192"),
+     "give --texture-size a whole number of pixels from 16 to 4096"),
     ("3d: texture size 100000", T + ["--prompt", "a vase", "--texture-size", "100000", "--output", "{out}/run"],
-     "give --texture-size a whole number of pixels from 16 to 8192"),
+     "give --texture-size a whole number of pixels from 16 to 4096"),
     ("3d: height -1 m", T + ["--prompt", "a vase", "--height-m", "-1", "--output", "{out}/run"],
      "give --height-m a positive number of metres"),
     ("3d: height 0 m", T + ["--prompt", "a vase", "--height-m", "0", "--output", "{out}/run"],
@@ -322,4 +344,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 45, "edit": 12, "3d": 23, "train": 10, "app": 4}, json.dumps(per)
+    assert per == {"generate": 48, "edit": 15, "3d": 26, "train": 10, "app": 4}, json.dumps(per)

@@ -15,7 +15,7 @@ DEFAULT_METHODS = ("base", "ours")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from suite.checks import int_at_least, seed_arg
+    from suite.checks import MAX_IMAGES, int_at_least, seed_arg
     from suite.cli import add_model_arguments
 
     g = p.add_argument_group("what to compare")
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompts for text alignment, one a line (or JSON lines with prompt and seed): one image per "
                         "prompt and --seeds seed per method")
     s.add_argument("--seeds", default=None, metavar="A-B", help="seeds of each prompt (default: 0-3)")
-    s.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per sampling call (default: 8)")
+    s.add_argument("--batch-size", type=int_at_least(1, MAX_IMAGES, "images in one sampling call"), default=8, help="images per sampling call (default: 8)")
     s.add_argument("--steps", type=int_at_least(1), default=None, help="sampling steps (default: 25)")
     f = p.add_argument_group("features")
     f.add_argument("--features", default=None, metavar="NET",

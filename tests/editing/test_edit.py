@@ -12,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("cv2")
 from editing import EditResult, edit_photo
-from editing.align import face_region
+from editing.align import extract, face_region
 from suite.pipeline import InDomainPipeline, report_steps
 
 from .common import FixedDetector, face_at, photo_array
@@ -142,6 +142,35 @@ def test_user_mask_limits_the_change(pipe):
     out = np.asarray(res.images[0])
     assert np.array_equal(out[mask == 0], photo[mask == 0])
     assert (out[mask > 0] != photo[mask > 0]).any()
+
+
+def test_a_user_mask_also_holds_the_denoising_of_the_part_it_keeps(pipe, monkeypatch):
+    """mask_blend=True: the pipeline gets the user's mask in the crop's frame (mask_image), so the kept part holds the
+    denoising; by default (measured better on the mini faces) the whole crop is redrawn and only the mask pasted."""
+    photo = photo_array(120, 160, seed=9)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[:55] = 255  # the top of the photo (a hat's place), about half of the face's crop
+    given = []
+    call = type(pipe).__call__
+
+    def spy(self, *a, **kw):
+        given.append(kw.get("mask_image"))
+        return call(self, *a, **kw)
+
+    monkeypatch.setattr(type(pipe), "__call__", spy)
+    face = face_at((80.0, 55.0), 10.0)
+    for blend in (True, False):
+        res = edit_photo(pipe, Image.fromarray(photo), strength=1.0, mask=Image.fromarray(mask), steps=2,
+                         detector=FixedDetector(face), mask_blend=blend)
+        out = np.asarray(res.images[0])
+        assert np.array_equal(out[mask == 0], photo[mask == 0])
+    crop_mask, none = given
+    assert none is None and crop_mask.shape == (64, 64)
+    edit_photo(pipe, Image.fromarray(photo), strength=1.0, mask=Image.fromarray(mask), steps=2,
+               detector=FixedDetector(face))
+    assert given[-1] is None  # the default
+    expected = extract(mask.astype(np.float32) / 255, face_region(face, 64))
+    assert np.abs(crop_mask - expected).max() < 1e-6 and 0.2 < crop_mask.mean() < 0.8
 
 
 def test_all_faces_or_the_largest(pipe, caplog):

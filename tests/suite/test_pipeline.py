@@ -126,13 +126,52 @@ def test_start_image_strength_zero_returns_vae_roundtrip(tiny_pipe):
     assert torch.allclose(out.latents, init * tiny_pipe.vae.config.scaling_factor, atol=1e-6)
 
 
+def test_a_masked_edit_keeps_the_start_latents_where_the_mask_is_black(tiny_pipe):
+    """mask_image (blended latent diffusion, as diffusers' inpainting with a plain UNet): after every step the kept
+    part is the start image's latents at the next step's noise, so at the end it is the start image's latents,
+    whatever the prompt; the white part changes with it. An all-white mask is no mask."""
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    kw = dict(image=img, strength=0.8, num_inference_steps=5, seed=0, output_type="latent", control_weight=5.0)
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, 32:] = 1  # the right half may change
+    a = tiny_pipe("wearing glasses", mask_image=mask, **kw).latents
+    b = tiny_pipe("a smiling face with a hat", mask_image=mask, **kw).latents
+    init = tiny_pipe("wearing glasses", **{**kw, "strength": 0.0}).latents  # the start latents, same draw
+    torch.testing.assert_close(a[..., :4], init[..., :4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(b[..., :4], init[..., :4], atol=1e-5, rtol=0)
+    assert (a[..., 4:] - b[..., 4:]).abs().mean() > 1e-3
+    free = tiny_pipe("wearing glasses", **kw).latents
+    assert torch.equal(tiny_pipe("wearing glasses", mask_image=torch.ones(1, 1, 64, 64), **kw).latents, free)
+    with pytest.raises(ValueError, match="give the image too"):
+        tiny_pipe("x", mask_image=mask, num_inference_steps=2)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        tiny_pipe("x", mask_image=np.ones((64, 32), np.float32), **kw)
+
+
 @pytest.mark.parametrize("bad,match", [(dict(num_inference_steps=0), "steps"), (dict(strength=1.5), "strength"),
                                        (dict(domain_weight=float("nan")), "domain weight"),
                                        (dict(num_images_per_prompt="two"), "number of images"),
-                                       (dict(height=63), "multiples")])
+                                       (dict(height=63), "multiples"),
+                                       # a typo's size is one sentence, not an allocation of 40 / 16 / 7 GB
+                                       (dict(height=100000), "from 1 to 4096"),
+                                       (dict(num_images_per_prompt=10**6), "from 1 to 1024"),
+                                       (dict(num_inference_steps=10**9), "from 1 to 999")])
 def test_bad_arguments_give_one_sentence(tiny_pipe, bad, match):
     with pytest.raises(ValueError, match=match):
         tiny_pipe("x", **bad)
+
+
+def test_steps_that_take_a_timestep_twice_are_one_sentence(tiny_pipe):
+    """At 1000 steps the mini world's schedule takes a timestep twice: NaN latents, a black image and exit 0."""
+    import copy
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = copy.copy(tiny_pipe)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config, num_train_timesteps=100)
+    with pytest.raises(ValueError, match="take some of this scheduler's timesteps twice"):
+        pipe("x", num_inference_steps=150)
+    assert np.isfinite(pipe("x", num_inference_steps=50, output_type="np").images).all()
 
 
 def test_long_prompt_is_truncated_with_warning(tiny_pipe, caplog):

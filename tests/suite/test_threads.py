@@ -59,9 +59,11 @@ def test_automatic_choice_is_applied_and_logged(monkeypatch, caplog):
 
 def test_threads_flag_is_applied_and_the_callers_setting_restored(tmp_path, tiny_dir, monkeypatch):
     import suite.generate_cli as generate_cli
+    import suite.threads
 
     real, seen = generate_cli.main, []
     monkeypatch.setattr(generate_cli, "main", lambda args: (seen.append(torch.get_num_threads()), real(args))[1])
+    monkeypatch.setattr(suite.threads, "usable_cores", lambda: (4, 4))  # --threads is at most the machine's cores
     before = torch.get_num_threads()
     assert launch.main(["generate", "--preset", "tiny", "--steps", "1", "--threads", "3",
                         "--output", str(tmp_path / "x.png")]) == 0
@@ -116,3 +118,12 @@ def test_models_load_in_several_threads_at_once(tiny_dir):
     assert not errors, errors
     assert torch.nn.Module.register_parameter is original
     load_sd(str(tiny_dir / "sd"))  # and alone afterwards
+
+
+def test_more_threads_than_the_machine_has_cores_is_one_sentence(capsys, monkeypatch):
+    """--threads 100000 was taken: torch tried to start the threads and failed with a 94-line traceback."""
+    import suite.threads
+
+    monkeypatch.setattr(suite.threads, "usable_cores", lambda: (2, 2))
+    assert launch.main(["generate", "--preset", "tiny", "--threads", "100000", "--output", "x.png"]) == 2
+    assert "must be at most 2 (this machine has 2 cores)" in capsys.readouterr().err
