@@ -50,10 +50,42 @@ def _skin(rgb: np.ndarray, points: dict) -> np.ndarray:
     return np.mean(vals, 0) / 255
 
 
+#: where each attribute goes, in the face's frame: u along the eye line, v towards the chin, both in units of the
+#: distance between the eyes' centres, from their midpoint (a mask a person would paint for that edit)
+MASK_REGIONS = {"a hat": dict(v=(-9.0, -0.45)), "glasses": dict(u=(-1.05, 1.05), v=(-0.45, 0.4)),
+                "earrings": dict(u=(0.75, 1.7), v=(0.15, 1.4), mirrored=True)}
+
+
+def attribute_mask(points: dict, attribute: str, shape: tuple[int, int]) -> np.ndarray:
+    """The ``[H, W]`` mask (1 = may change, edges softened over a tenth of the eye distance) for an edit that adds
+    ``attribute`` to the face with landmarks ``points`` (:data:`MASK_REGIONS`)."""
+    from PIL import Image, ImageFilter
+
+    left, right = np.array(points["eye_left"]), np.array(points["eye_right"])
+    d = float(np.linalg.norm(right - left))
+    ex = (right - left) / d
+    ey = np.array([-ex[1], ex[0]])
+    mid = (left + right) / 2
+    if np.dot(np.array(points["chin"]) - mid, ey) < 0:
+        ey = -ey
+    yy, xx = np.mgrid[:shape[0], :shape[1]] + 0.5
+    u = ((xx - mid[0]) * ex[0] + (yy - mid[1]) * ex[1]) / d
+    v = ((xx - mid[0]) * ey[0] + (yy - mid[1]) * ey[1]) / d
+    spec = MASK_REGIONS[attribute]
+    u_lo, u_hi = spec.get("u", (-99.0, 99.0))
+    v_lo, v_hi = spec["v"]
+    uu = np.abs(u) if spec.get("mirrored") else u
+    m = ((uu > u_lo) & (uu < u_hi) & (v > v_lo) & (v < v_hi)).astype(np.float32)
+    soft = Image.fromarray((m * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(max(0.1 * d, 0.5)))
+    return np.asarray(soft, dtype=np.float32) / 255
+
+
 def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 25, seed: int = 0,
-        guidance: dict | None = None) -> dict:
+        guidance: dict | None = None, mask: str = "none") -> dict:
     """``guidance``: ``domain_weight``, ``control_weight``, ``guidance_rule`` for :func:`editing.edit.edit_photo`
-    (not given: the face preset's own, as ``launch.py edit`` uses)."""
+    (not given: the face preset's own, as ``launch.py edit`` uses). ``mask``: ``"none"``, ``"blend"`` (the
+    attribute's :func:`attribute_mask` as the edit's mask: the kept part holds the denoising and is pasted back) or
+    ``"paste"`` (the same mask, pasted only: the whole crop redrawn)."""
     from PIL import Image
 
     from editing.align import extract, face_region
@@ -92,17 +124,16 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
                 row.append(Image.new("RGB", (64, 64), "white"))  # keeps the grid's columns
                 continue
             for s in strengths:
+                masked = {} if mask == "none" else dict(  # within the crop (the rest is never edited)
+                    mask=Image.fromarray((attribute_mask(r["points"], attribute, rgb.shape[:2]) * _inside(
+                        face_region(face, 64), rgb.shape[:2], margin=-1) * 255).round().astype(np.uint8)),
+                    mask_blend=mask == "blend")
                 res = edit_photo(pipe, Image.fromarray(rgb), prompt=prompt, strength=s, steps=steps, seed=seed,
-                                 detector=GivenLandmarks([face]), **(guidance or {}))
+                                 detector=GivenLandmarks([face]), **masked, **(guidance or {}))
                 edited = np.asarray(res.images[0].convert("RGB"))
                 after, photo, crop1 = read(edited, face)
                 changed = np.any(edited != rgb, -1)
-                region = res.regions[0]
-                yy, xx = np.mgrid[:rgb.shape[0], :rgb.shape[1]] + 0.5
-                inv = np.linalg.inv(np.vstack([region.matrix, [0, 0, 1]]))
-                u = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]
-                v = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
-                inside = (u > -1) & (u < region.size[0] + 1) & (v > -1) & (v < region.size[1] + 1)
+                inside = _inside(res.regions[0], rgb.shape[:2]) > 0
                 skin_change = float(np.abs(_skin(edited, r["points"]) - skin0).mean())
                 others_before = {a for a in before if a != attribute}
                 others_after = {a for a in after if a != attribute}
@@ -120,6 +151,7 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
     summary = _summary(results, prompts, strengths)
     dlib = _dlib(records)
     result = dict(num=num, steps=steps, seed=seed, strengths=list(strengths), prompts=prompts, guidance=guidance or {},
+                  mask=mask,
                   weights=res.weights[0] if results else None,
                   guidance_rule=res.guidance_rule if results else None, summary=summary, dlib=dlib,
                   edits=results, seconds=round(seconds, 1))
@@ -132,6 +164,17 @@ def run(output, num: int = 20, strengths=STRENGTHS, prompts=None, steps: int = 2
                                 col_labels=["photo", "crop"] + [f"{a} @{strengths[-1]}" for a in prompts.values()],
                                 label_w=60), out / "grid.png")
     return result
+
+
+def _inside(region, shape, margin: float = 1.0) -> np.ndarray:
+    """1 on the photo's pixels that the crop ``region`` covers (with ``margin`` pixels of the crop around it), else
+    0."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]] + 0.5
+    inv = np.linalg.inv(np.vstack([region.matrix, [0, 0, 1]]))
+    u = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]
+    v = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
+    return ((u > -margin) & (u < region.size[0] + margin) & (v > -margin) & (v < region.size[1] + margin)).astype(
+        np.float32)
 
 
 def _summary(results, prompts, strengths) -> dict:
@@ -187,7 +230,8 @@ def markdown(result: dict) -> str:
     lines.append("")
     if result.get("weights"):
         lines.append(f"guidance: {result['weights']}, rule {result.get('guidance_rule') or 'paper'}"
-                     f"{' (given: ' + str(result['guidance']) + ')' if result.get('guidance') else ' (the preset’s)'}")
+                     f"{' (given: ' + str(result['guidance']) + ')' if result.get('guidance') else ' (the preset’s)'}"
+                     f"; mask: {result.get('mask', 'none')}")
     lines.append("dlib: not installed" if d is None else
                  f"dlib found {d['found']} of {d['of']} faces (last detector tried: {d['last_detector']}); landmark "
                  f"error {d['error']} of the outer-eye distance")
@@ -213,6 +257,10 @@ def main(argv=None) -> int:
     p.add_argument("--domain-weight", type=weight_arg, default=None, help="w_d (a number or auto; default: the face preset's)")
     p.add_argument("--control-weight", type=weight_arg, default=None, help="w_c (a number or auto; default: the face preset's)")
     p.add_argument("--guidance-rule", default=None, help="a guidance rule (suite.rules; default: the face preset's)")
+    p.add_argument("--mask", choices=("none", "blend", "paste"), default="none",
+                   help="edit with a mask over where the attribute goes, drawn from the landmarks (MASK_REGIONS): "
+                        "blend = as launch.py edit --mask (the kept part holds the denoising), paste = the whole crop "
+                        "redrawn and only the mask pasted (default: %(default)s)")
     args = p.parse_args(argv)
     if args.num < 1 or args.steps < 1:
         p.error("--num and --steps must be at least 1")
@@ -234,7 +282,7 @@ def main(argv=None) -> int:
         result = run(args.output, args.num, strengths=tuple(args.strengths),
                      prompts={k: {**PROMPTS, **SHORT_PROMPTS}[k] for k in args.prompts} if args.prompts else None,
                      steps=args.steps,
-                     seed=args.seed, guidance=guidance)
+                     seed=args.seed, guidance=guidance, mask=args.mask)
     except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting: one sentence
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=20, help="how many photos (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="the photos' side in pixels (default: %(default)s)")
+    p.add_argument("--masks", action="store_true",
+                   help="also write face-NN.hat-mask.png and face-NN.glasses-mask.png, masks over where a hat and "
+                        "glasses go (bench.miniworld.face_edit.MASK_REGIONS), for edit --mask")
     args = p.parse_args(argv)
     if args.num < 1 or args.size < 64:
         p.error("--num must be at least 1 and --size at least 64")
@@ -62,6 +65,17 @@ def main(argv=None) -> int:
     claim_output(args.output, "bench.miniworld.face_photos", ("face-*.landmarks.json",))  # a user's folder: refused
     for r in write_photos(args.output, args.num, args.seed, args.size):
         print(r["image"], ", ".join(r["truth"]["attributes"]) or "(no attributes)")
+        if args.masks:
+            from PIL import Image
+
+            from suite.images import save_image_atomic
+
+            from .face_edit import attribute_mask
+
+            for attribute, name in (("a hat", "hat"), ("glasses", "glasses")):
+                m = attribute_mask(r["points"], attribute, (args.size, args.size))
+                save_image_atomic(Image.fromarray((m * 255).round().astype(np.uint8)),
+                                  Path(r["image"]).with_suffix(f".{name}-mask.png"))
     return 0
 
 
