@@ -123,6 +123,8 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
     check_guidance_settings(domain_weight, control_weight, w0, auto_norm)
     if isinstance(guidance_rule, str):
         parse_rule(guidance_rule)  # a rule that does not parse: its sentence now
+    if mask_blend and mask is None:
+        raise ValueError("mask_blend (--mask-blend) holds the part a mask keeps: give the mask too")
     if whole_image and framing not in (None, "whole"):
         raise ValueError(f"whole_image (--whole-image) edits the whole photo, but framing (--framing) is {framing!r}: "
                          f"drop one of the two")

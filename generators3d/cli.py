@@ -192,7 +192,8 @@ def check_limits(args) -> None:
     if args.zero123_steps == 0 and args.refine_steps == 0 and not args.resume and not args.config:
         from suite.checks import UserError
 
-        # the NeRF's untrained starting blob was exported as the mesh, exit 0
+        # the NeRF's untrained starting blob was exported as the mesh, exit 0 (from Python, a test's quick run may
+        # ask for it on purpose)
         raise UserError("--zero123-steps 0 and --refine-steps 0 train no NeRF, so the mesh would be its untrained "
                         "starting blob: give stage 2 some steps (for stage 1's image alone, use generate)")
     if args.depth_smooth is not None and args.depth_smooth < 0:

@@ -203,7 +203,7 @@ SIZE_LIMITS = {
     "export.resolution": (MAX_MESH_RESOLUTION, "the marching-cubes grid's side: 4 GB of float32 at 1024"),
     "export.threshold_resolution": (512, "pixels a side of the threshold's views"),
     "export.smooth": (MAX_SMOOTH, "smoothing steps"),
-    "export.side_views": (16, "views"),
+    "export.texture_size": (4096, "pixels a side: the bake's peak memory is 3.3 GB at 4096, about 11 GB at 8192"),
     "export.side_steps": (MAX_STEPS, "sampling steps"),
 }
 
@@ -223,9 +223,9 @@ def check_sizes(cfg) -> None:
                                  f"with --allow-large (allow_large=True)")
 
 
-# texture side in pixels: the bake holds several float arrays a texel (peak 0.76 GB at 1024, 3.3 GB at 4096 and about
-# 11 GB at 8192, measured), though the PNG of an 8192^2 texture would be only 200 MB
-MIN_TEXTURE, MAX_TEXTURE = 16, 4096
+# texture side in pixels (8192^2 RGB is 200 MB before PNG compression); above 4096 only with --allow-large
+# (SIZE_LIMITS): the bake holds several float arrays a texel, peak 0.76 GB at 1024, 3.3 GB at 4096, about 11 GB at 8192
+MIN_TEXTURE, MAX_TEXTURE = 16, 8192
 MAX_SIDE_VIEWS = 8  # Zero-1-to-3 views of the hidden sides for the export's colours
 
 

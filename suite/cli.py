@@ -59,7 +59,8 @@ def add_threads_argument(parser) -> None:
     cores = usable_cores()[1]  # the machine's (a quota or affinity may allow fewer; more than it has is never faster)
     parser.add_argument("--threads", type=int_at_least(1, cores, f"this machine has {cores} cores"), default=None,
                         metavar="N",
-                        help="torch CPU threads (default: automatic: every core this process may use when the "
+                        help=f"torch CPU threads, at most {cores} here (default: automatic: every core this process "
+                             "may use when the "
                              "machine is idle, fewer when other jobs keep cores busy; $OMP_NUM_THREADS, if set, is "
                              "left to torch)")
 
@@ -135,7 +136,8 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"images per run, at most {MAX_IMAGES} (default: %(default)s)")
     g.add_argument("--allow-large", action="store_true",
                    help=f"lift the limits on --num-images ({MAX_IMAGES}), --steps ({MAX_STEPS}) and --width/--height "
-                        f"({MAX_SIDE}) for machines and runs that need more")
+                        f"({MAX_SIDE}) for machines and runs that need more, up to the Python API's (1024 images, "
+                        f"16384 pixels, fewer steps than the model's schedule has timesteps)")
 
 
 def check_request(args) -> None:

@@ -79,8 +79,8 @@ def alpha_bar_at(t: torch.Tensor, alphas_cumprod: torch.Tensor, device) -> torch
     base with Euler). A scheduler that rounds ``t`` but keeps another sigma (Karras sigmas in DPM-Solver) conditions
     the model on the rounded ``t``, and so is the conversion."""
     a = alphas_cumprod.to(device=device, dtype=torch.float32)
-    t = torch.as_tensor(t, device=device).float()
-    lo = t.floor().long().clamp(0, len(a) - 1)
+    t = torch.as_tensor(t, device=device).float().clamp(0, len(a) - 1)  # 1000 of a 1000-step table: its last
+    lo = t.floor().long()
     frac = (t - lo).clamp(0, 1)
     if not bool((frac > 0).any()):
         return a[lo]

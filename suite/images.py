@@ -9,6 +9,7 @@ the same sentence everywhere.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -79,12 +80,13 @@ def check_max_megapixels(value: float, flag: str = "--max-megapixels") -> float:
     ``MAX_IMAGE_PIXELS``, 179 MP; --max-megapixels 300 let a 200 MP photo through to PIL's own refusal)."""
     from .checks import UserError
 
-    most = int(2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6)
+    most = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
     if not value > 0:
         raise UserError(f"{flag} must be positive, got {value}")
     if most and value > most:
-        raise UserError(f"{flag} is {value:g}, but images over {most} megapixels are not decoded at all (PIL's "
-                        f"decompression-bomb guard): give at most {most}, and downscale larger photos first")
+        shown = math.floor(most * 100) / 100  # rounded down: the value it names is accepted
+        raise UserError(f"{flag} is {value:g}, but images over {shown:g} megapixels are not decoded at all (PIL's "
+                        f"decompression-bomb guard): give at most {shown:g}, and downscale larger photos first")
     return value
 
 

@@ -42,8 +42,6 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 from . import models
 from .checks import (
     AUTO,
-    MAX_SIDE,
-    MAX_STEPS,
     UserError,
     check_finite,
     check_guidance_settings,
@@ -112,20 +110,24 @@ def _image_size(image) -> tuple[int, int] | None:
     return None
 
 
-MAX_CALL_IMAGES = 1024  # images per prompt in one call (num_images_per_prompt=10**6 tried to allocate 16 GB)
+# the Python API's bounds, above the CLI's (which --allow-large lifts up to these): num_images_per_prompt=10**6 tried
+# to allocate 16 GB and height=100000 40 GB before any message
+MAX_CALL_IMAGES = 1024  # images per prompt in one call
+MAX_CALL_SIDE = 16384   # pixels a side
 
 
-def latent_mask(mask, width: int, height: int, factor: int) -> torch.Tensor:
+def latent_mask(mask, image_size: tuple[int, int], width: int, height: int, factor: int) -> torch.Tensor:
     """An edit's mask as ``[1, 1, height/factor, width/factor]`` in [0, 1], averaged over each latent pixel's block:
     the suite's one mask rule (:func:`suite.images.read_mask`: white = may change, black or transparent = kept, gray
     blends; a file, a PIL image or an array, of the start image's aspect ratio), or a tensor (``H x W``, ``1 x H x W``
-    or ``1 x 1 x H x W``) in [0, 1]."""
+    or ``1 x 1 x H x W``) in [0, 1]. ``image_size``: the start image's ``(w, h)`` as given (a mask of its size was
+    refused when the image is sampled at a size rounded to the VAE's multiple: 519 x 384 at 512 x 384)."""
     if isinstance(mask, torch.Tensor):
         m = mask.detach().cpu().float()
         while m.ndim > 2 and m.shape[0] == 1:
             m = m[0]
         mask = m.numpy()
-    m = read_mask(mask, (width, height), "mask_image", max_pixels=None)
+    m = read_mask(mask, tuple(image_size), "mask_image", max_pixels=None)
     small = Image.fromarray(m, mode="F").resize((width // factor, height // factor), Image.Resampling.BOX)
     return torch.from_numpy(np.asarray(small, dtype=np.float32).clip(0, 1).copy())[None, None]
 
@@ -649,7 +651,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         strength, height, width)`` with the size taken from the start image, the first control image's shape
         (``control_size``, ``(w, h)``: :meth:`size_like`) or the model when not given."""
         # bounds against a typo's allocation (height 100000: 40 GB before any message), as the CLI's, per call
-        steps = check_int(num_inference_steps, "the number of steps", minimum=1, maximum=MAX_STEPS)
+        steps = check_int(num_inference_steps, "the number of steps", minimum=1)
+        schedule = self.scheduler.config.num_train_timesteps
+        if steps >= schedule:  # checked before the scheduler allocates them (10**9 steps: 7.45 GB)
+            # as many steps as the schedule has timesteps: the mini world's at 1000 made NaN latents and a black image,
+            # exit 0 (SD1.5's took timestep 1 a thousand times)
+            raise ValueError(f"{steps} steps need a schedule of more than {schedule} timesteps: use at most "
+                             f"{schedule - 1} (the paper samples with 100)")
         per_prompt = check_int(num_images_per_prompt, "the number of images", minimum=1, maximum=MAX_CALL_IMAGES)
         strength = check_range(strength, "strength", 0.0, 1.0, "0 keeps the image, 1 ignores it")
         check_guidance_settings(domain_weight, control_weight, w0, auto_norm)
@@ -671,8 +679,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         elif image is None and height is None and width is None and control_size is not None:
             width, height = self.size_like(*control_size)
-        height = self._native_size if height is None else check_int(height, "the height", 1, MAX_SIDE)
-        width = self._native_size if width is None else check_int(width, "the width", 1, MAX_SIDE)
+        height = self._native_size if height is None else check_int(height, "the height", 1, MAX_CALL_SIDE)
+        width = self._native_size if width is None else check_int(width, "the width", 1, MAX_CALL_SIDE)
         if height % m or width % m:
             w, h = max(m, round(width / m) * m), max(m, round(height / m) * m)
             raise ValueError(f"height and width must be multiples of {m} for this model, got {width}x{height}: "
@@ -768,7 +776,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         generator = generator if generator is not None else seeded_generator(seed)
         if mask_image is not None and image is None:
             raise ValueError("mask_image says which part of a start image may change: give the image too (image=...)")
-        keep = None if mask_image is None else 1 - latent_mask(mask_image, width, height, self.vae_scale_factor)
+        keep = None if mask_image is None else 1 - latent_mask(
+            mask_image, _image_size(image[0]) or (width, height), width, height, self.vae_scale_factor)
         if output_type not in ("pil", "np", "pt", "latent"):  # diffusers falls back to numpy with a warning
             raise ValueError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
         for value, what in ((latents, "latents"), (prompt_embeds, "prompt_embeds"),
@@ -800,11 +809,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         #    scheduler steps as an epsilon scheduler.
         sampler = epsilon_scheduler(self.scheduler)  # the guidance's output is epsilon
         sampler.set_timesteps(steps, device=device)
-        if getattr(sampler, "order", 1) == 1 and len(torch.unique(sampler.timesteps)) < len(sampler.timesteps):
-            # a timestep taken twice: the mini world's schedule at 1000 steps made NaN latents and a black image, exit 0
-            raise ValueError(f"{steps} steps take some of this scheduler's timesteps twice ("
-                             f"{len(torch.unique(sampler.timesteps))} distinct of its "
-                             f"{sampler.config.num_train_timesteps}): use fewer steps (the paper samples with 100)")
+
         timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
         # The guidance: one denoiser built from SD1.5, the domain model and the controls, under the rule the
         # pipeline decides (a recommended rule only where it fits this request's noise range).

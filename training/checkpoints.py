@@ -54,8 +54,8 @@ class EMA:
         is kept on the CPU meanwhile, not a second module on the device)."""
         params = dict(module.named_parameters())
         own = {k: params[k].detach().to("cpu", copy=True) for k in self.shadow}
-        self.copy_to(module)
         try:
+            self.copy_to(module)
             yield module
         finally:
             with torch.no_grad():
@@ -114,12 +114,12 @@ def load_checkpoint_weights(folder: Path, ema: bool):
     from safetensors.torch import load_file
 
     unet = DomainModel.from_pretrained(folder).unet
-    if not ema:
-        return unet, None
-    if (folder / TRAINING_WEIGHTS).is_file():
+    if (folder / TRAINING_WEIGHTS).is_file():  # the folder holds the EMA's weights, the optimiser's beside them
         shadow = {k: v.detach().float().clone() for k, v in unet.named_parameters()}
         unet.load_state_dict(load_file(str(folder / TRAINING_WEIGHTS)))
-        return unet, shadow
+        return unet, shadow if ema else None
+    if not ema:
+        return unet, None
     if (folder / OLD_EMA).is_file():
         return unet, load_file(str(folder / OLD_EMA))
     raise ValueError("--ema was added on --resume but the checkpoint has no EMA: resume without --ema")

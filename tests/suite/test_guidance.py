@@ -173,6 +173,10 @@ def test_v_prediction_conversion_at_eulers_fractional_timesteps():
     v = a.sqrt() * eps - (1 - a).sqrt() * x0
     got = v_to_eps(v, z, t, sched.alphas_cumprod)
     assert torch.isfinite(got).all() and (got - eps).abs().max() < 1e-4
+    # at and past the table's end (t = 1000 of a 1000-step table: DPM-Solver's "leading" spacing at 999 steps), the
+    # last entry, not NaN from inf - inf
+    end = v_to_eps(v[:3], z[:3], torch.tensor([999.5, 1000.0, 1200.0]), sched.alphas_cumprod)
+    assert torch.equal(end, v_to_eps(v[:3], z[:3], torch.tensor([999, 999, 999]), sched.alphas_cumprod))
 
 
 def gaussian_eps(mu, s2, alphas):
