@@ -29,6 +29,7 @@ from .images import load_mask, prepare_photo
 
 STAGES = ("detect", "align", "encode", "denoise", "decode", "paste")
 MIN_FACE = 64  # px: a smaller face would be upscaled more than 8x into the model's 512 px crop
+MAX_COPIES_BYTES = 4e9  # the edited copies of the photo, all held until they are returned (64 of 120 MP: 23 GB)
 
 
 def _no_face(detector, rgb: np.ndarray, framing: str) -> str:
@@ -131,6 +132,11 @@ def edit_photo(pipe, image: Image.Image, *, prompt: str = "", strength: float = 
 
     # 2. The photo, upright and in 8-bit RGB; the user's mask at its size.
     photo = prepare_photo(image, max_pixels)
+    per_copy = photo.rgb.nbytes + sum(a.nbytes for a in (photo.alpha, photo.rgb_raw) if a is not None)
+    if num_images * per_copy > MAX_COPIES_BYTES:
+        raise ValueError(f"{num_images} edited copies of a {photo.size[0]}x{photo.size[1]} photo would hold about "
+                         f"{num_images * per_copy / 1e9:.0f} GB in memory: ask for fewer images (--num-images), or "
+                         f"downscale the photo")
     user_mask = load_mask(mask, photo.size) if mask is not None else None
 
     # 3. Where to edit: aligned face crops at the model's native size, or the whole photo.

@@ -268,3 +268,16 @@ def test_at_strength_0_the_guidance_settings_are_still_checked(pipe):
         with pytest.raises(ValueError, match=phrase):
             edit_photo(pipe, photo, strength=0.0, whole_image=True, **bad)
     assert len(edit_photo(pipe, photo, strength=0.0, whole_image=True, guidance_rule="paper").images) == 1
+
+
+def test_more_edited_copies_than_memory_holds_is_one_sentence(pipe, monkeypatch):
+    """Every edited copy of the photo is held until edit_photo returns: 64 copies of a 120 MP photo needed 23 GB and
+    grew until the machine ran out. The bound is checked before any model runs (here scaled down to a small photo)."""
+    import editing.edit
+
+    monkeypatch.setattr(editing.edit, "MAX_COPIES_BYTES", 120 * 160 * 3 * 4)
+    photo = Image.fromarray(photo_array(120, 160, seed=3))
+    face = FixedDetector(face_at((80.0, 55.0), 10.0))
+    with pytest.raises(ValueError, match="5 edited copies of a 160x120 photo would hold about 0 GB"):
+        edit_photo(pipe, photo, strength=0.5, num_images=5, steps=2, detector=face)
+    assert len(edit_photo(pipe, photo, strength=0.5, num_images=4, steps=2, detector=face).images) == 4
