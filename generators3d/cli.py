@@ -429,4 +429,5 @@ def batch_main(args) -> int:
                 rows.append(json.dumps(row, sort_keys=True))
             write_text_atomic(folder / B.MANIFEST, "".join(r + "\n" for r in rows))
             log.info("batch: %d of %d 3D runs done in %s", sum('"done": true' in r for r in rows), len(items), folder)
+    B.end_processes(state)
     return 0

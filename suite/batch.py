@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -188,6 +189,37 @@ def process_state(cpu: bool, fix: str = "--device cpu"):
     state = PartialState(cpu=cpu, timeout=process_wait())
     check_processes_joined(state.num_processes, fix)
     return state
+
+
+def in_daemon(fn, timeout: float, what: str) -> None:
+    """``fn()`` in a daemon thread, left behind with a warning after ``timeout`` seconds (torch.distributed's shutdown
+    now and then never returns: pytorch/pytorch#75097); its exception, if it raised one in time, is raised here."""
+    import threading
+
+    failure = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name=what, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        logging.getLogger(__name__).warning("%s did not return within %.0f s (a known PyTorch hang); the results are "
+                                            "written, so this process exits without it", what, timeout)
+    elif failure:
+        raise failure[0]
+
+
+def end_processes(state, timeout: float = 60.0) -> None:
+    """The end of a command split between processes: torch.distributed's process group destroyed, as training ends
+    (a process that exited with it alive aborted now and then after its work was written: "terminate called without
+    an active exception", exit -6, seen once in CI)."""
+    if state.num_processes > 1:
+        in_daemon(state.destroy_process_group, timeout, "torch.distributed's shutdown")
 
 
 def from_main(state, value):

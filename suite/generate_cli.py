@@ -282,4 +282,5 @@ def batch_main(args) -> int:
     settings, same = model_settings(args, refs)
     missing = B.run_batch(state, folder, items, args.batch_size, load, args.resume, settings=settings,
                           equivalent=same)
+    B.end_processes(state)
     return 1 if missing else 0

@@ -252,6 +252,7 @@ def evaluate(config: EvalConfig) -> dict:
             _write(out, results)
             _grid(out, config.methods, sets)
         state.wait_for_everyone()
+    B.end_processes(state)
     return results
 
 

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, replace
@@ -41,7 +40,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from suite import models
-from suite.batch import check_processes_joined, model_hashes, process_wait
+from suite.batch import check_processes_joined, in_daemon, model_hashes, process_wait
 from suite.checks import Progress
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
@@ -501,22 +500,7 @@ def end_training(accelerator, timeout: float = 60.0) -> None:
     if accelerator.num_processes == 1:
         accelerator.end_training()
         return
-    failure = []
-
-    def run():
-        try:
-            accelerator.end_training()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-            failure.append(exc)
-
-    worker = threading.Thread(target=run, name="end-training", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        log.warning("torch.distributed's shutdown did not return within %.0f s (a known PyTorch hang); the results "
-                    "are written, so this process exits without it", timeout)
-    elif failure:
-        raise failure[0]
+    in_daemon(accelerator.end_training, timeout, "torch.distributed's shutdown")
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
