@@ -40,6 +40,7 @@ __all__ = ["Item", "parse_seeds", "read_items", "batches", "share", "run_batch",
 
 MANIFEST = "manifest.jsonl"
 MAX_ITEMS = 1_000_000  # a typo such as --seeds 0-99999999999 is refused, not built in memory
+MAX_PROMPTS_FILE = 256e6  # bytes of a prompts file (a million prompts of 250 characters), which is read whole
 KEYS = ("prompt", "seed", "domain_weight", "control_weight", "guidance_rule", "negative_prompt")
 
 
@@ -91,6 +92,10 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"the prompts file {str(p)!r} does not exist: give a text file with one prompt a line")
+    size = p.stat().st_size
+    if size > MAX_PROMPTS_FILE:  # read whole: a 3 GB file was a bare MemoryError
+        raise UserError(f"the prompts file {str(p)!r} is {size / 1e6:,.0f} MB, over the {MAX_PROMPTS_FILE / 1e6:,.0f} MB a "
+                        f"batch reads: split it into several batches")
     try:
         # utf-8-sig: a file saved by Notepad starts with a BOM; lines end at \n only (str.splitlines also breaks at
         # U+2028, U+0085 and form feeds, which a JSON line's prompt may hold)

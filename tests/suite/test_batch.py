@@ -56,6 +56,19 @@ def test_bad_batches_are_one_sentence(tmp_path, monkeypatch, text, seeds, phrase
     assert phrase in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_prompts_file_larger_than_a_batch_reads_is_one_sentence_before_it_is_read(tmp_path, monkeypatch):
+    """A prompts file is read whole: a 3 GB one was a bare MemoryError. Its size is checked first: a sparse file of
+    1 GB is refused without being read."""
+    f = tmp_path / "p.txt"
+    with open(f, "wb") as fh:
+        fh.truncate(10**9)  # sparse: no disk used
+    read = []
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: read.append(self) or "")
+    with pytest.raises(UserError, match="is 1,000 MB, over the 256 MB a batch reads: split it"):
+        B.read_items(f, [0])
+    assert read == []
+
+
 def test_a_prompts_file_as_editors_save_it(tmp_path):
     """A BOM (Notepad's UTF-8) before the first line, Windows line ends, and characters that str.splitlines breaks
     at (U+2028 in a JSON prompt, U+0085 in a text one): the first line was read as the text prompt
