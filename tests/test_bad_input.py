@@ -102,6 +102,8 @@ CASES = [
     ("generate: output folder missing", G + ["--output", "{out}/no/a.png"], "does not exist"),
     ("generate: unknown format", G + ["--output", "{out}/a.bmpx"], "unknown image format"),
     ("generate: negative width", G + ["--width", "-64", "--output", "{out}/a.png"], "must be at least 8"),
+    ("generate: 64 times the model's size", ["generate", "--preset", "mini", "--steps", "1", "--width", "4096",
+                                              "--output", "{out}/a.png"], "64 times this model's 64 px"),
     ("generate: a prompt of 100,000 characters", G + ["--prompt", "a" * 100_000, "--output", "{out}/a.jpg"],
      "100,000 characters long, over the 10,000 allowed"),
     ("generate: a batch of a million", G + ["--prompt", "x", "--seeds", "0-3", "--batch-size", "1000000", "--output",
@@ -346,4 +348,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 48, "edit": 15, "3d": 27, "train": 10, "app": 4}, json.dumps(per)
+    assert per == {"generate": 49, "edit": 15, "3d": 27, "train": 10, "app": 4}, json.dumps(per)
