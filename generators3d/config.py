@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from suite.checks import MAX_STEPS, check_finite, check_int, check_range
+from suite.checks import MAX_SEED, MAX_STEPS, check_finite, check_int, check_prompt, check_range
 
 FORMATS = ("glb", "obj", "ply")
 PREVIEWS = ("mesh", "nerf")  # what preview.gif turns round: the exported mesh (default) or the final NeRF
@@ -608,9 +608,22 @@ class ThreeDConfig:
         for name, value in (("zero123 steps", zero123.steps), ("refine steps", refine.steps)):
             if value < 0:
                 raise ValueError(f"the {name} must be 0 or more, got {value}")
+        # the top-level values as checked, in their types: config.json recorded seed "3", image_steps "2" or a list
+        # of one prompt as given, and its own --resume and --config then refused the file
+        whole = {k: None if getattr(self, k) is None else check_int(getattr(self, k), what, lo, hi)
+                 for k, what, lo, hi in (("image_steps", "--image-steps", 0, None), ("seed", "the seed (--seed)", 0,
+                                                                                      MAX_SEED),
+                                         ("threads", "threads (--threads)", 1, None))}
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
                        formats=formats, depth=depth if depth in DEPTH_MODES else absolute_path(depth),
                        image=absolute_path(self.image), mask=absolute_path(self.mask),
+                       export_only=absolute_path(self.export_only), prompt=check_prompt(self.prompt), **whole,
+                       zero123_steps=None if self.zero123_steps is None else zero123.steps,
+                       refine_steps=None if self.refine_steps is None else refine.steps,
+                       mesh_resolution=None if self.mesh_resolution is None else export.resolution,
+                       texture_size=None if self.texture_size is None else export.texture_size,
+                       side_views=None if self.side_views is None else export.side_views,
+                       elevation=None if self.elevation is None else float(self.elevation),
                        **{k: model_ref(getattr(self, k)) for k in MODEL_FLAGS},
                        mask_method=self.mask_method or sizes.mask_method,
                        background_prompt=sizes.background_prompt if self.background_prompt is None

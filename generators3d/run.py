@@ -91,7 +91,9 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     require("text-to-3D", *THREE_D_MODULES)  # the mesh export needed them after all the training
     cfg = config.resolved()
     prompt, _ = _check_request(cfg)
-    out = check_writable_dir(Path(cfg.output).expanduser())  # "~/run" from Python too, not a folder named "~"
+    # "~/run" from Python too, not a folder named "~"; absolute, so that the result's and summary.json's paths mean
+    # the same files from any folder
+    out = check_writable_dir(Path(cfg.output).expanduser().absolute())
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
     with output_lock(out), kept_threads():  # a resume runs at its recorded thread count; the caller's is restored
@@ -99,6 +101,8 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
         # temporaries (of a killed run) are removed, in the folders the run writes.
         busy = claim_run_folder(out, "3d", recognise=_is_3d_run)
         remove_leftovers(folders=[out, out / "checkpoints", out / "mesh"])
+        if cfg.threads:  # given from Python or a --config file: the run computes at it (it was only recorded); a
+            torch.set_num_threads(cfg.threads)  # resume then continues at its run's recorded count
         return _run(cfg, out, prompt, progress, busy)
 
 
@@ -723,7 +727,7 @@ def _create_output(out: Path, cfg: ThreeDConfig) -> ThreeDResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     if not cfg.export_only:
-        saved = replace(cfg, resume=False, threads=cfg.threads or torch.get_num_threads())
+        saved = replace(cfg, resume=False, threads=torch.get_num_threads())  # the count it computes at
         write_text_atomic(config_path, json.dumps(saved.to_dict(), indent=2))
     return ThreeDResult(output_dir=out, image_path=None, mask_path=None, config_path=config_path)
 

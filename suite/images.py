@@ -48,7 +48,7 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
 
     The image is returned as stored (mode, EXIF orientation not applied): :func:`load_image` gives the upright
     RGB pixels; editing keeps alpha and ICC profile (:mod:`editing.images`)."""
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/m.png" from Python: it "did not exist"
     if not path.is_file():
         if path.is_dir():
             raise ValueError(f"the {what} {str(path)!r} is a folder: give an image file")

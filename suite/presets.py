@@ -178,6 +178,7 @@ _HOME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder name i
 
 def resolve_domain(domain: str, domain_model: str | None = None) -> Domain:
     """A preset (optionally with another model folder) or a user domain given by its model folder."""
+    domain_model = str(domain_model) if isinstance(domain_model, os.PathLike) else domain_model
     own_model = domain_model if domain_model and domain_model.lower() != "none" else None
     if domain in PRESETS:
         return user_domain(domain, own_model) if own_model else get_domain(domain)
@@ -224,6 +225,10 @@ def model_refs(preset: str = "full", domain: str | None = None, sd_model: str | 
     domain model).
     """
     p = get_preset(preset)
+    # a path object as its text (train_domain returns a Path: build_pipeline(domain_model=train_domain(cfg)) was an
+    # AttributeError 'lower')
+    sd_model, domain_model, controlnet = (str(v) if isinstance(v, os.PathLike) else v
+                                          for v in (sd_model, domain_model, controlnet))
     no_domain = domain_model is not None and str(domain_model).lower() == "none"
     domain = default_domain(preset, chosen_domain(domain, domain_model))  # a model's own, not the preset's default
     dom = resolve_domain(domain, domain_model)

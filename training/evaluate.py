@@ -151,13 +151,21 @@ def evaluate(config: EvalConfig) -> dict:
     from contextlib import ExitStack
 
     from suite import batch as B
-    from suite.checks import check_int
+    from suite.checks import MAX_IMAGES, MAX_SEED, MAX_STEPS, check_int
     from suite.features import check_feature_model, load_features
     from suite.files import check_writable_dir, claim_run_folder, output_lock
 
     # 1. Everything that can be checked before a model loads.
     # KID needs 3 images a set: num_images=2 through the python API failed only after every image was made
-    check_int(config.num_images, "the number of images (num_images, --num-images)", 3)
+    # the checked values are kept (num_images="3" passed, then was a TypeError), and seeds as the CLI writes them
+    # ("0-3"; a string was read a character at a time: seeds="12" sampled seeds "1" and "2")
+    seeds = B.parse_seeds(config.seeds) if isinstance(config.seeds, str) else [
+        check_int(s, "a seed (seeds, --seeds)", 0, MAX_SEED) for s in config.seeds]
+    config = replace(config, num_images=check_int(config.num_images, "the number of images (num_images, --num-images)",
+                                                  3),
+                     seeds=seeds, batch_size=check_int(config.batch_size, "the batch size (--batch-size)", 1, MAX_IMAGES),
+                     steps=None if config.steps is None else check_int(config.steps, "the steps (--steps)", 1,
+                                                                       MAX_STEPS))
     # methods as the CLI writes them ("base", "ours;domain_weight=2"): parsed, not an AttributeError on .label
     given = [config.methods] if isinstance(config.methods, str) else config.methods  # one, as text: not letters
     config = replace(config, methods=[parse_method(m) if isinstance(m, str) else m for m in given])

@@ -281,3 +281,15 @@ def test_more_edited_copies_than_memory_holds_is_one_sentence(pipe, monkeypatch)
     with pytest.raises(ValueError, match="5 edited copies of a 160x120 photo would hold about 0 GB"):
         edit_photo(pipe, photo, strength=0.5, num_images=5, steps=2, detector=face)
     assert len(edit_photo(pipe, photo, strength=0.5, num_images=4, steps=2, detector=face).images) == 4
+
+
+def test_a_mask_path_with_a_tilde_is_the_users_file(pipe, monkeypatch, tmp_path):
+    """edit_photo(mask="~/m.png") said the file did not exist (image and output paths were expanded, masks not)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    photo = photo_array(120, 160, seed=9)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[45:65, 60:100] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    res = edit_photo(pipe, Image.fromarray(photo), strength=1.0, mask="~/m.png", steps=2,
+                     detector=FixedDetector(face_at((80.0, 55.0), 10.0)))
+    assert np.array_equal(np.asarray(res.images[0])[mask == 0], photo[mask == 0])

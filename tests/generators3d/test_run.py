@@ -558,7 +558,7 @@ def test_a_refused_resume_names_the_flags_the_user_gave():
         ["--image-domain-weight", "--zero123-guidance", "--zero123-steps", "zero123.lambda_eikonal"]
 
 
-def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path):
+def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch):
     """A resume runs at the thread count its run recorded (bit-identical results), and left the calling python
     process at that count for good: a test process's later runs then differed in their last bits."""
     from dataclasses import replace
@@ -566,14 +566,21 @@ def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path):
     import torch
 
     out = tmp_path / "run"
-    cfg = ThreeDConfig(prompt="a vase", domain="porcelain", preset="tiny", output=str(out), image_steps=2,
-                       zero123_steps=0, refine_steps=0, mesh_resolution=16, preview_frames=1, threads=2)
+    # values as a script may give them (config.json recorded seed "3" and image_steps "2", and its own --resume then
+    # refused the file); threads=2 given is the count the run computes at (it was only recorded); a relative output
+    # gives absolute result paths (they were relative to the caller's folder)
+    monkeypatch.chdir(tmp_path)
+    cfg = ThreeDConfig(prompt=" a vase ", domain="porcelain", preset="tiny", output="run", image_steps="2",
+                       zero123_steps=0, refine_steps=0, mesh_resolution="16", preview_frames=1, threads=2, seed="3")
     before = torch.get_num_threads()
+    during = []
     try:
-        torch.set_num_threads(2)
-        run_text_to_3d(cfg)
         torch.set_num_threads(1)
-        run_text_to_3d(replace(cfg, resume=True))  # continues at the recorded 2 threads
+        result = run_text_to_3d(cfg, progress=lambda *a: during.append(torch.get_num_threads()))
+        assert set(during) == {2} and torch.get_num_threads() == 1 and result.output_dir.is_absolute()
+        saved = json.loads((out / "config.json").read_text())
+        assert (saved["seed"], saved["image_steps"], saved["mesh_resolution"], saved["prompt"]) == (3, 2, 16, "a vase")
+        run_text_to_3d(replace(cfg, prompt="a vase", resume=True))  # continues at the recorded 2 threads
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

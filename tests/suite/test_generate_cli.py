@@ -179,6 +179,8 @@ def test_a_domain_of_your_own_is_found_in_indomain_home(tmp_path, capsys, monkey
     shutil.copytree(tiny_dir / "domain-face", mine)
     refs = model_refs("tiny", "mydom")
     assert refs["domain"] == str(mine) and refs["domain_obj"].name == "mydom"
+    # a path object, as train_domain returns it (an AttributeError 'lower' from build_pipeline(domain_model=Path))
+    assert model_refs("tiny", "mydom", domain_model=mine)["domain"] == str(mine)
     # a name, never a path: the app's free-text domain box must not reach a folder outside $INDOMAIN_HOME/domains
     shutil.copytree(tiny_dir / "domain-face", tmp_path / "elsewhere")
     for name in ("../../elsewhere", str(tmp_path / "elsewhere"), "mydom/../../../elsewhere"):

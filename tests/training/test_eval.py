@@ -298,3 +298,24 @@ def test_the_table_prints_large_distances_without_an_exponent_and_no_error_for_o
     header, (row,) = evaluate.table_rows(results)
     cells = dict(zip(header, row))
     assert cells["FD"] == "12346" and cells["KID"] == "0.5 ± 0.25" and "±" not in cells["CLIP score"]
+
+
+def test_python_values_are_taken_as_the_cli_reads_them(monkeypatch, tmp_path):
+    """From Python, seeds="12" sampled seeds "1" and "2" (a string read a character at a time), seeds="0-3" (the
+    CLI's form) failed on "-", and num_images="3" passed its check, then was a bare TypeError."""
+    import training.evaluate as E
+
+    seen = {}
+
+    def stop(config):
+        seen.update(seeds=config.seeds, num_images=config.num_images, batch_size=config.batch_size)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "_text_items", stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvalConfig(output=str(tmp_path / "e"), methods=["base"], preset="tiny", seeds="0-3", num_images="3",
+                            batch_size="2"))
+    assert seen == dict(seeds=[0, 1, 2, 3], num_images=3, batch_size=2)
+    for bad, phrase in ((dict(batch_size=0), "batch size"), (dict(steps=2.5), "the steps"), (dict(seeds=[-1]), "seed")):
+        with pytest.raises(UserError, match=phrase):
+            evaluate(EvalConfig(output=str(tmp_path / "e"), methods=["base"], preset="tiny", **bad))
