@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from suite.batch import launched_processes
 from suite.checks import MAX_SEED, check_int, check_prompt, check_weight
 from suite.depth import load_depth_estimator, nearness_image, read_nearness
+from suite.devices import kept_random_state
 from suite.extras import require
 from suite.files import (
     check_writable_dir,
@@ -96,7 +97,8 @@ def run_text_to_3d(config: ThreeDConfig, progress=None) -> ThreeDResult:
     out = check_writable_dir(Path(cfg.output).expanduser().absolute())
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file: choose a folder with --output")
-    with output_lock(out), kept_threads():  # a resume runs at its recorded thread count; the caller's is restored
+    # a resume runs at its recorded thread count; the caller's is restored, and its random stream (a run drew from it)
+    with output_lock(out), kept_threads(), kept_random_state(resolve_device(cfg.device, cfg.dtype)[0]):
         # A folder of the user's is refused before anything is written into it; in one of our runs only our own
         # temporaries (of a killed run) are removed, in the folders the run writes.
         busy = claim_run_folder(out, "3d", recognise=_is_3d_run)

@@ -3,6 +3,8 @@ is read, and the dtype the models run in (read by the CLIs, the app, the pipelin
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 DTYPES = ("float32", "float16", "bfloat16")  # what --dtype offers; the models run in one of these
 
 
@@ -76,3 +78,28 @@ def recorded_dtype(device: str | None, dtype=None) -> str:
     made in float32 beside one in bfloat16 would mix two runs). A record written before the dtype was recorded has
     none (``None``): it is not compared on it."""
     return str(resolve_device(device, dtype)[1]).removeprefix("torch.")
+
+
+@contextmanager
+def kept_random_state(device):
+    """The caller's global random state (python's, numpy's, torch's on the CPU and on ``device``) as it was, after a
+    run that seeds or draws from them: training's ``set_seed`` left every call's caller at the same state (a script's
+    later draws repeated from one call to the next), and a 3D run or an evaluation moved the caller's stream."""
+    import random
+
+    import numpy as np
+    import torch
+
+    device = torch.device(device)
+
+    py, npy = random.getstate(), np.random.get_state()
+    # set_seed seeds every GPU of the run's kind (manual_seed_all), so every one of them is given back, not only the
+    # run's own (cuda, mps, xpu; a CPU run touches no GPU's generator)
+    accelerated = device.type not in ("cpu", "meta")
+    count = getattr(getattr(torch, device.type), "device_count", lambda: 1)() if accelerated else 0
+    with torch.random.fork_rng(devices=list(range(count)), device_type=device.type if accelerated else "cuda"):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)

@@ -195,11 +195,13 @@ def evaluate(config: EvalConfig) -> dict:
     real_scan = _scan_real(config.real, config.num_real) if config.real else _check_can_render(config)
     state = B.process_state(cpu=config.device == "cpu")  # one sentence if not all joined
     # every process on its own device; features on the pipeline's device (not the CPU) in one process too
+    from suite.devices import kept_random_state
     from suite.presets import process_device, resolve_device
 
     device = process_device(config.device, state) or str(resolve_device(None)[0])
 
     with ExitStack() as stack:
+        stack.enter_context(kept_random_state(device))  # the caller's random stream (sampling drew from it)
         if state.is_main_process:
             stack.enter_context(output_lock(out))
         # a folder whose run stopped before its first image (a model that failed to load) is taken as new: it

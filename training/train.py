@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from suite import models
 from suite.batch import check_processes_joined, in_daemon, model_hashes, process_wait
 from suite.checks import Progress
+from suite.devices import kept_random_state
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
 from suite.progress import LogProgress
@@ -66,28 +67,6 @@ from .textinit import optimize_text_features
 from .validation import sample_validation
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _kept_random_state(device: torch.device):
-    """The caller's global random state (python's, numpy's, torch's on the CPU and on ``device``) as it was, after a
-    run that seeds them (accelerate's ``set_seed``): every call left them at the same state, so a caller's later
-    draws repeated from one call to the next."""
-    import random
-
-    import numpy as np
-
-    py, npy = random.getstate(), np.random.get_state()
-    # set_seed seeds every GPU of the run's kind (manual_seed_all), so every one of them is given back, not only the
-    # run's own (cuda, mps, xpu; a CPU run touches no GPU's generator)
-    accelerated = device.type not in ("cpu", "meta")
-    count = getattr(getattr(torch, device.type), "device_count", lambda: 1)() if accelerated else 0
-    with torch.random.fork_rng(devices=list(range(count)), device_type=device.type if accelerated else "cuda"):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
 
 
 def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
@@ -126,7 +105,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
                          f"continue from: a new run would replace it; choose another --output")
     with ExitStack() as stack:
         stack.enter_context(kept_threads())  # a resume runs at its recorded thread count; the caller's is restored
-        stack.enter_context(_kept_random_state(accelerator.device))  # set_seed below seeds the global generators
+        stack.enter_context(kept_random_state(accelerator.device))  # set_seed below seeds the global generators
         if accelerator.is_main_process:
             stack.enter_context(output_lock(output))
             # A folder of the user's is refused before anything is written into it; in one of our runs only our

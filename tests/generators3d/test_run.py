@@ -576,8 +576,10 @@ def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path, monkeypa
     during = []
     try:
         torch.set_num_threads(1)
+        rng = torch.get_rng_state()
         result = run_text_to_3d(cfg, progress=lambda *a: during.append(torch.get_num_threads()))
         assert set(during) == {2} and torch.get_num_threads() == 1 and result.output_dir.is_absolute()
+        assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream, which the run drew from
         saved = json.loads((out / "config.json").read_text())
         assert (saved["seed"], saved["image_steps"], saved["mesh_resolution"], saved["prompt"]) == (3, 2, 16, "a vase")
         run_text_to_3d(replace(cfg, prompt="a vase", resume=True))  # continues at the recorded 2 threads

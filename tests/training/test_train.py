@@ -67,7 +67,7 @@ def test_every_gpu_of_the_runs_kind_gets_its_generator_back(monkeypatch):
     """set_seed seeds every GPU's generator (manual_seed_all); a run on cuda:1 of three gave back cuda:1's alone."""
     import contextlib
 
-    from training.train import _kept_random_state
+    from suite.devices import kept_random_state
 
     forked = {}
 
@@ -78,10 +78,10 @@ def test_every_gpu_of_the_runs_kind_gets_its_generator_back(monkeypatch):
 
     monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    with _kept_random_state(torch.device("cuda", 1)):
+    with kept_random_state(torch.device("cuda", 1)):
         pass
     assert forked == {"devices": [0, 1, 2], "device_type": "cuda"}
-    with _kept_random_state(torch.device("cpu")):
+    with kept_random_state(torch.device("cpu")):
         pass
     assert forked["devices"] == []
 
