@@ -266,8 +266,10 @@ def config_from_args(args):
             raise UserError(f"--config repeats a run with the settings of its file, so {', '.join(given)} would be "
                             f"ignored: edit the config.json, or run without --config")
         saved = ThreeDConfig.load(args.config)
+        # threads: the recorded count is the run's, for its --resume (continue_threads); a new run from the file
+        # computes at --threads or this machine's choice (the recorded 7 were forced on a 2-core machine)
         return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,
-                       dtype=args.dtype or saved.dtype, export_only=None,
+                       dtype=args.dtype or saved.dtype, export_only=None, threads=None,
                        allow_large=args.allow_large or saved.allow_large).resolved()
     if args.preset is None:  # an export of a run's checkpoint: its run's preset (a mini run's 80^3 grid, not 256^3)
         args.preset = (_run_preset(args.export_only) if args.export_only else None) or DEFAULT_PRESET

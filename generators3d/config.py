@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from suite.checks import MAX_SEED, MAX_STEPS, check_finite, check_int, check_prompt, check_range
+from suite.threads import usable_cores
 
 FORMATS = ("glb", "obj", "ply")
 PREVIEWS = ("mesh", "nerf")  # what preview.gif turns round: the exported mesh (default) or the final NeRF
@@ -613,7 +614,7 @@ class ThreeDConfig:
         whole = {k: None if getattr(self, k) is None else check_int(getattr(self, k), what, lo, hi)
                  for k, what, lo, hi in (("image_steps", "--image-steps", 0, None), ("seed", "the seed (--seed)", 0,
                                                                                       MAX_SEED),
-                                         ("threads", "threads (--threads)", 1, None))}
+                                         ("threads", "threads (--threads)", 1, usable_cores()[1]))}
         return replace(self, nerf=nerf, camera=camera, zero123=zero123, refine=refine, export=export,
                        formats=formats, depth=depth if depth in DEPTH_MODES else absolute_path(depth),
                        image=absolute_path(self.image), mask=absolute_path(self.mask),

@@ -663,9 +663,11 @@ def changed_settings(out: Path, cfg: ThreeDConfig, finished_only: bool = True) -
     of every stage, run or still to run."""
     old = ThreeDConfig.load(out / "config.json")
     # a run recorded before paths were made absolute: its relative paths as it read them, from here
+    # and its prompt as given (a padded " a vase " was recorded so; the config now strips it, and the resume of such
+    # a run was refused as a different --prompt)
     old = replace(old, image=absolute_path(old.image), mask=absolute_path(old.mask),
                   depth=old.depth if old.depth in DEPTH_MODES else absolute_path(old.depth),
-                  **{k: model_ref(getattr(old, k)) for k in MODEL_FLAGS})
+                  prompt=check_prompt(old.prompt), **{k: model_ref(getattr(old, k)) for k in MODEL_FLAGS})
     keys = list(_RESUME_KEYS)
     if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
         keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model"]

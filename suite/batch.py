@@ -224,7 +224,10 @@ def end_processes(state, timeout: float = 60.0) -> None:
     (a process that exited with it alive aborted now and then after its work was written: "terminate called without
     an active exception", exit -6, seen once in CI)."""
     if state.num_processes > 1:
-        in_daemon(state.destroy_process_group, timeout, "torch.distributed's shutdown")
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # (accelerate's own method needs accelerate 0.34)
+            in_daemon(dist.destroy_process_group, timeout, "torch.distributed's shutdown")
 
 
 def from_main(state, value):

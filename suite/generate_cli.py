@@ -85,7 +85,7 @@ def model_settings(args, refs: dict) -> tuple[dict, dict | None]:
         # MAX_SIDE is SD1.5's 8x; the mini world's 64 px model took minutes a step at 4096 (64x) and invents it all
         for flag, side in (("--width", args.width), ("--height", args.height)):
             if side is not None and side > 8 * native:
-                raise UserError(f"{flag} {side} is {side / native:.0f} times this model's {native} px: an image that "
+                raise UserError(f"{flag} {side} is {side / native:g} times this model's {native} px: an image that "
                                 f"large is mostly invented and slow to sample; give at most {8 * native}, or pass "
                                 f"--allow-large")
     dtype = recorded_dtype(args.device, args.dtype)

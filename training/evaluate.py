@@ -159,10 +159,15 @@ def evaluate(config: EvalConfig) -> dict:
     # KID needs 3 images a set: num_images=2 through the python API failed only after every image was made
     # the checked values are kept (num_images="3" passed, then was a TypeError), and seeds as the CLI writes them
     # ("0-3"; a string was read a character at a time: seeds="12" sampled seeds "1" and "2")
-    seeds = B.parse_seeds(config.seeds) if isinstance(config.seeds, str) else [
-        check_int(s, "a seed (seeds, --seeds)", 0, MAX_SEED) for s in config.seeds]
+    given = [config.seeds] if isinstance(config.seeds, int) else config.seeds
+    if not isinstance(given, str) and len(given) > B.MAX_ITEMS:
+        raise UserError(f"seeds names more than {B.MAX_ITEMS:,} seeds: split the evaluation")
+    seeds = B.parse_seeds(given) if isinstance(given, str) else [
+        check_int(s, "a seed (seeds, --seeds)", 0, MAX_SEED) for s in given]
+    if len(set(seeds)) != len(seeds):
+        raise UserError("seeds names a seed twice: give each once")
     config = replace(config, num_images=check_int(config.num_images, "the number of images (num_images, --num-images)",
-                                                  3),
+                                                  3), seed=check_int(config.seed, "the seed (--seed)", 0, MAX_SEED),
                      seeds=seeds, batch_size=check_int(config.batch_size, "the batch size (--batch-size)", 1, MAX_IMAGES),
                      steps=None if config.steps is None else check_int(config.steps, "the steps (--steps)", 1,
                                                                        MAX_STEPS))

@@ -117,8 +117,11 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
 
     args = launch.build_parser().parse_args(["3d", "--config", str(out / "config.json"), "--output", "again"])
     again = config_from_args(args)
+    # the recorded thread count is the run's (for its --resume); a new run from the file computes at this machine's
+    # choice (the recorded count was forced on it)
+    assert saved.threads and again.threads is None
     assert again.output == "again" and again.preset == "tiny" and again.to_dict() == {
-        **saved.resolved().to_dict(), "output": "again"}
+        **saved.resolved().to_dict(), "output": "again", "threads": None}
     from suite.checks import UserError
 
     args = launch.build_parser().parse_args(["3d", "--config", str(out / "config.json"), "--output", "again",
@@ -582,6 +585,8 @@ def test_a_resumed_run_gives_the_caller_its_thread_count_back(tmp_path, monkeypa
         assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream, which the run drew from
         saved = json.loads((out / "config.json").read_text())
         assert (saved["seed"], saved["image_steps"], saved["mesh_resolution"], saved["prompt"]) == (3, 2, 16, "a vase")
+        # as the previous version recorded a padded prompt (it did not strip it): still the same prompt
+        (out / "config.json").write_text(json.dumps({**saved, "prompt": " a vase "}))
         run_text_to_3d(replace(cfg, prompt="a vase", resume=True))  # continues at the recorded 2 threads
         assert torch.get_num_threads() == 1
     finally:

@@ -316,6 +316,7 @@ def test_python_values_are_taken_as_the_cli_reads_them(monkeypatch, tmp_path):
         evaluate(EvalConfig(output=str(tmp_path / "e"), methods=["base"], preset="tiny", seeds="0-3", num_images="3",
                             batch_size="2"))
     assert seen == dict(seeds=[0, 1, 2, 3], num_images=3, batch_size=2)
-    for bad, phrase in ((dict(batch_size=0), "batch size"), (dict(steps=2.5), "the steps"), (dict(seeds=[-1]), "seed")):
+    for bad, phrase in ((dict(batch_size=0), "batch size"), (dict(steps=2.5), "the steps"), (dict(seeds=[-1]), "seed"),
+                        (dict(seeds=[1, 1]), "a seed twice"), (dict(seed="x"), "the seed")):
         with pytest.raises(UserError, match=phrase):
             evaluate(EvalConfig(output=str(tmp_path / "e"), methods=["base"], preset="tiny", **bad))
