@@ -78,6 +78,7 @@ def train_domain(config: TrainConfig, progress: Progress | None = None) -> Path:
     #    main process; what a killed run left there is removed first).
     # every field, and the optional packages the settings need, checked before anything is built: before the
     # Accelerator, which warns about a missing tracker first (the processes' count is checked again below)
+    config = replace(config)  # validate() normalises the fields it checks: on a copy, not the caller's object
     config.validate(1)
     output = Path(os.path.expanduser(config.output)).resolve()
     if output.exists() and not output.is_dir():

@@ -450,3 +450,10 @@ def test_settings_from_python_are_checked_before_any_work(bad, phrase, tmp_path)
     with pytest.raises(ValueError, match=phrase):
         TrainConfig.tiny(data=str(tmp_path), output=str(tmp_path / "m"), **bad).validate()
     assert TrainConfig.tiny(data=str(tmp_path), output=str(tmp_path / "m"), max_steps=3.0).validate() == 4
+
+
+def test_the_callers_config_is_left_as_it_was_given(data_dir, tmp_path):
+    """train_domain normalised the caller's TrainConfig in place (its prompt stripped, max_steps "1" made 1)."""
+    cfg = _cfg(data_dir, tmp_path / "m", max_steps="1", prompt="  a photo of a face ")
+    train_domain(cfg)
+    assert cfg.max_steps == "1" and cfg.prompt == "  a photo of a face "
