@@ -637,3 +637,13 @@ def test_a_domain_model_given_without_a_domain_is_its_own_domain(tmp_path, tiny_
     made.mkdir()
     (made / "config.json").write_text(json.dumps({"domain": "porcelain", "domain_model": str(own)}))
     assert domain("--domain-model", str(own), "--resume", "--output", str(made)) == "porcelain"
+
+
+def test_a_stage_whose_every_step_is_non_finite_is_one_sentence_not_an_untrained_mesh(tmp_path, capsys):
+    """Every step of stage 2 undone for a non-finite loss (a weight of 1e300), the untrained NeRF was exported as the
+    mesh, exit 0."""
+    out = tmp_path / "run"
+    code = launch.main(["3d", "--preset", "tiny", "--prompt", "a vase", "--image-steps", "1", "--zero123-steps", "2",
+                        "--refine-steps", "0", "--depth-smooth", "1e300", "--output", str(out)])
+    assert code == 2 and "every one of the stage's 2 steps gave a non-finite loss" in capsys.readouterr().err
+    assert not (out / "mesh").exists() and not (out / "checkpoints" / "stage2-zero123.safetensors").exists()
