@@ -261,6 +261,8 @@ CASES = [
      "argument --seed: a seed is a whole number"),
     # train
     ("train: output is a file", R + ["--data", "{out}", "--output", "{out}/a-file"], "is a file"),
+    ("train: a thousand validation images", R + ["--data", "{out}", "--validation-images", "1000", "--output",
+                                                 "{out}/m"], "must be at most 64 (images in one sampling call)"),
     ("train: prompt with invalid bytes", R + ["--data", "{out}", "--prompt", BAD_UTF8, "--output", "{out}/m"],
      "not valid UTF-8"),
     ("train: read-only folder", R + ["--data", "{out}", "--output", f"{READ_ONLY}/m"], "cannot be written to"),
@@ -348,4 +350,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 49, "edit": 15, "3d": 27, "train": 10, "app": 4}, json.dumps(per)
+    assert per == {"generate": 49, "edit": 15, "3d": 27, "train": 11, "app": 4}, json.dumps(per)
