@@ -197,15 +197,10 @@ SIZE_LIMITS = {
     "refine.batch_sizes": (64, "views a step"),
     "zero123.ref_resolution": (1024, "pixels a side of the reference view"),
     "refine.ref_resolution": (1024, "pixels a side of the reference view"),
-    "zero123.eikonal_points": (1 << 20, "points a step"),
-    "refine.eikonal_points": (1 << 20, "points a step"),
-    "zero123.normal_smooth_points": (1 << 20, "points a step"),
-    "refine.normal_smooth_points": (1 << 20, "points a step"),
     "export.resolution": (MAX_MESH_RESOLUTION, "the marching-cubes grid's side: 4 GB of float32 at 1024"),
     "export.threshold_resolution": (512, "pixels a side of the threshold's views"),
     "export.smooth": (MAX_SMOOTH, "smoothing steps"),
     "export.texture_size": (4096, "pixels a side: the bake's peak memory is 3.3 GB at 4096, about 11 GB at 8192"),
-    "export.side_steps": (MAX_STEPS, "sampling steps"),
 }
 
 
@@ -545,7 +540,7 @@ class ThreeDConfig:
             export, side_views=check_int(export.side_views, "--side-views (0 = off; default 3)", 0, MAX_SIDE_VIEWS),
             side_strength=check_range(export.side_strength, "export.side_strength (the side views' SDEdit strength)",
                                       0.05, 1.0, "1 draws them from noise"),
-            side_steps=check_int(export.side_steps, "export.side_steps (the side views' DDIM steps)", 1, 1000))
+            side_steps=check_int(export.side_steps, "export.side_steps (the side views' DDIM steps)", 1, MAX_STEPS))
         smooth = export.smooth  # checked whatever set it, as the texture size below
         if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0:
             raise ValueError(f"the mesh smoothing is {smooth!r}: give --mesh-smooth a whole number of steps, 0 or more "

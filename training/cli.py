@@ -20,7 +20,7 @@ log = logging.getLogger("training")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from suite.checks import finite_float, int_at_least, seed_arg
+    from suite.checks import MAX_IMAGES, finite_float, int_at_least, seed_arg
     from suite.cli import add_domain_argument, add_preset_argument, add_sd_model_argument
 
     from .config import TrainConfig
@@ -102,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoints-keep", type=int_at_least(1), default=2, help="checkpoints kept (default: %(default)s)")
     g.add_argument("--validation-steps", type=int_at_least(0), default=None,
                    help=f"validation samples every N steps, 0 = off ({both('validation_steps')})")
-    g.add_argument("--validation-images", type=int_at_least(1, 64, "images in one sampling call"), default=None, help=f"({both('validation_images')})")
+    g.add_argument("--validation-images", type=int_at_least(1, MAX_IMAGES, "images in one sampling call"), default=None, help=f"({both('validation_images')})")
     g.add_argument("--validation-domain-weight", type=finite_float, default=3.0,
                    help="w_d of the validation samples, (1 - w_d) eps_sd + w_d eps_d (default: %(default)s)")
     g.add_argument("--report-to", choices=["tensorboard", "none"], default=None,

@@ -16,21 +16,19 @@ from suite.pipeline import InDomainPipeline
 def sample_validation(config, accelerator, sd_unet, vae, scheduler, uncond, unet, ema, output: Path, step: int):
     """Validation images with MultiGuidance: ``(1 - w_d) eps_sd + w_d eps_d`` (Sec. 3.4), SD1.5 unconditional
     base + the null-text domain term (EMA weights when EMA is on). Saved as one image grid, logged."""
-    import copy
+    from contextlib import nullcontext
 
     from PIL import Image
 
     model = accelerator.unwrap_model(unet)
-    if ema is not None:
-        model = copy.deepcopy(model)
-        ema.copy_to(model)
     was_training = model.training
     model.eval()
     pipe = InDomainPipeline(vae, None, None, sd_unet, scheduler, domain_unet=model)
     pipe.set_progress_bar_config(disable=True)
     guidance = MultiGuidance(UNetDenoiser(sd_unet, uncond, name="uncond"),
                              [Term(UNetDenoiser(model, None, name="domain"), config.validation_domain_weight, "domain")])
-    with torch.no_grad(), accelerator.autocast():
+    # the EMA weights in the trained UNet for the sampling, its own back after (no second UNet on the device)
+    with ema.applied(model) if ema is not None else nullcontext(), torch.no_grad(), accelerator.autocast():
         out = pipe(guidance=guidance, num_images_per_prompt=config.validation_images, seed=config.seed,
                    num_inference_steps=config.validation_inference_steps,
                    height=config.resolution, width=config.resolution)
