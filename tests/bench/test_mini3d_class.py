@@ -1,5 +1,5 @@
 """bench.mini3d's measure of a generated object against the canonical shape of the class its prompt names (used for
-the prompts of bench.mini3d and for stage 3 in bench.mini3d_stage3): the best of twelve turns about the vertical."""
+the prompts of bench.mini3d and for stage 3 in bench.mini3d_stage3): the best similarity about the vertical."""
 
 from __future__ import annotations
 

@@ -124,9 +124,10 @@ def test_a_finished_run_of_another_geometry_is_refused_not_measured(tmp_path):
 
 def test_the_exact_object_in_the_nerf_frame_reaches_the_silhouette_truth():
     """measure_mesh's two truths are one object: the exact box (its convex hull), moved into the NeRF frame as the
-    Chamfer truth is, fills the silhouette truth from every held-out view. Measured IoU 0.995; before 2026-12-07
-    the masks were zoomed views from the world's distance (0.977 for this box, framing scale 1.33) and PIL's fill
-    grew the mesh's silhouettes (0.95 with both)."""
+    Chamfer truth is, fills the silhouette truth from every held-out view. Measured IoU 0.996 at the worst view (the
+    hull of ray hits is a hair inside the box); before 2026-12-07 the masks were zoomed views from the world's distance (0.977 for
+    this box, framing scale 1.33) and PIL's fill moved the mesh's silhouettes (0.971 with both; with the fill alone
+    0.986, the coverage test at 4 x 4 sub-pixels 0.991)."""
     import trimesh
 
     from bench.mini3d import KNOWN
@@ -141,4 +142,4 @@ def test_the_exact_object_in_the_nerf_frame_reaches_the_silhouette_truth():
     for ref_azimuth in (0.0, 40.0):
         m = measure_mesh(framing.to_nerf(np.asarray(hull.vertices), ref_azimuth), np.asarray(hull.faces), box, framing,
                          ref_azimuth=ref_azimuth)
-        assert min(m["silhouette_iou"]) > 0.985 and m["chamfer"] < 0.012, m
+        assert min(m["silhouette_iou"]) > 0.994 and m["chamfer"] < 0.012, m
