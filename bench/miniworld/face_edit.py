@@ -189,7 +189,7 @@ def _summary(results, prompts, strengths) -> dict:
 
             def rate(key, sel=sel, n=n):
                 p = sum(bool(r[key]) for r in sel) / n
-                return round(p, 3), round(float(np.sqrt(p * (1 - p) / n)), 3)
+                return round(p, 3), round(float(np.sqrt(p * (1 - p) / n)), 3), n
 
             # the control: how often the same attribute appears after the *other* prompts' edits at this strength
             # (an edit that changes the face reads as glasses or a hat now and then, whatever was asked)
@@ -202,7 +202,8 @@ def _summary(results, prompts, strengths) -> dict:
                 skin_kept=rate("skin_ok"), outside_identical=rate("outside_identical"),
                 photo_look=rate("photo_look"),
                 added_by_others=None if p0 is None else (round(p0, 3),
-                                                         round(float(np.sqrt(p0 * (1 - p0) / len(others))), 3)))
+                                                         round(float(np.sqrt(p0 * (1 - p0) / len(others))), 3),
+                                                         len(others)))
     return out
 
 
@@ -219,12 +220,22 @@ def _dlib(records) -> dict | None:
     return measure((np.asarray(Image.open(r["image"]).convert("RGB")), r["points"]) for r in records)
 
 
+def _rate_text(rate) -> str:
+    """``p ± standard error``; a rate of 0 or 1 (standard error 0) with its one-sided 95% exact bound instead
+    (Clopper-Pearson: 0 of n is at most ``1 - 0.05^(1/n)``), which the binomial standard error cannot give."""
+    p, se, *n = rate
+    if n and p in (0.0, 1.0):
+        bound = 1 - 0.05 ** (1 / max(int(n[0]), 1))
+        return f"{p:.2f} (95%: {'≤ ' + format(bound, '.2f') if p == 0 else '≥ ' + format(1 - bound, '.2f')})"
+    return f"{p:.2f} ± {se:.2f}"
+
+
 def markdown(result: dict) -> str:
     lines = ["| prompt @ strength | edits | attribute added | the same after the other prompts | other attributes kept "
              "| skin kept | outside bit-identical | in the photo look |", "|---|---|---|---|---|---|---|---|"]
     for k, v in result["summary"].items():
         lines.append(f"| {k} | {v['n']} | " + " | ".join(
-            "-" if v.get(m) is None else f"{v[m][0]:.2f} ± {v[m][1]:.2f}" for m in
+            "-" if v.get(m) is None else _rate_text(v[m]) for m in
             ("added", "added_by_others", "kept_attributes", "skin_kept", "outside_identical", "photo_look")) + " |")
     d = result["dlib"]
     lines.append("")

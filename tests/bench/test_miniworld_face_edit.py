@@ -28,6 +28,17 @@ def test_the_control_counts_the_attribute_after_the_other_prompts_only():
     assert "a face with glasses @0.9" not in out  # no glasses edit at 0.9
 
 
+def test_a_rate_of_none_or_all_gives_its_bound_not_a_zero_error():
+    """0 of 59 is not "0.00 ± 0.00": the binomial standard error is zero there, so the table gives the one-sided
+    95% bound (Clopper-Pearson, 1 - 0.05^(1/59) = 0.05)."""
+    from bench.miniworld.face_edit import _rate_text
+
+    assert _rate_text((0.0, 0.0, 59)) == "0.00 (95%: ≤ 0.05)"
+    assert _rate_text((1.0, 0.0, 2)) == "1.00 (95%: ≥ 0.22)"
+    assert _rate_text((0.5, 0.354, 2)) == "0.50 ± 0.35"
+    assert _rate_text((0.0, 0.0)) == "0.00 ± 0.00"  # a result written before the count was kept
+
+
 def test_its_prompts_name_the_face_as_the_mini_captions_do_and_bad_strengths_are_refused(capsys):
     import pytest
 
