@@ -809,7 +809,6 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         #    scheduler steps as an epsilon scheduler.
         sampler = epsilon_scheduler(self.scheduler)  # the guidance's output is epsilon
         sampler.set_timesteps(steps, device=device)
-
         timesteps = sampler.timesteps if image is None else self.get_timesteps(sampler, steps, strength)
         # The guidance: one denoiser built from SD1.5, the domain model and the controls, under the rule the
         # pipeline decides (a recommended rule only where it fits this request's noise range).
