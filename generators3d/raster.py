@@ -1,9 +1,10 @@
 """A small CPU rasteriser for exported meshes: what a mesh viewer shows, to check an export without Blender, and
 what an image's camera sees of a mesh, to project the image onto it (:func:`project_image`, the export's colours).
 
-Each view: vertices projected with the suite's cameras (:mod:`suite.cameras`: x right, y up, looking along -z),
-triangles drawn far to near (painter's algorithm) with their index into an integer image (PIL), then per pixel the
-barycentric coordinates of its centre give the colour: the texture sampled bilinearly at the interpolated UV
+Each view: vertices projected with the suite's cameras (:mod:`suite.cameras`: x right, y up, looking along -z);
+a pixel sees the nearest of the triangles whose projection holds its centre (:func:`covered`, an exact test, and a
+z-buffer of the perspective-correct depth at that centre: :func:`face_ids`), then the barycentric coordinates of its
+centre give the colour: the texture sampled bilinearly at the interpolated UV
 (``texture`` + ``uv``), or the interpolated vertex colours. ``shading``: the mini world renderer's diffuse term
 (ambient 0.32 + 0.68 Lambert, the same light fixed to the camera), without its highlight; off, the colours are shown
 as they are (an unlit material), which is how to compare an export of our NeRF with renders: its colour field is
@@ -68,18 +69,73 @@ def camera_pixels(points: np.ndarray, c2w: np.ndarray, fovy: float, size: int) -
     return px, depth
 
 
-def face_ids(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int):
-    """The visible face of each pixel (``[size, size]``, -1 = none; triangles drawn far to near), with the vertices'
-    pixel coordinates and depths (:func:`camera_pixels`)."""
-    from PIL import Image, ImageDraw
+def covered(px: np.ndarray, faces: np.ndarray, size: int, centre: float = 0.0, weights: bool = False):
+    """Every (pixel, triangle) pair of a ``size`` x ``size`` image where the pixel's centre lies in the 2D triangle
+    ``px[faces]`` (either winding; its edges included; triangles of no area cover nothing): ``(rows, columns,
+    triangle indices into faces)``, each ``[K]``, and with ``weights`` the centres' barycentric coordinates ``[K, 3]``
+    as well. Pixel ``k``'s centre is at ``k + centre`` (0 here, as
+    :func:`camera_pixels` places them; 0.5 where pixel ``k`` spans ``k..k+1``). One test per pixel centre, as a
+    renderer casting one ray through each pixel's centre decides (PIL's polygon fill, used here before 2026-12-07,
+    truncates the corners and fills edge pixels inclusively: it moved every triangle about an eighth of a pixel left
+    and up and grew silhouettes by part of a pixel)."""
+    tri = np.asarray(px, np.float64)[np.asarray(faces, np.int64)]  # [F, 3, 2]
+    area = ((tri[:, 1, 0] - tri[:, 0, 0]) * (tri[:, 2, 1] - tri[:, 0, 1])
+            - (tri[:, 2, 0] - tri[:, 0, 0]) * (tri[:, 1, 1] - tri[:, 0, 1]))
+    lo = np.clip(np.ceil(tri.min(1) - centre), 0, size).astype(np.int64)  # first pixel whose centre is >= the min
+    hi = np.clip(np.floor(tri.max(1) - centre), -1, size - 1).astype(np.int64)  # last whose centre is <= the max
+    extent = hi - lo + 1
+    keep = np.nonzero((extent > 0).all(1) & np.isfinite(tri).all((1, 2)) & (np.abs(area) > 1e-12))[0]
+    tri, lo, extent = tri[keep], lo[keep], extent[keep]
+    area = area[keep]
+    rows, cols, ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    bary = [np.zeros((0, 3))]
+    # triangles grouped by their box's size, each group tested at once (most triangles of a fine mesh cover a few
+    # pixels)
+    boxes = extent[:, 0] * (size + 1) + extent[:, 1]
+    for key in np.unique(boxes):
+        sel = np.nonzero(boxes == key)[0]
+        w, h = int(key // (size + 1)), int(key % (size + 1))
+        step = max(1, 2000000 // (w * h))
+        for start in range(0, len(sel), step):
+            part = sel[start:start + step]
+            gx = lo[part, 0, None, None] + np.arange(w)[None, None, :]  # [P, 1, w]
+            gy = lo[part, 1, None, None] + np.arange(h)[None, :, None]  # [P, h, 1]
+            cx, cy = gx + centre, gy + centre
+            t = tri[part]
+            e = []
+            for a, b in ((0, 1), (1, 2), (2, 0)):
+                ax, ay = t[:, a, 0, None, None], t[:, a, 1, None, None]
+                bx, by = t[:, b, 0, None, None], t[:, b, 1, None, None]
+                e.append((bx - ax) * (cy - ay) - (by - ay) * (cx - ax))
+            inside = ((e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0)) | ((e[0] <= 0) & (e[1] <= 0) & (e[2] <= 0))
+            rows.append(np.broadcast_to(gy, inside.shape)[inside])
+            cols.append(np.broadcast_to(gx, inside.shape)[inside])
+            ids.append(np.broadcast_to(keep[part][:, None, None], inside.shape)[inside])
+            if weights:  # each edge's function over twice the signed area: the weight of the vertex facing it
+                a2 = area[part][:, None, None]
+                bary.append(np.stack([(e[1] / a2)[inside], (e[2] / a2)[inside], (e[0] / a2)[inside]], -1))
+    out = np.concatenate(rows), np.concatenate(cols), np.concatenate(ids)
+    return (*out, np.concatenate(bary)) if weights else out
 
+
+def face_ids(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int):
+    """The visible face of each pixel (``[size, size]``, -1 = none): of the triangles whose projection holds the
+    pixel's centre (:func:`covered`), the nearest at that centre (a z-buffer of the perspective-correct depth;
+    triangles reaching behind the camera are left out), with the vertices' pixel coordinates and depths
+    (:func:`camera_pixels`)."""
+    faces = np.asarray(faces, np.int64)
     px, depth = camera_pixels(vertices, c2w, fovy, size)
-    order = np.argsort(-depth[faces].mean(1), kind="stable")  # far first: near triangles paint over them
-    ids = Image.new("I", (size, size), 0)
-    draw = ImageDraw.Draw(ids)
-    for f in order:
-        draw.polygon([tuple(px[j]) for j in faces[f]], fill=int(f) + 1)
-    return np.asarray(ids, dtype=np.int64) - 1, px, depth
+    front = np.nonzero((depth[faces] > 1e-6).all(1))[0]
+    ys, xs, k, bary = covered(px, faces[front], size, weights=True)
+    fid = front[k]
+    z = 1.0 / (bary / depth[faces[fid]]).sum(1)  # 1 / depth is linear in the image plane
+    pix = ys * size + xs
+    zbuf = np.full(size * size, np.inf)
+    np.minimum.at(zbuf, pix, z)
+    near = z <= zbuf[pix]  # the nearest at each pixel (ties: any of them)
+    ids = np.full(size * size, -1, np.int64)
+    ids[pix[near]] = fid[near]
+    return ids.reshape(size, size), px, depth
 
 
 def depth_map(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int) -> np.ndarray:
@@ -89,7 +145,7 @@ def depth_map(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: fl
     tri = faces[fid[ys, xs]]
     bary = barycentric(px, tri, np.stack([xs, ys], -1).astype(np.float64))
     out = np.full((size, size), np.inf)
-    out[ys, xs] = (bary * depth[tri]).sum(1)
+    out[ys, xs] = 1.0 / (bary / depth[tri]).sum(1)  # perspective-correct
     return out
 
 

@@ -83,34 +83,12 @@ def mesh_silhouettes(vertices: np.ndarray, faces: np.ndarray, cams: Cameras, siz
 
 def _cover(px: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
     """``[size, size]`` bool: the pixels whose centres (``k + 0.5``) lie in one of the 2D triangles ``px[faces]``
-    (either winding; the edges included)."""
+    (either winding; the edges included): :func:`generators3d.raster.covered`."""
+    from generators3d.raster import covered
+
     out = np.zeros((size, size), bool)
-    tri = px[faces]  # [F, 3, 2]
-    lo = np.clip(np.ceil(tri.min(1) - 0.5), 0, size).astype(np.int64)  # first pixel whose centre is >= the min
-    hi = np.clip(np.floor(tri.max(1) - 0.5), -1, size - 1).astype(np.int64)  # last whose centre is <= the max
-    extent = hi - lo + 1
-    keep = (extent > 0).all(1)
-    tri, lo, extent = tri[keep], lo[keep], extent[keep]
-    # triangles grouped by their box's size, each group tested at once (most triangles of a fine mesh cover a few
-    # pixels)
-    boxes = extent[:, 0] * 1000000 + extent[:, 1]
-    for key in np.unique(boxes):
-        sel = np.nonzero(boxes == key)[0]
-        w, h = int(key // 1000000), int(key % 1000000)
-        for start in range(0, len(sel), max(1, 2000000 // (w * h))):
-            part = sel[start:start + max(1, 2000000 // (w * h))]
-            gx = lo[part, 0, None, None] + np.arange(w)[None, None, :]  # [P, 1, w]
-            gy = lo[part, 1, None, None] + np.arange(h)[None, :, None]  # [P, h, 1]
-            cx, cy = gx + 0.5, gy + 0.5
-            t = tri[part]
-            e = []
-            for a, b in ((0, 1), (1, 2), (2, 0)):
-                ax, ay = t[:, a, 0, None, None], t[:, a, 1, None, None]
-                bx, by = t[:, b, 0, None, None], t[:, b, 1, None, None]
-                e.append((bx - ax) * (cy - ay) - (by - ay) * (cx - ax))
-            inside = ((e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0)) | ((e[0] <= 0) & (e[1] <= 0) & (e[2] <= 0))
-            ys, xs = np.broadcast_to(gy, inside.shape)[inside], np.broadcast_to(gx, inside.shape)[inside]
-            out[ys, xs] = True
+    ys, xs, _ = covered(px, faces, size, centre=0.5)
+    out[ys, xs] = True
     return out
 
 

@@ -91,12 +91,15 @@ def test_textured_glb_carries_uv_texture_and_material_and_shows_the_stripes(stri
     coloured, _ = render_mesh(coarse.vertices, coarse.faces, CAMS, colors=coarse.colors)
     blank, _ = render_mesh(v, f, CAMS, uv=uv, texture=np.full((8, 8, 3), float(coarse.colors.mean())))
     e_tex, e_vc, e_blank = (_error(x, truth, mask) for x in (textured, coloured, blank))
-    assert e_tex < 0.11 < min(e_vc, e_blank), (e_tex, e_vc, e_blank)  # measured: 0.079, 0.165, 0.142
+    assert e_tex < 0.11 < min(e_vc, e_blank), (e_tex, e_vc, e_blank)  # measured: 0.082, 0.162, 0.138
     # stripes, not a tint or a moire: the column through the middle changes from light to dark as often as the
-    # truth's (measured: truth 34/33/23 changes in the three views, texture 32/32/23, vertex colours 14/12/9)
+    # truth's (measured: truth 34/34/24 changes in the three views, texture 34/35/28, vertex colours 15/10/10). The
+    # third view sees the lowest stripes foreshortened to about two pixels, where the count moves by up to 4 with
+    # the rasteriser and its supersampling (truth / texture at 2, 3, 4 times the size: 24/28, 23/25, 23/25; with
+    # the painter's fill used before 2026-12-07: 23/23, 21/25, 21/25), hence 20%; the vertex colours miss by 58%.
     for i in range(len(CAMS)):
         want = _changes(truth[i], mask[i])
-        assert abs(_changes(textured[i], mask[i]) - want) <= 0.15 * want
+        assert abs(_changes(textured[i], mask[i]) - want) <= 0.2 * want
         assert _changes(coloured[i], mask[i]) < 0.6 * want and _changes(blank[i], mask[i]) < 0.3 * want
 
 
