@@ -60,46 +60,61 @@ def _load_mesh(path: Path, transform: dict):
     return dict(vertices=v, faces=np.asarray(m.faces), colors=np.asarray(m.visual.vertex_colors)[:, :3] / 255.0)
 
 
-def _scores(rgb: np.ndarray, cover: np.ndarray, truth: torch.Tensor, truth_mask: torch.Tensor, pattern: str,
+def _scores(rgb: np.ndarray, mask: np.ndarray, truth: torch.Tensor, truth_mask: torch.Tensor, pattern: str,
             judge) -> dict:
+    """PSNR of ``rgb [B, 3, H, W]`` against ``truth``, the IoU of its silhouettes ``mask [B, H, W]`` (bool) against
+    ``truth_mask``, and the judge's pattern reading."""
     from suite.miniworld.views import iou, psnr
 
     x = torch.from_numpy(rgb).float()
     reads = judge.predict(x)["pattern"]
     right = [r == pattern for r in reads]
-    return {"psnr": float(psnr(x, truth).mean()), "iou": float(iou(torch.from_numpy(cover > 0.5), truth_mask).mean()),
+    return {"psnr": float(psnr(x, truth).mean()), "iou": float(iou(torch.from_numpy(mask), truth_mask).mean()),
             "pattern_views": sum(right), "pattern_majority": sum(right) > len(right) / 2, "reads": reads}
 
 
-def measure(case, folder: Path, judge, seed: int = 0) -> dict:
-    from bench.mini3d import HELD_OUT, known_object
-    from generators3d import ThreeDConfig, run_text_to_3d
+def held_out_truth(obj, framing, size: int = 64):
+    """The held-out views' cameras in the NeRF frame (:data:`bench.mini3d.HELD_OUT`) and the renderer's truth from
+    them: ``(cams, rgb [B, 3, size, size] on the world's backdrop, as the judge saw in training, masks [B, size,
+    size])``. The truth is drawn from the world cameras that see the object as ``cams`` see it moved into the NeRF
+    frame (:func:`bench.miniworld.geometry.world_cameras`: a dolly; the zoom of ``framed_cameras``, used here before
+    2026-12-07, has another perspective where the framing's scale is not 1), its masks by one ray through each
+    pixel's centre, as the meshes' silhouettes are tested (:func:`bench.miniworld.geometry.mesh_silhouettes`)."""
+    from bench.mini3d import HELD_OUT
+    from bench.miniworld.geometry import render_masks, world_cameras
     from generators3d.cameras import orbit_cameras
+    from suite.miniworld.render import render
+    from suite.miniworld.world import BACKGROUND
+
+    cams = orbit_cameras([v[0] for v in HELD_OUT], [v[1] for v in HELD_OUT], framing.distance, 20.0)
+    world = world_cameras(cams, framing)
+    return cams, render(obj, world, size=size, background=BACKGROUND).rgb, render_masks(obj, world, size)
+
+
+def measure(case, folder: Path, judge, seed: int = 0) -> dict:
+    from bench.mini3d import known_object
+    from bench.miniworld.geometry import mesh_silhouettes
+    from generators3d import ThreeDConfig, run_text_to_3d
     from generators3d.nerf import Background
     from generators3d.raster import render_mesh
     from generators3d.render import render as render_nerf
     from generators3d.stage import load_checkpoint
     from generators3d.texture import side_turns, side_views_keep
-    from suite.miniworld.render import render
-    from suite.miniworld.views import framed_cameras, reference_framing
+    from suite.miniworld.views import reference_framing
     from suite.miniworld.world import BACKGROUND, make_object
 
     shape, colour, pattern, el, az = case
     known_object(case, folder, {})  # the stage-2 run (reused when finished)
     obj = make_object(shape, colour, pattern)
     framing = reference_framing(obj, el, az, size=256)
-    els, azs = [v[0] for v in HELD_OUT], [v[1] for v in HELD_OUT]
-    truth = render(obj, framed_cameras(framing, els, [framing.azimuth + a for a in azs]), size=64,
-                   background=BACKGROUND)  # the world's backdrop, as the judge saw in training
-    truth_rgb, truth_mask = truth.rgb, truth.alpha > 0.5
-    cams = orbit_cameras(els, azs, framing.distance, 20.0)
+    cams, truth_rgb, truth_mask = held_out_truth(obj, framing)
     ckpt = folder / "run" / "checkpoints" / "stage2-zero123.safetensors"
     field, _ = load_checkpoint(ckpt)
     with torch.no_grad():
         nerf = render_nerf(field, Background(BACKGROUND), cams, 64, chunk=8192)
     res = {"case": f"{colour} {shape}, {pattern}", "pattern": pattern,
-           "nerf": _scores(nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy(), nerf["opacity"][..., 0].numpy(),
-                           truth_rgb, truth_mask, pattern, judge)}
+           "nerf": _scores(nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy(),
+                           nerf["opacity"][..., 0].numpy() > 0.5, truth_rgb, truth_mask, pattern, judge)}
     renders = {"truth": truth_rgb.numpy(), "nerf": nerf["rgb"].permute(0, 3, 1, 2).clamp(0, 1).numpy()}
     for name, sub, size, project, sides in EXPORTS:
         out = folder / (f"{sub}-s{seed}" if seed else sub)
@@ -118,8 +133,12 @@ def measure(case, folder: Path, judge, seed: int = 0) -> dict:
         transform = json.loads(summary.read_text())["export_transform"]
         files = [(name, "model.glb")] + ([("vertex colours", "model.ply")] if name == "texture 256" else [])
         for label, file in files:
-            rgb, cover = render_mesh(cams=cams, size=64, shading=False, **_load_mesh(out / "mesh" / file, transform))
-            res[label] = _scores(rgb, cover, truth_rgb, truth_mask, pattern, judge)
+            mesh = _load_mesh(out / "mesh" / file, transform)
+            rgb, _ = render_mesh(cams=cams, size=64, shading=False, **mesh)
+            # silhouettes by the pixel centres (a majority of render_mesh's 2 x 2 sub-pixels drops the pixels an
+            # edge halves)
+            silhouettes = mesh_silhouettes(mesh["vertices"], mesh["faces"], cams, 64)
+            res[label] = _scores(rgb, silhouettes, truth_rgb, truth_mask, pattern, judge)
             renders[label] = rgb
     res["_renders"] = renders
     return res

@@ -1,11 +1,11 @@
 """A small CPU rasteriser for exported meshes: what a mesh viewer shows, to check an export without Blender, and
 what an image's camera sees of a mesh, to project the image onto it (:func:`project_image`, the export's colours).
 
-Each view: vertices projected with the suite's cameras (:mod:`suite.cameras`: x right, y up, looking along -z);
-a pixel sees the nearest of the triangles whose projection holds its centre (:func:`covered`, an exact test, and a
+Each view: vertices projected with the suite's cameras (:mod:`suite.cameras`: x right, y up, looking along -z); a
+pixel sees the nearest of the triangles whose projection holds its centre (:func:`covered`, an exact test, and a
 z-buffer of the perspective-correct depth at that centre: :func:`face_ids`), then the barycentric coordinates of its
-centre give the colour: the texture sampled bilinearly at the interpolated UV
-(``texture`` + ``uv``), or the interpolated vertex colours. ``shading``: the mini world renderer's diffuse term
+centre give the colour: the texture sampled bilinearly at the interpolated UV (``texture`` + ``uv``), or the
+interpolated vertex colours. ``shading``: the mini world renderer's diffuse term
 (ambient 0.32 + 0.68 Lambert, the same light fixed to the camera), without its highlight; off, the colours are shown
 as they are (an unlit material), which is how to compare an export of our NeRF with renders: its colour field is
 radiance with the lighting of its training views baked in. Rendered at ``supersample`` times the size and averaged
@@ -73,18 +73,19 @@ def covered(px: np.ndarray, faces: np.ndarray, size: int, centre: float = 0.0, w
     """Every (pixel, triangle) pair of a ``size`` x ``size`` image where the pixel's centre lies in the 2D triangle
     ``px[faces]`` (either winding; its edges included; triangles of no area cover nothing): ``(rows, columns,
     triangle indices into faces)``, each ``[K]``, and with ``weights`` the centres' barycentric coordinates ``[K, 3]``
-    as well. Pixel ``k``'s centre is at ``k + centre`` (0 here, as
-    :func:`camera_pixels` places them; 0.5 where pixel ``k`` spans ``k..k+1``). One test per pixel centre, as a
-    renderer casting one ray through each pixel's centre decides (PIL's polygon fill, used here before 2026-12-07,
-    truncates the corners and fills edge pixels inclusively: it moved every triangle about an eighth of a pixel left
-    and up and grew silhouettes by part of a pixel)."""
+    as well. Pixel ``k``'s centre is at ``k + centre`` (0 here, as :func:`camera_pixels` places them; 0.5 where
+    pixel ``k`` spans ``k..k+1``). One test per pixel centre, as a renderer casting one ray through each pixel's
+    centre decides. (PIL's polygon fill, used here before 2026-12-07, rounds the corners down to whole pixels and
+    fills edge pixels inclusively: it moved every triangle about half a pixel left and up and grew silhouettes.)"""
     tri = np.asarray(px, np.float64)[np.asarray(faces, np.int64)]  # [F, 3, 2]
+    finite = np.isfinite(tri).all((1, 2))
+    tri = np.where(finite[:, None, None], tri, 0.0)  # a vertex at infinity covers nothing (and casts no warning)
     area = ((tri[:, 1, 0] - tri[:, 0, 0]) * (tri[:, 2, 1] - tri[:, 0, 1])
             - (tri[:, 2, 0] - tri[:, 0, 0]) * (tri[:, 1, 1] - tri[:, 0, 1]))
     lo = np.clip(np.ceil(tri.min(1) - centre), 0, size).astype(np.int64)  # first pixel whose centre is >= the min
     hi = np.clip(np.floor(tri.max(1) - centre), -1, size - 1).astype(np.int64)  # last whose centre is <= the max
     extent = hi - lo + 1
-    keep = np.nonzero((extent > 0).all(1) & np.isfinite(tri).all((1, 2)) & (np.abs(area) > 1e-12))[0]
+    keep = np.nonzero((extent > 0).all(1) & finite & (np.abs(area) > 1e-12))[0]
     tri, lo, extent = tri[keep], lo[keep], extent[keep]
     area = area[keep]
     rows, cols, ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
@@ -140,6 +141,7 @@ def face_ids(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: flo
 
 def depth_map(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int) -> np.ndarray:
     """The mesh's depth along the view per pixel (``[size, size]``, ``inf`` where no face is seen)."""
+    faces = np.asarray(faces, np.int64)
     fid, px, depth = face_ids(vertices, faces, c2w, fovy, size)
     ys, xs = np.nonzero(fid >= 0)
     tri = faces[fid[ys, xs]]

@@ -22,7 +22,7 @@ def test_the_nearest_triangle_at_the_pixel_is_seen_not_the_nearest_on_average():
     ids, _, depth = face_ids(v, f, np.eye(4), 60.0, 33)  # camera at the origin looking along -z
     assert depth[f[0]].mean() < depth[f[1]].mean()  # the long one is nearer on average
     assert ids[16, 16] == 1  # the painter's order by mean depth gave 0
-    assert depth_map(v, f, np.eye(4), 60.0, 33)[16, 16] == np.float64(3.0)
+    assert abs(depth_map(v, f, np.eye(4), 60.0, 33)[16, 16] - 3.0) < 1e-9
     # alone, the long triangle's depth on the centre ray is its plane's there (4.32), not a blend of its corners'
     # depths across the image (6.69)
     n = np.cross(LONG[1] - LONG[0], LONG[2] - LONG[0])
@@ -53,15 +53,19 @@ def test_a_sphere_is_covered_and_its_depth_drawn_as_its_rays_meet_it():
     assert np.abs(z - truth)[both].mean() < 0.002
 
 
-def test_covered_takes_pixel_centres_at_either_convention():
-    """A unit square (two triangles) from (2, 2) to (5, 5): with centres at integers, pixels 2-5 (edges included);
-    with centres at k + 0.5, pixels 2-4; a triangle of no area covers nothing."""
+def test_covered_takes_pixel_centres_at_either_convention_and_weighs_the_corners():
+    """A square (two triangles, one of each winding) from (2, 2) to (5, 5): with centres at integers, pixels 2-5
+    (edges included); with centres at k + 0.5, pixels 2-4; a triangle of no area covers nothing. The weights are the
+    centres' barycentric coordinates: they sum to 1 and put the centre back together from the corners."""
     px = np.array([[2.0, 2.0], [5.0, 2.0], [5.0, 5.0], [2.0, 5.0], [1.0, 1.0]])
-    faces = np.array([[0, 1, 2], [0, 2, 3], [4, 4, 0]])
+    faces = np.array([[0, 1, 2], [0, 3, 2], [4, 4, 0]])
     for centre, first, last in ((0.0, 2, 5), (0.5, 2, 4)):
-        ys, xs, ids = covered(px, faces, 8, centre=centre)
+        ys, xs, ids, bary = covered(px, faces, 8, centre=centre, weights=True)
         out = np.zeros((8, 8), bool)
         out[ys, xs] = True
         want = np.zeros((8, 8), bool)
         want[first:last + 1, first:last + 1] = True
         assert (out == want).all() and set(ids.tolist()) == {0, 1}
+        assert np.allclose(bary.sum(1), 1) and (bary > -1e-12).all()
+        corners = px[faces[ids]]  # [K, 3, 2]
+        assert np.allclose((bary[..., None] * corners).sum(1), np.stack([xs, ys], -1) + centre)

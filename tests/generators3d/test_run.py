@@ -151,8 +151,8 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert scales == [2.5, 2.5]  # --zero123-guidance draws the side views too (always 3 before)
     # ... drawn in turns (135, then 225 degrees: they overlap at the back), the second keeping what the first drew too
     assert len(kept) == 2 and all(k.shape[:2] == (1, 1) for k in kept)
-    # measured: the first keeps up to 0.44 of a pixel (0.68 with the painter's fill used before 2026-12-07), 0.002 on
-    # average; the second 0.043 on average
+    # measured: the first keeps a weight of up to 0.44 in one pixel (0.68 with the PIL fill used before 2026-12-07),
+    # 0.002 on average; the second 0.043 on average
     assert float(kept[0].max()) > 0.3 > float(kept[0].mean()) and float(kept[1].mean()) > 4 * float(kept[0].mean())
     assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
     assert not (other / "mesh" / "model.obj").exists()
