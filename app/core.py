@@ -215,9 +215,11 @@ class ServedCopies:
         self._stopped = threading.Event()
 
     def _file_clock(self) -> float:
-        """Now, as the file system stamps a file made in the folder: a copy made just after ``time.time()`` can be
-        stamped up to a clock tick earlier (the kernel stamps files from a coarse clock; measured here 8 files of 500,
-        by up to 1.8 ms), and a copy made as the server started then escaped the sweep at its stop (a flaky test)."""
+        """Now, as the file system stamps a file made in the folder (a probe's ctime): a copy made just after
+        ``time.time()`` can be stamped up to a clock tick earlier (the kernel stamps files from a coarse clock;
+        measured here 8 files of 500, by up to 1.8 ms), and a copy made as the server started then escaped the sweep
+        at its stop (a flaky test). The other way round, an earlier server's copies made within that tick before
+        this start go at this server's stop (a second or two on file systems with coarse stamps, such as FAT)."""
         import os
         import tempfile
 
@@ -227,7 +229,7 @@ class ServedCopies:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.folder) as probe:
-                return min(now, os.fstat(probe.fileno()).st_ctime)
+                return os.fstat(probe.fileno()).st_ctime
         except OSError:
             return now
 

@@ -462,7 +462,7 @@ def test_gradio_forgets_old_sessions_and_old_copies(app):
 
 def test_a_copy_made_as_the_server_starts_goes_at_its_stop(tmp_path, monkeypatch):
     """The kernel stamps a new file from a coarse clock, up to a tick behind ``time.time()``: a copy made within
-    milliseconds of the server's start was stamped before it and stayed after the stop (the test above failed so
+    milliseconds of the server's start was stamped before it and stayed after the stop (the test below failed so
     once in CI; here 8 of 500 files made just after a ``time.time()`` were stamped before it, by up to 1.8 ms). Here
     the fine clock runs 5 ms ahead of the files' stamps."""
     import time
