@@ -252,8 +252,10 @@ def _central_gradient(f, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 def make_field(cfg: NeRFConfig, device, seed: int = 0) -> NeRFField:
     """A fresh field on ``device`` with the backend :func:`choose_backend` picks (seeded)."""
+    from suite.devices import RANDOM_STATE_LOCK
+
     backend = choose_backend(cfg, device)
-    with torch.random.fork_rng(devices=[]):
+    with RANDOM_STATE_LOCK, torch.random.fork_rng(devices=[]):  # no other job's seeding lands in the middle
         torch.manual_seed(seed)
         field = NeRFField(cfg, backend=backend)
     if backend == "tcnn":

@@ -3,6 +3,7 @@ is read, and the dtype the models run in (read by the CLIs, the app, the pipelin
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 DTYPES = ("float32", "float16", "bfloat16")  # what --dtype offers; the models run in one of these
@@ -80,11 +81,19 @@ def recorded_dtype(device: str | None, dtype=None) -> str:
     return str(resolve_device(device, dtype)[1]).removeprefix("torch.")
 
 
+#: Held while a thread seeds, saves or restores the process's global random state (torch's, numpy's, python's):
+#: jobs run side by side in one process (the app's ``--max-jobs`` above 1) share it, and a NeRF seeded in one thread
+#: while another seeded or restored it came out unlike the same seed's alone (39 of 40 fields made by eight threads
+#: at once, before this lock; ``tests/generators3d/test_nerf.py``). Draws that take an explicit generator need none.
+RANDOM_STATE_LOCK = threading.RLock()
+
+
 @contextmanager
 def kept_random_state(device):
     """The caller's global random state (python's, numpy's, torch's on the CPU and on ``device``) as it was, after a
     run that seeds or draws from them: training's ``set_seed`` left every call's caller at the same state (a script's
-    later draws repeated from one call to the next), and a 3D run or an evaluation moved the caller's stream."""
+    later draws repeated from one call to the next), and a 3D run or an evaluation moved the caller's stream. Saved
+    and restored under :data:`RANDOM_STATE_LOCK`, so that neither lands inside another thread's seeded section."""
     import random
 
     import numpy as np
@@ -92,14 +101,20 @@ def kept_random_state(device):
 
     device = torch.device(device)
 
-    py, npy = random.getstate(), np.random.get_state()
     # set_seed seeds every GPU of the run's kind (manual_seed_all), so every one of them is given back, not only the
     # run's own (cuda, mps, xpu; a CPU run touches no GPU's generator)
     accelerated = device.type not in ("cpu", "meta")
     count = getattr(getattr(torch, device.type), "device_count", lambda: 1)() if accelerated else 0
-    with torch.random.fork_rng(devices=list(range(count)), device_type=device.type if accelerated else "cuda"):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
+    with RANDOM_STATE_LOCK:
+        py, npy = random.getstate(), np.random.get_state()
+        fork = torch.random.fork_rng(devices=list(range(count)), device_type=device.type if accelerated else "cuda")
+        fork.__enter__()
+    try:
+        yield
+    finally:
+        with RANDOM_STATE_LOCK:
+            try:
+                fork.__exit__(None, None, None)
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)

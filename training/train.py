@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from suite import models
 from suite.batch import check_processes_joined, in_daemon, model_hashes, process_wait
 from suite.checks import Progress
-from suite.devices import kept_random_state
+from suite.devices import RANDOM_STATE_LOCK, kept_random_state
 from suite.files import check_writable_dir, claim_run_folder, output_lock, remove_leftovers, write_text_atomic
 from suite.nulltext import DomainMetadata, DomainModel, check_E, make_domain_model
 from suite.progress import LogProgress
@@ -157,7 +157,8 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
         if progress is not None:
             progress(stage, done, total, dict(info or {}))
 
-    set_seed(config.seed)
+    with RANDOM_STATE_LOCK:  # not inside another job's seeded section (the app's --max-jobs above 1)
+        set_seed(config.seed)
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     checkpoints = list_checkpoints(output)
