@@ -253,10 +253,13 @@ def _central_gradient(f, x: torch.Tensor, eps: float) -> torch.Tensor:
 def make_field(cfg: NeRFConfig, device, seed: int = 0) -> NeRFField:
     """A fresh field on ``device`` with the backend :func:`choose_backend` picks (seeded)."""
     from suite.devices import RANDOM_STATE_LOCK
+    from suite.threads import building_models
 
     backend = choose_backend(cfg, device)
-    with RANDOM_STATE_LOCK, torch.random.fork_rng(devices=[]):  # no other job's seeding lands in the middle
-        torch.manual_seed(seed)
+    # built on the CPU's global generator, seeded, while no other job builds a model or seeds, saves or restores
+    # that generator (a GPU's generators are left alone: torch.manual_seed reseeded them for every run)
+    with building_models(), RANDOM_STATE_LOCK, torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         field = NeRFField(cfg, backend=backend)
     if backend == "tcnn":
         log.info("NeRF hash grid: tiny-cuda-nn")

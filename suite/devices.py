@@ -83,8 +83,10 @@ def recorded_dtype(device: str | None, dtype=None) -> str:
 
 #: Held while a thread seeds, saves or restores the process's global random state (torch's, numpy's, python's):
 #: jobs run side by side in one process (the app's ``--max-jobs`` above 1) share it, and a NeRF seeded in one thread
-#: while another seeded or restored it came out unlike the same seed's alone (39 of 40 fields made by eight threads
-#: at once, before this lock; ``tests/generators3d/test_nerf.py``). Draws that take an explicit generator need none.
+#: while another job seeded it or restored its own state came out unlike the same seed's alone (a script: eight
+#: threads at once, five rounds, 39 of 40 fields before this lock; ``tests/generators3d/test_nerf.py``). Taken by
+#: :func:`generators3d.nerf.make_field`, the tiny models' first build (:mod:`suite.testing`), training's
+#: ``set_seed`` and :func:`kept_random_state`. Draws that take an explicit generator need none.
 RANDOM_STATE_LOCK = threading.RLock()
 
 
@@ -93,7 +95,8 @@ def kept_random_state(device):
     """The caller's global random state (python's, numpy's, torch's on the CPU and on ``device``) as it was, after a
     run that seeds or draws from them: training's ``set_seed`` left every call's caller at the same state (a script's
     later draws repeated from one call to the next), and a 3D run or an evaluation moved the caller's stream. Saved
-    and restored under :data:`RANDOM_STATE_LOCK`, so that neither lands inside another thread's seeded section."""
+    and restored under :data:`RANDOM_STATE_LOCK`, so that neither lands inside another thread's seeded section. (Runs
+    that overlap in threads each restore the state they found: the last to finish decides the state left.)"""
     import random
 
     import numpy as np

@@ -245,9 +245,12 @@ def _write_once(folder: Path, marker: str, what: str, write) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
+        from .devices import RANDOM_STATE_LOCK
         from .threads import building_models
 
-        with building_models():  # models built in a thread beside an app job's load: suite.threads
+        # models built in a thread beside an app job's load (suite.threads), seeded from the global generator while
+        # no other job seeds, saves or restores it (suite.devices.RANDOM_STATE_LOCK; the caller's state given back)
+        with building_models(), RANDOM_STATE_LOCK, torch.random.fork_rng(devices=[]):
             write(tmp)
         tmp.rename(folder)
     except OSError:
