@@ -139,8 +139,9 @@ def as_rgba(im: Image.Image) -> Image.Image | None:
         return im.convert("RGBA")
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I") and isinstance(key, int):
         rgba = np.array(to_8bit(im).convert("RGBA"))
-        rgba[..., 3] = np.where(np.asarray(im) == key, 0, 255)  # the key compared at full depth, not rounded
-        return Image.fromarray(rgba, "RGBA")
+        # the key compared at full depth, not rounded; uint8 (an int64 mask took 8 bytes a pixel)
+        rgba[..., 3] = np.where(np.asarray(im) == key, np.uint8(0), np.uint8(255))
+        return Image.fromarray(rgba)
     return None
 
 
