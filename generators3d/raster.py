@@ -3,7 +3,7 @@ what an image's camera sees of a mesh, to project the image onto it (:func:`proj
 
 Each view: vertices projected with the suite's cameras (:mod:`suite.cameras`: x right, y up, looking along -z); a
 pixel sees the nearest of the triangles whose projection holds its centre (:func:`covered`, an exact test, and a
-z-buffer of the perspective-correct depth at that centre: :func:`face_ids`), then the barycentric coordinates of its
+z-buffer of the perspective-correct depth at that centre: :func:`visible`), then the barycentric coordinates of its
 centre give the colour: the texture sampled bilinearly at the interpolated UV (``texture`` + ``uv``), or the
 interpolated vertex colours. ``shading``: the mini world renderer's diffuse term
 (ambient 0.32 + 0.68 Lambert, the same light fixed to the camera), without its highlight; off, the colours are shown
@@ -119,11 +119,11 @@ def covered(px: np.ndarray, faces: np.ndarray, size: int, centre: float = 0.0, w
     return (*out, np.concatenate(bary)) if weights else out
 
 
-def face_ids(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int):
-    """The visible face of each pixel (``[size, size]``, -1 = none): of the triangles whose projection holds the
-    pixel's centre (:func:`covered`), the nearest at that centre (a z-buffer of the perspective-correct depth;
-    triangles reaching behind the camera are left out), with the vertices' pixel coordinates and depths
-    (:func:`camera_pixels`)."""
+def visible(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int):
+    """What a camera sees of a mesh, pixel by pixel: of the triangles whose projection holds a pixel's centre
+    (:func:`covered`), the nearest at that centre (a z-buffer of the perspective-correct depth; triangles reaching
+    behind the camera are left out). ``(rows, columns, faces, barycentric [K, 3], depth [K])`` of the ``K`` pixels
+    where a face is seen, one entry each, with the vertices' pixel coordinates and depths (:func:`camera_pixels`)."""
     faces = np.asarray(faces, np.int64)
     px, depth = camera_pixels(vertices, c2w, fovy, size)
     front = np.nonzero((depth[faces] > 1e-6).all(1))[0]
@@ -133,21 +133,26 @@ def face_ids(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: flo
     pix = ys * size + xs
     zbuf = np.full(size * size, np.inf)
     np.minimum.at(zbuf, pix, z)
-    near = z <= zbuf[pix]  # the nearest at each pixel (ties: any of them)
-    ids = np.full(size * size, -1, np.int64)
-    ids[pix[near]] = fid[near]
-    return ids.reshape(size, size), px, depth
+    near = np.nonzero(z <= zbuf[pix])[0]  # the nearest at each pixel; of equals, the first
+    near = near[np.unique(pix[near], return_index=True)[1]]
+    return ys[near], xs[near], fid[near], bary[near], z[near], px, depth
+
+
+def face_ids(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int):
+    """The visible face of each pixel (``[size, size]``, -1 = none; :func:`visible`), with the vertices' pixel
+    coordinates and depths (:func:`camera_pixels`)."""
+    ys, xs, fid, _, _, px, depth = visible(vertices, faces, c2w, fovy, size)
+    ids = np.full((size, size), -1, np.int64)
+    ids[ys, xs] = fid
+    return ids, px, depth
 
 
 def depth_map(vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy: float, size: int) -> np.ndarray:
-    """The mesh's depth along the view per pixel (``[size, size]``, ``inf`` where no face is seen)."""
-    faces = np.asarray(faces, np.int64)
-    fid, px, depth = face_ids(vertices, faces, c2w, fovy, size)
-    ys, xs = np.nonzero(fid >= 0)
-    tri = faces[fid[ys, xs]]
-    bary = barycentric(px, tri, np.stack([xs, ys], -1).astype(np.float64))
+    """The mesh's depth along the view per pixel (``[size, size]``, ``inf`` where no face is seen; perspective-correct:
+    :func:`visible`)."""
+    ys, xs, _, _, z, _, _ = visible(vertices, faces, c2w, fovy, size)
     out = np.full((size, size), np.inf)
-    out[ys, xs] = 1.0 / (bary / depth[tri]).sum(1)  # perspective-correct
+    out[ys, xs] = z
     return out
 
 
@@ -206,10 +211,8 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, cams, size: int = 64, c
     images, covers = [], []
     for i in range(len(cams)):
         c2w = cams.c2w[i].double().numpy()
-        fid, px, _ = face_ids(v, faces, c2w, float(cams.fovy[i]), hs)
-        ys, xs = np.nonzero(fid >= 0)
-        tri = faces[fid[ys, xs]]
-        bary = barycentric(px, tri, np.stack([xs, ys], -1).astype(np.float64))
+        ys, xs, seen, bary, _, _, _ = visible(v, faces, c2w, float(cams.fovy[i]), hs)
+        tri = faces[seen]
         if tex is not None and uv is not None:
             albedo = sample_texture(tex, (bary[..., None] * np.asarray(uv, np.float64)[tri]).sum(1))
         else:
@@ -222,7 +225,8 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, cams, size: int = 64, c
         shaded = albedo * (0.32 + 0.68 * np.clip(n @ light, 0, None))[:, None] if shading else albedo
         img = np.broadcast_to(bg, (hs, hs, 3)).copy()
         img[ys, xs] = np.clip(shaded, 0, 1)
-        cov = (fid >= 0).astype(np.float64)
+        cov = np.zeros((hs, hs))
+        cov[ys, xs] = 1.0
         images.append(img.reshape(size, supersample, size, supersample, 3).mean((1, 3)).transpose(2, 0, 1))
         covers.append(cov.reshape(size, supersample, size, supersample).mean((1, 3)))
     return np.stack(images).astype(np.float32), np.stack(covers).astype(np.float32)
