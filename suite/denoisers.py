@@ -41,6 +41,7 @@ __all__ = [
     "v_to_eps",
     "alpha_bar_at",
     "epsilon_scheduler",
+    "finite_terminal_snr",
     "expand_timestep",
 ]
 
@@ -90,13 +91,31 @@ def alpha_bar_at(t: torch.Tensor, alphas_cumprod: torch.Tensor, device) -> torch
     return torch.where(frac > 0, 1 / (1 + s * s), a[lo])
 
 
+TERMINAL_ALPHA_BAR = 2.0 ** -24
+"""What :func:`finite_terminal_snr` puts in place of a zero ``alpha_bar`` at the last timestep (diffusers' Euler and
+DPM-Solver schedulers use the same value)."""
+
+
+def finite_terminal_snr(scheduler):
+    """A schedule rescaled to zero terminal SNR (``rescale_betas_zero_snr``, Lin et al. 2024) ends at
+    ``alpha_bar = 0``, where the epsilon form that every denoiser here returns loses the model's prediction
+    (``eps = sqrt(a) * v + sqrt(1 - a) * z`` is ``z``) and DDIM's ``x0 = (z - sqrt(1 - a) * eps) / sqrt(a)`` divides
+    by zero. Sets that last ``alpha_bar`` to :data:`TERMINAL_ALPHA_BAR` in place, as diffusers' Euler and DPM-Solver
+    schedulers do for themselves (DDIM and DDPM do not): the round trip v -> eps -> x0 then keeps ``x0 = -v`` to
+    about 3e-4 in float32. Returns ``scheduler``; a schedule that does not end at zero is left as it is."""
+    a = getattr(scheduler, "alphas_cumprod", None)
+    if a is not None and len(a) and float(a[-1]) == 0.0:
+        a[-1] = TERMINAL_ALPHA_BAR
+    return scheduler
+
+
 def epsilon_scheduler(scheduler):
     """``scheduler`` configured for epsilon (what every denoiser here returns): itself where it already is, else a
     new one from its config with ``prediction_type="epsilon"`` (a v-prediction model's scheduler would otherwise
-    read the converted epsilon as v)."""
+    read the converted epsilon as v). A zero terminal SNR is made finite in either (:func:`finite_terminal_snr`)."""
     if getattr(scheduler.config, "prediction_type", "epsilon") == "epsilon":
-        return scheduler
-    return type(scheduler).from_config(scheduler.config, prediction_type="epsilon")
+        return finite_terminal_snr(scheduler)
+    return finite_terminal_snr(type(scheduler).from_config(scheduler.config, prediction_type="epsilon"))
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .denoisers import UNetDenoiser, epsilon_scheduler
+from .denoisers import UNetDenoiser, epsilon_scheduler, finite_terminal_snr
 from .files import atomic_dir
 from .guidance import MultiGuidance, Term
 from .models import ModelLoadError, describe, load_errors, offline, resolve
@@ -147,7 +147,9 @@ def load_zero123(ref: str | os.PathLike | None, device="cpu", dtype=torch.float3
                              f"{2 * vae.config.latent_channels}: it is not a Zero-1-to-3 UNet; pass {flag} correctly")
     for m in (unet, vae, image_encoder, projection):
         m.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return Zero123Model(unet, vae, image_encoder, projection, scheduler)
+    # a zero-terminal-SNR schedule (a v-prediction model trained so) ends at alpha_bar = 0: made finite here, so
+    # that the epsilon its guidance returns keeps the model's prediction at the first step
+    return Zero123Model(unet, vae, image_encoder, projection, finite_terminal_snr(scheduler))
 
 
 def relative_pose(elevation, azimuth, distance, ref_elevation, ref_azimuth, ref_distance) -> torch.Tensor:

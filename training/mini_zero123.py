@@ -122,12 +122,16 @@ def _clip_input(images: torch.Tensor) -> torch.Tensor:
 
 def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3, seed: int = 0,
                   cond_dropout: float = 0.1, ema_decay: float = 0.999, init: dict | None = None,
-                  prediction_type: str | None = None) -> dict:
+                  prediction_type: str | None = None, zero_snr: bool | None = None) -> dict:
     """Train the parts of :func:`build_parts` (or ``init``'s, to continue a run) on :func:`render_pairs` data;
     returns the EMA parts. A continued run encodes its data with ``init``'s own VAE (the latent space its UNet
     was trained in), not ``vae``. ``prediction_type`` (``"epsilon"`` or ``"v_prediction"``; default: the
     scheduler's, epsilon for a new model) sets what the UNet learns to predict, and the returned scheduler says so
-    (a continued run may switch, as Stable Diffusion 2 was switched from epsilon to v)."""
+    (a continued run may switch, as Stable Diffusion 2 was switched from epsilon to v). ``zero_snr`` (default: as
+    ``init``'s scheduler, off for a new model) trains on the schedule rescaled to zero terminal SNR (Lin et al.
+    2024: the last timestep is pure noise, as sampling starts, so the target's outline cannot be read from what the
+    noise leaves of it), which needs v-prediction; the returned scheduler samples from that last timestep
+    (``timestep_spacing="trailing"``)."""
     from diffusers import DDPMScheduler
 
     parts = build_parts(vae, seed) if init is None else dict(init)
@@ -136,13 +140,21 @@ def train_zero123(data: dict, vae, steps: int, batch: int = 48, lr: float = 1e-3
             raise ValueError(f"prediction_type {prediction_type!r}: use 'epsilon' or 'v_prediction'")
         parts["scheduler"] = type(parts["scheduler"]).from_config(parts["scheduler"].config,
                                                                   prediction_type=prediction_type)
+    if zero_snr is not None:
+        parts["scheduler"] = type(parts["scheduler"]).from_config(
+            parts["scheduler"].config, rescale_betas_zero_snr=zero_snr,
+            timestep_spacing="trailing" if zero_snr else SCHEDULER_CONFIG.get("timestep_spacing", "leading"))
     kind = getattr(parts["scheduler"].config, "prediction_type", "epsilon")
+    rescaled = bool(getattr(parts["scheduler"].config, "rescale_betas_zero_snr", False))
+    if rescaled and kind != "v_prediction":
+        raise ValueError("zero terminal SNR needs prediction_type='v_prediction': at the last timestep the noise is "
+                         "the input, so there is no epsilon to learn")
     vae = parts["vae"]
     for name in ("unet", "image_encoder", "projection"):
         parts[name] = parts[name].float().train().requires_grad_(True)
     unet, encoder, projection = parts["unet"], parts["image_encoder"], parts["projection"]
     sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"}
-                          | dict(prediction_type=kind))
+                          | dict(prediction_type=kind, rescale_betas_zero_snr=rescaled))
     images, poses = data["images"], torch.from_numpy(data["poses"])
     n, views = images.shape[:2]
     lat = encode_latents(vae, images.reshape(-1, *images.shape[2:])).reshape(n, views, 4, 16, 16)

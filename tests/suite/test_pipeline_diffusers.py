@@ -427,6 +427,36 @@ def test_half_precision_samples_as_float32_does_on_a_v_prediction_base():
         assert np.abs(full - half).mean() < 0.003
 
 
+def test_a_zero_terminal_snr_ddim_keeps_the_models_prediction_at_its_first_step(tiny_pipe):
+    """A v-prediction model on a DDIM schedule rescaled to zero terminal SNR (``alpha_bar = 0`` at t = 999, where
+    trailing DDIM starts): the epsilon the pipeline's denoiser returns, read back by its sampler, gives the model's
+    own x0 (``-v`` there). With the unclamped 0 the conversion returned the noise itself (x0 about 0), and the
+    sampler divided by zero (NaN)."""
+    import copy
+
+    from diffusers import DDIMScheduler
+
+    from suite.denoisers import epsilon_scheduler
+
+    pipe = copy.deepcopy(tiny_pipe)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction",
+                                               rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    embeds = pipe.encode_prompt("x")
+    den = pipe._sd(embeds)
+    sampler = epsilon_scheduler(pipe.scheduler)
+    sampler.set_timesteps(4)
+    t = sampler.timesteps[0]
+    assert int(t) == 999
+    z = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        v = pipe.unet(z, t, encoder_hidden_states=embeds).sample
+        eps = den(z, t)
+    a = sampler.alphas_cumprod[999]
+    x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
+    assert torch.isfinite(x0).all()
+    assert (x0 + v).abs().max() < 2e-3 * v.abs().max()
+
+
 def test_a_callback_gets_the_latents_in_the_networks_dtype_and_its_changes_count(tiny_pipe):
     """A preview callback decoding the latents with a half-precision VAE failed once the sampler's state stayed in
     float32 ("Input type (float) and bias type (c10::BFloat16)"): it gets them in the networks' dtype, as in diffusers,

@@ -161,6 +161,54 @@ def test_a_v_prediction_zero123_guides_and_samples_as_its_epsilon_twin(tmp_path,
     assert torch.allclose(views[1], views[0], atol=1e-4)
 
 
+class _Oracle(torch.nn.Module):
+    """A v-prediction UNet that knows the clean latent ``x0``: ``v = (sqrt(a) z - x0) / sqrt(1 - a)`` at the training
+    schedule's ``a`` (``-x0`` where ``a`` is 0), whatever its conditioning."""
+
+    def __init__(self, unet, x0, alphas_cumprod):
+        super().__init__()
+        self.inner, self.config, self.x0, self.a = unet, unet.config, x0, alphas_cumprod
+
+    def forward(self, x, t, encoder_hidden_states=None, return_dict=True, **kw):
+        a = self.a[t.long()].view(-1, 1, 1, 1).to(x)
+        z = x[:, :self.x0.shape[1]]
+        v = (a.sqrt() * z - self.x0.to(x)) / (1 - a).sqrt()
+        return (v,) if not return_dict else type("Out", (), {"sample": v})()
+
+
+def test_a_zero_terminal_snr_zero123_samples_from_its_last_timestep(tmp_path, tiny_parts):
+    """A v-prediction Zero-1-to-3 trained on a schedule rescaled to zero terminal SNR (``alpha_bar = 0`` at t = 999,
+    where trailing DDIM starts) samples as diffusers' own DDIM does on its v: with an oracle for x0, the view from
+    the guidance's epsilon is the one from the v path. Before ``finite_terminal_snr`` that epsilon divided by zero
+    at the first step (the view was NaN)."""
+    import copy
+    from dataclasses import replace
+
+    from suite.zero123 import novel_views
+
+    parts = dict(tiny_parts, scheduler=type(tiny_parts["scheduler"]).from_config(
+        tiny_parts["scheduler"].config, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+        timestep_spacing="trailing"))
+    model = load_zero123(str(save_zero123(parts, tmp_path / "z")))
+    trained = parts["scheduler"].alphas_cumprod  # what it was trained on: exactly 0 at the end
+    side = model.image_size // 2 ** (len(model.vae.config.block_out_channels) - 1)
+    x0 = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(1))
+    oracle = _Oracle(model.unet, x0, trained)
+    guide = Zero123Guidance(replace(model, unet=oracle), torch.rand(1, 3, 64, 64), ref_elevation=5.0)
+    view = novel_views(guide, 20.0, 45.0, 3.8, steps=4, generator=torch.Generator().manual_seed(0))
+    native = copy.deepcopy(parts["scheduler"])  # diffusers' DDIM stepping in v, on the unclamped schedule
+    native.set_timesteps(4)
+    assert int(native.timesteps[0]) == 999
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    for t in native.timesteps:
+        z = native.step(oracle(torch.cat([z, z], 1), t[None]).sample, t, z).prev_sample
+    with torch.no_grad():
+        want = (model.vae.decode(z / model.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.isfinite(view).all()
+    assert (view - want).abs().max() < 1e-3
+    assert float(trained[-1]) == 0.0 and 0.0 < float(model.alphas_cumprod[-1]) < 1e-6
+
+
 def test_a_zero123_of_another_prediction_type_is_refused_with_a_sentence(tmp_path, tiny_parts):
     import json
 
