@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
                         "N > 1, files are NAME-0.png ... (default: %(default)s)")
     p.add_argument("--mask", default=None,
                    help="mask image, the photo's size or a scaled copy of it (same aspect ratio): white = may change, "
-                        "black/transparent = kept exactly "
+                        "black = kept exactly, gray blends; a mask with any transparency is read by its alpha alone "
+                        "(opaque = may change, transparent = kept), so paint it on a transparent layer or flatten it "
                         "(default: the feathered face crop)")
     p.add_argument("--mask-blend", action="store_true",
                    help="with --mask, hold the kept part to the photo during the denoising too (blended latent "
@@ -62,6 +63,7 @@ def main(args) -> int:
     from suite.images import (
         check_max_megapixels,
         check_not_an_input,
+        check_output_size,
         check_set_files,
         open_image,
         oriented_size,
@@ -93,6 +95,7 @@ def main(args) -> int:
     max_pixels = int(args.max_megapixels * 1e6)
     image = open_image(args.image, "image", max_pixels)
     size = oriented_size(image)
+    check_output_size(args.output, *size)  # the same size as the photo
     mask = load_mask(args.mask, size, max_pixels) if args.mask else None
     detector = None
     if args.whole_image and args.framing not in (None, "whole"):  # before the models load

@@ -494,12 +494,12 @@ def read_landmarks(path) -> GivenLandmarks:
     import json
     from pathlib import Path
 
-    p = Path(path)
+    p = Path(path).expanduser()  # as --image, --mask and --output are
     if not p.is_file():
         raise ValueError(f"the landmarks file {p} does not exist or is not a file: give the JSON file written beside "
                          f"the photo")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is not an error
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"the landmarks file {p} is not JSON ({e}): give {{\"faces\": [...]}}") from None
     return GivenLandmarks(faces_from_landmarks(data.get("faces") if isinstance(data, dict) else data))

@@ -29,6 +29,17 @@ def test_modes_are_converted():
     assert np.array_equal(p.alpha, alpha)
 
 
+def test_float_and_32_bit_grayscale_keep_their_tones():
+    """A float TIFF (mode F) of 0-1 values came out black (PIL's conversion clips to 0 or 1 of 255), and 32-bit
+    integers above 65535 white: each is scaled by the range its values show."""
+    gray = np.asarray(Image.fromarray(photo_array(20, 30, seed=13)).convert("L"))
+    for values in (gray / 255.0, gray.astype(np.float64), gray * 257.0):
+        floats = Image.fromarray(values.astype(np.float32), "F")
+        assert np.abs(prepare_photo(floats).rgb[..., 0].astype(int) - gray).max() <= 1
+    wide = Image.fromarray((gray.astype(np.int32) * 1_000_000), "I")
+    assert np.abs(prepare_photo(wide).rgb[..., 0].astype(int) - gray.astype(int) * 255 // int(gray.max())).max() <= 1
+
+
 def test_rgba_output_keeps_alpha_and_untouched_pixels(pipe):
     rgb = photo_array(96, 128, seed=12)
     alpha = np.tile(np.linspace(0, 255, 128).astype(np.uint8), (96, 1))

@@ -91,3 +91,17 @@ def test_landmarks_frame_faces_only(pipe):
             edit_photo(pipe, photo, framing=framing, detector=detector, steps=2)
     out = edit_photo(pipe, photo, framing="face", detector=detector, steps=1, strength=1.0)
     assert out.face_boxes == [detector.faces[0].box]
+
+
+def test_a_landmarks_path_with_a_tilde_and_a_byte_order_mark_is_read(tmp_path, monkeypatch):
+    """``--landmarks ~/...`` was taken literally (``--image``, ``--mask`` and ``--output`` expand it), and a file saved
+    with a UTF-8 byte-order mark (as Windows editors do) was refused as "not JSON"."""
+    import json
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "lm").mkdir()
+    record = {"faces": [{"eye_left": [100, 80], "eye_right": [140, 80], "mouth_left": [107, 120],
+                         "mouth_right": [133, 120]}]}
+    (tmp_path / "lm" / "face.landmarks.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode())
+    faces = read_landmarks("~/lm/face.landmarks.json").detect(np.zeros((300, 300, 3), np.uint8))
+    assert len(faces) == 1 and faces[0].eyes == ((100.0, 80.0), (140.0, 80.0))

@@ -157,3 +157,55 @@ def test_a_large_16_bit_image_is_scaled_to_8_bits_in_bands():
     assert got[0, :4].tolist() == [0, 0, 128, 255]
     assert np.array_equal(got[::97, ::89], np.floor(a[::97, ::89] / 65535.0 * 255.0 + 0.5).astype(np.uint8))
     assert peak < 200e6, peak
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".tif", ".bmp"])
+def test_a_sets_file_of_the_users_is_refused_in_every_format_and_the_suites_own_is_known(tmp_path, suffix):
+    """Before, a set's existing file was checked for this suite's record only in PNG and JPEG: ``--output
+    holiday.webp --num-images 2`` replaced the user's ``holiday-1.webp`` (TIFF and BMP too). Now WebP and TIFF
+    hold the record, and a file of a format that holds none is refused as a file of the user's."""
+    from suite.images import check_set_files, read_image_settings
+
+    theirs = tmp_path / f"holiday-1{suffix}"
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(theirs)
+    with pytest.raises(UserError, match="holds no record of this suite"):
+        check_set_files([tmp_path / f"holiday-0{suffix}", theirs], {"--steps": 2}, resume=False)
+    ours = save_image_atomic(Image.new("RGB", (8, 8)), tmp_path / f"ours-1{suffix}", {"--steps": 2})
+    if suffix == ".bmp":
+        assert read_image_settings(ours) is None
+    else:
+        assert read_image_settings(ours) == {"--steps": 2}
+        check_set_files([tmp_path / f"ours-0{suffix}", ours], {"--steps": 2}, resume=False)  # its own: replaced
+        with pytest.raises(UserError, match="made with other settings"):
+            check_set_files([tmp_path / f"ours-0{suffix}", ours], {"--steps": 3}, resume=True)
+
+
+def test_outputs_keep_the_pixels_webp_exactly_and_jpeg_nearly(tmp_path):
+    """Outputs were saved at PIL's defaults (JPEG quality 75 with 4:2:0 chroma, WebP lossy): a drawing came back
+    3.8 (JPEG) and 3.1 (WebP) levels off on average, the pixels an edit never touched included. WebP is now
+    lossless, JPEG quality 95 with full chroma (0.8)."""
+    from PIL import ImageDraw
+
+    yy, xx = np.mgrid[:128, :128]
+    image = Image.fromarray(np.stack([xx * 2, yy * 2, xx + yy], -1).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([20, 30, 60, 90], fill=(200, 30, 40))
+    draw.ellipse([70, 10, 120, 60], fill=(20, 160, 220))
+    photo = np.asarray(image).astype(np.int16)
+    back = {s: np.asarray(Image.open(save_image_atomic(image, tmp_path / f"p{s}")).convert("RGB")).astype(np.int16)
+            for s in (".webp", ".jpg")}
+    assert np.array_equal(back[".webp"], photo)
+    assert np.abs(back[".jpg"] - photo).mean() < 1.5
+
+
+def test_an_output_larger_than_its_format_stores_is_refused_before_any_work(tmp_path):
+    """A 17,000 px panorama edited to .webp ran the whole edit and then failed at the save ("encoding error 5")."""
+    from suite.images import check_output_size
+
+    with pytest.raises(UserError, match=r"\.webp stores at most 16383 pixels a side, and the output is 17000x300: "
+                                        r"use \.png"):
+        check_output_size(tmp_path / "pano.webp", 17000, 300)
+    for name in ("pano.png", "pano.jpg"):
+        check_output_size(tmp_path / name, 17000, 300)
+    with pytest.raises((OSError, ValueError), match="16383"):  # the encoder's own limit: one pixel more is refused
+        Image.new("RGB", (16384, 2)).save(tmp_path / "x.webp")
