@@ -127,14 +127,16 @@ def load_checkpoint_weights(folder: Path, ema: bool):
 
 def reusable_text_features(path: Path, prompt: str, steps: int, key: str = "") -> bool:
     """An ``F_T`` file from an earlier attempt of this run (same prompt, steps and ``key``: the images and the
-    settings it was optimised with) is reused, not recomputed."""
+    settings it was optimised with) is reused, not recomputed; one that diverged (saved by a version that did not
+    check) is not."""
     if not path.is_file():
         return False
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    return meta.get("prompt") == prompt and meta.get("steps") == str(steps) and meta.get("key", "") == key
+        same = meta.get("prompt") == prompt and meta.get("steps") == str(steps) and meta.get("key", "") == key
+        return same and "F_T" in f.keys() and bool(torch.isfinite(f.get_tensor("F_T")).all())
 
 
 def save_text_features(path: Path, F_T: torch.Tensor, prompt: str, steps: int, key: str = "") -> Path:

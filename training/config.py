@@ -212,4 +212,10 @@ class TrainConfig:
 # Settings that must not change between a checkpoint and its resume (they change the samples or the model).
 RESUME_KEYS = ("resolution", "center_crop", "hflip", "batch_size", "seed", "domain", "ema", "ema_decay", "preset",
                "mixed_precision",
-               "sd_model", "prompt")
+               "sd_model", "prompt",
+               # the optimiser's and the data's: the optimiser state of a checkpoint brought its weight decay back
+               # whatever --weight-decay said (and train_config.json recorded the new value), a forgotten --lr or
+               # --lr-warmup-steps changed the schedule without a word, and another --small-images was blamed on
+               # the image folder ("restore it")
+               "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
+               "use_8bit_adam", "small_images")

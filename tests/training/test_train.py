@@ -261,6 +261,11 @@ def test_a_resume_refuses_changed_images_and_a_dropped_ema_and_f_t_is_not_reused
     assert run.returncode != 0 and "changed settings (mixed_precision)" in run.stderr, run.stderr[-1000:]
     with pytest.raises(ValueError, match=r"changed settings \(prompt\)"):  # F_T and E came from the first prompt
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, prompt="a photo of a cat"))
+    # the optimiser's and the data's settings: the checkpoint's optimiser state kept its weight decay whatever was
+    # given (and the new value was recorded), and another --small-images was blamed on the folder ("restore it")
+    for changed in (dict(weight_decay=0.5), dict(lr=1e-2), dict(lr_warmup_steps=4), dict(small_images="skip")):
+        with pytest.raises(ValueError, match=rf"changed settings \({next(iter(changed))}\)"):
+            train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9, **changed))
     (data / "img0.png").rename(data / "img9.png")  # the same count, another file
     with pytest.raises(ValueError, match="renamed, replaced or edited"):
         train_domain(_cfg(data, out, max_steps=4, resume=True, ema=True, ema_decay=0.9))
@@ -457,3 +462,21 @@ def test_the_callers_config_is_left_as_it_was_given(data_dir, tmp_path):
     cfg = _cfg(data_dir, tmp_path / "m", max_steps="1", prompt="  a photo of a face ")
     train_domain(cfg)
     assert cfg.max_steps == "1" and cfg.prompt == "  a photo of a face "
+
+
+def test_text_features_that_diverge_are_one_sentence_and_never_saved_for_reuse(data_dir, tmp_path):
+    """F_T optimised at an absurd --text-init-lr came out non-finite and was saved: every retry reused it and failed
+    later with "re-capture E", which no command-line user can do."""
+    from safetensors.torch import save_file
+
+    from training.checkpoints import reusable_text_features
+
+    out = tmp_path / "model"
+    with pytest.raises(ValueError, match=r"text features diverged .*lower --text-init-lr"):
+        train_domain(_cfg(data_dir, out, max_steps=2, text_init_lr=1e12))
+    assert not (out / "text_features.safetensors").exists()
+    bad = tmp_path / "old.safetensors"  # as an earlier version saved it
+    save_file({"F_T": torch.full((1, 77, 32), float("nan"))}, str(bad), metadata={"prompt": "p", "steps": "2", "key": ""})
+    assert not reusable_text_features(bad, "p", 2)
+    save_file({"F_T": torch.zeros((1, 77, 32))}, str(bad), metadata={"prompt": "p", "steps": "2", "key": ""})
+    assert reusable_text_features(bad, "p", 2)
