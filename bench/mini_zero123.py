@@ -1,5 +1,6 @@
 """``python -m bench.mini_zero123 [--model DIR ...] [--per-shape N] [--turn DEG] [--shapes ...] [--samples K]``:
-the mini Zero-1-to-3 against copying its input, shape by shape (issue 24, part 3).
+the mini Zero-1-to-3 against copying its input, shape by shape (issue 24, part 3); ``--start noise input``
+compares the sampler started from pure noise (the default) and from the input view noised.
 
 Held-out cases (:func:`suite.miniworld.views.heldout_cases`: coloured objects of every shape, a 90-degree turn
 (``--turn``) and 15-30 degrees of elevation change, alternately left/right and up/down), ``N`` per shape
@@ -36,18 +37,19 @@ SAMPLE_STRIDE = 100_000
 
 
 def per_shape(model, per_shape: int = 12, steps: int = 30, scale: float = 3.0, seed: int = 12345, turn: float = 90.0,
-              shapes=None, samples: int = 1) -> dict:
+              shapes=None, samples: int = 1, start: str = "noise") -> dict:
     """``{shape: {"iou", "iou_se", "copy_iou", "copy_iou_se", "gain", "gain_se", "n"}}`` plus ``"mean"`` (all cases)
     for ``model`` on ``per_shape`` held-out cases of each shape (``shapes``: only these, the same cases and seeds as
     in a run of all shapes), the target ``turn`` degrees round. ``gain`` is the paired difference IoU - copy IoU.
-    ``samples`` > 1: each case's view is sampled that many times (other seeds) and its IoU is their mean."""
+    ``samples`` > 1: each case's view is sampled that many times (other seeds) and its IoU is their mean. ``start``:
+    what the sampler starts from (:func:`suite.zero123.novel_views`: the input view noised, or pure noise)."""
     from suite.miniworld.views import heldout_cases, measure_novel_views
     from suite.miniworld.world import SHAPES
 
     cases = heldout_cases(per_shape * len(SHAPES), seed=seed, turn=turn)  # the shapes come in turn
     keep = [i for i in range(len(cases)) if shapes is None or SHAPES[i % len(SHAPES)] in shapes]
     runs = [measure_novel_views(model, [cases[i] for i in keep], guidance_scale=scale, steps=steps,
-                                seeds=[k * SAMPLE_STRIDE + i for i in keep]) for k in range(samples)]
+                                seeds=[k * SAMPLE_STRIDE + i for i in keep], start=start) for k in range(samples)]
     iou = np.mean([r["iou"] for r in runs], 0)
     copy = np.asarray(runs[0]["copy_iou"])
     return _by_shape(iou, copy, [SHAPES[i % len(SHAPES)] for i in keep])
@@ -335,7 +337,7 @@ FRESH_SEED = 777
 
 
 def training_pairs(model, objects: int, steps: int = 30, scale: float = 3.0, shapes=("box",), build_seed: int = 0,
-                   turns=None, build_size: str = "full") -> dict:
+                   turns=None, build_size: str = "full", start: str = "noise") -> dict:
     """``model`` on the pairs its box-weighted phase trained on (the first ``objects`` objects of
     :func:`training.miniworld.box_pairs_spec`'s draw for the build of ``build_seed`` and ``build_size``, as its
     world's MANIFEST.json records them: each target view of each object
@@ -358,7 +360,7 @@ def training_pairs(model, objects: int, steps: int = 30, scale: float = 3.0, sha
         if len({id(c[0]) for c in cases}) < 2:  # a standard error needs two objects
             raise ValueError(f"fewer than two of the first {objects} objects of the {name} pairs are a "
                              f"{' or '.join(shapes)} outside the glaze: give more, e.g. --training-pairs 100")
-        m = measure_novel_views(model, cases, guidance_scale=scale, steps=steps)
+        m = measure_novel_views(model, cases, guidance_scale=scale, steps=steps, start=start)
         out[name] = _by_shape(m["iou"], m["copy_iou"], [c[0].shape for c in cases])
         out[name]["turn"] = float(np.mean([abs((c[4] - c[2] + 180) % 360 - 180) for c in cases]))
     return out
@@ -393,6 +395,11 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _name(folder: str, start: str, starts) -> str:
+    """A model's name in the tables: its folder, and how its sampler started where more than one way was measured."""
+    return folder if len(starts) == 1 else f"{folder} (start: {start})"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.mini_zero123", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", nargs="*", default=None,
@@ -404,6 +411,10 @@ def main(argv=None) -> int:
                    help="degrees of azimuth between the input and the target view (default: %(default)s)")
     p.add_argument("--shapes", nargs="*", default=None,
                    help="measure only these shapes (the same cases and seeds as a run of all of them)")
+    p.add_argument("--start", nargs="+", choices=("noise", "input"), default=["noise"],
+                   help="what the sampler starts from: pure noise ('noise', the default: Zero-1-to-3's own sampler) "
+                        "or the input view noised to the first step's level ('input': a pull towards copying it); "
+                        "give both to measure each model both ways on the same cases and seeds (the table pairs them)")
     p.add_argument("--samples", type=int, default=1,
                    help="sample each case's view this many times (other seeds) and average its IoU (default: 1)")
     p.add_argument("--ideal", type=int, default=0, metavar="M",
@@ -488,9 +499,11 @@ def main(argv=None) -> int:
                 return 2
             built = json.loads(world.read_text())
             try:
-                results[folder] = training_pairs(load_zero123(folder), args.training_pairs, args.steps, args.scale,
-                                                 tuple(args.shapes or ("box",)), build_seed=int(built["seed"]),
-                                                 build_size=built["size"])
+                for start in args.start:
+                    results[_name(folder, start, args.start)] = training_pairs(
+                        load_zero123(folder), args.training_pairs, args.steps, args.scale,
+                        tuple(args.shapes or ("box",)), build_seed=int(built["seed"]), build_size=built["size"],
+                        start=start)
             except ValueError as e:
                 print(f"error: {e}.", file=sys.stderr)
                 return 2
@@ -506,10 +519,14 @@ def main(argv=None) -> int:
     results, observer, pictures = {}, None, None
     for folder in folders:
         t0 = time.time()
-        results[folder] = per_shape(load_zero123(folder), args.per_shape, args.steps, args.scale, turn=args.turn,
-                                    shapes=args.shapes, samples=args.samples)
-        log.info("%s: mean IoU %.3f (copy %.3f), %.0f s", folder, results[folder]["mean"]["iou"],
-                 results[folder]["mean"]["copy_iou"], time.time() - t0)
+        model = load_zero123(folder)
+        for start in args.start:
+            name = _name(folder, start, args.start)
+            results[name] = per_shape(model, args.per_shape, args.steps, args.scale, turn=args.turn,
+                                      shapes=args.shapes, samples=args.samples, start=start)
+            log.info("%s: mean IoU %.3f (copy %.3f), %.0f s", name, results[name]["mean"]["iou"],
+                     results[name]["mean"]["copy_iou"], time.time() - t0)
+            t0 = time.time()
     if args.ideal:
         t0 = time.time()
         encode = vae_latent(load_zero123(vae_folder).vae) if vae_folder else None

@@ -214,7 +214,7 @@ class Zero123Guidance:
 @torch.no_grad()
 def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_scale: float = 3.0,
                 steps: int = 50, generator: torch.Generator | None = None, init: torch.Tensor | None = None,
-                strength: float = 1.0, keep: torch.Tensor | None = None) -> torch.Tensor:
+                strength: float = 1.0, keep: torch.Tensor | None = None, start: str = "noise") -> torch.Tensor:
     """Sample Zero-1-to-3's views of the input object from target cameras: the model's own scheduler (DDIM for
     Zero-1-to-3) over the classifier-free guided denoiser of :meth:`Zero123Guidance.guidance`. Returns
     ``[B, 3, H, W]`` in [0, 1] at the model's image size. ``init`` (``[B, 3, H, W]`` in [0, 1], e.g. renders of
@@ -222,8 +222,20 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
     schedule and denoised from there, so the views keep their outline and large colours (the fraction of ``steps``
     run is ``strength``). ``keep`` (``[B, 1, H, W]`` in [0, 1], with ``init``): where the views keep ``init``: after
     every step the latent is blended towards ``init``'s, noised to the next step's level, by ``keep`` averaged over
-    each latent cell (blended latent diffusion, Avrahami et al. 2023), so the model draws the rest to join it."""
+    each latent cell (blended latent diffusion, Avrahami et al. 2023), so the model draws the rest to join it.
+
+    ``start`` (where ``init`` does not set it): what the first step denoises. ``"noise"`` (the default, Zero-1-to-3's
+    own sampler): pure noise. ``"input"``: the input view's latent noised to the first step's level, ``sqrt(a) *
+    z_input + sqrt(1 - a) * noise``. The schedule's first step keeps ``sqrt(a)`` = 0.07 of the clean latent, so in
+    training the model saw the target's layout faintly there and learned to read it (the mini model's boxes gain
+    0.047 IoU when it is the truth's); the input view's layout is the one the sampler has. It is a pull towards
+    copying the input: on the mini world's held-out views at a 90-degree turn it lifts boxes above copying (+0.032
+    +- 0.005 IoU over four seeds) and leaves cups level on average, but a cup whose handle swings to the back keeps
+    it at the side (0.81 -> 0.71 over eight seeds); docs/mini-world.md, "Starting from the input view"."""
     import copy
+
+    if start not in ("input", "noise"):
+        raise ValueError(f"start must be 'input' or 'noise', not {start!r}")
 
     model = guide.model
     pose = relative_pose(elevation, azimuth, distance, *guide.ref)
@@ -243,12 +255,15 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
     if init is not None and (strength < 1.0 or keep is not None):
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], not {strength}")
-        start = len(timesteps) - max(1, round(strength * len(timesteps)))
-        timesteps = timesteps[start:]
+        first = len(timesteps) - max(1, round(strength * len(timesteps)))
+        timesteps = timesteps[first:]
         z0 = guide.encode(init.to(model.device, torch.float32), generator).float()
         noise = z.to(z0) / scheduler.init_noise_sigma
         if strength < 1.0:
             z = scheduler.add_noise(z0, noise, timesteps[:1].to(z0.device))
+    elif start == "input":
+        z_input = (guide.c_concat.float() * model.vae.config.scaling_factor).expand(shape)
+        z = scheduler.add_noise(z_input, z / scheduler.init_noise_sigma, timesteps[:1].to(z.device))
     hold = None
     if keep is not None:
         hold = torch.nn.functional.adaptive_avg_pool2d(keep.to(z0.device, torch.float32).clamp(0, 1), z0.shape[-2:])

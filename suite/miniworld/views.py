@@ -129,13 +129,14 @@ def heldout_cases(n: int, seed: int = 12345, turn: float = 90.0):
 
 @torch.no_grad()
 def measure_novel_views(model, cases, guidance_scale: float = 3.0, steps: int = 30, seed: int = 0,
-                        size: int = 64, seeds=None) -> dict:
+                        size: int = 64, seeds=None, start: str = "noise") -> dict:
     """Zero-1-to-3 (a :class:`suite.zero123.Zero123Model`) on held-out ``cases`` (see :func:`heldout_cases`):
     silhouette IoU and PSNR of its novel view against the renderer's ground truth, and of the trivial baseline
     that returns the input view unchanged. The novel view is cut out onto white first (:func:`cut_out`). Returns means and per-case lists (``iou``, ``psnr``, ``copy_iou``,
     ``copy_psnr``), the PSNR of all cases together (``mean_psnr``: from the mean squared error, which a perfect
     case cannot dominate) and the images (``inputs``, ``predicted``, ``truth``). Case ``i`` is sampled with the
-    generator seed ``seed + i``, or ``seeds[i]`` when ``seeds`` is given."""
+    generator seed ``seed + i``, or ``seeds[i]`` when ``seeds`` is given; ``start`` is :func:`suite.zero123.novel_views`'
+    (the input view noised, or pure noise)."""
     if seeds is not None and len(seeds) != len(cases):
         raise ValueError(f"{len(seeds)} seeds for {len(cases)} cases: give one seed per case")
     inputs, preds, truths = [], [], []
@@ -144,7 +145,7 @@ def measure_novel_views(model, cases, guidance_scale: float = 3.0, steps: int = 
         rgb, _ = render_framed(obj, framing, [el0, el1], [az0, az1], size)
         guide = Zero123Guidance(model, rgb[:1], el0, az0, framing.distance)
         gen = torch.Generator().manual_seed(seed + i if seeds is None else int(seeds[i]))
-        pred = novel_views(guide, el1, az1, framing.distance, guidance_scale, steps, generator=gen)
+        pred = novel_views(guide, el1, az1, framing.distance, guidance_scale, steps, generator=gen, start=start)
         pred = torch.nn.functional.interpolate(pred, (size, size), mode="bilinear", align_corners=False)
         inputs.append(rgb[:1])
         truths.append(rgb[1:])

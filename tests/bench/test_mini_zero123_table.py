@@ -37,7 +37,8 @@ def test_a_subset_of_shapes_keeps_its_cases_and_seeds_and_samples_average_other_
 
     calls = []
 
-    def fake(model, cases, guidance_scale=3.0, steps=30, seeds=None):  # an IoU that is a function of case and seed
+    def fake(model, cases, guidance_scale=3.0, steps=30, seeds=None, start=None):  # an IoU: a function of case, seed
+        assert start == "noise"  # the sampler's default start reaches the measure
         calls.append(list(seeds))
         return {"iou": [(s % 997) / 997 for s in seeds], "copy_iou": [c[1] / 100 for c in cases]}
 
@@ -171,7 +172,7 @@ def test_training_pairs_are_the_box_phases_own_and_fresh_ones_are_drawn_alike(mo
 
     seen = []
 
-    def fake_measure(model, cases, guidance_scale, steps):
+    def fake_measure(model, cases, guidance_scale, steps, start):
         seen.append(cases)
         return dict(iou=[0.9] * len(cases), copy_iou=[0.8] * len(cases))
 
@@ -228,3 +229,30 @@ def test_training_pairs_follow_the_worlds_build_and_stop_at_its_box_phase(tmp_pa
     with pytest.raises(Reached):
         bench.main(["--training-pairs", "10", "--model", str(world / "zero123")])
     assert got["build_seed"] == 3 and got["build_size"] == "quick"
+
+
+def test_both_starts_are_measured_on_the_same_cases_and_paired(tmp_path, monkeypatch, capsys):
+    """``--start noise input``: each model is measured both ways (the sampler from pure noise, and from the input
+    view noised), named apart, and the table pairs the second with the first."""
+    import json
+
+    import bench.mini_zero123 as bench
+    from suite.miniworld import assets
+
+    starts = []
+
+    def fake(model, per, steps, scale, turn, shapes, samples, start):
+        starts.append(start)
+        iou = {"noise": 0.80, "input": 0.85}[start]
+        n = per * len(shapes)
+        return bench._by_shape(np.full(n, iou), np.full(n, 0.82), [s for s in shapes for _ in range(per)])
+
+    monkeypatch.setattr(bench, "per_shape", fake)
+    monkeypatch.setattr("suite.zero123.load_zero123", lambda folder: object())
+    shipped = str(assets.default_dir() / "zero123")
+    assert bench.main(["--per-shape", "2", "--shapes", "box", "--start", "noise", "input", "--output",
+                       str(tmp_path / "out")]) == 0
+    assert starts == ["noise", "input"]
+    results = json.loads((tmp_path / "out" / "zero123.json").read_text())["results"]
+    assert list(results) == [f"{shipped} (start: noise)", f"{shipped} (start: input)"]
+    assert "+0.050 ± 0.000" in capsys.readouterr().out  # input - noise, paired per case

@@ -219,3 +219,33 @@ def test_a_zero123_of_another_prediction_type_is_refused_with_a_sentence(tmp_pat
     config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "sample"}))
     with pytest.raises(ModelLoadError, match="prediction_type 'sample'.*--zero123-model"):
         load_zero123(str(folder))
+
+
+def test_novel_views_start_from_the_input_view_noised_to_the_first_step(tmp_path, tiny_parts):
+    """``start="input"``: the first step denoises the input view's latent noised to that step's level (the schedule
+    keeps sqrt(alpha_bar) = 0.07 of the clean latent there); ``"noise"`` (the default): pure noise, as Zero-1-to-3's
+    own sampler."""
+    from suite.zero123 import novel_views
+
+    model = load_zero123(str(save_zero123(tiny_parts, tmp_path / "z")))
+    guide = Zero123Guidance(model, torch.rand(1, 3, 64, 64), ref_elevation=5.0)
+    firsts = []
+
+    class Recorder:
+        def __call__(self, z, t):
+            firsts.append((z.clone(), int(t)))
+            return torch.zeros_like(z)
+
+    guide.guidance = lambda *a, **k: Recorder()
+    side = model.image_size // 2 ** (len(model.vae.config.block_out_channels) - 1)
+    noise = torch.randn(2, 4, side, side, generator=torch.Generator().manual_seed(0))
+    cams = ([20.0, -10.0], [45.0, 200.0], [3.8, 3.8])
+    for start in ("input", "noise"):
+        firsts.clear()
+        novel_views(guide, *cams, steps=3, generator=torch.Generator().manual_seed(0), start=start)
+        z, t = firsts[0]
+        a = model.scheduler.alphas_cumprod[t]
+        want = noise if start == "noise" else a.sqrt() * guide.c_concat * model.vae.config.scaling_factor + (1 - a).sqrt() * noise
+        assert torch.allclose(z, want, atol=1e-5), start
+    with pytest.raises(ValueError, match="start must be 'input' or 'noise'"):
+        novel_views(guide, *cams, steps=3, start="truth")
