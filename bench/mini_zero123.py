@@ -435,6 +435,7 @@ def main(argv=None) -> int:
                         "does it do better on what it saw? (e.g. 100: about 6 minutes on one core)")
     p.add_argument("--output", default=None, help="folder for zero123.json and zero123.md")
     args = p.parse_args(argv)
+    args.start = list(dict.fromkeys(args.start))  # "--start noise noise": measured once
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.steps < 1 or not np.isfinite(args.scale) or args.scale < 0:
         print(f"error: --steps {args.steps} / --scale {args.scale}: give at least 1 DDIM step and a finite guidance scale "
@@ -499,9 +500,10 @@ def main(argv=None) -> int:
                 return 2
             built = json.loads(world.read_text())
             try:
+                model = load_zero123(folder)
                 for start in args.start:
                     results[_name(folder, start, args.start)] = training_pairs(
-                        load_zero123(folder), args.training_pairs, args.steps, args.scale,
+                        model, args.training_pairs, args.steps, args.scale,
                         tuple(args.shapes or ("box",)), build_seed=int(built["seed"]), build_size=built["size"],
                         start=start)
             except ValueError as e:

@@ -42,6 +42,7 @@ __all__ = [
     "alpha_bar_at",
     "epsilon_scheduler",
     "finite_terminal_snr",
+    "finite_alphas",
     "expand_timestep",
 ]
 
@@ -96,25 +97,36 @@ TERMINAL_ALPHA_BAR = 2.0 ** -24
 DPM-Solver schedulers use the same value)."""
 
 
-def finite_terminal_snr(scheduler):
+def finite_alphas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """A schedule rescaled to zero terminal SNR (``rescale_betas_zero_snr``, Lin et al. 2024) ends at
     ``alpha_bar = 0``, where the epsilon form that every denoiser here returns loses the model's prediction
     (``eps = sqrt(a) * v + sqrt(1 - a) * z`` is ``z``) and DDIM's ``x0 = (z - sqrt(1 - a) * eps) / sqrt(a)`` divides
-    by zero. Sets that last ``alpha_bar`` to :data:`TERMINAL_ALPHA_BAR` in place, as diffusers' Euler and DPM-Solver
-    schedulers do for themselves (DDIM and DDPM do not): the round trip v -> eps -> x0 then keeps ``x0 = -v`` to
-    about 3e-4 in float32. Returns ``scheduler``; a schedule that does not end at zero is left as it is."""
+    by zero. Returns ``alphas_cumprod`` with that last value :data:`TERMINAL_ALPHA_BAR` (a copy; the same tensor
+    where the schedule does not end at zero), as diffusers' Euler and DPM-Solver schedulers set for themselves (DDIM
+    and DDPM do not): the round trip v -> eps -> x0 then keeps ``x0 = -v`` to about 3e-4 in float32."""
+    if len(alphas_cumprod) and float(alphas_cumprod[-1]) == 0.0:
+        alphas_cumprod = alphas_cumprod.clone()
+        alphas_cumprod[-1] = TERMINAL_ALPHA_BAR
+    return alphas_cumprod
+
+
+def finite_terminal_snr(scheduler):
+    """``scheduler`` (one this code made: it is changed) with :func:`finite_alphas`' ``alphas_cumprod``."""
     a = getattr(scheduler, "alphas_cumprod", None)
-    if a is not None and len(a) and float(a[-1]) == 0.0:
-        a[-1] = TERMINAL_ALPHA_BAR
+    if a is not None:
+        scheduler.alphas_cumprod = finite_alphas(a)
     return scheduler
 
 
 def epsilon_scheduler(scheduler):
     """``scheduler`` configured for epsilon (what every denoiser here returns): itself where it already is, else a
     new one from its config with ``prediction_type="epsilon"`` (a v-prediction model's scheduler would otherwise
-    read the converted epsilon as v). A zero terminal SNR is made finite in either (:func:`finite_terminal_snr`)."""
-    if getattr(scheduler.config, "prediction_type", "epsilon") == "epsilon":
-        return finite_terminal_snr(scheduler)
+    read the converted epsilon as v). A zero terminal SNR is made finite (:func:`finite_alphas`) in a new one, never
+    in the caller's."""
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    a = getattr(scheduler, "alphas_cumprod", None)
+    if kind == "epsilon" and (a is None or finite_alphas(a) is a):
+        return scheduler
     return finite_terminal_snr(type(scheduler).from_config(scheduler.config, prediction_type="epsilon"))
 
 

@@ -52,7 +52,7 @@ from .checks import (
     check_weight,
 )
 from .components import UNetCollection, read_bundle
-from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler, finite_terminal_snr
+from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler, finite_alphas
 from .devices import resolve_device
 from .domains import Domain, domain_from_dict, get_domain
 from .files import OS_METADATA, atomic_dir, is_temporary
@@ -455,7 +455,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         # with 0 there the v -> epsilon conversion dropped the model's prediction at the first step
         return UNetDenoiser(unet, prompt_embeds, control=control, prediction_type=pred,
                             image_embeds=image_embeds if unet is self.unet else None,
-                            alphas_cumprod=finite_terminal_snr(self.scheduler).alphas_cumprod, name=name)
+                            alphas_cumprod=finite_alphas(self.scheduler.alphas_cumprod), name=name)
 
     def prepare_control_image(self, image, height: int, width: int) -> torch.Tensor:
         """A ControlNet conditioning image as ``[1, 3, H, W]`` in [0, 1] at the output size."""

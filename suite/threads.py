@@ -131,14 +131,10 @@ def choose_threads(n: int | None = None) -> tuple[int | None, str]:
     return default_threads(cores, load, host), f"{where}, load {load:.1f}"
 
 
-_GIVEN = {"threads": None}  # the --threads of this command, where the user gave one (apply_threads)
-
-
 def apply_threads(n: int | None = None) -> int | None:
     """Set torch's thread count: ``n`` (``--threads``), else the automatic choice of :func:`choose_threads`; logs one
     line saying how many and why. Returns the number set, or ``None`` when torch was left alone."""
     threads, why = choose_threads(n)
-    _GIVEN["threads"] = int(n) if n is not None else None  # a resume keeps a count the user gave (continue_threads)
     import torch
 
     if threads is None:
@@ -147,6 +143,8 @@ def apply_threads(n: int | None = None) -> int | None:
     torch.set_num_threads(threads)
     log.debug("torch threads: %d (%s)", threads, why)
     return threads
+
+
 
 
 @contextmanager
@@ -166,25 +164,20 @@ def kept_threads():
 
 def continue_threads(recorded: int | None, what: str = "the run") -> None:
     """A resume continues with the thread count its run recorded: CPU results differ between thread counts in their
-    last bits, and a resumed run is promised to equal an uninterrupted one bit for bit. Except where that cannot be
-    what the user wants, said in a warning: a ``--threads`` given now is used as given, and a count above this
-    machine's usable cores (a run begun on a larger machine: a 2-core machine ran 16 threads, several times slower)
-    is lowered to them."""
+    last bits, and a resumed run is promised to equal an uninterrupted one bit for bit (so a ``--threads`` given now
+    does not change it). Except a count above this machine's usable cores (a run begun on a larger machine: a 2-core
+    machine ran 16 threads, several times slower, and recorded them again), which is lowered to them with a
+    warning."""
     if not recorded:
         return
     import torch
 
     recorded = int(recorded)
-    given = _GIVEN["threads"]
     cores, _ = usable_cores()
-    if given is not None and given != recorded:
-        log.warning("--resume: %s started with %d torch threads; --threads %d is used as given, so its CPU results "
-                    "may differ from an uninterrupted run's in their last bits", what, recorded, given)
-        return
     if recorded > cores:
         log.warning("--resume: %s started with %d torch threads, more than the %d core(s) this process may use: it "
-                    "continues with %d (CPU results may differ from an uninterrupted run's in their last bits; "
-                    "--threads sets another count)", what, recorded, cores, cores)
+                    "continues with %d (CPU results may differ from an uninterrupted run's in their last bits)",
+                    what, recorded, cores, cores)
         torch.set_num_threads(cores)
         return
     if recorded != torch.get_num_threads():

@@ -226,16 +226,20 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
 
     ``start`` (where ``init`` does not set it): what the first step denoises. ``"noise"`` (the default, Zero-1-to-3's
     own sampler): pure noise. ``"input"``: the input view's latent noised to the first step's level, ``sqrt(a) *
-    z_input + sqrt(1 - a) * noise``. The schedule's first step keeps ``sqrt(a)`` = 0.07 of the clean latent, so in
-    training the model saw the target's layout faintly there and learned to read it (the mini model's boxes gain
-    0.047 IoU when it is the truth's); the input view's layout is the one the sampler has. It is a pull towards
-    copying the input: on the mini world's held-out views at a 90-degree turn it lifts boxes above copying (+0.032
-    +- 0.005 IoU over four seeds) and leaves cups level on average, but a cup whose handle swings to the back keeps
-    it at the side (0.81 -> 0.71 over eight seeds); docs/mini-world.md, "Starting from the input view"."""
+    z_input + sqrt(1 - a) * noise``. The schedule keeps ``sqrt(a)`` of the clean latent at the first step (0.087 at
+    t = 958, the first of 30 DDIM steps on SD's schedule), so in training the model saw the target's layout faintly
+    there and learned to read it (the mini model's boxes gain 0.047 IoU when it is the truth's); the input view's
+    layout is the one the sampler has. It is a pull towards copying the input: on the mini world's held-out views at
+    a 90-degree turn it takes boxes from level with copying to above it (+0.022 +- 0.008 IoU over copying, +0.032 +-
+    0.005 over pure noise, four seeds) and leaves cups level on average, but a cup whose handle swings to the back
+    keeps it at the side (0.81 -> 0.71 over eight seeds); docs/mini-world.md, "Starting from the input view"."""
     import copy
 
     if start not in ("input", "noise"):
         raise ValueError(f"start must be 'input' or 'noise', not {start!r}")
+    if start == "input" and init is not None and (strength < 1.0 or keep is not None):
+        raise ValueError("start='input' draws the view from the input view; with init (SDEdit from strength < 1, or "
+                         "keep) the first latent is init's: drop one of the two")
 
     model = guide.model
     pose = relative_pose(elevation, azimuth, distance, *guide.ref)

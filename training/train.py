@@ -275,12 +275,13 @@ def _train(config: TrainConfig, accelerator, per_device: int, output: Path, prog
                     device=device, num_images=config.text_init_images, seed=config.seed,
                     progress=lambda d, t, info: report("text_init", d, t, info))
             write_text_atomic(train_dir / "text_init_losses.json", json.dumps({"prompt": prompt, "losses": losses}))
-            if not bool(torch.isfinite(F_T).all()):  # saved, it was reused by every retry and failed as E later
-                raise ValueError(f"the text features diverged (non-finite after {config.text_init_steps} steps at "
-                                 f"--text-init-lr {config.text_init_lr:g}): lower --text-init-lr (default "
-                                 f"{TrainConfig.text_init_lr:g}), or pass --text-init-steps 0")
-            save_text_features(ft_path, F_T, prompt, config.text_init_steps, ft_key)
+            if bool(torch.isfinite(F_T).all()):  # a diverged F_T was saved and reused by every retry (failing as E)
+                save_text_features(ft_path, F_T, prompt, config.text_init_steps, ft_key)
         accelerator.wait_for_everyone()
+        if not reusable_text_features(ft_path, prompt, config.text_init_steps, ft_key):  # every process says it
+            raise ValueError(f"the text features diverged (non-finite after {config.text_init_steps} steps at "
+                             f"--text-init-lr {config.text_init_lr:g}): lower --text-init-lr, e.g. to "
+                             f"{config.text_init_lr / 10:g}, or pass --text-init-steps 0")
         F_T = load_file(str(ft_path))["F_T"].to(device)
         # E: mean cross-attention output for F_T over noised image latents (conditional features only).
         n_cap = min(len(dataset), config.capture_images)

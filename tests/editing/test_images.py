@@ -36,6 +36,8 @@ def test_float_and_32_bit_grayscale_keep_their_tones():
     for values in (gray / 255.0, gray.astype(np.float64), gray * 257.0):
         floats = Image.fromarray(values.astype(np.float32), "F")
         assert np.abs(prepare_photo(floats).rgb[..., 0].astype(int) - gray).max() <= 1
+    dark = Image.fromarray((gray // 2).astype(np.uint16))  # a dark 16-bit photo stays dark (its mode says 16 bits)
+    assert dark.mode == "I;16" and prepare_photo(dark).rgb.max() <= 1
     wide = Image.fromarray((gray.astype(np.int32) * 1_000_000), "I")
     assert np.abs(prepare_photo(wide).rgb[..., 0].astype(int) - gray.astype(int) * 255 // int(gray.max())).max() <= 1
 

@@ -196,6 +196,9 @@ def test_outputs_keep_the_pixels_webp_exactly_and_jpeg_nearly(tmp_path):
             for s in (".webp", ".jpg")}
     assert np.array_equal(back[".webp"], photo)
     assert np.abs(back[".jpg"] - photo).mean() < 1.5
+    rgba = np.dstack([np.asarray(image), np.where(np.arange(128) < 64, 0, 255).astype(np.uint8)[None].repeat(128, 0)])
+    path = save_image_atomic(Image.fromarray(rgba, "RGBA"), tmp_path / "t.webp")  # the colour under alpha 0 too
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGBA")), rgba)
 
 
 def test_an_output_larger_than_its_format_stores_is_refused_before_any_work(tmp_path):
@@ -207,5 +210,8 @@ def test_an_output_larger_than_its_format_stores_is_refused_before_any_work(tmp_
         check_output_size(tmp_path / "pano.webp", 17000, 300)
     for name in ("pano.png", "pano.jpg"):
         check_output_size(tmp_path / name, 17000, 300)
+    check_output_size(tmp_path / "long.jpg", 65500, 2)
+    with pytest.raises(UserError, match="at most 65500"):  # libjpeg's own limit
+        check_output_size(tmp_path / "long.jpg", 65501, 2)
     with pytest.raises((OSError, ValueError), match="16383"):  # the encoder's own limit: one pixel more is refused
         Image.new("RGB", (16384, 2)).save(tmp_path / "x.webp")

@@ -455,6 +455,7 @@ def test_a_zero_terminal_snr_ddim_keeps_the_models_prediction_at_its_first_step(
     x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
     assert torch.isfinite(x0).all()
     assert (x0 + v).abs().max() < 2e-3 * v.abs().max()
+    assert float(pipe.scheduler.alphas_cumprod[-1]) == 0.0  # the user's scheduler is left as it was
 
 
 def test_a_callback_gets_the_latents_in_the_networks_dtype_and_its_changes_count(tiny_pipe):

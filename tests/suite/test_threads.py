@@ -129,22 +129,16 @@ def test_more_threads_than_the_machine_has_cores_is_one_sentence(capsys, monkeyp
     assert "must be at most 2 (this machine has 2 cores)" in capsys.readouterr().err
 
 
-def test_a_resume_keeps_its_thread_count_unless_told_or_the_machine_is_smaller(monkeypatch, caplog):
-    """A resumed training run took the count its checkpoint recorded over ``--threads`` given now, and a run begun
-    on a 16-core machine resumed with 16 threads on 2 cores (several times slower, and recorded again)."""
+def test_a_resume_keeps_its_thread_count_unless_the_machine_has_fewer_cores(monkeypatch, caplog):
+    """A run begun on a 16-core machine resumed with 16 threads on 2 cores (several times slower, and recorded
+    again); it keeps its own count otherwise, for bit-identical results (tests/generators3d/test_kill.py)."""
     from suite.threads import continue_threads, kept_threads
 
     monkeypatch.setattr(threads, "usable_cores", lambda: (2, 2))
-    monkeypatch.setitem(threads._GIVEN, "threads", None)
     with kept_threads(), caplog.at_level(logging.INFO, logger="suite"):
         torch.set_num_threads(1)
         continue_threads(2, "the training run")  # the run's own count: bit-identical continuation
         assert torch.get_num_threads() == 2
-        continue_threads(16, "the training run")  # more than this machine has
+        torch.set_num_threads(1)
+        continue_threads(16, "the training run")  # more than this machine has: its 2 cores
         assert torch.get_num_threads() == 2 and "more than the 2 core(s)" in caplog.text
-        monkeypatch.setattr(threads, "choose_threads", lambda n=None: (n, "--threads"))
-        apply_threads(1)  # the user's --threads 1
-        continue_threads(2, "the training run")
-        assert torch.get_num_threads() == 1 and "--threads 1 is used as given" in caplog.text
-        apply_threads(None)
-        assert threads._GIVEN["threads"] is None

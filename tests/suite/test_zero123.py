@@ -223,8 +223,8 @@ def test_a_zero123_of_another_prediction_type_is_refused_with_a_sentence(tmp_pat
 
 def test_novel_views_start_from_the_input_view_noised_to_the_first_step(tmp_path, tiny_parts):
     """``start="input"``: the first step denoises the input view's latent noised to that step's level (the schedule
-    keeps sqrt(alpha_bar) = 0.07 of the clean latent there); ``"noise"`` (the default): pure noise, as Zero-1-to-3's
-    own sampler."""
+    keeps some of the clean latent there); ``"noise"`` (the default): pure noise, as Zero-1-to-3's own sampler; with
+    an SDEdit init the start is the init's, so asking for both is one sentence."""
     from suite.zero123 import novel_views
 
     model = load_zero123(str(save_zero123(tiny_parts, tmp_path / "z")))
@@ -249,3 +249,5 @@ def test_novel_views_start_from_the_input_view_noised_to_the_first_step(tmp_path
         assert torch.allclose(z, want, atol=1e-5), start
     with pytest.raises(ValueError, match="start must be 'input' or 'noise'"):
         novel_views(guide, *cams, steps=3, start="truth")
+    with pytest.raises(ValueError, match="with init .* drop one of the two"):
+        novel_views(guide, *cams, steps=3, start="input", init=torch.rand(2, 3, 64, 64), strength=0.5)
