@@ -145,8 +145,6 @@ def apply_threads(n: int | None = None) -> int | None:
     return threads
 
 
-
-
 @contextmanager
 def kept_threads():
     """The caller's torch thread count, as it was when the block ends: a run that continues with its recorded count
