@@ -90,6 +90,9 @@ def parse_seeds(text: str) -> list[int]:
 def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
     """The items of a prompts file (see the module's docstring); one sentence naming the line on a mistake."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"the prompts file {str(p)!r} is a folder: give a text file with one prompt a line (the file "
+                        f"inside it)")
     if not p.is_file():
         raise UserError(f"the prompts file {str(p)!r} does not exist: give a text file with one prompt a line")
     size = p.stat().st_size

@@ -203,6 +203,8 @@ def check_weight(value, what: str) -> float | str | None:
         return None
     if isinstance(value, str) and value.strip().lower() in (AUTO, RECOMMENDED):
         return AUTO if value.strip().lower() == AUTO else None
+    if isinstance(value, bool):  # JSON's true was taken as the weight 1
+        raise UserError(f"{what} must be a number, \"auto\" or \"recommended\", got {str(value).lower()}")
     v = check_finite(value, what)
     if abs(v) > MAX_WEIGHT:
         raise UserError(f"{what} is {v:g}: guidance weights must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g} "

@@ -10,6 +10,8 @@ from pathlib import Path
 from . import cli
 from .checks import MAX_IMAGES, UserError, format_weights, int_at_least
 
+DEFAULT_BATCH = 8  # images per sampling call in a batch
+
 HELP = "generate in-domain images (unconditional, text-guided, ControlNet-guided)"
 log = logging.getLogger("suite")
 
@@ -47,9 +49,9 @@ def add_arguments(p) -> None:
     b.add_argument("--seeds", default=None, metavar="A-B",
                    help="seeds for every prompt, e.g. 0-99 or 1,5,9-12 (with --prompts-file or --prompt; --output is "
                         "then a folder)")
-    b.add_argument("--batch-size", type=int_at_least(1, MAX_IMAGES, "images in one sampling call"), default=8,
-                   help="images per sampling call in a batch; fixed batches, so any number of processes makes the "
-                        "same files (default: %(default)s)")
+    b.add_argument("--batch-size", type=int_at_least(1, MAX_IMAGES, "images in one sampling call"), default=None,
+                   help="images per sampling call in a batch (--prompts-file or --seeds); fixed batches, so any number "
+                        f"of processes makes the same files (default: {DEFAULT_BATCH})")
     cli.add_model_arguments(p)
     cli.add_guidance_arguments(p)
 
@@ -65,6 +67,12 @@ def check_flags(args) -> None:
     if not args.control_image and (args.canny or args.controlnet):
         raise UserError(f"{'--canny' if args.canny else '--controlnet'} acts on a control image: add --control-image "
                         f"FILE, or drop it")
+    if args.seeds is not None and args.seed != 0:  # --seed 5 --seeds 0-1 made seeds 0 and 1 without a word
+        raise UserError(f"--seed {args.seed} and --seeds {args.seeds} both say the seeds: give them with --seeds, or "
+                        f"drop --seeds")
+    if args.batch_size is not None and args.prompts_file is None and args.seeds is None:
+        raise UserError("--batch-size applies to batches (--prompts-file or --seeds): drop it, or use --num-images "
+                        "for several images of one prompt")
     if not args.community_model and (args.community_weight is not None or args.no_rectify):
         raise UserError(f"{'--no-rectify' if args.no_rectify else '--community-weight'} applies to community models: "
                         f"add --community-model REF, or drop it")
@@ -287,7 +295,7 @@ def batch_main(args) -> int:
     refs = model_refs(args.preset, args.domain, args.sd_model, args.domain_model)
     # what every image is made with besides its item: a resume with other values is refused, not mixed in
     settings, same = model_settings(args, refs)
-    missing = B.run_batch(state, folder, items, args.batch_size, load, args.resume, settings=settings,
+    missing = B.run_batch(state, folder, items, args.batch_size or DEFAULT_BATCH, load, args.resume, settings=settings,
                           equivalent=same)
     B.end_processes(state)
     return 1 if missing else 0

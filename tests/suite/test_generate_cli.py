@@ -237,3 +237,24 @@ def test_a_quoted_tilde_in_the_output_is_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert launch.main(["generate", "--preset", "tiny", "--prompt", "x", "--steps", "1", "--output", "~/a.png"]) == 0
     assert (tmp_path / "home" / "a.png").is_file() and not (tmp_path / "~").exists()
+
+
+def test_flags_a_batch_would_ignore_or_misread_are_one_sentence(tmp_path, capsys, tiny_dir):
+    """Found by a review (each ran without a word before): --seed beside --seeds (the seeds came from --seeds
+    alone), --batch-size without a batch, a folder given as the prompts file ("does not exist"), and JSON's true as a
+    guidance weight (taken as 1)."""
+    import launch
+
+    (tmp_path / "pdir").mkdir()
+    (tmp_path / "bool.txt").write_text('{"prompt": "a cat", "domain_weight": true}\n')
+    base = ["generate", "--preset", "tiny", "--steps", "2"]
+    for extra, words in ((["--prompt", "a cat", "--seeds", "0-1", "--seed", "5", "--output", str(tmp_path / "b")],
+                          "--seed 5 and --seeds 0-1 both say the seeds"),
+                         (["--batch-size", "2", "--output", str(tmp_path / "z.png")], "--batch-size applies to batches"),
+                         (["--prompts-file", str(tmp_path / "pdir"), "--output", str(tmp_path / "o")], "is a folder"),
+                         (["--prompts-file", str(tmp_path / "bool.txt"), "--output", str(tmp_path / "o4")],
+                          "must be a number, \"auto\" or \"recommended\", got true")):
+        assert launch.main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "z.png").exists() and not (tmp_path / "o4").exists()
