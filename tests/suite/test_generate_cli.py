@@ -258,3 +258,19 @@ def test_flags_a_batch_would_ignore_or_misread_are_one_sentence(tmp_path, capsys
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, err
     assert not (tmp_path / "b").exists() and not (tmp_path / "z.png").exists() and not (tmp_path / "o4").exists()
+
+
+def test_a_lines_empty_negative_prompt_clears_the_flags(tmp_path, tiny_dir):
+    """A prompts-file line's ``"negative_prompt": ""`` took --negative-prompt's instead (the empty string read as
+    "not set"); a line without the key still takes the flag's."""
+    import json
+
+    import launch
+
+    lines = tmp_path / "p.txt"
+    lines.write_text('{"prompt": "a cat", "negative_prompt": ""}\n{"prompt": "a dog"}\n')
+    out = tmp_path / "o"
+    assert launch.main(["generate", "--preset", "tiny", "--steps", "2", "--prompts-file", str(lines),
+                        "--negative-prompt", "blurry", "--output", str(out)]) == 0
+    rows = [json.loads(r) for r in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["prompt"]: r["negative_prompt"] for r in rows} == {"a cat": "", "a dog": "blurry"}
