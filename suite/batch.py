@@ -52,7 +52,7 @@ class Item:
     domain_weight: float | str | None = None
     control_weight: float | str | None = None
     guidance_rule: str | None = None
-    negative_prompt: str | None = ""  # None (read_items: its line did not say): the flag's, in with_defaults
+    negative_prompt: str = ""
 
     def settings(self) -> tuple:
         """What must be shared by the items of one batch (one guidance for the whole batch)."""
@@ -64,7 +64,7 @@ class Item:
         return replace(self, domain_weight=self.domain_weight if self.domain_weight is not None else domain_weight,
                        control_weight=self.control_weight if self.control_weight is not None else control_weight,
                        guidance_rule=self.guidance_rule if self.guidance_rule is not None else guidance_rule,
-                       negative_prompt=self.negative_prompt if self.negative_prompt is not None else negative_prompt)
+                       negative_prompt=self.negative_prompt or negative_prompt)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -87,8 +87,9 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
-    """The items of a prompts file (see the module's docstring); one sentence naming the line on a mistake."""
+def read_items(path: str | Path, seeds: list[int], negative_prompt: str = "") -> list[Item]:
+    """The items of a prompts file (see the module's docstring); one sentence naming the line on a mistake.
+    ``negative_prompt``: a line's that does not say one (``--negative-prompt``); a line's own ``""`` is kept."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"the prompts file {str(p)!r} is a folder: give a text file with one prompt a line (the file "
@@ -145,7 +146,8 @@ def read_items(path: str | Path, seeds: list[int]) -> list[Item]:
         for seed in [own] if own is not None else seeds:
             negative = row.get("negative_prompt")  # absent: the flag's; "" (a line's own empty one): none at all
             items.append(Item(len(items), prompt, seed, row.get("domain_weight"), row.get("control_weight"), rule,
-                              None if negative is None else check_prompt(negative, f"the negative prompt on {where}")))
+                              negative_prompt if negative is None
+                              else check_prompt(negative, f"the negative prompt on {where}")))
     if not items:
         raise UserError(f"the prompts file {str(p)!r} holds no prompt: write one prompt a line")
     return items

@@ -250,8 +250,8 @@ def batch_main(args) -> int:
     seeds = B.parse_seeds(args.seeds) if args.seeds else [args.seed]
     flag_rule = format_rule(args.guidance_rule) if args.guidance_rule else None
     if args.prompts_file:  # a line's settings, else the command's flags
-        items = [it.with_defaults(args.domain_weight, args.control_weight, flag_rule, args.negative_prompt)
-                 for it in B.read_items(args.prompts_file, seeds)]
+        items = [it.with_defaults(args.domain_weight, args.control_weight, flag_rule)  # the negative prompt: below
+                 for it in B.read_items(args.prompts_file, seeds, args.negative_prompt)]  # a line's "" clears the flag's
         for it in items:  # a rule for a term an item lacks: refused now, not after the models load
             if rule_given(it.guidance_rule):
                 terms = cli.request_terms(args, prompt=it.prompt, domain_weight=it.domain_weight,
