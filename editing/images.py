@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from suite.images import DEFAULT_MAX_PIXELS, as_rgba, check_size, open_image, read_mask, to_8bit
-
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+from suite.images import DEFAULT_MAX_PIXELS, HIGH_DEPTH_GRAY, as_rgba, check_size, open_image, read_mask, to_8bit
 
 
 @dataclass
@@ -88,7 +86,7 @@ def prepare_photo(im: Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
         white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         return Photo(rgb=np.asarray(white).copy(), alpha=arr[..., 3].copy(), rgb_raw=arr[..., :3].copy(),
                      icc_profile=icc if im.mode in ("RGBA", "RGBa", "RGB") else None, mode=im.mode)
-    if im.mode in (*_SIXTEEN_BIT, "I", "F"):  # scaled by the range its values show (suite.images.to_8bit)
+    if im.mode in HIGH_DEPTH_GRAY:  # 16-bit over 0-65535, 32-bit and floats by their range (suite.images.to_8bit)
         gray = np.asarray(to_8bit(im))
         return Photo(rgb=np.repeat(gray[..., None], 3, axis=2), mode=im.mode)
     if im.mode == "RGB":

@@ -127,7 +127,7 @@ def read_nearness(path: str | os.PathLike, size: tuple[int, int] | None = None, 
     [0, 1], optionally checked against the image ``size`` ``(width, height)`` it belongs to."""
     from PIL import ImageOps
 
-    from .images import open_image
+    from .images import HIGH_DEPTH_GRAY, open_image
 
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
@@ -136,7 +136,7 @@ def read_nearness(path: str | os.PathLike, size: tuple[int, int] | None = None, 
     if size is not None and tuple(im.size) != tuple(size):
         raise ValueError(f"{what} {str(path)!r} is {im.size[0]}x{im.size[1]} but the input image is {size[0]}x{size[1]}: "
                          f"pass the depth image made from this image, at its size")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if im.mode in HIGH_DEPTH_GRAY:
         a = np.asarray(im, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ValueError(f"{what} {str(path)!r} has non-finite values: pass a depth image of finite values")

@@ -110,17 +110,21 @@ def load_image(path: str | os.PathLike, what: str = "image", max_pixels: int | N
                          f"or JPEG") from None
 
 
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")  # PIL's 16-bit grayscale modes (each byte order)
+HIGH_DEPTH_GRAY = (*SIXTEEN_BIT, "I", "F")  # grayscale of more than 8 bits: 16-bit, 32-bit integers, floats
+
+
 def to_8bit(im: Image.Image) -> Image.Image:
     """A 16-bit or 32-bit grayscale image as 8-bit ``L``: 16-bit modes (``I;16``...) over 0-65535; 32-bit integers
     (``I``) and floats (``F``), whose range the mode does not say, by the range their values show: 0-1 (floats only),
     0-255, 0-65535, else 0 to their maximum (NaN and infinities as 0). Others as they are. (A float TIFF of 0-1 values
     came out black, and 32-bit integers above 65535 white.)"""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if im.mode in HIGH_DEPTH_GRAY:
         arr = np.asarray(im)  # its own numbers: 2 or 4 bytes a pixel
         if im.mode == "F":
             arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
         top = float(arr.max()) if arr.size else 0.0
-        hi = (65535.0 if im.mode.startswith("I;16") else 1.0 if im.mode == "F" and top <= 1.0 else 255.0 if top <= 255
+        hi = (65535.0 if im.mode in SIXTEEN_BIT else 1.0 if im.mode == "F" and top <= 1.0 else 255.0 if top <= 255
               else 65535.0 if top <= 65535 else top)
         out = np.empty(arr.shape, np.uint8)
         rows = max(1, (1 << 22) // max(1, arr.shape[1]))  # scaled in bands of about 4 M pixels: a 120 MP photo took
@@ -143,7 +147,7 @@ def as_rgba(im: Image.Image) -> Image.Image | None:
         return None
     if im.mode in ("P", "1", "L", "RGB"):  # PIL applies the key itself
         return im.convert("RGBA")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I") and isinstance(key, int):
+    if im.mode in (*SIXTEEN_BIT, "I") and isinstance(key, int):
         rgba = np.array(to_8bit(im).convert("RGBA"))
         # the key compared at full depth, not rounded; uint8 (an int64 mask took 8 bytes a pixel)
         rgba[..., 3] = np.where(np.asarray(im) == key, np.uint8(0), np.uint8(255))
@@ -302,9 +306,9 @@ SETTINGS_KEY = "in-domain-suite"  # a PNG text chunk (a JPEG comment): what an i
 IMAGE_DESCRIPTION = 0x010E  # the EXIF/TIFF tag that holds the record in a WebP or a TIFF
 RECORDED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")  # the formats save_image_atomic writes the record into
 QUALITY = {"JPEG": dict(quality=95, subsampling=0), "WEBP": dict(lossless=True, exact=True)}
-"""How outputs are encoded: WebP losslessly (exact, as PNG, the colour under transparent pixels too), JPEG at quality 95 with full chroma. At PIL's defaults
-(quality 75, 4:2:0 chroma; WebP lossy) a quality-95 photo came back with the pixels an edit never touched 2.6 levels
-off on average (35.7 dB), so only PNG kept them exactly."""
+"""How outputs are encoded: WebP losslessly (exact, as PNG, the colour under transparent pixels too), JPEG at
+quality 95 with full chroma. At PIL's defaults (quality 75, 4:2:0 chroma; WebP lossy) a quality-95 photo came back
+with the pixels an edit never touched 2.6 levels off on average (35.7 dB), so only PNG kept them exactly."""
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike, settings: dict | None = None) -> Path:
