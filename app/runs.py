@@ -21,9 +21,9 @@ from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS
 from suite.checks import MAX_STEPS, Progress, UserError, check_int, format_weights
 from suite.control import canny
 from suite.files import remove_run_folder
-from suite.images import oriented_size, save_image_atomic
+from suite.images import oriented_size, save_image_atomic, to_rgb
 from suite.pipeline import quiet, report_steps
-from suite.presets import warn_prompt
+from suite.presets import get_preset, warn_prompt
 from suite.rules import parse_rule
 from training.config import TrainConfig
 from training.data import walk_files
@@ -74,6 +74,29 @@ class GenerateResult:
     warnings: list[str] = field(default_factory=list)  # what the CLI logs about the request (the mini vocabulary)
 
 
+@contextlib.contextmanager
+def logged_warnings(into: list, names=("suite", "editing")):
+    """Append to ``into`` the warnings this thread logs meanwhile on the ``names`` loggers (what the CLI prints
+    about the job: a truncated prompt, faces left out, part of a mask not edited), so the page shows them too.
+    Only this thread's: jobs of other users run beside it."""
+    ident = threading.get_ident()
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if record.thread == ident:
+                into.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield into
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 def center_crop_square(image):
     """The largest centred square of an image (outputs are square; ControlNet needs the same aspect ratio)."""
     w, h = image.size
@@ -94,6 +117,9 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
     parse_rule(req.guidance_rule)  # a bad rule is refused before any model loads
     warnings = warn_prompt(cfg.preset, req.prompt)  # as the CLI's generate warns (the page shows them too)
     control = req.control_image
+    if control is not None and get_preset(cfg.preset).controlnet() is None:
+        raise UserError(f"the {cfg.preset} preset has no ControlNet: remove the control image (this server cannot "
+                        f"load one for it)")
     if control is not None:
         control = center_crop_square(control)  # the output is square: keep the control's aspect ratio
     if control is not None and req.canny:
@@ -105,7 +131,7 @@ def run_generate(cache: PipelineCache, req: GenerateRequest, progress: Progress 
 
     pipe, lock = cache.get(req.domain, need_controlnet=control is not None)
     # it showed "loading models 0/1" while another user's job ran on the same model
-    with turn(lock, report, WAITING_FOR_MODEL), quiet(pipe):  # progress goes to the app's bar
+    with turn(lock, report, WAITING_FOR_MODEL), quiet(pipe), logged_warnings(warnings):  # progress: the app's bar
         # 3. Sample with the same call as `launch.py generate`.
         out = pipe(req.prompt or None, negative_prompt=req.negative_prompt or None,
                    domain_weight=req.domain_weight, control_weight=req.control_weight, control_image=control,
@@ -206,6 +232,11 @@ def _checked_3d_settings(config: AppConfig, settings: dict) -> dict:
         if values.get(name) is not None:
             values[name] = check_int(values[name], what, low, high)
     resolved = ThreeDConfig(preset=config.preset).resolved()
+    if all((values[n] if values.get(n) is not None else PRESET_VALUES_3D[n](resolved)) == 0
+           for n in ("zero123_steps", "refine_steps")):
+        # the CLI's check_limits refuses the same: the NeRF's untrained starting blob was exported as the mesh
+        raise UserError("zero123_steps 0 and refine_steps 0 train no NeRF, so the mesh would be its untrained "
+                        "starting blob: give stage 2 some steps (for stage 1's image alone, use the Generate tab)")
     for name, value in PRESET_VALUES_3D.items():
         if name in values and values[name] == value(resolved):
             del values[name]
@@ -253,7 +284,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     # 2. Models, then the edit (one job per model at a time).
     report("loading models", 0, 1, {})
     pipe, lock = cache.get(domain)
-    with turn(lock, report, WAITING_FOR_MODEL):
+    with turn(lock, report, WAITING_FOR_MODEL), logged_warnings(warnings):
         out = edit_photo(pipe, photo, prompt=prompt, strength=float(strength), domain_weight=domain_weight,
                                  control_weight=control_weight, mask=mask, all_faces=bool(all_faces),
                                  whole_image=bool(whole_image), num_images=num, seed=seed, steps=steps,
@@ -261,7 +292,7 @@ def run_edit(cache: PipelineCache, *, domain: str, photo, prompt: str, strength:
     # 3. Save: the photo with its detected face boxes, and every edited photo.
     folder = new_run_dir(cfg, "edit")
     boxes = [tuple(int(round(v)) for v in b) for b in out.face_boxes]
-    marked = photo.copy()
+    marked = to_rgb(photo)  # a transparent photo on white, as the network saw it
     draw = ImageDraw.Draw(marked)
     width = max(2, round(max(marked.size) / 200))
     for b in boxes:
@@ -388,7 +419,7 @@ def _train(config: AppConfig, domain: str, data: str, output: Path, settings: di
     # the app's --device reaches training as the CLI's --cpu (it was dropped: `app --device cpu` trained on the GPU);
     # its --dtype is the sampling precision, and training keeps the CLI's default precision
     values.update(domain=domain, data=str(data_dir), output=str(output),
-                  cpu=str(config.device or "").split(":")[0] == "cpu")
+                  cpu=bool(values.get("cpu")) or str(config.device or "").split(":")[0] == "cpu")
     values.update(config.train_overrides)
     cfg = make_config(functools.partial(TrainConfig.for_preset, config.preset), values, fields_of=TrainConfig)
     try:

@@ -322,7 +322,9 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
             auto_wc, wc = _weights_row("control weight w_c", "w_c", "gen-wc", rec.control_weight)
             rule = _rule_box(rec, "gen")
             _follow_domain(cfg, domain, auto_wd, wd, auto_wc, wc, rule)
-            with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet"):
+            # hidden where the preset has no ControlNet (mini): its upload could only fail at Generate
+            with gr.Accordion("ControlNet (optional)", open=False, elem_id="gen-controlnet",
+                              visible=get_preset(cfg.preset).controlnet() is not None):
                 with gr.Row():
                     control = checked_image(cfg, "control image", label="control image", elem_id="gen-control")
                     preview = gr.Image(label="canny edges (what ControlNet sees)", interactive=False,
@@ -383,7 +385,8 @@ def _generate_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains
 def _edit_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
     with gr.Row():
         with gr.Column(scale=2):
-            photo = checked_image(cfg, "photo", label="photo", elem_id="edit-photo")
+            photo = checked_image(cfg, "photo", keep_alpha=True,  # edited as the CLI does: transparency kept
+                                  label="photo", elem_id="edit-photo")
             domain = gr.Dropdown(domains, value="face" if "face" in domains else domains[0], label="domain",
                                  allow_custom_value=True, elem_id="edit-domain")
             prompt = gr.Textbox("", label="prompt (the edit)", placeholder=f"e.g. {_example_prompt(cfg)}",
@@ -477,7 +480,8 @@ def _mask_from(drawn, mask_file, photo):
 # ----------------------------------------------------------------------------------------------------------
 def _threed_tab(cfg: AppConfig, cache: PipelineCache, jobs: core.Jobs, domains: list[str]):
     skip = {"prompt", "domain", "preset", "output", "image", "mask", "device", "dtype", "sd_model",
-            "domain_model", "zero123_model", "resume", "export_only"}
+            "domain_model", "zero123_model", "resume", "export_only",
+            "allow_large"}  # the server's limits are the operator's (AppConfig), not a web user's to lift
     fields = runs.threed_fields(cfg.preset, skip)
     with gr.Row():
         with gr.Column(scale=2):

@@ -355,6 +355,17 @@ def test_edit_tab_returns_the_edited_photo_at_full_size_and_face_boxes(app, tmp_
     assert len(paths) == 1 and Image.open(paths[0]).size == (96, 80)
     assert Image.open(faces).size == (96, 80)
     assert len(files) == 1 and "output 96x80" in status
+    # a transparent photo keeps its transparency, as the CLI's edit keeps it (the upload was flattened on white)
+    rgba = Image.open(photo).convert("RGBA")
+    alpha = np.full((80, 96), 255, np.uint8)
+    alpha[:, :30] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(tmp_path / "cutout.png")
+    faces, edited, files, status = client.predict(photo=handle_file(str(tmp_path / "cutout.png")), domain="face",
+                                                  prompt="", strength=0.5, whole=True, steps=2, api_name="/edit")
+    out = Image.open(_gallery_paths(edited)[0])
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[..., 3], alpha)
+    assert Image.open(faces).mode == "RGB"  # the boxes drawn on the photo as the network saw it
 
 
 def test_3d_tab_writes_a_glb_that_trimesh_loads(app):
@@ -1114,3 +1125,58 @@ def test_the_apps_device_reaches_training(tmp_path, monkeypatch):
                              device=device)
         runs.run_train(cfg, domain="noise", data=str(data))
         assert seen[-1].cpu is cpu, device
+        # the form's own "cpu" box is kept too (it was overwritten by the server's device: ticked, it trained on
+        # the GPU)
+        runs.run_train(cfg, domain="ticked", data=str(data), settings={"cpu": True})
+        assert seen[-1].cpu is True, device
+
+
+def test_the_3d_form_refuses_a_run_with_no_nerf_steps_as_the_cli_does():
+    """zero123_steps 0 and refine_steps 0 on the 3D tab exported the NeRF's untrained blob as a success; the CLI
+    refuses them."""
+    from types import SimpleNamespace
+
+    from generators3d import ThreeDConfig
+
+    r = ThreeDConfig(preset="tiny").resolved()
+    assert r.zero123.steps > 0 and r.refine.steps > 0
+    cfg = SimpleNamespace(preset="tiny")
+    with pytest.raises(UserError, match="train no NeRF"):
+        runs._checked_3d_settings(cfg, {"zero123_steps": 0, "refine_steps": 0})
+    assert runs._checked_3d_settings(cfg, {"zero123_steps": 0}) == {"zero123_steps": 0}  # stage 3 trains it
+    assert runs._checked_3d_settings(cfg, {"refine_steps": 0}) == {"refine_steps": 0}
+
+
+def test_the_page_offers_no_control_a_web_user_should_not_have(tmp_path):
+    """The 3D form had an allow_large box (any web user could lift the server's size limits: a 8192 px texture
+    bake, about 11 GB); the mini preset's Generate tab offered a ControlNet upload that could only fail."""
+    from app.ui import build_app
+
+    for preset, has_controlnet in (("tiny", True), ("mini", False)):
+        blocks = build_app(core.AppConfig(preset=preset, output_dir=tmp_path / preset)).blocks.values()
+        assert not [b for b in blocks if getattr(b, "label", None) == "allow_large"]
+        accordion = next(b for b in blocks if getattr(b, "elem_id", None) == "gen-controlnet")
+        assert accordion.visible is has_controlnet, preset
+    cache = core.PipelineCache(core.AppConfig(preset="mini", output_dir=tmp_path / "mini"))
+    with pytest.raises(UserError, match="the mini preset has no ControlNet: remove the control image"):
+        runs.run_generate(cache, runs.GenerateRequest(prompt="x", control_image=Image.new("RGB", (8, 8))))
+    assert cache.loaded() == []  # refused before any model loads
+
+
+def test_the_page_shows_what_the_job_logs_and_only_its_own(tmp_path):
+    """The page showed only the mini vocabulary's warnings: a prompt cut at 77 tokens, faces left out and a mask
+    partly outside the face crop were logged by the CLI and not shown."""
+    import logging
+
+    seen = []
+    with runs.logged_warnings(seen):
+        logging.getLogger("editing.edit").warning("part of the mask %s", "lies outside")
+        logging.getLogger("suite").info("not a warning")
+        other = threading.Thread(target=lambda: logging.getLogger("suite").warning("another user's job"))
+        other.start()
+        other.join()
+    logging.getLogger("suite").warning("after the job")
+    assert seen == ["part of the mask lies outside"]
+    cfg = core.AppConfig(preset="tiny", output_dir=tmp_path)
+    res = runs.run_generate(core.PipelineCache(cfg), runs.GenerateRequest(prompt="a red vase " * 60, steps=1))
+    assert any(w.startswith("prompt is longer than 77 tokens and was truncated") for w in res.warnings)
