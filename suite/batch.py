@@ -276,9 +276,13 @@ def check_processes_joined(num_processes: int, fix: str = "--device cpu") -> Non
                           f"for each?): on a machine without GPUs pass {fix} to run them together on the CPU")
 
 
+#: the flags that say a generate batch's items (a resume's sentence names them)
+SAME_ITEMS = "the same prompts file, --seeds and guidance flags"
+
+
 def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, resume: bool,
               kind: str = "generate-batch", what: str = "a batch", settings: dict | None = None,
-              equivalent: dict | None = None) -> int:
+              equivalent: dict | None = None, same: str = SAME_ITEMS) -> int:
     """Make every item of ``items`` into ``folder`` (see the module): claim the folder, skip the done items, split
     the fixed batches between the processes of ``state`` (accelerate's ``PartialState``), sample, write each image
     and its manifest line, and merge the manifest. ``load()`` is called only by a process with items to make and
@@ -286,8 +290,8 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
     recorded in the manifest. ``settings`` (``{flag: value}``: what every image is made with besides its item,
     e.g. the steps, the size and the models' hashes) go into each manifest line, and a resume with other settings
     is refused, naming the flags (``equivalent``: ``{flag: values}`` that make the same images, e.g. no
-    ``--width`` and the model's native width). Returns the number of items still missing (0 when the batch is
-    complete)."""
+    ``--width`` and the model's native width; ``same``: the flags that say the items, for the sentence of a resume
+    with others). Returns the number of items still missing (0 when the batch is complete)."""
     import logging
     import os
     from contextlib import ExitStack
@@ -302,7 +306,7 @@ def run_batch(state, folder: Path, items: list[Item], batch_size: int, load, res
         # 1. The folder: locked and claimed by process 0, checked read-only by the others.
         claim_batch_folder(stack, state, folder, kind, resume, what)
         done = from_main(state, done_items(folder) if state.is_main_process else None)  # one reading for all
-        check_same_batch(done, items, settings, equivalent)
+        check_same_batch(done, items, settings, equivalent, same)
         if state.is_main_process:
             remove_leftovers(folders=[folder])
         state.wait_for_everyone()
@@ -386,7 +390,7 @@ def manifest_line(item: Item, file: Path, weights: dict, rule: str | None, model
 
 
 def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | None = None,
-                     equivalent: dict | None = None) -> None:
+                     equivalent: dict | None = None, same: str = SAME_ITEMS) -> None:
     """One sentence if the finished items of a folder were made from other prompts, seeds or ``settings`` than
     ``items`` (a manifest line written before settings were recorded is checked for its item only)."""
     from .checks import said_changes, warn_unrecorded
@@ -407,8 +411,8 @@ def check_same_batch(done: dict[int, str], items: list[Item], settings: dict | N
                                                                    "control_weight", "guidance_rule")},
                                        negative_prompt=row.get("negative_prompt") or "") != items[index]:
             raise UserError(f"the folder's batch was made from other prompts, seeds or settings (item {index}: "
-                            f"{row.get('prompt')!r}, seed {row.get('seed')}): use the same prompts file, --seeds and "
-                            f"guidance flags to resume it, or choose another --output")
+                            f"{row.get('prompt')!r}, seed {row.get('seed')}): use {same} to resume it, or choose "
+                            f"another --output")
 
 
 def done_items(folder: Path) -> dict[int, str]:

@@ -76,6 +76,10 @@ def check_flags(args) -> None:
     if not args.community_model and (args.community_weight is not None or args.no_rectify):
         raise UserError(f"{'--no-rectify' if args.no_rectify else '--community-weight'} applies to community models: "
                         f"add --community-model REF, or drop it")
+    from .models import check_community_model
+
+    for ref in args.community_model or ():  # a domain model's folder failed deep inside diffusers
+        check_community_model(ref)
 
 
 def model_settings(args, refs: dict) -> tuple[dict, dict | None]:

@@ -220,12 +220,28 @@ def check_fits(base, other, what: str, ref: str, flag: str) -> None:
                                  f"one made for this base model, or --sd-model with its own base")
 
 
+def check_community_model(ref: str, flag: str = "--community-model") -> None:
+    """One sentence, before any model loads, when a local folder given as an SD1.5 fine-tune is not one: a null-text
+    domain model (it failed deep inside diffusers with "Cannot copy out of meta tensor", after the other methods'
+    images were made) or another diffusers class."""
+    ref, local = resolve(ref, "community SD1.5 model", flag)
+    if not local:
+        return
+    folder = Path(ref)
+    if (folder / METADATA_FILE).is_file():
+        raise ModelLoadError(f"the folder {str(folder)!r} is a null-text domain model, not an SD1.5 fine-tune: pass it "
+                             f"as --domain-model (the domain guidance), not as {flag}")
+    unet = folder / "unet" if (folder / "unet").is_dir() else folder
+    _check_class(unet / "config.json", ("UNet2DConditionModel",), "UNet of an SD1.5 fine-tune", flag)
+
+
 def load_unet(ref: str, device="cpu", dtype=torch.float32, flag: str = "--community-model", like=None):
     """A community SD1.5 fine-tune's UNet: a full diffusers SD folder (``unet/`` inside) or a UNet folder.
     ``like``: the base UNet it will be used beside (:func:`check_fits`)."""
     from diffusers import UNet2DConditionModel
 
     what = "community SD1.5 model"
+    check_community_model(ref, flag)
     ref, local = resolve(ref, what, flag)
     sub = "unet" if (not local or (Path(ref) / "unet").is_dir()) else None
     kw = _hub_kwargs(local)

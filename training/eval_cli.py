@@ -68,6 +68,9 @@ def config_from_args(args):
     if args.seeds and not args.prompts_file:
         raise UserError("--seeds sets the seeds of the prompts file's prompts: add --prompts-file (the unconditional "
                         "images take --seed and --num-images)")
+    if args.clip is not None and str(args.clip).lower() != "none" and not args.prompts_file:
+        raise UserError("--clip scores the images of a prompts file against their prompts: add --prompts-file, or "
+                        "drop --clip (the unconditional images have no prompt to score)")
     if args.steps is not None:
         check_count(args.steps, "--steps", MAX_STEPS)
     if args.num_images is not None and args.num_images > B.MAX_ITEMS:

@@ -189,9 +189,12 @@ def evaluate(config: EvalConfig) -> dict:
         check_feature_model(config.clip, "--clip", text=True)
     for m in config.methods:
         if m.kind == "model":
-            from suite.models import resolve
+            from suite.models import ModelLoadError, check_community_model
 
-            resolve(m.model, "fine-tuned model", f"--method {m.label}=model:FOLDER")
+            try:  # missing, or a domain model given as a fine-tune: before any method's images are made
+                check_community_model(m.model, f"--method {m.label}=model:FOLDER")
+            except ModelLoadError as e:
+                raise UserError(str(e)) from None
     out = check_writable_dir(Path(config.output).expanduser().resolve())
     real = Path(config.real).expanduser().resolve() if config.real else None
     if real is not None and (out == real or real in out.parents):
@@ -229,7 +232,7 @@ def evaluate(config: EvalConfig) -> dict:
                 folder = out / "images" / m.label / name
                 missing = B.run_batch(state, folder, items, config.batch_size,
                                       lambda m=m: _loader(config, m, pipe_box, device), resume=True, kind="eval-batch",
-                                      what="an evaluation's images")
+                                      what="an evaluation's images", same=SAME_ITEMS[name])
                 if missing:
                     raise UserError(f"{missing} image(s) of {m.label}/{name} are missing: run again with --resume")
                 sets[(m.label, name)] = (folder, items)
@@ -299,6 +302,10 @@ def _for_method(item, m: Method):
     return replace(item, domain_weight=wd, control_weight=m.control_weight, guidance_rule=m.guidance_rule)
 
 
+#: the flags that say each set's items (a resume with others names them: it named generate's --seeds for --seed)
+SAME_ITEMS = {"uncond": "the same --num-images and --seed", "text": "the same prompts file and --seeds"}
+
+
 def _fingerprint(config: EvalConfig) -> dict:
     """What every method's images depend on besides the method: the models (hashes of their weight files, or hub
     ids), the preset, the sampling steps and the dtype. A resume with others is refused."""
@@ -322,18 +329,20 @@ def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> N
 
     path = out / "methods.json"
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    have = {m.label for m in methods if any(B.done_items(f) for f in (out / "images" / m.label).glob("*")
-                                            if f.is_dir())}
+    made = {f.parent.name for f in (out / "images").glob("*/*") if f.is_dir() and B.done_items(f)}
+    have = {m.label for m in methods} & made
     old = saved.get("_run")
     if isinstance(old, dict) and old.get("dtype") is None:  # recorded before the dtype the models ran in was
         old = {**old, "dtype": run["dtype"]}
     if isinstance(old, dict) and "defaults" not in old:  # recorded before the default guidance was: cannot tell
         from suite.checks import warn_unrecorded
 
-        if have and state.is_main_process:
+        if made and state.is_main_process:
             warn_unrecorded(old, run, set())
         old = {**old, "defaults": run["defaults"]}
-    if have and old not in (None, run):
+    # any method's images, not only this run's: a resume with other settings and only new methods passed, then
+    # recorded its settings as the folder's, and a later resume of the old methods reused their images as made so
+    if made and old not in (None, run):
         raise UserError(f"the folder's images were made with other models or settings ({saved['_run']}): choose "
                         f"another --output, or the same models, --steps and --dtype to resume")
     entries = {m.label: dict(asdict(m), model_hash=B.model_hashes({"m": m.model}).get("m") if m.model else None)
@@ -482,16 +491,26 @@ def _features(state, net, paths: list[Path], cache: Path | None = None) -> dict:
     from suite.images import load_image
     from suite.metrics import add_moments, moments
 
+    def load(path):  # at any size, as training reads them (the folder's scan took every one)
+        return load_image(path, "image", max_pixels=None)
+
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             f = z["features"]
-        return {"features": f, "moments": add_moments(moments(f[j:j + CHUNK]) for j in range(0, len(f), CHUNK))}
+        # the file is named by the images and the network's name, not its weights: a mini world rebuilt, or a
+        # --features folder replaced, gave other features under the same name, and the table compared the two.
+        # The first image again through today's network says whether they are its features.
+        again = net.images([load(paths[0])])[0]
+        if f.shape[1:] == again.shape and np.allclose(f[0], again, rtol=1e-3, atol=1e-3 * np.abs(again).max()):
+            return {"features": f, "moments": add_moments(moments(f[j:j + CHUNK]) for j in range(0, len(f), CHUNK))}
+        log.info("eval: the cached real-image features %s were made by another feature network: computing them again",
+                 cache.name)
     chunks = range(0, len(paths), CHUNK)
     mine = []
     for k, j in enumerate(chunks):
         if k % state.num_processes != state.process_index:
             continue
-        mine.append((k, net.images([load_image(p, "image") for p in paths[j:j + CHUNK]])))
+        mine.append((k, net.images([load(p) for p in paths[j:j + CHUNK]])))
     parts = sorted(gather_object(mine) if state.num_processes > 1 else mine, key=lambda x: x[0])
     feats = np.concatenate([p[1] for p in parts])
     # every process adds the same chunks' moments in the same order: the same numbers for any process count

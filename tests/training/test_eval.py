@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,9 @@ def test_eval_bad_input_leaves_no_folder(tmp_path, tiny_dir, capsys):
         (["--real", str(two), "--output", str(two / "ev")], "is inside --real"),
         (["--output", str(weights)], "is a file"),
         (["--domain-model", "none"], "its row would be base's"),  # 'ours' without a domain model is base
+        # a domain model given as a fine-tune: a bare "Cannot copy out of meta tensor" after the other rows' images
+        (["--method", "base", "--method", f"ft=model:{tiny_dir / 'domain-face'}"], "is a null-text domain model"),
+        (["--clip", "clip"], "add --prompts-file"),  # ignored without a word: the unconditional set has no prompts
     ):
         assert launch.main(base + extra) == 2, extra
         err = capsys.readouterr().err
@@ -320,3 +324,52 @@ def test_python_values_are_taken_as_the_cli_reads_them(monkeypatch, tmp_path):
                         (dict(seeds=[1, 1]), "a seed twice"), (dict(seed="x"), "the seed")):
         with pytest.raises(UserError, match=phrase):
             evaluate(EvalConfig(output=str(tmp_path / "e"), methods=["base"], preset="tiny", **bad))
+
+
+def test_a_resume_never_reuses_images_or_features_made_otherwise(tmp_path, monkeypatch):
+    """A resume with other --steps was refused, but one that added a method only passed, recorded its steps as the
+    folder's, and a later resume of the first method reused its images as made with them; the real images' cached
+    features were reused after the feature network changed (a rebuilt mini world), so the table compared features
+    of two networks; another --seed was refused naming generate's --seeds."""
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(real / f"{i}.png")
+    out = str(tmp_path / "out")
+
+    def run(method="base", steps=1, **kw):
+        return evaluate(EvalConfig(output=out, preset="tiny", real=str(real), num_images=3, steps=steps, resume=True,
+                                   methods=[parse_method(method)], **kw))
+
+    first = run()
+    with pytest.raises(UserError, match="other models or settings"):
+        run("other=ours", steps=2)  # no images of its own yet, but base's are made with 1 step
+    with pytest.raises(UserError, match="use the same --num-images and --seed to resume"):
+        evaluate(EvalConfig(output=out, preset="tiny", real=str(real), num_images=3, seed=5, steps=1, resume=True,
+                            methods=[parse_method("base")]))
+    assert run() == first
+    # the same feature network's name, other weights
+    from suite import features
+
+    load = features.load_features
+
+    def doubled(*a, **kw):
+        net = load(*a, **kw)
+        embed = net._images
+        net._images = lambda ims: 2 * embed(ims)
+        return net
+
+    monkeypatch.setattr(features, "load_features", doubled)
+    again = run()  # both sets through the new network: the distance in a feature space twice the size
+    assert again["methods"]["base"]["uncond"]["fd"] == pytest.approx(4 * first["methods"]["base"]["uncond"]["fd"],
+                                                                     rel=1e-4)
+    # a real image over the 120-megapixel guard stopped the run after every image was made, naming a flag eval does
+    # not have; the folder's scan (and training) take images of any size, and so do the features now (here with
+    # the guard at 100 pixels)
+    from suite import images
+
+    guarded = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda path, what="image", max_pixels=images.DEFAULT_MAX_PIXELS:
+                        guarded(path, what, max_pixels=100 if max_pixels and Path(path).parent == real else None))
+    out = str(tmp_path / "big")
+    assert run()["real"]["n"] == 4
