@@ -189,7 +189,8 @@ def check_limits(args) -> None:
                                ("--mesh-smooth", args.mesh_smooth, MAX_SMOOTH)):
         if value is not None:
             check_count(value, flag, limit, minimum=0, allow_large=large)
-    if args.zero123_steps == 0 and args.refine_steps == 0 and not args.resume and not args.config:
+    if args.zero123_steps == 0 and args.refine_steps == 0 and not args.config and not args.export_only and not (
+            args.resume and _has_nerf(args.output)):  # a resume of a folder without one exported the blob too
         from suite.checks import UserError
 
         # the NeRF's untrained starting blob was exported as the mesh, exit 0 (from Python, a test's quick run may
@@ -204,6 +205,30 @@ def check_limits(args) -> None:
         value = getattr(args, flag)
         if value is not None and value != RECOMMENDED:
             check_weight(value, f"--{flag.replace('_', '-')}")
+    from suite.checks import UserError
+
+    # flags that set what another flag switches off were recorded as if they applied
+    if args.no_texture and args.texture_size is not None:
+        raise UserError("--texture-size sets the texture that --no-texture turns off: drop one of them")
+    if args.refine_steps == 0:
+        stage3 = [f"--{f.replace('_', '-')}" for f in ("domain_weight", "control_weight", "guidance_rule",
+                                                       "refine_zero123_weight") if getattr(args, f) is not None]
+        if stage3:
+            raise UserError(f"{', '.join(stage3)} set{'s' if len(stage3) == 1 else ''} stage 3, which --refine-steps 0 "
+                            f"skips: drop {'it' if len(stage3) == 1 else 'them'}, or give stage 3 some steps")
+
+
+def _has_nerf(output) -> bool:
+    """Whether the run in ``output`` has trained a NeRF (a stage checkpoint)."""
+    folder = Path(output).expanduser() / "checkpoints"
+    return any((folder / f"{stage}.safetensors").is_file() for stage in ("stage2-zero123", "stage3-refine"))
+
+
+#: the flags an --export-only uses: the export's, where to write, how to compute, and the side views' Zero-1-to-3
+EXPORT_ONLY_FLAGS = ("export_only", "output", "resume", "device", "dtype", "preset", "allow_large", "zero123_model",
+                     "zero123_guidance", "seed", "formats", "mesh_resolution", "threshold", "no_texture",
+                     "texture_size", "no_project_reference", "side_views", "mesh_smooth", "decimate",
+                     "preview_frames", "preview", "height_m")
 
 
 def _run_preset(checkpoint: str) -> str | None:
@@ -271,6 +296,12 @@ def config_from_args(args):
         return replace(saved, output=args.output, resume=args.resume, device=args.device or saved.device,
                        dtype=args.dtype or saved.dtype, export_only=None, threads=None,
                        allow_large=args.allow_large or saved.allow_large).resolved()
+    if args.export_only:
+        given = _flags_given(args, keep=EXPORT_ONLY_FLAGS)
+        if given:  # the cameras and the image are the checkpoint's run's: these were ignored without a word
+            raise UserError(f"--export-only turns a checkpoint into meshes with its run's cameras and image, so "
+                            f"{', '.join(given)} would be ignored: drop {'it' if len(given) == 1 else 'them'} (they set "
+                            f"a run that trains)")
     if args.preset is None:  # an export of a run's checkpoint: its run's preset (a mini run's 80^3 grid, not 256^3)
         args.preset = (_run_preset(args.export_only) if args.export_only else None) or DEFAULT_PRESET
     domain = args.domain or _resumed_domain(args) or chosen_domain(None, args.domain_model) or DEFAULT_DOMAIN
@@ -366,8 +397,8 @@ def batch_main(args) -> int:
     from . import run_text_to_3d
     from .run import changed_settings, check_config, setting_names
 
-    if args.prompt or args.image or args.config:
-        raise UserError("give --prompts-file, or --prompt / --image / --config for one run, not both")
+    if args.prompt or args.image or args.config or args.export_only:  # an export-only "made" every prompt
+        raise UserError("give --prompts-file, or --prompt / --image / --config / --export-only for one run, not both")
     check_limits(args)  # before the batch's folder is claimed
     items = B.read_items(args.prompts_file, [args.seed])
     if any(it.negative_prompt for it in items):

@@ -219,6 +219,36 @@ def check_sizes(cfg) -> None:
                                  f"with --allow-large (allow_large=True)")
 
 
+MIN_HEIGHT_M, MAX_HEIGHT_M = 1e-4, 1e4  # --height-m
+
+
+def _check_views(nerf, camera, *stages) -> None:
+    """What only a --config file or Python can set wrong, in one sentence each before anything runs: a stage's
+    views (resolutions and batch sizes of 0 failed in torch's words after stage 1, milestones not starting at 0 as
+    "max() arg is an empty sequence") and the reference camera (a field of view or distance of 0 trained to the end,
+    then found no surface; an elevation of 120 degrees ran)."""
+    for stage, name in zip(stages, ("zero123", "refine")):
+        ms, rs, bs = (tuple(getattr(stage, k)) for k in ("milestones", "resolutions", "batch_sizes"))
+        if not (len(ms) == len(rs) == len(bs) >= 1):
+            raise ValueError(f"{name}.milestones, resolutions and batch_sizes have {len(ms)}, {len(rs)} and {len(bs)} "
+                             f"entries: give one of each per phase of the stage")
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in ms + rs + bs)
+        if not whole or ms[0] != 0 or any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ValueError(f"{name}.milestones is {list(ms)}: give the steps each phase starts at, whole numbers "
+                             f"rising from 0")
+        for key, values, low in (("resolutions", rs, 8), ("batch_sizes", bs, 1)):
+            if min(values) < low:
+                raise ValueError(f"{name}.{key} is {list(values)}: give whole numbers of at least {low}")
+    fovy, dist, el = camera.ref_fovy, camera.ref_distance, camera.ref_elevation
+    for value, what, ok in ((fovy, "camera.ref_fovy (the field of view, degrees)", lambda v: 0 < v < 180),
+                            (dist, f"camera.ref_distance (from the object's centre; its sphere's radius is "
+                                   f"{nerf.radius:g})", lambda v: nerf.radius < v < math.inf),
+                            (el, "camera.ref_elevation (degrees)", lambda v: -80 <= v <= 80)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ValueError(f"{what} is {value!r}: give a number within its range (fovy above 0 and below 180, "
+                             f"distance beyond the sphere, elevation from -80 to 80)")
+
+
 # texture side in pixels (8192^2 RGB is 200 MB before PNG compression); above 4096 only with --allow-large
 # (SIZE_LIMITS): the bake holds several float arrays a texel, peak 0.76 GB at 1024, 3.3 GB at 4096, about 11 GB at 8192
 MIN_TEXTURE, MAX_TEXTURE = 16, 8192
@@ -584,9 +614,12 @@ class ThreeDConfig:
                              f"{MIN_TEXTURE} to {MAX_TEXTURE} (default 1024; mini: 256, tiny: 128)")
         height = export.height_m
         if height is not None and (isinstance(height, bool) or not isinstance(height, (int, float))
-                                   or not 0 < height < math.inf):
-            raise ValueError(f"the mesh height is {height!r} m: give --height-m a positive number of metres (a "
-                             f"negative one turned the mesh upside down and inside out; 0 meant no scaling)")
+                                   or not MIN_HEIGHT_M <= height <= MAX_HEIGHT_M):
+            # a negative one turned the mesh upside down and inside out, 0 meant no scaling, 1e300 wrote infinite
+            # vertices and 1e-300 a point
+            raise ValueError(f"the mesh height is {height!r} m: give --height-m in metres, from {MIN_HEIGHT_M:g} "
+                             f"(0.1 mm) to {MAX_HEIGHT_M:g} (10 km)")
+        _check_views(nerf, camera, zero123, refine)
         for key in ("image", "mask"):  # a PIL image was "'/cwd/<PIL.Image.Image ...>' does not exist"
             value = getattr(self, key)
             if value is not None and not isinstance(value, str | os.PathLike):
@@ -688,7 +721,7 @@ class ThreeDConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ThreeDConfig:
-        path = Path(path)
+        path = Path(path).expanduser()  # --config ~/run/config.json
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:

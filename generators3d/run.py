@@ -201,14 +201,16 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     side_model, side_warning = z123_model, None
     if side_model is None and cfg.export.side_views:  # the export's side views need it even where no stage does
         side_model, side_warning = _side_model(cfg.zero123_model, cfg.preset, device, dtype)
+    previous = _previous_record(out) if cfg.resume else ([], 0)  # the stages a finished run's summary recorded
     result = _create_output(out, cfg)
-    if pipe is not None:
+    if prompt and (not cfg.image or cfg.refine.steps > 0):  # stage 1's image and stage 3 read it (now or before)
         result.warnings += warn_prompt(cfg.preset, prompt)
 
     # 4. Stage 1: the in-domain image (or the user's) and its foreground mask -> the reference view.
     image_path, mask_path, ref_path = out / "image.png", out / "mask.png", out / "reference.png"
     if _stage1_done(out):
         log.info("stage 1: reusing %s", image_path)
+        _warn_border(result, cfg, Image.open(mask_path))  # a resume's summary.json said nothing of it
     else:
         if cfg.image:
             image = load_image(cfg.image, "input image")
@@ -217,12 +219,7 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
             image = stage1_image(pipe, cfg, prompt, on_step=lambda i, n: report.update("image", i, n, {}))
             report.end("image")
         mask = _object_mask(cfg, image)
-        touching = _border_pixels(mask)
-        if touching:
-            result.warnings.append(f"the object in the {'input' if cfg.image else 'stage-1'} image touches the frame "
-                                   f"border ({touching} border pixels): it is probably cut off, and the 3D object will "
-                                   f"be cut flat there; use an image with some background all around the object")
-            log.warning(result.warnings[-1])
+        _warn_border(result, cfg, mask)
         ref_rgb, ref_mask = reference_view(image, mask, max(cfg.zero123.ref_resolution, 256))
         for im, path in ((image, image_path), (mask, mask_path), (ref_mask, out / "reference-mask.png"),
                          (ref_rgb, ref_path)):
@@ -282,6 +279,9 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
         result.checkpoints["refine"] = stage3_ckpt
 
     result.image_path, result.mask_path = image_path, mask_path
+    stages, recoveries = previous  # a resume of a finished run (a new export) keeps the record of its stages
+    result.stages_run = [st for st in stages if st not in result.stages_run] + result.stages_run
+    result.nan_recoveries += recoveries
     colours = _export_colours(cfg, out, cfg.camera, side_model, side_warning)
     return _finish(field, cfg, out, result, report, colours)
 
@@ -484,6 +484,8 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
                "vertices": int(len(mesh.vertices)), "stages_run": result.stages_run,
                "nan_recoveries": result.nan_recoveries, "warnings": result.warnings,
                "checkpoints": {k: str(v) for k, v in result.checkpoints.items()},
+               # what an --export-only exported (its folder had no record of it)
+               "export_only": str(Path(cfg.export_only).expanduser().resolve()) if cfg.export_only else None,
                "frame": "glTF: Y up, +Z front (the reference view), metres",
                "export_transform": dict(transform, formula="x_export = scale * rotation @ x_nerf + offset")}
     extra[out / "summary.json"] = json.dumps(summary, indent=2).encode()
@@ -600,6 +602,25 @@ def _object_mask(cfg: ThreeDConfig, image) -> Image.Image:
     return foreground_mask(image, cfg.mask_method)
 
 
+def _previous_record(out: Path) -> tuple[list, int]:
+    """``(stages_run, nan_recoveries)`` of the run's ``summary.json`` (written when a run finishes: every stage it
+    recorded is loaded, not run again, by a resume), or none."""
+    try:
+        old = json.loads((out / "summary.json").read_text())
+        return [s for s in old.get("stages_run") or [] if isinstance(s, str)], int(old.get("nan_recoveries") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return [], 0
+
+
+def _warn_border(result: ThreeDResult, cfg: ThreeDConfig, mask) -> None:
+    touching = _border_pixels(mask)
+    if touching:
+        result.warnings.append(f"the object in the {'input' if cfg.image else 'stage-1'} image touches the frame "
+                               f"border ({touching} border pixels): it is probably cut off, and the 3D object will "
+                               f"be cut flat there; use an image with some background all around the object")
+        log.warning(result.warnings[-1])
+
+
 def _border_pixels(mask) -> int:
     """How many pixels of the frame's border the (binary, mode L) mask covers."""
     m = np.asarray(mask.convert("L")) > 127
@@ -621,6 +642,11 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
         what = "--export-only would replace its meshes" if cfg.export_only else "it already holds results"
         raise ValueError(f"the output folder {str(out)!r} holds a run ({what}): pass --resume to continue that run, "
                          f"or choose another --output")
+    if cfg.export_only and busy and not failed_export and not _exports_its_own(out, cfg.export_only):
+        # --resume replaced another run's meshes with this checkpoint's, and its summary.json kept the other's record
+        raise ValueError(f"--export-only {str(cfg.export_only)!r} is not a checkpoint of the run in {str(out)!r}: its "
+                         f"meshes would replace that run's; export into another --output (or, to export that run "
+                         f"again, give one of its own checkpoints in {str(out / 'checkpoints')!r})")
     if cfg.resume and config_path.is_file() and not cfg.export_only:  # export-only reuses no stage: nothing to match
         changed = changed_settings(out, cfg)
         if changed:
@@ -634,6 +660,21 @@ def _check_output(out: Path, cfg: ThreeDConfig, busy: bool) -> None:
                         "earlier version's defaults count too): `--config %s --resume` keeps the run's own",
                         ", ".join(setting_names(later)), shlex.quote(str(config_path)))
         continue_threads(ThreeDConfig.load(config_path).threads, "the 3D run")
+
+
+def _exports_its_own(out: Path, checkpoint) -> bool:
+    """Whether ``checkpoint`` is the run's in ``out``: one of its checkpoints, or the one its last --export-only
+    exported (its summary.json says)."""
+    ckpt = Path(checkpoint).expanduser().resolve()
+    if ckpt.parent == (out / "checkpoints").resolve():
+        return True
+    if (out / "config.json").is_file():
+        return False
+    try:
+        # a summary written before it recorded the checkpoint (no key) cannot tell: allowed, as it was
+        return json.loads((out / "summary.json").read_text()).get("export_only", str(ckpt)) == str(ckpt)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _keep_run_record(out: Path, result: ThreeDResult, stage2: Path, stage3: Path) -> None:
@@ -668,6 +709,8 @@ def changed_settings(out: Path, cfg: ThreeDConfig, finished_only: bool = True) -
     old = replace(old, image=absolute_path(old.image), mask=absolute_path(old.mask),
                   depth=old.depth if old.depth in DEPTH_MODES else absolute_path(old.depth),
                   prompt=check_prompt(old.prompt), **{k: model_ref(getattr(old, k)) for k in MODEL_FLAGS})
+    # the elevation the run used, given or the preset's (--elevation 5 on a run that took the preset's 5 was refused)
+    old, cfg = (replace(c, elevation=_ref_elevation(c)) for c in (old, cfg))
     keys = list(_RESUME_KEYS)
     if _stage1_done(out) and not cfg.image:  # the in-domain image of stage 1 is reused
         keys += ["image_steps", "image_domain_weight", "sd_model", "domain_model"]
@@ -683,6 +726,14 @@ def changed_settings(out: Path, cfg: ThreeDConfig, finished_only: bool = True) -
     if "depth" in changed and "off" in (old.depth, cfg.depth):  # --depth off sets the depth weights to 0 itself
         changed -= {f"{st}.{w}" for st in STAGES for w in ("lambda_ref_depth", "lambda_view_depth")}
     return sorted(changed)
+
+
+def _ref_elevation(cfg: ThreeDConfig):
+    """The reference view's elevation a config makes (``--elevation``, else its preset's camera)."""
+    try:
+        return float((cfg.camera or cfg.resolved().camera).ref_elevation)
+    except (ValueError, TypeError, AttributeError):
+        return cfg.elevation
 
 
 # the settings of config.json that a flag of ``3d`` sets, by the flag's name (the others: a --config file's keys)

@@ -90,7 +90,7 @@ def parse_seeds(text: str) -> list[int]:
 def read_items(path: str | Path, seeds: list[int], negative_prompt: str = "") -> list[Item]:
     """The items of a prompts file (see the module's docstring); one sentence naming the line on a mistake.
     ``negative_prompt``: a line's that does not say one (``--negative-prompt``); a line's own ``""`` is kept."""
-    p = Path(path)
+    p = Path(path).expanduser()  # --prompts-file ~/prompts.txt
     if p.is_dir():
         raise UserError(f"the prompts file {str(p)!r} is a folder: give a text file with one prompt a line (the file "
                         f"inside it)")

@@ -69,6 +69,12 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
     huge = ThreeDConfig(prompt="a vase", preset="tiny").resolved().to_dict()
     huge["nerf"]["log2_hashmap_size"] = 40  # 70 TB
     (tmp / "in" / "huge-config.json").write_text(json.dumps(huge))
+    views = ThreeDConfig(prompt="a vase", preset="tiny").resolved().to_dict()
+    views["zero123"]["batch_sizes"] = [0, 0]  # torch's "cannot reshape tensor of 0 elements" after stage 1
+    (tmp / "in" / "views-config.json").write_text(json.dumps(views))
+    camera = ThreeDConfig(prompt="a vase", preset="tiny").resolved().to_dict()
+    camera["camera"]["ref_fovy"] = 0  # trained to the end, then "the density never crosses the threshold"
+    (tmp / "in" / "camera-config.json").write_text(json.dumps(camera))
     relabelled = tmp / "in" / "relabelled-domain"  # float32 tensors whose header says int32
     shutil.copytree(tiny_dir / "domain-face", relabelled)
     weights = relabelled / "diffusion_pytorch_model.safetensors"
@@ -83,7 +89,8 @@ def _setup(tmp: Path, tiny_dir: Path) -> dict:
     return dict(photo=photo, mask=tmp / "in" / "square-mask.png", notes=tmp / "in" / "notes.png", broken=broken,
                 pickled=pickled, config=tmp / "in" / "bad-config.json", onefile=tmp / "in" / "finetune.safetensors", fifo=tmp / "in" / "fifo.png",
                 white=tmp / "in" / "white.png", textchunk=tmp / "in" / "textchunk.png",
-                typed=tmp / "in" / "typed-config.json", huge=tmp / "in" / "huge-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
+                typed=tmp / "in" / "typed-config.json", huge=tmp / "in" / "huge-config.json",
+                views=tmp / "in" / "views-config.json", camera=tmp / "in" / "camera-config.json", relabelled=relabelled, unet=tiny_dir / "sd" / "unet",
                 controlnet=tiny_dir / "controlnet", zunet=tiny_dir / "zero123" / "unet", mixed=mixed,
                 tinydomain=tiny_dir / "domain-face", strip=tmp / "in" / "strip.png", dot=tmp / "in" / "dot.png")
 
@@ -254,9 +261,25 @@ CASES = [
     ("3d: texture size 100000", T + ["--prompt", "a vase", "--texture-size", "100000", "--output", "{out}/run"],
      "give --texture-size a whole number of pixels from 16 to 8192"),
     ("3d: height -1 m", T + ["--prompt", "a vase", "--height-m", "-1", "--output", "{out}/run"],
-     "give --height-m a positive number of metres"),
+     "give --height-m in metres, from 0.0001"),
     ("3d: height 0 m", T + ["--prompt", "a vase", "--height-m", "0", "--output", "{out}/run"],
-     "give --height-m a positive number of metres"),
+     "give --height-m in metres, from 0.0001"),
+    ("3d: height 1e300 m", T + ["--prompt", "a vase", "--height-m", "1e300", "--output", "{out}/run"],
+     "give --height-m in metres, from 0.0001 (0.1 mm) to 10000 (10 km)"),  # infinite vertices, exit 0
+    ("3d: --export-only with a run's flag", ["3d", "--preset", "tiny", "--export-only", "{out}/no.safetensors", "--elevation",
+                                             "60", "--output", "{out}/run"],
+     "--export-only turns a checkpoint into meshes with its run's cameras and image, so --elevation would be"),
+    ("3d: --export-only in a batch", ["3d", "--preset", "tiny", "--export-only", "{out}/no.safetensors",
+                                      "--prompts-file", "{out}/none.txt", "--output", "{out}/run"], "--export-only for one run, not both"),
+    ("3d: a config file's batch sizes of 0", ["3d", "--config", "{views}", "--output", "{out}/run"],
+     "zero123.batch_sizes is [0, 0]: give whole numbers of at least 1"),
+    ("3d: a config file's field of view of 0", ["3d", "--config", "{camera}", "--output", "{out}/run"],
+     "camera.ref_fovy (the field of view, degrees) is 0"),
+    ("3d: --texture-size with --no-texture", T + ["--prompt", "a vase", "--no-texture", "--texture-size", "512",
+                                                  "--output", "{out}/run"], "that --no-texture turns off"),
+    ("3d: stage 3's weight with --refine-steps 0", ["3d", "--preset", "tiny", "--prompt", "a vase", "--refine-steps",
+                                                    "0", "--domain-weight", "3", "--output", "{out}/run"],
+     "--domain-weight sets stage 3, which --refine-steps 0 skips"),
     ("3d: Zero-1-to-3 whose projection does not fit its other parts",
      T + ["--prompt", "a vase", "--zero123-model", "{mixed}", "--output", "{out}/run"],
      "its parts are from different models"),
@@ -353,4 +376,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 50, "edit": 15, "3d": 27, "train": 11, "app": 4}, json.dumps(per)
+    assert per == {"generate": 50, "edit": 15, "3d": 34, "train": 11, "app": 4}, json.dumps(per)

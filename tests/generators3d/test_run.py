@@ -145,9 +145,12 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(suite.zero123, "novel_views",
                    lambda *a, **k: (kept.append(k.get("keep")), scales.append(a[4]), drawn(*a, **k))[2])
-        assert launch.main(["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply",
-                            "--preset", "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views",
-                            "2", "--elevation", "40", "--zero123-guidance", "2.5"]) == 0
+        export = ["3d", "--export-only", str(stage2), "--output", str(other), "--formats", "glb,ply", "--preset",
+                  "tiny", "--mesh-resolution", "32", "--preview-frames", "2", "--side-views", "2",
+                  "--zero123-guidance", "2.5"]
+        # a run's flags would be ignored (the cameras are the checkpoint's run's): refused, before any writing
+        assert launch.main(export + ["--elevation", "40", "--refine-steps", "3"]) == 2 and not other.exists()
+        assert launch.main(export) == 0
     assert scales == [2.5, 2.5]  # --zero123-guidance draws the side views too (always 3 before)
     # ... drawn in turns (135, then 225 degrees: they overlap at the back), the second keeping what the first drew too
     assert len(kept) == 2 and all(k.shape[:2] == (1, 1) for k in kept)
@@ -156,8 +159,8 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     assert float(kept[0].max()) > 0.3 > float(kept[0].mean()) and float(kept[1].mean()) > 4 * float(kept[0].mean())
     assert (other / "mesh" / "model.glb").is_file() and (other / "mesh" / "model.ply").is_file()
     assert not (other / "mesh" / "model.obj").exists()
-    # ... its colours take the run's reference image and cameras (found beside the checkpoint: not this command's
-    # --elevation, which would project the image from the wrong place) and two Zero-1-to-3 side views
+    # ... its colours take the run's reference image and cameras (found beside the checkpoint: an --elevation given
+    # would project the image from the wrong place) and two Zero-1-to-3 side views
     colours = json.loads((other / "summary.json").read_text())["colours"]
     assert colours["reference_projected"] and colours["side_views"] == 2 and colours["side_views_keep_reference"]
     assert colours["side_view_turns"] == [[135.0], [225.0]]
@@ -649,3 +652,52 @@ def test_a_stage_whose_every_step_is_non_finite_is_one_sentence_not_an_untrained
                         "--refine-steps", "0", "--depth-smooth", "1e300", "--output", str(out)])
     assert code == 2 and "every one of the stage's 2 steps gave a non-finite loss" in capsys.readouterr().err
     assert not (out / "mesh").exists() and not (out / "checkpoints" / "stage2-zero123.safetensors").exists()
+
+
+def test_a_resume_keeps_the_runs_record_and_an_export_never_replaces_another_runs(tmp_path, capsys):
+    """Four edges of --resume and --export-only (each exited 0 before):
+    - a resume of a finished run (a new export) rewrote summary.json without its stages and stage 1's warning;
+    - --elevation given at the value the run took from its preset was refused as a different --elevation;
+    - --export-only --resume of another checkpoint into a run's folder replaced its meshes, and its summary.json
+      then described the other run;
+    - --zero123-steps 0 --refine-steps 0 --resume into a folder without a NeRF exported the untrained blob."""
+    from generators3d.config import ThreeDConfig
+
+    q = ["--preset", "tiny", "--zero123-steps", "2", "--refine-steps", "0", "--mesh-resolution", "16",
+         "--preview-frames", "1", "--mask-method", "auto"]
+    e = ["--preset", "tiny", "--mesh-resolution", "16", "--preview-frames", "1"]  # an export's own
+    a = np.full((64, 64, 3), 255, np.uint8)
+    a[20:44, 0:30] = (200, 30, 30)  # a red box cut by the left edge
+    Image.fromarray(a).save(tmp_path / "cut.png")
+    run = tmp_path / "run"
+    assert launch.main(["3d", "--image", str(tmp_path / "cut.png"), "--output", str(run), *q]) == 0
+    first = json.loads((run / "summary.json").read_text())
+    assert first["stages_run"] == ["image", "zero123"] and "touches the frame border" in first["warnings"][0]
+    elevation = ThreeDConfig(preset="tiny").resolved().camera.ref_elevation
+    smoothed = (run / "mesh" / "model.glb").read_bytes()
+    assert launch.main(["3d", "--image", str(tmp_path / "cut.png"), "--output", str(run), *q, "--resume",
+                        "--elevation", f"{elevation:g}", "--mesh-smooth", "1"]) == 0
+    again = json.loads((run / "summary.json").read_text())
+    assert again["stages_run"] == first["stages_run"] and again["warnings"] == first["warnings"]
+    assert again["nan_recoveries"] == first["nan_recoveries"]
+    assert (run / "mesh" / "model.glb").read_bytes() != smoothed  # exported again, smoothed
+    # another checkpoint into the run's folder: refused, the run's meshes and record as they were
+    loose = tmp_path / "loose.safetensors"
+    loose.write_bytes((run / "checkpoints" / "stage2-zero123.safetensors").read_bytes())
+    glb = (run / "mesh" / "model.glb").read_bytes()
+    assert launch.main(["3d", "--export-only", str(loose), "--output", str(run), "--resume", *e]) == 2
+    assert "is not a checkpoint of the run in" in capsys.readouterr().err
+    assert (run / "mesh" / "model.glb").read_bytes() == glb and json.loads((run / "summary.json").read_text()) == again
+    # ... its own checkpoint exports again; an export-only folder takes its own checkpoint again, no other
+    own = run / "checkpoints" / "stage2-zero123.safetensors"
+    assert launch.main(["3d", "--export-only", str(own), "--output", str(run), "--resume", *e]) == 0
+    exported = tmp_path / "exported"
+    assert launch.main(["3d", "--export-only", str(loose), "--output", str(exported), *e]) == 0
+    assert json.loads((exported / "summary.json").read_text())["export_only"] == str(loose.resolve())
+    assert launch.main(["3d", "--export-only", str(loose), "--output", str(exported), "--resume", *e]) == 0
+    assert launch.main(["3d", "--export-only", str(own), "--output", str(exported), "--resume", *e]) == 2
+    # no NeRF to resume: refused as without --resume
+    fresh = tmp_path / "fresh"
+    assert launch.main(["3d", "--prompt", "a vase", "--preset", "tiny", "--zero123-steps", "0", "--refine-steps", "0",
+                        "--output", str(fresh), "--resume"]) == 2
+    assert "train no NeRF" in capsys.readouterr().err and not fresh.exists()
