@@ -372,6 +372,21 @@ def _allowed_data_dir(config: AppConfig, data: str) -> Path:
     return path
 
 
+# the Domains form's sizes a web user may ask of this server (the CLI's train has none: it is the user's own
+# machine): what holds memory (resolution 100000 or a batch of 10^6 would take the server down) and what runs for ever
+LIMITS_TRAIN = {"resolution": (8, 2048, "resolution (the training images' side in pixels)"),
+                "batch_size": (1, 512, "batch_size (images an optimizer step)"),
+                "cache_batch_size": (1, 256, "cache_batch_size (images a VAE call)"),
+                "text_init_batch_size": (1, 512, "text_init_batch_size (F_T's images a step)"),
+                "validation_images": (1, 64, "validation_images"),
+                "num_workers": (0, 64, "num_workers (image-decoding threads)"),
+                "max_steps": (1, 1_000_000, "max_steps"),
+                "text_init_steps": (0, 1_000_000, "text_init_steps (0: E from the prompt's text features)"),
+                "text_init_images": (1, 1_000_000, "text_init_images"),
+                "capture_images": (1, 100_000, "capture_images"),
+                "validation_inference_steps": (1, MAX_STEPS, "validation_inference_steps")}
+
+
 def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | None = None,
               progress: Progress | None = None) -> Path:
     """One Domains-tab training run through ``training.train.train_domain`` (the CLI's ``train``).
@@ -383,6 +398,10 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     if problem:
         raise UserError(problem)
     output = config.output_dir / "domains" / domain
+    settings = dict(settings or {})
+    for name, (low, high, what) in LIMITS_TRAIN.items():
+        if settings.get(name) is not None:
+            settings[name] = check_int(settings[name], what, low, high)
     # the page has no --resume or --output: a name in use is one sentence about the page and the server's folder
     with _TRAINING_LOCK:
         if domain.lower() in _TRAINING:  # it said "another run (process N) is writing ...: choose another --output"

@@ -1180,3 +1180,24 @@ def test_the_page_shows_what_the_job_logs_and_only_its_own(tmp_path):
     cfg = core.AppConfig(preset="tiny", output_dir=tmp_path)
     res = runs.run_generate(core.PipelineCache(cfg), runs.GenerateRequest(prompt="a red vase " * 60, steps=1))
     assert any(w.startswith("prompt is longer than 77 tokens and was truncated") for w in res.warnings)
+
+
+def test_the_domains_form_keeps_training_within_the_servers_limits(tmp_path, monkeypatch):
+    """Generate and 3D had limits; any web user could ask the server for a training at resolution 100000 or a batch
+    of a million images. The form's own values pass."""
+    from training.config import TrainConfig
+
+    data = tmp_path / "imgs"
+    data.mkdir()
+    Image.new("RGB", (64, 64)).save(data / "0.png")
+    seen = []
+    monkeypatch.setattr(runs, "train_domain", lambda cfg, progress=None: seen.append(cfg) or cfg.output)
+    cfg = core.AppConfig(preset="mini", output_dir=tmp_path / "out", data_roots=(tmp_path,))
+    for name, bad in (("resolution", 100000), ("batch_size", 10 ** 6), ("num_workers", 10000), ("max_steps", 10 ** 12),
+                      ("resolution", 0)):
+        with pytest.raises(UserError, match=f"^{name}( .*)? must be a whole number from"):
+            runs.run_train(cfg, domain="big", data=str(data), settings={name: bad})
+    assert not seen
+    form = {name: default for name, typ, default in runs.settings_fields(TrainConfig.for_preset("mini"), {"domain"})}
+    runs.run_train(cfg, domain="ok", data=str(data), settings=form)
+    assert seen[-1].resolution == TrainConfig.for_preset("mini").resolution
