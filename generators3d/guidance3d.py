@@ -78,6 +78,7 @@ class DomainSDS:
     min_step_percent: float | list = 0.02
     max_step_percent: float | list = 0.98
     rule: str | None = None
+    negative_prompt: str = ""  # SD1.5's unconditional prediction takes it, as in the pipeline's sampling
 
     def __post_init__(self):
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
@@ -86,7 +87,9 @@ class DomainSDS:
         domain_weight, control_weight = self.pipe.guidance_weights(self.domain_weight, self.control_weight)
         self.range = TimestepRange(self.min_step_percent, self.max_step_percent,
                                    len(self.pipe.scheduler.alphas_cumprod))
-        self.guidance = self.pipe.build_guidance(prompt=self.prompt or None, domain_weight=domain_weight,
+        self.guidance = self.pipe.build_guidance(prompt=self.prompt or None,
+                                                 negative_prompt=self.negative_prompt or None,
+                                                 domain_weight=domain_weight,
                                                  rule=rule, explicit_rule=rule_given(self.rule),
                                                  noise_range=self.range.noise_range(),
                                                  control_weight=control_weight, w0=self.w0,

@@ -487,3 +487,60 @@ def test_mini_preset_turns_view_dependent_prompting_off_and_says_so_once(threest
     caplog.clear()
     assert ts.find("in-domain-guidance")(dict(TINY)).view_dependent is True
     assert not [r for r in caplog.records if "view-dependent" in r.getMessage()]
+
+
+def test_latent_nerf_and_sjc_systems_can_decode_their_latents(threestudio):
+    """threestudio's Latent-NeRF and SJC systems call guidance.decode_latents to show their renders (it was missing:
+    they failed at their first validation); it decodes as threestudio's SD guidance does."""
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")({**TINY, "prompt": "a vase", "use_prompt_utils": False})
+    vae, size = guidance.pipe.vae, guidance.pipe.unet.config.sample_size
+    latents = torch.randn(2, 4, 5, 7)
+    img = guidance.decode_latents(latents)  # Latent-NeRF's call
+    resized = torch.nn.functional.interpolate(latents, (size, size), mode="bilinear", align_corners=False)
+    expected = (vae.decode(resized / vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1)
+    assert img.shape == expected.shape and torch.allclose(img, expected, atol=1e-5) and img.dtype == latents.dtype
+    sjc = guidance.decode_latents(latents, latent_height=8, latent_width=4)  # SJC's call
+    assert sjc.shape[-2:] == (8 * guidance.pipe.vae_scale_factor, 4 * guidance.pipe.vae_scale_factor)
+
+
+def test_a_prompt_processor_of_another_sd_is_one_sentence(threestudio):
+    """The mini preset beside threestudio's SD1.5 prompt processor (768-wide embeddings, the mini SD reads 128) failed
+    deep in the UNet: "mat1 and mat2 shapes cannot be multiplied"."""
+    ts, _ = threestudio
+    guidance = ts.find("in-domain-guidance")(TINY)
+    d = guidance.pipe.unet.config.cross_attention_dim
+    utils = PromptUtilsDouble(torch.randn(1, 77, d + 8), torch.randn(1, 77, d + 8))
+    with pytest.raises(ValueError, match=f"embeddings are {d + 8}-wide and the tiny preset's SD UNet reads {d}"):
+        guidance(torch.rand(1, 16, 16, 3), utils, torch.tensor([5.0]), torch.tensor([0.0]), torch.tensor([2.0]))
+
+
+def test_negative_prompt_is_used_or_refused(threestudio):
+    """negative_prompt was accepted and used nowhere (the same gradient with any)."""
+    ts, _ = threestudio
+    kw = {**TINY, "prompt": "a vase", "use_prompt_utils": False, "control_weight": 3.0, "domain_weight": 1.0}
+    plain = ts.find("in-domain-guidance")(kw)
+    negative = ts.find("in-domain-guidance")({**kw, "negative_prompt": "blurry"})
+    grads = []
+    for guidance in (plain, negative):
+        rgb = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        guidance.set_min_max_steps(0.5, 0.5)
+        torch.manual_seed(0)
+        guidance(rgb, None, torch.tensor([5.0]), torch.tensor([0.0]), torch.tensor([2.0]))["loss_sds"].backward()
+        grads.append(rgb.grad)
+    assert not torch.allclose(grads[0], grads[1])
+    with pytest.raises(ValueError, match="set system.prompt_processor.negative_prompt"):
+        ts.find("in-domain-guidance")({**TINY, "negative_prompt": "blurry"})  # the prompt processor's is the text
+
+
+def test_zero123_guidance_loads_the_model_it_is_given(threestudio, tmp_path):
+    """On an offline preset a given folder was replaced by the preset's model without a word; left at a default
+    (ours, or threestudio's own checkpoint path of its zero123 configs) it is the preset's."""
+    ts, _ = threestudio
+    cond = _cond_image(tmp_path)
+    with pytest.raises(Exception, match="does not exist"):
+        ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": cond,
+                                              "pretrained_model_name_or_path": str(tmp_path / "no-such-model")})
+    made = ts.find("in-domain-zero123-guidance")({"preset": "tiny", "cond_image_path": cond,
+                                                  "pretrained_model_name_or_path": "load/zero123/105000.ckpt"})
+    assert made.zero123.model.unet.config.in_channels == 8

@@ -58,6 +58,10 @@ from suite.presets import ZERO123_HUB_ID, build_pipeline, get_preset, zero123_re
 from suite.zero123 import Zero123Guidance, load_zero123
 
 SD15_HUB_IDS = (SD15_HUB_ID, "runwayml/stable-diffusion-v1-5")  # the second: threestudio's default and configs'
+# the zero123 guidance's model left at a default (ours, or threestudio's checkpoints in its zero123 configs, which the
+# suite's diffusers loader cannot read): the preset's own; any other folder or hub id given is loaded as given
+ZERO123_DEFAULTS = (ZERO123_HUB_ID, "load/zero123/105000.ckpt", "./load/zero123/zero123-xl.ckpt",
+                    "./load/zero123/stable_zero123.ckpt", "load/zero123/zero123-xl.ckpt", "load/zero123/stable_zero123.ckpt")
 
 RETURN_KEYS = ("grad_norm", "min_step", "max_step")
 LOSS_NAMES = ("loss_sds", "loss_sd")
@@ -178,6 +182,9 @@ class InDomainGuidance(_Annealed, BaseObject):
                              "system.guidance.token_merging=false")
         if self.cfg.use_sjc:
             raise ValueError("in-domain-guidance does not implement SJC: set system.guidance.use_sjc=false")
+        if self.cfg.negative_prompt and self.cfg.use_prompt_utils:  # it was accepted and used nowhere
+            raise ValueError("in-domain-guidance: with use_prompt_utils the prompt processor's embeddings are the text: "
+                             "set system.prompt_processor.negative_prompt instead of system.guidance.negative_prompt")
         _check_common(self.cfg, "in-domain-guidance")
         self.weighting = _weighting(self.cfg, "in-domain-guidance")
         device, dtype = _placement(self, self.cfg.half_precision_weights)
@@ -201,7 +208,7 @@ class InDomainGuidance(_Annealed, BaseObject):
                               self.cfg.domain_weight, control_weight, self.cfg.w0,
                               self.view_dependent and not self.cfg.use_prompt_utils, self.weighting,
                               min_step_percent=self.cfg.min_step_percent, max_step_percent=self.cfg.max_step_percent,
-                              rule=self.cfg.guidance_rule)
+                              rule=self.cfg.guidance_rule, negative_prompt=self.cfg.negative_prompt)
         if self.cfg.use_prompt_utils:  # threestudio's prompt processor encodes the prompts: free what it frees
             self.pipe.text_encoder = None  # before any offload hook could hold on to it
             gc.collect()
@@ -260,6 +267,12 @@ class InDomainGuidance(_Annealed, BaseObject):
                 latents = self.term.encode(rgb_bchw.to(self.pipe.dtype))
             if prompt_utils is not None and self.cfg.use_prompt_utils:
                 embeds = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.view_dependent)
+                width = int(self.pipe.unet.config.cross_attention_dim)
+                if embeds.shape[-1] != width:  # a prompt processor of SD1.5 (768) beside the mini SD (128)
+                    raise ValueError(f"in-domain-guidance: the prompt processor's text embeddings are {embeds.shape[-1]}"
+                                     f"-wide and the {self.cfg.preset} preset's SD UNet reads {width}: set "
+                                     f"system.prompt_processor.pretrained_model_name_or_path to the preset's SD "
+                                     f"model ({get_preset(self.cfg.preset).sd()}), or use_prompt_utils: false")
                 cond, uncond = embeds.chunk(2)  # cat([cond, uncond]); the UNet call casts them to its device
                 denoiser = rebind_control_text(self.term.guidance, cond, uncond)
             else:
@@ -286,16 +299,29 @@ class InDomainGuidance(_Annealed, BaseObject):
         a = self.pipe.scheduler.alphas_cumprod.float()[t].view(-1, 1, 1, 1).to(out["noisy"].device)
         z, eps = out["noisy"][:bs].float(), out["eps"][:bs].float()
         x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
-        vae = self.pipe.vae
-        scale = vae.config.scaling_factor
+        size = z.shape[-2:]
 
         def decode(lat):
-            img = vae.decode((lat / scale).to(self.pipe.dtype)).sample.float()
-            return ((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+            return self.decode_latents(lat, *size).permute(0, 2, 3, 1)
 
         orig = decode(x0)
         return {"bs": bs, "noise_levels": noise_levels, "imgs_noisy": decode(z), "imgs_1step": orig,
                 "imgs_1orig": orig, "imgs_final": orig, "texts": texts}
+
+    @torch.no_grad()
+    def decode_latents(self, latents, latent_height: int | None = None, latent_width: int | None = None):
+        """SD latents ``[B, 4, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], in the latents' dtype, as threestudio's
+        SD guidance decodes them: Latent-NeRF's and SJC's systems call it to show their latent renders (it was
+        missing, and they failed at their first validation). Resized first to ``latent_height`` x ``latent_width``
+        (default: the UNet's latent size, threestudio's fixed 64 for SD1.5)."""
+        size = int(self.pipe.unet.config.sample_size)
+        latents_in = latents
+        latents = F.interpolate(latents.float(), (latent_height or size, latent_width or size), mode="bilinear",
+                                align_corners=False)
+        vae = self.pipe.vae
+        with torch.autocast(device_type=self._device_type, enabled=False):
+            image = vae.decode((latents / vae.config.scaling_factor).to(self.pipe.dtype)).sample
+        return (image.float() * 0.5 + 0.5).clamp(0, 1).to(latents_in.dtype)
 
 
 @threestudio.register("in-domain-zero123-guidance")
@@ -340,7 +366,7 @@ class InDomainZero123Guidance(_Annealed, BaseObject):
             raise ValueError("in-domain-zero123-guidance needs system.guidance.cond_image_path (the reference view)")
         device, dtype = _placement(self, self.cfg.half_precision_weights)
         ref = self.cfg.pretrained_model_name_or_path
-        if get_preset(self.cfg.preset).offline or ref == ZERO123_HUB_ID:  # the preset's (INDOMAIN_ZERO123_MODEL)
+        if ref in ZERO123_DEFAULTS:  # left at a default: the preset's (INDOMAIN_ZERO123_MODEL); a folder given wins
             ref = zero123_ref(self.cfg.preset)
         model = load_zero123(ref, device=device, dtype=getattr(torch, dtype), flag="system.guidance.pretrained_model_name_or_path")
         image = load_image(self.cfg.cond_image_path, "cond image")  # RGBA composited on white
