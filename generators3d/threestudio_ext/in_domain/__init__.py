@@ -308,7 +308,6 @@ class InDomainGuidance(_Annealed, BaseObject):
         return {"bs": bs, "noise_levels": noise_levels, "imgs_noisy": decode(z), "imgs_1step": orig,
                 "imgs_1orig": orig, "imgs_final": orig, "texts": texts}
 
-    @torch.no_grad()
     def decode_latents(self, latents, latent_height: int | None = None, latent_width: int | None = None):
         """SD latents ``[B, 4, h, w]`` -> images ``[B, 3, H, W]`` in [0, 1], in the latents' dtype, as threestudio's
         SD guidance decodes them: Latent-NeRF's and SJC's systems call it to show their latent renders (it was
