@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+if sys.argv[:1] == ["-m"]:  # being located by `python -m bench.NAME` (argv[0] is "-m" only then): run as a tool,
+    # transformers' import-time notes stay out of its log, as launch.py keeps them out of every subcommand's
+    # ("install torchvision", which breaks diffusers beside this torch: README)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def claim_output(folder, kind: str, known=()) -> Path:
@@ -30,3 +36,16 @@ def claim_output(folder, kind: str, known=()) -> Path:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return folder
+
+
+def run_or_say(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a missing or stale model or a bad setting (``ModelLoadError``, ``ValueError``) is
+    printed as one sentence on stderr and raises ``SystemExit(2)``, as the benchmarks' other errors (it was a
+    traceback in some of them)."""
+    from suite.models import ModelLoadError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ModelLoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

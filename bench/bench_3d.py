@@ -288,8 +288,7 @@ def write_random_models(root, device="cpu", dtype=torch.float16, sizes=FULL_SIZE
     paths = {k: root / k for k in ("sd", "domain", "zero123")}
     if (root / "COMPLETE").exists():
         return paths
-    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).exists():
-        raise ValueError(f"{str(root)!r} is not empty and was not written by this benchmark: give a new or empty folder")
+    check_models_dir(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).write_text("random models of bench/bench_3d.py\n")
     torch.manual_seed(0)
@@ -407,9 +406,20 @@ def first_steps(root, device, sizes=FULL_SIZE, preset: str = "full", zero123_ste
     return out
 
 
+def check_models_dir(root: Path) -> None:
+    """``--full-size-e2e DIR``: a new or empty folder, or this benchmark's own (one sentence otherwise)."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{str(root)!r} is a file: give --full-size-e2e a new or empty folder")
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).exists() and not (root / "COMPLETE").exists():
+        raise ValueError(f"{str(root)!r} is not empty and was not written by this benchmark: give a new or empty folder")
+
+
 def main(argv=None) -> int:
+    from suite.checks import int_at_least
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement (default: %(default)s)")
+    p.add_argument("--reps", type=int_at_least(1), default=5,
+                   help="timed repetitions per measurement (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--e2e", action="store_true", help="also time the tiny end-to-end run (default tiny step counts)")
@@ -425,8 +435,28 @@ def main(argv=None) -> int:
                    help="with --full-size-e2e: time only the first 30 + 20 SDS steps, with the full preset's settings "
                         "and without its occupancy grid and reference-ray sampling")
     p.add_argument("--json", default=None, help="also write --full-size-e2e's figures to this JSON file")
-    p.add_argument("--points", type=int, default=1 << 16, help="points for the hash-grid timing (default: 65536)")
+    p.add_argument("--points", type=int_at_least(1), default=1 << 16,
+                   help="points for the hash-grid timing (default: 65536)")
     args = p.parse_args(argv)
+    # flags that act only beside another were ignored without a word (no JSON was written)
+    for flag, needs, given in (("--first-steps", "--full-size-e2e DIR", args.first_steps and not args.full_size_e2e),
+                               ("--json", "--full-size-e2e DIR", args.json and not args.full_size_e2e),
+                               ("--mini-checkpoint", "--mini", args.mini_checkpoint and not args.mini)):
+        if given:
+            p.error(f"{flag} applies to {needs}: add it, or drop {flag}")
+    from suite.checks import UserError
+    from suite.models import ModelLoadError
+
+    try:  # a folder of the user's, a device this machine has not: one sentence, before (or instead of) the timings
+        if args.full_size_e2e:
+            check_models_dir(Path(args.full_size_e2e).expanduser())
+        return _main(args)
+    except (UserError, ModelLoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="torch-ext-"))
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
 

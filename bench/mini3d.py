@@ -95,7 +95,7 @@ def turned(vertices: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def known_object(case, out: Path, steps: dict) -> dict:
-    from generators3d import ThreeDConfig, run_text_to_3d
+    from generators3d import ThreeDConfig
     from suite.miniworld.world import make_object
 
     shape, colour, pattern, el, az = case
@@ -104,7 +104,7 @@ def known_object(case, out: Path, steps: dict) -> dict:
     cfg = ThreeDConfig(preset="mini", image=str(image), mask=str(mask), elevation=el, output=str(out / "run"),
                        refine_steps=0, **steps)
     if not _finished(out / "run", cfg):
-        run_text_to_3d(cfg)
+        _run_or_resume(cfg)
     return measure_known(case, out)
 
 
@@ -190,7 +190,7 @@ def truth_guided(case, out: Path, steps: dict) -> dict:
             raise ValueError(f"{out / 'run'} holds the export of an earlier checkpoint: delete {out} or give another "
                              f"--output")
         if not _finished(prep):  # stage 1 of the user's path only: the reference view as the run makes it
-            run_text_to_3d(ThreeDConfig(**{**given, "zero123_steps": 0, "preview_frames": 1}, output=str(prep),
+            _run_or_resume(ThreeDConfig(**{**given, "zero123_steps": 0, "preview_frames": 1}, output=str(prep),
                                         refine_steps=0, formats=("ply",), texture=False))
         reference = _load_reference(prep / "reference.png", prep / "reference-mask.png", "cpu")
         if stage.lambda_ref_depth:  # the reference's depth, as the user's path would add it (--depth)
@@ -235,7 +235,25 @@ def _finished(run: Path, cfg=None) -> bool:
         if made_view != want_view:
             raise ValueError(f"{run} was made with --view-depth-weight {made_view:g} and this run asks for "
                              f"{want_view:g}: give another --output")
+        # --quick and a full run share the folders: a full run reported a quick run's cup (40 steps, not 100)
+        want = cfg.resolved()
+        for key, made, asked in (("zero123 steps", saved.get("zero123", {}).get("steps"), want.zero123.steps),
+                                 ("refine steps", saved.get("refine", {}).get("steps"), want.refine.steps),
+                                 ("mesh resolution", saved.get("export", {}).get("resolution"), want.export.resolution)):
+            if made is not None and made != asked:
+                raise ValueError(f"{run} was made with {key} {made} and this run asks for {asked} (--quick and a full "
+                                 f"run cannot share an --output): give another --output")
     return True
+
+
+def _run_or_resume(cfg) -> None:
+    """Run ``cfg``, or continue the run an interrupted invocation left in its folder (the bench has no --resume:
+    a second invocation was refused, naming that flag)."""
+    from dataclasses import replace
+
+    from generators3d import run_text_to_3d
+
+    run_text_to_3d(replace(cfg, resume=(Path(cfg.output) / "config.json").is_file()))
 
 
 def _seconds(run: Path) -> float:
@@ -370,14 +388,14 @@ def prompt_case(prompt: str, out: Path, steps: dict, seed: int) -> dict:
 
     cfg = ThreeDConfig(preset="mini", prompt=prompt, output=str(out / "run"), seed=seed, **steps)
     if not _finished(out / "run", cfg):
-        run_text_to_3d(cfg)
+        _run_or_resume(cfg)
     summary = json.loads((out / "run" / "summary.json").read_text())
     checkpoints = {k: Path(v) for k, v in summary["checkpoints"].items()}
     el = cfg.resolved().camera.ref_elevation
     # stage 2 alone, exported from its checkpoint the same way
-    if not _finished(out / "stage2"):
+    if not _finished(out / "stage2"):  # a folder an interrupted export left: exported again into it
         run_text_to_3d(ThreeDConfig(preset="mini", export_only=str(checkpoints["zero123"]),
-                                    output=str(out / "stage2"), preview_frames=2))
+                                    output=str(out / "stage2"), preview_frames=2, resume=(out / "stage2").exists()))
     res = {"prompt": prompt, "seconds": round(_seconds(out / "run"), 1), "warnings": summary["warnings"]}
     shape = _shape_named(prompt)
     for name, folder in (("stage2", out / "stage2"), ("stage3", out / "run")):

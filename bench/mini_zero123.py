@@ -482,6 +482,10 @@ def main(argv=None) -> int:
     shipped = str(assets.default_dir() / "zero123")
     folders = [] if args.no_model else args.model or [shipped]
     vae_folder = (args.model or [shipped])[0] if args.ideal and args.ideal_latent else None
+    if shipped in (*folders, vae_folder):  # the shipped weights as MANIFEST.json says (a damaged file was measured)
+        from bench import run_or_say
+
+        run_or_say(assets.check)
     for folder in dict.fromkeys([*folders, *([vae_folder] if vae_folder else [])]):  # before any work is done
         if not (Path(folder) / "model_index.json").exists():
             print(f"error: {folder} is not a Zero-1-to-3 folder (no model_index.json); pass a folder written by "

@@ -22,6 +22,7 @@ if __name__ == "__main__":  # run as a tool: transformers' import-time notes sta
 
 import copy
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ from suite.files import atomic_dir
 from suite.miniworld.assets import depth_views
 
 from .mini_models import cosine_lr, log_progress, optimise, run_chunks
+
+log = logging.getLogger("training")
 
 IMAGE_SIZE = 64
 SIZES = {"full": dict(objects=3000, steps=3000), "quick": dict(objects=40, steps=10)}  # per build size (miniworld's)
@@ -123,8 +126,16 @@ def build_depth(stage: Path, work: Path, n_objects: int, steps: int, seed: int =
     """The build's depth step: its renders cached in ``work`` (``data-depth-<objects>-<seed>.npz``), the model in
     ``stage / "depth"``; returns whether the model was already there."""
     folder = stage / "depth"
+    made = {"objects": n_objects, "steps": steps, "seed": seed}
     if (folder / "config.json").is_file():
-        return True
+        try:
+            recorded = json.loads((folder / MADE_FILE).read_text())
+        except (OSError, ValueError):
+            recorded = None  # a model of a build before it was recorded: the build's version check vouches for it
+        if recorded in (None, made):
+            return True
+        # a quick build's model (10 steps) was installed by a full `mini_depth` run as if it were the full one
+        log.info("depth: the cached model was trained with %s, this build asks for %s: training it again", recorded, made)
     data_path = work / f"data-depth-{n_objects}-{seed}.npz"
     if not data_path.is_file():
         work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +148,11 @@ def build_depth(stage: Path, work: Path, n_objects: int, steps: int, seed: int =
     model = train_depth(data, steps, seed=seed)
     with atomic_dir(folder) as tmp:
         save_depth_model(model, tmp)
+        (tmp / MADE_FILE).write_text(json.dumps(made))
     return False
+
+
+MADE_FILE = "build.json"  # beside the cached depth model: the objects, steps and seed it was trained with
 
 
 def add_to_models(output: Path, work: Path, size: str = "full", seed: int | None = None) -> dict:
@@ -154,12 +169,15 @@ def add_to_models(output: Path, work: Path, size: str = "full", seed: int | None
     seed = int(manifest.get("seed", 0)) if seed is None else seed
     t0 = time.time()
     with output_lock(work, "--work"):  # a build writing the same cache would undo this step, and it that one
-        build_depth(work / "stage", work, SIZES[size]["objects"], SIZES[size]["steps"], seed)
+        cached = build_depth(work / "stage", work, SIZES[size]["objects"], SIZES[size]["steps"], seed)
     seconds = time.time() - t0
+    if not cached or "depth" not in manifest["seconds"]:  # trained now: its time, not an earlier model's
+        manifest["seconds"]["depth"] = seconds
+    # measured before the swap: a kill during the measurement (20 s) left the new model beside the old manifest, and
+    # every mini command then refused the models as corrupt; now the swap and the manifest follow each other
+    manifest["quality"].update(assets.measure_depth(work / "stage"))
     with atomic_dir(output / "depth") as tmp:
-        shutil.copytree(work / "stage" / "depth", tmp, dirs_exist_ok=True)
-    manifest["seconds"]["depth"] = manifest["seconds"].get("depth", seconds)
-    manifest["quality"].update(assets.measure_depth(output))
+        shutil.copytree(work / "stage" / "depth", tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MADE_FILE))
     info = {k: v for k, v in manifest.items() if k not in ("files", "total_bytes")}
     return assets.write_manifest(output, info)
 

@@ -402,7 +402,7 @@ def _build(output: Path, work: Path, size: str, seed: int) -> dict:
             meta["base_model"] = "../sd"  # the shipped base beside it (not the build's temporary folder)
             (dst / "nulltext.json").write_text(json.dumps(meta, indent=2))
             step(f"domain-{name}", cached)
-        shutil.copytree(stage / "depth", tmp / "depth")
+        shutil.copytree(stage / "depth", tmp / "depth", ignore=shutil.ignore_patterns(mini_depth.MADE_FILE))
         shutil.copytree(stage / "zero123", tmp / "zero123", ignore=shutil.ignore_patterns("phases.json", PHASE_SECONDS))
         for sub in (tmp / "zero123").iterdir():
             if sub.is_dir():

@@ -27,7 +27,9 @@ def main(argv=None) -> int:
 
     quiet_libraries()
     t0 = time.time()
-    result = run(QUICK if args.quick else FULL, args.output, threads=args.threads)
+    from bench import run_or_say
+
+    result = run_or_say(run, QUICK if args.quick else FULL, args.output, threads=args.threads)
     print(markdown_table(result))
     ours, ft = claim(result)
     print(f"claim (ours keeps more out-of-domain control than fine-tuning at equal domain score): ours "

@@ -267,7 +267,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="folder for table.md, results.json and grid.png")
     p.add_argument("--quick", action="store_true", help="the CI-sized run (under a minute on 2 cores)")
-    p.add_argument("--threads", type=int, default=2)
+    from suite.checks import int_at_least
+
+    p.add_argument("--threads", type=int_at_least(1), default=2)
     args = p.parse_args(argv)
     from bench import claim_output
 
@@ -277,13 +279,9 @@ def main(argv=None) -> int:
     from suite.cli import quiet_libraries
 
     quiet_libraries()
-    from suite.models import ModelLoadError
+    from bench import run_or_say
 
-    try:
-        result = run(QUICK if args.quick else FULL, args.output, threads=args.threads)
-    except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting: one sentence
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run_or_say(run, QUICK if args.quick else FULL, args.output, threads=args.threads)
     print(markdown_table(result))
     print(json.dumps(result["claim"]))
     return 0

@@ -354,6 +354,8 @@ def _grid(result: dict, out: Path) -> None:
 
 
 def main(argv=None) -> int:
+    from suite.checks import int_at_least
+
     p = argparse.ArgumentParser(prog="python -m bench.miniworld.front", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="folder for table.md, results.json, front.png, grid.png (and caches)")
@@ -361,7 +363,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="first seed of the sampled images (default: %(default)s)")
     p.add_argument("--only", nargs="*", help="run only the methods whose names contain one of these")
     p.add_argument("--no-fine-tuning", action="store_true", help="ours' rows only")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int_at_least(1), default=None)
     args = p.parse_args(argv)
     from bench import claim_output
 
@@ -375,7 +377,9 @@ def main(argv=None) -> int:
     apply_threads(args.threads)
     config = QUICK if args.quick else FULL
     config = replace(config, seed=args.seed, fine_tuning=not args.no_fine_tuning)
-    result = run(config, args.output, args.only)
+    from bench import run_or_say
+
+    result = run_or_say(run, config, args.output, args.only)
     print(markdown_table(result))
     return 0
 

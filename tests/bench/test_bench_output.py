@@ -9,7 +9,10 @@ import json
 import pytest
 
 # Imported here, not under capsys: transformers binds its log handler to the sys.stderr of its first import (the
-# missing-torchvision warning it logs would then go to a capture that is closed by the next test).
+# missing-torchvision warning it logs would then go to a capture that is closed by the next test). And the 3D flow,
+# which binds suite.zero123.load_zero123 at its import: imported first under a test's patch below, it kept the
+# stand-in for good, and a later test's 3D run stopped in it.
+import generators3d.run  # noqa: F401
 import suite.miniworld.assets  # noqa: F401
 
 MARKER = ".in-domain-run.json"
@@ -47,11 +50,12 @@ def _kind(module: str) -> str:
 @pytest.mark.parametrize("module, extra, work", BENCHES, ids=[b[0] for b in BENCHES])
 def test_a_folder_of_the_users_is_refused_in_one_sentence_before_any_work(module, extra, work, tmp_path,
                                                                          monkeypatch, capsys):
+    # imported first: a module imported under the patch binds the stand-in for good (a later test's run then stopped)
+    main = importlib.import_module(module).main
     monkeypatch.setattr(importlib.import_module(work[0]), work[1], stop)
     folder = tmp_path / "Pictures"
     folder.mkdir()
     (folder / "thesis.txt").write_text("four years of work")
-    main = importlib.import_module(module).main
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         main(["--output", str(folder), *extra])
@@ -64,8 +68,8 @@ def test_a_folder_of_the_users_is_refused_in_one_sentence_before_any_work(module
 
 @pytest.mark.parametrize("module, extra, work", BENCHES, ids=[b[0] for b in BENCHES])
 def test_the_benchmarks_own_folder_is_taken_and_marked(module, extra, work, tmp_path, monkeypatch):
+    main = importlib.import_module(module).main  # first, as above
     monkeypatch.setattr(importlib.import_module(work[0]), work[1], stop)
-    main = importlib.import_module(module).main
     new = tmp_path / "new"
     with pytest.raises(Stop):  # a new folder: made, marked, and the work starts
         main(["--output", str(new), *extra])
@@ -130,3 +134,48 @@ def test_mini3d_texture_removes_only_the_suites_3d_runs(tmp_path):
     (older / "checkpoints").mkdir(parents=True)
     (older / "config.json").write_text(json.dumps(ThreeDConfig(preset="mini", prompt="a cup", output=str(older)).to_dict()))
     check_replaceable(older)
+
+
+@pytest.mark.parametrize("module, extra", [("bench.miniworld.__main__", ["--quick"]),
+                                           ("bench.miniworld.front", ["--quick"]),
+                                           ("bench.miniworld.face_compare", ["--quick"]),
+                                           ("bench.mini_zero123", ["--per-shape", "2", "--shapes", "box"])])
+def test_missing_or_damaged_models_are_one_sentence(module, extra, tmp_path, monkeypatch, capsys):
+    """bench.miniworld and .front gave a traceback for missing models; bench.mini_zero123 measured damaged shipped
+    weights (their checksums differ from MANIFEST.json) and printed a table."""
+    import shutil
+
+    from suite.miniworld import assets
+
+    models = tmp_path / "models"
+    shutil.copytree(assets.default_dir(), models)
+    weights = models / "zero123" / "unet" / "diffusion_pytorch_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-4096:] = bytes(4096)
+    weights.write_bytes(bytes(raw))
+    monkeypatch.setenv("INDOMAIN_MINI_DIR", str(models))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(["--output", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and "is corrupt" in err and "Traceback" not in err, err
+
+
+def test_bench_3d_flags_that_would_be_ignored_are_refused(tmp_path, capsys):
+    """--json and --first-steps without --full-size-e2e, --mini-checkpoint without --mini: rc 0 and no JSON written;
+    --reps 0 was an IndexError, a folder of the user's for --full-size-e2e a traceback after the first timings."""
+    from bench import bench_3d
+
+    for extra, phrase in ((["--json", str(tmp_path / "x.json")], "--json applies to --full-size-e2e DIR"),
+                          (["--first-steps"], "--first-steps applies to --full-size-e2e DIR"),
+                          (["--mini-checkpoint", "x.safetensors"], "--mini-checkpoint applies to --mini"),
+                          (["--reps", "0"], "must be at least 1")):
+        with pytest.raises(SystemExit) as exit_:
+            bench_3d.main(extra)
+        assert exit_.value.code == 2 and phrase in capsys.readouterr().err, extra
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    assert bench_3d.main(["--full-size-e2e", str(mine), "--reps", "1"]) == 2
+    assert "is not empty and was not written by this benchmark" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -117,6 +117,15 @@ def test_a_finished_run_of_another_geometry_is_refused_not_measured(tmp_path):
     with pytest.raises(ValueError, match="made with --view-depth-weight 0 and this run asks for 10"):
         _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density", depth="auto",
                                     view_depth_weight=10))
+    # and a --quick run (40 steps of stage 2, a 48 grid) is refused by a full one in the same folder (it was reported
+    # as the full run's row)
+    (run / "config.json").write_text(json.dumps({"nerf": {"geometry": "density"}, "depth": "auto",
+                                                 "zero123": {"lambda_ref_depth": 10.0, "steps": 40},
+                                                 "export": {"resolution": 48}}))
+    quick = dict(zero123_steps=40, mesh_resolution=48)
+    assert _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density", **quick))
+    with pytest.raises(ValueError, match="made with zero123 steps 40 and this run asks for 100"):
+        _finished(run, ThreeDConfig(preset="mini", image="x.png", geometry="density"))
     from bench.mini3d import variant
 
     assert variant(None, None, 10.0) == "view-depth-10" and variant("sdf", "auto", 0.5) == "sdf-depth-auto-view-depth-0.5"
@@ -143,3 +152,28 @@ def test_the_exact_object_in_the_nerf_frame_reaches_the_silhouette_truth():
         m = measure_mesh(framing.to_nerf(np.asarray(hull.vertices), ref_azimuth), np.asarray(hull.faces), box, framing,
                          ref_azimuth=ref_azimuth)
         assert min(m["silhouette_iou"]) > 0.994 and m["chamfer"] < 0.012, m
+
+
+def test_an_interrupted_case_continues_where_it_stopped(tmp_path):
+    """A second invocation after a kill was refused ("pass --resume", a flag the bench has not): the case's run is
+    continued, its finished stages kept."""
+    import pytest
+
+    from bench.mini3d import _run_or_resume
+    from generators3d import ThreeDConfig, run_text_to_3d
+
+    cfg = ThreeDConfig(prompt="a vase", preset="tiny", output=str(tmp_path / "run"), image_steps=1, zero123_steps=2,
+                       refine_steps=1, mesh_resolution=16, preview_frames=1)
+
+    def stop(stage, *a):
+        if stage == "refine":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_text_to_3d(cfg, progress=stop)
+    stage2 = tmp_path / "run" / "checkpoints" / "stage2-zero123.safetensors"
+    made = stage2.stat().st_mtime_ns
+    with pytest.raises(ValueError, match="pass --resume"):
+        run_text_to_3d(cfg)
+    _run_or_resume(cfg)
+    assert (tmp_path / "run" / "summary.json").is_file() and stage2.stat().st_mtime_ns == made

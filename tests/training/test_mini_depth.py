@@ -83,3 +83,44 @@ def test_the_build_tools_do_not_tell_users_to_install_torchvision(tool):
     out = subprocess.run([sys.executable, "-m", tool, "--help"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "usage:" in out.stdout
     assert "torchvision" not in out.stdout + out.stderr
+
+
+def test_a_cached_depth_model_of_another_size_is_trained_again_and_a_failed_measure_leaves_the_world(tmp_path,
+                                                                                                        monkeypatch):
+    """A full `mini_depth` run after a quick build installed the quick, 10-step model as the full one (the cache was
+    reused whatever it was trained with); a kill while the new model was measured left it beside the old manifest,
+    and every mini command then refused the models as corrupt."""
+    import json
+
+    import numpy as np
+
+    from suite.miniworld import assets
+    from training import mini_depth
+
+    trained = []
+    monkeypatch.setattr(mini_depth, "render_depth_set", lambda n, seed: {"images": np.zeros((n, 2, 2, 3), np.uint8)})
+
+    def save(model, folder):
+        (folder / "config.json").write_text(json.dumps({"steps": model}))
+
+    monkeypatch.setattr(mini_depth, "train_depth", lambda data, steps, seed=0: trained.append(steps) or steps)
+    monkeypatch.setattr(mini_depth, "save_depth_model", save)
+    stage, work = tmp_path / "work" / "stage", tmp_path / "work"
+    assert mini_depth.build_depth(stage, work, 4, 10) is False and trained == [10]
+    assert mini_depth.build_depth(stage, work, 4, 10) is True and trained == [10]  # the build resumes
+    assert mini_depth.build_depth(stage, work, 4, 200) is False and trained == [10, 200]
+    assert json.loads((stage / "depth" / "config.json").read_text()) == {"steps": 200}
+
+    world = tmp_path / "world"
+    (world / "depth").mkdir(parents=True)
+    (world / "depth" / "config.json").write_text(json.dumps({"steps": "shipped"}))
+    (world / assets.MANIFEST).write_text(json.dumps({"seed": 0, "seconds": {"depth": 1379}, "quality": {}}))
+
+    def killed(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assets, "measure_depth", killed)
+    monkeypatch.setitem(mini_depth.SIZES, "quick", {**mini_depth.SIZES["quick"], "objects": 4, "steps": 10})
+    with pytest.raises(KeyboardInterrupt):
+        mini_depth.add_to_models(world, work, "quick")
+    assert json.loads((world / "depth" / "config.json").read_text()) == {"steps": "shipped"}  # as its manifest says
