@@ -314,8 +314,12 @@ def _fingerprint(config: EvalConfig) -> dict:
 
     refs = model_refs(config.preset, config.domain, config.sd_model, config.domain_model)
     # the dtype the models run in (the flag's None was float16 on a GPU and float32 on a CPU: mixed in one table)
+    from suite.pipeline import DEFAULT_STEPS
+
     dom = refs["domain_obj"]  # the guidance of "ours" where its weights and rule are not given
-    return {"preset": config.preset, "steps": config.steps, "dtype": recorded_dtype(config.device, config.dtype),
+    # the steps by number: --steps 25 (the default) was refused on the resume of a run made without the flag
+    steps = DEFAULT_STEPS if config.steps is None else config.steps
+    return {"preset": config.preset, "steps": steps, "dtype": recorded_dtype(config.device, config.dtype),
             "models": B.model_hashes({"sd": refs["sd"], "domain": refs["domain"]}),
             "defaults": {"domain": dom.name, "domain_weight": dom.domain_weight,
                          "control_weight": dom.control_weight, "rule": dom.rule}}
@@ -334,6 +338,10 @@ def _check_methods_file(out: Path, methods: list[Method], run: dict, state) -> N
     old = saved.get("_run")
     if isinstance(old, dict) and old.get("dtype") is None:  # recorded before the dtype the models ran in was
         old = {**old, "dtype": run["dtype"]}
+    if isinstance(old, dict) and "steps" in old and old["steps"] is None:  # the default, recorded as not given
+        from suite.pipeline import DEFAULT_STEPS
+
+        old = {**old, "steps": DEFAULT_STEPS}
     if isinstance(old, dict) and "defaults" not in old:  # recorded before the default guidance was: cannot tell
         from suite.checks import warn_unrecorded
 
@@ -381,11 +389,11 @@ def _scan_real(folder, num_real: int | None = None) -> object:
 def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[Path], int]:
     """The real images (sorted; at most ``num_real``, the first in order) and how many broken files were skipped.
     On the mini preset without ``--real``: held-out renders of its domain (porcelain or face), written once."""
-    folder = config.real
+    folder, num_real = config.real, config.num_real
     if scan is None:
         face = _mini_domain(config) == "face"
         folder = _mini_real_folder(config, out)
-        n = config.num_real or 500
+        n = num_real = config.num_real or MINI_REAL  # the first 500 (an earlier run's --num-real 600 rendered more)
         if state.is_main_process and len(list(folder.glob("*.png"))) < n:
             from PIL import Image
 
@@ -399,8 +407,14 @@ def _real_images(config: EvalConfig, out: Path, state, scan=None) -> tuple[list[
                 save_image_atomic(Image.fromarray(im), folder / f"{i:05d}.png")
         state.wait_for_everyone()
         scan = _scan_real(folder)
-    paths = _usable(scan, folder, config.num_real)
+    paths = _usable(scan, folder, num_real)
+    if num_real and len(paths) < num_real and state.is_main_process:
+        log.warning("eval: --num-real %d, but %s has %d usable images: the real set is those %d", num_real, folder,
+                    len(paths), len(paths))
     return paths, len(scan.corrupt)
+
+
+MINI_REAL = 500  # the mini preset's held-out renders when --num-real is not given
 
 
 def _mini_domain(config) -> str:

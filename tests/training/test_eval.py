@@ -326,7 +326,7 @@ def test_python_values_are_taken_as_the_cli_reads_them(monkeypatch, tmp_path):
             evaluate(EvalConfig(output=str(tmp_path / "e"), methods=["base"], preset="tiny", **bad))
 
 
-def test_a_resume_never_reuses_images_or_features_made_otherwise(tmp_path, monkeypatch):
+def test_a_resume_never_reuses_images_or_features_made_otherwise(tmp_path, monkeypatch, caplog):
     """A resume with other --steps was refused, but one that added a method only passed, recorded its steps as the
     folder's, and a later resume of the first method reused its images as made with them; the real images' cached
     features were reused after the feature network changed (a rebuilt mini world), so the table compared features
@@ -373,3 +373,12 @@ def test_a_resume_never_reuses_images_or_features_made_otherwise(tmp_path, monke
                         guarded(path, what, max_pixels=100 if max_pixels and Path(path).parent == real else None))
     out = str(tmp_path / "big")
     assert run()["real"]["n"] == 4
+    # the default steps given by number are the same run (a resume with --steps 25 was refused)
+    out = str(tmp_path / "default")
+    assert run(steps=None)["run"]["steps"] == 25 and run(steps=25)["run"]["steps"] == 25
+    # more real images asked for than the folder has: said, not silent
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="suite"):
+        assert run(steps=25, num_real=10)["real"]["n"] == 4
+    assert "--num-real 10, but" in caplog.text and "has 4 usable images" in caplog.text
