@@ -144,7 +144,11 @@ def _check_request(cfg: ThreeDConfig) -> tuple:
     rule = parse_rule(cfg.refine.guidance_rule)
     if rule is not None and cfg.refine.steps > 0:  # a rule for terms stage 3 lacks, or outside its range: now
         r = cfg.refine
-        terms = [n for n, w in (("domain", r.domain_weight), ("control", r.control_weight)) if w != 0]
+        # the terms stage 3 will have: the text control only with a prompt (an image's run has none), the domain only
+        # with a domain model (a rule for 'control' on an image's run was refused only after stage 2 had trained)
+        no_domain = str(cfg.domain_model or "").strip().lower() == "none"
+        terms = [n for n, w, there in (("domain", r.domain_weight, not no_domain), ("control", r.control_weight, prompt))
+                 if w != 0 and there]
         span = TimestepRange(r.min_step_percent, r.max_step_percent).noise_range()
         check_rule_terms(rule, terms, " (check --guidance-rule)", noise_range=span)
     check_int(cfg.seed, "the seed (--seed)", 0, MAX_SEED)

@@ -113,7 +113,7 @@ class AutoWeights:
     Norms are L2 over each sample (``C, H, W``): weights are per sample, shape ``[B]``. They are computed
     at the first call (the paper's "initial value") and then kept, unless ``every_step=True``.
     ``max_weight`` caps a weight when a term barely differs from the base (``|g_i|`` near 0), where the
-    ratio would explode. Call :meth:`reset` (the pipeline does) before a new sampling run. Under a guidance rule
+    ratio would explode (never below the term's own share ``w0 / K``). Call :meth:`reset` (the pipeline does) before a new sampling run. Under a guidance rule
     whose schedule switches a term off at the first step, that term's weight is computed at its first active step.
     """
 
@@ -128,6 +128,9 @@ class AutoWeights:
         if self.norm not in AUTO_NORMS:
             raise ValueError(f"AutoWeights.norm must be {' or '.join(map(repr, AUTO_NORMS))}, got {self.norm!r}")
         self.w0 = check_finite(self.w0, "w0")
+        mw = self.max_weight
+        if isinstance(mw, bool) or not isinstance(mw, int | float) or not 0 < mw < float("inf"):  # NaN: black images
+            raise ValueError(f"AutoWeights.max_weight is {mw!r}: give a positive number (default 20)")
         if self.norm == "direction" and self.reference is None:
             raise ValueError("AutoWeights(norm='direction') needs a reference denoiser (SD1.5 with a prompt)")
 
@@ -157,7 +160,10 @@ def auto_weights(
         sizes = [norm(e - eps_0) for e in eps_terms]
     tiny = torch.finfo(torch.float32).tiny
     shares_w0 = [rule.w0 * share for share in shares] if shares is not None else [rule.w0 / k] * k  # the paper's
-    return [(sw0 * ref / s.clamp_min(tiny)).clamp(max=rule.max_weight if cap is None else min(rule.max_weight, cap))
+    # the cap never goes below a term's own share of w0 (a text term that IS the reference gets exactly that: with
+    # w0 = 30 it was clipped to 20); a tighter cap (caps[i]) still holds
+    return [(sw0 * ref / s.clamp_min(tiny)).clamp(max=max(rule.max_weight, sw0) if cap is None else
+                                                   min(max(rule.max_weight, sw0), cap))
             for s, sw0, cap in zip(sizes, shares_w0, caps)]
 
 
@@ -194,8 +200,19 @@ class MultiGuidance:
         self.base = base
         self.terms = list(terms)
         for term in self.terms:
+            if isinstance(term.weight, bool):  # True was weight 1
+                raise ValueError(f"the weight of guidance term {term.name or '?'} is {term.weight}: give a number")
             if term.weight is not None:
                 term.weight = check_finite(term.weight, f"weight of guidance term {term.name or '?'}")
+        names = [t.name for t in self.terms if t.name]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # the weights used, and a rule's schedules, are by name: one term's weight was reported for both
+            raise ValueError(f"two guidance terms are named {twice[0]!r}: give each control its own name "
+                             f"(Control(name=...); 'domain' and 'control' are the pipeline's own terms)")
+        if isinstance(rule, str):  # a rule's text, as the pipeline takes it ('str' has no attribute 'is_paper')
+            from .rules import parse_rule
+
+            rule = parse_rule(rule)
         if any(term.weight is None for term in self.terms) and auto is None:
             auto = AutoWeights(norm="prediction")
         self.auto = auto

@@ -12,6 +12,7 @@ Default steps: 25 DPM-Solver++ steps (the authors' released example; DPM-Solver+
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -56,7 +57,7 @@ from .denoisers import ControlNetInput, UNetDenoiser, epsilon_scheduler, finite_
 from .devices import resolve_device
 from .domains import Domain, domain_from_dict, get_domain
 from .files import OS_METADATA, atomic_dir, is_temporary
-from .guidance import AutoWeights, MultiGuidance, Term
+from .guidance import AutoWeights, MultiGuidance, Term, noise_level
 from .images import read_mask, to_rgb
 from .models import resolve
 from .nulltext import NullTextUNet
@@ -108,6 +109,39 @@ def _image_size(image) -> tuple[int, int] | None:
     if isinstance(image, torch.Tensor) and image.ndim >= 2:
         return image.shape[-1], image.shape[-2]
     return None
+
+
+def _checked_image_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
+    """An image tensor as ``[N, 3, H, W]`` float in [0, 1] (``[H, W]``, ``[C, H, W]``; one channel repeated), or one
+    sentence naming ``what``."""
+    img = image.reshape(1, 1, *image.shape) if image.ndim == 2 else image.unsqueeze(0) if image.ndim == 3 else image
+    if img.ndim != 4 or img.shape[0] < 1 or img.shape[1] not in (1, 3):
+        raise ValueError(f"{what} must be [1 or one per image, 3, height, width] (or [3, height, width]; one "
+                         f"channel is repeated), got {list(image.shape)}")
+    img = img.float().expand(img.shape[0], 3, *img.shape[-2:])
+    lo, hi = float(img.min()), float(img.max())
+    if not (0 <= lo and hi <= 1):  # NaN fails too
+        raise ValueError(f"{what} holds values in [0, 1], got {lo:g} to {hi:g}: divide a 0-255 image by 255")
+    return img
+
+
+def _image_from_array(image: np.ndarray, what: str) -> Image.Image:
+    """An ``[H, W]`` / ``[H, W, 1 | 3 | 4]`` array, uint8 or floats in [0, 1], as an RGB PIL image (transparency on
+    white, as :func:`suite.images.to_rgb` lays it), or one sentence naming ``what``."""
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"{what} must be uint8 (0-255) or floats in [0, 1], got {image.dtype}: convert it, e.g. "
+                         f"array.astype(numpy.uint8)")
+    if np.issubdtype(image.dtype, np.floating) and not (0 <= float(np.min(image)) and float(np.max(image)) <= 1):
+        raise ValueError(f"{what} of floats holds values in [0, 1], got {float(np.min(image)):g} to "
+                         f"{float(np.max(image)):g}: divide a 0-255 image by 255, or give it as uint8")
+    arr = image if image.dtype == np.uint8 else (image * 255 + 0.5).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what} must be [height, width, 3] (or 1 or 4 channels), got {list(image.shape)}")
+    if arr.shape[-1] == 4:
+        return to_rgb(Image.fromarray(arr, "RGBA"))
+    return Image.fromarray(np.repeat(arr, 3, -1) if arr.shape[-1] == 1 else arr)
 
 
 # the Python API's bounds, above the CLI's (which --allow-large lifts up to these): num_images_per_prompt=10**6 tried
@@ -461,31 +495,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         """A ControlNet conditioning image as ``[1, 3, H, W]`` in [0, 1] at the output size."""
         device, dtype = self._execution_device, self.unet.dtype
         if isinstance(image, torch.Tensor):  # checked as a PIL image is (it was stretched to any shape, unchecked)
-            img = image.reshape(1, 1, *image.shape) if image.ndim == 2 else \
-                image.unsqueeze(0) if image.ndim == 3 else image
-            if img.ndim != 4 or img.shape[0] < 1 or img.shape[1] not in (1, 3):
-                raise ValueError(f"a control image tensor must be [1 or one per image, 3, height, width] (or [3, "
-                                 f"height, width]; one channel is repeated), got {list(image.shape)}")
-            img = img.float().expand(img.shape[0], 3, *img.shape[-2:])
-            lo, hi = float(img.min()), float(img.max())
-            if not (0 <= lo and hi <= 1):  # NaN fails too
-                raise ValueError(f"a control image tensor holds values in [0, 1], got {lo:g} to {hi:g}: divide a "
-                                 f"0-255 image by 255")
+            img = _checked_image_tensor(image, "a control image tensor")
             self._check_control_shape(img.shape[-1], img.shape[-2], height, width)
             if img.shape[-2:] != (height, width):
                 img = torch.nn.functional.interpolate(img, size=(height, width), mode="bilinear")
             return img.to(device, dtype)
         if isinstance(image, np.ndarray):  # as diffusers takes it: [H, W, C], uint8 or floats in [0, 1]
-            if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
-                raise ValueError(f"a control image array must be uint8 (0-255) or floats in [0, 1], got "
-                                 f"{image.dtype}: convert it, e.g. array.astype(numpy.uint8)")
-            arr = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-            if arr.ndim == 2:
-                arr = arr[..., None]
-            if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-                raise ValueError(f"a control image array must be [height, width, 3] (or 1 or 4 channels), got "
-                                 f"{list(image.shape)}")
-            image = Image.fromarray(np.repeat(arr, 3, -1) if arr.shape[-1] == 1 else arr[..., :3])
+            image = _image_from_array(image, "a control image array")
         elif not isinstance(image, Image.Image):
             raise ValueError(f"the control image must be a PIL image, a numpy array or a tensor, got "
                              f"{type(image).__name__}")
@@ -511,6 +527,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             if embeds.ndim != 3 or embeds.shape[0] not in (1, n_prompts):
                 raise ValueError(f"{what} must be [1 or {n_prompts}, tokens, dim] (one row per prompt), "
                                  f"got {tuple(embeds.shape)}")
+            width = self.unet.config.cross_attention_dim
+            if isinstance(width, int) and embeds.shape[-1] != width:  # a matmul error deep in the UNet
+                raise ValueError(f"{what} are {embeds.shape[-1]}-wide and this model's UNet reads {width}: encode them "
+                                 f"with this pipeline's text encoder (pipe.encode_prompt)")
             rows = embeds.to(self._execution_device, self.unet.dtype)
         elif len(texts) == 1:
             rows = self.encode_prompt(texts[0], clip_skip)
@@ -547,6 +567,8 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         them, gets the recommended weights under the paper's Eq. 3; see :func:`suite.rules.rule_fits`).
         """
         rule = parse_rule(rule)
+        # the weights as __call__ checks them (from here, True was weight 1 and 500 skipped the +-100 bound)
+        check_guidance_settings(domain_weight, control_weight, w0, auto_norm)
         ip_pos, ip_neg = ip_adapter_embeds or (None, None)
         # 1. The prompt term's text features (a list of prompts gives one row per image), then the negative ones.
         k = check_int(images_per_prompt, "the number of images per prompt", 1)
@@ -639,7 +661,9 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             return None
         controlnet = controlnet or self.controlnet
         if controlnet is None:
-            raise ValueError("a control image needs a ControlNet: pass --controlnet FOLDER_OR_HUB_ID")
+            raise ValueError("a control image needs a ControlNet: load the pipeline with one (--controlnet "
+                             "FOLDER_OR_HUB_ID; from Python, build_pipeline(..., need_controlnet=True) for the preset's "
+                             "own, or InDomainPipeline.load(..., controlnet=...))")
         return ControlNetInput(controlnet, self.prepare_control_image(image, height, width), scale)
 
     def size_like(self, w: int, h: int) -> tuple[int, int]:
@@ -677,6 +701,14 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             # the start image's size (a PIL image, an array or a tensor), rounded down to the VAE's multiple as
             # diffusers' img2img does (a 102 x 70 photo is sampled at 96 x 64 with SD1.5's factor 8)
             width, height = (max(m, v // m * m) for v in _image_size(image[0]))
+        elif image is not None and (height is None) != (width is None) and _image_size(image[0]) is not None:
+            # one side given: the other keeps the start image's shape (it was the model's native size: a 64 x 128
+            # photo with width=64 came back 64 x 64, stretched)
+            iw, ih = _image_size(image[0])
+            if width is None:
+                width = max(m, round(check_int(height, "the height", 1, MAX_CALL_SIDE) * iw / ih / m) * m)
+            else:
+                height = max(m, round(check_int(width, "the width", 1, MAX_CALL_SIDE) * ih / iw / m) * m)
         elif latents is not None and height is None and width is None and latents.ndim == 4:  # the latents' size
             height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         elif image is None and height is None and width is None and control_size is not None:
@@ -761,8 +793,13 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if other is not None:
             raise ValueError(f"a start image must be a PIL image, a numpy array or a tensor, got "
                              f"{type(other).__name__}: open a file with PIL.Image.open(path)")
-        if image is not None:  # any PIL mode (RGBA, L, P, 16-bit, CMYK) as the CLI reads it (was torch's channel error)
-            image = [to_rgb(im) if isinstance(im, Image.Image) else im for im in image]
+        if image is not None:  # any PIL mode (RGBA, L, P, 16-bit, CMYK) as the CLI reads it (was torch's channel error);
+            # arrays and tensors by the control image's rules (a uint8 array reached the VAE at 0-509, a gray one
+            # failed in torch's words)
+            image = [to_rgb(im) if isinstance(im, Image.Image)
+                     else _image_from_array(im, "a start image array") if isinstance(im, np.ndarray) and im.ndim <= 3
+                     else _checked_image_tensor(im, "a start image tensor") if isinstance(im, torch.Tensor)
+                     else im for im in image]
         if isinstance(controls, Control):  # one control, not in a list (it was "'Control' object is not iterable")
             controls = [controls]
         firsts = [control_image] + [c.image for c in controls]
@@ -817,6 +854,19 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         if guidance is not None and rule_given(guidance_rule):
             raise ValueError("guidance_rule applies to the pipeline's own guidance: with guidance=..., build the "
                              "rule into that denoiser (MultiGuidance(..., rule=parse_rule(...)))")
+        if guidance is not None:  # each was dropped without a word: the given denoiser is the whole guidance
+            ignored = [name for name, value, default in (
+                ("negative_prompt", negative_prompt, None), ("negative_prompt_embeds", negative_prompt_embeds, None),
+                ("domain_weight", domain_weight, None), ("control_weight", control_weight, None),
+                ("control_image", control_image, None), ("controls", list(controls), []), ("w0", w0, 7.0),
+                ("auto_norm", auto_norm, "direction"), ("rectify", rectify, True), ("use_domain", use_domain, True),
+                ("clip_skip", clip_skip, None), ("ip_adapter_image", ip_adapter_image, None),
+                ("ip_adapter_image_embeds", ip_adapter_image_embeds, None))
+                if ((value is not None) if default is None else value != default)]
+            if ignored:
+                raise ValueError(f"{', '.join(ignored)} set{'s' if len(ignored) == 1 else ''} the pipeline's own "
+                                 f"guidance, which guidance=... replaces: build {'it' if len(ignored) == 1 else 'them'} "
+                                 f"into that denoiser (pipe.build_guidance(...)), or drop guidance=")
         if guidance is None:
             rule = self.guidance_rule(guidance_rule, domain_weight, control_weight)
             domain_weight, control_weight = self.guidance_weights(domain_weight, control_weight)
@@ -828,6 +878,17 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                                            use_domain=use_domain, ip_adapter_embeds=ip_embeds, clip_skip=clip_skip,
                                            rule=rule, explicit_rule=rule_given(guidance_rule),
                                            noise_range=self._noise_range(timesteps))
+        if rule_given(guidance_rule) and getattr(guidance, "rule", None) is not None and len(timesteps):
+            # a rule's interval between this call's steps would never act (3 steps sample 0.75, 0.5, 0.25: a prompt
+            # given 0.55-0.7 only was silently off); the range check above sees only the steps' span
+            levels = [float(v) for v in noise_level(timesteps, guidance.num_train_timesteps, len(timesteps))]
+            present = {term.name for term in guidance.terms}
+            for name, sched in guidance.rule.schedules:
+                if name in present and not sched.always_zero and not any(sched.factor(x) for x in levels):
+                    shown = ", ".join(f"{x:.2f}" for x in levels[:6]) + (", ..." if len(levels) > 6 else "")
+                    raise ValueError(f"the guidance rule gives {name} the noise levels {sched.lo:g}-{sched.hi:g} only, "
+                                     f"where none of this call's {len(levels)} steps falls (their levels: {shown}): "
+                                     f"widen the interval, or take more steps")
         if hasattr(guidance, "reset"):
             guidance.reset()
         latent_shape = self._latent_shape(num_images, height, width)
@@ -868,6 +929,10 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         #    sqrt(alpha_bar), 5e-5 at the first step of a zero-terminal-SNR schedule, so a half-precision epsilon
         #    or latent was amplified 20,000 times (fp16 images 0.027 off fp32 on average; diffusers' v-prediction
         #    step never divides, and ours steps on the epsilon the guidance returns)
+        # a scheduler that draws noise at each step (Euler ancestral, DDPM, SDE-DPM-Solver: swapped in by the user)
+        # draws it from the call's generator, as diffusers' prepare_extra_step_kwargs passes it (the same seed gave
+        # other images)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(sampler.step).parameters else {}
         self._interrupt = False
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -875,7 +940,7 @@ class InDomainPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
                 if self.interrupt:
                     continue
                 eps = guidance(sampler.scale_model_input(latents, t), t).to(latents.dtype)
-                latents = sampler.step(eps, t, latents, return_dict=False)[0]
+                latents = sampler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
                 if keep is not None:  # the kept part: the start image's latents at the next step's noise level
                     known = init if i + 1 == len(timesteps) else sampler.add_noise(
                         init, noise, timesteps[i + 1:i + 2].repeat(num_images))

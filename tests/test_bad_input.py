@@ -275,6 +275,9 @@ CASES = [
      "zero123.batch_sizes is [0, 0]: give whole numbers of at least 1"),
     ("3d: a config file's field of view of 0", ["3d", "--config", "{camera}", "--output", "{out}/run"],
      "camera.ref_fovy (the field of view, degrees) is 0"),
+    ("3d: a rule for the text term on a run from an image (no prompt)",  # refused after stage 2 had trained
+     T + ["--image", "{photo}", "--guidance-rule", "control=0.5-1", "--output", "{out}/run"],
+     "schedules a term named 'control', which this request does not have"),
     ("3d: --texture-size with --no-texture", T + ["--prompt", "a vase", "--no-texture", "--texture-size", "512",
                                                   "--output", "{out}/run"], "that --no-texture turns off"),
     ("3d: stage 3's weight with --refine-steps 0", ["3d", "--preset", "tiny", "--prompt", "a vase", "--refine-steps",
@@ -376,4 +379,4 @@ def test_the_catalogue_counts():
     per = {}
     for name, *_ in CASES:
         per[name.split(":")[0]] = per.get(name.split(":")[0], 0) + 1
-    assert per == {"generate": 50, "edit": 15, "3d": 34, "train": 11, "app": 4}, json.dumps(per)
+    assert per == {"generate": 50, "edit": 15, "3d": 35, "train": 11, "app": 4}, json.dumps(per)
