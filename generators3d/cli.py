@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
     from suite.cli import weight_arg
     from suite.rules import rule_arg
 
-    from .config import GEOMETRIES, MAX_TEXTURE, MIN_TEXTURE, PRESET_SIZES, PREVIEWS, REF_DEPTH_WEIGHT
+    from .config import GEOMETRIES, MAX_TEXTURE, MIN_TEXTURE, PRESET_SIZES, PREVIEWS, REF_DEPTH_WEIGHT, SIZE_LIMITS
 
     p.add_argument("--prompt", default="", help="what to make, e.g. 'a vase with dragons' (stage 1 adds "
                                                 "', plain white background')")
@@ -119,8 +119,9 @@ def add_arguments(p) -> None:
     g.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--allow-large", action="store_true",
                    help=f"lift the limits on the step counts ({MAX_STEPS} image steps, {MAX_SDS_STEPS} SDS steps per "
-                        f"stage), --mesh-resolution ({MAX_MESH_RESOLUTION}), --preview-frames ({MAX_FRAMES}) and "
-                        f"--mesh-smooth ({MAX_SMOOTH})")
+                        f"stage), --mesh-resolution ({MAX_MESH_RESOLUTION}), --preview-frames ({MAX_FRAMES}), "
+                        f"--mesh-smooth ({MAX_SMOOTH}), --texture-size ({SIZE_LIMITS['export.texture_size'][0]}, up to "
+                        f"{MAX_TEXTURE}) and a --config file's sizes")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --output: finished stages are loaded, not run again")
     g.add_argument("--config", default=None,
@@ -139,7 +140,8 @@ def add_arguments(p) -> None:
     e.add_argument("--no-texture", action="store_true",
                    help="no UV texture: the GLB and OBJ carry vertex colours only")
     e.add_argument("--texture-size", type=int, default=None, metavar="PIXELS",
-                   help=f"side of the baked texture of model.glb and model.obj, {MIN_TEXTURE} to {MAX_TEXTURE} (default: "
+                   help=f"side of the baked texture of model.glb and model.obj, {MIN_TEXTURE} to "
+                        f"{SIZE_LIMITS['export.texture_size'][0]} ({MAX_TEXTURE} with --allow-large) (default: "
                         "1024; mini: 256; tiny: 128)")
     e.add_argument("--no-project-reference", action="store_true",
                    help="colour the mesh from the NeRF alone; by default the reference image (stage 1's, or yours) is "
@@ -163,7 +165,7 @@ def add_arguments(p) -> None:
                         "nerf = renders of the final NeRF, whose colours on the sides the reference does not see are "
                         "not the mesh's")
     e.add_argument("--height-m", type=finite_float, default=None,
-                   help="scale the mesh to this height in metres (default: 1 scene unit = 1 m)")
+                   help="scale the mesh to this height in metres, 0.0001 to 10000 (default: 1 scene unit = 1 m)")
     from suite.cli import add_model_arguments
 
     # --export-only exports as its run was made unless --preset says otherwise (config_from_args)
