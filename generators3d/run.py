@@ -214,7 +214,8 @@ def _run(cfg: ThreeDConfig, out: Path, prompt: str, progress, busy: bool) -> Thr
     image_path, mask_path, ref_path = out / "image.png", out / "mask.png", out / "reference.png"
     if _stage1_done(out):
         log.info("stage 1: reusing %s", image_path)
-        _warn_border(result, cfg, Image.open(mask_path))  # a resume's summary.json said nothing of it
+        with Image.open(mask_path) as saved_mask:  # a resume's summary.json said nothing of it
+            _warn_border(result, cfg, saved_mask)
     else:
         if cfg.image:
             image = load_image(cfg.image, "input image")
