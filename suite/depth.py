@@ -51,7 +51,10 @@ class DepthEstimator:
     def __call__(self, image: Image.Image) -> np.ndarray:
         """The image's relative depth as nearness ``[H, W]`` float32 (larger = nearer; any scale and offset), at the
         image's own size."""
-        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        from .images import to_rgb
+
+        # any mode as the CLI reads it (a 16-bit image through convert("RGB") came out nearly all 255)
+        rgb = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         return self.nearness(rgb)[0].cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
@@ -61,6 +64,9 @@ class DepthEstimator:
         (e.g. the resolution the model was trained at; the prediction is resized back), None: as they are."""
         h, w = rgb.shape[-2:]
         x = rgb.detach().float().clamp(0, 1)
+        least = int(getattr(self.processor, "size_divisor", None) or 32)
+        if size is None and min(h, w) < least:  # GLPN's processor rounds a side below 32 down to 0 (a traceback)
+            size = least
         if size is not None and (h, w) != (size, size):
             x = torch.nn.functional.interpolate(x, (size, size), mode="bilinear", antialias=True, align_corners=False)
         arrays = list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())

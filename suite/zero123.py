@@ -157,6 +157,10 @@ def relative_pose(elevation, azimuth, distance, ref_elevation, ref_azimuth, ref_
     The reference angles are numbers, or ``[B]`` tensors (one input view per target, as in training)."""
     el, az, dist = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float32).reshape(-1)
                                              for v in (elevation, azimuth, distance)))
+    for name, v in (("elevation", el), ("azimuth", az), ("distance", dist), ("reference elevation", ref_elevation),
+                    ("reference azimuth", ref_azimuth), ("reference distance", ref_distance)):
+        if not bool(torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()):  # NaN views, without a word
+            raise ValueError(f"the Zero-1-to-3 camera's {name} is not a finite number: give degrees (and a distance)")
     d_polar = torch.deg2rad((90.0 - el) - (90.0 - ref_elevation))
     d_az = torch.deg2rad(az - ref_azimuth)
     return torch.stack([d_polar, d_az.sin(), d_az.cos(), dist - ref_distance], -1)
@@ -241,7 +245,14 @@ def novel_views(guide: Zero123Guidance, elevation, azimuth, distance, guidance_s
         raise ValueError("start='input' draws the view from the input view; with init (SDEdit from strength < 1, or "
                          "keep) the first latent is init's: drop one of the two")
 
+    if not (isinstance(strength, int | float) and 0.0 < strength <= 1.0):  # 5.0, or 0.3 without init: ignored
+        raise ValueError(f"strength must be in (0, 1], not {strength!r}")
+    if init is None and strength != 1.0:
+        raise ValueError("strength applies to an init image (SDEdit): give init, or drop strength")
     model = guide.model
+    schedule = int(model.scheduler.config.num_train_timesteps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule:  # 0: ZeroDivisionError
+        raise ValueError(f"steps must be a whole number from 1 to {schedule}, not {steps!r}")
     pose = relative_pose(elevation, azimuth, distance, *guide.ref)
     denoiser = guide.guidance(elevation, azimuth, distance, guidance_scale)
     scheduler = copy.deepcopy(epsilon_scheduler(model.scheduler))  # the guidance returns epsilon
@@ -293,8 +304,10 @@ def save_zero123(parts: dict, folder: str | os.PathLike, projection_name: str = 
         (tmp / projection_name).mkdir()
         lin = parts["projection"]
         key = "projection" if projection_name == "cc_projection" else "proj"
-        save_file({f"{key}.weight": lin.weight.detach().contiguous(), f"{key}.bias": lin.bias.detach().contiguous()},
-                  str(tmp / projection_name / "diffusion_pytorch_model.safetensors"))
+        tensors = {f"{key}.weight": lin.weight.detach().contiguous()}
+        if lin.bias is not None:  # a projection without one loads, and was an AttributeError here
+            tensors[f"{key}.bias"] = lin.bias.detach().contiguous()
+        save_file(tensors, str(tmp / projection_name / "diffusion_pytorch_model.safetensors"))
         (tmp / projection_name / "config.json").write_text(json.dumps(
             {"in_channel": lin.in_features, "out_channel": lin.out_features}))
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "Zero1to3StableDiffusionPipeline"}))

@@ -251,3 +251,43 @@ def test_novel_views_start_from_the_input_view_noised_to_the_first_step(tmp_path
         novel_views(guide, *cams, steps=3, start="truth")
     with pytest.raises(ValueError, match="with init .* drop one of the two"):
         novel_views(guide, *cams, steps=3, start="input", init=torch.rand(2, 3, 64, 64), strength=0.5)
+
+
+def test_bad_cameras_steps_and_strength_are_one_sentence_and_a_biasless_projection_saves(tmp_path, tiny_parts):
+    """A NaN elevation gave NaN views without a word (the threestudio extension passes its cameras through), steps=0
+    a ZeroDivisionError, a strength of 5 (or one without init) was ignored; a projection without a bias loaded and
+    then failed to save."""
+    from suite.zero123 import novel_views
+
+    model = load_zero123(str(save_zero123(tiny_parts, tmp_path / "z")))
+    image = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="reference elevation is not a finite number"):
+        Zero123Guidance(model, image, ref_elevation=float("nan")).guidance(10.0, 0.0, 3.8, 3.0)
+    guide = Zero123Guidance(model, image)
+    for kw, phrase in ((dict(elevation=float("nan")), "elevation is not a finite number"),
+                       (dict(steps=0), "steps must be a whole number from 1 to"),
+                       (dict(strength=5.0, init=image), "strength must be in \\(0, 1\\]"),
+                       (dict(strength=0.3), "strength applies to an init image")):
+        with pytest.raises(ValueError, match=phrase):
+            novel_views(guide, **{"elevation": 10.0, "azimuth": 30.0, "distance": 3.8, "steps": 2, **kw})
+    parts = dict(tiny_parts, projection=torch.nn.Linear(tiny_parts["projection"].in_features,
+                                                        tiny_parts["projection"].out_features, bias=False))
+    again = load_zero123(str(save_zero123(parts, tmp_path / "nobias")))
+    assert again.projection.bias is None and torch.equal(again.projection.weight, parts["projection"].weight)
+
+
+def test_the_depth_estimator_reads_small_and_16_bit_images():
+    """GLPN's processor rounded a side below 32 px down to 0 (a transformers traceback); a 16-bit image went through
+    convert("RGB"), which clips it to nearly all white."""
+    import numpy as np
+    from PIL import Image
+
+    from suite.depth import load_depth_estimator
+    from suite.testing import tiny_depth_dir
+
+    est = load_depth_estimator(tiny_depth_dir())
+    assert est(Image.new("RGB", (40, 30), (90, 30, 30))).shape == (30, 40)
+    assert est(Image.new("RGB", (1, 1))).shape == (1, 1)
+    gray = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (48, 1))
+    wide = Image.fromarray((gray.astype(np.uint16) * 257).astype(np.uint16))  # 16-bit: 0-65535
+    assert np.allclose(est(wide), est(Image.fromarray(gray)), atol=1e-4)
