@@ -509,14 +509,30 @@ def _textured_glb(mesh: Mesh, stem: str) -> bytes:
     return _repack_glb(doc, rest)
 
 
-def _welded_normals(mesh: Mesh) -> np.ndarray:
-    """Normals of the UV-unwrapped mesh's vertices as of the welded surface: the copies of a seam vertex (xatlas
-    splits them) get the same normal, so the UV charts' borders do not show under lighting."""
+def _unit_size(vertices: np.ndarray) -> np.ndarray:
+    """The vertices centred and scaled to a largest side of 1: normals are the same (a uniform scale keeps them), and
+    trimesh's area tolerance no longer takes the faces of a mesh a few millimetres tall for degenerate (their normals
+    came out of length 0, which glTF forbids)."""
+    v = np.asarray(vertices, np.float64)
+    span = float(np.ptp(v, 0).max()) if len(v) else 1.0
+    return (v - v.mean(0)) / (span if span > 0 else 1.0)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit vertex normals (trimesh's, area-weighted) of a mesh of any size."""
     import trimesh
 
-    points, weld = np.unique(np.round(mesh.uv_vertices.astype(np.float64), 6), axis=0, return_inverse=True)
+    return np.asarray(trimesh.Trimesh(_unit_size(vertices), faces, process=False).vertex_normals)
+
+
+def _welded_normals(mesh: Mesh) -> np.ndarray:
+    """Normals of the UV-unwrapped mesh's vertices as of the welded surface: the copies of a seam vertex (xatlas
+    splits them) get the same normal, so the UV charts' borders do not show under lighting. The copies are found
+    at the mesh's own scale (rounded to a millionth of its size: an absolute 1e-6 merged distinct vertices of a
+    millimetre-sized export)."""
+    points, weld = np.unique(np.round(_unit_size(mesh.uv_vertices), 6), axis=0, return_inverse=True)
     weld = weld.reshape(-1)
-    return trimesh.Trimesh(points, weld[mesh.uv_faces], process=False).vertex_normals[weld]
+    return vertex_normals(points, weld[mesh.uv_faces])[weld]
 
 
 def _repack_glb(doc: dict, rest: bytes) -> bytes:
@@ -546,15 +562,16 @@ def mesh_bytes(mesh: Mesh, fmt: str, stem: str = "model") -> dict[str, bytes]:
     from trimesh.exchange.gltf import export_glb
 
     if fmt == "glb":
-        plain = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-        plain.vertex_normals  # noqa: B018 - computed now so the GLB carries outward NORMALs
+        plain = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False,  # outward NORMALs in the GLB
+                                vertex_normals=vertex_normals(mesh.vertices, mesh.faces))
         coloured = _vertex_coloured_glb(export_glb(trimesh.Scene(plain), include_normals=True), mesh.colors)
         if mesh.texture is None:
             return {f"{stem}.glb": coloured}
         # The textured GLB carries no COLOR_0: glTF multiplies the base colour texture by COLOR_0, so the colours
         # would count twice. The vertex-coloured mesh stays beside it for tools that read only vertex colours.
         return {f"{stem}.glb": _textured_glb(mesh, stem), f"{stem}-vertex-colors.glb": coloured}
-    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=_rgba8(mesh.colors), process=False)  # sRGB
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=_rgba8(mesh.colors), process=False,  # sRGB
+                         vertex_normals=vertex_normals(mesh.vertices, mesh.faces))
     if fmt == "ply":
         return {f"{stem}.ply": trimesh.exchange.ply.export_ply(tm, encoding="binary", vertex_normal=True)}
     if fmt == "obj":

@@ -279,3 +279,27 @@ def test_a_surface_that_reaches_the_grids_edge_is_closed_there():
     r = np.sqrt(sum(c ** 2 for c in np.meshgrid(x, x, x, indexing="ij")))
     v, f = meshlib.marching_cubes((10.0 * (r < 0.5)).astype(np.float32), 5.0, 1.0)
     assert abs(np.linalg.norm(v, axis=1).mean() - 0.5) < 0.03 and trimesh.Trimesh(v, f).is_watertight
+
+
+def test_a_millimetre_sized_export_has_unit_normals_in_every_format(tmp_path):
+    """trimesh takes a face whose cross product is under 1e-12 for degenerate: in an export a few millimetres tall
+    (--height-m 0.001) the smallest marching-cubes faces gave vertex normals of length 0 in the GLB, the OBJ and the
+    PLY (glTF forbids them; viewers shade those vertices black). Here a small closed mesh (an octahedron 2e-7 across,
+    all of whose faces are that small) stands for them."""
+    import trimesh
+
+    octa = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], np.float32)
+    faces = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    small = meshlib.Mesh(octa * 1e-7, faces, np.full((6, 3), 0.5, np.float32))
+    meshlib.write_meshes(small, tmp_path, ("glb", "obj", "ply"))
+    data = (tmp_path / "model.glb").read_bytes()
+    prim = _glb_json(data)["meshes"][0]["primitives"][0]
+    normals = _glb_accessor(data, prim["attributes"]["NORMAL"]).astype(np.float64)
+    assert np.allclose(normals, octa / np.linalg.norm(octa, axis=1, keepdims=True), atol=1e-4)  # outward, unit
+    obj_normals = np.array([[float(x) for x in line.split()[1:4]]
+                            for line in (tmp_path / "model.obj").read_text().splitlines() if line.startswith("vn ")])
+    assert np.allclose(np.linalg.norm(obj_normals, axis=1), 1.0, atol=1e-4)
+    ply = trimesh.load(tmp_path / "model.ply", process=False)
+    assert np.allclose(np.linalg.norm(ply.vertex_normals, axis=1), 1.0, atol=1e-4)
+    # the same directions as at a metre (a uniform scale keeps normals)
+    assert np.allclose(meshlib.vertex_normals(octa * 1e-7, faces), meshlib.vertex_normals(octa, faces), atol=1e-6)
