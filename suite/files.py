@@ -160,6 +160,18 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def _hard_link(path: Path, backup: str) -> bool:
+    """``backup`` made a second name of ``path``'s file (so ``path`` is never missing); False where the file system
+    has no hard links (the file is then moved aside instead)."""
+    try:
+        os.unlink(backup)
+        os.link(path, backup)
+        return True
+    except OSError:
+        open(backup, "wb").close()  # the name kept for the move
+        return False
+
+
 class AtomicFiles:
     """Write several files as one unit: each goes to a temporary sibling; only when ALL are written are they
     renamed into place. A failure (e.g. a full disk) removes the temporaries and leaves old files untouched."""
@@ -177,10 +189,38 @@ class AtomicFiles:
             os.fsync(fh.fileno())
 
     def commit(self) -> None:
+        """Rename every file into place; a failure or an interrupt among the renames puts the earlier files back
+        (it left new files beside old ones: new meshes beside an old summary)."""
         mode = 0o666 & ~umask()
-        for tmp, path in self.pending:
-            os.chmod(tmp, mode)  # mkstemp makes 0600 files; results are ordinary files
-            os.replace(tmp, path)
+        done: list[tuple[Path, str | None]] = []  # (path, its earlier file kept aside, or None: it is new)
+        try:
+            for tmp, path in self.pending:
+                os.chmod(tmp, mode)  # mkstemp makes 0600 files; results are ordinary files
+                backup = None
+                if path.exists():
+                    fd, backup = tempfile.mkstemp(**temp_name(path.name), dir=path.parent)
+                    os.close(fd)
+                    try:
+                        if not _hard_link(path, backup):
+                            os.replace(path, backup)
+                    except BaseException:
+                        os.unlink(backup)
+                        raise
+                done.append((path, backup))
+                os.replace(tmp, path)
+        except BaseException:
+            for path, backup in reversed(done):
+                if backup is not None:
+                    os.replace(backup, path)
+                    if os.path.exists(backup):  # two names of one file (not replaced yet): rename leaves both
+                        os.unlink(backup)
+                else:
+                    path.unlink(missing_ok=True)
+            self.abort()
+            raise
+        for _, backup in done:
+            if backup is not None:
+                os.unlink(backup)
         self.pending = []
 
     def abort(self) -> None:

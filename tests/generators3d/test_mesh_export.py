@@ -303,3 +303,32 @@ def test_a_millimetre_sized_export_has_unit_normals_in_every_format(tmp_path):
     assert np.allclose(np.linalg.norm(ply.vertex_normals, axis=1), 1.0, atol=1e-4)
     # the same directions as at a metre (a uniform scale keeps normals)
     assert np.allclose(meshlib.vertex_normals(octa * 1e-7, faces), meshlib.vertex_normals(octa, faces), atol=1e-6)
+
+
+@pytest.mark.parametrize("at", [1, 3])
+def test_an_interrupt_among_the_renames_puts_the_earlier_files_back(tmp_path, monkeypatch, at):
+    """A failure or Ctrl-C while the written files were renamed into place left new meshes beside an old summary
+    (the docs promise one unit)."""
+    import os
+
+    field = AnalyticField()
+    mesh, _ = meshlib.extract_mesh(field, VIEWS, ExportConfig(resolution=24, texture=False))
+    mesh = meshlib.to_export_frame(mesh)
+    meshlib.write_meshes(mesh, tmp_path, ("glb", "ply"), extra={tmp_path / "summary.json": b"{}"})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace, renames = os.replace, []
+
+    def interrupted(src, dst):
+        into_place = ".tmp" in os.path.basename(str(src)) and ".tmp" not in os.path.basename(str(dst))
+        if into_place and len(renames) < at:  # a written file renamed into place (not the rollback's)
+            renames.append(dst)
+            if len(renames) == at:
+                raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    smaller = meshlib.Mesh(mesh.vertices[:3], np.array([[0, 1, 2]]), mesh.colors[:3])
+    with pytest.raises(KeyboardInterrupt):
+        meshlib.write_meshes(smaller, tmp_path, ("glb", "ply"), extra={tmp_path / "summary.json": b'{"new": 1}'})
+    assert len(renames) == at
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # every file as it was, no temporary
