@@ -439,6 +439,14 @@ def _finish(field, cfg, out, result, report, colours=(None, None, None)) -> Thre
     if cfg.export.decimate and len(mesh.faces) > cfg.export.decimate:  # decimate could not reach it
         result.warnings.append(f"--decimate {cfg.export.decimate}: the coarsest vertex clustering keeps "
                                f"{len(mesh.faces)} faces; exported those")
+    if cfg.export.decimate:  # vertex clustering can fold the surface: said, not exported as if it were closed
+        import trimesh
+
+        if not trimesh.Trimesh(mesh.vertices, mesh.faces, process=True).is_watertight:
+            result.warnings.append(f"--decimate {cfg.export.decimate}: the reduced mesh is not closed (vertex "
+                                   f"clustering folded or opened it in places; some faces may face inwards): reduce "
+                                   f"less, or export without --decimate and reduce in Blender (Decimate modifier)")
+            log.warning(result.warnings[-1])
     transform = meshlib.export_transform(mesh, cfg.export.height_m, cfg.export.on_ground)
     shown = mesh  # in the NeRF frame, for the preview's cameras
     mesh = mesh.transformed(np.asarray(transform["rotation"]), transform["scale"], transform["offset"])

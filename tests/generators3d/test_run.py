@@ -215,6 +215,12 @@ def test_tiny_run_writes_every_file_and_resume_skips_finished_stages(tmp_path, c
     # (a face budget below what clustering reaches: its coarsest mesh, and summary.json says so)
     said = json.loads((failed / "summary.json").read_text())
     assert said["faces"] > 4 and any("--decimate 4" in w for w in said["warnings"]), said["warnings"]
+    # ... and whether the reduced mesh is closed: said exactly when it is not (clustering folds surfaces)
+    import trimesh
+
+    exported = trimesh.load(failed / "mesh" / "model.ply", process=False)
+    closed = trimesh.Trimesh(exported.vertices, exported.faces, process=True).is_watertight
+    assert any("the reduced mesh is not closed" in w for w in said["warnings"]) == (not closed), said["warnings"]
     # ... where the preset's own Zero-1-to-3 cannot be loaded (offline, never downloaded) the meshes still come, their
     # hidden sides with the NeRF's colours; a Zero-1-to-3 folder the user names is checked before anything is written
     small = ["--preset", "tiny", "--side-views", "1", "--mesh-resolution", "32", "--texture-size", "64",
