@@ -133,7 +133,7 @@ def read_nearness(path: str | os.PathLike, size: tuple[int, int] | None = None, 
     [0, 1], optionally checked against the image ``size`` ``(width, height)`` it belongs to."""
     from PIL import ImageOps
 
-    from .images import HIGH_DEPTH_GRAY, open_image
+    from .images import HIGH_DEPTH_GRAY, SIXTEEN_BIT, open_image
 
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
@@ -146,7 +146,9 @@ def read_nearness(path: str | os.PathLike, size: tuple[int, int] | None = None, 
         a = np.asarray(im, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ValueError(f"{what} {str(path)!r} has non-finite values: pass a depth image of finite values")
-        a = a / 65535.0 if im.mode != "F" and a.max() <= 65535 else (a - a.min()) / max(float(np.ptp(a)), 1e-12)
+        # 16-bit over 0-65535; 32-bit integers and floats by their range, as suite.images.to_8bit reads them (a
+        # 32-bit image of 0-150 came out 0-0.0023, one with negative values below 0)
+        a = a / 65535.0 if im.mode in SIXTEEN_BIT else (a - a.min()) / max(float(np.ptp(a)), 1e-12)
     else:
         a = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
     return a.astype(np.float32)

@@ -262,3 +262,16 @@ def test_the_loss_steers_the_fit_from_a_random_quarter_of_the_reference_rays_too
     plain = _fit(0.0, dish=True, fraction=0.25)
     dished = _fit(REF_DEPTH_WEIGHT, dish=True, fraction=0.25)
     assert plain < 0.0 and dished > plain + 0.8, (plain, dished)
+
+
+def test_read_nearness_takes_32_bit_depth_images_by_their_range(tmp_path):
+    """A 32-bit integer depth image of 0-150 came out 0-0.0023, one with negative values below 0 (the docstring
+    promises [0, 1]); they are read by their range, as suite.images.to_8bit reads them."""
+    from suite.depth import read_nearness
+
+    ramp = np.tile(np.arange(32, dtype=np.int32), (24, 1))
+    for values in (ramp * 5, ramp * 5 - 80):
+        Image.fromarray(values, "I").save(tmp_path / "d32.tif")
+        got = read_nearness(tmp_path / "d32.tif", (32, 24))
+        assert got.min() == 0.0 and got.max() == 1.0
+        assert np.allclose(got, (values - values.min()) / np.ptp(values), atol=1e-6)
