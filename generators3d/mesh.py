@@ -25,6 +25,7 @@ from suite.files import AtomicFiles
 
 from .cameras import camera_rays
 from .config import ExportConfig
+from .raster import vertex_normals
 from .render import render_rays
 
 log = logging.getLogger(__name__)
@@ -383,7 +384,7 @@ def colour_mesh(mesh: Mesh, field, cfg: ExportConfig | None = None, views=(), te
 
 def bake_texture(mesh: Mesh, field, size: int = 1024, inset: float = 0.0, views=(), reference=None) -> Mesh:
     """UV-unwrap with xatlas and bake the field's albedo into a ``size x size`` texture (CPU rasteriser:
-    each triangle is drawn in UV space with its face index; texels get barycentric 3D points; seams are
+    each texel takes the face its centre lies in, in UV space; texels get barycentric 3D points; seams are
     padded by a few texels so bilinear lookups do not bleed background), with ``views``' images projected where they
     see the surface, matched to ``reference`` (:func:`projected_colours`). Without xatlas: unchanged."""
     try:
@@ -509,28 +510,14 @@ def _textured_glb(mesh: Mesh, stem: str) -> bytes:
     return _repack_glb(doc, rest)
 
 
-def _unit_size(vertices: np.ndarray) -> np.ndarray:
-    """The vertices centred and scaled to a largest side of 1: normals are the same (a uniform scale keeps them), and
-    trimesh's area tolerance no longer takes the faces of a mesh a few millimetres tall for degenerate (their normals
-    came out of length 0, which glTF forbids)."""
-    v = np.asarray(vertices, np.float64)
-    span = float(np.ptp(v, 0).max()) if len(v) else 1.0
-    return (v - v.mean(0)) / (span if span > 0 else 1.0)
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unit vertex normals (trimesh's, area-weighted) of a mesh of any size."""
-    import trimesh
-
-    return np.asarray(trimesh.Trimesh(_unit_size(vertices), faces, process=False).vertex_normals)
-
-
 def _welded_normals(mesh: Mesh) -> np.ndarray:
     """Normals of the UV-unwrapped mesh's vertices as of the welded surface: the copies of a seam vertex (xatlas
     splits them) get the same normal, so the UV charts' borders do not show under lighting. The copies are found
     at the mesh's own scale (rounded to a millionth of its size: an absolute 1e-6 merged distinct vertices of a
     millimetre-sized export)."""
-    points, weld = np.unique(np.round(_unit_size(mesh.uv_vertices), 6), axis=0, return_inverse=True)
+    v = np.asarray(mesh.uv_vertices, np.float64)
+    span = float(np.ptp(v, 0).max()) if len(v) else 1.0
+    points, weld = np.unique(np.round(v / (span if span > 0 else 1.0), 6), axis=0, return_inverse=True)
     weld = weld.reshape(-1)
     return vertex_normals(points, weld[mesh.uv_faces])[weld]
 

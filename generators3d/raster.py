@@ -21,26 +21,18 @@ from suite.miniworld.world import BACKGROUND
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals."""
+    """Area-weighted unit vertex normals, of a mesh of any size: computed with the vertices centred and scaled to a
+    largest side of 1 (a uniform scale keeps normals; at a millimetre the faces' cross products fell under the
+    floor that keeps a vertex of no area finite, and the normals came out of length 0, which glTF forbids)."""
     v = np.asarray(vertices, np.float64)
+    if len(v):
+        span = float(np.ptp(v, 0).max())
+        v = (v - v.mean(0)) / (span if span > 0 else 1.0)
     fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
     n = np.zeros_like(v)
     for k in range(3):
         np.add.at(n, faces[:, k], fn)
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-
-
-def barycentric(px: np.ndarray, tri: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Barycentric coordinates ``[N, 3]`` (clipped to the triangle, summing to 1) of 2D points ``p [N, 2]`` in the
-    triangles ``px[tri]`` (``tri [N, 3]`` vertex indices into ``px [V, 2]``)."""
-    a, b, c = px[tri[:, 0]], px[tri[:, 1]], px[tri[:, 2]]
-    v0, v1, v2 = b - a, c - a, p - a
-    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
-    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    bary = np.clip(np.stack([1 - l1 - l2, l1, l2], -1), 0, 1)
-    return bary / np.maximum(bary.sum(-1, keepdims=True), 1e-12)
 
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 import trimesh
 
 from generators3d import mesh as meshlib
+from generators3d import raster
 from generators3d.cameras import orbit_cameras
 from generators3d.config import ExportConfig, NeRFConfig
 
@@ -302,7 +303,7 @@ def test_a_millimetre_sized_export_has_unit_normals_in_every_format(tmp_path):
     ply = trimesh.load(tmp_path / "model.ply", process=False)
     assert np.allclose(np.linalg.norm(ply.vertex_normals, axis=1), 1.0, atol=1e-4)
     # the same directions as at a metre (a uniform scale keeps normals)
-    assert np.allclose(meshlib.vertex_normals(octa * 1e-7, faces), meshlib.vertex_normals(octa, faces), atol=1e-6)
+    assert np.allclose(raster.vertex_normals(octa * 1e-7, faces), raster.vertex_normals(octa, faces), atol=1e-6)
 
 
 @pytest.mark.parametrize("at", [1, 3])
