@@ -17,7 +17,7 @@ from pathlib import Path
 
 from editing import edit_photo
 from generators3d import ThreeDConfig, ThreeDResult, run_text_to_3d
-from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS
+from generators3d.cli import MAX_FRAMES, MAX_MESH_RESOLUTION, MAX_SDS_STEPS, check_trains_a_nerf
 from suite.checks import MAX_STEPS, Progress, UserError, check_int, format_weights
 from suite.control import canny
 from suite.files import remove_run_folder
@@ -227,19 +227,23 @@ def _checked_3d_settings(config: AppConfig, settings: dict) -> dict:
     """The 3D form's values within :data:`LIMITS_3D` (one sentence each), and those that are the preset's own
     (:data:`PRESET_VALUES_3D`, as the form starts) left out: the run's ``config.json`` then records them as not
     given, as a CLI run without the flag does (a ``--resume`` from the CLI need not repeat them)."""
-    values = dict(settings)
-    for name, (low, high, what) in LIMITS_3D.items():
-        if values.get(name) is not None:
-            values[name] = check_int(values[name], what, low, high)
+    values = _within(settings, LIMITS_3D)
     resolved = ThreeDConfig(preset=config.preset).resolved()
-    if all((values[n] if values.get(n) is not None else PRESET_VALUES_3D[n](resolved)) == 0
-           for n in ("zero123_steps", "refine_steps")):
-        # the CLI's check_limits refuses the same: the NeRF's untrained starting blob was exported as the mesh
-        raise UserError("zero123_steps 0 and refine_steps 0 train no NeRF, so the mesh would be its untrained "
-                        "starting blob: give stage 2 some steps (for stage 1's image alone, use the Generate tab)")
+    # the CLI's check_limits refuses the same: the NeRF's untrained starting blob was exported as the mesh
+    check_trains_a_nerf(*(values[n] if values.get(n) is not None else PRESET_VALUES_3D[n](resolved)
+                          for n in ("zero123_steps", "refine_steps")), "zero123_steps", "refine_steps", "the Generate tab")
     for name, value in PRESET_VALUES_3D.items():
         if name in values and values[name] == value(resolved):
             del values[name]
+    return values
+
+
+def _within(settings: dict, limits: dict) -> dict:
+    """``settings`` with each count of ``limits`` (``{name: (smallest, largest, what)}``) checked, one sentence each."""
+    values = dict(settings or {})
+    for name, (low, high, what) in limits.items():
+        if values.get(name) is not None:
+            values[name] = check_int(values[name], what, low, high)
     return values
 
 
@@ -398,10 +402,7 @@ def run_train(config: AppConfig, *, domain: str, data: str, settings: dict | Non
     if problem:
         raise UserError(problem)
     output = config.output_dir / "domains" / domain
-    settings = dict(settings or {})
-    for name, (low, high, what) in LIMITS_TRAIN.items():
-        if settings.get(name) is not None:
-            settings[name] = check_int(settings[name], what, low, high)
+    settings = _within(settings, LIMITS_TRAIN)
     # the page has no --resume or --output: a name in use is one sentence about the page and the server's folder
     with _TRAINING_LOCK:
         if domain.lower() in _TRAINING:  # it said "another run (process N) is writing ...: choose another --output"

@@ -558,14 +558,10 @@ def main(argv=None) -> int:
     quiet_libraries()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    from suite.models import ModelLoadError
+    from bench import run_or_say
 
-    try:
-        result = run(args.output, args.quick, guidance=args.guidance, shapes=args.known, geometry=args.geometry,
-                     depth=args.depth, view_depth=args.view_depth_weight)
-    except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting, a stale run: one sentence
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run_or_say(run, args.output, args.quick, guidance=args.guidance, shapes=args.known,
+                        geometry=args.geometry, depth=args.depth, view_depth=args.view_depth_weight)
     print(markdown(result))
     print(f"wall time {time.time() - t0:.1f} s -> {args.output}")
     return 0

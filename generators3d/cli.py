@@ -191,14 +191,9 @@ def check_limits(args) -> None:
                                ("--mesh-smooth", args.mesh_smooth, MAX_SMOOTH)):
         if value is not None:
             check_count(value, flag, limit, minimum=0, allow_large=large)
-    if args.zero123_steps == 0 and args.refine_steps == 0 and not args.config and not args.export_only and not (
-            args.resume and _has_nerf(args.output)):  # a resume of a folder without one exported the blob too
-        from suite.checks import UserError
-
-        # the NeRF's untrained starting blob was exported as the mesh, exit 0 (from Python, a test's quick run may
-        # ask for it on purpose)
-        raise UserError("--zero123-steps 0 and --refine-steps 0 train no NeRF, so the mesh would be its untrained "
-                        "starting blob: give stage 2 some steps (for stage 1's image alone, use generate)")
+    if not args.config and not args.export_only and not (args.resume and _has_nerf(args.output)):
+        # (a resume of a folder without a NeRF exported the blob too; from Python, a test's quick run may ask for it)
+        check_trains_a_nerf(args.zero123_steps, args.refine_steps)
     if args.depth_smooth is not None and args.depth_smooth < 0:
         from suite.checks import UserError
 
@@ -218,6 +213,17 @@ def check_limits(args) -> None:
         if stage3:
             raise UserError(f"{', '.join(stage3)} set{'s' if len(stage3) == 1 else ''} stage 3, which --refine-steps 0 "
                             f"skips: drop {'it' if len(stage3) == 1 else 'them'}, or give stage 3 some steps")
+
+
+def check_trains_a_nerf(zero123_steps, refine_steps, zero123: str = "--zero123-steps",
+                        refine: str = "--refine-steps", image_alone: str = "generate") -> None:
+    """One sentence where neither SDS stage has steps: the NeRF's untrained starting blob was exported as the mesh,
+    exit 0 (the CLI's flags, or the app's fields, named as given)."""
+    if zero123_steps == 0 and refine_steps == 0:
+        from suite.checks import UserError
+
+        raise UserError(f"{zero123} 0 and {refine} 0 train no NeRF, so the mesh would be its untrained starting blob: "
+                        f"give stage 2 some steps (for stage 1's image alone, use {image_alone})")
 
 
 def _has_nerf(output) -> bool:

@@ -287,16 +287,11 @@ def main(argv=None) -> int:
     from suite.cli import quiet_libraries
 
     quiet_libraries()
-    from suite.models import ModelLoadError
+    from bench import run_or_say
 
-    try:
-        result = run(args.output, args.num, strengths=tuple(args.strengths),
-                     prompts={k: {**PROMPTS, **SHORT_PROMPTS}[k] for k in args.prompts} if args.prompts else None,
-                     steps=args.steps,
-                     seed=args.seed, guidance=guidance, mask=args.mask)
-    except (ModelLoadError, ValueError) as e:  # a missing or stale model, a bad setting: one sentence
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run_or_say(run, args.output, args.num, strengths=tuple(args.strengths),
+                        prompts={k: {**PROMPTS, **SHORT_PROMPTS}[k] for k in args.prompts} if args.prompts else None,
+                        steps=args.steps, seed=args.seed, guidance=guidance, mask=args.mask)
     print(markdown(result))
     return 0
 
