@@ -165,7 +165,7 @@ def _hard_link(path: Path, backup: str) -> bool:
     has no hard links (the file is then moved aside instead)."""
     try:
         os.unlink(backup)
-        os.link(path, backup)
+        os.link(path, backup, follow_symlinks=False)  # a symlink kept as the symlink, not turned into its file
         return True
     except OSError:
         open(backup, "wb").close()  # the name kept for the move
